@@ -1,0 +1,129 @@
+//! Command-line interface: argument definitions only, no behaviour.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Build a JVM service, deploy it to a fleet over SSH, and supervise it there.
+#[derive(Debug, Parser)]
+#[command(name = "shipjar", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Run as if started in DIR.
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Project file to use.
+    #[arg(long, global = true, value_name = "FILE", default_value = "shipjar.toml")]
+    pub config: PathBuf,
+
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the project file and render every config file for a stage, changing nothing.
+    Check(StageArgs),
+    /// Run the build command and record the artifact, its sha256 and version.
+    Build(BuildArgs),
+    /// Build, upload, release, restart and verify a stage.
+    Deploy(DeployArgs),
+    /// Switch a stage back to an earlier release (no upload), health- and version-checked.
+    Rollback(RollbackArgs),
+    /// Show what runs on each host of a stage, and flag every mismatch.
+    Status(StageArgs),
+    /// List the releases on each host of a stage.
+    Releases(StageArgs),
+    /// Host side: control the service on this host.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Host side: the agent the operator drives with JSON messages on stdin/stdout.
+    #[command(hide = true)]
+    Agent(AgentArgs),
+}
+
+/// A stage name.
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// Stage from `[stages.NAME]`; `local` is built in.
+    pub stage: String,
+}
+
+/// `shipjar build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Use this version instead of running the version command.
+    #[arg(long = "version", value_name = "V")]
+    pub version: Option<String>,
+}
+
+/// `shipjar deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Stage to deploy to.
+    pub stage: String,
+    /// Deploy the last build instead of building now.
+    #[arg(long, conflicts_with = "artifact")]
+    pub skip_build: bool,
+    /// Deploy this artifact instead of building.
+    #[arg(long, value_name = "PATH")]
+    pub artifact: Option<PathBuf>,
+    /// Version to record and verify instead of the built one.
+    #[arg(long = "version", value_name = "V")]
+    pub version: Option<String>,
+    /// Set a template variable for this deploy (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Add or override a service environment variable for this release (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+}
+
+/// `shipjar rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Stage to roll back.
+    pub stage: String,
+    /// Release id to go back to (default: the last good release before `current`).
+    #[arg(long, value_name = "ID")]
+    pub to: Option<String>,
+}
+
+/// Host-side service control.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Start the service; exits 0 only once it is healthy.
+    Start(ServiceArgs),
+    /// Stop the service gracefully (SIGTERM, then SIGKILL); 0 if it was not running.
+    Stop(ServiceArgs),
+    /// Stop, then start through the health gate.
+    Restart(ServiceArgs),
+    /// LSB status: 0 running, 1 dead with a pidfile, 3 not running.
+    Status(ServiceArgs),
+    /// The detached supervisor process (started by `start`).
+    #[command(hide = true)]
+    Supervise(ServiceArgs),
+}
+
+/// Which service, under which root.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// Service name.
+    pub name: String,
+    /// Host root the layout lives under.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+}
+
+/// `shipjar agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Host root the layout lives under.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+}

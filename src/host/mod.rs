@@ -1,0 +1,9 @@
+//! Host side: everything that runs on a deploy target and changes it.
+
+pub mod agent;
+pub mod layout;
+pub mod lock;
+pub mod probe;
+pub mod revisions;
+pub mod store;
+pub mod supervisor;

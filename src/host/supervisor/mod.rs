@@ -1,0 +1,101 @@
+//! The host-side supervisor: starts the service from `current`, reports
+//! "started" only once it is healthy, tracks it by pid + start time, and stops
+//! it gracefully. `service start` spawns `service supervise` detached.
+
+use serde::Serialize;
+
+use crate::host::layout::Layout;
+
+/// What `service start` reports when the service is up and healthy.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartReport {
+    /// Pid of the service process (the JVM).
+    pub pid: i32,
+    /// Release id the process was started from.
+    pub release: String,
+    /// Milliseconds from spawn to the first passing health check.
+    pub healthy_after_ms: u64,
+    /// True when it was already running and nothing was started.
+    pub already_running: bool,
+}
+
+/// What `service stop` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StopReport {
+    /// False when nothing was running (stop still succeeds).
+    pub was_running: bool,
+    /// How the service ended, e.g. "exited 143 after SIGTERM" or "killed by SIGKILL".
+    pub how: String,
+    /// Milliseconds the stop took.
+    pub took_ms: u64,
+}
+
+/// A failed start/stop: what happened, plus the last lines of the service log.
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorError {
+    /// One line: why it failed.
+    pub message: String,
+    /// Last lines of the service log (at most 20).
+    pub log_tail: Vec<String>,
+}
+
+/// Lifecycle state as `status` sees it.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    /// Supervisor and service alive (identity verified).
+    Running,
+    /// Pidfile present but its pid is dead or now another process.
+    Dead,
+    /// Nothing running, no pidfile.
+    Stopped,
+}
+
+/// Result of `service status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// Lifecycle state.
+    pub state: ServiceState,
+    /// LSB exit code: 0 running, 1 dead with pidfile, 3 not running.
+    pub lsb_code: i32,
+    /// Service pid when running.
+    pub pid: Option<i32>,
+    /// Supervisor pid when running.
+    pub supervisor_pid: Option<i32>,
+    /// Release the running process was started from.
+    pub release: Option<String>,
+    /// When the service process started (RFC 3339, UTC).
+    pub started_at: Option<String>,
+    /// Seconds since the service process started.
+    pub uptime_s: Option<u64>,
+    /// Result of a health probe made now (None when not running).
+    pub healthy: Option<bool>,
+    /// Human-readable detail, e.g. "stale pidfile: pid 42 is another process".
+    pub detail: String,
+}
+
+/// Starts the service from `current` and returns once it is healthy.
+pub fn start(_layout: &Layout) -> Result<StartReport, SupervisorError> {
+    todo!("supervisor::start")
+}
+
+/// Stops the service gracefully; succeeds when it was not running.
+pub fn stop(_layout: &Layout) -> Result<StopReport, SupervisorError> {
+    todo!("supervisor::stop")
+}
+
+/// Stops, then starts through the health gate.
+pub fn restart(layout: &Layout) -> Result<StartReport, SupervisorError> {
+    stop(layout)?;
+    start(layout)
+}
+
+/// Reports the service's state, verifying pid identity.
+pub fn status(_layout: &Layout) -> ServiceStatus {
+    todo!("supervisor::status")
+}
+
+/// Body of the detached supervisor process; returns its exit code.
+pub fn supervise(_layout: &Layout) -> i32 {
+    todo!("supervisor::supervise")
+}

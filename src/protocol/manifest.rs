@@ -1,0 +1,127 @@
+//! The `RELEASE` manifest: everything the host needs to run one release.
+//!
+//! The operator builds it (planning), the agent writes it into the release
+//! directory, and the supervisor runs the service from it. Because a release
+//! carries its own run spec, a rollback restores the old environment too.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Manifest format version, bumped on incompatible changes.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// File name of the manifest inside a release directory.
+pub const MANIFEST_FILE: &str = "RELEASE";
+
+/// One release, as recorded in `releases/<id>/RELEASE`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseManifest {
+    /// Always [`MANIFEST_FORMAT`] when written by this version.
+    pub format: u32,
+    /// Release id, the same on every host of a deploy.
+    pub id: String,
+    /// Service name.
+    pub service: String,
+    /// The version this release should report.
+    pub version: String,
+    /// sha256 of the artifact, hex.
+    pub artifact_sha256: String,
+    /// File name of the artifact link inside the release (`[service].jar`).
+    pub jar: String,
+    /// Git commit the artifact was built from, if known.
+    pub git_commit: Option<String>,
+    /// When the artifact was built (RFC 3339, UTC).
+    pub build_time: String,
+    /// When this release was created (RFC 3339, UTC).
+    pub deployed_at: String,
+    /// `user@machine` of whoever deployed it.
+    pub deployer: String,
+    /// Stage name.
+    pub stage: String,
+    /// Host name as written in the stage.
+    pub host: String,
+    /// How to run the service.
+    pub run: RunSpec,
+    /// How to tell that the service is healthy.
+    pub health: HealthSpec,
+    /// How to ask the service which version it runs.
+    pub version_check: Option<VersionCheckSpec>,
+    /// How to stop the service.
+    pub stop: StopSpec,
+    /// Config files rendered into `config/`.
+    pub files: Vec<ManifestFile>,
+}
+
+/// The process to run, relative to the release directory (its working directory).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Program and arguments; `argv[0]` is looked up in the clean `PATH`.
+    pub argv: Vec<String>,
+    /// Environment on top of a clean base environment.
+    pub env: BTreeMap<String, String>,
+    /// Unix user to run as when the supervisor runs as root.
+    pub user: Option<String>,
+}
+
+/// Health check and its timing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// What to probe.
+    pub check: HealthCheck,
+    /// How long a start may take before it counts as failed.
+    pub start_timeout_ms: u64,
+    /// Poll interval once running.
+    pub interval_ms: u64,
+}
+
+/// What the supervisor probes to decide the service is healthy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HealthCheck {
+    /// An HTTP GET answering 2xx.
+    Http {
+        /// Full URL, e.g. `http://127.0.0.1:8080/health`.
+        url: String,
+    },
+    /// A TCP connect to 127.0.0.1.
+    Tcp {
+        /// Port.
+        port: u16,
+    },
+    /// No check: running counts as healthy.
+    None,
+}
+
+/// The service's own version endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VersionCheckSpec {
+    /// URL answering JSON.
+    pub url: String,
+    /// Top-level key holding the version.
+    pub key: String,
+}
+
+/// Graceful stop settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StopSpec {
+    /// SIGTERM, wait this long, then SIGKILL the process group.
+    pub timeout_ms: u64,
+}
+
+/// A config file of the release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    /// Path relative to `config/`.
+    pub dest: String,
+    /// Written 0600 (0640 root:group as root); never printed.
+    pub secret: bool,
+    /// sha256 of the content; omitted for secrets (a hash of a short secret leaks it).
+    pub sha256: Option<String>,
+}
