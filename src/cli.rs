@@ -13,7 +13,12 @@ pub struct Cli {
     pub chdir: Option<PathBuf>,
 
     /// Project file to use.
-    #[arg(long, global = true, value_name = "FILE", default_value = "shipjar.toml")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        default_value = "shipjar.toml"
+    )]
     pub config: PathBuf,
 
     /// Print machine-readable JSON instead of text.

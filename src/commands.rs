@@ -27,7 +27,7 @@ fn absolute(path: &PathBuf) -> Result<PathBuf> {
 }
 
 fn layout(args: &ServiceArgs) -> Result<Layout> {
-    crate::operator::config::validate_service_name(&args.name).map_err(Error::config)?;
+    crate::protocol::validate_service_name(&args.name).map_err(Error::config)?;
     Ok(Layout::new(absolute(&args.root)?, &args.name))
 }
 
@@ -70,7 +70,10 @@ fn report_start(
             if json {
                 print_json(&report);
             } else if report.already_running {
-                println!("already running: pid {} (release {})", report.pid, report.release);
+                println!(
+                    "already running: pid {} (release {})",
+                    report.pid, report.release
+                );
             } else {
                 println!(
                     "started: pid {} (release {}), healthy after {} ms",

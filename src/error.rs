@@ -47,12 +47,6 @@ impl Error {
         self
     }
 
-    /// Prefixes the message with context.
-    pub fn context(mut self, context: impl fmt::Display) -> Self {
-        self.message = format!("{context}: {}", self.message);
-        self
-    }
-
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self.kind {
@@ -76,8 +70,3 @@ impl std::error::Error for Error {}
 
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Turns an I/O error into a failed operation naming what was being done.
-pub fn io_failed(what: impl fmt::Display, err: std::io::Error) -> Error {
-    Error::failed(format!("{what}: {err}"))
-}

@@ -1,8 +1,275 @@
-//! The agent: reads JSON requests on stdin, applies them to this host.
+//! The agent: the only code that changes a host. It reads [`Envelope`]s from
+//! stdin and answers with [`AgentMessage`]s on stdout (see `protocol`).
+//!
+//! A request that has started always runs to completion, even if the operator
+//! goes away (SIGINT, SIGHUP and a closed stdout are ignored), so a host is
+//! never left half-switched. After a failed request, later requests that would
+//! change the host are refused, so a pipelined session stops at the failure.
 
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
+use crate::host::layout::Layout;
+use crate::host::lock::{self, DeployLock};
+use crate::host::{activate, store, supervisor};
+use crate::protocol::validate_service_name;
+use crate::protocol::{
+    AgentError, AgentMessage, Envelope, HostState, HostStatus, PROTOCOL_VERSION, Request, Response,
+};
+
 /// Runs the agent until stdin closes; returns the exit code.
-pub fn run(_root: &Path) -> i32 {
-    todo!("agent")
+pub fn run(root: &Path) -> i32 {
+    ignore_hangup_and_interrupt();
+    let stdin = io::stdin();
+    let mut input = BufReader::with_capacity(256 * 1024, stdin.lock());
+    let mut session = Session {
+        root: root.to_path_buf(),
+        lock: None,
+        failed: false,
+    };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match input.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("shipjar agent: reading stdin: {e}");
+                return 1;
+            }
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let envelope: Envelope = match serde_json::from_str(&line) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                let message = protocol_error_message(&line, &e);
+                send(&AgentMessage::Result {
+                    id: 0,
+                    response: Box::new(error("protocol", message)),
+                });
+                return 2;
+            }
+        };
+        let id = envelope.id;
+        let response = session.handle(envelope, &mut input);
+        if matches!(response, Response::Error(_)) {
+            session.failed = true;
+        }
+        send(&AgentMessage::Result {
+            id,
+            response: Box::new(response),
+        });
+    }
+    0
+}
+
+/// Explains an unreadable request, recognising a protocol version mismatch.
+fn protocol_error_message(line: &str, e: &serde_json::Error) -> String {
+    let version = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("protocol").and_then(|p| p.as_u64()));
+    match version {
+        Some(v) if v != u64::from(PROTOCOL_VERSION) => format!(
+            "protocol mismatch: the operator speaks version {v}, this agent ({}) speaks {PROTOCOL_VERSION}; install the same shipjar version on both sides",
+            env!("CARGO_PKG_VERSION")
+        ),
+        _ => format!("unreadable request: {e}"),
+    }
+}
+
+fn ignore_hangup_and_interrupt() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in [Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: installing SIG_IGN has no handler code to be unsafe.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+}
+
+/// Writes one message; a vanished operator must not stop the work in progress.
+fn send(message: &AgentMessage) {
+    if let Ok(text) = serde_json::to_string(message) {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+}
+
+fn error(step: &str, message: impl Into<String>) -> Response {
+    Response::Error(AgentError {
+        step: step.to_string(),
+        message: message.into(),
+    })
+}
+
+struct Session {
+    root: std::path::PathBuf,
+    lock: Option<DeployLock>,
+    failed: bool,
+}
+
+impl Session {
+    fn handle<R: BufRead>(&mut self, envelope: Envelope, input: &mut R) -> Response {
+        let id = envelope.id;
+        let emit = |step: &str, message: &str| {
+            send(&AgentMessage::Event {
+                id,
+                step: step.to_string(),
+                message: message.to_string(),
+            })
+        };
+        let mutating = !matches!(envelope.request, Request::Status | Request::Releases);
+        let refusal = if envelope.protocol != PROTOCOL_VERSION {
+            Some(error(
+                "protocol",
+                format!(
+                    "protocol mismatch: the operator speaks version {}, this agent ({}) speaks {PROTOCOL_VERSION}",
+                    envelope.protocol,
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ))
+        } else if let Err(e) = validate_service_name(&envelope.service) {
+            Some(error("request", e))
+        } else if mutating && self.failed {
+            Some(error(
+                "request",
+                "skipped: an earlier request of this session failed",
+            ))
+        } else if mutating
+            && self.lock.is_none()
+            && !matches!(envelope.request, Request::Begin { .. })
+        {
+            Some(error(
+                "lock",
+                "the deploy lock is not held: send `begin` first",
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            if let Request::PutArtifact { size, .. } = envelope.request {
+                // Keep the framing: the upload's bytes follow regardless.
+                let _ = io::copy(&mut Read::take(&mut *input, size), &mut io::sink());
+            }
+            return refusal;
+        }
+        let layout = Layout::new(&self.root, &envelope.service);
+        match envelope.request {
+            Request::Begin {
+                holder,
+                artifact_sha256,
+            } => self.begin(&layout, &holder, artifact_sha256.as_deref()),
+            Request::PutArtifact { sha256, size } => {
+                emit("upload", &format!("receiving {size} bytes"));
+                match store::put_artifact(&layout, &sha256, size, input) {
+                    Ok(bytes) => Response::Stored { bytes },
+                    Err(e) => error("upload", e),
+                }
+            }
+            Request::Prepare { manifest, files } => {
+                let gid = secret_group(manifest.run.user.as_deref());
+                match gid.and_then(|gid| store::prepare(&layout, &manifest, &files, gid)) {
+                    Ok(path) => Response::Prepared {
+                        path: path.display().to_string(),
+                    },
+                    Err(e) => error("prepare", e),
+                }
+            }
+            Request::Activate {
+                release,
+                action,
+                deployer,
+            } => Response::Activated(activate::activate(
+                &layout, &release, action, &deployer, &emit,
+            )),
+            Request::Finish { keep } => {
+                let result = store::prune(&layout, keep);
+                self.lock = None;
+                match result {
+                    Ok(pruned) => Response::Finished { pruned },
+                    Err(e) => error("prune", e),
+                }
+            }
+            Request::Status => Response::Status(status(&layout)),
+            Request::Releases => Response::Releases(store::list(&layout)),
+        }
+    }
+
+    fn begin(
+        &mut self,
+        layout: &Layout,
+        holder: &crate::protocol::LockHolder,
+        sha: Option<&str>,
+    ) -> Response {
+        if self.lock.is_some() {
+            return error("lock", "the deploy lock is already held by this session");
+        }
+        if let Err(e) = store::ensure_dirs(layout) {
+            return error(
+                "lock",
+                format!("cannot create {}: {e}", layout.lib_dir().display()),
+            );
+        }
+        match lock::acquire(layout, holder) {
+            Ok(lock) => self.lock = Some(lock),
+            Err(e) => return error("lock", e),
+        }
+        let cleaned_up = match store::clean_up_partial(layout) {
+            Ok(removed) => removed,
+            Err(e) => return error("lock", format!("cannot clean up a previous run: {e}")),
+        };
+        Response::Begun(HostState {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            current: store::current(layout),
+            has_artifact: sha.is_some_and(|sha| store::has_artifact(layout, sha)),
+            releases: store::list(layout),
+            cleaned_up,
+        })
+    }
+}
+
+/// Group that may read secret files: the service user's, when running as root.
+fn secret_group(user: Option<&str>) -> Result<Option<u32>, String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(Some(u.gid.as_raw())),
+        Ok(None) => Err(format!(
+            "service user `{user}` does not exist on this host; run `shipjar provision` first"
+        )),
+        Err(e) => Err(format!("cannot look up user `{user}`: {e}")),
+    }
+}
+
+/// What runs on this host: `current`, the supervised process, the reported version.
+fn status(layout: &Layout) -> HostStatus {
+    let service = supervisor::status(layout);
+    let current = store::list(layout).into_iter().find(|r| r.current);
+    let running_manifest = service
+        .release
+        .as_deref()
+        .and_then(|id| store::read_manifest(layout, id).ok());
+    let (reported_version, version_error) = match (&running_manifest, service.pid) {
+        (Some(manifest), Some(_)) => match activate::reported_version(manifest) {
+            Ok(v) => (v, None),
+            Err(e) => (None, Some(e)),
+        },
+        _ => (None, None),
+    };
+    HostStatus {
+        current,
+        running_version: running_manifest.map(|m| m.version),
+        reported_version,
+        version_error,
+        last_revision: crate::host::revisions::read(layout).pop(),
+        service: service.into(),
+    }
 }

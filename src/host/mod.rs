@@ -1,5 +1,6 @@
 //! Host side: everything that runs on a deploy target and changes it.
 
+pub mod activate;
 pub mod agent;
 pub mod layout;
 pub mod lock;

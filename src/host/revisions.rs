@@ -1,1 +1,83 @@
-//! TODO
+//! `revisions.log`: one tab-separated line per deploy and rollback.
+//!
+//! Fields: time, action, release, version, deployer, outcome, detail.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+
+use crate::host::layout::Layout;
+use crate::protocol::Revision;
+
+/// Appends one line and syncs it.
+pub fn append(layout: &Layout, revision: &Revision) -> io::Result<()> {
+    let fields = [
+        &revision.time,
+        &revision.action,
+        &revision.release,
+        &revision.version,
+        &revision.deployer,
+        &revision.outcome,
+        &revision.detail,
+    ];
+    let line: Vec<String> = fields.iter().map(|f| clean(f)).collect();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(layout.revisions_log())?;
+    // One write(2) of a whole line keeps concurrent appends from interleaving.
+    file.write_all(format!("{}\n", line.join("\t")).as_bytes())?;
+    file.sync_data()
+}
+
+/// All lines, oldest first; unreadable lines are skipped.
+pub fn read(layout: &Layout) -> Vec<Revision> {
+    let Ok(text) = fs::read_to_string(layout.revisions_log()) else {
+        return Vec::new();
+    };
+    text.lines().filter_map(parse).collect()
+}
+
+fn parse(line: &str) -> Option<Revision> {
+    let mut f = line.splitn(7, '\t').map(str::to_string);
+    Some(Revision {
+        time: f.next()?,
+        action: f.next()?,
+        release: f.next()?,
+        version: f.next()?,
+        deployer: f.next()?,
+        outcome: f.next()?,
+        detail: f.next().unwrap_or_default(),
+    })
+}
+
+/// Tabs and line breaks would break the format.
+fn clean(field: &str) -> String {
+    field.replace(['\t', '\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_cleans_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "svc");
+        fs::create_dir_all(layout.lib_dir()).unwrap();
+        let rev = Revision {
+            time: "2026-11-26T14:00:00Z".into(),
+            action: "deploy".into(),
+            release: "20261126-140000-000".into(),
+            version: "1.0".into(),
+            deployer: "me@box".into(),
+            outcome: "failed".into(),
+            detail: "health:\tnot\nhealthy".into(),
+        };
+        append(&layout, &rev).unwrap();
+        append(&layout, &rev).unwrap();
+        let read = read(&layout);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].detail, "health: not healthy");
+        assert_eq!(read[1].release, rev.release);
+    }
+}

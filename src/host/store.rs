@@ -1,1 +1,439 @@
-//! TODO
+//! The release store: content-addressed artifacts, complete release
+//! directories, and the atomic `current` switch.
+//!
+//! Invariants: an artifact is visible under its sha256 only after it was
+//! verified and synced; a release directory is visible under its id only once
+//! it is complete and synced; `current` always points at a complete release
+//! (or does not exist) because it is replaced with rename(2).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::host::layout::Layout;
+use crate::host::revisions;
+use crate::protocol::manifest::{MANIFEST_FILE, ReleaseManifest};
+use crate::protocol::{FileContent, ReleaseInfo};
+
+/// Prefix of everything half-written; removed by the next deploy.
+const TMP_PREFIX: &str = ".tmp-";
+
+/// Creates the store directories if missing.
+pub fn ensure_dirs(layout: &Layout) -> io::Result<()> {
+    for dir in [
+        layout.artifacts_dir(),
+        layout.releases_dir(),
+        layout.shared_dir(),
+        layout.log_dir(),
+        layout.run_dir(),
+    ] {
+        fs::create_dir_all(&dir)?;
+    }
+    Ok(())
+}
+
+/// Removes half-written releases and uploads left by a killed run.
+/// Call only while holding the deploy lock.
+pub fn clean_up_partial(layout: &Layout) -> io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for dir in [
+        layout.releases_dir(),
+        layout.artifacts_dir(),
+        layout.lib_dir(),
+    ] {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(TMP_PREFIX) {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+            removed.push(path.display().to_string());
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether an artifact with this sha256 is stored.
+pub fn has_artifact(layout: &Layout, sha256: &str) -> bool {
+    is_sha256(sha256) && layout.artifact(sha256).is_file()
+}
+
+/// Streams `size` bytes from `input` into the store, verifying the sha256.
+/// Always consumes exactly `size` bytes of `input` unless it ends early.
+pub fn put_artifact(
+    layout: &Layout,
+    sha256: &str,
+    size: u64,
+    input: &mut impl Read,
+) -> Result<u64, String> {
+    let mut limited = input.take(size);
+    if !is_sha256(sha256) {
+        drain(&mut limited);
+        return Err(format!("`{sha256}` is not a sha256 in hex"));
+    }
+    let tmp = layout
+        .artifacts_dir()
+        .join(format!("{TMP_PREFIX}{sha256}-{}", std::process::id()));
+    let result = write_verified(&tmp, sha256, size, &mut limited);
+    drain(&mut limited);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let dest = layout.artifact(sha256);
+    fs::rename(&tmp, &dest).map_err(|e| format!("cannot move artifact into place: {e}"))?;
+    fsync_dir(&layout.artifacts_dir())
+        .map_err(|e| format!("cannot sync the artifact store: {e}"))?;
+    Ok(size)
+}
+
+fn write_verified(
+    tmp: &Path,
+    sha256: &str,
+    size: u64,
+    input: &mut impl Read,
+) -> Result<(), String> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(tmp)
+        .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut written = 0u64;
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(|e| format!("reading the upload: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        written += n as u64;
+    }
+    if written != size {
+        return Err(format!("upload ended after {written} of {size} bytes"));
+    }
+    let actual = hex(&hasher.finalize());
+    if actual != sha256 {
+        return Err(format!(
+            "sha256 mismatch: expected {sha256}, received {actual}"
+        ));
+    }
+    file.sync_all()
+        .map_err(|e| format!("syncing {}: {e}", tmp.display()))
+}
+
+fn drain(input: &mut impl Read) {
+    let _ = io::copy(input, &mut io::sink());
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether `id` is a safe release id (no path tricks).
+pub fn is_release_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Creates `releases/<id>` complete and synced: config files, the jar link and
+/// `RELEASE`, built in a temporary directory and renamed into place.
+pub fn prepare(
+    layout: &Layout,
+    manifest: &ReleaseManifest,
+    files: &[FileContent],
+    secret_gid: Option<u32>,
+) -> Result<PathBuf, String> {
+    let id = &manifest.id;
+    if !is_release_id(id) {
+        return Err(format!("invalid release id `{id}`"));
+    }
+    if manifest.service != layout.name() {
+        return Err(format!(
+            "release is for service `{}`, not `{}`",
+            manifest.service,
+            layout.name()
+        ));
+    }
+    let dest = layout.release_dir(id);
+    if dest.exists() {
+        return Err(format!("release {id} already exists"));
+    }
+    if !has_artifact(layout, &manifest.artifact_sha256) {
+        return Err(format!(
+            "artifact {} is not stored",
+            manifest.artifact_sha256
+        ));
+    }
+    let tmp = layout
+        .releases_dir()
+        .join(format!("{TMP_PREFIX}{id}-{}", std::process::id()));
+    let result = write_release(layout, &tmp, manifest, files, secret_gid);
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, &dest).map_err(|e| format!("cannot move release into place: {e}"))?;
+    fsync_dir(&layout.releases_dir()).map_err(|e| format!("cannot sync releases/: {e}"))?;
+    Ok(dest)
+}
+
+fn write_release(
+    layout: &Layout,
+    dir: &Path,
+    manifest: &ReleaseManifest,
+    files: &[FileContent],
+    secret_gid: Option<u32>,
+) -> Result<(), String> {
+    let config_dir = dir.join("config");
+    fs::create_dir_all(&config_dir)
+        .map_err(|e| format!("cannot create {}: {e}", config_dir.display()))?;
+    let mut dirs = BTreeSet::from([dir.to_path_buf(), config_dir.clone()]);
+    for file in files {
+        let rel = Path::new(&file.dest);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!("invalid config file path `{}`", file.dest));
+        }
+        let path = config_dir.join(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            dirs.insert(parent.to_path_buf());
+        }
+        let mode = match (file.secret, secret_gid) {
+            (false, _) => 0o644,
+            (true, None) => 0o600,
+            (true, Some(_)) => 0o640,
+        };
+        write_synced(&path, file.content.as_bytes(), mode)
+            .map_err(|e| format!("cannot write config/{}: {e}", file.dest))?;
+        if let (true, Some(gid)) = (file.secret, secret_gid) {
+            nix::unistd::chown(
+                &path,
+                Some(nix::unistd::Uid::from_raw(0)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| format!("cannot chown config/{}: {e}", file.dest))?;
+        }
+    }
+    let artifact = Path::new("../../artifacts").join(format!("{}.jar", manifest.artifact_sha256));
+    debug_assert!(
+        layout
+            .artifact(&manifest.artifact_sha256)
+            .ends_with(artifact.file_name().unwrap_or_default())
+    );
+    symlink(&artifact, dir.join(&manifest.jar))
+        .map_err(|e| format!("cannot link the artifact: {e}"))?;
+    let text = serde_json::to_string_pretty(manifest)
+        .map_err(|e| format!("cannot encode RELEASE: {e}"))?;
+    write_synced(
+        &dir.join(MANIFEST_FILE),
+        format!("{text}\n").as_bytes(),
+        0o644,
+    )
+    .map_err(|e| format!("cannot write RELEASE: {e}"))?;
+    for d in dirs.iter().rev() {
+        fsync_dir(d).map_err(|e| format!("cannot sync {}: {e}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a new file with `mode`, synced to disk.
+pub fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    // The mode given to open() is filtered by the umask; set it exactly.
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// fsyncs a directory so a rename or create in it is durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The release id `current` points to, if any.
+pub fn current(layout: &Layout) -> Option<String> {
+    let target = fs::read_link(layout.current_link()).ok()?;
+    target.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+/// Points `current` at `releases/<id>` atomically (new symlink, then rename).
+pub fn switch(layout: &Layout, id: &str) -> Result<(), String> {
+    if !layout.release_dir(id).join(MANIFEST_FILE).is_file() {
+        return Err(format!("release {id} is not complete on this host"));
+    }
+    let tmp = layout
+        .lib_dir()
+        .join(format!("{TMP_PREFIX}current-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    symlink(Path::new("releases").join(id), &tmp)
+        .map_err(|e| format!("cannot create symlink: {e}"))?;
+    fs::rename(&tmp, layout.current_link()).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("cannot switch current: {e}")
+    })?;
+    fsync_dir(&layout.lib_dir())
+        .map_err(|e| format!("cannot sync {}: {e}", layout.lib_dir().display()))
+}
+
+/// Removes `current` (after a failed first deploy there is nothing to go back to).
+pub fn remove_current(layout: &Layout) -> Result<(), String> {
+    match fs::remove_file(layout.current_link()) {
+        Ok(()) => fsync_dir(&layout.lib_dir()).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove current: {e}")),
+    }
+}
+
+/// Reads `releases/<id>/RELEASE`.
+pub fn read_manifest(layout: &Layout, id: &str) -> Result<ReleaseManifest, String> {
+    if !is_release_id(id) {
+        return Err(format!("invalid release id `{id}`"));
+    }
+    let path = layout.release_dir(id).join(MANIFEST_FILE);
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))
+}
+
+/// Ids of complete releases, oldest first.
+pub fn release_ids(layout: &Layout) -> Vec<String> {
+    let mut ids: Vec<String> = fs::read_dir(layout.releases_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| is_release_id(name))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// All releases with their manifests and last outcomes, oldest first.
+pub fn list(layout: &Layout) -> Vec<ReleaseInfo> {
+    let current = current(layout);
+    let history = revisions::read(layout);
+    release_ids(layout)
+        .into_iter()
+        .filter_map(|id| {
+            let manifest = read_manifest(layout, &id).ok()?;
+            let outcome = history
+                .iter()
+                .rev()
+                .find(|r| r.release == id)
+                .map(|r| r.outcome.clone());
+            Some(ReleaseInfo {
+                current: current.as_deref() == Some(id.as_str()),
+                id,
+                version: manifest.version,
+                deployed_at: manifest.deployed_at,
+                deployer: manifest.deployer,
+                artifact_sha256: manifest.artifact_sha256,
+                outcome,
+            })
+        })
+        .collect()
+}
+
+/// The newest release other than `current` whose last activation succeeded.
+pub fn previous_good(layout: &Layout) -> Option<String> {
+    let current = current(layout);
+    list(layout)
+        .into_iter()
+        .rev()
+        .find(|r| Some(&r.id) != current.as_ref() && r.outcome.as_deref() == Some("success"))
+        .map(|r| r.id)
+}
+
+/// Removes all but the newest `keep` releases, never `current` nor the
+/// previous good release, then artifacts no remaining release uses.
+pub fn prune(layout: &Layout, keep: usize) -> Result<Vec<String>, String> {
+    let mut protected: BTreeSet<String> = BTreeSet::new();
+    protected.extend(current(layout));
+    protected.extend(previous_good(layout));
+    let ids = release_ids(layout);
+    let mut removed = Vec::new();
+    let excess = ids.len().saturating_sub(keep);
+    for id in ids.iter().take(excess) {
+        if protected.contains(id) {
+            continue;
+        }
+        fs::remove_dir_all(layout.release_dir(id))
+            .map_err(|e| format!("cannot remove release {id}: {e}"))?;
+        removed.push(id.clone());
+    }
+    let used: BTreeSet<String> = release_ids(layout)
+        .iter()
+        .filter_map(|id| read_manifest(layout, id).ok())
+        .map(|m| m.artifact_sha256)
+        .collect();
+    if let Ok(entries) = fs::read_dir(layout.artifacts_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(sha) = name.strip_suffix(".jar")
+                && is_sha256(sha)
+                && !used.contains(sha)
+            {
+                fs::remove_file(entry.path())
+                    .map_err(|e| format!("cannot remove artifact {sha}: {e}"))?;
+            }
+        }
+    }
+    if !removed.is_empty() {
+        fsync_dir(&layout.releases_dir()).map_err(|e| e.to_string())?;
+    }
+    Ok(removed)
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}

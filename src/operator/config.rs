@@ -1,16 +1,850 @@
-//! `shipjar.toml`: parsing with spans, validation.
+//! `shipjar.toml`: parsing with spans, validation, and the built-in `local` stage.
+//!
+//! Every error names the file, line, column and key, and says what was expected.
 
-/// Checks a service name: `[a-z][a-z0-9-]*`, at most 32 characters.
-pub fn validate_service_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let ok = matches!(chars.next(), Some('a'..='z'))
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
-        && name.len() <= 32;
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid service name `{name}`: expected [a-z][a-z0-9-]*, at most 32 characters"
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+
+/// Name of the stage every project has without declaring it.
+pub const LOCAL_STAGE: &str = "local";
+/// The host name that means "this machine, no SSH".
+pub const LOCAL_HOST: &str = "local";
+
+/// The whole project file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// What the service is and how it runs.
+    pub service: Service,
+    /// How to build the artifact.
+    pub build: Option<Build>,
+    /// How the supervisor tells the service is healthy.
+    #[serde(default)]
+    pub health: Health,
+    /// The service's own version endpoint.
+    pub version_check: Option<VersionCheck>,
+    /// Graceful stop.
+    #[serde(default)]
+    pub stop: Stop,
+    /// Release retention.
+    #[serde(default)]
+    pub releases: Releases,
+    /// Config files rendered into each release.
+    #[serde(default)]
+    pub config: Vec<Spanned<ConfigFile>>,
+    /// Deploy targets.
+    #[serde(default)]
+    pub stages: BTreeMap<String, Spanned<Stage>>,
+}
+
+/// `[service]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Service name; also the unix user by default.
+    pub name: ServiceName,
+    /// File name of the artifact inside a release; the service runs `java -jar <jar>`.
+    pub jar: Option<String>,
+    /// The java program.
+    #[serde(default = "default_java")]
+    pub java: String,
+    /// JVM options, before `-jar`; each is a template.
+    #[serde(default)]
+    pub java_opts: Vec<String>,
+    /// A command to run instead of `java -jar` (non-JVM services); each element is a template.
+    pub command: Option<Spanned<Vec<String>>>,
+    /// Environment of the service.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Unix user to run as (on hosts where shipjar runs as root); default: the service name.
+    pub user: Option<String>,
+}
+
+fn default_java() -> String {
+    "java".to_string()
+}
+
+/// `[build]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// Shell command run in the project directory.
+    pub command: String,
+    /// Glob (relative to the project) that must match exactly one file.
+    pub artifact: Spanned<String>,
+    /// A literal version.
+    pub version: Option<String>,
+    /// A command whose first line of output is the version.
+    pub version_command: Option<String>,
+}
+
+/// `[health]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// HTTP URL that answers 2xx when healthy.
+    pub url: Option<Spanned<String>>,
+    /// TCP port on 127.0.0.1 that accepts connections when healthy.
+    pub tcp: Option<u16>,
+    /// How long a start may take.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout: Millis,
+    /// How often to check once running.
+    #[serde(default = "default_interval")]
+    pub interval: Millis,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            url: None,
+            tcp: None,
+            start_timeout: default_start_timeout(),
+            interval: default_interval(),
+        }
+    }
+}
+
+fn default_start_timeout() -> Millis {
+    Millis(90_000)
+}
+
+fn default_interval() -> Millis {
+    Millis(5_000)
+}
+
+/// `[version_check]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionCheck {
+    /// URL answering a JSON object.
+    pub url: String,
+    /// Key holding the version.
+    #[serde(default = "default_version_key")]
+    pub key: String,
+}
+
+fn default_version_key() -> String {
+    "version".to_string()
+}
+
+/// `[stop]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stop {
+    /// SIGTERM, wait this long, then SIGKILL.
+    #[serde(default = "default_stop_timeout")]
+    pub timeout: Millis,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop {
+            timeout: default_stop_timeout(),
+        }
+    }
+}
+
+fn default_stop_timeout() -> Millis {
+    Millis(30_000)
+}
+
+/// `[releases]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Releases {
+    /// How many releases to keep on each host (at least 2).
+    #[serde(default = "default_keep_spanned")]
+    pub keep: Spanned<usize>,
+}
+
+impl Default for Releases {
+    fn default() -> Self {
+        Releases {
+            keep: default_keep_spanned(),
+        }
+    }
+}
+
+fn default_keep_spanned() -> Spanned<usize> {
+    Spanned::new(0..0, 5)
+}
+
+/// One `[[config]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Template path relative to the project; may itself use `{{ stage }}`.
+    pub template: Option<String>,
+    /// A built-in file instead of a template: `service-properties`.
+    pub builtin: Option<Builtin>,
+    /// Path inside the release's `config/`.
+    pub dest: Spanned<String>,
+    /// Written 0600 and never printed.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// Built-in config files.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Builtin {
+    /// Java `.properties` with name, version, commit, build/deploy time, deployer, stage, host, sha256.
+    ServiceProperties,
+}
+
+/// `[stages.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// `[user@]host[:port]`, or `local` for this machine.
+    #[serde(default = "default_local_hosts")]
+    pub hosts: Vec<Spanned<String>>,
+    /// Host root; relative paths are relative to the project (for `local`).
+    pub root: Option<PathBuf>,
+    /// Template variables.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Secret template variables, available as `secrets.NAME`.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Spanned<SecretSource>>,
+}
+
+fn default_local_hosts() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, LOCAL_HOST.to_string())]
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// Name of an environment variable of the operator.
+    pub env: Option<String>,
+    /// A file on the operator's machine (relative to the project); trailing newline removed.
+    pub file: Option<PathBuf>,
+}
+
+/// A validated service name: `[a-z][a-z0-9-]*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceName(pub String);
+
+impl<'de> Deserialize<'de> for ServiceName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        validate_service_name(&name).map_err(de::Error::custom)?;
+        Ok(ServiceName(name))
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A duration written like `90s`, `1m 30s` or `500ms`, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Millis(pub u64);
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let duration = humantime::parse_duration(&text).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid duration `{text}` ({e}): expected e.g. \"90s\", \"1m 30s\", \"500ms\""
+            ))
+        })?;
+        Ok(Millis(duration.as_millis().min(u64::MAX as u128) as u64))
+    }
+}
+
+pub use crate::protocol::validate_service_name;
+
+/// A host of a stage, parsed from `[user@]host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSpec {
+    /// This machine: the agent runs as a child process, no SSH.
+    Local,
+    /// A remote host reached with OpenSSH.
+    Ssh {
+        /// Login user, if given.
+        user: Option<String>,
+        /// Host name or address.
+        host: String,
+        /// Port, if given.
+        port: Option<u16>,
+    },
+}
+
+impl HostSpec {
+    /// Parses `[user@]host[:port]`; `local` means this machine.
+    pub fn parse(text: &str) -> Result<HostSpec, String> {
+        if text == LOCAL_HOST {
+            return Ok(HostSpec::Local);
+        }
+        let (user, rest) = match text.split_once('@') {
+            Some((user, rest)) => (Some(user), rest),
+            None => (None, text),
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("invalid port `{port}` in host `{text}`"))?;
+                (host, Some(port))
+            }
+            None => (rest, None),
+        };
+        let valid_word = |w: &str| {
+            !w.is_empty()
+                && !w.starts_with('-')
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        };
+        if user.is_some_and(|u| !valid_word(u)) || !valid_word(host) {
+            return Err(format!(
+                "invalid host `{text}`: expected [user@]host[:port] with letters, digits, `.`, `-`, `_`"
+            ));
+        }
+        Ok(HostSpec::Ssh {
+            user: user.map(str::to_string),
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// A loaded project: the parsed file plus where it lives.
+#[derive(Debug)]
+pub struct Project {
+    /// The parsed configuration.
+    pub config: Config,
+    /// Path of the project file as given.
+    pub file: PathBuf,
+    /// The project directory (the file's parent), absolute.
+    pub dir: PathBuf,
+    /// The file's text, for pointing at spans in later errors.
+    pub source: String,
+}
+
+impl Project {
+    /// Reads and validates the project file.
+    pub fn load(file: &Path) -> Result<Project> {
+        let source = std::fs::read_to_string(file).map_err(|e| {
+            let err = Error::config(format!(
+                "{}: cannot read the project file: {e}",
+                file.display()
+            ));
+            if e.kind() == std::io::ErrorKind::NotFound {
+                err.hint("run shipjar in the service's directory, or pass -C DIR or --config FILE")
+            } else {
+                err
+            }
+        })?;
+        let dir = std::path::absolute(file)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .ok_or_else(|| {
+                Error::config(format!("{}: cannot resolve its directory", file.display()))
+            })?;
+        let config = parse(&source, file)?;
+        let project = Project {
+            config,
+            file: file.to_path_buf(),
+            dir,
+            source,
+        };
+        project.validate()?;
+        Ok(project)
+    }
+
+    /// An error pointing at `span` in the project file.
+    pub fn error_at(&self, span: Range<usize>, key: &str, message: &str) -> Error {
+        Error::config(describe(
+            &self.source,
+            &self.file,
+            Some(span),
+            Some(key),
+            message,
         ))
+    }
+
+    fn validate(&self) -> Result<()> {
+        let c = &self.config;
+        match (&c.service.jar, &c.service.command) {
+            (Some(_), Some(cmd)) => {
+                return Err(self.error_at(
+                    cmd.span(),
+                    "service.command",
+                    "set either `jar` (run with java -jar) or `command`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(self.error_at(
+                    self.key_span("service"),
+                    "service",
+                    "missing `jar` (a JVM service) or `command` (anything else)",
+                ));
+            }
+            (None, Some(cmd)) if cmd.get_ref().is_empty() => {
+                return Err(self.error_at(cmd.span(), "service.command", "must not be empty"));
+            }
+            _ => {}
+        }
+        if let Some(jar) = &c.service.jar
+            && (jar.contains('/') || jar.is_empty() || jar.starts_with('.'))
+        {
+            return Err(self.error_at(
+                self.key_span("jar"),
+                "service.jar",
+                "expected a plain file name such as \"hello.jar\"",
+            ));
+        }
+        if let Some(build) = &c.build
+            && build.version.is_some()
+            && build.version_command.is_some()
+        {
+            return Err(self.error_at(
+                build.artifact.span(),
+                "build",
+                "set either `version` or `version_command`, not both",
+            ));
+        }
+        if let (Some(url), Some(_)) = (&c.health.url, &c.health.tcp) {
+            return Err(self.error_at(url.span(), "health", "set either `url` or `tcp`, not both"));
+        }
+        if let Some(url) = &c.health.url
+            && !url.get_ref().starts_with("http://")
+        {
+            return Err(self.error_at(
+                url.span(),
+                "health.url",
+                "expected an http:// URL on this host, e.g. \"http://127.0.0.1:8080/health\"",
+            ));
+        }
+        if *c.releases.keep.get_ref() < 2 {
+            return Err(self.error_at(
+                c.releases.keep.span(),
+                "releases.keep",
+                "must be at least 2 (the current release and the one to roll back to)",
+            ));
+        }
+        let mut dests = std::collections::BTreeSet::new();
+        for entry in &c.config {
+            let file = entry.get_ref();
+            let dest = file.dest.get_ref();
+            match (&file.template, &file.builtin) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(self.error_at(
+                        entry.span(),
+                        "config",
+                        "each [[config]] needs exactly one of `template` or `builtin`",
+                    ));
+                }
+                _ => {}
+            }
+            let bad_dest = dest.is_empty()
+                || dest.starts_with('/')
+                || dest
+                    .split('/')
+                    .any(|part| part.is_empty() || part == "." || part == "..");
+            if bad_dest {
+                return Err(self.error_at(
+                    file.dest.span(),
+                    "config.dest",
+                    "expected a relative path inside the release's config/ (no `..`)",
+                ));
+            }
+            if !dests.insert(dest.clone()) {
+                return Err(self.error_at(
+                    file.dest.span(),
+                    "config.dest",
+                    &format!("`{dest}` is written by two [[config]] entries"),
+                ));
+            }
+        }
+        for (name, stage) in &c.stages {
+            if !is_identifier(name) {
+                return Err(self.error_at(
+                    stage.span(),
+                    &format!("stages.{name}"),
+                    "a stage name must be [a-z][a-z0-9_-]*",
+                ));
+            }
+            let stage_ref = stage.get_ref();
+            if stage_ref.hosts.is_empty() {
+                return Err(self.error_at(
+                    stage.span(),
+                    &format!("stages.{name}.hosts"),
+                    "needs at least one host",
+                ));
+            }
+            for host in &stage_ref.hosts {
+                HostSpec::parse(host.get_ref())
+                    .map_err(|m| self.error_at(host.span(), &format!("stages.{name}.hosts"), &m))?;
+            }
+            for key in stage_ref.vars.keys() {
+                if !is_identifier(key) || RESERVED_VARS.contains(&key.as_str()) {
+                    return Err(self.error_at(
+                        stage.span(),
+                        &format!("stages.{name}.vars.{key}"),
+                        &format!(
+                            "a variable name must be [a-z][a-z0-9_]* and not one of {}",
+                            RESERVED_VARS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for (key, source) in &stage_ref.secrets {
+                let s = source.get_ref();
+                if s.env.is_some() == s.file.is_some() {
+                    return Err(self.error_at(
+                        source.span(),
+                        &format!("stages.{name}.secrets.{key}"),
+                        "expected exactly one of `env = \"VAR\"` or `file = \"path\"`",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Span of the first `key` (a table header or key) in the file, for errors on whole tables.
+    fn key_span(&self, key: &str) -> Range<usize> {
+        let header = format!("[{key}]");
+        let mut offset = 0;
+        for line in self.source.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with(&header)
+                || trimmed.starts_with(&format!("{key} "))
+                || trimmed.starts_with(&format!("{key}="))
+            {
+                let start = offset + (line.len() - trimmed.len());
+                return start..start + trimmed.trim_end().len();
+            }
+            offset += line.len();
+        }
+        0..0
+    }
+
+    /// The named stage; `local` exists even when not declared.
+    pub fn stage(&self, name: &str) -> Result<ResolvedStage> {
+        let declared = self.config.stages.get(name);
+        if declared.is_none() && name != LOCAL_STAGE {
+            let mut known: Vec<&str> = self.config.stages.keys().map(String::as_str).collect();
+            if !known.contains(&LOCAL_STAGE) {
+                known.insert(0, LOCAL_STAGE);
+            }
+            return Err(
+                Error::config(format!("{}: no stage `{name}`", self.file.display()))
+                    .hint(format!("stages are: {}", known.join(", "))),
+            );
+        }
+        let mut hosts = Vec::new();
+        let (root, vars, secrets) = match declared {
+            Some(stage) => {
+                let stage = stage.get_ref();
+                for host in &stage.hosts {
+                    let spec = HostSpec::parse(host.get_ref()).map_err(Error::config)?;
+                    hosts.push((host.get_ref().clone(), spec));
+                }
+                (stage.root.clone(), stage.vars.clone(), &stage.secrets)
+            }
+            None => {
+                hosts.push((LOCAL_HOST.to_string(), HostSpec::Local));
+                (None, BTreeMap::new(), &EMPTY_SECRETS)
+            }
+        };
+        let is_local = hosts.iter().all(|(_, spec)| *spec == HostSpec::Local);
+        let root = match root {
+            Some(root) if root.is_absolute() => root,
+            Some(root) => self.dir.join(root),
+            None if is_local => self.dir.join(".shipjar").join(name),
+            None => PathBuf::from("/"),
+        };
+        let mut secret_sources = BTreeMap::new();
+        for (key, source) in secrets {
+            let s = source.get_ref();
+            let src = match (&s.env, &s.file) {
+                (Some(var), _) => SecretFrom::Env(var.clone()),
+                (None, Some(file)) => SecretFrom::File(self.dir.join(file)),
+                (None, None) => unreachable!("validated"),
+            };
+            secret_sources.insert(key.clone(), src);
+        }
+        Ok(ResolvedStage {
+            name: name.to_string(),
+            hosts,
+            root,
+            vars,
+            secrets: secret_sources,
+        })
+    }
+}
+
+static EMPTY_SECRETS: BTreeMap<String, Spanned<SecretSource>> = BTreeMap::new();
+
+/// Template variables shipjar defines itself; stage vars may not shadow them.
+pub const RESERVED_VARS: &[&str] = &[
+    "service",
+    "stage",
+    "host",
+    "version",
+    "secrets",
+    "release",
+    "release_dir",
+    "config_dir",
+    "shared_dir",
+    "log_dir",
+];
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+}
+
+/// A stage with defaults applied and paths resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedStage {
+    /// Stage name.
+    pub name: String,
+    /// Hosts as written, with their parsed form.
+    pub hosts: Vec<(String, HostSpec)>,
+    /// Absolute host root.
+    pub root: PathBuf,
+    /// Template variables.
+    pub vars: BTreeMap<String, String>,
+    /// Where each secret comes from.
+    pub secrets: BTreeMap<String, SecretFrom>,
+}
+
+/// A resolved secret source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretFrom {
+    /// An environment variable of the operator.
+    Env(String),
+    /// A file on the operator's machine.
+    File(PathBuf),
+}
+
+/// Parses the project file text.
+pub fn parse(source: &str, file: &Path) -> Result<Config> {
+    toml::from_str::<Config>(source).map_err(|e| {
+        let key = e.span().and_then(|span| key_at(source, span.start));
+        Error::config(describe(
+            source,
+            file,
+            e.span(),
+            key.as_deref(),
+            e.message(),
+        ))
+    })
+}
+
+/// Formats `file:line:col: key `k`: message` plus the offending line and a caret.
+fn describe(
+    source: &str,
+    file: &Path,
+    span: Option<Range<usize>>,
+    key: Option<&str>,
+    message: &str,
+) -> String {
+    let message = message.trim_end();
+    let Some(span) = span.filter(|s| s.start <= source.len()) else {
+        return format!("{}: {message}", file.display());
+    };
+    let (line_no, col, line) = locate(source, span.start);
+    let key_part = key.map(|k| format!("key `{k}`: ")).unwrap_or_default();
+    let width = span
+        .end
+        .saturating_sub(span.start)
+        .clamp(1, line.len().saturating_sub(col - 1).max(1));
+    format!(
+        "{}:{line_no}:{col}: {key_part}{message}\n{line_no:>5} | {line}\n      | {}{}",
+        file.display(),
+        " ".repeat(col - 1),
+        "^".repeat(width)
+    )
+}
+
+/// 1-based line and column of a byte offset, with the line's text.
+fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
+    let before = &source[..offset.min(source.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = source[line_start..].lines().next().unwrap_or("");
+    let col = before[line_start..].chars().count() + 1;
+    (line_no, col, line)
+}
+
+/// Best-effort dotted key at a byte offset: the table header in effect plus the line's key.
+fn key_at(source: &str, offset: usize) -> Option<String> {
+    let before = &source[..offset.min(source.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = source[line_start..].lines().next().unwrap_or("");
+    let trimmed = line.trim();
+    if trimmed.starts_with('[') {
+        return Some(
+            trimmed
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string(),
+        );
+    }
+    let line_key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string());
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match (table, line_key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[service]\nname = \"hello\"\njar = \"hello.jar\"\n";
+
+    fn load(text: &str) -> Result<Project> {
+        let config = parse(text, Path::new("shipjar.toml"))?;
+        let project = Project {
+            config,
+            file: PathBuf::from("shipjar.toml"),
+            dir: PathBuf::from("/project"),
+            source: text.to_string(),
+        };
+        project.validate()?;
+        Ok(project)
+    }
+
+    #[test]
+    fn minimal_config_has_defaults_and_a_local_stage() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.health.start_timeout, Millis(90_000));
+        assert_eq!(*project.config.releases.keep.get_ref(), 5);
+        let stage = project.stage("local").unwrap();
+        assert_eq!(stage.hosts, vec![("local".to_string(), HostSpec::Local)]);
+        assert_eq!(stage.root, PathBuf::from("/project/.shipjar/local"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column_and_key() {
+        let err = load(&format!("{MINIMAL}colour = \"red\"\n")).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.message
+                .starts_with("shipjar.toml:4:1: key `service.colour`"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("unknown field `colour`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn bad_duration_says_what_is_expected() {
+        let err = load(&format!(
+            "{MINIMAL}[health]\ntcp = 8080\nstart_timeout = \"soon\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:6:17: key `health.start_timeout`"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("expected e.g. \"90s\""),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn jar_and_command_are_exclusive() {
+        let err =
+            load("[service]\nname = \"a\"\njar = \"a.jar\"\ncommand = [\"x\"]\n").unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:4:11: key `service.command`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn invalid_service_name_is_rejected() {
+        let err = load("[service]\nname = \"Bad_Name\"\njar = \"a.jar\"\n").unwrap_err();
+        assert!(
+            err.message.contains("shipjar.toml:2:8: key `service.name`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn undeclared_stage_lists_known_stages() {
+        let project = load(&format!("{MINIMAL}[stages.prod]\nhosts = [\"app1\"]\n")).unwrap();
+        let err = project.stage("staging").unwrap_err();
+        assert!(err.to_string().contains("stages are: local, prod"), "{err}");
+    }
+
+    #[test]
+    fn secret_needs_exactly_one_source() {
+        let text =
+            format!("{MINIMAL}[stages.prod]\nhosts = [\"app1\"]\nsecrets = {{ pw = {{}} }}\n");
+        let err = load(&text).unwrap_err();
+        assert!(
+            err.message.contains("stages.prod.secrets.pw"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn host_specs_parse() {
+        assert_eq!(HostSpec::parse("local"), Ok(HostSpec::Local));
+        assert_eq!(
+            HostSpec::parse("deploy@app2.example.com:2222"),
+            Ok(HostSpec::Ssh {
+                user: Some("deploy".into()),
+                host: "app2.example.com".into(),
+                port: Some(2222)
+            })
+        );
+        assert!(HostSpec::parse("app:0").is_err());
+        assert!(HostSpec::parse("-oProxyCommand=x").is_err());
+        assert!(HostSpec::parse("a b").is_err());
+    }
+
+    #[test]
+    fn config_dest_may_not_escape() {
+        let text =
+            format!("{MINIMAL}[[config]]\nbuiltin = \"service-properties\"\ndest = \"../x\"\n");
+        let err = load(&text).unwrap_err();
+        assert!(err.message.contains("key `config.dest`"), "{}", err.message);
     }
 }

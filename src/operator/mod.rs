@@ -1,14 +1,109 @@
 //! Operator side: config, build, planning, transport, orchestration, output.
 
+pub mod build;
 pub mod config;
+pub mod deploy;
+pub mod inspect;
 pub mod output;
+pub mod plan;
+pub mod render;
+pub mod transport;
 
 use std::path::Path;
 
-use crate::cli::Command;
+use crate::cli::{Command, StageArgs};
 use crate::error::Result;
+use crate::host::activate::now_rfc3339;
+use config::Project;
+use output::Reporter;
 
 /// Runs an operator command.
-pub fn run(_command: Command, _config: &Path, _json: bool) -> Result<i32> {
-    todo!("operator commands")
+pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
+    let reporter = Reporter::new(json);
+    let project = Project::load(config)?;
+    match command {
+        Command::Check(args) => check(&project, &args, &reporter),
+        Command::Build(args) => {
+            let manifest = build::build(&project, args.version.as_deref(), &reporter)?;
+            let text = format!(
+                "built {} (version {}, sha256 {})\n",
+                manifest.artifact.display(),
+                manifest.version,
+                manifest.sha256
+            );
+            reporter.result(&manifest, &text);
+            Ok(0)
+        }
+        Command::Deploy(args) => deploy::deploy(&project, &args, &reporter),
+        Command::Rollback(args) => deploy::rollback(&project, &args, &reporter),
+        Command::Status(args) => inspect::status(&project, &args.stage, &reporter),
+        Command::Releases(args) => inspect::releases(&project, &args.stage, &reporter),
+        Command::Service(_) | Command::Agent(_) => {
+            unreachable!("host-side commands are dispatched earlier")
+        }
+    }
+}
+
+/// `shipjar check STAGE`: validates the project and renders every file for
+/// every host of the stage (secrets masked), changing nothing.
+fn check(project: &Project, args: &StageArgs, reporter: &Reporter) -> Result<i32> {
+    let stage = project.stage(&args.stage)?;
+    let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
+    let build = build::BuildManifest {
+        artifact: "(not built)".into(),
+        sha256: "0".repeat(64),
+        size: 0,
+        version: "(version)".into(),
+        git_commit: None,
+        build_time: String::new(),
+    };
+    let deployed_at = now_rfc3339();
+    let inputs = plan::DeployInputs {
+        release_id: plan::release_id(&deployed_at),
+        deployed_at,
+        deployer: deploy::deployer(),
+        sets: Default::default(),
+        env: Default::default(),
+        secrets,
+    };
+    let read_template = |path: &str| {
+        std::fs::read_to_string(project.dir.join(path))
+            .map_err(|e| crate::error::Error::config(format!("template {path}: cannot read: {e}")))
+    };
+    let plan = plan::plan_deploy(&project.config, &stage, &build, &inputs, &read_template)?;
+    let mut text = String::new();
+    for host in &plan.hosts {
+        text.push_str(&format!(
+            "{}: runs {:?}\n",
+            host.host, host.manifest.run.argv
+        ));
+        for file in &host.files {
+            text.push_str(&format!(
+                "--- config/{}{}\n",
+                file.dest,
+                if file.secret { " (secret)" } else { "" }
+            ));
+            text.push_str(&inspect::masked(&file.content, file.secret));
+        }
+    }
+    text.push_str(&format!(
+        "{}: stage `{}` is valid\n",
+        project.file.display(),
+        stage.name
+    ));
+    #[derive(serde::Serialize)]
+    struct CheckResult<'a> {
+        ok: bool,
+        stage: &'a str,
+        hosts: Vec<&'a str>,
+    }
+    reporter.result(
+        &CheckResult {
+            ok: true,
+            stage: &stage.name,
+            hosts: plan.hosts.iter().map(|h| h.host.as_str()).collect(),
+        },
+        &text,
+    );
+    Ok(0)
 }

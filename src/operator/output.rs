@@ -1,8 +1,144 @@
-//! Everything the operator prints goes through here.
+//! Everything the operator prints goes through here, so secrets are masked in
+//! one place: plain lines for people, JSON lines with `--json`.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
 
 use crate::error::Error;
 
-/// Prints an error to stderr.
+/// What replaces a secret value in any output.
+pub const MASK: &str = "********";
+
+fn secrets() -> &'static Mutex<Vec<String>> {
+    static SECRETS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    SECRETS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Registers a secret value: from now on it is masked in everything printed.
+pub fn register_secret(value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    if let Ok(mut list) = secrets().lock() {
+        if !list.iter().any(|s| s == value) {
+            list.push(value.to_string());
+            // Longest first, so a secret containing another is masked whole.
+            list.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+}
+
+/// `text` with every registered secret value masked.
+pub fn redact(text: &str) -> String {
+    let Ok(list) = secrets().lock() else {
+        return text.to_string();
+    };
+    let mut out = text.to_string();
+    for secret in list.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), MASK);
+        }
+    }
+    out
+}
+
+/// Prints an error to stderr (masked); as JSON with `--json`.
 pub fn print_error(err: &Error) {
-    eprintln!("error: {err}");
+    eprintln!("error: {}", redact(&err.to_string()));
+}
+
+/// Progress and results of one operator command.
+pub struct Reporter {
+    json: bool,
+    started: Instant,
+    timestamps: bool,
+}
+
+impl Reporter {
+    /// A reporter printing JSON lines or plain text.
+    pub fn new(json: bool) -> Self {
+        Reporter {
+            json,
+            started: Instant::now(),
+            // Timestamps help in CI logs; on a terminal they are noise.
+            timestamps: !std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// One step of one host: `[host] step: message`.
+    pub fn step(&self, host: &str, step: &str, status: &str, message: &str) {
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        if self.json {
+            self.json_line(&json!({
+                "event": "step", "host": host, "step": step, "status": status,
+                "message": message, "elapsed_ms": elapsed_ms,
+            }));
+        } else {
+            let stamp = if self.timestamps {
+                format!("{} ", crate::host::activate::now_rfc3339())
+            } else {
+                String::new()
+            };
+            let mark = match status {
+                "failed" => " FAILED",
+                _ => "",
+            };
+            self.text_err(&format!("{stamp}[{host}] {step}{mark}: {message}"));
+        }
+    }
+
+    /// A note not tied to a host.
+    pub fn note(&self, message: &str) {
+        if self.json {
+            self.json_line(&json!({"event": "note", "message": message}));
+        } else {
+            self.text_err(message);
+        }
+    }
+
+    /// The final result: a JSON object with `--json`, else the given text on stdout.
+    pub fn result<T: Serialize>(&self, value: &T, text: &str) {
+        if self.json {
+            let mut value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("event".into(), "result".into());
+            }
+            self.json_line(&value);
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "{}", redact(text));
+            let _ = out.flush();
+        }
+    }
+
+    fn json_line(&self, value: &serde_json::Value) {
+        let text = serde_json::to_string(value).unwrap_or_default();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", redact(&text));
+        let _ = out.flush();
+    }
+
+    fn text_err(&self, line: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{}", redact(line));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_secrets_are_masked_longest_first() {
+        register_secret("hunter2");
+        register_secret("hunter2-extra");
+        assert_eq!(
+            redact("pw=hunter2-extra and hunter2"),
+            "pw=******** and ********"
+        );
+    }
 }

@@ -1,0 +1,223 @@
+//! Activating a release on this host: switch `current`, restart through the
+//! health gate, verify the version the service reports; on any failure go
+//! back to the previous release and confirm it is healthy again.
+
+use std::time::{Duration, Instant};
+
+use crate::host::layout::Layout;
+use crate::host::{probe, revisions, store, supervisor};
+use crate::protocol::manifest::ReleaseManifest;
+use crate::protocol::{Action, Activation, NowRunning, Revision};
+
+/// How often and how long to ask the version endpoint once the service is healthy.
+const VERSION_ATTEMPTS: u32 = 3;
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Activates `release`; never returns with the host on a half-switched release.
+pub fn activate(
+    layout: &Layout,
+    release: &str,
+    action: Action,
+    deployer: &str,
+    emit: &dyn Fn(&str, &str),
+) -> Activation {
+    let previous = store::current(layout);
+    let mut outcome = Activation {
+        ok: false,
+        release: release.to_string(),
+        pid: None,
+        healthy_after_ms: None,
+        reported_version: None,
+        failed_step: None,
+        reason: None,
+        log_tail: Vec::new(),
+        now_running: None,
+    };
+    let manifest = match store::read_manifest(layout, release) {
+        Ok(m) => m,
+        Err(e) => return fail_early(outcome, "switch", e),
+    };
+    let result = switch_and_verify(layout, &manifest, emit, &mut outcome);
+    let (ok, detail) = match result {
+        Ok(()) => (true, String::new()),
+        Err((step, reason, log_tail)) => {
+            outcome.failed_step = Some(step.to_string());
+            outcome.reason = Some(reason.clone());
+            outcome.log_tail = log_tail;
+            let now = revert(layout, previous.as_deref(), release, emit);
+            let detail = format!("{step}: {reason}; {}", describe_now_running(&now));
+            outcome.now_running = Some(now);
+            (false, detail)
+        }
+    };
+    outcome.ok = ok;
+    let revision = Revision {
+        time: now_rfc3339(),
+        action: action.as_str().to_string(),
+        release: release.to_string(),
+        version: manifest.version.clone(),
+        deployer: deployer.to_string(),
+        outcome: if ok { "success" } else { "failed" }.to_string(),
+        detail,
+    };
+    if let Err(e) = revisions::append(layout, &revision) {
+        emit("record", &format!("cannot append to revisions.log: {e}"));
+    }
+    outcome
+}
+
+type StepFailure = (&'static str, String, Vec<String>);
+
+fn switch_and_verify(
+    layout: &Layout,
+    manifest: &ReleaseManifest,
+    emit: &dyn Fn(&str, &str),
+    outcome: &mut Activation,
+) -> Result<(), StepFailure> {
+    store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
+    emit("switch", &format!("current -> releases/{}", manifest.id));
+    let stop = supervisor::stop(layout).map_err(|e| ("stop", e.message, e.log_tail))?;
+    if stop.was_running {
+        emit(
+            "stop",
+            &format!("previous process {} in {} ms", stop.how, stop.took_ms),
+        );
+    }
+    let started = supervisor::start(layout).map_err(|e| ("health", e.message, e.log_tail))?;
+    outcome.pid = Some(started.pid);
+    outcome.healthy_after_ms = Some(started.healthy_after_ms);
+    emit(
+        "health",
+        &format!(
+            "pid {} healthy after {} ms",
+            started.pid, started.healthy_after_ms
+        ),
+    );
+    if started.release != manifest.id {
+        return Err((
+            "health",
+            format!(
+                "the running process was started from release {}, not {}",
+                started.release, manifest.id
+            ),
+            Vec::new(),
+        ));
+    }
+    if manifest.version_check.is_some() {
+        let reported = reported_version(manifest).map_err(|e| ("version", e, Vec::new()))?;
+        let reported = reported.unwrap_or_default();
+        outcome.reported_version = Some(reported.clone());
+        if reported != manifest.version {
+            return Err((
+                "version",
+                format!(
+                    "the service reports version `{reported}`, expected `{}`",
+                    manifest.version
+                ),
+                Vec::new(),
+            ));
+        }
+        emit("version", &format!("service reports {reported}"));
+    }
+    Ok(())
+}
+
+fn fail_early(mut outcome: Activation, step: &str, reason: String) -> Activation {
+    outcome.failed_step = Some(step.to_string());
+    outcome.reason = Some(reason);
+    outcome
+}
+
+/// Puts the host back on `previous` (or on nothing) and checks it is healthy.
+fn revert(
+    layout: &Layout,
+    previous: Option<&str>,
+    failed: &str,
+    emit: &dyn Fn(&str, &str),
+) -> NowRunning {
+    let Some(previous) = previous.filter(|p| *p != failed) else {
+        let _ = supervisor::stop(layout);
+        let problem = store::remove_current(layout).err();
+        emit("revert", "no previous release: service stopped");
+        return NowRunning {
+            release: None,
+            version: None,
+            healthy: false,
+            problem,
+        };
+    };
+    emit("revert", &format!("back to release {previous}"));
+    let version = store::read_manifest(layout, previous)
+        .ok()
+        .map(|m| m.version);
+    let result = store::switch(layout, previous)
+        .and_then(|()| supervisor::stop(layout).map_err(|e| e.message))
+        .and_then(|_| supervisor::start(layout).map_err(|e| e.message));
+    match result {
+        Ok(started) => {
+            emit(
+                "revert",
+                &format!("release {previous} healthy again (pid {})", started.pid),
+            );
+            NowRunning {
+                release: Some(previous.to_string()),
+                version,
+                healthy: true,
+                problem: None,
+            }
+        }
+        Err(problem) => NowRunning {
+            release: Some(previous.to_string()),
+            version,
+            healthy: false,
+            problem: Some(problem),
+        },
+    }
+}
+
+fn describe_now_running(now: &NowRunning) -> String {
+    match (&now.release, now.healthy) {
+        (Some(r), true) => format!("reverted to {r}, healthy"),
+        (Some(r), false) => format!(
+            "reverted to {r}, NOT healthy: {}",
+            now.problem.as_deref().unwrap_or("unknown")
+        ),
+        (None, _) => "no previous release; service stopped".to_string(),
+    }
+}
+
+/// Asks the service's version endpoint; `Ok(None)` when the manifest has none.
+pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, String> {
+    let Some(check) = &manifest.version_check else {
+        return Ok(None);
+    };
+    let mut last_error = String::new();
+    let started = Instant::now();
+    for attempt in 0..VERSION_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        match probe::http_get(&check.url, VERSION_TIMEOUT) {
+            Ok(answer) if (200..300).contains(&answer.status) => {
+                let value: serde_json::Value = serde_json::from_str(&answer.body)
+                    .map_err(|e| format!("{} did not answer JSON: {e}", check.url))?;
+                return match value.get(&check.key) {
+                    Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                    Some(other) if !other.is_null() => Ok(Some(other.to_string())),
+                    _ => Err(format!("{} has no key `{}`", check.url, check.key)),
+                };
+            }
+            Ok(answer) => last_error = format!("{} answered HTTP {}", check.url, answer.status),
+            Err(e) => last_error = format!("{}: {e}", check.url),
+        }
+        if started.elapsed() > VERSION_TIMEOUT {
+            break;
+        }
+    }
+    Err(last_error)
+}
+
+/// Now, RFC 3339 with milliseconds, UTC.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

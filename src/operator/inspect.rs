@@ -1,0 +1,238 @@
+//! Read-only commands: `status`, `releases` and `check`.
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::operator::config::{HostSpec, Project};
+use crate::operator::output::{MASK, Reporter};
+use crate::operator::transport::AgentSession;
+use crate::protocol::{HostStatus, ReleaseInfo, Request, Response};
+
+/// One host's row in `status`.
+#[derive(Debug, Serialize)]
+pub struct HostReport {
+    /// Host as written in the stage.
+    pub host: String,
+    /// What the agent reported; None when unreachable.
+    pub status: Option<HostStatus>,
+    /// Every mismatch found; empty means consistent and healthy.
+    pub flags: Vec<String>,
+}
+
+/// Mismatches worth a flag, derived from one host's status (pure).
+pub fn flags(status: &HostStatus) -> Vec<String> {
+    let mut flags = Vec::new();
+    let current = status.current.as_ref();
+    let service = &status.service;
+    match (current, service.state.as_str()) {
+        (None, "running") => flags.push("running, but no release is current".into()),
+        (None, _) => flags.push("no release deployed".into()),
+        (Some(_), "running") => {}
+        (Some(_), _) => flags.push(format!("not running: {}", service.detail)),
+    }
+    if let (Some(current), Some(running)) = (current, &service.release)
+        && &current.id != running
+    {
+        flags.push(format!(
+            "process runs release {running}, but current is {}",
+            current.id
+        ));
+    }
+    if service.healthy == Some(false) {
+        flags.push("unhealthy".into());
+    }
+    match (&status.running_version, &status.reported_version) {
+        (Some(expected), Some(reported)) if expected != reported => flags.push(format!(
+            "service reports version {reported}, its release says {expected}"
+        )),
+        _ => {}
+    }
+    if let Some(e) = &status.version_error
+        && service.state == "running"
+    {
+        flags.push(format!("version check failed: {e}"));
+    }
+    flags
+}
+
+/// `shipjar status STAGE`: exit 0 only when every host is consistent and healthy.
+pub fn status(project: &Project, stage_name: &str, reporter: &Reporter) -> Result<i32> {
+    let stage = project.stage(stage_name)?;
+    let name = &project.config.service.name.0;
+    let mut rows = Vec::new();
+    for (host, spec) in &stage.hosts {
+        let result = query(host, spec, &stage.root, name, Request::Status);
+        rows.push(match result {
+            Ok(Response::Status(status)) => HostReport {
+                host: host.clone(),
+                flags: flags(&status),
+                status: Some(status),
+            },
+            Ok(other) => unreachable_row(host, format!("unexpected answer: {other:?}")),
+            Err(e) => unreachable_row(host, e),
+        });
+    }
+    let ok = rows.iter().all(|r| r.flags.is_empty());
+    let mut text = String::new();
+    for row in &rows {
+        text.push_str(&format_row(row));
+    }
+    #[derive(Serialize)]
+    struct StatusResult<'a> {
+        ok: bool,
+        stage: &'a str,
+        hosts: &'a [HostReport],
+    }
+    reporter.result(
+        &StatusResult {
+            ok,
+            stage: &stage.name,
+            hosts: &rows,
+        },
+        &text,
+    );
+    Ok(if ok { 0 } else { 1 })
+}
+
+fn unreachable_row(host: &str, why: String) -> HostReport {
+    HostReport {
+        host: host.to_string(),
+        status: None,
+        flags: vec![format!("unreachable: {why}")],
+    }
+}
+
+fn format_row(row: &HostReport) -> String {
+    let mut out = format!("{}\n", row.host);
+    if let Some(s) = &row.status {
+        let current = s.current.as_ref().map_or("(none)".to_string(), |c| {
+            format!("{} (version {})", c.id, c.version)
+        });
+        out.push_str(&format!("  current:   {current}\n"));
+        let svc = &s.service;
+        out.push_str(&format!(
+            "  process:   {}\n",
+            match (svc.pid, &svc.release) {
+                (Some(pid), Some(rel)) => format!(
+                    "pid {pid}, from release {rel}{}, up {}s",
+                    s.running_version
+                        .as_ref()
+                        .map_or(String::new(), |v| format!(" (version {v})")),
+                    svc.uptime_s.unwrap_or(0)
+                ),
+                _ => svc.detail.clone(),
+            }
+        ));
+        if let Some(v) = &s.reported_version {
+            out.push_str(&format!("  reports:   version {v}\n"));
+        }
+        if let Some(h) = svc.healthy {
+            out.push_str(&format!(
+                "  health:    {}\n",
+                if h { "healthy" } else { "UNHEALTHY" }
+            ));
+        }
+        if let Some(r) = &s.last_revision {
+            out.push_str(&format!(
+                "  last:      {} {} of {} by {} at {}: {}\n",
+                r.action,
+                r.outcome,
+                r.release,
+                r.deployer,
+                r.time,
+                if r.detail.is_empty() { "-" } else { &r.detail }
+            ));
+        }
+    }
+    if row.flags.is_empty() {
+        out.push_str("  ok\n");
+    }
+    for flag in &row.flags {
+        out.push_str(&format!("  ! {flag}\n"));
+    }
+    out
+}
+
+/// `shipjar releases STAGE`.
+pub fn releases(project: &Project, stage_name: &str, reporter: &Reporter) -> Result<i32> {
+    let stage = project.stage(stage_name)?;
+    let name = &project.config.service.name.0;
+    #[derive(Serialize)]
+    struct HostReleases {
+        host: String,
+        releases: Vec<ReleaseInfo>,
+        error: Option<String>,
+    }
+    let mut rows = Vec::new();
+    let mut text = String::new();
+    for (host, spec) in &stage.hosts {
+        let row = match query(host, spec, &stage.root, name, Request::Releases) {
+            Ok(Response::Releases(list)) => HostReleases {
+                host: host.clone(),
+                releases: list,
+                error: None,
+            },
+            Ok(other) => HostReleases {
+                host: host.clone(),
+                releases: vec![],
+                error: Some(format!("{other:?}")),
+            },
+            Err(e) => HostReleases {
+                host: host.clone(),
+                releases: vec![],
+                error: Some(e),
+            },
+        };
+        text.push_str(&format!("{}\n", row.host));
+        if let Some(e) = &row.error {
+            text.push_str(&format!("  ! unreachable: {e}\n"));
+        }
+        for r in row.releases.iter().rev() {
+            text.push_str(&format!(
+                "  {} {:<20} {:<12} {:<8} {} {}\n",
+                if r.current { "*" } else { " " },
+                r.id,
+                r.version,
+                r.outcome.as_deref().unwrap_or("-"),
+                r.deployed_at,
+                r.deployer
+            ));
+        }
+        rows.push(row);
+    }
+    let ok = rows.iter().all(|r| r.error.is_none());
+    #[derive(Serialize)]
+    struct ReleasesResult {
+        ok: bool,
+        hosts: Vec<HostReleases>,
+    }
+    reporter.result(&ReleasesResult { ok, hosts: rows }, &text);
+    Ok(if ok { 0 } else { 1 })
+}
+
+fn query(
+    host: &str,
+    spec: &HostSpec,
+    root: &std::path::Path,
+    name: &str,
+    request: Request,
+) -> Result<Response, String> {
+    let mut session = AgentSession::open(host, spec, root, name).map_err(|e| e.message)?;
+    let response = session
+        .call(request, &mut |_, _| {})
+        .map_err(|e| e.message)?;
+    let _ = session.close();
+    match response {
+        Response::Error(e) => Err(format!("{}: {}", e.step, e.message)),
+        other => Ok(other),
+    }
+}
+
+/// Masks the content of secret files for display.
+pub fn masked(content: &str, secret: bool) -> String {
+    if secret {
+        format!("{MASK}\n")
+    } else {
+        content.to_string()
+    }
+}

@@ -1,0 +1,184 @@
+//! Templates and secrets: strict minijinja rendering (undefined variables are
+//! errors, nothing is HTML-escaped, trailing newlines are kept), secret values
+//! loaded from the environment or files and registered for masking.
+
+use std::collections::BTreeMap;
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+
+use crate::error::{Error, Result};
+use crate::operator::config::SecretFrom;
+use crate::operator::output;
+
+/// A template context: variable name to value.
+pub type Vars = BTreeMap<String, serde_json::Value>;
+
+/// Renders `source` (named `name` in errors) with `vars`.
+pub fn render(name: &str, source: &str, vars: &Vars) -> Result<String> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+        .map_err(|e| Error::failed(format!("template engine: {e}")))?;
+    env.set_syntax(syntax);
+    env.render_named_str(
+        name,
+        source,
+        minijinja::Value::from(minijinja::value::Serde(vars)),
+    )
+    .map_err(|e| template_error(name, &e))
+}
+
+fn template_error(name: &str, e: &minijinja::Error) -> Error {
+    let line = e.line().map(|l| format!(":{l}")).unwrap_or_default();
+    let what = match e.kind() {
+        minijinja::ErrorKind::UndefinedError => {
+            let detail = e.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+            format!("undefined variable{detail}")
+        }
+        _ => e
+            .detail()
+            .map(str::to_string)
+            .unwrap_or_else(|| e.kind().to_string()),
+    };
+    let mut err = Error::config(format!("template {name}{line}: {what}"));
+    if let (Some(source), Some(line_no)) = (e.template_source(), e.line()) {
+        if let Some(text) = source.lines().nth(line_no.saturating_sub(1)) {
+            err.message.push_str(&format!("\n{line_no:>5} | {text}"));
+        }
+    }
+    if e.kind() == minijinja::ErrorKind::UndefinedError {
+        err = err.hint(
+            "variables are service, stage, host, version, release, release_dir, config_dir, shared_dir, log_dir, the stage's vars, --set KEY=VALUE, and secrets.NAME",
+        );
+    }
+    err
+}
+
+/// Reads every secret of a stage and registers its value for masking.
+/// Errors name the secret and its source, never a value.
+pub fn load_secrets(
+    sources: &BTreeMap<String, SecretFrom>,
+    getenv: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>> {
+    let mut values = BTreeMap::new();
+    for (name, source) in sources {
+        let value = match source {
+            SecretFrom::Env(var) => getenv(var).ok_or_else(|| {
+                Error::config(format!(
+                    "secret `{name}`: environment variable {var} is not set"
+                ))
+                .hint(format!("export {var}=... before deploying"))
+            })?,
+            SecretFrom::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_string())
+                .map_err(|e| {
+                    Error::config(format!(
+                        "secret `{name}`: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?,
+        };
+        if value.is_empty() {
+            return Err(Error::config(format!("secret `{name}` is empty")));
+        }
+        output::register_secret(&value);
+        values.insert(name.clone(), value);
+    }
+    Ok(values)
+}
+
+/// Stands in for a secret where secrets are not allowed, so a use can be detected exactly.
+pub fn secret_placeholder(name: &str) -> String {
+    format!("\u{1}shipjar-secret:{name}\u{1}")
+}
+
+/// Name of the first secret placeholder in `text`, if any.
+pub fn find_placeholder(text: &str) -> Option<String> {
+    let start = text.find("\u{1}shipjar-secret:")? + "\u{1}shipjar-secret:".len();
+    let rest = &text[start..];
+    Some(rest[..rest.find('\u{1}').unwrap_or(rest.len())].to_string())
+}
+
+/// Escapes a `.properties` key or value.
+pub fn properties_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.chars().enumerate() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '=' | ':' | '#' | '!' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == 0 => out.push_str("\\ "),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vars {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn renders_without_escaping_and_keeps_trailing_newline() {
+        let out = render("a.xml", "<x a=\"{{ v }}\"/>\n", &vars(&[("v", "<&>")])).unwrap();
+        assert_eq!(out, "<x a=\"<&>\"/>\n");
+    }
+
+    #[test]
+    fn undefined_variable_names_template_and_line() {
+        let err = render("deploy/db.properties", "a=1\nb={{ nope }}\n", &Vars::new()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.message
+                .starts_with("template deploy/db.properties:2: undefined variable"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn missing_secret_names_variable_not_value() {
+        let sources = BTreeMap::from([("pw".to_string(), SecretFrom::Env("PW_VAR".into()))]);
+        let err = load_secrets(&sources, &|_| None).unwrap_err();
+        assert!(
+            err.message
+                .contains("secret `pw`: environment variable PW_VAR is not set")
+        );
+    }
+
+    #[test]
+    fn placeholders_are_found() {
+        let text = format!("x={}", secret_placeholder("db_password"));
+        assert_eq!(find_placeholder(&text).as_deref(), Some("db_password"));
+        assert_eq!(find_placeholder("x=1"), None);
+    }
+
+    #[test]
+    fn properties_are_escaped() {
+        assert_eq!(
+            properties_escape(" a=b:c\nd\\é"),
+            "\\ a\\=b\\:c\\nd\\\\\\u00e9"
+        );
+    }
+}

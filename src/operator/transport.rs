@@ -1,0 +1,216 @@
+//! Transport: a session with the agent on one host. For `local` the agent is a
+//! child process; over SSH it is the same binary at the other end of an
+//! OpenSSH channel. Either way only protocol messages cross.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::operator::config::HostSpec;
+use crate::protocol::{AgentMessage, Envelope, PROTOCOL_VERSION, Request, Response};
+
+/// An open session with one host's agent.
+pub struct AgentSession {
+    host: String,
+    service: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+    /// Bytes of artifacts sent in this session.
+    pub uploaded_bytes: u64,
+    /// Requests answered in this session.
+    pub round_trips: u32,
+}
+
+impl AgentSession {
+    /// Starts the agent for `host` (only `local` for now).
+    pub fn open(host: &str, spec: &HostSpec, root: &Path, service: &str) -> Result<AgentSession> {
+        let mut command = match spec {
+            HostSpec::Local => {
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::failed(format!("cannot find the shipjar binary: {e}")))?;
+                let mut command = Command::new(exe);
+                command.arg("agent").arg("--root").arg(root);
+                command
+            }
+            HostSpec::Ssh { .. } => {
+                return Err(Error::config(format!(
+                    "host `{host}`: deploying over SSH is not available yet in this version"
+                ))
+                .hint("use the `local` stage"));
+            }
+        };
+        // Own process group: a Ctrl-C at the terminal must not kill the agent
+        // mid-switch; it notices the operator is gone when stdin closes.
+        command
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command
+            .spawn()
+            .map_err(|e| Error::failed(format!("[{host}] cannot start the agent: {e}")))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(Error::failed(format!("[{host}] agent has no stdio")));
+        };
+        Ok(AgentSession {
+            host: host.to_string(),
+            service: service.to_string(),
+            child,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout),
+            next_id: 1,
+            uploaded_bytes: 0,
+            round_trips: 0,
+        })
+    }
+
+    /// Sends one request and waits for its result, passing events to `on_event`.
+    pub fn call(
+        &mut self,
+        request: Request,
+        on_event: &mut dyn FnMut(&str, &str),
+    ) -> Result<Response> {
+        let id = self.send(request)?;
+        self.flush()?;
+        self.receive(id, on_event)
+    }
+
+    /// Streams an artifact to the host's store.
+    pub fn put_artifact(
+        &mut self,
+        sha256: &str,
+        path: &Path,
+        on_event: &mut dyn FnMut(&str, &str),
+    ) -> Result<Response> {
+        let mut file = File::open(path)
+            .map_err(|e| Error::failed(format!("cannot open {}: {e}", path.display())))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::failed(format!("cannot stat {}: {e}", path.display())))?
+            .len();
+        let id = self.send(Request::PutArtifact {
+            sha256: sha256.to_string(),
+            size,
+        })?;
+        let host = self.host.clone();
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
+        let copied = io::copy(&mut file, stdin)
+            .map_err(|e| Error::failed(format!("[{host}] sending the artifact: {e}")))?;
+        if copied != size {
+            return Err(Error::failed(format!(
+                "{} changed while uploading ({copied} of {size} bytes)",
+                path.display()
+            )));
+        }
+        self.uploaded_bytes += copied;
+        self.flush()?;
+        self.receive(id, on_event)
+    }
+
+    /// Closes stdin and waits for the agent to exit (it releases the lock).
+    pub fn close(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::failed(format!("[{}] waiting for the agent: {e}", self.host)))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::failed(format!(
+                "[{}] the agent exited with {status}",
+                self.host
+            )))
+        }
+    }
+
+    fn send(&mut self, request: Request) -> Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let envelope = Envelope {
+            protocol: PROTOCOL_VERSION,
+            id,
+            service: self.service.clone(),
+            request,
+        };
+        let line = serde_json::to_string(&envelope).map_err(|e| Error::failed(e.to_string()))?;
+        let host = self.host.clone();
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
+        writeln!(stdin, "{line}")
+            .map_err(|e| Error::failed(format!("[{host}] sending a request: {e}")))?;
+        Ok(id)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let host = self.host.clone();
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
+        stdin
+            .flush()
+            .map_err(|e| Error::failed(format!("[{host}] sending a request: {e}")))
+    }
+
+    fn receive(&mut self, id: u64, on_event: &mut dyn FnMut(&str, &str)) -> Result<Response> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self
+                .stdout
+                .read_line(&mut line)
+                .map_err(|e| self.io_error("reading the agent's answer", e))?;
+            if n == 0 {
+                return Err(self.gone("the agent exited without answering"));
+            }
+            let message: AgentMessage = serde_json::from_str(&line).map_err(|e| {
+                Error::failed(format!(
+                    "[{}] unreadable answer from the agent ({e}): {}",
+                    self.host,
+                    line.trim_end()
+                ))
+                .hint("the host may run another shipjar version; install the same version on both sides")
+            })?;
+            match message {
+                AgentMessage::Event { step, message, .. } => on_event(&step, &message),
+                AgentMessage::Result { id: got, response } if got == id || got == 0 => {
+                    self.round_trips += 1;
+                    return Ok(*response);
+                }
+                AgentMessage::Result { id: got, .. } => {
+                    return Err(Error::failed(format!(
+                        "[{}] the agent answered request {got}, expected {id}",
+                        self.host
+                    )));
+                }
+            }
+        }
+    }
+
+    fn gone(&self, why: &str) -> Error {
+        Error::failed(format!("[{}] lost the agent: {why}", self.host))
+    }
+
+    fn io_error(&self, what: &str, e: io::Error) -> Error {
+        Error::failed(format!("[{}] {what}: {e}", self.host))
+    }
+}
+
+impl Drop for AgentSession {
+    fn drop(&mut self) {
+        // Closing stdin lets the agent finish its request and exit; reap it.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
