@@ -27,6 +27,7 @@ pub fn activate(
         release: release.to_string(),
         pid: None,
         healthy_after_ms: None,
+        stopped_after_ms: None,
         reported_version: None,
         failed_step: None,
         reason: None,
@@ -78,6 +79,7 @@ fn switch_and_verify(
     emit("switch", &format!("current -> releases/{}", manifest.id));
     let stop = supervisor::stop(layout).map_err(|e| ("stop", e.message, e.log_tail))?;
     if stop.was_running {
+        outcome.stopped_after_ms = Some(stop.took_ms);
         emit(
             "stop",
             &format!("previous process {} in {} ms", stop.how, stop.took_ms),

@@ -180,9 +180,9 @@ impl Session {
                 release,
                 action,
                 deployer,
-            } => Response::Activated(activate::activate(
+            } => Response::Activated(Box::new(activate::activate(
                 &layout, &release, action, &deployer, &emit,
-            )),
+            ))),
             Request::Finish { keep } => {
                 let result = store::prune(&layout, keep);
                 self.lock = None;
@@ -191,7 +191,7 @@ impl Session {
                     Err(e) => error("prune", e),
                 }
             }
-            Request::Status => Response::Status(status(&layout)),
+            Request::Status => Response::Status(Box::new(status(&layout))),
             Request::Releases => Response::Releases(store::list(&layout)),
         }
     }
@@ -219,7 +219,7 @@ impl Session {
             Ok(removed) => removed,
             Err(e) => return error("lock", format!("cannot clean up a previous run: {e}")),
         };
-        Response::Begun(HostState {
+        Response::Begun(Box::new(HostState {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             hostname: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
@@ -228,7 +228,7 @@ impl Session {
             has_artifact: sha.is_some_and(|sha| store::has_artifact(layout, sha)),
             releases: store::list(layout),
             cleaned_up,
-        })
+        }))
     }
 }
 

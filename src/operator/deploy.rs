@@ -246,7 +246,7 @@ fn activate_and_finish(
         },
         &mut on_event,
     ) {
-        Ok(Response::Activated(a)) => a,
+        Ok(Response::Activated(a)) => *a,
         Ok(other) => {
             return failed_session(outcome, session, "activate", unexpected(other), reporter);
         }

@@ -66,7 +66,7 @@ pub fn status(project: &Project, stage_name: &str, reporter: &Reporter) -> Resul
             Ok(Response::Status(status)) => HostReport {
                 host: host.clone(),
                 flags: flags(&status),
-                status: Some(status),
+                status: Some(*status),
             },
             Ok(other) => unreachable_row(host, format!("unexpected answer: {other:?}")),
             Err(e) => unreachable_row(host, e),

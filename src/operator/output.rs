@@ -23,12 +23,12 @@ pub fn register_secret(value: &str) {
     if value.is_empty() {
         return;
     }
-    if let Ok(mut list) = secrets().lock() {
-        if !list.iter().any(|s| s == value) {
-            list.push(value.to_string());
-            // Longest first, so a secret containing another is masked whole.
-            list.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        }
+    if let Ok(mut list) = secrets().lock()
+        && !list.iter().any(|s| s == value)
+    {
+        list.push(value.to_string());
+        // Longest first, so a secret containing another is masked whole.
+        list.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
 }
 

@@ -44,10 +44,10 @@ fn template_error(name: &str, e: &minijinja::Error) -> Error {
             .unwrap_or_else(|| e.kind().to_string()),
     };
     let mut err = Error::config(format!("template {name}{line}: {what}"));
-    if let (Some(source), Some(line_no)) = (e.template_source(), e.line()) {
-        if let Some(text) = source.lines().nth(line_no.saturating_sub(1)) {
-            err.message.push_str(&format!("\n{line_no:>5} | {text}"));
-        }
+    if let (Some(source), Some(line_no)) = (e.template_source(), e.line())
+        && let Some(text) = source.lines().nth(line_no.saturating_sub(1))
+    {
+        err.message.push_str(&format!("\n{line_no:>5} | {text}"));
     }
     if e.kind() == minijinja::ErrorKind::UndefinedError {
         err = err.hint(

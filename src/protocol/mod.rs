@@ -175,7 +175,7 @@ pub enum AgentMessage {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Response {
     /// Answer to `begin`.
-    Begun(HostState),
+    Begun(Box<HostState>),
     /// Answer to `put_artifact`.
     Stored {
         /// Bytes written to the store.
@@ -187,14 +187,14 @@ pub enum Response {
         path: String,
     },
     /// Answer to `activate`.
-    Activated(Activation),
+    Activated(Box<Activation>),
     /// Answer to `finish`.
     Finished {
         /// Releases removed.
         pruned: Vec<String>,
     },
     /// Answer to `status`.
-    Status(HostStatus),
+    Status(Box<HostStatus>),
     /// Answer to `releases`.
     Releases(Vec<ReleaseInfo>),
     /// The request failed; nothing after it in the session is applied.
@@ -241,6 +241,8 @@ pub struct Activation {
     pub pid: Option<i32>,
     /// Milliseconds from start to healthy.
     pub healthy_after_ms: Option<u64>,
+    /// Milliseconds the previous process took to stop.
+    pub stopped_after_ms: Option<u64>,
     /// Version the service reported.
     pub reported_version: Option<String>,
     /// On failure: the step that failed.

@@ -1,0 +1,246 @@
+//! Test harness: a temporary copy of `examples/hello` on a free port, the real
+//! `shipjar` binary, and clean-up of every process a test started.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The shipjar binary under test.
+pub fn shipjar_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shipjar")
+}
+
+/// The repository's `examples/hello`.
+pub fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello")
+}
+
+/// The hello jar, built once per test process into its own directory.
+pub fn hello_jar() -> &'static Path {
+    static JAR: OnceLock<PathBuf> = OnceLock::new();
+    JAR.get_or_init(|| {
+        let build_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("hello-build-{}", std::process::id()));
+        let status = Command::new("sh")
+            .arg(example_dir().join("build.sh"))
+            .env("BUILD_DIR", &build_dir)
+            .status()
+            .expect("run examples/hello/build.sh");
+        assert!(status.success(), "building examples/hello failed");
+        build_dir.join("hello.jar")
+    })
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}
+
+/// A secret value unique to one test, to scan output for.
+pub fn unique_secret() -> String {
+    format!("pw-{}-{}", std::process::id(), free_port())
+}
+
+/// A copy of the hello project in a temp dir, deployed to its own `local` root.
+pub struct Project {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// Port the service listens on.
+    pub port: u16,
+    /// The database password secret.
+    pub secret: String,
+}
+
+impl Project {
+    /// A project with the example's config, on a free port, with short timeouts.
+    pub fn new() -> Project {
+        Self::with_config(|c| c)
+    }
+
+    /// Like `new`, with the config text changed by `edit`.
+    pub fn with_config(edit: impl FnOnce(String) -> String) -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("shipjar-test-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let example = example_dir();
+        std::fs::create_dir_all(dir.path().join("deploy")).expect("mkdir deploy");
+        for entry in std::fs::read_dir(example.join("deploy")).expect("read deploy/") {
+            let entry = entry.expect("entry");
+            std::fs::copy(
+                entry.path(),
+                dir.path().join("deploy").join(entry.file_name()),
+            )
+            .expect("copy template");
+        }
+        let config = std::fs::read_to_string(example.join("shipjar.toml"))
+            .expect("read example config")
+            .replace("18080", &port.to_string())
+            .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
+            .replace("timeout = \"15s\"", "timeout = \"5s\"");
+        std::fs::write(dir.path().join("shipjar.toml"), edit(config)).expect("write config");
+        Project {
+            dir,
+            port,
+            secret: unique_secret(),
+        }
+    }
+
+    /// The project directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The `local` stage's host root.
+    pub fn root(&self) -> PathBuf {
+        self.path().join(".shipjar/local")
+    }
+
+    /// `<root>/var/lib/hello`.
+    pub fn lib(&self) -> PathBuf {
+        self.root().join("var/lib/hello")
+    }
+
+    /// A `shipjar` command in this project with the secret in the environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(shipjar_bin());
+        cmd.arg("-C")
+            .arg(self.path())
+            .args(args)
+            .env("HELLO_DB_PASSWORD", &self.secret)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `shipjar ARGS` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run shipjar")
+    }
+
+    /// Deploys the prebuilt jar as `version`, with extra arguments.
+    pub fn deploy(&self, version: &str, extra: &[&str]) -> Output {
+        let jar = hello_jar().to_string_lossy().into_owned();
+        let mut args = vec!["deploy", "local", "--artifact", &jar, "--version", version];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// GETs a path of the service.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    /// The version the service reports, if it answers.
+    pub fn served_version(&self) -> Option<String> {
+        let (status, body) = self.get("/version")?;
+        if status != 200 {
+            return None;
+        }
+        let value: serde_json::Value = serde_json::from_str(&body).ok()?;
+        value.get("version")?.as_str().map(str::to_string)
+    }
+
+    /// `revisions.log` lines.
+    pub fn revisions(&self) -> Vec<String> {
+        std::fs::read_to_string(self.lib().join("revisions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Release ids on disk, oldest first.
+    pub fn release_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.lib().join("releases"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// The release `current` points to.
+    pub fn current(&self) -> Option<String> {
+        std::fs::read_link(self.lib().join("current"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+
+    /// `shipjar status local --json` parsed, with its exit code.
+    pub fn status_json(&self) -> (i32, serde_json::Value) {
+        let out = self.run(&["--json", "status", "local"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let last = text.lines().last().unwrap_or("null");
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_str(last).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        // Stop whatever this test started, even when it failed.
+        let _ = Command::new(shipjar_bin())
+            .args(["service", "stop", "hello", "--root"])
+            .arg(self.root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        // Last resort: the pid the supervisor recorded, if it is still alive.
+        let pidfile = self.root().join("run/hello/hello.pid");
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A minimal HTTP GET against 127.0.0.1:port.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// stdout and stderr of a run, for assertions and scans.
+pub fn text(out: &Output) -> String {
+    format!(
+        "--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

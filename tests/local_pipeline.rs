@@ -1,0 +1,442 @@
+//! The whole pipeline on one machine: `shipjar deploy local` with real JVMs
+//! from `examples/hello`, asserting on what a user sees.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Project, hello_jar, text};
+
+#[test]
+fn first_deploy_serves_its_version_and_status_is_consistent() {
+    let p = Project::new();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+    let (status, body) = p.get("/health").expect("health answers");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    // The release on disk: config files with the right modes, the manifest, the log.
+    let current = p.current().expect("current is set");
+    let release = p.lib().join("releases").join(&current);
+    let mode = |f: &str| {
+        std::fs::metadata(release.join("config").join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("database.properties"), 0o600);
+    assert_eq!(mode("service.properties"), 0o644);
+    let props = std::fs::read_to_string(release.join("config/service.properties")).unwrap();
+    assert!(props.contains("version=1.0.0\n"), "{props}");
+    assert!(props.contains("stage=local\n"), "{props}");
+    assert!(release.join("RELEASE").is_file());
+    assert!(
+        std::fs::read_link(release.join("hello.jar"))
+            .unwrap()
+            .starts_with("../../artifacts")
+    );
+    let revisions = p.revisions();
+    assert_eq!(revisions.len(), 1);
+    assert!(
+        revisions[0].contains(&format!("\tdeploy\t{current}\t1.0.0\t")),
+        "{revisions:?}"
+    );
+    assert!(revisions[0].contains("\tsuccess\t"), "{revisions:?}");
+
+    // /config shows the database settings from the stage vars, never the password.
+    let (_, config) = p.get("/config").unwrap();
+    assert!(
+        config.contains("jdbc:postgresql://127.0.0.1:5432/hello"),
+        "{config}"
+    );
+
+    let (code, json) = p.status_json();
+    assert_eq!(code, 0, "{json}");
+    let host = &json["hosts"][0];
+    assert_eq!(host["flags"], serde_json::json!([]));
+    assert_eq!(host["status"]["current"]["id"], current.as_str());
+    assert_eq!(host["status"]["service"]["release"], current.as_str());
+    assert_eq!(host["status"]["reported_version"], "1.0.0");
+    assert_eq!(host["status"]["service"]["healthy"], true);
+    assert!(host["status"]["service"]["pid"].as_i64().unwrap() > 1);
+
+    // The host-side view agrees.
+    let svc = p.run(&[
+        "service",
+        "status",
+        "hello",
+        "--root",
+        p.root().to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(svc.status.code(), Some(0), "{}", text(&svc));
+}
+
+#[test]
+fn redeploy_and_rollback_upload_nothing() {
+    let p = Project::new();
+    let first = p.run(&[
+        "--json",
+        "deploy",
+        "local",
+        "--artifact",
+        hello_jar().to_str().unwrap(),
+        "--version",
+        "1.0.0",
+    ]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let uploaded = |out: &std::process::Output| -> u64 {
+        let last = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string();
+        let v: serde_json::Value = serde_json::from_str(&last).expect("json result");
+        v["hosts"][0]["uploaded_bytes"]
+            .as_u64()
+            .expect("uploaded_bytes")
+    };
+    let jar_size = std::fs::metadata(hello_jar()).unwrap().len();
+    assert_eq!(uploaded(&first), jar_size);
+    let first_release = p.current().unwrap();
+
+    let second = p.run(&[
+        "--json",
+        "deploy",
+        "local",
+        "--artifact",
+        hello_jar().to_str().unwrap(),
+        "--version",
+        "2.0.0",
+    ]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert_eq!(
+        uploaded(&second),
+        0,
+        "same artifact must not be uploaded again"
+    );
+    assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
+
+    let back = p.run(&["--json", "rollback", "local"]);
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    assert_eq!(uploaded(&back), 0);
+    assert_eq!(p.current().as_deref(), Some(first_release.as_str()));
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+    let revisions = p.revisions();
+    assert!(
+        revisions.last().unwrap().contains("\trollback\t"),
+        "{revisions:?}"
+    );
+
+    let releases = p.run(&["releases", "local"]);
+    assert_eq!(releases.status.code(), Some(0));
+    let listing = String::from_utf8_lossy(&releases.stdout);
+    assert!(listing.contains(&format!("* {first_release}")), "{listing}");
+}
+
+#[test]
+fn env_override_is_recorded_in_the_release_and_restored_by_rollback() {
+    let p = Project::new();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let out = p.deploy("2.0.0", &["--env", "STARTUP_DELAY_MS=300"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let manifest = |id: &str| {
+        std::fs::read_to_string(p.lib().join("releases").join(id).join("RELEASE")).unwrap()
+    };
+    assert!(manifest(&p.current().unwrap()).contains("STARTUP_DELAY_MS"));
+    assert_eq!(p.run(&["rollback", "local"]).status.code(), Some(0));
+    assert!(!manifest(&p.current().unwrap()).contains("STARTUP_DELAY_MS"));
+}
+
+fn assert_failed_deploy_keeps_previous(p: &Project, knob: &str, step_words: &str) {
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let good = p.current().unwrap();
+    let out = p.deploy("2.0.0", &["--env", knob]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("FAILED at step `health`"), "{all}");
+    assert!(all.contains(step_words), "{all}");
+    assert!(
+        all.contains(&format!("back on release {good} (version 1.0.0), healthy")),
+        "{all}"
+    );
+    assert_eq!(p.current().as_deref(), Some(good.as_str()));
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+    let (code, json) = p.status_json();
+    assert_eq!(code, 0, "{json}");
+    let revisions = p.revisions();
+    let failed = &revisions[revisions.len() - 1];
+    assert!(
+        failed.contains("\t2.0.0\t") && failed.contains("\tfailed\t"),
+        "{revisions:?}"
+    );
+}
+
+#[test]
+fn deploy_failing_at_start_leaves_the_previous_version_serving() {
+    let p = Project::new();
+    assert_failed_deploy_keeps_previous(&p, "FAIL_ON_START=1", "FAIL_ON_START is set");
+}
+
+#[test]
+fn deploy_never_healthy_leaves_the_previous_version_serving() {
+    let p =
+        Project::with_config(|c| c.replace("start_timeout = \"20s\"", "start_timeout = \"3s\""));
+    assert_failed_deploy_keeps_previous(&p, "HANG_ON_START=1", "not healthy");
+}
+
+#[test]
+fn failing_first_deploy_leaves_nothing_running() {
+    let p = Project::new();
+    let out = p.deploy("1.0.0", &["--env", "FAIL_ON_START=1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no earlier release"), "{}", text(&out));
+    assert_eq!(p.current(), None);
+    assert!(p.get("/health").is_none());
+}
+
+#[test]
+fn version_mismatch_fails_the_deploy() {
+    // The service reports its name under this key, which never equals the version.
+    let p = Project::with_config(|c| c.replace("key = \"version\"", "key = \"name\""));
+    let out = p.deploy("1.0.0", &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("FAILED at step `version`"), "{all}");
+    assert!(
+        all.contains("reports version `hello`, expected `1.0.0`"),
+        "{all}"
+    );
+}
+
+#[test]
+fn keeps_only_n_releases_but_never_current_or_previous_good() {
+    let p = Project::with_config(|c| c.replace("keep = 5", "keep = 2"));
+    for v in ["1", "2", "3", "4"] {
+        let out = p.deploy(v, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let ids = p.release_ids();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids.last(), p.current().as_ref());
+    // A failed deploy adds a release, but the good ones stay.
+    let out = p.deploy("5", &["--env", "FAIL_ON_START=1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let after = p.release_ids();
+    assert!(
+        after.contains(&ids[0]) && after.contains(&ids[1]),
+        "{after:?}"
+    );
+    let artifacts = std::fs::read_dir(p.lib().join("artifacts"))
+        .unwrap()
+        .count();
+    assert_eq!(artifacts, 1);
+}
+
+#[test]
+fn stale_pidfile_of_an_unrelated_process_reads_as_not_running() {
+    let p = Project::new();
+    let mut unrelated = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let run_dir = p.root().join("run/hello");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // Right pid, wrong start time: the pid now belongs to someone else.
+    std::fs::write(
+        run_dir.join("hello.pid"),
+        format!("{}\n1\n", unrelated.id()),
+    )
+    .unwrap();
+    let out = p.run(&[
+        "service",
+        "status",
+        "hello",
+        "--root",
+        p.root().to_str().unwrap(),
+    ]);
+    let _ = unrelated.kill();
+    let _ = unrelated.wait();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("stale"), "{}", text(&out));
+}
+
+#[test]
+fn unknown_config_key_exits_2_naming_file_line_and_key() {
+    let p = Project::with_config(|c| c.replace("[health]\n", "[health]\ncolour = \"red\"\n"));
+    let out = p.deploy("1.0.0", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(err.contains("shipjar.toml:"), "{err}");
+    assert!(err.contains("key `health.colour`"), "{err}");
+    assert!(err.contains("unknown field `colour`"), "{err}");
+    assert!(!p.lib().exists(), "nothing may change on a config error");
+}
+
+#[test]
+fn undefined_template_variable_exits_2_naming_template_and_line() {
+    let p = Project::new();
+    std::fs::write(
+        p.path().join("deploy/database.properties"),
+        "url={{ db_url }}\nuser={{ db_usr }}\n",
+    )
+    .unwrap();
+    let out = p.deploy("1.0.0", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        err.contains("template deploy/database.properties:2: undefined variable"),
+        "{err}"
+    );
+    assert!(!p.lib().exists(), "nothing may change on a template error");
+}
+
+#[test]
+fn second_concurrent_deploy_fails_fast_naming_the_lock_holder() {
+    let p = Project::new();
+    let jar = hello_jar().to_str().unwrap().to_string();
+    // A slow start keeps the first deploy holding the lock for a while.
+    let first = p
+        .command(&[
+            "deploy",
+            "local",
+            "--artifact",
+            &jar,
+            "--version",
+            "1.0.0",
+            "--env",
+            "STARTUP_DELAY_MS=4000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first_pid = first.id();
+    let lock = p.root().join("run/hello/deploy.lock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&lock)
+        .map(|t| t.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "first deploy never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let second = p.deploy("2.0.0", &[]);
+    let took = started.elapsed();
+    let first_out = first.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    assert!(err.contains("the deploy lock is held by"), "{err}");
+    assert!(err.contains(&format!("pid {first_pid}")), "{err}");
+    assert!(err.contains("deploy local"), "{err}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the second deploy must fail at once, took {took:?}"
+    );
+    assert_eq!(first_out.status.code(), Some(0), "{}", text(&first_out));
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn secret_never_appears_in_output_or_records() {
+    let p = Project::new();
+    let mut outputs = vec![p.deploy("1.0.0", &[])];
+    outputs.push(p.run(&[
+        "--json",
+        "deploy",
+        "local",
+        "--artifact",
+        hello_jar().to_str().unwrap(),
+        "--version",
+        "2.0.0",
+    ]));
+    outputs.push(p.deploy("3.0.0", &["--env", "FAIL_ON_START=1"]));
+    outputs.push(p.run(&["check", "local"]));
+    outputs.push(p.run(&["--json", "check", "local"]));
+    outputs.push(p.run(&["status", "local"]));
+    outputs.push(p.run(&["--json", "status", "local"]));
+    outputs.push(p.run(&["releases", "local"]));
+    outputs.push(p.run(&["rollback", "local"]));
+    // A template that misuses the secret must fail without showing it.
+    let misuse = Project::new();
+    std::fs::write(
+        misuse.path().join("deploy/logging-local.properties"),
+        "x={{ secrets.db_password }}\n",
+    )
+    .unwrap();
+    let out = misuse.run(&["check", "local"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!text(&out).contains(&misuse.secret));
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+    let (_, config) = p.get("/config").unwrap();
+    assert!(!config.contains(&p.secret), "/config leaks the password");
+    for out in &outputs {
+        assert!(
+            !text(out).contains(&p.secret),
+            "secret printed:\n{}",
+            text(out)
+        );
+    }
+    // Every file shipjar wrote, except the secret config files themselves.
+    let mut stack = vec![p.path().to_path_buf()];
+    let mut scanned = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let is_secret_file = path.ends_with("config/database.properties");
+                let content = std::fs::read(&path).unwrap();
+                let found = String::from_utf8_lossy(&content).contains(&p.secret);
+                if is_secret_file {
+                    assert!(found, "the secret file should hold the secret");
+                    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+                } else {
+                    assert!(!found, "secret found in {}", path.display());
+                    scanned += 1;
+                }
+            }
+        }
+    }
+    assert!(scanned > 10, "scanned only {scanned} files");
+}
+
+#[test]
+fn build_records_artifact_sha_and_version_then_deploy_skip_build_uses_it() {
+    let p = Project::new();
+    // The copy has no sources: point the build at the example's.
+    let example = common::example_dir();
+    let build_dir = p.path().join("build");
+    let config = std::fs::read_to_string(p.path().join("shipjar.toml"))
+        .unwrap()
+        .replace(
+            "command = \"sh build.sh\"",
+            &format!(
+                "command = \"BUILD_DIR='{}' sh '{}'\"",
+                build_dir.display(),
+                example.join("build.sh").display()
+            ),
+        );
+    std::fs::write(p.path().join("shipjar.toml"), config).unwrap();
+    let out = p.run(&["--json", "build", "--version", "7.7.7"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.path().join(".shipjar/build.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["version"], "7.7.7");
+    assert_eq!(manifest["sha256"].as_str().unwrap().len(), 64);
+    let out = p.run(&["deploy", "local", "--skip-build"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(p.served_version().as_deref(), Some("7.7.7"));
+}
