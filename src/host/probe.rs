@@ -1,5 +1,7 @@
 //! HTTP and TCP probes against the service on this host.
 
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Result of one HTTP GET.
@@ -11,12 +13,135 @@ pub struct HttpAnswer {
     pub body: String,
 }
 
+/// Most of a body we keep; health and version answers are tiny.
+const MAX_BODY: u64 = 64 * 1024;
+
 /// GETs `url` with an overall timeout; any status code is an answer.
-pub fn http_get(_url: &str, _timeout: Duration) -> Result<HttpAnswer, String> {
-    todo!("probe::http_get")
+pub fn http_get(url: &str, timeout: Duration) -> Result<HttpAnswer, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        // A status is an answer for the caller to judge, not an error.
+        .http_status_as_error(false)
+        // A redirect is an answer too: following it could leave the host.
+        .max_redirects(0)
+        // Probes talk to this host; an http_proxy in the environment must not
+        // route them elsewhere.
+        .proxy(None)
+        .build()
+        .into();
+    let response = agent.get(url).call().map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    response
+        .into_body()
+        .into_reader()
+        .take(MAX_BODY)
+        .read_to_end(&mut body)
+        .map_err(|e| format!("reading the body: {e}"))?;
+    Ok(HttpAnswer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// Connects to 127.0.0.1:`port` within `timeout`.
-pub fn tcp_connect(_port: u16, _timeout: Duration) -> Result<(), String> {
-    todo!("probe::tcp_connect")
+pub fn tcp_connect(port: u16, timeout: Duration) -> Result<(), String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, timeout)
+        .map(drop)
+        .map_err(|e| format!("connect to {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    /// Serves one canned HTTP response on a free port.
+    fn serve_once(response: &'static [u8]) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            if let Ok((mut conn, _)) = listener.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(response);
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn any_status_is_an_answer() {
+        let port = serve_once(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy");
+        let answer = http_get(
+            &format!("http://127.0.0.1:{port}/health"),
+            Duration::from_secs(2),
+        )
+        .expect("answer");
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.body, "busy");
+    }
+
+    #[test]
+    fn chunked_body_and_redirect_status() {
+        let port = serve_once(
+            b"HTTP/1.1 302 Found\r\nLocation: http://example.com/\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        );
+        let answer =
+            http_get(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(2)).expect("answer");
+        assert_eq!(answer.status, 302);
+        assert_eq!(answer.body, "abcde");
+    }
+
+    #[test]
+    fn body_is_capped() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            if let Ok((mut conn, _)) = listener.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let body = vec![b'a'; 200 * 1024];
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&body);
+            }
+        });
+        let answer =
+            http_get(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(2)).expect("answer");
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body.len(), 64 * 1024);
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let started = std::time::Instant::now();
+        let result = http_get(
+            &format!("http://127.0.0.1:{port}/"),
+            Duration::from_millis(300),
+        );
+        assert!(result.is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(listener);
+    }
+
+    #[test]
+    fn refused_connection_is_an_error() {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        assert!(tcp_connect(port, Duration::from_millis(300)).is_err());
+        assert!(
+            http_get(
+                &format!("http://127.0.0.1:{port}/"),
+                Duration::from_millis(300)
+            )
+            .is_err()
+        );
+    }
 }

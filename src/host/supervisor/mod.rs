@@ -2,12 +2,25 @@
 //! "started" only once it is healthy, tracks it by pid + start time, and stops
 //! it gracefully. `service start` spawns `service supervise` detached.
 
-use serde::Serialize;
+mod control;
+mod health;
+mod inspect;
+mod logfile;
+mod process;
+mod procfs;
+mod release;
+mod state;
+mod status;
+mod supervise;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::host::layout::Layout;
 
 /// What `service start` reports when the service is up and healthy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StartReport {
     /// Pid of the service process (the JVM).
     pub pid: i32,
@@ -31,7 +44,7 @@ pub struct StopReport {
 }
 
 /// A failed start/stop: what happened, plus the last lines of the service log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SupervisorError {
     /// One line: why it failed.
     pub message: String,
@@ -75,13 +88,13 @@ pub struct ServiceStatus {
 }
 
 /// Starts the service from `current` and returns once it is healthy.
-pub fn start(_layout: &Layout) -> Result<StartReport, SupervisorError> {
-    todo!("supervisor::start")
+pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
+    control::start(layout)
 }
 
 /// Stops the service gracefully; succeeds when it was not running.
-pub fn stop(_layout: &Layout) -> Result<StopReport, SupervisorError> {
-    todo!("supervisor::stop")
+pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
+    control::stop(layout)
 }
 
 /// Stops, then starts through the health gate.
@@ -91,11 +104,18 @@ pub fn restart(layout: &Layout) -> Result<StartReport, SupervisorError> {
 }
 
 /// Reports the service's state, verifying pid identity.
-pub fn status(_layout: &Layout) -> ServiceStatus {
-    todo!("supervisor::status")
+pub fn status(layout: &Layout) -> ServiceStatus {
+    status::status(layout)
 }
 
 /// Body of the detached supervisor process; returns its exit code.
-pub fn supervise(_layout: &Layout) -> i32 {
-    todo!("supervisor::supervise")
+pub fn supervise(layout: &Layout) -> i32 {
+    supervise::run(layout)
+}
+
+/// `5s`, `1m 30s`, `1s 500ms`: durations as people write them.
+fn human_duration(d: Duration) -> String {
+    // Sub-millisecond noise would print as `1s 2ms 345us 1ns`.
+    let d = Duration::from_millis(d.as_millis() as u64);
+    humantime::format_duration(d).to_string()
 }

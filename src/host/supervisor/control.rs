@@ -1,0 +1,329 @@
+//! `service start` and `service stop`: the client side, run by the operator
+//! (or the agent), talking to the detached supervisor.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::host::layout::Layout;
+
+use super::inspect::{self, Service};
+use super::logfile;
+use super::process;
+use super::procfs::{self, Liveness, ProcessId};
+use super::release;
+use super::state::{self, Pidfile};
+use super::supervise::{FAILED, READY};
+use super::{StartReport, StopReport, SupervisorError, human_duration};
+
+/// Extra time `start` gives the supervisor beyond the start timeout before
+/// it stops waiting (the supervisor enforces the real timeout).
+const START_SLACK: Duration = Duration::from_secs(5);
+
+/// Extra time `stop` gives the supervisor beyond the stop timeout.
+const STOP_SLACK: Duration = Duration::from_secs(5);
+
+/// Stop timeout when no release manifest can be read.
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a SIGKILLed process may take to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+fn error(message: impl Into<String>) -> SupervisorError {
+    SupervisorError {
+        message: message.into(),
+        log_tail: Vec::new(),
+    }
+}
+
+fn with_tail(mut err: SupervisorError, layout: &Layout) -> SupervisorError {
+    if err.log_tail.is_empty() {
+        err.log_tail = logfile::tail(&layout.log_file(), logfile::TAIL_LINES);
+    }
+    err
+}
+
+/// Starts the service through a detached supervisor; returns once healthy.
+pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
+    let seen = inspect::inspect(layout);
+    if let Some(sup) = seen.supervisor.filter(|_| seen.starting()) {
+        return Err(error(format!(
+            "a start is already in progress (supervisor pid {})",
+            sup.pid
+        )));
+    }
+    if let Service::Alive { id, .. } = seen.service {
+        let mine = seen.state_of_service();
+        return Ok(StartReport {
+            pid: id.pid,
+            release: mine
+                .map(|s| s.release.clone())
+                .or_else(|| inspect::release_from_cwd(layout, id.pid))
+                .unwrap_or_default(),
+            healthy_after_ms: mine.and_then(|s| s.healthy_after_ms).unwrap_or(0),
+            already_running: true,
+        });
+    }
+    // Read here too, for the timeout and so a missing release fails fast.
+    let current = release::current(layout).map_err(error)?;
+    let deadline = Duration::from_millis(current.manifest.health.start_timeout_ms) + START_SLACK;
+
+    let log_path = layout.log_file();
+    let log = logfile::open_append(&log_path)
+        .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| error(format!("cannot find the shipjar executable: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("service")
+        .arg("supervise")
+        .arg(layout.name())
+        .arg("--root")
+        .arg(layout.root())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // Own session: no terminal, no job-control signals from ours.
+    process::prepare_child(&mut cmd, true, None);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| error(format!("cannot start the supervisor: {e}")))?;
+
+    let line = read_report(&mut child, deadline);
+    match line {
+        Some(line) if line.starts_with(READY) => {
+            match serde_json::from_str::<StartReport>(&line[READY.len()..]) {
+                Ok(report) => {
+                    // The supervisor outlives us; in a long-lived caller
+                    // (the agent) someone must still reap it.
+                    std::thread::spawn(move || child.wait());
+                    Ok(report)
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Err(with_tail(
+                        error(format!("bad report from the supervisor: {e}")),
+                        layout,
+                    ))
+                }
+            }
+        }
+        Some(line) if line.starts_with(FAILED) => {
+            let rest = &line[FAILED.len()..];
+            let err = serde_json::from_str::<SupervisorError>(rest).unwrap_or_else(|_| error(rest));
+            // It reports after cleaning up, so it is about to exit.
+            wait_or_kill(&mut child, KILL_WAIT);
+            Err(with_tail(err, layout))
+        }
+        Some(line) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(with_tail(
+                error(format!("unexpected report from the supervisor: {line}")),
+                layout,
+            ))
+        }
+        None => {
+            let message = match child.try_wait() {
+                Ok(Some(status)) => format!("supervisor exited before reporting ({status})"),
+                _ => {
+                    // Hung or too slow: it must not leave a service behind.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    kill_orphan_service(layout);
+                    format!(
+                        "no report from the supervisor within {}; killed it",
+                        human_duration(deadline)
+                    )
+                }
+            };
+            let _ = child.wait();
+            Err(with_tail(error(message), layout))
+        }
+    }
+}
+
+/// Reads the supervisor's one-line report, giving up after `deadline`.
+/// `None` on EOF (the supervisor died) or timeout.
+fn read_report(child: &mut Child, deadline: Duration) -> Option<String> {
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let got = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(match got {
+            Ok(n) if n > 0 => Some(line.trim_end().to_string()),
+            _ => None,
+        });
+    });
+    rx.recv_timeout(deadline).ok().flatten()
+}
+
+fn wait_or_kill(child: &mut Child, timeout: Duration) {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// After killing a hung supervisor: kill the service it had spawned.
+fn kill_orphan_service(layout: &Layout) {
+    if let Pidfile::Found {
+        pid,
+        start_ticks: Some(start_ticks),
+    } = state::read_pidfile(&layout.pidfile())
+    {
+        let id = ProcessId { pid, start_ticks };
+        if procfs::liveness(id) == Liveness::Alive {
+            let _ = kill_group(id, Signal::SIGKILL);
+            wait_gone(id, KILL_WAIT);
+        }
+    }
+    let _ = state::remove_if_present(&layout.pidfile());
+}
+
+/// Stops the service gracefully; succeeds when nothing was running.
+pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
+    let began = Instant::now();
+    let seen = inspect::inspect(layout);
+    let release_dir = seen.state.as_ref().map(|s| s.release_dir.as_path());
+    let timeout = stop_timeout(layout, release_dir);
+    let mut was_running = false;
+    let mut how: Option<String> = None;
+
+    let mut hung_supervisor = None;
+    if let Some(sup) = seen.supervisor {
+        was_running = true;
+        // The supervisor knows the exit status; let it do the stop.
+        process::signal_pid(sup.pid, Signal::SIGTERM).map_err(|e| {
+            error(format!(
+                "cannot signal the supervisor (pid {}): {e}",
+                sup.pid
+            ))
+        })?;
+        if wait_gone(sup, timeout + STOP_SLACK) {
+            how = state::read_state(&layout.supervisor_state()).and_then(|s| s.last_exit);
+        } else {
+            hung_supervisor = Some(sup);
+        }
+    }
+
+    // No supervisor, or it did not finish: stop the service ourselves.
+    if let Service::Alive { id, verified } = seen.service
+        && procfs::liveness(id) == Liveness::Alive
+    {
+        was_running = true;
+        how = Some(stop_unsupervised(id, verified, timeout)?);
+    }
+    if let Some(sup) = hung_supervisor
+        && procfs::liveness(sup) == Liveness::Alive
+    {
+        let _ = process::signal_pid(sup.pid, Signal::SIGKILL);
+        wait_gone(sup, KILL_WAIT);
+    }
+
+    for path in [layout.pidfile(), layout.supervisor_state()] {
+        state::remove_if_present(&path)
+            .map_err(|e| error(format!("cannot remove {}: {e}", path.display())))?;
+    }
+    let how = match (was_running, how) {
+        (true, Some(how)) => how,
+        (true, None) => "stopped".to_string(),
+        (false, _) => "not running".to_string(),
+    };
+    Ok(StopReport {
+        was_running,
+        how,
+        took_ms: began.elapsed().as_millis() as u64,
+    })
+}
+
+fn stop_timeout(layout: &Layout, release_dir: Option<&Path>) -> Duration {
+    release::running_or_current(layout, release_dir)
+        .map(|r| Duration::from_millis(r.manifest.stop.timeout_ms))
+        .unwrap_or(DEFAULT_STOP_TIMEOUT)
+}
+
+/// SIGTERM, wait, SIGKILL for a service that has no supervisor to do it.
+/// Not our child: we see that it ended, not how.
+fn stop_unsupervised(
+    id: ProcessId,
+    verified: bool,
+    timeout: Duration,
+) -> Result<String, SupervisorError> {
+    // Without a start time to compare, only the pid itself is safe to signal.
+    let signal = |sig| {
+        if verified {
+            kill_group(id, sig)
+        } else {
+            process::signal_pid(id.pid, sig).map(drop)
+        }
+    };
+    signal(Signal::SIGTERM).map_err(|e| error(format!("cannot signal pid {}: {e}", id.pid)))?;
+    if wait_group_gone(id, timeout) {
+        return Ok("terminated after SIGTERM".to_string());
+    }
+    signal(Signal::SIGKILL).map_err(|e| error(format!("cannot signal pid {}: {e}", id.pid)))?;
+    if wait_group_gone(id, KILL_WAIT) {
+        Ok(format!(
+            "killed by SIGKILL after the {} stop timeout",
+            human_duration(timeout)
+        ))
+    } else {
+        Err(error(format!(
+            "pid {} is still alive after SIGKILL",
+            id.pid
+        )))
+    }
+}
+
+/// Signals the process group led by `id`, or just `id` when it leads none.
+fn kill_group(id: ProcessId, sig: Signal) -> std::io::Result<()> {
+    let leads_group = matches!(procfs::stat(id.pid), Ok(Some(s)) if s.pgrp == id.pid);
+    if leads_group {
+        process::signal_group(id.pid, sig).map(drop)
+    } else {
+        process::signal_pid(id.pid, sig).map(drop)
+    }
+}
+
+/// Polls until `id` is gone; true if it went within `timeout`.
+fn wait_gone(id: ProcessId, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if procfs::liveness(id) != Liveness::Alive {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls until `id` and the rest of its group are gone.
+fn wait_group_gone(id: ProcessId, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    if !wait_gone(id, timeout) {
+        return false;
+    }
+    loop {
+        if procfs::live_group_members(id.pid).is_empty() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,201 @@
+//! The pidfile and the supervisor's state file, both written atomically so a
+//! reader never sees half a file (temp file in the same dir, fsync, rename).
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::procfs::ProcessId;
+
+/// Where the supervised service is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Spawned, waiting for the health check.
+    Starting,
+    /// Healthy and supervised.
+    Running,
+    /// A stop was requested; signals are on their way.
+    Stopping,
+    /// The service process has ended (see `last_exit`).
+    Exited,
+}
+
+/// Contents of the supervisor state file (`run/<name>/supervisor.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisorState {
+    /// Boot the pids below belong to.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    /// The supervisor process.
+    pub supervisor: ProcessId,
+    /// The service process, once spawned.
+    #[serde(default)]
+    pub service: Option<ProcessId>,
+    /// Release id the service was started from.
+    pub release: String,
+    /// Real path of that release's directory (not the `current` link).
+    pub release_dir: PathBuf,
+    /// When the service was spawned (RFC 3339, UTC).
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// Lifecycle phase.
+    pub state: Phase,
+    /// Milliseconds from spawn to healthy, once healthy.
+    #[serde(default)]
+    pub healthy_after_ms: Option<u64>,
+    /// How the service ended, e.g. "exited with code 1" or "exited 143 after SIGTERM".
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    /// Whether that end was asked for (a stop), as opposed to a crash or failed start.
+    #[serde(default)]
+    pub stopped_on_request: bool,
+    /// When the state last changed (RFC 3339, UTC).
+    pub updated_at: String,
+}
+
+/// Writes `contents` to `path` atomically: temp file in the same dir, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // The rename is only durable once the directory itself is synced.
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes the LSB pidfile: the pid, then its start time in clock ticks.
+pub fn write_pidfile(path: &Path, id: ProcessId) -> io::Result<()> {
+    write_atomic(path, format!("{}\n{}\n", id.pid, id.start_ticks).as_bytes())
+}
+
+/// Contents of a pidfile as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pidfile {
+    /// No pidfile.
+    Missing,
+    /// A pid and, when present (other tools write only a pid), its start time.
+    Found {
+        /// Process id.
+        pid: i32,
+        /// Start time in clock ticks since boot.
+        start_ticks: Option<u64>,
+    },
+    /// Present but not a pidfile we understand.
+    Garbled(String),
+}
+
+/// Reads the pidfile.
+pub fn read_pidfile(path: &Path) -> Pidfile {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Pidfile::Missing,
+        Err(e) => return Pidfile::Garbled(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut lines = text.lines().map(str::trim);
+    let pid = lines
+        .next()
+        .and_then(|l| l.parse::<i32>().ok())
+        .filter(|p| *p > 0);
+    let Some(pid) = pid else {
+        return Pidfile::Garbled(format!("{} holds no pid", path.display()));
+    };
+    let start_ticks = match lines.next().filter(|l| !l.is_empty()) {
+        None => None,
+        Some(l) => match l.parse() {
+            Ok(t) => Some(t),
+            Err(_) => {
+                return Pidfile::Garbled(format!("{}: bad start time `{l}`", path.display()));
+            }
+        },
+    };
+    Pidfile::Found { pid, start_ticks }
+}
+
+/// Writes the state file.
+pub fn write_state(path: &Path, state: &SupervisorState) -> io::Result<()> {
+    let mut json = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+    json.push(b'\n');
+    write_atomic(path, &json)
+}
+
+/// Reads the state file; `None` when missing or unreadable (it is advisory:
+/// identity is always re-checked against `/proc`).
+pub fn read_state(path: &Path) -> Option<SupervisorState> {
+    let text = fs::read(path).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Removes a file, treating "already gone" as success.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfile_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.pid");
+        assert_eq!(read_pidfile(&path), Pidfile::Missing);
+        let id = ProcessId {
+            pid: 4242,
+            start_ticks: 99,
+        };
+        write_pidfile(&path, id).expect("write");
+        assert_eq!(
+            read_pidfile(&path),
+            Pidfile::Found {
+                pid: 4242,
+                start_ticks: Some(99)
+            }
+        );
+        fs::write(&path, "17\n").expect("write");
+        assert_eq!(
+            read_pidfile(&path),
+            Pidfile::Found {
+                pid: 17,
+                start_ticks: None
+            }
+        );
+        fs::write(&path, "nope\n").expect("write");
+        assert!(matches!(read_pidfile(&path), Pidfile::Garbled(_)));
+        // No temp files left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("read_dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1);
+    }
+}

@@ -1,0 +1,134 @@
+//! `service status`: LSB state with verified identity, plus uptime, release
+//! and a health probe made now.
+
+use std::time::{Duration, SystemTime};
+
+use crate::host::layout::Layout;
+
+use super::health;
+use super::inspect::{self, Inspection, Service};
+use super::procfs;
+use super::release;
+use super::state::Phase;
+use super::{ServiceState, ServiceStatus, human_duration};
+
+/// Longest health probe `status` makes.
+const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Builds the status report.
+pub fn status(layout: &Layout) -> ServiceStatus {
+    let seen = inspect::inspect(layout);
+    match &seen.service {
+        Service::Alive { id, verified } => running(layout, &seen, *id, *verified),
+        Service::NoPidfile => {
+            let detail = if let (Some(sup), true) = (seen.supervisor, seen.starting()) {
+                format!("not running (starting: supervisor pid {})", sup.pid)
+            } else {
+                match &seen.state {
+                    Some(s) if s.state == Phase::Exited && !s.stopped_on_request => {
+                        let why = s.last_exit.as_deref().unwrap_or("unknown");
+                        format!("not running (last start failed: {why})")
+                    }
+                    _ => "not running".to_string(),
+                }
+            };
+            not_running(ServiceState::Stopped, detail)
+        }
+        Service::Garbled(why) => not_running(
+            ServiceState::Dead,
+            format!("not running (unreadable pidfile: {why})"),
+        ),
+        Service::Gone(pid) => {
+            let how = seen
+                .state
+                .as_ref()
+                .filter(|s| s.service.is_some_and(|id| id.pid == *pid))
+                .and_then(|s| s.last_exit.clone())
+                .unwrap_or_else(|| "no longer exists".to_string());
+            not_running(
+                ServiceState::Dead,
+                format!("not running (stale pidfile: pid {pid} {how})"),
+            )
+        }
+        Service::Reused(pid) => not_running(
+            ServiceState::Dead,
+            format!("not running (stale pidfile: pid {pid} now belongs to another process)"),
+        ),
+    }
+}
+
+fn not_running(state: ServiceState, detail: String) -> ServiceStatus {
+    ServiceStatus {
+        state,
+        lsb_code: if state == ServiceState::Dead { 1 } else { 3 },
+        pid: None,
+        supervisor_pid: None,
+        release: None,
+        started_at: None,
+        uptime_s: None,
+        healthy: None,
+        detail,
+    }
+}
+
+fn running(
+    layout: &Layout,
+    seen: &Inspection,
+    id: procfs::ProcessId,
+    verified: bool,
+) -> ServiceStatus {
+    let mine = seen.state_of_service();
+    let supervisor_pid = seen.supervisor.filter(|_| mine.is_some()).map(|s| s.pid);
+    let release = mine
+        .map(|s| s.release.clone())
+        .or_else(|| inspect::release_from_cwd(layout, id.pid));
+    let offset = procfs::start_offset(id);
+    let started_at = procfs::boot_time()
+        .ok()
+        .map(|boot| boot + offset)
+        .map(|t: SystemTime| humantime::format_rfc3339_seconds(t).to_string());
+    let uptime = procfs::uptime().ok().map(|up| up.saturating_sub(offset));
+
+    let manifest = release::running_or_current(layout, mine.map(|s| s.release_dir.as_path()));
+    let healthy = manifest
+        .map(|r| health::probe_once(&r.manifest.health.check, STATUS_PROBE_TIMEOUT).is_ok());
+
+    let starting = mine.is_some_and(|s| s.state == Phase::Starting);
+    let mut parts = vec![format!("pid {}", id.pid)];
+    if let Some(r) = &release {
+        parts.push(format!("release {r}"));
+    }
+    if let Some(up) = uptime {
+        parts.push(format!(
+            "up {}",
+            human_duration(Duration::from_secs(up.as_secs()))
+        ));
+    }
+    parts.push(
+        match healthy {
+            Some(true) => "healthy",
+            Some(false) if starting => "not healthy yet",
+            Some(false) => "NOT healthy",
+            None => "health unknown (no release manifest)",
+        }
+        .to_string(),
+    );
+    if supervisor_pid.is_none() {
+        parts.push("no supervisor".to_string());
+    }
+    if !verified {
+        parts.push("identity unverified (pidfile has no start time)".to_string());
+    }
+    let word = if starting { "starting" } else { "running" };
+    ServiceStatus {
+        state: ServiceState::Running,
+        lsb_code: 0,
+        pid: Some(id.pid),
+        supervisor_pid,
+        release,
+        started_at,
+        uptime_s: uptime.map(|u| u.as_secs()),
+        healthy,
+        detail: format!("{word}: {}", parts.join(", ")),
+    }
+}

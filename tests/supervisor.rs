@@ -1,0 +1,830 @@
+//! End-to-end tests of `shipjar service start|stop|status`: the real binary,
+//! real processes, a hand-made release under a temporary root.
+//!
+//! Every test owns a [`Host`] whose `Drop` stops the service and, as a last
+//! resort, SIGKILLs the processes named in its pidfile and state file, so a
+//! failing test leaves nothing running.
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shipjar");
+
+/// Longest any single shipjar invocation may take in these tests.
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+/// A port nobody listens on (bound and released; good enough for tests).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Start time of `pid` (field 22 of /proc/PID/stat), `None` if gone or a zombie.
+fn start_ticks(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    start_ticks(pid).is_some()
+}
+
+/// Waits until `cond` holds, at most `limit`.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion, killing it after [`COMMAND_LIMIT`].
+fn run_limited(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn shipjar");
+    let until = Instant::now() + COMMAND_LIMIT;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shipjar did not finish within {COMMAND_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+/// Release settings for one test.
+struct Spec {
+    argv: Vec<String>,
+    health: Value,
+    start_timeout_ms: u64,
+    stop_timeout_ms: u64,
+    user: Option<String>,
+}
+
+impl Spec {
+    fn http_server(port: u16) -> Spec {
+        Spec {
+            argv: python_http(port),
+            health: json!({"kind": "http", "url": format!("http://127.0.0.1:{port}/")}),
+            start_timeout_ms: 10_000,
+            stop_timeout_ms: 5_000,
+            user: None,
+        }
+    }
+
+    fn shell(script: &str, health: Value, start_timeout_ms: u64) -> Spec {
+        Spec {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            health,
+            start_timeout_ms,
+            stop_timeout_ms: 5_000,
+            user: None,
+        }
+    }
+}
+
+fn python_http(port: u16) -> Vec<String> {
+    [
+        "python3",
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// One service under a temporary host root.
+struct Host {
+    dir: tempfile::TempDir,
+    name: String,
+    /// (pid, start ticks) of every process this test learned about, for the last-resort kill.
+    seen: std::cell::RefCell<Vec<(i32, u64)>>,
+}
+
+impl Host {
+    fn new(name: &str) -> Host {
+        Host {
+            dir: tempfile::tempdir().expect("tempdir"),
+            name: name.to_string(),
+            seen: Default::default(),
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn lib(&self) -> PathBuf {
+        self.root().join("var/lib").join(&self.name)
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.root().join("run").join(&self.name)
+    }
+
+    fn pidfile(&self) -> PathBuf {
+        self.run_dir().join(format!("{}.pid", self.name))
+    }
+
+    fn log(&self) -> String {
+        let path = self
+            .root()
+            .join("var/log")
+            .join(&self.name)
+            .join(format!("{}.log", self.name));
+        fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Writes `releases/<id>/RELEASE` and points `current` at it.
+    fn release(&self, id: &str, spec: &Spec) -> PathBuf {
+        let dir = self.lib().join("releases").join(id);
+        fs::create_dir_all(dir.join("config")).expect("release dir");
+        let manifest = json!({
+            "format": 1,
+            "id": id,
+            "service": self.name,
+            "version": "1.0.0",
+            "artifact_sha256": "0".repeat(64),
+            "jar": format!("{}.jar", self.name),
+            "git_commit": null,
+            "build_time": "2026-01-01T00:00:00Z",
+            "deployed_at": "2026-01-01T00:00:00Z",
+            "deployer": "test@localhost",
+            "stage": "local",
+            "host": "local",
+            "run": {"argv": spec.argv, "env": {"FROM_RELEASE": id}, "user": spec.user},
+            "health": {
+                "check": spec.health,
+                "start_timeout_ms": spec.start_timeout_ms,
+                "interval_ms": 1000
+            },
+            "version_check": null,
+            "stop": {"timeout_ms": spec.stop_timeout_ms},
+            "files": []
+        });
+        fs::write(
+            dir.join("RELEASE"),
+            serde_json::to_vec_pretty(&manifest).expect("json"),
+        )
+        .expect("write RELEASE");
+        let link = self.lib().join("current");
+        let tmp = self.lib().join("current.tmp");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(format!("releases/{id}"), &tmp).expect("symlink");
+        fs::rename(&tmp, &link).expect("switch current");
+        dir
+    }
+
+    fn command(&self, verb: &str, json: bool) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["service", verb, &self.name, "--root"])
+            .arg(self.root());
+        if json {
+            cmd.arg("--json");
+        }
+        cmd
+    }
+
+    fn run(&self, verb: &str, json: bool) -> Output {
+        let out = run_limited(self.command(verb, json));
+        self.remember();
+        out
+    }
+
+    fn start(&self) -> Output {
+        self.run("start", false)
+    }
+
+    fn status_json(&self) -> (i32, Value) {
+        let out = self.run("status", true);
+        let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        (code(&out), value)
+    }
+
+    /// The service pid from the pidfile.
+    fn service_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.pidfile())
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Records the processes the pidfile and state file name, while they are ours.
+    fn remember(&self) {
+        let mut pids = Vec::new();
+        if let Some(pid) = self.service_pid() {
+            pids.push(pid);
+        }
+        if let Ok(text) = fs::read_to_string(self.run_dir().join("supervisor.json"))
+            && let Ok(state) = serde_json::from_str::<Value>(&text)
+        {
+            for key in ["supervisor", "service"] {
+                if let Some(pid) = state[key]["pid"].as_i64() {
+                    pids.push(pid as i32);
+                }
+            }
+        }
+        let mut seen = self.seen.borrow_mut();
+        for pid in pids {
+            if let Some(ticks) = start_ticks(pid)
+                && !seen.contains(&(pid, ticks))
+            {
+                seen.push((pid, ticks));
+            }
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // The polite way first; it also proves stop works after a failure.
+        let _ = run_limited(self.command("stop", false));
+        for &(pid, ticks) in self.seen.borrow().iter() {
+            // Only a process that still has the start time we saw is ours.
+            if start_ticks(pid) == Some(ticks) {
+                // SAFETY: plain kill(2) on pids this test started.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// A helper process the test starts itself, killed on drop.
+struct Helper(Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn start_status_stop() {
+    let host = Host::new("web");
+    let port = free_port();
+    host.release("r1", &Spec::http_server(port));
+
+    let out = host.start();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("started: pid"), "{}", text(&out));
+    let pid = host.service_pid().expect("pidfile written");
+    assert!(alive(pid));
+
+    let (rc, status) = host.status_json();
+    assert_eq!(rc, 0, "{status}");
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["lsb_code"], 0);
+    assert_eq!(status["pid"], pid);
+    assert_eq!(status["release"], "r1");
+    assert_eq!(status["healthy"], true);
+    assert!(
+        status["supervisor_pid"].as_i64().is_some_and(|p| p > 0),
+        "{status}"
+    );
+    assert!(status["uptime_s"].as_u64().is_some(), "{status}");
+    let started_at = status["started_at"].as_str().expect("started_at");
+    assert!(
+        started_at.ends_with('Z') && started_at.contains('T'),
+        "{started_at}"
+    );
+    let detail = status["detail"].as_str().expect("detail");
+    assert!(
+        detail.starts_with(&format!("running: pid {pid}, release r1")),
+        "{detail}"
+    );
+
+    let log = host.log();
+    assert!(
+        log.contains(&format!("[shipjar] started pid {pid} from release r1")),
+        "{log}"
+    );
+    assert!(log.contains("[shipjar] healthy after"), "{log}");
+
+    let out = host.run("stop", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("stop --json");
+    assert_eq!(report["was_running"], true);
+    // python's http.server does not handle SIGTERM: it dies by it.
+    assert_eq!(report["how"], "killed by SIGTERM", "{report}");
+    assert!(!alive(pid), "service still alive after stop");
+    assert!(!host.pidfile().exists());
+
+    let out = host.run("status", false);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(text(&out).contains("not running"));
+    assert!(
+        host.log()
+            .contains("[shipjar] stopped: killed by SIGTERM in")
+    );
+
+    // Stopping a stopped service succeeds.
+    let out = host.run("stop", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("stop --json");
+    assert_eq!(report["was_running"], false);
+}
+
+#[test]
+fn start_when_running_is_already_running() {
+    let host = Host::new("twice");
+    host.release("r1", &Spec::http_server(free_port()));
+    assert_eq!(code(&host.start()), 0);
+    let pid = host.service_pid().expect("pid");
+
+    let out = host.run("start", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["already_running"], true);
+    assert_eq!(report["pid"], pid);
+    assert_eq!(report["release"], "r1");
+
+    // A second supervisor for the same service refuses to run.
+    let out = host.run("supervise", false);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("FAILED "), "{said}");
+    assert!(
+        said.contains("another supervisor is already running"),
+        "{said}"
+    );
+    assert_eq!(
+        host.service_pid(),
+        Some(pid),
+        "the refused supervisor touched the pidfile"
+    );
+    assert!(alive(pid));
+}
+
+#[test]
+fn exit_at_start_fails_with_log_tail() {
+    let host = Host::new("boom");
+    let port = free_port();
+    host.release(
+        "r1",
+        &Spec::shell(
+            "echo starting up; echo boom: no config >&2; exit 1",
+            json!({"kind": "tcp", "port": port}),
+            10_000,
+        ),
+    );
+    let began = Instant::now();
+    let out = host.start();
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: exited with code 1 before becoming healthy"),
+        "{err}"
+    );
+    assert!(err.contains("last lines of the service log:"), "{err}");
+    assert!(err.contains("boom: no config"), "{err}");
+    assert!(
+        began.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        began.elapsed()
+    );
+
+    let out = host.run("start", true);
+    assert_eq!(code(&out), 1);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        report["message"],
+        "exited with code 1 before becoming healthy"
+    );
+    let tail = report["log_tail"].as_array().expect("log_tail");
+    assert!(!tail.is_empty() && tail.len() <= 20, "{report}");
+
+    let out = host.run("status", false);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(text(&out).contains("last start failed"), "{}", text(&out));
+}
+
+#[test]
+fn never_healthy_is_killed_after_start_timeout() {
+    let host = Host::new("slow");
+    let marker = host.root().join("service.pid");
+    let unused = free_port();
+    host.release(
+        "r1",
+        &Spec::shell(
+            &format!("echo $$ > {}; exec sleep 600", marker.display()),
+            json!({"kind": "tcp", "port": unused}),
+            2_000,
+        ),
+    );
+    let began = Instant::now();
+    let out = host.start();
+    let took = began.elapsed();
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("error: not healthy after 2s"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "took {took:?}"
+    );
+
+    let pid: i32 = fs::read_to_string(&marker)
+        .expect("service ran")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(!alive(pid), "service pid {pid} survived a failed start");
+    assert!(!host.pidfile().exists());
+    assert!(
+        host.log().contains("killing process group"),
+        "{}",
+        host.log()
+    );
+}
+
+#[test]
+fn stale_pidfile_of_another_process_is_dead() {
+    let host = Host::new("stale");
+    host.release("r1", &Spec::http_server(free_port()));
+    let sleeper = Helper(
+        Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    let pid = sleeper.0.id() as i32;
+    let ticks = start_ticks(pid).expect("sleep alive");
+    fs::create_dir_all(host.run_dir()).expect("run dir");
+    fs::write(host.pidfile(), format!("{pid}\n{}\n", ticks + 1)).expect("pidfile");
+
+    let out = host.run("status", false);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "not running (stale pidfile: pid {pid} now belongs to another process)"
+        )),
+        "{}",
+        text(&out)
+    );
+
+    // stop must not touch a process that is not the service.
+    let out = host.run("stop", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["was_running"], false);
+    assert!(alive(pid), "stop killed an unrelated process");
+    assert!(!host.pidfile().exists(), "stale pidfile not cleaned up");
+
+    // A pidfile whose pid is gone is dead too.
+    fs::write(host.pidfile(), "999999999\n1\n").expect("pidfile");
+    let out = host.run("status", false);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("stale pidfile"), "{}", text(&out));
+}
+
+#[test]
+fn service_ignoring_sigterm_is_killed_after_stop_timeout() {
+    let host = Host::new("stubborn");
+    let port = free_port();
+    let mut spec = Spec::http_server(port);
+    // SIG_IGN survives exec: python inherits "ignore SIGTERM".
+    spec.argv = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("trap '' TERM; exec python3 -m http.server {port} --bind 127.0.0.1"),
+    ];
+    spec.stop_timeout_ms = 1_000;
+    host.release("r1", &spec);
+    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    let pid = host.service_pid().expect("pid");
+
+    let began = Instant::now();
+    let out = host.run("stop", true);
+    let took = began.elapsed();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        report["how"], "killed by SIGKILL after the 1s stop timeout",
+        "{report}"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(6),
+        "took {took:?}"
+    );
+    assert!(!alive(pid));
+    assert!(host.log().contains("sending SIGKILL"), "{}", host.log());
+}
+
+#[test]
+fn crash_after_healthy_leaves_status_dead() {
+    let host = Host::new("crashy");
+    let port = free_port();
+    let mut spec = Spec::http_server(port);
+    // The main process exits 3 after a while; its server child must not linger.
+    spec.argv = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "python3 -m http.server {port} --bind 127.0.0.1 & echo $! > {}; sleep 2; exit 3",
+            host.root().join("child.pid").display()
+        ),
+    ];
+    host.release("r1", &spec);
+    let out = host.start();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let pid = host.service_pid().expect("pid");
+    let child: i32 = fs::read_to_string(host.root().join("child.pid"))
+        .expect("child pid")
+        .trim()
+        .parse()
+        .expect("pid");
+
+    assert!(
+        eventually(Duration::from_secs(10), || code(&host.run("status", false))
+            == 1),
+        "status never became dead: {}",
+        host.log()
+    );
+    let (rc, status) = host.status_json();
+    assert_eq!(rc, 1);
+    assert_eq!(status["state"], "dead");
+    assert_eq!(
+        status["detail"],
+        format!("not running (stale pidfile: pid {pid} exited with code 3)")
+    );
+    assert!(!alive(child), "the crashed service's child lingers");
+    assert!(
+        host.log().contains("[shipjar] exited with code 3"),
+        "{}",
+        host.log()
+    );
+
+    let out = host.run("stop", true);
+    assert_eq!(code(&out), 0);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["was_running"], false);
+    assert_eq!(code(&host.run("status", false)), 3);
+}
+
+#[test]
+fn service_starts_clean_and_keeps_its_release() {
+    let host = Host::new("clean");
+    let spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    let r1 = host.release("r1", &spec);
+
+    // A caller with SIGHUP ignored (nohup) and a stray variable.
+    let mut cmd = host.command("start", false);
+    cmd.env("LEAKED_SECRET", "x");
+    // SAFETY: signal(2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = run_limited(cmd);
+    host.remember();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let pid = host.service_pid().expect("pid");
+
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        field("SigBlk:"),
+        "0000000000000000",
+        "blocked signals leaked"
+    );
+    assert_eq!(
+        field("SigIgn:"),
+        "0000000000000000",
+        "ignored signals leaked"
+    );
+
+    let environ = fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let r1_real = fs::canonicalize(&r1).expect("canonical");
+    for expected in [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        "LANG=C.UTF-8".to_string(),
+        "FROM_RELEASE=r1".to_string(),
+        "SHIPJAR_SERVICE=clean".to_string(),
+        "SHIPJAR_RELEASE=r1".to_string(),
+        format!("SHIPJAR_RELEASE_DIR={}", r1_real.display()),
+        format!("SHIPJAR_CONFIG_DIR={}", r1_real.join("config").display()),
+    ] {
+        assert!(vars.contains(&expected), "missing {expected} in {vars:?}");
+    }
+    assert!(
+        !vars.iter().any(|v| v.starts_with("LEAKED_SECRET")),
+        "{vars:?}"
+    );
+    assert!(vars.iter().any(|v| v.starts_with("HOME=")), "{vars:?}");
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd"),
+        r1_real
+    );
+
+    // Its own process group and no terminal.
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect(")") + 1..]
+        .split_whitespace()
+        .collect();
+    assert_eq!(fields[2], pid.to_string(), "not its own process group");
+    assert_eq!(fields[4], "0", "has a controlling terminal");
+    // Nothing but stdio is open in the service.
+    let fds: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        fds.iter().all(|fd| ["0", "1", "2"].contains(&fd.as_str())),
+        "{fds:?}"
+    );
+
+    // `current` moves on; the running process keeps its release.
+    host.release("r2", &spec);
+    let (rc, status) = host.status_json();
+    assert_eq!(rc, 0);
+    assert_eq!(status["release"], "r1");
+    assert_eq!(status["pid"], pid);
+
+    // restart picks up the new release.
+    let out = host.run("restart", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["release"], "r2");
+    assert_eq!(report["already_running"], false);
+    assert!(!alive(pid));
+}
+
+#[test]
+fn health_check_answered_by_someone_else_fails_start() {
+    let host = Host::new("taken");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    host.release(
+        "r1",
+        &Spec::shell(
+            "exec sleep 600",
+            json!({"kind": "tcp", "port": port}),
+            5_000,
+        ),
+    );
+    let out = host.start();
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("another process answers it"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(code(&host.run("status", false)), 3);
+    drop(listener);
+}
+
+#[test]
+fn stop_while_starting_aborts_the_start() {
+    let host = Host::new("abort");
+    let marker = host.root().join("service.pid");
+    host.release(
+        "r1",
+        &Spec::shell(
+            &format!("echo $$ > {}; exec sleep 600", marker.display()),
+            json!({"kind": "tcp", "port": free_port()}),
+            30_000,
+        ),
+    );
+    let mut start = host.command("start", false);
+    start
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut start = Helper(start.spawn().expect("spawn start"));
+    assert!(
+        eventually(Duration::from_secs(10), || host.service_pid().is_some()),
+        "service never spawned"
+    );
+    host.remember();
+
+    let out = host.run("stop", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["was_running"], true);
+
+    let status = start.0.wait().expect("start ends");
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    if let Some(mut stderr) = start.0.stderr.take() {
+        let _ = stderr.read_to_string(&mut err);
+    }
+    assert!(err.contains("stopped while starting"), "{err}");
+    let pid: i32 = fs::read_to_string(&marker)
+        .expect("marker")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(!alive(pid));
+}
+
+#[test]
+fn missing_release_fails_fast() {
+    let host = Host::new("empty");
+    let out = host.start();
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("no current release"), "{}", text(&out));
+}
+
+#[test]
+fn runs_as_the_release_user_when_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let Some(nobody_uid) = fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+        p.lines()
+            .find(|l| l.starts_with("nobody:"))
+            .and_then(|l| l.split(':').nth(2).map(str::to_string))
+    }) else {
+        eprintln!("skipped: no user nobody");
+        return;
+    };
+    let host = Host::new("dropped");
+    let mut spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    spec.user = Some("nobody".into());
+    host.release("r1", &spec);
+    let out = host.start();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let pid = host.service_pid().expect("pid");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uids = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .expect("Uid line");
+    assert!(
+        uids.split_whitespace().all(|u| u == nobody_uid),
+        "uids {uids}, expected all {nobody_uid}"
+    );
+}
