@@ -89,11 +89,20 @@ fn ignore_hangup_and_interrupt() {
 
 /// Writes one message; a vanished operator must not stop the work in progress.
 fn send(message: &AgentMessage) {
-    if let Ok(text) = serde_json::to_string(message) {
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
-    }
+    let text = serde_json::to_string(message).unwrap_or_else(|e| {
+        // Never leave the operator waiting for an answer that cannot be encoded.
+        let id = match message {
+            AgentMessage::Event { id, .. } | AgentMessage::Result { id, .. } => *id,
+        };
+        let fallback = AgentMessage::Result {
+            id,
+            response: Box::new(error("protocol", format!("cannot encode the answer: {e}"))),
+        };
+        serde_json::to_string(&fallback).unwrap_or_default()
+    });
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
 }
 
 fn error(step: &str, message: impl Into<String>) -> Response {
@@ -192,7 +201,9 @@ impl Session {
                 }
             }
             Request::Status => Response::Status(Box::new(status(&layout))),
-            Request::Releases => Response::Releases(store::list(&layout)),
+            Request::Releases => Response::Releases {
+                releases: store::list(&layout),
+            },
         }
     }
 

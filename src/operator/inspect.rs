@@ -167,7 +167,7 @@ pub fn releases(project: &Project, stage_name: &str, reporter: &Reporter) -> Res
     let mut text = String::new();
     for (host, spec) in &stage.hosts {
         let row = match query(host, spec, &stage.root, name, Request::Releases) {
-            Ok(Response::Releases(list)) => HostReleases {
+            Ok(Response::Releases { releases: list }) => HostReleases {
                 host: host.clone(),
                 releases: list,
                 error: None,

@@ -196,7 +196,10 @@ pub enum Response {
     /// Answer to `status`.
     Status(Box<HostStatus>),
     /// Answer to `releases`.
-    Releases(Vec<ReleaseInfo>),
+    Releases {
+        /// Oldest first.
+        releases: Vec<ReleaseInfo>,
+    },
     /// The request failed; nothing after it in the session is applied.
     Error(AgentError),
 }
@@ -365,5 +368,68 @@ impl From<ServiceStatus> for ServiceStatusWire {
             healthy: s.healthy,
             detail: s.detail,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(response: Response) {
+        let message = AgentMessage::Result {
+            id: 7,
+            response: Box::new(response),
+        };
+        let text = serde_json::to_string(&message).expect("every answer must encode");
+        let back: AgentMessage = serde_json::from_str(&text).expect("and decode");
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+    }
+
+    #[test]
+    fn every_response_kind_survives_the_wire() {
+        let release = ReleaseInfo {
+            id: "20261126-140000-000".into(),
+            version: "1".into(),
+            deployed_at: "t".into(),
+            deployer: "me@box".into(),
+            artifact_sha256: "ab".repeat(32),
+            current: true,
+            outcome: Some("success".into()),
+        };
+        round_trip(Response::Releases {
+            releases: vec![release.clone()],
+        });
+        round_trip(Response::Finished { pruned: vec![] });
+        round_trip(Response::Stored { bytes: 3 });
+        round_trip(Response::Prepared { path: "/x".into() });
+        round_trip(Response::Error(AgentError {
+            step: "lock".into(),
+            message: "held".into(),
+        }));
+        round_trip(Response::Begun(Box::new(HostState {
+            agent_version: "0.1.0".into(),
+            hostname: "h".into(),
+            current: None,
+            has_artifact: false,
+            releases: vec![release.clone()],
+            cleaned_up: vec![],
+        })));
+        round_trip(Response::Status(Box::new(HostStatus {
+            current: Some(release),
+            service: ServiceStatusWire {
+                state: "running".into(),
+                lsb_code: 0,
+                pid: Some(1),
+                release: None,
+                started_at: None,
+                uptime_s: None,
+                healthy: Some(true),
+                detail: String::new(),
+            },
+            running_version: None,
+            reported_version: None,
+            version_error: None,
+            last_revision: None,
+        })));
     }
 }
