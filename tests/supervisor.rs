@@ -590,19 +590,16 @@ fn crash_after_healthy_leaves_status_dead() {
         .parse()
         .expect("pid");
 
-    assert!(
-        eventually(Duration::from_secs(10), || code(&host.run("status", false))
-            == 1),
-        "status never became dead: {}",
-        host.log()
-    );
-    let (rc, status) = host.status_json();
-    assert_eq!(rc, 1);
-    assert_eq!(status["state"], "dead");
-    assert_eq!(
-        status["detail"],
-        format!("not running (stale pidfile: pid {pid} exited with code 3)")
-    );
+    let expected = format!("not running (stale pidfile: pid {pid} exited with code 3)");
+    let mut last = Value::Null;
+    let dead = eventually(Duration::from_secs(10), || {
+        let (rc, status) = host.status_json();
+        last = status;
+        rc == 1 && last["detail"] == expected.as_str()
+    });
+    assert!(dead, "status never became dead: {last}\n{}", host.log());
+    assert_eq!(last["state"], "dead");
+    assert_eq!(last["lsb_code"], 1);
     assert!(!alive(child), "the crashed service's child lingers");
     assert!(
         host.log().contains("[shipjar] exited with code 3"),
@@ -827,4 +824,117 @@ fn runs_as_the_release_user_when_root() {
         uids.split_whitespace().all(|u| u == nobody_uid),
         "uids {uids}, expected all {nobody_uid}"
     );
+}
+
+#[test]
+fn clean_exit_after_sigterm_is_reported() {
+    let host = Host::new("graceful");
+    let port = free_port();
+    let mut spec = Spec::http_server(port);
+    // What a JVM does: handle SIGTERM, exit 143.
+    spec.argv = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("trap 'exit 143' TERM; python3 -m http.server {port} --bind 127.0.0.1 & wait"),
+    ];
+    host.release("r1", &spec);
+    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    let out = host.run("stop", false);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("stopped: exited 143 after SIGTERM"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        host.log()
+            .contains("[shipjar] stopped: exited 143 after SIGTERM in "),
+        "{}",
+        host.log()
+    );
+}
+
+#[test]
+fn stop_waits_for_and_kills_the_whole_group() {
+    let host = Host::new("family");
+    let port = free_port();
+    let marker = host.root().join("helper.pid");
+    let mut spec = Spec::http_server(port);
+    // The main process exits on SIGTERM at once; a helper in its group
+    // ignores it and must still be gone after the stop timeout.
+    spec.argv = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 600' & exec python3 -m http.server {port} --bind 127.0.0.1",
+            marker.display()
+        ),
+    ];
+    spec.stop_timeout_ms = 1_000;
+    host.release("r1", &spec);
+    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    assert!(eventually(Duration::from_secs(5), || marker.exists()));
+    let helper: i32 = fs::read_to_string(&marker)
+        .expect("marker")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(alive(helper));
+
+    let began = Instant::now();
+    let out = host.run("stop", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        began.elapsed() >= Duration::from_secs(1),
+        "did not wait for the group"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        report["how"],
+        "killed by SIGTERM; the rest of its process group killed by SIGKILL after the 1s stop timeout",
+        "{report}"
+    );
+    assert!(!alive(helper), "helper survived the stop");
+}
+
+#[test]
+fn service_without_supervisor_is_still_tracked_and_stopped() {
+    let host = Host::new("orphan");
+    host.release("r1", &Spec::http_server(free_port()));
+    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    let pid = host.service_pid().expect("pid");
+    let (_, status) = host.status_json();
+    let supervisor = status["supervisor_pid"].as_i64().expect("supervisor") as i32;
+
+    // SAFETY: kill(2) on the supervisor this test started.
+    unsafe {
+        libc::kill(supervisor, libc::SIGKILL);
+    }
+    assert!(eventually(Duration::from_secs(5), || !alive(supervisor)));
+    assert!(alive(pid), "the service died with its supervisor");
+
+    let (rc, status) = host.status_json();
+    assert_eq!(rc, 0, "{status}");
+    assert_eq!(status["pid"], pid);
+    assert_eq!(status["supervisor_pid"], Value::Null);
+    assert!(
+        status["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no supervisor")),
+        "{status}"
+    );
+
+    // start must not launch a second copy next to it.
+    let out = host.run("start", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["already_running"], true);
+
+    let out = host.run("stop", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["was_running"], true);
+    assert_eq!(report["how"], "terminated after SIGTERM", "{report}");
+    assert!(!alive(pid));
+    assert_eq!(code(&host.run("status", false)), 3);
 }
