@@ -938,3 +938,58 @@ fn service_without_supervisor_is_still_tracked_and_stopped() {
     assert!(!alive(pid));
     assert_eq!(code(&host.run("status", false)), 3);
 }
+
+#[test]
+fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
+    let host = Host::new("sudden");
+    let marker = host.root().join("service.pid");
+    host.release(
+        "r1",
+        &Spec::shell(
+            &format!("echo $$ > {}; exec sleep 600", marker.display()),
+            json!({"kind": "tcp", "port": free_port()}),
+            30_000,
+        ),
+    );
+    let mut start = host.command("start", false);
+    start
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut start = Helper(start.spawn().expect("spawn start"));
+    assert!(
+        eventually(Duration::from_secs(10), || marker.exists()),
+        "service never spawned"
+    );
+    host.remember();
+    let state: Value = serde_json::from_str(
+        &fs::read_to_string(host.run_dir().join("supervisor.json")).expect("state"),
+    )
+    .expect("json");
+    let supervisor = state["supervisor"]["pid"].as_i64().expect("pid") as i32;
+    let began = Instant::now();
+    // SAFETY: kill(2) on the supervisor this test started.
+    unsafe {
+        libc::kill(supervisor, libc::SIGKILL);
+    }
+    let status = start.0.wait().expect("start ends");
+    assert!(
+        began.elapsed() < Duration::from_secs(8),
+        "start noticed late"
+    );
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    if let Some(mut stderr) = start.0.stderr.take() {
+        let _ = stderr.read_to_string(&mut err);
+    }
+    assert!(err.contains("supervisor exited before reporting"), "{err}");
+    let pid: i32 = fs::read_to_string(&marker)
+        .expect("marker")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "service outlived its failed start"
+    );
+}

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::host::layout::Layout;
+use crate::protocol::manifest::HealthCheck;
 
 use super::health::{self, Gate};
 use super::logfile::{self, EventLog};
@@ -194,7 +195,7 @@ impl<'a> Supervisor<'a> {
 
         // Something already answering the check would make a dead service
         // look healthy (typically an old instance still holding the port).
-        if !matches!(check, crate::protocol::manifest::HealthCheck::None)
+        if !matches!(check, HealthCheck::None)
             && health::probe_once(&check, Duration::from_millis(500)).is_ok()
         {
             let message = "the health check passes before the service is started: \
@@ -256,8 +257,8 @@ impl<'a> Supervisor<'a> {
                     Some(exit) => exit.to_string(),
                     None => format!("still alive {} after SIGKILL", human_duration(KILL_WAIT)),
                 };
+                self.events.event(&how);
                 self.finish(&mut child, None);
-                self.events.event(&format!("killed: {how}"));
                 return self.fail_start(ready, message);
             }
             Gate::StopRequested(sig) => {
@@ -356,8 +357,16 @@ impl<'a> Supervisor<'a> {
             ));
             let _ = process::signal_group(pid, Signal::SIGKILL);
         }
-        if let Err(e) = child.wait() {
-            self.events.event(&format!("cannot reap pid {pid}: {e}"));
+        // Reap only what has exited: a process stuck in the kernel (state D)
+        // ignores even SIGKILL, and waiting for it would hang the supervisor.
+        if let Ok(Some(_)) = process::exited_child(pid) {
+            if let Err(e) = child.wait() {
+                self.events.event(&format!("cannot reap pid {pid}: {e}"));
+            }
+        } else {
+            self.events.event(&format!(
+                "pid {pid} has not exited even after SIGKILL; giving up on it"
+            ));
         }
         self.state.state = Phase::Exited;
         if last_exit.is_some() {
