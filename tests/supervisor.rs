@@ -247,6 +247,27 @@ impl Host {
             .ok()
     }
 
+    /// Reads a pid a test service wrote about itself, and tracks it for cleanup.
+    fn marker_pid(&self, path: &Path) -> i32 {
+        let pid = fs::read_to_string(path)
+            .expect("marker file")
+            .trim()
+            .parse()
+            .expect("pid in marker file");
+        self.track(pid);
+        pid
+    }
+
+    /// Remembers `pid` (with its start time) for the last-resort kill.
+    fn track(&self, pid: i32) {
+        if let Some(ticks) = start_ticks(pid) {
+            let mut seen = self.seen.borrow_mut();
+            if !seen.contains(&(pid, ticks)) {
+                seen.push((pid, ticks));
+            }
+        }
+    }
+
     /// Records the processes the pidfile and state file name, while they are ours.
     fn remember(&self) {
         let mut pids = Vec::new();
@@ -262,13 +283,8 @@ impl Host {
                 }
             }
         }
-        let mut seen = self.seen.borrow_mut();
         for pid in pids {
-            if let Some(ticks) = start_ticks(pid)
-                && !seen.contains(&(pid, ticks))
-            {
-                seen.push((pid, ticks));
-            }
+            self.track(pid);
         }
     }
 }
@@ -479,11 +495,7 @@ fn never_healthy_is_killed_after_start_timeout() {
         "took {took:?}"
     );
 
-    let pid: i32 = fs::read_to_string(&marker)
-        .expect("service ran")
-        .trim()
-        .parse()
-        .expect("pid");
+    let pid: i32 = host.marker_pid(&marker);
     assert!(!alive(pid), "service pid {pid} survived a failed start");
     assert!(!host.pidfile().exists());
     assert!(
@@ -584,11 +596,7 @@ fn crash_after_healthy_leaves_status_dead() {
     let out = host.start();
     assert_eq!(code(&out), 0, "{}", text(&out));
     let pid = host.service_pid().expect("pid");
-    let child: i32 = fs::read_to_string(host.root().join("child.pid"))
-        .expect("child pid")
-        .trim()
-        .parse()
-        .expect("pid");
+    let child: i32 = host.marker_pid(&host.root().join("child.pid"));
 
     let expected = format!("not running (stale pidfile: pid {pid} exited with code 3)");
     let mut last = Value::Null;
@@ -777,11 +785,7 @@ fn stop_while_starting_aborts_the_start() {
         let _ = stderr.read_to_string(&mut err);
     }
     assert!(err.contains("stopped while starting"), "{err}");
-    let pid: i32 = fs::read_to_string(&marker)
-        .expect("marker")
-        .trim()
-        .parse()
-        .expect("pid");
+    let pid: i32 = host.marker_pid(&marker);
     assert!(!alive(pid));
 }
 
@@ -874,11 +878,7 @@ fn stop_waits_for_and_kills_the_whole_group() {
     host.release("r1", &spec);
     assert_eq!(code(&host.start()), 0, "{}", host.log());
     assert!(eventually(Duration::from_secs(5), || marker.exists()));
-    let helper: i32 = fs::read_to_string(&marker)
-        .expect("marker")
-        .trim()
-        .parse()
-        .expect("pid");
+    let helper: i32 = host.marker_pid(&marker);
     assert!(alive(helper));
 
     let began = Instant::now();
@@ -957,8 +957,16 @@ fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut start = Helper(start.spawn().expect("spawn start"));
+    // Once the state names the service; before that, a supervisor killed
+    // right after spawning leaves nothing to find the service by.
+    let state_file = host.run_dir().join("supervisor.json");
     assert!(
-        eventually(Duration::from_secs(10), || marker.exists()),
+        eventually(Duration::from_secs(10), || {
+            fs::read_to_string(&state_file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| v["service"]["pid"].is_i64())
+        }),
         "service never spawned"
     );
     host.remember();
@@ -983,11 +991,7 @@ fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
         let _ = stderr.read_to_string(&mut err);
     }
     assert!(err.contains("supervisor exited before reporting"), "{err}");
-    let pid: i32 = fs::read_to_string(&marker)
-        .expect("marker")
-        .trim()
-        .parse()
-        .expect("pid");
+    let pid: i32 = host.marker_pid(&marker);
     assert!(
         eventually(Duration::from_secs(5), || !alive(pid)),
         "service outlived its failed start"

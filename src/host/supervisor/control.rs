@@ -77,12 +77,16 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
         .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
     let exe = std::env::current_exe()
         .map_err(|e| error(format!("cannot find the shipjar executable: {e}")))?;
+    // The supervisor runs in `/` (it must not pin a release dir): the root
+    // has to be absolute.
+    let root = std::path::absolute(layout.root())
+        .map_err(|e| error(format!("{}: {e}", layout.root().display())))?;
     let mut cmd = Command::new(exe);
     cmd.arg("service")
         .arg("supervise")
         .arg(layout.name())
         .arg("--root")
-        .arg(layout.root())
+        .arg(root)
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
