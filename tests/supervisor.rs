@@ -247,6 +247,27 @@ impl Host {
             .ok()
     }
 
+    /// Reads a pid a test service wrote about itself, and tracks it for cleanup.
+    fn marker_pid(&self, path: &Path) -> i32 {
+        let pid = fs::read_to_string(path)
+            .expect("marker file")
+            .trim()
+            .parse()
+            .expect("pid in marker file");
+        self.track(pid);
+        pid
+    }
+
+    /// Remembers `pid` (with its start time) for the last-resort kill.
+    fn track(&self, pid: i32) {
+        if let Some(ticks) = start_ticks(pid) {
+            let mut seen = self.seen.borrow_mut();
+            if !seen.contains(&(pid, ticks)) {
+                seen.push((pid, ticks));
+            }
+        }
+    }
+
     /// Records the processes the pidfile and state file name, while they are ours.
     fn remember(&self) {
         let mut pids = Vec::new();
@@ -262,13 +283,8 @@ impl Host {
                 }
             }
         }
-        let mut seen = self.seen.borrow_mut();
         for pid in pids {
-            if let Some(ticks) = start_ticks(pid)
-                && !seen.contains(&(pid, ticks))
-            {
-                seen.push((pid, ticks));
-            }
+            self.track(pid);
         }
     }
 }
@@ -479,11 +495,7 @@ fn never_healthy_is_killed_after_start_timeout() {
         "took {took:?}"
     );
 
-    let pid: i32 = fs::read_to_string(&marker)
-        .expect("service ran")
-        .trim()
-        .parse()
-        .expect("pid");
+    let pid: i32 = host.marker_pid(&marker);
     assert!(!alive(pid), "service pid {pid} survived a failed start");
     assert!(!host.pidfile().exists());
     assert!(
@@ -584,30 +596,18 @@ fn crash_after_healthy_leaves_status_dead() {
     let out = host.start();
     assert_eq!(code(&out), 0, "{}", text(&out));
     let pid = host.service_pid().expect("pid");
-    let child: i32 = fs::read_to_string(host.root().join("child.pid"))
-        .expect("child pid")
-        .trim()
-        .parse()
-        .expect("pid");
+    let child: i32 = host.marker_pid(&host.root().join("child.pid"));
 
-    assert!(
-        eventually(Duration::from_secs(10), || code(&host.run("status", false))
-            == 1),
-        "status never became dead: {}",
-        host.log()
-    );
-    // The supervisor records the exit code just after the exit; under load a
-    // status may land in between and say only that the pid is gone.
     let expected = format!("not running (stale pidfile: pid {pid} exited with code 3)");
-    assert!(
-        eventually(Duration::from_secs(5), || host.status_json().1["detail"]
-            == expected.as_str()),
-        "{:?}",
-        host.status_json()
-    );
-    let (rc, status) = host.status_json();
-    assert_eq!(rc, 1);
-    assert_eq!(status["state"], "dead");
+    let mut last = Value::Null;
+    let dead = eventually(Duration::from_secs(10), || {
+        let (rc, status) = host.status_json();
+        last = status;
+        rc == 1 && last["detail"] == expected.as_str()
+    });
+    assert!(dead, "status never became dead: {last}\n{}", host.log());
+    assert_eq!(last["state"], "dead");
+    assert_eq!(last["lsb_code"], 1);
     assert!(!alive(child), "the crashed service's child lingers");
     assert!(
         host.log().contains("[shipjar] exited with code 3"),
@@ -785,11 +785,7 @@ fn stop_while_starting_aborts_the_start() {
         let _ = stderr.read_to_string(&mut err);
     }
     assert!(err.contains("stopped while starting"), "{err}");
-    let pid: i32 = fs::read_to_string(&marker)
-        .expect("marker")
-        .trim()
-        .parse()
-        .expect("pid");
+    let pid: i32 = host.marker_pid(&marker);
     assert!(!alive(pid));
 }
 
@@ -831,5 +827,173 @@ fn runs_as_the_release_user_when_root() {
     assert!(
         uids.split_whitespace().all(|u| u == nobody_uid),
         "uids {uids}, expected all {nobody_uid}"
+    );
+}
+
+#[test]
+fn clean_exit_after_sigterm_is_reported() {
+    let host = Host::new("graceful");
+    let port = free_port();
+    let mut spec = Spec::http_server(port);
+    // What a JVM does: handle SIGTERM, exit 143.
+    spec.argv = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("trap 'exit 143' TERM; python3 -m http.server {port} --bind 127.0.0.1 & wait"),
+    ];
+    host.release("r1", &spec);
+    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    let out = host.run("stop", false);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("stopped: exited 143 after SIGTERM"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        host.log()
+            .contains("[shipjar] stopped: exited 143 after SIGTERM in "),
+        "{}",
+        host.log()
+    );
+}
+
+#[test]
+fn stop_waits_for_and_kills_the_whole_group() {
+    let host = Host::new("family");
+    let port = free_port();
+    let marker = host.root().join("helper.pid");
+    let mut spec = Spec::http_server(port);
+    // The main process exits on SIGTERM at once; a helper in its group
+    // ignores it and must still be gone after the stop timeout.
+    spec.argv = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 600' & exec python3 -m http.server {port} --bind 127.0.0.1",
+            marker.display()
+        ),
+    ];
+    spec.stop_timeout_ms = 1_000;
+    host.release("r1", &spec);
+    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    assert!(eventually(Duration::from_secs(5), || marker.exists()));
+    let helper: i32 = host.marker_pid(&marker);
+    assert!(alive(helper));
+
+    let began = Instant::now();
+    let out = host.run("stop", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        began.elapsed() >= Duration::from_secs(1),
+        "did not wait for the group"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        report["how"],
+        "killed by SIGTERM; the rest of its process group killed by SIGKILL after the 1s stop timeout",
+        "{report}"
+    );
+    assert!(!alive(helper), "helper survived the stop");
+}
+
+#[test]
+fn service_without_supervisor_is_still_tracked_and_stopped() {
+    let host = Host::new("orphan");
+    host.release("r1", &Spec::http_server(free_port()));
+    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    let pid = host.service_pid().expect("pid");
+    let (_, status) = host.status_json();
+    let supervisor = status["supervisor_pid"].as_i64().expect("supervisor") as i32;
+
+    // SAFETY: kill(2) on the supervisor this test started.
+    unsafe {
+        libc::kill(supervisor, libc::SIGKILL);
+    }
+    assert!(eventually(Duration::from_secs(5), || !alive(supervisor)));
+    assert!(alive(pid), "the service died with its supervisor");
+
+    let (rc, status) = host.status_json();
+    assert_eq!(rc, 0, "{status}");
+    assert_eq!(status["pid"], pid);
+    assert_eq!(status["supervisor_pid"], Value::Null);
+    assert!(
+        status["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no supervisor")),
+        "{status}"
+    );
+
+    // start must not launch a second copy next to it.
+    let out = host.run("start", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["already_running"], true);
+
+    let out = host.run("stop", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["was_running"], true);
+    assert_eq!(report["how"], "terminated after SIGTERM", "{report}");
+    assert!(!alive(pid));
+    assert_eq!(code(&host.run("status", false)), 3);
+}
+
+#[test]
+fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
+    let host = Host::new("sudden");
+    let marker = host.root().join("service.pid");
+    host.release(
+        "r1",
+        &Spec::shell(
+            &format!("echo $$ > {}; exec sleep 600", marker.display()),
+            json!({"kind": "tcp", "port": free_port()}),
+            30_000,
+        ),
+    );
+    let mut start = host.command("start", false);
+    start
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut start = Helper(start.spawn().expect("spawn start"));
+    // Once the state names the service; before that, a supervisor killed
+    // right after spawning leaves nothing to find the service by.
+    let state_file = host.run_dir().join("supervisor.json");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            fs::read_to_string(&state_file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| v["service"]["pid"].is_i64())
+        }),
+        "service never spawned"
+    );
+    host.remember();
+    let state: Value = serde_json::from_str(
+        &fs::read_to_string(host.run_dir().join("supervisor.json")).expect("state"),
+    )
+    .expect("json");
+    let supervisor = state["supervisor"]["pid"].as_i64().expect("pid") as i32;
+    let began = Instant::now();
+    // SAFETY: kill(2) on the supervisor this test started.
+    unsafe {
+        libc::kill(supervisor, libc::SIGKILL);
+    }
+    let status = start.0.wait().expect("start ends");
+    assert!(
+        began.elapsed() < Duration::from_secs(8),
+        "start noticed late"
+    );
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    if let Some(mut stderr) = start.0.stderr.take() {
+        let _ = stderr.read_to_string(&mut err);
+    }
+    assert!(err.contains("supervisor exited before reporting"), "{err}");
+    let pid: i32 = host.marker_pid(&marker);
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "service outlived its failed start"
     );
 }

@@ -77,12 +77,16 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
         .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
     let exe = std::env::current_exe()
         .map_err(|e| error(format!("cannot find the shipjar executable: {e}")))?;
+    // The supervisor runs in `/` (it must not pin a release dir): the root
+    // has to be absolute.
+    let root = std::path::absolute(layout.root())
+        .map_err(|e| error(format!("{}: {e}", layout.root().display())))?;
     let mut cmd = Command::new(exe);
     cmd.arg("service")
         .arg("supervise")
         .arg(layout.name())
         .arg("--root")
-        .arg(layout.root())
+        .arg(root)
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -93,75 +97,90 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
         .spawn()
         .map_err(|e| error(format!("cannot start the supervisor: {e}")))?;
 
-    let line = read_report(&mut child, deadline);
-    match line {
-        Some(line) if line.starts_with(READY) => {
-            match serde_json::from_str::<StartReport>(&line[READY.len()..]) {
-                Ok(report) => {
-                    // The supervisor outlives us; in a long-lived caller
-                    // (the agent) someone must still reap it.
-                    std::thread::spawn(move || child.wait());
-                    Ok(report)
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    Err(with_tail(
-                        error(format!("bad report from the supervisor: {e}")),
-                        layout,
-                    ))
-                }
+    let line = match read_report(&mut child, deadline) {
+        Report::Line(line) => line,
+        Report::Eof => {
+            // Died without a word (crashed, killed): whatever it spawned goes too.
+            wait_or_kill(&mut child, KILL_WAIT);
+            kill_orphan_service(layout);
+            let status = child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
+            return Err(with_tail(
+                error(format!("supervisor exited before reporting{status}")),
+                layout,
+            ));
+        }
+        Report::Timeout => {
+            abandon(&mut child, layout);
+            return Err(with_tail(
+                error(format!(
+                    "no report from the supervisor within {}; killed it",
+                    human_duration(deadline)
+                )),
+                layout,
+            ));
+        }
+    };
+    if let Some(json) = line.strip_prefix(READY) {
+        match serde_json::from_str::<StartReport>(json) {
+            Ok(report) => {
+                // The supervisor outlives us; in a long-lived caller (the
+                // agent) someone must still reap it.
+                std::thread::spawn(move || child.wait());
+                Ok(report)
+            }
+            Err(e) => {
+                abandon(&mut child, layout);
+                Err(with_tail(
+                    error(format!("bad report from the supervisor: {e}")),
+                    layout,
+                ))
             }
         }
-        Some(line) if line.starts_with(FAILED) => {
-            let rest = &line[FAILED.len()..];
-            let err = serde_json::from_str::<SupervisorError>(rest).unwrap_or_else(|_| error(rest));
-            // It reports after cleaning up, so it is about to exit.
-            wait_or_kill(&mut child, KILL_WAIT);
-            Err(with_tail(err, layout))
-        }
-        Some(line) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(with_tail(
-                error(format!("unexpected report from the supervisor: {line}")),
-                layout,
-            ))
-        }
-        None => {
-            let message = match child.try_wait() {
-                Ok(Some(status)) => format!("supervisor exited before reporting ({status})"),
-                _ => {
-                    // Hung or too slow: it must not leave a service behind.
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    kill_orphan_service(layout);
-                    format!(
-                        "no report from the supervisor within {}; killed it",
-                        human_duration(deadline)
-                    )
-                }
-            };
-            let _ = child.wait();
-            Err(with_tail(error(message), layout))
-        }
+    } else if let Some(rest) = line.strip_prefix(FAILED) {
+        let err = serde_json::from_str::<SupervisorError>(rest).unwrap_or_else(|_| error(rest));
+        // It reports after cleaning up, so it is about to exit.
+        wait_or_kill(&mut child, KILL_WAIT);
+        Err(with_tail(err, layout))
+    } else {
+        abandon(&mut child, layout);
+        Err(with_tail(
+            error(format!("unexpected report from the supervisor: {line}")),
+            layout,
+        ))
     }
 }
 
+/// What came from the supervisor's stdout.
+enum Report {
+    /// One line.
+    Line(String),
+    /// End of file before a line.
+    Eof,
+    /// Nothing within the deadline.
+    Timeout,
+}
+
 /// Reads the supervisor's one-line report, giving up after `deadline`.
-/// `None` on EOF (the supervisor died) or timeout.
-fn read_report(child: &mut Child, deadline: Duration) -> Option<String> {
-    let stdout = child.stdout.take()?;
+fn read_report(child: &mut Child, deadline: Duration) -> Report {
+    let Some(stdout) = child.stdout.take() else {
+        return Report::Eof;
+    };
     let (tx, rx) = mpsc::channel();
+    // A thread, because a pipe read has no timeout of its own.
     std::thread::spawn(move || {
         let mut line = String::new();
-        let got = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(match got {
-            Ok(n) if n > 0 => Some(line.trim_end().to_string()),
-            _ => None,
-        });
+        let report = match BufReader::new(stdout).read_line(&mut line) {
+            Ok(n) if n > 0 => Report::Line(line.trim_end().to_string()),
+            _ => Report::Eof,
+        };
+        let _ = tx.send(report);
     });
-    rx.recv_timeout(deadline).ok().flatten()
+    rx.recv_timeout(deadline).unwrap_or(Report::Timeout)
 }
 
 fn wait_or_kill(child: &mut Child, timeout: Duration) {
@@ -176,7 +195,15 @@ fn wait_or_kill(child: &mut Child, timeout: Duration) {
     let _ = child.wait();
 }
 
-/// After killing a hung supervisor: kill the service it had spawned.
+/// Gives up on a supervisor that is hung or talks nonsense: kills it, and
+/// the service it may have spawned, so a failed start leaves nothing behind.
+fn abandon(child: &mut Child, layout: &Layout) {
+    let _ = child.kill();
+    let _ = child.wait();
+    kill_orphan_service(layout);
+}
+
+/// After killing a supervisor: kill the service it had spawned.
 fn kill_orphan_service(layout: &Layout) {
     if let Pidfile::Found {
         pid,

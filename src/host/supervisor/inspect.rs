@@ -45,9 +45,7 @@ impl Inspection {
         let Service::Alive { id, .. } = &self.service else {
             return None;
         };
-        self.state
-            .as_ref()
-            .filter(|s| s.service.is_some_and(|sid| sid.pid == id.pid))
+        self.state.as_ref().filter(|s| s.service == Some(*id))
     }
 
     /// True while a supervisor is alive and has not reached "running" yet.

@@ -1,7 +1,7 @@
 //! `service status`: LSB state with verified identity, plus uptime, release
 //! and a health probe made now.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::host::layout::Layout;
 
@@ -15,9 +15,23 @@ use super::{ServiceState, ServiceStatus, human_duration};
 /// Longest health probe `status` makes.
 const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Longest wait for a supervisor that is recording its service's exit.
+const RECORDING_GRACE: Duration = Duration::from_millis(500);
+
 /// Builds the status report.
 pub fn status(layout: &Layout) -> ServiceStatus {
-    let seen = inspect::inspect(layout);
+    let mut seen = inspect::inspect(layout);
+    // The service just ended and its supervisor is still recording how:
+    // a moment's wait gives the full story instead of "no longer exists".
+    let until = Instant::now() + RECORDING_GRACE;
+    while matches!(seen.service, Service::Gone(_))
+        && seen.supervisor.is_some()
+        && seen.state.as_ref().is_some_and(|s| s.last_exit.is_none())
+        && Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        seen = inspect::inspect(layout);
+    }
     match &seen.service {
         Service::Alive { id, verified } => running(layout, &seen, *id, *verified),
         Service::NoPidfile => {

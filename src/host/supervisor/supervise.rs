@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::host::layout::Layout;
+use crate::protocol::manifest::HealthCheck;
 
 use super::health::{self, Gate};
 use super::logfile::{self, EventLog};
@@ -194,7 +195,7 @@ impl<'a> Supervisor<'a> {
 
         // Something already answering the check would make a dead service
         // look healthy (typically an old instance still holding the port).
-        if !matches!(check, crate::protocol::manifest::HealthCheck::None)
+        if !matches!(check, HealthCheck::None)
             && health::probe_once(&check, Duration::from_millis(500)).is_ok()
         {
             let message = "the health check passes before the service is started: \
@@ -256,8 +257,8 @@ impl<'a> Supervisor<'a> {
                     Some(exit) => exit.to_string(),
                     None => format!("still alive {} after SIGKILL", human_duration(KILL_WAIT)),
                 };
+                self.events.event(&how);
                 self.finish(&mut child, None);
-                self.events.event(&format!("killed: {how}"));
                 return self.fail_start(ready, message);
             }
             Gate::StopRequested(sig) => {
@@ -316,25 +317,28 @@ impl<'a> Supervisor<'a> {
         self.save();
         self.events.event("stopping (SIGTERM)");
         let _ = process::signal_group(pid, Signal::SIGTERM);
-        let how = match self.wait_group_exit(pid, timeout) {
-            Some(ExitInfo::Code(code)) => format!("exited {code} after SIGTERM"),
-            Some(exit @ ExitInfo::Signal(_)) => exit.to_string(),
-            None => {
-                self.events.event(&format!(
-                    "still running {} after SIGTERM: sending SIGKILL",
-                    human_duration(timeout)
-                ));
-                let _ = process::signal_group(pid, Signal::SIGKILL);
-                match self.wait_exit(pid, KILL_WAIT) {
-                    Some(ExitInfo::Signal(9)) | None => format!(
-                        "killed by SIGKILL after the {} stop timeout",
-                        human_duration(timeout)
-                    ),
-                    Some(ExitInfo::Code(code)) => {
-                        format!("exited {code} after SIGKILL of its group")
-                    }
-                    Some(exit) => exit.to_string(),
+        let deadline = began + timeout;
+        // The main process first, then the rest of its group: a wrapper
+        // script may exit at once while its JVM is still shutting down.
+        let leader = self.wait_exit(pid, timeout);
+        let how = if leader.is_some() && self.wait_group_empty(pid, deadline) {
+            after_sigterm(leader)
+        } else {
+            self.events.event(&format!(
+                "still running {} after SIGTERM: sending SIGKILL",
+                human_duration(timeout)
+            ));
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+            let stop_timeout = human_duration(timeout);
+            match leader {
+                None => {
+                    self.wait_exit(pid, KILL_WAIT);
+                    format!("killed by SIGKILL after the {stop_timeout} stop timeout")
                 }
+                Some(_) => format!(
+                    "{}; the rest of its process group killed by SIGKILL after the {stop_timeout} stop timeout",
+                    after_sigterm(leader)
+                ),
             }
         };
         let took = began.elapsed().as_millis();
@@ -353,8 +357,16 @@ impl<'a> Supervisor<'a> {
             ));
             let _ = process::signal_group(pid, Signal::SIGKILL);
         }
-        if let Err(e) = child.wait() {
-            self.events.event(&format!("cannot reap pid {pid}: {e}"));
+        // Reap only what has exited: a process stuck in the kernel (state D)
+        // ignores even SIGKILL, and waiting for it would hang the supervisor.
+        if let Ok(Some(_)) = process::exited_child(pid) {
+            if let Err(e) = child.wait() {
+                self.events.event(&format!("cannot reap pid {pid}: {e}"));
+            }
+        } else {
+            self.events.event(&format!(
+                "pid {pid} has not exited even after SIGKILL; giving up on it"
+            ));
         }
         self.state.state = Phase::Exited;
         if last_exit.is_some() {
@@ -382,20 +394,20 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Waits up to `timeout` for the main process to exit *and* the rest of
-    /// its group to be gone, so a wrapper script's JVM also gets its grace time.
-    fn wait_group_exit(&self, pid: i32, timeout: Duration) -> Option<ExitInfo> {
-        let deadline = Instant::now() + timeout;
-        let exit = self.wait_exit(pid, timeout)?;
-        while !procfs::live_group_members(pid).is_empty() {
+    /// Waits until no live process is left in group `pgid`, at most until
+    /// `deadline`. Group members are not our children: no signal tells us
+    /// they left, so this polls `/proc`.
+    fn wait_group_empty(&self, pgid: i32, deadline: Instant) -> bool {
+        loop {
+            if procfs::live_group_members(pgid).is_empty() {
+                return true;
+            }
             let now = Instant::now();
             if now >= deadline {
-                return None;
+                return false;
             }
-            // Group members are not our children: no signal tells us they left.
             std::thread::sleep(Duration::from_millis(20).min(deadline - now));
         }
-        Some(exit)
     }
 
     fn spawn(&mut self) -> Result<Child, String> {
@@ -480,6 +492,16 @@ impl<'a> Supervisor<'a> {
             self.events
                 .event(&format!("cannot remove {}: {e}", path.display()));
         }
+    }
+}
+
+/// How the main process ended after SIGTERM: "exited 143 after SIGTERM",
+/// "killed by SIGTERM" (it did not handle it).
+fn after_sigterm(exit: Option<ExitInfo>) -> String {
+    match exit {
+        Some(ExitInfo::Code(code)) => format!("exited {code} after SIGTERM"),
+        Some(exit) => exit.to_string(),
+        None => "ended after SIGTERM".to_string(),
     }
 }
 
