@@ -12,6 +12,7 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use crate::error::{Error, Result};
+use crate::protocol::manifest::RestartSpec;
 
 /// Name of the stage every project has without declaring it.
 pub const LOCAL_STAGE: &str = "local";
@@ -43,6 +44,9 @@ pub struct Config {
     /// Deploy targets.
     #[serde(default)]
     pub stages: BTreeMap<String, Spanned<Stage>>,
+    /// Crash restarts.
+    #[serde(default)]
+    pub restart: Restart,
 }
 
 /// `[service]`.
@@ -155,6 +159,41 @@ impl Default for Stop {
 
 fn default_stop_timeout() -> Millis {
     Millis(30_000)
+}
+
+/// `[restart]`: crash restarts with exponential back-off and a burst limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Restart {
+    /// Restart a service that exits on its own; false leaves it dead.
+    pub enabled: bool,
+    /// Delay before the first restart.
+    pub initial_delay: Millis,
+    /// Longest delay between restarts.
+    pub max_delay: Millis,
+    /// Each further failure multiplies the delay by this.
+    pub factor: Spanned<f64>,
+    /// Healthy this long, and the back-off starts over.
+    pub reset_after: Millis,
+    /// This many failures within `window` and the supervisor gives up (state `failed`).
+    pub max_failures: Spanned<u32>,
+    /// The window failures are counted in.
+    pub window: Millis,
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        let spec = RestartSpec::default();
+        Restart {
+            enabled: spec.enabled,
+            initial_delay: Millis(spec.initial_delay_ms),
+            max_delay: Millis(spec.max_delay_ms),
+            factor: Spanned::new(0..0, spec.factor),
+            reset_after: Millis(spec.reset_after_ms),
+            max_failures: Spanned::new(0..0, spec.max_failures),
+            window: Millis(spec.window_ms),
+        }
+    }
 }
 
 /// `[releases]`.
@@ -439,6 +478,7 @@ impl Project {
                 "must be at least 2 (the current release and the one to roll back to)",
             ));
         }
+        self.validate_restart()?;
         let mut dests = std::collections::BTreeSet::new();
         for entry in &c.config {
             let file = entry.get_ref();
@@ -515,6 +555,40 @@ impl Project {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_restart(&self) -> Result<()> {
+        let r = &self.config.restart;
+        let factor = *r.factor.get_ref();
+        if !factor.is_finite() || !(1.0..=100.0).contains(&factor) {
+            return Err(self.error_at(
+                r.factor.span(),
+                "restart.factor",
+                "expected a number from 1.0 (a constant delay) to 100.0",
+            ));
+        }
+        if *r.max_failures.get_ref() == 0 {
+            return Err(self.error_at(
+                r.max_failures.span(),
+                "restart.max_failures",
+                "must be at least 1",
+            ));
+        }
+        if r.initial_delay.0 > r.max_delay.0 {
+            return Err(self.error_at(
+                self.key_span("restart"),
+                "restart.max_delay",
+                "must not be shorter than `initial_delay`",
+            ));
+        }
+        if r.window.0 == 0 {
+            return Err(self.error_at(
+                self.key_span("restart"),
+                "restart.window",
+                "must be longer than 0s",
+            ));
         }
         Ok(())
     }
@@ -838,6 +912,49 @@ mod tests {
         assert!(HostSpec::parse("app:0").is_err());
         assert!(HostSpec::parse("-oProxyCommand=x").is_err());
         assert!(HostSpec::parse("a b").is_err());
+    }
+
+    #[test]
+    fn restart_defaults_and_checks() {
+        let project = load(MINIMAL).unwrap();
+        let r = &project.config.restart;
+        assert!(r.enabled);
+        assert_eq!(r.initial_delay, Millis(1_000));
+        assert_eq!(r.max_delay, Millis(60_000));
+        assert_eq!(*r.factor.get_ref(), 2.0);
+        assert_eq!(*r.max_failures.get_ref(), 5);
+
+        let project = load(&format!(
+            "{MINIMAL}[restart]\ninitial_delay = \"200ms\"\nfactor = 3\nmax_failures = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(project.config.restart.initial_delay, Millis(200));
+        assert_eq!(*project.config.restart.factor.get_ref(), 3.0);
+
+        let err = load(&format!("{MINIMAL}[restart]\nfactor = 0.5\n")).unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:5:10: key `restart.factor`"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!("{MINIMAL}[restart]\nmax_failures = 0\n")).unwrap_err();
+        assert!(
+            err.message.contains("restart.max_failures"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!(
+            "{MINIMAL}[restart]\ninitial_delay = \"2m\"\nmax_delay = \"1m\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("restart.max_delay"), "{}", err.message);
+        let err = load(&format!("{MINIMAL}[restart]\nbackoff = 1\n")).unwrap_err();
+        assert!(
+            err.message.contains("unknown field `backoff`"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct ReleaseManifest {
     pub stop: StopSpec,
     /// Config files rendered into `config/`.
     pub files: Vec<ManifestFile>,
+    /// When and how often to restart a crashed service.
+    #[serde(default)]
+    pub restart: RestartSpec,
 }
 
 /// The process to run, relative to the release directory (its working directory).
@@ -112,6 +115,40 @@ pub struct VersionCheckSpec {
 pub struct StopSpec {
     /// SIGTERM, wait this long, then SIGKILL the process group.
     pub timeout_ms: u64,
+}
+
+/// Crash restarts with exponential back-off and a burst limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartSpec {
+    /// Restart at all; when false a crash leaves the service dead.
+    pub enabled: bool,
+    /// Delay before the first restart after a crash.
+    pub initial_delay_ms: u64,
+    /// Longest delay between restarts.
+    pub max_delay_ms: u64,
+    /// Each further failure multiplies the delay by this.
+    pub factor: f64,
+    /// Healthy this long, the back-off starts over.
+    pub reset_after_ms: u64,
+    /// This many failures within `window_ms` and the supervisor gives up.
+    pub max_failures: u32,
+    /// The window failures are counted in.
+    pub window_ms: u64,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            enabled: true,
+            initial_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+            factor: 2.0,
+            reset_after_ms: 60_000,
+            max_failures: 5,
+            window_ms: 600_000,
+        }
+    }
 }
 
 /// A config file of the release.
