@@ -12,7 +12,7 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use crate::error::{Error, Result};
-use crate::protocol::manifest::RestartSpec;
+use crate::protocol::manifest::{LogSpec, RestartSpec};
 
 /// Name of the stage every project has without declaring it.
 pub const LOCAL_STAGE: &str = "local";
@@ -47,6 +47,9 @@ pub struct Config {
     /// Crash restarts.
     #[serde(default)]
     pub restart: Restart,
+    /// Rotation of the service log.
+    #[serde(default)]
+    pub logs: Logs,
 }
 
 /// `[service]`.
@@ -196,6 +199,29 @@ impl Default for Restart {
     }
 }
 
+/// `[logs]`: rotation of the service log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logs {
+    /// Rotate once the log would grow past this size; 0 never rotates.
+    pub max_size: Bytes,
+    /// Rotated files kept.
+    pub keep: Spanned<u32>,
+    /// Gzip rotated files.
+    pub compress: bool,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        let spec = LogSpec::default();
+        Logs {
+            max_size: Bytes(spec.max_size),
+            keep: Spanned::new(0..0, spec.keep),
+            compress: spec.compress,
+        }
+    }
+}
+
 /// `[releases]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -302,6 +328,61 @@ impl<'de> Deserialize<'de> for Millis {
             ))
         })?;
         Ok(Millis(duration.as_millis().min(u64::MAX as u128) as u64))
+    }
+}
+
+/// A size written like `"10MiB"`, `"500KB"` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    /// Parses `10MiB`, `10 MB`, `4096`: KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000.
+    pub fn parse(text: &str) -> Result<Bytes, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let bad = || {
+            format!(
+                "invalid size `{text}`: expected e.g. \"10MiB\", \"500KB\" or a number of bytes"
+            )
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(factor).map(Bytes).ok_or_else(bad)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Accepts a string with a unit or a plain non-negative integer.
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"10MiB\" or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Bytes, E> {
+                Ok(Bytes(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Bytes, E> {
+                u64::try_from(n)
+                    .map(Bytes)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Bytes, E> {
+                Bytes::parse(text).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -581,6 +662,13 @@ impl Project {
                 self.key_span("restart"),
                 "restart.max_delay",
                 "must not be shorter than `initial_delay`",
+            ));
+        }
+        if *self.config.logs.keep.get_ref() == 0 {
+            return Err(self.error_at(
+                self.config.logs.keep.span(),
+                "logs.keep",
+                "must be at least 1",
             ));
         }
         if r.window.0 == 0 {
@@ -955,6 +1043,32 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn log_rotation_sizes() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.logs.max_size, Bytes(10 * 1024 * 1024));
+        assert_eq!(*project.config.logs.keep.get_ref(), 5);
+        assert!(!project.config.logs.compress);
+        let project = load(&format!(
+            "{MINIMAL}[logs]\nmax_size = \"512KiB\"\nkeep = 3\ncompress = true\n"
+        ))
+        .unwrap();
+        assert_eq!(project.config.logs.max_size, Bytes(512 * 1024));
+        assert!(project.config.logs.compress);
+        let project = load(&format!("{MINIMAL}[logs]\nmax_size = 4096\n")).unwrap();
+        assert_eq!(project.config.logs.max_size, Bytes(4096));
+        assert_eq!(Bytes::parse("2 MB"), Ok(Bytes(2_000_000)));
+        assert_eq!(Bytes::parse("0"), Ok(Bytes(0)));
+        let err = load(&format!("{MINIMAL}[logs]\nmax_size = \"lots\"\n")).unwrap_err();
+        assert!(
+            err.message.contains("key `logs.max_size`") && err.message.contains("10MiB"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!("{MINIMAL}[logs]\nkeep = 0\n")).unwrap_err();
+        assert!(err.message.contains("logs.keep"), "{}", err.message);
     }
 
     #[test]

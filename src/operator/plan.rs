@@ -16,8 +16,8 @@ use crate::operator::render::{
 };
 use crate::protocol::FileContent;
 use crate::protocol::manifest::{
-    HealthCheck, HealthSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, RestartSpec, RunSpec,
-    StopSpec, VersionCheckSpec,
+    HealthCheck, HealthSpec, LogSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, RestartSpec,
+    RunSpec, StopSpec, VersionCheckSpec,
 };
 
 /// Inputs of one deploy that do not come from the project file.
@@ -184,6 +184,11 @@ fn plan_host(
         },
         files,
         restart: restart_spec(config),
+        logs: LogSpec {
+            max_size: config.logs.max_size.0,
+            keep: *config.logs.keep.get_ref(),
+            compress: config.logs.compress,
+        },
     };
 
     let run = run_spec(config, inputs, spec, &public_vars)?;
@@ -505,6 +510,22 @@ secrets = { db_password = { env = "PW" } }
         assert_eq!(r.initial_delay_ms, 250);
         assert_eq!(r.max_failures, 3);
         assert_eq!(r.max_delay_ms, 60_000);
+    }
+
+    #[test]
+    fn log_rotation_reaches_the_manifest() {
+        let (mut config, stage, build, inputs) = fixtures();
+        config.logs.max_size = crate::operator::config::Bytes(1 << 20);
+        config.logs.compress = true;
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        assert_eq!(
+            plan.hosts[0].manifest.logs,
+            LogSpec {
+                max_size: 1 << 20,
+                keep: 5,
+                compress: true
+            }
+        );
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct ReleaseManifest {
     /// When and how often to restart a crashed service.
     #[serde(default)]
     pub restart: RestartSpec,
+    /// Rotation of the service log.
+    #[serde(default)]
+    pub logs: LogSpec,
 }
 
 /// The process to run, relative to the release directory (its working directory).
@@ -147,6 +150,28 @@ impl Default for RestartSpec {
             reset_after_ms: 60_000,
             max_failures: 5,
             window_ms: 600_000,
+        }
+    }
+}
+
+/// Rotation of `<log dir>/<name>.log`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSpec {
+    /// Rotate once the log would grow past this many bytes; 0 never rotates.
+    pub max_size: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+    /// Gzip rotated files.
+    pub compress: bool,
+}
+
+impl Default for LogSpec {
+    fn default() -> Self {
+        LogSpec {
+            max_size: 10 * 1024 * 1024,
+            keep: 5,
+            compress: false,
         }
     }
 }

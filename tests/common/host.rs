@@ -153,6 +153,16 @@ impl Spec {
     }
 }
 
+impl Spec {
+    /// Runs `argv` directly.
+    pub fn argv(argv: Vec<String>, health: Value, start_timeout_ms: u64) -> Spec {
+        Spec {
+            argv,
+            ..Spec::shell("", health, start_timeout_ms)
+        }
+    }
+}
+
 /// python's http.server on 127.0.0.1:`port`.
 pub fn python_http(port: u16) -> Vec<String> {
     [

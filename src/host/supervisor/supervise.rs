@@ -15,10 +15,12 @@ use crate::protocol::manifest::HealthCheck;
 
 use super::backoff::{Backoff, Decision};
 use super::health::{self, Gate};
-use super::logfile::{self, EventLog};
+use super::logfile;
+use super::logpipe::LogPipe;
 use super::process::{self, ExitInfo, Signals};
 use super::procfs::{self, Liveness, ProcessId};
 use super::release::{self, Release};
+use super::rotate::{RotatingFile, Rotation};
 use super::spawn;
 use super::state::{self, Phase, Pidfile, SupervisorState};
 use super::{StartReport, SupervisorError, human_duration};
@@ -29,6 +31,9 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often the running loop re-checks the child even without a signal;
 /// SIGCHLD is the real trigger, this is a safety net.
 const RECHECK: Duration = Duration::from_secs(5);
+
+/// Longest wait for the log thread to write out what the service said.
+const LOG_SYNC_WAIT: Duration = Duration::from_secs(2);
 
 /// Prefix of the readiness line on success.
 pub const READY: &str = "READY ";
@@ -43,8 +48,10 @@ pub fn run(layout: &Layout) -> i32 {
         Ok(mut supervisor) => supervisor.run(&mut ready),
         Err(message) => {
             // Also into the log, for whoever reads it rather than `start`'s output.
-            let mut events = EventLog::new(logfile::open_append(&layout.log_file()).ok());
-            events.event(&format!("supervisor not started: {message}"));
+            logfile::append_event(
+                &layout.log_file(),
+                &format!("supervisor not started: {message}"),
+            );
             ready.failed(&message, layout);
             1
         }
@@ -116,7 +123,7 @@ enum Outcome {
 struct Supervisor<'a> {
     layout: &'a Layout,
     signals: Signals,
-    events: EventLog,
+    log: LogPipe,
     release: Release,
     state: SupervisorState,
     backoff: Backoff,
@@ -131,9 +138,6 @@ impl<'a> Supervisor<'a> {
         let run_dir = layout.run_dir();
         fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
         let lock = take_lock(layout)?;
-        let log = logfile::open_append(&layout.log_file())
-            .map_err(|e| format!("{}: {e}", layout.log_file().display()))?;
-        let events = EventLog::new(Some(log));
         let me = procfs::identify(std::process::id() as i32)
             .ok()
             .flatten()
@@ -158,6 +162,7 @@ impl<'a> Supervisor<'a> {
         }
 
         let release = release::current(layout)?;
+        let log = open_log(layout, &release)?;
         let state = SupervisorState {
             boot_id: procfs::boot_id(),
             supervisor: me,
@@ -180,7 +185,7 @@ impl<'a> Supervisor<'a> {
         let mut supervisor = Supervisor {
             layout,
             signals,
-            events,
+            log,
             release,
             state,
             backoff,
@@ -214,7 +219,7 @@ impl<'a> Supervisor<'a> {
             let restart = &self.release.manifest.restart;
             if !restart.enabled {
                 // The pidfile stays: `status` reports the service dead (LSB 1).
-                self.events.event("not restarting: restarts are disabled");
+                self.log.event("not restarting: restarts are disabled");
                 return 1;
             }
             match self.backoff.on_failure(Instant::now(), healthy_for) {
@@ -223,7 +228,7 @@ impl<'a> Supervisor<'a> {
                         "{failures} failures within {}; the last: {why}",
                         human_duration(window)
                     );
-                    self.events.event(&format!("giving up: {reason}"));
+                    self.log.event(&format!("giving up: {reason}"));
                     self.state.state = Phase::Failed;
                     self.state.failed_reason = Some(reason);
                     self.state.next_restart_at = None;
@@ -247,7 +252,7 @@ impl<'a> Supervisor<'a> {
         self.state.state = Phase::BackingOff;
         self.state.next_restart_at = Some(humantime::format_rfc3339_millis(due).to_string());
         self.save();
-        self.events.event(&format!(
+        self.log.event(&format!(
             "restarting in {} (restart {})",
             human_duration(delay),
             self.state.restarts + 1
@@ -261,7 +266,7 @@ impl<'a> Supervisor<'a> {
             if let Some(sig @ (libc::SIGTERM | libc::SIGINT)) =
                 self.signals.wait(Some(deadline - now))
             {
-                self.events.event(&format!(
+                self.log.event(&format!(
                     "stop requested ({}) while waiting to restart",
                     process::signal_name(sig)
                 ));
@@ -311,13 +316,13 @@ impl<'a> Supervisor<'a> {
         self.state.service = Some(id);
         self.state.started_at = Some(logfile::now_rfc3339());
         if let Err(e) = state::write_pidfile(&self.layout.pidfile(), id) {
-            self.events.event(&format!(
+            self.log.event(&format!(
                 "cannot write {}: {e}",
                 self.layout.pidfile().display()
             ));
         }
         self.save();
-        self.events.event(&format!(
+        self.log.event(&format!(
             "started pid {pid} from release {}",
             self.state.release
         ));
@@ -326,7 +331,7 @@ impl<'a> Supervisor<'a> {
             match health::wait_healthy(&check, pid, spawned, start_timeout, &self.signals) {
                 Gate::Healthy(after) => {
                     let ms = after.as_millis() as u64;
-                    self.events.event(&format!("healthy after {ms} ms"));
+                    self.log.event(&format!("healthy after {ms} ms"));
                     self.state.state = Phase::Running;
                     self.state.healthy_after_ms = Some(ms);
                     self.save();
@@ -342,13 +347,13 @@ impl<'a> Supervisor<'a> {
                 }
                 Gate::Exited(exit) => {
                     let message = format!("{exit} before becoming healthy");
-                    self.events.event(&message);
+                    self.log.event(&message);
                     self.finish(&mut child, Some(exit), message.clone());
                     return Outcome::StartFailed(message);
                 }
                 Gate::TimedOut => {
                     let message = format!("not healthy after {}", human_duration(start_timeout));
-                    self.events
+                    self.log
                         .event(&format!("{message}: killing process group {pid} (SIGKILL)"));
                     let _ = process::signal_group(pid, Signal::SIGKILL);
                     let exit = self.wait_exit(pid, KILL_WAIT);
@@ -356,12 +361,12 @@ impl<'a> Supervisor<'a> {
                         Some(exit) => exit.to_string(),
                         None => format!("still alive {} after SIGKILL", human_duration(KILL_WAIT)),
                     };
-                    self.events.event(&how);
+                    self.log.event(&how);
                     self.finish(&mut child, exit, message.clone());
                     return Outcome::StartFailed(message);
                 }
                 Gate::StopRequested(sig) => {
-                    self.events.event(&format!(
+                    self.log.event(&format!(
                         "stop requested ({}) while starting",
                         process::signal_name(sig)
                     ));
@@ -374,7 +379,7 @@ impl<'a> Supervisor<'a> {
 
         loop {
             if let Ok(Some(exit)) = process::exited_child(pid) {
-                self.events.event(&exit.to_string());
+                self.log.event(&exit.to_string());
                 self.finish(&mut child, Some(exit), exit.to_string());
                 return Outcome::Crashed {
                     exit,
@@ -389,9 +394,7 @@ impl<'a> Supervisor<'a> {
                     self.remove_pidfile();
                     return Outcome::Stopped;
                 }
-                Some(libc::SIGHUP) => self
-                    .events
-                    .event("SIGHUP ignored (reload is not supported)"),
+                Some(libc::SIGHUP) => self.log.event("SIGHUP ignored (reload is not supported)"),
                 _ => {}
             }
         }
@@ -405,6 +408,8 @@ impl<'a> Supervisor<'a> {
         }
         self.save();
         self.remove_pidfile();
+        // The log tail `start` shows must hold the service's last words.
+        self.log.sync(LOG_SYNC_WAIT);
         ready.failed(&message, self.layout);
     }
 
@@ -416,7 +421,7 @@ impl<'a> Supervisor<'a> {
         let began = Instant::now();
         self.state.state = Phase::Stopping;
         self.save();
-        self.events.event("stopping (SIGTERM)");
+        self.log.event("stopping (SIGTERM)");
         let _ = process::signal_group(pid, Signal::SIGTERM);
         let deadline = began + timeout;
         // The main process first, then the rest of its group: a wrapper
@@ -425,7 +430,7 @@ impl<'a> Supervisor<'a> {
         let how = if leader.is_some() && self.wait_group_empty(pid, deadline) {
             after_sigterm(leader)
         } else {
-            self.events.event(&format!(
+            self.log.event(&format!(
                 "still running {} after SIGTERM: sending SIGKILL",
                 human_duration(timeout)
             ));
@@ -443,7 +448,7 @@ impl<'a> Supervisor<'a> {
             }
         };
         let took = began.elapsed().as_millis();
-        self.events.event(&format!("stopped: {how} in {took} ms"));
+        self.log.event(&format!("stopped: {how} in {took} ms"));
         self.finish(child, leader, how.clone());
         how
     }
@@ -453,7 +458,7 @@ impl<'a> Supervisor<'a> {
     fn finish(&mut self, child: &mut Child, exit: Option<ExitInfo>, description: String) {
         let pid = child.id() as i32;
         if !procfs::live_group_members(pid).is_empty() {
-            self.events.event(&format!(
+            self.log.event(&format!(
                 "killing leftover processes of group {pid} (SIGKILL)"
             ));
             let _ = process::signal_group(pid, Signal::SIGKILL);
@@ -462,10 +467,10 @@ impl<'a> Supervisor<'a> {
         // ignores even SIGKILL, and waiting for it would hang the supervisor.
         if let Ok(Some(_)) = process::exited_child(pid) {
             if let Err(e) = child.wait() {
-                self.events.event(&format!("cannot reap pid {pid}: {e}"));
+                self.log.event(&format!("cannot reap pid {pid}: {e}"));
             }
         } else {
-            self.events.event(&format!(
+            self.log.event(&format!(
                 "pid {pid} has not exited even after SIGKILL; giving up on it"
             ));
         }
@@ -523,13 +528,14 @@ impl<'a> Supervisor<'a> {
             && let Some(user) = &self.release.manifest.run.user
             && !process::is_root()
         {
-            self.events.event(&format!(
+            self.log.event(&format!(
                 "running as the current user: run.user `{user}` applies only when started as root"
             ));
         }
-        let log = self.events.file().ok_or("the service log is not open")?;
-        let (stdout, stderr) = logfile::service_output(log)
-            .map_err(|e| format!("cannot hand the log to the service: {e}"))?;
+        let (stdout, stderr) = self
+            .log
+            .service_stdio()
+            .map_err(|e| format!("cannot hand the log pipe to the service: {e}"))?;
         spawn::spawn(self.layout, &self.release, creds.as_ref(), stdout, stderr)
     }
 
@@ -537,7 +543,7 @@ impl<'a> Supervisor<'a> {
         self.state.updated_at = logfile::now_rfc3339();
         let path = self.layout.supervisor_state();
         if let Err(e) = state::write_state(&path, &self.state) {
-            self.events
+            self.log
                 .event(&format!("cannot write {}: {e}", path.display()));
         }
     }
@@ -545,7 +551,7 @@ impl<'a> Supervisor<'a> {
     fn remove_pidfile(&mut self) {
         let path = self.layout.pidfile();
         if let Err(e) = state::remove_if_present(&path) {
-            self.events
+            self.log
                 .event(&format!("cannot remove {}: {e}", path.display()));
         }
     }
@@ -559,6 +565,28 @@ fn after_sigterm(exit: Option<ExitInfo>) -> String {
         Some(exit) => exit.to_string(),
         None => "ended after SIGTERM".to_string(),
     }
+}
+
+/// Opens the rotating log and starts the thread that drains the service's
+/// output into it. Our own stderr goes into the pipe too, so anything we
+/// print (a panic) lands in the log, in order.
+fn open_log(layout: &Layout, release: &Release) -> Result<LogPipe, String> {
+    let spec = &release.manifest.logs;
+    let rotation = Rotation {
+        max_size: spec.max_size,
+        keep: spec.keep,
+        compress: spec.compress,
+    };
+    let path = layout.log_file();
+    let file = RotatingFile::open(&path, rotation, None)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let log = LogPipe::start(file, false).map_err(|e| format!("cannot start the log pipe: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto fd 2, which we own as our stderr.
+    unsafe {
+        libc::dup2(log.service_fd().as_raw_fd(), libc::STDERR_FILENO);
+    }
+    Ok(log)
 }
 
 /// Takes the supervisor lock without waiting: held means another supervisor lives.
