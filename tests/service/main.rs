@@ -7,5 +7,6 @@
 mod common;
 
 mod logs;
+mod readiness;
 mod restart;
 mod stop;

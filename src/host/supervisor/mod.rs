@@ -6,6 +6,7 @@ mod backoff;
 mod control;
 mod health;
 mod inspect;
+mod listener;
 mod logfile;
 mod logpipe;
 mod process;

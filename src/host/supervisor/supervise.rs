@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::host::layout::Layout;
-use crate::protocol::manifest::HealthCheck;
 
 use super::backoff::{Backoff, Decision};
 use super::health::{self, Gate};
@@ -305,14 +304,10 @@ impl<'a> Supervisor<'a> {
         self.state.healthy_after_ms = None;
         self.save();
 
-        // Something already answering the check would make a dead service
-        // look healthy (typically an old instance still holding the port).
-        if !matches!(check, HealthCheck::None)
-            && health::probe_once(&check, Duration::from_millis(500)).is_ok()
-        {
-            let message = "the health check passes before the service is started: \
-                           another process answers it"
-                .to_string();
+        // Something already listening there would answer for the service
+        // (typically an old instance that never went away).
+        if let Err(message) = health::port_free(&check) {
+            self.log.event(&message);
             return Outcome::StartFailed(message);
         }
 
@@ -349,6 +344,8 @@ impl<'a> Supervisor<'a> {
                     self.state.healthy_after_ms = Some(ms);
                     self.save();
                     if first {
+                        // `start` returning means the log shows it too.
+                        self.log.sync(LOG_SYNC_WAIT);
                         ready.ready(&StartReport {
                             pid,
                             release: self.state.release.clone(),
@@ -375,6 +372,14 @@ impl<'a> Supervisor<'a> {
                         None => format!("still alive {} after SIGKILL", human_duration(KILL_WAIT)),
                     };
                     self.log.event(&how);
+                    self.finish(&mut child, exit, message.clone());
+                    return Outcome::StartFailed(message);
+                }
+                Gate::NotOurs(message) => {
+                    self.log
+                        .event(&format!("{message}: killing process group {pid} (SIGKILL)"));
+                    let _ = process::signal_group(pid, Signal::SIGKILL);
+                    let exit = stopping::wait_exit(&self.signals, pid, Instant::now() + KILL_WAIT);
                     self.finish(&mut child, exit, message.clone());
                     return Outcome::StartFailed(message);
                 }
