@@ -9,6 +9,7 @@ mod inspect;
 mod listener;
 mod logfile;
 mod logpipe;
+mod privileges;
 mod process;
 mod procfs;
 mod release;

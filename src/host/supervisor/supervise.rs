@@ -16,10 +16,11 @@ use super::backoff::{Backoff, Decision};
 use super::health::{self, Gate};
 use super::logfile;
 use super::logpipe::LogPipe;
+use super::privileges;
 use super::process::{self, Credentials, ExitInfo, Signals};
 use super::procfs::{self, Liveness, ProcessId};
 use super::release::{self, Release};
-use super::rotate::{RotatingFile, Rotation};
+use super::rotate::{Owner, RotatingFile, Rotation};
 use super::spawn;
 use super::state::{self, Phase, Pidfile, SupervisorState};
 use super::stopping::{self, KILL_WAIT, StopContext};
@@ -162,7 +163,11 @@ impl<'a> Supervisor<'a> {
 
         let release = release::current(layout)?;
         let creds = spawn::credentials(&release)?;
-        let log = open_log(layout, &release)?;
+        if let Some(c) = &creds {
+            privileges::check_release(layout, &release.dir, c)?;
+            privileges::prepare_dirs(layout, c)?;
+        }
+        let log = open_log(layout, &release, creds.as_ref())?;
         if creds.is_none()
             && let Some(user) = &release.manifest.run.user
             && !process::is_root()
@@ -521,7 +526,11 @@ impl<'a> Supervisor<'a> {
 /// Opens the rotating log and starts the thread that drains the service's
 /// output into it. Our own stderr goes into the pipe too, so anything we
 /// print (a panic) lands in the log, in order.
-fn open_log(layout: &Layout, release: &Release) -> Result<LogPipe, String> {
+fn open_log(
+    layout: &Layout,
+    release: &Release,
+    creds: Option<&Credentials>,
+) -> Result<LogPipe, String> {
     let spec = &release.manifest.logs;
     let rotation = Rotation {
         max_size: spec.max_size,
@@ -529,7 +538,12 @@ fn open_log(layout: &Layout, release: &Release) -> Result<LogPipe, String> {
         compress: spec.compress,
     };
     let path = layout.log_file();
-    let file = RotatingFile::open(&path, rotation, None)
+    // Ours, readable by the service's group (root:group 0640 as root).
+    let owner = creds.map(|c| Owner {
+        uid: nix::unistd::Uid::effective().as_raw(),
+        gid: c.gid,
+    });
+    let file = RotatingFile::open(&path, rotation, owner)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let log = LogPipe::start(file, false).map_err(|e| format!("cannot start the log pipe: {e}"))?;
     use std::os::fd::AsRawFd;
