@@ -108,8 +108,10 @@ pub enum ServiceCommand {
     Stop(ServiceArgs),
     /// Stop, then start through the health gate.
     Restart(ServiceArgs),
-    /// LSB status: 0 running, 1 dead with a pidfile, 3 not running.
+    /// LSB status: 0 running, 1 dead or failed, 3 not running.
     Status(ServiceArgs),
+    /// Supervise in the foreground, for systemd (sd_notify) and other process managers.
+    Run(ServiceArgs),
     /// The detached supervisor process (started by `start`).
     #[command(hide = true)]
     Supervise(ServiceArgs),

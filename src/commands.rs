@@ -63,6 +63,7 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
             Ok(status.lsb_code)
         }
         ServiceCommand::Supervise(args) => Ok(supervisor::supervise(&layout(&args)?)),
+        ServiceCommand::Run(args) => Ok(supervisor::run(&layout(&args)?)),
     }
 }
 

@@ -7,6 +7,7 @@
 mod common;
 
 mod logs;
+mod notify;
 mod privileges;
 mod readiness;
 mod restart;

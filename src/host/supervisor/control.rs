@@ -16,8 +16,8 @@ use super::logfile;
 use super::process;
 use super::procfs::{self, Liveness, ProcessId};
 use super::release;
+use super::report::{FAILED, READY};
 use super::state::{self, Phase, Pidfile};
-use super::supervise::{FAILED, READY};
 use super::{StartReport, StopReport, SupervisorError, human_duration};
 
 /// Extra time `start` gives the supervisor beyond the start timeout before

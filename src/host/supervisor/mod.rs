@@ -9,10 +9,12 @@ mod inspect;
 mod listener;
 mod logfile;
 mod logpipe;
+mod notify;
 mod privileges;
 mod process;
 mod procfs;
 mod release;
+mod report;
 mod rotate;
 mod spawn;
 mod state;
@@ -141,7 +143,14 @@ pub fn status(layout: &Layout) -> ServiceStatus {
 
 /// Body of the detached supervisor process; returns its exit code.
 pub fn supervise(layout: &Layout) -> i32 {
-    supervise::run(layout)
+    supervise::run(layout, supervise::Mode::Detached)
+}
+
+/// `service run`: supervises in the foreground (for systemd and other
+/// process managers), speaking sd_notify when `NOTIFY_SOCKET` is set.
+/// Returns 0 after a requested stop, 1 when the start failed or it gave up.
+pub fn run(layout: &Layout) -> i32 {
+    supervise::run(layout, supervise::Mode::Foreground)
 }
 
 /// `5s`, `1m 30s`, `1s 500ms`: durations as people write them.
