@@ -60,6 +60,16 @@ pub struct StopReport {
     pub thread_dump: bool,
 }
 
+/// What `service reload` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// What the reload did, e.g. "sent SIGHUP to pid 4242" or
+    /// "restarted: pid 4300 from release R, healthy after 412 ms".
+    pub how: String,
+    /// Milliseconds it took.
+    pub took_ms: u64,
+}
+
 /// A failed start/stop: what happened, plus the last lines of the service log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SupervisorError {
@@ -134,6 +144,12 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
 pub fn restart(layout: &Layout) -> Result<StartReport, SupervisorError> {
     stop(layout)?;
     start(layout)
+}
+
+/// Reloads the service: its `[reload] signal`, or a restart through the
+/// health gate (into the release `current` points to).
+pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
+    control::reload(layout)
 }
 
 /// Reports the service's state, verifying pid identity.

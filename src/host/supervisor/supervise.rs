@@ -96,6 +96,9 @@ enum Outcome {
     StoppedWhileStarting(String),
     /// Never became healthy (or could not be spawned); says why.
     StartFailed(String),
+    /// A reload asked for a restart through the health gate; the service
+    /// was stopped gracefully.
+    Reload,
     /// Exited on its own after being healthy for a while.
     Crashed {
         /// How it ended.
@@ -114,6 +117,8 @@ struct Supervisor<'a> {
     backoff: Backoff,
     /// Where readiness and state go.
     reporter: Reporter,
+    /// A reload restart is under way; its outcome is recorded for `service reload`.
+    reloading: bool,
     /// Who the service runs as, when we drop privileges.
     creds: Option<Credentials>,
     /// Held for our whole life: proof that a supervisor is alive.
@@ -184,6 +189,9 @@ impl<'a> Supervisor<'a> {
             clean_stop: None,
             stop_took_ms: None,
             thread_dump: false,
+            reloads: 0,
+            last_reload: None,
+            last_reload_ok: None,
             updated_at: logfile::now_rfc3339(),
         };
         let backoff = Backoff::new(&release.manifest.restart);
@@ -195,6 +203,7 @@ impl<'a> Supervisor<'a> {
             state,
             backoff,
             reporter: Reporter::Detached { sent: true },
+            reloading: false,
             creds,
             _lock: lock,
         };
@@ -219,7 +228,18 @@ impl<'a> Supervisor<'a> {
                     self.fail_start(message);
                     return 1;
                 }
-                Outcome::StartFailed(message) => (message, None),
+                Outcome::Reload => {
+                    self.adopt_current();
+                    self.reloading = true;
+                    first = false;
+                    continue;
+                }
+                Outcome::StartFailed(message) => {
+                    if self.reloading {
+                        self.reloaded(false, format!("the restart failed: {message}"));
+                    }
+                    (message, None)
+                }
                 Outcome::Crashed { exit, healthy_for } => (exit.to_string(), Some(healthy_for)),
             };
             first = false;
@@ -276,9 +296,12 @@ impl<'a> Supervisor<'a> {
             if now >= deadline {
                 break;
             }
-            if let Some(sig @ (libc::SIGTERM | libc::SIGINT)) =
-                self.signals.wait(Some(deadline - now))
-            {
+            let sig = self.signals.wait(Some(deadline - now));
+            if sig == Some(libc::SIGHUP) {
+                self.log.event("reload requested: restarting now");
+                break;
+            }
+            if let Some(sig @ (libc::SIGTERM | libc::SIGINT)) = sig {
                 self.reporter.stopping();
                 self.log.event(&format!(
                     "stop requested ({}) while waiting to restart",
@@ -364,6 +387,15 @@ impl<'a> Supervisor<'a> {
                             self.state.release, self.state.restarts
                         ));
                     }
+                    if self.reloading {
+                        self.reloaded(
+                            true,
+                            format!(
+                                "restarted: pid {pid} from release {}, healthy after {ms} ms",
+                                self.state.release
+                            ),
+                        );
+                    }
                     Instant::now()
                 }
                 Gate::Exited(exit) => {
@@ -423,7 +455,25 @@ impl<'a> Supervisor<'a> {
                     self.remove_pidfile();
                     return Outcome::Stopped;
                 }
-                Some(libc::SIGHUP) => self.log.event("SIGHUP ignored (reload is not supported)"),
+                Some(libc::SIGHUP) => match self.release.manifest.reload.signal.clone() {
+                    Some(name) => {
+                        let sent = name
+                            .parse::<Signal>()
+                            .map_err(|e| e.to_string())
+                            .and_then(|s| process::signal_pid(pid, s).map_err(|e| e.to_string()));
+                        match sent {
+                            Ok(_) => self.reloaded(true, format!("sent {name} to pid {pid}")),
+                            Err(e) => self
+                                .reloaded(false, format!("cannot send {name} to pid {pid}: {e}")),
+                        }
+                    }
+                    None => {
+                        self.log
+                            .event("reload requested: restarting through the health gate");
+                        self.stop_service(&mut child, true);
+                        return Outcome::Reload;
+                    }
+                },
                 Some(sig @ (libc::SIGQUIT | libc::SIGUSR1 | libc::SIGUSR2)) => {
                     // Passed on to the main process only: SIGQUIT would kill
                     // a wrapper script, and a JVM prints its thread dump once.
@@ -440,6 +490,46 @@ impl<'a> Supervisor<'a> {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Records how a reload went, for the waiting `service reload`.
+    fn reloaded(&mut self, ok: bool, how: String) {
+        self.reloading = false;
+        self.log.event(&format!("reload: {how}"));
+        self.state.reloads += 1;
+        self.state.last_reload = Some(how);
+        self.state.last_reload_ok = Some(ok);
+        self.save();
+    }
+
+    /// Switches to the release `current` points to now (a reload restarts
+    /// into it); keeps the old one when the new one cannot be run.
+    fn adopt_current(&mut self) {
+        let next = release::current(self.layout).and_then(|release| {
+            let creds = spawn::credentials(&release)?;
+            if let Some(c) = &creds {
+                privileges::check_release(self.layout, &release.dir, c)?;
+            }
+            Ok((release, creds))
+        });
+        match next {
+            Ok((release, creds)) => {
+                if release.manifest.id != self.release.manifest.id {
+                    self.log.event(&format!(
+                        "reload: release {} (was {})",
+                        release.manifest.id, self.release.manifest.id
+                    ));
+                }
+                self.state.release = release.manifest.id.clone();
+                self.state.release_dir = release.dir.clone();
+                self.release = release;
+                self.creds = creds;
+            }
+            Err(e) => self.log.event(&format!(
+                "reload: keeping release {}: {e}",
+                self.release.manifest.id
+            )),
         }
     }
 
