@@ -9,6 +9,7 @@ mod inspect;
 mod listener;
 mod logfile;
 mod logpipe;
+mod memory;
 mod notify;
 mod privileges;
 mod process;

@@ -16,6 +16,7 @@ use super::backoff::{Backoff, Decision};
 use super::health::{self, Gate};
 use super::logfile;
 use super::logpipe::LogPipe;
+use super::memory;
 use super::notify::Notifier;
 use super::privileges;
 use super::process::{self, Credentials, ExitInfo, Signals};
@@ -46,6 +47,12 @@ pub enum Mode {
 
 /// Runs the supervisor; returns its exit code (0 after a requested stop).
 pub fn run(layout: &Layout, mode: Mode) -> i32 {
+    // One malloc arena for both threads: a second arena would cost more
+    // than the log thread's few allocations ever need.
+    // SAFETY: mallopt only tunes the allocator; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let notifier = match mode {
         Mode::Detached => None,
         Mode::Foreground => Notifier::from_env().map(Rc::new),
@@ -235,6 +242,9 @@ impl<'a> Supervisor<'a> {
                     continue;
                 }
                 Outcome::StartFailed(message) => {
+                    // What start-up needed (parsing, JSON, HTTP) stays in
+                    // the page cache but leaves our resident set.
+                    memory::drop_clean_file_pages();
                     if self.reloading {
                         self.reloaded(false, format!("the restart failed: {message}"));
                     }
@@ -387,6 +397,9 @@ impl<'a> Supervisor<'a> {
                             self.state.release, self.state.restarts
                         ));
                     }
+                    // What start-up needed (parsing, JSON, HTTP) stays in
+                    // the page cache but leaves our resident set.
+                    memory::drop_clean_file_pages();
                     if self.reloading {
                         self.reloaded(
                             true,
