@@ -113,6 +113,8 @@ fn readiness_is_noticed_quickly() {
         .expect("healthy event");
     let latency = noticed.duration_since(ready).unwrap_or_default();
     eprintln!("readiness noticed {latency:?} after the service was ready");
-    // The target is 50 ms; a loaded test machine gets some slack.
-    assert!(latency < Duration::from_millis(200), "{latency:?}\n{log}");
+    // The target is 50 ms (bench/supervisor.sh measures it); with many JVMs
+    // starting at once on a small test machine, the JVM alone may take a
+    // few hundred ms to answer. This catches a gate that polls in seconds.
+    assert!(latency < Duration::from_millis(500), "{latency:?}\n{log}");
 }

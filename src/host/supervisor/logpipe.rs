@@ -8,7 +8,10 @@
 //! the log thread reads under), and the log thread writes it once it has
 //! written the service's bytes up to that position — nothing the service
 //! wrote later. Events go between whole lines: a line in progress is finished
-//! after the event.
+//! after the event. A place can also be held for an event known only a
+//! moment later ("started pid N" needs the spawn done, and the new process
+//! may write at once): the log thread stops reading at the hold until it is
+//! filled.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -45,11 +48,20 @@ const MAX_QUEUED: usize = 1000;
 enum Message {
     /// A formatted event line.
     Event(String),
+    /// A place kept for an event that is not written yet: nothing the
+    /// service writes after this point is logged before the event arrives.
+    Hold(u64),
+    /// The event for hold `id` (`None`: nothing to write there after all).
+    Fill(u64, Option<String>),
     /// Answer on the ack channel once everything before is written.
     Sync,
     /// Write everything before, answer, and end.
     Quit,
 }
+
+/// A place in the log kept with [`LogPipe::hold`]; give it to [`LogPipe::fill`].
+#[must_use = "a hold stops the log until it is filled"]
+pub struct Hold(u64);
 
 /// State shared by the supervisor and the log thread.
 struct Shared {
@@ -76,6 +88,7 @@ pub struct LogPipe {
     acks: Receiver<()>,
     thread: Option<JoinHandle<()>>,
     echo: bool,
+    next_hold: std::cell::Cell<u64>,
 }
 
 impl LogPipe {
@@ -109,6 +122,7 @@ impl LogPipe {
             },
             acks: ack_tx,
             waiting: Vec::new(),
+            blocked: false,
         };
         let thread = std::thread::Builder::new()
             .name("log".into())
@@ -121,6 +135,7 @@ impl LogPipe {
             acks,
             thread: Some(thread),
             echo,
+            next_hold: std::cell::Cell::new(0),
         })
     }
 
@@ -140,19 +155,33 @@ impl LogPipe {
     /// Logs `2026-11-26T14:03:01.123Z [shipjar] MESSAGE` at this point of
     /// the service's output.
     pub fn event(&self, message: &str) {
-        let mut line = logfile::format_event(message);
-        if line.len() > MAX_EVENT {
-            let mut cut = MAX_EVENT - 2;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push_str("…\n");
-        }
+        let line = event_line(message);
         if self.echo {
             let _ = io::stderr().write_all(line.as_bytes());
         }
         self.send(Message::Event(line));
+    }
+
+    /// Keeps this point of the output for an event written later, e.g.
+    /// "started pid N", which is only known once a process that may write
+    /// at once has been spawned. Fill it promptly: the log waits for it.
+    pub fn hold(&self) -> Hold {
+        let id = self.next_hold.get();
+        self.next_hold.set(id + 1);
+        self.send(Message::Hold(id));
+        Hold(id)
+    }
+
+    /// Writes the event for `hold` where the hold was taken (`None`: none).
+    pub fn fill(&self, hold: Hold, message: Option<&str>) {
+        let line = message.map(|m| {
+            let line = event_line(m);
+            if self.echo {
+                let _ = io::stderr().write_all(line.as_bytes());
+            }
+            line
+        });
+        self.send(Message::Fill(hold.0, line));
     }
 
     /// Waits until everything the service wrote so far is in the file.
@@ -166,6 +195,7 @@ impl LogPipe {
         let Ok(mut queue) = self.shared.queue.lock() else {
             return false;
         };
+        // Only plain events may be dropped: the others are waited for.
         if queue.messages.len() >= MAX_QUEUED && matches!(message, Message::Event(_)) {
             return false;
         }
@@ -190,6 +220,20 @@ impl Drop for LogPipe {
             let _ = thread.join();
         }
     }
+}
+
+/// The event line for `message`, cut to [`MAX_EVENT`].
+fn event_line(message: &str) -> String {
+    let mut line = logfile::format_event(message);
+    if line.len() > MAX_EVENT {
+        let mut cut = MAX_EVENT - 2;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("…\n");
+    }
+    line
 }
 
 /// Bytes waiting in a pipe (FIONREAD).
@@ -230,6 +274,9 @@ struct Drain {
     acks: Sender<()>,
     /// Messages whose position has not been reached yet, in stamp order.
     waiting: Vec<(u64, Message)>,
+    /// An unfilled hold sits where reading has got to: wait for its fill
+    /// (woken by the wake pipe) without polling the service's pipe.
+    blocked: bool,
 }
 
 impl Drain {
@@ -238,7 +285,12 @@ impl Drain {
         loop {
             let mut fds = [
                 libc::pollfd {
-                    fd: self.shared.service_r.as_raw_fd(),
+                    // A negative descriptor is skipped by poll.
+                    fd: if self.blocked {
+                        -1
+                    } else {
+                        self.shared.service_r.as_raw_fd()
+                    },
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -280,26 +332,41 @@ impl Drain {
     /// true once told to quit.
     fn steps(&mut self, buf: &mut [u8]) -> bool {
         loop {
-            let (start, n, mut arrived) = {
-                let mut queue = self.lock();
+            let shared = Arc::clone(&self.shared);
+            let (start, n) = {
+                let mut queue = lock(&shared.queue);
+                let arrived = std::mem::take(&mut queue.messages);
+                self.take(arrived);
+                // Never read past a hold that is still empty: what follows it
+                // must wait in the pipe until its event is known.
                 let start = queue.consumed;
-                let n = loop {
-                    match (&self.shared.service_r).read(buf) {
-                        Ok(n) => break n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break 0,
+                let room = self
+                    .waiting
+                    .iter()
+                    .filter(|(_, m)| matches!(m, Message::Hold(_)))
+                    .map(|(mark, _)| mark.saturating_sub(start) as usize)
+                    .min()
+                    .unwrap_or(buf.len())
+                    .min(buf.len());
+                self.blocked = room == 0;
+                let n = if room == 0 {
+                    0
+                } else {
+                    loop {
+                        match (&shared.service_r).read(&mut buf[..room]) {
+                            Ok(n) => break n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(_) => break 0,
+                        }
                     }
                 };
                 queue.consumed += n as u64;
-                (start, n, std::mem::take(&mut queue.messages))
+                (start, n)
             };
-            self.waiting.append(&mut arrived);
-            // Stamps only grow with time, but two stamps taken at once may tie.
-            self.waiting.sort_by_key(|(mark, _)| *mark);
             let mut at = 0;
-            while let Some((mark, _)) = self.waiting.first() {
+            while let Some((mark, message)) = self.waiting.first() {
                 let offset = mark.saturating_sub(start) as usize;
-                if offset > n {
+                if offset > n || matches!(message, Message::Hold(_)) {
                     break;
                 }
                 self.out.service_bytes(&buf[at..offset.max(at)]);
@@ -307,6 +374,7 @@ impl Drain {
                 let (_, message) = self.waiting.remove(0);
                 match message {
                     Message::Event(line) => self.out.event(line.as_bytes()),
+                    Message::Hold(_) | Message::Fill(..) => {}
                     Message::Sync => {
                         self.out.flush_partial();
                         let _ = self.acks.send(());
@@ -327,13 +395,42 @@ impl Drain {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // A panic while holding the lock cannot leave the counter half-updated.
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Adds newly queued messages to those waiting: fills replace their
+    /// holds (in place, keeping the hold's position), the rest are sorted
+    /// in by position.
+    fn take(&mut self, arrived: Vec<(u64, Message)>) {
+        for (mark, message) in arrived {
+            match message {
+                Message::Fill(id, line) => {
+                    let held = self
+                        .waiting
+                        .iter()
+                        .position(|(_, m)| matches!(m, Message::Hold(h) if *h == id));
+                    if let Some(i) = held {
+                        match line {
+                            Some(line) => self.waiting[i].1 = Message::Event(line),
+                            None => {
+                                self.waiting.remove(i);
+                            }
+                        }
+                    }
+                }
+                other => {
+                    // Stamps only grow with time, but two taken at once may tie.
+                    let i = self.waiting.partition_point(|(m, _)| *m <= mark);
+                    self.waiting.insert(i, (mark, other));
+                }
+            }
+        }
     }
+}
+
+/// Locks the queue; a panic while holding the lock cannot leave the counter
+/// half-updated, so a poisoned lock is still good.
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Turns the byte stream into whole-line writes, with events in between.
@@ -396,5 +493,65 @@ impl Output {
                 self.last_error = Some(e.to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::supervisor::rotate::Rotation;
+
+    /// The log's lines with event timestamps cut off.
+    fn lines(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .expect("log")
+            .lines()
+            .map(|l| match l.split_once(" [shipjar] ") {
+                Some((_, event)) => format!("[shipjar] {event}"),
+                None => l.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn events_land_where_they_happened_and_holds_keep_their_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("svc.log");
+        let rotation = Rotation {
+            max_size: 0,
+            keep: 1,
+            compress: false,
+        };
+        let file = RotatingFile::open(&path, rotation, None).expect("open");
+        let log = LogPipe::start(file, false).expect("start");
+        let mut service = File::from(log.service_fd().try_clone_to_owned().expect("dup"));
+
+        service.write_all(b"a\n").expect("write");
+        let hold = log.hold();
+        service.write_all(b"b\n").expect("write");
+        log.event("x");
+        // Written while the hold is open: must stay after it.
+        service.write_all(b"par").expect("write");
+        log.fill(hold, Some("started"));
+        log.event("mid-line");
+        service.write_all(b"tial\n").expect("write");
+        assert!(log.sync(Duration::from_secs(5)));
+        assert_eq!(
+            lines(&path),
+            [
+                "a",
+                "[shipjar] started",
+                "b",
+                "[shipjar] x",
+                "[shipjar] mid-line",
+                "partial"
+            ]
+        );
+
+        let hold = log.hold();
+        service.write_all(b"c\n").expect("write");
+        log.fill(hold, None);
+        drop(log);
+        assert_eq!(lines(&path).last().map(String::as_str), Some("c"));
     }
 }

@@ -246,6 +246,14 @@ pub fn own_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// Name of the user we run as, from the passwd entry.
+pub fn current_user_name() -> Option<String> {
+    User::from_uid(Uid::effective())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
 /// True when running as root (and so able to switch users).
 pub fn is_root() -> bool {
     Uid::effective().is_root()

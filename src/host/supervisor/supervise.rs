@@ -169,9 +169,11 @@ impl<'a> Supervisor<'a> {
             privileges::prepare_dirs(layout, c)?;
         }
         let log = open_log(layout, &release, creds.as_ref(), mode)?;
+        // Under systemd `User=` we already are that user: nothing to say.
         if creds.is_none()
             && let Some(user) = &release.manifest.run.user
             && !process::is_root()
+            && process::current_user_name().as_deref() != Some(user.as_str())
         {
             log.event(&format!(
                 "running as the current user: run.user `{user}` applies only when started as root"
@@ -346,12 +348,25 @@ impl<'a> Supervisor<'a> {
             return Outcome::StartFailed(message);
         }
 
+        // Kept before the spawn, so the log says "started" before anything
+        // the new process writes.
+        let hold = self.log.hold();
         let mut child = match self.spawn() {
             Ok(child) => child,
-            Err(message) => return Outcome::StartFailed(message),
+            Err(message) => {
+                self.log.fill(hold, None);
+                return Outcome::StartFailed(message);
+            }
         };
         let spawned = Instant::now();
         let pid = child.id() as i32;
+        self.log.fill(
+            hold,
+            Some(&format!(
+                "started pid {pid} from release {}",
+                self.release.manifest.id
+            )),
+        );
         let id = procfs::identify(pid).ok().flatten().unwrap_or(ProcessId {
             pid,
             start_ticks: 0,
@@ -365,10 +380,6 @@ impl<'a> Supervisor<'a> {
             ));
         }
         self.save();
-        self.log.event(&format!(
-            "started pid {pid} from release {}",
-            self.state.release
-        ));
         self.reporter.status(&format!(
             "starting pid {pid} from release {}",
             self.state.release
