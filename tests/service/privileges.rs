@@ -35,6 +35,9 @@ impl TestUser {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
+        // Left over from a run that was killed: start clean.
+        let _ = Command::new("userdel").arg(&name).output();
+        let _ = Command::new("groupdel").arg(&extra_group).output();
         ok(Command::new("groupadd").args(["--system", &extra_group]));
         ok(Command::new("useradd").args([
             "--system",
@@ -99,7 +102,14 @@ impl TestUser {
 
 impl Drop for TestUser {
     fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
+        // userdel refuses while a process of the user is still exiting: retry.
+        for _ in 0..50 {
+            let out = Command::new("userdel").arg(&self.name).output();
+            if out.is_ok_and(|o| o.status.success() || o.status.code() == Some(6)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let _ = Command::new("groupdel").arg(&self.extra_group).output();
     }
 }
