@@ -41,9 +41,11 @@ pub enum Command {
     /// Switch a stage back to an earlier release (no upload), health- and version-checked.
     Rollback(RollbackArgs),
     /// Show what runs on each host of a stage, and flag every mismatch.
-    Status(StageArgs),
+    Status(FleetStageArgs),
     /// List the releases on each host of a stage.
-    Releases(StageArgs),
+    Releases(FleetStageArgs),
+    /// Remove a stage's deploy lock on every host and say whose it was.
+    Unlock(FleetStageArgs),
     /// Host side: control the service on this host.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -57,6 +59,26 @@ pub enum Command {
 pub struct StageArgs {
     /// Stage from `[stages.NAME]`; `local` is built in.
     pub stage: String,
+}
+
+/// How to reach a stage's hosts.
+#[derive(Debug, Args, Clone)]
+pub struct FleetArgs {
+    /// Use this ssh config file instead of the stage's `ssh_config`.
+    #[arg(long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// Work on at most N hosts at once (default 32).
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<usize>,
+}
+
+/// A stage and how to reach it.
+#[derive(Debug, Args)]
+pub struct FleetStageArgs {
+    /// Stage from `[stages.NAME]`; `local` is built in.
+    pub stage: String,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// `shipjar build`.
@@ -87,6 +109,11 @@ pub struct DeployArgs {
     /// Add or override a service environment variable for this release (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// If another deploy holds the lock, wait up to this long (e.g. 5m) instead of failing.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// `shipjar rollback`.
@@ -97,6 +124,11 @@ pub struct RollbackArgs {
     /// Release id to go back to (default: the last good release before `current`).
     #[arg(long, value_name = "ID")]
     pub to: Option<String>,
+    /// If another deploy holds the lock, wait up to this long instead of failing.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// Host-side service control.

@@ -10,7 +10,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::host::layout::Layout;
-use crate::host::lock::{self, DeployLock};
+use crate::host::lock;
 use crate::host::{activate, store, supervisor};
 use crate::protocol::validate_service_name;
 use crate::protocol::{
@@ -27,6 +27,8 @@ pub fn run(root: &Path) -> i32 {
         lock: None,
         failed: false,
     };
+    // Distinguishes this session's lease from any other deploy's.
+    let token = format!("{}-{}", std::process::id(), lock::now_ms());
     let mut line = String::new();
     loop {
         line.clear();
@@ -53,7 +55,7 @@ pub fn run(root: &Path) -> i32 {
             }
         };
         let id = envelope.id;
-        let response = session.handle(envelope, &mut input);
+        let response = session.handle(envelope, &mut input, &token);
         if matches!(response, Response::Error(_)) {
             session.failed = true;
         }
@@ -112,14 +114,55 @@ fn error(step: &str, message: impl Into<String>) -> Response {
     })
 }
 
+/// The session's hold on the deploy lock.
+struct HeldLock {
+    layout: Layout,
+    token: String,
+    lease_ms: u64,
+}
+
 struct Session {
     root: std::path::PathBuf,
-    lock: Option<DeployLock>,
+    lock: Option<HeldLock>,
     failed: bool,
 }
 
+/// Renews the lease in the background while one request runs (an activation
+/// may take minutes); stops when dropped.
+struct Renewer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Renewer {
+    fn start(held: &HeldLock) -> Renewer {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (layout, token, lease_ms) = (held.layout.clone(), held.token.clone(), held.lease_ms);
+        let every = std::time::Duration::from_millis((lease_ms / 3).max(50));
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                let _ = lock::renew(&layout, &token, lease_ms);
+            }
+        });
+        Renewer {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Session {
-    fn handle<R: BufRead>(&mut self, envelope: Envelope, input: &mut R) -> Response {
+    fn handle<R: BufRead>(&mut self, envelope: Envelope, input: &mut R, token: &str) -> Response {
         let id = envelope.id;
         let emit = |step: &str, message: &str| {
             send(&AgentMessage::Event {
@@ -128,7 +171,10 @@ impl Session {
                 message: message.to_string(),
             })
         };
-        let mutating = !matches!(envelope.request, Request::Status | Request::Releases);
+        let mutating = !matches!(
+            envelope.request,
+            Request::Status | Request::Releases | Request::Unlock
+        );
         let refusal = if envelope.protocol != PROTOCOL_VERSION {
             Some(error(
                 "protocol",
@@ -164,11 +210,45 @@ impl Session {
             return refusal;
         }
         let layout = Layout::new(&self.root, &envelope.service);
+        if let Some(held) = &self.lock {
+            // Every request proves the deploy is alive; long ones renew as they go.
+            if let Err(e) = lock::renew(&held.layout, &held.token, held.lease_ms) {
+                if let Request::PutArtifact { size, .. } = envelope.request {
+                    let _ = io::copy(&mut Read::take(&mut *input, size), &mut io::sink());
+                }
+                self.lock = None;
+                return error("lock", e);
+            }
+        }
+        let _renewer = self.lock.as_ref().map(Renewer::start);
         match envelope.request {
             Request::Begin {
                 holder,
                 artifact_sha256,
-            } => self.begin(&layout, &holder, artifact_sha256.as_deref()),
+                lease_ms,
+            } => self.begin(
+                &layout,
+                &holder,
+                artifact_sha256.as_deref(),
+                token,
+                lease_ms,
+            ),
+            Request::Renew => match &self.lock {
+                Some(held) => match lock::renew(&held.layout, &held.token, held.lease_ms) {
+                    Ok(expires_at_ms) => Response::Renewed { expires_at_ms },
+                    Err(e) => error("lock", e),
+                },
+                None => error("lock", "the deploy lock is not held"),
+            },
+            Request::Unlock => {
+                let _ = store::ensure_dirs(&layout);
+                match lock::force_unlock(&layout) {
+                    Ok(previous) => Response::Unlocked {
+                        previous: previous.map(|r| r.describe()),
+                    },
+                    Err(e) => error("unlock", e),
+                }
+            }
             Request::PutArtifact { sha256, size } => {
                 emit("upload", &format!("receiving {size} bytes"));
                 match store::put_artifact(&layout, &sha256, size, input) {
@@ -193,8 +273,10 @@ impl Session {
                 &layout, &release, action, &deployer, &emit,
             ))),
             Request::Finish { keep } => {
-                let result = store::prune(&layout, keep);
-                self.lock = None;
+                let result = keep.map_or(Ok(Vec::new()), |keep| store::prune(&layout, keep));
+                if let Some(held) = self.lock.take() {
+                    let _ = lock::release(&held.layout, &held.token);
+                }
                 match result {
                     Ok(pruned) => Response::Finished { pruned },
                     Err(e) => error("prune", e),
@@ -212,6 +294,8 @@ impl Session {
         layout: &Layout,
         holder: &crate::protocol::LockHolder,
         sha: Option<&str>,
+        token: &str,
+        lease_ms: u64,
     ) -> Response {
         if self.lock.is_some() {
             return error("lock", "the deploy lock is already held by this session");
@@ -222,10 +306,16 @@ impl Session {
                 format!("cannot create {}: {e}", layout.lib_dir().display()),
             );
         }
-        match lock::acquire(layout, holder) {
-            Ok(lock) => self.lock = Some(lock),
+        let took_over = match lock::acquire(layout, holder, token, lease_ms) {
+            Ok(lock::Acquired::Free) => None,
+            Ok(lock::Acquired::TookOver(previous)) => Some(previous.describe()),
             Err(e) => return error("lock", e),
-        }
+        };
+        self.lock = Some(HeldLock {
+            layout: layout.clone(),
+            token: token.to_string(),
+            lease_ms,
+        });
         let cleaned_up = match store::clean_up_partial(layout) {
             Ok(removed) => removed,
             Err(e) => return error("lock", format!("cannot clean up a previous run: {e}")),
@@ -239,6 +329,7 @@ impl Session {
             has_artifact: sha.is_some_and(|sha| store::has_artifact(layout, sha)),
             releases: store::list(layout),
             cleaned_up,
+            took_over,
         }))
     }
 }

@@ -3,10 +3,12 @@
 pub mod build;
 pub mod config;
 pub mod deploy;
+pub mod fleet;
 pub mod inspect;
 pub mod output;
 pub mod plan;
 pub mod render;
+pub mod ssh;
 pub mod transport;
 
 use std::path::Path;
@@ -36,8 +38,9 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         }
         Command::Deploy(args) => deploy::deploy(&project, &args, &reporter),
         Command::Rollback(args) => deploy::rollback(&project, &args, &reporter),
-        Command::Status(args) => inspect::status(&project, &args.stage, &reporter),
-        Command::Releases(args) => inspect::releases(&project, &args.stage, &reporter),
+        Command::Status(args) => inspect::status(&project, &args, &reporter),
+        Command::Releases(args) => inspect::releases(&project, &args, &reporter),
+        Command::Unlock(args) => deploy::unlock(&project, &args.stage, &args.fleet, &reporter),
         Command::Service(_) | Command::Agent(_) => {
             unreachable!("host-side commands are dispatched earlier")
         }

@@ -369,6 +369,12 @@ secrets = { db_password = { env = "PW" } }
             root: "/tmp/r".into(),
             vars: BTreeMap::from([("db_url".into(), "jdbc:x".into())]),
             secrets: BTreeMap::new(),
+            ssh_config: None,
+            sudo: false,
+            agent_path: "/usr/local/bin/shipjar".into(),
+            rolling: Default::default(),
+            on_failure: Default::default(),
+            lock_lease_ms: 120_000,
         };
         let build = BuildManifest {
             artifact: "/p/hello.jar".into(),

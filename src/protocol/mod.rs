@@ -56,7 +56,11 @@ pub enum Request {
         holder: LockHolder,
         /// Report whether this artifact is already stored.
         artifact_sha256: Option<String>,
+        /// Lease of the lock in milliseconds; renewed while the session works.
+        lease_ms: u64,
     },
+    /// Extend the lease of the session's lock.
+    Renew,
     /// Store an artifact; `size` raw bytes follow the request line.
     PutArtifact {
         /// Expected sha256, hex; verified before the artifact becomes visible.
@@ -81,11 +85,13 @@ pub enum Request {
         /// Recorded in revisions.log.
         deployer: String,
     },
-    /// Prune old releases and release the deploy lock.
+    /// Prune old releases (when `keep` is given) and release the deploy lock.
     Finish {
         /// Releases to keep.
-        keep: usize,
+        keep: Option<usize>,
     },
+    /// Remove the deploy lock whoever holds it (`shipjar unlock`).
+    Unlock,
     /// Report what runs on this host.
     Status,
     /// List releases on this host.
@@ -181,6 +187,16 @@ pub enum Response {
         /// Bytes written to the store.
         bytes: u64,
     },
+    /// Answer to `renew`.
+    Renewed {
+        /// New expiry, Unix milliseconds.
+        expires_at_ms: u64,
+    },
+    /// Answer to `unlock`.
+    Unlocked {
+        /// Who held the lock, if anyone.
+        previous: Option<String>,
+    },
     /// Answer to `prepare`.
     Prepared {
         /// The release directory.
@@ -230,6 +246,8 @@ pub struct HostState {
     pub releases: Vec<ReleaseInfo>,
     /// Half-written releases or uploads from a killed run that were removed.
     pub cleaned_up: Vec<String>,
+    /// The expired lock that was taken over, if any.
+    pub took_over: Option<String>,
 }
 
 /// Outcome of an activation.
@@ -413,6 +431,7 @@ mod tests {
             has_artifact: false,
             releases: vec![release.clone()],
             cleaned_up: vec![],
+            took_over: None,
         })));
         round_trip(Response::Status(Box::new(HostStatus {
             current: Some(release),
