@@ -34,6 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Check the project file and render every config file for a stage, changing nothing.
     Check(StageArgs),
+    /// Install the agent and create the service user, directories and init integration on each host.
+    Provision(ProvisionArgs),
     /// Run the build command and record the artifact, its sha256 and version.
     Build(BuildArgs),
     /// Build, upload, release, restart and verify a stage.
@@ -77,6 +79,18 @@ pub struct FleetArgs {
 pub struct FleetStageArgs {
     /// Stage from `[stages.NAME]`; `local` is built in.
     pub stage: String,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// `shipjar provision`.
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// Stage to provision.
+    pub stage: String,
+    /// Change nothing; show what would change (files as diffs, secrets masked).
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

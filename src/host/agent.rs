@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::host::layout::Layout;
 use crate::host::lock;
-use crate::host::{activate, store, supervisor};
+use crate::host::{activate, provision, store, supervisor};
 use crate::protocol::validate_service_name;
 use crate::protocol::{
     AgentError, AgentMessage, Envelope, HostState, HostStatus, PROTOCOL_VERSION, Request, Response,
@@ -173,7 +173,7 @@ impl Session {
         };
         let mutating = !matches!(
             envelope.request,
-            Request::Status | Request::Releases | Request::Unlock
+            Request::Status | Request::Releases | Request::Unlock | Request::Provision { .. }
         );
         let refusal = if envelope.protocol != PROTOCOL_VERSION {
             Some(error(
@@ -239,6 +239,9 @@ impl Session {
                     Err(e) => error("lock", e),
                 },
                 None => error("lock", "the deploy lock is not held"),
+            },
+            Request::Provision { spec } => Response::Provisioned {
+                resources: provision::provision(&layout, &spec),
             },
             Request::Unlock => {
                 let _ = store::ensure_dirs(&layout);

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod layout;
 pub mod lock;
 pub mod probe;
+pub mod provision;
 pub mod revisions;
 pub mod store;
 pub mod supervisor;

@@ -154,6 +154,11 @@ impl Fleet {
         })
     }
 
+    /// Waits for a slot to open a new connection.
+    pub fn pace(&self) {
+        self.limiter.wait();
+    }
+
     /// Opens an agent session, paced by the connection rate limit.
     pub fn open(&self, host: &str, spec: &HostSpec) -> Result<AgentSession> {
         if *spec != HostSpec::Local {

@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod inspect;
 pub mod output;
 pub mod plan;
+pub mod provision;
 pub mod render;
 pub mod ssh;
 pub mod transport;
@@ -36,6 +37,7 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
             reporter.result(&manifest, &text);
             Ok(0)
         }
+        Command::Provision(args) => provision::provision(&project, &args, &reporter),
         Command::Deploy(args) => deploy::deploy(&project, &args, &reporter),
         Command::Rollback(args) => deploy::rollback(&project, &args, &reporter),
         Command::Status(args) => inspect::status(&project, &args, &reporter),

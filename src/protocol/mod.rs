@@ -92,6 +92,11 @@ pub enum Request {
     },
     /// Remove the deploy lock whoever holds it (`shipjar unlock`).
     Unlock,
+    /// Bring the host to what the service needs (user, directories, init integration).
+    Provision {
+        /// What to provision.
+        spec: ProvisionSpec,
+    },
     /// Report what runs on this host.
     Status,
     /// List releases on this host.
@@ -140,6 +145,30 @@ impl std::fmt::Display for LockHolder {
             self.deployer, self.pid, self.command, self.since
         )
     }
+}
+
+/// What `provision` should establish on a host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionSpec {
+    /// The unix user (and group) the service runs as.
+    pub user: String,
+    /// Only report what would change.
+    pub dry_run: bool,
+}
+
+/// The outcome for one provisioned resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceResult {
+    /// E.g. `user hello`, `directory /var/log/hello`.
+    pub resource: String,
+    /// `ok`, `changed`, `would_change` or `failed`.
+    pub status: String,
+    /// What it is, or what changed.
+    pub detail: String,
+    /// For files: a unified diff of the change.
+    pub diff: Option<String>,
 }
 
 /// A rendered config file.
@@ -196,6 +225,11 @@ pub enum Response {
     Unlocked {
         /// Who held the lock, if anyone.
         previous: Option<String>,
+    },
+    /// Answer to `provision`.
+    Provisioned {
+        /// One entry per resource, in order.
+        resources: Vec<ResourceResult>,
     },
     /// Answer to `prepare`.
     Prepared {
