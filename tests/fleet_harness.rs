@@ -332,18 +332,19 @@ fn netns_inodes(prefix: &str) -> BTreeSet<u64> {
         .unwrap_or_default()
 }
 
-/// Everything of a fleet that must be gone after its teardown.
+/// Everything of a fleet that must be gone after its teardown. Processes are
+/// identified by pid and start time and namespaces by name, not by inode:
+/// the kernel hands a freed namespace's inode number to the next namespace
+/// created, which may well be another fleet's.
 struct Traces {
     prefix: String,
     dir: String,
-    inodes: BTreeSet<u64>,
     processes: Vec<(i32, String)>,
 }
 
 impl Traces {
     fn of(f: &Fleet) -> Traces {
-        let inodes = netns_inodes(f.prefix());
-        let processes = processes_in(&inodes);
+        let processes = processes_in(&netns_inodes(f.prefix()));
         for pid in f.pids() {
             assert!(
                 processes.iter().any(|(p, _)| *p == pid),
@@ -353,7 +354,6 @@ impl Traces {
         Traces {
             prefix: f.prefix().to_string(),
             dir: f.dir().to_str().expect("UTF-8 path").to_string(),
-            inodes,
             processes,
         }
     }
@@ -374,6 +374,27 @@ impl Traces {
             self.prefix
         );
         assert!(!Path::new(&self.dir).exists(), "{} left", self.dir);
+        self.assert_processes_gone();
+        // No mount of the fleet's, and no copy of its namespaces' bind mounts
+        // (which would keep a namespace alive), in any mount namespace.
+        let mine = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+        assert!(!mine.contains(&self.dir), "{mine}");
+        let netns_mount = format!(" /run/netns/{}-", self.prefix);
+        for e in fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Ok(info) = fs::read_to_string(e.path().join("mountinfo")) else {
+                continue;
+            };
+            for line in info.lines() {
+                assert!(
+                    !line.contains(&self.dir) && !line.contains(&netns_mount),
+                    "{:?} still has {line}",
+                    e.path()
+                );
+            }
+        }
+    }
+
+    fn assert_processes_gone(&self) {
         let alive: Vec<i32> = self
             .processes
             .iter()
@@ -381,29 +402,6 @@ impl Traces {
             .map(|(pid, _)| *pid)
             .collect();
         assert!(alive.is_empty(), "processes left: {alive:?}");
-        assert!(processes_in(&self.inodes).is_empty());
-        // No mount of the fleet's, and no mount pinning one of its network
-        // namespaces, in any process's mount namespace.
-        let mine = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-        assert!(!mine.contains(&self.dir), "{mine}");
-        for e in fs::read_dir("/proc").expect("read /proc").flatten() {
-            let Ok(info) = fs::read_to_string(e.path().join("mountinfo")) else {
-                continue;
-            };
-            assert!(
-                !info.contains(&self.dir),
-                "{:?} still mounts {}",
-                e.path(),
-                self.dir
-            );
-            for ino in &self.inodes {
-                assert!(
-                    !info.contains(&format!("net:[{ino}]")),
-                    "{:?} still holds network namespace {ino}",
-                    e.path()
-                );
-            }
-        }
     }
 }
 
@@ -428,10 +426,15 @@ fn teardown_leaves_nothing_behind() {
         .stdin(Stdio::null())
         .spawn()
         .expect("start ssh");
-    thread::sleep(Duration::from_millis(800));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f.exec("app2", &["pgrep", "-x", "sleep"]).status.success() {
+        assert!(Instant::now() < deadline, "the SSH session never started");
+        thread::sleep(Duration::from_millis(50));
+    }
     let traces = Traces::of(&f);
-    assert_eq!(traces.inodes.len(), 4, "3 hosts and the switch");
-    assert!(traces.processes.len() >= 8, "{:?}", traces.processes);
+    assert_eq!(netns_inodes(f.prefix()).len(), 4, "3 hosts and the switch");
+    // Per host a launcher and sshd; the sleep; the session's sshd and shell.
+    assert!(traces.processes.len() >= 9, "{:?}", traces.processes);
     assert!(
         fs::read_to_string("/proc/self/mountinfo")
             .expect("read mountinfo")
@@ -544,14 +547,12 @@ fn leftovers_of_a_killed_test_process_are_removed() {
     let traces = Traces {
         prefix: prefix.clone(),
         dir,
-        inodes,
         processes,
     };
+    // Fleet numbers go round, so the new fleet has another one, unless all
+    // others were taken: then the names are its own now.
     if f.prefix() == prefix {
-        // It took the freed number: the names are its own now; the victim's
-        // namespaces and processes must still be gone.
-        assert!(processes_in(&traces.inodes).is_empty());
-        assert!(netns_inodes(&prefix).is_disjoint(&traces.inodes));
+        traces.assert_processes_gone();
     } else {
         traces.assert_gone();
     }

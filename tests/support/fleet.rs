@@ -787,12 +787,21 @@ fn fleet_dir(k: u8) -> PathBuf {
     Path::new(BASE).join(k.to_string())
 }
 
-/// Takes the first fleet number that nothing uses: no state directory, link,
-/// namespace or route of that number. Call with the lock held.
+/// Takes a fleet number that nothing uses: no state directory, link,
+/// namespace or route of that number. Numbers go round (the last one taken is
+/// kept in `BASE/last`) rather than lowest-first, so that a number, and with it
+/// names and addresses, is not reused the moment a fleet is gone: a test
+/// checking that its torn-down fleet left nothing must not find the next
+/// fleet's things under the same names. Call with the lock held.
 fn allocate() -> Result<(u8, PathBuf), String> {
     let me = Proc::of(std::process::id() as i32).ok_or("cannot read own /proc entry")?;
     let routes = routes_near_net();
-    for k in 1..=254u8 {
+    let last_path = Path::new(BASE).join("last");
+    let last: u8 = fs::read_to_string(&last_path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    for k in (1..=254u8).cycle().skip(usize::from(last % 254)).take(254) {
         let dir = fleet_dir(k);
         if dir.exists() || !links_of(k).is_empty() || !netns_of(k).is_empty() || routes.contains(&k)
         {
@@ -804,6 +813,7 @@ fn allocate() -> Result<(u8, PathBuf), String> {
             &format!("{} {}\n", me.pid, me.start),
             0o644,
         )?;
+        write(&last_path, &format!("{k}\n"), 0o644)?;
         return Ok((k, dir));
     }
     Err(format!("all 254 fleet numbers ({NET}.K.0/24) are taken"))
