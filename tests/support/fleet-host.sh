@@ -22,6 +22,9 @@ state=$2
 # /run/netns (and any other tool's). A mount namespace that holds such a mount
 # keeps that network namespace alive after `ip netns delete`, so drop them all
 # here, before they can pin another host's or another fleet's namespaces.
+# Detaching /run/netns takes all of ip's at once (one umount instead of one
+# per namespace on the machine, which made bringing up 30 hosts slow).
+umount -l /run/netns 2>/dev/null || true
 nsfs_mounts=$(awk '{
     for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "nsfs") print $5; break }
 }' /proc/self/mountinfo)

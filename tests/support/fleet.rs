@@ -44,6 +44,20 @@
 //! whose creating process is gone.
 //!
 //! Talks only to the fleet's own addresses: nothing here has a default route.
+//!
+//! # What it leaves on the machine
+//!
+//! No sysctl and no firewall rule is changed. Beyond each fleet's own
+//! resources, removed at teardown, there remain: `/tmp/sjf/{lock,last}`; the
+//! `/run/netns` directory, which the first `ip netns add` on a machine creates
+//! and bind-mounts onto itself (iproute2 does so on any machine); and the
+//! kernel modules the kernel loads on first use (veth, bridge, overlay).
+//!
+//! # Requirements
+//!
+//! Root, and the Debian packages iproute2, util-linux, openssh-server,
+//! openssh-client and procps (`./run-tests` installs them when run as root).
+//! No systemd: hosts run no init system, sshd is their PID 1.
 
 #![allow(dead_code)]
 
@@ -421,6 +435,7 @@ impl Fleet {
                 if h.init.is_some() {
                     continue;
                 }
+                h.check_launcher()?;
                 let launcher = h.launcher.as_ref().map(|l| l.id() as i32);
                 let found = launcher
                     .and_then(|p| children.get(&p))
@@ -449,6 +464,9 @@ impl Fleet {
         }
     }
 
+    /// Ready when its sshd says it listens (it logs that right after
+    /// listen(2)); then each host must also answer on port 22 from here,
+    /// which proves the path through the bridge.
     fn wait_for_sshd(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut waiting: Vec<usize> = (0..self.hosts.len()).collect();
@@ -456,15 +474,9 @@ impl Fleet {
             let mut still = Vec::new();
             for i in waiting {
                 let h = &mut self.hosts[i];
-                if let Some(l) = h.launcher.as_mut()
-                    && let Ok(Some(status)) = l.try_wait()
-                {
-                    return Err(format!("host {}: its sshd exited ({status})", h.name));
-                }
-                let addr: SocketAddr = format!("{}:22", h.ip)
-                    .parse()
-                    .map_err(|e| format!("address of {}: {e}", h.name))?;
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                h.check_launcher()?;
+                let log = fs::read_to_string(h.dir.join("sshd.log")).unwrap_or_default();
+                if !log.contains(&format!("Server listening on {} port 22.", h.ip)) {
                     still.push(i);
                 }
             }
@@ -476,11 +488,22 @@ impl Fleet {
                         .map(|&i| self.hosts[i].name.as_str())
                         .collect();
                     return Err(format!(
-                        "sshd not accepting connections after {START_TIMEOUT:?} on {names:?}"
+                        "sshd not listening after {START_TIMEOUT:?} on {names:?}"
                     ));
                 }
-                thread::sleep(Duration::from_millis(20));
+                thread::sleep(Duration::from_millis(10));
             }
+        }
+        for h in &self.hosts {
+            let addr: SocketAddr = format!("{}:22", h.ip)
+                .parse()
+                .map_err(|e| format!("address of {}: {e}", h.name))?;
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
+                format!(
+                    "sshd on {} listens, but {addr} cannot be reached from this machine: {e}",
+                    h.name
+                )
+            })?;
         }
         Ok(())
     }
@@ -638,6 +661,15 @@ impl Host {
             name = self.name,
             ip = self.ip
         )
+    }
+
+    /// An error once the launcher has exited: the host is dead (its log says why).
+    fn check_launcher(&mut self) -> Result<(), String> {
+        match self.launcher.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Err(format!("host {} exited ({status})", self.name)),
+            Some(Err(e)) => Err(format!("host {}: waiting for its launcher: {e}", self.name)),
+            _ => Ok(()),
+        }
     }
 
     /// Network inside the host, then its PID 1.
