@@ -186,7 +186,7 @@ impl Session {
             ))
         } else if let Err(e) = validate_service_name(&envelope.service) {
             Some(error("request", e))
-        } else if mutating && self.failed {
+        } else if mutating && self.failed && !matches!(envelope.request, Request::Finish { .. }) {
             Some(error(
                 "request",
                 "skipped: an earlier request of this session failed",
@@ -226,13 +226,25 @@ impl Session {
                 holder,
                 artifact_sha256,
                 lease_ms,
-            } => self.begin(
-                &layout,
-                &holder,
-                artifact_sha256.as_deref(),
-                token,
-                lease_ms,
-            ),
+                prepare,
+            } => {
+                let mut begun = self.begin(
+                    &layout,
+                    &holder,
+                    artifact_sha256.as_deref(),
+                    token,
+                    lease_ms,
+                );
+                if let (Response::Begun(state), Some(spec)) = (&mut begun, prepare)
+                    && store::has_artifact(&layout, &spec.manifest.artifact_sha256)
+                {
+                    match prepare_release(&layout, &spec) {
+                        Response::Prepared { .. } => state.prepared = true,
+                        failure => return failure,
+                    }
+                }
+                begun
+            }
             Request::Renew => match &self.lock {
                 Some(held) => match lock::renew(&held.layout, &held.token, held.lease_ms) {
                     Ok(expires_at_ms) => Response::Renewed { expires_at_ms },
@@ -259,15 +271,7 @@ impl Session {
                     Err(e) => error("upload", e),
                 }
             }
-            Request::Prepare { manifest, files } => {
-                let gid = secret_group(manifest.run.user.as_deref());
-                match gid.and_then(|gid| store::prepare(&layout, &manifest, &files, gid)) {
-                    Ok(path) => Response::Prepared {
-                        path: path.display().to_string(),
-                    },
-                    Err(e) => error("prepare", e),
-                }
-            }
+            Request::Prepare(spec) => prepare_release(&layout, &spec),
             Request::Activate {
                 release,
                 action,
@@ -276,6 +280,8 @@ impl Session {
                 &layout, &release, action, &deployer, &emit,
             ))),
             Request::Finish { keep } => {
+                // After a failure the lock is still released, but nothing is pruned.
+                let keep = keep.filter(|_| !self.failed);
                 let result = keep.map_or(Ok(Vec::new()), |keep| store::prune(&layout, keep));
                 if let Some(held) = self.lock.take() {
                     let _ = lock::release(&held.layout, &held.token);
@@ -333,7 +339,18 @@ impl Session {
             releases: store::list(layout),
             cleaned_up,
             took_over,
+            prepared: false,
         }))
+    }
+}
+
+fn prepare_release(layout: &Layout, spec: &crate::protocol::PrepareSpec) -> Response {
+    let gid = secret_group(spec.manifest.run.user.as_deref());
+    match gid.and_then(|gid| store::prepare(layout, &spec.manifest, &spec.files, gid)) {
+        Ok(path) => Response::Prepared {
+            path: path.display().to_string(),
+        },
+        Err(e) => error("prepare", e),
     }
 }
 

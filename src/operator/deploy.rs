@@ -22,7 +22,7 @@ use crate::operator::output::Reporter;
 use crate::operator::plan::{self, DeployInputs, HostPlan};
 use crate::operator::render;
 use crate::operator::transport::AgentSession;
-use crate::protocol::{Action, Activation, HostState, LockHolder, Request, Response};
+use crate::protocol::{Action, Activation, HostState, LockHolder, PrepareSpec, Request, Response};
 
 /// The result of a deploy or rollback on one host.
 #[derive(Debug, Serialize)]
@@ -458,12 +458,24 @@ fn execute_with(
             stopped = Some("interrupted (Ctrl-C) before batch ".to_string() + &(n + 1).to_string());
             break;
         }
-        // Idle sessions renew their lease while other batches switch.
-        fleet::each(runs, parallel, |run| {
-            if run.session.is_some() && !run.switched && !run.failed() {
-                run.call("lock", Request::Renew, reporter);
+        // Idle sessions renew their lease while other batches switch; no waiting.
+        for run in runs.iter_mut().filter(|r| !r.switched && !r.failed()) {
+            if let Some(session) = run.session.as_mut()
+                && let Err(e) = session.notify(Request::Renew)
+            {
+                run.session = None;
+                run.fail("lock", e.message, reporter);
             }
-        });
+        }
+        let lost: Vec<String> = runs
+            .iter()
+            .filter(|r| !r.switched && r.failed())
+            .map(|r| r.host.clone())
+            .collect();
+        if !lost.is_empty() {
+            stopped = Some(format!("lost {} before switching it", lost.join(", ")));
+            break;
+        }
         reporter.note(&format!(
             "batch {}: {}",
             n + 1,
@@ -545,10 +557,18 @@ fn lock_host(
             Err(e) => return run.fail("connect", e.message, reporter),
         }
     }
+    // Prepared in the same round trip when the host has the artifact already.
+    let prepare = run.plan.map(|plan| {
+        Box::new(PrepareSpec {
+            manifest: plan.manifest.clone(),
+            files: plan.files.clone(),
+        })
+    });
     let request = Request::Begin {
         holder: holder(),
         artifact_sha256: build.map(|b| b.sha256.clone()),
         lease_ms: stage.lock_lease_ms,
+        prepare,
     };
     let Some(response) = run.call("lock", request, reporter) else {
         if let Some(reason) = run.outcome.reason.as_mut()
@@ -595,50 +615,53 @@ fn lock_host(
 
 fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter: &Reporter) {
     let Some(plan) = run.plan else { return };
-    let has_artifact = run.state.as_ref().is_some_and(|s| s.has_artifact);
-    if has_artifact {
+    if run.state.as_ref().is_some_and(|s| s.prepared) {
         reporter.step(
             &run.host,
             "upload",
             "ok",
             "artifact already on the host, nothing to upload",
         );
-    } else {
-        let host = run.host.clone();
-        let Some(session) = run.session.as_mut() else {
-            return;
-        };
-        let mut on_event = |s: &str, m: &str| reporter.step(&host, s, "info", m);
-        let result = session.put_artifact(&build.sha256, &build.artifact, &mut on_event);
-        run.outcome.uploaded_bytes = session.uploaded_bytes;
-        match result {
-            Ok(Response::Stored { bytes }) => reporter.step(
-                &run.host,
-                "upload",
-                "ok",
-                &format!("{bytes} bytes, sha256 verified"),
-            ),
-            Ok(Response::Error(e)) => return run.fail("upload", e.message, reporter),
-            Ok(other) => {
-                return run.fail("upload", format!("unexpected answer: {other:?}"), reporter);
-            }
-            Err(e) => {
-                run.session = None;
-                return run.fail("upload", e.message, reporter);
-            }
-        }
-    }
-    let request = Request::Prepare {
-        manifest: Box::new(plan.manifest.clone()),
-        files: plan.files.clone(),
-    };
-    if let Some(Response::Prepared { .. }) = run.call("prepare", request, reporter) {
         reporter.step(
             &run.host,
             "prepare",
             "ok",
             &format!("release {} complete", plan.manifest.id),
         );
+        return;
+    }
+    let host = run.host.clone();
+    let Some(session) = run.session.as_mut() else {
+        return;
+    };
+    let mut on_event = |s: &str, m: &str| reporter.step(&host, s, "info", m);
+    let prepare = Request::Prepare(Box::new(PrepareSpec {
+        manifest: plan.manifest.clone(),
+        files: plan.files.clone(),
+    }));
+    let result = session.put_and_prepare(&build.sha256, &build.artifact, prepare, &mut on_event);
+    run.outcome.uploaded_bytes = session.uploaded_bytes;
+    match result {
+        Ok(Response::Prepared { .. }) => {
+            reporter.step(
+                &run.host,
+                "upload",
+                "ok",
+                &format!("{} bytes, sha256 verified", build.size),
+            );
+            reporter.step(
+                &run.host,
+                "prepare",
+                "ok",
+                &format!("release {} complete", plan.manifest.id),
+            );
+        }
+        Ok(Response::Error(e)) => run.fail(&e.step, e.message, reporter),
+        Ok(other) => run.fail("prepare", format!("unexpected answer: {other:?}"), reporter),
+        Err(e) => {
+            run.session = None;
+            run.fail("upload", e.message, reporter);
+        }
     }
 }
 

@@ -26,8 +26,12 @@ pub struct AgentSession {
     stderr_tail: Arc<Mutex<Vec<String>>>,
     /// Bytes of artifacts sent in this session.
     pub uploaded_bytes: u64,
-    /// Requests answered in this session.
+    /// Times the operator waited for the agent in this session.
     pub round_trips: u32,
+    /// Requests sent without waiting (lease renewals), whose answers are skipped.
+    unawaited: std::collections::BTreeSet<u64>,
+    /// Errors answered to unawaited requests, reported with the next failure.
+    background_errors: Vec<String>,
 }
 
 impl AgentSession {
@@ -78,7 +82,16 @@ impl AgentSession {
             stderr_tail,
             uploaded_bytes: 0,
             round_trips: 0,
+            unawaited: Default::default(),
+            background_errors: Vec::new(),
         })
+    }
+
+    /// Sends a request without waiting for its answer (a lease renewal).
+    pub fn notify(&mut self, request: Request) -> Result<()> {
+        let id = self.send(request)?;
+        self.unawaited.insert(id);
+        self.flush()
     }
 
     /// Sends one request and waits for its result, passing events to `on_event`.
@@ -89,14 +102,17 @@ impl AgentSession {
     ) -> Result<Response> {
         let id = self.send(request)?;
         self.flush()?;
+        self.round_trips += 1;
         self.receive(id, on_event)
     }
 
-    /// Streams an artifact to the host's store.
-    pub fn put_artifact(
+    /// Streams an artifact to the host's store and, in the same round trip,
+    /// prepares the release; returns the first failure or `Prepared`.
+    pub fn put_and_prepare(
         &mut self,
         sha256: &str,
         path: &Path,
+        prepare: Request,
         on_event: &mut dyn FnMut(&str, &str),
     ) -> Result<Response> {
         let mut file = File::open(path)
@@ -105,7 +121,7 @@ impl AgentSession {
             .metadata()
             .map_err(|e| Error::failed(format!("cannot stat {}: {e}", path.display())))?
             .len();
-        let id = self.send(Request::PutArtifact {
+        let put = self.send(Request::PutArtifact {
             sha256: sha256.to_string(),
             size,
         })?;
@@ -123,8 +139,15 @@ impl AgentSession {
             )));
         }
         self.uploaded_bytes += copied;
+        let prepared = self.send(prepare)?;
         self.flush()?;
-        self.receive(id, on_event)
+        self.round_trips += 1;
+        let stored = self.receive(put, on_event)?;
+        let prepared = self.receive(prepared, on_event)?;
+        Ok(match stored {
+            Response::Error(e) => Response::Error(e),
+            _ => prepared,
+        })
     }
 
     /// Closes stdin and waits for the agent to exit (it releases the lock).
@@ -196,9 +219,22 @@ impl AgentSession {
             })?;
             match message {
                 AgentMessage::Event { step, message, .. } => on_event(&step, &message),
+                AgentMessage::Result { id: got, response } if self.unawaited.remove(&got) => {
+                    if let Response::Error(e) = *response {
+                        self.background_errors
+                            .push(format!("{}: {}", e.step, e.message));
+                    }
+                }
                 AgentMessage::Result { id: got, response } if got == id || got == 0 => {
-                    self.round_trips += 1;
-                    return Ok(*response);
+                    return Ok(match *response {
+                        // "skipped" hides the real cause if that was an unawaited request.
+                        Response::Error(mut e) if !self.background_errors.is_empty() => {
+                            e.message =
+                                format!("{} ({})", e.message, self.background_errors.join("; "));
+                            Response::Error(e)
+                        }
+                        other => other,
+                    });
                 }
                 AgentMessage::Result { id: got, .. } => {
                     return Err(Error::failed(format!(

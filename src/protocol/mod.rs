@@ -58,6 +58,9 @@ pub enum Request {
         artifact_sha256: Option<String>,
         /// Lease of the lock in milliseconds; renewed while the session works.
         lease_ms: u64,
+        /// Prepare this release right away if the artifact is already stored
+        /// (saves a round trip; otherwise `prepare` follows the upload).
+        prepare: Option<Box<PrepareSpec>>,
     },
     /// Extend the lease of the session's lock.
     Renew,
@@ -69,12 +72,7 @@ pub enum Request {
         size: u64,
     },
     /// Create a complete release directory (not yet current).
-    Prepare {
-        /// The release manifest.
-        manifest: Box<ReleaseManifest>,
-        /// Rendered config files.
-        files: Vec<FileContent>,
-    },
+    Prepare(Box<PrepareSpec>),
     /// Make a release current, restart through the health gate, verify its version;
     /// on failure go back to the previous release.
     Activate {
@@ -145,6 +143,16 @@ impl std::fmt::Display for LockHolder {
             self.deployer, self.pid, self.command, self.since
         )
     }
+}
+
+/// A release to create: its manifest and rendered config files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareSpec {
+    /// The release manifest.
+    pub manifest: ReleaseManifest,
+    /// Rendered config files.
+    pub files: Vec<FileContent>,
 }
 
 /// What `provision` should establish on a host.
@@ -282,6 +290,8 @@ pub struct HostState {
     pub cleaned_up: Vec<String>,
     /// The expired lock that was taken over, if any.
     pub took_over: Option<String>,
+    /// Whether the release asked for in `begin` was prepared.
+    pub prepared: bool,
 }
 
 /// Outcome of an activation.
@@ -466,6 +476,7 @@ mod tests {
             releases: vec![release.clone()],
             cleaned_up: vec![],
             took_over: None,
+            prepared: false,
         })));
         round_trip(Response::Status(Box::new(HostStatus {
             current: Some(release),
