@@ -39,6 +39,12 @@ impl FleetProject {
             )
             .expect("copy");
         }
+        // The stage is called `fleet`: it picks deploy/logging-fleet.properties.
+        std::fs::copy(
+            dir.path().join("deploy/logging-production.properties"),
+            dir.path().join("deploy/logging-fleet.properties"),
+        )
+        .expect("copy logging config");
         let hosts_list = fleet
             .hosts()
             .iter()
@@ -239,8 +245,8 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
     }
     assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 5]);
     // Batches of two: the log shows three batches.
-    let stderr = String::from_utf8_lossy(&out.stdout);
-    assert!(stderr.contains("batch 3: app5"), "{stderr}");
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(events.contains("batch 3: app5"), "{events}");
 
     let again = p.deploy("1.0.1", &[]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
@@ -298,15 +304,14 @@ fn later_batch_failure_reverts_earlier_batches_so_one_version_runs() {
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    // Break only app3, by hand: the new release cannot start there.
-    let out = p
-        .fleet
-        .exec("app3", &["sh", "-c", "chmod 000 /var/lib/hello/artifacts"]);
-    assert!(out.status.success());
+    // Version 2.0.0 fails to start on app3 only (env values are templates).
+    let config_path = p.dir.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config").replace(
+        "BIND = \"0.0.0.0\" }",
+        "BIND = \"0.0.0.0\", FAIL_ON_START = \"{{ 'yes' if host == 'app3' and version == '2.0.0' else 'no' }}\" }",
+    );
+    std::fs::write(&config_path, config).expect("write config");
     let out = p.deploy("2.0.0", &[]);
-    let _ = p
-        .fleet
-        .exec("app3", &["sh", "-c", "chmod 755 /var/lib/hello/artifacts"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let result = last_json(&out);
     assert_eq!(host_field(&result, "app1")["state"], "reverted", "{result}");
