@@ -46,6 +46,8 @@ pub enum Command {
     Status(FleetStageArgs),
     /// List the releases on each host of a stage.
     Releases(FleetStageArgs),
+    /// Show the service log of each host of a stage, lines prefixed by host.
+    Logs(LogsArgs),
     /// Remove a stage's deploy lock on every host and say whose it was.
     Unlock(FleetStageArgs),
     /// Host side: control the service on this host.
@@ -79,6 +81,24 @@ pub struct FleetArgs {
 pub struct FleetStageArgs {
     /// Stage from `[stages.NAME]`; `local` is built in.
     pub stage: String,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// `shipjar logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Stage whose hosts to read.
+    pub stage: String,
+    /// Only this host (as written in the stage).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Lines from the end of each host's log.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+    pub lines: usize,
+    /// Keep printing new lines as they are written.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

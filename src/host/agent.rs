@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::host::layout::Layout;
 use crate::host::lock;
-use crate::host::{activate, provision, store, supervisor};
+use crate::host::{activate, logs, provision, store, supervisor};
 use crate::protocol::validate_service_name;
 use crate::protocol::{
     AgentError, AgentMessage, Envelope, HostState, HostStatus, PROTOCOL_VERSION, Request, Response,
@@ -87,6 +87,15 @@ fn ignore_hangup_and_interrupt() {
         // SAFETY: installing SIG_IGN has no handler code to be unsafe.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
+}
+
+/// Writes one message; false when the operator is gone.
+fn send_checked(message: &AgentMessage) -> bool {
+    let Ok(text) = serde_json::to_string(message) else {
+        return true;
+    };
+    let mut out = io::stdout().lock();
+    writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
 }
 
 /// Writes one message; a vanished operator must not stop the work in progress.
@@ -173,7 +182,11 @@ impl Session {
         };
         let mutating = !matches!(
             envelope.request,
-            Request::Status | Request::Releases | Request::Unlock | Request::Provision { .. }
+            Request::Status
+                | Request::Releases
+                | Request::Unlock
+                | Request::Provision { .. }
+                | Request::Logs { .. }
         );
         let refusal = if envelope.protocol != PROTOCOL_VERSION {
             Some(error(
@@ -252,6 +265,21 @@ impl Session {
                 },
                 None => error("lock", "the deploy lock is not held"),
             },
+            Request::Logs { lines, follow } => {
+                let emit_line = |line: &str| {
+                    let event = AgentMessage::Event {
+                        id,
+                        step: "log".to_string(),
+                        message: line.to_string(),
+                    };
+                    // Empty lines are keep-alives: they tell us whether the operator is still there.
+                    send_checked(&event)
+                };
+                match logs::stream(&layout, lines, follow, &emit_line) {
+                    Ok(()) => Response::LogsDone,
+                    Err(e) => error("logs", e),
+                }
+            }
             Request::Provision { spec } => Response::Provisioned {
                 resources: provision::provision(&layout, &spec),
             },

@@ -4,6 +4,7 @@ pub mod activate;
 pub mod agent;
 pub mod layout;
 pub mod lock;
+pub mod logs;
 pub mod probe;
 pub mod provision;
 pub mod revisions;

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::cli::FleetStageArgs;
+use crate::cli::{FleetStageArgs, LogsArgs};
 use crate::error::Result;
 use crate::operator::config::{HostSpec, Project};
 use crate::operator::fleet::{self, Fleet};
@@ -288,6 +288,67 @@ fn query(fleet: &Fleet, host: &str, spec: &HostSpec, request: Request) -> Result
         Response::Error(e) => Err(format!("{}: {}", e.step, e.message)),
         other => Ok(other),
     }
+}
+
+/// `shipjar logs STAGE`: each host's service log, lines prefixed by host.
+pub fn logs(project: &Project, args: &LogsArgs, reporter: &Reporter) -> Result<i32> {
+    let stage = project.stage(&args.stage)?;
+    // Service logs may print secrets too: mask them like everything else.
+    crate::operator::render::mask_available_secrets(&stage.secrets);
+    let mut hosts: Vec<(String, HostSpec)> = stage.hosts.clone();
+    if let Some(only) = &args.host {
+        hosts.retain(|(h, _)| h == only);
+        if hosts.is_empty() {
+            return Err(crate::error::Error::config(format!(
+                "stage `{}` has no host `{only}`",
+                stage.name
+            )));
+        }
+    }
+    // Following needs every host at once; a bounded pool would starve some.
+    let parallel = if args.follow {
+        hosts.len()
+    } else {
+        args.fleet.parallel.unwrap_or(fleet::DEFAULT_PARALLEL)
+    };
+    let fleet = Fleet::new(
+        &stage,
+        &project.config.service.name.0,
+        args.fleet.ssh_config.as_deref(),
+        Some(parallel),
+    )?;
+    let request = Request::Logs {
+        lines: args.lines,
+        follow: args.follow,
+    };
+    let mut rows: Vec<(String, HostSpec, Option<String>)> =
+        hosts.into_iter().map(|(h, s)| (h, s, None)).collect();
+    fleet::each(&mut rows, fleet.parallel, |(host, spec, error)| {
+        let result = fleet.open(host, spec).and_then(|mut session| {
+            let mut on_event = |step: &str, line: &str| {
+                if step == "log" && !line.is_empty() {
+                    reporter.log_line(host, line);
+                }
+            };
+            let r = session.call(request.clone(), &mut on_event);
+            let _ = session.close();
+            r
+        });
+        *error = match result {
+            Ok(Response::LogsDone) => None,
+            Ok(Response::Error(e)) => Some(e.message),
+            Ok(other) => Some(format!("unexpected answer: {other:?}")),
+            Err(e) => Some(e.message),
+        };
+    });
+    let mut ok = true;
+    for (host, _, error) in &rows {
+        if let Some(e) = error {
+            ok = false;
+            reporter.step(host, "logs", "failed", e);
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
 }
 
 /// Masks the content of secret files for display.

@@ -42,6 +42,7 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         Command::Rollback(args) => deploy::rollback(&project, &args, &reporter),
         Command::Status(args) => inspect::status(&project, &args, &reporter),
         Command::Releases(args) => inspect::releases(&project, &args, &reporter),
+        Command::Logs(args) => inspect::logs(&project, &args, &reporter),
         Command::Unlock(args) => deploy::unlock(&project, &args.stage, &args.fleet, &reporter),
         Command::Service(_) | Command::Agent(_) => {
             unreachable!("host-side commands are dispatched earlier")

@@ -91,6 +91,16 @@ impl Reporter {
         }
     }
 
+    /// One line of a host's service log: `[host] line` on stdout.
+    pub fn log_line(&self, host: &str, line: &str) {
+        if self.json {
+            self.json_line(&json!({"event": "log", "host": host, "line": line}));
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "[{host}] {}", redact(line));
+        }
+    }
+
     /// A note not tied to a host.
     pub fn note(&self, message: &str) {
         if self.json {

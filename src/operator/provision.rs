@@ -42,7 +42,7 @@ pub struct HostProvision {
 pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
     // Secrets are read so that anything shown (diffs included) masks them.
-    crate::operator::render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
+    crate::operator::render::mask_available_secrets(&stage.secrets);
     let service = &project.config.service.name.0;
     let fleet = Fleet::new(
         &stage,

@@ -90,6 +90,13 @@ pub enum Request {
     },
     /// Remove the deploy lock whoever holds it (`shipjar unlock`).
     Unlock,
+    /// Send the service log's last lines as `log` events; with `follow`, keep sending.
+    Logs {
+        /// How many lines from the end.
+        lines: usize,
+        /// Keep sending new lines until the operator goes away.
+        follow: bool,
+    },
     /// Bring the host to what the service needs (user, directories, init integration).
     Provision {
         /// What to provision.
@@ -234,6 +241,8 @@ pub enum Response {
         /// Who held the lock, if anyone.
         previous: Option<String>,
     },
+    /// Answer to `logs` (without follow).
+    LogsDone,
     /// Answer to `provision`.
     Provisioned {
         /// One entry per resource, in order.

@@ -5,7 +5,7 @@
 mod control;
 mod health;
 mod inspect;
-mod logfile;
+pub(crate) mod logfile;
 mod process;
 mod procfs;
 mod release;
