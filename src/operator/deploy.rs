@@ -372,6 +372,7 @@ fn execute_with(
     choose: &(dyn Fn(&Run) -> Result<String, String> + Sync),
 ) -> Option<String> {
     fleet::catch_interrupts();
+    reporter.start_progress(runs.len());
     let parallel = fleet.parallel;
     let ours = env!("CARGO_PKG_VERSION");
 
@@ -496,6 +497,9 @@ fn execute_with(
             let t = Instant::now();
             activate_host(run, action, &deployer, reporter);
             run.time("switch", t);
+            if run.switched {
+                reporter.host_done(&run.host);
+            }
         });
         let failed = batch.iter().filter(|i| runs[**i].failed()).count();
         if failed > max_failed {
@@ -526,6 +530,9 @@ fn execute_with(
     let keep = *project.config.releases.keep.get_ref();
     fleet::each(runs, parallel, |run| {
         let t = Instant::now();
+        if !run.switched {
+            reporter.host_done(&run.host);
+        }
         if let Some(Response::Finished { pruned }) =
             run.call("finish", Request::Finish { keep: Some(keep) }, reporter)
             && !pruned.is_empty()
@@ -957,6 +964,7 @@ fn finish(reporter: &Reporter, outcome: Outcome) -> Result<i32> {
     if let Some(why) = &outcome.stopped {
         text.push_str(&format!("{} stopped: {why}\n", outcome.action));
     }
+    text.push_str(&timings_table(&outcome.hosts));
     if outcome.hosts.len() > 1 {
         let count = |s: &str| outcome.hosts.iter().filter(|h| h.state == s).count();
         text.push_str(&format!(
@@ -970,6 +978,33 @@ fn finish(reporter: &Reporter, outcome: Outcome) -> Result<i32> {
     }
     reporter.result(&outcome, &text);
     Ok(if outcome.ok { 0 } else { 1 })
+}
+
+/// Per host: final state and milliseconds per phase.
+fn timings_table(hosts: &[HostOutcome]) -> String {
+    let width = hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    let mut out = format!(
+        "{:<width$}  {:<9} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+        "HOST", "STATE", "LOCK ms", "PREP ms", "SWITCH", "FINISH", "TRIPS"
+    );
+    for h in hosts {
+        let t = |p: &str| {
+            h.timings_ms
+                .get(p)
+                .map_or("-".to_string(), |ms| ms.to_string())
+        };
+        out.push_str(&format!(
+            "{:<width$}  {:<9} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+            h.host,
+            h.state,
+            t("lock"),
+            t("prepare"),
+            t("switch"),
+            t("finish"),
+            h.round_trips
+        ));
+    }
+    out
 }
 
 fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>> {
