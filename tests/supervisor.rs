@@ -1,332 +1,20 @@
 //! End-to-end tests of `shipjar service start|stop|status`: the real binary,
 //! real processes, a hand-made release under a temporary root.
-//!
-//! Every test owns a [`Host`] whose `Drop` stops the service and, as a last
-//! resort, SIGKILLs the processes named in its pidfile and state file, so a
-//! failing test leaves nothing running.
+
+mod common;
 
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shipjar");
-
-/// Longest any single shipjar invocation may take in these tests.
-const COMMAND_LIMIT: Duration = Duration::from_secs(60);
-
-/// A port nobody listens on (bound and released; good enough for tests).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Start time of `pid` (field 22 of /proc/PID/stat), `None` if gone or a zombie.
-fn start_ticks(pid: i32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
-fn alive(pid: i32) -> bool {
-    start_ticks(pid).is_some()
-}
-
-/// Waits until `cond` holds, at most `limit`.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs a command to completion, killing it after [`COMMAND_LIMIT`].
-fn run_limited(mut cmd: Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn shipjar");
-    let until = Instant::now() + COMMAND_LIMIT;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        if Instant::now() >= until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("shipjar did not finish within {COMMAND_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("collect output")
-}
-
-/// Release settings for one test.
-struct Spec {
-    argv: Vec<String>,
-    health: Value,
-    start_timeout_ms: u64,
-    stop_timeout_ms: u64,
-    user: Option<String>,
-}
-
-impl Spec {
-    fn http_server(port: u16) -> Spec {
-        Spec {
-            argv: python_http(port),
-            health: json!({"kind": "http", "url": format!("http://127.0.0.1:{port}/")}),
-            start_timeout_ms: 10_000,
-            stop_timeout_ms: 5_000,
-            user: None,
-        }
-    }
-
-    fn shell(script: &str, health: Value, start_timeout_ms: u64) -> Spec {
-        Spec {
-            argv: vec!["sh".into(), "-c".into(), script.into()],
-            health,
-            start_timeout_ms,
-            stop_timeout_ms: 5_000,
-            user: None,
-        }
-    }
-}
-
-fn python_http(port: u16) -> Vec<String> {
-    [
-        "python3",
-        "-m",
-        "http.server",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// One service under a temporary host root.
-struct Host {
-    dir: tempfile::TempDir,
-    name: String,
-    /// (pid, start ticks) of every process this test learned about, for the last-resort kill.
-    seen: std::cell::RefCell<Vec<(i32, u64)>>,
-}
-
-impl Host {
-    fn new(name: &str) -> Host {
-        Host {
-            dir: tempfile::tempdir().expect("tempdir"),
-            name: name.to_string(),
-            seen: Default::default(),
-        }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn lib(&self) -> PathBuf {
-        self.root().join("var/lib").join(&self.name)
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        self.root().join("run").join(&self.name)
-    }
-
-    fn pidfile(&self) -> PathBuf {
-        self.run_dir().join(format!("{}.pid", self.name))
-    }
-
-    fn log(&self) -> String {
-        let path = self
-            .root()
-            .join("var/log")
-            .join(&self.name)
-            .join(format!("{}.log", self.name));
-        fs::read_to_string(path).unwrap_or_default()
-    }
-
-    /// Writes `releases/<id>/RELEASE` and points `current` at it.
-    fn release(&self, id: &str, spec: &Spec) -> PathBuf {
-        let dir = self.lib().join("releases").join(id);
-        fs::create_dir_all(dir.join("config")).expect("release dir");
-        let manifest = json!({
-            "format": 1,
-            "id": id,
-            "service": self.name,
-            "version": "1.0.0",
-            "artifact_sha256": "0".repeat(64),
-            "jar": format!("{}.jar", self.name),
-            "git_commit": null,
-            "build_time": "2026-01-01T00:00:00Z",
-            "deployed_at": "2026-01-01T00:00:00Z",
-            "deployer": "test@localhost",
-            "stage": "local",
-            "host": "local",
-            "run": {"argv": spec.argv, "env": {"FROM_RELEASE": id}, "user": spec.user},
-            "health": {
-                "check": spec.health,
-                "start_timeout_ms": spec.start_timeout_ms,
-                "interval_ms": 1000
-            },
-            "version_check": null,
-            "stop": {"timeout_ms": spec.stop_timeout_ms},
-            "files": []
-        });
-        fs::write(
-            dir.join("RELEASE"),
-            serde_json::to_vec_pretty(&manifest).expect("json"),
-        )
-        .expect("write RELEASE");
-        let link = self.lib().join("current");
-        let tmp = self.lib().join("current.tmp");
-        let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(format!("releases/{id}"), &tmp).expect("symlink");
-        fs::rename(&tmp, &link).expect("switch current");
-        dir
-    }
-
-    fn command(&self, verb: &str, json: bool) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["service", verb, &self.name, "--root"])
-            .arg(self.root());
-        if json {
-            cmd.arg("--json");
-        }
-        cmd
-    }
-
-    fn run(&self, verb: &str, json: bool) -> Output {
-        let out = run_limited(self.command(verb, json));
-        self.remember();
-        out
-    }
-
-    fn start(&self) -> Output {
-        self.run("start", false)
-    }
-
-    fn status_json(&self) -> (i32, Value) {
-        let out = self.run("status", true);
-        let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "status --json: {e}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        });
-        (code(&out), value)
-    }
-
-    /// The service pid from the pidfile.
-    fn service_pid(&self) -> Option<i32> {
-        fs::read_to_string(self.pidfile())
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Reads a pid a test service wrote about itself, and tracks it for cleanup.
-    fn marker_pid(&self, path: &Path) -> i32 {
-        let pid = fs::read_to_string(path)
-            .expect("marker file")
-            .trim()
-            .parse()
-            .expect("pid in marker file");
-        self.track(pid);
-        pid
-    }
-
-    /// Remembers `pid` (with its start time) for the last-resort kill.
-    fn track(&self, pid: i32) {
-        if let Some(ticks) = start_ticks(pid) {
-            let mut seen = self.seen.borrow_mut();
-            if !seen.contains(&(pid, ticks)) {
-                seen.push((pid, ticks));
-            }
-        }
-    }
-
-    /// Records the processes the pidfile and state file name, while they are ours.
-    fn remember(&self) {
-        let mut pids = Vec::new();
-        if let Some(pid) = self.service_pid() {
-            pids.push(pid);
-        }
-        if let Ok(text) = fs::read_to_string(self.run_dir().join("supervisor.json"))
-            && let Ok(state) = serde_json::from_str::<Value>(&text)
-        {
-            for key in ["supervisor", "service"] {
-                if let Some(pid) = state[key]["pid"].as_i64() {
-                    pids.push(pid as i32);
-                }
-            }
-        }
-        for pid in pids {
-            self.track(pid);
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        // The polite way first; it also proves stop works after a failure.
-        let _ = run_limited(self.command("stop", false));
-        for &(pid, ticks) in self.seen.borrow().iter() {
-            // Only a process that still has the start time we saw is ours.
-            if start_ticks(pid) == Some(ticks) {
-                // SAFETY: plain kill(2) on pids this test started.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
-/// A helper process the test starts itself, killed on drop.
-struct Helper(Child);
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::host::{
+    Helper, Host, Spec, alive, code, eventually, free_port, run_limited, start_ticks, text,
+};
 
 #[test]
 fn start_status_stop() {
@@ -592,6 +280,7 @@ fn crash_after_healthy_leaves_status_dead() {
             host.root().join("child.pid").display()
         ),
     ];
+    spec.extra = json!({"restart": {"enabled": false}});
     host.release("r1", &spec);
     let out = host.start();
     assert_eq!(code(&out), 0, "{}", text(&out));
@@ -995,5 +684,43 @@ fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
     assert!(
         eventually(Duration::from_secs(5), || !alive(pid)),
         "service outlived its failed start"
+    );
+}
+
+#[test]
+fn start_during_a_restart_waits_for_its_outcome() {
+    let host = Host::new("rejoin");
+    let marker = host.root().join("crashed-once");
+    let mut spec = Spec::shell(
+        &format!(
+            "if [ -e {m} ]; then exec sleep 600; else touch {m}; sleep 0.5; exit 4; fi",
+            m = marker.display()
+        ),
+        json!({"kind": "none"}),
+        5_000,
+    );
+    spec.extra = json!({"restart": {"initial_delay_ms": 1_500}});
+    host.release("r1", &spec);
+    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    let first = host.service_pid().expect("pid");
+    assert!(
+        eventually(Duration::from_secs(5), || host.status_json().1["state"]
+            == "restarting"),
+        "{}",
+        host.log()
+    );
+    let (rc, status) = host.status_json();
+    assert_eq!(rc, 3, "restarting is not running: {status}");
+    assert_eq!(status["last_exit_code"], 4, "{status}");
+    assert!(status["next_restart_at"].is_string(), "{status}");
+
+    let out = host.run("start", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["already_running"], true, "{report}");
+    assert_ne!(report["pid"], first);
+    assert_eq!(
+        Some(report["pid"].as_i64().unwrap_or(0) as i32),
+        host.service_pid()
     );
 }

@@ -12,6 +12,7 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use crate::error::{Error, Result};
+use crate::protocol::manifest::{LogSpec, RestartSpec};
 
 /// Name of the stage every project has without declaring it.
 pub const LOCAL_STAGE: &str = "local";
@@ -43,6 +44,12 @@ pub struct Config {
     /// Deploy targets.
     #[serde(default)]
     pub stages: BTreeMap<String, Spanned<Stage>>,
+    /// Crash restarts.
+    #[serde(default)]
+    pub restart: Restart,
+    /// Rotation of the service log.
+    #[serde(default)]
+    pub logs: Logs,
 }
 
 /// `[service]`.
@@ -155,6 +162,64 @@ impl Default for Stop {
 
 fn default_stop_timeout() -> Millis {
     Millis(30_000)
+}
+
+/// `[restart]`: crash restarts with exponential back-off and a burst limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Restart {
+    /// Restart a service that exits on its own; false leaves it dead.
+    pub enabled: bool,
+    /// Delay before the first restart.
+    pub initial_delay: Millis,
+    /// Longest delay between restarts.
+    pub max_delay: Millis,
+    /// Each further failure multiplies the delay by this.
+    pub factor: Spanned<f64>,
+    /// Healthy this long, and the back-off starts over.
+    pub reset_after: Millis,
+    /// This many failures within `window` and the supervisor gives up (state `failed`).
+    pub max_failures: Spanned<u32>,
+    /// The window failures are counted in.
+    pub window: Millis,
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        let spec = RestartSpec::default();
+        Restart {
+            enabled: spec.enabled,
+            initial_delay: Millis(spec.initial_delay_ms),
+            max_delay: Millis(spec.max_delay_ms),
+            factor: Spanned::new(0..0, spec.factor),
+            reset_after: Millis(spec.reset_after_ms),
+            max_failures: Spanned::new(0..0, spec.max_failures),
+            window: Millis(spec.window_ms),
+        }
+    }
+}
+
+/// `[logs]`: rotation of the service log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logs {
+    /// Rotate once the log would grow past this size; 0 never rotates.
+    pub max_size: Bytes,
+    /// Rotated files kept.
+    pub keep: Spanned<u32>,
+    /// Gzip rotated files.
+    pub compress: bool,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        let spec = LogSpec::default();
+        Logs {
+            max_size: Bytes(spec.max_size),
+            keep: Spanned::new(0..0, spec.keep),
+            compress: spec.compress,
+        }
+    }
 }
 
 /// `[releases]`.
@@ -375,6 +440,61 @@ impl<'de> Deserialize<'de> for Millis {
     }
 }
 
+/// A size written like `"10MiB"`, `"500KB"` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    /// Parses `10MiB`, `10 MB`, `4096`: KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000.
+    pub fn parse(text: &str) -> Result<Bytes, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let bad = || {
+            format!(
+                "invalid size `{text}`: expected e.g. \"10MiB\", \"500KB\" or a number of bytes"
+            )
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(factor).map(Bytes).ok_or_else(bad)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// Accepts a string with a unit or a plain non-negative integer.
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"10MiB\" or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Bytes, E> {
+                Ok(Bytes(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Bytes, E> {
+                u64::try_from(n)
+                    .map(Bytes)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Bytes, E> {
+                Bytes::parse(text).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 pub use crate::protocol::validate_service_name;
 
 /// A host of a stage, parsed from `[user@]host[:port]`.
@@ -548,6 +668,7 @@ impl Project {
                 "must be at least 2 (the current release and the one to roll back to)",
             ));
         }
+        self.validate_restart()?;
         let mut dests = std::collections::BTreeSet::new();
         for entry in &c.config {
             let file = entry.get_ref();
@@ -639,6 +760,47 @@ impl Project {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_restart(&self) -> Result<()> {
+        let r = &self.config.restart;
+        let factor = *r.factor.get_ref();
+        if !factor.is_finite() || !(1.0..=100.0).contains(&factor) {
+            return Err(self.error_at(
+                r.factor.span(),
+                "restart.factor",
+                "expected a number from 1.0 (a constant delay) to 100.0",
+            ));
+        }
+        if *r.max_failures.get_ref() == 0 {
+            return Err(self.error_at(
+                r.max_failures.span(),
+                "restart.max_failures",
+                "must be at least 1",
+            ));
+        }
+        if r.initial_delay.0 > r.max_delay.0 {
+            return Err(self.error_at(
+                self.key_span("restart"),
+                "restart.max_delay",
+                "must not be shorter than `initial_delay`",
+            ));
+        }
+        if *self.config.logs.keep.get_ref() == 0 {
+            return Err(self.error_at(
+                self.config.logs.keep.span(),
+                "logs.keep",
+                "must be at least 1",
+            ));
+        }
+        if r.window.0 == 0 {
+            return Err(self.error_at(
+                self.key_span("restart"),
+                "restart.window",
+                "must be longer than 0s",
+            ));
         }
         Ok(())
     }
@@ -1025,6 +1187,75 @@ mod tests {
         assert!(HostSpec::parse("app:0").is_err());
         assert!(HostSpec::parse("-oProxyCommand=x").is_err());
         assert!(HostSpec::parse("a b").is_err());
+    }
+
+    #[test]
+    fn restart_defaults_and_checks() {
+        let project = load(MINIMAL).unwrap();
+        let r = &project.config.restart;
+        assert!(r.enabled);
+        assert_eq!(r.initial_delay, Millis(1_000));
+        assert_eq!(r.max_delay, Millis(60_000));
+        assert_eq!(*r.factor.get_ref(), 2.0);
+        assert_eq!(*r.max_failures.get_ref(), 5);
+
+        let project = load(&format!(
+            "{MINIMAL}[restart]\ninitial_delay = \"200ms\"\nfactor = 3\nmax_failures = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(project.config.restart.initial_delay, Millis(200));
+        assert_eq!(*project.config.restart.factor.get_ref(), 3.0);
+
+        let err = load(&format!("{MINIMAL}[restart]\nfactor = 0.5\n")).unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:5:10: key `restart.factor`"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!("{MINIMAL}[restart]\nmax_failures = 0\n")).unwrap_err();
+        assert!(
+            err.message.contains("restart.max_failures"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!(
+            "{MINIMAL}[restart]\ninitial_delay = \"2m\"\nmax_delay = \"1m\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("restart.max_delay"), "{}", err.message);
+        let err = load(&format!("{MINIMAL}[restart]\nbackoff = 1\n")).unwrap_err();
+        assert!(
+            err.message.contains("unknown field `backoff`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn log_rotation_sizes() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.logs.max_size, Bytes(10 * 1024 * 1024));
+        assert_eq!(*project.config.logs.keep.get_ref(), 5);
+        assert!(!project.config.logs.compress);
+        let project = load(&format!(
+            "{MINIMAL}[logs]\nmax_size = \"512KiB\"\nkeep = 3\ncompress = true\n"
+        ))
+        .unwrap();
+        assert_eq!(project.config.logs.max_size, Bytes(512 * 1024));
+        assert!(project.config.logs.compress);
+        let project = load(&format!("{MINIMAL}[logs]\nmax_size = 4096\n")).unwrap();
+        assert_eq!(project.config.logs.max_size, Bytes(4096));
+        assert_eq!(Bytes::parse("2 MB"), Ok(Bytes(2_000_000)));
+        assert_eq!(Bytes::parse("0"), Ok(Bytes(0)));
+        let err = load(&format!("{MINIMAL}[logs]\nmax_size = \"lots\"\n")).unwrap_err();
+        assert!(
+            err.message.contains("key `logs.max_size`") && err.message.contains("10MiB"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!("{MINIMAL}[logs]\nkeep = 0\n")).unwrap_err();
+        assert!(err.message.contains("logs.keep"), "{}", err.message);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::operator::render::{
 };
 use crate::protocol::FileContent;
 use crate::protocol::manifest::{
-    HealthCheck, HealthSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, RunSpec, StopSpec,
-    VersionCheckSpec,
+    HealthCheck, HealthSpec, LogSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, RestartSpec,
+    RunSpec, StopSpec, VersionCheckSpec,
 };
 
 /// Inputs of one deploy that do not come from the project file.
@@ -183,6 +183,12 @@ fn plan_host(
             timeout_ms: config.stop.timeout.0,
         },
         files,
+        restart: restart_spec(config),
+        logs: LogSpec {
+            max_size: config.logs.max_size.0,
+            keep: *config.logs.keep.get_ref(),
+            compress: config.logs.compress,
+        },
     };
 
     let run = run_spec(config, inputs, spec, &public_vars)?;
@@ -231,6 +237,20 @@ fn plan_host(
         manifest: manifest_base(manifest_files, run),
         files,
     })
+}
+
+/// The `[restart]` policy as the supervisor reads it.
+fn restart_spec(config: &Config) -> RestartSpec {
+    let r = &config.restart;
+    RestartSpec {
+        enabled: r.enabled,
+        initial_delay_ms: r.initial_delay.0,
+        max_delay_ms: r.max_delay.0,
+        factor: *r.factor.get_ref(),
+        reset_after_ms: r.reset_after.0,
+        max_failures: *r.max_failures.get_ref(),
+        window_ms: r.window.0,
+    }
 }
 
 /// argv, env and user of the service. Secrets are refused here: argv and
@@ -479,6 +499,39 @@ secrets = { db_password = { env = "PW" } }
         )];
         let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
         assert_eq!(plan.hosts[0].manifest.run.user.as_deref(), Some("hello"));
+    }
+
+    #[test]
+    fn restart_policy_reaches_the_manifest() {
+        let (mut config, stage, build, inputs) = fixtures();
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        assert_eq!(plan.hosts[0].manifest.restart, RestartSpec::default());
+
+        config.restart.enabled = false;
+        config.restart.initial_delay = crate::operator::config::Millis(250);
+        config.restart.max_failures = toml::Spanned::new(0..0, 3);
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        let r = &plan.hosts[0].manifest.restart;
+        assert!(!r.enabled);
+        assert_eq!(r.initial_delay_ms, 250);
+        assert_eq!(r.max_failures, 3);
+        assert_eq!(r.max_delay_ms, 60_000);
+    }
+
+    #[test]
+    fn log_rotation_reaches_the_manifest() {
+        let (mut config, stage, build, inputs) = fixtures();
+        config.logs.max_size = crate::operator::config::Bytes(1 << 20);
+        config.logs.compress = true;
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        assert_eq!(
+            plan.hosts[0].manifest.logs,
+            LogSpec {
+                max_size: 1 << 20,
+                keep: 5,
+                compress: true
+            }
+        );
     }
 
     #[test]

@@ -52,6 +52,12 @@ pub struct ReleaseManifest {
     pub stop: StopSpec,
     /// Config files rendered into `config/`.
     pub files: Vec<ManifestFile>,
+    /// When and how often to restart a crashed service.
+    #[serde(default)]
+    pub restart: RestartSpec,
+    /// Rotation of the service log.
+    #[serde(default)]
+    pub logs: LogSpec,
 }
 
 /// The process to run, relative to the release directory (its working directory).
@@ -112,6 +118,62 @@ pub struct VersionCheckSpec {
 pub struct StopSpec {
     /// SIGTERM, wait this long, then SIGKILL the process group.
     pub timeout_ms: u64,
+}
+
+/// Crash restarts with exponential back-off and a burst limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartSpec {
+    /// Restart at all; when false a crash leaves the service dead.
+    pub enabled: bool,
+    /// Delay before the first restart after a crash.
+    pub initial_delay_ms: u64,
+    /// Longest delay between restarts.
+    pub max_delay_ms: u64,
+    /// Each further failure multiplies the delay by this.
+    pub factor: f64,
+    /// Healthy this long, the back-off starts over.
+    pub reset_after_ms: u64,
+    /// This many failures within `window_ms` and the supervisor gives up.
+    pub max_failures: u32,
+    /// The window failures are counted in.
+    pub window_ms: u64,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            enabled: true,
+            initial_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+            factor: 2.0,
+            reset_after_ms: 60_000,
+            max_failures: 5,
+            window_ms: 600_000,
+        }
+    }
+}
+
+/// Rotation of `<log dir>/<name>.log`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSpec {
+    /// Rotate once the log would grow past this many bytes; 0 never rotates.
+    pub max_size: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+    /// Gzip rotated files.
+    pub compress: bool,
+}
+
+impl Default for LogSpec {
+    fn default() -> Self {
+        LogSpec {
+            max_size: 10 * 1024 * 1024,
+            keep: 5,
+            compress: false,
+        }
+    }
 }
 
 /// A config file of the release.

@@ -16,7 +16,7 @@ use super::logfile;
 use super::process;
 use super::procfs::{self, Liveness, ProcessId};
 use super::release;
-use super::state::{self, Pidfile};
+use super::state::{self, Phase, Pidfile};
 use super::supervise::{FAILED, READY};
 use super::{StartReport, StopReport, SupervisorError, human_duration};
 
@@ -50,23 +50,16 @@ fn with_tail(mut err: SupervisorError, layout: &Layout) -> SupervisorError {
 /// Starts the service through a detached supervisor; returns once healthy.
 pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
     let seen = inspect::inspect(layout);
-    if let Some(sup) = seen.supervisor.filter(|_| seen.starting()) {
-        return Err(error(format!(
-            "a start is already in progress (supervisor pid {})",
-            sup.pid
-        )));
+    if let Some(sup) = seen
+        .supervisor
+        .filter(|_| seen.starting() || seen.restarting())
+    {
+        // Another start, or a restart after a crash, is under way: its
+        // outcome is ours.
+        return join(layout, sup);
     }
     if let Service::Alive { id, .. } = seen.service {
-        let mine = seen.state_of_service();
-        return Ok(StartReport {
-            pid: id.pid,
-            release: mine
-                .map(|s| s.release.clone())
-                .or_else(|| inspect::release_from_cwd(layout, id.pid))
-                .unwrap_or_default(),
-            healthy_after_ms: mine.and_then(|s| s.healthy_after_ms).unwrap_or(0),
-            already_running: true,
-        });
+        return Ok(already_running(layout, &seen, id));
     }
     // Read here too, for the timeout and so a missing release fails fast.
     let current = release::current(layout).map_err(error)?;
@@ -152,6 +145,67 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
             error(format!("unexpected report from the supervisor: {line}")),
             layout,
         ))
+    }
+}
+
+/// The report for a service that is already up.
+fn already_running(layout: &Layout, seen: &inspect::Inspection, id: ProcessId) -> StartReport {
+    let mine = seen.state_of_service();
+    StartReport {
+        pid: id.pid,
+        release: mine
+            .map(|s| s.release.clone())
+            .or_else(|| inspect::release_from_cwd(layout, id.pid))
+            .unwrap_or_default(),
+        healthy_after_ms: mine.and_then(|s| s.healthy_after_ms).unwrap_or(0),
+        already_running: true,
+    }
+}
+
+/// Waits for a supervisor that is starting (or restarting) the service to
+/// get it healthy, or to give up.
+fn join(layout: &Layout, sup: ProcessId) -> Result<StartReport, SupervisorError> {
+    let limit = release::current(layout)
+        .map(|r| {
+            Duration::from_millis(
+                r.manifest.health.start_timeout_ms + r.manifest.restart.max_delay_ms,
+            )
+        })
+        .unwrap_or(DEFAULT_STOP_TIMEOUT)
+        + START_SLACK;
+    let until = Instant::now() + limit;
+    loop {
+        let seen = inspect::inspect(layout);
+        if let (Service::Alive { id, .. }, Some(Phase::Running)) =
+            (&seen.service, seen.state.as_ref().map(|s| s.state))
+        {
+            return Ok(already_running(layout, &seen, *id));
+        }
+        if seen.supervisor != Some(sup) {
+            let why = seen
+                .state
+                .as_ref()
+                .and_then(|s| s.failed_reason.clone().or_else(|| s.last_exit.clone()))
+                .unwrap_or_else(|| "the supervisor exited".to_string());
+            return Err(with_tail(
+                error(format!(
+                    "the start under way (supervisor pid {}) failed: {why}",
+                    sup.pid
+                )),
+                layout,
+            ));
+        }
+        if Instant::now() >= until {
+            return Err(with_tail(
+                error(format!(
+                    "a start is under way (supervisor pid {}) and not healthy after {}",
+                    sup.pid,
+                    human_duration(limit)
+                )),
+                layout,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

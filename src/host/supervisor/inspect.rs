@@ -48,6 +48,15 @@ impl Inspection {
         self.state.as_ref().filter(|s| s.service == Some(*id))
     }
 
+    /// True while a live supervisor waits out the back-off after a crash.
+    pub fn restarting(&self) -> bool {
+        self.supervisor.is_some()
+            && self
+                .state
+                .as_ref()
+                .is_some_and(|s| s.state == Phase::BackingOff)
+    }
+
     /// True while a supervisor is alive and has not reached "running" yet.
     pub fn starting(&self) -> bool {
         self.supervisor.is_some()

@@ -1,15 +1,12 @@
-//! The service log: where the service's output goes, where the supervisor
-//! writes its events, and how the last lines are read back for a failed start.
-//!
-//! Today the service writes straight into the file (opened `O_APPEND`); a
-//! rotating pipe reader will replace [`service_output`] later.
+//! The service log as a file: opening it safely, the event line format, and
+//! reading the last lines back for a failed start.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::SystemTime;
+
+use super::rotate;
 
 /// Lines a failed start shows from the log.
 pub const TAIL_LINES: usize = 20;
@@ -18,20 +15,12 @@ pub const TAIL_LINES: usize = 20;
 const MAX_TAIL_LINE: usize = 500;
 
 /// Opens (creating) the log for appending, creating its directory too.
+/// Refuses symlinks and hard links (see [`rotate::open_log`]).
 pub fn open_append(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
-}
-
-/// Stdout and stderr for the service process.
-pub fn service_output(log: &File) -> io::Result<(Stdio, Stdio)> {
-    Ok((Stdio::from(log.try_clone()?), Stdio::from(log.try_clone()?)))
+    rotate::open_log(path, None)
 }
 
 /// Current UTC time as RFC 3339 with milliseconds.
@@ -39,36 +28,38 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Writes supervisor events into the service log, one line each, prefixed so
-/// they stand out from the service's own output.
-pub struct EventLog {
-    file: Option<File>,
+/// `2026-11-26T14:03:01.123Z [shipjar] MESSAGE\n`: supervisor events are
+/// prefixed so they stand out from the service's own output.
+pub fn format_event(message: &str) -> String {
+    format!("{} [shipjar] {message}\n", now_rfc3339())
 }
 
-impl EventLog {
-    /// An event log appending to `file`; `None` writes nowhere (log not openable).
-    pub fn new(file: Option<File>) -> Self {
-        EventLog { file }
-    }
-
-    /// Appends `2026-11-26T14:03:01.123Z [shipjar] MESSAGE`.
-    pub fn event(&mut self, message: &str) {
-        if let Some(file) = &mut self.file {
-            let line = format!("{} [shipjar] {message}\n", now_rfc3339());
-            // One write per line: with O_APPEND it lands whole between the
-            // service's own writes. A full disk must not stop supervision.
-            let _ = file.write_all(line.as_bytes());
-        }
-    }
-
-    /// The underlying file, to hand to the service.
-    pub fn file(&self) -> Option<&File> {
-        self.file.as_ref()
+/// Appends one event straight to the log file, for when the supervisor
+/// could not set up its log pipe.
+pub fn append_event(path: &Path, message: &str) {
+    if let Ok(mut file) = open_append(path) {
+        // One write: with O_APPEND it lands whole. Errors are ignored: this
+        // is the fallback of the fallback.
+        let _ = file.write_all(format_event(message).as_bytes());
     }
 }
 
-/// The last `n` lines of the log (lossy UTF-8, long lines cut), oldest first.
+/// The last `n` lines of the log, reaching into the newest rotated file
+/// (`.1`) when the current one has fewer.
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let mut lines = tail_of(path, n);
+    if lines.len() < n {
+        let mut rotated = path.as_os_str().to_owned();
+        rotated.push(".1");
+        let mut older = tail_of(Path::new(&rotated), n - lines.len());
+        older.append(&mut lines);
+        lines = older;
+    }
+    lines
+}
+
+/// The last `n` lines of one file (lossy UTF-8, long lines cut), oldest first.
+fn tail_of(path: &Path, n: usize) -> Vec<String> {
     let Ok(mut file) = File::open(path) else {
         return Vec::new();
     };
@@ -115,6 +106,15 @@ mod tests {
         fs::write(&path, text).expect("write");
         assert_eq!(tail(&path, 3), vec!["line 28", "line 29", "line 30"]);
         assert_eq!(tail(&path, 100).len(), 30);
+    }
+
+    #[test]
+    fn tail_reaches_into_the_rotated_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        fs::write(dir.path().join("log.1"), "a\nb\nc\n").expect("write");
+        fs::write(&path, "d\n").expect("write");
+        assert_eq!(tail(&path, 3), vec!["b", "c", "d"]);
     }
 
     #[test]

@@ -2,13 +2,17 @@
 //! "started" only once it is healthy, tracks it by pid + start time, and stops
 //! it gracefully. `service start` spawns `service supervise` detached.
 
+mod backoff;
 mod control;
 mod health;
 mod inspect;
 pub(crate) mod logfile;
+mod logpipe;
 mod process;
 mod procfs;
 mod release;
+mod rotate;
+mod spawn;
 mod state;
 mod status;
 mod supervise;
@@ -62,6 +66,10 @@ pub enum ServiceState {
     Dead,
     /// Nothing running, no pidfile.
     Stopped,
+    /// Crashed; the supervisor restarts it after the back-off delay.
+    Restarting,
+    /// Crashed too often: the supervisor gave up.
+    Failed,
 }
 
 /// Result of `service status`.
@@ -69,7 +77,7 @@ pub enum ServiceState {
 pub struct ServiceStatus {
     /// Lifecycle state.
     pub state: ServiceState,
-    /// LSB exit code: 0 running, 1 dead with pidfile, 3 not running.
+    /// LSB exit code: 0 running, 1 dead or failed (pidfile left), 3 not running or restarting.
     pub lsb_code: i32,
     /// Service pid when running.
     pub pid: Option<i32>,
@@ -85,6 +93,18 @@ pub struct ServiceStatus {
     pub healthy: Option<bool>,
     /// Human-readable detail, e.g. "stale pidfile: pid 42 is another process".
     pub detail: String,
+    /// Why the supervisor gave up (state `failed`).
+    pub reason: Option<String>,
+    /// How the last run ended, e.g. "exited with code 3".
+    pub last_exit: Option<String>,
+    /// Exit code of the last run, when it exited.
+    pub last_exit_code: Option<i32>,
+    /// Signal that ended the last run, e.g. "SIGKILL".
+    pub last_exit_signal: Option<String>,
+    /// Restarts after crashes by the current (or last) supervisor.
+    pub restarts: u32,
+    /// When the next restart is due, while restarting (RFC 3339).
+    pub next_restart_at: Option<String>,
 }
 
 /// Starts the service from `current` and returns once it is healthy.

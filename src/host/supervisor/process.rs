@@ -147,9 +147,14 @@ impl Signals {
 /// not async-signal-safe).
 #[derive(Debug, Clone)]
 pub struct Credentials {
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-    groups: Vec<libc::gid_t>,
+    /// User name.
+    pub name: String,
+    /// User id.
+    pub uid: libc::uid_t,
+    /// Primary group id.
+    pub gid: libc::gid_t,
+    /// Every group the user is in, the primary one included.
+    pub groups: Vec<libc::gid_t>,
     /// Home directory from the passwd entry.
     pub home: PathBuf,
 }
@@ -164,6 +169,7 @@ impl Credentials {
         let groups = nix::unistd::getgrouplist(&cname, user.gid)
             .map_err(|e| format!("cannot list groups of `{name}`: {e}"))?;
         Ok(Credentials {
+            name: name.to_string(),
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
             groups: groups.iter().map(|g| g.as_raw()).collect(),

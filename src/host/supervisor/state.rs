@@ -22,6 +22,10 @@ pub enum Phase {
     Stopping,
     /// The service process has ended (see `last_exit`).
     Exited,
+    /// It crashed; the supervisor waits out the back-off before restarting it.
+    BackingOff,
+    /// Too many failures: the supervisor gave up (see `failed_reason`).
+    Failed,
 }
 
 /// Contents of the supervisor state file (`run/<name>/supervisor.json`).
@@ -53,6 +57,21 @@ pub struct SupervisorState {
     /// Whether that end was asked for (a stop), as opposed to a crash or failed start.
     #[serde(default)]
     pub stopped_on_request: bool,
+    /// Exit code of the last run, when it exited.
+    #[serde(default)]
+    pub last_exit_code: Option<i32>,
+    /// Signal that ended the last run, e.g. `SIGKILL`.
+    #[serde(default)]
+    pub last_exit_signal: Option<String>,
+    /// Restarts after crashes so far.
+    #[serde(default)]
+    pub restarts: u32,
+    /// When the next restart is due (RFC 3339, UTC), while backing off.
+    #[serde(default)]
+    pub next_restart_at: Option<String>,
+    /// Why the supervisor gave up, once `failed`.
+    #[serde(default)]
+    pub failed_reason: Option<String>,
     /// When the state last changed (RFC 3339, UTC).
     pub updated_at: String,
 }

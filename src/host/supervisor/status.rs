@@ -24,16 +24,18 @@ pub fn status(layout: &Layout) -> ServiceStatus {
     // The service just ended and its supervisor is still recording how:
     // a moment's wait gives the full story instead of "no longer exists".
     let until = Instant::now() + RECORDING_GRACE;
-    while matches!(seen.service, Service::Gone(_))
-        && seen.supervisor.is_some()
-        && seen.state.as_ref().is_some_and(|s| s.last_exit.is_none())
-        && Instant::now() < until
-    {
+    while unrecorded_exit(&seen) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
         seen = inspect::inspect(layout);
     }
-    match &seen.service {
+    let mut status = match &seen.service {
         Service::Alive { id, verified } => running(layout, &seen, *id, *verified),
+        _ if seen.supervisor.is_some() && phase(&seen) == Some(Phase::BackingOff) => {
+            restarting(&seen)
+        }
+        Service::NoPidfile | Service::Gone(_) if phase(&seen) == Some(Phase::Failed) => {
+            failed(&seen)
+        }
         Service::NoPidfile => {
             let detail = if let (Some(sup), true) = (seen.supervisor, seen.starting()) {
                 format!("not running (starting: supervisor pid {})", sup.pid)
@@ -68,13 +70,79 @@ pub fn status(layout: &Layout) -> ServiceStatus {
             ServiceState::Dead,
             format!("not running (stale pidfile: pid {pid} now belongs to another process)"),
         ),
+    };
+    if let Some(s) = &seen.state {
+        status.last_exit = s.last_exit.clone();
+        status.last_exit_code = s.last_exit_code;
+        status.last_exit_signal = s.last_exit_signal.clone();
+        status.restarts = s.restarts;
     }
+    status
+}
+
+/// The state file's phase.
+fn phase(seen: &Inspection) -> Option<Phase> {
+    seen.state.as_ref().map(|s| s.state)
+}
+
+/// True while the pidfile's process is gone but its live supervisor has
+/// not yet written down how it ended.
+fn unrecorded_exit(seen: &Inspection) -> bool {
+    let Service::Gone(pid) = seen.service else {
+        return false;
+    };
+    seen.supervisor.is_some()
+        && seen.state.as_ref().is_some_and(|s| {
+            s.service.is_some_and(|id| id.pid == pid)
+                && matches!(s.state, Phase::Starting | Phase::Running | Phase::Stopping)
+        })
+}
+
+/// Waiting out the back-off before the next restart.
+fn restarting(seen: &Inspection) -> ServiceStatus {
+    let state = seen.state.as_ref();
+    let last = state
+        .and_then(|s| s.last_exit.as_deref())
+        .unwrap_or("ended");
+    let restart = state.map_or(1, |s| s.restarts + 1);
+    let when = state
+        .and_then(|s| s.next_restart_at.clone())
+        .map(|t| format!(" at {t}"))
+        .unwrap_or_default();
+    let mut status = not_running(
+        ServiceState::Restarting,
+        format!("restarting: the service {last}; restart {restart} due{when}"),
+    );
+    // Restarting is not running: monitoring must see it as down (LSB 3).
+    status.lsb_code = 3;
+    status.supervisor_pid = seen.supervisor.map(|s| s.pid);
+    status.release = state.map(|s| s.release.clone());
+    status.next_restart_at = state.and_then(|s| s.next_restart_at.clone());
+    status
+}
+
+/// The supervisor gave up.
+fn failed(seen: &Inspection) -> ServiceStatus {
+    let reason = seen
+        .state
+        .as_ref()
+        .and_then(|s| s.failed_reason.clone())
+        .unwrap_or_else(|| "too many failures".to_string());
+    let mut status = not_running(ServiceState::Failed, format!("failed: {reason}"));
+    status.release = seen.state.as_ref().map(|s| s.release.clone());
+    status.reason = Some(reason);
+    status
 }
 
 fn not_running(state: ServiceState, detail: String) -> ServiceStatus {
     ServiceStatus {
         state,
-        lsb_code: if state == ServiceState::Dead { 1 } else { 3 },
+        // LSB: 1 "dead and the pidfile exists" (a crash, or given up), 3 not running.
+        lsb_code: if matches!(state, ServiceState::Dead | ServiceState::Failed) {
+            1
+        } else {
+            3
+        },
         pid: None,
         supervisor_pid: None,
         release: None,
@@ -82,6 +150,12 @@ fn not_running(state: ServiceState, detail: String) -> ServiceStatus {
         uptime_s: None,
         healthy: None,
         detail,
+        reason: None,
+        last_exit: None,
+        last_exit_code: None,
+        last_exit_signal: None,
+        restarts: 0,
+        next_restart_at: None,
     }
 }
 
@@ -133,6 +207,12 @@ fn running(
     if !verified {
         parts.push("identity unverified (pidfile has no start time)".to_string());
     }
+    if let Some(n) = mine.map(|s| s.restarts).filter(|n| *n > 0) {
+        parts.push(format!(
+            "restarted {n} time{} after crashes",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
     let word = if starting { "starting" } else { "running" };
     ServiceStatus {
         state: ServiceState::Running,
@@ -144,5 +224,11 @@ fn running(
         uptime_s: uptime.map(|u| u.as_secs()),
         healthy,
         detail: format!("{word}: {}", parts.join(", ")),
+        reason: None,
+        last_exit: None,
+        last_exit_code: None,
+        last_exit_signal: None,
+        restarts: 0,
+        next_restart_at: None,
     }
 }

@@ -2,13 +2,10 @@
 //! service, gates on health, reports once on stdout, then waits for the
 //! service to exit or for a stop signal.
 
-use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -16,16 +13,17 @@ use nix::sys::signal::Signal;
 use crate::host::layout::Layout;
 use crate::protocol::manifest::HealthCheck;
 
+use super::backoff::{Backoff, Decision};
 use super::health::{self, Gate};
-use super::logfile::{self, EventLog};
-use super::process::{self, Credentials, ExitInfo, Signals};
+use super::logfile;
+use super::logpipe::LogPipe;
+use super::process::{self, ExitInfo, Signals};
 use super::procfs::{self, Liveness, ProcessId};
 use super::release::{self, Release};
+use super::rotate::{RotatingFile, Rotation};
+use super::spawn;
 use super::state::{self, Phase, Pidfile, SupervisorState};
 use super::{StartReport, SupervisorError, human_duration};
-
-/// `PATH` of the service's clean environment.
-pub const CLEAN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How long to wait for a SIGKILLed process to be gone before giving up on it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -33,6 +31,9 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often the running loop re-checks the child even without a signal;
 /// SIGCHLD is the real trigger, this is a safety net.
 const RECHECK: Duration = Duration::from_secs(5);
+
+/// Longest wait for the log thread to write out what the service said.
+const LOG_SYNC_WAIT: Duration = Duration::from_secs(2);
 
 /// Prefix of the readiness line on success.
 pub const READY: &str = "READY ";
@@ -47,8 +48,10 @@ pub fn run(layout: &Layout) -> i32 {
         Ok(mut supervisor) => supervisor.run(&mut ready),
         Err(message) => {
             // Also into the log, for whoever reads it rather than `start`'s output.
-            let mut events = EventLog::new(logfile::open_append(&layout.log_file()).ok());
-            events.event(&format!("supervisor not started: {message}"));
+            logfile::append_event(
+                &layout.log_file(),
+                &format!("supervisor not started: {message}"),
+            );
             ready.failed(&message, layout);
             1
         }
@@ -101,21 +104,29 @@ impl Readiness {
 }
 
 /// How one run of the service ended.
-enum Ended {
-    /// Stopped on request; the pidfile is gone.
+enum Outcome {
+    /// Stopped on request once healthy (or while waiting to restart).
     Stopped,
-    /// Exited on its own after becoming healthy; the pidfile stays.
-    Crashed,
-    /// Never became healthy (or could not be spawned); already reported.
-    StartFailed,
+    /// Stopped on request before it became healthy; says how it ended.
+    StoppedWhileStarting(String),
+    /// Never became healthy (or could not be spawned); says why.
+    StartFailed(String),
+    /// Exited on its own after being healthy for a while.
+    Crashed {
+        /// How it ended.
+        exit: ExitInfo,
+        /// How long it had been healthy.
+        healthy_for: Duration,
+    },
 }
 
 struct Supervisor<'a> {
     layout: &'a Layout,
     signals: Signals,
-    events: EventLog,
+    log: LogPipe,
     release: Release,
     state: SupervisorState,
+    backoff: Backoff,
     /// Held for our whole life: proof that a supervisor is alive.
     _lock: File,
 }
@@ -127,9 +138,6 @@ impl<'a> Supervisor<'a> {
         let run_dir = layout.run_dir();
         fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
         let lock = take_lock(layout)?;
-        let log = logfile::open_append(&layout.log_file())
-            .map_err(|e| format!("{}: {e}", layout.log_file().display()))?;
-        let events = EventLog::new(Some(log));
         let me = procfs::identify(std::process::id() as i32)
             .ok()
             .flatten()
@@ -154,6 +162,7 @@ impl<'a> Supervisor<'a> {
         }
 
         let release = release::current(layout)?;
+        let log = open_log(layout, &release)?;
         let state = SupervisorState {
             boot_id: procfs::boot_id(),
             supervisor: me,
@@ -165,33 +174,123 @@ impl<'a> Supervisor<'a> {
             healthy_after_ms: None,
             last_exit: None,
             stopped_on_request: false,
+            last_exit_code: None,
+            last_exit_signal: None,
+            restarts: 0,
+            next_restart_at: None,
+            failed_reason: None,
             updated_at: logfile::now_rfc3339(),
         };
+        let backoff = Backoff::new(&release.manifest.restart);
         let mut supervisor = Supervisor {
             layout,
             signals,
-            events,
+            log,
             release,
             state,
+            backoff,
             _lock: lock,
         };
         supervisor.save();
         Ok(supervisor)
     }
 
-    /// Supervises until the service is stopped or ends; crash restarts with
-    /// back-off will loop here.
+    /// Supervises until the service is stopped, or fails for good.
     fn run(&mut self, ready: &mut Readiness) -> i32 {
-        match self.run_once(ready) {
-            Ended::Stopped => 0,
-            Ended::Crashed | Ended::StartFailed => 1,
+        let mut first = true;
+        loop {
+            let (why, healthy_for) = match self.run_once(ready, first) {
+                Outcome::Stopped => return 0,
+                Outcome::StoppedWhileStarting(how) => {
+                    if first {
+                        self.fail_start(ready, format!("stopped while starting: {how}"));
+                    }
+                    self.remove_pidfile();
+                    return 0;
+                }
+                Outcome::StartFailed(message) if first => {
+                    self.fail_start(ready, message);
+                    return 1;
+                }
+                Outcome::StartFailed(message) => (message, None),
+                Outcome::Crashed { exit, healthy_for } => (exit.to_string(), Some(healthy_for)),
+            };
+            first = false;
+            let restart = &self.release.manifest.restart;
+            if !restart.enabled {
+                // The pidfile stays: `status` reports the service dead (LSB 1).
+                self.log.event("not restarting: restarts are disabled");
+                return 1;
+            }
+            match self.backoff.on_failure(Instant::now(), healthy_for) {
+                Decision::GiveUp { failures, window } => {
+                    let reason = format!(
+                        "{failures} failures within {}; the last: {why}",
+                        human_duration(window)
+                    );
+                    self.log.event(&format!("giving up: {reason}"));
+                    self.state.state = Phase::Failed;
+                    self.state.failed_reason = Some(reason);
+                    self.state.next_restart_at = None;
+                    self.save();
+                    // The pidfile stays: `status` reports the service failed (LSB 1).
+                    return 1;
+                }
+                Decision::RestartIn(delay) => {
+                    if !self.back_off(delay) {
+                        return 0;
+                    }
+                }
+            }
+            self.state.restarts += 1;
         }
     }
 
-    fn run_once(&mut self, ready: &mut Readiness) -> Ended {
+    /// Waits out the back-off delay; false when a stop arrived meanwhile.
+    fn back_off(&mut self, delay: Duration) -> bool {
+        let due = std::time::SystemTime::now() + delay;
+        self.state.state = Phase::BackingOff;
+        self.state.next_restart_at = Some(humantime::format_rfc3339_millis(due).to_string());
+        self.save();
+        self.log.event(&format!(
+            "restarting in {} (restart {})",
+            human_duration(delay),
+            self.state.restarts + 1
+        ));
+        let deadline = Instant::now() + delay;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if let Some(sig @ (libc::SIGTERM | libc::SIGINT)) =
+                self.signals.wait(Some(deadline - now))
+            {
+                self.log.event(&format!(
+                    "stop requested ({}) while waiting to restart",
+                    process::signal_name(sig)
+                ));
+                self.state.state = Phase::Exited;
+                self.state.stopped_on_request = true;
+                self.state.next_restart_at = None;
+                self.save();
+                self.remove_pidfile();
+                return false;
+            }
+        }
+        self.state.next_restart_at = None;
+        true
+    }
+
+    /// One run of the service: spawn, health gate, then watch until it ends
+    /// or a stop arrives. Only the first run reports to `start`.
+    fn run_once(&mut self, ready: &mut Readiness, first: bool) -> Outcome {
         let manifest = &self.release.manifest;
         let start_timeout = Duration::from_millis(manifest.health.start_timeout_ms);
         let check = manifest.health.check.clone();
+        self.state.state = Phase::Starting;
+        self.state.healthy_after_ms = None;
+        self.save();
 
         // Something already answering the check would make a dead service
         // look healthy (typically an old instance still holding the port).
@@ -201,12 +300,12 @@ impl<'a> Supervisor<'a> {
             let message = "the health check passes before the service is started: \
                            another process answers it"
                 .to_string();
-            return self.fail_start(ready, message);
+            return Outcome::StartFailed(message);
         }
 
         let mut child = match self.spawn() {
             Ok(child) => child,
-            Err(message) => return self.fail_start(ready, message),
+            Err(message) => return Outcome::StartFailed(message),
         };
         let spawned = Instant::now();
         let pid = child.id() as i32;
@@ -217,67 +316,75 @@ impl<'a> Supervisor<'a> {
         self.state.service = Some(id);
         self.state.started_at = Some(logfile::now_rfc3339());
         if let Err(e) = state::write_pidfile(&self.layout.pidfile(), id) {
-            self.events.event(&format!(
+            self.log.event(&format!(
                 "cannot write {}: {e}",
                 self.layout.pidfile().display()
             ));
         }
         self.save();
-        self.events.event(&format!(
+        self.log.event(&format!(
             "started pid {pid} from release {}",
             self.state.release
         ));
 
-        match health::wait_healthy(&check, pid, spawned, start_timeout, &self.signals) {
-            Gate::Healthy(after) => {
-                let ms = after.as_millis() as u64;
-                self.events.event(&format!("healthy after {ms} ms"));
-                self.state.state = Phase::Running;
-                self.state.healthy_after_ms = Some(ms);
-                self.save();
-                ready.ready(&StartReport {
-                    pid,
-                    release: self.state.release.clone(),
-                    healthy_after_ms: ms,
-                    already_running: false,
-                });
-            }
-            Gate::Exited(exit) => {
-                let message = format!("{exit} before becoming healthy");
-                self.events.event(&message);
-                self.finish(&mut child, None);
-                return self.fail_start(ready, message);
-            }
-            Gate::TimedOut => {
-                let message = format!("not healthy after {}", human_duration(start_timeout));
-                self.events
-                    .event(&format!("{message}: killing process group {pid} (SIGKILL)"));
-                let _ = process::signal_group(pid, Signal::SIGKILL);
-                let how = match self.wait_exit(pid, KILL_WAIT) {
-                    Some(exit) => exit.to_string(),
-                    None => format!("still alive {} after SIGKILL", human_duration(KILL_WAIT)),
-                };
-                self.events.event(&how);
-                self.finish(&mut child, None);
-                return self.fail_start(ready, message);
-            }
-            Gate::StopRequested(sig) => {
-                self.events.event(&format!(
-                    "stop requested ({}) while starting",
-                    process::signal_name(sig)
-                ));
-                let how = self.stop_service(&mut child);
-                self.state.stopped_on_request = true;
-                return self.fail_start(ready, format!("stopped while starting: {how}"));
-            }
-        }
+        let healthy_at =
+            match health::wait_healthy(&check, pid, spawned, start_timeout, &self.signals) {
+                Gate::Healthy(after) => {
+                    let ms = after.as_millis() as u64;
+                    self.log.event(&format!("healthy after {ms} ms"));
+                    self.state.state = Phase::Running;
+                    self.state.healthy_after_ms = Some(ms);
+                    self.save();
+                    if first {
+                        ready.ready(&StartReport {
+                            pid,
+                            release: self.state.release.clone(),
+                            healthy_after_ms: ms,
+                            already_running: false,
+                        });
+                    }
+                    Instant::now()
+                }
+                Gate::Exited(exit) => {
+                    let message = format!("{exit} before becoming healthy");
+                    self.log.event(&message);
+                    self.finish(&mut child, Some(exit), message.clone());
+                    return Outcome::StartFailed(message);
+                }
+                Gate::TimedOut => {
+                    let message = format!("not healthy after {}", human_duration(start_timeout));
+                    self.log
+                        .event(&format!("{message}: killing process group {pid} (SIGKILL)"));
+                    let _ = process::signal_group(pid, Signal::SIGKILL);
+                    let exit = self.wait_exit(pid, KILL_WAIT);
+                    let how = match exit {
+                        Some(exit) => exit.to_string(),
+                        None => format!("still alive {} after SIGKILL", human_duration(KILL_WAIT)),
+                    };
+                    self.log.event(&how);
+                    self.finish(&mut child, exit, message.clone());
+                    return Outcome::StartFailed(message);
+                }
+                Gate::StopRequested(sig) => {
+                    self.log.event(&format!(
+                        "stop requested ({}) while starting",
+                        process::signal_name(sig)
+                    ));
+                    let how = self.stop_service(&mut child);
+                    self.state.stopped_on_request = true;
+                    self.save();
+                    return Outcome::StoppedWhileStarting(how);
+                }
+            };
 
         loop {
             if let Ok(Some(exit)) = process::exited_child(pid) {
-                self.events.event(&exit.to_string());
-                self.finish(&mut child, Some(exit.to_string()));
-                // The pidfile stays: `status` reports the service dead (LSB 1).
-                return Ended::Crashed;
+                self.log.event(&exit.to_string());
+                self.finish(&mut child, Some(exit), exit.to_string());
+                return Outcome::Crashed {
+                    exit,
+                    healthy_for: healthy_at.elapsed(),
+                };
             }
             match self.signals.wait(Some(RECHECK)) {
                 Some(libc::SIGTERM | libc::SIGINT) => {
@@ -285,26 +392,25 @@ impl<'a> Supervisor<'a> {
                     self.state.stopped_on_request = true;
                     self.save();
                     self.remove_pidfile();
-                    return Ended::Stopped;
+                    return Outcome::Stopped;
                 }
-                Some(libc::SIGHUP) => self
-                    .events
-                    .event("SIGHUP ignored (reload is not supported)"),
+                Some(libc::SIGHUP) => self.log.event("SIGHUP ignored (reload is not supported)"),
                 _ => {}
             }
         }
     }
 
-    /// Records a failed start, cleans up and tells `start`.
-    fn fail_start(&mut self, ready: &mut Readiness, message: String) -> Ended {
+    /// Records a failed first start, cleans up and tells `start`.
+    fn fail_start(&mut self, ready: &mut Readiness, message: String) {
         self.state.state = Phase::Exited;
         if self.state.last_exit.is_none() {
             self.state.last_exit = Some(message.clone());
         }
         self.save();
         self.remove_pidfile();
+        // The log tail `start` shows must hold the service's last words.
+        self.log.sync(LOG_SYNC_WAIT);
         ready.failed(&message, self.layout);
-        Ended::StartFailed
     }
 
     /// Stops the service: SIGTERM to its group, SIGKILL after the stop
@@ -315,7 +421,7 @@ impl<'a> Supervisor<'a> {
         let began = Instant::now();
         self.state.state = Phase::Stopping;
         self.save();
-        self.events.event("stopping (SIGTERM)");
+        self.log.event("stopping (SIGTERM)");
         let _ = process::signal_group(pid, Signal::SIGTERM);
         let deadline = began + timeout;
         // The main process first, then the rest of its group: a wrapper
@@ -324,7 +430,7 @@ impl<'a> Supervisor<'a> {
         let how = if leader.is_some() && self.wait_group_empty(pid, deadline) {
             after_sigterm(leader)
         } else {
-            self.events.event(&format!(
+            self.log.event(&format!(
                 "still running {} after SIGTERM: sending SIGKILL",
                 human_duration(timeout)
             ));
@@ -342,17 +448,17 @@ impl<'a> Supervisor<'a> {
             }
         };
         let took = began.elapsed().as_millis();
-        self.events.event(&format!("stopped: {how} in {took} ms"));
-        self.finish(child, Some(how.clone()));
+        self.log.event(&format!("stopped: {how} in {took} ms"));
+        self.finish(child, leader, how.clone());
         how
     }
 
     /// After the service's main process exited: kill what is left of its
     /// group (the zombie still reserves the group id), reap it, record the end.
-    fn finish(&mut self, child: &mut Child, last_exit: Option<String>) {
+    fn finish(&mut self, child: &mut Child, exit: Option<ExitInfo>, description: String) {
         let pid = child.id() as i32;
         if !procfs::live_group_members(pid).is_empty() {
-            self.events.event(&format!(
+            self.log.event(&format!(
                 "killing leftover processes of group {pid} (SIGKILL)"
             ));
             let _ = process::signal_group(pid, Signal::SIGKILL);
@@ -361,17 +467,23 @@ impl<'a> Supervisor<'a> {
         // ignores even SIGKILL, and waiting for it would hang the supervisor.
         if let Ok(Some(_)) = process::exited_child(pid) {
             if let Err(e) = child.wait() {
-                self.events.event(&format!("cannot reap pid {pid}: {e}"));
+                self.log.event(&format!("cannot reap pid {pid}: {e}"));
             }
         } else {
-            self.events.event(&format!(
+            self.log.event(&format!(
                 "pid {pid} has not exited even after SIGKILL; giving up on it"
             ));
         }
         self.state.state = Phase::Exited;
-        if last_exit.is_some() {
-            self.state.last_exit = last_exit;
-        }
+        self.state.last_exit = Some(description);
+        self.state.last_exit_code = match exit {
+            Some(ExitInfo::Code(code)) => Some(code),
+            _ => None,
+        };
+        self.state.last_exit_signal = match exit {
+            Some(ExitInfo::Signal(sig)) => Some(process::signal_name(sig)),
+            _ => None,
+        };
         self.save();
     }
 
@@ -411,77 +523,27 @@ impl<'a> Supervisor<'a> {
     }
 
     fn spawn(&mut self) -> Result<Child, String> {
-        let manifest = &self.release.manifest;
-        let argv = &manifest.run.argv;
-        let Some(argv0) = argv.first() else {
-            return Err("run.argv is empty".to_string());
-        };
-        let creds = match &manifest.run.user {
-            Some(user) if process::is_root() => Some(Credentials::resolve(user)?),
-            Some(user) => {
-                self.events.event(&format!(
-                    "running as the current user: run.user `{user}` applies only when started as root"
-                ));
-                None
-            }
-            None => None,
-        };
-        let env = self.service_env(creds.as_ref());
-        let path = env
-            .get(&OsString::from("PATH"))
-            .cloned()
-            .unwrap_or_default();
-        let program = process::resolve_program(argv0, &path, &self.release.dir)?;
-        let log = self.events.file().ok_or("the service log is not open")?;
-        let (stdout, stderr) = logfile::service_output(log)
-            .map_err(|e| format!("cannot hand the log to the service: {e}"))?;
-        let mut cmd = Command::new(&program);
-        cmd.arg0(argv0)
-            .args(&argv[1..])
-            .current_dir(&self.release.dir)
-            .env_clear()
-            .envs(&env)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            // Its own group: stop signals the whole service, never us.
-            .process_group(0);
-        process::prepare_child(&mut cmd, false, creds);
-        cmd.spawn()
-            .map_err(|e| format!("cannot start {}: {e}", program.display()))
-    }
-
-    /// The service's clean environment: a fixed base, then `run.env`, then ours.
-    fn service_env(&self, creds: Option<&Credentials>) -> BTreeMap<OsString, OsString> {
-        let layout = self.layout;
-        let dir = &self.release.dir;
-        let home = creds
-            .map(|c| c.home.clone())
-            .unwrap_or_else(process::own_home);
-        let mut env: BTreeMap<OsString, OsString> = BTreeMap::new();
-        let mut set = |k: &str, v: OsString| {
-            env.insert(OsString::from(k), v);
-        };
-        set("PATH", CLEAN_PATH.into());
-        set("HOME", home.into_os_string());
-        set("LANG", "C.UTF-8".into());
-        for (k, v) in &self.release.manifest.run.env {
-            set(k, v.into());
+        let creds = spawn::credentials(&self.release)?;
+        if creds.is_none()
+            && let Some(user) = &self.release.manifest.run.user
+            && !process::is_root()
+        {
+            self.log.event(&format!(
+                "running as the current user: run.user `{user}` applies only when started as root"
+            ));
         }
-        set("SHIPJAR_SERVICE", layout.name().into());
-        set("SHIPJAR_RELEASE", self.release.manifest.id.clone().into());
-        set("SHIPJAR_RELEASE_DIR", dir.clone().into_os_string());
-        set("SHIPJAR_CONFIG_DIR", dir.join("config").into_os_string());
-        set("SHIPJAR_SHARED_DIR", layout.shared_dir().into_os_string());
-        set("SHIPJAR_LOG_DIR", layout.log_dir().into_os_string());
-        env
+        let (stdout, stderr) = self
+            .log
+            .service_stdio()
+            .map_err(|e| format!("cannot hand the log pipe to the service: {e}"))?;
+        spawn::spawn(self.layout, &self.release, creds.as_ref(), stdout, stderr)
     }
 
     fn save(&mut self) {
         self.state.updated_at = logfile::now_rfc3339();
         let path = self.layout.supervisor_state();
         if let Err(e) = state::write_state(&path, &self.state) {
-            self.events
+            self.log
                 .event(&format!("cannot write {}: {e}", path.display()));
         }
     }
@@ -489,7 +551,7 @@ impl<'a> Supervisor<'a> {
     fn remove_pidfile(&mut self) {
         let path = self.layout.pidfile();
         if let Err(e) = state::remove_if_present(&path) {
-            self.events
+            self.log
                 .event(&format!("cannot remove {}: {e}", path.display()));
         }
     }
@@ -503,6 +565,28 @@ fn after_sigterm(exit: Option<ExitInfo>) -> String {
         Some(exit) => exit.to_string(),
         None => "ended after SIGTERM".to_string(),
     }
+}
+
+/// Opens the rotating log and starts the thread that drains the service's
+/// output into it. Our own stderr goes into the pipe too, so anything we
+/// print (a panic) lands in the log, in order.
+fn open_log(layout: &Layout, release: &Release) -> Result<LogPipe, String> {
+    let spec = &release.manifest.logs;
+    let rotation = Rotation {
+        max_size: spec.max_size,
+        keep: spec.keep,
+        compress: spec.compress,
+    };
+    let path = layout.log_file();
+    let file = RotatingFile::open(&path, rotation, None)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let log = LogPipe::start(file, false).map_err(|e| format!("cannot start the log pipe: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto fd 2, which we own as our stderr.
+    unsafe {
+        libc::dup2(log.service_fd().as_raw_fd(), libc::STDERR_FILENO);
+    }
+    Ok(log)
 }
 
 /// Takes the supervisor lock without waiting: held means another supervisor lives.

@@ -1,0 +1,421 @@
+//! A service under a temporary host root, driven through the real
+//! `shipjar service` commands: hand-made releases (shell, python, or the
+//! `examples/hello` JVM), and clean-up of every process a test learned about.
+//!
+//! Every test owns a [`Host`] whose `Drop` stops the service and, as a last
+//! resort, SIGKILLs the processes named in its pidfile and state file (only
+//! while they still have the start time seen), so a failing test leaves
+//! nothing running.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The shipjar binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_shipjar");
+
+/// Longest any single shipjar invocation may take in these tests.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+/// A port nobody listens on (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Start time of `pid` (field 22 of /proc/PID/stat), `None` if gone or a zombie.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+pub fn alive(pid: i32) -> bool {
+    start_ticks(pid).is_some()
+}
+
+/// Waits until `cond` holds, at most `limit`.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion, killing it after [`COMMAND_LIMIT`].
+pub fn run_limited(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn shipjar");
+    let until = Instant::now() + COMMAND_LIMIT;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shipjar did not finish within {COMMAND_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+/// Release settings for one test.
+pub struct Spec {
+    /// `run.argv`.
+    pub argv: Vec<String>,
+    /// `run.env` (besides `FROM_RELEASE`).
+    pub env: Vec<(String, String)>,
+    /// `health.check`.
+    pub health: Value,
+    /// `health.start_timeout_ms`.
+    pub start_timeout_ms: u64,
+    /// `stop.timeout_ms`.
+    pub stop_timeout_ms: u64,
+    /// `run.user`.
+    pub user: Option<String>,
+    /// Extra top-level manifest keys (`restart`, `logs`, …), merged over the base.
+    pub extra: Value,
+}
+
+impl Spec {
+    /// python's http.server on `port`.
+    pub fn http_server(port: u16) -> Spec {
+        Spec {
+            argv: python_http(port),
+            health: json!({"kind": "http", "url": format!("http://127.0.0.1:{port}/")}),
+            start_timeout_ms: 10_000,
+            stop_timeout_ms: 5_000,
+            user: None,
+            env: Vec::new(),
+            extra: json!({}),
+        }
+    }
+
+    /// `sh -c SCRIPT`.
+    pub fn shell(script: &str, health: Value, start_timeout_ms: u64) -> Spec {
+        Spec {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            health,
+            start_timeout_ms,
+            stop_timeout_ms: 5_000,
+            user: None,
+            env: Vec::new(),
+            extra: json!({}),
+        }
+    }
+}
+
+/// Extra JVM options that make the example start fast.
+pub const HELLO_JAVA_OPTS: [&str; 3] = ["-Xmx64m", "-XX:TieredStopAtLevel=1", "-Xshare:auto"];
+
+impl Spec {
+    /// The `examples/hello` JVM on `port`, healthy on `/health`, with extra
+    /// environment knobs (`CRASH_AFTER_S`, `IGNORE_SIGTERM`, …).
+    pub fn hello(port: u16, knobs: &[(&str, &str)]) -> Spec {
+        let mut argv = vec!["java".to_string()];
+        argv.extend(HELLO_JAVA_OPTS.iter().map(|s| s.to_string()));
+        argv.push("-jar".into());
+        argv.push(super::hello_jar().to_string_lossy().into_owned());
+        let mut env = vec![
+            ("PORT".to_string(), port.to_string()),
+            ("BIND".to_string(), "127.0.0.1".to_string()),
+        ];
+        env.extend(knobs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Spec {
+            argv,
+            env,
+            health: json!({"kind": "http", "url": format!("http://127.0.0.1:{port}/health")}),
+            start_timeout_ms: 20_000,
+            stop_timeout_ms: 5_000,
+            user: None,
+            extra: json!({}),
+        }
+    }
+}
+
+impl Spec {
+    /// Runs `argv` directly.
+    pub fn argv(argv: Vec<String>, health: Value, start_timeout_ms: u64) -> Spec {
+        Spec {
+            argv,
+            ..Spec::shell("", health, start_timeout_ms)
+        }
+    }
+}
+
+/// python's http.server on 127.0.0.1:`port`.
+pub fn python_http(port: u16) -> Vec<String> {
+    [
+        "python3",
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// One service under a temporary host root.
+pub struct Host {
+    dir: tempfile::TempDir,
+    name: String,
+    /// (pid, start ticks) of every process this test learned about, for the last-resort kill.
+    seen: std::cell::RefCell<Vec<(i32, u64)>>,
+}
+
+impl Host {
+    pub fn new(name: &str) -> Host {
+        Host {
+            dir: tempfile::tempdir().expect("tempdir"),
+            name: name.to_string(),
+            seen: Default::default(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn lib(&self) -> PathBuf {
+        self.root().join("var/lib").join(&self.name)
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.root().join("run").join(&self.name)
+    }
+
+    pub fn pidfile(&self) -> PathBuf {
+        self.run_dir().join(format!("{}.pid", self.name))
+    }
+
+    pub fn log(&self) -> String {
+        let path = self
+            .root()
+            .join("var/log")
+            .join(&self.name)
+            .join(format!("{}.log", self.name));
+        fs::read(path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Writes `releases/<id>/RELEASE` and points `current` at it.
+    pub fn release(&self, id: &str, spec: &Spec) -> PathBuf {
+        let dir = self.lib().join("releases").join(id);
+        fs::create_dir_all(dir.join("config")).expect("release dir");
+        fs::write(
+            dir.join("config/service.properties"),
+            format!("version=1.0.0\nrelease={id}\n"),
+        )
+        .expect("service.properties");
+        let mut env = serde_json::Map::new();
+        env.insert("FROM_RELEASE".into(), id.into());
+        for (k, v) in &spec.env {
+            env.insert(k.clone(), v.clone().into());
+        }
+        let mut manifest = json!({
+            "format": 1,
+            "id": id,
+            "service": self.name,
+            "version": "1.0.0",
+            "artifact_sha256": "0".repeat(64),
+            "jar": format!("{}.jar", self.name),
+            "git_commit": null,
+            "build_time": "2026-01-01T00:00:00Z",
+            "deployed_at": "2026-01-01T00:00:00Z",
+            "deployer": "test@localhost",
+            "stage": "local",
+            "host": "local",
+            "run": {"argv": spec.argv, "env": env, "user": spec.user},
+            "health": {
+                "check": spec.health,
+                "start_timeout_ms": spec.start_timeout_ms,
+                "interval_ms": 1000
+            },
+            "version_check": null,
+            "stop": {"timeout_ms": spec.stop_timeout_ms},
+            "files": []
+        });
+        if let (Some(base), Some(extra)) = (manifest.as_object_mut(), spec.extra.as_object()) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        fs::write(
+            dir.join("RELEASE"),
+            serde_json::to_vec_pretty(&manifest).expect("json"),
+        )
+        .expect("write RELEASE");
+        let link = self.lib().join("current");
+        let tmp = self.lib().join("current.tmp");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(format!("releases/{id}"), &tmp).expect("symlink");
+        fs::rename(&tmp, &link).expect("switch current");
+        dir
+    }
+
+    pub fn command(&self, verb: &str, json: bool) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["service", verb, &self.name, "--root"])
+            .arg(self.root());
+        if json {
+            cmd.arg("--json");
+        }
+        cmd
+    }
+
+    pub fn run(&self, verb: &str, json: bool) -> Output {
+        let out = run_limited(self.command(verb, json));
+        self.remember();
+        out
+    }
+
+    pub fn start(&self) -> Output {
+        self.run("start", false)
+    }
+
+    pub fn status_json(&self) -> (i32, Value) {
+        let out = self.run("status", true);
+        let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        (code(&out), value)
+    }
+
+    /// The service pid from the pidfile.
+    pub fn service_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.pidfile())
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The log's lines written by the supervisor (`[shipjar] …`), without timestamps.
+    pub fn events(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once(" [shipjar] ").map(|(_, e)| e.to_string()))
+            .collect()
+    }
+
+    /// Supervisor events with their timestamps.
+    pub fn timed_events(&self) -> Vec<(std::time::SystemTime, String)> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let (time, event) = l.split_once(" [shipjar] ")?;
+                let time = humantime::parse_rfc3339(time).ok()?;
+                Some((time, event.to_string()))
+            })
+            .collect()
+    }
+
+    /// Reads a pid a test service wrote about itself, and tracks it for cleanup.
+    pub fn marker_pid(&self, path: &Path) -> i32 {
+        let pid = fs::read_to_string(path)
+            .expect("marker file")
+            .trim()
+            .parse()
+            .expect("pid in marker file");
+        self.track(pid);
+        pid
+    }
+
+    /// Remembers `pid` (with its start time) for the last-resort kill.
+    pub fn track(&self, pid: i32) {
+        if let Some(ticks) = start_ticks(pid) {
+            let mut seen = self.seen.borrow_mut();
+            if !seen.contains(&(pid, ticks)) {
+                seen.push((pid, ticks));
+            }
+        }
+    }
+
+    /// Records the processes the pidfile and state file name, while they are ours.
+    pub fn remember(&self) {
+        let mut pids = Vec::new();
+        if let Some(pid) = self.service_pid() {
+            pids.push(pid);
+        }
+        if let Ok(text) = fs::read_to_string(self.run_dir().join("supervisor.json"))
+            && let Ok(state) = serde_json::from_str::<Value>(&text)
+        {
+            for key in ["supervisor", "service"] {
+                if let Some(pid) = state[key]["pid"].as_i64() {
+                    pids.push(pid as i32);
+                }
+            }
+        }
+        for pid in pids {
+            self.track(pid);
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // The polite way first; it also proves stop works after a failure.
+        let _ = run_limited(self.command("stop", false));
+        for &(pid, ticks) in self.seen.borrow().iter() {
+            // Only a process that still has the start time we saw is ours.
+            if start_ticks(pid) == Some(ticks) {
+                // SAFETY: plain kill(2) on pids this test started.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// A helper process the test starts itself, killed on drop.
+pub struct Helper(pub Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests of the host supervisor with real processes, mostly the
+//! `examples/hello` JVM and its fault knobs: crash restarts, log capture,
+//! graceful stop, readiness, privileges, foreground mode, init integration.
+//! One test binary, so the example jar is built once.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod logs;
+mod restart;
