@@ -46,9 +46,16 @@ pub fn redact(text: &str) -> String {
     out
 }
 
-/// Prints an error to stderr (masked); as JSON with `--json`.
-pub fn print_error(err: &Error) {
+/// Prints an error to stderr (masked); with `--json` also as a result object on stdout.
+pub fn print_error(err: &Error, json: bool) {
     eprintln!("error: {}", redact(&err.to_string()));
+    if json {
+        let value = json!({
+            "event": "result", "ok": false, "error": err.message,
+            "hints": err.hints, "exit_code": err.exit_code(),
+        });
+        println!("{}", redact(&value.to_string()));
+    }
 }
 
 /// Progress and results of one operator command.
