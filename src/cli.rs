@@ -32,6 +32,8 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a starting shipjar.toml for the service in this directory.
+    Init(InitArgs),
     /// Check the project file and render every config file for a stage, changing nothing.
     Check(StageArgs),
     /// Install the agent and create the service user, directories and init integration on each host.
@@ -63,6 +65,14 @@ pub enum Command {
 pub struct StageArgs {
     /// Stage from `[stages.NAME]`; `local` is built in.
     pub stage: String,
+}
+
+/// `shipjar init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Service name (default: from the directory name).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// How to reach a stage's hosts.

@@ -4,6 +4,7 @@ pub mod build;
 pub mod config;
 pub mod deploy;
 pub mod fleet;
+pub mod init;
 pub mod inspect;
 pub mod output;
 pub mod plan;
@@ -23,6 +24,11 @@ use output::Reporter;
 /// Runs an operator command.
 pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
     let reporter = Reporter::new(json);
+    if let Command::Init(args) = &command {
+        let text = init::init(config, args.name.as_deref())?;
+        reporter.result(&serde_json::json!({"ok": true, "file": config}), &text);
+        return Ok(0);
+    }
     let project = Project::load(config)?;
     match command {
         Command::Check(args) => check(&project, &args, &reporter),
@@ -44,8 +50,8 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         Command::Releases(args) => inspect::releases(&project, &args, &reporter),
         Command::Logs(args) => inspect::logs(&project, &args, &reporter),
         Command::Unlock(args) => deploy::unlock(&project, &args.stage, &args.fleet, &reporter),
-        Command::Service(_) | Command::Agent(_) => {
-            unreachable!("host-side commands are dispatched earlier")
+        Command::Init(_) | Command::Service(_) | Command::Agent(_) => {
+            unreachable!("dispatched earlier")
         }
     }
 }
