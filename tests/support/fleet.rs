@@ -166,7 +166,8 @@ impl Fleet {
                 }
             })
             .collect();
-        let fleet = Fleet {
+        // From here on a panic drops `fleet`, which tears down what exists.
+        let mut fleet = Fleet {
             k,
             switch: format!("{prefix}-switch"),
             prefix,
@@ -176,8 +177,6 @@ impl Fleet {
             dir,
             hosts,
         };
-        // From here on a panic drops `fleet`, which tears down what exists.
-        let mut fleet = fleet;
         if let Err(e) = fleet.bring_up() {
             panic!(
                 "fleet {}: bringing up {n} hosts failed: {e}\n{}",
