@@ -68,6 +68,28 @@ fn each_host_answers_with_its_own_name() {
         let addrs = ssh_ok(&f, &host, "ip -4 -o addr show dev eth0");
         assert!(addrs.contains(&format!("{}/24", f.ip(&host))), "{addrs}");
     }
+    // What deploying a JVM service to a host takes works there: a terminal,
+    // the machine's JDK, installing to /usr/local/bin.
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(f.ssh_config())
+        .args(["-tt", "app1", "tty"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh");
+    assert!(stdout(&out).starts_with("/dev/pts/"), "{}", text(&out));
+    if Path::new("/usr/bin/java").exists() {
+        let version = ssh_ok(&f, "app1", "java -version 2>&1");
+        assert!(version.contains("version"), "{version}");
+    }
+    ssh_ok(
+        &f,
+        "app1",
+        "install -m 0755 /bin/true /usr/local/bin/sjf-true",
+    );
+    assert_eq!(ssh_ok(&f, "app1", "sjf-true && echo ok"), "ok");
+    assert!(!Path::new("/usr/local/bin/sjf-true").exists());
+
     // Reached the strict way only.
     let config = fs::read_to_string(f.ssh_config()).expect("read ssh_config");
     assert!(config.contains("StrictHostKeyChecking yes"), "{config}");

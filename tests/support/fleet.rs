@@ -137,6 +137,11 @@ impl Fleet {
             (1..=250).contains(&n),
             "Fleet::new({n}): a fleet has 1 to 250 hosts"
         );
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "Fleet::new needs root (network namespaces, mounts); \
+             start the test with `if !require_root() {{ return; }}`"
+        );
         check_tools();
         let started = Instant::now();
         let (k, dir) = match locked(|| {
@@ -161,7 +166,8 @@ impl Fleet {
                 }
             })
             .collect();
-        let fleet = Fleet {
+        // From here on a panic drops `fleet`, which tears down what exists.
+        let mut fleet = Fleet {
             k,
             switch: format!("{prefix}-switch"),
             prefix,
@@ -171,8 +177,6 @@ impl Fleet {
             dir,
             hosts,
         };
-        // From here on a panic drops `fleet`, which tears down what exists.
-        let mut fleet = fleet;
         if let Err(e) = fleet.bring_up() {
             panic!(
                 "fleet {}: bringing up {n} hosts failed: {e}\n{}",
@@ -803,10 +807,12 @@ fn locked<T>(f: impl FnOnce() -> T) -> T {
 /// /tmp is world-writable: refuse a /tmp/sjf that someone else made.
 fn ensure_base() {
     let base = Path::new(BASE);
-    if let Err(e) = fs::create_dir(base)
-        && e.kind() != std::io::ErrorKind::AlreadyExists
-    {
-        panic!("fleet: create {BASE}: {e}");
+    match fs::create_dir(base) {
+        // Whatever the umask.
+        Ok(()) => fs::set_permissions(base, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("fleet: chmod {BASE}: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("fleet: create {BASE}: {e}"),
     }
     let meta = fs::symlink_metadata(base).unwrap_or_else(|e| panic!("fleet: stat {BASE}: {e}"));
     assert!(
