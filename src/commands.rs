@@ -40,7 +40,12 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                 if json {
                     print_json(&report);
                 } else if report.was_running {
-                    println!("stopped: {} ({} ms)", report.how, report.took_ms);
+                    let dump = if report.thread_dump {
+                        "; a thread dump is in the service log"
+                    } else {
+                        ""
+                    };
+                    println!("stopped: {} ({} ms{dump})", report.how, report.took_ms);
                 } else {
                     println!("not running");
                 }

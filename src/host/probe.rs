@@ -16,9 +16,9 @@ pub struct HttpAnswer {
 /// Most of a body we keep; health and version answers are tiny.
 const MAX_BODY: u64 = 64 * 1024;
 
-/// GETs `url` with an overall timeout; any status code is an answer.
-pub fn http_get(url: &str, timeout: Duration) -> Result<HttpAnswer, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+/// An agent for one probe against this host.
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         // A status is an answer for the caller to judge, not an error.
         .http_status_as_error(false)
@@ -28,8 +28,12 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<HttpAnswer, String> {
         // route them elsewhere.
         .proxy(None)
         .build()
-        .into();
-    let response = agent.get(url).call().map_err(|e| e.to_string())?;
+        .into()
+}
+
+/// GETs `url` with an overall timeout; any status code is an answer.
+pub fn http_get(url: &str, timeout: Duration) -> Result<HttpAnswer, String> {
+    let response = agent(timeout).get(url).call().map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let mut body = Vec::new();
     response
@@ -42,6 +46,15 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<HttpAnswer, String> {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// POSTs an empty body to `url` with an overall timeout; returns the status.
+pub fn http_post(url: &str, timeout: Duration) -> Result<u16, String> {
+    let response = agent(timeout)
+        .post(url)
+        .send_empty()
+        .map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
 }
 
 /// Connects to 127.0.0.1:`port` within `timeout`.
@@ -127,6 +140,27 @@ mod tests {
         assert!(result.is_err());
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(listener);
+    }
+
+    #[test]
+    fn post_sends_an_empty_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let n = conn.read(&mut buf).expect("read");
+            let _ = conn.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let status = http_post(
+            &format!("http://127.0.0.1:{port}/drain"),
+            Duration::from_secs(2),
+        )
+        .expect("answer");
+        assert_eq!(status, 202);
+        let request = seen.join().expect("server");
+        assert!(request.starts_with("POST /drain HTTP/1.1\r\n"), "{request}");
     }
 
     #[test]

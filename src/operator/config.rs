@@ -150,14 +150,31 @@ pub struct Stop {
     /// SIGTERM, wait this long, then SIGKILL.
     #[serde(default = "default_stop_timeout")]
     pub timeout: Millis,
+    /// SIGQUIT at half the timeout for a thread dump; default: on for `jar` services.
+    pub thread_dump: Option<bool>,
+    /// POSTed (empty body) before SIGTERM, to drain the service.
+    pub hook_url: Option<Spanned<String>>,
+    /// Run before SIGTERM instead of `hook_url`; each element is a template.
+    pub hook_command: Option<Spanned<Vec<String>>>,
+    /// Longest the hook may take.
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout: Millis,
 }
 
 impl Default for Stop {
     fn default() -> Self {
         Stop {
             timeout: default_stop_timeout(),
+            thread_dump: None,
+            hook_url: None,
+            hook_command: None,
+            hook_timeout: default_hook_timeout(),
         }
     }
+}
+
+fn default_hook_timeout() -> Millis {
+    Millis(10_000)
 }
 
 fn default_stop_timeout() -> Millis {
@@ -788,6 +805,28 @@ impl Project {
                 "must not be shorter than `initial_delay`",
             ));
         }
+        let stop = &self.config.stop;
+        if let (Some(url), Some(_)) = (&stop.hook_url, &stop.hook_command) {
+            return Err(self.error_at(
+                url.span(),
+                "stop",
+                "set either `hook_url` or `hook_command`, not both",
+            ));
+        }
+        if let Some(url) = &stop.hook_url
+            && !url.get_ref().starts_with("http://")
+        {
+            return Err(self.error_at(
+                url.span(),
+                "stop.hook_url",
+                "expected an http:// URL on this host, e.g. \"http://127.0.0.1:8080/drain\"",
+            ));
+        }
+        if let Some(cmd) = &stop.hook_command
+            && cmd.get_ref().is_empty()
+        {
+            return Err(self.error_at(cmd.span(), "stop.hook_command", "must not be empty"));
+        }
         if *self.config.logs.keep.get_ref() == 0 {
             return Err(self.error_at(
                 self.config.logs.keep.span(),
@@ -1256,6 +1295,30 @@ mod tests {
         );
         let err = load(&format!("{MINIMAL}[logs]\nkeep = 0\n")).unwrap_err();
         assert!(err.message.contains("logs.keep"), "{}", err.message);
+    }
+
+    #[test]
+    fn stop_hook_is_a_url_or_a_command() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.stop.hook_timeout, Millis(10_000));
+        assert_eq!(project.config.stop.thread_dump, None);
+        let project = load(&format!(
+            "{MINIMAL}[stop]\nhook_command = [\"bin/drain\"]\nthread_dump = false\n"
+        ))
+        .unwrap();
+        assert_eq!(project.config.stop.thread_dump, Some(false));
+        let err = load(&format!(
+            "{MINIMAL}[stop]\nhook_url = \"http://x/\"\nhook_command = [\"y\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("not both"), "{}", err.message);
+        let err = load(&format!("{MINIMAL}[stop]\nhook_url = \"https://x/\"\n")).unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:5:12: key `stop.hook_url`"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

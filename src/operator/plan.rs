@@ -17,7 +17,7 @@ use crate::operator::render::{
 use crate::protocol::FileContent;
 use crate::protocol::manifest::{
     HealthCheck, HealthSpec, LogSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, RestartSpec,
-    RunSpec, StopSpec, VersionCheckSpec,
+    RunSpec, StopHook, StopSpec, VersionCheckSpec,
 };
 
 /// Inputs of one deploy that do not come from the project file.
@@ -146,6 +146,7 @@ fn plan_host(
         ),
     );
 
+    let stop = stop_spec(config, &public_vars)?;
     let manifest_base = |files: Vec<ManifestFile>, run: RunSpec| ReleaseManifest {
         format: MANIFEST_FORMAT,
         id: inputs.release_id.clone(),
@@ -179,9 +180,7 @@ fn plan_host(
             url: v.url.clone(),
             key: v.key.clone(),
         }),
-        stop: StopSpec {
-            timeout_ms: config.stop.timeout.0,
-        },
+        stop,
         files,
         restart: restart_spec(config),
         logs: LogSpec {
@@ -239,6 +238,43 @@ fn plan_host(
     })
 }
 
+/// The `[stop]` settings; a hook command is rendered like `[service] command`.
+fn stop_spec(config: &Config, vars: &Vars) -> Result<StopSpec> {
+    let stop = &config.stop;
+    let hook = match (&stop.hook_url, &stop.hook_command) {
+        (Some(url), _) => Some(StopHook::Http {
+            url: url.get_ref().clone(),
+        }),
+        (None, Some(argv)) => Some(StopHook::Command {
+            argv: argv
+                .get_ref()
+                .iter()
+                .map(|a| render_public(vars, "[stop] hook_command", a))
+                .collect::<Result<_>>()?,
+        }),
+        (None, None) => None,
+    };
+    Ok(StopSpec {
+        timeout_ms: stop.timeout.0,
+        // A JVM prints a thread dump on SIGQUIT; most other programs die of it.
+        thread_dump: stop.thread_dump.unwrap_or(config.service.jar.is_some()),
+        hook,
+        hook_timeout_ms: stop.hook_timeout.0,
+    })
+}
+
+/// Renders a value that ends up in argv or the environment, where secrets
+/// are refused: both are visible to every user of the host through /proc.
+fn render_public(vars: &Vars, what: &str, text: &str) -> Result<String> {
+    let out = render::render(what, text, vars)?;
+    match find_placeholder(&out) {
+        Some(secret) => Err(Error::config(format!(
+            "{what} uses secrets.{secret}: secrets may only go into [[config]] files marked `secret = true`"
+        ))),
+        None => Ok(out),
+    }
+}
+
 /// The `[restart]` policy as the supervisor reads it.
 fn restart_spec(config: &Config) -> RestartSpec {
     let r = &config.restart;
@@ -262,15 +298,7 @@ fn run_spec(
     vars: &Vars,
 ) -> Result<RunSpec> {
     let service = &config.service;
-    let render_arg = |what: &str, text: &str| -> Result<String> {
-        let out = render::render(what, text, vars)?;
-        match find_placeholder(&out) {
-            Some(secret) => Err(Error::config(format!(
-                "{what} uses secrets.{secret}: secrets may only go into [[config]] files marked `secret = true`"
-            ))),
-            None => Ok(out),
-        }
-    };
+    let render_arg = |what: &str, text: &str| render_public(vars, what, text);
     let argv = match (&service.command, &service.jar) {
         (Some(command), _) => command
             .get_ref()
@@ -516,6 +544,45 @@ secrets = { db_password = { env = "PW" } }
         assert_eq!(r.initial_delay_ms, 250);
         assert_eq!(r.max_failures, 3);
         assert_eq!(r.max_delay_ms, 60_000);
+    }
+
+    #[test]
+    fn stop_settings_reach_the_manifest() {
+        let (mut config, stage, build, inputs) = fixtures();
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        let stop = &plan.hosts[0].manifest.stop;
+        assert!(stop.thread_dump, "on by default for a jar");
+        assert_eq!(stop.hook, None);
+        assert_eq!(stop.hook_timeout_ms, 10_000);
+
+        config.stop.hook_command = Some(toml::Spanned::new(
+            0..0,
+            vec!["{{ release_dir }}/drain".into(), "--{{ stage }}".into()],
+        ));
+        config.stop.thread_dump = Some(false);
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        let stop = &plan.hosts[0].manifest.stop;
+        assert!(!stop.thread_dump);
+        assert_eq!(
+            stop.hook,
+            Some(StopHook::Command {
+                argv: vec![
+                    "/tmp/r/var/lib/hello/releases/20261126-140000-000/drain".into(),
+                    "--local".into()
+                ]
+            })
+        );
+
+        config.stop.hook_command = Some(toml::Spanned::new(
+            0..0,
+            vec!["drain".into(), "{{ secrets.db_password }}".into()],
+        ));
+        let err = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap_err();
+        assert!(
+            err.message.contains("hook_command uses secrets"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

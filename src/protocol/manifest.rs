@@ -118,6 +118,35 @@ pub struct VersionCheckSpec {
 pub struct StopSpec {
     /// SIGTERM, wait this long, then SIGKILL the process group.
     pub timeout_ms: u64,
+    /// SIGQUIT the main process once at half the timeout (a JVM thread dump).
+    #[serde(default)]
+    pub thread_dump: bool,
+    /// Asked before any signal, to drain the service.
+    #[serde(default)]
+    pub hook: Option<StopHook>,
+    /// Longest the hook may take.
+    #[serde(default = "default_hook_timeout_ms")]
+    pub hook_timeout_ms: u64,
+}
+
+fn default_hook_timeout_ms() -> u64 {
+    10_000
+}
+
+/// What a graceful stop asks before signalling.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StopHook {
+    /// An HTTP POST (empty body) to a URL on the host.
+    Http {
+        /// Full `http://` URL.
+        url: String,
+    },
+    /// A command, run like the service (its user, environment and directory).
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+    },
 }
 
 /// Crash restarts with exponential back-off and a burst limit.

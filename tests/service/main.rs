@@ -8,3 +8,4 @@ mod common;
 
 mod logs;
 mod restart;
+mod stop;

@@ -27,7 +27,8 @@ fn between(a: SystemTime, b: SystemTime) -> Duration {
 #[test]
 fn crash_loop_backs_off_and_ends_failed() {
     let host = Host::new("loop");
-    let mut spec = Spec::hello(free_port(), &[("CRASH_AFTER_S", "1")]);
+    // Two seconds: a loaded machine may take a while to notice it healthy.
+    let mut spec = Spec::hello(free_port(), &[("CRASH_AFTER_S", "2")]);
     spec.extra = policy(300, 4, 60_000);
     host.release("r1", &spec);
     let out = host.start();

@@ -282,6 +282,7 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
     let mut was_running = false;
     let mut how: Option<String> = None;
 
+    let mut ended: Option<state::SupervisorState> = None;
     let mut hung_supervisor = None;
     if let Some(sup) = seen.supervisor {
         was_running = true;
@@ -293,7 +294,8 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
             ))
         })?;
         if wait_gone(sup, timeout + STOP_SLACK) {
-            how = state::read_state(&layout.supervisor_state()).and_then(|s| s.last_exit);
+            ended = state::read_state(&layout.supervisor_state());
+            how = ended.as_ref().and_then(|s| s.last_exit.clone());
         } else {
             hung_supervisor = Some(sup);
         }
@@ -322,16 +324,31 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
         (true, None) => "stopped".to_string(),
         (false, _) => "not running".to_string(),
     };
+    // What the supervisor recorded describes this stop only if it did the stop.
+    let ended = ended.filter(|s| s.stopped_on_request && s.state == Phase::Exited);
     Ok(StopReport {
         was_running,
         how,
         took_ms: began.elapsed().as_millis() as u64,
+        exit_code: ended.as_ref().and_then(|s| s.last_exit_code),
+        signal: ended.as_ref().and_then(|s| s.last_exit_signal.clone()),
+        clean: ended.as_ref().and_then(|s| s.clean_stop),
+        thread_dump: ended.is_some_and(|s| s.thread_dump),
     })
 }
 
+/// The stop timeout, plus the hook's when there is one.
 fn stop_timeout(layout: &Layout, release_dir: Option<&Path>) -> Duration {
     release::running_or_current(layout, release_dir)
-        .map(|r| Duration::from_millis(r.manifest.stop.timeout_ms))
+        .map(|r| {
+            let stop = &r.manifest.stop;
+            let hook = if stop.hook.is_some() {
+                stop.hook_timeout_ms
+            } else {
+                0
+            };
+            Duration::from_millis(stop.timeout_ms + hook)
+        })
         .unwrap_or(DEFAULT_STOP_TIMEOUT)
 }
 

@@ -1,15 +1,21 @@
 //! The service's stdout and stderr go into a pipe the supervisor owns; one
 //! thread drains it into the rotating log, so rotation loses nothing and a
-//! slow disk makes the service wait rather than drop lines. Supervisor events
-//! reach the same thread through a second pipe and are written between whole
-//! lines of the service's output, after everything the service wrote before
-//! the event happened.
+//! slow disk makes the service wait rather than drop lines.
+//!
+//! Supervisor events land exactly where they happened in the service's
+//! output: each event is stamped with the pipe position at that moment (bytes
+//! the log thread has read plus bytes still in the pipe, taken under the lock
+//! the log thread reads under), and the log thread writes it once it has
+//! written the service's bytes up to that position — nothing the service
+//! wrote later. Events go between whole lines: a line in progress is finished
+//! after the event.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,17 +32,47 @@ const PARTIAL_LINE_WAIT_MS: libc::c_int = 200;
 /// A partial line this long is written out as it is.
 const MAX_PENDING: usize = 64 * 1024;
 
-/// Longest event line; keeps each event one atomic pipe write (PIPE_BUF is 4096).
+/// Bytes read from the pipe per step.
+const READ_SIZE: usize = 64 * 1024;
+
+/// Longest event line.
 const MAX_EVENT: usize = 4000;
 
-/// Control messages on the event pipe start with a NUL, which no event has.
-const SYNC: &[u8] = b"\0sync\n";
-const QUIT: &[u8] = b"\0quit\n";
+/// Events queued beyond this (a log thread stuck on a hung disk) are dropped.
+const MAX_QUEUED: usize = 1000;
+
+/// What the supervisor tells the log thread.
+enum Message {
+    /// A formatted event line.
+    Event(String),
+    /// Answer on the ack channel once everything before is written.
+    Sync,
+    /// Write everything before, answer, and end.
+    Quit,
+}
+
+/// State shared by the supervisor and the log thread.
+struct Shared {
+    /// The pipe's read end: read by the log thread, measured by both.
+    service_r: File,
+    /// Under this lock the log thread reads (and counts) and the supervisor
+    /// stamps and queues: a stamp is then exact.
+    queue: Mutex<Queue>,
+}
+
+struct Queue {
+    /// Bytes the log thread has read from the pipe so far.
+    consumed: u64,
+    /// Messages with the pipe position they belong at.
+    messages: Vec<(u64, Message)>,
+}
 
 /// The pipe, the thread draining it, and the way to talk to that thread.
 pub struct LogPipe {
+    shared: Arc<Shared>,
     service_w: OwnedFd,
-    events_w: File,
+    /// One byte here wakes the log thread.
+    wake_w: File,
     acks: Receiver<()>,
     thread: Option<JoinHandle<()>>,
     echo: bool,
@@ -52,11 +88,18 @@ impl LogPipe {
         unsafe {
             libc::fcntl(service_w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
         }
-        let (events_r, events_w) = pipe(libc::O_NONBLOCK)?;
+        let (wake_r, wake_w) = pipe(libc::O_NONBLOCK)?;
         let (ack_tx, acks) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            service_r: File::from(service_r),
+            queue: Mutex::new(Queue {
+                consumed: 0,
+                messages: Vec::new(),
+            }),
+        });
         let mut drain = Drain {
-            service: File::from(service_r),
-            events: File::from(events_r),
+            shared: Arc::clone(&shared),
+            wake_r: File::from(wake_r),
             out: Output {
                 file,
                 pending: Vec::new(),
@@ -65,14 +108,16 @@ impl LogPipe {
                 last_error: None,
             },
             acks: ack_tx,
+            waiting: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("log".into())
             .stack_size(128 * 1024)
             .spawn(move || drain.run())?;
         Ok(LogPipe {
+            shared,
             service_w,
-            events_w: File::from(events_w),
+            wake_w: File::from(wake_w),
             acks,
             thread: Some(thread),
             echo,
@@ -92,7 +137,8 @@ impl LogPipe {
         self.service_w.as_fd()
     }
 
-    /// Logs `2026-11-26T14:03:01.123Z [shipjar] MESSAGE`.
+    /// Logs `2026-11-26T14:03:01.123Z [shipjar] MESSAGE` at this point of
+    /// the service's output.
     pub fn event(&self, message: &str) {
         let mut line = logfile::format_event(message);
         if line.len() > MAX_EVENT {
@@ -106,32 +152,36 @@ impl LogPipe {
         if self.echo {
             let _ = io::stderr().write_all(line.as_bytes());
         }
-        // Non-blocking: a log thread stuck on a full disk must not stop
-        // supervision; the event is lost then, and only then.
-        let _ = (&self.events_w).write(line.as_bytes());
+        self.send(Message::Event(line));
     }
 
     /// Waits until everything the service wrote so far is in the file.
     pub fn sync(&self, timeout: Duration) -> bool {
         while self.acks.try_recv().is_ok() {}
-        if (&self.events_w).write(SYNC).is_err() {
+        self.send(Message::Sync) && self.acks.recv_timeout(timeout).is_ok()
+    }
+
+    /// Stamps `message` with the pipe position and queues it; false when dropped.
+    fn send(&self, message: Message) -> bool {
+        let Ok(mut queue) = self.shared.queue.lock() else {
+            return false;
+        };
+        if queue.messages.len() >= MAX_QUEUED && matches!(message, Message::Event(_)) {
             return false;
         }
-        self.acks.recv_timeout(timeout).is_ok()
+        let mark = queue.consumed + unread(&self.shared.service_r);
+        queue.messages.push((mark, message));
+        drop(queue);
+        // Non-blocking: when the wake pipe is full, the thread is awake anyway.
+        let _ = (&self.wake_w).write(&[1]);
+        true
     }
 }
 
 impl Drop for LogPipe {
     fn drop(&mut self) {
-        // Blocking for this last message: it must arrive.
-        let fd = self.events_w.as_raw_fd();
-        // SAFETY: fcntl on our own descriptor.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
-        let acked = (&self.events_w).write_all(QUIT).is_ok()
-            && self.acks.recv_timeout(Duration::from_secs(5)).is_ok();
+        let acked =
+            self.send(Message::Quit) && self.acks.recv_timeout(Duration::from_secs(5)).is_ok();
         // Joined only when it answered: a thread stuck on a hung disk must
         // not keep the supervisor from exiting.
         if let Some(thread) = self.thread.take()
@@ -140,6 +190,14 @@ impl Drop for LogPipe {
             let _ = thread.join();
         }
     }
+}
+
+/// Bytes waiting in a pipe (FIONREAD).
+fn unread(pipe: &File) -> u64 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`.
+    let rc = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 { n.max(0) as u64 } else { 0 }
 }
 
 /// `pipe2(O_CLOEXEC | flags)`.
@@ -166,25 +224,26 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 
 /// The log thread's side.
 struct Drain {
-    service: File,
-    events: File,
+    shared: Arc<Shared>,
+    wake_r: File,
     out: Output,
     acks: Sender<()>,
+    /// Messages whose position has not been reached yet, in stamp order.
+    waiting: Vec<(u64, Message)>,
 }
 
 impl Drain {
     fn run(&mut self) {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut events: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; READ_SIZE];
         loop {
             let mut fds = [
                 libc::pollfd {
-                    fd: self.service.as_raw_fd(),
+                    fd: self.shared.service_r.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: self.events.as_raw_fd(),
+                    fd: self.wake_r.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -197,85 +256,83 @@ impl Drain {
             // SAFETY: poll on two valid descriptors in an array we own.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
             if rc < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
+                if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    // Cannot happen with valid descriptors; avoid spinning if it does.
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                // Cannot happen with valid descriptors; avoid spinning if it does.
-                std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
             if rc == 0 {
                 self.out.flush_partial();
                 continue;
             }
-            if fds[0].revents != 0 {
-                self.drain_service(&mut buf, usize::MAX);
+            if fds[1].revents != 0 {
+                let mut sink = [0u8; 64];
+                while matches!((&self.wake_r).read(&mut sink), Ok(n) if n > 0) {}
             }
-            if fds[1].revents != 0 && self.take_events(&mut buf, &mut events) {
+            if self.steps(&mut buf) {
                 return;
             }
         }
     }
 
-    /// Reads what the service wrote, at most `limit` bytes (so a chatty
-    /// service cannot starve events).
-    fn drain_service(&mut self, buf: &mut [u8], limit: usize) {
-        let mut total = 0;
-        while total < limit {
-            match self.service.read(buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    total += n;
-                    self.out.service_bytes(&buf[..n]);
+    /// Reads and writes until the pipe is empty and no message is due;
+    /// true once told to quit.
+    fn steps(&mut self, buf: &mut [u8]) -> bool {
+        loop {
+            let (start, n, mut arrived) = {
+                let mut queue = self.lock();
+                let start = queue.consumed;
+                let n = loop {
+                    match (&self.shared.service_r).read(buf) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break 0,
+                    }
+                };
+                queue.consumed += n as u64;
+                (start, n, std::mem::take(&mut queue.messages))
+            };
+            self.waiting.append(&mut arrived);
+            // Stamps only grow with time, but two stamps taken at once may tie.
+            self.waiting.sort_by_key(|(mark, _)| *mark);
+            let mut at = 0;
+            while let Some((mark, _)) = self.waiting.first() {
+                let offset = mark.saturating_sub(start) as usize;
+                if offset > n {
+                    break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+                self.out.service_bytes(&buf[at..offset.max(at)]);
+                at = offset.max(at);
+                let (_, message) = self.waiting.remove(0);
+                match message {
+                    Message::Event(line) => self.out.event(line.as_bytes()),
+                    Message::Sync => {
+                        self.out.flush_partial();
+                        let _ = self.acks.send(());
+                    }
+                    Message::Quit => {
+                        self.out.service_bytes(&buf[at..n]);
+                        self.out.flush_partial();
+                        self.out.file.finish();
+                        let _ = self.acks.send(());
+                        return true;
+                    }
+                }
+            }
+            self.out.service_bytes(&buf[at..n]);
+            if n == 0 {
+                return false;
             }
         }
     }
 
-    /// Handles the event pipe; true when told to quit.
-    fn take_events(&mut self, buf: &mut [u8], events: &mut Vec<u8>) -> bool {
-        let mut closed = false;
-        loop {
-            match self.events.read(buf) {
-                Ok(0) => {
-                    // The sending side is gone: nothing more will come.
-                    closed = true;
-                    break;
-                }
-                Ok(n) => events.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        // Everything the service wrote before these events were sent is in
-        // the pipe now: write it first. Twice the pipe size bounds the wait.
-        self.drain_service(buf, 2 * PIPE_SIZE as usize);
-        let mut quit = closed;
-        if closed {
-            self.out.flush_partial();
-            self.out.file.finish();
-        }
-        while let Some(end) = events.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = events.drain(..=end).collect();
-            match line.as_slice() {
-                SYNC => {
-                    self.out.flush_partial();
-                    let _ = self.acks.send(());
-                }
-                QUIT => {
-                    self.out.flush_partial();
-                    self.out.file.finish();
-                    quit = true;
-                }
-                event => self.out.event(event),
-            }
-        }
-        if quit {
-            let _ = self.acks.send(());
-        }
-        quit
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock cannot leave the counter half-updated.
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

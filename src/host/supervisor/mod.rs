@@ -15,6 +15,7 @@ mod rotate;
 mod spawn;
 mod state;
 mod status;
+mod stopping;
 mod supervise;
 
 use std::time::Duration;
@@ -45,6 +46,14 @@ pub struct StopReport {
     pub how: String,
     /// Milliseconds the stop took.
     pub took_ms: u64,
+    /// Exit code of the main process, when it exited.
+    pub exit_code: Option<i32>,
+    /// Signal that ended the main process, e.g. "SIGTERM" or "SIGKILL".
+    pub signal: Option<String>,
+    /// Ended on SIGTERM alone with 0, 143 or death by SIGTERM; `None` when unknown.
+    pub clean: Option<bool>,
+    /// A SIGQUIT asked it for a thread dump (look in the log).
+    pub thread_dump: bool,
 }
 
 /// A failed start/stop: what happened, plus the last lines of the service log.

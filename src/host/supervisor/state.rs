@@ -72,6 +72,15 @@ pub struct SupervisorState {
     /// Why the supervisor gave up, once `failed`.
     #[serde(default)]
     pub failed_reason: Option<String>,
+    /// After a stop: whether it ended on SIGTERM alone, with 0, 143 or by SIGTERM.
+    #[serde(default)]
+    pub clean_stop: Option<bool>,
+    /// After a stop: how long it took, hook included.
+    #[serde(default)]
+    pub stop_took_ms: Option<u64>,
+    /// After a stop: a SIGQUIT was sent for a thread dump.
+    #[serde(default)]
+    pub thread_dump: bool,
     /// When the state last changed (RFC 3339, UTC).
     pub updated_at: String,
 }

@@ -17,16 +17,14 @@ use super::backoff::{Backoff, Decision};
 use super::health::{self, Gate};
 use super::logfile;
 use super::logpipe::LogPipe;
-use super::process::{self, ExitInfo, Signals};
+use super::process::{self, Credentials, ExitInfo, Signals};
 use super::procfs::{self, Liveness, ProcessId};
 use super::release::{self, Release};
 use super::rotate::{RotatingFile, Rotation};
 use super::spawn;
 use super::state::{self, Phase, Pidfile, SupervisorState};
+use super::stopping::{self, KILL_WAIT, StopContext};
 use super::{StartReport, SupervisorError, human_duration};
-
-/// How long to wait for a SIGKILLed process to be gone before giving up on it.
-const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// How often the running loop re-checks the child even without a signal;
 /// SIGCHLD is the real trigger, this is a safety net.
@@ -127,6 +125,8 @@ struct Supervisor<'a> {
     release: Release,
     state: SupervisorState,
     backoff: Backoff,
+    /// Who the service runs as, when we drop privileges.
+    creds: Option<Credentials>,
     /// Held for our whole life: proof that a supervisor is alive.
     _lock: File,
 }
@@ -162,7 +162,16 @@ impl<'a> Supervisor<'a> {
         }
 
         let release = release::current(layout)?;
+        let creds = spawn::credentials(&release)?;
         let log = open_log(layout, &release)?;
+        if creds.is_none()
+            && let Some(user) = &release.manifest.run.user
+            && !process::is_root()
+        {
+            log.event(&format!(
+                "running as the current user: run.user `{user}` applies only when started as root"
+            ));
+        }
         let state = SupervisorState {
             boot_id: procfs::boot_id(),
             supervisor: me,
@@ -179,6 +188,9 @@ impl<'a> Supervisor<'a> {
             restarts: 0,
             next_restart_at: None,
             failed_reason: None,
+            clean_stop: None,
+            stop_took_ms: None,
+            thread_dump: false,
             updated_at: logfile::now_rfc3339(),
         };
         let backoff = Backoff::new(&release.manifest.restart);
@@ -189,6 +201,7 @@ impl<'a> Supervisor<'a> {
             release,
             state,
             backoff,
+            creds,
             _lock: lock,
         };
         supervisor.save();
@@ -356,7 +369,7 @@ impl<'a> Supervisor<'a> {
                     self.log
                         .event(&format!("{message}: killing process group {pid} (SIGKILL)"));
                     let _ = process::signal_group(pid, Signal::SIGKILL);
-                    let exit = self.wait_exit(pid, KILL_WAIT);
+                    let exit = stopping::wait_exit(&self.signals, pid, Instant::now() + KILL_WAIT);
                     let how = match exit {
                         Some(exit) => exit.to_string(),
                         None => format!("still alive {} after SIGKILL", human_duration(KILL_WAIT)),
@@ -370,7 +383,7 @@ impl<'a> Supervisor<'a> {
                         "stop requested ({}) while starting",
                         process::signal_name(sig)
                     ));
-                    let how = self.stop_service(&mut child);
+                    let how = self.stop_service(&mut child, false);
                     self.state.stopped_on_request = true;
                     self.save();
                     return Outcome::StoppedWhileStarting(how);
@@ -388,7 +401,7 @@ impl<'a> Supervisor<'a> {
             }
             match self.signals.wait(Some(RECHECK)) {
                 Some(libc::SIGTERM | libc::SIGINT) => {
-                    self.stop_service(&mut child);
+                    self.stop_service(&mut child, true);
                     self.state.stopped_on_request = true;
                     self.save();
                     self.remove_pidfile();
@@ -413,44 +426,25 @@ impl<'a> Supervisor<'a> {
         ready.failed(&message, self.layout);
     }
 
-    /// Stops the service: SIGTERM to its group, SIGKILL after the stop
-    /// timeout. Returns how it ended, also recorded in the state.
-    fn stop_service(&mut self, child: &mut Child) -> String {
+    /// Stops the service gracefully (see [`stopping`]); returns how it
+    /// ended, also recorded in the state. `drain`: run the stop hook first.
+    fn stop_service(&mut self, child: &mut Child, drain: bool) -> String {
         let pid = child.id() as i32;
-        let timeout = Duration::from_millis(self.release.manifest.stop.timeout_ms);
-        let began = Instant::now();
         self.state.state = Phase::Stopping;
         self.save();
-        self.log.event("stopping (SIGTERM)");
-        let _ = process::signal_group(pid, Signal::SIGTERM);
-        let deadline = began + timeout;
-        // The main process first, then the rest of its group: a wrapper
-        // script may exit at once while its JVM is still shutting down.
-        let leader = self.wait_exit(pid, timeout);
-        let how = if leader.is_some() && self.wait_group_empty(pid, deadline) {
-            after_sigterm(leader)
-        } else {
-            self.log.event(&format!(
-                "still running {} after SIGTERM: sending SIGKILL",
-                human_duration(timeout)
-            ));
-            let _ = process::signal_group(pid, Signal::SIGKILL);
-            let stop_timeout = human_duration(timeout);
-            match leader {
-                None => {
-                    self.wait_exit(pid, KILL_WAIT);
-                    format!("killed by SIGKILL after the {stop_timeout} stop timeout")
-                }
-                Some(_) => format!(
-                    "{}; the rest of its process group killed by SIGKILL after the {stop_timeout} stop timeout",
-                    after_sigterm(leader)
-                ),
-            }
+        let ctx = StopContext {
+            layout: self.layout,
+            release: &self.release,
+            creds: self.creds.as_ref(),
+            log: &self.log,
+            signals: &self.signals,
         };
-        let took = began.elapsed().as_millis();
-        self.log.event(&format!("stopped: {how} in {took} ms"));
-        self.finish(child, leader, how.clone());
-        how
+        let ending = stopping::stop(&ctx, pid, drain);
+        self.state.clean_stop = Some(ending.clean);
+        self.state.stop_took_ms = Some(ending.took.as_millis() as u64);
+        self.state.thread_dump = ending.thread_dump;
+        self.finish(child, ending.exit, ending.how.clone());
+        ending.how
     }
 
     /// After the service's main process exited: kill what is left of its
@@ -487,56 +481,18 @@ impl<'a> Supervisor<'a> {
         self.save();
     }
 
-    /// Waits up to `timeout` for child `pid` to exit (without reaping it).
-    fn wait_exit(&self, pid: i32, timeout: Duration) -> Option<ExitInfo> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match process::exited_child(pid) {
-                Ok(Some(exit)) => return Some(exit),
-                Ok(None) => {}
-                // ECHILD: not ours any more (cannot happen unless reaped elsewhere).
-                Err(_) => return None,
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            // Wakes on SIGCHLD; a repeated SIGTERM changes nothing here.
-            self.signals.wait(Some(deadline - now));
-        }
-    }
-
-    /// Waits until no live process is left in group `pgid`, at most until
-    /// `deadline`. Group members are not our children: no signal tells us
-    /// they left, so this polls `/proc`.
-    fn wait_group_empty(&self, pgid: i32, deadline: Instant) -> bool {
-        loop {
-            if procfs::live_group_members(pgid).is_empty() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20).min(deadline - now));
-        }
-    }
-
     fn spawn(&mut self) -> Result<Child, String> {
-        let creds = spawn::credentials(&self.release)?;
-        if creds.is_none()
-            && let Some(user) = &self.release.manifest.run.user
-            && !process::is_root()
-        {
-            self.log.event(&format!(
-                "running as the current user: run.user `{user}` applies only when started as root"
-            ));
-        }
         let (stdout, stderr) = self
             .log
             .service_stdio()
             .map_err(|e| format!("cannot hand the log pipe to the service: {e}"))?;
-        spawn::spawn(self.layout, &self.release, creds.as_ref(), stdout, stderr)
+        spawn::spawn(
+            self.layout,
+            &self.release,
+            self.creds.as_ref(),
+            stdout,
+            stderr,
+        )
     }
 
     fn save(&mut self) {
@@ -554,16 +510,6 @@ impl<'a> Supervisor<'a> {
             self.log
                 .event(&format!("cannot remove {}: {e}", path.display()));
         }
-    }
-}
-
-/// How the main process ended after SIGTERM: "exited 143 after SIGTERM",
-/// "killed by SIGTERM" (it did not handle it).
-fn after_sigterm(exit: Option<ExitInfo>) -> String {
-    match exit {
-        Some(ExitInfo::Code(code)) => format!("exited {code} after SIGTERM"),
-        Some(exit) => exit.to_string(),
-        None => "ended after SIGTERM".to_string(),
     }
 }
 
