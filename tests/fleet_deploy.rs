@@ -263,6 +263,18 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
     assert_eq!(p.served_everywhere(), vec![Some("1.0.1".to_string()); 5]);
     let (code, status) = p.status();
     assert_eq!(code, 0, "{status}");
+
+    // Rolling back the whole fleet uploads nothing and lands on one version.
+    let back = p.run(&["--json", "rollback", "fleet"]);
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    let result = last_json(&back);
+    assert_eq!(result["version"], "1.0.0", "{result}");
+    for host in p.fleet.hosts() {
+        assert_eq!(host_field(&result, &host)["uploaded_bytes"], 0, "{host}");
+    }
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 5]);
+    let releases = p.run(&["releases", "fleet"]);
+    assert_eq!(releases.status.code(), Some(0), "{}", text(&releases));
 }
 
 #[test]
