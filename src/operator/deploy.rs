@@ -201,12 +201,7 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
         plan.hosts.len(),
         if plan.hosts.len() == 1 { "" } else { "s" }
     ));
-    let fleet = Fleet::new(
-        &stage,
-        &project.config.service.name.0,
-        args.fleet.ssh_config.as_deref(),
-        args.fleet.parallel,
-    )?;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let mut runs: Vec<Run> = plan
         .hosts
         .iter()
@@ -227,6 +222,11 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
         &options,
         &mut phases,
         reporter,
+        &|run: &Run| {
+            run.target
+                .clone()
+                .ok_or_else(|| "no release chosen".to_string())
+        },
     );
     finish(
         reporter,
@@ -247,12 +247,7 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
 pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
     let wait = parse_wait(args.wait.as_deref())?;
-    let fleet = Fleet::new(
-        &stage,
-        &project.config.service.name.0,
-        args.fleet.ssh_config.as_deref(),
-        args.fleet.parallel,
-    )?;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let mut runs: Vec<Run> = stage
         .hosts
         .iter()
@@ -261,7 +256,7 @@ pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> 
     let options = RunOptions { wait };
     let mut phases = BTreeMap::new();
     let to = args.to.clone();
-    let stopped = execute_with(
+    let stopped = execute(
         project,
         &stage,
         &fleet,
@@ -327,39 +322,9 @@ fn choose_rollback_target(run: &Run, to: Option<&str>) -> Result<String, String>
     Ok(target.id.clone())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    project: &Project,
-    stage: &ResolvedStage,
-    fleet: &Fleet,
-    runs: &mut [Run],
-    action: Action,
-    build: Option<&BuildManifest>,
-    options: &RunOptions,
-    phases: &mut BTreeMap<&'static str, u64>,
-    reporter: &Reporter,
-) -> Option<String> {
-    execute_with(
-        project,
-        stage,
-        fleet,
-        runs,
-        action,
-        build,
-        options,
-        phases,
-        reporter,
-        &|run: &Run| {
-            run.target
-                .clone()
-                .ok_or_else(|| "no release chosen".to_string())
-        },
-    )
-}
-
 /// The phases of a run; returns why it stopped early, if it did.
 #[allow(clippy::too_many_arguments)]
-fn execute_with(
+fn execute(
     project: &Project,
     stage: &ResolvedStage,
     fleet: &Fleet,
@@ -821,37 +786,19 @@ pub fn unlock(
     reporter: &Reporter,
 ) -> Result<i32> {
     let stage = project.stage(stage_name)?;
-    let fleet = Fleet::new(
-        &stage,
-        &project.config.service.name.0,
-        fleet_args.ssh_config.as_deref(),
-        fleet_args.parallel,
-    )?;
-    let mut rows: Vec<(
-        String,
-        crate::operator::config::HostSpec,
-        Result<Option<String>, String>,
-    )> = stage
-        .hosts
-        .iter()
-        .map(|(h, s)| (h.clone(), s.clone(), Ok(None)))
-        .collect();
-    fleet::each(&mut rows, fleet.parallel, |(host, spec, result)| {
-        *result = fleet
-            .open(host, spec)
-            .map_err(|e| e.message)
-            .and_then(|mut session| {
-                let answer = session
-                    .call(Request::Unlock, &mut |_, _| {})
-                    .map_err(|e| e.message);
-                let _ = session.close();
-                match answer? {
-                    Response::Unlocked { previous } => Ok(previous),
-                    Response::Error(e) => Err(e.message),
-                    other => Err(format!("unexpected answer: {other:?}")),
-                }
-            });
-    });
+    let fleet = Fleet::for_stage(project, &stage, fleet_args)?;
+    let rows: Vec<(String, Result<Option<String>, String>)> =
+        crate::operator::inspect::query_all(&fleet, &stage.hosts, Request::Unlock)
+            .into_iter()
+            .map(|(host, answer)| {
+                let previous = match answer {
+                    Ok(Response::Unlocked { previous }) => Ok(previous),
+                    Ok(other) => Err(format!("unexpected answer: {other:?}")),
+                    Err(e) => Err(e),
+                };
+                (host, previous)
+            })
+            .collect();
     let mut text = String::new();
     #[derive(Serialize)]
     struct Row {
@@ -861,7 +808,7 @@ pub fn unlock(
         error: Option<String>,
     }
     let mut out = Vec::new();
-    for (host, _, result) in rows {
+    for (host, result) in rows {
         match result {
             Ok(Some(previous)) => {
                 text.push_str(&format!("{host}: removed the lock of {previous}\n"));

@@ -106,6 +106,20 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// Prepares to reach `stage`'s hosts with the command line's options.
+    pub fn for_stage(
+        project: &crate::operator::config::Project,
+        stage: &ResolvedStage,
+        args: &crate::cli::FleetArgs,
+    ) -> Result<Fleet> {
+        Fleet::new(
+            stage,
+            &project.config.service.name.0,
+            args.ssh_config.as_deref(),
+            args.parallel,
+        )
+    }
+
     /// Prepares to reach `stage`'s hosts.
     pub fn new(
         stage: &ResolvedStage,

@@ -59,12 +59,7 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
 /// `shipjar status STAGE`: exit 0 only when every host is consistent and healthy.
 pub fn status(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
-    let fleet = Fleet::new(
-        &stage,
-        &project.config.service.name.0,
-        args.fleet.ssh_config.as_deref(),
-        args.fleet.parallel,
-    )?;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let answers = query_all(&fleet, &stage.hosts, Request::Status);
     let mut rows: Vec<HostReport> = answers
         .into_iter()
@@ -203,12 +198,7 @@ fn format_row(row: &HostReport) -> String {
 /// `shipjar releases STAGE`.
 pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
-    let fleet = Fleet::new(
-        &stage,
-        &project.config.service.name.0,
-        args.fleet.ssh_config.as_deref(),
-        args.fleet.parallel,
-    )?;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     #[derive(Serialize)]
     struct HostReleases {
         host: String,

@@ -44,12 +44,7 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
     // Secrets are read so that anything shown (diffs included) masks them.
     crate::operator::render::mask_available_secrets(&stage.secrets);
     let service = &project.config.service.name.0;
-    let fleet = Fleet::new(
-        &stage,
-        service,
-        args.fleet.ssh_config.as_deref(),
-        args.fleet.parallel,
-    )?;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let exe = std::env::current_exe()
         .map_err(|e| Error::failed(format!("cannot find the shipjar binary: {e}")))?;
     let our_sha = sha256_file(&exe)
