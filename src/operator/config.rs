@@ -306,6 +306,9 @@ pub struct Stage {
     /// Where the shipjar binary lives on the hosts.
     #[serde(default = "default_agent_path")]
     pub agent_path: Spanned<String>,
+    /// A shipjar binary to install on the hosts instead of the running one
+    /// (e.g. a static build for another libc); relative to the project.
+    pub agent_binary: Option<PathBuf>,
     /// Rolling deploy: batch size and how many failed hosts a batch tolerates.
     #[serde(default)]
     pub rolling: Rolling,
@@ -927,6 +930,9 @@ impl Project {
                 || default_agent_path().into_inner(),
                 |s| s.agent_path.get_ref().clone(),
             ),
+            agent_binary: declared
+                .and_then(|s| s.agent_binary.as_ref())
+                .map(|p| self.dir.join(p)),
             rolling: declared.map(|s| s.rolling).unwrap_or_default(),
             on_failure: declared.map(|s| s.on_failure).unwrap_or_default(),
             lock_lease_ms,
@@ -975,6 +981,8 @@ pub struct ResolvedStage {
     pub sudo: bool,
     /// The shipjar binary on the hosts.
     pub agent_path: String,
+    /// The binary `provision` installs (default: the running one).
+    pub agent_binary: Option<PathBuf>,
     /// Batching of the switch.
     pub rolling: Rolling,
     /// What to do with earlier batches on failure.

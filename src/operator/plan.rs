@@ -420,6 +420,7 @@ secrets = { db_password = { env = "PW" } }
             ssh_config: None,
             sudo: false,
             agent_path: "/usr/local/bin/shipjar".into(),
+            agent_binary: None,
             rolling: Default::default(),
             on_failure: Default::default(),
             lock_lease_ms: 120_000,

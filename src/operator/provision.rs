@@ -45,8 +45,11 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
     crate::operator::render::mask_available_secrets(&stage.secrets);
     let service = &project.config.service.name.0;
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::failed(format!("cannot find the shipjar binary: {e}")))?;
+    let exe = match &stage.agent_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| Error::failed(format!("cannot find the shipjar binary: {e}")))?,
+    };
     let our_sha = sha256_file(&exe)
         .map_err(|e| Error::failed(format!("cannot hash {}: {e}", exe.display())))?;
     let user = project
