@@ -7,5 +7,7 @@
 mod common;
 
 mod logs;
+mod privileges;
+mod readiness;
 mod restart;
 mod stop;

@@ -6,20 +6,23 @@ use std::time::{Duration, Instant};
 use crate::host::probe;
 use crate::protocol::manifest::HealthCheck;
 
+use super::listener::{self, Holder};
 use super::process::{ExitInfo, Signals, exited_child};
 
 /// First pause between probes: a JVM is rarely up this fast, a small
 /// service often is.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 
-/// Longest pause between probes during start.
-const MAX_PAUSE: Duration = Duration::from_millis(200);
+/// Longest pause between probes during start: readiness is noticed within
+/// this (plus one probe) of the service answering. A refused connect or a
+/// 503 costs well under a millisecond, so polling this often is cheap.
+const MAX_PAUSE: Duration = Duration::from_millis(25);
 
 /// Longest single probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How the gate ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gate {
     /// The check passed this long after the start of the gate.
     Healthy(Duration),
@@ -29,6 +32,8 @@ pub enum Gate {
     TimedOut,
     /// SIGTERM or SIGINT arrived.
     StopRequested(i32),
+    /// The check passed, but what answered is not this start's process.
+    NotOurs(String),
 }
 
 /// One probe, at most `timeout` long.
@@ -56,6 +61,44 @@ pub fn probe_once(check: &HealthCheck, timeout: Duration) -> Result<(), String> 
     }
 }
 
+/// Checks that the socket the check reached belongs to the processes of
+/// this start (the group `leader` leads, or its descendants).
+fn answered_by_us(check: &HealthCheck, leader: i32) -> Result<(), String> {
+    let Some(port) = listener::check_port(check) else {
+        return Ok(());
+    };
+    match listener::holder(port, &listener::service_processes(leader)) {
+        Holder::Ours(_) => Ok(()),
+        Holder::Other(pid, comm) => Err(format!(
+            "port {port} already in use by pid {pid} ({comm}): the health check was answered by it"
+        )),
+        Holder::Unseen => Err(format!(
+            "the health check was answered on port {port} by a process this start did not launch"
+        )),
+        Holder::Nobody => Err(format!(
+            "the health check was answered, but nothing on this host listens on port {port}"
+        )),
+    }
+}
+
+/// Fails when something listens on the check's port before the service is
+/// even started: typically an old instance that never went away.
+pub fn port_free(check: &HealthCheck) -> Result<(), String> {
+    let Some(port) = listener::check_port(check) else {
+        return Ok(());
+    };
+    match listener::holder(port, &[]) {
+        Holder::Nobody => Ok(()),
+        Holder::Other(pid, comm) => {
+            Err(format!("port {port} already in use by pid {pid} ({comm})"))
+        }
+        Holder::Ours(pid) => Err(format!("port {port} already in use by pid {pid}")),
+        Holder::Unseen => Err(format!(
+            "port {port} already in use (by a process not visible to this user)"
+        )),
+    }
+}
+
 /// Waits for child `pid` to become healthy. `spawned` is when it was
 /// spawned, `timeout` the start timeout measured from then.
 pub fn wait_healthy(
@@ -79,10 +122,14 @@ pub fn wait_healthy(
         }
         let probe_timeout = PROBE_TIMEOUT.min(deadline - now);
         if probe_once(check, probe_timeout).is_ok() {
+            let after = spawned.elapsed();
             if let Ok(Some(exit)) = exited_child(pid) {
                 return Gate::Exited(exit);
             }
-            return Gate::Healthy(spawned.elapsed());
+            if let Err(why) = answered_by_us(check, pid) {
+                return Gate::NotOurs(why);
+            }
+            return Gate::Healthy(after);
         }
         let now = Instant::now();
         if now < deadline {

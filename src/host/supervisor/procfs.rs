@@ -32,6 +32,8 @@ pub enum Liveness {
 pub struct Stat {
     /// One-letter state (`R`, `S`, `Z`, …).
     pub state: char,
+    /// Parent pid.
+    pub ppid: i32,
     /// Process group id.
     pub pgrp: i32,
     /// Start time in clock ticks since boot.
@@ -46,11 +48,12 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let mut fields = text.get(close + 1..)?.split_ascii_whitespace();
     // The iterator starts at field 3 (state); field 5 is pgrp, 22 starttime.
     let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
     let start_ticks = fields.nth(22 - 6)?.parse().ok()?;
     Some(Stat {
         state,
+        ppid,
         pgrp,
         start_ticks,
     })
@@ -166,6 +169,7 @@ mod tests {
             "4242 (java) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 30 0 987654 1000 200";
         let s = parse_stat(text).expect("parses");
         assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
         assert_eq!(s.pgrp, 4242);
         assert_eq!(s.start_ticks, 987654);
     }

@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::host::layout::Layout;
-use crate::protocol::manifest::HealthCheck;
 
 use super::backoff::{Backoff, Decision};
 use super::health::{self, Gate};
 use super::logfile;
 use super::logpipe::LogPipe;
+use super::privileges;
 use super::process::{self, Credentials, ExitInfo, Signals};
 use super::procfs::{self, Liveness, ProcessId};
 use super::release::{self, Release};
-use super::rotate::{RotatingFile, Rotation};
+use super::rotate::{Owner, RotatingFile, Rotation};
 use super::spawn;
 use super::state::{self, Phase, Pidfile, SupervisorState};
 use super::stopping::{self, KILL_WAIT, StopContext};
@@ -163,7 +163,11 @@ impl<'a> Supervisor<'a> {
 
         let release = release::current(layout)?;
         let creds = spawn::credentials(&release)?;
-        let log = open_log(layout, &release)?;
+        if let Some(c) = &creds {
+            privileges::check_release(layout, &release.dir, c)?;
+            privileges::prepare_dirs(layout, c)?;
+        }
+        let log = open_log(layout, &release, creds.as_ref())?;
         if creds.is_none()
             && let Some(user) = &release.manifest.run.user
             && !process::is_root()
@@ -305,14 +309,10 @@ impl<'a> Supervisor<'a> {
         self.state.healthy_after_ms = None;
         self.save();
 
-        // Something already answering the check would make a dead service
-        // look healthy (typically an old instance still holding the port).
-        if !matches!(check, HealthCheck::None)
-            && health::probe_once(&check, Duration::from_millis(500)).is_ok()
-        {
-            let message = "the health check passes before the service is started: \
-                           another process answers it"
-                .to_string();
+        // Something already listening there would answer for the service
+        // (typically an old instance that never went away).
+        if let Err(message) = health::port_free(&check) {
+            self.log.event(&message);
             return Outcome::StartFailed(message);
         }
 
@@ -349,6 +349,8 @@ impl<'a> Supervisor<'a> {
                     self.state.healthy_after_ms = Some(ms);
                     self.save();
                     if first {
+                        // `start` returning means the log shows it too.
+                        self.log.sync(LOG_SYNC_WAIT);
                         ready.ready(&StartReport {
                             pid,
                             release: self.state.release.clone(),
@@ -375,6 +377,14 @@ impl<'a> Supervisor<'a> {
                         None => format!("still alive {} after SIGKILL", human_duration(KILL_WAIT)),
                     };
                     self.log.event(&how);
+                    self.finish(&mut child, exit, message.clone());
+                    return Outcome::StartFailed(message);
+                }
+                Gate::NotOurs(message) => {
+                    self.log
+                        .event(&format!("{message}: killing process group {pid} (SIGKILL)"));
+                    let _ = process::signal_group(pid, Signal::SIGKILL);
+                    let exit = stopping::wait_exit(&self.signals, pid, Instant::now() + KILL_WAIT);
                     self.finish(&mut child, exit, message.clone());
                     return Outcome::StartFailed(message);
                 }
@@ -516,7 +526,11 @@ impl<'a> Supervisor<'a> {
 /// Opens the rotating log and starts the thread that drains the service's
 /// output into it. Our own stderr goes into the pipe too, so anything we
 /// print (a panic) lands in the log, in order.
-fn open_log(layout: &Layout, release: &Release) -> Result<LogPipe, String> {
+fn open_log(
+    layout: &Layout,
+    release: &Release,
+    creds: Option<&Credentials>,
+) -> Result<LogPipe, String> {
     let spec = &release.manifest.logs;
     let rotation = Rotation {
         max_size: spec.max_size,
@@ -524,7 +538,12 @@ fn open_log(layout: &Layout, release: &Release) -> Result<LogPipe, String> {
         compress: spec.compress,
     };
     let path = layout.log_file();
-    let file = RotatingFile::open(&path, rotation, None)
+    // Ours, readable by the service's group (root:group 0640 as root).
+    let owner = creds.map(|c| Owner {
+        uid: nix::unistd::Uid::effective().as_raw(),
+        gid: c.gid,
+    });
+    let file = RotatingFile::open(&path, rotation, owner)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let log = LogPipe::start(file, false).map_err(|e| format!("cannot start the log pipe: {e}"))?;
     use std::os::fd::AsRawFd;

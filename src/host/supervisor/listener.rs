@@ -1,0 +1,207 @@
+//! Who holds the listening socket of a port: the kernel's socket tables
+//! (`/proc/net/tcp`, `/proc/net/tcp6`) give the socket inodes in LISTEN
+//! state, and `/proc/PID/fd` says which processes hold them. A health check
+//! only counts when the socket it reached belongs to the processes this
+//! start launched, so an old instance still holding the port cannot make a
+//! new start look healthy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+
+use crate::protocol::manifest::HealthCheck;
+
+use super::procfs;
+
+/// TCP state number of LISTEN in `/proc/net/tcp`.
+const TCP_LISTEN: &str = "0A";
+
+/// Who holds the listening socket of a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// One of the given processes.
+    Ours(i32),
+    /// Another process, with its command name.
+    Other(i32, String),
+    /// A socket listens, but no process we are allowed to look at holds it.
+    Unseen,
+    /// Nothing listens on the port.
+    Nobody,
+}
+
+/// The TCP port a health check reaches, if it reaches one.
+pub fn check_port(check: &HealthCheck) -> Option<u16> {
+    match check {
+        HealthCheck::Http { url } => url_port(url),
+        HealthCheck::Tcp { port } => Some(*port),
+        HealthCheck::None => None,
+    }
+}
+
+/// The port of an `http://host[:port]/…` URL (80 when none is given).
+pub fn url_port(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // `[::1]:8080`: the port follows the closing bracket.
+    let after_host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.1,
+        None => authority,
+    };
+    match after_host.rsplit_once(':') {
+        Some((_, port)) => port.parse().ok(),
+        None => Some(80),
+    }
+}
+
+/// Who holds the socket listening on `port`, checking `ours` first.
+pub fn holder(port: u16, ours: &[i32]) -> Holder {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return Holder::Nobody;
+    }
+    if let Some(pid) = ours.iter().copied().find(|pid| holds(*pid, &inodes)) {
+        return Holder::Ours(pid);
+    }
+    // Not ours: find out whose, for the message (only on this failure path,
+    // so scanning every process is affordable).
+    let all = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+    for pid in all {
+        if holds(pid, &inodes) {
+            return Holder::Other(pid, command_name(pid));
+        }
+    }
+    Holder::Unseen
+}
+
+/// The processes of one start: the process group `leader` leads, and every
+/// descendant of `leader` (a child may have left the group).
+pub fn service_processes(leader: i32) -> Vec<i32> {
+    let mut parent_of: BTreeMap<i32, i32> = BTreeMap::new();
+    let mut found: BTreeSet<i32> = BTreeSet::from([leader]);
+    for pid in fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    {
+        if let Ok(Some(stat)) = procfs::stat(pid) {
+            if stat.pgrp == leader {
+                found.insert(pid);
+            }
+            parent_of.insert(pid, stat.ppid);
+        }
+    }
+    // Descendants: walk each process's parents up to the leader.
+    for &pid in parent_of.keys() {
+        let mut at = pid;
+        for _ in 0..64 {
+            match parent_of.get(&at) {
+                Some(&parent) if parent == leader => {
+                    found.insert(pid);
+                    break;
+                }
+                Some(&parent) if parent > 1 => at = parent,
+                _ => break,
+            }
+        }
+    }
+    // The leader first: it is the likeliest holder.
+    let mut pids = vec![leader];
+    pids.extend(found.into_iter().filter(|p| *p != leader));
+    pids
+}
+
+/// Inodes of the sockets listening on `port`, IPv4 and IPv6.
+fn listening_inodes(port: u16) -> BTreeSet<u64> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| fs::read_to_string(path).ok())
+        .flat_map(|text| parse_listening(&text, port))
+        .collect()
+}
+
+/// Inodes of LISTEN sockets on `port` in a `/proc/net/tcp{,6}` table.
+fn parse_listening(table: &str, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            let state = fields.get(3)?;
+            let inode: u64 = fields.get(9)?.parse().ok()?;
+            let (_, hex_port) = local.rsplit_once(':')?;
+            let local_port = u16::from_str_radix(hex_port, 16).ok()?;
+            (local_port == port && *state == TCP_LISTEN && inode != 0).then_some(inode)
+        })
+        .collect()
+}
+
+/// True when `pid` has one of `inodes` open.
+fn holds(pid: i32, inodes: &BTreeSet<u64>) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|e| e.ok())
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .any(|target| {
+            target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|inode| inodes.contains(&inode))
+        })
+}
+
+/// `/proc/PID/comm`, e.g. `java`.
+fn command_name(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn ports_of_urls() {
+        assert_eq!(url_port("http://127.0.0.1:8080/health"), Some(8080));
+        assert_eq!(url_port("http://localhost/health"), Some(80));
+        assert_eq!(url_port("http://[::1]:9000/x?y=1"), Some(9000));
+        assert_eq!(url_port("http://[::1]/"), Some(80));
+        assert_eq!(url_port("http://u:p@h:81"), Some(81));
+        assert_eq!(url_port("https://h:81/"), None);
+    }
+
+    #[test]
+    fn parses_listening_sockets() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                  \x20  0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0 100 0 0 10 0\n\
+                  \x20  1: 0100007F:1F90 0100007F:DC06 01 00000000:00000000 00:00000000 00000000  1000        0 4243 1 0\n\
+                  \x20  2: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 99 1 0\n";
+        assert_eq!(parse_listening(v4, 8080), vec![4242]);
+        assert_eq!(parse_listening(v4, 80), vec![99]);
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                  \x20  0: 0000000000000000FFFF00000100007F:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1 0\n";
+        assert_eq!(parse_listening(v6, 8080), vec![777]);
+    }
+
+    #[test]
+    fn finds_this_process_holding_its_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let me = std::process::id() as i32;
+        assert_eq!(holder(port, &[me]), Holder::Ours(me));
+        match holder(port, &[]) {
+            Holder::Other(pid, _) => assert_eq!(pid, me),
+            other => panic!("expected Other, got {other:?}"),
+        }
+        drop(listener);
+        assert_eq!(holder(port, &[me]), Holder::Nobody);
+    }
+}

@@ -1,0 +1,233 @@
+//! As root, the JVM runs as the service user with its groups, reads its
+//! secret config, can write its log dir and `shared/`, and cannot write its
+//! release. Needs root: `#[ignore]`d otherwise (`run-tests` includes them as root).
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::common::host::{self, Host, Spec};
+use crate::common::{Project, text};
+
+/// A system user with a supplementary group, removed on drop.
+struct TestUser {
+    name: String,
+    extra_group: String,
+    uid: u32,
+    gid: u32,
+    extra_gid: u32,
+}
+
+impl TestUser {
+    fn create(tag: &str) -> TestUser {
+        let n = std::process::id() % 100_000;
+        let name = format!("sj{tag}{n}");
+        let extra_group = format!("sj{tag}g{n}");
+        let ok = |cmd: &mut Command| {
+            let out = cmd.output().expect("run user tool");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ok(Command::new("groupadd").args(["--system", &extra_group]));
+        ok(Command::new("useradd").args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--groups",
+            &extra_group,
+            &name,
+        ]));
+        let id = |flag: &str, who: &str| -> u32 {
+            let out = Command::new("id").args([flag, who]).output().expect("id");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("numeric id")
+        };
+        let gid_of = |group: &str| -> u32 {
+            let out = Command::new("getent")
+                .args(["group", group])
+                .output()
+                .expect("getent");
+            String::from_utf8_lossy(&out.stdout)
+                .split(':')
+                .nth(2)
+                .and_then(|g| g.trim().parse().ok())
+                .expect("group id")
+        };
+        TestUser {
+            uid: id("-u", &name),
+            gid: id("-g", &name),
+            extra_gid: gid_of(&extra_group),
+            name,
+            extra_group,
+        }
+    }
+
+    /// Whether this user (with all its groups) can create a file in `dir`.
+    fn can_write(&self, dir: &Path) -> bool {
+        let (uid, gid, groups) = (self.uid, self.gid, [self.gid, self.extra_gid]);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "touch \"$0/written-by-service-user\""])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setgroups/setgid/setuid between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.status().expect("run sh").success()
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+        let _ = Command::new("groupdel").arg(&self.extra_group).output();
+    }
+}
+
+/// The `Uid:`/`Gid:`/`Groups:` line of /proc/PID/status.
+fn status_field(pid: i32, field: &str) -> Vec<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_jvm_runs_as_its_user_and_cannot_write_its_release() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run as root (run-tests does)"
+    );
+    let user = TestUser::create("p");
+    let p = Project::with_config(|c| {
+        c.replacen(
+            "name = \"hello\"\n",
+            &format!("name = \"hello\"\nuser = \"{}\"\n", user.name),
+            1,
+        )
+    });
+    // tempdir makes the project 0700: the service user must reach its release.
+    fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let pidfile = p.root().join("run/hello/hello.pid");
+    let pid: i32 = fs::read_to_string(&pidfile)
+        .expect("pidfile")
+        .lines()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .expect("pid");
+    assert_eq!(
+        status_field(pid, "Uid:"),
+        vec![user.uid; 4],
+        "real, effective, saved, fs uid"
+    );
+    assert_eq!(status_field(pid, "Gid:"), vec![user.gid; 4]);
+    let mut groups = status_field(pid, "Groups:");
+    groups.sort();
+    let mut expected = vec![user.gid, user.extra_gid];
+    expected.sort();
+    assert_eq!(groups, expected, "supplementary groups");
+    let environ = fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ
+            .split('\0')
+            .any(|v| v == format!("USER={}", user.name)),
+        "{environ}"
+    );
+
+    // The JVM read its secret config (0640 root:group) as that user.
+    let (status, body) = p.get("/config").expect("config answers");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"db_user\":\"hello\""), "{body}");
+
+    let current = fs::canonicalize(p.lib().join("current")).expect("current");
+    let meta = fs::metadata(&current).expect("release meta");
+    assert_eq!(meta.uid(), 0, "release owned by root");
+    assert!(
+        !user.can_write(&current),
+        "the service user can write its release"
+    );
+    assert!(!user.can_write(&current.join("config")), "… or its config");
+    assert!(!user.can_write(&p.lib().join("releases")), "… or releases/");
+    assert!(
+        user.can_write(&p.lib().join("shared")),
+        "shared/ must be writable"
+    );
+    let log_dir = p.root().join("var/log/hello");
+    assert!(user.can_write(&log_dir), "the log dir must be writable");
+
+    // The log: written by the supervisor, readable by the service's group only.
+    let log = fs::metadata(log_dir.join("hello.log")).expect("log");
+    assert_eq!(
+        (log.uid(), log.gid(), log.mode() & 0o777),
+        (0, user.gid, 0o640)
+    );
+
+    let out = p.run(&[
+        "service",
+        "stop",
+        "hello",
+        "--root",
+        &p.root().to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_release_the_service_user_could_change_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run as root (run-tests does)"
+    );
+    let user = TestUser::create("w");
+    let host = Host::new("lax");
+    fs::set_permissions(host.root(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    spec.user = Some(user.name.clone());
+    let release = host.release("r1", &spec);
+    fs::set_permissions(release.join("config"), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = host.start();
+    assert_eq!(host::code(&out), 1, "{}", host::text(&out));
+    assert!(
+        host::text(&out).contains(&format!(
+            "config is writable by the service user {}",
+            user.name
+        )),
+        "{}",
+        host::text(&out)
+    );
+    assert!(host.service_pid().is_none(), "started anyway");
+}
