@@ -603,6 +603,14 @@ secrets = { db_password = { env = "PW" } }
     }
 
     #[test]
+    fn set_overrides_stage_vars() {
+        let (config, stage, build, mut inputs) = fixtures();
+        inputs.sets.insert("db_url".into(), "jdbc:override".into());
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        assert!(plan.hosts[0].files[1].content.starts_with("url=jdbc:override\n"));
+    }
+
+    #[test]
     fn release_ids_sort_by_time() {
         assert_eq!(
             release_id("2026-11-26T14:00:01.042Z"),
