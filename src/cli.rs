@@ -184,8 +184,16 @@ pub enum ServiceCommand {
     Stop(ServiceArgs),
     /// Stop, then start through the health gate.
     Restart(ServiceArgs),
-    /// LSB status: 0 running, 1 dead with a pidfile, 3 not running.
+    /// LSB status: 0 running, 1 dead or failed, 3 not running.
     Status(ServiceArgs),
+    /// Reload: send `[reload] signal`, or restart through the health gate.
+    Reload(ServiceArgs),
+    /// Supervise in the foreground, for systemd (sd_notify) and other process managers.
+    Run(ServiceArgs),
+    /// Write a systemd unit (`Type=notify`, `ExecStart=shipjar service run NAME`).
+    InstallUnit(InstallArgs),
+    /// Write an LSB init script whose every action calls `shipjar service`.
+    InstallInitscript(InstallArgs),
     /// The detached supervisor process (started by `start`).
     #[command(hide = true)]
     Supervise(ServiceArgs),
@@ -199,6 +207,25 @@ pub struct ServiceArgs {
     /// Host root the layout lives under.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
+}
+
+/// `service install-unit` and `service install-initscript`.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Service name.
+    pub name: String,
+    /// Host root the layout lives under; the file goes under it too.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// The shipjar binary the file calls (default: this one).
+    #[arg(long, value_name = "PATH")]
+    pub shipjar: Option<PathBuf>,
+    /// User the service runs as (default: the current release's, else the service name).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Print the file instead of writing it.
+    #[arg(long)]
+    pub stdout: bool,
 }
 
 /// `shipjar agent`.

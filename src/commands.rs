@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use crate::cli::{Cli, Command, ServiceArgs, ServiceCommand};
+use crate::cli::{Cli, Command, InstallArgs, ServiceArgs, ServiceCommand};
 use crate::error::{Error, Result};
 use crate::host::layout::Layout;
-use crate::host::supervisor;
+use crate::host::{init, supervisor};
 use crate::operator;
 
 /// Runs the parsed command line.
@@ -63,7 +63,61 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
             Ok(status.lsb_code)
         }
         ServiceCommand::Supervise(args) => Ok(supervisor::supervise(&layout(&args)?)),
+        ServiceCommand::Run(args) => Ok(supervisor::run(&layout(&args)?)),
+        ServiceCommand::Reload(args) => match supervisor::reload(&layout(&args)?) {
+            Ok(report) => {
+                if json {
+                    print_json(&report);
+                } else {
+                    println!("reloaded: {} ({} ms)", report.how, report.took_ms);
+                }
+                Ok(0)
+            }
+            Err(err) => Ok(report_supervisor_error(&err, json)),
+        },
+        ServiceCommand::InstallUnit(args) => install(&args, Init::Unit),
+        ServiceCommand::InstallInitscript(args) => install(&args, Init::Script),
     }
+}
+
+/// Which init file to write.
+enum Init {
+    Unit,
+    Script,
+}
+
+fn install(args: &InstallArgs, which: Init) -> Result<i32> {
+    let layout = layout(&ServiceArgs {
+        name: args.name.clone(),
+        root: args.root.clone(),
+    })?;
+    let shipjar = match &args.shipjar {
+        Some(path) => absolute(path)?,
+        None => std::env::current_exe()
+            .and_then(std::fs::canonicalize)
+            .map_err(|e| Error::failed(format!("cannot find the shipjar executable: {e}")))?,
+    };
+    let spec =
+        init::InitSpec::gather(&layout, &shipjar, args.user.clone()).map_err(Error::failed)?;
+    let (text, path, mode) = match which {
+        Init::Unit => (
+            init::unit_text(&spec).map_err(Error::config)?,
+            init::unit_path(&layout),
+            0o644,
+        ),
+        Init::Script => (
+            init::initscript_text(&spec),
+            init::initscript_path(&layout),
+            0o755,
+        ),
+    };
+    if args.stdout {
+        print!("{text}");
+    } else {
+        init::install(&path, &text, mode).map_err(Error::failed)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(0)
 }
 
 fn report_start(

@@ -50,6 +50,9 @@ pub struct Config {
     /// Rotation of the service log.
     #[serde(default)]
     pub logs: Logs,
+    /// What `service reload` does.
+    #[serde(default)]
+    pub reload: Reload,
 }
 
 /// `[service]`.
@@ -236,6 +239,31 @@ impl Default for Logs {
             keep: Spanned::new(0..0, spec.keep),
             compress: spec.compress,
         }
+    }
+}
+
+/// `[reload]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reload {
+    /// `HUP`, `USR1` or `USR2` (with or without `SIG`); without it a reload
+    /// restarts the service through the health gate.
+    pub signal: Option<Spanned<String>>,
+}
+
+/// Signals a reload may send.
+pub const RELOAD_SIGNALS: [&str; 3] = ["SIGHUP", "SIGUSR1", "SIGUSR2"];
+
+impl Reload {
+    /// The signal's full name (`SIGHUP`), if one is set and valid.
+    pub fn signal_name(&self) -> Option<String> {
+        let name = self.signal.as_ref()?.get_ref().trim().to_ascii_uppercase();
+        let full = if name.starts_with("SIG") {
+            name
+        } else {
+            format!("SIG{name}")
+        };
+        RELOAD_SIGNALS.contains(&full.as_str()).then_some(full)
     }
 }
 
@@ -830,6 +858,15 @@ impl Project {
         {
             return Err(self.error_at(cmd.span(), "stop.hook_command", "must not be empty"));
         }
+        if let Some(signal) = &self.config.reload.signal
+            && self.config.reload.signal_name().is_none()
+        {
+            return Err(self.error_at(
+                signal.span(),
+                "reload.signal",
+                "expected one of \"HUP\", \"USR1\", \"USR2\"",
+            ));
+        }
         if *self.config.logs.keep.get_ref() == 0 {
             return Err(self.error_at(
                 self.config.logs.keep.span(),
@@ -1324,6 +1361,29 @@ mod tests {
         assert!(
             err.message
                 .contains("shipjar.toml:5:12: key `stop.hook_url`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn reload_signal_names() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.reload.signal_name(), None);
+        let project = load(&format!("{MINIMAL}[reload]\nsignal = \"usr1\"\n")).unwrap();
+        assert_eq!(
+            project.config.reload.signal_name().as_deref(),
+            Some("SIGUSR1")
+        );
+        let project = load(&format!("{MINIMAL}[reload]\nsignal = \"SIGHUP\"\n")).unwrap();
+        assert_eq!(
+            project.config.reload.signal_name().as_deref(),
+            Some("SIGHUP")
+        );
+        let err = load(&format!("{MINIMAL}[reload]\nsignal = \"KILL\"\n")).unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:5:10: key `reload.signal`"),
             "{}",
             err.message
         );

@@ -16,8 +16,8 @@ use crate::operator::render::{
 };
 use crate::protocol::FileContent;
 use crate::protocol::manifest::{
-    HealthCheck, HealthSpec, LogSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, RestartSpec,
-    RunSpec, StopHook, StopSpec, VersionCheckSpec,
+    HealthCheck, HealthSpec, LogSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, ReloadSpec,
+    RestartSpec, RunSpec, StopHook, StopSpec, VersionCheckSpec,
 };
 
 /// Inputs of one deploy that do not come from the project file.
@@ -187,6 +187,9 @@ fn plan_host(
             max_size: config.logs.max_size.0,
             keep: *config.logs.keep.get_ref(),
             compress: config.logs.compress,
+        },
+        reload: ReloadSpec {
+            signal: config.reload.signal_name(),
         },
     };
 
@@ -583,6 +586,19 @@ secrets = { db_password = { env = "PW" } }
             err.message.contains("hook_command uses secrets"),
             "{}",
             err.message
+        );
+    }
+
+    #[test]
+    fn reload_signal_reaches_the_manifest() {
+        let (mut config, stage, build, inputs) = fixtures();
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        assert_eq!(plan.hosts[0].manifest.reload.signal, None);
+        config.reload.signal = Some(toml::Spanned::new(0..0, "hup".into()));
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        assert_eq!(
+            plan.hosts[0].manifest.reload.signal.as_deref(),
+            Some("SIGHUP")
         );
     }
 

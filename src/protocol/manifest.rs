@@ -58,6 +58,9 @@ pub struct ReleaseManifest {
     /// Rotation of the service log.
     #[serde(default)]
     pub logs: LogSpec,
+    /// What `service reload` does.
+    #[serde(default)]
+    pub reload: ReloadSpec,
 }
 
 /// The process to run, relative to the release directory (its working directory).
@@ -203,6 +206,15 @@ impl Default for LogSpec {
             compress: false,
         }
     }
+}
+
+/// What `service reload` does.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadSpec {
+    /// Signal sent to the service's main process, e.g. `SIGHUP`; `None`:
+    /// reload restarts the service through the health gate.
+    pub signal: Option<String>,
 }
 
 /// A config file of the release.

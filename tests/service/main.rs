@@ -6,8 +6,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod init;
 mod logs;
+mod notify;
 mod privileges;
 mod readiness;
+mod reload;
 mod restart;
 mod stop;

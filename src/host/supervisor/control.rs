@@ -16,9 +16,9 @@ use super::logfile;
 use super::process;
 use super::procfs::{self, Liveness, ProcessId};
 use super::release;
+use super::report::{FAILED, READY};
 use super::state::{self, Phase, Pidfile};
-use super::supervise::{FAILED, READY};
-use super::{StartReport, StopReport, SupervisorError, human_duration};
+use super::{ReloadReport, StartReport, StopReport, SupervisorError, human_duration};
 
 /// Extra time `start` gives the supervisor beyond the start timeout before
 /// it stops waiting (the supervisor enforces the real timeout).
@@ -350,6 +350,77 @@ fn stop_timeout(layout: &Layout, release_dir: Option<&Path>) -> Duration {
             Duration::from_millis(stop.timeout_ms + hook)
         })
         .unwrap_or(DEFAULT_STOP_TIMEOUT)
+}
+
+/// Asks the supervisor to reload (SIGHUP) and waits for it to say how it went.
+pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
+    let began = Instant::now();
+    let seen = inspect::inspect(layout);
+    let (Some(sup), Some(state)) = (seen.supervisor, seen.state.as_ref()) else {
+        return Err(error(match seen.service {
+            Service::Alive { id, .. } => format!(
+                "pid {} runs without a supervisor: nothing can reload it; restart it",
+                id.pid
+            ),
+            _ => "not running: nothing to reload".to_string(),
+        }));
+    };
+    if state.state != Phase::Running {
+        return Err(error(format!(
+            "cannot reload now: the supervisor (pid {}) is {}",
+            sup.pid,
+            serde_json::to_value(state.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        )));
+    }
+    let before = state.reloads;
+    let limit = release::current(layout)
+        .map(|r| Duration::from_millis(r.manifest.health.start_timeout_ms))
+        .unwrap_or(DEFAULT_STOP_TIMEOUT)
+        + stop_timeout(layout, Some(&state.release_dir))
+        + START_SLACK;
+    process::signal_pid(sup.pid, Signal::SIGHUP).map_err(|e| {
+        error(format!(
+            "cannot signal the supervisor (pid {}): {e}",
+            sup.pid
+        ))
+    })?;
+    let until = Instant::now() + limit;
+    loop {
+        let now = state::read_state(&layout.supervisor_state());
+        if let Some(s) = now.as_ref().filter(|s| s.reloads > before) {
+            let how = s.last_reload.clone().unwrap_or_default();
+            return if s.last_reload_ok == Some(true) {
+                Ok(ReloadReport {
+                    how,
+                    took_ms: began.elapsed().as_millis() as u64,
+                })
+            } else {
+                Err(with_tail(error(format!("reload failed: {how}")), layout))
+            };
+        }
+        if procfs::liveness(sup) != Liveness::Alive {
+            return Err(with_tail(
+                error(format!(
+                    "the supervisor (pid {}) exited during the reload",
+                    sup.pid
+                )),
+                layout,
+            ));
+        }
+        if Instant::now() >= until {
+            return Err(with_tail(
+                error(format!(
+                    "no reload outcome within {}",
+                    human_duration(limit)
+                )),
+                layout,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// SIGTERM, wait, SIGKILL for a service that has no supervisor to do it.

@@ -9,10 +9,12 @@ mod inspect;
 mod listener;
 pub(crate) mod logfile;
 mod logpipe;
+mod notify;
 mod privileges;
 mod process;
 mod procfs;
 mod release;
+mod report;
 mod rotate;
 mod spawn;
 mod state;
@@ -56,6 +58,16 @@ pub struct StopReport {
     pub clean: Option<bool>,
     /// A SIGQUIT asked it for a thread dump (look in the log).
     pub thread_dump: bool,
+}
+
+/// What `service reload` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// What the reload did, e.g. "sent SIGHUP to pid 4242" or
+    /// "restarted: pid 4300 from release R, healthy after 412 ms".
+    pub how: String,
+    /// Milliseconds it took.
+    pub took_ms: u64,
 }
 
 /// A failed start/stop: what happened, plus the last lines of the service log.
@@ -134,6 +146,12 @@ pub fn restart(layout: &Layout) -> Result<StartReport, SupervisorError> {
     start(layout)
 }
 
+/// Reloads the service: its `[reload] signal`, or a restart through the
+/// health gate (into the release `current` points to).
+pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
+    control::reload(layout)
+}
+
 /// Reports the service's state, verifying pid identity.
 pub fn status(layout: &Layout) -> ServiceStatus {
     status::status(layout)
@@ -141,7 +159,14 @@ pub fn status(layout: &Layout) -> ServiceStatus {
 
 /// Body of the detached supervisor process; returns its exit code.
 pub fn supervise(layout: &Layout) -> i32 {
-    supervise::run(layout)
+    supervise::run(layout, supervise::Mode::Detached)
+}
+
+/// `service run`: supervises in the foreground (for systemd and other
+/// process managers), speaking sd_notify when `NOTIFY_SOCKET` is set.
+/// Returns 0 after a requested stop, 1 when the start failed or it gave up.
+pub fn run(layout: &Layout) -> i32 {
+    supervise::run(layout, supervise::Mode::Foreground)
 }
 
 /// `5s`, `1m 30s`, `1s 500ms`: durations as people write them.

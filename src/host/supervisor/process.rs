@@ -2,6 +2,7 @@
 //! process groups, waiting for signals without a busy loop, and describing
 //! how a process ended.
 
+use std::cell::Cell;
 use std::ffi::{CString, OsStr};
 use std::fmt;
 use std::io;
@@ -9,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -90,12 +91,30 @@ pub fn signal_pid(pid: i32, sig: Signal) -> io::Result<bool> {
 
 /// The signals the supervisor handles, blocked so they queue up and are
 /// taken one at a time with `sigtimedwait` (no handlers, no busy loop).
+/// While waiting it can also keep a watchdog fed.
 pub struct Signals {
     set: libc::sigset_t,
+    keepalive: Option<Keepalive>,
 }
 
-/// Signals the supervisor waits for.
-pub const SUPERVISOR_SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD];
+/// A ping due every so often while the supervisor waits (systemd's watchdog).
+struct Keepalive {
+    every: Duration,
+    last: Cell<Instant>,
+    ping: Box<dyn Fn()>,
+}
+
+/// Signals the supervisor waits for: stop (TERM, INT), reload (HUP), child
+/// exits (CHLD), and those it passes on to the service (QUIT, USR1, USR2).
+pub const SUPERVISOR_SIGNALS: [i32; 7] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGCHLD,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 impl Signals {
     /// Resets the handled signals to their default disposition (an inherited
@@ -116,13 +135,52 @@ impl Signals {
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
             }
-            Ok(Signals { set })
+            Ok(Signals {
+                set,
+                keepalive: None,
+            })
         }
+    }
+
+    /// Calls `ping` at least every `every` while waiting.
+    pub fn keep_alive(&mut self, every: Duration, ping: Box<dyn Fn()>) {
+        ping();
+        self.keepalive = Some(Keepalive {
+            every,
+            last: Cell::new(Instant::now()),
+            ping,
+        });
     }
 
     /// Waits for one of the signals, at most `timeout` (`None`: forever).
     /// Returns `None` on timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> Option<i32> {
+        let Some(keep) = &self.keepalive else {
+            return self.wait_once(timeout);
+        };
+        let until = timeout.map(|t| Instant::now() + t);
+        loop {
+            let now = Instant::now();
+            let due = keep.last.get() + keep.every;
+            if now >= due {
+                (keep.ping)();
+                keep.last.set(now);
+                continue;
+            }
+            let mut slice = due - now;
+            if let Some(until) = until {
+                if now >= until {
+                    return None;
+                }
+                slice = slice.min(until - now);
+            }
+            if let Some(sig) = self.wait_once(Some(slice)) {
+                return Some(sig);
+            }
+        }
+    }
+
+    fn wait_once(&self, timeout: Option<Duration>) -> Option<i32> {
         // SAFETY: `set` is initialised; info and ts are valid for writing/reading.
         unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();

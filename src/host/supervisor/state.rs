@@ -81,6 +81,15 @@ pub struct SupervisorState {
     /// After a stop: a SIGQUIT was sent for a thread dump.
     #[serde(default)]
     pub thread_dump: bool,
+    /// Reloads done (or failed) so far; `service reload` waits for it to grow.
+    #[serde(default)]
+    pub reloads: u32,
+    /// How the last reload went.
+    #[serde(default)]
+    pub last_reload: Option<String>,
+    /// Whether it worked.
+    #[serde(default)]
+    pub last_reload_ok: Option<bool>,
     /// When the state last changed (RFC 3339, UTC).
     pub updated_at: String,
 }

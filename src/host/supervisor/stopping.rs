@@ -84,7 +84,7 @@ pub fn stop(ctx: &StopContext, pid: i32, drain: bool) -> Ending {
     if leader.is_none() {
         leader = wait_exit(ctx.signals, pid, deadline);
     }
-    let (how, clean) = if leader.is_some() && wait_group_empty(pid, deadline) {
+    let (how, clean) = if leader.is_some() && wait_group_empty(ctx.signals, pid, deadline) {
         (after_sigterm(leader), is_clean(leader))
     } else {
         ctx.log.event(&format!(
@@ -205,7 +205,7 @@ pub fn wait_exit(signals: &Signals, pid: i32, deadline: Instant) -> Option<ExitI
 /// Waits until no live process is left in group `pgid`, at most until
 /// `deadline`. Group members are not our children: no signal tells us
 /// they left, so this polls `/proc`.
-fn wait_group_empty(pgid: i32, deadline: Instant) -> bool {
+fn wait_group_empty(signals: &Signals, pgid: i32, deadline: Instant) -> bool {
     loop {
         if procfs::live_group_members(pgid).is_empty() {
             return true;
@@ -214,7 +214,8 @@ fn wait_group_empty(pgid: i32, deadline: Instant) -> bool {
         if now >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20).min(deadline - now));
+        // A short wait that still keeps a watchdog fed; signals are re-checked by the caller.
+        signals.wait(Some(Duration::from_millis(20).min(deadline - now)));
     }
 }
 

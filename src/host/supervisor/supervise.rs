@@ -3,9 +3,9 @@
 //! service to exit or for a stop signal.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Child;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -16,15 +16,17 @@ use super::backoff::{Backoff, Decision};
 use super::health::{self, Gate};
 use super::logfile;
 use super::logpipe::LogPipe;
+use super::notify::Notifier;
 use super::privileges;
 use super::process::{self, Credentials, ExitInfo, Signals};
 use super::procfs::{self, Liveness, ProcessId};
 use super::release::{self, Release};
+use super::report::Reporter;
 use super::rotate::{Owner, RotatingFile, Rotation};
 use super::spawn;
 use super::state::{self, Phase, Pidfile, SupervisorState};
 use super::stopping::{self, KILL_WAIT, StopContext};
-use super::{StartReport, SupervisorError, human_duration};
+use super::{StartReport, human_duration};
 
 /// How often the running loop re-checks the child even without a signal;
 /// SIGCHLD is the real trigger, this is a safety net.
@@ -33,70 +35,55 @@ const RECHECK: Duration = Duration::from_secs(5);
 /// Longest wait for the log thread to write out what the service said.
 const LOG_SYNC_WAIT: Duration = Duration::from_secs(2);
 
-/// Prefix of the readiness line on success.
-pub const READY: &str = "READY ";
-
-/// Prefix of the readiness line on failure.
-pub const FAILED: &str = "FAILED ";
+/// How the supervisor was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// By `service start`, which waits for one line on our stdout.
+    Detached,
+    /// `service run`: in the foreground of a process manager (systemd).
+    Foreground,
+}
 
 /// Runs the supervisor; returns its exit code (0 after a requested stop).
-pub fn run(layout: &Layout) -> i32 {
-    let mut ready = Readiness { sent: false };
-    match Supervisor::setup(layout) {
-        Ok(mut supervisor) => supervisor.run(&mut ready),
+pub fn run(layout: &Layout, mode: Mode) -> i32 {
+    let notifier = match mode {
+        Mode::Detached => None,
+        Mode::Foreground => Notifier::from_env().map(Rc::new),
+    };
+    let mut reporter = match mode {
+        Mode::Detached => Reporter::Detached { sent: false },
+        Mode::Foreground => Reporter::Foreground {
+            notifier: notifier.clone(),
+        },
+    };
+    let signals = match Signals::block() {
+        Ok(mut signals) => {
+            if let Some(n) = notifier.clone()
+                && let Some(every) = n.watchdog
+            {
+                // Twice per watchdog period, as systemd recommends.
+                signals.keep_alive(every / 2, Box::new(move || n.send("WATCHDOG=1")));
+            }
+            signals
+        }
+        Err(e) => {
+            reporter.failed(&format!("cannot block signals: {e}"), layout);
+            return 1;
+        }
+    };
+    match Supervisor::setup(layout, mode, signals) {
+        Ok(mut supervisor) => {
+            supervisor.reporter = reporter;
+            supervisor.run()
+        }
         Err(message) => {
             // Also into the log, for whoever reads it rather than `start`'s output.
             logfile::append_event(
                 &layout.log_file(),
                 &format!("supervisor not started: {message}"),
             );
-            ready.failed(&message, layout);
+            reporter.failed(&message, layout);
             1
-        }
-    }
-}
-
-/// The one-line report to `service start` on stdout.
-struct Readiness {
-    sent: bool,
-}
-
-impl Readiness {
-    fn ready(&mut self, report: &StartReport) {
-        match serde_json::to_string(report) {
-            Ok(json) => self.send(&format!("{READY}{json}")),
-            Err(e) => self.send(&format!("{FAILED}cannot encode report: {e}")),
-        }
-    }
-
-    fn failed(&mut self, message: &str, layout: &Layout) {
-        let err = SupervisorError {
-            message: message.to_string(),
-            log_tail: logfile::tail(&layout.log_file(), logfile::TAIL_LINES),
-        };
-        match serde_json::to_string(&err) {
-            Ok(json) => self.send(&format!("{FAILED}{json}")),
-            Err(_) => self.send(&format!("{FAILED}{message}")),
-        }
-    }
-
-    /// Writes the line once, then points stdout at /dev/null so `start` sees
-    /// EOF and nothing we do later can block on, or die from, a closed pipe.
-    fn send(&mut self, line: &str) {
-        if self.sent {
-            return;
-        }
-        self.sent = true;
-        let mut out = io::stdout().lock();
-        // `start` may have given up already; the supervisor carries on regardless.
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-        drop(out);
-        if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
-            use std::os::fd::AsRawFd;
-            // SAFETY: dup2 onto fd 1, which we own as our stdout.
-            unsafe {
-                libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
-            }
         }
     }
 }
@@ -109,6 +96,9 @@ enum Outcome {
     StoppedWhileStarting(String),
     /// Never became healthy (or could not be spawned); says why.
     StartFailed(String),
+    /// A reload asked for a restart through the health gate; the service
+    /// was stopped gracefully.
+    Reload,
     /// Exited on its own after being healthy for a while.
     Crashed {
         /// How it ended.
@@ -125,6 +115,10 @@ struct Supervisor<'a> {
     release: Release,
     state: SupervisorState,
     backoff: Backoff,
+    /// Where readiness and state go.
+    reporter: Reporter,
+    /// A reload restart is under way; its outcome is recorded for `service reload`.
+    reloading: bool,
     /// Who the service runs as, when we drop privileges.
     creds: Option<Credentials>,
     /// Held for our whole life: proof that a supervisor is alive.
@@ -132,9 +126,9 @@ struct Supervisor<'a> {
 }
 
 impl<'a> Supervisor<'a> {
-    fn setup(layout: &'a Layout) -> Result<Self, String> {
-        // Blocked first, so a stop that arrives while we set up waits for us.
-        let signals = Signals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    /// Takes the lock and opens the log. `signals` were blocked first, so a
+    /// stop that arrives while we set up waits for us.
+    fn setup(layout: &'a Layout, mode: Mode, signals: Signals) -> Result<Self, String> {
         let run_dir = layout.run_dir();
         fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
         let lock = take_lock(layout)?;
@@ -167,7 +161,7 @@ impl<'a> Supervisor<'a> {
             privileges::check_release(layout, &release.dir, c)?;
             privileges::prepare_dirs(layout, c)?;
         }
-        let log = open_log(layout, &release, creds.as_ref())?;
+        let log = open_log(layout, &release, creds.as_ref(), mode)?;
         if creds.is_none()
             && let Some(user) = &release.manifest.run.user
             && !process::is_root()
@@ -195,6 +189,9 @@ impl<'a> Supervisor<'a> {
             clean_stop: None,
             stop_took_ms: None,
             thread_dump: false,
+            reloads: 0,
+            last_reload: None,
+            last_reload_ok: None,
             updated_at: logfile::now_rfc3339(),
         };
         let backoff = Backoff::new(&release.manifest.restart);
@@ -205,6 +202,8 @@ impl<'a> Supervisor<'a> {
             release,
             state,
             backoff,
+            reporter: Reporter::Detached { sent: true },
+            reloading: false,
             creds,
             _lock: lock,
         };
@@ -213,23 +212,34 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Supervises until the service is stopped, or fails for good.
-    fn run(&mut self, ready: &mut Readiness) -> i32 {
+    fn run(&mut self) -> i32 {
         let mut first = true;
         loop {
-            let (why, healthy_for) = match self.run_once(ready, first) {
+            let (why, healthy_for) = match self.run_once(first) {
                 Outcome::Stopped => return 0,
                 Outcome::StoppedWhileStarting(how) => {
                     if first {
-                        self.fail_start(ready, format!("stopped while starting: {how}"));
+                        self.fail_start(format!("stopped while starting: {how}"));
                     }
                     self.remove_pidfile();
                     return 0;
                 }
                 Outcome::StartFailed(message) if first => {
-                    self.fail_start(ready, message);
+                    self.fail_start(message);
                     return 1;
                 }
-                Outcome::StartFailed(message) => (message, None),
+                Outcome::Reload => {
+                    self.adopt_current();
+                    self.reloading = true;
+                    first = false;
+                    continue;
+                }
+                Outcome::StartFailed(message) => {
+                    if self.reloading {
+                        self.reloaded(false, format!("the restart failed: {message}"));
+                    }
+                    (message, None)
+                }
                 Outcome::Crashed { exit, healthy_for } => (exit.to_string(), Some(healthy_for)),
             };
             first = false;
@@ -246,6 +256,7 @@ impl<'a> Supervisor<'a> {
                         human_duration(window)
                     );
                     self.log.event(&format!("giving up: {reason}"));
+                    self.reporter.status(&format!("failed: {reason}"));
                     self.state.state = Phase::Failed;
                     self.state.failed_reason = Some(reason);
                     self.state.next_restart_at = None;
@@ -274,15 +285,24 @@ impl<'a> Supervisor<'a> {
             human_duration(delay),
             self.state.restarts + 1
         ));
+        self.reporter.status(&format!(
+            "restarting in {}: {}",
+            human_duration(delay),
+            self.state.last_exit.as_deref().unwrap_or("crashed")
+        ));
         let deadline = Instant::now() + delay;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            if let Some(sig @ (libc::SIGTERM | libc::SIGINT)) =
-                self.signals.wait(Some(deadline - now))
-            {
+            let sig = self.signals.wait(Some(deadline - now));
+            if sig == Some(libc::SIGHUP) {
+                self.log.event("reload requested: restarting now");
+                break;
+            }
+            if let Some(sig @ (libc::SIGTERM | libc::SIGINT)) = sig {
+                self.reporter.stopping();
                 self.log.event(&format!(
                     "stop requested ({}) while waiting to restart",
                     process::signal_name(sig)
@@ -301,7 +321,7 @@ impl<'a> Supervisor<'a> {
 
     /// One run of the service: spawn, health gate, then watch until it ends
     /// or a stop arrives. Only the first run reports to `start`.
-    fn run_once(&mut self, ready: &mut Readiness, first: bool) -> Outcome {
+    fn run_once(&mut self, first: bool) -> Outcome {
         let manifest = &self.release.manifest;
         let start_timeout = Duration::from_millis(manifest.health.start_timeout_ms);
         let check = manifest.health.check.clone();
@@ -339,6 +359,10 @@ impl<'a> Supervisor<'a> {
             "started pid {pid} from release {}",
             self.state.release
         ));
+        self.reporter.status(&format!(
+            "starting pid {pid} from release {}",
+            self.state.release
+        ));
 
         let healthy_at =
             match health::wait_healthy(&check, pid, spawned, start_timeout, &self.signals) {
@@ -351,12 +375,26 @@ impl<'a> Supervisor<'a> {
                     if first {
                         // `start` returning means the log shows it too.
                         self.log.sync(LOG_SYNC_WAIT);
-                        ready.ready(&StartReport {
+                        self.reporter.ready(&StartReport {
                             pid,
                             release: self.state.release.clone(),
                             healthy_after_ms: ms,
                             already_running: false,
                         });
+                    } else {
+                        self.reporter.status(&format!(
+                            "healthy: pid {pid}, release {}, restart {}",
+                            self.state.release, self.state.restarts
+                        ));
+                    }
+                    if self.reloading {
+                        self.reloaded(
+                            true,
+                            format!(
+                                "restarted: pid {pid} from release {}, healthy after {ms} ms",
+                                self.state.release
+                            ),
+                        );
                     }
                     Instant::now()
                 }
@@ -417,14 +455,86 @@ impl<'a> Supervisor<'a> {
                     self.remove_pidfile();
                     return Outcome::Stopped;
                 }
-                Some(libc::SIGHUP) => self.log.event("SIGHUP ignored (reload is not supported)"),
+                Some(libc::SIGHUP) => match self.release.manifest.reload.signal.clone() {
+                    Some(name) => {
+                        let sent = name
+                            .parse::<Signal>()
+                            .map_err(|e| e.to_string())
+                            .and_then(|s| process::signal_pid(pid, s).map_err(|e| e.to_string()));
+                        match sent {
+                            Ok(_) => self.reloaded(true, format!("sent {name} to pid {pid}")),
+                            Err(e) => self
+                                .reloaded(false, format!("cannot send {name} to pid {pid}: {e}")),
+                        }
+                    }
+                    None => {
+                        self.log
+                            .event("reload requested: restarting through the health gate");
+                        self.stop_service(&mut child, true);
+                        return Outcome::Reload;
+                    }
+                },
+                Some(sig @ (libc::SIGQUIT | libc::SIGUSR1 | libc::SIGUSR2)) => {
+                    // Passed on to the main process only: SIGQUIT would kill
+                    // a wrapper script, and a JVM prints its thread dump once.
+                    let name = process::signal_name(sig);
+                    let sent = Signal::try_from(sig)
+                        .map_err(|e| e.to_string())
+                        .and_then(|s| process::signal_pid(pid, s).map_err(|e| e.to_string()));
+                    match sent {
+                        Ok(_) => self.log.event(&format!("passed {name} on to pid {pid}")),
+                        Err(e) => self
+                            .log
+                            .event(&format!("cannot pass {name} on to pid {pid}: {e}")),
+                    }
+                }
                 _ => {}
             }
         }
     }
 
+    /// Records how a reload went, for the waiting `service reload`.
+    fn reloaded(&mut self, ok: bool, how: String) {
+        self.reloading = false;
+        self.log.event(&format!("reload: {how}"));
+        self.state.reloads += 1;
+        self.state.last_reload = Some(how);
+        self.state.last_reload_ok = Some(ok);
+        self.save();
+    }
+
+    /// Switches to the release `current` points to now (a reload restarts
+    /// into it); keeps the old one when the new one cannot be run.
+    fn adopt_current(&mut self) {
+        let next = release::current(self.layout).and_then(|release| {
+            let creds = spawn::credentials(&release)?;
+            if let Some(c) = &creds {
+                privileges::check_release(self.layout, &release.dir, c)?;
+            }
+            Ok((release, creds))
+        });
+        match next {
+            Ok((release, creds)) => {
+                if release.manifest.id != self.release.manifest.id {
+                    self.log.event(&format!(
+                        "reload: release {} (was {})",
+                        release.manifest.id, self.release.manifest.id
+                    ));
+                }
+                self.state.release = release.manifest.id.clone();
+                self.state.release_dir = release.dir.clone();
+                self.release = release;
+                self.creds = creds;
+            }
+            Err(e) => self.log.event(&format!(
+                "reload: keeping release {}: {e}",
+                self.release.manifest.id
+            )),
+        }
+    }
+
     /// Records a failed first start, cleans up and tells `start`.
-    fn fail_start(&mut self, ready: &mut Readiness, message: String) {
+    fn fail_start(&mut self, message: String) {
         self.state.state = Phase::Exited;
         if self.state.last_exit.is_none() {
             self.state.last_exit = Some(message.clone());
@@ -433,13 +543,14 @@ impl<'a> Supervisor<'a> {
         self.remove_pidfile();
         // The log tail `start` shows must hold the service's last words.
         self.log.sync(LOG_SYNC_WAIT);
-        ready.failed(&message, self.layout);
+        self.reporter.failed(&message, self.layout);
     }
 
     /// Stops the service gracefully (see [`stopping`]); returns how it
     /// ended, also recorded in the state. `drain`: run the stop hook first.
     fn stop_service(&mut self, child: &mut Child, drain: bool) -> String {
         let pid = child.id() as i32;
+        self.reporter.stopping();
         self.state.state = Phase::Stopping;
         self.save();
         let ctx = StopContext {
@@ -530,6 +641,7 @@ fn open_log(
     layout: &Layout,
     release: &Release,
     creds: Option<&Credentials>,
+    mode: Mode,
 ) -> Result<LogPipe, String> {
     let spec = &release.manifest.logs;
     let rotation = Rotation {
@@ -545,11 +657,17 @@ fn open_log(
     });
     let file = RotatingFile::open(&path, rotation, owner)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let log = LogPipe::start(file, false).map_err(|e| format!("cannot start the log pipe: {e}"))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: dup2 onto fd 2, which we own as our stderr.
-    unsafe {
-        libc::dup2(log.service_fd().as_raw_fd(), libc::STDERR_FILENO);
+    // In the foreground our stderr is the process manager's (the journal):
+    // events go there too, and it stays ours.
+    let foreground = mode == Mode::Foreground;
+    let log =
+        LogPipe::start(file, foreground).map_err(|e| format!("cannot start the log pipe: {e}"))?;
+    if !foreground {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 2, which we own as our stderr.
+        unsafe {
+            libc::dup2(log.service_fd().as_raw_fd(), libc::STDERR_FILENO);
+        }
     }
     Ok(log)
 }

@@ -1,0 +1,125 @@
+//! How the supervisor tells the world where it is: detached, one line on
+//! stdout to the waiting `service start`; in the foreground (`service run`),
+//! sd_notify messages to systemd and errors on stderr.
+
+use std::fs;
+use std::io::{self, Write};
+use std::rc::Rc;
+
+use crate::host::layout::Layout;
+
+use super::logfile;
+use super::notify::Notifier;
+use super::{StartReport, SupervisorError};
+
+/// Prefix of the readiness line on success.
+pub const READY: &str = "READY ";
+
+/// Prefix of the readiness line on failure.
+pub const FAILED: &str = "FAILED ";
+
+/// Where reports go.
+pub enum Reporter {
+    /// `service start` reads one line from our stdout.
+    Detached {
+        /// The line went out already.
+        sent: bool,
+    },
+    /// `service run`: sd_notify when `NOTIFY_SOCKET` is set.
+    Foreground {
+        /// The notification socket, if any.
+        notifier: Option<Rc<Notifier>>,
+    },
+}
+
+impl Reporter {
+    /// The service is healthy for the first time.
+    pub fn ready(&mut self, report: &StartReport) {
+        match self {
+            Reporter::Detached { .. } => match serde_json::to_string(report) {
+                Ok(json) => self.send_line(&format!("{READY}{json}")),
+                Err(e) => self.send_line(&format!("{FAILED}cannot encode report: {e}")),
+            },
+            Reporter::Foreground { notifier } => {
+                if let Some(n) = notifier {
+                    n.send(&format!(
+                        "READY=1\nSTATUS=healthy: pid {}, release {}\nMAINPID={}",
+                        report.pid,
+                        report.release,
+                        std::process::id()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The first start failed: say why, with the end of the log.
+    pub fn failed(&mut self, message: &str, layout: &Layout) {
+        let err = SupervisorError {
+            message: message.to_string(),
+            log_tail: logfile::tail(&layout.log_file(), logfile::TAIL_LINES),
+        };
+        match self {
+            Reporter::Detached { .. } => match serde_json::to_string(&err) {
+                Ok(json) => self.send_line(&format!("{FAILED}{json}")),
+                Err(_) => self.send_line(&format!("{FAILED}{message}")),
+            },
+            Reporter::Foreground { notifier } => {
+                if let Some(n) = notifier {
+                    n.send(&format!("STATUS=failed: {message}"));
+                }
+                let mut err_out = io::stderr().lock();
+                let _ = writeln!(err_out, "error: {}", err.message);
+                if !err.log_tail.is_empty() {
+                    let _ = writeln!(err_out, "last lines of the service log:");
+                    for line in &err.log_tail {
+                        let _ = writeln!(err_out, "  {line}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A one-line state for `systemctl status`.
+    pub fn status(&self, text: &str) {
+        if let Reporter::Foreground {
+            notifier: Some(n), ..
+        } = self
+        {
+            n.send(&format!("STATUS={text}"));
+        }
+    }
+
+    /// A stop has begun.
+    pub fn stopping(&self) {
+        if let Reporter::Foreground {
+            notifier: Some(n), ..
+        } = self
+        {
+            n.send("STOPPING=1\nSTATUS=stopping");
+        }
+    }
+
+    /// Writes the line once, then points stdout at /dev/null so `start` sees
+    /// EOF and nothing we do later can block on, or die from, a closed pipe.
+    fn send_line(&mut self, line: &str) {
+        let Reporter::Detached { sent } = self else {
+            return;
+        };
+        if *sent {
+            return;
+        }
+        *sent = true;
+        let mut out = io::stdout().lock();
+        // `start` may have given up already; the supervisor carries on regardless.
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        drop(out);
+        if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
+            use std::os::fd::AsRawFd;
+            // SAFETY: dup2 onto fd 1, which we own as our stdout.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
+            }
+        }
+    }
+}
