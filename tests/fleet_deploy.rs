@@ -208,6 +208,29 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
         String::from_utf8_lossy(&modes.stdout),
         "hello 750\nroot 755\n"
     );
+    // No systemd in these hosts: the LSB init script, enabled at boot, delegating to shipjar.
+    let script = p.fleet.exec("app2", &["cat", "/etc/init.d/hello"]);
+    let script = String::from_utf8_lossy(&script.stdout).to_string();
+    assert!(
+        script.contains("### BEGIN INIT INFO") && script.contains("/usr/local/bin/shipjar"),
+        "{script}"
+    );
+    let links = p
+        .fleet
+        .exec("app2", &["sh", "-c", "ls /etc/rc2.d | grep -x 'S..hello'"]);
+    assert!(links.status.success(), "init script not enabled at boot");
+
+    // Someone edited the script on app1, even pasting the password into it: a
+    // dry run shows the change as a diff, with the secret masked.
+    let edit = format!("echo '# db password {}' >> /etc/init.d/hello", p.secret);
+    assert!(p.fleet.exec("app1", &["sh", "-c", &edit]).status.success());
+    let dry = p.run(&["provision", "fleet", "--dry-run"]);
+    let shown = text(&dry);
+    assert_eq!(dry.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("-# db password ********"), "{shown}");
+    assert!(!shown.contains(&p.secret), "{shown}");
+    let fixed = p.run(&["provision", "fleet"]);
+    assert_eq!(fixed.status.code(), Some(0), "{}", text(&fixed));
 
     let second = p.run(&["--json", "provision", "fleet"]);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));

@@ -8,6 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::host::init::{self, InitSpec};
 use crate::host::layout::Layout;
 use crate::protocol::{ProvisionSpec, ResourceResult};
 
@@ -77,7 +78,90 @@ pub fn provision(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
     for (path, owner, mode) in dirs {
         results.push(ensure_dir(&path, owner, mode, spec.dry_run));
     }
+    // Init integration only on a real host: a `local` stage's root is a project directory.
+    if on_real_root {
+        results.extend(ensure_init(layout, spec));
+    }
     results
+}
+
+/// The systemd unit when the host runs systemd, else the LSB init script;
+/// either enabled at boot.
+fn ensure_init(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
+    let init = match InitSpec::gather(layout, Path::new(&spec.agent_path), Some(spec.user.clone()))
+    {
+        Ok(init) => init,
+        Err(e) => return vec![result("init integration".into(), "failed", e, None)],
+    };
+    let mut results = Vec::new();
+    if Path::new("/run/systemd/system").is_dir() {
+        let text = match init::unit_text(&init) {
+            Ok(t) => t,
+            Err(e) => return vec![result("systemd unit".into(), "failed", e, None)],
+        };
+        let file = ensure_file(&init::unit_path(layout), &text, 0o644, spec.dry_run);
+        let changed = file.status == "changed";
+        results.push(file);
+        let name = format!("{}.service", layout.name());
+        if changed {
+            results.push(command_resource(
+                "systemctl daemon-reload",
+                Command::new("systemctl").arg("daemon-reload"),
+            ));
+        }
+        let enabled = Command::new("systemctl")
+            .args(["is-enabled", "--quiet", "--", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        results.push(match (enabled, spec.dry_run) {
+            (true, _) => result(format!("enabled {name}"), "ok", "starts at boot", None),
+            (false, true) => result(
+                format!("enabled {name}"),
+                "would_change",
+                "systemctl enable",
+                None,
+            ),
+            (false, false) => command_resource(
+                &format!("enabled {name}"),
+                Command::new("systemctl").args(["enable", "--quiet", "--", &name]),
+            ),
+        });
+    } else {
+        let text = init::initscript_text(&init);
+        results.push(ensure_file(
+            &init::initscript_path(layout),
+            &text,
+            0o755,
+            spec.dry_run,
+        ));
+        // update-rc.d makes the rc?.d links; their presence is what "enabled" means here.
+        let linked = fs::read_dir(layout.root().join("etc/rc2.d"))
+            .map(|dir| {
+                dir.flatten().any(|e| {
+                    let link = e.file_name().to_string_lossy().into_owned();
+                    link.starts_with('S') && link.get(3..) == Some(layout.name())
+                })
+            })
+            .unwrap_or(false);
+        let resource = format!("enabled /etc/init.d/{}", layout.name());
+        results.push(match (linked, spec.dry_run) {
+            (true, _) => result(resource, "ok", "starts at boot (rc2.d)", None),
+            (false, true) => result(resource, "would_change", "update-rc.d defaults", None),
+            (false, false) => command_resource(
+                &resource,
+                Command::new("update-rc.d").args([layout.name(), "defaults"]),
+            ),
+        });
+    }
+    results
+}
+
+/// Runs a command as a resource: `changed` when it succeeds.
+fn command_resource(resource: &str, command: &mut Command) -> ResourceResult {
+    match run(command) {
+        Ok(()) => result(resource.to_string(), "changed", "done", None),
+        Err(e) => result(resource.to_string(), "failed", e, None),
+    }
 }
 
 fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) -> Option<u32> {
@@ -239,7 +323,6 @@ fn ensure_dir(path: &Path, (uid, gid): (u32, u32), mode: u32, dry_run: bool) -> 
 }
 
 /// Writes `content` to `path` when it differs; the diff is part of the result.
-#[allow(dead_code)] // for the init integration resource, which comes with the generated unit/init script
 pub fn ensure_file(path: &Path, content: &str, mode: u32, dry_run: bool) -> ResourceResult {
     let resource = format!("file {}", path.display());
     let old = fs::read_to_string(path).ok();
@@ -266,14 +349,7 @@ pub fn ensure_file(path: &Path, content: &str, mode: u32, dry_run: bool) -> Reso
     if dry_run {
         return result(resource, "would_change", detail, Some(diff));
     }
-    let written = path
-        .parent()
-        .map_or(Ok(()), fs::create_dir_all)
-        .and_then(|()| {
-            let tmp = path.with_extension("shipjar-tmp");
-            crate::host::store::write_synced(&tmp, content.as_bytes(), mode)?;
-            fs::rename(&tmp, path)
-        });
+    let written = init::install(path, content, mode);
     match written {
         Ok(()) => result(resource, "changed", detail, Some(diff)),
         Err(e) => result(resource, "failed", format!("{detail}: {e}"), Some(diff)),

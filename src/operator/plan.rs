@@ -623,7 +623,11 @@ secrets = { db_password = { env = "PW" } }
         let (config, stage, build, mut inputs) = fixtures();
         inputs.sets.insert("db_url".into(), "jdbc:override".into());
         let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
-        assert!(plan.hosts[0].files[1].content.starts_with("url=jdbc:override\n"));
+        assert!(
+            plan.hosts[0].files[1]
+                .content
+                .starts_with("url=jdbc:override\n")
+        );
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
         .unwrap_or_else(|| service.clone());
     let spec = ProvisionSpec {
         user,
+        agent_path: stage.agent_path.clone(),
         dry_run: args.dry_run,
     };
     let mut rows: Vec<(String, HostSpec, Vec<ResourceResult>)> = stage

@@ -168,6 +168,8 @@ pub struct PrepareSpec {
 pub struct ProvisionSpec {
     /// The unix user (and group) the service runs as.
     pub user: String,
+    /// Where the shipjar binary is on the host (the init files call it).
+    pub agent_path: String,
     /// Only report what would change.
     pub dry_run: bool,
 }
