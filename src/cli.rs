@@ -32,8 +32,12 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a starting shipjar.toml for the service in this directory.
+    Init(InitArgs),
     /// Check the project file and render every config file for a stage, changing nothing.
     Check(StageArgs),
+    /// Install the agent and create the service user, directories and init integration on each host.
+    Provision(ProvisionArgs),
     /// Run the build command and record the artifact, its sha256 and version.
     Build(BuildArgs),
     /// Build, upload, release, restart and verify a stage.
@@ -41,9 +45,13 @@ pub enum Command {
     /// Switch a stage back to an earlier release (no upload), health- and version-checked.
     Rollback(RollbackArgs),
     /// Show what runs on each host of a stage, and flag every mismatch.
-    Status(StageArgs),
+    Status(FleetStageArgs),
     /// List the releases on each host of a stage.
-    Releases(StageArgs),
+    Releases(FleetStageArgs),
+    /// Show the service log of each host of a stage, lines prefixed by host.
+    Logs(LogsArgs),
+    /// Remove a stage's deploy lock on every host and say whose it was.
+    Unlock(FleetStageArgs),
     /// Host side: control the service on this host.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -57,6 +65,64 @@ pub enum Command {
 pub struct StageArgs {
     /// Stage from `[stages.NAME]`; `local` is built in.
     pub stage: String,
+}
+
+/// `shipjar init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Service name (default: from the directory name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// How to reach a stage's hosts.
+#[derive(Debug, Args, Clone)]
+pub struct FleetArgs {
+    /// Use this ssh config file instead of the stage's `ssh_config`.
+    #[arg(long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// Work on at most N hosts at once (default 32).
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<usize>,
+}
+
+/// A stage and how to reach it.
+#[derive(Debug, Args)]
+pub struct FleetStageArgs {
+    /// Stage from `[stages.NAME]`; `local` is built in.
+    pub stage: String,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// `shipjar logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Stage whose hosts to read.
+    pub stage: String,
+    /// Only this host (as written in the stage).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Lines from the end of each host's log.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+    pub lines: usize,
+    /// Keep printing new lines as they are written.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// `shipjar provision`.
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// Stage to provision.
+    pub stage: String,
+    /// Change nothing; show what would change (files as diffs, secrets masked).
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// `shipjar build`.
@@ -87,6 +153,11 @@ pub struct DeployArgs {
     /// Add or override a service environment variable for this release (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// If another deploy holds the lock, wait up to this long (e.g. 5m) instead of failing.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// `shipjar rollback`.
@@ -97,6 +168,11 @@ pub struct RollbackArgs {
     /// Release id to go back to (default: the last good release before `current`).
     #[arg(long, value_name = "ID")]
     pub to: Option<String>,
+    /// If another deploy holds the lock, wait up to this long instead of failing.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// Host-side service control.

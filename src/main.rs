@@ -11,10 +11,11 @@ use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
+    let json = cli.json;
     let code = match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            operator::output::print_error(&err);
+            operator::output::print_error(&err, json);
             err.exit_code()
         }
     };

@@ -440,3 +440,55 @@ fn build_records_artifact_sha_and_version_then_deploy_skip_build_uses_it() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(p.served_version().as_deref(), Some("7.7.7"));
 }
+
+#[test]
+fn ctrl_c_mid_deploy_releases_the_lock_and_leaves_a_healthy_release() {
+    let p = Project::new();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let jar = hello_jar().to_str().unwrap().to_string();
+    let child = p
+        .command(&[
+            "deploy",
+            "local",
+            "--artifact",
+            &jar,
+            "--version",
+            "2.0.0",
+            "--env",
+            "STARTUP_DELAY_MS=2000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = p.root().join("run/hello/deploy.lock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&lock)
+        .map(|t| t.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "the deploy never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", text(&out));
+    // The lock is gone at once (no lease to wait out) and the host serves a complete release.
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap_or_default(),
+        "",
+        "{}",
+        text(&out)
+    );
+    let served = p.served_version();
+    assert!(
+        matches!(served.as_deref(), Some("1.0.0" | "2.0.0")),
+        "{served:?}"
+    );
+    let next = p.deploy("3.0.0", &[]);
+    assert_eq!(next.status.code(), Some(0), "{}", text(&next));
+}

@@ -10,8 +10,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::host::layout::Layout;
-use crate::host::lock::{self, DeployLock};
-use crate::host::{activate, store, supervisor};
+use crate::host::lock;
+use crate::host::{activate, logs, provision, store, supervisor};
 use crate::protocol::validate_service_name;
 use crate::protocol::{
     AgentError, AgentMessage, Envelope, HostState, HostStatus, PROTOCOL_VERSION, Request, Response,
@@ -27,6 +27,8 @@ pub fn run(root: &Path) -> i32 {
         lock: None,
         failed: false,
     };
+    // Distinguishes this session's lease from any other deploy's.
+    let token = format!("{}-{}", std::process::id(), lock::now_ms());
     let mut line = String::new();
     loop {
         line.clear();
@@ -53,7 +55,7 @@ pub fn run(root: &Path) -> i32 {
             }
         };
         let id = envelope.id;
-        let response = session.handle(envelope, &mut input);
+        let response = session.handle(envelope, &mut input, &token);
         if matches!(response, Response::Error(_)) {
             session.failed = true;
         }
@@ -87,6 +89,15 @@ fn ignore_hangup_and_interrupt() {
     }
 }
 
+/// Writes one message; false when the operator is gone.
+fn send_checked(message: &AgentMessage) -> bool {
+    let Ok(text) = serde_json::to_string(message) else {
+        return true;
+    };
+    let mut out = io::stdout().lock();
+    writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
+}
+
 /// Writes one message; a vanished operator must not stop the work in progress.
 fn send(message: &AgentMessage) {
     let text = serde_json::to_string(message).unwrap_or_else(|e| {
@@ -112,14 +123,55 @@ fn error(step: &str, message: impl Into<String>) -> Response {
     })
 }
 
+/// The session's hold on the deploy lock.
+struct HeldLock {
+    layout: Layout,
+    token: String,
+    lease_ms: u64,
+}
+
 struct Session {
     root: std::path::PathBuf,
-    lock: Option<DeployLock>,
+    lock: Option<HeldLock>,
     failed: bool,
 }
 
+/// Renews the lease in the background while one request runs (an activation
+/// may take minutes); stops when dropped.
+struct Renewer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Renewer {
+    fn start(held: &HeldLock) -> Renewer {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (layout, token, lease_ms) = (held.layout.clone(), held.token.clone(), held.lease_ms);
+        let every = std::time::Duration::from_millis((lease_ms / 3).max(50));
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                let _ = lock::renew(&layout, &token, lease_ms);
+            }
+        });
+        Renewer {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Session {
-    fn handle<R: BufRead>(&mut self, envelope: Envelope, input: &mut R) -> Response {
+    fn handle<R: BufRead>(&mut self, envelope: Envelope, input: &mut R, token: &str) -> Response {
         let id = envelope.id;
         let emit = |step: &str, message: &str| {
             send(&AgentMessage::Event {
@@ -128,7 +180,14 @@ impl Session {
                 message: message.to_string(),
             })
         };
-        let mutating = !matches!(envelope.request, Request::Status | Request::Releases);
+        let mutating = !matches!(
+            envelope.request,
+            Request::Status
+                | Request::Releases
+                | Request::Unlock
+                | Request::Provision { .. }
+                | Request::Logs { .. }
+        );
         let refusal = if envelope.protocol != PROTOCOL_VERSION {
             Some(error(
                 "protocol",
@@ -140,7 +199,7 @@ impl Session {
             ))
         } else if let Err(e) = validate_service_name(&envelope.service) {
             Some(error("request", e))
-        } else if mutating && self.failed {
+        } else if mutating && self.failed && !matches!(envelope.request, Request::Finish { .. }) {
             Some(error(
                 "request",
                 "skipped: an earlier request of this session failed",
@@ -164,11 +223,75 @@ impl Session {
             return refusal;
         }
         let layout = Layout::new(&self.root, &envelope.service);
+        if let Some(held) = &self.lock {
+            // Every request proves the deploy is alive; long ones renew as they go.
+            if let Err(e) = lock::renew(&held.layout, &held.token, held.lease_ms) {
+                if let Request::PutArtifact { size, .. } = envelope.request {
+                    let _ = io::copy(&mut Read::take(&mut *input, size), &mut io::sink());
+                }
+                self.lock = None;
+                return error("lock", e);
+            }
+        }
+        let _renewer = self.lock.as_ref().map(Renewer::start);
         match envelope.request {
             Request::Begin {
                 holder,
                 artifact_sha256,
-            } => self.begin(&layout, &holder, artifact_sha256.as_deref()),
+                lease_ms,
+                prepare,
+            } => {
+                let mut begun = self.begin(
+                    &layout,
+                    &holder,
+                    artifact_sha256.as_deref(),
+                    token,
+                    lease_ms,
+                );
+                if let (Response::Begun(state), Some(spec)) = (&mut begun, prepare)
+                    && store::has_artifact(&layout, &spec.manifest.artifact_sha256)
+                {
+                    match prepare_release(&layout, &spec) {
+                        Response::Prepared { .. } => state.prepared = true,
+                        failure => return failure,
+                    }
+                }
+                begun
+            }
+            Request::Renew => match &self.lock {
+                Some(held) => match lock::renew(&held.layout, &held.token, held.lease_ms) {
+                    Ok(expires_at_ms) => Response::Renewed { expires_at_ms },
+                    Err(e) => error("lock", e),
+                },
+                None => error("lock", "the deploy lock is not held"),
+            },
+            Request::Logs { lines, follow } => {
+                let emit_line = |line: &str| {
+                    let event = AgentMessage::Event {
+                        id,
+                        step: "log".to_string(),
+                        message: line.to_string(),
+                    };
+                    // Empty lines are keep-alives: they tell us whether the operator is still there.
+                    send_checked(&event)
+                };
+                match logs::stream(&layout, lines, follow, &emit_line) {
+                    Ok(()) => Response::LogsDone,
+                    Err(e) => error("logs", e),
+                }
+            }
+            Request::Provision { spec } => Response::Provisioned {
+                resources: provision::provision(&layout, &spec),
+            },
+            Request::Unlock => {
+                let _ = store::ensure_dirs(&layout);
+                match lock::force_unlock(&layout) {
+                    Ok(previous) => Response::Unlocked {
+                        previous: previous.map(|r| r.describe()),
+                    },
+                    Err(e) => error("unlock", e),
+                }
+            }
             Request::PutArtifact { sha256, size } => {
                 emit("upload", &format!("receiving {size} bytes"));
                 match store::put_artifact(&layout, &sha256, size, input) {
@@ -176,15 +299,7 @@ impl Session {
                     Err(e) => error("upload", e),
                 }
             }
-            Request::Prepare { manifest, files } => {
-                let gid = secret_group(manifest.run.user.as_deref());
-                match gid.and_then(|gid| store::prepare(&layout, &manifest, &files, gid)) {
-                    Ok(path) => Response::Prepared {
-                        path: path.display().to_string(),
-                    },
-                    Err(e) => error("prepare", e),
-                }
-            }
+            Request::Prepare(spec) => prepare_release(&layout, &spec),
             Request::Activate {
                 release,
                 action,
@@ -193,8 +308,12 @@ impl Session {
                 &layout, &release, action, &deployer, &emit,
             ))),
             Request::Finish { keep } => {
-                let result = store::prune(&layout, keep);
-                self.lock = None;
+                // After a failure the lock is still released, but nothing is pruned.
+                let keep = keep.filter(|_| !self.failed);
+                let result = keep.map_or(Ok(Vec::new()), |keep| store::prune(&layout, keep));
+                if let Some(held) = self.lock.take() {
+                    let _ = lock::release(&held.layout, &held.token);
+                }
                 match result {
                     Ok(pruned) => Response::Finished { pruned },
                     Err(e) => error("prune", e),
@@ -212,6 +331,8 @@ impl Session {
         layout: &Layout,
         holder: &crate::protocol::LockHolder,
         sha: Option<&str>,
+        token: &str,
+        lease_ms: u64,
     ) -> Response {
         if self.lock.is_some() {
             return error("lock", "the deploy lock is already held by this session");
@@ -222,10 +343,16 @@ impl Session {
                 format!("cannot create {}: {e}", layout.lib_dir().display()),
             );
         }
-        match lock::acquire(layout, holder) {
-            Ok(lock) => self.lock = Some(lock),
+        let took_over = match lock::acquire(layout, holder, token, lease_ms) {
+            Ok(lock::Acquired::Free) => None,
+            Ok(lock::Acquired::TookOver(previous)) => Some(previous.describe()),
             Err(e) => return error("lock", e),
-        }
+        };
+        self.lock = Some(HeldLock {
+            layout: layout.clone(),
+            token: token.to_string(),
+            lease_ms,
+        });
         let cleaned_up = match store::clean_up_partial(layout) {
             Ok(removed) => removed,
             Err(e) => return error("lock", format!("cannot clean up a previous run: {e}")),
@@ -239,7 +366,19 @@ impl Session {
             has_artifact: sha.is_some_and(|sha| store::has_artifact(layout, sha)),
             releases: store::list(layout),
             cleaned_up,
+            took_over,
+            prepared: false,
         }))
+    }
+}
+
+fn prepare_release(layout: &Layout, spec: &crate::protocol::PrepareSpec) -> Response {
+    let gid = secret_group(spec.manifest.run.user.as_deref());
+    match gid.and_then(|gid| store::prepare(layout, &spec.manifest, &spec.files, gid)) {
+        Ok(path) => Response::Prepared {
+            path: path.display().to_string(),
+        },
+        Err(e) => error("prepare", e),
     }
 }
 

@@ -185,7 +185,11 @@ pub fn prepare(
     }
     let dest = layout.release_dir(id);
     if dest.exists() {
-        return Err(format!("release {id} already exists"));
+        // A retried deploy (e.g. after --wait) prepares the same release again.
+        return match read_manifest(layout, id) {
+            Ok(existing) if existing == *manifest => Ok(dest),
+            _ => Err(format!("release {id} already exists with other content")),
+        };
     }
     if !has_artifact(layout, &manifest.artifact_sha256) {
         return Err(format!(

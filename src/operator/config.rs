@@ -326,6 +326,118 @@ pub struct Stage {
     /// Secret template variables, available as `secrets.NAME`.
     #[serde(default)]
     pub secrets: BTreeMap<String, Spanned<SecretSource>>,
+    /// An ssh config file for this stage (relative to the project); `--ssh-config` overrides it.
+    pub ssh_config: Option<PathBuf>,
+    /// Run the agent through `sudo -n` (passwordless sudo) instead of logging in as root.
+    #[serde(default)]
+    pub sudo: bool,
+    /// Where the shipjar binary lives on the hosts.
+    #[serde(default = "default_agent_path")]
+    pub agent_path: Spanned<String>,
+    /// A shipjar binary to install on the hosts instead of the running one
+    /// (e.g. a static build for another libc); relative to the project.
+    pub agent_binary: Option<PathBuf>,
+    /// Rolling deploy: batch size and how many failed hosts a batch tolerates.
+    #[serde(default)]
+    pub rolling: Rolling,
+    /// What to do with hosts switched in earlier batches when a batch fails.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// How long a deploy lock lives without renewal (a killed deploy's lock expires after this).
+    pub lock_lease: Option<Millis>,
+}
+
+fn default_agent_path() -> Spanned<String> {
+    Spanned::new(0..0, "/usr/local/bin/shipjar".to_string())
+}
+
+/// `rolling = { batch = 1 | "25%", max_failed = 0 }`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rolling {
+    /// Hosts switched at once.
+    #[serde(default)]
+    pub batch: BatchSize,
+    /// Failed hosts a batch may have before the deploy stops.
+    #[serde(default)]
+    pub max_failed: usize,
+}
+
+impl Default for Rolling {
+    fn default() -> Self {
+        Rolling {
+            batch: BatchSize::Percent(100),
+            max_failed: 0,
+        }
+    }
+}
+
+/// A batch size: a number of hosts or a percentage of the stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    /// This many hosts.
+    Hosts(usize),
+    /// This percentage of the stage's hosts (rounded up, at least one).
+    Percent(u8),
+}
+
+impl Default for BatchSize {
+    fn default() -> Self {
+        BatchSize::Percent(100)
+    }
+}
+
+impl BatchSize {
+    /// Hosts per batch for a stage of `total` hosts.
+    pub fn hosts(self, total: usize) -> usize {
+        let n = match self {
+            BatchSize::Hosts(n) => n,
+            BatchSize::Percent(p) => (total * usize::from(p)).div_ceil(100),
+        };
+        n.clamp(1, total.max(1))
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = BatchSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of hosts (e.g. 2) or a percentage (e.g. \"25%\")")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<BatchSize, E> {
+                usize::try_from(v)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(BatchSize::Hosts)
+                    .ok_or_else(|| E::custom("a batch needs at least one host"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BatchSize, E> {
+                v.strip_suffix('%')
+                    .and_then(|p| p.trim().parse::<u8>().ok())
+                    .filter(|p| (1..=100).contains(p))
+                    .map(BatchSize::Percent)
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "invalid batch `{v}`: expected e.g. 2 or \"25%\" (1% to 100%)"
+                        ))
+                    })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `on_failure`: what happens to earlier batches when a later batch fails.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Put hosts of earlier batches back on their previous release: the fleet ends on one version.
+    #[default]
+    Revert,
+    /// Leave earlier batches on the new release.
+    Stop,
 }
 
 fn default_local_hosts() -> Vec<Spanned<String>> {
@@ -655,7 +767,22 @@ impl Project {
                     "needs at least one host",
                 ));
             }
+            if !stage_ref.agent_path.get_ref().starts_with('/') {
+                return Err(self.error_at(
+                    stage_ref.agent_path.span(),
+                    &format!("stages.{name}.agent_path"),
+                    "expected an absolute path such as \"/usr/local/bin/shipjar\"",
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
             for host in &stage_ref.hosts {
+                if !seen.insert(host.get_ref()) {
+                    return Err(self.error_at(
+                        host.span(),
+                        &format!("stages.{name}.hosts"),
+                        &format!("`{}` is listed twice", host.get_ref()),
+                    ));
+                }
                 HostSpec::parse(host.get_ref())
                     .map_err(|m| self.error_at(host.span(), &format!("stages.{name}.hosts"), &m))?;
             }
@@ -803,6 +930,12 @@ impl Project {
                 (None, BTreeMap::new(), &EMPTY_SECRETS)
             }
         };
+        let declared = declared.map(Spanned::get_ref);
+        // A killed deploy's lock must outlive any single step of a live one.
+        let step_ms = self.config.health.start_timeout.0 + self.config.stop.timeout.0;
+        let lock_lease_ms = declared
+            .and_then(|s| s.lock_lease)
+            .map_or((2 * step_ms).max(120_000), |l| l.0);
         let is_local = hosts.iter().all(|(_, spec)| *spec == HostSpec::Local);
         let root = match root {
             Some(root) if root.is_absolute() => root,
@@ -826,6 +959,20 @@ impl Project {
             root,
             vars,
             secrets: secret_sources,
+            ssh_config: declared
+                .and_then(|s| s.ssh_config.as_ref())
+                .map(|p| self.dir.join(p)),
+            sudo: declared.is_some_and(|s| s.sudo),
+            agent_path: declared.map_or_else(
+                || default_agent_path().into_inner(),
+                |s| s.agent_path.get_ref().clone(),
+            ),
+            agent_binary: declared
+                .and_then(|s| s.agent_binary.as_ref())
+                .map(|p| self.dir.join(p)),
+            rolling: declared.map(|s| s.rolling).unwrap_or_default(),
+            on_failure: declared.map(|s| s.on_failure).unwrap_or_default(),
+            lock_lease_ms,
         })
     }
 }
@@ -865,6 +1012,20 @@ pub struct ResolvedStage {
     pub vars: BTreeMap<String, String>,
     /// Where each secret comes from.
     pub secrets: BTreeMap<String, SecretFrom>,
+    /// ssh config file for this stage, if any.
+    pub ssh_config: Option<PathBuf>,
+    /// Run the agent through `sudo -n`.
+    pub sudo: bool,
+    /// The shipjar binary on the hosts.
+    pub agent_path: String,
+    /// The binary `provision` installs (default: the running one).
+    pub agent_binary: Option<PathBuf>,
+    /// Batching of the switch.
+    pub rolling: Rolling,
+    /// What to do with earlier batches on failure.
+    pub on_failure: OnFailure,
+    /// Deploy lock lease in milliseconds.
+    pub lock_lease_ms: u64,
 }
 
 /// A resolved secret source.
@@ -1057,6 +1218,40 @@ mod tests {
         let err = load(&text).unwrap_err();
         assert!(
             err.message.contains("stages.prod.secrets.pw"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn rolling_batches_accept_counts_and_percentages() {
+        let text = format!(
+            "{MINIMAL}[stages.prod]\nhosts = [\"a\", \"b\", \"c\", \"d\", \"e\"]\nrolling = {{ batch = \"25%\", max_failed = 1 }}\non_failure = \"stop\"\n"
+        );
+        let project = load(&text).unwrap();
+        let stage = project.stage("prod").unwrap();
+        assert_eq!(stage.rolling.batch, BatchSize::Percent(25));
+        assert_eq!(stage.rolling.batch.hosts(5), 2);
+        assert_eq!(stage.rolling.max_failed, 1);
+        assert_eq!(stage.on_failure, OnFailure::Stop);
+        assert_eq!(BatchSize::Hosts(10).hosts(3), 3);
+        assert_eq!(BatchSize::Percent(100).hosts(30), 30);
+        let bad =
+            format!("{MINIMAL}[stages.prod]\nhosts = [\"a\"]\nrolling = {{ batch = \"0%\" }}\n");
+        let err = load(&bad).unwrap_err();
+        assert!(
+            err.message.contains("invalid batch `0%`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn duplicate_hosts_are_rejected() {
+        let text = format!("{MINIMAL}[stages.prod]\nhosts = [\"a\", \"a\"]\n");
+        let err = load(&text).unwrap_err();
+        assert!(
+            err.message.contains("`a` is listed twice"),
             "{}",
             err.message
         );

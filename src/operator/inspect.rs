@@ -2,10 +2,11 @@
 
 use serde::Serialize;
 
+use crate::cli::{FleetStageArgs, LogsArgs};
 use crate::error::Result;
 use crate::operator::config::{HostSpec, Project};
+use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::{MASK, Reporter};
-use crate::operator::transport::AgentSession;
 use crate::protocol::{HostStatus, ReleaseInfo, Request, Response};
 
 /// One host's row in `status`.
@@ -56,26 +57,35 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
 }
 
 /// `shipjar status STAGE`: exit 0 only when every host is consistent and healthy.
-pub fn status(project: &Project, stage_name: &str, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(stage_name)?;
-    let name = &project.config.service.name.0;
-    let mut rows = Vec::new();
-    for (host, spec) in &stage.hosts {
-        let result = query(host, spec, &stage.root, name, Request::Status);
-        rows.push(match result {
+pub fn status(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> Result<i32> {
+    let stage = project.stage(&args.stage)?;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
+    let answers = query_all(&fleet, &stage.hosts, Request::Status);
+    let mut rows: Vec<HostReport> = answers
+        .into_iter()
+        .map(|(host, answer)| match answer {
             Ok(Response::Status(status)) => HostReport {
-                host: host.clone(),
+                host,
                 flags: flags(&status),
                 status: Some(*status),
             },
-            Ok(other) => unreachable_row(host, format!("unexpected answer: {other:?}")),
-            Err(e) => unreachable_row(host, e),
-        });
-    }
+            Ok(other) => unreachable_row(&host, format!("unexpected answer: {other:?}")),
+            Err(e) => unreachable_row(&host, e),
+        })
+        .collect();
+    flag_minority_versions(&mut rows);
     let ok = rows.iter().all(|r| r.flags.is_empty());
     let mut text = String::new();
     for row in &rows {
         text.push_str(&format_row(row));
+    }
+    if rows.len() > 1 {
+        let bad = rows.iter().filter(|r| !r.flags.is_empty()).count();
+        text.push_str(&format!(
+            "{} hosts, {} ok, {bad} flagged\n",
+            rows.len(),
+            rows.len() - bad
+        ));
     }
     #[derive(Serialize)]
     struct StatusResult<'a> {
@@ -92,6 +102,38 @@ pub fn status(project: &Project, stage_name: &str, reporter: &Reporter) -> Resul
         &text,
     );
     Ok(if ok { 0 } else { 1 })
+}
+
+/// Flags hosts whose current version is not the stage's majority version.
+pub fn flag_minority_versions(rows: &mut [HostReport]) {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for row in rows.iter() {
+        if let Some(c) = row.status.as_ref().and_then(|s| s.current.as_ref()) {
+            *counts.entry(c.version.as_str()).or_default() += 1;
+        }
+    }
+    if counts.len() < 2 {
+        return;
+    }
+    let majority = counts
+        .iter()
+        .max_by_key(|(v, n)| (**n, std::cmp::Reverse(*v)))
+        .map(|(v, _)| v.to_string())
+        .unwrap_or_default();
+    for row in rows.iter_mut() {
+        let version = row
+            .status
+            .as_ref()
+            .and_then(|s| s.current.as_ref())
+            .map(|c| c.version.clone());
+        if let Some(v) = version
+            && v != majority
+        {
+            row.flags.push(format!(
+                "runs version {v}, the stage's majority runs {majority}"
+            ));
+        }
+    }
 }
 
 fn unreachable_row(host: &str, why: String) -> HostReport {
@@ -154,9 +196,9 @@ fn format_row(row: &HostReport) -> String {
 }
 
 /// `shipjar releases STAGE`.
-pub fn releases(project: &Project, stage_name: &str, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(stage_name)?;
-    let name = &project.config.service.name.0;
+pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> Result<i32> {
+    let stage = project.stage(&args.stage)?;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     #[derive(Serialize)]
     struct HostReleases {
         host: String,
@@ -165,20 +207,20 @@ pub fn releases(project: &Project, stage_name: &str, reporter: &Reporter) -> Res
     }
     let mut rows = Vec::new();
     let mut text = String::new();
-    for (host, spec) in &stage.hosts {
-        let row = match query(host, spec, &stage.root, name, Request::Releases) {
-            Ok(Response::Releases { releases: list }) => HostReleases {
-                host: host.clone(),
-                releases: list,
+    for (host, answer) in query_all(&fleet, &stage.hosts, Request::Releases) {
+        let row = match answer {
+            Ok(Response::Releases { releases }) => HostReleases {
+                host,
+                releases,
                 error: None,
             },
             Ok(other) => HostReleases {
-                host: host.clone(),
+                host,
                 releases: vec![],
                 error: Some(format!("{other:?}")),
             },
             Err(e) => HostReleases {
-                host: host.clone(),
+                host,
                 releases: vec![],
                 error: Some(e),
             },
@@ -210,14 +252,24 @@ pub fn releases(project: &Project, stage_name: &str, reporter: &Reporter) -> Res
     Ok(if ok { 0 } else { 1 })
 }
 
-fn query(
-    host: &str,
-    spec: &HostSpec,
-    root: &std::path::Path,
-    name: &str,
+/// Asks every host the same read-only question, in parallel; answers in stage order.
+pub fn query_all(
+    fleet: &Fleet,
+    hosts: &[(String, HostSpec)],
     request: Request,
-) -> Result<Response, String> {
-    let mut session = AgentSession::open(host, spec, root, name).map_err(|e| e.message)?;
+) -> Vec<(String, Result<Response, String>)> {
+    let mut rows: Vec<(String, HostSpec, Result<Response, String>)> = hosts
+        .iter()
+        .map(|(h, s)| (h.clone(), s.clone(), Err("not asked".to_string())))
+        .collect();
+    fleet::each(&mut rows, fleet.parallel, |(host, spec, answer)| {
+        *answer = query(fleet, host, spec, request.clone());
+    });
+    rows.into_iter().map(|(h, _, a)| (h, a)).collect()
+}
+
+fn query(fleet: &Fleet, host: &str, spec: &HostSpec, request: Request) -> Result<Response, String> {
+    let mut session = fleet.open(host, spec).map_err(|e| e.message)?;
     let response = session
         .call(request, &mut |_, _| {})
         .map_err(|e| e.message)?;
@@ -226,6 +278,67 @@ fn query(
         Response::Error(e) => Err(format!("{}: {}", e.step, e.message)),
         other => Ok(other),
     }
+}
+
+/// `shipjar logs STAGE`: each host's service log, lines prefixed by host.
+pub fn logs(project: &Project, args: &LogsArgs, reporter: &Reporter) -> Result<i32> {
+    let stage = project.stage(&args.stage)?;
+    // Service logs may print secrets too: mask them like everything else.
+    crate::operator::render::mask_available_secrets(&stage.secrets);
+    let mut hosts: Vec<(String, HostSpec)> = stage.hosts.clone();
+    if let Some(only) = &args.host {
+        hosts.retain(|(h, _)| h == only);
+        if hosts.is_empty() {
+            return Err(crate::error::Error::config(format!(
+                "stage `{}` has no host `{only}`",
+                stage.name
+            )));
+        }
+    }
+    // Following needs every host at once; a bounded pool would starve some.
+    let parallel = if args.follow {
+        hosts.len()
+    } else {
+        args.fleet.parallel.unwrap_or(fleet::DEFAULT_PARALLEL)
+    };
+    let fleet = Fleet::new(
+        &stage,
+        &project.config.service.name.0,
+        args.fleet.ssh_config.as_deref(),
+        Some(parallel),
+    )?;
+    let request = Request::Logs {
+        lines: args.lines,
+        follow: args.follow,
+    };
+    let mut rows: Vec<(String, HostSpec, Option<String>)> =
+        hosts.into_iter().map(|(h, s)| (h, s, None)).collect();
+    fleet::each(&mut rows, fleet.parallel, |(host, spec, error)| {
+        let result = fleet.open(host, spec).and_then(|mut session| {
+            let mut on_event = |step: &str, line: &str| {
+                if step == "log" && !line.is_empty() {
+                    reporter.log_line(host, line);
+                }
+            };
+            let r = session.call(request.clone(), &mut on_event);
+            let _ = session.close();
+            r
+        });
+        *error = match result {
+            Ok(Response::LogsDone) => None,
+            Ok(Response::Error(e)) => Some(e.message),
+            Ok(other) => Some(format!("unexpected answer: {other:?}")),
+            Err(e) => Some(e.message),
+        };
+    });
+    let mut ok = true;
+    for (host, _, error) in &rows {
+        if let Some(e) = error {
+            ok = false;
+            reporter.step(host, "logs", "failed", e);
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
 }
 
 /// Masks the content of secret files for display.

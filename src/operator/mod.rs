@@ -3,10 +3,14 @@
 pub mod build;
 pub mod config;
 pub mod deploy;
+pub mod fleet;
+pub mod init;
 pub mod inspect;
 pub mod output;
 pub mod plan;
+pub mod provision;
 pub mod render;
+pub mod ssh;
 pub mod transport;
 
 use std::path::Path;
@@ -20,6 +24,11 @@ use output::Reporter;
 /// Runs an operator command.
 pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
     let reporter = Reporter::new(json);
+    if let Command::Init(args) = &command {
+        let text = init::init(config, args.name.as_deref())?;
+        reporter.result(&serde_json::json!({"ok": true, "file": config}), &text);
+        return Ok(0);
+    }
     let project = Project::load(config)?;
     match command {
         Command::Check(args) => check(&project, &args, &reporter),
@@ -34,12 +43,15 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
             reporter.result(&manifest, &text);
             Ok(0)
         }
+        Command::Provision(args) => provision::provision(&project, &args, &reporter),
         Command::Deploy(args) => deploy::deploy(&project, &args, &reporter),
         Command::Rollback(args) => deploy::rollback(&project, &args, &reporter),
-        Command::Status(args) => inspect::status(&project, &args.stage, &reporter),
-        Command::Releases(args) => inspect::releases(&project, &args.stage, &reporter),
-        Command::Service(_) | Command::Agent(_) => {
-            unreachable!("host-side commands are dispatched earlier")
+        Command::Status(args) => inspect::status(&project, &args, &reporter),
+        Command::Releases(args) => inspect::releases(&project, &args, &reporter),
+        Command::Logs(args) => inspect::logs(&project, &args, &reporter),
+        Command::Unlock(args) => deploy::unlock(&project, &args.stage, &args.fleet, &reporter),
+        Command::Init(_) | Command::Service(_) | Command::Agent(_) => {
+            unreachable!("dispatched earlier")
         }
     }
 }

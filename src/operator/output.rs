@@ -46,16 +46,31 @@ pub fn redact(text: &str) -> String {
     out
 }
 
-/// Prints an error to stderr (masked); as JSON with `--json`.
-pub fn print_error(err: &Error) {
+/// Prints an error to stderr (masked); with `--json` also as a result object on stdout.
+pub fn print_error(err: &Error, json: bool) {
     eprintln!("error: {}", redact(&err.to_string()));
+    if json {
+        let value = json!({
+            "event": "result", "ok": false, "error": err.message,
+            "hints": err.hints, "exit_code": err.exit_code(),
+        });
+        println!("{}", redact(&value.to_string()));
+    }
 }
 
 /// Progress and results of one operator command.
 pub struct Reporter {
     json: bool,
     started: Instant,
-    timestamps: bool,
+    terminal: bool,
+    progress: Mutex<Option<Progress>>,
+}
+
+/// The live view on a terminal: one overall bar, and the hosts in flight with
+/// their current step as its message.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    in_flight: Vec<(String, String)>,
 }
 
 impl Reporter {
@@ -64,8 +79,47 @@ impl Reporter {
         Reporter {
             json,
             started: Instant::now(),
-            // Timestamps help in CI logs; on a terminal they are noise.
-            timestamps: !std::io::stderr().is_terminal(),
+            terminal: std::io::stderr().is_terminal(),
+            progress: Mutex::new(None),
+        }
+    }
+
+    /// On a terminal, shows a live view for `hosts` hosts until the result.
+    pub fn start_progress(&self, hosts: usize) {
+        if self.json || !self.terminal {
+            return;
+        }
+        let bar = indicatif::ProgressBar::new(hosts as u64);
+        let style = indicatif::ProgressStyle::with_template(
+            "[{elapsed}] {bar:24} {pos}/{len} hosts  {wide_msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style.progress_chars("=> "));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        if let Ok(mut p) = self.progress.lock() {
+            *p = Some(Progress {
+                bar,
+                in_flight: Vec::new(),
+            });
+        }
+    }
+
+    /// Counts a host as done in the live view.
+    pub fn host_done(&self, host: &str) {
+        if let Ok(mut guard) = self.progress.lock()
+            && let Some(p) = guard.as_mut()
+        {
+            p.in_flight.retain(|(h, _)| h != host);
+            p.bar.inc(1);
+            p.bar.set_message(in_flight_message(&p.in_flight));
+        }
+    }
+
+    fn stop_progress(&self) {
+        if let Ok(mut guard) = self.progress.lock()
+            && let Some(p) = guard.take()
+        {
+            p.bar.finish_and_clear();
         }
     }
 
@@ -77,8 +131,27 @@ impl Reporter {
                 "event": "step", "host": host, "step": step, "status": status,
                 "message": message, "elapsed_ms": elapsed_ms,
             }));
-        } else {
-            let stamp = if self.timestamps {
+            return;
+        }
+        if let Ok(mut guard) = self.progress.lock()
+            && let Some(p) = guard.as_mut()
+        {
+            // Failures and warnings stay on screen; the rest only moves the view.
+            if matches!(status, "failed" | "warning") {
+                p.bar.println(redact(&format!(
+                    "[{host}] {step} {}: {message}",
+                    status.to_uppercase()
+                )));
+            }
+            match p.in_flight.iter_mut().find(|(h, _)| h == host) {
+                Some(entry) => entry.1 = step.to_string(),
+                None => p.in_flight.push((host.to_string(), step.to_string())),
+            }
+            p.bar.set_message(in_flight_message(&p.in_flight));
+            return;
+        }
+        {
+            let stamp = if !self.terminal {
                 format!("{} ", crate::host::activate::now_rfc3339())
             } else {
                 String::new()
@@ -91,8 +164,24 @@ impl Reporter {
         }
     }
 
+    /// One line of a host's service log: `[host] line` on stdout.
+    pub fn log_line(&self, host: &str, line: &str) {
+        if self.json {
+            self.json_line(&json!({"event": "log", "host": host, "line": line}));
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "[{host}] {}", redact(line));
+        }
+    }
+
     /// A note not tied to a host.
     pub fn note(&self, message: &str) {
+        if let Ok(guard) = self.progress.lock()
+            && let Some(p) = guard.as_ref()
+        {
+            p.bar.println(redact(message));
+            return;
+        }
         if self.json {
             self.json_line(&json!({"event": "note", "message": message}));
         } else {
@@ -102,6 +191,7 @@ impl Reporter {
 
     /// The final result: a JSON object with `--json`, else the given text on stdout.
     pub fn result<T: Serialize>(&self, value: &T, text: &str) {
+        self.stop_progress();
         if self.json {
             let mut value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
             if let Some(obj) = value.as_object_mut() {
@@ -125,6 +215,21 @@ impl Reporter {
     fn text_err(&self, line: &str) {
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{}", redact(line));
+    }
+}
+
+/// "app1: health, app2: upload (+3 more)".
+fn in_flight_message(in_flight: &[(String, String)]) -> String {
+    let shown: Vec<String> = in_flight
+        .iter()
+        .take(4)
+        .map(|(h, s)| format!("{h}: {s}"))
+        .collect();
+    let more = in_flight.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} (+{more} more)", shown.join(", "))
+    } else {
+        shown.join(", ")
     }
 }
 

@@ -420,6 +420,13 @@ secrets = { db_password = { env = "PW" } }
             root: "/tmp/r".into(),
             vars: BTreeMap::from([("db_url".into(), "jdbc:x".into())]),
             secrets: BTreeMap::new(),
+            ssh_config: None,
+            sudo: false,
+            agent_path: "/usr/local/bin/shipjar".into(),
+            agent_binary: None,
+            rolling: Default::default(),
+            on_failure: Default::default(),
+            lock_lease_ms: 120_000,
         };
         let build = BuildManifest {
             artifact: "/p/hello.jar".into(),
@@ -608,6 +615,18 @@ secrets = { db_password = { env = "PW" } }
                 keep: 5,
                 compress: true
             }
+        );
+    }
+
+    #[test]
+    fn set_overrides_stage_vars() {
+        let (config, stage, build, mut inputs) = fixtures();
+        inputs.sets.insert("db_url".into(), "jdbc:override".into());
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        assert!(
+            plan.hosts[0].files[1]
+                .content
+                .starts_with("url=jdbc:override\n")
         );
     }
 

@@ -90,6 +90,15 @@ pub fn load_secrets(
     Ok(values)
 }
 
+/// Registers for masking every secret that can be read now, ignoring the rest:
+/// for commands that only show things and do not need the values.
+pub fn mask_available_secrets(sources: &BTreeMap<String, SecretFrom>) {
+    for (name, source) in sources {
+        let single = BTreeMap::from([(name.clone(), source.clone())]);
+        let _ = load_secrets(&single, &|var| std::env::var(var).ok());
+    }
+}
+
 /// Stands in for a secret where secrets are not allowed, so a use can be detected exactly.
 pub fn secret_placeholder(name: &str) -> String {
     format!("\u{1}shipjar-secret:{name}\u{1}")

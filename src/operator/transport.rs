@@ -3,13 +3,15 @@
 //! OpenSSH channel. Either way only protocol messages cross.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::operator::config::HostSpec;
+use crate::operator::ssh::{self, Reach};
 use crate::protocol::{AgentMessage, Envelope, PROTOCOL_VERSION, Request, Response};
 
 /// An open session with one host's agent.
@@ -20,43 +22,56 @@ pub struct AgentSession {
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     next_id: u64,
+    /// The last lines the agent (or ssh) wrote to stderr, for error messages.
+    stderr_tail: Arc<Mutex<Vec<String>>>,
     /// Bytes of artifacts sent in this session.
     pub uploaded_bytes: u64,
-    /// Requests answered in this session.
+    /// Times the operator waited for the agent in this session.
     pub round_trips: u32,
+    /// Requests sent without waiting (lease renewals), whose answers are skipped.
+    unawaited: std::collections::BTreeSet<u64>,
+    /// Errors answered to unawaited requests, reported with the next failure.
+    background_errors: Vec<String>,
 }
 
 impl AgentSession {
-    /// Starts the agent for `host` (only `local` for now).
-    pub fn open(host: &str, spec: &HostSpec, root: &Path, service: &str) -> Result<AgentSession> {
+    /// Starts the agent for `host`: a child process for `local`, else over ssh.
+    pub fn open(host: &str, spec: &HostSpec, reach: &Reach, service: &str) -> Result<AgentSession> {
+        let root = reach.root.to_string_lossy();
         let mut command = match spec {
             HostSpec::Local => {
                 let exe = std::env::current_exe()
                     .map_err(|e| Error::failed(format!("cannot find the shipjar binary: {e}")))?;
                 let mut command = Command::new(exe);
-                command.arg("agent").arg("--root").arg(root);
+                command.arg("agent").arg("--root").arg(&reach.root);
                 command
             }
             HostSpec::Ssh { .. } => {
-                return Err(Error::config(format!(
-                    "host `{host}`: deploying over SSH is not available yet in this version"
-                ))
-                .hint("use the `local` stage"));
+                let remote =
+                    ssh::remote_command(reach, &[&reach.agent_path, "agent", "--root", &root]);
+                let mut command = Command::new("ssh");
+                command.args(ssh::ssh_args(spec, reach, &remote));
+                command
             }
         };
         // Own process group: a Ctrl-C at the terminal must not kill the agent
-        // mid-switch; it notices the operator is gone when stdin closes.
+        // (or the ssh carrying it) mid-switch; the operator winds down itself.
         command
             .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         let mut child = command
             .spawn()
             .map_err(|e| Error::failed(format!("[{host}] cannot start the agent: {e}")))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
             return Err(Error::failed(format!("[{host}] agent has no stdio")));
         };
+        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
+        let tail = Arc::clone(&stderr_tail);
+        std::thread::spawn(move || collect_stderr(stderr, &tail));
         Ok(AgentSession {
             host: host.to_string(),
             service: service.to_string(),
@@ -64,9 +79,19 @@ impl AgentSession {
             stdin: Some(stdin),
             stdout: BufReader::new(stdout),
             next_id: 1,
+            stderr_tail,
             uploaded_bytes: 0,
             round_trips: 0,
+            unawaited: Default::default(),
+            background_errors: Vec::new(),
         })
+    }
+
+    /// Sends a request without waiting for its answer (a lease renewal).
+    pub fn notify(&mut self, request: Request) -> Result<()> {
+        let id = self.send(request)?;
+        self.unawaited.insert(id);
+        self.flush()
     }
 
     /// Sends one request and waits for its result, passing events to `on_event`.
@@ -77,14 +102,17 @@ impl AgentSession {
     ) -> Result<Response> {
         let id = self.send(request)?;
         self.flush()?;
+        self.round_trips += 1;
         self.receive(id, on_event)
     }
 
-    /// Streams an artifact to the host's store.
-    pub fn put_artifact(
+    /// Streams an artifact to the host's store and, in the same round trip,
+    /// prepares the release; returns the first failure or `Prepared`.
+    pub fn put_and_prepare(
         &mut self,
         sha256: &str,
         path: &Path,
+        prepare: Request,
         on_event: &mut dyn FnMut(&str, &str),
     ) -> Result<Response> {
         let mut file = File::open(path)
@@ -93,7 +121,7 @@ impl AgentSession {
             .metadata()
             .map_err(|e| Error::failed(format!("cannot stat {}: {e}", path.display())))?
             .len();
-        let id = self.send(Request::PutArtifact {
+        let put = self.send(Request::PutArtifact {
             sha256: sha256.to_string(),
             size,
         })?;
@@ -111,8 +139,15 @@ impl AgentSession {
             )));
         }
         self.uploaded_bytes += copied;
+        let prepared = self.send(prepare)?;
         self.flush()?;
-        self.receive(id, on_event)
+        self.round_trips += 1;
+        let stored = self.receive(put, on_event)?;
+        let prepared = self.receive(prepared, on_event)?;
+        Ok(match stored {
+            Response::Error(e) => Response::Error(e),
+            _ => prepared,
+        })
     }
 
     /// Closes stdin and waits for the agent to exit (it releases the lock).
@@ -184,9 +219,22 @@ impl AgentSession {
             })?;
             match message {
                 AgentMessage::Event { step, message, .. } => on_event(&step, &message),
+                AgentMessage::Result { id: got, response } if self.unawaited.remove(&got) => {
+                    if let Response::Error(e) = *response {
+                        self.background_errors
+                            .push(format!("{}: {}", e.step, e.message));
+                    }
+                }
                 AgentMessage::Result { id: got, response } if got == id || got == 0 => {
-                    self.round_trips += 1;
-                    return Ok(*response);
+                    return Ok(match *response {
+                        // "skipped" hides the real cause if that was an unawaited request.
+                        Response::Error(mut e) if !self.background_errors.is_empty() => {
+                            e.message =
+                                format!("{} ({})", e.message, self.background_errors.join("; "));
+                            Response::Error(e)
+                        }
+                        other => other,
+                    });
                 }
                 AgentMessage::Result { id: got, .. } => {
                     return Err(Error::failed(format!(
@@ -199,11 +247,40 @@ impl AgentSession {
     }
 
     fn gone(&self, why: &str) -> Error {
-        Error::failed(format!("[{}] lost the agent: {why}", self.host))
+        // ssh says why it could not connect (host key, auth, timeout) on stderr.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let tail = self
+            .stderr_tail
+            .lock()
+            .map(|t| t.join(" / "))
+            .unwrap_or_default();
+        let detail = if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        };
+        Error::failed(format!("[{}] lost the agent: {why}{detail}", self.host))
     }
 
     fn io_error(&self, what: &str, e: io::Error) -> Error {
         Error::failed(format!("[{}] {what}: {e}", self.host))
+    }
+}
+
+/// Keeps the last lines of the agent's stderr, and passes them on to ours.
+fn collect_stderr(stderr: impl Read, tail: &Mutex<Vec<String>>) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        eprintln!("{}", crate::operator::output::redact(&line));
+        if let Ok(mut t) = tail.lock() {
+            t.push(line);
+            if t.len() > 5 {
+                t.remove(0);
+            }
+        }
     }
 }
 

@@ -56,7 +56,14 @@ pub enum Request {
         holder: LockHolder,
         /// Report whether this artifact is already stored.
         artifact_sha256: Option<String>,
+        /// Lease of the lock in milliseconds; renewed while the session works.
+        lease_ms: u64,
+        /// Prepare this release right away if the artifact is already stored
+        /// (saves a round trip; otherwise `prepare` follows the upload).
+        prepare: Option<Box<PrepareSpec>>,
     },
+    /// Extend the lease of the session's lock.
+    Renew,
     /// Store an artifact; `size` raw bytes follow the request line.
     PutArtifact {
         /// Expected sha256, hex; verified before the artifact becomes visible.
@@ -65,12 +72,7 @@ pub enum Request {
         size: u64,
     },
     /// Create a complete release directory (not yet current).
-    Prepare {
-        /// The release manifest.
-        manifest: Box<ReleaseManifest>,
-        /// Rendered config files.
-        files: Vec<FileContent>,
-    },
+    Prepare(Box<PrepareSpec>),
     /// Make a release current, restart through the health gate, verify its version;
     /// on failure go back to the previous release.
     Activate {
@@ -81,10 +83,24 @@ pub enum Request {
         /// Recorded in revisions.log.
         deployer: String,
     },
-    /// Prune old releases and release the deploy lock.
+    /// Prune old releases (when `keep` is given) and release the deploy lock.
     Finish {
         /// Releases to keep.
-        keep: usize,
+        keep: Option<usize>,
+    },
+    /// Remove the deploy lock whoever holds it (`shipjar unlock`).
+    Unlock,
+    /// Send the service log's last lines as `log` events; with `follow`, keep sending.
+    Logs {
+        /// How many lines from the end.
+        lines: usize,
+        /// Keep sending new lines until the operator goes away.
+        follow: bool,
+    },
+    /// Bring the host to what the service needs (user, directories, init integration).
+    Provision {
+        /// What to provision.
+        spec: ProvisionSpec,
     },
     /// Report what runs on this host.
     Status,
@@ -136,6 +152,42 @@ impl std::fmt::Display for LockHolder {
     }
 }
 
+/// A release to create: its manifest and rendered config files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareSpec {
+    /// The release manifest.
+    pub manifest: ReleaseManifest,
+    /// Rendered config files.
+    pub files: Vec<FileContent>,
+}
+
+/// What `provision` should establish on a host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionSpec {
+    /// The unix user (and group) the service runs as.
+    pub user: String,
+    /// Where the shipjar binary is on the host (the init files call it).
+    pub agent_path: String,
+    /// Only report what would change.
+    pub dry_run: bool,
+}
+
+/// The outcome for one provisioned resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceResult {
+    /// E.g. `user hello`, `directory /var/log/hello`.
+    pub resource: String,
+    /// `ok`, `changed`, `would_change` or `failed`.
+    pub status: String,
+    /// What it is, or what changed.
+    pub detail: String,
+    /// For files: a unified diff of the change.
+    pub diff: Option<String>,
+}
+
 /// A rendered config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +232,23 @@ pub enum Response {
     Stored {
         /// Bytes written to the store.
         bytes: u64,
+    },
+    /// Answer to `renew`.
+    Renewed {
+        /// New expiry, Unix milliseconds.
+        expires_at_ms: u64,
+    },
+    /// Answer to `unlock`.
+    Unlocked {
+        /// Who held the lock, if anyone.
+        previous: Option<String>,
+    },
+    /// Answer to `logs` (without follow).
+    LogsDone,
+    /// Answer to `provision`.
+    Provisioned {
+        /// One entry per resource, in order.
+        resources: Vec<ResourceResult>,
     },
     /// Answer to `prepare`.
     Prepared {
@@ -230,6 +299,10 @@ pub struct HostState {
     pub releases: Vec<ReleaseInfo>,
     /// Half-written releases or uploads from a killed run that were removed.
     pub cleaned_up: Vec<String>,
+    /// The expired lock that was taken over, if any.
+    pub took_over: Option<String>,
+    /// Whether the release asked for in `begin` was prepared.
+    pub prepared: bool,
 }
 
 /// Outcome of an activation.
@@ -413,6 +486,8 @@ mod tests {
             has_artifact: false,
             releases: vec![release.clone()],
             cleaned_up: vec![],
+            took_over: None,
+            prepared: false,
         })));
         round_trip(Response::Status(Box::new(HostStatus {
             current: Some(release),

@@ -7,7 +7,7 @@ mod control;
 mod health;
 mod inspect;
 mod listener;
-mod logfile;
+pub(crate) mod logfile;
 mod logpipe;
 mod memory;
 mod notify;

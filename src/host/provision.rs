@@ -1,0 +1,411 @@
+//! Provisioning resources: what a host needs before the first deploy — the
+//! service user and group, the directories with owners and modes, and the
+//! init integration. Each resource is checked first and changed only when it
+//! differs, so a second run reports no change; a dry run only reports.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::host::init::{self, InitSpec};
+use crate::host::layout::Layout;
+use crate::protocol::{ProvisionSpec, ResourceResult};
+
+/// The state of one resource after the run.
+fn result(
+    resource: String,
+    status: &str,
+    detail: impl Into<String>,
+    diff: Option<String>,
+) -> ResourceResult {
+    ResourceResult {
+        resource,
+        status: status.to_string(),
+        detail: detail.into(),
+        diff,
+    }
+}
+
+/// Brings the host to the state `spec` asks for (or reports what would change).
+pub fn provision(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
+    let mut results = Vec::new();
+    let on_real_root = layout.root() == Path::new("/");
+    let root_user = nix::unistd::Uid::effective().is_root();
+    if on_real_root && !root_user {
+        results.push(result(
+            "privileges".into(),
+            "failed",
+            "provisioning a host needs root: log in as root or set `sudo = true` for the stage",
+            None,
+        ));
+        return results;
+    }
+    // Who owns what the service may write; on a non-root `local` stage, the invoking user.
+    let (uid, gid) = if root_user {
+        let group = ensure_group(&spec.user, spec.dry_run, &mut results);
+        let user = ensure_user(
+            &spec.user,
+            group,
+            &layout.lib_dir(),
+            spec.dry_run,
+            &mut results,
+        );
+        match (user, group) {
+            (Some(u), Some(g)) => (u, g),
+            _ => return results,
+        }
+    } else {
+        (
+            nix::unistd::Uid::current().as_raw(),
+            nix::unistd::Gid::current().as_raw(),
+        )
+    };
+    let me = (
+        nix::unistd::Uid::effective().as_raw(),
+        nix::unistd::Gid::effective().as_raw(),
+    );
+    // The release tree belongs to root (the service cannot change its own code);
+    // logs and shared state belong to the service.
+    let dirs: Vec<(PathBuf, (u32, u32), u32)> = vec![
+        (layout.lib_dir(), me, 0o755),
+        (layout.artifacts_dir(), me, 0o755),
+        (layout.releases_dir(), me, 0o755),
+        (layout.shared_dir(), (uid, gid), 0o750),
+        (layout.log_dir(), (uid, gid), 0o750),
+        (layout.run_dir(), me, 0o755),
+    ];
+    for (path, owner, mode) in dirs {
+        results.push(ensure_dir(&path, owner, mode, spec.dry_run));
+    }
+    // Init integration only on a real host: a `local` stage's root is a project directory.
+    if on_real_root {
+        results.extend(ensure_init(layout, spec));
+    }
+    results
+}
+
+/// The systemd unit when the host runs systemd, else the LSB init script;
+/// either enabled at boot.
+fn ensure_init(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
+    let init = match InitSpec::gather(layout, Path::new(&spec.agent_path), Some(spec.user.clone()))
+    {
+        Ok(init) => init,
+        Err(e) => return vec![result("init integration".into(), "failed", e, None)],
+    };
+    let mut results = Vec::new();
+    if Path::new("/run/systemd/system").is_dir() {
+        let text = match init::unit_text(&init) {
+            Ok(t) => t,
+            Err(e) => return vec![result("systemd unit".into(), "failed", e, None)],
+        };
+        let file = ensure_file(&init::unit_path(layout), &text, 0o644, spec.dry_run);
+        let changed = file.status == "changed";
+        results.push(file);
+        let name = format!("{}.service", layout.name());
+        if changed {
+            results.push(command_resource(
+                "systemctl daemon-reload",
+                Command::new("systemctl").arg("daemon-reload"),
+            ));
+        }
+        let enabled = Command::new("systemctl")
+            .args(["is-enabled", "--quiet", "--", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        results.push(match (enabled, spec.dry_run) {
+            (true, _) => result(format!("enabled {name}"), "ok", "starts at boot", None),
+            (false, true) => result(
+                format!("enabled {name}"),
+                "would_change",
+                "systemctl enable",
+                None,
+            ),
+            (false, false) => command_resource(
+                &format!("enabled {name}"),
+                Command::new("systemctl").args(["enable", "--quiet", "--", &name]),
+            ),
+        });
+    } else {
+        let text = init::initscript_text(&init);
+        results.push(ensure_file(
+            &init::initscript_path(layout),
+            &text,
+            0o755,
+            spec.dry_run,
+        ));
+        // update-rc.d makes the rc?.d links; their presence is what "enabled" means here.
+        let linked = fs::read_dir(layout.root().join("etc/rc2.d"))
+            .map(|dir| {
+                dir.flatten().any(|e| {
+                    let link = e.file_name().to_string_lossy().into_owned();
+                    link.starts_with('S') && link.get(3..) == Some(layout.name())
+                })
+            })
+            .unwrap_or(false);
+        let resource = format!("enabled /etc/init.d/{}", layout.name());
+        results.push(match (linked, spec.dry_run) {
+            (true, _) => result(resource, "ok", "starts at boot (rc2.d)", None),
+            (false, true) => result(resource, "would_change", "update-rc.d defaults", None),
+            (false, false) => command_resource(
+                &resource,
+                Command::new("update-rc.d").args([layout.name(), "defaults"]),
+            ),
+        });
+    }
+    results
+}
+
+/// Runs a command as a resource: `changed` when it succeeds.
+fn command_resource(resource: &str, command: &mut Command) -> ResourceResult {
+    match run(command) {
+        Ok(()) => result(resource.to_string(), "changed", "done", None),
+        Err(e) => result(resource.to_string(), "failed", e, None),
+    }
+}
+
+fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) -> Option<u32> {
+    let resource = format!("group {name}");
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => {
+            results.push(result(resource, "ok", format!("gid {}", g.gid), None));
+            Some(g.gid.as_raw())
+        }
+        Ok(None) if dry_run => {
+            results.push(result(
+                resource,
+                "would_change",
+                "would create a system group",
+                None,
+            ));
+            Some(u32::MAX)
+        }
+        Ok(None) => {
+            if let Err(e) = run(Command::new("groupadd").args(["--system", "--", name])) {
+                results.push(result(resource, "failed", e, None));
+                return None;
+            }
+            match nix::unistd::Group::from_name(name) {
+                Ok(Some(g)) => {
+                    results.push(result(
+                        resource,
+                        "changed",
+                        format!("created, gid {}", g.gid),
+                        None,
+                    ));
+                    Some(g.gid.as_raw())
+                }
+                _ => {
+                    results.push(result(
+                        resource,
+                        "failed",
+                        "groupadd succeeded but the group is not there",
+                        None,
+                    ));
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            results.push(result(resource, "failed", e.to_string(), None));
+            None
+        }
+    }
+}
+
+fn ensure_user(
+    name: &str,
+    gid: Option<u32>,
+    home: &Path,
+    dry_run: bool,
+    results: &mut Vec<ResourceResult>,
+) -> Option<u32> {
+    let resource = format!("user {name}");
+    let gid = gid?;
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => {
+            let detail = format!("uid {}, shell {}", u.uid, u.shell.display());
+            results.push(result(resource, "ok", detail, None));
+            Some(u.uid.as_raw())
+        }
+        Ok(None) if dry_run => {
+            results.push(result(
+                resource,
+                "would_change",
+                "would create a system user without a login shell",
+                None,
+            ));
+            Some(u32::MAX)
+        }
+        Ok(None) => {
+            let created = run(Command::new("useradd")
+                .args(["--system", "--gid"])
+                .arg(gid.to_string())
+                .arg("--home-dir")
+                .arg(home)
+                .args([
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "--",
+                    name,
+                ]));
+            if let Err(e) = created {
+                results.push(result(resource, "failed", e, None));
+                return None;
+            }
+            match nix::unistd::User::from_name(name) {
+                Ok(Some(u)) => {
+                    results.push(result(
+                        resource,
+                        "changed",
+                        format!("created, uid {}", u.uid),
+                        None,
+                    ));
+                    Some(u.uid.as_raw())
+                }
+                _ => {
+                    results.push(result(
+                        resource,
+                        "failed",
+                        "useradd succeeded but the user is not there",
+                        None,
+                    ));
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            results.push(result(resource, "failed", e.to_string(), None));
+            None
+        }
+    }
+}
+
+fn ensure_dir(path: &Path, (uid, gid): (u32, u32), mode: u32, dry_run: bool) -> ResourceResult {
+    let resource = format!("directory {}", path.display());
+    let want = format!("{uid}:{gid} {mode:04o}");
+    let meta = fs::metadata(path).ok();
+    let have = meta
+        .as_ref()
+        .map(|m| format!("{}:{} {:04o}", m.uid(), m.gid(), m.mode() & 0o7777));
+    if have.as_deref() == Some(want.as_str()) {
+        return result(resource, "ok", want, None);
+    }
+    let change = match &have {
+        Some(have) => format!("{have} → {want}"),
+        None => format!("create {want}"),
+    };
+    if dry_run {
+        return result(resource, "would_change", change, None);
+    }
+    let applied = fs::create_dir_all(path)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())
+        })
+        .and_then(|()| {
+            if nix::unistd::Uid::effective().is_root() {
+                nix::unistd::chown(
+                    path,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                )
+                .map_err(|e| e.to_string())
+            } else {
+                Ok(())
+            }
+        });
+    match applied {
+        Ok(()) => result(resource, "changed", change, None),
+        Err(e) => result(resource, "failed", format!("{change}: {e}"), None),
+    }
+}
+
+/// Writes `content` to `path` when it differs; the diff is part of the result.
+pub fn ensure_file(path: &Path, content: &str, mode: u32, dry_run: bool) -> ResourceResult {
+    let resource = format!("file {}", path.display());
+    let old = fs::read_to_string(path).ok();
+    let old_mode = fs::metadata(path).ok().map(|m| m.mode() & 0o7777);
+    if old.as_deref() == Some(content) && old_mode == Some(mode) {
+        return result(resource, "ok", format!("{mode:04o}, up to date"), None);
+    }
+    let diff = similar::TextDiff::from_lines(old.as_deref().unwrap_or(""), content)
+        .unified_diff()
+        .header(
+            &if old.is_some() {
+                path.display().to_string()
+            } else {
+                "/dev/null".into()
+            },
+            &path.display().to_string(),
+        )
+        .to_string();
+    let detail = match (old.is_some(), old_mode) {
+        (false, _) => format!("create, mode {mode:04o}"),
+        (true, Some(m)) if m != mode => format!("mode {m:04o} → {mode:04o}"),
+        _ => "update".to_string(),
+    };
+    if dry_run {
+        return result(resource, "would_change", detail, Some(diff));
+    }
+    let written = init::install(path, content, mode);
+    match written {
+        Ok(()) => result(resource, "changed", detail, Some(diff)),
+        Err(e) => result(resource, "failed", format!("{detail}: {e}"), Some(diff)),
+    }
+}
+
+/// Runs a command given as argv; its stderr becomes the error.
+fn run(command: &mut Command) -> Result<(), String> {
+    let out = command
+        .output()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} failed ({}): {}",
+            command.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_written_once_and_dry_runs_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/init.d/svc");
+        let dry = ensure_file(&path, "a\n", 0o755, true);
+        assert_eq!(dry.status, "would_change");
+        assert!(dry.diff.as_deref().unwrap().contains("+a"));
+        assert!(!path.exists());
+        assert_eq!(ensure_file(&path, "a\n", 0o755, false).status, "changed");
+        assert_eq!(ensure_file(&path, "a\n", 0o755, false).status, "ok");
+        let update = ensure_file(&path, "b\n", 0o755, true);
+        assert!(
+            update.diff.as_deref().unwrap().contains("-a\n+b"),
+            "{:?}",
+            update.diff
+        );
+    }
+
+    #[test]
+    fn directories_get_their_mode_and_a_second_run_is_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("var/log/svc");
+        let me = (
+            nix::unistd::Uid::effective().as_raw(),
+            nix::unistd::Gid::effective().as_raw(),
+        );
+        assert_eq!(ensure_dir(&path, me, 0o750, true).status, "would_change");
+        assert!(!path.exists());
+        assert_eq!(ensure_dir(&path, me, 0o750, false).status, "changed");
+        assert_eq!(ensure_dir(&path, me, 0o750, false).status, "ok");
+    }
+}

@@ -1,0 +1,224 @@
+//! Running one step on many hosts: bounded parallelism, a bounded rate of new
+//! connections (sshd's MaxStartups drops bursts), and Ctrl-C handling.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::operator::config::{HostSpec, ResolvedStage};
+use crate::operator::ssh::{ControlDir, Reach};
+use crate::operator::transport::AgentSession;
+
+/// Hosts at once unless `--parallel` says otherwise.
+pub const DEFAULT_PARALLEL: usize = 32;
+/// At most one new connection per this interval.
+const CONNECT_INTERVAL: Duration = Duration::from_millis(25);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes Ctrl-C (and SIGTERM) ask the operator to wind down instead of dying:
+/// no new step starts, running ones finish, locks are released.
+pub fn catch_interrupts() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
+/// Whether Ctrl-C was pressed.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Runs `f` on every item, at most `limit` at once.
+pub fn each<T: Send>(items: &mut [T], limit: usize, f: impl Fn(&mut T) + Sync) {
+    let queue: Mutex<Vec<&mut T>> = Mutex::new(items.iter_mut().rev().collect());
+    let workers = limit.clamp(1, queue.lock().map(|q| q.len()).unwrap_or(1).max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.pop());
+                    match next {
+                        Some(item) => f(item),
+                        None => break,
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Spaces out new connections.
+pub struct RateLimiter {
+    next: Mutex<Instant>,
+    interval: Duration,
+}
+
+impl RateLimiter {
+    /// One start per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        RateLimiter {
+            next: Mutex::new(Instant::now()),
+            interval,
+        }
+    }
+
+    /// Waits for the next slot.
+    pub fn wait(&self) {
+        let slot = match self.next.lock() {
+            Ok(mut next) => {
+                let slot = (*next).max(Instant::now());
+                *next = slot + self.interval;
+                slot
+            }
+            Err(_) => return,
+        };
+        let now = Instant::now();
+        if slot > now {
+            std::thread::sleep(slot - now);
+        }
+    }
+}
+
+/// How to reach a stage's hosts, and the limits to do it with.
+pub struct Fleet {
+    /// Reaching hosts.
+    pub reach: Reach,
+    /// Hosts at once.
+    pub parallel: usize,
+    /// Service name.
+    pub service: String,
+    limiter: RateLimiter,
+    // Dropped last: closes the ssh masters.
+    _control: Option<ControlDir>,
+}
+
+impl Fleet {
+    /// Prepares to reach `stage`'s hosts with the command line's options.
+    pub fn for_stage(
+        project: &crate::operator::config::Project,
+        stage: &ResolvedStage,
+        args: &crate::cli::FleetArgs,
+    ) -> Result<Fleet> {
+        Fleet::new(
+            stage,
+            &project.config.service.name.0,
+            args.ssh_config.as_deref(),
+            args.parallel,
+        )
+    }
+
+    /// Prepares to reach `stage`'s hosts.
+    pub fn new(
+        stage: &ResolvedStage,
+        service: &str,
+        ssh_config: Option<&std::path::Path>,
+        parallel: Option<usize>,
+    ) -> Result<Fleet> {
+        let remote = stage.hosts.iter().any(|(_, spec)| *spec != HostSpec::Local);
+        let control = if remote {
+            Some(ControlDir::create().map_err(|e| {
+                Error::failed(format!(
+                    "cannot create a directory for ssh control sockets: {e}"
+                ))
+            })?)
+        } else {
+            None
+        };
+        let ssh_config = match ssh_config {
+            Some(p) => Some(
+                std::path::absolute(p)
+                    .map_err(|e| Error::config(format!("--ssh-config {}: {e}", p.display())))?,
+            ),
+            None => stage.ssh_config.clone(),
+        };
+        if let Some(p) = &ssh_config
+            && !p.is_file()
+        {
+            return Err(Error::config(format!(
+                "ssh config file {} does not exist",
+                p.display()
+            )));
+        }
+        raise_open_file_limit();
+        Ok(Fleet {
+            reach: Reach {
+                root: stage.root.clone(),
+                ssh_config,
+                sudo: stage.sudo,
+                agent_path: stage.agent_path.clone(),
+                control_dir: control.as_ref().map(|c| c.path().to_path_buf()),
+            },
+            parallel: parallel.unwrap_or(DEFAULT_PARALLEL).max(1),
+            service: service.to_string(),
+            limiter: RateLimiter::new(CONNECT_INTERVAL),
+            _control: control,
+        })
+    }
+
+    /// Waits for a slot to open a new connection.
+    pub fn pace(&self) {
+        self.limiter.wait();
+    }
+
+    /// Opens an agent session, paced by the connection rate limit.
+    pub fn open(&self, host: &str, spec: &HostSpec) -> Result<AgentSession> {
+        if *spec != HostSpec::Local {
+            self.limiter.wait();
+        }
+        AgentSession::open(host, spec, &self.reach, &self.service)
+    }
+}
+
+/// Each host costs a few pipes; hundreds of hosts need more than the default 1024.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_runs_every_item_once_within_the_limit() {
+        let running = std::sync::atomic::AtomicUsize::new(0);
+        let peak = std::sync::atomic::AtomicUsize::new(0);
+        let mut items: Vec<u32> = (0..20).collect();
+        each(&mut items, 4, |x| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+            *x += 100;
+            running.fetch_sub(1, Ordering::SeqCst);
+        });
+        assert!(items.iter().all(|x| *x >= 100));
+        assert!(peak.load(Ordering::SeqCst) <= 4);
+    }
+
+    #[test]
+    fn rate_limiter_spaces_starts() {
+        let limiter = RateLimiter::new(Duration::from_millis(10));
+        let start = Instant::now();
+        for _ in 0..5 {
+            limiter.wait();
+        }
+        assert!(start.elapsed() >= Duration::from_millis(40));
+    }
+}

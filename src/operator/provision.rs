@@ -1,0 +1,276 @@
+//! `shipjar provision STAGE [--dry-run]`: install the agent binary on each host
+//! (same architecture; replaced when its sha256 differs), then have the agent
+//! bring the host to what the service needs. Idempotent: a second run reports
+//! only `ok`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+
+use crate::cli::ProvisionArgs;
+use crate::error::{Error, Result};
+use crate::host::store::sha256_file;
+use crate::operator::config::{HostSpec, Project};
+use crate::operator::fleet::{self, Fleet};
+use crate::operator::output::Reporter;
+use crate::operator::ssh;
+use crate::protocol::{ProvisionSpec, Request, ResourceResult, Response};
+
+/// Installs `$1` from stdin atomically; the path is an argument, never part of the script.
+const INSTALL_SCRIPT: &str = r#"set -eu
+d=$(dirname -- "$1")
+mkdir -p -- "$d"
+t="$d/.shipjar-new.$$"
+cat > "$t"
+chmod 0755 "$t"
+mv -f -- "$t" "$1""#;
+
+/// Prints the installed binary's sha256, or nothing.
+const SHA_SCRIPT: &str = r#"if [ -f "$1" ]; then sha256sum -- "$1"; fi"#;
+
+/// One host's provisioning.
+#[derive(Debug, Serialize)]
+pub struct HostProvision {
+    /// Host as written in the stage.
+    pub host: String,
+    /// Resources in order.
+    pub resources: Vec<ResourceResult>,
+}
+
+/// `shipjar provision STAGE`.
+pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -> Result<i32> {
+    let stage = project.stage(&args.stage)?;
+    // Secrets are read so that anything shown (diffs included) masks them.
+    crate::operator::render::mask_available_secrets(&stage.secrets);
+    let service = &project.config.service.name.0;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
+    let exe = match &stage.agent_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| Error::failed(format!("cannot find the shipjar binary: {e}")))?,
+    };
+    let our_sha = sha256_file(&exe)
+        .map_err(|e| Error::failed(format!("cannot hash {}: {e}", exe.display())))?;
+    let user = project
+        .config
+        .service
+        .user
+        .clone()
+        .unwrap_or_else(|| service.clone());
+    let spec = ProvisionSpec {
+        user,
+        agent_path: stage.agent_path.clone(),
+        dry_run: args.dry_run,
+    };
+    let mut rows: Vec<(String, HostSpec, Vec<ResourceResult>)> = stage
+        .hosts
+        .iter()
+        .map(|(h, s)| (h.clone(), s.clone(), Vec::new()))
+        .collect();
+    fleet::each(&mut rows, fleet.parallel, |(host, host_spec, resources)| {
+        if *host_spec != HostSpec::Local {
+            let binary = install_agent(&fleet, host_spec, &exe, &our_sha, args.dry_run);
+            let failed = binary.status == "failed";
+            resources.push(binary);
+            if failed {
+                return;
+            }
+            if args.dry_run && resources.iter().any(|r| r.status == "would_change") {
+                // The agent is missing or old: it cannot be asked about the rest yet.
+                resources.push(ResourceResult {
+                    resource: "service user, directories, init".into(),
+                    status: "would_change".into(),
+                    detail: "checked once the agent is installed".into(),
+                    diff: None,
+                });
+                return;
+            }
+        }
+        let answer = fleet.open(host, host_spec).and_then(|mut session| {
+            let r = session.call(Request::Provision { spec: spec.clone() }, &mut |_, _| {});
+            let _ = session.close();
+            r
+        });
+        match answer {
+            Ok(Response::Provisioned { resources: r }) => resources.extend(r),
+            Ok(Response::Error(e)) => resources.push(failed_resource("agent", e.message)),
+            Ok(other) => resources.push(failed_resource(
+                "agent",
+                format!("unexpected answer: {other:?}"),
+            )),
+            Err(e) => resources.push(failed_resource("agent", e.message)),
+        }
+    });
+    let mut text = String::new();
+    let mut hosts = Vec::new();
+    for (host, _, resources) in rows {
+        for r in &resources {
+            reporter.step(&host, &r.resource, &r.status, &r.detail);
+            text.push_str(&format!(
+                "{host}: {:<12} {} — {}\n",
+                r.status, r.resource, r.detail
+            ));
+            if let Some(diff) = &r.diff {
+                for line in diff.lines() {
+                    text.push_str(&format!("    {line}\n"));
+                }
+            }
+        }
+        hosts.push(HostProvision { host, resources });
+    }
+    let count = |s: &str| {
+        hosts
+            .iter()
+            .flat_map(|h| &h.resources)
+            .filter(|r| r.status == s)
+            .count()
+    };
+    let failed = count("failed");
+    text.push_str(&format!(
+        "{} host{}: {} ok, {} {}, {failed} failed\n",
+        hosts.len(),
+        if hosts.len() == 1 { "" } else { "s" },
+        count("ok"),
+        if args.dry_run {
+            count("would_change")
+        } else {
+            count("changed")
+        },
+        if args.dry_run {
+            "would change"
+        } else {
+            "changed"
+        },
+    ));
+    #[derive(Serialize)]
+    struct ProvisionResult {
+        ok: bool,
+        dry_run: bool,
+        hosts: Vec<HostProvision>,
+    }
+    reporter.result(
+        &ProvisionResult {
+            ok: failed == 0,
+            dry_run: args.dry_run,
+            hosts,
+        },
+        &text,
+    );
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+fn failed_resource(resource: &str, detail: String) -> ResourceResult {
+    ResourceResult {
+        resource: resource.into(),
+        status: "failed".into(),
+        detail,
+        diff: None,
+    }
+}
+
+/// Makes the host's shipjar binary this one (same sha256).
+fn install_agent(
+    fleet: &Fleet,
+    spec: &HostSpec,
+    exe: &std::path::Path,
+    our_sha: &str,
+    dry_run: bool,
+) -> ResourceResult {
+    let path = &fleet.reach.agent_path;
+    let resource = format!("agent {path}");
+    let probe = remote(fleet, spec, SHA_SCRIPT, None);
+    let installed = match probe {
+        Ok(out) => out.split_whitespace().next().map(str::to_string),
+        Err(e) => return failed_resource(&resource, e),
+    };
+    let short = |s: &str| s.chars().take(12).collect::<String>();
+    if installed.as_deref() == Some(our_sha) {
+        return ResourceResult {
+            resource,
+            status: "ok".into(),
+            detail: format!(
+                "shipjar {} (sha256 {})",
+                env!("CARGO_PKG_VERSION"),
+                short(our_sha)
+            ),
+            diff: None,
+        };
+    }
+    let change = match &installed {
+        Some(old) => format!("replace sha256 {} with {}", short(old), short(our_sha)),
+        None => format!(
+            "install shipjar {} (sha256 {})",
+            env!("CARGO_PKG_VERSION"),
+            short(our_sha)
+        ),
+    };
+    if dry_run {
+        return ResourceResult {
+            resource,
+            status: "would_change".into(),
+            detail: change,
+            diff: None,
+        };
+    }
+    let binary = match std::fs::read(exe) {
+        Ok(b) => b,
+        Err(e) => return failed_resource(&resource, format!("cannot read {}: {e}", exe.display())),
+    };
+    if let Err(e) = remote(fleet, spec, INSTALL_SCRIPT, Some(&binary)) {
+        return failed_resource(&resource, e);
+    }
+    match remote(fleet, spec, SHA_SCRIPT, None) {
+        Ok(out) if out.split_whitespace().next() == Some(our_sha) => ResourceResult {
+            resource,
+            status: "changed".into(),
+            detail: change,
+            diff: None,
+        },
+        Ok(_) => failed_resource(
+            &resource,
+            "the installed binary does not match after upload".into(),
+        ),
+        Err(e) => failed_resource(&resource, e),
+    }
+}
+
+/// Runs a fixed script on the host with the agent path as `$1`, optionally feeding stdin.
+fn remote(
+    fleet: &Fleet,
+    spec: &HostSpec,
+    script: &str,
+    input: Option<&[u8]>,
+) -> Result<String, String> {
+    fleet.pace();
+    let remote = ssh::remote_command(
+        &fleet.reach,
+        &["sh", "-c", script, "sh", &fleet.reach.agent_path],
+    );
+    let mut child = Command::new("ssh")
+        .args(ssh::ssh_args(spec, &fleet.reach, &remote))
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(bytes)
+            .map_err(|e| format!("sending the binary: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("ssh: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ssh failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

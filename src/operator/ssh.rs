@@ -1,0 +1,200 @@
+//! OpenSSH command lines, built as data (and unit-tested) apart from running them.
+//!
+//! The user's own `ssh` does the connecting, so their `~/.ssh/config`, agent,
+//! ProxyJump, certificates and known_hosts apply. Host keys are checked as
+//! OpenSSH does (`BatchMode` only stops it from prompting).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::operator::config::HostSpec;
+
+/// How a stage's hosts are reached.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    /// Host root the agent works under.
+    pub root: PathBuf,
+    /// ssh config file (`-F`), if any.
+    pub ssh_config: Option<PathBuf>,
+    /// Run the agent through `sudo -n`.
+    pub sudo: bool,
+    /// The shipjar binary on the hosts.
+    pub agent_path: String,
+    /// Directory for ControlMaster sockets (short, private to this run).
+    pub control_dir: Option<PathBuf>,
+}
+
+/// Quotes one word for a POSIX shell: the remote side always parses our command line.
+pub fn shell_quote(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b));
+    if safe {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The remote command line for `words`, each quoted, prefixed with `sudo -n` when asked.
+pub fn remote_command(reach: &Reach, words: &[&str]) -> String {
+    let mut all: Vec<String> = Vec::new();
+    if reach.sudo {
+        all.extend(["sudo".to_string(), "-n".to_string(), "--".to_string()]);
+    }
+    all.extend(words.iter().map(|w| shell_quote(w)));
+    all.join(" ")
+}
+
+/// `ssh` arguments (without the program) that run `remote` on `spec`.
+pub fn ssh_args(spec: &HostSpec, reach: &Reach, remote: &str) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut opt = |o: &str| {
+        args.push("-o".into());
+        args.push(o.into());
+    };
+    opt("BatchMode=yes");
+    opt("ConnectTimeout=10");
+    opt("ServerAliveInterval=5");
+    opt("ServerAliveCountMax=3");
+    if let Some(dir) = &reach.control_dir {
+        opt("ControlMaster=auto");
+        opt("ControlPersist=10");
+        args.push("-o".into());
+        let mut path = OsString::from("ControlPath=");
+        path.push(dir.join("%C"));
+        args.push(path);
+    }
+    if let Some(config) = &reach.ssh_config {
+        args.push("-F".into());
+        args.push(config.into());
+    }
+    let HostSpec::Ssh { user, host, port } = spec else {
+        return args;
+    };
+    if let Some(port) = port {
+        args.push("-p".into());
+        args.push(port.to_string().into());
+    }
+    if let Some(user) = user {
+        args.push("-l".into());
+        args.push(user.into());
+    }
+    // `--` ends ssh's options: neither host nor command can be read as one.
+    args.push("--".into());
+    args.push(host.into());
+    args.push(remote.into());
+    args
+}
+
+/// A private directory for ControlMaster sockets, removed with the run.
+pub struct ControlDir {
+    path: PathBuf,
+}
+
+impl ControlDir {
+    /// Creates `/tmp/sj-<pid>-<n>` (short: socket paths are limited to ~104 bytes).
+    pub fn create() -> std::io::Result<ControlDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        for n in 0..100 {
+            let path = base.join(format!("sj-{}-{n}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(ControlDir { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other(
+            "cannot create a control socket directory",
+        ))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        // Ask every master still running to exit, then remove the sockets.
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for entry in entries.flatten() {
+                let mut path = OsString::from("ControlPath=");
+                path.push(entry.path());
+                let _ = std::process::Command::new("ssh")
+                    .args(["-O", "exit", "-o"])
+                    .arg(path)
+                    .arg("shipjar-control")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reach(sudo: bool) -> Reach {
+        Reach {
+            root: "/".into(),
+            ssh_config: Some("/p/ssh_config".into()),
+            sudo,
+            agent_path: "/usr/local/bin/shipjar".into(),
+            control_dir: Some("/tmp/sj-1-0".into()),
+        }
+    }
+
+    #[test]
+    fn words_are_quoted_for_the_remote_shell() {
+        assert_eq!(
+            shell_quote("/usr/local/bin/shipjar"),
+            "/usr/local/bin/shipjar"
+        );
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("$(reboot)"), "'$(reboot)'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(
+            remote_command(&reach(true), &["/opt/my dir/shipjar", "agent"]),
+            "sudo -n -- '/opt/my dir/shipjar' agent"
+        );
+    }
+
+    #[test]
+    fn ssh_arguments_keep_host_and_command_apart_from_options() {
+        let spec = HostSpec::Ssh {
+            user: Some("deploy".into()),
+            host: "app2.example.com".into(),
+            port: Some(2222),
+        };
+        let args: Vec<String> = ssh_args(&spec, &reach(false), "shipjar agent")
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let tail: Vec<&str> = args[args.len() - 9..].iter().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "-F",
+                "/p/ssh_config",
+                "-p",
+                "2222",
+                "-l",
+                "deploy",
+                "--",
+                "app2.example.com",
+                "shipjar agent"
+            ]
+        );
+        assert!(args.contains(&"ControlPath=/tmp/sj-1-0/%C".to_string()));
+        assert!(!args.iter().any(|a| a.contains("StrictHostKeyChecking")));
+    }
+}

@@ -1,0 +1,532 @@
+//! Deploying to a fleet of real sshd hosts (network namespaces on this
+//! machine, reached with the real OpenSSH client) running real hello JVMs.
+//! Root only: as another user these tests are ignored (skipped).
+
+mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
+
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{hello_jar, shipjar_bin, text};
+use fleet::{Fleet, require_root};
+
+/// Port the hello service uses inside every host (each host has its own network).
+const PORT: u16 = 18080;
+
+/// A project whose `fleet` stage is the test fleet.
+struct FleetProject {
+    fleet: Fleet,
+    dir: tempfile::TempDir,
+    secret: String,
+}
+
+impl FleetProject {
+    fn new(hosts: usize, stage_extra: &str) -> FleetProject {
+        let fleet = Fleet::new(hosts);
+        let dir = tempfile::Builder::new()
+            .prefix("shipjar-fleet-")
+            .tempdir()
+            .expect("tempdir");
+        let example = common::example_dir();
+        std::fs::create_dir_all(dir.path().join("deploy")).expect("mkdir");
+        for entry in std::fs::read_dir(example.join("deploy")).expect("read deploy/") {
+            let entry = entry.expect("entry");
+            std::fs::copy(
+                entry.path(),
+                dir.path().join("deploy").join(entry.file_name()),
+            )
+            .expect("copy");
+        }
+        // The stage is called `fleet`: it picks deploy/logging-fleet.properties.
+        std::fs::copy(
+            dir.path().join("deploy/logging-production.properties"),
+            dir.path().join("deploy/logging-fleet.properties"),
+        )
+        .expect("copy logging config");
+        let hosts_list = fleet
+            .hosts()
+            .iter()
+            .map(|h| format!("\"{h}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = std::fs::read_to_string(example.join("shipjar.toml"))
+            .expect("example config")
+            .replace("18080", &PORT.to_string())
+            // Reachable from the test (outside the hosts) on each host's own address.
+            .replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
+            .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
+            .replace("timeout = \"15s\"", "timeout = \"5s\"")
+            + &format!(
+                "\n[stages.fleet]\nhosts = [{hosts_list}]\nssh_config = \"{}\"\nvars = {{ db_url = \"jdbc:postgresql://db/hello\", db_user = \"hello\" }}\nsecrets = {{ db_password = {{ env = \"HELLO_DB_PASSWORD\" }} }}\n{stage_extra}\n",
+                fleet.ssh_config().display()
+            );
+        std::fs::write(dir.path().join("shipjar.toml"), config).expect("write config");
+        FleetProject {
+            fleet,
+            dir,
+            secret: common::unique_secret(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(shipjar_bin());
+        cmd.arg("-C")
+            .arg(self.dir.path())
+            .args(args)
+            .env("HELLO_DB_PASSWORD", &self.secret)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run shipjar")
+    }
+
+    fn provision(&self) {
+        let out = self.run(&["provision", "fleet"]);
+        assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
+    }
+
+    fn deploy(&self, version: &str, extra: &[&str]) -> Output {
+        let jar = hello_jar().to_string_lossy().into_owned();
+        let mut args = vec![
+            "--json",
+            "deploy",
+            "fleet",
+            "--artifact",
+            &jar,
+            "--version",
+            version,
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// The version `host`'s service reports over HTTP, from outside the host.
+    fn served(&self, host: &str) -> Option<String> {
+        let ip: std::net::Ipv4Addr = self.fleet.ip(host).parse().ok()?;
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&(ip, PORT).into(), Duration::from_secs(2))
+                .ok()?;
+        use std::io::{Read, Write};
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET /version HTTP/1.0\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let body = response.split_once("\r\n\r\n")?.1;
+        let value: serde_json::Value = serde_json::from_str(body).ok()?;
+        value["version"].as_str().map(str::to_string)
+    }
+
+    fn served_everywhere(&self) -> Vec<Option<String>> {
+        self.fleet.hosts().iter().map(|h| self.served(h)).collect()
+    }
+
+    fn status(&self) -> (i32, serde_json::Value) {
+        let out = self.run(&["--json", "status", "fleet"]);
+        (out.status.code().unwrap_or(-1), last_json(&out))
+    }
+}
+
+impl Drop for FleetProject {
+    fn drop(&mut self) {
+        // The fleet's teardown kills every process in every host, services included.
+        let _ = &self.fleet;
+    }
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn host_field<'a>(result: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+    result["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["host"] == host))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn provision_is_idempotent_and_dry_run_changes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let p = FleetProject::new(3, "");
+    let dry = p.run(&["--json", "provision", "fleet", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    assert!(!text(&dry).contains(&p.secret));
+    let dry = last_json(&dry);
+    assert_eq!(dry["dry_run"], true);
+    let out = p.fleet.ssh(
+        "app1",
+        "test -e /usr/local/bin/shipjar && echo present || echo absent",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "absent",
+        "dry run installed the agent"
+    );
+
+    let first = p.run(&["--json", "provision", "fleet"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let first = last_json(&first);
+    for host in p.fleet.hosts() {
+        let resources = host_field(&first, &host)["resources"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            resources.iter().any(|r| r["status"] == "changed"),
+            "{host}: {resources:?}"
+        );
+        assert!(
+            resources.iter().all(|r| r["status"] != "failed"),
+            "{host}: {resources:?}"
+        );
+    }
+    let passwd = p.fleet.exec("app2", &["getent", "passwd", "hello"]);
+    let line = String::from_utf8_lossy(&passwd.stdout).to_string();
+    assert!(line.ends_with(":/usr/sbin/nologin\n"), "{line}");
+    let modes = p.fleet.exec(
+        "app2",
+        &[
+            "stat",
+            "-c",
+            "%U %a",
+            "/var/log/hello",
+            "/var/lib/hello/releases",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&modes.stdout),
+        "hello 750\nroot 755\n"
+    );
+    // No systemd in these hosts: the LSB init script, enabled at boot, delegating to shipjar.
+    let script = p.fleet.exec("app2", &["cat", "/etc/init.d/hello"]);
+    let script = String::from_utf8_lossy(&script.stdout).to_string();
+    assert!(
+        script.contains("### BEGIN INIT INFO") && script.contains("/usr/local/bin/shipjar"),
+        "{script}"
+    );
+    let links = p
+        .fleet
+        .exec("app2", &["sh", "-c", "ls /etc/rc2.d | grep -x 'S..hello'"]);
+    assert!(links.status.success(), "init script not enabled at boot");
+
+    // Someone edited the script on app1, even pasting the password into it: a
+    // dry run shows the change as a diff, with the secret masked.
+    let edit = format!("echo '# db password {}' >> /etc/init.d/hello", p.secret);
+    assert!(p.fleet.exec("app1", &["sh", "-c", &edit]).status.success());
+    let dry = p.run(&["provision", "fleet", "--dry-run"]);
+    let shown = text(&dry);
+    assert_eq!(dry.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("-# db password ********"), "{shown}");
+    assert!(!shown.contains(&p.secret), "{shown}");
+    let fixed = p.run(&["provision", "fleet"]);
+    assert_eq!(fixed.status.code(), Some(0), "{}", text(&fixed));
+
+    let second = p.run(&["--json", "provision", "fleet"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let second = last_json(&second);
+    for host in p.fleet.hosts() {
+        let resources = host_field(&second, &host)["resources"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(!resources.is_empty());
+        assert!(
+            resources.iter().all(|r| r["status"] == "ok"),
+            "second run changed something on {host}: {resources:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
+    if !require_root() {
+        return;
+    }
+    let p = FleetProject::new(5, "rolling = { batch = 2 }");
+    p.provision();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let result = last_json(&out);
+    let jar = std::fs::metadata(hello_jar()).expect("jar").len();
+    for host in p.fleet.hosts() {
+        let h = host_field(&result, &host);
+        assert_eq!(h["state"], "updated", "{host}: {h}");
+        assert_eq!(h["uploaded_bytes"], jar, "{host}");
+        assert!(h["round_trips"].as_u64().unwrap_or(99) <= 5, "{host}: {h}");
+    }
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 5]);
+    // Batches of two: the log shows three batches.
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(events.contains("batch 3: app5"), "{events}");
+
+    let again = p.deploy("1.0.1", &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let result = last_json(&again);
+    for host in p.fleet.hosts() {
+        let h = host_field(&result, &host);
+        assert_eq!(
+            h["uploaded_bytes"], 0,
+            "{host}: the same artifact must not be uploaded again"
+        );
+        // lock + prepare + activate + finish: no upload round trip.
+        assert!(h["round_trips"].as_u64().unwrap_or(99) <= 4, "{host}: {h}");
+    }
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.1".to_string()); 5]);
+    let (code, status) = p.status();
+    assert_eq!(code, 0, "{status}");
+
+    // Rolling back the whole fleet uploads nothing and lands on one version.
+    let back = p.run(&["--json", "rollback", "fleet"]);
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    let result = last_json(&back);
+    assert_eq!(result["version"], "1.0.0", "{result}");
+    for host in p.fleet.hosts() {
+        assert_eq!(host_field(&result, &host)["uploaded_bytes"], 0, "{host}");
+    }
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 5]);
+    let releases = p.run(&["releases", "fleet"]);
+    assert_eq!(releases.status.code(), Some(0), "{}", text(&releases));
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn failing_first_batch_stops_and_reverts_leaving_the_rest_untouched() {
+    if !require_root() {
+        return;
+    }
+    let p = FleetProject::new(5, "rolling = { batch = 2 }");
+    p.provision();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let out = p.deploy("2.0.0", &["--env", "FAIL_ON_START=1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result = last_json(&out);
+    assert!(
+        result["stopped"].as_str().unwrap_or("").contains("batch 1"),
+        "{result}"
+    );
+    for host in ["app1", "app2"] {
+        assert_eq!(host_field(&result, host)["state"], "reverted", "{result}");
+    }
+    for host in ["app3", "app4", "app5"] {
+        assert_eq!(host_field(&result, host)["state"], "unchanged", "{result}");
+    }
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 5]);
+    let (code, status) = p.status();
+    assert_eq!(
+        code, 0,
+        "status must report one consistent version: {status}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn later_batch_failure_reverts_earlier_batches_so_one_version_runs() {
+    if !require_root() {
+        return;
+    }
+    let p = FleetProject::new(3, "rolling = { batch = 1 }");
+    p.provision();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    // Version 2.0.0 fails to start on app3 only (env values are templates).
+    let config_path = p.dir.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config").replace(
+        "BIND = \"0.0.0.0\" }",
+        "BIND = \"0.0.0.0\", FAIL_ON_START = \"{{ 'yes' if host == 'app3' and version == '2.0.0' else 'no' }}\" }",
+    );
+    std::fs::write(&config_path, config).expect("write config");
+    let out = p.deploy("2.0.0", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result = last_json(&out);
+    assert_eq!(host_field(&result, "app1")["state"], "reverted", "{result}");
+    assert_eq!(host_field(&result, "app2")["state"], "reverted", "{result}");
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
+    if !require_root() {
+        return;
+    }
+    let p = FleetProject::new(3, "rolling = { batch = 1 }");
+    p.provision();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let jar = hello_jar().to_string_lossy().into_owned();
+    // A slow start on every host gives time to cut app3 off before its turn.
+    let child = p
+        .command(&[
+            "--json",
+            "deploy",
+            "fleet",
+            "--artifact",
+            &jar,
+            "--version",
+            "2.0.0",
+            "--env",
+            "STARTUP_DELAY_MS=1500",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn deploy");
+    wait_for(Duration::from_secs(60), || {
+        p.served("app1").as_deref() == Some("2.0.0")
+    });
+    p.fleet.link_down("app3");
+    let out = child.wait_with_output().expect("deploy output");
+    p.fleet.link_up("app3");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let summary = text(&out);
+    assert!(summary.contains("app3"), "{summary}");
+    let result = last_json(&out);
+    assert_ne!(host_field(&result, "app3")["state"], "updated", "{result}");
+    // The default policy reverts the switched hosts: one version remains.
+    let served = p.served_everywhere();
+    assert_eq!(served[0], served[1], "{served:?}");
+    assert_eq!(served[0].as_deref(), Some("1.0.0"), "{served:?}");
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds() {
+    if !require_root() {
+        return;
+    }
+    let p = FleetProject::new(3, "rolling = { batch = 1 }\nlock_lease = \"4s\"");
+    p.provision();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let mut child = p
+        .command(&[
+            "deploy",
+            "fleet",
+            "--artifact",
+            &jar,
+            "--version",
+            "2.0.0",
+            "--env",
+            "STARTUP_DELAY_MS=1000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn deploy");
+    wait_for(Duration::from_secs(60), || {
+        p.served("app1").as_deref() == Some("2.0.0")
+    });
+    child.kill().expect("SIGKILL the operator");
+    let _ = child.wait();
+    // Every host is on a complete release and healthy, whichever it is.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = p.status();
+        let healthy = p
+            .fleet
+            .hosts()
+            .iter()
+            .all(|h| host_field(&status, h)["status"]["service"]["healthy"] == true);
+        if healthy {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hosts not healthy after the operator died: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The lease expires; the next deploy takes over (with a warning) and succeeds.
+    std::thread::sleep(Duration::from_secs(5));
+    let out = p.deploy("3.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(p.served_everywhere(), vec![Some("3.0.0".to_string()); 3]);
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn concurrent_deploys_one_fails_naming_the_other_or_waits() {
+    if !require_root() {
+        return;
+    }
+    let p = FleetProject::new(2, "");
+    p.provision();
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let first = p
+        .command(&[
+            "deploy",
+            "fleet",
+            "--artifact",
+            &jar,
+            "--version",
+            "1.0.0",
+            "--env",
+            "STARTUP_DELAY_MS=3000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let first_pid = first.id();
+    wait_for(Duration::from_secs(30), || {
+        let out = p.fleet.exec("app1", &["cat", "/run/hello/deploy.lock"]);
+        !out.stdout.is_empty()
+    });
+    let second = p.deploy("2.0.0", &[]);
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    let message = text(&second);
+    assert!(message.contains("deploy lock is held by"), "{message}");
+    assert!(message.contains(&format!("pid {first_pid}")), "{message}");
+    // A third one queues behind the first with --wait, then runs.
+    let third = p.deploy("3.0.0", &["--wait", "60s"]);
+    let first = first.wait_with_output().expect("first");
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    assert_eq!(p.served_everywhere(), vec![Some("3.0.0".to_string()); 2]);
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn status_flags_a_host_restarted_by_hand_from_an_old_release() {
+    if !require_root() {
+        return;
+    }
+    let p = FleetProject::new(2, "");
+    p.provision();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    assert_eq!(p.deploy("2.0.0", &[]).status.code(), Some(0));
+    let (code, _) = p.status();
+    assert_eq!(code, 0);
+    // By hand on app2: point current at the old release, restart, point it back.
+    let script = "set -e; cd /var/lib/hello; new=$(readlink current); old=$(ls releases | sort | head -n 1); \
+                  ln -sfn releases/$old current; /usr/local/bin/shipjar service restart hello >/dev/null; \
+                  ln -sfn $new current";
+    let out = p.fleet.ssh("app2", script);
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, status) = p.status();
+    assert_eq!(code, 1, "{status}");
+    let flags = host_field(&status, "app2")["flags"].to_string();
+    assert!(flags.contains("process runs release"), "{flags}");
+    assert_eq!(host_field(&status, "app1")["flags"], serde_json::json!([]));
+}
+
+fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
