@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::host::layout::Layout;
+use crate::host::restart::{self, Restarted};
 use crate::host::{probe, revisions, store, supervisor};
 use crate::protocol::manifest::ReleaseManifest;
 use crate::protocol::{Action, Activation, NowRunning, Revision};
@@ -77,15 +78,15 @@ fn switch_and_verify(
 ) -> Result<(), StepFailure> {
     store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
     emit("switch", &format!("current -> releases/{}", manifest.id));
-    let stop = supervisor::stop(layout).map_err(|e| ("stop", e.message, e.log_tail))?;
-    if stop.was_running {
+    let restarted = restart::restart(layout).map_err(|(step, e)| (step, e.message, e.log_tail))?;
+    if let Some(stop) = restarted.stop.filter(|s| s.was_running) {
         outcome.stopped_after_ms = Some(stop.took_ms);
         emit(
             "stop",
             &format!("previous process {} in {} ms", stop.how, stop.took_ms),
         );
     }
-    let started = supervisor::start(layout).map_err(|e| ("health", e.message, e.log_tail))?;
+    let started = restarted.start;
     outcome.pid = Some(started.pid);
     outcome.healthy_after_ms = Some(started.healthy_after_ms);
     emit(
@@ -153,10 +154,9 @@ fn revert(
         .ok()
         .map(|m| m.version);
     let result = store::switch(layout, previous)
-        .and_then(|()| supervisor::stop(layout).map_err(|e| e.message))
-        .and_then(|_| supervisor::start(layout).map_err(|e| e.message));
+        .and_then(|()| restart::restart(layout).map_err(|(_, e)| e.message));
     match result {
-        Ok(started) => {
+        Ok(Restarted { start: started, .. }) => {
             emit(
                 "revert",
                 &format!("release {previous} healthy again (pid {})", started.pid),

@@ -8,6 +8,7 @@ pub mod lock;
 pub mod logs;
 pub mod probe;
 pub mod provision;
+pub mod restart;
 pub mod revisions;
 pub mod store;
 pub mod supervisor;
