@@ -37,33 +37,14 @@ fn main() {
     for n in sizes {
         let fleet = fleet::Fleet::new(n);
         let dir = tempfile::tempdir().expect("tempdir");
-        let example = common::example_dir();
-        std::fs::create_dir_all(dir.path().join("deploy")).expect("mkdir");
-        for entry in std::fs::read_dir(example.join("deploy")).expect("deploy/") {
-            let entry = entry.expect("entry");
-            std::fs::copy(
-                entry.path(),
-                dir.path().join("deploy").join(entry.file_name()),
-            )
-            .expect("copy");
-        }
-        std::fs::copy(
-            dir.path().join("deploy/logging-production.properties"),
-            dir.path().join("deploy/logging-bench.properties"),
-        )
-        .expect("copy");
-        let hosts = fleet
-            .hosts()
-            .iter()
-            .map(|h| format!("\"{h}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let config = std::fs::read_to_string(example.join("shipjar.toml")).expect("config")
-            + &format!(
-                "\n[stages.bench]\nhosts = [{hosts}]\nssh_config = \"{}\"\nvars = {{ db_url = \"x\", db_user = \"x\" }}\nsecrets = {{ db_password = {{ env = \"HELLO_DB_PASSWORD\" }} }}\n",
-                fleet.ssh_config().display()
-            );
-        std::fs::write(dir.path().join("shipjar.toml"), config).expect("config");
+        common::write_fleet_project(
+            dir.path(),
+            "bench",
+            &fleet.hosts(),
+            fleet.ssh_config(),
+            "",
+            |c| c,
+        );
         let run = |args: &[&str]| {
             Command::new(common::shipjar_bin())
                 .arg("-C")

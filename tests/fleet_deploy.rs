@@ -29,40 +29,20 @@ impl FleetProject {
             .prefix("shipjar-fleet-")
             .tempdir()
             .expect("tempdir");
-        let example = common::example_dir();
-        std::fs::create_dir_all(dir.path().join("deploy")).expect("mkdir");
-        for entry in std::fs::read_dir(example.join("deploy")).expect("read deploy/") {
-            let entry = entry.expect("entry");
-            std::fs::copy(
-                entry.path(),
-                dir.path().join("deploy").join(entry.file_name()),
-            )
-            .expect("copy");
-        }
-        // The stage is called `fleet`: it picks deploy/logging-fleet.properties.
-        std::fs::copy(
-            dir.path().join("deploy/logging-production.properties"),
-            dir.path().join("deploy/logging-fleet.properties"),
-        )
-        .expect("copy logging config");
-        let hosts_list = fleet
-            .hosts()
-            .iter()
-            .map(|h| format!("\"{h}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let config = std::fs::read_to_string(example.join("shipjar.toml"))
-            .expect("example config")
-            .replace("18080", &PORT.to_string())
-            // Reachable from the test (outside the hosts) on each host's own address.
-            .replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
-            .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
-            .replace("timeout = \"15s\"", "timeout = \"5s\"")
-            + &format!(
-                "\n[stages.fleet]\nhosts = [{hosts_list}]\nssh_config = \"{}\"\nvars = {{ db_url = \"jdbc:postgresql://db/hello\", db_user = \"hello\" }}\nsecrets = {{ db_password = {{ env = \"HELLO_DB_PASSWORD\" }} }}\n{stage_extra}\n",
-                fleet.ssh_config().display()
-            );
-        std::fs::write(dir.path().join("shipjar.toml"), config).expect("write config");
+        common::write_fleet_project(
+            dir.path(),
+            "fleet",
+            &fleet.hosts(),
+            fleet.ssh_config(),
+            stage_extra,
+            |c| {
+                c.replace("18080", &PORT.to_string())
+                    // Reachable from the test (outside the hosts) on each host's own address.
+                    .replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
+                    .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
+                    .replace("timeout = \"15s\"", "timeout = \"5s\"")
+            },
+        );
         FleetProject {
             fleet,
             dir,

@@ -4,7 +4,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Project, hello_jar, text};
@@ -298,36 +297,9 @@ fn undefined_template_variable_exits_2_naming_template_and_line() {
 #[test]
 fn second_concurrent_deploy_fails_fast_naming_the_lock_holder() {
     let p = Project::new();
-    let jar = hello_jar().to_str().unwrap().to_string();
     // A slow start keeps the first deploy holding the lock for a while.
-    let first = p
-        .command(&[
-            "deploy",
-            "local",
-            "--artifact",
-            &jar,
-            "--version",
-            "1.0.0",
-            "--env",
-            "STARTUP_DELAY_MS=4000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = p.spawn_slow_deploy("1.0.0", 4000);
     let first_pid = first.id();
-    let lock = p.root().join("run/hello/deploy.lock");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_to_string(&lock)
-        .map(|t| t.is_empty())
-        .unwrap_or(true)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "first deploy never took the lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let started = Instant::now();
     let second = p.deploy("2.0.0", &[]);
     let took = started.elapsed();
@@ -445,31 +417,8 @@ fn build_records_artifact_sha_and_version_then_deploy_skip_build_uses_it() {
 fn ctrl_c_mid_deploy_releases_the_lock_and_leaves_a_healthy_release() {
     let p = Project::new();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    let jar = hello_jar().to_str().unwrap().to_string();
-    let child = p
-        .command(&[
-            "deploy",
-            "local",
-            "--artifact",
-            &jar,
-            "--version",
-            "2.0.0",
-            "--env",
-            "STARTUP_DELAY_MS=2000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = p.spawn_slow_deploy("2.0.0", 2000);
     let lock = p.root().join("run/hello/deploy.lock");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_to_string(&lock)
-        .map(|t| t.is_empty())
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "the deploy never took the lock");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

@@ -601,6 +601,14 @@ impl HostSpec {
     }
 }
 
+/// The absolute directory a project file is in.
+pub fn project_dir(file: &Path) -> Result<PathBuf> {
+    std::path::absolute(file)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .ok_or_else(|| Error::config(format!("{}: cannot resolve its directory", file.display())))
+}
+
 /// A loaded project: the parsed file plus where it lives.
 #[derive(Debug)]
 pub struct Project {
@@ -628,12 +636,7 @@ impl Project {
                 err
             }
         })?;
-        let dir = std::path::absolute(file)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .ok_or_else(|| {
-                Error::config(format!("{}: cannot resolve its directory", file.display()))
-            })?;
+        let dir = project_dir(file)?;
         let config = parse(&source, file)?;
         let project = Project {
             config,

@@ -59,12 +59,7 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
             file.display()
         )));
     }
-    let dir = std::path::absolute(file)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .ok_or_else(|| {
-            Error::config(format!("{}: cannot resolve its directory", file.display()))
-        })?;
+    let dir = crate::operator::config::project_dir(file)?;
     let name = match name {
         Some(n) => n.to_string(),
         None => name_from_dir(&dir),

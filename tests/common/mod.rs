@@ -38,6 +38,43 @@ pub fn hello_jar() -> &'static Path {
     })
 }
 
+/// Writes a copy of the hello project into `dir` with an extra stage `stage`
+/// for `hosts` reached through `ssh_config`; `edit` changes the example's config first.
+pub fn write_fleet_project(
+    dir: &Path,
+    stage: &str,
+    hosts: &[String],
+    ssh_config: &Path,
+    stage_extra: &str,
+    edit: impl FnOnce(String) -> String,
+) {
+    let example = example_dir();
+    std::fs::create_dir_all(dir.join("deploy")).expect("mkdir deploy");
+    for entry in std::fs::read_dir(example.join("deploy")).expect("read deploy/") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), dir.join("deploy").join(entry.file_name()))
+            .expect("copy template");
+    }
+    // The stage picks deploy/logging-<stage>.properties.
+    std::fs::copy(
+        dir.join("deploy/logging-production.properties"),
+        dir.join(format!("deploy/logging-{stage}.properties")),
+    )
+    .expect("copy logging config");
+    let hosts = hosts
+        .iter()
+        .map(|h| format!("\"{h}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = edit(
+        std::fs::read_to_string(example.join("shipjar.toml")).expect("example config"),
+    ) + &format!(
+        "\n[stages.{stage}]\nhosts = [{hosts}]\nssh_config = \"{}\"\nvars = {{ db_url = \"jdbc:postgresql://db/hello\", db_user = \"hello\" }}\nsecrets = {{ db_password = {{ env = \"HELLO_DB_PASSWORD\" }} }}\n{stage_extra}\n",
+        ssh_config.display()
+    );
+    std::fs::write(dir.join("shipjar.toml"), config).expect("write config");
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -134,6 +171,41 @@ impl Project {
         let mut args = vec!["deploy", "local", "--artifact", &jar, "--version", version];
         args.extend_from_slice(extra);
         self.run(&args)
+    }
+
+    /// Starts a deploy of `version` whose service starts slowly, and returns
+    /// once that deploy holds the lock.
+    pub fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
+        let jar = hello_jar().to_string_lossy().into_owned();
+        let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
+        let child = self
+            .command(&[
+                "deploy",
+                "local",
+                "--artifact",
+                &jar,
+                "--version",
+                version,
+                "--env",
+                &delay,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn deploy");
+        let lock = self.root().join("run/hello/deploy.lock");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&lock)
+            .map(|t| t.is_empty())
+            .unwrap_or(true)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the deploy never took the lock"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
     }
 
     /// GETs a path of the service.
