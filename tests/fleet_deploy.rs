@@ -510,3 +510,37 @@ fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_deploy_user_with_passwordless_sudo_can_provision_and_deploy() {
+    if !require_root() {
+        return;
+    }
+    let p = FleetProject::new(1, "");
+    // On app1: a `deploy` login with the fleet's key and passwordless sudo.
+    // (`-p '*'`: no password, but not a locked account, which sshd without PAM refuses.)
+    let setup = "set -e; useradd --create-home --shell /bin/sh -p '*' deploy; \
+                 install -d -m 700 -o deploy -g deploy /home/deploy/.ssh; \
+                 install -m 600 -o deploy -g deploy /root/.ssh/authorized_keys /home/deploy/.ssh/; \
+                 echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy; chmod 440 /etc/sudoers.d/deploy";
+    let out = p.fleet.exec("app1", &["sh", "-c", setup]);
+    assert!(out.status.success(), "{}", text(&out));
+    let config_path = p.dir.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&config_path)
+        .expect("config")
+        .replace(
+            "hosts = [\"app1\"]",
+            "hosts = [\"deploy@app1\"]\nsudo = true",
+        );
+    std::fs::write(&config_path, config).expect("write config");
+    let provision = p.run(&["provision", "fleet"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(p.served("app1").as_deref(), Some("1.0.0"));
+    let owner = p
+        .fleet
+        .exec("app1", &["stat", "-c", "%U", "/var/lib/hello/releases"]);
+    assert_eq!(String::from_utf8_lossy(&owner.stdout), "root\n");
+}
