@@ -84,6 +84,27 @@ impl FleetProject {
         self.run(&args)
     }
 
+    /// Starts a deploy of `version` whose service takes `startup_delay_ms` to get healthy.
+    fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
+        let jar = hello_jar().to_string_lossy().into_owned();
+        let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
+        self.command(&[
+            "--json",
+            "deploy",
+            "fleet",
+            "--artifact",
+            &jar,
+            "--version",
+            version,
+            "--env",
+            &delay,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn deploy")
+    }
+
     /// The version `host`'s service reports over HTTP, from outside the host.
     fn served(&self, host: &str) -> Option<String> {
         let ip: std::net::Ipv4Addr = self.fleet.ip(host).parse().ok()?;
@@ -343,24 +364,7 @@ fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    let jar = hello_jar().to_string_lossy().into_owned();
-    // A slow start on every host gives time to cut app3 off before its turn.
-    let child = p
-        .command(&[
-            "--json",
-            "deploy",
-            "fleet",
-            "--artifact",
-            &jar,
-            "--version",
-            "2.0.0",
-            "--env",
-            "STARTUP_DELAY_MS=1500",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn deploy");
+    let child = p.spawn_slow_deploy("2.0.0", 1500);
     wait_for(Duration::from_secs(60), || {
         p.served("app1").as_deref() == Some("2.0.0")
     });
@@ -387,22 +391,7 @@ fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds(
     let p = FleetProject::new(3, "rolling = { batch = 1 }\nlock_lease = \"4s\"");
     p.provision();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let mut child = p
-        .command(&[
-            "deploy",
-            "fleet",
-            "--artifact",
-            &jar,
-            "--version",
-            "2.0.0",
-            "--env",
-            "STARTUP_DELAY_MS=1000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn deploy");
+    let mut child = p.spawn_slow_deploy("2.0.0", 1000);
     wait_for(Duration::from_secs(60), || {
         p.served("app1").as_deref() == Some("2.0.0")
     });
@@ -441,22 +430,7 @@ fn concurrent_deploys_one_fails_naming_the_other_or_waits() {
     }
     let p = FleetProject::new(2, "");
     p.provision();
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let first = p
-        .command(&[
-            "deploy",
-            "fleet",
-            "--artifact",
-            &jar,
-            "--version",
-            "1.0.0",
-            "--env",
-            "STARTUP_DELAY_MS=3000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let first = p.spawn_slow_deploy("1.0.0", 3000);
     let first_pid = first.id();
     wait_for(Duration::from_secs(30), || {
         let out = p.fleet.exec("app1", &["cat", "/run/hello/deploy.lock"]);

@@ -78,15 +78,7 @@ fn first_deploy_serves_its_version_and_status_is_consistent() {
 #[test]
 fn redeploy_and_rollback_upload_nothing() {
     let p = Project::new();
-    let first = p.run(&[
-        "--json",
-        "deploy",
-        "local",
-        "--artifact",
-        hello_jar().to_str().unwrap(),
-        "--version",
-        "1.0.0",
-    ]);
+    let first = p.deploy_json("1.0.0", &[]);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     let uploaded = |out: &std::process::Output| -> u64 {
         let last = String::from_utf8_lossy(&out.stdout)
@@ -103,15 +95,7 @@ fn redeploy_and_rollback_upload_nothing() {
     assert_eq!(uploaded(&first), jar_size);
     let first_release = p.current().unwrap();
 
-    let second = p.run(&[
-        "--json",
-        "deploy",
-        "local",
-        "--artifact",
-        hello_jar().to_str().unwrap(),
-        "--version",
-        "2.0.0",
-    ]);
+    let second = p.deploy_json("2.0.0", &[]);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
     assert_eq!(
         uploaded(&second),
@@ -321,15 +305,7 @@ fn second_concurrent_deploy_fails_fast_naming_the_lock_holder() {
 fn secret_never_appears_in_output_or_records() {
     let p = Project::new();
     let mut outputs = vec![p.deploy("1.0.0", &[])];
-    outputs.push(p.run(&[
-        "--json",
-        "deploy",
-        "local",
-        "--artifact",
-        hello_jar().to_str().unwrap(),
-        "--version",
-        "2.0.0",
-    ]));
+    outputs.push(p.deploy_json("2.0.0", &[]));
     outputs.push(p.deploy("3.0.0", &["--env", "FAIL_ON_START=1"]));
     outputs.push(p.run(&["check", "local"]));
     outputs.push(p.run(&["--json", "check", "local"]));

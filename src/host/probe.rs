@@ -72,14 +72,14 @@ mod tests {
     use std::net::TcpListener;
 
     /// Serves one canned HTTP response on a free port.
-    fn serve_once(response: &'static [u8]) -> u16 {
+    fn serve_once(response: impl AsRef<[u8]> + Send + 'static) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         std::thread::spawn(move || {
             if let Ok((mut conn, _)) = listener.accept() {
                 let mut buf = [0u8; 1024];
                 let _ = conn.read(&mut buf);
-                let _ = conn.write_all(response);
+                let _ = conn.write_all(response.as_ref());
             }
         });
         port
@@ -110,18 +110,11 @@ mod tests {
 
     #[test]
     fn body_is_capped() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        std::thread::spawn(move || {
-            if let Ok((mut conn, _)) = listener.accept() {
-                let mut buf = [0u8; 1024];
-                let _ = conn.read(&mut buf);
-                let body = vec![b'a'; 200 * 1024];
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                let _ = conn.write_all(head.as_bytes());
-                let _ = conn.write_all(&body);
-            }
-        });
+        let body = vec![b'a'; 200 * 1024];
+        let mut response =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        response.extend_from_slice(&body);
+        let port = serve_once(response);
         let answer =
             http_get(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(2)).expect("answer");
         assert_eq!(answer.status, 200);

@@ -208,6 +208,22 @@ impl Project {
         child
     }
 
+    /// Like `deploy`, with `--json` output.
+    pub fn deploy_json(&self, version: &str, extra: &[&str]) -> Output {
+        let jar = hello_jar().to_string_lossy().into_owned();
+        let mut args = vec![
+            "--json",
+            "deploy",
+            "local",
+            "--artifact",
+            &jar,
+            "--version",
+            version,
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
     /// GETs a path of the service.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         http_get(self.port, path)

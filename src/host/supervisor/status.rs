@@ -135,14 +135,20 @@ fn failed(seen: &Inspection) -> ServiceStatus {
 }
 
 fn not_running(state: ServiceState, detail: String) -> ServiceStatus {
+    // LSB: 1 "dead and the pidfile exists" (a crash, or given up), 3 not running.
+    let lsb_code = if matches!(state, ServiceState::Dead | ServiceState::Failed) {
+        1
+    } else {
+        3
+    };
+    with_nothing_known(state, lsb_code, detail)
+}
+
+/// A status with only its state, code and detail filled in.
+fn with_nothing_known(state: ServiceState, lsb_code: i32, detail: String) -> ServiceStatus {
     ServiceStatus {
         state,
-        // LSB: 1 "dead and the pidfile exists" (a crash, or given up), 3 not running.
-        lsb_code: if matches!(state, ServiceState::Dead | ServiceState::Failed) {
-            1
-        } else {
-            3
-        },
+        lsb_code,
         pid: None,
         supervisor_pid: None,
         release: None,
@@ -215,20 +221,16 @@ fn running(
     }
     let word = if starting { "starting" } else { "running" };
     ServiceStatus {
-        state: ServiceState::Running,
-        lsb_code: 0,
         pid: Some(id.pid),
         supervisor_pid,
         release,
         started_at,
         uptime_s: uptime.map(|u| u.as_secs()),
         healthy,
-        detail: format!("{word}: {}", parts.join(", ")),
-        reason: None,
-        last_exit: None,
-        last_exit_code: None,
-        last_exit_signal: None,
-        restarts: 0,
-        next_restart_at: None,
+        ..with_nothing_known(
+            ServiceState::Running,
+            0,
+            format!("{word}: {}", parts.join(", ")),
+        )
     }
 }
