@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use crate::cli::{Cli, Command, InstallArgs, ServiceArgs, ServiceCommand};
 use crate::error::{Error, Result};
-use crate::host::layout::Layout;
 use crate::host::{init, supervisor};
 use crate::operator;
+use crate::protocol::layout::Layout;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<i32> {

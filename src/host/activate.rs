@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::host::layout::Layout;
 use crate::host::restart::{self, Restarted};
 use crate::host::{probe, revisions, store, supervisor};
+use crate::protocol::clock::now_rfc3339;
+use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ReleaseManifest;
-use crate::protocol::{Action, Activation, NowRunning, Revision};
+use crate::protocol::{Action, Activation, NowRunning, Revision, RevisionOutcome};
 
 /// How often and how long to ask the version endpoint once the service is healthy.
 const VERSION_ATTEMPTS: u32 = 3;
@@ -55,11 +56,15 @@ pub fn activate(
     outcome.ok = ok;
     let revision = Revision {
         time: now_rfc3339(),
-        action: action.as_str().to_string(),
+        action: action.clone(),
         release: release.to_string(),
         version: manifest.version.clone(),
         deployer: deployer.to_string(),
-        outcome: if ok { "success" } else { "failed" }.to_string(),
+        outcome: if ok {
+            RevisionOutcome::Success
+        } else {
+            RevisionOutcome::Failed
+        },
         detail,
     };
     if let Err(e) = revisions::append(layout, &revision) {
@@ -217,9 +222,4 @@ pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, St
         }
     }
     Err(last_error)
-}
-
-/// Now, RFC 3339 with milliseconds, UTC.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

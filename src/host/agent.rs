@@ -9,12 +9,13 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
-use crate::host::layout::Layout;
 use crate::host::lock;
 use crate::host::{activate, logs, provision, store, supervisor};
+use crate::protocol::layout::Layout;
 use crate::protocol::validate_service_name;
 use crate::protocol::{
-    AgentError, AgentMessage, Envelope, HostState, HostStatus, PROTOCOL_VERSION, Request, Response,
+    AgentError, AgentMessage, Envelope, ErrorKind, HostState, HostStatus, PROTOCOL_VERSION,
+    Request, Response,
 };
 
 /// Runs the agent until stdin closes; returns the exit code.
@@ -117,7 +118,12 @@ fn send(message: &AgentMessage) {
 }
 
 fn error(step: &str, message: impl Into<String>) -> Response {
+    error_of_kind(ErrorKind::Failed, step, message)
+}
+
+fn error_of_kind(kind: ErrorKind, step: &str, message: impl Into<String>) -> Response {
     Response::Error(AgentError {
+        kind,
         step: step.to_string(),
         message: message.into(),
     })
@@ -189,7 +195,8 @@ impl Session {
                 | Request::Logs { .. }
         );
         let refusal = if envelope.protocol != PROTOCOL_VERSION {
-            Some(error(
+            Some(error_of_kind(
+                ErrorKind::BadRequest,
                 "protocol",
                 format!(
                     "protocol mismatch: the operator speaks version {}, this agent ({}) speaks {PROTOCOL_VERSION}",
@@ -208,7 +215,8 @@ impl Session {
             && self.lock.is_none()
             && !matches!(envelope.request, Request::Begin { .. })
         {
-            Some(error(
+            Some(error_of_kind(
+                ErrorKind::NotLocked,
                 "lock",
                 "the deploy lock is not held: send `begin` first",
             ))
@@ -230,7 +238,7 @@ impl Session {
                     let _ = io::copy(&mut Read::take(&mut *input, size), &mut io::sink());
                 }
                 self.lock = None;
-                return error("lock", e);
+                return error_of_kind(ErrorKind::NotLocked, "lock", e);
             }
         }
         let _renewer = self.lock.as_ref().map(Renewer::start);
@@ -346,7 +354,14 @@ impl Session {
         let took_over = match lock::acquire(layout, holder, token, lease_ms) {
             Ok(lock::Acquired::Free) => None,
             Ok(lock::Acquired::TookOver(previous)) => Some(previous.describe()),
-            Err(e) => return error("lock", e),
+            Err(lock::AcquireError::Held(holder)) => {
+                return error_of_kind(
+                    ErrorKind::LockHeld,
+                    "lock",
+                    format!("the deploy lock is held by {holder}"),
+                );
+            }
+            Err(e) => return error("lock", e.to_string()),
         };
         self.lock = Some(HeldLock {
             layout: layout.clone(),
@@ -420,6 +435,6 @@ fn status(layout: &Layout) -> HostStatus {
         reported_version,
         version_error,
         last_revision: crate::host::revisions::read(layout).pop(),
-        service: service.into(),
+        service,
     }
 }

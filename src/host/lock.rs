@@ -12,8 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::layout::Layout;
 use crate::protocol::LockHolder;
+use crate::protocol::layout::Layout;
 
 /// The record in `run/<name>/deploy.lock`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -98,27 +98,57 @@ fn store(file: &mut File, record: Option<&LockRecord>) -> std::io::Result<()> {
     file.sync_data()
 }
 
+/// Why the lock could not be taken.
+#[derive(Debug)]
+pub enum AcquireError {
+    /// Another session holds it (the text names the holder).
+    Held(String),
+    /// The lock record could not be read or written.
+    Failed(String),
+}
+
+impl std::fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AcquireError::Held(holder) => write!(f, "the deploy lock is held by {holder}"),
+            AcquireError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Takes the lock for `token`, or says who holds it.
 pub fn acquire(
     layout: &Layout,
     holder: &LockHolder,
     token: &str,
     lease_ms: u64,
-) -> Result<Acquired, String> {
-    with_record(layout, |current| {
+) -> Result<Acquired, AcquireError> {
+    let mut held_by = None;
+    let taken = with_record(layout, |current| {
         let acquired = match current {
             None => Acquired::Free,
             Some(r) if r.token == token => Acquired::Free,
             Some(r) if r.expired() => Acquired::TookOver(r),
-            Some(r) => return Err(format!("the deploy lock is held by {}", r.describe())),
+            Some(r) => {
+                held_by = Some(r.describe());
+                return Ok((None, None));
+            }
         };
         let record = LockRecord {
             holder: holder.clone(),
             token: token.to_string(),
             expires_at_ms: now_ms() + lease_ms,
         };
-        Ok((Some(Some(record)), acquired))
-    })
+        Ok((Some(Some(record)), Some(acquired)))
+    });
+    match (taken, held_by) {
+        (Ok(Some(acquired)), _) => Ok(acquired),
+        (Ok(None), Some(holder)) => Err(AcquireError::Held(holder)),
+        (Ok(None), None) => Err(AcquireError::Failed(
+            "the lock record changed while read".into(),
+        )),
+        (Err(e), _) => Err(AcquireError::Failed(e)),
+    }
 }
 
 /// Extends the lease; fails if the lock is no longer ours.
@@ -171,12 +201,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path(), "svc");
         std::fs::create_dir_all(layout.run_dir()).unwrap();
-        assert_eq!(
+        assert!(matches!(
             acquire(&layout, &holder(1), "a", 60_000),
             Ok(Acquired::Free)
-        );
+        ));
         let err = acquire(&layout, &holder(2), "b", 60_000).unwrap_err();
-        assert!(err.contains("held by me@box (pid 1"), "{err}");
+        assert!(matches!(err, AcquireError::Held(_)), "{err}");
+        assert!(err.to_string().contains("held by me@box (pid 1"), "{err}");
         assert!(renew(&layout, "a", 1).is_ok());
         std::thread::sleep(std::time::Duration::from_millis(5));
         match acquire(&layout, &holder(2), "b", 60_000) {
@@ -193,9 +224,9 @@ mod tests {
             force_unlock(&layout).unwrap().map(|r| r.token),
             Some("b".into())
         );
-        assert_eq!(
+        assert!(matches!(
             acquire(&layout, &holder(3), "c", 60_000),
             Ok(Acquired::Free)
-        );
+        ));
     }
 }

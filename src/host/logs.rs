@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use crate::host::layout::Layout;
 use crate::host::supervisor::logfile;
+use crate::protocol::layout::Layout;
 
 /// Sends the last `lines` lines to `emit`; with `follow`, keeps sending new
 /// lines until `emit` returns false (the operator went away).

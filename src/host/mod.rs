@@ -3,7 +3,6 @@
 pub mod activate;
 pub mod agent;
 pub mod init;
-pub mod layout;
 pub mod lock;
 pub mod logs;
 pub mod probe;

@@ -9,19 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::host::init::{self, InitSpec};
-use crate::host::layout::Layout;
-use crate::protocol::{ProvisionSpec, ResourceResult};
+use crate::protocol::layout::Layout;
+use crate::protocol::{ProvisionSpec, ResourceResult, ResourceStatus};
 
 /// The state of one resource after the run.
 fn result(
     resource: String,
-    status: &str,
+    status: ResourceStatus,
     detail: impl Into<String>,
     diff: Option<String>,
 ) -> ResourceResult {
     ResourceResult {
         resource,
-        status: status.to_string(),
+        status,
         detail: detail.into(),
         diff,
     }
@@ -35,7 +35,7 @@ pub fn provision(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
     if on_real_root && !root_user {
         results.push(result(
             "privileges".into(),
-            "failed",
+            ResourceStatus::Failed,
             "provisioning a host needs root: log in as root or set `sudo = true` for the stage",
             None,
         ));
@@ -91,16 +91,30 @@ fn ensure_init(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
     let init = match InitSpec::gather(layout, Path::new(&spec.agent_path), Some(spec.user.clone()))
     {
         Ok(init) => init,
-        Err(e) => return vec![result("init integration".into(), "failed", e, None)],
+        Err(e) => {
+            return vec![result(
+                "init integration".into(),
+                ResourceStatus::Failed,
+                e,
+                None,
+            )];
+        }
     };
     let mut results = Vec::new();
     if Path::new("/run/systemd/system").is_dir() {
         let text = match init::unit_text(&init) {
             Ok(t) => t,
-            Err(e) => return vec![result("systemd unit".into(), "failed", e, None)],
+            Err(e) => {
+                return vec![result(
+                    "systemd unit".into(),
+                    ResourceStatus::Failed,
+                    e,
+                    None,
+                )];
+            }
         };
         let file = ensure_file(&init::unit_path(layout), &text, 0o644, spec.dry_run);
-        let changed = file.status == "changed";
+        let changed = file.status == ResourceStatus::Changed;
         results.push(file);
         let name = format!("{}.service", layout.name());
         if changed {
@@ -114,10 +128,15 @@ fn ensure_init(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
             .status()
             .is_ok_and(|s| s.success());
         results.push(match (enabled, spec.dry_run) {
-            (true, _) => result(format!("enabled {name}"), "ok", "starts at boot", None),
+            (true, _) => result(
+                format!("enabled {name}"),
+                ResourceStatus::Ok,
+                "starts at boot",
+                None,
+            ),
             (false, true) => result(
                 format!("enabled {name}"),
-                "would_change",
+                ResourceStatus::WouldChange,
                 "systemctl enable",
                 None,
             ),
@@ -145,8 +164,13 @@ fn ensure_init(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
             .unwrap_or(false);
         let resource = format!("enabled /etc/init.d/{}", layout.name());
         results.push(match (linked, spec.dry_run) {
-            (true, _) => result(resource, "ok", "starts at boot (rc2.d)", None),
-            (false, true) => result(resource, "would_change", "update-rc.d defaults", None),
+            (true, _) => result(resource, ResourceStatus::Ok, "starts at boot (rc2.d)", None),
+            (false, true) => result(
+                resource,
+                ResourceStatus::WouldChange,
+                "update-rc.d defaults",
+                None,
+            ),
             (false, false) => command_resource(
                 &resource,
                 Command::new("update-rc.d").args([layout.name(), "defaults"]),
@@ -159,8 +183,8 @@ fn ensure_init(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
 /// Runs a command as a resource: `changed` when it succeeds.
 fn command_resource(resource: &str, command: &mut Command) -> ResourceResult {
     match run(command) {
-        Ok(()) => result(resource.to_string(), "changed", "done", None),
-        Err(e) => result(resource.to_string(), "failed", e, None),
+        Ok(()) => result(resource.to_string(), ResourceStatus::Changed, "done", None),
+        Err(e) => result(resource.to_string(), ResourceStatus::Failed, e, None),
     }
 }
 
@@ -168,13 +192,18 @@ fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) ->
     let resource = format!("group {name}");
     match nix::unistd::Group::from_name(name) {
         Ok(Some(g)) => {
-            results.push(result(resource, "ok", format!("gid {}", g.gid), None));
+            results.push(result(
+                resource,
+                ResourceStatus::Ok,
+                format!("gid {}", g.gid),
+                None,
+            ));
             Some(g.gid.as_raw())
         }
         Ok(None) if dry_run => {
             results.push(result(
                 resource,
-                "would_change",
+                ResourceStatus::WouldChange,
                 "would create a system group",
                 None,
             ));
@@ -182,14 +211,14 @@ fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) ->
         }
         Ok(None) => {
             if let Err(e) = run(Command::new("groupadd").args(["--system", "--", name])) {
-                results.push(result(resource, "failed", e, None));
+                results.push(result(resource, ResourceStatus::Failed, e, None));
                 return None;
             }
             match nix::unistd::Group::from_name(name) {
                 Ok(Some(g)) => {
                     results.push(result(
                         resource,
-                        "changed",
+                        ResourceStatus::Changed,
                         format!("created, gid {}", g.gid),
                         None,
                     ));
@@ -198,7 +227,7 @@ fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) ->
                 _ => {
                     results.push(result(
                         resource,
-                        "failed",
+                        ResourceStatus::Failed,
                         "groupadd succeeded but the group is not there",
                         None,
                     ));
@@ -207,7 +236,12 @@ fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) ->
             }
         }
         Err(e) => {
-            results.push(result(resource, "failed", e.to_string(), None));
+            results.push(result(
+                resource,
+                ResourceStatus::Failed,
+                e.to_string(),
+                None,
+            ));
             None
         }
     }
@@ -225,13 +259,13 @@ fn ensure_user(
     match nix::unistd::User::from_name(name) {
         Ok(Some(u)) => {
             let detail = format!("uid {}, shell {}", u.uid, u.shell.display());
-            results.push(result(resource, "ok", detail, None));
+            results.push(result(resource, ResourceStatus::Ok, detail, None));
             Some(u.uid.as_raw())
         }
         Ok(None) if dry_run => {
             results.push(result(
                 resource,
-                "would_change",
+                ResourceStatus::WouldChange,
                 "would create a system user without a login shell",
                 None,
             ));
@@ -251,14 +285,14 @@ fn ensure_user(
                     name,
                 ]));
             if let Err(e) = created {
-                results.push(result(resource, "failed", e, None));
+                results.push(result(resource, ResourceStatus::Failed, e, None));
                 return None;
             }
             match nix::unistd::User::from_name(name) {
                 Ok(Some(u)) => {
                     results.push(result(
                         resource,
-                        "changed",
+                        ResourceStatus::Changed,
                         format!("created, uid {}", u.uid),
                         None,
                     ));
@@ -267,7 +301,7 @@ fn ensure_user(
                 _ => {
                     results.push(result(
                         resource,
-                        "failed",
+                        ResourceStatus::Failed,
                         "useradd succeeded but the user is not there",
                         None,
                     ));
@@ -276,7 +310,12 @@ fn ensure_user(
             }
         }
         Err(e) => {
-            results.push(result(resource, "failed", e.to_string(), None));
+            results.push(result(
+                resource,
+                ResourceStatus::Failed,
+                e.to_string(),
+                None,
+            ));
             None
         }
     }
@@ -290,14 +329,14 @@ fn ensure_dir(path: &Path, (uid, gid): (u32, u32), mode: u32, dry_run: bool) -> 
         .as_ref()
         .map(|m| format!("{}:{} {:04o}", m.uid(), m.gid(), m.mode() & 0o7777));
     if have.as_deref() == Some(want.as_str()) {
-        return result(resource, "ok", want, None);
+        return result(resource, ResourceStatus::Ok, want, None);
     }
     let change = match &have {
         Some(have) => format!("{have} → {want}"),
         None => format!("create {want}"),
     };
     if dry_run {
-        return result(resource, "would_change", change, None);
+        return result(resource, ResourceStatus::WouldChange, change, None);
     }
     let applied = fs::create_dir_all(path)
         .map_err(|e| e.to_string())
@@ -317,8 +356,13 @@ fn ensure_dir(path: &Path, (uid, gid): (u32, u32), mode: u32, dry_run: bool) -> 
             }
         });
     match applied {
-        Ok(()) => result(resource, "changed", change, None),
-        Err(e) => result(resource, "failed", format!("{change}: {e}"), None),
+        Ok(()) => result(resource, ResourceStatus::Changed, change, None),
+        Err(e) => result(
+            resource,
+            ResourceStatus::Failed,
+            format!("{change}: {e}"),
+            None,
+        ),
     }
 }
 
@@ -328,7 +372,12 @@ pub fn ensure_file(path: &Path, content: &str, mode: u32, dry_run: bool) -> Reso
     let old = fs::read_to_string(path).ok();
     let old_mode = fs::metadata(path).ok().map(|m| m.mode() & 0o7777);
     if old.as_deref() == Some(content) && old_mode == Some(mode) {
-        return result(resource, "ok", format!("{mode:04o}, up to date"), None);
+        return result(
+            resource,
+            ResourceStatus::Ok,
+            format!("{mode:04o}, up to date"),
+            None,
+        );
     }
     let diff = similar::TextDiff::from_lines(old.as_deref().unwrap_or(""), content)
         .unified_diff()
@@ -347,12 +396,17 @@ pub fn ensure_file(path: &Path, content: &str, mode: u32, dry_run: bool) -> Reso
         _ => "update".to_string(),
     };
     if dry_run {
-        return result(resource, "would_change", detail, Some(diff));
+        return result(resource, ResourceStatus::WouldChange, detail, Some(diff));
     }
     let written = init::install(path, content, mode);
     match written {
-        Ok(()) => result(resource, "changed", detail, Some(diff)),
-        Err(e) => result(resource, "failed", format!("{detail}: {e}"), Some(diff)),
+        Ok(()) => result(resource, ResourceStatus::Changed, detail, Some(diff)),
+        Err(e) => result(
+            resource,
+            ResourceStatus::Failed,
+            format!("{detail}: {e}"),
+            Some(diff),
+        ),
     }
 }
 
@@ -382,11 +436,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("etc/init.d/svc");
         let dry = ensure_file(&path, "a\n", 0o755, true);
-        assert_eq!(dry.status, "would_change");
+        assert_eq!(dry.status, ResourceStatus::WouldChange);
         assert!(dry.diff.as_deref().unwrap().contains("+a"));
         assert!(!path.exists());
-        assert_eq!(ensure_file(&path, "a\n", 0o755, false).status, "changed");
-        assert_eq!(ensure_file(&path, "a\n", 0o755, false).status, "ok");
+        assert_eq!(
+            ensure_file(&path, "a\n", 0o755, false).status,
+            ResourceStatus::Changed
+        );
+        assert_eq!(
+            ensure_file(&path, "a\n", 0o755, false).status,
+            ResourceStatus::Ok
+        );
         let update = ensure_file(&path, "b\n", 0o755, true);
         assert!(
             update.diff.as_deref().unwrap().contains("-a\n+b"),
@@ -403,9 +463,18 @@ mod tests {
             nix::unistd::Uid::effective().as_raw(),
             nix::unistd::Gid::effective().as_raw(),
         );
-        assert_eq!(ensure_dir(&path, me, 0o750, true).status, "would_change");
+        assert_eq!(
+            ensure_dir(&path, me, 0o750, true).status,
+            ResourceStatus::WouldChange
+        );
         assert!(!path.exists());
-        assert_eq!(ensure_dir(&path, me, 0o750, false).status, "changed");
-        assert_eq!(ensure_dir(&path, me, 0o750, false).status, "ok");
+        assert_eq!(
+            ensure_dir(&path, me, 0o750, false).status,
+            ResourceStatus::Changed
+        );
+        assert_eq!(
+            ensure_dir(&path, me, 0o750, false).status,
+            ResourceStatus::Ok
+        );
     }
 }

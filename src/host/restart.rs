@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::host::init;
-use crate::host::layout::Layout;
 use crate::host::supervisor::{self, StartReport, StopReport, SupervisorError};
+use crate::protocol::layout::Layout;
 
 /// How the restart went: the stop (when known) and the healthy start.
 pub struct Restarted {

@@ -5,18 +5,18 @@
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 
-use crate::host::layout::Layout;
-use crate::protocol::Revision;
+use crate::protocol::layout::Layout;
+use crate::protocol::{Action, Revision, RevisionOutcome};
 
 /// Appends one line and syncs it.
 pub fn append(layout: &Layout, revision: &Revision) -> io::Result<()> {
     let fields = [
-        &revision.time,
-        &revision.action,
+        revision.time.as_str(),
+        revision.action.as_str(),
         &revision.release,
         &revision.version,
         &revision.deployer,
-        &revision.outcome,
+        revision.outcome.as_str(),
         &revision.detail,
     ];
     let line: Vec<String> = fields.iter().map(|f| clean(f)).collect();
@@ -41,11 +41,11 @@ fn parse(line: &str) -> Option<Revision> {
     let mut f = line.splitn(7, '\t').map(str::to_string);
     Some(Revision {
         time: f.next()?,
-        action: f.next()?,
+        action: Action::from_word(&f.next()?),
         release: f.next()?,
         version: f.next()?,
         deployer: f.next()?,
-        outcome: f.next()?,
+        outcome: RevisionOutcome::from_word(&f.next()?),
         detail: f.next().unwrap_or_default(),
     })
 }
@@ -66,11 +66,11 @@ mod tests {
         fs::create_dir_all(layout.lib_dir()).unwrap();
         let rev = Revision {
             time: "2026-11-26T14:00:00Z".into(),
-            action: "deploy".into(),
+            action: Action::Deploy,
             release: "20261126-140000-000".into(),
             version: "1.0".into(),
             deployer: "me@box".into(),
-            outcome: "failed".into(),
+            outcome: RevisionOutcome::Failed,
             detail: "health:\tnot\nhealthy".into(),
         };
         append(&layout, &rev).unwrap();

@@ -7,17 +7,21 @@
 //! (or does not exist) because it is replaced with rename(2).
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::fs::{OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::host::layout::Layout;
+use crate::protocol::digest::{hex, is_sha256};
+use crate::protocol::files::{fsync_dir, write_synced};
+use crate::protocol::names::is_release_id;
+
 use crate::host::revisions;
+use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{MANIFEST_FILE, ReleaseManifest};
-use crate::protocol::{FileContent, ReleaseInfo};
+use crate::protocol::{FileContent, ReleaseInfo, RevisionOutcome};
 
 /// Prefix of everything half-written; removed by the next deploy.
 const TMP_PREFIX: &str = ".tmp-";
@@ -144,26 +148,6 @@ fn drain(input: &mut impl Read) {
 }
 
 /// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn is_sha256(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Whether `id` is a safe release id (no path tricks).
-pub fn is_release_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
 /// Creates `releases/<id>` complete and synced: config files, the jar link and
 /// `RELEASE`, built in a temporary directory and renamed into place.
 pub fn prepare(
@@ -274,25 +258,6 @@ fn write_release(
     Ok(())
 }
 
-/// Writes a new file with `mode`, synced to disk.
-pub fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
-    // The mode given to open() is filtered by the umask; set it exactly.
-    file.set_permissions(fs::Permissions::from_mode(mode))?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// fsyncs a directory so a rename or create in it is durable.
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// The release id `current` points to, if any.
 pub fn current(layout: &Layout) -> Option<String> {
     let target = fs::read_link(layout.current_link()).ok()?;
@@ -383,7 +348,7 @@ pub fn previous_good(layout: &Layout) -> Option<String> {
     list(layout)
         .into_iter()
         .rev()
-        .find(|r| Some(&r.id) != current.as_ref() && r.outcome.as_deref() == Some("success"))
+        .find(|r| Some(&r.id) != current.as_ref() && r.outcome == Some(RevisionOutcome::Success))
         .map(|r| r.id)
 }
 
@@ -425,19 +390,4 @@ pub fn prune(layout: &Layout, keep: usize) -> Result<Vec<String>, String> {
         fsync_dir(&layout.releases_dir()).map_err(|e| e.to_string())?;
     }
     Ok(removed)
-}
-
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
 }

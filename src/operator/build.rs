@@ -7,9 +7,10 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::host::store::{sha256_file, write_synced};
 use crate::operator::config::Project;
 use crate::operator::output::Reporter;
+use crate::protocol::digest::sha256_file;
+use crate::protocol::files::write_synced;
 
 /// What a build produced.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use crate::cli::{DeployArgs, FleetArgs, RollbackArgs};
 use crate::error::{Error, Result};
-use crate::host::activate::now_rfc3339;
 use crate::operator::build::{self, BuildManifest};
 use crate::operator::config::{OnFailure, Project, ResolvedStage};
 use crate::operator::fleet::{self, Fleet};
@@ -22,7 +21,11 @@ use crate::operator::output::Reporter;
 use crate::operator::plan::{self, DeployInputs, HostPlan};
 use crate::operator::render;
 use crate::operator::transport::AgentSession;
-use crate::protocol::{Action, Activation, HostState, LockHolder, PrepareSpec, Request, Response};
+use crate::protocol::clock::now_rfc3339;
+use crate::protocol::{
+    Action, Activation, ErrorKind, HostState, LockHolder, PrepareSpec, Request, Response,
+    RevisionOutcome,
+};
 
 /// The result of a deploy or rollback on one host.
 #[derive(Debug, Serialize)]
@@ -80,6 +83,8 @@ struct Run<'p> {
     /// Release to activate on this host.
     target: Option<String>,
     switched: bool,
+    /// Kind of the agent's error that failed this host, when it was one.
+    error_kind: Option<ErrorKind>,
     outcome: HostOutcome,
 }
 
@@ -97,6 +102,7 @@ impl<'p> Run<'p> {
             state: None,
             target: None,
             switched: false,
+            error_kind: None,
             outcome: HostOutcome {
                 host: host.to_string(),
                 ok: false,
@@ -132,6 +138,9 @@ impl<'p> Run<'p> {
         let mut on_event = |s: &str, m: &str| reporter.step(&host, s, "info", m);
         match session.call(request, &mut on_event) {
             Ok(Response::Error(e)) => {
+                if !self.failed() {
+                    self.error_kind = Some(e.kind);
+                }
                 self.fail(step, e.message, reporter);
                 None
             }
@@ -312,7 +321,7 @@ fn choose_rollback_target(run: &Run, to: Option<&str>) -> Result<String, String>
             state.releases[..current]
                 .iter()
                 .rev()
-                .find(|r| r.outcome.as_deref() == Some("success"))
+                .find(|r| r.outcome == Some(RevisionOutcome::Success))
                 .ok_or("no earlier good release to roll back to")?
         }
     };
@@ -351,12 +360,10 @@ fn execute(
             run.time("lock", t);
         });
         let all_locked = runs.iter().all(|r| !r.failed());
-        let only_held = runs.iter().filter(|r| r.failed()).all(|r| {
-            r.outcome
-                .reason
-                .as_deref()
-                .is_some_and(|m| m.contains("deploy lock is held"))
-        });
+        let only_held = runs
+            .iter()
+            .filter(|r| r.failed())
+            .all(|r| r.error_kind == Some(ErrorKind::LockHeld));
         if all_locked
             || !only_held
             || deadline.is_none_or(|d| Instant::now() >= d)
@@ -371,6 +378,7 @@ fn execute(
         for run in runs.iter_mut() {
             run.outcome.failed_step = None;
             run.outcome.reason = None;
+            run.error_kind = None;
         }
     }
     phases.insert("lock", started.elapsed().as_millis() as u64);
@@ -460,7 +468,7 @@ fn execute(
             .collect();
         fleet::each(&mut batch_runs, parallel, |run| {
             let t = Instant::now();
-            activate_host(run, action, &deployer, reporter);
+            activate_host(run, action.clone(), &deployer, reporter);
             run.time("switch", t);
             if run.switched {
                 reporter.host_done(&run.host);
@@ -543,8 +551,8 @@ fn lock_host(
         prepare,
     };
     let Some(response) = run.call("lock", request, reporter) else {
-        if let Some(reason) = run.outcome.reason.as_mut()
-            && reason.contains("deploy lock is held")
+        if run.error_kind == Some(ErrorKind::LockHeld)
+            && let Some(reason) = run.outcome.reason.as_mut()
         {
             reason.push_str(&format!(
                 "; use --wait DURATION to queue behind it, or `shipjar unlock {}` if that deploy is dead",

@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::operator::config::{HostSpec, Project};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::{MASK, Reporter};
+use crate::protocol::status::ServiceState;
 use crate::protocol::{HostStatus, ReleaseInfo, Request, Response};
 
 /// One host's row in `status`.
@@ -49,7 +50,7 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
         _ => {}
     }
     if let Some(e) = &status.version_error
-        && service.state == "running"
+        && service.state == ServiceState::Running
     {
         flags.push(format!("version check failed: {e}"));
     }
@@ -235,7 +236,7 @@ pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -
                 if r.current { "*" } else { " " },
                 r.id,
                 r.version,
-                r.outcome.as_deref().unwrap_or("-"),
+                r.outcome.as_ref().map_or("-", |o| o.as_str()),
                 r.deployed_at,
                 r.deployer
             ));

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use crate::cli::{Command, StageArgs};
 use crate::error::Result;
-use crate::host::activate::now_rfc3339;
+use crate::protocol::clock::now_rfc3339;
 use config::Project;
 use output::Reporter;
 

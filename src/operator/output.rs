@@ -152,7 +152,7 @@ impl Reporter {
         }
         {
             let stamp = if !self.terminal {
-                format!("{} ", crate::host::activate::now_rfc3339())
+                format!("{} ", crate::protocol::clock::now_rfc3339())
             } else {
                 String::new()
             };

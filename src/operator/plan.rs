@@ -8,13 +8,13 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::host::layout::Layout;
 use crate::operator::build::BuildManifest;
 use crate::operator::config::{Builtin, Config, HostSpec, ResolvedStage};
 use crate::operator::render::{
     self, Vars, find_placeholder, properties_escape, secret_placeholder,
 };
 use crate::protocol::FileContent;
+use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{
     HealthCheck, HealthSpec, LogSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, ReloadSpec,
     RestartSpec, RunSpec, StopHook, StopSpec, VersionCheckSpec,
@@ -365,8 +365,7 @@ fn service_properties(
 }
 
 fn sha256_text(text: &str) -> String {
-    use sha2::Digest;
-    crate::host::store::hex(&sha2::Sha256::digest(text.as_bytes()))
+    crate::protocol::digest::sha256_hex(text.as_bytes())
 }
 
 fn path_text(path: &Path) -> String {

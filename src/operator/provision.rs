@@ -10,12 +10,12 @@ use serde::Serialize;
 
 use crate::cli::ProvisionArgs;
 use crate::error::{Error, Result};
-use crate::host::store::sha256_file;
 use crate::operator::config::{HostSpec, Project};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::Reporter;
 use crate::operator::ssh;
-use crate::protocol::{ProvisionSpec, Request, ResourceResult, Response};
+use crate::protocol::digest::sha256_file;
+use crate::protocol::{ProvisionSpec, Request, ResourceResult, ResourceStatus, Response};
 
 /// Installs `$1` from stdin atomically; the path is an argument, never part of the script.
 const INSTALL_SCRIPT: &str = r#"set -eu
@@ -71,16 +71,20 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
     fleet::each(&mut rows, fleet.parallel, |(host, host_spec, resources)| {
         if *host_spec != HostSpec::Local {
             let binary = install_agent(&fleet, host_spec, &exe, &our_sha, args.dry_run);
-            let failed = binary.status == "failed";
+            let failed = binary.status == ResourceStatus::Failed;
             resources.push(binary);
             if failed {
                 return;
             }
-            if args.dry_run && resources.iter().any(|r| r.status == "would_change") {
+            if args.dry_run
+                && resources
+                    .iter()
+                    .any(|r| r.status == ResourceStatus::WouldChange)
+            {
                 // The agent is missing or old: it cannot be asked about the rest yet.
                 resources.push(ResourceResult {
                     resource: "service user, directories, init".into(),
-                    status: "would_change".into(),
+                    status: ResourceStatus::WouldChange,
                     detail: "checked once the agent is installed".into(),
                     diff: None,
                 });
@@ -106,7 +110,7 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
     let mut hosts = Vec::new();
     for (host, _, resources) in rows {
         for r in &resources {
-            reporter.step(&host, &r.resource, &r.status, &r.detail);
+            reporter.step(&host, &r.resource, r.status.as_str(), &r.detail);
             text.push_str(&format!(
                 "{host}: {:<12} {} — {}\n",
                 r.status, r.resource, r.detail
@@ -119,23 +123,23 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
         }
         hosts.push(HostProvision { host, resources });
     }
-    let count = |s: &str| {
+    let count = |s: ResourceStatus| {
         hosts
             .iter()
             .flat_map(|h| &h.resources)
             .filter(|r| r.status == s)
             .count()
     };
-    let failed = count("failed");
+    let failed = count(ResourceStatus::Failed);
     text.push_str(&format!(
         "{} host{}: {} ok, {} {}, {failed} failed\n",
         hosts.len(),
         if hosts.len() == 1 { "" } else { "s" },
-        count("ok"),
+        count(ResourceStatus::Ok),
         if args.dry_run {
-            count("would_change")
+            count(ResourceStatus::WouldChange)
         } else {
-            count("changed")
+            count(ResourceStatus::Changed)
         },
         if args.dry_run {
             "would change"
@@ -163,7 +167,7 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
 fn failed_resource(resource: &str, detail: String) -> ResourceResult {
     ResourceResult {
         resource: resource.into(),
-        status: "failed".into(),
+        status: ResourceStatus::Failed,
         detail,
         diff: None,
     }
@@ -188,7 +192,7 @@ fn install_agent(
     if installed.as_deref() == Some(our_sha) {
         return ResourceResult {
             resource,
-            status: "ok".into(),
+            status: ResourceStatus::Ok,
             detail: format!(
                 "shipjar {} (sha256 {})",
                 env!("CARGO_PKG_VERSION"),
@@ -208,7 +212,7 @@ fn install_agent(
     if dry_run {
         return ResourceResult {
             resource,
-            status: "would_change".into(),
+            status: ResourceStatus::WouldChange,
             detail: change,
             diff: None,
         };
@@ -223,7 +227,7 @@ fn install_agent(
     match remote(fleet, spec, SHA_SCRIPT, None) {
         Ok(out) if out.split_whitespace().next() == Some(our_sha) => ResourceResult {
             resource,
-            status: "changed".into(),
+            status: ResourceStatus::Changed,
             detail: change,
             diff: None,
         },

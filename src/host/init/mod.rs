@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::host::layout::Layout;
+use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{MANIFEST_FILE, ReleaseManifest, RestartSpec};
 
 /// Start timeout when there is no release yet (the `[health]` default).

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::host::layout::Layout;
+use crate::protocol::files::remove_if_present;
+use crate::protocol::layout::Layout;
 
 use super::inspect::{self, Service};
 use super::logfile;
@@ -270,7 +271,7 @@ fn kill_orphan_service(layout: &Layout) {
             wait_gone(id, KILL_WAIT);
         }
     }
-    let _ = state::remove_if_present(&layout.pidfile());
+    let _ = remove_if_present(&layout.pidfile());
 }
 
 /// Stops the service gracefully; succeeds when nothing was running.
@@ -316,7 +317,7 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
     }
 
     for path in [layout.pidfile(), layout.supervisor_state()] {
-        state::remove_if_present(&path)
+        remove_if_present(&path)
             .map_err(|e| error(format!("cannot remove {}: {e}", path.display())))?;
     }
     let how = match (was_running, how) {

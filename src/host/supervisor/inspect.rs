@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::host::layout::Layout;
+use crate::protocol::layout::Layout;
 
 use super::procfs::{self, Liveness, ProcessId};
 use super::state::{self, Phase, Pidfile, SupervisorState};

@@ -4,7 +4,6 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::SystemTime;
 
 use super::rotate;
 
@@ -23,10 +22,7 @@ pub fn open_append(path: &Path) -> io::Result<File> {
     rotate::open_log(path, None)
 }
 
-/// Current UTC time as RFC 3339 with milliseconds.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
+pub use crate::protocol::clock::now_rfc3339;
 
 /// `2026-11-26T14:03:01.123Z [shipjar] MESSAGE\n`: supervisor events are
 /// prefixed so they stand out from the service's own output.

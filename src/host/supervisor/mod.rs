@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::layout::Layout;
+use crate::protocol::layout::Layout;
+pub use crate::protocol::status::{ServiceState, ServiceStatus};
 
 /// What `service start` reports when the service is up and healthy.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,57 +79,6 @@ pub struct SupervisorError {
     pub message: String,
     /// Last lines of the service log (at most 20).
     pub log_tail: Vec<String>,
-}
-
-/// Lifecycle state as `status` sees it.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ServiceState {
-    /// Supervisor and service alive (identity verified).
-    Running,
-    /// Pidfile present but its pid is dead or now another process.
-    Dead,
-    /// Nothing running, no pidfile.
-    Stopped,
-    /// Crashed; the supervisor restarts it after the back-off delay.
-    Restarting,
-    /// Crashed too often: the supervisor gave up.
-    Failed,
-}
-
-/// Result of `service status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceStatus {
-    /// Lifecycle state.
-    pub state: ServiceState,
-    /// LSB exit code: 0 running, 1 dead or failed (pidfile left), 3 not running or restarting.
-    pub lsb_code: i32,
-    /// Service pid when running.
-    pub pid: Option<i32>,
-    /// Supervisor pid when running.
-    pub supervisor_pid: Option<i32>,
-    /// Release the running process was started from.
-    pub release: Option<String>,
-    /// When the service process started (RFC 3339, UTC).
-    pub started_at: Option<String>,
-    /// Seconds since the service process started.
-    pub uptime_s: Option<u64>,
-    /// Result of a health probe made now (None when not running).
-    pub healthy: Option<bool>,
-    /// Human-readable detail, e.g. "stale pidfile: pid 42 is another process".
-    pub detail: String,
-    /// Why the supervisor gave up (state `failed`).
-    pub reason: Option<String>,
-    /// How the last run ended, e.g. "exited with code 3".
-    pub last_exit: Option<String>,
-    /// Exit code of the last run, when it exited.
-    pub last_exit_code: Option<i32>,
-    /// Signal that ended the last run, e.g. "SIGKILL".
-    pub last_exit_signal: Option<String>,
-    /// Restarts after crashes by the current (or last) supervisor.
-    pub restarts: u32,
-    /// When the next restart is due, while restarting (RFC 3339).
-    pub next_restart_at: Option<String>,
 }
 
 /// Starts the service from `current` and returns once it is healthy.

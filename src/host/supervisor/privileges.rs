@@ -7,7 +7,7 @@ use std::fs::{self, Metadata};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::host::layout::Layout;
+use crate::protocol::layout::Layout;
 
 use super::process::Credentials;
 

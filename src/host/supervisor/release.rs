@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::host::layout::Layout;
+use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{MANIFEST_FILE, MANIFEST_FORMAT, ReleaseManifest};
 
 /// A release directory and its manifest.

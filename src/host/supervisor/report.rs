@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::rc::Rc;
 
-use crate::host::layout::Layout;
+use crate::protocol::layout::Layout;
 
 use super::logfile;
 use super::notify::Notifier;

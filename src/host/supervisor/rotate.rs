@@ -14,6 +14,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
+use crate::protocol::files::remove_if_present;
+
 /// Rotation settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rotation {
@@ -187,13 +189,6 @@ fn gzip(from: &Path, to: &Path, owner: Option<Owner>) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
-}
-
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

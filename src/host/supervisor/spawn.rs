@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-use crate::host::layout::Layout;
+use crate::protocol::layout::Layout;
 
 use super::process::{self, Credentials};
 use super::release::Release;

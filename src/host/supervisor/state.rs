@@ -2,13 +2,13 @@
 //! reader never sees half a file (temp file in the same dir, fsync, rename).
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::procfs::ProcessId;
+use crate::protocol::files::write_atomic;
 
 /// Where the supervised service is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,38 +94,6 @@ pub struct SupervisorState {
     pub updated_at: String,
 }
 
-/// Writes `contents` to `path` atomically: temp file in the same dir, fsync, rename, fsync dir.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // The rename is only durable once the directory itself is synced.
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Writes the LSB pidfile: the pid, then its start time in clock ticks.
 pub fn write_pidfile(path: &Path, id: ProcessId) -> io::Result<()> {
     write_atomic(path, format!("{}\n{}\n", id.pid, id.start_ticks).as_bytes())
@@ -186,14 +154,6 @@ pub fn write_state(path: &Path, state: &SupervisorState) -> io::Result<()> {
 pub fn read_state(path: &Path) -> Option<SupervisorState> {
     let text = fs::read(path).ok()?;
     serde_json::from_slice(&text).ok()
-}
-
-/// Removes a file, treating "already gone" as success.
-pub fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

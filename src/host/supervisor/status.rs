@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::host::layout::Layout;
+use crate::protocol::layout::Layout;
 
 use super::health;
 use super::inspect::{self, Inspection, Service};

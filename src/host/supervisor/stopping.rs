@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::host::layout::Layout;
 use crate::host::probe;
+use crate::protocol::layout::Layout;
 use crate::protocol::manifest::StopHook;
 
 use super::human_duration;

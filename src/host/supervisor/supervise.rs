@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::host::layout::Layout;
+use crate::protocol::files::remove_if_present;
+use crate::protocol::layout::Layout;
 
 use super::backoff::{Backoff, Decision};
 use super::health::{self, Gate};
@@ -651,7 +652,7 @@ impl<'a> Supervisor<'a> {
 
     fn remove_pidfile(&mut self) {
         let path = self.layout.pidfile();
-        if let Err(e) = state::remove_if_present(&path) {
+        if let Err(e) = remove_if_present(&path) {
             self.log
                 .event(&format!("cannot remove {}: {e}", path.display()));
         }

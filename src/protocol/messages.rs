@@ -1,0 +1,482 @@
+//! Requests, responses and events: the messages of the agent protocol.
+
+use serde::{Deserialize, Serialize};
+
+use super::manifest::ReleaseManifest;
+use super::status::ServiceStatus;
+use super::wire_enum;
+
+/// One request as it travels on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// Echoed in every message answering this request.
+    pub id: u64,
+    /// Service the request is about (selects the host layout).
+    pub service: String,
+    /// The request itself.
+    pub request: Request,
+}
+
+/// What the operator asks an agent to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Take the deploy lock for the session and report the host's state.
+    Begin {
+        /// Who is deploying.
+        holder: LockHolder,
+        /// Report whether this artifact is already stored.
+        artifact_sha256: Option<String>,
+        /// Lease of the lock in milliseconds; renewed while the session works.
+        lease_ms: u64,
+        /// Prepare this release right away if the artifact is already stored
+        /// (saves a round trip; otherwise `prepare` follows the upload).
+        prepare: Option<Box<PrepareSpec>>,
+    },
+    /// Extend the lease of the session's lock.
+    Renew,
+    /// Store an artifact; `size` raw bytes follow the request line.
+    PutArtifact {
+        /// Expected sha256, hex; verified before the artifact becomes visible.
+        sha256: String,
+        /// Number of bytes that follow.
+        size: u64,
+    },
+    /// Create a complete release directory (not yet current).
+    Prepare(Box<PrepareSpec>),
+    /// Make a release current, restart through the health gate, verify its version;
+    /// on failure go back to the previous release.
+    Activate {
+        /// Release id.
+        release: String,
+        /// Recorded in revisions.log.
+        action: Action,
+        /// Recorded in revisions.log.
+        deployer: String,
+    },
+    /// Prune old releases (when `keep` is given) and release the deploy lock.
+    Finish {
+        /// Releases to keep.
+        keep: Option<usize>,
+    },
+    /// Remove the deploy lock whoever holds it (`shipjar unlock`).
+    Unlock,
+    /// Send the service log's last lines as `log` events; with `follow`, keep sending.
+    Logs {
+        /// How many lines from the end.
+        lines: usize,
+        /// Keep sending new lines until the operator goes away.
+        follow: bool,
+    },
+    /// Bring the host to what the service needs (user, directories, init integration).
+    Provision {
+        /// What to provision.
+        spec: ProvisionSpec,
+    },
+    /// Report what runs on this host.
+    Status,
+    /// List releases on this host.
+    Releases,
+}
+
+wire_enum! {
+    /// Why a release is being activated (also the word in revisions.log and output).
+    pub enum Action {
+        /// A new release.
+        Deploy => "deploy",
+        /// Back to an earlier release.
+        Rollback => "rollback",
+    }
+}
+
+/// Who holds a deploy lock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LockHolder {
+    /// `user@machine`.
+    pub deployer: String,
+    /// Pid of the operator process.
+    pub pid: u32,
+    /// The command line, e.g. `shipjar deploy production`.
+    pub command: String,
+    /// When the lock was taken (RFC 3339).
+    pub since: String,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (pid {}, `{}`, since {})",
+            self.deployer, self.pid, self.command, self.since
+        )
+    }
+}
+
+/// A release to create: its manifest and rendered config files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareSpec {
+    /// The release manifest.
+    pub manifest: ReleaseManifest,
+    /// Rendered config files.
+    pub files: Vec<FileContent>,
+}
+
+/// What `provision` should establish on a host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionSpec {
+    /// The unix user (and group) the service runs as.
+    pub user: String,
+    /// Where the shipjar binary is on the host (the init files call it).
+    pub agent_path: String,
+    /// Only report what would change.
+    pub dry_run: bool,
+}
+
+/// The outcome for one provisioned resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceResult {
+    /// E.g. `user hello`, `directory /var/log/hello`.
+    pub resource: String,
+    /// What provisioning did to it.
+    pub status: ResourceStatus,
+    /// What it is, or what changed.
+    pub detail: String,
+    /// For files: a unified diff of the change.
+    pub diff: Option<String>,
+}
+
+/// A rendered config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileContent {
+    /// Path relative to the release's `config/`.
+    pub dest: String,
+    /// Written 0600 (0640 root:group as root).
+    pub secret: bool,
+    /// The file's text.
+    pub content: String,
+}
+
+/// Everything the agent writes to stdout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentMessage {
+    /// Progress of a request.
+    Event {
+        /// Request id.
+        id: u64,
+        /// Step name, e.g. `switch`, `restart`, `health`.
+        step: String,
+        /// What happened.
+        message: String,
+    },
+    /// The final answer to a request.
+    Result {
+        /// Request id.
+        id: u64,
+        /// The answer.
+        response: Box<Response>,
+    },
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// Answer to `begin`.
+    Begun(Box<HostState>),
+    /// Answer to `put_artifact`.
+    Stored {
+        /// Bytes written to the store.
+        bytes: u64,
+    },
+    /// Answer to `renew`.
+    Renewed {
+        /// New expiry, Unix milliseconds.
+        expires_at_ms: u64,
+    },
+    /// Answer to `unlock`.
+    Unlocked {
+        /// Who held the lock, if anyone.
+        previous: Option<String>,
+    },
+    /// Answer to `logs` (without follow).
+    LogsDone,
+    /// Answer to `provision`.
+    Provisioned {
+        /// One entry per resource, in order.
+        resources: Vec<ResourceResult>,
+    },
+    /// Answer to `prepare`.
+    Prepared {
+        /// The release directory.
+        path: String,
+    },
+    /// Answer to `activate`.
+    Activated(Box<Activation>),
+    /// Answer to `finish`.
+    Finished {
+        /// Releases removed.
+        pruned: Vec<String>,
+    },
+    /// Answer to `status`.
+    Status(Box<HostStatus>),
+    /// Answer to `releases`.
+    Releases {
+        /// Oldest first.
+        releases: Vec<ReleaseInfo>,
+    },
+    /// The request failed; nothing after it in the session is applied.
+    Error(AgentError),
+}
+
+/// A request that could not be carried out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentError {
+    /// What kind of failure, for the operator to act on.
+    pub kind: ErrorKind,
+    /// Step that failed.
+    pub step: String,
+    /// Why.
+    pub message: String,
+}
+
+/// A host's state at the start of a deploy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostState {
+    /// Version of the agent binary.
+    pub agent_version: String,
+    /// The host's name.
+    pub hostname: String,
+    /// Release `current` points to.
+    pub current: Option<String>,
+    /// Whether the requested artifact is stored already.
+    pub has_artifact: bool,
+    /// Releases on the host, oldest first.
+    pub releases: Vec<ReleaseInfo>,
+    /// Half-written releases or uploads from a killed run that were removed.
+    pub cleaned_up: Vec<String>,
+    /// The expired lock that was taken over, if any.
+    pub took_over: Option<String>,
+    /// Whether the release asked for in `begin` was prepared.
+    pub prepared: bool,
+}
+
+/// Outcome of an activation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Activation {
+    /// True when the release is current, healthy and reports its version.
+    pub ok: bool,
+    /// Release that was activated.
+    pub release: String,
+    /// Pid of the service.
+    pub pid: Option<i32>,
+    /// Milliseconds from start to healthy.
+    pub healthy_after_ms: Option<u64>,
+    /// Milliseconds the previous process took to stop.
+    pub stopped_after_ms: Option<u64>,
+    /// Version the service reported.
+    pub reported_version: Option<String>,
+    /// On failure: the step that failed.
+    pub failed_step: Option<String>,
+    /// On failure: why.
+    pub reason: Option<String>,
+    /// On failure: the last lines of the service log.
+    pub log_tail: Vec<String>,
+    /// On failure: what the host runs now.
+    pub now_running: Option<NowRunning>,
+}
+
+/// What a host runs after a failed activation was reverted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NowRunning {
+    /// Release `current` points to, if any.
+    pub release: Option<String>,
+    /// Its version.
+    pub version: Option<String>,
+    /// Whether it passed the health check after the revert.
+    pub healthy: bool,
+    /// What went wrong with the revert, if anything.
+    pub problem: Option<String>,
+}
+
+/// One release on a host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseInfo {
+    /// Release id.
+    pub id: String,
+    /// Version from its manifest.
+    pub version: String,
+    /// When it was created.
+    pub deployed_at: String,
+    /// Who created it.
+    pub deployer: String,
+    /// sha256 of its artifact.
+    pub artifact_sha256: String,
+    /// Whether `current` points to it.
+    pub current: bool,
+    /// Last recorded outcome of activating it, if any.
+    pub outcome: Option<RevisionOutcome>,
+}
+
+/// What runs on a host, for `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostStatus {
+    /// The release `current` points to.
+    pub current: Option<ReleaseInfo>,
+    /// The supervisor's view of the process.
+    pub service: ServiceStatus,
+    /// Version from the manifest of the release the process was started from.
+    pub running_version: Option<String>,
+    /// Version the service reports over its version endpoint.
+    pub reported_version: Option<String>,
+    /// Why the reported version is missing, if it is.
+    pub version_error: Option<String>,
+    /// The last line of revisions.log.
+    pub last_revision: Option<Revision>,
+}
+
+/// A revisions.log line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Revision {
+    /// When (RFC 3339).
+    pub time: String,
+    /// Why the release was activated.
+    pub action: Action,
+    /// Release id.
+    pub release: String,
+    /// Version.
+    pub version: String,
+    /// Who.
+    pub deployer: String,
+    /// How the activation ended.
+    pub outcome: RevisionOutcome,
+    /// Free text: the failure, what was reverted.
+    pub detail: String,
+}
+
+wire_enum! {
+    /// What `provision` did to one resource.
+    pub enum ResourceStatus {
+        /// Already as wanted; nothing done.
+        Ok => "ok",
+        /// Changed to what is wanted.
+        Changed => "changed",
+        /// Would change (dry run).
+        WouldChange => "would_change",
+        /// Could not be brought to what is wanted.
+        Failed => "failed",
+    }
+}
+
+wire_enum! {
+    /// How an activation ended, as recorded in revisions.log.
+    pub enum RevisionOutcome {
+        /// Current, healthy and reporting its version.
+        Success => "success",
+        /// Failed; the host went back to the previous release.
+        Failed => "failed",
+    }
+}
+
+wire_enum! {
+    /// The kind of a failed request, so the operator can act on it without reading the text.
+    pub enum ErrorKind {
+        /// Anything not listed below.
+        Failed => "failed",
+        /// Another session holds the deploy lock.
+        LockHeld => "lock_held",
+        /// The request needs the lock, and this session does not hold it.
+        NotLocked => "not_locked",
+        /// The request was malformed or for another protocol version.
+        BadRequest => "bad_request",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::status::ServiceState;
+
+    fn round_trip(response: Response) {
+        let message = AgentMessage::Result {
+            id: 7,
+            response: Box::new(response),
+        };
+        let text = serde_json::to_string(&message).expect("every answer must encode");
+        let back: AgentMessage = serde_json::from_str(&text).expect("and decode");
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+    }
+
+    #[test]
+    fn every_response_kind_survives_the_wire() {
+        let release = ReleaseInfo {
+            id: "20261126-140000-000".into(),
+            version: "1".into(),
+            deployed_at: "t".into(),
+            deployer: "me@box".into(),
+            artifact_sha256: "ab".repeat(32),
+            current: true,
+            outcome: Some(RevisionOutcome::Success),
+        };
+        round_trip(Response::Releases {
+            releases: vec![release.clone()],
+        });
+        round_trip(Response::Finished { pruned: vec![] });
+        round_trip(Response::Stored { bytes: 3 });
+        round_trip(Response::Prepared { path: "/x".into() });
+        round_trip(Response::Error(AgentError {
+            kind: ErrorKind::LockHeld,
+            step: "lock".into(),
+            message: "held".into(),
+        }));
+        round_trip(Response::Begun(Box::new(HostState {
+            agent_version: "0.1.0".into(),
+            hostname: "h".into(),
+            current: None,
+            has_artifact: false,
+            releases: vec![release.clone()],
+            cleaned_up: vec![],
+            took_over: None,
+            prepared: false,
+        })));
+        round_trip(Response::Status(Box::new(HostStatus {
+            current: Some(release),
+            service: ServiceStatus {
+                state: ServiceState::Running,
+                lsb_code: 0,
+                pid: Some(1),
+                supervisor_pid: Some(2),
+                release: None,
+                started_at: None,
+                uptime_s: None,
+                healthy: Some(true),
+                detail: String::new(),
+                reason: None,
+                last_exit: None,
+                last_exit_code: None,
+                last_exit_signal: None,
+                restarts: 0,
+                next_restart_at: None,
+            },
+            running_version: None,
+            reported_version: None,
+            version_error: None,
+            last_revision: None,
+        })));
+    }
+}
