@@ -10,6 +10,12 @@ mod protocol;
 use clap::Parser;
 
 fn main() {
+    // A bug must still end in a message and a meaningful exit code, not an abort (134).
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("shipjar: internal error: {info}");
+        eprintln!("  this is a bug in shipjar; nothing more was changed after this point");
+        std::process::exit(2);
+    }));
     let cli = cli::Cli::parse();
     let json = cli.json;
     let code = match commands::run(cli) {

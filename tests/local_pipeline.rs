@@ -417,3 +417,24 @@ fn ctrl_c_mid_deploy_releases_the_lock_and_leaves_a_healthy_release() {
     let next = p.deploy("3.0.0", &[]);
     assert_eq!(next.status.code(), Some(0), "{}", text(&next));
 }
+
+#[test]
+fn a_damaged_build_record_is_a_clear_error_not_a_crash() {
+    let p = Project::new();
+    let jar = common::hello_jar();
+    std::fs::create_dir_all(p.path().join(".shipjar")).unwrap();
+    for sha in ["abc", "", "é", &"Z".repeat(64)] {
+        let record = serde_json::json!({
+            "artifact": jar, "sha256": sha, "size": 1, "version": "1",
+            "git_commit": null, "build_time": "",
+        });
+        std::fs::write(p.path().join(".shipjar/build.json"), record.to_string()).unwrap();
+        let out = p.run(&["deploy", "local", "--skip-build"]);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(2), "sha {sha:?}: {said}");
+        assert!(said.contains("build.json is damaged"), "{said}");
+        assert!(said.contains("run `shipjar build` again"), "{said}");
+        assert!(!said.contains("panicked"), "{said}");
+    }
+    assert!(p.current().is_none(), "nothing was deployed");
+}

@@ -294,9 +294,7 @@ impl Session {
             Request::Unlock => {
                 let _ = store::ensure_dirs(&layout);
                 match lock::force_unlock(&layout) {
-                    Ok(previous) => Response::Unlocked {
-                        previous: previous.map(|r| r.describe()),
-                    },
+                    Ok(previous) => Response::Unlocked { previous },
                     Err(e) => error("unlock", e),
                 }
             }

@@ -6,13 +6,15 @@
 //! warning. A live deploy renews it. Reads and writes of the record are
 //! serialised with a short flock on the record file itself.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::LockHolder;
+use crate::protocol::files::{fsync_dir, remove_if_present, write_atomic};
 use crate::protocol::layout::Layout;
 
 /// The record in `run/<name>/deploy.lock`.
@@ -59,43 +61,69 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Runs `f` on the record while holding the record file's flock.
+/// What the record file holds.
+#[derive(Debug)]
+enum Current {
+    /// No record (or an empty one): nobody holds the lock.
+    Free,
+    /// A lease.
+    Held(LockRecord),
+    /// A record that cannot be read: held by someone unknown, never "free".
+    Garbled(String),
+}
+
+/// What to do with the record after looking at it.
+enum Write {
+    Keep,
+    Put(LockRecord),
+    Remove,
+}
+
+/// Runs `f` on the record while holding a flock on the run directory, so
+/// that reading, deciding and replacing the record is one step.
 fn with_record<T>(
     layout: &Layout,
-    f: impl FnOnce(Option<LockRecord>) -> Result<(Option<Option<LockRecord>>, T), String>,
+    f: impl FnOnce(Current) -> Result<(Write, T), String>,
 ) -> Result<T, String> {
+    let dir = layout.run_dir();
+    let mutex = File::open(&dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+    mutex
+        .lock()
+        .map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
     let path = layout.deploy_lock();
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    file.lock()
-        .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
-    let mut text = String::new();
-    let _ = file.read_to_string(&mut text);
-    // An unreadable record (a torn write of an old version) counts as no lock.
-    let current = serde_json::from_str::<LockRecord>(&text).ok();
+    let current = read_record(&path)?;
     let (write, value) = f(current)?;
-    if let Some(new) = write {
-        store(&mut file, new.as_ref())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    match write {
+        Write::Keep => {}
+        Write::Put(record) => {
+            let text = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+            // Temp file + rename: a crash or a full disk leaves the old record whole.
+            write_atomic(&path, &text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Write::Remove => {
+            remove_if_present(&path)
+                .and_then(|()| fsync_dir(&dir))
+                .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        }
     }
-    let _ = file.unlock();
+    let _ = mutex.unlock();
     Ok(value)
 }
 
-fn store(file: &mut File, record: Option<&LockRecord>) -> std::io::Result<()> {
-    let text = match record {
-        Some(r) => serde_json::to_string(r).map_err(std::io::Error::other)?,
-        None => String::new(),
+fn read_record(path: &Path) -> Result<Current, String> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Current::Free),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    file.set_len(0)?;
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_data()
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Current::Free);
+    }
+    Ok(match serde_json::from_slice::<LockRecord>(&bytes) {
+        Ok(record) => Current::Held(record),
+        Err(e) => Current::Garbled(format!("unreadable lock record {}: {e}", path.display())),
+    })
 }
 
 /// Why the lock could not be taken.
@@ -126,12 +154,16 @@ pub fn acquire(
     let mut held_by = None;
     let taken = with_record(layout, |current| {
         let acquired = match current {
-            None => Acquired::Free,
-            Some(r) if r.token == token => Acquired::Free,
-            Some(r) if r.expired() => Acquired::TookOver(r),
-            Some(r) => {
+            Current::Free => Acquired::Free,
+            Current::Held(r) if r.token == token => Acquired::Free,
+            Current::Held(r) if r.expired() => Acquired::TookOver(r),
+            Current::Held(r) => {
                 held_by = Some(r.describe());
-                return Ok((None, None));
+                return Ok((Write::Keep, None));
+            }
+            Current::Garbled(why) => {
+                held_by = Some(format!("unknown ({why}; `shipjar unlock` removes it)"));
+                return Ok((Write::Keep, None));
             }
         };
         let record = LockRecord {
@@ -139,7 +171,7 @@ pub fn acquire(
             token: token.to_string(),
             expires_at_ms: now_ms() + lease_ms,
         };
-        Ok((Some(Some(record)), Some(acquired)))
+        Ok((Write::Put(record), Some(acquired)))
     });
     match (taken, held_by) {
         (Ok(Some(acquired)), _) => Ok(acquired),
@@ -154,33 +186,41 @@ pub fn acquire(
 /// Extends the lease; fails if the lock is no longer ours.
 pub fn renew(layout: &Layout, token: &str, lease_ms: u64) -> Result<u64, String> {
     with_record(layout, |current| match current {
-        Some(mut r) if r.token == token => {
+        Current::Held(mut r) if r.token == token => {
             r.expires_at_ms = now_ms() + lease_ms;
             let expires = r.expires_at_ms;
-            Ok((Some(Some(r)), expires))
+            Ok((Write::Put(r), expires))
         }
-        Some(r) => Err(format!(
+        Current::Held(r) => Err(format!(
             "the deploy lock was taken over by {}",
             r.describe()
         )),
-        None => Err("the deploy lock was removed (shipjar unlock?)".to_string()),
+        Current::Garbled(why) => Err(format!("the deploy lock is no longer ours: {why}")),
+        Current::Free => Err("the deploy lock was removed (shipjar unlock?)".to_string()),
     })
 }
 
 /// Releases the lock if `token` holds it.
 pub fn release(layout: &Layout, token: &str) -> Result<(), String> {
     with_record(layout, |current| match current {
-        Some(r) if r.token == token => Ok((Some(None), ())),
-        _ => Ok((None, ())),
+        Current::Held(r) if r.token == token => Ok((Write::Remove, ())),
+        _ => Ok((Write::Keep, ())),
     })
 }
 
-/// Removes whatever lock there is; returns its record.
-pub fn force_unlock(layout: &Layout) -> Result<Option<LockRecord>, String> {
+/// Removes whatever lock there is; returns who held it, if anyone.
+pub fn force_unlock(layout: &Layout) -> Result<Option<String>, String> {
     if !layout.deploy_lock().exists() {
         return Ok(None);
     }
-    with_record(layout, |current| Ok((Some(None), current)))
+    with_record(layout, |current| {
+        let previous = match current {
+            Current::Free => None,
+            Current::Held(r) => Some(r.describe()),
+            Current::Garbled(why) => Some(format!("unknown ({why})")),
+        };
+        Ok((Write::Remove, previous))
+    })
 }
 
 #[cfg(test)]
@@ -220,13 +260,60 @@ mod tests {
                 .contains("taken over")
         );
         release(&layout, "a").unwrap();
-        assert_eq!(
-            force_unlock(&layout).unwrap().map(|r| r.token),
-            Some("b".into())
+        assert!(
+            force_unlock(&layout)
+                .unwrap()
+                .is_some_and(|holder| holder.contains("pid 2"))
         );
         assert!(matches!(
             acquire(&layout, &holder(3), "c", 60_000),
             Ok(Acquired::Free)
         ));
+    }
+
+    #[test]
+    fn a_garbled_record_is_held_by_someone_unknown_until_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "svc");
+        std::fs::create_dir_all(layout.run_dir()).unwrap();
+        std::fs::write(layout.deploy_lock(), "{\"holder\": {\"depl").unwrap();
+        let err = acquire(&layout, &holder(1), "a", 60_000).unwrap_err();
+        assert!(matches!(err, AcquireError::Held(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("held by unknown (unreadable lock record"),
+            "{err}"
+        );
+        assert!(renew(&layout, "a", 1000).is_err());
+        assert!(
+            force_unlock(&layout)
+                .unwrap()
+                .is_some_and(|h| h.starts_with("unknown"))
+        );
+        assert!(matches!(
+            acquire(&layout, &holder(1), "a", 60_000),
+            Ok(Acquired::Free)
+        ));
+    }
+
+    #[test]
+    fn the_record_is_replaced_whole_and_removed_on_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "svc");
+        std::fs::create_dir_all(layout.run_dir()).unwrap();
+        acquire(&layout, &holder(1), "a", 60_000).unwrap();
+        let before = std::fs::metadata(layout.deploy_lock()).unwrap();
+        renew(&layout, "a", 60_000).unwrap();
+        let after = std::fs::metadata(layout.deploy_lock()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(
+            before.ino(),
+            after.ino(),
+            "renewal writes a new file and renames it"
+        );
+        release(&layout, "a").unwrap();
+        assert!(!layout.deploy_lock().exists());
+        let leftovers: Vec<_> = std::fs::read_dir(layout.run_dir()).unwrap().collect();
+        assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
     }
 }

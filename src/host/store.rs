@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::protocol::digest::{hex, is_sha256};
 use crate::protocol::files::{fsync_dir, write_synced};
-use crate::protocol::names::is_release_id;
+use crate::protocol::names::{self, is_release_id};
 
 use crate::host::revisions;
 use crate::protocol::layout::Layout;
@@ -147,7 +147,6 @@ fn drain(input: &mut impl Read) {
     let _ = io::copy(input, &mut io::sink());
 }
 
-/// Lower-case hex of bytes.
 /// Creates `releases/<id>` complete and synced: config files, the jar link and
 /// `RELEASE`, built in a temporary directory and renamed into place.
 pub fn prepare(
@@ -159,6 +158,10 @@ pub fn prepare(
     let id = &manifest.id;
     if !is_release_id(id) {
         return Err(format!("invalid release id `{id}`"));
+    }
+    names::file_name(&manifest.jar).map_err(|e| format!("invalid jar name: {e}"))?;
+    for file in files {
+        names::relative_path(&file.dest).map_err(|e| format!("invalid config file path: {e}"))?;
     }
     if manifest.service != layout.name() {
         return Err(format!(
@@ -206,14 +209,7 @@ fn write_release(
         .map_err(|e| format!("cannot create {}: {e}", config_dir.display()))?;
     let mut dirs = BTreeSet::from([dir.to_path_buf(), config_dir.clone()]);
     for file in files {
-        let rel = Path::new(&file.dest);
-        if rel.is_absolute()
-            || rel
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(format!("invalid config file path `{}`", file.dest));
-        }
+        let rel = names::relative_path(&file.dest)?;
         let path = config_dir.join(rel);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::operator::config::Project;
 use crate::operator::output::Reporter;
-use crate::protocol::digest::sha256_file;
+use crate::protocol::digest::{is_sha256, sha256_file, short};
 use crate::protocol::files::write_synced;
 
 /// What a build produced.
@@ -71,7 +71,7 @@ pub fn build(
         "build: {} ({} bytes, sha256 {}), version {} in {} ms",
         manifest.artifact.display(),
         manifest.size,
-        &manifest.sha256[..12],
+        short(&manifest.sha256),
         manifest.version,
         started.elapsed().as_millis()
     ));
@@ -129,6 +129,13 @@ pub fn last_build(project: &Project) -> Result<BuildManifest> {
         Error::config(format!("{} is damaged: {e}", path.display()))
             .hint("run `shipjar build` again")
     })?;
+    if !is_sha256(&manifest.sha256) {
+        return Err(Error::config(format!(
+            "{} is damaged: `sha256` is not 64 lower-case hex digits",
+            path.display()
+        ))
+        .hint("run `shipjar build` again"));
+    }
     let actual = sha256_file(&manifest.artifact).map_err(|e| {
         Error::config(format!(
             "recorded artifact {}: {e}",
@@ -140,8 +147,8 @@ pub fn last_build(project: &Project) -> Result<BuildManifest> {
         return Err(Error::config(format!(
             "{} changed since it was built (sha256 {} now, {} recorded)",
             manifest.artifact.display(),
-            &actual[..12],
-            &manifest.sha256[..12]
+            short(&actual),
+            short(&manifest.sha256)
         ))
         .hint("run `shipjar build` again"));
     }
@@ -217,7 +224,7 @@ fn resolve_version(project: &Project, sha256: &str) -> Result<String> {
         return Ok(version.to_string());
     }
     // No version configured: the artifact's own identity is the most honest answer.
-    Ok(format!("sha-{}", &sha256[..12]))
+    Ok(format!("sha-{}", short(sha256)))
 }
 
 fn git_commit(dir: &Path) -> Option<String> {

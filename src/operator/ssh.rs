@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::operator::config::HostSpec;
+use crate::protocol::shell;
 
 /// How a stage's hosts are reached.
 #[derive(Debug, Clone)]
@@ -24,26 +25,14 @@ pub struct Reach {
     pub control_dir: Option<PathBuf>,
 }
 
-/// Quotes one word for a POSIX shell: the remote side always parses our command line.
-pub fn shell_quote(word: &str) -> String {
-    let safe = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b));
-    if safe {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
 /// The remote command line for `words`, each quoted, prefixed with `sudo -n` when asked.
 pub fn remote_command(reach: &Reach, words: &[&str]) -> String {
     let mut all: Vec<String> = Vec::new();
     if reach.sudo {
         all.extend(["sudo".to_string(), "-n".to_string(), "--".to_string()]);
     }
-    all.extend(words.iter().map(|w| shell_quote(w)));
+    // The remote side always parses our command line through a shell.
+    all.extend(words.iter().map(|w| shell::quote(w)));
     all.join(" ")
 }
 
@@ -154,14 +143,6 @@ mod tests {
 
     #[test]
     fn words_are_quoted_for_the_remote_shell() {
-        assert_eq!(
-            shell_quote("/usr/local/bin/shipjar"),
-            "/usr/local/bin/shipjar"
-        );
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
-        assert_eq!(shell_quote("$(reboot)"), "'$(reboot)'");
-        assert_eq!(shell_quote(""), "''");
         assert_eq!(
             remote_command(&reach(true), &["/opt/my dir/shipjar", "agent"]),
             "sudo -n -- '/opt/my dir/shipjar' agent"

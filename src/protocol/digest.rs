@@ -31,6 +31,11 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// The first 12 characters of a sha256, as shown to people (whole when shorter).
+pub fn short(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
+}
+
 /// Whether `s` is a lower-case hex sha256.
 pub fn is_sha256(s: &str) -> bool {
     s.len() == 64

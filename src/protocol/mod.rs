@@ -18,6 +18,7 @@ pub mod layout;
 pub mod manifest;
 mod messages;
 pub mod names;
+pub mod shell;
 pub mod status;
 mod wire_enum;
 

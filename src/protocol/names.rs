@@ -25,3 +25,73 @@ pub fn is_release_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
+
+/// Longest path we accept from a manifest, in bytes.
+const MAX_PATH: usize = 1024;
+
+/// A path inside a release: relative, only plain components (no `..`, `.`,
+/// root or empty parts), no NUL, at most 1 KiB. The one rule for every
+/// path-like field a manifest carries.
+pub fn relative_path(path: &str) -> Result<&std::path::Path, String> {
+    let shown = path.escape_debug();
+    let p = std::path::Path::new(path);
+    let plain = p
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if path.is_empty()
+        || path.len() > MAX_PATH
+        || path.contains('\0')
+        || path
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        || !plain
+    {
+        return Err(format!(
+            "`{shown}` must be a relative path of plain names (no `..`, `.`, leading `/` or empty parts)"
+        ));
+    }
+    Ok(p)
+}
+
+/// A single file name: a relative path of exactly one plain component.
+pub fn file_name(name: &str) -> Result<&std::path::Path, String> {
+    let p = relative_path(name)?;
+    if p.components().count() != 1 {
+        return Err(format!(
+            "`{}` must be a file name without `/`",
+            name.escape_debug()
+        ));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_from_a_manifest_stay_inside_the_release() {
+        for good in ["app.jar", "conf/logback.xml", "a-b_c.d"] {
+            assert!(relative_path(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "./a",
+            "a/./b",
+            "a//b",
+            "a/",
+            ".",
+            "..",
+            "a\0b",
+        ] {
+            assert!(relative_path(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(relative_path(&"a".repeat(2000)).is_err());
+        assert!(file_name("app.jar").is_ok());
+        assert!(file_name("lib/app.jar").is_err());
+        assert!(file_name("/usr/bin/java").is_err());
+    }
+}

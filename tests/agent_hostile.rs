@@ -1,0 +1,172 @@
+//! The agent is the only code that changes a host, so it must refuse hostile
+//! requests on its own: these tests talk to `shipjar agent` directly, as a
+//! compromised or buggy operator would.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+struct Agent {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+}
+
+impl Agent {
+    fn start(root: &Path) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shipjar"))
+            .args(["agent", "--root"])
+            .arg(root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Agent {
+            child,
+            stdin,
+            stdout,
+            next_id: 1,
+        }
+    }
+
+    /// Sends one request (plus raw bytes after it) and returns the result's response.
+    fn call(&mut self, request: Value, bytes: &[u8]) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let envelope = json!({"protocol": 1, "id": id, "service": "demo", "request": request});
+        writeln!(self.stdin, "{envelope}").expect("write request");
+        self.stdin.write_all(bytes).expect("write bytes");
+        self.stdin.flush().expect("flush");
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).expect("read answer");
+            assert!(n > 0, "the agent closed its output");
+            let message: Value = serde_json::from_str(&line).expect("answers are JSON");
+            if message["kind"] == "result" {
+                assert_eq!(message["id"], id);
+                return message["response"].clone();
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn manifest(sha: &str, jar: &str, dest: &str) -> Value {
+    json!({
+        "format": 1, "id": "20261130-010000-000", "service": "demo", "version": "1",
+        "artifact_sha256": sha, "jar": jar, "git_commit": null, "build_time": "t",
+        "deployed_at": "t", "deployer": "me@box", "stage": "test", "host": "local",
+        "run": {"argv": ["java", "-jar", "demo.jar"], "env": {}, "user": null},
+        "health": {"check": {"kind": "none"}, "start_timeout_ms": 1000, "interval_ms": 1000},
+        "version_check": null,
+        "stop": {"timeout_ms": 1000},
+        "files": [{"dest": dest, "secret": false, "sha256": null}],
+    })
+}
+
+/// Begins a session holding the lock, with an artifact stored.
+fn locked_session(root: &Path) -> (Agent, String) {
+    let mut agent = Agent::start(root);
+    let holder = json!({"deployer": "me@box", "pid": 1, "command": "test", "since": "t"});
+    let begun = agent.call(
+        json!({"type": "begin", "holder": holder, "artifact_sha256": null, "lease_ms": 60000, "prepare": null}),
+        b"",
+    );
+    assert_eq!(begun["type"], "begun", "{begun}");
+    let bytes = b"not really a jar";
+    let sha: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let stored = agent.call(
+        json!({"type": "put_artifact", "sha256": sha, "size": bytes.len()}),
+        bytes,
+    );
+    assert_eq!(stored["type"], "stored", "{stored}");
+    (agent, sha)
+}
+
+#[test]
+fn hostile_paths_in_a_manifest_are_refused_and_nothing_lands_outside_the_release() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let root = base.path().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let outside = base.path().join("planted");
+    let cases = [
+        (
+            outside.to_string_lossy().into_owned(),
+            "app.properties".to_string(),
+        ),
+        (
+            "../../../../planted".to_string(),
+            "app.properties".to_string(),
+        ),
+        ("lib/demo.jar".to_string(), "app.properties".to_string()),
+        (
+            "demo.jar".to_string(),
+            outside.to_string_lossy().into_owned(),
+        ),
+        ("demo.jar".to_string(), "../../../../planted".to_string()),
+        ("demo.jar".to_string(), "a/./b".to_string()),
+        ("demo.jar".to_string(), "a\u{0}b".to_string()),
+        ("demo.jar".to_string(), String::new()),
+    ];
+    for (jar, dest) in cases {
+        let (mut agent, sha) = locked_session(&root);
+        let files = json!([{"dest": dest, "secret": false, "content": "x=1\n"}]);
+        let answer = agent.call(
+            json!({"type": "prepare", "manifest": manifest(&sha, &jar, &dest), "files": files}),
+            b"",
+        );
+        assert_eq!(
+            answer["type"], "error",
+            "jar {jar:?}, dest {dest:?}: {answer}"
+        );
+        assert_eq!(answer["step"], "prepare", "{answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("invalid jar name") || message.contains("invalid config file path"),
+            "{message}"
+        );
+        assert!(
+            !outside.exists(),
+            "jar {jar:?}, dest {dest:?} planted a file outside"
+        );
+        let releases = root.join("var/lib/demo/releases");
+        let left: Vec<_> = std::fs::read_dir(&releases)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "a refused release left {left:?}");
+        let finished = agent.call(json!({"type": "finish", "keep": null}), b"");
+        assert_eq!(finished["type"], "finished", "{finished}");
+    }
+}
+
+#[test]
+fn a_hostile_release_id_is_refused() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let root = base.path().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let (mut agent, sha) = locked_session(&root);
+    for id in ["../../x", "/tmp/x", ".hidden", "a/b", ""] {
+        let mut m = manifest(&sha, "demo.jar", "app.properties");
+        m["id"] = json!(id);
+        let answer = agent.call(json!({"type": "prepare", "manifest": m, "files": []}), b"");
+        assert_eq!(answer["type"], "error", "id {id:?}: {answer}");
+        // A failed request stops the session; start a new one for the next case.
+        let _ = agent.call(json!({"type": "finish", "keep": null}), b"");
+        agent = locked_session(&root).0;
+    }
+}
