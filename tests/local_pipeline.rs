@@ -438,3 +438,43 @@ fn a_damaged_build_record_is_a_clear_error_not_a_crash() {
     }
     assert!(p.current().is_none(), "nothing was deployed");
 }
+
+#[test]
+fn no_process_shipjar_starts_inherits_the_operators_secret_variables() {
+    let p = Project::with_config(|c| {
+        c.replace(
+            "command = \"sh build.sh\"",
+            "command = \"env > build-env.txt; exit 3\"",
+        )
+        .replace(
+            "version_command = \"git describe --always --dirty 2>/dev/null || echo dev\"",
+            "version_command = \"env > version-env.txt; echo 1\"",
+        )
+    });
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (_, status) = p.status_json();
+    let host = &status["hosts"][0]["status"]["service"];
+    let supervisor = host["supervisor_pid"].as_i64().expect("supervisor pid");
+    let environ = std::fs::read(format!("/proc/{supervisor}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("HELLO_DB_PASSWORD"), "{environ}");
+    assert!(!environ.contains(&p.secret));
+    // The build and the version command run without it too.
+    let out = p.run(&["build"]);
+    assert_ne!(out.status.code(), Some(0));
+    let env = std::fs::read_to_string(p.path().join("build-env.txt")).unwrap();
+    assert!(
+        !env.contains("HELLO_DB_PASSWORD") && !env.contains(&p.secret),
+        "{env}"
+    );
+    assert!(env.contains("PATH="), "the build keeps the rest: {env}");
+    let jar = common::hello_jar().to_string_lossy().into_owned();
+    let out = p.run(&["deploy", "local", "--artifact", &jar]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let env = std::fs::read_to_string(p.path().join("version-env.txt")).unwrap();
+    assert!(
+        !env.contains("HELLO_DB_PASSWORD") && !env.contains(&p.secret),
+        "{env}"
+    );
+}

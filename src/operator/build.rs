@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::operator::config::Project;
 use crate::operator::output::Reporter;
+use crate::operator::render;
 use crate::protocol::digest::{is_sha256, sha256_file, short};
 use crate::protocol::files::write_synced;
 
@@ -50,7 +51,7 @@ pub fn build(
     reporter.note(&format!("build: running `{}`", build.command));
     let started = std::time::Instant::now();
     // The build's own output goes to stderr so stdout stays clean for --json.
-    let status = Command::new("sh")
+    let status = render::without_secret_variables(&mut Command::new("sh"))
         .arg("-c")
         .arg(&build.command)
         .current_dir(&project.dir)
@@ -204,7 +205,7 @@ fn resolve_version(project: &Project, sha256: &str) -> Result<String> {
         return Ok(v);
     }
     if let Some(cmd) = build.and_then(|b| b.version_command.as_deref()) {
-        let out = Command::new("sh")
+        let out = render::without_secret_variables(&mut Command::new("sh"))
             .arg("-c")
             .arg(cmd)
             .current_dir(&project.dir)
@@ -228,7 +229,7 @@ fn resolve_version(project: &Project, sha256: &str) -> Result<String> {
 }
 
 fn git_commit(dir: &Path) -> Option<String> {
-    let out = Command::new("git")
+    let out = render::without_secret_variables(&mut Command::new("git"))
         .args(["rev-parse", "HEAD"])
         .current_dir(dir)
         .stdin(Stdio::null())

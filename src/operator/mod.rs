@@ -30,6 +30,7 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         return Ok(0);
     }
     let project = Project::load(config)?;
+    render::register_secret_variables(&project.config);
     match command {
         Command::Check(args) => check(&project, &args, &reporter),
         Command::Build(args) => {

@@ -13,18 +13,31 @@ use crate::error::{Error, Result};
 use crate::operator::config::{HostSpec, Project};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::Reporter;
+use crate::operator::render;
 use crate::operator::ssh;
 use crate::protocol::digest::sha256_file;
 use crate::protocol::{ProvisionSpec, Request, ResourceResult, ResourceStatus, Response};
 
-/// Installs `$1` from stdin atomically; the path is an argument, never part of the script.
+/// Installs `$1` from stdin, only if what arrived has the sha256 `$2`: a cut
+/// connection or an interrupt leaves the old binary in place. The path and the
+/// hash are arguments, never part of the script.
 const INSTALL_SCRIPT: &str = r#"set -eu
 d=$(dirname -- "$1")
 mkdir -p -- "$d"
 t="$d/.shipjar-new.$$"
+trap 'rm -f -- "$t"' EXIT
 cat > "$t"
+got=$(sha256sum -- "$t")
+got=${got%% *}
+if [ "$got" != "$2" ]; then
+    echo "the binary arrived incomplete or damaged (sha256 $got, expected $2); the installed one is unchanged" >&2
+    exit 1
+fi
 chmod 0755 "$t"
-mv -f -- "$t" "$1""#;
+sync -- "$t"
+mv -f -- "$t" "$1"
+trap - EXIT
+sync -- "$d""#;
 
 /// Prints the installed binary's sha256, or nothing.
 const SHA_SCRIPT: &str = r#"if [ -f "$1" ]; then sha256sum -- "$1"; fi"#;
@@ -183,7 +196,7 @@ fn install_agent(
 ) -> ResourceResult {
     let path = &fleet.reach.agent_path;
     let resource = format!("agent {path}");
-    let probe = remote(fleet, spec, SHA_SCRIPT, None);
+    let probe = remote(fleet, spec, SHA_SCRIPT, &[], None);
     let installed = match probe {
         Ok(out) => out.split_whitespace().next().map(str::to_string),
         Err(e) => return failed_resource(&resource, e),
@@ -221,10 +234,10 @@ fn install_agent(
         Ok(b) => b,
         Err(e) => return failed_resource(&resource, format!("cannot read {}: {e}", exe.display())),
     };
-    if let Err(e) = remote(fleet, spec, INSTALL_SCRIPT, Some(&binary)) {
+    if let Err(e) = remote(fleet, spec, INSTALL_SCRIPT, &[our_sha], Some(&binary)) {
         return failed_resource(&resource, e);
     }
-    match remote(fleet, spec, SHA_SCRIPT, None) {
+    match remote(fleet, spec, SHA_SCRIPT, &[], None) {
         Ok(out) if out.split_whitespace().next() == Some(our_sha) => ResourceResult {
             resource,
             status: ResourceStatus::Changed,
@@ -239,19 +252,20 @@ fn install_agent(
     }
 }
 
-/// Runs a fixed script on the host with the agent path as `$1`, optionally feeding stdin.
+/// Runs a fixed script on the host with the agent path as `$1` (then `args`),
+/// optionally feeding stdin.
 fn remote(
     fleet: &Fleet,
     spec: &HostSpec,
     script: &str,
+    args: &[&str],
     input: Option<&[u8]>,
 ) -> Result<String, String> {
     fleet.pace();
-    let remote = ssh::remote_command(
-        &fleet.reach,
-        &["sh", "-c", script, "sh", &fleet.reach.agent_path],
-    );
-    let mut child = Command::new("ssh")
+    let mut words = vec!["sh", "-c", script, "sh", &fleet.reach.agent_path];
+    words.extend_from_slice(args);
+    let remote = ssh::remote_command(&fleet.reach, &words);
+    let mut child = render::without_secret_variables(&mut Command::new("ssh"))
         .args(ssh::ssh_args(spec, &fleet.reach, &remote))
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -276,5 +290,83 @@ fn remote(
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::INSTALL_SCRIPT;
+    use crate::protocol::digest::sha256_hex;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    /// Runs the install script locally, feeding `input`, expecting `sha`.
+    fn install(target: &std::path::Path, sha: &str, input: &[u8]) -> std::process::Output {
+        let mut child = Command::new("sh")
+            .args(["-c", INSTALL_SCRIPT, "sh"])
+            .arg(target)
+            .arg(sha)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("feed");
+        child.wait_with_output().expect("sh ends")
+    }
+
+    #[test]
+    fn a_truncated_upload_leaves_the_installed_binary_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("bin/shipjar");
+        let old = b"old agent".to_vec();
+        let new = vec![7u8; 100_000];
+        let out = install(&target, &sha256_hex(&old), &old);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = install(&target, &sha256_hex(&new), &new[..60_000]);
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("arrived incomplete or damaged"), "{said}");
+        assert_eq!(std::fs::read(&target).unwrap(), old);
+        let names: Vec<_> = std::fs::read_dir(target.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+        let out = install(&target, &sha256_hex(&new), &new);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), new);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+    }
+
+    #[test]
+    fn the_install_script_passes_shellcheck() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("install.sh");
+        std::fs::write(&file, format!("#!/bin/sh\n{INSTALL_SCRIPT}\n")).unwrap();
+        let out = Command::new("shellcheck")
+            .arg(&file)
+            .output()
+            .expect("shellcheck is installed (run-tests installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }

@@ -2,12 +2,14 @@
 //! errors, nothing is HTML-escaped, trailing newlines are kept), secret values
 //! loaded from the environment or files and registered for masking.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::Mutex;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
 use crate::error::{Error, Result};
-use crate::operator::config::SecretFrom;
+use crate::operator::config::{Config, SecretFrom};
 use crate::operator::output;
 
 /// A template context: variable name to value.
@@ -55,6 +57,31 @@ fn template_error(name: &str, e: &minijinja::Error) -> Error {
         );
     }
     err
+}
+
+/// Names of the operator's environment variables that hold secrets (of any stage).
+static SECRET_VARIABLES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Records which environment variables hold secrets in any stage, so that no
+/// process the operator starts (build, version command, agent, ssh) inherits them.
+pub fn register_secret_variables(config: &Config) {
+    let mut names = SECRET_VARIABLES.lock().unwrap_or_else(|e| e.into_inner());
+    for stage in config.stages.values() {
+        for source in stage.get_ref().secrets.values() {
+            if let Some(var) = &source.get_ref().env {
+                names.insert(var.clone());
+            }
+        }
+    }
+}
+
+/// Removes every secret-holding variable from `command`'s environment.
+pub fn without_secret_variables(command: &mut Command) -> &mut Command {
+    let names = SECRET_VARIABLES.lock().unwrap_or_else(|e| e.into_inner());
+    for name in names.iter() {
+        command.env_remove(name);
+    }
+    command
 }
 
 /// Reads every secret of a stage and registers its value for masking.

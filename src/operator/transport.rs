@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::operator::config::HostSpec;
+use crate::operator::render;
 use crate::operator::ssh::{self, Reach};
 use crate::protocol::{AgentMessage, Envelope, PROTOCOL_VERSION, Request, Response};
 
@@ -56,7 +57,7 @@ impl AgentSession {
         };
         // Own process group: a Ctrl-C at the terminal must not kill the agent
         // (or the ssh carrying it) mid-switch; the operator winds down itself.
-        command
+        render::without_secret_variables(&mut command)
             .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -76,7 +76,14 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
     let root = std::path::absolute(layout.root())
         .map_err(|e| error(format!("{}: {e}", layout.root().display())))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("service")
+    // A clean environment: the supervisor lives as long as the service and
+    // must not carry whatever its caller had (an operator's secrets, say).
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .arg("service")
         .arg("supervise")
         .arg(layout.name())
         .arg("--root")
