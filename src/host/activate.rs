@@ -144,9 +144,18 @@ fn revert(
     emit: &dyn Fn(&str, &str),
 ) -> NowRunning {
     let Some(previous) = previous.filter(|p| *p != failed) else {
-        let _ = supervisor::stop(layout);
-        let problem = store::remove_current(layout).err();
-        emit("revert", "no previous release: service stopped");
+        let stopped = supervisor::stop(layout)
+            .map(|_| ())
+            .map_err(|e| format!("could not stop the failed release: {}", e.message));
+        let problem = match (stopped, store::remove_current(layout)) {
+            (Ok(()), Ok(())) => None,
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Some(e),
+            (Err(stop), Err(remove)) => Some(format!("{stop}; {remove}")),
+        };
+        match &problem {
+            None => emit("revert", "no previous release: service stopped"),
+            Some(problem) => emit("revert", &format!("no previous release: {problem}")),
+        }
         return NowRunning {
             release: None,
             version: None,

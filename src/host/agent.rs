@@ -146,7 +146,8 @@ struct Session {
 /// may take minutes); stops when dropped.
 struct Renewer {
     stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Ends with why the lease was lost, if it was.
+    thread: Option<std::thread::JoinHandle<Option<String>>>,
 }
 
 impl Renewer {
@@ -157,13 +158,23 @@ impl Renewer {
         let thread = std::thread::spawn(move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
             {
-                let _ = lock::renew(&layout, &token, lease_ms);
+                // Once another deploy holds the lock, renewing again would only fail again.
+                if let Err(lost) = lock::renew(&layout, &token, lease_ms) {
+                    return Some(lost);
+                }
             }
+            None
         });
         Renewer {
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// Stops renewing; says why the lease was lost while the request ran, if it was.
+    fn finish(mut self) -> Option<String> {
+        drop(self.stop.take());
+        self.thread.take().and_then(|t| t.join().ok().flatten())
     }
 }
 
@@ -241,8 +252,8 @@ impl Session {
                 return error_of_kind(ErrorKind::NotLocked, "lock", e);
             }
         }
-        let _renewer = self.lock.as_ref().map(Renewer::start);
-        match envelope.request {
+        let renewer = self.lock.as_ref().map(Renewer::start);
+        let response = match envelope.request {
             Request::Begin {
                 holder,
                 artifact_sha256,
@@ -261,7 +272,7 @@ impl Session {
                 {
                     match prepare_release(&layout, &spec) {
                         Response::Prepared { .. } => state.prepared = true,
-                        failure => return failure,
+                        failure => begun = failure,
                     }
                 }
                 begun
@@ -317,18 +328,37 @@ impl Session {
                 // After a failure the lock is still released, but nothing is pruned.
                 let keep = keep.filter(|_| !self.failed);
                 let result = keep.map_or(Ok(Vec::new()), |keep| store::prune(&layout, keep));
-                if let Some(held) = self.lock.take() {
-                    let _ = lock::release(&held.layout, &held.token);
-                }
-                match result {
-                    Ok(pruned) => Response::Finished { pruned },
-                    Err(e) => error("prune", e),
+                let released = match self.lock.take() {
+                    Some(held) => lock::release(&held.layout, &held.token),
+                    None => Ok(()),
+                };
+                match (result, released) {
+                    (Ok(pruned), Ok(())) => Response::Finished { pruned },
+                    (Err(e), _) => error("prune", e),
+                    (Ok(_), Err(e)) => {
+                        error("unlock", format!("cannot release the deploy lock: {e}"))
+                    }
                 }
             }
             Request::Status => Response::Status(Box::new(status(&layout))),
             Request::Releases => Response::Releases {
                 releases: store::list(&layout),
             },
+        };
+        match renewer.and_then(Renewer::finish) {
+            // The lock was lost mid-request (another deploy took it over, or
+            // `unlock`): say so instead of reporting success under someone else's lock.
+            Some(lost) if self.lock.is_some() => {
+                self.lock = None;
+                error_of_kind(
+                    ErrorKind::NotLocked,
+                    "lock",
+                    format!(
+                        "{lost} while this request ran; what it changed stays in place: check `shipjar status`"
+                    ),
+                )
+            }
+            _ => response,
         }
     }
 
@@ -432,7 +462,9 @@ fn status(layout: &Layout) -> HostStatus {
         running_version: running_manifest.map(|m| m.version),
         reported_version,
         version_error,
-        last_revision: crate::host::revisions::read(layout).pop(),
+        last_revision: crate::host::revisions::read(layout)
+            .ok()
+            .and_then(|mut history| history.pop()),
         service,
     }
 }

@@ -29,12 +29,20 @@ pub fn append(layout: &Layout, revision: &Revision) -> io::Result<()> {
     file.sync_data()
 }
 
-/// All lines, oldest first; unreadable lines are skipped.
-pub fn read(layout: &Layout) -> Vec<Revision> {
-    let Ok(text) = fs::read_to_string(layout.revisions_log()) else {
-        return Vec::new();
+/// All lines, oldest first (none when the file does not exist yet); lines
+/// that do not parse are skipped. An unreadable file is an error: an empty
+/// history would hide which release is the rollback target.
+pub fn read(layout: &Layout) -> Result<Vec<Revision>, String> {
+    let path = layout.revisions_log();
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    text.lines().filter_map(parse).collect()
+    Ok(String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(parse)
+        .collect())
 }
 
 fn parse(line: &str) -> Option<Revision> {
@@ -75,7 +83,7 @@ mod tests {
         };
         append(&layout, &rev).unwrap();
         append(&layout, &rev).unwrap();
-        let read = read(&layout);
+        let read = read(&layout).unwrap();
         assert_eq!(read.len(), 2);
         assert_eq!(read[0].detail, "health: not healthy");
         assert_eq!(read[1].release, rev.release);

@@ -315,7 +315,8 @@ pub fn release_ids(layout: &Layout) -> Vec<String> {
 /// All releases with their manifests and last outcomes, oldest first.
 pub fn list(layout: &Layout) -> Vec<ReleaseInfo> {
     let current = current(layout);
-    let history = revisions::read(layout);
+    // For display an unreadable history means "outcome unknown"; pruning reads it strictly.
+    let history = revisions::read(layout).unwrap_or_default();
     release_ids(layout)
         .into_iter()
         .filter_map(|id| {
@@ -339,13 +340,21 @@ pub fn list(layout: &Layout) -> Vec<ReleaseInfo> {
 }
 
 /// The newest release other than `current` whose last activation succeeded.
-pub fn previous_good(layout: &Layout) -> Option<String> {
+pub fn previous_good(layout: &Layout) -> Result<Option<String>, String> {
     let current = current(layout);
-    list(layout)
+    let history = revisions::read(layout)?;
+    let good = |id: &str| {
+        history
+            .iter()
+            .rev()
+            .find(|r| r.release == id)
+            .map(|r| &r.outcome)
+            == Some(&RevisionOutcome::Success)
+    };
+    Ok(release_ids(layout)
         .into_iter()
         .rev()
-        .find(|r| Some(&r.id) != current.as_ref() && r.outcome == Some(RevisionOutcome::Success))
-        .map(|r| r.id)
+        .find(|id| Some(id) != current.as_ref() && good(id)))
 }
 
 /// Removes all but the newest `keep` releases, never `current` nor the
@@ -353,7 +362,10 @@ pub fn previous_good(layout: &Layout) -> Option<String> {
 pub fn prune(layout: &Layout, keep: usize) -> Result<Vec<String>, String> {
     let mut protected: BTreeSet<String> = BTreeSet::new();
     protected.extend(current(layout));
-    protected.extend(previous_good(layout));
+    protected.extend(
+        previous_good(layout)
+            .map_err(|e| format!("not pruning, the rollback target is unknown: {e}"))?,
+    );
     let ids = release_ids(layout);
     let mut removed = Vec::new();
     let excess = ids.len().saturating_sub(keep);
