@@ -48,8 +48,8 @@ pub enum FinalState {
     Stopped,
     /// Never switched: still on the release it ran before.
     Unchanged,
-    /// Stopped answering during the switch or the revert: its agent completes
-    /// or reverts the switch on its own; `shipjar status` tells which.
+    /// Stopped answering during the switch (its agent completes or reverts
+    /// the switch on its own), or could not be put back during a revert.
     Unknown,
 }
 
