@@ -6,7 +6,7 @@ use crate::cli::{FleetStageArgs, LogsArgs};
 use crate::error::Result;
 use crate::operator::config::{HostSpec, Project};
 use crate::operator::fleet::{self, Fleet};
-use crate::operator::output::{MASK, Reporter};
+use crate::operator::output::{MASK, Reporter, StepStatus};
 use crate::protocol::status::ServiceState;
 use crate::protocol::{HostStatus, ReleaseInfo, Request, Response};
 
@@ -336,7 +336,7 @@ pub fn logs(project: &Project, args: &LogsArgs, reporter: &Reporter) -> Result<i
     for (host, _, error) in &rows {
         if let Some(e) = error {
             ok = false;
-            reporter.step(host, "logs", "failed", e);
+            reporter.step(host, "logs", StepStatus::Failed, e);
         }
     }
     Ok(if ok { 0 } else { 1 })

@@ -1,5 +1,6 @@
 //! Operator side: config, build, planning, transport, orchestration, output.
 
+pub mod args;
 pub mod build;
 pub mod config;
 pub mod deploy;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::error::Error;
+use crate::protocol::{ResourceStatus, wire_enum};
 
 /// What replaces a secret value in any output.
 pub const MASK: &str = "********";
@@ -55,6 +56,37 @@ pub fn print_error(err: &Error, json: bool) {
             "hints": err.hints, "exit_code": err.exit_code(),
         });
         println!("{}", redact(&value.to_string()));
+    }
+}
+
+wire_enum! {
+    /// How one step of one host went, as shown in step events.
+    pub enum StepStatus {
+        /// Done, or already as wanted.
+        Ok => "ok",
+        /// Could not be done; the host's run fails here.
+        Failed => "failed",
+        /// Progress worth showing, not a verdict.
+        Info => "info",
+        /// Done, but with something the operator should know.
+        Warning => "warning",
+        /// A provisioned resource was changed to what is wanted.
+        Changed => "changed",
+        /// A provisioned resource would change (dry run).
+        WouldChange => "would_change",
+    }
+}
+
+impl From<ResourceStatus> for StepStatus {
+    fn from(status: ResourceStatus) -> Self {
+        match status {
+            ResourceStatus::Ok => StepStatus::Ok,
+            ResourceStatus::Changed => StepStatus::Changed,
+            ResourceStatus::WouldChange => StepStatus::WouldChange,
+            ResourceStatus::Failed => StepStatus::Failed,
+            // A newer agent's word is shown as it came.
+            ResourceStatus::Unknown(word) => StepStatus::Unknown(word),
+        }
     }
 }
 
@@ -124,7 +156,7 @@ impl Reporter {
     }
 
     /// One step of one host: `[host] step: message`.
-    pub fn step(&self, host: &str, step: &str, status: &str, message: &str) {
+    pub fn step(&self, host: &str, step: &str, status: StepStatus, message: &str) {
         let elapsed_ms = self.started.elapsed().as_millis() as u64;
         if self.json {
             self.json_line(&json!({
@@ -137,10 +169,10 @@ impl Reporter {
             && let Some(p) = guard.as_mut()
         {
             // Failures and warnings stay on screen; the rest only moves the view.
-            if matches!(status, "failed" | "warning") {
+            if matches!(status, StepStatus::Failed | StepStatus::Warning) {
                 p.bar.println(redact(&format!(
                     "[{host}] {step} {}: {message}",
-                    status.to_uppercase()
+                    status.as_str().to_uppercase()
                 )));
             }
             match p.in_flight.iter_mut().find(|(h, _)| h == host) {
@@ -157,7 +189,7 @@ impl Reporter {
                 String::new()
             };
             let mark = match status {
-                "failed" => " FAILED",
+                StepStatus::Failed => " FAILED",
                 _ => "",
             };
             self.text_err(&format!("{stamp}[{host}] {step}{mark}: {message}"));
@@ -236,6 +268,38 @@ fn in_flight_message(in_flight: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_statuses_keep_their_words_in_json() {
+        let words: Vec<String> = [
+            StepStatus::Ok,
+            StepStatus::Failed,
+            StepStatus::Info,
+            StepStatus::Warning,
+            StepStatus::Changed,
+            StepStatus::WouldChange,
+            StepStatus::from(ResourceStatus::Unknown("drifted".into())),
+        ]
+        .iter()
+        .map(|s| json!({ "status": s })["status"].to_string())
+        .collect();
+        assert_eq!(
+            words,
+            [
+                "\"ok\"",
+                "\"failed\"",
+                "\"info\"",
+                "\"warning\"",
+                "\"changed\"",
+                "\"would_change\"",
+                "\"drifted\""
+            ]
+        );
+        assert_eq!(
+            StepStatus::from(ResourceStatus::WouldChange),
+            StepStatus::WouldChange
+        );
+    }
 
     #[test]
     fn registered_secrets_are_masked_longest_first() {

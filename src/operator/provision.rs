@@ -123,7 +123,7 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
     let mut hosts = Vec::new();
     for (host, _, resources) in rows {
         for r in &resources {
-            reporter.step(&host, &r.resource, r.status.as_str(), &r.detail);
+            reporter.step(&host, &r.resource, r.status.clone().into(), &r.detail);
             text.push_str(&format!(
                 "{host}: {:<12} {} — {}\n",
                 r.status, r.resource, r.detail

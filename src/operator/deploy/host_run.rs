@@ -1,0 +1,341 @@
+//! The conversation with one host during a deploy or rollback: lock (and
+//! prepare when the artifact is there), upload and prepare, activate, revert,
+//! and closing the session; each records its result in the host's outcome.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::identity::holder;
+use super::{FinalState, HostOutcome};
+use crate::operator::build::BuildManifest;
+use crate::operator::config::{HostSpec, ResolvedStage};
+use crate::operator::fleet::Fleet;
+use crate::operator::output::{Reporter, StepStatus};
+use crate::operator::plan::HostPlan;
+use crate::operator::transport::AgentSession;
+use crate::protocol::{Action, ErrorKind, HostState, PrepareSpec, Request, Response};
+
+/// One host during a run.
+pub(super) struct Run<'p> {
+    /// Host as written in the stage.
+    pub host: String,
+    /// How to reach it.
+    pub spec: HostSpec,
+    /// What to prepare on it; `None` for a rollback.
+    pub plan: Option<&'p HostPlan>,
+    /// The open session, while the host is locked and answering.
+    pub session: Option<AgentSession>,
+    /// The host's state as reported when it was locked.
+    pub state: Option<HostState>,
+    /// Release to activate on this host.
+    pub target: Option<String>,
+    /// True once an activation was sent to the host.
+    pub switched: bool,
+    /// Kind of the agent's error that failed this host, when it was one.
+    pub error_kind: Option<ErrorKind>,
+    /// What is reported for this host at the end.
+    pub outcome: HostOutcome,
+}
+
+impl<'p> Run<'p> {
+    /// A host not yet contacted: unchanged, no failure.
+    pub fn new(host: &str, spec: &HostSpec, plan: Option<&'p HostPlan>) -> Self {
+        Run {
+            host: host.to_string(),
+            spec: spec.clone(),
+            plan,
+            session: None,
+            state: None,
+            target: None,
+            switched: false,
+            error_kind: None,
+            outcome: HostOutcome {
+                host: host.to_string(),
+                ok: false,
+                state: FinalState::Unchanged,
+                previous: None,
+                failed_step: None,
+                reason: None,
+                uploaded_bytes: 0,
+                round_trips: 0,
+                timings_ms: BTreeMap::new(),
+                activation: None,
+            },
+        }
+    }
+
+    /// Reports a failure at `step`; the first failure is the one the outcome keeps.
+    pub fn fail(&mut self, step: &str, reason: impl Into<String>, reporter: &Reporter) {
+        let reason = reason.into();
+        reporter.step(&self.host, step, StepStatus::Failed, &reason);
+        if self.outcome.failed_step.is_none() {
+            self.outcome.failed_step = Some(step.to_string());
+            self.outcome.reason = Some(reason);
+        }
+    }
+
+    /// True once any step failed on this host.
+    pub fn failed(&self) -> bool {
+        self.outcome.failed_step.is_some()
+    }
+
+    /// Sends a request, recording errors as this host's failure at `step`.
+    pub fn call(&mut self, step: &str, request: Request, reporter: &Reporter) -> Option<Response> {
+        let host = self.host.clone();
+        let session = self.session.as_mut()?;
+        let mut on_event = |s: &str, m: &str| reporter.step(&host, s, StepStatus::Info, m);
+        match session.call(request, &mut on_event) {
+            Ok(Response::Error(e)) => {
+                if !self.failed() {
+                    self.error_kind = Some(e.kind);
+                }
+                self.fail(step, e.message, reporter);
+                None
+            }
+            Ok(response) => Some(response),
+            Err(e) => {
+                self.fail(step, e.message, reporter);
+                // The transport is gone; nothing more can be asked of this host.
+                self.session = None;
+                None
+            }
+        }
+    }
+
+    /// Adds the time since `started` to this host's `phase`.
+    pub fn time(&mut self, phase: &'static str, started: Instant) {
+        *self.outcome.timings_ms.entry(phase).or_default() += started.elapsed().as_millis() as u64;
+    }
+}
+
+/// Connects (unless connected) and takes the deploy lock; prepares the release
+/// in the same round trip when the host has the artifact already.
+pub(super) fn lock_host(
+    run: &mut Run,
+    fleet: &Fleet,
+    stage: &ResolvedStage,
+    build: Option<&BuildManifest>,
+    reporter: &Reporter,
+) {
+    if run.session.is_none() {
+        match fleet.open(&run.host, &run.spec) {
+            Ok(session) => run.session = Some(session),
+            Err(e) => return run.fail("connect", e.message, reporter),
+        }
+    }
+    let prepare = run.plan.map(|plan| {
+        Box::new(PrepareSpec {
+            manifest: plan.manifest.clone(),
+            files: plan.files.clone(),
+        })
+    });
+    let request = Request::Begin {
+        holder: holder(),
+        artifact_sha256: build.map(|b| b.sha256.clone()),
+        lease_ms: stage.lock_lease_ms,
+        prepare,
+    };
+    let Some(response) = run.call("lock", request, reporter) else {
+        if run.error_kind == Some(ErrorKind::LockHeld)
+            && let Some(reason) = run.outcome.reason.as_mut()
+        {
+            reason.push_str(&format!(
+                "; use --wait DURATION to queue behind it, or `shipjar unlock {}` if that deploy is dead",
+                stage.name
+            ));
+        }
+        return;
+    };
+    let Response::Begun(state) = response else {
+        return run.fail("lock", format!("unexpected answer: {response:?}"), reporter);
+    };
+    for path in &state.cleaned_up {
+        reporter.step(
+            &run.host,
+            "lock",
+            StepStatus::Info,
+            &format!("removed leftover of an interrupted run: {path}"),
+        );
+    }
+    if let Some(previous) = &state.took_over {
+        reporter.step(
+            &run.host,
+            "lock",
+            StepStatus::Warning,
+            &format!("took over an expired lock: {previous}"),
+        );
+    }
+    reporter.step(
+        &run.host,
+        "lock",
+        StepStatus::Ok,
+        &format!(
+            "locked; current release {}",
+            state.current.as_deref().unwrap_or("(none)")
+        ),
+    );
+    run.outcome.previous = state.current.clone();
+    run.state = Some(*state);
+}
+
+/// Uploads the artifact unless the host has it, and prepares the release.
+pub(super) fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter: &Reporter) {
+    let Some(plan) = run.plan else { return };
+    if run.state.as_ref().is_some_and(|s| s.prepared) {
+        reporter.step(
+            &run.host,
+            "upload",
+            StepStatus::Ok,
+            "artifact already on the host, nothing to upload",
+        );
+        reporter.step(
+            &run.host,
+            "prepare",
+            StepStatus::Ok,
+            &format!("release {} complete", plan.manifest.id),
+        );
+        return;
+    }
+    let host = run.host.clone();
+    let Some(session) = run.session.as_mut() else {
+        return;
+    };
+    let mut on_event = |s: &str, m: &str| reporter.step(&host, s, StepStatus::Info, m);
+    let prepare = Request::Prepare(Box::new(PrepareSpec {
+        manifest: plan.manifest.clone(),
+        files: plan.files.clone(),
+    }));
+    let result = session.put_and_prepare(&build.sha256, &build.artifact, prepare, &mut on_event);
+    run.outcome.uploaded_bytes = session.uploaded_bytes;
+    match result {
+        Ok(Response::Prepared { .. }) => {
+            reporter.step(
+                &run.host,
+                "upload",
+                StepStatus::Ok,
+                &format!("{} bytes, sha256 verified", build.size),
+            );
+            reporter.step(
+                &run.host,
+                "prepare",
+                StepStatus::Ok,
+                &format!("release {} complete", plan.manifest.id),
+            );
+        }
+        Ok(Response::Error(e)) => run.fail(&e.step, e.message, reporter),
+        Ok(other) => run.fail("prepare", format!("unexpected answer: {other:?}"), reporter),
+        Err(e) => {
+            run.session = None;
+            run.fail("upload", e.message, reporter);
+        }
+    }
+}
+
+/// Switches the host to its target release; its agent gates on health and
+/// version, and reverts on failure.
+pub(super) fn activate_host(run: &mut Run, action: Action, deployer: &str, reporter: &Reporter) {
+    let Some(target) = run.target.clone() else {
+        return;
+    };
+    run.switched = true;
+    let request = Request::Activate {
+        release: target,
+        action,
+        deployer: deployer.to_string(),
+    };
+    match run.call("activate", request, reporter) {
+        Some(Response::Activated(activation)) => {
+            run.outcome.ok = activation.ok;
+            if activation.ok {
+                run.outcome.state = FinalState::Updated;
+                reporter.step(
+                    &run.host,
+                    "activate",
+                    StepStatus::Ok,
+                    &format!("healthy on {}", activation.release),
+                );
+            } else {
+                let back_on_a_release = activation
+                    .now_running
+                    .as_ref()
+                    .is_some_and(|n| n.release.is_some());
+                run.outcome.state = if back_on_a_release {
+                    FinalState::Reverted
+                } else {
+                    FinalState::Stopped
+                };
+                let step = activation
+                    .failed_step
+                    .clone()
+                    .unwrap_or_else(|| "activate".into());
+                let reason = activation.reason.clone().unwrap_or_default();
+                run.fail(&step, reason, reporter);
+            }
+            run.outcome.activation = Some(*activation);
+        }
+        Some(other) => run.fail(
+            "activate",
+            format!("unexpected answer: {other:?}"),
+            reporter,
+        ),
+        None => {
+            // The host stopped answering mid-activation: its agent finishes on
+            // its own (reverting on failure), but we cannot say how it ended.
+            run.outcome.state = FinalState::Unknown;
+        }
+    }
+}
+
+/// Puts a host switched in an earlier batch back on its previous release.
+pub(super) fn revert_host(run: &mut Run, deployer: &str, reporter: &Reporter) {
+    let Some(previous) = run.outcome.previous.clone() else {
+        return;
+    };
+    reporter.step(
+        &run.host,
+        "revert",
+        StepStatus::Info,
+        &format!("going back to {previous} so the fleet runs one version"),
+    );
+    let request = Request::Activate {
+        release: previous.clone(),
+        action: Action::Rollback,
+        deployer: deployer.to_string(),
+    };
+    match run.call("revert", request, reporter) {
+        Some(Response::Activated(a)) if a.ok => {
+            run.outcome.ok = false;
+            run.outcome.state = FinalState::Reverted;
+            if run.outcome.failed_step.is_none() {
+                run.outcome.failed_step = Some("revert".into());
+                run.outcome.reason = Some("reverted because a later batch failed".into());
+            }
+            reporter.step(
+                &run.host,
+                "revert",
+                StepStatus::Ok,
+                &format!("back on {previous}, healthy"),
+            );
+        }
+        Some(Response::Activated(a)) => {
+            run.outcome.ok = false;
+            run.outcome.state = FinalState::Unknown;
+            run.fail("revert", a.reason.unwrap_or_default(), reporter);
+        }
+        _ => {
+            run.outcome.ok = false;
+            run.outcome.state = FinalState::Unknown;
+        }
+    }
+}
+
+/// Closes the session (which releases the lock) and counts its bytes and round trips.
+pub(super) fn close(run: &mut Run, reporter: &Reporter) {
+    if let Some(session) = run.session.take() {
+        run.outcome.uploaded_bytes = session.uploaded_bytes;
+        run.outcome.round_trips += session.round_trips;
+        if let Err(e) = session.close() {
+            reporter.step(&run.host, "unlock", StepStatus::Warning, &e.message);
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! `deploy`, `rollback` and `unlock` across a stage.
+//!
+//! Deploy: plan everything first; then lock every host, upload and prepare the
+//! release on ALL hosts; only then switch in rolling batches, each host gated
+//! on health and reported version (the agent reverts a host that fails). A
+//! batch with more failures than `max_failed` stops the deploy; with
+//! `on_failure = "revert"` hosts switched earlier go back too, so the fleet
+//! ends on one version. Hosts not yet switched are never touched.
+
+mod host_run;
+mod identity;
+mod orchestrate;
+mod summary;
+mod unlock;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::cli::{DeployArgs, RollbackArgs};
+use crate::error::{Error, Result};
+use crate::operator::args::{parse_pairs, parse_wait};
+use crate::operator::build::{self, BuildManifest};
+use crate::operator::config::Project;
+use crate::operator::fleet::Fleet;
+use crate::operator::output::Reporter;
+use crate::operator::plan::{self, DeployInputs};
+use crate::operator::render;
+use crate::protocol::clock::now_rfc3339;
+use crate::protocol::{Action, Activation, RevisionOutcome};
+use host_run::Run;
+use orchestrate::{Ctx, Executed, execute};
+
+pub use identity::deployer;
+pub use unlock::unlock;
+
+/// Where a host ended after a deploy or rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalState {
+    /// On the target release, healthy and reporting its version.
+    Updated,
+    /// Switched, then put back on the release it ran before: by its own agent
+    /// because the switch failed, or because a later batch failed.
+    Reverted,
+    /// Switched, the switch failed, and there was no earlier release to go
+    /// back to: the service is stopped.
+    Stopped,
+    /// Never switched: still on the release it ran before.
+    Unchanged,
+    /// Stopped answering during the switch (its agent completes or reverts
+    /// the switch on its own), or could not be put back during a revert.
+    Unknown,
+}
+
+impl FinalState {
+    /// The word in the summary and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinalState::Updated => "updated",
+            FinalState::Reverted => "reverted",
+            FinalState::Stopped => "stopped",
+            FinalState::Unchanged => "unchanged",
+            FinalState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for FinalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so the summary table's column widths apply.
+        f.pad(self.as_str())
+    }
+}
+
+/// The result of a deploy or rollback on one host.
+#[derive(Debug, Serialize)]
+pub struct HostOutcome {
+    /// Host as written in the stage.
+    pub host: String,
+    /// True when the target release is current, healthy and verified.
+    pub ok: bool,
+    /// Where the host ended.
+    pub state: FinalState,
+    /// Release current before the deploy.
+    pub previous: Option<String>,
+    /// Step that failed, if any.
+    pub failed_step: Option<String>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Bytes uploaded to this host.
+    pub uploaded_bytes: u64,
+    /// Requests answered by the agent.
+    pub round_trips: u32,
+    /// Milliseconds per phase.
+    pub timings_ms: BTreeMap<&'static str, u64>,
+    /// The agent's report of the activation.
+    pub activation: Option<Activation>,
+}
+
+/// The result of a whole deploy or rollback.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// True when every host succeeded.
+    pub ok: bool,
+    /// Deploy or rollback.
+    pub action: Action,
+    /// Stage name.
+    pub stage: String,
+    /// Release id activated.
+    pub release: String,
+    /// Version of that release.
+    pub version: String,
+    /// Why the deploy stopped early, if it did.
+    pub stopped: Option<String>,
+    /// Milliseconds per phase, whole fleet.
+    pub phases_ms: BTreeMap<&'static str, u64>,
+    /// Per host, in the stage's order.
+    pub hosts: Vec<HostOutcome>,
+}
+
+impl Outcome {
+    /// The outcome of `action` from the finished runs.
+    fn of(
+        action: Action,
+        stage: &str,
+        release: String,
+        version: String,
+        executed: Executed,
+        runs: Vec<Run>,
+    ) -> Outcome {
+        Outcome {
+            ok: executed.stopped.is_none() && runs.iter().all(|r| r.outcome.ok),
+            action,
+            stage: stage.to_string(),
+            release,
+            version,
+            stopped: executed.stopped,
+            phases_ms: executed.phases,
+            hosts: runs.into_iter().map(|r| r.outcome).collect(),
+        }
+    }
+}
+
+/// `shipjar deploy STAGE`.
+pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Result<i32> {
+    let stage = project.stage(&args.stage)?;
+    let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
+    let sets = parse_pairs("--set", &args.set)?;
+    let env = parse_pairs("--env", &args.env)?;
+    let wait = parse_wait(args.wait.as_deref())?;
+    let build = the_build(project, args, reporter)?;
+    let deployed_at = now_rfc3339();
+    let inputs = DeployInputs {
+        release_id: plan::release_id(&deployed_at),
+        deployed_at,
+        deployer: deployer(),
+        sets,
+        env,
+        secrets,
+    };
+    let template = |path: &str| read_template(project, path);
+    // Every template for every host is rendered before any host is touched.
+    let plan = plan::plan_deploy(&project.config, &stage, &build, &inputs, &template)?;
+    reporter.note(&format!(
+        "deploying {} {} (release {}) to {} ({} host{})",
+        project.config.service.name,
+        build.version,
+        plan.release_id,
+        stage.name,
+        plan.hosts.len(),
+        if plan.hosts.len() == 1 { "" } else { "s" }
+    ));
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
+    let mut runs: Vec<Run> = plan
+        .hosts
+        .iter()
+        .map(|h| Run::new(&h.host, &h.spec, Some(h)))
+        .collect();
+    for run in &mut runs {
+        run.target = Some(plan.release_id.clone());
+    }
+    let choose = |run: &Run| {
+        run.target
+            .clone()
+            .ok_or_else(|| "no release chosen".to_string())
+    };
+    let ctx = Ctx {
+        project,
+        stage: &stage,
+        fleet: &fleet,
+        action: Action::Deploy,
+        build: Some(&build),
+        wait,
+        reporter,
+        choose: &choose,
+    };
+    let executed = execute(&ctx, &mut runs);
+    let release = plan.release_id.clone();
+    let outcome = Outcome::of(
+        Action::Deploy,
+        &stage.name,
+        release,
+        build.version.clone(),
+        executed,
+        runs,
+    );
+    summary::finish(reporter, outcome)
+}
+
+/// The artifact to deploy: given with `--artifact`, the last build with
+/// `--skip-build`, else built now.
+fn the_build(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Result<BuildManifest> {
+    match (&args.artifact, args.skip_build) {
+        (Some(path), _) => build::describe_artifact(project, path, args.version.as_deref()),
+        (None, true) => {
+            let mut last = build::last_build(project)?;
+            if let Some(v) = &args.version {
+                last.version = v.clone();
+            }
+            Ok(last)
+        }
+        (None, false) => build::build(project, args.version.as_deref(), reporter),
+    }
+}
+
+/// A template's text, from a path relative to the project directory.
+fn read_template(project: &Project, path: &str) -> Result<String> {
+    std::fs::read_to_string(project.dir.join(path)).map_err(|e| {
+        Error::config(format!(
+            "template {path}: cannot read {}: {e}",
+            project.dir.join(path).display()
+        ))
+    })
+}
+
+/// `shipjar rollback STAGE [--to ID]`.
+pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> Result<i32> {
+    let stage = project.stage(&args.stage)?;
+    let wait = parse_wait(args.wait.as_deref())?;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
+    let mut runs: Vec<Run> = stage
+        .hosts
+        .iter()
+        .map(|(h, spec)| Run::new(h, spec, None))
+        .collect();
+    let to = args.to.clone();
+    let choose = |run: &Run| choose_rollback_target(run, to.as_deref());
+    let ctx = Ctx {
+        project,
+        stage: &stage,
+        fleet: &fleet,
+        action: Action::Rollback,
+        build: None,
+        wait,
+        reporter,
+        choose: &choose,
+    };
+    let executed = execute(&ctx, &mut runs);
+    let release = runs
+        .iter()
+        .find_map(|r| r.target.clone())
+        .unwrap_or_default();
+    let version = runs
+        .iter()
+        .filter_map(|r| r.state.as_ref())
+        .flat_map(|s| s.releases.iter())
+        .find(|r| r.id == release)
+        .map(|r| r.version.clone())
+        .unwrap_or_default();
+    let outcome = Outcome::of(
+        Action::Rollback,
+        &stage.name,
+        release,
+        version,
+        executed,
+        runs,
+    );
+    summary::finish(reporter, outcome)
+}
+
+/// The release a rollback goes to on one host.
+fn choose_rollback_target(run: &Run, to: Option<&str>) -> Result<String, String> {
+    let state = run.state.as_ref().ok_or("no state")?;
+    let target = match to {
+        Some(id) => state
+            .releases
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| format!("release {id} is not on this host"))?,
+        None => {
+            let current = state
+                .releases
+                .iter()
+                .position(|r| r.current)
+                .unwrap_or(state.releases.len());
+            state.releases[..current]
+                .iter()
+                .rev()
+                .find(|r| r.outcome == Some(RevisionOutcome::Success))
+                .ok_or("no earlier good release to roll back to")?
+        }
+    };
+    if target.current {
+        return Err(format!("release {} is already current", target.id));
+    }
+    Ok(target.id.clone())
+}

@@ -1,0 +1,310 @@
+//! The phases of a deploy or rollback across the fleet: lock every host,
+//! upload and prepare everywhere, switch in rolling batches, put earlier
+//! batches back when the run stops (with `on_failure = "revert"`), finish.
+//! Until the first switch, any failure stops the run with no host changed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::host_run::{Run, activate_host, close, lock_host, revert_host, upload_and_prepare};
+use super::identity::deployer;
+use crate::operator::build::BuildManifest;
+use crate::operator::config::{OnFailure, Project, ResolvedStage};
+use crate::operator::fleet::{self, Fleet};
+use crate::operator::output::{Reporter, StepStatus};
+use crate::protocol::{Action, ErrorKind, Request, Response};
+
+/// Picks the release a host goes to, or says why it cannot.
+pub(super) type Choose<'a> = dyn Fn(&Run) -> Result<String, String> + Sync + 'a;
+
+/// Everything a run needs that stays the same through all its phases.
+pub(super) struct Ctx<'a> {
+    /// The project (for `releases.keep`).
+    pub project: &'a Project,
+    /// The stage being deployed.
+    pub stage: &'a ResolvedStage,
+    /// How hosts are reached, and how many at once.
+    pub fleet: &'a Fleet,
+    /// Deploy or rollback, as recorded by each host.
+    pub action: Action,
+    /// The artifact to upload; `None` for a rollback (nothing to upload).
+    pub build: Option<&'a BuildManifest>,
+    /// How long to queue behind another deploy's lock (`--wait`).
+    pub wait: Option<Duration>,
+    /// Where progress goes.
+    pub reporter: &'a Reporter,
+    /// The release each host goes to, chosen once it is locked.
+    pub choose: &'a Choose<'a>,
+}
+
+/// Milliseconds per phase, whole fleet.
+pub(super) type Phases = BTreeMap<&'static str, u64>;
+
+/// How a run went across the fleet.
+pub(super) struct Executed {
+    /// Why the run stopped early, if it did.
+    pub stopped: Option<String>,
+    /// Milliseconds per phase.
+    pub phases: Phases,
+}
+
+/// Runs every phase over `runs`; each host's result is left in its outcome.
+pub(super) fn execute(ctx: &Ctx, runs: &mut [Run]) -> Executed {
+    fleet::catch_interrupts();
+    ctx.reporter.start_progress(runs.len());
+    let mut phases = Phases::new();
+    let stopped = run_phases(ctx, runs, &mut phases);
+    Executed { stopped, phases }
+}
+
+/// The phases in order; returns why the run stopped early, if it did.
+fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String> {
+    // Phase 1: connect and lock every host; nothing changes unless all are locked.
+    timed(phases, "lock", || lock_all(ctx, runs));
+    check_agents_and_choose(ctx, runs);
+    if let Some(why) = stop_before_change(runs, "lock", ctx.reporter) {
+        release_all(runs, ctx.fleet.parallel, ctx.reporter);
+        return Some(why);
+    }
+    // Phase 2: upload what is missing and prepare the release on ALL hosts.
+    if let Some(build) = ctx.build {
+        timed(phases, "prepare", || prepare_all(ctx, runs, build));
+        if let Some(why) = stop_before_change(runs, "prepare", ctx.reporter) {
+            release_all(runs, ctx.fleet.parallel, ctx.reporter);
+            return Some(why);
+        }
+    }
+    // Phase 3: switch in batches.
+    let stopped = timed(phases, "switch", || switch_in_batches(ctx, runs));
+    // On a stopped deploy, switched hosts go back so the fleet runs one version.
+    if stopped.is_some() && ctx.stage.on_failure == OnFailure::Revert {
+        timed(phases, "revert", || revert_switched(ctx, runs));
+    }
+    // Phase 4: prune and unlock.
+    timed(phases, "finish", || finish_all(ctx, runs));
+    stopped
+}
+
+/// Runs `f`, recording its wall time as `phase`.
+fn timed<T>(phases: &mut Phases, phase: &'static str, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = f();
+    phases.insert(phase, started.elapsed().as_millis() as u64);
+    result
+}
+
+/// Locks every host; with `--wait`, while the only failures are locks held by
+/// another deploy, gives back what it took and tries again until the deadline.
+fn lock_all(ctx: &Ctx, runs: &mut [Run]) {
+    let parallel = ctx.fleet.parallel;
+    let deadline = ctx.wait.map(|w| Instant::now() + w);
+    loop {
+        fleet::each(runs, parallel, |run| {
+            let t = Instant::now();
+            lock_host(run, ctx.fleet, ctx.stage, ctx.build, ctx.reporter);
+            run.time("lock", t);
+        });
+        let all_locked = runs.iter().all(|r| !r.failed());
+        let only_held = runs
+            .iter()
+            .filter(|r| r.failed())
+            .all(|r| r.error_kind == Some(ErrorKind::LockHeld));
+        if all_locked
+            || !only_held
+            || deadline.is_none_or(|d| Instant::now() >= d)
+            || fleet::interrupted()
+        {
+            return;
+        }
+        // Queue behind the live holder: give back what we took and try again.
+        release_all(runs, parallel, ctx.reporter);
+        ctx.reporter.note("waiting for the deploy lock (--wait)");
+        std::thread::sleep(Duration::from_millis(500));
+        for run in runs.iter_mut() {
+            run.outcome.failed_step = None;
+            run.outcome.reason = None;
+            run.error_kind = None;
+        }
+    }
+}
+
+/// On each locked host: the agent must be this shipjar's version; then the
+/// host's target release is chosen.
+fn check_agents_and_choose(ctx: &Ctx, runs: &mut [Run]) {
+    let ours = env!("CARGO_PKG_VERSION");
+    for run in runs.iter_mut().filter(|r| !r.failed()) {
+        let version = run
+            .state
+            .as_ref()
+            .map(|s| s.agent_version.clone())
+            .unwrap_or_default();
+        if version != ours {
+            run.fail(
+                "agent",
+                format!(
+                    "the host runs shipjar {version}, this is {ours}: run `shipjar provision {}` to update it",
+                    ctx.stage.name
+                ),
+                ctx.reporter,
+            );
+            continue;
+        }
+        match (ctx.choose)(run) {
+            Ok(target) => run.target = Some(target),
+            Err(e) => run.fail("choose", e, ctx.reporter),
+        }
+    }
+}
+
+/// Uploads and prepares the release on every host, in parallel.
+fn prepare_all(ctx: &Ctx, runs: &mut [Run], build: &BuildManifest) {
+    fleet::each(runs, ctx.fleet.parallel, |run| {
+        let t = Instant::now();
+        upload_and_prepare(run, build, ctx.reporter);
+        run.time("prepare", t);
+    });
+}
+
+/// Switches the hosts batch by batch; returns why it stopped early, if it did.
+fn switch_in_batches(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
+    let batch_size = ctx.stage.rolling.batch.hosts(runs.len());
+    let max_failed = ctx.stage.rolling.max_failed;
+    let order: Vec<usize> = (0..runs.len()).collect();
+    for (n, batch) in order.chunks(batch_size).enumerate() {
+        if fleet::interrupted() {
+            return Some("interrupted (Ctrl-C) before batch ".to_string() + &(n + 1).to_string());
+        }
+        if let Some(why) = renew_waiting(runs, ctx.reporter) {
+            return Some(why);
+        }
+        let failed = switch_batch(ctx, runs, n, batch);
+        if failed > max_failed {
+            return Some(format!(
+                "batch {} had {failed} failed host{} (max_failed = {max_failed})",
+                n + 1,
+                if failed == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    None
+}
+
+/// Renews the lease of hosts waiting for their batch; a host lost before its
+/// switch stops the run.
+fn renew_waiting(runs: &mut [Run], reporter: &Reporter) -> Option<String> {
+    // Idle sessions renew their lease while other batches switch; no waiting.
+    for run in runs.iter_mut().filter(|r| !r.switched && !r.failed()) {
+        if let Some(session) = run.session.as_mut()
+            && let Err(e) = session.notify(Request::Renew)
+        {
+            run.session = None;
+            run.fail("lock", e.message, reporter);
+        }
+    }
+    let lost: Vec<String> = runs
+        .iter()
+        .filter(|r| !r.switched && r.failed())
+        .map(|r| r.host.clone())
+        .collect();
+    (!lost.is_empty()).then(|| format!("lost {} before switching it", lost.join(", ")))
+}
+
+/// Switches batch `n` (indices into `runs`) in parallel; returns how many of it failed.
+fn switch_batch(ctx: &Ctx, runs: &mut [Run], n: usize, batch: &[usize]) -> usize {
+    ctx.reporter.note(&format!(
+        "batch {}: {}",
+        n + 1,
+        batch
+            .iter()
+            .map(|i| runs[*i].host.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let deployer = deployer();
+    let mut batch_runs: Vec<&mut Run> = runs
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| batch.contains(i))
+        .map(|(_, r)| r)
+        .collect();
+    fleet::each(&mut batch_runs, ctx.fleet.parallel, |run| {
+        let t = Instant::now();
+        activate_host(run, ctx.action.clone(), &deployer, ctx.reporter);
+        run.time("switch", t);
+        if run.switched {
+            ctx.reporter.host_done(&run.host);
+        }
+    });
+    batch.iter().filter(|i| runs[**i].failed()).count()
+}
+
+/// Puts every host that switched successfully back on its previous release.
+fn revert_switched(ctx: &Ctx, runs: &mut [Run]) {
+    let deployer = deployer();
+    fleet::each(runs, ctx.fleet.parallel, |run| {
+        if run.switched && run.outcome.ok {
+            revert_host(run, &deployer, ctx.reporter);
+        }
+    });
+}
+
+/// On every host still answering: prune old releases and release the lock.
+fn finish_all(ctx: &Ctx, runs: &mut [Run]) {
+    let keep = *ctx.project.config.releases.keep.get_ref();
+    fleet::each(runs, ctx.fleet.parallel, |run| {
+        let t = Instant::now();
+        if !run.switched {
+            ctx.reporter.host_done(&run.host);
+        }
+        if let Some(Response::Finished { pruned }) =
+            run.call("finish", Request::Finish { keep: Some(keep) }, ctx.reporter)
+            && !pruned.is_empty()
+        {
+            ctx.reporter.step(
+                &run.host,
+                "prune",
+                StepStatus::Ok,
+                &format!("removed {}", pruned.join(", ")),
+            );
+        }
+        close(run, ctx.reporter);
+        run.time("finish", t);
+    });
+}
+
+/// Before any host changed: if something failed, the whole run stops here.
+fn stop_before_change(runs: &mut [Run], phase: &str, reporter: &Reporter) -> Option<String> {
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|r| r.failed())
+        .map(|r| r.host.clone())
+        .collect();
+    if failed.is_empty() && !fleet::interrupted() {
+        return None;
+    }
+    for run in runs.iter_mut().filter(|r| !r.failed()) {
+        run.outcome.failed_step = Some(phase.to_string());
+        run.outcome.reason = Some("not changed: the run stopped before switching any host".into());
+    }
+    let why = if fleet::interrupted() {
+        "interrupted (Ctrl-C) before any host was switched".to_string()
+    } else {
+        format!(
+            "{} failed on {}; no host was switched",
+            phase,
+            failed.join(", ")
+        )
+    };
+    reporter.note(&why);
+    Some(why)
+}
+
+/// Gives back every lock taken so far (no pruning) and closes the sessions.
+fn release_all(runs: &mut [Run], parallel: usize, reporter: &Reporter) {
+    fleet::each(runs, parallel, |run| {
+        if let Some(session) = run.session.as_mut() {
+            let _ = session.call(Request::Finish { keep: None }, &mut |_, _| {});
+        }
+        close(run, reporter);
+    });
+}
