@@ -18,7 +18,6 @@ use std::path::Path;
 
 use crate::cli::{Command, StageArgs};
 use crate::error::Result;
-use crate::protocol::clock::now_rfc3339;
 use config::Project;
 use output::Reporter;
 
@@ -63,6 +62,7 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
 fn check(project: &Project, args: &StageArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
     let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
+    // A stand-in build: `check` renders templates, it does not build.
     let build = build::BuildManifest {
         artifact: "(not built)".into(),
         sha256: "0".repeat(64),
@@ -71,20 +71,14 @@ fn check(project: &Project, args: &StageArgs, reporter: &Reporter) -> Result<i32
         git_commit: None,
         build_time: String::new(),
     };
-    let deployed_at = now_rfc3339();
-    let inputs = plan::DeployInputs {
-        release_id: plan::release_id(&deployed_at),
-        deployed_at,
-        deployer: deploy::deployer(),
-        sets: Default::default(),
-        env: Default::default(),
+    let plan = deploy::plan_release(
+        project,
+        &stage,
+        &build,
         secrets,
-    };
-    let read_template = |path: &str| {
-        std::fs::read_to_string(project.dir.join(path))
-            .map_err(|e| crate::error::Error::config(format!("template {path}: cannot read: {e}")))
-    };
-    let plan = plan::plan_deploy(&project.config, &stage, &build, &inputs, &read_template)?;
+        Default::default(),
+        Default::default(),
+    )?;
     let mut text = String::new();
     for host in &plan.hosts {
         text.push_str(&format!(

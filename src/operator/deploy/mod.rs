@@ -21,10 +21,10 @@ use crate::cli::{DeployArgs, RollbackArgs};
 use crate::error::{Error, Result};
 use crate::operator::args::{parse_pairs, parse_wait};
 use crate::operator::build::{self, BuildManifest};
-use crate::operator::config::Project;
+use crate::operator::config::{Project, ResolvedStage};
 use crate::operator::fleet::Fleet;
 use crate::operator::output::Reporter;
-use crate::operator::plan::{self, DeployInputs};
+use crate::operator::plan::{self, DeployInputs, DeployPlan};
 use crate::operator::render;
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::{Action, Activation, RevisionOutcome};
@@ -145,23 +145,14 @@ impl Outcome {
 /// `shipjar deploy STAGE`.
 pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
-    let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
     let sets = parse_pairs("--set", &args.set)?;
     let env = parse_pairs("--env", &args.env)?;
     let wait = parse_wait(args.wait.as_deref())?;
+    // Secrets first: a missing one should not cost a build.
+    let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
     let build = the_build(project, args, reporter)?;
-    let deployed_at = now_rfc3339();
-    let inputs = DeployInputs {
-        release_id: plan::release_id(&deployed_at),
-        deployed_at,
-        deployer: deployer(),
-        sets,
-        env,
-        secrets,
-    };
-    let template = |path: &str| read_template(project, path);
     // Every template for every host is rendered before any host is touched.
-    let plan = plan::plan_deploy(&project.config, &stage, &build, &inputs, &template)?;
+    let plan = plan_release(project, &stage, &build, secrets, sets, env)?;
     reporter.note(&format!(
         "deploying {} {} (release {}) to {} ({} host{})",
         project.config.service.name,
@@ -222,6 +213,30 @@ fn the_build(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resul
         }
         (None, false) => build::build(project, args.version.as_deref(), reporter),
     }
+}
+
+/// Plans a release of `build` for every host of `stage`: gathers what the pure
+/// planner needs from the clock, this machine and the project directory, then
+/// renders every template for every host. Deploy and `check` both plan here.
+pub fn plan_release(
+    project: &Project,
+    stage: &ResolvedStage,
+    build: &BuildManifest,
+    secrets: BTreeMap<String, String>,
+    sets: BTreeMap<String, String>,
+    env: BTreeMap<String, String>,
+) -> Result<DeployPlan> {
+    let deployed_at = now_rfc3339();
+    let inputs = DeployInputs {
+        release_id: plan::release_id(&deployed_at),
+        deployed_at,
+        deployer: deployer(),
+        sets,
+        env,
+        secrets,
+    };
+    let template = |path: &str| read_template(project, path);
+    plan::plan_deploy(&project.config, stage, build, &inputs, &template)
 }
 
 /// A template's text, from a path relative to the project directory.
