@@ -60,6 +60,8 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
 /// `shipjar status STAGE`: exit 0 only when every host is consistent and healthy.
 pub fn status(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
+    // A service may report a secret (in a version string, a log line): mask what can be read.
+    crate::operator::render::mask_available_secrets(&stage.secrets);
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let answers = query_all(&fleet, &stage.hosts, Request::Status);
     let mut rows: Vec<HostReport> = answers
@@ -199,6 +201,7 @@ fn format_row(row: &HostReport) -> String {
 /// `shipjar releases STAGE`.
 pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
+    crate::operator::render::mask_available_secrets(&stage.secrets);
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     #[derive(Serialize)]
     struct HostReleases {

@@ -1,5 +1,8 @@
 //! Everything the operator prints goes through here, so secrets are masked in
 //! one place: plain lines for people, JSON lines with `--json`.
+//!
+//! Masking works on values, before anything is encoded: a secret with `"`,
+//! `\` or a control character would no longer match once JSON escaped it.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Mutex, OnceLock};
@@ -14,37 +17,87 @@ use crate::protocol::{ResourceStatus, wire_enum};
 /// What replaces a secret value in any output.
 pub const MASK: &str = "********";
 
-fn secrets() -> &'static Mutex<Vec<String>> {
-    static SECRETS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+/// Where a secret value is masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskScope {
+    /// Wherever it occurs.
+    Anywhere,
+    /// Only where it stands as a whole word (no letter or digit on either side):
+    /// for short values the user accepted, so `1` does not blank every `1`.
+    WholeWord,
+}
+
+fn secrets() -> &'static Mutex<Vec<(String, MaskScope)>> {
+    static SECRETS: OnceLock<Mutex<Vec<(String, MaskScope)>>> = OnceLock::new();
     SECRETS.get_or_init(|| Mutex::new(Vec::new()))
 }
 
 /// Registers a secret value: from now on it is masked in everything printed.
-pub fn register_secret(value: &str) {
+pub fn register_secret(value: &str, scope: MaskScope) {
     if value.is_empty() {
         return;
     }
-    if let Ok(mut list) = secrets().lock()
-        && !list.iter().any(|s| s == value)
-    {
-        list.push(value.to_string());
+    let mut list = secrets().lock().unwrap_or_else(|e| e.into_inner());
+    if !list.iter().any(|(s, _)| s == value) {
+        list.push((value.to_string(), scope));
         // Longest first, so a secret containing another is masked whole.
-        list.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        list.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
     }
 }
 
 /// `text` with every registered secret value masked.
 pub fn redact(text: &str) -> String {
-    let Ok(list) = secrets().lock() else {
-        return text.to_string();
-    };
+    let list = secrets().lock().unwrap_or_else(|e| e.into_inner());
     let mut out = text.to_string();
-    for secret in list.iter() {
+    for (secret, scope) in list.iter() {
         if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), MASK);
+            out = match scope {
+                MaskScope::Anywhere => out.replace(secret.as_str(), MASK),
+                MaskScope::WholeWord => replace_whole_words(&out, secret),
+            };
         }
     }
     out
+}
+
+fn replace_whole_words(text: &str, word: &str) -> String {
+    let is_word_char = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (at, _) in text.match_indices(word) {
+        if at < rest {
+            continue;
+        }
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        if !is_word_char(before) && !is_word_char(after) {
+            out.push_str(&text[rest..at]);
+            out.push_str(MASK);
+            rest = at + word.len();
+        }
+    }
+    out.push_str(&text[rest..]);
+    out
+}
+
+/// `value` with every string in it (keys too) masked: done before encoding.
+pub fn redact_value(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(redact(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(redact_value).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (redact(&k), redact_value(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// One JSON line, masked before it is encoded.
+fn json_text(value: &serde_json::Value) -> String {
+    serde_json::to_string(&redact_value(value.clone())).unwrap_or_default()
 }
 
 /// Prints an error to stderr (masked); with `--json` also as a result object on stdout.
@@ -55,7 +108,7 @@ pub fn print_error(err: &Error, json: bool) {
             "event": "result", "ok": false, "error": err.message,
             "hints": err.hints, "exit_code": err.exit_code(),
         });
-        println!("{}", redact(&value.to_string()));
+        println!("{}", json_text(&value));
     }
 }
 
@@ -238,9 +291,9 @@ impl Reporter {
     }
 
     fn json_line(&self, value: &serde_json::Value) {
-        let text = serde_json::to_string(value).unwrap_or_default();
+        let text = json_text(value);
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", redact(&text));
+        let _ = writeln!(out, "{text}");
         let _ = out.flush();
     }
 
@@ -303,11 +356,32 @@ mod tests {
 
     #[test]
     fn registered_secrets_are_masked_longest_first() {
-        register_secret("hunter2");
-        register_secret("hunter2-extra");
+        register_secret("hunter2", MaskScope::Anywhere);
+        register_secret("hunter2-extra", MaskScope::Anywhere);
         assert_eq!(
             redact("pw=hunter2-extra and hunter2"),
             "pw=******** and ********"
+        );
+    }
+
+    #[test]
+    fn secrets_that_json_would_escape_are_masked_before_encoding() {
+        let secret = "s3\"cr\\et\n\u{1}ü-9f1e";
+        register_secret(secret, MaskScope::Anywhere);
+        let value = json!({"line": format!("pw={secret}"), secret: [secret]});
+        let text = json_text(&value);
+        let back: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(back["line"], "pw=********");
+        assert_eq!(back[MASK][0], MASK);
+        assert!(!text.contains("cr\\\\et"), "{text}");
+    }
+
+    #[test]
+    fn a_short_secret_is_masked_only_as_a_whole_word() {
+        register_secret("x9", MaskScope::WholeWord);
+        assert_eq!(
+            redact("pw=x9; id x9x9, ax9 x9b (x9)"),
+            "pw=********; id x9x9, ax9 x9b (********)"
         );
     }
 }

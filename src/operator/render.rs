@@ -111,7 +111,7 @@ pub fn load_secrets(
         if value.is_empty() {
             return Err(Error::config(format!("secret `{name}` is empty")));
         }
-        output::register_secret(&value);
+        output::register_secret(&value, output::MaskScope::Anywhere);
         values.insert(name.clone(), value);
     }
     Ok(values)
