@@ -289,4 +289,171 @@ mod tests {
             err.message
         );
     }
+
+    /// The first line of a config error: `file:line:col: key `k`: message`.
+    fn first_line(text: &str) -> String {
+        let err = load(text).expect_err("the file is invalid");
+        err.message.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn a_key_written_earlier_under_another_table_is_not_the_one_blamed() {
+        let text = "[stages.prod]\nhosts = [\"a\"]\n[stages.prod.vars]\njar = \"x\"\n\
+                    [service]\nname = \"a\"\njar = \"lib/a.jar\"\n";
+        assert_eq!(
+            first_line(text),
+            "shipjar.toml:7:7: key `service.jar`: expected a plain file name such as \"hello.jar\""
+        );
+    }
+
+    #[test]
+    fn a_missing_jar_points_at_the_service_table_not_a_secret_named_service() {
+        let text = "[stages.prod]\nhosts = [\"a\"]\n[stages.prod.secrets]\nservice = { env = \"T\" }\n\
+                    [service]\nname = \"a\"\n";
+        assert_eq!(
+            first_line(text),
+            "shipjar.toml:5:2: key `service`: missing `jar` (a JVM service) or `command` (anything else)"
+        );
+    }
+
+    #[test]
+    fn a_missing_field_names_its_full_key() {
+        assert_eq!(
+            first_line("[service]\njar = \"a.jar\"\n"),
+            "shipjar.toml:1:1: key `service.name`: missing field `name`"
+        );
+    }
+
+    #[test]
+    fn restart_errors_point_at_the_value_not_the_table_header() {
+        let both = format!("{MINIMAL}[restart]\ninitial_delay = \"2m\"\nmax_delay = \"1m\"\n");
+        assert_eq!(
+            first_line(&both),
+            "shipjar.toml:6:13: key `restart.max_delay`: must not be shorter than `initial_delay`"
+        );
+        let initial_only = format!("{MINIMAL}[restart]\nfactor = 3\ninitial_delay = \"2m\"\n");
+        assert_eq!(
+            first_line(&initial_only),
+            "shipjar.toml:6:17: key `restart.initial_delay`: must not be longer than `max_delay` (60000ms unless set)"
+        );
+        let window = format!("{MINIMAL}[restart]\nenabled = true\nwindow = \"0s\"\n");
+        assert_eq!(
+            first_line(&window),
+            "shipjar.toml:6:10: key `restart.window`: must be longer than 0s"
+        );
+    }
+
+    #[test]
+    fn stage_errors_point_into_the_stage_table() {
+        let empty = format!("{MINIMAL}[stages.prod]\nsudo = true\nhosts = []\n");
+        assert_eq!(
+            first_line(&empty),
+            "shipjar.toml:6:9: key `stages.prod.hosts`: needs at least one host"
+        );
+        let var = format!(
+            "{MINIMAL}[stages.prod]\nhosts = [\"a\"]\n[stages.prod.vars]\nport = \"1\"\nservice = \"x\"\n"
+        );
+        assert!(
+            first_line(&var).starts_with("shipjar.toml:8:1: key `stages.prod.vars.service`: "),
+            "{}",
+            first_line(&var)
+        );
+        let name = format!("{MINIMAL}[stages.Prod]\nhosts = [\"a\"]\n");
+        assert_eq!(
+            first_line(&name),
+            "shipjar.toml:4:9: key `stages.Prod`: a stage name must be [a-z][a-z0-9_-]*"
+        );
+    }
+
+    #[test]
+    fn a_bad_rolling_batch_names_the_batch_key() {
+        let inline =
+            format!("{MINIMAL}[stages.prod]\nhosts = [\"a\"]\nrolling = {{ batch = \"0%\" }}\n");
+        assert!(
+            first_line(&inline).starts_with(
+                "shipjar.toml:6:21: key `stages.prod.rolling.batch`: invalid batch `0%`"
+            ),
+            "{}",
+            first_line(&inline)
+        );
+        let multi_line = format!(
+            "{MINIMAL}[stages.prod]\nhosts = [\"a\"]\nrolling = {{\n  max_failed = 1,\n  batch = \"0%\",\n}}\n"
+        );
+        assert!(
+            first_line(&multi_line).starts_with(
+                "shipjar.toml:8:11: key `stages.prod.rolling.batch`: invalid batch `0%`"
+            ),
+            "{}",
+            first_line(&multi_line)
+        );
+        let negative =
+            format!("{MINIMAL}[stages.prod]\nhosts = [\"a\"]\nrolling = {{ max_failed = -1 }}\n");
+        assert!(
+            first_line(&negative)
+                .starts_with("shipjar.toml:6:26: key `stages.prod.rolling.max_failed`: "),
+            "{}",
+            first_line(&negative)
+        );
+    }
+
+    #[test]
+    fn a_bad_entry_in_the_second_config_element_is_located() {
+        let text = format!(
+            "config = [\n  {{ builtin = \"service-properties\", dest = \"a\" }},\n  \
+             {{ dest = \"b\", builtin = \"nope\" }},\n]\n{MINIMAL}"
+        );
+        assert!(
+            first_line(&text)
+                .starts_with("shipjar.toml:3:27: key `config.builtin`: unknown variant `nope`"),
+            "{}",
+            first_line(&text)
+        );
+        let neither = format!(
+            "{MINIMAL}[[config]]\nbuiltin = \"service-properties\"\ndest = \"a\"\n\
+             [[config]]\ndest = \"b\"\n"
+        );
+        assert_eq!(
+            first_line(&neither),
+            "shipjar.toml:7:1: key `config`: each [[config]] needs exactly one of `template` or `builtin`"
+        );
+    }
+
+    #[test]
+    fn a_duration_typo_in_an_inline_table_names_its_key() {
+        let text =
+            format!("health = {{ start_timeout = \"90s\", interval = \"5 secnds\" }}\n{MINIMAL}");
+        assert!(
+            first_line(&text).starts_with(
+                "shipjar.toml:1:46: key `health.interval`: invalid duration `5 secnds`"
+            ),
+            "{}",
+            first_line(&text)
+        );
+    }
+
+    #[test]
+    fn exclusive_settings_point_at_the_second_one() {
+        let build = format!(
+            "{MINIMAL}[build]\ncommand = \"x\"\nartifact = \"a.jar\"\nversion = \"1\"\nversion_command = \"y\"\n"
+        );
+        assert_eq!(
+            first_line(&build),
+            "shipjar.toml:8:19: key `build.version_command`: set either `version` or `version_command`, not both"
+        );
+        let stop = format!("{MINIMAL}[stop]\nhook_url = \"http://x/\"\nhook_command = [\"y\"]\n");
+        assert_eq!(
+            first_line(&stop),
+            "shipjar.toml:6:16: key `stop.hook_command`: set either `hook_url` or `hook_command`, not both"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_key_it_is_in() {
+        let text = format!("{MINIMAL}[health]\ntcp = 80x\n");
+        assert!(
+            first_line(&text).starts_with("shipjar.toml:5:7: key `health.tcp`: "),
+            "{}",
+            first_line(&text)
+        );
+    }
 }
