@@ -447,6 +447,7 @@ mod tests {
         );
     }
 
+    /// The tree the parser recovers after a syntax error still names the key.
     #[test]
     fn a_syntax_error_names_the_key_it_is_in() {
         let text = format!("{MINIMAL}[health]\ntcp = 80x\n");
