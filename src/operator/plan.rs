@@ -16,8 +16,8 @@ use crate::operator::render::{
 use crate::protocol::FileContent;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{
-    HealthCheck, HealthSpec, LogSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, ReloadSpec,
-    RestartSpec, RunSpec, StopHook, StopSpec, VersionCheckSpec,
+    HealthSpec, LogSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, ReloadSpec, RestartSpec,
+    RunSpec, StopHook, StopSpec, VersionCheckSpec,
 };
 
 /// Inputs of one deploy that do not come from the project file.
@@ -165,32 +165,13 @@ fn plan_host(
         stage: stage.name.clone(),
         host: host.to_string(),
         run,
-        health: HealthSpec {
-            check: match (&config.health.url, config.health.tcp) {
-                (Some(url), _) => HealthCheck::Http {
-                    url: url.get_ref().clone(),
-                },
-                (None, Some(port)) => HealthCheck::Tcp { port },
-                (None, None) => HealthCheck::None,
-            },
-            start_timeout_ms: config.health.start_timeout.0,
-            interval_ms: config.health.interval.0,
-        },
-        version_check: config.version_check.as_ref().map(|v| VersionCheckSpec {
-            url: v.url.clone(),
-            key: v.key.clone(),
-        }),
+        health: HealthSpec::from(&config.health),
+        version_check: config.version_check.as_ref().map(VersionCheckSpec::from),
         stop,
         files,
-        restart: restart_spec(config),
-        logs: LogSpec {
-            max_size: config.logs.max_size.0,
-            keep: *config.logs.keep.get_ref(),
-            compress: config.logs.compress,
-        },
-        reload: ReloadSpec {
-            signal: config.reload.signal_name(),
-        },
+        restart: RestartSpec::from(&config.restart),
+        logs: LogSpec::from(&config.logs),
+        reload: ReloadSpec::from(&config.reload),
     };
 
     let run = run_spec(config, inputs, spec, &public_vars)?;
@@ -275,20 +256,6 @@ fn render_public(vars: &Vars, what: &str, text: &str) -> Result<String> {
             "{what} uses secrets.{secret}: secrets may only go into [[config]] files marked `secret = true`"
         ))),
         None => Ok(out),
-    }
-}
-
-/// The `[restart]` policy as the supervisor reads it.
-fn restart_spec(config: &Config) -> RestartSpec {
-    let r = &config.restart;
-    RestartSpec {
-        enabled: r.enabled,
-        initial_delay_ms: r.initial_delay.0,
-        max_delay_ms: r.max_delay.0,
-        factor: *r.factor.get_ref(),
-        reset_after_ms: r.reset_after.0,
-        max_failures: *r.max_failures.get_ref(),
-        window_ms: r.window.0,
     }
 }
 

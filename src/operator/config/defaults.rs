@@ -1,0 +1,84 @@
+//! Default values of `shipjar.toml` settings, each defined once.
+//!
+//! Plain numbers (milliseconds, bytes) rather than config types, so the host
+//! side can share them through the protocol.
+
+/// `[service] java`: the java program, looked up in `PATH`.
+pub const JAVA: &str = "java";
+
+/// `[health] start_timeout`: how long a start may take before it counts as failed.
+pub const HEALTH_START_TIMEOUT_MS: u64 = 90_000;
+/// `[health] interval`: how often a running service is checked.
+pub const HEALTH_INTERVAL_MS: u64 = 5_000;
+
+/// `[version_check] key`: the JSON key holding the version.
+pub const VERSION_KEY: &str = "version";
+
+/// `[stop] timeout`: SIGTERM, wait this long, then SIGKILL.
+pub const STOP_TIMEOUT_MS: u64 = 30_000;
+/// `[stop] hook_timeout`: longest the drain hook may take.
+pub const STOP_HOOK_TIMEOUT_MS: u64 = 10_000;
+
+/// `[releases] keep`: releases kept on each host.
+pub const RELEASES_KEEP: usize = 5;
+
+/// `[restart] enabled`: a crashed service is restarted.
+pub const RESTART_ENABLED: bool = true;
+/// `[restart] initial_delay`: delay before the first restart.
+pub const RESTART_INITIAL_DELAY_MS: u64 = 1_000;
+/// `[restart] max_delay`: longest delay between restarts.
+pub const RESTART_MAX_DELAY_MS: u64 = 60_000;
+/// `[restart] factor`: each further failure multiplies the delay by this.
+pub const RESTART_FACTOR: f64 = 2.0;
+/// `[restart] reset_after`: healthy this long and the back-off starts over.
+pub const RESTART_RESET_AFTER_MS: u64 = 60_000;
+/// `[restart] max_failures`: this many failures within the window and the supervisor gives up.
+pub const RESTART_MAX_FAILURES: u32 = 5;
+/// `[restart] window`: the window failures are counted in.
+pub const RESTART_WINDOW_MS: u64 = 600_000;
+
+/// `[logs] max_size`: rotate once the service log would grow past this many bytes.
+pub const LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
+/// `[logs] keep`: rotated files kept.
+pub const LOG_KEEP: u32 = 5;
+/// `[logs] compress`: gzip rotated files.
+pub const LOG_COMPRESS: bool = false;
+
+/// `[stages.NAME] hosts`: without it a stage runs on this machine.
+pub const STAGE_HOST: &str = super::hosts::LOCAL_HOST;
+/// `[stages.NAME] agent_path`: where the shipjar binary lives on the hosts.
+pub const AGENT_PATH: &str = "/usr/local/bin/shipjar";
+/// `[stages.NAME] rolling.batch`: percentage of the stage's hosts switched at once.
+pub const ROLLING_BATCH_PERCENT: u8 = 100;
+/// `[stages.NAME] rolling.max_failed`: failed hosts a batch may have.
+pub const ROLLING_MAX_FAILED: usize = 0;
+/// `[stages.NAME] lock_lease` is this many times the longest deploy step
+/// (start timeout + stop timeout), so a killed deploy's lock outlives any live step.
+pub const LOCK_LEASE_STEPS: u64 = 2;
+/// `[stages.NAME] lock_lease` is at least this long.
+pub const LOCK_LEASE_MIN_MS: u64 = 120_000;
+/// `[stages.NAME] root` of an all-local stage: this directory of the project, then the stage name.
+pub const LOCAL_ROOT_DIR: &str = ".shipjar";
+/// `[stages.NAME] root` of a stage with remote hosts.
+pub const REMOTE_ROOT: &str = "/";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::config::schema::{Logs, Restart};
+    use crate::protocol::manifest::{LogSpec, RestartSpec, StopSpec};
+
+    /// The manifest repeats some defaults (for manifests written without them);
+    /// both must agree until it takes them from here.
+    #[test]
+    fn manifest_defaults_agree() {
+        assert_eq!(
+            RestartSpec::from(&Restart::default()),
+            RestartSpec::default()
+        );
+        assert_eq!(LogSpec::from(&Logs::default()), LogSpec::default());
+        let stop: StopSpec =
+            serde_json::from_str(r#"{"timeout_ms": 1, "thread_dump": false}"#).unwrap();
+        assert_eq!(stop.hook_timeout_ms, STOP_HOOK_TIMEOUT_MS);
+    }
+}

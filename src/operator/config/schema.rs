@@ -1,0 +1,392 @@
+//! The serde structs of `shipjar.toml`, with their defaults.
+//!
+//! `deny_unknown_fields` everywhere so a typo is an error, not a silent default.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::defaults;
+use super::{BatchSize, Bytes, Millis, ServiceName};
+
+/// The whole project file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// What the service is and how it runs.
+    pub service: Service,
+    /// How to build the artifact.
+    pub build: Option<Build>,
+    /// How the supervisor tells the service is healthy.
+    #[serde(default)]
+    pub health: Health,
+    /// The service's own version endpoint.
+    pub version_check: Option<VersionCheck>,
+    /// Graceful stop.
+    #[serde(default)]
+    pub stop: Stop,
+    /// Release retention.
+    #[serde(default)]
+    pub releases: Releases,
+    /// Config files rendered into each release.
+    #[serde(default)]
+    pub config: Vec<Spanned<ConfigFile>>,
+    /// Deploy targets.
+    #[serde(default)]
+    pub stages: BTreeMap<String, Spanned<Stage>>,
+    /// Crash restarts.
+    #[serde(default)]
+    pub restart: Restart,
+    /// Rotation of the service log.
+    #[serde(default)]
+    pub logs: Logs,
+    /// What `service reload` does.
+    #[serde(default)]
+    pub reload: Reload,
+}
+
+/// `[service]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Service name; also the unix user by default.
+    pub name: ServiceName,
+    /// File name of the artifact inside a release; the service runs `java -jar <jar>`.
+    pub jar: Option<String>,
+    /// The java program.
+    #[serde(default = "default_java")]
+    pub java: String,
+    /// JVM options, before `-jar`; each is a template.
+    #[serde(default)]
+    pub java_opts: Vec<String>,
+    /// A command to run instead of `java -jar` (non-JVM services); each element is a template.
+    pub command: Option<Spanned<Vec<String>>>,
+    /// Environment of the service.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Unix user to run as (on hosts where shipjar runs as root); default: the service name.
+    pub user: Option<String>,
+}
+
+fn default_java() -> String {
+    defaults::JAVA.to_string()
+}
+
+/// `[build]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// Shell command run in the project directory.
+    pub command: String,
+    /// Glob (relative to the project) that must match exactly one file.
+    pub artifact: Spanned<String>,
+    /// A literal version.
+    pub version: Option<String>,
+    /// A command whose first line of output is the version.
+    pub version_command: Option<String>,
+}
+
+/// `[health]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// HTTP URL that answers 2xx when healthy.
+    pub url: Option<Spanned<String>>,
+    /// TCP port on 127.0.0.1 that accepts connections when healthy.
+    pub tcp: Option<u16>,
+    /// How long a start may take.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout: Millis,
+    /// How often to check once running.
+    #[serde(default = "default_interval")]
+    pub interval: Millis,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            url: None,
+            tcp: None,
+            start_timeout: default_start_timeout(),
+            interval: default_interval(),
+        }
+    }
+}
+
+fn default_start_timeout() -> Millis {
+    Millis(defaults::HEALTH_START_TIMEOUT_MS)
+}
+
+fn default_interval() -> Millis {
+    Millis(defaults::HEALTH_INTERVAL_MS)
+}
+
+/// `[version_check]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionCheck {
+    /// URL answering a JSON object.
+    pub url: String,
+    /// Key holding the version.
+    #[serde(default = "default_version_key")]
+    pub key: String,
+}
+
+fn default_version_key() -> String {
+    defaults::VERSION_KEY.to_string()
+}
+
+/// `[stop]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stop {
+    /// SIGTERM, wait this long, then SIGKILL.
+    #[serde(default = "default_stop_timeout")]
+    pub timeout: Millis,
+    /// SIGQUIT at half the timeout for a thread dump; default: on for `jar` services.
+    pub thread_dump: Option<bool>,
+    /// POSTed (empty body) before SIGTERM, to drain the service.
+    pub hook_url: Option<Spanned<String>>,
+    /// Run before SIGTERM instead of `hook_url`; each element is a template.
+    pub hook_command: Option<Spanned<Vec<String>>>,
+    /// Longest the hook may take.
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout: Millis,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop {
+            timeout: default_stop_timeout(),
+            thread_dump: None,
+            hook_url: None,
+            hook_command: None,
+            hook_timeout: default_hook_timeout(),
+        }
+    }
+}
+
+fn default_hook_timeout() -> Millis {
+    Millis(defaults::STOP_HOOK_TIMEOUT_MS)
+}
+
+fn default_stop_timeout() -> Millis {
+    Millis(defaults::STOP_TIMEOUT_MS)
+}
+
+/// `[restart]`: crash restarts with exponential back-off and a burst limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Restart {
+    /// Restart a service that exits on its own; false leaves it dead.
+    pub enabled: bool,
+    /// Delay before the first restart.
+    pub initial_delay: Millis,
+    /// Longest delay between restarts.
+    pub max_delay: Millis,
+    /// Each further failure multiplies the delay by this.
+    pub factor: Spanned<f64>,
+    /// Healthy this long, and the back-off starts over.
+    pub reset_after: Millis,
+    /// This many failures within `window` and the supervisor gives up (state `failed`).
+    pub max_failures: Spanned<u32>,
+    /// The window failures are counted in.
+    pub window: Millis,
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        Restart {
+            enabled: defaults::RESTART_ENABLED,
+            initial_delay: Millis(defaults::RESTART_INITIAL_DELAY_MS),
+            max_delay: Millis(defaults::RESTART_MAX_DELAY_MS),
+            factor: Spanned::new(0..0, defaults::RESTART_FACTOR),
+            reset_after: Millis(defaults::RESTART_RESET_AFTER_MS),
+            max_failures: Spanned::new(0..0, defaults::RESTART_MAX_FAILURES),
+            window: Millis(defaults::RESTART_WINDOW_MS),
+        }
+    }
+}
+
+/// `[logs]`: rotation of the service log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logs {
+    /// Rotate once the log would grow past this size; 0 never rotates.
+    pub max_size: Bytes,
+    /// Rotated files kept.
+    pub keep: Spanned<u32>,
+    /// Gzip rotated files.
+    pub compress: bool,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs {
+            max_size: Bytes(defaults::LOG_MAX_SIZE),
+            keep: Spanned::new(0..0, defaults::LOG_KEEP),
+            compress: defaults::LOG_COMPRESS,
+        }
+    }
+}
+
+/// `[reload]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reload {
+    /// `HUP`, `USR1` or `USR2` (with or without `SIG`); without it a reload
+    /// restarts the service through the health gate.
+    pub signal: Option<Spanned<String>>,
+}
+
+/// Signals a reload may send.
+pub const RELOAD_SIGNALS: [&str; 3] = ["SIGHUP", "SIGUSR1", "SIGUSR2"];
+
+impl Reload {
+    /// The signal's full name (`SIGHUP`), if one is set and valid.
+    pub fn signal_name(&self) -> Option<String> {
+        let name = self.signal.as_ref()?.get_ref().trim().to_ascii_uppercase();
+        let full = if name.starts_with("SIG") {
+            name
+        } else {
+            format!("SIG{name}")
+        };
+        RELOAD_SIGNALS.contains(&full.as_str()).then_some(full)
+    }
+}
+
+/// `[releases]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Releases {
+    /// How many releases to keep on each host (at least 2).
+    #[serde(default = "default_keep")]
+    pub keep: Spanned<usize>,
+}
+
+impl Default for Releases {
+    fn default() -> Self {
+        Releases {
+            keep: default_keep(),
+        }
+    }
+}
+
+fn default_keep() -> Spanned<usize> {
+    Spanned::new(0..0, defaults::RELEASES_KEEP)
+}
+
+/// One `[[config]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Template path relative to the project; may itself use `{{ stage }}`.
+    pub template: Option<String>,
+    /// A built-in file instead of a template: `service-properties`.
+    pub builtin: Option<Builtin>,
+    /// Path inside the release's `config/`.
+    pub dest: Spanned<String>,
+    /// Written 0600 and never printed.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// Built-in config files.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Builtin {
+    /// Java `.properties` with name, version, commit, build/deploy time, deployer, stage, host, sha256.
+    ServiceProperties,
+}
+
+/// `[stages.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// `[user@]host[:port]`, or `local` for this machine.
+    #[serde(default = "default_hosts")]
+    pub hosts: Vec<Spanned<String>>,
+    /// Host root; relative paths are relative to the project (for `local`).
+    pub root: Option<PathBuf>,
+    /// Template variables.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Secret template variables, available as `secrets.NAME`.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Spanned<SecretSource>>,
+    /// An ssh config file for this stage (relative to the project); `--ssh-config` overrides it.
+    pub ssh_config: Option<PathBuf>,
+    /// Run the agent through `sudo -n` (passwordless sudo) instead of logging in as root.
+    #[serde(default)]
+    pub sudo: bool,
+    /// Where the shipjar binary lives on the hosts.
+    #[serde(default = "default_agent_path")]
+    pub agent_path: Spanned<String>,
+    /// A shipjar binary to install on the hosts instead of the running one
+    /// (e.g. a static build for another libc); relative to the project.
+    pub agent_binary: Option<PathBuf>,
+    /// Rolling deploy: batch size and how many failed hosts a batch tolerates.
+    #[serde(default)]
+    pub rolling: Rolling,
+    /// What to do with hosts switched in earlier batches when a batch fails.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// How long a deploy lock lives without renewal (a killed deploy's lock expires after this).
+    pub lock_lease: Option<Millis>,
+}
+
+fn default_hosts() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, defaults::STAGE_HOST.to_string())]
+}
+
+fn default_agent_path() -> Spanned<String> {
+    Spanned::new(0..0, defaults::AGENT_PATH.to_string())
+}
+
+/// `rolling = { batch = 1 | "25%", max_failed = 0 }`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rolling {
+    /// Hosts switched at once.
+    #[serde(default)]
+    pub batch: BatchSize,
+    /// Failed hosts a batch may have before the deploy stops.
+    #[serde(default = "default_max_failed")]
+    pub max_failed: usize,
+}
+
+fn default_max_failed() -> usize {
+    defaults::ROLLING_MAX_FAILED
+}
+
+impl Default for Rolling {
+    fn default() -> Self {
+        Rolling {
+            batch: BatchSize::default(),
+            max_failed: default_max_failed(),
+        }
+    }
+}
+
+/// `on_failure`: what happens to earlier batches when a later batch fails.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Put hosts of earlier batches back on their previous release: the fleet ends on one version.
+    #[default]
+    Revert,
+    /// Leave earlier batches on the new release.
+    Stop,
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// Name of an environment variable of the operator.
+    pub env: Option<String>,
+    /// A file on the operator's machine (relative to the project); trailing newline removed.
+    pub file: Option<PathBuf>,
+}

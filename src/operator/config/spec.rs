@@ -1,0 +1,65 @@
+//! Config sections that are, field for field, a manifest spec convert into it
+//! here, so each field's mapping is written once.
+
+use crate::protocol::manifest::{
+    HealthCheck, HealthSpec, LogSpec, ReloadSpec, RestartSpec, VersionCheckSpec,
+};
+
+use super::schema::{Health, Logs, Reload, Restart, VersionCheck};
+
+impl From<&Health> for HealthSpec {
+    fn from(h: &Health) -> Self {
+        HealthSpec {
+            check: match (&h.url, h.tcp) {
+                (Some(url), _) => HealthCheck::Http {
+                    url: url.get_ref().clone(),
+                },
+                (None, Some(port)) => HealthCheck::Tcp { port },
+                (None, None) => HealthCheck::None,
+            },
+            start_timeout_ms: h.start_timeout.0,
+            interval_ms: h.interval.0,
+        }
+    }
+}
+
+impl From<&VersionCheck> for VersionCheckSpec {
+    fn from(v: &VersionCheck) -> Self {
+        VersionCheckSpec {
+            url: v.url.clone(),
+            key: v.key.clone(),
+        }
+    }
+}
+
+impl From<&Restart> for RestartSpec {
+    fn from(r: &Restart) -> Self {
+        RestartSpec {
+            enabled: r.enabled,
+            initial_delay_ms: r.initial_delay.0,
+            max_delay_ms: r.max_delay.0,
+            factor: *r.factor.get_ref(),
+            reset_after_ms: r.reset_after.0,
+            max_failures: *r.max_failures.get_ref(),
+            window_ms: r.window.0,
+        }
+    }
+}
+
+impl From<&Logs> for LogSpec {
+    fn from(l: &Logs) -> Self {
+        LogSpec {
+            max_size: l.max_size.0,
+            keep: *l.keep.get_ref(),
+            compress: l.compress,
+        }
+    }
+}
+
+impl From<&Reload> for ReloadSpec {
+    fn from(r: &Reload) -> Self {
+        ReloadSpec {
+            signal: r.signal_name(),
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! Checks serde cannot express: exclusive settings, ranges, paths, host lists,
+//! names. Each error points at the offending value in the file.
+
+use std::collections::BTreeSet;
+
+use super::Project;
+use super::diagnostics::{Seg, keys};
+use super::hosts::HostSpec;
+use super::schema::{ConfigFile, Stage};
+use crate::error::{Error, Result};
+
+/// Template variables shipjar defines itself; stage vars may not shadow them.
+pub const RESERVED_VARS: &[&str] = &[
+    "service",
+    "stage",
+    "host",
+    "version",
+    "secrets",
+    "release",
+    "release_dir",
+    "config_dir",
+    "shared_dir",
+    "log_dir",
+];
+
+/// `[a-z][a-z0-9_-]*`: stage and variable names.
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+}
+
+impl Project {
+    /// Checks the whole file; the first problem found is the error.
+    pub(super) fn validate(&self) -> Result<()> {
+        self.validate_service()?;
+        self.validate_build_and_health()?;
+        self.validate_restart()?;
+        self.validate_stop_reload_logs()?;
+        for (i, entry) in self.config.config.iter().enumerate() {
+            self.validate_config_file(i, entry.get_ref())?;
+        }
+        let mut dests = BTreeSet::new();
+        for (i, entry) in self.config.config.iter().enumerate() {
+            let dest = entry.get_ref().dest.get_ref();
+            if !dests.insert(dest) {
+                return Err(self.fail(
+                    &[Seg::Key("config"), Seg::Index(i), Seg::Key("dest")],
+                    &format!("`{dest}` is written by two [[config]] entries"),
+                ));
+            }
+        }
+        for (name, stage) in &self.config.stages {
+            self.validate_stage(name, stage.get_ref())?;
+        }
+        Ok(())
+    }
+
+    fn validate_service(&self) -> Result<()> {
+        let service = &self.config.service;
+        match (&service.jar, &service.command) {
+            (Some(_), Some(_)) => Err(self.fail(
+                &keys("service.command"),
+                "set either `jar` (run with java -jar) or `command`, not both",
+            )),
+            (None, None) => Err(self.error_at(
+                self.outline.value_span(&keys("service.jar")),
+                "service",
+                "missing `jar` (a JVM service) or `command` (anything else)",
+            )),
+            (None, Some(cmd)) if cmd.get_ref().is_empty() => {
+                Err(self.fail(&keys("service.command"), "must not be empty"))
+            }
+            (Some(jar), None) if jar.contains('/') || jar.is_empty() || jar.starts_with('.') => {
+                Err(self.fail(
+                    &keys("service.jar"),
+                    "expected a plain file name such as \"hello.jar\"",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_build_and_health(&self) -> Result<()> {
+        let c = &self.config;
+        if let Some(build) = &c.build
+            && build.version.is_some()
+            && build.version_command.is_some()
+        {
+            return Err(self.fail(
+                &keys("build.version_command"),
+                "set either `version` or `version_command`, not both",
+            ));
+        }
+        if c.health.url.is_some() && c.health.tcp.is_some() {
+            return Err(self.fail(&keys("health.url"), "set either `url` or `tcp`, not both"));
+        }
+        if let Some(url) = &c.health.url
+            && !url.get_ref().starts_with("http://")
+        {
+            return Err(self.fail(
+                &keys("health.url"),
+                "expected an http:// URL on this host, e.g. \"http://127.0.0.1:8080/health\"",
+            ));
+        }
+        if *c.releases.keep.get_ref() < 2 {
+            return Err(self.fail(
+                &keys("releases.keep"),
+                "must be at least 2 (the current release and the one to roll back to)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_restart(&self) -> Result<()> {
+        let r = &self.config.restart;
+        let factor = *r.factor.get_ref();
+        if !factor.is_finite() || !(1.0..=100.0).contains(&factor) {
+            return Err(self.fail(
+                &keys("restart.factor"),
+                "expected a number from 1.0 (a constant delay) to 100.0",
+            ));
+        }
+        if *r.max_failures.get_ref() == 0 {
+            return Err(self.fail(&keys("restart.max_failures"), "must be at least 1"));
+        }
+        if r.initial_delay.0 > r.max_delay.0 {
+            // Point at whichever of the two the file sets; `max_delay` when both.
+            return Err(if self.outline.contains(&keys("restart.max_delay")) {
+                self.fail(
+                    &keys("restart.max_delay"),
+                    "must not be shorter than `initial_delay`",
+                )
+            } else {
+                self.fail(
+                    &keys("restart.initial_delay"),
+                    &format!(
+                        "must not be longer than `max_delay` ({}ms unless set)",
+                        r.max_delay.0
+                    ),
+                )
+            });
+        }
+        if r.window.0 == 0 {
+            return Err(self.fail(&keys("restart.window"), "must be longer than 0s"));
+        }
+        Ok(())
+    }
+
+    fn validate_stop_reload_logs(&self) -> Result<()> {
+        let stop = &self.config.stop;
+        if stop.hook_url.is_some() && stop.hook_command.is_some() {
+            return Err(self.fail(
+                &keys("stop.hook_command"),
+                "set either `hook_url` or `hook_command`, not both",
+            ));
+        }
+        if let Some(url) = &stop.hook_url
+            && !url.get_ref().starts_with("http://")
+        {
+            return Err(self.fail(
+                &keys("stop.hook_url"),
+                "expected an http:// URL on this host, e.g. \"http://127.0.0.1:8080/drain\"",
+            ));
+        }
+        if let Some(cmd) = &stop.hook_command
+            && cmd.get_ref().is_empty()
+        {
+            return Err(self.fail(&keys("stop.hook_command"), "must not be empty"));
+        }
+        if self.config.reload.signal.is_some() && self.config.reload.signal_name().is_none() {
+            return Err(self.fail(
+                &keys("reload.signal"),
+                "expected one of \"HUP\", \"USR1\", \"USR2\"",
+            ));
+        }
+        if *self.config.logs.keep.get_ref() == 0 {
+            return Err(self.fail(&keys("logs.keep"), "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The `i`th `[[config]]` entry on its own; duplicates are checked across entries.
+    fn validate_config_file(&self, i: usize, file: &ConfigFile) -> Result<()> {
+        let at = |key: Option<&'static str>| {
+            let mut path = vec![Seg::Key("config"), Seg::Index(i)];
+            path.extend(key.map(Seg::Key));
+            path
+        };
+        if file.template.is_some() == file.builtin.is_some() {
+            return Err(self.fail(
+                &at(None),
+                "each [[config]] needs exactly one of `template` or `builtin`",
+            ));
+        }
+        let dest = file.dest.get_ref();
+        let bad_dest = dest.is_empty()
+            || dest.starts_with('/')
+            || dest
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..");
+        if bad_dest {
+            return Err(self.fail(
+                &at(Some("dest")),
+                "expected a relative path inside the release's config/ (no `..`)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_stage(&self, name: &str, stage: &Stage) -> Result<()> {
+        let at = |rest: &[Seg<'static>]| {
+            let mut path = vec![Seg::Key("stages"), Seg::Key(name)];
+            path.extend_from_slice(rest);
+            path
+        };
+        if !is_identifier(name) {
+            return Err(self.fail_key(&at(&[]), "a stage name must be [a-z][a-z0-9_-]*"));
+        }
+        if stage.hosts.is_empty() {
+            return Err(self.fail(&at(&[Seg::Key("hosts")]), "needs at least one host"));
+        }
+        if !stage.agent_path.get_ref().starts_with('/') {
+            return Err(self.fail(
+                &at(&[Seg::Key("agent_path")]),
+                "expected an absolute path such as \"/usr/local/bin/shipjar\"",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, host) in stage.hosts.iter().enumerate() {
+            let path = at(&[Seg::Key("hosts"), Seg::Index(i)]);
+            if !seen.insert(host.get_ref()) {
+                let message = format!("`{}` is listed twice", host.get_ref());
+                return Err(self.fail(&path, &message));
+            }
+            HostSpec::parse(host.get_ref()).map_err(|m| self.fail(&path, &m))?;
+        }
+        for key in stage.vars.keys() {
+            if !is_identifier(key) || RESERVED_VARS.contains(&key.as_str()) {
+                let mut path = at(&[Seg::Key("vars")]);
+                path.push(Seg::Key(key));
+                let message = format!(
+                    "a variable name must be [a-z][a-z0-9_]* and not one of {}",
+                    RESERVED_VARS.join(", ")
+                );
+                return Err(self.fail_key(&path, &message));
+            }
+        }
+        for (key, source) in &stage.secrets {
+            let s = source.get_ref();
+            if s.env.is_some() == s.file.is_some() {
+                let mut path = at(&[Seg::Key("secrets")]);
+                path.push(Seg::Key(key));
+                return Err(self.fail(
+                    &path,
+                    "expected exactly one of `env = \"VAR\"` or `file = \"path\"`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An error pointing at the value at `path` (or where it would go).
+    fn fail(&self, path: &[Seg<'_>], message: &str) -> Error {
+        let key = super::diagnostics::display_path(path);
+        self.error_at(self.outline.value_span(path), &key, message)
+    }
+
+    /// An error pointing at the key at `path`, for a bad name.
+    fn fail_key(&self, path: &[Seg<'_>], message: &str) -> Error {
+        let key = super::diagnostics::display_path(path);
+        self.error_at(self.outline.key_span(path), &key, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{MINIMAL, load_str as load};
+    use crate::operator::config::{Bytes, Millis};
+
+    #[test]
+    fn jar_and_command_are_exclusive() {
+        let err =
+            load("[service]\nname = \"a\"\njar = \"a.jar\"\ncommand = [\"x\"]\n").unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:4:11: key `service.command`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn secret_needs_exactly_one_source() {
+        let text =
+            format!("{MINIMAL}[stages.prod]\nhosts = [\"app1\"]\nsecrets = {{ pw = {{}} }}\n");
+        let err = load(&text).unwrap_err();
+        assert!(
+            err.message.contains("stages.prod.secrets.pw"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn duplicate_hosts_are_rejected() {
+        let text = format!("{MINIMAL}[stages.prod]\nhosts = [\"a\", \"a\"]\n");
+        let err = load(&text).unwrap_err();
+        assert!(
+            err.message.contains("`a` is listed twice"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn restart_defaults_and_checks() {
+        let project = load(MINIMAL).unwrap();
+        let r = &project.config.restart;
+        assert!(r.enabled);
+        assert_eq!(r.initial_delay, Millis(1_000));
+        assert_eq!(r.max_delay, Millis(60_000));
+        assert_eq!(*r.factor.get_ref(), 2.0);
+        assert_eq!(*r.max_failures.get_ref(), 5);
+
+        let project = load(&format!(
+            "{MINIMAL}[restart]\ninitial_delay = \"200ms\"\nfactor = 3\nmax_failures = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(project.config.restart.initial_delay, Millis(200));
+        assert_eq!(*project.config.restart.factor.get_ref(), 3.0);
+
+        let err = load(&format!("{MINIMAL}[restart]\nfactor = 0.5\n")).unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:5:10: key `restart.factor`"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!("{MINIMAL}[restart]\nmax_failures = 0\n")).unwrap_err();
+        assert!(
+            err.message.contains("restart.max_failures"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!(
+            "{MINIMAL}[restart]\ninitial_delay = \"2m\"\nmax_delay = \"1m\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("restart.max_delay"), "{}", err.message);
+        let err = load(&format!("{MINIMAL}[restart]\nbackoff = 1\n")).unwrap_err();
+        assert!(
+            err.message.contains("unknown field `backoff`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn log_rotation_sizes() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.logs.max_size, Bytes(10 * 1024 * 1024));
+        assert_eq!(*project.config.logs.keep.get_ref(), 5);
+        assert!(!project.config.logs.compress);
+        let project = load(&format!(
+            "{MINIMAL}[logs]\nmax_size = \"512KiB\"\nkeep = 3\ncompress = true\n"
+        ))
+        .unwrap();
+        assert_eq!(project.config.logs.max_size, Bytes(512 * 1024));
+        assert!(project.config.logs.compress);
+        let project = load(&format!("{MINIMAL}[logs]\nmax_size = 4096\n")).unwrap();
+        assert_eq!(project.config.logs.max_size, Bytes(4096));
+        assert_eq!(Bytes::parse("2 MB"), Ok(Bytes(2_000_000)));
+        assert_eq!(Bytes::parse("0"), Ok(Bytes(0)));
+        let err = load(&format!("{MINIMAL}[logs]\nmax_size = \"lots\"\n")).unwrap_err();
+        assert!(
+            err.message.contains("key `logs.max_size`") && err.message.contains("10MiB"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!("{MINIMAL}[logs]\nkeep = 0\n")).unwrap_err();
+        assert!(err.message.contains("logs.keep"), "{}", err.message);
+    }
+
+    #[test]
+    fn stop_hook_is_a_url_or_a_command() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.stop.hook_timeout, Millis(10_000));
+        assert_eq!(project.config.stop.thread_dump, None);
+        let project = load(&format!(
+            "{MINIMAL}[stop]\nhook_command = [\"bin/drain\"]\nthread_dump = false\n"
+        ))
+        .unwrap();
+        assert_eq!(project.config.stop.thread_dump, Some(false));
+        let err = load(&format!(
+            "{MINIMAL}[stop]\nhook_url = \"http://x/\"\nhook_command = [\"y\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("not both"), "{}", err.message);
+        let err = load(&format!("{MINIMAL}[stop]\nhook_url = \"https://x/\"\n")).unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:5:12: key `stop.hook_url`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn reload_signal_names() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.reload.signal_name(), None);
+        let project = load(&format!("{MINIMAL}[reload]\nsignal = \"usr1\"\n")).unwrap();
+        assert_eq!(
+            project.config.reload.signal_name().as_deref(),
+            Some("SIGUSR1")
+        );
+        let project = load(&format!("{MINIMAL}[reload]\nsignal = \"SIGHUP\"\n")).unwrap();
+        assert_eq!(
+            project.config.reload.signal_name().as_deref(),
+            Some("SIGHUP")
+        );
+        let err = load(&format!("{MINIMAL}[reload]\nsignal = \"KILL\"\n")).unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:5:10: key `reload.signal`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn config_dest_may_not_escape() {
+        let text =
+            format!("{MINIMAL}[[config]]\nbuiltin = \"service-properties\"\ndest = \"../x\"\n");
+        let err = load(&text).unwrap_err();
+        assert!(err.message.contains("key `config.dest`"), "{}", err.message);
+    }
+}
