@@ -478,3 +478,98 @@ fn no_process_shipjar_starts_inherits_the_operators_secret_variables() {
         "{env}"
     );
 }
+
+/// Every output path, in text and `--json`, for secrets that JSON escapes.
+#[test]
+fn secrets_with_quotes_backslashes_and_newlines_are_masked_in_json_too() {
+    for secret in ["s3\"cr\\et-x1", "line\nbreak-ü-42", "\"\"\"\"\"\"\"\""] {
+        let mut p = Project::new();
+        p.secret = secret.to_string();
+        let out = p.deploy("1.0.0", &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        // The service prints it, as a careless one would.
+        let log = std::fs::read_dir(p.root().join("var/log/hello"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|path| path.extension().is_some_and(|e| e == "log"))
+            .expect("the service log");
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        use std::io::Write;
+        writeln!(file, "connecting with password={secret}").unwrap();
+        drop(file);
+        let encodings = [
+            secret.to_string(),
+            serde_json::to_string(secret)
+                .unwrap()
+                .trim_matches('"')
+                .to_string(),
+        ];
+        for args in [
+            &["--json", "logs", "local"][..],
+            &["logs", "local"],
+            &["--json", "status", "local"],
+            &["--json", "releases", "local"],
+            &["--json", "check", "local"],
+        ] {
+            let out = p.run(args);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            for encoded in &encodings {
+                assert!(
+                    !text(&out).contains(encoded.as_str()),
+                    "{args:?} shows {encoded:?}:\n{}",
+                    text(&out)
+                );
+            }
+            if args[0] == "--json" {
+                for line in stdout.lines() {
+                    let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+                    assert!(parsed.is_ok(), "{args:?}: invalid JSON line {line:?}");
+                }
+            }
+            if args.contains(&"logs") && !secret.contains('\n') {
+                assert!(stdout.contains("password=********"), "{args:?}: {stdout}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_one_character_secret_is_a_config_error_naming_it() {
+    let mut p = Project::new();
+    p.secret = "1".to_string();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("secret `db_password` is shorter than 8 characters"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("allow_short = true"), "{}", text(&out));
+    assert!(p.current().is_none());
+    // Accepted when marked: then only whole words are masked, never the digits of a release id.
+    let p = Project::with_config(|c| {
+        c.replace(
+            "secrets = { db_password = { env = \"HELLO_DB_PASSWORD\" } }",
+            "secrets = { db_password = { env = \"HELLO_DB_PASSWORD\", allow_short = true } }",
+        )
+    });
+    let mut cmd = p.command(&["deploy", "local", "--artifact"]);
+    cmd.arg(hello_jar())
+        .args(["--version", "1.0.1"])
+        .env("HELLO_DB_PASSWORD", "1");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let current = p.current().expect("deployed");
+    let out = p.run(&["releases", "local"]);
+    assert!(
+        text(&out).contains(&current),
+        "release ids intact: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("1.0.1"),
+        "versions intact: {}",
+        text(&out)
+    );
+}

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
 use crate::error::{Error, Result};
-use crate::operator::config::{Config, SecretFrom};
+use crate::operator::config::{Config, SecretFrom, StageSecret};
 use crate::operator::output;
 
 /// A template context: variable name to value.
@@ -84,45 +84,78 @@ pub fn without_secret_variables(command: &mut Command) -> &mut Command {
     command
 }
 
+/// Shortest secret value masked everywhere it occurs; shorter values would
+/// blank ordinary text (a `1` in every timestamp) and so reveal themselves.
+pub const MIN_SECRET_CHARS: usize = 8;
+
 /// Reads every secret of a stage and registers its value for masking.
 /// Errors name the secret and its source, never a value.
 pub fn load_secrets(
-    sources: &BTreeMap<String, SecretFrom>,
+    sources: &BTreeMap<String, StageSecret>,
     getenv: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, String>> {
     let mut values = BTreeMap::new();
-    for (name, source) in sources {
-        let value = match source {
-            SecretFrom::Env(var) => getenv(var).ok_or_else(|| {
-                Error::config(format!(
-                    "secret `{name}`: environment variable {var} is not set"
-                ))
-                .hint(format!("export {var}=... before deploying"))
-            })?,
-            SecretFrom::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_string())
-                .map_err(|e| {
-                    Error::config(format!(
-                        "secret `{name}`: cannot read {}: {e}",
-                        path.display()
-                    ))
-                })?,
-        };
-        if value.is_empty() {
-            return Err(Error::config(format!("secret `{name}` is empty")));
+    for (name, secret) in sources {
+        let value = read_secret(name, &secret.from, getenv)?;
+        let chars = value.chars().count();
+        if chars < MIN_SECRET_CHARS && !secret.allow_short {
+            // Masked anyway, in case the value shows up in what is printed next.
+            output::register_secret(&value, output::MaskScope::WholeWord);
+            return Err(Error::config(format!(
+                "secret `{name}` is shorter than {MIN_SECRET_CHARS} characters: a value that short cannot be masked in output without blanking ordinary text (which would reveal it)",
+            ))
+            .hint(format!(
+                "use at least {MIN_SECRET_CHARS} characters, or set `allow_short = true` on the secret to mask it only where it stands as a whole word"
+            )));
         }
-        output::register_secret(&value, output::MaskScope::Anywhere);
+        output::register_secret(&value, mask_scope(chars));
         values.insert(name.clone(), value);
     }
     Ok(values)
 }
 
+fn mask_scope(chars: usize) -> output::MaskScope {
+    if chars < MIN_SECRET_CHARS {
+        output::MaskScope::WholeWord
+    } else {
+        output::MaskScope::Anywhere
+    }
+}
+
+fn read_secret(
+    name: &str,
+    from: &SecretFrom,
+    getenv: &dyn Fn(&str) -> Option<String>,
+) -> Result<String> {
+    let value = match from {
+        SecretFrom::Env(var) => getenv(var).ok_or_else(|| {
+            Error::config(format!(
+                "secret `{name}`: environment variable {var} is not set"
+            ))
+            .hint(format!("export {var}=... before deploying"))
+        })?,
+        SecretFrom::File(path) => std::fs::read_to_string(path)
+            .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_string())
+            .map_err(|e| {
+                Error::config(format!(
+                    "secret `{name}`: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?,
+    };
+    if value.is_empty() {
+        return Err(Error::config(format!("secret `{name}` is empty")));
+    }
+    Ok(value)
+}
+
 /// Registers for masking every secret that can be read now, ignoring the rest:
 /// for commands that only show things and do not need the values.
-pub fn mask_available_secrets(sources: &BTreeMap<String, SecretFrom>) {
-    for (name, source) in sources {
-        let single = BTreeMap::from([(name.clone(), source.clone())]);
-        let _ = load_secrets(&single, &|var| std::env::var(var).ok());
+pub fn mask_available_secrets(sources: &BTreeMap<String, StageSecret>) {
+    for (name, secret) in sources {
+        if let Ok(value) = read_secret(name, &secret.from, &|var| std::env::var(var).ok()) {
+            output::register_secret(&value, mask_scope(value.chars().count()));
+        }
     }
 }
 
@@ -195,11 +228,44 @@ mod tests {
 
     #[test]
     fn missing_secret_names_variable_not_value() {
-        let sources = BTreeMap::from([("pw".to_string(), SecretFrom::Env("PW_VAR".into()))]);
+        let sources = BTreeMap::from([(
+            "pw".to_string(),
+            StageSecret {
+                from: SecretFrom::Env("PW_VAR".into()),
+                allow_short: false,
+            },
+        )]);
         let err = load_secrets(&sources, &|_| None).unwrap_err();
         assert!(
             err.message
                 .contains("secret `pw`: environment variable PW_VAR is not set")
+        );
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_unless_allowed() {
+        let secret = |allow_short| {
+            BTreeMap::from([(
+                "pin".to_string(),
+                StageSecret {
+                    from: SecretFrom::Env("PIN".into()),
+                    allow_short,
+                },
+            )])
+        };
+        let err = load_secrets(&secret(false), &|_| Some("1".into())).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.message.starts_with("secret `pin` is 1 character long"),
+            "{}",
+            err.message
+        );
+        assert!(!err.to_string().contains("=1"), "{err}");
+        let values = load_secrets(&secret(true), &|_| Some("1".into())).unwrap();
+        assert_eq!(values["pin"], "1");
+        assert_eq!(
+            output::redact("pin 1 at 2026-11-30T01:02:03Z"),
+            "pin ******** at 2026-11-30T01:02:03Z"
         );
     }
 

@@ -23,7 +23,7 @@ use diagnostics::{Outline, describe, error_key};
 // What the rest of the operator names; everything else is reachable through its module.
 pub use hosts::HostSpec;
 pub use schema::{Builtin, Config, OnFailure};
-pub use stage::{ResolvedStage, SecretFrom};
+pub use stage::{ResolvedStage, SecretFrom, StageSecret};
 pub use values::{BatchSize, Bytes, Millis, ServiceName};
 
 /// The absolute directory a project file is in.

@@ -389,4 +389,9 @@ pub struct SecretSource {
     pub env: Option<String>,
     /// A file on the operator's machine (relative to the project); trailing newline removed.
     pub file: Option<PathBuf>,
+    /// Accept a value shorter than 8 characters; it is then masked only where
+    /// it stands as a whole word, since masking it everywhere would blank
+    /// ordinary text and so reveal it.
+    #[serde(default)]
+    pub allow_short: bool,
 }

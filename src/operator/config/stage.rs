@@ -27,7 +27,7 @@ pub struct ResolvedStage {
     /// Template variables.
     pub vars: BTreeMap<String, String>,
     /// Where each secret comes from.
-    pub secrets: BTreeMap<String, SecretFrom>,
+    pub secrets: BTreeMap<String, StageSecret>,
     /// ssh config file for this stage, if any.
     pub ssh_config: Option<PathBuf>,
     /// Run the agent through `sudo -n`.
@@ -44,7 +44,16 @@ pub struct ResolvedStage {
     pub lock_lease_ms: u64,
 }
 
-/// A resolved secret source.
+/// A stage's secret, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSecret {
+    /// Where the value comes from.
+    pub from: SecretFrom,
+    /// A value under 8 characters is accepted (and masked as a whole word only).
+    pub allow_short: bool,
+}
+
+/// Where a secret's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretFrom {
     /// An environment variable of the operator.
@@ -125,7 +134,7 @@ impl Project {
     fn secret_sources(
         &self,
         secrets: &BTreeMap<String, Spanned<SecretSource>>,
-    ) -> BTreeMap<String, SecretFrom> {
+    ) -> BTreeMap<String, StageSecret> {
         let mut sources = BTreeMap::new();
         for (key, source) in secrets {
             let s = source.get_ref();
@@ -134,7 +143,11 @@ impl Project {
                 (None, Some(file)) => SecretFrom::File(self.dir.join(file)),
                 (None, None) => unreachable!("validated: a secret has env or file"),
             };
-            sources.insert(key.clone(), from);
+            let secret = StageSecret {
+                from,
+                allow_short: s.allow_short,
+            };
+            sources.insert(key.clone(), secret);
         }
         sources
     }
