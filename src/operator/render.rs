@@ -256,7 +256,8 @@ mod tests {
         let err = load_secrets(&secret(false), &|_| Some("1".into())).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(
-            err.message.starts_with("secret `pin` is 1 character long"),
+            err.message
+                .starts_with("secret `pin` is shorter than 8 characters"),
             "{}",
             err.message
         );
