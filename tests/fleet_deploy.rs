@@ -156,9 +156,7 @@ fn host_field<'a>(result: &'a serde_json::Value, host: &str) -> &'a serde_json::
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn provision_is_idempotent_and_dry_run_changes_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let p = FleetProject::new(3, "");
     let dry = p.run(&["--json", "provision", "fleet", "--dry-run"]);
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
@@ -252,9 +250,7 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let p = FleetProject::new(5, "rolling = { batch = 2 }");
     p.provision();
     let out = p.deploy("1.0.0", &[]);
@@ -304,9 +300,7 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn failing_first_batch_stops_and_reverts_leaving_the_rest_untouched() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let p = FleetProject::new(5, "rolling = { batch = 2 }");
     p.provision();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
@@ -334,9 +328,7 @@ fn failing_first_batch_stops_and_reverts_leaving_the_rest_untouched() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn later_batch_failure_reverts_earlier_batches_so_one_version_runs() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
@@ -358,9 +350,7 @@ fn later_batch_failure_reverts_earlier_batches_so_one_version_runs() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
@@ -385,10 +375,8 @@ fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds() {
-    if !require_root() {
-        return;
-    }
-    let p = FleetProject::new(3, "rolling = { batch = 1 }\nlock_lease = \"4s\"");
+    require_root();
+    let p = FleetProject::new(3, "rolling = { batch = 1 }\nlock_lease = \"10s\"");
     p.provision();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let mut child = p.spawn_slow_deploy("2.0.0", 1000);
@@ -416,7 +404,7 @@ fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds(
         std::thread::sleep(Duration::from_millis(500));
     }
     // The lease expires; the next deploy takes over (with a warning) and succeeds.
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(11));
     let out = p.deploy("3.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(p.served_everywhere(), vec![Some("3.0.0".to_string()); 3]);
@@ -425,9 +413,7 @@ fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds(
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn concurrent_deploys_one_fails_naming_the_other_or_waits() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let p = FleetProject::new(2, "");
     p.provision();
     let first = p.spawn_slow_deploy("1.0.0", 3000);
@@ -452,9 +438,7 @@ fn concurrent_deploys_one_fails_naming_the_other_or_waits() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn status_flags_a_host_restarted_by_hand_from_an_old_release() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let p = FleetProject::new(2, "");
     p.provision();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
@@ -488,9 +472,7 @@ fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_deploy_user_with_passwordless_sudo_can_provision_and_deploy() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let p = FleetProject::new(1, "");
     // On app1: a `deploy` login with the fleet's key and passwordless sudo.
     // (`-p '*'`: no password, but not a locked account, which sshd without PAM refuses.)

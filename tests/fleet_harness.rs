@@ -54,9 +54,7 @@ fn exec_ok(f: &Fleet, host: &str, argv: &[&str]) -> String {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn each_host_answers_with_its_own_name() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let f = Fleet::new(3);
     assert_eq!(f.hosts(), ["app1", "app2", "app3"]);
     for host in f.hosts() {
@@ -101,9 +99,7 @@ fn each_host_answers_with_its_own_name() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_wrong_or_missing_host_key_is_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let f = Fleet::new(2);
     let tmp = tempfile::tempdir().expect("tempdir");
     let known = tmp.path().join("known_hosts");
@@ -181,9 +177,7 @@ fn a_wrong_or_missing_host_key_is_refused() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn hosts_are_isolated_from_the_machine_and_each_other() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let f = Fleet::new(2);
     let marker = format!("/var/lib/sjf-isolation-{}", std::process::id());
     let user = "sjfisolation";
@@ -269,9 +263,7 @@ fn hosts_are_isolated_from_the_machine_and_each_other() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn link_down_cuts_a_host_off_and_link_up_restores_it() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let f = Fleet::new(2);
     let quick = |host: &str| {
         Command::new("ssh")
@@ -430,9 +422,7 @@ impl Traces {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn teardown_leaves_nothing_behind() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let f = Fleet::new(3);
     // Something for teardown to end besides sshd: a daemon-like process, and
     // a session still open.
@@ -474,9 +464,7 @@ fn teardown_leaves_nothing_behind() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn two_fleets_at_once_do_not_collide() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let barrier = Arc::new(Barrier::new(2));
     let run = |barrier: Arc<Barrier>| {
         thread::spawn(move || {
@@ -508,9 +496,7 @@ const VICTIM: &str = "SJF_FLEET_VICTIM";
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn leftovers_of_a_killed_test_process_are_removed() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     if std::env::var_os(VICTIM).is_some() {
         // The victim: bring up a fleet, say what it is, wait to be killed.
         let f = Fleet::new(2);
@@ -586,9 +572,7 @@ fn leftovers_of_a_killed_test_process_are_removed() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn bring_up_and_teardown_times() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     for n in [3, 10, 30] {
         let started = Instant::now();
         let f = Fleet::new(n);

@@ -91,14 +91,15 @@ const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// True when running as root. Otherwise prints the one line saying why a fleet
-/// test did nothing, so a test can `if !require_root() { return; }`.
-pub fn require_root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        true
-    } else {
-        println!("SKIPPED: needs root (fleet tests create network namespaces)");
-        false
-    }
+/// test did nothing, so a test can `require_root();`.
+/// Fails the test loudly unless it runs as root: a root-only test that cannot
+/// run must not count as passed (they are `#[ignore]`d, so only
+/// `--include-ignored` reaches here).
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root (fleet tests create network namespaces): run ./run-tests as root"
+    );
 }
 
 /// N hosts on this machine, each with its own network, mounts, hostname,
@@ -140,7 +141,7 @@ impl Fleet {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "Fleet::new needs root (network namespaces, mounts); \
-             start the test with `if !require_root() {{ return; }}`"
+             start the test with `require_root();`"
         );
         check_tools();
         let started = Instant::now();

@@ -55,8 +55,10 @@ pub const ROLLING_MAX_FAILED: usize = 0;
 /// `[stages.NAME] lock_lease` is this many times the longest deploy step
 /// (start timeout + stop timeout), so a killed deploy's lock outlives any live step.
 pub const LOCK_LEASE_STEPS: u64 = 2;
-/// `[stages.NAME] lock_lease` is at least this long.
+/// `[stages.NAME] lock_lease` is at least this long by default.
 pub const LOCK_LEASE_MIN_MS: u64 = 120_000;
+/// `[stages.NAME] lock_lease` set by hand may not be shorter than this.
+pub const LOCK_LEASE_FLOOR_MS: u64 = 10_000;
 /// `[stages.NAME] root` of an all-local stage: this directory of the project, then the stage name.
 pub const LOCAL_ROOT_DIR: &str = ".shipjar";
 /// `[stages.NAME] root` of a stage with remote hosts.

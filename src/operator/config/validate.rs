@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::Project;
+use super::defaults::LOCK_LEASE_FLOOR_MS;
 use super::diagnostics::{Seg, keys};
 use super::hosts::HostSpec;
 use super::schema::{ConfigFile, Stage};
@@ -246,6 +247,17 @@ impl Project {
                 return Err(self.fail_key(&path, &message));
             }
         }
+        if let Some(lease) = stage.lock_lease
+            && lease.0 < LOCK_LEASE_FLOOR_MS
+        {
+            return Err(self.fail(
+                &at(&[Seg::Key("lock_lease")]),
+                &format!(
+                    "must be at least {}s: a shorter lease can run out between two renewals of a live deploy",
+                    LOCK_LEASE_FLOOR_MS / 1000
+                ),
+            ));
+        }
         for (key, source) in &stage.secrets {
             let s = source.get_ref();
             if s.env.is_some() == s.file.is_some() {
@@ -300,6 +312,20 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn a_lock_lease_under_ten_seconds_is_rejected() {
+        let text = format!("{MINIMAL}[stages.prod]\nhosts = [\"a\"]\nlock_lease = \"1ms\"\n");
+        let err = load(&text).unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:6:14: key `stages.prod.lock_lease`: must be at least 10s"),
+            "{}",
+            err.message
+        );
+        let text = format!("{MINIMAL}[stages.prod]\nhosts = [\"a\"]\nlock_lease = \"10s\"\n");
+        assert!(load(&text).is_ok());
     }
 
     #[test]
