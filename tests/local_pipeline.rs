@@ -573,3 +573,61 @@ fn a_one_character_secret_is_a_config_error_naming_it() {
         text(&out)
     );
 }
+
+#[test]
+fn failed_and_foreign_releases_do_not_count_toward_keep() {
+    let p = Project::with_config(|c| c.replace("keep = 5", "keep = 2"));
+    assert_eq!(p.deploy("1", &[]).status.code(), Some(0));
+    let good = p.current().expect("first release");
+    // A host taken over from another tool: its release dirs sort before ours.
+    let foreign = p.lib().join("releases/20261129234751");
+    std::fs::create_dir_all(foreign.join("lib")).unwrap();
+    std::fs::write(foreign.join("REVISION"), "abc123\n").unwrap();
+    for v in ["2", "3", "4"] {
+        let out = p.deploy(v, &["--env", "FAIL_ON_START=1"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(
+            p.current().as_ref(),
+            Some(&good),
+            "reverted to the good one"
+        );
+    }
+    assert_eq!(p.deploy("5", &[]).status.code(), Some(0));
+    let ids = p.release_ids();
+    assert!(
+        ids.contains(&good),
+        "the release reverted to three times was pruned: {ids:?}"
+    );
+    assert!(
+        foreign.join("REVISION").is_file(),
+        "the foreign release was touched"
+    );
+    // Ours: the current and the rollback target (both good), and the newest failed one.
+    let ours: Vec<_> = ids.iter().filter(|id| id.contains('-')).collect();
+    assert_eq!(ours.len(), 3, "{ids:?}");
+    let out = p.run(&["releases", "local"]);
+    let said = text(&out);
+    assert!(
+        said.contains("20261129234751") && said.contains("foreign"),
+        "{said}"
+    );
+    let json = p.run(&["--json", "releases", "local"]);
+    let value: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let host = &value["hosts"][0];
+    assert_eq!(host["foreign"], serde_json::json!(["20261129234751"]));
+    let sha = host["releases"][0]["artifact_sha256"].as_str().unwrap();
+    assert!(
+        said.contains(&sha[..12]),
+        "the artifact sha is shown: {said}"
+    );
+    assert!(
+        said.contains("failed") && said.contains("success"),
+        "{said}"
+    );
+}

@@ -343,6 +343,7 @@ impl Session {
             Request::Status => Response::Status(Box::new(status(&layout))),
             Request::Releases => Response::Releases {
                 releases: store::list(&layout),
+                foreign: store::foreign_release_dirs(&layout),
             },
         };
         match renewer.and_then(Renewer::finish) {

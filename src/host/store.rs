@@ -299,17 +299,41 @@ pub fn read_manifest(layout: &Layout, id: &str) -> Result<ReleaseManifest, Strin
     serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))
 }
 
-/// Ids of complete releases, oldest first.
+/// Ids of shipjar's complete releases (a `RELEASE` manifest naming the
+/// directory), oldest first. Directories another tool left are not among them.
 pub fn release_ids(layout: &Layout) -> Vec<String> {
-    let mut ids: Vec<String> = fs::read_dir(layout.releases_dir())
+    let mut ids: Vec<String> = release_dirs(layout)
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| is_release_id(name))
+        .filter(|id| is_ours(layout, id))
         .collect();
     ids.sort();
     ids
+}
+
+/// Directories in `releases/` that shipjar did not make (e.g. a Capistrano
+/// host taken over): never counted, never removed.
+pub fn foreign_release_dirs(layout: &Layout) -> Vec<String> {
+    let mut names: Vec<String> = release_dirs(layout)
+        .into_iter()
+        .filter(|id| !is_ours(layout, id))
+        .collect();
+    names.sort();
+    names
+}
+
+fn release_dirs(layout: &Layout) -> Vec<String> {
+    fs::read_dir(layout.releases_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with(TMP_PREFIX) && is_release_id(name))
+        .collect()
+}
+
+fn is_ours(layout: &Layout, id: &str) -> bool {
+    read_manifest(layout, id).is_ok_and(|m| m.id == id)
 }
 
 /// All releases with their manifests and last outcomes, oldest first.
@@ -339,6 +363,41 @@ pub fn list(layout: &Layout) -> Vec<ReleaseInfo> {
         .collect()
 }
 
+/// PURE: which of `ids` (oldest first) to remove. A release counts toward
+/// `keep` once its last activation succeeded; of the others only the newest is kept.
+fn releases_to_prune(
+    ids: &[String],
+    history: &[crate::protocol::Revision],
+    protected: &BTreeSet<String>,
+    keep: usize,
+) -> Vec<String> {
+    let good = |id: &str| {
+        history
+            .iter()
+            .rev()
+            .find(|r| r.release == id)
+            .map(|r| &r.outcome)
+            == Some(&RevisionOutcome::Success)
+    };
+    let mut kept_good = 0;
+    let mut kept_other = 0;
+    let mut doomed = Vec::new();
+    for id in ids.iter().rev() {
+        let (kept, limit) = if good(id) {
+            (&mut kept_good, keep)
+        } else {
+            (&mut kept_other, 1)
+        };
+        if protected.contains(id) || *kept < limit {
+            *kept += 1;
+        } else {
+            doomed.push(id.clone());
+        }
+    }
+    doomed.reverse();
+    doomed
+}
+
 /// The newest release other than `current` whose last activation succeeded.
 pub fn previous_good(layout: &Layout) -> Result<Option<String>, String> {
     let current = current(layout);
@@ -357,25 +416,23 @@ pub fn previous_good(layout: &Layout) -> Result<Option<String>, String> {
         .find(|id| Some(id) != current.as_ref() && good(id)))
 }
 
-/// Removes all but the newest `keep` releases, never `current` nor the
-/// previous good release, then artifacts no remaining release uses.
+/// Removes old releases: keeps the newest `keep` releases that became
+/// healthy, plus the newest one that did not (to look into); never removes
+/// `current` nor the previous good release (the rollback target), nor
+/// directories shipjar did not make. Then removes artifacts no remaining
+/// release uses.
 pub fn prune(layout: &Layout, keep: usize) -> Result<Vec<String>, String> {
+    let history = revisions::read(layout)
+        .map_err(|e| format!("not pruning, the rollback target is unknown: {e}"))?;
     let mut protected: BTreeSet<String> = BTreeSet::new();
     protected.extend(current(layout));
-    protected.extend(
-        previous_good(layout)
-            .map_err(|e| format!("not pruning, the rollback target is unknown: {e}"))?,
-    );
+    protected.extend(previous_good(layout)?);
     let ids = release_ids(layout);
     let mut removed = Vec::new();
-    let excess = ids.len().saturating_sub(keep);
-    for id in ids.iter().take(excess) {
-        if protected.contains(id) {
-            continue;
-        }
-        fs::remove_dir_all(layout.release_dir(id))
+    for id in releases_to_prune(&ids, &history, &protected, keep) {
+        fs::remove_dir_all(layout.release_dir(&id))
             .map_err(|e| format!("cannot remove release {id}: {e}"))?;
-        removed.push(id.clone());
+        removed.push(id);
     }
     let used: BTreeSet<String> = release_ids(layout)
         .iter()
@@ -398,4 +455,65 @@ pub fn prune(layout: &Layout, keep: usize) -> Result<Vec<String>, String> {
         fsync_dir(&layout.releases_dir()).map_err(|e| e.to_string())?;
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Action, Revision};
+
+    fn revision(release: &str, outcome: RevisionOutcome) -> Revision {
+        Revision {
+            time: "t".into(),
+            action: Action::Deploy,
+            release: release.into(),
+            version: "1".into(),
+            deployer: "me".into(),
+            outcome,
+            detail: String::new(),
+        }
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("r{i}")).collect()
+    }
+
+    #[test]
+    fn failed_releases_do_not_count_toward_keep() {
+        // r0 good, r1..r3 failed three times (reverted to r0), r4 good and current.
+        let ids = ids(5);
+        let mut history = vec![revision("r0", RevisionOutcome::Success)];
+        for id in ["r1", "r2", "r3"] {
+            history.push(revision(id, RevisionOutcome::Failed));
+            history.push(revision("r0", RevisionOutcome::Success));
+        }
+        history.push(revision("r4", RevisionOutcome::Success));
+        let protected = BTreeSet::from(["r4".to_string(), "r0".to_string()]);
+        let doomed = releases_to_prune(&ids, &history, &protected, 2);
+        assert_eq!(
+            doomed,
+            ["r1", "r2"],
+            "the newest failed one stays to look into"
+        );
+    }
+
+    #[test]
+    fn keep_counts_good_releases_newest_first() {
+        let ids = ids(6);
+        let history: Vec<_> = ids
+            .iter()
+            .map(|id| revision(id, RevisionOutcome::Success))
+            .collect();
+        let protected = BTreeSet::from(["r5".to_string(), "r4".to_string()]);
+        assert_eq!(
+            releases_to_prune(&ids, &history, &protected, 3),
+            ["r0", "r1", "r2"]
+        );
+        // A protected old release (the rollback target) is kept beyond `keep`.
+        let protected = BTreeSet::from(["r5".to_string(), "r0".to_string()]);
+        assert_eq!(
+            releases_to_prune(&ids, &history, &protected, 2),
+            ["r1", "r2", "r3"]
+        );
+    }
 }

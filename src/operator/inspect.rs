@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::operator::config::{HostSpec, Project};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::{MASK, Reporter, StepStatus};
+use crate::protocol::digest::short;
 use crate::protocol::status::ServiceState;
 use crate::protocol::{HostStatus, ReleaseInfo, Request, Response};
 
@@ -207,25 +208,29 @@ pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -
     struct HostReleases {
         host: String,
         releases: Vec<ReleaseInfo>,
+        foreign: Vec<String>,
         error: Option<String>,
     }
     let mut rows = Vec::new();
     let mut text = String::new();
     for (host, answer) in query_all(&fleet, &stage.hosts, Request::Releases) {
         let row = match answer {
-            Ok(Response::Releases { releases }) => HostReleases {
+            Ok(Response::Releases { releases, foreign }) => HostReleases {
                 host,
                 releases,
+                foreign,
                 error: None,
             },
             Ok(other) => HostReleases {
                 host,
                 releases: vec![],
+                foreign: vec![],
                 error: Some(format!("{other:?}")),
             },
             Err(e) => HostReleases {
                 host,
                 releases: vec![],
+                foreign: vec![],
                 error: Some(e),
             },
         };
@@ -235,13 +240,19 @@ pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -
         }
         for r in row.releases.iter().rev() {
             text.push_str(&format!(
-                "  {} {:<20} {:<12} {:<8} {} {}\n",
+                "  {} {:<20} {:<12} {:<12} {:<8} {} {}\n",
                 if r.current { "*" } else { " " },
                 r.id,
                 r.version,
+                short(&r.artifact_sha256),
                 r.outcome.as_ref().map_or("-", |o| o.as_str()),
                 r.deployed_at,
                 r.deployer
+            ));
+        }
+        for name in &row.foreign {
+            text.push_str(&format!(
+                "    {name:<20} (foreign: not made by shipjar; left alone, not counted toward keep)\n"
             ));
         }
         rows.push(row);

@@ -230,8 +230,11 @@ pub enum Response {
     Status(Box<HostStatus>),
     /// Answer to `releases`.
     Releases {
-        /// Oldest first.
+        /// shipjar's releases, oldest first.
         releases: Vec<ReleaseInfo>,
+        /// Directories in `releases/` that shipjar did not make (left alone).
+        #[serde(default)]
+        foreign: Vec<String>,
     },
     /// The request failed; nothing after it in the session is applied.
     Error(AgentError),
@@ -435,6 +438,7 @@ mod tests {
         };
         round_trip(Response::Releases {
             releases: vec![release.clone()],
+            foreign: vec!["20261129234751".into()],
         });
         round_trip(Response::Finished { pruned: vec![] });
         round_trip(Response::Stored { bytes: 3 });
