@@ -15,7 +15,7 @@ use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::Reporter;
 use crate::operator::render;
 use crate::operator::ssh;
-use crate::protocol::digest::sha256_file;
+use crate::protocol::digest::sha256_hex;
 use crate::protocol::{ProvisionSpec, Request, ResourceResult, ResourceStatus, Response};
 
 /// Installs `$1` from stdin, only if what arrived has the sha256 `$2`: a cut
@@ -63,8 +63,10 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
         None => std::env::current_exe()
             .map_err(|e| Error::failed(format!("cannot find the shipjar binary: {e}")))?,
     };
-    let our_sha = sha256_file(&exe)
-        .map_err(|e| Error::failed(format!("cannot hash {}: {e}", exe.display())))?;
+    // Read once: the bytes sent are the bytes hashed, even if the file changes meanwhile.
+    let binary = std::fs::read(&exe)
+        .map_err(|e| Error::failed(format!("cannot read {}: {e}", exe.display())))?;
+    let our_sha = sha256_hex(&binary);
     let user = project
         .config
         .service
@@ -83,9 +85,9 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
         .collect();
     fleet::each(&mut rows, fleet.parallel, |(host, host_spec, resources)| {
         if *host_spec != HostSpec::Local {
-            let binary = install_agent(&fleet, host_spec, &exe, &our_sha, args.dry_run);
-            let failed = binary.status == ResourceStatus::Failed;
-            resources.push(binary);
+            let agent = install_agent(&fleet, host_spec, &binary, &our_sha, args.dry_run);
+            let failed = agent.status == ResourceStatus::Failed;
+            resources.push(agent);
             if failed {
                 return;
             }
@@ -190,7 +192,7 @@ fn failed_resource(resource: &str, detail: String) -> ResourceResult {
 fn install_agent(
     fleet: &Fleet,
     spec: &HostSpec,
-    exe: &std::path::Path,
+    binary: &[u8],
     our_sha: &str,
     dry_run: bool,
 ) -> ResourceResult {
@@ -230,11 +232,7 @@ fn install_agent(
             diff: None,
         };
     }
-    let binary = match std::fs::read(exe) {
-        Ok(b) => b,
-        Err(e) => return failed_resource(&resource, format!("cannot read {}: {e}", exe.display())),
-    };
-    if let Err(e) = remote(fleet, spec, INSTALL_SCRIPT, &[our_sha], Some(&binary)) {
+    if let Err(e) = remote(fleet, spec, INSTALL_SCRIPT, &[our_sha], Some(binary)) {
         return failed_resource(&resource, e);
     }
     match remote(fleet, spec, SHA_SCRIPT, &[], None) {
