@@ -42,7 +42,7 @@ pub fn provision(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
         return results;
     }
     // Who owns what the service may write; on a non-root `local` stage, the invoking user.
-    let (uid, gid) = if root_user {
+    let service = if root_user {
         let group = ensure_group(&spec.user, spec.dry_run, &mut results);
         let user = ensure_user(
             &spec.user,
@@ -52,28 +52,28 @@ pub fn provision(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
             &mut results,
         );
         match (user, group) {
-            (Some(u), Some(g)) => (u, g),
+            (Some(u), Some(g)) => Owner::new(&spec.user, u, &spec.user, g),
             _ => return results,
         }
     } else {
-        (
+        Owner::of_ids(
             nix::unistd::Uid::current().as_raw(),
             nix::unistd::Gid::current().as_raw(),
         )
     };
-    let me = (
+    let me = Owner::of_ids(
         nix::unistd::Uid::effective().as_raw(),
         nix::unistd::Gid::effective().as_raw(),
     );
     // The release tree belongs to root (the service cannot change its own code);
     // logs and shared state belong to the service.
-    let dirs: Vec<(PathBuf, (u32, u32), u32)> = vec![
-        (layout.lib_dir(), me, 0o755),
-        (layout.artifacts_dir(), me, 0o755),
-        (layout.releases_dir(), me, 0o755),
-        (layout.shared_dir(), (uid, gid), 0o750),
-        (layout.log_dir(), (uid, gid), 0o750),
-        (layout.run_dir(), me, 0o755),
+    let dirs: Vec<(PathBuf, &Owner, u32)> = vec![
+        (layout.lib_dir(), &me, 0o755),
+        (layout.artifacts_dir(), &me, 0o755),
+        (layout.releases_dir(), &me, 0o755),
+        (layout.shared_dir(), &service, 0o750),
+        (layout.log_dir(), &service, 0o750),
+        (layout.run_dir(), &me, 0o755),
     ];
     for (path, owner, mode) in dirs {
         results.push(ensure_dir(&path, owner, mode, spec.dry_run));
@@ -188,7 +188,12 @@ fn command_resource(resource: &str, command: &mut Command) -> ResourceResult {
     }
 }
 
-fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) -> Option<u32> {
+/// The group's gid: `Some(None)` when a dry run would create it, `None` on failure.
+fn ensure_group(
+    name: &str,
+    dry_run: bool,
+    results: &mut Vec<ResourceResult>,
+) -> Option<Option<u32>> {
     let resource = format!("group {name}");
     match nix::unistd::Group::from_name(name) {
         Ok(Some(g)) => {
@@ -198,7 +203,7 @@ fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) ->
                 format!("gid {}", g.gid),
                 None,
             ));
-            Some(g.gid.as_raw())
+            Some(Some(g.gid.as_raw()))
         }
         Ok(None) if dry_run => {
             results.push(result(
@@ -207,7 +212,7 @@ fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) ->
                 "would create a system group",
                 None,
             ));
-            Some(u32::MAX)
+            Some(None)
         }
         Ok(None) => {
             if let Err(e) = run(Command::new("groupadd").args(["--system", "--", name])) {
@@ -222,7 +227,7 @@ fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) ->
                         format!("created, gid {}", g.gid),
                         None,
                     ));
-                    Some(g.gid.as_raw())
+                    Some(Some(g.gid.as_raw()))
                 }
                 _ => {
                     results.push(result(
@@ -247,20 +252,21 @@ fn ensure_group(name: &str, dry_run: bool, results: &mut Vec<ResourceResult>) ->
     }
 }
 
+/// The user's uid: `Some(None)` when a dry run would create it, `None` on failure.
 fn ensure_user(
     name: &str,
-    gid: Option<u32>,
+    gid: Option<Option<u32>>,
     home: &Path,
     dry_run: bool,
     results: &mut Vec<ResourceResult>,
-) -> Option<u32> {
+) -> Option<Option<u32>> {
     let resource = format!("user {name}");
     let gid = gid?;
     match nix::unistd::User::from_name(name) {
         Ok(Some(u)) => {
             let detail = format!("uid {}, shell {}", u.uid, u.shell.display());
             results.push(result(resource, ResourceStatus::Ok, detail, None));
-            Some(u.uid.as_raw())
+            Some(Some(u.uid.as_raw()))
         }
         Ok(None) if dry_run => {
             results.push(result(
@@ -269,12 +275,12 @@ fn ensure_user(
                 "would create a system user without a login shell",
                 None,
             ));
-            Some(u32::MAX)
+            Some(None)
         }
         Ok(None) => {
             let created = run(Command::new("useradd")
                 .args(["--system", "--gid"])
-                .arg(gid.to_string())
+                .arg(gid.map_or_else(|| name.to_string(), |g| g.to_string()))
                 .arg("--home-dir")
                 .arg(home)
                 .args([
@@ -296,7 +302,7 @@ fn ensure_user(
                         format!("created, uid {}", u.uid),
                         None,
                     ));
-                    Some(u.uid.as_raw())
+                    Some(Some(u.uid.as_raw()))
                 }
                 _ => {
                     results.push(result(
@@ -321,14 +327,60 @@ fn ensure_user(
     }
 }
 
-fn ensure_dir(path: &Path, (uid, gid): (u32, u32), mode: u32, dry_run: bool) -> ResourceResult {
+/// Who should own a directory: ids when they exist (a dry run on a fresh
+/// host has names only), names for people.
+struct Owner {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    shown: String,
+}
+
+impl Owner {
+    fn new(user: &str, uid: Option<u32>, group: &str, gid: Option<u32>) -> Owner {
+        Owner {
+            uid,
+            gid,
+            shown: format!("{user}:{group}"),
+        }
+    }
+
+    fn of_ids(uid: u32, gid: u32) -> Owner {
+        Owner {
+            uid: Some(uid),
+            gid: Some(gid),
+            shown: owner_names(uid, gid),
+        }
+    }
+}
+
+/// `user:group` for ids, numbers where no name exists.
+fn owner_names(uid: u32, gid: u32) -> String {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name);
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map_or_else(|| gid.to_string(), |g| g.name);
+    format!("{user}:{group}")
+}
+
+fn ensure_dir(path: &Path, owner: &Owner, mode: u32, dry_run: bool) -> ResourceResult {
     let resource = format!("directory {}", path.display());
-    let want = format!("{uid}:{gid} {mode:04o}");
+    let want = format!("{} {mode:04o}", owner.shown);
     let meta = fs::metadata(path).ok();
-    let have = meta
-        .as_ref()
-        .map(|m| format!("{}:{} {:04o}", m.uid(), m.gid(), m.mode() & 0o7777));
-    if have.as_deref() == Some(want.as_str()) {
+    let have = meta.as_ref().map(|m| {
+        format!(
+            "{} {:04o}",
+            owner_names(m.uid(), m.gid()),
+            m.mode() & 0o7777
+        )
+    });
+    let same = meta.as_ref().is_some_and(|m| {
+        Some(m.uid()) == owner.uid && Some(m.gid()) == owner.gid && m.mode() & 0o7777 == mode
+    });
+    if same {
         return result(resource, ResourceStatus::Ok, want, None);
     }
     let change = match &have {
@@ -347,8 +399,8 @@ fn ensure_dir(path: &Path, (uid, gid): (u32, u32), mode: u32, dry_run: bool) -> 
             if nix::unistd::Uid::effective().is_root() {
                 nix::unistd::chown(
                     path,
-                    Some(nix::unistd::Uid::from_raw(uid)),
-                    Some(nix::unistd::Gid::from_raw(gid)),
+                    owner.uid.map(nix::unistd::Uid::from_raw),
+                    owner.gid.map(nix::unistd::Gid::from_raw),
                 )
                 .map_err(|e| e.to_string())
             } else {
@@ -459,22 +511,32 @@ mod tests {
     fn directories_get_their_mode_and_a_second_run_is_ok() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("var/log/svc");
-        let me = (
+        let me = Owner::of_ids(
             nix::unistd::Uid::effective().as_raw(),
             nix::unistd::Gid::effective().as_raw(),
         );
         assert_eq!(
-            ensure_dir(&path, me, 0o750, true).status,
+            ensure_dir(&path, &me, 0o750, true).status,
             ResourceStatus::WouldChange
         );
         assert!(!path.exists());
         assert_eq!(
-            ensure_dir(&path, me, 0o750, false).status,
+            ensure_dir(&path, &me, 0o750, false).status,
             ResourceStatus::Changed
         );
         assert_eq!(
-            ensure_dir(&path, me, 0o750, false).status,
+            ensure_dir(&path, &me, 0o750, false).status,
             ResourceStatus::Ok
         );
+    }
+
+    #[test]
+    fn a_dry_run_names_the_owner_a_fresh_host_would_get() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("var/log/svc");
+        let owner = Owner::new("svc", None, "svc", None);
+        let planned = ensure_dir(&path, &owner, 0o750, true);
+        assert_eq!(planned.status, ResourceStatus::WouldChange);
+        assert_eq!(planned.detail, "create svc:svc 0750");
     }
 }

@@ -15,6 +15,7 @@ use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::Reporter;
 use crate::operator::render;
 use crate::operator::ssh;
+use crate::operator::transport::AgentSession;
 use crate::protocol::digest::sha256_hex;
 use crate::protocol::{ProvisionSpec, Request, ResourceResult, ResourceStatus, Response};
 
@@ -38,6 +39,32 @@ sync -- "$t"
 mv -f -- "$t" "$1"
 trap - EXIT
 sync -- "$d""#;
+
+/// Puts a copy of this binary (sha256 `$2`) in a new temporary directory and
+/// prints its path: a dry run on a host without the right agent asks that
+/// copy, so it can show every change without installing anything.
+const TEMP_AGENT_SCRIPT: &str = r#"set -eu
+d=$(mktemp -d "${TMPDIR:-/tmp}/shipjar-dry-run.XXXXXX")
+trap 'rm -rf -- "$d"' EXIT
+t="$d/shipjar"
+cat > "$t"
+got=$(sha256sum -- "$t")
+got=${got%% *}
+if [ "$got" != "$2" ]; then
+    echo "the binary arrived incomplete or damaged (sha256 $got, expected $2)" >&2
+    exit 1
+fi
+chmod 0755 "$t"
+trap - EXIT
+printf '%s\n' "$t""#;
+
+/// Removes a temporary agent made by [`TEMP_AGENT_SCRIPT`] (its path is `$2`),
+/// and nothing else.
+const REMOVE_TEMP_AGENT_SCRIPT: &str = r#"set -eu
+case "$2" in
+"${TMPDIR:-/tmp}"/shipjar-dry-run.*/shipjar) rm -rf -- "$(dirname -- "$2")" ;;
+*) echo "refusing to remove $2" >&2; exit 1 ;;
+esac"#;
 
 /// Prints the installed binary's sha256, or nothing.
 const SHA_SCRIPT: &str = r#"if [ -f "$1" ]; then sha256sum -- "$1"; fi"#;
@@ -96,13 +123,10 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
                     .iter()
                     .any(|r| r.status == ResourceStatus::WouldChange)
             {
-                // The agent is missing or old: it cannot be asked about the rest yet.
-                resources.push(ResourceResult {
-                    resource: "service user, directories, init".into(),
-                    status: ResourceStatus::WouldChange,
-                    detail: "checked once the agent is installed".into(),
-                    diff: None,
-                });
+                // The agent is missing or old: ask a temporary copy of this one.
+                let answer =
+                    dry_run_with_temp_agent(&fleet, host, host_spec, &binary, &our_sha, &spec);
+                record_answer(answer, resources);
                 return;
             }
         }
@@ -111,15 +135,7 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
             let _ = session.close();
             r
         });
-        match answer {
-            Ok(Response::Provisioned { resources: r }) => resources.extend(r),
-            Ok(Response::Error(e)) => resources.push(failed_resource("agent", e.message)),
-            Ok(other) => resources.push(failed_resource(
-                "agent",
-                format!("unexpected answer: {other:?}"),
-            )),
-            Err(e) => resources.push(failed_resource("agent", e.message)),
-        }
+        record_answer(answer, resources);
     });
     let mut text = String::new();
     let mut hosts = Vec::new();
@@ -185,6 +201,53 @@ fn failed_resource(resource: &str, detail: String) -> ResourceResult {
         status: ResourceStatus::Failed,
         detail,
         diff: None,
+    }
+}
+
+/// Adds an agent's provisioning answer (or why there is none) to `resources`.
+fn record_answer(answer: Result<Response>, resources: &mut Vec<ResourceResult>) {
+    match answer {
+        Ok(Response::Provisioned { resources: r }) => resources.extend(r),
+        Ok(Response::Error(e)) => resources.push(failed_resource("agent", e.message)),
+        Ok(other) => resources.push(failed_resource(
+            "agent",
+            format!("unexpected answer: {other:?}"),
+        )),
+        Err(e) => resources.push(failed_resource("agent", e.message)),
+    }
+}
+
+/// A dry run through a temporary copy of this binary on the host, removed afterwards.
+fn dry_run_with_temp_agent(
+    fleet: &Fleet,
+    host: &str,
+    spec: &HostSpec,
+    binary: &[u8],
+    sha: &str,
+    provision: &ProvisionSpec,
+) -> Result<Response> {
+    let path = remote(fleet, spec, TEMP_AGENT_SCRIPT, &[sha], Some(binary))
+        .map_err(|e| Error::failed(format!("cannot place a temporary agent: {e}")))?;
+    let path = path.trim().to_string();
+    let mut reach = fleet.reach.clone();
+    reach.agent_path = path.clone();
+    fleet.pace();
+    let answer = AgentSession::open(host, spec, &reach, &fleet.service).and_then(|mut session| {
+        let r = session.call(
+            Request::Provision {
+                spec: provision.clone(),
+            },
+            &mut |_, _| {},
+        );
+        let _ = session.close();
+        r
+    });
+    let removed = remote(fleet, spec, REMOVE_TEMP_AGENT_SCRIPT, &[&path], None);
+    match (answer, removed) {
+        (answer, Ok(_)) => answer,
+        (Ok(_), Err(e)) | (Err(_), Err(e)) => Err(Error::failed(format!(
+            "the temporary agent {path} could not be removed: {e}"
+        ))),
     }
 }
 
