@@ -1,0 +1,352 @@
+//! Hosts that boot Debian's systemd as PID 1 (tests/support/systemd_host.rs)
+//! and shipjar's systemd path on them: the unit provision installs, and a
+//! deploy whose service the unit runs. One fleet per test binary, booted by
+//! the first test and torn down when the binary exits; each test has a host
+//! of its own. Root only (`./run-tests` as root includes them).
+
+mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
+#[path = "support/systemd_host.rs"]
+mod systemd_host;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use common::{hello_jar, shipjar_bin, text};
+use systemd_host::{Stopped, SystemState, SystemdFleet, require_root};
+
+/// One host per test.
+const HOSTS: usize = 4;
+const BOOT_HOST: &str = "app1";
+const REBOOT_HOST: &str = "app2";
+const PROVISION_HOST: &str = "app3";
+const DEPLOY_HOST: &str = "app4";
+
+fn fleet() -> Arc<SystemdFleet> {
+    systemd_host::shared(HOSTS)
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs a command over SSH that must succeed; its trimmed stdout.
+fn ssh_ok(f: &SystemdFleet, host: &str, command: &str) -> String {
+    let out = f.ssh(host, command);
+    assert!(
+        out.status.success(),
+        "ssh {host} {command:?}: {}\n{}",
+        text(&out),
+        f.diagnostics(host)
+    );
+    stdout(&out)
+}
+
+/// Asserts the host booted to `running`, naming the failed units otherwise.
+fn assert_running(f: &SystemdFleet, host: &str) {
+    let state = f.state(host);
+    assert_eq!(
+        state,
+        Some(SystemState::Running),
+        "{host} did not boot cleanly: {state:?}\n{}",
+        f.diagnostics(host)
+    );
+}
+
+/// Prints what the host costs, for the record.
+fn report(f: &SystemdFleet, host: &str) {
+    eprintln!(
+        "{host}: booted in {} ms, PSS of its processes {} KiB",
+        f.boot_time(host).map_or(0, |d| d.as_millis()),
+        f.pss_kib(host)
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn systemd_host_boots_and_answers_ssh_with_strict_host_keys() {
+    if !require_root() {
+        return;
+    }
+    let f = fleet();
+    let host = BOOT_HOST;
+    assert_running(f.as_ref(), host);
+    report(f.as_ref(), host);
+
+    // Through the real ssh client, checking the host key.
+    let seen = ssh_ok(
+        &f,
+        host,
+        "cat /proc/1/comm; hostname; systemctl is-system-running; \
+         systemd-detect-virt --container; tr '\\0' '\\n' </proc/1/environ | grep '^container='; \
+         systemctl show -p ActiveState --value ssh.service",
+    );
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        [
+            "systemd",
+            host,
+            "running",
+            "container-other",
+            "container=shipjar-test",
+            "active"
+        ],
+        "{seen}"
+    );
+    // A client that does not know the key is refused, not asked.
+    let stranger = Command::new("ssh")
+        .arg("-F")
+        .arg(f.ssh_config())
+        .args(["-o", "UserKnownHostsFile=/dev/null", host, "true"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh");
+    assert!(!stranger.status.success(), "{}", text(&stranger));
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("Host key verification failed"),
+        "{}",
+        text(&stranger)
+    );
+
+    // Its /tmp, /run and /dev are its own: markers do not cross, either way.
+    let tag = format!("shipjar-systemd-{}", std::process::id());
+    let machine_tmp = Path::new("/tmp").join(format!("{tag}-machine"));
+    let machine_run = Path::new("/run").join(format!("{tag}-machine"));
+    fs::write(&machine_tmp, "machine").expect("write machine /tmp marker");
+    fs::write(&machine_run, "machine").expect("write machine /run marker");
+    let check = format!(
+        "for f in /tmp/{tag}-machine /run/{tag}-machine; do test -e $f && echo \"sees $f\"; done; \
+         echo host >/tmp/{tag}-host; echo host >/run/{tag}-host; \
+         test -e /dev/vda && echo 'sees /dev/vda'; test -e /dev/tty1 && echo 'sees /dev/tty1'; \
+         findmnt -n -o FSTYPE /tmp; findmnt -n -o FSTYPE /run; findmnt -n -o FSTYPE /dev"
+    );
+    let seen = f.ssh(host, &check);
+    let _ = fs::remove_file(&machine_tmp);
+    let _ = fs::remove_file(&machine_run);
+    assert_eq!(stdout(&seen), "tmpfs\ntmpfs\ntmpfs", "{}", text(&seen));
+    for leaked in [format!("/tmp/{tag}-host"), format!("/run/{tag}-host")] {
+        assert!(
+            !Path::new(&leaked).exists(),
+            "the host's {leaked} is the machine's"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn systemd_host_reboot_keeps_disk_state_and_starts_with_empty_run_and_tmp() {
+    if !require_root() {
+        return;
+    }
+    let f = fleet();
+    let host = REBOOT_HOST;
+    assert_running(f.as_ref(), host);
+    let before = f.init(host).expect("PID 1 runs");
+    ssh_ok(
+        &f,
+        host,
+        "mkdir -p /var/lib/reboot-test && echo kept >/var/lib/reboot-test/marker && \
+         echo kept >/etc/reboot-test-marker && echo gone >/tmp/marker && \
+         echo gone >/run/marker && echo gone >/var/tmp/marker",
+    );
+
+    let stopped = f.reboot(host);
+    eprintln!(
+        "{host}: stopped {stopped:?}, booted again in {} ms",
+        f.boot_time(host).map_or(0, |d| d.as_millis())
+    );
+    assert!(
+        matches!(stopped, Stopped::PoweredOff(_)),
+        "systemctl poweroff did not end the host: {stopped:?}"
+    );
+    assert_running(f.as_ref(), host);
+    let after = f.init(host).expect("PID 1 runs again");
+    assert_ne!(before, after, "the same PID 1 still runs");
+
+    // Same host key: strict checking still lets the client in.
+    let seen = ssh_ok(
+        &f,
+        host,
+        "cat /var/lib/reboot-test/marker /etc/reboot-test-marker; \
+         for f in /tmp/marker /run/marker /var/tmp/marker; do test -e $f && echo \"kept $f\"; done; \
+         systemctl is-system-running",
+    );
+    assert_eq!(seen, "kept\nkept\nrunning", "{seen}");
+}
+
+/// A hello project whose stage `systemd` is one systemd host.
+struct SystemdProject {
+    dir: tempfile::TempDir,
+    secret: String,
+}
+
+impl SystemdProject {
+    fn new(f: &SystemdFleet, host: &str) -> SystemdProject {
+        let dir = tempfile::Builder::new()
+            .prefix("shipjar-systemd-")
+            .tempdir()
+            .expect("tempdir");
+        common::write_fleet_project(
+            dir.path(),
+            "systemd",
+            &[host.to_string()],
+            f.ssh_config(),
+            "",
+            |c| {
+                c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
+                    .replace("timeout = \"15s\"", "timeout = \"5s\"")
+            },
+        );
+        SystemdProject {
+            dir,
+            secret: common::unique_secret(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(shipjar_bin())
+            .arg("-C")
+            .arg(self.dir.path())
+            .args(args)
+            .env("HELLO_DB_PASSWORD", &self.secret)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run shipjar")
+    }
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Statuses of the resources a `--json provision` reports.
+fn resource_statuses(out: &Output) -> Vec<(String, String)> {
+    last_json(out)["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|h| h["resources"].as_array().cloned().unwrap_or_default())
+        .map(|r| {
+            (
+                r["resource"].as_str().unwrap_or_default().to_string(),
+                r["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn systemd_provision_installs_and_enables_the_unit() {
+    if !require_root() {
+        return;
+    }
+    let f = fleet();
+    let host = PROVISION_HOST;
+    assert_running(f.as_ref(), host);
+    let p = SystemdProject::new(&f, host);
+
+    let first = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert!(!text(&first).contains(&p.secret));
+    let statuses = resource_statuses(&first);
+    assert!(
+        statuses.iter().all(|(_, s)| s != "failed")
+            && statuses
+                .iter()
+                .any(|(r, s)| r == "enabled hello.service" && s == "changed"),
+        "{statuses:?}"
+    );
+    // The unit, not the init script: this host runs systemd.
+    let seen = ssh_ok(
+        &f,
+        host,
+        "systemctl is-enabled hello.service; test -e /etc/init.d/hello && echo 'init script'; \
+         systemd-analyze verify /etc/systemd/system/hello.service 2>&1; \
+         systemctl show -p LoadState,UnitFileState,FragmentPath hello.service",
+    );
+    let mut lines: Vec<&str> = seen.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            "FragmentPath=/etc/systemd/system/hello.service",
+            "LoadState=loaded",
+            "UnitFileState=enabled",
+            "enabled",
+        ],
+        "{seen}"
+    );
+
+    let second = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let statuses = resource_statuses(&second);
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|(_, s)| s == "ok"),
+        "second provision changed something: {statuses:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn systemd_deploy_runs_the_service_under_its_unit() {
+    if !require_root() {
+        return;
+    }
+    let f = fleet();
+    let host = DEPLOY_HOST;
+    assert_running(f.as_ref(), host);
+    let p = SystemdProject::new(&f, host);
+    let provision = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let deploy = p.run(&[
+        "--json",
+        "deploy",
+        "systemd",
+        "--artifact",
+        &jar,
+        "--version",
+        "1.0.0",
+    ]);
+    assert_eq!(
+        deploy.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&deploy),
+        f.diagnostics(host)
+    );
+    let shown = ssh_ok(
+        &f,
+        host,
+        "systemctl show -p ActiveState,SubState,MainPID hello.service; \
+         cat /run/hello/hello.pid 2>/dev/null | head -n 1",
+    );
+    let field = |name: &str| {
+        shown
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        (field("ActiveState"), field("SubState")),
+        ("active".to_string(), "running".to_string()),
+        "{shown}"
+    );
+    let main_pid = field("MainPID");
+    let comm = ssh_ok(&f, host, &format!("tr '\\0' ' ' </proc/{main_pid}/cmdline"));
+    assert!(
+        comm.starts_with("/usr/local/bin/shipjar service run hello"),
+        "MainPID {main_pid} is not the supervisor: {comm:?}\n{shown}"
+    );
+    report(f.as_ref(), host);
+}
