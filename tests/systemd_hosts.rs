@@ -19,11 +19,14 @@ use common::{hello_jar, shipjar_bin, text};
 use systemd_host::{Stopped, SystemState, SystemdFleet, require_root};
 
 /// One host per test.
-const HOSTS: usize = 4;
+const HOSTS: usize = 5;
 const BOOT_HOST: &str = "app1";
 const REBOOT_HOST: &str = "app2";
 const PROVISION_HOST: &str = "app3";
 const DEPLOY_HOST: &str = "app4";
+const REPROVISION_HOST: &str = "app5";
+/// The hello service's port (the example's), inside each host's own network.
+const PORT: u16 = 18080;
 
 fn fleet() -> Arc<SystemdFleet> {
     systemd_host::shared(HOSTS)
@@ -196,7 +199,9 @@ impl SystemdProject {
             f.ssh_config(),
             "",
             |c| {
-                c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
+                // Reachable from the test (outside the host) on the host's address.
+                c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
+                    .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
                     .replace("timeout = \"15s\"", "timeout = \"5s\"")
             },
         );
@@ -324,11 +329,25 @@ fn systemd_deploy_runs_the_service_under_its_unit() {
         text(&deploy),
         f.diagnostics(host)
     );
+    assert_supervised_by_unit(&f, host);
+    assert_eq!(served(&f.ip(host)).as_deref(), Some("1.0.0"));
+    report(f.as_ref(), host);
+
+    // The unit is enabled: systemd starts the service again at boot.
+    let stopped = f.reboot(host);
+    assert!(matches!(stopped, Stopped::PoweredOff(_)), "{stopped:?}");
+    assert_running(f.as_ref(), host);
+    assert_supervised_by_unit(&f, host);
+    assert_eq!(served(&f.ip(host)).as_deref(), Some("1.0.0"));
+}
+
+/// `systemctl show` says hello.service runs, and its main process is
+/// shipjar's supervisor (`shipjar service run hello`).
+fn assert_supervised_by_unit(f: &SystemdFleet, host: &str) {
     let shown = ssh_ok(
-        &f,
+        f,
         host,
-        "systemctl show -p ActiveState,SubState,MainPID hello.service; \
-         cat /run/hello/hello.pid 2>/dev/null | head -n 1",
+        "systemctl show -p ActiveState,SubState,MainPID hello.service",
     );
     let field = |name: &str| {
         shown
@@ -340,13 +359,95 @@ fn systemd_deploy_runs_the_service_under_its_unit() {
     assert_eq!(
         (field("ActiveState"), field("SubState")),
         ("active".to_string(), "running".to_string()),
-        "{shown}"
+        "{shown}\n{}",
+        f.diagnostics(host)
     );
     let main_pid = field("MainPID");
-    let comm = ssh_ok(&f, host, &format!("tr '\\0' ' ' </proc/{main_pid}/cmdline"));
+    let cmdline = ssh_ok(f, host, &format!("tr '\\0' ' ' </proc/{main_pid}/cmdline"));
     assert!(
-        comm.starts_with("/usr/local/bin/shipjar service run hello"),
-        "MainPID {main_pid} is not the supervisor: {comm:?}\n{shown}"
+        cmdline.starts_with("/usr/local/bin/shipjar service run hello"),
+        "MainPID {main_pid} is not the supervisor: {cmdline:?}\n{shown}"
     );
-    report(f.as_ref(), host);
+}
+
+/// The version the service reports over HTTP, asked from outside the host.
+fn served(ip: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:{PORT}").parse().ok()?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(stream, "GET /version HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    value["version"].as_str().map(str::to_string)
+}
+
+/// Provisioning again after a deploy must change nothing, and must not take
+/// from the running supervisor what it writes.
+#[test]
+#[ignore = "shipjar bug, needs root: provision and the unit fight over directories. After a \
+            deploy, provision changes /run/hello hello:hello -> root:root (the unit's \
+            RuntimeDirectory gives it to hello), /var/log/hello and /var/lib/hello/shared \
+            0755 -> 0750 (the unit's ExecStartPre runs install -d -m 0755), and rewrites the \
+            unit (provision before the first deploy renders default timeouts, 100000ms/40000ms; \
+            deploy never re-renders it). The running supervisor then logs `cannot write \
+            /run/hello/supervisor.json: Permission denied` until its next restart"]
+fn systemd_provision_after_a_deploy_changes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let f = fleet();
+    let host = REPROVISION_HOST;
+    assert_running(f.as_ref(), host);
+    let p = SystemdProject::new(&f, host);
+    let provision = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let deploy = p.run(&[
+        "deploy",
+        "systemd",
+        "--artifact",
+        &jar,
+        "--version",
+        "1.0.0",
+    ]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+
+    let again = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let changed: Vec<(String, String)> = resource_statuses(&again)
+        .into_iter()
+        .filter(|(_, s)| s != "ok")
+        .collect();
+    let dirs = ssh_ok(
+        &f,
+        host,
+        "stat -c '%n %U:%G %a' /var/log/hello /var/lib/hello/shared /run/hello",
+    );
+    assert!(
+        changed.is_empty(),
+        "provision after a deploy changed: {changed:?}\n{dirs}"
+    );
+    // The supervisor still owns its state: a restart through the unit
+    // stops it without complaints.
+    let restart = p.run(&[
+        "deploy",
+        "systemd",
+        "--artifact",
+        &jar,
+        "--version",
+        "1.0.1",
+    ]);
+    assert_eq!(restart.status.code(), Some(0), "{}", text(&restart));
+    let complaints = ssh_ok(
+        &f,
+        host,
+        "journalctl -b -u hello.service --no-pager | grep -c 'Permission denied' || true",
+    );
+    assert_eq!(complaints, "0", "the supervisor lost its run directory");
 }
