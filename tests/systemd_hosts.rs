@@ -451,3 +451,47 @@ fn systemd_provision_after_a_deploy_changes_nothing() {
     );
     assert_eq!(complaints, "0", "the supervisor lost its run directory");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn systemd_host_teardown_kills_a_host_that_ignores_poweroff_and_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    // A fleet of its own: this test ends it.
+    let f = SystemdFleet::new(1);
+    let host = "app1";
+    assert_running(&f, host);
+    let init = f.init(host).expect("PID 1 runs");
+    let (netns, cgroup) = (
+        f.fleet().netns(host).to_string(),
+        f.cgroup(host).to_string(),
+    );
+    let dir = f.fleet().dir().to_path_buf();
+    // poweroff.target masked: `systemctl poweroff` is refused, the host runs on.
+    ssh_ok(&f, host, "systemctl mask --quiet poweroff.target");
+    let started = std::time::Instant::now();
+    assert_eq!(f.power_off(host), Stopped::Killed);
+    eprintln!("{host}: killed after {} ms", started.elapsed().as_millis());
+    assert!(!init.alive(), "PID 1 {} survived", init.pid);
+    drop(f);
+
+    for root in systemd_host::hierarchies() {
+        assert!(
+            !root.join(&cgroup).exists(),
+            "cgroup {cgroup} left in {}",
+            root.display()
+        );
+    }
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "netns {netns} left"
+    );
+    assert!(!dir.exists(), "{} left", dir.display());
+    let mounts = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    let dir = dir.to_string_lossy();
+    assert!(
+        !mounts.contains(dir.as_ref()),
+        "mounts of the host left on the machine:\n{mounts}"
+    );
+}

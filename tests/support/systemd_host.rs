@@ -77,7 +77,7 @@ const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 /// How long a host may take from start to `running` and sshd answering.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long `systemctl poweroff` may take before PID 1 is killed.
-pub const POWEROFF_GRACE: Duration = Duration::from_secs(10);
+pub const POWEROFF_GRACE: Duration = Duration::from_secs(5);
 /// The machine's enabled units that the hosts keep: their sshd.
 const KEPT: [&str; 2] = ["ssh.service", "sshd.service"];
 /// Masked in every host besides the machine's enabled units: what would
@@ -384,6 +384,18 @@ impl SystemdFleet {
         stopped
     }
 
+    /// Stops the host ([`Stopped`] says how) and removes its cgroups; it
+    /// stays stopped. Panics if its PID 1 survives.
+    pub fn power_off(&self, host: &str) -> Stopped {
+        self.stop(self.host(host))
+            .unwrap_or_else(|e| panic!("stopping {host}: {e}"))
+    }
+
+    /// The host's cgroup, as a directory name under each hierarchy's root.
+    pub fn cgroup(&self, host: &str) -> &str {
+        &self.host(host).cgroup
+    }
+
     /// Proportional set size of every process of the host (its PID
     /// namespace), in KiB: what booting it costs the machine.
     pub fn pss_kib(&self, host: &str) -> u64 {
@@ -579,6 +591,8 @@ impl SystemdFleet {
     fn stop(&self, h: &SdHost) -> Result<Stopped, String> {
         let taken = h.boot.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(mut boot) = taken else {
+            // A launch that failed before PID 1 appeared may have made it.
+            remove_cgroup(&h.cgroup)?;
             return Ok(Stopped::NotRunning);
         };
         let started = Instant::now();
@@ -844,7 +858,7 @@ fn child_of_unshare(pid: i32) -> Option<i32> {
 
 /// The roots of the machine's hierarchies that hosts get a cgroup in (the
 /// same choice as systemd-host.sh makes).
-fn hierarchies() -> Vec<PathBuf> {
+pub fn hierarchies() -> Vec<PathBuf> {
     let is_cgroup2 = |p: &str| {
         nix::sys::statfs::statfs(p)
             .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
