@@ -76,8 +76,8 @@ fn systemd_host_boots_and_answers_ssh_with_strict_host_keys() {
     }
     let f = fleet();
     let host = BOOT_HOST;
-    assert_running(f.as_ref(), host);
-    report(f.as_ref(), host);
+    assert_running(&f, host);
+    report(&f, host);
 
     // Through the real ssh client, checking the host key.
     let seen = ssh_ok(
@@ -146,7 +146,7 @@ fn systemd_host_reboot_keeps_disk_state_and_starts_with_empty_run_and_tmp() {
     }
     let f = fleet();
     let host = REBOOT_HOST;
-    assert_running(f.as_ref(), host);
+    assert_running(&f, host);
     let before = f.init(host).expect("PID 1 runs");
     ssh_ok(
         &f,
@@ -165,7 +165,7 @@ fn systemd_host_reboot_keeps_disk_state_and_starts_with_empty_run_and_tmp() {
         matches!(stopped, Stopped::PoweredOff(_)),
         "systemctl poweroff did not end the host: {stopped:?}"
     );
-    assert_running(f.as_ref(), host);
+    assert_running(&f, host);
     let after = f.init(host).expect("PID 1 runs again");
     assert_ne!(before, after, "the same PID 1 still runs");
 
@@ -178,6 +178,13 @@ fn systemd_host_reboot_keeps_disk_state_and_starts_with_empty_run_and_tmp() {
          systemctl is-system-running",
     );
     assert_eq!(seen, "kept\nkept\nrunning", "{seen}");
+    // Written to the host's upper dir, not to the machine's disk.
+    for path in ["/var/lib/reboot-test", "/etc/reboot-test-marker"] {
+        assert!(
+            !Path::new(path).exists(),
+            "the host wrote the machine's {path}"
+        );
+    }
 }
 
 /// A hello project whose stage `systemd` is one systemd host.
@@ -255,7 +262,7 @@ fn systemd_provision_installs_and_enables_the_unit() {
     }
     let f = fleet();
     let host = PROVISION_HOST;
-    assert_running(f.as_ref(), host);
+    assert_running(&f, host);
     let p = SystemdProject::new(&f, host);
 
     let first = p.run(&["--json", "provision", "systemd"]);
@@ -307,7 +314,7 @@ fn systemd_deploy_runs_the_service_under_its_unit() {
     }
     let f = fleet();
     let host = DEPLOY_HOST;
-    assert_running(f.as_ref(), host);
+    assert_running(&f, host);
     let p = SystemdProject::new(&f, host);
     let provision = p.run(&["--json", "provision", "systemd"]);
     assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
@@ -331,12 +338,12 @@ fn systemd_deploy_runs_the_service_under_its_unit() {
     );
     assert_supervised_by_unit(&f, host);
     assert_eq!(served(&f.ip(host)).as_deref(), Some("1.0.0"));
-    report(f.as_ref(), host);
+    report(&f, host);
 
     // The unit is enabled: systemd starts the service again at boot.
     let stopped = f.reboot(host);
     assert!(matches!(stopped, Stopped::PoweredOff(_)), "{stopped:?}");
-    assert_running(f.as_ref(), host);
+    assert_running(&f, host);
     assert_supervised_by_unit(&f, host);
     assert_eq!(served(&f.ip(host)).as_deref(), Some("1.0.0"));
 }
@@ -403,7 +410,7 @@ fn systemd_provision_after_a_deploy_changes_nothing() {
     }
     let f = fleet();
     let host = REPROVISION_HOST;
-    assert_running(f.as_ref(), host);
+    assert_running(&f, host);
     let p = SystemdProject::new(&f, host);
     let provision = p.run(&["--json", "provision", "systemd"]);
     assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
