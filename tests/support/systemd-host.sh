@@ -42,8 +42,8 @@ enter() {
 }
 
 # The host's /dev: a tmpfs with the usual character devices, its own devpts
-# and /dev/shm, and STATE_DIR/console.log as /dev/console (systemd's status
-# lines land there; no getty may run on it, systemd_host.rs masks them).
+# and /dev/shm, and STATE_DIR/console.log as /dev/console (a plain file, so
+# nothing can take it as a terminal; systemd_host.rs masks the gettys).
 make_dev() {
     dev=$1
     state=$2

@@ -27,7 +27,10 @@
 //!   ([`MASKED`]). It is kept across [`SystemdFleet::reboot`].
 //! - `work/`, the overlay's work dir; `root/`, where the root is mounted
 //!   (inside the host's mount namespace only); `console.log`, the host's
-//!   `/dev/console`; `launcher.log`, the stderr of the start script.
+//!   `/dev/console` (a plain file: systemd writes no status to a console
+//!   that is not a terminal, its log is the journal; what programs in the
+//!   host write to the console lands there); `launcher.log`, the output of
+//!   the start script.
 //!
 //! `systemd-host.sh enter CGROUP NETNS DIR` makes the cgroup `sjfK-appI` at
 //! the root of the machine's name=systemd and unified hierarchies (or of
