@@ -134,6 +134,19 @@ impl Fleet {
     /// fleet's key. Panics with a clear message and the hosts' sshd logs when
     /// that fails; whatever was created is removed again.
     pub fn new(n: usize) -> Fleet {
+        Fleet::create(n, true)
+    }
+
+    /// Everything [`Fleet::new`] does except starting the hosts: their
+    /// network namespaces (addressed, on the bridge), keys, known_hosts,
+    /// ssh_config and state directories ([`Fleet::host_dir`]), for a harness
+    /// that boots a PID 1 of its own there (tests/support/systemd_host.rs).
+    /// Teardown is the same; that harness stops its hosts before.
+    pub fn unstarted(n: usize) -> Fleet {
+        Fleet::create(n, false)
+    }
+
+    fn create(n: usize, start: bool) -> Fleet {
         assert!(
             (1..=250).contains(&n),
             "Fleet::new({n}): a fleet has 1 to 250 hosts"
@@ -178,7 +191,7 @@ impl Fleet {
             dir,
             hosts,
         };
-        if let Err(e) = fleet.bring_up() {
+        if let Err(e) = fleet.bring_up(start) {
             panic!(
                 "fleet {}: bringing up {n} hosts failed: {e}\n{}",
                 fleet.prefix,
@@ -186,8 +199,9 @@ impl Fleet {
             );
         }
         eprintln!(
-            "fleet {}: {n} hosts up in {} ms",
+            "fleet {}: {n} hosts {} in {} ms",
             fleet.prefix,
+            if start { "up" } else { "networked" },
             started.elapsed().as_millis()
         );
         fleet
@@ -273,6 +287,27 @@ impl Fleet {
         fs::read_to_string(self.host(host).dir.join("sshd.log")).unwrap_or_default()
     }
 
+    /// The host's state directory, removed at teardown. It holds what
+    /// [`Fleet::new`] mounts into the host: `etc.upper/` (`hostname`,
+    /// `hosts`, `ssh/` with `sshd_config`, the host key and whiteouts hiding
+    /// the machine's other host keys) and `root/` (`.ssh/authorized_keys`
+    /// with the fleet's client key).
+    pub fn host_dir(&self, host: &str) -> &Path {
+        &self.host(host).dir
+    }
+
+    /// The host's network namespace (`sjfK-appI`, under /run/netns).
+    pub fn netns(&self, host: &str) -> &str {
+        &self.host(host).netns
+    }
+
+    /// Records a process started for the fleet, so that the next fleet
+    /// created on the machine ends it if this process dies before teardown.
+    pub fn record_pid(&self, pid: i32) -> Result<(), String> {
+        let start = Proc::of(pid).map_or(0, |p| p.start);
+        append(&self.dir.join("pids"), &format!("{pid} {start}\n"))
+    }
+
     /// `sjfK`: the name of the fleet's link in the root namespace and the
     /// prefix (with `-`) of its network namespaces.
     pub fn prefix(&self) -> &str {
@@ -315,7 +350,7 @@ impl Fleet {
         }
     }
 
-    fn bring_up(&mut self) -> Result<(), String> {
+    fn bring_up(&mut self, start: bool) -> Result<(), String> {
         let k = self.k;
         // The first `ip netns add` on a machine creates and mounts
         // /run/netns; two at once could mount it twice, so serialise it.
@@ -379,6 +414,9 @@ impl Fleet {
         ip_batch(Some(&self.switch), &switch)?;
 
         self.write_ssh_files()?;
+        if !start {
+            return self.hosts.iter().try_for_each(Host::net_up);
+        }
 
         let pids_path = self.dir.join("pids");
         thread::scope(|s| {
@@ -677,8 +715,8 @@ impl Host {
         }
     }
 
-    /// Network inside the host, then its PID 1.
-    fn start(&mut self, pids_path: &Path) -> Result<(), String> {
+    /// Network inside the host.
+    fn net_up(&self) -> Result<(), String> {
         ip_batch(
             Some(&self.netns),
             &[
@@ -686,7 +724,12 @@ impl Host {
                 format!("addr add {}/24 dev eth0", self.ip),
                 "link set eth0 up".into(),
             ],
-        )?;
+        )
+    }
+
+    /// Network inside the host, then its PID 1.
+    fn start(&mut self, pids_path: &Path) -> Result<(), String> {
+        self.net_up()?;
         let log_path = self.dir.join("sshd.log");
         let log = fs::File::create(&log_path).map_err(|e| format!("create {log_path:?}: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("dup log: {e}"))?;
@@ -718,23 +761,27 @@ impl Host {
 /// A process identified by pid and start time, so that a recycled pid is
 /// never mistaken for it.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Proc {
-    pid: i32,
+pub struct Proc {
+    /// Its pid, as this process sees it.
+    pub pid: i32,
     /// Field 22 of /proc/PID/stat (clock ticks since boot).
-    start: u64,
+    pub start: u64,
 }
 
 impl Proc {
-    fn of(pid: i32) -> Option<Proc> {
+    /// The live (not zombie) process `pid`.
+    pub fn of(pid: i32) -> Option<Proc> {
         let (_, state, _, start) = stat(pid)?;
         (state != 'Z').then_some(Proc { pid, start })
     }
 
-    fn alive(&self) -> bool {
+    /// Still the same process, and not a zombie.
+    pub fn alive(&self) -> bool {
         Proc::of(self.pid) == Some(*self)
     }
 
-    fn kill(&self) {
+    /// SIGKILL, if it is still the same process.
+    pub fn kill(&self) {
         if self.alive() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.pid),
@@ -790,7 +837,7 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Result<(), String> {
 /// Runs `f` holding the machine-wide fleet lock (allocation, clean-up of dead
 /// fleets, removal of state directories), so that concurrent test processes
 /// never take the same fleet number or clean up each other's fleet halfway.
-fn locked<T>(f: impl FnOnce() -> T) -> T {
+pub fn locked<T>(f: impl FnOnce() -> T) -> T {
     ensure_base();
     let path = Path::new(BASE).join("lock");
     let file = fs::OpenOptions::new()
@@ -822,7 +869,8 @@ fn ensure_base() {
     );
 }
 
-fn fleet_dir(k: u8) -> PathBuf {
+/// The state directory of fleet K; it exists exactly while fleet K does.
+pub fn fleet_dir(k: u8) -> PathBuf {
     Path::new(BASE).join(k.to_string())
 }
 
@@ -909,7 +957,8 @@ fn netns_of(k: u8) -> Vec<String> {
         .collect()
 }
 
-fn names_in(dir: &str) -> Vec<String> {
+/// Names of the entries in `dir` (none if it cannot be read).
+pub fn names_in(dir: &str) -> Vec<String> {
     fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -921,7 +970,7 @@ fn names_in(dir: &str) -> Vec<String> {
 }
 
 /// Fleet number of a name this harness made: `sjfK` or `sjfK-…`.
-fn fleet_number(name: &str) -> Option<u8> {
+pub fn fleet_number(name: &str) -> Option<u8> {
     let rest = name.strip_prefix(PREFIX)?;
     let digits = rest.split('-').next()?;
     digits.parse().ok()
@@ -1008,7 +1057,8 @@ fn remove_dead_fleet(k: u8, dir: &Path) {
     }
 }
 
-fn check_tools() {
+/// Panics naming the Debian package of the first tool the fleet needs that is missing.
+pub fn check_tools() {
     let need = [
         ("ip", "iproute2"),
         ("unshare", "util-linux"),
@@ -1032,7 +1082,8 @@ fn check_tools() {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<String, String> {
+/// Runs the command; its stdout, or an error with its stderr.
+pub fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -1103,7 +1154,7 @@ fn keygen(path: &Path, comment: &str) -> Result<(), String> {
 /// The machine's other host keys show through the /etc overlay; whiteouts
 /// (0:0 character devices in the upper dir) hide them, so the host's
 /// /etc/ssh holds only its own key.
-fn hide_machine_host_keys(ssh: &Path) -> Result<(), String> {
+pub fn hide_machine_host_keys(ssh: &Path) -> Result<(), String> {
     use nix::sys::stat::{Mode, SFlag, mknod};
     for name in names_in("/etc/ssh") {
         if name.starts_with("ssh_host_") && !name.starts_with("ssh_host_ed25519_key") {
@@ -1114,7 +1165,8 @@ fn hide_machine_host_keys(ssh: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
+/// `mkdir` (fine if it exists), then `chmod mode`.
+pub fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
     match fs::create_dir(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -1124,7 +1176,8 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("chmod {}: {e}", path.display()))
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+/// Writes the file, then `chmod mode`.
+pub fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
     fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| format!("chmod {}: {e}", path.display()))
@@ -1139,6 +1192,7 @@ fn append(path: &Path, text: &str) -> Result<(), String> {
         .map_err(|e| format!("append to {}: {e}", path.display()))
 }
 
-fn read(path: &Path) -> Result<String, String> {
+/// The file's text, or an error naming it.
+pub fn read(path: &Path) -> Result<String, String> {
     fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))
 }
