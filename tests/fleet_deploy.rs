@@ -165,12 +165,38 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
     assert_eq!(dry["dry_run"], true);
     let out = p.fleet.ssh(
         "app1",
-        "test -e /usr/local/bin/shipjar && echo present || echo absent",
+        "test -e /usr/local/bin/shipjar && echo present || echo absent; ls /tmp; getent passwd hello || true; ls /var/log",
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "absent",
-        "dry run installed the agent"
+    let seen = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        seen.starts_with("absent\n"),
+        "dry run installed the agent: {seen}"
+    );
+    assert!(
+        !seen.contains("shipjar-dry-run"),
+        "the temporary agent was left: {seen}"
+    );
+    assert!(!seen.contains("hello"), "dry run changed the host: {seen}");
+    // A fresh host shows every change it would get, not a promise to look later.
+    let resources = host_field(&dry, "app1")["resources"].clone();
+    let find = |name: &str| {
+        resources
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["resource"] == name).cloned())
+            .unwrap_or_else(|| panic!("no resource {name}: {resources}"))
+    };
+    assert_eq!(find("user hello")["status"], "would_change");
+    assert_eq!(find("group hello")["status"], "would_change");
+    let log_dir = find("directory /var/log/hello");
+    assert_eq!(log_dir["status"], "would_change");
+    assert_eq!(log_dir["detail"], "create hello:hello 0750");
+    let init = find("file /etc/init.d/hello");
+    assert_eq!(init["status"], "would_change");
+    assert!(
+        init["diff"]
+            .as_str()
+            .is_some_and(|d| d.contains("+#!/bin/sh")),
+        "{init}"
     );
 
     let first = p.run(&["--json", "provision", "fleet"]);

@@ -71,9 +71,7 @@ fn report(f: &SystemdFleet, host: &str) {
 #[test]
 #[ignore = "needs root"]
 fn systemd_host_boots_and_answers_ssh_with_strict_host_keys() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let f = fleet();
     let host = BOOT_HOST;
     assert_running(&f, host);
@@ -141,9 +139,7 @@ fn systemd_host_boots_and_answers_ssh_with_strict_host_keys() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_host_reboot_keeps_disk_state_and_starts_with_empty_run_and_tmp() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let f = fleet();
     let host = REBOOT_HOST;
     assert_running(&f, host);
@@ -257,9 +253,7 @@ fn resource_statuses(out: &Output) -> Vec<(String, String)> {
 #[test]
 #[ignore = "needs root"]
 fn systemd_provision_installs_and_enables_the_unit() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let f = fleet();
     let host = PROVISION_HOST;
     assert_running(&f, host);
@@ -309,9 +303,7 @@ fn systemd_provision_installs_and_enables_the_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_deploy_runs_the_service_under_its_unit() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let f = fleet();
     let host = DEPLOY_HOST;
     assert_running(&f, host);
@@ -405,9 +397,7 @@ fn served(ip: &str) -> Option<String> {
             deploy never re-renders it). The running supervisor then logs `cannot write \
             /run/hello/supervisor.json: Permission denied` until its next restart"]
 fn systemd_provision_after_a_deploy_changes_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let f = fleet();
     let host = REPROVISION_HOST;
     assert_running(&f, host);
@@ -462,9 +452,7 @@ fn systemd_provision_after_a_deploy_changes_nothing() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_host_teardown_kills_a_host_that_ignores_poweroff_and_leaves_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // A fleet of its own: this test ends it.
     let f = SystemdFleet::new(1);
     let host = "app1";

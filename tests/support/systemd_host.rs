@@ -111,8 +111,8 @@ pub const MASKED: [&str; 22] = [
     "e2scrub_all.timer",
 ];
 
-/// True when running as root; otherwise prints why a test did nothing.
-pub fn require_root() -> bool {
+/// Fails the test loudly unless it runs as root.
+pub fn require_root() {
     fleet::require_root()
 }
 
