@@ -401,7 +401,7 @@ fn ctrl_c_mid_deploy_releases_the_lock_and_leaves_a_healthy_release() {
     )
     .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     // The lock is gone at once (no lease to wait out) and the host serves a complete release.
     assert_eq!(
         std::fs::read_to_string(&lock).unwrap_or_default(),
@@ -630,4 +630,101 @@ fn failed_and_foreign_releases_do_not_count_toward_keep() {
         said.contains("failed") && said.contains("success"),
         "{said}"
     );
+}
+
+/// Sends SIGINT to a running shipjar.
+fn interrupt(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+}
+
+/// Reads `child`'s stderr until a line contains `wanted`; returns the lines
+/// read and how long after `since` the line came.
+fn wait_for_line(
+    stderr: &mut impl std::io::BufRead,
+    wanted: &str,
+    since: Instant,
+) -> (String, Duration) {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).unwrap();
+        assert!(n > 0, "no line with {wanted:?} before the end:\n{seen}");
+        seen.push_str(&line);
+        if line.contains(wanted) {
+            return (seen, since.elapsed());
+        }
+    }
+}
+
+#[test]
+fn one_ctrl_c_in_the_health_gate_is_answered_at_once_then_the_gate_finishes_and_exit_is_130() {
+    let p = Project::new();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let first = p.current();
+    let mut child = p.spawn_slow_deploy("2.0.0", 3000);
+    // Wait for the switch: the health gate of the new release is running.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.current() == first {
+        assert!(Instant::now() < deadline, "never switched");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let sent = Instant::now();
+    interrupt(&child);
+    let (_, after) = wait_for_line(
+        &mut stderr,
+        "interrupted: stopping after the health gate of local",
+        sent,
+    );
+    assert!(after < Duration::from_secs(1), "feedback took {after:?}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("local: deploy ok"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
+}
+
+#[test]
+fn ctrl_c_while_waiting_for_the_lock_changes_nothing_and_exits_130() {
+    let p = Project::new();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let holder = p.spawn_slow_deploy("2.0.0", 4000);
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let mut waiting = p
+        .command(&[
+            "deploy",
+            "local",
+            "--artifact",
+            &jar,
+            "--version",
+            "3.0.0",
+            "--wait",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let _ = wait_for_line(&mut stderr, "waiting for the deploy lock", Instant::now());
+    let sent = Instant::now();
+    interrupt(&waiting);
+    let (_, after) = wait_for_line(
+        &mut stderr,
+        "interrupted: stopping before any host is switched; no host changes",
+        sent,
+    );
+    assert!(after < Duration::from_secs(1), "feedback took {after:?}");
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
 }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::host::cancel;
 use crate::host::restart::{self, Restarted};
 use crate::host::{probe, revisions, store, supervisor};
 use crate::protocol::clock::now_rfc3339;
@@ -44,6 +45,8 @@ pub fn activate(
     let (ok, detail) = match result {
         Ok(()) => (true, String::new()),
         Err((step, reason, log_tail)) => {
+            // A cancel stops the new release; going back must run to the end.
+            cancel::clear();
             outcome.failed_step = Some(step.to_string());
             outcome.reason = Some(reason.clone());
             outcome.log_tail = log_tail;
@@ -75,15 +78,30 @@ pub fn activate(
 
 type StepFailure = (&'static str, String, Vec<String>);
 
+/// Fails `step` when the operator cancelled the activation.
+fn cancelled(step: &'static str) -> Result<(), StepFailure> {
+    if cancel::requested() {
+        Err((
+            step,
+            "cancelled by the operator (Ctrl-C)".into(),
+            Vec::new(),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 fn switch_and_verify(
     layout: &Layout,
     manifest: &ReleaseManifest,
     emit: &dyn Fn(&str, &str),
     outcome: &mut Activation,
 ) -> Result<(), StepFailure> {
+    cancelled("switch")?;
     store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
     emit("switch", &format!("current -> releases/{}", manifest.id));
     let restarted = restart::restart(layout).map_err(|(step, e)| (step, e.message, e.log_tail))?;
+    cancelled("health")?;
     if let Some(stop) = restarted.stop.filter(|s| s.was_running) {
         outcome.stopped_after_ms = Some(stop.took_ms);
         emit(

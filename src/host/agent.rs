@@ -7,10 +7,11 @@
 //! change the host are refused, so a pipelined session stops at the failure.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::host::lock;
-use crate::host::{activate, logs, provision, store, supervisor};
+use crate::host::{activate, cancel, logs, provision, store, supervisor};
 use crate::protocol::layout::Layout;
 use crate::protocol::validate_service_name;
 use crate::protocol::{
@@ -201,6 +202,7 @@ impl Session {
             envelope.request,
             Request::Status
                 | Request::Releases
+                | Request::Cancel
                 | Request::Unlock
                 | Request::Provision { .. }
                 | Request::Logs { .. }
@@ -321,9 +323,13 @@ impl Session {
                 release,
                 action,
                 deployer,
-            } => Response::Activated(Box::new(activate::activate(
-                &layout, &release, action, &deployer, &emit,
-            ))),
+            } => {
+                // A second Ctrl-C at the operator sends `cancel` while this runs.
+                let _watch = cancel::Watch::start(io::stdin().as_raw_fd());
+                Response::Activated(Box::new(activate::activate(
+                    &layout, &release, action, &deployer, &emit,
+                )))
+            }
             Request::Finish { keep } => {
                 // After a failure the lock is still released, but nothing is pruned.
                 let keep = keep.filter(|_| !self.failed);
@@ -340,6 +346,8 @@ impl Session {
                     }
                 }
             }
+            // The activation it was meant for has ended already.
+            Request::Cancel => Response::NothingToCancel,
             Request::Status => Response::Status(Box::new(status(&layout))),
             Request::Releases => Response::Releases {
                 releases: store::list(&layout),

@@ -2,6 +2,7 @@
 
 pub mod activate;
 pub mod agent;
+pub mod cancel;
 pub mod init;
 pub mod lock;
 pub mod logs;

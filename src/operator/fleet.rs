@@ -2,7 +2,7 @@
 //! connections (sshd's MaxStartups drops bursts), and Ctrl-C handling.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -15,30 +15,113 @@ pub const DEFAULT_PARALLEL: usize = 32;
 /// At most one new connection per this interval.
 const CONNECT_INTERVAL: Duration = Duration::from_millis(25);
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+/// What the run is doing now and what a Ctrl-C would do, for the message
+/// printed the moment it arrives.
+static PHASE: Mutex<Phase> = Mutex::new(Phase::Idle);
 
 extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Where a run is, as far as an interrupt is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing that changes hosts has started.
+    Idle,
+    /// Locking, uploading, preparing: no host runs anything new yet.
+    BeforeChange,
+    /// Switching these hosts; `earlier` hosts were switched in earlier batches.
+    Switching {
+        /// Hosts in the batch in flight.
+        hosts: Vec<String>,
+        /// Hosts already on the new release.
+        earlier: usize,
+    },
+    /// Putting hosts back, or releasing locks: finishing regardless.
+    Finishing,
+}
+
+/// Records what the run is doing, for the interrupt message.
+pub fn set_phase(phase: Phase) {
+    *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = phase;
 }
 
 /// Makes Ctrl-C (and SIGTERM) ask the operator to wind down instead of dying:
-/// no new step starts, running ones finish, locks are released.
+/// the first lets running steps finish and starts nothing new; a second
+/// cancels the switches in flight (those hosts go back). What happens is
+/// printed the moment each arrives.
 pub fn catch_interrupts() {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    static WATCHING: std::sync::Once = std::sync::Once::new();
     let action = SigAction::new(
         SigHandler::Handler(on_interrupt),
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        // SAFETY: the handler only adds to an atomic, which is async-signal-safe.
         let _ = unsafe { sigaction(sig, &action) };
+    }
+    WATCHING.call_once(|| {
+        std::thread::spawn(announce_interrupts);
+    });
+}
+
+/// Says at once what each interrupt does (a signal handler cannot print).
+fn announce_interrupts() {
+    let mut seen = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = INTERRUPTS.load(Ordering::SeqCst);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let phase = PHASE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let message = interrupt_message(seen, &phase);
+        eprintln!("{}", crate::operator::output::redact(&message));
+    }
+}
+
+/// What the `n`th interrupt does during `phase`.
+pub fn interrupt_message(n: usize, phase: &Phase) -> String {
+    match (n, phase) {
+        (1, Phase::Switching { hosts, earlier }) => format!(
+            "interrupted: stopping after the health gate of {}; {} — Ctrl-C again to abort now and put {} back",
+            hosts.join(", "),
+            match earlier {
+                0 => "no other host was switched".to_string(),
+                1 => "1 host switched earlier keeps the new release".to_string(),
+                n => format!("{n} hosts switched earlier keep the new release"),
+            },
+            if hosts.len() == 1 { "it" } else { "them" }
+        ),
+        (_, Phase::Switching { hosts, .. }) => format!(
+            "aborting: cancelling the switch of {}; they go back to their previous release",
+            hosts.join(", ")
+        ),
+        (1, Phase::BeforeChange | Phase::Idle) => {
+            "interrupted: stopping before any host is switched; no host changes".to_string()
+        }
+        (_, Phase::BeforeChange | Phase::Idle) => {
+            "interrupted again: no host has changed; releasing the locks".to_string()
+        }
+        (_, Phase::Finishing) => {
+            "interrupted: finishing what keeps the hosts consistent (reverts, locks)".to_string()
+        }
     }
 }
 
 /// Whether Ctrl-C was pressed.
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    INTERRUPTS.load(Ordering::SeqCst) > 0
+}
+
+/// Whether Ctrl-C was pressed twice: abort what is in flight.
+pub fn aborted() -> bool {
+    INTERRUPTS.load(Ordering::SeqCst) > 1
 }
 
 /// Runs `f` on every item, at most `limit` at once.

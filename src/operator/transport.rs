@@ -13,14 +13,15 @@ use crate::error::{Error, Result};
 use crate::operator::config::HostSpec;
 use crate::operator::render;
 use crate::operator::ssh::{self, Reach};
-use crate::protocol::{AgentMessage, Envelope, PROTOCOL_VERSION, Request, Response};
+use crate::protocol::{AgentMessage, CANCEL_ID, Envelope, PROTOCOL_VERSION, Request, Response};
 
 /// An open session with one host's agent.
 pub struct AgentSession {
     host: String,
     service: String,
     child: Child,
-    stdin: Option<ChildStdin>,
+    /// Shared with [`Canceller`]s, which write a `cancel` line while a request runs.
+    stdin: Arc<Mutex<Option<ChildStdin>>>,
     stdout: BufReader<ChildStdout>,
     next_id: u64,
     /// The last lines the agent (or ssh) wrote to stderr, for error messages.
@@ -77,7 +78,7 @@ impl AgentSession {
             host: host.to_string(),
             service: service.to_string(),
             child,
-            stdin: Some(stdin),
+            stdin: Arc::new(Mutex::new(Some(stdin))),
             stdout: BufReader::new(stdout),
             next_id: 1,
             stderr_tail,
@@ -127,12 +128,13 @@ impl AgentSession {
             size,
         })?;
         let host = self.host.clone();
-        let stdin = self
-            .stdin
+        let mut guard = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        let stdin = guard
             .as_mut()
             .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
         let copied = io::copy(&mut file, stdin)
             .map_err(|e| Error::failed(format!("[{host}] sending the artifact: {e}")))?;
+        drop(guard);
         if copied != size {
             return Err(Error::failed(format!(
                 "{} changed while uploading ({copied} of {size} bytes)",
@@ -151,9 +153,18 @@ impl AgentSession {
         })
     }
 
+    /// A handle that can ask the agent to cancel the request in progress,
+    /// from another thread while this session waits for the answer.
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            stdin: Arc::clone(&self.stdin),
+            service: self.service.clone(),
+        }
+    }
+
     /// Closes stdin and waits for the agent to exit (it releases the lock).
     pub fn close(mut self) -> Result<()> {
-        drop(self.stdin.take());
+        self.close_stdin();
         let status = self
             .child
             .wait()
@@ -179,8 +190,8 @@ impl AgentSession {
         };
         let line = serde_json::to_string(&envelope).map_err(|e| Error::failed(e.to_string()))?;
         let host = self.host.clone();
-        let stdin = self
-            .stdin
+        let mut guard = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        let stdin = guard
             .as_mut()
             .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
         writeln!(stdin, "{line}")
@@ -190,13 +201,17 @@ impl AgentSession {
 
     fn flush(&mut self) -> Result<()> {
         let host = self.host.clone();
-        let stdin = self
-            .stdin
+        let mut guard = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        let stdin = guard
             .as_mut()
             .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
         stdin
             .flush()
             .map_err(|e| Error::failed(format!("[{host}] sending a request: {e}")))
+    }
+
+    fn close_stdin(&mut self) {
+        drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     fn receive(&mut self, id: u64, on_event: &mut dyn FnMut(&str, &str)) -> Result<Response> {
@@ -220,6 +235,8 @@ impl AgentSession {
             })?;
             match message {
                 AgentMessage::Event { step, message, .. } => on_event(&step, &message),
+                // A cancel that came after its request ended: nothing to report.
+                AgentMessage::Result { id: CANCEL_ID, .. } => {}
                 AgentMessage::Result { id: got, response } if self.unawaited.remove(&got) => {
                     if let Response::Error(e) = *response {
                         self.background_errors
@@ -268,6 +285,33 @@ impl AgentSession {
     }
 }
 
+/// Asks one agent to cancel the request it is running (see [`AgentSession::canceller`]).
+pub struct Canceller {
+    stdin: Arc<Mutex<Option<ChildStdin>>>,
+    service: String,
+}
+
+impl Canceller {
+    /// Sends the `cancel` line; false when the session is gone already.
+    pub fn cancel(&self) -> bool {
+        let envelope = Envelope {
+            protocol: PROTOCOL_VERSION,
+            id: CANCEL_ID,
+            service: self.service.clone(),
+            request: Request::Cancel,
+        };
+        let Ok(line) = serde_json::to_string(&envelope) else {
+            return false;
+        };
+        let mut guard = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_mut().is_some_and(|stdin| {
+            writeln!(stdin, "{line}")
+                .and_then(|()| stdin.flush())
+                .is_ok()
+        })
+    }
+}
+
 /// Keeps the last lines of the agent's stderr, and passes them on to ours.
 fn collect_stderr(stderr: impl Read, tail: &Mutex<Vec<String>>) {
     for line in BufReader::new(stderr).lines() {
@@ -288,7 +332,7 @@ fn collect_stderr(stderr: impl Read, tail: &Mutex<Vec<String>>) {
 impl Drop for AgentSession {
     fn drop(&mut self) {
         // Closing stdin lets the agent finish its request and exit; reap it.
-        drop(self.stdin.take());
+        self.close_stdin();
         let _ = self.child.wait();
     }
 }

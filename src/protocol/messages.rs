@@ -76,11 +76,17 @@ pub enum Request {
         /// What to provision.
         spec: ProvisionSpec,
     },
+    /// Abort the request in progress; sent while it runs (with id
+    /// [`CANCEL_ID`]). Only answered when nothing was in progress.
+    Cancel,
     /// Report what runs on this host.
     Status,
     /// List releases on this host.
     Releases,
 }
+
+/// Request id of `cancel` lines: they answer no request of their own.
+pub const CANCEL_ID: u64 = u64::MAX;
 
 wire_enum! {
     /// Why a release is being activated (also the word in revisions.log and output).
@@ -226,6 +232,8 @@ pub enum Response {
         /// Releases removed.
         pruned: Vec<String>,
     },
+    /// Answer to a `cancel` that arrived when nothing was in progress.
+    NothingToCancel,
     /// Answer to `status`.
     Status(Box<HostStatus>),
     /// Answer to `releases`.

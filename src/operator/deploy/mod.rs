@@ -113,6 +113,8 @@ pub struct Outcome {
     pub version: String,
     /// Why the deploy stopped early, if it did.
     pub stopped: Option<String>,
+    /// Ctrl-C stopped it: the exit code is 130.
+    pub interrupted: bool,
     /// Milliseconds per phase, whole fleet.
     pub phases_ms: BTreeMap<&'static str, u64>,
     /// Per host, in the stage's order.
@@ -136,6 +138,7 @@ impl Outcome {
             release,
             version,
             stopped: executed.stopped,
+            interrupted: executed.interrupted,
             phases_ms: executed.phases,
             hosts: runs.into_iter().map(|r| r.outcome).collect(),
         }

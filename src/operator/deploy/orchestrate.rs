@@ -4,6 +4,7 @@
 //! Until the first switch, any failure stops the run with no host changed.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::host_run::{Run, activate_host, close, lock_host, revert_host, upload_and_prepare};
@@ -12,6 +13,7 @@ use crate::operator::build::BuildManifest;
 use crate::operator::config::{OnFailure, Project, ResolvedStage};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::{Reporter, StepStatus};
+use crate::operator::transport::Canceller;
 use crate::protocol::{Action, ErrorKind, Request, Response};
 
 /// Picks the release a host goes to, or says why it cannot.
@@ -44,6 +46,8 @@ pub(super) type Phases = BTreeMap<&'static str, u64>;
 pub(super) struct Executed {
     /// Why the run stopped early, if it did.
     pub stopped: Option<String>,
+    /// Ctrl-C stopped it (the command then exits 130).
+    pub interrupted: bool,
     /// Milliseconds per phase.
     pub phases: Phases,
 }
@@ -54,12 +58,18 @@ pub(super) fn execute(ctx: &Ctx, runs: &mut [Run]) -> Executed {
     ctx.reporter.start_progress(runs.len());
     let mut phases = Phases::new();
     let stopped = run_phases(ctx, runs, &mut phases);
-    Executed { stopped, phases }
+    fleet::set_phase(fleet::Phase::Idle);
+    Executed {
+        stopped,
+        interrupted: fleet::interrupted(),
+        phases,
+    }
 }
 
 /// The phases in order; returns why the run stopped early, if it did.
 fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String> {
     // Phase 1: connect and lock every host; nothing changes unless all are locked.
+    fleet::set_phase(fleet::Phase::BeforeChange);
     timed(phases, "lock", || lock_all(ctx, runs));
     check_agents_and_choose(ctx, runs);
     if let Some(why) = stop_before_change(runs, "lock", ctx.reporter) {
@@ -76,8 +86,10 @@ fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String
     }
     // Phase 3: switch in batches.
     let stopped = timed(phases, "switch", || switch_in_batches(ctx, runs));
-    // On a stopped deploy, switched hosts go back so the fleet runs one version.
-    if stopped.is_some() && ctx.stage.on_failure == OnFailure::Revert {
+    fleet::set_phase(fleet::Phase::Finishing);
+    // On a failed deploy, switched hosts go back so the fleet runs one version.
+    // An interrupt is the user's choice: hosts switched so far stay (and say so).
+    if stopped.is_some() && !fleet::interrupted() && ctx.stage.on_failure == OnFailure::Revert {
         timed(phases, "revert", || revert_switched(ctx, runs));
     }
     // Phase 4: prune and unlock.
@@ -172,12 +184,18 @@ fn switch_in_batches(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
     let order: Vec<usize> = (0..runs.len()).collect();
     for (n, batch) in order.chunks(batch_size).enumerate() {
         if fleet::interrupted() {
-            return Some("interrupted (Ctrl-C) before batch ".to_string() + &(n + 1).to_string());
+            return Some(interrupted_before(runs, n));
         }
         if let Some(why) = renew_waiting(runs, ctx.reporter) {
             return Some(why);
         }
         let failed = switch_batch(ctx, runs, n, batch);
+        if fleet::aborted() {
+            return Some(format!(
+                "aborted (Ctrl-C twice) during batch {}: its hosts were put back",
+                n + 1
+            ));
+        }
         if failed > max_failed {
             return Some(format!(
                 "batch {} had {failed} failed host{} (max_failed = {max_failed})",
@@ -187,6 +205,17 @@ fn switch_in_batches(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
         }
     }
     None
+}
+
+/// Why the run stopped when Ctrl-C came before batch `n`.
+fn interrupted_before(runs: &[Run], n: usize) -> String {
+    let switched = runs.iter().filter(|r| r.switched && r.outcome.ok).count();
+    format!(
+        "interrupted (Ctrl-C) before batch {}: {switched} host{} on the new release, {} not switched",
+        n + 1,
+        if switched == 1 { "" } else { "s" },
+        runs.len() - switched
+    )
 }
 
 /// Renews the lease of hosts waiting for their batch; a host lost before its
@@ -221,19 +250,44 @@ fn switch_batch(ctx: &Ctx, runs: &mut [Run], n: usize, batch: &[usize]) -> usize
             .join(", ")
     ));
     let deployer = deployer();
+    let earlier = runs.iter().filter(|r| r.switched && r.outcome.ok).count();
     let mut batch_runs: Vec<&mut Run> = runs
         .iter_mut()
         .enumerate()
         .filter(|(i, _)| batch.contains(i))
         .map(|(_, r)| r)
         .collect();
-    fleet::each(&mut batch_runs, ctx.fleet.parallel, |run| {
-        let t = Instant::now();
-        activate_host(run, ctx.action.clone(), &deployer, ctx.reporter);
-        run.time("switch", t);
-        if run.switched {
-            ctx.reporter.host_done(&run.host);
-        }
+    fleet::set_phase(fleet::Phase::Switching {
+        hosts: batch_runs.iter().map(|r| r.host.clone()).collect(),
+        earlier,
+    });
+    let cancellers: Vec<Canceller> = batch_runs
+        .iter()
+        .filter_map(|r| r.session.as_ref().map(|s| s.canceller()))
+        .collect();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // A second Ctrl-C cancels the activations in flight at once.
+        scope.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                if fleet::aborted() {
+                    for canceller in &cancellers {
+                        canceller.cancel();
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        fleet::each(&mut batch_runs, ctx.fleet.parallel, |run| {
+            let t = Instant::now();
+            activate_host(run, ctx.action.clone(), &deployer, ctx.reporter);
+            run.time("switch", t);
+            if run.switched {
+                ctx.reporter.host_done(&run.host);
+            }
+        });
+        done.store(true, Ordering::SeqCst);
     });
     batch.iter().filter(|i| runs[**i].failed()).count()
 }

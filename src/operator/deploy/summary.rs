@@ -33,7 +33,12 @@ pub(super) fn finish(reporter: &Reporter, outcome: Outcome) -> Result<i32> {
         ));
     }
     reporter.result(&outcome, &text);
-    Ok(if outcome.ok { 0 } else { 1 })
+    Ok(match (outcome.interrupted, outcome.ok) {
+        // Like a shell: interrupted by SIGINT, whatever got done.
+        (true, _) => 130,
+        (false, true) => 0,
+        (false, false) => 1,
+    })
 }
 
 /// `host: deploy ok — release … running as pid …, healthy after … ms`.
