@@ -110,7 +110,16 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
         .iter()
         .map(|(h, s)| (h.clone(), s.clone(), Vec::new()))
         .collect();
+    // Ctrl-C: hosts being provisioned finish, the rest are not started.
+    fleet::catch_interrupts();
     fleet::each(&mut rows, fleet.parallel, |(host, host_spec, resources)| {
+        if fleet::interrupted() {
+            resources.push(failed_resource(
+                "host",
+                "not provisioned: interrupted (Ctrl-C)".into(),
+            ));
+            return;
+        }
         if *host_spec != HostSpec::Local {
             let agent = install_agent(&fleet, host_spec, &binary, &our_sha, args.dry_run);
             let failed = agent.status == ResourceStatus::Failed;
@@ -192,7 +201,11 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
         },
         &text,
     );
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok(match (fleet::interrupted(), failed) {
+        (true, _) => 130,
+        (false, 0) => 0,
+        (false, _) => 1,
+    })
 }
 
 fn failed_resource(resource: &str, detail: String) -> ResourceResult {
