@@ -50,7 +50,10 @@ fn restart_with_systemd(layout: &Layout) -> Result<StartReport, (&'static str, S
             "health",
             SupervisorError {
                 message,
-                log_tail: supervisor::logfile::tail(&layout.log_file(), 20),
+                log_tail: supervisor::logfile::tail(
+                    &layout.log_file(),
+                    supervisor::logfile::TAIL_LINES,
+                ),
             },
         )
     };

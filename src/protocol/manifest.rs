@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::defaults;
+
 /// Manifest format version, bumped on incompatible changes.
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -133,7 +135,7 @@ pub struct StopSpec {
 }
 
 fn default_hook_timeout_ms() -> u64 {
-    10_000
+    defaults::millis(defaults::STOP_HOOK_TIMEOUT)
 }
 
 /// What a graceful stop asks before signalling.
@@ -175,13 +177,13 @@ pub struct RestartSpec {
 impl Default for RestartSpec {
     fn default() -> Self {
         RestartSpec {
-            enabled: true,
-            initial_delay_ms: 1_000,
-            max_delay_ms: 60_000,
-            factor: 2.0,
-            reset_after_ms: 60_000,
-            max_failures: 5,
-            window_ms: 600_000,
+            enabled: defaults::RESTART_ENABLED,
+            initial_delay_ms: defaults::millis(defaults::RESTART_INITIAL_DELAY),
+            max_delay_ms: defaults::millis(defaults::RESTART_MAX_DELAY),
+            factor: defaults::RESTART_FACTOR,
+            reset_after_ms: defaults::millis(defaults::RESTART_RESET_AFTER),
+            max_failures: defaults::RESTART_MAX_FAILURES,
+            window_ms: defaults::millis(defaults::RESTART_WINDOW),
         }
     }
 }
@@ -201,9 +203,9 @@ pub struct LogSpec {
 impl Default for LogSpec {
     fn default() -> Self {
         LogSpec {
-            max_size: 10 * 1024 * 1024,
-            keep: 5,
-            compress: false,
+            max_size: defaults::LOG_MAX_SIZE,
+            keep: defaults::LOG_KEEP,
+            compress: defaults::LOG_COMPRESS,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What both sides share, at the bottom of the dependency graph: the wire
 //! protocol between operator and agent, the release manifest, the layout of a
-//! service on a host, the service's status values, and the helpers both sides
-//! use for names, hashing, time and durable files.
+//! service on a host, the service's status values, every default, and the
+//! helpers both sides use for names, hashing, time and durable files.
 //!
 //! Framing: the operator writes one JSON [`Envelope`] per line to the agent's
 //! stdin (a `put_artifact` request is followed by exactly `size` raw bytes);
@@ -12,6 +12,7 @@
 //! Nothing here imports `crate::operator` or `crate::host` (a test enforces it).
 
 pub mod clock;
+pub mod defaults;
 pub mod digest;
 pub mod files;
 pub mod layout;

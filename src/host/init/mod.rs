@@ -11,14 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::protocol::defaults;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{MANIFEST_FILE, ReleaseManifest, RestartSpec};
-
-/// Start timeout when there is no release yet (the `[health]` default).
-const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Stop timeout when there is no release yet (the `[stop]` default).
-const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything the generated files say, gathered before anything is written.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,9 +72,10 @@ impl InitSpec {
                     m.restart.clone(),
                 )
             }
+            // No release yet: what a release would carry by default.
             None => (
-                DEFAULT_START_TIMEOUT,
-                DEFAULT_STOP_TIMEOUT,
+                defaults::START_TIMEOUT,
+                defaults::STOP_TIMEOUT,
                 RestartSpec::default(),
             ),
         };

@@ -6,11 +6,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use super::InitSpec;
+use crate::protocol::defaults::SUPERVISOR_GRACE;
 
-/// Added to the start and stop timeouts: the supervisor enforces the real
-/// ones and reports; systemd only steps in when the supervisor itself hangs.
-const SLACK: Duration = Duration::from_secs(10);
+use super::InitSpec;
 
 /// How often the supervisor must say it is alive (it says so twice as often).
 const WATCHDOG: Duration = Duration::from_secs(60);
@@ -79,13 +77,15 @@ pub fn render(spec: &InitSpec) -> Result<String, String> {
     line("WorkingDirectory=/".into());
     // What a JVM exits with after SIGTERM: a clean stop.
     line("SuccessExitStatus=143".into());
+    // The supervisor enforces the real timeouts and reports; systemd only
+    // steps in when the supervisor itself hangs.
     line(format!(
         "TimeoutStartSec={}",
-        millis(spec.start_timeout + SLACK)
+        millis(spec.start_timeout + SUPERVISOR_GRACE)
     ));
     line(format!(
         "TimeoutStopSec={}",
-        millis(spec.stop_timeout + SLACK)
+        millis(spec.stop_timeout + SUPERVISOR_GRACE)
     ));
     line(format!("WatchdogSec={}", millis(WATCHDOG)));
     // The supervisor restarts crashes itself (with back-off, then `failed`);

@@ -9,30 +9,19 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::protocol::defaults::{self, SUPERVISOR_GRACE};
 use crate::protocol::files::remove_if_present;
 use crate::protocol::layout::Layout;
 
-use super::inspect::{self, Service};
 use super::logfile;
+use super::observe::{self, Service};
 use super::process;
 use super::procfs::{self, Liveness, ProcessId};
+use super::readiness::{FAILED, READY};
 use super::release;
-use super::report::{FAILED, READY};
 use super::state::{self, Phase, Pidfile};
+use super::stopping::KILL_WAIT;
 use super::{ReloadReport, StartReport, StopReport, SupervisorError, human_duration};
-
-/// Extra time `start` gives the supervisor beyond the start timeout before
-/// it stops waiting (the supervisor enforces the real timeout).
-const START_SLACK: Duration = Duration::from_secs(5);
-
-/// Extra time `stop` gives the supervisor beyond the stop timeout.
-const STOP_SLACK: Duration = Duration::from_secs(5);
-
-/// Stop timeout when no release manifest can be read.
-const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a SIGKILLed process may take to disappear.
-const KILL_WAIT: Duration = Duration::from_secs(5);
 
 fn error(message: impl Into<String>) -> SupervisorError {
     SupervisorError {
@@ -50,7 +39,7 @@ fn with_tail(mut err: SupervisorError, layout: &Layout) -> SupervisorError {
 
 /// Starts the service through a detached supervisor; returns once healthy.
 pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
-    let seen = inspect::inspect(layout);
+    let seen = observe::observe(layout);
     if let Some(sup) = seen
         .supervisor
         .filter(|_| seen.starting() || seen.restarting())
@@ -64,7 +53,8 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
     }
     // Read here too, for the timeout and so a missing release fails fast.
     let current = release::current(layout).map_err(error)?;
-    let deadline = Duration::from_millis(current.manifest.health.start_timeout_ms) + START_SLACK;
+    let deadline =
+        Duration::from_millis(current.manifest.health.start_timeout_ms) + SUPERVISOR_GRACE;
 
     let log_path = layout.log_file();
     let log = logfile::open_append(&log_path)
@@ -157,13 +147,13 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
 }
 
 /// The report for a service that is already up.
-fn already_running(layout: &Layout, seen: &inspect::Inspection, id: ProcessId) -> StartReport {
+fn already_running(layout: &Layout, seen: &observe::Observation, id: ProcessId) -> StartReport {
     let mine = seen.state_of_service();
     StartReport {
         pid: id.pid,
         release: mine
             .map(|s| s.release.clone())
-            .or_else(|| inspect::release_from_cwd(layout, id.pid))
+            .or_else(|| observe::release_from_cwd(layout, id.pid))
             .unwrap_or_default(),
         healthy_after_ms: mine.and_then(|s| s.healthy_after_ms).unwrap_or(0),
         already_running: true,
@@ -179,13 +169,13 @@ fn join(layout: &Layout, sup: ProcessId) -> Result<StartReport, SupervisorError>
                 r.manifest.health.start_timeout_ms + r.manifest.restart.max_delay_ms,
             )
         })
-        .unwrap_or(DEFAULT_STOP_TIMEOUT)
-        + START_SLACK;
+        .unwrap_or(defaults::START_TIMEOUT + defaults::RESTART_MAX_DELAY)
+        + SUPERVISOR_GRACE;
     let until = Instant::now() + limit;
     loop {
-        let seen = inspect::inspect(layout);
+        let seen = observe::observe(layout);
         if let (Service::Alive { id, .. }, Some(Phase::Running)) =
-            (&seen.service, seen.state.as_ref().map(|s| s.state))
+            (&seen.service, seen.state.as_ref().map(|s| &s.state))
         {
             return Ok(already_running(layout, &seen, *id));
         }
@@ -284,7 +274,7 @@ fn kill_orphan_service(layout: &Layout) {
 /// Stops the service gracefully; succeeds when nothing was running.
 pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
     let began = Instant::now();
-    let seen = inspect::inspect(layout);
+    let seen = observe::observe(layout);
     let release_dir = seen.state.as_ref().map(|s| s.release_dir.as_path());
     let timeout = stop_timeout(layout, release_dir);
     let mut was_running = false;
@@ -301,7 +291,7 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
                 sup.pid
             ))
         })?;
-        if wait_gone(sup, timeout + STOP_SLACK) {
+        if wait_gone(sup, timeout + SUPERVISOR_GRACE) {
             ended = state::read_state(&layout.supervisor_state());
             how = ended.as_ref().and_then(|s| s.last_exit.clone());
         } else {
@@ -357,13 +347,13 @@ fn stop_timeout(layout: &Layout, release_dir: Option<&Path>) -> Duration {
             };
             Duration::from_millis(stop.timeout_ms + hook)
         })
-        .unwrap_or(DEFAULT_STOP_TIMEOUT)
+        .unwrap_or(defaults::STOP_TIMEOUT)
 }
 
 /// Asks the supervisor to reload (SIGHUP) and waits for it to say how it went.
 pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
     let began = Instant::now();
-    let seen = inspect::inspect(layout);
+    let seen = observe::observe(layout);
     let (Some(sup), Some(state)) = (seen.supervisor, seen.state.as_ref()) else {
         return Err(error(match seen.service {
             Service::Alive { id, .. } => format!(
@@ -377,18 +367,15 @@ pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
         return Err(error(format!(
             "cannot reload now: the supervisor (pid {}) is {}",
             sup.pid,
-            serde_json::to_value(state.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
+            state.state.as_str()
         )));
     }
     let before = state.reloads;
     let limit = release::current(layout)
         .map(|r| Duration::from_millis(r.manifest.health.start_timeout_ms))
-        .unwrap_or(DEFAULT_STOP_TIMEOUT)
+        .unwrap_or(defaults::START_TIMEOUT)
         + stop_timeout(layout, Some(&state.release_dir))
-        + START_SLACK;
+        + SUPERVISOR_GRACE;
     process::signal_pid(sup.pid, Signal::SIGHUP).map_err(|e| {
         error(format!(
             "cannot signal the supervisor (pid {}): {e}",

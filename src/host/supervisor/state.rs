@@ -9,23 +9,25 @@ use serde::{Deserialize, Serialize};
 
 use super::procfs::ProcessId;
 use crate::protocol::files::write_atomic;
+use crate::protocol::wire_enum;
 
-/// Where the supervised service is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Spawned, waiting for the health check.
-    Starting,
-    /// Healthy and supervised.
-    Running,
-    /// A stop was requested; signals are on their way.
-    Stopping,
-    /// The service process has ended (see `last_exit`).
-    Exited,
-    /// It crashed; the supervisor waits out the back-off before restarting it.
-    BackingOff,
-    /// Too many failures: the supervisor gave up (see `failed_reason`).
-    Failed,
+wire_enum! {
+    /// Where the supervised service is in its life. A phase written by a
+    /// newer supervisor stays `Unknown` rather than hiding the whole state.
+    pub enum Phase {
+        /// Spawned, waiting for the health check.
+        Starting => "starting",
+        /// Healthy and supervised.
+        Running => "running",
+        /// A stop was requested; signals are on their way.
+        Stopping => "stopping",
+        /// The service process has ended (see `last_exit`).
+        Exited => "exited",
+        /// It crashed; the supervisor waits out the back-off before restarting it.
+        BackingOff => "backing_off",
+        /// Too many failures: the supervisor gave up (see `failed_reason`).
+        Failed => "failed",
+    }
 }
 
 /// Contents of the supervisor state file (`run/<name>/supervisor.json`).
@@ -194,5 +196,28 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_phase_from_a_newer_supervisor_keeps_the_state_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("supervisor.json");
+        let text = serde_json::json!({
+            "supervisor": {"pid": 42, "start_ticks": 7},
+            "release": "r1",
+            "release_dir": "/var/lib/x/releases/r1",
+            "state": "hibernating",
+            "updated_at": "2026-01-01T00:00:00Z",
+        });
+        fs::write(&path, text.to_string()).expect("write");
+        let state = read_state(&path).expect("readable");
+        assert_eq!(state.state, Phase::Unknown("hibernating".into()));
+        assert_eq!(state.release, "r1");
+
+        let mut known = state;
+        known.state = Phase::BackingOff;
+        write_state(&path, &known).expect("write");
+        let text = fs::read_to_string(&path).expect("read");
+        assert!(text.contains("\"state\": \"backing_off\""), "{text}");
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::protocol::layout::Layout;
 
 use super::health;
-use super::inspect::{self, Inspection, Service};
+use super::observe::{self, Observation, Service};
 use super::procfs;
 use super::release;
 use super::state::Phase;
@@ -20,20 +20,20 @@ const RECORDING_GRACE: Duration = Duration::from_millis(500);
 
 /// Builds the status report.
 pub fn status(layout: &Layout) -> ServiceStatus {
-    let mut seen = inspect::inspect(layout);
+    let mut seen = observe::observe(layout);
     // The service just ended and its supervisor is still recording how:
     // a moment's wait gives the full story instead of "no longer exists".
     let until = Instant::now() + RECORDING_GRACE;
     while unrecorded_exit(&seen) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
-        seen = inspect::inspect(layout);
+        seen = observe::observe(layout);
     }
     let mut status = match &seen.service {
         Service::Alive { id, verified } => running(layout, &seen, *id, *verified),
-        _ if seen.supervisor.is_some() && phase(&seen) == Some(Phase::BackingOff) => {
+        _ if seen.supervisor.is_some() && phase(&seen) == Some(&Phase::BackingOff) => {
             restarting(&seen)
         }
-        Service::NoPidfile | Service::Gone(_) if phase(&seen) == Some(Phase::Failed) => {
+        Service::NoPidfile | Service::Gone(_) if phase(&seen) == Some(&Phase::Failed) => {
             failed(&seen)
         }
         Service::NoPidfile => {
@@ -81,13 +81,13 @@ pub fn status(layout: &Layout) -> ServiceStatus {
 }
 
 /// The state file's phase.
-fn phase(seen: &Inspection) -> Option<Phase> {
-    seen.state.as_ref().map(|s| s.state)
+fn phase(seen: &Observation) -> Option<&Phase> {
+    seen.state.as_ref().map(|s| &s.state)
 }
 
 /// True while the pidfile's process is gone but its live supervisor has
 /// not yet written down how it ended.
-fn unrecorded_exit(seen: &Inspection) -> bool {
+fn unrecorded_exit(seen: &Observation) -> bool {
     let Service::Gone(pid) = seen.service else {
         return false;
     };
@@ -99,7 +99,7 @@ fn unrecorded_exit(seen: &Inspection) -> bool {
 }
 
 /// Waiting out the back-off before the next restart.
-fn restarting(seen: &Inspection) -> ServiceStatus {
+fn restarting(seen: &Observation) -> ServiceStatus {
     let state = seen.state.as_ref();
     let last = state
         .and_then(|s| s.last_exit.as_deref())
@@ -122,7 +122,7 @@ fn restarting(seen: &Inspection) -> ServiceStatus {
 }
 
 /// The supervisor gave up.
-fn failed(seen: &Inspection) -> ServiceStatus {
+fn failed(seen: &Observation) -> ServiceStatus {
     let reason = seen
         .state
         .as_ref()
@@ -167,7 +167,7 @@ fn with_nothing_known(state: ServiceState, lsb_code: i32, detail: String) -> Ser
 
 fn running(
     layout: &Layout,
-    seen: &Inspection,
+    seen: &Observation,
     id: procfs::ProcessId,
     verified: bool,
 ) -> ServiceStatus {
@@ -175,7 +175,7 @@ fn running(
     let supervisor_pid = seen.supervisor.filter(|_| mine.is_some()).map(|s| s.pid);
     let release = mine
         .map(|s| s.release.clone())
-        .or_else(|| inspect::release_from_cwd(layout, id.pid));
+        .or_else(|| observe::release_from_cwd(layout, id.pid));
     let offset = procfs::start_offset(id);
     let started_at = procfs::boot_time()
         .ok()

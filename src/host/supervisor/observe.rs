@@ -1,5 +1,5 @@
-//! What is actually running, from the pidfile and state file checked against
-//! `/proc` (files only say what once was true).
+//! Observing what actually runs: the pidfile and state file checked against
+//! `/proc` (files only say what once was true), identity by pid + start time.
 
 use std::fs;
 
@@ -30,7 +30,7 @@ pub enum Service {
 
 /// Everything `start`, `stop` and `status` need to decide.
 #[derive(Debug, Clone)]
-pub struct Inspection {
+pub struct Observation {
     /// The service process.
     pub service: Service,
     /// The state file, unless it is from an earlier boot.
@@ -39,7 +39,7 @@ pub struct Inspection {
     pub supervisor: Option<ProcessId>,
 }
 
-impl Inspection {
+impl Observation {
     /// The state file, if it describes this very service process.
     pub fn state_of_service(&self) -> Option<&SupervisorState> {
         let Service::Alive { id, .. } = &self.service else {
@@ -68,7 +68,7 @@ impl Inspection {
 }
 
 /// Looks at the pidfile and state file and checks both against `/proc`.
-pub fn inspect(layout: &Layout) -> Inspection {
+pub fn observe(layout: &Layout) -> Observation {
     let state = state::read_state(&layout.supervisor_state());
     let this_boot = procfs::boot_id();
     let earlier_boot = matches!(
@@ -112,7 +112,7 @@ pub fn inspect(layout: &Layout) -> Inspection {
         .map(|s| s.supervisor)
         .filter(|id| procfs::liveness(*id) == Liveness::Alive);
 
-    Inspection {
+    Observation {
         service,
         state,
         supervisor,

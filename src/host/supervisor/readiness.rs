@@ -1,5 +1,6 @@
-//! How the supervisor tells the world where it is: detached, one line on
-//! stdout to the waiting `service start`; in the foreground (`service run`),
+//! The readiness channel: how the supervisor tells whoever started it that
+//! the service is ready (or why not) and what it is doing. Detached, one line
+//! on stdout to the waiting `service start`; in the foreground (`service run`),
 //! sd_notify messages to systemd and errors on stderr.
 
 use std::fs;
@@ -18,8 +19,8 @@ pub const READY: &str = "READY ";
 /// Prefix of the readiness line on failure.
 pub const FAILED: &str = "FAILED ";
 
-/// Where reports go.
-pub enum Reporter {
+/// Where readiness and state go: to `service start` or to the process manager.
+pub enum ReadinessChannel {
     /// `service start` reads one line from our stdout.
     Detached {
         /// The line went out already.
@@ -32,15 +33,15 @@ pub enum Reporter {
     },
 }
 
-impl Reporter {
+impl ReadinessChannel {
     /// The service is healthy for the first time.
     pub fn ready(&mut self, report: &StartReport) {
         match self {
-            Reporter::Detached { .. } => match serde_json::to_string(report) {
+            ReadinessChannel::Detached { .. } => match serde_json::to_string(report) {
                 Ok(json) => self.send_line(&format!("{READY}{json}")),
                 Err(e) => self.send_line(&format!("{FAILED}cannot encode report: {e}")),
             },
-            Reporter::Foreground { notifier } => {
+            ReadinessChannel::Foreground { notifier } => {
                 if let Some(n) = notifier {
                     n.send(&format!(
                         "READY=1\nSTATUS=healthy: pid {}, release {}\nMAINPID={}",
@@ -60,11 +61,11 @@ impl Reporter {
             log_tail: logfile::tail(&layout.log_file(), logfile::TAIL_LINES),
         };
         match self {
-            Reporter::Detached { .. } => match serde_json::to_string(&err) {
+            ReadinessChannel::Detached { .. } => match serde_json::to_string(&err) {
                 Ok(json) => self.send_line(&format!("{FAILED}{json}")),
                 Err(_) => self.send_line(&format!("{FAILED}{message}")),
             },
-            Reporter::Foreground { notifier } => {
+            ReadinessChannel::Foreground { notifier } => {
                 if let Some(n) = notifier {
                     n.send(&format!("STATUS=failed: {message}"));
                 }
@@ -82,7 +83,7 @@ impl Reporter {
 
     /// A one-line state for `systemctl status`.
     pub fn status(&self, text: &str) {
-        if let Reporter::Foreground {
+        if let ReadinessChannel::Foreground {
             notifier: Some(n), ..
         } = self
         {
@@ -92,7 +93,7 @@ impl Reporter {
 
     /// A stop has begun.
     pub fn stopping(&self) {
-        if let Reporter::Foreground {
+        if let ReadinessChannel::Foreground {
             notifier: Some(n), ..
         } = self
         {
@@ -103,7 +104,7 @@ impl Reporter {
     /// Writes the line once, then points stdout at /dev/null so `start` sees
     /// EOF and nothing we do later can block on, or die from, a closed pipe.
     fn send_line(&mut self, line: &str) {
-        let Reporter::Detached { sent } = self else {
+        let ReadinessChannel::Detached { sent } = self else {
             return;
         };
         if *sent {

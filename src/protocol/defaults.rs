@@ -1,0 +1,62 @@
+//! Every default, defined once: what `shipjar.toml` means when it leaves a
+//! key out, what the host falls back to before the first release exists
+//! (the systemd unit, the init script, `service stop` without a manifest),
+//! and the grace the host gives a supervisor beyond its own limits.
+
+use std::time::Duration;
+
+/// `[health] start_timeout`: how long a start may take before it counts as failed.
+pub const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// `[health] interval`: how often the service is checked once running.
+// Only the config reads it; until it does, nothing else would.
+#[allow(dead_code)]
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `[stop] timeout`: SIGTERM, wait this long, then SIGKILL the process group.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `[stop] hook_timeout`: longest the stop hook may take.
+pub const STOP_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[restart] enabled`: a crashed service is restarted.
+pub const RESTART_ENABLED: bool = true;
+
+/// `[restart] initial_delay`: delay before the first restart after a crash.
+pub const RESTART_INITIAL_DELAY: Duration = Duration::from_secs(1);
+
+/// `[restart] max_delay`: longest delay between restarts.
+pub const RESTART_MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// `[restart] factor`: each further failure multiplies the delay by this.
+pub const RESTART_FACTOR: f64 = 2.0;
+
+/// `[restart] reset_after`: healthy this long, the back-off starts over.
+pub const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
+
+/// `[restart] max_failures`: this many failures within the window and the
+/// supervisor gives up.
+pub const RESTART_MAX_FAILURES: u32 = 5;
+
+/// `[restart] window`: the window failures are counted in.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
+
+/// `[logs] max_size`: rotate once the log would grow past this many bytes.
+pub const LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
+
+/// `[logs] keep`: rotated files kept.
+pub const LOG_KEEP: u32 = 5;
+
+/// `[logs] compress`: gzip rotated files.
+pub const LOG_COMPRESS: bool = false;
+
+/// How much longer than the supervisor's own start or stop limit a watcher
+/// (`service start/stop/reload`, systemd's `TimeoutStartSec`/`TimeoutStopSec`)
+/// waits before it treats the supervisor as hung: the supervisor enforces
+/// the real limit and reports.
+pub const SUPERVISOR_GRACE: Duration = Duration::from_secs(10);
+
+/// A duration in the release manifest's unit, milliseconds.
+pub const fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
