@@ -9,8 +9,6 @@ use std::time::Duration;
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// `[health] interval`: how often the service is checked once running.
-// Only the config reads it; until it does, nothing else would.
-#[allow(dead_code)]
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// `[stop] timeout`: SIGTERM, wait this long, then SIGKILL the process group.

@@ -1,48 +1,50 @@
-//! Default values of `shipjar.toml` settings, each defined once.
+//! Default values of `shipjar.toml` settings, in the config's units.
 //!
-//! Plain numbers (milliseconds, bytes) rather than config types, so the host
-//! side can share them through the protocol.
+//! What the host also needs (timeouts, restart, logs) is defined once in
+//! `protocol::defaults` and only converted here; the rest is the config's own.
+
+use crate::protocol::defaults::{self as shared, millis};
 
 /// `[service] java`: the java program, looked up in `PATH`.
 pub const JAVA: &str = "java";
 
 /// `[health] start_timeout`: how long a start may take before it counts as failed.
-pub const HEALTH_START_TIMEOUT_MS: u64 = 90_000;
+pub const HEALTH_START_TIMEOUT_MS: u64 = millis(shared::START_TIMEOUT);
 /// `[health] interval`: how often a running service is checked.
-pub const HEALTH_INTERVAL_MS: u64 = 5_000;
+pub const HEALTH_INTERVAL_MS: u64 = millis(shared::HEALTH_INTERVAL);
 
 /// `[version_check] key`: the JSON key holding the version.
 pub const VERSION_KEY: &str = "version";
 
 /// `[stop] timeout`: SIGTERM, wait this long, then SIGKILL.
-pub const STOP_TIMEOUT_MS: u64 = 30_000;
+pub const STOP_TIMEOUT_MS: u64 = millis(shared::STOP_TIMEOUT);
 /// `[stop] hook_timeout`: longest the drain hook may take.
-pub const STOP_HOOK_TIMEOUT_MS: u64 = 10_000;
+pub const STOP_HOOK_TIMEOUT_MS: u64 = millis(shared::STOP_HOOK_TIMEOUT);
 
 /// `[releases] keep`: releases kept on each host.
 pub const RELEASES_KEEP: usize = 5;
 
 /// `[restart] enabled`: a crashed service is restarted.
-pub const RESTART_ENABLED: bool = true;
+pub const RESTART_ENABLED: bool = shared::RESTART_ENABLED;
 /// `[restart] initial_delay`: delay before the first restart.
-pub const RESTART_INITIAL_DELAY_MS: u64 = 1_000;
+pub const RESTART_INITIAL_DELAY_MS: u64 = millis(shared::RESTART_INITIAL_DELAY);
 /// `[restart] max_delay`: longest delay between restarts.
-pub const RESTART_MAX_DELAY_MS: u64 = 60_000;
+pub const RESTART_MAX_DELAY_MS: u64 = millis(shared::RESTART_MAX_DELAY);
 /// `[restart] factor`: each further failure multiplies the delay by this.
-pub const RESTART_FACTOR: f64 = 2.0;
+pub const RESTART_FACTOR: f64 = shared::RESTART_FACTOR;
 /// `[restart] reset_after`: healthy this long and the back-off starts over.
-pub const RESTART_RESET_AFTER_MS: u64 = 60_000;
+pub const RESTART_RESET_AFTER_MS: u64 = millis(shared::RESTART_RESET_AFTER);
 /// `[restart] max_failures`: this many failures within the window and the supervisor gives up.
-pub const RESTART_MAX_FAILURES: u32 = 5;
+pub const RESTART_MAX_FAILURES: u32 = shared::RESTART_MAX_FAILURES;
 /// `[restart] window`: the window failures are counted in.
-pub const RESTART_WINDOW_MS: u64 = 600_000;
+pub const RESTART_WINDOW_MS: u64 = millis(shared::RESTART_WINDOW);
 
 /// `[logs] max_size`: rotate once the service log would grow past this many bytes.
-pub const LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
+pub const LOG_MAX_SIZE: u64 = shared::LOG_MAX_SIZE;
 /// `[logs] keep`: rotated files kept.
-pub const LOG_KEEP: u32 = 5;
+pub const LOG_KEEP: u32 = shared::LOG_KEEP;
 /// `[logs] compress`: gzip rotated files.
-pub const LOG_COMPRESS: bool = false;
+pub const LOG_COMPRESS: bool = shared::LOG_COMPRESS;
 
 /// `[stages.NAME] hosts`: without it a stage runs on this machine.
 pub const STAGE_HOST: &str = super::hosts::LOCAL_HOST;
