@@ -728,3 +728,59 @@ fn ctrl_c_while_waiting_for_the_lock_changes_nothing_and_exits_130() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
 }
+
+#[test]
+fn a_second_ctrl_c_cancels_a_hung_health_gate_at_once_and_the_host_goes_back() {
+    let p = Project::new();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let first = p.current();
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let mut child = p
+        .command(&[
+            "deploy",
+            "local",
+            "--artifact",
+            &jar,
+            "--version",
+            "2.0.0",
+            "--env",
+            "HANG_ON_START=1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.current() == first {
+        assert!(Instant::now() < deadline, "never switched");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    interrupt(&child);
+    let _ = wait_for_line(&mut stderr, "Ctrl-C again to abort now", Instant::now());
+    let sent = Instant::now();
+    interrupt(&child);
+    let (_, after) = wait_for_line(
+        &mut stderr,
+        "aborting: cancelling the switch of local",
+        sent,
+    );
+    assert!(after < Duration::from_secs(1), "feedback took {after:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    // Well before the 20 s start timeout: the gate was cancelled, not waited out.
+    assert!(
+        sent.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{}{rest}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("cancelled by the operator"),
+        "{stdout}{rest}"
+    );
+    assert_eq!(p.current(), first, "back on the previous release");
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+}

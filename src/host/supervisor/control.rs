@@ -105,6 +105,22 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
                 layout,
             ));
         }
+        Report::Cancelled => {
+            // Ask it to stop the half-started service as it would any stop.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                Signal::SIGTERM,
+            );
+            wait_or_kill(
+                &mut child,
+                defaults::STOP_TIMEOUT + defaults::SUPERVISOR_GRACE,
+            );
+            kill_orphan_service(layout);
+            return Err(with_tail(
+                error("cancelled by the operator (Ctrl-C) before it was healthy".to_string()),
+                layout,
+            ));
+        }
         Report::Timeout => {
             abandon(&mut child, layout);
             return Err(with_tail(
@@ -215,6 +231,8 @@ enum Report {
     Eof,
     /// Nothing within the deadline.
     Timeout,
+    /// The operator cancelled the request this start belongs to.
+    Cancelled,
 }
 
 /// Reads the supervisor's one-line report, giving up after `deadline`.
@@ -232,7 +250,21 @@ fn read_report(child: &mut Child, deadline: Duration) -> Report {
         };
         let _ = tx.send(report);
     });
-    rx.recv_timeout(deadline).unwrap_or(Report::Timeout)
+    let until = Instant::now() + deadline;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Report::Timeout;
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(50))) {
+            Ok(report) => return report,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Report::Eof,
+            Err(mpsc::RecvTimeoutError::Timeout) if crate::host::cancel::requested() => {
+                return Report::Cancelled;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
 }
 
 fn wait_or_kill(child: &mut Child, timeout: Duration) {
