@@ -35,7 +35,7 @@ pub enum Command {
     /// Write a starting shipjar.toml for the service in this directory.
     Init(InitArgs),
     /// Check the project file and render every config file for a stage, changing nothing.
-    Check(StageArgs),
+    Check(CheckArgs),
     /// Install the agent and create the service user, directories and init integration on each host.
     Provision(ProvisionArgs),
     /// Run the build command and record the artifact, its sha256 and version.
@@ -65,6 +65,19 @@ pub enum Command {
 pub struct StageArgs {
     /// Stage from `[stages.NAME]`; `local` is built in.
     pub stage: String,
+}
+
+/// `shipjar check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Stage from `[stages.NAME]`; `local` is built in.
+    pub stage: String,
+    /// Set a template variable, as `deploy --set` would (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Add or override a service environment variable, as `deploy --env` would (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
 }
 
 /// `shipjar init`.

@@ -16,7 +16,7 @@ pub mod transport;
 
 use std::path::Path;
 
-use crate::cli::{Command, StageArgs};
+use crate::cli::{CheckArgs, Command};
 use crate::error::Result;
 use config::Project;
 use output::Reporter;
@@ -59,7 +59,7 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
 
 /// `shipjar check STAGE`: validates the project and renders every file for
 /// every host of the stage (secrets masked), changing nothing.
-fn check(project: &Project, args: &StageArgs, reporter: &Reporter) -> Result<i32> {
+fn check(project: &Project, args: &CheckArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
     let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
     // A stand-in build: `check` renders templates, it does not build.
@@ -76,8 +76,8 @@ fn check(project: &Project, args: &StageArgs, reporter: &Reporter) -> Result<i32
         &stage,
         &build,
         secrets,
-        Default::default(),
-        Default::default(),
+        args::parse_pairs("--set", &args.set)?,
+        args::parse_pairs("--env", &args.env)?,
     )?;
     let mut text = String::new();
     for host in &plan.hosts {

@@ -53,7 +53,7 @@ fn template_error(name: &str, e: &minijinja::Error) -> Error {
     }
     if e.kind() == minijinja::ErrorKind::UndefinedError {
         err = err.hint(
-            "variables are service, stage, host, version, release, release_dir, config_dir, shared_dir, log_dir, the stage's vars, --set KEY=VALUE, and secrets.NAME",
+            "variables are service, stage, host, host_entry, version, git_commit, build_time, artifact_sha256, release, release_dir, config_dir, shared_dir, log_dir, the stage's vars, --set KEY=VALUE, and secrets.NAME",
         );
     }
     err
