@@ -13,7 +13,7 @@
             [clojure.tools.logging :as log]
             [ring.adapter.jetty :as jetty]
             [ring.middleware.params :refer [wrap-params]])
-  (:import (java.io File FileNotFoundException)
+  (:import (java.io File)
            (java.util Locale Properties)
            (java.util.concurrent Executors ScheduledExecutorService ThreadFactory TimeUnit)
            (org.eclipse.jetty.server Server)
@@ -59,14 +59,13 @@
 
 (defn- read-properties
   "Reads a properties file as UTF-8 (what shipjar's renderer writes) into a
-  sorted map; a missing file means no settings."
+  sorted map; a missing file means no settings, an unreadable one stops the start."
   [^File file]
   (let [props (Properties.)]
-    (try
+    (if (.exists file)
       (with-open [in (io/reader file :encoding "UTF-8")]
         (.load props in))
-      (catch FileNotFoundException _
-        (log/info (str file) "not found, using no settings from it")))
+      (log/info (str file) "not found, using no settings from it"))
     (into (sorted-map) (map (fn [k] [k (.getProperty props k)])) (.stringPropertyNames props))))
 
 (defn- timer-pool ^ScheduledExecutorService []
