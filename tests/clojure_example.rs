@@ -206,7 +206,8 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Starts `java -jar JAR` with a config dir holding `service.properties`, checks
 /// that it becomes healthy and reports its version, then stops it with SIGTERM
-/// and checks that it exits as a JVM does after a clean SIGTERM (143).
+/// during a slow request and checks that the request is answered and the JVM
+/// exits as it does after a clean SIGTERM (143). Returns the start-to-healthy time.
 fn run_by_hand(jar: &Path, work: &Path) -> Duration {
     let config = work.join("config");
     std::fs::create_dir_all(&config).expect("mkdir config");
@@ -237,6 +238,9 @@ fn run_by_hand(jar: &Path, work: &Path) -> Duration {
     assert_eq!(status, 200, "{body}");
     let version: serde_json::Value = serde_json::from_str(&body).expect("/version is JSON");
     assert_eq!(version["version"], "by-hand-1", "{body}");
+    // A request in flight when SIGTERM arrives still gets its answer.
+    let in_flight = std::thread::spawn(move || http_get(port, "/slow?ms=1500"));
+    std::thread::sleep(Duration::from_millis(500));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(jvm.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -251,6 +255,8 @@ fn run_by_hand(jar: &Path, work: &Path) -> Duration {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(143), "exit after SIGTERM");
+    let answer = in_flight.join().expect("slow request thread");
+    assert_eq!(answer, Some((200, "slept 1500 ms\n".to_string())));
     took
 }
 
@@ -465,7 +471,15 @@ fn deploy_builds_serves_its_version_and_a_failing_release_is_reverted() {
     assert_eq!(http_get(p.port, "/health"), Some((200, "ok\n".to_string())));
     assert_eq!(p.served_version().as_deref(), Some(version.as_str()));
 
-    for out in [&first, &failed] {
+    let status = p.run(&["--json", "status", "local"]);
+    let status_json = json_result(&status);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let host = &status_json["hosts"][0];
+    assert_eq!(host["flags"], serde_json::json!([]), "{status_json}");
+    assert_eq!(host["status"]["current"]["id"], good.as_str());
+    assert_eq!(host["status"]["reported_version"], version.as_str());
+
+    for out in [&first, &failed, &status] {
         assert!(
             !text(out).contains(&p.secret),
             "secret printed:\n{}",
