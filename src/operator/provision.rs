@@ -252,17 +252,19 @@ fn dry_run_with_temp_agent(
     let path = path.trim().to_string();
     let mut reach = fleet.reach.clone();
     reach.agent_path = path.clone();
-    fleet.pace();
-    let answer = AgentSession::open(host, spec, &reach, &fleet.service).and_then(|mut session| {
-        let r = session.call(
-            Request::Provision {
-                spec: provision.clone(),
-            },
-            &mut |_, _| {},
-        );
-        let _ = session.close();
-        r
-    });
+    let permit = fleet.startup_permit();
+    let answer = AgentSession::open(host, spec, &reach, &fleet.service, Some(permit)).and_then(
+        |mut session| {
+            let r = session.call(
+                Request::Provision {
+                    spec: provision.clone(),
+                },
+                &mut |_, _| {},
+            );
+            let _ = session.close();
+            r
+        },
+    );
     let removed = remote(fleet, spec, REMOVE_TEMP_AGENT_SCRIPT, &[&path], None);
     match (answer, removed) {
         (answer, Ok(_)) => answer,
@@ -343,7 +345,7 @@ fn remote(
     args: &[&str],
     input: Option<&[u8]>,
 ) -> Result<String, String> {
-    fleet.pace();
+    let _permit = fleet.startup_permit();
     let mut words = vec!["sh", "-c", script, "sh", &fleet.reach.agent_path];
     words.extend_from_slice(args);
     let remote = ssh::remote_command(&fleet.reach, &words);
