@@ -220,6 +220,18 @@ fn describe_now_running(now: &NowRunning) -> String {
     }
 }
 
+/// "URL has no key `version` (its keys: app, build)": what is there helps fix `key`.
+fn missing_key(url: &str, key: &str, answer: &serde_json::Value) -> String {
+    match answer.as_object() {
+        Some(object) if !object.is_empty() => {
+            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+            format!("{url} has no key `{key}` (its keys: {})", keys.join(", "))
+        }
+        Some(_) => format!("{url} has no key `{key}` (it answered an empty object)"),
+        None => format!("{url} has no key `{key}` (it answered JSON that is not an object)"),
+    }
+}
+
 /// Asks the service's version endpoint; `Ok(None)` when the manifest has none.
 pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, String> {
     let Some(check) = &manifest.version_check else {
@@ -238,7 +250,7 @@ pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, St
                 return match value.get(&check.key) {
                     Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
                     Some(other) if !other.is_null() => Ok(Some(other.to_string())),
-                    _ => Err(format!("{} has no key `{}`", check.url, check.key)),
+                    _ => Err(missing_key(&check.url, &check.key, &value)),
                 };
             }
             Ok(answer) => last_error = format!("{} answered HTTP {}", check.url, answer.status),
@@ -249,4 +261,19 @@ pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, St
         }
     }
     Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_key;
+
+    #[test]
+    fn a_missing_version_key_lists_the_keys_there() {
+        let answer = serde_json::json!({"app": "hello", "build": "1.2"});
+        assert_eq!(
+            missing_key("http://x/version", "version", &answer),
+            "http://x/version has no key `version` (its keys: app, build)"
+        );
+        assert!(missing_key("u", "v", &serde_json::json!([1])).ends_with("not an object)"));
+    }
 }

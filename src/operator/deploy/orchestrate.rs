@@ -90,7 +90,12 @@ fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String
     // On a failed deploy, switched hosts go back so the fleet runs one version.
     // An interrupt is the user's choice: hosts switched so far stay (and say so).
     if stopped.is_some() && !fleet::interrupted() && ctx.stage.on_failure == OnFailure::Revert {
-        timed(phases, "revert", || revert_switched(ctx, runs));
+        // Only when this step put hosts back: a host whose own switch failed was
+        // reverted by its agent, and that time is part of `switch`.
+        let started = Instant::now();
+        if revert_switched(ctx, runs) > 0 {
+            phases.insert("revert", started.elapsed().as_millis() as u64);
+        }
     }
     // Phase 4: prune and unlock.
     timed(phases, "finish", || finish_all(ctx, runs));
@@ -110,6 +115,10 @@ fn timed<T>(phases: &mut Phases, phase: &'static str, f: impl FnOnce() -> T) -> 
 fn lock_all(ctx: &Ctx, runs: &mut [Run]) {
     let parallel = ctx.fleet.parallel;
     let deadline = ctx.wait.map(|w| Instant::now() + w);
+    for run in runs.iter_mut() {
+        run.waiting = ctx.wait.is_some();
+    }
+    let mut announced = false;
     loop {
         fleet::each(runs, parallel, |run| {
             let t = Instant::now();
@@ -130,7 +139,17 @@ fn lock_all(ctx: &Ctx, runs: &mut [Run]) {
         }
         // Queue behind the live holder: give back what we took and try again.
         release_all(runs, parallel, ctx.reporter);
-        ctx.reporter.note("waiting for the deploy lock (--wait)");
+        if !announced {
+            announced = true;
+            let held = runs
+                .iter()
+                .find_map(|r| r.outcome.reason.as_deref())
+                .and_then(|reason| reason.split(';').next())
+                .unwrap_or_default()
+                .to_string();
+            ctx.reporter
+                .note(&format!("waiting for the deploy lock (--wait): {held}"));
+        }
         std::thread::sleep(Duration::from_millis(500));
         for run in runs.iter_mut() {
             run.outcome.failed_step = None;
@@ -292,14 +311,17 @@ fn switch_batch(ctx: &Ctx, runs: &mut [Run], n: usize, batch: &[usize]) -> usize
     batch.iter().filter(|i| runs[**i].failed()).count()
 }
 
-/// Puts every host that switched successfully back on its previous release.
-fn revert_switched(ctx: &Ctx, runs: &mut [Run]) {
+/// Puts every host that switched successfully back on its previous release;
+/// returns how many it tried.
+fn revert_switched(ctx: &Ctx, runs: &mut [Run]) -> usize {
     let deployer = deployer();
+    let count = runs.iter().filter(|r| r.switched && r.outcome.ok).count();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         if run.switched && run.outcome.ok {
             revert_host(run, &deployer, ctx.reporter);
         }
     });
+    count
 }
 
 /// On every host still answering: prune old releases and release the lock.
@@ -328,10 +350,15 @@ fn finish_all(ctx: &Ctx, runs: &mut [Run]) {
 
 /// Before any host changed: if something failed, the whole run stops here.
 fn stop_before_change(runs: &mut [Run], phase: &str, reporter: &Reporter) -> Option<String> {
-    let failed: Vec<String> = runs
+    // "choose failed on app1; lock failed on app2, app3": each step as it failed.
+    let mut by_step: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for run in runs.iter().filter(|r| r.failed()) {
+        let step = run.outcome.failed_step.as_deref().unwrap_or(phase);
+        by_step.entry(step).or_default().push(&run.host);
+    }
+    let failed: Vec<String> = by_step
         .iter()
-        .filter(|r| r.failed())
-        .map(|r| r.host.clone())
+        .map(|(step, hosts)| format!("{step} failed on {}", hosts.join(", ")))
         .collect();
     if failed.is_empty() && !fleet::interrupted() {
         return None;
@@ -343,11 +370,7 @@ fn stop_before_change(runs: &mut [Run], phase: &str, reporter: &Reporter) -> Opt
     let why = if fleet::interrupted() {
         "interrupted (Ctrl-C) before any host was switched".to_string()
     } else {
-        format!(
-            "{} failed on {}; no host was switched",
-            phase,
-            failed.join(", ")
-        )
+        format!("{}; no host was switched", failed.join("; "))
     };
     reporter.note(&why);
     Some(why)
