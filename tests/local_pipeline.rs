@@ -272,7 +272,7 @@ fn undefined_template_variable_exits_2_naming_template_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        err.contains("template deploy/database.properties:2: undefined variable"),
+        err.contains("template deploy/database.properties:2: undefined variable `db_usr`"),
         "{err}"
     );
     assert!(!p.lib().exists(), "nothing may change on a template error");
@@ -293,6 +293,14 @@ fn second_concurrent_deploy_fails_fast_naming_the_lock_holder() {
     assert!(err.contains("the deploy lock is held by"), "{err}");
     assert!(err.contains(&format!("pid {first_pid}")), "{err}");
     assert!(err.contains("deploy local"), "{err}");
+    let said = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        said.contains(
+            "local is now not changed (this run did not get to ask which release it runs)"
+        ),
+        "{said}"
+    );
+    assert!(!said.contains("(none)"), "{said}");
     assert!(
         took < Duration::from_secs(3),
         "the second deploy must fail at once, took {took:?}"
@@ -783,4 +791,73 @@ fn a_second_ctrl_c_cancels_a_hung_health_gate_at_once_and_the_host_goes_back() {
     );
     assert_eq!(p.current(), first, "back on the previous release");
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn rollback_to_an_unknown_release_names_the_step_that_failed() {
+    let p = Project::new();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let current = p.current().unwrap();
+    let out = p.run(&["rollback", "local", "--to", "nope"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("local: rollback FAILED at step `choose`: release nope is not on this host"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "local is now not changed (still on release {current})"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("rollback stopped: choose failed on local; no host was switched"),
+        "{said}"
+    );
+    assert!(!said.contains("lock failed"), "{said}");
+}
+
+#[test]
+fn waiting_for_the_lock_is_announced_once_and_the_agent_own_revert_is_no_revert_phase() {
+    let p = Project::new();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let holder = p.spawn_slow_deploy("2.0.0", 3000);
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let out = p
+        .command(&[
+            "--json",
+            "deploy",
+            "local",
+            "--artifact",
+            &jar,
+            "--version",
+            "3.0.0",
+            "--wait",
+            "60s",
+            "--env",
+            "FAIL_ON_START=1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(holder.wait_with_output().unwrap().status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let waits = stdout
+        .lines()
+        .filter(|l| l.contains("waiting for the deploy lock"))
+        .count();
+    assert_eq!(waits, 1, "{stdout}");
+    assert!(
+        stdout.contains("waiting for the deploy lock (--wait): the deploy lock is held by"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("\"status\":\"failed\",\"message\":\"the deploy lock is held"),
+        "{stdout}"
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["hosts"][0]["state"], "reverted", "{result}");
+    assert!(result["phases_ms"].get("revert").is_none(), "{result}");
+    assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
 }
