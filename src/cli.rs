@@ -78,6 +78,11 @@ pub struct CheckArgs {
     /// Add or override a service environment variable, as `deploy --env` would (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Only check the project and render the templates; do not reach the hosts.
+    #[arg(long)]
+    pub no_hosts: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// `shipjar init`.

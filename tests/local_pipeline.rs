@@ -861,3 +861,48 @@ fn waiting_for_the_lock_is_announced_once_and_the_agent_own_revert_is_no_revert_
     assert!(result["phases_ms"].get("revert").is_none(), "{result}");
     assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
 }
+
+#[test]
+fn check_reaches_the_host_and_names_what_a_deploy_would_meet() {
+    let p = Project::new();
+    // Before any deploy someone else holds the service's port.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", p.port)).unwrap();
+    let out = p.run(&["check", "local"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(said.contains("local: ok       agent"), "{said}");
+    assert!(
+        said.contains("local: ok       java       /usr/bin/java: "),
+        "{said}"
+    );
+    assert!(said.contains("local: ok       disk"), "{said}");
+    assert!(
+        said.contains(&format!("local: PROBLEM  port {}", p.port))
+            && said.contains("held by another program: pid"),
+        "{said}"
+    );
+    drop(squatter);
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let out = p.run(&["--json", "check", "local", "--set", "extra=1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(said.lines().last().unwrap()).unwrap();
+    let findings = &result["hosts"][0]["findings"];
+    let port = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["what"] == format!("port {}", p.port))
+        .unwrap();
+    assert_eq!(port["status"], "ok");
+    assert!(
+        port["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("held by this service (pid ")
+    );
+    // --no-hosts stays on this machine.
+    let out = p.run(&["check", "local", "--no-hosts"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("agent"));
+}

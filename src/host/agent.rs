@@ -203,6 +203,7 @@ impl Session {
             Request::Status
                 | Request::Releases
                 | Request::Cancel
+                | Request::CheckHost { .. }
                 | Request::Unlock
                 | Request::Provision { .. }
                 | Request::Logs { .. }
@@ -348,6 +349,10 @@ impl Session {
             }
             // The activation it was meant for has ended already.
             Request::Cancel => Response::NothingToCancel,
+            Request::CheckHost { spec } => Response::HostChecked {
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                findings: crate::host::check::check(&layout, &spec),
+            },
             Request::Status => Response::Status(Box::new(status(&layout))),
             Request::Releases => Response::Releases {
                 releases: store::list(&layout),

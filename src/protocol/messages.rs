@@ -79,6 +79,11 @@ pub enum Request {
     /// Abort the request in progress; sent while it runs (with id
     /// [`CANCEL_ID`]). Only answered when nothing was in progress.
     Cancel,
+    /// Check, changing nothing, that a deploy could work here (`shipjar check`).
+    CheckHost {
+        /// What to check.
+        spec: HostCheckSpec,
+    },
     /// Report what runs on this host.
     Status,
     /// List releases on this host.
@@ -158,6 +163,42 @@ pub struct ResourceResult {
     pub diff: Option<String>,
 }
 
+/// What `shipjar check` asks a host to look at.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostCheckSpec {
+    /// The program the service runs (`java`, or the command's first word).
+    pub program: String,
+    /// The service's health check (its port must be free or the service's).
+    pub health: crate::protocol::manifest::HealthCheck,
+    /// Size of the artifact that a deploy would store.
+    pub artifact_bytes: u64,
+    /// What `provision` would establish.
+    pub provision: ProvisionSpec,
+}
+
+/// One finding of `check_host`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFinding {
+    /// What was checked, e.g. `java`, `disk`, `port 8080`.
+    pub what: String,
+    /// Whether a deploy can count on it.
+    pub status: FindingStatus,
+    /// What was found.
+    pub detail: String,
+}
+
+wire_enum! {
+    /// Whether a checked thing is ready for a deploy.
+    pub enum FindingStatus {
+        /// Ready.
+        Ok => "ok",
+        /// A deploy would fail or misbehave because of it.
+        Problem => "problem",
+    }
+}
+
 /// A rendered config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +275,13 @@ pub enum Response {
     },
     /// Answer to a `cancel` that arrived when nothing was in progress.
     NothingToCancel,
+    /// Answer to `check_host`.
+    HostChecked {
+        /// Version of the agent binary.
+        agent_version: String,
+        /// One finding per thing checked, in order.
+        findings: Vec<HostFinding>,
+    },
     /// Answer to `status`.
     Status(Box<HostStatus>),
     /// Answer to `releases`.

@@ -5,7 +5,7 @@
 mod backoff;
 mod control;
 mod health;
-mod listener;
+pub(crate) mod listener;
 pub(crate) mod logfile;
 mod logpipe;
 mod notify;
@@ -17,6 +17,8 @@ mod readiness;
 mod release;
 mod rotate;
 mod spawn;
+
+pub use spawn::CLEAN_PATH;
 mod state;
 mod status;
 mod stopping;
