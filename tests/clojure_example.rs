@@ -6,6 +6,8 @@
 //! as root (as CI does); elsewhere a missing one fails the test, naming it.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -486,4 +488,96 @@ fn deploy_builds_serves_its_version_and_a_failing_release_is_reverted() {
             text(out)
         );
     }
+}
+
+/// `/version`'s `version` from `ip:port`, from outside the host.
+fn version_at(ip: &str, port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /version HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    value["version"].as_str().map(str::to_string)
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn the_full_pipeline_deploys_to_three_hosts_and_a_failing_release_is_reverted_everywhere() {
+    fleet::require_root();
+    require_packages();
+    let hosts = fleet::Fleet::new(3);
+    let dir = example_copy();
+    let secret = unique_secret();
+    let path = dir.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&path)
+        .expect("read config")
+        .replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
+        + &format!(
+            "\n[stages.fleet]\nhosts = [{}]\nssh_config = \"{}\"\nvars = {{ db_url = \"jdbc:postgresql://db/inventory\", db_user = \"inventory\" }}\nsecrets = {{ db_password = {{ env = \"INVENTORY_DB_PASSWORD\" }} }}\n",
+            hosts
+                .hosts()
+                .iter()
+                .map(|h| format!("\"{h}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            hosts.ssh_config().display()
+        );
+    std::fs::write(&path, config).expect("write config");
+    // The stage picks deploy/logback-<stage>.xml.
+    std::fs::copy(
+        dir.path().join("deploy/logback-production.xml"),
+        dir.path().join("deploy/logback-fleet.xml"),
+    )
+    .expect("copy logging config");
+    let run = |args: &[&str]| {
+        Command::new(shipjar_bin())
+            .arg("-C")
+            .arg(dir.path())
+            .args(args)
+            .env("INVENTORY_DB_PASSWORD", &secret)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run shipjar")
+    };
+    let out = run(&["provision", "fleet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = {
+        let _one_build_at_a_time = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+        run(&["--json", "deploy", "fleet"])
+    };
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let version = json_result(&out)["version"]
+        .as_str()
+        .expect("version")
+        .to_string();
+    for host in hosts.hosts() {
+        assert_eq!(
+            version_at(&hosts.ip(&host), 18090).as_deref(),
+            Some(version.as_str()),
+            "{host}"
+        );
+    }
+    let failed = run(&[
+        "deploy",
+        "fleet",
+        "--skip-build",
+        "--env",
+        "FAIL_ON_START=1",
+    ]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    for host in hosts.hosts() {
+        assert_eq!(
+            version_at(&hosts.ip(&host), 18090).as_deref(),
+            Some(version.as_str()),
+            "{host} after the failed release"
+        );
+    }
+    let all = text(&failed);
+    assert!(!all.contains(&secret), "the secret was printed");
+    assert!(all.contains("is now back on release"), "{all}");
 }
