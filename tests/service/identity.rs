@@ -57,19 +57,20 @@ fn a_forged_state_file_gets_no_process_signalled() {
     let (_sleep, pid, ticks) = sleeper();
     forge_state(&host, pid, ticks);
 
-    let out = host.run("status", false);
-    assert_ne!(code(&out), 0, "{}", text(&out));
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = host.run("status", false);
+    // The stop first: what matters most is that nothing was signalled.
+    let out = host.run("stop", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    survives(pid, ticks);
+
+    assert_ne!(code(&status), 0, "{}", text(&status));
+    let said = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(
         said.starts_with(&format!(
             "dead: supervisor pid {pid} is not this service's supervisor: sleep (its program is "
         )),
         "{said}"
     );
-
-    let out = host.run("stop", true);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    survives(pid, ticks);
 }
 
 #[test]
@@ -88,14 +89,14 @@ fn state_files_of_the_service_user_do_not_make_root_signal() {
     ] {
         std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown to nobody");
     }
-    let out = host.run("status", false);
-    assert_ne!(code(&out), 0, "{}", text(&out));
-    let out = host.run("stop", false);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    survives(pid, ticks);
+    let status = host.run("status", false);
     let out = host.run("reload", false);
     assert_ne!(code(&out), 0, "{}", text(&out));
     survives(pid, ticks);
+    let out = host.run("stop", false);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    survives(pid, ticks);
+    assert_ne!(code(&status), 0, "{}", text(&status));
 }
 
 #[test]
@@ -107,6 +108,14 @@ fn a_stale_pid_only_pidfile_naming_a_sleep_is_not_the_service() {
     fs::write(host.pidfile(), format!("{pid}\n")).expect("pidfile");
 
     let out = host.run("status", false);
+    let (_, status) = host.status_json();
+    // The stop first: what matters most is that nothing was signalled.
+    let stop = host.run("stop", true);
+    assert_eq!(code(&stop), 0, "{}", text(&stop));
+    survives(pid, ticks);
+    let report: serde_json::Value = serde_json::from_slice(&stop.stdout).expect("json");
+    assert_eq!(report["was_running"], false, "{report}");
+
     assert_eq!(code(&out), 1, "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -119,15 +128,8 @@ fn a_stale_pid_only_pidfile_naming_a_sleep_is_not_the_service() {
         said.trim_end().ends_with("is not a release of pidonly)"),
         "{said}"
     );
-    let (_, status) = host.status_json();
     assert_eq!(status["state"], "dead", "{status}");
     assert_eq!(status["pid"], serde_json::Value::Null, "{status}");
-
-    let out = host.run("stop", true);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(report["was_running"], false, "{report}");
-    survives(pid, ticks);
 }
 
 #[test]
