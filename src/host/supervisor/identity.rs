@@ -95,11 +95,15 @@ impl Snapshot {
     }
 }
 
-/// Uids a supervisor of this service may run as: ours, and — when we are
-/// root — the owner of the run dir's state file (the unit's `User=`).
+/// Uids a supervisor of this service may run as: root, ours, and — when we
+/// are root — the owner of the run dir's state file (the unit's `User=`).
+/// Root is always believable: the service user cannot start a root process.
 pub fn supervisor_uids(layout: &Layout) -> Vec<u32> {
     let me = nix::unistd::Uid::effective().as_raw();
-    let mut uids = vec![me];
+    let mut uids = vec![0];
+    if me != 0 {
+        uids.push(me);
+    }
     if me == 0
         && let Ok(meta) = std::fs::symlink_metadata(layout.supervisor_state())
         && !uids.contains(&meta.uid())
