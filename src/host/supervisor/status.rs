@@ -56,12 +56,20 @@ pub fn status(layout: &Layout) -> ServiceStatus {
         Service::NoPidfile | Service::Gone(_) if phase(&seen) == Some(&Phase::Failed) => {
             failed(&seen)
         }
-        Service::NoPidfile if seen.starting() => {
+        // Between runs: the new one is not spawned yet (the pidfile may
+        // still name the last one).
+        Service::NoPidfile | Service::Gone(_) if seen.starting() => {
             let sup = seen.supervisor.map_or(0, |s| s.pid);
+            let after = seen
+                .state
+                .as_ref()
+                .filter(|s| s.restarts > 0)
+                .map(|s| format!(" (restart {} after: {})", s.restarts, how_it_ended(s)))
+                .unwrap_or_default();
             let mut status = with_nothing_known(
                 ServiceState::Starting,
                 LSB_NOT_RUNNING,
-                format!("starting: supervisor pid {sup} is spawning the service"),
+                format!("starting: supervisor pid {sup} is spawning the service{after}"),
             );
             status.supervisor_pid = seen.supervisor.map(|s| s.pid);
             status.healthy = Some(false);
@@ -368,6 +376,10 @@ fn unrecorded_exit(seen: &Observation) -> bool {
     seen.supervisor.is_some()
         && seen.state.as_ref().is_some_and(|s| {
             s.service.is_some_and(|id| id.pid == pid)
-                && matches!(s.state, Phase::Starting | Phase::Running | Phase::Stopping)
+                // Exited: about to back off, or to exit itself.
+                && matches!(
+                    s.state,
+                    Phase::Starting | Phase::Running | Phase::Stopping | Phase::Exited
+                )
         })
 }
