@@ -525,10 +525,14 @@ fn stop_unsupervised(id: ProcessId, timeout: Duration) -> Result<String, Supervi
     }
 }
 
-/// Signals the process group led by `id`, or just `id` when it leads none.
+/// Signals the process group led by `id`, or just `id` when it leads none;
+/// nothing when `id` is no longer that process (its start time changed).
 fn kill_group(id: ProcessId, sig: Signal) -> std::io::Result<()> {
-    let leads_group = matches!(procfs::stat(id.pid), Ok(Some(s)) if s.pgrp == id.pid);
-    if leads_group {
+    let stat = match procfs::stat(id.pid)? {
+        Some(s) if s.start_ticks == id.start_ticks => s,
+        _ => return Ok(()),
+    };
+    if stat.pgrp == id.pid {
         process::signal_group(id.pid, sig).map(drop)
     } else {
         process::signal_pid(id.pid, sig).map(drop)
