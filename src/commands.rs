@@ -33,7 +33,9 @@ fn layout(args: &ServiceArgs) -> Result<Layout> {
 
 fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
     match cmd {
-        ServiceCommand::Start(args) => report_start(supervisor::start(&layout(&args)?), json),
+        ServiceCommand::Start(args) => {
+            report_start(supervisor::start_outcome(&layout(&args)?), json)
+        }
         ServiceCommand::Restart(args) => report_start(supervisor::restart(&layout(&args)?), json),
         ServiceCommand::Stop(args) => match supervisor::stop(&layout(&args)?) {
             Ok(report) => {
@@ -45,7 +47,14 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                     } else {
                         ""
                     };
-                    println!("stopped: {} ({} ms{dump})", report.how, report.took_ms);
+                    let what = match report.unsupervised_pid {
+                        Some(pid) => format!("the unsupervised service pid {pid} "),
+                        None => String::new(),
+                    };
+                    println!(
+                        "stopped: {what}{} ({} ms{dump})",
+                        report.how, report.took_ms
+                    );
                 } else {
                     println!("not running");
                 }
@@ -121,28 +130,49 @@ fn install(args: &InstallArgs, which: Init) -> Result<i32> {
 }
 
 fn report_start(
-    result: std::result::Result<supervisor::StartReport, supervisor::SupervisorError>,
+    result: std::result::Result<supervisor::StartOutcome, supervisor::SupervisorError>,
     json: bool,
 ) -> Result<i32> {
     match result {
-        Ok(report) => {
+        Ok(outcome) => {
             if json {
-                print_json(&report);
-            } else if report.already_running {
-                println!(
-                    "already running: pid {} (release {})",
-                    report.pid, report.release
-                );
+                print_json(&outcome);
             } else {
-                println!(
-                    "started: pid {} (release {}), healthy after {} ms",
-                    report.pid, report.release, report.healthy_after_ms
-                );
+                print!("{}", start_text(&outcome));
             }
             Ok(0)
         }
         Err(err) => Ok(report_supervisor_error(&err, json)),
     }
+}
+
+/// What `service start` says, one line per thing it did.
+fn start_text(outcome: &supervisor::StartOutcome) -> String {
+    let mut text = String::new();
+    if let Some(pid) = outcome.replaced_pid {
+        let how = outcome.replaced_how.as_deref().unwrap_or("stopped");
+        text.push_str(&format!(
+            "replaced an unsupervised service pid {pid} (its supervisor was gone): {how}\n"
+        ));
+    }
+    let report = &outcome.report;
+    let release = if report.release.is_empty() {
+        "release unknown".to_string()
+    } else {
+        format!("release {}", report.release)
+    };
+    if report.already_running {
+        text.push_str(&format!(
+            "already running: pid {} ({release})\n",
+            report.pid
+        ));
+    } else {
+        text.push_str(&format!(
+            "started: pid {} ({release}), healthy after {} ms\n",
+            report.pid, report.healthy_after_ms
+        ));
+    }
+    text
 }
 
 fn report_supervisor_error(err: &supervisor::SupervisorError, json: bool) -> i32 {
@@ -164,5 +194,41 @@ fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string(value) {
         Ok(text) => println!("{text}"),
         Err(e) => eprintln!("error: cannot encode JSON: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::supervisor::{StartOutcome, StartReport};
+
+    fn outcome(release: &str, already_running: bool, replaced: Option<i32>) -> StartOutcome {
+        StartOutcome {
+            report: StartReport {
+                pid: 42,
+                release: release.to_string(),
+                healthy_after_ms: 7,
+                already_running,
+            },
+            replaced_pid: replaced,
+            replaced_how: replaced.map(|_| "terminated after SIGTERM".to_string()),
+        }
+    }
+
+    #[test]
+    fn start_never_prints_an_empty_release() {
+        assert_eq!(
+            start_text(&outcome("", true, None)),
+            "already running: pid 42 (release unknown)\n"
+        );
+        assert_eq!(
+            start_text(&outcome("r1", true, None)),
+            "already running: pid 42 (release r1)\n"
+        );
+        assert_eq!(
+            start_text(&outcome("r1", false, Some(17))),
+            "replaced an unsupervised service pid 17 (its supervisor was gone): terminated after SIGTERM\n\
+             started: pid 42 (release r1), healthy after 7 ms\n"
+        );
     }
 }

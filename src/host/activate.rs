@@ -104,9 +104,13 @@ fn switch_and_verify(
     cancelled("health")?;
     if let Some(stop) = restarted.stop.filter(|s| s.was_running) {
         outcome.stopped_after_ms = Some(stop.took_ms);
+        let which = match stop.unsupervised_pid {
+            Some(pid) => format!("replaced an unsupervised service pid {pid}:"),
+            None => "previous process".to_string(),
+        };
         emit(
             "stop",
-            &format!("previous process {} in {} ms", stop.how, stop.took_ms),
+            &format!("{which} {} in {} ms", stop.how, stop.took_ms),
         );
     }
     let started = restarted.start;

@@ -532,6 +532,7 @@ mod tests {
                 last_exit_signal: None,
                 restarts: 0,
                 next_restart_at: None,
+                unsupervised_since: None,
             },
             running_version: None,
             reported_version: None,

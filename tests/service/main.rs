@@ -6,6 +6,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod death;
+mod identity;
 mod init;
 mod logs;
 mod notify;
