@@ -484,6 +484,8 @@ mod tests {
                 last_exit_signal: None,
                 restarts: 0,
                 next_restart_at: None,
+                unhealthy_since: None,
+                last_probe: None,
             },
             running_version: None,
             reported_version: None,

@@ -54,4 +54,12 @@ pub struct ServiceStatus {
     pub restarts: u32,
     /// When the next restart is due, while restarting (RFC 3339).
     pub next_restart_at: Option<String>,
+    /// Since when the running service's health checks fail (RFC 3339);
+    /// `None` while they pass.
+    #[serde(default)]
+    pub unhealthy_since: Option<String>,
+    /// What the last failed health check got while unhealthy, e.g.
+    /// "HTTP 500", "connection refused", "timed out after 2s".
+    #[serde(default)]
+    pub last_probe: Option<String>,
 }

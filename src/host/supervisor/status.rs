@@ -162,6 +162,8 @@ fn with_nothing_known(state: ServiceState, lsb_code: i32, detail: String) -> Ser
         last_exit_signal: None,
         restarts: 0,
         next_restart_at: None,
+        unhealthy_since: None,
+        last_probe: None,
     }
 }
 
@@ -227,6 +229,8 @@ fn running(
         started_at,
         uptime_s: uptime.map(|u| u.as_secs()),
         healthy,
+        unhealthy_since: mine.and_then(|s| s.unhealthy_since.clone()),
+        last_probe: mine.and_then(|s| s.last_probe.clone()),
         ..with_nothing_known(
             ServiceState::Running,
             0,
