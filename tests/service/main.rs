@@ -6,9 +6,12 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod console_log;
 mod init;
+mod liveness;
 mod logs;
 mod notify;
+mod pacing;
 mod privileges;
 mod readiness;
 mod reload;
