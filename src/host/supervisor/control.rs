@@ -56,9 +56,8 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
     let deadline =
         Duration::from_millis(current.manifest.health.start_timeout_ms) + SUPERVISOR_GRACE;
 
-    let log_path = logfile::service_log(layout);
-    let log = logfile::open_append(&log_path)
-        .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
+    let (log_path, log) = logfile::open_service_log(layout);
+    let log = log.map_err(|e| error(format!("{}: {e}", log_path.display())))?;
     let exe = std::env::current_exe()
         .map_err(|e| error(format!("cannot find the shipjar executable: {e}")))?;
     // The supervisor runs in `/` (it must not pin a release dir): the root

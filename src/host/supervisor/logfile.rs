@@ -12,6 +12,7 @@ use crate::protocol::names;
 
 use super::release::{self, Release};
 use super::rotate::{self, Owner};
+use super::spawn;
 
 /// The file a release's service output goes to: its `[logs] file` in the
 /// log dir. Refuses a name that is not one plain file name.
@@ -36,6 +37,31 @@ pub const TAIL_LINES: usize = 20;
 
 /// Longest log line shown in a tail; the rest is cut.
 const MAX_TAIL_LINE: usize = 500;
+
+/// Opens the service log of the release `current` points to for appending
+/// (for the supervisor's own stderr before its log pipe exists). A file
+/// this creates gets the owner the supervisor gives its log files: as root,
+/// the release's user and group.
+pub fn open_service_log(layout: &Layout) -> (PathBuf, io::Result<File>) {
+    let Ok(current) = release::current(layout) else {
+        let path = layout.log_file();
+        let file = open_append(&path);
+        return (path, file);
+    };
+    let path = path_for(layout, &current).unwrap_or_else(|_| layout.log_file());
+    let owner = match spawn::credentials(&current) {
+        Ok(Some(c)) => Some(Owner {
+            uid: c.uid,
+            gid: c.gid,
+        }),
+        _ => None,
+    };
+    let file = match path.parent() {
+        Some(dir) => fs::create_dir_all(dir).and_then(|()| rotate::open_log(&path, owner)),
+        None => rotate::open_log(&path, owner),
+    };
+    (path, file)
+}
 
 /// Opens (creating) the log for appending, creating its directory too.
 /// Refuses symlinks and hard links (see [`rotate::open_log`]). As root, a
