@@ -19,6 +19,10 @@ pub const HEALTH_FAILURES: u32 = 3;
 /// service (never longer than the interval).
 pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Longest `[health] probe_timeout` allowed: the supervisor answers no
+/// signal and feeds no systemd watchdog while a check runs.
+pub const HEALTH_PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(10);
+
 /// `[stop] timeout`: SIGTERM, wait this long, then SIGKILL the process group.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -124,8 +124,12 @@ impl Project {
         if *h.failures.get_ref() == 0 {
             return Err(self.fail(&keys("health.failures"), "must be at least 1"));
         }
-        if h.probe_timeout.0 == 0 {
-            return Err(self.fail(&keys("health.probe_timeout"), "must be longer than 0s"));
+        let max = crate::protocol::defaults::HEALTH_PROBE_TIMEOUT_MAX;
+        if h.probe_timeout.0 == 0 || h.probe_timeout.0 > max.as_millis() as u64 {
+            return Err(self.fail(
+                &keys("health.probe_timeout"),
+                &format!("must be longer than 0s and at most {}s", max.as_secs()),
+            ));
         }
         // The default is capped at the interval on the host; a value set by
         // hand must fit by itself.
@@ -480,6 +484,11 @@ mod tests {
             "{}",
             err.message
         );
+        let err = load(&format!(
+            "{MINIMAL}[health]\ninterval = \"1m\"\nprobe_timeout = \"30s\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("at most 10s"), "{}", err.message);
         let err = load(&format!("{MINIMAL}[health]\nfailures = 0\n")).unwrap_err();
         assert!(err.message.contains("health.failures"), "{}", err.message);
         let err = load(&format!("{MINIMAL}[health]\ninterval = \"10ms\"\n")).unwrap_err();

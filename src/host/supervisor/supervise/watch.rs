@@ -16,6 +16,7 @@ use crate::host::supervisor::privileges;
 use crate::host::supervisor::process;
 use crate::host::supervisor::release;
 use crate::host::supervisor::spawn;
+use crate::protocol::defaults;
 use crate::protocol::manifest::{HealthCheck, HealthSpec};
 
 use super::{Outcome, Supervisor};
@@ -52,6 +53,7 @@ impl Liveness {
             // found within interval × (failures + 1).
             timeout: Duration::from_millis(spec.probe_timeout_ms)
                 .min(interval)
+                .min(defaults::HEALTH_PROBE_TIMEOUT_MAX)
                 .max(Duration::from_millis(1)),
             streak: Streak::new(spec.failures),
             next: healthy_at + interval,
