@@ -51,7 +51,7 @@ fn restart_with_systemd(layout: &Layout) -> Result<StartReport, (&'static str, S
             SupervisorError {
                 message,
                 log_tail: supervisor::logfile::tail(
-                    &layout.log_file(),
+                    &supervisor::logfile::service_log(layout),
                     supervisor::logfile::TAIL_LINES,
                 ),
             },

@@ -608,7 +608,8 @@ secrets = { db_password = { env = "PW" } }
             LogSpec {
                 max_size: 1 << 20,
                 keep: 5,
-                compress: true
+                compress: true,
+                file: "console.log".into(),
             }
         );
     }

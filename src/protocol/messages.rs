@@ -533,6 +533,8 @@ mod tests {
                 restarts: 0,
                 next_restart_at: None,
                 unsupervised_since: None,
+                unhealthy_since: None,
+                last_probe: None,
             },
             running_version: None,
             reported_version: None,

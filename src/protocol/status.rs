@@ -61,4 +61,12 @@ pub struct ServiceStatus {
     /// owns it (the supervisor's last sign of life, RFC 3339).
     #[serde(default)]
     pub unsupervised_since: Option<String>,
+    /// Since when the running service's health checks fail (RFC 3339);
+    /// `None` while they pass.
+    #[serde(default)]
+    pub unhealthy_since: Option<String>,
+    /// What the last failed health check got while unhealthy, e.g.
+    /// "HTTP 500", "connection refused", "timed out after 2s".
+    #[serde(default)]
+    pub last_probe: Option<String>,
 }

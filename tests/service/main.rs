@@ -8,9 +8,12 @@ mod common;
 
 mod death;
 mod identity;
+mod console_log;
 mod init;
+mod liveness;
 mod logs;
 mod notify;
+mod pacing;
 mod privileges;
 mod readiness;
 mod reload;

@@ -32,7 +32,7 @@ fn error(message: impl Into<String>) -> SupervisorError {
 
 fn with_tail(mut err: SupervisorError, layout: &Layout) -> SupervisorError {
     if err.log_tail.is_empty() {
-        err.log_tail = logfile::tail(&layout.log_file(), logfile::TAIL_LINES);
+        err.log_tail = logfile::tail(&logfile::service_log(layout), logfile::TAIL_LINES);
     }
     err
 }
@@ -95,9 +95,8 @@ fn spawn_supervisor(layout: &Layout) -> Result<StartReport, SupervisorError> {
     let deadline =
         Duration::from_millis(current.manifest.health.start_timeout_ms) + SUPERVISOR_GRACE;
 
-    let log_path = layout.log_file();
-    let log = logfile::open_append(&log_path)
-        .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
+    let (log_path, log) = logfile::open_service_log(layout);
+    let log = log.map_err(|e| error(format!("{}: {e}", log_path.display())))?;
     let exe = std::env::current_exe()
         .map_err(|e| error(format!("cannot find the shipjar executable: {e}")))?;
     // The supervisor runs in `/` (it must not pin a release dir): the root

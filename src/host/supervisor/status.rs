@@ -275,6 +275,8 @@ fn with_nothing_known(state: ServiceState, lsb_code: i32, detail: String) -> Ser
         restarts: 0,
         next_restart_at: None,
         unsupervised_since: None,
+        unhealthy_since: None,
+        last_probe: None,
     }
 }
 
@@ -363,6 +365,8 @@ fn running(layout: &Layout, seen: &Observation, id: procfs::ProcessId) -> Servic
         started_at: started.map(|(t, _)| t),
         uptime_s: uptime.map(|u| u.as_secs()),
         healthy,
+        unhealthy_since: mine.and_then(|s| s.unhealthy_since.clone()),
+        last_probe: mine.and_then(|s| s.last_probe.clone()),
         ..with_nothing_known(state, lsb, format!("{word}: {}", parts.join(", ")))
     }
 }

@@ -102,6 +102,12 @@ pub struct Health {
     /// How often to check once running.
     #[serde(default = "default_interval")]
     pub interval: Millis,
+    /// Consecutive failed checks of a running service before a restart.
+    #[serde(default = "default_failures")]
+    pub failures: Spanned<u32>,
+    /// Longest single check of a running service.
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout: Millis,
 }
 
 impl Default for Health {
@@ -111,8 +117,18 @@ impl Default for Health {
             tcp: None,
             start_timeout: default_start_timeout(),
             interval: default_interval(),
+            failures: default_failures(),
+            probe_timeout: default_probe_timeout(),
         }
     }
+}
+
+fn default_failures() -> Spanned<u32> {
+    Spanned::new(0..0, defaults::HEALTH_FAILURES)
+}
+
+fn default_probe_timeout() -> Millis {
+    Millis(defaults::HEALTH_PROBE_TIMEOUT_MS)
 }
 
 fn default_start_timeout() -> Millis {
@@ -210,7 +226,7 @@ impl Default for Restart {
     }
 }
 
-/// `[logs]`: rotation of the service log.
+/// `[logs]`: the file the service's output goes to, and its rotation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Logs {
@@ -220,11 +236,14 @@ pub struct Logs {
     pub keep: Spanned<u32>,
     /// Gzip rotated files.
     pub compress: bool,
+    /// File name inside the log dir.
+    pub file: Spanned<String>,
 }
 
 impl Default for Logs {
     fn default() -> Self {
         Logs {
+            file: Spanned::new(0..0, defaults::LOG_FILE.to_string()),
             max_size: Bytes(defaults::LOG_MAX_SIZE),
             keep: Spanned::new(0..0, defaults::LOG_KEEP),
             compress: defaults::LOG_COMPRESS,
