@@ -224,9 +224,9 @@ mod tests {
         assert_eq!(items[4], Form::Vector(vec![]));
         assert_eq!(items[5], Form::Keyword("aliases".into()));
         assert_eq!(items[7], Form::Keyword("regex".into()));
-        assert_eq!(items[13], Form::Symbol("sym".into()));
-        assert_eq!(items[15], Form::Str("inv-%s.jar".into()));
-        assert_eq!(items.len(), 16);
+        assert_eq!(items[14], Form::Symbol("sym".into()));
+        assert_eq!(items[16], Form::Str("inv-%s.jar".into()));
+        assert_eq!(items.len(), 17);
     }
 
     #[test]
