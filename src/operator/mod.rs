@@ -5,6 +5,7 @@ pub mod build;
 pub mod config;
 pub mod deploy;
 pub mod fleet;
+pub mod hooks;
 pub mod init;
 pub mod inspect;
 pub mod output;
