@@ -4,10 +4,13 @@
 //! rollback that runs only the rollback hooks.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
 
 use std::path::Path;
+use std::process::Stdio;
 
-use common::{Project, text};
+use common::{Project, hello_jar, shipjar_bin, text};
 
 /// Records one line per hook run: which hook, the release it runs in, what
 /// `current` pointed to at that moment, its directory, and what it can see
@@ -261,4 +264,98 @@ fn a_hook_without_a_command_is_a_config_error_naming_it() {
         "{}",
         text(&out)
     );
+}
+
+/// JSON step events of `out` as (host, step, message).
+fn steps(out: &std::process::Output) -> Vec<(String, String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "step")
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            (s("host"), s("step"), s("message"))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
+    fleet::require_root();
+    let hosts = fleet::Fleet::new(2);
+    let dir = tempfile::Builder::new()
+        .prefix("shipjar-hooks-fleet-")
+        .tempdir()
+        .expect("tempdir");
+    let hooks = "\n[hooks]\n\
+        before_switch = { command = [\"sh\", \"-c\", \"echo migrating as $(id -un) on $SHIPJAR_HOST in ${PWD##*/}; grep -c password config/database.properties\"] }\n\
+        before_start = { command = [\"sh\", \"-c\", \"echo starting as $(id -un) on $SHIPJAR_HOST\"] }\n";
+    common::write_fleet_project(
+        dir.path(),
+        "fleet",
+        &hosts.hosts(),
+        hosts.ssh_config(),
+        "",
+        |c| c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"") + hooks,
+    );
+    let secret = common::unique_secret();
+    let run = |args: &[&str]| {
+        std::process::Command::new(shipjar_bin())
+            .arg("-C")
+            .arg(dir.path())
+            .args(args)
+            .env("HELLO_DB_PASSWORD", &secret)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run shipjar")
+    };
+    let out = run(&["provision", "fleet"]);
+    assert!(out.status.success(), "provision: {}", text(&out));
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let out = run(&[
+        "--json",
+        "deploy",
+        "fleet",
+        "--artifact",
+        &jar,
+        "--version",
+        "v1",
+    ]);
+    assert!(out.status.success(), "deploy: {}", text(&out));
+    let steps = steps(&out);
+    let said = |step: &str, prefix: &str| -> Vec<String> {
+        steps
+            .iter()
+            .filter(|(_, s, m)| s == step && m.starts_with(prefix))
+            .map(|(h, _, m)| format!("{h}: {m}"))
+            .collect()
+    };
+    let migrations = said("before_switch", "migrating");
+    assert_eq!(
+        migrations.len(),
+        1,
+        "exactly one host migrates: {migrations:?}"
+    );
+    assert!(
+        migrations[0].starts_with("app1: migrating as hello on app1 in "),
+        "{migrations:?}"
+    );
+    // It read the secret file (one password line) as the service user.
+    assert!(
+        steps
+            .iter()
+            .any(|(h, s, m)| h == "app1" && s == "before_switch" && m == "1"),
+        "{steps:?}"
+    );
+    let mut starts = said("before_start", "starting");
+    starts.sort();
+    assert_eq!(
+        starts,
+        [
+            "app1: starting as hello on app1",
+            "app2: starting as hello on app2"
+        ]
+    );
+    assert!(!text(&out).contains(&secret));
 }
