@@ -113,7 +113,7 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
         _ => HookPoint::BeforeRollback,
     };
     let hook = ctx.project.config.hooks.spec(&point)?;
-    let run = runs.first_mut()?;
+    let (run, others) = runs.split_first_mut()?;
     let release = run.target.clone()?;
     let step = point.as_str();
     let request = Request::RunHook {
@@ -121,7 +121,29 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
         point: point.clone(),
         hook,
     };
-    let ran = match run.call(step, request, ctx.reporter) {
+    // A migration may outlast the lease: the other hosts' locks are renewed meanwhile.
+    let every = Duration::from_millis((ctx.stage.lock_lease_ms / 3).max(50));
+    let done = AtomicBool::new(false);
+    let answer = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut renewed = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                if renewed.elapsed() >= every {
+                    for other in others.iter_mut() {
+                        if let Some(session) = other.session.as_mut() {
+                            let _ = session.notify(Request::Renew);
+                        }
+                    }
+                    renewed = Instant::now();
+                }
+            }
+        });
+        let answer = run.call(step, request, ctx.reporter);
+        done.store(true, Ordering::SeqCst);
+        answer
+    });
+    let ran = match answer {
         Some(Response::HookRan(ran)) => ran,
         Some(other) => {
             run.fail(step, format!("unexpected answer: {other:?}"), ctx.reporter);
@@ -129,6 +151,7 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
         }
         None => return stop_before_change(runs, step, ctx.reporter),
     };
+    let run = &mut runs[0];
     if ran.ok {
         ctx.reporter.step(
             &run.host,

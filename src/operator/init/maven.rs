@@ -280,7 +280,7 @@ impl Props {
     /// naming it (a guess would be a wrong path).
     fn expand(&self, value: &str, what: &str) -> Result<String, String> {
         let mut out = value.to_string();
-        for _ in 0..8 {
+        for _ in 0..64 {
             let Some(start) = out.find("${") else {
                 return Ok(out);
             };
