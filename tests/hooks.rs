@@ -296,7 +296,8 @@ fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
         "fleet",
         &hosts.hosts(),
         hosts.ssh_config(),
-        "",
+        // The floor: a migration below outlasts it.
+        "lock_lease = \"10s\"",
         |c| c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"") + hooks,
     );
     let secret = common::unique_secret();
@@ -358,4 +359,57 @@ fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
         ]
     );
     assert!(!text(&out).contains(&secret));
+
+    // A migration longer than the lock lease: the other host's lock is kept
+    // alive meanwhile, so a second deploy cannot take it over.
+    let file = dir.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&file).unwrap();
+    let slow = config.replace("echo migrating as", "sleep 14; echo migrating as");
+    assert_ne!(slow, config);
+    std::fs::write(&file, slow).unwrap();
+    let slow_deploy = std::process::Command::new(shipjar_bin())
+        .arg("-C")
+        .arg(dir.path())
+        .args([
+            "--json",
+            "deploy",
+            "fleet",
+            "--artifact",
+            &jar,
+            "--version",
+            "v2",
+        ])
+        .env("HELLO_DB_PASSWORD", &secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn deploy");
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let rival = run(&[
+        "--json",
+        "deploy",
+        "fleet",
+        "--artifact",
+        &jar,
+        "--version",
+        "v3",
+    ]);
+    let slow_out = slow_deploy.wait_with_output().expect("wait for deploy");
+    assert!(
+        slow_out.status.success(),
+        "the slow deploy: {}",
+        text(&slow_out)
+    );
+    assert_eq!(rival.status.code(), Some(1), "{}", text(&rival));
+    let rival_text = text(&rival);
+    assert!(
+        !rival_text.contains("took over an expired lock"),
+        "{rival_text}"
+    );
+    let held = rival_text
+        .lines()
+        .filter(|l| l.contains("\"lock\"") && l.contains("held by"))
+        .count();
+    assert!(held >= 2, "both hosts' locks are held: {rival_text}");
 }
