@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::host::cancel;
 use crate::host::restart::{self, Restarted};
+use crate::host::{cancel, hooks};
 use crate::host::{probe, revisions, store, supervisor};
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ReleaseManifest;
-use crate::protocol::{Action, Activation, NowRunning, Revision, RevisionOutcome};
+use crate::protocol::{Action, Activation, HookPoint, NowRunning, Revision, RevisionOutcome};
 
 /// How often and how long to ask the version endpoint once the service is healthy.
 const VERSION_ATTEMPTS: u32 = 3;
@@ -41,7 +41,42 @@ pub fn activate(
         Ok(m) => m,
         Err(e) => return fail_early(outcome, "switch", e),
     };
-    let result = switch_and_verify(layout, &manifest, emit, &mut outcome);
+    // Deploy hooks run for a deploy only: a rollback runs none of them.
+    let deploying = action == Action::Deploy;
+    let result = match manifest.hooks.before_start.as_ref().filter(|_| deploying) {
+        Some(hook) => run_hook(layout, release, HookPoint::BeforeStart, hook, emit),
+        None => Ok(()),
+    };
+    if let Err((step, reason, output)) = result {
+        // Nothing was switched: the host stays on what it runs.
+        outcome.failed_step = Some(step.to_string());
+        outcome.reason = Some(reason.clone());
+        outcome.log_tail = output;
+        let running = supervisor::status(layout).pid.is_some();
+        outcome.now_running = Some(NowRunning {
+            release: previous.clone(),
+            version: previous
+                .as_deref()
+                .and_then(|p| store::read_manifest(layout, p).ok())
+                .map(|m| m.version),
+            healthy: running,
+            problem: None,
+        });
+        let revision = Revision {
+            time: now_rfc3339(),
+            action,
+            release: release.to_string(),
+            version: manifest.version.clone(),
+            deployer: deployer.to_string(),
+            outcome: RevisionOutcome::Failed,
+            detail: format!("{step}: {reason}; not switched"),
+        };
+        if let Err(e) = revisions::append(layout, &revision) {
+            emit("record", &format!("cannot append to revisions.log: {e}"));
+        }
+        return outcome;
+    }
+    let result = switch_and_verify(layout, &manifest, deploying, emit, &mut outcome);
     let (ok, detail) = match result {
         Ok(()) => (true, String::new()),
         Err((step, reason, log_tail)) => {
@@ -94,6 +129,7 @@ fn cancelled(step: &'static str) -> Result<(), StepFailure> {
 fn switch_and_verify(
     layout: &Layout,
     manifest: &ReleaseManifest,
+    deploying: bool,
     emit: &dyn Fn(&str, &str),
     outcome: &mut Activation,
 ) -> Result<(), StepFailure> {
@@ -149,7 +185,32 @@ fn switch_and_verify(
         }
         emit("version", &format!("service reports {reported}"));
     }
+    if let Some(hook) = manifest.hooks.after_switch.as_ref().filter(|_| deploying) {
+        run_hook(layout, &manifest.id, HookPoint::AfterSwitch, hook, emit)?;
+    }
     Ok(())
+}
+
+/// Runs a host hook of this activation; its failure fails the step named after it,
+/// with its output in place of the service log.
+fn run_hook(
+    layout: &Layout,
+    release: &str,
+    point: HookPoint,
+    hook: &crate::protocol::manifest::HookSpec,
+    emit: &dyn Fn(&str, &str),
+) -> Result<(), StepFailure> {
+    let step: &'static str = match point {
+        HookPoint::BeforeStart => "before_start",
+        _ => "after_switch",
+    };
+    let ran = hooks::run(layout, release, &point, hook, emit);
+    if ran.ok {
+        emit(step, &format!("hook {} ({} ms)", ran.how, ran.took_ms));
+        Ok(())
+    } else {
+        Err((step, format!("hook {}", ran.how), ran.output))
+    }
 }
 
 fn fail_early(mut outcome: Activation, step: &str, reason: String) -> Activation {

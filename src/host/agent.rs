@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::host::lock;
-use crate::host::{activate, cancel, logs, provision, store, supervisor};
+use crate::host::{activate, cancel, hooks, logs, provision, store, supervisor};
 use crate::protocol::layout::Layout;
 use crate::protocol::validate_service_name;
 use crate::protocol::{
@@ -331,6 +331,11 @@ impl Session {
                     &layout, &release, action, &deployer, &emit,
                 )))
             }
+            Request::RunHook {
+                release,
+                point,
+                hook,
+            } => Response::HookRan(hooks::run(&layout, &release, &point, &hook, &emit)),
             Request::Finish { keep } => {
                 // After a failure the lock is still released, but nothing is pruned.
                 let keep = keep.filter(|_| !self.failed);

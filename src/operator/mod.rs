@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod deploy;
 pub mod fleet;
+pub mod hooks;
 pub mod init;
 pub mod inspect;
 pub mod output;
@@ -52,7 +53,11 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         Command::Releases(args) => inspect::releases(&project, &args, &reporter),
         Command::Logs(args) => inspect::logs(&project, &args, &reporter),
         Command::Unlock(args) => deploy::unlock(&project, &args.stage, &args.fleet, &reporter),
-        Command::Init(_) | Command::Service(_) | Command::Agent(_) => {
+        Command::Init(_)
+        | Command::Service(_)
+        | Command::Agent(_)
+        | Command::Completions(_)
+        | Command::Man => {
             unreachable!("dispatched earlier")
         }
     }

@@ -176,6 +176,7 @@ fn plan_host(
         restart: RestartSpec::from(&config.restart),
         logs: LogSpec::from(&config.logs),
         reload: ReloadSpec::from(&config.reload),
+        hooks: config.hooks.host_hooks(),
     };
 
     let run = run_spec(config, inputs, spec, &public_vars)?;

@@ -63,6 +63,29 @@ pub struct ReleaseManifest {
     /// What `service reload` does.
     #[serde(default)]
     pub reload: ReloadSpec,
+    /// Deploy hooks run on the host around its switch (never on a rollback).
+    #[serde(default)]
+    pub hooks: HostHooks,
+}
+
+/// The deploy hooks a release carries for its own activation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostHooks {
+    /// Run just before the host switches to this release (the old one still serves).
+    pub before_start: Option<HookSpec>,
+    /// Run once this release is healthy and reports its version.
+    pub after_switch: Option<HookSpec>,
+}
+
+/// One hook: a command (argv, no shell) and how long it may take.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HookSpec {
+    /// Program and arguments; `argv[0]` is looked up in the service's clean `PATH`.
+    pub argv: Vec<String>,
+    /// Killed (its whole process group) after this long; the hook then fails.
+    pub timeout_ms: u64,
 }
 
 /// The process to run, relative to the release directory (its working directory).

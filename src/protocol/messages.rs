@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::ReleaseManifest;
+use super::manifest::{HookSpec, ReleaseManifest};
 use super::status::ServiceStatus;
 use super::wire_enum;
 
@@ -57,6 +57,16 @@ pub enum Request {
         /// Recorded in revisions.log.
         deployer: String,
     },
+    /// Run a hook on this host in a release's directory, with that release's
+    /// config files and environment, as the service user (when root).
+    RunHook {
+        /// Release whose directory, config and environment the hook gets.
+        release: String,
+        /// Which hook (named in output and in `SHIPJAR_HOOK`).
+        point: HookPoint,
+        /// The command and its timeout.
+        hook: HookSpec,
+    },
     /// Prune old releases (when `keep` is given) and release the deploy lock.
     Finish {
         /// Releases to keep.
@@ -101,6 +111,40 @@ wire_enum! {
         /// Back to an earlier release.
         Rollback => "rollback",
     }
+}
+
+wire_enum! {
+    /// The points of a deploy or rollback where a hook runs.
+    pub enum HookPoint {
+        /// Once per deploy, on the stage's first host, before any host switches.
+        BeforeSwitch => "before_switch",
+        /// On each host, just before it switches.
+        BeforeStart => "before_start",
+        /// On each host, once its new release is healthy and verified.
+        AfterSwitch => "after_switch",
+        /// On the operator's machine after a deploy that completed.
+        AfterDeploy => "after_deploy",
+        /// On the operator's machine after a deploy that did not complete.
+        AfterFailure => "after_failure",
+        /// Once per rollback, on the stage's first host, before any host switches back.
+        BeforeRollback => "before_rollback",
+        /// On the operator's machine after a rollback that completed.
+        AfterRollback => "after_rollback",
+    }
+}
+
+/// How a hook ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookRun {
+    /// It exited 0 within its timeout.
+    pub ok: bool,
+    /// How it ended: `exited with code 0`, `timed out after 5m; killed`, `could not run: …`.
+    pub how: String,
+    /// Milliseconds it took.
+    pub took_ms: u64,
+    /// Its last lines of output (stdout and stderr together).
+    pub output: Vec<String>,
 }
 
 /// Who holds a deploy lock.
@@ -268,6 +312,8 @@ pub enum Response {
     },
     /// Answer to `activate`.
     Activated(Box<Activation>),
+    /// Answer to `run_hook`.
+    HookRan(HookRun),
     /// Answer to `finish`.
     Finished {
         /// Releases removed.
@@ -497,6 +543,12 @@ mod tests {
             foreign: vec!["20261129234751".into()],
         });
         round_trip(Response::Finished { pruned: vec![] });
+        round_trip(Response::HookRan(HookRun {
+            ok: false,
+            how: "exited with code 3".into(),
+            took_ms: 12,
+            output: vec!["migrating".into()],
+        }));
         round_trip(Response::Stored { bytes: 3 });
         round_trip(Response::Prepared { path: "/x".into() });
         round_trip(Response::Error(AgentError {

@@ -17,9 +17,9 @@ mod privileges;
 mod process;
 mod procfs;
 mod readiness;
-mod release;
+pub(crate) mod release;
 mod rotate;
-mod spawn;
+pub(crate) mod spawn;
 
 pub use spawn::CLEAN_PATH;
 mod state;

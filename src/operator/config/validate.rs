@@ -42,6 +42,7 @@ impl Project {
         self.validate_build_and_health()?;
         self.validate_restart()?;
         self.validate_stop_reload_logs()?;
+        self.validate_hooks()?;
         for (i, entry) in self.config.config.iter().enumerate() {
             self.validate_config_file(i, entry.get_ref())?;
         }
@@ -178,6 +179,28 @@ impl Project {
         }
         if r.window.0 == 0 {
             return Err(self.fail(&keys("restart.window"), "must be longer than 0s"));
+        }
+        Ok(())
+    }
+
+    fn validate_hooks(&self) -> Result<()> {
+        let hooks = &self.config.hooks;
+        if hooks.timeout.0 == 0 {
+            return Err(self.fail(&keys("hooks.timeout"), "must be longer than 0s"));
+        }
+        for (point, hook) in hooks.all() {
+            let Some(hook) = hook else { continue };
+            let name = point.as_str();
+            let at = |key: &'static str| vec![Seg::Key("hooks"), Seg::Key(name), Seg::Key(key)];
+            if hook.command.get_ref().first().is_none_or(|p| p.is_empty()) {
+                return Err(self.fail(
+                    &at("command"),
+                    "expected a program and its arguments, e.g. [\"bin/migrate\", \"--yes\"] (use [\"sh\", \"-c\", \"…\"] for a shell line)",
+                ));
+            }
+            if hook.timeout.is_some_and(|t| t.0 == 0) {
+                return Err(self.fail(&at("timeout"), "must be longer than 0s"));
+            }
         }
         Ok(())
     }

@@ -12,9 +12,10 @@ use super::identity::deployer;
 use crate::operator::build::BuildManifest;
 use crate::operator::config::{OnFailure, Project, ResolvedStage};
 use crate::operator::fleet::{self, Fleet};
+use crate::operator::hooks;
 use crate::operator::output::{Reporter, StepStatus};
 use crate::operator::transport::Canceller;
-use crate::protocol::{Action, ErrorKind, Request, Response};
+use crate::protocol::{Action, Activation, ErrorKind, HookPoint, Request, Response};
 
 /// Picks the release a host goes to, or says why it cannot.
 pub(super) type Choose<'a> = dyn Fn(&Run) -> Result<String, String> + Sync + 'a;
@@ -59,6 +60,7 @@ pub(super) fn execute(ctx: &Ctx, runs: &mut [Run]) -> Executed {
     let mut phases = Phases::new();
     let stopped = run_phases(ctx, runs, &mut phases);
     fleet::set_phase(fleet::Phase::Idle);
+    run_operator_hook(ctx, runs, stopped.as_deref());
     Executed {
         stopped,
         interrupted: fleet::interrupted(),
@@ -84,6 +86,11 @@ fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String
             return Some(why);
         }
     }
+    // The once-per-run hook (migrations): on the first host, before any switch.
+    if let Some(why) = run_once_before_switch(ctx, runs) {
+        release_all(runs, ctx.fleet.parallel, ctx.reporter);
+        return Some(why);
+    }
     // Phase 3: switch in batches.
     let stopped = timed(phases, "switch", || switch_in_batches(ctx, runs));
     fleet::set_phase(fleet::Phase::Finishing);
@@ -100,6 +107,125 @@ fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String
     // Phase 4: prune and unlock.
     timed(phases, "finish", || finish_all(ctx, runs));
     stopped
+}
+
+/// `before_switch` (deploy) or `before_rollback` (rollback), once, on the
+/// stage's first host, in the release it goes to; a failure stops the run
+/// before any host switches.
+fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
+    let point = match ctx.action {
+        Action::Deploy => HookPoint::BeforeSwitch,
+        _ => HookPoint::BeforeRollback,
+    };
+    let hook = ctx.project.config.hooks.spec(&point)?;
+    let (run, others) = runs.split_first_mut()?;
+    let release = run.target.clone()?;
+    let step = point.as_str();
+    let request = Request::RunHook {
+        release: release.clone(),
+        point: point.clone(),
+        hook,
+    };
+    // A migration may outlast the lease: the other hosts' locks are renewed meanwhile.
+    let every = Duration::from_millis((ctx.stage.lock_lease_ms / 3).max(50));
+    let done = AtomicBool::new(false);
+    let answer = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut renewed = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                if renewed.elapsed() >= every {
+                    for other in others.iter_mut() {
+                        if let Some(session) = other.session.as_mut() {
+                            let _ = session.notify(Request::Renew);
+                        }
+                    }
+                    renewed = Instant::now();
+                }
+            }
+        });
+        let answer = run.call(step, request, ctx.reporter);
+        done.store(true, Ordering::SeqCst);
+        answer
+    });
+    let ran = match answer {
+        Some(Response::HookRan(ran)) => ran,
+        Some(other) => {
+            run.fail(step, format!("unexpected answer: {other:?}"), ctx.reporter);
+            return stop_before_change(runs, step, ctx.reporter);
+        }
+        None => return stop_before_change(runs, step, ctx.reporter),
+    };
+    let run = &mut runs[0];
+    if ran.ok {
+        ctx.reporter.step(
+            &run.host,
+            step,
+            StepStatus::Ok,
+            &format!("hook {} ({} ms)", ran.how, ran.took_ms),
+        );
+        return None;
+    }
+    let reason = format!("hook {}", ran.how);
+    run.fail(step, reason.clone(), ctx.reporter);
+    // The hook's output goes where a failed switch's service log would.
+    run.outcome.activation = Some(Activation {
+        ok: false,
+        release,
+        pid: None,
+        healthy_after_ms: None,
+        stopped_after_ms: None,
+        reported_version: None,
+        failed_step: Some(step.to_string()),
+        reason: Some(reason),
+        log_tail: ran.output,
+        now_running: None,
+    });
+    stop_before_change(runs, step, ctx.reporter)
+}
+
+/// `after_deploy` / `after_failure` (deploy) or `after_rollback` (a rollback
+/// that completed), on this machine; a failing one is a warning only.
+fn run_operator_hook(ctx: &Ctx, runs: &[Run], stopped: Option<&str>) {
+    let completed = stopped.is_none() && runs.iter().all(|r| r.outcome.ok);
+    let point = match (&ctx.action, completed) {
+        (Action::Deploy, true) => HookPoint::AfterDeploy,
+        (Action::Deploy, false) => HookPoint::AfterFailure,
+        (_, true) => HookPoint::AfterRollback,
+        (_, false) => return,
+    };
+    let Some(hook) = ctx.project.config.hooks.spec(&point) else {
+        return;
+    };
+    let hosts = |ok: bool| {
+        runs.iter()
+            .filter(|r| r.outcome.ok == ok)
+            .map(|r| r.host.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut env = vec![
+        ("SHIPJAR_HOOK", point.as_str().to_string()),
+        ("SHIPJAR_SERVICE", ctx.project.config.service.name.0.clone()),
+        ("SHIPJAR_STAGE", ctx.stage.name.clone()),
+        ("SHIPJAR_ACTION", ctx.action.as_str().to_string()),
+        (
+            "SHIPJAR_RELEASE",
+            runs.iter()
+                .find_map(|r| r.target.clone())
+                .unwrap_or_default(),
+        ),
+        ("SHIPJAR_HOSTS_OK", hosts(true)),
+        ("SHIPJAR_HOSTS_FAILED", hosts(false)),
+        ("SHIPJAR_DEPLOYER", deployer()),
+    ];
+    if let Some(build) = ctx.build {
+        env.push(("SHIPJAR_VERSION", build.version.clone()));
+    }
+    if let Some(why) = stopped {
+        env.push(("SHIPJAR_REASON", why.to_string()));
+    }
+    hooks::run_local(&ctx.project.dir, &point, &hook, &env, ctx.reporter);
 }
 
 /// Runs `f`, recording its wall time as `phase`.

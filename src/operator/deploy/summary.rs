@@ -70,7 +70,16 @@ fn failed_lines(outcome: &Outcome, host: &HostOutcome) -> String {
     if let Some(a) = a
         && !a.log_tail.is_empty()
     {
-        text.push_str("  last lines of the service log:\n");
+        // A failed hook's output stands where the service log would.
+        let hook = host
+            .failed_step
+            .as_deref()
+            .is_some_and(|s| s.starts_with("before_") || s.starts_with("after_"));
+        text.push_str(if hook {
+            "  output of the hook:\n"
+        } else {
+            "  last lines of the service log:\n"
+        });
         for line in &a.log_tail {
             text.push_str(&format!("    {line}\n"));
         }
