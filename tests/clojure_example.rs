@@ -441,7 +441,7 @@ fn deploy_builds_serves_its_version_and_a_failing_release_is_reverted() {
         .root()
         .join("var/log")
         .join(NAME)
-        .join(format!("{NAME}.log"));
+        .join("console.log");
     let logged = wait_for(Duration::from_secs(5), || {
         std::fs::read_to_string(&log_file).is_ok_and(|l| l.contains("GET /config -> 200"))
     });
