@@ -424,6 +424,13 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
     let revisions = ssh_ok(&f, host, "tail -n 1 /var/lib/hello/revisions.log");
     assert!(revisions.contains("failed"), "{revisions}");
 
+    // A release that never gets healthy, cancelled with a second Ctrl-C
+    // while the unit is activating: the start job is stopped at once and
+    // the host goes back, well before the 20 s start timeout.
+    let cancelled = cancel_a_hung_deploy(&f, host, &p);
+    assert!(cancelled < Duration::from_secs(15), "took {cancelled:?}");
+    let reverted = agree(&f, host, &p, Expect::Running("1.0.0"));
+
     // systemctl restart: a new supervisor, a new JVM, same release.
     ssh_ok(&f, host, "systemctl restart hello");
     let restarted = agree(&f, host, &p, Expect::Running("1.0.0"));
@@ -459,6 +466,89 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
     ssh_ok(&f, host, "systemctl stop hello");
     agree(&f, host, &p, Expect::Stopped);
     assert_provision_changes_nothing(&f, host, &p);
+}
+
+/// Deploys a release that hangs at start, interrupts the operator twice
+/// once the unit is activating; how long from the second Ctrl-C to the
+/// deploy's exit (130, the host back on its release).
+fn cancel_a_hung_deploy(f: &SystemdFleet, host: &str, p: &SystemdProject) -> Duration {
+    use std::io::BufRead;
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let mut child = Command::new(shipjar_bin())
+        .arg("-C")
+        .arg(p.dir.path())
+        .args([
+            "deploy",
+            "systemd",
+            "--artifact",
+            &jar,
+            "--version",
+            "1.0.3",
+        ])
+        .args(["--env", "HANG_ON_START=1"])
+        .env("HELLO_DB_PASSWORD", &p.secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn deploy");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = ssh_ok(f, host, "systemctl show -p ActiveState --value hello");
+        let hung = ssh_ok(
+            f,
+            host,
+            "grep -c HANG_ON_START /var/lib/hello/current/RELEASE || true",
+        );
+        if state == "activating" && hung == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hung release never started: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.id() as i32;
+    let interrupt = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("SIGINT");
+    };
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    interrupt();
+    let mut said = String::new();
+    while !said.contains("Ctrl-C again") {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        said.push_str(&line);
+    }
+    let sent = Instant::now();
+    interrupt();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    let out = child.wait_with_output().expect("wait for deploy");
+    let took = sent.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{stdout}{said}{rest}\n{}",
+        f.diagnostics(host)
+    );
+    assert!(
+        stdout.contains("cancelled by the operator"),
+        "{stdout}{said}{rest}"
+    );
+    eprintln!(
+        "{host}: cancelled deploy back on its release {} ms after the second Ctrl-C",
+        took.as_millis()
+    );
+    took
 }
 
 /// A supervisor that stops answering (SIGSTOP) is killed by systemd's
