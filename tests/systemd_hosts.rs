@@ -591,7 +591,7 @@ fn systemd_watchdog_restarts_a_hung_supervisor() {
         took.as_millis()
     );
     assert!(
-        took <= WATCHDOG + Duration::from_secs(15),
+        took <= WATCHDOG + Duration::from_secs(25),
         "took {took:?} for a {WATCHDOG:?} watchdog"
     );
     assert_ne!(after.service_pid, before.service_pid);
