@@ -363,7 +363,8 @@ fn systemd_deploy_survives_a_reboot_under_its_unit() {
 }
 
 /// provision → deploy → provision → deploy, rollback → a failing deploy →
-/// `systemctl restart` → the JVM killed → `systemctl stop`, with `shipjar
+/// `systemctl restart` → the JVM killed → `systemctl stop` → a deploy while
+/// a supervisor started by hand runs outside the unit, with `shipjar
 /// status`, `systemctl show` and the service itself agreeing at each step.
 #[test]
 #[ignore = "needs root"]
@@ -466,6 +467,28 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
     ssh_ok(&f, host, "systemctl stop hello");
     agree(&f, host, &p, Expect::Stopped);
     assert_provision_changes_nothing(&f, host, &p);
+
+    // Started by hand outside the unit: the next deploy stops that
+    // supervisor and hands the service back to the unit.
+    ssh_ok(&f, host, "/usr/local/bin/shipjar service start hello");
+    let outside = observe(&f, host, &p);
+    assert_eq!(outside.state, "running", "{outside:?}");
+    assert_eq!(systemctl_show(&f, host).active, "inactive");
+    let deploy = p.deploy("1.0.4", &[]);
+    assert_eq!(
+        deploy.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&deploy),
+        f.diagnostics(host)
+    );
+    let adopted = agree(&f, host, &p, Expect::Running("1.0.4"));
+    assert_ne!(adopted.main_pid, outside.supervisor_pid);
+    let result = last_json(&deploy);
+    assert!(
+        result["hosts"][0]["activation"]["stopped_after_ms"].is_u64(),
+        "the supervisor outside the unit was stopped: {result}"
+    );
 }
 
 /// Deploys a release that hangs at start, interrupts the operator twice
