@@ -6,7 +6,13 @@ use clap::{Args, Parser, Subcommand};
 
 /// Build a JVM service, deploy it to a fleet over SSH, and supervise it there.
 #[derive(Debug, Parser)]
-#[command(name = "shipjar", version, about, max_term_width = 100)]
+#[command(
+    name = "shipjar",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = "Examples:\n  shipjar init\n  shipjar deploy local\n  shipjar status production\n\nEach command's --help ends with examples of its own."
+)]
 pub struct Cli {
     /// Run as if started in DIR.
     #[arg(short = 'C', global = true, value_name = "DIR")]
@@ -33,31 +39,87 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a starting shipjar.toml for the service in this directory.
+    #[command(
+        after_help = "Examples:\n  shipjar init                       # name, build command and artifact from pom.xml, project.clj, deps.edn …\n  shipjar -C services/orders init --name orders"
+    )]
     Init(InitArgs),
     /// Check the project file and render every config file for a stage, changing nothing.
-    Check(StageArgs),
+    #[command(
+        after_help = "Examples:\n  shipjar check production\n  shipjar check local --set feature=on --env PORT=9090"
+    )]
+    Check(CheckArgs),
     /// Install the agent and create the service user, directories and init integration on each host.
+    #[command(
+        after_help = "Examples:\n  shipjar provision production --dry-run   # what would change, as diffs\n  shipjar provision production"
+    )]
     Provision(ProvisionArgs),
     /// Run the build command and record the artifact, its sha256 and version.
+    #[command(after_help = "Examples:\n  shipjar build\n  shipjar build --version 1.4.2")]
     Build(BuildArgs),
     /// Build, upload, release, restart and verify a stage.
+    #[command(
+        after_help = "Examples:\n  shipjar deploy local\n  shipjar deploy production --wait 5m\n  shipjar deploy staging --skip-build --set feature=on"
+    )]
     Deploy(DeployArgs),
     /// Switch a stage back to an earlier release (no upload), health- and version-checked.
+    #[command(
+        after_help = "Examples:\n  shipjar rollback production\n  shipjar rollback production --to 20261126-140423-166"
+    )]
     Rollback(RollbackArgs),
     /// Show what runs on each host of a stage, and flag every mismatch.
+    #[command(
+        after_help = "Examples:\n  shipjar status production\n  shipjar status production --json | jq ."
+    )]
     Status(FleetStageArgs),
     /// List the releases on each host of a stage.
+    #[command(after_help = "Example:\n  shipjar releases production")]
     Releases(FleetStageArgs),
     /// Show the service log of each host of a stage, lines prefixed by host.
+    #[command(
+        after_help = "Examples:\n  shipjar logs production -n 200\n  shipjar logs production --host app1.example.com -f"
+    )]
     Logs(LogsArgs),
     /// Remove a stage's deploy lock on every host and say whose it was.
+    #[command(after_help = "Example:\n  shipjar unlock production")]
     Unlock(FleetStageArgs),
+    /// Print a shell completion script to stdout.
+    #[command(
+        after_help = "Examples:\n  shipjar completions bash > ~/.local/share/bash-completion/completions/shipjar\n  shipjar completions zsh > \"${fpath[1]}/_shipjar\"\n  shipjar completions fish > ~/.config/fish/completions/shipjar.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout.
+    #[command(
+        after_help = "Examples:\n  shipjar man | man -l -\n  shipjar man > /usr/local/share/man/man1/shipjar.1"
+    )]
+    Man,
     /// Host side: control the service on this host.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  shipjar service status inventory\n  shipjar service restart inventory\n  shipjar service start hello --root examples/hello/.shipjar/local"
+    )]
     Service(ServiceCommand),
     /// Host side: the agent the operator drives with JSON messages on stdin/stdout.
     #[command(hide = true)]
     Agent(AgentArgs),
+}
+
+/// `shipjar completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write the script for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// Shells `shipjar completions` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// A stage name.
@@ -65,6 +127,24 @@ pub enum Command {
 pub struct StageArgs {
     /// Stage from `[stages.NAME]`; `local` is built in.
     pub stage: String,
+}
+
+/// `shipjar check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Stage from `[stages.NAME]`; `local` is built in.
+    pub stage: String,
+    /// Set a template variable, as `deploy --set` would (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Add or override a service environment variable, as `deploy --env` would (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Only check the project and render the templates; do not reach the hosts.
+    #[arg(long)]
+    pub no_hosts: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// `shipjar init`.
@@ -179,20 +259,32 @@ pub struct RollbackArgs {
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Start the service; exits 0 only once it is healthy.
+    #[command(after_help = "Example:\n  shipjar service start inventory")]
     Start(ServiceArgs),
     /// Stop the service gracefully (SIGTERM, then SIGKILL); 0 if it was not running.
+    #[command(after_help = "Example:\n  shipjar service stop inventory --json")]
     Stop(ServiceArgs),
     /// Stop, then start through the health gate.
+    #[command(after_help = "Example:\n  shipjar service restart inventory")]
     Restart(ServiceArgs),
     /// LSB status: 0 running, 1 dead or failed, 3 not running.
+    #[command(after_help = "Example:\n  shipjar service status inventory; echo $?")]
     Status(ServiceArgs),
     /// Reload: send `[reload] signal`, or restart through the health gate.
+    #[command(after_help = "Example:\n  shipjar service reload inventory")]
     Reload(ServiceArgs),
     /// Supervise in the foreground, for systemd (sd_notify) and other process managers.
+    #[command(
+        after_help = "Example:\n  ExecStart=/usr/local/bin/shipjar service run inventory   # in a systemd unit"
+    )]
     Run(ServiceArgs),
     /// Write a systemd unit (`Type=notify`, `ExecStart=shipjar service run NAME`).
+    #[command(after_help = "Example:\n  shipjar service install-unit inventory --stdout")]
     InstallUnit(InstallArgs),
     /// Write an LSB init script whose every action calls `shipjar service`.
+    #[command(
+        after_help = "Example:\n  shipjar service install-initscript inventory --user inventory"
+    )]
     InstallInitscript(InstallArgs),
     /// The detached supervisor process (started by `start`).
     #[command(hide = true)]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::{Cli, Command, InstallArgs, ServiceArgs, ServiceCommand};
+use crate::cli::{Cli, Command, InstallArgs, ServiceArgs, ServiceCommand, Shell};
 use crate::error::{Error, Result};
 use crate::host::{init, supervisor};
 use crate::operator;
@@ -18,8 +18,92 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Service(cmd) => run_service(cmd, json),
         Command::Agent(args) => Ok(crate::host::agent::run(&absolute(&args.root)?)),
+        Command::Completions(args) => {
+            completions(args.shell);
+            Ok(0)
+        }
+        Command::Man => man(),
         command => operator::run(command, &cli.config, json),
     }
+}
+
+/// Writes the completion script for `shell` to stdout, from the CLI definition.
+fn completions(shell: Shell) {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    match shell {
+        Shell::Bash => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "shipjar", &mut out)
+        }
+        Shell::Zsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "shipjar", &mut out)
+        }
+        Shell::Fish => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "shipjar", &mut out)
+        }
+    }
+}
+
+/// Writes the man page to stdout.
+fn man() -> Result<i32> {
+    use std::io::Write;
+    let failed = |e: std::io::Error| Error::failed(format!("cannot write the man page: {e}"));
+    let text = man_page().map_err(failed)?;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        // `shipjar man | head` is fine.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(failed(e)),
+        _ => Ok(0),
+    }
+}
+
+/// The man page (roff), from the CLI definition: the top-level page, then one
+/// section per visible subcommand (and per `service` action).
+fn man_page() -> std::io::Result<String> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        man_section(&mut out, &format!("shipjar {}", sub.get_name()), sub)?;
+        for nested in sub.get_subcommands().filter(|c| !c.is_hide_set()) {
+            let name = format!("shipjar {} {}", sub.get_name(), nested.get_name());
+            man_section(&mut out, &name, nested)?;
+        }
+    }
+    // The after_help text is the examples; say so rather than clap_mangen's "EXTRA".
+    Ok(String::from_utf8_lossy(&out)
+        .replace("\n.SH EXTRA\n", "\n.SH EXAMPLES\n")
+        .replace("\n.SS EXTRA\n", "\n.SS EXAMPLES\n"))
+}
+
+/// One subcommand as a section of the man page: its synopsis, description,
+/// options and examples as subsections.
+fn man_section(out: &mut Vec<u8>, title: &str, cmd: &clap::Command) -> std::io::Result<()> {
+    use std::io::Write;
+    let cmd = cmd.clone().bin_name(title.to_string());
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut part = Vec::new();
+    man.render_synopsis_section(&mut part)?;
+    man.render_description_section(&mut part)?;
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(&mut part)?;
+    }
+    if cmd.get_after_help().is_some() {
+        man.render_extra_section(&mut part)?;
+    }
+    writeln!(out, ".SH \"{}\"", title.to_uppercase())?;
+    for line in String::from_utf8_lossy(&part).lines() {
+        match line.strip_prefix(".SH ") {
+            Some(heading) => writeln!(out, ".SS {heading}")?,
+            None => writeln!(out, "{line}")?,
+        }
+    }
+    Ok(())
 }
 
 fn absolute(path: &PathBuf) -> Result<PathBuf> {
@@ -33,7 +117,9 @@ fn layout(args: &ServiceArgs) -> Result<Layout> {
 
 fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
     match cmd {
-        ServiceCommand::Start(args) => report_start(supervisor::start(&layout(&args)?), json),
+        ServiceCommand::Start(args) => {
+            report_start(supervisor::start_outcome(&layout(&args)?), json)
+        }
         ServiceCommand::Restart(args) => report_start(supervisor::restart(&layout(&args)?), json),
         ServiceCommand::Stop(args) => match supervisor::stop(&layout(&args)?) {
             Ok(report) => {
@@ -45,7 +131,14 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                     } else {
                         ""
                     };
-                    println!("stopped: {} ({} ms{dump})", report.how, report.took_ms);
+                    let what = match report.unsupervised_pid {
+                        Some(pid) => format!("the unsupervised service pid {pid} "),
+                        None => String::new(),
+                    };
+                    println!(
+                        "stopped: {what}{} ({} ms{dump})",
+                        report.how, report.took_ms
+                    );
                 } else {
                     println!("not running");
                 }
@@ -120,28 +213,49 @@ fn install(args: &InstallArgs, which: Init) -> Result<i32> {
 }
 
 fn report_start(
-    result: std::result::Result<supervisor::StartReport, supervisor::SupervisorError>,
+    result: std::result::Result<supervisor::StartOutcome, supervisor::SupervisorError>,
     json: bool,
 ) -> Result<i32> {
     match result {
-        Ok(report) => {
+        Ok(outcome) => {
             if json {
-                print_json(&report);
-            } else if report.already_running {
-                println!(
-                    "already running: pid {} (release {})",
-                    report.pid, report.release
-                );
+                print_json(&outcome);
             } else {
-                println!(
-                    "started: pid {} (release {}), healthy after {} ms",
-                    report.pid, report.release, report.healthy_after_ms
-                );
+                print!("{}", start_text(&outcome));
             }
             Ok(0)
         }
         Err(err) => Ok(report_supervisor_error(&err, json)),
     }
+}
+
+/// What `service start` says, one line per thing it did.
+fn start_text(outcome: &supervisor::StartOutcome) -> String {
+    let mut text = String::new();
+    if let Some(pid) = outcome.replaced_pid {
+        let how = outcome.replaced_how.as_deref().unwrap_or("stopped");
+        text.push_str(&format!(
+            "replaced an unsupervised service pid {pid} (its supervisor was gone): {how}\n"
+        ));
+    }
+    let report = &outcome.report;
+    let release = if report.release.is_empty() {
+        "release unknown".to_string()
+    } else {
+        format!("release {}", report.release)
+    };
+    if report.already_running {
+        text.push_str(&format!(
+            "already running: pid {} ({release})\n",
+            report.pid
+        ));
+    } else {
+        text.push_str(&format!(
+            "started: pid {} ({release}), healthy after {} ms\n",
+            report.pid, report.healthy_after_ms
+        ));
+    }
+    text
 }
 
 fn report_supervisor_error(err: &supervisor::SupervisorError, json: bool) -> i32 {
@@ -163,5 +277,107 @@ fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string(value) {
         Ok(text) => println!("{text}"),
         Err(e) => eprintln!("error: cannot encode JSON: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::supervisor::{StartOutcome, StartReport};
+
+    fn outcome(release: &str, already_running: bool, replaced: Option<i32>) -> StartOutcome {
+        StartOutcome {
+            report: StartReport {
+                pid: 42,
+                release: release.to_string(),
+                healthy_after_ms: 7,
+                already_running,
+            },
+            replaced_pid: replaced,
+            replaced_how: replaced.map(|_| "terminated after SIGTERM".to_string()),
+        }
+    }
+
+    #[test]
+    fn start_never_prints_an_empty_release() {
+        assert_eq!(
+            start_text(&outcome("", true, None)),
+            "already running: pid 42 (release unknown)\n"
+        );
+        assert_eq!(
+            start_text(&outcome("r1", true, None)),
+            "already running: pid 42 (release r1)\n"
+        );
+        assert_eq!(
+            start_text(&outcome("r1", false, Some(17))),
+            "replaced an unsupervised service pid 17 (its supervisor was gone): terminated after SIGTERM\n\
+             started: pid 42 (release r1), healthy after 7 ms\n"
+        );
+    }
+
+    use clap::CommandFactory;
+
+    fn script(shell: clap_complete::Shell) -> String {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "shipjar", &mut out);
+        String::from_utf8(out).expect("completion scripts are text")
+    }
+
+    #[test]
+    fn every_completion_script_is_produced_and_bash_parses_its_own() {
+        let bash = script(clap_complete::Shell::Bash);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &bash).unwrap();
+        let checked = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(file.path())
+            .output()
+            .expect("bash runs");
+        assert!(
+            checked.status.success(),
+            "bash -n: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        assert!(bash.contains("complete -F _shipjar") && bash.contains("rollback"));
+        let zsh = script(clap_complete::Shell::Zsh);
+        assert!(zsh.starts_with("#compdef shipjar") && zsh.contains("deploy"));
+        let fish = script(clap_complete::Shell::Fish);
+        assert!(fish.contains("complete -c shipjar") && fish.contains("provision"));
+    }
+
+    #[test]
+    fn the_man_page_has_a_section_for_every_subcommand() {
+        let page = man_page().unwrap();
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+            let heading = format!(".SH \"SHIPJAR {}\"", sub.get_name().to_uppercase());
+            assert!(page.contains(&heading), "no {heading}");
+            for nested in sub.get_subcommands().filter(|c| !c.is_hide_set()) {
+                let name = format!("SHIPJAR {} {}", sub.get_name(), nested.get_name());
+                assert!(page.contains(&name.to_uppercase()), "no {name}");
+            }
+        }
+        assert!(page.contains(".SS EXAMPLES") && !page.contains("EXTRA"));
+        assert!(!page.contains("SHIPJAR AGENT"), "hidden commands stay out");
+    }
+
+    #[test]
+    fn every_subcommand_has_an_example_in_its_help() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+            assert!(
+                sub.get_after_help().is_some(),
+                "{} has no example",
+                sub.get_name()
+            );
+            for nested in sub.get_subcommands().filter(|c| !c.is_hide_set()) {
+                assert!(
+                    nested.get_after_help().is_some(),
+                    "{} {} has no example",
+                    sub.get_name(),
+                    nested.get_name()
+                );
+            }
+        }
     }
 }

@@ -216,6 +216,22 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
             "{host}: {resources:?}"
         );
     }
+    // `check` now finds every host ready: agent, java, disk, free port, provisioned.
+    let check = p.run(&["check", "fleet"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    let said = String::from_utf8_lossy(&check.stdout);
+    for host in p.fleet.hosts() {
+        for what in ["agent", "java", "disk", "provision"] {
+            assert!(
+                said.contains(&format!("{host}: ok       {what}")),
+                "{host} {what}: {said}"
+            );
+        }
+    }
+    assert!(
+        said.contains("user, directories and init integration in place"),
+        "{said}"
+    );
     let passwd = p.fleet.exec("app2", &["getent", "passwd", "hello"]);
     let line = String::from_utf8_lossy(&passwd.stdout).to_string();
     assert!(line.ends_with(":/usr/sbin/nologin\n"), "{line}");

@@ -272,7 +272,7 @@ fn undefined_template_variable_exits_2_naming_template_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        err.contains("template deploy/database.properties:2: undefined variable"),
+        err.contains("template deploy/database.properties:2: undefined variable `db_usr`"),
         "{err}"
     );
     assert!(!p.lib().exists(), "nothing may change on a template error");
@@ -293,6 +293,14 @@ fn second_concurrent_deploy_fails_fast_naming_the_lock_holder() {
     assert!(err.contains("the deploy lock is held by"), "{err}");
     assert!(err.contains(&format!("pid {first_pid}")), "{err}");
     assert!(err.contains("deploy local"), "{err}");
+    let said = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        said.contains(
+            "local is now not changed (this run did not get to ask which release it runs)"
+        ),
+        "{said}"
+    );
+    assert!(!said.contains("(none)"), "{said}");
     assert!(
         took < Duration::from_secs(3),
         "the second deploy must fail at once, took {took:?}"
@@ -783,4 +791,118 @@ fn a_second_ctrl_c_cancels_a_hung_health_gate_at_once_and_the_host_goes_back() {
     );
     assert_eq!(p.current(), first, "back on the previous release");
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn rollback_to_an_unknown_release_names_the_step_that_failed() {
+    let p = Project::new();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let current = p.current().unwrap();
+    let out = p.run(&["rollback", "local", "--to", "nope"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("local: rollback FAILED at step `choose`: release nope is not on this host"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "local is now not changed (still on release {current})"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("rollback stopped: choose failed on local; no host was switched"),
+        "{said}"
+    );
+    assert!(!said.contains("lock failed"), "{said}");
+}
+
+#[test]
+fn waiting_for_the_lock_is_announced_once_and_the_agent_own_revert_is_no_revert_phase() {
+    let p = Project::new();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let holder = p.spawn_slow_deploy("2.0.0", 3000);
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let out = p
+        .command(&[
+            "--json",
+            "deploy",
+            "local",
+            "--artifact",
+            &jar,
+            "--version",
+            "3.0.0",
+            "--wait",
+            "60s",
+            "--env",
+            "FAIL_ON_START=1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(holder.wait_with_output().unwrap().status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let waits = stdout
+        .lines()
+        .filter(|l| l.contains("waiting for the deploy lock"))
+        .count();
+    assert_eq!(waits, 1, "{stdout}");
+    assert!(
+        stdout.contains("waiting for the deploy lock (--wait): the deploy lock is held by"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("\"status\":\"failed\",\"message\":\"the deploy lock is held"),
+        "{stdout}"
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["hosts"][0]["state"], "reverted", "{result}");
+    assert!(result["phases_ms"].get("revert").is_none(), "{result}");
+    assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
+}
+
+#[test]
+fn check_reaches_the_host_and_names_what_a_deploy_would_meet() {
+    let p = Project::new();
+    // Before any deploy someone else holds the service's port.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", p.port)).unwrap();
+    let out = p.run(&["check", "local"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(said.contains("local: ok       agent"), "{said}");
+    assert!(
+        said.contains("local: ok       java       /usr/bin/java: "),
+        "{said}"
+    );
+    assert!(said.contains("local: ok       disk"), "{said}");
+    assert!(
+        said.contains(&format!("local: PROBLEM  port {}", p.port))
+            && said.contains("held by another program: pid"),
+        "{said}"
+    );
+    drop(squatter);
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let out = p.run(&["--json", "check", "local", "--set", "extra=1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(said.lines().last().unwrap()).unwrap();
+    let findings = &result["hosts"][0]["findings"];
+    let port = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["what"] == format!("port {}", p.port))
+        .unwrap();
+    assert_eq!(port["status"], "ok");
+    assert!(
+        port["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("held by this service (pid ")
+    );
+    // --no-hosts stays on this machine.
+    let out = p.run(&["check", "local", "--no-hosts"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("agent"));
 }

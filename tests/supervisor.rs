@@ -212,7 +212,7 @@ fn stale_pidfile_of_another_process_is_dead() {
     assert_eq!(code(&out), 1, "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
-            "not running (stale pidfile: pid {pid} now belongs to another process)"
+            "not running: stale pidfile: pid {pid} is another process (sleep, started after the pidfile was written)"
         )),
         "{}",
         text(&out)
@@ -287,7 +287,7 @@ fn crash_after_healthy_leaves_status_dead() {
     let pid = host.service_pid().expect("pid");
     let child: i32 = host.marker_pid(&host.root().join("child.pid"));
 
-    let expected = format!("not running (stale pidfile: pid {pid} exited with code 3)");
+    let expected = format!("not running: stale pidfile: pid {pid} exited with code 3");
     let mut last = Value::Null;
     let dead = eventually(Duration::from_secs(10), || {
         let (rc, status) = host.status_json();
@@ -600,28 +600,27 @@ fn service_without_supervisor_is_still_tracked_and_stopped() {
     assert!(eventually(Duration::from_secs(5), || !alive(supervisor)));
     assert!(alive(pid), "the service died with its supervisor");
 
+    // Running, answering, and still dead: nothing supervises it.
     let (rc, status) = host.status_json();
-    assert_eq!(rc, 0, "{status}");
+    assert_eq!(rc, 1, "{status}");
+    assert_eq!(status["state"], "dead", "{status}");
     assert_eq!(status["pid"], pid);
     assert_eq!(status["supervisor_pid"], Value::Null);
+    let detail = status["detail"].as_str().expect("detail");
     assert!(
-        status["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("no supervisor")),
+        detail.starts_with(&format!(
+            "dead: supervisor pid {supervisor} is gone; the service pid {pid} runs unsupervised since "
+        )),
         "{status}"
     );
 
-    // start must not launch a second copy next to it.
-    let out = host.run("start", true);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(report["already_running"], true);
-
+    // stop stops the proven service, and says it ran unsupervised.
     let out = host.run("stop", true);
     assert_eq!(code(&out), 0, "{}", text(&out));
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["was_running"], true);
     assert_eq!(report["how"], "terminated after SIGTERM", "{report}");
+    assert_eq!(report["unsupervised_pid"], pid, "{report}");
     assert!(!alive(pid));
     assert_eq!(code(&host.run("status", false)), 3);
 }

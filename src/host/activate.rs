@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::host::cancel;
 use crate::host::restart::{self, Restarted};
+use crate::host::{cancel, hooks};
 use crate::host::{probe, revisions, store, supervisor};
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ReleaseManifest;
-use crate::protocol::{Action, Activation, NowRunning, Revision, RevisionOutcome};
+use crate::protocol::{Action, Activation, HookPoint, NowRunning, Revision, RevisionOutcome};
 
 /// How often and how long to ask the version endpoint once the service is healthy.
 const VERSION_ATTEMPTS: u32 = 3;
@@ -41,7 +41,42 @@ pub fn activate(
         Ok(m) => m,
         Err(e) => return fail_early(outcome, "switch", e),
     };
-    let result = switch_and_verify(layout, &manifest, emit, &mut outcome);
+    // Deploy hooks run for a deploy only: a rollback runs none of them.
+    let deploying = action == Action::Deploy;
+    let result = match manifest.hooks.before_start.as_ref().filter(|_| deploying) {
+        Some(hook) => run_hook(layout, release, HookPoint::BeforeStart, hook, emit),
+        None => Ok(()),
+    };
+    if let Err((step, reason, output)) = result {
+        // Nothing was switched: the host stays on what it runs.
+        outcome.failed_step = Some(step.to_string());
+        outcome.reason = Some(reason.clone());
+        outcome.log_tail = output;
+        let running = supervisor::status(layout).pid.is_some();
+        outcome.now_running = Some(NowRunning {
+            release: previous.clone(),
+            version: previous
+                .as_deref()
+                .and_then(|p| store::read_manifest(layout, p).ok())
+                .map(|m| m.version),
+            healthy: running,
+            problem: None,
+        });
+        let revision = Revision {
+            time: now_rfc3339(),
+            action,
+            release: release.to_string(),
+            version: manifest.version.clone(),
+            deployer: deployer.to_string(),
+            outcome: RevisionOutcome::Failed,
+            detail: format!("{step}: {reason}; not switched"),
+        };
+        if let Err(e) = revisions::append(layout, &revision) {
+            emit("record", &format!("cannot append to revisions.log: {e}"));
+        }
+        return outcome;
+    }
+    let result = switch_and_verify(layout, &manifest, deploying, emit, &mut outcome);
     let (ok, detail) = match result {
         Ok(()) => (true, String::new()),
         Err((step, reason, log_tail)) => {
@@ -94,6 +129,7 @@ fn cancelled(step: &'static str) -> Result<(), StepFailure> {
 fn switch_and_verify(
     layout: &Layout,
     manifest: &ReleaseManifest,
+    deploying: bool,
     emit: &dyn Fn(&str, &str),
     outcome: &mut Activation,
 ) -> Result<(), StepFailure> {
@@ -104,9 +140,13 @@ fn switch_and_verify(
     cancelled("health")?;
     if let Some(stop) = restarted.stop.filter(|s| s.was_running) {
         outcome.stopped_after_ms = Some(stop.took_ms);
+        let which = match stop.unsupervised_pid {
+            Some(pid) => format!("replaced an unsupervised service pid {pid}:"),
+            None => "previous process".to_string(),
+        };
         emit(
             "stop",
-            &format!("previous process {} in {} ms", stop.how, stop.took_ms),
+            &format!("{which} {} in {} ms", stop.how, stop.took_ms),
         );
     }
     let started = restarted.start;
@@ -145,7 +185,32 @@ fn switch_and_verify(
         }
         emit("version", &format!("service reports {reported}"));
     }
+    if let Some(hook) = manifest.hooks.after_switch.as_ref().filter(|_| deploying) {
+        run_hook(layout, &manifest.id, HookPoint::AfterSwitch, hook, emit)?;
+    }
     Ok(())
+}
+
+/// Runs a host hook of this activation; its failure fails the step named after it,
+/// with its output in place of the service log.
+fn run_hook(
+    layout: &Layout,
+    release: &str,
+    point: HookPoint,
+    hook: &crate::protocol::manifest::HookSpec,
+    emit: &dyn Fn(&str, &str),
+) -> Result<(), StepFailure> {
+    let step: &'static str = match point {
+        HookPoint::BeforeStart => "before_start",
+        _ => "after_switch",
+    };
+    let ran = hooks::run(layout, release, &point, hook, emit);
+    if ran.ok {
+        emit(step, &format!("hook {} ({} ms)", ran.how, ran.took_ms));
+        Ok(())
+    } else {
+        Err((step, format!("hook {}", ran.how), ran.output))
+    }
 }
 
 fn fail_early(mut outcome: Activation, step: &str, reason: String) -> Activation {
@@ -220,6 +285,18 @@ fn describe_now_running(now: &NowRunning) -> String {
     }
 }
 
+/// "URL has no key `version` (its keys: app, build)": what is there helps fix `key`.
+fn missing_key(url: &str, key: &str, answer: &serde_json::Value) -> String {
+    match answer.as_object() {
+        Some(object) if !object.is_empty() => {
+            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+            format!("{url} has no key `{key}` (its keys: {})", keys.join(", "))
+        }
+        Some(_) => format!("{url} has no key `{key}` (it answered an empty object)"),
+        None => format!("{url} has no key `{key}` (it answered JSON that is not an object)"),
+    }
+}
+
 /// Asks the service's version endpoint; `Ok(None)` when the manifest has none.
 pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, String> {
     let Some(check) = &manifest.version_check else {
@@ -238,7 +315,7 @@ pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, St
                 return match value.get(&check.key) {
                     Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
                     Some(other) if !other.is_null() => Ok(Some(other.to_string())),
-                    _ => Err(format!("{} has no key `{}`", check.url, check.key)),
+                    _ => Err(missing_key(&check.url, &check.key, &value)),
                 };
             }
             Ok(answer) => last_error = format!("{} answered HTTP {}", check.url, answer.status),
@@ -249,4 +326,19 @@ pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, St
         }
     }
     Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_key;
+
+    #[test]
+    fn a_missing_version_key_lists_the_keys_there() {
+        let answer = serde_json::json!({"app": "hello", "build": "1.2"});
+        assert_eq!(
+            missing_key("http://x/version", "version", &answer),
+            "http://x/version has no key `version` (its keys: app, build)"
+        );
+        assert!(missing_key("u", "v", &serde_json::json!([1])).ends_with("not an object)"));
+    }
 }

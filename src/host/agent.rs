@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::host::lock;
-use crate::host::{activate, cancel, logs, provision, store, supervisor};
+use crate::host::{activate, cancel, hooks, logs, provision, store, supervisor};
 use crate::protocol::layout::Layout;
 use crate::protocol::validate_service_name;
 use crate::protocol::{
@@ -203,6 +203,7 @@ impl Session {
             Request::Status
                 | Request::Releases
                 | Request::Cancel
+                | Request::CheckHost { .. }
                 | Request::Unlock
                 | Request::Provision { .. }
                 | Request::Logs { .. }
@@ -330,6 +331,11 @@ impl Session {
                     &layout, &release, action, &deployer, &emit,
                 )))
             }
+            Request::RunHook {
+                release,
+                point,
+                hook,
+            } => Response::HookRan(hooks::run(&layout, &release, &point, &hook, &emit)),
             Request::Finish { keep } => {
                 // After a failure the lock is still released, but nothing is pruned.
                 let keep = keep.filter(|_| !self.failed);
@@ -348,6 +354,10 @@ impl Session {
             }
             // The activation it was meant for has ended already.
             Request::Cancel => Response::NothingToCancel,
+            Request::CheckHost { spec } => Response::HostChecked {
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                findings: crate::host::check::check(&layout, &spec),
+            },
             Request::Status => Response::Status(Box::new(status(&layout))),
             Request::Releases => Response::Releases {
                 releases: store::list(&layout),

@@ -17,7 +17,7 @@ pub fn stream(
     follow: bool,
     emit: &dyn Fn(&str) -> bool,
 ) -> Result<(), String> {
-    let path = layout.log_file();
+    let path = logfile::service_log(layout);
     for line in logfile::tail(&path, lines) {
         if !emit(&line) {
             return Ok(());

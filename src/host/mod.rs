@@ -3,6 +3,8 @@
 pub mod activate;
 pub mod agent;
 pub mod cancel;
+pub mod check;
+pub mod hooks;
 pub mod init;
 pub mod lock;
 pub mod logs;

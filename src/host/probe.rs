@@ -31,9 +31,53 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
+/// Why a probe got no answer, in the words a log line needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// Nothing listens there (the connect was refused).
+    Refused,
+    /// No answer within the timeout.
+    TimedOut,
+    /// Anything else, as the HTTP client or the kernel said it.
+    Other(String),
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoAnswer::Refused => f.write_str("connection refused"),
+            NoAnswer::TimedOut => f.write_str("timed out"),
+            NoAnswer::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl NoAnswer {
+    fn of_io(e: &std::io::Error) -> NoAnswer {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => NoAnswer::Refused,
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => NoAnswer::TimedOut,
+            _ => NoAnswer::Other(e.to_string()),
+        }
+    }
+
+    fn of_ureq(e: ureq::Error) -> NoAnswer {
+        match e {
+            ureq::Error::Timeout(_) => NoAnswer::TimedOut,
+            ureq::Error::Io(io) => NoAnswer::of_io(&io),
+            other => NoAnswer::Other(other.to_string()),
+        }
+    }
+}
+
 /// GETs `url` with an overall timeout; any status code is an answer.
 pub fn http_get(url: &str, timeout: Duration) -> Result<HttpAnswer, String> {
-    let response = agent(timeout).get(url).call().map_err(|e| e.to_string())?;
+    http_get_answer(url, timeout).map_err(|e| e.to_string())
+}
+
+/// [`http_get`] saying why there was no answer.
+pub fn http_get_answer(url: &str, timeout: Duration) -> Result<HttpAnswer, NoAnswer> {
+    let response = agent(timeout).get(url).call().map_err(NoAnswer::of_ureq)?;
     let status = response.status().as_u16();
     let mut body = Vec::new();
     response
@@ -41,7 +85,10 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<HttpAnswer, String> {
         .into_reader()
         .take(MAX_BODY)
         .read_to_end(&mut body)
-        .map_err(|e| format!("reading the body: {e}"))?;
+        .map_err(|e| match NoAnswer::of_io(&e) {
+            NoAnswer::Other(e) => NoAnswer::Other(format!("reading the body: {e}")),
+            other => other,
+        })?;
     Ok(HttpAnswer {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
@@ -58,11 +105,14 @@ pub fn http_post(url: &str, timeout: Duration) -> Result<u16, String> {
 }
 
 /// Connects to 127.0.0.1:`port` within `timeout`.
-pub fn tcp_connect(port: u16, timeout: Duration) -> Result<(), String> {
+pub fn tcp_connect(port: u16, timeout: Duration) -> Result<(), NoAnswer> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     TcpStream::connect_timeout(&addr, timeout)
         .map(drop)
-        .map_err(|e| format!("connect to {addr}: {e}"))
+        .map_err(|e| match NoAnswer::of_io(&e) {
+            NoAnswer::Other(e) => NoAnswer::Other(format!("connect to {addr}: {e}")),
+            other => other,
+        })
 }
 
 #[cfg(test)]
@@ -126,11 +176,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let started = std::time::Instant::now();
-        let result = http_get(
+        let result = http_get_answer(
             &format!("http://127.0.0.1:{port}/"),
             Duration::from_millis(300),
         );
-        assert!(result.is_err());
+        assert_eq!(result.err(), Some(NoAnswer::TimedOut));
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(listener);
     }
@@ -162,13 +212,17 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
         };
-        assert!(tcp_connect(port, Duration::from_millis(300)).is_err());
-        assert!(
-            http_get(
+        assert_eq!(
+            tcp_connect(port, Duration::from_millis(300)),
+            Err(NoAnswer::Refused)
+        );
+        assert_eq!(
+            http_get_answer(
                 &format!("http://127.0.0.1:{port}/"),
                 Duration::from_millis(300)
             )
-            .is_err()
+            .err(),
+            Some(NoAnswer::Refused)
         );
     }
 }

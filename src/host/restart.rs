@@ -59,7 +59,7 @@ fn restart_with_systemd(layout: &Layout) -> Result<Restarted, Failure> {
             SupervisorError {
                 message,
                 log_tail: supervisor::logfile::tail(
-                    &layout.log_file(),
+                    &supervisor::logfile::service_log(layout),
                     supervisor::logfile::TAIL_LINES,
                 ),
             },
@@ -134,6 +134,7 @@ fn stop_report(before: &ServiceStatus, after: &ServiceStatus, took: Duration) ->
         signal,
         clean: clean.filter(|_| was_running),
         thread_dump: false,
+        unsupervised_pid: None,
     }
 }
 

@@ -358,6 +358,15 @@ pub fn list(layout: &Layout) -> Vec<ReleaseInfo> {
         .collect()
 }
 
+/// Whether the last activation of release `id` in `history` succeeded.
+fn became_healthy(history: &[crate::protocol::Revision], id: &str) -> bool {
+    history
+        .iter()
+        .rev()
+        .find(|r| r.release == id)
+        .is_some_and(|r| r.outcome == RevisionOutcome::Success)
+}
+
 /// PURE: which of `ids` (oldest first) to remove. A release counts toward
 /// `keep` once its last activation succeeded; of the others only the newest is kept.
 fn releases_to_prune(
@@ -366,14 +375,7 @@ fn releases_to_prune(
     protected: &BTreeSet<String>,
     keep: usize,
 ) -> Vec<String> {
-    let good = |id: &str| {
-        history
-            .iter()
-            .rev()
-            .find(|r| r.release == id)
-            .map(|r| &r.outcome)
-            == Some(&RevisionOutcome::Success)
-    };
+    let good = |id: &str| became_healthy(history, id);
     let mut kept_good = 0;
     let mut kept_other = 0;
     let mut doomed = Vec::new();
@@ -397,14 +399,7 @@ fn releases_to_prune(
 pub fn previous_good(layout: &Layout) -> Result<Option<String>, String> {
     let current = current(layout);
     let history = revisions::read(layout)?;
-    let good = |id: &str| {
-        history
-            .iter()
-            .rev()
-            .find(|r| r.release == id)
-            .map(|r| &r.outcome)
-            == Some(&RevisionOutcome::Success)
-    };
+    let good = |id: &str| became_healthy(&history, id);
     Ok(release_ids(layout)
         .into_iter()
         .rev()

@@ -1,9 +1,9 @@
 //! Running one step on many hosts: bounded parallelism, a bounded rate of new
 //! connections (sshd's MaxStartups drops bursts), and Ctrl-C handling.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::operator::config::{HostSpec, ResolvedStage};
@@ -12,8 +12,9 @@ use crate::operator::transport::AgentSession;
 
 /// Hosts at once unless `--parallel` says otherwise.
 pub const DEFAULT_PARALLEL: usize = 32;
-/// At most one new connection per this interval.
-const CONNECT_INTERVAL: Duration = Duration::from_millis(25);
+/// At most this many ssh connections being set up at once (below sshd's
+/// default `MaxStartups` of 10).
+const STARTUPS_IN_FLIGHT: usize = 8;
 
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 
@@ -143,35 +144,53 @@ pub fn each<T: Send>(items: &mut [T], limit: usize, f: impl Fn(&mut T) + Sync) {
     });
 }
 
-/// Spaces out new connections.
-pub struct RateLimiter {
-    next: Mutex<Instant>,
-    interval: Duration,
+/// Bounds how many ssh connections are being set up at once: sshd drops new
+/// connections beyond `MaxStartups` (10 by default) unauthenticated ones, which
+/// matters when every host is reached through one sshd (a ProxyJump bastion).
+/// A permit is held from the spawn of `ssh` until the session's first answer.
+pub struct StartupLimit {
+    in_flight: Mutex<usize>,
+    freed: Condvar,
+    max: usize,
 }
 
-impl RateLimiter {
-    /// One start per `interval`.
-    pub fn new(interval: Duration) -> Self {
-        RateLimiter {
-            next: Mutex::new(Instant::now()),
-            interval,
-        }
+/// One connection being set up; dropping it frees the slot.
+pub struct StartupPermit {
+    limit: Arc<StartupLimit>,
+}
+
+impl StartupLimit {
+    /// At most `max` set-ups at once.
+    pub fn new(max: usize) -> Arc<StartupLimit> {
+        Arc::new(StartupLimit {
+            in_flight: Mutex::new(0),
+            freed: Condvar::new(),
+            max: max.max(1),
+        })
     }
 
-    /// Waits for the next slot.
-    pub fn wait(&self) {
-        let slot = match self.next.lock() {
-            Ok(mut next) => {
-                let slot = (*next).max(Instant::now());
-                *next = slot + self.interval;
-                slot
-            }
-            Err(_) => return,
-        };
-        let now = Instant::now();
-        if slot > now {
-            std::thread::sleep(slot - now);
+    /// Waits for a free slot.
+    pub fn acquire(self: &Arc<Self>) -> StartupPermit {
+        let mut n = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= self.max {
+            n = self.freed.wait(n).unwrap_or_else(|e| e.into_inner());
         }
+        *n += 1;
+        StartupPermit {
+            limit: Arc::clone(self),
+        }
+    }
+}
+
+impl Drop for StartupPermit {
+    fn drop(&mut self) {
+        let mut n = self
+            .limit
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        self.limit.freed.notify_one();
     }
 }
 
@@ -183,7 +202,7 @@ pub struct Fleet {
     pub parallel: usize,
     /// Service name.
     pub service: String,
-    limiter: RateLimiter,
+    startups: Arc<StartupLimit>,
     // Dropped last: closes the ssh masters.
     _control: Option<ControlDir>,
 }
@@ -246,22 +265,21 @@ impl Fleet {
             },
             parallel: parallel.unwrap_or(DEFAULT_PARALLEL).max(1),
             service: service.to_string(),
-            limiter: RateLimiter::new(CONNECT_INTERVAL),
+            startups: StartupLimit::new(STARTUPS_IN_FLIGHT),
             _control: control,
         })
     }
 
-    /// Waits for a slot to open a new connection.
-    pub fn pace(&self) {
-        self.limiter.wait();
+    /// Waits for a slot to set up a new ssh connection; hold the permit until
+    /// the connection has answered.
+    pub fn startup_permit(&self) -> StartupPermit {
+        self.startups.acquire()
     }
 
-    /// Opens an agent session, paced by the connection rate limit.
+    /// Opens an agent session; over ssh it holds a set-up slot until its first answer.
     pub fn open(&self, host: &str, spec: &HostSpec) -> Result<AgentSession> {
-        if *spec != HostSpec::Local {
-            self.limiter.wait();
-        }
-        AgentSession::open(host, spec, &self.reach, &self.service)
+        let permit = (*spec != HostSpec::Local).then(|| self.startup_permit());
+        AgentSession::open(host, spec, &self.reach, &self.service, permit)
     }
 }
 
@@ -278,6 +296,7 @@ fn raise_open_file_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn each_runs_every_item_once_within_the_limit() {
@@ -296,12 +315,32 @@ mod tests {
     }
 
     #[test]
-    fn rate_limiter_spaces_starts() {
-        let limiter = RateLimiter::new(Duration::from_millis(10));
-        let start = Instant::now();
-        for _ in 0..5 {
-            limiter.wait();
-        }
-        assert!(start.elapsed() >= Duration::from_millis(40));
+    fn at_most_the_limit_of_startups_are_in_flight_and_nobody_waits_otherwise() {
+        let limit = StartupLimit::new(3);
+        let running = std::sync::atomic::AtomicUsize::new(0);
+        let peak = std::sync::atomic::AtomicUsize::new(0);
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..12 {
+                scope.spawn(|| {
+                    let _permit = limit.acquire();
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
+        // 12 set-ups of 20 ms, 3 at a time: 4 rounds, not 12 paced slots.
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+        let _a = limit.acquire();
+        let free = Instant::now();
+        let _b = limit.acquire();
+        assert!(free.elapsed() < Duration::from_millis(5));
     }
 }

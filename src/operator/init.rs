@@ -1,27 +1,108 @@
-//! `shipjar init`: a starting `shipjar.toml` for the service in this directory,
-//! with the build command guessed from the build files found.
+//! `shipjar init`: a starting `shipjar.toml` for the service in this
+//! directory, read exactly from its build files: the service name, the
+//! version, the build command (offline when the project is set up for it)
+//! and the exact path of the runnable jar.
+
+mod clj;
+mod edn;
+mod maven;
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::protocol::validate_service_name;
 
-/// Build command and artifact glob for the build tool whose file is present.
-fn guess_build(dir: &Path) -> (&'static str, &'static str) {
-    if dir.join("project.clj").exists() {
-        ("lein uberjar", "target/uberjar/*-standalone.jar")
-    } else if dir.join("deps.edn").exists() {
-        ("clojure -T:build uber", "target/*-standalone.jar")
-    } else if dir.join("pom.xml").exists() {
-        (
-            "mvn -q package -DskipTests",
-            "target/*-jar-with-dependencies.jar",
-        )
-    } else if dir.join("build.gradle").exists() || dir.join("build.gradle.kts").exists() {
-        ("./gradlew -q shadowJar", "build/libs/*-all.jar")
-    } else {
-        ("sh build.sh", "build/*.jar")
+/// The build tool whose files were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// `pom.xml`.
+    Maven,
+    /// `project.clj`.
+    Leiningen,
+    /// `deps.edn` with a tools.build `build.clj`.
+    ToolsBuild,
+    /// `build.gradle` / `build.gradle.kts`.
+    Gradle,
+    /// None recognised.
+    Unknown,
+}
+
+impl Tool {
+    /// The build file it was read from.
+    fn file(self) -> &'static str {
+        match self {
+            Tool::Maven => "pom.xml",
+            Tool::Leiningen => "project.clj",
+            Tool::ToolsBuild => "build.clj",
+            Tool::Gradle => "build.gradle",
+            Tool::Unknown => "(no build file)",
+        }
     }
+}
+
+/// What the build files say.
+#[derive(Debug, Clone)]
+pub struct Detected {
+    /// Which tool.
+    pub tool: Tool,
+    /// The project's name, if the build file has one.
+    pub name: Option<String>,
+    /// The project's version, if the build file has one.
+    pub version: Option<String>,
+    /// `[build] command`.
+    pub command: String,
+    /// `[build] artifact`: an exact path whenever the build file tells it.
+    pub artifact: String,
+    /// What was read and decided, said in the output and written as comments.
+    pub notes: Vec<String>,
+}
+
+/// Reads the build files of `dir`. With both `pom.xml` and `project.clj`,
+/// the one `build.sh` runs wins (else `pom.xml`), and the other is offered
+/// as a commented alternative.
+pub fn detect(dir: &Path) -> Result<(Detected, Option<Detected>)> {
+    let has = |f: &str| dir.join(f).is_file();
+    let wrap = |tool: Tool, r: std::result::Result<Detected, String>| {
+        r.map_err(|e| {
+            Error::config(e).hint(format!("fix {} or write [build] by hand", tool.file()))
+        })
+    };
+    let maven = || wrap(Tool::Maven, maven::detect(dir));
+    let lein = || wrap(Tool::Leiningen, clj::detect_lein(dir));
+    Ok(match (has("pom.xml"), has("project.clj")) {
+        (true, true) if clj::mentions(dir, "build.sh", "lein") => (lein()?, maven().ok()),
+        (true, true) => (maven()?, lein().ok()),
+        (true, false) => (maven()?, None),
+        (false, true) => (lein()?, None),
+        _ if has("deps.edn") => (wrap(Tool::ToolsBuild, clj::detect_tools_build(dir))?, None),
+        _ if has("build.gradle") || has("build.gradle.kts") => (
+            Detected {
+                tool: Tool::Gradle,
+                name: None,
+                version: None,
+                command: "./gradlew -q shadowJar".into(),
+                artifact: "build/libs/*-all.jar".into(),
+                notes: vec!["Gradle: the shadow plugin's jar; check [build] artifact".into()],
+            },
+            None,
+        ),
+        _ => (
+            Detected {
+                tool: Tool::Unknown,
+                name: None,
+                version: None,
+                command: "sh build.sh".into(),
+                artifact: "build/*.jar".into(),
+                notes: vec!["no build file found: set [build] command and artifact".into()],
+            },
+            None,
+        ),
+    })
+}
+
+/// True when `dir` is inside a git work tree (a `.git` here or above).
+fn in_git_repository(dir: &Path) -> bool {
+    dir.ancestors().any(|d| d.join(".git").exists())
 }
 
 /// A service name from a directory name: lower case, `-` for anything else.
@@ -51,7 +132,8 @@ pub fn name_from_dir(dir: &Path) -> String {
         .to_string()
 }
 
-/// Writes `file`; refuses to overwrite an existing one.
+/// Writes `file` (and the config templates it mentions, where absent);
+/// refuses to overwrite an existing project file. Returns what it says.
 pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
     if file.exists() {
         return Err(Error::config(format!(
@@ -60,66 +142,217 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
         )));
     }
     let dir = crate::operator::config::project_dir(file)?;
-    let name = match name {
-        Some(n) => n.to_string(),
-        None => name_from_dir(&dir),
+    let (found, alternative) = detect(&dir)?;
+    let name = match (name, &found.name) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(n)) if validate_service_name(n).is_ok() => n.clone(),
+        (None, Some(n)) => name_from_dir(Path::new(n)),
+        (None, None) => name_from_dir(&dir),
     };
     validate_service_name(&name).map_err(|e| Error::config(e).hint("pass --name NAME"))?;
-    let (command, artifact) = guess_build(&dir);
+    let mut said = Vec::new();
+    let mut comments = Vec::new();
+    said.push(format!(
+        "read {}: {}{}",
+        found.tool.file(),
+        found
+            .name
+            .as_deref()
+            .map(|n| format!("name {n}"))
+            .unwrap_or_else(|| "no name".into()),
+        found
+            .version
+            .as_deref()
+            .map(|v| format!(", version {v}"))
+            .unwrap_or_default()
+    ));
+    for note in &found.notes {
+        said.push(note.clone());
+        comments.push(format!("# {note}"));
+    }
+    let version_line = if in_git_repository(&dir) {
+        "version_command = \"git describe --always --dirty\"".to_string()
+    } else {
+        match &found.version {
+            Some(v) => {
+                let note = format!(
+                    "not a git repository: the version falls back to {v}, from {}; keep the two in step, or `git init`",
+                    found.tool.file()
+                );
+                said.push(note.clone());
+                comments.push(format!("# {note}"));
+                format!(
+                    "version_command = \"git describe --always --dirty 2>/dev/null || echo {}\"",
+                    crate::protocol::shell::quote(v)
+                )
+            }
+            None => {
+                let note = "not a git repository and no version in the build file: each build's version is sha-<its sha256>".to_string();
+                said.push(note.clone());
+                comments.push(format!("# {note}"));
+                "# version_command = \"git describe --always --dirty\"".to_string()
+            }
+        }
+    };
+    let alternative = alternative
+        .map(|alt| {
+            format!(
+                "# or with {}:\n# command = {}\n# artifact = {}\n",
+                alt.tool.file(),
+                toml_string(&alt.command),
+                toml_string(&alt.artifact)
+            )
+        })
+        .unwrap_or_default();
     let text = TEMPLATE
         .replace("@NAME@", &name)
-        .replace("@COMMAND@", command)
-        .replace("@ARTIFACT@", artifact)
+        .replace(
+            "@NOTES@",
+            &comments
+                .iter()
+                .map(|c| format!("{c}\n"))
+                .collect::<String>(),
+        )
+        .replace("@COMMAND@", &toml_string(&found.command))
+        .replace("@ARTIFACT@", &toml_string(&found.artifact))
+        .replace("@VERSION@", &version_line)
+        .replace("@ALTERNATIVE@", &alternative)
         .replace(
             "@SECRET_ENV@",
             &format!("{}_DB_PASSWORD", name.to_uppercase().replace('-', "_")),
         );
     std::fs::write(file, &text)
         .map_err(|e| Error::failed(format!("cannot write {}: {e}", file.display())))?;
-    Ok(format!(
-        "wrote {} for service `{name}` (build: `{command}`); check it with `shipjar check local`\n",
-        file.display()
-    ))
+    for (path, content) in TEMPLATES {
+        let target = dir.join(path);
+        if target.exists() {
+            continue;
+        }
+        let written = target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&target, content.replace("@NAME@", &name)));
+        match written {
+            Ok(()) => said.push(format!(
+                "wrote {path} (a template for a commented [[config]] entry)"
+            )),
+            Err(e) => said.push(format!("could not write {path}: {e}")),
+        }
+    }
+    let mut out = String::new();
+    for line in &said {
+        out.push_str(&format!("  {line}\n"));
+    }
+    out.push_str(&format!(
+        "wrote {} for service `{name}` (build: `{}`, artifact: {}); check it with `shipjar check local`\n",
+        file.display(),
+        found.command,
+        found.artifact
+    ));
+    Ok(out)
 }
 
-const TEMPLATE: &str = r#"# shipjar project file. Every key is described in shipjar's README.
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
 
+/// Templates for the commented `[[config]]` entries, written only where absent.
+const TEMPLATES: [(&str, &str); 3] = [
+    (
+        "deploy/logback-local.xml",
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!-- Logging on the local stage: to stdout, which shipjar writes to the service log. -->
+<configuration>
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder>
+      <pattern>%d{yyyy-MM-dd HH:mm:ss.SSS} %-5level [@NAME@] %logger{36} - %msg%n</pattern>
+    </encoder>
+  </appender>
+  <root level="DEBUG">
+    <appender-ref ref="STDOUT"/>
+  </root>
+</configuration>
+"#,
+    ),
+    (
+        "deploy/logback-production.xml",
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!-- Logging on {{ host }} ({{ stage }}): to stdout, which shipjar writes to the rotated service log. -->
+<configuration>
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder>
+      <pattern>%d{yyyy-MM-dd HH:mm:ss.SSS} %-5level [@NAME@ {{ version }}] %logger{36} - %msg%n</pattern>
+    </encoder>
+  </appender>
+  <root level="INFO">
+    <appender-ref ref="STDOUT"/>
+  </root>
+</configuration>
+"#,
+    ),
+    (
+        "deploy/database.properties",
+        r#"# Rendered per host by shipjar into the release's config/; secret = true:
+# mode 0600 (0640 root:<service group> as root), never printed.
+db.url={{ db_url }}
+db.user={{ db_user }}
+db.password={{ secrets.db_password }}
+"#,
+    ),
+];
+
+const TEMPLATE: &str = r#"# shipjar project file. Every key is described in shipjar's README.
+@NOTES@
 [service]
 name = "@NAME@"                     # also the unix user on the hosts
 jar = "@NAME@.jar"                  # the artifact's name inside a release
-java_opts = ["-Xmx512m", "-XX:+ExitOnOutOfMemoryError"]
+java_opts = [
+    "-Xmx512m",
+    "-XX:+ExitOnOutOfMemoryError",
+    # "-Dlogback.configurationFile={{ config_dir }}/logback.xml",   # with the logging [[config]] below
+]
 env = { PORT = "8080" }
 
 [build]
-command = "@COMMAND@"
-artifact = "@ARTIFACT@"
-version_command = "git describe --always --dirty"
-
-[health]
-url = "http://127.0.0.1:8080/health"
+command = @COMMAND@
+artifact = @ARTIFACT@
+@VERSION@
+@ALTERNATIVE@
+[health]                             # checked on the host by the supervisor
+url = "http://127.0.0.1:8080/health" # or: tcp = 8080
 start_timeout = "90s"
 
-# [version_check]                    # the service's own "which version am I" endpoint
-# url = "http://127.0.0.1:8080/version"
-# key = "version"
+[version_check]                      # the service's own "which version am I" endpoint: a JSON
+url = "http://127.0.0.1:8080/version" # object whose `key` is the deployed version (from
+key = "version"                      # config/service.properties); remove the section if it has none
 
 [stop]
 timeout = "30s"
 
-# [[config]]                         # files rendered into each release's config/
+# Files rendered into each release's config/ (templates are in deploy/):
+# [[config]]                         # logging, per stage
 # template = "deploy/logback-{{ stage }}.xml"
 # dest = "logback.xml"
+#
+# [[config]]                         # database settings; the password is a secret
+# template = "deploy/database.properties"
+# dest = "database.properties"
+# secret = true
 
-[[config]]
+[[config]]                           # version, git commit, build time, deployed at/by, stage, host, sha256
 builtin = "service-properties"
 dest = "service.properties"
 
 [stages.local]
 hosts = ["local"]
+# vars = { db_url = "jdbc:postgresql://127.0.0.1:5432/@NAME@", db_user = "@NAME@" }
+# secrets = { db_password = { env = "@SECRET_ENV@" } }
 
 # [stages.production]
 # hosts = ["app1.example.com", "deploy@app2.example.com:2222"]
 # rolling = { batch = "25%", max_failed = 0 }
+# vars = { db_url = "jdbc:postgresql://db1.example.com/@NAME@", db_user = "@NAME@" }
 # secrets = { db_password = { env = "@SECRET_ENV@" } }
 "#;
 
@@ -141,7 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let project = dir.path().join("orders");
         std::fs::create_dir(&project).unwrap();
-        std::fs::write(project.join("project.clj"), "").unwrap();
+        std::fs::write(project.join("project.clj"), "(defproject orders \"1.0\")").unwrap();
         let file = project.join("shipjar.toml");
         init(&file, None).unwrap();
         let text = std::fs::read_to_string(&file).unwrap();

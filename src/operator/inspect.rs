@@ -27,11 +27,17 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
     let mut flags = Vec::new();
     let current = status.current.as_ref();
     let service = &status.service;
-    match (current, service.state.as_str()) {
-        (None, "running") => flags.push("running, but no release is current".into()),
-        (None, _) => flags.push("no release deployed".into()),
-        (Some(_), "running") => {}
-        (Some(_), _) => flags.push(format!("not running: {}", service.detail)),
+    match (current, &service.state) {
+        (None, ServiceState::Running) => flags.push("running, but no release is current".into()),
+        (None, ServiceState::Stopped) => flags.push("no release deployed".into()),
+        (None, _) => {
+            flags.push("no release deployed".into());
+            flags.push(service.detail.clone());
+        }
+        (Some(_), ServiceState::Running) => {}
+        // The detail says it all: "dead: supervisor pid 4242 is gone; …",
+        // "starting: pid …", "not running (last start failed: …)".
+        (Some(_), _) => flags.push(service.detail.clone()),
     }
     if let (Some(current), Some(running)) = (current, &service.release)
         && &current.id != running
@@ -41,7 +47,8 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
             current.id
         ));
     }
-    if service.healthy == Some(false) {
+    // A starting service is not healthy yet, which is no finding of its own.
+    if service.healthy == Some(false) && service.state != ServiceState::Starting {
         flags.push("unhealthy".into());
     }
     match (&status.running_version, &status.reported_version) {
@@ -160,11 +167,16 @@ fn format_row(row: &HostReport) -> String {
             "  process:   {}\n",
             match (svc.pid, &svc.release) {
                 (Some(pid), Some(rel)) => format!(
-                    "pid {pid}, from release {rel}{}, up {}s",
+                    "pid {pid}, from release {rel}{}, up {}s{}",
                     s.running_version
                         .as_ref()
                         .map_or(String::new(), |v| format!(" (version {v})")),
-                    svc.uptime_s.unwrap_or(0)
+                    svc.uptime_s.unwrap_or(0),
+                    match svc.state {
+                        ServiceState::Starting => ", starting",
+                        ServiceState::Dead => ", UNSUPERVISED",
+                        _ => "",
+                    }
                 ),
                 _ => svc.detail.clone(),
             }
@@ -172,21 +184,24 @@ fn format_row(row: &HostReport) -> String {
         if let Some(v) = &s.reported_version {
             out.push_str(&format!("  reports:   version {v}\n"));
         }
-        if let Some(h) = svc.healthy {
-            out.push_str(&format!(
-                "  health:    {}\n",
-                if h { "healthy" } else { "UNHEALTHY" }
-            ));
+        let health = match (&svc.state, svc.healthy) {
+            (ServiceState::Starting, _) => Some("starting: the health gate has not passed yet"),
+            (_, Some(true)) => Some("healthy"),
+            (_, Some(false)) => Some("UNHEALTHY"),
+            (_, None) => None,
+        };
+        if let Some(h) = health {
+            out.push_str(&format!("  health:    {h}\n"));
         }
         if let Some(r) = &s.last_revision {
+            let detail = if r.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.detail)
+            };
             out.push_str(&format!(
-                "  last:      {} {} of {} by {} at {}: {}\n",
-                r.action,
-                r.outcome,
-                r.release,
-                r.deployer,
-                r.time,
-                if r.detail.is_empty() { "-" } else { &r.detail }
+                "  last:      {} {} of {} by {} at {}{detail}\n",
+                r.action, r.outcome, r.release, r.deployer, r.time
             ));
         }
     }
@@ -362,5 +377,111 @@ pub fn masked(content: &str, secret: bool) -> String {
         format!("{MASK}\n")
     } else {
         content.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// One host's status: release r1 current, the service as given.
+    fn host(service: serde_json::Value, detail: &str) -> HostReport {
+        let mut service = service;
+        for (k, v) in [
+            ("pid", json!(null)),
+            ("supervisor_pid", json!(null)),
+            ("release", json!(null)),
+            ("started_at", json!(null)),
+            ("uptime_s", json!(null)),
+            ("healthy", json!(null)),
+            ("reason", json!(null)),
+            ("last_exit", json!(null)),
+            ("last_exit_code", json!(null)),
+            ("last_exit_signal", json!(null)),
+            ("restarts", json!(0)),
+            ("next_restart_at", json!(null)),
+        ] {
+            service
+                .as_object_mut()
+                .expect("object")
+                .entry(k)
+                .or_insert(v);
+        }
+        let status: HostStatus = serde_json::from_value(json!({
+            "current": {
+                "id": "r1", "version": "1.0", "deployed_at": "t", "deployer": "me@here",
+                "artifact_sha256": "00", "current": true, "outcome": "success"
+            },
+            "service": service,
+            "running_version": "1.0",
+            "reported_version": null,
+            "version_error": null,
+            "last_revision": {
+                "time": "2026-01-01T00:00:00Z", "action": "deploy", "release": "r1",
+                "version": "1.0", "deployer": "me@here", "outcome": "success", "detail": detail
+            }
+        }))
+        .expect("a host status");
+        HostReport {
+            host: "local".into(),
+            flags: flags(&status),
+            status: Some(status),
+        }
+    }
+
+    #[test]
+    fn a_stopped_service_is_flagged_once_and_an_empty_detail_prints_nothing() {
+        let row = host(
+            json!({"state": "stopped", "lsb_code": 3, "detail": "not running"}),
+            "",
+        );
+        assert_eq!(row.flags, vec!["not running".to_string()]);
+        assert_eq!(
+            format_row(&row),
+            "local\n  current:   r1 (version 1.0)\n  process:   not running\n  \
+             last:      deploy success of r1 by me@here at 2026-01-01T00:00:00Z\n  ! not running\n"
+        );
+    }
+
+    #[test]
+    fn a_starting_service_is_not_called_unhealthy() {
+        let row = host(
+            json!({"state": "starting", "lsb_code": 3, "pid": 42, "release": "r1",
+                   "uptime_s": 3, "healthy": false,
+                   "detail": "starting: pid 42, release r1, in the health gate for 3s"}),
+            "ok",
+        );
+        assert_eq!(
+            row.flags,
+            vec!["starting: pid 42, release r1, in the health gate for 3s".to_string()]
+        );
+        let text = format_row(&row);
+        assert!(!text.contains("UNHEALTHY"), "{text}");
+        assert!(
+            text.contains("  health:    starting: the health gate has not passed yet\n"),
+            "{text}"
+        );
+        assert!(text.contains("at 2026-01-01T00:00:00Z: ok\n"), "{text}");
+    }
+
+    #[test]
+    fn a_dead_supervisor_is_flagged_even_when_the_service_answers() {
+        let detail = "dead: supervisor pid 7 is gone; the service pid 42 runs unsupervised since 2026-01-01T00:00:01.000Z";
+        let row = host(
+            json!({"state": "dead", "lsb_code": 1, "pid": 42, "release": "r1",
+                   "uptime_s": 9, "healthy": true, "detail": detail}),
+            "",
+        );
+        assert_eq!(row.flags, vec![detail.to_string()]);
+        let text = format_row(&row);
+        assert!(
+            text.contains(
+                "  process:   pid 42, from release r1 (version 1.0), up 9s, UNSUPERVISED\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  health:    healthy\n"), "{text}");
+        assert!(!text.contains("  ok\n"), "{text}");
     }
 }

@@ -2,9 +2,11 @@
 
 pub mod args;
 pub mod build;
+pub mod check;
 pub mod config;
 pub mod deploy;
 pub mod fleet;
+pub mod hooks;
 pub mod init;
 pub mod inspect;
 pub mod output;
@@ -16,7 +18,7 @@ pub mod transport;
 
 use std::path::Path;
 
-use crate::cli::{Command, StageArgs};
+use crate::cli::Command;
 use crate::error::Result;
 use config::Project;
 use output::Reporter;
@@ -32,7 +34,7 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
     let project = Project::load(config)?;
     render::register_secret_variables(&project.config);
     match command {
-        Command::Check(args) => check(&project, &args, &reporter),
+        Command::Check(args) => check::check(&project, &args, &reporter),
         Command::Build(args) => {
             let manifest = build::build(&project, args.version.as_deref(), &reporter)?;
             let text = format!(
@@ -51,67 +53,12 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         Command::Releases(args) => inspect::releases(&project, &args, &reporter),
         Command::Logs(args) => inspect::logs(&project, &args, &reporter),
         Command::Unlock(args) => deploy::unlock(&project, &args.stage, &args.fleet, &reporter),
-        Command::Init(_) | Command::Service(_) | Command::Agent(_) => {
+        Command::Init(_)
+        | Command::Service(_)
+        | Command::Agent(_)
+        | Command::Completions(_)
+        | Command::Man => {
             unreachable!("dispatched earlier")
         }
     }
-}
-
-/// `shipjar check STAGE`: validates the project and renders every file for
-/// every host of the stage (secrets masked), changing nothing.
-fn check(project: &Project, args: &StageArgs, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(&args.stage)?;
-    let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
-    // A stand-in build: `check` renders templates, it does not build.
-    let build = build::BuildManifest {
-        artifact: "(not built)".into(),
-        sha256: "0".repeat(64),
-        size: 0,
-        version: "(version)".into(),
-        git_commit: None,
-        build_time: String::new(),
-    };
-    let plan = deploy::plan_release(
-        project,
-        &stage,
-        &build,
-        secrets,
-        Default::default(),
-        Default::default(),
-    )?;
-    let mut text = String::new();
-    for host in &plan.hosts {
-        text.push_str(&format!(
-            "{}: runs {:?}\n",
-            host.host, host.manifest.run.argv
-        ));
-        for file in &host.files {
-            text.push_str(&format!(
-                "--- config/{}{}\n",
-                file.dest,
-                if file.secret { " (secret)" } else { "" }
-            ));
-            text.push_str(&inspect::masked(&file.content, file.secret));
-        }
-    }
-    text.push_str(&format!(
-        "{}: stage `{}` is valid\n",
-        project.file.display(),
-        stage.name
-    ));
-    #[derive(serde::Serialize)]
-    struct CheckResult<'a> {
-        ok: bool,
-        stage: &'a str,
-        hosts: Vec<&'a str>,
-    }
-    reporter.result(
-        &CheckResult {
-            ok: true,
-            stage: &stage.name,
-            hosts: plan.hosts.iter().map(|h| h.host.as_str()).collect(),
-        },
-        &text,
-    );
-    Ok(0)
 }

@@ -114,7 +114,11 @@ fn plan_host(
     let mut set = |k: &str, v: &str| vars.insert(k.to_string(), Value::String(v.to_string()));
     set("service", name);
     set("stage", &stage.name);
-    set("host", host);
+    set("host", spec.name());
+    set("host_entry", host);
+    set("git_commit", build.git_commit.as_deref().unwrap_or(""));
+    set("build_time", &build.build_time);
+    set("artifact_sha256", &build.sha256);
     set("version", &build.version);
     set("release", &inputs.release_id);
     set("release_dir", &path_text(&release_dir));
@@ -172,6 +176,7 @@ fn plan_host(
         restart: RestartSpec::from(&config.restart),
         logs: LogSpec::from(&config.logs),
         reload: ReloadSpec::from(&config.reload),
+        hooks: config.hooks.host_hooks(),
     };
 
     let run = run_spec(config, inputs, spec, &public_vars)?;
@@ -199,7 +204,7 @@ fn plan_host(
                 text
             }
             (None, Some(Builtin::ServiceProperties)) => {
-                service_properties(name, build, inputs, &stage.name, host)
+                service_properties(name, build, inputs, &stage.name, spec.name())
             }
             (None, None) => unreachable!("validated: template or builtin"),
         };
@@ -457,6 +462,31 @@ secrets = { db_password = { env = "PW" } }
     }
 
     #[test]
+    fn templates_see_the_build_and_the_host_name_alone() {
+        let (config, mut stage, build, inputs) = fixtures();
+        stage.hosts = vec![(
+            "deploy@app2.example.com:2222".into(),
+            HostSpec::parse("deploy@app2.example.com:2222").unwrap(),
+        )];
+        let template = |path: &str| {
+            match path {
+            "deploy/logging-local.properties" => Ok(
+                "{{ host }} {{ host_entry }} {{ git_commit }} {{ build_time }} {{ artifact_sha256[:12] }}\n"
+                    .to_string(),
+            ),
+            other => templates(other),
+        }
+        };
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &template).unwrap();
+        let host = &plan.hosts[0];
+        assert_eq!(
+            host.files[0].content,
+            "app2.example.com deploy@app2.example.com:2222 deadbeef 2026-11-26T10:00:00Z abababababab\n"
+        );
+        assert!(host.files[2].content.contains("\nhost=app2.example.com\n"));
+    }
+
+    #[test]
     fn secret_in_a_public_file_is_refused() {
         let (mut config, stage, build, inputs) = fixtures();
         config.config[1].get_mut().secret = false;
@@ -579,7 +609,8 @@ secrets = { db_password = { env = "PW" } }
             LogSpec {
                 max_size: 1 << 20,
                 keep: 5,
-                compress: true
+                compress: true,
+                file: "console.log".into(),
             }
         );
     }

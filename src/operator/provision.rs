@@ -19,15 +19,11 @@ use crate::operator::transport::AgentSession;
 use crate::protocol::digest::sha256_hex;
 use crate::protocol::{ProvisionSpec, Request, ResourceResult, ResourceStatus, Response};
 
-/// Installs `$1` from stdin, only if what arrived has the sha256 `$2`: a cut
-/// connection or an interrupt leaves the old binary in place. The path and the
-/// hash are arguments, never part of the script.
-const INSTALL_SCRIPT: &str = r#"set -eu
-d=$(dirname -- "$1")
-mkdir -p -- "$d"
-t="$d/.shipjar-new.$$"
-trap 'rm -f -- "$t"' EXIT
-cat > "$t"
+/// Shell lines shared by the scripts that receive a binary: read stdin into
+/// `$t`, then fail unless its sha256 is `$2` (cleanup is the caller's trap).
+macro_rules! receive_verified {
+    () => {
+        r#"cat > "$t"
 got=$(sha256sum -- "$t")
 got=${got%% *}
 if [ "$got" != "$2" ]; then
@@ -35,28 +31,40 @@ if [ "$got" != "$2" ]; then
     exit 1
 fi
 chmod 0755 "$t"
-sync -- "$t"
+"#
+    };
+}
+
+/// Installs `$1` from stdin, only if what arrived has the sha256 `$2`: a cut
+/// connection or an interrupt leaves the old binary in place. The path and the
+/// hash are arguments, never part of the script.
+const INSTALL_SCRIPT: &str = concat!(
+    r#"set -eu
+d=$(dirname -- "$1")
+mkdir -p -- "$d"
+t="$d/.shipjar-new.$$"
+trap 'rm -f -- "$t"' EXIT
+"#,
+    receive_verified!(),
+    r#"sync -- "$t"
 mv -f -- "$t" "$1"
 trap - EXIT
-sync -- "$d""#;
+sync -- "$d""#
+);
 
 /// Puts a copy of this binary (sha256 `$2`) in a new temporary directory and
 /// prints its path: a dry run on a host without the right agent asks that
 /// copy, so it can show every change without installing anything.
-const TEMP_AGENT_SCRIPT: &str = r#"set -eu
+const TEMP_AGENT_SCRIPT: &str = concat!(
+    r#"set -eu
 d=$(mktemp -d "${TMPDIR:-/tmp}/shipjar-dry-run.XXXXXX")
 trap 'rm -rf -- "$d"' EXIT
 t="$d/shipjar"
-cat > "$t"
-got=$(sha256sum -- "$t")
-got=${got%% *}
-if [ "$got" != "$2" ]; then
-    echo "the binary arrived incomplete or damaged (sha256 $got, expected $2)" >&2
-    exit 1
-fi
-chmod 0755 "$t"
-trap - EXIT
-printf '%s\n' "$t""#;
+"#,
+    receive_verified!(),
+    r#"trap - EXIT
+printf '%s\n' "$t""#
+);
 
 /// Removes a temporary agent made by [`TEMP_AGENT_SCRIPT`] (its path is `$2`),
 /// and nothing else.
@@ -244,17 +252,19 @@ fn dry_run_with_temp_agent(
     let path = path.trim().to_string();
     let mut reach = fleet.reach.clone();
     reach.agent_path = path.clone();
-    fleet.pace();
-    let answer = AgentSession::open(host, spec, &reach, &fleet.service).and_then(|mut session| {
-        let r = session.call(
-            Request::Provision {
-                spec: provision.clone(),
-            },
-            &mut |_, _| {},
-        );
-        let _ = session.close();
-        r
-    });
+    let permit = fleet.startup_permit();
+    let answer = AgentSession::open(host, spec, &reach, &fleet.service, Some(permit)).and_then(
+        |mut session| {
+            let r = session.call(
+                Request::Provision {
+                    spec: provision.clone(),
+                },
+                &mut |_, _| {},
+            );
+            let _ = session.close();
+            r
+        },
+    );
     let removed = remote(fleet, spec, REMOVE_TEMP_AGENT_SCRIPT, &[&path], None);
     match (answer, removed) {
         (answer, Ok(_)) => answer,
@@ -335,7 +345,7 @@ fn remote(
     args: &[&str],
     input: Option<&[u8]>,
 ) -> Result<String, String> {
-    fleet.pace();
+    let _permit = fleet.startup_permit();
     let mut words = vec!["sh", "-c", script, "sh", &fleet.reach.agent_path];
     words.extend_from_slice(args);
     let remote = ssh::remote_command(&fleet.reach, &words);
@@ -369,7 +379,7 @@ fn remote(
 
 #[cfg(test)]
 mod tests {
-    use super::INSTALL_SCRIPT;
+    use super::{INSTALL_SCRIPT, REMOVE_TEMP_AGENT_SCRIPT, TEMP_AGENT_SCRIPT};
     use crate::protocol::digest::sha256_hex;
     use std::io::Write;
     use std::process::{Command, Stdio};
@@ -429,18 +439,59 @@ mod tests {
     }
 
     #[test]
-    fn the_install_script_passes_shellcheck() {
+    fn a_temporary_agent_is_placed_verified_and_only_it_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("install.sh");
-        std::fs::write(&file, format!("#!/bin/sh\n{INSTALL_SCRIPT}\n")).unwrap();
-        let out = Command::new("shellcheck")
-            .arg(&file)
-            .output()
-            .expect("shellcheck is installed (run-tests installs it)");
+        let run = |script: &str, arg: &str, input: &[u8]| {
+            let mut child = Command::new("sh")
+                .args(["-c", script, "sh", "/unused/agent/path", arg])
+                .env("TMPDIR", dir.path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let binary = b"#!/bin/sh\necho agent\n".to_vec();
+        let out = run(TEMP_AGENT_SCRIPT, &sha256_hex(&binary), &binary);
         assert!(
             out.status.success(),
             "{}",
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&out.stderr)
         );
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(std::fs::read(&path).unwrap(), binary);
+        let out = run(TEMP_AGENT_SCRIPT, &sha256_hex(b"other"), &binary);
+        assert!(!out.status.success());
+        let refused = run(REMOVE_TEMP_AGENT_SCRIPT, "/etc/passwd", b"");
+        assert!(!refused.status.success());
+        assert!(std::path::Path::new("/etc/passwd").exists());
+        let out = run(REMOVE_TEMP_AGENT_SCRIPT, &path, b"");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    #[test]
+    fn the_remote_scripts_pass_shellcheck() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("install.sh");
+        for script in [INSTALL_SCRIPT, TEMP_AGENT_SCRIPT, REMOVE_TEMP_AGENT_SCRIPT] {
+            std::fs::write(&file, format!("#!/bin/sh\n{script}\n")).unwrap();
+            let out = Command::new("shellcheck")
+                .arg(&file)
+                .output()
+                .expect("shellcheck is installed (run-tests installs it)");
+            assert!(
+                out.status.success(),
+                "{script}\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
     }
 }

@@ -30,12 +30,49 @@ pub fn render(name: &str, source: &str, vars: &Vars) -> Result<String> {
         source,
         minijinja::Value::from(minijinja::value::Serde(vars)),
     )
-    .map_err(|e| template_error(name, &e))
+    .map_err(|e| {
+        let missing = if e.kind() == minijinja::ErrorKind::UndefinedError {
+            undefined_names(&env, source, vars)
+        } else {
+            Vec::new()
+        };
+        template_error(name, &e, &missing)
+    })
 }
 
-fn template_error(name: &str, e: &minijinja::Error) -> Error {
+/// Variables (or `a.b` lookups) the template uses that `vars` lacks.
+fn undefined_names(env: &Environment, source: &str, vars: &Vars) -> Vec<String> {
+    let Ok(template) = env.template_from_str(source) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = template
+        .undeclared_variables(true)
+        .into_iter()
+        .filter(|path| {
+            let mut parts = path.split('.');
+            let Some(mut value) = parts.next().and_then(|top| vars.get(top)) else {
+                return true;
+            };
+            for part in parts {
+                match value.get(part) {
+                    Some(inner) => value = inner,
+                    None => return true,
+                }
+            }
+            false
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn template_error(name: &str, e: &minijinja::Error, missing: &[String]) -> Error {
     let line = e.line().map(|l| format!(":{l}")).unwrap_or_default();
     let what = match e.kind() {
+        minijinja::ErrorKind::UndefinedError if !missing.is_empty() => {
+            let list: Vec<String> = missing.iter().map(|m| format!("`{m}`")).collect();
+            format!("undefined variable {}", list.join(", "))
+        }
         minijinja::ErrorKind::UndefinedError => {
             let detail = e.detail().map(|d| format!(" ({d})")).unwrap_or_default();
             format!("undefined variable{detail}")
@@ -53,7 +90,7 @@ fn template_error(name: &str, e: &minijinja::Error) -> Error {
     }
     if e.kind() == minijinja::ErrorKind::UndefinedError {
         err = err.hint(
-            "variables are service, stage, host, version, release, release_dir, config_dir, shared_dir, log_dir, the stage's vars, --set KEY=VALUE, and secrets.NAME",
+            "variables are service, stage, host, host_entry, version, git_commit, build_time, artifact_sha256, release, release_dir, config_dir, shared_dir, log_dir, the stage's vars, --set KEY=VALUE, and secrets.NAME",
         );
     }
     err
@@ -220,7 +257,15 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(
             err.message
-                .starts_with("template deploy/db.properties:2: undefined variable"),
+                .starts_with("template deploy/db.properties:2: undefined variable `nope`"),
+            "{}",
+            err.message
+        );
+        let vars = vars(&[("db", "x")]);
+        let err = render("t", "{{ db }} {{ secrets.pw }} {{ dbb }}", &vars).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("template t:1: undefined variable `dbb`, `secrets.pw`"),
             "{}",
             err.message
         );

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::operator::config::HostSpec;
+use crate::operator::fleet::StartupPermit;
 use crate::operator::render;
 use crate::operator::ssh::{self, Reach};
 use crate::protocol::{AgentMessage, CANCEL_ID, Envelope, PROTOCOL_VERSION, Request, Response};
@@ -34,11 +35,19 @@ pub struct AgentSession {
     unawaited: std::collections::BTreeSet<u64>,
     /// Errors answered to unawaited requests, reported with the next failure.
     background_errors: Vec<String>,
+    /// Held while the ssh connection is being set up; freed at the first answer.
+    startup: Option<StartupPermit>,
 }
 
 impl AgentSession {
     /// Starts the agent for `host`: a child process for `local`, else over ssh.
-    pub fn open(host: &str, spec: &HostSpec, reach: &Reach, service: &str) -> Result<AgentSession> {
+    pub fn open(
+        host: &str,
+        spec: &HostSpec,
+        reach: &Reach,
+        service: &str,
+        startup: Option<StartupPermit>,
+    ) -> Result<AgentSession> {
         let root = reach.root.to_string_lossy();
         let mut command = match spec {
             HostSpec::Local => {
@@ -86,6 +95,7 @@ impl AgentSession {
             round_trips: 0,
             unawaited: Default::default(),
             background_errors: Vec::new(),
+            startup,
         })
     }
 
@@ -225,6 +235,8 @@ impl AgentSession {
             if n == 0 {
                 return Err(self.gone("the agent exited without answering"));
             }
+            // The connection is up: let the next one be set up.
+            drop(self.startup.take());
             let message: AgentMessage = serde_json::from_str(&line).map_err(|e| {
                 Error::failed(format!(
                     "[{}] unreadable answer from the agent ({e}): {}",

@@ -11,6 +11,18 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// `[health] interval`: how often the service is checked once running.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// `[health] failures`: consecutive failed checks of a running service
+/// before the supervisor restarts it.
+pub const HEALTH_FAILURES: u32 = 3;
+
+/// `[health] probe_timeout`: longest single health check of a running
+/// service (never longer than the interval).
+pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest `[health] probe_timeout` allowed: the supervisor answers no
+/// signal and feeds no systemd watchdog while a check runs.
+pub const HEALTH_PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(10);
+
 /// `[stop] timeout`: SIGTERM, wait this long, then SIGKILL the process group.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -47,6 +59,10 @@ pub const LOG_KEEP: u32 = 5;
 
 /// `[logs] compress`: gzip rotated files.
 pub const LOG_COMPRESS: bool = false;
+
+/// `[logs] file`: the file in the log dir the service's output goes to. Not
+/// `NAME.log`: that is the name a service's own logging config tends to use.
+pub const LOG_FILE: &str = "console.log";
 
 /// How much longer than the supervisor's own start or stop limit a watcher
 /// (`service start/stop/reload`, systemd's `TimeoutStartSec`/`TimeoutStopSec`)

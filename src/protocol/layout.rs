@@ -153,9 +153,16 @@ impl Layout {
         self.root.join("var/log").join(&self.name)
     }
 
-    /// The service's own log (stdout, stderr and supervisor events).
+    /// The service's output (stdout, stderr and supervisor events) under
+    /// the default `[logs] file` name; see [`Layout::log_file_named`].
     pub fn log_file(&self) -> PathBuf {
-        self.log_dir().join(format!("{}.log", self.name))
+        self.log_file_named(super::defaults::LOG_FILE)
+    }
+
+    /// The service's output under the file name a release configures
+    /// (already checked to be one plain name).
+    pub fn log_file_named(&self, file: &str) -> PathBuf {
+        self.log_dir().join(file)
     }
 
     /// `/run/<name>`: pidfile, state, locks.

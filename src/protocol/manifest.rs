@@ -63,6 +63,29 @@ pub struct ReleaseManifest {
     /// What `service reload` does.
     #[serde(default)]
     pub reload: ReloadSpec,
+    /// Deploy hooks run on the host around its switch (never on a rollback).
+    #[serde(default)]
+    pub hooks: HostHooks,
+}
+
+/// The deploy hooks a release carries for its own activation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostHooks {
+    /// Run just before the host switches to this release (the old one still serves).
+    pub before_start: Option<HookSpec>,
+    /// Run once this release is healthy and reports its version.
+    pub after_switch: Option<HookSpec>,
+}
+
+/// One hook: a command (argv, no shell) and how long it may take.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HookSpec {
+    /// Program and arguments; `argv[0]` is looked up in the service's clean `PATH`.
+    pub argv: Vec<String>,
+    /// Killed (its whole process group) after this long; the hook then fails.
+    pub timeout_ms: u64,
 }
 
 /// The process to run, relative to the release directory (its working directory).
@@ -87,6 +110,20 @@ pub struct HealthSpec {
     pub start_timeout_ms: u64,
     /// Poll interval once running.
     pub interval_ms: u64,
+    /// Consecutive failed checks of a running service before it is restarted.
+    #[serde(default = "default_health_failures")]
+    pub failures: u32,
+    /// Longest single check of a running service (the host caps it at the interval).
+    #[serde(default = "default_probe_timeout_ms")]
+    pub probe_timeout_ms: u64,
+}
+
+fn default_health_failures() -> u32 {
+    defaults::HEALTH_FAILURES
+}
+
+fn default_probe_timeout_ms() -> u64 {
+    defaults::millis(defaults::HEALTH_PROBE_TIMEOUT)
 }
 
 /// What the supervisor probes to decide the service is healthy.
@@ -188,7 +225,7 @@ impl Default for RestartSpec {
     }
 }
 
-/// Rotation of `<log dir>/<name>.log`.
+/// Where the service's output goes in the log dir, and its rotation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSpec {
@@ -198,11 +235,14 @@ pub struct LogSpec {
     pub keep: u32,
     /// Gzip rotated files.
     pub compress: bool,
+    /// File name inside the log dir (one plain name, see `names::file_name`).
+    pub file: String,
 }
 
 impl Default for LogSpec {
     fn default() -> Self {
         LogSpec {
+            file: defaults::LOG_FILE.to_string(),
             max_size: defaults::LOG_MAX_SIZE,
             keep: defaults::LOG_KEEP,
             compress: defaults::LOG_COMPRESS,

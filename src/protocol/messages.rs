@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::ReleaseManifest;
+use super::manifest::{HookSpec, ReleaseManifest};
 use super::status::ServiceStatus;
 use super::wire_enum;
 
@@ -57,6 +57,16 @@ pub enum Request {
         /// Recorded in revisions.log.
         deployer: String,
     },
+    /// Run a hook on this host in a release's directory, with that release's
+    /// config files and environment, as the service user (when root).
+    RunHook {
+        /// Release whose directory, config and environment the hook gets.
+        release: String,
+        /// Which hook (named in output and in `SHIPJAR_HOOK`).
+        point: HookPoint,
+        /// The command and its timeout.
+        hook: HookSpec,
+    },
     /// Prune old releases (when `keep` is given) and release the deploy lock.
     Finish {
         /// Releases to keep.
@@ -79,6 +89,11 @@ pub enum Request {
     /// Abort the request in progress; sent while it runs (with id
     /// [`CANCEL_ID`]). Only answered when nothing was in progress.
     Cancel,
+    /// Check, changing nothing, that a deploy could work here (`shipjar check`).
+    CheckHost {
+        /// What to check.
+        spec: HostCheckSpec,
+    },
     /// Report what runs on this host.
     Status,
     /// List releases on this host.
@@ -96,6 +111,40 @@ wire_enum! {
         /// Back to an earlier release.
         Rollback => "rollback",
     }
+}
+
+wire_enum! {
+    /// The points of a deploy or rollback where a hook runs.
+    pub enum HookPoint {
+        /// Once per deploy, on the stage's first host, before any host switches.
+        BeforeSwitch => "before_switch",
+        /// On each host, just before it switches.
+        BeforeStart => "before_start",
+        /// On each host, once its new release is healthy and verified.
+        AfterSwitch => "after_switch",
+        /// On the operator's machine after a deploy that completed.
+        AfterDeploy => "after_deploy",
+        /// On the operator's machine after a deploy that did not complete.
+        AfterFailure => "after_failure",
+        /// Once per rollback, on the stage's first host, before any host switches back.
+        BeforeRollback => "before_rollback",
+        /// On the operator's machine after a rollback that completed.
+        AfterRollback => "after_rollback",
+    }
+}
+
+/// How a hook ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookRun {
+    /// It exited 0 within its timeout.
+    pub ok: bool,
+    /// How it ended: `exited with code 0`, `timed out after 5m; killed`, `could not run: …`.
+    pub how: String,
+    /// Milliseconds it took.
+    pub took_ms: u64,
+    /// Its last lines of output (stdout and stderr together).
+    pub output: Vec<String>,
 }
 
 /// Who holds a deploy lock.
@@ -156,6 +205,42 @@ pub struct ResourceResult {
     pub detail: String,
     /// For files: a unified diff of the change.
     pub diff: Option<String>,
+}
+
+/// What `shipjar check` asks a host to look at.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostCheckSpec {
+    /// The program the service runs (`java`, or the command's first word).
+    pub program: String,
+    /// The service's health check (its port must be free or the service's).
+    pub health: crate::protocol::manifest::HealthCheck,
+    /// Size of the artifact that a deploy would store.
+    pub artifact_bytes: u64,
+    /// What `provision` would establish.
+    pub provision: ProvisionSpec,
+}
+
+/// One finding of `check_host`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFinding {
+    /// What was checked, e.g. `java`, `disk`, `port 8080`.
+    pub what: String,
+    /// Whether a deploy can count on it.
+    pub status: FindingStatus,
+    /// What was found.
+    pub detail: String,
+}
+
+wire_enum! {
+    /// Whether a checked thing is ready for a deploy.
+    pub enum FindingStatus {
+        /// Ready.
+        Ok => "ok",
+        /// A deploy would fail or misbehave because of it.
+        Problem => "problem",
+    }
 }
 
 /// A rendered config file.
@@ -227,6 +312,8 @@ pub enum Response {
     },
     /// Answer to `activate`.
     Activated(Box<Activation>),
+    /// Answer to `run_hook`.
+    HookRan(HookRun),
     /// Answer to `finish`.
     Finished {
         /// Releases removed.
@@ -234,6 +321,13 @@ pub enum Response {
     },
     /// Answer to a `cancel` that arrived when nothing was in progress.
     NothingToCancel,
+    /// Answer to `check_host`.
+    HostChecked {
+        /// Version of the agent binary.
+        agent_version: String,
+        /// One finding per thing checked, in order.
+        findings: Vec<HostFinding>,
+    },
     /// Answer to `status`.
     Status(Box<HostStatus>),
     /// Answer to `releases`.
@@ -449,6 +543,12 @@ mod tests {
             foreign: vec!["20261129234751".into()],
         });
         round_trip(Response::Finished { pruned: vec![] });
+        round_trip(Response::HookRan(HookRun {
+            ok: false,
+            how: "exited with code 3".into(),
+            took_ms: 12,
+            output: vec!["migrating".into()],
+        }));
         round_trip(Response::Stored { bytes: 3 });
         round_trip(Response::Prepared { path: "/x".into() });
         round_trip(Response::Error(AgentError {
@@ -484,6 +584,9 @@ mod tests {
                 last_exit_signal: None,
                 restarts: 0,
                 next_restart_at: None,
+                unsupervised_since: None,
+                unhealthy_since: None,
+                last_probe: None,
             },
             running_version: None,
             reported_version: None,

@@ -8,9 +8,12 @@ use super::wire_enum;
 wire_enum! {
     /// Lifecycle state as `status` sees it.
     pub enum ServiceState {
-        /// Supervisor and service alive (identity verified).
+        /// Supervisor and service alive (identity proven), health gate passed.
         Running => "running",
-        /// Pidfile present but its pid is dead or now another process.
+        /// The first start or a restart is in its health gate.
+        Starting => "starting",
+        /// The supervisor is gone (the service may run on, unsupervised), or
+        /// the pidfile names a process that is gone or is another one.
         Dead => "dead",
         /// Nothing running, no pidfile.
         Stopped => "stopped",
@@ -26,7 +29,7 @@ wire_enum! {
 pub struct ServiceStatus {
     /// Lifecycle state.
     pub state: ServiceState,
-    /// LSB exit code: 0 running, 1 dead or failed (pidfile left), 3 not running or restarting.
+    /// LSB exit code: 0 running, 1 dead or failed, 3 stopped, starting or restarting.
     pub lsb_code: i32,
     /// Service pid when running.
     pub pid: Option<i32>,
@@ -54,4 +57,16 @@ pub struct ServiceStatus {
     pub restarts: u32,
     /// When the next restart is due, while restarting (RFC 3339).
     pub next_restart_at: Option<String>,
+    /// State `dead` with the service still running: since when no supervisor
+    /// owns it (the supervisor's last sign of life, RFC 3339).
+    #[serde(default)]
+    pub unsupervised_since: Option<String>,
+    /// Since when the running service's health checks fail (RFC 3339);
+    /// `None` while they pass.
+    #[serde(default)]
+    pub unhealthy_since: Option<String>,
+    /// What the last failed health check got while unhealthy, e.g.
+    /// "HTTP 500", "connection refused", "timed out after 2s".
+    #[serde(default)]
+    pub last_probe: Option<String>,
 }

@@ -216,7 +216,7 @@ impl Host {
             .root()
             .join("var/log")
             .join(&self.name)
-            .join(format!("{}.log", self.name));
+            .join("console.log");
         fs::read(path)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()

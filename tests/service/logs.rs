@@ -38,14 +38,14 @@ fn all_log_files(dir: &Path, name: &str) -> Vec<(String, String)> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let file = e.file_name().to_string_lossy().into_owned();
-            let rest = file.strip_prefix(&format!("{name}.log."))?;
+            let rest = file.strip_prefix(&format!("{name}."))?;
             let n = rest.trim_end_matches(".gz").parse().ok()?;
             Some((n, file))
         })
         .collect();
     rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut files: Vec<String> = rotated.into_iter().map(|(_, f)| f).collect();
-    files.push(format!("{name}.log"));
+    files.push(name.to_string());
     files
         .into_iter()
         .map(|file| {
@@ -76,7 +76,7 @@ fn lossless_through_rotation(name: &str, compress: bool) {
     let out = host.start();
     assert_eq!(code(&out), 0, "{}", text(&out));
     let log_dir = host.root().join("var/log").join(name);
-    let current = log_dir.join(format!("{name}.log"));
+    let current = log_dir.join("console.log");
     assert!(
         eventually(Duration::from_secs(60), || fs::read_to_string(&current)
             .is_ok_and(|t| t.contains("\ndone\n"))),
@@ -90,7 +90,7 @@ fn lossless_through_rotation(name: &str, compress: bool) {
     let out = host.run("stop", false);
     assert_eq!(code(&out), 0, "{}", text(&out));
 
-    let files = all_log_files(&log_dir, name);
+    let files = all_log_files(&log_dir, "console.log");
     assert!(files.len() > 20, "only {} files: no rotation?", files.len());
     if compress {
         assert!(

@@ -6,9 +6,14 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod death;
+mod identity;
+mod console_log;
 mod init;
+mod liveness;
 mod logs;
 mod notify;
+mod pacing;
 mod privileges;
 mod readiness;
 mod reload;

@@ -196,11 +196,12 @@ fn the_jvm_runs_as_its_user_and_cannot_write_its_release() {
     let log_dir = p.root().join("var/log/hello");
     assert!(user.can_write(&log_dir), "the log dir must be writable");
 
-    // The log: written by the supervisor, readable by the service's group only.
-    let log = fs::metadata(log_dir.join("hello.log")).expect("log");
+    // The console log: created by the supervisor for the service user,
+    // readable by the service's group only.
+    let log = fs::metadata(log_dir.join("console.log")).expect("log");
     assert_eq!(
         (log.uid(), log.gid(), log.mode() & 0o777),
-        (0, user.gid, 0o640)
+        (user.uid, user.gid, 0o640)
     );
 
     let out = p.run(&[
@@ -240,4 +241,63 @@ fn a_release_the_service_user_could_change_is_refused() {
         host::text(&out)
     );
     assert!(host.service_pid().is_none(), "started anyway");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_service_writing_its_own_name_log_keeps_it() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run as root (run-tests does)"
+    );
+    let user = TestUser::create("l");
+    // Its own logging writes /var/log/hello/hello.log, as a logback.xml would.
+    let p = Project::with_config(|c| {
+        c.replacen(
+            "name = \"hello\"\n",
+            &format!("name = \"hello\"\nuser = \"{}\"\n", user.name),
+            1,
+        )
+        .replacen(
+            "BIND = \"127.0.0.1\" }",
+            "BIND = \"127.0.0.1\", OWN_LOG_FILE = \"{{ log_dir }}/hello.log\" }",
+            1,
+        )
+    });
+    fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let own = p.root().join("var/log/hello/hello.log");
+    let first = fs::metadata(&own).expect("the service's own log");
+    assert_eq!(first.uid(), user.uid, "created by the service itself");
+
+    // A second deploy restarts it: the supervisor opens its logs again.
+    let out = p.deploy("1.0.1", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let again = fs::metadata(&own).expect("the service's own log");
+    assert_eq!(
+        (again.uid(), again.gid(), again.mode()),
+        (first.uid(), first.gid(), first.mode()),
+        "shipjar changed the owner or mode of a file it did not create"
+    );
+    let own_text = fs::read_to_string(&own).expect("read");
+    assert!(
+        own_text.contains("starting hello version 1.0.1"),
+        "the restarted service could not write its own log:\n{own_text}"
+    );
+    let console = fs::metadata(p.root().join("var/log/hello/console.log")).expect("console.log");
+    assert_eq!(
+        (console.uid(), console.gid(), console.mode() & 0o777),
+        (user.uid, user.gid, 0o640)
+    );
+    let out = p.run(&[
+        "service",
+        "stop",
+        "hello",
+        "--root",
+        &p.root().to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

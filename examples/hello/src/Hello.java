@@ -20,7 +20,9 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.logging.FileHandler;
 import java.util.logging.Level;
 import java.util.logging.LogManager;
 import java.util.logging.Logger;
@@ -54,6 +56,16 @@ public final class Hello {
     private final String version;
     /** False until start-up is complete; drives /health. */
     private volatile boolean ready;
+    /** When start-up completed (System.nanoTime), for UNHEALTHY_AFTER_S. */
+    private volatile long readyAt;
+    /** UNHEALTHY_AFTER_S: /health answers 500 from this many seconds after start-up (0: never). */
+    private int unhealthyAfterS;
+    /** UNHEALTHY_CHECKS: that many /health requests answer 500, then it is healthy again (0: all). */
+    private int unhealthyChecks;
+    private final AtomicInteger unhealthyAnswers = new AtomicInteger();
+    /** ACCESS_LOG: log every request at INFO (what a busy access log looks like). */
+    private boolean accessLog;
+    private final AtomicBoolean answeredHealthy = new AtomicBoolean();
 
     private Hello(Properties service, Properties database) {
         this.service = service;
@@ -72,6 +84,16 @@ public final class Hello {
         int port = intEnv("PORT", 8080);
         int startupDelayMs = intEnv("STARTUP_DELAY_MS", 0);
         int crashAfterS = intEnv("CRASH_AFTER_S", 0);
+        app.unhealthyAfterS = intEnv("UNHEALTHY_AFTER_S", 0);
+        app.unhealthyChecks = intEnv("UNHEALTHY_CHECKS", 0);
+        app.accessLog = flag("ACCESS_LOG");
+        String ownLog = envOr("OWN_LOG_FILE", null);
+        if (ownLog != null) {
+            // The service's own log file, as a logback/log4j config would write it.
+            FileHandler file = new FileHandler(ownLog, true);
+            file.setFormatter(new java.util.logging.SimpleFormatter());
+            Logger.getLogger("").addHandler(file);
+        }
         LOG.info("starting hello version " + app.version + " on " + bind + ":" + port);
 
         if (flag("FAIL_ON_START")) {
@@ -108,6 +130,7 @@ public final class Hello {
         LOG.info("listening on " + addr.getHostString() + ":" + addr.getPort());
 
         Runnable markReady = () -> {
+            readyAt = System.nanoTime();
             ready = true;
             LOG.info("start-up complete, healthy");
             if (crashAfterS > 0) {
@@ -169,7 +192,8 @@ public final class Hello {
             ex.close();
         }
         int code = status;
-        LOG.fine(() -> method + " " + ex.getRequestURI() + " -> " + code + " ("
+        Level level = accessLog ? Level.INFO : Level.FINE;
+        LOG.log(level, () -> method + " " + ex.getRequestURI() + " -> " + code + " ("
                 + (System.nanoTime() - t0) / 1_000_000 + " ms)");
     }
 
@@ -188,8 +212,7 @@ public final class Hello {
             case "/":
                 return send(ex, 200, TEXT, "hello from " + version + "\n");
             case "/health":
-                return ready ? send(ex, 200, TEXT, "ok\n")
-                        : send(ex, 503, TEXT, "starting\n");
+                return health(ex);
             case "/version": {
                 Map<String, String> all = new TreeMap<>();
                 for (String key : service.stringPropertyNames()) {
@@ -208,6 +231,21 @@ public final class Hello {
             default: // "/slow"
                 return slow(ex);
         }
+    }
+
+    private int health(HttpExchange ex) throws IOException {
+        if (!ready) {
+            return send(ex, 503, TEXT, "starting\n");
+        }
+        if (unhealthyAfterS > 0
+                && System.nanoTime() - readyAt >= TimeUnit.SECONDS.toNanos(unhealthyAfterS)
+                && (unhealthyChecks == 0 || unhealthyAnswers.getAndIncrement() < unhealthyChecks)) {
+            return send(ex, 500, TEXT, "unhealthy (UNHEALTHY_AFTER_S=" + unhealthyAfterS + ")\n");
+        }
+        if (answeredHealthy.compareAndSet(false, true)) {
+            LOG.info("first healthy answer to /health");
+        }
+        return send(ex, 200, TEXT, "ok\n");
     }
 
     private int slow(HttpExchange ex) throws IOException {

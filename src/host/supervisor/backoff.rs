@@ -45,8 +45,10 @@ impl Backoff {
     /// been healthy (`None`: it never became healthy, a failed restart).
     pub fn on_failure(&mut self, now: Instant, healthy_for: Option<Duration>) -> Decision {
         let reset_after = Duration::from_millis(self.spec.reset_after_ms);
-        if healthy_for.is_some_and(|h| h >= reset_after) {
-            // A long healthy run: this crash starts a new story.
+        // A long healthy run: this crash starts a new story, and an isolated
+        // crash is restarted at once (waiting only pays off in a crash loop).
+        let isolated = healthy_for.is_some_and(|h| h >= reset_after);
+        if isolated {
             self.failures.clear();
             self.next_delay = Duration::from_millis(self.spec.initial_delay_ms);
         }
@@ -62,6 +64,9 @@ impl Backoff {
         let failures = self.failures.len() as u32;
         if !self.spec.enabled || failures >= self.spec.max_failures {
             return Decision::GiveUp { failures, window };
+        }
+        if isolated {
+            return Decision::RestartIn(Duration::ZERO);
         }
         let delay = self.next_delay;
         let max = Duration::from_millis(self.spec.max_delay_ms);
@@ -140,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn a_long_healthy_run_resets_the_delay_and_the_count() {
+    fn an_isolated_crash_after_a_long_healthy_run_restarts_at_once_and_resets_the_count() {
         let mut b = Backoff::new(&spec());
         let t0 = Instant::now();
         for i in 0..4 {
@@ -148,10 +153,15 @@ mod tests {
         }
         assert_eq!(
             b.on_failure(t0 + ms(20_000), Some(ms(15_000))),
+            Decision::RestartIn(Duration::ZERO)
+        );
+        // Crashing again soon is a loop again: the back-off starts over.
+        assert_eq!(
+            b.on_failure(t0 + ms(20_100), Some(ms(50))),
             Decision::RestartIn(ms(100))
         );
         assert_eq!(
-            b.on_failure(t0 + ms(20_100), Some(ms(50))),
+            b.on_failure(t0 + ms(20_300), Some(ms(50))),
             Decision::RestartIn(ms(200))
         );
     }

@@ -21,7 +21,7 @@ use super::readiness::{FAILED, READY};
 use super::release;
 use super::state::{self, Phase, Pidfile};
 use super::stopping::KILL_WAIT;
-use super::{ReloadReport, StartReport, StopReport, SupervisorError, human_duration};
+use super::{ReloadReport, StartOutcome, StartReport, StopReport, SupervisorError, human_duration};
 
 fn error(message: impl Into<String>) -> SupervisorError {
     SupervisorError {
@@ -32,13 +32,15 @@ fn error(message: impl Into<String>) -> SupervisorError {
 
 fn with_tail(mut err: SupervisorError, layout: &Layout) -> SupervisorError {
     if err.log_tail.is_empty() {
-        err.log_tail = logfile::tail(&layout.log_file(), logfile::TAIL_LINES);
+        err.log_tail = logfile::tail(&logfile::service_log(layout), logfile::TAIL_LINES);
     }
     err
 }
 
 /// Starts the service through a detached supervisor; returns once healthy.
-pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
+/// A service whose supervisor died is stopped first (it could not be
+/// adopted: nothing would reap it, and its output pipe has no reader).
+pub fn start(layout: &Layout) -> Result<StartOutcome, SupervisorError> {
     let seen = observe::observe(layout);
     if let Some(sup) = seen
         .supervisor
@@ -46,19 +48,55 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
     {
         // Another start, or a restart after a crash, is under way: its
         // outcome is ours.
-        return join(layout, sup);
+        return join(layout, sup).map(plain);
     }
-    if let Service::Alive { id, .. } = seen.service {
-        return Ok(already_running(layout, &seen, id));
+    let mut replaced = None;
+    match &seen.service {
+        Service::Alive { id, .. } if seen.supervisor.is_some() => {
+            return Ok(plain(already_running(layout, &seen, *id)));
+        }
+        Service::Alive { id, .. } => {
+            let release_dir = seen.state.as_ref().map(|s| s.release_dir.as_path());
+            let how = stop_unsupervised(*id, stop_timeout(layout, release_dir))?;
+            replaced = Some((id.pid, how));
+            remove_if_present(&layout.pidfile())
+                .map_err(|e| error(format!("{}: {e}", layout.pidfile().display())))?;
+        }
+        // A stale pidfile naming another process: the new supervisor must
+        // not mistake it for a copy of the service.
+        Service::Other { .. } | Service::Garbled(_) => {
+            remove_if_present(&layout.pidfile())
+                .map_err(|e| error(format!("{}: {e}", layout.pidfile().display())))?;
+        }
+        Service::NoPidfile | Service::Gone(_) => {}
     }
+    let report = spawn_supervisor(layout)?;
+    let (replaced_pid, replaced_how) = replaced.unzip();
+    Ok(StartOutcome {
+        report,
+        replaced_pid,
+        replaced_how,
+    })
+}
+
+/// A start that replaced nothing.
+fn plain(report: StartReport) -> StartOutcome {
+    StartOutcome {
+        report,
+        replaced_pid: None,
+        replaced_how: None,
+    }
+}
+
+/// Spawns the detached supervisor and waits for its one-line report.
+fn spawn_supervisor(layout: &Layout) -> Result<StartReport, SupervisorError> {
     // Read here too, for the timeout and so a missing release fails fast.
     let current = release::current(layout).map_err(error)?;
     let deadline =
         Duration::from_millis(current.manifest.health.start_timeout_ms) + SUPERVISOR_GRACE;
 
-    let log_path = layout.log_file();
-    let log = logfile::open_append(&log_path)
-        .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
+    let (log_path, log) = logfile::open_service_log(layout);
+    let log = log.map_err(|e| error(format!("{}: {e}", log_path.display())))?;
     let exe = std::env::current_exe()
         .map_err(|e| error(format!("cannot find the shipjar executable: {e}")))?;
     // The supervisor runs in `/` (it must not pin a release dir): the root
@@ -92,8 +130,9 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
         Report::Line(line) => line,
         Report::Eof => {
             // Died without a word (crashed, killed): whatever it spawned goes too.
+            let sup = child.id() as i32;
             wait_or_kill(&mut child, KILL_WAIT);
-            kill_orphan_service(layout);
+            kill_orphan_service(layout, sup);
             let status = child
                 .try_wait()
                 .ok()
@@ -111,11 +150,12 @@ pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 Signal::SIGTERM,
             );
+            let sup = child.id() as i32;
             wait_or_kill(
                 &mut child,
                 defaults::STOP_TIMEOUT + defaults::SUPERVISOR_GRACE,
             );
-            kill_orphan_service(layout);
+            kill_orphan_service(layout, sup);
             return Err(with_tail(
                 error("cancelled by the operator (Ctrl-C) before it was healthy".to_string()),
                 layout,
@@ -170,6 +210,7 @@ fn already_running(layout: &Layout, seen: &observe::Observation, id: ProcessId) 
         release: mine
             .map(|s| s.release.clone())
             .or_else(|| observe::release_from_cwd(layout, id.pid))
+            // Said as "release unknown" rather than printed empty.
             .unwrap_or_default(),
         healthy_after_ms: mine.and_then(|s| s.healthy_after_ms).unwrap_or(0),
         already_running: true,
@@ -282,23 +323,28 @@ fn wait_or_kill(child: &mut Child, timeout: Duration) {
 /// Gives up on a supervisor that is hung or talks nonsense: kills it, and
 /// the service it may have spawned, so a failed start leaves nothing behind.
 fn abandon(child: &mut Child, layout: &Layout) {
+    let sup = child.id() as i32;
     let _ = child.kill();
     let _ = child.wait();
-    kill_orphan_service(layout);
+    kill_orphan_service(layout, sup);
 }
 
-/// After killing a supervisor: kill the service it had spawned.
-fn kill_orphan_service(layout: &Layout) {
-    if let Pidfile::Found {
-        pid,
-        start_ticks: Some(start_ticks),
-    } = state::read_pidfile(&layout.pidfile())
+/// After killing the supervisor `sup` we spawned: kill the service it had
+/// spawned — only a process of its session (it called setsid, the service
+/// did not) that leads its own group; the pidfile just says where to look.
+fn kill_orphan_service(layout: &Layout, sup: i32) {
+    if let Pidfile::Found { pid, start_ticks } = state::read_pidfile(&layout.pidfile())
+        && let Ok(Some(stat)) = procfs::stat(pid)
+        && stat.session == sup
+        && stat.pgrp == pid
+        && start_ticks.is_none_or(|t| t == stat.start_ticks)
     {
-        let id = ProcessId { pid, start_ticks };
-        if procfs::liveness(id) == Liveness::Alive {
-            let _ = kill_group(id, Signal::SIGKILL);
-            wait_gone(id, KILL_WAIT);
-        }
+        let id = ProcessId {
+            pid,
+            start_ticks: stat.start_ticks,
+        };
+        let _ = kill_group(id, Signal::SIGKILL);
+        wait_gone(id, KILL_WAIT);
     }
     let _ = remove_if_present(&layout.pidfile());
 }
@@ -331,12 +377,17 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
         }
     }
 
-    // No supervisor, or it did not finish: stop the service ourselves.
-    if let Service::Alive { id, verified } = seen.service
+    // No supervisor, or it did not finish: stop the service ourselves (a
+    // proven one; a stale pidfile naming another process is left alone).
+    let mut unsupervised_pid = None;
+    if let Service::Alive { id, supervised, .. } = seen.service
         && procfs::liveness(id) == Liveness::Alive
     {
         was_running = true;
-        how = Some(stop_unsupervised(id, verified, timeout)?);
+        if !supervised {
+            unsupervised_pid = Some(id.pid);
+        }
+        how = Some(stop_unsupervised(id, timeout)?);
     }
     if let Some(sup) = hung_supervisor
         && procfs::liveness(sup) == Liveness::Alive
@@ -364,6 +415,7 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
         signal: ended.as_ref().and_then(|s| s.last_exit_signal.clone()),
         clean: ended.as_ref().and_then(|s| s.clean_stop),
         thread_dump: ended.is_some_and(|s| s.thread_dump),
+        unsupervised_pid,
     })
 }
 
@@ -450,21 +502,10 @@ pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
     }
 }
 
-/// SIGTERM, wait, SIGKILL for a service that has no supervisor to do it.
-/// Not our child: we see that it ended, not how.
-fn stop_unsupervised(
-    id: ProcessId,
-    verified: bool,
-    timeout: Duration,
-) -> Result<String, SupervisorError> {
-    // Without a start time to compare, only the pid itself is safe to signal.
-    let signal = |sig| {
-        if verified {
-            kill_group(id, sig)
-        } else {
-            process::signal_pid(id.pid, sig).map(drop)
-        }
-    };
+/// SIGTERM, wait, SIGKILL for a service (proven by [`observe`]) that has no
+/// supervisor to do it. Not our child: we see that it ended, not how.
+fn stop_unsupervised(id: ProcessId, timeout: Duration) -> Result<String, SupervisorError> {
+    let signal = |sig| kill_group(id, sig);
     signal(Signal::SIGTERM).map_err(|e| error(format!("cannot signal pid {}: {e}", id.pid)))?;
     if wait_group_gone(id, timeout) {
         return Ok("terminated after SIGTERM".to_string());
@@ -483,10 +524,14 @@ fn stop_unsupervised(
     }
 }
 
-/// Signals the process group led by `id`, or just `id` when it leads none.
+/// Signals the process group led by `id`, or just `id` when it leads none;
+/// nothing when `id` is no longer that process (its start time changed).
 fn kill_group(id: ProcessId, sig: Signal) -> std::io::Result<()> {
-    let leads_group = matches!(procfs::stat(id.pid), Ok(Some(s)) if s.pgrp == id.pid);
-    if leads_group {
+    let stat = match procfs::stat(id.pid)? {
+        Some(s) if s.start_ticks == id.start_ticks => s,
+        _ => return Ok(()),
+    };
+    if stat.pgrp == id.pid {
         process::signal_group(id.pid, sig).map(drop)
     } else {
         process::signal_pid(id.pid, sig).map(drop)

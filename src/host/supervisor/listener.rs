@@ -76,6 +76,31 @@ pub fn holder(port: u16, ours: &[i32]) -> Holder {
     Holder::Unseen
 }
 
+/// Whether anything listens on `port` (IPv4 or IPv6): one read of the
+/// kernel's socket tables, no connection the service would see.
+pub fn listening(port: u16) -> bool {
+    !listening_inodes(port).is_empty()
+}
+
+/// The TCP ports the processes `pids` listen on, in order.
+pub fn ports_held_by(pids: &[i32]) -> Vec<u16> {
+    let by_inode: BTreeMap<u64, u16> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| fs::read_to_string(path).ok())
+        .flat_map(|text| parse_all_listening(&text))
+        .collect();
+    let inodes: BTreeSet<u64> = by_inode.keys().copied().collect();
+    let mut ports = BTreeSet::new();
+    for &pid in pids {
+        for inode in held(pid, &inodes) {
+            if let Some(port) = by_inode.get(&inode) {
+                ports.insert(*port);
+            }
+        }
+    }
+    ports.into_iter().collect()
+}
+
 /// The processes of one start: the process group `leader` leads, and every
 /// descendant of `leader` (a child may have left the group).
 pub fn service_processes(leader: i32) -> Vec<i32> {
@@ -124,6 +149,14 @@ fn listening_inodes(port: u16) -> BTreeSet<u64> {
 
 /// Inodes of LISTEN sockets on `port` in a `/proc/net/tcp{,6}` table.
 fn parse_listening(table: &str, port: u16) -> Vec<u64> {
+    parse_all_listening(table)
+        .into_iter()
+        .filter_map(|(inode, p)| (p == port).then_some(inode))
+        .collect()
+}
+
+/// (inode, port) of every LISTEN socket in a `/proc/net/tcp{,6}` table.
+fn parse_all_listening(table: &str) -> Vec<(u64, u16)> {
     table
         .lines()
         .skip(1)
@@ -134,26 +167,32 @@ fn parse_listening(table: &str, port: u16) -> Vec<u64> {
             let inode: u64 = fields.get(9)?.parse().ok()?;
             let (_, hex_port) = local.rsplit_once(':')?;
             let local_port = u16::from_str_radix(hex_port, 16).ok()?;
-            (local_port == port && *state == TCP_LISTEN && inode != 0).then_some(inode)
+            (*state == TCP_LISTEN && inode != 0).then_some((inode, local_port))
         })
         .collect()
 }
 
 /// True when `pid` has one of `inodes` open.
 fn holds(pid: i32, inodes: &BTreeSet<u64>) -> bool {
+    !held(pid, inodes).is_empty()
+}
+
+/// Which of `inodes` `pid` has open.
+fn held(pid: i32, inodes: &BTreeSet<u64>) -> Vec<u64> {
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
+        return Vec::new();
     };
     fds.filter_map(|e| e.ok())
         .filter_map(|e| fs::read_link(e.path()).ok())
-        .any(|target| {
+        .filter_map(|target| {
             target
                 .to_str()
                 .and_then(|t| t.strip_prefix("socket:["))
                 .and_then(|t| t.strip_suffix(']'))
                 .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|inode| inodes.contains(&inode))
+                .filter(|inode| inodes.contains(inode))
         })
+        .collect()
 }
 
 /// `/proc/PID/comm`, e.g. `java`.
@@ -201,7 +240,11 @@ mod tests {
             Holder::Other(pid, _) => assert_eq!(pid, me),
             other => panic!("expected Other, got {other:?}"),
         }
+        assert!(listening(port));
+        assert!(ports_held_by(&[me]).contains(&port));
         drop(listener);
         assert_eq!(holder(port, &[me]), Holder::Nobody);
+        assert!(!listening(port));
+        assert!(!ports_held_by(&[me]).contains(&port));
     }
 }

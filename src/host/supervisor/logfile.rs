@@ -1,11 +1,36 @@
-//! The service log as a file: opening it safely, the event line format, and
+//! The service log as a file: where it is (`[logs] file` of the release,
+//! `console.log` by default), opening it safely, the event line format, and
 //! reading the last lines back for a failed start.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-use super::rotate;
+use crate::protocol::layout::Layout;
+use crate::protocol::names;
+
+use super::release::{self, Release};
+use super::rotate::{self, Owner};
+use super::spawn;
+
+/// The file a release's service output goes to: its `[logs] file` in the
+/// log dir. Refuses a name that is not one plain file name.
+pub fn path_for(layout: &Layout, release: &Release) -> Result<PathBuf, String> {
+    let file = &release.manifest.logs.file;
+    names::file_name(file).map_err(|e| format!("logs.file: {e}"))?;
+    Ok(layout.log_file_named(file))
+}
+
+/// Where the service's output is read from (`shipjar logs`, the tail of a
+/// failed start): the file of the release `current` points to, else the
+/// default name.
+pub fn service_log(layout: &Layout) -> PathBuf {
+    release::current(layout)
+        .ok()
+        .and_then(|r| path_for(layout, &r).ok())
+        .unwrap_or_else(|| layout.log_file())
+}
 
 /// Lines a failed start shows from the log.
 pub const TAIL_LINES: usize = 20;
@@ -13,13 +38,47 @@ pub const TAIL_LINES: usize = 20;
 /// Longest log line shown in a tail; the rest is cut.
 const MAX_TAIL_LINE: usize = 500;
 
+/// Opens the service log of the release `current` points to for appending
+/// (for the supervisor's own stderr before its log pipe exists). A file
+/// this creates gets the owner the supervisor gives its log files: as root,
+/// the release's user and group.
+pub fn open_service_log(layout: &Layout) -> (PathBuf, io::Result<File>) {
+    let Ok(current) = release::current(layout) else {
+        let path = layout.log_file();
+        let file = open_append(&path);
+        return (path, file);
+    };
+    let path = path_for(layout, &current).unwrap_or_else(|_| layout.log_file());
+    let owner = match spawn::credentials(&current) {
+        Ok(Some(c)) => Some(Owner {
+            uid: c.uid,
+            gid: c.gid,
+        }),
+        _ => None,
+    };
+    let file = match path.parent() {
+        Some(dir) => fs::create_dir_all(dir).and_then(|()| rotate::open_log(&path, owner)),
+        None => rotate::open_log(&path, owner),
+    };
+    (path, file)
+}
+
 /// Opens (creating) the log for appending, creating its directory too.
-/// Refuses symlinks and hard links (see [`rotate::open_log`]).
+/// Refuses symlinks and hard links (see [`rotate::open_log`]). As root, a
+/// file this creates gets the owner and group of the log dir (the service's).
 pub fn open_append(path: &Path) -> io::Result<File> {
+    let mut owner = None;
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
+        if nix::unistd::Uid::effective().is_root() {
+            let meta = fs::metadata(dir)?;
+            owner = Some(Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+            });
+        }
     }
-    rotate::open_log(path, None)
+    rotate::open_log(path, owner)
 }
 
 pub use crate::protocol::clock::now_rfc3339;

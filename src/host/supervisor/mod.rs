@@ -1,11 +1,14 @@
 //! The host-side supervisor: starts the service from `current`, reports
 //! "started" only once it is healthy, tracks it by pid + start time, and stops
 //! it gracefully. `service start` spawns `service supervise` detached.
+//! Nothing is signalled because a file names it: every pid is proven
+//! against `/proc` first (see `identity`).
 
 mod backoff;
 mod control;
 mod health;
-mod listener;
+mod identity;
+pub(crate) mod listener;
 pub(crate) mod logfile;
 mod logpipe;
 mod notify;
@@ -14,9 +17,11 @@ mod privileges;
 mod process;
 mod procfs;
 mod readiness;
-mod release;
+pub(crate) mod release;
 mod rotate;
-mod spawn;
+pub(crate) mod spawn;
+
+pub use spawn::CLEAN_PATH;
 mod state;
 mod status;
 mod stopping;
@@ -42,6 +47,19 @@ pub struct StartReport {
     pub already_running: bool,
 }
 
+/// What `service start` and `service restart` did: the start, and the
+/// unsupervised service (its supervisor gone) they stopped first, if any.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartOutcome {
+    /// The healthy start.
+    #[serde(flatten)]
+    pub report: StartReport,
+    /// Pid of the unsupervised service that was stopped to make way.
+    pub replaced_pid: Option<i32>,
+    /// How it ended, e.g. "terminated after SIGTERM".
+    pub replaced_how: Option<String>,
+}
+
 /// What `service stop` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct StopReport {
@@ -59,6 +77,8 @@ pub struct StopReport {
     pub clean: Option<bool>,
     /// A SIGQUIT asked it for a thread dump (look in the log).
     pub thread_dump: bool,
+    /// The service ran without a supervisor (it died): its pid.
+    pub unsupervised_pid: Option<i32>,
 }
 
 /// What `service reload` reports.
@@ -80,8 +100,14 @@ pub struct SupervisorError {
     pub log_tail: Vec<String>,
 }
 
-/// Starts the service from `current` and returns once it is healthy.
+/// Starts the service from `current` and returns once it is healthy; a
+/// service left running by a dead supervisor is stopped first.
 pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
+    control::start(layout).map(|o| o.report)
+}
+
+/// Like [`start`], saying which unsupervised service it replaced.
+pub fn start_outcome(layout: &Layout) -> Result<StartOutcome, SupervisorError> {
     control::start(layout)
 }
 
@@ -91,9 +117,14 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
 }
 
 /// Stops, then starts through the health gate.
-pub fn restart(layout: &Layout) -> Result<StartReport, SupervisorError> {
-    stop(layout)?;
-    start(layout)
+pub fn restart(layout: &Layout) -> Result<StartOutcome, SupervisorError> {
+    let stopped = stop(layout)?;
+    let mut outcome = control::start(layout)?;
+    if let Some(pid) = stopped.unsupervised_pid {
+        outcome.replaced_pid = Some(pid);
+        outcome.replaced_how = Some(stopped.how);
+    }
+    Ok(outcome)
 }
 
 /// Reloads the service: its `[reload] signal`, or a restart through the

@@ -1,10 +1,13 @@
-//! Observing what actually runs: the pidfile and state file checked against
-//! `/proc` (files only say what once was true), identity by pid + start time.
+//! Observing what actually runs: the pidfile and state file only name pids;
+//! each is proven against `/proc` (see [`identity`]) before anything
+//! believes or signals it.
 
 use std::fs;
+use std::time::SystemTime;
 
 use crate::protocol::layout::Layout;
 
+use super::identity::{self, ServiceProof};
 use super::procfs::{self, Liveness, ProcessId};
 use super::state::{self, Phase, Pidfile, SupervisorState};
 
@@ -15,17 +18,33 @@ pub enum Service {
     NoPidfile,
     /// A pidfile we cannot read.
     Garbled(String),
-    /// Alive; `verified` is false for a pid-only pidfile (no start time to compare).
+    /// Alive and proven to be the service.
     Alive {
         /// The live process.
         id: ProcessId,
-        /// Whether the start time matched.
-        verified: bool,
+        /// Child of the live, proven supervisor; false: it runs unsupervised.
+        supervised: bool,
+        /// The release it runs, when proven by its working directory.
+        release: Option<String>,
     },
     /// The pid no longer exists (or is from before a reboot).
     Gone(i32),
-    /// The pid exists but is another process.
-    Reused(i32),
+    /// The pid exists but is another process; `why` says how we know.
+    Other {
+        /// The pid the pidfile names.
+        pid: i32,
+        /// E.g. "sleep: its working directory /tmp is not a release of hello".
+        why: String,
+    },
+}
+
+/// A supervisor the state file names that is not (provably) there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostSupervisor {
+    /// The pid the state file names.
+    pub pid: i32,
+    /// `None`: gone; else why the live pid is not this service's supervisor.
+    pub not_ours: Option<String>,
 }
 
 /// Everything `start`, `stop` and `status` need to decide.
@@ -35,8 +54,10 @@ pub struct Observation {
     pub service: Service,
     /// The state file, unless it is from an earlier boot.
     pub state: Option<SupervisorState>,
-    /// The supervisor, when alive (identity verified).
+    /// The supervisor, when alive and proven.
     pub supervisor: Option<ProcessId>,
+    /// The supervisor the state file names, when it is not alive or not ours.
+    pub lost_supervisor: Option<LostSupervisor>,
 }
 
 impl Observation {
@@ -67,7 +88,7 @@ impl Observation {
     }
 }
 
-/// Looks at the pidfile and state file and checks both against `/proc`.
+/// Looks at the pidfile and state file and proves what they name against `/proc`.
 pub fn observe(layout: &Layout) -> Observation {
     let state = state::read_state(&layout.supervisor_state());
     let this_boot = procfs::boot_id();
@@ -77,54 +98,79 @@ pub fn observe(layout: &Layout) -> Observation {
     );
     let state = if earlier_boot { None } else { state };
 
+    let mut supervisor = None;
+    let mut lost_supervisor = None;
+    if let Some(s) = &state {
+        let id = s.supervisor;
+        let proven = match procfs::liveness(id) {
+            Liveness::Alive => match identity::snapshot(id.pid) {
+                Some(p) if p.id == id => {
+                    identity::prove_supervisor(&p, layout, &identity::supervisor_uids(layout))
+                        .map_err(|why| Some(format!("{} ({})", p.name(), why)))
+                }
+                _ => Err(None),
+            },
+            Liveness::Gone | Liveness::Reused => Err(None),
+        };
+        match proven {
+            Ok(()) => supervisor = Some(id),
+            Err(not_ours) => {
+                lost_supervisor = Some(LostSupervisor {
+                    pid: id.pid,
+                    not_ours,
+                })
+            }
+        }
+    }
+
     let service = match state::read_pidfile(&layout.pidfile()) {
         Pidfile::Missing => Service::NoPidfile,
         Pidfile::Garbled(why) => Service::Garbled(why),
         Pidfile::Found { pid, .. } if earlier_boot => Service::Gone(pid),
-        Pidfile::Found {
-            pid,
-            start_ticks: Some(start_ticks),
-        } => {
-            let id = ProcessId { pid, start_ticks };
-            match procfs::liveness(id) {
-                Liveness::Alive => Service::Alive { id, verified: true },
-                Liveness::Gone => Service::Gone(pid),
-                Liveness::Reused => Service::Reused(pid),
-            }
-        }
-        Pidfile::Found {
-            pid,
-            start_ticks: None,
-        } => match procfs::stat(pid) {
-            Ok(Some(s)) if !matches!(s.state, 'Z' | 'X' | 'x') => Service::Alive {
-                id: ProcessId {
-                    pid,
-                    start_ticks: s.start_ticks,
-                },
-                verified: false,
+        Pidfile::Found { pid, start_ticks } => match identity::snapshot(pid) {
+            None => Service::Gone(pid),
+            Some(p) if start_ticks.is_some_and(|t| t != p.id.start_ticks) => Service::Other {
+                pid,
+                why: format!("{}, started after the pidfile was written", p.name()),
             },
-            _ => Service::Gone(pid),
+            Some(p) => match identity::prove_service(&p, layout, supervisor) {
+                Ok(ServiceProof::Child) => Service::Alive {
+                    id: p.id,
+                    supervised: true,
+                    release: None,
+                },
+                Ok(ServiceProof::Release(id)) => Service::Alive {
+                    id: p.id,
+                    supervised: false,
+                    release: Some(id),
+                },
+                Err(why) => Service::Other {
+                    pid,
+                    why: format!("{}: {why}", p.name()),
+                },
+            },
         },
     };
-
-    let supervisor = state
-        .as_ref()
-        .map(|s| s.supervisor)
-        .filter(|id| procfs::liveness(*id) == Liveness::Alive);
 
     Observation {
         service,
         state,
         supervisor,
+        lost_supervisor,
     }
 }
 
 /// The release a process runs, from its working directory (a release dir).
 pub fn release_from_cwd(layout: &Layout, pid: i32) -> Option<String> {
     let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
-    let releases = fs::canonicalize(layout.releases_dir()).ok()?;
-    let rel = cwd.strip_prefix(&releases).ok()?;
-    let mut parts = rel.components();
-    let id = parts.next()?.as_os_str().to_str()?.to_string();
-    parts.next().is_none().then_some(id)
+    identity::release_of(layout, &cwd)
+}
+
+/// The supervisor's last sign of life: the newer of its state file and the
+/// service log (only the supervisor writes either).
+pub fn last_sign_of_life(layout: &Layout) -> Option<SystemTime> {
+    [layout.supervisor_state(), layout.log_file()]
+        .iter()
+        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max()
 }

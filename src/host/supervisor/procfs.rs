@@ -36,6 +36,8 @@ pub struct Stat {
     pub ppid: i32,
     /// Process group id.
     pub pgrp: i32,
+    /// Session id.
+    pub session: i32,
     /// Start time in clock ticks since boot.
     pub start_ticks: u64,
 }
@@ -46,15 +48,18 @@ pub struct Stat {
 pub fn parse_stat(text: &str) -> Option<Stat> {
     let close = text.rfind(')')?;
     let mut fields = text.get(close + 1..)?.split_ascii_whitespace();
-    // The iterator starts at field 3 (state); field 5 is pgrp, 22 starttime.
+    // The iterator starts at field 3 (state); field 5 is pgrp, 6 the
+    // session, 22 starttime.
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
-    let start_ticks = fields.nth(22 - 6)?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    let start_ticks = fields.nth(22 - 7)?.parse().ok()?;
     Some(Stat {
         state,
         ppid,
         pgrp,
+        session,
         start_ticks,
     })
 }
@@ -115,6 +120,59 @@ pub fn live_group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Real and effective uid of a live process (the `Uid:` line of
+/// `/proc/PID/status`); `Ok(None)` when there is no such process.
+pub fn uids(pid: i32) -> io::Result<Option<(u32, u32)>> {
+    let text = match fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(text) => text,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut ids = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid in /proc/PID/status"))?
+        .split_ascii_whitespace()
+        .map(|v| v.parse::<u32>());
+    match (ids.next(), ids.next()) {
+        (Some(Ok(real)), Some(Ok(effective))) => Ok(Some((real, effective))),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cannot parse the uids in /proc/{pid}/status"),
+        )),
+    }
+}
+
+/// The command line of a live process, one entry per argument.
+pub fn cmdline(pid: i32) -> io::Result<Option<Vec<std::ffi::OsString>>> {
+    use std::os::unix::ffi::OsStrExt;
+    match fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(bytes) => Ok(Some(
+            bytes
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string())
+                .collect(),
+        )),
+        Err(e) if gone(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where `/proc/PID/LINK` (`exe`, `cwd`) points; ` (deleted)` is kept.
+pub fn link(pid: i32, name: &str) -> io::Result<Option<std::path::PathBuf>> {
+    match fs::read_link(format!("/proc/{pid}/{name}")) {
+        Ok(path) => Ok(Some(path)),
+        Err(e) if gone(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The process does not exist (any more).
+fn gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
 pub fn ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -171,6 +229,7 @@ mod tests {
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1);
         assert_eq!(s.pgrp, 4242);
+        assert_eq!(s.session, 4242);
         assert_eq!(s.start_ticks, 987654);
     }
 

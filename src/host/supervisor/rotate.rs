@@ -1,12 +1,14 @@
-//! The service log file with rotation by size: `<name>.log` is renamed to
-//! `<name>.log.1` (older ones shift to `.2` … `.<keep>`, the oldest is
-//! removed) and a new `<name>.log` is opened. Never copy-and-truncate: the
+//! The service log file with rotation by size: `console.log` is renamed to
+//! `console.log.1` (older ones shift to `.2` … `.<keep>`, the oldest is
+//! removed) and a new `console.log` is opened. Never copy-and-truncate: the
 //! supervisor is the only writer, so a rename loses nothing. Rotated files
 //! may be gzipped, aside, so the service never waits on compression.
 //!
 //! The log dir may be writable by the service user while the supervisor runs
 //! as root, so nothing here follows a symlink or writes into a file that has
 //! another name too (a hard link planted to make root write elsewhere).
+//! A file shipjar creates gets the owner it is given; a file that was there
+//! already keeps its owner and mode.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -27,7 +29,7 @@ pub struct Rotation {
     pub compress: bool,
 }
 
-/// Owner and group given to every log file (when running as root).
+/// Owner and group given to every log file shipjar creates (when running as root).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
     /// User id.
@@ -36,7 +38,7 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// `<name>.log` being written, and its rotated predecessors.
+/// The log file being written, and its rotated predecessors.
 pub struct RotatingFile {
     path: PathBuf,
     rotation: Rotation,
@@ -129,19 +131,43 @@ impl RotatingFile {
 }
 
 /// Opens a log file for appending without following a symlink, and refuses
-/// anything but a regular file with a single name.
+/// anything but a regular file with a single name. A file this creates is
+/// mode 0640 and given `owner`; an existing one keeps its owner and mode.
 pub fn open_log(path: &Path, owner: Option<Owner>) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
-        .open(path)?;
-    check_plain(&file, path)?;
-    if let Some(o) = owner {
-        std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))?;
+    let open = |create: bool| {
+        OpenOptions::new()
+            .append(true)
+            .create_new(create)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+            .open(path)
+    };
+    // Create it, or open what is there; the loop covers a file removed in between.
+    for _ in 0..3 {
+        match open(true) {
+            Ok(file) => {
+                check_plain(&file, path)?;
+                if let Some(o) = owner {
+                    std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))?;
+                }
+                return Ok(file);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        match open(false) {
+            Ok(file) => {
+                check_plain(&file, path)?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
-    Ok(file)
+    Err(io::Error::new(
+        io::ErrorKind::Interrupted,
+        format!("{} keeps appearing and disappearing", path.display()),
+    ))
 }
 
 /// Errors unless `file` is a regular file with one link.
@@ -276,6 +302,28 @@ mod tests {
         assert_eq!(read(&dir.path().join("svc.log.2.gz")), "two\n");
         assert_eq!(read(&dir.path().join("svc.log.1.gz")), "three\n");
         assert_eq!(read(&path), "four\n");
+    }
+
+    #[test]
+    fn an_existing_file_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("svc.log");
+        fs::write(&path, "theirs\n").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o604)).expect("chmod");
+        let me = Owner {
+            uid: nix::unistd::Uid::effective().as_raw(),
+            gid: nix::unistd::Gid::effective().as_raw(),
+        };
+        let mut file = open_log(&path, Some(me)).expect("open");
+        file.write_all(b"ours\n").expect("write");
+        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o604);
+        assert_eq!(read(&path), "theirs\nours\n");
+        let new = dir.path().join("new.log");
+        open_log(&new, Some(me)).expect("create");
+        let mode = fs::metadata(&new).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode & !0o040, 0o600, "created 0640 (less the umask)");
     }
 
     #[test]

@@ -92,6 +92,13 @@ pub struct SupervisorState {
     /// Whether it worked.
     #[serde(default)]
     pub last_reload_ok: Option<bool>,
+    /// Since when the running service's health checks fail (RFC 3339,
+    /// UTC); `None` while they pass.
+    #[serde(default)]
+    pub unhealthy_since: Option<String>,
+    /// What the last failed health check got, while unhealthy, e.g. "HTTP 500".
+    #[serde(default)]
+    pub last_probe: Option<String>,
     /// When the state last changed (RFC 3339, UTC).
     pub updated_at: String,
 }

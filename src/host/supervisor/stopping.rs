@@ -64,6 +64,8 @@ pub fn stop(ctx: &StopContext, pid: i32, drain: bool) -> Ending {
     let deadline = term_at + timeout;
     ctx.log.event("stopping (SIGTERM)");
     let _ = process::signal_group(pid, Signal::SIGTERM);
+    // A stopped process (SIGSTOP, a debugger) handles SIGTERM only once continued.
+    let _ = process::signal_group(pid, Signal::SIGCONT);
 
     // The main process first, then the rest of its group: a wrapper script
     // may exit at once while its JVM is still shutting down.

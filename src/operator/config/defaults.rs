@@ -12,6 +12,10 @@ pub const JAVA: &str = "java";
 pub const HEALTH_START_TIMEOUT_MS: u64 = millis(shared::START_TIMEOUT);
 /// `[health] interval`: how often a running service is checked.
 pub const HEALTH_INTERVAL_MS: u64 = millis(shared::HEALTH_INTERVAL);
+/// `[health] failures`: consecutive failed checks before a restart.
+pub const HEALTH_FAILURES: u32 = shared::HEALTH_FAILURES;
+/// `[health] probe_timeout`: longest single check of a running service.
+pub const HEALTH_PROBE_TIMEOUT_MS: u64 = millis(shared::HEALTH_PROBE_TIMEOUT);
 
 /// `[version_check] key`: the JSON key holding the version.
 pub const VERSION_KEY: &str = "version";
@@ -45,6 +49,8 @@ pub const LOG_MAX_SIZE: u64 = shared::LOG_MAX_SIZE;
 pub const LOG_KEEP: u32 = shared::LOG_KEEP;
 /// `[logs] compress`: gzip rotated files.
 pub const LOG_COMPRESS: bool = shared::LOG_COMPRESS;
+/// `[logs] file`: the file in the log dir the service's output goes to.
+pub const LOG_FILE: &str = shared::LOG_FILE;
 
 /// `[stages.NAME] hosts`: without it a stage runs on this machine.
 pub const STAGE_HOST: &str = super::hosts::LOCAL_HOST;

@@ -20,6 +20,14 @@ pub enum HostSpec {
 }
 
 impl HostSpec {
+    /// The host's name alone: `app2.example.com` for `deploy@app2.example.com:2222`.
+    pub fn name(&self) -> &str {
+        match self {
+            HostSpec::Local => LOCAL_HOST,
+            HostSpec::Ssh { host, .. } => host,
+        }
+    }
+
     /// Parses `[user@]host[:port]`; `local` means this machine.
     pub fn parse(text: &str) -> Result<HostSpec, String> {
         if text == LOCAL_HOST {

@@ -10,6 +10,8 @@ use toml::Spanned;
 
 use super::defaults;
 use super::{BatchSize, Bytes, Millis, ServiceName};
+use crate::protocol::HookPoint;
+use crate::protocol::manifest::{HookSpec, HostHooks};
 
 /// The whole project file.
 #[derive(Debug, Deserialize)]
@@ -45,6 +47,9 @@ pub struct Config {
     /// What `service reload` does.
     #[serde(default)]
     pub reload: Reload,
+    /// Commands run at fixed points of a deploy or rollback.
+    #[serde(default)]
+    pub hooks: Hooks,
 }
 
 /// `[service]`.
@@ -102,6 +107,12 @@ pub struct Health {
     /// How often to check once running.
     #[serde(default = "default_interval")]
     pub interval: Millis,
+    /// Consecutive failed checks of a running service before a restart.
+    #[serde(default = "default_failures")]
+    pub failures: Spanned<u32>,
+    /// Longest single check of a running service.
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout: Millis,
 }
 
 impl Default for Health {
@@ -111,8 +122,18 @@ impl Default for Health {
             tcp: None,
             start_timeout: default_start_timeout(),
             interval: default_interval(),
+            failures: default_failures(),
+            probe_timeout: default_probe_timeout(),
         }
     }
+}
+
+fn default_failures() -> Spanned<u32> {
+    Spanned::new(0..0, defaults::HEALTH_FAILURES)
+}
+
+fn default_probe_timeout() -> Millis {
+    Millis(defaults::HEALTH_PROBE_TIMEOUT_MS)
 }
 
 fn default_start_timeout() -> Millis {
@@ -210,7 +231,7 @@ impl Default for Restart {
     }
 }
 
-/// `[logs]`: rotation of the service log.
+/// `[logs]`: the file the service's output goes to, and its rotation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Logs {
@@ -220,11 +241,14 @@ pub struct Logs {
     pub keep: Spanned<u32>,
     /// Gzip rotated files.
     pub compress: bool,
+    /// File name inside the log dir.
+    pub file: Spanned<String>,
 }
 
 impl Default for Logs {
     fn default() -> Self {
         Logs {
+            file: Spanned::new(0..0, defaults::LOG_FILE.to_string()),
             max_size: Bytes(defaults::LOG_MAX_SIZE),
             keep: Spanned::new(0..0, defaults::LOG_KEEP),
             compress: defaults::LOG_COMPRESS,
@@ -394,4 +418,92 @@ pub struct SecretSource {
     /// ordinary text and so reveal it.
     #[serde(default)]
     pub allow_short: bool,
+}
+
+/// Longest a hook may take unless `[hooks] timeout` or its own `timeout` says otherwise.
+pub const HOOK_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
+/// `[hooks]`: commands run at fixed points of a deploy or rollback.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Default timeout of every hook.
+    #[serde(default = "default_hooks_timeout")]
+    pub timeout: Millis,
+    /// Once per deploy, on the stage's first host, in the new release, before any host switches.
+    pub before_switch: Option<Hook>,
+    /// On each host, in the new release, just before it switches.
+    pub before_start: Option<Hook>,
+    /// On each host, once its new release is healthy and reports its version.
+    pub after_switch: Option<Hook>,
+    /// On the operator's machine after a deploy that completed.
+    pub after_deploy: Option<Hook>,
+    /// On the operator's machine after a deploy that did not complete.
+    pub after_failure: Option<Hook>,
+    /// Once per rollback, on the stage's first host, in the release rolled back to.
+    pub before_rollback: Option<Hook>,
+    /// On the operator's machine after a rollback that completed.
+    pub after_rollback: Option<Hook>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            timeout: default_hooks_timeout(),
+            before_switch: None,
+            before_start: None,
+            after_switch: None,
+            after_deploy: None,
+            after_failure: None,
+            before_rollback: None,
+            after_rollback: None,
+        }
+    }
+}
+
+fn default_hooks_timeout() -> Millis {
+    Millis(HOOK_TIMEOUT_MS)
+}
+
+/// One hook: `{ command = ["bin/migrate", "--yes"], timeout = "10m" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    /// Program and arguments; no shell unless the command is `sh -c …`.
+    pub command: Spanned<Vec<String>>,
+    /// Longest it may take; default `[hooks] timeout`.
+    pub timeout: Option<Millis>,
+}
+
+impl Hooks {
+    /// Every hook point with its configured hook, in the order of a run.
+    pub fn all(&self) -> [(HookPoint, Option<&Hook>); 7] {
+        [
+            (HookPoint::BeforeSwitch, self.before_switch.as_ref()),
+            (HookPoint::BeforeStart, self.before_start.as_ref()),
+            (HookPoint::AfterSwitch, self.after_switch.as_ref()),
+            (HookPoint::AfterDeploy, self.after_deploy.as_ref()),
+            (HookPoint::AfterFailure, self.after_failure.as_ref()),
+            (HookPoint::BeforeRollback, self.before_rollback.as_ref()),
+            (HookPoint::AfterRollback, self.after_rollback.as_ref()),
+        ]
+    }
+
+    /// The hook at `point`, as it travels: argv and timeout.
+    pub fn spec(&self, point: &HookPoint) -> Option<HookSpec> {
+        let (_, hook) = self.all().into_iter().find(|(p, _)| p == point)?;
+        let hook = hook?;
+        Some(HookSpec {
+            argv: hook.command.get_ref().clone(),
+            timeout_ms: hook.timeout.unwrap_or(self.timeout).0,
+        })
+    }
+
+    /// The hooks a release carries for its own activation.
+    pub fn host_hooks(&self) -> HostHooks {
+        HostHooks {
+            before_start: self.spec(&HookPoint::BeforeStart),
+            after_switch: self.spec(&HookPoint::AfterSwitch),
+        }
+    }
 }

@@ -19,6 +19,8 @@ impl From<&Health> for HealthSpec {
             },
             start_timeout_ms: h.start_timeout.0,
             interval_ms: h.interval.0,
+            failures: *h.failures.get_ref(),
+            probe_timeout_ms: h.probe_timeout.0,
         }
     }
 }
@@ -52,6 +54,7 @@ impl From<&Logs> for LogSpec {
             max_size: l.max_size.0,
             keep: *l.keep.get_ref(),
             compress: l.compress,
+            file: l.file.get_ref().clone(),
         }
     }
 }

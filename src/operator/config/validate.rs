@@ -15,6 +15,10 @@ pub const RESERVED_VARS: &[&str] = &[
     "service",
     "stage",
     "host",
+    "host_entry",
+    "git_commit",
+    "build_time",
+    "artifact_sha256",
     "version",
     "secrets",
     "release",
@@ -38,6 +42,7 @@ impl Project {
         self.validate_build_and_health()?;
         self.validate_restart()?;
         self.validate_stop_reload_logs()?;
+        self.validate_hooks()?;
         for (i, entry) in self.config.config.iter().enumerate() {
             self.validate_config_file(i, entry.get_ref())?;
         }
@@ -104,10 +109,40 @@ impl Project {
                 "expected an http:// URL on this host, e.g. \"http://127.0.0.1:8080/health\"",
             ));
         }
+        self.validate_liveness()?;
         if *c.releases.keep.get_ref() < 2 {
             return Err(self.fail(
                 &keys("releases.keep"),
                 "must be at least 2 (the current release and the one to roll back to)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[health] interval`, `failures` and `probe_timeout`: a check of a
+    /// running service ends before the next one is due.
+    fn validate_liveness(&self) -> Result<()> {
+        let h = &self.config.health;
+        if h.interval.0 < 100 {
+            return Err(self.fail(&keys("health.interval"), "must be at least 100ms"));
+        }
+        if *h.failures.get_ref() == 0 {
+            return Err(self.fail(&keys("health.failures"), "must be at least 1"));
+        }
+        let max = crate::protocol::defaults::HEALTH_PROBE_TIMEOUT_MAX;
+        if h.probe_timeout.0 == 0 || h.probe_timeout.0 > max.as_millis() as u64 {
+            return Err(self.fail(
+                &keys("health.probe_timeout"),
+                &format!("must be longer than 0s and at most {}s", max.as_secs()),
+            ));
+        }
+        // The default is capped at the interval on the host; a value set by
+        // hand must fit by itself.
+        if h.probe_timeout.0 > h.interval.0 && self.outline.contains(&keys("health.probe_timeout"))
+        {
+            return Err(self.fail(
+                &keys("health.probe_timeout"),
+                &format!("must not be longer than `interval` ({}ms)", h.interval.0),
             ));
         }
         Ok(())
@@ -148,6 +183,28 @@ impl Project {
         Ok(())
     }
 
+    fn validate_hooks(&self) -> Result<()> {
+        let hooks = &self.config.hooks;
+        if hooks.timeout.0 == 0 {
+            return Err(self.fail(&keys("hooks.timeout"), "must be longer than 0s"));
+        }
+        for (point, hook) in hooks.all() {
+            let Some(hook) = hook else { continue };
+            let name = point.as_str();
+            let at = |key: &'static str| vec![Seg::Key("hooks"), Seg::Key(name), Seg::Key(key)];
+            if hook.command.get_ref().first().is_none_or(|p| p.is_empty()) {
+                return Err(self.fail(
+                    &at("command"),
+                    "expected a program and its arguments, e.g. [\"bin/migrate\", \"--yes\"] (use [\"sh\", \"-c\", \"…\"] for a shell line)",
+                ));
+            }
+            if hook.timeout.is_some_and(|t| t.0 == 0) {
+                return Err(self.fail(&at("timeout"), "must be longer than 0s"));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_stop_reload_logs(&self) -> Result<()> {
         let stop = &self.config.stop;
         if stop.hook_url.is_some() && stop.hook_command.is_some() {
@@ -177,6 +234,13 @@ impl Project {
         }
         if *self.config.logs.keep.get_ref() == 0 {
             return Err(self.fail(&keys("logs.keep"), "must be at least 1"));
+        }
+        let file = self.config.logs.file.get_ref();
+        if let Err(e) = crate::protocol::names::file_name(file) {
+            return Err(self.fail(
+                &keys("logs.file"),
+                &format!("{e} (a file name inside the log dir)"),
+            ));
         }
         Ok(())
     }
@@ -406,6 +470,56 @@ mod tests {
         );
         let err = load(&format!("{MINIMAL}[logs]\nkeep = 0\n")).unwrap_err();
         assert!(err.message.contains("logs.keep"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_console_log_file_is_one_name_in_the_log_dir() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.logs.file.get_ref(), "console.log");
+        let project = load(&format!("{MINIMAL}[logs]\nfile = \"stdout.log\"\n")).unwrap();
+        assert_eq!(project.config.logs.file.get_ref(), "stdout.log");
+        for bad in ["../etc/passwd", "a/b.log", "", ".."] {
+            let err = load(&format!("{MINIMAL}[logs]\nfile = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                err.message.contains("key `logs.file`") && err.message.contains("log dir"),
+                "{bad}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn liveness_settings() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(*project.config.health.failures.get_ref(), 3);
+        assert_eq!(project.config.health.probe_timeout.0, 2_000);
+        let project = load(&format!(
+            "{MINIMAL}[health]\ninterval = \"1s\"\nfailures = 5\nprobe_timeout = \"500ms\"\n"
+        ))
+        .unwrap();
+        assert_eq!(*project.config.health.failures.get_ref(), 5);
+        assert_eq!(project.config.health.probe_timeout.0, 500);
+        // The default probe timeout is capped at a short interval, not refused.
+        assert!(load(&format!("{MINIMAL}[health]\ninterval = \"1s\"\n")).is_ok());
+        let err = load(&format!(
+            "{MINIMAL}[health]\ninterval = \"1s\"\nprobe_timeout = \"3s\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.message.contains("key `health.probe_timeout`")
+                && err.message.contains("longer than `interval`"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!(
+            "{MINIMAL}[health]\ninterval = \"1m\"\nprobe_timeout = \"30s\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("at most 10s"), "{}", err.message);
+        let err = load(&format!("{MINIMAL}[health]\nfailures = 0\n")).unwrap_err();
+        assert!(err.message.contains("health.failures"), "{}", err.message);
+        let err = load(&format!("{MINIMAL}[health]\ninterval = \"10ms\"\n")).unwrap_err();
+        assert!(err.message.contains("health.interval"), "{}", err.message);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub(super) struct Run<'p> {
     pub switched: bool,
     /// Kind of the agent's error that failed this host, when it was one.
     pub error_kind: Option<ErrorKind>,
+    /// Queueing with `--wait`: a lock held by another deploy is not a failure to print.
+    pub waiting: bool,
     /// What is reported for this host at the end.
     pub outcome: HostOutcome,
 }
@@ -49,11 +51,13 @@ impl<'p> Run<'p> {
             target: None,
             switched: false,
             error_kind: None,
+            waiting: false,
             outcome: HostOutcome {
                 host: host.to_string(),
                 ok: false,
                 state: FinalState::Unchanged,
                 previous: None,
+                locked: false,
                 failed_step: None,
                 reason: None,
                 uploaded_bytes: 0,
@@ -67,7 +71,9 @@ impl<'p> Run<'p> {
     /// Reports a failure at `step`; the first failure is the one the outcome keeps.
     pub fn fail(&mut self, step: &str, reason: impl Into<String>, reporter: &Reporter) {
         let reason = reason.into();
-        reporter.step(&self.host, step, StepStatus::Failed, &reason);
+        if !(self.waiting && self.error_kind == Some(ErrorKind::LockHeld)) {
+            reporter.step(&self.host, step, StepStatus::Failed, &reason);
+        }
         if self.outcome.failed_step.is_none() {
             self.outcome.failed_step = Some(step.to_string());
             self.outcome.reason = Some(reason);
@@ -139,8 +145,13 @@ pub(super) fn lock_host(
         if run.error_kind == Some(ErrorKind::LockHeld)
             && let Some(reason) = run.outcome.reason.as_mut()
         {
+            let wait = if run.waiting {
+                "the --wait time ran out"
+            } else {
+                "use --wait DURATION to queue behind it"
+            };
             reason.push_str(&format!(
-                "; use --wait DURATION to queue behind it, or `shipjar unlock {}` if that deploy is dead",
+                "; {wait}, or `shipjar unlock {}` if that deploy is dead",
                 stage.name
             ));
         }
@@ -175,6 +186,7 @@ pub(super) fn lock_host(
         ),
     );
     run.outcome.previous = state.current.clone();
+    run.outcome.locked = true;
     run.state = Some(*state);
 }
 

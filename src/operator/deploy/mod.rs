@@ -84,6 +84,8 @@ pub struct HostOutcome {
     pub state: FinalState,
     /// Release current before the deploy.
     pub previous: Option<String>,
+    /// The lock was taken, so `previous` is what the host reported.
+    pub locked: bool,
     /// Step that failed, if any.
     pub failed_step: Option<String>,
     /// Why it failed.

@@ -12,9 +12,10 @@ use super::identity::deployer;
 use crate::operator::build::BuildManifest;
 use crate::operator::config::{OnFailure, Project, ResolvedStage};
 use crate::operator::fleet::{self, Fleet};
+use crate::operator::hooks;
 use crate::operator::output::{Reporter, StepStatus};
 use crate::operator::transport::Canceller;
-use crate::protocol::{Action, ErrorKind, Request, Response};
+use crate::protocol::{Action, Activation, ErrorKind, HookPoint, Request, Response};
 
 /// Picks the release a host goes to, or says why it cannot.
 pub(super) type Choose<'a> = dyn Fn(&Run) -> Result<String, String> + Sync + 'a;
@@ -59,6 +60,7 @@ pub(super) fn execute(ctx: &Ctx, runs: &mut [Run]) -> Executed {
     let mut phases = Phases::new();
     let stopped = run_phases(ctx, runs, &mut phases);
     fleet::set_phase(fleet::Phase::Idle);
+    run_operator_hook(ctx, runs, stopped.as_deref());
     Executed {
         stopped,
         interrupted: fleet::interrupted(),
@@ -84,17 +86,146 @@ fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String
             return Some(why);
         }
     }
+    // The once-per-run hook (migrations): on the first host, before any switch.
+    if let Some(why) = run_once_before_switch(ctx, runs) {
+        release_all(runs, ctx.fleet.parallel, ctx.reporter);
+        return Some(why);
+    }
     // Phase 3: switch in batches.
     let stopped = timed(phases, "switch", || switch_in_batches(ctx, runs));
     fleet::set_phase(fleet::Phase::Finishing);
     // On a failed deploy, switched hosts go back so the fleet runs one version.
     // An interrupt is the user's choice: hosts switched so far stay (and say so).
     if stopped.is_some() && !fleet::interrupted() && ctx.stage.on_failure == OnFailure::Revert {
-        timed(phases, "revert", || revert_switched(ctx, runs));
+        // Only when this step put hosts back: a host whose own switch failed was
+        // reverted by its agent, and that time is part of `switch`.
+        let started = Instant::now();
+        if revert_switched(ctx, runs) > 0 {
+            phases.insert("revert", started.elapsed().as_millis() as u64);
+        }
     }
     // Phase 4: prune and unlock.
     timed(phases, "finish", || finish_all(ctx, runs));
     stopped
+}
+
+/// `before_switch` (deploy) or `before_rollback` (rollback), once, on the
+/// stage's first host, in the release it goes to; a failure stops the run
+/// before any host switches.
+fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
+    let point = match ctx.action {
+        Action::Deploy => HookPoint::BeforeSwitch,
+        _ => HookPoint::BeforeRollback,
+    };
+    let hook = ctx.project.config.hooks.spec(&point)?;
+    let (run, others) = runs.split_first_mut()?;
+    let release = run.target.clone()?;
+    let step = point.as_str();
+    let request = Request::RunHook {
+        release: release.clone(),
+        point: point.clone(),
+        hook,
+    };
+    // A migration may outlast the lease: the other hosts' locks are renewed meanwhile.
+    let every = Duration::from_millis((ctx.stage.lock_lease_ms / 3).max(50));
+    let done = AtomicBool::new(false);
+    let answer = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut renewed = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                if renewed.elapsed() >= every {
+                    for other in others.iter_mut() {
+                        if let Some(session) = other.session.as_mut() {
+                            let _ = session.notify(Request::Renew);
+                        }
+                    }
+                    renewed = Instant::now();
+                }
+            }
+        });
+        let answer = run.call(step, request, ctx.reporter);
+        done.store(true, Ordering::SeqCst);
+        answer
+    });
+    let ran = match answer {
+        Some(Response::HookRan(ran)) => ran,
+        Some(other) => {
+            run.fail(step, format!("unexpected answer: {other:?}"), ctx.reporter);
+            return stop_before_change(runs, step, ctx.reporter);
+        }
+        None => return stop_before_change(runs, step, ctx.reporter),
+    };
+    let run = &mut runs[0];
+    if ran.ok {
+        ctx.reporter.step(
+            &run.host,
+            step,
+            StepStatus::Ok,
+            &format!("hook {} ({} ms)", ran.how, ran.took_ms),
+        );
+        return None;
+    }
+    let reason = format!("hook {}", ran.how);
+    run.fail(step, reason.clone(), ctx.reporter);
+    // The hook's output goes where a failed switch's service log would.
+    run.outcome.activation = Some(Activation {
+        ok: false,
+        release,
+        pid: None,
+        healthy_after_ms: None,
+        stopped_after_ms: None,
+        reported_version: None,
+        failed_step: Some(step.to_string()),
+        reason: Some(reason),
+        log_tail: ran.output,
+        now_running: None,
+    });
+    stop_before_change(runs, step, ctx.reporter)
+}
+
+/// `after_deploy` / `after_failure` (deploy) or `after_rollback` (a rollback
+/// that completed), on this machine; a failing one is a warning only.
+fn run_operator_hook(ctx: &Ctx, runs: &[Run], stopped: Option<&str>) {
+    let completed = stopped.is_none() && runs.iter().all(|r| r.outcome.ok);
+    let point = match (&ctx.action, completed) {
+        (Action::Deploy, true) => HookPoint::AfterDeploy,
+        (Action::Deploy, false) => HookPoint::AfterFailure,
+        (_, true) => HookPoint::AfterRollback,
+        (_, false) => return,
+    };
+    let Some(hook) = ctx.project.config.hooks.spec(&point) else {
+        return;
+    };
+    let hosts = |ok: bool| {
+        runs.iter()
+            .filter(|r| r.outcome.ok == ok)
+            .map(|r| r.host.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut env = vec![
+        ("SHIPJAR_HOOK", point.as_str().to_string()),
+        ("SHIPJAR_SERVICE", ctx.project.config.service.name.0.clone()),
+        ("SHIPJAR_STAGE", ctx.stage.name.clone()),
+        ("SHIPJAR_ACTION", ctx.action.as_str().to_string()),
+        (
+            "SHIPJAR_RELEASE",
+            runs.iter()
+                .find_map(|r| r.target.clone())
+                .unwrap_or_default(),
+        ),
+        ("SHIPJAR_HOSTS_OK", hosts(true)),
+        ("SHIPJAR_HOSTS_FAILED", hosts(false)),
+        ("SHIPJAR_DEPLOYER", deployer()),
+    ];
+    if let Some(build) = ctx.build {
+        env.push(("SHIPJAR_VERSION", build.version.clone()));
+    }
+    if let Some(why) = stopped {
+        env.push(("SHIPJAR_REASON", why.to_string()));
+    }
+    hooks::run_local(&ctx.project.dir, &point, &hook, &env, ctx.reporter);
 }
 
 /// Runs `f`, recording its wall time as `phase`.
@@ -110,6 +241,10 @@ fn timed<T>(phases: &mut Phases, phase: &'static str, f: impl FnOnce() -> T) -> 
 fn lock_all(ctx: &Ctx, runs: &mut [Run]) {
     let parallel = ctx.fleet.parallel;
     let deadline = ctx.wait.map(|w| Instant::now() + w);
+    for run in runs.iter_mut() {
+        run.waiting = ctx.wait.is_some();
+    }
+    let mut announced = false;
     loop {
         fleet::each(runs, parallel, |run| {
             let t = Instant::now();
@@ -130,7 +265,17 @@ fn lock_all(ctx: &Ctx, runs: &mut [Run]) {
         }
         // Queue behind the live holder: give back what we took and try again.
         release_all(runs, parallel, ctx.reporter);
-        ctx.reporter.note("waiting for the deploy lock (--wait)");
+        if !announced {
+            announced = true;
+            let held = runs
+                .iter()
+                .find_map(|r| r.outcome.reason.as_deref())
+                .and_then(|reason| reason.split(';').next())
+                .unwrap_or_default()
+                .to_string();
+            ctx.reporter
+                .note(&format!("waiting for the deploy lock (--wait): {held}"));
+        }
         std::thread::sleep(Duration::from_millis(500));
         for run in runs.iter_mut() {
             run.outcome.failed_step = None;
@@ -292,14 +437,17 @@ fn switch_batch(ctx: &Ctx, runs: &mut [Run], n: usize, batch: &[usize]) -> usize
     batch.iter().filter(|i| runs[**i].failed()).count()
 }
 
-/// Puts every host that switched successfully back on its previous release.
-fn revert_switched(ctx: &Ctx, runs: &mut [Run]) {
+/// Puts every host that switched successfully back on its previous release;
+/// returns how many it tried.
+fn revert_switched(ctx: &Ctx, runs: &mut [Run]) -> usize {
     let deployer = deployer();
+    let count = runs.iter().filter(|r| r.switched && r.outcome.ok).count();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         if run.switched && run.outcome.ok {
             revert_host(run, &deployer, ctx.reporter);
         }
     });
+    count
 }
 
 /// On every host still answering: prune old releases and release the lock.
@@ -328,10 +476,15 @@ fn finish_all(ctx: &Ctx, runs: &mut [Run]) {
 
 /// Before any host changed: if something failed, the whole run stops here.
 fn stop_before_change(runs: &mut [Run], phase: &str, reporter: &Reporter) -> Option<String> {
-    let failed: Vec<String> = runs
+    // "choose failed on app1; lock failed on app2, app3": each step as it failed.
+    let mut by_step: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for run in runs.iter().filter(|r| r.failed()) {
+        let step = run.outcome.failed_step.as_deref().unwrap_or(phase);
+        by_step.entry(step).or_default().push(&run.host);
+    }
+    let failed: Vec<String> = by_step
         .iter()
-        .filter(|r| r.failed())
-        .map(|r| r.host.clone())
+        .map(|(step, hosts)| format!("{step} failed on {}", hosts.join(", ")))
         .collect();
     if failed.is_empty() && !fleet::interrupted() {
         return None;
@@ -343,11 +496,7 @@ fn stop_before_change(runs: &mut [Run], phase: &str, reporter: &Reporter) -> Opt
     let why = if fleet::interrupted() {
         "interrupted (Ctrl-C) before any host was switched".to_string()
     } else {
-        format!(
-            "{} failed on {}; no host was switched",
-            phase,
-            failed.join(", ")
-        )
+        format!("{}; no host was switched", failed.join("; "))
     };
     reporter.note(&why);
     Some(why)

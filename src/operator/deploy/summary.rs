@@ -70,7 +70,16 @@ fn failed_lines(outcome: &Outcome, host: &HostOutcome) -> String {
     if let Some(a) = a
         && !a.log_tail.is_empty()
     {
-        text.push_str("  last lines of the service log:\n");
+        // A failed hook's output stands where the service log would.
+        let hook = host
+            .failed_step
+            .as_deref()
+            .is_some_and(|s| s.starts_with("before_") || s.starts_with("after_"));
+        text.push_str(if hook {
+            "  output of the hook:\n"
+        } else {
+            "  last lines of the service log:\n"
+        });
         for line in &a.log_tail {
             text.push_str(&format!("    {line}\n"));
         }
@@ -102,10 +111,12 @@ fn where_now(host: &HostOutcome) -> String {
             host.previous.as_deref().unwrap_or("(none)")
         ),
         (FinalState::Unknown, _) => "in an unknown state: it stopped answering during the switch; its agent completes or reverts the switch on its own — check with `shipjar status`".into(),
-        _ => format!(
-            "not changed (still on release {})",
-            host.previous.as_deref().unwrap_or("(none)")
-        ),
+        _ => match &host.previous {
+            Some(release) => format!("not changed (still on release {release})"),
+            // Locked and asked: nothing was current. Not locked: not asked, so not known.
+            None if host.locked => "not changed (no release was current)".into(),
+            None => "not changed (this run did not get to ask which release it runs)".into(),
+        },
     }
 }
 
@@ -148,6 +159,7 @@ mod tests {
             ok: state == FinalState::Updated,
             state,
             previous: Some("r1".into()),
+            locked: true,
             failed_step: None,
             reason: None,
             uploaded_bytes: 0,

@@ -23,6 +23,8 @@ impl Supervisor<'_> {
     pub(super) fn launch(&mut self) -> Result<(Child, Instant), Outcome> {
         self.state.state = Phase::Starting;
         self.state.healthy_after_ms = None;
+        self.state.unhealthy_since = None;
+        self.state.last_probe = None;
         self.save();
 
         // Something already listening there would answer for the service
@@ -98,8 +100,11 @@ impl Supervisor<'_> {
                 self.finish(child, Some(exit), message.clone());
                 Err(Outcome::StartFailed(message))
             }
-            Gate::TimedOut => {
-                let message = format!("not healthy after {}", human_duration(start_timeout));
+            Gate::TimedOut(last) => {
+                // Before the kill: what the service listens on says where it went wrong.
+                let why =
+                    health::why_unready(&self.release.manifest.health.check, pid, last.as_ref());
+                let message = format!("not healthy after {}: {why}", human_duration(start_timeout));
                 let exit = self.kill_unready(pid, &message);
                 let how = match exit {
                     Some(exit) => exit.to_string(),

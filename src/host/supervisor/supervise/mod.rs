@@ -77,7 +77,7 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
         Err(message) => {
             // Also into the log, for whoever reads it rather than `start`'s output.
             logfile::append_event(
-                &layout.log_file(),
+                &logfile::service_log(layout),
                 &format!("supervisor not started: {message}"),
             );
             readiness.failed(&message, layout);
@@ -97,6 +97,14 @@ enum Outcome {
     /// A reload asked for a restart through the health gate; the service
     /// was stopped gracefully.
     Reload,
+    /// Failed `[health] failures` checks in a row while running, and was
+    /// stopped; restarted like a crash.
+    Unhealthy {
+        /// Why, with the last check's result.
+        why: String,
+        /// How long it had been healthy before the checks began to fail.
+        healthy_for: Duration,
+    },
     /// Exited on its own after being healthy for a while.
     Crashed {
         /// How it ended.
@@ -154,6 +162,7 @@ impl Supervisor<'_> {
                     (message, None)
                 }
                 Outcome::Crashed { exit, healthy_for } => (exit.to_string(), Some(healthy_for)),
+                Outcome::Unhealthy { why, healthy_for } => (why, Some(healthy_for)),
             };
             first = false;
             if !self.release.manifest.restart.enabled {

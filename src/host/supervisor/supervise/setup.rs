@@ -116,6 +116,8 @@ fn initial_state(me: ProcessId, release: &Release) -> SupervisorState {
         reloads: 0,
         last_reload: None,
         last_reload_ok: None,
+        unhealthy_since: None,
+        last_probe: None,
         updated_at: logfile::now_rfc3339(),
     }
 }
@@ -135,10 +137,12 @@ fn open_log(
         keep: spec.keep,
         compress: spec.compress,
     };
-    let path = layout.log_file();
-    // Ours, readable by the service's group (root:group 0640 as root).
+    let path = logfile::path_for(layout, release)?;
+    // As root, a log file we create belongs to the service user and its
+    // group, 0640 (the service could write its output there anyway); one
+    // that exists keeps its owner and mode.
     let owner = creds.map(|c| Owner {
-        uid: nix::unistd::Uid::effective().as_raw(),
+        uid: c.uid,
         gid: c.gid,
     });
     let file = RotatingFile::open(&path, rotation, owner)

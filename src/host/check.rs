@@ -1,0 +1,174 @@
+//! `check_host`: what `shipjar check` learns from a host without changing it —
+//! the program the service runs (and Java's version), free disk for the
+//! artifact, whether the service's port is free or held by the service
+//! itself, and whether `provision` has left nothing to do.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::host::provision;
+use crate::host::supervisor::{self, listener};
+use crate::protocol::layout::Layout;
+use crate::protocol::{FindingStatus, HostCheckSpec, HostFinding, ResourceStatus};
+
+/// Room to keep beyond the artifact itself (a release, logs growing meanwhile).
+const DISK_MARGIN: u64 = 64 * 1024 * 1024;
+
+/// Every finding, in a fixed order.
+pub fn check(layout: &Layout, spec: &HostCheckSpec) -> Vec<HostFinding> {
+    let mut findings = vec![program(&spec.program), disk(layout, spec.artifact_bytes)];
+    if let Some(port) = listener::check_port(&spec.health) {
+        findings.push(port_free_or_ours(layout, port));
+    }
+    // Only a real host is provisioned; a `local` stage's root is a project directory.
+    if layout.root() == Path::new("/") {
+        findings.push(provisioned(layout, spec));
+    }
+    findings
+}
+
+fn finding(what: impl Into<String>, ok: bool, detail: impl Into<String>) -> HostFinding {
+    HostFinding {
+        what: what.into(),
+        status: if ok {
+            FindingStatus::Ok
+        } else {
+            FindingStatus::Problem
+        },
+        detail: detail.into(),
+    }
+}
+
+/// The program found in the service's clean `PATH` (and Java's version).
+fn program(name: &str) -> HostFinding {
+    let Some(path) = find_program(name) else {
+        return finding(
+            name,
+            false,
+            format!(
+                "not found in {} (the PATH the service runs with)",
+                supervisor::CLEAN_PATH
+            ),
+        );
+    };
+    if path.file_name().is_some_and(|f| f == "java") {
+        return match java_version(&path) {
+            Ok(version) => finding(name, true, format!("{}: {version}", path.display())),
+            Err(e) => finding(name, false, format!("{}: {e}", path.display())),
+        };
+    }
+    finding(name, true, path.display().to_string())
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    supervisor::CLEAN_PATH
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| executable(p))
+}
+
+/// The first line `java -version` prints, e.g. `openjdk version "17.0.15" 2025-04-15`.
+fn java_version(java: &Path) -> Result<String, String> {
+    let out = Command::new(java)
+        .arg("-version")
+        .env_clear()
+        .env("PATH", supervisor::CLEAN_PATH)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    match text.lines().next() {
+        Some(line) if out.status.success() => Ok(line.trim().to_string()),
+        _ => Err(format!("`java -version` failed ({})", out.status)),
+    }
+}
+
+/// Free space where artifacts go (or the nearest directory that exists).
+fn disk(layout: &Layout, artifact_bytes: u64) -> HostFinding {
+    let dir = layout.lib_dir();
+    let mut at = dir.as_path();
+    while !at.exists() {
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    let free = match nix::sys::statvfs::statvfs(at) {
+        Ok(stat) => stat.blocks_available().saturating_mul(stat.fragment_size()),
+        Err(e) => return finding("disk", false, format!("{}: {e}", at.display())),
+    };
+    let needed = artifact_bytes + DISK_MARGIN;
+    let detail = format!(
+        "{} free at {} (a deploy needs about {})",
+        mib(free),
+        at.display(),
+        mib(needed)
+    );
+    finding("disk", free >= needed, detail)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The port is free, or held by this service's running process.
+fn port_free_or_ours(layout: &Layout, port: u16) -> HostFinding {
+    let what = format!("port {port}");
+    let status = supervisor::status(layout);
+    let ours = status
+        .pid
+        .map(listener::service_processes)
+        .unwrap_or_default();
+    match listener::holder(port, &ours) {
+        listener::Holder::Nobody => finding(what, true, "free"),
+        listener::Holder::Ours(pid) => {
+            finding(what, true, format!("held by this service (pid {pid})"))
+        }
+        listener::Holder::Other(pid, name) => finding(
+            what,
+            false,
+            format!("held by another program: pid {pid} ({name}); the service could not listen"),
+        ),
+        listener::Holder::Unseen => finding(
+            what,
+            false,
+            "held by a process this user cannot see (another user's, or another namespace's)",
+        ),
+    }
+}
+
+/// What a dry run of `provision` would still change.
+fn provisioned(layout: &Layout, spec: &HostCheckSpec) -> HostFinding {
+    let mut dry = spec.provision.clone();
+    dry.dry_run = true;
+    let pending: Vec<String> = provision::provision(layout, &dry)
+        .into_iter()
+        .filter(|r| r.status != ResourceStatus::Ok)
+        .map(|r| format!("{} ({})", r.resource, r.detail))
+        .collect();
+    if pending.is_empty() {
+        finding(
+            "provision",
+            true,
+            "user, directories and init integration in place",
+        )
+    } else {
+        finding(
+            "provision",
+            false,
+            format!(
+                "not provisioned: {}; run `shipjar provision`",
+                pending.join(", ")
+            ),
+        )
+    }
+}
