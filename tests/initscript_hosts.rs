@@ -177,7 +177,7 @@ fn agree(f: &Fleet, p: &LsbProject, expect: Expect) -> i32 {
         format!(
             "init script: {:?} {said:?}\n{seen:?}\nserved {served:?}\n{}",
             script.status.code(),
-            ssh(f, "tail -n 30 /var/log/hello/hello.log")
+            ssh(f, "tail -n 30 /var/log/hello/console.log")
                 .stdout
                 .escape_ascii()
         )

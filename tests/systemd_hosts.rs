@@ -818,17 +818,15 @@ fn assert_provision_changes_nothing(f: &SystemdFleet, host: &str, p: &SystemdPro
         "provision changed: {changed:?}\n{dirs}\n{}",
         text(&again)
     );
-    // The supervisor's records are root's; the service's dirs hello's.
+    // The supervisor's records are root's; the service's dirs and its log
+    // (created by the root supervisor) hello's.
     for line in dirs.lines() {
         let owner = line.split_whitespace().nth(1).unwrap_or_default();
-        let want =
-            if line.starts_with("/var/log/hello ") || line.starts_with("/var/lib/hello/shared ") {
-                "hello:hello"
-            } else if line.starts_with("/var/log/hello/") {
-                "root:hello"
-            } else {
-                "root:root"
-            };
+        let want = if line.starts_with("/var/") {
+            "hello:hello"
+        } else {
+            "root:root"
+        };
         assert_eq!(owner, want, "{line}\n{dirs}");
     }
     let complaints = ssh_ok(
@@ -884,7 +882,7 @@ fn assert_ready_after_healthy(f: &SystemdFleet, host: &str, delay: Duration) {
         stamp("ActiveEnterTimestamp"),
         stamp("ExecMainStartTimestamp"),
     );
-    let log = ssh_ok(f, host, "cat /var/log/hello/hello.log");
+    let log = ssh_ok(f, host, "cat /var/log/hello/console.log");
     let answers: Vec<(i64, bool)> = log
         .lines()
         .filter(|l| l.contains("GET /health -> "))
@@ -928,7 +926,7 @@ fn assert_healthy_after_is_the_supervisors(f: &SystemdFleet, host: &str, deploy:
     let logged = ssh_ok(
         f,
         host,
-        "grep -o 'healthy after [0-9]* ms' /var/log/hello/hello.log | tail -n 1",
+        "grep -o 'healthy after [0-9]* ms' /var/log/hello/console.log | tail -n 1",
     );
     assert_eq!(logged, format!("healthy after {reported} ms"), "{result}");
 }
