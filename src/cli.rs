@@ -312,9 +312,6 @@ pub struct InstallArgs {
     /// The shipjar binary the file calls (default: this one).
     #[arg(long, value_name = "PATH")]
     pub shipjar: Option<PathBuf>,
-    /// User the service runs as (default: the current release's, else the service name).
-    #[arg(long, value_name = "USER")]
-    pub user: Option<String>,
     /// Print the file instead of writing it.
     #[arg(long)]
     pub stdout: bool,

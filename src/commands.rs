@@ -190,8 +190,7 @@ fn install(args: &InstallArgs, which: Init) -> Result<i32> {
             .and_then(std::fs::canonicalize)
             .map_err(|e| Error::failed(format!("cannot find the shipjar executable: {e}")))?,
     };
-    let spec =
-        init::InitSpec::gather(&layout, &shipjar, args.user.clone()).map_err(Error::failed)?;
+    let spec = init::InitSpec::gather(&layout, &shipjar).map_err(Error::failed)?;
     let (text, path, mode) = match which {
         Init::Unit => (
             init::unit_text(&spec).map_err(Error::config)?,

@@ -14,19 +14,23 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::{hello_jar, shipjar_bin, text};
 use systemd_host::{Stopped, SystemState, SystemdFleet, require_root};
 
 /// One host per test.
-const HOSTS: usize = 5;
+const HOSTS: usize = 6;
 const BOOT_HOST: &str = "app1";
 const REBOOT_HOST: &str = "app2";
 const PROVISION_HOST: &str = "app3";
 const DEPLOY_HOST: &str = "app4";
-const REPROVISION_HOST: &str = "app5";
+const LIFECYCLE_HOST: &str = "app5";
+const WATCHDOG_HOST: &str = "app6";
 /// The hello service's port (the example's), inside each host's own network.
 const PORT: u16 = 18080;
+/// The unit's `WatchdogSec`.
+const WATCHDOG: Duration = Duration::from_secs(60);
 
 fn fleet() -> Arc<SystemdFleet> {
     systemd_host::shared(HOSTS)
@@ -183,7 +187,9 @@ fn systemd_host_reboot_keeps_disk_state_and_starts_with_empty_run_and_tmp() {
     }
 }
 
-/// A hello project whose stage `systemd` is one systemd host.
+/// A hello project whose stage `systemd` is one systemd host. The service
+/// logs every request with a millisecond UTC timestamp, so its own log
+/// says when it first answered healthy.
 struct SystemdProject {
     dir: tempfile::TempDir,
     secret: String,
@@ -203,11 +209,17 @@ impl SystemdProject {
             "",
             |c| {
                 // Reachable from the test (outside the host) on the host's address.
-                c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
+                c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\", TZ = \"UTC\"")
                     .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
                     .replace("timeout = \"15s\"", "timeout = \"5s\"")
             },
         );
+        // FINE: hello logs each request it answered.
+        fs::copy(
+            dir.path().join("deploy/logging-local.properties"),
+            dir.path().join("deploy/logging-systemd.properties"),
+        )
+        .expect("logging config");
         SystemdProject {
             dir,
             secret: common::unique_secret(),
@@ -223,6 +235,24 @@ impl SystemdProject {
             .stdin(Stdio::null())
             .output()
             .expect("run shipjar")
+    }
+
+    /// `deploy --json` of the hello jar as `version`, with `env` for this release.
+    fn deploy(&self, version: &str, env: &[&str]) -> Output {
+        let jar = hello_jar().to_string_lossy().into_owned();
+        let mut args = vec![
+            "--json",
+            "deploy",
+            "systemd",
+            "--artifact",
+            &jar,
+            "--version",
+            version,
+        ];
+        for e in env {
+            args.extend(["--env", e]);
+        }
+        self.run(&args)
     }
 }
 
@@ -302,7 +332,7 @@ fn systemd_provision_installs_and_enables_the_unit() {
 
 #[test]
 #[ignore = "needs root"]
-fn systemd_deploy_runs_the_service_under_its_unit() {
+fn systemd_deploy_survives_a_reboot_under_its_unit() {
     require_root();
     let f = fleet();
     let host = DEPLOY_HOST;
@@ -311,16 +341,7 @@ fn systemd_deploy_runs_the_service_under_its_unit() {
     let provision = p.run(&["--json", "provision", "systemd"]);
     assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
 
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let deploy = p.run(&[
-        "--json",
-        "deploy",
-        "systemd",
-        "--artifact",
-        &jar,
-        "--version",
-        "1.0.0",
-    ]);
+    let deploy = p.deploy("1.0.0", &[]);
     assert_eq!(
         deploy.status.code(),
         Some(0),
@@ -328,21 +349,295 @@ fn systemd_deploy_runs_the_service_under_its_unit() {
         text(&deploy),
         f.diagnostics(host)
     );
-    assert_supervised_by_unit(&f, host);
-    assert_eq!(served(&f.ip(host)).as_deref(), Some("1.0.0"));
+    agree(&f, host, &p, Expect::Running("1.0.0"));
     report(&f, host);
 
-    // The unit is enabled: systemd starts the service again at boot.
+    // The unit is enabled: systemd starts the service again at boot, on
+    // the current release, and the directories come back as provisioned
+    // (the host's /var/log and /run are empty after a boot).
     let stopped = f.reboot(host);
     assert!(matches!(stopped, Stopped::PoweredOff(_)), "{stopped:?}");
     assert_running(&f, host);
-    assert_supervised_by_unit(&f, host);
-    assert_eq!(served(&f.ip(host)).as_deref(), Some("1.0.0"));
+    agree(&f, host, &p, Expect::Running("1.0.0"));
+    assert_provision_changes_nothing(&f, host, &p);
 }
 
-/// `systemctl show` says hello.service runs, and its main process is
-/// shipjar's supervisor (`shipjar service run hello`).
-fn assert_supervised_by_unit(f: &SystemdFleet, host: &str) {
+/// provision → deploy → provision → deploy, rollback → a failing deploy →
+/// `systemctl restart` → the JVM killed → `systemctl stop` → a deploy while
+/// a supervisor started by hand runs outside the unit, with `shipjar
+/// status`, `systemctl show` and the service itself agreeing at each step.
+#[test]
+#[ignore = "needs root"]
+fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
+    require_root();
+    let f = fleet();
+    let host = LIFECYCLE_HOST;
+    assert_running(&f, host);
+    let p = SystemdProject::new(&f, host);
+    let provision = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let unit_before = ssh_ok(&f, host, "cat /etc/systemd/system/hello.service");
+    assert!(
+        unit_before.contains("TimeoutStartSec=100000ms"),
+        "no release yet: the default start timeout\n{unit_before}"
+    );
+
+    // Deploy: READY=1 only once hello answers its health check.
+    let deploy = p.deploy("1.0.0", &["STARTUP_DELAY_MS=1500"]);
+    assert_eq!(
+        deploy.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&deploy),
+        f.diagnostics(host)
+    );
+    let first = agree(&f, host, &p, Expect::Running("1.0.0"));
+    assert_ready_after_healthy(&f, host, Duration::from_millis(1500));
+    assert_healthy_after_is_the_supervisors(&f, host, &deploy);
+    // The release's timeouts reached the unit (20s + 10s grace, 5s + 10s).
+    let unit = ssh_ok(&f, host, "cat /etc/systemd/system/hello.service");
+    for line in ["TimeoutStartSec=30000ms", "TimeoutStopSec=15000ms"] {
+        assert!(unit.lines().any(|l| l == line), "no {line} in\n{unit}");
+    }
+
+    // Provision again: nothing to change, nothing taken from the supervisor.
+    assert_provision_changes_nothing(&f, host, &p);
+    let after = agree(&f, host, &p, Expect::Running("1.0.0"));
+    assert_eq!(after, first, "provision restarted something");
+
+    // A second release, then a rollback to the first.
+    let deploy = p.deploy("1.0.1", &[]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    let second = agree(&f, host, &p, Expect::Running("1.0.1"));
+    assert_ne!(
+        second.main_pid, first.main_pid,
+        "the unit was not restarted"
+    );
+    let rollback = p.run(&["--json", "rollback", "systemd"]);
+    assert_eq!(rollback.status.code(), Some(0), "{}", text(&rollback));
+    let rolled = agree(&f, host, &p, Expect::Running("1.0.0"));
+
+    // A release that fails at start: reverted, the unit active on the old one.
+    let failing = p.deploy("1.0.2", &["FAIL_ON_START=1"]);
+    assert_ne!(failing.status.code(), Some(0), "{}", text(&failing));
+    let reverted = agree(&f, host, &p, Expect::Running("1.0.0"));
+    assert_ne!(reverted.service_pid, rolled.service_pid);
+    let revisions = ssh_ok(&f, host, "tail -n 1 /var/lib/hello/revisions.log");
+    assert!(revisions.contains("failed"), "{revisions}");
+
+    // A release that never gets healthy, cancelled with a second Ctrl-C
+    // while the unit is activating: the start job is stopped at once and
+    // the host goes back, well before the 20 s start timeout.
+    let cancelled = cancel_a_hung_deploy(&f, host, &p);
+    assert!(cancelled < Duration::from_secs(15), "took {cancelled:?}");
+    let reverted = agree(&f, host, &p, Expect::Running("1.0.0"));
+
+    // systemctl restart: a new supervisor, a new JVM, same release.
+    ssh_ok(&f, host, "systemctl restart hello");
+    let restarted = agree(&f, host, &p, Expect::Running("1.0.0"));
+    assert_ne!(restarted.main_pid, reverted.main_pid);
+
+    // The JVM killed: the supervisor (still MainPID) starts a new one.
+    ssh_ok(&f, host, &format!("kill -KILL {}", restarted.service_pid));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let recovered = loop {
+        let seen = observe(&f, host, &p);
+        // Running again once healthy (while it starts, status says so).
+        if seen.healthy == Some(true) && seen.service_pid != restarted.service_pid {
+            break agree(&f, host, &p, Expect::Running("1.0.0"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new JVM 30 s after SIGKILL: {seen:?}\n{}",
+            f.diagnostics(host)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(
+        recovered.main_pid, restarted.main_pid,
+        "systemd restarted it"
+    );
+    let status = observe(&f, host, &p).json;
+    assert_eq!(
+        status["hosts"][0]["status"]["service"]["restarts"], 1,
+        "{status}"
+    );
+
+    // systemctl stop: everything says stopped.
+    ssh_ok(&f, host, "systemctl stop hello");
+    agree(&f, host, &p, Expect::Stopped);
+    assert_provision_changes_nothing(&f, host, &p);
+
+    // Started by hand outside the unit: the next deploy stops that
+    // supervisor and hands the service back to the unit.
+    ssh_ok(&f, host, "/usr/local/bin/shipjar service start hello");
+    let outside = observe(&f, host, &p);
+    assert_eq!(outside.state, "running", "{outside:?}");
+    assert_eq!(systemctl_show(&f, host).active, "inactive");
+    let deploy = p.deploy("1.0.4", &[]);
+    assert_eq!(
+        deploy.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&deploy),
+        f.diagnostics(host)
+    );
+    let adopted = agree(&f, host, &p, Expect::Running("1.0.4"));
+    assert_ne!(adopted.main_pid, outside.supervisor_pid);
+    let result = last_json(&deploy);
+    assert!(
+        result["hosts"][0]["activation"]["stopped_after_ms"].is_u64(),
+        "the supervisor outside the unit was stopped: {result}"
+    );
+}
+
+/// Deploys a release that hangs at start, interrupts the operator twice
+/// once the unit is activating; how long from the second Ctrl-C to the
+/// deploy's exit (130, the host back on its release).
+fn cancel_a_hung_deploy(f: &SystemdFleet, host: &str, p: &SystemdProject) -> Duration {
+    use std::io::BufRead;
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let mut child = Command::new(shipjar_bin())
+        .arg("-C")
+        .arg(p.dir.path())
+        .args([
+            "deploy",
+            "systemd",
+            "--artifact",
+            &jar,
+            "--version",
+            "1.0.3",
+        ])
+        .args(["--env", "HANG_ON_START=1"])
+        .env("HELLO_DB_PASSWORD", &p.secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn deploy");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = ssh_ok(f, host, "systemctl show -p ActiveState --value hello");
+        let hung = ssh_ok(
+            f,
+            host,
+            "grep -c HANG_ON_START /var/lib/hello/current/RELEASE || true",
+        );
+        if state == "activating" && hung == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hung release never started: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.id() as i32;
+    let interrupt = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("SIGINT");
+    };
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    interrupt();
+    let mut said = String::new();
+    while !said.contains("Ctrl-C again") {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        said.push_str(&line);
+    }
+    let sent = Instant::now();
+    interrupt();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    let out = child.wait_with_output().expect("wait for deploy");
+    let took = sent.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{stdout}{said}{rest}\n{}",
+        f.diagnostics(host)
+    );
+    assert!(
+        stdout.contains("cancelled by the operator"),
+        "{stdout}{said}{rest}"
+    );
+    eprintln!(
+        "{host}: cancelled deploy back on its release {} ms after the second Ctrl-C",
+        took.as_millis()
+    );
+    took
+}
+
+/// A supervisor that stops answering (SIGSTOP) is killed by systemd's
+/// watchdog and started again, with its service.
+#[test]
+#[ignore = "needs root"]
+fn systemd_watchdog_restarts_a_hung_supervisor() {
+    require_root();
+    let f = fleet();
+    let host = WATCHDOG_HOST;
+    assert_running(&f, host);
+    let p = SystemdProject::new(&f, host);
+    let provision = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let deploy = p.deploy("1.0.0", &[]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    let before = agree(&f, host, &p, Expect::Running("1.0.0"));
+    let watchdog = ssh_ok(&f, host, "systemctl show -p WatchdogUSec --value hello");
+    assert_eq!(watchdog, "1min", "WatchdogSec");
+
+    ssh_ok(&f, host, &format!("kill -STOP {}", before.main_pid));
+    let stopped_at = Instant::now();
+    // It pings every half period: the watchdog fires within one period.
+    let deadline = stopped_at + WATCHDOG + Duration::from_secs(30);
+    let after = loop {
+        let show = systemctl_show(&f, host);
+        if show.main_pid != 0 && show.main_pid != before.main_pid && show.active == "active" {
+            break agree(&f, host, &p, Expect::Running("1.0.0"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hung supervisor was not replaced: {show:?}\n{}",
+            f.diagnostics(host)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let took = stopped_at.elapsed();
+    eprintln!(
+        "{host}: watchdog replaced the supervisor {} ms after SIGSTOP",
+        took.as_millis()
+    );
+    assert!(
+        took <= WATCHDOG + Duration::from_secs(25),
+        "took {took:?} for a {WATCHDOG:?} watchdog"
+    );
+    assert_ne!(after.service_pid, before.service_pid);
+    let journal = ssh_ok(
+        &f,
+        host,
+        "journalctl -b -u hello.service --no-pager -o cat | grep -c 'Watchdog timeout' || true",
+    );
+    assert_eq!(journal, "1", "systemd's journal names no watchdog timeout");
+    // The old service went with its supervisor: one JVM of hello left.
+    let jvms = ssh_ok(&f, host, "pgrep -c -u hello java || true");
+    assert_eq!(jvms, "1");
+}
+
+/// What `systemctl show` says of hello.service.
+#[derive(Debug)]
+struct Shown {
+    active: String,
+    sub: String,
+    main_pid: i32,
+}
+
+fn systemctl_show(f: &SystemdFleet, host: &str) -> Shown {
     let shown = ssh_ok(
         f,
         host,
@@ -355,18 +650,285 @@ fn assert_supervised_by_unit(f: &SystemdFleet, host: &str) {
             .unwrap_or_default()
             .to_string()
     };
-    assert_eq!(
-        (field("ActiveState"), field("SubState")),
-        ("active".to_string(), "running".to_string()),
-        "{shown}\n{}",
-        f.diagnostics(host)
+    Shown {
+        active: field("ActiveState"),
+        sub: field("SubState"),
+        main_pid: field("MainPID").parse().unwrap_or(-1),
+    }
+}
+
+/// What shipjar's own `status` says of the host.
+#[derive(Debug)]
+struct Observed {
+    code: i32,
+    state: String,
+    service_pid: i32,
+    supervisor_pid: i32,
+    healthy: Option<bool>,
+    running_version: String,
+    reported_version: String,
+    current_version: String,
+    flags: Vec<String>,
+    json: serde_json::Value,
+}
+
+fn observe(_f: &SystemdFleet, _host: &str, p: &SystemdProject) -> Observed {
+    let out = p.run(&["--json", "status", "systemd"]);
+    let json = last_json(&out);
+    let h = &json["hosts"][0];
+    let st = &h["status"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let pid = |v: &serde_json::Value| v.as_i64().map_or(0, |p| p as i32);
+    Observed {
+        code: out.status.code().unwrap_or(-1),
+        state: text(&st["service"]["state"]),
+        service_pid: pid(&st["service"]["pid"]),
+        supervisor_pid: pid(&st["service"]["supervisor_pid"]),
+        healthy: st["service"]["healthy"].as_bool(),
+        running_version: text(&st["running_version"]),
+        reported_version: text(&st["reported_version"]),
+        current_version: text(&st["current"]["version"]),
+        flags: h["flags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect(),
+        json,
+    }
+}
+
+/// What a test expects the host to run.
+#[derive(Clone, Copy, Debug)]
+enum Expect<'a> {
+    /// The unit is active and the service healthy on this version.
+    Running(&'a str),
+    /// The unit is stopped and nothing answers.
+    Stopped,
+}
+
+/// The pids everyone agreed on.
+#[derive(Debug, PartialEq)]
+struct Agreed {
+    main_pid: i32,
+    service_pid: i32,
+}
+
+/// Asserts that `systemctl show`, `shipjar status` and the service's own
+/// answer over HTTP say the same thing; for a running service, that the
+/// unit's main process is shipjar's supervisor, running as root, and the
+/// JVM its child, running as hello.
+fn agree(f: &SystemdFleet, host: &str, p: &SystemdProject, expect: Expect) -> Agreed {
+    let show = systemctl_show(f, host);
+    let seen = observe(f, host, p);
+    let served = served(&f.ip(host));
+    let context = || {
+        format!(
+            "{show:?}\n{seen:?}\nserved {served:?}\n{}",
+            f.diagnostics(host)
+        )
+    };
+    match expect {
+        Expect::Running(version) => {
+            assert_eq!(
+                (show.active.as_str(), show.sub.as_str()),
+                ("active", "running"),
+                "{}",
+                context()
+            );
+            assert_eq!(seen.code, 0, "status flags something: {}", context());
+            assert!(seen.flags.is_empty(), "{}", context());
+            assert_eq!(seen.state, "running", "{}", context());
+            assert_eq!(seen.supervisor_pid, show.main_pid, "{}", context());
+            assert_eq!(seen.healthy, Some(true), "{}", context());
+            for v in [
+                &seen.running_version,
+                &seen.reported_version,
+                &seen.current_version,
+            ] {
+                assert_eq!(v, version, "{}", context());
+            }
+            assert_eq!(served.as_deref(), Some(version), "{}", context());
+            let procs = ssh_ok(
+                f,
+                host,
+                &format!(
+                    "ps -o user=,ppid=,args= -p {}; ps -o user=,ppid=,comm= -p {}",
+                    show.main_pid, seen.service_pid
+                ),
+            );
+            let lines: Vec<Vec<&str>> = procs
+                .lines()
+                .map(|l| l.split_whitespace().collect())
+                .collect();
+            assert!(
+                lines.len() == 2
+                    && lines[0][0] == "root"
+                    && lines[0][2..].starts_with(&[
+                        "/usr/local/bin/shipjar",
+                        "service",
+                        "run",
+                        "hello"
+                    ])
+                    && lines[1][0] == "hello"
+                    && lines[1][1] == show.main_pid.to_string()
+                    && lines[1][2] == "java",
+                "MainPID is not the root supervisor, or the JVM not its child as hello:\n{procs}\n{}",
+                context()
+            );
+            Agreed {
+                main_pid: show.main_pid,
+                service_pid: seen.service_pid,
+            }
+        }
+        Expect::Stopped => {
+            assert_eq!(
+                (show.active.as_str(), show.sub.as_str(), show.main_pid),
+                ("inactive", "dead", 0),
+                "{}",
+                context()
+            );
+            assert_eq!(seen.state, "stopped", "{}", context());
+            assert_eq!(seen.service_pid, 0, "{}", context());
+            assert_ne!(seen.code, 0, "a stopped service is flagged: {}", context());
+            assert_eq!(served, None, "{}", context());
+            let lsb = f.ssh(host, "/usr/local/bin/shipjar service status hello");
+            assert_eq!(lsb.status.code(), Some(3), "{}", text(&lsb));
+            Agreed {
+                main_pid: 0,
+                service_pid: 0,
+            }
+        }
+    }
+}
+
+/// A provision now reports every resource `ok` and changes no directory.
+fn assert_provision_changes_nothing(f: &SystemdFleet, host: &str, p: &SystemdProject) {
+    let again = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let statuses = resource_statuses(&again);
+    let changed: Vec<&(String, String)> = statuses.iter().filter(|(_, s)| s != "ok").collect();
+    let dirs = ssh_ok(
+        f,
+        host,
+        "stat -c '%n %U:%G %a' /var/log/hello /var/lib/hello/shared /run/hello /run/hello/* /var/log/hello/*",
     );
-    let main_pid = field("MainPID");
-    let cmdline = ssh_ok(f, host, &format!("tr '\\0' ' ' </proc/{main_pid}/cmdline"));
     assert!(
-        cmdline.starts_with("/usr/local/bin/shipjar service run hello"),
-        "MainPID {main_pid} is not the supervisor: {cmdline:?}\n{shown}"
+        !statuses.is_empty() && changed.is_empty(),
+        "provision changed: {changed:?}\n{dirs}\n{}",
+        text(&again)
     );
+    // The supervisor's records are root's; the service's dirs and its log
+    // (created by the root supervisor) hello's.
+    for line in dirs.lines() {
+        let owner = line.split_whitespace().nth(1).unwrap_or_default();
+        let want = if line.starts_with("/var/") {
+            "hello:hello"
+        } else {
+            "root:root"
+        };
+        assert_eq!(owner, want, "{line}\n{dirs}");
+    }
+    let complaints = ssh_ok(
+        f,
+        host,
+        "journalctl -b -u hello.service --no-pager | grep -c 'Permission denied' || true",
+    );
+    assert_eq!(complaints, "0", "the supervisor could not write somewhere");
+}
+
+/// Milliseconds since the epoch of `YYYY-MM-DD HH:MM:SS.fff…` (UTC).
+fn epoch_ms(date: &str, time: &str) -> Option<i64> {
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + min) * 60_000 + sec * 1000 + ms)
+}
+
+/// Asserts that systemd saw the unit active (READY=1) only after hello
+/// answered its health check: after every `503` it logged, no earlier than
+/// its first `200` (which it logs once the answer is sent: 250 ms leeway),
+/// and at least `delay` after systemd started the supervisor.
+fn assert_ready_after_healthy(f: &SystemdFleet, host: &str, delay: Duration) {
+    let shown = ssh_ok(
+        f,
+        host,
+        "systemctl show --timestamp=us+utc -p ActiveEnterTimestamp,ExecMainStartTimestamp hello",
+    );
+    let stamp = |name: &str| {
+        let value = shown
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_default();
+        // `Mon 2026-11-30 02:10:11.123456 UTC`
+        let words: Vec<&str> = value.split_whitespace().collect();
+        words
+            .get(1)
+            .zip(words.get(2))
+            .and_then(|(d, t)| epoch_ms(d, t))
+            .unwrap_or_else(|| panic!("no {name} in {shown}"))
+    };
+    let (active, exec_start) = (
+        stamp("ActiveEnterTimestamp"),
+        stamp("ExecMainStartTimestamp"),
+    );
+    let log = ssh_ok(f, host, "cat /var/log/hello/console.log");
+    let answers: Vec<(i64, bool)> = log
+        .lines()
+        .filter(|l| l.contains("GET /health -> "))
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = epoch_ms(words.first()?, words.get(1)?)?;
+            Some((at, l.contains("-> 200")))
+        })
+        .collect();
+    let last_unhealthy = answers.iter().filter(|(_, ok)| !ok).map(|(t, _)| *t).max();
+    let first_healthy = answers.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).min();
+    let (Some(last_unhealthy), Some(first_healthy)) = (last_unhealthy, first_healthy) else {
+        panic!("hello logged no 503 then 200 for /health:\n{log}");
+    };
+    eprintln!(
+        "{host}: supervisor started {exec_start}, last 503 {last_unhealthy}, first 200 {first_healthy}, \
+         unit active {active} (ms since the epoch)"
+    );
+    assert!(
+        active > last_unhealthy,
+        "READY=1 at {active} before hello's last unhealthy answer at {last_unhealthy}\n{shown}\n{log}"
+    );
+    assert!(
+        active + 250 >= first_healthy,
+        "READY=1 at {active}, hello first healthy at {first_healthy}\n{shown}\n{log}"
+    );
+    assert!(
+        active - exec_start >= delay.as_millis() as i64,
+        "active {} ms after start, the service needs {delay:?}\n{shown}",
+        active - exec_start
+    );
+}
+
+/// The deploy reports the supervisor's own spawn-to-healthy time (what its
+/// log says), not how long `systemctl start` took.
+fn assert_healthy_after_is_the_supervisors(f: &SystemdFleet, host: &str, deploy: &Output) {
+    let result = last_json(deploy);
+    let reported = result["hosts"][0]["activation"]["healthy_after_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no healthy_after_ms in {result}"));
+    let logged = ssh_ok(
+        f,
+        host,
+        "grep -o 'healthy after [0-9]* ms' /var/log/hello/console.log | tail -n 1",
+    );
+    assert_eq!(logged, format!("healthy after {reported} ms"), "{result}");
 }
 
 /// The version the service reports over HTTP, asked from outside the host.
@@ -384,69 +946,6 @@ fn served(ip: &str) -> Option<String> {
     let body = response.split_once("\r\n\r\n")?.1;
     let value: serde_json::Value = serde_json::from_str(body).ok()?;
     value["version"].as_str().map(str::to_string)
-}
-
-/// Provisioning again after a deploy must change nothing, and must not take
-/// from the running supervisor what it writes.
-#[test]
-#[ignore = "shipjar bug, needs root: provision and the unit fight over directories. After a \
-            deploy, provision changes /run/hello hello:hello -> root:root (the unit's \
-            RuntimeDirectory gives it to hello), /var/log/hello and /var/lib/hello/shared \
-            0755 -> 0750 (the unit's ExecStartPre runs install -d -m 0755), and rewrites the \
-            unit (provision before the first deploy renders default timeouts, 100000ms/40000ms; \
-            deploy never re-renders it). The running supervisor then logs `cannot write \
-            /run/hello/supervisor.json: Permission denied` until its next restart"]
-fn systemd_provision_after_a_deploy_changes_nothing() {
-    require_root();
-    let f = fleet();
-    let host = REPROVISION_HOST;
-    assert_running(&f, host);
-    let p = SystemdProject::new(&f, host);
-    let provision = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let deploy = p.run(&[
-        "deploy",
-        "systemd",
-        "--artifact",
-        &jar,
-        "--version",
-        "1.0.0",
-    ]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
-
-    let again = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
-    let changed: Vec<(String, String)> = resource_statuses(&again)
-        .into_iter()
-        .filter(|(_, s)| s != "ok")
-        .collect();
-    let dirs = ssh_ok(
-        &f,
-        host,
-        "stat -c '%n %U:%G %a' /var/log/hello /var/lib/hello/shared /run/hello",
-    );
-    assert!(
-        changed.is_empty(),
-        "provision after a deploy changed: {changed:?}\n{dirs}"
-    );
-    // The supervisor still owns its state: a restart through the unit
-    // stops it without complaints.
-    let restart = p.run(&[
-        "deploy",
-        "systemd",
-        "--artifact",
-        &jar,
-        "--version",
-        "1.0.1",
-    ]);
-    assert_eq!(restart.status.code(), Some(0), "{}", text(&restart));
-    let complaints = ssh_ok(
-        &f,
-        host,
-        "journalctl -b -u hello.service --no-pager | grep -c 'Permission denied' || true",
-    );
-    assert_eq!(complaints, "0", "the supervisor lost its run directory");
 }
 
 #[test]

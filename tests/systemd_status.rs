@@ -1,7 +1,7 @@
 //! `status` on a host that boots systemd, where the unit runs the supervisor
-//! as the service user (`User=`) and the run dir is the user's
-//! (`RuntimeDirectory=`): root's `service status` still proves and believes
-//! the supervisor, and a supervisor killed there leaves no orphan behind —
+//! (as root, the service as its user) and the run dir is root's
+//! (`RuntimeDirectory=`): root's `service status` proves and believes the
+//! supervisor, and a supervisor killed there leaves no orphan behind —
 //! systemd ends the unit's leftovers and starts a new supervisor. Root only.
 
 mod common;
@@ -82,7 +82,7 @@ fn unit_value(f: &SystemdFleet, host: &str, name: &str) -> String {
 
 #[test]
 #[ignore = "needs root"]
-fn root_believes_a_user_run_supervisor_and_systemd_leaves_no_orphan() {
+fn root_believes_the_units_supervisor_and_systemd_leaves_no_orphan() {
     require_root();
     let f = fleet();
     let host = "app1";
@@ -112,10 +112,10 @@ fn root_believes_a_user_run_supervisor_and_systemd_leaves_no_orphan() {
         f.diagnostics(host)
     );
 
-    // The run dir's files are the service user's; root still proves the
-    // supervisor (its program, command line, owner) and believes it.
+    // The run dir's files are root's, as under an init script; root proves
+    // the supervisor (its program, command line, owner) and believes it.
     let owner = f.ssh(host, "stat -c %U /run/hello/supervisor.json");
-    assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), "hello");
+    assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), "root");
     let (code, said) = host_status(&f, host);
     assert_eq!(code, Some(0), "{said}\n{}", f.diagnostics(host));
     assert!(said.starts_with("running: pid "), "{said}");

@@ -5,11 +5,11 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::host::init::{self, InitSpec};
-use crate::protocol::layout::Layout;
+use crate::protocol::layout::{DirOwner, Layout};
 use crate::protocol::{ProvisionSpec, ResourceResult, ResourceStatus};
 
 /// The state of one resource after the run.
@@ -65,18 +65,14 @@ pub fn provision(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
         nix::unistd::Uid::effective().as_raw(),
         nix::unistd::Gid::effective().as_raw(),
     );
-    // The release tree belongs to root (the service cannot change its own code);
-    // logs and shared state belong to the service.
-    let dirs: Vec<(PathBuf, &Owner, u32)> = vec![
-        (layout.lib_dir(), &me, 0o755),
-        (layout.artifacts_dir(), &me, 0o755),
-        (layout.releases_dir(), &me, 0o755),
-        (layout.shared_dir(), &service, 0o750),
-        (layout.log_dir(), &service, 0o750),
-        (layout.run_dir(), &me, 0o755),
-    ];
-    for (path, owner, mode) in dirs {
-        results.push(ensure_dir(&path, owner, mode, spec.dry_run));
+    // Owners and modes from the layout's one table, which the supervisor
+    // also creates missing directories from (a reboot empties /run).
+    for dir in layout.directories() {
+        let owner = match dir.owner {
+            DirOwner::Agent => &me,
+            DirOwner::Service => &service,
+        };
+        results.push(ensure_dir(&dir.path, owner, dir.mode, spec.dry_run));
     }
     // Init integration only on a real host: a `local` stage's root is a project directory.
     if on_real_root {
@@ -88,8 +84,7 @@ pub fn provision(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
 /// The systemd unit when the host runs systemd, else the LSB init script;
 /// either enabled at boot.
 fn ensure_init(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
-    let init = match InitSpec::gather(layout, Path::new(&spec.agent_path), Some(spec.user.clone()))
-    {
+    let init = match InitSpec::gather(layout, Path::new(&spec.agent_path)) {
         Ok(init) => init,
         Err(e) => {
             return vec![result(

@@ -26,16 +26,11 @@ use crate::protocol::{FileContent, ReleaseInfo, RevisionOutcome};
 /// Prefix of everything half-written; removed by the next deploy.
 const TMP_PREFIX: &str = ".tmp-";
 
-/// Creates the store directories if missing.
+/// Creates the layout's directories if missing, with the modes `provision`
+/// gives them.
 pub fn ensure_dirs(layout: &Layout) -> io::Result<()> {
-    for dir in [
-        layout.artifacts_dir(),
-        layout.releases_dir(),
-        layout.shared_dir(),
-        layout.log_dir(),
-        layout.run_dir(),
-    ] {
-        fs::create_dir_all(&dir)?;
+    for dir in layout.directories() {
+        dir.create_missing()?;
     }
     Ok(())
 }

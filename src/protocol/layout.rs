@@ -1,6 +1,86 @@
-//! Where everything of one service lives on a host (the BRIEF's FHS layout, under a root).
+//! Where everything of one service lives on a host (the BRIEF's FHS layout,
+//! under a root), and who owns each directory with which mode: the one table
+//! `provision`, the deploy and the supervisor all create directories from.
 
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// The directories of a layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// `/var/lib/<name>`.
+    Lib,
+    /// `/var/lib/<name>/artifacts`.
+    Artifacts,
+    /// `/var/lib/<name>/releases`.
+    Releases,
+    /// `/var/lib/<name>/shared`: the service writes here.
+    Shared,
+    /// `/var/log/<name>`: the service's log.
+    Log,
+    /// `/run/<name>`: the supervisor's pidfile, state and lock, the deploy lock.
+    Run,
+}
+
+impl Dir {
+    /// Every directory, parents first.
+    pub const ALL: [Dir; 6] = [
+        Dir::Lib,
+        Dir::Artifacts,
+        Dir::Releases,
+        Dir::Shared,
+        Dir::Log,
+        Dir::Run,
+    ];
+}
+
+/// Who owns a directory of the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirOwner {
+    /// Whoever runs the agent and the supervisor: root on a provisioned
+    /// host. The service cannot change what it runs, nor the supervisor's
+    /// records.
+    Agent,
+    /// The service's user and its group: what the service writes.
+    Service,
+}
+
+/// One directory with its owner and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directory {
+    /// Which one.
+    pub dir: Dir,
+    /// Its path under the layout's root.
+    pub path: PathBuf,
+    /// Who owns it.
+    pub owner: DirOwner,
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+impl Directory {
+    /// Creates the directory (and missing parents) when it is missing, with
+    /// exactly its mode whatever the umask; true when it was created. The
+    /// owner is the caller's to set: only root can.
+    pub fn create_missing(&self) -> io::Result<bool> {
+        if fs::symlink_metadata(&self.path).is_ok() {
+            return Ok(false);
+        }
+        if let Some(parent) = self.path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        match fs::DirBuilder::new().mode(self.mode).create(&self.path) {
+            Ok(()) => {}
+            // Created meanwhile by someone else: theirs to have set up.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        fs::set_permissions(&self.path, fs::Permissions::from_mode(self.mode))?;
+        Ok(true)
+    }
+}
 
 /// Paths of one service on one host; `root` is `/` on a real host.
 #[derive(Debug, Clone)]
@@ -105,8 +185,58 @@ impl Layout {
         self.run_dir().join("supervisor.lock")
     }
 
+    /// A directory of the layout with the owner and mode it must have.
+    pub fn directory(&self, dir: Dir) -> Directory {
+        let (path, owner, mode) = match dir {
+            Dir::Lib => (self.lib_dir(), DirOwner::Agent, 0o755),
+            Dir::Artifacts => (self.artifacts_dir(), DirOwner::Agent, 0o755),
+            Dir::Releases => (self.releases_dir(), DirOwner::Agent, 0o755),
+            // The service's own: no other user reads its data or its log.
+            Dir::Shared => (self.shared_dir(), DirOwner::Service, 0o750),
+            Dir::Log => (self.log_dir(), DirOwner::Service, 0o750),
+            // Readable by all, so `service status` works for anyone.
+            Dir::Run => (self.run_dir(), DirOwner::Agent, 0o755),
+        };
+        Directory {
+            dir,
+            path,
+            owner,
+            mode,
+        }
+    }
+
+    /// Every directory of the layout, parents first.
+    pub fn directories(&self) -> Vec<Directory> {
+        Dir::ALL.iter().map(|&d| self.directory(d)).collect()
+    }
+
     /// The stage's deploy lock and the file naming its holder.
     pub fn deploy_lock(&self) -> PathBuf {
         self.run_dir().join("deploy.lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn directories_are_created_once_with_their_mode() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(root.path(), "svc");
+        let created: Vec<bool> = layout
+            .directories()
+            .iter()
+            .map(|d| d.create_missing().expect("create"))
+            .collect();
+        assert!(created.iter().all(|c| *c), "{created:?}");
+        for d in layout.directories() {
+            let mode = fs::metadata(&d.path).expect("stat").mode() & 0o7777;
+            assert_eq!(mode, d.mode, "{}", d.path.display());
+            assert!(!d.create_missing().expect("again"), "created twice");
+        }
+        assert_eq!(layout.directory(Dir::Log).owner, DirOwner::Service);
+        assert_eq!(layout.directory(Dir::Run).owner, DirOwner::Agent);
     }
 }

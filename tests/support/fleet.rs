@@ -334,6 +334,49 @@ impl Fleet {
         pids
     }
 
+    /// Power-cycles `host`: its PID 1 is killed, and every process of the
+    /// host with it (its /run, /tmp and /dev/shm are gone), then it starts
+    /// again on the same state directory, so its /etc, /var, /root and
+    /// /usr/local are as it left them. Returns once its sshd answers. Boot
+    /// scripts are the test's to run: these hosts have no init system.
+    pub fn reboot(&mut self, host: &str) {
+        let pids_path = self.dir.join("pids");
+        let prefix = self.prefix.clone();
+        let Some(h) = self.hosts.iter_mut().find(|h| h.name == host) else {
+            panic!("fleet {prefix} has no host {host:?}");
+        };
+        if let Some(init) = h.init.take() {
+            init.kill();
+        }
+        if let Some(mut launcher) = h.launcher.take()
+            && let Err(e) = wait_bounded(&mut launcher, Duration::from_secs(10))
+        {
+            panic!("fleet {prefix}: stopping {host}: {e}");
+        }
+        let restarted = (|| {
+            // An overlay mounted `volatile` marks its work dir so that it is
+            // not mounted again after a crash; this "crash" lost nothing
+            // (the upper dirs are on the machine's disk, which stayed up).
+            for d in OVERLAID {
+                let mark = h.dir.join(format!("{d}.work/work/incompat/volatile"));
+                if mark.exists() {
+                    fs::remove_dir_all(&mark).map_err(|e| format!("{}: {e}", mark.display()))?;
+                }
+            }
+            // `start` gives eth0 its address again.
+            run(Command::new("ip").args(["-n", &h.netns, "addr", "flush", "dev", "eth0"]))?;
+            h.start(&pids_path)
+        })()
+        .and_then(|()| self.find_inits())
+        .and_then(|()| self.wait_for_sshd());
+        if let Err(e) = restarted {
+            panic!(
+                "fleet {prefix}: rebooting {host} failed: {e}\n{}",
+                self.logs()
+            );
+        }
+    }
+
     fn host(&self, name: &str) -> &Host {
         self.hosts
             .iter()

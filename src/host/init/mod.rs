@@ -12,10 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::protocol::defaults;
-use crate::protocol::layout::Layout;
+use crate::protocol::layout::{Dir, Layout};
 use crate::protocol::manifest::{MANIFEST_FILE, ReleaseManifest, RestartSpec};
 
 /// Everything the generated files say, gathered before anything is written.
+/// Nothing in it depends on who runs the service: the unit's main process
+/// (the supervisor) runs as root and drops to the release's user for the
+/// service alone, as `service start` does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InitSpec {
     /// Service name.
@@ -24,41 +27,28 @@ pub struct InitSpec {
     pub root: PathBuf,
     /// Absolute path of the shipjar binary the files call.
     pub shipjar: PathBuf,
-    /// User the unit runs as; `None` leaves it to root.
-    pub user: Option<String>,
-    /// That user's primary group, when it exists already.
-    pub group: Option<String>,
     /// `[health] start_timeout`.
     pub start_timeout: Duration,
     /// `[stop] timeout` plus the stop hook's timeout.
     pub stop_timeout: Duration,
     /// `[restart]`.
     pub restart: RestartSpec,
-    /// Log dir, `shared/` and run dir, which the service user writes.
+    /// Log dir and `shared/`, which the service writes.
     pub log_dir: PathBuf,
     /// `var/lib/NAME/shared`.
     pub shared_dir: PathBuf,
     /// `run/NAME`.
     pub run_dir: PathBuf,
+    /// Mode of `run/NAME` (the layout's table).
+    pub run_mode: u32,
 }
 
 impl InitSpec {
-    /// From the release `current` points to (defaults when there is none yet).
-    /// `user` overrides the release's user; without either, the service name.
-    pub fn gather(
-        layout: &Layout,
-        shipjar: &Path,
-        user: Option<String>,
-    ) -> Result<InitSpec, String> {
+    /// From the release `current` points to (defaults when there is none
+    /// yet): the unit's timeouts and restart limits are the release's, so a
+    /// deploy that changes them rewrites the unit ([`refresh_unit`]).
+    pub fn gather(layout: &Layout, shipjar: &Path) -> Result<InitSpec, String> {
         let manifest = current_manifest(layout)?;
-        let user = user
-            .or_else(|| manifest.as_ref().and_then(|m| m.run.user.clone()))
-            .unwrap_or_else(|| layout.name().to_string());
-        let group = nix::unistd::User::from_name(&user)
-            .ok()
-            .flatten()
-            .and_then(|u| nix::unistd::Group::from_gid(u.gid).ok().flatten())
-            .map(|g| g.name);
         let (start_timeout, stop_timeout, restart) = match &manifest {
             Some(m) => {
                 let hook = if m.stop.hook.is_some() {
@@ -79,20 +69,46 @@ impl InitSpec {
                 RestartSpec::default(),
             ),
         };
+        let run = layout.directory(Dir::Run);
         Ok(InitSpec {
             name: layout.name().to_string(),
             root: layout.root().to_path_buf(),
             shipjar: shipjar.to_path_buf(),
-            user: Some(user),
-            group,
             start_timeout,
             stop_timeout,
             restart,
             log_dir: layout.log_dir(),
             shared_dir: layout.shared_dir(),
-            run_dir: layout.run_dir(),
+            run_dir: run.path,
+            run_mode: run.mode,
         })
     }
+}
+
+/// The path this binary was started as, which is the agent path the
+/// operator uses (`AGENT_PATH agent …`), the one `provision` writes into the
+/// unit; the resolved executable when started by a bare name.
+pub fn this_binary() -> Result<PathBuf, String> {
+    if let Some(arg0) = std::env::args_os().next().map(PathBuf::from)
+        && arg0.is_absolute()
+    {
+        return Ok(arg0);
+    }
+    std::env::current_exe().map_err(|e| format!("cannot find the shipjar executable: {e}"))
+}
+
+/// Rewrites the installed unit when what `current` asks for differs from
+/// it (a release with other timeouts or restart limits); true when it did,
+/// and the caller must `systemctl daemon-reload`. Provision renders the same
+/// text from the same release, so the two never undo each other.
+pub fn refresh_unit(layout: &Layout, shipjar: &Path) -> Result<bool, String> {
+    let text = unit_text(&InitSpec::gather(layout, shipjar)?)?;
+    let path = unit_path(layout);
+    if fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(false);
+    }
+    install(&path, &text, 0o644)?;
+    Ok(true)
 }
 
 /// The current release's manifest; `None` before the first deploy.
@@ -158,13 +174,12 @@ pub(crate) fn sample_spec() -> InitSpec {
         name: "hello".into(),
         root: "/".into(),
         shipjar: "/usr/local/bin/shipjar".into(),
-        user: Some("hello".into()),
-        group: Some("hello".into()),
         start_timeout: Duration::from_secs(90),
         stop_timeout: Duration::from_secs(30),
         restart: RestartSpec::default(),
         log_dir: "/var/log/hello".into(),
         shared_dir: "/var/lib/hello/shared".into(),
         run_dir: "/run/hello".into(),
+        run_mode: 0o755,
     }
 }

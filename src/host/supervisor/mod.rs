@@ -138,6 +138,12 @@ pub fn status(layout: &Layout) -> ServiceStatus {
     status::status(layout)
 }
 
+/// Milliseconds from spawn to healthy of the service's current run, as its
+/// supervisor recorded it: how long a start made by systemd took.
+pub fn healthy_after_ms(layout: &Layout) -> Option<u64> {
+    state::read_state(&layout.supervisor_state()).and_then(|s| s.healthy_after_ms)
+}
+
 /// Body of the detached supervisor process; returns its exit code.
 pub fn supervise(layout: &Layout) -> i32 {
     supervise::run(layout, supervise::Mode::Detached)

@@ -7,14 +7,22 @@ use std::fs::{self, Metadata};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::protocol::layout::Layout;
+use crate::protocol::layout::{DirOwner, Layout};
 
 use super::process::Credentials;
 
-/// Gives the service user the directories it may write: the log dir and `shared/`.
+/// Gives the service user the directories it may write: the log dir and
+/// `shared/`, created when missing with the layout's modes (those `provision`
+/// gives them).
 pub fn prepare_dirs(layout: &Layout, creds: &Credentials) -> Result<(), String> {
-    for dir in [layout.log_dir(), layout.shared_dir()] {
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in layout.directories() {
+        if entry.owner != DirOwner::Service {
+            continue;
+        }
+        let dir = entry.path.clone();
+        entry
+            .create_missing()
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         // lchown: a symlink planted in place of the directory is not followed.
         std::os::unix::fs::lchown(&dir, Some(creds.uid), Some(creds.gid))
             .map_err(|e| format!("cannot give {} to {}: {e}", dir.display(), creds.name))?;

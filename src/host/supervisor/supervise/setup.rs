@@ -15,7 +15,7 @@ use crate::host::supervisor::release::{self, Release};
 use crate::host::supervisor::rotate::{Owner, RotatingFile, Rotation};
 use crate::host::supervisor::spawn;
 use crate::host::supervisor::state::{self, Phase, Pidfile, SupervisorState};
-use crate::protocol::layout::Layout;
+use crate::protocol::layout::{Dir, Layout};
 
 use super::{Mode, Supervisor};
 
@@ -23,8 +23,10 @@ impl<'a> Supervisor<'a> {
     /// Takes the lock and opens the log. `signals` were blocked first, so a
     /// stop that arrives while we set up waits for us.
     pub(super) fn setup(layout: &'a Layout, mode: Mode, signals: Signals) -> Result<Self, String> {
-        let run_dir = layout.run_dir();
-        fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+        let run_dir = layout.directory(Dir::Run);
+        run_dir
+            .create_missing()
+            .map_err(|e| format!("{}: {e}", run_dir.path.display()))?;
         let lock = take_lock(layout)?;
         let me = procfs::identify(std::process::id() as i32)
             .ok()

@@ -1,0 +1,365 @@
+//! Hosts without systemd (tests/support/fleet.rs: sshd is their PID 1) and
+//! shipjar's LSB init script on them: provision installs `/etc/init.d/hello`
+//! and its rc links, a boot starts the service through the link as an
+//! rc script would, and deploys, rollbacks, a failed deploy and the script's
+//! own restart/status/stop agree with `shipjar status` and the service.
+//! Root only (`./run-tests` as root includes them).
+
+mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{hello_jar, shipjar_bin, text};
+use fleet::{Fleet, require_root};
+
+/// The hello service's port, inside the host's own network.
+const PORT: u16 = 18080;
+const HOST: &str = "app1";
+
+/// A hello project whose stage `lsb` is one host without systemd.
+struct LsbProject {
+    dir: tempfile::TempDir,
+    secret: String,
+}
+
+impl LsbProject {
+    fn new(f: &Fleet) -> LsbProject {
+        let dir = tempfile::Builder::new()
+            .prefix("shipjar-lsb-")
+            .tempdir()
+            .expect("tempdir");
+        common::write_fleet_project(
+            dir.path(),
+            "lsb",
+            &[HOST.to_string()],
+            f.ssh_config(),
+            "",
+            |c| {
+                c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
+                    .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
+                    .replace("timeout = \"15s\"", "timeout = \"5s\"")
+            },
+        );
+        LsbProject {
+            dir,
+            secret: common::unique_secret(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(shipjar_bin())
+            .arg("-C")
+            .arg(self.dir.path())
+            .args(args)
+            .env("HELLO_DB_PASSWORD", &self.secret)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run shipjar")
+    }
+
+    fn deploy(&self, version: &str, env: &[&str]) -> Output {
+        let jar = hello_jar().to_string_lossy().into_owned();
+        let mut args = vec![
+            "--json",
+            "deploy",
+            "lsb",
+            "--artifact",
+            &jar,
+            "--version",
+            version,
+        ];
+        for e in env {
+            args.extend(["--env", e]);
+        }
+        self.run(&args)
+    }
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn ssh(f: &Fleet, command: &str) -> Output {
+    f.ssh(HOST, command)
+}
+
+fn ssh_ok(f: &Fleet, command: &str) -> String {
+    let out = ssh(f, command);
+    assert!(
+        out.status.success(),
+        "ssh {HOST} {command:?}: {}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The version the service reports over HTTP, asked from outside the host.
+fn served(f: &Fleet) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{}:{PORT}", f.ip(HOST)).parse().ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /version HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    value["version"].as_str().map(str::to_string)
+}
+
+/// What shipjar's `status` says of the host.
+#[derive(Debug)]
+struct Observed {
+    code: i32,
+    state: String,
+    service_pid: i32,
+    supervisor_pid: i32,
+    healthy: Option<bool>,
+    versions: [String; 3],
+    flags: Vec<String>,
+    restarts: u64,
+}
+
+fn observe(p: &LsbProject) -> Observed {
+    let out = p.run(&["--json", "status", "lsb"]);
+    let json = last_json(&out);
+    let h = &json["hosts"][0];
+    let st = &h["status"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let pid = |v: &serde_json::Value| v.as_i64().map_or(0, |p| p as i32);
+    Observed {
+        code: out.status.code().unwrap_or(-1),
+        state: text(&st["service"]["state"]),
+        service_pid: pid(&st["service"]["pid"]),
+        supervisor_pid: pid(&st["service"]["supervisor_pid"]),
+        healthy: st["service"]["healthy"].as_bool(),
+        versions: [
+            text(&st["running_version"]),
+            text(&st["reported_version"]),
+            text(&st["current"]["version"]),
+        ],
+        flags: h["flags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect(),
+        restarts: st["service"]["restarts"].as_u64().unwrap_or(0),
+    }
+}
+
+/// What the test expects the host to run.
+#[derive(Clone, Copy, Debug)]
+enum Expect<'a> {
+    /// Healthy on this version.
+    Running(&'a str),
+    /// Nothing runs (the release is still current).
+    Stopped,
+}
+
+/// Asserts that `/etc/init.d/hello status` (its exit code and the pid it
+/// names), `shipjar status` and the service's own answer agree; for a
+/// running service, that the supervisor runs as root and the JVM is its
+/// child, running as hello. Returns the service's pid.
+fn agree(f: &Fleet, p: &LsbProject, expect: Expect) -> i32 {
+    let script = ssh(f, "/etc/init.d/hello status");
+    let said = String::from_utf8_lossy(&script.stdout).trim().to_string();
+    let seen = observe(p);
+    let served = served(f);
+    let context = || {
+        format!(
+            "init script: {:?} {said:?}\n{seen:?}\nserved {served:?}\n{}",
+            script.status.code(),
+            ssh(f, "tail -n 30 /var/log/hello/console.log")
+                .stdout
+                .escape_ascii()
+        )
+    };
+    match expect {
+        Expect::Running(version) => {
+            assert_eq!(script.status.code(), Some(0), "{}", context());
+            assert!(
+                said.contains(&format!("pid {}", seen.service_pid)),
+                "{}",
+                context()
+            );
+            assert_eq!(seen.code, 0, "{}", context());
+            assert!(seen.flags.is_empty(), "{}", context());
+            assert_eq!(seen.state, "running", "{}", context());
+            assert_eq!(seen.healthy, Some(true), "{}", context());
+            assert!(seen.versions.iter().all(|v| v == version), "{}", context());
+            assert_eq!(served.as_deref(), Some(version), "{}", context());
+            let procs = ssh_ok(
+                f,
+                &format!(
+                    "ps -o user=,args= -p {}; ps -o user=,ppid=,comm= -p {}",
+                    seen.supervisor_pid, seen.service_pid
+                ),
+            );
+            let lines: Vec<Vec<&str>> = procs
+                .lines()
+                .map(|l| l.split_whitespace().collect())
+                .collect();
+            assert!(
+                lines.len() == 2
+                    && lines[0][0] == "root"
+                    && lines[0][2..].starts_with(&["service", "supervise", "hello"])
+                    && lines[1][0] == "hello"
+                    && lines[1][1] == seen.supervisor_pid.to_string()
+                    && lines[1][2] == "java",
+                "not a root supervisor with the JVM its child as hello:\n{procs}\n{}",
+                context()
+            );
+            seen.service_pid
+        }
+        Expect::Stopped => {
+            // LSB: 3, program is not running.
+            assert_eq!(script.status.code(), Some(3), "{}", context());
+            assert_eq!(seen.state, "stopped", "{}", context());
+            assert_eq!(seen.service_pid, 0, "{}", context());
+            assert_ne!(seen.code, 0, "a stopped service is flagged: {}", context());
+            assert_eq!(served, None, "{}", context());
+            0
+        }
+    }
+}
+
+/// A provision now reports every resource `ok`.
+fn assert_provision_changes_nothing(f: &Fleet, p: &LsbProject) {
+    let again = p.run(&["--json", "provision", "lsb"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let resources: Vec<(String, String)> = last_json(&again)["hosts"][0]["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["resource"].as_str().unwrap_or_default().to_string(),
+                r["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let changed: Vec<&(String, String)> = resources.iter().filter(|(_, s)| s != "ok").collect();
+    assert!(
+        !resources.is_empty() && changed.is_empty(),
+        "provision changed: {changed:?}\n{}",
+        ssh_ok(
+            f,
+            "stat -c '%n %U:%G %a' /var/log/hello /var/lib/hello/shared /run/hello"
+        )
+    );
+}
+
+/// Waits until `status` shows a healthy process other than `old`.
+fn wait_for_new_healthy(p: &LsbProject, old: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = observe(p);
+        if seen.healthy == Some(true) && seen.service_pid != old && seen.service_pid != 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new healthy process after {limit:?}: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
+    require_root();
+    let mut f = Fleet::new(1);
+    let p = LsbProject::new(&f);
+
+    // Provision: the init script and its rc links, no unit.
+    let provision = p.run(&["--json", "provision", "lsb"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let installed = ssh_ok(
+        &f,
+        "stat -c '%a %U' /etc/init.d/hello; ls /etc/rc2.d /etc/rc0.d | grep hello; \
+         test -e /etc/systemd/system/hello.service && echo unit; true",
+    );
+    let lines: Vec<&str> = installed.lines().collect();
+    assert!(
+        lines.first() == Some(&"755 root")
+            && lines
+                .iter()
+                .any(|l| l.starts_with('S') && l.ends_with("hello"))
+            && lines
+                .iter()
+                .any(|l| l.starts_with('K') && l.ends_with("hello"))
+            && !lines.contains(&"unit"),
+        "{installed}"
+    );
+    // The generated script passes shellcheck.
+    let script = ssh_ok(&f, "cat /etc/init.d/hello");
+    let checked_file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(checked_file.path(), format!("{script}\n")).expect("write script");
+    let checked = Command::new("shellcheck")
+        .arg(checked_file.path())
+        .output()
+        .expect("run shellcheck");
+    assert!(checked.status.success(), "{}", text(&checked));
+
+    let deploy = p.deploy("1.0.0", &[]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    agree(&f, &p, Expect::Running("1.0.0"));
+    assert_provision_changes_nothing(&f, &p);
+
+    // A reboot: nothing runs until the boot runs the rc2.d link's `start`.
+    f.reboot(HOST);
+    agree(&f, &p, Expect::Stopped);
+    let link = ssh_ok(&f, "ls /etc/rc2.d | grep '^S[0-9]*hello$'");
+    let booted = ssh(&f, &format!("/etc/rc2.d/{link} start"));
+    assert_eq!(booted.status.code(), Some(0), "{}", text(&booted));
+    let first = agree(&f, &p, Expect::Running("1.0.0"));
+    // The supervisor made the emptied /run/hello as provision does.
+    assert_provision_changes_nothing(&f, &p);
+
+    // Deploy, rollback, a failing deploy (reverted).
+    let deploy = p.deploy("1.0.1", &[]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    agree(&f, &p, Expect::Running("1.0.1"));
+    let rollback = p.run(&["--json", "rollback", "lsb"]);
+    assert_eq!(rollback.status.code(), Some(0), "{}", text(&rollback));
+    let rolled = agree(&f, &p, Expect::Running("1.0.0"));
+    assert_ne!(rolled, first);
+    let failing = p.deploy("1.0.2", &["FAIL_ON_START=1"]);
+    assert_ne!(failing.status.code(), Some(0), "{}", text(&failing));
+    let reverted = agree(&f, &p, Expect::Running("1.0.0"));
+    assert_ne!(reverted, rolled);
+
+    // The script's restart: a new process, same release.
+    let restart = ssh(&f, "/etc/init.d/hello restart");
+    assert_eq!(restart.status.code(), Some(0), "{}", text(&restart));
+    let restarted = agree(&f, &p, Expect::Running("1.0.0"));
+    assert_ne!(restarted, reverted);
+
+    // The JVM killed: its supervisor starts a new one.
+    ssh_ok(&f, &format!("kill -KILL {restarted}"));
+    wait_for_new_healthy(&p, restarted, Duration::from_secs(30));
+    agree(&f, &p, Expect::Running("1.0.0"));
+    assert_eq!(observe(&p).restarts, 1);
+
+    // stop, then start again; stop and start are idempotent, as LSB asks.
+    for _ in 0..2 {
+        let stop = ssh(&f, "/etc/init.d/hello stop");
+        assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+        agree(&f, &p, Expect::Stopped);
+    }
+    for _ in 0..2 {
+        let start = ssh(&f, "/etc/init.d/hello start");
+        assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+        agree(&f, &p, Expect::Running("1.0.0"));
+    }
+    assert_provision_changes_nothing(&f, &p);
+}
