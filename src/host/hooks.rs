@@ -4,25 +4,17 @@
 //! Its output is kept (the last lines) for the operator, which masks secrets
 //! before printing anything.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 
 use crate::host::store;
 use crate::host::supervisor::{release, spawn};
 use crate::protocol::HookPoint;
 use crate::protocol::HookRun;
+use crate::protocol::hook_wait;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::HookSpec;
-
-/// Lines of a hook's output kept for the report.
-const OUTPUT_LINES: usize = 40;
 
 /// Runs `hook` in release `release` (the host's `current` is named to it as the previous release).
 pub fn run(
@@ -82,63 +74,14 @@ pub fn run(
     let spawned = spawn::spawn(layout, &target, creds.as_ref(), stdout, stderr);
     // Only the child holds the write end now: its exit closes the pipe.
     drop(writer);
-    let mut child = match spawned {
+    let child = match spawned {
         Ok(child) => child,
         Err(e) => return outcome(false, format!("could not run: {e}"), Vec::new()),
     };
-    let (lines_tx, lines_rx) = mpsc::channel::<VecDeque<String>>();
-    std::thread::spawn(move || {
-        let mut kept = VecDeque::new();
-        for line in BufReader::new(std::fs::File::from(reader)).split(b'\n') {
-            let Ok(line) = line else { break };
-            if kept.len() == OUTPUT_LINES {
-                kept.pop_front();
-            }
-            kept.push_back(String::from_utf8_lossy(&line).trim_end().to_string());
-        }
-        let _ = lines_tx.send(kept);
-    });
-    let pgid = Pid::from_raw(child.id() as i32);
-    let deadline = started + Duration::from_millis(hook.timeout_ms);
-    let (ok, how) = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break (status.success(), describe(status)),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = killpg(pgid, Signal::SIGKILL);
-                let _ = child.wait();
-                break (
-                    false,
-                    format!(
-                        "timed out after {}; killed",
-                        humantime::format_duration(Duration::from_millis(hook.timeout_ms))
-                    ),
-                );
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => break (false, format!("could not wait for it: {e}")),
-        }
-    };
-    // Whatever it left running in its group goes too, so the pipe closes.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let output: Vec<String> = lines_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map(Vec::from)
-        .unwrap_or_default();
-    for line in &output {
-        emit(point.as_str(), line);
-    }
-    outcome(ok, how, output)
-}
-
-/// `exited with code N` or `killed by SIGNAME`.
-fn describe(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(sig)) => format!(
-            "killed by {}",
-            Signal::try_from(sig).map_or_else(|_| sig.to_string(), |s| s.as_str().to_string())
-        ),
-        _ => "ended".to_string(),
-    }
+    let ended = hook_wait::wait(
+        child,
+        std::fs::File::from(reader),
+        Duration::from_millis(hook.timeout_ms),
+    );
+    outcome(ended.ok, ended.how, ended.output)
 }

@@ -183,68 +183,87 @@ fn command_resource(resource: &str, command: &mut Command) -> ResourceResult {
     }
 }
 
+/// A system account (user or group) provisioning makes sure exists.
+struct Account<'a> {
+    /// `user` or `group`.
+    kind: &'static str,
+    /// `uid` or `gid`.
+    id_word: &'static str,
+    name: &'a str,
+    /// What a dry run says it would do.
+    would: &'static str,
+    /// The program that creates it, for messages.
+    creator: &'static str,
+}
+
+/// The account's id: `Some(None)` when a dry run would create it, `None` on
+/// failure. `lookup` gives the id and a description when it exists.
+fn ensure_account(
+    account: &Account,
+    dry_run: bool,
+    results: &mut Vec<ResourceResult>,
+    lookup: &dyn Fn() -> Result<Option<(u32, String)>, String>,
+    create: &mut dyn FnMut() -> Result<(), String>,
+) -> Option<Option<u32>> {
+    let resource = format!("{} {}", account.kind, account.name);
+    let mut fail = |why: String| {
+        results.push(result(resource.clone(), ResourceStatus::Failed, why, None));
+        None
+    };
+    match lookup() {
+        Ok(Some((id, detail))) => {
+            results.push(result(resource, ResourceStatus::Ok, detail, None));
+            Some(Some(id))
+        }
+        Ok(None) if dry_run => {
+            results.push(result(
+                resource,
+                ResourceStatus::WouldChange,
+                account.would,
+                None,
+            ));
+            Some(None)
+        }
+        Ok(None) => {
+            if let Err(e) = create() {
+                return fail(e);
+            }
+            match lookup() {
+                Ok(Some((id, _))) => {
+                    let detail = format!("created, {} {id}", account.id_word);
+                    results.push(result(resource, ResourceStatus::Changed, detail, None));
+                    Some(Some(id))
+                }
+                _ => fail(format!(
+                    "{} succeeded but the {} is not there",
+                    account.creator, account.kind
+                )),
+            }
+        }
+        Err(e) => fail(e),
+    }
+}
+
 /// The group's gid: `Some(None)` when a dry run would create it, `None` on failure.
 fn ensure_group(
     name: &str,
     dry_run: bool,
     results: &mut Vec<ResourceResult>,
 ) -> Option<Option<u32>> {
-    let resource = format!("group {name}");
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(g)) => {
-            results.push(result(
-                resource,
-                ResourceStatus::Ok,
-                format!("gid {}", g.gid),
-                None,
-            ));
-            Some(Some(g.gid.as_raw()))
-        }
-        Ok(None) if dry_run => {
-            results.push(result(
-                resource,
-                ResourceStatus::WouldChange,
-                "would create a system group",
-                None,
-            ));
-            Some(None)
-        }
-        Ok(None) => {
-            if let Err(e) = run(Command::new("groupadd").args(["--system", "--", name])) {
-                results.push(result(resource, ResourceStatus::Failed, e, None));
-                return None;
-            }
-            match nix::unistd::Group::from_name(name) {
-                Ok(Some(g)) => {
-                    results.push(result(
-                        resource,
-                        ResourceStatus::Changed,
-                        format!("created, gid {}", g.gid),
-                        None,
-                    ));
-                    Some(Some(g.gid.as_raw()))
-                }
-                _ => {
-                    results.push(result(
-                        resource,
-                        ResourceStatus::Failed,
-                        "groupadd succeeded but the group is not there",
-                        None,
-                    ));
-                    None
-                }
-            }
-        }
-        Err(e) => {
-            results.push(result(
-                resource,
-                ResourceStatus::Failed,
-                e.to_string(),
-                None,
-            ));
-            None
-        }
-    }
+    let account = Account {
+        kind: "group",
+        id_word: "gid",
+        name,
+        would: "would create a system group",
+        creator: "groupadd",
+    };
+    let lookup = || {
+        nix::unistd::Group::from_name(name)
+            .map(|g| g.map(|g| (g.gid.as_raw(), format!("gid {}", g.gid))))
+            .map_err(|e| e.to_string())
+    };
+    let mut create = || run(Command::new("groupadd").args(["--system", "--", name]));
+    ensure_account(&account, dry_run, results, &lookup, &mut create)
 }
 
 /// The user's uid: `Some(None)` when a dry run would create it, `None` on failure.
@@ -255,71 +274,39 @@ fn ensure_user(
     dry_run: bool,
     results: &mut Vec<ResourceResult>,
 ) -> Option<Option<u32>> {
-    let resource = format!("user {name}");
     let gid = gid?;
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => {
-            let detail = format!("uid {}, shell {}", u.uid, u.shell.display());
-            results.push(result(resource, ResourceStatus::Ok, detail, None));
-            Some(Some(u.uid.as_raw()))
-        }
-        Ok(None) if dry_run => {
-            results.push(result(
-                resource,
-                ResourceStatus::WouldChange,
-                "would create a system user without a login shell",
-                None,
-            ));
-            Some(None)
-        }
-        Ok(None) => {
-            let created = run(Command::new("useradd")
-                .args(["--system", "--gid"])
-                .arg(gid.map_or_else(|| name.to_string(), |g| g.to_string()))
-                .arg("--home-dir")
-                .arg(home)
-                .args([
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    "--",
-                    name,
-                ]));
-            if let Err(e) = created {
-                results.push(result(resource, ResourceStatus::Failed, e, None));
-                return None;
-            }
-            match nix::unistd::User::from_name(name) {
-                Ok(Some(u)) => {
-                    results.push(result(
-                        resource,
-                        ResourceStatus::Changed,
-                        format!("created, uid {}", u.uid),
-                        None,
-                    ));
-                    Some(Some(u.uid.as_raw()))
-                }
-                _ => {
-                    results.push(result(
-                        resource,
-                        ResourceStatus::Failed,
-                        "useradd succeeded but the user is not there",
-                        None,
-                    ));
-                    None
-                }
-            }
-        }
-        Err(e) => {
-            results.push(result(
-                resource,
-                ResourceStatus::Failed,
-                e.to_string(),
-                None,
-            ));
-            None
-        }
-    }
+    let account = Account {
+        kind: "user",
+        id_word: "uid",
+        name,
+        would: "would create a system user without a login shell",
+        creator: "useradd",
+    };
+    let lookup = || {
+        nix::unistd::User::from_name(name)
+            .map(|u| {
+                u.map(|u| {
+                    let detail = format!("uid {}, shell {}", u.uid, u.shell.display());
+                    (u.uid.as_raw(), detail)
+                })
+            })
+            .map_err(|e| e.to_string())
+    };
+    let mut create = || {
+        run(Command::new("useradd")
+            .args(["--system", "--gid"])
+            .arg(gid.map_or_else(|| name.to_string(), |g| g.to_string()))
+            .arg("--home-dir")
+            .arg(home)
+            .args([
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--",
+                name,
+            ]))
+    };
+    ensure_account(&account, dry_run, results, &lookup, &mut create)
 }
 
 /// Who should own a directory: ids when they exist (a dry run on a fresh

@@ -6,24 +6,19 @@
 //! machine it runs in the project directory without the variables that hold
 //! secrets; what it prints goes through the reporter, which masks secrets.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::operator::output::{Reporter, StepStatus};
 use crate::operator::render::without_secret_variables;
+use crate::protocol::hook_wait;
 use crate::protocol::manifest::HookSpec;
 use crate::protocol::{HookPoint, HookRun};
 
 /// The name hooks on this machine are reported under, in place of a host.
 pub const OPERATOR: &str = "operator";
-
-/// Lines of a hook's output kept for the report.
-const OUTPUT_LINES: usize = 40;
 
 /// Runs `hook` in `dir` with `env` added; reports its output line by line
 /// (masked) and how it ended.
@@ -100,60 +95,10 @@ fn spawn_and_wait(
     let spawned = cmd.spawn();
     // Only the child holds the write end now: its exit closes the pipe.
     drop(cmd);
-    let mut child = match spawned {
+    let child = match spawned {
         Ok(child) => child,
         Err(e) => return outcome(false, format!("could not run {program}: {e}"), Vec::new()),
     };
-    let (lines_tx, lines_rx) = mpsc::channel::<VecDeque<String>>();
-    std::thread::spawn(move || {
-        let mut kept = VecDeque::new();
-        for line in BufReader::new(reader).split(b'\n') {
-            let Ok(line) = line else { break };
-            if kept.len() == OUTPUT_LINES {
-                kept.pop_front();
-            }
-            kept.push_back(String::from_utf8_lossy(&line).trim_end().to_string());
-        }
-        let _ = lines_tx.send(kept);
-    });
-    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let kill_group = || {
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-    };
-    let deadline = started + Duration::from_millis(hook.timeout_ms);
-    let (ok, how) = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break (status.success(), describe(status)),
-            Ok(None) if Instant::now() >= deadline => {
-                kill_group();
-                let _ = child.wait();
-                break (
-                    false,
-                    format!(
-                        "timed out after {}; killed",
-                        humantime::format_duration(Duration::from_millis(hook.timeout_ms))
-                    ),
-                );
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => break (false, format!("could not wait for it: {e}")),
-        }
-    };
-    // Whatever it left running in its group goes too, so the pipe closes.
-    kill_group();
-    let output = lines_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map(Vec::from)
-        .unwrap_or_default();
-    outcome(ok, how, output)
-}
-
-/// `exited with code N` or `killed by signal N`.
-fn describe(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => "ended".to_string(),
-    }
+    let ended = hook_wait::wait(child, reader, Duration::from_millis(hook.timeout_ms));
+    outcome(ended.ok, ended.how, ended.output)
 }

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod defaults;
 pub mod digest;
 pub mod files;
+pub mod hook_wait;
 pub mod layout;
 pub mod manifest;
 mod messages;
