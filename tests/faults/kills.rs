@@ -1,0 +1,272 @@
+//! The operator SIGKILLed at seeded random instants of deploys and
+//! rollbacks; each time every host must stay healthy on a complete release,
+//! and the next deploy must succeed.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::fleet::Proc;
+use crate::{Suite, check, text};
+
+/// Kill instants per run.
+const INSTANTS: usize = 22;
+
+/// A running shipjar whose output lines are timestamped as they arrive.
+struct Watched {
+    child: Child,
+    started: Instant,
+    lines: Arc<Mutex<Vec<(Duration, String)>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Watched {
+    fn start(s: &Suite, args: &[String]) -> Watched {
+        let mut child = s.spawn(args);
+        let started = Instant::now();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        let l = Arc::clone(&lines);
+        let e = Arc::clone(&stderr);
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    l.lock()
+                        .expect("lines")
+                        .push((started.elapsed(), line));
+                }
+            }),
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = BufReader::new(err).read_to_end(&mut buf);
+                e.lock().expect("stderr").extend(buf);
+            }),
+        ];
+        Watched {
+            child,
+            started,
+            lines,
+            stderr,
+            readers,
+        }
+    }
+
+    fn line_count(&self) -> usize {
+        self.lines.lock().expect("lines").len()
+    }
+
+    fn last_line(&self) -> String {
+        self.lines
+            .lock()
+            .expect("lines")
+            .last()
+            .map(|(_, l)| l.chars().take(120).collect())
+            .unwrap_or_else(|| "(no output yet)".into())
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    /// Waits for the end; (exit code, stdout lines, stderr).
+    fn wait(mut self, s: &mut Suite) -> (Option<i32>, Vec<(Duration, String)>, String) {
+        let status = self.child.wait().expect("wait");
+        for r in self.readers {
+            let _ = r.join();
+        }
+        let lines = std::mem::take(&mut *self.lines.lock().expect("lines"));
+        let stderr = std::mem::take(&mut *self.stderr.lock().expect("stderr"));
+        for (_, l) in &lines {
+            s.transcript.extend_from_slice(l.as_bytes());
+            s.transcript.push(b'\n');
+        }
+        s.transcript.extend_from_slice(&stderr);
+        let stderr = String::from_utf8_lossy(&stderr).into_owned();
+        if stderr.contains("panicked") {
+            s.fail(format!("shipjar panicked: {stderr}"));
+        }
+        (status.code(), lines, stderr)
+    }
+}
+
+/// Every live descendant of `pid`.
+pub fn descendants(pid: i32) -> Vec<Proc> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let ppid = stat[close + 2..]
+            .split(' ')
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
+        parents.push((p, ppid));
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found[1..].iter().filter_map(|p| Proc::of(*p)).collect()
+}
+
+pub fn operator_kills(s: &mut Suite) {
+    // Calibration: one whole deploy with an upload, its output timed.
+    let jar = s.jar_variant("calibrate", 512 << 10);
+    let v = s.next_version();
+    let w = Watched::start(s, &Suite::deploy_args("fleet", &v, Some(&jar)));
+    let (code, lines, stderr) = w.wait(s);
+    assert_eq!(code, Some(0), "calibration deploy: {stderr}");
+    let total = lines.last().map_or(Duration::from_secs(5), |(t, _)| *t);
+    eprintln!(
+        "faults: a deploy to {} hosts (batch 1, with upload) takes {} ms, {} output lines",
+        crate::HOSTS,
+        total.as_millis(),
+        lines.len()
+    );
+
+    let mut orphans: Vec<(Proc, String)> = Vec::new();
+    let mut control_dirs: Vec<PathBuf> = Vec::new();
+    let mut last_kill = Instant::now();
+    for i in 0..INSTANTS {
+        let rollback = i % 4 == 3;
+        let upload = !rollback && i % 3 == 0;
+        let v = s.next_version();
+        let args = if rollback {
+            ["--json", "rollback", "fleet"]
+                .iter()
+                .map(|x| x.to_string())
+                .collect()
+        } else {
+            let jar = upload.then(|| s.jar_variant(&format!("kill{i}"), 512 << 10));
+            Suite::deploy_args("fleet", &v, jar.as_ref())
+        };
+        // Half the instants are stratified over the calibrated duration, half
+        // follow a random output line (a phase boundary) by 0–40 ms.
+        let by_line = i % 2 == 1 && lines.len() > 2;
+        let at = total.mul_f64((i as f64 + s.rng.unit()) / INSTANTS as f64);
+        let after_line = 1 + s.rng.below(lines.len().saturating_sub(2) as u64) as usize;
+        let jitter = Duration::from_millis(s.rng.below(40));
+        let mut w = Watched::start(s, &args);
+        if by_line {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while w.line_count() < after_line && !w.exited() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(jitter);
+        } else {
+            while w.started.elapsed() < at && !w.exited() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let when = w.started.elapsed();
+        let phase = w.last_line();
+        let kids = descendants(w.child.id() as i32);
+        let pid = w.child.id();
+        let finished = w.exited();
+        let _ = w.child.kill();
+        last_kill = Instant::now();
+        let (code, _, _) = w.wait(s);
+        if finished {
+            eprintln!(
+                "faults: kill {i}: {} had already ended ({code:?}) at {} ms",
+                if rollback { "rollback" } else { "deploy" },
+                when.as_millis()
+            );
+        } else {
+            s.counts.faults += 1;
+            eprintln!(
+                "faults: kill {i}: SIGKILL {} at {} ms, after: {phase}",
+                if rollback { "rollback" } else { "deploy" },
+                when.as_millis()
+            );
+        }
+        orphans.extend(kids.into_iter().map(|k| (k, format!("kill {i}"))));
+        control_dirs.extend(
+            crate::fleet::names_in("/tmp")
+                .into_iter()
+                .filter(|n| n.starts_with(&format!("sj-{pid}-")))
+                .map(|n| PathBuf::from("/tmp").join(n)),
+        );
+        check::settle(s);
+        check::invariant(s, &format!("kill {i} at {} ms", when.as_millis()), None, true);
+        // The next deploy: after `shipjar unlock`, or (every fifth) queued
+        // until the dead deploy's lease expires.
+        let expire = i % 5 == 4;
+        if !expire {
+            let out = s.run(&["unlock", "fleet"]);
+            assert!(out.status.success(), "unlock: {}", text(&out));
+        }
+        let v = s.next_version();
+        let out = if expire {
+            s.deploy("all", &v, &["--wait", "30s"])
+        } else {
+            s.deploy("all", &v, &[])
+        };
+        if out.status.code() != Some(0) {
+            s.fail(format!(
+                "kill {i}: the next deploy failed: {}",
+                text(&out)
+            ));
+            continue;
+        }
+        for host in s.fleet.hosts() {
+            let served = check::real(s, &host).served;
+            if served.as_deref() != Some(v.as_str()) {
+                s.counts.hosts_broken += 1;
+                s.fail(format!(
+                    "kill {i}: after the next deploy {host} serves {served:?}, not {v}"
+                ));
+            }
+        }
+    }
+    // What the killed operators left on this machine: ssh processes must end
+    // on their own (ControlPersist is 10 s); the control directories cannot
+    // be removed by a killed process.
+    let linger = Duration::from_secs(20).saturating_sub(last_kill.elapsed());
+    std::thread::sleep(linger);
+    let alive: Vec<String> = orphans
+        .iter()
+        .filter(|(p, _)| p.alive())
+        .map(|(p, when)| {
+            let cmd = std::fs::read_to_string(format!("/proc/{}/cmdline", p.pid))
+                .unwrap_or_default()
+                .replace('\0', " ");
+            format!("{when}: pid {} {cmd}", p.pid)
+        })
+        .collect();
+    for (p, _) in &orphans {
+        p.kill();
+    }
+    let dirs: Vec<&PathBuf> = control_dirs.iter().filter(|d| d.exists()).collect();
+    s.counts.leaks += (alive.len() + dirs.len()) as u32;
+    if !dirs.is_empty() {
+        eprintln!(
+            "faults: leak: {} ssh control directories left by killed operators, e.g. {}",
+            dirs.len(),
+            dirs[0].display()
+        );
+    }
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    if !alive.is_empty() {
+        s.fail(format!(
+            "processes of killed operators still alive 20 s later: {alive:?}"
+        ));
+    }
+}
