@@ -63,7 +63,9 @@ pub fn settle(s: &mut Suite) {
             })
             .collect();
         s.counts.leaks += left.len() as u32;
-        s.fail(format!("agents still running 60 s after the fault: {left:?}"));
+        s.fail(format!(
+            "agents still running 60 s after the fault: {left:?}"
+        ));
     }
 }
 
@@ -114,9 +116,9 @@ fn host_problems(
     let mut p = Vec::new();
     let good = r.complete && r.healthy && r.served.is_some() && r.served == r.version;
     if !good && require_healthy {
-        let named = report.map(|rep| host_field(rep, host)).filter(|h| {
-            h["state"].as_str().is_some_and(|s| s != "updated") && !h.to_string().is_empty()
-        });
+        let named = report
+            .map(|rep| host_field(rep, host))
+            .filter(|h| h["state"].as_str().is_some_and(|s| s != "updated"));
         match named {
             Some(h) => eprintln!("faults: {host} is not healthy, and the report says so: {h}"),
             None => p.push(format!(
@@ -127,7 +129,9 @@ fn host_problems(
     let st = &row["status"];
     if st.is_null() {
         if r.healthy {
-            p.push(format!("status cannot reach {host}, which is healthy: {row}"));
+            p.push(format!(
+                "status cannot reach {host}, which is healthy: {row}"
+            ));
         }
         return p;
     }
@@ -158,7 +162,9 @@ fn host_problems(
         ));
     }
     if pid.is_some() && r.pid.is_none() && st["service"]["state"] == "running" {
-        p.push(format!("status says running pid {pid:?}, no such live process"));
+        p.push(format!(
+            "status says running pid {pid:?}, no such live process"
+        ));
     }
     p.into_iter().map(|x| format!("{host}: {x}")).collect()
 }

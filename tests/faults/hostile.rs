@@ -20,7 +20,10 @@ fn values() -> Vec<(&'static str, String)> {
         ("quotes", "it's \"quoted\" \\ 'single'".into()),
         ("subst", format!("$(touch {PWN}-subst)")),
         ("backticks", format!("`touch {PWN}-tick`")),
-        ("semicolon", format!("a; touch {PWN}-semi; b && touch {PWN}-and")),
+        (
+            "semicolon",
+            format!("a; touch {PWN}-semi; b && touch {PWN}-and"),
+        ),
         ("newline", "line1\nline2\r\nline3".into()),
         ("dotdot", "../../../etc/passwd".into()),
         ("nul", "nul\0byte".into()),
@@ -179,6 +182,12 @@ impl Evil {
     }
 }
 
+/// `shipjar check evil` judged: whether the value was accepted.
+fn checked(s: &mut Suite, evil: &Evil, what: &str, names: &[&str]) -> bool {
+    let out = evil.run(s, &os(&["check", "evil"]));
+    judge(s, what, &out, names)
+}
+
 fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
@@ -190,14 +199,14 @@ fn judge(s: &mut Suite, what: &str, out: &Output, names: &[&str]) -> bool {
         Some(0) => true,
         Some(2) => {
             if !names.iter().any(|n| all.contains(n)) {
-                s.fail(format!(
-                    "{what}: rejected without naming {names:?}: {all}"
-                ));
+                s.fail(format!("{what}: rejected without naming {names:?}: {all}"));
             }
             false
         }
         other => {
-            s.fail(format!("{what}: neither accepted nor rejected cleanly (exit {other:?}): {all}"));
+            s.fail(format!(
+                "{what}: neither accepted nor rejected cleanly (exit {other:?}): {all}"
+            ));
             false
         }
     }
@@ -221,14 +230,22 @@ pub fn hostile_strings(s: &mut Suite) {
         evil.write(&f);
         let out = evil.run(s, &check_args);
         if out.status.code() != Some(2) || !text(&out).contains("shipjar.toml") {
-            s.fail(format!("service name {name}: must be rejected naming shipjar.toml: {}", text(&out)));
+            s.fail(format!(
+                "service name {name}: must be rejected naming shipjar.toml: {}",
+                text(&out)
+            ));
         }
         // Fields whose value would arrive on the host.
         let var = (format!("h{}", i + 1), v.clone());
         let mut f = plain.clone();
         f.vars.push(var.clone());
         evil.write(&f);
-        if { let out = evil.run(s, &check_args); judge(s, &format!("vars {name}"), &out, &["shipjar.toml", "hostile.txt"]) } {
+        if checked(
+            s,
+            &evil,
+            &format!("vars {name}"),
+            &["shipjar.toml", "hostile.txt"],
+        ) {
             vars.push(var);
         } else {
             rejected.push(format!("vars:{name}"));
@@ -237,7 +254,7 @@ pub fn hostile_strings(s: &mut Suite) {
         let mut f = plain.clone();
         f.env.push(env.clone());
         evil.write(&f);
-        if { let out = evil.run(s, &check_args); judge(s, &format!("env {name}"), &out, &["shipjar.toml"]) } {
+        if checked(s, &evil, &format!("env {name}"), &["shipjar.toml"]) {
             envs.push(env);
         } else {
             rejected.push(format!("env:{name}"));
@@ -246,21 +263,33 @@ pub fn hostile_strings(s: &mut Suite) {
         let mut f = plain.clone();
         f.java_opts.push(opt.clone());
         evil.write(&f);
-        if { let out = evil.run(s, &check_args); judge(s, &format!("java_opts {name}"), &out, &["shipjar.toml"]) } {
+        if checked(s, &evil, &format!("java_opts {name}"), &["shipjar.toml"]) {
             opts.push(opt);
         } else {
             rejected.push(format!("java_opts:{name}"));
         }
         // Checked only: accepted or rejected cleanly.
         for (field, edit) in [
-            ("command", Box::new(|f: &mut Fields, v: &str| f.command = Some(v.into())) as Box<dyn Fn(&mut Fields, &str)>),
-            ("health url", Box::new(|f: &mut Fields, v: &str| f.health = format!("http://127.0.0.1:18080/health?{v}"))),
-            ("dest", Box::new(|f: &mut Fields, v: &str| f.dest = v.into())),
+            (
+                "command",
+                Box::new(|f: &mut Fields, v: &str| f.command = Some(v.into()))
+                    as Box<dyn Fn(&mut Fields, &str)>,
+            ),
+            (
+                "health url",
+                Box::new(|f: &mut Fields, v: &str| {
+                    f.health = format!("http://127.0.0.1:18080/health?{v}")
+                }),
+            ),
+            (
+                "dest",
+                Box::new(|f: &mut Fields, v: &str| f.dest = v.into()),
+            ),
         ] {
             let mut f = plain.clone();
             edit(&mut f, v);
             evil.write(&f);
-            let accepted = { let out = evil.run(s, &check_args); judge(s, &format!("{field} {name}"), &out, &["shipjar.toml"]) };
+            let accepted = checked(s, &evil, &format!("{field} {name}"), &["shipjar.toml"]);
             if !accepted {
                 rejected.push(format!("{field}:{name}"));
             }
@@ -268,17 +297,36 @@ pub fn hostile_strings(s: &mut Suite) {
                 s.fail("dest = \"../../../etc/passwd\" was accepted".into());
             }
         }
-        // Flags.
+        // Flags (an argument cannot hold a NUL: the OS refuses it).
         evil.write(&plain);
+        if v.contains('\0') {
+            continue;
+        }
         let set = (format!("s{i}"), v.clone());
-        let out = evil.run(s, &[OsString::from("check"), "evil".into(), "--set".into(), format!("{}={}", set.0, set.1).into()]);
+        let out = evil.run(
+            s,
+            &[
+                OsString::from("check"),
+                "evil".into(),
+                "--set".into(),
+                format!("{}={}", set.0, set.1).into(),
+            ],
+        );
         if judge(s, &format!("--set {name}"), &out, &["--set", "set"]) {
             sets.push(set);
         } else {
             rejected.push(format!("--set:{name}"));
         }
         let e = (format!("CLI{i}"), v.clone());
-        let out = evil.run(s, &[OsString::from("check"), "evil".into(), "--env".into(), format!("{}={}", e.0, e.1).into()]);
+        let out = evil.run(
+            s,
+            &[
+                OsString::from("check"),
+                "evil".into(),
+                "--env".into(),
+                format!("{}={}", e.0, e.1).into(),
+            ],
+        );
         if judge(s, &format!("--env {name}"), &out, &["--env", "env"]) {
             cli_envs.push(e);
         } else {
@@ -300,7 +348,10 @@ pub fn hostile_strings(s: &mut Suite) {
     }
     eprintln!("faults: hostile values rejected (cleanly): {rejected:?}");
     for (field, extra) in [
-        ("-oProxyCommand", format!("-oProxyCommand=touch {PWN}-proxy")),
+        (
+            "-oProxyCommand",
+            format!("-oProxyCommand=touch {PWN}-proxy"),
+        ),
         ("-option host", format!("-oLocalCommand=touch {PWN}-local")),
     ] {
         let mut f = plain.clone();
@@ -313,30 +364,94 @@ pub fn hostile_strings(s: &mut Suite) {
     }
     // Not UTF-8: in the project file, in a template, in flags.
     let mut bytes = plain.toml().into_bytes();
-    let at = bytes.windows(7).position(|w| w == b"\"plain\"").expect("plain var") + 1;
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"\"plain\"")
+        .expect("plain var")
+        + 1;
     bytes.splice(at..at, [0xff, 0xfe]);
     std::fs::write(evil.dir.path().join("shipjar.toml"), &bytes).expect("write");
-    { let out = evil.run(s, &check_args); judge(s, "non-UTF-8 shipjar.toml", &out, &["shipjar.toml"]) };
+    checked(s, &evil, "non-UTF-8 shipjar.toml", &["shipjar.toml"]);
     evil.write(&plain);
     let mut tpl = template_text(&plain.vars).into_bytes();
     tpl.extend_from_slice(b"bytes \xff\xfe\n");
     std::fs::write(evil.dir.path().join("deploy/hostile.txt"), &tpl).expect("write");
-    { let out = evil.run(s, &check_args); judge(s, "non-UTF-8 template", &out, &["hostile.txt"]) };
+    checked(s, &evil, "non-UTF-8 template", &["hostile.txt"]);
     evil.write(&plain);
     for flag in ["--set", "--env"] {
-        let out = evil.run(s, &[OsString::from("check"), "evil".into(), flag.into(), OsString::from_vec(b"K=\xff\xfe".to_vec())]);
+        let out = evil.run(
+            s,
+            &[
+                OsString::from("check"),
+                "evil".into(),
+                flag.into(),
+                OsString::from_vec(b"K=\xff\xfe".to_vec()),
+            ],
+        );
         judge(s, &format!("non-UTF-8 {flag}"), &out, &[flag]);
     }
-    let out = evil.run(s, &[OsString::from("deploy"), "evil".into(), "--artifact".into(), "hello.jar".into(), "--version".into(), OsString::from_vec(b"1.\xff".to_vec())]);
+    let out = evil.run(
+        s,
+        &[
+            OsString::from("deploy"),
+            "evil".into(),
+            "--artifact".into(),
+            "hello.jar".into(),
+            "--version".into(),
+            OsString::from_vec(b"1.\xff".to_vec()),
+        ],
+    );
     judge(s, "non-UTF-8 --version", &out, &["--version"]);
 
+    // An environment variable or an argument cannot hold a NUL: accepting
+    // one means a deploy that can only fail at start.
+    let nul_env: Vec<(String, String)> = envs
+        .iter()
+        .filter(|(_, v)| v.contains('\0'))
+        .cloned()
+        .collect();
+    let nul_opts: Vec<String> = opts.iter().filter(|v| v.contains('\0')).cloned().collect();
+    envs.retain(|(_, v)| !v.contains('\0'));
+    opts.retain(|v| !v.contains('\0'));
+    if !nul_env.is_empty() || !nul_opts.is_empty() {
+        let mut f = plain.clone();
+        f.env.extend(nul_env.iter().cloned());
+        f.java_opts.extend(nul_opts.iter().cloned());
+        evil.write(&f);
+        let out = evil.run(
+            s,
+            &os(&[
+                "--json",
+                "deploy",
+                "evil",
+                "--artifact",
+                "hello.jar",
+                "--version",
+                "9.9.8",
+            ]),
+        );
+        s.fail(format!(
+            "a NUL byte in {} passes `check` (exit 0) instead of a config error; the deploy then exits {:?}: {}",
+            if nul_env.is_empty() { "java_opts" } else if nul_opts.is_empty() { "env" } else { "env and java_opts" },
+            out.status.code(),
+            text(&out).lines().filter(|l| l.contains("nul byte")).collect::<Vec<_>>().join(" | ")
+        ));
+    }
     // Everything accepted, at once, deployed to app1: it must arrive intact.
     let mut f = plain.clone();
     f.vars.extend(vars.iter().cloned());
     f.env.extend(envs.iter().cloned());
     f.java_opts.extend(opts.iter().cloned());
     evil.write(&f);
-    let mut args = os(&["--json", "deploy", "evil", "--artifact", "hello.jar", "--version", "9.9.9"]);
+    let mut args = os(&[
+        "--json",
+        "deploy",
+        "evil",
+        "--artifact",
+        "hello.jar",
+        "--version",
+        "9.9.9",
+    ]);
     for (k, v) in &sets {
         args.extend(["--set".into(), format!("{k}={v}").into()]);
     }
@@ -346,13 +461,23 @@ pub fn hostile_strings(s: &mut Suite) {
     // --set values are template variables too: the template shows them.
     let mut shown = f.vars.clone();
     shown.extend(sets.iter().cloned());
-    std::fs::write(evil.dir.path().join("deploy/hostile.txt"), template_text(&shown)).expect("template");
+    std::fs::write(
+        evil.dir.path().join("deploy/hostile.txt"),
+        template_text(&shown),
+    )
+    .expect("template");
     s.counts.faults += 1;
     let out = evil.run(s, &args);
     if out.status.code() != Some(0) {
-        s.fail(format!("the deploy carrying every accepted hostile value failed: {}", text(&out)));
+        s.fail(format!(
+            "the deploy carrying every accepted hostile value failed: {}",
+            text(&out)
+        ));
     } else {
-        let file = s.fleet.exec("app1", &["cat", "/var/lib/hello/current/config/hostile.txt"]);
+        let file = s.fleet.exec(
+            "app1",
+            &["cat", "/var/lib/hello/current/config/hostile.txt"],
+        );
         if file.stdout != expected_text(&shown) {
             s.fail(format!(
                 "hostile.txt on app1 differs from the values given:\n got {:?}\nwant {:?}",
@@ -360,33 +485,129 @@ pub fn hostile_strings(s: &mut Suite) {
                 String::from_utf8_lossy(&expected_text(&shown))
             ));
         }
-        let pid = s.fleet.exec("app1", &["head", "-n", "1", "/run/hello/hello.pid"]);
+        let pid = s
+            .fleet
+            .exec("app1", &["head", "-n", "1", "/run/hello/hello.pid"]);
         let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
-        let environ = s.fleet.exec("app1", &["cat", &format!("/proc/{pid}/environ")]).stdout;
+        let environ = s
+            .fleet
+            .exec("app1", &["cat", &format!("/proc/{pid}/environ")])
+            .stdout;
         let environ: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        for (k, v) in envs.iter().chain(cli_envs.iter()) {
-            // Environment values are templates by design.
-            let want = if v.contains("{{") { "49!".to_string() } else { v.clone() };
+        let templated = envs.iter().map(|e| (e, true));
+        for ((k, v), is_template) in templated.chain(cli_envs.iter().map(|e| (e, false))) {
+            // `env` values in shipjar.toml are templates by design; `--env` values are literal.
+            let want = if is_template && v.contains("{{") {
+                "49!".to_string()
+            } else {
+                v.clone()
+            };
             let entry = format!("{k}={want}");
             if !environ.contains(&entry.as_bytes()) {
-                s.fail(format!("the service's environment lacks {k} exactly as given ({} bytes)", want.len()));
+                let prefix = format!("{k}=");
+                let got: Vec<String> = environ
+                    .iter()
+                    .filter(|e| e.starts_with(prefix.as_bytes()))
+                    .map(|e| String::from_utf8_lossy(e).chars().take(80).collect())
+                    .collect();
+                s.fail(format!(
+                    "the service's environment lacks {k} exactly as given ({} bytes, {:?}…); it has {got:?}",
+                    want.len(),
+                    want.chars().take(40).collect::<String>()
+                ));
             }
         }
-        let cmdline = s.fleet.exec("app1", &["cat", &format!("/proc/{pid}/cmdline")]).stdout;
+        let cmdline = s
+            .fleet
+            .exec("app1", &["cat", &format!("/proc/{pid}/cmdline")])
+            .stdout;
         let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         for o in &opts {
-            let want = if o.contains("{{") { o.split_once('=').map(|(a, _)| format!("{a}=49!")).unwrap_or_default() } else { o.clone() };
+            let want = if o.contains("{{") {
+                o.split_once('=')
+                    .map(|(a, _)| format!("{a}=49!"))
+                    .unwrap_or_default()
+            } else {
+                o.clone()
+            };
             if !argv.contains(&want.as_bytes()) {
-                s.fail(format!("the JVM's argv lacks {:?}", want.chars().take(60).collect::<String>()));
+                s.fail(format!(
+                    "the JVM's argv lacks {:?}",
+                    want.chars().take(60).collect::<String>()
+                ));
             }
         }
     }
+    // Each accepted `dest`: the file arrives under exactly that name.
+    for (name, v) in vals.iter() {
+        if rejected.contains(&format!("dest:{name}")) {
+            continue;
+        }
+        let mut f = plain.clone();
+        f.dest = v.clone();
+        evil.write(&f);
+        s.counts.faults += 1;
+        let out = evil.run(
+            s,
+            &os(&[
+                "--json",
+                "deploy",
+                "evil",
+                "--artifact",
+                "hello.jar",
+                "--version",
+                "9.9.7",
+            ]),
+        );
+        if out.status.code() != Some(0) {
+            s.fail(format!(
+                "dest {name}: accepted by `check`, but the deploy exits {:?}: {}",
+                out.status.code(),
+                text(&out)
+                    .lines()
+                    .filter(|l| l.contains("failed") || l.contains("error"))
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+                    .chars()
+                    .take(600)
+                    .collect::<String>()
+            ));
+            continue;
+        }
+        let path = format!("/var/lib/hello/current/config/{v}");
+        let file = s.fleet.exec("app1", &["cat", &path]);
+        if file.stdout != expected_text(&f.vars) {
+            s.fail(format!(
+                "dest {name}: the file at config/<dest> is not the rendered template"
+            ));
+        }
+    }
     // Hostile versions: rejected, or reported by the service exactly.
-    for (name, v) in vals.iter().filter(|(n, _)| ["quotes", "subst", "newline", "unicode", "10kB"].contains(n)) {
+    for (name, v) in vals
+        .iter()
+        .filter(|(n, _)| ["quotes", "subst", "newline", "unicode", "10kB"].contains(n))
+    {
         evil.write(&plain);
         s.counts.faults += 1;
-        let out = evil.run(s, &[OsString::from("--json"), "deploy".into(), "evil".into(), "--artifact".into(), "hello.jar".into(), "--version".into(), v.into()]);
-        if judge(s, &format!("--version {name}"), &out, &["--version", "version"]) {
+        let out = evil.run(
+            s,
+            &[
+                OsString::from("--json"),
+                "deploy".into(),
+                "evil".into(),
+                "--artifact".into(),
+                "hello.jar".into(),
+                "--version".into(),
+                v.into(),
+            ],
+        );
+        if judge(
+            s,
+            &format!("--version {name}"),
+            &out,
+            &["--version", "version"],
+        ) {
             let served = check::real(s, "app1").served;
             if served.as_deref() != Some(v.as_str()) {
                 s.fail(format!("--version {name}: the service reports {served:?}"));
@@ -404,13 +625,22 @@ pub fn hostile_strings(s: &mut Suite) {
         .filter(|n| n.starts_with("sjpwn"))
         .collect();
     if !here.is_empty() {
-        s.fail(format!("hostile strings were executed on this machine: {here:?}"));
+        s.fail(format!(
+            "hostile strings were executed on this machine: {here:?}"
+        ));
         for n in here {
             let _ = std::fs::remove_file(Path::new("/tmp").join(n));
         }
     }
     for host in s.fleet.hosts() {
-        let out = s.fleet.exec(&host, &["sh", "-c", "ls /tmp /var/lib/hello /var/lib/hello/current/ 2>/dev/null | grep sjpwn || true"]);
+        let out = s.fleet.exec(
+            &host,
+            &[
+                "sh",
+                "-c",
+                "ls /tmp /var/lib/hello /var/lib/hello/current/ 2>/dev/null | grep sjpwn || true",
+            ],
+        );
         let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !found.is_empty() {
             s.fail(format!("hostile strings were executed on {host}: {found}"));

@@ -12,7 +12,7 @@ use crate::fleet::Proc;
 use crate::{Suite, check, text};
 
 /// Kill instants per run.
-const INSTANTS: usize = 22;
+const INSTANTS: usize = 20;
 
 /// A running shipjar whose output lines are timestamped as they arrive.
 struct Watched {
@@ -36,9 +36,7 @@ impl Watched {
         let readers = vec![
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    l.lock()
-                        .expect("lines")
-                        .push((started.elapsed(), line));
+                    l.lock().expect("lines").push((started.elapsed(), line));
                 }
             }),
             std::thread::spawn(move || {
@@ -118,7 +116,12 @@ pub fn descendants(pid: i32) -> Vec<Proc> {
     let mut i = 0;
     while i < found.len() {
         let parent = found[i];
-        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     found[1..].iter().filter_map(|p| Proc::of(*p)).collect()
@@ -203,10 +206,15 @@ pub fn operator_kills(s: &mut Suite) {
                 .map(|n| PathBuf::from("/tmp").join(n)),
         );
         check::settle(s);
-        check::invariant(s, &format!("kill {i} at {} ms", when.as_millis()), None, true);
-        // The next deploy: after `shipjar unlock`, or (every fifth) queued
+        check::invariant(
+            s,
+            &format!("kill {i} at {} ms", when.as_millis()),
+            None,
+            true,
+        );
+        // The next deploy: after `shipjar unlock`, or (once) queued
         // until the dead deploy's lease expires.
-        let expire = i % 5 == 4;
+        let expire = i == INSTANTS / 2;
         if !expire {
             let out = s.run(&["unlock", "fleet"]);
             assert!(out.status.success(), "unlock: {}", text(&out));
@@ -218,10 +226,7 @@ pub fn operator_kills(s: &mut Suite) {
             s.deploy("all", &v, &[])
         };
         if out.status.code() != Some(0) {
-            s.fail(format!(
-                "kill {i}: the next deploy failed: {}",
-                text(&out)
-            ));
+            s.fail(format!("kill {i}: the next deploy failed: {}", text(&out)));
             continue;
         }
         for host in s.fleet.hosts() {

@@ -106,7 +106,10 @@ fn fault_suite() {
     s.provision_and_first_deploy();
     type Scenario = fn(&mut Suite);
     let scenarios: [(&str, Scenario); 11] = [
-        ("operator SIGKILL during deploy and rollback", kills::operator_kills),
+        (
+            "operator SIGKILL during deploy and rollback",
+            kills::operator_kills,
+        ),
         ("two concurrent deploys", procs::concurrent_deploys),
         ("link cut mid-upload", network::link_cut_mid_upload),
         ("link cut mid-switch", network::link_cut_mid_switch),
@@ -114,7 +117,10 @@ fn fault_suite() {
         ("full disk during upload and prepare", disk::full_disk),
         ("supervisor SIGKILLed", procs::supervisor_killed),
         ("JVM SIGSTOPped", procs::jvm_stopped),
-        ("stale pidfile naming an unrelated process", procs::stale_pidfile),
+        (
+            "stale pidfile naming an unrelated process",
+            procs::stale_pidfile,
+        ),
         ("hostile strings", hostile::hostile_strings),
         ("secrets", secrets::secrets),
     ];
@@ -194,7 +200,8 @@ impl Suite {
         for stage in ["all", "one"] {
             std::fs::copy(
                 dir.path().join("deploy/logging-production.properties"),
-                dir.path().join(format!("deploy/logging-{stage}.properties")),
+                dir.path()
+                    .join(format!("deploy/logging-{stage}.properties")),
             )
             .expect("copy logging config");
         }
@@ -280,7 +287,15 @@ impl Suite {
 
     /// Runs shipjar and keeps its output in the transcript.
     pub fn run(&mut self, args: &[&str]) -> Output {
+        let started = Instant::now();
         let out = self.command(args).output().expect("run shipjar");
+        if started.elapsed() > Duration::from_secs(4) {
+            eprintln!(
+                "faults: shipjar {} took {} ms",
+                args.join(" ").chars().take(80).collect::<String>(),
+                started.elapsed().as_millis()
+            );
+        }
         self.record(&out);
         out
     }
@@ -300,10 +315,18 @@ impl Suite {
         let jar = jar
             .map(|j| j.to_string_lossy().into_owned())
             .unwrap_or_else(|| hello_jar().to_string_lossy().into_owned());
-        ["--json", "deploy", stage, "--artifact", &jar, "--version", version]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "--json",
+            "deploy",
+            stage,
+            "--artifact",
+            &jar,
+            "--version",
+            version,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 
     /// `shipjar --json deploy STAGE --artifact hello.jar --version V EXTRA…`.

@@ -13,7 +13,9 @@ fn current(s: &Suite, host: &str) -> String {
 
 /// Whether the host is receiving an artifact right now (a temp file in the store).
 fn uploading(s: &Suite, host: &str) -> bool {
-    let out = s.fleet.exec(host, &["ls", "-a", "/var/lib/hello/artifacts"]);
+    let out = s
+        .fleet
+        .exec(host, &["ls", "-a", "/var/lib/hello/artifacts"]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .any(|l| l.starts_with(".tmp"))
@@ -41,10 +43,14 @@ pub fn link_cut_mid_upload(s: &mut Suite) {
     s.fleet.slow_link(host, 4000);
     let child = s.spawn(&Suite::deploy_args("fleet", &v, Some(&jar)));
     let seen = wait_until(Duration::from_secs(30), || uploading(s, host));
-    let outage = Duration::from_millis(2000 + s.rng.below(18_000));
+    let outage = Duration::from_millis(2000 + s.rng.below(15_000));
     eprintln!(
         "faults: cutting {host}'s link {} the upload, for {} ms",
-        if seen { "during" } else { "(upload not seen) during" },
+        if seen {
+            "during"
+        } else {
+            "(upload not seen) during"
+        },
         outage.as_millis()
     );
     s.fleet.link_down(host);
@@ -67,10 +73,14 @@ pub fn link_cut_mid_switch(s: &mut Suite) {
     let child = s.spawn(&args);
     let switched = wait_until(Duration::from_secs(60), || current(s, host) != before);
     std::thread::sleep(Duration::from_millis(s.rng.below(1500)));
-    let outage = Duration::from_millis(2000 + s.rng.below(18_000));
+    let outage = Duration::from_millis(2000 + s.rng.below(15_000));
     eprintln!(
         "faults: cutting {host}'s link {} its switch, for {} ms",
-        if switched { "during" } else { "(switch not seen) during" },
+        if switched {
+            "during"
+        } else {
+            "(switch not seen) during"
+        },
         outage.as_millis()
     );
     s.fleet.link_down(host);

@@ -17,21 +17,18 @@ pub fn secrets(s: &mut Suite) {
         s.secrets_used.push(v.clone());
         s.counts.faults += 1;
         let version = s.next_version();
-        let out = s.deploy("all", &version, &[]);
+        let out = s.deploy("one", &version, &[]);
         if out.status.code() != Some(0) {
             s.fail(format!("deploy with secret {:?}…: {}", v.len(), text(&out)));
             continue;
         }
         // Output that might show it: every read-only command.
         for args in [
-            &["status", "all"][..],
-            &["--json", "status", "all"],
-            &["releases", "all"],
-            &["--json", "releases", "all"],
-            &["logs", "all", "-n", "20"],
-            &["check", "all"],
-            &["--json", "check", "all"],
-            &["provision", "all", "--dry-run"],
+            &["--json", "status", "one"][..],
+            &["releases", "one"],
+            &["logs", "one", "-n", "20"],
+            &["--json", "check", "one"],
+            &["provision", "one", "--dry-run"],
         ] {
             let _ = s.run(args);
         }
@@ -60,9 +57,14 @@ pub fn secrets(s: &mut Suite) {
     let out = s.run(&["check", "one"]);
     let all = text(&out);
     if out.status.code() != Some(2) || !all.contains("db_password") {
-        s.fail(format!("a 3-character secret must be rejected naming it: {all}"));
+        s.fail(format!(
+            "a 3-character secret must be rejected naming it: {all}"
+        ));
     }
-    if all.split(|c: char| !c.is_alphanumeric()).any(|w| w == short) {
+    if all
+        .split(|c: char| !c.is_alphanumeric())
+        .any(|w| w == short)
+    {
         s.fail(format!("the short secret appears in the error: {all}"));
     }
     // Allowed with allow_short = true (stage `one` only).
@@ -80,12 +82,19 @@ pub fn secrets(s: &mut Suite) {
     let out = s.deploy("one", &version, &[]);
     let all = text(&out);
     if out.status.code() != Some(0) {
-        s.fail(format!("a short secret with allow_short = true was refused: {all}"));
+        s.fail(format!(
+            "a short secret with allow_short = true was refused: {all}"
+        ));
     }
     let status = s.run(&["status", "one"]);
     for shown in [all, text(&status)] {
-        if shown.split(|c: char| !c.is_alphanumeric()).any(|w| w == short) {
-            s.fail(format!("the short secret appears as a word in the output: {shown}"));
+        if shown
+            .split(|c: char| !c.is_alphanumeric())
+            .any(|w| w == short)
+        {
+            s.fail(format!(
+                "the short secret appears as a word in the output: {shown}"
+            ));
         }
     }
     std::fs::write(&path, config).expect("restore config");

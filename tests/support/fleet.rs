@@ -1292,8 +1292,19 @@ impl Fleet {
         let port = &self.host(host).port;
         let rate = format!("{kbit}kbit");
         if let Err(e) = run(Command::new("ip")
-            .args(["netns", "exec", &self.switch, "tc", "qdisc", "replace", "dev", port])
-            .args(["root", "tbf", "rate", &rate, "burst", "32kbit", "latency", "400ms"]))
+            .args([
+                "netns",
+                "exec",
+                &self.switch,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                port,
+            ])
+            .args([
+                "root", "tbf", "rate", &rate, "burst", "32kbit", "latency", "400ms",
+            ]))
         {
             panic!("fleet {}: slowing {host}'s link: {e}", self.prefix);
         }
@@ -1303,7 +1314,16 @@ impl Fleet {
     pub fn fast_link(&self, host: &str) {
         let port = &self.host(host).port;
         let _ = run(Command::new("ip")
-            .args(["netns", "exec", &self.switch, "tc", "qdisc", "del", "dev", port])
+            .args([
+                "netns",
+                "exec",
+                &self.switch,
+                "tc",
+                "qdisc",
+                "del",
+                "dev",
+                port,
+            ])
             .arg("root"));
     }
 
