@@ -208,6 +208,40 @@ pub fn invariant(
     }
 }
 
+/// After a successful deploy: one JVM per host, no agent still running, no
+/// temporary entry left in the store (the deploy's `begin` removes them).
+pub fn leftovers(s: &mut Suite) {
+    for host in s.fleet.hosts() {
+        let procs = host_procs(s, &host);
+        let jvms: Vec<&(i32, String)> = procs
+            .iter()
+            .filter(|(_, c)| c.split(' ').next().is_some_and(|a| a.ends_with("java")))
+            .collect();
+        if jvms.len() != 1 {
+            s.counts.leaks += jvms.len().saturating_sub(1) as u32;
+            s.fail(format!(
+                "{host} runs {} JVMs after a deploy: {jvms:?}",
+                jvms.len()
+            ));
+        }
+        let tmp = s.fleet.exec(
+            &host,
+            &[
+                "sh",
+                "-c",
+                "ls -a /var/lib/hello/artifacts /var/lib/hello/releases | grep '^\\.tmp' || true",
+            ],
+        );
+        let tmp = String::from_utf8_lossy(&tmp.stdout).trim().to_string();
+        if !tmp.is_empty() {
+            s.counts.leaks += tmp.lines().count() as u32;
+            s.fail(format!(
+                "{host}: temporary entries left after a deploy: {tmp}"
+            ));
+        }
+    }
+}
+
 /// The ways a secret could be written out: raw, JSON-escaped, shell-quoted.
 fn encodings(secret: &str) -> Vec<Vec<u8>> {
     let json = serde_json::to_string(secret).unwrap_or_default();
@@ -232,7 +266,7 @@ fn allowed_secret_file(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n == "database.properties") && (mode == 0o600 || mode == 0o640)
 }
 
-fn scan_dir(dir: &Path, needles: &[Vec<u8>], found: &mut Vec<String>) {
+fn scan_dir(dir: &Path, needles: &[Vec<u8>], found: &mut Vec<String>, allowed: &mut u32) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -245,17 +279,20 @@ fn scan_dir(dir: &Path, needles: &[Vec<u8>], found: &mut Vec<String>) {
         if meta.is_dir() {
             // Artifacts are the jars; usr-local holds the agent binary.
             if name != "artifacts" && name != "target" {
-                scan_dir(&path, needles, found);
+                scan_dir(&path, needles, found, allowed);
             }
         } else if meta.is_file()
             && meta.len() < 20 << 20
             && !name.ends_with(".jar")
             && name != "shipjar"
-            && !allowed_secret_file(&path)
             && let Ok(bytes) = std::fs::read(&path)
             && needles.iter().any(|n| contains(&bytes, n))
         {
-            found.push(path.display().to_string());
+            if allowed_secret_file(&path) {
+                *allowed += 1;
+            } else {
+                found.push(path.display().to_string());
+            }
         }
     }
 }
@@ -275,8 +312,19 @@ pub fn scan_secrets(s: &mut Suite) {
     if needles.iter().any(|n| contains(&s.transcript, n)) {
         found.push("shipjar's output".to_string());
     }
-    scan_dir(s.dir.path(), &needles, &mut found);
-    scan_dir(s.fleet.dir(), &needles, &mut found);
+    let mut allowed = 0;
+    scan_dir(s.dir.path(), &needles, &mut found, &mut allowed);
+    scan_dir(s.fleet.dir(), &needles, &mut found, &mut allowed);
+    // The scan must see the secrets where they belong, or it proves nothing.
+    if allowed == 0 {
+        s.fail(
+            "the secret scan found no secret file on any host's disk: it looks in the wrong places"
+                .into(),
+        );
+    }
+    eprintln!(
+        "faults: secret scan: {allowed} secret files (0600/0640) hold secrets, as they should"
+    );
     for host in s.fleet.hosts() {
         let list = s.fleet.exec(
             &host,

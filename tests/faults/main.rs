@@ -375,12 +375,19 @@ impl Suite {
         let pad = dir.join("padding.bin");
         let bytes = self.rng.bytes(extra.max(16));
         std::fs::write(&pad, bytes).expect("write padding");
-        let out = Command::new("zip")
+        // Stored, not deflated: the jar grows by the padding's size.
+        let out = Command::new("jar")
             .current_dir(&dir)
-            .args(["-q", "-0", "hello.jar", "padding.bin"])
+            .args([
+                "--update",
+                "--no-compress",
+                "--file",
+                "hello.jar",
+                "padding.bin",
+            ])
             .output()
-            .expect("run zip");
-        assert!(out.status.success(), "zip: {}", text(&out));
+            .expect("run jar (JDK)");
+        assert!(out.status.success(), "jar --update: {}", text(&out));
         jar
     }
 
@@ -487,6 +494,7 @@ impl Suite {
             ));
         }
         check::invariant(self, "after recovery", Some(&out), true);
+        check::leftovers(self);
     }
 
     fn final_checks(&mut self) {

@@ -23,6 +23,18 @@ fn uploading(s: &Suite, host: &str) -> bool {
 
 /// Checks a report that ended a faulted deploy: success, or a failure naming `host`.
 fn report_names(s: &mut Suite, out: &std::process::Output, host: &str) {
+    let result = crate::last_json(out);
+    let states: Vec<String> = s
+        .fleet
+        .hosts()
+        .iter()
+        .map(|h| format!("{h}={}", crate::host_field(&result, h)["state"]))
+        .collect();
+    eprintln!(
+        "faults: the deploy exits {:?}: {}",
+        out.status.code(),
+        states.join(" ")
+    );
     match out.status.code() {
         Some(0) => {}
         Some(1) => {
