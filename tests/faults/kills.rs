@@ -54,8 +54,14 @@ impl Watched {
         }
     }
 
-    fn line_count(&self) -> usize {
-        self.lines.lock().expect("lines").len()
+    /// Lines so far whose step is `step`.
+    fn count_step(&self, step: &str, step_of: &dyn Fn(&str) -> String) -> usize {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|(_, l)| step_of(l) == step)
+            .count()
     }
 
     fn last_line(&self) -> String {
@@ -63,7 +69,7 @@ impl Watched {
             .lock()
             .expect("lines")
             .last()
-            .map(|(_, l)| l.chars().take(120).collect())
+            .map(|(_, l)| l.clone())
             .unwrap_or_else(|| "(no output yet)".into())
     }
 
@@ -142,12 +148,43 @@ pub fn operator_kills(s: &mut Suite) {
         lines.len()
     );
 
+    // The phases a deploy goes through, in order: the `step` of its progress
+    // lines (lock, upload, prepare, switch, health, version, …, finish).
+    let step_of = |l: &str| -> String {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| {
+                v["step"]
+                    .as_str()
+                    .or_else(|| v["event"].as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "other".into())
+    };
+    let mut phases: Vec<String> = Vec::new();
+    for (_, l) in &lines {
+        let step = step_of(l);
+        if !phases.contains(&step) {
+            phases.push(step);
+        }
+    }
+    // After the last host's activation only `finish` remains (prune, unlock).
+    phases.retain(|p| p != "result");
+    phases.push("finish".into());
+    eprintln!("faults: a deploy's phases: {}", phases.join(", "));
+    let mut hit: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
     let mut orphans: Vec<(Proc, String)> = Vec::new();
     let mut control_dirs: Vec<PathBuf> = Vec::new();
     let mut last_kill = Instant::now();
     for i in 0..INSTANTS {
-        let rollback = i % 4 == 3;
-        let upload = !rollback && i % 3 == 0;
+        // Rollbacks (no upload, fewer lines) are killed at stratified instants.
+        // Half the instants are stratified over the calibrated duration; the
+        // other half each follow a progress line of the next phase in turn
+        // (by 0–40 ms), so that every phase is hit.
+        let by_line = i % 2 == 1;
+        let phase = phases[(i / 2) % phases.len()].clone();
+        let rollback = i % 4 == 2;
+        let upload = !rollback && (i % 3 == 0 || phase == "upload" || phase == "prepare");
         let v = s.next_version();
         let args = if rollback {
             ["--json", "rollback", "fleet"]
@@ -155,20 +192,53 @@ pub fn operator_kills(s: &mut Suite) {
                 .map(|x| x.to_string())
                 .collect()
         } else {
-            let jar = upload.then(|| s.jar_variant(&format!("kill{i}"), 512 << 10));
+            // Killed mid-upload: 2 MiB over links slowed to 16 Mbit/s (~1 s).
+            let size = if by_line && phase == "upload" {
+                2 << 20
+            } else {
+                512 << 10
+            };
+            let jar = upload.then(|| s.jar_variant(&format!("kill{i}"), size));
             Suite::deploy_args("fleet", &v, jar.as_ref())
         };
-        // Half the instants are stratified over the calibrated duration, half
-        // follow a random output line (a phase boundary) by 0–40 ms.
-        let by_line = i % 2 == 1 && lines.len() > 2;
         let at = total.mul_f64((i as f64 + s.rng.unit()) / INSTANTS as f64);
-        let after_line = 1 + s.rng.below(lines.len().saturating_sub(2) as u64) as usize;
-        let jitter = Duration::from_millis(s.rng.below(40));
+        // The k-th line of that phase, as many as the calibration showed;
+        // `finish` is what follows the last host's activation, at once.
+        // `finish` is what follows the last host's activation, `upload` what
+        // follows the last lock (for up to 800 ms), `prepare` what follows
+        // the first upload.
+        let (step, last_of_step) = match phase.as_str() {
+            "finish" => ("activate".to_string(), true),
+            "upload" => ("lock".to_string(), true),
+            "prepare" => ("upload".to_string(), false),
+            _ => (phase.clone(), false),
+        };
+        let seen = lines
+            .iter()
+            .filter(|(_, l)| step_of(l) == step)
+            .count()
+            .max(1);
+        let k = if last_of_step {
+            seen
+        } else {
+            1 + s.rng.below(seen as u64) as usize
+        };
+        let jitter = match phase.as_str() {
+            "finish" | "prepare" => Duration::ZERO,
+            "upload" => Duration::from_millis(s.rng.below(800)),
+            _ => Duration::from_millis(s.rng.below(40)),
+        };
+        let slowed = by_line && phase == "upload";
+        if slowed {
+            for h in s.fleet.hosts() {
+                s.fleet.slow_link(&h, 16_000);
+            }
+        }
         let mut w = Watched::start(s, &args);
         if by_line {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while w.line_count() < after_line && !w.exited() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
+            while w.count_step(&step, &step_of) < k && !w.exited() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
             }
             std::thread::sleep(jitter);
         } else {
@@ -177,13 +247,18 @@ pub fn operator_kills(s: &mut Suite) {
             }
         }
         let when = w.started.elapsed();
-        let phase = w.last_line();
+        let last = w.last_line();
         let kids = descendants(w.child.id() as i32);
         let pid = w.child.id();
         let finished = w.exited();
         let _ = w.child.kill();
         last_kill = Instant::now();
         let (code, _, _) = w.wait(s);
+        if slowed {
+            for h in s.fleet.hosts() {
+                s.fleet.fast_link(&h);
+            }
+        }
         if finished {
             eprintln!(
                 "faults: kill {i}: {} had already ended ({code:?}) at {} ms",
@@ -192,10 +267,14 @@ pub fn operator_kills(s: &mut Suite) {
             );
         } else {
             s.counts.faults += 1;
+            let kind = if rollback { "rollback" } else { "deploy" };
+            *hit.entry(format!("{kind} after {}", step_of(&last)))
+                .or_default() += 1;
             eprintln!(
-                "faults: kill {i}: SIGKILL {} at {} ms, after: {phase}",
+                "faults: kill {i}: SIGKILL {} at {} ms, after: {}",
                 if rollback { "rollback" } else { "deploy" },
-                when.as_millis()
+                when.as_millis(),
+                last.chars().take(120).collect::<String>()
             );
         }
         orphans.extend(kids.into_iter().map(|k| (k, format!("kill {i}"))));
@@ -239,6 +318,7 @@ pub fn operator_kills(s: &mut Suite) {
             }
         }
     }
+    eprintln!("faults: kills by the phase last reported: {hit:?}");
     // What the killed operators left on this machine: ssh processes must end
     // on their own (ControlPersist is 10 s); the control directories cannot
     // be removed by a killed process.

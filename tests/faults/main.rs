@@ -100,7 +100,9 @@ fn fault_suite() {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
-    eprintln!("faults: seed {seed} (repeat with SHIPJAR_FAULT_SEED={seed})");
+    say(&format!(
+        "faults: seed {seed} (repeat with SHIPJAR_FAULT_SEED={seed})"
+    ));
     let started = Instant::now();
     let mut s = Suite::new(seed);
     s.provision_and_first_deploy();
@@ -133,7 +135,7 @@ fn fault_suite() {
     }
     s.scenario = "end".into();
     s.final_checks();
-    eprintln!(
+    say(&format!(
         "faults: seed {seed}: {} faults injected, hosts broken: {}, leaks: {}, \
          unrelated processes signalled: {}, invariant violations: {} ({} s)",
         s.counts.faults,
@@ -142,7 +144,7 @@ fn fault_suite() {
         s.counts.unrelated_signalled,
         s.failures.len(),
         started.elapsed().as_secs()
-    );
+    ));
     let failures = std::mem::take(&mut s.failures);
     drop(s);
     assert!(
@@ -511,6 +513,13 @@ impl Drop for Suite {
         let _ = self.local_sentinel.kill();
         let _ = self.local_sentinel.wait();
     }
+}
+
+/// Writes a line to stderr past the test harness's capture: the seed and the
+/// counts show in every run, passing or not.
+pub fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// stdout and stderr of a command, lossily decoded.
