@@ -170,13 +170,16 @@ impl Evil {
     }
 
     fn run(&self, s: &mut Suite, args: &[OsString]) -> Output {
-        let out = Command::new(crate::common::shipjar_bin())
-            .arg("-C")
+        let mut cmd = Command::new(crate::common::shipjar_bin());
+        cmd.arg("-C")
             .arg(self.dir.path())
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run shipjar");
+            .stdin(Stdio::null());
+        let what: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let out = s.output(cmd, &what.join(" "));
         s.record(&out);
         out
     }

@@ -128,7 +128,8 @@ fn fault_suite() {
     ];
     let only = std::env::var("SHIPJAR_FAULT_ONLY").unwrap_or_default();
     for (name, run) in scenarios {
-        if !only.is_empty() && !name.contains(only.as_str()) {
+        // A comma-separated list of parts of scenario names.
+        if !only.is_empty() && !only.split(',').any(|o| name.contains(o)) {
             continue;
         }
         s.run_scenario(name, run);
@@ -290,7 +291,7 @@ impl Suite {
     /// Runs shipjar and keeps its output in the transcript.
     pub fn run(&mut self, args: &[&str]) -> Output {
         let started = Instant::now();
-        let out = self.command(args).output().expect("run shipjar");
+        let out = self.output(self.command(args), &args.join(" "));
         if started.elapsed() > Duration::from_secs(4) {
             eprintln!(
                 "faults: shipjar {} took {} ms",
@@ -299,6 +300,35 @@ impl Suite {
             );
         }
         self.record(&out);
+        out
+    }
+
+    /// Runs a shipjar command to its end; a control directory it left in
+    /// /tmp (it was not killed, so it had every chance to remove it) is a leak.
+    pub fn output(&mut self, mut cmd: Command, what: &str) -> Output {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run shipjar");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("wait for shipjar");
+        let left: Vec<String> = fleet::names_in("/tmp")
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("sj-{pid}-")))
+            .collect();
+        if !left.is_empty() {
+            self.counts.leaks += left.len() as u32;
+            eprintln!(
+                "faults: leak: `shipjar {}` (exit {:?}) left /tmp/{}",
+                what.chars().take(100).collect::<String>(),
+                out.status.code(),
+                left.join(", /tmp/")
+            );
+            for n in left {
+                let _ = std::fs::remove_dir_all(std::path::Path::new("/tmp").join(n));
+            }
+        }
         out
     }
 
