@@ -86,6 +86,8 @@ pub struct Suite {
     pub serial: u32,
     /// Name of the scenario running.
     pub scenario: String,
+    /// Whether the link cut mid-upload is the long one (the one mid-switch is then short).
+    pub long_cut_first: bool,
 }
 
 #[test]
@@ -227,6 +229,7 @@ impl Suite {
             local_sentinel,
             serial: 0,
             scenario: "setup".into(),
+            long_cut_first: true,
         };
         s.secrets_used.push(s.secret.clone());
         for host in s.fleet.hosts() {

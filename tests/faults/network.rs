@@ -47,15 +47,25 @@ fn report_names(s: &mut Suite, out: &std::process::Output, host: &str) {
     }
 }
 
+/// How long a cut lasts: short (2–6 s, the connection survives) or long
+/// (16–20 s, past ssh's 3 × 5 s keep-alive: the connection is dropped).
+fn outage(s: &mut Suite, long: bool) -> Duration {
+    let base = if long { 16_000 } else { 2_000 };
+    Duration::from_millis(base + s.rng.below(4_000))
+}
+
 pub fn link_cut_mid_upload(s: &mut Suite) {
     let host = "app2";
+    // One of the two cuts is long, the other short; the seed says which.
+    s.long_cut_first = s.rng.below(2) == 0;
     let jar = s.jar_variant("link-upload", 3 << 20);
     let v = s.next_version();
     // 3 MiB at 4 Mbit/s: about 6 s on the wire to app2.
     s.fleet.slow_link(host, 4000);
     let child = s.spawn(&Suite::deploy_args("fleet", &v, Some(&jar)));
     let seen = wait_until(Duration::from_secs(30), || uploading(s, host));
-    let outage = Duration::from_millis(2000 + s.rng.below(15_000));
+    let long = s.long_cut_first;
+    let outage = outage(s, long);
     eprintln!(
         "faults: cutting {host}'s link {} the upload, for {} ms",
         if seen {
@@ -85,7 +95,8 @@ pub fn link_cut_mid_switch(s: &mut Suite) {
     let child = s.spawn(&args);
     let switched = wait_until(Duration::from_secs(60), || current(s, host) != before);
     std::thread::sleep(Duration::from_millis(s.rng.below(1500)));
-    let outage = Duration::from_millis(2000 + s.rng.below(15_000));
+    let long = !s.long_cut_first;
+    let outage = outage(s, long);
     eprintln!(
         "faults: cutting {host}'s link {} its switch, for {} ms",
         if switched {
