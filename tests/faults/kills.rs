@@ -176,7 +176,12 @@ pub fn operator_kills(s: &mut Suite) {
     let mut orphans: Vec<(Proc, String)> = Vec::new();
     let mut control_dirs: Vec<PathBuf> = Vec::new();
     let mut last_kill = Instant::now();
-    for i in 0..INSTANTS {
+    // Until INSTANTS kills landed (a deploy may end before its instant).
+    let mut injected = 0;
+    for i in 0..INSTANTS + 6 {
+        if injected == INSTANTS {
+            break;
+        }
         // Rollbacks (no upload, fewer lines) are killed at stratified instants.
         // Half the instants are stratified over the calibrated duration; the
         // other half each follow a progress line of the next phase in turn
@@ -201,7 +206,7 @@ pub fn operator_kills(s: &mut Suite) {
             let jar = upload.then(|| s.jar_variant(&format!("kill{i}"), size));
             Suite::deploy_args("fleet", &v, jar.as_ref())
         };
-        let at = total.mul_f64((i as f64 + s.rng.unit()) / INSTANTS as f64);
+        let at = total.mul_f64(((i % INSTANTS) as f64 + s.rng.unit()) / INSTANTS as f64);
         // The k-th line of that phase, as many as the calibration showed;
         // `finish` is what follows the last host's activation, at once.
         // `finish` is what follows the last host's activation, `upload` what
@@ -266,6 +271,7 @@ pub fn operator_kills(s: &mut Suite) {
                 when.as_millis()
             );
         } else {
+            injected += 1;
             s.counts.faults += 1;
             let kind = if rollback { "rollback" } else { "deploy" };
             *hit.entry(format!("{kind} after {}", step_of(&last)))
@@ -318,7 +324,12 @@ pub fn operator_kills(s: &mut Suite) {
             }
         }
     }
-    eprintln!("faults: kills by the phase last reported: {hit:?}");
+    eprintln!("faults: {injected} kills, by the phase last reported: {hit:?}");
+    if injected < INSTANTS {
+        s.fail(format!(
+            "only {injected} of {INSTANTS} kills landed before their deploy ended"
+        ));
+    }
     // What the killed operators left on this machine: ssh processes must end
     // on their own (ControlPersist is 10 s); the control directories cannot
     // be removed by a killed process.
