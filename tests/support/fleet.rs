@@ -773,6 +773,11 @@ impl Host {
     /// Network inside the host, then its PID 1.
     fn start(&mut self, pids_path: &Path) -> Result<(), String> {
         self.net_up()?;
+        self.start_pid1(pids_path)
+    }
+
+    /// The launcher of the host's PID 1 (fleet-host.sh, then sshd).
+    fn start_pid1(&mut self, pids_path: &Path) -> Result<(), String> {
         let log_path = self.dir.join("sshd.log");
         let log = fs::File::create(&log_path).map_err(|e| format!("create {log_path:?}: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("dup log: {e}"))?;
@@ -1238,4 +1243,138 @@ fn append(path: &Path, text: &str) -> Result<(), String> {
 /// The file's text, or an error naming it.
 pub fn read(path: &Path) -> Result<String, String> {
     fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))
+}
+
+/// Fault injection on a running fleet: power loss, a small disk, a slow link.
+impl Fleet {
+    /// Pid (as this machine sees it) of the host's PID 1, if it runs.
+    pub fn init_pid(&self, host: &str) -> Option<i32> {
+        self.host(host).init.filter(Proc::alive).map(|p| p.pid)
+    }
+
+    /// A power loss: every process of the host dies at once (SIGKILL of its
+    /// PID 1 takes the whole PID namespace), and with the last one its mount
+    /// namespace, so /run, /tmp and every mount made inside it are gone. What
+    /// the host wrote to /etc, /var, … stays in its upper dirs, as on a disk
+    /// (the page cache survives: this loses processes, not unsynced writes).
+    pub fn power_off(&mut self, host: &str) {
+        let h = self.host_mut(host);
+        if let Some(init) = h.init.take() {
+            init.kill();
+        }
+        if let Some(mut l) = h.launcher.take()
+            && let Err(e) = wait_bounded(&mut l, Duration::from_secs(10))
+        {
+            panic!("power_off {host}: {e}");
+        }
+    }
+
+    /// Boots a host that [`Fleet::power_off`] stopped: fresh namespaces over
+    /// the same disk state, sshd as PID 1 again. Returns once sshd listens.
+    pub fn power_on(&mut self, host: &str) {
+        let pids_path = self.dir.join("pids");
+        let prefix = self.prefix.clone();
+        let h = self.host_mut(host);
+        assert!(h.init.is_none(), "power_on {host}: the host is running");
+        // A volatile overlay that was not unmounted cleanly leaves a marker
+        // in its work dir that refuses the next mount (as after a crash):
+        // the work dirs start empty, the upper dirs (the disk) are kept.
+        for d in OVERLAID {
+            let work = h.dir.join(format!("{d}.work"));
+            if work.exists() {
+                let _ = fs::remove_dir_all(&work);
+                if let Err(e) = mkdir(&work, 0o755) {
+                    panic!("fleet {prefix}: power_on {host}: {e}");
+                }
+            }
+        }
+        // Its network namespace survives (named under /run/netns); lo and
+        // eth0 keep their addresses, so only PID 1 is started again.
+        if let Err(e) = h.start_pid1(&pids_path) {
+            panic!("fleet {prefix}: power_on {host}: {e}");
+        }
+        if let Err(e) = self.find_inits().and_then(|()| self.wait_for_sshd()) {
+            panic!("fleet {prefix}: power_on {host}: {e}\n{}", self.logs());
+        }
+    }
+
+    /// Mounts a tmpfs of `size` bytes and at most `inodes` inodes on `path`
+    /// inside the host, holding a copy of what `path` held (owner and modes
+    /// kept), so the host goes on as before on a disk that is almost full.
+    /// The directory's own contents underneath are hidden until
+    /// [`Fleet::unmount`].
+    pub fn mount_small_tmpfs(&self, host: &str, path: &str, size: u64, inodes: u64) {
+        let script = format!(
+            "set -e; t=$(mktemp -d /tmp/small.XXXXXX); \
+             mount -t tmpfs -o size={size},nr_inodes={inodes},mode=0755 small \"$t\"; \
+             cp -a \"$1\"/. \"$t\"/; chown --reference=\"$1\" \"$t\"; chmod --reference=\"$1\" \"$t\"; \
+             mount --move \"$t\" \"$1\"; rmdir \"$t\""
+        );
+        let out = self.exec(host, &["sh", "-c", &script, "sh", path]);
+        assert!(
+            out.status.success(),
+            "mount a small tmpfs on {host}:{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Lazily unmounts whatever is mounted on `path` inside the host (a
+    /// process may still use it), showing what lies underneath again.
+    pub fn unmount(&self, host: &str, path: &str) {
+        let out = self.exec(host, &["umount", "-l", path]);
+        assert!(
+            out.status.success(),
+            "umount {host}:{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Slows what is sent to the host to `kbit` kbit/s (a token bucket on its
+    /// bridge port), so that an upload takes long enough to be interrupted.
+    pub fn slow_link(&self, host: &str, kbit: u32) {
+        let port = &self.host(host).port;
+        let rate = format!("{kbit}kbit");
+        if let Err(e) = run(Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.switch,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                port,
+            ])
+            .args([
+                "root", "tbf", "rate", &rate, "burst", "32kbit", "latency", "400ms",
+            ]))
+        {
+            panic!("fleet {}: slowing {host}'s link: {e}", self.prefix);
+        }
+    }
+
+    /// Undoes [`Fleet::slow_link`].
+    pub fn fast_link(&self, host: &str) {
+        let port = &self.host(host).port;
+        let _ = run(Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.switch,
+                "tc",
+                "qdisc",
+                "del",
+                "dev",
+                port,
+            ])
+            .arg("root"));
+    }
+
+    fn host_mut(&mut self, name: &str) -> &mut Host {
+        let prefix = self.prefix.clone();
+        self.hosts
+            .iter_mut()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("fleet {prefix} has no host {name:?}"))
+    }
 }
