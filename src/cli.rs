@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 /// Build a JVM service, deploy it to a fleet over SSH, and supervise it there.
@@ -135,10 +136,10 @@ pub struct CheckArgs {
     /// Stage from `[stages.NAME]`; `local` is built in.
     pub stage: String,
     /// Set a template variable, as `deploy --set` would (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = utf8_text())]
     pub set: Vec<String>,
     /// Add or override a service environment variable, as `deploy --env` would (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE")]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = utf8_text())]
     pub env: Vec<String>,
     /// Only check the project and render the templates; do not reach the hosts.
     #[arg(long)]
@@ -209,7 +210,7 @@ pub struct ProvisionArgs {
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     /// Use this version instead of running the version command.
-    #[arg(long = "version", value_name = "V")]
+    #[arg(long = "version", value_name = "V", value_parser = utf8_text())]
     pub version: Option<String>,
 }
 
@@ -225,13 +226,13 @@ pub struct DeployArgs {
     #[arg(long, value_name = "PATH")]
     pub artifact: Option<PathBuf>,
     /// Version to record and verify instead of the built one.
-    #[arg(long = "version", value_name = "V")]
+    #[arg(long = "version", value_name = "V", value_parser = utf8_text())]
     pub version: Option<String>,
     /// Set a template variable for this deploy (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = utf8_text())]
     pub set: Vec<String>,
     /// Add or override a service environment variable for this release (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE")]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = utf8_text())]
     pub env: Vec<String>,
     /// If another deploy holds the lock, wait up to this long (e.g. 5m) instead of failing.
     #[arg(long, value_name = "DURATION")]
@@ -323,4 +324,17 @@ pub struct AgentArgs {
     /// Host root the layout lives under.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
+}
+
+/// Text that must be UTF-8; the error names the option and shows the value
+/// (clap's own says only "invalid UTF-8 was detected in one or more arguments").
+fn utf8_text() -> impl TypedValueParser<Value = String> {
+    OsStringValueParser::new().try_map(|value| {
+        value.into_string().map_err(|bad| {
+            format!(
+                "not valid UTF-8: {} (shipjar passes text only)",
+                bad.to_string_lossy()
+            )
+        })
+    })
 }

@@ -30,6 +30,11 @@ pub fn parse_pairs(flag: &str, pairs: &[String]) -> Result<BTreeMap<String, Stri
                 "{flag} {k}=…: `{k}` is not a valid name (letters, digits, `_`)"
             )));
         }
+        if v.contains('\0') {
+            return Err(Error::config(format!(
+                "{flag} {k}=…: the value contains a NUL byte"
+            )));
+        }
         map.insert(k.to_string(), v.to_string());
     }
     Ok(map)

@@ -273,7 +273,17 @@ fn run_spec(
     vars: &Vars,
 ) -> Result<RunSpec> {
     let service = &config.service;
-    let render_arg = |what: &str, text: &str| render_public(vars, what, text);
+    // A process's arguments and environment cannot hold a NUL byte: say so
+    // now, naming the setting, rather than fail the start on the host.
+    let render_arg = |what: &str, text: &str| {
+        let value = render_public(vars, what, text)?;
+        if value.contains('\0') {
+            return Err(Error::config(format!(
+                "{what}: contains a NUL byte, which a process's arguments and environment cannot hold"
+            )));
+        }
+        Ok(value)
+    };
     let argv = match (&service.command, &service.jar) {
         (Some(command), _) => command
             .get_ref()
@@ -293,6 +303,12 @@ fn run_spec(
     };
     let mut env = BTreeMap::new();
     for (k, v) in &service.env {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            return Err(Error::config(format!(
+                "[service] env: `{}` is not a valid variable name",
+                k.escape_debug()
+            )));
+        }
         env.insert(k.clone(), render_arg(&format!("[service] env.{k}"), v)?);
     }
     env.extend(inputs.env.clone());

@@ -87,6 +87,7 @@ impl ControlDir {
     pub fn create() -> std::io::Result<ControlDir> {
         use std::os::unix::fs::DirBuilderExt;
         let base = std::env::temp_dir();
+        sweep_dead(&base);
         for n in 0..100 {
             let path = base.join(format!("sj-{}-{n}", std::process::id()));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
@@ -108,8 +109,15 @@ impl ControlDir {
 
 impl Drop for ControlDir {
     fn drop(&mut self) {
-        // Ask every master still running to exit, then remove the sockets.
-        if let Ok(entries) = std::fs::read_dir(&self.path) {
+        close_masters_and_remove(&self.path);
+    }
+}
+
+/// Asks every master with a socket in `dir` to exit, then removes `dir`
+/// (again, if a master was still writing its socket meanwhile).
+fn close_masters_and_remove(dir: &Path) {
+    for _ in 0..3 {
+        if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 let mut path = OsString::from("ControlPath=");
                 path.push(entry.path());
@@ -123,13 +131,57 @@ impl Drop for ControlDir {
                     .status();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.path);
+        if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Removes control directories (ours: same owner) left by a shipjar that
+/// was killed: `sj-<pid>-<n>` whose pid no longer runs.
+fn sweep_dead(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::Uid::effective().as_raw();
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("sj-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, n)| n.parse::<u32>().ok().and(pid.parse::<i32>().ok()))
+        else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if ours && !alive {
+            close_masters_and_remove(&entry.path());
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_dirs_of_dead_runs_are_swept_and_live_ones_kept() {
+        let base = tempfile::tempdir().unwrap();
+        // A pid above the kernel's maximum is never alive.
+        let dead = base.path().join("sj-99999999-0");
+        let live = base.path().join(format!("sj-{}-7", std::process::id()));
+        let other = base.path().join("sj-notes");
+        for dir in [&dead, &live, &other] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        std::fs::write(dead.join("leftover"), "").unwrap();
+        sweep_dead(base.path());
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
+    }
 
     fn reach(sudo: bool) -> Reach {
         Reach {

@@ -28,19 +28,39 @@ pub fn is_release_id(id: &str) -> bool {
 
 /// Longest path we accept from a manifest, in bytes.
 const MAX_PATH: usize = 1024;
+/// Longest name in a path (the file systems' NAME_MAX).
+const MAX_NAME: usize = 255;
 
 /// A path inside a release: relative, only plain components (no `..`, `.`,
 /// root or empty parts), no NUL, at most 1 KiB. The one rule for every
 /// path-like field a manifest carries.
 pub fn relative_path(path: &str) -> Result<&std::path::Path, String> {
-    let shown = path.escape_debug();
+    let shown: String = path
+        .chars()
+        .take(60)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    let shown = if path.chars().count() > 60 {
+        format!("{shown}…")
+    } else {
+        shown
+    };
     let p = std::path::Path::new(path);
     let plain = p
         .components()
         .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if path.contains('\0') {
+        return Err(format!(
+            "`{shown}` contains a NUL byte, which no path may hold"
+        ));
+    }
+    if path.len() > MAX_PATH || path.split('/').any(|part| part.len() > MAX_NAME) {
+        return Err(format!(
+            "`{shown}` is too long: at most {MAX_NAME} bytes a name and {MAX_PATH} in all"
+        ));
+    }
     if path.is_empty()
-        || path.len() > MAX_PATH
-        || path.contains('\0')
         || path
             .split('/')
             .any(|part| part.is_empty() || part == "." || part == "..")

@@ -259,15 +259,10 @@ impl Project {
             ));
         }
         let dest = file.dest.get_ref();
-        let bad_dest = dest.is_empty()
-            || dest.starts_with('/')
-            || dest
-                .split('/')
-                .any(|part| part.is_empty() || part == "." || part == "..");
-        if bad_dest {
+        if let Err(why) = crate::protocol::names::relative_path(dest) {
             return Err(self.fail(
                 &at(Some("dest")),
-                "expected a relative path inside the release's config/ (no `..`)",
+                &format!("expected a path inside the release's config/: {why}"),
             ));
         }
         Ok(())
