@@ -437,11 +437,7 @@ fn deploy_builds_serves_its_version_and_a_failing_release_is_reverted() {
         .join("config/logback.xml");
     let logback = std::fs::read_to_string(&logback).expect("logback.xml in the release");
     assert!(logback.contains("logging for stage local"), "{logback}");
-    let log_file = p
-        .root()
-        .join("var/log")
-        .join(NAME)
-        .join("console.log");
+    let log_file = p.root().join("var/log").join(NAME).join("console.log");
     let logged = wait_for(Duration::from_secs(5), || {
         std::fs::read_to_string(&log_file).is_ok_and(|l| l.contains("GET /config -> 200"))
     });

@@ -76,7 +76,10 @@ pub fn activate(
         }
         return outcome;
     }
-    let result = switch_and_verify(layout, &manifest, deploying, emit, &mut outcome);
+    let result = match &manifest.proxy {
+        Some(spec) => blue_green::activate(layout, &manifest, spec, deploying, emit, &mut outcome),
+        None => switch_and_verify(layout, &manifest, deploying, emit, &mut outcome),
+    };
     let (ok, detail) = match result {
         Ok(()) => (true, String::new()),
         Err((step, reason, log_tail)) => {
@@ -85,7 +88,11 @@ pub fn activate(
             outcome.failed_step = Some(step.to_string());
             outcome.reason = Some(reason.clone());
             outcome.log_tail = log_tail;
-            let now = revert(layout, previous.as_deref(), release, emit);
+            let now = match &manifest.proxy {
+                // The old instance never stopped taking traffic.
+                Some(spec) => blue_green::now_running(layout, spec, previous.as_deref()),
+                None => revert(layout, previous.as_deref(), release, emit),
+            };
             let detail = format!("{step}: {reason}; {}", describe_now_running(&now));
             outcome.now_running = Some(now);
             (false, detail)
@@ -112,6 +119,8 @@ pub fn activate(
 }
 
 type StepFailure = (&'static str, String, Vec<String>);
+
+mod blue_green;
 
 /// Fails `step` when the operator cancelled the activation.
 fn cancelled(step: &'static str) -> Result<(), StepFailure> {
@@ -299,9 +308,22 @@ fn missing_key(url: &str, key: &str, answer: &serde_json::Value) -> String {
 
 /// Asks the service's version endpoint; `Ok(None)` when the manifest has none.
 pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, String> {
+    reported_version_at(manifest, None)
+}
+
+/// Like [`reported_version`], asking the instance on `port` when given.
+pub fn reported_version_at(
+    manifest: &ReleaseManifest,
+    port: Option<u16>,
+) -> Result<Option<String>, String> {
     let Some(check) = &manifest.version_check else {
         return Ok(None);
     };
+    let mut check = check.clone();
+    if let Some(port) = port {
+        check.url = supervisor::release::with_port(&check.url, port);
+    }
+    let check = &check;
     let mut last_error = String::new();
     let started = Instant::now();
     for attempt in 0..VERSION_ATTEMPTS {
