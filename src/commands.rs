@@ -164,17 +164,7 @@ fn run_proxy(args: &ProxyArgs, json: bool) -> Result<i32> {
         let active = status
             .active
             .map_or("none".to_string(), |p| format!("127.0.0.1:{p}"));
-        println!(
-            "proxy {:?} on {} (worker pid {}), active instance {active}, {} restart(s){}",
-            status.state,
-            status.listen.as_deref().unwrap_or("?"),
-            status.worker_pid.map_or("-".to_string(), |p| p.to_string()),
-            status.restarts,
-            status
-                .last_exit
-                .as_deref()
-                .map_or(String::new(), |e| format!(" (last worker {e})")),
-        );
+        println!("{}, active instance {active}", status.line());
     }
     Ok(match status.state {
         host::proxy::ProxyState::Running => 0,
@@ -243,11 +233,12 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
             if json {
                 print_json(&status);
             } else {
-                for line in status.lines() {
+                println!("{}", status.line());
+                for line in status.instance_lines() {
                     println!("{line}");
                 }
             }
-            Ok(status.lsb_code())
+            Ok(host::instances::lsb_code(&status))
         }
         ServiceCommand::Status(args) => {
             let status = supervisor::status(&layout(&args)?);

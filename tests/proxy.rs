@@ -12,6 +12,32 @@ use std::time::{Duration, Instant};
 
 use common::{Project, free_port, http_get, text};
 
+/// Stops the proxied service when a test ends, even when it failed; then
+/// SIGKILLs whatever an instance pidfile or the proxy keeper still names.
+struct Cleanup(std::path::PathBuf, [u16; 2]);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(common::shipjar_bin())
+            .args(["service", "stop", "hello", "--root"])
+            .arg(&self.0)
+            .output();
+        let run = self.0.join("run/hello");
+        for port in self.1 {
+            let pidfile = run.join(format!("instance-{port}/hello.pid"));
+            if let Some(pid) = std::fs::read_to_string(pidfile)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 /// The example behind a proxy on the project's port, instances on two free ports.
 fn proxied_project() -> (Project, [u16; 2]) {
     let ports = [free_port(), free_port()];
@@ -103,19 +129,26 @@ fn service_status(p: &Project) -> (Option<i32>, String) {
         "--root",
         p.root().to_str().unwrap(),
     ]);
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
 fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes_no_traffic() {
     let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
     let out = p.deploy("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("proxy"), "{}", text(&out));
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(0), "{status}");
-    assert!(status.contains(&format!("instance {} (takes traffic)", ports[0])), "{status}");
+    assert!(
+        status.contains(&format!("instance {} (takes traffic)", ports[0])),
+        "{status}"
+    );
 
     // A client keeps one connection open and asks for /version without pause.
     let stop = Arc::new(AtomicBool::new(false));
@@ -157,7 +190,11 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
     stop.store(true, Ordering::SeqCst);
     let (seen, errors) = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
-    assert_eq!(seen, ["1.0.0", "2.0.0", "4.0.0"], "versions in order, 3.0.0 never");
+    assert_eq!(
+        seen,
+        ["1.0.0", "2.0.0", "4.0.0"],
+        "versions in order, 3.0.0 never"
+    );
 
     // Both instances are listed; the one of 4.0.0 takes traffic, the other is stopped.
     let (code, status) = service_status(&p);
@@ -165,12 +202,16 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
     assert!(status.contains("(takes traffic)"), "{status}");
     assert!(status.contains("(idle)"), "{status}");
     let (_, json) = p.status_json();
-    assert_eq!(json["hosts"][0]["status"]["reported_version"], "4.0.0", "{json}");
+    assert_eq!(
+        json["hosts"][0]["status"]["reported_version"], "4.0.0",
+        "{json}"
+    );
 }
 
 #[test]
 fn a_request_in_flight_on_the_old_instance_completes() {
-    let (p, _) = proxied_project();
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
     let out = p.deploy("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let port = p.port;
@@ -190,7 +231,8 @@ fn a_request_in_flight_on_the_old_instance_completes() {
 
 #[test]
 fn the_proxy_comes_back_after_sigkill_and_status_says_so() {
-    let (p, _) = proxied_project();
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
     let out = p.deploy("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let keeper: serde_json::Value = serde_json::from_str(

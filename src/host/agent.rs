@@ -463,14 +463,24 @@ fn secret_group(user: Option<&str>) -> Result<Option<u32>, String> {
 
 /// What runs on this host: `current`, the supervised process, the reported version.
 fn status(layout: &Layout) -> HostStatus {
-    let service = supervisor::status(layout);
+    // Behind the proxy, the service is the instance taking traffic.
+    let proxy = crate::host::instances::proxied(layout)
+        .map(|spec| crate::host::instances::status(layout, &spec));
+    let active = proxy
+        .as_ref()
+        .and_then(|p| p.instances.iter().find(|i| i.active));
+    let instance = active.map(|i| i.port);
+    let service = match active {
+        Some(i) => i.service.clone(),
+        None => supervisor::status(layout),
+    };
     let current = store::list(layout).into_iter().find(|r| r.current);
     let running_manifest = service
         .release
         .as_deref()
         .and_then(|id| store::read_manifest(layout, id).ok());
     let (reported_version, version_error) = match (&running_manifest, service.pid) {
-        (Some(manifest), Some(_)) => match activate::reported_version(manifest) {
+        (Some(manifest), Some(_)) => match activate::reported_version_at(manifest, instance) {
             Ok(v) => (v, None),
             Err(e) => (None, Some(e)),
         },
@@ -485,5 +495,6 @@ fn status(layout: &Layout) -> HostStatus {
             .ok()
             .and_then(|mut history| history.pop()),
         service,
+        proxy,
     }
 }

@@ -6,13 +6,12 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use serde::Serialize;
-
-use crate::host::proxy::{self, ProxyStatus};
-use crate::host::supervisor::{self, ServiceStatus, StartReport, SupervisorError};
+use crate::host::proxy::{self, ProxyState, ProxyStatus};
+use crate::host::supervisor::{self, StartReport, SupervisorError};
 use crate::protocol::files::fsync_dir;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
+use crate::protocol::status::InstanceStatus;
 
 /// The proxy spec of the release `current` points to, if it has one.
 pub fn proxied(layout: &Layout) -> Option<ProxySpec> {
@@ -81,76 +80,28 @@ pub fn stop(layout: &Layout, spec: &ProxySpec) -> Result<(), SupervisorError> {
     Ok(())
 }
 
-/// One instance as `status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct InstanceStatus {
-    /// Its port.
-    pub port: u16,
-    /// Whether the proxy sends traffic to it.
-    pub active: bool,
-    /// Its supervisor's status.
-    pub status: ServiceStatus,
-}
-
-/// Both instances and the proxy.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProxiedStatus {
-    /// The proxy.
-    pub proxy: ProxyStatus,
-    /// Both instances, in `ports` order.
-    pub instances: Vec<InstanceStatus>,
-}
-
-impl ProxiedStatus {
-    /// LSB code: 0 when the active instance runs behind a running proxy.
-    pub fn lsb_code(&self) -> i32 {
-        let active = self.instances.iter().find(|i| i.active);
-        match (self.proxy.state, active) {
-            (proxy::ProxyState::Running, Some(i)) => i.status.lsb_code,
-            (proxy::ProxyState::Stopped, None) => 3,
-            _ => 1,
-        }
-    }
-
-    /// Plain lines for a terminal.
-    pub fn lines(&self) -> Vec<String> {
-        let p = &self.proxy;
-        let mut proxy_line = format!(
-            "proxy: {:?} on {}",
-            p.state,
-            p.listen.as_deref().unwrap_or("?")
-        )
-        .to_lowercase();
-        if let Some(pid) = p.worker_pid {
-            proxy_line += &format!(", pid {pid}");
-        }
-        if p.restarts > 0 {
-            proxy_line += &format!(
-                ", restarted {} time(s) (last: {})",
-                p.restarts,
-                p.last_exit.as_deref().unwrap_or("?")
-            );
-        }
-        let mut lines = vec![proxy_line];
-        for i in &self.instances {
-            let mark = if i.active { "takes traffic" } else { "idle" };
-            lines.push(format!("instance {} ({mark}): {}", i.port, i.status.detail));
-        }
-        lines
-    }
-}
-
 /// The proxy and both instances, every pid proven.
-pub fn status(layout: &Layout, spec: &ProxySpec) -> ProxiedStatus {
-    let proxy = proxy::status(layout);
-    let instances = spec
+pub fn status(layout: &Layout, spec: &ProxySpec) -> ProxyStatus {
+    let mut proxy = proxy::status(layout);
+    proxy.instances = spec
         .ports
         .iter()
         .map(|&port| InstanceStatus {
             port,
             active: proxy.active == Some(port),
-            status: supervisor::status(&layout.with_instance(Some(port))),
+            service: supervisor::status(&layout.with_instance(Some(port))),
         })
         .collect();
-    ProxiedStatus { proxy, instances }
+    proxy
+}
+
+/// LSB code of a proxied service: the active instance's code behind a
+/// running proxy; 3 when all is stopped; 1 otherwise.
+pub fn lsb_code(status: &ProxyStatus) -> i32 {
+    let active = status.instances.iter().find(|i| i.active);
+    match (&status.state, active) {
+        (ProxyState::Running, Some(i)) => i.service.lsb_code,
+        (ProxyState::Stopped, None) => 3,
+        _ => 1,
+    }
 }

@@ -14,11 +14,10 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::host::supervisor::procfs::{self, Liveness};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
+pub use crate::protocol::status::{ProxyState, ProxyStatus};
 
 pub use files::read_active as active;
 
@@ -35,41 +34,6 @@ pub fn run_keeper(layout: &Layout) -> i32 {
 /// `service proxy --worker`: the proxy itself (started by the keeper).
 pub fn run_worker(layout: &Layout) -> i32 {
     worker::run(layout)
-}
-
-/// Whether the proxy runs, as `status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProxyState {
-    /// The keeper and a worker answering on the control socket.
-    Running,
-    /// The keeper lives, but no worker answers (restarting).
-    Restarting,
-    /// A keeper record, but no keeper: it died.
-    Dead,
-    /// No proxy has run (or it was stopped).
-    Stopped,
-}
-
-/// What `service status` says about the proxy.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProxyStatus {
-    /// Running, restarting, dead or stopped.
-    pub state: ProxyState,
-    /// The public address.
-    pub listen: Option<String>,
-    /// The instance port taking traffic.
-    pub active: Option<u16>,
-    /// The keeper's pid (proven against /proc).
-    pub keeper_pid: Option<i32>,
-    /// The serving worker's pid (proven against /proc).
-    pub worker_pid: Option<i32>,
-    /// Workers restarted after a crash.
-    pub restarts: u32,
-    /// How the last worker ended, e.g. "killed by SIGKILL".
-    pub last_exit: Option<String>,
-    /// In-flight requests per instance port.
-    pub inflight: Vec<(u16, u64)>,
 }
 
 /// The proxy's state; every pid proven before it is reported.
@@ -122,6 +86,7 @@ pub fn status(layout: &Layout) -> ProxyStatus {
         restarts: record.as_ref().map_or(0, |r| r.restarts),
         last_exit: record.and_then(|r| r.last_exit),
         inflight,
+        instances: Vec::new(),
     }
 }
 
