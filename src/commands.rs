@@ -187,6 +187,19 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
             None => report_start(supervisor::start_outcome(&layout(&args)?), json),
         },
         ServiceCommand::Proxy(args) => run_proxy(&args, json),
+        ServiceCommand::Restart(args)
+        | ServiceCommand::Reload(args)
+        | ServiceCommand::Run(args)
+            if proxied(&args)?.is_some() =>
+        {
+            Err(Error::failed(format!(
+                "{} runs as two instances behind its proxy: `shipjar deploy` and `rollback` \
+                 replace the running instance without downtime, and `service stop` then \
+                 `service start` restart the proxy and the active instance; restart, reload \
+                 and run of a proxied service are not supported yet",
+                args.name
+            )))
+        }
         ServiceCommand::Restart(args) => report_start(supervisor::restart(&layout(&args)?), json),
         ServiceCommand::Stop(args) if proxied(&args)?.is_some() => {
             let Some((layout, spec)) = proxied(&args)? else {

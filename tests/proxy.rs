@@ -265,6 +265,53 @@ fn the_proxy_comes_back_after_sigkill_and_status_says_so() {
 }
 
 #[test]
+fn a_request_waits_for_a_returning_instance_then_503_after_hold() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let root = p.root().to_str().unwrap().to_string();
+    let active = ports[0].to_string();
+    let stop = p.run(&[
+        "service",
+        "stop",
+        "hello",
+        "--root",
+        &root,
+        "--instance",
+        &active,
+    ]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+
+    // No instance answers: held for `hold` (5 s), then a clear 503.
+    let started = Instant::now();
+    let (status, body) = http_get_slowly(p.port, "/version");
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no healthy instance"), "{body}");
+    assert!(waited >= Duration::from_millis(4500), "{waited:?}");
+
+    // A request held while the instance comes back is answered.
+    let port = p.port;
+    let held = thread::spawn(move || http_get_slowly(port, "/version"));
+    thread::sleep(Duration::from_millis(200));
+    let start = p.run(&["service", "start", "hello", "--root", &root]);
+    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    let (status, body) = held.join().expect("held request");
+    assert_eq!(
+        (status, version_of(&body).as_deref()),
+        (200, Some("1.0.0")),
+        "{body}"
+    );
+}
+
+/// One request on a fresh connection, with a read timeout long enough for `hold`.
+fn http_get_slowly(port: u16, path: &str) -> (u16, String) {
+    let mut conn = KeepAlive::connect(port);
+    conn.get(path).expect("an answer")
+}
+
+#[test]
 fn proxy_off_by_default_leaves_a_plain_restart() {
     let p = Project::new();
     let out = p.deploy("1.0.0", &[]);

@@ -52,15 +52,17 @@ pub fn activate(
         outcome.failed_step = Some(step.to_string());
         outcome.reason = Some(reason.clone());
         outcome.log_tail = output;
-        let running = supervisor::status(layout).pid.is_some();
-        outcome.now_running = Some(NowRunning {
-            release: previous.clone(),
-            version: previous
-                .as_deref()
-                .and_then(|p| store::read_manifest(layout, p).ok())
-                .map(|m| m.version),
-            healthy: running,
-            problem: None,
+        outcome.now_running = Some(match &manifest.proxy {
+            Some(spec) => blue_green::now_running(layout, spec, previous.as_deref()),
+            None => NowRunning {
+                release: previous.clone(),
+                version: previous
+                    .as_deref()
+                    .and_then(|p| store::read_manifest(layout, p).ok())
+                    .map(|m| m.version),
+                healthy: supervisor::status(layout).pid.is_some(),
+                problem: None,
+            },
         });
         let revision = Revision {
             time: now_rfc3339(),
@@ -143,6 +145,12 @@ fn switch_and_verify(
     outcome: &mut Activation,
 ) -> Result<(), StepFailure> {
     cancelled("switch")?;
+    // Leaving the proxy: its instances and the proxy itself go before the
+    // plain service can take the port (a downtime like any plain restart).
+    if let Some(spec) = crate::host::instances::proxied(layout) {
+        crate::host::instances::stop(layout, &spec).map_err(|e| ("stop", e.message, e.log_tail))?;
+        emit("stop", "the proxy and both instances");
+    }
     store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
     emit("switch", &format!("current -> releases/{}", manifest.id));
     let restarted = restart::restart(layout).map_err(|(step, e)| (step, e.message, e.log_tail))?;
@@ -259,8 +267,19 @@ fn revert(
     let version = store::read_manifest(layout, previous)
         .ok()
         .map(|m| m.version);
-    let result = store::switch(layout, previous)
-        .and_then(|()| restart::restart(layout).map_err(|(_, e)| e.message));
+    let back_behind_proxy = store::read_manifest(layout, previous)
+        .ok()
+        .and_then(|m| m.proxy);
+    let result = store::switch(layout, previous).and_then(|()| match &back_behind_proxy {
+        // A previous release behind the proxy goes back to being served by it.
+        Some(spec) => {
+            let _ = supervisor::stop(layout);
+            crate::host::instances::start(layout, spec)
+                .map(|start| Restarted { stop: None, start })
+                .map_err(|e| e.message)
+        }
+        None => restart::restart(layout).map_err(|(_, e)| e.message),
+    });
     match result {
         Ok(Restarted { start: started, .. }) => {
             emit(

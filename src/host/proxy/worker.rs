@@ -340,13 +340,7 @@ async fn handle(
     let mut body = Some(body);
     loop {
         let Some(flight) = wait_for_active(&shared, deadline).await else {
-            return Ok(page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "{}: no healthy instance took this request within {} ms",
-                    shared.name, shared.spec.hold_ms
-                ),
-            ));
+            return Ok(unavailable(&shared));
         };
         let mut up = Request::from_parts(parts.clone(), ());
         *up.uri_mut() = match format!("http://127.0.0.1:{}{path}", flight.port).parse::<Uri>() {
@@ -369,8 +363,11 @@ async fn handle(
             }
             // Nothing reached the instance (it is restarting, say): a request
             // without a body can wait for it like for a switch.
-            Err(e) if e.is_connect() && bodiless && tokio::time::Instant::now() < deadline => {
+            Err(e) if e.is_connect() && bodiless => {
                 drop(flight);
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(unavailable(&shared));
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => {
@@ -384,6 +381,17 @@ async fn handle(
             }
         }
     }
+}
+
+/// 503 once `hold` has passed without an instance to take the request.
+fn unavailable(shared: &Shared) -> Response<DownBody> {
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{}: no healthy instance took this request within {} ms (shipjar proxy)",
+            shared.name, shared.spec.hold_ms
+        ),
+    )
 }
 
 /// The request's count on the active instance, once there is one; `None`
