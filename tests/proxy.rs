@@ -186,26 +186,30 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
     assert_ne!(failed.status.code(), Some(0), "{}", text(&failed));
     let out = p.deploy("4.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let back = p.run(&["rollback", "local"]);
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    assert!(text(&back).contains("drained"), "{}", text(&back));
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let (seen, errors) = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert_eq!(
         seen,
-        ["1.0.0", "2.0.0", "4.0.0"],
+        ["1.0.0", "2.0.0", "4.0.0", "2.0.0"],
         "versions in order, 3.0.0 never"
     );
 
-    // Both instances are listed; the one of 4.0.0 takes traffic, the other is stopped.
+    // Both instances are listed; the one of 2.0.0 takes traffic, the other is stopped.
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(0), "{status}");
     assert!(status.contains("(takes traffic)"), "{status}");
     assert!(status.contains("(idle)"), "{status}");
     let (_, json) = p.status_json();
     assert_eq!(
-        json["hosts"][0]["status"]["reported_version"], "4.0.0",
+        json["hosts"][0]["status"]["reported_version"], "2.0.0",
         "{json}"
     );
+    assert_eq!(json["hosts"][0]["flags"], serde_json::json!([]), "{json}");
 }
 
 #[test]
