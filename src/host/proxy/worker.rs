@@ -397,6 +397,10 @@ fn unavailable(shared: &Shared) -> Response<DownBody> {
 /// The request's count on the active instance, once there is one; `None`
 /// when none became active before `deadline`.
 async fn wait_for_active(shared: &Arc<Shared>, deadline: tokio::time::Instant) -> Option<InFlight> {
+    // The common case needs no subscription.
+    if let Some(flight) = shared.enter() {
+        return Some(flight);
+    }
     let mut wake = shared.wake.subscribe();
     loop {
         if let Some(flight) = shared.enter() {
