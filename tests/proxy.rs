@@ -322,3 +322,47 @@ fn proxy_off_by_default_leaves_a_plain_restart() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!p.root().join("run/hello/proxy").exists());
 }
+
+#[test]
+fn a_service_moves_behind_the_proxy_and_back() {
+    let ports = [free_port(), free_port()];
+    let p = Project::new();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plain = std::fs::read_to_string(p.path().join("shipjar.toml")).unwrap();
+    let proxied = format!(
+        "{plain}\n[proxy]\nlisten = \"127.0.0.1:{}\"\nports = [{}, {}]\n",
+        p.port, ports[0], ports[1]
+    );
+    std::fs::write(p.path().join("shipjar.toml"), proxied).unwrap();
+    let out = p.deploy("2.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("the service without proxy"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(status.contains("proxy running"), "{status}");
+
+    // Back to a plain restart: the proxy and its instances make way.
+    std::fs::write(p.path().join("shipjar.toml"), plain).unwrap();
+    let out = p.deploy("3.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(p.served_version().as_deref(), Some("3.0.0"));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(!status.contains("proxy"), "{status}");
+    let proxy = p.run(&[
+        "service",
+        "proxy",
+        "hello",
+        "--status",
+        "--root",
+        p.root().to_str().unwrap(),
+    ]);
+    assert_eq!(proxy.status.code(), Some(3), "{}", text(&proxy));
+}

@@ -105,3 +105,24 @@ pub fn lsb_code(status: &ProxyStatus) -> i32 {
         _ => 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::idle_port;
+    use crate::protocol::manifest::ProxySpec;
+
+    #[test]
+    fn the_idle_port_is_the_other_one_or_the_first() {
+        let spec = ProxySpec {
+            listen: "127.0.0.1:8080".into(),
+            ports: [18081, 18082],
+            port_env: "PORT".into(),
+            drain_timeout_ms: 1,
+            hold_ms: 1,
+        };
+        assert_eq!(idle_port(&spec, None), 18081);
+        assert_eq!(idle_port(&spec, Some(18081)), 18082);
+        assert_eq!(idle_port(&spec, Some(18082)), 18081);
+        assert_eq!(idle_port(&spec, Some(9)), 18081);
+    }
+}
