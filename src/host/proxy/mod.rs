@@ -176,18 +176,23 @@ pub fn stop(layout: &Layout) -> Result<bool, String> {
 /// Makes `port` (or no instance) the one taking traffic: recorded by rename
 /// first, then told to the proxy, which confirms.
 pub fn switch(layout: &Layout, port: Option<u16>) -> Result<(), String> {
+    let before = files::read_active(layout);
     files::write_active(layout, port)?;
     let line = match port {
         Some(p) => format!("switch {p}"),
         None => "none".to_string(),
     };
-    let answer = wait_request(layout, &line, START_TIMEOUT)?;
     let expected = format!("ok active {}", port.unwrap_or(0));
-    if answer == expected {
-        Ok(())
-    } else {
-        Err(format!("the proxy answered `{answer}` to `{line}`"))
+    let result = match wait_request(layout, &line, START_TIMEOUT) {
+        Ok(answer) if answer == expected => Ok(()),
+        Ok(answer) => Err(format!("the proxy answered `{answer}` to `{line}`")),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        // Unconfirmed: a proxy restarted later must resume where it was.
+        let _ = files::write_active(layout, before);
     }
+    result
 }
 
 /// Requests still in flight on the instance on `port`.
