@@ -266,6 +266,14 @@ fn the_proxy_comes_back_after_sigkill_and_status_says_so() {
         status.contains("restarted 1 time(s) (last: killed by SIGKILL)"),
         "{status}"
     );
+
+    // Stopped as a whole: LSB 3, and no instance said to take traffic.
+    let root = p.root().to_str().unwrap().to_string();
+    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(3), "{status}");
+    assert!(!status.contains("takes traffic"), "{status}");
 }
 
 #[test]

@@ -466,9 +466,10 @@ fn status(layout: &Layout) -> HostStatus {
     // Behind the proxy, the service is the instance taking traffic.
     let proxy = crate::host::instances::proxied(layout)
         .map(|spec| crate::host::instances::status(layout, &spec));
+    // The instance the proxy last sent traffic to, even while the proxy is down.
     let active = proxy
         .as_ref()
-        .and_then(|p| p.instances.iter().find(|i| i.active));
+        .and_then(|p| p.instances.iter().find(|i| Some(i.port) == p.active));
     let instance = active.map(|i| i.port);
     let service = match active {
         Some(i) => i.service.clone(),

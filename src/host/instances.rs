@@ -88,7 +88,8 @@ pub fn status(layout: &Layout, spec: &ProxySpec) -> ProxyStatus {
         .iter()
         .map(|&port| InstanceStatus {
             port,
-            active: proxy.active == Some(port),
+            // A stopped proxy sends traffic nowhere, whatever it last recorded.
+            active: proxy.state == ProxyState::Running && proxy.active == Some(port),
             service: supervisor::status(&layout.with_instance(Some(port))),
         })
         .collect();
@@ -96,12 +97,13 @@ pub fn status(layout: &Layout, spec: &ProxySpec) -> ProxyStatus {
 }
 
 /// LSB code of a proxied service: the active instance's code behind a
-/// running proxy; 3 when all is stopped; 1 otherwise.
+/// running proxy; 3 when the proxy and both instances are stopped; 1 otherwise.
 pub fn lsb_code(status: &ProxyStatus) -> i32 {
     let active = status.instances.iter().find(|i| i.active);
+    let none_runs = status.instances.iter().all(|i| i.service.pid.is_none());
     match (&status.state, active) {
         (ProxyState::Running, Some(i)) => i.service.lsb_code,
-        (ProxyState::Stopped, None) => 3,
+        (ProxyState::Stopped, _) if none_runs => 3,
         _ => 1,
     }
 }
