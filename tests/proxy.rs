@@ -23,6 +23,22 @@ impl Drop for Cleanup {
             .arg(&self.0)
             .output();
         let run = self.0.join("run/hello");
+        // The proxy's keeper, if it outlived the stop (its worker dies with it).
+        let keeper = std::fs::read_to_string(run.join("proxy/keeper.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["keeper"]["pid"].as_i64());
+        if let Some(pid) = keeper {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let root = self.0.to_string_lossy().into_owned();
+            let text = String::from_utf8_lossy(&cmdline).into_owned();
+            if text.contains("proxy") && text.contains(&root) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         for port in self.1 {
             let pidfile = run.join(format!("instance-{port}/hello.pid"));
             if let Some(pid) = std::fs::read_to_string(pidfile)
