@@ -239,6 +239,13 @@ fn a_request_in_flight_on_the_old_instance_completes() {
     thread::sleep(Duration::from_millis(500));
     let out = p.deploy("2.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let logs = p.run(&["logs", "local", "-n", "200"]);
+    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
+    assert!(
+        text(&logs).contains("first healthy answer"),
+        "the active instance's log: {}",
+        text(&logs)
+    );
     let answer = slow.join().expect("slow thread");
     assert_eq!(
         answer.as_ref().map(|(s, b)| (*s, b.trim())),

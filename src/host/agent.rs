@@ -297,7 +297,12 @@ impl Session {
                     // Empty lines are keep-alives: they tell us whether the operator is still there.
                     send_checked(&event)
                 };
-                match logs::stream(&layout, lines, follow, &emit_line) {
+                // Behind the proxy: the log of the instance taking traffic now.
+                let log_layout = match crate::host::instances::proxied(&layout) {
+                    Some(_) => layout.with_instance(crate::host::proxy::active(&layout)),
+                    None => layout.clone(),
+                };
+                match logs::stream(&log_layout, lines, follow, &emit_line) {
                     Ok(()) => Response::LogsDone,
                     Err(e) => error("logs", e),
                 }
