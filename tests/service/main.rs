@@ -6,9 +6,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod console_log;
 mod death;
 mod identity;
+mod console_log;
 mod init;
 mod liveness;
 mod logs;
