@@ -287,6 +287,9 @@ pub enum ServiceCommand {
         after_help = "Example:\n  shipjar service install-initscript inventory --user inventory"
     )]
     InstallInitscript(InstallArgs),
+    /// Run the blue/green HTTP proxy of a service with `[proxy]` (kept alive by its own keeper).
+    #[command(after_help = "Example:\n  shipjar service proxy inventory")]
+    Proxy(ProxyArgs),
     /// The detached supervisor process (started by `start`).
     #[command(hide = true)]
     Supervise(ServiceArgs),
@@ -300,6 +303,31 @@ pub struct ServiceArgs {
     /// Host root the layout lives under.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub root: PathBuf,
+    /// One of the two instances behind `[proxy]`, by its port.
+    #[arg(long, value_name = "PORT")]
+    pub instance: Option<u16>,
+}
+
+/// `service proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Service name.
+    pub name: String,
+    /// Host root the layout lives under.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Stop the running proxy instead.
+    #[arg(long, conflicts_with = "status")]
+    pub stop: bool,
+    /// Print the proxy's state (LSB exit codes: 0 running, 3 not running).
+    #[arg(long)]
+    pub status: bool,
+    /// The proxy process itself (its keeper starts it with the listening socket).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+    /// Stay in the foreground as the keeper (for process managers).
+    #[arg(long)]
+    pub foreground: bool,
 }
 
 /// `service install-unit` and `service install-initscript`.

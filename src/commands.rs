@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use crate::cli::{Cli, Command, InstallArgs, ServiceArgs, ServiceCommand, Shell};
+use crate::cli::{Cli, Command, InstallArgs, ProxyArgs, ServiceArgs, ServiceCommand, Shell};
 use crate::error::{Error, Result};
-use crate::host::{init, supervisor};
+use crate::host::{self, init, supervisor};
 use crate::operator;
 use crate::protocol::layout::Layout;
+use crate::protocol::manifest::ProxySpec;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<i32> {
@@ -112,15 +113,106 @@ fn absolute(path: &PathBuf) -> Result<PathBuf> {
 
 fn layout(args: &ServiceArgs) -> Result<Layout> {
     crate::protocol::validate_service_name(&args.name).map_err(Error::config)?;
-    Ok(Layout::new(absolute(&args.root)?, &args.name))
+    Ok(Layout::new(absolute(&args.root)?, &args.name).with_instance(args.instance))
+}
+
+/// A proxied service (its `current` release has `[proxy]`) addressed as a
+/// whole: `start`, `stop` and `status` cover the proxy and both instances.
+fn proxied(args: &ServiceArgs) -> Result<Option<(Layout, ProxySpec)>> {
+    let layout = layout(args)?;
+    if args.instance.is_some() {
+        return Ok(None);
+    }
+    Ok(host::instances::proxied(&layout).map(|spec| (layout, spec)))
+}
+
+fn run_proxy(args: &ProxyArgs, json: bool) -> Result<i32> {
+    crate::protocol::validate_service_name(&args.name).map_err(Error::config)?;
+    let layout = Layout::new(absolute(&args.root)?, &args.name);
+    if args.worker {
+        return Ok(host::proxy::run_worker(&layout));
+    }
+    if args.foreground {
+        return Ok(host::proxy::run_keeper(&layout));
+    }
+    if args.stop {
+        return match host::proxy::stop(&layout) {
+            Ok(true) => {
+                println!("proxy stopped");
+                Ok(0)
+            }
+            Ok(false) => {
+                println!("proxy not running");
+                Ok(0)
+            }
+            Err(e) => Err(Error::failed(e)),
+        };
+    }
+    if !args.status {
+        let spec = host::instances::proxied(&layout).ok_or_else(|| {
+            Error::failed(format!(
+                "the current release of {} has no [proxy] section",
+                args.name
+            ))
+        })?;
+        host::proxy::ensure_running(&layout, &spec).map_err(Error::failed)?;
+    }
+    let status = host::proxy::status(&layout);
+    if json {
+        print_json(&status);
+    } else {
+        let active = status
+            .active
+            .map_or("none".to_string(), |p| format!("127.0.0.1:{p}"));
+        println!("{}, active instance {active}", status.line());
+    }
+    Ok(match status.state {
+        host::proxy::ProxyState::Running => 0,
+        host::proxy::ProxyState::Stopped => 3,
+        _ => 1,
+    })
 }
 
 fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
     match cmd {
-        ServiceCommand::Start(args) => {
-            report_start(supervisor::start_outcome(&layout(&args)?), json)
+        ServiceCommand::Start(args) => match proxied(&args)? {
+            Some((layout, spec)) => report_start(
+                host::instances::start(&layout, &spec).map(|report| supervisor::StartOutcome {
+                    report,
+                    replaced_pid: None,
+                    replaced_how: None,
+                }),
+                json,
+            ),
+            None => report_start(supervisor::start_outcome(&layout(&args)?), json),
+        },
+        ServiceCommand::Proxy(args) => run_proxy(&args, json),
+        ServiceCommand::Restart(args)
+        | ServiceCommand::Reload(args)
+        | ServiceCommand::Run(args)
+            if proxied(&args)?.is_some() =>
+        {
+            Err(Error::failed(format!(
+                "{} runs as two instances behind its proxy: `shipjar deploy` and `rollback` \
+                 replace the running instance without downtime, and `service stop` then \
+                 `service start` restart the proxy and the active instance; restart, reload \
+                 and run of a proxied service are not supported yet",
+                args.name
+            )))
         }
         ServiceCommand::Restart(args) => report_start(supervisor::restart(&layout(&args)?), json),
+        ServiceCommand::Stop(args) if proxied(&args)?.is_some() => {
+            let Some((layout, spec)) = proxied(&args)? else {
+                return Ok(3);
+            };
+            match host::instances::stop(&layout, &spec) {
+                Ok(()) => {
+                    println!("stopped: both instances and the proxy");
+                    Ok(0)
+                }
+                Err(err) => Ok(report_supervisor_error(&err, json)),
+            }
+        }
         ServiceCommand::Stop(args) => match supervisor::stop(&layout(&args)?) {
             Ok(report) => {
                 if json {
@@ -146,6 +238,21 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
             }
             Err(err) => Ok(report_supervisor_error(&err, json)),
         },
+        ServiceCommand::Status(args) if proxied(&args)?.is_some() => {
+            let Some((layout, spec)) = proxied(&args)? else {
+                return Ok(3);
+            };
+            let status = host::instances::status(&layout, &spec);
+            if json {
+                print_json(&status);
+            } else {
+                println!("{}", status.line());
+                for line in status.instance_lines() {
+                    println!("{line}");
+                }
+            }
+            Ok(host::instances::lsb_code(&status))
+        }
         ServiceCommand::Status(args) => {
             let status = supervisor::status(&layout(&args)?);
             if json {
@@ -183,6 +290,7 @@ fn install(args: &InstallArgs, which: Init) -> Result<i32> {
     let layout = layout(&ServiceArgs {
         name: args.name.clone(),
         root: args.root.clone(),
+        instance: None,
     })?;
     let shipjar = match &args.shipjar {
         Some(path) => absolute(path)?,

@@ -52,15 +52,17 @@ pub fn activate(
         outcome.failed_step = Some(step.to_string());
         outcome.reason = Some(reason.clone());
         outcome.log_tail = output;
-        let running = supervisor::status(layout).pid.is_some();
-        outcome.now_running = Some(NowRunning {
-            release: previous.clone(),
-            version: previous
-                .as_deref()
-                .and_then(|p| store::read_manifest(layout, p).ok())
-                .map(|m| m.version),
-            healthy: running,
-            problem: None,
+        outcome.now_running = Some(match &manifest.proxy {
+            Some(spec) => blue_green::now_running(layout, spec, previous.as_deref()),
+            None => NowRunning {
+                release: previous.clone(),
+                version: previous
+                    .as_deref()
+                    .and_then(|p| store::read_manifest(layout, p).ok())
+                    .map(|m| m.version),
+                healthy: supervisor::status(layout).pid.is_some(),
+                problem: None,
+            },
         });
         let revision = Revision {
             time: now_rfc3339(),
@@ -76,7 +78,10 @@ pub fn activate(
         }
         return outcome;
     }
-    let result = switch_and_verify(layout, &manifest, deploying, emit, &mut outcome);
+    let result = match &manifest.proxy {
+        Some(spec) => blue_green::activate(layout, &manifest, spec, deploying, emit, &mut outcome),
+        None => switch_and_verify(layout, &manifest, deploying, emit, &mut outcome),
+    };
     let (ok, detail) = match result {
         Ok(()) => (true, String::new()),
         Err((step, reason, log_tail)) => {
@@ -85,7 +90,11 @@ pub fn activate(
             outcome.failed_step = Some(step.to_string());
             outcome.reason = Some(reason.clone());
             outcome.log_tail = log_tail;
-            let now = revert(layout, previous.as_deref(), release, emit);
+            let now = match &manifest.proxy {
+                // The old instance never stopped taking traffic.
+                Some(spec) => blue_green::now_running(layout, spec, previous.as_deref()),
+                None => revert(layout, previous.as_deref(), release, emit),
+            };
             let detail = format!("{step}: {reason}; {}", describe_now_running(&now));
             outcome.now_running = Some(now);
             (false, detail)
@@ -113,6 +122,8 @@ pub fn activate(
 
 type StepFailure = (&'static str, String, Vec<String>);
 
+mod blue_green;
+
 /// Fails `step` when the operator cancelled the activation.
 fn cancelled(step: &'static str) -> Result<(), StepFailure> {
     if cancel::requested() {
@@ -134,6 +145,12 @@ fn switch_and_verify(
     outcome: &mut Activation,
 ) -> Result<(), StepFailure> {
     cancelled("switch")?;
+    // Leaving the proxy: its instances and the proxy itself go before the
+    // plain service can take the port (a downtime like any plain restart).
+    if let Some(spec) = crate::host::instances::proxied(layout) {
+        crate::host::instances::stop(layout, &spec).map_err(|e| ("stop", e.message, e.log_tail))?;
+        emit("stop", "the proxy and both instances");
+    }
     store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
     emit("switch", &format!("current -> releases/{}", manifest.id));
     let restarted = restart::restart(layout).map_err(|(step, e)| (step, e.message, e.log_tail))?;
@@ -250,8 +267,19 @@ fn revert(
     let version = store::read_manifest(layout, previous)
         .ok()
         .map(|m| m.version);
-    let result = store::switch(layout, previous)
-        .and_then(|()| restart::restart(layout).map_err(|(_, e)| e.message));
+    let back_behind_proxy = store::read_manifest(layout, previous)
+        .ok()
+        .and_then(|m| m.proxy);
+    let result = store::switch(layout, previous).and_then(|()| match &back_behind_proxy {
+        // A previous release behind the proxy goes back to being served by it.
+        Some(spec) => {
+            let _ = supervisor::stop(layout);
+            crate::host::instances::start(layout, spec)
+                .map(|start| Restarted { stop: None, start })
+                .map_err(|e| e.message)
+        }
+        None => restart::restart(layout).map_err(|(_, e)| e.message),
+    });
     match result {
         Ok(Restarted { start: started, .. }) => {
             emit(
@@ -299,9 +327,22 @@ fn missing_key(url: &str, key: &str, answer: &serde_json::Value) -> String {
 
 /// Asks the service's version endpoint; `Ok(None)` when the manifest has none.
 pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, String> {
+    reported_version_at(manifest, None)
+}
+
+/// Like [`reported_version`], asking the instance on `port` when given.
+pub fn reported_version_at(
+    manifest: &ReleaseManifest,
+    port: Option<u16>,
+) -> Result<Option<String>, String> {
     let Some(check) = &manifest.version_check else {
         return Ok(None);
     };
+    let mut check = check.clone();
+    if let Some(port) = port {
+        check.url = supervisor::release::with_port(&check.url, port);
+    }
+    let check = &check;
     let mut last_error = String::new();
     let started = Instant::now();
     for attempt in 0..VERSION_ATTEMPTS {

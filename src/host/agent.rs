@@ -297,7 +297,12 @@ impl Session {
                     // Empty lines are keep-alives: they tell us whether the operator is still there.
                     send_checked(&event)
                 };
-                match logs::stream(&layout, lines, follow, &emit_line) {
+                // Behind the proxy: the log of the instance taking traffic now.
+                let log_layout = match crate::host::instances::proxied(&layout) {
+                    Some(_) => layout.with_instance(crate::host::proxy::active(&layout)),
+                    None => layout.clone(),
+                };
+                match logs::stream(&log_layout, lines, follow, &emit_line) {
                     Ok(()) => Response::LogsDone,
                     Err(e) => error("logs", e),
                 }
@@ -463,14 +468,25 @@ fn secret_group(user: Option<&str>) -> Result<Option<u32>, String> {
 
 /// What runs on this host: `current`, the supervised process, the reported version.
 fn status(layout: &Layout) -> HostStatus {
-    let service = supervisor::status(layout);
+    // Behind the proxy, the service is the instance taking traffic.
+    let proxy = crate::host::instances::proxied(layout)
+        .map(|spec| crate::host::instances::status(layout, &spec));
+    // The instance the proxy last sent traffic to, even while the proxy is down.
+    let active = proxy
+        .as_ref()
+        .and_then(|p| p.instances.iter().find(|i| Some(i.port) == p.active));
+    let instance = active.map(|i| i.port);
+    let service = match active {
+        Some(i) => i.service.clone(),
+        None => supervisor::status(layout),
+    };
     let current = store::list(layout).into_iter().find(|r| r.current);
     let running_manifest = service
         .release
         .as_deref()
         .and_then(|id| store::read_manifest(layout, id).ok());
     let (reported_version, version_error) = match (&running_manifest, service.pid) {
-        (Some(manifest), Some(_)) => match activate::reported_version(manifest) {
+        (Some(manifest), Some(_)) => match activate::reported_version_at(manifest, instance) {
             Ok(v) => (v, None),
             Err(e) => (None, Some(e)),
         },
@@ -485,5 +501,6 @@ fn status(layout: &Layout) -> HostStatus {
             .ok()
             .and_then(|mut history| history.pop()),
         service,
+        proxy,
     }
 }

@@ -124,10 +124,13 @@ fn mib(bytes: u64) -> String {
 fn port_free_or_ours(layout: &Layout, port: u16) -> HostFinding {
     let what = format!("port {port}");
     let status = supervisor::status(layout);
-    let ours = status
+    let mut ours = status
         .pid
         .map(listener::service_processes)
         .unwrap_or_default();
+    // Behind `[proxy]` the public port is the proxy's (its keeper and worker share the socket).
+    let proxy = crate::host::proxy::status(layout);
+    ours.extend(proxy.worker_pid.into_iter().chain(proxy.keeper_pid));
     match listener::holder(port, &ours) {
         listener::Holder::Nobody => finding(what, true, "free"),
         listener::Holder::Ours(pid) => {

@@ -8,7 +8,7 @@ use crate::operator::config::{HostSpec, Project};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::{MASK, Reporter, StepStatus};
 use crate::protocol::digest::short;
-use crate::protocol::status::ServiceState;
+use crate::protocol::status::{ProxyState, ProxyStatus, ServiceState};
 use crate::protocol::{HostStatus, ReleaseInfo, Request, Response};
 
 /// One host's row in `status`.
@@ -61,6 +61,21 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
         && service.state == ServiceState::Running
     {
         flags.push(format!("version check failed: {e}"));
+    }
+    if let Some(proxy) = &status.proxy {
+        flags.extend(proxy_flags(proxy));
+    }
+    flags
+}
+
+/// A proxy that is not serving, or one that takes traffic to no instance.
+fn proxy_flags(proxy: &ProxyStatus) -> Vec<String> {
+    let mut flags = Vec::new();
+    if proxy.state != ProxyState::Running {
+        flags.push(format!("proxy {}", proxy.state));
+    }
+    if proxy.active.is_none() {
+        flags.push("the proxy sends traffic to no instance".into());
     }
     flags
 }
@@ -183,6 +198,12 @@ fn format_row(row: &HostReport) -> String {
         ));
         if let Some(v) = &s.reported_version {
             out.push_str(&format!("  reports:   version {v}\n"));
+        }
+        if let Some(p) = &s.proxy {
+            out.push_str(&format!("  proxy:     {}\n", p.line()));
+            for line in p.instance_lines() {
+                out.push_str(&format!("  {line}\n"));
+            }
         }
         let health = match (&svc.state, svc.healthy) {
             (ServiceState::Starting, _) => Some("starting: the health gate has not passed yet"),

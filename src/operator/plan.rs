@@ -177,6 +177,13 @@ fn plan_host(
         logs: LogSpec::from(&config.logs),
         reload: ReloadSpec::from(&config.reload),
         hooks: config.hooks.host_hooks(),
+        // A stage's own `proxy` replaces the top-level one.
+        proxy: config
+            .stages
+            .get(&stage.name)
+            .and_then(|s| s.get_ref().proxy.as_ref())
+            .or(config.proxy.as_ref())
+            .map(crate::protocol::manifest::ProxySpec::from),
     };
 
     let run = run_spec(config, inputs, spec, &public_vars)?;

@@ -87,6 +87,8 @@ impl Directory {
 pub struct Layout {
     root: PathBuf,
     name: String,
+    /// One of two blue/green instances behind the proxy, named by its port.
+    instance: Option<u16>,
 }
 
 impl Layout {
@@ -95,7 +97,22 @@ impl Layout {
         Layout {
             root: root.into(),
             name: name.to_string(),
+            instance: None,
         }
+    }
+
+    /// The same service's instance on `port` (its own run dir, log file and
+    /// release link); `None` is the service itself.
+    pub fn with_instance(&self, port: Option<u16>) -> Self {
+        Layout {
+            instance: port,
+            ..self.clone()
+        }
+    }
+
+    /// The instance port this layout is for, if it is one.
+    pub fn instance(&self) -> Option<u16> {
+        self.instance
     }
 
     /// The host root this layout lives under.
@@ -133,9 +150,18 @@ impl Layout {
         self.releases_dir().join(id)
     }
 
-    /// The `current` symlink, pointing at `releases/<id>`.
+    /// The `current` symlink, pointing at `releases/<id>`; for an
+    /// instance, its own link (see [`Layout::instance_link`]).
     pub fn current_link(&self) -> PathBuf {
-        self.lib_dir().join("current")
+        match self.instance {
+            Some(port) => self.instance_link(port),
+            None => self.lib_dir().join("current"),
+        }
+    }
+
+    /// `instances/<port>`: the release the instance on `port` runs.
+    pub fn instance_link(&self, port: u16) -> PathBuf {
+        self.lib_dir().join("instances").join(port.to_string())
     }
 
     /// Kept across releases; writable by the service.
@@ -162,12 +188,40 @@ impl Layout {
     /// The service's output under the file name a release configures
     /// (already checked to be one plain name).
     pub fn log_file_named(&self, file: &str) -> PathBuf {
-        self.log_dir().join(file)
+        match self.instance {
+            // `console.log` → `console-18081.log`: two instances never share a file.
+            Some(port) => match file.rsplit_once('.') {
+                Some((stem, ext)) if !stem.is_empty() => {
+                    self.log_dir().join(format!("{stem}-{port}.{ext}"))
+                }
+                _ => self.log_dir().join(format!("{file}-{port}")),
+            },
+            None => self.log_dir().join(file),
+        }
     }
 
-    /// `/run/<name>`: pidfile, state, locks.
+    /// `/run/<name>`: pidfile, state, locks; an instance's are in
+    /// `/run/<name>/instance-<port>`.
     pub fn run_dir(&self) -> PathBuf {
+        match self.instance {
+            Some(port) => self.service_run_dir().join(format!("instance-{port}")),
+            None => self.service_run_dir(),
+        }
+    }
+
+    /// `/run/<name>`, whichever instance this is.
+    pub fn service_run_dir(&self) -> PathBuf {
         self.root.join("run").join(&self.name)
+    }
+
+    /// The proxy's files: active instance, keeper state, control socket, lock.
+    pub fn proxy_dir(&self) -> PathBuf {
+        self.service_run_dir().join("proxy")
+    }
+
+    /// The proxy's own output.
+    pub fn proxy_log(&self) -> PathBuf {
+        self.log_dir().join("proxy.log")
     }
 
     /// LSB pidfile: the service's pid, then its start time.
@@ -212,7 +266,32 @@ impl Layout {
 
     /// The stage's deploy lock and the file naming its holder.
     pub fn deploy_lock(&self) -> PathBuf {
-        self.run_dir().join("deploy.lock")
+        self.service_run_dir().join("deploy.lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Layout;
+
+    #[test]
+    fn an_instance_has_its_own_run_dir_log_and_release_link() {
+        let base = Layout::new("/r", "hello");
+        let blue = base.with_instance(Some(18081));
+        assert_eq!(blue.run_dir().to_str(), Some("/r/run/hello/instance-18081"));
+        assert_eq!(blue.deploy_lock(), base.deploy_lock());
+        assert_eq!(
+            blue.current_link().to_str(),
+            Some("/r/var/lib/hello/instances/18081")
+        );
+        assert_eq!(
+            blue.log_file_named("console.log").to_str(),
+            Some("/r/var/log/hello/console-18081.log")
+        );
+        assert_eq!(
+            base.log_file_named("console.log").to_str(),
+            Some("/r/var/log/hello/console.log")
+        );
     }
 }
 

@@ -66,6 +66,25 @@ pub struct ReleaseManifest {
     /// Deploy hooks run on the host around its switch (never on a rollback).
     #[serde(default)]
     pub hooks: HostHooks,
+    /// Blue/green behind shipjar's proxy; `None`: one instance, restarted in place.
+    #[serde(default)]
+    pub proxy: Option<ProxySpec>,
+}
+
+/// Two instances of the service behind shipjar's own HTTP proxy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySpec {
+    /// The public address the proxy listens on, e.g. `127.0.0.1:8080`.
+    pub listen: String,
+    /// The two instance ports (on 127.0.0.1); a deploy starts the idle one.
+    pub ports: [u16; 2],
+    /// The environment variable that tells an instance its port.
+    pub port_env: String,
+    /// How long in-flight requests on the old instance may take to finish.
+    pub drain_timeout_ms: u64,
+    /// How long a new request waits while no instance is healthy.
+    pub hold_ms: u64,
 }
 
 /// The deploy hooks a release carries for its own activation.

@@ -452,6 +452,10 @@ pub struct HostStatus {
     pub version_error: Option<String>,
     /// The last line of revisions.log.
     pub last_revision: Option<Revision>,
+    /// The proxy and both instances, for a service with `[proxy]`; then
+    /// `service` is the instance taking traffic.
+    #[serde(default)]
+    pub proxy: Option<crate::protocol::status::ProxyStatus>,
 }
 
 /// A revisions.log line.
@@ -592,6 +596,7 @@ mod tests {
             reported_version: None,
             version_error: None,
             last_revision: None,
+            proxy: None,
         })));
     }
 }

@@ -70,3 +70,87 @@ pub struct ServiceStatus {
     #[serde(default)]
     pub last_probe: Option<String>,
 }
+
+wire_enum! {
+    /// The blue/green proxy's state as `status` sees it.
+    pub enum ProxyState {
+        /// Its keeper lives and a worker answers on the control socket.
+        Running => "running",
+        /// The keeper lives, its worker does not answer (being restarted).
+        Restarting => "restarting",
+        /// The keeper is gone without having been stopped.
+        Dead => "dead",
+        /// Never started, or stopped.
+        Stopped => "stopped",
+    }
+}
+
+/// The proxy in front of a service with `[proxy]`, and both instances.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyStatus {
+    /// Running, restarting, dead or stopped.
+    pub state: ProxyState,
+    /// The public address.
+    pub listen: Option<String>,
+    /// The instance port taking traffic.
+    pub active: Option<u16>,
+    /// The keeper's pid (proven against /proc).
+    pub keeper_pid: Option<i32>,
+    /// The serving worker's pid (proven against /proc).
+    pub worker_pid: Option<i32>,
+    /// Workers restarted after they died.
+    pub restarts: u32,
+    /// How the last worker ended, e.g. "killed by SIGKILL".
+    pub last_exit: Option<String>,
+    /// In-flight requests per instance port.
+    pub inflight: Vec<(u16, u64)>,
+    /// Both instances, in `ports` order (filled in by whoever knows the ports).
+    #[serde(default)]
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One of the two instances behind the proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceStatus {
+    /// Its port.
+    pub port: u16,
+    /// Whether the proxy sends traffic to it.
+    pub active: bool,
+    /// Its supervisor's view.
+    pub service: ServiceStatus,
+}
+
+impl ProxyStatus {
+    /// One line: state, address, pid, restarts and how the last worker ended.
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "proxy {} on {}",
+            self.state,
+            self.listen.as_deref().unwrap_or("?")
+        );
+        if let Some(pid) = self.worker_pid {
+            line += &format!(", pid {pid}");
+        }
+        if self.restarts > 0 {
+            line += &format!(
+                ", restarted {} time(s) (last: {})",
+                self.restarts,
+                self.last_exit.as_deref().unwrap_or("?")
+            );
+        }
+        line
+    }
+
+    /// One line per instance: port, whether it takes traffic, its state.
+    pub fn instance_lines(&self) -> Vec<String> {
+        self.instances
+            .iter()
+            .map(|i| {
+                let mark = if i.active { "takes traffic" } else { "idle" };
+                format!("instance {} ({mark}): {}", i.port, i.service.detail)
+            })
+            .collect()
+    }
+}

@@ -115,8 +115,11 @@ fn spawn_supervisor(layout: &Layout) -> Result<StartReport, SupervisorError> {
         .arg("supervise")
         .arg(layout.name())
         .arg("--root")
-        .arg(root)
-        .current_dir("/")
+        .arg(root);
+    if let Some(port) = layout.instance() {
+        cmd.arg("--instance").arg(port.to_string());
+    }
+    cmd.current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);

@@ -267,9 +267,15 @@ fn supervises(cmdline: &[OsString], cwd: Option<&Path>, layout: &Layout) -> bool
     }
     let mut name = None;
     let mut root: Option<&OsStr> = None;
+    let mut instance: Option<&OsStr> = None;
     let mut i = 1;
     while i < rest.len() {
         let a = rest[i];
+        if a == "--instance" {
+            instance = rest.get(i + 1).copied();
+            i += 2;
+            continue;
+        }
         if a == "--root" {
             root = rest.get(i + 1).copied();
             i += 2;
@@ -283,6 +289,11 @@ fn supervises(cmdline: &[OsString], cwd: Option<&Path>, layout: &Layout) -> bool
         i += 1;
     }
     if name.is_none_or(|n| n != layout.name()) {
+        return false;
+    }
+    // One instance's supervisor is not the other's.
+    let wanted = layout.instance().map(|p| p.to_string());
+    if instance.and_then(OsStr::to_str) != wanted.as_deref() {
         return false;
     }
     let root = Path::new(root.unwrap_or(OsStr::new("/")));

@@ -72,6 +72,13 @@ pub const LOCAL_ROOT_DIR: &str = ".shipjar";
 /// `[stages.NAME] root` of a stage with remote hosts.
 pub const REMOTE_ROOT: &str = "/";
 
+/// `[proxy] port_env`: the variable that tells an instance its port.
+pub const PROXY_PORT_ENV: &str = "PORT";
+/// `[proxy] drain_timeout`: how long in-flight requests on the old instance may take.
+pub const PROXY_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// `[proxy] hold`: how long a new request waits while no instance is healthy.
+pub const PROXY_HOLD_MS: u64 = 10_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

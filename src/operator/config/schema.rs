@@ -50,6 +50,39 @@ pub struct Config {
     /// Commands run at fixed points of a deploy or rollback.
     #[serde(default)]
     pub hooks: Hooks,
+    /// Blue/green instances behind shipjar's proxy (off without this section).
+    pub proxy: Option<Proxy>,
+}
+
+/// `[proxy]` (or a stage's `proxy = { … }`): zero-downtime deploys on one host.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    /// The public address, e.g. `"127.0.0.1:8080"`.
+    pub listen: Spanned<String>,
+    /// The two instance ports, e.g. `[18081, 18082]`.
+    pub ports: Spanned<Vec<u16>>,
+    /// The environment variable that carries an instance's port.
+    #[serde(default = "default_port_env")]
+    pub port_env: Spanned<String>,
+    /// How long the old instance may take to finish its in-flight requests.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Millis,
+    /// How long a new request waits while no instance is healthy.
+    #[serde(default = "default_hold")]
+    pub hold: Millis,
+}
+
+fn default_port_env() -> Spanned<String> {
+    Spanned::new(0..0, defaults::PROXY_PORT_ENV.to_string())
+}
+
+fn default_drain_timeout() -> Millis {
+    Millis(defaults::PROXY_DRAIN_TIMEOUT_MS)
+}
+
+fn default_hold() -> Millis {
+    Millis(defaults::PROXY_HOLD_MS)
 }
 
 /// `[service]`.
@@ -359,6 +392,8 @@ pub struct Stage {
     pub on_failure: OnFailure,
     /// How long a deploy lock lives without renewal (a killed deploy's lock expires after this).
     pub lock_lease: Option<Millis>,
+    /// This stage's proxy, in place of the top-level `[proxy]`.
+    pub proxy: Option<Proxy>,
 }
 
 fn default_hosts() -> Vec<Spanned<String>> {

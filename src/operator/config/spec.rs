@@ -2,10 +2,10 @@
 //! here, so each field's mapping is written once.
 
 use crate::protocol::manifest::{
-    HealthCheck, HealthSpec, LogSpec, ReloadSpec, RestartSpec, VersionCheckSpec,
+    HealthCheck, HealthSpec, LogSpec, ProxySpec, ReloadSpec, RestartSpec, VersionCheckSpec,
 };
 
-use super::schema::{Health, Logs, Reload, Restart, VersionCheck};
+use super::schema::{Health, Logs, Proxy, Reload, Restart, VersionCheck};
 
 impl From<&Health> for HealthSpec {
     fn from(h: &Health) -> Self {
@@ -63,6 +63,23 @@ impl From<&Reload> for ReloadSpec {
     fn from(r: &Reload) -> Self {
         ReloadSpec {
             signal: r.signal_name(),
+        }
+    }
+}
+
+impl From<&Proxy> for ProxySpec {
+    /// Call only on a validated `[proxy]` (two ports, a socket address).
+    fn from(p: &Proxy) -> Self {
+        let ports = p.ports.get_ref();
+        ProxySpec {
+            listen: p.listen.get_ref().clone(),
+            ports: [
+                ports.first().copied().unwrap_or_default(),
+                ports.get(1).copied().unwrap_or_default(),
+            ],
+            port_env: p.port_env.get_ref().clone(),
+            drain_timeout_ms: p.drain_timeout.0,
+            hold_ms: p.hold.0,
         }
     }
 }

@@ -7,7 +7,7 @@ use super::Project;
 use super::defaults::LOCK_LEASE_FLOOR_MS;
 use super::diagnostics::{Seg, keys};
 use super::hosts::HostSpec;
-use super::schema::{ConfigFile, Stage};
+use super::schema::{ConfigFile, Proxy, Stage};
 use crate::error::{Error, Result};
 
 /// Template variables shipjar defines itself; stage vars may not shadow them.
@@ -43,6 +43,9 @@ impl Project {
         self.validate_restart()?;
         self.validate_stop_reload_logs()?;
         self.validate_hooks()?;
+        if let Some(proxy) = &self.config.proxy {
+            self.validate_proxy(&[Seg::Key("proxy")], proxy)?;
+        }
         for (i, entry) in self.config.config.iter().enumerate() {
             self.validate_config_file(i, entry.get_ref())?;
         }
@@ -280,6 +283,9 @@ impl Project {
         if stage.hosts.is_empty() {
             return Err(self.fail(&at(&[Seg::Key("hosts")]), "needs at least one host"));
         }
+        if let Some(proxy) = &stage.proxy {
+            self.validate_proxy(&at(&[Seg::Key("proxy")]), proxy)?;
+        }
         if !stage.agent_path.get_ref().starts_with('/') {
             return Err(self.fail(
                 &at(&[Seg::Key("agent_path")]),
@@ -337,6 +343,55 @@ impl Project {
         self.error_at(self.outline.value_span(path), &key, message)
     }
 
+    /// `[proxy]`: a socket address, two distinct instance ports apart from
+    /// it, a plausible variable name, a drain timeout above 0.
+    fn validate_proxy(&self, prefix: &[Seg<'_>], proxy: &Proxy) -> Result<()> {
+        let at = |key: &'static str| {
+            let mut path = prefix.to_vec();
+            path.push(Seg::Key(key));
+            path
+        };
+        let listen = proxy.listen.get_ref();
+        let Ok(address) = listen.parse::<std::net::SocketAddr>() else {
+            return Err(self.fail(
+                &at("listen"),
+                "expected an address and port such as \"127.0.0.1:8080\"",
+            ));
+        };
+        let ports = proxy.ports.get_ref();
+        if ports.len() != 2 || ports[0] == ports[1] || ports.contains(&0) {
+            return Err(self.fail(
+                &at("ports"),
+                "expected two different instance ports, e.g. [18081, 18082]",
+            ));
+        }
+        if ports.contains(&address.port()) {
+            return Err(self.fail(
+                &at("ports"),
+                &format!(
+                    "port {} is the proxy's own (`listen`); the instances need two others",
+                    address.port()
+                ),
+            ));
+        }
+        let env = proxy.port_env.get_ref();
+        let valid_env = env
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_env {
+            return Err(self.fail(
+                &at("port_env"),
+                "expected an environment variable name such as \"PORT\"",
+            ));
+        }
+        if proxy.drain_timeout.0 == 0 {
+            return Err(self.fail(&at("drain_timeout"), "must be longer than 0s"));
+        }
+        Ok(())
+    }
+
     /// An error pointing at the key at `path`, for a bad name.
     fn fail_key(&self, path: &[Seg<'_>], message: &str) -> Error {
         let key = super::diagnostics::display_path(path);
@@ -348,6 +403,32 @@ impl Project {
 mod tests {
     use super::super::{MINIMAL, load_str as load};
     use crate::operator::config::{Bytes, Millis};
+
+    #[test]
+    fn proxy_settings_are_checked_where_they_are_written() {
+        let ok = load(&format!(
+            "{MINIMAL}[proxy]\nlisten = \"127.0.0.1:8080\"\nports = [18081, 18082]\n"
+        ))
+        .unwrap();
+        let proxy = ok.config.proxy.as_ref().unwrap();
+        assert_eq!(proxy.port_env.get_ref(), "PORT");
+        assert_eq!(proxy.drain_timeout, Millis(30_000));
+        assert_eq!(proxy.hold, Millis(10_000));
+        let err = load(&format!(
+            "{MINIMAL}[proxy]\nlisten = \"127.0.0.1:8080\"\nports = [18081, 8080]\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("key `proxy.ports`"), "{err}");
+        assert!(err.to_string().contains("proxy's own"), "{err}");
+        let err = load(&format!(
+            "{MINIMAL}[stages.p]\nproxy = {{ listen = \"localhost\", ports = [1, 2] }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("key `stages.p.proxy.listen`"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn jar_and_command_are_exclusive() {

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Zero-downtime deploys, measured with examples/hello on 127.0.0.1:
+#  1. the proxy's cost: the same fixed-rate keep-alive load against the active
+#     instance directly and through the proxy (added p50/p99), the most each
+#     serves with CONNS connections (throughput ratio), the proxy's RSS/PSS;
+#  2. failed requests while 10 deploys, 2 rollbacks and 1 failing deploy run
+#     behind the proxy (target 0);
+#  3. the same load against a plain restart without the proxy (3 deploys):
+#     failed requests and the longest time without an answer.
+# The load generator is benches/proxy_load.rs (keep-alive, fixed rate,
+# bounded duration). Usage: bench/proxy.sh [RATE] [CONNS]
+set -euo pipefail
+cd -- "$(dirname -- "$0")/.."
+rate=${1:-500}
+conns=${2:-4}
+
+cargo build --release --quiet
+cargo bench --quiet --bench proxy_load --no-run 2>/dev/null
+load=$(find target/release/deps -maxdepth 1 -type f -executable -name 'proxy_load-*' -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2)
+bin=$PWD/target/release/shipjar
+work=$(mktemp -d)
+cleanup() {
+    "$bin" service stop hello --root "$work/.shipjar/proxied" >/dev/null 2>&1 || true
+    "$bin" service stop hello --root "$work/.shipjar/plain" >/dev/null 2>&1 || true
+    rm -rf -- "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+direct=$(free_port); listen=$(free_port); a=$(free_port); b=$(free_port)
+cp -r examples/hello/deploy "$work/"
+cp "$work/deploy/logging-local.properties" "$work/deploy/logging-proxied.properties"
+cp "$work/deploy/logging-local.properties" "$work/deploy/logging-plain.properties"
+# hello's JDK HTTP server writes headers and body apart: without TCP_NODELAY
+# every answer waits 40 ms for a delayed ACK, which would hide everything else.
+sed "s/18080/$direct/g; s/java_opts = \\[/java_opts = [\"-Dsun.net.httpserver.nodelay=true\", /; s|command = \"sh build.sh\"|command = \"BUILD_DIR='$work/build' sh '$PWD/examples/hello/build.sh'\"|" \
+    examples/hello/shipjar.toml >"$work/shipjar.toml"
+cat >>"$work/shipjar.toml" <<EOF
+
+[stages.proxied]
+root = ".shipjar/proxied"
+vars = { db_url = "jdbc:postgresql://127.0.0.1:5432/hello", db_user = "hello" }
+secrets = { db_password = { env = "HELLO_DB_PASSWORD" } }
+proxy = { listen = "127.0.0.1:$listen", ports = [$a, $b] }
+
+[stages.plain]
+root = ".shipjar/plain"
+vars = { db_url = "jdbc:postgresql://127.0.0.1:5432/hello", db_user = "hello" }
+secrets = { db_password = { env = "HELLO_DB_PASSWORD" } }
+EOF
+export HELLO_DB_PASSWORD=bench-secret
+"$bin" -C "$work" build --version bench >/dev/null 2>&1
+deploy() { "$bin" -C "$work" deploy "$@" --skip-build >/dev/null 2>&1; }
+deploy proxied --version warm-1
+deploy plain --version warm-1
+
+active() { cat "$work/.shipjar/proxied/run/hello/proxy/active"; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+# Warm both paths (JIT) before measuring.
+"$load" "$(active)" "$rate" 5 "$conns" >/dev/null
+"$load" "$listen" "$rate" 5 "$conns" >/dev/null
+d=$("$load" "$(active)" "$rate" 15 "$conns")
+p=$("$load" "$listen" "$rate" 15 "$conns")
+dmax=$("$load" "$(active)" 1000000 5 "$conns")
+pmax=$("$load" "$listen" 1000000 5 "$conns")
+worker=$(python3 -c "import json; print(json.load(open('$work/.shipjar/proxied/run/hello/proxy/keeper.json'))['worker']['pid'])")
+rss=$(awk '/^Rss:/ {print $2}' "/proc/$worker/smaps_rollup")
+pss=$(awk '/^Pss:/ {print $2}' "/proc/$worker/smaps_rollup")
+
+echo "proxy cost ($rate req/s, $conns keep-alive connections, GET /version)"
+printf '%-10s %9s %9s %12s\n' path p50_ms p99_ms max_req_s
+printf '%-10s %9s %9s %12s\n' direct "$(field "$d" p50_ms)" "$(field "$d" p99_ms)" "$(field "$dmax" rps)"
+printf '%-10s %9s %9s %12s\n' proxy "$(field "$p" p50_ms)" "$(field "$p" p99_ms)" "$(field "$pmax" rps)"
+python3 - "$d" "$p" "$dmax" "$pmax" <<'PY'
+import json, sys
+d, p, dm, pm = (json.loads(a) for a in sys.argv[1:])
+print(f"added p50 {p['p50_ms'] - d['p50_ms']:.3f} ms, added p99 {p['p99_ms'] - d['p99_ms']:.3f} ms, "
+      f"throughput ratio {pm['rps'] / dm['rps']:.2f}")
+PY
+echo "proxy worker: RSS ${rss} kB, PSS ${pss} kB"
+echo
+
+run_under_load() { # PORT SECONDS -- commands...
+    local port=$1 secs=$2; shift 2
+    "$load" "$port" "$rate" "$secs" "$conns" >"$work/load.json" &
+    local pid=$!
+    sleep 1
+    "$@"
+    local done_at=$SECONDS
+    wait "$pid"
+    echo "$(cat "$work/load.json") commands_done_after_s=$done_at"
+}
+
+proxied_round() {
+    SECONDS=0
+    for i in $(seq 1 10); do
+        deploy proxied --version "bench-$i" || echo "deploy $i FAILED" >&2
+        if [ "$i" = 4 ] || [ "$i" = 8 ]; then
+            "$bin" -C "$work" rollback proxied >/dev/null 2>&1 || echo "rollback FAILED" >&2
+        fi
+    done
+    if deploy proxied --version bench-bad --env FAIL_ON_START=1; then
+        echo "the failing deploy succeeded?" >&2
+    fi
+}
+echo "behind the proxy: 10 deploys, 2 rollbacks, 1 failing deploy under $rate req/s"
+run_under_load "$listen" 40 proxied_round
+
+plain_round() {
+    SECONDS=0
+    for i in 1 2 3; do deploy plain --version "plain-$i"; done
+}
+echo "plain restart (no proxy): 3 deploys under $rate req/s"
+run_under_load "$direct" 20 plain_round

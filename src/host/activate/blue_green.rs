@@ -1,0 +1,195 @@
+//! Activation behind the proxy: the new release starts as the idle
+//! instance, passes the health and version gate, then the proxy switches to
+//! it, `current` follows, and the old instance drains and stops. Until the
+//! switch, the old instance takes all traffic; a failed gate stops the new
+//! instance and changes nothing else.
+
+use std::time::{Duration, Instant};
+
+use super::{StepFailure, cancelled, reported_version_at, run_hook};
+use crate::host::{instances, proxy, store, supervisor};
+use crate::protocol::layout::Layout;
+use crate::protocol::manifest::{ProxySpec, ReleaseManifest};
+use crate::protocol::{Activation, HookPoint, NowRunning};
+
+/// Starts `manifest` beside the running instance and moves traffic to it.
+pub(super) fn activate(
+    layout: &Layout,
+    manifest: &ReleaseManifest,
+    spec: &ProxySpec,
+    deploying: bool,
+    emit: &dyn Fn(&str, &str),
+    outcome: &mut Activation,
+) -> Result<(), StepFailure> {
+    // The instance taking traffic, if it really runs.
+    let old = proxy::active(layout)
+        .filter(|p| spec.ports.contains(p))
+        .filter(|p| {
+            supervisor::status(&layout.with_instance(Some(*p)))
+                .pid
+                .is_some()
+        });
+    let port = instances::idle_port(spec, old);
+    let new = layout.with_instance(Some(port));
+    cancelled("switch")?;
+    // Whatever an interrupted deploy left on the idle port goes first.
+    supervisor::stop(&new).map_err(|e| ("stop", e.message, e.log_tail))?;
+    instances::link(layout, port, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
+    emit(
+        "start",
+        &format!("release {} as the instance on port {port}", manifest.id),
+    );
+    let started = supervisor::start(&new).map_err(|e| {
+        let _ = supervisor::stop(&new);
+        ("health", e.message, e.log_tail)
+    })?;
+    outcome.pid = Some(started.pid);
+    outcome.healthy_after_ms = Some(started.healthy_after_ms);
+    emit(
+        "health",
+        &format!(
+            "pid {} healthy after {} ms on port {port}",
+            started.pid, started.healthy_after_ms
+        ),
+    );
+    let gate = || -> Result<(), StepFailure> {
+        cancelled("health")?;
+        if manifest.version_check.is_some() {
+            let reported = reported_version_at(manifest, Some(port))
+                .map_err(|e| ("version", e, Vec::new()))?
+                .unwrap_or_default();
+            outcome_version(&reported, manifest)?;
+            emit(
+                "version",
+                &format!("instance on port {port} reports {reported}"),
+            );
+        }
+        Ok(())
+    };
+    if let Err(failure) = gate() {
+        let _ = supervisor::stop(&new);
+        return Err(failure);
+    }
+    outcome.reported_version = manifest
+        .version_check
+        .as_ref()
+        .map(|_| manifest.version.clone());
+
+    // A service that ran without the proxy holds its port until it stops:
+    // this one switch to the proxy is the only gap.
+    let plain = supervisor::status(layout);
+    if plain.pid.is_some() {
+        let stop = supervisor::stop(layout).map_err(|e| ("stop", e.message, e.log_tail))?;
+        emit(
+            "stop",
+            &format!(
+                "the service without proxy: {} in {} ms",
+                stop.how, stop.took_ms
+            ),
+        );
+    }
+    let fresh = proxy::ensure_running(layout, spec).map_err(|e| {
+        let _ = supervisor::stop(&new);
+        ("switch", e, Vec::new())
+    })?;
+    if fresh {
+        emit("proxy", &format!("started on {}", spec.listen));
+    }
+    let switched = Instant::now();
+    proxy::switch(layout, Some(port)).map_err(|e| {
+        let _ = supervisor::stop(&new);
+        ("switch", e, Vec::new())
+    })?;
+    emit(
+        "switch",
+        &format!("proxy {} -> 127.0.0.1:{port} (confirmed)", spec.listen),
+    );
+    if let Err(e) = store::switch(layout, &manifest.id) {
+        switch_back(layout, old, port);
+        return Err(("switch", e, Vec::new()));
+    }
+    emit("switch", &format!("current -> releases/{}", manifest.id));
+    if let Some(hook) = manifest.hooks.after_switch.as_ref().filter(|_| deploying)
+        && let Err(failure) = run_hook(layout, &manifest.id, HookPoint::AfterSwitch, hook, emit)
+    {
+        switch_back(layout, old, port);
+        return Err(failure);
+    }
+    if let Some(old) = old {
+        let left = proxy::drain(layout, old, Duration::from_millis(spec.drain_timeout_ms))
+            .map_err(|e| ("drain", e, Vec::new()))?;
+        let waited = switched.elapsed().as_millis();
+        if left == 0 {
+            emit(
+                "drain",
+                &format!("instance on port {old} drained in {waited} ms"),
+            );
+        } else {
+            emit(
+                "drain",
+                &format!(
+                    "instance on port {old}: {left} request(s) still in flight after {waited} ms; stopping it"
+                ),
+            );
+        }
+        let stop = supervisor::stop(&layout.with_instance(Some(old)))
+            .map_err(|e| ("stop", e.message, e.log_tail))?;
+        outcome.stopped_after_ms = Some(stop.took_ms);
+        emit(
+            "stop",
+            &format!(
+                "instance on port {old}: {} in {} ms",
+                stop.how, stop.took_ms
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn outcome_version(reported: &str, manifest: &ReleaseManifest) -> Result<(), StepFailure> {
+    if reported == manifest.version {
+        Ok(())
+    } else {
+        Err((
+            "version",
+            format!(
+                "the service reports version `{reported}`, expected `{}`",
+                manifest.version
+            ),
+            Vec::new(),
+        ))
+    }
+}
+
+/// After a failure past the switch: traffic back to the old instance (or to
+/// none), `current` back to its release, the new instance stopped.
+fn switch_back(layout: &Layout, old: Option<u16>, new: u16) {
+    let _ = proxy::switch(layout, old);
+    if let Some(old) = old
+        && let Some(id) = store::current(&layout.with_instance(Some(old)))
+    {
+        let _ = store::switch(layout, &id);
+    }
+    let _ = supervisor::stop(&layout.with_instance(Some(new)));
+}
+
+/// Where a failed blue/green activation left the host: on the instance the
+/// proxy sends traffic to, which never stopped.
+pub(super) fn now_running(layout: &Layout, spec: &ProxySpec, previous: Option<&str>) -> NowRunning {
+    let active = proxy::active(layout).filter(|p| spec.ports.contains(p));
+    let status = active.map(|p| supervisor::status(&layout.with_instance(Some(p))));
+    let release = status
+        .as_ref()
+        .and_then(|s| s.release.clone())
+        .or_else(|| previous.map(str::to_string));
+    let healthy = status.as_ref().is_some_and(|s| s.pid.is_some());
+    NowRunning {
+        version: release
+            .as_deref()
+            .and_then(|r| store::read_manifest(layout, r).ok())
+            .map(|m| m.version),
+        release,
+        healthy,
+        problem: (!healthy).then(|| "no instance takes traffic".to_string()),
+    }
+}

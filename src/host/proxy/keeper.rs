@@ -1,0 +1,266 @@
+//! The keeper: binds the public address once and keeps a proxy worker
+//! serving on it, restarting a worker that dies (with back-off). Because the
+//! keeper holds the listening socket, a worker's crash loses no connection
+//! attempt: the kernel queues them until the next worker accepts.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::unistd::Pid;
+
+use super::files::{self, KeeperRecord};
+use super::worker::LISTEN_FD;
+use crate::host::supervisor::procfs;
+use crate::protocol::clock::now_rfc3339;
+use crate::protocol::layout::Layout;
+
+/// A worker that lived this long was not crash-looping: the back-off starts over.
+const STEADY: Duration = Duration::from_secs(10);
+/// Longest wait between two worker starts.
+const MAX_DELAY: Duration = Duration::from_secs(5);
+/// How long a stopping worker gets before SIGKILL.
+const WORKER_STOP: Duration = Duration::from_secs(2);
+
+/// Runs the keeper in the foreground; returns its exit code.
+pub fn run(layout: &Layout) -> i32 {
+    match keep(layout) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shipjar proxy: {e}");
+            1
+        }
+    }
+}
+
+/// Takes the keeper lock; `Err` names why not (another keeper holds it).
+pub fn take_lock(layout: &Layout) -> Result<File, String> {
+    let dir = layout.proxy_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = files::lock_path(layout);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "the proxy of {} already runs (its keeper holds {})",
+            layout.name(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+fn keep(layout: &Layout) -> Result<(), String> {
+    let _lock = take_lock(layout)?;
+    let spec = files::read_spec(layout)?;
+    let listener = std::net::TcpListener::bind(&spec.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", spec.listen))?;
+    // Signals are taken with sigtimedwait, one at a time, never by a handler.
+    let mut signals = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        signals.add(s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+    let me = procfs::identify(std::process::id() as i32)
+        .ok()
+        .flatten()
+        .ok_or("cannot read this process's own /proc entry")?;
+    let mut record = KeeperRecord {
+        keeper: me,
+        worker: None,
+        worker_started_at: None,
+        restarts: 0,
+        last_exit: None,
+        listen: spec.listen.clone(),
+    };
+    let mut failures: u32 = 0;
+    loop {
+        let started = Instant::now();
+        let mut child = spawn_worker(layout, listener.as_raw_fd())?;
+        record.worker = procfs::identify(child.id() as i32).ok().flatten();
+        record.worker_started_at = Some(now_rfc3339());
+        files::write_keeper(layout, &record)?;
+        let status = match wait(&mut child, &signals, None) {
+            Waited::Exited(status) => status,
+            Waited::Stop | Waited::Elapsed => {
+                stop_worker(&mut child);
+                record.worker = None;
+                record.last_exit = Some("stopped".into());
+                let _ = files::write_keeper(layout, &record);
+                return Ok(());
+            }
+        };
+        let how = describe(status);
+        eprintln!("shipjar proxy: worker pid {} {how}; restarting", child.id());
+        record.worker = None;
+        record.last_exit = Some(how);
+        record.restarts += 1;
+        files::write_keeper(layout, &record)?;
+        failures = if started.elapsed() >= STEADY {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
+        // The first restart is immediate: a killed worker is back at once.
+        let delay = match failures {
+            0 | 1 => Duration::ZERO,
+            n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 2)).min(MAX_DELAY),
+        };
+        if !delay.is_zero() && matches!(wait_signal(&signals, delay), Some(true)) {
+            return Ok(());
+        }
+    }
+}
+
+enum Waited {
+    Exited(ExitStatus),
+    Stop,
+    Elapsed,
+}
+
+/// Waits for the worker to exit or a stop signal (`limit`: at most this long).
+fn wait(child: &mut Child, signals: &SigSet, limit: Option<Duration>) -> Waited {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Waited::Exited(status);
+        }
+        if limit.is_some_and(|l| started.elapsed() >= l) {
+            return Waited::Elapsed;
+        }
+        if wait_signal(signals, Duration::from_millis(500)) == Some(true) {
+            return Waited::Stop;
+        }
+    }
+}
+
+/// One blocked signal, at most `timeout`: `Some(true)` for a stop
+/// (SIGTERM, SIGINT), `Some(false)` for any other, `None` when none came.
+fn wait_signal(signals: &SigSet, timeout: Duration) -> Option<bool> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: a valid signal set and timespec; no siginfo is asked for.
+    let n = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &ts) };
+    match n {
+        n if n == libc::SIGTERM || n == libc::SIGINT => Some(true),
+        n if n > 0 => Some(false),
+        _ => None,
+    }
+}
+
+fn stop_worker(child: &mut Child) {
+    // Our own child, not yet reaped: its pid cannot have been reused.
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let started = Instant::now();
+    while started.elapsed() < WORKER_STOP {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("killed by {}", s.as_str()),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        _ => "ended".to_string(),
+    }
+}
+
+fn spawn_worker(layout: &Layout, listen_fd: i32) -> Result<Child, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the shipjar executable: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["service", "proxy", layout.name(), "--worker", "--root"])
+        .arg(layout.root())
+        .stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let empty = libc_sigset_empty();
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // A worker outliving its keeper would hold the port from the next keeper.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if listen_fd == LISTEN_FD {
+                // dup2 onto itself would keep close-on-exec.
+                let flags = libc::fcntl(LISTEN_FD, libc::F_GETFD);
+                libc::fcntl(LISTEN_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(listen_fd, LISTEN_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| format!("cannot start the proxy worker: {e}"))
+}
+
+fn libc_sigset_empty() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set it is given.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        set
+    }
+}
+
+/// Whether the keeper's lock is held right now (a live keeper).
+pub fn is_held(layout: &Layout) -> bool {
+    match File::open(files::lock_path(layout)) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
+/// Asks the keeper to stop (it stops its worker) and waits for its lock to
+/// be free; `Ok(false)` when none ran.
+pub fn stop(layout: &Layout, timeout: Duration) -> Result<bool, String> {
+    if !is_held(layout) {
+        return Ok(false);
+    }
+    let record = files::read_keeper(layout).ok_or("the proxy's keeper left no record")?;
+    // Proven before signalled: the same pid and start time as it recorded.
+    if procfs::liveness(record.keeper) != procfs::Liveness::Alive {
+        return Err(format!(
+            "the proxy keeper's recorded pid {} is not that process any more",
+            record.keeper.pid
+        ));
+    }
+    kill(Pid::from_raw(record.keeper.pid), Signal::SIGTERM)
+        .map_err(|e| format!("cannot signal the proxy keeper: {e}"))?;
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if !is_held(layout) {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!(
+        "the proxy keeper (pid {}) did not stop within {} ms",
+        record.keeper.pid,
+        timeout.as_millis()
+    ))
+}

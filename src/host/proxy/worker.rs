@@ -1,0 +1,473 @@
+//! The proxy process: HTTP/1.1 in, HTTP/1.1 out to the active instance.
+//!
+//! Requests, not connections, are routed: a client's keep-alive connection
+//! lives on across a switch, each request going to whichever instance is
+//! active when it arrives. Bodies stream both ways. Each request is counted
+//! against its instance until its response body has been sent, so the agent
+//! can wait for the old instance to drain.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::FromRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+use super::files;
+use crate::protocol::layout::Layout;
+use crate::protocol::manifest::ProxySpec;
+
+/// The listening socket the keeper hands over.
+pub const LISTEN_FD: i32 = 3;
+
+/// Body sent to the instance: the client's, or none for a retried request.
+type UpBody = Either<Incoming, Empty<Bytes>>;
+/// Body sent to the client: the instance's (counted), or the proxy's own page.
+type DownBody = Either<Counted, Full<Bytes>>;
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection and are
+/// never forwarded. A `Connection: close` from a stopping instance must not
+/// close the client's connection.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Shared by every connection.
+struct Shared {
+    name: String,
+    spec: ProxySpec,
+    /// The active port, 0 for none. Read, counted, read again: see `enter`.
+    active: AtomicU16,
+    /// Wakes requests held while no instance is active.
+    wake: watch::Sender<u16>,
+    /// In-flight requests per instance, in `spec.ports` order.
+    inflight: [AtomicU64; 2],
+    client: Client<HttpConnector, UpBody>,
+}
+
+impl Shared {
+    fn slot(&self, port: u16) -> Option<&AtomicU64> {
+        self.spec
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .map(|i| &self.inflight[i])
+    }
+
+    /// Counts a request against the active instance. The count is taken
+    /// before the second read of `active`: whoever switches and then reads
+    /// the old instance's count either sees this request or this request
+    /// sees the switch (all SeqCst).
+    fn enter(self: &Arc<Self>) -> Option<InFlight> {
+        loop {
+            let port = self.active.load(Ordering::SeqCst);
+            let slot = self.slot(port)?;
+            slot.fetch_add(1, Ordering::SeqCst);
+            if self.active.load(Ordering::SeqCst) == port {
+                return Some(InFlight {
+                    shared: self.clone(),
+                    port,
+                });
+            }
+            slot.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn switch(&self, port: u16) {
+        self.active.store(port, Ordering::SeqCst);
+        self.wake.send_replace(port);
+    }
+}
+
+/// One request counted against its instance until dropped.
+struct InFlight {
+    shared: Arc<Shared>,
+    port: u16,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(slot) = self.shared.slot(self.port) {
+            slot.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The instance's response body, holding the request's count until the
+/// last byte has gone (or the client went away).
+struct Counted {
+    inner: Incoming,
+    _flight: InFlight,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Runs the proxy on the keeper's socket until killed; returns an exit code.
+pub fn run(layout: &Layout) -> i32 {
+    let spec = match files::read_spec(layout) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shipjar proxy: {e}");
+            return 1;
+        }
+    };
+    // One thread: the proxy only copies bytes; a second core belongs to the JVM.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shipjar proxy: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(layout, spec)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shipjar proxy: {e}");
+            1
+        }
+    }
+}
+
+async fn serve(layout: &Layout, spec: ProxySpec) -> Result<(), String> {
+    // SAFETY: the keeper put a listening TCP socket on this descriptor for us alone.
+    let std_listener = unsafe { std::net::TcpListener::from_raw_fd(LISTEN_FD) };
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("the listening socket: {e}"))?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)
+        .map_err(|e| format!("the listening socket: {e}"))?;
+
+    let active = files::read_active(layout)
+        .filter(|p| spec.ports.contains(p))
+        .unwrap_or(0);
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
+    let (wake, _) = watch::channel(active);
+    let shared = Arc::new(Shared {
+        name: layout.name().to_string(),
+        spec,
+        active: AtomicU16::new(active),
+        wake,
+        inflight: [AtomicU64::new(0), AtomicU64::new(0)],
+        client,
+    });
+
+    let socket = files::socket_path(layout);
+    let _ = std::fs::remove_file(&socket);
+    let control = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Only root (or the owner) drives the proxy.
+        let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+    }
+    eprintln!(
+        "shipjar proxy: pid {} on {} (active instance: {})",
+        std::process::id(),
+        shared.spec.listen,
+        describe(active)
+    );
+    let control_shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Ok((stream, _)) = control.accept().await {
+                tokio::spawn(control_connection(control_shared.clone(), stream));
+            }
+        }
+    });
+
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors and the like: wait, never spin.
+                eprintln!("shipjar proxy: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(shared.clone(), peer, req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn describe(port: u16) -> String {
+    match port {
+        0 => "none".to_string(),
+        p => format!("127.0.0.1:{p}"),
+    }
+}
+
+/// The control protocol, one line each way: `switch PORT`, `none`,
+/// `inflight PORT`, `status`.
+async fn control_connection(shared: Arc<Shared>, stream: tokio::net::UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut words = line.split_whitespace();
+        let answer = match (words.next(), words.next().map(str::parse::<u16>)) {
+            (Some("switch"), Some(Ok(port))) if shared.slot(port).is_some() => {
+                shared.switch(port);
+                eprintln!("shipjar proxy: switched to {}", describe(port));
+                format!("ok active {port}")
+            }
+            (Some("none"), None) => {
+                shared.switch(0);
+                eprintln!("shipjar proxy: no active instance");
+                "ok active 0".to_string()
+            }
+            (Some("inflight"), Some(Ok(port))) => match shared.slot(port) {
+                Some(slot) => format!("ok inflight {}", slot.load(Ordering::SeqCst)),
+                None => format!("error {port} is not an instance port"),
+            },
+            (Some("status"), None) => {
+                let [a, b] = shared.spec.ports;
+                serde_json::json!({
+                    "pid": std::process::id(),
+                    "active": shared.active.load(Ordering::SeqCst),
+                    "inflight": {
+                        a.to_string(): shared.inflight[0].load(Ordering::SeqCst),
+                        b.to_string(): shared.inflight[1].load(Ordering::SeqCst),
+                    },
+                })
+                .to_string()
+            }
+            _ => format!("error unknown request `{line}`"),
+        };
+        if write
+            .write_all(format!("{answer}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// A page of the proxy's own.
+fn page(status: StatusCode, text: String) -> Response<DownBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(text + "\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<DownBody>, Infallible> {
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("websocket"));
+    if websocket {
+        return Ok(page(
+            StatusCode::NOT_IMPLEMENTED,
+            "shipjar's proxy does not pass protocol upgrades (WebSocket); \
+             connect to the service directly for those"
+                .to_string(),
+        ));
+    }
+    let hold = Duration::from_millis(shared.spec.hold_ms);
+    let deadline = tokio::time::Instant::now() + hold;
+    let (mut parts, body) = req.into_parts();
+    let bodiless = body.is_end_stream();
+    add_forwarded(&mut parts.headers, peer.ip());
+    strip_hop_by_hop(&mut parts.headers);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+    let mut body = Some(body);
+    loop {
+        let Some(flight) = wait_for_active(&shared, deadline).await else {
+            return Ok(unavailable(&shared));
+        };
+        let mut up = Request::from_parts(parts.clone(), ());
+        *up.uri_mut() = match format!("http://127.0.0.1:{}{path}", flight.port).parse::<Uri>() {
+            Ok(uri) => uri,
+            Err(_) => return Ok(page(StatusCode::BAD_REQUEST, "bad request target".into())),
+        };
+        let up_body = match body.take() {
+            Some(b) => Either::Left(b),
+            None => Either::Right(Empty::new()),
+        };
+        match shared.client.request(up.map(|()| up_body)).await {
+            Ok(response) => {
+                let (mut rparts, rbody) = response.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                let counted = Counted {
+                    inner: rbody,
+                    _flight: flight,
+                };
+                return Ok(Response::from_parts(rparts, Either::Left(counted)));
+            }
+            // Nothing reached the instance (it is restarting, say): a request
+            // without a body can wait for it like for a switch.
+            Err(e) if e.is_connect() && bodiless => {
+                drop(flight);
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(unavailable(&shared));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Ok(page(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "{}: the instance on port {} failed: {e}",
+                        shared.name, flight.port
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// 503 once `hold` has passed without an instance to take the request.
+fn unavailable(shared: &Shared) -> Response<DownBody> {
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{}: no healthy instance took this request within {} ms (shipjar proxy)",
+            shared.name, shared.spec.hold_ms
+        ),
+    )
+}
+
+/// The request's count on the active instance, once there is one; `None`
+/// when none became active before `deadline`.
+async fn wait_for_active(shared: &Arc<Shared>, deadline: tokio::time::Instant) -> Option<InFlight> {
+    // The common case needs no subscription.
+    if let Some(flight) = shared.enter() {
+        return Some(flight);
+    }
+    let mut wake = shared.wake.subscribe();
+    loop {
+        if let Some(flight) = shared.enter() {
+            return Some(flight);
+        }
+        let woke = tokio::time::timeout_at(deadline, wake.wait_for(|p| *p != 0)).await;
+        if !matches!(woke, Ok(Ok(_))) {
+            return shared.enter();
+        }
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// `X-Forwarded-For` (appended to), `-Proto`, `-Host`.
+fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {client}"),
+        None => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(xff, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_append_and_hop_by_hop_go() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("host", HeaderValue::from_static("example.com"));
+        h.insert("connection", HeaderValue::from_static("close, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("connection"));
+        assert!(!h.contains_key("x-private"));
+        assert!(!h.contains_key("keep-alive"));
+    }
+}

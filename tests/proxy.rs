@@ -1,0 +1,399 @@
+//! Zero-downtime deploys behind shipjar's proxy, with real JVMs from
+//! `examples/hello` and real sockets on 127.0.0.1.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Project, free_port, http_get, text};
+
+/// Stops the proxied service when a test ends, even when it failed; then
+/// SIGKILLs whatever an instance pidfile or the proxy keeper still names.
+struct Cleanup(std::path::PathBuf, [u16; 2]);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(common::shipjar_bin())
+            .args(["service", "stop", "hello", "--root"])
+            .arg(&self.0)
+            .output();
+        let run = self.0.join("run/hello");
+        // The proxy's keeper, if it outlived the stop (its worker dies with it).
+        let keeper = std::fs::read_to_string(run.join("proxy/keeper.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["keeper"]["pid"].as_i64());
+        if let Some(pid) = keeper {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let root = self.0.to_string_lossy().into_owned();
+            let text = String::from_utf8_lossy(&cmdline).into_owned();
+            if text.contains("proxy") && text.contains(&root) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        for port in self.1 {
+            let pidfile = run.join(format!("instance-{port}/hello.pid"));
+            if let Some(pid) = std::fs::read_to_string(pidfile)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// The example behind a proxy on the project's port, instances on two free ports.
+fn proxied_project() -> (Project, [u16; 2]) {
+    let ports = [free_port(), free_port()];
+    let p = Project::with_config(|c| {
+        let port = c
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        format!(
+            "{c}\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nports = [{}, {}]\ndrain_timeout = \"20s\"\nhold = \"5s\"\n",
+            ports[0], ports[1]
+        )
+    });
+    (p, ports)
+}
+
+/// One HTTP/1.1 keep-alive connection, one request at a time.
+struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    fn connect(port: u16) -> KeepAlive {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        KeepAlive {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Status and body, or what went wrong.
+    fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+        self.reader
+            .get_mut()
+            .write_all(request.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line `{line}`"))?;
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            self.reader
+                .read_line(&mut header)
+                .map_err(|e| format!("read: {e}"))?;
+            if header.is_empty() {
+                return Err("connection closed in the headers".into());
+            }
+            if header == "\r\n" {
+                break;
+            }
+            let lower = header.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().map_err(|_| "bad content-length")?;
+            }
+            if lower.starts_with("connection: close") {
+                return Err("the proxy asked to close the connection".into());
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader
+            .read_exact(&mut body)
+            .map_err(|e| format!("body: {e}"))?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+fn version_of(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v.get("version")?.as_str().map(str::to_string)
+}
+
+fn service_status(p: &Project) -> (Option<i32>, String) {
+    let out = p.run(&[
+        "service",
+        "status",
+        "hello",
+        "--root",
+        p.root().to_str().unwrap(),
+    ]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes_no_traffic() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("proxy"), "{}", text(&out));
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(
+        status.contains(&format!("instance {} (takes traffic)", ports[0])),
+        "{status}"
+    );
+
+    // A client keeps one connection open and asks for /version without pause.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        let port = p.port;
+        thread::spawn(move || {
+            let mut conn = KeepAlive::connect(port);
+            let mut seen = Vec::new();
+            let mut errors = Vec::new();
+            let started = Instant::now();
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(240) {
+                match conn.get("/version") {
+                    Ok((200, body)) => {
+                        let v = version_of(&body).unwrap_or_else(|| body.clone());
+                        if seen.last() != Some(&v) {
+                            seen.push(v);
+                        }
+                    }
+                    Ok((status, body)) => errors.push(format!("{status}: {body}")),
+                    Err(e) => {
+                        errors.push(e);
+                        conn = KeepAlive::connect(port);
+                    }
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            (seen, errors)
+        })
+    };
+
+    let out = p.deploy("2.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let failed = p.deploy("3.0.0", &["--env", "FAIL_ON_START=1"]);
+    assert_ne!(failed.status.code(), Some(0), "{}", text(&failed));
+    let out = p.deploy("4.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let back = p.run(&["rollback", "local"]);
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    assert!(text(&back).contains("drained"), "{}", text(&back));
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (seen, errors) = client.join().expect("client thread");
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    assert_eq!(
+        seen,
+        ["1.0.0", "2.0.0", "4.0.0", "2.0.0"],
+        "versions in order, 3.0.0 never"
+    );
+
+    // Both instances are listed; the one of 2.0.0 takes traffic, the other is stopped.
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(status.contains("(takes traffic)"), "{status}");
+    assert!(status.contains("(idle)"), "{status}");
+    let (_, json) = p.status_json();
+    assert_eq!(
+        json["hosts"][0]["status"]["reported_version"], "2.0.0",
+        "{json}"
+    );
+    assert_eq!(json["hosts"][0]["flags"], serde_json::json!([]), "{json}");
+}
+
+#[test]
+fn a_request_in_flight_on_the_old_instance_completes() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let port = p.port;
+    let slow = thread::spawn(move || KeepAlive::connect(port).get("/slow?ms=6000"));
+    thread::sleep(Duration::from_millis(500));
+    let out = p.deploy("2.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let logs = p.run(&["logs", "local", "-n", "200"]);
+    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
+    assert!(
+        text(&logs).contains("first healthy answer"),
+        "the active instance's log: {}",
+        text(&logs)
+    );
+    let answer = slow.join().expect("slow thread");
+    assert_eq!(
+        answer.as_ref().map(|(s, b)| (*s, b.trim())),
+        Ok((200, "slept 6000 ms")),
+        "{answer:?}"
+    );
+    assert!(text(&out).contains("drained"), "{}", text(&out));
+    assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
+}
+
+#[test]
+fn the_proxy_comes_back_after_sigkill_and_status_says_so() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let keeper: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.root().join("run/hello/proxy/keeper.json")).unwrap(),
+    )
+    .unwrap();
+    let worker = keeper["worker"]["pid"].as_i64().expect("worker pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Requests keep being answered: the keeper's socket queues them meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answered = None;
+    while Instant::now() < deadline {
+        answered = http_get(p.port, "/version");
+        if answered.as_ref().is_some_and(|(s, _)| *s == 200) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(answered.map(|a| a.0), Some(200));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(
+        status.contains("restarted 1 time(s) (last: killed by SIGKILL)"),
+        "{status}"
+    );
+
+    // Stopped as a whole: LSB 3, and no instance said to take traffic.
+    let root = p.root().to_str().unwrap().to_string();
+    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(3), "{status}");
+    assert!(!status.contains("takes traffic"), "{status}");
+}
+
+#[test]
+fn a_request_waits_for_a_returning_instance_then_503_after_hold() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let root = p.root().to_str().unwrap().to_string();
+    let active = ports[0].to_string();
+    let stop = p.run(&[
+        "service",
+        "stop",
+        "hello",
+        "--root",
+        &root,
+        "--instance",
+        &active,
+    ]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+
+    // No instance answers: held for `hold` (5 s), then a clear 503.
+    let started = Instant::now();
+    let (status, body) = http_get_slowly(p.port, "/version");
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no healthy instance"), "{body}");
+    assert!(waited >= Duration::from_millis(4500), "{waited:?}");
+
+    // A request held while the instance comes back is answered.
+    let port = p.port;
+    let held = thread::spawn(move || http_get_slowly(port, "/version"));
+    thread::sleep(Duration::from_millis(200));
+    let start = p.run(&["service", "start", "hello", "--root", &root]);
+    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    let (status, body) = held.join().expect("held request");
+    assert_eq!(
+        (status, version_of(&body).as_deref()),
+        (200, Some("1.0.0")),
+        "{body}"
+    );
+}
+
+/// One request on a fresh connection, with a read timeout long enough for `hold`.
+fn http_get_slowly(port: u16, path: &str) -> (u16, String) {
+    let mut conn = KeepAlive::connect(port);
+    conn.get(path).expect("an answer")
+}
+
+#[test]
+fn proxy_off_by_default_leaves_a_plain_restart() {
+    let p = Project::new();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!p.root().join("run/hello/proxy").exists());
+}
+
+#[test]
+fn a_service_moves_behind_the_proxy_and_back() {
+    let ports = [free_port(), free_port()];
+    let p = Project::new();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plain = std::fs::read_to_string(p.path().join("shipjar.toml")).unwrap();
+    let proxied = format!(
+        "{plain}\n[proxy]\nlisten = \"127.0.0.1:{}\"\nports = [{}, {}]\n",
+        p.port, ports[0], ports[1]
+    );
+    std::fs::write(p.path().join("shipjar.toml"), proxied).unwrap();
+    let out = p.deploy("2.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("the service without proxy"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(status.contains("proxy running"), "{status}");
+
+    // Back to a plain restart: the proxy and its instances make way.
+    std::fs::write(p.path().join("shipjar.toml"), plain).unwrap();
+    let out = p.deploy("3.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(p.served_version().as_deref(), Some("3.0.0"));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(!status.contains("proxy"), "{status}");
+    let proxy = p.run(&[
+        "service",
+        "proxy",
+        "hello",
+        "--status",
+        "--root",
+        p.root().to_str().unwrap(),
+    ]);
+    assert_eq!(proxy.status.code(), Some(3), "{}", text(&proxy));
+}
