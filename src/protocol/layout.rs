@@ -272,7 +272,6 @@ impl Layout {
 
 #[cfg(test)]
 mod tests {
-    use super::Layout;
 
     #[test]
     fn an_instance_has_its_own_run_dir_log_and_release_link() {
@@ -293,10 +292,7 @@ mod tests {
             Some("/r/var/log/hello/console.log")
         );
     }
-}
 
-#[cfg(test)]
-mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 

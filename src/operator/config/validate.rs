@@ -39,6 +39,7 @@ impl Project {
     /// Checks the whole file; the first problem found is the error.
     pub(super) fn validate(&self) -> Result<()> {
         self.validate_service()?;
+        self.validate_no_nul()?;
         self.validate_build_and_health()?;
         self.validate_restart()?;
         self.validate_stop_reload_logs()?;
@@ -61,6 +62,54 @@ impl Project {
         }
         for (name, stage) in &self.config.stages {
             self.validate_stage(name, stage.get_ref())?;
+        }
+        Ok(())
+    }
+
+    /// A process's arguments and environment cannot hold a NUL byte.
+    fn validate_no_nul(&self) -> Result<()> {
+        let service = &self.config.service;
+        let nul = |text: &str| text.contains('\0');
+        let message =
+            "contains a NUL byte, which a process's arguments and environment cannot hold";
+        for (key, value) in &service.env {
+            if nul(key) || nul(value) {
+                return Err(self.fail(
+                    &[Seg::Key("service"), Seg::Key("env"), Seg::Key(key)],
+                    message,
+                ));
+            }
+        }
+        for (i, opt) in service.java_opts.iter().enumerate() {
+            if nul(opt) {
+                return Err(self.fail(
+                    &[Seg::Key("service"), Seg::Key("java_opts"), Seg::Index(i)],
+                    message,
+                ));
+            }
+        }
+        if let Some(command) = &service.command {
+            for (i, word) in command.get_ref().iter().enumerate() {
+                if nul(word) {
+                    return Err(self.fail(
+                        &[Seg::Key("service"), Seg::Key("command"), Seg::Index(i)],
+                        message,
+                    ));
+                }
+            }
+        }
+        for (name, stage) in &self.config.stages {
+            for (key, value) in &stage.get_ref().vars {
+                if nul(value) {
+                    let path = [
+                        Seg::Key("stages"),
+                        Seg::Key(name),
+                        Seg::Key("vars"),
+                        Seg::Key(key),
+                    ];
+                    return Err(self.fail(&path, "contains a NUL byte"));
+                }
+            }
         }
         Ok(())
     }
@@ -452,6 +501,22 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn a_nul_in_what_becomes_argv_or_env_is_a_config_error_at_its_key() {
+        let text = MINIMAL.replace(
+            "[service]",
+            "[service]\njava_opts = [\"-Xa\", \"-Xb\\u0000\"]",
+        );
+        let err = load(&text).unwrap_err();
+        assert!(
+            err.message
+                .contains("key `service.java_opts`: contains a NUL byte"),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("shipjar.toml:"), "{}", err.message);
     }
 
     #[test]
