@@ -83,5 +83,8 @@ pub fn run(
         std::fs::File::from(reader),
         Duration::from_millis(hook.timeout_ms),
     );
+    for line in &ended.output {
+        emit(point.as_str(), line);
+    }
     outcome(ended.ok, ended.how, ended.output)
 }
