@@ -170,3 +170,60 @@ fn a_hostile_release_id_is_refused() {
         agent = locked_session(&root).0;
     }
 }
+
+#[test]
+fn a_lease_lost_while_a_request_runs_turns_its_answer_into_an_error() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let root = base.path().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let mut agent = Agent::start(&root);
+    let holder = json!({"deployer": "me@box", "pid": 1, "command": "test", "since": "t"});
+    // A short lease: the agent renews it every 100 ms while a request runs.
+    let begun = agent.call(
+        json!({"type": "begin", "holder": holder, "artifact_sha256": null, "lease_ms": 300, "prepare": null}),
+        b"",
+    );
+    assert_eq!(begun["type"], "begun", "{begun}");
+    let bytes = vec![7u8; 4096];
+    let sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let envelope = json!({"protocol": 1, "id": 99, "service": "demo",
+        "request": {"type": "put_artifact", "sha256": sha, "size": bytes.len()}});
+    writeln!(agent.stdin, "{envelope}").unwrap();
+    agent.stdin.write_all(&bytes[..100]).unwrap();
+    agent.stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    // Meanwhile another deploy takes the lock over, under the same flock the
+    // agent uses, as another agent would.
+    let run_dir = std::fs::File::open(root.join("run/demo")).unwrap();
+    run_dir.lock().unwrap();
+    let other = json!({
+        "holder": {"deployer": "rival@box", "pid": 2, "command": "shipjar deploy", "since": "t"},
+        "token": "rival", "expires_at_ms": u64::MAX / 2,
+    });
+    let tmp = root.join("run/demo/.rival");
+    std::fs::write(&tmp, other.to_string()).unwrap();
+    std::fs::rename(&tmp, root.join("run/demo/deploy.lock")).unwrap();
+    run_dir.unlock().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    agent.stdin.write_all(&bytes[100..]).unwrap();
+    agent.stdin.flush().unwrap();
+    let answer = loop {
+        let mut line = String::new();
+        assert!(
+            agent.stdout.read_line(&mut line).unwrap() > 0,
+            "agent ended"
+        );
+        let message: Value = serde_json::from_str(&line).unwrap();
+        if message["kind"] == "result" {
+            break message["response"].clone();
+        }
+    };
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(answer["kind"], "not_locked", "{answer}");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(message.contains("taken over by rival@box"), "{message}");
+    assert!(message.contains("while this request ran"), "{message}");
+}

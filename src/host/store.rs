@@ -469,6 +469,20 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_history_stops_pruning_instead_of_guessing_the_rollback_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "svc");
+        std::fs::create_dir_all(layout.releases_dir()).unwrap();
+        // A directory where the log should be: reading it fails (as EIO would).
+        std::fs::create_dir_all(layout.revisions_log()).unwrap();
+        let err = prune(&layout, 1).unwrap_err();
+        assert!(
+            err.starts_with("not pruning, the rollback target is unknown"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn failed_releases_do_not_count_toward_keep() {
         // r0 good, r1..r3 failed three times (reverted to r0), r4 good and current.
         let ids = ids(5);
