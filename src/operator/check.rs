@@ -121,10 +121,7 @@ fn ask_hosts(
         health: manifest.health.check.clone(),
         artifact_bytes: build.size,
         provision: ProvisionSpec {
-            user: service
-                .user
-                .clone()
-                .unwrap_or_else(|| service.name.0.clone()),
+            user: service.unix_user(),
             agent_path: fleet.reach.agent_path.clone(),
             dry_run: true,
         },

@@ -322,12 +322,7 @@ fn run_spec(
     // On `local` the service runs as whoever runs shipjar; elsewhere as its own user.
     let user = match spec {
         HostSpec::Local => service.user.clone(),
-        HostSpec::Ssh { .. } => Some(
-            service
-                .user
-                .clone()
-                .unwrap_or_else(|| service.name.0.clone()),
-        ),
+        HostSpec::Ssh { .. } => Some(service.unix_user()),
     };
     Ok(RunSpec { argv, env, user })
 }

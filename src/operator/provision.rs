@@ -16,7 +16,7 @@ use crate::operator::output::Reporter;
 use crate::operator::render;
 use crate::operator::ssh;
 use crate::operator::transport::AgentSession;
-use crate::protocol::digest::sha256_hex;
+use crate::protocol::digest::{sha256_hex, short};
 use crate::protocol::{ProvisionSpec, Request, ResourceResult, ResourceStatus, Response};
 
 /// Shell lines shared by the scripts that receive a binary: read stdin into
@@ -91,7 +91,6 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
     let stage = project.stage(&args.stage)?;
     // Secrets are read so that anything shown (diffs included) masks them.
     crate::operator::render::mask_available_secrets(&stage.secrets);
-    let service = &project.config.service.name.0;
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let exe = match &stage.agent_binary {
         Some(path) => path.clone(),
@@ -102,14 +101,8 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
     let binary = std::fs::read(&exe)
         .map_err(|e| Error::failed(format!("cannot read {}: {e}", exe.display())))?;
     let our_sha = sha256_hex(&binary);
-    let user = project
-        .config
-        .service
-        .user
-        .clone()
-        .unwrap_or_else(|| service.clone());
     let spec = ProvisionSpec {
-        user,
+        user: project.config.service.unix_user(),
         agent_path: stage.agent_path.clone(),
         dry_run: args.dry_run,
     };
@@ -289,7 +282,6 @@ fn install_agent(
         Ok(out) => out.split_whitespace().next().map(str::to_string),
         Err(e) => return failed_resource(&resource, e),
     };
-    let short = |s: &str| s.chars().take(12).collect::<String>();
     if installed.as_deref() == Some(our_sha) {
         return ResourceResult {
             resource,

@@ -154,3 +154,29 @@ impl ProxyStatus {
             .collect()
     }
 }
+
+impl ServiceStatus {
+    /// A status that says only its state, code and detail; everything else unknown.
+    pub fn bare(state: ServiceState, lsb_code: i32, detail: String) -> ServiceStatus {
+        ServiceStatus {
+            state,
+            lsb_code,
+            pid: None,
+            supervisor_pid: None,
+            release: None,
+            started_at: None,
+            uptime_s: None,
+            healthy: None,
+            detail,
+            reason: None,
+            last_exit: None,
+            last_exit_code: None,
+            last_exit_signal: None,
+            restarts: 0,
+            next_restart_at: None,
+            unsupervised_since: None,
+            unhealthy_since: None,
+            last_probe: None,
+        }
+    }
+}

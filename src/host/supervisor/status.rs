@@ -258,26 +258,7 @@ fn failed(seen: &Observation) -> ServiceStatus {
 
 /// A status with only its state, code and detail filled in.
 fn with_nothing_known(state: ServiceState, lsb_code: i32, detail: String) -> ServiceStatus {
-    ServiceStatus {
-        state,
-        lsb_code,
-        pid: None,
-        supervisor_pid: None,
-        release: None,
-        started_at: None,
-        uptime_s: None,
-        healthy: None,
-        detail,
-        reason: None,
-        last_exit: None,
-        last_exit_code: None,
-        last_exit_signal: None,
-        restarts: 0,
-        next_restart_at: None,
-        unsupervised_since: None,
-        unhealthy_since: None,
-        last_probe: None,
-    }
+    ServiceStatus::bare(state, lsb_code, detail)
 }
 
 /// When the service started and how long ago: to the millisecond from the

@@ -108,6 +108,13 @@ pub struct Service {
     pub user: Option<String>,
 }
 
+impl Service {
+    /// The unix user the service runs as on a host: `user`, else its name.
+    pub fn unix_user(&self) -> String {
+        self.user.clone().unwrap_or_else(|| self.name.0.clone())
+    }
+}
+
 fn default_java() -> String {
     defaults::JAVA.to_string()
 }
