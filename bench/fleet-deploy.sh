@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Deploys examples/hello to test fleets of 1, 10 and 30 hosts (network
-# namespaces with their own sshd; needs root) and prints wall time per phase
-# and round trips per host, for a first deploy (with upload) and a second one
-# of the same artifact. Usage: bench/fleet-deploy.sh [SIZES], e.g. "1,10,30".
+# shipjar against the floor (bench/floor.sh), side by side in one run: the
+# Clojure example's uberjar deployed as a new artifact, then rolled back, on
+# test fleets (network namespaces with their own sshd; needs root) of 1, 10
+# and 30 hosts, every host at once. Prints medians (3 runs, 2 at 30+ hosts)
+# as a Markdown table, with the operator's and the whole machine's CPU.
+# Usage: bench/fleet-deploy.sh [SIZES], e.g. "1,10,30"; FLEET_RUNS and
+# FLEET_RUNS_LARGE set the run counts.
 set -euo pipefail
 cd -- "$(dirname -- "$0")/.."
 FLEET_SIZES=${1:-1,10,30} cargo bench --quiet --bench fleet

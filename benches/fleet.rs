@@ -1,14 +1,38 @@
-//! Deploy to fleets of 1, 10 and 30 test hosts and print wall time per phase
-//! and round trips per host. Run with `bench/fleet-deploy.sh` (root: the hosts
-//! are network namespaces). A benchmark prints; it asserts nothing.
+//! shipjar against the floor (bench/floor.sh: scp + ssh restart, 0.1 s poll),
+//! side by side in one run: the Clojure/Jetty example's uberjar deployed as a
+//! new artifact to test fleets (network namespaces with their own sshd; root)
+//! of 1, 10 and 30 hosts, every host at once; then a rollback. Prints a
+//! Markdown table of medians with the operator's CPU and the whole machine's
+//! CPU during each deploy, and shipjar's per-phase and per-host breakdown.
+//! Run with `bench/fleet-deploy.sh`. A benchmark prints; it asserts nothing.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/support/fleet.rs"]
 mod fleet;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+/// The port shipjar's service listens on (the example's), and the floor's.
+const SHIPJAR_PORT: u16 = 18090;
+const FLOOR_PORT: u16 = 18091;
+
+/// One timed run of one tool.
+#[derive(Default, Clone)]
+struct Sample {
+    wall_s: f64,
+    /// CPU of the process run and all its descendants (ssh, scp).
+    operator_cpu_s: f64,
+    /// CPU the whole machine spent meanwhile (every host, sshd, JVM).
+    machine_cpu_s: f64,
+    ok: bool,
+    /// shipjar only: its phases, and per host (stop, healthy, …) in ms.
+    phases_ms: BTreeMap<String, u64>,
+    hosts_ms: Vec<BTreeMap<String, u64>>,
+}
 
 fn main() {
     // `cargo test --all-targets` runs this binary too; only `cargo bench` passes --bench.
@@ -16,89 +40,375 @@ fn main() {
         return;
     }
     fleet::require_root();
-    let sizes: Vec<usize> = std::env::var("FLEET_SIZES")
-        .ok()
-        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 10, 30]);
+    let env_list = |key: &str, default: &str| -> Vec<usize> {
+        std::env::var(key)
+            .unwrap_or_else(|_| default.into())
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    };
+    let sizes = env_list("FLEET_SIZES", "1,10,30");
+    let runs = env_list("FLEET_RUNS", "3").first().copied().unwrap_or(3);
+    let runs_large = env_list("FLEET_RUNS_LARGE", "2")
+        .first()
+        .copied()
+        .unwrap_or(2);
+    let jar = clojure_jar();
+    let work = tempfile::tempdir().expect("tempdir");
     println!(
-        "{:>5}  {:<9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>12}",
-        "hosts",
-        "deploy",
-        "lock_ms",
-        "prep_ms",
-        "switch_ms",
-        "finish_ms",
-        "total_ms",
-        "rt/host",
-        "uploaded_MB"
+        "jar: {} ({:.1} MiB); {} CPUs; {}",
+        jar.display(),
+        std::fs::metadata(&jar).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        Command::new("date")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
     );
+    let mut rows = Vec::new();
     for n in sizes {
-        let fleet = fleet::Fleet::new(n);
-        let dir = tempfile::tempdir().expect("tempdir");
-        common::write_fleet_project(
-            dir.path(),
-            "bench",
-            &fleet.hosts(),
-            fleet.ssh_config(),
-            "",
-            |c| c,
+        let runs = if n >= 30 { runs_large } else { runs };
+        rows.push(measure_size(n, runs, &jar, work.path()));
+    }
+    println!();
+    println!(
+        "| hosts | deploy | floor | shipjar | shipjar / floor | operator CPU floor / shipjar | machine CPU floor / shipjar |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (n, label, floor, ours) in rows.iter().flatten() {
+        println!(
+            "| {n} | {label} | {:.2} s | {:.2} s{} | {:.2}× | {:.2} / {:.2} s | {:.1} / {:.1} s |",
+            floor.wall_s,
+            ours.wall_s,
+            if ours.ok && floor.ok {
+                ""
+            } else {
+                " (a run FAILED)"
+            },
+            ours.wall_s / floor.wall_s,
+            floor.operator_cpu_s,
+            ours.operator_cpu_s,
+            floor.machine_cpu_s,
+            ours.machine_cpu_s,
         );
-        let run = |args: &[&str]| {
-            Command::new(common::shipjar_bin())
-                .arg("-C")
-                .arg(dir.path())
-                .args(args)
-                .env("HELLO_DB_PASSWORD", "bench")
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output()
-                .expect("run shipjar")
+    }
+}
+
+/// Medians of `runs` deploys (and rollbacks) at `n` hosts, both tools.
+fn measure_size(
+    n: usize,
+    runs: usize,
+    jar: &Path,
+    work: &Path,
+) -> Vec<(usize, &'static str, Sample, Sample)> {
+    let fleet = fleet::Fleet::new(n);
+    let hosts = fleet.hosts();
+    let project = work.join(format!("project-{n}"));
+    write_project(&project, &hosts, fleet.ssh_config());
+    let shipjar = |args: &[&str]| -> (Sample, serde_json::Value) {
+        let mut cmd = Command::new(common::shipjar_bin());
+        cmd.arg("-C")
+            .arg(&project)
+            .args(args)
+            .env("INVENTORY_DB_PASSWORD", "bench-password")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
+        let (sample, stdout) = timed(cmd);
+        let last = stdout.lines().last().unwrap_or("null").to_string();
+        let json: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+        (sample, json)
+    };
+    let floor = |args: &[String]| -> Sample {
+        let mut cmd = Command::new("bash");
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/floor.sh"))
+            .args(args)
+            .args(&hosts)
+            .stdin(Stdio::null());
+        timed(cmd).0
+    };
+    let cfg = fleet.ssh_config().to_string_lossy().into_owned();
+    let port = FLOOR_PORT.to_string();
+    let (out, _) = shipjar(&["provision", "bench"]);
+    assert!(out.ok, "provision failed");
+    assert!(
+        floor(&["setup".into(), cfg.clone(), port.clone()]).ok,
+        "floor setup failed"
+    );
+
+    // A first deploy of each, not counted: the measured ones replace a running service.
+    let variant = |label: &str| variant_jar(jar, work, &format!("{n}-{label}"));
+    let first = variant("warm");
+    let jar_arg = |p: &Path| p.to_string_lossy().into_owned();
+    let (s, _) = shipjar(&[
+        "--json",
+        "deploy",
+        "bench",
+        "--artifact",
+        &jar_arg(&first),
+        "--version",
+        "warm",
+    ]);
+    assert!(s.ok, "first shipjar deploy failed");
+    let f = floor(&[
+        "deploy".into(),
+        cfg.clone(),
+        port.clone(),
+        "warm".into(),
+        jar_arg(&first),
+    ]);
+    assert!(f.ok, "first floor deploy failed");
+
+    let mut deploys: Vec<(Sample, Sample)> = Vec::new();
+    for r in 0..runs {
+        let version = format!("r{r}");
+        let artifact = variant(&version);
+        let run_floor = || {
+            floor(&[
+                "deploy".into(),
+                cfg.clone(),
+                port.clone(),
+                version.clone(),
+                jar_arg(&artifact),
+            ])
         };
-        let out = run(&["provision", "bench"]);
-        assert!(out.status.success(), "provision failed");
-        let jar = common::hello_jar().to_string_lossy().into_owned();
-        for (label, version) in [("first", "1"), ("again", "2")] {
-            let started = Instant::now();
-            let out = run(&[
+        let run_ours = || {
+            let (mut s, json) = shipjar(&[
                 "--json",
                 "deploy",
                 "bench",
                 "--artifact",
-                &jar,
+                &jar_arg(&artifact),
                 "--version",
-                version,
+                &version,
             ]);
-            let total = started.elapsed().as_millis();
-            let last = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .unwrap_or("null")
-                .to_string();
-            let result: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
-            let phase = |p: &str| result["phases_ms"][p].as_u64().unwrap_or(0);
-            let hosts = result["hosts"].as_array().cloned().unwrap_or_default();
-            let rt = hosts
-                .iter()
-                .filter_map(|h| h["round_trips"].as_u64())
-                .max()
-                .unwrap_or(0);
-            let bytes: u64 = hosts
-                .iter()
-                .filter_map(|h| h["uploaded_bytes"].as_u64())
-                .sum();
-            println!(
-                "{n:>5}  {label:<9} {:>8} {:>8} {:>8} {:>8} {total:>8} {rt:>9} {:>12.2}{}",
-                phase("lock"),
-                phase("prepare"),
-                phase("switch"),
-                phase("finish"),
-                bytes as f64 / 1e6,
-                if result["ok"] == true {
-                    ""
-                } else {
-                    "  (FAILED)"
-                }
-            );
+            s.ok &= json["ok"] == true;
+            breakdown(&mut s, &json);
+            s
+        };
+        // Alternate who goes first, so neither always meets the other's leftovers.
+        let pair = if r % 2 == 0 {
+            let f = run_floor();
+            (f, run_ours())
+        } else {
+            let o = run_ours();
+            (run_floor(), o)
+        };
+        print_run(n, "deploy", r, &pair.0, &pair.1);
+        deploys.push(pair);
+    }
+
+    // Rollbacks: each goes back to the last good release before `current`,
+    // already on every host: r(runs-2), then r(runs-3) (or the warm-up one).
+    let mut versions: Vec<String> = vec!["warm".into()];
+    versions.extend((0..runs).map(|r| format!("r{r}")));
+    let mut rollbacks = Vec::new();
+    for r in 0..runs.min(2) {
+        let (mut ours, json) = shipjar(&["--json", "rollback", "bench"]);
+        ours.ok &= json["ok"] == true;
+        breakdown(&mut ours, &json);
+        let back = versions[versions.len() - 2 - r].clone();
+        let f = floor(&["rollback".into(), cfg.clone(), port.clone(), back]);
+        print_run(n, "rollback", r, &f, &ours);
+        rollbacks.push((f, ours));
+    }
+    let mut rows = vec![(n, "new artifact", median(&deploys, 0), median(&deploys, 1))];
+    if !rollbacks.is_empty() {
+        rows.push((n, "rollback", median(&rollbacks, 0), median(&rollbacks, 1)));
+    }
+    rows
+}
+
+/// One line per run, with shipjar's phases and its slowest host's steps.
+fn print_run(n: usize, what: &str, r: usize, floor: &Sample, ours: &Sample) {
+    let phases: Vec<String> = ours
+        .phases_ms
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let slowest = ours
+        .hosts_ms
+        .iter()
+        .max_by_key(|h| h.get("total").copied().unwrap_or(0))
+        .map(|h| {
+            h.iter()
+                .filter(|(k, _)| *k != "total")
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let healthy: Vec<u64> = ours
+        .hosts_ms
+        .iter()
+        .filter_map(|h| h.get("healthy").copied())
+        .collect();
+    let (lo, hi) = (
+        healthy.iter().min().copied().unwrap_or(0),
+        healthy.iter().max().copied().unwrap_or(0),
+    );
+    println!(
+        "{n:>3} hosts {what} #{r}: floor {:.2} s ({:.2} CPU-s, machine {:.1}){} | shipjar {:.2} s ({:.2} CPU-s, machine {:.1}){} | phases ms: {} | start to healthy {lo}–{hi} ms | slowest host ms: {slowest}",
+        floor.wall_s,
+        floor.operator_cpu_s,
+        floor.machine_cpu_s,
+        if floor.ok { "" } else { " FAILED" },
+        ours.wall_s,
+        ours.operator_cpu_s,
+        ours.machine_cpu_s,
+        if ours.ok { "" } else { " FAILED" },
+        phases.join(", ")
+    );
+}
+
+/// The sample with the median wall time of side `side` (0 floor, 1 shipjar).
+fn median(pairs: &[(Sample, Sample)], side: usize) -> Sample {
+    let mut samples: Vec<Sample> = pairs
+        .iter()
+        .map(|p| if side == 0 { p.0.clone() } else { p.1.clone() })
+        .collect();
+    samples.sort_by(|a, b| a.wall_s.total_cmp(&b.wall_s));
+    let ok = samples.iter().all(|s| s.ok);
+    let mut m = samples
+        .get(samples.len().saturating_sub(1) / 2)
+        .cloned()
+        .unwrap_or_default();
+    m.ok = ok;
+    m
+}
+
+/// shipjar's phases and per-host steps from its `--json` result.
+fn breakdown(sample: &mut Sample, json: &serde_json::Value) {
+    if let Some(phases) = json["phases_ms"].as_object() {
+        for (k, v) in phases {
+            sample.phases_ms.insert(k.clone(), v.as_u64().unwrap_or(0));
         }
     }
+    for host in json["hosts"].as_array().into_iter().flatten() {
+        let mut steps = BTreeMap::new();
+        for (k, v) in host["timings_ms"].as_object().into_iter().flatten() {
+            steps.insert(k.clone(), v.as_u64().unwrap_or(0));
+        }
+        let activation = &host["activation"];
+        for (key, field) in [
+            ("stop", "stopped_after_ms"),
+            ("healthy", "healthy_after_ms"),
+        ] {
+            if let Some(ms) = activation[field].as_u64() {
+                steps.insert(key.into(), ms);
+            }
+        }
+        let total = steps
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "stop" | "healthy"))
+            .map(|(_, v)| v)
+            .sum();
+        steps.insert("total".into(), total);
+        sample.hosts_ms.push(steps);
+    }
+}
+
+/// Runs `cmd` to the end: its wall time, its own and its descendants' CPU,
+/// and the whole machine's CPU meanwhile.
+fn timed(mut cmd: Command) -> (Sample, String) {
+    let machine = machine_cpu_s();
+    let children = children_cpu_s();
+    let started = Instant::now();
+    let out = cmd.output().expect("run the command");
+    let sample = Sample {
+        wall_s: started.elapsed().as_secs_f64(),
+        operator_cpu_s: children_cpu_s() - children,
+        machine_cpu_s: machine_cpu_s() - machine,
+        ok: out.status.success(),
+        ..Sample::default()
+    };
+    (sample, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// CPU seconds of this process's waited-for descendants (their descendants
+/// included, as each waited for its own).
+fn children_cpu_s() -> f64 {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .expect("getrusage");
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    secs(usage.user_time()) + secs(usage.system_time())
+}
+
+/// CPU seconds the whole machine has spent busy since boot (/proc/stat).
+fn machine_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let line = stat.lines().next().unwrap_or_default();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, t)| t)
+        .sum();
+    busy as f64 / 100.0
+}
+
+/// The Clojure example's uberjar, built with Maven if it is not there yet.
+fn clojure_jar() -> PathBuf {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clojure-jetty");
+    let jar = example.join("target/inventory-1.0.0-standalone.jar");
+    if !jar.exists() {
+        let status = Command::new("sh")
+            .arg(example.join("build.sh"))
+            .status()
+            .expect("run examples/clojure-jetty/build.sh");
+        assert!(status.success(), "building the Clojure example failed");
+    }
+    jar
+}
+
+/// A copy of `jar` with one more entry, so each deploy ships a new artifact.
+fn variant_jar(jar: &Path, work: &Path, label: &str) -> PathBuf {
+    let dir = work.join(format!("jar-{label}"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let out = dir.join("inventory.jar");
+    std::fs::copy(jar, &out).expect("copy jar");
+    std::fs::write(dir.join("bench-stamp.txt"), label).expect("write stamp");
+    let status = Command::new("jar")
+        .arg("uf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&dir)
+        .arg("bench-stamp.txt")
+        .status()
+        .expect("run jar");
+    assert!(status.success(), "jar uf failed");
+    out
+}
+
+/// The example's project with a `bench` stage on the fleet's hosts.
+fn write_project(dir: &Path, hosts: &[String], ssh_config: &Path) {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clojure-jetty");
+    std::fs::create_dir_all(dir.join("deploy")).expect("mkdir");
+    for entry in std::fs::read_dir(example.join("deploy")).expect("read deploy/") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), dir.join("deploy").join(entry.file_name())).expect("copy");
+    }
+    std::fs::copy(
+        example.join("deploy/logback-production.xml"),
+        dir.join("deploy/logback-bench.xml"),
+    )
+    .expect("copy logback");
+    // 30 JVMs starting at once on a small machine take a minute or more.
+    let config = std::fs::read_to_string(example.join("shipjar.toml"))
+        .expect("example config")
+        .replace("start_timeout = \"60s\"", "start_timeout = \"300s\"");
+    assert!(config.contains(&format!("PORT = \"{SHIPJAR_PORT}\"")));
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+    let config = format!(
+        "{config}\n[stages.bench]\nhosts = [{}]\nssh_config = \"{}\"\nvars = {{ db_url = \"jdbc:postgresql://db/inventory\", db_user = \"inventory\" }}\nsecrets = {{ db_password = {{ env = \"INVENTORY_DB_PASSWORD\" }} }}\n",
+        hosts.join(", "),
+        ssh_config.display()
+    );
+    std::fs::write(dir.join("shipjar.toml"), config).expect("write config");
 }
