@@ -160,7 +160,7 @@ pub fn run(layout: &Layout) -> i32 {
             return 1;
         }
     };
-    if let Err(e) = drop_root(layout) {
+    if let Err(e) = drop_root(layout, &spec) {
         eprintln!("shipjar proxy: {e}");
         return 1;
     }
@@ -273,13 +273,18 @@ fn bind_control(layout: &Layout) -> Result<std::os::unix::net::UnixListener, Str
 /// the worker parses every request, and holds nothing that needs root once
 /// its sockets are open. Nothing to do when not root or the release names
 /// no user (or root).
-fn drop_root(layout: &Layout) -> Result<(), String> {
+fn drop_root(layout: &Layout, spec: &ProxySpec) -> Result<(), String> {
     if !crate::host::supervisor::process::is_root() {
         return Ok(());
     }
-    let user = crate::host::store::current(layout)
-        .and_then(|id| crate::host::store::read_manifest(layout, &id).ok())
-        .and_then(|m| m.run.user);
+    // `current`, or (at the first deploy, before `current` exists) the
+    // release an instance was linked to.
+    let user = std::iter::once(layout.clone())
+        .chain(spec.ports.map(|p| layout.with_instance(Some(p))))
+        .find_map(|l| {
+            let id = crate::host::store::current(&l)?;
+            crate::host::store::read_manifest(layout, &id).ok()?.run.user
+        });
     let Some(user) = user else {
         return Ok(());
     };
