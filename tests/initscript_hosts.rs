@@ -384,7 +384,10 @@ fn runner_and_worker_uid(f: &Fleet) -> (i64, String) {
     let worker = host_json(f, "/run/hello/proxy/keeper.json")["worker"]["pid"]
         .as_i64()
         .unwrap_or(0);
-    let uid = ssh_ok(f, &format!("awk '/^Uid:/ {{ print $2 }}' /proc/{worker}/status"));
+    let uid = ssh_ok(
+        f,
+        &format!("awk '/^Uid:/ {{ print $2 }}' /proc/{worker}/status"),
+    );
     (runner, uid)
 }
 
@@ -470,7 +473,10 @@ fn initscript_proxied_service_boots_restarts_without_downtime_and_stops() {
         said.contains(&format!("(last: keeper pid {keeper} died)")),
         "{said}"
     );
-    assert_eq!(wait_served(&f, Duration::from_secs(5)).as_deref(), Some("1.0.0"));
+    assert_eq!(
+        wait_served(&f, Duration::from_secs(5)).as_deref(),
+        Some("1.0.0")
+    );
 
     let stopped = ssh(&f, "/etc/init.d/hello stop");
     assert_eq!(stopped.status.code(), Some(0), "{}", text(&stopped));

@@ -413,7 +413,10 @@ fn runner_pid(root: &std::path::Path) -> Option<i32> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let zombie = stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'));
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|r| r.trim_start().starts_with('Z'));
     (cmdline.contains(&*root.to_string_lossy()) && !zombie).then_some(pid)
 }
 
@@ -504,7 +507,11 @@ fn the_runner_brings_back_a_killed_proxy_keeper_and_start_stop_go_through_it() {
     let _cleanup = Cleanup(p.root(), ports);
     let out = p.deploy("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("supervised by their runner"), "{}", text(&out));
+    assert!(
+        text(&out).contains("supervised by their runner"),
+        "{}",
+        text(&out)
+    );
     let runner = runner_pid(&p.root()).expect("the deploy left a runner");
 
     let keeper: serde_json::Value = serde_json::from_str(
@@ -531,7 +538,9 @@ fn the_runner_brings_back_a_killed_proxy_keeper_and_start_stop_go_through_it() {
         thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        status.contains(&format!("restarted 1 time(s) (last: keeper pid {keeper} died)")),
+        status.contains(&format!(
+            "restarted 1 time(s) (last: keeper pid {keeper} died)"
+        )),
         "{status}\n{}\n{}",
         std::fs::read_to_string(p.root().join("run/hello/proxy/keeper.json")).unwrap_or_default(),
         std::fs::read_to_string(p.root().join("log/hello/proxy.log")).unwrap_or_default()

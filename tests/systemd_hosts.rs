@@ -1008,7 +1008,11 @@ fn proxied_pids(f: &SystemdFleet, host: &str) -> (String, String, String, String
         .and_then(|v| v["pid"].as_i64())
         .map(|p| p.to_string())
         .unwrap_or_default();
-    let status = ssh_ok(f, host, "/usr/local/bin/shipjar --json service status hello");
+    let status = ssh_ok(
+        f,
+        host,
+        "/usr/local/bin/shipjar --json service status hello",
+    );
     let worker = serde_json::from_str::<serde_json::Value>(&status)
         .ok()
         .and_then(|v| v["worker_pid"].as_i64())
@@ -1101,7 +1105,10 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
         "{}",
         f.diagnostics(host)
     );
-    assert_eq!(ssh_ok(&f, host, "systemctl is-active hello.service"), "active");
+    assert_eq!(
+        ssh_ok(&f, host, "systemctl is-active hello.service"),
+        "active"
+    );
     let (main, runner, _, uid) = proxied_pids(&f, host);
     assert_eq!(main, runner);
     assert_eq!(uid, hello_uid);

@@ -118,7 +118,8 @@ pub fn start_parts(layout: &Layout, spec: &ProxySpec) -> Result<StartReport, Sup
     let port = active_or_first(layout, spec).unwrap_or(spec.ports[0]);
     let instance = layout.with_instance(Some(port));
     if supervisor::status(&instance).pid.is_none() {
-        let id = crate::host::store::current(layout).ok_or_else(|| fail("no current release".into()))?;
+        let id =
+            crate::host::store::current(layout).ok_or_else(|| fail("no current release".into()))?;
         link(layout, port, &id).map_err(fail)?;
     }
     let report = supervisor::start(&instance)?;

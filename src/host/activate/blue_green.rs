@@ -150,7 +150,10 @@ pub(super) fn activate(
     // no deploy. Traffic flows whether or not it came up.
     if !runner::is_held(layout) {
         match instances::ensure_supervised(layout, spec) {
-            Ok(()) => emit("supervise", "the proxy and the instance are supervised by their runner"),
+            Ok(()) => emit(
+                "supervise",
+                "the proxy and the instance are supervised by their runner",
+            ),
             Err(e) => emit("supervise", &format!("no runner: {}", e.message)),
         }
     }

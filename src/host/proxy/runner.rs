@@ -155,8 +155,7 @@ pub fn spawn_detached(layout: &Layout) -> Result<StartReport, SupervisorError> {
     // Reaped in a thread of its own: the runner lives on.
     std::thread::spawn(move || child.wait());
     if let Some(json) = line.trim_end().strip_prefix(READY) {
-        return serde_json::from_str(json)
-            .map_err(|e| error(format!("the runner's report: {e}")));
+        return serde_json::from_str(json).map_err(|e| error(format!("the runner's report: {e}")));
     }
     if let Some(json) = line.trim_end().strip_prefix(FAILED) {
         return Err(serde_json::from_str(json).unwrap_or_else(|_| error(json)));

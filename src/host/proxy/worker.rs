@@ -283,7 +283,10 @@ fn drop_root(layout: &Layout, spec: &ProxySpec) -> Result<(), String> {
         .chain(spec.ports.map(|p| layout.with_instance(Some(p))))
         .find_map(|l| {
             let id = crate::host::store::current(&l)?;
-            crate::host::store::read_manifest(layout, &id).ok()?.run.user
+            crate::host::store::read_manifest(layout, &id)
+                .ok()?
+                .run
+                .user
         });
     let Some(user) = user else {
         return Ok(());
