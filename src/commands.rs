@@ -276,6 +276,14 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                 for line in status.instance_lines() {
                     println!("{line}");
                 }
+                match host::proxy::runner::pid(&layout) {
+                    Some(pid) => println!("runner pid {pid} supervises the proxy and instances"),
+                    None if status.state != host::proxy::ProxyState::Stopped => println!(
+                        "no runner: a dead proxy keeper would not be started again                          (`service start {}` starts one)",
+                        layout.name()
+                    ),
+                    None => {}
+                }
             }
             Ok(host::instances::lsb_code(&status))
         }
