@@ -565,3 +565,73 @@ fn the_runner_brings_back_a_killed_proxy_keeper_and_start_stop_go_through_it() {
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(0), "{status}");
 }
+
+/// `service run` of a proxied service, as a systemd unit runs it: it takes
+/// the service over from the runner a deploy left (the instance keeps
+/// running), sends READY=1 on a real notify socket only when the proxy
+/// answers, and on SIGTERM stops both instances and the proxy, exiting 0.
+#[test]
+fn service_run_takes_over_notifies_ready_and_stops_everything_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let detached = runner_pid(&p.root()).expect("the deploy left a runner");
+    let instance = active_pid(&p).expect("an active instance");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut run = std::process::Command::new(common::shipjar_bin())
+        .args(["service", "run", "hello", "--root"])
+        .arg(p.root())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start service run");
+    let mut buf = [0u8; 4096];
+    let ready = loop {
+        let n = socket.recv(&mut buf).expect("a notification within 60 s");
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message.contains("READY=1") {
+            break message;
+        }
+    };
+    // Ready means served through the proxy, by the same instance.
+    assert_eq!(
+        http_get(p.port, "/version").map(|a| a.0),
+        Some(200),
+        "{ready}"
+    );
+    assert!(ready.contains(&format!("MAINPID={}", run.id())), "{ready}");
+    assert_eq!(runner_pid(&p.root()), Some(run.id() as i32));
+    assert_ne!(runner_pid(&p.root()), Some(detached));
+    // The detached runner left (without stopping anything).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{detached}")).exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!std::path::Path::new(&format!("/proc/{detached}")).exists());
+    assert_eq!(active_pid(&p), Some(instance), "the instance kept running");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = run.wait().expect("service run ends");
+    let mut err = String::new();
+    if let Some(mut e) = run.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(http_get(p.port, "/version").is_none(), "{err}");
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(3), "{status}");
+}
