@@ -524,6 +524,27 @@ fn the_runner_brings_back_a_killed_proxy_keeper_and_start_stop_go_through_it() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    // How long the public port refuses connections: from the old worker's
+    // end until the runner's next keeper has bound it again.
+    let killed = Instant::now();
+    let (mut refused_since, mut longest) = (None::<Instant>, Duration::ZERO);
+    while killed.elapsed() < Duration::from_secs(3) {
+        match TcpStream::connect(("127.0.0.1", p.port)) {
+            Err(_) => {
+                refused_since.get_or_insert_with(Instant::now);
+            }
+            Ok(_) => {
+                if let Some(since) = refused_since.take() {
+                    longest = longest.max(since.elapsed());
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    eprintln!(
+        "connections to the public port refused for at most {} ms after the keeper was killed",
+        longest.as_millis()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut status = String::new();
     while Instant::now() < deadline {

@@ -26,8 +26,10 @@ use crate::host::supervisor::readiness::{FAILED, READY, ReadinessChannel};
 use crate::host::supervisor::{StartReport, SupervisorError};
 use crate::protocol::layout::Layout;
 
-/// How often the runner looks at the proxy's keeper.
-const TICK: Duration = Duration::from_millis(200);
+/// How often the runner looks at the proxy's keeper (a lock test): the
+/// public port refuses connections from a dead keeper's end until the next
+/// one bound it.
+const TICK: Duration = Duration::from_millis(50);
 /// How long a runner asked to hand over may take to leave.
 const HANDOVER: Duration = Duration::from_secs(5);
 
@@ -269,13 +271,13 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
             _ => {}
         }
         reap_children();
-        // A later release may have moved the proxy (`listen`); a release
-        // without one means the service left the proxy: whoever did that
-        // stopped us first, so keep the last spec.
-        if let Some(now) = instances::proxied(layout) {
-            spec = now;
-        }
         if !keeper::is_held(layout) {
+            // A later release may have moved the proxy (`listen`); a release
+            // without one means the service left the proxy: whoever did that
+            // stopped us first, so keep the last spec.
+            if let Some(now) = instances::proxied(layout) {
+                spec = now;
+            }
             let how = files::read_keeper(layout)
                 .and_then(|r| r.last_exit)
                 .filter(|e| e == "stopped")
