@@ -656,3 +656,30 @@ fn service_run_takes_over_notifies_ready_and_stops_everything_on_sigterm() {
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(3), "{status}");
 }
+
+/// A start whose proxy cannot listen (the address taken) fails with the
+/// reason and leaves nothing running; once the address is free it starts.
+#[test]
+fn a_failed_start_says_why_and_leaves_nothing_running() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let root = p.root().to_str().unwrap().to_string();
+    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+
+    let taken = std::net::TcpListener::bind(("127.0.0.1", p.port)).expect("take the address");
+    let start = p.run(&["service", "start", "hello", "--root", &root]);
+    assert_ne!(start.status.code(), Some(0), "{}", text(&start));
+    assert!(text(&start).contains("cannot listen"), "{}", text(&start));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(3), "{status}");
+    assert_eq!(runner_pid(&p.root()), None);
+    assert_eq!(active_pid(&p), None, "{status}");
+
+    drop(taken);
+    let start = p.run(&["service", "start", "hello", "--root", &root]);
+    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
+}

@@ -228,6 +228,13 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
     {
         eprintln!("shipjar runner: {e}");
     }
+    // What runs already is adopted, and never stopped for a failed start.
+    let adopting = keeper::is_held(layout)
+        || instances::active_or_first(layout, &spec).is_some_and(|p| {
+            crate::host::supervisor::status(&layout.with_instance(Some(p)))
+                .pid
+                .is_some()
+        });
     readiness.status("starting the active instance and the proxy");
     match instances::start_parts(layout, &spec) {
         Ok(report) => {
@@ -242,9 +249,12 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
         }
         Err(e) => {
             let instance = layout.with_instance(instances::active_or_first(layout, &spec));
-            readiness.failed(&e.message, &instance);
-            let _ = instances::stop_parts(layout, &spec);
+            // Cleaned up before the answer: whoever waits sees the end state.
+            if !adopting {
+                let _ = instances::stop_parts(layout, &spec);
+            }
             drop(lock);
+            readiness.failed(&e.message, &instance);
             return 1;
         }
     }
