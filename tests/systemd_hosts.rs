@@ -1075,6 +1075,29 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     let client = keep_alive::spawn(addr, stop.clone());
     let deploy = p.deploy("2.0.0", &[]);
     assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    // The instance the deploy started (from its ssh session) joined the unit.
+    assert!(
+        text(&deploy).contains("moved into hello.service"),
+        "{}",
+        text(&deploy)
+    );
+    let status = ssh_ok(
+        &f,
+        host,
+        "/usr/local/bin/shipjar --json service status hello",
+    );
+    let jvm = serde_json::from_str::<serde_json::Value>(&status)
+        .ok()
+        .and_then(|v| {
+            v["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| i["active"] == true)?["service"]["pid"]
+                .as_i64()
+        })
+        .unwrap_or(0);
+    let cgroup = ssh_ok(&f, host, &format!("cat /proc/{jvm}/cgroup"));
+    assert!(cgroup.contains("/system.slice/hello.service"), "{cgroup}");
     let reload = f.ssh(host, "systemctl reload hello.service");
     assert!(
         reload.status.success(),

@@ -111,6 +111,61 @@ fn start_with_systemd(layout: &Layout, spec: &ProxySpec) -> Result<StartReport, 
     }
 }
 
+/// On a host where systemd owns the service and its unit runs: moves every
+/// process of the session `leader` leads (an instance's supervisor and its
+/// JVM, started by a deploy from an ssh session) into the unit's cgroup, so
+/// the unit's stop, accounting and `systemctl status` cover it as they do
+/// what the unit started itself. `Ok(0)` when the unit does not run.
+pub fn adopt_into_unit(layout: &Layout, leader: i32) -> Result<usize, String> {
+    // The unit's cgroup is its main process's (the runner's), under the
+    // cgroup2 mount; nothing to do without either.
+    let Some(runner) = runner::pid(layout) else {
+        return Ok(0);
+    };
+    let Some(group) = fs::read_to_string(format!("/proc/{runner}/cgroup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
+        .filter(|g| g.ends_with(&format!("/{}.service", layout.name())))
+    else {
+        return Ok(0);
+    };
+    let Some(mount) = cgroup2_mount() else {
+        return Ok(0);
+    };
+    let procs = mount
+        .join(group.trim_start_matches('/'))
+        .join("cgroup.procs");
+    let members: Vec<i32> = fs::read_dir("/proc")
+        .map_err(|e| format!("/proc: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            crate::host::supervisor::procfs::stat(*pid)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.session == leader)
+        })
+        .collect();
+    for pid in &members {
+        fs::write(&procs, pid.to_string())
+            .map_err(|e| format!("cannot move pid {pid} into {}: {e}", procs.display()))?;
+    }
+    Ok(members.len())
+}
+
+/// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup` as a rule).
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))
+            .flatten()
+    })
+}
+
 /// The parts, as the runner brings them up: the active instance (the first
 /// port when none was) from `current`, healthy, the proxy, traffic switched
 /// to the instance. What runs already is kept.

@@ -47,6 +47,23 @@ pub(super) fn activate(
     })?;
     outcome.pid = Some(started.pid);
     outcome.healthy_after_ms = Some(started.healthy_after_ms);
+    // Under a running unit, what this (ssh) session started joins the unit.
+    if crate::host::restart::systemd_owned(layout)
+        && runner::is_held(layout)
+        && let Some(leader) = supervisor::status(&new).supervisor_pid
+    {
+        match instances::adopt_into_unit(layout, leader) {
+            Ok(0) => {}
+            Ok(n) => emit(
+                "supervise",
+                &format!(
+                    "instance on port {port}: {n} process(es) moved into {}.service",
+                    layout.name()
+                ),
+            ),
+            Err(e) => emit("supervise", &format!("instance on port {port}: {e}")),
+        }
+    }
     emit(
         "health",
         &format!(
