@@ -5,7 +5,9 @@
 #     serves with CONNS connections (throughput ratio), the proxy's RSS/PSS;
 #  2. failed requests while 10 deploys, 2 rollbacks and 1 failing deploy run
 #     behind the proxy (target 0);
-#  3. the same load against a plain restart without the proxy (3 deploys):
+#  3. the same during 3 `service restart` and 1 `reload` behind the proxy
+#     (target 0);
+#  4. the same load against a plain restart without the proxy (3 deploys):
 #     failed requests and the longest time without an answer.
 # The load generator is benches/proxy_load.rs (keep-alive, fixed rate,
 # bounded duration). Usage: bench/proxy.sh [RATE] [CONNS]
@@ -108,6 +110,16 @@ proxied_round() {
 }
 echo "behind the proxy: 10 deploys, 2 rollbacks, 1 failing deploy under $rate req/s"
 run_under_load "$listen" 40 proxied_round
+
+restart_round() {
+    SECONDS=0
+    local root="$work/.shipjar/proxied"
+    for verb in restart restart reload restart; do
+        "$bin" service "$verb" hello --root "$root" >/dev/null 2>&1 || echo "service $verb FAILED" >&2
+    done
+}
+echo "behind the proxy: 3 service restarts and 1 reload under $rate req/s"
+run_under_load "$listen" 20 restart_round
 
 plain_round() {
     SECONDS=0

@@ -187,19 +187,45 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
             None => report_start(supervisor::start_outcome(&layout(&args)?), json),
         },
         ServiceCommand::Proxy(args) => run_proxy(&args, json),
-        ServiceCommand::Restart(args)
-        | ServiceCommand::Reload(args)
-        | ServiceCommand::Run(args)
-            if proxied(&args)?.is_some() =>
-        {
-            Err(Error::failed(format!(
-                "{} runs as two instances behind its proxy: `shipjar deploy` and `rollback` \
-                 replace the running instance without downtime, and `service stop` then \
-                 `service start` restart the proxy and the active instance; restart, reload \
-                 and run of a proxied service are not supported yet",
-                args.name
-            )))
+        ServiceCommand::Restart(args) if proxied(&args)?.is_some() => {
+            let Some((layout, spec)) = proxied(&args)? else {
+                return Ok(3);
+            };
+            let result = host::instances::restart(&layout, &spec, &progress(json));
+            report_start(
+                result.map(|report| supervisor::StartOutcome {
+                    report,
+                    replaced_pid: None,
+                    replaced_how: None,
+                }),
+                json,
+            )
         }
+        ServiceCommand::Reload(args) if proxied(&args)?.is_some() => {
+            let Some((layout, spec)) = proxied(&args)? else {
+                return Ok(3);
+            };
+            match host::instances::reload(&layout, &spec, &progress(json)) {
+                Ok(report) => {
+                    if json {
+                        print_json(&report);
+                    } else {
+                        println!("reloaded: {} ({} ms)", report.how, report.took_ms);
+                    }
+                    Ok(0)
+                }
+                Err(err) => Ok(report_supervisor_error(&err, json)),
+            }
+        }
+        // The whole behind the proxy: the unit's main process, or the
+        // detached runner `service start` spawns.
+        ServiceCommand::Run(args) if proxied(&args)?.is_some() => Ok(host::proxy::runner::run(
+            &layout(&args)?,
+            host::proxy::runner::Mode::Foreground,
+        )),
+        ServiceCommand::Supervise(args) if proxied(&args)?.is_some() => Ok(
+            host::proxy::runner::run(&layout(&args)?, host::proxy::runner::Mode::Detached),
+        ),
         ServiceCommand::Restart(args) => report_start(supervisor::restart(&layout(&args)?), json),
         ServiceCommand::Stop(args) if proxied(&args)?.is_some() => {
             let Some((layout, spec)) = proxied(&args)? else {
@@ -250,6 +276,14 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                 for line in status.instance_lines() {
                     println!("{line}");
                 }
+                match host::proxy::runner::pid(&layout) {
+                    Some(pid) => println!("runner pid {pid} supervises the proxy and instances"),
+                    None if status.state != host::proxy::ProxyState::Stopped => println!(
+                        "no runner: a dead proxy keeper would not be started again                          (`service start {}` starts one)",
+                        layout.name()
+                    ),
+                    None => {}
+                }
             }
             Ok(host::instances::lsb_code(&status))
         }
@@ -277,6 +311,15 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
         },
         ServiceCommand::InstallUnit(args) => install(&args, Init::Unit),
         ServiceCommand::InstallInitscript(args) => install(&args, Init::Script),
+    }
+}
+
+/// Progress lines of a restart behind the proxy (stderr, so `--json` stays one object).
+fn progress(json: bool) -> impl Fn(&str, &str) {
+    move |step: &str, text: &str| {
+        if !json {
+            eprintln!("{step}: {text}");
+        }
     }
 }
 

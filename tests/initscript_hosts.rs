@@ -8,6 +8,8 @@
 mod common;
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/keep_alive.rs"]
+mod keep_alive;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +29,11 @@ struct LsbProject {
 
 impl LsbProject {
     fn new(f: &Fleet) -> LsbProject {
+        LsbProject::with_stage(f, "")
+    }
+
+    /// With `stage_extra` lines in the stage's table.
+    fn with_stage(f: &Fleet, stage_extra: &str) -> LsbProject {
         let dir = tempfile::Builder::new()
             .prefix("shipjar-lsb-")
             .tempdir()
@@ -36,7 +43,7 @@ impl LsbProject {
             "lsb",
             &[HOST.to_string()],
             f.ssh_config(),
-            "",
+            stage_extra,
             |c| {
                 c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
                     .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
@@ -362,4 +369,118 @@ fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
         agree(&f, &p, Expect::Running("1.0.0"));
     }
     assert_provision_changes_nothing(&f, &p);
+}
+
+/// A value of a JSON file on the host.
+fn host_json(f: &Fleet, path: &str) -> serde_json::Value {
+    serde_json::from_str(&ssh_ok(f, &format!("cat {path}"))).unwrap_or_default()
+}
+
+/// The runner's pid and the proxy worker's uid, on the host.
+fn runner_and_worker_uid(f: &Fleet) -> (i64, String) {
+    let runner = host_json(f, "/run/hello/proxy/runner.json")["pid"]
+        .as_i64()
+        .unwrap_or(0);
+    let worker = host_json(f, "/run/hello/proxy/keeper.json")["worker"]["pid"]
+        .as_i64()
+        .unwrap_or(0);
+    let uid = ssh_ok(
+        f,
+        &format!("awk '/^Uid:/ {{ print $2 }}' /proc/{worker}/status"),
+    );
+    (runner, uid)
+}
+
+fn wait_served(f: &Fleet, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = served(f);
+        if seen.is_some() || Instant::now() >= deadline {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A proxied hello under its init script: the deploy leaves a runner; the
+/// script's restart and reload drop no request of a keep-alive client from
+/// outside; after a power cycle the rc link's `start` brings the runner, the
+/// proxy and the instance back; a killed proxy keeper comes back by itself
+/// and `status` names it; `stop` stops it all.
+#[test]
+#[ignore = "needs root"]
+fn initscript_proxied_service_boots_restarts_without_downtime_and_stops() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    require_root();
+    let mut f = Fleet::new(1);
+    let p = LsbProject::with_stage(
+        &f,
+        &format!("proxy = {{ listen = \"0.0.0.0:{PORT}\", ports = [18081, 18082] }}"),
+    );
+    let provision = p.run(&["--json", "provision", "lsb"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let deploy = p.deploy("1.0.0", &[]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    assert_eq!(served(&f).as_deref(), Some("1.0.0"));
+    let hello_uid = ssh_ok(&f, "id -u hello");
+    let (runner, uid) = runner_and_worker_uid(&f);
+    assert!(runner > 0);
+    assert_eq!(uid, hello_uid, "the proxy worker runs as hello");
+    let status = ssh(&f, "/etc/init.d/hello status");
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr: std::net::SocketAddr = format!("{}:{PORT}", f.ip(HOST)).parse().expect("address");
+    let client = keep_alive::spawn(addr, stop.clone());
+    for action in ["restart", "reload"] {
+        let out = ssh(&f, &format!("/etc/init.d/hello {action}"));
+        assert_eq!(out.status.code(), Some(0), "{action}: {}", text(&out));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let seen = client.join().expect("client");
+    assert!(seen.errors.is_empty(), "errors: {:?}", seen.errors);
+    assert_eq!(seen.versions, ["1.0.0"]);
+    assert!(seen.answered > 10, "{seen:?}");
+
+    // Power cycle; the rc link's start, as at boot.
+    f.reboot(HOST);
+    assert_eq!(served(&f), None);
+    let link = ssh_ok(&f, "ls /etc/rc2.d | grep '^S[0-9]*hello$'");
+    let booted = ssh(&f, &format!("/etc/rc2.d/{link} start"));
+    assert_eq!(booted.status.code(), Some(0), "{}", text(&booted));
+    assert_eq!(served(&f).as_deref(), Some("1.0.0"));
+    let (runner, uid) = runner_and_worker_uid(&f);
+    assert!(runner > 0);
+    assert_eq!(uid, hello_uid);
+
+    // The keeper killed: the runner starts it again, status says so.
+    let keeper = host_json(&f, "/run/hello/proxy/keeper.json")["keeper"]["pid"]
+        .as_i64()
+        .unwrap_or(0);
+    ssh_ok(&f, &format!("kill -KILL {keeper}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut said = String::new();
+    while Instant::now() < deadline {
+        said = String::from_utf8_lossy(&ssh(&f, "/etc/init.d/hello status").stdout).into_owned();
+        if said.contains("restarted") && served(&f).is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        said.contains(&format!("(last: keeper pid {keeper} died)")),
+        "{said}"
+    );
+    assert_eq!(
+        wait_served(&f, Duration::from_secs(5)).as_deref(),
+        Some("1.0.0")
+    );
+
+    let stopped = ssh(&f, "/etc/init.d/hello stop");
+    assert_eq!(stopped.status.code(), Some(0), "{}", text(&stopped));
+    assert_eq!(served(&f), None);
+    let status = ssh(&f, "/etc/init.d/hello status");
+    assert_eq!(status.status.code(), Some(3), "{}", text(&status));
 }

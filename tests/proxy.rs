@@ -23,6 +23,13 @@ impl Drop for Cleanup {
             .arg(&self.0)
             .output();
         let run = self.0.join("run/hello");
+        // The runner, if it outlived the stop.
+        if let Some(pid) = runner_pid(&self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         // The proxy's keeper, if it outlived the stop (its worker dies with it).
         let keeper = std::fs::read_to_string(run.join("proxy/keeper.json"))
             .ok()
@@ -396,4 +403,283 @@ fn a_service_moves_behind_the_proxy_and_back() {
         p.root().to_str().unwrap(),
     ]);
     assert_eq!(proxy.status.code(), Some(3), "{}", text(&proxy));
+}
+
+/// The pid of the proxied service's runner, if it lives (its command line
+/// names this root).
+fn runner_pid(root: &std::path::Path) -> Option<i32> {
+    let text = std::fs::read_to_string(root.join("run/hello/proxy/runner.json")).ok()?;
+    let pid = serde_json::from_str::<serde_json::Value>(&text).ok()?["pid"].as_i64()? as i32;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|r| r.trim_start().starts_with('Z'));
+    (cmdline.contains(&*root.to_string_lossy()) && !zombie).then_some(pid)
+}
+
+/// A keep-alive client asking for /version without pause until `stop`:
+/// the versions it saw, in order, and every error.
+fn keep_alive_client(
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<(Vec<String>, Vec<String>, usize)> {
+    thread::spawn(move || {
+        let mut conn = KeepAlive::connect(port);
+        let mut seen: Vec<String> = Vec::new();
+        let mut errors = Vec::new();
+        let mut answered = 0;
+        let started = Instant::now();
+        while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(240) {
+            match conn.get("/version") {
+                Ok((200, body)) => {
+                    answered += 1;
+                    let v = version_of(&body).unwrap_or_else(|| body.clone());
+                    if seen.last() != Some(&v) {
+                        seen.push(v);
+                    }
+                }
+                Ok((status, body)) => errors.push(format!("{status}: {body}")),
+                Err(e) => {
+                    errors.push(e);
+                    conn = KeepAlive::connect(port);
+                }
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        (seen, errors, answered)
+    })
+}
+
+/// The pid of the instance taking traffic, from `service status --json`.
+fn active_pid(p: &Project) -> Option<i64> {
+    let out = p.run(&[
+        "--json",
+        "service",
+        "status",
+        "hello",
+        "--root",
+        p.root().to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["active"] == true)?["service"]["pid"]
+        .as_i64()
+}
+
+#[test]
+fn restart_and_reload_behind_the_proxy_drop_no_request() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let root = p.root().to_str().unwrap().to_string();
+    let mut pid = active_pid(&p).expect("an active instance");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = keep_alive_client(p.port, stop.clone());
+    for verb in ["restart", "reload", "restart"] {
+        let out = p.run(&["service", verb, "hello", "--root", &root]);
+        assert_eq!(out.status.code(), Some(0), "{verb}: {}", text(&out));
+        assert!(text(&out).contains("drained"), "{verb}: {}", text(&out));
+        let now = active_pid(&p).expect("an active instance");
+        assert_ne!(now, pid, "{verb} started a new instance");
+        pid = now;
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (seen, errors, answered) = client.join().expect("client thread");
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    assert!(answered > 10, "only {answered} answers");
+    assert_eq!(seen, ["1.0.0"]);
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(runner_pid(&p.root()).is_some(), "a runner supervises it");
+}
+
+#[test]
+fn the_runner_brings_back_a_killed_proxy_keeper_and_start_stop_go_through_it() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("supervised by their runner"),
+        "{}",
+        text(&out)
+    );
+    let runner = runner_pid(&p.root()).expect("the deploy left a runner");
+
+    let keeper: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.root().join("run/hello/proxy/keeper.json")).unwrap(),
+    )
+    .unwrap();
+    let keeper = keeper["keeper"]["pid"].as_i64().expect("keeper pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // How long the public port refuses connections: from the old worker's
+    // end until the runner's next keeper has bound it again.
+    let killed = Instant::now();
+    let (mut refused_since, mut longest) = (None::<Instant>, Duration::ZERO);
+    while killed.elapsed() < Duration::from_secs(3) {
+        match TcpStream::connect(("127.0.0.1", p.port)) {
+            Err(_) => {
+                refused_since.get_or_insert_with(Instant::now);
+            }
+            Ok(_) => {
+                if let Some(since) = refused_since.take() {
+                    longest = longest.max(since.elapsed());
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    eprintln!(
+        "connections to the public port refused for at most {} ms after the keeper was killed",
+        longest.as_millis()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = String::new();
+    while Instant::now() < deadline {
+        status = service_status(&p).1;
+        // The old worker may answer for a moment after its keeper died.
+        if status.starts_with("proxy running")
+            && status.contains("restarted")
+            && http_get(p.port, "/version").is_some()
+        {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        status.contains(&format!(
+            "restarted 1 time(s) (last: keeper pid {keeper} died)"
+        )),
+        "{status}\n{}\n{}",
+        std::fs::read_to_string(p.root().join("run/hello/proxy/keeper.json")).unwrap_or_default(),
+        std::fs::read_to_string(p.root().join("log/hello/proxy.log")).unwrap_or_default()
+    );
+    assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
+    assert_eq!(runner_pid(&p.root()), Some(runner));
+
+    // Stopped through the runner: it goes, and with it both instances and the proxy.
+    let root = p.root().to_str().unwrap().to_string();
+    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    assert_eq!(runner_pid(&p.root()), None);
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(3), "{status}");
+    assert!(http_get(p.port, "/version").is_none());
+
+    // Started again: a runner, the instance behind the proxy, answering.
+    let start = p.run(&["service", "start", "hello", "--root", &root]);
+    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    assert!(runner_pid(&p.root()).is_some());
+    assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+}
+
+/// `service run` of a proxied service, as a systemd unit runs it: it takes
+/// the service over from the runner a deploy left (the instance keeps
+/// running), sends READY=1 on a real notify socket only when the proxy
+/// answers, and on SIGTERM stops both instances and the proxy, exiting 0.
+#[test]
+fn service_run_takes_over_notifies_ready_and_stops_everything_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let detached = runner_pid(&p.root()).expect("the deploy left a runner");
+    let instance = active_pid(&p).expect("an active instance");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut run = std::process::Command::new(common::shipjar_bin())
+        .args(["service", "run", "hello", "--root"])
+        .arg(p.root())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start service run");
+    let mut buf = [0u8; 4096];
+    let ready = loop {
+        let n = socket.recv(&mut buf).expect("a notification within 60 s");
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message.contains("READY=1") {
+            break message;
+        }
+    };
+    // Ready means served through the proxy, by the same instance.
+    assert_eq!(
+        http_get(p.port, "/version").map(|a| a.0),
+        Some(200),
+        "{ready}"
+    );
+    assert!(ready.contains(&format!("MAINPID={}", run.id())), "{ready}");
+    assert_eq!(runner_pid(&p.root()), Some(run.id() as i32));
+    assert_ne!(runner_pid(&p.root()), Some(detached));
+    // The detached runner left (without stopping anything).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{detached}")).exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!std::path::Path::new(&format!("/proc/{detached}")).exists());
+    assert_eq!(active_pid(&p), Some(instance), "the instance kept running");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = run.wait().expect("service run ends");
+    let mut err = String::new();
+    if let Some(mut e) = run.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(http_get(p.port, "/version").is_none(), "{err}");
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(3), "{status}");
+}
+
+/// A start whose proxy cannot listen (the address taken) fails with the
+/// reason and leaves nothing running; once the address is free it starts.
+#[test]
+fn a_failed_start_says_why_and_leaves_nothing_running() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let root = p.root().to_str().unwrap().to_string();
+    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+
+    let taken = std::net::TcpListener::bind(("127.0.0.1", p.port)).expect("take the address");
+    let start = p.run(&["service", "start", "hello", "--root", &root]);
+    assert_ne!(start.status.code(), Some(0), "{}", text(&start));
+    assert!(text(&start).contains("cannot listen"), "{}", text(&start));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(3), "{status}");
+    assert_eq!(runner_pid(&p.root()), None);
+    assert_eq!(active_pid(&p), None, "{status}");
+
+    drop(taken);
+    let start = p.run(&["service", "start", "hello", "--root", &root]);
+    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
 }

@@ -7,6 +7,8 @@
 mod common;
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/keep_alive.rs"]
+mod keep_alive;
 #[path = "support/systemd_host.rs"]
 mod systemd_host;
 
@@ -20,13 +22,14 @@ use common::{hello_jar, shipjar_bin, text};
 use systemd_host::{Stopped, SystemState, SystemdFleet, require_root};
 
 /// One host per test.
-const HOSTS: usize = 6;
+const HOSTS: usize = 7;
 const BOOT_HOST: &str = "app1";
 const REBOOT_HOST: &str = "app2";
 const PROVISION_HOST: &str = "app3";
 const DEPLOY_HOST: &str = "app4";
 const LIFECYCLE_HOST: &str = "app5";
 const WATCHDOG_HOST: &str = "app6";
+const PROXY_HOST: &str = "app7";
 /// The hello service's port (the example's), inside each host's own network.
 const PORT: u16 = 18080;
 /// The unit's `WatchdogSec`.
@@ -197,6 +200,11 @@ struct SystemdProject {
 
 impl SystemdProject {
     fn new(f: &SystemdFleet, host: &str) -> SystemdProject {
+        SystemdProject::with_stage(f, host, "")
+    }
+
+    /// With `stage_extra` lines in the stage's table.
+    fn with_stage(f: &SystemdFleet, host: &str, stage_extra: &str) -> SystemdProject {
         let dir = tempfile::Builder::new()
             .prefix("shipjar-systemd-")
             .tempdir()
@@ -206,7 +214,7 @@ impl SystemdProject {
             "systemd",
             &[host.to_string()],
             f.ssh_config(),
-            "",
+            stage_extra,
             |c| {
                 // Reachable from the test (outside the host) on the host's address.
                 c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\", TZ = \"UTC\"")
@@ -988,4 +996,153 @@ fn systemd_host_teardown_kills_a_host_that_ignores_poweroff_and_leaves_nothing()
         !mounts.contains(dir.as_ref()),
         "mounts of the host left on the machine:\n{mounts}"
     );
+}
+
+/// Pids of the proxied service on `host`: (the unit's MainPID, the runner
+/// it recorded, the proxy worker) and the worker's uid.
+fn proxied_pids(f: &SystemdFleet, host: &str) -> (String, String, String, String) {
+    let main = ssh_ok(f, host, "systemctl show -p MainPID --value hello.service");
+    let runner = ssh_ok(f, host, "cat /run/hello/proxy/runner.json");
+    let runner = serde_json::from_str::<serde_json::Value>(&runner)
+        .ok()
+        .and_then(|v| v["pid"].as_i64())
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let status = ssh_ok(
+        f,
+        host,
+        "/usr/local/bin/shipjar --json service status hello",
+    );
+    let worker = serde_json::from_str::<serde_json::Value>(&status)
+        .ok()
+        .and_then(|v| v["worker_pid"].as_i64())
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let uid = ssh_ok(
+        f,
+        host,
+        &format!("awk '/^Uid:/ {{ print $2 }}' /proc/{worker}/status"),
+    );
+    (main, runner, worker, uid)
+}
+
+/// A proxied hello under its unit: deployed, the unit active with the
+/// runner as its main process and the proxy worker not root; a deploy and
+/// `systemctl reload` with a keep-alive client from outside seeing no
+/// error; a reboot, after which the service answers through the proxy with
+/// no manual step; `systemctl stop` stops it all.
+#[test]
+#[ignore = "needs root"]
+fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    require_root();
+    let f = fleet();
+    let host = PROXY_HOST;
+    assert_running(&f, host);
+    let p = SystemdProject::with_stage(
+        &f,
+        host,
+        &format!("proxy = {{ listen = \"0.0.0.0:{PORT}\", ports = [18081, 18082] }}"),
+    );
+    let provision = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let deploy = p.deploy("1.0.0", &[]);
+    assert_eq!(
+        deploy.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&deploy),
+        f.diagnostics(host)
+    );
+    let ip = f.ip(host);
+    assert_eq!(served(&ip).as_deref(), Some("1.0.0"));
+    assert_eq!(
+        ssh_ok(&f, host, "systemctl is-active hello.service"),
+        "active",
+        "{}",
+        f.diagnostics(host)
+    );
+    let (main, runner, worker, uid) = proxied_pids(&f, host);
+    assert_eq!(main, runner, "the unit's main process is the runner");
+    assert!(!worker.is_empty());
+    let hello_uid = ssh_ok(&f, host, "id -u hello");
+    assert_eq!(uid, hello_uid, "the proxy worker runs as hello");
+    assert_ne!(uid, "0");
+
+    // A deploy and a reload, a keep-alive client from outside throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr: std::net::SocketAddr = format!("{ip}:{PORT}").parse().expect("address");
+    let client = keep_alive::spawn(addr, stop.clone());
+    let deploy = p.deploy("2.0.0", &[]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    // The instance the deploy started (from its ssh session) joined the unit.
+    assert!(
+        text(&deploy).contains("moved into hello.service"),
+        "{}",
+        text(&deploy)
+    );
+    let status = ssh_ok(
+        &f,
+        host,
+        "/usr/local/bin/shipjar --json service status hello",
+    );
+    let jvm = serde_json::from_str::<serde_json::Value>(&status)
+        .ok()
+        .and_then(|v| {
+            v["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| i["active"] == true)?["service"]["pid"]
+                .as_i64()
+        })
+        .unwrap_or(0);
+    let cgroup = ssh_ok(&f, host, &format!("cat /proc/{jvm}/cgroup"));
+    assert!(cgroup.contains("/system.slice/hello.service"), "{cgroup}");
+    let reload = f.ssh(host, "systemctl reload hello.service");
+    assert!(
+        reload.status.success(),
+        "{}\n{}",
+        text(&reload),
+        f.diagnostics(host)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let seen = client.join().expect("client");
+    assert!(seen.errors.is_empty(), "errors: {:?}", seen.errors);
+    assert_eq!(seen.versions, ["1.0.0", "2.0.0"]);
+    assert!(seen.answered > 10, "{seen:?}");
+    let (main, runner, _, _) = proxied_pids(&f, host);
+    assert_eq!(main, runner);
+
+    // Rebooted: the unit brings the runner, the proxy and the instance back.
+    let stopped = f.reboot(host);
+    assert!(matches!(stopped, Stopped::PoweredOff(_)), "{stopped:?}");
+    assert_running(&f, host);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served(&ip).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        served(&ip).as_deref(),
+        Some("2.0.0"),
+        "{}",
+        f.diagnostics(host)
+    );
+    assert_eq!(
+        ssh_ok(&f, host, "systemctl is-active hello.service"),
+        "active"
+    );
+    let (main, runner, _, uid) = proxied_pids(&f, host);
+    assert_eq!(main, runner);
+    assert_eq!(uid, hello_uid);
+    let status = f.ssh(host, "/usr/local/bin/shipjar service status hello");
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+
+    // Stopped by systemd: instances, then the proxy; LSB 3.
+    ssh_ok(&f, host, "systemctl stop hello.service");
+    assert_eq!(served(&ip), None);
+    let status = f.ssh(host, "/usr/local/bin/shipjar service status hello");
+    assert_eq!(status.status.code(), Some(3), "{}", text(&status));
+    let left = f.ssh(host, "systemctl is-active hello.service");
+    assert_eq!(stdout(&left), "inactive");
 }

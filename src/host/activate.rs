@@ -122,7 +122,7 @@ pub fn activate(
 
 type StepFailure = (&'static str, String, Vec<String>);
 
-mod blue_green;
+pub(crate) mod blue_green;
 
 /// Fails `step` when the operator cancelled the activation.
 fn cancelled(step: &'static str) -> Result<(), StepFailure> {

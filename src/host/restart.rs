@@ -27,7 +27,7 @@ pub struct Restarted {
 type Failure = (&'static str, SupervisorError);
 
 /// Whether systemd runs this service here.
-fn systemd_owned(layout: &Layout) -> bool {
+pub(crate) fn systemd_owned(layout: &Layout) -> bool {
     layout.root() == Path::new("/")
         && Path::new("/run/systemd/system").is_dir()
         && init::unit_path(layout).is_file()
@@ -140,7 +140,7 @@ fn stop_report(before: &ServiceStatus, after: &ServiceStatus, took: Duration) ->
 
 /// `systemctl start UNIT`, stopped when the operator cancels: a stop job
 /// replaces the start job, the supervisor stops the service it is starting.
-fn start_unit(unit: &str) -> Result<(), String> {
+pub(crate) fn start_unit(unit: &str) -> Result<(), String> {
     let mut child = Command::new("systemctl")
         .args(["start", "--", unit])
         .stdin(Stdio::null())
@@ -184,7 +184,7 @@ fn finish(child: Child) -> Result<(bool, String), String> {
 }
 
 /// Runs `systemctl ARGS`; its stderr becomes the error.
-fn systemctl(args: &[&str]) -> Result<(), String> {
+pub(crate) fn systemctl(args: &[&str]) -> Result<(), String> {
     let out = Command::new("systemctl")
         .args(args)
         .stdin(Stdio::null())

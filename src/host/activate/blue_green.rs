@@ -7,6 +7,8 @@
 use std::time::{Duration, Instant};
 
 use super::{StepFailure, cancelled, reported_version_at, run_hook};
+use crate::host::proxy::runner;
+use crate::host::supervisor::{StartReport, SupervisorError};
 use crate::host::{instances, proxy, store, supervisor};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{ProxySpec, ReleaseManifest};
@@ -45,6 +47,23 @@ pub(super) fn activate(
     })?;
     outcome.pid = Some(started.pid);
     outcome.healthy_after_ms = Some(started.healthy_after_ms);
+    // Under a running unit, what this (ssh) session started joins the unit.
+    if crate::host::restart::systemd_owned(layout)
+        && runner::is_held(layout)
+        && let Some(leader) = supervisor::status(&new).supervisor_pid
+    {
+        match instances::adopt_into_unit(layout, leader) {
+            Ok(0) => {}
+            Ok(n) => emit(
+                "supervise",
+                &format!(
+                    "instance on port {port}: {n} process(es) moved into {}.service",
+                    layout.name()
+                ),
+            ),
+            Err(e) => emit("supervise", &format!("instance on port {port}: {e}")),
+        }
+    }
     emit(
         "health",
         &format!(
@@ -143,7 +162,59 @@ pub(super) fn activate(
             ),
         );
     }
+    // The whole under a runner (the unit's, or a detached one), which
+    // adopts what runs: from now on a reboot or a dead proxy keeper needs
+    // no deploy. Traffic flows whether or not it came up.
+    if !runner::is_held(layout) {
+        match instances::ensure_supervised(layout, spec) {
+            Ok(()) => emit(
+                "supervise",
+                "the proxy and the instance are supervised by their runner",
+            ),
+            Err(e) => emit("supervise", &format!("no runner: {}", e.message)),
+        }
+    }
     Ok(())
+}
+
+/// `service restart` (and `reload`) of a proxied service: `current` again,
+/// as the idle instance, through the same gate, switch, drain and stop as a
+/// deploy, without hooks and without a revision.
+pub(crate) fn restart(
+    layout: &Layout,
+    spec: &ProxySpec,
+    emit: &dyn Fn(&str, &str),
+) -> Result<StartReport, SupervisorError> {
+    let fail = |message: String| SupervisorError {
+        message,
+        log_tail: Vec::new(),
+    };
+    let id = store::current(layout).ok_or_else(|| fail("no current release".into()))?;
+    let manifest = store::read_manifest(layout, &id).map_err(fail)?;
+    let mut outcome = Activation {
+        ok: false,
+        release: id.clone(),
+        pid: None,
+        healthy_after_ms: None,
+        stopped_after_ms: None,
+        reported_version: None,
+        failed_step: None,
+        reason: None,
+        log_tail: Vec::new(),
+        now_running: None,
+    };
+    activate(layout, &manifest, spec, false, emit, &mut outcome).map_err(
+        |(step, message, log_tail)| SupervisorError {
+            message: format!("{step}: {message}"),
+            log_tail,
+        },
+    )?;
+    Ok(StartReport {
+        pid: outcome.pid.unwrap_or_default(),
+        release: id,
+        healthy_after_ms: outcome.healthy_after_ms.unwrap_or_default(),
+        already_running: false,
+    })
 }
 
 fn outcome_version(reported: &str, manifest: &ReleaseManifest) -> Result<(), StepFailure> {

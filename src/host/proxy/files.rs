@@ -97,3 +97,26 @@ pub fn read_keeper(layout: &Layout) -> Option<KeeperRecord> {
     let text = fs::read(keeper_path(layout)).ok()?;
     serde_json::from_slice(&text).ok()
 }
+
+/// `runner.lock`: held by the runner of the proxied service while it lives.
+pub fn runner_lock_path(layout: &Layout) -> PathBuf {
+    layout.proxy_dir().join("runner.lock")
+}
+
+/// `runner.json`: the runner's identity (pid and start time).
+pub fn runner_path(layout: &Layout) -> PathBuf {
+    layout.proxy_dir().join("runner.json")
+}
+
+/// Records the runner's identity atomically.
+pub fn write_runner(layout: &Layout, id: &ProcessId) -> Result<(), String> {
+    let text = serde_json::to_vec(id).map_err(|e| e.to_string())?;
+    let path = runner_path(layout);
+    files::write_atomic(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The runner's recorded identity, if any.
+pub fn read_runner(layout: &Layout) -> Option<ProcessId> {
+    let text = fs::read(runner_path(layout)).ok()?;
+    serde_json::from_slice(&text).ok()
+}

@@ -61,8 +61,7 @@ pub fn take_lock(layout: &Layout) -> Result<File, String> {
 fn keep(layout: &Layout) -> Result<(), String> {
     let _lock = take_lock(layout)?;
     let spec = files::read_spec(layout)?;
-    let listener = std::net::TcpListener::bind(&spec.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", spec.listen))?;
+    let listener = bind(&spec.listen)?;
     // Signals are taken with sigtimedwait, one at a time, never by a handler.
     let mut signals = SigSet::empty();
     for s in [
@@ -79,12 +78,21 @@ fn keep(layout: &Layout) -> Result<(), String> {
         .ok()
         .flatten()
         .ok_or("cannot read this process's own /proc entry")?;
+    // A keeper that died (no "stopped" in its record) counts as a restart
+    // of the proxy, so `status` names it; a stopped one starts afresh.
+    let (restarts, last_exit) = match files::read_keeper(layout) {
+        Some(before) if before.last_exit.as_deref() != Some("stopped") => (
+            before.restarts.saturating_add(1),
+            Some(format!("keeper pid {} died", before.keeper.pid)),
+        ),
+        _ => (0, None),
+    };
     let mut record = KeeperRecord {
         keeper: me,
         worker: None,
         worker_started_at: None,
-        restarts: 0,
-        last_exit: None,
+        restarts,
+        last_exit,
         listen: spec.listen.clone(),
     };
     let mut failures: u32 = 0;
@@ -122,6 +130,24 @@ fn keep(layout: &Layout) -> Result<(), String> {
         };
         if !delay.is_zero() && matches!(wait_signal(&signals, delay), Some(true)) {
             return Ok(());
+        }
+    }
+}
+
+/// Binds the public address; while the worker of a keeper that died still
+/// holds it (its parent-death signal is on its way), tries again for a while.
+fn bind(listen: &str) -> Result<std::net::TcpListener, String> {
+    let started = Instant::now();
+    loop {
+        match std::net::TcpListener::bind(listen) {
+            Ok(l) => return Ok(l),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < Duration::from_secs(3) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("cannot listen on {listen}: {e}")),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod files;
 mod keeper;
+pub mod runner;
 mod worker;
 
 use std::io::{BufRead, BufReader, Write};

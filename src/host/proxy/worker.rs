@@ -151,6 +151,19 @@ pub fn run(layout: &Layout) -> i32 {
             return 1;
         }
     };
+    // The control socket is bound while still root (its directory is
+    // root's), then root is dropped for good before anything is served.
+    let control = match bind_control(layout) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shipjar proxy: {e}");
+            return 1;
+        }
+    };
+    if let Err(e) = drop_root(layout, &spec) {
+        eprintln!("shipjar proxy: {e}");
+        return 1;
+    }
     // One thread: the proxy only copies bytes; a second core belongs to the JVM.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -163,7 +176,7 @@ pub fn run(layout: &Layout) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(serve(layout, spec)) {
+    match runtime.block_on(serve(layout, spec, control)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("shipjar proxy: {e}");
@@ -172,7 +185,11 @@ pub fn run(layout: &Layout) -> i32 {
     }
 }
 
-async fn serve(layout: &Layout, spec: ProxySpec) -> Result<(), String> {
+async fn serve(
+    layout: &Layout,
+    spec: ProxySpec,
+    control: std::os::unix::net::UnixListener,
+) -> Result<(), String> {
     // SAFETY: the keeper put a listening TCP socket on this descriptor for us alone.
     let std_listener = unsafe { std::net::TcpListener::from_raw_fd(LISTEN_FD) };
     std_listener
@@ -199,15 +216,11 @@ async fn serve(layout: &Layout, spec: ProxySpec) -> Result<(), String> {
         client,
     });
 
-    let socket = files::socket_path(layout);
-    let _ = std::fs::remove_file(&socket);
-    let control = tokio::net::UnixListener::bind(&socket)
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Only root (or the owner) drives the proxy.
-        let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
-    }
+    control
+        .set_nonblocking(true)
+        .map_err(|e| format!("the control socket: {e}"))?;
+    let control = tokio::net::UnixListener::from_std(control)
+        .map_err(|e| format!("the control socket: {e}"))?;
     eprintln!(
         "shipjar proxy: pid {} on {} (active instance: {})",
         std::process::id(),
@@ -242,6 +255,67 @@ async fn serve(layout: &Layout, spec: ProxySpec) -> Result<(), String> {
                 .await;
         });
     }
+}
+
+/// The control socket, bound and listening, 0600: only root (or the
+/// owner) drives the proxy.
+fn bind_control(layout: &Layout) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let socket = files::socket_path(layout);
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+    Ok(listener)
+}
+
+/// As root, becomes the service's user (groups, gid, uid, in that order):
+/// the worker parses every request, and holds nothing that needs root once
+/// its sockets are open. Nothing to do when not root or the release names
+/// no user (or root).
+fn drop_root(layout: &Layout, spec: &ProxySpec) -> Result<(), String> {
+    if !crate::host::supervisor::process::is_root() {
+        return Ok(());
+    }
+    // `current`, or (at the first deploy, before `current` exists) the
+    // release an instance was linked to.
+    let user = std::iter::once(layout.clone())
+        .chain(spec.ports.map(|p| layout.with_instance(Some(p))))
+        .find_map(|l| {
+            let id = crate::host::store::current(&l)?;
+            crate::host::store::read_manifest(layout, &id)
+                .ok()?
+                .run
+                .user
+        });
+    let Some(user) = user else {
+        return Ok(());
+    };
+    let creds = crate::host::supervisor::process::Credentials::resolve(&user)?;
+    if creds.uid == 0 {
+        return Ok(());
+    }
+    let keeper = nix::unistd::getppid();
+    let groups: Vec<nix::unistd::Gid> = creds
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups)
+        .and_then(|()| nix::unistd::setgid(nix::unistd::Gid::from_raw(creds.gid)))
+        .and_then(|()| nix::unistd::setuid(nix::unistd::Uid::from_raw(creds.uid)))
+        .map_err(|e| format!("cannot become user {user}: {e}"))?;
+    // A change of credentials clears the parent-death signal: set it again,
+    // and make sure the keeper did not die in between.
+    // SAFETY: prctl with plain integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+    }
+    if nix::unistd::getppid() != keeper {
+        return Err("the keeper went away while the worker started".into());
+    }
+    eprintln!("shipjar proxy: serving as user {user} (uid {})", creds.uid);
+    Ok(())
 }
 
 fn describe(port: u16) -> String {

@@ -1,0 +1,315 @@
+//! The runner of a proxied service: one process that owns the whole (the
+//! proxy and the instance taking traffic), as the supervisor owns a plain
+//! service. Under systemd it is the unit's main process (`service run`,
+//! READY=1 once the active instance is healthy and the proxy answers);
+//! under an init script `service start` spawns it detached (`service
+//! supervise`). It brings up what is missing (adopting what runs), restarts
+//! a proxy keeper that died, and on SIGTERM stops both instances, then the
+//! proxy. SIGUSR1 makes it leave without stopping anything (a hand-over to
+//! the unit's runner).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{files, keeper};
+use crate::host::instances;
+use crate::host::supervisor::notify::Notifier;
+use crate::host::supervisor::process::{self, Signals};
+use crate::host::supervisor::procfs::{self, Liveness};
+use crate::host::supervisor::readiness::{FAILED, READY, ReadinessChannel};
+use crate::host::supervisor::{StartReport, SupervisorError};
+use crate::protocol::layout::Layout;
+
+/// How often the runner looks at the proxy's keeper (a lock test): the
+/// public port refuses connections from a dead keeper's end until the next
+/// one bound it.
+const TICK: Duration = Duration::from_millis(50);
+/// How long a runner asked to hand over may take to leave.
+const HANDOVER: Duration = Duration::from_secs(5);
+
+/// Where the runner reports readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `service supervise`: one line to the waiting `service start`.
+    Detached,
+    /// `service run`: sd_notify to systemd.
+    Foreground,
+}
+
+fn error(message: impl Into<String>) -> SupervisorError {
+    SupervisorError {
+        message: message.into(),
+        log_tail: Vec::new(),
+    }
+}
+
+/// Whether a runner lives (its lock is held).
+pub fn is_held(layout: &Layout) -> bool {
+    match File::open(files::runner_lock_path(layout)) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
+/// The live runner's pid, proven by its lock and its recorded start time.
+pub fn pid(layout: &Layout) -> Option<i32> {
+    let id = files::read_runner(layout)?;
+    (is_held(layout) && procfs::liveness(id) == Liveness::Alive).then_some(id.pid)
+}
+
+fn take_lock(layout: &Layout) -> Result<Option<File>, String> {
+    let dir = layout.proxy_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = files::runner_lock_path(layout);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Sends `signal` to the live runner; false when none runs.
+fn signal(layout: &Layout, signal: Signal) -> Result<bool, String> {
+    let Some(pid) = pid(layout) else {
+        return Ok(false);
+    };
+    kill(Pid::from_raw(pid), signal)
+        .map(|()| true)
+        .map_err(|e| format!("cannot signal the runner (pid {pid}): {e}"))
+}
+
+fn wait_released(layout: &Layout, timeout: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if !is_held(layout) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !is_held(layout)
+}
+
+/// Stops the runner, which stops both instances and the proxy; `Ok(false)`
+/// when none ran.
+pub fn stop(layout: &Layout, timeout: Duration) -> Result<bool, String> {
+    if !signal(layout, Signal::SIGTERM)? {
+        return Ok(false);
+    }
+    if wait_released(layout, timeout) {
+        Ok(true)
+    } else {
+        Err(format!(
+            "the runner of {} did not stop within {} s",
+            layout.name(),
+            timeout.as_secs()
+        ))
+    }
+}
+
+/// Spawns a detached runner (`service supervise NAME`) and waits for its
+/// one-line report: the active instance healthy behind a running proxy.
+pub fn spawn_detached(layout: &Layout) -> Result<StartReport, SupervisorError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| error(format!("cannot find the shipjar executable: {e}")))?;
+    let root = std::path::absolute(layout.root())
+        .map_err(|e| error(format!("{}: {e}", layout.root().display())))?;
+    let log_path = layout.proxy_log();
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| error(format!("{}: {e}", dir.display())))?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
+    let mut cmd = Command::new(exe);
+    cmd.env_clear()
+        .env("PATH", crate::host::supervisor::CLEAN_PATH)
+        .args(["service", "supervise", layout.name(), "--root"])
+        .arg(root)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    process::prepare_child(&mut cmd, true, None);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| error(format!("cannot start the runner: {e}")))?;
+    let Some(out) = child.stdout.take() else {
+        return Err(error("the runner has no output pipe"));
+    };
+    let mut line = String::new();
+    // The runner always answers (or dies, which is EOF); the instance's
+    // supervisor bounds the start by the release's start timeout.
+    let _ = BufReader::new(out).read_line(&mut line);
+    // Reaped in a thread of its own: the runner lives on.
+    std::thread::spawn(move || child.wait());
+    if let Some(json) = line.trim_end().strip_prefix(READY) {
+        return serde_json::from_str(json).map_err(|e| error(format!("the runner's report: {e}")));
+    }
+    if let Some(json) = line.trim_end().strip_prefix(FAILED) {
+        return Err(serde_json::from_str(json).unwrap_or_else(|_| error(json)));
+    }
+    Err(error(format!(
+        "the runner of {} ended without a report; see {}",
+        layout.name(),
+        log_path.display()
+    )))
+}
+
+/// Runs the runner until stopped; returns its exit code.
+pub fn run(layout: &Layout, mode: Mode) -> i32 {
+    let notifier = match mode {
+        Mode::Detached => None,
+        Mode::Foreground => Notifier::from_env().map(Rc::new),
+    };
+    let mut readiness = match mode {
+        Mode::Detached => ReadinessChannel::Detached { sent: false },
+        Mode::Foreground => ReadinessChannel::Foreground {
+            notifier: notifier.clone(),
+        },
+    };
+    let Some(mut spec) = instances::proxied(layout) else {
+        readiness.failed("the current release has no [proxy] section", layout);
+        return 1;
+    };
+    let lock = match take_lock(layout) {
+        Ok(Some(lock)) => lock,
+        Ok(None) if mode == Mode::Foreground => {
+            // A runner `service start` left: the unit takes over from it.
+            let _ = signal(layout, Signal::SIGUSR1);
+            match wait_released(layout, HANDOVER)
+                .then(|| take_lock(layout))
+                .and_then(Result::ok)
+                .flatten()
+            {
+                Some(lock) => lock,
+                None => {
+                    readiness.failed("another runner holds the service", layout);
+                    return 1;
+                }
+            }
+        }
+        Ok(None) => {
+            readiness.failed("its runner already runs", layout);
+            return 1;
+        }
+        Err(e) => {
+            readiness.failed(&e, layout);
+            return 1;
+        }
+    };
+    let mut signals = match Signals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            readiness.failed(&format!("cannot block signals: {e}"), layout);
+            return 1;
+        }
+    };
+    if let Some(n) = notifier.clone()
+        && let Some(every) = n.watchdog
+    {
+        signals.keep_alive(every / 2, Box::new(move || n.send("WATCHDOG=1")));
+    }
+    if let Some(me) = procfs::identify(std::process::id() as i32).ok().flatten()
+        && let Err(e) = files::write_runner(layout, &me)
+    {
+        eprintln!("shipjar runner: {e}");
+    }
+    // What runs already is adopted, and never stopped for a failed start.
+    let adopting = keeper::is_held(layout)
+        || instances::active_or_first(layout, &spec).is_some_and(|p| {
+            crate::host::supervisor::status(&layout.with_instance(Some(p)))
+                .pid
+                .is_some()
+        });
+    readiness.status("starting the active instance and the proxy");
+    match instances::start_parts(layout, &spec) {
+        Ok(report) => {
+            eprintln!(
+                "shipjar runner: pid {}: instance pid {} (release {}) healthy behind the proxy on {}",
+                std::process::id(),
+                report.pid,
+                report.release,
+                spec.listen
+            );
+            readiness.ready(&report);
+        }
+        Err(e) => {
+            let instance = layout.with_instance(instances::active_or_first(layout, &spec));
+            // Cleaned up before the answer: whoever waits sees the end state.
+            if !adopting {
+                let _ = instances::stop_parts(layout, &spec);
+            }
+            drop(lock);
+            readiness.failed(&e.message, &instance);
+            return 1;
+        }
+    }
+    loop {
+        match signals.wait(Some(TICK)) {
+            Some(libc::SIGTERM | libc::SIGINT) => {
+                readiness.stopping();
+                eprintln!("shipjar runner: stopping both instances, then the proxy");
+                let code = match instances::stop_parts(layout, &spec) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("shipjar runner: {}", e.message);
+                        1
+                    }
+                };
+                drop(lock);
+                return code;
+            }
+            Some(libc::SIGUSR1) => {
+                eprintln!("shipjar runner: handing the service over");
+                drop(lock);
+                return 0;
+            }
+            _ => {}
+        }
+        reap_children();
+        if !keeper::is_held(layout) {
+            // A later release may have moved the proxy (`listen`); a release
+            // without one means the service left the proxy: whoever did that
+            // stopped us first, so keep the last spec.
+            if let Some(now) = instances::proxied(layout) {
+                spec = now;
+            }
+            let how = files::read_keeper(layout)
+                .and_then(|r| r.last_exit)
+                .filter(|e| e == "stopped")
+                .map_or("died", |_| "was stopped");
+            eprintln!("shipjar runner: the proxy's keeper {how}; starting it again");
+            readiness.status("restarting the proxy");
+            match super::ensure_running(layout, &spec) {
+                Ok(_) => readiness.status(&format!("running behind the proxy on {}", spec.listen)),
+                Err(e) => eprintln!("shipjar runner: {e}"),
+            }
+        }
+    }
+}
+
+/// Reaps whatever children ended (supervisors and keepers it started); they
+/// are watched by their locks and pids, not by wait.
+fn reap_children() {
+    loop {
+        // SAFETY: waitpid with WNOHANG on any child; no memory involved.
+        let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+    }
+}

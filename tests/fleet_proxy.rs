@@ -1,0 +1,142 @@
+//! The proxy on an ssh fleet: hosts in network namespaces with their own
+//! sshd (tests/support/fleet.rs), each running hello behind shipjar's proxy,
+//! deployed in rolling batches while a keep-alive client per host (in the
+//! test, outside the hosts, talking to each host's own address) asks
+//! through the proxy without pause. Root only.
+
+mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
+#[path = "support/keep_alive.rs"]
+mod keep_alive;
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{hello_jar, shipjar_bin, text};
+use fleet::{Fleet, require_root};
+
+/// The proxy's public port inside every host.
+const PORT: u16 = 18080;
+
+fn run(dir: &std::path::Path, secret: &str, args: &[&str]) -> Output {
+    Command::new(shipjar_bin())
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("HELLO_DB_PASSWORD", secret)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shipjar")
+}
+
+fn deploy(dir: &std::path::Path, secret: &str, version: &str, env: &[&str]) -> Output {
+    let jar = hello_jar().to_string_lossy().into_owned();
+    let mut args = vec![
+        "--json",
+        "deploy",
+        "fleet",
+        "--artifact",
+        &jar,
+        "--version",
+        version,
+    ];
+    for e in env {
+        args.extend(["--env", e]);
+    }
+    run(dir, secret, &args)
+}
+
+/// The uid the proxy worker runs as on `host`.
+fn worker_uid(f: &Fleet, host: &str) -> String {
+    let out = f.ssh(host, "cat /run/hello/proxy/keeper.json");
+    let worker = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["worker"]["pid"].as_i64())
+        .unwrap_or(0);
+    let out = f.ssh(
+        host,
+        &format!("awk '/^Uid:/ {{ print $2 }}' /proc/{worker}/status"),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
+    require_root();
+    let f = Fleet::new(3);
+    let dir = tempfile::Builder::new()
+        .prefix("shipjar-fleet-proxy-")
+        .tempdir()
+        .expect("tempdir");
+    let secret = common::unique_secret();
+    common::write_fleet_project(
+        dir.path(),
+        "fleet",
+        &f.hosts(),
+        f.ssh_config(),
+        &format!(
+            "rolling = {{ batch = 1 }}\nproxy = {{ listen = \"0.0.0.0:{PORT}\", ports = [18081, 18082] }}"
+        ),
+        |c| {
+            c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
+                .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
+                .replace("timeout = \"15s\"", "timeout = \"5s\"")
+        },
+    );
+    let provision = run(dir.path(), &secret, &["provision", "fleet"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let first = deploy(dir.path(), &secret, "1.0.0", &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    for host in f.hosts() {
+        let hello = f.ssh(&host, "id -u hello");
+        let hello = String::from_utf8_lossy(&hello.stdout).trim().to_string();
+        let uid = worker_uid(&f, &host);
+        assert_eq!(uid, hello, "{host}: the proxy worker runs as hello");
+        assert_ne!(uid, "0");
+    }
+
+    // A keep-alive client per host, through that host's proxy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = f
+        .hosts()
+        .iter()
+        .map(|host| {
+            let addr = format!("{}:{PORT}", f.ip(host)).parse().expect("address");
+            (host.clone(), keep_alive::spawn(addr, stop.clone()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let second = deploy(dir.path(), &secret, "2.0.0", &[]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    // The first batch fails its gate: reverted, the rest untouched.
+    let failing = deploy(dir.path(), &secret, "3.0.0", &["FAIL_ON_START=1"]);
+    assert_ne!(failing.status.code(), Some(0), "{}", text(&failing));
+    let back = run(dir.path(), &secret, &["--json", "rollback", "fleet"]);
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for (host, client) in clients {
+        let seen = client.join().expect("client");
+        assert!(seen.errors.is_empty(), "{host}: errors {:?}", seen.errors);
+        assert_eq!(seen.versions, ["1.0.0", "2.0.0", "1.0.0"], "{host}");
+        assert!(seen.answered > 10, "{host}: {seen:?}");
+    }
+
+    // `status` agrees: every host on 1.0.0, nothing flagged.
+    let status = run(dir.path(), &secret, &["--json", "status", "fleet"]);
+    let json: serde_json::Value = String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    let hosts = json["hosts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hosts.len(), 3, "{json}");
+    for h in hosts {
+        assert_eq!(h["status"]["reported_version"], "1.0.0", "{h}");
+        assert_eq!(h["flags"], serde_json::json!([]), "{h}");
+    }
+}
