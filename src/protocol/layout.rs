@@ -82,6 +82,22 @@ impl Directory {
     }
 }
 
+/// A release's class-data sharing archive, `releases/<id>/cds.jsa`: a copy
+/// the agent's user made (mode 0444), never the file the JVM wrote, so a
+/// service compromised later cannot rewrite what every later start of its
+/// release maps. See [`CDS_IDENTITY`], [`CDS_DUMP_PREFIX`].
+pub const CDS_ARCHIVE: &str = "cds.jsa";
+
+/// Next to the archive (agent's user, 0644): the `java`, `libjvm.so`, jar
+/// and archive (path, size, mtime) it was written with; a start whose
+/// files differ goes on without the archive.
+pub const CDS_IDENTITY: &str = "cds.json";
+
+/// `releases/<id>/.cds-dump-<supervisor pid>/`: owned by the service's
+/// user, mode 0700, the only place in a release the JVM may write (its
+/// archive, at exit); removed once the archive is copied out or discarded.
+pub const CDS_DUMP_PREFIX: &str = ".cds-dump-";
+
 /// Paths of one service on one host; `root` is `/` on a real host.
 #[derive(Debug, Clone)]
 pub struct Layout {

@@ -1,0 +1,323 @@
+//! `[service] cds = true`: a release's class-data archive, written when its
+//! first healthy run stops and mapped by every later start; stale or
+//! damaged archives are ignored with a note. Real JVMs (examples/hello),
+//! the real binary, a hand-made release under a temporary root, and the
+//! `local` stage for deploy and rollback.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use common::host::{Host, Spec, code, eventually, free_port, text};
+use common::{Project, hello_jar};
+
+/// A hello release running its own `hello.jar` (a link, as a deploy makes
+/// it), with `run.cds` as given.
+fn release(host: &Host, id: &str, port: u16, cds: bool) -> PathBuf {
+    let mut spec = Spec::hello(port, &[]);
+    if let Some(jar) = spec.argv.last_mut() {
+        *jar = "hello.jar".to_string();
+    }
+    let mut env = serde_json::Map::new();
+    for (k, v) in &spec.env {
+        env.insert(k.clone(), v.clone().into());
+    }
+    let mut run = json!({"argv": spec.argv, "env": env, "user": null});
+    if cds {
+        run["cds"] = json!(true);
+    }
+    spec.extra = json!({ "run": run });
+    let dir = host.release(id, &spec);
+    std::os::unix::fs::symlink(hello_jar(), dir.join("hello.jar")).expect("jar link");
+    fs::canonicalize(dir).expect("real release dir")
+}
+
+fn cmdline(pid: i32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The archive is mapped into the process: the JVM really uses it.
+fn maps_archive(pid: i32, archive: &Path) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|m| m.contains(&archive.display().to_string()))
+}
+
+fn started(host: &Host) -> i32 {
+    let out = host.start();
+    assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
+    host.service_pid().expect("pidfile")
+}
+
+fn stopped(host: &Host) {
+    let out = host.run("stop", false);
+    assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
+}
+
+fn state(host: &Host) -> Value {
+    let text = fs::read_to_string(host.run_dir().join("supervisor.json")).expect("state");
+    serde_json::from_str(&text).expect("state json")
+}
+
+fn dump_dirs(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .expect("release dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".cds-dump-"))
+        .collect()
+}
+
+fn events_with(host: &Host, words: &str) -> Vec<String> {
+    host.events()
+        .into_iter()
+        .filter(|e| e.contains(words))
+        .collect()
+}
+
+#[test]
+fn archive_is_written_at_the_first_stop_and_used_by_every_later_start() {
+    let host = Host::new("hello");
+    let dir = release(&host, "r1", free_port(), true);
+    let archive = dir.join("cds.jsa");
+
+    // First start: no archive yet, the JVM is told to write one at exit.
+    let pid = started(&host);
+    let argv = cmdline(pid);
+    let dump_opt = format!("-XX:ArchiveClassesAtExit={}", dir.display());
+    assert!(argv.iter().any(|a| a.starts_with(&dump_opt)), "{argv:?}");
+    assert_eq!(argv[1], "-Xshare:auto", "{argv:?}");
+    assert_eq!(state(&host)["class_data"], "dumping");
+    assert_eq!(events_with(&host, "class-data archive: none yet").len(), 1);
+    assert!(!archive.exists());
+
+    // Its graceful stop dumps; the archive is copied next to the release.
+    stopped(&host);
+    assert!(archive.is_file(), "{}", host.log());
+    let written = events_with(&host, "class-data archive written");
+    assert_eq!(written.len(), 1, "{}", host.log());
+    assert!(written[0].contains("later starts of release r1 use it"));
+    let mode = fs::metadata(&archive).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o444);
+    assert!(dir.join("cds.json").is_file());
+    assert!(dump_dirs(&dir).is_empty(), "{:?}", dump_dirs(&dir));
+
+    // The next start maps it (the release's own path, not `current`).
+    let pid = started(&host);
+    let use_opt = format!("-XX:SharedArchiveFile={}", archive.display());
+    assert!(cmdline(pid).contains(&use_opt), "{:?}", cmdline(pid));
+    assert!(maps_archive(pid, &archive), "archive not mapped");
+    assert_eq!(state(&host)["class_data"], "used");
+    assert_eq!(events_with(&host, "class-data archive: using").len(), 1);
+
+    // A crash restart uses it too.
+    host.track(pid);
+    // SAFETY: kill(2) on the service this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        eventually(Duration::from_secs(30), || host
+            .service_pid()
+            .is_some_and(|p| p != pid && maps_archive(p, &archive))),
+        "{}",
+        host.log()
+    );
+    // SIGKILL of a run that only maps the archive changes nothing.
+    assert!(archive.is_file());
+
+    // And `service restart`.
+    let out = host.run("restart", false);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let pid = host.service_pid().expect("pid");
+    assert!(cmdline(pid).contains(&use_opt), "{:?}", cmdline(pid));
+    assert!(maps_archive(pid, &archive));
+    stopped(&host);
+    assert_eq!(events_with(&host, "class-data archive written").len(), 1);
+    assert!(!host.log().contains("[warning][cds]"), "{}", host.log());
+}
+
+#[test]
+fn a_stale_or_damaged_archive_is_ignored_with_a_note_and_the_start_succeeds() {
+    let host = Host::new("hello");
+    let dir = release(&host, "r1", free_port(), true);
+    let archive = dir.join("cds.jsa");
+    started(&host);
+    stopped(&host);
+    assert!(archive.is_file(), "{}", host.log());
+
+    // A different JDK than the one that wrote it (its recorded identity edited).
+    let record_path = dir.join("cds.json");
+    let mut record: Value =
+        serde_json::from_slice(&fs::read(&record_path).unwrap()).expect("record");
+    record["made_with"]["java"]["size"] = json!(1);
+    fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let pid = started(&host);
+    let ignored = events_with(&host, "class-data archive ignored");
+    assert_eq!(ignored.len(), 1, "{}", host.log());
+    assert!(ignored[0].contains("the JDK changed"), "{}", ignored[0]);
+    assert!(
+        !cmdline(pid)
+            .iter()
+            .any(|a| a.starts_with("-XX:SharedArchiveFile")),
+        "{:?}",
+        cmdline(pid)
+    );
+    // That run writes a fresh one, valid again for the next start.
+    stopped(&host);
+    assert_eq!(events_with(&host, "class-data archive written").len(), 2);
+    let pid = started(&host);
+    assert!(maps_archive(pid, &archive), "{}", host.log());
+    stopped(&host);
+
+    // A damaged archive: bytes overwritten in the middle.
+    let mut bytes = fs::read(&archive).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 4096].fill(0xAB);
+    fs::set_permissions(&archive, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&archive, &bytes).unwrap();
+    fs::set_permissions(&archive, fs::Permissions::from_mode(0o444)).unwrap();
+    let pid = started(&host);
+    let ignored = events_with(&host, "class-data archive ignored");
+    assert_eq!(ignored.len(), 2, "{}", host.log());
+    assert!(
+        ignored[1].contains("cds.jsa changed since it was written"),
+        "{}",
+        ignored[1]
+    );
+    assert!(!maps_archive(pid, &archive));
+    stopped(&host);
+
+    // A truncated one, and no record at all.
+    fs::set_permissions(&archive, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&archive, b"\xa8\xba\x0b\xf0 truncated").unwrap();
+    fs::set_permissions(&archive, fs::Permissions::from_mode(0o444)).unwrap();
+    fs::remove_file(&record_path).unwrap();
+    started(&host);
+    let ignored = events_with(&host, "class-data archive ignored");
+    assert_eq!(ignored.len(), 3, "{}", host.log());
+    assert!(ignored[2].contains("no usable record"), "{}", ignored[2]);
+    stopped(&host);
+    assert!(archive.metadata().unwrap().len() > 1024 * 1024);
+}
+
+#[test]
+fn a_jvm_killed_while_dumping_leaves_no_archive_in_place() {
+    let host = Host::new("hello");
+    let dir = release(&host, "r1", free_port(), true);
+    let archive = dir.join("cds.jsa");
+    let pid = started(&host);
+    host.track(pid);
+    // What a dump cut short leaves: a file without the header HotSpot writes last.
+    let dumps = dump_dirs(&dir);
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    fs::write(dir.join(&dumps[0]).join("cds.jsa"), vec![0u8; 64 * 1024]).unwrap();
+    // SAFETY: kill(2) on the service this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        eventually(Duration::from_secs(30), || host
+            .service_pid()
+            .is_some_and(|p| p != pid && cmdline(p).len() > 1)),
+        "{}",
+        host.log()
+    );
+    let not_kept = events_with(&host, "class-data archive not kept");
+    assert_eq!(not_kept.len(), 1, "{}", host.log());
+    assert!(not_kept[0].contains("killed by SIGKILL"), "{}", not_kept[0]);
+    assert!(!archive.exists());
+    assert!(!dir.join("cds.json").exists());
+    // The restarted run dumps again, in a fresh directory.
+    let pid = host.service_pid().expect("pid");
+    assert!(
+        cmdline(pid)
+            .iter()
+            .any(|a| a.starts_with("-XX:ArchiveClassesAtExit=")),
+        "{:?}",
+        cmdline(pid)
+    );
+
+    // Once healthy, its graceful stop writes the real one, and the dump directory goes.
+    assert!(
+        eventually(Duration::from_secs(30), || state(&host)["state"]
+            == "running"),
+        "{}",
+        host.log()
+    );
+    let dumps = dump_dirs(&dir);
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    let tmp = dir.join(&dumps[0]).join("cds.jsa");
+    stopped(&host);
+    assert!(archive.is_file(), "{}", host.log());
+    assert!(!tmp.exists());
+}
+
+#[test]
+fn cds_false_changes_nothing() {
+    let host = Host::new("hello");
+    let port = free_port();
+    let dir = release(&host, "r1", port, false);
+    let pid = started(&host);
+    let mut spec = Spec::hello(port, &[]);
+    if let Some(jar) = spec.argv.last_mut() {
+        *jar = "hello.jar".to_string();
+    }
+    assert_eq!(cmdline(pid), spec.argv);
+    assert!(state(&host).get("class_data").is_none());
+    stopped(&host);
+    assert!(
+        events_with(&host, "class-data").is_empty(),
+        "{}",
+        host.log()
+    );
+    let names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cds"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn deploy_then_rollback_starts_the_old_release_from_its_archive() {
+    let p = Project::with_config(|c| {
+        c.replace("jar = \"hello.jar\"\n", "jar = \"hello.jar\"\ncds = true\n")
+    });
+    let first = p.deploy("1.0.0", &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let r1 = p.current().expect("current");
+    let manifest = fs::read_to_string(p.lib().join("releases").join(&r1).join("RELEASE")).unwrap();
+    assert!(manifest.contains("\"cds\": true"), "{manifest}");
+    // The second deploy stops r1 gracefully: its archive is written then.
+    let second = p.deploy("2.0.0", &[]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let r1_dir = fs::canonicalize(p.lib().join("releases").join(&r1)).unwrap();
+    assert!(r1_dir.join("cds.jsa").is_file());
+
+    let back = p.run(&["rollback", "local"]);
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+    let log = fs::read_to_string(p.root().join("var/log/hello/console.log")).unwrap();
+    let using = format!(
+        "class-data archive: using {}",
+        r1_dir.join("cds.jsa").display()
+    );
+    assert!(log.contains(&using), "{log}");
+    let stop = p.run(&[
+        "service",
+        "stop",
+        "hello",
+        "--root",
+        p.root().to_str().unwrap(),
+    ]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+}
