@@ -197,6 +197,27 @@ fn a_stale_or_damaged_archive_is_ignored_with_a_note_and_the_start_succeeds() {
     assert!(!maps_archive(pid, &archive));
     stopped(&host);
 
+    // Damaged in place with size and mtime kept (only its owner could).
+    let before = fs::metadata(&archive).unwrap().modified().unwrap();
+    let mut bytes = fs::read(&archive).unwrap();
+    bytes[middle..middle + 4096].fill(0xAB);
+    fs::set_permissions(&archive, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&archive, &bytes).unwrap();
+    fs::set_permissions(&archive, fs::Permissions::from_mode(0o444)).unwrap();
+    fs::File::open(&archive)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    let pid = started(&host);
+    let ignored = events_with(&host, "class-data archive ignored");
+    assert!(
+        ignored.last().unwrap().contains("is damaged"),
+        "{}",
+        host.log()
+    );
+    assert!(!maps_archive(pid, &archive));
+    stopped(&host);
+
     // A truncated one, and no record at all.
     fs::set_permissions(&archive, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&archive, b"\xa8\xba\x0b\xf0 truncated").unwrap();
@@ -204,8 +225,8 @@ fn a_stale_or_damaged_archive_is_ignored_with_a_note_and_the_start_succeeds() {
     fs::remove_file(&record_path).unwrap();
     started(&host);
     let ignored = events_with(&host, "class-data archive ignored");
-    assert_eq!(ignored.len(), 3, "{}", host.log());
-    assert!(ignored[2].contains("no usable record"), "{}", ignored[2]);
+    assert_eq!(ignored.len(), 4, "{}", host.log());
+    assert!(ignored[3].contains("no usable record"), "{}", ignored[3]);
     stopped(&host);
     assert!(archive.metadata().unwrap().len() > 1024 * 1024);
 }

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::digest;
 use crate::protocol::files::{fsync_dir, write_atomic};
 use crate::protocol::layout::{CDS_ARCHIVE, CDS_DUMP_PREFIX, CDS_IDENTITY};
 
@@ -105,6 +106,9 @@ struct MadeWith {
 struct Record {
     made_with: MadeWith,
     archive: FileId,
+    /// Its contents: HotSpot checks only the header by default, and maps a
+    /// body damaged in place as it is (classes fail to load).
+    archive_sha256: String,
 }
 
 /// The JVM options of a start, put right after `java`.
@@ -247,7 +251,13 @@ fn check(dir: &Path, now: &MadeWith) -> Result<(), Invalid> {
             describe(&archive_now)
         )));
     }
-    Ok(())
+    match digest::sha256_file(&archive) {
+        Ok(sum) if sum == record.archive_sha256 => Ok(()),
+        Ok(_) => Err(Invalid::Stale(format!(
+            "{CDS_ARCHIVE} is damaged (its sha256 differs from the one recorded)"
+        ))),
+        Err(e) => Err(Invalid::Stale(format!("cannot read {CDS_ARCHIVE}: {e}"))),
+    }
 }
 
 /// `PATH (N bytes, mtime S)`: enough to see what differs.
@@ -391,9 +401,12 @@ fn copy_out(dump: &Dump, creds: Option<&Credentials>) -> Result<String, String> 
     let archive = release_dir.join(CDS_ARCHIVE);
     let archive_id = FileId::of(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
     let size = archive_id.size;
+    let archive_sha256 =
+        digest::sha256_file(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
     let record = Record {
         made_with: dump.made_with.clone(),
         archive: archive_id,
+        archive_sha256,
     };
     let text = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
     write_atomic(&release_dir.join(CDS_IDENTITY), &text)
