@@ -70,13 +70,16 @@ fn state(host: &Host) -> Value {
     serde_json::from_str(&text).expect("state json")
 }
 
-fn dump_dirs(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .expect("release dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".cds-dump-"))
-        .collect()
+/// The JVM's dump directories, in `shared/`.
+fn dump_dirs(host: &Host) -> Vec<PathBuf> {
+    fs::read_dir(host.lib().join("shared"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".shipjar-cds-"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn events_with(host: &Host, words: &str) -> Vec<String> {
@@ -95,7 +98,8 @@ fn archive_is_written_at_the_first_stop_and_used_by_every_later_start() {
     // First start: no archive yet, the JVM is told to write one at exit.
     let pid = started(&host);
     let argv = cmdline(pid);
-    let dump_opt = format!("-XX:ArchiveClassesAtExit={}", dir.display());
+    let shared = fs::canonicalize(host.lib().join("shared")).expect("shared");
+    let dump_opt = format!("-XX:ArchiveClassesAtExit={}", shared.display());
     assert!(argv.iter().any(|a| a.starts_with(&dump_opt)), "{argv:?}");
     assert_eq!(argv[1], "-Xshare:auto", "{argv:?}");
     assert_eq!(state(&host)["class_data"], "dumping");
@@ -111,7 +115,7 @@ fn archive_is_written_at_the_first_stop_and_used_by_every_later_start() {
     let mode = fs::metadata(&archive).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o444);
     assert!(dir.join("cds.json").is_file());
-    assert!(dump_dirs(&dir).is_empty(), "{:?}", dump_dirs(&dir));
+    assert!(dump_dirs(&host).is_empty(), "{:?}", dump_dirs(&host));
 
     // The next start maps it (the release's own path, not `current`).
     let pid = started(&host);
@@ -239,9 +243,9 @@ fn a_jvm_killed_while_dumping_leaves_no_archive_in_place() {
     let pid = started(&host);
     host.track(pid);
     // What a dump cut short leaves: a file without the header HotSpot writes last.
-    let dumps = dump_dirs(&dir);
+    let dumps = dump_dirs(&host);
     assert_eq!(dumps.len(), 1, "{dumps:?}");
-    fs::write(dir.join(&dumps[0]).join("cds.jsa"), vec![0u8; 64 * 1024]).unwrap();
+    fs::write(dumps[0].join("cds.jsa"), vec![0u8; 64 * 1024]).unwrap();
     // SAFETY: kill(2) on the service this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(
@@ -273,9 +277,9 @@ fn a_jvm_killed_while_dumping_leaves_no_archive_in_place() {
         "{}",
         host.log()
     );
-    let dumps = dump_dirs(&dir);
+    let dumps = dump_dirs(&host);
     assert_eq!(dumps.len(), 1, "{dumps:?}");
-    let tmp = dir.join(&dumps[0]).join("cds.jsa");
+    let tmp = dumps[0].join("cds.jsa");
     stopped(&host);
     assert!(archive.is_file(), "{}", host.log());
     assert!(!tmp.exists());
@@ -340,5 +344,107 @@ fn deploy_then_rollback_starts_the_old_release_from_its_archive() {
         "--root",
         p.root().to_str().unwrap(),
     ]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+}
+
+/// A system user for one test, removed on drop.
+struct TestUser {
+    name: String,
+    uid: u32,
+}
+
+impl TestUser {
+    fn create() -> TestUser {
+        let name = format!("sjcds{}", std::process::id() % 100_000);
+        // Left over from a run that was killed: start clean.
+        let _ = std::process::Command::new("userdel").arg(&name).output();
+        let out = std::process::Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home"])
+            .args(["--shell", "/usr/sbin/nologin", &name])
+            .output()
+            .expect("useradd");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = std::process::Command::new("id")
+            .args(["-u", &name])
+            .output()
+            .expect("id");
+        let uid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("uid");
+        TestUser { name, uid }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .arg(&self.name)
+            .output();
+    }
+}
+
+fn owner(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).expect("stat").uid()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn as_root_the_jvm_writes_into_shared_and_the_archive_belongs_to_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run as root (run-tests does)"
+    );
+    let user = TestUser::create();
+    let p = Project::with_config(|c| {
+        c.replacen(
+            "name = \"hello\"\n",
+            &format!("name = \"hello\"\nuser = \"{}\"\ncds = true\n", user.name),
+            1,
+        )
+    });
+    // tempdir makes the project 0700: the service user must reach its release.
+    fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let dumps: Vec<PathBuf> = fs::read_dir(p.lib().join("shared"))
+        .expect("shared")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|e| e.to_string_lossy().contains(".shipjar-cds-"))
+        .collect();
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    assert_eq!(owner(&dumps[0]), user.uid);
+    let mode = fs::metadata(&dumps[0]).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+
+    let root = p.root();
+    let root = root.to_str().expect("utf-8 root");
+    let out = p.run(&["service", "restart", "hello", "--root", root]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let release = fs::canonicalize(p.lib().join("current")).expect("current");
+    let archive = release.join("cds.jsa");
+    assert_eq!(owner(&archive), 0, "a copy of root's, not the JVM's file");
+    assert_eq!(owner(&release.join("cds.json")), 0);
+    let mode = fs::metadata(&archive).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o444);
+    let pid: i32 = fs::read_to_string(p.root().join("run/hello/hello.pid"))
+        .expect("pidfile")
+        .lines()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .expect("pid");
+    assert!(
+        maps_archive(pid, &archive),
+        "restart did not map the archive"
+    );
+    let stop = p.run(&["service", "stop", "hello", "--root", root]);
     assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
 }

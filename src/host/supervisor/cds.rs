@@ -1,8 +1,8 @@
 //! Class-data sharing (AppCDS) per release, `[service] cds = true`.
 //!
 //! A start of a release that has no valid archive runs the JVM with
-//! `-XX:ArchiveClassesAtExit` pointing into a directory only the service
-//! may write; when that run ends after having been healthy, with the JVM
+//! `-XX:ArchiveClassesAtExit` pointing into a directory of the service's
+//! in `shared/` (see `Layout::cds_dump_dir`); when that run ends after having been healthy, with the JVM
 //! exiting on its own (a SIGTERM stop included), the supervisor copies the
 //! archive next to the release as its own file and records what it was
 //! made with. Every later start of the release maps it with
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::digest;
 use crate::protocol::files::{fsync_dir, write_atomic};
-use crate::protocol::layout::{CDS_ARCHIVE, CDS_DUMP_PREFIX, CDS_IDENTITY};
+use crate::protocol::layout::{CDS_ARCHIVE, CDS_DUMP_PREFIX, CDS_IDENTITY, Dir, Layout};
 
 use super::process::{self, Credentials, ExitInfo};
 use super::release::Release;
@@ -130,7 +130,7 @@ pub fn jvm_options(class_data: &ClassData) -> Vec<String> {
 }
 
 /// Decides what the next start of `release` does about class data.
-pub fn plan(release: &Release, creds: Option<&Credentials>) -> Plan {
+pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> Plan {
     let off = |note: Option<String>| Plan {
         class_data: ClassData::Off,
         note,
@@ -146,7 +146,7 @@ pub fn plan(release: &Release, creds: Option<&Credentials>) -> Plan {
             )));
         }
     };
-    sweep_dumps(&release.dir);
+    sweep_dumps(layout);
     let archive = release.dir.join(CDS_ARCHIVE);
     let ignored = match check(&release.dir, &made_with) {
         Ok(()) => {
@@ -160,7 +160,7 @@ pub fn plan(release: &Release, creds: Option<&Credentials>) -> Plan {
         Err(Invalid::Missing) => None,
         Err(Invalid::Stale(why)) => Some(why),
     };
-    match dump_dir(&release.dir, creds) {
+    match dump_dir(layout, creds) {
         Ok(dir) => {
             let writes = "this run writes one when it stops";
             let note = match ignored {
@@ -289,8 +289,10 @@ fn made_with(release: &Release) -> Result<MadeWith, String> {
 }
 
 /// Creates this supervisor's dump directory, empty, for the service's user.
-fn dump_dir(release_dir: &Path, creds: Option<&Credentials>) -> io::Result<PathBuf> {
-    let dir = release_dir.join(format!("{CDS_DUMP_PREFIX}{}", std::process::id()));
+fn dump_dir(layout: &Layout, creds: Option<&Credentials>) -> io::Result<PathBuf> {
+    // Missing only where nothing provisioned it (a hand-made or local root).
+    layout.directory(Dir::Shared).create_missing()?;
+    let dir = layout.cds_dump_dir(std::process::id());
     if fs::symlink_metadata(&dir).is_ok() {
         fs::remove_dir_all(&dir)?;
     }
@@ -304,8 +306,8 @@ fn dump_dir(release_dir: &Path, creds: Option<&Credentials>) -> io::Result<PathB
 
 /// Removes dump directories of supervisors that no longer run (killed
 /// before they could clean up).
-fn sweep_dumps(release_dir: &Path) {
-    let Ok(entries) = fs::read_dir(release_dir) else {
+fn sweep_dumps(layout: &Layout) {
+    let Ok(entries) = fs::read_dir(layout.shared_dir()) else {
         return;
     };
     for entry in entries.flatten() {

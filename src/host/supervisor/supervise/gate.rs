@@ -35,7 +35,7 @@ impl Supervisor<'_> {
             return Err(Outcome::StartFailed(message));
         }
 
-        let plan = cds::plan(&self.release, self.creds.as_ref());
+        let plan = cds::plan(self.layout, &self.release, self.creds.as_ref());
         if let Some(note) = &plan.note {
             self.log.event(note);
         }
