@@ -123,6 +123,9 @@ fn archive_is_written_at_the_first_stop_and_used_by_every_later_start() {
     assert!(cmdline(pid).contains(&use_opt), "{:?}", cmdline(pid));
     assert!(maps_archive(pid, &archive), "archive not mapped");
     assert_eq!(state(&host)["class_data"], "used");
+    let (_, status) = host.status_json();
+    let detail = status["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("class-data archive in use"), "{detail}");
     assert_eq!(events_with(&host, "class-data archive: using").len(), 1);
 
     // A crash restart uses it too.
