@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Class-data sharing (`[service] cds = true`) measured on examples/hello and
-# examples/clojure-jetty, each deployed to the `local` stage: the same
-# artifact started RUNS times without an archive (cds = false), then once
-# more with cds = true to write the archive at its stop, then RUNS times
-# with the archive. Per start: wall time of `shipjar service start` (it
+# examples/clojure-jetty, each deployed to the `local` stage twice, the same
+# artifact with cds = false and then with cds = true (its deploy start writes
+# the archive at its stop); then RUNS starts of each release, alternating
+# (`current` pointed at one, then the other). Per start: wall time of `shipjar service start` (it
 # returns once /health answers 200; the archive check is included), the
 # supervisor's spawn-to-healthy, and the JVM's CPU seconds (utime + stime
 # from /proc) when start returned. Prints medians, the ratio with/without,
@@ -60,7 +60,7 @@ print(*(statistics.median(float(r[i]) for r in rows) for i in range(3)))'
 
 # bench_one EXAMPLE NAME PORT_IN_CONFIG: prints one table row per mode.
 bench_one() {
-    local example=$1 name=$2 old_port=$3 dir port root rel plain with dump_stop plain_stop size
+    local example=$1 name=$2 old_port=$3 dir port root plain_rel cds_rel plain with dump_stop plain_stop size
     dir=$work/$example
     cp -r "examples/$example/." "$dir/"
     rm -rf -- "$dir/target" "$dir/build" "$dir/.shipjar"
@@ -71,20 +71,24 @@ bench_one() {
     "$bin" -C "$dir" deploy local --version plain >/dev/null 2>&1
 
     plain_stop=$(stop_ms "$name" "$root")
-    : >"$work/plain"
-    for _ in $(seq 1 "$runs"); do
-        start_once "$name" "$root" >>"$work/plain"
-        stop_ms "$name" "$root" >/dev/null
-    done
+    local lib=$root/var/lib/$name
+    plain_rel=$(readlink "$lib/current")
 
     # The same artifact, with cds: the deploy's start writes the archive at its stop.
     sed -i "0,/^jar = .*/s//&\ncds = true/" "$dir/shipjar.toml"
     "$bin" -C "$dir" deploy local --skip-build --version cds >/dev/null 2>&1
     dump_stop=$(stop_ms "$name" "$root")
-    rel=$(readlink -f "$root/var/lib/$name/current")
-    size=$(du -k "$rel/cds.jsa" | cut -f1)
+    cds_rel=$(readlink "$lib/current")
+    size=$(du -k "$lib/$cds_rel/cds.jsa" | cut -f1)
+
+    # Alternating, so a machine whose load drifts hurts both sides alike.
+    : >"$work/plain"
     : >"$work/with"
     for _ in $(seq 1 "$runs"); do
+        ln -sfn "$plain_rel" "$lib/current"
+        start_once "$name" "$root" >>"$work/plain"
+        stop_ms "$name" "$root" >/dev/null
+        ln -sfn "$cds_rel" "$lib/current"
         start_once "$name" "$root" >>"$work/with"
         stop_ms "$name" "$root" >/dev/null
     done
