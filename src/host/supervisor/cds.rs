@@ -301,7 +301,8 @@ fn dump_dir(layout: &Layout, creds: Option<&Credentials>) -> io::Result<PathBuf>
     if let Some(c) = creds {
         std::os::unix::fs::chown(&dir, Some(c.uid), Some(c.gid))?;
     }
-    Ok(dir)
+    // The JVM runs in the release directory: a relative `--root` would miss.
+    fs::canonicalize(&dir)
 }
 
 /// Removes dump directories of supervisors that no longer run (killed
