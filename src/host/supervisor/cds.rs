@@ -148,13 +148,17 @@ pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> 
     };
     sweep_dumps(layout);
     let archive = release.dir.join(CDS_ARCHIVE);
+    let checking = Instant::now();
     let ignored = match check(&release.dir, &made_with) {
         Ok(()) => {
+            let note = format!(
+                "class-data archive: using {} (checked in {} ms)",
+                archive.display(),
+                checking.elapsed().as_millis()
+            );
             return Plan {
-                class_data: ClassData::Use {
-                    archive: archive.clone(),
-                },
-                note: Some(format!("class-data archive: using {}", archive.display())),
+                class_data: ClassData::Use { archive },
+                note: Some(note),
             };
         }
         Err(Invalid::Missing) => None,
