@@ -340,6 +340,27 @@ fn deploy_then_rollback_starts_the_old_release_from_its_archive() {
         r1_dir.join("cds.jsa").display()
     );
     assert!(log.contains(&using), "{log}");
+
+    // A re-deploy of the same artifact is a new release: it starts at once
+    // from a copy of an archive of the same jar and JDK.
+    let third = p.deploy("3.0.0", &[]);
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    let r3 = p.current().expect("current");
+    let r3_dir = fs::canonicalize(p.lib().join("releases").join(&r3)).unwrap();
+    let log = fs::read_to_string(p.root().join("var/log/hello/console.log")).unwrap();
+    let copied = format!("; using {}", r3_dir.join("cds.jsa").display());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("class-data archive: copied from release") && l.contains(&copied)),
+        "{log}"
+    );
+    let pid: i32 = fs::read_to_string(p.root().join("run/hello/hello.pid"))
+        .expect("pidfile")
+        .lines()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .expect("pid");
+    assert!(maps_archive(pid, &r3_dir.join("cds.jsa")), "not mapped");
     let stop = p.run(&[
         "service",
         "stop",

@@ -11,7 +11,7 @@
 //! without it, writing a fresh one.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -161,7 +161,19 @@ pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> 
                 note: Some(note),
             };
         }
-        Err(Invalid::Missing) => None,
+        Err(Invalid::Missing) => match adopt(layout, release, &made_with) {
+            Some(from) => {
+                return Plan {
+                    note: Some(format!(
+                        "class-data archive: copied from release {from} (the same jar and JDK) in {} ms; using {}",
+                        checking.elapsed().as_millis(),
+                        archive.display()
+                    )),
+                    class_data: ClassData::Use { archive },
+                };
+            }
+            None => None,
+        },
         Err(Invalid::Stale(why)) => Some(why),
     };
     match dump_dir(layout, creds) {
@@ -386,38 +398,9 @@ fn copy_out(dump: &Dump, creds: Option<&Credentials>) -> Result<String, String> 
     if u32::from_ne_bytes(magic) != DYNAMIC_ARCHIVE_MAGIC {
         return Err("the JVM's dump is incomplete (no archive header)".to_string());
     }
-    let tmp = release_dir.join(format!(".{CDS_ARCHIVE}.tmp.{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let result = (|| -> io::Result<()> {
-        let mut dst = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o444)
-            .open(&tmp)?;
-        dst.set_permissions(fs::Permissions::from_mode(0o444))?;
-        dst.write_all(&magic)?;
-        io::copy(&mut src, &mut dst)?;
-        dst.sync_all()?;
-        fs::rename(&tmp, release_dir.join(CDS_ARCHIVE))?;
-        fsync_dir(release_dir)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(format!("cannot copy it next to the release: {e}"));
-    }
+    let size = install(&mut (&magic[..]).chain(src), release_dir, &dump.made_with)
+        .map_err(|e| format!("cannot copy it next to the release: {e}"))?;
     let archive = release_dir.join(CDS_ARCHIVE);
-    let archive_id = FileId::of(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-    let size = archive_id.size;
-    let archive_sha256 =
-        digest::sha256_file(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-    let record = Record {
-        made_with: dump.made_with.clone(),
-        archive: archive_id,
-        archive_sha256,
-    };
-    let text = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
-    write_atomic(&release_dir.join(CDS_IDENTITY), &text)
-        .map_err(|e| format!("cannot write {CDS_IDENTITY}: {e}"))?;
     Ok(format!(
         "class-data archive written: {} ({} KiB, copied in {} ms); later starts of release {} use it",
         archive.display(),
@@ -425,4 +408,68 @@ fn copy_out(dump: &Dump, creds: Option<&Credentials>) -> Result<String, String> 
         started.elapsed().as_millis(),
         dump.release_id
     ))
+}
+
+/// Copies an archive from `src` into `release_dir` as a new file of our
+/// own (0444), renames it into place, then records it; returns its size.
+fn install(src: &mut impl Read, release_dir: &Path, made_with: &MadeWith) -> io::Result<u64> {
+    let tmp = release_dir.join(format!(".{CDS_ARCHIVE}.tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let archive = release_dir.join(CDS_ARCHIVE);
+    let result = (|| -> io::Result<()> {
+        let mut dst = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&tmp)?;
+        dst.set_permissions(fs::Permissions::from_mode(0o444))?;
+        io::copy(src, &mut dst)?;
+        dst.sync_all()?;
+        fs::rename(&tmp, &archive)?;
+        fsync_dir(release_dir)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let archive_id = FileId::of(&archive)?;
+    let size = archive_id.size;
+    let record = Record {
+        made_with: made_with.clone(),
+        archive: archive_id,
+        archive_sha256: digest::sha256_file(&archive)?,
+    };
+    let text = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
+    write_atomic(&release_dir.join(CDS_IDENTITY), &text)?;
+    Ok(size)
+}
+
+/// A release of the same jar (a re-deploy of the same artifact) with a
+/// valid archive made by this JDK: copied into `release`, whose path the
+/// JVM does not check (it runs `-jar <jar>` from the release directory).
+/// Returns the id of the release it came from.
+fn adopt(layout: &Layout, release: &Release, now: &MadeWith) -> Option<String> {
+    let mut others: Vec<PathBuf> = fs::read_dir(layout.releases_dir())
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| fs::canonicalize(p).is_ok_and(|real| real != release.dir))
+        .collect();
+    // The newest first: the likeliest to have been made by this JDK.
+    others.sort();
+    for dir in others.iter().rev() {
+        let Ok(dir) = fs::canonicalize(dir) else {
+            continue;
+        };
+        if check(&dir, now).is_err() {
+            continue;
+        }
+        let Ok(mut src) = fs::File::open(dir.join(CDS_ARCHIVE)) else {
+            continue;
+        };
+        if install(&mut src, &release.dir, now).is_ok() && check(&release.dir, now).is_ok() {
+            return dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        }
+    }
+    None
 }
