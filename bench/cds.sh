@@ -60,7 +60,7 @@ print(*(statistics.median(float(r[i]) for r in rows) for i in range(3)))'
 
 # bench_one EXAMPLE NAME PORT_IN_CONFIG: prints one table row per mode.
 bench_one() {
-    local example=$1 name=$2 old_port=$3 dir port root plain_rel cds_rel plain with dump_stop plain_stop size
+    local example=$1 name=$2 old_port=$3 dir port root plain_rel cds_rel plain with dump_stop plain_stop size check_ms
     dir=$work/$example
     cp -r "examples/$example/." "$dir/"
     rm -rf -- "$dir/target" "$dir/build" "$dir/.shipjar"
@@ -92,16 +92,18 @@ bench_one() {
         start_once "$name" "$root" >>"$work/with"
         stop_ms "$name" "$root" >/dev/null
     done
+    check_ms=$(grep -o 'checked in [0-9]* ms' "$root/var/log/$name/console.log" |
+        awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     read -r -a plain <<<"$(medians <"$work/plain")"
     read -r -a with <<<"$(medians <"$work/with")"
-    python3 - "$example" "${plain[@]}" "${with[@]}" "$size" "$plain_stop" "$dump_stop" <<'PY'
+    python3 - "$example" "${plain[@]}" "${with[@]}" "$size" "$plain_stop" "$dump_stop" "$check_ms" <<'PY'
 import sys
-ex, pw, ph, pc, ww, wh, wc, size, pstop, dstop = sys.argv[1:]
+ex, pw, ph, pc, ww, wh, wc, size, pstop, dstop, check = sys.argv[1:]
 pw, ph, pc, ww, wh, wc = map(float, (pw, ph, pc, ww, wh, wc))
 print(f"{ex:<14} {'without':<8} {pw:>9.0f} {ph:>11.0f} {pc:>7.2f}")
 print(f"{'':<14} {'with':<8} {ww:>9.0f} {wh:>11.0f} {wc:>7.2f}")
 print(f"{'':<14} {'ratio':<8} {ww / pw:>9.2f} {wh / ph:>11.2f} {wc / pc:>7.2f}"
-      f"   archive {int(size) // 1024} MiB; stop {pstop} ms, dumping stop {dstop} ms")
+      f"   archive {int(size) // 1024} MiB, checked in {check} ms; stop {pstop} ms, dumping stop {dstop} ms")
 PY
     "$bin" service stop "$name" --root "$root" >/dev/null 2>&1 || true
 }
