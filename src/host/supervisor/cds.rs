@@ -1,14 +1,15 @@
 //! Class-data sharing (AppCDS) per release, `[service] cds = true`.
 //!
 //! A start of a release that has no valid archive runs the JVM with
-//! `-XX:ArchiveClassesAtExit` pointing into a directory of the service's
-//! in `shared/` (see `Layout::cds_dump_dir`); when that run ends after having been healthy, with the JVM
-//! exiting on its own (a SIGTERM stop included), the supervisor copies the
-//! archive next to the release as its own file and records what it was
-//! made with. Every later start of the release maps it with
-//! `-XX:SharedArchiveFile` and `-Xshare:auto`. An archive whose JDK, jar or
-//! own file changed since is ignored (with a note) and the start goes on
-//! without it, writing a fresh one.
+//! `-XX:ArchiveClassesAtExit` aimed at a directory of the service's own in
+//! `shared/` (see `Layout::cds_dump_dir`). When that run ends after having
+//! been healthy, with the JVM exiting on its own (a SIGTERM stop included),
+//! the supervisor copies the archive next to the release as its own file
+//! and records what it was made with. Every later start of the release maps
+//! it with `-XX:SharedArchiveFile` and `-Xshare:auto`. An archive whose JDK,
+//! jar or own file changed since is ignored (with a note) and the start goes
+//! on without it, writing a fresh one. A release with none yet first
+//! borrows a valid one of another release of the same jar (a re-deploy).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
