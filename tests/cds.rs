@@ -472,3 +472,54 @@ fn as_root_the_jvm_writes_into_shared_and_the_archive_belongs_to_root() {
     let stop = p.run(&["service", "stop", "hello", "--root", root]);
     assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
 }
+
+#[test]
+fn an_archive_the_jvm_itself_refuses_is_skipped_and_the_start_succeeds() {
+    use std::os::unix::fs::MetadataExt;
+    let host = Host::new("hello");
+    let dir = release(&host, "r1", free_port(), true);
+    let archive = dir.join("cds.jsa");
+    started(&host);
+    stopped(&host);
+    assert!(archive.is_file(), "{}", host.log());
+
+    // The jar is replaced by a copy (other mtime) and the record forged to
+    // match it: our checks pass, HotSpot's own (jar size and mtime) do not.
+    let copy = host.root().join("other.jar");
+    fs::copy(hello_jar(), &copy).unwrap();
+    let old = fs::metadata(hello_jar()).unwrap().modified().unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_modified(old + Duration::from_secs(60))
+        .unwrap();
+    fs::remove_file(dir.join("hello.jar")).unwrap();
+    std::os::unix::fs::symlink(&copy, dir.join("hello.jar")).unwrap();
+    let record_path = dir.join("cds.json");
+    let mut record: Value = serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
+    let real = fs::canonicalize(&copy).unwrap();
+    let meta = fs::metadata(&real).unwrap();
+    record["made_with"]["jar"] = json!({
+        "path": real, "size": meta.size(), "mtime": meta.mtime(), "mtime_nsec": meta.mtime_nsec()
+    });
+    fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+
+    let pid = started(&host);
+    assert!(
+        cmdline(pid)
+            .iter()
+            .any(|a| a.starts_with("-XX:SharedArchiveFile=")),
+        "{:?}",
+        cmdline(pid)
+    );
+    assert!(
+        !maps_archive(pid, &archive),
+        "HotSpot mapped a stale archive"
+    );
+    let (_, status) = host.status_json();
+    assert_eq!(status["healthy"], true, "{status}");
+    // What HotSpot says about it lands in the service log, and that is all.
+    assert!(host.log().contains("[warning][cds"), "{}", host.log());
+    stopped(&host);
+}
