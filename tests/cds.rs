@@ -519,7 +519,33 @@ fn an_archive_the_jvm_itself_refuses_is_skipped_and_the_start_succeeds() {
     );
     let (_, status) = host.status_json();
     assert_eq!(status["healthy"], true, "{status}");
-    // What HotSpot says about it lands in the service log, and that is all.
+    // What HotSpot says about it lands in the service log; the supervisor
+    // notices, says so, and drops the archive so the next run writes one.
     assert!(host.log().contains("[warning][cds"), "{}", host.log());
+    assert_eq!(
+        events_with(&host, "the JVM did not map").len(),
+        1,
+        "{}",
+        host.log()
+    );
+    assert_eq!(state(&host)["class_data"], "refused");
+    let detail = status["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("class-data archive refused by the JVM"),
+        "{detail}"
+    );
+    assert!(!archive.exists());
+    stopped(&host);
+    let pid = started(&host);
+    assert!(
+        cmdline(pid)
+            .iter()
+            .any(|a| a.starts_with("-XX:ArchiveClassesAtExit=")),
+        "{:?}",
+        cmdline(pid)
+    );
+    stopped(&host);
+    let pid = started(&host);
+    assert!(maps_archive(pid, &archive), "{}", host.log());
     stopped(&host);
 }

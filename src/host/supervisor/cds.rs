@@ -474,3 +474,19 @@ fn adopt(layout: &Layout, release: &Release, now: &MadeWith) -> Option<String> {
     }
     None
 }
+
+/// Whether process `pid` maps `archive`; `None` when its maps cannot be read.
+pub fn mapped(pid: i32, archive: &Path) -> Option<bool> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let path = archive.to_string_lossy();
+    Some(maps.lines().any(|l| l.ends_with(path.as_ref())))
+}
+
+/// Removes an archive HotSpot refused, and its record: the next start
+/// writes a new one instead of being refused again.
+pub fn forget(archive: &Path) {
+    if let Some(dir) = archive.parent() {
+        let _ = fs::remove_file(dir.join(CDS_IDENTITY));
+    }
+    let _ = fs::remove_file(archive);
+}

@@ -38,6 +38,8 @@ wire_enum! {
         Used => "used",
         /// There was no valid archive: it writes one when it stops.
         Dumping => "dumping",
+        /// It was given the archive, but the JVM refused to map it.
+        Refused => "refused",
     }
 }
 

@@ -337,6 +337,9 @@ fn running(layout: &Layout, seen: &Observation, id: procfs::ProcessId) -> Servic
             Some(ClassDataUse::Dumping) => {
                 parts.push("class-data archive written when it stops".to_string())
             }
+            Some(ClassDataUse::Refused) => {
+                parts.push("class-data archive refused by the JVM".to_string())
+            }
             _ => {}
         }
         healthy

@@ -150,6 +150,17 @@ impl Supervisor<'_> {
     fn passed(&mut self, pid: i32, after: Duration, first: bool) {
         let ms = after.as_millis() as u64;
         self.log.event(&format!("healthy after {ms} ms"));
+        if let ClassData::Use { archive } = &self.class_data
+            && cds::mapped(pid, archive) == Some(false)
+        {
+            self.log.event(&format!(
+                "class-data archive: the JVM did not map {} (it refused it; its warning is above); \
+                 removed, the next start writes a new one",
+                archive.display()
+            ));
+            cds::forget(archive);
+            self.state.class_data = Some(ClassDataUse::Refused);
+        }
         self.state.state = Phase::Running;
         self.state.healthy_after_ms = Some(ms);
         self.save();
