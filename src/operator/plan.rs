@@ -324,7 +324,12 @@ fn run_spec(
         HostSpec::Local => service.user.clone(),
         HostSpec::Ssh { .. } => Some(service.unix_user()),
     };
-    Ok(RunSpec { argv, env, user })
+    Ok(RunSpec {
+        argv,
+        env,
+        user,
+        cds: service.cds && service.jar.is_some(),
+    })
 }
 
 /// The built-in `service-properties` file.

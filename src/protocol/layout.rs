@@ -82,6 +82,20 @@ impl Directory {
     }
 }
 
+/// A release's class-data sharing archive, `releases/<id>/cds.jsa`: a copy
+/// the agent's user made (mode 0444), never the file the JVM wrote, so a
+/// service compromised later cannot rewrite what every later start of its
+/// release maps. See [`CDS_IDENTITY`], [`Layout::cds_dump_dir`].
+pub const CDS_ARCHIVE: &str = "cds.jsa";
+
+/// Next to the archive (agent's user, 0644): the `java`, `libjvm.so`, jar
+/// and archive (path, size, mtime) it was written with; a start whose
+/// files differ goes on without the archive.
+pub const CDS_IDENTITY: &str = "cds.json";
+
+/// Name prefix of [`Layout::cds_dump_dir`].
+pub const CDS_DUMP_PREFIX: &str = ".shipjar-cds-";
+
 /// Paths of one service on one host; `root` is `/` on a real host.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -162,6 +176,15 @@ impl Layout {
     /// `instances/<port>`: the release the instance on `port` runs.
     pub fn instance_link(&self, port: u16) -> PathBuf {
         self.lib_dir().join("instances").join(port.to_string())
+    }
+
+    /// `shared/.shipjar-cds-<supervisor pid>/`: where a JVM writes its
+    /// class-data archive at exit (the service's user, mode 0700; a release
+    /// holds nothing the service may write); removed once the supervisor
+    /// has copied the archive into the release, or discarded it.
+    pub fn cds_dump_dir(&self, supervisor_pid: u32) -> PathBuf {
+        self.shared_dir()
+            .join(format!("{CDS_DUMP_PREFIX}{supervisor_pid}"))
     }
 
     /// Kept across releases; writable by the service.

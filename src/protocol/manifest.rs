@@ -117,6 +117,9 @@ pub struct RunSpec {
     pub env: BTreeMap<String, String>,
     /// Unix user to run as when the supervisor runs as root.
     pub user: Option<String>,
+    /// Keep a class-data sharing archive of this release (a `java -jar` service).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cds: bool,
 }
 
 /// Health check and its timing.

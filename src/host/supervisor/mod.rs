@@ -5,6 +5,7 @@
 //! against `/proc` first (see `identity`).
 
 mod backoff;
+mod cds;
 mod control;
 mod health;
 mod identity;

@@ -30,6 +30,19 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// What the current run does with the release's class-data archive
+    /// (`[service] cds`); absent when it has none to do with.
+    pub enum ClassDataUse {
+        /// It maps the archive.
+        Used => "used",
+        /// There was no valid archive: it writes one when it stops.
+        Dumping => "dumping",
+        /// It was given the archive, but the JVM refused to map it.
+        Refused => "refused",
+    }
+}
+
 /// Contents of the supervisor state file (`run/<name>/supervisor.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SupervisorState {
@@ -99,6 +112,9 @@ pub struct SupervisorState {
     /// What the last failed health check got, while unhealthy, e.g. "HTTP 500".
     #[serde(default)]
     pub last_probe: Option<String>,
+    /// The current run's class-data archive: used, or being made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_data: Option<ClassDataUse>,
     /// When the state last changed (RFC 3339, UTC).
     pub updated_at: String,
 }

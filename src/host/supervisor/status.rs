@@ -10,7 +10,7 @@ use super::health;
 use super::observe::{self, LostSupervisor, Observation, Service};
 use super::procfs;
 use super::release;
-use super::state::{Phase, SupervisorState};
+use super::state::{ClassDataUse, Phase, SupervisorState};
 use super::{ServiceState, ServiceStatus, human_duration};
 
 /// Longest health probe `status` makes.
@@ -331,6 +331,16 @@ fn running(layout: &Layout, seen: &Observation, id: procfs::ProcessId) -> Servic
                 "restarted {n} time{} after crashes",
                 if n == 1 { "" } else { "s" }
             ));
+        }
+        match mine.and_then(|s| s.class_data.as_ref()) {
+            Some(ClassDataUse::Used) => parts.push("class-data archive in use".to_string()),
+            Some(ClassDataUse::Dumping) => {
+                parts.push("class-data archive written when it stops".to_string())
+            }
+            Some(ClassDataUse::Refused) => {
+                parts.push("class-data archive refused by the JVM".to_string())
+            }
+            _ => {}
         }
         healthy
     };

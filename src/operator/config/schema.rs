@@ -106,6 +106,9 @@ pub struct Service {
     pub env: BTreeMap<String, String>,
     /// Unix user to run as (on hosts where shipjar runs as root); default: the service name.
     pub user: Option<String>,
+    /// Keep a class-data sharing (AppCDS) archive per release (JVM services only).
+    #[serde(default)]
+    pub cds: bool,
 }
 
 impl Service {

@@ -135,6 +135,10 @@ impl Project {
                     "expected a plain file name such as \"hello.jar\"",
                 ))
             }
+            (None, Some(_)) if service.cds => Err(self.fail(
+                &keys("service.cds"),
+                "class-data sharing is for JVM services (`jar`), not a `command`",
+            )),
             _ => Ok(()),
         }
     }
@@ -489,6 +493,17 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn cds_with_a_command_is_a_config_error_at_its_key() {
+        let err = load("[service]\nname = \"a\"\ncommand = [\"x\"]\ncds = true\n").unwrap_err();
+        assert!(
+            err.message.contains("shipjar.toml:4:7: key `service.cds`"),
+            "{}",
+            err.message
+        );
+        assert!(load("[service]\nname = \"a\"\njar = \"a.jar\"\ncds = true\n").is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::Child;
 
 use nix::sys::signal::Signal;
 
+use crate::host::supervisor::cds::{self, ClassData};
 use crate::host::supervisor::process::{self, ExitInfo};
 use crate::host::supervisor::procfs;
 use crate::host::supervisor::state::Phase;
@@ -49,6 +50,13 @@ impl Supervisor<'_> {
         ending.how
     }
 
+    /// A run that never spawned leaves no dump directory behind.
+    pub(super) fn discard_class_data(&mut self) {
+        if let ClassData::Dump(dump) = std::mem::replace(&mut self.class_data, ClassData::Off) {
+            cds::discard(&dump);
+        }
+    }
+
     /// After the service's main process exited: kill what is left of its
     /// group (the zombie still reserves the group id), reap it, record the end.
     pub(super) fn finish(
@@ -74,6 +82,11 @@ impl Supervisor<'_> {
             self.log.event(&format!(
                 "pid {pid} has not exited even after SIGKILL; giving up on it"
             ));
+        }
+        if let ClassData::Dump(dump) = std::mem::replace(&mut self.class_data, ClassData::Off) {
+            let healthy = self.state.healthy_after_ms.is_some();
+            let line = cds::keep(&dump, exit, healthy, self.creds.as_ref());
+            self.log.event(&line);
         }
         self.state.state = Phase::Exited;
         self.state.last_exit = Some(description);

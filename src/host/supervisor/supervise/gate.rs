@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::host::supervisor::cds::{self, ClassData};
 use crate::host::supervisor::health::{self, Gate};
 use crate::host::supervisor::logfile;
 use crate::host::supervisor::process::{self, ExitInfo};
 use crate::host::supervisor::procfs::{self, ProcessId};
-use crate::host::supervisor::state::{self, Phase};
+use crate::host::supervisor::state::{self, ClassDataUse, Phase};
 use crate::host::supervisor::stopping::{self, KILL_WAIT};
 use crate::host::supervisor::{StartReport, human_duration};
 
@@ -34,6 +35,17 @@ impl Supervisor<'_> {
             return Err(Outcome::StartFailed(message));
         }
 
+        let plan = cds::plan(self.layout, &self.release, self.creds.as_ref());
+        if let Some(note) = &plan.note {
+            self.log.event(note);
+        }
+        self.state.class_data = match &plan.class_data {
+            ClassData::Off => None,
+            ClassData::Use { .. } => Some(ClassDataUse::Used),
+            ClassData::Dump(_) => Some(ClassDataUse::Dumping),
+        };
+        self.class_data = plan.class_data;
+
         // Kept before the spawn, so the log says "started" before anything
         // the new process writes.
         let hold = self.log.hold();
@@ -41,6 +53,7 @@ impl Supervisor<'_> {
             Ok(child) => child,
             Err(message) => {
                 self.log.fill(hold, None);
+                self.discard_class_data();
                 return Err(Outcome::StartFailed(message));
             }
         };
@@ -137,6 +150,17 @@ impl Supervisor<'_> {
     fn passed(&mut self, pid: i32, after: Duration, first: bool) {
         let ms = after.as_millis() as u64;
         self.log.event(&format!("healthy after {ms} ms"));
+        if let ClassData::Use { archive } = &self.class_data
+            && cds::mapped(pid, archive) == Some(false)
+        {
+            self.log.event(&format!(
+                "class-data archive: the JVM did not map {} (it refused it; its warning is above); \
+                 removed, the next start writes a new one",
+                archive.display()
+            ));
+            cds::forget(archive);
+            self.state.class_data = Some(ClassDataUse::Refused);
+        }
         self.state.state = Phase::Running;
         self.state.healthy_after_ms = Some(ms);
         self.save();

@@ -18,6 +18,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::host::supervisor::backoff::{Backoff, Decision};
+use crate::host::supervisor::cds::{self, ClassData};
 use crate::host::supervisor::human_duration;
 use crate::host::supervisor::logfile;
 use crate::host::supervisor::logpipe::LogPipe;
@@ -127,6 +128,8 @@ struct Supervisor<'a> {
     reloading: bool,
     /// Who the service runs as, when we drop privileges.
     creds: Option<Credentials>,
+    /// What the current run does about class data (`[service] cds`).
+    class_data: ClassData,
     /// Held for our whole life: proof that a supervisor is alive.
     _lock: File,
 }
@@ -263,13 +266,21 @@ impl Supervisor<'_> {
             .log
             .service_stdio()
             .map_err(|e| format!("cannot hand the log pipe to the service: {e}"))?;
-        spawn::spawn(
-            self.layout,
-            &self.release,
-            self.creds.as_ref(),
-            stdout,
-            stderr,
-        )
+        let options = cds::jvm_options(&self.class_data);
+        if options.is_empty() {
+            return spawn::spawn(
+                self.layout,
+                &self.release,
+                self.creds.as_ref(),
+                stdout,
+                stderr,
+            );
+        }
+        // Right after `java`, before the release's own options and `-jar`.
+        let mut release = self.release.clone();
+        let argv = &mut release.manifest.run.argv;
+        argv.splice(1.min(argv.len())..1.min(argv.len()), options);
+        spawn::spawn(self.layout, &release, self.creds.as_ref(), stdout, stderr)
     }
 
     fn save(&mut self) {

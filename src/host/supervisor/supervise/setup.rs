@@ -5,6 +5,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::host::supervisor::backoff::Backoff;
+use crate::host::supervisor::cds::ClassData;
 use crate::host::supervisor::logfile;
 use crate::host::supervisor::logpipe::LogPipe;
 use crate::host::supervisor::privileges;
@@ -64,6 +65,7 @@ impl<'a> Supervisor<'a> {
             readiness: ReadinessChannel::Detached { sent: true },
             reloading: false,
             creds,
+            class_data: ClassData::Off,
             _lock: lock,
         };
         supervisor.save();
@@ -118,6 +120,7 @@ fn initial_state(me: ProcessId, release: &Release) -> SupervisorState {
         last_reload_ok: None,
         unhealthy_since: None,
         last_probe: None,
+        class_data: None,
         updated_at: logfile::now_rfc3339(),
     }
 }

@@ -1,0 +1,492 @@
+//! Class-data sharing (AppCDS) per release, `[service] cds = true`.
+//!
+//! A start of a release that has no valid archive runs the JVM with
+//! `-XX:ArchiveClassesAtExit` aimed at a directory of the service's own in
+//! `shared/` (see `Layout::cds_dump_dir`). When that run ends after having
+//! been healthy, with the JVM exiting on its own (a SIGTERM stop included),
+//! the supervisor copies the archive next to the release as its own file
+//! and records what it was made with. Every later start of the release maps
+//! it with `-XX:SharedArchiveFile` and `-Xshare:auto`. An archive whose JDK,
+//! jar or own file changed since is ignored (with a note) and the start goes
+//! on without it, writing a fresh one. A release with none yet first
+//! borrows a valid one of another release of the same jar (a re-deploy).
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::digest;
+use crate::protocol::files::{fsync_dir, write_atomic};
+use crate::protocol::layout::{CDS_ARCHIVE, CDS_DUMP_PREFIX, CDS_IDENTITY, Dir, Layout};
+
+use super::process::{self, Credentials, ExitInfo};
+use super::release::Release;
+use super::spawn::CLEAN_PATH;
+
+/// First four bytes of a dynamic (`ArchiveClassesAtExit`) archive; HotSpot
+/// writes its header last, so a dump cut short has none.
+const DYNAMIC_ARCHIVE_MAGIC: u32 = 0xf00b_aba8;
+
+/// What one start does about class data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClassData {
+    /// Not asked for, or cannot be done (see the note).
+    Off,
+    /// Maps the release's archive.
+    Use {
+        /// `releases/<id>/cds.jsa`.
+        archive: PathBuf,
+    },
+    /// Writes an archive when this run's JVM exits.
+    Dump(Dump),
+}
+
+/// A run that dumps: where the JVM writes, and what the archive will be
+/// recorded as made with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dump {
+    /// The service-owned directory the JVM writes into.
+    dir: PathBuf,
+    /// The release's real directory, where the archive goes.
+    release_dir: PathBuf,
+    /// Its id, for the log.
+    release_id: String,
+    /// The JDK and jar of this run.
+    made_with: MadeWith,
+}
+
+/// The decision for one start, plus what to tell the log.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What the start does.
+    pub class_data: ClassData,
+    /// A line for the service's events, when there is something to say.
+    pub note: Option<String>,
+}
+
+/// Identity of one file: its real path, size and modification time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileId {
+    path: PathBuf,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileId {
+    /// The file at `path`, symlinks resolved.
+    fn of(path: &Path) -> io::Result<FileId> {
+        let real = fs::canonicalize(path)?;
+        let meta = fs::metadata(&real)?;
+        Ok(FileId {
+            path: real,
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        })
+    }
+}
+
+/// The JDK (launcher and `libjvm.so`) and the jar a start runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MadeWith {
+    java: FileId,
+    libjvm: Option<FileId>,
+    jar: FileId,
+}
+
+/// `cds.json`: what the archive was made with, and the archive itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    made_with: MadeWith,
+    archive: FileId,
+    /// Its contents: HotSpot checks only the header by default, and maps a
+    /// body damaged in place as it is (classes fail to load).
+    archive_sha256: String,
+}
+
+/// The JVM options of a start, put right after `java`.
+pub fn jvm_options(class_data: &ClassData) -> Vec<String> {
+    match class_data {
+        ClassData::Off => Vec::new(),
+        ClassData::Use { archive } => vec![
+            "-Xshare:auto".to_string(),
+            format!("-XX:SharedArchiveFile={}", archive.display()),
+        ],
+        ClassData::Dump(dump) => vec![
+            "-Xshare:auto".to_string(),
+            format!(
+                "-XX:ArchiveClassesAtExit={}",
+                dump.dir.join(CDS_ARCHIVE).display()
+            ),
+        ],
+    }
+}
+
+/// Decides what the next start of `release` does about class data.
+pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> Plan {
+    let off = |note: Option<String>| Plan {
+        class_data: ClassData::Off,
+        note,
+    };
+    if !release.manifest.run.cds {
+        return off(None);
+    }
+    let made_with = match made_with(release) {
+        Ok(m) => m,
+        Err(why) => {
+            return off(Some(format!(
+                "class-data sharing off for this start: {why}"
+            )));
+        }
+    };
+    sweep_dumps(layout);
+    let archive = release.dir.join(CDS_ARCHIVE);
+    let checking = Instant::now();
+    let ignored = match check(&release.dir, &made_with) {
+        Ok(()) => {
+            let note = format!(
+                "class-data archive: using {} (checked in {} ms)",
+                archive.display(),
+                checking.elapsed().as_millis()
+            );
+            return Plan {
+                class_data: ClassData::Use { archive },
+                note: Some(note),
+            };
+        }
+        Err(Invalid::Missing) => match adopt(layout, release, &made_with) {
+            Some(from) => {
+                return Plan {
+                    note: Some(format!(
+                        "class-data archive: copied from release {from} (the same jar and JDK) in {} ms; using {}",
+                        checking.elapsed().as_millis(),
+                        archive.display()
+                    )),
+                    class_data: ClassData::Use { archive },
+                };
+            }
+            None => None,
+        },
+        Err(Invalid::Stale(why)) => Some(why),
+    };
+    match dump_dir(layout, creds) {
+        Ok(dir) => {
+            let writes = "this run writes one when it stops";
+            let note = match ignored {
+                Some(why) => format!(
+                    "class-data archive ignored: {why}; this start goes on without it and {writes}"
+                ),
+                None => format!("class-data archive: none yet; {writes}"),
+            };
+            Plan {
+                class_data: ClassData::Dump(Dump {
+                    dir,
+                    release_dir: release.dir.clone(),
+                    release_id: release.manifest.id.clone(),
+                    made_with,
+                }),
+                note: Some(note),
+            }
+        }
+        Err(e) => {
+            let why = ignored
+                .map(|w| format!("archive ignored: {w}; "))
+                .unwrap_or_default();
+            off(Some(format!(
+                "class-data sharing off for this start: {why}cannot create a directory for the JVM to write one: {e}"
+            )))
+        }
+    }
+}
+
+/// Why an archive is not used.
+enum Invalid {
+    /// There is none.
+    Missing,
+    /// There is one, but it must not be used; says why.
+    Stale(String),
+}
+
+/// The archive in `dir` is there, ours, unchanged, and made with this JDK and jar.
+fn check(dir: &Path, now: &MadeWith) -> Result<(), Invalid> {
+    let archive = dir.join(CDS_ARCHIVE);
+    let meta = match fs::symlink_metadata(&archive) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Invalid::Missing),
+        Err(e) => return Err(Invalid::Stale(format!("cannot read {CDS_ARCHIVE}: {e}"))),
+    };
+    if !meta.is_file() {
+        return Err(Invalid::Stale(format!(
+            "{CDS_ARCHIVE} is not a regular file"
+        )));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+        return Err(Invalid::Stale(format!(
+            "{CDS_ARCHIVE} is writable by others than the supervisor's user"
+        )));
+    }
+    let record_path = dir.join(CDS_IDENTITY);
+    let record: Record = fs::read(&record_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            Invalid::Stale(format!(
+                "no usable record of how it was made ({CDS_IDENTITY}: {e})"
+            ))
+        })?;
+    let archive_now = FileId::of(&archive)
+        .map_err(|e| Invalid::Stale(format!("cannot read {CDS_ARCHIVE}: {e}")))?;
+    let then = &record.made_with;
+    if then.java != now.java || then.libjvm != now.libjvm {
+        return Err(Invalid::Stale(format!(
+            "the JDK changed since it was written ({} {}, now {} {})",
+            describe(&then.java),
+            then.libjvm.as_ref().map(describe).unwrap_or_default(),
+            describe(&now.java),
+            now.libjvm.as_ref().map(describe).unwrap_or_default(),
+        )));
+    }
+    if then.jar != now.jar {
+        return Err(Invalid::Stale(format!(
+            "the jar changed since it was written ({}, now {})",
+            describe(&then.jar),
+            describe(&now.jar)
+        )));
+    }
+    if record.archive != archive_now {
+        return Err(Invalid::Stale(format!(
+            "{CDS_ARCHIVE} changed since it was written ({}, now {})",
+            describe(&record.archive),
+            describe(&archive_now)
+        )));
+    }
+    match digest::sha256_file(&archive) {
+        Ok(sum) if sum == record.archive_sha256 => Ok(()),
+        Ok(_) => Err(Invalid::Stale(format!(
+            "{CDS_ARCHIVE} is damaged (its sha256 differs from the one recorded)"
+        ))),
+        Err(e) => Err(Invalid::Stale(format!("cannot read {CDS_ARCHIVE}: {e}"))),
+    }
+}
+
+/// `PATH (N bytes, mtime S)`: enough to see what differs.
+fn describe(f: &FileId) -> String {
+    format!("{} {} bytes mtime {}", f.path.display(), f.size, f.mtime)
+}
+
+/// The JDK and jar this release runs: `java` from the clean `PATH` (as the
+/// spawn finds it), its `lib/server/libjvm.so`, and the release's jar.
+fn made_with(release: &Release) -> Result<MadeWith, String> {
+    let argv0 = release
+        .manifest
+        .run
+        .argv
+        .first()
+        .ok_or_else(|| "run.argv is empty".to_string())?;
+    let java = process::resolve_program(argv0, CLEAN_PATH.as_ref(), &release.dir)?;
+    let java = FileId::of(&java).map_err(|e| format!("{}: {e}", java.display()))?;
+    // bin/java → lib/server/libjvm.so: the JVM proper, which a JDK update replaces.
+    let libjvm = java
+        .path
+        .parent()
+        .and_then(Path::parent)
+        .map(|home| home.join("lib/server/libjvm.so"))
+        .and_then(|p| FileId::of(&p).ok());
+    let jar_path = release.dir.join(&release.manifest.jar);
+    let jar = FileId::of(&jar_path).map_err(|e| format!("{}: {e}", jar_path.display()))?;
+    Ok(MadeWith { java, libjvm, jar })
+}
+
+/// Creates this supervisor's dump directory, empty, for the service's user.
+fn dump_dir(layout: &Layout, creds: Option<&Credentials>) -> io::Result<PathBuf> {
+    // Missing only where nothing provisioned it (a hand-made or local root).
+    layout.directory(Dir::Shared).create_missing()?;
+    let dir = layout.cds_dump_dir(std::process::id());
+    if fs::symlink_metadata(&dir).is_ok() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    if let Some(c) = creds {
+        std::os::unix::fs::chown(&dir, Some(c.uid), Some(c.gid))?;
+    }
+    // The JVM runs in the release directory: a relative `--root` would miss.
+    fs::canonicalize(&dir)
+}
+
+/// Removes dump directories of supervisors that no longer run (killed
+/// before they could clean up).
+fn sweep_dumps(layout: &Layout) {
+    let Ok(entries) = fs::read_dir(layout.shared_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(CDS_DUMP_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes a dump run's directory, whatever it holds.
+pub fn discard(dump: &Dump) {
+    let _ = fs::remove_dir_all(&dump.dir);
+}
+
+/// After a dump run ended: keeps the archive the JVM wrote when the run was
+/// healthy and the JVM exited by itself (not killed mid-dump), and it is a
+/// complete archive. Returns the line for the log.
+pub fn keep(
+    dump: &Dump,
+    exit: Option<ExitInfo>,
+    was_healthy: bool,
+    creds: Option<&Credentials>,
+) -> String {
+    let result = match (exit, was_healthy) {
+        (_, false) => Err("the run never became healthy".to_string()),
+        (Some(ExitInfo::Code(_)), true) => copy_out(dump, creds),
+        (Some(ExitInfo::Signal(sig)), true) => Err(format!(
+            "the JVM was killed by {} (a dump may have been cut short)",
+            process::signal_name(sig)
+        )),
+        (None, true) => Err("the JVM's end is unknown".to_string()),
+    };
+    discard(dump);
+    match result {
+        Ok(line) => line,
+        Err(why) => format!("class-data archive not kept: {why}"),
+    }
+}
+
+/// Copies the dumped archive into a file of our own next to the release,
+/// then records what it was made with.
+fn copy_out(dump: &Dump, creds: Option<&Credentials>) -> Result<String, String> {
+    let release_dir = &dump.release_dir;
+    let started = Instant::now();
+    let src_path = dump.dir.join(CDS_ARCHIVE);
+    // The service owns the directory: never follow a link it put there.
+    let mut src = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&src_path)
+        .map_err(|e| format!("the JVM wrote none ({}: {e})", src_path.display()))?;
+    let meta = src.metadata().map_err(|e| e.to_string())?;
+    let owner = creds.map_or_else(|| nix::unistd::geteuid().as_raw(), |c| c.uid);
+    if !meta.is_file() || meta.uid() != owner {
+        return Err(format!(
+            "{} is not a regular file of the service's user",
+            src_path.display()
+        ));
+    }
+    let mut magic = [0u8; 4];
+    src.read_exact(&mut magic)
+        .map_err(|e| format!("{}: {e}", src_path.display()))?;
+    if u32::from_ne_bytes(magic) != DYNAMIC_ARCHIVE_MAGIC {
+        return Err("the JVM's dump is incomplete (no archive header)".to_string());
+    }
+    let size = install(&mut (&magic[..]).chain(src), release_dir, &dump.made_with)
+        .map_err(|e| format!("cannot copy it next to the release: {e}"))?;
+    let archive = release_dir.join(CDS_ARCHIVE);
+    Ok(format!(
+        "class-data archive written: {} ({} KiB, copied in {} ms); later starts of release {} use it",
+        archive.display(),
+        size / 1024,
+        started.elapsed().as_millis(),
+        dump.release_id
+    ))
+}
+
+/// Copies an archive from `src` into `release_dir` as a new file of our
+/// own (0444), renames it into place, then records it; returns its size.
+fn install(src: &mut impl Read, release_dir: &Path, made_with: &MadeWith) -> io::Result<u64> {
+    let tmp = release_dir.join(format!(".{CDS_ARCHIVE}.tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let archive = release_dir.join(CDS_ARCHIVE);
+    let result = (|| -> io::Result<()> {
+        let mut dst = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&tmp)?;
+        dst.set_permissions(fs::Permissions::from_mode(0o444))?;
+        io::copy(src, &mut dst)?;
+        dst.sync_all()?;
+        fs::rename(&tmp, &archive)?;
+        fsync_dir(release_dir)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let archive_id = FileId::of(&archive)?;
+    let size = archive_id.size;
+    let record = Record {
+        made_with: made_with.clone(),
+        archive: archive_id,
+        archive_sha256: digest::sha256_file(&archive)?,
+    };
+    let text = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
+    write_atomic(&release_dir.join(CDS_IDENTITY), &text)?;
+    Ok(size)
+}
+
+/// A release of the same jar (a re-deploy of the same artifact) with a
+/// valid archive made by this JDK: copied into `release`, whose path the
+/// JVM does not check (it runs `-jar <jar>` from the release directory).
+/// Returns the id of the release it came from.
+fn adopt(layout: &Layout, release: &Release, now: &MadeWith) -> Option<String> {
+    let mut others: Vec<PathBuf> = fs::read_dir(layout.releases_dir())
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| fs::canonicalize(p).is_ok_and(|real| real != release.dir))
+        .collect();
+    // The newest first: the likeliest to have been made by this JDK.
+    others.sort();
+    for dir in others.iter().rev() {
+        let Ok(dir) = fs::canonicalize(dir) else {
+            continue;
+        };
+        if check(&dir, now).is_err() {
+            continue;
+        }
+        let Ok(mut src) = fs::File::open(dir.join(CDS_ARCHIVE)) else {
+            continue;
+        };
+        if install(&mut src, &release.dir, now).is_ok() && check(&release.dir, now).is_ok() {
+            return dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        }
+    }
+    None
+}
+
+/// Whether process `pid` maps `archive`; `None` when its maps cannot be read.
+pub fn mapped(pid: i32, archive: &Path) -> Option<bool> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let path = archive.to_string_lossy();
+    Some(maps.lines().any(|l| l.ends_with(path.as_ref())))
+}
+
+/// Removes an archive HotSpot refused, and its record: the next start
+/// writes a new one instead of being refused again.
+pub fn forget(archive: &Path) {
+    if let Some(dir) = archive.parent() {
+        let _ = fs::remove_file(dir.join(CDS_IDENTITY));
+    }
+    let _ = fs::remove_file(archive);
+}
