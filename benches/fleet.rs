@@ -56,9 +56,14 @@ fn main() {
     let jar = clojure_jar();
     let work = tempfile::tempdir().expect("tempdir");
     println!(
-        "jar: {} ({:.1} MiB); {} CPUs; {}",
+        "jar: {} ({:.1} MiB); cds {}; {} CPUs; {}",
         jar.display(),
         std::fs::metadata(&jar).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0,
+        if std::env::var("FLEET_CDS").is_ok_and(|v| v == "1") {
+            "on"
+        } else {
+            "off"
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         Command::new("date")
             .arg("-u")
@@ -400,9 +405,17 @@ fn write_project(dir: &Path, hosts: &[String], ssh_config: &Path) {
     )
     .expect("copy logback");
     // 30 JVMs starting at once on a small machine take a minute or more.
-    let config = std::fs::read_to_string(example.join("shipjar.toml"))
+    let mut config = std::fs::read_to_string(example.join("shipjar.toml"))
         .expect("example config")
         .replace("start_timeout = \"60s\"", "start_timeout = \"300s\"");
+    // FLEET_CDS=1: per-release class-data archives, used by rollbacks.
+    if std::env::var("FLEET_CDS").is_ok_and(|v| v == "1") {
+        config = config.replace(
+            "jar = \"inventory.jar\"",
+            "jar = \"inventory.jar\"\ncds = true",
+        );
+        assert!(config.contains("cds = true"));
+    }
     assert!(config.contains(&format!("PORT = \"{SHIPJAR_PORT}\"")));
     let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
     let config = format!(
