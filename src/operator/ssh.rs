@@ -36,8 +36,32 @@ pub fn remote_command(reach: &Reach, words: &[&str]) -> String {
     all.join(" ")
 }
 
-/// `ssh` arguments (without the program) that run `remote` on `spec`.
+/// Whether an ssh invocation may leave a control master behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Multiplex {
+    /// Start a master when none runs (`ControlMaster=auto`, kept 10 s): for
+    /// the several short connections `provision` makes to one host.
+    Start,
+    /// Use a master of this run if one is there, else connect directly
+    /// (`ControlMaster=no`): an agent session is the only connection a
+    /// deploy or `status` makes to a host, and a master would only add a
+    /// second ssh process per host and its exit at the end of the run.
+    ReuseOnly,
+}
+
+/// `ssh` arguments (without the program) that run `remote` on `spec`,
+/// starting a control master for later connections to the same host.
 pub fn ssh_args(spec: &HostSpec, reach: &Reach, remote: &str) -> Vec<OsString> {
+    ssh_args_with(spec, reach, remote, Multiplex::Start)
+}
+
+/// `ssh` arguments (without the program) that run `remote` on `spec`.
+pub fn ssh_args_with(
+    spec: &HostSpec,
+    reach: &Reach,
+    remote: &str,
+    multiplex: Multiplex,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let mut opt = |o: &str| {
         args.push("-o".into());
@@ -48,8 +72,13 @@ pub fn ssh_args(spec: &HostSpec, reach: &Reach, remote: &str) -> Vec<OsString> {
     opt("ServerAliveInterval=5");
     opt("ServerAliveCountMax=3");
     if let Some(dir) = &reach.control_dir {
-        opt("ControlMaster=auto");
-        opt("ControlPersist=10");
+        match multiplex {
+            Multiplex::Start => {
+                opt("ControlMaster=auto");
+                opt("ControlPersist=10");
+            }
+            Multiplex::ReuseOnly => opt("ControlMaster=no"),
+        }
         args.push("-o".into());
         let mut path = OsString::from("ControlPath=");
         path.push(dir.join("%C"));
@@ -118,17 +147,26 @@ impl Drop for ControlDir {
 fn close_masters_and_remove(dir: &Path) {
     for _ in 0..3 {
         if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let mut path = OsString::from("ControlPath=");
-                path.push(entry.path());
-                let _ = std::process::Command::new("ssh")
-                    .args(["-O", "exit", "-o"])
-                    .arg(path)
-                    .arg("shipjar-control")
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status();
+            // All at once, then waited for: one after the other took a
+            // few milliseconds per host at the end of every run.
+            let exits: Vec<std::process::Child> = entries
+                .flatten()
+                .filter_map(|entry| {
+                    let mut path = OsString::from("ControlPath=");
+                    path.push(entry.path());
+                    std::process::Command::new("ssh")
+                        .args(["-O", "exit", "-o"])
+                        .arg(path)
+                        .arg("shipjar-control")
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .ok()
+                })
+                .collect();
+            for mut exit in exits {
+                let _ = exit.wait();
             }
         }
         if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
