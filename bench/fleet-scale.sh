@@ -8,6 +8,10 @@
 # shipjar's threads; then `status` of each fleet right after the deploy
 # against one fresh `ssh HOST true`.
 # Usage: bench/fleet-scale.sh [SIZES] [PARALLEL], e.g. "10,30" 64.
+# KEX=curve25519-sha256 sets the hosts' KexAlgorithms in the bench's ssh
+# config (OpenSSH 9.2 negotiates sntrup761x25519-sha512 by default); MUX=1
+# adds persistent multiplexing there (ControlMaster auto, ControlPersist 60),
+# as a user's own ssh config would; SHIPJAR_BIN=PATH measures another build.
 # Ctrl-C stops after the step in flight and removes the fleets.
 set -euo pipefail
 cd -- "$(dirname -- "$0")/.."

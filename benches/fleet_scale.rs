@@ -16,6 +16,11 @@
 //! every SAMPLE_MS (20 by default), and the sum of PSS (smaps_rollup, which
 //! costs the kernel more) every 25th sample.
 //!
+//! Environment: FLEET_SIZES, PARALLEL (`--parallel`), SAMPLE_MS, KEX (the
+//! hosts' KexAlgorithms), MUX (the user's own persistent multiplexing in the
+//! ssh config), SHIPJAR_BIN (another build), FLEET_HOLD (keep the last
+//! fleet until a signal, for profiling by hand).
+//!
 //! Hosts: one harness fleet holds at most 250, so 300 hosts are two fleets
 //! of 150 on two subnets, reached through one ssh config written here.
 
@@ -408,8 +413,10 @@ fn measured(dir: &Path, args: &[&str], sample_ms: u64) -> Measured {
     let (own_ticks, children_ticks) = zombie_cpu(pid);
     let _ = child.wait();
     RUNNING.store(0, Ordering::SeqCst);
-    // The masters exit when shipjar closes them; reap what was reparented here.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // The masters exit when shipjar closes them; reap what was reparented
+    // here. Masters of the user's own `ControlPersist` (MUX) stay.
+    let wait = if std::env::var_os("MUX").is_some() { 1 } else { 15 };
+    let deadline = Instant::now() + Duration::from_secs(wait);
     loop {
         let left = sampler.lock().map(|mut s| s.reap()).unwrap_or(0);
         if left == 0 || Instant::now() > deadline {
@@ -436,7 +443,7 @@ fn measured(dir: &Path, args: &[&str], sample_ms: u64) -> Measured {
         wall,
         busy_pct: busy as f64 / clock_ticks() as f64 / wall.as_secs_f64() / cpus * 100.0,
         own_ms: own_ticks * tick_ms,
-        ssh_ms: (children_ticks + s.reaped_ticks) * tick_ms,
+        ssh_ms: (children_ticks + s.reaped_ticks + s.live_ticks()) * tick_ms,
         peak_rss_kb: s.peak_rss_kb,
         peak_own_rss_kb: s.peak_own_rss_kb,
         peak_pss_kb: s.peak_pss_kb,
@@ -458,7 +465,8 @@ struct Sampler {
     /// Pids already looked at: ours (ssh) or not.
     seen: BTreeMap<i32, bool>,
     /// ssh processes of the run not yet gone.
-    live: BTreeSet<i32>,
+    /// ssh processes of the run not yet gone, with their CPU ticks when first seen.
+    live: BTreeMap<i32, u64>,
     reaped_ticks: u64,
     peak_rss_kb: u64,
     peak_own_rss_kb: u64,
@@ -473,7 +481,7 @@ impl Sampler {
             shipjar,
             me: std::process::id() as i32,
             seen: BTreeMap::new(),
-            live: BTreeSet::new(),
+            live: BTreeMap::new(),
             reaped_ticks: 0,
             peak_rss_kb: 0,
             peak_own_rss_kb: 0,
@@ -495,13 +503,19 @@ impl Sampler {
                 }
                 // An ssh of this run: shipjar's child (or a child of one of
                 // its ssh), or a daemonised master reparented to us.
-                let ours = stat(pid).is_some_and(|(comm, ppid)| {
-                    comm == "ssh"
-                        && (ppid == self.shipjar || ppid == self.me || self.live.contains(&ppid))
-                });
+                let Some((comm, ppid)) = stat(pid) else {
+                    continue;
+                };
+                let parent =
+                    ppid == self.shipjar || ppid == self.me || self.live.contains_key(&ppid);
+                if parent && comm == "shipjar" {
+                    // Forked, not yet exec'ed: look again next time.
+                    continue;
+                }
+                let ours = parent && comm == "ssh";
                 self.seen.insert(pid, ours);
                 if ours {
-                    self.live.insert(pid);
+                    self.live.insert(pid, cpu_ticks(pid));
                 }
             }
         }
@@ -510,7 +524,7 @@ impl Sampler {
         let mut rss = own;
         let mut pss = if with_pss { pss_kb(self.shipjar) } else { 0 };
         let mut alive = 0;
-        for &pid in &self.live {
+        for &pid in self.live.keys() {
             let r = rss_kb(pid);
             if r > 0 {
                 alive += 1;
@@ -531,15 +545,16 @@ impl Sampler {
     /// run's ssh processes are still there.
     fn reap(&mut self) -> usize {
         let mut gone = Vec::new();
-        for &pid in &self.live {
+        for (&pid, &before) in &self.live {
             let mut status = 0;
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
             // SAFETY: wait4 on one pid, WNOHANG; ECHILD when it is not ours.
             let got = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
             if got == pid {
                 let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
-                self.reaped_ticks +=
-                    (ms(usage.ru_utime) + ms(usage.ru_stime)) * clock_ticks() / 1000;
+                self.reaped_ticks += ((ms(usage.ru_utime) + ms(usage.ru_stime)) * clock_ticks()
+                    / 1000)
+                    .saturating_sub(before);
                 gone.push(pid);
             } else if !Path::new(&format!("/proc/{pid}")).exists() {
                 gone.push(pid);
@@ -550,6 +565,21 @@ impl Sampler {
         }
         self.live.len()
     }
+
+    /// CPU the ssh processes still alive (masters kept by the user's
+    /// `ControlPersist`) spent during the run.
+    fn live_ticks(&self) -> u64 {
+        self.live
+            .iter()
+            .map(|(&pid, &before)| cpu_ticks(pid).saturating_sub(before))
+            .sum()
+    }
+}
+
+/// utime+stime (clock ticks) of a live process.
+fn cpu_ticks(pid: i32) -> u64 {
+    let (own, _) = zombie_cpu(pid);
+    own
 }
 
 /// (comm, ppid) from /proc/PID/stat.
@@ -645,9 +675,15 @@ fn ssh_config(fleets: &[fleet::Fleet]) -> (String, Vec<String>) {
     let mut config = String::from("# fleet-scale bench hosts\n");
     // KEX=curve25519-sha256 shows what ssh's default post-quantum key
     // exchange (sntrup761x25519 in OpenSSH 9.2) costs per connection.
-    let kex = std::env::var("KEX")
+    let mut kex = std::env::var("KEX")
         .map(|k| format!("    KexAlgorithms {k}\n"))
         .unwrap_or_default();
+    // MUX=1: the user's own persistent multiplexing, which agent sessions use.
+    if std::env::var_os("MUX").is_some() {
+        kex.push_str(
+            "    ControlMaster auto\n    ControlPath /tmp/sjb-%C\n    ControlPersist 60\n",
+        );
+    }
     let mut hosts = Vec::new();
     for (j, f) in fleets.iter().enumerate() {
         for h in f.hosts() {

@@ -43,10 +43,12 @@ pub enum Multiplex {
     /// the several short connections `provision` makes to one host.
     Start,
     /// Use a master of this run if one is there, else connect directly
-    /// (`ControlMaster=no`): an agent session is the only connection a
-    /// deploy or `status` makes to a host, and a master would only add a
-    /// second ssh process per host and its exit at the end of the run.
+    /// (`ControlMaster=no`): `provision`'s agent session, after its scripts.
     ReuseOnly,
+    /// No control options: the user's ssh config decides. An agent session
+    /// is the only connection a deploy or `status` makes to a host; a master
+    /// of shipjar's own would only add a second ssh process per host.
+    Yours,
 }
 
 /// `ssh` arguments (without the program) that run `remote` on `spec`,
@@ -71,13 +73,13 @@ pub fn ssh_args_with(
     opt("ConnectTimeout=10");
     opt("ServerAliveInterval=5");
     opt("ServerAliveCountMax=3");
-    if let Some(dir) = &reach.control_dir {
+    if let Some(dir) = reach.control_dir.as_ref().filter(|_| multiplex != Multiplex::Yours) {
         match multiplex {
             Multiplex::Start => {
                 opt("ControlMaster=auto");
                 opt("ControlPersist=10");
             }
-            Multiplex::ReuseOnly => opt("ControlMaster=no"),
+            _ => opt("ControlMaster=no"),
         }
         args.push("-o".into());
         let mut path = OsString::from("ControlPath=");
@@ -133,6 +135,21 @@ impl ControlDir {
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// How an agent session reaches its host: through this run's masters when
+/// it started any (`provision`), else as the user's ssh config says.
+pub fn session_multiplex(reach: &Reach) -> Multiplex {
+    let started = reach
+        .control_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .is_some_and(|mut entries| entries.next().is_some());
+    if started {
+        Multiplex::ReuseOnly
+    } else {
+        Multiplex::Yours
     }
 }
 
@@ -267,5 +284,40 @@ mod tests {
         );
         assert!(args.contains(&"ControlPath=/tmp/sj-1-0/%C".to_string()));
         assert!(!args.iter().any(|a| a.contains("StrictHostKeyChecking")));
+    }
+
+    #[test]
+    fn only_provision_starts_masters_and_sessions_leave_control_to_the_user() {
+        let spec = HostSpec::Ssh {
+            user: None,
+            host: "app1".into(),
+            port: None,
+        };
+        let words = |m: Multiplex| -> Vec<String> {
+            ssh_args_with(&spec, &reach(false), "x", m)
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .filter(|a| a.starts_with("Control"))
+                .collect()
+        };
+        assert_eq!(
+            words(Multiplex::Start),
+            [
+                "ControlMaster=auto",
+                "ControlPersist=10",
+                "ControlPath=/tmp/sj-1-0/%C"
+            ]
+        );
+        assert_eq!(
+            words(Multiplex::ReuseOnly),
+            ["ControlMaster=no", "ControlPath=/tmp/sj-1-0/%C"]
+        );
+        assert_eq!(words(Multiplex::Yours), Vec::<String>::new());
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = reach(false);
+        r.control_dir = Some(dir.path().to_path_buf());
+        assert_eq!(session_multiplex(&r), Multiplex::Yours);
+        std::fs::write(dir.path().join("socket"), "").unwrap();
+        assert_eq!(session_multiplex(&r), Multiplex::ReuseOnly);
     }
 }

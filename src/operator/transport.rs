@@ -65,7 +65,7 @@ impl AgentSession {
                     spec,
                     reach,
                     &remote,
-                    ssh::Multiplex::ReuseOnly,
+                    ssh::session_multiplex(reach),
                 ));
                 command
             }
