@@ -168,7 +168,10 @@ fn run_size(n: usize, parallel: Option<usize>, sample_ms: u64) -> Option<Vec<Str
         extra.extend(["--parallel".into(), p.to_string()]);
     }
     let started = Instant::now();
-    let out = shipjar(dir.path(), &[&["provision", "bench"][..], &strs(&extra)].concat());
+    let out = shipjar(
+        dir.path(),
+        &[&["provision", "bench"][..], &strs(&extra)].concat(),
+    );
     if !out.status.success() {
         eprintln!(
             "provision of {n} hosts failed:\n{}",
@@ -233,7 +236,10 @@ fn run_size(n: usize, parallel: Option<usize>, sample_ms: u64) -> Option<Vec<Str
     let line = status_line(dir.path(), &hosts, &config_path, sample_ms);
     if std::env::var_os("FLEET_HOLD").is_some() {
         // For profiling by hand: the deployed fleet stays until a signal.
-        eprintln!("holding: shipjar -C {} status bench; Ctrl-C ends", dir.path().display());
+        eprintln!(
+            "holding: shipjar -C {} status bench; Ctrl-C ends",
+            dir.path().display()
+        );
         while !STOP.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -273,7 +279,11 @@ fn status_line(dir: &Path, hosts: &[String], config: &Path, sample_ms: u64) -> S
         m.ssh_ms,
         m.peak_ssh,
         m.busy_pct,
-        if result["ok"] == true { "" } else { "  (FLAGGED)" }
+        if result["ok"] == true {
+            ""
+        } else {
+            "  (FLAGGED)"
+        }
     )
 }
 
@@ -313,7 +323,14 @@ fn muxed_ssh_true(dir: &Path, config: &Path, hosts: &[String]) -> Option<Duratio
             Command::new("ssh")
                 .arg("-F")
                 .arg(config)
-                .args(["-o", "ControlMaster=yes", "-o", &path, "-o", "ControlPersist=60"])
+                .args([
+                    "-o",
+                    "ControlMaster=yes",
+                    "-o",
+                    &path,
+                    "-o",
+                    "ControlPersist=60",
+                ])
                 .args(["-N", "-f", h.as_str()])
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
@@ -415,7 +432,11 @@ fn measured(dir: &Path, args: &[&str], sample_ms: u64) -> Measured {
     RUNNING.store(0, Ordering::SeqCst);
     // The masters exit when shipjar closes them; reap what was reparented
     // here. Masters of the user's own `ControlPersist` (MUX) stay.
-    let wait = if std::env::var_os("MUX").is_some() { 1 } else { 15 };
+    let wait = if std::env::var_os("MUX").is_some() {
+        1
+    } else {
+        15
+    };
     let deadline = Instant::now() + Duration::from_secs(wait);
     loop {
         let left = sampler.lock().map(|mut s| s.reap()).unwrap_or(0);
@@ -429,15 +450,14 @@ fn measured(dir: &Path, args: &[&str], sample_ms: u64) -> Measured {
     let stdout = reader.join().unwrap_or_default();
     let s = sampler.lock().expect("sampler");
     let tick_ms = 1000 / clock_ticks();
-    let rt: BTreeSet<u64> = serde_json::from_str::<serde_json::Value>(
-        stdout.lines().last().unwrap_or("null"),
-    )
-    .ok()
-    .and_then(|v| v["hosts"].as_array().cloned())
-    .unwrap_or_default()
-    .iter()
-    .filter_map(|h| h["round_trips"].as_u64())
-    .collect();
+    let rt: BTreeSet<u64> =
+        serde_json::from_str::<serde_json::Value>(stdout.lines().last().unwrap_or("null"))
+            .ok()
+            .and_then(|v| v["hosts"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|h| h["round_trips"].as_u64())
+            .collect();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Measured {
         wall,
@@ -788,4 +808,3 @@ fn catch_signals() {
         }
     });
 }
-

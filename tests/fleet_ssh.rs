@@ -249,3 +249,105 @@ fn status_with_a_host_cut_off_answers_for_the_others_and_flags_it() {
     let out = p.run(&["--json", "status", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
 }
+
+/// Asks the masters of the user's persistent multiplexing to exit, even
+/// when the test fails.
+struct UserMasters {
+    config: std::path::PathBuf,
+    hosts: Vec<String>,
+}
+
+impl Drop for UserMasters {
+    fn drop(&mut self) {
+        for host in &self.hosts {
+            let _ = std::process::Command::new("ssh")
+                .arg("-F")
+                .arg(&self.config)
+                .args(["-O", "exit", host])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Masters whose control socket is in `dir`.
+fn masters_in(dir: &std::path::Path) -> Vec<i32> {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut pids: Vec<i32> = processes()
+        .into_iter()
+        .filter(|p| p.comm == "ssh" && p.cmdline.contains(&dir) && p.cmdline.contains("[mux]"))
+        .map(|p| p.pid)
+        .collect();
+    pids.sort();
+    pids
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn the_users_persistent_multiplexing_is_used_and_a_cut_link_is_reported() {
+    require_root();
+    let p = FleetProject::new(3);
+    let out = p.run(&["provision", "fleet"]);
+    assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
+
+    // The user's own ssh config multiplexes and keeps masters for a minute.
+    let sockets = tempfile::Builder::new()
+        .prefix("sjm")
+        .tempdir_in("/tmp")
+        .expect("socket dir");
+    let config = p.dir.path().join("ssh_config_mux");
+    let fleet_config = std::fs::read_to_string(p.fleet.ssh_config()).expect("fleet ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "{fleet_config}\nHost *\n    ControlMaster auto\n    ControlPath {}/%C\n    ControlPersist 60\n",
+            sockets.path().display()
+        ),
+    )
+    .expect("write ssh config");
+    let _masters = UserMasters {
+        config: config.clone(),
+        hosts: p.fleet.hosts(),
+    };
+    let with_config = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--ssh-config", config.to_str().expect("utf-8 path")]);
+        p.run(&all)
+    };
+
+    let args = FleetProject::deploy_args("1.0.0", &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = with_config(&args);
+    assert_eq!(out.status.code(), Some(0), "deploy: {}", text(&out));
+    // The deploy's sessions started the user's masters, which stay.
+    let masters = masters_in(sockets.path());
+    assert_eq!(masters.len(), 3, "masters after the deploy: {masters:?}");
+
+    // status goes through them: no new master, every host answers.
+    let out = with_config(&["--json", "status", "fleet"]);
+    assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
+    assert_eq!(masters_in(sockets.path()), masters);
+
+    // A cut link: the master of app2 hears nothing back until its
+    // keep-alive gives up; status then names app2 and answers for the others.
+    p.fleet.link_down("app2");
+    let out = with_config(&["--json", "status", "fleet"]);
+    p.fleet.link_up("app2");
+    assert_eq!(out.status.code(), Some(1), "status: {}", text(&out));
+    let result = last_json(&out);
+    let flags = host_field(&result, "app2")["flags"].to_string();
+    assert!(flags.contains("unreachable"), "{result}");
+    for host in ["app1", "app3"] {
+        assert_eq!(
+            host_field(&result, host)["status"]["reported_version"],
+            "1.0.0",
+            "{result}"
+        );
+    }
+
+    // Back on the network, the next status reaches app2 again.
+    let out = with_config(&["--json", "status", "fleet"]);
+    assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
+}

@@ -73,7 +73,11 @@ pub fn ssh_args_with(
     opt("ConnectTimeout=10");
     opt("ServerAliveInterval=5");
     opt("ServerAliveCountMax=3");
-    if let Some(dir) = reach.control_dir.as_ref().filter(|_| multiplex != Multiplex::Yours) {
+    if let Some(dir) = reach
+        .control_dir
+        .as_ref()
+        .filter(|_| multiplex != Multiplex::Yours)
+    {
         match multiplex {
             Multiplex::Start => {
                 opt("ControlMaster=auto");
