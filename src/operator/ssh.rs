@@ -36,8 +36,34 @@ pub fn remote_command(reach: &Reach, words: &[&str]) -> String {
     all.join(" ")
 }
 
-/// `ssh` arguments (without the program) that run `remote` on `spec`.
+/// Whether an ssh invocation may leave a control master behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Multiplex {
+    /// Start a master when none runs (`ControlMaster=auto`, kept 10 s): for
+    /// the several short connections `provision` makes to one host.
+    Start,
+    /// Use a master of this run if one is there, else connect directly
+    /// (`ControlMaster=no`): `provision`'s agent session, after its scripts.
+    ReuseOnly,
+    /// No control options: the user's ssh config decides. An agent session
+    /// is the only connection a deploy or `status` makes to a host; a master
+    /// of shipjar's own would only add a second ssh process per host.
+    Yours,
+}
+
+/// `ssh` arguments (without the program) that run `remote` on `spec`,
+/// starting a control master for later connections to the same host.
 pub fn ssh_args(spec: &HostSpec, reach: &Reach, remote: &str) -> Vec<OsString> {
+    ssh_args_with(spec, reach, remote, Multiplex::Start)
+}
+
+/// `ssh` arguments (without the program) that run `remote` on `spec`.
+pub fn ssh_args_with(
+    spec: &HostSpec,
+    reach: &Reach,
+    remote: &str,
+    multiplex: Multiplex,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let mut opt = |o: &str| {
         args.push("-o".into());
@@ -47,9 +73,18 @@ pub fn ssh_args(spec: &HostSpec, reach: &Reach, remote: &str) -> Vec<OsString> {
     opt("ConnectTimeout=10");
     opt("ServerAliveInterval=5");
     opt("ServerAliveCountMax=3");
-    if let Some(dir) = &reach.control_dir {
-        opt("ControlMaster=auto");
-        opt("ControlPersist=10");
+    if let Some(dir) = reach
+        .control_dir
+        .as_ref()
+        .filter(|_| multiplex != Multiplex::Yours)
+    {
+        match multiplex {
+            Multiplex::Start => {
+                opt("ControlMaster=auto");
+                opt("ControlPersist=10");
+            }
+            _ => opt("ControlMaster=no"),
+        }
         args.push("-o".into());
         let mut path = OsString::from("ControlPath=");
         path.push(dir.join("%C"));
@@ -107,6 +142,21 @@ impl ControlDir {
     }
 }
 
+/// How an agent session reaches its host: through this run's masters when
+/// it started any (`provision`), else as the user's ssh config says.
+pub fn session_multiplex(reach: &Reach) -> Multiplex {
+    let started = reach
+        .control_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .is_some_and(|mut entries| entries.next().is_some());
+    if started {
+        Multiplex::ReuseOnly
+    } else {
+        Multiplex::Yours
+    }
+}
+
 impl Drop for ControlDir {
     fn drop(&mut self) {
         close_masters_and_remove(&self.path);
@@ -118,17 +168,26 @@ impl Drop for ControlDir {
 fn close_masters_and_remove(dir: &Path) {
     for _ in 0..3 {
         if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let mut path = OsString::from("ControlPath=");
-                path.push(entry.path());
-                let _ = std::process::Command::new("ssh")
-                    .args(["-O", "exit", "-o"])
-                    .arg(path)
-                    .arg("shipjar-control")
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status();
+            // All at once, then waited for: one after the other took a
+            // few milliseconds per host at the end of every run.
+            let exits: Vec<std::process::Child> = entries
+                .flatten()
+                .filter_map(|entry| {
+                    let mut path = OsString::from("ControlPath=");
+                    path.push(entry.path());
+                    std::process::Command::new("ssh")
+                        .args(["-O", "exit", "-o"])
+                        .arg(path)
+                        .arg("shipjar-control")
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .ok()
+                })
+                .collect();
+            for mut exit in exits {
+                let _ = exit.wait();
             }
         }
         if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
@@ -229,5 +288,40 @@ mod tests {
         );
         assert!(args.contains(&"ControlPath=/tmp/sj-1-0/%C".to_string()));
         assert!(!args.iter().any(|a| a.contains("StrictHostKeyChecking")));
+    }
+
+    #[test]
+    fn only_provision_starts_masters_and_sessions_leave_control_to_the_user() {
+        let spec = HostSpec::Ssh {
+            user: None,
+            host: "app1".into(),
+            port: None,
+        };
+        let words = |m: Multiplex| -> Vec<String> {
+            ssh_args_with(&spec, &reach(false), "x", m)
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .filter(|a| a.starts_with("Control"))
+                .collect()
+        };
+        assert_eq!(
+            words(Multiplex::Start),
+            [
+                "ControlMaster=auto",
+                "ControlPersist=10",
+                "ControlPath=/tmp/sj-1-0/%C"
+            ]
+        );
+        assert_eq!(
+            words(Multiplex::ReuseOnly),
+            ["ControlMaster=no", "ControlPath=/tmp/sj-1-0/%C"]
+        );
+        assert_eq!(words(Multiplex::Yours), Vec::<String>::new());
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = reach(false);
+        r.control_dir = Some(dir.path().to_path_buf());
+        assert_eq!(session_multiplex(&r), Multiplex::Yours);
+        std::fs::write(dir.path().join("socket"), "").unwrap();
+        assert_eq!(session_multiplex(&r), Multiplex::ReuseOnly);
     }
 }

@@ -61,7 +61,12 @@ impl AgentSession {
                 let remote =
                     ssh::remote_command(reach, &[&reach.agent_path, "agent", "--root", &root]);
                 let mut command = Command::new("ssh");
-                command.args(ssh::ssh_args(spec, reach, &remote));
+                command.args(ssh::ssh_args_with(
+                    spec,
+                    reach,
+                    &remote,
+                    ssh::session_multiplex(reach),
+                ));
                 command
             }
         };
