@@ -280,7 +280,7 @@ fn median(pairs: &[(Sample, Sample)], side: usize) -> Sample {
         .get(n.saturating_sub(1) / 2)
         .cloned()
         .unwrap_or_default();
-    if n >= 2 && n % 2 == 0 {
+    if n >= 2 && n.is_multiple_of(2) {
         let other = &samples[n / 2];
         m.wall_s = (m.wall_s + other.wall_s) / 2.0;
         m.operator_cpu_s = (m.operator_cpu_s + other.operator_cpu_s) / 2.0;
