@@ -2,8 +2,10 @@
 //! `examples/hello` and real sockets on 127.0.0.1.
 
 mod common;
+#[path = "support/keep_alive.rs"]
+mod keep_alive;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Project, free_port, http_get, text};
+use keep_alive::Conn as KeepAlive;
 
 /// Stops the proxied service when a test ends, even when it failed; then
 /// SIGKILLs whatever an instance pidfile or the proxy keeper still names.
@@ -79,66 +82,6 @@ fn proxied_project() -> (Project, [u16; 2]) {
     (p, ports)
 }
 
-/// One HTTP/1.1 keep-alive connection, one request at a time.
-struct KeepAlive {
-    reader: BufReader<TcpStream>,
-}
-
-impl KeepAlive {
-    fn connect(port: u16) -> KeepAlive {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        KeepAlive {
-            reader: BufReader::new(stream),
-        }
-    }
-
-    /// Status and body, or what went wrong.
-    fn get(&mut self, path: &str) -> Result<(u16, String), String> {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: hello.test\r\n\r\n");
-        self.reader
-            .get_mut()
-            .write_all(request.as_bytes())
-            .map_err(|e| format!("write: {e}"))?;
-        let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .map_err(|e| format!("read: {e}"))?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line `{line}`"))?;
-        let mut length = 0usize;
-        loop {
-            let mut header = String::new();
-            self.reader
-                .read_line(&mut header)
-                .map_err(|e| format!("read: {e}"))?;
-            if header.is_empty() {
-                return Err("connection closed in the headers".into());
-            }
-            if header == "\r\n" {
-                break;
-            }
-            let lower = header.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse().map_err(|_| "bad content-length")?;
-            }
-            if lower.starts_with("connection: close") {
-                return Err("the proxy asked to close the connection".into());
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader
-            .read_exact(&mut body)
-            .map_err(|e| format!("body: {e}"))?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-}
-
 fn version_of(body: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
     v.get("version")?.as_str().map(str::to_string)
@@ -179,7 +122,7 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
         let stop = stop.clone();
         let port = p.port;
         thread::spawn(move || {
-            let mut conn = KeepAlive::connect(port);
+            let mut conn = KeepAlive::local(port);
             let mut seen = Vec::new();
             let mut errors = Vec::new();
             let started = Instant::now();
@@ -194,7 +137,7 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
                     Ok((status, body)) => errors.push(format!("{status}: {body}")),
                     Err(e) => {
                         errors.push(e);
-                        conn = KeepAlive::connect(port);
+                        conn = KeepAlive::local(port);
                     }
                 }
                 thread::sleep(Duration::from_millis(5));
@@ -242,7 +185,7 @@ fn a_request_in_flight_on_the_old_instance_completes() {
     let out = p.deploy("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let port = p.port;
-    let slow = thread::spawn(move || KeepAlive::connect(port).get("/slow?ms=6000"));
+    let slow = thread::spawn(move || KeepAlive::local(port).get("/slow?ms=6000"));
     thread::sleep(Duration::from_millis(500));
     let out = p.deploy("2.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -349,7 +292,7 @@ fn a_request_waits_for_a_returning_instance_then_503_after_hold() {
 
 /// One request on a fresh connection, with a read timeout long enough for `hold`.
 fn http_get_slowly(port: u16, path: &str) -> (u16, String) {
-    let mut conn = KeepAlive::connect(port);
+    let mut conn = KeepAlive::local(port);
     conn.get(path).expect("an answer")
 }
 
@@ -427,7 +370,7 @@ fn keep_alive_client(
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<(Vec<String>, Vec<String>, usize)> {
     thread::spawn(move || {
-        let mut conn = KeepAlive::connect(port);
+        let mut conn = KeepAlive::local(port);
         let mut seen: Vec<String> = Vec::new();
         let mut errors = Vec::new();
         let mut answered = 0;
@@ -444,7 +387,7 @@ fn keep_alive_client(
                 Ok((status, body)) => errors.push(format!("{status}: {body}")),
                 Err(e) => {
                     errors.push(e);
-                    conn = KeepAlive::connect(port);
+                    conn = KeepAlive::local(port);
                 }
             }
             thread::sleep(Duration::from_millis(5));

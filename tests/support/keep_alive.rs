@@ -1,6 +1,8 @@
 //! A keep-alive HTTP/1.1 client for the proxy tests on test hosts: one
 //! connection, one request after another, every error kept.
 
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -20,12 +22,19 @@ pub struct Seen {
     pub answered: usize,
 }
 
-struct Conn {
+/// One HTTP/1.1 keep-alive connection, one request at a time.
+pub struct Conn {
     reader: BufReader<TcpStream>,
 }
 
 impl Conn {
-    fn connect(addr: SocketAddr) -> Result<Conn, String> {
+    /// A connection to 127.0.0.1:`port`; panics when nothing answers.
+    pub fn local(port: u16) -> Conn {
+        Conn::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect to the proxy")
+    }
+
+    /// A connection to `addr`, or why not.
+    pub fn connect(addr: SocketAddr) -> Result<Conn, String> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|e| format!("connect {addr}: {e}"))?;
         stream
@@ -36,7 +45,8 @@ impl Conn {
         })
     }
 
-    fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+    /// Status and body, or what went wrong.
+    pub fn get(&mut self, path: &str) -> Result<(u16, String), String> {
         let request = format!("GET {path} HTTP/1.1\r\nHost: hello.test\r\n\r\n");
         self.reader
             .get_mut()
