@@ -254,6 +254,24 @@ mod sock_diag {
         }
         // SAFETY: fd is a fresh descriptor nobody else owns.
         let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // The kernel always ends a dump, but a supervisor must never hang on it.
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: timeout is a valid timeval for the length given.
+        let set = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if set < 0 {
+            return Err(io::Error::last_os_error());
+        }
         let mut found = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             dump(&socket, family, &mut found)?;
