@@ -2,8 +2,8 @@
 //! instance (replaced by rename, so a restarted proxy resumes where it was),
 //! the keeper's record, the keeper's lock and the control socket.
 
-use std::fs;
-use std::path::PathBuf;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -119,4 +119,31 @@ pub fn write_runner(layout: &Layout, id: &ProcessId) -> Result<(), String> {
 pub fn read_runner(layout: &Layout) -> Option<ProcessId> {
     let text = fs::read(runner_path(layout)).ok()?;
     serde_json::from_slice(&text).ok()
+}
+
+/// Takes the lock at `path` (the keeper's or the runner's) without waiting,
+/// creating it and its directory; `Ok(None)` when another process holds it.
+pub fn try_lock(path: &Path) -> Result<Option<File>, String> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Whether a live process holds the lock at `path`.
+pub fn lock_held(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
 }

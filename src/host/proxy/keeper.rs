@@ -3,7 +3,7 @@
 //! keeper holds the listening socket, a worker's crash loses no connection
 //! attempt: the kernel queues them until the next worker accepts.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -38,24 +38,14 @@ pub fn run(layout: &Layout) -> i32 {
 
 /// Takes the keeper lock; `Err` names why not (another keeper holds it).
 pub fn take_lock(layout: &Layout) -> Result<File, String> {
-    let dir = layout.proxy_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = files::lock_path(layout);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+    files::try_lock(&path)?.ok_or_else(|| {
+        format!(
             "the proxy of {} already runs (its keeper holds {})",
             layout.name(),
             path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
-    }
+        )
+    })
 }
 
 fn keep(layout: &Layout) -> Result<(), String> {
@@ -255,10 +245,7 @@ fn libc_sigset_empty() -> libc::sigset_t {
 
 /// Whether the keeper's lock is held right now (a live keeper).
 pub fn is_held(layout: &Layout) -> bool {
-    match File::open(files::lock_path(layout)) {
-        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
-        Err(_) => false,
-    }
+    files::lock_held(&files::lock_path(layout))
 }
 
 /// Asks the keeper to stop (it stops its worker) and waits for its lock to

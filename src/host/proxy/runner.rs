@@ -51,10 +51,7 @@ fn error(message: impl Into<String>) -> SupervisorError {
 
 /// Whether a runner lives (its lock is held).
 pub fn is_held(layout: &Layout) -> bool {
-    match File::open(files::runner_lock_path(layout)) {
-        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
-        Err(_) => false,
-    }
+    files::lock_held(&files::runner_lock_path(layout))
 }
 
 /// The live runner's pid, proven by its lock and its recorded start time.
@@ -64,20 +61,7 @@ pub fn pid(layout: &Layout) -> Option<i32> {
 }
 
 fn take_lock(layout: &Layout) -> Result<Option<File>, String> {
-    let dir = layout.proxy_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let path = files::runner_lock_path(layout);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
-    }
+    files::try_lock(&files::runner_lock_path(layout))
 }
 
 /// Sends `signal` to the live runner; false when none runs.
