@@ -126,6 +126,29 @@ fn proxied(args: &ServiceArgs) -> Result<Option<(Layout, ProxySpec)>> {
     Ok(host::instances::proxied(&layout).map(|spec| (layout, spec)))
 }
 
+/// `service status` of a proxied service: the proxy, both instances and
+/// the runner; the LSB code of the whole.
+fn print_proxied_status(layout: &Layout, spec: &ProxySpec, json: bool) -> i32 {
+    let status = host::instances::status(layout, spec);
+    if json {
+        print_json(&status);
+    } else {
+        println!("{}", status.line());
+        for line in status.instance_lines() {
+            println!("{line}");
+        }
+        match host::proxy::runner::pid(layout) {
+            Some(pid) => println!("runner pid {pid} supervises the proxy and instances"),
+            None if status.state != host::proxy::ProxyState::Stopped => println!(
+                "no runner: a dead proxy keeper would not be started again (`service start {}` starts one)",
+                layout.name()
+            ),
+            None => {}
+        }
+    }
+    host::instances::lsb_code(&status)
+}
+
 fn run_proxy(args: &ProxyArgs, json: bool) -> Result<i32> {
     crate::protocol::validate_service_name(&args.name).map_err(Error::config)?;
     let layout = Layout::new(absolute(&args.root)?, &args.name);
@@ -187,25 +210,25 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
             None => report_start(supervisor::start_outcome(&layout(&args)?), json),
         },
         ServiceCommand::Proxy(args) => run_proxy(&args, json),
-        ServiceCommand::Restart(args) if proxied(&args)?.is_some() => {
-            let Some((layout, spec)) = proxied(&args)? else {
-                return Ok(3);
-            };
-            let result = host::instances::restart(&layout, &spec, &progress(json));
-            report_start(
-                result.map(|report| supervisor::StartOutcome {
-                    report,
-                    replaced_pid: None,
-                    replaced_how: None,
+        ServiceCommand::Restart(args) => match proxied(&args)? {
+            Some((layout, spec)) => report_start(
+                host::instances::restart(&layout, &spec, &progress(json)).map(|report| {
+                    supervisor::StartOutcome {
+                        report,
+                        replaced_pid: None,
+                        replaced_how: None,
+                    }
                 }),
                 json,
-            )
-        }
-        ServiceCommand::Reload(args) if proxied(&args)?.is_some() => {
-            let Some((layout, spec)) = proxied(&args)? else {
-                return Ok(3);
+            ),
+            None => report_start(supervisor::restart(&layout(&args)?), json),
+        },
+        ServiceCommand::Reload(args) => {
+            let result = match proxied(&args)? {
+                Some((layout, spec)) => host::instances::reload(&layout, &spec, &progress(json)),
+                None => supervisor::reload(&layout(&args)?),
             };
-            match host::instances::reload(&layout, &spec, &progress(json)) {
+            match result {
                 Ok(report) => {
                     if json {
                         print_json(&report);
@@ -217,97 +240,65 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                 Err(err) => Ok(report_supervisor_error(&err, json)),
             }
         }
-        // The whole behind the proxy: the unit's main process, or the
-        // detached runner `service start` spawns.
-        ServiceCommand::Run(args) if proxied(&args)?.is_some() => Ok(host::proxy::runner::run(
-            &layout(&args)?,
-            host::proxy::runner::Mode::Foreground,
-        )),
-        ServiceCommand::Supervise(args) if proxied(&args)?.is_some() => Ok(
-            host::proxy::runner::run(&layout(&args)?, host::proxy::runner::Mode::Detached),
-        ),
-        ServiceCommand::Restart(args) => report_start(supervisor::restart(&layout(&args)?), json),
-        ServiceCommand::Stop(args) if proxied(&args)?.is_some() => {
-            let Some((layout, spec)) = proxied(&args)? else {
-                return Ok(3);
-            };
-            match host::instances::stop(&layout, &spec) {
+        // Behind the proxy, the runner owns the whole: as the unit's main
+        // process (`run`), or detached, as `service start` spawns it (`supervise`).
+        ServiceCommand::Run(args) => Ok(match proxied(&args)? {
+            Some((layout, _)) => {
+                host::proxy::runner::run(&layout, host::proxy::runner::Mode::Foreground)
+            }
+            None => supervisor::run(&layout(&args)?),
+        }),
+        ServiceCommand::Supervise(args) => Ok(match proxied(&args)? {
+            Some((layout, _)) => {
+                host::proxy::runner::run(&layout, host::proxy::runner::Mode::Detached)
+            }
+            None => supervisor::supervise(&layout(&args)?),
+        }),
+        ServiceCommand::Stop(args) => match proxied(&args)? {
+            Some((layout, spec)) => match host::instances::stop(&layout, &spec) {
                 Ok(()) => {
                     println!("stopped: both instances and the proxy");
                     Ok(0)
                 }
                 Err(err) => Ok(report_supervisor_error(&err, json)),
-            }
-        }
-        ServiceCommand::Stop(args) => match supervisor::stop(&layout(&args)?) {
-            Ok(report) => {
-                if json {
-                    print_json(&report);
-                } else if report.was_running {
-                    let dump = if report.thread_dump {
-                        "; a thread dump is in the service log"
+            },
+            None => match supervisor::stop(&layout(&args)?) {
+                Ok(report) => {
+                    if json {
+                        print_json(&report);
+                    } else if report.was_running {
+                        let dump = if report.thread_dump {
+                            "; a thread dump is in the service log"
+                        } else {
+                            ""
+                        };
+                        let what = match report.unsupervised_pid {
+                            Some(pid) => format!("the unsupervised service pid {pid} "),
+                            None => String::new(),
+                        };
+                        println!(
+                            "stopped: {what}{} ({} ms{dump})",
+                            report.how, report.took_ms
+                        );
                     } else {
-                        ""
-                    };
-                    let what = match report.unsupervised_pid {
-                        Some(pid) => format!("the unsupervised service pid {pid} "),
-                        None => String::new(),
-                    };
-                    println!(
-                        "stopped: {what}{} ({} ms{dump})",
-                        report.how, report.took_ms
-                    );
-                } else {
-                    println!("not running");
+                        println!("not running");
+                    }
+                    Ok(0)
                 }
-                Ok(0)
-            }
-            Err(err) => Ok(report_supervisor_error(&err, json)),
+                Err(err) => Ok(report_supervisor_error(&err, json)),
+            },
         },
-        ServiceCommand::Status(args) if proxied(&args)?.is_some() => {
-            let Some((layout, spec)) = proxied(&args)? else {
-                return Ok(3);
-            };
-            let status = host::instances::status(&layout, &spec);
-            if json {
-                print_json(&status);
-            } else {
-                println!("{}", status.line());
-                for line in status.instance_lines() {
-                    println!("{line}");
-                }
-                match host::proxy::runner::pid(&layout) {
-                    Some(pid) => println!("runner pid {pid} supervises the proxy and instances"),
-                    None if status.state != host::proxy::ProxyState::Stopped => println!(
-                        "no runner: a dead proxy keeper would not be started again                          (`service start {}` starts one)",
-                        layout.name()
-                    ),
-                    None => {}
-                }
-            }
-            Ok(host::instances::lsb_code(&status))
-        }
-        ServiceCommand::Status(args) => {
-            let status = supervisor::status(&layout(&args)?);
-            if json {
-                print_json(&status);
-            } else {
-                println!("{}", status.detail);
-            }
-            Ok(status.lsb_code)
-        }
-        ServiceCommand::Supervise(args) => Ok(supervisor::supervise(&layout(&args)?)),
-        ServiceCommand::Run(args) => Ok(supervisor::run(&layout(&args)?)),
-        ServiceCommand::Reload(args) => match supervisor::reload(&layout(&args)?) {
-            Ok(report) => {
+        ServiceCommand::Status(args) => match proxied(&args)? {
+            Some((layout, spec)) => Ok(print_proxied_status(&layout, &spec, json)),
+            None => {
+                let status = supervisor::status(&layout(&args)?);
                 if json {
-                    print_json(&report);
+                    print_json(&status);
                 } else {
-                    println!("reloaded: {} ({} ms)", report.how, report.took_ms);
+                    println!("{}", status.detail);
                 }
-                Ok(0)
+                Ok(status.lsb_code)
             }
-            Err(err) => Ok(report_supervisor_error(&err, json)),
         },
         ServiceCommand::InstallUnit(args) => install(&args, Init::Unit),
         ServiceCommand::InstallInitscript(args) => install(&args, Init::Script),
