@@ -237,13 +237,11 @@ impl AgentSession {
     fn wait_child(&mut self) -> io::Result<std::process::ExitStatus> {
         use nix::sys::wait::{Id, WaitPidFlag, waitid};
         let pid = nix::unistd::Pid::from_raw(self.deadline.pgid);
-        loop {
-            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                // ECHILD: reaped already; `wait` below returns its status.
-                _ => break,
-            }
-        }
+        // Retried on EINTR; ECHILD (reaped already) ends it too, and `wait`
+        // below returns the status.
+        while let Err(nix::errno::Errno::EINTR) =
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+        {}
         self.deadline.disarm();
         self.child.wait()
     }
