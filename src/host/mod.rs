@@ -4,6 +4,7 @@ pub mod activate;
 pub mod agent;
 pub mod cancel;
 pub mod check;
+pub mod fs;
 pub mod hooks;
 pub mod init;
 pub mod instances;
