@@ -145,6 +145,14 @@ impl GuardedDir {
         walk(path, Some(NewFile { mode, owner }))
     }
 
+    /// Another handle on the same directory (`dup`), for another thread.
+    pub fn try_clone(&self) -> io::Result<GuardedDir> {
+        Ok(GuardedDir {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
     /// Its path, for messages (never used to reach it).
     pub fn path(&self) -> &Path {
         &self.path

@@ -100,13 +100,9 @@ pub fn ensure_running(layout: &Layout, spec: &ProxySpec) -> Result<bool, String>
     }
     files::write_spec(layout, spec)?;
     let log_path = layout.proxy_log();
-    if let Some(dir) = log_path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    // The log dir is the service user's: no link, FIFO or hard link there
+    // may steer root's append.
+    let log = crate::host::supervisor::logfile::open_append(&log_path)
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let err = log
         .try_clone()
