@@ -33,6 +33,8 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
 pub use stat::{Kind, Stat};
 
+use crate::protocol::layout::Directory;
+
 /// Owner and group given to what the layer creates (as root).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
@@ -119,6 +121,13 @@ fn io_err(e: Errno) -> io::Error {
     io::Error::from(e)
 }
 
+/// Creates a directory of the layout's table when it is missing (its mode
+/// exactly, missing parents 0755), through the guarded walk; true when it
+/// was created. The owner is the caller's to set, on the returned fd.
+pub fn create_missing(dir: &Directory) -> io::Result<(GuardedDir, bool)> {
+    GuardedDir::open_or_create(&dir.path, dir.mode, None)
+}
+
 /// A directory held open by fd; every operation is relative to it.
 #[derive(Debug)]
 pub struct GuardedDir {
@@ -177,11 +186,6 @@ impl GuardedDir {
     pub fn chmod(&self, mode: u32) -> io::Result<()> {
         fchmod(&self.fd, Mode::from_bits_truncate(mode))
             .map_err(|e| self.error(e, "cannot change the mode of"))
-    }
-
-    /// `fsync` of the directory, so a create, rename or unlink in it is durable.
-    pub fn sync(&self) -> io::Result<()> {
-        nix::unistd::fsync(&self.fd).map_err(io_err)
     }
 
     /// The path of `name` in this directory, for messages.

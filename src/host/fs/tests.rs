@@ -251,3 +251,43 @@ fn a_foreign_entry_is_moved_aside() {
     assert_eq!(aside, OsString::from("log.refused-1"));
     dir.open_append("log", NEW).expect("a fresh file");
 }
+
+#[test]
+fn layout_directories_are_created_once_with_their_mode() {
+    use crate::protocol::layout::{Dir, DirOwner, Layout};
+    let root = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::new(root.path(), "svc");
+    let created: Vec<bool> = layout
+        .directories()
+        .iter()
+        .map(|d| create_missing(d).expect("create").1)
+        .collect();
+    assert!(created.iter().all(|c| *c), "{created:?}");
+    for d in layout.directories() {
+        let mode = fs::metadata(&d.path).expect("stat").mode() & 0o7777;
+        assert_eq!(mode, d.mode, "{}", d.path.display());
+        assert!(!create_missing(&d).expect("again").1, "created twice");
+    }
+    assert_eq!(layout.directory(Dir::Log).owner, DirOwner::Service);
+    assert_eq!(layout.directory(Dir::Run).owner, DirOwner::Agent);
+    assert_eq!(layout.directory(Dir::CdsDump).owner, DirOwner::Agent);
+}
+
+#[test]
+fn a_layout_directory_planted_as_a_link_in_a_writable_parent_is_refused() {
+    use crate::protocol::layout::{Dir, Layout};
+    let root = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::new(root.path(), "svc");
+    let log = layout.directory(Dir::Log);
+    let parent = log.path.parent().expect("parent");
+    fs::create_dir_all(parent).expect("mkdir");
+    // /var/log writable by a group (as Ubuntu's is, for syslog).
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o775)).expect("chmod");
+    let victim = root.path().join("etc");
+    fs::create_dir(&victim).expect("mkdir");
+    symlink(&victim, &log.path).expect("symlink");
+    refusal(
+        create_missing(&log).expect_err("planted link"),
+        "refusing to follow it",
+    );
+}

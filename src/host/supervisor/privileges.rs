@@ -19,13 +19,16 @@ pub fn prepare_dirs(layout: &Layout, creds: &Credentials) -> Result<(), String> 
         if entry.owner != DirOwner::Service {
             continue;
         }
-        let dir = entry.path.clone();
-        entry
-            .create_missing()
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        // lchown: a symlink planted in place of the directory is not followed.
-        std::os::unix::fs::lchown(&dir, Some(creds.uid), Some(creds.gid))
-            .map_err(|e| format!("cannot give {} to {}: {e}", dir.display(), creds.name))?;
+        let path = &entry.path;
+        // Through the guarded walk and its fd: a link planted in place of
+        // the directory (or of a parent another user can write) is refused.
+        let (dir, _) = crate::host::fs::create_missing(&entry)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        dir.chown(crate::host::fs::Owner {
+            uid: creds.uid,
+            gid: creds.gid,
+        })
+        .map_err(|e| format!("cannot give {} to {}: {e}", path.display(), creds.name))?;
     }
     Ok(())
 }
