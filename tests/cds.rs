@@ -277,6 +277,10 @@ fn a_jvm_killed_while_dumping_leaves_no_archive_in_place() {
         signal(pid, libc::SIGSTOP);
         if dumping.exists() && !has_header(&dumping) {
             signal(pid, libc::SIGKILL);
+            eprintln!(
+                "caught pid {pid} mid-dump ({} bytes written, no header yet)",
+                fs::metadata(&dumping).map(|m| m.len()).unwrap_or(0)
+            );
             caught = true;
             break;
         }

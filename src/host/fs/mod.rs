@@ -535,6 +535,7 @@ fn trusted_for_links(st: &Stat) -> bool {
 
 /// Walks `path` from `/` (or the working directory for a relative path)
 /// one component at a time; see [`GuardedDir::open_or_create`].
+#[allow(clippy::disallowed_methods)] // the layer: opens only `/` or `.` by path, O_PATH
 fn walk(path: &Path, create: Option<NewFile>) -> io::Result<(GuardedDir, bool)> {
     let start = if path.is_absolute() { "/" } else { "." };
     let path_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;

@@ -5,9 +5,11 @@
 //! active port to a file by rename (so a restarted worker resumes there),
 //! and waits on the old instance's in-flight count before stopping it.
 
+#[allow(clippy::disallowed_methods)] // root-only: run/NAME/proxy is root's
 mod files;
 mod keeper;
 pub mod runner;
+#[allow(clippy::disallowed_methods)] // root-only: the control socket in root's run/NAME/proxy
 mod worker;
 
 use std::io::{BufRead, BufReader, Write};
@@ -159,9 +161,9 @@ fn wait_answering(layout: &Layout, timeout: Duration) -> Result<(), String> {
 }
 
 fn last_line(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.lines().last().map(str::to_string))
+    // The log dir is the service user's: read through the guarded layer.
+    crate::host::supervisor::logfile::tail(path, 1)
+        .pop()
         .unwrap_or_else(|| "(empty)".to_string())
 }
 

@@ -89,6 +89,7 @@ struct FileId {
 
 impl FileId {
     /// The file at `path`, symlinks resolved.
+    #[allow(clippy::disallowed_methods)] // root-only: java, libjvm.so, the jar and the archive in root's release
     fn of(path: &Path) -> io::Result<FileId> {
         let real = fs::canonicalize(path)?;
         let meta = fs::metadata(&real)?;
@@ -226,6 +227,7 @@ enum Invalid {
 }
 
 /// The archive in `dir` is there, ours, unchanged, and made with this JDK and jar.
+#[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
 fn check(dir: &Path, now: &MadeWith) -> Result<(), Invalid> {
     let archive = dir.join(CDS_ARCHIVE);
     let meta = match fs::symlink_metadata(&archive) {
@@ -463,6 +465,7 @@ fn copy_out(dump: &Dump) -> Result<String, String> {
 
 /// Copies an archive from `src` into `release_dir` as a new file of our
 /// own (0444), renames it into place, then records it; returns its size.
+#[allow(clippy::disallowed_methods)] // root-only: writes into the release dir (root's 0755)
 fn install(src: &mut impl Read, release_dir: &Path, made_with: &MadeWith) -> io::Result<u64> {
     let tmp = release_dir.join(format!(".{CDS_ARCHIVE}.tmp.{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
@@ -499,6 +502,7 @@ fn install(src: &mut impl Read, release_dir: &Path, made_with: &MadeWith) -> io:
 /// valid archive made by this JDK: copied into `release`, whose path the
 /// JVM does not check (it runs `-jar <jar>` from the release directory).
 /// Returns the id of the release it came from.
+#[allow(clippy::disallowed_methods)] // root-only: releases/ and their dirs (root's 0755)
 fn adopt(layout: &Layout, release: &Release, now: &MadeWith) -> Option<String> {
     let mut others: Vec<PathBuf> = fs::read_dir(layout.releases_dir())
         .ok()?
@@ -526,6 +530,7 @@ fn adopt(layout: &Layout, release: &Release, now: &MadeWith) -> Option<String> {
 }
 
 /// Whether process `pid` maps `archive`; `None` when its maps cannot be read.
+#[allow(clippy::disallowed_methods)] // root-only: /proc
 pub fn mapped(pid: i32, archive: &Path) -> Option<bool> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     let path = archive.to_string_lossy();
@@ -534,6 +539,7 @@ pub fn mapped(pid: i32, archive: &Path) -> Option<bool> {
 
 /// Removes an archive HotSpot refused, and its record: the next start
 /// writes a new one instead of being refused again.
+#[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
 pub fn forget(archive: &Path) {
     if let Some(dir) = archive.parent() {
         let _ = fs::remove_file(dir.join(CDS_IDENTITY));

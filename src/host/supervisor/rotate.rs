@@ -195,7 +195,6 @@ mod tests {
     use super::*;
     use std::fs;
     use std::io::Read;
-    use std::path::PathBuf;
 
     fn open_path(path: &Path, owner: Option<Owner>) -> io::Result<File> {
         let (dir, name) = log_dir(path)?;

@@ -165,6 +165,7 @@ fn open_log(
 }
 
 /// Takes the supervisor lock without waiting: held means another supervisor lives.
+#[allow(clippy::disallowed_methods)] // root-only: run/NAME is root's
 fn take_lock(layout: &Layout) -> Result<File, String> {
     let path = layout.supervisor_lock();
     let file = fs::OpenOptions::new()
