@@ -472,8 +472,32 @@ fn run(command: &mut Command) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests: their own temp dirs
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_directory_planted_as_a_link_where_another_user_can_write_is_not_changed_through() {
+        let dir = tempfile::tempdir().unwrap();
+        // A parent another user can write (Ubuntu's /var/log is group syslog, 0775).
+        let parent = dir.path().join("var/log");
+        fs::create_dir_all(&parent).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+        let victim = dir.path().join("etc");
+        fs::create_dir(&victim).unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&victim, parent.join("svc")).unwrap();
+        let me = Owner::of_ids(
+            nix::unistd::Uid::effective().as_raw(),
+            nix::unistd::Gid::effective().as_raw(),
+        );
+        let done = ensure_dir(&parent.join("svc"), &me, 0o750, false);
+        assert_eq!(done.status, ResourceStatus::Failed, "{done:?}");
+        assert!(done.detail.contains("refusing to follow it"), "{done:?}");
+        let mode = fs::metadata(&victim).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "the link's target was changed");
+    }
 
     #[test]
     fn files_are_written_once_and_dry_runs_change_nothing() {
