@@ -83,3 +83,51 @@ fn logs_never_prints_a_file_that_console_log_links_to() {
     assert!(!text(&out).contains(&secret), "{}", text(&out));
     assert!(text(&out).contains("a hard link"), "{}", text(&out));
 }
+
+#[test]
+fn logs_follow_still_streams_new_lines() {
+    let (p, _) = deployed();
+    let mut follower = p
+        .command(&["logs", "local", "-f", "-n", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn logs -f");
+    let mut stdout = follower.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains("healthy") {
+                break;
+            }
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let root = p.root();
+    let out = run_within(
+        &p,
+        &[
+            "service",
+            "restart",
+            "hello",
+            "--root",
+            root.to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let until = Instant::now() + Duration::from_secs(20);
+    while !reader.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let seen = reader.join().expect("reader");
+    assert!(seen.contains("healthy"), "logs -f showed: {seen}");
+}

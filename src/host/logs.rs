@@ -2,13 +2,16 @@
 //! follow) new lines as they are written, across rotations.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use crate::host::fs::GuardedDir;
 use crate::host::supervisor::logfile;
 use crate::protocol::layout::Layout;
+
+/// Longest piece of a line sent at once while following.
+const MAX_LINE: u64 = 64 * 1024;
 
 /// Sends the last `lines` lines to `emit`; with `follow`, keeps sending new
 /// lines until `emit` returns false (the operator went away). The log is
@@ -46,11 +49,13 @@ pub fn stream(
             let mut chunk = String::new();
             loop {
                 chunk.clear();
-                match reader.read_line(&mut chunk) {
+                // Bounded: a line that never ends (the service's output)
+                // is sent in pieces, never held whole in memory.
+                match reader.by_ref().take(MAX_LINE).read_line(&mut chunk) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         partial.push_str(&chunk);
-                        if partial.ends_with('\n') {
+                        if partial.ends_with('\n') || partial.len() >= MAX_LINE as usize {
                             if !emit(partial.trim_end_matches('\n')) {
                                 return Ok(());
                             }
