@@ -543,7 +543,8 @@ fn walk(path: &Path, create: Option<NewFile>) -> io::Result<(GuardedDir, bool)> 
         nix::fcntl::open(start, path_flags, Mode::empty())
             .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{start}: {e}")))
     };
-    let mut stack: Vec<OwnedFd> = vec![open_start()?];
+    // The directory the walk has reached.
+    let mut cur: OwnedFd = open_start()?;
     // Where the walk is, for messages.
     let mut shown = PathBuf::from(start);
     let mut todo: VecDeque<OsString> = components(path);
@@ -551,24 +552,22 @@ fn walk(path: &Path, create: Option<NewFile>) -> io::Result<(GuardedDir, bool)> 
     let mut created = false;
     while let Some(name) = todo.pop_front() {
         if name == ".." {
-            if stack.len() > 1 {
-                stack.pop();
-            }
-            shown.pop();
+            // The physical parent of where the walk is (`/..` is `/`).
+            cur = openat(&cur, "..", path_flags, Mode::empty()).map_err(io_err)?;
+            shown.push("..");
             continue;
         }
         if name == "/" {
-            stack.truncate(1);
-            stack[0] = nix::fcntl::open("/", path_flags, Mode::empty()).map_err(io_err)?;
+            cur = nix::fcntl::open("/", path_flags, Mode::empty()).map_err(io_err)?;
             shown = PathBuf::from("/");
             continue;
         }
-        let parent = stack.last().ok_or_else(|| io::Error::other("empty walk"))?;
+        let parent = &cur;
         let is_last = todo.is_empty();
         let flags = path_flags | OFlag::O_NOFOLLOW;
         match openat(parent, name.as_os_str(), flags, Mode::empty()) {
             Ok(fd) => {
-                stack.push(fd);
+                cur = fd;
                 shown.push(&name);
             }
             Err(Errno::ENOENT) if create.is_some() => {
@@ -634,9 +633,7 @@ fn walk(path: &Path, create: Option<NewFile>) -> io::Result<(GuardedDir, bool)> 
             }
         }
     }
-    let Some(last_fd) = stack.pop() else {
-        return Err(io::Error::other("empty walk"));
-    };
+    let last_fd = cur;
     // Re-open the last one readable (O_PATH cannot be fchmod'ed or listed).
     let fd = openat(
         &last_fd,

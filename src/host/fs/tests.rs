@@ -291,3 +291,17 @@ fn a_layout_directory_planted_as_a_link_in_a_writable_parent_is_refused() {
         "refusing to follow it",
     );
 }
+
+#[test]
+fn a_path_with_dot_dot_reaches_the_physical_parent() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(tmp.path().join("a/b")).expect("mkdir");
+    fs::write(tmp.path().join("a/f"), "here").expect("write");
+    let dir = GuardedDir::open(&tmp.path().join("a/b/..")).expect("open");
+    let mut text = String::new();
+    dir.open_read("f", &Expect::DIR_OWNER_OR_ME)
+        .expect("read")
+        .read_to_string(&mut text)
+        .expect("read");
+    assert_eq!(text, "here");
+}
