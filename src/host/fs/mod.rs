@@ -549,6 +549,7 @@ fn walk(path: &Path, create: Option<NewFile>) -> io::Result<(GuardedDir, bool)> 
     let mut shown = PathBuf::from(start);
     let mut todo: VecDeque<OsString> = components(path);
     let mut links = 0usize;
+    let mut raced = 0usize;
     let mut created = false;
     while let Some(name) = todo.pop_front() {
         if name == ".." {
@@ -585,7 +586,15 @@ fn walk(path: &Path, create: Option<NewFile>) -> io::Result<(GuardedDir, bool)> 
                         ));
                     }
                 }
-                // Open what is there now (ours, or whoever won the race).
+                // Open what is there now (ours, or whoever won the race);
+                // an entry that keeps vanishing is someone playing games.
+                raced += 1;
+                if raced > 10 {
+                    return Err(refused(format!(
+                        "{} keeps appearing and disappearing",
+                        shown.join(&name).display()
+                    )));
+                }
                 todo.push_front(name);
             }
             Err(e @ (Errno::ENOTDIR | Errno::ELOOP)) => {
