@@ -8,6 +8,7 @@ pub mod hooks;
 pub mod init;
 pub mod instances;
 pub mod lock;
+pub mod lockfile;
 pub mod logs;
 pub mod probe;
 pub mod provision;

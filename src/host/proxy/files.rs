@@ -1,9 +1,10 @@
 //! The proxy's files under `/run/<name>/proxy/`: its spec, the active
 //! instance (replaced by rename, so a restarted proxy resumes where it was),
-//! the keeper's record, the keeper's lock and the control socket.
+//! the keeper's and the runner's records and the control socket. Their
+//! locks are in `/run/<name>/locks/` ([`crate::host::lockfile`]).
 
-use std::fs::{self, File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,11 +26,6 @@ pub fn active_path(layout: &Layout) -> PathBuf {
 /// `keeper.json`: the keeper's and the worker's identity, restarts.
 pub fn keeper_path(layout: &Layout) -> PathBuf {
     layout.proxy_dir().join("keeper.json")
-}
-
-/// `keeper.lock`: held by the keeper while it lives.
-pub fn lock_path(layout: &Layout) -> PathBuf {
-    layout.proxy_dir().join("keeper.lock")
 }
 
 /// `control.sock`: the worker's control socket.
@@ -98,11 +94,6 @@ pub fn read_keeper(layout: &Layout) -> Option<KeeperRecord> {
     serde_json::from_slice(&text).ok()
 }
 
-/// `runner.lock`: held by the runner of the proxied service while it lives.
-pub fn runner_lock_path(layout: &Layout) -> PathBuf {
-    layout.proxy_dir().join("runner.lock")
-}
-
 /// `runner.json`: the runner's identity (pid and start time).
 pub fn runner_path(layout: &Layout) -> PathBuf {
     layout.proxy_dir().join("runner.json")
@@ -119,31 +110,4 @@ pub fn write_runner(layout: &Layout, id: &ProcessId) -> Result<(), String> {
 pub fn read_runner(layout: &Layout) -> Option<ProcessId> {
     let text = fs::read(runner_path(layout)).ok()?;
     serde_json::from_slice(&text).ok()
-}
-
-/// Takes the lock at `path` (the keeper's or the runner's) without waiting,
-/// creating it and its directory; `Ok(None)` when another process holds it.
-pub fn try_lock(path: &Path) -> Result<Option<File>, String> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(fs::TryLockError::WouldBlock) => Ok(None),
-        Err(fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
-    }
-}
-
-/// Whether a live process holds the lock at `path`.
-pub fn lock_held(path: &Path) -> bool {
-    match File::open(path) {
-        Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
-        Err(_) => false,
-    }
 }
