@@ -211,3 +211,71 @@ fn nobody_flocking_whatever_it_can_open_holds_up_no_start_stop_restart_or_status
         locks.refused
     );
 }
+
+/// Holds a flock on `path` as root until killed, as a supervisor of a
+/// version that kept its lock there would.
+const HOLD_LOCK: &str = r#"
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"#;
+
+#[test]
+fn a_holder_of_the_old_supervisor_lock_faked_by_python_is_seen_stopped_and_not_doubled() {
+    let host = Host::new("upgraded");
+    host.release("r1", &Spec::hello(crate::common::free_port(), &[]));
+    fs::create_dir_all(host.run_dir()).expect("run dir");
+    let legacy = host.run_dir().join("supervisor.lock");
+    let mut old = Command::new("/usr/bin/python3");
+    old.args(["-c", HOLD_LOCK])
+        .arg(&legacy)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut old = Helper(old.spawn().expect("python3"));
+    let mut line = String::new();
+    BufReader::new(old.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "held");
+    let pid = old.0.id() as i32;
+    let ticks = crate::common::host::start_ticks(pid).expect("alive");
+    // The old supervisor's state file, as it wrote it.
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    let state = serde_json::json!({
+        "boot_id": boot.trim(),
+        "supervisor": {"pid": pid, "start_ticks": ticks},
+        "release": "r1",
+        "release_dir": host.lib().join("releases/r1"),
+        "state": "starting",
+        "updated_at": "2026-01-01T00:00:00.000Z"
+    });
+    fs::write(host.run_dir().join("supervisor.json"), state.to_string()).expect("state");
+
+    // Seen as the supervisor: `start` joins its start instead of running a second one.
+    let (_, status) = host.status_json();
+    assert_eq!(status["supervisor_pid"], pid, "{status}");
+    assert_eq!(status["state"], "starting", "{status}");
+    // No second supervisor starts beside it, even when asked to directly.
+    let mut supervise = Command::new(BIN);
+    supervise
+        .args(["service", "supervise", "upgraded", "--root"])
+        .arg(host.root());
+    let out = run_limited(supervise);
+    assert_ne!(code(&out), 0, "{}", text(&out));
+    assert!(
+        host.log().contains(&format!(
+            "supervisor not started: another supervisor is already running for upgraded (pid {pid} ("
+        )),
+        "{}",
+        host.log()
+    );
+    // `stop` stops it.
+    let stop = host.run("stop", false);
+    assert_eq!(code(&stop), 0, "{}", text(&stop));
+    assert!(!alive(pid), "the old supervisor {pid} still runs");
+    // And the service starts with the new lock.
+    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    assert!(host.run_dir().join("locks/supervisor.lock").is_file());
+}
