@@ -216,10 +216,11 @@ fn flock_holder(table: &str, dev: (u32, u32), ino: u64) -> Option<i32> {
             by_inode.push(pid);
         }
     }
-    exact.or_else(|| match by_inode.as_slice() {
+    let only = match by_inode.as_slice() {
         [pid] => Some(*pid),
         _ => None,
-    })
+    };
+    exact.or(only)
 }
 
 /// A process's command line for a message, shortened.
