@@ -162,6 +162,21 @@ fn within(host: &Host, verb: &str, limit: Duration, want: i32) {
     assert!(took < limit, "{verb} took {took:?}");
 }
 
+/// `service status` run by `nobody` (from a copy of the binary it can read).
+fn nobody_status(host: &Host) -> std::process::Output {
+    let bin = host.root().join("shipjar-for-nobody");
+    if !bin.exists() {
+        fs::copy(BIN, &bin).expect("copy the binary");
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["service", "status", "flocked", "--root"])
+        .arg(host.root())
+        .current_dir("/");
+    run_limited(cmd)
+}
+
 #[test]
 #[ignore = "needs root"]
 fn nobody_flocking_whatever_it_can_open_holds_up_no_start_stop_restart_or_status() {
@@ -180,6 +195,9 @@ fn nobody_flocking_whatever_it_can_open_holds_up_no_start_stop_restart_or_status
 
     let locks = nobody_locks(&tree(&host.root().join("run")));
     within(&host, "status", Duration::from_secs(5), 0);
+    // Any user may ask: the holder comes from /proc/locks, no lock file is opened.
+    let status = nobody_status(&host);
+    assert_eq!(code(&status), 0, "{}", text(&status));
     within(&host, "restart", Duration::from_secs(30), 0);
     within(&host, "status", Duration::from_secs(5), 0);
     within(&host, "stop", Duration::from_secs(15), 0);
