@@ -33,10 +33,15 @@ pub fn socket_path(layout: &Layout) -> PathBuf {
     layout.proxy_dir().join("control.sock")
 }
 
+/// Creates `/run/<name>/proxy/` when missing (a reboot empties `/run`).
+fn ensure_dir(layout: &Layout) -> Result<(), String> {
+    fs::create_dir_all(layout.proxy_dir())
+        .map_err(|e| format!("{}: {e}", layout.proxy_dir().display()))
+}
+
 /// Writes the spec the next proxy start reads.
 pub fn write_spec(layout: &Layout, spec: &ProxySpec) -> Result<(), String> {
-    fs::create_dir_all(layout.proxy_dir())
-        .map_err(|e| format!("{}: {e}", layout.proxy_dir().display()))?;
+    ensure_dir(layout)?;
     let text = serde_json::to_vec_pretty(spec).map_err(|e| e.to_string())?;
     let path = spec_path(layout);
     files::write_atomic(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
@@ -59,6 +64,7 @@ pub fn read_active(layout: &Layout) -> Option<u16> {
 
 /// Records the active instance (`None`: no instance takes traffic).
 pub fn write_active(layout: &Layout, port: Option<u16>) -> Result<(), String> {
+    ensure_dir(layout)?;
     let path = active_path(layout);
     let text = format!("{}\n", port.unwrap_or(0));
     files::write_atomic(&path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
@@ -83,6 +89,7 @@ pub struct KeeperRecord {
 
 /// Writes the keeper's record atomically.
 pub fn write_keeper(layout: &Layout, record: &KeeperRecord) -> Result<(), String> {
+    ensure_dir(layout)?;
     let text = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
     let path = keeper_path(layout);
     files::write_atomic(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
@@ -101,6 +108,7 @@ pub fn runner_path(layout: &Layout) -> PathBuf {
 
 /// Records the runner's identity atomically.
 pub fn write_runner(layout: &Layout, id: &ProcessId) -> Result<(), String> {
+    ensure_dir(layout)?;
     let text = serde_json::to_vec(id).map_err(|e| e.to_string())?;
     let path = runner_path(layout);
     files::write_atomic(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
