@@ -36,6 +36,27 @@ fn a_supervisor_started_by_a_shipjar_binary_elsewhere_is_running_and_stops_grace
     assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
     let sup = supervisor_pid(&host);
     let jvm = host.service_pid().expect("service pid");
+    // The supervisor holds its lock; the JVM inherited no descriptor of it.
+    let locks = host.run_dir().join("locks");
+    let open_locks = |pid: i32| -> Vec<PathBuf> {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .filter(|target| target.starts_with(&locks))
+            .collect()
+    };
+    assert_eq!(
+        open_locks(sup),
+        [locks.join("supervisor.lock")],
+        "the supervisor's descriptors"
+    );
+    assert_eq!(
+        open_locks(jvm),
+        Vec::<PathBuf>::new(),
+        "the JVM's descriptors"
+    );
 
     // The binary under test did not start it, and still calls it running.
     let status = host.run("status", false);

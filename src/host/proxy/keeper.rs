@@ -248,6 +248,11 @@ pub fn is_held(layout: &Layout) -> bool {
     lockfile::is_held(layout, Lock::Keeper)
 }
 
+/// The live keeper, as the kernel names the holder of its lock.
+pub fn holder(layout: &Layout) -> Option<lockfile::Holder> {
+    lockfile::holder(layout, Lock::Keeper)
+}
+
 /// Asks the keeper to stop (it stops its worker) and waits for its lock to
 /// be free; `Ok(false)` when none ran.
 pub fn stop(layout: &Layout, timeout: Duration) -> Result<bool, String> {
