@@ -171,20 +171,82 @@ fn holder_of(path: &Path) -> Option<Holder> {
     }
     let table = fs::read_to_string("/proc/locks").ok()?;
     let dev = meta.dev();
-    let pid = flock_holder(&table, (libc::major(dev), libc::minor(dev)), meta.ino())?;
+    let mut devices = vec![(libc::major(dev), libc::minor(dev))];
+    if let Some(mounted) = mount_device(path)
+        && !devices.contains(&mounted)
+    {
+        devices.push(mounted);
+    }
+    let pid = flock_holder(&table, &devices, meta.ino())?;
     Some(Holder {
         pid,
         command: command_of(pid),
     })
 }
 
-/// The pid holding a flock on inode `ino` of device `dev` in `/proc/locks`.
-/// Matched on the device too where it agrees with stat's; some file
-/// systems (overlayfs, btrfs subvolumes) show another device there, so an
-/// inode held on one device alone is taken when none matches exactly.
-fn flock_holder(table: &str, dev: (u32, u32), ino: u64) -> Option<i32> {
-    let mut exact = None;
-    let mut by_inode = Vec::new();
+/// The device of the file system `path` is on, as `/proc/locks` names it
+/// (the superblock's): stat's differs on overlayfs and btrfs subvolumes.
+fn mount_device(path: &Path) -> Option<(u32, u32)> {
+    let real = fs::canonicalize(path).ok()?;
+    let table = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    device_in_mountinfo(&table, &real)
+}
+
+/// The `major:minor` of the mount holding `path` (the longest mount point
+/// it is under; of equal ones the last, which covers the others).
+fn device_in_mountinfo(table: &str, path: &Path) -> Option<(u32, u32)> {
+    let mut best: Option<(usize, (u32, u32))> = None;
+    for line in table.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(device), Some(point)) = (fields.get(2), fields.get(4)) else {
+            continue;
+        };
+        let point = unescape_octal(point);
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let Some((major, minor)) = device.split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else {
+            continue;
+        };
+        let depth = Path::new(&point).components().count();
+        if best.is_none_or(|(d, _)| depth >= d) {
+            best = Some((depth, (major, minor)));
+        }
+    }
+    best.map(|(_, device)| device)
+}
+
+/// A mount point as mountinfo writes it: space, tab, newline and backslash
+/// as `\ooo`.
+fn unescape_octal(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The pid holding a flock on inode `ino` of one of `devices` in `/proc/locks`.
+fn flock_holder(table: &str, devices: &[(u32, u32)], ino: u64) -> Option<i32> {
     for line in table.lines() {
         let mut fields = line.split_whitespace().skip(1);
         // `N: -> FLOCK …` are waiters, not holders.
@@ -206,21 +268,15 @@ fn flock_holder(table: &str, dev: (u32, u32), ino: u64) -> Option<i32> {
         if inode.parse::<u64>().ok() != Some(ino) {
             continue;
         }
-        let device = (
-            u32::from_str_radix(major, 16).ok(),
-            u32::from_str_radix(minor, 16).ok(),
-        );
-        if device == (Some(dev.0), Some(dev.1)) {
-            exact = Some(pid);
-        } else if !by_inode.contains(&pid) {
-            by_inode.push(pid);
+        if let (Ok(major), Ok(minor)) = (
+            u32::from_str_radix(major, 16),
+            u32::from_str_radix(minor, 16),
+        ) && devices.contains(&(major, minor))
+        {
+            return Some(pid);
         }
     }
-    let only = match by_inode.as_slice() {
-        [pid] => Some(*pid),
-        _ => None,
-    };
-    exact.or(only)
+    None
 }
 
 /// A process's command line for a message, shortened.
@@ -338,15 +394,29 @@ mod tests {
                      1: -> FLOCK  ADVISORY  WRITE 5151 fe:00:1234 0 EOF\n\
                      2: POSIX  ADVISORY  WRITE 77 fe:00:999 0 EOF\n\
                      3: FLOCK  ADVISORY  WRITE 88 00:2a:1234 0 EOF\n";
-        assert_eq!(flock_holder(table, (0xfe, 0), 1234), Some(4242));
-        assert_eq!(flock_holder(table, (0x2a, 0), 1234), None);
-        assert_eq!(flock_holder(table, (0, 0x2a), 1234), Some(88));
+        assert_eq!(flock_holder(table, &[(0xfe, 0)], 1234), Some(4242));
+        assert_eq!(flock_holder(table, &[(0, 0x2a)], 1234), Some(88));
+        // The same inode number on another device is another file.
+        assert_eq!(flock_holder(table, &[(0, 0x2b)], 1234), None);
         // POSIX locks are not ours.
-        assert_eq!(flock_holder(table, (0xfe, 0), 999), None);
-        // No device agrees (overlayfs): an inode held once is taken.
-        let one = "7: FLOCK  ADVISORY  WRITE 31 00:30:555 0 EOF\n";
-        assert_eq!(flock_holder(one, (0xfe, 1), 555), Some(31));
-        assert_eq!(flock_holder(one, (0xfe, 1), 556), None);
+        assert_eq!(flock_holder(table, &[(0xfe, 0)], 999), None);
+        // stat's device, or the mount's (overlayfs: /proc/locks shows the latter).
+        assert_eq!(flock_holder(table, &[(8, 1), (0, 0x2a)], 1234), Some(88));
+    }
+
+    #[test]
+    fn the_mount_holding_a_path_names_its_device() {
+        let table = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                     30 22 0:42 / /run rw shared:2 - tmpfs tmpfs rw\n\
+                     31 22 0:48 / /srv/my\\040dir rw - overlay overlay rw\n\
+                     32 30 0:50 / /run rw - tmpfs tmpfs rw\n";
+        let dev = |p: &str| device_in_mountinfo(table, Path::new(p));
+        assert_eq!(dev("/var/lib/x"), Some((254, 0)));
+        // The later of two mounts on /run covers the first.
+        assert_eq!(dev("/run/hello/locks/supervisor.lock"), Some((0, 50)));
+        assert_eq!(dev("/srv/my dir/run/x"), Some((0, 48)));
+        assert_eq!(dev("/srv/my"), Some((254, 0)));
+        assert_eq!(dev("/running"), Some((254, 0)));
     }
 
     #[test]
