@@ -37,10 +37,28 @@ pub fn socket_path(layout: &Layout) -> PathBuf {
     layout.proxy_dir().join("control.sock")
 }
 
+/// Creates `dir` (`run/NAME/proxy/`, root's) when missing, mode 0755
+/// whatever the umask (the unit's is 0027): like the rest of the run dir,
+/// the records in it are for any user to read.
+fn create_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let err = |e: std::io::Error| format!("{}: {e}", dir.display());
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+    {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(err),
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// Writes the spec the next proxy start reads.
 pub fn write_spec(layout: &Layout, spec: &ProxySpec) -> Result<(), String> {
-    fs::create_dir_all(layout.proxy_dir())
-        .map_err(|e| format!("{}: {e}", layout.proxy_dir().display()))?;
+    create_dir(&layout.proxy_dir())?;
     let text = serde_json::to_vec_pretty(spec).map_err(|e| e.to_string())?;
     let path = spec_path(layout);
     files::write_atomic(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
@@ -125,7 +143,7 @@ pub fn read_runner(layout: &Layout) -> Option<ProcessId> {
 /// creating it and its directory; `Ok(None)` when another process holds it.
 pub fn try_lock(path: &Path) -> Result<Option<File>, String> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        create_dir(dir)?;
     }
     let file = OpenOptions::new()
         .create(true)
