@@ -33,10 +33,24 @@ pub fn socket_path(layout: &Layout) -> PathBuf {
     layout.proxy_dir().join("control.sock")
 }
 
-/// Creates `/run/<name>/proxy/` when missing (a reboot empties `/run`).
+/// Creates `/run/<name>/proxy/` (root's) when missing (a reboot empties
+/// `/run`), mode 0755 whatever the umask (the unit's is 0027): like the rest
+/// of the run dir, the records in it are for any user to read.
 fn ensure_dir(layout: &Layout) -> Result<(), String> {
-    fs::create_dir_all(layout.proxy_dir())
-        .map_err(|e| format!("{}: {e}", layout.proxy_dir().display()))
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = layout.proxy_dir();
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let err = |e: std::io::Error| format!("{}: {e}", dir.display());
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&dir)
+    {
+        Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(err),
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// Writes the spec the next proxy start reads.
