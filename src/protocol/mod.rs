@@ -16,6 +16,7 @@ pub mod defaults;
 pub mod digest;
 pub mod files;
 pub mod hook_wait;
+pub mod keep;
 pub mod layout;
 pub mod manifest;
 mod messages;
@@ -30,4 +31,5 @@ pub(crate) use wire_enum::wire_enum;
 
 /// Protocol version; operator and agent must agree exactly.
 /// 2: the agent announces how long a long request may take (`expect`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: failed-step events; `finish` records a run that stopped before switching.
+pub const PROTOCOL_VERSION: u32 = 3;

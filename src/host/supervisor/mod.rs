@@ -151,6 +151,37 @@ pub fn healthy_after_ms(layout: &Layout) -> Option<u64> {
     state::read_state(&layout.supervisor_state()).and_then(|s| s.healthy_after_ms)
 }
 
+/// One liveness probe of `check`, at most `timeout` long; what it found when it failed.
+pub fn probe_health(
+    check: &crate::protocol::manifest::HealthCheck,
+    timeout: Duration,
+) -> Result<(), String> {
+    health::probe_once(check, timeout).map_err(|e| e.to_string())
+}
+
+/// How the run of service `pid` ended, as its supervisor recorded it; `None`
+/// while that same process still runs and counts as running. A restart by
+/// the supervisor is an end too: the run being watched is gone.
+pub fn run_ended(layout: &Layout, pid: i32) -> Option<String> {
+    let Some(state) = state::read_state(&layout.supervisor_state()) else {
+        return Some("its supervisor's state file is gone".into());
+    };
+    let how = |fallback: String| state.last_exit.clone().unwrap_or(fallback);
+    match state.service {
+        Some(id) if id.pid == pid => {
+            if procfs::liveness(id) != procfs::Liveness::Alive {
+                Some(how(format!("pid {pid} is gone")))
+            } else if state.state != state::Phase::Running {
+                Some(how(format!("its supervisor says {}", state.state.as_str())))
+            } else {
+                None
+            }
+        }
+        Some(id) => Some(how(format!("restarted as pid {}", id.pid))),
+        None => Some(how(format!("its supervisor says {}", state.state.as_str()))),
+    }
+}
+
 /// Body of the detached supervisor process; returns its exit code.
 pub fn supervise(layout: &Layout) -> i32 {
     supervise::run(layout, supervise::Mode::Detached)

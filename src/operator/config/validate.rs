@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::Project;
-use super::defaults::{ANSWER_TIMEOUT_FLOOR_MS, LOCK_LEASE_FLOOR_MS};
+use super::defaults::{ANSWER_TIMEOUT_FLOOR_MS, LOCK_LEASE_FLOOR_MS, SETTLE_MAX_MS};
 use super::diagnostics::{Seg, keys};
 use super::hosts::HostSpec;
 use super::schema::{ConfigFile, Proxy, Stage};
@@ -179,7 +179,7 @@ impl Project {
         Ok(())
     }
 
-    /// `[health] interval`, `failures` and `probe_timeout`: a check of a
+    /// `[health] interval`, `failures`, `probe_timeout` and `settle`: a check of a
     /// running service ends before the next one is due.
     fn validate_liveness(&self) -> Result<()> {
         let h = &self.config.health;
@@ -203,6 +203,13 @@ impl Project {
             return Err(self.fail(
                 &keys("health.probe_timeout"),
                 &format!("must not be longer than `interval` ({}ms)", h.interval.0),
+            ));
+        }
+        // Every batch waits it out: longer than this is a mistake, not a policy.
+        if h.settle.0 > SETTLE_MAX_MS {
+            return Err(self.fail(
+                &keys("health.settle"),
+                &format!("must be at most {}m", SETTLE_MAX_MS / 60_000),
             ));
         }
         Ok(())
