@@ -131,12 +131,7 @@ mod tests {
     #[test]
     fn after_a_rollback_the_current_and_the_target_count_first() {
         // Rolled back to the oldest: it and the newest healthy stay, keep = 2 in all.
-        let releases = [
-            (true, UP),
-            (false, UP),
-            (false, UP),
-            (false, NeverSwitched),
-        ];
+        let releases = [(true, UP), (false, UP), (false, UP), (false, NeverSwitched)];
         assert_eq!(
             plan(&releases, 2),
             [Current, Pruned, RollbackTarget, NewestFailed]

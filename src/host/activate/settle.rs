@@ -6,12 +6,15 @@
 use std::time::{Duration, Instant};
 
 use super::{StepFailure, cancelled};
-use crate::host::supervisor::{self, logfile};
+use crate::host::supervisor::{self, RunEnd, logfile};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::HealthSpec;
 
 /// How often the supervisor's record of the run is read.
 const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// How long to wait for the supervisor to record how a run ended.
+const RECORD_WAIT: Duration = Duration::from_secs(1);
 
 /// Longest pause between two liveness probes while settling.
 const PROBE_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
@@ -54,8 +57,8 @@ pub(super) fn settle(
     loop {
         cancelled("settle")?;
         let since = healthy_at.elapsed();
-        if let Some(how) = supervisor::run_ended(layout, pid) {
-            return Err(failed("crashed", since, how));
+        if let Some(end) = supervisor::run_ended(layout, pid) {
+            return Err(failed("crashed", since, recorded(layout, pid, end)));
         }
         let done = since >= window;
         if done || Instant::now() >= next_probe {
@@ -63,7 +66,7 @@ pub(super) fn settle(
                 // A probe that failed because the process just died is a crash.
                 let since = healthy_at.elapsed();
                 return Err(match supervisor::run_ended(layout, pid) {
-                    Some(how) => failed("crashed", since, how),
+                    Some(end) => failed("crashed", since, recorded(layout, pid, end)),
                     None => failed("unhealthy", since, found),
                 });
             }
@@ -78,6 +81,19 @@ pub(super) fn settle(
         }
         std::thread::sleep(LOOK_EVERY.min(window.saturating_sub(since)));
     }
+}
+
+/// How the run ended, once its supervisor recorded it (it notices a moment
+/// after the process is gone), or what was seen.
+fn recorded(layout: &Layout, pid: i32, mut end: RunEnd) -> String {
+    let until = Instant::now() + RECORD_WAIT;
+    while !end.recorded && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(later) = supervisor::run_ended(layout, pid) {
+            end = later;
+        }
+    }
+    end.how
 }
 
 /// `2.1 s`: settle windows are seconds long, tenths say enough.

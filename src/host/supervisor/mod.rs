@@ -159,26 +159,49 @@ pub fn probe_health(
     health::probe_once(check, timeout).map_err(|e| e.to_string())
 }
 
+/// How a watched run ended.
+pub struct RunEnd {
+    /// What ended it, e.g. "exited with code 3".
+    pub how: String,
+    /// The supervisor has recorded it (else only the process is seen gone).
+    pub recorded: bool,
+}
+
 /// How the run of service `pid` ended, as its supervisor recorded it; `None`
 /// while that same process still runs and counts as running. A restart by
 /// the supervisor is an end too: the run being watched is gone.
-pub fn run_ended(layout: &Layout, pid: i32) -> Option<String> {
+pub fn run_ended(layout: &Layout, pid: i32) -> Option<RunEnd> {
     let Some(state) = state::read_state(&layout.supervisor_state()) else {
-        return Some("its supervisor's state file is gone".into());
+        return Some(RunEnd {
+            how: "its supervisor's state file is gone".into(),
+            recorded: true,
+        });
     };
-    let how = |fallback: String| state.last_exit.clone().unwrap_or(fallback);
+    let recorded = |fallback: String| RunEnd {
+        how: state.last_exit.clone().unwrap_or(fallback),
+        recorded: true,
+    };
     match state.service {
         Some(id) if id.pid == pid => {
-            if procfs::liveness(id) != procfs::Liveness::Alive {
-                Some(how(format!("pid {pid} is gone")))
-            } else if state.state != state::Phase::Running {
-                Some(how(format!("its supervisor says {}", state.state.as_str())))
+            if state.state != state::Phase::Running {
+                Some(recorded(format!(
+                    "its supervisor says {}",
+                    state.state.as_str()
+                )))
+            } else if procfs::liveness(id) != procfs::Liveness::Alive {
+                Some(RunEnd {
+                    how: format!("pid {pid} is gone"),
+                    recorded: false,
+                })
             } else {
                 None
             }
         }
-        Some(id) => Some(how(format!("restarted as pid {}", id.pid))),
-        None => Some(how(format!("its supervisor says {}", state.state.as_str()))),
+        Some(id) => Some(recorded(format!("restarted as pid {}", id.pid))),
+        None => Some(recorded(format!(
+            "its supervisor says {}",
+            state.state.as_str()
+        ))),
     }
 }
 
