@@ -233,12 +233,20 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                 }),
                 json,
             ),
-            None => report_start(supervisor::restart(&layout(&args)?), json),
+            None => {
+                let layout = layout(&args)?;
+                let _switching = host::activate::hold_switch(&layout).map_err(Error::failed)?;
+                report_start(supervisor::restart(&layout), json)
+            }
         },
         ServiceCommand::Reload(args) => {
             let result = match proxied(&args)? {
                 Some((layout, spec)) => host::instances::reload(&layout, &spec, &progress(json)),
-                None => supervisor::reload(&layout(&args)?),
+                None => {
+                    let layout = layout(&args)?;
+                    let _switching = host::activate::hold_switch(&layout).map_err(Error::failed)?;
+                    supervisor::reload(&layout)
+                }
             };
             match result {
                 Ok(report) => {

@@ -473,7 +473,8 @@ fn expect_activation(layout: &Layout, release: &str, id: u64) {
     send(&AgentMessage::Expect {
         id,
         step: "activate".to_string(),
-        within_ms: crate::protocol::manifest::activation_bound_ms(current.as_ref(), &target),
+        within_ms: crate::protocol::manifest::activation_bound_ms(current.as_ref(), &target)
+            + activate::SWITCH_WAIT.as_millis() as u64,
     });
 }
 

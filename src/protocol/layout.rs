@@ -88,6 +88,9 @@ pub enum Lock {
     Keeper,
     /// Held by the runner of a proxied service while it lives.
     Runner,
+    /// Held while a deploy, rollback, restart or reload changes what runs:
+    /// one at a time per service (two would pick the same idle instance).
+    Switch,
 }
 
 impl Lock {
@@ -98,6 +101,7 @@ impl Lock {
             Lock::Supervisor => "the supervisor lock",
             Lock::Keeper => "the proxy keeper's lock",
             Lock::Runner => "the runner's lock",
+            Lock::Switch => "the switch lock",
         }
     }
 }
@@ -281,6 +285,7 @@ impl Layout {
             (Lock::Supervisor, Some(port)) => format!("supervisor-{port}.lock"),
             (Lock::Keeper, _) => "keeper.lock".to_string(),
             (Lock::Runner, _) => "runner.lock".to_string(),
+            (Lock::Switch, _) => "switch.lock".to_string(),
         };
         self.locks_dir().join(name)
     }
@@ -290,7 +295,7 @@ impl Layout {
     /// mutex (they flocked the run directory, for a moment at a time).
     pub fn legacy_lock_file(&self, lock: Lock) -> Option<PathBuf> {
         match lock {
-            Lock::Deploy => None,
+            Lock::Deploy | Lock::Switch => None,
             Lock::Supervisor => Some(self.run_dir().join("supervisor.lock")),
             Lock::Keeper => Some(self.proxy_dir().join("keeper.lock")),
             Lock::Runner => Some(self.proxy_dir().join("runner.lock")),
