@@ -14,5 +14,6 @@ pub mod provision;
 pub mod proxy;
 pub mod restart;
 pub mod revisions;
+pub mod secrets;
 pub mod store;
 pub mod supervisor;

@@ -13,6 +13,7 @@ use crate::operator::config::{Builtin, Config, HostSpec, ResolvedStage};
 use crate::operator::render::{
     self, Vars, find_placeholder, properties_escape, secret_placeholder,
 };
+use crate::protocol::mask::SecretValue;
 use crate::protocol::FileContent;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{
@@ -48,6 +49,8 @@ pub struct HostPlan {
     pub manifest: ReleaseManifest,
     /// Rendered config files.
     pub files: Vec<FileContent>,
+    /// The secret values the host masks in what it answers and records.
+    pub secrets: Vec<SecretValue>,
 }
 
 /// A whole deploy, planned before any host is touched.
@@ -231,7 +234,20 @@ fn plan_host(
         spec: spec.clone(),
         manifest: manifest_base(manifest_files, run),
         files,
+        secrets: secret_values(stage, inputs),
     })
+}
+
+/// The stage's secret values with their `allow_short`, for the host's masking.
+fn secret_values(stage: &ResolvedStage, inputs: &DeployInputs) -> Vec<SecretValue> {
+    inputs
+        .secrets
+        .iter()
+        .map(|(name, value)| SecretValue {
+            value: value.clone(),
+            allow_short: stage.secrets.get(name).is_some_and(|s| s.allow_short),
+        })
+        .collect()
 }
 
 /// The `[stop]` settings; a hook command is rendered like `[service] command`.

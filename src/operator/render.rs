@@ -121,9 +121,7 @@ pub fn without_secret_variables(command: &mut Command) -> &mut Command {
     command
 }
 
-/// Shortest secret value masked everywhere it occurs; shorter values would
-/// blank ordinary text (a `1` in every timestamp) and so reveal themselves.
-pub const MIN_SECRET_CHARS: usize = 8;
+pub use crate::protocol::mask::MIN_SECRET_CHARS;
 
 /// Reads every secret of a stage and registers its value for masking.
 /// Errors name the secret and its source, never a value.
@@ -136,8 +134,8 @@ pub fn load_secrets(
         let value = read_secret(name, &secret.from, getenv)?;
         let chars = value.chars().count();
         if chars < MIN_SECRET_CHARS && !secret.allow_short {
-            // Masked anyway, in case the value shows up in what is printed next.
-            output::register_secret(&value, output::MaskScope::WholeWord);
+            // Masked anyway (as a whole word), in case it shows up in what is printed next.
+            output::register_secret(&value, false);
             return Err(Error::config(format!(
                 "secret `{name}` is shorter than {MIN_SECRET_CHARS} characters: a value that short cannot be masked in output without blanking ordinary text (which would reveal it)",
             ))
@@ -145,18 +143,10 @@ pub fn load_secrets(
                 "use at least {MIN_SECRET_CHARS} characters, or set `allow_short = true` on the secret to mask it only where it stands as a whole word"
             )));
         }
-        output::register_secret(&value, mask_scope(chars));
+        output::register_secret(&value, secret.allow_short);
         values.insert(name.clone(), value);
     }
     Ok(values)
-}
-
-fn mask_scope(chars: usize) -> output::MaskScope {
-    if chars < MIN_SECRET_CHARS {
-        output::MaskScope::WholeWord
-    } else {
-        output::MaskScope::Anywhere
-    }
 }
 
 fn read_secret(
@@ -191,7 +181,7 @@ fn read_secret(
 pub fn mask_available_secrets(sources: &BTreeMap<String, StageSecret>) {
     for (name, secret) in sources {
         if let Ok(value) = read_secret(name, &secret.from, &|var| std::env::var(var).ok()) {
-            output::register_secret(&value, mask_scope(value.chars().count()));
+            output::register_secret(&value, secret.allow_short);
         }
     }
 }

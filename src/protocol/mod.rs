@@ -18,6 +18,7 @@ pub mod files;
 pub mod hook_wait;
 pub mod layout;
 pub mod manifest;
+pub mod mask;
 mod messages;
 pub mod names;
 pub mod shell;
@@ -28,5 +29,7 @@ pub use messages::*;
 pub use names::validate_service_name;
 pub(crate) use wire_enum::wire_enum;
 
-/// Protocol version; operator and agent must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version; operator and agent must agree exactly. 2: `prepare`
+/// carries the secret values the host masks (an agent of version 1 would
+/// refuse the field; the version mismatch says why).
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -93,12 +93,10 @@ pub fn probe_once(check: &HealthCheck, timeout: Duration) -> Result<(), Failure>
             if (200..300).contains(&answer.status) {
                 Ok(())
             } else {
-                // The start of the body often says what is wrong.
-                let said: String = answer
-                    .body
-                    .lines()
-                    .next()
-                    .unwrap_or("")
+                // The start of the body often says what is wrong; masked
+                // before it is cut, so no part of a secret is kept.
+                let first = answer.body.lines().next().unwrap_or("");
+                let said: String = crate::host::secrets::mask(first)
                     .trim()
                     .chars()
                     .take(100)

@@ -257,6 +257,8 @@ fn read_template(project: &Project, path: &str) -> Result<String> {
 /// `shipjar rollback STAGE [--to ID]`.
 pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
+    // Hooks and a failed health check may print what the service said: mask what can be read.
+    render::mask_available_secrets(&stage.secrets);
     let wait = parse_wait(args.wait.as_deref())?;
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let mut runs: Vec<Run> = stage
