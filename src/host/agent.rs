@@ -454,7 +454,9 @@ impl Session {
 
 fn prepare_release(layout: &Layout, spec: &crate::protocol::PrepareSpec) -> Response {
     let gid = secret_group(spec.manifest.run.user.as_deref());
-    match gid.and_then(|gid| store::prepare(layout, &spec.manifest, &spec.files, &spec.secrets, gid)) {
+    match gid
+        .and_then(|gid| store::prepare(layout, &spec.manifest, &spec.files, &spec.secrets, gid))
+    {
         Ok(path) => Response::Prepared {
             path: path.display().to_string(),
         },

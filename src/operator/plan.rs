@@ -13,13 +13,13 @@ use crate::operator::config::{Builtin, Config, HostSpec, ResolvedStage};
 use crate::operator::render::{
     self, Vars, find_placeholder, properties_escape, secret_placeholder,
 };
-use crate::protocol::mask::SecretValue;
 use crate::protocol::FileContent;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{
     HealthSpec, LogSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, ReloadSpec, RestartSpec,
     RunSpec, StopHook, StopSpec, VersionCheckSpec,
 };
+use crate::protocol::mask::SecretValue;
 
 /// Inputs of one deploy that do not come from the project file.
 #[derive(Debug, Clone)]

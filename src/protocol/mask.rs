@@ -309,7 +309,11 @@ fn json_ascii(unit: &str) -> String {
     for c in unit.chars() {
         if c.is_ascii() {
             let quoted = serde_json::to_string(&c.to_string()).unwrap_or_default();
-            out.push_str(quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default());
+            out.push_str(
+                quoted
+                    .get(1..quoted.len().saturating_sub(1))
+                    .unwrap_or_default(),
+            );
         } else {
             let mut units = [0u16; 2];
             for u in c.encode_utf16(&mut units) {
@@ -497,7 +501,10 @@ mod tests {
         let secret = "new\nline-secret\r\nend\"q\\ü";
         let m = masker(&[secret]);
         let json = serde_json::to_string(secret).unwrap();
-        assert_eq!(masked(&m, &format!("{{\"pw\":{json}}}")), "{\"pw\":\"********\"}");
+        assert_eq!(
+            masked(&m, &format!("{{\"pw\":{json}}}")),
+            "{\"pw\":\"********\"}"
+        );
         let python = "new\\nline-secret\\r\\nend\\\"q\\\\\\u00fc";
         assert_eq!(json_ascii(secret), python);
         assert_eq!(masked(&m, &format!("[{python}]")), "[********]");
@@ -590,7 +597,10 @@ mod tests {
         let m = masker(&[secret]);
         let value = serde_json::json!({"line": format!("pw={secret}"), secret: [secret]});
         let text = serde_json::to_string(&m.mask_json(value)).unwrap();
-        assert_eq!(text, "{\"********\":[\"********\"],\"line\":\"pw=********\"}");
+        assert_eq!(
+            text,
+            "{\"********\":[\"********\"],\"line\":\"pw=********\"}"
+        );
     }
 
     #[test]
