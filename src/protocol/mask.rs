@@ -377,7 +377,11 @@ fn base64_aligned(alphabet: Alphabet, bytes: &[u8], offset: usize) -> (String, b
         .get(first..last.max(first))
         .unwrap_or_default()
         .to_string();
-    (needle, first_bit % 6 != 0, end_bit % 6 != 0)
+    (
+        needle,
+        !first_bit.is_multiple_of(6),
+        !end_bit.is_multiple_of(6),
+    )
 }
 
 /// Text with `%XX` escapes decoded, and where each byte of it came from.

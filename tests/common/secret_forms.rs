@@ -30,7 +30,7 @@ pub fn forms(secret: &str) -> Vec<(String, Vec<u8>)> {
         let json = serde_json::to_string(unit).expect("a string encodes");
         add(
             format!("{name} JSON-escaped"),
-            json[1..json.len() - 1].as_bytes().to_vec(),
+            json.as_bytes()[1..json.len() - 1].to_vec(),
         );
         add(
             format!("{name} shell-quoted"),
