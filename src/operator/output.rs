@@ -163,7 +163,7 @@ impl Reporter {
         {
             p.in_flight.retain(|(h, _)| h != host);
             p.bar.inc(1);
-            p.bar.set_message(in_flight_message(&p.in_flight));
+            p.bar.set_message(redact(&in_flight_message(&p.in_flight)));
         }
     }
 
@@ -199,7 +199,7 @@ impl Reporter {
                 Some(entry) => entry.1 = step.to_string(),
                 None => p.in_flight.push((host.to_string(), step.to_string())),
             }
-            p.bar.set_message(in_flight_message(&p.in_flight));
+            p.bar.set_message(redact(&in_flight_message(&p.in_flight)));
             return;
         }
         {
