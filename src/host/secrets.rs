@@ -32,7 +32,12 @@ pub fn masker(layout: &Layout) -> Masker {
 
 /// From now on this process masks with the secrets of `layout`'s releases.
 pub fn mask_with(layout: &Layout) {
-    *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(masker(layout)));
+    use_masker(masker(layout));
+}
+
+/// From now on this process masks with `masker`.
+pub fn use_masker(masker: Masker) {
+    *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(masker));
 }
 
 /// The masker set by [`mask_with`], if any.

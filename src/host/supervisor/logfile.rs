@@ -113,7 +113,7 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
     lines
 }
 
-/// The last `n` lines of one file (lossy UTF-8, long lines cut), oldest first.
+/// The last `n` lines of one file (lossy UTF-8, masked, long lines cut), oldest first.
 fn tail_of(path: &Path, n: usize) -> Vec<String> {
     let Ok(mut file) = File::open(path) else {
         return Vec::new();
@@ -139,7 +139,8 @@ fn tail_of(path: &Path, n: usize) -> Vec<String> {
     lines[skip..]
         .iter()
         .map(|line| {
-            let line = line.trim_end_matches('\r');
+            // Masked before it is cut, so no part of a secret is kept.
+            let line = crate::host::secrets::mask(line.trim_end_matches('\r'));
             match line.char_indices().nth(MAX_TAIL_LINE) {
                 Some((cut, _)) => format!("{}…", &line[..cut]),
                 None => line.to_string(),
@@ -151,6 +152,21 @@ fn tail_of(path: &Path, n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_cut_by_the_line_limit_is_masked_whole() {
+        use crate::protocol::mask::{Masker, SecretValue};
+        let secret = "cut-secret-3f9a1c7e-0b";
+        crate::host::secrets::use_masker(Masker::new(&[SecretValue {
+            value: secret.into(),
+            allow_short: false,
+        }]));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        std::fs::write(&path, format!("{}{secret} tail\n", "x".repeat(490))).unwrap();
+        let shown = tail(&path, 1);
+        assert_eq!(shown, [format!("{}******** t…", "x".repeat(490))]);
+    }
 
     #[test]
     fn tail_returns_last_lines() {
