@@ -18,6 +18,10 @@
 //! A value (or line) shorter than [`MIN_SECRET_CHARS`] is masked only where it
 //! stands as a whole word; a line that short is masked only when its secret
 //! has `allow_short` (alone it is a fragment that would blank ordinary text).
+//!
+//! It masks whole texts (a message, a line, a record), not a stream: a
+//! caller masks before it cuts a text short, never after, so no prefix of a
+//! secret survives the cut.
 
 use std::borrow::Cow;
 
