@@ -491,6 +491,15 @@ secrets = { db_password = { env = "PW" } }
         assert_eq!(host.files[1].content, "url=jdbc:x\npassword=s3cr3t-pw\n");
         assert!(host.files[1].secret);
         assert_eq!(m.files[1].sha256, None, "no hash of a secret file");
+        // The host is told the value to mask, not the manifest.
+        assert_eq!(
+            host.secrets,
+            [SecretValue {
+                value: "s3cr3t-pw".into(),
+                allow_short: false
+            }]
+        );
+        assert!(!serde_json::to_string(m).unwrap().contains("s3cr3t-pw"));
         assert!(host.files[2].content.contains("version=1.2.3\n"));
         assert!(host.files[2].content.contains("deployed_by=me@box\n"));
         assert!(
