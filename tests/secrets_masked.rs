@@ -94,10 +94,17 @@ fn files_holding(dir: &Path, secret: &str, out: &mut Vec<String>) {
 /// JSON, its URL-encoded form in a request line, and a base64 blob holding it.
 fn careless_output(secret: &str) -> String {
     format!(
-        "connecting with key:\n{secret}\nconfig {}\nGET /login?key={}&x=1\nblob {}\n",
+        "connecting with key:\n{secret}\nconfig {}\nGET /login?key={}&x=1\nblob {}\n{}\n",
         serde_json::json!({ "key": secret }),
         url_encode(secret, false, true),
         base64(format!("key={secret};").as_bytes()),
+        // As `base64` wraps it: 76 columns.
+        base64(format!("pem: {secret}\n").as_bytes())
+            .as_bytes()
+            .chunks(76)
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n"),
     )
 }
 
@@ -106,6 +113,7 @@ const LEAKY_HOOK: &str = r#"#!/bin/sh
 f=config/database.properties
 cat "$f"
 base64 -w0 "$f"; echo
+base64 "$f"
 python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(open(sys.argv[1]).read()))' "$f"
 python3 -c 'import sys, json; print(json.dumps({"db": open(sys.argv[1]).read()}))' "$f"
 echo done-leaking

@@ -8,10 +8,13 @@
 //! form and the ASCII-only `\uXXXX` form); shell-quoted; standard and
 //! URL-safe base64 at each of the three alignments a value can have inside a
 //! longer base64 stream (the characters at its edges, which mix its bits with
-//! its neighbours', are masked too), padded or not; and URL-encoded, found by
-//! decoding the text (`%XX` in either case, `+` read both as `+` and as a
-//! space) so that any choice of escaped characters is caught. Not caught:
-//! base64 wrapped across lines (MIME, PEM), and encodings of encodings.
+//! its neighbours', are masked too), padded or not; any run of base64
+//! characters that decodes to 8 bytes of a value in a row (each line of
+//! `base64`'s wrapped output, a blob holding part of a key); and URL-encoded,
+//! found by decoding the text (`%XX` in either case, `+` read both as `+`
+//! and as a space) so that any choice of escaped characters is caught. Not
+//! caught: fewer than 8 bytes of a value at the edge of a wrapped base64
+//! line, and encodings of encodings.
 //!
 //! Every match of every form is found (overlapping too) and the union of the
 //! matched ranges is masked, which masks a value containing another whole.
@@ -67,6 +70,10 @@ struct Rule {
 pub struct Masker {
     automaton: Option<AhoCorasick>,
     rules: Vec<Rule>,
+    /// Every run of [`MIN_SECRET_CHARS`] bytes of each value long enough to
+    /// be masked anywhere: looked for in decoded base64 blobs, which may
+    /// hold any piece of a value (`base64` wraps its output at 76 columns).
+    fragments: Option<AhoCorasick>,
 }
 
 impl std::fmt::Debug for Masker {
@@ -80,9 +87,13 @@ impl Masker {
     /// A masker for `secrets` (empty values are ignored).
     pub fn new(secrets: &[SecretValue]) -> Masker {
         let mut needles: Vec<(Vec<u8>, Rule)> = Vec::new();
+        let mut fragments: std::collections::BTreeSet<&[u8]> = Default::default();
         for secret in secrets {
             for (unit, whole_word) in units(secret) {
                 add_forms(&mut needles, &unit, whole_word);
+            }
+            if secret.value.chars().count() >= MIN_SECRET_CHARS {
+                fragments.extend(secret.value.as_bytes().windows(MIN_SECRET_CHARS));
             }
         }
         let mut patterns = Vec::with_capacity(needles.len());
@@ -99,7 +110,16 @@ impl Masker {
                 .build(&patterns)
                 .ok()
         };
-        Masker { automaton, rules }
+        let fragments = if fragments.is_empty() {
+            None
+        } else {
+            AhoCorasickBuilder::new().build(&fragments).ok()
+        };
+        Masker {
+            automaton,
+            rules,
+            fragments,
+        }
     }
 
     /// Whether there is nothing to mask.
@@ -122,6 +142,9 @@ impl Masker {
         if bytes.contains(&b'+') {
             let view = percent_decoded(bytes, true);
             self.find(automaton, &view.bytes, Some(&view.spans), &mut ranges);
+        }
+        if let Some(fragments) = &self.fragments {
+            base64_blobs_holding(fragments, bytes, &mut ranges);
         }
         if ranges.is_empty() {
             return Cow::Borrowed(bytes);
@@ -388,6 +411,59 @@ fn base64_aligned(alphabet: Alphabet, bytes: &[u8], offset: usize) -> (String, b
     )
 }
 
+/// Shortest run of base64 characters decoded in search of a piece of a
+/// secret: enough for [`MIN_SECRET_CHARS`] bytes at any alignment.
+const MIN_BLOB_CHARS: usize = 4 * MIN_SECRET_CHARS.div_ceil(3) + 3;
+
+/// Adds the range of every run of base64 characters (either alphabet, with
+/// its padding) that decodes, at one of the four character alignments, to
+/// bytes holding a run of a secret.
+fn base64_blobs_holding(fragments: &AhoCorasick, bytes: &[u8], ranges: &mut Vec<(usize, usize)>) {
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b"+/-_".contains(&b);
+    let mut at = 0;
+    while at < bytes.len() {
+        if !is_b64(bytes[at]) {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        while at < bytes.len() && is_b64(bytes[at]) {
+            at += 1;
+        }
+        let run = &bytes[start..at];
+        let mut end = at;
+        while end < bytes.len() && end - at < 2 && bytes[end] == b'=' {
+            end += 1;
+        }
+        if run.len() >= MIN_BLOB_CHARS
+            && (0..4).any(|skip| fragments.is_match(&base64_decoded(&run[skip..])))
+        {
+            ranges.push((start, end));
+        }
+    }
+}
+
+/// Bytes of base64 characters (both alphabets), a partial last group included.
+fn base64_decoded(chars: &[u8]) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' | b'-' => 62,
+        _ => 63,
+    };
+    let mut out = Vec::with_capacity(chars.len() * 3 / 4);
+    for group in chars.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in group.iter().enumerate() {
+            n |= u32::from(value(c)) << (18 - 6 * i);
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..group.len().saturating_sub(1)]);
+    }
+    out
+}
+
 /// Text with `%XX` escapes decoded, and where each byte of it came from.
 struct View {
     bytes: Vec<u8>,
@@ -563,6 +639,32 @@ mod tests {
         let bare = base64(Alphabet::UrlSafe, secret.as_bytes());
         let bare = bare.trim_end_matches('=');
         assert_eq!(masked(&m, &format!("t={bare};")), "t=********;");
+    }
+
+    #[test]
+    fn wrapped_base64_lines_holding_a_piece_of_a_secret_are_masked() {
+        let m = masker(&[PEM]);
+        let file = format!("url=jdbc:x\nuser=app\npassword={PEM}\n");
+        let encoded = base64(Alphabet::Standard, file.as_bytes());
+        // As `base64` prints it: 76 columns, each line masked on its own.
+        let lines: Vec<String> = encoded
+            .as_bytes()
+            .chunks(76)
+            .map(|l| masked(&m, std::str::from_utf8(l).unwrap()))
+            .collect();
+        assert!(lines.iter().any(|l| l == MASK), "{lines:#?}");
+        for line in lines.iter().filter(|l| *l != MASK) {
+            let bytes = base64_decoded(line.trim_end_matches('=').as_bytes());
+            assert!(
+                !bytes
+                    .windows(MIN_SECRET_CHARS)
+                    .any(|w| PEM.as_bytes().windows(MIN_SECRET_CHARS).any(|s| s == w)),
+                "{line} holds a piece of the secret"
+            );
+        }
+        // Ordinary long words and hashes are left alone.
+        let text = "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 ok";
+        assert_eq!(masked(&m, text), text);
     }
 
     #[test]

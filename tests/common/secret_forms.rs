@@ -2,8 +2,9 @@
 //! leak search of the fault suite and of the secrets tests): raw, each line
 //! of a multi-line value, JSON-escaped, URL-encoded (upper and lower hex,
 //! `%20` and `+`), standard and URL-safe base64 at each alignment inside a
-//! longer stream, shell-quoted. Written here independently of shipjar's
-//! masker, so a form it forgets is still looked for.
+//! longer stream, shell-quoted; and any base64 blob (a line of wrapped
+//! `base64` output) that decodes to 8 bytes of it in a row. Written here
+//! independently of shipjar's masker, so a form it forgets is still looked for.
 
 /// Shortest part of a secret searched for on its own (shipjar's minimum).
 pub const MIN_CHARS: usize = 8;
@@ -60,11 +61,49 @@ pub fn forms(secret: &str) -> Vec<(String, Vec<u8>)> {
 
 /// The names of the forms of `secret` that occur in `hay`.
 pub fn found(hay: &[u8], secret: &str) -> Vec<String> {
-    forms(secret)
+    let mut found: Vec<String> = forms(secret)
         .into_iter()
         .filter(|(_, needle)| hay.windows(needle.len()).any(|w| w == needle.as_slice()))
         .map(|(what, _)| what)
-        .collect()
+        .collect();
+    if base64_blob_holds_a_piece(hay, secret) {
+        found.push(format!("{MIN_CHARS} bytes in a row in a base64 blob"));
+    }
+    found
+}
+
+/// Whether a run of base64 characters in `hay` decodes (at any of the
+/// four character alignments, either alphabet) to bytes holding
+/// `MIN_CHARS` bytes of `secret` in a row.
+pub fn base64_blob_holds_a_piece(hay: &[u8], secret: &str) -> bool {
+    if secret.len() < MIN_CHARS {
+        return false;
+    }
+    let pieces: std::collections::HashSet<&[u8]> = secret.as_bytes().windows(MIN_CHARS).collect();
+    let sextet = |c: u8| {
+        STANDARD
+            .iter()
+            .position(|&x| x == c)
+            .or_else(|| URL_SAFE.iter().position(|&x| x == c))
+    };
+    hay.split(|&b| sextet(b).is_none())
+        .filter(|run| run.len() >= 12)
+        .any(|run| {
+            (0..4).any(|skip| {
+                let mut bits = 0u32;
+                let mut count = 0;
+                let mut bytes = Vec::new();
+                for &c in &run[skip..] {
+                    bits = (bits << 6) | sextet(c).unwrap_or(0) as u32;
+                    count += 6;
+                    if count >= 8 {
+                        count -= 8;
+                        bytes.push((bits >> count) as u8);
+                    }
+                }
+                bytes.windows(MIN_CHARS).any(|w| pieces.contains(w))
+            })
+        })
 }
 
 /// Percent-encoding of everything but `A-Za-z0-9-._~`.
