@@ -2,9 +2,6 @@
 //! under a root), and who owns each directory with which mode: the one table
 //! `provision`, the deploy and the supervisor all create directories from.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The directories of a layout.
@@ -20,17 +17,21 @@ pub enum Dir {
     Shared,
     /// `/var/log/<name>`: the service's log.
     Log,
+    /// `/var/lib/<name>/cds-dump`: root's; holds one directory of the
+    /// service's per dumping run (see [`Layout::cds_dump_dir`]).
+    CdsDump,
     /// `/run/<name>`: the supervisor's pidfile, state and lock, the deploy lock.
     Run,
 }
 
 impl Dir {
     /// Every directory, parents first.
-    pub const ALL: [Dir; 6] = [
+    pub const ALL: [Dir; 7] = [
         Dir::Lib,
         Dir::Artifacts,
         Dir::Releases,
         Dir::Shared,
+        Dir::CdsDump,
         Dir::Log,
         Dir::Run,
     ];
@@ -60,28 +61,6 @@ pub struct Directory {
     pub mode: u32,
 }
 
-impl Directory {
-    /// Creates the directory (and missing parents) when it is missing, with
-    /// exactly its mode whatever the umask; true when it was created. The
-    /// owner is the caller's to set: only root can.
-    pub fn create_missing(&self) -> io::Result<bool> {
-        if fs::symlink_metadata(&self.path).is_ok() {
-            return Ok(false);
-        }
-        if let Some(parent) = self.path.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        match fs::DirBuilder::new().mode(self.mode).create(&self.path) {
-            Ok(()) => {}
-            // Created meanwhile by someone else: theirs to have set up.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        fs::set_permissions(&self.path, fs::Permissions::from_mode(self.mode))?;
-        Ok(true)
-    }
-}
-
 /// A release's class-data sharing archive, `releases/<id>/cds.jsa`: a copy
 /// the agent's user made (mode 0444), never the file the JVM wrote, so a
 /// service compromised later cannot rewrite what every later start of its
@@ -97,9 +76,6 @@ pub const CDS_IDENTITY: &str = "cds.json";
 /// agent's user only, 0600): what the agent and the supervisor mask in what
 /// they answer and record. See `protocol::mask`.
 pub const RELEASE_SECRETS: &str = "SECRETS";
-
-/// Name prefix of [`Layout::cds_dump_dir`].
-pub const CDS_DUMP_PREFIX: &str = ".shipjar-cds-";
 
 /// Paths of one service on one host; `root` is `/` on a real host.
 #[derive(Debug, Clone)]
@@ -183,13 +159,15 @@ impl Layout {
         self.lib_dir().join("instances").join(port.to_string())
     }
 
-    /// `shared/.shipjar-cds-<supervisor pid>/`: where a JVM writes its
-    /// class-data archive at exit (the service's user, mode 0700; a release
+    /// `cds-dump/<supervisor pid>/`: where a JVM writes its class-data
+    /// archive at exit (the service's user, mode 0700, in a parent only
+    /// root can write, so the service cannot swap it for a link; a release
     /// holds nothing the service may write); removed once the supervisor
     /// has copied the archive into the release, or discarded it.
     pub fn cds_dump_dir(&self, supervisor_pid: u32) -> PathBuf {
-        self.shared_dir()
-            .join(format!("{CDS_DUMP_PREFIX}{supervisor_pid}"))
+        self.directory(Dir::CdsDump)
+            .path
+            .join(supervisor_pid.to_string())
     }
 
     /// Kept across releases; writable by the service.
@@ -276,6 +254,9 @@ impl Layout {
             // The service's own: no other user reads its data or its log.
             Dir::Shared => (self.shared_dir(), DirOwner::Service, 0o750),
             Dir::Log => (self.log_dir(), DirOwner::Service, 0o750),
+            // Traversable, not listable or writable: the service reaches
+            // only its own run's directory, and cannot replace it.
+            Dir::CdsDump => (self.lib_dir().join("cds-dump"), DirOwner::Agent, 0o711),
             // Readable by all, so `service status` works for anyone.
             Dir::Run => (self.run_dir(), DirOwner::Agent, 0o755),
         };
@@ -322,24 +303,4 @@ mod tests {
     }
 
     use super::*;
-    use std::os::unix::fs::MetadataExt;
-
-    #[test]
-    fn directories_are_created_once_with_their_mode() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let layout = Layout::new(root.path(), "svc");
-        let created: Vec<bool> = layout
-            .directories()
-            .iter()
-            .map(|d| d.create_missing().expect("create"))
-            .collect();
-        assert!(created.iter().all(|c| *c), "{created:?}");
-        for d in layout.directories() {
-            let mode = fs::metadata(&d.path).expect("stat").mode() & 0o7777;
-            assert_eq!(mode, d.mode, "{}", d.path.display());
-            assert!(!d.create_missing().expect("again"), "created twice");
-        }
-        assert_eq!(layout.directory(Dir::Log).owner, DirOwner::Service);
-        assert_eq!(layout.directory(Dir::Run).owner, DirOwner::Agent);
-    }
 }

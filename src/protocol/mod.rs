@@ -29,7 +29,8 @@ pub use messages::*;
 pub use names::validate_service_name;
 pub(crate) use wire_enum::wire_enum;
 
-/// Protocol version; operator and agent must agree exactly. 2: `prepare`
-/// carries the secret values the host masks (an agent of version 1 would
-/// refuse the field; the version mismatch says why).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Protocol version; operator and agent must agree exactly.
+/// 2: the agent announces how long a long request may take (`expect`).
+/// 3: `prepare` carries the secret values the host masks (an agent of
+/// version 2 would refuse the field; the version mismatch says why).
+pub const PROTOCOL_VERSION: u32 = 3;

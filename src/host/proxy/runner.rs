@@ -8,7 +8,7 @@
 //! proxy. SIGUSR1 makes it leave without stopping anything (a hand-over to
 //! the unit's runner).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::rc::Rc;
@@ -110,13 +110,8 @@ pub fn spawn_detached(layout: &Layout) -> Result<StartReport, SupervisorError> {
     let root = std::path::absolute(layout.root())
         .map_err(|e| error(format!("{}: {e}", layout.root().display())))?;
     let log_path = layout.proxy_log();
-    if let Some(dir) = log_path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| error(format!("{}: {e}", dir.display())))?;
-    }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    // The log dir is the service user's: see `proxy::ensure_running`.
+    let log = crate::host::supervisor::logfile::open_append(&log_path)
         .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
     let mut cmd = Command::new(exe);
     cmd.env_clear()

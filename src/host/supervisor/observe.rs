@@ -3,7 +3,9 @@
 //! believes or signals it.
 
 use std::fs;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use crate::host::fs::GuardedDir;
 
 use crate::protocol::layout::Layout;
 
@@ -167,10 +169,17 @@ pub fn release_from_cwd(layout: &Layout, pid: i32) -> Option<String> {
 }
 
 /// The supervisor's last sign of life: the newer of its state file and the
-/// service log (only the supervisor writes either).
+/// service log, neither followed if it is a link (the log dir is the
+/// service user's).
 pub fn last_sign_of_life(layout: &Layout) -> Option<SystemTime> {
     [layout.supervisor_state(), layout.log_file()]
         .iter()
-        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .filter_map(|p| {
+            let (dir, name) = (p.parent()?, p.file_name()?);
+            let st = GuardedDir::open(dir).and_then(|d| d.entry(name)).ok()??;
+            let (secs, nanos) = st.mtime;
+            let since = Duration::new(u64::try_from(secs).ok()?, u32::try_from(nanos).ok()?);
+            SystemTime::UNIX_EPOCH.checked_add(since)
+        })
         .max()
 }

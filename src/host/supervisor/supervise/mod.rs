@@ -28,7 +28,6 @@ use crate::host::supervisor::readiness::ReadinessChannel;
 use crate::host::supervisor::release::Release;
 use crate::host::supervisor::spawn;
 use crate::host::supervisor::state::{self, Phase, SupervisorState};
-use crate::protocol::files::remove_if_present;
 use crate::protocol::layout::Layout;
 
 /// Longest wait for the log thread to write out what the service said.
@@ -296,7 +295,7 @@ impl Supervisor<'_> {
 
     fn remove_pidfile(&mut self) {
         let path = self.layout.pidfile();
-        if let Err(e) = remove_if_present(&path) {
+        if let Err(e) = state::remove(&path) {
             self.log
                 .event(&format!("cannot remove {}: {e}", path.display()));
         }

@@ -25,8 +25,7 @@ impl<'a> Supervisor<'a> {
     /// stop that arrives while we set up waits for us.
     pub(super) fn setup(layout: &'a Layout, mode: Mode, signals: Signals) -> Result<Self, String> {
         let run_dir = layout.directory(Dir::Run);
-        run_dir
-            .create_missing()
+        crate::host::fs::create_missing(&run_dir)
             .map_err(|e| format!("{}: {e}", run_dir.path.display()))?;
         let lock = take_lock(layout)?;
         let me = procfs::identify(std::process::id() as i32)
@@ -166,6 +165,7 @@ fn open_log(
 }
 
 /// Takes the supervisor lock without waiting: held means another supervisor lives.
+#[allow(clippy::disallowed_methods)] // root-only: run/NAME is root's
 fn take_lock(layout: &Layout) -> Result<File, String> {
     let path = layout.supervisor_lock();
     let file = fs::OpenOptions::new()
