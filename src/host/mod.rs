@@ -13,6 +13,9 @@ pub mod init;
 pub mod instances;
 #[allow(clippy::disallowed_methods)] // root-only: run/NAME is root's 0755
 pub mod lock;
+#[allow(clippy::disallowed_methods)]
+// root-only: /proc, and run/NAME/locks (root's 0711; files opened with openat O_NOFOLLOW)
+pub mod lockfile;
 pub mod logs;
 pub mod probe;
 pub mod provision;

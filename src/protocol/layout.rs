@@ -20,13 +20,16 @@ pub enum Dir {
     /// `/var/lib/<name>/cds-dump`: root's; holds one directory of the
     /// service's per dumping run (see [`Layout::cds_dump_dir`]).
     CdsDump,
-    /// `/run/<name>`: the supervisor's pidfile, state and lock, the deploy lock.
+    /// `/run/<name>`: the supervisor's pidfile and state, the deploy lock's record.
     Run,
+    /// `/run/<name>/locks`: every lock file of the service; only its owner
+    /// (root on a provisioned host) can open them.
+    Locks,
 }
 
 impl Dir {
     /// Every directory, parents first.
-    pub const ALL: [Dir; 7] = [
+    pub const ALL: [Dir; 8] = [
         Dir::Lib,
         Dir::Artifacts,
         Dir::Releases,
@@ -34,6 +37,7 @@ impl Dir {
         Dir::CdsDump,
         Dir::Log,
         Dir::Run,
+        Dir::Locks,
     ];
 }
 
@@ -76,6 +80,32 @@ pub const CDS_IDENTITY: &str = "cds.json";
 /// agent's user only, 0600): what the agent and the supervisor mask in what
 /// they answer and record. See `protocol::mask`.
 pub const RELEASE_SECRETS: &str = "SECRETS";
+
+/// The locks of one service, each a file in [`Layout::locks_dir`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Held for a moment while the deploy lock's record is read and replaced.
+    Deploy,
+    /// Held by the supervisor of the service (or of one of its instances)
+    /// for its whole life: proof that it is alive.
+    Supervisor,
+    /// Held by the proxy's keeper while it lives.
+    Keeper,
+    /// Held by the runner of a proxied service while it lives.
+    Runner,
+}
+
+impl Lock {
+    /// What it is called in messages: "the supervisor lock".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Lock::Deploy => "the deploy lock's mutex",
+            Lock::Supervisor => "the supervisor lock",
+            Lock::Keeper => "the proxy keeper's lock",
+            Lock::Runner => "the runner's lock",
+        }
+    }
+}
 
 /// Paths of one service on one host; `root` is `/` on a real host.
 #[derive(Debug, Clone)]
@@ -240,9 +270,36 @@ impl Layout {
         self.run_dir().join("supervisor.json")
     }
 
-    /// Held by a supervisor while it runs; a held lock proves it is alive.
-    pub fn supervisor_lock(&self) -> PathBuf {
-        self.run_dir().join("supervisor.lock")
+    /// `/run/<name>/locks`: the lock files of the service and of its
+    /// instances, the agent's user's, mode 0711: anyone may stat a lock file
+    /// (to find its holder in `/proc/locks`), only that user may open one.
+    pub fn locks_dir(&self) -> PathBuf {
+        self.service_run_dir().join("locks")
+    }
+
+    /// The file of `lock` (mode 0600); an instance's supervisor has its own,
+    /// `supervisor-<port>.lock`.
+    pub fn lock_file(&self, lock: Lock) -> PathBuf {
+        let name = match (lock, self.instance) {
+            (Lock::Deploy, _) => "deploy.lock".to_string(),
+            (Lock::Supervisor, None) => "supervisor.lock".to_string(),
+            (Lock::Supervisor, Some(port)) => format!("supervisor-{port}.lock"),
+            (Lock::Keeper, _) => "keeper.lock".to_string(),
+            (Lock::Runner, _) => "runner.lock".to_string(),
+        };
+        self.locks_dir().join(name)
+    }
+
+    /// Where versions before `locks/` kept the file of `lock`, which a
+    /// process they started may still hold; `None` for the deploy lock's
+    /// mutex (they flocked the run directory, for a moment at a time).
+    pub fn legacy_lock_file(&self, lock: Lock) -> Option<PathBuf> {
+        match lock {
+            Lock::Deploy => None,
+            Lock::Supervisor => Some(self.run_dir().join("supervisor.lock")),
+            Lock::Keeper => Some(self.proxy_dir().join("keeper.lock")),
+            Lock::Runner => Some(self.proxy_dir().join("runner.lock")),
+        }
     }
 
     /// A directory of the layout with the owner and mode it must have.
@@ -259,6 +316,9 @@ impl Layout {
             Dir::CdsDump => (self.lib_dir().join("cds-dump"), DirOwner::Agent, 0o711),
             // Readable by all, so `service status` works for anyone.
             Dir::Run => (self.run_dir(), DirOwner::Agent, 0o755),
+            // Searchable, not readable: a lock file's holder can be looked
+            // up by anyone, the file opened (and so locked) by its owner alone.
+            Dir::Locks => (self.locks_dir(), DirOwner::Agent, 0o711),
         };
         Directory {
             dir,
@@ -273,7 +333,8 @@ impl Layout {
         Dir::ALL.iter().map(|&d| self.directory(d)).collect()
     }
 
-    /// The stage's deploy lock and the file naming its holder.
+    /// The stage's deploy lock: the lease record naming its holder (read
+    /// and replaced under [`Lock::Deploy`]).
     pub fn deploy_lock(&self) -> PathBuf {
         self.service_run_dir().join("deploy.lock")
     }
@@ -288,6 +349,15 @@ mod tests {
         let blue = base.with_instance(Some(18081));
         assert_eq!(blue.run_dir().to_str(), Some("/r/run/hello/instance-18081"));
         assert_eq!(blue.deploy_lock(), base.deploy_lock());
+        assert_eq!(
+            blue.lock_file(Lock::Supervisor).to_str(),
+            Some("/r/run/hello/locks/supervisor-18081.lock")
+        );
+        assert_eq!(
+            base.lock_file(Lock::Supervisor).to_str(),
+            Some("/r/run/hello/locks/supervisor.lock")
+        );
+        assert_eq!(blue.lock_file(Lock::Keeper), base.lock_file(Lock::Keeper));
         assert_eq!(
             blue.current_link().to_str(),
             Some("/r/var/lib/hello/instances/18081")

@@ -42,10 +42,15 @@ pub fn run_worker(layout: &Layout) -> i32 {
 /// The proxy's state; every pid proven before it is reported.
 pub fn status(layout: &Layout) -> ProxyStatus {
     let record = files::read_keeper(layout);
-    let alive = keeper::is_held(layout);
+    // The keeper lives while it holds its lock; the kernel names the holder.
+    let holder = keeper::holder(layout);
+    let alive = holder.is_some();
     let keeper_pid = record
         .as_ref()
-        .filter(|r| alive && procfs::liveness(r.keeper) == Liveness::Alive)
+        .filter(|r| {
+            holder.as_ref().is_some_and(|h| h.pid == r.keeper.pid)
+                && procfs::liveness(r.keeper) == Liveness::Alive
+        })
         .map(|r| r.keeper.pid);
     let worker_pid = record
         .as_ref()

@@ -12,11 +12,11 @@ mod gate;
 mod setup;
 mod watch;
 
-use std::fs::File;
 use std::process::Child;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::host::lockfile::HeldLock;
 use crate::host::supervisor::backoff::{Backoff, Decision};
 use crate::host::supervisor::cds::{self, ClassData};
 use crate::host::supervisor::human_duration;
@@ -132,7 +132,7 @@ struct Supervisor<'a> {
     /// What the current run does about class data (`[service] cds`).
     class_data: ClassData,
     /// Held for our whole life: proof that a supervisor is alive.
-    _lock: File,
+    _lock: HeldLock,
 }
 
 impl Supervisor<'_> {
