@@ -76,6 +76,11 @@ pub const CDS_ARCHIVE: &str = "cds.jsa";
 /// files differ goes on without the archive.
 pub const CDS_IDENTITY: &str = "cds.json";
 
+/// A release's secret values to mask (`releases/<id>/SECRETS`, JSON, the
+/// agent's user only, 0600): what the agent and the supervisor mask in what
+/// they answer and record. See `protocol::mask`.
+pub const RELEASE_SECRETS: &str = "SECRETS";
+
 /// The locks of one service, each a file in [`Layout::locks_dir`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lock {
