@@ -20,6 +20,7 @@ pub mod layout;
 pub mod manifest;
 mod messages;
 pub mod names;
+pub mod net;
 pub mod shell;
 pub mod status;
 mod wire_enum;

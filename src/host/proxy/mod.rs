@@ -5,7 +5,9 @@
 //! active port to a file by rename (so a restarted worker resumes there),
 //! and waits on the old instance's in-flight count before stopping it.
 
+mod conn;
 mod files;
+mod headers;
 mod keeper;
 pub mod runner;
 mod worker;
