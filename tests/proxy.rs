@@ -881,6 +881,13 @@ fn connections_over_max_connections_are_answered_503_at_once() {
         started.elapsed()
     );
     assert!(third.closed_within(Duration::from_secs(5)).is_some());
+    // One that sends its request first gets the answer too, not a reset.
+    for _ in 0..20 {
+        let mut eager = Raw::local(p.port);
+        eager.send("GET /version HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+        let answer = eager.answer().expect("an answer over the cap");
+        assert_eq!(answer.status, 503, "{answer:?}");
+    }
 
     // A place given back takes the next connection.
     first.send("GET /version HTTP/1.1\r\nHost: hello.test\r\nConnection: close\r\n\r\n");

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -88,15 +88,23 @@ impl Gate {
     /// response) at once, then closes it: after a short linger that reads
     /// what the client sent, unless too many refused ones linger already.
     pub fn refuse(self: &Arc<Self>, stream: TcpStream, answer: Bytes) {
-        // A fresh socket's send buffer is empty: this does not block.
-        let _ = stream.try_write(&answer);
+        use std::io::Write;
+        // Written straight to the socket, not through tokio's readiness (a
+        // socket accepted this instant has none recorded yet): a fresh
+        // socket's send buffer is empty, so this neither blocks nor waits.
+        let Ok(socket) = stream.into_std() else {
+            return;
+        };
+        let _ = (&socket).write(&answer);
+        let _ = socket.shutdown(std::net::Shutdown::Write);
         let Some(place) = self.take(true) else {
+            return;
+        };
+        let Ok(mut stream) = TcpStream::from_std(socket) else {
             return;
         };
         tokio::spawn(async move {
             let _place = place;
-            let mut stream = stream;
-            let _ = stream.shutdown().await;
             let _ = tokio::time::timeout(REFUSED_LINGER, async {
                 let mut buf = [0u8; 4096];
                 let mut read = 0;
