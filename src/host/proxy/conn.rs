@@ -357,3 +357,48 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_admits_up_to_its_cap_and_takes_places_back() {
+        let gate = Gate::new(2);
+        let first = gate.admit();
+        assert!(first.is_some());
+        assert!(gate.admit().is_some(), "the place of a dropped one is free");
+        let _second = gate.admit();
+        assert!(gate.admit().is_none(), "over the cap");
+        drop(first);
+        assert!(gate.admit().is_some());
+    }
+
+    #[test]
+    fn a_connection_is_timed_for_its_head_then_not_while_busy_then_for_idling() {
+        let waker = Waker::noop();
+        let watch = Watch::new(Duration::from_secs(1), Duration::from_secs(5));
+        let (deadline, idle) = watch.deadline(waker).expect("a head deadline");
+        assert!(!idle);
+        assert!(deadline <= Instant::now() + Duration::from_secs(1));
+        let exchange = watch.begin();
+        assert_eq!(watch.deadline(waker), None, "no timeout while answering");
+        let second = watch.begin();
+        drop(exchange);
+        assert_eq!(watch.deadline(waker), None, "one request still answered");
+        drop(second);
+        let (deadline, idle) = watch.deadline(waker).expect("an idle deadline");
+        assert!(idle);
+        assert!(deadline > Instant::now() + Duration::from_secs(4));
+        watch.arrived();
+        let (deadline, idle) = watch.deadline(waker).expect("a head deadline again");
+        assert!(!idle);
+        assert!(deadline <= Instant::now() + Duration::from_secs(1));
+        watch.arrived();
+        assert_eq!(
+            watch.deadline(waker).map(|d| d.0),
+            Some(deadline),
+            "more bytes of the same head do not move its deadline"
+        );
+    }
+}
