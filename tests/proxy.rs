@@ -844,6 +844,19 @@ fn half_a_request_head_is_closed_after_header_timeout_and_an_idle_connection_aft
     let mut idle = Raw::local(p.port);
     idle.send("GET /version HTTP/1.1\r\nHost: hello.test\r\n\r\n");
     assert_eq!(idle.answer().expect("an answer").status, 200);
+    // Pipelined requests (the next head already read while one is answered).
+    idle.send(
+        "GET /slow?ms=1200 HTTP/1.1\r\nHost: hello.test\r\n\r\n\
+         GET /version HTTP/1.1\r\nHost: hello.test\r\n\r\n",
+    );
+    assert_eq!(
+        idle.answer().expect("the first pipelined answer").status,
+        200
+    );
+    assert_eq!(
+        idle.answer().expect("the second pipelined answer").status,
+        200
+    );
     thread::sleep(Duration::from_millis(1800));
     idle.send("GET /version HTTP/1.1\r\nHost: hello.test\r\n\r\n");
     assert_eq!(
