@@ -941,3 +941,34 @@ fn an_instance_slower_than_upstream_timeout_is_answered_504() {
     let answer = conn.answer().expect("an answer");
     assert_eq!((answer.status, answer.body.trim()), (200, "slept 100 ms"));
 }
+
+#[test]
+fn the_proxy_serves_with_the_settings_of_the_release_taking_traffic() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let slow = |port: u16| {
+        let mut conn = Raw::local(port);
+        conn.send("GET /slow?ms=2500 HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+        conn.answer().expect("an answer").status
+    };
+    assert_eq!(slow(p.port), 200, "no upstream_timeout yet");
+
+    // `[proxy]` is the file's last section: the next deploy carries a limit.
+    let config = p.path().join("shipjar.toml");
+    let before = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{before}upstream_timeout = \"1s\"\n")).unwrap();
+    let out = p.deploy("2.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        slow(p.port),
+        504,
+        "the running proxy took the new release's limit"
+    );
+
+    // A rollback brings the old release's settings back with it.
+    let back = p.run(&["rollback", "local"]);
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    assert_eq!(slow(p.port), 200, "the rolled-back release has no limit");
+}

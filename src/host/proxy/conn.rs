@@ -33,7 +33,7 @@ const REFUSED_READ_MAX: usize = 64 * 1024;
 pub struct Gate {
     open: AtomicUsize,
     lingering: AtomicUsize,
-    max: usize,
+    max: AtomicUsize,
 }
 
 /// A place under a [`Gate`]'s cap, given back when dropped.
@@ -59,8 +59,13 @@ impl Gate {
         Arc::new(Gate {
             open: AtomicUsize::new(0),
             lingering: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
         })
+    }
+
+    /// A new cap, for connections from now on (those open stay).
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::SeqCst);
     }
 
     /// A place for one more connection, or `None` at the cap.
@@ -73,9 +78,10 @@ impl Gate {
             true => &self.lingering,
             false => &self.open,
         };
+        let max = self.max.load(Ordering::SeqCst);
         count
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .ok()
             .map(|_| Admitted {
@@ -372,6 +378,8 @@ mod tests {
         assert!(gate.admit().is_none(), "over the cap");
         drop(first);
         assert!(gate.admit().is_some());
+        gate.set_max(1);
+        assert!(gate.admit().is_none(), "a lower cap, one still open");
     }
 
     #[test]

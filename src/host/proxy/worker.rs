@@ -14,8 +14,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,7 +47,15 @@ type DownBody = Either<Counted, Full<Bytes>>;
 /// Shared by every connection.
 struct Shared {
     name: String,
+    /// The spec the proxy started with: its address and instance ports
+    /// hold for its whole life.
     spec: ProxySpec,
+    /// The settings requests and new connections are served with: the
+    /// timeouts, the cap, the trusted proxies, `hold`. The start's, then
+    /// at each switch those of the release taking traffic, so a deploy (or
+    /// a rollback) brings its own.
+    settings: Mutex<Arc<ProxySpec>>,
+    gate: Arc<Gate>,
     /// The active port, 0 for none. Read, counted, read again: see `enter`.
     active: AtomicU16,
     /// Wakes requests held while no instance is active.
@@ -58,6 +66,34 @@ struct Shared {
 }
 
 impl Shared {
+    fn settings(&self) -> Arc<ProxySpec> {
+        self.settings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves with the settings of `release` (its address and ports
+    /// aside) from now on; says what changed.
+    fn adopt(&self, release: ProxySpec) {
+        let next = ProxySpec {
+            listen: self.spec.listen.clone(),
+            ports: self.spec.ports,
+            ..release
+        };
+        let mut settings = self.settings.lock().unwrap_or_else(PoisonError::into_inner);
+        if **settings == next {
+            return;
+        }
+        self.gate.set_max(next.max_connections as usize);
+        raise_open_files(next.max_connections);
+        eprintln!(
+            "shipjar proxy: now serving with {}",
+            describe_settings(&next)
+        );
+        *settings = Arc::new(next);
+    }
+
     fn slot(&self, port: u16) -> Option<&AtomicU64> {
         self.spec
             .ports
@@ -198,11 +234,12 @@ async fn serve(
         .build(connector);
     raise_open_files(spec.max_connections);
     let gate = Gate::new(spec.max_connections as usize);
-    let over_cap = over_cap_answer(layout.name(), spec.max_connections);
     let (wake, _) = watch::channel(active);
     let shared = Arc::new(Shared {
         name: layout.name().to_string(),
+        settings: Mutex::new(Arc::new(spec.clone())),
         spec,
+        gate: gate.clone(),
         active: AtomicU16::new(active),
         wake,
         inflight: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -215,16 +252,24 @@ async fn serve(
     let control = tokio::net::UnixListener::from_std(control)
         .map_err(|e| format!("the control socket: {e}"))?;
     eprintln!(
-        "shipjar proxy: pid {} on {} (active instance: {})",
+        "shipjar proxy: pid {} on {} (active instance: {}) with {}",
         std::process::id(),
         shared.spec.listen,
-        describe(active)
+        describe(active),
+        describe_settings(&shared.spec)
     );
+    // A worker restarted after a switch serves with the active release's settings.
+    if let Some(release) = release_settings(layout, active) {
+        shared.adopt(release);
+    }
     let control_shared = shared.clone();
+    let control_layout = layout.clone();
     tokio::spawn(async move {
         loop {
             if let Ok((stream, _)) = control.accept().await {
-                tokio::spawn(control_connection(control_shared.clone(), stream));
+                let connection =
+                    control_connection(control_shared.clone(), control_layout.clone(), stream);
+                tokio::spawn(connection);
             }
         }
     });
@@ -240,21 +285,24 @@ async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        let settings = shared.settings();
         let Some(admitted) = gate.admit() else {
-            gate.refuse(stream, over_cap.clone());
+            gate.refuse(
+                stream,
+                over_cap_answer(&shared.name, settings.max_connections),
+            );
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             let _admitted = admitted;
-            let trusted = shared
-                .spec
+            let trusted = settings
                 .trusted_proxies
                 .iter()
                 .any(|range| range.contains(peer.ip()));
             let watch = Watch::new(
-                Duration::from_millis(shared.spec.header_timeout_ms),
-                Duration::from_millis(shared.spec.idle_timeout_ms),
+                Duration::from_millis(settings.header_timeout_ms),
+                Duration::from_millis(settings.idle_timeout_ms),
             );
             let io = TokioIo::new(Guarded::new(stream, watch.clone()));
             let service = service_fn(move |req| {
@@ -270,6 +318,33 @@ async fn serve(
                 .await;
         });
     }
+}
+
+/// The proxy settings of the release the instance on `port` runs, when
+/// there is one (0: none) and it has them.
+fn release_settings(layout: &Layout, port: u16) -> Option<ProxySpec> {
+    if port == 0 {
+        return None;
+    }
+    let instance = layout.with_instance(Some(port));
+    let id = crate::host::store::current(&instance)?;
+    crate::host::store::read_manifest(layout, &id).ok()?.proxy
+}
+
+/// The settings a proxy log line names.
+fn describe_settings(spec: &ProxySpec) -> String {
+    let ranges: Vec<String> = spec.trusted_proxies.iter().map(|r| r.to_string()).collect();
+    format!(
+        "header_timeout {} ms, idle_timeout {} ms, upstream_timeout {}, max_connections {}, \
+         trusted_proxies [{}], hold {} ms",
+        spec.header_timeout_ms,
+        spec.idle_timeout_ms,
+        spec.upstream_timeout_ms
+            .map_or_else(|| "none".to_string(), |ms| format!("{ms} ms")),
+        spec.max_connections,
+        ranges.join(", "),
+        spec.hold_ms
+    )
 }
 
 /// The whole answer to a connection over `max_connections`, sent before
@@ -376,8 +451,9 @@ fn describe(port: u16) -> String {
 }
 
 /// The control protocol, one line each way: `switch PORT`, `none`,
-/// `inflight PORT`, `status`.
-async fn control_connection(shared: Arc<Shared>, stream: tokio::net::UnixStream) {
+/// `inflight PORT`, `status`. A switch also adopts the settings of the
+/// release on `PORT`.
+async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -386,6 +462,9 @@ async fn control_connection(shared: Arc<Shared>, stream: tokio::net::UnixStream)
             (Some("switch"), Some(Ok(port))) if shared.slot(port).is_some() => {
                 shared.switch(port);
                 eprintln!("shipjar proxy: switched to {}", describe(port));
+                if let Some(release) = release_settings(&layout, port) {
+                    shared.adopt(release);
+                }
                 format!("ok active {port}")
             }
             (Some("none"), None) => {
@@ -453,7 +532,8 @@ async fn handle(
                 .to_string(),
         ));
     }
-    let hold = Duration::from_millis(shared.spec.hold_ms);
+    let settings = shared.settings();
+    let hold = Duration::from_millis(settings.hold_ms);
     let deadline = tokio::time::Instant::now() + hold;
     let (mut parts, body) = req.into_parts();
     let bodiless = body.is_end_stream();
@@ -466,7 +546,7 @@ async fn handle(
     let mut body = Some(body);
     loop {
         let Some(flight) = wait_for_active(&shared, deadline).await else {
-            return Ok(unavailable(&shared));
+            return Ok(unavailable(&shared, &settings));
         };
         let mut up = Request::from_parts(parts.clone(), ());
         *up.uri_mut() = match format!("http://127.0.0.1:{}{path}", flight.port).parse::<Uri>() {
@@ -478,7 +558,7 @@ async fn handle(
             None => Either::Right(Empty::new()),
         };
         let sent = shared.client.request(up.map(|()| up_body));
-        let answered = match shared.spec.upstream_timeout_ms {
+        let answered = match settings.upstream_timeout_ms {
             None => sent.await,
             Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
                 Ok(answered) => answered,
@@ -509,7 +589,7 @@ async fn handle(
             Err(e) if e.is_connect() && bodiless => {
                 drop(flight);
                 if tokio::time::Instant::now() >= deadline {
-                    return Ok(unavailable(&shared));
+                    return Ok(unavailable(&shared, &settings));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -527,12 +607,12 @@ async fn handle(
 }
 
 /// 503 once `hold` has passed without an instance to take the request.
-fn unavailable(shared: &Shared) -> Response<DownBody> {
+fn unavailable(shared: &Shared, settings: &ProxySpec) -> Response<DownBody> {
     page(
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
             "{}: no healthy instance took this request within {} ms (shipjar proxy)",
-            shared.name, shared.spec.hold_ms
+            shared.name, settings.hold_ms
         ),
     )
 }
