@@ -972,3 +972,54 @@ fn the_proxy_serves_with_the_settings_of_the_release_taking_traffic() {
     assert_eq!(back.status.code(), Some(0), "{}", text(&back));
     assert_eq!(slow(p.port), 200, "the rolled-back release has no limit");
 }
+
+/// `proxy.log` is in the service user's log dir, and the proxy's start
+/// opens it as root: a symlink planted there to a root file must not get
+/// the proxy's output appended (it used to: plain create + append).
+#[test]
+fn a_proxy_log_planted_as_a_symlink_leaves_its_target_unchanged() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let decoy = p.path().join("root-file");
+    std::fs::write(&decoy, "root's own\n").expect("write decoy");
+    let log_dir = p.root().join("var/log/hello");
+    std::fs::create_dir_all(&log_dir).expect("mkdir");
+    let proxy_log = log_dir.join("proxy.log");
+    std::os::unix::fs::symlink(&decoy, &proxy_log).expect("symlink");
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&decoy).expect("decoy"),
+        "root's own\n"
+    );
+    let meta = std::fs::symlink_metadata(&proxy_log).expect("proxy.log");
+    assert!(meta.is_file(), "a new proxy.log in place of the link");
+    let aside = std::fs::symlink_metadata(log_dir.join("proxy.log.refused-1")).expect("aside");
+    assert!(aside.file_type().is_symlink());
+}
+
+#[test]
+fn check_on_a_proxied_stage_looks_at_the_proxy_and_instance_ports_not_the_health_port() {
+    let ports = [free_port(), free_port()];
+    let listen = free_port();
+    let p = Project::with_config(|c| {
+        format!(
+            "{c}\n[proxy]\nlisten = \"127.0.0.1:{listen}\"\nports = [{}, {}]\n",
+            ports[0], ports[1]
+        )
+    });
+    // Someone else holds the [health] URL's port, which a proxied stage never uses.
+    let other = std::net::TcpListener::bind(("127.0.0.1", p.port)).expect("hold the port");
+    let out = p.run(&["check", "local"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains("held by another program"), "{all}");
+    for port in [listen, ports[0], ports[1]] {
+        assert!(
+            all.contains(&format!("port {port}")),
+            "port {port} not checked: {all}"
+        );
+    }
+    assert!(!all.contains(&format!("port {}:", p.port)), "{all}");
+    drop(other);
+}

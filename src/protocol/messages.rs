@@ -219,6 +219,10 @@ pub struct HostCheckSpec {
     pub artifact_bytes: u64,
     /// What `provision` would establish.
     pub provision: ProvisionSpec,
+    /// Behind shipjar's proxy: its address and the instance ports are
+    /// checked instead of the health check's port.
+    #[serde(default)]
+    pub proxy: Option<crate::protocol::manifest::ProxySpec>,
 }
 
 /// One finding of `check_host`.
@@ -267,6 +271,18 @@ pub enum AgentMessage {
         step: String,
         /// What happened.
         message: String,
+    },
+    /// The request may go on this long from now before its next message:
+    /// sent before a step whose length the host knows (an activation bounded
+    /// by the releases' stop, start and hook timeouts). The operator waits
+    /// that long, not its default, before it gives the host up.
+    Expect {
+        /// Request id.
+        id: u64,
+        /// The step about to run.
+        step: String,
+        /// Milliseconds the step may take.
+        within_ms: u64,
     },
     /// The final answer to a request.
     Result {
