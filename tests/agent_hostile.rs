@@ -39,7 +39,7 @@ impl Agent {
     fn call(&mut self, request: Value, bytes: &[u8]) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        let envelope = json!({"protocol": 2, "id": id, "service": "demo", "request": request});
+        let envelope = json!({"protocol": 3, "id": id, "service": "demo", "request": request});
         writeln!(self.stdin, "{envelope}").expect("write request");
         self.stdin.write_all(bytes).expect("write bytes");
         self.stdin.flush().expect("flush");
@@ -219,7 +219,7 @@ fn a_lease_lost_while_a_request_runs_turns_its_answer_into_an_error() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let envelope = json!({"protocol": 2, "id": 99, "service": "demo",
+    let envelope = json!({"protocol": 3, "id": 99, "service": "demo",
         "request": {"type": "put_artifact", "sha256": sha, "size": bytes.len()}});
     writeln!(agent.stdin, "{envelope}").unwrap();
     agent.stdin.write_all(&bytes[..100]).unwrap();
@@ -332,4 +332,36 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[test]
+fn an_agent_whose_operator_is_gone_releases_the_lock_at_once() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let root = base.path().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let mut agent = Agent::start(&root);
+    let holder = json!({"deployer": "me@box", "pid": 1, "command": "test", "since": "t"});
+    let begun = agent.call(
+        json!({"type": "begin", "holder": holder, "artifact_sha256": null, "lease_ms": 60000, "prepare": null}),
+        b"",
+    );
+    assert_eq!(begun["type"], "begun", "{begun}");
+    // The operator dies without `finish`: the agent's input ends (its
+    // stdin is replaced by a closed one).
+    let (_, reader) = std::os::unix::net::UnixStream::pair().expect("pair");
+    drop(std::mem::replace(
+        &mut agent.stdin,
+        ChildStdin::from(std::os::fd::OwnedFd::from(reader)),
+    ));
+    let status = agent.child.wait().expect("the agent exits");
+    assert!(status.success(), "{status}");
+    // The next deploy finds the lock free, not a lease to wait out.
+    let mut next = Agent::start(&root);
+    let holder = json!({"deployer": "next@box", "pid": 2, "command": "test", "since": "t"});
+    let begun = next.call(
+        json!({"type": "begin", "holder": holder, "artifact_sha256": null, "lease_ms": 60000, "prepare": null}),
+        b"",
+    );
+    assert_eq!(begun["type"], "begun", "{begun}");
+    assert_eq!(begun["took_over"], serde_json::Value::Null, "{begun}");
 }

@@ -19,8 +19,10 @@ pub mod hook_wait;
 pub mod keep;
 pub mod layout;
 pub mod manifest;
+pub mod mask;
 mod messages;
 pub mod names;
+pub mod net;
 pub mod shell;
 pub mod status;
 mod wire_enum;
@@ -31,5 +33,7 @@ pub(crate) use wire_enum::wire_enum;
 
 /// Protocol version; operator and agent must agree exactly.
 /// 2: the agent announces how long a long request may take (`expect`).
-/// 3: failed-step events; `finish` records a run that stopped before switching.
+/// 3: `prepare` carries the secret values the host masks (an agent of
+/// version 2 would refuse the field; the version mismatch says why);
+/// failed-step events; `finish` records a run that stopped before switching.
 pub const PROTOCOL_VERSION: u32 = 3;
