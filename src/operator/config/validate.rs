@@ -796,6 +796,22 @@ mod tests {
     }
 
     #[test]
+    fn settle_defaults_to_none_and_is_bounded() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.health.settle, Millis(0));
+        let project = load(&format!("{MINIMAL}[health]\nsettle = \"30s\"\n")).unwrap();
+        assert_eq!(project.config.health.settle, Millis(30_000));
+        let spec = crate::protocol::manifest::HealthSpec::from(&project.config.health);
+        assert_eq!(spec.settle_ms, 30_000);
+        let err = load(&format!("{MINIMAL}[health]\nsettle = \"2h\"\n")).unwrap_err();
+        assert!(
+            err.message.contains("key `health.settle`") && err.message.contains("at most 30m"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
     fn stop_hook_is_a_url_or_a_command() {
         let project = load(MINIMAL).unwrap();
         assert_eq!(project.config.stop.hook_timeout, Millis(10_000));
