@@ -196,7 +196,10 @@ pub(crate) fn restart(
         log_tail: Vec::new(),
     };
     let id = store::current(layout).ok_or_else(|| fail("no current release".into()))?;
-    let manifest = store::read_manifest(layout, &id).map_err(fail)?;
+    let mut manifest = store::read_manifest(layout, &id).map_err(fail)?;
+    // The release settled when it was activated; a restart (under systemd, a
+    // reload within the unit's timeout) only passes the gate again.
+    manifest.health.settle_ms = 0;
     let mut outcome = Activation {
         ok: false,
         release: id.clone(),

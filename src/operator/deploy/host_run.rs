@@ -358,7 +358,12 @@ pub(super) fn revert_host(run: &mut Run, deployer: &str, reporter: &Reporter) {
         Some(Response::Activated(a)) => {
             run.outcome.ok = false;
             run.outcome.state = FinalState::Unknown;
-            run.fail("revert", a.reason.unwrap_or_default(), reporter);
+            let reason = a.reason.unwrap_or_default();
+            if run.failure_shown {
+                run.record_failure("revert", reason);
+            } else {
+                run.fail("revert", reason, reporter);
+            }
         }
         _ => {
             run.outcome.ok = false;
