@@ -1,0 +1,167 @@
+//! The service's log dir (issue items 2 and 3): the service user puts a
+//! symlink to root's file, a FIFO, a directory, a socket, a hard link or a
+//! huge sparse file where root reads and writes the service's log.
+
+use std::time::Duration;
+
+use crate::{DECOY, HOST, ROOT_LIMIT, SERVICE_USER, Suite, say, text};
+
+const LOG: &str = "/var/log/hello/console.log";
+/// A restart takes at most its start timeout (15 s) and stop timeout (5 s).
+const FIFO_LIMIT: Duration = Duration::from_secs(30);
+
+/// Plants `script` (run by `sh -c` as the service user) in the log dir.
+fn plant(s: &mut Suite, what: &str, script: &str) -> bool {
+    let out = s.as_user(SERVICE_USER, &["sh", "-c", script]);
+    if !out.status.success() {
+        say(&format!(
+            "attacks: the service user cannot plant {what}: {}",
+            text(&out).trim()
+        ));
+        return false;
+    }
+    true
+}
+
+/// Ends a background attacker (its process group: we started it).
+fn stop_attacker(child: std::process::Child) -> String {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    crate::finish_attacker(child, Duration::from_secs(5))
+}
+
+/// Removes what was planted in the log dir (a FIFO first gets a reader and
+/// a writer, so whoever blocks on it goes on) and lets a new log be made.
+fn unplant(s: &mut Suite) {
+    let script = format!(
+        "for f in /var/log/hello/*; do \
+           if [ -p \"$f\" ]; then timeout 2 sh -c \"exec 3<>'$f'; sleep 0.3\"; fi; \
+           [ -f \"$f\" ] && [ ! -L \"$f\" ] && [ \"$(stat -c %h \"$f\")\" = 1 ] && [ \"$(stat -c %s \"$f\")\" -lt 100000000 ] || rm -rf --one-file-system \"$f\"; \
+         done; rm -f {LOG}.1; true"
+    );
+    let _ = s.fleet.exec(HOST, &["sh", "-c", &script]);
+}
+
+/// `console.log` (and, for `logs`, `console.log.1`) as a symlink to root's
+/// 0600 file: `shipjar logs`, `service restart` and a failed deploy's log
+/// tail must neither print it nor write into it.
+pub fn console_symlink(s: &mut Suite) {
+    let link = format!("ln -sfn {DECOY} {LOG}");
+    if plant(s, "a symlink", &link) {
+        s.counts.attacks += 1;
+        let _ = s.op(&["logs", "one", "-n", "50"], Duration::from_secs(30));
+        s.counts.attacks += 1;
+        let _ = s.op(
+            &["--json", "logs", "one", "-n", "50"],
+            Duration::from_secs(30),
+        );
+    }
+    // `logs` reaches into the rotated file when the current one is short.
+    let rotated = format!(": > {LOG}.new && mv -f {LOG}.new {LOG}; ln -sfn {DECOY} {LOG}.1");
+    unplant(s);
+    if plant(s, "a symlink as console.log.1", &rotated) {
+        s.counts.attacks += 1;
+        let _ = s.op(&["logs", "one", "-n", "50"], Duration::from_secs(30));
+    }
+    // A deploy whose start fails prints the end of the log: the service's
+    // last words written, it replaces its log by a symlink to root's file.
+    unplant(s);
+    s.counts.attacks += 1;
+    let attacker = s.spawn_attacker(
+        SERVICE_USER,
+        &[
+            "link-when",
+            DECOY,
+            LOG,
+            "must be a non-negative integer",
+            "60",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = s.deploy("one", &["--env", "PORT=not-a-port"]);
+    if out.status.success() {
+        s.fail(format!(
+            "a deploy whose service cannot start succeeded: {}",
+            text(&out)
+        ));
+    }
+    let said = stop_attacker(attacker);
+    if !said.contains("linked") {
+        s.fail("the log was never replaced by a symlink: the attack proves nothing".into());
+    }
+    unplant(s);
+    // `service restart` with the log a symlink: refused or not, never followed.
+    if plant(s, "a symlink", &link) {
+        s.counts.attacks += 1;
+        let _ = s.root(&["shipjar", "service", "restart", "hello"], ROOT_LIMIT);
+    }
+    unplant(s);
+    s.check_truth("after the symlinked log");
+}
+
+/// `console.log` as a FIFO: `service restart`, the init script's start,
+/// `shipjar logs` and a deploy each return within their deadline.
+pub fn console_fifo(s: &mut Suite) {
+    let fifo = format!("rm -f {LOG} && mkfifo -m 0660 {LOG}");
+    type Step = (&'static str, fn(&mut Suite));
+    let steps: [Step; 4] = [
+        ("service restart", |s| {
+            let _ = s.root(&["shipjar", "service", "restart", "hello"], FIFO_LIMIT);
+        }),
+        ("the init script's start", |s| {
+            let _ = s.root(&["shipjar", "service", "stop", "hello"], FIFO_LIMIT);
+            let _ = s.root(&["/etc/init.d/hello", "start"], FIFO_LIMIT);
+        }),
+        ("shipjar logs", |s| {
+            let _ = s.op(&["logs", "one", "-n", "20"], Duration::from_secs(20));
+        }),
+        ("deploy", |s| {
+            let _ = s.deploy("one", &[]);
+        }),
+    ];
+    for (name, step) in steps {
+        unplant(s);
+        if !plant(s, "a FIFO", &fifo) {
+            continue;
+        }
+        say(&format!("attacks: FIFO as console.log, then {name}"));
+        s.counts.attacks += 1;
+        step(s);
+        s.check_truth(&format!("after {name} with a FIFO as console.log"));
+    }
+    unplant(s);
+}
+
+/// Other kinds in place of the log: a directory, a socket, a hard link to
+/// root's file (where the kernel allows it), a 1 TiB sparse file; each
+/// followed by `service restart` and `shipjar logs`, each within its deadline.
+pub fn log_dir_kinds(s: &mut Suite) {
+    let kinds: [(&str, String); 4] = [
+        ("a directory", format!("rm -f {LOG} && mkdir {LOG}")),
+        (
+            "a socket",
+            format!(
+                "rm -f {LOG} && python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"{LOG}\")'"
+            ),
+        ),
+        (
+            "a hard link to root's file",
+            format!("rm -f {LOG} && ln {DECOY} {LOG}"),
+        ),
+        ("a 1 TiB sparse file", format!("truncate -s 1T {LOG}")),
+    ];
+    for (what, script) in kinds {
+        unplant(s);
+        if !plant(s, what, &script) {
+            continue;
+        }
+        say(&format!("attacks: {what} as console.log"));
+        s.counts.attacks += 2;
+        let _ = s.root(&["shipjar", "service", "restart", "hello"], ROOT_LIMIT);
+        let _ = s.op(&["logs", "one", "-n", "20"], Duration::from_secs(30));
+        s.check_truth(&format!("after {what} as console.log"));
+    }
+    unplant(s);
+}
