@@ -43,34 +43,39 @@ def events(fd):
 def cds_race(shared, target, seconds):
     """Each new dump dir in shared/ is swapped, in one system call
     (renameat2 RENAME_EXCHANGE), for a symlink to target made beforehand,
-    the moment inotify reports it (polled, never slept on)."""
+    the moment inotify reports it: the fd is polled, never slept on, and the
+    loop does as little as it can between the event and the swap."""
     fd = watch(shared, IN_CREATE)
     link = os.path.join(shared, ".lnk")
-    end, swaps = time.monotonic() + seconds, 0
+    blink, bshared = link.encode(), shared.encode() + b"/"
+    prefix = b".shipjar-cds-"
+    swap, read = libc.renameat2, os.read
+    end, swaps, spins = time.monotonic() + seconds, [], 0
     os.symlink(target, link)
-    blink = link.encode()
-    while time.monotonic() < end:
+    while True:
         try:
-            buf = os.read(fd, 65536)
+            buf = read(fd, 4096)
         except BlockingIOError:
+            spins += 1
+            if spins & 0xFFFF == 0 and time.monotonic() > end:
+                break
             continue
         i = 0
         while i < len(buf):
-            n = struct.unpack_from("iIII", buf, i)[3]
-            name = buf[i + 16 : i + 16 + n].rstrip(b"\0").decode()
+            n = struct.unpack_from("I", buf, i + 12)[0]
+            name = buf[i + 16 : i + 16 + n].rstrip(b"\0")
             i += 16 + n
-            if not name.startswith(".shipjar-cds-"):
+            if not name.startswith(prefix):
                 continue
-            path = os.path.join(shared, name)
-            if libc.renameat2(-100, blink, -100, path.encode(), 2) == 0:
+            if swap(-100, blink, -100, bshared + name, 2) == 0:
                 # The real directory, now under .lnk, is kept aside.
-                os.rename(link, os.path.join(shared, ".moved" + name))
+                os.rename(blink, bshared + b".moved" + name)
                 os.symlink(target, link)
-                swaps += 1
-                print("swapped", name, flush=True)
+                swaps.append(name.decode())
+                print("swapped", name.decode(), flush=True)
             else:
-                print("missed", name, ctypes.get_errno(), flush=True)
-    print("swaps", swaps, flush=True)
+                print("missed", name.decode(), ctypes.get_errno(), flush=True)
+    print("swaps", len(swaps), flush=True)
 
 
 def link_when(target, path, needle, seconds):

@@ -65,22 +65,14 @@ pub fn console_symlink(s: &mut Suite) {
         s.counts.attacks += 1;
         let _ = s.op(&["logs", "one", "-n", "50"], Duration::from_secs(30));
     }
-    // A deploy whose start fails prints the end of the log: the service's
-    // last words written, it replaces its log by a symlink to root's file.
+    // A deploy whose start fails prints the end of the log. The service
+    // listens on the wrong port (its health check times out); once it said
+    // so, it replaces its log by a symlink to root's file.
     unplant(s);
     s.counts.attacks += 1;
-    let attacker = s.spawn_attacker(
-        SERVICE_USER,
-        &[
-            "link-when",
-            DECOY,
-            LOG,
-            "must be a non-negative integer",
-            "60",
-        ],
-    );
+    let attacker = s.spawn_attacker(SERVICE_USER, &["link-when", DECOY, LOG, "18099", "60"]);
     std::thread::sleep(Duration::from_millis(300));
-    let out = s.deploy("one", &["--env", "PORT=not-a-port"]);
+    let out = s.deploy("one", &["--env", "PORT=18099"]);
     if out.status.success() {
         s.fail(format!(
             "a deploy whose service cannot start succeeded: {}",
