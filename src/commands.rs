@@ -9,6 +9,15 @@ use crate::operator;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
+/// `println!` that never panics: a closed stdout (`shipjar service status
+/// NAME | head -1`) is the reader's choice, not a failure of the command.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<i32> {
     if let Some(dir) = &cli.chdir {
@@ -19,20 +28,19 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Service(cmd) => run_service(cmd, json),
         Command::Agent(args) => Ok(crate::host::agent::run(&absolute(&args.root)?)),
-        Command::Completions(args) => {
-            completions(args.shell);
-            Ok(0)
-        }
+        Command::Completions(args) => completions(args.shell),
         Command::Man => man(),
         command => operator::run(command, &cli.config, json),
     }
 }
 
 /// Writes the completion script for `shell` to stdout, from the CLI definition.
-fn completions(shell: Shell) {
+fn completions(shell: Shell) -> Result<i32> {
     use clap::CommandFactory;
     let mut cmd = Cli::command();
-    let mut out = std::io::stdout().lock();
+    // Generated into memory: clap_complete panics when its writer fails, and
+    // `shipjar completions zsh | head -1` closes the pipe early.
+    let mut out = Vec::new();
     match shell {
         Shell::Bash => {
             clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "shipjar", &mut out)
@@ -44,22 +52,26 @@ fn completions(shell: Shell) {
             clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "shipjar", &mut out)
         }
     }
+    write_stdout(&out).map_err(|e| Error::failed(format!("cannot write the completions: {e}")))?;
+    Ok(0)
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// Writes the man page to stdout.
 fn man() -> Result<i32> {
-    use std::io::Write;
     let failed = |e: std::io::Error| Error::failed(format!("cannot write the man page: {e}"));
     let text = man_page().map_err(failed)?;
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        // `shipjar man | head` is fine.
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(failed(e)),
-        _ => Ok(0),
-    }
+    write_stdout(text.as_bytes()).map_err(failed)?;
+    Ok(0)
 }
 
 /// The man page (roff), from the CLI definition: the top-level page, then one
@@ -133,13 +145,13 @@ fn print_proxied_status(layout: &Layout, spec: &ProxySpec, json: bool) -> i32 {
     if json {
         print_json(&status);
     } else {
-        println!("{}", status.line());
+        say!("{}", status.line());
         for line in status.instance_lines() {
-            println!("{line}");
+            say!("{line}");
         }
         match host::proxy::runner::pid(layout) {
-            Some(pid) => println!("runner pid {pid} supervises the proxy and instances"),
-            None if status.state != host::proxy::ProxyState::Stopped => println!(
+            Some(pid) => say!("runner pid {pid} supervises the proxy and instances"),
+            None if status.state != host::proxy::ProxyState::Stopped => say!(
                 "no runner: a dead proxy keeper would not be started again (`service start {}` starts one)",
                 layout.name()
             ),
@@ -161,11 +173,11 @@ fn run_proxy(args: &ProxyArgs, json: bool) -> Result<i32> {
     if args.stop {
         return match host::proxy::stop(&layout) {
             Ok(true) => {
-                println!("proxy stopped");
+                say!("proxy stopped");
                 Ok(0)
             }
             Ok(false) => {
-                println!("proxy not running");
+                say!("proxy not running");
                 Ok(0)
             }
             Err(e) => Err(Error::failed(e)),
@@ -187,7 +199,7 @@ fn run_proxy(args: &ProxyArgs, json: bool) -> Result<i32> {
         let active = status
             .active
             .map_or("none".to_string(), |p| format!("127.0.0.1:{p}"));
-        println!("{}, active instance {active}", status.line());
+        say!("{}, active instance {active}", status.line());
     }
     Ok(match status.state {
         host::proxy::ProxyState::Running => 0,
@@ -233,7 +245,7 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                     if json {
                         print_json(&report);
                     } else {
-                        println!("reloaded: {} ({} ms)", report.how, report.took_ms);
+                        say!("reloaded: {} ({} ms)", report.how, report.took_ms);
                     }
                     Ok(0)
                 }
@@ -257,7 +269,7 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
         ServiceCommand::Stop(args) => match proxied(&args)? {
             Some((layout, spec)) => match host::instances::stop(&layout, &spec) {
                 Ok(()) => {
-                    println!("stopped: both instances and the proxy");
+                    say!("stopped: both instances and the proxy");
                     Ok(0)
                 }
                 Err(err) => Ok(report_supervisor_error(&err, json)),
@@ -276,12 +288,13 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                             Some(pid) => format!("the unsupervised service pid {pid} "),
                             None => String::new(),
                         };
-                        println!(
+                        say!(
                             "stopped: {what}{} ({} ms{dump})",
-                            report.how, report.took_ms
+                            report.how,
+                            report.took_ms
                         );
                     } else {
-                        println!("not running");
+                        say!("not running");
                     }
                     Ok(0)
                 }
@@ -295,7 +308,7 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                 if json {
                     print_json(&status);
                 } else {
-                    println!("{}", status.detail);
+                    say!("{}", status.detail);
                 }
                 Ok(status.lsb_code)
             }
@@ -349,7 +362,7 @@ fn install(args: &InstallArgs, which: Init) -> Result<i32> {
         print!("{text}");
     } else {
         init::install(&path, &text, mode).map_err(Error::failed)?;
-        println!("wrote {}", path.display());
+        say!("wrote {}", path.display());
     }
     Ok(0)
 }
@@ -417,7 +430,7 @@ fn report_supervisor_error(err: &supervisor::SupervisorError, json: bool) -> i32
 
 fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => say!("{text}"),
         Err(e) => eprintln!("error: cannot encode JSON: {e}"),
     }
 }

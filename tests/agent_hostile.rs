@@ -114,6 +114,10 @@ fn hostile_paths_in_a_manifest_are_refused_and_nothing_lands_outside_the_release
             "app.properties".to_string(),
         ),
         ("lib/demo.jar".to_string(), "app.properties".to_string()),
+        // Names shipjar writes in the release: the link would redirect the
+        // RELEASE write into the artifact store.
+        ("RELEASE".to_string(), "app.properties".to_string()),
+        ("cds.json".to_string(), "app.properties".to_string()),
         (
             "demo.jar".to_string(),
             outside.to_string_lossy().into_owned(),
@@ -144,6 +148,12 @@ fn hostile_paths_in_a_manifest_are_refused_and_nothing_lands_outside_the_release
             !outside.exists(),
             "jar {jar:?}, dest {dest:?} planted a file outside"
         );
+        let stored = root.join(format!("var/lib/demo/artifacts/{sha}.jar"));
+        assert_eq!(
+            std::fs::read(&stored).expect("the stored artifact"),
+            b"not really a jar",
+            "jar {jar:?}: the stored artifact was overwritten"
+        );
         let releases = root.join("var/lib/demo/releases");
         let left: Vec<_> = std::fs::read_dir(&releases)
             .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
@@ -152,6 +162,26 @@ fn hostile_paths_in_a_manifest_are_refused_and_nothing_lands_outside_the_release
         let finished = agent.call(json!({"type": "finish", "keep": null}), b"");
         assert_eq!(finished["type"], "finished", "{finished}");
     }
+}
+
+#[test]
+fn a_stored_artifact_that_no_longer_matches_its_sha256_is_uploaded_again() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let root = base.path().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let (mut agent, sha) = locked_session(&root);
+    let _ = agent.call(json!({"type": "finish", "keep": null}), b"");
+    let stored = root.join(format!("var/lib/demo/artifacts/{sha}.jar"));
+    std::fs::write(&stored, b"{\"format\": 1}").expect("corrupt the stored artifact");
+    let mut agent = Agent::start(&root);
+    let holder = json!({"deployer": "me@box", "pid": 1, "command": "test", "since": "t"});
+    let begun = agent.call(
+        json!({"type": "begin", "holder": holder, "artifact_sha256": sha, "lease_ms": 60000, "prepare": null}),
+        b"",
+    );
+    assert_eq!(begun["type"], "begun", "{begun}");
+    assert_eq!(begun["has_artifact"], false, "{begun}");
+    assert!(!stored.exists(), "the corrupt artifact was kept");
 }
 
 #[test]

@@ -906,3 +906,38 @@ fn check_reaches_the_host_and_names_what_a_deploy_would_meet() {
     assert_eq!(out.status.code(), Some(0));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("agent"));
 }
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly_instead_of_panicking() {
+    let p = Project::new();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The reader is gone before the command writes: `| head -0`, in effect.
+    let cases: [&[&str]; 5] = [
+        &["completions", "zsh"],
+        &["completions", "bash"],
+        &["man"],
+        &["status", "local"],
+        &["--json", "status", "local"],
+    ];
+    for args in cases {
+        let mut child = p
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start shipjar");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("internal error") && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(141)),
+            "{args:?} exited {:?}: {stderr}",
+            out.status
+        );
+    }
+}

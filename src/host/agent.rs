@@ -430,7 +430,7 @@ impl Session {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             current: store::current(layout),
-            has_artifact: sha.is_some_and(|sha| store::has_artifact(layout, sha)),
+            has_artifact: sha.is_some_and(|sha| store::has_verified_artifact(layout, sha)),
             releases: store::list(layout),
             cleaned_up,
             took_over,

@@ -64,9 +64,30 @@ pub fn clean_up_partial(layout: &Layout) -> io::Result<Vec<String>> {
     Ok(removed)
 }
 
-/// Whether an artifact with this sha256 is stored.
+/// Whether an artifact with this sha256 is stored: a regular file, not a link.
 pub fn has_artifact(layout: &Layout, sha256: &str) -> bool {
-    is_sha256(sha256) && layout.artifact(sha256).is_file()
+    is_sha256(sha256)
+        && fs::symlink_metadata(layout.artifact(sha256)).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// Like [`has_artifact`], but the stored bytes are hashed again: a stored
+/// artifact that no longer matches its name (a disk error, a write that
+/// went astray) is removed, so the deploy asking uploads it again instead of
+/// running something else. Asked once per deploy, when the agent decides
+/// whether an upload is needed.
+pub fn has_verified_artifact(layout: &Layout, sha256: &str) -> bool {
+    if !has_artifact(layout, sha256) {
+        return false;
+    }
+    let path = layout.artifact(sha256);
+    match crate::protocol::digest::sha256_file(&path) {
+        Ok(actual) if actual == sha256 => true,
+        _ => {
+            let _ = fs::remove_file(&path);
+            let _ = fsync_dir(&layout.artifacts_dir());
+            false
+        }
+    }
 }
 
 /// Streams `size` bytes from `input` into the store, verifying the sha256.
@@ -154,7 +175,9 @@ pub fn prepare(
     if !is_release_id(id) {
         return Err(format!("invalid release id `{id}`"));
     }
-    names::file_name(&manifest.jar).map_err(|e| format!("invalid jar name: {e}"))?;
+    // The link to the artifact is created before RELEASE is written in the
+    // same directory: a reserved name would redirect that write.
+    names::jar_name(&manifest.jar).map_err(|e| format!("invalid jar name: {e}"))?;
     for file in files {
         names::relative_path(&file.dest).map_err(|e| format!("invalid config file path: {e}"))?;
     }

@@ -108,7 +108,7 @@ pub fn print_error(err: &Error, json: bool) {
             "event": "result", "ok": false, "error": err.message,
             "hints": err.hints, "exit_code": err.exit_code(),
         });
-        println!("{}", json_text(&value));
+        let _ = writeln!(std::io::stdout().lock(), "{}", json_text(&value));
     }
 }
 

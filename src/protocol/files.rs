@@ -12,6 +12,10 @@ pub fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .create(true)
         .truncate(true)
         .mode(mode)
+        // Never through a link: a name in the directory that turned out to
+        // be a symlink (a `jar` named like a file shipjar writes, say) would
+        // otherwise redirect the write.
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     // The mode given to open() is filtered by the umask; set it exactly.
     file.set_permissions(fs::Permissions::from_mode(mode))?;

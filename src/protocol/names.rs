@@ -85,9 +85,49 @@ pub fn file_name(name: &str) -> Result<&std::path::Path, String> {
     Ok(p)
 }
 
+/// Names shipjar itself writes in a release directory; `[service] jar`
+/// (the artifact's link there) must not take one of them, or writing the
+/// release would go through the link into the artifact store.
+pub const RESERVED_IN_RELEASE: [&str; 4] = [
+    super::manifest::MANIFEST_FILE,
+    "config",
+    super::layout::CDS_ARCHIVE,
+    super::layout::CDS_IDENTITY,
+];
+
+/// The name of the artifact's link in a release (`[service] jar`): one plain
+/// file name, not hidden, and none of [`RESERVED_IN_RELEASE`].
+pub fn jar_name(name: &str) -> Result<(), String> {
+    file_name(name)?;
+    if name.starts_with('.') {
+        return Err(format!(
+            "`{}` must not start with `.` (hidden names are shipjar's temporary files)",
+            name.escape_debug()
+        ));
+    }
+    if RESERVED_IN_RELEASE.contains(&name) {
+        return Err(format!(
+            "`{name}` is a name shipjar writes in every release ({}); name the jar e.g. \"{}.jar\"",
+            RESERVED_IN_RELEASE.join(", "),
+            name.to_ascii_lowercase()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jar_name_is_plain_and_not_one_shipjar_writes() {
+        assert!(jar_name("hello.jar").is_ok());
+        for bad in [
+            "RELEASE", "config", "cds.jsa", "cds.json", ".x.jar", "a/b.jar", "",
+        ] {
+            assert!(jar_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn paths_from_a_manifest_stay_inside_the_release() {

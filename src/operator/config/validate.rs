@@ -9,6 +9,7 @@ use super::diagnostics::{Seg, keys};
 use super::hosts::HostSpec;
 use super::schema::{ConfigFile, Proxy, Stage};
 use crate::error::{Error, Result};
+use crate::protocol::names;
 
 /// Template variables shipjar defines itself; stage vars may not shadow them.
 pub const RESERVED_VARS: &[&str] = &[
@@ -134,6 +135,9 @@ impl Project {
                     &keys("service.jar"),
                     "expected a plain file name such as \"hello.jar\"",
                 ))
+            }
+            (Some(jar), None) if let Err(why) = names::jar_name(jar) => {
+                Err(self.fail(&keys("service.jar"), &why))
             }
             (None, Some(_)) if service.cds => Err(self.fail(
                 &keys("service.cds"),
@@ -481,6 +485,21 @@ mod tests {
             err.to_string().contains("key `stages.p.proxy.listen`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_jar_named_like_a_file_shipjar_writes_in_a_release_is_refused() {
+        for name in ["RELEASE", "config", "cds.jsa"] {
+            let err = load(&format!("[service]\nname = \"a\"\njar = \"{name}\"\n")).unwrap_err();
+            assert!(
+                err.message.contains("shipjar.toml:3:7: key `service.jar`")
+                    && err
+                        .message
+                        .contains("a name shipjar writes in every release"),
+                "{}",
+                err.message
+            );
+        }
     }
 
     #[test]
