@@ -157,3 +157,31 @@ pub fn log_dir_kinds(s: &mut Suite) {
     }
     unplant(s);
 }
+
+/// `proxy.log` as a symlink to root's file before the proxy starts (a
+/// deploy that moves the service behind the proxy, then `service restart`):
+/// root's file must not be appended to (the suite's snapshot compares it).
+pub fn proxy_log_symlink(s: &mut Suite) {
+    let proxy_log = "/var/log/hello/proxy.log";
+    let link = format!("ln -sfn {DECOY} {proxy_log}");
+    if plant(s, "a symlink as proxy.log", &link) {
+        s.counts.attacks += 1;
+        let out = s.deploy("prx", &[]);
+        say(&format!(
+            "attacks: the deploy behind the proxy exits {:?}",
+            out.status.code()
+        ));
+    }
+    unplant(s);
+    let _ = s.as_user(SERVICE_USER, &["rm", "-f", proxy_log]);
+    if plant(s, "a symlink as proxy.log", &link) {
+        s.counts.attacks += 1;
+        let _ = s.root(&["shipjar", "service", "restart", "hello"], ROOT_LIMIT);
+    }
+    unplant(s);
+    // Back to the plain service the other attacks expect.
+    let out = s.deploy("one", &[]);
+    if !out.status.success() {
+        s.fail(format!("moving back from the proxy failed: {}", text(&out)));
+    }
+}

@@ -102,12 +102,13 @@ fn attack_suite() {
     let mut s = Suite::new();
     s.setup();
     type Attack = fn(&mut Suite);
-    let attacks: [(&str, Attack); 10] = [
+    let attacks: [(&str, Attack); 11] = [
         ("cds dump dir swapped for a symlink", cds::dump_dir_race),
         ("cds sparse dump", cds::sparse_dump),
         ("console.log symlink to a root file", links::console_symlink),
         ("console.log fifo", links::console_fifo),
         ("log dir entries of every kind", links::log_dir_kinds),
+        ("proxy.log symlink to a root file", links::proxy_log_symlink),
         ("flock by nobody on every run entry", locks::nobody_flocks),
         (
             "supervisor from another binary path",
@@ -198,6 +199,14 @@ impl Suite {
              secrets = {{ db_password = {{ file = \"attack-key.pem\" }}, host_alias = {{ env = \"ATTACK_ALIAS\" }} }}\n",
             ssh_config.display()
         ));
+        // The same host behind shipjar's proxy (for the proxy's start).
+        config.push_str(&format!(
+            "\n[stages.prx]\nhosts = [\"{HOST}\"]\nssh_config = \"{}\"\nlock_lease = \"10s\"\n\
+             vars = {{ db_url = \"jdbc:postgresql://db/hello\", db_user = \"hello\" }}\n\
+             secrets = {{ db_password = {{ env = \"HELLO_DB_PASSWORD\" }} }}\n\
+             proxy = {{ listen = \"0.0.0.0:{PORT}\", ports = [18081, 18082] }}\n",
+            fleet.ssh_config().display()
+        ));
         // A compromised release's hook prints its secret in every form.
         config = config.replace(
             "[releases]",
@@ -212,11 +221,14 @@ impl Suite {
         let mut t = std::fs::read_to_string(&db).expect("template");
         t.push_str("end-of-secret=1\n");
         std::fs::write(&db, t).expect("template");
-        std::fs::copy(
-            dir.path().join("deploy/logging-production.properties"),
-            dir.path().join("deploy/logging-sec.properties"),
-        )
-        .expect("copy logging config");
+        for stage in ["sec", "prx"] {
+            std::fs::copy(
+                dir.path().join("deploy/logging-production.properties"),
+                dir.path()
+                    .join(format!("deploy/logging-{stage}.properties")),
+            )
+            .expect("copy logging config");
+        }
         Suite {
             fleet,
             dir,
