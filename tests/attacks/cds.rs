@@ -70,6 +70,11 @@ pub fn dump_dir_race(s: &mut Suite) {
         "attacks: the JVM dumps into {parent}/…, which the service user {} write",
         if writable { "can" } else { "cannot" }
     ));
+    if !writable {
+        // The directory it would swap is not the service user's to rename.
+        s.counts.attacks += 1;
+        return;
+    }
     let before = decoy_dir_state(s);
     let attacker = s.spawn_attacker(
         SERVICE_USER,

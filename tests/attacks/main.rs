@@ -515,8 +515,12 @@ impl Suite {
         let now = self.snapshot();
         let mut changed = Vec::new();
         for (path, was) in &self.baseline {
-            // Releases come and go (keep = 5); the store only grows.
-            if path.starts_with("/var/lib/hello/releases/") || path == "/var/lib/hello/current" {
+            // Releases come and go (keep = 5); the store only grows; what
+            // the service user owns is its own to change.
+            if path.starts_with("/var/lib/hello/releases/")
+                || path == "/var/lib/hello/current"
+                || !was.split(' ').nth(1).is_some_and(|o| o.starts_with("0:"))
+            {
                 continue;
             }
             match now.get(path) {
