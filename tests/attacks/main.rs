@@ -26,6 +26,9 @@ mod links;
 mod locks;
 mod release;
 mod secrets;
+mod systemd;
+#[path = "../support/systemd_host.rs"]
+mod systemd_host;
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -392,50 +395,11 @@ impl Suite {
         cmd.spawn().expect("spawn the attacker")
     }
 
-    /// Runs a command in its own process group with a deadline; past it the
-    /// group is SIGKILLed (all of it started here) and a hang counted.
-    pub fn limited(&mut self, mut cmd: Command, what: &str, limit: Duration) -> Output {
+    /// Runs a command under a deadline ([`limited`]): a hang is counted,
+    /// and what it printed is scanned.
+    pub fn limited(&mut self, cmd: Command, what: &str, limit: Duration) -> Output {
         let started = Instant::now();
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("spawn");
-        let pid = child.id() as i32;
-        // Drain the pipes in threads, so a chatty command never blocks on them.
-        let mut out_pipe = child.stdout.take().expect("stdout");
-        let mut err_pipe = child.stderr.take().expect("stderr");
-        let out_t = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = out_pipe.read_to_end(&mut b);
-            b
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = err_pipe.read_to_end(&mut b);
-            b
-        });
-        let mut hung = false;
-        let status = loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                break st;
-            }
-            if started.elapsed() > limit {
-                hung = true;
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                break child.wait().expect("wait");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let out = Output {
-            status,
-            stdout: out_t.join().unwrap_or_default(),
-            stderr: err_t.join().unwrap_or_default(),
-        };
+        let (out, hung) = limited(cmd, limit);
         let short: String = what.chars().take(100).collect();
         if hung {
             self.counts.hangs += 1;
@@ -677,6 +641,53 @@ impl Suite {
         argv.extend_from_slice(args);
         self.spawn_as(user, &argv)
     }
+}
+
+/// Runs a command in its own process group with a deadline; past it the
+/// group is SIGKILLed (all of it started here). The output, and whether it hung.
+pub fn limited(mut cmd: Command, limit: Duration) -> (Output, bool) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as i32;
+    // Drain the pipes in threads, so a chatty command never blocks on them.
+    let mut out_pipe = child.stdout.take().expect("stdout");
+    let mut err_pipe = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out_pipe.read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err_pipe.read_to_end(&mut b);
+        b
+    });
+    let mut hung = false;
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break st;
+        }
+        if started.elapsed() > limit {
+            hung = true;
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    };
+    (out, hung)
 }
 
 /// Waits for a background attacker (at most `limit`, then its process group
