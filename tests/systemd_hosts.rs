@@ -1,8 +1,10 @@
 //! Hosts that boot Debian's systemd as PID 1 (tests/support/systemd_host.rs)
 //! and shipjar's systemd path on them: the unit provision installs, and a
-//! deploy whose service the unit runs. One fleet per test binary, booted by
-//! the first test and torn down when the binary exits; each test has a host
-//! of its own. Root only (`./run-tests` as root includes them).
+//! deploy whose service the unit runs, under the unit's sandbox. One fleet
+//! per test binary, booted by the first test and torn down when the binary
+//! exits; each test has a host of its own, but the tests that only look at
+//! one service deployed under the hardened unit share theirs. Root only
+//! (`./run-tests` as root includes them).
 
 mod common;
 #[path = "support/fleet.rs"]
@@ -15,14 +17,15 @@ mod systemd_host;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{hello_jar, shipjar_bin, text};
 use systemd_host::{Stopped, SystemState, SystemdFleet, require_root};
 
-/// One host per test.
-const HOSTS: usize = 7;
+/// One host per test, but the tests that look at one deployed service
+/// under the hardened unit share theirs.
+const HOSTS: usize = 8;
 const BOOT_HOST: &str = "app1";
 const REBOOT_HOST: &str = "app2";
 const PROVISION_HOST: &str = "app3";
@@ -30,8 +33,12 @@ const DEPLOY_HOST: &str = "app4";
 const LIFECYCLE_HOST: &str = "app5";
 const WATCHDOG_HOST: &str = "app6";
 const PROXY_HOST: &str = "app7";
+const HARDENED_HOST: &str = "app8";
 /// The hello service's port (the example's), inside each host's own network.
 const PORT: u16 = 18080;
+/// The proxy's listen port: below 1024, so binding it needs the unit to
+/// keep CAP_NET_BIND_SERVICE.
+const PROXY_PORT: u16 = 80;
 /// The unit's `WatchdogSec`.
 const WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -209,6 +216,25 @@ impl SystemdProject {
             .prefix("shipjar-systemd-")
             .tempdir()
             .expect("tempdir");
+        SystemdProject::in_dir(f, host, stage_extra, dir)
+    }
+
+    /// In the fleet's state directory: for a project kept in a static,
+    /// which is never dropped; the fleet's teardown removes it.
+    fn in_fleet_dir(f: &SystemdFleet, host: &str) -> SystemdProject {
+        let dir = tempfile::Builder::new()
+            .prefix("project-")
+            .tempdir_in(f.fleet().dir())
+            .expect("tempdir");
+        SystemdProject::in_dir(f, host, "", dir)
+    }
+
+    fn in_dir(
+        f: &SystemdFleet,
+        host: &str,
+        stage_extra: &str,
+        dir: tempfile::TempDir,
+    ) -> SystemdProject {
         common::write_fleet_project(
             dir.path(),
             "systemd",
@@ -941,8 +967,13 @@ fn assert_healthy_after_is_the_supervisors(f: &SystemdFleet, host: &str, deploy:
 
 /// The version the service reports over HTTP, asked from outside the host.
 fn served(ip: &str) -> Option<String> {
+    served_on(ip, PORT)
+}
+
+/// The version answered on `port` of the host.
+fn served_on(ip: &str, port: u16) -> Option<String> {
     use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = format!("{ip}:{PORT}").parse().ok()?;
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().ok()?;
     let mut stream =
         std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
     stream
@@ -1026,11 +1057,13 @@ fn proxied_pids(f: &SystemdFleet, host: &str) -> (String, String, String, String
     (main, runner, worker, uid)
 }
 
-/// A proxied hello under its unit: deployed, the unit active with the
-/// runner as its main process and the proxy worker not root; a deploy and
+/// A proxied hello under its unit, its proxy on port 80: deployed, the
+/// unit active with the runner as its main process and the proxy worker
+/// not root; a deploy and
 /// `systemctl reload` with a keep-alive client from outside seeing no
 /// error; a reboot, after which the service answers through the proxy with
-/// no manual step; `systemctl stop` stops it all.
+/// no manual step and the runner's records are readable by any user;
+/// `systemctl stop` stops it all.
 #[test]
 #[ignore = "needs root"]
 fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
@@ -1042,7 +1075,7 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     let p = SystemdProject::with_stage(
         &f,
         host,
-        &format!("proxy = {{ listen = \"0.0.0.0:{PORT}\", ports = [18081, 18082] }}"),
+        &format!("proxy = {{ listen = \"0.0.0.0:{PROXY_PORT}\", ports = [18081, 18082] }}"),
     );
     let provision = p.run(&["--json", "provision", "systemd"]);
     assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
@@ -1055,7 +1088,7 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
         f.diagnostics(host)
     );
     let ip = f.ip(host);
-    assert_eq!(served(&ip).as_deref(), Some("1.0.0"));
+    assert_eq!(served_on(&ip, PROXY_PORT).as_deref(), Some("1.0.0"));
     assert_eq!(
         ssh_ok(&f, host, "systemctl is-active hello.service"),
         "active",
@@ -1071,7 +1104,7 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
 
     // A deploy and a reload, a keep-alive client from outside throughout.
     let stop = Arc::new(AtomicBool::new(false));
-    let addr: std::net::SocketAddr = format!("{ip}:{PORT}").parse().expect("address");
+    let addr: std::net::SocketAddr = format!("{ip}:{PROXY_PORT}").parse().expect("address");
     let client = keep_alive::spawn(addr, stop.clone());
     let deploy = p.deploy("2.0.0", &[]);
     assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
@@ -1119,11 +1152,11 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     assert!(matches!(stopped, Stopped::PoweredOff(_)), "{stopped:?}");
     assert_running(&f, host);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while served(&ip).is_none() && Instant::now() < deadline {
+    while served_on(&ip, PROXY_PORT).is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        served(&ip).as_deref(),
+        served_on(&ip, PROXY_PORT).as_deref(),
         Some("2.0.0"),
         "{}",
         f.diagnostics(host)
@@ -1137,12 +1170,170 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     assert_eq!(uid, hello_uid);
     let status = f.ssh(host, "/usr/local/bin/shipjar service status hello");
     assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    // What the runner recorded under the unit (UMask=0027) is, like the
+    // rest of the run dir, readable by any user.
+    let records = f.ssh(
+        host,
+        "setpriv --reuid=nobody --regid=nogroup --clear-groups -- \
+         cat /run/hello/proxy/runner.json /run/hello/proxy/active /run/hello/proxy/spec.json",
+    );
+    assert!(
+        records.status.success(),
+        "{}\n{}",
+        text(&records),
+        ssh_ok(&f, host, "ls -la /run/hello /run/hello/proxy")
+    );
 
     // Stopped by systemd: instances, then the proxy; LSB 3.
     ssh_ok(&f, host, "systemctl stop hello.service");
-    assert_eq!(served(&ip), None);
+    assert_eq!(served_on(&ip, PROXY_PORT), None);
     let status = f.ssh(host, "/usr/local/bin/shipjar service status hello");
     assert_eq!(status.status.code(), Some(3), "{}", text(&status));
     let left = f.ssh(host, "systemctl is-active hello.service");
     assert_eq!(stdout(&left), "inactive");
+}
+
+/// The hello service on [`HARDENED_HOST`], provisioned and deployed once
+/// under the generated (hardened) unit, for the tests that look at it.
+struct Hardened {
+    /// Kept: the project that deployed it.
+    _project: SystemdProject,
+    /// The JVM's pid.
+    service_pid: i32,
+}
+
+static HARDENED: OnceLock<Hardened> = OnceLock::new();
+
+/// Provisions and deploys hello on [`HARDENED_HOST`] the first time it is
+/// called; the service is running and healthy under its unit.
+fn hardened(f: &SystemdFleet) -> &'static Hardened {
+    HARDENED.get_or_init(|| {
+        let host = HARDENED_HOST;
+        assert_running(f, host);
+        let p = SystemdProject::in_fleet_dir(f, host);
+        let provision = p.run(&["--json", "provision", "systemd"]);
+        assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+        let deploy = p.deploy("1.0.0", &[]);
+        assert_eq!(
+            deploy.status.code(),
+            Some(0),
+            "{}\n{}",
+            text(&deploy),
+            f.diagnostics(host)
+        );
+        let agreed = agree(f, host, &p, Expect::Running("1.0.0"));
+        Hardened {
+            _project: p,
+            service_pid: agreed.service_pid,
+        }
+    })
+}
+
+/// The overall exposure `systemd-analyze security` prints last:
+/// `→ Overall exposure level for hello.service: 3.4 OK 🙂`.
+fn exposure(out: &str) -> Option<f64> {
+    let line = out.lines().find(|l| l.contains("Overall exposure level"))?;
+    line.rsplit_once(": ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `COMMAND` as the service user, as an operator on the host would run it
+/// (not a child of the unit, not root).
+fn as_hello(command: &str) -> String {
+    format!("setpriv --reuid=hello --regid=hello --init-groups -- {command}")
+}
+
+/// The unit provision installs scores at most 3.5 ("OK") in `systemd-analyze
+/// security`, offline on the file and as the host's systemd loaded it
+/// (the unit before the hardening scored 8.3, "EXPOSED").
+#[test]
+#[ignore = "needs root"]
+fn systemd_installed_unit_exposure_is_at_most_3_5() {
+    require_root();
+    let f = fleet();
+    let host = HARDENED_HOST;
+    hardened(&f);
+    for command in [
+        "systemd-analyze security --no-pager --offline=true /etc/systemd/system/hello.service",
+        "systemd-analyze security --no-pager hello.service",
+    ] {
+        let out = f.ssh(host, command);
+        let said = stdout(&out);
+        let score = exposure(&said)
+            .unwrap_or_else(|| panic!("{command}: no overall exposure in\n{}", text(&out)));
+        eprintln!("{host}: {command}: exposure {score}");
+        assert!(score <= 3.5, "{command}: exposure {score} > 3.5\n{said}");
+    }
+}
+
+/// Under the hardened unit (PrivateTmp off, ptrace between the service
+/// user's processes allowed) the service user attaches `jcmd` and `jstack`
+/// to the JVM through /tmp.
+#[test]
+#[ignore = "needs root"]
+fn systemd_service_user_attaches_jcmd_and_jstack_under_the_unit() {
+    require_root();
+    let f = fleet();
+    let host = HARDENED_HOST;
+    let pid = hardened(&f).service_pid;
+    let version = ssh_ok(&f, host, &as_hello(&format!("jcmd {pid} VM.version")));
+    assert!(
+        version.contains("OpenJDK") || version.contains("JDK"),
+        "{version}"
+    );
+    let threads = ssh_ok(&f, host, &as_hello(&format!("jstack {pid}")));
+    assert!(threads.contains("Full thread dump"), "{threads}");
+}
+
+/// The JIT compiles under the hardened unit (MemoryDenyWriteExecute stays
+/// off): the JVM's code cache holds compiled methods (an interpreted-only
+/// JVM, `-Xint`, shows `nmethods=0`).
+#[test]
+#[ignore = "needs root"]
+fn systemd_jit_compiles_under_the_unit() {
+    require_root();
+    let f = fleet();
+    let host = HARDENED_HOST;
+    let pid = hardened(&f).service_pid;
+    let cache = ssh_ok(
+        &f,
+        host,
+        &as_hello(&format!("jcmd {pid} Compiler.codecache")),
+    );
+    let nmethods: u64 = cache
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("nmethods="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no nmethods= in\n{cache}"));
+    assert!(
+        nmethods > 0,
+        "no compiled method in the code cache:\n{cache}"
+    );
+}
+
+/// With the unit's `UMask=0027`, what the supervisor records in the run dir
+/// stays readable: `service status` as an unprivileged user says running.
+#[test]
+#[ignore = "needs root"]
+fn systemd_status_works_for_any_user_under_the_unit() {
+    require_root();
+    let f = fleet();
+    let host = HARDENED_HOST;
+    hardened(&f);
+    let out = f.ssh(
+        host,
+        "setpriv --reuid=nobody --regid=nogroup --clear-groups -- \
+         /usr/local/bin/shipjar service status hello",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        ssh_ok(&f, host, "ls -la /run/hello /run/hello/*")
+    );
 }

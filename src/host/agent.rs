@@ -105,7 +105,9 @@ fn send(message: &AgentMessage) {
     let text = serde_json::to_string(message).unwrap_or_else(|e| {
         // Never leave the operator waiting for an answer that cannot be encoded.
         let id = match message {
-            AgentMessage::Event { id, .. } | AgentMessage::Result { id, .. } => *id,
+            AgentMessage::Event { id, .. }
+            | AgentMessage::Expect { id, .. }
+            | AgentMessage::Result { id, .. } => *id,
         };
         let fallback = AgentMessage::Result {
             id,
@@ -332,6 +334,7 @@ impl Session {
             } => {
                 // A second Ctrl-C at the operator sends `cancel` while this runs.
                 let _watch = cancel::Watch::start(io::stdin().as_raw_fd());
+                expect_activation(&layout, &release, id);
                 Response::Activated(Box::new(activate::activate(
                     &layout, &release, action, &deployer, &emit,
                 )))
@@ -340,7 +343,14 @@ impl Session {
                 release,
                 point,
                 hook,
-            } => Response::HookRan(hooks::run(&layout, &release, &point, &hook, &emit)),
+            } => {
+                send(&AgentMessage::Expect {
+                    id,
+                    step: point.to_string(),
+                    within_ms: hook.timeout_ms + HOOK_MARGIN_MS,
+                });
+                Response::HookRan(hooks::run(&layout, &release, &point, &hook, &emit))
+            }
             Request::Finish { keep } => {
                 // After a failure the lock is still released, but nothing is pruned.
                 let keep = keep.filter(|_| !self.failed);
@@ -447,6 +457,24 @@ fn prepare_release(layout: &Layout, spec: &crate::protocol::PrepareSpec) -> Resp
         },
         Err(e) => error("prepare", e),
     }
+}
+
+/// Room beyond a hook's own timeout: killing its process group, reading its output.
+const HOOK_MARGIN_MS: u64 = 10_000;
+
+/// Tells the operator how long the activation of `release` may take at most,
+/// from the timeouts of the releases involved, so it waits that long (and no
+/// longer) before it gives this host up.
+fn expect_activation(layout: &Layout, release: &str, id: u64) {
+    let Ok(target) = store::read_manifest(layout, release) else {
+        return;
+    };
+    let current = store::current(layout).and_then(|c| store::read_manifest(layout, &c).ok());
+    send(&AgentMessage::Expect {
+        id,
+        step: "activate".to_string(),
+        within_ms: crate::protocol::manifest::activation_bound_ms(current.as_ref(), &target),
+    });
 }
 
 /// Group that may read secret files: the service user's, when running as root.

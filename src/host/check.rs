@@ -60,6 +60,7 @@ fn program(name: &str) -> HostFinding {
     finding(name, true, path.display().to_string())
 }
 
+#[allow(clippy::disallowed_methods)] // root-only: PATH lookup in system dirs
 fn find_program(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {

@@ -4,18 +4,24 @@
 //! machine: if the deploy dies without releasing it (operator SIGKILLed, host
 //! cut off), the lease simply expires and the next deploy takes over with a
 //! warning. A live deploy renews it. Reads and writes of the record are
-//! serialised with a short flock on the record file itself.
+//! serialised by [`Lock::Deploy`], held for a moment, waited for at most
+//! [`MUTEX_WAIT`].
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::lockfile;
 use crate::protocol::LockHolder;
 use crate::protocol::files::{fsync_dir, remove_if_present, write_atomic};
-use crate::protocol::layout::Layout;
+use crate::protocol::layout::{Layout, Lock};
+
+/// Longest wait for the record's mutex: its holders keep it for the time
+/// of a read and a rename, so a longer wait means a holder is stuck.
+pub const MUTEX_WAIT: Duration = Duration::from_secs(5);
 
 /// The record in `run/<name>/deploy.lock`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -79,17 +85,14 @@ enum Write {
     Remove,
 }
 
-/// Runs `f` on the record while holding a flock on the run directory, so
-/// that reading, deciding and replacing the record is one step.
+/// Runs `f` on the record while holding [`Lock::Deploy`], so that reading,
+/// deciding and replacing the record is one step.
 fn with_record<T>(
     layout: &Layout,
     f: impl FnOnce(Current) -> Result<(Write, T), String>,
 ) -> Result<T, String> {
-    let dir = layout.run_dir();
-    let mutex = File::open(&dir).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
-    mutex
-        .lock()
-        .map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
+    let dir = layout.service_run_dir();
+    let mutex = lockfile::take(layout, Lock::Deploy, MUTEX_WAIT).map_err(|e| e.to_string())?;
     let path = layout.deploy_lock();
     let current = read_record(&path)?;
     let (write, value) = f(current)?;
@@ -107,7 +110,7 @@ fn with_record<T>(
                 .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
         }
     }
-    let _ = mutex.unlock();
+    drop(mutex);
     Ok(value)
 }
 
@@ -313,7 +316,36 @@ mod tests {
         );
         release(&layout, "a").unwrap();
         assert!(!layout.deploy_lock().exists());
-        let leftovers: Vec<_> = std::fs::read_dir(layout.run_dir()).unwrap().collect();
+        let leftovers: Vec<_> = std::fs::read_dir(layout.run_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .filter(|n| n != "locks")
+            .collect();
         assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn a_stuck_holder_of_the_mutex_fails_the_lock_in_time_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "svc");
+        let stuck = lockfile::try_take(&layout, Lock::Deploy).unwrap();
+        let began = std::time::Instant::now();
+        let err = acquire(&layout, &holder(1), "a", 60_000).unwrap_err();
+        let took = began.elapsed();
+        assert!(took >= MUTEX_WAIT && took < MUTEX_WAIT * 2, "{took:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "the deploy lock's mutex is held by pid {} (",
+                std::process::id()
+            )),
+            "{text}"
+        );
+        drop(stuck);
+        assert!(matches!(
+            acquire(&layout, &holder(1), "a", 60_000),
+            Ok(Acquired::Free)
+        ));
     }
 }

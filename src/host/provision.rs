@@ -4,10 +4,12 @@
 //! differs, so a second run reports no change; a dry run only reports.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
+use crate::host::fs::{GuardedDir, Owner as FsOwner};
 use crate::host::init::{self, InitSpec};
 use crate::protocol::layout::{DirOwner, Layout};
 use crate::protocol::{ProvisionSpec, ResourceResult, ResourceStatus};
@@ -149,7 +151,9 @@ fn ensure_init(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
             spec.dry_run,
         ));
         // update-rc.d makes the rc?.d links; their presence is what "enabled" means here.
-        let linked = fs::read_dir(layout.root().join("etc/rc2.d"))
+        #[allow(clippy::disallowed_methods)] // root-only: /etc/rc2.d
+        let rc2 = fs::read_dir(layout.root().join("etc/rc2.d"));
+        let linked = rc2
             .map(|dir| {
                 dir.flatten().any(|e| {
                     let link = e.file_name().to_string_lossy().into_owned();
@@ -351,16 +355,23 @@ fn owner_names(uid: u32, gid: u32) -> String {
 fn ensure_dir(path: &Path, owner: &Owner, mode: u32, dry_run: bool) -> ResourceResult {
     let resource = format!("directory {}", path.display());
     let want = format!("{} {mode:04o}", owner.shown);
-    let meta = fs::metadata(path).ok();
-    let have = meta.as_ref().map(|m| {
-        format!(
-            "{} {:04o}",
-            owner_names(m.uid(), m.gid()),
-            m.mode() & 0o7777
-        )
-    });
-    let same = meta.as_ref().is_some_and(|m| {
-        Some(m.uid()) == owner.uid && Some(m.gid()) == owner.gid && m.mode() & 0o7777 == mode
+    // Through the guarded walk and the directory's fd: a link planted in
+    // place of it (or of a parent another user can write) is refused,
+    // never chowned or chmodded through.
+    let existing = match GuardedDir::open(path) {
+        Ok(dir) => Some(dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return result(resource, ResourceStatus::Failed, e.to_string(), None),
+    };
+    let stat = match existing.as_ref().map(GuardedDir::stat).transpose() {
+        Ok(stat) => stat,
+        Err(e) => return result(resource, ResourceStatus::Failed, e.to_string(), None),
+    };
+    let have = stat
+        .as_ref()
+        .map(|st| format!("{} {:04o}", owner_names(st.uid, st.gid), st.mode));
+    let same = stat.as_ref().is_some_and(|st| {
+        Some(st.uid) == owner.uid && Some(st.gid) == owner.gid && st.mode == mode
     });
     if same {
         return result(resource, ResourceStatus::Ok, want, None);
@@ -372,23 +383,21 @@ fn ensure_dir(path: &Path, owner: &Owner, mode: u32, dry_run: bool) -> ResourceR
     if dry_run {
         return result(resource, ResourceStatus::WouldChange, change, None);
     }
-    let applied = fs::create_dir_all(path)
-        .map_err(|e| e.to_string())
-        .and_then(|()| {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())
-        })
-        .and_then(|()| {
-            if nix::unistd::Uid::effective().is_root() {
-                nix::unistd::chown(
-                    path,
-                    owner.uid.map(nix::unistd::Uid::from_raw),
-                    owner.gid.map(nix::unistd::Gid::from_raw),
-                )
-                .map_err(|e| e.to_string())
-            } else {
-                Ok(())
-            }
-        });
+    let applied = (|| -> io::Result<()> {
+        let dir = match existing {
+            Some(dir) => dir,
+            None => GuardedDir::open_or_create(path, mode, None)?.0,
+        };
+        dir.chmod(mode)?;
+        if nix::unistd::Uid::effective().is_root() {
+            let st = dir.stat()?;
+            dir.chown(FsOwner {
+                uid: owner.uid.unwrap_or(st.uid),
+                gid: owner.gid.unwrap_or(st.gid),
+            })?;
+        }
+        Ok(())
+    })();
     match applied {
         Ok(()) => result(resource, ResourceStatus::Changed, change, None),
         Err(e) => result(
@@ -401,6 +410,7 @@ fn ensure_dir(path: &Path, owner: &Owner, mode: u32, dry_run: bool) -> ResourceR
 }
 
 /// Writes `content` to `path` when it differs; the diff is part of the result.
+#[allow(clippy::disallowed_methods)] // root-only: the unit or init script in /etc
 pub fn ensure_file(path: &Path, content: &str, mode: u32, dry_run: bool) -> ResourceResult {
     let resource = format!("file {}", path.display());
     let old = fs::read_to_string(path).ok();
@@ -462,8 +472,32 @@ fn run(command: &mut Command) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests: their own temp dirs
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_directory_planted_as_a_link_where_another_user_can_write_is_not_changed_through() {
+        let dir = tempfile::tempdir().unwrap();
+        // A parent another user can write (Ubuntu's /var/log is group syslog, 0775).
+        let parent = dir.path().join("var/log");
+        fs::create_dir_all(&parent).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+        let victim = dir.path().join("etc");
+        fs::create_dir(&victim).unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&victim, parent.join("svc")).unwrap();
+        let me = Owner::of_ids(
+            nix::unistd::Uid::effective().as_raw(),
+            nix::unistd::Gid::effective().as_raw(),
+        );
+        let done = ensure_dir(&parent.join("svc"), &me, 0o750, false);
+        assert_eq!(done.status, ResourceStatus::Failed, "{done:?}");
+        assert!(done.detail.contains("refusing to follow it"), "{done:?}");
+        let mode = fs::metadata(&victim).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "the link's target was changed");
+    }
 
     #[test]
     fn files_are_written_once_and_dry_runs_change_nothing() {

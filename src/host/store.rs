@@ -30,7 +30,7 @@ const TMP_PREFIX: &str = ".tmp-";
 /// gives them.
 pub fn ensure_dirs(layout: &Layout) -> io::Result<()> {
     for dir in layout.directories() {
-        dir.create_missing()?;
+        crate::host::fs::create_missing(&dir)?;
     }
     Ok(())
 }

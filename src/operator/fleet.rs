@@ -17,12 +17,18 @@ pub const DEFAULT_PARALLEL: usize = 32;
 const STARTUPS_IN_FLIGHT: usize = 8;
 
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+/// The last signal that interrupted the run, for the exit code of a hard stop.
+static LAST_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// After the second interrupt, the operator ends within this long, whatever
+/// any host is doing.
+const HARD_STOP_AFTER: Duration = Duration::from_millis(1500);
 
 /// What the run is doing now and what a Ctrl-C would do, for the message
 /// printed the moment it arrives.
 static PHASE: Mutex<Phase> = Mutex::new(Phase::Idle);
 
-extern "C" fn on_interrupt(_: libc::c_int) {
+extern "C" fn on_interrupt(signal: libc::c_int) {
+    LAST_SIGNAL.store(signal, Ordering::SeqCst);
     INTERRUPTS.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -70,20 +76,56 @@ pub fn catch_interrupts() {
     });
 }
 
-/// Says at once what each interrupt does (a signal handler cannot print).
+/// Says at once what each interrupt does (a signal handler cannot print),
+/// and ends the operator shortly after the second one.
 fn announce_interrupts() {
     let mut seen = 0;
+    let mut second_at: Option<std::time::Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(20));
+        if second_at.is_some_and(|t| t.elapsed() >= HARD_STOP_AFTER) {
+            hard_stop();
+        }
         let now = INTERRUPTS.load(Ordering::SeqCst);
         if now == seen {
             continue;
+        }
+        if now >= 2 && second_at.is_none() {
+            second_at = Some(std::time::Instant::now());
         }
         seen = now;
         let phase = PHASE.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let message = interrupt_message(seen, &phase);
         eprintln!("{}", crate::operator::output::redact(&message));
     }
+}
+
+/// Ends the operator now: every session cut, each host's state said as far
+/// as it is known, exit 130 (SIGINT) or 143 (SIGTERM).
+fn hard_stop() -> ! {
+    let phase = PHASE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let sessions = crate::operator::transport::cut_all_sessions();
+    let mut lines = vec!["stopped: the second interrupt ends shipjar now".to_string()];
+    lines.extend(sessions.iter().map(|s| hard_stop_line(s, &phase)));
+    for line in lines {
+        eprintln!("{}", crate::operator::output::redact(&line));
+    }
+    let signal = LAST_SIGNAL.load(Ordering::SeqCst);
+    std::process::exit(128 + if signal > 0 { signal } else { libc::SIGINT });
+}
+
+/// Where one host was left by a hard stop.
+fn hard_stop_line(session: &crate::operator::transport::OpenSession, phase: &Phase) -> String {
+    let switching =
+        matches!(phase, Phase::Switching { hosts, .. } if hosts.contains(&session.host));
+    let state = if switching {
+        "its switch was in flight and was asked to cancel: its agent goes back to the previous release by itself (or, if it was past the gate, keeps the new one); `shipjar status` shows which"
+    } else if session.awaiting {
+        "a request was in flight (no switch): its agent finishes it and releases the lock by itself; the release it runs did not change"
+    } else {
+        "locked, nothing in flight: its lock is released as its agent sees the connection close; nothing changed"
+    };
+    format!("[{}] {state}", session.host)
 }
 
 /// What the `n`th interrupt does during `phase`.
@@ -262,6 +304,7 @@ impl Fleet {
                 sudo: stage.sudo,
                 agent_path: stage.agent_path.clone(),
                 control_dir: control.as_ref().map(|c| c.path().to_path_buf()),
+                answer_timeout: Duration::from_millis(stage.answer_timeout_ms),
             },
             parallel: parallel.unwrap_or(DEFAULT_PARALLEL).max(1),
             service: service.to_string(),

@@ -421,6 +421,7 @@ secrets = { db_password = { env = "PW" } }
             rolling: Default::default(),
             on_failure: Default::default(),
             lock_lease_ms: 120_000,
+            answer_timeout_ms: 30_000,
         };
         let build = BuildManifest {
             artifact: "/p/hello.jar".into(),

@@ -23,6 +23,8 @@ pub struct Reach {
     pub agent_path: String,
     /// Directory for ControlMaster sockets (short, private to this run).
     pub control_dir: Option<PathBuf>,
+    /// How long a host may leave a request unanswered with no sign of progress.
+    pub answer_timeout: std::time::Duration,
 }
 
 /// The remote command line for `words`, each quoted, prefixed with `sudo -n` when asked.
@@ -249,6 +251,7 @@ mod tests {
             sudo,
             agent_path: "/usr/local/bin/shipjar".into(),
             control_dir: Some("/tmp/sj-1-0".into()),
+            answer_timeout: std::time::Duration::from_secs(30),
         }
     }
 

@@ -7,7 +7,9 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::operator::config::HostSpec;
@@ -37,6 +39,12 @@ pub struct AgentSession {
     background_errors: Vec<String>,
     /// Held while the ssh connection is being set up; freed at the first answer.
     startup: Option<StartupPermit>,
+    /// When the host is given up if it stays silent (see [`Deadline`]).
+    deadline: Arc<Deadline>,
+    /// How long the host may stay silent on a request.
+    answer_timeout: Duration,
+    /// Over ssh (the hint for a silent host names ssh's masters).
+    remote: bool,
 }
 
 impl AgentSession {
@@ -88,6 +96,9 @@ impl AgentSession {
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
         let tail = Arc::clone(&stderr_tail);
         std::thread::spawn(move || collect_stderr(stderr, &tail));
+        let deadline = Deadline::watch(child.id(), host, *spec != HostSpec::Local);
+        // Connecting counts: a host that never answers is given up too.
+        deadline.arm(reach.answer_timeout);
         Ok(AgentSession {
             host: host.to_string(),
             service: service.to_string(),
@@ -101,6 +112,9 @@ impl AgentSession {
             unawaited: Default::default(),
             background_errors: Vec::new(),
             startup,
+            deadline,
+            answer_timeout: reach.answer_timeout,
+            remote: *spec != HostSpec::Local,
         })
     }
 
@@ -117,6 +131,7 @@ impl AgentSession {
         request: Request,
         on_event: &mut dyn FnMut(&str, &str),
     ) -> Result<Response> {
+        self.deadline.arm(self.answer_timeout);
         let id = self.send(request)?;
         self.flush()?;
         self.round_trips += 1;
@@ -138,6 +153,7 @@ impl AgentSession {
             .metadata()
             .map_err(|e| Error::failed(format!("cannot stat {}: {e}", path.display())))?
             .len();
+        self.deadline.arm(self.answer_timeout);
         let put = self.send(Request::PutArtifact {
             sha256: sha256.to_string(),
             size,
@@ -147,9 +163,28 @@ impl AgentSession {
         let stdin = guard
             .as_mut()
             .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
-        let copied = io::copy(&mut file, stdin)
-            .map_err(|e| Error::failed(format!("[{host}] sending the artifact: {e}")))?;
+        // In chunks, each renewing the deadline: a slow link is progress, a
+        // cut one (the write blocks) is not.
+        let mut copied = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        let sent = loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = stdin.write_all(&buf[..n]) {
+                break Err(e);
+            }
+            copied += n as u64;
+            self.deadline.arm(self.answer_timeout);
+        };
         drop(guard);
+        if let Err(e) = sent {
+            return Err(
+                self.silent_or(Error::failed(format!("[{host}] sending the artifact: {e}")))
+            );
+        }
         if copied != size {
             return Err(Error::failed(format!(
                 "{} changed while uploading ({copied} of {size} bytes)",
@@ -179,19 +214,36 @@ impl AgentSession {
 
     /// Closes stdin and waits for the agent to exit (it releases the lock).
     pub fn close(mut self) -> Result<()> {
+        self.deadline.arm(self.answer_timeout);
         self.close_stdin();
         let status = self
-            .child
-            .wait()
+            .wait_child()
             .map_err(|e| Error::failed(format!("[{}] waiting for the agent: {e}", self.host)))?;
         if status.success() {
             Ok(())
+        } else if self.deadline.fired() {
+            Err(self.silent())
         } else {
             Err(Error::failed(format!(
                 "[{}] the agent exited with {status}",
                 self.host
             )))
         }
+    }
+
+    /// Waits for the child to exit, disarms the deadline, then reaps it: the
+    /// watchdog may signal the child's process group only while its pid
+    /// cannot belong to anyone else (a zombie still holds it).
+    fn wait_child(&mut self) -> io::Result<std::process::ExitStatus> {
+        use nix::sys::wait::{Id, WaitPidFlag, waitid};
+        let pid = nix::unistd::Pid::from_raw(self.deadline.pgid);
+        // Retried on EINTR; ECHILD (reaped already) ends it too, and `wait`
+        // below returns the status.
+        while let Err(nix::errno::Errno::EINTR) =
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+        {}
+        self.deadline.disarm();
+        self.child.wait()
     }
 
     fn send(&mut self, request: Request) -> Result<u64> {
@@ -209,8 +261,10 @@ impl AgentSession {
         let stdin = guard
             .as_mut()
             .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
-        writeln!(stdin, "{line}")
-            .map_err(|e| Error::failed(format!("[{host}] sending a request: {e}")))?;
+        if let Err(e) = writeln!(stdin, "{line}") {
+            drop(guard);
+            return Err(self.silent_or(Error::failed(format!("[{host}] sending a request: {e}"))));
+        }
         Ok(id)
     }
 
@@ -220,9 +274,11 @@ impl AgentSession {
         let stdin = guard
             .as_mut()
             .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
-        stdin
-            .flush()
-            .map_err(|e| Error::failed(format!("[{host}] sending a request: {e}")))
+        if let Err(e) = stdin.flush() {
+            drop(guard);
+            return Err(self.silent_or(Error::failed(format!("[{host}] sending a request: {e}"))));
+        }
+        Ok(())
     }
 
     fn close_stdin(&mut self) {
@@ -242,6 +298,8 @@ impl AgentSession {
             }
             // The connection is up: let the next one be set up.
             drop(self.startup.take());
+            // Any message is a sign of life.
+            self.deadline.extend(self.answer_timeout);
             let message: AgentMessage = serde_json::from_str(&line).map_err(|e| {
                 Error::failed(format!(
                     "[{}] unreadable answer from the agent ({e}): {}",
@@ -252,6 +310,10 @@ impl AgentSession {
             })?;
             match message {
                 AgentMessage::Event { step, message, .. } => on_event(&step, &message),
+                // The host knows this step's bound; silence within it is not a fault.
+                AgentMessage::Expect { within_ms, .. } => self
+                    .deadline
+                    .arm(Duration::from_millis(within_ms) + self.answer_timeout),
                 // A cancel that came after its request ended: nothing to report.
                 AgentMessage::Result { id: CANCEL_ID, .. } => {}
                 AgentMessage::Result { id: got, response } if self.unawaited.remove(&got) => {
@@ -261,6 +323,7 @@ impl AgentSession {
                     }
                 }
                 AgentMessage::Result { id: got, response } if got == id || got == 0 => {
+                    self.deadline.disarm();
                     return Ok(match *response {
                         // "skipped" hides the real cause if that was an unawaited request.
                         Response::Error(mut e) if !self.background_errors.is_empty() => {
@@ -281,7 +344,34 @@ impl AgentSession {
         }
     }
 
+    /// The error for a host given up by its deadline.
+    fn silent(&self) -> Error {
+        let secs = self.answer_timeout.as_secs_f64();
+        // Said in the message itself: a host's failure is printed without hints.
+        let why = if self.remote {
+            "the host may be unreachable (a cut link looks like this; if your ssh config multiplexes with ControlMaster and ControlPersist, its master may sit on a dead connection: `ssh -O exit HOST` closes it, and ServerAliveInterval makes ssh notice by itself) or its agent is stuck"
+        } else {
+            "its agent is stuck"
+        };
+        Error::failed(format!(
+            "[{}] no answer for {secs:.0} s ([stages] answer_timeout): {why}; the connection was closed",
+            self.host
+        ))
+    }
+
+    /// `error`, unless the deadline fired: then the silence is the cause.
+    fn silent_or(&self, error: Error) -> Error {
+        if self.deadline.fired() {
+            self.silent()
+        } else {
+            error
+        }
+    }
+
     fn gone(&self, why: &str) -> Error {
+        if self.deadline.fired() {
+            return self.silent();
+        }
         // ssh says why it could not connect (host key, auth, timeout) on stderr.
         std::thread::sleep(std::time::Duration::from_millis(20));
         let tail = self
@@ -298,7 +388,7 @@ impl AgentSession {
     }
 
     fn io_error(&self, what: &str, e: io::Error) -> Error {
-        Error::failed(format!("[{}] {what}: {e}", self.host))
+        self.silent_or(Error::failed(format!("[{}] {what}: {e}", self.host)))
     }
 }
 
@@ -348,8 +438,140 @@ fn collect_stderr(stderr: impl Read, tail: &Mutex<Vec<String>>) {
 
 impl Drop for AgentSession {
     fn drop(&mut self) {
-        // Closing stdin lets the agent finish its request and exit; reap it.
+        // Closing stdin lets the agent finish its request and exit; reap it,
+        // but not forever: a silent host is cut off after its deadline.
+        self.deadline.arm(self.answer_timeout);
         self.close_stdin();
-        let _ = self.child.wait();
+        let _ = self.wait_child();
+    }
+}
+
+/// When a session's host is given up: armed while the operator waits for
+/// the host (a request, an upload, the agent's exit), renewed by every sign
+/// of progress. One watchdog thread checks every session; a deadline that
+/// passes kills the session's process group (the `ssh` client, or the local
+/// agent), so whatever waits on its pipes returns at once.
+struct Deadline {
+    until: Mutex<Option<Instant>>,
+    fired: AtomicBool,
+    /// The session's process group (its child leads it).
+    pgid: i32,
+    /// The host, as written in the stage.
+    host: String,
+    /// Over ssh: its process group is the `ssh` client, safe to kill at any time.
+    remote: bool,
+}
+
+/// Every live session's deadline, for the watchdog.
+static WATCHED: Mutex<Vec<Weak<Deadline>>> = Mutex::new(Vec::new());
+
+/// How often the watchdog looks.
+const WATCHDOG_TICK: Duration = Duration::from_millis(100);
+
+impl Deadline {
+    /// A disarmed deadline for the process group led by `pid`, watched from now on.
+    fn watch(pid: u32, host: &str, remote: bool) -> Arc<Deadline> {
+        static WATCHDOG: std::sync::Once = std::sync::Once::new();
+        let deadline = Arc::new(Deadline {
+            until: Mutex::new(None),
+            fired: AtomicBool::new(false),
+            pgid: i32::try_from(pid).unwrap_or(i32::MAX),
+            host: host.to_string(),
+            remote,
+        });
+        let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
+        watched.retain(|w| w.strong_count() > 0);
+        watched.push(Arc::downgrade(&deadline));
+        drop(watched);
+        WATCHDOG.call_once(|| {
+            std::thread::spawn(watchdog);
+        });
+        deadline
+    }
+
+    /// Gives the host `allowance` from now.
+    fn arm(&self, allowance: Duration) {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + allowance);
+    }
+
+    /// At least `allowance` from now (never shortens a longer bound).
+    fn extend(&self, allowance: Duration) {
+        let mut until = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        let later = Instant::now() + allowance;
+        if until.is_some_and(|u| u < later) {
+            *until = Some(later);
+        }
+    }
+
+    /// Nothing is awaited from the host. Once it returns, the watchdog will
+    /// not signal (it kills while holding the same lock).
+    fn disarm(&self) {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Whether the host was given up.
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Kills the session's process group if its time is up.
+    fn check(&self, now: Instant) {
+        let until = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        if until.is_some_and(|u| u <= now) && !self.fired.swap(true, Ordering::SeqCst) {
+            use nix::sys::signal::{Signal, killpg};
+            let _ = killpg(nix::unistd::Pid::from_raw(self.pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// A host with an open session, as the operator leaves it.
+#[derive(Debug, Clone)]
+pub struct OpenSession {
+    /// The host, as written in the stage.
+    pub host: String,
+    /// Whether the operator was waiting for the host (a request in flight).
+    pub awaiting: bool,
+}
+
+/// Ends every session at once, for an operator that must exit now: the ssh
+/// clients are killed (each agent then sees its connection close and
+/// finishes or abandons its request by itself, releasing the lock); local
+/// agents are left to see their input close. Returns the hosts that had a
+/// session.
+pub fn cut_all_sessions() -> Vec<OpenSession> {
+    let live: Vec<Arc<Deadline>> = WATCHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    live.iter()
+        .map(|d| {
+            let until = d.until.lock().unwrap_or_else(|e| e.into_inner());
+            if d.remote && !d.fired.swap(true, Ordering::SeqCst) {
+                use nix::sys::signal::{Signal, killpg};
+                let _ = killpg(nix::unistd::Pid::from_raw(d.pgid), Signal::SIGKILL);
+            }
+            OpenSession {
+                host: d.host.clone(),
+                awaiting: until.is_some(),
+            }
+        })
+        .collect()
+}
+
+fn watchdog() {
+    loop {
+        std::thread::sleep(WATCHDOG_TICK);
+        let now = Instant::now();
+        let live: Vec<Arc<Deadline>> = WATCHED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for deadline in live {
+            deadline.check(now);
+        }
     }
 }

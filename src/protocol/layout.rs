@@ -2,9 +2,6 @@
 //! under a root), and who owns each directory with which mode: the one table
 //! `provision`, the deploy and the supervisor all create directories from.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The directories of a layout.
@@ -20,19 +17,27 @@ pub enum Dir {
     Shared,
     /// `/var/log/<name>`: the service's log.
     Log,
-    /// `/run/<name>`: the supervisor's pidfile, state and lock, the deploy lock.
+    /// `/var/lib/<name>/cds-dump`: root's; holds one directory of the
+    /// service's per dumping run (see [`Layout::cds_dump_dir`]).
+    CdsDump,
+    /// `/run/<name>`: the supervisor's pidfile and state, the deploy lock's record.
     Run,
+    /// `/run/<name>/locks`: every lock file of the service; only its owner
+    /// (root on a provisioned host) can open them.
+    Locks,
 }
 
 impl Dir {
     /// Every directory, parents first.
-    pub const ALL: [Dir; 6] = [
+    pub const ALL: [Dir; 8] = [
         Dir::Lib,
         Dir::Artifacts,
         Dir::Releases,
         Dir::Shared,
+        Dir::CdsDump,
         Dir::Log,
         Dir::Run,
+        Dir::Locks,
     ];
 }
 
@@ -60,28 +65,6 @@ pub struct Directory {
     pub mode: u32,
 }
 
-impl Directory {
-    /// Creates the directory (and missing parents) when it is missing, with
-    /// exactly its mode whatever the umask; true when it was created. The
-    /// owner is the caller's to set: only root can.
-    pub fn create_missing(&self) -> io::Result<bool> {
-        if fs::symlink_metadata(&self.path).is_ok() {
-            return Ok(false);
-        }
-        if let Some(parent) = self.path.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        match fs::DirBuilder::new().mode(self.mode).create(&self.path) {
-            Ok(()) => {}
-            // Created meanwhile by someone else: theirs to have set up.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        fs::set_permissions(&self.path, fs::Permissions::from_mode(self.mode))?;
-        Ok(true)
-    }
-}
-
 /// A release's class-data sharing archive, `releases/<id>/cds.jsa`: a copy
 /// the agent's user made (mode 0444), never the file the JVM wrote, so a
 /// service compromised later cannot rewrite what every later start of its
@@ -93,8 +76,31 @@ pub const CDS_ARCHIVE: &str = "cds.jsa";
 /// files differ goes on without the archive.
 pub const CDS_IDENTITY: &str = "cds.json";
 
-/// Name prefix of [`Layout::cds_dump_dir`].
-pub const CDS_DUMP_PREFIX: &str = ".shipjar-cds-";
+/// The locks of one service, each a file in [`Layout::locks_dir`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Held for a moment while the deploy lock's record is read and replaced.
+    Deploy,
+    /// Held by the supervisor of the service (or of one of its instances)
+    /// for its whole life: proof that it is alive.
+    Supervisor,
+    /// Held by the proxy's keeper while it lives.
+    Keeper,
+    /// Held by the runner of a proxied service while it lives.
+    Runner,
+}
+
+impl Lock {
+    /// What it is called in messages: "the supervisor lock".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Lock::Deploy => "the deploy lock's mutex",
+            Lock::Supervisor => "the supervisor lock",
+            Lock::Keeper => "the proxy keeper's lock",
+            Lock::Runner => "the runner's lock",
+        }
+    }
+}
 
 /// Paths of one service on one host; `root` is `/` on a real host.
 #[derive(Debug, Clone)]
@@ -178,13 +184,15 @@ impl Layout {
         self.lib_dir().join("instances").join(port.to_string())
     }
 
-    /// `shared/.shipjar-cds-<supervisor pid>/`: where a JVM writes its
-    /// class-data archive at exit (the service's user, mode 0700; a release
+    /// `cds-dump/<supervisor pid>/`: where a JVM writes its class-data
+    /// archive at exit (the service's user, mode 0700, in a parent only
+    /// root can write, so the service cannot swap it for a link; a release
     /// holds nothing the service may write); removed once the supervisor
     /// has copied the archive into the release, or discarded it.
     pub fn cds_dump_dir(&self, supervisor_pid: u32) -> PathBuf {
-        self.shared_dir()
-            .join(format!("{CDS_DUMP_PREFIX}{supervisor_pid}"))
+        self.directory(Dir::CdsDump)
+            .path
+            .join(supervisor_pid.to_string())
     }
 
     /// Kept across releases; writable by the service.
@@ -257,9 +265,36 @@ impl Layout {
         self.run_dir().join("supervisor.json")
     }
 
-    /// Held by a supervisor while it runs; a held lock proves it is alive.
-    pub fn supervisor_lock(&self) -> PathBuf {
-        self.run_dir().join("supervisor.lock")
+    /// `/run/<name>/locks`: the lock files of the service and of its
+    /// instances, the agent's user's, mode 0711: anyone may stat a lock file
+    /// (to find its holder in `/proc/locks`), only that user may open one.
+    pub fn locks_dir(&self) -> PathBuf {
+        self.service_run_dir().join("locks")
+    }
+
+    /// The file of `lock` (mode 0600); an instance's supervisor has its own,
+    /// `supervisor-<port>.lock`.
+    pub fn lock_file(&self, lock: Lock) -> PathBuf {
+        let name = match (lock, self.instance) {
+            (Lock::Deploy, _) => "deploy.lock".to_string(),
+            (Lock::Supervisor, None) => "supervisor.lock".to_string(),
+            (Lock::Supervisor, Some(port)) => format!("supervisor-{port}.lock"),
+            (Lock::Keeper, _) => "keeper.lock".to_string(),
+            (Lock::Runner, _) => "runner.lock".to_string(),
+        };
+        self.locks_dir().join(name)
+    }
+
+    /// Where versions before `locks/` kept the file of `lock`, which a
+    /// process they started may still hold; `None` for the deploy lock's
+    /// mutex (they flocked the run directory, for a moment at a time).
+    pub fn legacy_lock_file(&self, lock: Lock) -> Option<PathBuf> {
+        match lock {
+            Lock::Deploy => None,
+            Lock::Supervisor => Some(self.run_dir().join("supervisor.lock")),
+            Lock::Keeper => Some(self.proxy_dir().join("keeper.lock")),
+            Lock::Runner => Some(self.proxy_dir().join("runner.lock")),
+        }
     }
 
     /// A directory of the layout with the owner and mode it must have.
@@ -271,8 +306,14 @@ impl Layout {
             // The service's own: no other user reads its data or its log.
             Dir::Shared => (self.shared_dir(), DirOwner::Service, 0o750),
             Dir::Log => (self.log_dir(), DirOwner::Service, 0o750),
+            // Traversable, not listable or writable: the service reaches
+            // only its own run's directory, and cannot replace it.
+            Dir::CdsDump => (self.lib_dir().join("cds-dump"), DirOwner::Agent, 0o711),
             // Readable by all, so `service status` works for anyone.
             Dir::Run => (self.run_dir(), DirOwner::Agent, 0o755),
+            // Searchable, not readable: a lock file's holder can be looked
+            // up by anyone, the file opened (and so locked) by its owner alone.
+            Dir::Locks => (self.locks_dir(), DirOwner::Agent, 0o711),
         };
         Directory {
             dir,
@@ -287,7 +328,8 @@ impl Layout {
         Dir::ALL.iter().map(|&d| self.directory(d)).collect()
     }
 
-    /// The stage's deploy lock and the file naming its holder.
+    /// The stage's deploy lock: the lease record naming its holder (read
+    /// and replaced under [`Lock::Deploy`]).
     pub fn deploy_lock(&self) -> PathBuf {
         self.service_run_dir().join("deploy.lock")
     }
@@ -303,6 +345,15 @@ mod tests {
         assert_eq!(blue.run_dir().to_str(), Some("/r/run/hello/instance-18081"));
         assert_eq!(blue.deploy_lock(), base.deploy_lock());
         assert_eq!(
+            blue.lock_file(Lock::Supervisor).to_str(),
+            Some("/r/run/hello/locks/supervisor-18081.lock")
+        );
+        assert_eq!(
+            base.lock_file(Lock::Supervisor).to_str(),
+            Some("/r/run/hello/locks/supervisor.lock")
+        );
+        assert_eq!(blue.lock_file(Lock::Keeper), base.lock_file(Lock::Keeper));
+        assert_eq!(
             blue.current_link().to_str(),
             Some("/r/var/lib/hello/instances/18081")
         );
@@ -317,24 +368,4 @@ mod tests {
     }
 
     use super::*;
-    use std::os::unix::fs::MetadataExt;
-
-    #[test]
-    fn directories_are_created_once_with_their_mode() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let layout = Layout::new(root.path(), "svc");
-        let created: Vec<bool> = layout
-            .directories()
-            .iter()
-            .map(|d| d.create_missing().expect("create"))
-            .collect();
-        assert!(created.iter().all(|c| *c), "{created:?}");
-        for d in layout.directories() {
-            let mode = fs::metadata(&d.path).expect("stat").mode() & 0o7777;
-            assert_eq!(mode, d.mode, "{}", d.path.display());
-            assert!(!d.create_missing().expect("again"), "created twice");
-        }
-        assert_eq!(layout.directory(Dir::Log).owner, DirOwner::Service);
-        assert_eq!(layout.directory(Dir::Run).owner, DirOwner::Agent);
-    }
 }

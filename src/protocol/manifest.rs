@@ -292,3 +292,68 @@ pub struct ManifestFile {
     /// sha256 of the content; omitted for secrets (a hash of a short secret leaks it).
     pub sha256: Option<String>,
 }
+
+/// Room beyond the summed timeouts of an activation: systemd's own margins
+/// around the unit's start and stop, process start-up, file syncs.
+const ACTIVATION_MARGIN_MS: u64 = 60_000;
+
+/// The longest an activation of `target` can take on a host whose current
+/// release is `current`, every step running to its own timeout: the old
+/// release stopped, the hooks, the new one started and checked, the proxy's
+/// drain, and the same again backwards for a revert. A host silent longer
+/// than this is stuck, whatever it is doing.
+pub fn activation_bound_ms(current: Option<&ReleaseManifest>, target: &ReleaseManifest) -> u64 {
+    let stop = |m: &ReleaseManifest| {
+        m.stop.timeout_ms + m.stop.hook.as_ref().map_or(0, |_| m.stop.hook_timeout_ms)
+    };
+    let start = |m: &ReleaseManifest| {
+        m.health.start_timeout_ms
+            + m.version_check
+                .as_ref()
+                .map_or(0, |_| m.health.probe_timeout_ms)
+    };
+    let hooks = |m: &ReleaseManifest| {
+        [&m.hooks.before_start, &m.hooks.after_switch]
+            .into_iter()
+            .flatten()
+            .map(|h| h.timeout_ms)
+            .sum::<u64>()
+    };
+    let drain = |m: &ReleaseManifest| m.proxy.as_ref().map_or(0, |p| p.drain_timeout_ms);
+    let forward = current.map_or(0, stop) + hooks(target) + start(target) + drain(target);
+    let back = stop(target) + current.map_or(0, |c| start(c) + drain(c));
+    forward + back + ACTIVATION_MARGIN_MS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(start_ms: u64, stop_ms: u64) -> ReleaseManifest {
+        serde_json::from_value(serde_json::json!({
+            "format": 1, "id": "r", "service": "demo", "version": "1",
+            "artifact_sha256": "0", "jar": "demo.jar", "git_commit": null, "build_time": "t",
+            "deployed_at": "t", "deployer": "me@box", "stage": "test", "host": "local",
+            "run": {"argv": ["java"], "env": {}, "user": null},
+            "health": {"check": {"kind": "none"}, "start_timeout_ms": start_ms, "interval_ms": 1000},
+            "version_check": null,
+            "stop": {"timeout_ms": stop_ms},
+            "files": [],
+        }))
+        .expect("a manifest")
+    }
+
+    #[test]
+    fn an_activation_is_bounded_by_both_releases_timeouts_there_and_back() {
+        let old = manifest(90_000, 30_000);
+        let new = manifest(20_000, 5_000);
+        assert_eq!(
+            activation_bound_ms(Some(&old), &new),
+            30_000 + 20_000 + 5_000 + 90_000 + ACTIVATION_MARGIN_MS
+        );
+        assert_eq!(
+            activation_bound_ms(None, &new),
+            20_000 + 5_000 + ACTIVATION_MARGIN_MS
+        );
+    }
+}

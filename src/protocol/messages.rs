@@ -268,6 +268,18 @@ pub enum AgentMessage {
         /// What happened.
         message: String,
     },
+    /// The request may go on this long from now before its next message:
+    /// sent before a step whose length the host knows (an activation bounded
+    /// by the releases' stop, start and hook timeouts). The operator waits
+    /// that long, not its default, before it gives the host up.
+    Expect {
+        /// Request id.
+        id: u64,
+        /// The step about to run.
+        step: String,
+        /// Milliseconds the step may take.
+        within_ms: u64,
+    },
     /// The final answer to a request.
     Result {
         /// Request id.

@@ -29,4 +29,5 @@ pub use names::validate_service_name;
 pub(crate) use wire_enum::wire_enum;
 
 /// Protocol version; operator and agent must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: the agent announces how long a long request may take (`expect`).
+pub const PROTOCOL_VERSION: u32 = 2;

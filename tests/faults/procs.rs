@@ -116,13 +116,16 @@ pub fn supervisor_killed(s: &mut Suite) {
     check::invariant(s, "supervisor killed", None, false);
     let status = s.run(&["--json", "status", "all"]);
     let row = crate::host_field(&crate::last_json(&status), host).clone();
-    // The service still answers, so `status` agreeing with it holds; that it
-    // shows a dead supervisor only in the detail is worth a note.
-    if status.status.code() == Some(0) {
-        eprintln!(
-            "faults: note: status exits 0 with no flag although {host}'s supervisor is dead: {}",
+    // The service still answers, but nothing supervises it: a `status`
+    // that exits 0, or does not call the host's service dead, is a false report.
+    let state = row["status"]["service"]["state"].as_str().unwrap_or("?");
+    if status.status.code() == Some(0) || state != "dead" {
+        s.counts.hosts_broken += 1;
+        s.fail(format!(
+            "status exits {:?} and says {host}'s service is {state} although its supervisor {sup} is dead: {}",
+            status.status.code(),
             row["status"]["service"]["detail"]
-        );
+        ));
     }
     let v = s.next_version();
     let out = s.deploy("all", &v, &[]);

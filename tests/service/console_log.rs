@@ -90,3 +90,37 @@ fn a_log_file_name_that_leaves_the_log_dir_is_refused() {
     assert!(!host.root().join("etc/escape.log").exists());
     assert!(host.service_pid().is_none());
 }
+
+/// A FIFO planted in place of `console.log` (the log dir is the service
+/// user's): `service start` used to block in `open` for ever. Now the FIFO
+/// is moved aside, a new file started, and an event says so.
+#[test]
+fn a_fifo_in_place_of_console_log_is_moved_aside_and_start_does_not_block() {
+    let host = Host::new("fifolog");
+    let spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    host.release("r1", &spec);
+    let log_dir = host.root().join("var/log/fifolog");
+    fs::create_dir_all(&log_dir).expect("mkdir");
+    let console = log_dir.join("console.log");
+    nix::unistd::mkfifo(&console, nix::sys::stat::Mode::from_bits_truncate(0o666)).expect("mkfifo");
+    let started = std::time::Instant::now();
+    // run_limited fails the test if start hangs.
+    let out = host.start();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(
+        fs::symlink_metadata(&console)
+            .expect("console.log")
+            .is_file()
+    );
+    let aside = fs::symlink_metadata(log_dir.join("console.log.refused-1")).expect("aside");
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&aside.file_type()));
+    assert!(
+        host.events()
+            .iter()
+            .any(|e| e.contains("is a FIFO, not a regular file")
+                && e.contains("moved it aside to console.log.refused-1")),
+        "{}",
+        host.log()
+    );
+}

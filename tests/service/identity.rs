@@ -67,7 +67,7 @@ fn a_forged_state_file_gets_no_process_signalled() {
     let said = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(
         said.starts_with(&format!(
-            "dead: supervisor pid {pid} is not this service's supervisor: sleep (its program is "
+            "dead: supervisor pid {pid} is not this service's supervisor: sleep (it does not hold the supervisor lock)"
         )),
         "{said}"
     );

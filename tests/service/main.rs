@@ -11,6 +11,7 @@ mod death;
 mod identity;
 mod init;
 mod liveness;
+mod locks;
 mod logs;
 mod notify;
 mod pacing;

@@ -89,18 +89,7 @@ pub fn render(spec: &InitSpec) -> Result<String, String> {
     // whatever is left at TimeoutStopSec is SIGKILLed.
     line("KillMode=mixed".into());
     line("LimitNOFILE=65536".into());
-    // Hardening that a JVM survives: no MemoryDenyWriteExecute (the JIT),
-    // no PrivateTmp (jcmd and jstack attach through /tmp), no address-family
-    // or system-call filters.
-    line("NoNewPrivileges=yes".into());
-    line("ProtectSystem=full".into());
-    line("ProtectKernelTunables=yes".into());
-    line("ProtectKernelModules=yes".into());
-    line("ProtectControlGroups=yes".into());
-    line("RestrictSUIDSGID=yes".into());
-    line("RestrictRealtime=yes".into());
-    line("LockPersonality=yes".into());
-    line("PrivateTmp=no".into());
+    hardening(&mut line, &spec.shipjar, &spec.root);
     let mut writable = vec![
         path_word_prefixed("-", &spec.log_dir)?,
         path_word_prefixed("-", &spec.shared_dir)?,
@@ -108,11 +97,109 @@ pub fn render(spec: &InitSpec) -> Result<String, String> {
     if !production {
         writable.push(path_word_prefixed("-", &spec.run_dir)?);
     }
+    // `ProtectHome=read-only` covers a root under a home directory: the
+    // supervisor also writes in its lib dir (class-data archives).
+    if !production && under_home(&spec.root) {
+        writable.push(path_word_prefixed("-", &spec.root)?);
+    }
     line(format!("ReadWritePaths={}", writable.join(" ")));
     line(String::new());
     line("[Install]".into());
     line("WantedBy=multi-user.target".into());
     Ok(u)
+}
+
+/// The capabilities the root supervisor (and the proxy's runner, keeper and
+/// worker) use; every other one is out of the bounding set of the unit's
+/// processes. Without any of the first six a start or a stop fails
+/// (tried on a systemd 252 host for CHOWN, DAC_OVERRIDE, SYS_PTRACE, KILL):
+/// - CAP_SETUID, CAP_SETGID: drop to the service user (setgroups too);
+/// - CAP_CHOWN: give log files and the class-data dump dir to that user;
+/// - CAP_DAC_OVERRIDE: write in the service-owned log dir and shared/ (0750);
+/// - CAP_SYS_PTRACE (with CAP_DAC_OVERRIDE): read the links in /proc/PID/fd
+///   of the service's processes, where the start gate finds the listening
+///   socket sock_diag reported (another uid's fds need both); without it
+///   the gate takes the service's own socket for a stranger's;
+/// - CAP_KILL: signal the service (without it a stop is systemd's SIGKILL);
+/// - CAP_NET_BIND_SERVICE: the proxy's listen port may be below 1024;
+/// - CAP_FOWNER: set the mode of a file the service user already owns
+///   (fchmod after fchown); no start or stop tried needed it, and it is in
+///   CAP_DAC_OVERRIDE's exposure group, so it costs no score.
+const CAPABILITIES: [&str; 8] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_KILL",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SYS_PTRACE",
+];
+
+/// The home directories `ProtectHome=yes` hides.
+const HOMES: [&str; 3] = ["/home", "/root", "/run/user"];
+
+fn under_home(path: &Path) -> bool {
+    HOMES.iter().any(|h| path.starts_with(h))
+}
+
+/// The sandbox: `systemd-analyze security` exposure 3.4 (systemd 252),
+/// every option one that systemd 252 knows. What it leaves open, it leaves
+/// for the JVM, for `jcmd` and for the supervisor. MemoryDenyWriteExecute
+/// stays off: the JIT writes machine code into memory it then executes,
+/// which that forbids; the JVM does not even start ("Failed to mark memory
+/// page as executable").
+fn hardening(line: &mut impl FnMut(String), shipjar: &Path, root: &Path) {
+    for l in [
+        // Said in the unit too, for whoever reads it on the host.
+        "# Sandboxed for a JVM. No MemoryDenyWriteExecute: the JIT writes machine code and",
+        "# runs it (under it the JVM does not start). No PrivateTmp: jcmd and jstack, run as",
+        "# the service user, attach through /tmp. The capabilities are the supervisor's.",
+        "NoNewPrivileges=yes",
+        &format!("CapabilityBoundingSet={}", CAPABILITIES.join(" ")),
+        "ProtectSystem=full",
+    ] {
+        line(l.to_string());
+    }
+    // A shipjar binary (a `cargo install`ed one) or a root under a home
+    // directory must stay reachable: read-only, not hidden.
+    if under_home(shipjar) || under_home(root) {
+        line("ProtectHome=read-only".into());
+    } else {
+        line("ProtectHome=yes".into());
+    }
+    for l in [
+        // Off: jcmd and jstack attach through /tmp (the JVM's
+        // .java_pid<pid> socket, the .attach_pid<pid> file, hsperfdata),
+        // and the service's own tools expect the host's /tmp.
+        "PrivateTmp=no",
+        "PrivateDevices=yes",
+        "PrivateMounts=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectControlGroups=yes",
+        "ProtectClock=yes",
+        "ProtectHostname=yes",
+        "RestrictNamespaces=yes",
+        "RestrictSUIDSGID=yes",
+        "RestrictRealtime=yes",
+        "LockPersonality=yes",
+        // AF_NETLINK: the start gate reads listening sockets through
+        // sock_diag; AF_UNIX: sd_notify, the proxy's control socket, jcmd.
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "SystemCallArchitectures=native",
+        // @system-service includes what the supervisor needs (setgroups,
+        // setuid, chown, kill) and what a JVM calls; anything else fails
+        // with EPERM rather than killing the process.
+        "SystemCallFilter=@system-service",
+        "SystemCallErrorNumber=EPERM",
+        // Files the unit's processes create without a mode are not
+        // world-readable; shipjar's own records set their modes exactly.
+        "UMask=0027",
+    ] {
+        line(l.to_string());
+    }
 }
 
 /// A time span systemd reads exactly: `90000ms`.
@@ -177,14 +264,28 @@ mod tests {
             "RestartSec=1000ms",
             "StartLimitBurst=5",
             "NoNewPrivileges=yes",
+            "CapabilityBoundingSet=CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER CAP_KILL \
+             CAP_NET_BIND_SERVICE CAP_SETGID CAP_SETUID CAP_SYS_PTRACE",
             "ProtectSystem=full",
+            "ProtectHome=yes",
             "PrivateTmp=no",
+            "PrivateDevices=yes",
+            "RestrictNamespaces=yes",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+            "SystemCallFilter=@system-service",
+            "SystemCallErrorNumber=EPERM",
+            "UMask=0027",
             "ReadWritePaths=-/var/log/hello -/var/lib/hello/shared",
             "WantedBy=multi-user.target",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
         }
-        assert!(!text.contains("MemoryDenyWriteExecute"));
+        // The JIT writes the code it runs.
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("MemoryDenyWriteExecute"))
+        );
         // The supervisor is root; only the service runs as its user.
         assert!(!text.contains("User="), "{text}");
         assert!(!text.contains("ExecStartPre"), "{text}");
@@ -207,5 +308,26 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("RuntimeDirectory="), "{text}");
+    }
+
+    #[test]
+    fn a_shipjar_under_a_home_directory_stays_reachable() {
+        let mut spec = sample_spec();
+        spec.shipjar = "/root/.cargo/bin/shipjar".into();
+        let text = render(&spec).expect("renders");
+        assert!(text.lines().any(|l| l == "ProtectHome=read-only"), "{text}");
+        assert!(!text.lines().any(|l| l == "ProtectHome=yes"), "{text}");
+        let mut spec = sample_spec();
+        spec.root = "/home/ci/hosts/app1".into();
+        spec.log_dir = "/home/ci/hosts/app1/var/log/hello".into();
+        spec.shared_dir = "/home/ci/hosts/app1/var/lib/hello/shared".into();
+        spec.run_dir = "/home/ci/hosts/app1/run/hello".into();
+        let text = render(&spec).expect("renders");
+        assert!(text.lines().any(|l| l == "ProtectHome=read-only"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ReadWritePaths=") && l.ends_with(" -/home/ci/hosts/app1")),
+            "{text}"
+        );
     }
 }

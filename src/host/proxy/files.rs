@@ -1,9 +1,10 @@
 //! The proxy's files under `/run/<name>/proxy/`: its spec, the active
 //! instance (replaced by rename, so a restarted proxy resumes where it was),
-//! the keeper's record, the keeper's lock and the control socket.
+//! the keeper's and the runner's records and the control socket. Their
+//! locks are in `/run/<name>/locks/` ([`crate::host::lockfile`]).
 
-use std::fs::{self, File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,20 +28,34 @@ pub fn keeper_path(layout: &Layout) -> PathBuf {
     layout.proxy_dir().join("keeper.json")
 }
 
-/// `keeper.lock`: held by the keeper while it lives.
-pub fn lock_path(layout: &Layout) -> PathBuf {
-    layout.proxy_dir().join("keeper.lock")
-}
-
 /// `control.sock`: the worker's control socket.
 pub fn socket_path(layout: &Layout) -> PathBuf {
     layout.proxy_dir().join("control.sock")
 }
 
+/// Creates `/run/<name>/proxy/` (root's) when missing (a reboot empties
+/// `/run`), mode 0755 whatever the umask (the unit's is 0027): like the rest
+/// of the run dir, the records in it are for any user to read.
+fn ensure_dir(layout: &Layout) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = layout.proxy_dir();
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let err = |e: std::io::Error| format!("{}: {e}", dir.display());
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&dir)
+    {
+        Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(err),
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// Writes the spec the next proxy start reads.
 pub fn write_spec(layout: &Layout, spec: &ProxySpec) -> Result<(), String> {
-    fs::create_dir_all(layout.proxy_dir())
-        .map_err(|e| format!("{}: {e}", layout.proxy_dir().display()))?;
+    ensure_dir(layout)?;
     let text = serde_json::to_vec_pretty(spec).map_err(|e| e.to_string())?;
     let path = spec_path(layout);
     files::write_atomic(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
@@ -63,6 +78,7 @@ pub fn read_active(layout: &Layout) -> Option<u16> {
 
 /// Records the active instance (`None`: no instance takes traffic).
 pub fn write_active(layout: &Layout, port: Option<u16>) -> Result<(), String> {
+    ensure_dir(layout)?;
     let path = active_path(layout);
     let text = format!("{}\n", port.unwrap_or(0));
     files::write_atomic(&path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
@@ -87,6 +103,7 @@ pub struct KeeperRecord {
 
 /// Writes the keeper's record atomically.
 pub fn write_keeper(layout: &Layout, record: &KeeperRecord) -> Result<(), String> {
+    ensure_dir(layout)?;
     let text = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
     let path = keeper_path(layout);
     files::write_atomic(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
@@ -98,11 +115,6 @@ pub fn read_keeper(layout: &Layout) -> Option<KeeperRecord> {
     serde_json::from_slice(&text).ok()
 }
 
-/// `runner.lock`: held by the runner of the proxied service while it lives.
-pub fn runner_lock_path(layout: &Layout) -> PathBuf {
-    layout.proxy_dir().join("runner.lock")
-}
-
 /// `runner.json`: the runner's identity (pid and start time).
 pub fn runner_path(layout: &Layout) -> PathBuf {
     layout.proxy_dir().join("runner.json")
@@ -110,6 +122,7 @@ pub fn runner_path(layout: &Layout) -> PathBuf {
 
 /// Records the runner's identity atomically.
 pub fn write_runner(layout: &Layout, id: &ProcessId) -> Result<(), String> {
+    ensure_dir(layout)?;
     let text = serde_json::to_vec(id).map_err(|e| e.to_string())?;
     let path = runner_path(layout);
     files::write_atomic(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
@@ -119,31 +132,4 @@ pub fn write_runner(layout: &Layout, id: &ProcessId) -> Result<(), String> {
 pub fn read_runner(layout: &Layout) -> Option<ProcessId> {
     let text = fs::read(runner_path(layout)).ok()?;
     serde_json::from_slice(&text).ok()
-}
-
-/// Takes the lock at `path` (the keeper's or the runner's) without waiting,
-/// creating it and its directory; `Ok(None)` when another process holds it.
-pub fn try_lock(path: &Path) -> Result<Option<File>, String> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(fs::TryLockError::WouldBlock) => Ok(None),
-        Err(fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
-    }
-}
-
-/// Whether a live process holds the lock at `path`.
-pub fn lock_held(path: &Path) -> bool {
-    match File::open(path) {
-        Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
-        Err(_) => false,
-    }
 }

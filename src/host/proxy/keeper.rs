@@ -3,7 +3,6 @@
 //! keeper holds the listening socket, a worker's crash loses no connection
 //! attempt: the kernel queues them until the next worker accepts.
 
-use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -14,9 +13,10 @@ use nix::unistd::Pid;
 
 use super::files::{self, KeeperRecord};
 use super::worker::LISTEN_FD;
+use crate::host::lockfile::{self, HeldLock, LockError};
 use crate::host::supervisor::procfs;
 use crate::protocol::clock::now_rfc3339;
-use crate::protocol::layout::Layout;
+use crate::protocol::layout::{Layout, Lock};
 
 /// A worker that lived this long was not crash-looping: the back-off starts over.
 const STEADY: Duration = Duration::from_secs(10);
@@ -37,14 +37,14 @@ pub fn run(layout: &Layout) -> i32 {
 }
 
 /// Takes the keeper lock; `Err` names why not (another keeper holds it).
-pub fn take_lock(layout: &Layout) -> Result<File, String> {
-    let path = files::lock_path(layout);
-    files::try_lock(&path)?.ok_or_else(|| {
-        format!(
-            "the proxy of {} already runs (its keeper holds {})",
+pub fn take_lock(layout: &Layout) -> Result<HeldLock, String> {
+    lockfile::try_take(layout, Lock::Keeper).map_err(|e| match e {
+        LockError::Busy { holder, .. } => format!(
+            "the proxy of {} already runs (its keeper: {})",
             layout.name(),
-            path.display()
-        )
+            holder.map_or_else(|| "gone meanwhile".to_string(), |h| h.to_string())
+        ),
+        LockError::Failed(why) => why,
     })
 }
 
@@ -245,20 +245,26 @@ fn libc_sigset_empty() -> libc::sigset_t {
 
 /// Whether the keeper's lock is held right now (a live keeper).
 pub fn is_held(layout: &Layout) -> bool {
-    files::lock_held(&files::lock_path(layout))
+    lockfile::is_held(layout, Lock::Keeper)
+}
+
+/// The live keeper, as the kernel names the holder of its lock.
+pub fn holder(layout: &Layout) -> Option<lockfile::Holder> {
+    lockfile::holder(layout, Lock::Keeper)
 }
 
 /// Asks the keeper to stop (it stops its worker) and waits for its lock to
 /// be free; `Ok(false)` when none ran.
 pub fn stop(layout: &Layout, timeout: Duration) -> Result<bool, String> {
-    if !is_held(layout) {
+    let Some(holder) = lockfile::holder(layout, Lock::Keeper) else {
         return Ok(false);
-    }
+    };
     let record = files::read_keeper(layout).ok_or("the proxy's keeper left no record")?;
-    // Proven before signalled: the same pid and start time as it recorded.
-    if procfs::liveness(record.keeper) != procfs::Liveness::Alive {
+    // Proven before signalled: the lock's holder, with the start time it recorded.
+    if holder.pid != record.keeper.pid || procfs::liveness(record.keeper) != procfs::Liveness::Alive
+    {
         return Err(format!(
-            "the proxy keeper's recorded pid {} is not that process any more",
+            "the proxy keeper's lock is held by {holder}, not by the keeper pid {} it recorded",
             record.keeper.pid
         ));
     }

@@ -5,9 +5,11 @@
 //! active port to a file by rename (so a restarted worker resumes there),
 //! and waits on the old instance's in-flight count before stopping it.
 
+#[allow(clippy::disallowed_methods)] // root-only: run/NAME/proxy is root's
 mod files;
 mod keeper;
 pub mod runner;
+#[allow(clippy::disallowed_methods)] // root-only: the control socket in root's run/NAME/proxy
 mod worker;
 
 use std::io::{BufRead, BufReader, Write};
@@ -40,10 +42,15 @@ pub fn run_worker(layout: &Layout) -> i32 {
 /// The proxy's state; every pid proven before it is reported.
 pub fn status(layout: &Layout) -> ProxyStatus {
     let record = files::read_keeper(layout);
-    let alive = keeper::is_held(layout);
+    // The keeper lives while it holds its lock; the kernel names the holder.
+    let holder = keeper::holder(layout);
+    let alive = holder.is_some();
     let keeper_pid = record
         .as_ref()
-        .filter(|r| alive && procfs::liveness(r.keeper) == Liveness::Alive)
+        .filter(|r| {
+            holder.as_ref().is_some_and(|h| h.pid == r.keeper.pid)
+                && procfs::liveness(r.keeper) == Liveness::Alive
+        })
         .map(|r| r.keeper.pid);
     let worker_pid = record
         .as_ref()
@@ -100,13 +107,9 @@ pub fn ensure_running(layout: &Layout, spec: &ProxySpec) -> Result<bool, String>
     }
     files::write_spec(layout, spec)?;
     let log_path = layout.proxy_log();
-    if let Some(dir) = log_path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    // The log dir is the service user's: no link, FIFO or hard link there
+    // may steer root's append.
+    let log = crate::host::supervisor::logfile::open_append(&log_path)
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let err = log
         .try_clone()
@@ -163,9 +166,9 @@ fn wait_answering(layout: &Layout, timeout: Duration) -> Result<(), String> {
 }
 
 fn last_line(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.lines().last().map(str::to_string))
+    // The log dir is the service user's: read through the guarded layer.
+    crate::host::supervisor::logfile::tail(path, 1)
+        .pop()
         .unwrap_or_else(|| "(empty)".to_string())
 }
 

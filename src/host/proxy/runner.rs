@@ -8,7 +8,6 @@
 //! proxy. SIGUSR1 makes it leave without stopping anything (a hand-over to
 //! the unit's runner).
 
-use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::rc::Rc;
@@ -19,12 +18,13 @@ use nix::unistd::Pid;
 
 use super::{files, keeper};
 use crate::host::instances;
+use crate::host::lockfile::{self, HeldLock, LockError};
 use crate::host::supervisor::notify::Notifier;
 use crate::host::supervisor::process::{self, Signals};
 use crate::host::supervisor::procfs::{self, Liveness};
 use crate::host::supervisor::readiness::{FAILED, READY, ReadinessChannel};
 use crate::host::supervisor::{StartReport, SupervisorError};
-use crate::protocol::layout::Layout;
+use crate::protocol::layout::{Layout, Lock};
 
 /// How often the runner looks at the proxy's keeper (a lock test): the
 /// public port refuses connections from a dead keeper's end until the next
@@ -51,17 +51,24 @@ fn error(message: impl Into<String>) -> SupervisorError {
 
 /// Whether a runner lives (its lock is held).
 pub fn is_held(layout: &Layout) -> bool {
-    files::lock_held(&files::runner_lock_path(layout))
+    lockfile::is_held(layout, Lock::Runner)
 }
 
-/// The live runner's pid, proven by its lock and its recorded start time.
+/// The live runner's pid: the holder of its lock, as the kernel names it,
+/// with the start time it recorded.
 pub fn pid(layout: &Layout) -> Option<i32> {
     let id = files::read_runner(layout)?;
-    (is_held(layout) && procfs::liveness(id) == Liveness::Alive).then_some(id.pid)
+    let holder = lockfile::holder(layout, Lock::Runner)?;
+    (holder.pid == id.pid && procfs::liveness(id) == Liveness::Alive).then_some(id.pid)
 }
 
-fn take_lock(layout: &Layout) -> Result<Option<File>, String> {
-    files::try_lock(&files::runner_lock_path(layout))
+/// Takes the runner's lock; `Ok(None)` when another runner holds it.
+fn take_lock(layout: &Layout) -> Result<Option<HeldLock>, String> {
+    match lockfile::try_take(layout, Lock::Runner) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(LockError::Busy { .. }) => Ok(None),
+        Err(LockError::Failed(why)) => Err(why),
+    }
 }
 
 /// Sends `signal` to the live runner; false when none runs.
@@ -110,13 +117,8 @@ pub fn spawn_detached(layout: &Layout) -> Result<StartReport, SupervisorError> {
     let root = std::path::absolute(layout.root())
         .map_err(|e| error(format!("{}: {e}", layout.root().display())))?;
     let log_path = layout.proxy_log();
-    if let Some(dir) = log_path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| error(format!("{}: {e}", dir.display())))?;
-    }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    // The log dir is the service user's: see `proxy::ensure_running`.
+    let log = crate::host::supervisor::logfile::open_append(&log_path)
         .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
     let mut cmd = Command::new(exe);
     cmd.env_clear()

@@ -2,7 +2,8 @@
 //!
 //! A start of a release that has no valid archive runs the JVM with
 //! `-XX:ArchiveClassesAtExit` aimed at a directory of the service's own in
-//! `shared/` (see `Layout::cds_dump_dir`). When that run ends after having
+//! root's `cds-dump/` (see `Layout::cds_dump_dir`), reached only through
+//! `host::fs`: the service owns what is in it, never the directory's name. When that run ends after having
 //! been healthy, with the JVM exiting on its own (a SIGTERM stop included),
 //! the supervisor copies the archive next to the release as its own file
 //! and records what it was made with. Every later start of the release maps
@@ -13,15 +14,16 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::fs::{Expect, GuardedDir, NewFile, Owned, Owner};
 use crate::protocol::digest;
 use crate::protocol::files::{fsync_dir, write_atomic};
-use crate::protocol::layout::{CDS_ARCHIVE, CDS_DUMP_PREFIX, CDS_IDENTITY, Dir, Layout};
+use crate::protocol::layout::{CDS_ARCHIVE, CDS_IDENTITY, Dir, Layout};
 
 use super::process::{self, Credentials, ExitInfo};
 use super::release::Release;
@@ -30,6 +32,11 @@ use super::spawn::CLEAN_PATH;
 /// First four bytes of a dynamic (`ArchiveClassesAtExit`) archive; HotSpot
 /// writes its header last, so a dump cut short has none.
 const DYNAMIC_ARCHIVE_MAGIC: u32 = 0xf00b_aba8;
+
+/// Largest dump kept (its size and its allocated blocks; a sparse one is
+/// refused): examples/hello's is 2 MiB, a large Clojure service's tens of
+/// MiB. Every start that uses the archive hashes it, so it stays bounded.
+pub const MAX_ARCHIVE: u64 = 512 << 20;
 
 /// What one start does about class data.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +56,10 @@ pub enum ClassData {
 /// recorded as made with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dump {
-    /// The service-owned directory the JVM writes into.
+    /// The service-owned directory the JVM writes into (absolute).
     dir: PathBuf,
+    /// Who must own it and the archive: the service's user.
+    owner: u32,
     /// The release's real directory, where the archive goes.
     release_dir: PathBuf,
     /// Its id, for the log.
@@ -80,6 +89,7 @@ struct FileId {
 
 impl FileId {
     /// The file at `path`, symlinks resolved.
+    #[allow(clippy::disallowed_methods)] // root-only: java, libjvm.so, the jar and the archive in root's release
     fn of(path: &Path) -> io::Result<FileId> {
         let real = fs::canonicalize(path)?;
         let meta = fs::metadata(&real)?;
@@ -178,7 +188,7 @@ pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> 
         Err(Invalid::Stale(why)) => Some(why),
     };
     match dump_dir(layout, creds) {
-        Ok(dir) => {
+        Ok((dir, owner)) => {
             let writes = "this run writes one when it stops";
             let note = match ignored {
                 Some(why) => format!(
@@ -189,6 +199,7 @@ pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> 
             Plan {
                 class_data: ClassData::Dump(Dump {
                     dir,
+                    owner,
                     release_dir: release.dir.clone(),
                     release_id: release.manifest.id.clone(),
                     made_with,
@@ -216,6 +227,7 @@ enum Invalid {
 }
 
 /// The archive in `dir` is there, ours, unchanged, and made with this JDK and jar.
+#[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
 fn check(dir: &Path, now: &MadeWith) -> Result<(), Invalid> {
     let archive = dir.join(CDS_ARCHIVE);
     let meta = match fs::symlink_metadata(&archive) {
@@ -305,61 +317,79 @@ fn made_with(release: &Release) -> Result<MadeWith, String> {
     Ok(MadeWith { java, libjvm, jar })
 }
 
-/// Creates this supervisor's dump directory, empty, for the service's user.
-fn dump_dir(layout: &Layout, creds: Option<&Credentials>) -> io::Result<PathBuf> {
-    // Missing only where nothing provisioned it (a hand-made or local root).
-    layout.directory(Dir::Shared).create_missing()?;
-    let dir = layout.cds_dump_dir(std::process::id());
-    if fs::symlink_metadata(&dir).is_ok() {
-        fs::remove_dir_all(&dir)?;
+/// `cds-dump/`, opened through the guarded layer and checked to be
+/// root's alone (ours, writable by nobody else): created when missing.
+fn dump_parent(layout: &Layout) -> io::Result<GuardedDir> {
+    let entry = layout.directory(Dir::CdsDump);
+    let (parent, _) = crate::host::fs::create_missing(&entry)?;
+    let st = parent.stat()?;
+    if st.uid != nix::unistd::geteuid().as_raw() || st.mode & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "{} must belong to the supervisor's user and be writable by nobody else \
+             (it is uid {}, mode {:04o})",
+            parent.path().display(),
+            st.uid,
+            st.mode
+        )));
     }
-    fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-    if let Some(c) = creds {
-        std::os::unix::fs::chown(&dir, Some(c.uid), Some(c.gid))?;
-    }
+    Ok(parent)
+}
+
+/// Creates this supervisor's dump directory, empty, for the service's
+/// user (`mkdirat` + `fchown` in root's `cds-dump/`); returns its absolute
+/// path and the uid that must own what the JVM writes.
+fn dump_dir(layout: &Layout, creds: Option<&Credentials>) -> io::Result<(PathBuf, u32)> {
+    let parent = dump_parent(layout)?;
+    let name = std::process::id().to_string();
+    parent.remove_tree(&name)?;
+    let owner = creds.map(|c| Owner {
+        uid: c.uid,
+        gid: c.gid,
+    });
+    parent.make_dir(&name, NewFile { mode: 0o700, owner })?;
+    let uid = owner.map_or_else(|| nix::unistd::geteuid().as_raw(), |o| o.uid);
     // The JVM runs in the release directory: a relative `--root` would miss.
-    fs::canonicalize(&dir)
+    let path = std::path::absolute(layout.cds_dump_dir(std::process::id()))?;
+    Ok((path, uid))
 }
 
 /// Removes dump directories of supervisors that no longer run (killed
 /// before they could clean up).
 fn sweep_dumps(layout: &Layout) {
-    let Ok(entries) = fs::read_dir(layout.shared_dir()) else {
+    let Ok(parent) = dump_parent(layout) else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(CDS_DUMP_PREFIX))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+    for name in parent.entries().unwrap_or_default() {
+        let Some(pid) = name.to_str().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(entry.path());
+        if pid != std::process::id() && nix::sys::signal::kill(pid_of(pid), None).is_err() {
+            let _ = parent.remove_tree(&name);
         }
     }
 }
 
-/// Removes a dump run's directory, whatever it holds.
+fn pid_of(pid: u32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
+}
+
+/// Removes a dump run's directory, whatever it holds, through directory
+/// fds only (see `GuardedDir::remove_tree`).
 pub fn discard(dump: &Dump) {
-    let _ = fs::remove_dir_all(&dump.dir);
+    if let (Some(parent), Some(name)) = (dump.dir.parent(), dump.dir.file_name())
+        && let Ok(parent) = GuardedDir::open(parent)
+    {
+        let _ = parent.remove_tree(name);
+    }
 }
 
 /// After a dump run ended: keeps the archive the JVM wrote when the run was
 /// healthy and the JVM exited by itself (not killed mid-dump), and it is a
 /// complete archive. Returns the line for the log.
-pub fn keep(
-    dump: &Dump,
-    exit: Option<ExitInfo>,
-    was_healthy: bool,
-    creds: Option<&Credentials>,
-) -> String {
+pub fn keep(dump: &Dump, exit: Option<ExitInfo>, was_healthy: bool) -> String {
     let result = match (exit, was_healthy) {
         (_, false) => Err("the run never became healthy".to_string()),
-        (Some(ExitInfo::Code(_)), true) => copy_out(dump, creds),
+        (Some(ExitInfo::Code(_)), true) => copy_out(dump),
         (Some(ExitInfo::Signal(sig)), true) => Err(format!(
             "the JVM was killed by {} (a dump may have been cut short)",
             process::signal_name(sig)
@@ -374,25 +404,47 @@ pub fn keep(
 }
 
 /// Copies the dumped archive into a file of our own next to the release,
-/// then records what it was made with.
-fn copy_out(dump: &Dump, creds: Option<&Credentials>) -> Result<String, String> {
+/// then records what it was made with. The dump is reached through the
+/// guarded layer: the run's directory and the archive must be the
+/// service user's, the archive a regular file with one name, dense and at
+/// most [`MAX_ARCHIVE`].
+fn copy_out(dump: &Dump) -> Result<String, String> {
     let release_dir = &dump.release_dir;
     let started = Instant::now();
     let src_path = dump.dir.join(CDS_ARCHIVE);
-    // The service owns the directory: never follow a link it put there.
-    let mut src = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&src_path)
-        .map_err(|e| format!("the JVM wrote none ({}: {e})", src_path.display()))?;
-    let meta = src.metadata().map_err(|e| e.to_string())?;
-    let owner = creds.map_or_else(|| nix::unistd::geteuid().as_raw(), |c| c.uid);
-    if !meta.is_file() || meta.uid() != owner {
+    let leaf = dump
+        .dir
+        .parent()
+        .zip(dump.dir.file_name())
+        .ok_or_else(|| format!("{} is not a directory in cds-dump/", dump.dir.display()))
+        .and_then(|(parent, name)| {
+            GuardedDir::open(parent)
+                .and_then(|p| p.subdir(name))
+                .map_err(|e| e.to_string())
+        })?;
+    let leaf_owner = leaf.stat().map_err(|e| e.to_string())?.uid;
+    if leaf_owner != dump.owner {
         return Err(format!(
-            "{} is not a regular file of the service's user",
-            src_path.display()
+            "{} belongs to uid {leaf_owner}, not the service's user",
+            dump.dir.display()
         ));
     }
+    let expect = Expect {
+        owned: Owned::By(dump.owner),
+        max_size: Some(MAX_ARCHIVE),
+        dense: true,
+    };
+    let src = match leaf.open_read(CDS_ARCHIVE, &expect) {
+        Ok(src) => src,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!("the JVM wrote none ({}: {e})", src_path.display()));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let size = src.metadata().map_err(|e| e.to_string())?.len();
+    // At most the size checked: a file still growing is cut there (and
+    // then fails the JVM's own checks, or the next start's hash).
+    let mut src = src.take(size);
     let mut magic = [0u8; 4];
     src.read_exact(&mut magic)
         .map_err(|e| format!("{}: {e}", src_path.display()))?;
@@ -413,6 +465,7 @@ fn copy_out(dump: &Dump, creds: Option<&Credentials>) -> Result<String, String> 
 
 /// Copies an archive from `src` into `release_dir` as a new file of our
 /// own (0444), renames it into place, then records it; returns its size.
+#[allow(clippy::disallowed_methods)] // root-only: writes into the release dir (root's 0755)
 fn install(src: &mut impl Read, release_dir: &Path, made_with: &MadeWith) -> io::Result<u64> {
     let tmp = release_dir.join(format!(".{CDS_ARCHIVE}.tmp.{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
@@ -449,6 +502,7 @@ fn install(src: &mut impl Read, release_dir: &Path, made_with: &MadeWith) -> io:
 /// valid archive made by this JDK: copied into `release`, whose path the
 /// JVM does not check (it runs `-jar <jar>` from the release directory).
 /// Returns the id of the release it came from.
+#[allow(clippy::disallowed_methods)] // root-only: releases/ and their dirs (root's 0755)
 fn adopt(layout: &Layout, release: &Release, now: &MadeWith) -> Option<String> {
     let mut others: Vec<PathBuf> = fs::read_dir(layout.releases_dir())
         .ok()?
@@ -476,6 +530,7 @@ fn adopt(layout: &Layout, release: &Release, now: &MadeWith) -> Option<String> {
 }
 
 /// Whether process `pid` maps `archive`; `None` when its maps cannot be read.
+#[allow(clippy::disallowed_methods)] // root-only: /proc
 pub fn mapped(pid: i32, archive: &Path) -> Option<bool> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     let path = archive.to_string_lossy();
@@ -484,9 +539,87 @@ pub fn mapped(pid: i32, archive: &Path) -> Option<bool> {
 
 /// Removes an archive HotSpot refused, and its record: the next start
 /// writes a new one instead of being refused again.
+#[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
 pub fn forget(archive: &Path) {
     if let Some(dir) = archive.parent() {
         let _ = fs::remove_file(dir.join(CDS_IDENTITY));
     }
     let _ = fs::remove_file(archive);
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests: their own temp dirs
+mod tests {
+    use super::*;
+
+    /// A dump run of a fake release under a temp root: its dump dir made by
+    /// `dump_dir`, as a start makes it.
+    fn dump_in(root: &Path) -> Dump {
+        let layout = Layout::new(root, "svc");
+        let release_dir = layout.release_dir("r1");
+        fs::create_dir_all(&release_dir).expect("mkdir");
+        let jar = release_dir.join("svc.jar");
+        fs::write(&jar, "jar").expect("write");
+        let id = FileId::of(&jar).expect("id");
+        let (dir, owner) = dump_dir(&layout, None).expect("dump dir");
+        Dump {
+            dir,
+            owner,
+            release_dir,
+            release_id: "r1".into(),
+            made_with: MadeWith {
+                java: id.clone(),
+                libjvm: None,
+                jar: id,
+            },
+        }
+    }
+
+    #[test]
+    fn a_sparse_dump_with_the_right_header_is_not_copied() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dump = dump_in(root.path());
+        let archive = dump.dir.join(CDS_ARCHIVE);
+        fs::write(&archive, DYNAMIC_ARCHIVE_MAGIC.to_ne_bytes()).expect("write");
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&archive)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("sparse");
+        let err = copy_out(&dump).expect_err("sparse");
+        assert!(err.contains("is sparse"), "{err}");
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&archive)
+            .and_then(|f| f.set_len(MAX_ARCHIVE + 1))
+            .expect("sparse");
+        let err = copy_out(&dump).expect_err("too big");
+        assert!(err.contains("over the limit"), "{err}");
+        assert!(!dump.release_dir.join(CDS_ARCHIVE).exists());
+        discard(&dump);
+        assert!(!dump.dir.exists());
+    }
+
+    #[test]
+    fn a_link_or_fifo_in_place_of_the_dump_is_not_followed() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dump = dump_in(root.path());
+        let precious = root.path().join("precious");
+        fs::write(&precious, DYNAMIC_ARCHIVE_MAGIC.to_ne_bytes()).expect("write");
+        let archive = dump.dir.join(CDS_ARCHIVE);
+        std::os::unix::fs::symlink(&precious, &archive).expect("symlink");
+        let err = copy_out(&dump).expect_err("a link");
+        assert!(err.contains("is a symlink"), "{err}");
+        fs::remove_file(&archive).expect("rm");
+        nix::unistd::mkfifo(&archive, nix::sys::stat::Mode::from_bits_truncate(0o666))
+            .expect("mkfifo");
+        let err = copy_out(&dump).expect_err("a FIFO");
+        assert!(err.contains("is a FIFO"), "{err}");
+        // A directory with a link to outside, removed without following it.
+        fs::create_dir(dump.dir.join("d")).expect("mkdir");
+        std::os::unix::fs::symlink(root.path(), dump.dir.join("d/up")).expect("symlink");
+        discard(&dump);
+        assert!(!dump.dir.exists());
+        assert!(precious.exists());
+    }
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::protocol::defaults::{self, SUPERVISOR_GRACE};
-use crate::protocol::files::remove_if_present;
 use crate::protocol::layout::Layout;
 
 use super::logfile;
@@ -59,13 +58,13 @@ pub fn start(layout: &Layout) -> Result<StartOutcome, SupervisorError> {
             let release_dir = seen.state.as_ref().map(|s| s.release_dir.as_path());
             let how = stop_unsupervised(*id, stop_timeout(layout, release_dir))?;
             replaced = Some((id.pid, how));
-            remove_if_present(&layout.pidfile())
+            state::remove(&layout.pidfile())
                 .map_err(|e| error(format!("{}: {e}", layout.pidfile().display())))?;
         }
         // A stale pidfile naming another process: the new supervisor must
         // not mistake it for a copy of the service.
         Service::Other { .. } | Service::Garbled(_) => {
-            remove_if_present(&layout.pidfile())
+            state::remove(&layout.pidfile())
                 .map_err(|e| error(format!("{}: {e}", layout.pidfile().display())))?;
         }
         Service::NoPidfile | Service::Gone(_) => {}
@@ -349,7 +348,7 @@ fn kill_orphan_service(layout: &Layout, sup: i32) {
         let _ = kill_group(id, Signal::SIGKILL);
         wait_gone(id, KILL_WAIT);
     }
-    let _ = remove_if_present(&layout.pidfile());
+    let _ = state::remove(&layout.pidfile());
 }
 
 /// Stops the service gracefully; succeeds when nothing was running.
@@ -400,7 +399,7 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
     }
 
     for path in [layout.pidfile(), layout.supervisor_state()] {
-        remove_if_present(&path)
+        state::remove(&path)
             .map_err(|e| error(format!("cannot remove {}: {e}", path.display())))?;
     }
     let how = match (was_running, how) {

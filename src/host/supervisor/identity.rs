@@ -1,24 +1,19 @@
-//! Proof that a pid is this service's supervisor or its service, from
-//! `/proc` alone. The pidfile and state file only say which pid to look at:
-//! under systemd (`User=`, `RuntimeDirectory=`) the service user can write
-//! them, so nothing is signalled because a file names it.
+//! Proof that a pid is this service, from `/proc` alone. The pidfile and
+//! state file only say which pid to look at: nothing is signalled because a
+//! file names it. (A supervisor is proven by the lock it holds: see
+//! `observe`.)
 //!
-//! A supervisor is proven by its start time, its owner (root, us, or the
-//! owner of the run dir's files), its program (this shipjar binary) and its
-//! command line (`service supervise|run NAME --root ROOT` of this very
-//! service). A service is proven by its start time and either its parent
+//! A service is proven by its start time and either its parent
 //! (the proven supervisor, whose process group it leads) or, without one,
 //! by being that service: its user, its working directory (a release of the
 //! service) and its command line (that release's argv, or naming its jar).
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::protocol::layout::Layout;
 
-use super::process;
 use super::procfs::{self, ProcessId};
 use super::release;
 
@@ -34,8 +29,6 @@ pub struct Snapshot {
     pub pgrp: i32,
     /// Real uid.
     pub uid: u32,
-    /// Effective uid.
-    pub euid: u32,
     /// Its arguments (empty for kernel threads).
     pub cmdline: Vec<OsString>,
     /// Its program; `None` when we may not read it (another user's process).
@@ -51,7 +44,7 @@ pub fn snapshot(pid: i32) -> Option<Snapshot> {
     if matches!(before.state, 'Z' | 'X' | 'x') {
         return None;
     }
-    let (uid, euid) = procfs::uids(pid).ok()??;
+    let (uid, _) = procfs::uids(pid).ok()??;
     let cmdline = procfs::cmdline(pid).ok()??;
     let exe = readable(procfs::link(pid, "exe"))?;
     let cwd = readable(procfs::link(pid, "cwd"))?;
@@ -67,7 +60,6 @@ pub fn snapshot(pid: i32) -> Option<Snapshot> {
         ppid: before.ppid,
         pgrp: before.pgrp,
         uid,
-        euid,
         cmdline,
         exe,
         cwd,
@@ -92,57 +84,6 @@ impl Snapshot {
             .or_else(|| self.exe.clone())
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "?".to_string())
-    }
-}
-
-/// Uids a supervisor of this service may run as: root, ours, and — when we
-/// are root — the owner of the run dir's state file (the unit's `User=`).
-/// Root is always believable: the service user cannot start a root process.
-pub fn supervisor_uids(layout: &Layout) -> Vec<u32> {
-    let me = nix::unistd::Uid::effective().as_raw();
-    let mut uids = vec![0];
-    if me != 0 {
-        uids.push(me);
-    }
-    if me == 0
-        && let Ok(meta) = std::fs::symlink_metadata(layout.supervisor_state())
-        && !uids.contains(&meta.uid())
-    {
-        uids.push(meta.uid());
-    }
-    uids
-}
-
-/// Checks that `p` is a shipjar supervisor of this service.
-pub fn prove_supervisor(p: &Snapshot, layout: &Layout, uids: &[u32]) -> Result<(), String> {
-    if !uids.contains(&p.uid) || !uids.contains(&p.euid) {
-        return Err(format!(
-            "it runs as uid {}, not as {}",
-            p.uid,
-            join_uids(uids)
-        ));
-    }
-    match &p.exe {
-        Some(exe) if !is_this_binary(exe) => {
-            return Err(format!(
-                "its program is {}, not this shipjar",
-                exe.display()
-            ));
-        }
-        Some(_) => {}
-        // Another user's process: we could not signal it anyway.
-        None if !process::is_root() => {}
-        None => return Err("its program cannot be read".to_string()),
-    }
-    if supervises(&p.cmdline, p.cwd.as_deref(), layout) {
-        Ok(())
-    } else {
-        Err(format!(
-            "its command line is `{}`, not `shipjar service supervise|run {} --root {}`",
-            show_cmdline(&p.cmdline),
-            layout.name(),
-            layout.root().display()
-        ))
     }
 }
 
@@ -234,82 +175,6 @@ fn runs_release(cmdline: &[OsString], argv: &[String], jar: &str) -> bool {
     same_program && names_jar
 }
 
-/// `/proc/PID/exe` names the binary we run: the same file, or the same path
-/// (a binary replaced since shows as `PATH (deleted)`).
-fn is_this_binary(exe: &Path) -> bool {
-    let Ok(mine) = std::fs::read_link("/proc/self/exe") else {
-        return false;
-    };
-    let strip = |p: &Path| {
-        let text = p.to_string_lossy();
-        PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text))
-    };
-    if strip(exe) == strip(&mine) {
-        return true;
-    }
-    let same_file = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    };
-    same_file(exe, &mine)
-}
-
-/// `… service supervise|run NAME [--root ROOT]` for this service and root;
-/// a relative root is taken from the process's working directory.
-fn supervises(cmdline: &[OsString], cwd: Option<&Path>, layout: &Layout) -> bool {
-    let args: Vec<&OsStr> = cmdline.iter().skip(1).map(|a| a.as_os_str()).collect();
-    let Some(at) = args.iter().position(|a| *a == "service") else {
-        return false;
-    };
-    let rest = &args[at + 1..];
-    if !matches!(rest.first(), Some(v) if *v == "supervise" || *v == "run") {
-        return false;
-    }
-    let mut name = None;
-    let mut root: Option<&OsStr> = None;
-    let mut instance: Option<&OsStr> = None;
-    let mut i = 1;
-    while i < rest.len() {
-        let a = rest[i];
-        if a == "--instance" {
-            instance = rest.get(i + 1).copied();
-            i += 2;
-            continue;
-        }
-        if a == "--root" {
-            root = rest.get(i + 1).copied();
-            i += 2;
-            continue;
-        }
-        if let Some(r) = a.to_str().and_then(|s| s.strip_prefix("--root=")) {
-            root = Some(OsStr::new(r));
-        } else if !a.to_string_lossy().starts_with('-') && name.is_none() {
-            name = Some(a);
-        }
-        i += 1;
-    }
-    if name.is_none_or(|n| n != layout.name()) {
-        return false;
-    }
-    // One instance's supervisor is not the other's.
-    let wanted = layout.instance().map(|p| p.to_string());
-    if instance.and_then(OsStr::to_str) != wanted.as_deref() {
-        return false;
-    }
-    let root = Path::new(root.unwrap_or(OsStr::new("/")));
-    let root = match cwd {
-        Some(cwd) if root.is_relative() => cwd.join(root),
-        _ => root.to_path_buf(),
-    };
-    match (
-        std::fs::canonicalize(root),
-        std::fs::canonicalize(layout.root()),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 fn join_uids(uids: &[u32]) -> String {
     uids.iter()
         .map(|u| format!("uid {u}"))
@@ -340,37 +205,6 @@ mod tests {
     }
 
     #[test]
-    fn a_supervisor_command_line_names_this_service_and_root() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let layout = Layout::new(dir.path().to_path_buf(), "hello");
-        let root = dir.path().to_string_lossy().into_owned();
-        let ok = os(&["shipjar", "service", "supervise", "hello", "--root", &root]);
-        assert!(supervises(&ok, None, &layout));
-        let eq = format!("--root={root}");
-        assert!(supervises(
-            &os(&["/x/shipjar", "service", "run", "hello", &eq]),
-            None,
-            &layout
-        ));
-        assert!(!supervises(
-            &os(&["shipjar", "service", "status", "hello", "--root", &root]),
-            None,
-            &layout
-        ));
-        assert!(!supervises(
-            &os(&["shipjar", "service", "run", "other", "--root", &root]),
-            None,
-            &layout
-        ));
-        assert!(!supervises(
-            &os(&["shipjar", "service", "run", "hello"]),
-            None,
-            &layout
-        ));
-        assert!(!supervises(&os(&["sleep", "60"]), None, &layout));
-    }
-
-    #[test]
     fn a_service_command_line_is_its_release_argv_or_names_its_jar() {
         let argv: Vec<String> = ["java", "-Xmx64m", "-jar", "hello.jar"]
             .iter()
@@ -393,18 +227,5 @@ mod tests {
             "hello.jar"
         ));
         assert!(!runs_release(&[], &argv, "hello.jar"));
-    }
-
-    #[test]
-    fn this_process_is_not_a_supervisor() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let layout = Layout::new(dir.path().to_path_buf(), "hello");
-        let me = snapshot(std::process::id() as i32).expect("this process");
-        let uids = supervisor_uids(&layout);
-        let why = prove_supervisor(&me, &layout, &uids).expect_err("not a supervisor");
-        assert!(
-            why.contains("its program is") || why.contains("command line"),
-            "{why}"
-        );
     }
 }

@@ -2,10 +2,12 @@
 //! `console.log` by default), opening it safely, the event line format, and
 //! reading the last lines back for a failed start.
 
-use std::fs::{self, File};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use crate::host::fs::{self, Expect, GuardedDir};
 
 use crate::protocol::layout::Layout;
 use crate::protocol::names;
@@ -56,29 +58,25 @@ pub fn open_service_log(layout: &Layout) -> (PathBuf, io::Result<File>) {
         }),
         _ => None,
     };
-    let file = match path.parent() {
-        Some(dir) => fs::create_dir_all(dir).and_then(|()| rotate::open_log(&path, owner)),
-        None => rotate::open_log(&path, owner),
-    };
+    let file = rotate::log_dir(&path).and_then(|(dir, name)| rotate::open_log(&dir, &name, owner));
     (path, file)
 }
 
-/// Opens (creating) the log for appending, creating its directory too.
-/// Refuses symlinks and hard links (see [`rotate::open_log`]). As root, a
-/// file this creates gets the owner and group of the log dir (the service's).
+/// Opens (creating) the log for appending, creating its directory too,
+/// through the guarded layer (see [`rotate::open_log`]). As root, a file
+/// this creates gets the owner and group of the log dir (the service's).
 pub fn open_append(path: &Path) -> io::Result<File> {
-    let mut owner = None;
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-        if nix::unistd::Uid::effective().is_root() {
-            let meta = fs::metadata(dir)?;
-            owner = Some(Owner {
-                uid: meta.uid(),
-                gid: meta.gid(),
-            });
-        }
-    }
-    rotate::open_log(path, owner)
+    let (dir, name) = rotate::log_dir(path)?;
+    let owner = if nix::unistd::Uid::effective().is_root() {
+        let st = dir.stat()?;
+        Some(Owner {
+            uid: st.uid,
+            gid: st.gid,
+        })
+    } else {
+        None
+    };
+    rotate::open_log(&dir, &name, owner)
 }
 
 pub use crate::protocol::clock::now_rfc3339;
@@ -100,34 +98,61 @@ pub fn append_event(path: &Path, message: &str) {
 }
 
 /// The last `n` lines of the log, reaching into the newest rotated file
-/// (`.1`) when the current one has fewer.
+/// (`.1`) when the current one has fewer. A log the guarded layer refuses
+/// (a link, a FIFO, a hard link) is one line saying why instead.
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    let mut lines = tail_of(path, n);
+    tail_checked(path, n).unwrap_or_else(|e| vec![format!("(log not shown: {e})")])
+}
+
+/// [`tail`], with a refused or unreadable log as the error; a missing one
+/// has no lines.
+pub fn tail_checked(path: &Path, n: usize) -> Result<Vec<String>, String> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let dir = match GuardedDir::open(dir) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut lines = tail_of(&dir, name, n)?;
     if lines.len() < n {
-        let mut rotated = path.as_os_str().to_owned();
+        let mut rotated = name.to_os_string();
         rotated.push(".1");
-        let mut older = tail_of(Path::new(&rotated), n - lines.len());
+        // The older file only adds context: one that cannot be read is skipped.
+        let mut older = tail_of(&dir, &rotated, n - lines.len()).unwrap_or_default();
         older.append(&mut lines);
         lines = older;
     }
-    lines
+    Ok(lines)
+}
+
+/// Opens the log file `name` in `dir` for reading through the guarded
+/// layer: `None` when there is none.
+pub fn open_read(dir: &GuardedDir, name: &OsStr) -> Result<Option<File>, String> {
+    match dir.open_read(name, &Expect::DIR_OWNER_OR_ME) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if fs::is_refusal(&e) => Err(e.to_string()),
+        Err(e) => Err(format!("{}: {e}", dir.join(name).display())),
+    }
 }
 
 /// The last `n` lines of one file (lossy UTF-8, long lines cut), oldest first.
-fn tail_of(path: &Path, n: usize) -> Vec<String> {
-    let Ok(mut file) = File::open(path) else {
-        return Vec::new();
+fn tail_of(dir: &GuardedDir, name: &OsStr, n: usize) -> Result<Vec<String>, String> {
+    let Some(mut file) = open_read(dir, name)? else {
+        return Ok(Vec::new());
     };
     // Reading the end is enough: 20 lines of a sane log fit in 64 KiB.
     const WINDOW: u64 = 64 * 1024;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(WINDOW);
     if file.seek(SeekFrom::Start(start)).is_err() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let mut buf = Vec::new();
     if file.take(WINDOW).read_to_end(&mut buf).is_err() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let text = String::from_utf8_lossy(&buf);
     let mut lines: Vec<&str> = text.lines().collect();
@@ -136,7 +161,7 @@ fn tail_of(path: &Path, n: usize) -> Vec<String> {
         lines.remove(0);
     }
     let skip = lines.len().saturating_sub(n);
-    lines[skip..]
+    Ok(lines[skip..]
         .iter()
         .map(|line| {
             let line = line.trim_end_matches('\r');
@@ -145,12 +170,36 @@ fn tail_of(path: &Path, n: usize) -> Vec<String> {
                 None => line.to_string(),
             }
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests: their own temp dirs
 mod tests {
     use super::*;
+    use std::fs;
+
+    #[test]
+    fn tail_of_a_fifo_or_a_link_says_why_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o666))
+            .expect("mkfifo");
+        let started = std::time::Instant::now();
+        let lines = tail(&path, 3);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("is a FIFO, not a regular file"),
+            "{lines:?}"
+        );
+        fs::remove_file(&path).expect("rm");
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "root only\n").expect("write");
+        std::os::unix::fs::symlink(&secret, &path).expect("symlink");
+        let err = tail_checked(&path, 3).expect_err("a link");
+        assert!(err.contains("is a symlink"), "{err}");
+    }
 
     #[test]
     fn tail_returns_last_lines() {

@@ -497,6 +497,7 @@ impl Output {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests: their own temp dirs
 mod tests {
     use super::*;
     use crate::host::supervisor::rotate::Rotation;

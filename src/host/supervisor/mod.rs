@@ -8,7 +8,9 @@ mod backoff;
 mod cds;
 mod control;
 mod health;
+#[allow(clippy::disallowed_methods)] // root-only: /proc, the shipjar binary, root's releases/
 mod identity;
+#[allow(clippy::disallowed_methods)] // root-only: /proc
 pub(crate) mod listener;
 pub(crate) mod logfile;
 mod logpipe;
@@ -16,13 +18,17 @@ pub(crate) mod notify;
 mod observe;
 mod privileges;
 pub(crate) mod process;
+#[allow(clippy::disallowed_methods)] // root-only: /proc
 pub(crate) mod procfs;
 pub(crate) mod readiness;
+#[allow(clippy::disallowed_methods)]
+// root-only: `current` and releases/ in root's 0755 var/lib/NAME
 pub(crate) mod release;
 mod rotate;
 pub(crate) mod spawn;
 
 pub use spawn::CLEAN_PATH;
+#[allow(clippy::disallowed_methods)] // root-only: pidfile and state in root's run/NAME
 mod state;
 mod status;
 mod stopping;

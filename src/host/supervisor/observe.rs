@@ -1,11 +1,15 @@
 //! Observing what actually runs: the pidfile and state file only name pids;
-//! each is proven against `/proc` (see [`identity`]) before anything
-//! believes or signals it.
+//! each is proven before anything believes or signals it — the supervisor
+//! by holding its lock (the kernel names the holder), the service against
+//! `/proc` (see [`identity`]).
 
 use std::fs;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use crate::protocol::layout::Layout;
+use crate::host::fs::GuardedDir;
+
+use crate::host::lockfile;
+use crate::protocol::layout::{Layout, Lock};
 
 use super::identity::{self, ServiceProof};
 use super::procfs::{self, Liveness, ProcessId};
@@ -98,30 +102,7 @@ pub fn observe(layout: &Layout) -> Observation {
     );
     let state = if earlier_boot { None } else { state };
 
-    let mut supervisor = None;
-    let mut lost_supervisor = None;
-    if let Some(s) = &state {
-        let id = s.supervisor;
-        let proven = match procfs::liveness(id) {
-            Liveness::Alive => match identity::snapshot(id.pid) {
-                Some(p) if p.id == id => {
-                    identity::prove_supervisor(&p, layout, &identity::supervisor_uids(layout))
-                        .map_err(|why| Some(format!("{} ({})", p.name(), why)))
-                }
-                _ => Err(None),
-            },
-            Liveness::Gone | Liveness::Reused => Err(None),
-        };
-        match proven {
-            Ok(()) => supervisor = Some(id),
-            Err(not_ours) => {
-                lost_supervisor = Some(LostSupervisor {
-                    pid: id.pid,
-                    not_ours,
-                })
-            }
-        }
-    }
+    let (supervisor, lost_supervisor, state) = prove_supervisor(layout, state);
 
     let service = match state::read_pidfile(&layout.pidfile()) {
         Pidfile::Missing => Service::NoPidfile,
@@ -160,6 +141,64 @@ pub fn observe(layout: &Layout) -> Observation {
     }
 }
 
+/// The supervisor is the process holding the supervisor lock, as the
+/// kernel names it (see [`lockfile`]): its program's path does not matter.
+/// The state file only says which pid and start time to expect; a state
+/// file naming another process belongs to an earlier supervisor and is
+/// dropped when a live one holds the lock.
+fn prove_supervisor(
+    layout: &Layout,
+    state: Option<SupervisorState>,
+) -> (
+    Option<ProcessId>,
+    Option<LostSupervisor>,
+    Option<SupervisorState>,
+) {
+    let holder = lockfile::holder(layout, Lock::Supervisor).filter(|h| h.pid > 0);
+    let named = state.as_ref().map(|s| s.supervisor);
+    match (named, holder) {
+        (Some(id), Some(h)) if h.pid == id.pid && procfs::liveness(id) == Liveness::Alive => {
+            (Some(id), None, state)
+        }
+        (named, Some(h)) => {
+            // Held by a supervisor that has not written its state yet, or
+            // whose state file was removed: the kernel's word wins.
+            let id = procfs::identify(h.pid).ok().flatten();
+            let lost = named
+                .filter(|n| Some(n.pid) != id.map(|i| i.pid))
+                .map(|n| LostSupervisor {
+                    pid: n.pid,
+                    not_ours: None,
+                });
+            match id {
+                Some(id) => (Some(id), None, None),
+                None => (None, lost, state),
+            }
+        }
+        (Some(id), None) => {
+            let not_ours = match procfs::liveness(id) {
+                Liveness::Alive => identity::snapshot(id.pid).filter(|p| p.id == id).map(|p| {
+                    format!(
+                        "{} (it does not hold {})",
+                        p.name(),
+                        Lock::Supervisor.describe()
+                    )
+                }),
+                Liveness::Gone | Liveness::Reused => None,
+            };
+            (
+                None,
+                Some(LostSupervisor {
+                    pid: id.pid,
+                    not_ours,
+                }),
+                state,
+            )
+        }
+        (None, None) => (None, None, state),
+    }
+}
+
 /// The release a process runs, from its working directory (a release dir).
 pub fn release_from_cwd(layout: &Layout, pid: i32) -> Option<String> {
     let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
@@ -167,10 +206,17 @@ pub fn release_from_cwd(layout: &Layout, pid: i32) -> Option<String> {
 }
 
 /// The supervisor's last sign of life: the newer of its state file and the
-/// service log (only the supervisor writes either).
+/// service log, neither followed if it is a link (the log dir is the
+/// service user's).
 pub fn last_sign_of_life(layout: &Layout) -> Option<SystemTime> {
     [layout.supervisor_state(), layout.log_file()]
         .iter()
-        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .filter_map(|p| {
+            let (dir, name) = (p.parent()?, p.file_name()?);
+            let st = GuardedDir::open(dir).and_then(|d| d.entry(name)).ok()??;
+            let (secs, nanos) = st.mtime;
+            let since = Duration::new(u64::try_from(secs).ok()?, u32::try_from(nanos).ok()?);
+            SystemTime::UNIX_EPOCH.checked_add(since)
+        })
         .max()
 }

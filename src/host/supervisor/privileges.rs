@@ -19,13 +19,16 @@ pub fn prepare_dirs(layout: &Layout, creds: &Credentials) -> Result<(), String> 
         if entry.owner != DirOwner::Service {
             continue;
         }
-        let dir = entry.path.clone();
-        entry
-            .create_missing()
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        // lchown: a symlink planted in place of the directory is not followed.
-        std::os::unix::fs::lchown(&dir, Some(creds.uid), Some(creds.gid))
-            .map_err(|e| format!("cannot give {} to {}: {e}", dir.display(), creds.name))?;
+        let path = &entry.path;
+        // Through the guarded walk and its fd: a link planted in place of
+        // the directory (or of a parent another user can write) is refused.
+        let (dir, _) = crate::host::fs::create_missing(&entry)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        dir.chown(crate::host::fs::Owner {
+            uid: creds.uid,
+            gid: creds.gid,
+        })
+        .map_err(|e| format!("cannot give {} to {}: {e}", path.display(), creds.name))?;
     }
     Ok(())
 }
@@ -43,6 +46,8 @@ pub fn check_release(
     check_tree(release_dir, creds)
 }
 
+// root-only: the release tree, which this checks no one but root can write
+#[allow(clippy::disallowed_methods)]
 fn check_tree(path: &Path, creds: &Credentials) -> Result<(), String> {
     let meta = fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.file_type().is_symlink() {
@@ -67,6 +72,8 @@ fn check_tree(path: &Path, creds: &Credentials) -> Result<(), String> {
     Ok(())
 }
 
+// root-only: var/lib/NAME and releases/, checked not writable by the service
+#[allow(clippy::disallowed_methods)]
 fn check(path: &Path, creds: &Credentials) -> Result<(), String> {
     let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     check_meta(path, &meta, creds)
@@ -96,6 +103,7 @@ fn writable_by(uid: u32, gid: u32, mode: u32, creds: &Credentials) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests: their own temp dirs
 mod tests {
     use super::*;
     use std::path::PathBuf;

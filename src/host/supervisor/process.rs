@@ -379,6 +379,7 @@ pub fn resolve_program(program: &str, path: &OsStr, cwd: &Path) -> Result<PathBu
     ))
 }
 
+#[allow(clippy::disallowed_methods)] // root-only: PATH dirs and the release (checked root's)
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)

@@ -115,7 +115,9 @@ impl ReadinessChannel {
         // `start` may have given up already; the supervisor carries on regardless.
         let _ = writeln!(out, "{line}").and_then(|()| out.flush());
         drop(out);
-        if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
+        #[allow(clippy::disallowed_methods)] // root-only: /dev/null
+        let null = fs::OpenOptions::new().write(true).open("/dev/null");
+        if let Ok(null) = null {
             use std::os::fd::AsRawFd;
             // SAFETY: dup2 onto fd 1, which we own as our stdout.
             unsafe {

@@ -10,13 +10,17 @@
 //! A file shipjar creates gets the owner it is given; a file that was there
 //! already keeps its owner and mode.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread::JoinHandle;
 
-use crate::protocol::files::remove_if_present;
+use nix::fcntl::OFlag;
+
+use crate::host::fs::{self, Expect, GuardedDir, NewFile};
+
+pub use crate::host::fs::Owner;
 
 /// Rotation settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,18 +33,11 @@ pub struct Rotation {
     pub compress: bool,
 }
 
-/// Owner and group given to every log file shipjar creates (when running as root).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Owner {
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-}
-
-/// The log file being written, and its rotated predecessors.
+/// The log file being written, and its rotated predecessors, all reached
+/// through the log dir's fd.
 pub struct RotatingFile {
-    path: PathBuf,
+    dir: GuardedDir,
+    name: OsString,
     rotation: Rotation,
     owner: Option<Owner>,
     file: File,
@@ -49,15 +46,14 @@ pub struct RotatingFile {
 }
 
 impl RotatingFile {
-    /// Opens (creating) `path` for appending.
+    /// Opens (creating) `path` for appending, creating its directory too.
     pub fn open(path: &Path, rotation: Rotation, owner: Option<Owner>) -> io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let file = open_log(path, owner)?;
+        let (dir, name) = log_dir(path)?;
+        let file = open_log(&dir, &name, owner)?;
         let size = file.metadata()?.len();
         Ok(RotatingFile {
-            path: path.to_path_buf(),
+            dir,
+            name,
             rotation,
             owner,
             file,
@@ -86,40 +82,41 @@ impl RotatingFile {
         }
         let keep = self.rotation.keep.max(1);
         for ext in ["", ".gz"] {
-            remove_if_present(&self.numbered(keep, ext))?;
+            self.dir.remove_file(self.numbered(keep, ext))?;
         }
         for n in (1..keep).rev() {
             for ext in ["", ".gz"] {
                 let from = self.numbered(n, ext);
-                if fs::symlink_metadata(&from).is_ok() {
-                    fs::rename(&from, self.numbered(n + 1, ext))?;
+                if self.dir.entry(&from)?.is_some() {
+                    self.dir.rename(&from, self.numbered(n + 1, ext))?;
                 }
             }
         }
         let first = self.numbered(1, "");
-        fs::rename(&self.path, &first)?;
+        self.dir.rename(&self.name, &first)?;
         // Nothing is lost if this fails: we keep writing to the renamed file.
-        self.file = open_log(&self.path, self.owner)?;
-        self.size = 0;
+        self.file = open_log(&self.dir, &self.name, self.owner)?;
+        self.size = self.file.metadata()?.len();
         if self.rotation.compress {
             let owner = self.owner;
             let gz = self.numbered(1, ".gz");
+            let dir = self.dir.try_clone()?;
             self.compressing = std::thread::Builder::new()
                 .name("log-gzip".into())
                 .spawn(move || {
                     // A failure leaves `.1` uncompressed, which is fine.
-                    let _ = gzip(&first, &gz, owner);
+                    let _ = gzip(&dir, &first, &gz, owner);
                 })
                 .ok();
         }
         Ok(())
     }
 
-    /// `<name>.log.<n><ext>`.
-    fn numbered(&self, n: u32, ext: &str) -> PathBuf {
-        let mut name = self.path.as_os_str().to_owned();
+    /// `<name>.<n><ext>`.
+    fn numbered(&self, n: u32, ext: &str) -> OsString {
+        let mut name = self.name.clone();
         name.push(format!(".{n}{ext}"));
-        PathBuf::from(name)
+        name
     }
 
     /// Waits for a compression in progress (at exit, and in tests).
@@ -130,97 +127,79 @@ impl RotatingFile {
     }
 }
 
-/// Opens a log file for appending without following a symlink, and refuses
-/// anything but a regular file with a single name. A file this creates is
-/// mode 0640 and given `owner`; an existing one keeps its owner and mode.
-pub fn open_log(path: &Path, owner: Option<Owner>) -> io::Result<File> {
-    let open = |create: bool| {
-        OpenOptions::new()
-            .append(true)
-            .create_new(create)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
-            .open(path)
-    };
-    // Create it, or open what is there; the loop covers a file removed in between.
-    for _ in 0..3 {
-        match open(true) {
-            Ok(file) => {
-                check_plain(&file, path)?;
-                if let Some(o) = owner {
-                    std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))?;
-                }
-                return Ok(file);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        match open(false) {
-            Ok(file) => {
-                check_plain(&file, path)?;
-                return Ok(file);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::Interrupted,
-        format!("{} keeps appearing and disappearing", path.display()),
-    ))
-}
-
-/// Errors unless `file` is a regular file with one link.
-fn check_plain(file: &File, path: &Path) -> io::Result<()> {
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.nlink() != 1 {
+/// The log file's directory, opened (created, 0750, when missing) through
+/// the guarded layer, and the file's name in it.
+pub fn log_dir(path: &Path) -> io::Result<(GuardedDir, OsString)> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} is not a plain log file (a hard link or not a regular file)",
-                path.display()
-            ),
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a file in a directory", path.display()),
         ));
-    }
-    Ok(())
+    };
+    let (dir, _) = GuardedDir::open_or_create(dir, 0o750, None)?;
+    Ok((dir, name.to_os_string()))
 }
 
-/// Compresses `from` into `to` (via a temp name), then removes `from`.
-fn gzip(from: &Path, to: &Path, owner: Option<Owner>) -> io::Result<()> {
-    let mut input = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(from)?;
-    check_plain(&input, from)?;
-    let mut tmp_name = to.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    remove_if_present(&tmp)?;
-    let out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o640)
-        .open(&tmp)?;
-    if let Some(o) = owner {
-        std::os::unix::fs::fchown(&out, Some(o.uid), Some(o.gid))?;
+/// Opens the log file `name` in `dir` for appending: never through a
+/// symlink, never a FIFO, socket, directory or a file with another name too
+/// (a hard link planted to make root write elsewhere). A file this creates
+/// is mode 0640 and given `owner`; an existing one keeps its owner and mode.
+///
+/// Anything else found under the name is moved aside (to
+/// `<name>.refused-<n>`) and a new file started, with an event saying so:
+/// the entry is in the service's own directory, so only the service (or
+/// root) could have put it there, and refusing to start would let it stop
+/// its own logging — or hang root, for a FIFO — without anyone noticing.
+pub fn open_log(dir: &GuardedDir, name: &OsStr, owner: Option<Owner>) -> io::Result<File> {
+    let new = NewFile { mode: 0o640, owner };
+    match dir.open_append(name, new) {
+        Err(e) if fs::is_refusal(&e) => {
+            let aside = dir.move_aside(name)?;
+            let mut file = dir.open_append(name, new)?;
+            let note = super::logfile::format_event(&format!(
+                "{e}; moved it aside to {} and started a new log file",
+                aside.to_string_lossy()
+            ));
+            file.write_all(note.as_bytes())?;
+            Ok(file)
+        }
+        other => other,
     }
+}
+
+/// Compresses `from` into `to` (via a temp name), then removes `from`; all
+/// in `dir`, through its fd.
+fn gzip(dir: &GuardedDir, from: &OsStr, to: &OsStr, owner: Option<Owner>) -> io::Result<()> {
+    let mut input = dir.open_read(from, &Expect::DIR_OWNER_OR_ME)?;
+    let mut tmp = to.to_os_string();
+    tmp.push(".tmp");
+    dir.remove_file(&tmp)?;
+    let new = NewFile { mode: 0o640, owner };
+    let out = dir.create_new(&tmp, new, OFlag::empty())?;
     let result = (|| {
         let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
         io::copy(&mut input, &mut encoder)?;
         encoder.finish()?.sync_all()?;
-        fs::rename(&tmp, to)?;
-        fs::remove_file(from)
+        dir.rename(&tmp, to)?;
+        dir.remove_file(from)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = dir.remove_file(&tmp);
     }
     result
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests: their own temp dirs
 mod tests {
     use super::*;
+    use std::fs;
     use std::io::Read;
+
+    fn open_path(path: &Path, owner: Option<Owner>) -> io::Result<File> {
+        let (dir, name) = log_dir(path)?;
+        open_log(&dir, &name, owner)
+    }
 
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
@@ -315,28 +294,49 @@ mod tests {
             uid: nix::unistd::Uid::effective().as_raw(),
             gid: nix::unistd::Gid::effective().as_raw(),
         };
-        let mut file = open_log(&path, Some(me)).expect("open");
+        let mut file = open_path(&path, Some(me)).expect("open");
         file.write_all(b"ours\n").expect("write");
         let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o604);
         assert_eq!(read(&path), "theirs\nours\n");
         let new = dir.path().join("new.log");
-        open_log(&new, Some(me)).expect("create");
+        open_path(&new, Some(me)).expect("create");
         let mode = fs::metadata(&new).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode & !0o040, 0o600, "created 0640 (less the umask)");
     }
 
     #[test]
-    fn refuses_symlinks_and_hard_links() {
+    fn a_symlink_hard_link_or_fifo_is_moved_aside_and_never_written() {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = dir.path().join("elsewhere");
         fs::write(&target, "precious\n").expect("write");
         let link = dir.path().join("svc.log");
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
-        assert!(open_log(&link, None).is_err());
+        let mut file = open_path(&link, None).expect("a new file");
+        file.write_all(b"ours\n").expect("write");
+        assert!(read(&link).contains("is a symlink, not a regular file"));
+        assert!(read(&link).ends_with("started a new log file\nours\n"));
         fs::remove_file(&link).expect("rm");
         fs::hard_link(&target, &link).expect("hard link");
-        assert!(open_log(&link, None).is_err());
+        open_path(&link, None).expect("a new file");
+        assert!(read(&link).contains("a hard link"), "{}", read(&link));
+        fs::remove_file(&link).expect("rm");
+        nix::unistd::mkfifo(&link, nix::sys::stat::Mode::from_bits_truncate(0o666))
+            .expect("mkfifo");
+        let started = std::time::Instant::now();
+        open_path(&link, None).expect("a new file");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(read(&link).contains("is a FIFO"), "{}", read(&link));
         assert_eq!(read(&target), "precious\n");
+        assert_eq!(
+            names(dir.path()),
+            [
+                "elsewhere",
+                "svc.log",
+                "svc.log.refused-1",
+                "svc.log.refused-2",
+                "svc.log.refused-3"
+            ]
+        );
     }
 }

@@ -140,6 +140,11 @@ pub enum Pidfile {
     Garbled(String),
 }
 
+/// Removes the pidfile or the state file (root's run dir); gone already is fine.
+pub fn remove(path: &Path) -> io::Result<()> {
+    crate::protocol::files::remove_if_present(path)
+}
+
 /// Reads the pidfile.
 pub fn read_pidfile(path: &Path) -> Pidfile {
     let text = match fs::read_to_string(path) {

@@ -67,6 +67,11 @@ pub const LOCK_LEASE_STEPS: u64 = 2;
 pub const LOCK_LEASE_MIN_MS: u64 = 120_000;
 /// `[stages.NAME] lock_lease` set by hand may not be shorter than this.
 pub const LOCK_LEASE_FLOOR_MS: u64 = 10_000;
+/// `[stages.NAME] answer_timeout`: a host silent this long on a request
+/// (no answer, no progress) is given up as unreachable.
+pub const ANSWER_TIMEOUT_MS: u64 = 30_000;
+/// `[stages.NAME] answer_timeout` may not be shorter than this.
+pub const ANSWER_TIMEOUT_FLOOR_MS: u64 = 1_000;
 /// `[stages.NAME] root` of an all-local stage: this directory of the project, then the stage name.
 pub const LOCAL_ROOT_DIR: &str = ".shipjar";
 /// `[stages.NAME] root` of a stage with remote hosts.

@@ -402,6 +402,9 @@ pub struct Stage {
     pub on_failure: OnFailure,
     /// How long a deploy lock lives without renewal (a killed deploy's lock expires after this).
     pub lock_lease: Option<Millis>,
+    /// How long a host may leave a request unanswered, with no sign of
+    /// progress, before it is given up as unreachable.
+    pub answer_timeout: Option<Millis>,
     /// This stage's proxy, in place of the top-level `[proxy]`.
     pub proxy: Option<Proxy>,
 }

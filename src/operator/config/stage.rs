@@ -42,6 +42,8 @@ pub struct ResolvedStage {
     pub on_failure: OnFailure,
     /// Deploy lock lease in milliseconds.
     pub lock_lease_ms: u64,
+    /// How long a host may stay silent on a request before it is given up.
+    pub answer_timeout_ms: u64,
 }
 
 /// A stage's secret, resolved.
@@ -99,6 +101,9 @@ impl Project {
             rolling: declared.map(|s| s.rolling).unwrap_or_default(),
             on_failure: declared.map(|s| s.on_failure).unwrap_or_default(),
             lock_lease_ms: self.lock_lease_ms(declared),
+            answer_timeout_ms: declared
+                .and_then(|s| s.answer_timeout)
+                .map_or(defaults::ANSWER_TIMEOUT_MS, |t| t.0),
         })
     }
 

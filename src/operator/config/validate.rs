@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::Project;
-use super::defaults::LOCK_LEASE_FLOOR_MS;
+use super::defaults::{ANSWER_TIMEOUT_FLOOR_MS, LOCK_LEASE_FLOOR_MS};
 use super::diagnostics::{Seg, keys};
 use super::hosts::HostSpec;
 use super::schema::{ConfigFile, Proxy, Stage};
@@ -378,6 +378,14 @@ impl Project {
                     "must be at least {}s: a shorter lease can run out between two renewals of a live deploy",
                     LOCK_LEASE_FLOOR_MS / 1000
                 ),
+            ));
+        }
+        if let Some(timeout) = stage.answer_timeout
+            && timeout.0 < ANSWER_TIMEOUT_FLOOR_MS
+        {
+            return Err(self.fail(
+                &at(&[Seg::Key("answer_timeout")]),
+                &format!("must be at least {}s", ANSWER_TIMEOUT_FLOOR_MS / 1000),
             ));
         }
         for (key, source) in &stage.secrets {

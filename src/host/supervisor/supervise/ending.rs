@@ -85,7 +85,7 @@ impl Supervisor<'_> {
         }
         if let ClassData::Dump(dump) = std::mem::replace(&mut self.class_data, ClassData::Off) {
             let healthy = self.state.healthy_after_ms.is_some();
-            let line = cds::keep(&dump, exit, healthy, self.creds.as_ref());
+            let line = cds::keep(&dump, exit, healthy);
             self.log.event(&line);
         }
         self.state.state = Phase::Exited;

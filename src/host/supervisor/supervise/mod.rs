@@ -12,11 +12,11 @@ mod gate;
 mod setup;
 mod watch;
 
-use std::fs::File;
 use std::process::Child;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::host::lockfile::HeldLock;
 use crate::host::supervisor::backoff::{Backoff, Decision};
 use crate::host::supervisor::cds::{self, ClassData};
 use crate::host::supervisor::human_duration;
@@ -28,7 +28,6 @@ use crate::host::supervisor::readiness::ReadinessChannel;
 use crate::host::supervisor::release::Release;
 use crate::host::supervisor::spawn;
 use crate::host::supervisor::state::{self, Phase, SupervisorState};
-use crate::protocol::files::remove_if_present;
 use crate::protocol::layout::Layout;
 
 /// Longest wait for the log thread to write out what the service said.
@@ -131,7 +130,7 @@ struct Supervisor<'a> {
     /// What the current run does about class data (`[service] cds`).
     class_data: ClassData,
     /// Held for our whole life: proof that a supervisor is alive.
-    _lock: File,
+    _lock: HeldLock,
 }
 
 impl Supervisor<'_> {
@@ -294,7 +293,7 @@ impl Supervisor<'_> {
 
     fn remove_pidfile(&mut self) {
         let path = self.layout.pidfile();
-        if let Err(e) = remove_if_present(&path) {
+        if let Err(e) = state::remove(&path) {
             self.log
                 .event(&format!("cannot remove {}: {e}", path.display()));
         }

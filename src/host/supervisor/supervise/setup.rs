@@ -1,9 +1,7 @@
 //! Before the first run: the lock, no second copy of the service, the
 //! release and its user, the log, the first state file.
 
-use std::fs::{self, File};
-use std::os::unix::fs::OpenOptionsExt;
-
+use crate::host::lockfile::{self, HeldLock, LockError};
 use crate::host::supervisor::backoff::Backoff;
 use crate::host::supervisor::cds::ClassData;
 use crate::host::supervisor::logfile;
@@ -16,7 +14,7 @@ use crate::host::supervisor::release::{self, Release};
 use crate::host::supervisor::rotate::{Owner, RotatingFile, Rotation};
 use crate::host::supervisor::spawn;
 use crate::host::supervisor::state::{self, Phase, Pidfile, SupervisorState};
-use crate::protocol::layout::{Dir, Layout};
+use crate::protocol::layout::{Dir, Layout, Lock};
 
 use super::{Mode, Supervisor};
 
@@ -25,8 +23,7 @@ impl<'a> Supervisor<'a> {
     /// stop that arrives while we set up waits for us.
     pub(super) fn setup(layout: &'a Layout, mode: Mode, signals: Signals) -> Result<Self, String> {
         let run_dir = layout.directory(Dir::Run);
-        run_dir
-            .create_missing()
+        crate::host::fs::create_missing(&run_dir)
             .map_err(|e| format!("{}: {e}", run_dir.path.display()))?;
         let lock = take_lock(layout)?;
         let me = procfs::identify(std::process::id() as i32)
@@ -166,27 +163,13 @@ fn open_log(
 }
 
 /// Takes the supervisor lock without waiting: held means another supervisor lives.
-fn take_lock(layout: &Layout) -> Result<File, String> {
-    let path = layout.supervisor_lock();
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => {
-            let holder = state::read_state(&layout.supervisor_state())
-                .map(|s| format!(" (pid {})", s.supervisor.pid))
-                .unwrap_or_default();
-            Err(format!(
-                "another supervisor is already running for {}{holder}",
-                layout.name()
-            ))
-        }
-        Err(fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
-    }
+fn take_lock(layout: &Layout) -> Result<HeldLock, String> {
+    lockfile::try_take(layout, Lock::Supervisor).map_err(|e| match e {
+        LockError::Busy { holder, .. } => format!(
+            "another supervisor is already running for {}{}",
+            layout.name(),
+            holder.map(|h| format!(" ({h})")).unwrap_or_default()
+        ),
+        LockError::Failed(why) => why,
+    })
 }
