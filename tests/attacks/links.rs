@@ -94,11 +94,12 @@ pub fn console_symlink(s: &mut Suite) {
 }
 
 /// `console.log` as a FIFO: `service restart`, the init script's start,
-/// `shipjar logs` and a deploy each return within their deadline.
+/// `shipjar logs`, a deploy, `service reload`, a rollback and `provision`
+/// each return within their deadline.
 pub fn console_fifo(s: &mut Suite) {
     let fifo = format!("rm -f {LOG} && mkfifo -m 0660 {LOG}");
     type Step = (&'static str, fn(&mut Suite));
-    let steps: [Step; 4] = [
+    let steps: [Step; 7] = [
         ("service restart", |s| {
             let _ = s.root(&["shipjar", "service", "restart", "hello"], FIFO_LIMIT);
         }),
@@ -111,6 +112,15 @@ pub fn console_fifo(s: &mut Suite) {
         }),
         ("deploy", |s| {
             let _ = s.deploy("one", &[]);
+        }),
+        ("service reload", |s| {
+            let _ = s.root(&["shipjar", "service", "reload", "hello"], FIFO_LIMIT);
+        }),
+        ("rollback", |s| {
+            let _ = s.op(&["--json", "rollback", "one"], Duration::from_secs(90));
+        }),
+        ("provision", |s| {
+            let _ = s.op(&["provision", "one"], Duration::from_secs(90));
         }),
     ];
     for (name, step) in steps {
@@ -184,4 +194,43 @@ pub fn proxy_log_symlink(s: &mut Suite) {
     if !out.status.success() {
         s.fail(format!("moving back from the proxy failed: {}", text(&out)));
     }
+}
+
+/// Rotation (at 64 KiB, compressed) into names the service user planted:
+/// the rotated and compressed files as symlinks to root's file, one as a
+/// FIFO; the service user fills its log past the limit and `service reload`
+/// makes the supervisor write (and rotate). Root's file must not change
+/// (the suite's snapshot), nothing may hang, `logs` must not print it.
+pub fn rotation(s: &mut Suite) {
+    unplant(s);
+    let script = format!(
+        "cd /var/log/hello && ln -sfn {DECOY} console.log.1.gz && ln -sfn {DECOY} console.log.2.gz \
+         && ln -sfn {DECOY} console.log.2 && mkfifo -m 0660 console.log.3 \
+         && head -c 70000 /dev/zero | tr '\\0' x >> console.log && echo >> console.log"
+    );
+    if !plant(s, "links and a FIFO among the rotated logs", &script) {
+        return;
+    }
+    s.counts.attacks += 1;
+    let _ = s.root(&["shipjar", "service", "reload", "hello"], FIFO_LIMIT);
+    // Compression runs in the background.
+    std::thread::sleep(Duration::from_secs(2));
+    let size = s.fleet.exec(HOST, &["stat", "-c", "%s", LOG]);
+    let size: u64 = String::from_utf8_lossy(&size.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    if size > 64 * 1024 {
+        s.fail(format!(
+            "the log ({size} bytes) was not rotated: the attack proves nothing"
+        ));
+    }
+    s.counts.attacks += 1;
+    let _ = s.op(&["logs", "one", "-n", "20"], Duration::from_secs(20));
+    s.check_truth("after rotation into planted links");
+    let _ = s.fleet.exec(
+        HOST,
+        &["sh", "-c", "rm -f /var/log/hello/console.log.[0-9]*"],
+    );
+    unplant(s);
 }

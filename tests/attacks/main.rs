@@ -105,12 +105,13 @@ fn attack_suite() {
     let mut s = Suite::new();
     s.setup();
     type Attack = fn(&mut Suite);
-    let attacks: [(&str, Attack); 11] = [
+    let attacks: [(&str, Attack); 12] = [
         ("cds dump dir swapped for a symlink", cds::dump_dir_race),
         ("cds sparse dump", cds::sparse_dump),
         ("console.log symlink to a root file", links::console_symlink),
         ("console.log fifo", links::console_fifo),
         ("log dir entries of every kind", links::log_dir_kinds),
+        ("log rotation into planted links", links::rotation),
         ("proxy.log symlink to a root file", links::proxy_log_symlink),
         ("flock by nobody on every run entry", locks::nobody_flocks),
         (
@@ -173,6 +174,11 @@ impl Suite {
                     .replace("start_timeout = \"30s\"", "start_timeout = \"15s\"")
                     .replace("timeout = \"15s\"", "timeout = \"5s\"")
                     .replace("jar = \"hello.jar\"", "jar = \"hello.jar\"\ncds = true")
+                    // Rotation at a size the service user can reach at once.
+                    .replace(
+                        "[releases]",
+                        "[logs]\nmax_size = \"64KiB\"\ncompress = true\n\n[releases]",
+                    )
             },
         );
         let pid = std::process::id();
