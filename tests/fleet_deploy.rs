@@ -543,6 +543,21 @@ fn a_deploy_user_with_passwordless_sudo_can_provision_and_deploy() {
     assert_eq!(String::from_utf8_lossy(&owner.stdout), "root\n");
 }
 
+/// Waits for `child` at most `limit`: a hang is the failure of the test
+/// that met it, not of the whole suite.
+fn finish_within(mut child: std::process::Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("still running after {limit:?}: {}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("output")
+}
+
 /// Replaces `host`'s shipjar with a program that reads its input and never
 /// answers: an agent stuck on something it waits for.
 fn make_agent_silent(p: &FleetProject, host: &str) {
@@ -570,7 +585,7 @@ fn a_host_that_never_answers_is_given_up_at_answer_timeout_and_a_second_interrup
 
     // Given up after answer_timeout, named, the deploy stopped before any switch.
     let started = Instant::now();
-    let out = p.deploy("2.0.0", &[]);
+    let out = finish_within(p.spawn_slow_deploy("2.0.0", 0), Duration::from_secs(120));
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(took < Duration::from_secs(20), "took {took:?}");
@@ -605,4 +620,89 @@ fn a_host_that_never_answers_is_given_up_at_answer_timeout_and_a_second_interrup
         "where app2 was left is not said: {all}"
     );
     assert_eq!(p.served("app1").as_deref(), Some("1.0.0"), "{all}");
+}
+
+/// A user's own persistent ssh master (`ControlMaster auto`, `ControlPersist`,
+/// no keep-alives), started as they would by hand; closed on drop.
+struct UserMaster {
+    config: std::path::PathBuf,
+    host: String,
+}
+
+impl UserMaster {
+    fn start(p: &FleetProject, host: &str) -> UserMaster {
+        let config = p.dir.path().join("user_ssh_config");
+        let fleet_config = std::fs::read_to_string(p.fleet.ssh_config()).expect("ssh config");
+        let control = p.dir.path().join("cm-%C");
+        std::fs::write(
+            &config,
+            format!(
+                "Host *\n  ControlMaster auto\n  ControlPath {}\n  ControlPersist 60\n  ServerAliveInterval 0\n\n{fleet_config}",
+                control.display()
+            ),
+        )
+        .expect("write user ssh config");
+        // -f: ssh goes to the background once connected; it keeps whatever
+        // stdout and stderr it has, so give it none to hold open.
+        let status = std::process::Command::new("ssh")
+            .arg("-F")
+            .arg(&config)
+            .args(["-o", "ConnectTimeout=10", "-fN", host])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start the master");
+        assert!(status.success(), "ssh -fN {host}: {status}");
+        UserMaster {
+            config,
+            host: host.to_string(),
+        }
+    }
+}
+
+impl Drop for UserMaster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ssh")
+            .arg("-F")
+            .arg(&self.config)
+            .args(["-O", "exit", &self.host])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_link_cut_under_a_users_persistent_master_ends_the_deploy_at_its_deadline_naming_the_host() {
+    require_root();
+    let p = FleetProject::new(2, "answer_timeout = \"5s\"");
+    p.provision();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let master = UserMaster::start(&p, "app2");
+    let config = p.dir.path().join("shipjar.toml");
+    let text_now = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text_now.replace(
+            &format!("ssh_config = \"{}\"", p.fleet.ssh_config().display()),
+            &format!("ssh_config = \"{}\"", master.config.display()),
+        ),
+    )
+    .expect("config");
+    p.fleet.link_down("app2");
+    let started = Instant::now();
+    let out = finish_within(p.spawn_slow_deploy("2.0.0", 0), Duration::from_secs(120));
+    let took = started.elapsed();
+    p.fleet.link_up("app2");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let all = text(&out);
+    assert!(all.contains("[app2] no answer for 5 s"), "{all}");
+    assert!(
+        all.contains("ssh -O exit"),
+        "no hint about the master: {all}"
+    );
+    assert_eq!(p.served("app1").as_deref(), Some("1.0.0"), "{all}");
+    drop(master);
 }

@@ -651,3 +651,29 @@ fn a_proxy_log_planted_as_a_symlink_leaves_its_target_unchanged() {
     let aside = std::fs::symlink_metadata(log_dir.join("proxy.log.refused-1")).expect("aside");
     assert!(aside.file_type().is_symlink());
 }
+
+#[test]
+fn check_on_a_proxied_stage_looks_at_the_proxy_and_instance_ports_not_the_health_port() {
+    let ports = [free_port(), free_port()];
+    let listen = free_port();
+    let p = Project::with_config(|c| {
+        format!(
+            "{c}\n[proxy]\nlisten = \"127.0.0.1:{listen}\"\nports = [{}, {}]\n",
+            ports[0], ports[1]
+        )
+    });
+    // Someone else holds the [health] URL's port, which a proxied stage never uses.
+    let other = std::net::TcpListener::bind(("127.0.0.1", p.port)).expect("hold the port");
+    let out = p.run(&["check", "local"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains("held by another program"), "{all}");
+    for port in [listen, ports[0], ports[1]] {
+        assert!(
+            all.contains(&format!("port {port}")),
+            "port {port} not checked: {all}"
+        );
+    }
+    assert!(!all.contains(&format!("port {}:", p.port)), "{all}");
+    drop(other);
+}

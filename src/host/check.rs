@@ -17,8 +17,35 @@ const DISK_MARGIN: u64 = 64 * 1024 * 1024;
 /// Every finding, in a fixed order.
 pub fn check(layout: &Layout, spec: &HostCheckSpec) -> Vec<HostFinding> {
     let mut findings = vec![program(&spec.program), disk(layout, spec.artifact_bytes)];
-    if let Some(port) = listener::check_port(&spec.health) {
-        findings.push(port_free_or_ours(layout, port));
+    match &spec.proxy {
+        // The stage never listens on the health check's own port: the proxy's
+        // address and the two instances' ports are what must be free or ours.
+        Some(proxy) => {
+            match proxy
+                .listen
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+            {
+                Some(port) => findings.push(port_free_or_ours(port, proxy_pids(layout))),
+                None => findings.push(finding(
+                    format!("proxy {}", proxy.listen),
+                    false,
+                    "not an address with a port",
+                )),
+            }
+            for port in proxy.ports {
+                let instance = layout.with_instance(Some(port));
+                findings.push(port_free_or_ours(port, service_pids(&instance)));
+            }
+        }
+        None => {
+            if let Some(port) = listener::check_port(&spec.health) {
+                let mut ours = service_pids(layout);
+                // A service moving to plain from behind the proxy: the proxy holds it now.
+                ours.extend(proxy_pids(layout));
+                findings.push(port_free_or_ours(port, ours));
+            }
+        }
     }
     // Only a real host is provisioned; a `local` stage's root is a project directory.
     if layout.root() == Path::new("/") {
@@ -121,17 +148,27 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// The port is free, or held by this service's running process.
-fn port_free_or_ours(layout: &Layout, port: u16) -> HostFinding {
-    let what = format!("port {port}");
-    let status = supervisor::status(layout);
-    let mut ours = status
+/// The processes of the service (or instance) `layout` names.
+fn service_pids(layout: &Layout) -> Vec<i32> {
+    supervisor::status(layout)
         .pid
         .map(listener::service_processes)
-        .unwrap_or_default();
-    // Behind `[proxy]` the public port is the proxy's (its keeper and worker share the socket).
+        .unwrap_or_default()
+}
+
+/// The proxy's keeper and worker (they share the public socket).
+fn proxy_pids(layout: &Layout) -> Vec<i32> {
     let proxy = crate::host::proxy::status(layout);
-    ours.extend(proxy.worker_pid.into_iter().chain(proxy.keeper_pid));
+    proxy
+        .worker_pid
+        .into_iter()
+        .chain(proxy.keeper_pid)
+        .collect()
+}
+
+/// The port is free, or held by one of `ours`.
+fn port_free_or_ours(port: u16, ours: Vec<i32>) -> HostFinding {
+    let what = format!("port {port}");
     match listener::holder(port, &ours) {
         listener::Holder::Nobody => finding(what, true, "free"),
         listener::Holder::Ours(pid) => {

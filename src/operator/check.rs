@@ -125,6 +125,7 @@ fn ask_hosts(
             agent_path: fleet.reach.agent_path.clone(),
             dry_run: true,
         },
+        proxy: manifest.proxy.clone(),
     };
     let ours = env!("CARGO_PKG_VERSION");
     inspect::query_all(fleet, hosts, Request::CheckHost { spec })

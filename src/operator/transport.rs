@@ -96,6 +96,10 @@ impl AgentSession {
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
         let tail = Arc::clone(&stderr_tail);
         std::thread::spawn(move || collect_stderr(stderr, &tail));
+        // Writes wait in `write_within`, never in write(2): over a multiplexed
+        // ssh connection the master holds our pipes, so killing our `ssh`
+        // does not make a blocked write (or read) return.
+        set_nonblocking(&stdin).map_err(|e| Error::failed(format!("[{host}] agent stdin: {e}")))?;
         let deadline = Deadline::watch(child.id(), host, *spec != HostSpec::Local);
         // Connecting counts: a host that never answers is given up too.
         deadline.arm(reach.answer_timeout);
@@ -173,7 +177,7 @@ impl AgentSession {
                 Ok(n) => n,
                 Err(e) => break Err(e),
             };
-            if let Err(e) = stdin.write_all(&buf[..n]) {
+            if let Err(e) = write_within(stdin, &buf[..n], &self.deadline) {
                 break Err(e);
             }
             copied += n as u64;
@@ -261,7 +265,7 @@ impl AgentSession {
         let stdin = guard
             .as_mut()
             .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
-        if let Err(e) = writeln!(stdin, "{line}") {
+        if let Err(e) = write_within(stdin, format!("{line}\n").as_bytes(), &self.deadline) {
             drop(guard);
             return Err(self.silent_or(Error::failed(format!("[{host}] sending a request: {e}"))));
         }
@@ -289,9 +293,7 @@ impl AgentSession {
         let mut line = String::new();
         loop {
             line.clear();
-            let n = self
-                .stdout
-                .read_line(&mut line)
+            let n = read_line_within(&mut self.stdout, &mut line, &self.deadline)
                 .map_err(|e| self.io_error("reading the agent's answer", e))?;
             if n == 0 {
                 return Err(self.gone("the agent exited without answering"));
@@ -411,12 +413,88 @@ impl Canceller {
             return false;
         };
         let mut guard = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_mut().is_some_and(|stdin| {
-            writeln!(stdin, "{line}")
-                .and_then(|()| stdin.flush())
-                .is_ok()
-        })
+        // A pipe too full to take one line now means the host is not
+        // reading: the cancel could not arrive anyway.
+        guard
+            .as_mut()
+            .is_some_and(|stdin| stdin.write_all(format!("{line}\n").as_bytes()).is_ok())
     }
+}
+
+/// How long one wait on a pipe lasts before the deadline is looked at again.
+const PIPE_TICK_MS: u16 = 100;
+
+fn set_nonblocking(fd: &impl std::os::fd::AsFd) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(|_| ())
+}
+
+/// Waits until `fd` is ready for `events` or the deadline fires.
+fn ready_within(
+    fd: &impl std::os::fd::AsFd,
+    events: nix::poll::PollFlags,
+    deadline: &Deadline,
+) -> io::Result<()> {
+    use nix::poll::{PollFd, poll};
+    loop {
+        if deadline.fired() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
+        }
+        let mut fds = [PollFd::new(fd.as_fd(), events)];
+        match poll(&mut fds, PIPE_TICK_MS) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            // Readable, writable, or hung up / failed: the next call says which.
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `write_all` to a non-blocking pipe, giving up when the deadline fires.
+fn write_within(stdin: &mut ChildStdin, mut bytes: &[u8], deadline: &Deadline) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match stdin.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready_within(stdin, nix::poll::PollFlags::POLLOUT, deadline)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `read_line` that gives up when the deadline fires: waits for data with
+/// poll, reads only what is there. `Ok(0)` at the end of the output.
+fn read_line_within(
+    reader: &mut BufReader<ChildStdout>,
+    line: &mut String,
+    deadline: &Deadline,
+) -> io::Result<usize> {
+    let mut bytes = Vec::new();
+    loop {
+        let buffered = reader.buffer();
+        if let Some(end) = buffered.iter().position(|b| *b == b'\n') {
+            bytes.extend_from_slice(&buffered[..=end]);
+            reader.consume(end + 1);
+            break;
+        }
+        let len = buffered.len();
+        bytes.extend_from_slice(buffered);
+        reader.consume(len);
+        ready_within(reader.get_ref(), nix::poll::PollFlags::POLLIN, deadline)?;
+        // Readable (or ended): this read does not block.
+        if reader.fill_buf()?.is_empty() {
+            break;
+        }
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the answer is not UTF-8"))?;
+    line.push_str(&text);
+    Ok(text.len())
 }
 
 /// Keeps the last lines of the agent's stderr, and passes them on to ours.

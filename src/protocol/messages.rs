@@ -219,6 +219,10 @@ pub struct HostCheckSpec {
     pub artifact_bytes: u64,
     /// What `provision` would establish.
     pub provision: ProvisionSpec,
+    /// Behind shipjar's proxy: its address and the instance ports are
+    /// checked instead of the health check's port.
+    #[serde(default)]
+    pub proxy: Option<crate::protocol::manifest::ProxySpec>,
 }
 
 /// One finding of `check_host`.
