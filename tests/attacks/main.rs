@@ -558,6 +558,31 @@ impl Suite {
                 text(&out)
             ));
         }
+        self.check_operator_status(when);
+    }
+
+    /// `shipjar --json status one` against `/health`: the operator's view agrees too.
+    fn check_operator_status(&mut self, when: &str) {
+        let out = self.op(&["--json", "status", "one"], Duration::from_secs(30));
+        let result = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .unwrap_or_default();
+        let row = result["hosts"]
+            .as_array()
+            .and_then(|hs| hs.iter().find(|h| h["host"] == HOST))
+            .cloned()
+            .unwrap_or_default();
+        let says = row["status"]["service"]["healthy"].as_bool() == Some(true);
+        let healthy = self.healthy();
+        if says != healthy {
+            self.counts.false_reports += 1;
+            self.fail(format!(
+                "{when}: `shipjar status` says healthy={says}, a request to the service says \
+                 {healthy}: {row}"
+            ));
+        }
     }
 
     /// `GET /health` on the host answers 2xx.
