@@ -123,6 +123,24 @@ def link_when(target, path, needle, seconds):
             pass
 
 
+def flip(target, path, seconds):
+    """Swaps `path` with a symlink to `target` and back, in one system call
+    each (RENAME_EXCHANGE), as fast as it can: any reader of `path` that
+    follows links lands on `target` half of the time."""
+    alt = (path + ".x").encode()
+    os.symlink(target, alt)
+    print("flipping", path, flush=True)
+    bpath, swap, flips = path.encode(), libc.renameat2, 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(1000):
+            swap(-100, bpath, -100, alt, 2)
+        flips += 1000
+    if os.path.islink(path):
+        swap(-100, bpath, -100, alt, 2)
+    print("flips", flips, flush=True)
+
+
 def dump_dirs():
     """Directories the running JVMs dump their class data into (from their
     -XX:ArchiveClassesAtExit=, readable to the JVM's own user)."""
@@ -205,6 +223,8 @@ def main():
         sparse_dump(int(sys.argv[2]), float(sys.argv[3]))
     elif mode == "link-when":
         link_when(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+    elif mode == "flip":
+        flip(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     elif mode == "dump-dirs":
         print("\n".join(dump_dirs()))
     elif mode == "leak":

@@ -242,3 +242,32 @@ pub fn rotation(s: &mut Suite) {
     );
     unplant(s);
 }
+
+/// Tries of the cheap race: `shipjar logs` while the service user flips
+/// `console.log` and a symlink to root's file (`SHIPJAR_ATTACK_LOG_TRIES`).
+const LOG_RACE_TRIES: u32 = 40;
+
+/// `shipjar logs`, run again and again while an attacker loop exchanges
+/// `console.log` with a symlink to root's 0600 file (one `renameat2` each,
+/// flat out): no try may print the file.
+pub fn logs_race(s: &mut Suite) {
+    unplant(s);
+    let tries: u32 = std::env::var("SHIPJAR_ATTACK_LOG_TRIES")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(LOG_RACE_TRIES);
+    let flipper = s.spawn_attacker(SERVICE_USER, &["flip", DECOY, LOG, "600"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let leaks_before = s.counts.leaks;
+    for _ in 0..tries {
+        s.counts.attacks += 1;
+        let _ = s.op(&["logs", "one", "-n", "5"], Duration::from_secs(20));
+    }
+    let said = stop_attacker(flipper);
+    say(&format!(
+        "attacks: logs race: {tries} tries, {} printed root's file; attacker: {}",
+        s.counts.leaks - leaks_before,
+        said.trim()
+    ));
+    unplant(s);
+}

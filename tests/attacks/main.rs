@@ -105,10 +105,11 @@ fn attack_suite() {
     let mut s = Suite::new();
     s.setup();
     type Attack = fn(&mut Suite);
-    let attacks: [(&str, Attack); 12] = [
+    let attacks: [(&str, Attack); 13] = [
         ("cds dump dir swapped for a symlink", cds::dump_dir_race),
         ("cds sparse dump", cds::sparse_dump),
         ("console.log symlink to a root file", links::console_symlink),
+        ("console.log flipped under logs (race)", links::logs_race),
         ("console.log fifo", links::console_fifo),
         ("log dir entries of every kind", links::log_dir_kinds),
         ("log rotation into planted links", links::rotation),
