@@ -32,6 +32,28 @@ fn start_dumping(s: &mut Suite) -> bool {
     out.status.success()
 }
 
+/// race.c built with the machine's `cc` where the host can run it (the
+/// test's target dir, world-readable), or `None` without a C compiler (the
+/// python loop, slower than root, is used then).
+fn race_binary() -> Option<String> {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("attacks");
+    std::fs::create_dir_all(&dir).ok()?;
+    let src = dir.join("race.c");
+    let bin = dir.join(format!("race-{}", std::process::id()));
+    std::fs::write(&src, include_str!("race.c")).ok()?;
+    let built = std::process::Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .is_ok_and(|st| st.success());
+    if !built {
+        say("attacks: no C compiler: the cds race runs the slower python loop");
+        return None;
+    }
+    Some(bin.to_string_lossy().into_owned())
+}
+
 /// The parent of the dump directory of the running JVM, if it dumps.
 fn dump_parent(s: &Suite) -> Option<String> {
     let out = s.attacker(SERVICE_USER, &["dump-dirs"]);
@@ -76,10 +98,11 @@ pub fn dump_dir_race(s: &mut Suite) {
         return;
     }
     let before = decoy_dir_state(s);
-    let attacker = s.spawn_attacker(
-        SERVICE_USER,
-        &["cds-race", &parent, DECOY_DIR, &(tries * 12).to_string()],
-    );
+    let seconds = (tries * 12).to_string();
+    let attacker = match race_binary() {
+        Some(bin) => s.spawn_as(SERVICE_USER, &[&bin, &parent, DECOY_DIR, &seconds]),
+        None => s.spawn_attacker(SERVICE_USER, &["cds-race", &parent, DECOY_DIR, &seconds]),
+    };
     std::thread::sleep(Duration::from_millis(500));
     let mut won_at = None;
     for i in 0..tries {
