@@ -125,7 +125,10 @@ fn absolute(path: &PathBuf) -> Result<PathBuf> {
 
 fn layout(args: &ServiceArgs) -> Result<Layout> {
     crate::protocol::validate_service_name(&args.name).map_err(Error::config)?;
-    Ok(Layout::new(absolute(&args.root)?, &args.name).with_instance(args.instance))
+    let layout = Layout::new(absolute(&args.root)?, &args.name).with_instance(args.instance);
+    // What a service command prints may carry what the service said.
+    host::secrets::mask_with(&layout);
+    Ok(layout)
 }
 
 /// A proxied service (its `current` release has `[proxy]`) addressed as a
@@ -233,12 +236,20 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                 }),
                 json,
             ),
-            None => report_start(supervisor::restart(&layout(&args)?), json),
+            None => {
+                let layout = layout(&args)?;
+                let _switching = host::activate::hold_switch(&layout).map_err(Error::failed)?;
+                report_start(supervisor::restart(&layout), json)
+            }
         },
         ServiceCommand::Reload(args) => {
             let result = match proxied(&args)? {
                 Some((layout, spec)) => host::instances::reload(&layout, &spec, &progress(json)),
-                None => supervisor::reload(&layout(&args)?),
+                None => {
+                    let layout = layout(&args)?;
+                    let _switching = host::activate::hold_switch(&layout).map_err(Error::failed)?;
+                    supervisor::reload(&layout)
+                }
             };
             match result {
                 Ok(report) => {
@@ -308,7 +319,7 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                 if json {
                     print_json(&status);
                 } else {
-                    say!("{}", status.detail);
+                    say!("{}", host::secrets::mask(&status.detail));
                 }
                 Ok(status.lsb_code)
             }
@@ -417,11 +428,11 @@ fn report_supervisor_error(err: &supervisor::SupervisorError, json: bool) -> i32
     if json {
         print_json(err);
     } else {
-        eprintln!("error: {}", err.message);
+        eprintln!("error: {}", host::secrets::mask(&err.message));
         if !err.log_tail.is_empty() {
             eprintln!("last lines of the service log:");
             for line in &err.log_tail {
-                eprintln!("  {line}");
+                eprintln!("  {}", host::secrets::mask(line));
             }
         }
     }
@@ -429,7 +440,11 @@ fn report_supervisor_error(err: &supervisor::SupervisorError, json: bool) -> i32
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string(value) {
+    let masked = serde_json::to_value(value).map(|v| match host::secrets::active() {
+        Some(masker) => masker.mask_json_values(v, &[]),
+        None => v,
+    });
+    match masked.and_then(|v| serde_json::to_string(&v)) {
         Ok(text) => say!("{text}"),
         Err(e) => eprintln!("error: cannot encode JSON: {e}"),
     }

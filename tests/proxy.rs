@@ -677,3 +677,49 @@ fn check_on_a_proxied_stage_looks_at_the_proxy_and_instance_ports_not_the_health
     assert!(!all.contains(&format!("port {}:", p.port)), "{all}");
     drop(other);
 }
+
+#[test]
+fn a_deploy_and_a_reload_racing_take_turns_and_no_request_fails() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let root = p.root().to_str().unwrap().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = keep_alive_client(p.port, stop.clone());
+    // A slow start keeps the deploy's gate open while the reload arrives.
+    let jar = common::hello_jar().to_string_lossy().into_owned();
+    let deploy = p
+        .command(&[
+            "deploy",
+            "local",
+            "--artifact",
+            &jar,
+            "--version",
+            "2.0.0",
+            "--env",
+            "STARTUP_DELAY_MS=2500",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the deploy");
+    thread::sleep(Duration::from_millis(800));
+    let reload = p.run(&["service", "reload", "hello", "--root", &root]);
+    let deployed = deploy.wait_with_output().expect("deploy output");
+    assert_eq!(
+        deployed.status.code(),
+        Some(0),
+        "deploy: {}",
+        text(&deployed)
+    );
+    assert_eq!(reload.status.code(), Some(0), "reload: {}", text(&reload));
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (seen, errors, answered) = client.join().expect("client thread");
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    assert!(answered > 10, "only {answered} answers");
+    assert_eq!(seen.last().map(String::as_str), Some("2.0.0"), "{seen:?}");
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+}

@@ -41,6 +41,10 @@ pub fn activate(
         Ok(m) => m,
         Err(e) => return fail_early(outcome, "switch", e),
     };
+    let _switching = match hold_switch(layout) {
+        Ok(held) => held,
+        Err(e) => return fail_early(outcome, "lock", e),
+    };
     // Deploy hooks run for a deploy only: a rollback runs none of them.
     let deploying = action == Action::Deploy;
     let result = match manifest.hooks.before_start.as_ref().filter(|_| deploying) {
@@ -118,6 +122,26 @@ pub fn activate(
         emit("record", &format!("cannot append to revisions.log: {e}"));
     }
     outcome
+}
+
+/// How long a deploy, rollback, restart or reload waits for another one of
+/// the same service to finish changing what runs.
+pub const SWITCH_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes the switch lock (see [`Lock::Switch`]), waiting up to
+/// [`SWITCH_WAIT`]; the error names whoever holds it.
+///
+/// [`Lock::Switch`]: crate::protocol::layout::Lock::Switch
+pub fn hold_switch(layout: &Layout) -> Result<crate::host::lockfile::HeldLock, String> {
+    use crate::host::lockfile::{self, LockError};
+    use crate::protocol::layout::Lock;
+    lockfile::take(layout, Lock::Switch, SWITCH_WAIT).map_err(|e| match e {
+        LockError::Busy { .. } => format!(
+            "another deploy, rollback, restart or reload of {} is changing what runs: {e}; try again when it is done",
+            layout.name()
+        ),
+        LockError::Failed(why) => why,
+    })
 }
 
 type StepFailure = (&'static str, String, Vec<String>);

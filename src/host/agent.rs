@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::host::lock;
-use crate::host::{activate, cancel, hooks, logs, provision, store, supervisor};
+use crate::host::{activate, cancel, hooks, logs, provision, secrets, store, supervisor};
 use crate::protocol::layout::Layout;
 use crate::protocol::validate_service_name;
 use crate::protocol::{
@@ -91,9 +91,20 @@ fn ignore_hangup_and_interrupt() {
     }
 }
 
+/// One message as a JSON line, every string in it masked but its tags.
+fn encode(message: &AgentMessage) -> serde_json::Result<String> {
+    match secrets::active() {
+        Some(masker) if !masker.is_empty() => {
+            let value = serde_json::to_value(message)?;
+            serde_json::to_string(&masker.mask_json_values(value, &["kind", "type"]))
+        }
+        _ => serde_json::to_string(message),
+    }
+}
+
 /// Writes one message; false when the operator is gone.
 fn send_checked(message: &AgentMessage) -> bool {
-    let Ok(text) = serde_json::to_string(message) else {
+    let Ok(text) = encode(message) else {
         return true;
     };
     let mut out = io::stdout().lock();
@@ -102,7 +113,7 @@ fn send_checked(message: &AgentMessage) -> bool {
 
 /// Writes one message; a vanished operator must not stop the work in progress.
 fn send(message: &AgentMessage) {
-    let text = serde_json::to_string(message).unwrap_or_else(|e| {
+    let text = encode(message).unwrap_or_else(|e| {
         // Never leave the operator waiting for an answer that cannot be encoded.
         let id = match message {
             AgentMessage::Event { id, .. }
@@ -247,6 +258,8 @@ impl Session {
             return refusal;
         }
         let layout = Layout::new(&self.root, &envelope.service);
+        // Answers may carry the service's words (a health body, a log line, a hook's output).
+        secrets::mask_with(&layout);
         if let Some(held) = &self.lock {
             // Every request proves the deploy is alive; long ones renew as they go.
             if let Err(e) = lock::renew(&held.layout, &held.token, held.lease_ms) {
@@ -451,7 +464,9 @@ impl Session {
 
 fn prepare_release(layout: &Layout, spec: &crate::protocol::PrepareSpec) -> Response {
     let gid = secret_group(spec.manifest.run.user.as_deref());
-    match gid.and_then(|gid| store::prepare(layout, &spec.manifest, &spec.files, gid)) {
+    match gid
+        .and_then(|gid| store::prepare(layout, &spec.manifest, &spec.files, &spec.secrets, gid))
+    {
         Ok(path) => Response::Prepared {
             path: path.display().to_string(),
         },
@@ -473,7 +488,8 @@ fn expect_activation(layout: &Layout, release: &str, id: u64) {
     send(&AgentMessage::Expect {
         id,
         step: "activate".to_string(),
-        within_ms: crate::protocol::manifest::activation_bound_ms(current.as_ref(), &target),
+        within_ms: crate::protocol::manifest::activation_bound_ms(current.as_ref(), &target)
+            + activate::SWITCH_WAIT.as_millis() as u64,
     });
 }
 

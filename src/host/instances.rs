@@ -217,7 +217,15 @@ pub fn restart(
     spec: &ProxySpec,
     emit: &dyn Fn(&str, &str),
 ) -> Result<StartReport, SupervisorError> {
+    let _switching = switch_lock(layout)?;
     crate::host::activate::blue_green::restart(layout, spec, emit)
+}
+
+fn switch_lock(layout: &Layout) -> Result<crate::host::lockfile::HeldLock, SupervisorError> {
+    crate::host::activate::hold_switch(layout).map_err(|message| SupervisorError {
+        message,
+        log_tail: Vec::new(),
+    })
 }
 
 /// `service reload` of a proxied service: `[reload] signal` to the instance
@@ -230,11 +238,13 @@ pub fn reload(
     let signal = crate::host::store::current(layout)
         .and_then(|id| crate::host::store::read_manifest(layout, &id).ok())
         .and_then(|m| m.reload.signal);
+    let started = Instant::now();
+    let switching = switch_lock(layout)?;
     if signal.is_some() {
         return supervisor::reload(&layout.with_instance(active_or_first(layout, spec)));
     }
-    let started = Instant::now();
-    let report = restart(layout, spec, emit)?;
+    let report = crate::host::activate::blue_green::restart(layout, spec, emit)?;
+    drop(switching);
     Ok(ReloadReport {
         how: format!(
             "restarted without downtime: pid {} from release {}, healthy after {} ms",

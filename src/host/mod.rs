@@ -23,6 +23,8 @@ pub mod proxy;
 pub mod restart;
 #[allow(clippy::disallowed_methods)] // root-only: var/lib/NAME/revisions.log, in root's 0755 dir
 pub mod revisions;
+#[allow(clippy::disallowed_methods)] // root-only: releases/<id>/SECRETS, in root's 0755 releases/
+pub mod secrets;
 #[allow(clippy::disallowed_methods)]
 // root-only: artifacts/, releases/, current in root's 0755 var/lib/NAME
 pub mod store;

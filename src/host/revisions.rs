@@ -8,8 +8,10 @@ use std::io::{self, Write};
 use crate::protocol::layout::Layout;
 use crate::protocol::{Action, Revision, RevisionOutcome};
 
-/// Appends one line and syncs it.
+/// Appends one line and syncs it, every field masked: a detail may carry
+/// what the service answered (a health body), and the file is 0644.
 pub fn append(layout: &Layout, revision: &Revision) -> io::Result<()> {
+    let masker = crate::host::secrets::masker(layout);
     let fields = [
         revision.time.as_str(),
         revision.action.as_str(),
@@ -19,7 +21,7 @@ pub fn append(layout: &Layout, revision: &Revision) -> io::Result<()> {
         revision.outcome.as_str(),
         &revision.detail,
     ];
-    let line: Vec<String> = fields.iter().map(|f| clean(f)).collect();
+    let line: Vec<String> = fields.iter().map(|f| clean(&masker.mask(f))).collect();
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)

@@ -19,8 +19,9 @@ use crate::protocol::files::{fsync_dir, write_synced};
 use crate::protocol::names::{self, is_release_id};
 
 use crate::host::revisions;
-use crate::protocol::layout::Layout;
+use crate::protocol::layout::{Layout, RELEASE_SECRETS};
 use crate::protocol::manifest::{MANIFEST_FILE, ReleaseManifest};
+use crate::protocol::mask::SecretValue;
 use crate::protocol::{FileContent, ReleaseInfo, RevisionOutcome};
 
 /// Prefix of everything half-written; removed by the next deploy.
@@ -169,6 +170,7 @@ pub fn prepare(
     layout: &Layout,
     manifest: &ReleaseManifest,
     files: &[FileContent],
+    secrets: &[SecretValue],
     secret_gid: Option<u32>,
 ) -> Result<PathBuf, String> {
     let id = &manifest.id;
@@ -205,7 +207,8 @@ pub fn prepare(
     let tmp = layout
         .releases_dir()
         .join(format!("{TMP_PREFIX}{id}-{}", std::process::id()));
-    let result = write_release(layout, &tmp, manifest, files, secret_gid);
+    let result = write_release(layout, &tmp, manifest, files, secret_gid)
+        .and_then(|()| write_secrets(&tmp, secrets));
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
@@ -270,6 +273,18 @@ fn write_release(
         fsync_dir(d).map_err(|e| format!("cannot sync {}: {e}", d.display()))?;
     }
     Ok(())
+}
+
+/// The values the host masks for this release (`SECRETS`, 0600, the agent's
+/// user's: the service never needs it).
+fn write_secrets(dir: &Path, secrets: &[SecretValue]) -> Result<(), String> {
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let text = serde_json::to_vec(secrets).map_err(|e| format!("cannot encode SECRETS: {e}"))?;
+    write_synced(&dir.join(RELEASE_SECRETS), &text, 0o600)
+        .map_err(|e| format!("cannot write SECRETS: {e}"))?;
+    fsync_dir(dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))
 }
 
 /// The release id `current` points to, if any.

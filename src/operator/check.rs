@@ -50,6 +50,7 @@ pub fn check(project: &Project, args: &CheckArgs, reporter: &Reporter) -> Result
         secrets,
         args::parse_pairs("--set", &args.set)?,
         args::parse_pairs("--env", &args.env)?,
+        reporter,
     )?;
     let mut text = rendered_files(&plan);
     text.push_str(&format!(

@@ -14,85 +14,52 @@ use serde_json::json;
 use crate::error::Error;
 use crate::protocol::{ResourceStatus, wire_enum};
 
-/// What replaces a secret value in any output.
-pub const MASK: &str = "********";
+pub use crate::protocol::mask::MASK;
+use crate::protocol::mask::{Masker, SecretValue};
 
-/// Where a secret value is masked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MaskScope {
-    /// Wherever it occurs.
-    Anywhere,
-    /// Only where it stands as a whole word (no letter or digit on either side):
-    /// for short values the user accepted, so `1` does not blank every `1`.
-    WholeWord,
+/// The secrets registered so far and the masker built from them.
+struct Registry {
+    secrets: Vec<SecretValue>,
+    masker: Masker,
 }
 
-fn secrets() -> &'static Mutex<Vec<(String, MaskScope)>> {
-    static SECRETS: OnceLock<Mutex<Vec<(String, MaskScope)>>> = OnceLock::new();
-    SECRETS.get_or_init(|| Mutex::new(Vec::new()))
+fn registry() -> &'static Mutex<Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Mutex::new(Registry {
+            secrets: Vec::new(),
+            masker: Masker::new(&[]),
+        })
+    })
 }
 
-/// Registers a secret value: from now on it is masked in everything printed.
-pub fn register_secret(value: &str, scope: MaskScope) {
+/// Registers a secret value: from now on it is masked, in every form, in
+/// everything printed (see `protocol::mask`).
+pub fn register_secret(value: &str, allow_short: bool) {
     if value.is_empty() {
         return;
     }
-    let mut list = secrets().lock().unwrap_or_else(|e| e.into_inner());
-    if !list.iter().any(|(s, _)| s == value) {
-        list.push((value.to_string(), scope));
-        // Longest first, so a secret containing another is masked whole.
-        list.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    let mut registry = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let secret = SecretValue {
+        value: value.to_string(),
+        allow_short,
+    };
+    if !registry.secrets.contains(&secret) {
+        registry.secrets.push(secret);
+        registry.masker = Masker::new(&registry.secrets);
     }
 }
 
 /// `text` with every registered secret value masked.
 pub fn redact(text: &str) -> String {
-    let list = secrets().lock().unwrap_or_else(|e| e.into_inner());
-    let mut out = text.to_string();
-    for (secret, scope) in list.iter() {
-        if out.contains(secret.as_str()) {
-            out = match scope {
-                MaskScope::Anywhere => out.replace(secret.as_str(), MASK),
-                MaskScope::WholeWord => replace_whole_words(&out, secret),
-            };
-        }
-    }
-    out
-}
-
-fn replace_whole_words(text: &str, word: &str) -> String {
-    let is_word_char = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
-    let mut out = String::with_capacity(text.len());
-    let mut rest = 0;
-    for (at, _) in text.match_indices(word) {
-        if at < rest {
-            continue;
-        }
-        let before = text[..at].chars().next_back();
-        let after = text[at + word.len()..].chars().next();
-        if !is_word_char(before) && !is_word_char(after) {
-            out.push_str(&text[rest..at]);
-            out.push_str(MASK);
-            rest = at + word.len();
-        }
-    }
-    out.push_str(&text[rest..]);
-    out
+    let registry = registry().lock().unwrap_or_else(|e| e.into_inner());
+    registry.masker.mask(text).into_owned()
 }
 
 /// `value` with every string in it (keys too) masked: done before encoding.
 pub fn redact_value(value: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => Value::String(redact(&s)),
-        Value::Array(items) => Value::Array(items.into_iter().map(redact_value).collect()),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (redact(&k), redact_value(v)))
-                .collect(),
-        ),
-        other => other,
-    }
+    let registry = registry().lock().unwrap_or_else(|e| e.into_inner());
+    registry.masker.mask_json(value)
 }
 
 /// One JSON line, masked before it is encoded.
@@ -196,7 +163,7 @@ impl Reporter {
         {
             p.in_flight.retain(|(h, _)| h != host);
             p.bar.inc(1);
-            p.bar.set_message(in_flight_message(&p.in_flight));
+            p.bar.set_message(redact(&in_flight_message(&p.in_flight)));
         }
     }
 
@@ -232,7 +199,7 @@ impl Reporter {
                 Some(entry) => entry.1 = step.to_string(),
                 None => p.in_flight.push((host.to_string(), step.to_string())),
             }
-            p.bar.set_message(in_flight_message(&p.in_flight));
+            p.bar.set_message(redact(&in_flight_message(&p.in_flight)));
             return;
         }
         {
@@ -254,8 +221,9 @@ impl Reporter {
         if self.json {
             self.json_line(&json!({"event": "log", "host": host, "line": line}));
         } else {
+            // The host name too: a secret may be anything, a host name included.
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "[{host}] {}", redact(line));
+            let _ = writeln!(out, "{}", redact(&format!("[{host}] {line}")));
         }
     }
 
@@ -356,10 +324,10 @@ mod tests {
 
     #[test]
     fn registered_secrets_are_masked_longest_first() {
-        register_secret("hunter2", MaskScope::Anywhere);
-        register_secret("hunter2-extra", MaskScope::Anywhere);
+        register_secret("hunter2-pass", false);
+        register_secret("hunter2-pass-extra", false);
         assert_eq!(
-            redact("pw=hunter2-extra and hunter2"),
+            redact("pw=hunter2-pass-extra and hunter2-pass"),
             "pw=******** and ********"
         );
     }
@@ -367,7 +335,7 @@ mod tests {
     #[test]
     fn secrets_that_json_would_escape_are_masked_before_encoding() {
         let secret = "s3\"cr\\et\n\u{1}ü-9f1e";
-        register_secret(secret, MaskScope::Anywhere);
+        register_secret(secret, false);
         let value = json!({"line": format!("pw={secret}"), secret: [secret]});
         let text = json_text(&value);
         let back: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
@@ -378,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_short_secret_is_masked_only_as_a_whole_word() {
-        register_secret("x9", MaskScope::WholeWord);
+        register_secret("x9", true);
         assert_eq!(
             redact("pw=x9; id x9x9, ax9 x9b (x9)"),
             "pw=********; id x9x9, ax9 x9b (********)"

@@ -19,6 +19,7 @@ use crate::protocol::manifest::{
     HealthSpec, LogSpec, MANIFEST_FORMAT, ManifestFile, ReleaseManifest, ReloadSpec, RestartSpec,
     RunSpec, StopHook, StopSpec, VersionCheckSpec,
 };
+use crate::protocol::mask::SecretValue;
 
 /// Inputs of one deploy that do not come from the project file.
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub struct HostPlan {
     pub manifest: ReleaseManifest,
     /// Rendered config files.
     pub files: Vec<FileContent>,
+    /// The secret values the host masks in what it answers and records.
+    pub secrets: Vec<SecretValue>,
 }
 
 /// A whole deploy, planned before any host is touched.
@@ -231,7 +234,20 @@ fn plan_host(
         spec: spec.clone(),
         manifest: manifest_base(manifest_files, run),
         files,
+        secrets: secret_values(stage, inputs),
     })
+}
+
+/// The stage's secret values with their `allow_short`, for the host's masking.
+fn secret_values(stage: &ResolvedStage, inputs: &DeployInputs) -> Vec<SecretValue> {
+    inputs
+        .secrets
+        .iter()
+        .map(|(name, value)| SecretValue {
+            value: value.clone(),
+            allow_short: stage.secrets.get(name).is_some_and(|s| s.allow_short),
+        })
+        .collect()
 }
 
 /// The `[stop]` settings; a hook command is rendered like `[service] command`.
@@ -476,6 +492,15 @@ secrets = { db_password = { env = "PW" } }
         assert_eq!(host.files[1].content, "url=jdbc:x\npassword=s3cr3t-pw\n");
         assert!(host.files[1].secret);
         assert_eq!(m.files[1].sha256, None, "no hash of a secret file");
+        // The host is told the value to mask, not the manifest.
+        assert_eq!(
+            host.secrets,
+            [SecretValue {
+                value: "s3cr3t-pw".into(),
+                allow_short: false
+            }]
+        );
+        assert!(!serde_json::to_string(m).unwrap().contains("s3cr3t-pw"));
         assert!(host.files[2].content.contains("version=1.2.3\n"));
         assert!(host.files[2].content.contains("deployed_by=me@box\n"));
         assert!(

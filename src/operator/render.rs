@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
 use crate::error::{Error, Result};
-use crate::operator::config::{Config, SecretFrom, StageSecret};
+use crate::operator::config::{Config, ResolvedStage, SecretFrom, StageSecret};
 use crate::operator::output;
+use crate::protocol::mask::{Masker, SecretValue};
 
 /// A template context: variable name to value.
 pub type Vars = BTreeMap<String, serde_json::Value>;
@@ -121,9 +122,7 @@ pub fn without_secret_variables(command: &mut Command) -> &mut Command {
     command
 }
 
-/// Shortest secret value masked everywhere it occurs; shorter values would
-/// blank ordinary text (a `1` in every timestamp) and so reveal themselves.
-pub const MIN_SECRET_CHARS: usize = 8;
+pub use crate::protocol::mask::MIN_SECRET_CHARS;
 
 /// Reads every secret of a stage and registers its value for masking.
 /// Errors name the secret and its source, never a value.
@@ -136,8 +135,8 @@ pub fn load_secrets(
         let value = read_secret(name, &secret.from, getenv)?;
         let chars = value.chars().count();
         if chars < MIN_SECRET_CHARS && !secret.allow_short {
-            // Masked anyway, in case the value shows up in what is printed next.
-            output::register_secret(&value, output::MaskScope::WholeWord);
+            // Masked anyway (as a whole word), in case it shows up in what is printed next.
+            output::register_secret(&value, false);
             return Err(Error::config(format!(
                 "secret `{name}` is shorter than {MIN_SECRET_CHARS} characters: a value that short cannot be masked in output without blanking ordinary text (which would reveal it)",
             ))
@@ -145,18 +144,10 @@ pub fn load_secrets(
                 "use at least {MIN_SECRET_CHARS} characters, or set `allow_short = true` on the secret to mask it only where it stands as a whole word"
             )));
         }
-        output::register_secret(&value, mask_scope(chars));
+        output::register_secret(&value, secret.allow_short);
         values.insert(name.clone(), value);
     }
     Ok(values)
-}
-
-fn mask_scope(chars: usize) -> output::MaskScope {
-    if chars < MIN_SECRET_CHARS {
-        output::MaskScope::WholeWord
-    } else {
-        output::MaskScope::Anywhere
-    }
 }
 
 fn read_secret(
@@ -186,12 +177,105 @@ fn read_secret(
     Ok(value)
 }
 
+/// Every non-secret setting as (where, value): each string in the project
+/// file, and the stage's hosts and vars (the built-in `local` stage's too)
+/// and the `--set`/`--env` values. Pure.
+pub fn settings(
+    source: &str,
+    stage: &ResolvedStage,
+    cli: &[(&str, &BTreeMap<String, String>)],
+) -> Vec<(String, String)> {
+    fn walk(path: String, value: &toml::Value, out: &mut Vec<(String, String)>) {
+        match value {
+            toml::Value::String(s) => out.push((path, s.clone())),
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(format!("{path}[{i}]"), item, out);
+                }
+            }
+            toml::Value::Table(table) => {
+                for (key, item) in table {
+                    let path = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    walk(path, item, out);
+                }
+            }
+            other => out.push((path, other.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(table) = toml::from_str::<toml::Table>(source) {
+        walk(String::new(), &toml::Value::Table(table), &mut out);
+    }
+    for (host, _) in &stage.hosts {
+        out.push((format!("stage `{}`'s host", stage.name), host.clone()));
+    }
+    for (name, value) in &stage.vars {
+        out.push((
+            format!("stage `{}`'s var `{name}`", stage.name),
+            value.clone(),
+        ));
+    }
+    for (flag, pairs) in cli {
+        for (name, value) in *pairs {
+            out.push((format!("{flag} {name}"), value.clone()));
+        }
+    }
+    out
+}
+
+/// Checks that no secret value shows in a non-secret setting, which is
+/// written and printed in the clear (non-secret files, argv, the project's
+/// repository): an error for a value masked anywhere; a warning, returned,
+/// for a short one the user allowed (masked as a whole word, which the
+/// setting will show as `********`). Never names a value. Pure.
+pub fn check_secrets_against_settings(
+    settings: &[(String, String)],
+    sources: &BTreeMap<String, StageSecret>,
+    values: &BTreeMap<String, String>,
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    for (name, value) in values {
+        let masker = |allow_short| {
+            Masker::new(&[SecretValue {
+                value: value.clone(),
+                allow_short,
+            }])
+        };
+        let found = |masker: &Masker| {
+            settings
+                .iter()
+                .find(|(_, v)| masker.mask(v) != v.as_str())
+                .map(|(place, _)| place.clone())
+        };
+        // The value, or one of its lines, long enough to be masked anywhere.
+        if value.chars().count() >= MIN_SECRET_CHARS
+            && let Some(place) = found(&masker(false))
+        {
+            return Err(Error::config(format!(
+                "secret `{name}` occurs in {place}, a setting that is not secret: that setting is written and shown in the clear (config files, command lines, the project's repository), so the secret would be too"
+            ))
+            .hint("use a secret value that occurs in no other setting (shipjar masks it wherever it prints it, that setting included)"));
+        }
+        let allow_short = sources.get(name).is_some_and(|s| s.allow_short);
+        if let Some(place) = found(&masker(allow_short)) {
+            warnings.push(format!(
+                "secret `{name}` (or a short line of it) occurs as a word in {place}: it is masked there too wherever shipjar prints it"
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
 /// Registers for masking every secret that can be read now, ignoring the rest:
 /// for commands that only show things and do not need the values.
 pub fn mask_available_secrets(sources: &BTreeMap<String, StageSecret>) {
     for (name, secret) in sources {
         if let Ok(value) = read_secret(name, &secret.from, &|var| std::env::var(var).ok()) {
-            output::register_secret(&value, mask_scope(value.chars().count()));
+            output::register_secret(&value, secret.allow_short);
         }
     }
 }
@@ -313,6 +397,65 @@ mod tests {
             output::redact("pin 1 at 2026-11-30T01:02:03Z"),
             "pin ******** at 2026-11-30T01:02:03Z"
         );
+    }
+
+    /// A project with one stage `prod`, its secret `pw` from `PW`.
+    fn project_and_stage(allow_short: bool) -> (crate::operator::config::Project, ResolvedStage) {
+        let text = format!(
+            "[service]\nname = \"inventory\"\njar = \"app.jar\"\n\
+             [stages.prod]\nhosts = [\"app1.example.com\"]\n\
+             vars = {{ db_user = \"inv-user-1\" }}\n\
+             secrets = {{ pw = {{ env = \"PW\", allow_short = {allow_short} }} }}\n"
+        );
+        let project = crate::operator::config::load_str(&text).expect("valid project");
+        let stage = project.stage("prod").expect("stage prod");
+        (project, stage)
+    }
+
+    fn check_value(value: &str, allow_short: bool) -> Result<Vec<String>> {
+        let (project, stage) = project_and_stage(allow_short);
+        let set = BTreeMap::from([("extra".to_string(), "x".to_string())]);
+        let settings = settings(&project.source, &stage, &[("--set", &set)]);
+        let values = BTreeMap::from([("pw".to_string(), value.to_string())]);
+        check_secrets_against_settings(&settings, &stage.secrets, &values)
+    }
+
+    #[test]
+    fn a_secret_in_a_setting_that_is_not_secret_is_refused_without_naming_it() {
+        for (value, place) in [
+            ("inventory-db", "no such place"),
+            ("app1.example.com", "stages.prod.hosts[0]"),
+            ("-----BEGIN-----\ninv-user-1\n-----END-----", "db_user"),
+        ] {
+            let result = check_value(value, false);
+            if place == "no such place" {
+                assert_eq!(result.expect("no collision"), Vec::<String>::new());
+                continue;
+            }
+            let err = result.expect_err(value);
+            assert_eq!(err.exit_code(), 2);
+            assert!(
+                err.message.starts_with("secret `pw` occurs in "),
+                "{}",
+                err.message
+            );
+            assert!(err.message.contains(place), "{}", err.message);
+            assert!(!err.to_string().contains(value), "{err}");
+        }
+        // The service name.
+        let err = check_value("inventory", false).expect_err("the service name");
+        assert!(err.message.contains("service.name"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_short_allowed_secret_in_a_setting_is_a_warning() {
+        let warnings = check_value("app1", true).expect("a warning, not an error");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("secret `pw` (or a short line of it) occurs as a word in "),
+            "{warnings:?}"
+        );
+        assert!(check_value("pp1", true).expect("no collision").is_empty());
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub const CDS_ARCHIVE: &str = "cds.jsa";
 /// files differ goes on without the archive.
 pub const CDS_IDENTITY: &str = "cds.json";
 
+/// A release's secret values to mask (`releases/<id>/SECRETS`, JSON, the
+/// agent's user only, 0600): what the agent and the supervisor mask in what
+/// they answer and record. See `protocol::mask`.
+pub const RELEASE_SECRETS: &str = "SECRETS";
+
 /// The locks of one service, each a file in [`Layout::locks_dir`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lock {
@@ -88,6 +93,9 @@ pub enum Lock {
     Keeper,
     /// Held by the runner of a proxied service while it lives.
     Runner,
+    /// Held while a deploy, rollback, restart or reload changes what runs:
+    /// one at a time per service (two would pick the same idle instance).
+    Switch,
 }
 
 impl Lock {
@@ -98,6 +106,7 @@ impl Lock {
             Lock::Supervisor => "the supervisor lock",
             Lock::Keeper => "the proxy keeper's lock",
             Lock::Runner => "the runner's lock",
+            Lock::Switch => "the switch lock",
         }
     }
 }
@@ -281,6 +290,7 @@ impl Layout {
             (Lock::Supervisor, Some(port)) => format!("supervisor-{port}.lock"),
             (Lock::Keeper, _) => "keeper.lock".to_string(),
             (Lock::Runner, _) => "runner.lock".to_string(),
+            (Lock::Switch, _) => "switch.lock".to_string(),
         };
         self.locks_dir().join(name)
     }
@@ -290,7 +300,7 @@ impl Layout {
     /// mutex (they flocked the run directory, for a moment at a time).
     pub fn legacy_lock_file(&self, lock: Lock) -> Option<PathBuf> {
         match lock {
-            Lock::Deploy => None,
+            Lock::Deploy | Lock::Switch => None,
             Lock::Supervisor => Some(self.run_dir().join("supervisor.lock")),
             Lock::Keeper => Some(self.proxy_dir().join("keeper.lock")),
             Lock::Runner => Some(self.proxy_dir().join("runner.lock")),

@@ -179,6 +179,10 @@ pub struct PrepareSpec {
     pub manifest: ReleaseManifest,
     /// Rendered config files.
     pub files: Vec<FileContent>,
+    /// The stage's secret values: the host masks them in what it answers
+    /// and records, and keeps them only in the release's `SECRETS` file.
+    #[serde(default)]
+    pub secrets: Vec<crate::protocol::mask::SecretValue>,
 }
 
 /// What `provision` should establish on a host.

@@ -18,6 +18,7 @@ pub mod files;
 pub mod hook_wait;
 pub mod layout;
 pub mod manifest;
+pub mod mask;
 mod messages;
 pub mod names;
 pub mod shell;
@@ -30,4 +31,6 @@ pub(crate) use wire_enum::wire_enum;
 
 /// Protocol version; operator and agent must agree exactly.
 /// 2: the agent announces how long a long request may take (`expect`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: `prepare` carries the secret values the host masks (an agent of
+/// version 2 would refuse the field; the version mismatch says why).
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -88,11 +88,12 @@ pub fn file_name(name: &str) -> Result<&std::path::Path, String> {
 /// Names shipjar itself writes in a release directory; `[service] jar`
 /// (the artifact's link there) must not take one of them, or writing the
 /// release would go through the link into the artifact store.
-pub const RESERVED_IN_RELEASE: [&str; 4] = [
+pub const RESERVED_IN_RELEASE: [&str; 5] = [
     super::manifest::MANIFEST_FILE,
     "config",
     super::layout::CDS_ARCHIVE,
     super::layout::CDS_IDENTITY,
+    super::layout::RELEASE_SECRETS,
 ];
 
 /// The name of the artifact's link in a release (`[service] jar`): one plain
@@ -123,7 +124,7 @@ mod tests {
     fn a_jar_name_is_plain_and_not_one_shipjar_writes() {
         assert!(jar_name("hello.jar").is_ok());
         for bad in [
-            "RELEASE", "config", "cds.jsa", "cds.json", ".x.jar", "a/b.jar", "",
+            "RELEASE", "config", "cds.jsa", "cds.json", "SECRETS", ".x.jar", "a/b.jar", "",
         ] {
             assert!(jar_name(bad).is_err(), "{bad:?} accepted");
         }

@@ -242,28 +242,18 @@ pub fn leftovers(s: &mut Suite) {
     }
 }
 
-/// The ways a secret could be written out: raw, JSON-escaped, shell-quoted.
-fn encodings(secret: &str) -> Vec<Vec<u8>> {
-    let json = serde_json::to_string(secret).unwrap_or_default();
-    let json = json[1..json.len() - 1].to_string();
-    let shell = format!("'{}'", secret.replace('\'', "'\\''"));
-    let mut all = vec![secret.as_bytes().to_vec()];
-    for e in [json, shell] {
-        if !all.contains(&e.as_bytes().to_vec()) {
-            all.push(e.into_bytes());
-        }
-    }
-    all
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The secret file itself: a `database.properties` readable by owner (and group) only.
+/// The secret files themselves: a `database.properties` readable by owner
+/// (and group) only, and a release's `SECRETS` (the values its host masks),
+/// readable by its owner only.
 fn allowed_secret_file(path: &Path) -> bool {
     let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777);
-    path.file_name().is_some_and(|n| n == "database.properties") && (mode == 0o600 || mode == 0o640)
+    let name = path.file_name().unwrap_or_default();
+    (name == "database.properties" && (mode == 0o600 || mode == 0o640))
+        || (name == "SECRETS" && mode == 0o600)
 }
 
 fn scan_dir(dir: &Path, needles: &[Vec<u8>], found: &mut Vec<String>, allowed: &mut u32) {
@@ -297,20 +287,25 @@ fn scan_dir(dir: &Path, needles: &[Vec<u8>], found: &mut Vec<String>, allowed: &
     }
 }
 
-/// No secret, in any encoding, anywhere but its own 0600/0640 file: not in
-/// shipjar's output, the project, the hosts' disks (their overlay upper
-/// dirs, on this machine), /run and /tmp inside the hosts, nor any host
-/// process's environment or command line.
+/// No secret, in any form (`common::secret_forms`: raw, each line, JSON,
+/// URL-encoded, base64, shell-quoted), anywhere but its own 0600/0640 file:
+/// not in shipjar's output, the project, the hosts' disks (their overlay
+/// upper dirs, on this machine), /run and /tmp inside the hosts, nor any
+/// host process's environment or command line. Each place found counts as a leak.
 pub fn scan_secrets(s: &mut Suite) {
     let needles: Vec<Vec<u8>> = s
         .secrets_used
         .iter()
         .filter(|x| x.len() >= 8)
-        .flat_map(|x| encodings(x))
+        .flat_map(|x| crate::common::secret_forms::forms(x))
+        .map(|(_, bytes)| bytes)
         .collect();
     let mut found = Vec::new();
-    if needles.iter().any(|n| contains(&s.transcript, n)) {
-        found.push("shipjar's output".to_string());
+    for secret in s.secrets_used.iter().filter(|x| x.len() >= 8) {
+        let forms = crate::common::secret_forms::found(&s.transcript, secret);
+        if !forms.is_empty() {
+            found.push(format!("shipjar's output ({})", forms.join(", ")));
+        }
     }
     let mut allowed = 0;
     scan_dir(s.dir.path(), &needles, &mut found, &mut allowed);
@@ -343,6 +338,7 @@ pub fn scan_secrets(s: &mut Suite) {
         }
     }
     if !found.is_empty() {
+        s.counts.leaks += found.len() as u32;
         s.fail(format!("a secret appears in: {found:?}"));
     }
 }

@@ -1,12 +1,32 @@
 //! Secrets with quotes, backslashes, newlines and unicode arrive byte-exact
 //! in their file and nowhere else; a short one is refused unless allowed.
+//! A multi-line one the service prints in its log (raw, JSON, base64,
+//! URL-encoded) is masked by `shipjar logs`, text and `--json`.
 
+use crate::common::secret_forms::{base64, url_encode};
 use crate::{Suite, text};
+
+/// The service's log on the hosts.
+const CONSOLE_LOG: &str = "/var/log/hello/console.log";
+
+/// What a careless service prints about `secret`: the value, its JSON, its
+/// URL-encoded form in a request line, and a base64 blob holding it.
+fn careless_output(secret: &str) -> String {
+    format!(
+        "connecting with key:\n{secret}\nconfig {}\nGET /login?key={}&x=1\nblob {}\n",
+        serde_json::json!({ "key": secret }),
+        url_encode(secret, false, true),
+        base64(format!("key={secret};").as_bytes()),
+    )
+}
 
 pub fn secrets(s: &mut Suite) {
     let original = s.secret.clone();
     let pid = std::process::id();
     let values = [
+        format!(
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B{pid}\nQEFAASCBKcwggSjAgEAAoIBAQC7\nZw==\n-----END PRIVATE KEY-----"
+        ),
         format!("dq\"uote-{pid}-\"x\""),
         format!("back\\slash\\n-{pid}\\"),
         format!("new\nline-{pid}\r\nend"),
@@ -34,6 +54,9 @@ pub fn secrets(s: &mut Suite) {
         if v.contains('\n') {
             // Slow (it uploads a temporary agent): once, with the worst secret.
             let _ = s.run(&["provision", "one", "--dry-run"]);
+        }
+        if v.starts_with("-----BEGIN") {
+            logs_mask_what_the_service_printed(s, &v);
         }
         let file = s.fleet.exec(
             "app1",
@@ -102,4 +125,47 @@ pub fn secrets(s: &mut Suite) {
     }
     std::fs::write(&path, config).expect("restore config");
     s.secret = original;
+}
+
+/// The service prints `secret` in its log; `logs` (text and `--json`) must
+/// show none of it. The lines are removed again, so the final scan of the
+/// hosts' disks looks only for what shipjar wrote.
+fn logs_mask_what_the_service_printed(s: &mut Suite, secret: &str) {
+    s.counts.faults += 1;
+    let printed = careless_output(secret);
+    let out = s.fleet.exec(
+        "app1",
+        &[
+            "sh",
+            "-c",
+            "size=$(stat -c %s \"$1\") && printf %s \"$2\" >> \"$1\" && echo \"$size\"",
+            "sh",
+            CONSOLE_LOG,
+            &printed,
+        ],
+    );
+    let size = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if size.parse::<u64>().is_err() {
+        s.fail(format!(
+            "could not write into {CONSOLE_LOG}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        return;
+    }
+    for args in [
+        &["logs", "one", "-n", "200"][..],
+        &["--json", "logs", "one", "-n", "200"],
+    ] {
+        let out = s.run(args);
+        let all = text(&out);
+        if out.status.code() != Some(0) || !all.contains("********") {
+            s.fail(format!(
+                "`shipjar {}` did not show the masked lines: {all}",
+                args.join(" ")
+            ));
+        }
+    }
+    let _ = s
+        .fleet
+        .exec("app1", &["truncate", "-s", &size, CONSOLE_LOG]);
 }

@@ -138,7 +138,7 @@ pub fn open_read(dir: &GuardedDir, name: &OsStr) -> Result<Option<File>, String>
     }
 }
 
-/// The last `n` lines of one file (lossy UTF-8, long lines cut), oldest first.
+/// The last `n` lines of one file (lossy UTF-8, masked, long lines cut), oldest first.
 fn tail_of(dir: &GuardedDir, name: &OsStr, n: usize) -> Result<Vec<String>, String> {
     let Some(mut file) = open_read(dir, name)? else {
         return Ok(Vec::new());
@@ -164,7 +164,8 @@ fn tail_of(dir: &GuardedDir, name: &OsStr, n: usize) -> Result<Vec<String>, Stri
     Ok(lines[skip..]
         .iter()
         .map(|line| {
-            let line = line.trim_end_matches('\r');
+            // Masked before it is cut, so no part of a secret is kept.
+            let line = crate::host::secrets::mask(line.trim_end_matches('\r'));
             match line.char_indices().nth(MAX_TAIL_LINE) {
                 Some((cut, _)) => format!("{}…", &line[..cut]),
                 None => line.to_string(),
@@ -199,6 +200,21 @@ mod tests {
         std::os::unix::fs::symlink(&secret, &path).expect("symlink");
         let err = tail_checked(&path, 3).expect_err("a link");
         assert!(err.contains("is a symlink"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_cut_by_the_line_limit_is_masked_whole() {
+        use crate::protocol::mask::{Masker, SecretValue};
+        let secret = "cut-secret-3f9a1c7e-0b";
+        crate::host::secrets::use_masker(Masker::new(&[SecretValue {
+            value: secret.into(),
+            allow_short: false,
+        }]));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        std::fs::write(&path, format!("{}{secret} tail\n", "x".repeat(490))).unwrap();
+        let shown = tail(&path, 1);
+        assert_eq!(shown, [format!("{}******** t…", "x".repeat(490))]);
     }
 
     #[test]

@@ -155,7 +155,7 @@ impl LogPipe {
     /// Logs `2026-11-26T14:03:01.123Z [shipjar] MESSAGE` at this point of
     /// the service's output.
     pub fn event(&self, message: &str) {
-        let line = event_line(message);
+        let line = event_line(&crate::host::secrets::mask(message));
         if self.echo {
             let _ = io::stderr().write_all(line.as_bytes());
         }

@@ -172,9 +172,22 @@ pub fn read_pidfile(path: &Path) -> Pidfile {
     Pidfile::Found { pid, start_ticks }
 }
 
-/// Writes the state file.
+/// Writes the state file, its text masked (`host::secrets`): a reason or a
+/// probe's answer may carry what the service said.
 pub fn write_state(path: &Path, state: &SupervisorState) -> io::Result<()> {
-    let mut json = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+    let mut state = state.clone();
+    for text in [
+        &mut state.last_exit,
+        &mut state.failed_reason,
+        &mut state.last_reload,
+        &mut state.last_probe,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *text = crate::host::secrets::mask(text);
+    }
+    let mut json = serde_json::to_vec_pretty(&state).map_err(io::Error::other)?;
     json.push(b'\n');
     write_atomic(path, &json)
 }

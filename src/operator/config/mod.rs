@@ -123,7 +123,7 @@ fn parse_with_outline(source: &str, file: &Path) -> Result<(Config, Outline)> {
 
 /// Loads `text` as the project file `shipjar.toml` of `/project`.
 #[cfg(test)]
-fn load_str(text: &str) -> Result<Project> {
+pub(crate) fn load_str(text: &str) -> Result<Project> {
     Project::from_source(
         text.to_string(),
         PathBuf::from("shipjar.toml"),

@@ -133,6 +133,7 @@ pub(super) fn lock_host(
         Box::new(PrepareSpec {
             manifest: plan.manifest.clone(),
             files: plan.files.clone(),
+            secrets: plan.secrets.clone(),
         })
     });
     let request = Request::Begin {
@@ -216,6 +217,7 @@ pub(super) fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter:
     let prepare = Request::Prepare(Box::new(PrepareSpec {
         manifest: plan.manifest.clone(),
         files: plan.files.clone(),
+        secrets: plan.secrets.clone(),
     }));
     let result = session.put_and_prepare(&build.sha256, &build.artifact, prepare, &mut on_event);
     run.outcome.uploaded_bytes = session.uploaded_bytes;

@@ -157,7 +157,7 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
     let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
     let build = the_build(project, args, reporter)?;
     // Every template for every host is rendered before any host is touched.
-    let plan = plan_release(project, &stage, &build, secrets, sets, env)?;
+    let plan = plan_release(project, &stage, &build, secrets, sets, env, reporter)?;
     reporter.note(&format!(
         "deploying {} {} (release {}) to {} ({} host{})",
         project.config.service.name,
@@ -230,7 +230,13 @@ pub fn plan_release(
     secrets: BTreeMap<String, String>,
     sets: BTreeMap<String, String>,
     env: BTreeMap<String, String>,
+    reporter: &Reporter,
 ) -> Result<DeployPlan> {
+    // A secret in a setting that is not secret is already in the clear.
+    let settings = render::settings(&project.source, stage, &[("--set", &sets), ("--env", &env)]);
+    for warning in render::check_secrets_against_settings(&settings, &stage.secrets, &secrets)? {
+        reporter.note(&format!("warning: {warning}"));
+    }
     let deployed_at = now_rfc3339();
     let inputs = DeployInputs {
         release_id: plan::release_id(&deployed_at),
@@ -257,6 +263,8 @@ fn read_template(project: &Project, path: &str) -> Result<String> {
 /// `shipjar rollback STAGE [--to ID]`.
 pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> Result<i32> {
     let stage = project.stage(&args.stage)?;
+    // Hooks and a failed health check may print what the service said: mask what can be read.
+    render::mask_available_secrets(&stage.secrets);
     let wait = parse_wait(args.wait.as_deref())?;
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let mut runs: Vec<Run> = stage

@@ -34,6 +34,8 @@ pub fn unlock(
     reporter: &Reporter,
 ) -> Result<i32> {
     let stage = project.stage(stage_name)?;
+    // The lock's record names a deployer, a machine and a command line, any of which may hold a secret.
+    crate::operator::render::mask_available_secrets(&stage.secrets);
     let fleet = Fleet::for_stage(project, &stage, fleet_args)?;
     let rows: Vec<(String, Result<Option<String>, String>)> =
         query_all(&fleet, &stage.hosts, Request::Unlock)

@@ -44,6 +44,8 @@ pub enum Mode {
 
 /// Runs the supervisor; returns its exit code (0 after a requested stop).
 pub fn run(layout: &Layout, mode: Mode) -> i32 {
+    // Its events, state file and probe answers may carry what the service said.
+    crate::host::secrets::mask_with(layout);
     let notifier = match mode {
         Mode::Detached => None,
         Mode::Foreground => Notifier::from_env().map(Rc::new),
