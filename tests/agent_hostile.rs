@@ -333,3 +333,35 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn an_agent_whose_operator_is_gone_releases_the_lock_at_once() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let root = base.path().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let mut agent = Agent::start(&root);
+    let holder = json!({"deployer": "me@box", "pid": 1, "command": "test", "since": "t"});
+    let begun = agent.call(
+        json!({"type": "begin", "holder": holder, "artifact_sha256": null, "lease_ms": 60000, "prepare": null}),
+        b"",
+    );
+    assert_eq!(begun["type"], "begun", "{begun}");
+    // The operator dies without `finish`: the agent's input ends (its
+    // stdin is replaced by a closed one).
+    let (_, reader) = std::os::unix::net::UnixStream::pair().expect("pair");
+    drop(std::mem::replace(
+        &mut agent.stdin,
+        ChildStdin::from(std::os::fd::OwnedFd::from(reader)),
+    ));
+    let status = agent.child.wait().expect("the agent exits");
+    assert!(status.success(), "{status}");
+    // The next deploy finds the lock free, not a lease to wait out.
+    let mut next = Agent::start(&root);
+    let holder = json!({"deployer": "next@box", "pid": 2, "command": "test", "since": "t"});
+    let begun = next.call(
+        json!({"type": "begin", "holder": holder, "artifact_sha256": null, "lease_ms": 60000, "prepare": null}),
+        b"",
+    );
+    assert_eq!(begun["type"], "begun", "{begun}");
+    assert_eq!(begun["took_over"], serde_json::Value::Null, "{begun}");
+}

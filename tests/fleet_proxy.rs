@@ -2,7 +2,9 @@
 //! sshd (tests/support/fleet.rs), each running hello behind shipjar's proxy,
 //! deployed in rolling batches while a keep-alive client per host (in the
 //! test, outside the hosts, talking to each host's own address) asks
-//! through the proxy without pause. Root only.
+//! through the proxy without pause; then a remote client's forged
+//! forwarding headers, and a new release's limit taken by the worker
+//! running as the service user. Root only.
 
 mod common;
 #[path = "support/fleet.rs"]
@@ -139,4 +141,55 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
         assert_eq!(h["status"]["reported_version"], "1.0.0", "{h}");
         assert_eq!(h["flags"], serde_json::json!([]), "{h}");
     }
+
+    // A remote client's forged forwarding headers never reach the service.
+    for host in f.hosts() {
+        let answer = one_request(
+            &format!("{}:{PORT}", f.ip(&host)),
+            "GET /headers HTTP/1.1\r\nHost: hello.test\r\nX-Forwarded-For: 10.9.9.9\r\n\
+             Forwarded: for=10.9.9.9\r\nConnection: close, X-Forwarded-For\r\n\r\n",
+        );
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let seen: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let xff = seen["x-forwarded-for"].as_str().unwrap_or_default();
+        assert!(
+            xff.parse::<std::net::IpAddr>().is_ok() && xff != "10.9.9.9",
+            "{host}: {answer}"
+        );
+        assert!(seen.get("forwarded").is_none(), "{host}: {answer}");
+    }
+
+    // The worker, as the service user, adopts a new release's limits.
+    let config = dir.path().join("shipjar.toml");
+    let before = std::fs::read_to_string(&config).expect("config");
+    let after = before.replace(
+        "ports = [18081, 18082] }",
+        "ports = [18081, 18082], upstream_timeout = \"1s\" }",
+    );
+    assert_ne!(before, after);
+    std::fs::write(&config, after).expect("write config");
+    let limited = deploy(dir.path(), &secret, "4.0.0", &[]);
+    assert_eq!(limited.status.code(), Some(0), "{}", text(&limited));
+    for host in f.hosts() {
+        let answer = one_request(
+            &format!("{}:{PORT}", f.ip(&host)),
+            "GET /slow?ms=3000 HTTP/1.1\r\nHost: hello.test\r\nConnection: close\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 504"), "{host}: {answer}");
+    }
+}
+
+/// `request` on a fresh connection to `addr`; everything until the proxy closes it.
+fn one_request(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().expect("address");
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .expect("connect to the proxy");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
 }

@@ -66,6 +66,11 @@ impl Drop for Cleanup {
 
 /// The example behind a proxy on the project's port, instances on two free ports.
 fn proxied_project() -> (Project, [u16; 2]) {
+    proxied_project_with("")
+}
+
+/// `proxied_project` with `extra` lines in its `[proxy]` section.
+fn proxied_project_with(extra: &str) -> (Project, [u16; 2]) {
     let ports = [free_port(), free_port()];
     let p = Project::with_config(|c| {
         let port = c
@@ -75,7 +80,7 @@ fn proxied_project() -> (Project, [u16; 2]) {
             .unwrap_or_default()
             .to_string();
         format!(
-            "{c}\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nports = [{}, {}]\ndrain_timeout = \"20s\"\nhold = \"5s\"\n",
+            "{c}\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nports = [{}, {}]\ndrain_timeout = \"20s\"\nhold = \"5s\"\n{extra}",
             ports[0], ports[1]
         )
     });
@@ -625,6 +630,347 @@ fn a_failed_start_says_why_and_leaves_nothing_running() {
     let start = p.run(&["service", "start", "hello", "--root", &root]);
     assert_eq!(start.status.code(), Some(0), "{}", text(&start));
     assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
+}
+
+/// One HTTP/1.1 connection written to by hand, for what a well-behaved
+/// client would never send.
+struct Raw {
+    reader: std::io::BufReader<TcpStream>,
+}
+
+/// An answer read off a `Raw` connection.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Header names in lower case, in order.
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Raw {
+    /// A connection to the proxy on 127.0.0.1:`port` from 127.0.0.1.
+    fn local(port: u16) -> Raw {
+        Raw::from_source(port, [127, 0, 0, 1])
+    }
+
+    /// A connection to the proxy on 127.0.0.1:`port` from the loopback
+    /// address `source` (the whole of 127.0.0.0/8 is this machine's).
+    fn from_source(port: u16, source: [u8; 4]) -> Raw {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("a runtime to connect with");
+        let stream = runtime
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind((source, 0).into())?;
+                socket.connect(([127, 0, 0, 1], port).into()).await
+            })
+            .and_then(|s| s.into_std())
+            .expect("connect to the proxy");
+        stream.set_nonblocking(false).expect("blocking socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        Raw {
+            reader: std::io::BufReader::new(stream),
+        }
+    }
+
+    fn send(&mut self, bytes: &str) {
+        use std::io::Write;
+        self.reader
+            .get_mut()
+            .write_all(bytes.as_bytes())
+            .expect("write to the proxy");
+    }
+
+    /// The next answer on the connection, or what went wrong reading it.
+    fn answer(&mut self) -> Result<Answer, String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line `{line}`"))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut header = String::new();
+            self.reader
+                .read_line(&mut header)
+                .map_err(|e| format!("read: {e}"))?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header
+                .split_once(':')
+                .ok_or_else(|| format!("bad header `{header}`"))?;
+            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        self.reader
+            .read_exact(&mut body)
+            .map_err(|e| format!("body: {e}"))?;
+        Ok(Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// How long until the proxy closed the connection (end of stream or a
+    /// reset), reading and dropping anything it sends; `None` when it was
+    /// still open after `within`.
+    fn closed_within(&mut self, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(within))
+            .expect("read timeout");
+        let mut buf = [0u8; 1024];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return Some(started.elapsed()),
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                Err(_) => return Some(started.elapsed()),
+            }
+        }
+    }
+}
+
+/// The request headers the instance got, from hello's `/headers`.
+fn headers_seen(answer: &Answer) -> serde_json::Value {
+    assert_eq!(answer.status, 200, "{answer:?}");
+    serde_json::from_str(&answer.body).expect("a JSON object of headers")
+}
+
+#[test]
+fn connection_cannot_remove_or_replace_the_proxys_headers() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut conn = Raw::local(p.port);
+    conn.send(
+        "GET /headers HTTP/1.1\r\nHost: hello.test\r\n\
+         Connection: X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto, Host\r\n\
+         Connection: Forwarded, X-Real-IP, X-Private\r\nX-Private: 1\r\n\r\n",
+    );
+    let seen = headers_seen(&conn.answer().expect("an answer"));
+    assert_eq!(seen["host"], "hello.test", "{seen}");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-host"], "hello.test", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "http", "{seen}");
+    // What the client may name: its own hop-by-hop headers.
+    assert!(seen.get("x-private").is_none(), "{seen}");
+    assert!(seen.get("connection").is_none(), "{seen}");
+}
+
+#[test]
+fn forwarding_headers_are_dropped_from_an_untrusted_peer_and_appended_to_from_a_trusted_one() {
+    let (p, ports) = proxied_project_with("trusted_proxies = [\"127.0.0.2\"]\n");
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let request = "GET /headers HTTP/1.1\r\nHost: hello.test\r\n\
+                   Forwarded: for=10.9.9.9;proto=https\r\nX-Forwarded-For: 10.9.9.9\r\n\
+                   X-Forwarded-Host: admin.internal\r\nX-Forwarded-Proto: https\r\n\
+                   X-Real-IP: 10.9.9.9\r\n\r\n";
+
+    let mut untrusted = Raw::local(p.port);
+    untrusted.send(request);
+    let seen = headers_seen(&untrusted.answer().expect("an answer"));
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-host"], "hello.test", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "http", "{seen}");
+    assert!(seen.get("forwarded").is_none(), "{seen}");
+    assert!(seen.get("x-real-ip").is_none(), "{seen}");
+
+    let mut trusted = Raw::from_source(p.port, [127, 0, 0, 2]);
+    trusted.send(request);
+    let seen = headers_seen(&trusted.answer().expect("an answer"));
+    assert_eq!(seen["x-forwarded-for"], "10.9.9.9, 127.0.0.2", "{seen}");
+    assert_eq!(seen["x-forwarded-host"], "admin.internal", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "https", "{seen}");
+    assert_eq!(seen["forwarded"], "for=10.9.9.9;proto=https", "{seen}");
+    assert_eq!(seen["x-real-ip"], "10.9.9.9", "{seen}");
+}
+
+#[test]
+fn half_a_request_head_is_closed_after_header_timeout_and_an_idle_connection_after_idle_timeout() {
+    let (p, ports) = proxied_project_with("header_timeout = \"1s\"\nidle_timeout = \"3s\"\n");
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Half a head, then nothing: closed once header_timeout has passed.
+    let mut slow = Raw::local(p.port);
+    slow.send("GET /version HTTP/1.1\r\nHost: hello.test\r\n");
+    let closed = slow.closed_within(Duration::from_secs(10));
+    assert!(
+        closed.is_some_and(|t| t >= Duration::from_millis(900)),
+        "half a request head was still open (or closed early) after {closed:?}"
+    );
+
+    // A keep-alive connection idle for longer than header_timeout (but not
+    // idle_timeout) still takes a request; idle past idle_timeout, it is closed.
+    let mut idle = Raw::local(p.port);
+    idle.send("GET /version HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+    assert_eq!(idle.answer().expect("an answer").status, 200);
+    // Pipelined requests (the next head already read while one is answered).
+    idle.send(
+        "GET /slow?ms=1200 HTTP/1.1\r\nHost: hello.test\r\n\r\n\
+         GET /version HTTP/1.1\r\nHost: hello.test\r\n\r\n",
+    );
+    assert_eq!(
+        idle.answer().expect("the first pipelined answer").status,
+        200
+    );
+    assert_eq!(
+        idle.answer().expect("the second pipelined answer").status,
+        200
+    );
+    thread::sleep(Duration::from_millis(1800));
+    idle.send("GET /version HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+    assert_eq!(
+        idle.answer().expect("an answer after 1.8 s idle").status,
+        200
+    );
+    let closed = idle.closed_within(Duration::from_secs(15));
+    assert!(
+        closed.is_some_and(|t| t >= Duration::from_millis(2800)),
+        "an idle connection was still open (or closed early) after {closed:?}"
+    );
+}
+
+#[test]
+fn connections_over_max_connections_are_answered_503_at_once() {
+    let (p, ports) = proxied_project_with("max_connections = 2\n");
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Two connections that send nothing hold the two places.
+    let mut first = Raw::local(p.port);
+    let _second = Raw::local(p.port);
+    thread::sleep(Duration::from_millis(200));
+    // The third is answered without sending its request.
+    let started = Instant::now();
+    let mut third = Raw::local(p.port);
+    let answer = third.answer().expect("an answer over the cap");
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.header("connection"), Some("close"), "{answer:?}");
+    assert!(answer.body.contains("max_connections = 2"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(third.closed_within(Duration::from_secs(5)).is_some());
+    // One that sends its request first gets the answer too, not a reset.
+    for _ in 0..20 {
+        let mut eager = Raw::local(p.port);
+        eager.send("GET /version HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+        let answer = eager.answer().expect("an answer over the cap");
+        assert_eq!(answer.status, 503, "{answer:?}");
+    }
+
+    // A place given back takes the next connection.
+    first.send("GET /version HTTP/1.1\r\nHost: hello.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(first.answer().expect("an answer").status, 200);
+    assert!(first.closed_within(Duration::from_secs(5)).is_some());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = Raw::local(p.port);
+        next.send("GET /version HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+        let status = next.answer().map(|a| a.status);
+        if status == Ok(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no place came free: {status:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_instance_slower_than_upstream_timeout_is_answered_504() {
+    let (p, ports) = proxied_project_with("upstream_timeout = \"1s\"\n");
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut conn = Raw::local(p.port);
+    let started = Instant::now();
+    conn.send("GET /slow?ms=4000 HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+    let answer = conn.answer().expect("an answer");
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 504, "{answer:?}");
+    assert!(answer.body.contains("upstream_timeout"), "{answer:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // A request within the limit is answered, on the same connection.
+    conn.send("GET /slow?ms=100 HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+    let answer = conn.answer().expect("an answer");
+    assert_eq!((answer.status, answer.body.trim()), (200, "slept 100 ms"));
+}
+
+#[test]
+fn the_proxy_serves_with_the_settings_of_the_release_taking_traffic() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let slow = |port: u16| {
+        let mut conn = Raw::local(port);
+        conn.send("GET /slow?ms=2500 HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+        conn.answer().expect("an answer").status
+    };
+    assert_eq!(slow(p.port), 200, "no upstream_timeout yet");
+
+    // `[proxy]` is the file's last section: the next deploy carries a limit.
+    let config = p.path().join("shipjar.toml");
+    let before = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{before}upstream_timeout = \"1s\"\n")).unwrap();
+    let out = p.deploy("2.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        slow(p.port),
+        504,
+        "the running proxy took the new release's limit"
+    );
+
+    // A rollback brings the old release's settings back with it.
+    let back = p.run(&["rollback", "local"]);
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    assert_eq!(slow(p.port), 200, "the rolled-back release has no limit");
 }
 
 /// `proxy.log` is in the service user's log dir, and the proxy's start

@@ -35,7 +35,16 @@ pub fn run(root: &Path) -> i32 {
     loop {
         line.clear();
         match input.read_line(&mut line) {
-            Ok(0) => break,
+            Ok(0) => {
+                // The operator is gone (it ended without `finish`, or was
+                // killed): nothing more will come, so the lock goes now,
+                // not when its lease runs out. A cut link gives no end of
+                // input; there the lease is what frees the stage.
+                if let Some(held) = session.lock.take() {
+                    let _ = lock::release(&held.layout, &held.token);
+                }
+                break;
+            }
             Ok(_) => {}
             Err(e) => {
                 eprintln!("shipjar agent: reading stdin: {e}");

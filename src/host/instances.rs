@@ -295,6 +295,11 @@ mod tests {
             port_env: "PORT".into(),
             drain_timeout_ms: 1,
             hold_ms: 1,
+            header_timeout_ms: 1,
+            idle_timeout_ms: 1,
+            upstream_timeout_ms: None,
+            max_connections: 1,
+            trusted_proxies: Vec::new(),
         };
         assert_eq!(idle_port(&spec, None), 18081);
         assert_eq!(idle_port(&spec, Some(18081)), 18082);

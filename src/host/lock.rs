@@ -1,9 +1,10 @@
 //! The stage's deploy lock on a host: a lease record naming its holder.
 //!
 //! A lease, not a lock held by a process, because the holder is on another
-//! machine: if the deploy dies without releasing it (operator SIGKILLed, host
-//! cut off), the lease simply expires and the next deploy takes over with a
-//! warning. A live deploy renews it. Reads and writes of the record are
+//! machine: if the deploy dies without releasing it and its agent never
+//! learns (host cut off), the lease simply expires and the next deploy
+//! takes over with a warning. (An agent that sees its input end releases
+//! the lock itself.) A live deploy renews it. Reads and writes of the record are
 //! serialised by [`Lock::Deploy`], held for a moment, waited for at most
 //! [`MUTEX_WAIT`].
 

@@ -64,6 +64,18 @@ pub const LOG_COMPRESS: bool = false;
 /// `NAME.log`: that is the name a service's own logging config tends to use.
 pub const LOG_FILE: &str = "console.log";
 
+/// `[proxy] header_timeout`: longest a client may take to send a request's
+/// head, from its first byte (a connection sending half a head is closed).
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `[proxy] idle_timeout`: longest a client's keep-alive connection may sit
+/// between requests before the proxy closes it.
+pub const PROXY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `[proxy] max_connections`: client connections the proxy serves at once;
+/// one more is answered 503 and closed.
+pub const PROXY_MAX_CONNECTIONS: u32 = 512;
+
 /// How much longer than the supervisor's own start or stop limit a watcher
 /// (`service start/stop/reload`, systemd's `TimeoutStartSec`/`TimeoutStopSec`)
 /// waits before it treats the supervisor as hung: the supervisor enforces

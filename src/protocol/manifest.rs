@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::defaults;
+use super::net::IpRange;
 
 /// Manifest format version, bumped on incompatible changes.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -85,6 +86,35 @@ pub struct ProxySpec {
     pub drain_timeout_ms: u64,
     /// How long a new request waits while no instance is healthy.
     pub hold_ms: u64,
+    /// Longest a client may take to send a request's head, from its first byte.
+    #[serde(default = "default_proxy_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Longest a client's keep-alive connection may sit between requests.
+    #[serde(default = "default_proxy_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Longest the instance may take to answer a request's head (504 after);
+    /// `None`: as long as it takes.
+    #[serde(default)]
+    pub upstream_timeout_ms: Option<u64>,
+    /// Client connections served at once; more are answered 503.
+    #[serde(default = "default_proxy_max_connections")]
+    pub max_connections: u32,
+    /// Peers whose `Forwarded`/`X-Forwarded-*`/`X-Real-IP` headers are kept
+    /// (and whose `X-Forwarded-For` is appended to); everyone else's are dropped.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpRange>,
+}
+
+fn default_proxy_header_timeout_ms() -> u64 {
+    defaults::millis(defaults::PROXY_HEADER_TIMEOUT)
+}
+
+fn default_proxy_idle_timeout_ms() -> u64 {
+    defaults::millis(defaults::PROXY_IDLE_TIMEOUT)
+}
+
+fn default_proxy_max_connections() -> u32 {
+    defaults::PROXY_MAX_CONNECTIONS
 }
 
 /// The deploy hooks a release carries for its own activation.

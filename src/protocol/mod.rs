@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod mask;
 mod messages;
 pub mod names;
+pub mod net;
 pub mod shell;
 pub mod status;
 mod wire_enum;

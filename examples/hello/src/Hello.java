@@ -200,7 +200,7 @@ public final class Hello {
     /** Dispatches one request and returns the status code it was answered with. */
     private int route(HttpExchange ex, String method, String path) throws IOException {
         boolean known = path.equals("/") || path.equals("/health") || path.equals("/version")
-                || path.equals("/config") || path.equals("/slow");
+                || path.equals("/config") || path.equals("/slow") || path.equals("/headers");
         if (!known) {
             return send(ex, 404, TEXT, "not found\n");
         }
@@ -227,6 +227,15 @@ public final class Hello {
                 shown.put("db_url", database.getProperty("url", ""));
                 shown.put("db_user", database.getProperty("user", ""));
                 return send(ex, 200, "application/json", toJson(shown));
+            }
+            case "/headers": {
+                // The request's headers as the service got them (names in lower case,
+                // the lines of a repeated header joined by ", "): what a proxy passed on.
+                Map<String, String> seen = new TreeMap<>();
+                for (Map.Entry<String, java.util.List<String>> e : ex.getRequestHeaders().entrySet()) {
+                    seen.put(e.getKey().toLowerCase(Locale.ROOT), String.join(", ", e.getValue()));
+                }
+                return send(ex, 200, "application/json", toJson(seen));
             }
             default: // "/slow"
                 return slow(ex);

@@ -5,8 +5,10 @@
 //! active port to a file by rename (so a restarted worker resumes there),
 //! and waits on the old instance's in-flight count before stopping it.
 
+mod conn;
 #[allow(clippy::disallowed_methods)] // root-only: run/NAME/proxy is root's
 mod files;
+mod headers;
 mod keeper;
 pub mod runner;
 #[allow(clippy::disallowed_methods)] // root-only: the control socket in root's run/NAME/proxy

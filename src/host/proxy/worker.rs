@@ -5,20 +5,24 @@
 //! active when it arrives. Bodies stream both ways. Each request is counted
 //! against its instance until its response body has been sent, so the agent
 //! can wait for the old instance to drain.
+//!
+//! What a client may not do is kept apart: `headers` decides what reaches
+//! the instance (the proxy's own headers set last), `conn` caps and times
+//! out client connections; this file routes.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
@@ -27,7 +31,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
-use super::files;
+use super::conn::{Gate, Guarded, Tracked, Watch};
+use super::{files, headers};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
@@ -39,25 +44,18 @@ type UpBody = Either<Incoming, Empty<Bytes>>;
 /// Body sent to the client: the instance's (counted), or the proxy's own page.
 type DownBody = Either<Counted, Full<Bytes>>;
 
-/// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection and are
-/// never forwarded. A `Connection: close` from a stopping instance must not
-/// close the client's connection.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Shared by every connection.
 struct Shared {
     name: String,
+    /// The spec the proxy started with: its address and instance ports
+    /// hold for its whole life.
     spec: ProxySpec,
+    /// The settings requests and new connections are served with: the
+    /// timeouts, the cap, the trusted proxies, `hold`. The start's, then
+    /// at each switch those of the release taking traffic, so a deploy (or
+    /// a rollback) brings its own.
+    settings: Mutex<Arc<ProxySpec>>,
+    gate: Arc<Gate>,
     /// The active port, 0 for none. Read, counted, read again: see `enter`.
     active: AtomicU16,
     /// Wakes requests held while no instance is active.
@@ -68,6 +66,34 @@ struct Shared {
 }
 
 impl Shared {
+    fn settings(&self) -> Arc<ProxySpec> {
+        self.settings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves with the settings of `release` (its address and ports
+    /// aside) from now on; says what changed.
+    fn adopt(&self, release: ProxySpec) {
+        let next = ProxySpec {
+            listen: self.spec.listen.clone(),
+            ports: self.spec.ports,
+            ..release
+        };
+        let mut settings = self.settings.lock().unwrap_or_else(PoisonError::into_inner);
+        if **settings == next {
+            return;
+        }
+        self.gate.set_max(next.max_connections as usize);
+        raise_open_files(next.max_connections);
+        eprintln!(
+            "shipjar proxy: now serving with {}",
+            describe_settings(&next)
+        );
+        *settings = Arc::new(next);
+    }
+
     fn slot(&self, port: u16) -> Option<&AtomicU64> {
         self.spec
             .ports
@@ -206,10 +232,14 @@ async fn serve(
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
+    raise_open_files(spec.max_connections);
+    let gate = Gate::new(spec.max_connections as usize);
     let (wake, _) = watch::channel(active);
     let shared = Arc::new(Shared {
         name: layout.name().to_string(),
+        settings: Mutex::new(Arc::new(spec.clone())),
         spec,
+        gate: gate.clone(),
         active: AtomicU16::new(active),
         wake,
         inflight: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -222,16 +252,24 @@ async fn serve(
     let control = tokio::net::UnixListener::from_std(control)
         .map_err(|e| format!("the control socket: {e}"))?;
     eprintln!(
-        "shipjar proxy: pid {} on {} (active instance: {})",
+        "shipjar proxy: pid {} on {} (active instance: {}) with {}",
         std::process::id(),
         shared.spec.listen,
-        describe(active)
+        describe(active),
+        describe_settings(&shared.spec)
     );
+    // A worker restarted after a switch serves with the active release's settings.
+    if let Some(release) = release_settings(layout, active) {
+        shared.adopt(release);
+    }
     let control_shared = shared.clone();
+    let control_layout = layout.clone();
     tokio::spawn(async move {
         loop {
             if let Ok((stream, _)) = control.accept().await {
-                tokio::spawn(control_connection(control_shared.clone(), stream));
+                let connection =
+                    control_connection(control_shared.clone(), control_layout.clone(), stream);
+                tokio::spawn(connection);
             }
         }
     });
@@ -247,13 +285,100 @@ async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        let settings = shared.settings();
+        let Some(admitted) = gate.admit() else {
+            gate.refuse(
+                stream,
+                over_cap_answer(&shared.name, settings.max_connections),
+            );
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(shared.clone(), peer, req));
+            let _admitted = admitted;
+            let trusted = settings
+                .trusted_proxies
+                .iter()
+                .any(|range| range.contains(peer.ip()));
+            let watch = Watch::new(
+                Duration::from_millis(settings.header_timeout_ms),
+                Duration::from_millis(settings.idle_timeout_ms),
+            );
+            let io = TokioIo::new(Guarded::new(stream, watch.clone()));
+            let service = service_fn(move |req| {
+                let exchange = watch.begin();
+                let answer = handle(shared.clone(), peer, trusted, req);
+                async move {
+                    let response = answer.await?;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, exchange)))
+                }
+            });
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(io, service)
                 .await;
         });
+    }
+}
+
+/// The proxy settings of the release the instance on `port` runs, when
+/// there is one (0: none) and it has them.
+fn release_settings(layout: &Layout, port: u16) -> Option<ProxySpec> {
+    if port == 0 {
+        return None;
+    }
+    let instance = layout.with_instance(Some(port));
+    let id = crate::host::store::current(&instance)?;
+    crate::host::store::read_manifest(layout, &id).ok()?.proxy
+}
+
+/// The settings a proxy log line names.
+fn describe_settings(spec: &ProxySpec) -> String {
+    let ranges: Vec<String> = spec.trusted_proxies.iter().map(|r| r.to_string()).collect();
+    format!(
+        "header_timeout {} ms, idle_timeout {} ms, upstream_timeout {}, max_connections {}, \
+         trusted_proxies [{}], hold {} ms",
+        spec.header_timeout_ms,
+        spec.idle_timeout_ms,
+        spec.upstream_timeout_ms
+            .map_or_else(|| "none".to_string(), |ms| format!("{ms} ms")),
+        spec.max_connections,
+        ranges.join(", "),
+        spec.hold_ms
+    )
+}
+
+/// The whole answer to a connection over `max_connections`, sent before
+/// its request is read.
+fn over_cap_answer(name: &str, max: u32) -> Bytes {
+    let body = format!(
+        "{name}: too many connections (max_connections = {max}); try again (shipjar proxy)\n"
+    );
+    Bytes::from(format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// Lifts the worker's open-file limit to its hard limit: each client
+/// connection holds a descriptor, and one more to the instance while a
+/// request is in flight. Says so when `max_connections` cannot fit.
+fn raise_open_files(max_connections: u32) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let needed = 2 * u64::from(max_connections) + 64;
+    if limit < needed {
+        eprintln!(
+            "shipjar proxy: warning: the open-file limit {limit} is below the {needed} \
+             that max_connections = {max_connections} may need; connections past it wait"
+        );
     }
 }
 
@@ -326,8 +451,9 @@ fn describe(port: u16) -> String {
 }
 
 /// The control protocol, one line each way: `switch PORT`, `none`,
-/// `inflight PORT`, `status`.
-async fn control_connection(shared: Arc<Shared>, stream: tokio::net::UnixStream) {
+/// `inflight PORT`, `status`. A switch also adopts the settings of the
+/// release on `PORT`.
+async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -336,6 +462,9 @@ async fn control_connection(shared: Arc<Shared>, stream: tokio::net::UnixStream)
             (Some("switch"), Some(Ok(port))) if shared.slot(port).is_some() => {
                 shared.switch(port);
                 eprintln!("shipjar proxy: switched to {}", describe(port));
+                if let Some(release) = release_settings(&layout, port) {
+                    shared.adopt(release);
+                }
                 format!("ok active {port}")
             }
             (Some("none"), None) => {
@@ -382,9 +511,12 @@ fn page(status: StatusCode, text: String) -> Response<DownBody> {
     response
 }
 
+/// One request: routed to the active instance (held while there is none),
+/// its headers as `headers` rules; `trusted`: the peer is a trusted proxy.
 async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    trusted: bool,
     req: Request<Incoming>,
 ) -> Result<Response<DownBody>, Infallible> {
     let websocket = req
@@ -400,12 +532,12 @@ async fn handle(
                 .to_string(),
         ));
     }
-    let hold = Duration::from_millis(shared.spec.hold_ms);
+    let settings = shared.settings();
+    let hold = Duration::from_millis(settings.hold_ms);
     let deadline = tokio::time::Instant::now() + hold;
     let (mut parts, body) = req.into_parts();
     let bodiless = body.is_end_stream();
-    add_forwarded(&mut parts.headers, peer.ip());
-    strip_hop_by_hop(&mut parts.headers);
+    headers::forward_request(&mut parts.headers, peer.ip(), trusted);
     let path = parts
         .uri
         .path_and_query()
@@ -414,7 +546,7 @@ async fn handle(
     let mut body = Some(body);
     loop {
         let Some(flight) = wait_for_active(&shared, deadline).await else {
-            return Ok(unavailable(&shared));
+            return Ok(unavailable(&shared, &settings));
         };
         let mut up = Request::from_parts(parts.clone(), ());
         *up.uri_mut() = match format!("http://127.0.0.1:{}{path}", flight.port).parse::<Uri>() {
@@ -425,10 +557,27 @@ async fn handle(
             Some(b) => Either::Left(b),
             None => Either::Right(Empty::new()),
         };
-        match shared.client.request(up.map(|()| up_body)).await {
+        let sent = shared.client.request(up.map(|()| up_body));
+        let answered = match settings.upstream_timeout_ms {
+            None => sent.await,
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
+                Ok(answered) => answered,
+                Err(_) => {
+                    return Ok(page(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "{}: the instance on port {} did not answer within {ms} ms \
+                             (upstream_timeout, shipjar proxy)",
+                            shared.name, flight.port
+                        ),
+                    ));
+                }
+            },
+        };
+        match answered {
             Ok(response) => {
                 let (mut rparts, rbody) = response.into_parts();
-                strip_hop_by_hop(&mut rparts.headers);
+                headers::strip_hop_by_hop(&mut rparts.headers);
                 let counted = Counted {
                     inner: rbody,
                     _flight: flight,
@@ -440,7 +589,7 @@ async fn handle(
             Err(e) if e.is_connect() && bodiless => {
                 drop(flight);
                 if tokio::time::Instant::now() >= deadline {
-                    return Ok(unavailable(&shared));
+                    return Ok(unavailable(&shared, &settings));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -458,12 +607,12 @@ async fn handle(
 }
 
 /// 503 once `hold` has passed without an instance to take the request.
-fn unavailable(shared: &Shared) -> Response<DownBody> {
+fn unavailable(shared: &Shared, settings: &ProxySpec) -> Response<DownBody> {
     page(
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
             "{}: no healthy instance took this request within {} ms (shipjar proxy)",
-            shared.name, shared.spec.hold_ms
+            shared.name, settings.hold_ms
         ),
     )
 }
@@ -484,64 +633,5 @@ async fn wait_for_active(shared: &Arc<Shared>, deadline: tokio::time::Instant) -
         if !matches!(woke, Ok(Ok(_))) {
             return shared.enter();
         }
-    }
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// `X-Forwarded-For` (appended to), `-Proto`, `-Host`.
-fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(before) => format!("{before}, {client}"),
-        None => client.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(xff, v);
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_headers_append_and_hop_by_hop_go() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert("host", HeaderValue::from_static("example.com"));
-        h.insert("connection", HeaderValue::from_static("close, x-private"));
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        assert_eq!(h["x-forwarded-host"], "example.com");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert!(!h.contains_key("connection"));
-        assert!(!h.contains_key("x-private"));
-        assert!(!h.contains_key("keep-alive"));
     }
 }

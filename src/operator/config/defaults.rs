@@ -83,6 +83,12 @@ pub const PROXY_PORT_ENV: &str = "PORT";
 pub const PROXY_DRAIN_TIMEOUT_MS: u64 = 30_000;
 /// `[proxy] hold`: how long a new request waits while no instance is healthy.
 pub const PROXY_HOLD_MS: u64 = 10_000;
+/// `[proxy] header_timeout`: longest a client may take to send a request's head.
+pub const PROXY_HEADER_TIMEOUT_MS: u64 = millis(shared::PROXY_HEADER_TIMEOUT);
+/// `[proxy] idle_timeout`: longest a keep-alive connection may sit between requests.
+pub const PROXY_IDLE_TIMEOUT_MS: u64 = millis(shared::PROXY_IDLE_TIMEOUT);
+/// `[proxy] max_connections`: client connections served at once.
+pub const PROXY_MAX_CONNECTIONS: u32 = shared::PROXY_MAX_CONNECTIONS;
 
 #[cfg(test)]
 mod tests {

@@ -71,6 +71,20 @@ pub struct Proxy {
     /// How long a new request waits while no instance is healthy.
     #[serde(default = "default_hold")]
     pub hold: Millis,
+    /// Longest a client may take to send a request's head, from its first byte.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Millis,
+    /// Longest a client's keep-alive connection may sit between requests.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Millis,
+    /// Longest the instance may take to answer (504 after); none when left out.
+    pub upstream_timeout: Option<Millis>,
+    /// Client connections served at once; more are answered 503.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: Spanned<u32>,
+    /// Addresses or CIDR blocks whose forwarding headers are trusted.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
 }
 
 fn default_port_env() -> Spanned<String> {
@@ -83,6 +97,18 @@ fn default_drain_timeout() -> Millis {
 
 fn default_hold() -> Millis {
     Millis(defaults::PROXY_HOLD_MS)
+}
+
+fn default_header_timeout() -> Millis {
+    Millis(defaults::PROXY_HEADER_TIMEOUT_MS)
+}
+
+fn default_idle_timeout() -> Millis {
+    Millis(defaults::PROXY_IDLE_TIMEOUT_MS)
+}
+
+fn default_max_connections() -> Spanned<u32> {
+    Spanned::new(0..0, defaults::PROXY_MAX_CONNECTIONS)
 }
 
 /// `[service]`.

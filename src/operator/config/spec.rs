@@ -68,7 +68,8 @@ impl From<&Reload> for ReloadSpec {
 }
 
 impl From<&Proxy> for ProxySpec {
-    /// Call only on a validated `[proxy]` (two ports, a socket address).
+    /// Call only on a validated `[proxy]` (two ports, a socket address,
+    /// trusted proxies that parse).
     fn from(p: &Proxy) -> Self {
         let ports = p.ports.get_ref();
         ProxySpec {
@@ -80,6 +81,15 @@ impl From<&Proxy> for ProxySpec {
             port_env: p.port_env.get_ref().clone(),
             drain_timeout_ms: p.drain_timeout.0,
             hold_ms: p.hold.0,
+            header_timeout_ms: p.header_timeout.0,
+            idle_timeout_ms: p.idle_timeout.0,
+            upstream_timeout_ms: p.upstream_timeout.map(|t| t.0),
+            max_connections: *p.max_connections.get_ref(),
+            trusted_proxies: p
+                .trusted_proxies
+                .iter()
+                .filter_map(|r| r.get_ref().parse().ok())
+                .collect(),
         }
     }
 }

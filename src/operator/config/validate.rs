@@ -10,6 +10,7 @@ use super::hosts::HostSpec;
 use super::schema::{ConfigFile, Proxy, Stage};
 use crate::error::{Error, Result};
 use crate::protocol::names;
+use crate::protocol::net::IpRange;
 
 /// Template variables shipjar defines itself; stage vars may not shadow them.
 pub const RESERVED_VARS: &[&str] = &[
@@ -409,7 +410,8 @@ impl Project {
     }
 
     /// `[proxy]`: a socket address, two distinct instance ports apart from
-    /// it, a plausible variable name, a drain timeout above 0.
+    /// it, a plausible variable name, timeouts above 0, a connection cap of
+    /// at least 1, trusted proxies that are addresses or CIDR blocks.
     fn validate_proxy(&self, prefix: &[Seg<'_>], proxy: &Proxy) -> Result<()> {
         let at = |key: &'static str| {
             let mut path = prefix.to_vec();
@@ -454,6 +456,30 @@ impl Project {
         if proxy.drain_timeout.0 == 0 {
             return Err(self.fail(&at("drain_timeout"), "must be longer than 0s"));
         }
+        for (key, value) in [
+            ("header_timeout", proxy.header_timeout.0),
+            ("idle_timeout", proxy.idle_timeout.0),
+        ] {
+            if value == 0 {
+                return Err(self.fail(&at(key), "must be longer than 0s"));
+            }
+        }
+        if proxy.upstream_timeout.is_some_and(|t| t.0 == 0) {
+            return Err(self.fail(
+                &at("upstream_timeout"),
+                "must be longer than 0s (leave it out for no limit)",
+            ));
+        }
+        if *proxy.max_connections.get_ref() == 0 {
+            return Err(self.fail(&at("max_connections"), "must be at least 1"));
+        }
+        for (i, range) in proxy.trusted_proxies.iter().enumerate() {
+            if let Err(message) = range.get_ref().parse::<IpRange>() {
+                let mut path = at("trusted_proxies");
+                path.push(Seg::Index(i));
+                return Err(self.fail(&path, &message));
+            }
+        }
         Ok(())
     }
 
@@ -493,6 +519,63 @@ mod tests {
             err.to_string().contains("key `stages.p.proxy.listen`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn proxy_limits_default_and_bad_ones_point_at_their_key() {
+        let base =
+            format!("{MINIMAL}[proxy]\nlisten = \"127.0.0.1:8080\"\nports = [18081, 18082]\n");
+        let ok = load(&base).unwrap();
+        let proxy = ok.config.proxy.as_ref().unwrap();
+        assert_eq!(proxy.header_timeout, Millis(30_000));
+        assert_eq!(proxy.idle_timeout, Millis(60_000));
+        assert_eq!(proxy.upstream_timeout, None);
+        assert_eq!(*proxy.max_connections.get_ref(), 512);
+        assert!(proxy.trusted_proxies.is_empty());
+        let ok = load(&format!(
+            "{base}header_timeout = \"2s\"\nupstream_timeout = \"1m\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n"
+        ))
+        .unwrap();
+        let spec = crate::protocol::manifest::ProxySpec::from(ok.config.proxy.as_ref().unwrap());
+        assert_eq!(spec.header_timeout_ms, 2_000);
+        assert_eq!(spec.upstream_timeout_ms, Some(60_000));
+        assert_eq!(spec.trusted_proxies.len(), 2);
+        for (extra, key, says) in [
+            (
+                "trusted_proxies = [\"10.0.0.0/8\",\n  \"10.0.0.1/8\"]\n",
+                "proxy.trusted_proxies`: `10.0.0.1/8",
+                "shipjar.toml:8:3:",
+            ),
+            (
+                "trusted_proxies = [\"proxy.example\"]\n",
+                "proxy.trusted_proxies",
+                "not an IP address",
+            ),
+            (
+                "header_timeout = \"0s\"\n",
+                "proxy.header_timeout",
+                "longer than 0s",
+            ),
+            (
+                "idle_timeout = \"0s\"\n",
+                "proxy.idle_timeout",
+                "longer than 0s",
+            ),
+            (
+                "upstream_timeout = \"0s\"\n",
+                "proxy.upstream_timeout",
+                "no limit",
+            ),
+            (
+                "max_connections = 0\n",
+                "proxy.max_connections",
+                "at least 1",
+            ),
+        ] {
+            let err = load(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(&format!("key `{key}")), "{extra}: {err}");
+            assert!(err.contains(says), "{extra}: {err}");
+        }
     }
 
     #[test]
