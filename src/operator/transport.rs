@@ -632,13 +632,8 @@ pub struct OpenSession {
 /// agents are left to see their input close. Returns the hosts that had a
 /// session.
 pub fn cut_all_sessions() -> Vec<OpenSession> {
-    let live: Vec<Arc<Deadline>> = WATCHED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    live_deadlines()
         .iter()
-        .filter_map(Weak::upgrade)
-        .collect();
-    live.iter()
         .map(|d| {
             let until = d.until.lock().unwrap_or_else(|e| e.into_inner());
             if d.remote && !d.fired.swap(true, Ordering::SeqCst) {
@@ -653,17 +648,21 @@ pub fn cut_all_sessions() -> Vec<OpenSession> {
         .collect()
 }
 
+/// The deadlines of the sessions still open.
+fn live_deadlines() -> Vec<Arc<Deadline>> {
+    WATCHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect()
+}
+
 fn watchdog() {
     loop {
         std::thread::sleep(WATCHDOG_TICK);
         let now = Instant::now();
-        let live: Vec<Arc<Deadline>> = WATCHED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for deadline in live {
+        for deadline in live_deadlines() {
             deadline.check(now);
         }
     }
