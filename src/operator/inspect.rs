@@ -27,6 +27,9 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
     let mut flags = Vec::new();
     let current = status.current.as_ref();
     let service = &status.service;
+    // Behind the proxy the whole is judged on the host: each missing part
+    // (runner, keeper, worker, active instance) is a flag of its own.
+    let whole = status.proxy.as_ref().and_then(|p| p.service_state.as_ref());
     match (current, &service.state) {
         (None, ServiceState::Running) => flags.push("running, but no release is current".into()),
         (None, ServiceState::Stopped) => flags.push("no release deployed".into()),
@@ -34,6 +37,11 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
             flags.push("no release deployed".into());
             flags.push(service.detail.clone());
         }
+        (Some(_), _) if whole == Some(&ServiceState::Stopped) => {
+            flags.push("stopped: the proxy and both instances".into())
+        }
+        // The active instance is a missing part, named with its port.
+        (Some(_), _) if whole.is_some() => {}
         (Some(_), ServiceState::Running) => {}
         // The detail says it all: "dead: supervisor pid 4242 is gone; …",
         // "starting: pid …", "not running (last start failed: …)".
@@ -47,8 +55,10 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
             current.id
         ));
     }
-    // A starting service is not healthy yet, which is no finding of its own.
-    if service.healthy == Some(false) && service.state != ServiceState::Starting {
+    // A starting service is not healthy yet, which is no finding of its own;
+    // an unhealthy active instance is a missing part.
+    if service.healthy == Some(false) && service.state != ServiceState::Starting && whole.is_none()
+    {
         flags.push("unhealthy".into());
     }
     match (&status.running_version, &status.reported_version) {
@@ -68,8 +78,13 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
     flags
 }
 
-/// A proxy that is not serving, or one that takes traffic to no instance.
+/// Each missing part of a proxied service, judged on the host; from an
+/// older agent: a proxy that is not serving, or one that takes traffic to
+/// no instance.
 fn proxy_flags(proxy: &ProxyStatus) -> Vec<String> {
+    if proxy.service_state.is_some() {
+        return proxy.missing.iter().map(|m| m.line()).collect();
+    }
     let mut flags = Vec::new();
     if proxy.state != ProxyState::Running {
         flags.push(format!("proxy {}", proxy.state));
@@ -201,6 +216,14 @@ fn format_row(row: &HostReport) -> String {
         }
         if let Some(p) = &s.proxy {
             out.push_str(&format!("  proxy:     {}\n", p.line()));
+            if let Some(pid) = p.runner_pid {
+                let since = p
+                    .runner_started_at
+                    .as_deref()
+                    .map(|t| format!(", started at {t}"))
+                    .unwrap_or_default();
+                out.push_str(&format!("  runner:    pid {pid}{since}\n"));
+            }
             for line in p.instance_lines() {
                 out.push_str(&format!("  {line}\n"));
             }
