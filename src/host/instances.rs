@@ -283,6 +283,7 @@ pub fn status(layout: &Layout, spec: &ProxySpec) -> ProxyStatus {
         keeper: keeper.as_ref(),
         proxy: &proxy,
         active_last_seen,
+        booted_at: supervisor::procfs::boot_time().ok(),
     });
     proxy.runner_pid = runner_pid;
     proxy.runner_started_at = runner.and_then(|r| r.started_at);
@@ -313,6 +314,21 @@ struct Seen<'a> {
     proxy: &'a ProxyStatus,
     /// The active instance's supervisor's last sign of life (RFC 3339).
     active_last_seen: Option<String>,
+    /// When this host booted: a record from before ended with the boot.
+    booted_at: Option<std::time::SystemTime>,
+}
+
+impl Seen<'_> {
+    /// Whether a process that started at `at` (RFC 3339) ran before this boot.
+    fn before_boot(&self, at: Option<&str>) -> bool {
+        match (
+            at.and_then(|t| humantime::parse_rfc3339(t).ok()),
+            self.booted_at,
+        ) {
+            (Some(at), Some(boot)) => at < boot,
+            _ => false,
+        }
+    }
 }
 
 /// The whole's state, its LSB code and what is missing.
@@ -357,6 +373,12 @@ fn runner_gone(seen: &Seen) -> Option<Gone> {
         return Some(Gone::Ended("not running (none has run)".into()));
     };
     let at = r.ended_at.as_deref().unwrap_or("?");
+    if r.ended.is_none() && seen.before_boot(r.started_at.as_deref()) {
+        return Some(Gone::Ended(format!(
+            "not running since the host booted ({})",
+            started_words(r.started_at.as_deref())
+        )));
+    }
     Some(match (&r.ended, r.stopped_on_request) {
         (Some(how), true) if how == "stopped" => {
             Gone::Ended(format!("pid {} stopped by request at {at}", r.id.pid))
@@ -380,7 +402,8 @@ fn keeper_gone(seen: &Seen) -> Option<Gone> {
     let Some(k) = seen.keeper else {
         return Some(Gone::Ended("not running (none has run)".into()));
     };
-    let started = started_words(k.started_at.as_deref().or(k.worker_started_at.as_deref()));
+    let started_at = k.started_at.as_deref().or(k.worker_started_at.as_deref());
+    let started = started_words(started_at);
     Some(match seen.proxy.state {
         // Its lock is held, by another process than the one recorded: a
         // keeper that has not written its record yet, or not ours.
@@ -388,6 +411,9 @@ fn keeper_gone(seen: &Seen) -> Option<Gone> {
             "its lock is held, but not by the keeper pid {} its record names",
             k.keeper.pid
         )),
+        _ if seen.before_boot(started_at) => {
+            Gone::Ended(format!("not running since the host booted ({started})"))
+        }
         _ if k.last_exit.as_deref() == Some("stopped") => Gone::Ended(format!(
             "pid {} stopped by request at {}",
             k.keeper.pid,
@@ -694,6 +720,7 @@ mod tests {
             keeper: Some(&k),
             proxy: &p,
             active_last_seen: None,
+            booted_at: None,
         });
         assert_eq!((v.state, v.lsb_code), (ServiceState::Running, 0));
         assert!(v.missing.is_empty(), "{:?}", v.missing);
@@ -708,6 +735,7 @@ mod tests {
             keeper: Some(&k),
             proxy: &p,
             active_last_seen: None,
+            booted_at: None,
         });
         assert_eq!((v.state, v.lsb_code), (ServiceState::Dead, 1));
         assert_eq!(v.missing.len(), 1);
@@ -732,6 +760,7 @@ mod tests {
             keeper: Some(&k),
             proxy: &p,
             active_last_seen: None,
+            booted_at: None,
         });
         assert_eq!(v.lsb_code, 1);
         assert_eq!(
@@ -754,6 +783,7 @@ mod tests {
                 keeper: Some(&k),
                 proxy: p,
                 active_last_seen: Some("T3".into()),
+                booted_at: None,
             })
         };
         let v = judged(&p);
@@ -794,6 +824,7 @@ mod tests {
             keeper: Some(&k),
             proxy: &p,
             active_last_seen: None,
+            booted_at: None,
         });
         assert_eq!((v.state, v.lsb_code), (ServiceState::Stopped, 3));
         assert!(v.missing.is_empty(), "{:?}", v.missing);
@@ -806,6 +837,7 @@ mod tests {
             keeper: None,
             proxy: &p,
             active_last_seen: None,
+            booted_at: None,
         });
         assert_eq!((v.state, v.lsb_code), (ServiceState::Stopped, 3));
 
@@ -824,6 +856,7 @@ mod tests {
             keeper: Some(&k),
             proxy: &p,
             active_last_seen: None,
+            booted_at: None,
         });
         assert_eq!((v.state, v.lsb_code), (ServiceState::Dead, 1));
         let parts: Vec<_> = v.missing.iter().map(|m| (m.part.clone(), m.port)).collect();
@@ -855,5 +888,37 @@ mod tests {
         assert_eq!(idle_port(&spec, Some(18081)), 18082);
         assert_eq!(idle_port(&spec, Some(18082)), 18081);
         assert_eq!(idle_port(&spec, Some(9)), 18081);
+    }
+
+    #[test]
+    fn records_from_before_this_boot_ended_with_it() {
+        let mut r = runner(None, false);
+        r.started_at = Some("2020-01-01T00:00:00Z".into());
+        let mut k = keeper(Some("killed by SIGKILL"));
+        k.started_at = Some("2020-01-01T00:00:01Z".into());
+        let p = down(
+            ProxyState::Dead,
+            vec![
+                instance(1, false, ServiceState::Stopped, 3),
+                instance(2, false, ServiceState::Stopped, 3),
+            ],
+        );
+        let seen = Seen {
+            runner_pid: None,
+            runner: Some(&r),
+            keeper: Some(&k),
+            proxy: &p,
+            active_last_seen: None,
+            booted_at: Some(std::time::SystemTime::now()),
+        };
+        let v = judge(&seen);
+        assert_eq!((v.state, v.lsb_code), (ServiceState::Stopped, 3));
+        // The same records in this boot: both died.
+        let v = judge(&Seen {
+            booted_at: humantime::parse_rfc3339("2019-01-01T00:00:00Z").ok(),
+            ..seen
+        });
+        assert_eq!((v.state, v.lsb_code), (ServiceState::Dead, 1));
+        assert_eq!(v.missing.len(), 2, "{:?}", v.missing);
     }
 }
