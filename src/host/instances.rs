@@ -525,12 +525,14 @@ fn judge(seen: &Seen) -> Verdict {
         && p.state != ProxyState::Running
         && p.state != ProxyState::Restarting
         && !instance_runs;
-    let instance_died = p.instances.iter().any(|i| {
+    // Dead, failed, or a state this version does not know: not a stop.
+    let died_instance = |i: &&InstanceStatus| {
         matches!(
             i.service.state,
             ServiceState::Dead | ServiceState::Failed | ServiceState::Unknown(_)
         )
-    });
+    };
+    let instance_died = p.instances.iter().any(|i| died_instance(&i));
     let part = |part: Part, port: Option<u16>, gone: Gone| MissingPart {
         part,
         port,
@@ -553,23 +555,21 @@ fn judge(seen: &Seen) -> Verdict {
         if let Some(g @ Gone::Died(_)) = keeper {
             missing.push(part(Part::Keeper, None, g));
         }
-        for i in &p.instances {
-            if matches!(i.service.state, ServiceState::Dead | ServiceState::Failed) {
-                let mark = if p.active == Some(i.port) {
-                    Part::ActiveInstance
-                } else {
-                    Part::IdleInstance
-                };
-                let detail = match (&active, p.active == Some(i.port)) {
-                    (Some((_, Gone::Died(d), _)), true) => d.clone(),
-                    _ => i.service.detail.clone(),
-                };
-                missing.push(MissingPart {
-                    part: mark,
-                    port: Some(i.port),
-                    detail,
-                });
-            }
+        for i in p.instances.iter().filter(died_instance) {
+            let mark = if p.active == Some(i.port) {
+                Part::ActiveInstance
+            } else {
+                Part::IdleInstance
+            };
+            let detail = match (&active, p.active == Some(i.port)) {
+                (Some((_, Gone::Died(d), _)), true) => d.clone(),
+                _ => i.service.detail.clone(),
+            };
+            missing.push(MissingPart {
+                part: mark,
+                port: Some(i.port),
+                detail,
+            });
         }
         return Verdict {
             state: ServiceState::Dead,
