@@ -391,6 +391,41 @@ fn later_batch_failure_reverts_earlier_batches_so_one_version_runs() {
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
+fn a_crash_inside_settle_in_batch_2_reverts_batch_1_too() {
+    require_root();
+    let p = FleetProject::new(2, "rolling = { batch = 1 }");
+    let config_path = p.dir.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    // 2.0.0 passes its gate on app2, then crashes 2 s later: inside a 6 s settle.
+    let config = config
+        .replace(
+            "probe_timeout = \"2s\"",
+            "probe_timeout = \"2s\"\nsettle = \"6s\"",
+        )
+        .replace(
+            "BIND = \"0.0.0.0\" }",
+            "BIND = \"0.0.0.0\", CRASH_AFTER_S = \"{{ '2' if host == 'app2' and version == '2.0.0' else '0' }}\" }",
+        );
+    std::fs::write(&config_path, config).expect("write config");
+    p.provision();
+    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    let out = p.deploy("2.0.0", &[]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("after becoming healthy"), "{said}");
+    let result = last_json(&out);
+    assert_eq!(host_field(&result, "app1")["state"], "reverted", "{result}");
+    assert_eq!(host_field(&result, "app2")["state"], "reverted", "{result}");
+    assert_eq!(
+        host_field(&result, "app2")["failed_step"],
+        "settle",
+        "{result}"
+    );
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 2]);
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
 fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
     require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }");

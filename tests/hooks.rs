@@ -163,10 +163,16 @@ fn a_failing_migration_hook_leaves_the_old_release_serving_and_no_host_switched(
     );
     assert!(said.contains("applying migration 42"), "{said}");
     assert!(said.contains("not changed (still on release"), "{said}");
-    // No switch, no restart, nothing recorded as activated; the old release serves.
+    // No switch, no restart; the stop is recorded as such; the old release serves.
     assert_eq!(project.current().as_deref(), Some(old.as_str()));
     assert_eq!(project.served_version().as_deref(), Some("v1"));
-    assert_eq!(project.revisions().len(), revisions_before);
+    let revisions = project.revisions();
+    assert_eq!(revisions.len(), revisions_before + 1);
+    let last = revisions.last().unwrap();
+    assert!(
+        last.contains("\tfailed\tbefore_switch: hook exited with code 3; not switched"),
+        "{last}"
+    );
     let record = take_record(project.path());
     let order: Vec<&str> = record.iter().map(|l| hook_of(l)).collect();
     assert_eq!(order, ["after_failure"], "no before_start ran: {record:#?}");

@@ -302,6 +302,33 @@ fn http_get_slowly(port: u16, path: &str) -> (u16, String) {
 }
 
 #[test]
+fn a_new_instance_crashing_inside_settle_gives_the_traffic_back_to_the_old_one() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let file = p.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&file).unwrap().replace(
+        "probe_timeout = \"2s\"",
+        "probe_timeout = \"2s\"\nsettle = \"5s\"",
+    );
+    std::fs::write(&file, config).unwrap();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let old = active_pid(&p);
+    let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("settle FAILED: crashed "), "{said}");
+    // It settled taking the traffic: the switch came first, the drain never.
+    assert!(said.contains("switch: proxy"), "{said}");
+    assert!(!said.contains("drain:"), "{said}");
+    // The old instance never stopped and takes the traffic again.
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+    assert_eq!(active_pid(&p), old);
+    let last = p.revisions().pop().expect("a revision");
+    assert!(last.contains("\tfailed\tsettle: crashed "), "{last}");
+}
+
+#[test]
 fn proxy_off_by_default_leaves_a_plain_restart() {
     let p = Project::new();
     let out = p.deploy("1.0.0", &[]);

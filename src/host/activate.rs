@@ -10,19 +10,23 @@ use crate::host::{probe, revisions, store, supervisor};
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ReleaseManifest;
-use crate::protocol::{Action, Activation, HookPoint, NowRunning, Revision, RevisionOutcome};
+use crate::protocol::{
+    Action, Activation, HookPoint, NotSwitched, NowRunning, Revision, RevisionOutcome,
+};
 
 /// How often and how long to ask the version endpoint once the service is healthy.
 const VERSION_ATTEMPTS: u32 = 3;
 const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Activates `release`; never returns with the host on a half-switched release.
+/// A failed step is told to `failed` when it happens, before the revert.
 pub fn activate(
     layout: &Layout,
     release: &str,
     action: Action,
     deployer: &str,
     emit: &dyn Fn(&str, &str),
+    failed: &dyn Fn(&str, &str),
 ) -> Activation {
     let previous = store::current(layout);
     let mut outcome = Activation {
@@ -43,7 +47,17 @@ pub fn activate(
     };
     let _switching = match hold_switch(layout) {
         Ok(held) => held,
-        Err(e) => return fail_early(outcome, "lock", e),
+        Err(e) => {
+            failed("lock", &e);
+            let stopped = NotSwitched {
+                release: Some(release.to_string()),
+                action,
+                deployer: deployer.to_string(),
+                why: format!("lock: {e}; not switched"),
+            };
+            record_not_switched(layout, &stopped, emit);
+            return fail_early(outcome, "lock", e);
+        }
     };
     // Deploy hooks run for a deploy only: a rollback runs none of them.
     let deploying = action == Action::Deploy;
@@ -53,6 +67,7 @@ pub fn activate(
     };
     if let Err((step, reason, output)) = result {
         // Nothing was switched: the host stays on what it runs.
+        failed(step, &reason);
         outcome.failed_step = Some(step.to_string());
         outcome.reason = Some(reason.clone());
         outcome.log_tail = output;
@@ -68,18 +83,13 @@ pub fn activate(
                 problem: None,
             },
         });
-        let revision = Revision {
-            time: now_rfc3339(),
+        let stopped = NotSwitched {
+            release: Some(release.to_string()),
             action,
-            release: release.to_string(),
-            version: manifest.version.clone(),
             deployer: deployer.to_string(),
-            outcome: RevisionOutcome::Failed,
-            detail: format!("{step}: {reason}; not switched"),
+            why: format!("{step}: {reason}; not switched"),
         };
-        if let Err(e) = revisions::append(layout, &revision) {
-            emit("record", &format!("cannot append to revisions.log: {e}"));
-        }
+        record_not_switched(layout, &stopped, emit);
         return outcome;
     }
     let result = match &manifest.proxy {
@@ -91,6 +101,7 @@ pub fn activate(
         Err((step, reason, log_tail)) => {
             // A cancel stops the new release; going back must run to the end.
             cancel::clear();
+            failed(step, &reason);
             outcome.failed_step = Some(step.to_string());
             outcome.reason = Some(reason.clone());
             outcome.log_tail = log_tail;
@@ -146,7 +157,49 @@ pub fn hold_switch(layout: &Layout) -> Result<crate::host::lockfile::HeldLock, S
 
 type StepFailure = (&'static str, String, Vec<String>);
 
+/// Records a run that stopped before this host switched, and removes the
+/// release it prepared for a deploy that never ran here (a release that
+/// never switched is nothing to keep or roll back to).
+pub fn record_not_switched(layout: &Layout, stopped: &NotSwitched, emit: &dyn Fn(&str, &str)) {
+    let release = stopped.release.as_deref().unwrap_or("-");
+    let manifest = stopped
+        .release
+        .as_deref()
+        .and_then(|r| store::read_manifest(layout, r).ok());
+    let history = revisions::read(layout);
+    let revision = Revision {
+        time: now_rfc3339(),
+        action: stopped.action.clone(),
+        release: release.to_string(),
+        version: manifest.as_ref().map_or("-".into(), |m| m.version.clone()),
+        deployer: stopped.deployer.clone(),
+        outcome: RevisionOutcome::Failed,
+        detail: stopped.why.clone(),
+    };
+    if let Err(e) = revisions::append(layout, &revision) {
+        emit("record", &format!("cannot append to revisions.log: {e}"));
+    }
+    // Unknown history: keep it, it might be something to roll back to.
+    let activated_before = |id: &str| {
+        history
+            .as_ref()
+            .map_or(true, |h| h.iter().any(|r| r.release == id))
+    };
+    if stopped.action == Action::Deploy
+        && let Some(id) = stopped.release.as_deref()
+        && manifest.is_some()
+        && store::current(layout).as_deref() != Some(id)
+        && !activated_before(id)
+    {
+        match store::remove_release(layout, id) {
+            Ok(()) => emit("record", &format!("release {id} never switched: removed")),
+            Err(e) => emit("record", &format!("release {id} never switched: {e}")),
+        }
+    }
+}
+
 pub(crate) mod blue_green;
+mod settle;
 
 /// Fails `step` when the operator cancelled the activation.
 fn cancelled(step: &'static str) -> Result<(), StepFailure> {
@@ -191,6 +244,7 @@ fn switch_and_verify(
         );
     }
     let started = restarted.start;
+    let healthy_at = Instant::now();
     outcome.pid = Some(started.pid);
     outcome.healthy_after_ms = Some(started.healthy_after_ms);
     emit(
@@ -226,6 +280,7 @@ fn switch_and_verify(
         }
         emit("version", &format!("service reports {reported}"));
     }
+    settle::settle(layout, &manifest.health, started.pid, healthy_at, emit)?;
     if let Some(hook) = manifest.hooks.after_switch.as_ref().filter(|_| deploying) {
         run_hook(layout, &manifest.id, HookPoint::AfterSwitch, hook, emit)?;
     }

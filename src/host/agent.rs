@@ -213,13 +213,15 @@ impl Drop for Renewer {
 impl Session {
     fn handle<R: BufRead>(&mut self, envelope: Envelope, input: &mut R, token: &str) -> Response {
         let id = envelope.id;
-        let emit = |step: &str, message: &str| {
+        let event = |step: &str, message: &str, failed: bool| {
             send(&AgentMessage::Event {
                 id,
                 step: step.to_string(),
                 message: message.to_string(),
+                failed,
             })
         };
+        let emit = |step: &str, message: &str| event(step, message, false);
         let mutating = !matches!(
             envelope.request,
             Request::Status
@@ -317,6 +319,7 @@ impl Session {
                         id,
                         step: "log".to_string(),
                         message: line.to_string(),
+                        failed: false,
                     };
                     // Empty lines are keep-alives: they tell us whether the operator is still there.
                     send_checked(&event)
@@ -358,7 +361,12 @@ impl Session {
                 let _watch = cancel::Watch::start(io::stdin().as_raw_fd());
                 expect_activation(&layout, &release, id);
                 Response::Activated(Box::new(activate::activate(
-                    &layout, &release, action, &deployer, &emit,
+                    &layout,
+                    &release,
+                    action,
+                    &deployer,
+                    &emit,
+                    &|step, message| event(step, message, true),
                 )))
             }
             Request::RunHook {
@@ -373,7 +381,11 @@ impl Session {
                 });
                 Response::HookRan(hooks::run(&layout, &release, &point, &hook, &emit))
             }
-            Request::Finish { keep } => {
+            Request::Finish { keep, not_switched } => {
+                // Only the lock's holder writes this host's history.
+                if let Some(stopped) = not_switched.filter(|_| self.lock.is_some()) {
+                    activate::record_not_switched(&layout, &stopped, &emit);
+                }
                 // After a failure the lock is still released, but nothing is pruned.
                 let keep = keep.filter(|_| !self.failed);
                 let result = keep.map_or(Ok(Vec::new()), |keep| store::prune(&layout, keep));

@@ -19,6 +19,7 @@ use crate::protocol::files::{fsync_dir, write_synced};
 use crate::protocol::names::{self, is_release_id};
 
 use crate::host::revisions;
+use crate::protocol::keep::{self, Kept, Standing};
 use crate::protocol::layout::{Layout, RELEASE_SECRETS};
 use crate::protocol::manifest::{MANIFEST_FILE, ReleaseManifest};
 use crate::protocol::mask::SecretValue;
@@ -396,68 +397,51 @@ pub fn list(layout: &Layout) -> Vec<ReleaseInfo> {
         .collect()
 }
 
-/// Whether the last activation of release `id` in `history` succeeded.
-fn became_healthy(history: &[crate::protocol::Revision], id: &str) -> bool {
-    history
-        .iter()
-        .rev()
-        .find(|r| r.release == id)
-        .is_some_and(|r| r.outcome == RevisionOutcome::Success)
+/// How release `id`'s last activation in `history` went.
+fn standing(history: &[crate::protocol::Revision], id: &str) -> Standing {
+    match history.iter().rev().find(|r| r.release == id) {
+        Some(r) if r.outcome == RevisionOutcome::Success => Standing::Healthy,
+        Some(_) => Standing::Failed,
+        None => Standing::NeverSwitched,
+    }
 }
 
-/// PURE: which of `ids` (oldest first) to remove. A release counts toward
-/// `keep` once its last activation succeeded; of the others only the newest is kept.
+/// PURE: which of `ids` (oldest first) to remove, by [`keep::plan`].
 fn releases_to_prune(
     ids: &[String],
     history: &[crate::protocol::Revision],
-    protected: &BTreeSet<String>,
+    current: Option<&str>,
     keep: usize,
 ) -> Vec<String> {
-    let good = |id: &str| became_healthy(history, id);
-    let mut kept_good = 0;
-    let mut kept_other = 0;
-    let mut doomed = Vec::new();
-    for id in ids.iter().rev() {
-        let (kept, limit) = if good(id) {
-            (&mut kept_good, keep)
-        } else {
-            (&mut kept_other, 1)
-        };
-        if protected.contains(id) || *kept < limit {
-            *kept += 1;
-        } else {
-            doomed.push(id.clone());
-        }
-    }
-    doomed.reverse();
-    doomed
+    let releases: Vec<(bool, Standing)> = ids
+        .iter()
+        .map(|id| (current == Some(id.as_str()), standing(history, id)))
+        .collect();
+    ids.iter()
+        .zip(keep::plan(&releases, keep))
+        .filter(|(_, kept)| *kept == Kept::Pruned)
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
-/// The newest release other than `current` whose last activation succeeded.
-pub fn previous_good(layout: &Layout) -> Result<Option<String>, String> {
-    let current = current(layout);
-    let history = revisions::read(layout)?;
-    let good = |id: &str| became_healthy(&history, id);
-    Ok(release_ids(layout)
-        .into_iter()
-        .rev()
-        .find(|id| Some(id) != current.as_ref() && good(id)))
+/// Removes release `id` (one that never switched); its artifact stays for a retry.
+pub fn remove_release(layout: &Layout, id: &str) -> Result<(), String> {
+    fs::remove_dir_all(layout.release_dir(id))
+        .map_err(|e| format!("cannot remove release {id}: {e}"))?;
+    fsync_dir(&layout.releases_dir()).map_err(|e| e.to_string())
 }
 
-/// Removes old releases: keeps the newest `keep` releases that became
-/// healthy, plus the newest one that did not (to look into); never removes
-/// `current` nor the previous good release (the rollback target), nor
-/// directories shipjar did not make. Then removes artifacts no remaining
-/// release uses.
+/// Removes old releases as [`keep::plan`] says: `current`, the rollback
+/// target and the newest healthy ones up to `keep` in all, plus the newest
+/// one that failed (to look into); never directories shipjar did not make.
+/// Then removes artifacts no remaining release uses.
 pub fn prune(layout: &Layout, keep: usize) -> Result<Vec<String>, String> {
     let history = revisions::read(layout)
         .map_err(|e| format!("not pruning, the rollback target is unknown: {e}"))?;
-    let mut protected: BTreeSet<String> = BTreeSet::new();
-    protected.extend(current(layout));
-    protected.extend(previous_good(layout)?);
+    let current = current(layout);
     let ids = release_ids(layout);
     let mut removed = Vec::new();
-    for id in releases_to_prune(&ids, &history, &protected, keep) {
+    for id in releases_to_prune(&ids, &history, current.as_deref(), keep) {
         fs::remove_dir_all(layout.release_dir(&id))
             .map_err(|e| format!("cannot remove release {id}: {e}"))?;
         removed.push(id);
@@ -530,8 +514,7 @@ mod tests {
             history.push(revision("r0", RevisionOutcome::Success));
         }
         history.push(revision("r4", RevisionOutcome::Success));
-        let protected = BTreeSet::from(["r4".to_string(), "r0".to_string()]);
-        let doomed = releases_to_prune(&ids, &history, &protected, 2);
+        let doomed = releases_to_prune(&ids, &history, Some("r4"), 2);
         assert_eq!(
             doomed,
             ["r1", "r2"],
@@ -546,16 +529,14 @@ mod tests {
             .iter()
             .map(|id| revision(id, RevisionOutcome::Success))
             .collect();
-        let protected = BTreeSet::from(["r5".to_string(), "r4".to_string()]);
         assert_eq!(
-            releases_to_prune(&ids, &history, &protected, 3),
+            releases_to_prune(&ids, &history, Some("r5"), 3),
             ["r0", "r1", "r2"]
         );
-        // A protected old release (the rollback target) is kept beyond `keep`.
-        let protected = BTreeSet::from(["r5".to_string(), "r0".to_string()]);
+        // After a rollback to r0 it stays, and keep still means 2 in all.
         assert_eq!(
-            releases_to_prune(&ids, &history, &protected, 2),
-            ["r1", "r2", "r3"]
+            releases_to_prune(&ids, &history, Some("r0"), 2),
+            ["r1", "r2", "r3", "r4"]
         );
     }
 }

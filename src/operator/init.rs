@@ -322,6 +322,7 @@ artifact = @ARTIFACT@
 [health]                             # checked on the host by the supervisor
 url = "http://127.0.0.1:8080/health" # or: tcp = 8080
 start_timeout = "90s"
+# settle = "30s"                     # stay up and healthy this long after the gate, or be reverted
 
 [version_check]                      # the service's own "which version am I" endpoint: a JSON
 url = "http://127.0.0.1:8080/version" # object whose `key` is the deployed version (from

@@ -8,8 +8,9 @@ use crate::operator::config::{HostSpec, Project};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::{MASK, Reporter, StepStatus};
 use crate::protocol::digest::short;
+use crate::protocol::keep::{self, Standing};
 use crate::protocol::status::{ProxyState, ProxyStatus, ServiceState};
-use crate::protocol::{HostStatus, ReleaseInfo, Request, Response};
+use crate::protocol::{HostStatus, ReleaseInfo, Request, Response, RevisionOutcome};
 
 /// One host's row in `status`.
 #[derive(Debug, Serialize)]
@@ -263,20 +264,49 @@ pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -
     let stage = project.stage(&args.stage)?;
     crate::operator::render::mask_available_secrets(&stage.secrets);
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
+    let keep = *project.config.releases.keep.get_ref();
+    #[derive(Serialize)]
+    struct Listed {
+        #[serde(flatten)]
+        release: ReleaseInfo,
+        /// Why `[releases] keep` keeps it (or that the next deploy prunes it).
+        kept: &'static str,
+    }
     #[derive(Serialize)]
     struct HostReleases {
         host: String,
-        releases: Vec<ReleaseInfo>,
+        releases: Vec<Listed>,
         foreign: Vec<String>,
         error: Option<String>,
     }
+    let listed = |releases: Vec<ReleaseInfo>| -> Vec<Listed> {
+        let standings: Vec<(bool, Standing)> = releases
+            .iter()
+            .map(|r| {
+                let standing = match r.outcome {
+                    Some(RevisionOutcome::Success) => Standing::Healthy,
+                    Some(_) => Standing::Failed,
+                    None => Standing::NeverSwitched,
+                };
+                (r.current, standing)
+            })
+            .collect();
+        releases
+            .into_iter()
+            .zip(keep::plan(&standings, keep))
+            .map(|(release, kept)| Listed {
+                release,
+                kept: kept.as_str(),
+            })
+            .collect()
+    };
     let mut rows = Vec::new();
     let mut text = String::new();
     for (host, answer) in query_all(&fleet, &stage.hosts, Request::Releases) {
         let row = match answer {
             Ok(Response::Releases { releases, foreign }) => HostReleases {
                 host,
-                releases,
+                releases: listed(releases),
                 foreign,
                 error: None,
             },
@@ -297,14 +327,14 @@ pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -
         if let Some(e) = &row.error {
             text.push_str(&format!("  ! unreachable: {e}\n"));
         }
-        for r in row.releases.iter().rev() {
+        for Listed { release: r, kept } in row.releases.iter().rev() {
             text.push_str(&format!(
-                "  {} {:<20} {:<12} {:<12} {:<8} {} {}\n",
+                "  {} {:<20} {:<12} {:<12} {:<14} {} {}  ({kept})\n",
                 if r.current { "*" } else { " " },
                 r.id,
                 r.version,
                 short(&r.artifact_sha256),
-                r.outcome.as_ref().map_or("-", |o| o.as_str()),
+                r.outcome.as_ref().map_or("never switched", |o| o.as_str()),
                 r.deployed_at,
                 r.deployer
             ));

@@ -135,6 +135,15 @@ impl AgentSession {
         request: Request,
         on_event: &mut dyn FnMut(&str, &str),
     ) -> Result<Response> {
+        self.call_with_failures(request, &mut |step, message, _| on_event(step, message))
+    }
+
+    /// Like [`Session::call`], telling `on_event` which events report a failed step.
+    pub fn call_with_failures(
+        &mut self,
+        request: Request,
+        on_event: &mut dyn FnMut(&str, &str, bool),
+    ) -> Result<Response> {
         self.deadline.arm(self.answer_timeout);
         let id = self.send(request)?;
         self.flush()?;
@@ -199,8 +208,9 @@ impl AgentSession {
         let prepared = self.send(prepare)?;
         self.flush()?;
         self.round_trips += 1;
-        let stored = self.receive(put, on_event)?;
-        let prepared = self.receive(prepared, on_event)?;
+        let mut on_event = |step: &str, message: &str, _| on_event(step, message);
+        let stored = self.receive(put, &mut on_event)?;
+        let prepared = self.receive(prepared, &mut on_event)?;
         Ok(match stored {
             Response::Error(e) => Response::Error(e),
             _ => prepared,
@@ -289,7 +299,7 @@ impl AgentSession {
         drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
-    fn receive(&mut self, id: u64, on_event: &mut dyn FnMut(&str, &str)) -> Result<Response> {
+    fn receive(&mut self, id: u64, on_event: &mut dyn FnMut(&str, &str, bool)) -> Result<Response> {
         let mut line = String::new();
         loop {
             line.clear();
@@ -311,7 +321,12 @@ impl AgentSession {
                 .hint("the host may run another shipjar version; install the same version on both sides")
             })?;
             match message {
-                AgentMessage::Event { step, message, .. } => on_event(&step, &message),
+                AgentMessage::Event {
+                    step,
+                    message,
+                    failed,
+                    ..
+                } => on_event(&step, &message, failed),
                 // The host knows this step's bound; silence within it is not a fault.
                 AgentMessage::Expect { within_ms, .. } => self
                     .deadline

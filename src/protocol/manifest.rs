@@ -168,6 +168,10 @@ pub struct HealthSpec {
     /// Longest single check of a running service (the host caps it at the interval).
     #[serde(default = "default_probe_timeout_ms")]
     pub probe_timeout_ms: u64,
+    /// How long the release must stay up and healthy after its gate before it
+    /// counts as activated (0: the gate alone decides).
+    #[serde(default)]
+    pub settle_ms: u64,
 }
 
 fn default_health_failures() -> u32 {
@@ -329,7 +333,7 @@ const ACTIVATION_MARGIN_MS: u64 = 60_000;
 
 /// The longest an activation of `target` can take on a host whose current
 /// release is `current`, every step running to its own timeout: the old
-/// release stopped, the hooks, the new one started and checked, the proxy's
+/// release stopped, the hooks, the new one started, checked and settled, the proxy's
 /// drain, and the same again backwards for a revert. A host silent longer
 /// than this is stuck, whatever it is doing.
 pub fn activation_bound_ms(current: Option<&ReleaseManifest>, target: &ReleaseManifest) -> u64 {
@@ -350,7 +354,12 @@ pub fn activation_bound_ms(current: Option<&ReleaseManifest>, target: &ReleaseMa
             .sum::<u64>()
     };
     let drain = |m: &ReleaseManifest| m.proxy.as_ref().map_or(0, |p| p.drain_timeout_ms);
-    let forward = current.map_or(0, stop) + hooks(target) + start(target) + drain(target);
+    // Settling is the new release's alone: a revert is not watched again.
+    let forward = current.map_or(0, stop)
+        + hooks(target)
+        + start(target)
+        + target.health.settle_ms
+        + drain(target);
     let back = stop(target) + current.map_or(0, |c| start(c) + drain(c));
     forward + back + ACTIVATION_MARGIN_MS
 }
@@ -384,6 +393,13 @@ mod tests {
         assert_eq!(
             activation_bound_ms(None, &new),
             20_000 + 5_000 + ACTIVATION_MARGIN_MS
+        );
+        let mut settling = new.clone();
+        settling.health.settle_ms = 30_000;
+        assert_eq!(
+            activation_bound_ms(None, &settling),
+            activation_bound_ms(None, &new) + 30_000,
+            "the operator waits through the settle window"
         );
     }
 }

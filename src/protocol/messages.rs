@@ -71,6 +71,10 @@ pub enum Request {
     Finish {
         /// Releases to keep.
         keep: Option<usize>,
+        /// The run stopped before this host switched: recorded in its
+        /// `revisions.log` (only by the holder of its lock).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_switched: Option<NotSwitched>,
     },
     /// Remove the deploy lock whoever holds it (`shipjar unlock`).
     Unlock,
@@ -275,6 +279,10 @@ pub enum AgentMessage {
         step: String,
         /// What happened.
         message: String,
+        /// The step failed here (shown as a failure when it happens, before
+        /// whatever the host does about it, e.g. a revert).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        failed: bool,
     },
     /// The request may go on this long from now before its next message:
     /// sent before a step whose length the host knows (an activation bounded
@@ -476,6 +484,20 @@ pub struct HostStatus {
     /// `service` is the instance taking traffic.
     #[serde(default)]
     pub proxy: Option<crate::protocol::status::ProxyStatus>,
+}
+
+/// A run that stopped before a host switched, as that host records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NotSwitched {
+    /// The release it was to switch to, once chosen.
+    pub release: Option<String>,
+    /// Deploy or rollback.
+    pub action: Action,
+    /// Who ran it.
+    pub deployer: String,
+    /// Where and why the run stopped.
+    pub why: String,
 }
 
 /// A revisions.log line.

@@ -16,6 +16,7 @@ pub mod defaults;
 pub mod digest;
 pub mod files;
 pub mod hook_wait;
+pub mod keep;
 pub mod layout;
 pub mod manifest;
 pub mod mask;
@@ -33,5 +34,6 @@ pub(crate) use wire_enum::wire_enum;
 /// Protocol version; operator and agent must agree exactly.
 /// 2: the agent announces how long a long request may take (`expect`).
 /// 3: `prepare` carries the secret values the host masks (an agent of
-/// version 2 would refuse the field; the version mismatch says why).
+/// version 2 would refuse the field; the version mismatch says why);
+/// failed-step events; `finish` records a run that stopped before switching.
 pub const PROTOCOL_VERSION: u32 = 3;

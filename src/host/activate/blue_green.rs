@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{StepFailure, cancelled, reported_version_at, run_hook};
+use super::{StepFailure, cancelled, reported_version_at, run_hook, settle};
 use crate::host::proxy::runner;
 use crate::host::supervisor::{StartReport, SupervisorError};
 use crate::host::{instances, proxy, store, supervisor};
@@ -45,6 +45,7 @@ pub(super) fn activate(
         let _ = supervisor::stop(&new);
         ("health", e.message, e.log_tail)
     })?;
+    let healthy_at = Instant::now();
     outcome.pid = Some(started.pid);
     outcome.healthy_after_ms = Some(started.healthy_after_ms);
     // Under a running unit, what this (ssh) session started joins the unit.
@@ -128,6 +129,11 @@ pub(super) fn activate(
         return Err(("switch", e, Vec::new()));
     }
     emit("switch", &format!("current -> releases/{}", manifest.id));
+    // It settles taking the traffic, with the old instance still there to go back to.
+    if let Err(failure) = settle::settle(&new, &manifest.health, started.pid, healthy_at, emit) {
+        switch_back(layout, old, port);
+        return Err(failure);
+    }
     if let Some(hook) = manifest.hooks.after_switch.as_ref().filter(|_| deploying)
         && let Err(failure) = run_hook(layout, &manifest.id, HookPoint::AfterSwitch, hook, emit)
     {
@@ -190,7 +196,10 @@ pub(crate) fn restart(
         log_tail: Vec::new(),
     };
     let id = store::current(layout).ok_or_else(|| fail("no current release".into()))?;
-    let manifest = store::read_manifest(layout, &id).map_err(fail)?;
+    let mut manifest = store::read_manifest(layout, &id).map_err(fail)?;
+    // The release settled when it was activated; a restart (under systemd, a
+    // reload within the unit's timeout) only passes the gate again.
+    manifest.health.settle_ms = 0;
     let mut outcome = Activation {
         ok: false,
         release: id.clone(),

@@ -152,6 +152,60 @@ pub fn healthy_after_ms(layout: &Layout) -> Option<u64> {
     state::read_state(&layout.supervisor_state()).and_then(|s| s.healthy_after_ms)
 }
 
+/// One liveness probe of `check`, at most `timeout` long; what it found when it failed.
+pub fn probe_health(
+    check: &crate::protocol::manifest::HealthCheck,
+    timeout: Duration,
+) -> Result<(), String> {
+    health::probe_once(check, timeout).map_err(|e| e.to_string())
+}
+
+/// How a watched run ended.
+pub struct RunEnd {
+    /// What ended it, e.g. "exited with code 3".
+    pub how: String,
+    /// The supervisor has recorded it (else only the process is seen gone).
+    pub recorded: bool,
+}
+
+/// How the run of service `pid` ended, as its supervisor recorded it; `None`
+/// while that same process still runs and counts as running. A restart by
+/// the supervisor is an end too: the run being watched is gone.
+pub fn run_ended(layout: &Layout, pid: i32) -> Option<RunEnd> {
+    let Some(state) = state::read_state(&layout.supervisor_state()) else {
+        return Some(RunEnd {
+            how: "its supervisor's state file is gone".into(),
+            recorded: true,
+        });
+    };
+    let recorded = |fallback: String| RunEnd {
+        how: state.last_exit.clone().unwrap_or(fallback),
+        recorded: true,
+    };
+    match state.service {
+        Some(id) if id.pid == pid => {
+            if state.state != state::Phase::Running {
+                Some(recorded(format!(
+                    "its supervisor says {}",
+                    state.state.as_str()
+                )))
+            } else if procfs::liveness(id) != procfs::Liveness::Alive {
+                Some(RunEnd {
+                    how: format!("pid {pid} is gone"),
+                    recorded: false,
+                })
+            } else {
+                None
+            }
+        }
+        Some(id) => Some(recorded(format!("restarted as pid {}", id.pid))),
+        None => Some(recorded(format!(
+            "its supervisor says {}",
+            state.state.as_str()
+        ))),
+    }
+}
+
 /// Body of the detached supervisor process; returns its exit code.
 pub fn supervise(layout: &Layout) -> i32 {
     supervise::run(layout, supervise::Mode::Detached)

@@ -17,6 +17,9 @@ pub const HEALTH_FAILURES: u32 = shared::HEALTH_FAILURES;
 /// `[health] probe_timeout`: longest single check of a running service.
 pub const HEALTH_PROBE_TIMEOUT_MS: u64 = millis(shared::HEALTH_PROBE_TIMEOUT);
 
+/// `[health] settle` is at most this long (it delays every batch).
+pub const SETTLE_MAX_MS: u64 = 30 * 60_000;
+
 /// `[version_check] key`: the JSON key holding the version.
 pub const VERSION_KEY: &str = "version";
 

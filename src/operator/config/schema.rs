@@ -182,6 +182,9 @@ pub struct Health {
     /// Longest single check of a running service.
     #[serde(default = "default_probe_timeout")]
     pub probe_timeout: Millis,
+    /// How long a new release must stay healthy after its gate before it counts as deployed.
+    #[serde(default)]
+    pub settle: Millis,
 }
 
 impl Default for Health {
@@ -193,6 +196,7 @@ impl Default for Health {
             interval: default_interval(),
             failures: default_failures(),
             probe_timeout: default_probe_timeout(),
+            settle: Millis::default(),
         }
     }
 }

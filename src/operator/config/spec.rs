@@ -21,6 +21,7 @@ impl From<&Health> for HealthSpec {
             interval_ms: h.interval.0,
             failures: *h.failures.get_ref(),
             probe_timeout_ms: h.probe_timeout.0,
+            settle_ms: h.settle.0,
         }
     }
 }

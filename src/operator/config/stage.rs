@@ -129,7 +129,9 @@ impl Project {
     /// The lease: as set, or long enough that a killed deploy's lock outlives
     /// any single step of a live one.
     fn lock_lease_ms(&self, declared: Option<&Stage>) -> u64 {
-        let step_ms = self.config.health.start_timeout.0 + self.config.stop.timeout.0;
+        let step_ms = self.config.health.start_timeout.0
+            + self.config.health.settle.0
+            + self.config.stop.timeout.0;
         declared.and_then(|s| s.lock_lease).map_or(
             (defaults::LOCK_LEASE_STEPS * step_ms).max(defaults::LOCK_LEASE_MIN_MS),
             |l| l.0,

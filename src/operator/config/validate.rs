@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::Project;
-use super::defaults::{ANSWER_TIMEOUT_FLOOR_MS, LOCK_LEASE_FLOOR_MS};
+use super::defaults::{ANSWER_TIMEOUT_FLOOR_MS, LOCK_LEASE_FLOOR_MS, SETTLE_MAX_MS};
 use super::diagnostics::{Seg, keys};
 use super::hosts::HostSpec;
 use super::schema::{ConfigFile, Proxy, Stage};
@@ -180,7 +180,7 @@ impl Project {
         Ok(())
     }
 
-    /// `[health] interval`, `failures` and `probe_timeout`: a check of a
+    /// `[health] interval`, `failures`, `probe_timeout` and `settle`: a check of a
     /// running service ends before the next one is due.
     fn validate_liveness(&self) -> Result<()> {
         let h = &self.config.health;
@@ -204,6 +204,13 @@ impl Project {
             return Err(self.fail(
                 &keys("health.probe_timeout"),
                 &format!("must not be longer than `interval` ({}ms)", h.interval.0),
+            ));
+        }
+        // Every batch waits it out: longer than this is a mistake, not a policy.
+        if h.settle.0 > SETTLE_MAX_MS {
+            return Err(self.fail(
+                &keys("health.settle"),
+                &format!("must be at most {}m", SETTLE_MAX_MS / 60_000),
             ));
         }
         Ok(())
@@ -786,6 +793,22 @@ mod tests {
         assert!(err.message.contains("health.failures"), "{}", err.message);
         let err = load(&format!("{MINIMAL}[health]\ninterval = \"10ms\"\n")).unwrap_err();
         assert!(err.message.contains("health.interval"), "{}", err.message);
+    }
+
+    #[test]
+    fn settle_defaults_to_none_and_is_bounded() {
+        let project = load(MINIMAL).unwrap();
+        assert_eq!(project.config.health.settle, Millis(0));
+        let project = load(&format!("{MINIMAL}[health]\nsettle = \"30s\"\n")).unwrap();
+        assert_eq!(project.config.health.settle, Millis(30_000));
+        let spec = crate::protocol::manifest::HealthSpec::from(&project.config.health);
+        assert_eq!(spec.settle_ms, 30_000);
+        let err = load(&format!("{MINIMAL}[health]\nsettle = \"2h\"\n")).unwrap_err();
+        assert!(
+            err.message.contains("key `health.settle`") && err.message.contains("at most 30m"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

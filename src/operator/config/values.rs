@@ -27,7 +27,7 @@ impl fmt::Display for ServiceName {
 }
 
 /// A duration written like `90s`, `1m 30s` or `500ms`, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Millis(pub u64);
 
 impl<'de> Deserialize<'de> for Millis {

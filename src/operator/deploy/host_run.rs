@@ -37,6 +37,8 @@ pub(super) struct Run<'p> {
     pub waiting: bool,
     /// What is reported for this host at the end.
     pub outcome: HostOutcome,
+    /// The last request's host already reported (and we printed) a failed step.
+    pub failure_shown: bool,
 }
 
 impl<'p> Run<'p> {
@@ -65,6 +67,7 @@ impl<'p> Run<'p> {
                 timings_ms: BTreeMap::new(),
                 activation: None,
             },
+            failure_shown: false,
         }
     }
 
@@ -74,6 +77,12 @@ impl<'p> Run<'p> {
         if !(self.waiting && self.error_kind == Some(ErrorKind::LockHeld)) {
             reporter.step(&self.host, step, StepStatus::Failed, &reason);
         }
+        self.record_failure(step, reason);
+    }
+
+    /// Records a failure at `step` without printing it (the host's own
+    /// failure event printed it when it happened).
+    pub fn record_failure(&mut self, step: &str, reason: String) {
         if self.outcome.failed_step.is_none() {
             self.outcome.failed_step = Some(step.to_string());
             self.outcome.reason = Some(reason);
@@ -89,8 +98,19 @@ impl<'p> Run<'p> {
     pub fn call(&mut self, step: &str, request: Request, reporter: &Reporter) -> Option<Response> {
         let host = self.host.clone();
         let session = self.session.as_mut()?;
-        let mut on_event = |s: &str, m: &str| reporter.step(&host, s, StepStatus::Info, m);
-        match session.call(request, &mut on_event) {
+        let mut shown = false;
+        let mut on_event = |s: &str, m: &str, failed: bool| {
+            shown |= failed;
+            let status = if failed {
+                StepStatus::Failed
+            } else {
+                StepStatus::Info
+            };
+            reporter.step(&host, s, status, m)
+        };
+        let answer = session.call_with_failures(request, &mut on_event);
+        self.failure_shown = shown;
+        match answer {
             Ok(Response::Error(e)) => {
                 if !self.failed() {
                     self.error_kind = Some(e.kind);
@@ -283,7 +303,11 @@ pub(super) fn activate_host(run: &mut Run, action: Action, deployer: &str, repor
                     .clone()
                     .unwrap_or_else(|| "activate".into());
                 let reason = activation.reason.clone().unwrap_or_default();
-                run.fail(&step, reason, reporter);
+                if run.failure_shown {
+                    run.record_failure(&step, reason);
+                } else {
+                    run.fail(&step, reason, reporter);
+                }
             }
             run.outcome.activation = Some(*activation);
         }
@@ -334,7 +358,12 @@ pub(super) fn revert_host(run: &mut Run, deployer: &str, reporter: &Reporter) {
         Some(Response::Activated(a)) => {
             run.outcome.ok = false;
             run.outcome.state = FinalState::Unknown;
-            run.fail("revert", a.reason.unwrap_or_default(), reporter);
+            let reason = a.reason.unwrap_or_default();
+            if run.failure_shown {
+                run.record_failure("revert", reason);
+            } else {
+                run.fail("revert", reason, reporter);
+            }
         }
         _ => {
             run.outcome.ok = false;

@@ -15,7 +15,7 @@ use crate::operator::fleet::{self, Fleet};
 use crate::operator::hooks;
 use crate::operator::output::{Reporter, StepStatus};
 use crate::operator::transport::Canceller;
-use crate::protocol::{Action, Activation, ErrorKind, HookPoint, Request, Response};
+use crate::protocol::{Action, Activation, ErrorKind, HookPoint, NotSwitched, Request, Response};
 
 /// Picks the release a host goes to, or says why it cannot.
 pub(super) type Choose<'a> = dyn Fn(&Run) -> Result<String, String> + Sync + 'a;
@@ -75,20 +75,20 @@ fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String
     timed(phases, "lock", || lock_all(ctx, runs));
     check_agents_and_choose(ctx, runs);
     if let Some(why) = stop_before_change(runs, "lock", ctx.reporter) {
-        release_all(runs, ctx.fleet.parallel, ctx.reporter);
+        release_all(ctx, runs, Some(&why));
         return Some(why);
     }
     // Phase 2: upload what is missing and prepare the release on ALL hosts.
     if let Some(build) = ctx.build {
         timed(phases, "prepare", || prepare_all(ctx, runs, build));
         if let Some(why) = stop_before_change(runs, "prepare", ctx.reporter) {
-            release_all(runs, ctx.fleet.parallel, ctx.reporter);
+            release_all(ctx, runs, Some(&why));
             return Some(why);
         }
     }
     // The once-per-run hook (migrations): on the first host, before any switch.
     if let Some(why) = run_once_before_switch(ctx, runs) {
-        release_all(runs, ctx.fleet.parallel, ctx.reporter);
+        release_all(ctx, runs, Some(&why));
         return Some(why);
     }
     // Phase 3: switch in batches.
@@ -105,7 +105,9 @@ fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String
         }
     }
     // Phase 4: prune and unlock.
-    timed(phases, "finish", || finish_all(ctx, runs));
+    timed(phases, "finish", || {
+        finish_all(ctx, runs, stopped.as_deref())
+    });
     stopped
 }
 
@@ -264,7 +266,7 @@ fn lock_all(ctx: &Ctx, runs: &mut [Run]) {
             return;
         }
         // Queue behind the live holder: give back what we took and try again.
-        release_all(runs, parallel, ctx.reporter);
+        release_all(ctx, runs, None);
         if !announced {
             announced = true;
             let held = runs
@@ -450,16 +452,24 @@ fn revert_switched(ctx: &Ctx, runs: &mut [Run]) -> usize {
     count
 }
 
-/// On every host still answering: prune old releases and release the lock.
-fn finish_all(ctx: &Ctx, runs: &mut [Run]) {
+/// On every host still answering: prune old releases and release the lock;
+/// a host the stopped run never switched records why.
+fn finish_all(ctx: &Ctx, runs: &mut [Run], stopped: Option<&str>) {
     let keep = *ctx.project.config.releases.keep.get_ref();
+    let deployer = deployer();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         let t = Instant::now();
         if !run.switched {
             ctx.reporter.host_done(&run.host);
         }
-        if let Some(Response::Finished { pruned }) =
-            run.call("finish", Request::Finish { keep: Some(keep) }, ctx.reporter)
+        let not_switched = stopped
+            .filter(|_| !run.switched)
+            .map(|why| not_switched(ctx, run, &deployer, &format!("{why}; not switched")));
+        let request = Request::Finish {
+            keep: Some(keep),
+            not_switched,
+        };
+        if let Some(Response::Finished { pruned }) = run.call("finish", request, ctx.reporter)
             && !pruned.is_empty()
         {
             ctx.reporter.step(
@@ -473,6 +483,9 @@ fn finish_all(ctx: &Ctx, runs: &mut [Run]) {
         run.time("finish", t);
     });
 }
+
+/// The reason of a host that was fine when the run stopped before any switch.
+const NOT_CHANGED: &str = "not changed: the run stopped before switching any host";
 
 /// Before any host changed: if something failed, the whole run stops here.
 fn stop_before_change(runs: &mut [Run], phase: &str, reporter: &Reporter) -> Option<String> {
@@ -491,7 +504,7 @@ fn stop_before_change(runs: &mut [Run], phase: &str, reporter: &Reporter) -> Opt
     }
     for run in runs.iter_mut().filter(|r| !r.failed()) {
         run.outcome.failed_step = Some(phase.to_string());
-        run.outcome.reason = Some("not changed: the run stopped before switching any host".into());
+        run.outcome.reason = Some(NOT_CHANGED.into());
     }
     let why = if fleet::interrupted() {
         "interrupted (Ctrl-C) before any host was switched".to_string()
@@ -502,12 +515,35 @@ fn stop_before_change(runs: &mut [Run], phase: &str, reporter: &Reporter) -> Opt
     Some(why)
 }
 
-/// Gives back every lock taken so far (no pruning) and closes the sessions.
-fn release_all(runs: &mut [Run], parallel: usize, reporter: &Reporter) {
-    fleet::each(runs, parallel, |run| {
+/// Gives back every lock taken so far (no pruning) and closes the sessions;
+/// with `why` the run stopped, and each locked host records that.
+fn release_all(ctx: &Ctx, runs: &mut [Run], why: Option<&str>) {
+    let deployer = deployer();
+    fleet::each(runs, ctx.fleet.parallel, |run| {
+        let request = Request::Finish {
+            keep: None,
+            not_switched: why.map(|why| not_switched(ctx, run, &deployer, why)),
+        };
         if let Some(session) = run.session.as_mut() {
-            let _ = session.call(Request::Finish { keep: None }, &mut |_, _| {});
+            let _ = session.call(request, &mut |_, _| {});
         }
-        close(run, reporter);
+        close(run, ctx.reporter);
     });
+}
+
+/// What `run`'s host records of a run that stopped (`why`) before it switched:
+/// its own failure when it had one, else the run's.
+fn not_switched(ctx: &Ctx, run: &Run, deployer: &str, why: &str) -> NotSwitched {
+    let why = match (&run.outcome.failed_step, &run.outcome.reason) {
+        (Some(step), Some(reason)) if reason != NOT_CHANGED => {
+            format!("{step}: {reason}; not switched")
+        }
+        _ => why.to_string(),
+    };
+    NotSwitched {
+        release: run.target.clone(),
+        action: ctx.action.clone(),
+        deployer: deployer.to_string(),
+        why,
+    }
 }

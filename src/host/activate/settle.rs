@@ -1,0 +1,102 @@
+//! Settling: a release that passed its gate must stay up, and pass every
+//! liveness probe, for `[health] settle` before its activation counts. A
+//! crash (a restart by the supervisor included) or a failed probe inside the
+//! window fails the activation like a failed start, so it is reverted.
+
+use std::time::{Duration, Instant};
+
+use super::{StepFailure, cancelled};
+use crate::host::supervisor::{self, RunEnd, logfile};
+use crate::protocol::layout::Layout;
+use crate::protocol::manifest::HealthSpec;
+
+/// How often the supervisor's record of the run is read.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// How long to wait for the supervisor to record how a run ended.
+const RECORD_WAIT: Duration = Duration::from_secs(1);
+
+/// Longest pause between two liveness probes while settling.
+const PROBE_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+
+/// Watches the run of `pid` (the service of `layout`, an instance's layout
+/// behind the proxy) until `health.settle_ms` after `healthy_at`.
+pub(super) fn settle(
+    layout: &Layout,
+    health: &HealthSpec,
+    pid: i32,
+    healthy_at: Instant,
+    emit: &dyn Fn(&str, &str),
+) -> Result<(), StepFailure> {
+    let window = Duration::from_millis(health.settle_ms);
+    if window.is_zero() {
+        return Ok(());
+    }
+    // The check as this run's supervisor probes it (an instance's port).
+    let check = supervisor::release::current(layout)
+        .map(|r| r.manifest.health.check)
+        .unwrap_or_else(|_| health.check.clone());
+    let interval = Duration::from_millis(health.interval_ms).min(PROBE_AT_LEAST_EVERY);
+    let probe_timeout = Duration::from_millis(health.probe_timeout_ms.min(health.interval_ms));
+    emit(
+        "settle",
+        &format!(
+            "pid {pid}: must stay healthy for {}",
+            seconds(window.saturating_sub(healthy_at.elapsed()))
+        ),
+    );
+    let tail = || logfile::tail(&logfile::service_log(layout), logfile::TAIL_LINES);
+    let failed = |what: &str, since: Duration, why: String| -> StepFailure {
+        (
+            "settle",
+            format!("{what} {} after becoming healthy: {why}", seconds(since)),
+            tail(),
+        )
+    };
+    let mut next_probe = Instant::now() + interval;
+    loop {
+        cancelled("settle")?;
+        let since = healthy_at.elapsed();
+        if let Some(end) = supervisor::run_ended(layout, pid) {
+            return Err(failed("crashed", since, recorded(layout, pid, end)));
+        }
+        let done = since >= window;
+        if done || Instant::now() >= next_probe {
+            if let Err(found) = supervisor::probe_health(&check, probe_timeout) {
+                // A probe that failed because the process just died is a crash.
+                let since = healthy_at.elapsed();
+                return Err(match supervisor::run_ended(layout, pid) {
+                    Some(end) => failed("crashed", since, recorded(layout, pid, end)),
+                    None => failed("unhealthy", since, found),
+                });
+            }
+            next_probe = Instant::now() + interval;
+        }
+        if done {
+            emit(
+                "settle",
+                &format!("pid {pid} stayed healthy for {}", seconds(since)),
+            );
+            return Ok(());
+        }
+        std::thread::sleep(LOOK_EVERY.min(window.saturating_sub(since)));
+    }
+}
+
+/// How the run ended, once its supervisor recorded it (it notices a moment
+/// after the process is gone), or what was seen.
+fn recorded(layout: &Layout, pid: i32, mut end: RunEnd) -> String {
+    let until = Instant::now() + RECORD_WAIT;
+    while !end.recorded && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(later) = supervisor::run_ended(layout, pid) {
+            end = later;
+        }
+    }
+    end.how
+}
+
+/// `2.1 s`: settle windows are seconds long, tenths say enough.
+fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
