@@ -558,4 +558,42 @@ mod tests {
         assert!(text.contains("  health:    healthy\n"), "{text}");
         assert!(!text.contains("  ok\n"), "{text}");
     }
+
+    #[test]
+    fn behind_the_proxy_each_missing_part_is_one_flag_and_a_stop_one_more() {
+        let with_proxy = |service: serde_json::Value, proxy: serde_json::Value| {
+            let mut row = host(service, "");
+            let status = row.status.as_mut().expect("a status");
+            status.proxy = Some(serde_json::from_value(proxy).expect("a proxy status"));
+            flags(status)
+        };
+        let dead =
+            json!({"state": "dead", "lsb_code": 1, "detail": "dead: supervisor pid 7 is gone"});
+        let proxy = json!({
+            "state": "running", "listen": "127.0.0.1:8080", "active": 18081,
+            "keeper_pid": 20, "worker_pid": 21, "restarts": 0, "last_exit": null,
+            "inflight": [], "service_state": "dead", "lsb_code": 1,
+            "missing": [
+                {"part": "runner", "port": null, "detail": "pid 10 is gone"},
+                {"part": "active instance", "port": 18081, "detail": "dead: supervisor pid 7 is gone"}
+            ]
+        });
+        assert_eq!(
+            with_proxy(dead.clone(), proxy.clone()),
+            [
+                "missing runner: pid 10 is gone",
+                "missing active instance 18081: dead: supervisor pid 7 is gone"
+            ]
+        );
+        let mut stopped = proxy;
+        stopped["state"] = json!("stopped");
+        stopped["service_state"] = json!("stopped");
+        stopped["lsb_code"] = json!(3);
+        stopped["missing"] = json!([]);
+        let not_running = json!({"state": "stopped", "lsb_code": 3, "detail": "not running"});
+        assert_eq!(
+            with_proxy(not_running, stopped),
+            ["stopped: the proxy and both instances"]
+        );
+    }
 }
