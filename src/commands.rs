@@ -152,12 +152,26 @@ fn print_proxied_status(layout: &Layout, spec: &ProxySpec, json: bool) -> i32 {
         for line in status.instance_lines() {
             say!("{line}");
         }
-        match host::proxy::runner::pid(layout) {
-            Some(pid) => say!("runner pid {pid} supervises the proxy and instances"),
-            None if status.state != host::proxy::ProxyState::Stopped => say!(
-                "no runner: a dead proxy keeper would not be started again (`service start {}` starts one)",
-                layout.name()
-            ),
+        if let Some(pid) = status.runner_pid {
+            let since = status
+                .runner_started_at
+                .as_deref()
+                .map(|t| format!(", started at {t}"))
+                .unwrap_or_default();
+            say!("runner pid {pid}{since}");
+        }
+        for part in &status.missing {
+            say!("{}", host::secrets::mask(&part.line()));
+        }
+        // The whole's state last, as a plain service's status says it.
+        match &status.service_state {
+            Some(host::supervisor::ServiceState::Running) => {
+                say!("running: the proxy, its runner and the active instance")
+            }
+            Some(host::supervisor::ServiceState::Stopped) => {
+                say!("stopped: the proxy and both instances")
+            }
+            Some(state) => say!("{state}: {} part(s) missing", status.missing.len()),
             None => {}
         }
     }

@@ -1096,3 +1096,230 @@ fn a_deploy_and_a_reload_racing_take_turns_and_no_request_fails() {
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(0), "{status}");
 }
+
+/// A pid from a JSON record under the test's own root, e.g. the keeper's.
+fn recorded_pid(p: &Project, file: &str, pointer: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(p.root().join("run/hello").join(file)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.pointer(pointer)?.as_i64().map(|n| n as i32)
+}
+
+fn sigkill(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Waits until `pid` is gone or a zombie (at most 10 s).
+fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty()
+            || stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("pid {pid} still lives 10 s after SIGKILL");
+}
+
+/// `shipjar status local` as text and as JSON: (exit code, text, this host's flags).
+fn operator_status(p: &Project) -> (Option<i32>, String, Vec<String>) {
+    let out = p.run(&["status", "local"]);
+    let (_, json) = p.status_json();
+    let flags = json["hosts"][0]["flags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    (out.status.code(), text(&out), flags)
+}
+
+#[test]
+fn a_killed_runner_makes_status_dead_naming_it_and_since_when() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    let runner = runner_pid(&p.root()).expect("the deploy left a runner");
+    sigkill(runner);
+    wait_gone(runner);
+
+    // The proxy and the instance still serve, but nothing supervises them.
+    assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(
+        status.contains(&format!(
+            "missing runner: pid {runner} is gone without having been stopped (last started at 20"
+        )),
+        "{status}"
+    );
+    assert!(status.contains("dead: 1 part(s) missing"), "{status}");
+    let (code, said, flags) = operator_status(&p);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("  ! missing runner: pid"), "{said}");
+    assert!(!said.contains("  ok\n"), "{said}");
+    assert_eq!(flags.len(), 1, "{flags:?}");
+    assert!(flags[0].starts_with("missing runner: "), "{flags:?}");
+
+    // `service start` puts a runner back over what runs: all well again.
+    let root = p.root().to_str().unwrap().to_string();
+    let start = p.run(&["service", "start", "hello", "--root", &root]);
+    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    let (code, said, _) = operator_status(&p);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("  runner:    pid "), "{said}");
+}
+
+/// With its runner alive a killed keeper is back within moments, so the
+/// honest check is that status is all well again (not that it ever saw the
+/// gap); with the runner dead too, nothing brings it back: both are named.
+#[test]
+fn a_killed_keeper_is_back_under_its_runner_and_named_missing_without_one() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let keeper = recorded_pid(&p, "proxy/keeper.json", "/keeper/pid").expect("keeper pid");
+    let worker = recorded_pid(&p, "proxy/keeper.json", "/worker/pid").expect("worker pid");
+    sigkill(keeper);
+    sigkill(worker);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut code, mut status) = (None, String::new());
+    while Instant::now() < deadline {
+        (code, status) = service_status(&p);
+        if code == Some(0) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(code, Some(0), "{status}");
+    assert!(!status.contains("missing"), "{status}");
+    let back = recorded_pid(&p, "proxy/keeper.json", "/keeper/pid").expect("a new keeper");
+    assert_ne!(back, keeper);
+
+    let runner = runner_pid(&p.root()).expect("a runner");
+    sigkill(runner);
+    wait_gone(runner);
+    let worker = recorded_pid(&p, "proxy/keeper.json", "/worker/pid").expect("worker pid");
+    sigkill(back);
+    sigkill(worker);
+    wait_gone(back);
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(
+        status.contains(&format!("missing runner: pid {runner} is gone")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "missing keeper: pid {back} is gone without having been stopped (last started at 20"
+        )),
+        "{status}"
+    );
+    let (code, said, flags) = operator_status(&p);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        flags.iter().any(|f| f.starts_with("missing runner: ")),
+        "{flags:?}"
+    );
+    assert!(
+        flags.iter().any(|f| f.starts_with("missing keeper: ")),
+        "{flags:?}"
+    );
+}
+
+#[test]
+fn a_killed_active_instance_is_named_with_its_port_and_its_last_sign_of_life() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let active: u16 = std::fs::read_to_string(p.root().join("run/hello/proxy/active"))
+        .expect("the active port")
+        .trim()
+        .parse()
+        .expect("a port");
+    let dir = format!("instance-{active}");
+    let supervisor =
+        recorded_pid(&p, &format!("{dir}/supervisor.json"), "/supervisor/pid").expect("supervisor");
+    let jvm = std::fs::read_to_string(p.root().join(format!("run/hello/{dir}/hello.pid")))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        .expect("the instance's pid");
+    sigkill(supervisor);
+    sigkill(jvm);
+    wait_gone(supervisor);
+    wait_gone(jvm);
+
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(
+        status.contains(&format!(
+            "missing active instance {active}: dead: supervisor pid {supervisor} is gone"
+        )),
+        "{status}"
+    );
+    assert!(status.contains("last sign of life at 20"), "{status}");
+    assert!(!status.contains("supervises"), "{status}");
+    let (code, said, flags) = operator_status(&p);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        flags
+            .iter()
+            .any(|f| f.starts_with(&format!("missing active instance {active}: dead"))),
+        "{flags:?}"
+    );
+}
+
+/// A stop asked for is "stopped" (LSB 3), not dead — also when the runner
+/// had been killed before the stop.
+#[test]
+fn a_service_stopped_by_request_is_stopped_not_dead_even_after_its_runner_died() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let root = p.root().to_str().unwrap().to_string();
+    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(3), "{status}");
+    assert!(
+        status.contains("stopped: the proxy and both instances"),
+        "{status}"
+    );
+    assert!(!status.contains("missing"), "{status}");
+    let (code, said, flags) = operator_status(&p);
+    assert_eq!(code, Some(1), "a stopped service is a finding: {said}");
+    assert_eq!(flags, ["stopped: the proxy and both instances"], "{said}");
+
+    let start = p.run(&["service", "start", "hello", "--root", &root]);
+    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    let runner = runner_pid(&p.root()).expect("a runner");
+    sigkill(runner);
+    wait_gone(runner);
+    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(3), "{status}");
+    assert!(!status.contains("missing"), "{status}");
+    let out = p.run(&["--json", "service", "status", "hello", "--root", &root]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["service_state"], "stopped", "{json}");
+    assert_eq!(json["lsb_code"], 3, "{json}");
+}

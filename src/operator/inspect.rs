@@ -28,6 +28,9 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
     let mut flags = Vec::new();
     let current = status.current.as_ref();
     let service = &status.service;
+    // Behind the proxy the whole is judged on the host: each missing part
+    // (runner, keeper, worker, active instance) is a flag of its own.
+    let whole = status.proxy.as_ref().and_then(|p| p.service_state.as_ref());
     match (current, &service.state) {
         (None, ServiceState::Running) => flags.push("running, but no release is current".into()),
         (None, ServiceState::Stopped) => flags.push("no release deployed".into()),
@@ -35,6 +38,11 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
             flags.push("no release deployed".into());
             flags.push(service.detail.clone());
         }
+        (Some(_), _) if whole == Some(&ServiceState::Stopped) => {
+            flags.push("stopped: the proxy and both instances".into())
+        }
+        // The active instance is a missing part, named with its port.
+        (Some(_), _) if whole.is_some() => {}
         (Some(_), ServiceState::Running) => {}
         // The detail says it all: "dead: supervisor pid 4242 is gone; …",
         // "starting: pid …", "not running (last start failed: …)".
@@ -48,8 +56,10 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
             current.id
         ));
     }
-    // A starting service is not healthy yet, which is no finding of its own.
-    if service.healthy == Some(false) && service.state != ServiceState::Starting {
+    // A starting service is not healthy yet, which is no finding of its own;
+    // an unhealthy active instance is a missing part.
+    if service.healthy == Some(false) && service.state != ServiceState::Starting && whole.is_none()
+    {
         flags.push("unhealthy".into());
     }
     match (&status.running_version, &status.reported_version) {
@@ -69,8 +79,13 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
     flags
 }
 
-/// A proxy that is not serving, or one that takes traffic to no instance.
+/// Each missing part of a proxied service, judged on the host; from an
+/// older agent: a proxy that is not serving, or one that takes traffic to
+/// no instance.
 fn proxy_flags(proxy: &ProxyStatus) -> Vec<String> {
+    if proxy.service_state.is_some() {
+        return proxy.missing.iter().map(|m| m.line()).collect();
+    }
     let mut flags = Vec::new();
     if proxy.state != ProxyState::Running {
         flags.push(format!("proxy {}", proxy.state));
@@ -202,6 +217,14 @@ fn format_row(row: &HostReport) -> String {
         }
         if let Some(p) = &s.proxy {
             out.push_str(&format!("  proxy:     {}\n", p.line()));
+            if let Some(pid) = p.runner_pid {
+                let since = p
+                    .runner_started_at
+                    .as_deref()
+                    .map(|t| format!(", started at {t}"))
+                    .unwrap_or_default();
+                out.push_str(&format!("  runner:    pid {pid}{since}\n"));
+            }
             for line in p.instance_lines() {
                 out.push_str(&format!("  {line}\n"));
             }
@@ -534,5 +557,43 @@ mod tests {
         );
         assert!(text.contains("  health:    healthy\n"), "{text}");
         assert!(!text.contains("  ok\n"), "{text}");
+    }
+
+    #[test]
+    fn behind_the_proxy_each_missing_part_is_one_flag_and_a_stop_one_more() {
+        let with_proxy = |service: serde_json::Value, proxy: serde_json::Value| {
+            let mut row = host(service, "");
+            let status = row.status.as_mut().expect("a status");
+            status.proxy = Some(serde_json::from_value(proxy).expect("a proxy status"));
+            flags(status)
+        };
+        let dead =
+            json!({"state": "dead", "lsb_code": 1, "detail": "dead: supervisor pid 7 is gone"});
+        let proxy = json!({
+            "state": "running", "listen": "127.0.0.1:8080", "active": 18081,
+            "keeper_pid": 20, "worker_pid": 21, "restarts": 0, "last_exit": null,
+            "inflight": [], "service_state": "dead", "lsb_code": 1,
+            "missing": [
+                {"part": "runner", "port": null, "detail": "pid 10 is gone"},
+                {"part": "active instance", "port": 18081, "detail": "dead: supervisor pid 7 is gone"}
+            ]
+        });
+        assert_eq!(
+            with_proxy(dead.clone(), proxy.clone()),
+            [
+                "missing runner: pid 10 is gone",
+                "missing active instance 18081: dead: supervisor pid 7 is gone"
+            ]
+        );
+        let mut stopped = proxy;
+        stopped["state"] = json!("stopped");
+        stopped["service_state"] = json!("stopped");
+        stopped["lsb_code"] = json!(3);
+        stopped["missing"] = json!([]);
+        let not_running = json!({"state": "stopped", "lsb_code": 3, "detail": "not running"});
+        assert_eq!(
+            with_proxy(not_running, stopped),
+            ["stopped: the proxy and both instances"]
+        );
     }
 }

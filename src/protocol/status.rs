@@ -108,6 +108,62 @@ pub struct ProxyStatus {
     /// Both instances, in `ports` order (filled in by whoever knows the ports).
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,
+    /// The runner's pid (it holds its lock, its recorded identity is alive).
+    #[serde(default)]
+    pub runner_pid: Option<i32>,
+    /// When the runner (the live one, else the last one) started (RFC 3339).
+    #[serde(default)]
+    pub runner_started_at: Option<String>,
+    /// The service as a whole: `running`, `stopped` (by request), `dead` (a
+    /// part is missing), or the active instance's `starting`/`restarting`.
+    /// `None` where only the proxy was looked at.
+    #[serde(default)]
+    pub service_state: Option<ServiceState>,
+    /// LSB code of the whole (0 running, 1 dead, 3 stopped or starting).
+    #[serde(default)]
+    pub lsb_code: Option<i32>,
+    /// Every part that is not (proven) alive, in the order runner, keeper,
+    /// worker, active instance; empty when running or stopped as a whole.
+    #[serde(default)]
+    pub missing: Vec<MissingPart>,
+}
+
+wire_enum! {
+    /// A part of a proxied service.
+    pub enum Part {
+        /// The runner: owns the whole, brings back a keeper that died.
+        Runner => "runner",
+        /// The proxy's keeper: holds the public socket, keeps a worker.
+        Keeper => "keeper",
+        /// The proxy's worker: serves the requests.
+        Worker => "worker",
+        /// The instance on the port the proxy sends traffic to.
+        ActiveInstance => "active instance",
+        /// The other instance (named only when it died, not when stopped).
+        IdleInstance => "idle instance",
+    }
+}
+
+/// A part of a proxied service that is not (proven) alive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissingPart {
+    /// Which part.
+    pub part: Part,
+    /// The instance's port, for the active instance.
+    pub port: Option<u16>,
+    /// What is wrong and since when, as far as the records tell.
+    pub detail: String,
+}
+
+impl MissingPart {
+    /// "missing runner: …", "missing active instance 18081: …".
+    pub fn line(&self) -> String {
+        match self.port {
+            Some(port) => format!("missing {} {port}: {}", self.part, self.detail),
+            None => format!("missing {}: {}", self.part, self.detail),
+        }
+    }
 }
 
 /// One of the two instances behind the proxy.

@@ -89,14 +89,21 @@ pub fn write_active(layout: &Layout, port: Option<u16>) -> Result<(), String> {
 pub struct KeeperRecord {
     /// The keeper process.
     pub keeper: ProcessId,
+    /// When the keeper started (RFC 3339); absent in an older keeper's record.
+    #[serde(default)]
+    pub started_at: Option<String>,
     /// The proxy process serving requests, when one runs.
     pub worker: Option<ProcessId>,
     /// When the worker was started (RFC 3339).
     pub worker_started_at: Option<String>,
     /// Workers started after the first one (crash restarts).
     pub restarts: u32,
-    /// How the last worker ended, e.g. "killed by SIGKILL".
+    /// How the last worker ended, e.g. "killed by SIGKILL"; "stopped"
+    /// once the keeper itself was stopped.
     pub last_exit: Option<String>,
+    /// When that was (RFC 3339).
+    #[serde(default)]
+    pub last_exit_at: Option<String>,
     /// The address it listens on.
     pub listen: String,
 }
@@ -120,16 +127,37 @@ pub fn runner_path(layout: &Layout) -> PathBuf {
     layout.proxy_dir().join("runner.json")
 }
 
-/// Records the runner's identity atomically.
-pub fn write_runner(layout: &Layout, id: &ProcessId) -> Result<(), String> {
+/// What the runner records about itself: who it is, and how it ended when
+/// it ended on its own terms (a runner killed leaves no end).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunnerRecord {
+    /// The runner process.
+    #[serde(flatten)]
+    pub id: ProcessId,
+    /// When it started (RFC 3339); absent in an older runner's record.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// How it ended: "stopped", "handed over", "start failed: …".
+    #[serde(default)]
+    pub ended: Option<String>,
+    /// Whether that end was asked for (a stop or a hand-over).
+    #[serde(default)]
+    pub stopped_on_request: bool,
+    /// When it ended (RFC 3339).
+    #[serde(default)]
+    pub ended_at: Option<String>,
+}
+
+/// Records the runner atomically.
+pub fn write_runner(layout: &Layout, record: &RunnerRecord) -> Result<(), String> {
     ensure_dir(layout)?;
-    let text = serde_json::to_vec(id).map_err(|e| e.to_string())?;
+    let text = serde_json::to_vec(record).map_err(|e| e.to_string())?;
     let path = runner_path(layout);
     files::write_atomic(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The runner's recorded identity, if any.
-pub fn read_runner(layout: &Layout) -> Option<ProcessId> {
+/// The runner's record, if any.
+pub fn read_runner(layout: &Layout) -> Option<RunnerRecord> {
     let text = fs::read(runner_path(layout)).ok()?;
     serde_json::from_slice(&text).ok()
 }

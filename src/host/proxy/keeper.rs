@@ -79,10 +79,12 @@ fn keep(layout: &Layout) -> Result<(), String> {
     };
     let mut record = KeeperRecord {
         keeper: me,
+        started_at: Some(now_rfc3339()),
         worker: None,
         worker_started_at: None,
         restarts,
         last_exit,
+        last_exit_at: None,
         listen: spec.listen.clone(),
     };
     let mut failures: u32 = 0;
@@ -98,6 +100,7 @@ fn keep(layout: &Layout) -> Result<(), String> {
                 stop_worker(&mut child);
                 record.worker = None;
                 record.last_exit = Some("stopped".into());
+                record.last_exit_at = Some(now_rfc3339());
                 let _ = files::write_keeper(layout, &record);
                 return Ok(());
             }
@@ -106,6 +109,7 @@ fn keep(layout: &Layout) -> Result<(), String> {
         eprintln!("shipjar proxy: worker pid {} {how}; restarting", child.id());
         record.worker = None;
         record.last_exit = Some(how);
+        record.last_exit_at = Some(now_rfc3339());
         record.restarts += 1;
         files::write_keeper(layout, &record)?;
         failures = if started.elapsed() >= STEADY {
@@ -119,6 +123,10 @@ fn keep(layout: &Layout) -> Result<(), String> {
             n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 2)).min(MAX_DELAY),
         };
         if !delay.is_zero() && matches!(wait_signal(&signals, delay), Some(true)) {
+            // Stopped while backing off: a stop all the same, not a death.
+            record.last_exit = Some("stopped".into());
+            record.last_exit_at = Some(now_rfc3339());
+            let _ = files::write_keeper(layout, &record);
             return Ok(());
         }
     }

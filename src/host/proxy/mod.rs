@@ -25,6 +25,7 @@ use crate::protocol::manifest::ProxySpec;
 pub use crate::protocol::status::{ProxyState, ProxyStatus};
 
 pub use files::read_active as active;
+pub use files::{KeeperRecord, RunnerRecord};
 
 /// How long a starting proxy may take to answer on its control socket.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,10 +55,19 @@ pub fn status(layout: &Layout) -> ProxyStatus {
                 && procfs::liveness(r.keeper) == Liveness::Alive
         })
         .map(|r| r.keeper.pid);
+    // The worker is the live keeper's child, as its record names it.
     let worker_pid = record
         .as_ref()
         .and_then(|r| r.worker)
-        .filter(|w| alive && procfs::liveness(*w) == Liveness::Alive)
+        .filter(|w| {
+            keeper_pid.is_some_and(|k| {
+                procfs::liveness(*w) == Liveness::Alive
+                    && procfs::stat(w.pid)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|s| s.ppid == k)
+            })
+        })
         .map(|w| w.pid);
     let answer = if alive {
         request(layout, "status").ok()
@@ -97,7 +107,17 @@ pub fn status(layout: &Layout) -> ProxyStatus {
         last_exit: record.and_then(|r| r.last_exit),
         inflight,
         instances: Vec::new(),
+        runner_pid: None,
+        runner_started_at: None,
+        service_state: None,
+        lsb_code: None,
+        missing: Vec::new(),
     }
+}
+
+/// The keeper's record of itself and its worker, if there is one.
+pub fn keeper_record(layout: &Layout) -> Option<KeeperRecord> {
+    files::read_keeper(layout)
 }
 
 /// Starts the proxy with `spec` unless it runs already; returns once it

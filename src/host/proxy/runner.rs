@@ -24,6 +24,7 @@ use crate::host::supervisor::process::{self, Signals};
 use crate::host::supervisor::procfs::{self, Liveness};
 use crate::host::supervisor::readiness::{FAILED, READY, ReadinessChannel};
 use crate::host::supervisor::{StartReport, SupervisorError};
+use crate::protocol::clock::now_rfc3339;
 use crate::protocol::layout::{Layout, Lock};
 
 /// How often the runner looks at the proxy's keeper (a lock test): the
@@ -57,9 +58,49 @@ pub fn is_held(layout: &Layout) -> bool {
 /// The live runner's pid: the holder of its lock, as the kernel names it,
 /// with the start time it recorded.
 pub fn pid(layout: &Layout) -> Option<i32> {
-    let id = files::read_runner(layout)?;
+    let id = files::read_runner(layout)?.id;
     let holder = lockfile::holder(layout, Lock::Runner)?;
     (holder.pid == id.pid && procfs::liveness(id) == Liveness::Alive).then_some(id.pid)
+}
+
+/// The runner's record (the live one's, else the last one's), if any.
+pub fn record(layout: &Layout) -> Option<files::RunnerRecord> {
+    files::read_runner(layout)
+}
+
+/// After a stop of the whole made without a runner (it was gone): its
+/// record says the service was stopped by request, so `status` tells the
+/// stopped service from one whose runner died.
+pub fn record_stopped_without_it(layout: &Layout) -> Result<(), String> {
+    match files::read_runner(layout) {
+        Some(record) if record.ended.is_none() && !is_held(layout) => {
+            end_record(layout, record, "gone before the stop", true)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes how the runner `record` names ended.
+fn end_record(
+    layout: &Layout,
+    mut record: files::RunnerRecord,
+    how: &str,
+    on_request: bool,
+) -> Result<(), String> {
+    record.ended = Some(how.to_string());
+    record.stopped_on_request = on_request;
+    record.ended_at = Some(now_rfc3339());
+    files::write_runner(layout, &record)
+}
+
+/// Records how this runner ends, while it still holds its lock (so no
+/// runner after it is overwritten).
+fn record_end(layout: &Layout, me: Option<files::RunnerRecord>, how: &str, on_request: bool) {
+    if let Some(record) = me
+        && let Err(e) = end_record(layout, record, how, on_request)
+    {
+        eprintln!("shipjar runner: {e}");
+    }
 }
 
 /// Takes the runner's lock; `Ok(None)` when another runner holds it.
@@ -209,8 +250,18 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
     {
         signals.keep_alive(every / 2, Box::new(move || n.send("WATCHDOG=1")));
     }
-    if let Some(me) = procfs::identify(std::process::id() as i32).ok().flatten()
-        && let Err(e) = files::write_runner(layout, &me)
+    let me = procfs::identify(std::process::id() as i32)
+        .ok()
+        .flatten()
+        .map(|id| files::RunnerRecord {
+            id,
+            started_at: Some(now_rfc3339()),
+            ended: None,
+            stopped_on_request: false,
+            ended_at: None,
+        });
+    if let Some(me) = &me
+        && let Err(e) = files::write_runner(layout, me)
     {
         eprintln!("shipjar runner: {e}");
     }
@@ -239,6 +290,7 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
             if !adopting {
                 let _ = instances::stop_parts(layout, &spec);
             }
+            record_end(layout, me, &format!("start failed: {}", e.message), false);
             drop(lock);
             readiness.failed(&e.message, &instance);
             return 1;
@@ -256,11 +308,13 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
                         1
                     }
                 };
+                record_end(layout, me, "stopped", true);
                 drop(lock);
                 return code;
             }
             Some(libc::SIGUSR1) => {
                 eprintln!("shipjar runner: handing the service over");
+                record_end(layout, me, "handed over", true);
                 drop(lock);
                 return 0;
             }

@@ -16,6 +16,7 @@ pub(crate) mod logfile;
 mod logpipe;
 pub(crate) mod notify;
 mod observe;
+pub use observe::last_sign_of_life;
 mod privileges;
 pub(crate) mod process;
 #[allow(clippy::disallowed_methods)] // root-only: /proc
