@@ -232,11 +232,16 @@ fn nobody_flocking_whatever_it_can_open_holds_up_no_start_stop_restart_or_status
         .filter(|p| p.is_file())
         .collect();
     assert!(!lock_files.is_empty(), "no lock files in run/NAME/locks");
+    // Lock files the commands above created (the switch lock, at the
+    // restart) are tried again now, as nobody.
+    let late = nobody_locks(&lock_files);
+    assert!(late.opened.is_empty(), "nobody opened {:?}", late.opened);
     for file in &lock_files {
         assert!(
             locks
                 .refused
                 .iter()
+                .chain(&late.refused)
                 .any(|(p, why)| p == file && why == "Permission denied"),
             "nobody could open {}: opened {:?}, refused {:?}",
             file.display(),

@@ -149,6 +149,11 @@ impl Supervisor<'_> {
     /// on the first run, `service reload` after a reload restart).
     fn passed(&mut self, pid: i32, after: Duration, first: bool) {
         let ms = after.as_millis() as u64;
+        // The state first: whoever sees the event and asks `status` finds
+        // it running, not still in the gate.
+        self.state.state = Phase::Running;
+        self.state.healthy_after_ms = Some(ms);
+        self.save();
         self.log.event(&format!("healthy after {ms} ms"));
         if let ClassData::Use { archive } = &self.class_data
             && cds::mapped(pid, archive) == Some(false)
@@ -160,10 +165,8 @@ impl Supervisor<'_> {
             ));
             cds::forget(archive);
             self.state.class_data = Some(ClassDataUse::Refused);
+            self.save();
         }
-        self.state.state = Phase::Running;
-        self.state.healthy_after_ms = Some(ms);
-        self.save();
         if first {
             // `start` returning means the log shows it too.
             self.log.sync(LOG_SYNC_WAIT);
