@@ -468,8 +468,24 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
 
     // systemctl restart: a new supervisor, a new JVM, same release.
     ssh_ok(&f, host, "systemctl restart hello");
+    let before_reload = agree(&f, host, &p, Expect::Running("1.0.0"));
+    assert_ne!(before_reload.main_pid, reverted.main_pid);
+
+    // systemctl reload (no reload signal configured): the same supervisor
+    // restarts the JVM through the gate, the reload returns at once, and the
+    // unit stays active (systemd used to stop it when the reload ended).
+    let reload_began = Instant::now();
+    ssh_ok(&f, host, "timeout 30 systemctl reload hello");
+    assert!(
+        reload_began.elapsed() < Duration::from_secs(10),
+        "systemctl reload took {:?}",
+        reload_began.elapsed()
+    );
+    // Whatever systemd does at the end of a reload, it has done by now.
+    std::thread::sleep(Duration::from_secs(2));
     let restarted = agree(&f, host, &p, Expect::Running("1.0.0"));
-    assert_ne!(restarted.main_pid, reverted.main_pid);
+    assert_eq!(restarted.main_pid, before_reload.main_pid);
+    assert_ne!(restarted.service_pid, before_reload.service_pid);
 
     // The JVM killed: the supervisor (still MainPID) starts a new one.
     ssh_ok(&f, host, &format!("kill -KILL {}", restarted.service_pid));

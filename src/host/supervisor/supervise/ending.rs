@@ -31,8 +31,22 @@ impl Supervisor<'_> {
     /// Stops the service gracefully (see [`stopping`]); returns how it
     /// ended, also recorded in the state. `drain`: run the stop hook first.
     pub(super) fn stop_service(&mut self, child: &mut Child, drain: bool) -> String {
-        let pid = child.id() as i32;
         self.readiness.stopping();
+        self.end_service(child, drain)
+    }
+
+    /// Stops the service to start it again (a reload). Unlike a stop, this
+    /// says nothing of stopping to systemd: a `STOPPING=1` sent during
+    /// `ExecReload` is queued, and when the reload ends systemd acts on it
+    /// by waiting for the unit to stop, then killing it at its timeout.
+    pub(super) fn stop_for_restart(&mut self, child: &mut Child, drain: bool) -> String {
+        self.readiness
+            .status("reloading: restarting through the health gate");
+        self.end_service(child, drain)
+    }
+
+    fn end_service(&mut self, child: &mut Child, drain: bool) -> String {
+        let pid = child.id() as i32;
         self.state.state = Phase::Stopping;
         self.save();
         let ctx = StopContext {

@@ -204,7 +204,7 @@ impl Supervisor<'_> {
         let Some(name) = self.release.manifest.reload.signal.clone() else {
             self.log
                 .event("reload requested: restarting through the health gate");
-            self.stop_service(child, true);
+            self.stop_for_restart(child, true);
             return Some(Outcome::Reload);
         };
         let sent = name
