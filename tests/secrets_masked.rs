@@ -256,10 +256,21 @@ fn a_secret_that_occurs_in_ordinary_output_is_masked_there_too() {
 
     // `unlock` names the holder of a lock a killed deploy left: user@machine.
     for (version, json) in [("v2", false), ("v3", true)] {
-        let mut child = project.spawn_slow_deploy(version, 3000);
+        // Killed once its host switched: the agent goes on with the slow
+        // start it is running, holding the lock until it ends (an agent
+        // that sees its operator gone releases the lock after its request).
+        let before = project.current();
+        let mut child = project.spawn_slow_deploy(version, 5000);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while project.current() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{version} never switched"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = child.kill();
         let _ = child.wait();
-        std::thread::sleep(Duration::from_millis(300));
         let out = if json {
             project.run(&["--json", "unlock", "local"])
         } else {
