@@ -249,11 +249,28 @@ impl GuardedDir {
         mkdirat(&self.fd, name, Mode::from_bits_truncate(new.mode))
             .map_err(|e| self.error_at(name, e, "cannot create"))?;
         let dir = self.subdir(name)?;
-        dir.chmod(new.mode)?;
-        if let Some(owner) = new.owner {
-            dir.chown(owner)?;
-        }
+        dir.claim(new)?;
         Ok(dir)
+    }
+
+    /// Gives a directory this process just created its exact mode and
+    /// owner, through the fd — after checking it is still ours: where the
+    /// parent is another user's to write, they could have put their own in
+    /// its place between the `mkdirat` and the open.
+    fn claim(&self, new: NewFile) -> io::Result<()> {
+        let me = nix::unistd::geteuid().as_raw();
+        let found = self.stat()?.uid;
+        if found != me {
+            return Err(refused(format!(
+                "{} was replaced after it was created (now uid {found}'s); refusing it",
+                self.path.display()
+            )));
+        }
+        self.chmod(new.mode)?;
+        if let Some(owner) = new.owner {
+            self.chown(owner)?;
+        }
+        Ok(())
     }
 
     /// Opens `name` for reading: a regular file with one name that meets
@@ -661,10 +678,7 @@ fn walk(path: &Path, create: Option<NewFile>) -> io::Result<(GuardedDir, bool)> 
         path: path.to_path_buf(),
     };
     if created && let Some(new) = create {
-        dir.chmod(new.mode)?;
-        if let Some(owner) = new.owner {
-            dir.chown(owner)?;
-        }
+        dir.claim(new)?;
     }
     Ok((dir, created))
 }
