@@ -1060,23 +1060,9 @@ fn a_deploy_and_a_reload_racing_take_turns_and_no_request_fails() {
     let root = p.root().to_str().unwrap().to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let client = keep_alive_client(p.port, stop.clone());
-    // A slow start keeps the deploy's gate open while the reload arrives.
-    let jar = common::hello_jar().to_string_lossy().into_owned();
-    let deploy = p
-        .command(&[
-            "deploy",
-            "local",
-            "--artifact",
-            &jar,
-            "--version",
-            "2.0.0",
-            "--env",
-            "STARTUP_DELAY_MS=2500",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the deploy");
+    // A slow start keeps the deploy's gate open while the reload arrives
+    // (it returns once the deploy holds its lock).
+    let deploy = p.spawn_slow_deploy("2.0.0", 2500);
     thread::sleep(Duration::from_millis(800));
     let reload = p.run(&["service", "reload", "hello", "--root", &root]);
     let deployed = deploy.wait_with_output().expect("deploy output");
