@@ -63,9 +63,11 @@ pub(super) fn settle(
         let done = since >= window;
         if done || Instant::now() >= next_probe {
             if let Err(found) = supervisor::probe_health(&check, probe_timeout) {
-                // A probe that failed because the process just died is a crash.
+                // A probe that failed because the process is dying is a
+                // crash: a JVM closes its sockets during its exit, before the
+                // pid is gone, so give the end a moment to show.
                 let since = healthy_at.elapsed();
-                return Err(match supervisor::run_ended(layout, pid) {
+                return Err(match ended_within(layout, pid, RECORD_WAIT) {
                     Some(end) => failed("crashed", since, recorded(layout, pid, end)),
                     None => failed("unhealthy", since, found),
                 });
@@ -80,6 +82,20 @@ pub(super) fn settle(
             return Ok(());
         }
         std::thread::sleep(LOOK_EVERY.min(window.saturating_sub(since)));
+    }
+}
+
+/// The end of the run of `pid`, if it comes within `wait`.
+fn ended_within(layout: &Layout, pid: i32, wait: Duration) -> Option<RunEnd> {
+    let until = Instant::now() + wait;
+    loop {
+        if let Some(end) = supervisor::run_ended(layout, pid) {
+            return Some(end);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
