@@ -21,8 +21,8 @@ use crate::host::supervisor::{self, ReloadReport, StartReport, SupervisorError};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
-pub use whole::{start, stop};
 pub use status::{lsb_code, status};
+pub use whole::{start, stop};
 
 /// The proxy spec of the release `current` points to, if it has one.
 pub fn spec(layout: &Layout) -> Option<ProxySpec> {

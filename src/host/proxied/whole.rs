@@ -122,4 +122,3 @@ pub fn stop(layout: &Layout, spec: &ProxySpec) -> Result<(), SupervisorError> {
     // A runner that had died before: the whole is stopped by request now.
     runner::record_stopped_without_it(layout).map_err(fail)
 }
-

@@ -192,7 +192,10 @@ fn gzip(dir: &GuardedDir, from: &OsStr, to: &OsStr, owner: Option<Owner>) -> io:
 /// `2026-11-26T14:03:01.123Z [shipjar] MESSAGE\n`: supervisor events are
 /// prefixed so they stand out from the service's own output.
 pub fn format_event(message: &str) -> String {
-    format!("{} [shipjar] {message}\n", crate::protocol::clock::now_rfc3339())
+    format!(
+        "{} [shipjar] {message}\n",
+        crate::protocol::clock::now_rfc3339()
+    )
 }
 
 #[cfg(test)]
