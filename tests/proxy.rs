@@ -1447,3 +1447,72 @@ fn wait_gone_within(pid: i32, limit: Duration) {
     }
     panic!("pid {pid} still lives after {limit:?}");
 }
+
+/// A move behind the proxy that fails after the plain service stopped
+/// leaves the host on its previous release without the proxy, running.
+/// `listen` 0: the service's own port.
+fn failed_move_behind_the_proxy(
+    listen: u16,
+    deploy_env: &[&str],
+    settle: &str,
+) -> (Project, String) {
+    let ports = [free_port(), free_port()];
+    let p = Project::new();
+    let listen = if listen == 0 { p.port } else { listen };
+    let cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let good = p.current().expect("current");
+    let plain = std::fs::read_to_string(p.path().join("shipjar.toml")).unwrap();
+    let proxied = format!(
+        "{}\n[proxy]\nlisten = \"127.0.0.1:{listen}\"\nports = [{}, {}]\n",
+        plain.replace(
+            "probe_timeout = \"2s\"",
+            &format!("probe_timeout = \"2s\"\nsettle = \"{settle}\"")
+        ),
+        ports[0],
+        ports[1]
+    );
+    std::fs::write(p.path().join("shipjar.toml"), proxied).unwrap();
+    let out = p.deploy("2.0.0", deploy_env);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("the service without proxy"), "{said}");
+    assert!(said.contains("without the proxy"), "{said}");
+    // Back on 1.0.0, served by the plain service on its own port.
+    assert_eq!(p.current().as_deref(), Some(good.as_str()), "{said}");
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"), "{said}");
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(!status.contains("proxy"), "{status}");
+    let proxy = p.run(&[
+        "service",
+        "proxy",
+        "hello",
+        "--status",
+        "--root",
+        p.root().to_str().unwrap(),
+    ]);
+    assert_eq!(proxy.status.code(), Some(3), "{}", text(&proxy));
+    drop(cleanup);
+    (p, said)
+}
+
+#[test]
+fn a_move_behind_the_proxy_crashing_inside_settle_goes_back_to_the_plain_service() {
+    // The proxy takes the service's own address, as a move behind it does.
+    let (_p, said) = failed_move_behind_the_proxy(0, &["--env", "CRASH_AFTER_S=1"], "4s");
+    assert!(said.contains("settle FAILED"), "{said}");
+    assert!(said.contains("healthy again without the proxy"), "{said}");
+}
+
+#[test]
+fn a_move_behind_the_proxy_whose_proxy_cannot_bind_goes_back_to_the_plain_service() {
+    // Another program holds the address the proxy is to listen on.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = squatter.local_addr().expect("addr").port();
+    let (_p, said) = failed_move_behind_the_proxy(listen, &[], "0s");
+    assert!(said.contains("switch FAILED"), "{said}");
+    assert!(said.contains("healthy again without the proxy"), "{said}");
+    drop(squatter);
+}

@@ -105,8 +105,11 @@ pub fn activate(
             outcome.reason = Some(reason.clone());
             outcome.log_tail = log_tail;
             let now = match &manifest.proxy {
-                // The old instance never stopped taking traffic.
-                Some(spec) => proxied::switch::now_running(layout, spec, previous.as_deref()),
+                // Where the switch went back to, or (a failed gate) the old
+                // instance, which never stopped taking traffic.
+                Some(spec) => outcome.now_running.take().unwrap_or_else(|| {
+                    proxied::switch::now_running(layout, spec, previous.as_deref())
+                }),
                 None => revert(layout, previous.as_deref(), release, emit),
             };
             let detail = format!("{step}: {reason}; {}", describe_now_running(&now));

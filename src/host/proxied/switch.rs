@@ -2,14 +2,15 @@
 //! instance, passes the health and version gate, then the proxy switches to
 //! it, `current` follows, and the old instance drains and stops. Until the
 //! switch, the old instance takes all traffic; a failed gate stops the new
-//! instance and changes nothing else.
+//! instance and changes nothing else; a failure past the switch goes back
+//! to what ran (the old instance, or the service without the proxy).
 
 use std::time::{Duration, Instant};
 
 use super::{instances, runner, whole};
 use crate::host::steps::{StepFailure, cancelled, reported_version_at, run_hook, settle};
 use crate::host::supervisor::{StartReport, SupervisorError};
-use crate::host::{proxy, store, supervisor};
+use crate::host::{proxy, restart, store, supervisor};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{ProxySpec, ReleaseManifest};
 use crate::protocol::{Activation, HookPoint, NowRunning};
@@ -95,11 +96,21 @@ pub(crate) fn activate(
         .as_ref()
         .map(|_| manifest.version.clone());
 
+    // What `current` named before: where a failure past this point goes back to.
+    let before = Before {
+        old,
+        new_port: port,
+        previous: store::current(layout).filter(|id| *id != manifest.id),
+        plain_ran: false,
+    };
     // A service that ran without the proxy holds its port until it stops:
     // this one switch to the proxy is the only gap.
     let plain = supervisor::status(layout);
-    if plain.pid.is_some() {
-        let stop = supervisor::stop(layout).map_err(|e| ("stop", e.message, e.log_tail))?;
+    let before = if plain.pid.is_some() {
+        let stop = supervisor::stop(layout).map_err(|e| {
+            let _ = supervisor::stop(&new);
+            ("stop", e.message, e.log_tail)
+        })?;
         emit(
             "stop",
             &format!(
@@ -107,66 +118,50 @@ pub(crate) fn activate(
                 stop.how, stop.took_ms
             ),
         );
-    }
-    let fresh = proxy::ensure_running(layout, spec).map_err(|e| {
-        let _ = supervisor::stop(&new);
-        ("switch", e, Vec::new())
-    })?;
+        Before {
+            plain_ran: true,
+            ..before
+        }
+    } else {
+        before
+    };
+    let fail = |failure: StepFailure, outcome: &mut Activation| -> StepFailure {
+        outcome.now_running = Some(go_back(layout, &before, emit));
+        failure
+    };
+    let fresh = match proxy::ensure_running(layout, spec) {
+        Ok(fresh) => fresh,
+        Err(e) => return Err(fail(("switch", e, Vec::new()), outcome)),
+    };
     if fresh {
         emit("proxy", &format!("started on {}", spec.listen));
     }
     let switched = Instant::now();
-    proxy::switch(layout, Some(port)).map_err(|e| {
-        let _ = supervisor::stop(&new);
-        ("switch", e, Vec::new())
-    })?;
+    if let Err(e) = proxy::switch(layout, Some(port)) {
+        return Err(fail(("switch", e, Vec::new()), outcome));
+    }
     emit(
         "switch",
         &format!("proxy {} -> 127.0.0.1:{port} (confirmed)", spec.listen),
     );
     if let Err(e) = store::switch(layout, &manifest.id) {
-        switch_back(layout, old, port);
-        return Err(("switch", e, Vec::new()));
+        return Err(fail(("switch", e, Vec::new()), outcome));
     }
     emit("switch", &format!("current -> releases/{}", manifest.id));
     // It settles taking the traffic, with the old instance still there to go back to.
     if let Err(failure) = settle::settle(&new, &manifest.health, started.pid, healthy_at, emit) {
-        switch_back(layout, old, port);
-        return Err(failure);
+        return Err(fail(failure, outcome));
     }
     if let Some(hook) = manifest.hooks.after_switch.as_ref().filter(|_| deploying)
         && let Err(failure) = run_hook(layout, &manifest.id, HookPoint::AfterSwitch, hook, emit)
     {
-        switch_back(layout, old, port);
-        return Err(failure);
+        return Err(fail(failure, outcome));
     }
+    // Past here the release is live: traffic and `current` moved, and it
+    // settled. What goes wrong with the old instance is said as such
+    // ("switched, then …"), with what still runs; it fails nothing.
     if let Some(old) = old {
-        let left = proxy::drain(layout, old, Duration::from_millis(spec.drain_timeout_ms))
-            .map_err(|e| ("drain", e, Vec::new()))?;
-        let waited = switched.elapsed().as_millis();
-        if left == 0 {
-            emit(
-                "drain",
-                &format!("instance on port {old} drained in {waited} ms"),
-            );
-        } else {
-            emit(
-                "drain",
-                &format!(
-                    "instance on port {old}: {left} request(s) still in flight after {waited} ms; stopping it"
-                ),
-            );
-        }
-        let stop = supervisor::stop(&layout.with_instance(Some(old)))
-            .map_err(|e| ("stop", e.message, e.log_tail))?;
-        outcome.stopped_after_ms = Some(stop.took_ms);
-        emit(
-            "stop",
-            &format!(
-                "instance on port {old}: {} in {} ms",
-                stop.how, stop.took_ms
-            ),
-        );
+        retire(layout, spec, old, switched, emit, outcome);
     }
     // The whole under a runner (the unit's, or a detached one), which
     // adopts what runs: from now on a reboot or a dead proxy keeper needs
@@ -241,16 +236,145 @@ fn outcome_version(reported: &str, manifest: &ReleaseManifest) -> Result<(), Ste
     }
 }
 
-/// After a failure past the switch: traffic back to the old instance (or to
-/// none), `current` back to its release, the new instance stopped.
-fn switch_back(layout: &Layout, old: Option<u16>, new: u16) {
-    let _ = proxy::switch(layout, old);
-    if let Some(old) = old
-        && let Some(id) = store::current(&layout.with_instance(Some(old)))
-    {
-        let _ = store::switch(layout, &id);
+/// What ran before an activation behind the proxy, for going back to it.
+struct Before {
+    /// The instance that took traffic.
+    old: Option<u16>,
+    /// The port the new release was started on.
+    new_port: u16,
+    /// The release `current` named.
+    previous: Option<String>,
+    /// The service ran without the proxy (a move behind it), and was stopped.
+    plain_ran: bool,
+}
+
+/// After a failure past the gate: traffic back to the old instance (or to
+/// none), `current` back to what it named (or removed: a first release),
+/// the new instance stopped; a service that ran without the proxy is
+/// started again without it (the proxy stopped first: it may hold the
+/// service's port). Returns where the host is now.
+fn go_back(layout: &Layout, before: &Before, emit: &dyn Fn(&str, &str)) -> NowRunning {
+    let _ = supervisor::stop(&layout.with_instance(Some(before.new_port)));
+    let _ = proxy::switch(layout, before.old);
+    let back_to = match before.old {
+        Some(old) => store::current(&layout.with_instance(Some(old))),
+        None => before.previous.clone(),
+    };
+    let switched_back = match &back_to {
+        Some(id) => store::switch(layout, id),
+        None => store::remove_current(layout),
+    };
+    let version = back_to
+        .as_deref()
+        .and_then(|id| store::read_manifest(layout, id).ok())
+        .map(|m| m.version);
+    if let Err(e) = switched_back {
+        return NowRunning {
+            release: back_to,
+            version,
+            healthy: false,
+            problem: Some(format!("could not put `current` back: {e}")),
+        };
     }
-    let _ = supervisor::stop(&layout.with_instance(Some(new)));
+    if !before.plain_ran || before.old.is_some() {
+        return NowRunning {
+            healthy: before.old.is_some(),
+            problem: before
+                .old
+                .is_none()
+                .then(|| "no instance takes traffic".to_string()),
+            release: back_to,
+            version,
+        };
+    }
+    // Back out from behind the proxy: the plain service as it was.
+    let release = back_to.clone().unwrap_or_default();
+    emit(
+        "revert",
+        &format!("back to release {release} without the proxy"),
+    );
+    let restarted = proxy::stop(layout)
+        .map_err(|e| format!("could not stop the proxy: {e}"))
+        .and_then(|_| {
+            restart::restart(layout).map_err(|(step, e)| format!("{step}: {}", e.message))
+        });
+    match restarted {
+        Ok(r) => {
+            emit(
+                "revert",
+                &format!(
+                    "release {release} healthy again without the proxy (pid {})",
+                    r.start.pid
+                ),
+            );
+            NowRunning {
+                release: back_to,
+                version,
+                healthy: true,
+                problem: None,
+            }
+        }
+        Err(problem) => NowRunning {
+            release: back_to,
+            version,
+            healthy: false,
+            problem: Some(problem),
+        },
+    }
+}
+
+/// The old instance, once the new one is live: drained, then stopped. A
+/// failure here is "switched, then …": the release is live whatever it
+/// says, so it fails nothing, and it says what still runs.
+fn retire(
+    layout: &Layout,
+    spec: &ProxySpec,
+    old: u16,
+    switched: Instant,
+    emit: &dyn Fn(&str, &str),
+    outcome: &mut Activation,
+) {
+    match proxy::drain(layout, old, Duration::from_millis(spec.drain_timeout_ms)) {
+        Ok(0) => emit(
+            "drain",
+            &format!(
+                "instance on port {old} drained in {} ms",
+                switched.elapsed().as_millis()
+            ),
+        ),
+        Ok(left) => emit(
+            "drain",
+            &format!(
+                "instance on port {old}: {left} request(s) still in flight after {} ms; stopping it",
+                switched.elapsed().as_millis()
+            ),
+        ),
+        Err(e) => emit(
+            "drain",
+            &format!(
+                "switched, then could not wait for the instance on port {old} to drain: {e}; stopping it"
+            ),
+        ),
+    }
+    match supervisor::stop(&layout.with_instance(Some(old))) {
+        Ok(stop) => {
+            outcome.stopped_after_ms = Some(stop.took_ms);
+            emit(
+                "stop",
+                &format!(
+                    "instance on port {old}: {} in {} ms",
+                    stop.how, stop.took_ms
+                ),
+            );
+        }
+        Err(e) => emit(
+            "stop",
+            &format!(
+                "switched, then could not stop the old instance on port {old}: {}; it may still run (the new release takes all traffic)",
+                e.message
+            ),
+        ),
+    }
 }
 
 /// Where a failed blue/green activation left the host: on the instance the
