@@ -12,7 +12,7 @@ use crate::host::supervisor::{
     self, ReloadReport, ServiceState, ServiceStatus, StartOutcome, StartReport, StopReport,
     SupervisorError,
 };
-use crate::host::{self, instances};
+use crate::host::{self, proxied};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
@@ -31,7 +31,7 @@ impl HostService {
         if layout.instance().is_some() {
             return HostService::Plain(layout);
         }
-        match instances::proxied(&layout) {
+        match proxied::spec(&layout) {
             Some(spec) => HostService::Proxied(layout, spec),
             None => HostService::Plain(layout),
         }
@@ -42,7 +42,7 @@ impl HostService {
         match self {
             HostService::Plain(layout) => Report::started(supervisor::start_outcome(layout)),
             HostService::Proxied(layout, spec) => {
-                Report::started(instances::start(layout, spec).map(started))
+                Report::started(proxied::start(layout, spec).map(started))
             }
         }
     }
@@ -60,9 +60,9 @@ impl HostService {
             HostService::Proxied(layout, spec) => {
                 // What ran, from the status before: the runner stops the parts
                 // and the host's stop says nothing of them.
-                let before = instances::status(layout, spec);
+                let before = proxied::status(layout, spec);
                 let started = Instant::now();
-                match instances::stop(layout, spec) {
+                match proxied::stop(layout, spec) {
                     Ok(()) => Report::Stopped {
                         report: proxied_stop(&before, started.elapsed().as_millis() as u64),
                         what: Stopped::Proxied,
@@ -85,7 +85,7 @@ impl HostService {
                 Report::started(supervisor::restart(layout))
             }
             HostService::Proxied(layout, spec) => {
-                Report::started(instances::restart(layout, spec, emit).map(started))
+                Report::started(proxied::restart(layout, spec, emit).map(started))
             }
         }
     }
@@ -100,7 +100,7 @@ impl HostService {
                 };
                 supervisor::reload(layout)
             }
-            HostService::Proxied(layout, spec) => instances::reload(layout, spec, emit),
+            HostService::Proxied(layout, spec) => proxied::reload(layout, spec, emit),
         };
         match result {
             Ok(report) => Report::Reloaded(report),
@@ -113,7 +113,7 @@ impl HostService {
         match self {
             HostService::Plain(layout) => Report::Status(supervisor::status(layout)),
             HostService::Proxied(layout, spec) => {
-                Report::ProxiedStatus(instances::status(layout, spec))
+                Report::ProxiedStatus(proxied::status(layout, spec))
             }
         }
     }
@@ -124,7 +124,7 @@ impl HostService {
         match self {
             HostService::Plain(layout) => supervisor::run(layout),
             HostService::Proxied(layout, _) => {
-                host::proxy::runner::run(layout, host::proxy::runner::Mode::Foreground)
+                host::proxied::runner::run(layout, host::proxied::runner::Mode::Foreground)
             }
         }
     }
@@ -134,7 +134,7 @@ impl HostService {
         match self {
             HostService::Plain(layout) => supervisor::supervise(layout),
             HostService::Proxied(layout, _) => {
-                host::proxy::runner::run(layout, host::proxy::runner::Mode::Detached)
+                host::proxied::runner::run(layout, host::proxied::runner::Mode::Detached)
             }
         }
     }
@@ -143,7 +143,7 @@ impl HostService {
 /// `service proxy`: starts the proxy from the current release's `[proxy]`
 /// unless it runs, and says its state.
 pub fn proxy_start(layout: &Layout) -> Report {
-    let Some(spec) = instances::proxied(layout) else {
+    let Some(spec) = proxied::spec(layout) else {
         return Report::Failed(failure(format!(
             "the current release of {} has no [proxy] section",
             layout.name()
@@ -225,7 +225,7 @@ fn proxied_stop(before: &ProxyStatus, took_ms: u64) -> StopReport {
 /// The switch lock a plain restart or reload holds (a proxied one takes it
 /// itself); the failure names whoever holds it.
 fn switch_lock(layout: &Layout) -> Result<host::lockfile::HeldLock, SupervisorError> {
-    host::activate::hold_switch(layout).map_err(failure)
+    host::lockfile::hold_switch(layout).map_err(failure)
 }
 
 fn failure(message: String) -> SupervisorError {
@@ -307,7 +307,7 @@ impl Report {
         match self {
             Report::Started(_) | Report::Stopped { .. } | Report::Reloaded(_) => 0,
             Report::Status(status) => status.lsb_code,
-            Report::ProxiedStatus(status) => instances::lsb_code(status),
+            Report::ProxiedStatus(status) => proxied::lsb_code(status),
             Report::Proxy(status) => match status.state {
                 ProxyState::Running => 0,
                 ProxyState::Stopped => 3,

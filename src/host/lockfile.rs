@@ -27,7 +27,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::host::supervisor::procfs;
+use crate::host::os::procfs;
 use crate::protocol::layout::{Dir, Layout, Lock};
 
 /// How long [`take`] sleeps between two tries.
@@ -382,6 +382,24 @@ fn open_in(dir: &OwnedFd, path: &Path) -> io::Result<File> {
     }
     // SAFETY: a fresh descriptor nobody else owns.
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// How long a deploy, rollback, restart or reload waits for another one of
+/// the same service to finish changing what runs.
+pub const SWITCH_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes the switch lock (see [`Lock::Switch`]), waiting up to
+/// [`SWITCH_WAIT`]; the error names whoever holds it.
+///
+/// [`Lock::Switch`]: Lock::Switch
+pub fn hold_switch(layout: &Layout) -> Result<HeldLock, String> {
+    take(layout, Lock::Switch, SWITCH_WAIT).map_err(|e| match e {
+        LockError::Busy { .. } => format!(
+            "another deploy, rollback, restart or reload of {} is changing what runs: {e}; try again when it is done",
+            layout.name()
+        ),
+        LockError::Failed(why) => why,
+    })
 }
 
 #[cfg(test)]
