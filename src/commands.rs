@@ -87,8 +87,8 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
         ServiceCommand::Proxy(args) => return run_proxy(&args, json),
         ServiceCommand::Run(args) => return Ok(service(&args)?.run()),
         ServiceCommand::Supervise(args) => return Ok(service(&args)?.supervise()),
-        ServiceCommand::InstallUnit(args) => return install(&args, Init::Unit),
-        ServiceCommand::InstallInitscript(args) => return install(&args, Init::Script),
+        ServiceCommand::InstallUnit(args) => return install(&args, Init::Unit, json),
+        ServiceCommand::InstallInitscript(args) => return install(&args, Init::Script, json),
     };
     Ok(report.print(json))
 }
@@ -109,7 +109,7 @@ enum Init {
     Script,
 }
 
-fn install(args: &InstallArgs, which: Init) -> Result<i32> {
+fn install(args: &InstallArgs, which: Init, json: bool) -> Result<i32> {
     let layout = layout(&ServiceArgs {
         name: args.name.clone(),
         root: args.root.clone(),
@@ -135,11 +135,12 @@ fn install(args: &InstallArgs, which: Init) -> Result<i32> {
         ),
     };
     if args.stdout {
+        // The file itself is the output, with `--json` too.
         docs::write_stdout(text.as_bytes())
             .map_err(|e| Error::failed(format!("cannot write the file: {e}")))?;
-    } else {
-        init::install(&path, &text, mode).map_err(Error::failed)?;
-        say!("wrote {}", path.display());
+        return Ok(0);
     }
-    Ok(0)
+    init::install(&path, &text, mode).map_err(Error::failed)?;
+    let wrote = path.display().to_string();
+    Ok(service::Report::Wrote { wrote }.print(json))
 }

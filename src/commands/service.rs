@@ -58,9 +58,9 @@ impl HostService {
                 Err(err) => Report::Failed(err),
             },
             HostService::Proxied(layout, spec) => {
-                // What ran, from the status before: the runner stops the parts
-                // and the host's stop says nothing of them.
-                let before = proxied::status(layout, spec);
+                // What ran, seen before: the runner stops the parts and the
+                // host's stop says nothing of them.
+                let before = Alive::seen(layout, spec);
                 let started = Instant::now();
                 match proxied::stop(layout, spec) {
                     Ok(()) => Report::Stopped {
@@ -195,17 +195,35 @@ fn stop_report(started: Instant) -> StopReport {
     }
 }
 
-/// The stop of a proxied service, from what its status saw alive before.
-fn proxied_stop(before: &ProxyStatus, took_ms: u64) -> StopReport {
-    let instance_ran = before
-        .instances
-        .iter()
-        .any(|i| i.service.pid.is_some() || i.service.supervisor_pid.is_some());
-    let was_running = before.runner_pid.is_some()
-        || before.keeper_pid.is_some()
-        || before.worker_pid.is_some()
-        || instance_ran;
-    let how = match (before.runner_pid, was_running) {
+/// What of a proxied service was alive, every pid proven.
+#[derive(Debug, Default)]
+struct Alive {
+    /// The live runner's pid.
+    runner: Option<i32>,
+    /// The proxy's keeper holds its lock.
+    keeper: bool,
+    /// An instance's supervisor or process runs.
+    instance: bool,
+}
+
+impl Alive {
+    /// Without asking the proxy anything: a stop must not wait on a hung worker.
+    fn seen(layout: &Layout, spec: &ProxySpec) -> Alive {
+        Alive {
+            runner: proxied::runner::pid(layout),
+            keeper: host::proxy::keeper_alive(layout),
+            instance: spec.ports.iter().any(|&port| {
+                let status = supervisor::status(&layout.with_instance(Some(port)));
+                status.pid.is_some() || status.supervisor_pid.is_some()
+            }),
+        }
+    }
+}
+
+/// The stop of a proxied service, from what was alive before it.
+fn proxied_stop(before: &Alive, took_ms: u64) -> StopReport {
+    let was_running = before.runner.is_some() || before.keeper || before.instance;
+    let how = match (before.runner, was_running) {
         (Some(pid), _) => format!("its runner pid {pid} stopped both instances and the proxy"),
         (None, true) => "both instances and the proxy stopped".to_string(),
         (None, false) => "not running".to_string(),
@@ -280,6 +298,11 @@ pub enum Report {
     ProxiedStatus(ProxyStatus),
     /// `proxy` and `proxy --status`: the proxy alone.
     Proxy(ProxyStatus),
+    /// `install-unit` and `install-initscript`: the file written.
+    Wrote {
+        /// Its path.
+        wrote: String,
+    },
     /// The action failed: why, and the last lines of the service log.
     Failed(SupervisorError),
 }
@@ -305,7 +328,10 @@ impl Report {
     /// 3 not running), else 0, or 1 when it failed.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Report::Started(_) | Report::Stopped { .. } | Report::Reloaded(_) => 0,
+            Report::Started(_)
+            | Report::Stopped { .. }
+            | Report::Reloaded(_)
+            | Report::Wrote { .. } => 0,
             Report::Status(status) => status.lsb_code,
             Report::ProxiedStatus(status) => proxied::lsb_code(status),
             Report::Proxy(status) => match status.state {
@@ -352,6 +378,7 @@ impl Report {
                     .map_or("none".to_string(), |p| format!("127.0.0.1:{p}"));
                 say(format!("{}, active instance {active}", status.line()))
             }
+            Report::Wrote { wrote } => say(format!("wrote {wrote}")),
             Report::Failed(err) => {
                 let mut lines = vec![format!("error: {}", host::secrets::mask(&err.message))];
                 if !err.log_tail.is_empty() {
@@ -560,33 +587,36 @@ mod tests {
 
     #[test]
     fn a_proxied_stop_was_running_when_any_part_was_alive() {
-        let status = |runner: Option<i32>, keeper: Option<i32>| ProxyStatus {
-            state: ProxyState::Stopped,
-            listen: None,
-            active: None,
-            keeper_pid: keeper,
-            worker_pid: None,
-            restarts: 0,
-            last_exit: None,
-            inflight: Vec::new(),
-            instances: Vec::new(),
-            runner_pid: runner,
-            runner_started_at: None,
-            service_state: None,
-            lsb_code: None,
-            missing: Vec::new(),
-        };
-        let all = proxied_stop(&status(Some(7), Some(8)), 5);
+        let all = proxied_stop(
+            &Alive {
+                runner: Some(7),
+                keeper: true,
+                instance: true,
+            },
+            5,
+        );
         assert!(all.was_running);
         assert_eq!(
             all.how,
             "its runner pid 7 stopped both instances and the proxy"
         );
-        let without_runner = proxied_stop(&status(None, Some(8)), 5);
-        assert!(without_runner.was_running);
-        assert_eq!(without_runner.how, "both instances and the proxy stopped");
-        let none = proxied_stop(&status(None, None), 5);
+        for part in [
+            Alive {
+                keeper: true,
+                ..Alive::default()
+            },
+            Alive {
+                instance: true,
+                ..Alive::default()
+            },
+        ] {
+            let without_runner = proxied_stop(&part, 5);
+            assert!(without_runner.was_running, "{part:?}");
+            assert_eq!(without_runner.how, "both instances and the proxy stopped");
+        }
+        let none = proxied_stop(&Alive::default(), 5);
         assert!(!none.was_running);
         assert_eq!(none.how, "not running");
+        assert_eq!(none.took_ms, 5);
     }
 }

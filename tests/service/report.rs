@@ -72,6 +72,13 @@ fn every_action_of_a_plain_service_prints_a_json_report_that_matches_what_runs()
     let again = report(&out);
     assert_eq!(again["was_running"], false, "{again}");
     assert_eq!(again["how"], "not running", "{again}");
+
+    let out = host.run("install-initscript", true);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let wrote = report(&out);
+    let script = host.root().join("etc/init.d/reported");
+    assert_eq!(wrote["wrote"], script.to_string_lossy().as_ref(), "{wrote}");
+    assert!(script.is_file(), "{wrote}");
 }
 
 /// Runs `service VERB` with its stdout a pipe nobody reads any more; its
