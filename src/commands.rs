@@ -10,16 +10,6 @@ use crate::host::{self, init};
 use crate::operator;
 use crate::protocol::layout::Layout;
 
-/// `println!` that never panics: a closed stdout (`shipjar service status
-/// NAME | head -1`) is the reader's choice, not a failure of the command.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
-
-// After `say!`, so both may use it.
 mod docs;
 mod service;
 

@@ -16,6 +16,15 @@ use crate::host::{self, proxied};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
+/// `println!` that never panics: a closed stdout (`shipjar service status
+/// NAME | head -1`) is the reader's choice, not a failure of the command.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// The service on this host, resolved once from its layout.
 pub enum HostService {
     /// One supervised process: a service without `[proxy]`, or one instance
