@@ -1381,8 +1381,22 @@ fn every_service_action_behind_the_proxy_prints_a_json_report_that_matches_what_
     assert_eq!(code, Some(0), "{again}");
     assert_eq!(again["was_running"], false, "{again}");
     assert_eq!(again["how"], "not running", "{again}");
+}
 
-    // The proxy alone: started, asked, stopped, stopped again.
+/// `service proxy` on the proxy alone honours `--json` too: started, asked,
+/// stopped, stopped again (with the whole stopped first, so no runner brings
+/// the proxy back).
+#[test]
+fn service_proxy_start_status_and_stop_print_a_json_report_that_matches_what_runs() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let root = p.root().to_string_lossy().into_owned();
+    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    assert_eq!(runner_pid(&p.root()), None);
+
     let (code, proxy) = service_json(&p, "proxy", &[]);
     assert_eq!(code, Some(0), "{proxy}");
     assert_eq!(proxy["state"], "running", "{proxy}");
@@ -1398,6 +1412,7 @@ fn every_service_action_behind_the_proxy_prints_a_json_report_that_matches_what_
     assert_eq!(code, Some(0), "{stopped}");
     assert_eq!(stopped["was_running"], true, "{stopped}");
     wait_gone(keeper);
+    assert!(http_get(p.port, "/version").is_none(), "{stopped}");
     let (code, proxy) = service_json(&p, "proxy", &["--status"]);
     assert_eq!(code, Some(3), "{proxy}");
     assert_eq!(proxy["state"], "stopped", "{proxy}");
