@@ -401,6 +401,15 @@ fn keep_alive_client(
     port: u16,
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<(Vec<String>, Vec<String>, usize)> {
+    keep_alive_client_on(port, "/version", stop)
+}
+
+/// `keep_alive_client` asking for `path` (its answers' versions, if any).
+fn keep_alive_client_on(
+    port: u16,
+    path: &'static str,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<(Vec<String>, Vec<String>, usize)> {
     thread::spawn(move || {
         let mut conn = KeepAlive::local(port);
         let mut seen: Vec<String> = Vec::new();
@@ -408,7 +417,7 @@ fn keep_alive_client(
         let mut answered = 0;
         let started = Instant::now();
         while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(240) {
-            match conn.get("/version") {
+            match conn.get(path) {
                 Ok((200, body)) => {
                     answered += 1;
                     let v = version_of(&body).unwrap_or_else(|| body.clone());
@@ -1247,6 +1256,10 @@ fn a_killed_active_instance_is_named_with_its_port_and_its_last_sign_of_life() {
         .ok()
         .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
         .expect("the instance's pid");
+    // Without its runner (which would start it again): killed first.
+    let runner = runner_pid(&p.root()).expect("a runner");
+    sigkill(runner);
+    wait_gone(runner);
     sigkill(supervisor);
     sigkill(jvm);
     wait_gone(supervisor);
@@ -1254,6 +1267,7 @@ fn a_killed_active_instance_is_named_with_its_port_and_its_last_sign_of_life() {
 
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(1), "{status}");
+    assert!(status.contains("missing runner"), "{status}");
     assert!(
         status.contains(&format!(
             "missing active instance {active}: dead: supervisor pid {supervisor} is gone"
@@ -1419,4 +1433,128 @@ fn service_proxy_start_status_and_stop_print_a_json_report_that_matches_what_run
     let (code, again) = service_json(&p, "proxy", &["--stop"]);
     assert_eq!(code, Some(0), "{again}");
     assert_eq!(again["was_running"], false, "{again}");
+}
+
+/// The instance taking traffic, killed ten times over: five times its JVM
+/// (its supervisor restarts it), five times its supervisor and its JVM
+/// (the runner starts it again). A keep-alive client asking without pause
+/// sees no error: requests wait for the instance (`hold`) and a request the
+/// dying instance took without answering goes again.
+#[test]
+fn a_keep_alive_client_sees_no_error_while_the_active_instance_is_sigkilled_ten_times() {
+    let (p, ports) = proxied_project_with(
+        "[restart]\nmax_failures = 50\ninitial_delay = \"100ms\"\nmax_delay = \"500ms\"",
+    );
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let active: u16 = std::fs::read_to_string(p.root().join("run/hello/proxy/active"))
+        .expect("the active port")
+        .trim()
+        .parse()
+        .expect("a port");
+    let dir = format!("instance-{active}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = keep_alive_client(p.port, stop.clone());
+    // Requests the instance is busy with when it dies.
+    let slow = keep_alive_client_on(p.port, "/slow?ms=150", stop.clone());
+    let mut killed = Vec::new();
+    for round in 0..10 {
+        // Running and healthy again before each kill.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let jvm = loop {
+            let (code, status) = service_status(&p);
+            if code == Some(0)
+                && let Some(pid) = active_pid(&p)
+                && !killed.contains(&pid)
+            {
+                break pid as i32;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: not back: {status}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        };
+        thread::sleep(Duration::from_millis(300));
+        if round % 2 == 1 {
+            let supervisor = recorded_pid(&p, &format!("{dir}/supervisor.json"), "/supervisor/pid")
+                .expect("the instance's supervisor");
+            sigkill(supervisor);
+            wait_gone(supervisor);
+        }
+        sigkill(jvm);
+        wait_gone(jvm);
+        killed.push(jvm as i64);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while service_status(&p).0 != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "not running again: {}",
+            service_status(&p).1
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (seen, errors, answered) = client.join().expect("client thread");
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    assert_eq!(seen, ["1.0.0"]);
+    assert!(answered > 10, "answered {answered}");
+    let (_, errors, answered) = slow.join().expect("slow client thread");
+    assert!(errors.is_empty(), "the slow client saw errors: {errors:?}");
+    assert!(answered > 10, "answered {answered}");
+    let log = std::fs::read_to_string(p.root().join("var/log/hello/proxy.log")).unwrap_or_default();
+    assert!(
+        log.contains(&format!("the instance on port {active} is dead")),
+        "the runner said nothing of the instance it brought back:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("the instance on port {active} is back")),
+        "{log}"
+    );
+}
+
+/// An active instance that cannot come back (its supervisor gave up on a
+/// crash loop) ends the runner with 1, its record saying why, and status
+/// names the runner missing.
+#[test]
+fn a_runner_whose_active_instance_cannot_come_back_ends_failed_and_status_says_why() {
+    let (p, ports) = proxied_project_with(
+        "[restart]\nmax_failures = 2\ninitial_delay = \"100ms\"\nmax_delay = \"200ms\"",
+    );
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &["--env", "CRASH_AFTER_S=1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let runner = runner_pid(&p.root()).expect("a runner");
+    wait_gone_within(runner, Duration::from_secs(60));
+    let record = std::fs::read_to_string(p.root().join("run/hello/proxy/runner.json"))
+        .expect("the runner's record");
+    assert!(
+        record.contains("failed: the supervisor of the instance on port"),
+        "{record}"
+    );
+    let (code, status) = service_status(&p);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(status.contains("missing runner"), "{status}");
+    assert!(status.contains("gave up"), "{status}");
+}
+
+/// Waits until `pid` is gone or a zombie, at most `limit`.
+fn wait_gone_within(pid: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty()
+            || stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("pid {pid} still lives after {limit:?}");
 }

@@ -24,9 +24,11 @@ use crate::host::os::process::Signals;
 use crate::host::os::procfs::{self, Liveness};
 use crate::host::proxy;
 use crate::host::supervisor::readiness::ReadinessChannel;
-use crate::host::supervisor::{StartReport, SupervisorError};
+use crate::host::supervisor::{self, StartReport, SupervisorError};
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::layout::{Layout, Lock};
+use crate::protocol::manifest::ProxySpec;
+use crate::protocol::status::ServiceState;
 
 /// How often the runner looks at the proxy's keeper (a lock test): the
 /// public port refuses connections from a dead keeper's end until the next
@@ -34,6 +36,9 @@ use crate::protocol::layout::{Layout, Lock};
 const TICK: Duration = Duration::from_millis(50);
 /// How long a runner asked to hand over may take to leave.
 const HANDOVER: Duration = Duration::from_secs(5);
+/// How often the runner looks at the active instance's supervisor (its
+/// state file and lock): one that is gone is started again.
+const LOOK_AT_INSTANCE: Duration = Duration::from_millis(250);
 
 /// Where the runner reports readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,21 +327,12 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
             return 1;
         }
     }
+    let mut next_look = Instant::now();
     loop {
         match signals.wait(Some(TICK)) {
             Some(libc::SIGTERM | libc::SIGINT) => {
                 readiness.stopping();
-                eprintln!("shipjar runner: stopping both instances, then the proxy");
-                let code = match instances::stop_parts(layout, &spec) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("shipjar runner: {}", e.message);
-                        1
-                    }
-                };
-                record_end(layout, me, "stopped", true);
-                drop(lock);
-                return code;
+                return stop_all(layout, &spec, me, lock);
             }
             Some(libc::SIGUSR1) => {
                 eprintln!("shipjar runner: handing the service over");
@@ -347,6 +343,47 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
             _ => {}
         }
         reap_children();
+        if Instant::now() >= next_look {
+            next_look = Instant::now() + LOOK_AT_INSTANCE;
+            match look_at_active(layout) {
+                Active::Fine => {}
+                Active::Gone { port, why } => {
+                    match bring_back(layout, port, &why, &signals, &readiness) {
+                        Brought::Back(report) => {
+                            eprintln!(
+                                "shipjar runner: the instance on port {port} is back: pid {} (release {}) healthy after {} ms",
+                                report.pid, report.release, report.healthy_after_ms
+                            );
+                            readiness
+                                .status(&format!("running behind the proxy on {}", spec.listen));
+                        }
+                        Brought::Later => {}
+                        Brought::Stopping => {
+                            readiness.stopping();
+                            return stop_all(layout, &spec, me, lock);
+                        }
+                        Brought::Failed(why) => {
+                            return give_up(
+                                layout,
+                                me,
+                                lock,
+                                &readiness,
+                                &format!("the instance on port {port} could not come back: {why}"),
+                            );
+                        }
+                    }
+                }
+                Active::GaveUp { port, why } => {
+                    return give_up(
+                        layout,
+                        me,
+                        lock,
+                        &readiness,
+                        &format!("the supervisor of the instance on port {port} gave up: {why}"),
+                    );
+                }
+            }
+        }
         if !proxy::keeper_alive(layout) {
             // A later release may have moved the proxy (`listen`); a release
             // without one means the service left the proxy: whoever did that
@@ -364,6 +401,121 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
                 Ok(_) => readiness.status(&format!("running behind the proxy on {}", spec.listen)),
                 Err(e) => eprintln!("shipjar runner: {e}"),
             }
+        }
+    }
+}
+
+/// Stops both instances, then the proxy; records the stop.
+fn stop_all(layout: &Layout, spec: &ProxySpec, me: Option<RunnerRecord>, lock: HeldLock) -> i32 {
+    eprintln!("shipjar runner: stopping both instances, then the proxy");
+    let code = match instances::stop_parts(layout, spec) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shipjar runner: {}", e.message);
+            1
+        }
+    };
+    record_end(layout, me, "stopped", true);
+    drop(lock);
+    code
+}
+
+/// The active instance cannot be had: the runner says why and ends with
+/// 1, so the process manager (the unit goes `failed`) and `status` (the
+/// runner is missing, its record says why) show it. What still runs is
+/// left as it is: the proxy holds requests, then answers 503.
+fn give_up(
+    layout: &Layout,
+    me: Option<RunnerRecord>,
+    lock: HeldLock,
+    readiness: &ReadinessChannel,
+    why: &str,
+) -> i32 {
+    eprintln!("shipjar runner: giving up: {why}");
+    readiness.status(&format!("failed: {why}"));
+    record_end(layout, me, &format!("failed: {why}"), false);
+    drop(lock);
+    1
+}
+
+/// What the runner sees of the instance taking traffic.
+enum Active {
+    /// Running, starting, or being restarted by its supervisor; or stopped
+    /// by request (`service stop --instance`: requests wait, then 503); or
+    /// no instance is active.
+    Fine,
+    /// Its supervisor is gone (killed): the runner starts it again.
+    Gone { port: u16, why: String },
+    /// Its supervisor gave up on it (it crashed too often).
+    GaveUp { port: u16, why: String },
+}
+
+fn look_at_active(layout: &Layout) -> Active {
+    let Some(port) = proxy::active(layout) else {
+        return Active::Fine;
+    };
+    let status = supervisor::status(&layout.with_instance(Some(port)));
+    match status.state {
+        ServiceState::Dead => Active::Gone {
+            port,
+            why: format!("is dead ({})", status.detail),
+        },
+        ServiceState::Failed => Active::GaveUp {
+            port,
+            why: status.detail,
+        },
+        _ => Active::Fine,
+    }
+}
+
+/// How bringing the active instance back went.
+enum Brought {
+    Back(StartReport),
+    Failed(String),
+    /// A SIGTERM arrived meanwhile.
+    Stopping,
+    /// A deploy, restart or reload holds the switch lock: look again later.
+    Later,
+}
+
+/// Starts the instance on `port` again through its health gate, under the
+/// switch lock (a deploy or restart changing what runs waits, or is
+/// waited for: the instance is looked at again after it). The start runs
+/// in a thread so the watchdog is fed and a SIGTERM is seen meanwhile.
+fn bring_back(
+    layout: &Layout,
+    port: u16,
+    why: &str,
+    signals: &Signals,
+    readiness: &ReadinessChannel,
+) -> Brought {
+    let _switching = match lockfile::try_take(layout, Lock::Switch) {
+        Ok(lock) => lock,
+        Err(_) => return Brought::Later,
+    };
+    // Whoever held the lock last may have changed what runs.
+    if !matches!(look_at_active(layout), Active::Gone { port: p, .. } if p == port) {
+        return Brought::Later;
+    }
+    eprintln!("shipjar runner: the instance on port {port} {why}; starting it again");
+    readiness.status(&format!("restarting the instance on port {port}"));
+    let instance = layout.with_instance(Some(port));
+    let starting = std::thread::spawn({
+        let instance = instance.clone();
+        move || supervisor::start(&instance)
+    });
+    loop {
+        if let Some(libc::SIGTERM | libc::SIGINT) = signals.wait(Some(TICK)) {
+            // The instance's supervisor gives up its start when stopped;
+            // the caller's stop of the parts does that.
+            return Brought::Stopping;
+        }
+        if starting.is_finished() {
+            return match starting.join() {
+                Ok(Ok(report)) => Brought::Back(report),
+                Ok(Err(e)) => Brought::Failed(e.message),
+                Err(_) => Brought::Failed("the start panicked".to_string()),
+            };
         }
     }
 }

@@ -14,13 +14,13 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
@@ -39,8 +39,8 @@ use crate::protocol::manifest::ProxySpec;
 /// The listening socket the keeper hands over.
 pub const LISTEN_FD: i32 = 3;
 
-/// Body sent to the instance: the client's, or none for a retried request.
-type UpBody = Either<Incoming, Empty<Bytes>>;
+/// Body sent to the instance: the client's, relayed.
+type UpBody = Relay;
 /// Body sent to the client: the instance's (counted), or the proxy's own page.
 type DownBody = Either<Counted, Full<Bytes>>;
 
@@ -536,14 +536,15 @@ async fn handle(
     let hold = Duration::from_millis(settings.hold_ms);
     let deadline = tokio::time::Instant::now() + hold;
     let (mut parts, body) = req.into_parts();
-    let bodiless = body.is_end_stream();
     headers::forward_request(&mut parts.headers, peer.ip(), trusted);
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
-    let mut body = Some(body);
+    // Kept here, not moved into the first attempt: an instance that dies
+    // before a byte of the body went to it leaves the body to send again.
+    let body = Arc::new(Mutex::new(body));
     loop {
         let Some(flight) = wait_for_active(&shared, deadline).await else {
             return Ok(unavailable(&shared, &settings));
@@ -553,11 +554,12 @@ async fn handle(
             Ok(uri) => uri,
             Err(_) => return Ok(page(StatusCode::BAD_REQUEST, "bad request target".into())),
         };
-        let up_body = match body.take() {
-            Some(b) => Either::Left(b),
-            None => Either::Right(Empty::new()),
+        let relay = Relay {
+            body: body.clone(),
+            sent: Arc::new(AtomicBool::new(false)),
         };
-        let sent = shared.client.request(up.map(|()| up_body));
+        let sent_any = relay.sent.clone();
+        let sent = shared.client.request(up.map(|()| relay));
         let answered = match settings.upstream_timeout_ms {
             None => sent.await,
             Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
@@ -584,9 +586,11 @@ async fn handle(
                 };
                 return Ok(Response::from_parts(rparts, Either::Left(counted)));
             }
-            // Nothing reached the instance (it is restarting, say): a request
-            // without a body can wait for it like for a switch.
-            Err(e) if e.is_connect() && bodiless => {
+            // The instance went away (refused the connection, or closed it
+            // before answering: killed, restarting) and no byte of the
+            // body reached it: the request waits for an instance as it
+            // would for a switch, and goes again.
+            Err(e) if went_away(&e) && !sent_any.load(Ordering::SeqCst) => {
                 drop(flight);
                 if tokio::time::Instant::now() >= deadline {
                     return Ok(unavailable(&shared, &settings));
@@ -594,15 +598,92 @@ async fn handle(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => {
+                let why = if went_away(&e) {
+                    " after part of the request body had gone to it"
+                } else {
+                    ""
+                };
                 return Ok(page(
                     StatusCode::BAD_GATEWAY,
                     format!(
-                        "{}: the instance on port {} failed: {e}",
+                        "{}: the instance on port {} failed{why}: {e}",
                         shared.name, flight.port
                     ),
                 ));
             }
         }
+    }
+}
+
+/// Whether a failed exchange with an instance means the instance went away
+/// (connection refused, reset, or closed before an answer), rather than it
+/// answering something that is not HTTP.
+fn went_away(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cause {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_closed() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// The client's body on its way to an instance. It stays the handler's
+/// (behind the mutex), so when an instance dies before `sent` the same
+/// body goes to the next one whole.
+struct Relay {
+    body: Arc<Mutex<Incoming>>,
+    /// A data frame went to the instance: the request cannot go again.
+    sent: Arc<AtomicBool>,
+}
+
+impl Body for Relay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut body = self.body.lock().unwrap_or_else(PoisonError::into_inner);
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.data_ref().is_some_and(|d| !d.is_empty())
+        {
+            self.sent.store(true, Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .size_hint()
     }
 }
 
