@@ -1324,6 +1324,117 @@ fn a_service_stopped_by_request_is_stopped_not_dead_even_after_its_runner_died()
     assert_eq!(json["lsb_code"], 3, "{json}");
 }
 
+/// `shipjar --json service VERB hello --root ROOT EXTRA…`: its exit code and
+/// the one JSON object it printed.
+fn service_json(p: &Project, verb: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let root = p.root().to_string_lossy().into_owned();
+    let mut args = vec!["--json", "service", verb, "hello", "--root", &root];
+    args.extend_from_slice(extra);
+    let out = p.run(&args);
+    let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "service {verb} {extra:?}: not one JSON object: {e}\n{}",
+            text(&out)
+        )
+    });
+    (out.status.code(), value)
+}
+
+/// Every `service` action on the proxied whole, and `service proxy` on the
+/// proxy alone, honours `--json`: one object each, matching what runs.
+#[test]
+fn every_service_action_behind_the_proxy_prints_a_json_report_that_matches_what_runs() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let runner = runner_pid(&p.root()).expect("the deploy left a runner");
+
+    let (code, status) = service_json(&p, "status", &[]);
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["service_state"], "running", "{status}");
+    assert_eq!(status["lsb_code"], 0, "{status}");
+    assert_eq!(status["runner_pid"], runner, "{status}");
+    let first = active_pid(&p).expect("an active instance");
+
+    let (code, restarted) = service_json(&p, "restart", &[]);
+    assert_eq!(code, Some(0), "{restarted}");
+    let second = active_pid(&p).expect("an active instance");
+    assert_ne!(second, first, "{restarted}");
+    assert_eq!(restarted["pid"], second, "{restarted}");
+    assert_eq!(restarted["already_running"], false, "{restarted}");
+
+    let (code, reloaded) = service_json(&p, "reload", &[]);
+    assert_eq!(code, Some(0), "{reloaded}");
+    let third = active_pid(&p).expect("an active instance");
+    assert_ne!(third, second, "{reloaded}");
+    let how = reloaded["how"].as_str().expect("how");
+    assert!(
+        how.starts_with(&format!("restarted without downtime: pid {third} ")),
+        "{reloaded}"
+    );
+
+    let (code, stopped) = service_json(&p, "stop", &[]);
+    assert_eq!(code, Some(0), "{stopped}");
+    assert_eq!(stopped["was_running"], true, "{stopped}");
+    assert!(stopped["took_ms"].is_u64(), "{stopped}");
+    let runner = runner_pid(&p.root());
+    assert!(
+        stopped["how"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("its runner pid ")),
+        "{stopped}"
+    );
+    assert_eq!(runner, None, "the runner is gone: {stopped}");
+    wait_gone(third as i32);
+    assert!(http_get(p.port, "/version").is_none(), "{stopped}");
+    let (code, status) = service_json(&p, "status", &[]);
+    assert_eq!(code, Some(3), "{status}");
+    assert_eq!(status["service_state"], "stopped", "{status}");
+    let (code, again) = service_json(&p, "stop", &[]);
+    assert_eq!(code, Some(0), "{again}");
+    assert_eq!(again["was_running"], false, "{again}");
+    assert_eq!(again["how"], "not running", "{again}");
+}
+
+/// `service proxy` on the proxy alone honours `--json` too: started, asked,
+/// stopped, stopped again (with the whole stopped first, so no runner brings
+/// the proxy back).
+#[test]
+fn service_proxy_start_status_and_stop_print_a_json_report_that_matches_what_runs() {
+    let (p, ports) = proxied_project();
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let root = p.root().to_string_lossy().into_owned();
+    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    assert_eq!(runner_pid(&p.root()), None);
+
+    let (code, proxy) = service_json(&p, "proxy", &[]);
+    assert_eq!(code, Some(0), "{proxy}");
+    assert_eq!(proxy["state"], "running", "{proxy}");
+    let keeper = proxy["keeper_pid"].as_i64().expect("keeper pid") as i32;
+    assert_eq!(
+        recorded_pid(&p, "proxy/keeper.json", "/keeper/pid"),
+        Some(keeper)
+    );
+    let (code, proxy) = service_json(&p, "proxy", &["--status"]);
+    assert_eq!(code, Some(0), "{proxy}");
+    assert_eq!(proxy["keeper_pid"], keeper, "{proxy}");
+    let (code, stopped) = service_json(&p, "proxy", &["--stop"]);
+    assert_eq!(code, Some(0), "{stopped}");
+    assert_eq!(stopped["was_running"], true, "{stopped}");
+    wait_gone(keeper);
+    assert!(http_get(p.port, "/version").is_none(), "{stopped}");
+    let (code, proxy) = service_json(&p, "proxy", &["--status"]);
+    assert_eq!(code, Some(3), "{proxy}");
+    assert_eq!(proxy["state"], "stopped", "{proxy}");
+    let (code, again) = service_json(&p, "proxy", &["--stop"]);
+    assert_eq!(code, Some(0), "{again}");
+    assert_eq!(again["was_running"], false, "{again}");
+}
+
 /// The instance taking traffic, killed ten times over: five times its JVM
 /// (its supervisor restarts it), five times its supervisor and its JVM
 /// (the runner starts it again). A keep-alive client asking without pause

@@ -18,5 +18,6 @@ mod pacing;
 mod privileges;
 mod readiness;
 mod reload;
+mod report;
 mod restart;
 mod stop;
