@@ -334,6 +334,9 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
                     print_json(&status);
                 } else {
                     say!("{}", host::secrets::mask(&status.detail));
+                    if let Some(reverted) = &status.auto_reverted {
+                        say!("auto-reverted {}", host::secrets::mask(reverted));
+                    }
                 }
                 Ok(status.lsb_code)
             }

@@ -135,24 +135,14 @@ pub fn activate(
     outcome
 }
 
-/// How long a deploy, rollback, restart or reload waits for another one of
-/// the same service to finish changing what runs.
-pub const SWITCH_WAIT: Duration = Duration::from_secs(60);
+pub use crate::host::lockfile::SWITCH_WAIT;
 
 /// Takes the switch lock (see [`Lock::Switch`]), waiting up to
 /// [`SWITCH_WAIT`]; the error names whoever holds it.
 ///
 /// [`Lock::Switch`]: crate::protocol::layout::Lock::Switch
 pub fn hold_switch(layout: &Layout) -> Result<crate::host::lockfile::HeldLock, String> {
-    use crate::host::lockfile::{self, LockError};
-    use crate::protocol::layout::Lock;
-    lockfile::take(layout, Lock::Switch, SWITCH_WAIT).map_err(|e| match e {
-        LockError::Busy { .. } => format!(
-            "another deploy, rollback, restart or reload of {} is changing what runs: {e}; try again when it is done",
-            layout.name()
-        ),
-        LockError::Failed(why) => why,
-    })
+    crate::host::lockfile::take_switch(layout, SWITCH_WAIT)
 }
 
 type StepFailure = (&'static str, String, Vec<String>);

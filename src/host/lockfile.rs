@@ -137,6 +137,23 @@ pub fn take(layout: &Layout, lock: Lock, wait: Duration) -> Result<HeldLock, Loc
     }
 }
 
+/// How long a deploy, rollback, restart, reload or auto-revert waits for
+/// another one of the same service to finish changing what runs.
+pub const SWITCH_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes the switch lock ([`Lock::Switch`]), waiting at most `wait`; the
+/// error names whoever holds it. Deploys, rollbacks, restarts, reloads and
+/// the supervisor's auto-revert take it.
+pub fn take_switch(layout: &Layout, wait: Duration) -> Result<HeldLock, String> {
+    take(layout, Lock::Switch, wait).map_err(|e| match e {
+        LockError::Busy { .. } => format!(
+            "another deploy, rollback, restart or reload of {} is changing what runs: {e}; try again when it is done",
+            layout.name()
+        ),
+        LockError::Failed(why) => why,
+    })
+}
+
 /// The live holder of `lock` (or of its file from an older version), from
 /// the kernel; `None` when nobody holds it. Needs no permission beyond
 /// stat: any user may ask.
