@@ -564,8 +564,10 @@ mod tests {
         last.deployer = "supervisor".into();
         assert_eq!(
             flags(status),
-            ["drifted from the stage's last deploy: now on release r1 (version 1.0), \
-              auto-reverted: from release r2 (version 2.0), given up on 40s after its deploy: 3 failures"]
+            [
+                "drifted from the stage's last deploy: now on release r1 (version 1.0), \
+              auto-reverted: from release r2 (version 2.0), given up on 40s after its deploy: 3 failures"
+            ]
         );
         let text = format_row(&HostReport {
             host: "local".into(),

@@ -744,8 +744,9 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            err.message
-                .contains("shipjar.toml:6:17: key `restart.revert_window`: invalid duration `soon`"),
+            err.message.contains(
+                "shipjar.toml:6:17: key `restart.revert_window`: invalid duration `soon`"
+            ),
             "{}",
             err.message
         );
@@ -761,7 +762,8 @@ mod tests {
         );
         let err = load(&format!("{MINIMAL}[restart]\nauto_revert = \"yes\"\n")).unwrap_err();
         assert!(
-            err.message.contains("shipjar.toml:5:15: key `restart.auto_revert`"),
+            err.message
+                .contains("shipjar.toml:5:15: key `restart.auto_revert`"),
             "{}",
             err.message
         );

@@ -172,8 +172,7 @@ impl Supervisor<'_> {
         let history = revisions::read(self.layout)?;
         let layout = self.layout;
         // A release behind the proxy is the runner's to start, not ours.
-        let runnable =
-            |id: &str| store::read_manifest(layout, id).is_ok_and(|m| m.proxy.is_none());
+        let runnable = |id: &str| store::read_manifest(layout, id).is_ok_and(|m| m.proxy.is_none());
         auto_revert::plan(
             &history,
             &self.release.manifest.id,
@@ -196,8 +195,7 @@ impl Supervisor<'_> {
             if Instant::now() >= deadline {
                 return Err(Some(why));
             }
-            if let Some(sig @ (libc::SIGTERM | libc::SIGINT)) = self.signals.wait(Some(LOCK_POLL))
-            {
+            if let Some(sig @ (libc::SIGTERM | libc::SIGINT)) = self.signals.wait(Some(LOCK_POLL)) {
                 self.readiness.stopping();
                 self.log.event(&format!(
                     "stop requested ({}) while waiting to auto-revert",
