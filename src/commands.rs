@@ -138,13 +138,13 @@ fn proxied(args: &ServiceArgs) -> Result<Option<(Layout, ProxySpec)>> {
     if args.instance.is_some() {
         return Ok(None);
     }
-    Ok(host::instances::proxied(&layout).map(|spec| (layout, spec)))
+    Ok(host::proxied::spec(&layout).map(|spec| (layout, spec)))
 }
 
 /// `service status` of a proxied service: the proxy, both instances and
 /// the runner; the LSB code of the whole.
 fn print_proxied_status(layout: &Layout, spec: &ProxySpec, json: bool) -> i32 {
-    let status = host::instances::status(layout, spec);
+    let status = host::proxied::status(layout, spec);
     if json {
         print_json(&status);
     } else {
@@ -175,7 +175,7 @@ fn print_proxied_status(layout: &Layout, spec: &ProxySpec, json: bool) -> i32 {
             None => {}
         }
     }
-    host::instances::lsb_code(&status)
+    host::proxied::lsb_code(&status)
 }
 
 fn run_proxy(args: &ProxyArgs, json: bool) -> Result<i32> {
@@ -201,7 +201,7 @@ fn run_proxy(args: &ProxyArgs, json: bool) -> Result<i32> {
         };
     }
     if !args.status {
-        let spec = host::instances::proxied(&layout).ok_or_else(|| {
+        let spec = host::proxied::spec(&layout).ok_or_else(|| {
             Error::failed(format!(
                 "the current release of {} has no [proxy] section",
                 args.name
@@ -229,7 +229,7 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
     match cmd {
         ServiceCommand::Start(args) => match proxied(&args)? {
             Some((layout, spec)) => report_start(
-                host::instances::start(&layout, &spec).map(|report| supervisor::StartOutcome {
+                host::proxied::start(&layout, &spec).map(|report| supervisor::StartOutcome {
                     report,
                     replaced_pid: None,
                     replaced_how: None,
@@ -241,7 +241,7 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
         ServiceCommand::Proxy(args) => run_proxy(&args, json),
         ServiceCommand::Restart(args) => match proxied(&args)? {
             Some((layout, spec)) => report_start(
-                host::instances::restart(&layout, &spec, &progress(json)).map(|report| {
+                host::proxied::restart(&layout, &spec, &progress(json)).map(|report| {
                     supervisor::StartOutcome {
                         report,
                         replaced_pid: None,
@@ -252,16 +252,18 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
             ),
             None => {
                 let layout = layout(&args)?;
-                let _switching = host::activate::hold_switch(&layout).map_err(Error::failed)?;
+                let _switching =
+                    crate::host::lockfile::hold_switch(&layout).map_err(Error::failed)?;
                 report_start(supervisor::restart(&layout), json)
             }
         },
         ServiceCommand::Reload(args) => {
             let result = match proxied(&args)? {
-                Some((layout, spec)) => host::instances::reload(&layout, &spec, &progress(json)),
+                Some((layout, spec)) => host::proxied::reload(&layout, &spec, &progress(json)),
                 None => {
                     let layout = layout(&args)?;
-                    let _switching = host::activate::hold_switch(&layout).map_err(Error::failed)?;
+                    let _switching =
+                        crate::host::lockfile::hold_switch(&layout).map_err(Error::failed)?;
                     supervisor::reload(&layout)
                 }
             };
@@ -281,18 +283,18 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
         // process (`run`), or detached, as `service start` spawns it (`supervise`).
         ServiceCommand::Run(args) => Ok(match proxied(&args)? {
             Some((layout, _)) => {
-                host::proxy::runner::run(&layout, host::proxy::runner::Mode::Foreground)
+                host::proxied::runner::run(&layout, host::proxied::runner::Mode::Foreground)
             }
             None => supervisor::run(&layout(&args)?),
         }),
         ServiceCommand::Supervise(args) => Ok(match proxied(&args)? {
             Some((layout, _)) => {
-                host::proxy::runner::run(&layout, host::proxy::runner::Mode::Detached)
+                host::proxied::runner::run(&layout, host::proxied::runner::Mode::Detached)
             }
             None => supervisor::supervise(&layout(&args)?),
         }),
         ServiceCommand::Stop(args) => match proxied(&args)? {
-            Some((layout, spec)) => match host::instances::stop(&layout, &spec) {
+            Some((layout, spec)) => match host::proxied::stop(&layout, &spec) {
                 Ok(()) => {
                     say!("stopped: both instances and the proxy");
                     Ok(0)

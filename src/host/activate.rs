@@ -2,21 +2,18 @@
 //! health gate, verify the version the service reports; on any failure go
 //! back to the previous release and confirm it is healthy again.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::host::lockfile::hold_switch;
 use crate::host::restart::{self, Restarted};
-use crate::host::{cancel, hooks};
-use crate::host::{probe, revisions, store, supervisor};
+use crate::host::steps::{StepFailure, cancelled, reported_version, run_hook, settle};
+use crate::host::{cancel, proxied, revisions, secrets, store, supervisor};
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ReleaseManifest;
 use crate::protocol::{
     Action, Activation, HookPoint, NotSwitched, NowRunning, Revision, RevisionOutcome,
 };
-
-/// How often and how long to ask the version endpoint once the service is healthy.
-const VERSION_ATTEMPTS: u32 = 3;
-const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Activates `release`; never returns with the host on a half-switched release.
 /// A failed step is told to `failed` when it happens, before the revert.
@@ -72,7 +69,7 @@ pub fn activate(
         outcome.reason = Some(reason.clone());
         outcome.log_tail = output;
         outcome.now_running = Some(match &manifest.proxy {
-            Some(spec) => blue_green::now_running(layout, spec, previous.as_deref()),
+            Some(spec) => proxied::switch::now_running(layout, spec, previous.as_deref()),
             None => NowRunning {
                 release: previous.clone(),
                 version: previous
@@ -93,7 +90,9 @@ pub fn activate(
         return outcome;
     }
     let result = match &manifest.proxy {
-        Some(spec) => blue_green::activate(layout, &manifest, spec, deploying, emit, &mut outcome),
+        Some(spec) => {
+            proxied::switch::activate(layout, &manifest, spec, deploying, emit, &mut outcome)
+        }
         None => switch_and_verify(layout, &manifest, deploying, emit, &mut outcome),
     };
     let (ok, detail) = match result {
@@ -107,7 +106,7 @@ pub fn activate(
             outcome.log_tail = log_tail;
             let now = match &manifest.proxy {
                 // The old instance never stopped taking traffic.
-                Some(spec) => blue_green::now_running(layout, spec, previous.as_deref()),
+                Some(spec) => proxied::switch::now_running(layout, spec, previous.as_deref()),
                 None => revert(layout, previous.as_deref(), release, emit),
             };
             let detail = format!("{step}: {reason}; {}", describe_now_running(&now));
@@ -129,23 +128,11 @@ pub fn activate(
         },
         detail,
     };
-    if let Err(e) = revisions::append(layout, &revision) {
+    if let Err(e) = revisions::append(layout, &revision, &secrets::masker(layout)) {
         emit("record", &format!("cannot append to revisions.log: {e}"));
     }
     outcome
 }
-
-pub use crate::host::lockfile::SWITCH_WAIT;
-
-/// Takes the switch lock (see [`Lock::Switch`]), waiting up to
-/// [`SWITCH_WAIT`]; the error names whoever holds it.
-///
-/// [`Lock::Switch`]: crate::protocol::layout::Lock::Switch
-pub fn hold_switch(layout: &Layout) -> Result<crate::host::lockfile::HeldLock, String> {
-    crate::host::lockfile::take_switch(layout, SWITCH_WAIT)
-}
-
-type StepFailure = (&'static str, String, Vec<String>);
 
 /// Records a run that stopped before this host switched, and removes the
 /// release it prepared for a deploy that never ran here (a release that
@@ -166,7 +153,7 @@ pub fn record_not_switched(layout: &Layout, stopped: &NotSwitched, emit: &dyn Fn
         outcome: RevisionOutcome::Failed,
         detail: stopped.why.clone(),
     };
-    if let Err(e) = revisions::append(layout, &revision) {
+    if let Err(e) = revisions::append(layout, &revision, &secrets::masker(layout)) {
         emit("record", &format!("cannot append to revisions.log: {e}"));
     }
     // Unknown history: keep it, it might be something to roll back to.
@@ -188,22 +175,6 @@ pub fn record_not_switched(layout: &Layout, stopped: &NotSwitched, emit: &dyn Fn
     }
 }
 
-pub(crate) mod blue_green;
-mod settle;
-
-/// Fails `step` when the operator cancelled the activation.
-fn cancelled(step: &'static str) -> Result<(), StepFailure> {
-    if cancel::requested() {
-        Err((
-            step,
-            "cancelled by the operator (Ctrl-C)".into(),
-            Vec::new(),
-        ))
-    } else {
-        Ok(())
-    }
-}
-
 fn switch_and_verify(
     layout: &Layout,
     manifest: &ReleaseManifest,
@@ -214,8 +185,8 @@ fn switch_and_verify(
     cancelled("switch")?;
     // Leaving the proxy: its instances and the proxy itself go before the
     // plain service can take the port (a downtime like any plain restart).
-    if let Some(spec) = crate::host::instances::proxied(layout) {
-        crate::host::instances::stop(layout, &spec).map_err(|e| ("stop", e.message, e.log_tail))?;
+    if let Some(spec) = crate::host::proxied::spec(layout) {
+        crate::host::proxied::stop(layout, &spec).map_err(|e| ("stop", e.message, e.log_tail))?;
         emit("stop", "the proxy and both instances");
     }
     store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
@@ -277,28 +248,6 @@ fn switch_and_verify(
     Ok(())
 }
 
-/// Runs a host hook of this activation; its failure fails the step named after it,
-/// with its output in place of the service log.
-fn run_hook(
-    layout: &Layout,
-    release: &str,
-    point: HookPoint,
-    hook: &crate::protocol::manifest::HookSpec,
-    emit: &dyn Fn(&str, &str),
-) -> Result<(), StepFailure> {
-    let step: &'static str = match point {
-        HookPoint::BeforeStart => "before_start",
-        _ => "after_switch",
-    };
-    let ran = hooks::run(layout, release, &point, hook, emit);
-    if ran.ok {
-        emit(step, &format!("hook {} ({} ms)", ran.how, ran.took_ms));
-        Ok(())
-    } else {
-        Err((step, format!("hook {}", ran.how), ran.output))
-    }
-}
-
 fn fail_early(mut outcome: Activation, step: &str, reason: String) -> Activation {
     outcome.failed_step = Some(step.to_string());
     outcome.reason = Some(reason);
@@ -343,7 +292,7 @@ fn revert(
         // A previous release behind the proxy goes back to being served by it.
         Some(spec) => {
             let _ = supervisor::stop(layout);
-            crate::host::instances::start(layout, spec)
+            crate::host::proxied::start(layout, spec)
                 .map(|start| Restarted { stop: None, start })
                 .map_err(|e| e.message)
         }
@@ -379,76 +328,5 @@ fn describe_now_running(now: &NowRunning) -> String {
             now.problem.as_deref().unwrap_or("unknown")
         ),
         (None, _) => "no previous release; service stopped".to_string(),
-    }
-}
-
-/// "URL has no key `version` (its keys: app, build)": what is there helps fix `key`.
-fn missing_key(url: &str, key: &str, answer: &serde_json::Value) -> String {
-    match answer.as_object() {
-        Some(object) if !object.is_empty() => {
-            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
-            format!("{url} has no key `{key}` (its keys: {})", keys.join(", "))
-        }
-        Some(_) => format!("{url} has no key `{key}` (it answered an empty object)"),
-        None => format!("{url} has no key `{key}` (it answered JSON that is not an object)"),
-    }
-}
-
-/// Asks the service's version endpoint; `Ok(None)` when the manifest has none.
-pub fn reported_version(manifest: &ReleaseManifest) -> Result<Option<String>, String> {
-    reported_version_at(manifest, None)
-}
-
-/// Like [`reported_version`], asking the instance on `port` when given.
-pub fn reported_version_at(
-    manifest: &ReleaseManifest,
-    port: Option<u16>,
-) -> Result<Option<String>, String> {
-    let Some(check) = &manifest.version_check else {
-        return Ok(None);
-    };
-    let mut check = check.clone();
-    if let Some(port) = port {
-        check.url = supervisor::release::with_port(&check.url, port);
-    }
-    let check = &check;
-    let mut last_error = String::new();
-    let started = Instant::now();
-    for attempt in 0..VERSION_ATTEMPTS {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        match probe::http_get(&check.url, VERSION_TIMEOUT) {
-            Ok(answer) if (200..300).contains(&answer.status) => {
-                let value: serde_json::Value = serde_json::from_str(&answer.body)
-                    .map_err(|e| format!("{} did not answer JSON: {e}", check.url))?;
-                return match value.get(&check.key) {
-                    Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                    Some(other) if !other.is_null() => Ok(Some(other.to_string())),
-                    _ => Err(missing_key(&check.url, &check.key, &value)),
-                };
-            }
-            Ok(answer) => last_error = format!("{} answered HTTP {}", check.url, answer.status),
-            Err(e) => last_error = format!("{}: {e}", check.url),
-        }
-        if started.elapsed() > VERSION_TIMEOUT {
-            break;
-        }
-    }
-    Err(last_error)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::missing_key;
-
-    #[test]
-    fn a_missing_version_key_lists_the_keys_there() {
-        let answer = serde_json::json!({"app": "hello", "build": "1.2"});
-        assert_eq!(
-            missing_key("http://x/version", "version", &answer),
-            "http://x/version has no key `version` (its keys: app, build)"
-        );
-        assert!(missing_key("u", "v", &serde_json::json!([1])).ends_with("not an object)"));
     }
 }

@@ -325,7 +325,7 @@ impl Session {
                     send_checked(&event)
                 };
                 // Behind the proxy: the log of the instance taking traffic now.
-                let log_layout = match crate::host::instances::proxied(&layout) {
+                let log_layout = match crate::host::proxied::spec(&layout) {
                     Some(_) => layout.with_instance(crate::host::proxy::active(&layout)),
                     None => layout.clone(),
                 };
@@ -510,7 +510,7 @@ fn expect_activation(layout: &Layout, release: &str, id: u64) {
         id,
         step: "activate".to_string(),
         within_ms: crate::protocol::manifest::activation_bound_ms(current.as_ref(), &target)
-            + activate::SWITCH_WAIT.as_millis() as u64,
+            + crate::host::lockfile::SWITCH_WAIT.as_millis() as u64,
     });
 }
 
@@ -534,8 +534,8 @@ fn secret_group(user: Option<&str>) -> Result<Option<u32>, String> {
 /// What runs on this host: `current`, the supervised process, the reported version.
 fn status(layout: &Layout) -> HostStatus {
     // Behind the proxy, the service is the instance taking traffic.
-    let proxy = crate::host::instances::proxied(layout)
-        .map(|spec| crate::host::instances::status(layout, &spec));
+    let proxy =
+        crate::host::proxied::spec(layout).map(|spec| crate::host::proxied::status(layout, &spec));
     // The instance the proxy last sent traffic to, even while the proxy is down.
     let active = proxy
         .as_ref()
@@ -551,10 +551,12 @@ fn status(layout: &Layout) -> HostStatus {
         .as_deref()
         .and_then(|id| store::read_manifest(layout, id).ok());
     let (reported_version, version_error) = match (&running_manifest, service.pid) {
-        (Some(manifest), Some(_)) => match activate::reported_version_at(manifest, instance) {
-            Ok(v) => (v, None),
-            Err(e) => (None, Some(e)),
-        },
+        (Some(manifest), Some(_)) => {
+            match crate::host::steps::reported_version_at(manifest, instance) {
+                Ok(v) => (v, None),
+                Err(e) => (None, Some(e)),
+            }
+        }
         _ => (None, None),
     };
     HostStatus {

@@ -27,7 +27,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::host::supervisor::procfs;
+use crate::host::os::procfs;
 use crate::protocol::layout::{Dir, Layout, Lock};
 
 /// How long [`take`] sleeps between two tries.
@@ -135,23 +135,6 @@ pub fn take(layout: &Layout, lock: Lock, wait: Duration) -> Result<HeldLock, Loc
         }
         std::thread::sleep(RETRY);
     }
-}
-
-/// How long a deploy, rollback, restart, reload or auto-revert waits for
-/// another one of the same service to finish changing what runs.
-pub const SWITCH_WAIT: Duration = Duration::from_secs(60);
-
-/// Takes the switch lock ([`Lock::Switch`]), waiting at most `wait`; the
-/// error names whoever holds it. Deploys, rollbacks, restarts, reloads and
-/// the supervisor's auto-revert take it.
-pub fn take_switch(layout: &Layout, wait: Duration) -> Result<HeldLock, String> {
-    take(layout, Lock::Switch, wait).map_err(|e| match e {
-        LockError::Busy { .. } => format!(
-            "another deploy, rollback, restart or reload of {} is changing what runs: {e}; try again when it is done",
-            layout.name()
-        ),
-        LockError::Failed(why) => why,
-    })
 }
 
 /// The live holder of `lock` (or of its file from an older version), from
@@ -399,6 +382,30 @@ fn open_in(dir: &OwnedFd, path: &Path) -> io::Result<File> {
     }
     // SAFETY: a fresh descriptor nobody else owns.
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// How long a deploy, rollback, restart, reload or auto-revert waits for
+/// another one of the same service to finish changing what runs.
+pub const SWITCH_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes the switch lock (see [`Lock::Switch`]), waiting up to
+/// [`SWITCH_WAIT`]; the error names whoever holds it.
+///
+/// [`Lock::Switch`]: Lock::Switch
+pub fn hold_switch(layout: &Layout) -> Result<HeldLock, String> {
+    take_switch(layout, SWITCH_WAIT)
+}
+
+/// Like [`hold_switch`], waiting at most `wait` (the supervisor's
+/// auto-revert polls it, answering a stop between tries).
+pub fn take_switch(layout: &Layout, wait: Duration) -> Result<HeldLock, String> {
+    take(layout, Lock::Switch, wait).map_err(|e| match e {
+        LockError::Busy { .. } => format!(
+            "another deploy, rollback, restart or reload of {} is changing what runs: {e}; try again when it is done",
+            layout.name()
+        ),
+        LockError::Failed(why) => why,
+    })
 }
 
 #[cfg(test)]

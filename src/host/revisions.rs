@@ -6,12 +6,13 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 
 use crate::protocol::layout::Layout;
+use crate::protocol::mask::Masker;
 use crate::protocol::{Action, Revision, RevisionOutcome};
 
-/// Appends one line and syncs it, every field masked: a detail may carry
+/// Appends one line and syncs it, every field masked by `masker` (the
+/// host's secrets, [`crate::host::secrets::masker`]): a detail may carry
 /// what the service answered (a health body), and the file is 0644.
-pub fn append(layout: &Layout, revision: &Revision) -> io::Result<()> {
-    let masker = crate::host::secrets::masker(layout);
+pub fn append(layout: &Layout, revision: &Revision, masker: &Masker) -> io::Result<()> {
     let fields = [
         revision.time.as_str(),
         revision.action.as_str(),
@@ -83,8 +84,8 @@ mod tests {
             outcome: RevisionOutcome::Failed,
             detail: "health:\tnot\nhealthy".into(),
         };
-        append(&layout, &rev).unwrap();
-        append(&layout, &rev).unwrap();
+        append(&layout, &rev, &Masker::new(&[])).unwrap();
+        append(&layout, &rev, &Masker::new(&[])).unwrap();
         let read = read(&layout).unwrap();
         assert_eq!(read.len(), 2);
         assert_eq!(read[0].detail, "health: not healthy");

@@ -1,6 +1,6 @@
 //! The proxy's files under `/run/<name>/proxy/`: its spec, the active
 //! instance (replaced by rename, so a restarted proxy resumes where it was),
-//! the keeper's and the runner's records and the control socket. Their
+//! the keeper's record and the control socket. Their
 //! locks are in `/run/<name>/locks/` ([`crate::host::lockfile`]).
 
 use std::fs;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::supervisor::procfs::ProcessId;
+use crate::host::os::procfs::ProcessId;
 use crate::protocol::files;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
@@ -36,7 +36,7 @@ pub fn socket_path(layout: &Layout) -> PathBuf {
 /// Creates `/run/<name>/proxy/` (root's) when missing (a reboot empties
 /// `/run`), mode 0755 whatever the umask (the unit's is 0027): like the rest
 /// of the run dir, the records in it are for any user to read.
-fn ensure_dir(layout: &Layout) -> Result<(), String> {
+pub fn ensure_dir(layout: &Layout) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = layout.proxy_dir();
     if dir.is_dir() {
@@ -119,45 +119,5 @@ pub fn write_keeper(layout: &Layout, record: &KeeperRecord) -> Result<(), String
 /// The keeper's record, if there is one.
 pub fn read_keeper(layout: &Layout) -> Option<KeeperRecord> {
     let text = fs::read(keeper_path(layout)).ok()?;
-    serde_json::from_slice(&text).ok()
-}
-
-/// `runner.json`: the runner's identity (pid and start time).
-pub fn runner_path(layout: &Layout) -> PathBuf {
-    layout.proxy_dir().join("runner.json")
-}
-
-/// What the runner records about itself: who it is, and how it ended when
-/// it ended on its own terms (a runner killed leaves no end).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunnerRecord {
-    /// The runner process.
-    #[serde(flatten)]
-    pub id: ProcessId,
-    /// When it started (RFC 3339); absent in an older runner's record.
-    #[serde(default)]
-    pub started_at: Option<String>,
-    /// How it ended: "stopped", "handed over", "start failed: …".
-    #[serde(default)]
-    pub ended: Option<String>,
-    /// Whether that end was asked for (a stop or a hand-over).
-    #[serde(default)]
-    pub stopped_on_request: bool,
-    /// When it ended (RFC 3339).
-    #[serde(default)]
-    pub ended_at: Option<String>,
-}
-
-/// Records the runner atomically.
-pub fn write_runner(layout: &Layout, record: &RunnerRecord) -> Result<(), String> {
-    ensure_dir(layout)?;
-    let text = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-    let path = runner_path(layout);
-    files::write_atomic(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The runner's record, if any.
-pub fn read_runner(layout: &Layout) -> Option<RunnerRecord> {
-    let text = fs::read(runner_path(layout)).ok()?;
     serde_json::from_slice(&text).ok()
 }

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use super::files::{self, KeeperRecord};
 use super::worker::LISTEN_FD;
 use crate::host::lockfile::{self, HeldLock, LockError};
-use crate::host::supervisor::procfs;
+use crate::host::os::procfs;
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::layout::{Layout, Lock};
 

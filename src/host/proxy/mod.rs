@@ -10,25 +10,26 @@ mod conn;
 mod files;
 mod headers;
 mod keeper;
-pub mod runner;
 #[allow(clippy::disallowed_methods)] // root-only: the control socket in root's run/NAME/proxy
 mod worker;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::host::supervisor::procfs::{self, Liveness};
+use crate::host::os::detached;
+use crate::host::os::procfs::{self, Liveness};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 pub use crate::protocol::status::{ProxyState, ProxyStatus};
 
+pub use files::KeeperRecord;
+pub use files::ensure_dir as ensure_run_dir;
 pub use files::read_active as active;
-pub use files::{KeeperRecord, RunnerRecord};
 
 /// How long a starting proxy may take to answer on its control socket.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one control request may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -136,24 +137,13 @@ pub fn ensure_running(layout: &Layout, spec: &ProxySpec) -> Result<bool, String>
     let err = log
         .try_clone()
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the shipjar executable: {e}"))?;
-    let root = std::path::absolute(layout.root())
-        .map_err(|e| format!("{}: {e}", layout.root().display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.env_clear()
-        .env("PATH", crate::host::supervisor::CLEAN_PATH)
-        .args(["service", "proxy", layout.name(), "--foreground", "--root"])
-        .arg(root)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err);
-    // Own session: it outlives the agent that started it.
-    crate::host::supervisor::process::prepare_child(&mut cmd, true, None);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the proxy: {e}"))?;
+    let mut child = detached::spawn(
+        layout.root(),
+        &["service", "proxy", layout.name(), "--foreground"],
+        Stdio::from(log),
+        err,
+    )
+    .map_err(|e| format!("cannot start the proxy: {e}"))?;
     let started = Instant::now();
     loop {
         if request(layout, "status").is_ok() {
@@ -192,6 +182,11 @@ fn last_line(path: &std::path::Path) -> String {
     crate::host::supervisor::logfile::tail(path, 1)
         .pop()
         .unwrap_or_else(|| "(empty)".to_string())
+}
+
+/// Whether the proxy's keeper is alive (it holds its lock).
+pub fn keeper_alive(layout: &Layout) -> bool {
+    keeper::is_held(layout)
 }
 
 /// Stops the proxy; `Ok(false)` when it was not running.

@@ -399,7 +399,7 @@ fn bind_control(layout: &Layout) -> Result<std::os::unix::net::UnixListener, Str
 /// its sockets are open. Nothing to do when not root or the release names
 /// no user (or root).
 fn drop_root(layout: &Layout, spec: &ProxySpec) -> Result<(), String> {
-    if !crate::host::supervisor::process::is_root() {
+    if !crate::host::os::process::is_root() {
         return Ok(());
     }
     // `current`, or (at the first deploy, before `current` exists) the
@@ -416,7 +416,7 @@ fn drop_root(layout: &Layout, spec: &ProxySpec) -> Result<(), String> {
     let Some(user) = user else {
         return Ok(());
     };
-    let creds = crate::host::supervisor::process::Credentials::resolve(&user)?;
+    let creds = crate::host::os::process::Credentials::resolve(&user)?;
     if creds.uid == 0 {
         return Ok(());
     }

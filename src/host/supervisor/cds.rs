@@ -25,9 +25,9 @@ use crate::protocol::digest;
 use crate::protocol::files::{fsync_dir, write_atomic};
 use crate::protocol::layout::{CDS_ARCHIVE, CDS_IDENTITY, Dir, Layout};
 
-use super::process::{self, Credentials, ExitInfo};
 use super::release::Release;
 use super::spawn::CLEAN_PATH;
+use crate::host::os::process::{self, Credentials, ExitInfo};
 
 /// First four bytes of a dynamic (`ArchiveClassesAtExit`) archive; HotSpot
 /// writes its header last, so a dump cut short has none.

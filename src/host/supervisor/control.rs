@@ -1,10 +1,8 @@
 //! `service start` and `service stop`: the client side, run by the operator
 //! (or the agent), talking to the detached supervisor.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -14,13 +12,13 @@ use crate::protocol::layout::Layout;
 
 use super::logfile;
 use super::observe::{self, Service};
-use super::process;
-use super::procfs::{self, Liveness, ProcessId};
-use super::readiness::{FAILED, READY};
 use super::release;
 use super::state::{self, Phase, Pidfile};
 use super::stopping::KILL_WAIT;
 use super::{ReloadReport, StartOutcome, StartReport, StopReport, SupervisorError, human_duration};
+use crate::host::os::detached::{self, Report};
+use crate::host::os::process;
+use crate::host::os::procfs::{self, Liveness, ProcessId};
 
 fn error(message: impl Into<String>) -> SupervisorError {
     SupervisorError {
@@ -96,90 +94,23 @@ fn spawn_supervisor(layout: &Layout) -> Result<StartReport, SupervisorError> {
 
     let (log_path, log) = logfile::open_service_log(layout);
     let log = log.map_err(|e| error(format!("{}: {e}", log_path.display())))?;
-    let exe = std::env::current_exe()
-        .map_err(|e| error(format!("cannot find the shipjar executable: {e}")))?;
-    // The supervisor runs in `/` (it must not pin a release dir): the root
-    // has to be absolute.
-    let root = std::path::absolute(layout.root())
-        .map_err(|e| error(format!("{}: {e}", layout.root().display())))?;
-    let mut cmd = Command::new(exe);
-    // A clean environment: the supervisor lives as long as the service and
-    // must not carry whatever its caller had (an operator's secrets, say).
-    cmd.env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .arg("service")
-        .arg("supervise")
-        .arg(layout.name())
-        .arg("--root")
-        .arg(root);
+    let mut args = vec![
+        "service".to_string(),
+        "supervise".into(),
+        layout.name().into(),
+    ];
     if let Some(port) = layout.instance() {
-        cmd.arg("--instance").arg(port.to_string());
+        args.extend(["--instance".to_string(), port.to_string()]);
     }
-    cmd.current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log);
-    // Own session: no terminal, no job-control signals from ours.
-    process::prepare_child(&mut cmd, true, None);
-    let mut child = cmd
-        .spawn()
+    let mut child = detached::spawn(layout.root(), &args, Stdio::piped(), log)
         .map_err(|e| error(format!("cannot start the supervisor: {e}")))?;
 
-    let line = match read_report(&mut child, deadline) {
-        Report::Line(line) => line,
-        Report::Eof => {
-            // Died without a word (crashed, killed): whatever it spawned goes too.
-            let sup = child.id() as i32;
-            wait_or_kill(&mut child, KILL_WAIT);
-            kill_orphan_service(layout, sup);
-            let status = child
-                .try_wait()
-                .ok()
-                .flatten()
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default();
-            return Err(with_tail(
-                error(format!("supervisor exited before reporting{status}")),
-                layout,
-            ));
-        }
-        Report::Cancelled => {
-            // Ask it to stop the half-started service as it would any stop.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                Signal::SIGTERM,
-            );
-            let sup = child.id() as i32;
-            wait_or_kill(
-                &mut child,
-                defaults::STOP_TIMEOUT + defaults::SUPERVISOR_GRACE,
-            );
-            kill_orphan_service(layout, sup);
-            return Err(with_tail(
-                error("cancelled by the operator (Ctrl-C) before it was healthy".to_string()),
-                layout,
-            ));
-        }
-        Report::Timeout => {
-            abandon(&mut child, layout);
-            return Err(with_tail(
-                error(format!(
-                    "no report from the supervisor within {}; killed it",
-                    human_duration(deadline)
-                )),
-                layout,
-            ));
-        }
-    };
-    if let Some(json) = line.strip_prefix(READY) {
-        match serde_json::from_str::<StartReport>(json) {
+    match detached::read_report(&mut child, deadline) {
+        Report::Ready(json) => match serde_json::from_str::<StartReport>(&json) {
             Ok(report) => {
                 // The supervisor outlives us; in a long-lived caller (the
                 // agent) someone must still reap it.
-                std::thread::spawn(move || child.wait());
+                detached::let_live(child);
                 Ok(report)
             }
             Err(e) => {
@@ -189,18 +120,64 @@ fn spawn_supervisor(layout: &Layout) -> Result<StartReport, SupervisorError> {
                     layout,
                 ))
             }
+        },
+        Report::Failed(rest) => {
+            let err =
+                serde_json::from_str::<SupervisorError>(&rest).unwrap_or_else(|_| error(rest));
+            // It reports after cleaning up, so it is about to exit.
+            detached::wait_or_kill(&mut child, KILL_WAIT);
+            Err(with_tail(err, layout))
         }
-    } else if let Some(rest) = line.strip_prefix(FAILED) {
-        let err = serde_json::from_str::<SupervisorError>(rest).unwrap_or_else(|_| error(rest));
-        // It reports after cleaning up, so it is about to exit.
-        wait_or_kill(&mut child, KILL_WAIT);
-        Err(with_tail(err, layout))
-    } else {
-        abandon(&mut child, layout);
-        Err(with_tail(
-            error(format!("unexpected report from the supervisor: {line}")),
-            layout,
-        ))
+        Report::Garbled(line) => {
+            abandon(&mut child, layout);
+            Err(with_tail(
+                error(format!("unexpected report from the supervisor: {line}")),
+                layout,
+            ))
+        }
+        Report::Eof => {
+            // Died without a word (crashed, killed): whatever it spawned goes too.
+            let sup = child.id() as i32;
+            detached::wait_or_kill(&mut child, KILL_WAIT);
+            kill_orphan_service(layout, sup);
+            let status = child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
+            Err(with_tail(
+                error(format!("supervisor exited before reporting{status}")),
+                layout,
+            ))
+        }
+        Report::Cancelled => {
+            // Ask it to stop the half-started service as it would any stop.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                Signal::SIGTERM,
+            );
+            let sup = child.id() as i32;
+            detached::wait_or_kill(
+                &mut child,
+                defaults::STOP_TIMEOUT + defaults::SUPERVISOR_GRACE,
+            );
+            kill_orphan_service(layout, sup);
+            Err(with_tail(
+                error("cancelled by the operator (Ctrl-C) before it was healthy".to_string()),
+                layout,
+            ))
+        }
+        Report::Timeout => {
+            abandon(&mut child, layout);
+            Err(with_tail(
+                error(format!(
+                    "no report from the supervisor within {}; killed it",
+                    human_duration(deadline)
+                )),
+                layout,
+            ))
+        }
     }
 }
 
@@ -264,62 +241,6 @@ fn join(layout: &Layout, sup: ProcessId) -> Result<StartReport, SupervisorError>
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// What came from the supervisor's stdout.
-enum Report {
-    /// One line.
-    Line(String),
-    /// End of file before a line.
-    Eof,
-    /// Nothing within the deadline.
-    Timeout,
-    /// The operator cancelled the request this start belongs to.
-    Cancelled,
-}
-
-/// Reads the supervisor's one-line report, giving up after `deadline`.
-fn read_report(child: &mut Child, deadline: Duration) -> Report {
-    let Some(stdout) = child.stdout.take() else {
-        return Report::Eof;
-    };
-    let (tx, rx) = mpsc::channel();
-    // A thread, because a pipe read has no timeout of its own.
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let report = match BufReader::new(stdout).read_line(&mut line) {
-            Ok(n) if n > 0 => Report::Line(line.trim_end().to_string()),
-            _ => Report::Eof,
-        };
-        let _ = tx.send(report);
-    });
-    let until = Instant::now() + deadline;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Report::Timeout;
-        }
-        match rx.recv_timeout(left.min(Duration::from_millis(50))) {
-            Ok(report) => return report,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Report::Eof,
-            Err(mpsc::RecvTimeoutError::Timeout) if crate::host::cancel::requested() => {
-                return Report::Cancelled;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-    }
-}
-
-fn wait_or_kill(child: &mut Child, timeout: Duration) {
-    let until = Instant::now() + timeout;
-    while Instant::now() < until {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Gives up on a supervisor that is hung or talks nonsense: kills it, and

@@ -17,7 +17,7 @@ use crate::protocol::manifest::HealthCheck;
 
 use super::human_duration;
 use super::listener::{self, Holder};
-use super::process::{ExitInfo, Signals, exited_child};
+use crate::host::os::process::{ExitInfo, Signals, exited_child};
 
 /// Pause between two looks at the socket table while the port is not
 /// listening yet (and before the first look).

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use crate::protocol::layout::Layout;
 
-use super::procfs::{self, ProcessId};
 use super::release;
+use crate::host::os::procfs::{self, ProcessId};
 
 /// What `/proc` says about one live process, read consistently (its start
 /// time is checked again after everything else was read).

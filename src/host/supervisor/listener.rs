@@ -15,7 +15,7 @@ use std::fs;
 
 use crate::protocol::manifest::HealthCheck;
 
-use super::procfs;
+use crate::host::os::procfs;
 
 /// TCP state number of LISTEN in `/proc/net/tcp`.
 const TCP_LISTEN: &str = "0A";

@@ -81,11 +81,7 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 
 pub use crate::protocol::clock::now_rfc3339;
 
-/// `2026-11-26T14:03:01.123Z [shipjar] MESSAGE\n`: supervisor events are
-/// prefixed so they stand out from the service's own output.
-pub fn format_event(message: &str) -> String {
-    format!("{} [shipjar] {message}\n", now_rfc3339())
-}
+pub use super::rotate::format_event;
 
 /// Appends one event straight to the log file, for when the supervisor
 /// could not set up its log pipe.

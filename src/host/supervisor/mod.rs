@@ -15,13 +15,9 @@ mod identity;
 pub(crate) mod listener;
 pub(crate) mod logfile;
 mod logpipe;
-pub(crate) mod notify;
 mod observe;
 pub use observe::last_sign_of_life;
 mod privileges;
-pub(crate) mod process;
-#[allow(clippy::disallowed_methods)] // root-only: /proc
-pub(crate) mod procfs;
 pub(crate) mod readiness;
 #[allow(clippy::disallowed_methods)]
 // root-only: `current` and releases/ in root's 0755 var/lib/NAME
@@ -37,6 +33,8 @@ mod stopping;
 mod supervise;
 
 use std::time::Duration;
+
+use crate::host::os::procfs;
 
 use serde::{Deserialize, Serialize};
 

@@ -12,8 +12,8 @@ use crate::host::lockfile;
 use crate::protocol::layout::{Layout, Lock};
 
 use super::identity::{self, ServiceProof};
-use super::procfs::{self, Liveness, ProcessId};
 use super::state::{self, Phase, Pidfile, SupervisorState};
+use crate::host::os::procfs::{self, Liveness, ProcessId};
 
 /// The service process as the pidfile names it.
 #[derive(Debug, Clone, PartialEq, Eq)]

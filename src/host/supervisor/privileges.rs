@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::protocol::layout::{DirOwner, Layout};
 
-use super::process::Credentials;
+use crate::host::os::process::Credentials;
 
 /// Gives the service user the directories it may write: the log dir and
 /// `shared/`, created when missing with the layout's modes (those `provision`

@@ -10,14 +10,14 @@ use std::rc::Rc;
 use crate::protocol::layout::Layout;
 
 use super::logfile;
-use super::notify::Notifier;
 use super::{StartReport, SupervisorError};
+use crate::host::os::notify::Notifier;
 
 /// Prefix of the readiness line on success.
-pub const READY: &str = "READY ";
+pub use crate::host::os::detached::READY;
 
 /// Prefix of the readiness line on failure.
-pub const FAILED: &str = "FAILED ";
+pub use crate::host::os::detached::FAILED;
 
 /// Where readiness and state go: to `service start` or to the process manager.
 pub enum ReadinessChannel {

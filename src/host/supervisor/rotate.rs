@@ -156,7 +156,7 @@ pub fn open_log(dir: &GuardedDir, name: &OsStr, owner: Option<Owner>) -> io::Res
         Err(e) if fs::is_refusal(&e) => {
             let aside = dir.move_aside(name)?;
             let mut file = dir.open_append(name, new)?;
-            let note = super::logfile::format_event(&format!(
+            let note = format_event(&format!(
                 "{e}; moved it aside to {} and started a new log file",
                 aside.to_string_lossy()
             ));
@@ -187,6 +187,15 @@ fn gzip(dir: &GuardedDir, from: &OsStr, to: &OsStr, owner: Option<Owner>) -> io:
         let _ = dir.remove_file(&tmp);
     }
     result
+}
+
+/// `2026-11-26T14:03:01.123Z [shipjar] MESSAGE\n`: supervisor events are
+/// prefixed so they stand out from the service's own output.
+pub fn format_event(message: &str) -> String {
+    format!(
+        "{} [shipjar] {message}\n",
+        crate::protocol::clock::now_rfc3339()
+    )
 }
 
 #[cfg(test)]

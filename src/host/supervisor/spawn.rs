@@ -8,11 +8,10 @@ use std::process::{Child, Command, Stdio};
 
 use crate::protocol::layout::Layout;
 
-use super::process::{self, Credentials};
 use super::release::Release;
+use crate::host::os::process::{self, Credentials};
 
-/// `PATH` of the service's clean environment.
-pub const CLEAN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use crate::host::os::detached::CLEAN_PATH;
 
 /// Who the service runs as: `None` is whoever runs the supervisor.
 /// `Err` when the release names a user that cannot be resolved.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::procfs::ProcessId;
+use crate::host::os::procfs::ProcessId;
 use crate::protocol::files::write_atomic;
 use crate::protocol::wire_enum;
 

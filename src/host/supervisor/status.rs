@@ -8,10 +8,10 @@ use crate::protocol::layout::Layout;
 
 use super::health;
 use super::observe::{self, LostSupervisor, Observation, Service};
-use super::procfs;
 use super::release;
 use super::state::{ClassDataUse, Phase, SupervisorState};
 use super::{ServiceState, ServiceStatus, human_duration};
+use crate::host::os::procfs;
 
 /// Longest health probe `status` makes.
 const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);

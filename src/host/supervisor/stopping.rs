@@ -14,10 +14,10 @@ use crate::protocol::manifest::StopHook;
 
 use super::human_duration;
 use super::logpipe::LogPipe;
-use super::process::{self, Credentials, ExitInfo, Signals};
-use super::procfs;
 use super::release::Release;
 use super::spawn;
+use crate::host::os::process::{self, Credentials, ExitInfo, Signals};
+use crate::host::os::procfs;
 
 /// How long a SIGKILLed process may take to be gone.
 pub const KILL_WAIT: Duration = Duration::from_secs(5);

@@ -6,9 +6,9 @@ use std::process::Child;
 
 use nix::sys::signal::Signal;
 
+use crate::host::os::process::{self, ExitInfo};
+use crate::host::os::procfs;
 use crate::host::supervisor::cds::{self, ClassData};
-use crate::host::supervisor::process::{self, ExitInfo};
-use crate::host::supervisor::procfs;
 use crate::host::supervisor::state::Phase;
 use crate::host::supervisor::stopping::{self, StopContext};
 

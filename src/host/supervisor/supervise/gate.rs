@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::host::os::process::{self, ExitInfo};
+use crate::host::os::procfs::{self, ProcessId};
 use crate::host::supervisor::cds::{self, ClassData};
 use crate::host::supervisor::health::{self, Gate};
 use crate::host::supervisor::logfile;
-use crate::host::supervisor::process::{self, ExitInfo};
-use crate::host::supervisor::procfs::{self, ProcessId};
 use crate::host::supervisor::state::{self, ClassDataUse, Phase};
 use crate::host::supervisor::stopping::{self, KILL_WAIT};
 use crate::host::supervisor::{StartReport, human_duration};

@@ -18,13 +18,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::host::lockfile::HeldLock;
+use crate::host::os::notify::Notifier;
+use crate::host::os::process::{self, Credentials, ExitInfo, Signals};
 use crate::host::supervisor::backoff::{Backoff, Decision};
 use crate::host::supervisor::cds::{self, ClassData};
 use crate::host::supervisor::human_duration;
 use crate::host::supervisor::logfile;
 use crate::host::supervisor::logpipe::LogPipe;
-use crate::host::supervisor::notify::Notifier;
-use crate::host::supervisor::process::{self, Credentials, ExitInfo, Signals};
 use crate::host::supervisor::readiness::ReadinessChannel;
 use crate::host::supervisor::release::Release;
 use crate::host::supervisor::spawn;

@@ -8,12 +8,12 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::host::lockfile::{self, HeldLock, SWITCH_WAIT};
+use crate::host::os::process;
 use crate::host::supervisor::auto_revert;
 use crate::host::supervisor::backoff::Backoff;
 use crate::host::supervisor::logfile;
-use crate::host::supervisor::process;
 use crate::host::supervisor::state::{AutoReverted, Phase};
-use crate::host::{revisions, store};
+use crate::host::{revisions, secrets, store};
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::{Action, Revision, RevisionOutcome};
 
@@ -225,7 +225,7 @@ impl Supervisor<'_> {
             },
             detail,
         };
-        if let Err(e) = revisions::append(self.layout, &revision) {
+        if let Err(e) = revisions::append(self.layout, &revision, &secrets::masker(self.layout)) {
             self.log
                 .event(&format!("cannot append to revisions.log: {e}"));
         }

@@ -2,13 +2,13 @@
 //! release and its user, the log, the first state file.
 
 use crate::host::lockfile::{self, HeldLock, LockError};
+use crate::host::os::process::{self, Credentials, Signals};
+use crate::host::os::procfs::{self, Liveness, ProcessId};
 use crate::host::supervisor::backoff::Backoff;
 use crate::host::supervisor::cds::ClassData;
 use crate::host::supervisor::logfile;
 use crate::host::supervisor::logpipe::LogPipe;
 use crate::host::supervisor::privileges;
-use crate::host::supervisor::process::{self, Credentials, Signals};
-use crate::host::supervisor::procfs::{self, Liveness, ProcessId};
 use crate::host::supervisor::readiness::ReadinessChannel;
 use crate::host::supervisor::release::{self, Release};
 use crate::host::supervisor::rotate::{Owner, RotatingFile, Rotation};

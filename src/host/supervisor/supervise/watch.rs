@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::host::os::process;
 use crate::host::supervisor::health::{self, Failure, Streak, Verdict};
 use crate::host::supervisor::logfile;
 use crate::host::supervisor::privileges;
-use crate::host::supervisor::process;
 use crate::host::supervisor::release;
 use crate::host::supervisor::spawn;
 use crate::protocol::defaults;

@@ -6,16 +6,16 @@
 
 use std::time::{Duration, Instant};
 
-use super::{StepFailure, cancelled, reported_version_at, run_hook, settle};
-use crate::host::proxy::runner;
+use super::{instances, runner, whole};
+use crate::host::steps::{StepFailure, cancelled, reported_version_at, run_hook, settle};
 use crate::host::supervisor::{StartReport, SupervisorError};
-use crate::host::{instances, proxy, store, supervisor};
+use crate::host::{proxy, store, supervisor};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{ProxySpec, ReleaseManifest};
 use crate::protocol::{Activation, HookPoint, NowRunning};
 
 /// Starts `manifest` beside the running instance and moves traffic to it.
-pub(super) fn activate(
+pub(crate) fn activate(
     layout: &Layout,
     manifest: &ReleaseManifest,
     spec: &ProxySpec,
@@ -53,7 +53,7 @@ pub(super) fn activate(
         && runner::is_held(layout)
         && let Some(leader) = supervisor::status(&new).supervisor_pid
     {
-        match instances::adopt_into_unit(layout, leader) {
+        match whole::adopt_into_unit(layout, leader) {
             Ok(0) => {}
             Ok(n) => emit(
                 "supervise",
@@ -172,7 +172,7 @@ pub(super) fn activate(
     // adopts what runs: from now on a reboot or a dead proxy keeper needs
     // no deploy. Traffic flows whether or not it came up.
     if !runner::is_held(layout) {
-        match instances::ensure_supervised(layout, spec) {
+        match whole::ensure_supervised(layout, spec) {
             Ok(()) => emit(
                 "supervise",
                 "the proxy and the instance are supervised by their runner",
@@ -255,7 +255,7 @@ fn switch_back(layout: &Layout, old: Option<u16>, new: u16) {
 
 /// Where a failed blue/green activation left the host: on the instance the
 /// proxy sends traffic to, which never stopped.
-pub(super) fn now_running(layout: &Layout, spec: &ProxySpec, previous: Option<&str>) -> NowRunning {
+pub(crate) fn now_running(layout: &Layout, spec: &ProxySpec, previous: Option<&str>) -> NowRunning {
     let active = proxy::active(layout).filter(|p| spec.ports.contains(p));
     let status = active.map(|p| supervisor::status(&layout.with_instance(Some(p))));
     let release = status

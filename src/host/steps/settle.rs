@@ -21,7 +21,7 @@ const PROBE_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
 
 /// Watches the run of `pid` (the service of `layout`, an instance's layout
 /// behind the proxy) until `health.settle_ms` after `healthy_at`.
-pub(super) fn settle(
+pub fn settle(
     layout: &Layout,
     health: &HealthSpec,
     pid: i32,

@@ -8,21 +8,22 @@
 //! proxy. SIGUSR1 makes it leave without stopping anything (a hand-over to
 //! the unit's runner).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{files, keeper};
-use crate::host::instances;
+use super::instances;
+use super::runner_record::{self as files, RunnerRecord};
 use crate::host::lockfile::{self, HeldLock, LockError};
-use crate::host::supervisor::notify::Notifier;
-use crate::host::supervisor::process::{self, Signals};
-use crate::host::supervisor::procfs::{self, Liveness};
-use crate::host::supervisor::readiness::{FAILED, READY, ReadinessChannel};
+use crate::host::os::detached::{self, Report};
+use crate::host::os::notify::Notifier;
+use crate::host::os::process::Signals;
+use crate::host::os::procfs::{self, Liveness};
+use crate::host::proxy;
+use crate::host::supervisor::readiness::ReadinessChannel;
 use crate::host::supervisor::{StartReport, SupervisorError};
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::layout::{Layout, Lock};
@@ -64,7 +65,7 @@ pub fn pid(layout: &Layout) -> Option<i32> {
 }
 
 /// The runner's record (the live one's, else the last one's), if any.
-pub fn record(layout: &Layout) -> Option<files::RunnerRecord> {
+pub fn record(layout: &Layout) -> Option<RunnerRecord> {
     files::read_runner(layout)
 }
 
@@ -83,7 +84,7 @@ pub fn record_stopped_without_it(layout: &Layout) -> Result<(), String> {
 /// Writes how the runner `record` names ended.
 fn end_record(
     layout: &Layout,
-    mut record: files::RunnerRecord,
+    mut record: RunnerRecord,
     how: &str,
     on_request: bool,
 ) -> Result<(), String> {
@@ -95,7 +96,7 @@ fn end_record(
 
 /// Records how this runner ends, while it still holds its lock (so no
 /// runner after it is overwritten).
-fn record_end(layout: &Layout, me: Option<files::RunnerRecord>, how: &str, on_request: bool) {
+fn record_end(layout: &Layout, me: Option<RunnerRecord>, how: &str, on_request: bool) {
     if let Some(record) = me
         && let Err(e) = end_record(layout, record, how, on_request)
     {
@@ -153,47 +154,72 @@ pub fn stop(layout: &Layout, timeout: Duration) -> Result<bool, String> {
 /// Spawns a detached runner (`service supervise NAME`) and waits for its
 /// one-line report: the active instance healthy behind a running proxy.
 pub fn spawn_detached(layout: &Layout) -> Result<StartReport, SupervisorError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| error(format!("cannot find the shipjar executable: {e}")))?;
-    let root = std::path::absolute(layout.root())
-        .map_err(|e| error(format!("{}: {e}", layout.root().display())))?;
     let log_path = layout.proxy_log();
     // The log dir is the service user's: see `proxy::ensure_running`.
     let log = crate::host::supervisor::logfile::open_append(&log_path)
         .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
-    let mut cmd = Command::new(exe);
-    cmd.env_clear()
-        .env("PATH", crate::host::supervisor::CLEAN_PATH)
-        .args(["service", "supervise", layout.name(), "--root"])
-        .arg(root)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log);
-    process::prepare_child(&mut cmd, true, None);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| error(format!("cannot start the runner: {e}")))?;
-    let Some(out) = child.stdout.take() else {
-        return Err(error("the runner has no output pipe"));
+    let mut child = detached::spawn(
+        layout.root(),
+        &["service", "supervise", layout.name()],
+        Stdio::piped(),
+        log,
+    )
+    .map_err(|e| error(format!("cannot start the runner: {e}")))?;
+    let ended = |what: String| {
+        error(format!(
+            "the runner of {} {what}; see {}",
+            layout.name(),
+            log_path.display()
+        ))
     };
-    let mut line = String::new();
-    // The runner always answers (or dies, which is EOF); the instance's
-    // supervisor bounds the start by the release's start timeout.
-    let _ = BufReader::new(out).read_line(&mut line);
-    // Reaped in a thread of its own: the runner lives on.
-    std::thread::spawn(move || child.wait());
-    if let Some(json) = line.trim_end().strip_prefix(READY) {
-        return serde_json::from_str(json).map_err(|e| error(format!("the runner's report: {e}")));
+    match detached::read_report(&mut child, report_within(layout)) {
+        Report::Ready(json) => {
+            // Reaped in a thread of its own: the runner lives on.
+            detached::let_live(child);
+            serde_json::from_str(&json).map_err(|e| error(format!("the runner's report: {e}")))
+        }
+        Report::Failed(json) => {
+            detached::let_live(child);
+            Err(serde_json::from_str(&json).unwrap_or_else(|_| error(json)))
+        }
+        Report::Garbled(line) => {
+            stop_unreported(layout, child);
+            Err(ended(format!("said `{line}` instead of a report")))
+        }
+        Report::Eof => {
+            detached::let_live(child);
+            Err(ended("ended without a report".into()))
+        }
+        Report::Cancelled => {
+            stop_unreported(layout, child);
+            Err(error(
+                "cancelled by the operator (Ctrl-C) before it was healthy",
+            ))
+        }
+        Report::Timeout => {
+            stop_unreported(layout, child);
+            Err(ended(format!(
+                "did not report within {} s; stopped it",
+                report_within(layout).as_secs()
+            )))
+        }
     }
-    if let Some(json) = line.trim_end().strip_prefix(FAILED) {
-        return Err(serde_json::from_str(json).unwrap_or_else(|_| error(json)));
-    }
-    Err(error(format!(
-        "the runner of {} ended without a report; see {}",
-        layout.name(),
-        log_path.display()
-    )))
+}
+
+/// How long a starting runner may take to report: its instance's start
+/// (bounded by the release's start timeout), the proxy's start, and slack.
+fn report_within(layout: &Layout) -> Duration {
+    let start = crate::host::supervisor::release::current(layout)
+        .map(|r| Duration::from_millis(r.manifest.health.start_timeout_ms))
+        .unwrap_or(crate::protocol::defaults::START_TIMEOUT);
+    start + proxy::START_TIMEOUT + crate::protocol::defaults::SUPERVISOR_GRACE * 2
+}
+
+/// A runner that will not report is asked to stop what it started (as any
+/// stop would), then killed.
+fn stop_unreported(layout: &Layout, mut child: std::process::Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    detached::wait_or_kill(&mut child, instances::stop_budget(layout));
 }
 
 /// Runs the runner until stopped; returns its exit code.
@@ -208,7 +234,7 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
             notifier: notifier.clone(),
         },
     };
-    let Some(mut spec) = instances::proxied(layout) else {
+    let Some(mut spec) = super::spec(layout) else {
         readiness.failed("the current release has no [proxy] section", layout);
         return 1;
     };
@@ -253,7 +279,7 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
     let me = procfs::identify(std::process::id() as i32)
         .ok()
         .flatten()
-        .map(|id| files::RunnerRecord {
+        .map(|id| RunnerRecord {
             id,
             started_at: Some(now_rfc3339()),
             ended: None,
@@ -266,7 +292,7 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
         eprintln!("shipjar runner: {e}");
     }
     // What runs already is adopted, and never stopped for a failed start.
-    let adopting = keeper::is_held(layout)
+    let adopting = proxy::keeper_alive(layout)
         || instances::active_or_first(layout, &spec).is_some_and(|p| {
             crate::host::supervisor::status(&layout.with_instance(Some(p)))
                 .pid
@@ -321,20 +347,20 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
             _ => {}
         }
         reap_children();
-        if !keeper::is_held(layout) {
+        if !proxy::keeper_alive(layout) {
             // A later release may have moved the proxy (`listen`); a release
             // without one means the service left the proxy: whoever did that
             // stopped us first, so keep the last spec.
-            if let Some(now) = instances::proxied(layout) {
+            if let Some(now) = super::spec(layout) {
                 spec = now;
             }
-            let how = files::read_keeper(layout)
+            let how = proxy::keeper_record(layout)
                 .and_then(|r| r.last_exit)
                 .filter(|e| e == "stopped")
                 .map_or("died", |_| "was stopped");
             eprintln!("shipjar runner: the proxy's keeper {how}; starting it again");
             readiness.status("restarting the proxy");
-            match super::ensure_running(layout, &spec) {
+            match proxy::ensure_running(layout, &spec) {
                 Ok(_) => readiness.status(&format!("running behind the proxy on {}", spec.listen)),
                 Err(e) => eprintln!("shipjar runner: {e}"),
             }
