@@ -4,7 +4,7 @@
 //! Nothing is signalled because a file names it: every pid is proven
 //! against `/proc` first (see `identity`).
 
-mod auto_revert;
+pub(crate) mod auto_revert;
 mod backoff;
 mod cds;
 mod control;
