@@ -484,3 +484,54 @@ fn initscript_proxied_service_boots_restarts_without_downtime_and_stops() {
     let status = ssh(&f, "/etc/init.d/hello status");
     assert_eq!(status.status.code(), Some(3), "{}", text(&status));
 }
+
+/// Under the init script, a release that crash-loops after its deploy is
+/// replaced by the previous one by its (detached) supervisor: the script's
+/// `status` says running (and the revert), and `shipjar status` flags the drift.
+#[test]
+#[ignore = "needs root"]
+fn initscript_auto_revert_goes_back_and_the_service_stays_running() {
+    require_root();
+    let f = Fleet::new(1);
+    let p = LsbProject::new(&f);
+    let file = p.dir.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&file).expect("read config");
+    std::fs::write(
+        &file,
+        config
+            + "\n[restart]\ninitial_delay = \"200ms\"\nmax_failures = 2\nwindow = \"2m\"\n\
+               auto_revert = true\nrevert_window = \"15m\"\n",
+    )
+    .expect("write config");
+    let provision = p.run(&["--json", "provision", "lsb"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let deploy = p.deploy("1.0.0", &[]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    let deploy = p.deploy("2.0.0", &["CRASH_AFTER_S=2"]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let said = loop {
+        let out = ssh(&f, "/etc/init.d/hello status");
+        let said = text(&out);
+        if out.status.code() == Some(0) && said.contains("auto-reverted at ") {
+            break said;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no auto-revert within 60 s:\n{said}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(said.contains("(version 2.0.0)"), "{said}");
+    assert_eq!(served(&f).as_deref(), Some("1.0.0"));
+    let revisions = ssh_ok(&f, "grep -c '\tauto-revert\t' /var/lib/hello/revisions.log");
+    assert_eq!(revisions, "2");
+    let status = p.run(&["status", "lsb"]);
+    let said = text(&status);
+    assert_eq!(status.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("! drifted from the stage's last deploy"),
+        "{said}"
+    );
+}

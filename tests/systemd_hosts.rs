@@ -1380,3 +1380,78 @@ fn systemd_status_works_for_any_user_under_the_unit() {
         ssh_ok(&f, host, "ls -la /run/hello /run/hello/*")
     );
 }
+
+/// Appends a `[restart]` that gives up in seconds, with `auto_revert` on.
+fn with_auto_revert(project_dir: &Path) {
+    let file = project_dir.join("shipjar.toml");
+    let config = fs::read_to_string(&file).expect("read config");
+    fs::write(
+        &file,
+        config
+            + "\n[restart]\ninitial_delay = \"200ms\"\nmax_failures = 2\nwindow = \"2m\"\n\
+               auto_revert = true\nrevert_window = \"15m\"\n",
+    )
+    .expect("write config");
+}
+
+/// Under its unit, a release that crash-loops after its deploy is replaced
+/// by the previous one by the supervisor itself: the unit stays active with
+/// the same main process, and `shipjar status` flags the drift.
+#[test]
+#[ignore = "needs root"]
+fn systemd_auto_revert_goes_back_under_the_unit_which_stays_active() {
+    require_root();
+    // A fleet of its own: one host, for this test alone.
+    let f = SystemdFleet::new(1);
+    let host = "app1";
+    assert_running(&f, host);
+    let p = SystemdProject::new(&f, host);
+    with_auto_revert(p.dir.path());
+    let provision = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let deploy = p.deploy("1.0.0", &[]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    let deploy = p.deploy("2.0.0", &["CRASH_AFTER_S=2"]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    let main = ssh_ok(&f, host, "systemctl show -p MainPID --value hello.service");
+
+    let ip = f.fleet().ip(host);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let said = loop {
+        let out = f.ssh(host, "/usr/local/bin/shipjar service status hello");
+        let said = text(&out);
+        if out.status.code() == Some(0) && said.contains("auto-reverted at ") {
+            break said;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no auto-revert within 60 s:\n{said}\n{}",
+            f.diagnostics(host)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(said.contains("(version 2.0.0)"), "{said}");
+    assert_eq!(served(&ip).as_deref(), Some("1.0.0"));
+    assert_eq!(
+        ssh_ok(&f, host, "systemctl is-active hello.service"),
+        "active"
+    );
+    assert_eq!(
+        ssh_ok(&f, host, "systemctl show -p MainPID --value hello.service"),
+        main,
+        "the supervisor reverted in place"
+    );
+    let revisions = ssh_ok(
+        &f,
+        host,
+        "grep -c '\tauto-revert\t' /var/lib/hello/revisions.log",
+    );
+    assert_eq!(revisions, "2");
+    let status = p.run(&["status", "systemd"]);
+    let said = text(&status);
+    assert_eq!(status.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("! drifted from the stage's last deploy"),
+        "{said}"
+    );
+}

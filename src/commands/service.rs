@@ -379,7 +379,12 @@ impl Report {
             Report::Reloaded(report) => {
                 say(format!("reloaded: {} ({} ms)", report.how, report.took_ms))
             }
-            Report::Status(status) => say(host::secrets::mask(&status.detail)),
+            Report::Status(status) => {
+                say(host::secrets::mask(&status.detail));
+                if let Some(reverted) = &status.auto_reverted {
+                    say(format!("auto-reverted {}", host::secrets::mask(reverted)));
+                }
+            }
             Report::ProxiedStatus(status) => proxied_status_lines(status).into_iter().for_each(say),
             Report::Proxy(status) => {
                 let active = status

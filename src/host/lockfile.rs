@@ -384,8 +384,8 @@ fn open_in(dir: &OwnedFd, path: &Path) -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
-/// How long a deploy, rollback, restart or reload waits for another one of
-/// the same service to finish changing what runs.
+/// How long a deploy, rollback, restart, reload or auto-revert waits for
+/// another one of the same service to finish changing what runs.
 pub const SWITCH_WAIT: Duration = Duration::from_secs(60);
 
 /// Takes the switch lock (see [`Lock::Switch`]), waiting up to
@@ -393,7 +393,13 @@ pub const SWITCH_WAIT: Duration = Duration::from_secs(60);
 ///
 /// [`Lock::Switch`]: Lock::Switch
 pub fn hold_switch(layout: &Layout) -> Result<HeldLock, String> {
-    take(layout, Lock::Switch, SWITCH_WAIT).map_err(|e| match e {
+    take_switch(layout, SWITCH_WAIT)
+}
+
+/// Like [`hold_switch`], waiting at most `wait` (the supervisor's
+/// auto-revert polls it, answering a stop between tries).
+pub fn take_switch(layout: &Layout, wait: Duration) -> Result<HeldLock, String> {
+    take(layout, Lock::Switch, wait).map_err(|e| match e {
         LockError::Busy { .. } => format!(
             "another deploy, rollback, restart or reload of {} is changing what runs: {e}; try again when it is done",
             layout.name()

@@ -10,7 +10,7 @@ use crate::operator::output::{MASK, Reporter, StepStatus};
 use crate::protocol::digest::short;
 use crate::protocol::keep::{self, Standing};
 use crate::protocol::status::{ProxyState, ProxyStatus, ServiceState};
-use crate::protocol::{HostStatus, ReleaseInfo, Request, Response, RevisionOutcome};
+use crate::protocol::{Action, HostStatus, ReleaseInfo, Request, Response, RevisionOutcome};
 
 /// One host's row in `status`.
 #[derive(Debug, Serialize)]
@@ -75,6 +75,17 @@ pub fn flags(status: &HostStatus) -> Vec<String> {
     }
     if let Some(proxy) = &status.proxy {
         flags.extend(proxy_flags(proxy));
+    }
+    // The supervisor went back by itself (`[restart] auto_revert`): the host
+    // runs what it went back to, not what the stage last deployed, until the
+    // next deploy or rollback.
+    if let Some(r) = &status.last_revision
+        && r.action == Action::AutoRevert
+    {
+        flags.push(format!(
+            "drifted from the stage's last deploy: now on release {} (version {}), {}",
+            r.release, r.version, r.detail
+        ));
     }
     flags
 }
@@ -537,6 +548,36 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("at 2026-01-01T00:00:00Z: ok\n"), "{text}");
+    }
+
+    #[test]
+    fn an_auto_revert_is_flagged_as_drift_until_the_next_deploy() {
+        let mut row = host(
+            json!({"state": "running", "lsb_code": 0, "pid": 42, "release": "r1",
+                   "uptime_s": 9, "healthy": true, "detail": "running: pid 42"}),
+            "auto-reverted: from release r2 (version 2.0), given up on 40s after its deploy: 3 failures",
+        );
+        assert!(row.flags.is_empty(), "{:?}", row.flags);
+        let status = row.status.as_mut().expect("a status");
+        let last = status.last_revision.as_mut().expect("a revision");
+        last.action = Action::AutoRevert;
+        last.deployer = "supervisor".into();
+        assert_eq!(
+            flags(status),
+            [
+                "drifted from the stage's last deploy: now on release r1 (version 1.0), \
+              auto-reverted: from release r2 (version 2.0), given up on 40s after its deploy: 3 failures"
+            ]
+        );
+        let text = format_row(&HostReport {
+            host: "local".into(),
+            flags: flags(status),
+            status: Some(status.clone()),
+        });
+        assert!(
+            text.contains("  last:      auto-revert success of r1 by supervisor at "),
+            "{text}"
+        );
     }
 
     #[test]

@@ -51,6 +51,14 @@ pub const RESTART_MAX_FAILURES: u32 = 5;
 /// `[restart] window`: the window failures are counted in.
 pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
 
+/// `[restart] auto_revert`: a release the supervisor gives up on soon after
+/// its deploy is replaced by the previous healthy one.
+pub const RESTART_AUTO_REVERT: bool = false;
+
+/// `[restart] revert_window`: how long after its deploy a release given up
+/// on is auto-reverted.
+pub const RESTART_REVERT_WINDOW: Duration = Duration::from_secs(15 * 60);
+
 /// `[logs] max_size`: rotate once the log would grow past this many bytes.
 pub const LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
 

@@ -265,6 +265,11 @@ pub struct RestartSpec {
     pub max_failures: u32,
     /// The window failures are counted in.
     pub window_ms: u64,
+    /// On giving up within `revert_window_ms` of this release's deploy, the
+    /// supervisor puts the host back on the previous healthy release.
+    pub auto_revert: bool,
+    /// How long after its deploy a release given up on is auto-reverted.
+    pub revert_window_ms: u64,
 }
 
 impl Default for RestartSpec {
@@ -277,6 +282,8 @@ impl Default for RestartSpec {
             reset_after_ms: defaults::millis(defaults::RESTART_RESET_AFTER),
             max_failures: defaults::RESTART_MAX_FAILURES,
             window_ms: defaults::millis(defaults::RESTART_WINDOW),
+            auto_revert: defaults::RESTART_AUTO_REVERT,
+            revert_window_ms: defaults::millis(defaults::RESTART_REVERT_WINDOW),
         }
     }
 }

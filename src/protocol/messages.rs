@@ -114,6 +114,9 @@ wire_enum! {
         Deploy => "deploy",
         /// Back to an earlier release.
         Rollback => "rollback",
+        /// The supervisor gave up on a release soon after its deploy and
+        /// went back to the previous healthy one (`[restart] auto_revert`).
+        AutoRevert => "auto-revert",
     }
 }
 

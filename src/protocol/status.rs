@@ -69,6 +69,10 @@ pub struct ServiceStatus {
     /// "HTTP 500", "connection refused", "timed out after 2s".
     #[serde(default)]
     pub last_probe: Option<String>,
+    /// The supervisor went back to this release by itself (`[restart]
+    /// auto_revert`): when, from which release, why.
+    #[serde(default)]
+    pub auto_reverted: Option<String>,
 }
 
 wire_enum! {
@@ -233,6 +237,7 @@ impl ServiceStatus {
             unsupervised_since: None,
             unhealthy_since: None,
             last_probe: None,
+            auto_reverted: None,
         }
     }
 }

@@ -89,6 +89,7 @@ mod tests {
             reset_after_ms: 10_000,
             max_failures: 5,
             window_ms: 60_000,
+            ..RestartSpec::default()
         }
     }
 

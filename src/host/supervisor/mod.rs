@@ -4,6 +4,7 @@
 //! Nothing is signalled because a file names it: every pid is proven
 //! against `/proc` first (see `identity`).
 
+pub(crate) mod auto_revert;
 mod backoff;
 mod cds;
 mod control;

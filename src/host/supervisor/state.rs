@@ -115,8 +115,35 @@ pub struct SupervisorState {
     /// The current run's class-data archive: used, or being made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_data: Option<ClassDataUse>,
+    /// The auto-revert this supervisor made (`[restart] auto_revert`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_reverted: Option<AutoReverted>,
     /// When the state last changed (RFC 3339, UTC).
     pub updated_at: String,
+}
+
+/// An auto-revert: the supervisor gave up on `from_release` soon after its
+/// deploy and went back to the release it runs now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoReverted {
+    /// The release given up on.
+    pub from_release: String,
+    /// Its version.
+    pub from_version: String,
+    /// Why it was given up on.
+    pub why: String,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+}
+
+impl AutoReverted {
+    /// "at T from release R (version V): why", as `status` prints it.
+    pub fn line(&self) -> String {
+        format!(
+            "at {} from release {} (version {}): {}",
+            self.at, self.from_release, self.from_version, self.why
+        )
+    }
 }
 
 /// Writes the LSB pidfile: the pid, then its start time in clock ticks.
@@ -177,10 +204,11 @@ pub fn read_pidfile(path: &Path) -> Pidfile {
 pub fn write_state(path: &Path, state: &SupervisorState) -> io::Result<()> {
     let mut state = state.clone();
     for text in [
-        &mut state.last_exit,
-        &mut state.failed_reason,
-        &mut state.last_reload,
-        &mut state.last_probe,
+        state.last_exit.as_mut(),
+        state.failed_reason.as_mut(),
+        state.last_reload.as_mut(),
+        state.last_probe.as_mut(),
+        state.auto_reverted.as_mut().map(|a| &mut a.why),
     ]
     .into_iter()
     .flatten()

@@ -114,6 +114,7 @@ pub fn status(layout: &Layout) -> ServiceStatus {
         status.last_exit_code = s.last_exit_code;
         status.last_exit_signal = s.last_exit_signal.clone();
         status.restarts = s.restarts;
+        status.auto_reverted = s.auto_reverted.as_ref().map(|a| a.line());
     }
     status
 }

@@ -45,6 +45,10 @@ pub const RESTART_RESET_AFTER_MS: u64 = millis(shared::RESTART_RESET_AFTER);
 pub const RESTART_MAX_FAILURES: u32 = shared::RESTART_MAX_FAILURES;
 /// `[restart] window`: the window failures are counted in.
 pub const RESTART_WINDOW_MS: u64 = millis(shared::RESTART_WINDOW);
+/// `[restart] auto_revert`: go back to the previous healthy release on giving up soon after a deploy.
+pub const RESTART_AUTO_REVERT: bool = shared::RESTART_AUTO_REVERT;
+/// `[restart] revert_window`: how long after its deploy a release is auto-reverted.
+pub const RESTART_REVERT_WINDOW_MS: u64 = millis(shared::RESTART_REVERT_WINDOW);
 
 /// `[logs] max_size`: rotate once the service log would grow past this many bytes.
 pub const LOG_MAX_SIZE: u64 = shared::LOG_MAX_SIZE;

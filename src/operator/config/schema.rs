@@ -288,6 +288,11 @@ pub struct Restart {
     pub max_failures: Spanned<u32>,
     /// The window failures are counted in.
     pub window: Millis,
+    /// On giving up within `revert_window` of a deploy, go back to the
+    /// previous healthy release.
+    pub auto_revert: bool,
+    /// How long after its deploy a release given up on is auto-reverted.
+    pub revert_window: Millis,
 }
 
 impl Default for Restart {
@@ -300,6 +305,8 @@ impl Default for Restart {
             reset_after: Millis(defaults::RESTART_RESET_AFTER_MS),
             max_failures: Spanned::new(0..0, defaults::RESTART_MAX_FAILURES),
             window: Millis(defaults::RESTART_WINDOW_MS),
+            auto_revert: defaults::RESTART_AUTO_REVERT,
+            revert_window: Millis(defaults::RESTART_REVERT_WINDOW_MS),
         }
     }
 }

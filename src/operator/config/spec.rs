@@ -45,6 +45,8 @@ impl From<&Restart> for RestartSpec {
             reset_after_ms: r.reset_after.0,
             max_failures: *r.max_failures.get_ref(),
             window_ms: r.window.0,
+            auto_revert: r.auto_revert,
+            revert_window_ms: r.revert_window.0,
         }
     }
 }

@@ -248,6 +248,12 @@ impl Project {
         if r.window.0 == 0 {
             return Err(self.fail(&keys("restart.window"), "must be longer than 0s"));
         }
+        if r.auto_revert && r.revert_window.0 == 0 {
+            return Err(self.fail(
+                &keys("restart.revert_window"),
+                "must be longer than 0s when `auto_revert` is on",
+            ));
+        }
         Ok(())
     }
 
@@ -714,6 +720,50 @@ mod tests {
         let err = load(&format!("{MINIMAL}[restart]\nbackoff = 1\n")).unwrap_err();
         assert!(
             err.message.contains("unknown field `backoff`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn auto_revert_defaults_off_with_a_15m_window_and_a_bad_window_is_named() {
+        let project = load(MINIMAL).unwrap();
+        let r = &project.config.restart;
+        assert!(!r.auto_revert);
+        assert_eq!(r.revert_window, Millis(15 * 60_000));
+        let project = load(&format!(
+            "{MINIMAL}[restart]\nauto_revert = true\nrevert_window = \"5m\"\n"
+        ))
+        .unwrap();
+        let spec = crate::protocol::manifest::RestartSpec::from(&project.config.restart);
+        assert!(spec.auto_revert);
+        assert_eq!(spec.revert_window_ms, 300_000);
+
+        let err = load(&format!(
+            "{MINIMAL}[restart]\nauto_revert = true\nrevert_window = \"soon\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.message.contains(
+                "shipjar.toml:6:17: key `restart.revert_window`: invalid duration `soon`"
+            ),
+            "{}",
+            err.message
+        );
+        let err = load(&format!(
+            "{MINIMAL}[restart]\nauto_revert = true\nrevert_window = \"0s\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:6:17: key `restart.revert_window`: must be longer than 0s"),
+            "{}",
+            err.message
+        );
+        let err = load(&format!("{MINIMAL}[restart]\nauto_revert = \"yes\"\n")).unwrap_err();
+        assert!(
+            err.message
+                .contains("shipjar.toml:5:15: key `restart.auto_revert`"),
             "{}",
             err.message
         );

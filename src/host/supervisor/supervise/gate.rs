@@ -182,6 +182,7 @@ impl Supervisor<'_> {
                 self.state.release, self.state.restarts
             ));
         }
+        self.reverted(Ok(pid));
         if self.reloading {
             self.reloaded(
                 true,

@@ -9,6 +9,7 @@
 
 mod ending;
 mod gate;
+mod reverting;
 mod setup;
 mod watch;
 
@@ -116,6 +117,20 @@ enum Outcome {
     },
 }
 
+impl Outcome {
+    /// How a run that never passed its gate ended, in a few words.
+    fn describe(&self) -> String {
+        match self {
+            Outcome::StartFailed(why) => why.clone(),
+            Outcome::StoppedWhileStarting(how) => format!("stopped while starting: {how}"),
+            Outcome::Stopped => "stopped".into(),
+            Outcome::Reload => "reloaded while starting".into(),
+            Outcome::Unhealthy { why, .. } => why.clone(),
+            Outcome::Crashed { exit, .. } => exit.to_string(),
+        }
+    }
+}
+
 struct Supervisor<'a> {
     layout: &'a Layout,
     signals: Signals,
@@ -127,6 +142,8 @@ struct Supervisor<'a> {
     readiness: ReadinessChannel,
     /// A reload restart is under way; its outcome is recorded for `service reload`.
     reloading: bool,
+    /// An auto-revert is in its health gate; its outcome goes to `revisions.log`.
+    reverting: Option<reverting::Pending>,
     /// Who the service runs as, when we drop privileges.
     creds: Option<Credentials>,
     /// What the current run does about class data (`[service] cds`).
@@ -140,7 +157,12 @@ impl Supervisor<'_> {
     fn run(&mut self) -> i32 {
         let mut first = true;
         loop {
-            let (why, healthy_for) = match self.run_once(first) {
+            let outcome = self.run_once(first);
+            // The gate passed records itself; anything else is its failure.
+            if self.reverting.is_some() {
+                self.reverted(Err(outcome.describe()));
+            }
+            let (why, healthy_for) = match outcome {
                 Outcome::Stopped => return 0,
                 Outcome::StoppedWhileStarting(how) => {
                     if first {
@@ -154,7 +176,7 @@ impl Supervisor<'_> {
                     return 1;
                 }
                 Outcome::Reload => {
-                    self.adopt_current();
+                    self.adopt_current("reload");
                     self.reloading = true;
                     first = false;
                     continue;
@@ -180,8 +202,12 @@ impl Supervisor<'_> {
                         "{failures} failures within {}; the last: {why}",
                         human_duration(window)
                     );
-                    self.give_up(reason);
-                    return 1;
+                    self.give_up(reason.clone());
+                    match self.auto_revert(&reason) {
+                        reverting::Revert::No => return 1,
+                        reverting::Revert::Stopped => return 0,
+                        reverting::Revert::Started => continue,
+                    }
                 }
                 Decision::RestartIn(delay) => {
                     if !self.back_off(delay) {

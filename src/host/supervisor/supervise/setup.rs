@@ -61,6 +61,7 @@ impl<'a> Supervisor<'a> {
             // Replaced by the caller's channel once set up.
             readiness: ReadinessChannel::Detached { sent: true },
             reloading: false,
+            reverting: None,
             creds,
             class_data: ClassData::Off,
             _lock: lock,
@@ -118,6 +119,7 @@ fn initial_state(me: ProcessId, release: &Release) -> SupervisorState {
         unhealthy_since: None,
         last_probe: None,
         class_data: None,
+        auto_reverted: None,
         updated_at: logfile::now_rfc3339(),
     }
 }

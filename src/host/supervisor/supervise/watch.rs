@@ -243,9 +243,10 @@ impl Supervisor<'_> {
         self.save();
     }
 
-    /// Switches to the release `current` points to now (a reload restarts
-    /// into it); keeps the old one when the new one cannot be run.
-    pub(super) fn adopt_current(&mut self) {
+    /// Switches to the release `current` points to now (a reload or an
+    /// auto-revert restarts into it, `what` says which); keeps the old one
+    /// when the new one cannot be run.
+    pub(super) fn adopt_current(&mut self, what: &str) {
         let next = release::current(self.layout).and_then(|release| {
             let creds = spawn::credentials(&release)?;
             if let Some(c) = &creds {
@@ -257,7 +258,7 @@ impl Supervisor<'_> {
             Ok((release, creds)) => {
                 if release.manifest.id != self.release.manifest.id {
                     self.log.event(&format!(
-                        "reload: release {} (was {})",
+                        "{what}: release {} (was {})",
                         release.manifest.id, self.release.manifest.id
                     ));
                 }
@@ -267,7 +268,7 @@ impl Supervisor<'_> {
                 self.creds = creds;
             }
             Err(e) => self.log.event(&format!(
-                "reload: keeping release {}: {e}",
+                "{what}: keeping release {}: {e}",
                 self.release.manifest.id
             )),
         }
