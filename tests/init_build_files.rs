@@ -288,7 +288,7 @@ fn maven_clojure_example_init_then_build_finds_exactly_the_written_artifact() {
         build_key(&config, "artifact"),
         "target/inventory-1.0.0-standalone.jar"
     );
-    assert_eq!(build_key(&config, "command"), "sh build.sh");
+    assert_eq!(build_key(&config, "command"), "/bin/sh build.sh");
     assert!(out.contains("assembly `standalone`"), "{out}");
     let built = build(dir.path());
     assert_eq!(

@@ -100,7 +100,13 @@ pub fn reported_version_at(
                     _ => Err(missing_key(&check.url, &check.key, &value)),
                 };
             }
-            Ok(answer) => last_error = format!("{} answered HTTP {}", check.url, answer.status),
+            Ok(answer) => {
+                last_error = format!("{} answered HTTP {}", check.url, answer.status);
+                let said = probe::said(&answer.body);
+                if !said.is_empty() {
+                    last_error.push_str(&format!(": {said}"));
+                }
+            }
             Err(e) => last_error = format!("{}: {e}", check.url),
         }
         if started.elapsed() > VERSION_TIMEOUT {
