@@ -23,7 +23,12 @@ const SAID_CHARS: usize = 200;
 /// service says what it is missing: masked with the active masker before it
 /// is cut, so no part of a secret is kept.
 pub fn said(body: &str) -> String {
-    let masked = crate::host::secrets::mask(body);
+    one_line_start(&crate::host::secrets::mask(body))
+}
+
+/// The first [`SAID_CHARS`] characters of `masked` with its whitespace runs
+/// made single spaces, `…` when cut.
+fn one_line_start(masked: &str) -> String {
     let one_line = masked.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut start: String = one_line.chars().take(SAID_CHARS).collect();
     if start.len() < one_line.len() {
@@ -191,10 +196,12 @@ mod tests {
     fn what_a_failed_answer_said_is_one_line_masked_before_it_is_cut() {
         use crate::protocol::mask::{Masker, SecretValue};
         let secret = "said-secret-8c2e41d0-77";
-        crate::host::secrets::use_masker(Masker::new(&[SecretValue {
+        // The process-wide masker is shared with other tests: mask with our own.
+        let masker = Masker::new(&[SecretValue {
             value: secret.into(),
             allow_short: false,
-        }]));
+        }]);
+        let said = |body: &str| one_line_start(&masker.mask(body));
         assert_eq!(
             said("missing:\n  SERVICE_PROPERTIES is not set\n"),
             "missing: SERVICE_PROPERTIES is not set"
