@@ -445,4 +445,44 @@ mod tests {
         assert_eq!(loaded.config.service.name.0, "orders");
         assert_eq!(init(&file, None).unwrap_err().exit_code(), 2);
     }
+
+    #[test]
+    fn the_written_file_shows_how_the_service_finds_its_config_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("inventory");
+        std::fs::create_dir_all(project.join("src/inventory")).unwrap();
+        std::fs::write(
+            project.join("project.clj"),
+            "(defproject inventory \"1.0\" :dependencies [[ch.qos.logback/logback-classic \"1.2.11\"]])",
+        )
+        .unwrap();
+        std::fs::write(
+            project.join("src/inventory/main.clj"),
+            r#"(System/getenv "SERVICE_PROPERTIES") (System/getenv "DATABASE_CONFIG") (System/getenv "PORT")"#,
+        )
+        .unwrap();
+        let file = project.join("shipjar.toml");
+        let said = init(&file, None).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let loaded = crate::operator::config::Project::load(&file).unwrap();
+        let service = &loaded.config.service;
+        assert_eq!(
+            service.env.get("SERVICE_PROPERTIES").map(String::as_str),
+            Some("{{ config_dir }}/service.properties"),
+            "{text}"
+        );
+        assert!(!service.env.contains_key("DATABASE_CONFIG"), "{text}");
+        assert!(text.contains("\n# DATABASE_CONFIG = \"{{ config_dir }}/database.properties\""));
+        assert!(
+            service
+                .java_opts
+                .iter()
+                .any(|o| o == "-Dlogback.configurationFile={{ config_dir }}/logback.xml"),
+            "{text}"
+        );
+        assert!(text.contains("\n[[config]]                           # logging, per stage\ntemplate = \"deploy/logback-{{ stage }}.xml\""));
+        assert!(said.contains("logging: logback (project.clj)"), "{said}");
+        let template = std::fs::read_to_string(project.join("deploy/logback-local.xml")).unwrap();
+        assert!(template.contains("<root level=\"INFO\">") && !template.contains("DEBUG"));
+    }
 }

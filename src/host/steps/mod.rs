@@ -92,8 +92,13 @@ pub fn reported_version_at(
         }
         match probe::http_get(&check.url, VERSION_TIMEOUT) {
             Ok(answer) if (200..300).contains(&answer.status) => {
-                let value: serde_json::Value = serde_json::from_str(&answer.body)
-                    .map_err(|e| format!("{} did not answer JSON: {e}", check.url))?;
+                let value: serde_json::Value = serde_json::from_str(&answer.body).map_err(|e| {
+                    format!(
+                        "{} did not answer JSON ({e}): {}",
+                        check.url,
+                        probe::said(&answer.body)
+                    )
+                })?;
                 return match value.get(&check.key) {
                     Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
                     Some(other) if !other.is_null() => Ok(Some(other.to_string())),
