@@ -1,7 +1,11 @@
 //! `shipjar init` reads the build files exactly: fixture projects under
 //! `tests/fixtures/init/` each give the exact artifact path, and on copies of
 //! `examples/clojure-jetty` (Maven and Leiningen) `shipjar build` with the
-//! written config finds exactly that file after a real offline build.
+//! written config finds exactly that file after a real offline build. As
+//! root, `init` → `build` → `deploy local` works unedited (each deploy in a
+//! network namespace of its own) on the Maven example, on a copy of
+//! examples/hello with a bash `build.sh`, and on one that reads its config
+//! path from `SERVICE_PROPERTIES`.
 
 mod common;
 
@@ -522,4 +526,25 @@ fn init_points_a_config_path_variable_at_its_file_and_a_failed_version_check_sho
         "deploy failed: {}",
         text(&deployed)
     );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn maven_clojure_example_init_build_deploy_works_unedited_with_its_logback_config() {
+    require_root();
+    require_packages();
+    let dir = clojure_copy();
+    let (config, out) = init(dir.path());
+    assert!(out.contains("logging: logback"), "{out}");
+    build(dir.path());
+    let running = Deployed::new(dir.path(), &config);
+    let deployed = running.deploy();
+    assert!(
+        deployed.status.success(),
+        "deploy failed: {}",
+        text(&deployed)
+    );
+    // The logging config init enabled is rendered where the -D points.
+    let current = dir.path().join(".shipjar/local/var/lib/inventory/current");
+    assert!(current.join("config/logback.xml").is_file());
 }
