@@ -117,6 +117,9 @@ wire_enum! {
         /// The supervisor gave up on a release soon after its deploy and
         /// went back to the previous healthy one (`[restart] auto_revert`).
         AutoRevert => "auto-revert",
+        /// The release already current, restarted through the same gate
+        /// (`shipjar restart STAGE`); never written to revisions.log.
+        Restart => "restart",
     }
 }
 

@@ -272,6 +272,7 @@ pub(super) fn activate_host(run: &mut Run, action: Action, deployer: &str, repor
         return;
     };
     run.switched = true;
+    let restart = action == Action::Restart;
     let request = Request::Activate {
         release: target,
         action,
@@ -281,13 +282,30 @@ pub(super) fn activate_host(run: &mut Run, action: Action, deployer: &str, repor
         Some(Response::Activated(activation)) => {
             run.outcome.ok = activation.ok;
             if activation.ok {
-                run.outcome.state = FinalState::Updated;
+                run.outcome.state = if restart {
+                    FinalState::Restarted
+                } else {
+                    FinalState::Updated
+                };
                 reporter.step(
                     &run.host,
                     "activate",
                     StepStatus::Ok,
                     &format!("healthy on {}", activation.release),
                 );
+            } else if restart {
+                // Nothing to go back to: the host stays as its restart left it.
+                run.outcome.state = FinalState::Failed;
+                let step = activation
+                    .failed_step
+                    .clone()
+                    .unwrap_or_else(|| "restart".into());
+                let reason = activation.reason.clone().unwrap_or_default();
+                if run.failure_shown {
+                    run.record_failure(&step, reason);
+                } else {
+                    run.fail(&step, reason, reporter);
+                }
             } else {
                 let back_on_a_release = activation
                     .now_running
