@@ -741,3 +741,147 @@ fn a_link_cut_under_a_users_persistent_master_ends_the_deploy_at_its_deadline_na
     assert_eq!(p.served("app1").as_deref(), Some("1.0.0"), "{all}");
     drop(master);
 }
+
+/// The pid of the service on each host, as `status` reports it.
+fn service_pids(p: &FleetProject) -> Vec<i64> {
+    let (code, status) = p.status();
+    assert_eq!(code, 0, "{status}");
+    p.fleet
+        .hosts()
+        .iter()
+        .map(|h| {
+            host_field(&status, h)["status"]["service"]["pid"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{h}: no pid in {status}"))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what() {
+    require_root();
+    let p = FleetProject::new(4, "rolling = { batch = 2 }");
+    p.provision();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // An entry that names no host: nothing runs, and the stage's hosts are listed.
+    let out = p.deploy("1.0.1", &["--hosts", "app1,nope*"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("--hosts nope* matches no host"), "{said}");
+    assert!(
+        said.contains("its hosts are: app1, app2, app3, app4"),
+        "{said}"
+    );
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 4]);
+
+    let out = p.deploy("1.0.1", &["--hosts", "app1,app2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let result = last_json(&out);
+    let hosts: Vec<&str> = result["hosts"]
+        .as_array()
+        .map(|hs| hs.iter().filter_map(|h| h["host"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(hosts, ["app1", "app2"], "{result}");
+    assert_eq!(
+        result["selection"],
+        serde_json::json!({"pattern": "app1,app2", "selected": 2, "of": 4}),
+        "{result}"
+    );
+    let one = |v: &str| Some(v.to_string());
+    assert_eq!(
+        p.served_everywhere(),
+        [one("1.0.1"), one("1.0.1"), one("1.0.0"), one("1.0.0")]
+    );
+    // In text, the summary says it was a partial deploy.
+    let out = p.run(&[
+        "deploy",
+        "fleet",
+        "--artifact",
+        &hello_jar().to_string_lossy(),
+        "--version",
+        "1.0.2",
+        "--hosts",
+        "app[12]",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("deployed to 2 of 4 hosts (--hosts app[12]); the other 2 were not touched"),
+        "{}",
+        text(&out)
+    );
+
+    // `status` says which hosts run what; `--hosts` shows only those.
+    let out = p.run(&["status", "fleet"]);
+    let said = text(&out);
+    assert!(
+        said.contains("versions: 1.0.0 on app3, app4; 1.0.2 on app1, app2")
+            || said.contains("versions: 1.0.2 on app1, app2; 1.0.0 on app3, app4"),
+        "{said}"
+    );
+    let out = p.run(&["--json", "status", "fleet", "--hosts", "app3"]);
+    let status = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let hosts = status["hosts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hosts.len(), 1, "{status}");
+    assert_eq!(hosts[0]["host"], "app3");
+    assert_eq!(
+        hosts[0]["status"]["current"]["version"], "1.0.0",
+        "{status}"
+    );
+    let out = p.run(&["status", "fleet", "--hosts", "app9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("its hosts are: app1, app2, app3, app4"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
+    require_root();
+    let p = FleetProject::new(3, "rolling = { batch = 2 }");
+    p.provision();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = service_pids(&p);
+
+    let out = p.run(&["--json", "restart", "fleet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(events.contains("batch 1: app1, app2"), "{events}");
+    assert!(events.contains("batch 2: app3"), "{events}");
+    let result = last_json(&out);
+    assert_eq!(result["action"], "restart", "{result}");
+    for host in p.fleet.hosts() {
+        let h = host_field(&result, &host);
+        assert_eq!(h["state"], "restarted", "{host}: {h}");
+        assert_eq!(h["uploaded_bytes"], 0, "{host}: {h}");
+    }
+    let after = service_pids(&p);
+    for (i, host) in p.fleet.hosts().iter().enumerate() {
+        assert_ne!(before[i], after[i], "{host}: the same pid after a restart");
+        let reported = host_field(&result, host)["activation"]["pid"].as_i64();
+        assert_eq!(reported, Some(after[i]), "{host}");
+    }
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
+    // A restart is not an activation: the last revision is still the deploy.
+    let (_, status) = p.status();
+    for host in p.fleet.hosts() {
+        let last = &host_field(&status, &host)["status"]["last_revision"];
+        assert_eq!(last["action"], "deploy", "{host}: {last}");
+    }
+
+    // `--hosts` restarts only those hosts.
+    let out = p.run(&["--json", "restart", "fleet", "--hosts", "app2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let again = service_pids(&p);
+    assert_eq!(again[0], after[0], "app1 was not named");
+    assert_ne!(again[1], after[1], "app2 was named");
+    assert_eq!(again[2], after[2], "app3 was not named");
+}
