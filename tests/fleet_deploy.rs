@@ -885,3 +885,48 @@ fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
     assert_ne!(again[1], after[1], "app2 was named");
     assert_eq!(again[2], after[2], "app3 was not named");
 }
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_restart_failing_its_gate_on_a_damaged_host_stops_the_rollout_and_names_it() {
+    require_root();
+    let p = FleetProject::new(3, "rolling = { batch = 1 }");
+    p.provision();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = service_pids(&p);
+    // The running JVM has its jar open; a fresh one on app2 cannot read it.
+    let broke = p
+        .fleet
+        .ssh("app2", "chmod 000 /var/lib/hello/artifacts/*.jar");
+    assert!(broke.status.success(), "{}", text(&broke));
+
+    let out = p.run(&["--json", "restart", "fleet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result = last_json(&out);
+    assert_eq!(
+        host_field(&result, "app1")["state"],
+        "restarted",
+        "{result}"
+    );
+    assert_eq!(host_field(&result, "app2")["state"], "failed", "{result}");
+    assert_eq!(
+        host_field(&result, "app3")["state"],
+        "unchanged",
+        "{result}"
+    );
+    let stopped = result["stopped"].as_str().unwrap_or_default();
+    assert!(stopped.contains("batch 2 had 1 failed host"), "{result}");
+    // app3 was never touched: its process is the one from the deploy.
+    let (_, status) = p.status();
+    assert_eq!(
+        host_field(&status, "app3")["status"]["service"]["pid"].as_i64(),
+        Some(before[2]),
+        "{status}"
+    );
+    // app2 is left failed, and `status` says so.
+    let flags = host_field(&status, "app2")["flags"].clone();
+    assert_ne!(flags, serde_json::json!([]), "{status}");
+    assert_eq!(p.served("app2"), None);
+    assert_eq!(p.served("app1"), Some("1.0.0".to_string()));
+}
