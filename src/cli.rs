@@ -180,6 +180,9 @@ pub struct HostsArg {
     /// Only these hosts: comma-separated names or globs as written in the stage (e.g. web1,web2 or 'web*').
     #[arg(long = "hosts", alias = "host", value_name = "PATTERN", value_parser = utf8_text())]
     pub pattern: Option<String>,
+    /// Only the hosts of these roles (`[stages.NAME.roles.ROLE]`), comma-separated; with --hosts, both must match.
+    #[arg(long = "roles", value_name = "ROLE[,ROLE]", value_parser = utf8_text())]
+    pub roles: Option<String>,
 }
 
 /// A stage and how to reach it.

@@ -7,11 +7,15 @@ use crate::cli::HostsArg;
 use crate::error::{Error, Result};
 use crate::operator::config::{Project, ResolvedStage};
 
-/// A stage narrowed by `--hosts`: what was asked and out of how many.
+/// A stage narrowed by `--hosts` or `--roles`: what was asked and out of how many.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Selection {
     /// The `--hosts` value as given.
-    pub pattern: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// The `--roles` value as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<String>,
     /// Hosts selected.
     pub selected: usize,
     /// Hosts the stage has.
@@ -21,9 +25,18 @@ pub struct Selection {
 impl Selection {
     /// `2 of 5 hosts (--hosts web1,web2)`.
     pub fn describe(&self) -> String {
+        let mut asked = Vec::new();
+        if let Some(p) = &self.pattern {
+            asked.push(format!("--hosts {p}"));
+        }
+        if let Some(r) = &self.roles {
+            asked.push(format!("--roles {r}"));
+        }
         format!(
-            "{} of {} hosts (--hosts {})",
-            self.selected, self.of, self.pattern
+            "{} of {} hosts ({})",
+            self.selected,
+            self.of,
+            asked.join(" ")
         )
     }
 }
@@ -67,13 +80,53 @@ pub fn select_hosts(hosts: &[&str], pattern: &str) -> std::result::Result<Vec<us
     Ok((0..hosts.len()).filter(|i| chosen[*i]).collect())
 }
 
-/// The stage `name`, narrowed to the hosts `--hosts` names.
+/// The indices of the hosts whose role (`host_roles`, one per host) is one
+/// of the comma-separated `pattern`; every role named must be one of `roles`.
+pub fn select_roles(
+    host_roles: &[Option<&str>],
+    roles: &[&str],
+    pattern: &str,
+) -> std::result::Result<Vec<usize>, String> {
+    let wanted: Vec<&str> = pattern
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if wanted.is_empty() {
+        return Err("--roles names no role".to_string());
+    }
+    let unknown: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|w| !roles.contains(w))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!("--roles: no role {}", unknown.join(", ")));
+    }
+    Ok((0..host_roles.len())
+        .filter(|i| host_roles[*i].is_some_and(|r| wanted.contains(&r)))
+        .collect())
+}
+
+/// The stage `name`, narrowed to the hosts `--hosts` and `--roles` name.
 pub fn stage(
     project: &Project,
     name: &str,
     hosts: &HostsArg,
 ) -> Result<(ResolvedStage, Option<Selection>)> {
-    narrow(project.stage(name)?, hosts.pattern.as_deref())
+    let (stage, by_hosts) = narrow(project.stage(name)?, hosts.pattern.as_deref())?;
+    let Some(roles) = hosts.roles.as_deref() else {
+        return Ok((stage, by_hosts));
+    };
+    let of = by_hosts.as_ref().map_or(stage.hosts.len(), |s| s.of);
+    let stage = narrow_roles(stage, roles)?;
+    let selection = Selection {
+        pattern: hosts.pattern.clone(),
+        roles: Some(roles.to_string()),
+        selected: stage.hosts.len(),
+        of,
+    };
+    Ok((stage, Some(selection)))
 }
 
 /// `stage` with only the hosts `pattern` names (all of them without one).
@@ -93,11 +146,41 @@ pub fn narrow(
     let of = stage.hosts.len();
     stage.hosts = keep.iter().map(|i| stage.hosts[*i].clone()).collect();
     let selection = Selection {
-        pattern: pattern.to_string(),
+        pattern: Some(pattern.to_string()),
+        roles: None,
         selected: stage.hosts.len(),
         of,
     };
     Ok((stage, Some(selection)))
+}
+
+/// `stage` with only the hosts of the roles `pattern` names; an unknown
+/// role, or none of the roles' hosts left, is a config error naming the roles.
+fn narrow_roles(mut stage: ResolvedStage, pattern: &str) -> Result<ResolvedStage> {
+    let roles: Vec<&str> = stage.roles.iter().map(|r| r.name.as_str()).collect();
+    let host_roles: Vec<Option<&str>> = stage
+        .hosts
+        .iter()
+        .map(|(h, _)| stage.role_of(h).map(|r| r.name.as_str()))
+        .collect();
+    let known = if roles.is_empty() {
+        "it has no roles ([stages.NAME.roles.ROLE])".to_string()
+    } else {
+        format!("its roles are: {}", roles.join(", "))
+    };
+    let keep = select_roles(&host_roles, &roles, pattern)
+        .and_then(|keep| {
+            if keep.is_empty() {
+                Err(format!(
+                    "--roles {pattern}: none of the hosts selected has that role"
+                ))
+            } else {
+                Ok(keep)
+            }
+        })
+        .map_err(|e| Error::config(format!("stage `{}`: {e}", stage.name)).hint(known))?;
+    stage.hosts = keep.iter().map(|i| stage.hosts[*i].clone()).collect();
+    Ok(stage)
 }
 
 #[cfg(test)]
@@ -141,6 +224,58 @@ mod tests {
     fn a_name_with_glob_characters_matches_itself() {
         // `[` opens a class that never closes: not a valid glob, still a name.
         assert_eq!(select_hosts(&["odd[host"], "odd[host"), Ok(vec![0]));
+    }
+
+    #[test]
+    fn roles_select_their_hosts_and_an_unknown_role_is_named() {
+        let host_roles = [Some("web"), Some("web"), Some("worker"), None];
+        let roles = ["web", "worker"];
+        assert_eq!(select_roles(&host_roles, &roles, "web"), Ok(vec![0, 1]));
+        assert_eq!(
+            select_roles(&host_roles, &roles, "worker,web"),
+            Ok(vec![0, 1, 2])
+        );
+        assert_eq!(
+            select_roles(&host_roles, &roles, "web,db"),
+            Err("--roles: no role db".to_string())
+        );
+        assert!(select_roles(&host_roles, &roles, ",").is_err());
+    }
+
+    #[test]
+    fn roles_and_hosts_together_select_hosts_matching_both() {
+        let project = crate::operator::config::load_str(
+            "[service]\nname = \"hello\"\njar = \"hello.jar\"\n[stages.prod]\n\
+             [stages.prod.roles.web]\nhosts = [\"web1\", \"web2\"]\n\
+             [stages.prod.roles.worker]\nhosts = [\"worker1\"]\n",
+        )
+        .unwrap();
+        let args = |hosts: Option<&str>, roles: Option<&str>| HostsArg {
+            pattern: hosts.map(str::to_string),
+            roles: roles.map(str::to_string),
+        };
+        let names =
+            |s: &ResolvedStage| -> Vec<String> { s.hosts.iter().map(|(h, _)| h.clone()).collect() };
+        let (s, sel) = stage(&project, "prod", &args(None, Some("worker"))).unwrap();
+        assert_eq!(names(&s), ["worker1"]);
+        assert_eq!(sel.unwrap().describe(), "1 of 3 hosts (--roles worker)");
+        let (s, sel) = stage(&project, "prod", &args(Some("*1"), Some("web"))).unwrap();
+        assert_eq!(names(&s), ["web1"]);
+        assert_eq!(
+            sel.unwrap().describe(),
+            "1 of 3 hosts (--hosts *1 --roles web)"
+        );
+        let err = stage(&project, "prod", &args(None, Some("db"))).unwrap_err();
+        assert!(err.to_string().contains("--roles: no role db"), "{err}");
+        assert!(
+            err.to_string().contains("its roles are: web, worker"),
+            "{err}"
+        );
+        let err = stage(&project, "prod", &args(Some("worker1"), Some("web"))).unwrap_err();
+        assert!(
+            err.to_string().contains("none of the hosts selected"),
+            "{err}"
+        );
     }
 
     #[test]

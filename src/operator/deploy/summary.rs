@@ -279,7 +279,8 @@ mod tests {
     #[test]
     fn a_run_on_some_hosts_says_how_many_of_the_stage_it_touched() {
         let selection = Selection {
-            pattern: "web1,web2".into(),
+            pattern: Some("web1,web2".into()),
+            roles: None,
             selected: 2,
             of: 5,
         };
