@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::host::provision;
 use crate::host::os::listener;
+use crate::host::provision;
 use crate::host::supervisor;
 use crate::protocol::layout::Layout;
 use crate::protocol::{FindingStatus, HostCheckSpec, HostFinding, ResourceStatus};
