@@ -930,3 +930,55 @@ fn a_restart_failing_its_gate_on_a_damaged_host_stops_the_rollout_and_names_it()
     assert_eq!(p.served("app2"), None);
     assert_eq!(p.served("app1"), Some("1.0.0".to_string()));
 }
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
+    require_root();
+    let p = FleetProject::new(3, "rolling = { batch = 2 }");
+    // app3 leaves the stage's own hosts for the `worker` role.
+    let config = p.dir.path().join("shipjar.toml");
+    let written = std::fs::read_to_string(&config).expect("config");
+    let with_roles = written.replace(
+        "hosts = [\"app1\", \"app2\", \"app3\"]",
+        "hosts = [\"app1\", \"app2\"]",
+    ) + "[stages.fleet.roles.worker]\nhosts = [\"app3\"]\n\
+         env = { WORKER_MARK = \"role-{{ role }}\" }\njava_opts = [\"-Dworker.mark=yes\"]\n";
+    assert!(
+        !with_roles.contains("\"app1\", \"app2\", \"app3\""),
+        "{with_roles}"
+    );
+    std::fs::write(&config, with_roles).expect("write config");
+    p.provision();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let manifest = |host: &str| {
+        let out = p.fleet.ssh(host, "cat /var/lib/hello/current/RELEASE");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let worker = manifest("app3");
+    assert!(worker.contains("role-worker"), "{worker}");
+    assert!(worker.contains("-Dworker.mark=yes"), "{worker}");
+    let web = manifest("app1");
+    assert!(web.contains("\"id\""), "{web}");
+    assert!(
+        !web.contains("WORKER_MARK") && !web.contains("worker.mark"),
+        "{web}"
+    );
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
+
+    let out = p.deploy("1.0.1", &["--roles", "worker"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let one = |v: &str| Some(v.to_string());
+    assert_eq!(
+        p.served_everywhere(),
+        [one("1.0.0"), one("1.0.0"), one("1.0.1")]
+    );
+    let out = p.run(&["status", "fleet", "--roles", "db"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("its roles are: worker"),
+        "{}",
+        text(&out)
+    );
+}
