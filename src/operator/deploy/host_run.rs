@@ -273,12 +273,13 @@ pub(super) fn activate_host(run: &mut Run, action: Action, deployer: &str, repor
     };
     run.switched = true;
     let restart = action == Action::Restart;
+    let step = if restart { "restart" } else { "activate" };
     let request = Request::Activate {
         release: target,
         action,
         deployer: deployer.to_string(),
     };
-    match run.call("activate", request, reporter) {
+    match run.call(step, request, reporter) {
         Some(Response::Activated(activation)) => {
             run.outcome.ok = activation.ok;
             if activation.ok {
@@ -289,7 +290,7 @@ pub(super) fn activate_host(run: &mut Run, action: Action, deployer: &str, repor
                 };
                 reporter.step(
                     &run.host,
-                    "activate",
+                    step,
                     StepStatus::Ok,
                     &format!("healthy on {}", activation.release),
                 );
