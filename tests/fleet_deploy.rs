@@ -832,6 +832,13 @@ fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what
         hosts[0]["status"]["current"]["version"], "1.0.0",
         "{status}"
     );
+    let detail = |host: &str| {
+        let out = p.run(&["--json", "status", "fleet", "--hosts", host]);
+        last_json(&out)["hosts"][0]["status"]["last_revision"]["detail"].clone()
+    };
+    // Each host the partial deploy switched records it as such.
+    assert_eq!(detail("app1"), "partial: 2 of 4 hosts (--hosts app[12])");
+    assert_eq!(detail("app3"), "");
     let out = p.run(&["status", "fleet", "--hosts", "app9"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(

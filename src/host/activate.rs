@@ -17,11 +17,13 @@ use crate::protocol::{
 
 /// Activates `release`; never returns with the host on a half-switched release.
 /// A failed step is told to `failed` when it happens, before the revert.
+/// `partial` (a run on some of the stage's hosts) is recorded with it.
 pub fn activate(
     layout: &Layout,
     release: &str,
     action: Action,
     deployer: &str,
+    partial: Option<&str>,
     emit: &dyn Fn(&str, &str),
     failed: &dyn Fn(&str, &str),
 ) -> Activation {
@@ -118,6 +120,11 @@ pub fn activate(
         }
     };
     outcome.ok = ok;
+    let detail = match (partial, detail.is_empty()) {
+        (None, _) => detail,
+        (Some(p), true) => format!("partial: {p}"),
+        (Some(p), false) => format!("{detail}; partial: {p}"),
+    };
     let revision = Revision {
         time: now_rfc3339(),
         action: action.clone(),

@@ -363,6 +363,7 @@ impl Session {
                 release,
                 action,
                 deployer,
+                partial,
             } => {
                 // A second Ctrl-C at the operator sends `cancel` while this runs.
                 let _watch = cancel::Watch::start(io::stdin().as_raw_fd());
@@ -380,6 +381,7 @@ impl Session {
                     &release,
                     action,
                     &deployer,
+                    partial.as_deref(),
                     &emit,
                     &|step, message| event(step, message, true),
                 )))

@@ -267,7 +267,13 @@ pub(super) fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter:
 
 /// Switches the host to its target release; its agent gates on health and
 /// version, and reverts on failure.
-pub(super) fn activate_host(run: &mut Run, action: Action, deployer: &str, reporter: &Reporter) {
+pub(super) fn activate_host(
+    run: &mut Run,
+    action: Action,
+    deployer: &str,
+    partial: Option<&str>,
+    reporter: &Reporter,
+) {
     let Some(target) = run.target.clone() else {
         return;
     };
@@ -278,6 +284,7 @@ pub(super) fn activate_host(run: &mut Run, action: Action, deployer: &str, repor
         release: target,
         action,
         deployer: deployer.to_string(),
+        partial: partial.map(str::to_string),
     };
     match run.call(step, request, reporter) {
         Some(Response::Activated(activation)) => {
@@ -358,6 +365,7 @@ pub(super) fn revert_host(run: &mut Run, deployer: &str, reporter: &Reporter) {
         release: previous.clone(),
         action: Action::Rollback,
         deployer: deployer.to_string(),
+        partial: None,
     };
     match run.call("revert", request, reporter) {
         Some(Response::Activated(a)) if a.ok => {

@@ -201,6 +201,7 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
         wait,
         reporter,
         choose: &choose,
+        selection: selection.as_ref(),
     };
     let executed = execute(&ctx, &mut runs);
     let release = plan.release_id.clone();
@@ -296,6 +297,7 @@ pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> 
         wait,
         reporter,
         choose: &choose,
+        selection: selection.as_ref(),
     };
     let executed = execute(&ctx, &mut runs);
     let release = runs
@@ -367,6 +369,7 @@ pub fn restart(project: &Project, args: &RestartArgs, reporter: &Reporter) -> Re
         wait,
         reporter,
         choose: &choose,
+        selection: selection.as_ref(),
     };
     let executed = execute(&ctx, &mut runs);
     // Hosts may run different releases: the summary names each host's own.

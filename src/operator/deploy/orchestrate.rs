@@ -14,6 +14,7 @@ use crate::operator::config::{OnFailure, Project, ResolvedStage};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::hooks;
 use crate::operator::output::{Reporter, StepStatus};
+use crate::operator::select::Selection;
 use crate::operator::transport::Canceller;
 use crate::protocol::{Action, Activation, ErrorKind, HookPoint, NotSwitched, Request, Response};
 
@@ -38,6 +39,8 @@ pub(super) struct Ctx<'a> {
     pub reporter: &'a Reporter,
     /// The release each host goes to, chosen once it is locked.
     pub choose: &'a Choose<'a>,
+    /// Only the hosts `--hosts`/`--roles` named: each host records it.
+    pub selection: Option<&'a Selection>,
 }
 
 /// Milliseconds per phase, whole fleet.
@@ -437,7 +440,17 @@ fn switch_batch(ctx: &Ctx, runs: &mut [Run], n: usize, batch: &[usize]) -> usize
         });
         fleet::each(&mut batch_runs, ctx.fleet.parallel, |run| {
             let t = Instant::now();
-            activate_host(run, ctx.action.clone(), &deployer, ctx.reporter);
+            let partial = ctx
+                .selection
+                .filter(|s| s.selected < s.of)
+                .map(|s| s.describe());
+            activate_host(
+                run,
+                ctx.action.clone(),
+                &deployer,
+                partial.as_deref(),
+                ctx.reporter,
+            );
             run.time("switch", t);
             if run.switched {
                 ctx.reporter.host_done(&run.host);
