@@ -13,6 +13,7 @@ pub mod output;
 pub mod plan;
 pub mod provision;
 pub mod render;
+pub mod select;
 pub mod ssh;
 pub mod transport;
 
@@ -49,6 +50,7 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         Command::Provision(args) => provision::provision(&project, &args, &reporter),
         Command::Deploy(args) => deploy::deploy(&project, &args, &reporter),
         Command::Rollback(args) => deploy::rollback(&project, &args, &reporter),
+        Command::Restart(args) => deploy::restart(&project, &args, &reporter),
         Command::Status(args) => inspect::status(&project, &args, &reporter),
         Command::Releases(args) => inspect::releases(&project, &args, &reporter),
         Command::Logs(args) => inspect::logs(&project, &args, &reporter),

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use super::Project;
 use super::defaults::{ANSWER_TIMEOUT_FLOOR_MS, LOCK_LEASE_FLOOR_MS, SETTLE_MAX_MS};
 use super::diagnostics::{Seg, keys};
-use super::hosts::HostSpec;
 use super::schema::{ConfigFile, Proxy, Stage};
 use crate::error::{Error, Result};
 use crate::protocol::names;
@@ -28,10 +27,11 @@ pub const RESERVED_VARS: &[&str] = &[
     "config_dir",
     "shared_dir",
     "log_dir",
+    "role",
 ];
 
 /// `[a-z][a-z0-9_-]*`: stage and variable names.
-fn is_identifier(s: &str) -> bool {
+pub(super) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some('a'..='z'))
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
@@ -351,9 +351,7 @@ impl Project {
         if !is_identifier(name) {
             return Err(self.fail_key(&at(&[]), "a stage name must be [a-z][a-z0-9_-]*"));
         }
-        if stage.hosts.is_empty() {
-            return Err(self.fail(&at(&[Seg::Key("hosts")]), "needs at least one host"));
-        }
+        self.validate_stage_hosts(name, stage)?;
         if let Some(proxy) = &stage.proxy {
             self.validate_proxy(&at(&[Seg::Key("proxy")]), proxy)?;
         }
@@ -362,15 +360,6 @@ impl Project {
                 &at(&[Seg::Key("agent_path")]),
                 "expected an absolute path such as \"/usr/local/bin/shipjar\"",
             ));
-        }
-        let mut seen = BTreeSet::new();
-        for (i, host) in stage.hosts.iter().enumerate() {
-            let path = at(&[Seg::Key("hosts"), Seg::Index(i)]);
-            if !seen.insert(host.get_ref()) {
-                let message = format!("`{}` is listed twice", host.get_ref());
-                return Err(self.fail(&path, &message));
-            }
-            HostSpec::parse(host.get_ref()).map_err(|m| self.fail(&path, &m))?;
         }
         for key in stage.vars.keys() {
             if !is_identifier(key) || RESERVED_VARS.contains(&key.as_str()) {
@@ -417,7 +406,7 @@ impl Project {
     }
 
     /// An error pointing at the value at `path` (or where it would go).
-    fn fail(&self, path: &[Seg<'_>], message: &str) -> Error {
+    pub(super) fn fail(&self, path: &[Seg<'_>], message: &str) -> Error {
         let key = super::diagnostics::display_path(path);
         self.error_at(self.outline.value_span(path), &key, message)
     }
@@ -497,7 +486,7 @@ impl Project {
     }
 
     /// An error pointing at the key at `path`, for a bad name.
-    fn fail_key(&self, path: &[Seg<'_>], message: &str) -> Error {
+    pub(super) fn fail_key(&self, path: &[Seg<'_>], message: &str) -> Error {
         let key = super::diagnostics::display_path(path);
         self.error_at(self.outline.key_span(path), &key, message)
     }
