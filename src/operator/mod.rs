@@ -13,6 +13,7 @@ pub mod output;
 pub mod plan;
 pub mod provision;
 pub mod render;
+pub mod secret_command;
 pub mod ssh;
 pub mod transport;
 

@@ -498,6 +498,11 @@ pub struct SecretSource {
     pub env: Option<String>,
     /// A file on the operator's machine (relative to the project); trailing newline removed.
     pub file: Option<PathBuf>,
+    /// A command run on the operator's machine (argv, no shell), once per
+    /// shipjar invocation; its stdout is the value (one trailing newline removed).
+    pub command: Option<Vec<String>>,
+    /// Longest the `command` may take (default 30s); then it and its children are killed.
+    pub timeout: Option<Millis>,
     /// Accept a value shorter than 8 characters; it is then masked only where
     /// it stands as a whole word, since masking it everywhere would blank
     /// ordinary text and so reveal it.

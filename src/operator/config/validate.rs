@@ -404,13 +404,29 @@ impl Project {
         }
         for (key, source) in &stage.secrets {
             let s = source.get_ref();
-            if s.env.is_some() == s.file.is_some() {
-                let mut path = at(&[Seg::Key("secrets")]);
-                path.push(Seg::Key(key));
+            let mut path = at(&[Seg::Key("secrets")]);
+            path.push(Seg::Key(key));
+            let sources = [s.env.is_some(), s.file.is_some(), s.command.is_some()];
+            if sources.iter().filter(|set| **set).count() != 1 {
                 return Err(self.fail(
                     &path,
-                    "expected exactly one of `env = \"VAR\"` or `file = \"path\"`",
+                    "expected exactly one of `env = \"VAR\"`, `file = \"path\"` or `command = [\"program\", \"arg\", …]`",
                 ));
+            }
+            if let Some(argv) = &s.command
+                && argv.first().is_none_or(|program| program.is_empty())
+            {
+                path.push(Seg::Key("command"));
+                return Err(self.fail(&path, "expected a program and its arguments"));
+            }
+            if let Some(timeout) = s.timeout {
+                path.push(Seg::Key("timeout"));
+                if s.command.is_none() {
+                    return Err(self.fail(&path, "`timeout` applies only to a `command` secret"));
+                }
+                if timeout.0 == 0 {
+                    return Err(self.fail(&path, "must be above 0"));
+                }
             }
         }
         Ok(())
@@ -639,6 +655,48 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn a_command_secret_has_an_argv_and_a_timeout_only_with_a_command() {
+        let stage = |secret: &str| {
+            format!("{MINIMAL}[stages.prod]\nhosts = [\"app1\"]\nsecrets = {{ pw = {secret} }}\n")
+        };
+        let project = load(&stage("{ command = [\"op\", \"read\", \"op://p/db\"] }")).unwrap();
+        let resolved = project.stage("prod").unwrap();
+        match &resolved.secrets["pw"].from {
+            crate::operator::config::SecretFrom::Command {
+                argv, timeout_ms, ..
+            } => {
+                assert_eq!(argv, &["op", "read", "op://p/db"]);
+                assert_eq!(*timeout_ms, 30_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let project = load(&stage("{ command = [\"op\"], timeout = \"5s\" }")).unwrap();
+        assert!(matches!(
+            project.stage("prod").unwrap().secrets["pw"].from,
+            crate::operator::config::SecretFrom::Command {
+                timeout_ms: 5_000,
+                ..
+            }
+        ));
+        for (bad, says) in [
+            ("{ command = [] }", "stages.prod.secrets.pw.command"),
+            ("{ command = [\"\"] }", "stages.prod.secrets.pw.command"),
+            ("{ env = \"X\", command = [\"op\"] }", "exactly one of"),
+            (
+                "{ env = \"X\", timeout = \"5s\" }",
+                "only to a `command` secret",
+            ),
+            (
+                "{ command = [\"op\"], timeout = \"0s\" }",
+                "must be above 0",
+            ),
+        ] {
+            let err = load(&stage(bad)).unwrap_err();
+            assert!(err.message.contains(says), "{bad}: {}", err.message);
+        }
     }
 
     #[test]
