@@ -231,6 +231,7 @@ impl Session {
                 | Request::Unlock
                 | Request::Provision { .. }
                 | Request::Logs { .. }
+                | Request::Exec { .. }
         );
         let refusal = if envelope.protocol != PROTOCOL_VERSION {
             Some(error_of_kind(
@@ -380,6 +381,15 @@ impl Session {
                     within_ms: hook.timeout_ms + HOOK_MARGIN_MS,
                 });
                 Response::HookRan(hooks::run(&layout, &release, &point, &hook, &emit))
+            }
+            Request::Exec { argv, timeout_ms } => {
+                send(&AgentMessage::Expect {
+                    id,
+                    step: "exec".to_string(),
+                    within_ms: timeout_ms + HOOK_MARGIN_MS,
+                });
+                let mut out = |line: &str| emit("out", line);
+                Response::Executed(hooks::exec(&layout, &argv, timeout_ms, &mut out))
             }
             Request::Finish { keep, not_switched } => {
                 // Only the lock's holder writes this host's history.
