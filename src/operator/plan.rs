@@ -318,6 +318,9 @@ fn run_spec(
             for opt in &service.java_opts {
                 argv.push(render_arg("[service] java_opts", opt)?);
             }
+            if let Some(repl) = &service.repl {
+                argv.push(repl.java_opt());
+            }
             argv.push("-jar".into());
             argv.push(jar.clone());
             argv

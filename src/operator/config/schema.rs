@@ -135,6 +135,27 @@ pub struct Service {
     /// Keep a class-data sharing (AppCDS) archive per release (JVM services only).
     #[serde(default)]
     pub cds: bool,
+    /// A Clojure socket REPL on 127.0.0.1 (`shipjar repl`).
+    pub repl: Option<Repl>,
+}
+
+/// `[service] repl`: Clojure's socket REPL, bound to 127.0.0.1 only (there is
+/// no address to set), reached with `shipjar repl` through an ssh forward.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repl {
+    /// Port on the host's 127.0.0.1.
+    pub port: u16,
+}
+
+impl Repl {
+    /// The JVM option that starts the REPL server as Clojure's runtime loads.
+    pub fn java_opt(&self) -> String {
+        format!(
+            "-Dclojure.server.repl={{:port {} :address \"127.0.0.1\" :accept clojure.core.server/repl}}",
+            self.port
+        )
+    }
 }
 
 impl Service {

@@ -144,7 +144,53 @@ impl Project {
                 &keys("service.cds"),
                 "class-data sharing is for JVM services (`jar`), not a `command`",
             )),
-            _ => Ok(()),
+            _ => self.validate_repl(),
+        }
+    }
+
+    /// `[service] repl`: a JVM service, not behind `[proxy]` (two instances cannot
+    /// share one port), a port above 0; and no socket server of Clojure's set by
+    /// hand, which could bind to any address.
+    fn validate_repl(&self) -> Result<()> {
+        let service = &self.config.service;
+        let by_hand = |text: &str| text.contains("clojure.server.");
+        for (i, opt) in service.java_opts.iter().enumerate() {
+            if by_hand(opt) {
+                return Err(self.fail(
+                    &[Seg::Key("service"), Seg::Key("java_opts"), Seg::Index(i)],
+                    "a Clojure socket server set by hand could listen on any address: use `[service] repl = { port = N }`, which binds to 127.0.0.1 only",
+                ));
+            }
+        }
+        for (key, value) in &service.env {
+            if by_hand(value) {
+                return Err(self.fail(
+                    &[Seg::Key("service"), Seg::Key("env"), Seg::Key(key)],
+                    "a Clojure socket server set by hand could listen on any address: use `[service] repl = { port = N }`, which binds to 127.0.0.1 only",
+                ));
+            }
+        }
+        let Some(repl) = &service.repl else {
+            return Ok(());
+        };
+        let why = if service.command.is_some() {
+            Some("the REPL is started through a JVM option: a JVM service (`jar`) only")
+        } else if repl.port == 0 {
+            Some("expected a port from 1 to 65535")
+        } else if self.config.proxy.is_some()
+            || self
+                .config
+                .stages
+                .values()
+                .any(|s| s.get_ref().proxy.is_some())
+        {
+            Some("not with `[proxy]`: its two instances would both bind the REPL's port")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(self.fail(&keys("service.repl"), why)),
+            None => Ok(()),
         }
     }
 
@@ -643,6 +689,46 @@ mod tests {
             err.message
         );
         assert!(load("[service]\nname = \"a\"\njar = \"a.jar\"\ncds = true\n").is_ok());
+    }
+
+    #[test]
+    fn the_repl_is_for_a_plain_jvm_service_on_loopback_only() {
+        let jvm = "[service]\nname = \"a\"\njar = \"a.jar\"\n";
+        let project = load(&format!("{jvm}repl = {{ port = 5555 }}\n")).unwrap();
+        assert_eq!(
+            project.config.service.repl.unwrap().java_opt(),
+            "-Dclojure.server.repl={:port 5555 :address \"127.0.0.1\" :accept clojure.core.server/repl}"
+        );
+        for (bad, says) in [
+            (
+                format!("{jvm}repl = {{ port = 5555, address = \"0.0.0.0\" }}\n"),
+                "address",
+            ),
+            (format!("{jvm}repl = {{ port = 0 }}\n"), "service.repl"),
+            (
+                "[service]\nname = \"a\"\ncommand = [\"x\"]\nrepl = { port = 5555 }\n".to_string(),
+                "a JVM service",
+            ),
+            (
+                format!(
+                    "{jvm}repl = {{ port = 5555 }}\n[proxy]\nlisten = \"127.0.0.1:8080\"\nports = [8081, 8082]\n"
+                ),
+                "not with `[proxy]`",
+            ),
+            (
+                format!(
+                    "{jvm}java_opts = [\"-Dclojure.server.r={{:port 1 :address \\\"0.0.0.0\\\" :accept clojure.core.server/repl}}\"]\n"
+                ),
+                "service.java_opts",
+            ),
+            (
+                format!("{jvm}env = {{ JAVA_TOOL_OPTIONS = \"-Dclojure.server.x={{}}\" }}\n"),
+                "service.env.JAVA_TOOL_OPTIONS",
+            ),
+        ] {
+            let err = load(&bad).unwrap_err();
+            assert!(err.message.contains(says), "{bad}: {}", err.message);
+        }
     }
 
     #[test]
