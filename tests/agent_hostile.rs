@@ -39,7 +39,7 @@ impl Agent {
     fn call(&mut self, request: Value, bytes: &[u8]) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        let envelope = json!({"protocol": 4, "id": id, "service": "demo", "request": request});
+        let envelope = json!({"protocol": 5, "id": id, "service": "demo", "request": request});
         writeln!(self.stdin, "{envelope}").expect("write request");
         self.stdin.write_all(bytes).expect("write bytes");
         self.stdin.flush().expect("flush");
@@ -219,7 +219,7 @@ fn a_lease_lost_while_a_request_runs_turns_its_answer_into_an_error() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let envelope = json!({"protocol": 4, "id": 99, "service": "demo",
+    let envelope = json!({"protocol": 5, "id": 99, "service": "demo",
         "request": {"type": "put_artifact", "sha256": sha, "size": bytes.len()}});
     writeln!(agent.stdin, "{envelope}").unwrap();
     agent.stdin.write_all(&bytes[..100]).unwrap();

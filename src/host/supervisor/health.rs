@@ -16,7 +16,7 @@ use crate::host::probe::{self, NoAnswer};
 use crate::protocol::manifest::HealthCheck;
 
 use super::human_duration;
-use super::listener::{self, Holder};
+use crate::host::os::listener::{self, Holder};
 use crate::host::os::process::{ExitInfo, Signals, exited_child};
 
 /// Pause between two looks at the socket table while the port is not
@@ -145,9 +145,12 @@ pub fn port_free(check: &HealthCheck) -> Result<(), String> {
     };
     match listener::holder(port, &[]) {
         Holder::Nobody => Ok(()),
-        Holder::Other(pid, comm) => {
-            Err(format!("port {port} already in use by pid {pid} ({comm})"))
-        }
+        Holder::Other(pid, comm) => Err(format!(
+            "port {port} already in use by pid {pid} ({comm}); shipjar never signals a process \
+             it cannot prove is its own: if this is the service under the init script or unit \
+             it ran under before shipjar, `shipjar provision STAGE --take-over` stops it through \
+             that script or unit"
+        )),
         Holder::Ours(pid) => Err(format!("port {port} already in use by pid {pid}")),
         Holder::Unseen => Err(format!(
             "port {port} already in use (by a process not visible to this user)"
