@@ -153,6 +153,14 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
         "",
         |c| c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\""),
     );
+    // A second stage of one of the hosts, for -i.
+    let file = dir.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&file).unwrap()
+        + &format!(
+            "\n[stages.one]\nhosts = [\"app1\"]\nssh_config = \"{}\"\n",
+            hosts.ssh_config().display()
+        );
+    std::fs::write(&file, config).unwrap();
     let secret = common::unique_secret();
     let run = |args: &[&str]| {
         std::process::Command::new(shipjar_bin())
@@ -200,6 +208,48 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
         said.contains("-i runs on one host; stage `fleet` has 2"),
+        "{said}"
+    );
+
+    // -i over ssh: the command gets this process's stdin and output (no terminal here,
+    // so ssh says it allocates none), runs as the service user in current, and its
+    // exit code is shipjar's.
+    let mut child = std::process::Command::new(shipjar_bin())
+        .arg("-C")
+        .arg(dir.path())
+        .args([
+            "exec",
+            "one",
+            "-i",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got $line as $(id -un) in ${PWD##*/}; exit 5",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shipjar exec -i");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"over-ssh\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(5), "{said}");
+    let current =
+        String::from_utf8_lossy(&hosts.ssh("app1", "readlink /var/lib/hello/current").stdout)
+            .trim()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+    assert!(!current.is_empty());
+    assert!(
+        said.contains(&format!("got over-ssh as hello in {current}")),
         "{said}"
     );
 }
