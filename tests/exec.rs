@@ -99,6 +99,48 @@ fn exec_kills_the_command_and_its_children_at_the_timeout() {
 }
 
 #[test]
+fn an_operator_that_goes_away_takes_its_command_with_it() {
+    let project = Project::new();
+    assert!(project.deploy("v1", &[]).status.success());
+    let pidfile = project.path().join("cmd.pid");
+    let script = format!("echo $$ > {}; exec sleep 300", pidfile.display());
+    let mut operator = project
+        .command(&["exec", "local", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // As Ctrl-C would end it: the operator is gone, its agent's input ends.
+    operator.kill().unwrap();
+    operator.wait().unwrap();
+    let alive =
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let still = alive();
+    if still {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(!still, "the command {pid} outlived its operator");
+}
+
+#[test]
 fn exec_i_runs_on_this_terminal_in_current() {
     let project = Project::new();
     assert!(project.deploy("v1", &[]).status.success());

@@ -395,8 +395,16 @@ impl Session {
                     step: "exec".to_string(),
                     within_ms: timeout_ms + HOOK_MARGIN_MS,
                 });
+                // The operator gone (Ctrl-C, a cut link) or a `cancel` line ends the command.
+                let _watch = cancel::Watch::start_until_eof(io::stdin().as_raw_fd());
                 let mut out = |line: &str| emit("out", line);
-                Response::Executed(hooks::exec(&layout, &argv, timeout_ms, &mut out))
+                Response::Executed(hooks::exec(
+                    &layout,
+                    &argv,
+                    timeout_ms,
+                    &mut out,
+                    &cancel::requested,
+                ))
             }
             Request::Finish { keep, not_switched } => {
                 // Only the lock's holder writes this host's history.

@@ -51,6 +51,7 @@ pub fn run(
         &extra,
         Duration::from_millis(hook.timeout_ms),
         &mut |_| {},
+        &|| false,
     );
     for line in &ended.output {
         emit(point.as_str(), line);
@@ -64,6 +65,7 @@ pub fn exec(
     argv: &[String],
     timeout_ms: u64,
     on_line: &mut dyn FnMut(&str),
+    cancelled: &dyn Fn() -> bool,
 ) -> ExecRun {
     let started = Instant::now();
     let ended = match store::current(layout) {
@@ -74,6 +76,7 @@ pub fn exec(
             &[("SHIPJAR_EXEC", "1".to_string())],
             Duration::from_millis(timeout_ms),
             on_line,
+            cancelled,
         ),
         None => not_run("no release is current here: deploy first".into()),
     };
@@ -151,6 +154,7 @@ fn run_in_release(
     extra: &[(&str, String)],
     timeout: Duration,
     on_line: &mut dyn FnMut(&str),
+    cancelled: &dyn Fn() -> bool,
 ) -> Ended {
     let (target, creds) = match prepared(layout, release, argv, extra) {
         Ok(ready) => ready,
@@ -169,9 +173,13 @@ fn run_in_release(
     // Only the child holds the write end now: its exit closes the pipe.
     drop(writer);
     match spawned {
-        Ok(child) => {
-            hook_wait::wait_streaming(child, std::fs::File::from(reader), timeout, on_line)
-        }
+        Ok(child) => hook_wait::wait_streaming(
+            child,
+            std::fs::File::from(reader),
+            timeout,
+            on_line,
+            cancelled,
+        ),
         Err(e) => not_run(e),
     }
 }

@@ -29,15 +29,17 @@ pub struct Ended {
 /// Waits for `child` (the leader of its own process group), reading its
 /// output from `output`, killing the group once `timeout` has passed.
 pub fn wait(child: Child, output: impl Read + Send + 'static, timeout: Duration) -> Ended {
-    wait_streaming(child, output, timeout, &mut |_| {})
+    wait_streaming(child, output, timeout, &mut |_| {}, &|| false)
 }
 
-/// As [`wait`], handing each line of output to `on_line` as it comes.
+/// As [`wait`], handing each line of output to `on_line` as it comes, and
+/// killing the group as soon as `cancelled` says so.
 pub fn wait_streaming(
     mut child: Child,
     output: impl Read + Send + 'static,
     timeout: Duration,
     on_line: &mut dyn FnMut(&str),
+    cancelled: &dyn Fn() -> bool,
 ) -> Ended {
     let started = Instant::now();
     let (lines_tx, lines_rx) = mpsc::channel::<String>();
@@ -67,6 +69,15 @@ pub fn wait_streaming(
                 let limit =
                     humantime::format_duration(Duration::from_millis(timeout.as_millis() as u64));
                 break (false, format!("timed out after {limit}; killed"), None);
+            }
+            Ok(None) if cancelled() => {
+                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+                break (
+                    false,
+                    "cancelled: the operator went away; killed".to_string(),
+                    None,
+                );
             }
             Ok(None) => {
                 if let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(20)) {
