@@ -731,8 +731,26 @@ fn generic_args(ty: &str) -> (String, Vec<String>) {
 }
 
 const VALUE_TYPES: &[&str] = &[
-    "String", "bool", "char", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32",
-    "i64", "i128", "isize", "f32", "f64", "PathBuf",
+    "String",
+    "bool",
+    "char",
+    "u8",
+    "u16",
+    "u32",
+    "u64",
+    "u128",
+    "usize",
+    "i8",
+    "i16",
+    "i32",
+    "i64",
+    "i128",
+    "isize",
+    "f32",
+    "f64",
+    "PathBuf",
+    // Enums the config takes from the protocol as one word.
+    "LogTarget",
 ];
 
 fn shape(ty: &str, items: &BTreeMap<String, Item>) -> Result<Shape, String> {

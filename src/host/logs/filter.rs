@@ -11,6 +11,8 @@ use regex::Regex;
 pub struct Filter {
     /// Only lines from this time on.
     pub since: Option<SystemTime>,
+    /// The same, as the operator sent it (RFC 3339).
+    pub since_text: Option<String>,
     /// Only lines this matches.
     pub grep: Option<Regex>,
 }
@@ -32,7 +34,11 @@ impl Filter {
         let grep = grep
             .map(|g| Regex::new(g).map_err(|e| format!("--grep `{g}`: {e}")))
             .transpose()?;
-        Ok(Filter { since, grep })
+        Ok(Filter {
+            since,
+            since_text: since.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            grep,
+        })
     }
 
     /// Whether the filter lets every line through.

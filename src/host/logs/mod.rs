@@ -15,8 +15,10 @@ pub use filter::Filter;
 use filter::Reading;
 
 use crate::host::fs::GuardedDir;
+use crate::host::os::journal;
 use crate::host::supervisor::logfile;
 use crate::protocol::layout::Layout;
+use crate::protocol::manifest::LogTarget;
 
 /// How many rotated files (`NAME.1` …) are looked for.
 const MAX_ROTATED: u32 = 100;
@@ -35,6 +37,19 @@ pub fn stream(
     follow: bool,
     emit: &dyn Fn(&str) -> bool,
 ) -> Result<(), String> {
+    if let Ok(release) = crate::host::supervisor::release::current(layout)
+        && release.manifest.logs.to == LogTarget::Journal
+    {
+        let query = journal::Query {
+            identifier: layout.name(),
+            instance: layout.instance(),
+            lines,
+            since: filter.since_text.as_deref(),
+            grep: filter.grep.as_ref().map(|g| g.as_str()),
+            follow,
+        };
+        return journal::read(&query, emit);
+    }
     let path = logfile::service_log(layout);
     let mut reading = Reading::default();
     let going = match (lines, filter.is_open()) {

@@ -4,6 +4,7 @@
 //! sock_diag), and starting a detached shipjar that reports one line.
 
 pub mod detached;
+pub mod journal;
 #[allow(clippy::disallowed_methods)] // root-only: /proc
 pub mod listener;
 pub mod notify;
