@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use crate::error::{Error, Result};
 use crate::operator::render::without_secret_variables;
 use crate::protocol::hook_wait;
-use crate::protocol::mask::{Masker, SecretValue};
+use crate::protocol::mask::{MIN_SECRET_CHARS, Masker, SecretValue};
 use crate::protocol::shell;
 
 /// Most of a command's stdout read as a value; more is an error (not a secret).
@@ -95,17 +95,19 @@ fn run(name: &str, argv: &[String], dir: &Path, timeout: Duration) -> Result<Str
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&out);
     let value = text.strip_suffix('\n').unwrap_or(&text).to_string();
-    // What it printed is masked in its stderr (and everywhere later), even when it failed.
+    // What it printed is masked in its stderr (and everywhere later) when it failed; a short
+    // value only as a whole word, as any short secret. A good value is registered by the caller.
+    let short = value.chars().count() < MIN_SECRET_CHARS;
     let secrets: Vec<SecretValue> = (!value.is_empty())
         .then(|| SecretValue {
             value: value.clone(),
-            allow_short: false,
+            allow_short: short,
         })
         .into_iter()
         .collect();
     let masker = Masker::new(&secrets);
-    crate::operator::output::register_secret(&value, false);
     let with_stderr = |what: String| {
+        crate::operator::output::register_secret(&value, short);
         let masked = masker.mask(&String::from_utf8_lossy(&err)).into_owned();
         let lines: Vec<&str> = masked.lines().collect();
         let tail = &lines[lines.len().saturating_sub(STDERR_LINES)..];
