@@ -294,4 +294,44 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
         said.contains(&format!("got over-ssh as hello in {current}")),
         "{said}"
     );
+
+    // An operator that goes away over ssh takes the command on the host with it.
+    let mut operator = std::process::Command::new(shipjar_bin())
+        .arg("-C")
+        .arg(dir.path())
+        .args([
+            "exec",
+            "one",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > /tmp/exec-test.pid; exec sleep 300",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run shipjar exec");
+    let on_host = |command: &str| {
+        String::from_utf8_lossy(&hosts.ssh("app1", command).stdout)
+            .trim()
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        let pid = on_host("cat /tmp/exec-test.pid 2>/dev/null");
+        if !pid.is_empty() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    operator.kill().unwrap();
+    operator.wait().unwrap();
+    let alive = || on_host(&format!("kill -0 {pid} 2>/dev/null && echo alive")) == "alive";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!alive(), "the command {pid} on app1 outlived its operator");
 }
