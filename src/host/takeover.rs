@@ -188,13 +188,32 @@ pub fn before_install(
     if !running {
         return (results, true);
     }
-    let how = match &previous {
+    let (result, go_on) = stop_or_refuse(layout, &previous, take_over, dry_run);
+    results.push(result);
+    (results, go_on)
+}
+
+/// A service running under `previous`: refused without `take_over`, else
+/// stopped through it (or, dry, said it would be). The bool: whether to go on.
+fn stop_or_refuse(
+    layout: &Layout,
+    previous: &Previous,
+    take_over: bool,
+    dry_run: bool,
+) -> (ResourceResult, bool) {
+    let done = |status, detail: String| ResourceResult {
+        resource: format!("take over {}", layout.name()),
+        status,
+        detail,
+        diff: None,
+    };
+    let how = match previous {
         Previous::Script(path) => format!("{} stop", path.display()),
         Previous::Unit { name, .. } => format!("systemctl stop {name}"),
     };
     match (take_over, dry_run) {
-        (false, _) => {
-            results.push(done(
+        (false, _) => (
+            done(
                 ResourceStatus::Failed,
                 format!(
                     "{} runs under {}, which shipjar would replace: its process would keep the \
@@ -204,37 +223,39 @@ pub fn before_install(
                     layout.name(),
                     previous.describe()
                 ),
-            ));
-            (results, false)
-        }
-        (true, true) => {
-            results.push(done(
+            ),
+            false,
+        ),
+        (true, true) => (
+            done(
                 ResourceStatus::WouldChange,
                 format!("would stop it through `{how}`"),
-            ));
-            (results, true)
-        }
+            ),
+            true,
+        ),
         (true, false) => match previous.stop() {
             Ok(()) => {
-                results.push(done(
-                    ResourceStatus::Changed,
-                    format!("stopped through `{how}`; shipjar's init file replaces it"),
-                ));
-                if let Previous::Unit { name, .. } = &previous {
+                if let Previous::Unit { name, .. } = previous {
                     // Its own unit must not start it again at boot beside ours.
                     let _ = Command::new("systemctl")
                         .args(["disable", "--quiet", "--", name])
                         .status();
                 }
-                (results, true)
+                (
+                    done(
+                        ResourceStatus::Changed,
+                        format!("stopped through `{how}`; shipjar's init file replaces it"),
+                    ),
+                    true,
+                )
             }
-            Err(e) => {
-                results.push(done(
+            Err(e) => (
+                done(
                     ResourceStatus::Failed,
                     format!("`{how}` did not stop it: {e}; nothing was replaced"),
-                ));
-                (results, false)
-            }
+                ),
+                false,
+            ),
         },
     }
 }
