@@ -67,6 +67,11 @@ pub enum Command {
         after_help = "Examples:\n  shipjar rollback production\n  shipjar rollback production --to 20261126-140423-166"
     )]
     Rollback(RollbackArgs),
+    /// Restart the current release on every host through the health gate, in rolling batches.
+    #[command(
+        after_help = "Examples:\n  shipjar restart production\n  shipjar restart production --hosts 'web*' --wait 5m"
+    )]
+    Restart(RestartArgs),
     /// Show what runs on each host of a stage, and flag every mismatch.
     #[command(
         after_help = "Examples:\n  shipjar status production\n  shipjar status production --json | jq ."
@@ -77,7 +82,7 @@ pub enum Command {
     Releases(FleetStageArgs),
     /// Show the service log of each host of a stage, lines prefixed by host.
     #[command(
-        after_help = "Examples:\n  shipjar logs production -n 200\n  shipjar logs production --host app1.example.com -f"
+        after_help = "Examples:\n  shipjar logs production -n 200\n  shipjar logs production --hosts app1.example.com -f"
     )]
     Logs(LogsArgs),
     /// Remove a stage's deploy lock on every host and say whose it was.
@@ -85,12 +90,12 @@ pub enum Command {
     Unlock(FleetStageArgs),
     /// Run a command on each host as the service runs it: its user, environment and `current`.
     #[command(
-        after_help = "Examples:\n  shipjar exec production -- ls -l config\n  shipjar exec production --timeout 1h -- java -cp app.jar myapp.migrate\n  shipjar exec staging -i -- bash"
+        after_help = "Examples:\n  shipjar exec production -- ls -l config\n  shipjar exec production --hosts 'web*' --timeout 1h -- java -cp app.jar myapp.migrate\n  shipjar exec production --hosts app1 -i -- bash"
     )]
     Exec(ExecArgs),
     /// Connect to a Clojure service's socket REPL (`[service] repl`) on one host, over ssh.
     #[command(
-        after_help = "Examples:\n  shipjar repl production\n  shipjar repl production --port 7888   # hold the forward open for CIDER, Calva or Cursive"
+        after_help = "Examples:\n  shipjar repl production --hosts app1\n  shipjar repl production --hosts app1 --port 7888   # hold the forward open for CIDER, Calva or Cursive"
     )]
     Repl(ReplArgs),
     /// Print a shell completion script to stdout.
@@ -175,6 +180,19 @@ pub struct FleetArgs {
     /// Work on at most N hosts at once (default 32).
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
+    #[command(flatten)]
+    pub hosts: HostsArg,
+}
+
+/// `--hosts PATTERN`: only some of a stage's hosts (every stage command has it).
+#[derive(Debug, Args, Clone, Default)]
+pub struct HostsArg {
+    /// Only these hosts: comma-separated names or globs as written in the stage (e.g. web1,web2 or 'web*').
+    #[arg(long = "hosts", alias = "host", value_name = "PATTERN", value_parser = utf8_text())]
+    pub pattern: Option<String>,
+    /// Only the hosts of these roles (`[stages.NAME.roles.ROLE]`), comma-separated; with --hosts, both must match.
+    #[arg(long = "roles", value_name = "ROLE[,ROLE]", value_parser = utf8_text())]
+    pub roles: Option<String>,
 }
 
 /// A stage and how to reach it.
@@ -221,9 +239,6 @@ pub struct ReplArgs {
 pub struct LogsArgs {
     /// Stage whose hosts to read.
     pub stage: String,
-    /// Only this host (as written in the stage).
-    #[arg(long, value_name = "HOST")]
-    pub host: Option<String>,
     /// Lines from the end of each host's log (default 50; with --since or --grep, all that match).
     #[arg(short = 'n', long, value_name = "N")]
     pub lines: Option<usize>,
@@ -298,6 +313,18 @@ pub struct RollbackArgs {
     /// Release id to go back to (default: the last good release before `current`).
     #[arg(long, value_name = "ID")]
     pub to: Option<String>,
+    /// If another deploy holds the lock, wait up to this long instead of failing.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// `shipjar restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Stage to restart.
+    pub stage: String,
     /// If another deploy holds the lock, wait up to this long instead of failing.
     #[arg(long, value_name = "DURATION")]
     pub wait: Option<String>,

@@ -195,14 +195,6 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
         "",
         |c| c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\""),
     );
-    // A second stage of one of the hosts, for -i.
-    let file = dir.path().join("shipjar.toml");
-    let config = std::fs::read_to_string(&file).unwrap()
-        + &format!(
-            "\n[stages.one]\nhosts = [\"app1\"]\nssh_config = \"{}\"\n",
-            hosts.ssh_config().display()
-        );
-    std::fs::write(&file, config).unwrap();
     let secret = common::unique_secret();
     let run = |args: &[&str]| {
         std::process::Command::new(shipjar_bin())
@@ -245,6 +237,22 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
     assert!(said.contains("exec: 1 of 2 hosts exited 0"), "{said}");
     assert!(said.contains("exited with code 1"), "{said}");
 
+    // --hosts: only the hosts named.
+    let out = run(&[
+        "exec",
+        "fleet",
+        "--hosts",
+        "app2",
+        "--",
+        "sh",
+        "-c",
+        "echo on $SHIPJAR_HOST",
+    ]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("[app2] on app2"), "{said}");
+    assert!(!said.contains("[app1]"), "{said}");
+
     let out = run(&["exec", "fleet", "-i", "--", "sh"]);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
@@ -261,7 +269,9 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
         .arg(dir.path())
         .args([
             "exec",
-            "one",
+            "fleet",
+            "--hosts",
+            "app1",
             "-i",
             "--",
             "sh",
@@ -301,7 +311,9 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
         .arg(dir.path())
         .args([
             "exec",
-            "one",
+            "fleet",
+            "--hosts",
+            "app1",
             "--",
             "sh",
             "-c",

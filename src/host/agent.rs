@@ -15,7 +15,7 @@ use crate::host::{activate, cancel, hooks, logs, provision, secrets, store, supe
 use crate::protocol::layout::Layout;
 use crate::protocol::validate_service_name;
 use crate::protocol::{
-    AgentError, AgentMessage, Envelope, ErrorKind, HostState, HostStatus, PROTOCOL_VERSION,
+    Action, AgentError, AgentMessage, Envelope, ErrorKind, HostState, HostStatus, PROTOCOL_VERSION,
     Request, Response,
 };
 
@@ -364,15 +364,25 @@ impl Session {
                 release,
                 action,
                 deployer,
+                partial,
             } => {
                 // A second Ctrl-C at the operator sends `cancel` while this runs.
                 let _watch = cancel::Watch::start(io::stdin().as_raw_fd());
                 expect_activation(&layout, &release, id);
+                if action == Action::Restart {
+                    return Response::Activated(Box::new(activate::restart(
+                        &layout,
+                        &release,
+                        &emit,
+                        &|step, message| event(step, message, true),
+                    )));
+                }
                 Response::Activated(Box::new(activate::activate(
                     &layout,
                     &release,
                     action,
                     &deployer,
+                    partial.as_deref(),
                     &emit,
                     &|step, message| event(step, message, true),
                 )))

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::operator::config::{HostSpec, Project, ResolvedStage};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::{Reporter, StepStatus};
-use crate::operator::{render, ssh};
+use crate::operator::{render, select, ssh};
 use crate::protocol::{ExecRun, Request, Response};
 
 /// One host's run.
@@ -29,7 +29,7 @@ struct HostExec {
 /// `shipjar exec STAGE -- CMD…`: exit 0 when it exited 0 everywhere; on a single host its own
 /// exit code; else 1.
 pub fn exec(project: &Project, args: &ExecArgs, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(&args.stage)?;
+    let (stage, selection) = select::stage(project, &args.stage, &args.fleet.hosts)?;
     let timeout = humantime::parse_duration(&args.timeout)
         .ok()
         .filter(|t| !t.is_zero())
@@ -96,6 +96,9 @@ pub fn exec(project: &Project, args: &ExecArgs, reporter: &Reporter) -> Result<i
         hosts.len(),
         if hosts.len() == 1 { "" } else { "s" }
     ));
+    if let Some(s) = &selection {
+        text.push_str(&format!("ran on: {}\n", s.describe()));
+    }
     let code = match hosts.as_slice() {
         [only] => only
             .code

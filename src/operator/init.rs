@@ -189,64 +189,12 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
         said.push(note.clone());
         comments.push(format!("# {note}"));
     }
-    let version_line = if in_git_repository(&dir) {
-        "version_command = \"git describe --always --dirty\"".to_string()
-    } else {
-        match &found.version {
-            Some(v) => {
-                let note = format!(
-                    "not a git repository: the version falls back to {v}, from {}; keep the two in step, or `git init`",
-                    found.tool.file()
-                );
-                said.push(note.clone());
-                comments.push(format!("# {note}"));
-                format!(
-                    "version_command = \"git describe --always --dirty 2>/dev/null || echo {}\"",
-                    crate::protocol::shell::quote(v)
-                )
-            }
-            None => {
-                let note = "not a git repository and no version in the build file: each build's version is sha-<its sha256>".to_string();
-                said.push(note.clone());
-                comments.push(format!("# {note}"));
-                "# version_command = \"git describe --always --dirty\"".to_string()
-            }
-        }
-    };
-    let logback = config_paths::logback_evidence(&dir);
-    let (logback_opt, logging_config) = match &logback {
-        Some(evidence) => {
-            let note = format!(
-                "logging: logback ({evidence}): the logging [[config]] is enabled, found with -Dlogback.configurationFile"
-            );
-            said.push(note);
-            (
-                format!("    \"-Dlogback.configurationFile={{{{ config_dir }}}}/logback.xml\",   # logback: {evidence}"),
-                "[[config]]                           # logging, per stage\ntemplate = \"deploy/logback-{{ stage }}.xml\"\ndest = \"logback.xml\"\n",
-            )
-        }
-        None => (
-            "    # \"-Dlogback.configurationFile={{ config_dir }}/logback.xml\",   # with the logging [[config]] below".to_string(),
-            "# [[config]]                         # logging, per stage\n# template = \"deploy/logback-{{ stage }}.xml\"\n# dest = \"logback.xml\"\n",
-        ),
-    };
-    let declared = [
-        config_paths::Declared {
-            dest: "logback.xml",
-            enabled: logback.is_some(),
-        },
-        config_paths::Declared {
-            dest: "database.properties",
-            enabled: false,
-        },
-        config_paths::Declared {
-            dest: "service.properties",
-            enabled: true,
-        },
-    ];
-    let (env_lines, env_notes) =
-        config_paths::env_lines(&declared, &config_paths::scan(&dir), &["logback.xml"]);
-    said.extend(env_notes);
+    let (version_line, note) = version_command(&dir, &found);
+    if let Some(note) = note {
+        said.push(note.clone());
+        comments.push(format!("# {note}"));
+    }
+    let (logback_opt, logging_config, env_lines) = config_wiring(&dir, &mut said);
     let alternative = alternative
         .map(|alt| {
             format!(
@@ -285,22 +233,7 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
         );
     std::fs::write(file, &text)
         .map_err(|e| Error::failed(format!("cannot write {}: {e}", file.display())))?;
-    for (path, content) in TEMPLATES {
-        let target = dir.join(path);
-        if target.exists() {
-            continue;
-        }
-        let written = target
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&target, content.replace("@NAME@", &name)));
-        match written {
-            Ok(()) => said.push(format!(
-                "wrote {path} (a template for a commented [[config]] entry)"
-            )),
-            Err(e) => said.push(format!("could not write {path}: {e}")),
-        }
-    }
+    said.extend(write_templates(&dir, &name));
     let mut out = String::new();
     for line in &said {
         out.push_str(&format!("  {line}\n"));
@@ -312,6 +245,96 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
         found.artifact
     ));
     Ok(out)
+}
+
+/// How the service finds its config files: the logback `-D` option and
+/// `[[config]]` (enabled when the project uses logback) and the `env` lines
+/// for what the code reads; what was found goes to `said`.
+fn config_wiring(dir: &Path, said: &mut Vec<String>) -> (String, &'static str, Vec<String>) {
+    let logback = config_paths::logback_evidence(dir);
+    let (logback_opt, logging_config) = match &logback {
+        Some(evidence) => {
+            let note = format!(
+                "logging: logback ({evidence}): the logging [[config]] is enabled, found with -Dlogback.configurationFile"
+            );
+            said.push(note);
+            (
+                format!("    \"-Dlogback.configurationFile={{{{ config_dir }}}}/logback.xml\",   # logback: {evidence}"),
+                "[[config]]                           # logging, per stage\ntemplate = \"deploy/logback-{{ stage }}.xml\"\ndest = \"logback.xml\"\n",
+            )
+        }
+        None => (
+            "    # \"-Dlogback.configurationFile={{ config_dir }}/logback.xml\",   # with the logging [[config]] below".to_string(),
+            "# [[config]]                         # logging, per stage\n# template = \"deploy/logback-{{ stage }}.xml\"\n# dest = \"logback.xml\"\n",
+        ),
+    };
+    let declared = [
+        config_paths::Declared {
+            dest: "logback.xml",
+            enabled: logback.is_some(),
+        },
+        config_paths::Declared {
+            dest: "database.properties",
+            enabled: false,
+        },
+        config_paths::Declared {
+            dest: "service.properties",
+            enabled: true,
+        },
+    ];
+    let (env_lines, env_notes) =
+        config_paths::env_lines(&declared, &config_paths::scan(dir), &["logback.xml"]);
+    said.extend(env_notes);
+    (logback_opt, logging_config, env_lines)
+}
+
+/// The `version_command` line, and what to tell about it: `git describe`
+/// in a git work tree, else with the build file's version as fallback.
+fn version_command(dir: &Path, found: &Detected) -> (String, Option<String>) {
+    if in_git_repository(dir) {
+        return (
+            "version_command = \"git describe --always --dirty\"".to_string(),
+            None,
+        );
+    }
+    match &found.version {
+        Some(v) => (
+            format!(
+                "version_command = \"git describe --always --dirty 2>/dev/null || echo {}\"",
+                crate::protocol::shell::quote(v)
+            ),
+            Some(format!(
+                "not a git repository: the version falls back to {v}, from {}; keep the two in step, or `git init`",
+                found.tool.file()
+            )),
+        ),
+        None => (
+            "# version_command = \"git describe --always --dirty\"".to_string(),
+            Some("not a git repository and no version in the build file: each build's version is sha-<its sha256>".to_string()),
+        ),
+    }
+}
+
+/// Writes each template file that is not there yet; what was done, a line each.
+fn write_templates(dir: &Path, name: &str) -> Vec<String> {
+    let mut said = Vec::new();
+    for (path, content) in TEMPLATES {
+        let target = dir.join(path);
+        if target.exists() {
+            continue;
+        }
+        let written = target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&target, content.replace("@NAME@", name)));
+        match written {
+            Ok(()) => said.push(format!(
+                "wrote {path} (a template for a commented [[config]] entry)"
+            )),
+            Err(e) => said.push(format!("could not write {path}: {e}")),
+        }
+    }
+    said
 }
 
 /// `text` as a TOML basic string.

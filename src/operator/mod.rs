@@ -16,6 +16,7 @@ pub mod provision;
 pub mod render;
 pub mod repl;
 pub mod secret_command;
+pub mod select;
 pub mod ssh;
 pub mod transport;
 
@@ -52,6 +53,7 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         Command::Provision(args) => provision::provision(&project, &args, &reporter),
         Command::Deploy(args) => deploy::deploy(&project, &args, &reporter),
         Command::Rollback(args) => deploy::rollback(&project, &args, &reporter),
+        Command::Restart(args) => deploy::restart(&project, &args, &reporter),
         Command::Status(args) => inspect::status(&project, &args, &reporter),
         Command::Releases(args) => inspect::releases(&project, &args, &reporter),
         Command::Logs(args) => inspect::logs(&project, &args, &reporter),

@@ -88,7 +88,7 @@ pub struct HostProvision {
 
 /// `shipjar provision STAGE`.
 pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(&args.stage)?;
+    let (stage, _) = crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
     // Secrets are read so that anything shown (diffs included) masks them.
     crate::operator::render::mask_available_secrets(&stage.secrets);
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;

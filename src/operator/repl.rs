@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::operator::config::{HostSpec, Project};
 use crate::operator::fleet::Fleet;
 use crate::operator::output::{self, Reporter};
-use crate::operator::{render, ssh};
+use crate::operator::{render, select, ssh};
 
 /// Longest the forward may take to come up.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
@@ -30,7 +30,7 @@ pub fn repl(project: &Project, args: &ReplArgs, reporter: &Reporter) -> Result<i
         ))
         .hint("add `repl = { port = 5555 }` to [service] and deploy"));
     };
-    let stage = project.stage(&args.stage)?;
+    let (stage, _) = select::stage(project, &args.stage, &args.fleet.hosts)?;
     render::mask_available_secrets(&stage.secrets);
     let [(host, spec)] = stage.hosts.as_slice() else {
         return Err(Error::config(format!(

@@ -56,6 +56,10 @@ pub enum Request {
         action: Action,
         /// Recorded in revisions.log.
         deployer: String,
+        /// A run on some of the stage's hosts: `2 of 5 hosts (--hosts web1,web2)`,
+        /// recorded in revisions.log with the activation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partial: Option<String>,
     },
     /// Run a hook on this host in a release's directory, with that release's
     /// config files and environment, as the service user (when root).
@@ -132,6 +136,9 @@ wire_enum! {
         /// The supervisor gave up on a release soon after its deploy and
         /// went back to the previous healthy one (`[restart] auto_revert`).
         AutoRevert => "auto-revert",
+        /// The release already current, restarted through the same gate
+        /// (`shipjar restart STAGE`); never written to revisions.log.
+        Restart => "restart",
     }
 }
 

@@ -184,7 +184,7 @@ pub struct Build {
 }
 
 /// `[health]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
     /// HTTP URL that answers 2xx when healthy.
@@ -468,6 +468,9 @@ pub struct Stage {
     pub answer_timeout: Option<Millis>,
     /// This stage's proxy, in place of the top-level `[proxy]`.
     pub proxy: Option<Proxy>,
+    /// `[stages.NAME.roles.ROLE]`: hosts grouped by role, with their own settings.
+    #[serde(default)]
+    pub roles: BTreeMap<String, Spanned<super::roles::Role>>,
 }
 
 fn default_hosts() -> Vec<Spanned<String>> {

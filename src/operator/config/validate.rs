@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use super::Project;
 use super::defaults::{ANSWER_TIMEOUT_FLOOR_MS, LOCK_LEASE_FLOOR_MS, SETTLE_MAX_MS};
 use super::diagnostics::{Seg, keys};
-use super::hosts::HostSpec;
 use super::schema::{ConfigFile, Proxy, Stage};
 use crate::error::{Error, Result};
 use crate::protocol::names;
@@ -28,10 +27,11 @@ pub const RESERVED_VARS: &[&str] = &[
     "config_dir",
     "shared_dir",
     "log_dir",
+    "role",
 ];
 
 /// `[a-z][a-z0-9_-]*`: stage and variable names.
-fn is_identifier(s: &str) -> bool {
+pub(super) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some('a'..='z'))
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
@@ -166,6 +166,28 @@ impl Project {
             if by_hand(value) {
                 return Err(self.fail(
                     &[Seg::Key("service"), Seg::Key("env"), Seg::Key(key)],
+                    "a Clojure socket server set by hand could listen on any address: use `[service] repl = { port = N }`, which binds to 127.0.0.1 only",
+                ));
+            }
+        }
+        for (stage_name, stage) in &self.config.stages {
+            for (role_name, role) in &stage.get_ref().roles {
+                let role = role.get_ref();
+                let mut path = vec![
+                    Seg::Key("stages"),
+                    Seg::Key(stage_name),
+                    Seg::Key("roles"),
+                    Seg::Key(role_name),
+                ];
+                let opt = role.java_opts.iter().position(|o| by_hand(o));
+                let env = role.env.iter().find(|(_, v)| by_hand(v));
+                match (opt, env) {
+                    (Some(i), _) => path.extend([Seg::Key("java_opts"), Seg::Index(i)]),
+                    (None, Some((key, _))) => path.extend([Seg::Key("env"), Seg::Key(key)]),
+                    (None, None) => continue,
+                }
+                return Err(self.fail(
+                    &path,
                     "a Clojure socket server set by hand could listen on any address: use `[service] repl = { port = N }`, which binds to 127.0.0.1 only",
                 ));
             }
@@ -397,9 +419,7 @@ impl Project {
         if !is_identifier(name) {
             return Err(self.fail_key(&at(&[]), "a stage name must be [a-z][a-z0-9_-]*"));
         }
-        if stage.hosts.is_empty() {
-            return Err(self.fail(&at(&[Seg::Key("hosts")]), "needs at least one host"));
-        }
+        self.validate_stage_hosts(name, stage)?;
         if let Some(proxy) = &stage.proxy {
             self.validate_proxy(&at(&[Seg::Key("proxy")]), proxy)?;
         }
@@ -408,15 +428,6 @@ impl Project {
                 &at(&[Seg::Key("agent_path")]),
                 "expected an absolute path such as \"/usr/local/bin/shipjar\"",
             ));
-        }
-        let mut seen = BTreeSet::new();
-        for (i, host) in stage.hosts.iter().enumerate() {
-            let path = at(&[Seg::Key("hosts"), Seg::Index(i)]);
-            if !seen.insert(host.get_ref()) {
-                let message = format!("`{}` is listed twice", host.get_ref());
-                return Err(self.fail(&path, &message));
-            }
-            HostSpec::parse(host.get_ref()).map_err(|m| self.fail(&path, &m))?;
         }
         for key in stage.vars.keys() {
             if !is_identifier(key) || RESERVED_VARS.contains(&key.as_str()) {
@@ -479,7 +490,7 @@ impl Project {
     }
 
     /// An error pointing at the value at `path` (or where it would go).
-    fn fail(&self, path: &[Seg<'_>], message: &str) -> Error {
+    pub(super) fn fail(&self, path: &[Seg<'_>], message: &str) -> Error {
         let key = super::diagnostics::display_path(path);
         self.error_at(self.outline.value_span(path), &key, message)
     }
@@ -559,7 +570,7 @@ impl Project {
     }
 
     /// An error pointing at the key at `path`, for a bad name.
-    fn fail_key(&self, path: &[Seg<'_>], message: &str) -> Error {
+    pub(super) fn fail_key(&self, path: &[Seg<'_>], message: &str) -> Error {
         let key = super::diagnostics::display_path(path);
         self.error_at(self.outline.key_span(path), &key, message)
     }
@@ -724,6 +735,12 @@ mod tests {
             (
                 format!("{jvm}env = {{ JAVA_TOOL_OPTIONS = \"-Dclojure.server.x={{}}\" }}\n"),
                 "service.env.JAVA_TOOL_OPTIONS",
+            ),
+            (
+                format!(
+                    "{jvm}[stages.p.roles.web]\nhosts = [\"a1\"]\njava_opts = [\"-Dclojure.server.x={{}}\"]\n"
+                ),
+                "stages.p.roles.web.java_opts",
             ),
         ] {
             let err = load(&bad).unwrap_err();
