@@ -88,6 +88,16 @@ pub enum Command {
     /// Remove a stage's deploy lock on every host and say whose it was.
     #[command(after_help = "Example:\n  shipjar unlock production")]
     Unlock(FleetStageArgs),
+    /// Run a command on each host as the service runs it: its user, environment and `current`.
+    #[command(
+        after_help = "Examples:\n  shipjar exec production -- ls -l config\n  shipjar exec production --hosts 'web*' --timeout 1h -- java -cp app.jar myapp.migrate\n  shipjar exec production --hosts app1 -i -- bash"
+    )]
+    Exec(ExecArgs),
+    /// Connect to a Clojure service's socket REPL (`[service] repl`) on one host, over ssh.
+    #[command(
+        after_help = "Examples:\n  shipjar repl production --hosts app1\n  shipjar repl production --hosts app1 --port 7888   # hold the forward open for CIDER, Calva or Cursive"
+    )]
+    Repl(ReplArgs),
     /// Print a shell completion script to stdout.
     #[command(
         after_help = "Examples:\n  shipjar completions bash > ~/.local/share/bash-completion/completions/shipjar\n  shipjar completions zsh > \"${fpath[1]}/_shipjar\"\n  shipjar completions fish > ~/.config/fish/completions/shipjar.fish"
@@ -190,6 +200,36 @@ pub struct HostsArg {
 pub struct FleetStageArgs {
     /// Stage from `[stages.NAME]`; `local` is built in.
     pub stage: String,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// `shipjar exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Stage whose hosts run the command.
+    pub stage: String,
+    /// On one host, with this terminal (ssh -t): for a shell or a console.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Kill the command (and what it started) on a host after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub timeout: String,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// The command and its arguments (no shell: `-- sh -c '…'` for one).
+    #[arg(last = true, required = true, value_name = "CMD", value_parser = utf8_text())]
+    pub command: Vec<String>,
+}
+
+/// `shipjar repl`.
+#[derive(Debug, Args)]
+pub struct ReplArgs {
+    /// Stage of the host to connect to.
+    pub stage: String,
+    /// Only hold the forward open on 127.0.0.1:PORT (for an editor) instead of connecting this terminal.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }
@@ -329,6 +369,19 @@ pub enum ServiceCommand {
     /// The detached supervisor process (started by `start`).
     #[command(hide = true)]
     Supervise(ServiceArgs),
+    /// Replace this process with a command in `current`, as the service runs (`shipjar exec -i`).
+    #[command(hide = true)]
+    Exec(ServiceExecArgs),
+}
+
+/// `service exec`.
+#[derive(Debug, Args)]
+pub struct ServiceExecArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Which service, under which root.

@@ -332,6 +332,9 @@ fn run_spec(
                     argv.push(render_arg(&format!("[roles.{name}] java_opts"), opt)?);
                 }
             }
+            if let Some(repl) = &service.repl {
+                argv.push(repl.java_opt());
+            }
             argv.push("-jar".into());
             argv.push(jar.clone());
             argv

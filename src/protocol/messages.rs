@@ -71,6 +71,15 @@ pub enum Request {
         /// The command and its timeout.
         hook: HookSpec,
     },
+    /// Run a command in `current` as the service runs (its user, environment,
+    /// config files and directory), its output sent as `out` events
+    /// (`shipjar exec`). Takes no lock: it changes nothing shipjar owns.
+    Exec {
+        /// The command and its arguments, no shell.
+        argv: Vec<String>,
+        /// Killed, with its process group, after this long.
+        timeout_ms: u64,
+    },
     /// Prune old releases (when `keep` is given) and release the deploy lock.
     Finish {
         /// Releases to keep.
@@ -165,6 +174,18 @@ pub struct HookRun {
     pub took_ms: u64,
     /// Its last lines of output (stdout and stderr together).
     pub output: Vec<String>,
+}
+
+/// How a command of `shipjar exec` ran on one host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRun {
+    /// Its exit code; `None` when it did not exit by itself (a signal, the timeout, not started).
+    pub code: Option<i32>,
+    /// How it ended: `exited with code 0`, `timed out after 10m; killed`, `could not run: …`.
+    pub how: String,
+    /// Milliseconds it took.
+    pub took_ms: u64,
 }
 
 /// Who holds a deploy lock.
@@ -362,6 +383,8 @@ pub enum Response {
     Activated(Box<Activation>),
     /// Answer to `run_hook`.
     HookRan(HookRun),
+    /// Answer to `exec`.
+    Executed(ExecRun),
     /// Answer to `finish`.
     Finished {
         /// Releases removed.

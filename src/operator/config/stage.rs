@@ -74,6 +74,15 @@ pub enum SecretFrom {
     Env(String),
     /// A file on the operator's machine.
     File(PathBuf),
+    /// A command run on the operator's machine: argv, run in the project directory.
+    Command {
+        /// Program and arguments, no shell.
+        argv: Vec<String>,
+        /// The project directory, where it runs.
+        dir: PathBuf,
+        /// Killed (with its process group) after this long.
+        timeout_ms: u64,
+    },
 }
 
 impl Project {
@@ -157,10 +166,17 @@ impl Project {
         let mut sources = BTreeMap::new();
         for (key, source) in secrets {
             let s = source.get_ref();
-            let from = match (&s.env, &s.file) {
-                (Some(var), _) => SecretFrom::Env(var.clone()),
-                (None, Some(file)) => SecretFrom::File(self.dir.join(file)),
-                (None, None) => unreachable!("validated: a secret has env or file"),
+            let from = match (&s.env, &s.file, &s.command) {
+                (Some(var), _, _) => SecretFrom::Env(var.clone()),
+                (None, Some(file), _) => SecretFrom::File(self.dir.join(file)),
+                (None, None, Some(argv)) => SecretFrom::Command {
+                    argv: argv.clone(),
+                    dir: self.dir.clone(),
+                    timeout_ms: s
+                        .timeout
+                        .map_or(defaults::SECRET_COMMAND_TIMEOUT_MS, |t| t.0),
+                },
+                (None, None, None) => unreachable!("validated: a secret has one source"),
             };
             let secret = StageSecret {
                 from,
