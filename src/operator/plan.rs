@@ -110,50 +110,15 @@ fn plan_host(
 ) -> Result<HostPlan> {
     let name = &config.service.name.0;
     let layout = Layout::new(&stage.root, name);
-    let release_dir = layout.release_dir(&inputs.release_id);
-    let mut vars = Vars::new();
-    for (k, v) in stage.vars.iter().chain(inputs.sets.iter()) {
-        vars.insert(k.clone(), Value::String(v.clone()));
-    }
-    let mut set = |k: &str, v: &str| vars.insert(k.to_string(), Value::String(v.to_string()));
-    set("service", name);
-    set("stage", &stage.name);
-    set("host", spec.name());
-    set("host_entry", host);
     let role = stage.role_of(host).map(|r| (r.name.as_str(), &r.role));
-    set("role", role.map_or("", |(name, _)| name));
-    set("git_commit", build.git_commit.as_deref().unwrap_or(""));
-    set("build_time", &build.build_time);
-    set("artifact_sha256", &build.sha256);
-    set("version", &build.version);
-    set("release", &inputs.release_id);
-    set("release_dir", &path_text(&release_dir));
-    set("config_dir", &path_text(&release_dir.join("config")));
-    set("shared_dir", &path_text(&layout.shared_dir()));
-    set("log_dir", &path_text(&layout.log_dir()));
-
-    // Where secrets may not go, a placeholder makes any use detectable exactly.
-    let mut public_vars = vars.clone();
-    public_vars.insert(
-        "secrets".into(),
-        Value::Object(
-            inputs
-                .secrets
-                .keys()
-                .map(|k| (k.clone(), Value::String(secret_placeholder(k))))
-                .collect(),
-        ),
-    );
-    let mut secret_vars = vars;
-    secret_vars.insert(
-        "secrets".into(),
-        Value::Object(
-            inputs
-                .secrets
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
-        ),
+    let (public_vars, secret_vars) = template_vars(
+        stage,
+        build,
+        inputs,
+        host,
+        spec,
+        &layout,
+        role.map(|(n, _)| n),
     );
 
     let stop = stop_spec(config, &public_vars)?;
@@ -197,6 +162,99 @@ fn plan_host(
     };
 
     let run = run_spec(config, inputs, spec, role, &public_vars)?;
+    let (files, manifest_files) = config_files(
+        config,
+        build,
+        inputs,
+        &stage.name,
+        spec,
+        &public_vars,
+        &secret_vars,
+        read_template,
+    )?;
+    Ok(HostPlan {
+        host: host.to_string(),
+        spec: spec.clone(),
+        manifest: manifest_base(manifest_files, run),
+        files,
+        secrets: secret_values(stage, inputs),
+    })
+}
+
+/// The variables templates see on this host: the stage's and `--set`'s, the
+/// service's facts, and `secrets` — placeholders in the public set (where
+/// secrets may not go, any use is detectable exactly), values in the other.
+fn template_vars(
+    stage: &ResolvedStage,
+    build: &BuildManifest,
+    inputs: &DeployInputs,
+    host: &str,
+    spec: &HostSpec,
+    layout: &Layout,
+    role: Option<&str>,
+) -> (Vars, Vars) {
+    let name = layout.name();
+    let release_dir = layout.release_dir(&inputs.release_id);
+    let mut vars = Vars::new();
+    for (k, v) in stage.vars.iter().chain(inputs.sets.iter()) {
+        vars.insert(k.clone(), Value::String(v.clone()));
+    }
+    let mut set = |k: &str, v: &str| vars.insert(k.to_string(), Value::String(v.to_string()));
+    set("service", name);
+    set("stage", &stage.name);
+    set("host", spec.name());
+    set("host_entry", host);
+    set("role", role.unwrap_or(""));
+    set("git_commit", build.git_commit.as_deref().unwrap_or(""));
+    set("build_time", &build.build_time);
+    set("artifact_sha256", &build.sha256);
+    set("version", &build.version);
+    set("release", &inputs.release_id);
+    set("release_dir", &path_text(&release_dir));
+    set("config_dir", &path_text(&release_dir.join("config")));
+    set("shared_dir", &path_text(&layout.shared_dir()));
+    set("log_dir", &path_text(&layout.log_dir()));
+
+    let mut public_vars = vars.clone();
+    public_vars.insert(
+        "secrets".into(),
+        Value::Object(
+            inputs
+                .secrets
+                .keys()
+                .map(|k| (k.clone(), Value::String(secret_placeholder(k))))
+                .collect(),
+        ),
+    );
+    let mut secret_vars = vars;
+    secret_vars.insert(
+        "secrets".into(),
+        Value::Object(
+            inputs
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        ),
+    );
+
+    (public_vars, secret_vars)
+}
+
+/// Each `[[config]]` file rendered for this host, and its manifest entry
+/// (a secret one without its hash).
+#[allow(clippy::too_many_arguments)]
+fn config_files(
+    config: &Config,
+    build: &BuildManifest,
+    inputs: &DeployInputs,
+    stage: &str,
+    spec: &HostSpec,
+    public_vars: &Vars,
+    secret_vars: &Vars,
+    read_template: &dyn Fn(&str) -> Result<String>,
+) -> Result<(Vec<FileContent>, Vec<ManifestFile>)> {
+    let name = &config.service.name.0;
     let mut files = Vec::new();
     let mut manifest_files = Vec::new();
     for entry in &config.config {
@@ -204,12 +262,12 @@ fn plan_host(
         let dest = entry.dest.get_ref().clone();
         let content = match (&entry.template, entry.builtin) {
             (Some(template), _) => {
-                let path = render::render("[[config]] template path", template, &public_vars)?;
+                let path = render::render("[[config]] template path", template, public_vars)?;
                 let source = read_template(&path)?;
                 let vars = if entry.secret {
-                    &secret_vars
+                    secret_vars
                 } else {
-                    &public_vars
+                    public_vars
                 };
                 let text = render::render(&path, &source, vars)?;
                 if let Some(secret) = find_placeholder(&text) {
@@ -221,7 +279,7 @@ fn plan_host(
                 text
             }
             (None, Some(Builtin::ServiceProperties)) => {
-                service_properties(name, build, inputs, &stage.name, spec.name())
+                service_properties(name, build, inputs, stage, spec.name())
             }
             (None, None) => unreachable!("validated: template or builtin"),
         };
@@ -236,13 +294,7 @@ fn plan_host(
             content,
         });
     }
-    Ok(HostPlan {
-        host: host.to_string(),
-        spec: spec.clone(),
-        manifest: manifest_base(manifest_files, run),
-        files,
-        secrets: secret_values(stage, inputs),
-    })
+    Ok((files, manifest_files))
 }
 
 /// The stage's secret values with their `allow_short`, for the host's masking.
