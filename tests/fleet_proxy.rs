@@ -11,45 +11,19 @@ mod common;
 mod fleet;
 #[path = "support/keep_alive.rs"]
 mod keep_alive;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{hello_jar, shipjar_bin, text};
+use common::text;
 use fleet::{Fleet, require_root};
+use lifecycle::StageProject;
 
 /// The proxy's public port inside every host.
 const PORT: u16 = 18080;
-
-fn run(dir: &std::path::Path, secret: &str, args: &[&str]) -> Output {
-    Command::new(shipjar_bin())
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("HELLO_DB_PASSWORD", secret)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run shipjar")
-}
-
-fn deploy(dir: &std::path::Path, secret: &str, version: &str, env: &[&str]) -> Output {
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let mut args = vec![
-        "--json",
-        "deploy",
-        "fleet",
-        "--artifact",
-        &jar,
-        "--version",
-        version,
-    ];
-    for e in env {
-        args.extend(["--env", e]);
-    }
-    run(dir, secret, &args)
-}
 
 /// The uid the proxy worker runs as on `host`.
 fn worker_uid(f: &Fleet, host: &str) -> String {
@@ -70,29 +44,17 @@ fn worker_uid(f: &Fleet, host: &str) -> String {
 fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     require_root();
     let f = Fleet::new(3);
-    let dir = tempfile::Builder::new()
-        .prefix("shipjar-fleet-proxy-")
-        .tempdir()
-        .expect("tempdir");
-    let secret = common::unique_secret();
-    common::write_fleet_project(
-        dir.path(),
+    let p = StageProject::new(
         "fleet",
         &f.hosts(),
         f.ssh_config(),
         &format!(
             "rolling = {{ batch = 1 }}\nproxy = {{ listen = \"0.0.0.0:{PORT}\", ports = [18081, 18082] }}"
         ),
-        |c| {
-            c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
-                .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
-                .replace("timeout = \"15s\"", "timeout = \"5s\"")
-        },
+        lifecycle::reachable,
     );
-    let provision = run(dir.path(), &secret, &["provision", "fleet"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let first = deploy(dir.path(), &secret, "1.0.0", &[]);
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    p.provision();
+    p.deployed("1.0.0", &[]);
     for host in f.hosts() {
         let hello = f.ssh(&host, "id -u hello");
         let hello = String::from_utf8_lossy(&hello.stdout).trim().to_string();
@@ -112,12 +74,12 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let second = deploy(dir.path(), &secret, "2.0.0", &[]);
+    let second = p.deploy("2.0.0", &[]);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
     // The first batch fails its gate: reverted, the rest untouched.
-    let failing = deploy(dir.path(), &secret, "3.0.0", &["FAIL_ON_START=1"]);
+    let failing = p.deploy("3.0.0", &["FAIL_ON_START=1"]);
     assert_ne!(failing.status.code(), Some(0), "{}", text(&failing));
-    let back = run(dir.path(), &secret, &["--json", "rollback", "fleet"]);
+    let back = p.run(&["--json", "rollback", "fleet"]);
     assert_eq!(back.status.code(), Some(0), "{}", text(&back));
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
@@ -129,12 +91,8 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     }
 
     // `status` agrees: every host on 1.0.0, nothing flagged.
-    let status = run(dir.path(), &secret, &["--json", "status", "fleet"]);
-    let json: serde_json::Value = String::from_utf8_lossy(&status.stdout)
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_default();
+    let status = p.run(&["--json", "status", "fleet"]);
+    let json = lifecycle::last_json(&status);
     let hosts = json["hosts"].as_array().cloned().unwrap_or_default();
     assert_eq!(hosts.len(), 3, "{json}");
     for h in hosts {
@@ -160,7 +118,7 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     }
 
     // The worker, as the service user, adopts a new release's limits.
-    let config = dir.path().join("shipjar.toml");
+    let config = p.path().join("shipjar.toml");
     let before = std::fs::read_to_string(&config).expect("config");
     let after = before.replace(
         "ports = [18081, 18082] }",
@@ -168,7 +126,7 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     );
     assert_ne!(before, after);
     std::fs::write(&config, after).expect("write config");
-    let limited = deploy(dir.path(), &secret, "4.0.0", &[]);
+    let limited = p.deploy("4.0.0", &[]);
     assert_eq!(limited.status.code(), Some(0), "{}", text(&limited));
     for host in f.hosts() {
         let answer = one_request(

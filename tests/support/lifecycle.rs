@@ -124,6 +124,19 @@ impl StageProject {
         self.deploy_with(version, &extra)
     }
 
+    /// Starts `--json deploy` of `version` whose service takes
+    /// `startup_delay_ms` to get healthy, its output piped.
+    pub fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
+        let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
+        let args = self.deploy_args(version, &["--env", &delay]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn deploy")
+    }
+
     /// A deploy that must succeed.
     pub fn deployed(&self, version: &str, env: &[&str]) -> Output {
         self.deployed_else(version, env, String::new)
