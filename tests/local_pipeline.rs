@@ -707,22 +707,7 @@ fn ctrl_c_while_waiting_for_the_lock_changes_nothing_and_exits_130() {
     let p = Project::new();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let holder = p.spawn_slow_deploy("2.0.0", 4000);
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let mut waiting = p
-        .command(&[
-            "deploy",
-            "local",
-            "--artifact",
-            &jar,
-            "--version",
-            "3.0.0",
-            "--wait",
-            "60s",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut waiting = p.spawn_deploy("3.0.0", &["--wait", "60s"]);
     let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
     let _ = wait_for_line(&mut stderr, "waiting for the deploy lock", Instant::now());
     let sent = Instant::now();
@@ -745,22 +730,7 @@ fn a_second_ctrl_c_ends_the_operator_at_once_and_the_host_goes_back_by_itself() 
     let p = Project::new();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let first = p.current();
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let mut child = p
-        .command(&[
-            "deploy",
-            "local",
-            "--artifact",
-            &jar,
-            "--version",
-            "2.0.0",
-            "--env",
-            "HANG_ON_START=1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = p.spawn_deploy("2.0.0", &["--env", "HANG_ON_START=1"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while p.current() == first {
         assert!(Instant::now() < deadline, "never switched");

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::host::{sigkill, wait_gone};
 use common::{Project, free_port, http_get, text};
 use keep_alive::Conn as KeepAlive;
 
@@ -123,33 +124,7 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
 
     // A client keeps one connection open and asks for /version without pause.
     let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let stop = stop.clone();
-        let port = p.port;
-        thread::spawn(move || {
-            let mut conn = KeepAlive::local(port);
-            let mut seen = Vec::new();
-            let mut errors = Vec::new();
-            let started = Instant::now();
-            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(240) {
-                match conn.get("/version") {
-                    Ok((200, body)) => {
-                        let v = version_of(&body).unwrap_or_else(|| body.clone());
-                        if seen.last() != Some(&v) {
-                            seen.push(v);
-                        }
-                    }
-                    Ok((status, body)) => errors.push(format!("{status}: {body}")),
-                    Err(e) => {
-                        errors.push(e);
-                        conn = KeepAlive::local(port);
-                    }
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-            (seen, errors)
-        })
-    };
+    let client = keep_alive_client(p.port, stop.clone());
 
     let out = p.deploy("2.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -162,7 +137,11 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
     assert!(text(&back).contains("drained"), "{}", text(&back));
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let (seen, errors) = client.join().expect("client thread");
+    let keep_alive::Seen {
+        versions: seen,
+        errors,
+        ..
+    } = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert_eq!(
         seen,
@@ -395,46 +374,19 @@ fn runner_pid(root: &std::path::Path) -> Option<i32> {
     (cmdline.contains(&*root.to_string_lossy()) && !zombie).then_some(pid)
 }
 
-/// A keep-alive client asking for /version without pause until `stop`:
-/// the versions it saw, in order, and every error.
-fn keep_alive_client(
-    port: u16,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<(Vec<String>, Vec<String>, usize)> {
-    keep_alive_client_on(port, "/version", stop)
+/// A keep-alive client asking the proxy on `port` for /version without
+/// pause until `stop`.
+fn keep_alive_client(port: u16, stop: Arc<AtomicBool>) -> thread::JoinHandle<keep_alive::Seen> {
+    keep_alive::spawn(([127, 0, 0, 1], port).into(), stop)
 }
 
-/// `keep_alive_client` asking for `path` (its answers' versions, if any).
+/// `keep_alive_client` asking for `path`.
 fn keep_alive_client_on(
     port: u16,
     path: &'static str,
     stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<(Vec<String>, Vec<String>, usize)> {
-    thread::spawn(move || {
-        let mut conn = KeepAlive::local(port);
-        let mut seen: Vec<String> = Vec::new();
-        let mut errors = Vec::new();
-        let mut answered = 0;
-        let started = Instant::now();
-        while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(240) {
-            match conn.get(path) {
-                Ok((200, body)) => {
-                    answered += 1;
-                    let v = version_of(&body).unwrap_or_else(|| body.clone());
-                    if seen.last() != Some(&v) {
-                        seen.push(v);
-                    }
-                }
-                Ok((status, body)) => errors.push(format!("{status}: {body}")),
-                Err(e) => {
-                    errors.push(e);
-                    conn = KeepAlive::local(port);
-                }
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        (seen, errors, answered)
-    })
+) -> thread::JoinHandle<keep_alive::Seen> {
+    keep_alive::spawn_asking(([127, 0, 0, 1], port).into(), path, stop)
 }
 
 /// The pid of the instance taking traffic, from `service status --json`.
@@ -476,7 +428,11 @@ fn restart_and_reload_behind_the_proxy_drop_no_request() {
     }
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let (seen, errors, answered) = client.join().expect("client thread");
+    let keep_alive::Seen {
+        versions: seen,
+        errors,
+        answered,
+    } = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert!(answered > 10, "only {answered} answers");
     assert_eq!(seen, ["1.0.0"]);
@@ -1084,7 +1040,11 @@ fn a_deploy_and_a_reload_racing_take_turns_and_no_request_fails() {
     assert_eq!(reload.status.code(), Some(0), "reload: {}", text(&reload));
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let (seen, errors, answered) = client.join().expect("client thread");
+    let keep_alive::Seen {
+        versions: seen,
+        errors,
+        answered,
+    } = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert!(answered > 10, "only {answered} answers");
     assert_eq!(seen.last().map(String::as_str), Some("2.0.0"), "{seen:?}");
@@ -1097,31 +1057,6 @@ fn recorded_pid(p: &Project, file: &str, pointer: &str) -> Option<i32> {
     let text = std::fs::read_to_string(p.root().join("run/hello").join(file)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.pointer(pointer)?.as_i64().map(|n| n as i32)
-}
-
-fn sigkill(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-/// Waits until `pid` is gone or a zombie (at most 10 s).
-fn wait_gone(pid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty()
-            || stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("pid {pid} still lives 10 s after SIGKILL");
 }
 
 /// `shipjar status local` as text and as JSON: (exit code, text, this host's flags).
@@ -1149,7 +1084,7 @@ fn a_killed_runner_makes_status_dead_naming_it_and_since_when() {
     assert_eq!(code, Some(0), "{status}");
     let runner = runner_pid(&p.root()).expect("the deploy left a runner");
     sigkill(runner);
-    wait_gone(runner);
+    wait_gone(runner, Duration::from_secs(10));
 
     // The proxy and the instance still serve, but nothing supervises them.
     assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
@@ -1209,11 +1144,11 @@ fn a_killed_keeper_is_back_under_its_runner_and_named_missing_without_one() {
 
     let runner = runner_pid(&p.root()).expect("a runner");
     sigkill(runner);
-    wait_gone(runner);
+    wait_gone(runner, Duration::from_secs(10));
     let worker = recorded_pid(&p, "proxy/keeper.json", "/worker/pid").expect("worker pid");
     sigkill(back);
     sigkill(worker);
-    wait_gone(back);
+    wait_gone(back, Duration::from_secs(10));
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(1), "{status}");
     assert!(
@@ -1259,11 +1194,11 @@ fn a_killed_active_instance_is_named_with_its_port_and_its_last_sign_of_life() {
     // Without its runner (which would start it again): killed first.
     let runner = runner_pid(&p.root()).expect("a runner");
     sigkill(runner);
-    wait_gone(runner);
+    wait_gone(runner, Duration::from_secs(10));
     sigkill(supervisor);
     sigkill(jvm);
-    wait_gone(supervisor);
-    wait_gone(jvm);
+    wait_gone(supervisor, Duration::from_secs(10));
+    wait_gone(jvm, Duration::from_secs(10));
 
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(1), "{status}");
@@ -1312,7 +1247,7 @@ fn a_service_stopped_by_request_is_stopped_not_dead_even_after_its_runner_died()
     assert_eq!(start.status.code(), Some(0), "{}", text(&start));
     let runner = runner_pid(&p.root()).expect("a runner");
     sigkill(runner);
-    wait_gone(runner);
+    wait_gone(runner, Duration::from_secs(10));
     let stop = p.run(&["service", "stop", "hello", "--root", &root]);
     assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
     let (code, status) = service_status(&p);
@@ -1386,7 +1321,7 @@ fn every_service_action_behind_the_proxy_prints_a_json_report_that_matches_what_
         "{stopped}"
     );
     assert_eq!(runner, None, "the runner is gone: {stopped}");
-    wait_gone(third as i32);
+    wait_gone(third as i32, Duration::from_secs(10));
     assert!(http_get(p.port, "/version").is_none(), "{stopped}");
     let (code, status) = service_json(&p, "status", &[]);
     assert_eq!(code, Some(3), "{status}");
@@ -1425,7 +1360,7 @@ fn service_proxy_start_status_and_stop_print_a_json_report_that_matches_what_run
     let (code, stopped) = service_json(&p, "proxy", &["--stop"]);
     assert_eq!(code, Some(0), "{stopped}");
     assert_eq!(stopped["was_running"], true, "{stopped}");
-    wait_gone(keeper);
+    wait_gone(keeper, Duration::from_secs(10));
     assert!(http_get(p.port, "/version").is_none(), "{stopped}");
     let (code, proxy) = service_json(&p, "proxy", &["--status"]);
     assert_eq!(code, Some(3), "{proxy}");
@@ -1481,10 +1416,10 @@ fn a_keep_alive_client_sees_no_error_while_the_active_instance_is_sigkilled_ten_
             let supervisor = recorded_pid(&p, &format!("{dir}/supervisor.json"), "/supervisor/pid")
                 .expect("the instance's supervisor");
             sigkill(supervisor);
-            wait_gone(supervisor);
+            wait_gone(supervisor, Duration::from_secs(10));
         }
         sigkill(jvm);
-        wait_gone(jvm);
+        wait_gone(jvm, Duration::from_secs(10));
         killed.push(jvm as i64);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1498,11 +1433,17 @@ fn a_keep_alive_client_sees_no_error_while_the_active_instance_is_sigkilled_ten_
     }
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let (seen, errors, answered) = client.join().expect("client thread");
+    let keep_alive::Seen {
+        versions: seen,
+        errors,
+        answered,
+    } = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert_eq!(seen, ["1.0.0"]);
     assert!(answered > 10, "answered {answered}");
-    let (_, errors, answered) = slow.join().expect("slow client thread");
+    let keep_alive::Seen {
+        errors, answered, ..
+    } = slow.join().expect("slow client thread");
     assert!(errors.is_empty(), "the slow client saw errors: {errors:?}");
     assert!(answered > 10, "answered {answered}");
     let log = std::fs::read_to_string(p.root().join("var/log/hello/proxy.log")).unwrap_or_default();
@@ -1528,7 +1469,7 @@ fn a_runner_whose_active_instance_cannot_come_back_ends_failed_and_status_says_w
     let out = p.deploy("1.0.0", &["--env", "CRASH_AFTER_S=1"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let runner = runner_pid(&p.root()).expect("a runner");
-    wait_gone_within(runner, Duration::from_secs(60));
+    wait_gone(runner, Duration::from_secs(60));
     let record = std::fs::read_to_string(p.root().join("run/hello/proxy/runner.json"))
         .expect("the runner's record");
     assert!(
@@ -1539,24 +1480,6 @@ fn a_runner_whose_active_instance_cannot_come_back_ends_failed_and_status_says_w
     assert_eq!(code, Some(1), "{status}");
     assert!(status.contains("missing runner"), "{status}");
     assert!(status.contains("gave up"), "{status}");
-}
-
-/// Waits until `pid` is gone or a zombie, at most `limit`.
-fn wait_gone_within(pid: i32, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty()
-            || stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("pid {pid} still lives after {limit:?}");
 }
 
 /// A move behind the proxy that fails after the plain service stopped

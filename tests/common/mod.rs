@@ -76,6 +76,18 @@ pub fn write_fleet_project(
     std::fs::write(dir.join("shipjar.toml"), config).expect("write config");
 }
 
+/// `shipjar -C DIR ARGS…` with `secret` as the database password in its
+/// environment and no stdin, not yet run.
+pub fn shipjar_in(dir: &Path, secret: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(shipjar_bin());
+    cmd.arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("HELLO_DB_PASSWORD", secret)
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -152,13 +164,7 @@ impl Project {
 
     /// A `shipjar` command in this project with the secret in the environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(shipjar_bin());
-        cmd.arg("-C")
-            .arg(self.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .stdin(Stdio::null());
-        cmd
+        shipjar_in(self.path(), &self.secret, args)
     }
 
     /// Runs `shipjar ARGS` and returns its output.
@@ -174,26 +180,24 @@ impl Project {
         self.run(&args)
     }
 
-    /// Starts a deploy of `version` whose service starts slowly, and returns
-    /// once that deploy holds the lock.
-    pub fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
+    /// Starts a deploy of the prebuilt jar as `version`, with extra
+    /// arguments, its output piped.
+    pub fn spawn_deploy(&self, version: &str, extra: &[&str]) -> std::process::Child {
         let jar = hello_jar().to_string_lossy().into_owned();
-        let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
-        let child = self
-            .command(&[
-                "deploy",
-                "local",
-                "--artifact",
-                &jar,
-                "--version",
-                version,
-                "--env",
-                &delay,
-            ])
+        let mut args = vec!["deploy", "local", "--artifact", &jar, "--version", version];
+        args.extend_from_slice(extra);
+        self.command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn deploy");
+            .expect("spawn deploy")
+    }
+
+    /// Starts a deploy of `version` whose service starts slowly, and returns
+    /// once that deploy holds the lock.
+    pub fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
+        let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
+        let child = self.spawn_deploy(version, &["--env", &delay]);
         let lock = self.root().join("run/hello/deploy.lock");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::fs::read_to_string(&lock)

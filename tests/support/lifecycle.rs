@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{self, hello_jar, shipjar_bin, text};
+use crate::common::{self, hello_jar, text};
 
 /// The example's config with the shorter timeouts the host tests use.
 pub fn short_timeouts(config: String) -> String {
@@ -85,13 +85,7 @@ impl StageProject {
 
     /// `shipjar -C DIR ARGS…` with the secret in its environment, not yet run.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(shipjar_bin());
-        cmd.arg("-C")
-            .arg(self.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .stdin(Stdio::null());
-        cmd
+        common::shipjar_in(self.path(), &self.secret, args)
     }
 
     /// Runs shipjar on the project.
