@@ -12,8 +12,9 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{hello_jar, text};
+use common::{host_field, last_json};
 use fleet::{Fleet, require_root};
-use lifecycle::{StageProject, host_field, last_json};
+use lifecycle::StageProject;
 
 /// Port the hello service uses inside every host (each host has its own network).
 const PORT: u16 = 18080;

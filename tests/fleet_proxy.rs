@@ -92,7 +92,7 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
 
     // `status` agrees: every host on 1.0.0, nothing flagged.
     let status = p.run(&["--json", "status", "fleet"]);
-    let json = lifecycle::last_json(&status);
+    let json = common::last_json(&status);
     let hosts = json["hosts"].as_array().cloned().unwrap_or_default();
     assert_eq!(hosts.len(), 3, "{json}");
     for h in hosts {

@@ -13,8 +13,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::text;
+use common::{host_field, last_json};
 use fleet::{Fleet, require_root};
-use lifecycle::{StageProject, host_field, last_json};
+use lifecycle::StageProject;
 
 /// A project whose `fleet` stage is the test fleet.
 struct FleetProject {

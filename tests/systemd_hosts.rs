@@ -22,8 +22,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::last_json;
 use common::{hello_jar, shipjar_bin, text};
-use lifecycle::{StageProject, last_json, resource_statuses};
+use lifecycle::{StageProject, resource_statuses};
 use systemd_host::{Stopped, SystemState, SystemdFleet, require_root};
 
 /// One host per test, but the tests that look at one deployed service

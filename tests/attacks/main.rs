@@ -37,7 +37,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use common::host::eventually as wait_until;
 use common::{hello_jar, shipjar_bin};
+pub use common::{host_field, last_json, say, text};
 use fleet::{Fleet, require_root};
 
 /// The one host attacked.
@@ -278,12 +280,7 @@ impl Suite {
         self.scenario = name.to_string();
         say(&format!("attacks: == {name}"));
         if let Err(e) = catch_unwind(AssertUnwindSafe(|| run(self))) {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into());
-            self.fail(format!("aborted: {msg}"));
+            self.fail(format!("aborted: {}", common::panic_message(&*e)));
         }
         self.compare_root_files();
         if catch_unwind(AssertUnwindSafe(|| self.recover())).is_err() {
@@ -824,22 +821,6 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Writes a line to stderr past the test harness's capture.
-pub fn say(line: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// stdout and stderr of a command, lossily decoded.
-pub fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Nanoseconds since the epoch, for unique markers.
 fn nanos() -> u128 {
     std::time::SystemTime::now()
@@ -849,32 +830,8 @@ fn nanos() -> u128 {
 
 /// `GET path` on the host's service from outside the host: status and body.
 pub fn http_get(ip: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::Write as _;
-    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&(ip, PORT).into(), Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let response = String::from_utf8_lossy(&response).to_string();
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
-
-/// Polls `ready` every 50 ms for at most `limit`; whether it became true.
-pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let addr = format!("{ip}:{PORT}").parse().ok()?;
+    common::http_get_at(addr, path, Duration::from_secs(3))
 }
 
 #[test]

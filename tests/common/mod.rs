@@ -310,24 +310,64 @@ impl Drop for Project {
 
 /// A minimal HTTP GET against 127.0.0.1:port.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
+    http_get_at(([127, 0, 0, 1], port).into(), path, Duration::from_secs(10))
+}
+
+/// A minimal HTTP/1.0 GET of `path` on `addr`, waiting at most `read_timeout`
+/// for the answer: its status and body.
+pub fn http_get_at(
+    addr: std::net::SocketAddr,
+    path: &str,
+    read_timeout: Duration,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(read_timeout)).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        addr.ip()
     )
     .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let response = String::from_utf8_lossy(&response);
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// The last JSON line of a run's stdout (the result of a `--json` command), or null.
+pub fn last_json(out: &Output) -> serde_json::Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The entry of `host` in a result's `hosts`, or null.
+pub fn host_field<'a>(result: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+    result["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["host"] == host))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// Writes a line to stderr past the test harness's capture (a suite's seed
+/// and counts show in every run, passing or not).
+pub fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The message of a caught panic.
+pub fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
 }
 
 /// stdout and stderr of a run, for assertions and scans.

@@ -19,13 +19,14 @@ mod procs;
 mod rng;
 mod secrets;
 
-use std::io::Read as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use common::host::eventually as wait_until;
 use common::{hello_jar, shipjar_bin};
+pub use common::{host_field, last_json, say, text};
 use fleet::{Fleet, require_root};
 use rng::Rng;
 
@@ -253,12 +254,7 @@ impl Suite {
         self.scenario = name.to_string();
         eprintln!("faults: == {name}");
         if let Err(e) = catch_unwind(AssertUnwindSafe(|| run(self))) {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into());
-            self.fail(format!("aborted: {msg}"));
+            self.fail(format!("aborted: {}", common::panic_message(&*e)));
         }
         let recovered = catch_unwind(AssertUnwindSafe(|| self.recover()));
         if recovered.is_err() {
@@ -548,66 +544,8 @@ impl Drop for Suite {
     }
 }
 
-/// Writes a line to stderr past the test harness's capture: the seed and the
-/// counts show in every run, passing or not.
-pub fn say(line: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// stdout and stderr of a command, lossily decoded.
-pub fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The last JSON line of the output (the result of a `--json` command).
-pub fn last_json(out: &Output) -> serde_json::Value {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-/// The entry for `host` in a result's `hosts` array.
-pub fn host_field<'a>(result: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
-    result["hosts"]
-        .as_array()
-        .and_then(|hs| hs.iter().find(|h| h["host"] == host))
-        .unwrap_or(&serde_json::Value::Null)
-}
-
 /// `GET path` on the host's service from outside the host: status and body.
 pub fn http_get(ip: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::Write as _;
-    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&(ip, PORT).into(), Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let response = String::from_utf8_lossy(&response).to_string();
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
-
-/// Polls `ready` every 50 ms for at most `limit`; whether it became true.
-pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let addr = format!("{ip}:{PORT}").parse().ok()?;
+    common::http_get_at(addr, path, Duration::from_secs(3))
 }

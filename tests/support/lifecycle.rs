@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{self, hello_jar, text};
+use crate::common::{self, hello_jar, last_json, text};
 
 /// The example's config with the shorter timeouts the host tests use.
 pub fn short_timeouts(config: String) -> String {
@@ -230,23 +230,6 @@ pub struct Observed {
     pub json: serde_json::Value,
 }
 
-/// The last line of a run's stdout as JSON (the `--json` result), or null.
-pub fn last_json(out: &Output) -> serde_json::Value {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-/// The entry of `host` in a result's `hosts`, or null.
-pub fn host_field<'a>(result: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
-    result["hosts"]
-        .as_array()
-        .and_then(|hs| hs.iter().find(|h| h["host"] == host))
-        .unwrap_or(&serde_json::Value::Null)
-}
-
 /// Statuses of the resources a `--json provision` reports, on every host.
 pub fn resource_statuses(out: &Output) -> Vec<(String, String)> {
     last_json(out)["hosts"]
@@ -281,15 +264,9 @@ pub const QUICK_AUTO_REVERT: &str = "\n[restart]\ninitial_delay = \"200ms\"\nmax
 
 /// The version the service answers on `ip:port`, asked from outside the host.
 pub fn served(ip: &str, port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().ok()?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET /version HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let body = response.split_once("\r\n\r\n")?.1;
-    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    let addr = format!("{ip}:{port}").parse().ok()?;
+    let (_, body) = common::http_get_at(addr, "/version", Duration::from_secs(5))?;
+    let value: serde_json::Value = serde_json::from_str(&body).ok()?;
     value["version"].as_str().map(str::to_string)
 }
 
