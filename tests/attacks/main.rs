@@ -37,8 +37,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::hello_jar;
 pub use common::host::eventually as wait_until;
-use common::{hello_jar, shipjar_bin};
 pub use common::{host_field, last_json, say, text};
 use fleet::{Fleet, require_root};
 
@@ -128,9 +128,9 @@ fn attack_suite() {
         ),
         ("jar named RELEASE", release::jar_named_release),
     ];
-    let only = std::env::var("SHIPJAR_ATTACK_ONLY").unwrap_or_default();
+    // SHIPJAR_ATTACK_ONLY: a comma-separated list of parts of names.
     for (name, run) in attacks {
-        if !only.is_empty() && !only.split(',').any(|o| name.contains(o)) {
+        if !common::selected("SHIPJAR_ATTACK_ONLY", name) {
             continue;
         }
         s.run_attack(name, run);
@@ -150,24 +150,15 @@ fn attack_suite() {
     ));
     let failures = std::mem::take(&mut s.failures);
     drop(s);
-    assert!(
-        failures.is_empty(),
-        "{} violation(s):\n- {}",
-        failures.len(),
-        failures.join("\n- ")
-    );
+    common::assert_no_violations("", &failures);
 }
 
 impl Suite {
     fn new() -> Suite {
         let fleet = Fleet::new(1);
-        let dir = tempfile::Builder::new()
-            .prefix("shipjar-attacks-")
-            .tempdir()
-            .expect("tempdir");
         let hosts = fleet.hosts();
-        common::write_fleet_project(
-            dir.path(),
+        let dir = common::new_fleet_project(
+            "shipjar-attacks-",
             "one",
             &hosts,
             fleet.ssh_config(),
@@ -306,13 +297,8 @@ impl Suite {
 
     /// A `shipjar` command in the project, with the secrets in its environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(shipjar_bin());
-        cmd.arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .env("ATTACK_ALIAS", &self.alias)
-            .stdin(Stdio::null());
+        let mut cmd = common::shipjar_in(self.dir.path(), &self.secret, args);
+        cmd.env("ATTACK_ALIAS", &self.alias);
         cmd
     }
 

@@ -88,6 +88,24 @@ pub fn shipjar_in(dir: &Path, secret: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// A new temp dir (named `prefix`…) holding a copy of the hello project
+/// with a stage as [`write_fleet_project`] writes it.
+pub fn new_fleet_project(
+    prefix: &str,
+    stage: &str,
+    hosts: &[String],
+    ssh_config: &Path,
+    stage_extra: &str,
+    edit: impl FnOnce(String) -> String,
+) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir");
+    write_fleet_project(dir.path(), stage, hosts, ssh_config, stage_extra, edit);
+    dir
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -360,6 +378,23 @@ pub fn host_field<'a>(result: &'a serde_json::Value, host: &str) -> &'a serde_js
 /// and counts show in every run, passing or not).
 pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Fails listing every violation a suite recorded, `context` first.
+pub fn assert_no_violations(context: &str, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{context}{} violation(s):\n- {}",
+        failures.len(),
+        failures.join("\n- ")
+    );
+}
+
+/// Whether the suite runs the scenario `name`: the environment variable
+/// `only_var`, when set, is a comma-separated list of parts of names.
+pub fn selected(only_var: &str, name: &str) -> bool {
+    let only = std::env::var(only_var).unwrap_or_default();
+    only.is_empty() || only.split(',').any(|o| name.contains(o))
 }
 
 /// The message of a caught panic.

@@ -24,8 +24,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::hello_jar;
 pub use common::host::eventually as wait_until;
-use common::{hello_jar, shipjar_bin};
 pub use common::{host_field, last_json, say, text};
 use fleet::{Fleet, require_root};
 use rng::Rng;
@@ -129,10 +129,9 @@ fn fault_suite() {
         ("hostile strings", hostile::hostile_strings),
         ("secrets", secrets::secrets),
     ];
-    let only = std::env::var("SHIPJAR_FAULT_ONLY").unwrap_or_default();
+    // SHIPJAR_FAULT_ONLY: a comma-separated list of parts of names.
     for (name, run) in scenarios {
-        // A comma-separated list of parts of scenario names.
-        if !only.is_empty() && !only.split(',').any(|o| name.contains(o)) {
+        if !common::selected("SHIPJAR_FAULT_ONLY", name) {
             continue;
         }
         s.run_scenario(name, run);
@@ -151,28 +150,19 @@ fn fault_suite() {
     ));
     let failures = std::mem::take(&mut s.failures);
     drop(s);
-    assert!(
-        failures.is_empty(),
-        "seed {seed}: {} invariant violation(s):\n- {}",
-        failures.len(),
-        failures.join("\n- ")
-    );
+    common::assert_no_violations(&format!("seed {seed}: "), &failures);
 }
 
 impl Suite {
     fn new(seed: u64) -> Suite {
         let fleet = Fleet::new(HOSTS);
-        let dir = tempfile::Builder::new()
-            .prefix("shipjar-faults-")
-            .tempdir()
-            .expect("tempdir");
         let scratch = tempfile::Builder::new()
             .prefix("shipjar-faults-jars-")
             .tempdir()
             .expect("tempdir");
         let hosts = fleet.hosts();
-        common::write_fleet_project(
-            dir.path(),
+        let dir = common::new_fleet_project(
+            "shipjar-faults-",
             "fleet",
             &hosts,
             fleet.ssh_config(),
@@ -278,13 +268,7 @@ impl Suite {
 
     /// A `shipjar` command in the project, the secret in its environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(shipjar_bin());
-        cmd.arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .stdin(Stdio::null());
-        cmd
+        common::shipjar_in(self.dir.path(), &self.secret, args)
     }
 
     /// Runs shipjar and keeps its output in the transcript.

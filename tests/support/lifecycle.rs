@@ -47,11 +47,15 @@ impl StageProject {
         stage_extra: &str,
         edit: impl FnOnce(String) -> String,
     ) -> StageProject {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("shipjar-{stage}-"))
-            .tempdir()
-            .expect("tempdir");
-        StageProject::in_dir(dir, stage, hosts, ssh_config, stage_extra, edit)
+        let dir = common::new_fleet_project(
+            &format!("shipjar-{stage}-"),
+            stage,
+            hosts,
+            ssh_config,
+            stage_extra,
+            edit,
+        );
+        StageProject::at(dir, stage)
     }
 
     /// The same in `dir`.
@@ -64,6 +68,11 @@ impl StageProject {
         edit: impl FnOnce(String) -> String,
     ) -> StageProject {
         common::write_fleet_project(dir.path(), stage, hosts, ssh_config, stage_extra, edit);
+        StageProject::at(dir, stage)
+    }
+
+    /// The project already written in `dir`, with a secret of its own.
+    fn at(dir: tempfile::TempDir, stage: &str) -> StageProject {
         StageProject {
             dir,
             stage: stage.to_string(),
