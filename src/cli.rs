@@ -202,6 +202,9 @@ pub struct ProvisionArgs {
     /// Change nothing; show what would change (files as diffs, secrets masked).
     #[arg(long)]
     pub dry_run: bool,
+    /// Stop a service running under an init script or unit that is not shipjar's, through it, before replacing it.
+    #[arg(long)]
+    pub take_over: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

@@ -1550,3 +1550,75 @@ fn a_move_behind_the_proxy_whose_proxy_cannot_bind_goes_back_to_the_plain_servic
     assert!(said.contains("healthy again without the proxy"), "{said}");
     drop(squatter);
 }
+
+/// `[restart] auto_revert` behind the proxy: the active instance's
+/// supervisor gives up on a release that crash-loops after its deploy; the
+/// runner starts the previous release as the idle instance, switches the
+/// proxy to it and stays, once; a keep-alive client is served throughout
+/// (requests wait while no instance is healthy) and sees only the two
+/// versions, the old one last.
+#[test]
+fn behind_the_proxy_a_release_crash_looping_after_its_deploy_is_replaced_by_the_previous_one() {
+    let (p, ports) = proxied_project_with(
+        "[restart]\ninitial_delay = \"200ms\"\nmax_failures = 2\nwindow = \"2m\"\nauto_revert = true\n",
+    );
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let good = p.current().expect("current");
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = keep_alive_client(p.port, stop.clone());
+    let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let bad = p.current().expect("current");
+    let runner = runner_pid(&p.root()).expect("a runner");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.current().as_deref() != Some(good.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "not reverted; revisions:\n{}\nproxy.log:\n{}",
+            p.revisions().join("\n"),
+            std::fs::read_to_string(p.root().join("var/log/hello/proxy.log")).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while service_status(&p).0 != Some(0) {
+        assert!(Instant::now() < deadline, "{}", service_status(&p).1);
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
+    stop.store(true, Ordering::SeqCst);
+    let (seen, errors, _) = client.join().expect("client thread");
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    assert_eq!(seen, ["1.0.0", "2.0.0", "1.0.0"]);
+    assert_eq!(runner_pid(&p.root()), Some(runner), "the same runner stays");
+    let lines: Vec<String> = p
+        .revisions()
+        .into_iter()
+        .filter(|l| l.contains("\tauto-revert\t"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains(&bad) && lines[0].contains("\tfailed\t"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains(&good) && lines[1].contains("\tsuccess\t"),
+        "{lines:?}"
+    );
+    // The operator sees the host drifted from what the stage last deployed.
+    let (code, said, flags) = operator_status(&p);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(flags.iter().any(|f| f.contains("drifted")), "{flags:?}");
+    // Once: 3 s later nothing more happened.
+    thread::sleep(Duration::from_secs(3));
+    let after: usize = p
+        .revisions()
+        .iter()
+        .filter(|l| l.contains("\tauto-revert\t"))
+        .count();
+    assert_eq!(after, 2);
+    assert_eq!(p.current().as_deref(), Some(good.as_str()));
+}

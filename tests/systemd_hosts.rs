@@ -1042,6 +1042,67 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
         ssh_ok(&f, host, "ls -la /run/hello /run/hello/proxy")
     );
 
+    // The active instance's supervisor and JVM SIGKILLed: the unit's runner
+    // starts it again; a client from outside sees no error, the unit stays.
+    let active = |f: &SystemdFleet| -> (i64, i64) {
+        // Any exit code: a starting instance is LSB 3.
+        let status = stdout(&f.ssh(host, "/usr/local/bin/shipjar --json service status hello"));
+        serde_json::from_str::<serde_json::Value>(&status)
+            .ok()
+            .and_then(|v| {
+                let i = v["instances"]
+                    .as_array()?
+                    .iter()
+                    .find(|i| i["active"] == true)?;
+                Some((
+                    i["service"]["supervisor_pid"].as_i64()?,
+                    i["service"]["pid"].as_i64()?,
+                ))
+            })
+            .unwrap_or((0, 0))
+    };
+    let (supervisor, jvm) = active(&f);
+    assert!(supervisor > 0 && jvm > 0, "{}", f.diagnostics(host));
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = keep_alive::spawn(addr, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    ssh_ok(&f, host, &format!("kill -9 {supervisor} {jvm}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, j) = active(&f);
+        if s > 0
+            && j > 0
+            && j != jvm
+            && f.ssh(host, "/usr/local/bin/shipjar service status hello")
+                .status
+                .code()
+                == Some(0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back: {}",
+            f.diagnostics(host)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let seen = client.join().expect("client");
+    assert!(seen.errors.is_empty(), "errors: {:?}", seen.errors);
+    assert_eq!(seen.versions, ["2.0.0"]);
+    assert_eq!(
+        ssh_ok(&f, host, "systemctl is-active hello.service"),
+        "active"
+    );
+    let (main_after, runner_after, _, _) = proxied_pids(&f, host);
+    assert_eq!(
+        (main_after, runner_after),
+        (main.clone(), runner.clone()),
+        "the same runner"
+    );
+
     // Stopped by systemd: instances, then the proxy; LSB 3.
     ssh_ok(&f, host, "systemctl stop hello.service");
     assert_eq!(lifecycle::served(&ip, PROXY_PORT), None);

@@ -29,3 +29,6 @@ pub mod steps;
 // root-only: artifacts/, releases/, current in root's 0755 var/lib/NAME
 pub mod store;
 pub mod supervisor;
+#[allow(clippy::disallowed_methods)]
+// root-only: /etc/init.d, /etc/systemd/system, root's var/lib/NAME/pre-shipjar
+pub mod takeover;

@@ -98,7 +98,14 @@ fn ensure_init(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
         }
     };
     let mut results = Vec::new();
-    if Path::new("/run/systemd/system").is_dir() {
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    let (took_over, go_on) =
+        crate::host::takeover::before_install(layout, systemd, spec.take_over, spec.dry_run);
+    results.extend(took_over);
+    if !go_on {
+        return results;
+    }
+    if systemd {
         let text = match init::unit_text(&init) {
             Ok(t) => t,
             Err(e) => {

@@ -125,6 +125,7 @@ fn ask_hosts(
             user: service.unix_user(),
             agent_path: fleet.reach.agent_path.clone(),
             dry_run: true,
+            take_over: false,
         },
         proxy: manifest.proxy.clone(),
     };

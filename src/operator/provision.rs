@@ -105,6 +105,7 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
         user: project.config.service.unix_user(),
         agent_path: stage.agent_path.clone(),
         dry_run: args.dry_run,
+        take_over: args.take_over,
     };
     let mut rows: Vec<(String, HostSpec, Vec<ResourceResult>)> = stage
         .hosts

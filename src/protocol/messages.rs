@@ -202,6 +202,10 @@ pub struct ProvisionSpec {
     pub agent_path: String,
     /// Only report what would change.
     pub dry_run: bool,
+    /// Stop a service running under an init script or unit that is not
+    /// shipjar's, through it, before replacing it.
+    #[serde(default)]
+    pub take_over: bool,
 }
 
 /// The outcome for one provisioned resource.

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use std::time::Duration;
 
+use crate::host::os::process::Signals;
 use crate::host::proxy;
 use crate::host::supervisor::{self, StartReport, SupervisorError};
 use crate::protocol::defaults::SUPERVISOR_GRACE;
@@ -89,4 +90,32 @@ pub fn stop_parts(layout: &Layout, spec: &ProxySpec) -> Result<(), SupervisorErr
     }
     proxy::stop(layout).map_err(fail)?;
     Ok(())
+}
+
+/// How often a watched start looks at the signals.
+const WATCH_TICK: Duration = Duration::from_millis(50);
+
+/// Starts the instance of `instance` through its health gate in a thread,
+/// so the watchdog is fed and a SIGTERM is seen meanwhile (`None`: one
+/// came; the caller's stop of the parts ends the start).
+pub fn start_watched(
+    instance: &Layout,
+    signals: &Signals,
+) -> Option<Result<StartReport, SupervisorError>> {
+    let starting = std::thread::spawn({
+        let instance = instance.clone();
+        move || supervisor::start(&instance)
+    });
+    loop {
+        if let Some(libc::SIGTERM | libc::SIGINT) = signals.wait(Some(WATCH_TICK)) {
+            return None;
+        }
+        if starting.is_finished() {
+            return Some(
+                starting
+                    .join()
+                    .unwrap_or_else(|_| Err(fail("the start panicked".into()))),
+            );
+        }
+    }
 }

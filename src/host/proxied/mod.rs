@@ -7,6 +7,7 @@
 #[allow(clippy::disallowed_methods)]
 // root-only: var/lib/NAME/instances (root 0755), /proc, cgroupfs
 pub mod instances;
+mod revert;
 pub mod runner;
 #[allow(clippy::disallowed_methods)] // root-only: run/NAME/proxy is root's
 pub mod runner_record;

@@ -16,6 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::instances;
+use super::revert::{self, Reverted};
 use super::runner_record::{self as files, RunnerRecord};
 use crate::host::lockfile::{self, HeldLock, LockError};
 use crate::host::os::detached::{self, Report};
@@ -374,13 +375,27 @@ pub fn run(layout: &Layout, mode: Mode) -> i32 {
                     }
                 }
                 Active::GaveUp { port, why } => {
-                    return give_up(
-                        layout,
-                        me,
-                        lock,
-                        &readiness,
-                        &format!("the supervisor of the instance on port {port} gave up: {why}"),
-                    );
+                    match revert::auto_revert(layout, &spec, port, &why, &signals) {
+                        Reverted::Back { target } => readiness.status(&format!(
+                            "auto-reverted to release {target}, running behind the proxy on {}",
+                            spec.listen
+                        )),
+                        Reverted::Stopping => {
+                            readiness.stopping();
+                            return stop_all(layout, &spec, me, lock);
+                        }
+                        Reverted::No(not) => {
+                            return give_up(
+                                layout,
+                                me,
+                                lock,
+                                &readiness,
+                                &format!(
+                                    "the supervisor of the instance on port {port} gave up: {why}{not}"
+                                ),
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -499,24 +514,10 @@ fn bring_back(
     }
     eprintln!("shipjar runner: the instance on port {port} {why}; starting it again");
     readiness.status(&format!("restarting the instance on port {port}"));
-    let instance = layout.with_instance(Some(port));
-    let starting = std::thread::spawn({
-        let instance = instance.clone();
-        move || supervisor::start(&instance)
-    });
-    loop {
-        if let Some(libc::SIGTERM | libc::SIGINT) = signals.wait(Some(TICK)) {
-            // The instance's supervisor gives up its start when stopped;
-            // the caller's stop of the parts does that.
-            return Brought::Stopping;
-        }
-        if starting.is_finished() {
-            return match starting.join() {
-                Ok(Ok(report)) => Brought::Back(report),
-                Ok(Err(e)) => Brought::Failed(e.message),
-                Err(_) => Brought::Failed("the start panicked".to_string()),
-            };
-        }
+    match instances::start_watched(&layout.with_instance(Some(port)), signals) {
+        None => Brought::Stopping,
+        Some(Ok(report)) => Brought::Back(report),
+        Some(Err(e)) => Brought::Failed(e.message),
     }
 }
 

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::protocol::clock::now_rfc3339;
 use crate::protocol::{Action, Revision, RevisionOutcome};
 
 /// How every record of a run that stopped before its host switched ends:
@@ -98,6 +99,30 @@ pub fn plan(
         }
     }
     Err("no release that was healthy before it is left on this host".into())
+}
+
+/// The `auto-revert` line of `release` in `revisions.log`, made by `who`
+/// (the supervisor of a plain service, the runner behind the proxy).
+pub fn revision(
+    who: &str,
+    release: &str,
+    version: &str,
+    healthy: bool,
+    detail: String,
+) -> Revision {
+    Revision {
+        time: now_rfc3339(),
+        action: Action::AutoRevert,
+        release: release.to_string(),
+        version: version.to_string(),
+        deployer: who.to_string(),
+        outcome: if healthy {
+            RevisionOutcome::Success
+        } else {
+            RevisionOutcome::Failed
+        },
+        detail,
+    }
 }
 
 #[cfg(test)]

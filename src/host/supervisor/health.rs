@@ -145,9 +145,12 @@ pub fn port_free(check: &HealthCheck) -> Result<(), String> {
     };
     match listener::holder(port, &[]) {
         Holder::Nobody => Ok(()),
-        Holder::Other(pid, comm) => {
-            Err(format!("port {port} already in use by pid {pid} ({comm})"))
-        }
+        Holder::Other(pid, comm) => Err(format!(
+            "port {port} already in use by pid {pid} ({comm}); shipjar never signals a process \
+             it cannot prove is its own: if this is the service under the init script or unit \
+             it ran under before shipjar, `shipjar provision STAGE --take-over` stops it through \
+             that script or unit"
+        )),
         Holder::Ours(pid) => Err(format!("port {port} already in use by pid {pid}")),
         Holder::Unseen => Err(format!(
             "port {port} already in use (by a process not visible to this user)"

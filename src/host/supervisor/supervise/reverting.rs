@@ -14,8 +14,6 @@ use crate::host::supervisor::backoff::Backoff;
 use crate::host::supervisor::logfile;
 use crate::host::supervisor::state::{AutoReverted, Phase};
 use crate::host::{revisions, secrets, store};
-use crate::protocol::clock::now_rfc3339;
-use crate::protocol::{Action, Revision, RevisionOutcome};
 
 use super::Supervisor;
 
@@ -212,19 +210,7 @@ impl Supervisor<'_> {
 
     /// Appends one `auto-revert` line to `revisions.log`.
     fn record(&mut self, release: &str, version: &str, healthy: bool, detail: String) {
-        let revision = Revision {
-            time: now_rfc3339(),
-            action: Action::AutoRevert,
-            release: release.to_string(),
-            version: version.to_string(),
-            deployer: DEPLOYER.to_string(),
-            outcome: if healthy {
-                RevisionOutcome::Success
-            } else {
-                RevisionOutcome::Failed
-            },
-            detail,
-        };
+        let revision = auto_revert::revision(DEPLOYER, release, version, healthy, detail);
         if let Err(e) = revisions::append(self.layout, &revision, &secrets::masker(self.layout)) {
             self.log
                 .event(&format!("cannot append to revisions.log: {e}"));
