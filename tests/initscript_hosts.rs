@@ -377,8 +377,8 @@ fn initscript_auto_revert_goes_back_and_the_service_stays_running() {
 fn initscript_provision_takes_over_a_service_running_under_its_own_script() {
     require_root();
     let f = Fleet::new(1);
-    let p = LsbProject::new(&f);
-    let jar = hello_jar().to_string_lossy().into_owned();
+    let p = lsb_project(&f, "");
+    let jar = common::hello_jar().to_string_lossy().into_owned();
     let theirs = format!(
         "#!/bin/sh\n# hello, the way it ran before\nPIDFILE=/run/hello-old.pid\ncase \"$1\" in\n\
          start) VERSION=0.9.0 PORT={PORT} BIND=0.0.0.0 nohup java -jar /var/lib/hello-old/hello.jar \
@@ -426,8 +426,7 @@ fn initscript_provision_takes_over_a_service_running_under_its_own_script() {
         theirs
     );
     assert!(ssh(&f, "test -e /run/hello-old.pid").status.code() != Some(0));
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    p.deployed("1.0.0", &[]);
     assert_eq!(served(&f).as_deref(), Some("1.0.0"));
     // A second provision changes nothing and is not blocked by the copy.
     let again = p.run(&["provision", "lsb"]);

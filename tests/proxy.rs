@@ -1590,7 +1590,11 @@ fn behind_the_proxy_a_release_crash_looping_after_its_deploy_is_replaced_by_the_
     }
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
     stop.store(true, Ordering::SeqCst);
-    let (seen, errors, _) = client.join().expect("client thread");
+    let keep_alive::Seen {
+        versions: seen,
+        errors,
+        ..
+    } = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert_eq!(seen, ["1.0.0", "2.0.0", "1.0.0"]);
     assert_eq!(runner_pid(&p.root()), Some(runner), "the same runner stays");
