@@ -376,15 +376,7 @@ impl Drop for Deployed {
             .join("run")
             .join(NAME)
             .join(format!("{NAME}.pid"));
-        if let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        common::host::kill_recorded_group(&pidfile);
     }
 }
 

@@ -64,14 +64,7 @@ fn first_deploy_serves_its_version_and_status_is_consistent() {
     assert!(host["status"]["service"]["pid"].as_i64().unwrap() > 1);
 
     // The host-side view agrees.
-    let svc = p.run(&[
-        "service",
-        "status",
-        "hello",
-        "--root",
-        p.root().to_str().unwrap(),
-        "--json",
-    ]);
+    let svc = p.service("status", &["--json"]);
     assert_eq!(svc.status.code(), Some(0), "{}", text(&svc));
 }
 
@@ -235,13 +228,7 @@ fn stale_pidfile_of_an_unrelated_process_reads_as_not_running() {
         format!("{}\n1\n", unrelated.id()),
     )
     .unwrap();
-    let out = p.run(&[
-        "service",
-        "status",
-        "hello",
-        "--root",
-        p.root().to_str().unwrap(),
-    ]);
+    let out = p.service("status", &[]);
     let _ = unrelated.kill();
     let _ = unrelated.wait();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -51,16 +51,7 @@ impl Drop for Cleanup {
             }
         }
         for port in self.1 {
-            let pidfile = run.join(format!("instance-{port}/hello.pid"));
-            if let Some(pid) = std::fs::read_to_string(pidfile)
-                .ok()
-                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-            {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            common::host::kill_recorded_group(&run.join(format!("instance-{port}/hello.pid")));
         }
     }
 }
@@ -94,13 +85,7 @@ fn version_of(body: &str) -> Option<String> {
 }
 
 fn service_status(p: &Project) -> (Option<i32>, String) {
-    let out = p.run(&[
-        "service",
-        "status",
-        "hello",
-        "--root",
-        p.root().to_str().unwrap(),
-    ]);
+    let out = p.service("status", &[]);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -391,14 +376,7 @@ fn keep_alive_client_on(
 
 /// The pid of the instance taking traffic, from `service status --json`.
 fn active_pid(p: &Project) -> Option<i64> {
-    let out = p.run(&[
-        "--json",
-        "service",
-        "status",
-        "hello",
-        "--root",
-        p.root().to_str().unwrap(),
-    ]);
+    let out = p.service("status", &["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     v["instances"]
         .as_array()?

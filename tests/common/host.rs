@@ -44,6 +44,19 @@ pub fn alive(pid: i32) -> bool {
     start_ticks(pid).is_some()
 }
 
+/// SIGKILL to the process group a pidfile names on its first line, if any.
+pub fn kill_recorded_group(pidfile: &Path) {
+    if let Some(pid) = fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+    {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// SIGKILL to `pid`, whatever became of it.
 pub fn sigkill(pid: i32) {
     let _ = nix::sys::signal::kill(

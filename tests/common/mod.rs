@@ -190,6 +190,14 @@ impl Project {
         self.command(args).output().expect("run shipjar")
     }
 
+    /// Runs `shipjar service VERB hello --root ROOT` with `extra` arguments after.
+    pub fn service(&self, verb: &str, extra: &[&str]) -> Output {
+        let root = self.root().to_string_lossy().into_owned();
+        let mut args = vec!["service", verb, "hello", "--root", &root];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
     /// Deploys the prebuilt jar as `version`, with extra arguments.
     pub fn deploy(&self, version: &str, extra: &[&str]) -> Output {
         let jar = hello_jar().to_string_lossy().into_owned();
@@ -313,16 +321,7 @@ impl Drop for Project {
             .stderr(Stdio::null())
             .status();
         // Last resort: the pid the supervisor recorded, if it is still alive.
-        let pidfile = self.root().join("run/hello/hello.pid");
-        if let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        host::kill_recorded_group(&self.root().join("run/hello/hello.pid"));
     }
 }
 
