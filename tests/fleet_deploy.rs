@@ -13,38 +13,27 @@ use std::time::{Duration, Instant};
 
 use common::{hello_jar, text};
 use common::{host_field, last_json};
-use fleet::{Fleet, require_root};
-use lifecycle::StageProject;
+use fleet::require_root;
+use lifecycle::FleetStage;
 
 /// Port the hello service uses inside every host (each host has its own network).
 const PORT: u16 = 18080;
 
 /// A project whose `fleet` stage is the test fleet.
-struct FleetProject {
-    /// First, so that its teardown (which kills every process in every
-    /// host, services included) comes before the project directory goes.
-    fleet: Fleet,
-    p: StageProject,
-}
+struct FleetProject(FleetStage);
 
 impl std::ops::Deref for FleetProject {
-    type Target = StageProject;
-    fn deref(&self) -> &StageProject {
-        &self.p
+    type Target = FleetStage;
+    fn deref(&self) -> &FleetStage {
+        &self.0
     }
 }
 
 impl FleetProject {
     fn new(hosts: usize, stage_extra: &str) -> FleetProject {
-        let fleet = Fleet::new(hosts);
-        let p = StageProject::new(
-            "fleet",
-            &fleet.hosts(),
-            fleet.ssh_config(),
-            stage_extra,
-            |c| lifecycle::reachable(c.replace("18080", &PORT.to_string())),
-        );
-        FleetProject { fleet, p }
+        FleetProject(FleetStage::new(hosts, stage_extra, |c| {
+            lifecycle::reachable(c.replace("18080", &PORT.to_string()))
+        }))
     }
 
     /// The version `host`'s service reports over HTTP, from outside the host.

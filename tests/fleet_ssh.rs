@@ -14,31 +14,14 @@ use std::time::{Duration, Instant};
 
 use common::text;
 use common::{host_field, last_json};
-use fleet::{Fleet, require_root};
-use lifecycle::StageProject;
+use fleet::require_root;
+use lifecycle::FleetStage;
 
 /// A project whose `fleet` stage is the test fleet.
-struct FleetProject {
-    /// First: its teardown comes before the project directory goes.
-    fleet: Fleet,
-    p: StageProject,
-}
-
-impl std::ops::Deref for FleetProject {
-    type Target = StageProject;
-    fn deref(&self) -> &StageProject {
-        &self.p
-    }
-}
-
-impl FleetProject {
-    fn new(hosts: usize) -> FleetProject {
-        let fleet = Fleet::new(hosts);
-        let p = StageProject::new("fleet", &fleet.hosts(), fleet.ssh_config(), "", |c| {
-            c.replace("timeout = \"15s\"", "timeout = \"5s\"")
-        });
-        FleetProject { fleet, p }
-    }
+fn fleet_project(hosts: usize) -> FleetStage {
+    FleetStage::new(hosts, "", |c| {
+        c.replace("timeout = \"15s\"", "timeout = \"5s\"")
+    })
 }
 
 /// A process seen in /proc: pid, parent, command line (NULs as spaces).
@@ -108,7 +91,7 @@ fn control_dirs_of(pid: u32) -> Vec<String> {
 #[ignore = "needs root: creates network namespaces"]
 fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
     require_root();
-    let p = FleetProject::new(3);
+    let p = fleet_project(3);
 
     // provision connects several times per host through a master of its
     // own; all of them are gone with the run, and so is their directory.
@@ -180,7 +163,7 @@ fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
 #[ignore = "needs root: creates network namespaces"]
 fn status_with_a_host_cut_off_answers_for_the_others_and_flags_it() {
     require_root();
-    let p = FleetProject::new(3);
+    let p = fleet_project(3);
     let out = p.run(&["provision", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
     let args = p.deploy_args("1.0.0", &[]);
@@ -251,7 +234,7 @@ fn masters_in(dir: &std::path::Path) -> Vec<i32> {
 #[ignore = "needs root: creates network namespaces"]
 fn the_users_persistent_multiplexing_is_used_and_a_cut_link_is_reported() {
     require_root();
-    let p = FleetProject::new(3);
+    let p = fleet_project(3);
     let out = p.run(&["provision", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
 

@@ -3,7 +3,7 @@
 //! systemd hosts from tests/support/systemd_host.rs), the real shipjar run on
 //! it, and what the lifecycle tests read back (the last JSON result, `status`,
 //! provision's resources, the version a host serves), so that each test
-//! states only what differs. Needs `mod common;` beside it.
+//! states only what differs. Needs `mod common;` and `mod fleet;` beside it.
 
 #![allow(dead_code)]
 
@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{self, hello_jar, last_json, text};
+use crate::fleet::Fleet;
 
 /// The example's config with the shorter timeouts the host tests use.
 pub fn short_timeouts(config: String) -> String {
@@ -47,15 +48,11 @@ impl StageProject {
         stage_extra: &str,
         edit: impl FnOnce(String) -> String,
     ) -> StageProject {
-        let dir = common::new_fleet_project(
-            &format!("shipjar-{stage}-"),
-            stage,
-            hosts,
-            ssh_config,
-            stage_extra,
-            edit,
-        );
-        StageProject::at(dir, stage)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("shipjar-{stage}-"))
+            .tempdir()
+            .expect("tempdir");
+        StageProject::in_dir(dir, stage, hosts, ssh_config, stage_extra, edit)
     }
 
     /// The same in `dir`.
@@ -68,11 +65,6 @@ impl StageProject {
         edit: impl FnOnce(String) -> String,
     ) -> StageProject {
         common::write_fleet_project(dir.path(), stage, hosts, ssh_config, stage_extra, edit);
-        StageProject::at(dir, stage)
-    }
-
-    /// The project already written in `dir`, with a secret of its own.
-    fn at(dir: tempfile::TempDir, stage: &str) -> StageProject {
         StageProject {
             dir,
             stage: stage.to_string(),
@@ -219,6 +211,37 @@ impl StageProject {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+}
+
+/// A fleet of plain hosts of its own (tests/support/fleet.rs) and a project
+/// whose stage `fleet` is all of them; derefs to the project.
+pub struct FleetStage {
+    /// First, so that its teardown (which kills every process in every
+    /// host, services included) comes before the project directory goes.
+    pub fleet: Fleet,
+    pub project: StageProject,
+}
+
+impl FleetStage {
+    /// `hosts` new hosts; `stage_extra` and `edit` as for [`StageProject::new`].
+    pub fn new(hosts: usize, stage_extra: &str, edit: impl FnOnce(String) -> String) -> FleetStage {
+        let fleet = Fleet::new(hosts);
+        let project = StageProject::new(
+            "fleet",
+            &fleet.hosts(),
+            fleet.ssh_config(),
+            stage_extra,
+            edit,
+        );
+        FleetStage { fleet, project }
+    }
+}
+
+impl std::ops::Deref for FleetStage {
+    type Target = StageProject;
+    fn deref(&self) -> &StageProject {
+        &self.project
     }
 }
 
