@@ -93,31 +93,13 @@ fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clojure-jetty")
 }
 
-/// Copies the example's sources (not its build output or deploy roots) into `to`.
-fn copy_example(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read example dir") {
-        let entry = entry.expect("dir entry");
-        let name = entry.file_name();
-        if name == "target" || name == ".shipjar" {
-            continue;
-        }
-        let kind = entry.file_type().expect("file type");
-        if kind.is_dir() {
-            copy_example(&entry.path(), &to.join(&name));
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), to.join(&name)).expect("copy file");
-        }
-    }
-}
-
 /// A fresh copy of the example in a temp dir.
 fn example_copy() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("shipjar-clojure-")
         .tempdir()
         .expect("tempdir");
-    copy_example(&example_dir(), dir.path());
+    common::copy_tree(&example_dir(), dir.path());
     dir
 }
 

@@ -45,6 +45,7 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     require_root();
     let f = Fleet::new(3);
     let p = StageProject::new(
+        lifecycle::temp_dir("fleet"),
         "fleet",
         &f.hosts(),
         f.ssh_config(),

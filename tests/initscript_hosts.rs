@@ -28,6 +28,7 @@ const HOST: &str = "app1";
 /// `stage_extra` lines in the stage's table.
 fn lsb_project(f: &Fleet, stage_extra: &str) -> StageProject {
     StageProject::new(
+        lifecycle::temp_dir("lsb"),
         "lsb",
         &[HOST.to_string()],
         f.ssh_config(),

@@ -793,23 +793,7 @@ fn waiting_for_the_lock_is_announced_once_and_the_agent_own_revert_is_no_revert_
     let p = Project::new();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let holder = p.spawn_slow_deploy("2.0.0", 3000);
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let out = p
-        .command(&[
-            "--json",
-            "deploy",
-            "local",
-            "--artifact",
-            &jar,
-            "--version",
-            "3.0.0",
-            "--wait",
-            "60s",
-            "--env",
-            "FAIL_ON_START=1",
-        ])
-        .output()
-        .unwrap();
+    let out = p.deploy_json("3.0.0", &["--wait", "60s", "--env", "FAIL_ON_START=1"]);
     assert_eq!(holder.wait_with_output().unwrap().status.code(), Some(0));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);

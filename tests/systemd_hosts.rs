@@ -206,11 +206,7 @@ fn systemd_host_reboot_keeps_disk_state_and_starts_with_empty_run_and_tmp() {
 /// with a millisecond UTC timestamp, so its own log says when it first
 /// answered healthy.
 fn systemd_project(f: &SystemdFleet, host: &str, stage_extra: &str) -> StageProject {
-    let dir = tempfile::Builder::new()
-        .prefix("shipjar-systemd-")
-        .tempdir()
-        .expect("tempdir");
-    systemd_project_in(f, host, stage_extra, dir)
+    systemd_project_in(f, host, stage_extra, lifecycle::temp_dir("systemd"))
 }
 
 /// The same in `dir`.
@@ -220,7 +216,7 @@ fn systemd_project_in(
     stage_extra: &str,
     dir: tempfile::TempDir,
 ) -> StageProject {
-    let p = StageProject::in_dir(
+    let p = StageProject::new(
         dir,
         "systemd",
         &[host.to_string()],

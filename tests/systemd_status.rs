@@ -26,6 +26,7 @@ fn fleet() -> Arc<SystemdFleet> {
 /// A copy of the hello project whose `systemd` stage is the one host.
 fn project(f: &SystemdFleet, host: &str) -> StageProject {
     StageProject::new(
+        lifecycle::temp_dir("systemd"),
         "systemd",
         &[host.to_string()],
         f.ssh_config(),

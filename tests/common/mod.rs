@@ -106,6 +106,25 @@ pub fn new_fleet_project(
     dir
 }
 
+/// Copies `from` into `to`, recursively, skipping build output and deploy
+/// roots (`target`, `.shipjar`).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let name = entry.file_name();
+        if name == "target" || name == ".shipjar" {
+            continue;
+        }
+        let kind = entry.file_type().expect("file type");
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(&name)).expect("copy file");
+        }
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -178,6 +197,17 @@ impl Project {
     /// `<root>/var/lib/hello`.
     pub fn lib(&self) -> PathBuf {
         self.root().join("var/lib/hello")
+    }
+
+    /// Replaces `@DIR@` in shipjar.toml with the project's directory.
+    pub fn fill_in_dir(&self) {
+        let file = self.path().join("shipjar.toml");
+        let config = std::fs::read_to_string(&file).expect("read config");
+        std::fs::write(
+            &file,
+            config.replace("@DIR@", &self.path().display().to_string()),
+        )
+        .expect("write config");
     }
 
     /// A `shipjar` command in this project with the secret in the environment.

@@ -27,6 +27,14 @@ pub fn reachable(config: String) -> String {
     short_timeouts(config.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\""))
 }
 
+/// A new temp dir for a project of `stage`.
+pub fn temp_dir(stage: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("shipjar-{stage}-"))
+        .tempdir()
+        .expect("tempdir")
+}
+
 /// A hello project with one stage of test hosts.
 pub struct StageProject {
     /// Keeps the project directory alive.
@@ -38,25 +46,10 @@ pub struct StageProject {
 }
 
 impl StageProject {
-    /// A project in a new temp dir whose stage `stage` is `hosts`, reached
-    /// through `ssh_config`, with `stage_extra` lines in the stage's table;
-    /// `edit` changes the example's config first.
+    /// A project in `dir` (see [`temp_dir`]) whose stage `stage` is
+    /// `hosts`, reached through `ssh_config`, with `stage_extra` lines in the
+    /// stage's table; `edit` changes the example's config first.
     pub fn new(
-        stage: &str,
-        hosts: &[String],
-        ssh_config: &Path,
-        stage_extra: &str,
-        edit: impl FnOnce(String) -> String,
-    ) -> StageProject {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("shipjar-{stage}-"))
-            .tempdir()
-            .expect("tempdir");
-        StageProject::in_dir(dir, stage, hosts, ssh_config, stage_extra, edit)
-    }
-
-    /// The same in `dir`.
-    pub fn in_dir(
         dir: tempfile::TempDir,
         stage: &str,
         hosts: &[String],
@@ -228,6 +221,7 @@ impl FleetStage {
     pub fn new(hosts: usize, stage_extra: &str, edit: impl FnOnce(String) -> String) -> FleetStage {
         let fleet = Fleet::new(hosts);
         let project = StageProject::new(
+            temp_dir("fleet"),
             "fleet",
             &fleet.hosts(),
             fleet.ssh_config(),
