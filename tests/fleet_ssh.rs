@@ -9,7 +9,7 @@ mod fleet;
 #[path = "support/lifecycle.rs"]
 mod lifecycle;
 
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::text;
@@ -22,6 +22,20 @@ fn fleet_project(hosts: usize) -> FleetStage {
     FleetStage::new(hosts, "", |c| {
         c.replace("timeout = \"15s\"", "timeout = \"5s\"")
     })
+}
+
+/// Runs shipjar on the project: its pid (for what it left behind) and output.
+fn run_watched(p: &FleetStage, args: &[&str]) -> (u32, Output) {
+    let child = p
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shipjar");
+    (
+        child.id(),
+        child.wait_with_output().expect("shipjar output"),
+    )
 }
 
 /// A process seen in /proc: pid, parent, command line (NULs as spaces).
@@ -95,14 +109,7 @@ fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
 
     // provision connects several times per host through a master of its
     // own; all of them are gone with the run, and so is their directory.
-    let child = p
-        .command(&["provision", "fleet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn provision");
-    let provision_pid = child.id();
-    let out = child.wait_with_output().expect("provision output");
+    let (provision_pid, out) = run_watched(&p, &["provision", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
     assert_eq!(masters_of(provision_pid), Vec::<i32>::new());
     assert_eq!(control_dirs_of(provision_pid), Vec::<String>::new());
@@ -138,14 +145,7 @@ fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
     assert_eq!(control_dirs_of(deploy_pid), Vec::<String>::new());
 
     // status: one answer per host, nothing left behind either.
-    let child = p
-        .command(&["--json", "status", "fleet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn status");
-    let status_pid = child.id();
-    let out = child.wait_with_output().expect("status output");
+    let (status_pid, out) = run_watched(&p, &["--json", "status", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
     let result = last_json(&out);
     for host in p.fleet.hosts() {

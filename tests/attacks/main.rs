@@ -352,31 +352,13 @@ impl Suite {
 
     /// Runs `argv` in the host as `user` (the attacker), to its end.
     pub fn as_user(&self, user: &str, argv: &[&str]) -> Output {
-        let mut full = vec!["setpriv", "--reuid", user, "--regid", user, "--init-groups"];
-        if user == "nobody" {
-            full = vec![
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-            ];
-        }
-        full.extend_from_slice(argv);
+        let full = as_user_argv(user, argv);
         self.fleet.exec(HOST, &full)
     }
 
     /// Starts `argv` in the host as `user` in the background; its output is piped.
     pub fn spawn_as(&self, user: &str, argv: &[&str]) -> std::process::Child {
-        let mut full = vec!["setpriv", "--reuid", user, "--regid", user, "--init-groups"];
-        if user == "nobody" {
-            full = vec![
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-            ];
-        }
-        full.extend_from_slice(argv);
+        let full = as_user_argv(user, argv);
         let mut cmd = self.host_command(&full);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -800,6 +782,22 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// `argv` run by `setpriv` as `user` (nobody: with no groups at all).
+fn as_user_argv<'a>(user: &'a str, argv: &[&'a str]) -> Vec<&'a str> {
+    let mut full = if user == "nobody" {
+        vec![
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]
+    } else {
+        vec!["setpriv", "--reuid", user, "--regid", user, "--init-groups"]
+    };
+    full.extend_from_slice(argv);
+    full
 }
 
 /// Whether `needle` occurs in `hay`.
