@@ -75,17 +75,7 @@ const NEEDS: [(&str, &str); 12] = [
 
 /// Fails the test with the list of missing Debian packages, if any.
 fn require_packages() {
-    let missing: Vec<&str> = NEEDS
-        .iter()
-        .filter(|(path, _)| !Path::new(path).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "examples/clojure-jetty needs Debian packages that are not installed: {m}\n\
-         install them (apt-get install {m}) or run ./run-tests as root, which installs them",
-        m = missing.join(" ")
-    );
+    common::require_packages("examples/clojure-jetty", &NEEDS);
 }
 
 /// The repository's `examples/clojure-jetty`.

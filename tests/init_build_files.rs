@@ -228,17 +228,9 @@ const NEEDS: [(&str, &str); 4] = [
     ),
 ];
 
+/// Fails the test with the list of missing Debian packages, if any.
 fn require_packages() {
-    let missing: Vec<&str> = NEEDS
-        .iter()
-        .filter(|(path, _)| !Path::new(path).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "the clojure-jetty builds need Debian packages that are not installed: {} (./run-tests as root installs them)",
-        missing.join(" ")
-    );
+    common::require_packages("the clojure-jetty builds", &NEEDS);
 }
 
 /// A copy of examples/clojure-jetty without its shipjar.toml.

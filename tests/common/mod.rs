@@ -125,6 +125,22 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// Fails the test naming the Debian packages `what` needs that are not
+/// installed: `needs` is (a path that must exist, the package that has it).
+pub fn require_packages(what: &str, needs: &[(&str, &str)]) {
+    let missing: Vec<&str> = needs
+        .iter()
+        .filter(|(path, _)| !Path::new(path).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{what} needs Debian packages that are not installed: {m}\n\
+         install them (apt-get install {m}) or run ./run-tests as root, which installs them",
+        m = missing.join(" ")
+    );
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
