@@ -184,12 +184,18 @@ pub struct LogsArgs {
     /// Only this host (as written in the stage).
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
-    /// Lines from the end of each host's log.
-    #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
-    pub lines: usize,
+    /// Lines from the end of each host's log (default 50; with --since or --grep, all that match).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub lines: Option<usize>,
     /// Keep printing new lines as they are written.
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Only lines from this time on: a duration ago (`30m`, `2h`) or a time (`2026-12-06T12:00:00Z`, `2026-12-06 12:00`, UTC).
+    #[arg(long, value_name = "WHEN", value_parser = utf8_text())]
+    pub since: Option<String>,
+    /// Only lines this regular expression matches (checked on the host, after masking).
+    #[arg(long, value_name = "REGEX", value_parser = utf8_text())]
+    pub grep: Option<String>,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

@@ -131,3 +131,85 @@ fn logs_follow_still_streams_new_lines() {
     let seen = reader.join().expect("reader");
     assert!(seen.contains("healthy"), "logs -f showed: {seen}");
 }
+
+/// Stdout of `shipjar logs local ARGS` (prefixes and all), which must end in time.
+fn logs(p: &Project, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["logs", "local"];
+    all.extend_from_slice(args);
+    let out = run_within(p, &all, Duration::from_secs(20));
+    (out.status.code(), text(&out))
+}
+
+/// `--since` and `--grep` read every kept file, gzipped ones too, oldest
+/// first; a line without a timestamp goes with the line before it; `-n`
+/// keeps the last matches; the pattern is matched after masking.
+#[test]
+fn logs_since_and_grep_search_every_kept_file_oldest_first() {
+    use std::io::Write;
+    let (p, console) = deployed();
+    let dir = console.parent().expect("log dir").to_path_buf();
+    let mut gz = flate2::write::GzEncoder::new(
+        fs::File::create(dir.join("console.log.2.gz")).expect("create .2.gz"),
+        flate2::Compression::default(),
+    );
+    gz.write_all(b"2020-01-01T10:00:00Z MARK one, in the oldest file\n")
+        .expect("write gz");
+    gz.finish().expect("finish gz");
+    fs::write(
+        dir.join("console.log.1"),
+        "2020-01-02 10:00:00.000 INFO MARK two\n\tat a.continuation(MARK.java:1)\n",
+    )
+    .expect("write .1");
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(&console)
+        .expect("open console.log");
+    writeln!(
+        file,
+        "2020-01-03T10:00:00Z MARK three, with password={}",
+        p.secret
+    )
+    .expect("append");
+    drop(file);
+
+    let (code, said) = logs(&p, &["--grep", "MARK"]);
+    assert_eq!(code, Some(0), "{said}");
+    let marks: Vec<&str> = said.lines().filter(|l| l.contains("MARK")).collect();
+    assert_eq!(marks.len(), 4, "{said}");
+    assert!(
+        marks[0].contains("MARK one") && marks[3].contains("MARK three"),
+        "{said}"
+    );
+
+    let (code, said) = logs(&p, &["--since", "2020-01-02 00:00", "--grep", "MARK"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(!said.contains("MARK one"), "{said}");
+    assert!(
+        said.contains("MARK two") && said.contains("continuation"),
+        "{said}"
+    );
+
+    let (_, said) = logs(&p, &["--grep", "MARK", "-n", "1"]);
+    assert_eq!(
+        said.lines().filter(|l| l.contains("MARK")).count(),
+        1,
+        "{said}"
+    );
+    assert!(said.contains("MARK three"), "{said}");
+    assert!(said.contains("password=********"), "{said}");
+
+    // The service's own lines of now are within the last hour; 2020's are not.
+    let (_, said) = logs(&p, &["--since", "1h"]);
+    assert!(!said.contains("MARK"), "{said}");
+    assert!(said.contains("[shipjar] started pid"), "{said}");
+
+    // A secret is masked before the pattern sees it.
+    let (_, said) = logs(&p, &["--grep", &p.secret]);
+    assert!(!said.contains("MARK"), "{said}");
+
+    let (code, said) = logs(&p, &["--grep", "("]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("--grep `(`"), "{said}");
+    let (code, said) = logs(&p, &["--since", "yesterday"]);
+    assert_eq!(code, Some(2), "{said}");
+}

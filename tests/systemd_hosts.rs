@@ -1309,3 +1309,58 @@ fn systemd_auto_revert_goes_back_under_the_unit_which_stays_active() {
         "{said}"
     );
 }
+
+/// `[logs] to = "journal"`: the service's output and the supervisor's
+/// events go to journald under the service's name (no console.log);
+/// `shipjar logs` reads them there with `-n`, `--grep` and `--since`, and
+/// a failed start's message shows the service's last words from it.
+#[test]
+#[ignore = "needs root"]
+fn systemd_journal_takes_the_service_output_and_logs_reads_it_there() {
+    require_root();
+    // A fleet of its own: one host, for this test alone.
+    let f = SystemdFleet::new(1);
+    let host = "app1";
+    assert_running(&f, host);
+    let p = SystemdProject::new(&f, host);
+    let file = p.dir.path().join("shipjar.toml");
+    let config = fs::read_to_string(&file).expect("read config");
+    fs::write(&file, config + "\n[logs]\nto = \"journal\"\n").expect("write config");
+    let provision = p.run(&["--json", "provision", "systemd"]);
+    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let deploy = p.deploy("1.0.0", &[]);
+    assert_eq!(
+        deploy.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&deploy),
+        f.diagnostics(host)
+    );
+    let journal = ssh_ok(&f, host, "journalctl -t hello --no-pager -o cat");
+    assert!(journal.contains("listening on"), "{journal}");
+    assert!(journal.contains("[shipjar] healthy after"), "{journal}");
+    let files = ssh_ok(&f, host, "ls /var/log/hello");
+    assert!(!files.contains("console.log"), "{files}");
+
+    let logs = p.run(&["logs", "systemd", "--grep", "listening on"]);
+    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
+    assert!(text(&logs).contains("listening on"), "{}", text(&logs));
+    assert!(!text(&logs).contains("healthy after"), "{}", text(&logs));
+    let logs = p.run(&["logs", "systemd", "--since", "1h", "-n", "3"]);
+    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
+    let shown = String::from_utf8_lossy(&logs.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert!((1..=3).contains(&shown), "{}", text(&logs));
+
+    // A release that fails at start: its own words, from the journal.
+    let failed = p.deploy("2.0.0", &["FAIL_ON_START=1"]);
+    let said = text(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("hello: FAIL_ON_START is set, exiting"),
+        "{said}"
+    );
+    assert_eq!(served(&f.fleet().ip(host)).as_deref(), Some("1.0.0"));
+}

@@ -313,7 +313,12 @@ impl Session {
                 },
                 None => error("lock", "the deploy lock is not held"),
             },
-            Request::Logs { lines, follow } => {
+            Request::Logs {
+                lines,
+                follow,
+                since,
+                grep,
+            } => {
                 let emit_line = |line: &str| {
                     let event = AgentMessage::Event {
                         id,
@@ -329,7 +334,9 @@ impl Session {
                     Some(_) => layout.with_instance(crate::host::proxy::active(&layout)),
                     None => layout.clone(),
                 };
-                match logs::stream(&log_layout, lines, follow, &emit_line) {
+                match logs::Filter::new(since.as_deref(), grep.as_deref()).and_then(|filter| {
+                    logs::stream(&log_layout, lines, &filter, follow, &emit_line)
+                }) {
                     Ok(()) => Response::LogsDone,
                     Err(e) => error("logs", e),
                 }

@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::host::os::listener;
 use crate::host::provision;
-use crate::host::supervisor::{self, listener};
+use crate::host::supervisor;
 use crate::protocol::layout::Layout;
 use crate::protocol::{FindingStatus, HostCheckSpec, HostFinding, ResourceStatus};
 

@@ -58,8 +58,8 @@ fn restart_with_systemd(layout: &Layout) -> Result<Restarted, Failure> {
             step,
             SupervisorError {
                 message,
-                log_tail: supervisor::logfile::tail(
-                    &supervisor::logfile::service_log(layout),
+                log_tail: supervisor::logfile::service_tail(
+                    layout,
                     supervisor::logfile::TAIL_LINES,
                 ),
             },

@@ -15,6 +15,29 @@ pub fn parse_wait(wait: Option<&str>) -> Result<Option<Duration>> {
     .transpose()
 }
 
+/// Parses `--since WHEN` as of `now`: a duration ago (`30m`, `2h`) or a
+/// time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` in UTC); the instant as RFC 3339.
+pub fn since(when: &str, now: std::time::SystemTime) -> Result<String> {
+    let at = match humantime::parse_duration(when) {
+        Ok(ago) => now.checked_sub(ago).ok_or_else(|| {
+            Error::config(format!("--since {when}: further back than this clock goes"))
+        })?,
+        Err(_) => {
+            let padded = match when.len() {
+                16 => format!("{when}:00"),
+                _ => when.to_string(),
+            };
+            humantime::parse_rfc3339_weak(&padded).map_err(|_| {
+                Error::config(format!(
+                    "--since {when}: expected a duration ago (30m, 2h) or a UTC time \
+                     (2026-12-06T12:00:00Z, 2026-12-06 12:00)"
+                ))
+            })?
+        }
+    };
+    Ok(humantime::format_rfc3339_seconds(at).to_string())
+}
+
 /// Parses repeated `KEY=VALUE` options.
 pub fn parse_pairs(flag: &str, pairs: &[String]) -> Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
@@ -43,6 +66,22 @@ pub fn parse_pairs(flag: &str, pairs: &[String]) -> Result<BTreeMap<String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_is_a_duration_ago_or_a_utc_time() {
+        let now = humantime::parse_rfc3339("2026-12-06T12:00:00Z").unwrap();
+        assert_eq!(since("30m", now).unwrap(), "2026-12-06T11:30:00Z");
+        assert_eq!(
+            since("2026-12-06T10:00:00Z", now).unwrap(),
+            "2026-12-06T10:00:00Z"
+        );
+        assert_eq!(
+            since("2026-12-06 10:05", now).unwrap(),
+            "2026-12-06T10:05:00Z"
+        );
+        let err = since("yesterday", now).unwrap_err();
+        assert!(err.message.contains("--since yesterday"), "{}", err.message);
+    }
 
     #[test]
     fn pairs_need_a_name_and_an_equals_sign() {

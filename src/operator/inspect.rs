@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::cli::{FleetStageArgs, LogsArgs};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::operator::config::{HostSpec, Project};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::output::{MASK, Reporter, StepStatus};
@@ -422,9 +422,20 @@ pub fn logs(project: &Project, args: &LogsArgs, reporter: &Reporter) -> Result<i
         args.fleet.ssh_config.as_deref(),
         Some(parallel),
     )?;
+    let since = args
+        .since
+        .as_deref()
+        .map(|w| crate::operator::args::since(w, std::time::SystemTime::now()))
+        .transpose()?;
+    if let Some(grep) = &args.grep {
+        regex::Regex::new(grep).map_err(|e| Error::config(format!("--grep `{grep}`: {e}")))?;
+    }
+    let default_lines = (since.is_none() && args.grep.is_none()).then_some(50);
     let request = Request::Logs {
-        lines: args.lines,
+        lines: args.lines.or(default_lines),
         follow: args.follow,
+        since,
+        grep: args.grep.clone(),
     };
     let mut rows: Vec<(String, HostSpec, Option<String>)> =
         hosts.into_iter().map(|(h, s)| (h, s, None)).collect();

@@ -660,6 +660,7 @@ secrets = { db_password = { env = "PW" } }
                 keep: 5,
                 compress: true,
                 file: "console.log".into(),
+                to: crate::protocol::manifest::LogTarget::File,
             }
         );
     }

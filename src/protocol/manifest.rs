@@ -300,11 +300,25 @@ pub struct LogSpec {
     pub compress: bool,
     /// File name inside the log dir (one plain name, see `names::file_name`).
     pub file: String,
+    /// Where the output goes: the file, or journald.
+    pub to: LogTarget,
+}
+
+/// Where the service's output (and the supervisor's events) go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    /// `[logs] file` in the log dir, rotated by the supervisor.
+    #[default]
+    File,
+    /// journald, identifier the service's name (systemd hosts).
+    Journal,
 }
 
 impl Default for LogSpec {
     fn default() -> Self {
         LogSpec {
+            to: LogTarget::File,
             file: defaults::LOG_FILE.to_string(),
             max_size: defaults::LOG_MAX_SIZE,
             keep: defaults::LOG_KEEP,

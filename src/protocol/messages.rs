@@ -80,10 +80,16 @@ pub enum Request {
     Unlock,
     /// Send the service log's last lines as `log` events; with `follow`, keep sending.
     Logs {
-        /// How many lines from the end.
-        lines: usize,
+        /// How many lines from the end (of those matching); all when absent.
+        lines: Option<usize>,
         /// Keep sending new lines until the operator goes away.
         follow: bool,
+        /// Only lines from this time on (RFC 3339), by the timestamp a line starts with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+        /// Only lines this regular expression matches.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grep: Option<String>,
     },
     /// Bring the host to what the service needs (user, directories, init integration).
     Provision {

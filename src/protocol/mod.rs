@@ -36,4 +36,4 @@ pub(crate) use wire_enum::wire_enum;
 /// 3: `prepare` carries the secret values the host masks (an agent of
 /// version 2 would refuse the field; the version mismatch says why);
 /// failed-step events; `finish` records a run that stopped before switching.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;

@@ -1,6 +1,6 @@
 //! The fault suite: examples/hello deployed to one namespace fleet, with
 //! faults injected at seeded random instants, and the product's invariants
-//! checked after every one (see the README's "Guarantees").
+//! checked after every one (see docs/security.md, "Guarantees").
 //!
 //! `SHIPJAR_FAULT_SEED=N` repeats a run's choices; the seed is printed first,
 //! the counts last. Root only (network namespaces).

@@ -14,7 +14,7 @@ use crate::host::os::process::Signals;
 use crate::host::supervisor::auto_revert;
 use crate::host::{proxy, revisions, secrets, store, supervisor};
 use crate::protocol::layout::Layout;
-use crate::protocol::manifest::ProxySpec;
+use crate::protocol::manifest::{ProxySpec, ReleaseManifest};
 
 /// Who `revisions.log` says made the auto-revert.
 const DEPLOYER: &str = "runner";
@@ -74,14 +74,35 @@ pub fn auto_revert(
         Ok(plan) => plan,
         Err(why) => return not(why),
     };
-    let target = plan.target;
-    let version = store::read_manifest(layout, &target)
-        .map(|m| m.version)
-        .unwrap_or_else(|_| "-".into());
     let given_up = format!(
         "given up on {} s after its deploy: {why}",
         plan.deployed_ago.as_secs()
     );
+    match switch_back(layout, spec, port, &from, &plan.target, &given_up, signals) {
+        Ok(()) => Reverted::Back {
+            target: plan.target,
+        },
+        Err(None) => Reverted::Stopping,
+        Err(Some(why)) => not(why),
+    }
+}
+
+/// Starts `target` as the idle instance through the gate, switches the
+/// proxy and `current` to it, records both lines and stops the instance on
+/// `port`. `Err(None)`: a stop arrived; `Err(Some(why))`: it did not come
+/// up (the proxy and `current` stay; recorded).
+fn switch_back(
+    layout: &Layout,
+    spec: &ProxySpec,
+    port: u16,
+    from: &ReleaseManifest,
+    target: &str,
+    given_up: &str,
+    signals: &Signals,
+) -> Result<(), Option<String>> {
+    let version = store::read_manifest(layout, target)
+        .map(|m| m.version)
+        .unwrap_or_else(|_| "-".into());
     eprintln!(
         "shipjar runner: auto-revert: release {} (version {}) {given_up}; back to release {target} (version {version})",
         from.id, from.version
@@ -90,12 +111,11 @@ pub fn auto_revert(
     let new = layout.with_instance(Some(idle));
     let linked = supervisor::stop(&new)
         .map_err(|e| e.message)
-        .and_then(|_| instances::link(layout, idle, &target));
+        .and_then(|_| instances::link(layout, idle, target));
     let started = match linked {
-        Ok(()) => match start_watched(&new, signals) {
-            None => return Reverted::Stopping,
-            Some(result) => result.map_err(|e| e.message),
-        },
+        Ok(()) => start_watched(&new, signals)
+            .ok_or(None)?
+            .map_err(|e| e.message),
         Err(e) => Err(e),
     };
     let detail = format!(
@@ -104,7 +124,7 @@ pub fn auto_revert(
     );
     let switched = started.and_then(|report| {
         proxy::switch(layout, Some(idle))?;
-        store::switch(layout, &target)?;
+        store::switch(layout, target)?;
         Ok(report)
     });
     let report = match switched {
@@ -115,14 +135,14 @@ pub fn auto_revert(
             let _ = store::switch(layout, &from.id);
             record(
                 layout,
-                &target,
+                target,
                 &version,
                 false,
                 format!("{detail}; NOT healthy: {how}"),
             );
-            return not(format!(
+            return Err(Some(format!(
                 "release {target} did not come up on port {idle}: {how}"
-            ));
+            )));
         }
     };
     // The release given up on is marked failed: no rollback or prune takes
@@ -134,7 +154,7 @@ pub fn auto_revert(
         false,
         format!("auto-reverted: {given_up}; back to release {target}"),
     );
-    record(layout, &target, &version, true, detail);
+    record(layout, target, &version, true, detail);
     let stopped = match supervisor::stop(&layout.with_instance(Some(port))) {
         Ok(_) => "is stopped".to_string(),
         Err(e) => format!("could not be stopped: {}", e.message),
@@ -143,7 +163,7 @@ pub fn auto_revert(
         "shipjar runner: auto-revert: release {target} takes traffic on port {idle} (pid {}, healthy after {} ms); the instance on port {port} {stopped}",
         report.pid, report.healthy_after_ms
     );
-    Reverted::Back { target }
+    Ok(())
 }
 
 /// The plan for release `current`, from `revisions.log` as it is now; only

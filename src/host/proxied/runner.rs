@@ -230,193 +230,251 @@ fn stop_unreported(layout: &Layout, mut child: std::process::Child) {
 
 /// Runs the runner until stopped; returns its exit code.
 pub fn run(layout: &Layout, mode: Mode) -> i32 {
-    let notifier = match mode {
-        Mode::Detached => None,
-        Mode::Foreground => Notifier::from_env().map(Rc::new),
-    };
-    let mut readiness = match mode {
-        Mode::Detached => ReadinessChannel::Detached { sent: false },
-        Mode::Foreground => ReadinessChannel::Foreground {
-            notifier: notifier.clone(),
-        },
-    };
-    let Some(mut spec) = super::spec(layout) else {
-        readiness.failed("the current release has no [proxy] section", layout);
-        return 1;
-    };
-    let lock = match take_lock(layout) {
-        Ok(Some(lock)) => lock,
-        Ok(None) if mode == Mode::Foreground => {
+    match Runner::setup(layout, mode).and_then(Runner::start) {
+        Ok(runner) => runner.watch(),
+        Err(code) => code,
+    }
+}
+
+/// The runner at work: what it owns and says.
+struct Runner<'a> {
+    layout: &'a Layout,
+    /// The proxy's spec (a later release may move its address).
+    spec: ProxySpec,
+    readiness: ReadinessChannel,
+    signals: Signals,
+    /// This runner's record, for how it ends.
+    me: Option<RunnerRecord>,
+    lock: HeldLock,
+}
+
+/// How a look at the instance ends the runner.
+enum End {
+    /// A stop arrived meanwhile.
+    Stop,
+    /// The instance cannot be had: why.
+    GiveUp(String),
+}
+
+impl<'a> Runner<'a> {
+    /// The spec, the runner lock (taken over from a detached runner by the
+    /// unit's), blocked signals with the watchdog fed, the record written.
+    fn setup(layout: &'a Layout, mode: Mode) -> Result<Runner<'a>, i32> {
+        let notifier = match mode {
+            Mode::Detached => None,
+            Mode::Foreground => Notifier::from_env().map(Rc::new),
+        };
+        let mut readiness = match mode {
+            Mode::Detached => ReadinessChannel::Detached { sent: false },
+            Mode::Foreground => ReadinessChannel::Foreground {
+                notifier: notifier.clone(),
+            },
+        };
+        let mut fail = |why: &str| {
+            readiness.failed(why, layout);
+            1
+        };
+        let Some(spec) = super::spec(layout) else {
+            return Err(fail("the current release has no [proxy] section"));
+        };
+        let lock = lock_for(layout, mode).map_err(|why| fail(&why))?;
+        let mut signals =
+            Signals::block().map_err(|e| fail(&format!("cannot block signals: {e}")))?;
+        if let Some(n) = notifier
+            && let Some(every) = n.watchdog
+        {
+            signals.keep_alive(every / 2, Box::new(move || n.send("WATCHDOG=1")));
+        }
+        let me = procfs::identify(std::process::id() as i32)
+            .ok()
+            .flatten()
+            .map(|id| RunnerRecord {
+                id,
+                started_at: Some(now_rfc3339()),
+                ended: None,
+                stopped_on_request: false,
+                ended_at: None,
+            });
+        if let Some(me) = &me
+            && let Err(e) = files::write_runner(layout, me)
+        {
+            eprintln!("shipjar runner: {e}");
+        }
+        Ok(Runner {
+            layout,
+            spec,
+            readiness,
+            signals,
+            me,
+            lock,
+        })
+    }
+
+    /// Brings up (or adopts) the active instance and the proxy, then says READY.
+    fn start(mut self) -> Result<Runner<'a>, i32> {
+        let (layout, spec) = (self.layout, &self.spec);
+        // What runs already is adopted, and never stopped for a failed start.
+        let adopting = proxy::keeper_alive(layout)
+            || instances::active_or_first(layout, spec).is_some_and(|p| {
+                supervisor::status(&layout.with_instance(Some(p)))
+                    .pid
+                    .is_some()
+            });
+        self.readiness
+            .status("starting the active instance and the proxy");
+        match instances::start_parts(layout, spec) {
+            Ok(report) => {
+                eprintln!(
+                    "shipjar runner: pid {}: instance pid {} (release {}) healthy behind the proxy on {}",
+                    std::process::id(),
+                    report.pid,
+                    report.release,
+                    spec.listen
+                );
+                self.readiness.ready(&report);
+                Ok(self)
+            }
+            Err(e) => {
+                let instance = layout.with_instance(instances::active_or_first(layout, spec));
+                // Cleaned up before the answer: whoever waits sees the end state.
+                if !adopting {
+                    let _ = instances::stop_parts(layout, spec);
+                }
+                record_end(
+                    layout,
+                    self.me,
+                    &format!("start failed: {}", e.message),
+                    false,
+                );
+                drop(self.lock);
+                self.readiness.failed(&e.message, &instance);
+                Err(1)
+            }
+        }
+    }
+
+    /// Watches until a stop, a hand-over, or an instance that cannot be had.
+    fn watch(mut self) -> i32 {
+        let mut next_look = Instant::now();
+        loop {
+            match self.signals.wait(Some(TICK)) {
+                Some(libc::SIGTERM | libc::SIGINT) => return self.stop(),
+                Some(libc::SIGUSR1) => return self.hand_over(),
+                _ => {}
+            }
+            reap_children();
+            if Instant::now() >= next_look {
+                next_look = Instant::now() + LOOK_AT_INSTANCE;
+                match self.look_at_instance() {
+                    None => {}
+                    Some(End::Stop) => return self.stop(),
+                    Some(End::GiveUp(why)) => return self.give_up(&why),
+                }
+            }
+            self.look_at_keeper();
+        }
+    }
+
+    /// The active instance: one whose supervisor is gone is started again;
+    /// one given up on is auto-reverted, or ends the runner.
+    fn look_at_instance(&mut self) -> Option<End> {
+        match look_at_active(self.layout) {
+            Active::Fine => None,
+            Active::Gone { port, why } => {
+                match bring_back(self.layout, port, &why, &self.signals, &self.readiness) {
+                    Brought::Back(report) => {
+                        eprintln!(
+                            "shipjar runner: the instance on port {port} is back: pid {} (release {}) healthy after {} ms",
+                            report.pid, report.release, report.healthy_after_ms
+                        );
+                        self.readiness
+                            .status(&format!("running behind the proxy on {}", self.spec.listen));
+                        None
+                    }
+                    Brought::Later => None,
+                    Brought::Stopping => Some(End::Stop),
+                    Brought::Failed(failed) => Some(End::GiveUp(format!(
+                        "the instance on port {port} could not come back: {failed}"
+                    ))),
+                }
+            }
+            Active::GaveUp { port, why } => {
+                match revert::auto_revert(self.layout, &self.spec, port, &why, &self.signals) {
+                    Reverted::Back { target } => {
+                        self.readiness.status(&format!(
+                            "auto-reverted to release {target}, running behind the proxy on {}",
+                            self.spec.listen
+                        ));
+                        None
+                    }
+                    Reverted::Stopping => Some(End::Stop),
+                    Reverted::No(not) => Some(End::GiveUp(format!(
+                        "the supervisor of the instance on port {port} gave up: {why}{not}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// A proxy keeper that died (or was stopped) is started again at once.
+    fn look_at_keeper(&mut self) {
+        if proxy::keeper_alive(self.layout) {
+            return;
+        }
+        // A later release may have moved the proxy (`listen`); a release
+        // without one means the service left the proxy: whoever did that
+        // stopped us first, so keep the last spec.
+        if let Some(now) = super::spec(self.layout) {
+            self.spec = now;
+        }
+        let how = proxy::keeper_record(self.layout)
+            .and_then(|r| r.last_exit)
+            .filter(|e| e == "stopped")
+            .map_or("died", |_| "was stopped");
+        eprintln!("shipjar runner: the proxy's keeper {how}; starting it again");
+        self.readiness.status("restarting the proxy");
+        match proxy::ensure_running(self.layout, &self.spec) {
+            Ok(_) => self
+                .readiness
+                .status(&format!("running behind the proxy on {}", self.spec.listen)),
+            Err(e) => eprintln!("shipjar runner: {e}"),
+        }
+    }
+
+    /// Stops both instances, then the proxy; records the stop.
+    fn stop(self) -> i32 {
+        self.readiness.stopping();
+        stop_all(self.layout, &self.spec, self.me, self.lock)
+    }
+
+    /// Leaves without stopping anything (the unit's runner takes over).
+    fn hand_over(self) -> i32 {
+        eprintln!("shipjar runner: handing the service over");
+        record_end(self.layout, self.me, "handed over", true);
+        0
+    }
+
+    /// Ends with 1, saying why (see [`give_up`]).
+    fn give_up(self, why: &str) -> i32 {
+        give_up(self.layout, self.me, self.lock, &self.readiness, why)
+    }
+}
+
+/// The runner lock; in the foreground (the unit's runner) a detached runner
+/// that holds it is asked to hand over first.
+fn lock_for(layout: &Layout, mode: Mode) -> Result<HeldLock, String> {
+    match take_lock(layout)? {
+        Some(lock) => Ok(lock),
+        None if mode == Mode::Foreground => {
             // A runner `service start` left: the unit takes over from it.
             let _ = signal(layout, Signal::SIGUSR1);
-            match wait_released(layout, HANDOVER)
+            wait_released(layout, HANDOVER)
                 .then(|| take_lock(layout))
                 .and_then(Result::ok)
                 .flatten()
-            {
-                Some(lock) => lock,
-                None => {
-                    readiness.failed("another runner holds the service", layout);
-                    return 1;
-                }
-            }
+                .ok_or_else(|| "another runner holds the service".to_string())
         }
-        Ok(None) => {
-            readiness.failed("its runner already runs", layout);
-            return 1;
-        }
-        Err(e) => {
-            readiness.failed(&e, layout);
-            return 1;
-        }
-    };
-    let mut signals = match Signals::block() {
-        Ok(s) => s,
-        Err(e) => {
-            readiness.failed(&format!("cannot block signals: {e}"), layout);
-            return 1;
-        }
-    };
-    if let Some(n) = notifier.clone()
-        && let Some(every) = n.watchdog
-    {
-        signals.keep_alive(every / 2, Box::new(move || n.send("WATCHDOG=1")));
-    }
-    let me = procfs::identify(std::process::id() as i32)
-        .ok()
-        .flatten()
-        .map(|id| RunnerRecord {
-            id,
-            started_at: Some(now_rfc3339()),
-            ended: None,
-            stopped_on_request: false,
-            ended_at: None,
-        });
-    if let Some(me) = &me
-        && let Err(e) = files::write_runner(layout, me)
-    {
-        eprintln!("shipjar runner: {e}");
-    }
-    // What runs already is adopted, and never stopped for a failed start.
-    let adopting = proxy::keeper_alive(layout)
-        || instances::active_or_first(layout, &spec).is_some_and(|p| {
-            crate::host::supervisor::status(&layout.with_instance(Some(p)))
-                .pid
-                .is_some()
-        });
-    readiness.status("starting the active instance and the proxy");
-    match instances::start_parts(layout, &spec) {
-        Ok(report) => {
-            eprintln!(
-                "shipjar runner: pid {}: instance pid {} (release {}) healthy behind the proxy on {}",
-                std::process::id(),
-                report.pid,
-                report.release,
-                spec.listen
-            );
-            readiness.ready(&report);
-        }
-        Err(e) => {
-            let instance = layout.with_instance(instances::active_or_first(layout, &spec));
-            // Cleaned up before the answer: whoever waits sees the end state.
-            if !adopting {
-                let _ = instances::stop_parts(layout, &spec);
-            }
-            record_end(layout, me, &format!("start failed: {}", e.message), false);
-            drop(lock);
-            readiness.failed(&e.message, &instance);
-            return 1;
-        }
-    }
-    let mut next_look = Instant::now();
-    loop {
-        match signals.wait(Some(TICK)) {
-            Some(libc::SIGTERM | libc::SIGINT) => {
-                readiness.stopping();
-                return stop_all(layout, &spec, me, lock);
-            }
-            Some(libc::SIGUSR1) => {
-                eprintln!("shipjar runner: handing the service over");
-                record_end(layout, me, "handed over", true);
-                drop(lock);
-                return 0;
-            }
-            _ => {}
-        }
-        reap_children();
-        if Instant::now() >= next_look {
-            next_look = Instant::now() + LOOK_AT_INSTANCE;
-            match look_at_active(layout) {
-                Active::Fine => {}
-                Active::Gone { port, why } => {
-                    match bring_back(layout, port, &why, &signals, &readiness) {
-                        Brought::Back(report) => {
-                            eprintln!(
-                                "shipjar runner: the instance on port {port} is back: pid {} (release {}) healthy after {} ms",
-                                report.pid, report.release, report.healthy_after_ms
-                            );
-                            readiness
-                                .status(&format!("running behind the proxy on {}", spec.listen));
-                        }
-                        Brought::Later => {}
-                        Brought::Stopping => {
-                            readiness.stopping();
-                            return stop_all(layout, &spec, me, lock);
-                        }
-                        Brought::Failed(why) => {
-                            return give_up(
-                                layout,
-                                me,
-                                lock,
-                                &readiness,
-                                &format!("the instance on port {port} could not come back: {why}"),
-                            );
-                        }
-                    }
-                }
-                Active::GaveUp { port, why } => {
-                    match revert::auto_revert(layout, &spec, port, &why, &signals) {
-                        Reverted::Back { target } => readiness.status(&format!(
-                            "auto-reverted to release {target}, running behind the proxy on {}",
-                            spec.listen
-                        )),
-                        Reverted::Stopping => {
-                            readiness.stopping();
-                            return stop_all(layout, &spec, me, lock);
-                        }
-                        Reverted::No(not) => {
-                            return give_up(
-                                layout,
-                                me,
-                                lock,
-                                &readiness,
-                                &format!(
-                                    "the supervisor of the instance on port {port} gave up: {why}{not}"
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        if !proxy::keeper_alive(layout) {
-            // A later release may have moved the proxy (`listen`); a release
-            // without one means the service left the proxy: whoever did that
-            // stopped us first, so keep the last spec.
-            if let Some(now) = super::spec(layout) {
-                spec = now;
-            }
-            let how = proxy::keeper_record(layout)
-                .and_then(|r| r.last_exit)
-                .filter(|e| e == "stopped")
-                .map_or("died", |_| "was stopped");
-            eprintln!("shipjar runner: the proxy's keeper {how}; starting it again");
-            readiness.status("restarting the proxy");
-            match proxy::ensure_running(layout, &spec) {
-                Ok(_) => readiness.status(&format!("running behind the proxy on {}", spec.listen)),
-                Err(e) => eprintln!("shipjar runner: {e}"),
-            }
-        }
+        None => Err("its runner already runs".to_string()),
     }
 }
 

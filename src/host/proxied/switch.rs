@@ -34,8 +34,73 @@ pub(crate) fn activate(
         });
     let port = instances::idle_port(spec, old);
     let new = layout.with_instance(Some(port));
+    let (started, healthy_at) = start_idle(layout, manifest, port, emit, outcome)?;
+    if let Err(failure) = gate(manifest, port, emit) {
+        let _ = supervisor::stop(&new);
+        return Err(failure);
+    }
+    outcome.reported_version = manifest
+        .version_check
+        .as_ref()
+        .map(|_| manifest.version.clone());
+
+    // What `current` named before: where a failure past this point goes back to.
+    let before = Before {
+        old,
+        new_port: port,
+        previous: store::current(layout).filter(|id| *id != manifest.id),
+        plain_ran: leave_plain(layout, &new, emit)?,
+    };
+    let fail = |failure: StepFailure, outcome: &mut Activation| -> StepFailure {
+        outcome.now_running = Some(go_back(layout, &before, emit));
+        failure
+    };
+    let switched = match switch_traffic(layout, manifest, spec, port, emit) {
+        Ok(at) => at,
+        Err(failure) => return Err(fail(failure, outcome)),
+    };
+    // It settles taking the traffic, with the old instance still there to go back to.
+    if let Err(failure) = settle::settle(&new, &manifest.health, started.pid, healthy_at, emit) {
+        return Err(fail(failure, outcome));
+    }
+    if let Some(hook) = manifest.hooks.after_switch.as_ref().filter(|_| deploying)
+        && let Err(failure) = run_hook(layout, &manifest.id, HookPoint::AfterSwitch, hook, emit)
+    {
+        return Err(fail(failure, outcome));
+    }
+    // Past here the release is live: traffic and `current` moved, and it
+    // settled. What goes wrong with the old instance is said as such
+    // ("switched, then …"), with what still runs; it fails nothing.
+    if let Some(old) = old {
+        retire(layout, spec, old, switched, emit, outcome);
+    }
+    // The whole under a runner (the unit's, or a detached one), which
+    // adopts what runs: from now on a reboot or a dead proxy keeper needs
+    // no deploy. Traffic flows whether or not it came up.
+    if !runner::is_held(layout) {
+        match whole::ensure_supervised(layout, spec) {
+            Ok(()) => emit(
+                "supervise",
+                "the proxy and the instance are supervised by their runner",
+            ),
+            Err(e) => emit("supervise", &format!("no runner: {}", e.message)),
+        }
+    }
+    Ok(())
+}
+
+/// The new release as the instance on the idle `port`, through its health
+/// gate (what an interrupted deploy left there goes first); under a running
+/// unit it joins the unit. Returns its start and when it became healthy.
+fn start_idle(
+    layout: &Layout,
+    manifest: &ReleaseManifest,
+    port: u16,
+    emit: &dyn Fn(&str, &str),
+    outcome: &mut Activation,
+) -> Result<(StartReport, Instant), StepFailure> {
+    let new = layout.with_instance(Some(port));
     cancelled("switch")?;
-    // Whatever an interrupted deploy left on the idle port goes first.
     supervisor::stop(&new).map_err(|e| ("stop", e.message, e.log_tail))?;
     instances::link(layout, port, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
     emit(
@@ -73,107 +138,72 @@ pub(crate) fn activate(
             started.pid, started.healthy_after_ms
         ),
     );
-    let gate = || -> Result<(), StepFailure> {
-        cancelled("health")?;
-        if manifest.version_check.is_some() {
-            let reported = reported_version_at(manifest, Some(port))
-                .map_err(|e| ("version", e, Vec::new()))?
-                .unwrap_or_default();
-            outcome_version(&reported, manifest)?;
-            emit(
-                "version",
-                &format!("instance on port {port} reports {reported}"),
-            );
-        }
-        Ok(())
-    };
-    if let Err(failure) = gate() {
-        let _ = supervisor::stop(&new);
-        return Err(failure);
-    }
-    outcome.reported_version = manifest
-        .version_check
-        .as_ref()
-        .map(|_| manifest.version.clone());
+    Ok((started, healthy_at))
+}
 
-    // What `current` named before: where a failure past this point goes back to.
-    let before = Before {
-        old,
-        new_port: port,
-        previous: store::current(layout).filter(|id| *id != manifest.id),
-        plain_ran: false,
-    };
-    // A service that ran without the proxy holds its port until it stops:
-    // this one switch to the proxy is the only gap.
-    let plain = supervisor::status(layout);
-    let before = if plain.pid.is_some() {
-        let stop = supervisor::stop(layout).map_err(|e| {
-            let _ = supervisor::stop(&new);
-            ("stop", e.message, e.log_tail)
-        })?;
-        emit(
-            "stop",
-            &format!(
-                "the service without proxy: {} in {} ms",
-                stop.how, stop.took_ms
-            ),
-        );
-        Before {
-            plain_ran: true,
-            ..before
-        }
-    } else {
-        before
-    };
-    let fail = |failure: StepFailure, outcome: &mut Activation| -> StepFailure {
-        outcome.now_running = Some(go_back(layout, &before, emit));
-        failure
-    };
-    let fresh = match proxy::ensure_running(layout, spec) {
-        Ok(fresh) => fresh,
-        Err(e) => return Err(fail(("switch", e, Vec::new()), outcome)),
-    };
-    if fresh {
+/// A service that ran without the proxy holds its port until it stops:
+/// this one switch to the proxy is the only gap. Whether it ran.
+fn leave_plain(
+    layout: &Layout,
+    new: &Layout,
+    emit: &dyn Fn(&str, &str),
+) -> Result<bool, StepFailure> {
+    if supervisor::status(layout).pid.is_none() {
+        return Ok(false);
+    }
+    let stop = supervisor::stop(layout).map_err(|e| {
+        let _ = supervisor::stop(new);
+        ("stop", e.message, e.log_tail)
+    })?;
+    emit(
+        "stop",
+        &format!(
+            "the service without proxy: {} in {} ms",
+            stop.how, stop.took_ms
+        ),
+    );
+    Ok(true)
+}
+
+/// The proxy (started if it is not running) switched to `port`, then
+/// `current` to the release; when the switch was made.
+fn switch_traffic(
+    layout: &Layout,
+    manifest: &ReleaseManifest,
+    spec: &ProxySpec,
+    port: u16,
+    emit: &dyn Fn(&str, &str),
+) -> Result<Instant, StepFailure> {
+    if proxy::ensure_running(layout, spec).map_err(|e| ("switch", e, Vec::new()))? {
         emit("proxy", &format!("started on {}", spec.listen));
     }
     let switched = Instant::now();
-    if let Err(e) = proxy::switch(layout, Some(port)) {
-        return Err(fail(("switch", e, Vec::new()), outcome));
-    }
+    proxy::switch(layout, Some(port)).map_err(|e| ("switch", e, Vec::new()))?;
     emit(
         "switch",
         &format!("proxy {} -> 127.0.0.1:{port} (confirmed)", spec.listen),
     );
-    if let Err(e) = store::switch(layout, &manifest.id) {
-        return Err(fail(("switch", e, Vec::new()), outcome));
-    }
+    store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
     emit("switch", &format!("current -> releases/{}", manifest.id));
-    // It settles taking the traffic, with the old instance still there to go back to.
-    if let Err(failure) = settle::settle(&new, &manifest.health, started.pid, healthy_at, emit) {
-        return Err(fail(failure, outcome));
-    }
-    if let Some(hook) = manifest.hooks.after_switch.as_ref().filter(|_| deploying)
-        && let Err(failure) = run_hook(layout, &manifest.id, HookPoint::AfterSwitch, hook, emit)
-    {
-        return Err(fail(failure, outcome));
-    }
-    // Past here the release is live: traffic and `current` moved, and it
-    // settled. What goes wrong with the old instance is said as such
-    // ("switched, then …"), with what still runs; it fails nothing.
-    if let Some(old) = old {
-        retire(layout, spec, old, switched, emit, outcome);
-    }
-    // The whole under a runner (the unit's, or a detached one), which
-    // adopts what runs: from now on a reboot or a dead proxy keeper needs
-    // no deploy. Traffic flows whether or not it came up.
-    if !runner::is_held(layout) {
-        match whole::ensure_supervised(layout, spec) {
-            Ok(()) => emit(
-                "supervise",
-                "the proxy and the instance are supervised by their runner",
-            ),
-            Err(e) => emit("supervise", &format!("no runner: {}", e.message)),
-        }
+    Ok(switched)
+}
+
+/// The version gate of the instance on `port`, before it takes traffic.
+fn gate(
+    manifest: &ReleaseManifest,
+    port: u16,
+    emit: &dyn Fn(&str, &str),
+) -> Result<(), StepFailure> {
+    cancelled("health")?;
+    if manifest.version_check.is_some() {
+        let reported = reported_version_at(manifest, Some(port))
+            .map_err(|e| ("version", e, Vec::new()))?
+            .unwrap_or_default();
+        outcome_version(&reported, manifest)?;
+        emit(
+            "version",
+            &format!("instance on port {port} reports {reported}"),
+        );
     }
     Ok(())
 }

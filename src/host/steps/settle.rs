@@ -45,7 +45,7 @@ pub fn settle(
             seconds(window.saturating_sub(healthy_at.elapsed()))
         ),
     );
-    let tail = || logfile::tail(&logfile::service_log(layout), logfile::TAIL_LINES);
+    let tail = || logfile::service_tail(layout, logfile::TAIL_LINES);
     let failed = |what: &str, since: Duration, why: String| -> StepFailure {
         (
             "settle",

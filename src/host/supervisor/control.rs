@@ -29,7 +29,7 @@ fn error(message: impl Into<String>) -> SupervisorError {
 
 fn with_tail(mut err: SupervisorError, layout: &Layout) -> SupervisorError {
     if err.log_tail.is_empty() {
-        err.log_tail = logfile::tail(&logfile::service_log(layout), logfile::TAIL_LINES);
+        err.log_tail = logfile::service_tail(layout, logfile::TAIL_LINES);
     }
     err
 }

@@ -16,7 +16,7 @@ use crate::host::probe::{self, NoAnswer};
 use crate::protocol::manifest::HealthCheck;
 
 use super::human_duration;
-use super::listener::{self, Holder};
+use crate::host::os::listener::{self, Holder};
 use crate::host::os::process::{ExitInfo, Signals, exited_child};
 
 /// Pause between two looks at the socket table while the port is not

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::host::fs::{self, Expect, GuardedDir};
 
+use crate::host::os::journal;
 use crate::protocol::layout::Layout;
+use crate::protocol::manifest::LogTarget;
 use crate::protocol::names;
 
 use super::release::{self, Release};
@@ -32,6 +34,26 @@ pub fn service_log(layout: &Layout) -> PathBuf {
         .ok()
         .and_then(|r| path_for(layout, &r).ok())
         .unwrap_or_else(|| layout.log_file())
+}
+
+/// The last `n` lines of the service's output, wherever `[logs] to` of the
+/// release `current` points to sends it; masked, long lines cut.
+pub fn service_tail(layout: &Layout, n: usize) -> Vec<String> {
+    match release::current(layout).map(|r| r.manifest.logs.to) {
+        Ok(LogTarget::Journal) => journal::tail(layout.name(), layout.instance(), n)
+            .iter()
+            .map(|line| cut(&crate::host::secrets::mask(line)))
+            .collect(),
+        _ => tail(&service_log(layout), n),
+    }
+}
+
+/// A line no longer than [`MAX_TAIL_LINE`] characters.
+fn cut(line: &str) -> String {
+    match line.char_indices().nth(MAX_TAIL_LINE) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line.to_string(),
+    }
 }
 
 /// Lines a failed start shows from the log.

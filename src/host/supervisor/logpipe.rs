@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use super::logfile;
 use super::rotate::RotatingFile;
+use crate::host::os::journal::Journal;
 
 /// Pipe capacity asked for: the service can run ahead this far while the
 /// log thread is busy (a rotation, a slow disk). 1 MiB is the unprivileged maximum.
@@ -94,7 +95,7 @@ pub struct LogPipe {
 impl LogPipe {
     /// Starts the log thread writing into `file`. With `echo`, events also go
     /// to our stderr (the journal, under systemd).
-    pub fn start(file: RotatingFile, echo: bool) -> io::Result<LogPipe> {
+    pub fn start(file: Sink, echo: bool) -> io::Result<LogPipe> {
         let (service_r, service_w) = pipe(0)?;
         set_nonblocking(&service_r)?;
         // SAFETY: fcntl on a descriptor we own; failure just keeps the default size.
@@ -433,9 +434,39 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Where the output goes: the rotating file, or journald (one entry a line).
+pub enum Sink {
+    /// `[logs] file`.
+    File(RotatingFile),
+    /// `[logs] to = "journal"`.
+    Journal(Journal),
+}
+
+impl Sink {
+    fn write_chunk(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::File(file) => file.write_chunk(bytes),
+            Sink::Journal(journal) => {
+                // Whole lines arrive here (a partial one only when it grew
+                // too long to wait for): each is one entry.
+                for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    journal.send(line, false)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Sink::File(file) = self {
+            file.finish();
+        }
+    }
+}
+
 /// Turns the byte stream into whole-line writes, with events in between.
 struct Output {
-    file: RotatingFile,
+    file: Sink,
     /// The start of a line whose newline has not arrived yet.
     pending: Vec<u8>,
     /// The file ends in the middle of a service line.
@@ -523,7 +554,7 @@ mod tests {
             keep: 1,
             compress: false,
         };
-        let file = RotatingFile::open(&path, rotation, None).expect("open");
+        let file = Sink::File(RotatingFile::open(&path, rotation, None).expect("open"));
         let log = LogPipe::start(file, false).expect("start");
         let mut service = File::from(log.service_fd().try_clone_to_owned().expect("dup"));
 

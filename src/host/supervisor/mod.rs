@@ -11,8 +11,6 @@ mod control;
 mod health;
 #[allow(clippy::disallowed_methods)] // root-only: /proc, the shipjar binary, root's releases/
 mod identity;
-#[allow(clippy::disallowed_methods)] // root-only: /proc
-pub(crate) mod listener;
 pub(crate) mod logfile;
 mod logpipe;
 mod observe;

@@ -58,7 +58,7 @@ impl ReadinessChannel {
     pub fn failed(&mut self, message: &str, layout: &Layout) {
         let err = SupervisorError {
             message: message.to_string(),
-            log_tail: logfile::tail(&logfile::service_log(layout), logfile::TAIL_LINES),
+            log_tail: logfile::service_tail(layout, logfile::TAIL_LINES),
         };
         match self {
             ReadinessChannel::Detached { .. } => match serde_json::to_string(&err) {

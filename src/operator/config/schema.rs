@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::defaults;
 use super::{BatchSize, Bytes, Millis, ServiceName};
 use crate::protocol::HookPoint;
-use crate::protocol::manifest::{HookSpec, HostHooks};
+use crate::protocol::manifest::{HookSpec, HostHooks, LogTarget};
 
 /// The whole project file.
 #[derive(Debug, Deserialize)]
@@ -323,6 +323,8 @@ pub struct Logs {
     pub compress: bool,
     /// File name inside the log dir.
     pub file: Spanned<String>,
+    /// Where the output goes: `file` or `journal`.
+    pub to: LogTarget,
 }
 
 impl Default for Logs {
@@ -332,6 +334,7 @@ impl Default for Logs {
             max_size: Bytes(defaults::LOG_MAX_SIZE),
             keep: Spanned::new(0..0, defaults::LOG_KEEP),
             compress: defaults::LOG_COMPRESS,
+            to: LogTarget::File,
         }
     }
 }

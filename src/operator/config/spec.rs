@@ -58,6 +58,7 @@ impl From<&Logs> for LogSpec {
             keep: *l.keep.get_ref(),
             compress: l.compress,
             file: l.file.get_ref().clone(),
+            to: l.to,
         }
     }
 }

@@ -2,12 +2,13 @@
 //! release and its user, the log, the first state file.
 
 use crate::host::lockfile::{self, HeldLock, LockError};
+use crate::host::os::journal::Journal;
 use crate::host::os::process::{self, Credentials, Signals};
 use crate::host::os::procfs::{self, Liveness, ProcessId};
 use crate::host::supervisor::backoff::Backoff;
 use crate::host::supervisor::cds::ClassData;
 use crate::host::supervisor::logfile;
-use crate::host::supervisor::logpipe::LogPipe;
+use crate::host::supervisor::logpipe::{LogPipe, Sink};
 use crate::host::supervisor::privileges;
 use crate::host::supervisor::readiness::ReadinessChannel;
 use crate::host::supervisor::release::{self, Release};
@@ -15,6 +16,7 @@ use crate::host::supervisor::rotate::{Owner, RotatingFile, Rotation};
 use crate::host::supervisor::spawn;
 use crate::host::supervisor::state::{self, Phase, Pidfile, SupervisorState};
 use crate::protocol::layout::{Dir, Layout, Lock};
+use crate::protocol::manifest::LogTarget;
 
 use super::{Mode, Supervisor};
 
@@ -147,13 +149,32 @@ fn open_log(
         uid: c.uid,
         gid: c.gid,
     });
-    let file = RotatingFile::open(&path, rotation, owner)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (file, journal) = match spec.to {
+        LogTarget::File => (
+            Sink::File(
+                RotatingFile::open(&path, rotation, owner)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
+            false,
+        ),
+        LogTarget::Journal => {
+            // Both instances behind the proxy log as the service; a field says which.
+            let fields = layout
+                .instance()
+                .map(|port| vec![("SHIPJAR_INSTANCE".to_string(), port.to_string())])
+                .unwrap_or_default();
+            (
+                Sink::Journal(Journal::connect(layout.name(), fields)?),
+                true,
+            )
+        }
+    };
     // In the foreground our stderr is the process manager's (the journal):
-    // events go there too, and it stays ours.
+    // events go there too (unless they go to the journal already), and it
+    // stays ours.
     let foreground = mode == Mode::Foreground;
-    let log =
-        LogPipe::start(file, foreground).map_err(|e| format!("cannot start the log pipe: {e}"))?;
+    let log = LogPipe::start(file, foreground && !journal)
+        .map_err(|e| format!("cannot start the log pipe: {e}"))?;
     if !foreground {
         use std::os::fd::AsRawFd;
         // SAFETY: dup2 onto fd 2, which we own as our stderr.
