@@ -1322,20 +1322,10 @@ fn systemd_journal_takes_the_service_output_and_logs_reads_it_there() {
     let f = SystemdFleet::new(1);
     let host = "app1";
     assert_running(&f, host);
-    let p = SystemdProject::new(&f, host);
-    let file = p.dir.path().join("shipjar.toml");
-    let config = fs::read_to_string(&file).expect("read config");
-    fs::write(&file, config + "\n[logs]\nto = \"journal\"\n").expect("write config");
-    let provision = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(
-        deploy.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&deploy),
-        f.diagnostics(host)
-    );
+    let p = systemd_project(&f, host, "");
+    p.append_config("\n[logs]\nto = \"journal\"\n");
+    p.provision();
+    p.deployed_else("1.0.0", &[], || f.diagnostics(host));
     let journal = ssh_ok(&f, host, "journalctl -t hello --no-pager -o cat");
     assert!(journal.contains("listening on"), "{journal}");
     assert!(journal.contains("[shipjar] healthy after"), "{journal}");
