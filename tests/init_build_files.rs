@@ -1,7 +1,11 @@
 //! `shipjar init` reads the build files exactly: fixture projects under
 //! `tests/fixtures/init/` each give the exact artifact path, and on copies of
 //! `examples/clojure-jetty` (Maven and Leiningen) `shipjar build` with the
-//! written config finds exactly that file after a real offline build.
+//! written config finds exactly that file after a real offline build. As
+//! root, `init` → `build` → `deploy local` works unedited (each deploy in a
+//! network namespace of its own) on the Maven example, on a copy of
+//! examples/hello with a bash `build.sh`, and on one that reads its config
+//! path from `SERVICE_PROPERTIES`.
 
 mod common;
 
@@ -262,7 +266,7 @@ fn maven_clojure_example_init_then_build_finds_exactly_the_written_artifact() {
         build_key(&config, "artifact"),
         "target/inventory-1.0.0-standalone.jar"
     );
-    assert_eq!(build_key(&config, "command"), "sh build.sh");
+    assert_eq!(build_key(&config, "command"), "/bin/sh build.sh");
     assert!(out.contains("assembly `standalone`"), "{out}");
     let built = build(dir.path());
     assert_eq!(
@@ -310,4 +314,211 @@ fn leiningen_clojure_example_init_then_build_finds_exactly_the_written_artifact(
         let built = build(dir.path());
         assert_eq!(built, dir.path().join(expected), "{variant}");
     }
+}
+
+/// A copy of examples/hello without its shipjar.toml: a project with no
+/// build file, only `build.sh`.
+fn hello_copy() -> tempfile::TempDir {
+    let dir = copy_of(&common::example_dir());
+    std::fs::remove_file(dir.path().join("shipjar.toml")).unwrap();
+    dir
+}
+
+/// The service `init` named after the copy's directory, deployed on the
+/// local stage: stopped when dropped, even when the test failed.
+struct Deployed {
+    dir: PathBuf,
+    name: String,
+}
+
+impl Deployed {
+    fn new(dir: &Path, config: &toml::Table) -> Deployed {
+        let name = config["service"]["name"]
+            .as_str()
+            .expect("[service] name")
+            .to_string();
+        Deployed {
+            dir: dir.to_path_buf(),
+            name,
+        }
+    }
+
+    /// `shipjar deploy local` in a network namespace of its own with only
+    /// a loopback, so the port `init` writes (8080) cannot meet another
+    /// test's service; the supervisor stays in it after the deploy.
+    fn deploy(&self) -> Output {
+        Command::new("unshare")
+            .args([
+                "--net",
+                "--",
+                "sh",
+                "-c",
+                "ip link set lo up && exec \"$@\"",
+                "sh",
+            ])
+            .arg(shipjar_bin())
+            .arg("-C")
+            .arg(&self.dir)
+            .args(["deploy", "local"])
+            .output()
+            .expect("run unshare")
+    }
+}
+
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        let root = self.dir.join(".shipjar/local");
+        let _ = Command::new(shipjar_bin())
+            .args(["service", "stop", &self.name, "--root"])
+            .arg(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        // Last resort: the process group the supervisor recorded.
+        let pidfile = root.join(format!("run/{0}/{0}.pid", self.name));
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run as root (run-tests does): deploy local runs in a network namespace of its own"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_bash_build_script_runs_with_bash_and_init_build_deploy_works_unedited() {
+    require_root();
+    let dir = hello_copy();
+    // A bash script, not executable: Debian's sh (dash) stops at `set -o
+    // pipefail` and cannot read the array.
+    std::fs::write(
+        dir.path().join("build.sh"),
+        r#"#!/usr/bin/env bash
+set -euo pipefail
+cd -- "$(dirname -- "$0")"
+sources=(src/*.java)
+rm -rf build && mkdir -p build/classes
+javac --release 17 -nowarn -encoding UTF-8 -d build/classes "${sources[@]}" 2>&1 | grep -v '^Note:' >&2 || true
+jar --create --file build/hello.jar --main-class Hello -C build/classes .
+"#,
+    )
+    .unwrap();
+    let (config, out) = init(dir.path());
+    assert_eq!(build_key(&config, "command"), "bash build.sh", "{out}");
+    assert!(
+        out.contains("run by `/usr/bin/env bash`") || out.contains("run by `bash`"),
+        "{out}"
+    );
+    let built = build(dir.path());
+    assert_eq!(built, dir.path().join("build/hello.jar"));
+    let running = Deployed::new(dir.path(), &config);
+    let deployed = running.deploy();
+    assert!(
+        deployed.status.success(),
+        "deploy failed: {}",
+        text(&deployed)
+    );
+}
+
+/// examples/hello changed to read service.properties only from the path in
+/// `SERVICE_PROPERTIES`, answering its version endpoint 404 without it.
+const NEEDS_SERVICE_PROPERTIES: &str =
+    "SERVICE_PROPERTIES is not set: this service reads its version from the file it names";
+
+#[test]
+#[ignore = "needs root"]
+fn init_points_a_config_path_variable_at_its_file_and_a_failed_version_check_shows_the_answer() {
+    require_root();
+    let dir = hello_copy();
+    let source = dir.path().join("src/Hello.java");
+    let java = std::fs::read_to_string(&source).unwrap();
+    let edited = java
+        .replace(
+            "readProperties(configDir.resolve(\"service.properties\"))",
+            "readProperties(Path.of(System.getenv(\"SERVICE_PROPERTIES\") == null ? \"unset\" : System.getenv(\"SERVICE_PROPERTIES\")))",
+        )
+        .replace(
+            "case \"/version\": {",
+            &format!(
+                "case \"/version\": {{ if (System.getenv(\"SERVICE_PROPERTIES\") == null) {{ return send(ex, 404, TEXT, \"{NEEDS_SERVICE_PROPERTIES}\\n\"); }}"
+            ),
+        );
+    assert_eq!(
+        edited.matches("SERVICE_PROPERTIES").count(),
+        4,
+        "the example changed"
+    );
+    std::fs::write(&source, edited).unwrap();
+
+    let (config, out) = init(dir.path());
+    assert_eq!(
+        config["service"]["env"]["SERVICE_PROPERTIES"].as_str(),
+        Some("{{ config_dir }}/service.properties"),
+        "{out}"
+    );
+    assert!(
+        out.contains("src/Hello.java reads SERVICE_PROPERTIES"),
+        "{out}"
+    );
+    build(dir.path());
+    let running = Deployed::new(dir.path(), &config);
+
+    // Without the variable the version check fails, showing what the service said.
+    let file = dir.path().join("shipjar.toml");
+    let written = std::fs::read_to_string(&file).unwrap();
+    let line = written
+        .lines()
+        .find(|l| l.starts_with("SERVICE_PROPERTIES = "))
+        .expect("the SERVICE_PROPERTIES line");
+    std::fs::write(&file, written.replace(line, &format!("# {line}"))).unwrap();
+    let failed = running.deploy();
+    assert!(!failed.status.success(), "{}", text(&failed));
+    assert!(
+        text(&failed).contains(&format!("answered HTTP 404: {NEEDS_SERVICE_PROPERTIES}")),
+        "{}",
+        text(&failed)
+    );
+
+    // As init wrote it, the deploy works.
+    std::fs::write(&file, written).unwrap();
+    let deployed = running.deploy();
+    assert!(
+        deployed.status.success(),
+        "deploy failed: {}",
+        text(&deployed)
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn maven_clojure_example_init_build_deploy_works_unedited_with_its_logback_config() {
+    require_root();
+    require_packages();
+    let dir = clojure_copy();
+    let (config, out) = init(dir.path());
+    assert!(out.contains("logging: logback"), "{out}");
+    build(dir.path());
+    let running = Deployed::new(dir.path(), &config);
+    let deployed = running.deploy();
+    assert!(
+        deployed.status.success(),
+        "deploy failed: {}",
+        text(&deployed)
+    );
+    // The logging config init enabled is rendered where the -D points.
+    let current = dir.path().join(".shipjar/local/var/lib/inventory/current");
+    assert!(current.join("config/logback.xml").is_file());
 }

@@ -1444,12 +1444,27 @@ fn a_runner_whose_active_instance_cannot_come_back_ends_failed_and_status_says_w
         "[restart]\nmax_failures = 2\ninitial_delay = \"100ms\"\nmax_delay = \"200ms\"",
     );
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &["--env", "CRASH_AFTER_S=1"]);
+    // Long enough after its gate for the deploy to check its version.
+    let out = p.deploy("1.0.0", &["--env", "CRASH_AFTER_S=3"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let runner = runner_pid(&p.root()).expect("a runner");
-    wait_gone(runner, Duration::from_secs(60));
-    let record = std::fs::read_to_string(p.root().join("run/hello/proxy/runner.json"))
-        .expect("the runner's record");
+    // It may give up before this looks (the crashes start a second after
+    // the gate): its record says when it did.
+    let record_path = p.root().join("run/hello/proxy/runner.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let record = loop {
+        let record = std::fs::read_to_string(&record_path).unwrap_or_default();
+        if record.contains("\"ended\"") && record.contains("failed:") {
+            break record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runner never gave up: {record}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    if let Some(runner) = runner_pid(&p.root()) {
+        wait_gone(runner, Duration::from_secs(10));
+    }
     assert!(
         record.contains("failed: the supervisor of the instance on port"),
         "{record}"

@@ -26,18 +26,7 @@ pub fn activate(
     failed: &dyn Fn(&str, &str),
 ) -> Activation {
     let previous = store::current(layout);
-    let mut outcome = Activation {
-        ok: false,
-        release: release.to_string(),
-        pid: None,
-        healthy_after_ms: None,
-        stopped_after_ms: None,
-        reported_version: None,
-        failed_step: None,
-        reason: None,
-        log_tail: Vec::new(),
-        now_running: None,
-    };
+    let mut outcome = Activation::of(release);
     let manifest = match store::read_manifest(layout, release) {
         Ok(m) => m,
         Err(e) => return fail_early(outcome, "switch", e),
@@ -46,12 +35,7 @@ pub fn activate(
         Ok(held) => held,
         Err(e) => {
             failed("lock", &e);
-            let stopped = NotSwitched {
-                release: Some(release.to_string()),
-                action,
-                deployer: deployer.to_string(),
-                why: format!("lock: {e}; not switched"),
-            };
+            let stopped = not_switched(release, action, deployer, format!("lock: {e}"));
             record_not_switched(layout, &stopped, emit);
             return fail_early(outcome, "lock", e);
         }
@@ -68,24 +52,8 @@ pub fn activate(
         outcome.failed_step = Some(step.to_string());
         outcome.reason = Some(reason.clone());
         outcome.log_tail = output;
-        outcome.now_running = Some(match &manifest.proxy {
-            Some(spec) => proxied::switch::now_running(layout, spec, previous.as_deref()),
-            None => NowRunning {
-                release: previous.clone(),
-                version: previous
-                    .as_deref()
-                    .and_then(|p| store::read_manifest(layout, p).ok())
-                    .map(|m| m.version),
-                healthy: supervisor::status(layout).pid.is_some(),
-                problem: None,
-            },
-        });
-        let stopped = NotSwitched {
-            release: Some(release.to_string()),
-            action,
-            deployer: deployer.to_string(),
-            why: format!("{step}: {reason}; not switched"),
-        };
+        outcome.now_running = Some(running_unswitched(layout, &manifest, previous.as_deref()));
+        let stopped = not_switched(release, action, deployer, format!("{step}: {reason}"));
         record_not_switched(layout, &stopped, emit);
         return outcome;
     }
@@ -135,6 +103,35 @@ pub fn activate(
         emit("record", &format!("cannot append to revisions.log: {e}"));
     }
     outcome
+}
+
+/// What runs when an activation stopped before it switched: what ran before.
+fn running_unswitched(
+    layout: &Layout,
+    manifest: &ReleaseManifest,
+    previous: Option<&str>,
+) -> NowRunning {
+    match &manifest.proxy {
+        Some(spec) => proxied::switch::now_running(layout, spec, previous),
+        None => NowRunning {
+            release: previous.map(str::to_string),
+            version: previous
+                .and_then(|p| store::read_manifest(layout, p).ok())
+                .map(|m| m.version),
+            healthy: supervisor::status(layout).pid.is_some(),
+            problem: None,
+        },
+    }
+}
+
+/// The record of a run that stopped, `why`, before its host switched.
+fn not_switched(release: &str, action: Action, deployer: &str, why: String) -> NotSwitched {
+    NotSwitched {
+        release: Some(release.to_string()),
+        action,
+        deployer: deployer.to_string(),
+        why: format!("{why}; not switched"),
+    }
 }
 
 /// Records a run that stopped before this host switched, and removes the

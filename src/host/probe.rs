@@ -9,12 +9,33 @@ use std::time::Duration;
 pub struct HttpAnswer {
     /// Status code.
     pub status: u16,
-    /// Body as text (lossy UTF-8), at most 64 KiB.
+    /// Body as text (lossy UTF-8), at most [`MAX_BODY`] bytes.
     pub body: String,
 }
 
-/// Most of a body we keep; health and version answers are tiny.
-const MAX_BODY: u64 = 64 * 1024;
+/// Most of a body we read; health and version answers are tiny.
+const MAX_BODY: u64 = 8 * 1024;
+
+/// Most of a failed answer's body that a message shows.
+const SAID_CHARS: usize = 200;
+
+/// The start of a failed answer's body, on one line, which is where a
+/// service says what it is missing: masked with the active masker before it
+/// is cut, so no part of a secret is kept.
+pub fn said(body: &str) -> String {
+    one_line_start(&crate::host::secrets::mask(body))
+}
+
+/// The first [`SAID_CHARS`] characters of `masked` with its whitespace runs
+/// made single spaces, `…` when cut.
+fn one_line_start(masked: &str) -> String {
+    let one_line = masked.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut start: String = one_line.chars().take(SAID_CHARS).collect();
+    if start.len() < one_line.len() {
+        start.push('…');
+    }
+    start
+}
 
 /// An agent for one probe against this host.
 fn agent(timeout: Duration) -> ureq::Agent {
@@ -168,7 +189,29 @@ mod tests {
         let answer =
             http_get(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(2)).expect("answer");
         assert_eq!(answer.status, 200);
-        assert_eq!(answer.body.len(), 64 * 1024);
+        assert_eq!(answer.body.len(), MAX_BODY as usize);
+    }
+
+    #[test]
+    fn what_a_failed_answer_said_is_one_line_masked_before_it_is_cut() {
+        use crate::protocol::mask::{Masker, SecretValue};
+        let secret = "said-secret-8c2e41d0-77";
+        // The process-wide masker is shared with other tests: mask with our own.
+        let masker = Masker::new(&[SecretValue {
+            value: secret.into(),
+            allow_short: false,
+        }]);
+        let said = |body: &str| one_line_start(&masker.mask(body));
+        assert_eq!(
+            said("missing:\n  SERVICE_PROPERTIES is not set\n"),
+            "missing: SERVICE_PROPERTIES is not set"
+        );
+        // The secret straddles the cut: masked first, so none of it is kept.
+        let body = format!("{}\n{secret} and more", "e".repeat(195));
+        let start = said(&body);
+        assert_eq!(start, format!("{} ****…", "e".repeat(195)));
+        assert!(!start.contains("said-"));
+        assert_eq!(said(""), "");
     }
 
     #[test]

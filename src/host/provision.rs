@@ -106,83 +106,97 @@ fn ensure_init(layout: &Layout, spec: &ProvisionSpec) -> Vec<ResourceResult> {
         return results;
     }
     if systemd {
-        let text = match init::unit_text(&init) {
-            Ok(t) => t,
-            Err(e) => {
-                return vec![result(
-                    "systemd unit".into(),
-                    ResourceStatus::Failed,
-                    e,
-                    None,
-                )];
-            }
-        };
-        let file = ensure_file(&init::unit_path(layout), &text, 0o644, spec.dry_run);
-        let changed = file.status == ResourceStatus::Changed;
-        results.push(file);
-        let name = format!("{}.service", layout.name());
-        if changed {
-            results.push(command_resource(
-                "systemctl daemon-reload",
-                Command::new("systemctl").arg("daemon-reload"),
-            ));
-        }
-        let enabled = Command::new("systemctl")
-            .args(["is-enabled", "--quiet", "--", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        results.push(match (enabled, spec.dry_run) {
-            (true, _) => result(
-                format!("enabled {name}"),
-                ResourceStatus::Ok,
-                "starts at boot",
-                None,
-            ),
-            (false, true) => result(
-                format!("enabled {name}"),
-                ResourceStatus::WouldChange,
-                "systemctl enable",
-                None,
-            ),
-            (false, false) => command_resource(
-                &format!("enabled {name}"),
-                Command::new("systemctl").args(["enable", "--quiet", "--", &name]),
-            ),
-        });
+        results.extend(ensure_unit(layout, &init, spec.dry_run));
     } else {
-        let text = init::initscript_text(&init);
-        results.push(ensure_file(
-            &init::initscript_path(layout),
-            &text,
-            0o755,
-            spec.dry_run,
-        ));
-        // update-rc.d makes the rc?.d links; their presence is what "enabled" means here.
-        #[allow(clippy::disallowed_methods)] // root-only: /etc/rc2.d
-        let rc2 = fs::read_dir(layout.root().join("etc/rc2.d"));
-        let linked = rc2
-            .map(|dir| {
-                dir.flatten().any(|e| {
-                    let link = e.file_name().to_string_lossy().into_owned();
-                    link.starts_with('S') && link.get(3..) == Some(layout.name())
-                })
-            })
-            .unwrap_or(false);
-        let resource = format!("enabled /etc/init.d/{}", layout.name());
-        results.push(match (linked, spec.dry_run) {
-            (true, _) => result(resource, ResourceStatus::Ok, "starts at boot (rc2.d)", None),
-            (false, true) => result(
-                resource,
-                ResourceStatus::WouldChange,
-                "update-rc.d defaults",
-                None,
-            ),
-            (false, false) => command_resource(
-                &resource,
-                Command::new("update-rc.d").args([layout.name(), "defaults"]),
-            ),
-        });
+        results.extend(ensure_initscript(layout, &init, spec.dry_run));
     }
+    results
+}
+
+/// The systemd unit, written when it differs, daemon-reloaded, enabled.
+fn ensure_unit(layout: &Layout, init: &InitSpec, dry_run: bool) -> Vec<ResourceResult> {
+    let mut results = Vec::new();
+    let text = match init::unit_text(init) {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![result(
+                "systemd unit".into(),
+                ResourceStatus::Failed,
+                e,
+                None,
+            )];
+        }
+    };
+    let file = ensure_file(&init::unit_path(layout), &text, 0o644, dry_run);
+    let changed = file.status == ResourceStatus::Changed;
+    results.push(file);
+    let name = format!("{}.service", layout.name());
+    if changed {
+        results.push(command_resource(
+            "systemctl daemon-reload",
+            Command::new("systemctl").arg("daemon-reload"),
+        ));
+    }
+    let enabled = Command::new("systemctl")
+        .args(["is-enabled", "--quiet", "--", &name])
+        .status()
+        .is_ok_and(|s| s.success());
+    results.push(match (enabled, dry_run) {
+        (true, _) => result(
+            format!("enabled {name}"),
+            ResourceStatus::Ok,
+            "starts at boot",
+            None,
+        ),
+        (false, true) => result(
+            format!("enabled {name}"),
+            ResourceStatus::WouldChange,
+            "systemctl enable",
+            None,
+        ),
+        (false, false) => command_resource(
+            &format!("enabled {name}"),
+            Command::new("systemctl").args(["enable", "--quiet", "--", &name]),
+        ),
+    });
+    results
+}
+
+/// The LSB init script, written when it differs, enabled with `update-rc.d`.
+fn ensure_initscript(layout: &Layout, init: &InitSpec, dry_run: bool) -> Vec<ResourceResult> {
+    let mut results = Vec::new();
+    let text = init::initscript_text(init);
+    results.push(ensure_file(
+        &init::initscript_path(layout),
+        &text,
+        0o755,
+        dry_run,
+    ));
+    // update-rc.d makes the rc?.d links; their presence is what "enabled" means here.
+    #[allow(clippy::disallowed_methods)] // root-only: /etc/rc2.d
+    let rc2 = fs::read_dir(layout.root().join("etc/rc2.d"));
+    let linked = rc2
+        .map(|dir| {
+            dir.flatten().any(|e| {
+                let link = e.file_name().to_string_lossy().into_owned();
+                link.starts_with('S') && link.get(3..) == Some(layout.name())
+            })
+        })
+        .unwrap_or(false);
+    let resource = format!("enabled /etc/init.d/{}", layout.name());
+    results.push(match (linked, dry_run) {
+        (true, _) => result(resource, ResourceStatus::Ok, "starts at boot (rc2.d)", None),
+        (false, true) => result(
+            resource,
+            ResourceStatus::WouldChange,
+            "update-rc.d defaults",
+            None,
+        ),
+        (false, false) => command_resource(
+            &resource,
+            Command::new("update-rc.d").args([layout.name(), "defaults"]),
+        ),
+    });
     results
 }
 

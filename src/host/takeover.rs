@@ -94,8 +94,10 @@ fn kept_dir(layout: &Layout) -> PathBuf {
 }
 
 /// The init file shipjar is about to write at `ours` (a unit when
-/// `systemd`), if something not shipjar's is there or ran the service.
-pub fn previous(layout: &Layout, systemd: bool) -> Option<Previous> {
+/// `systemd`), if something not shipjar's is there or ran the service. The
+/// copy of one shipjar replaced counts only for a take-over: what its
+/// `status` says once shipjar's script runs the service is no evidence.
+pub fn previous(layout: &Layout, systemd: bool, take_over: bool) -> Option<Previous> {
     let name = layout.name();
     if systemd {
         let unit = format!("{name}.service");
@@ -127,7 +129,7 @@ pub fn previous(layout: &Layout, systemd: bool) -> Option<Previous> {
     }
     // Replaced already: its copy can still stop what it started.
     let kept = kept_dir(layout).join(format!("init.d-{name}"));
-    kept.is_file().then_some(Previous::Script(kept))
+    (take_over && kept.is_file()).then_some(Previous::Script(kept))
 }
 
 /// Keeps a copy of `file` (not shipjar's) before it is replaced.
@@ -155,7 +157,7 @@ pub fn before_install(
     take_over: bool,
     dry_run: bool,
 ) -> (Vec<ResourceResult>, bool) {
-    let Some(previous) = previous(layout, systemd) else {
+    let Some(previous) = previous(layout, systemd, take_over) else {
         return (Vec::new(), true);
     };
     let resource = format!("take over {}", layout.name());
@@ -188,13 +190,32 @@ pub fn before_install(
     if !running {
         return (results, true);
     }
-    let how = match &previous {
+    let (result, go_on) = stop_or_refuse(layout, &previous, take_over, dry_run);
+    results.push(result);
+    (results, go_on)
+}
+
+/// A service running under `previous`: refused without `take_over`, else
+/// stopped through it (or, dry, said it would be). The bool: whether to go on.
+fn stop_or_refuse(
+    layout: &Layout,
+    previous: &Previous,
+    take_over: bool,
+    dry_run: bool,
+) -> (ResourceResult, bool) {
+    let done = |status, detail: String| ResourceResult {
+        resource: format!("take over {}", layout.name()),
+        status,
+        detail,
+        diff: None,
+    };
+    let how = match previous {
         Previous::Script(path) => format!("{} stop", path.display()),
         Previous::Unit { name, .. } => format!("systemctl stop {name}"),
     };
     match (take_over, dry_run) {
-        (false, _) => {
-            results.push(done(
+        (false, _) => (
+            done(
                 ResourceStatus::Failed,
                 format!(
                     "{} runs under {}, which shipjar would replace: its process would keep the \
@@ -204,37 +225,39 @@ pub fn before_install(
                     layout.name(),
                     previous.describe()
                 ),
-            ));
-            (results, false)
-        }
-        (true, true) => {
-            results.push(done(
+            ),
+            false,
+        ),
+        (true, true) => (
+            done(
                 ResourceStatus::WouldChange,
                 format!("would stop it through `{how}`"),
-            ));
-            (results, true)
-        }
+            ),
+            true,
+        ),
         (true, false) => match previous.stop() {
             Ok(()) => {
-                results.push(done(
-                    ResourceStatus::Changed,
-                    format!("stopped through `{how}`; shipjar's init file replaces it"),
-                ));
-                if let Previous::Unit { name, .. } = &previous {
+                if let Previous::Unit { name, .. } = previous {
                     // Its own unit must not start it again at boot beside ours.
                     let _ = Command::new("systemctl")
                         .args(["disable", "--quiet", "--", name])
                         .status();
                 }
-                (results, true)
+                (
+                    done(
+                        ResourceStatus::Changed,
+                        format!("stopped through `{how}`; shipjar's init file replaces it"),
+                    ),
+                    true,
+                )
             }
-            Err(e) => {
-                results.push(done(
+            Err(e) => (
+                done(
                     ResourceStatus::Failed,
                     format!("`{how}` did not stop it: {e}; nothing was replaced"),
-                ));
-                (results, false)
-            }
+                ),
+                false,
+            ),
         },
     }
 }
@@ -263,12 +286,12 @@ mod tests {
     fn an_init_host_with_a_foreign_script_has_a_previous_one_and_a_kept_copy_counts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let layout = Layout::new(dir.path(), "hello");
-        assert_eq!(previous(&layout, false), None);
+        assert_eq!(previous(&layout, false, true), None);
         let script = init::initscript_path(&layout);
         fs::create_dir_all(script.parent().expect("parent")).expect("mkdir");
         fs::write(&script, "#!/bin/sh\necho theirs\n").expect("write");
         assert_eq!(
-            previous(&layout, false),
+            previous(&layout, false, true),
             Some(Previous::Script(script.clone()))
         );
         fs::create_dir_all(layout.lib_dir()).expect("mkdir");
@@ -281,6 +304,8 @@ mod tests {
             "#!/bin/sh\n# Generated by `shipjar service install-initscript hello`\n",
         )
         .expect("write");
-        assert_eq!(previous(&layout, false), Some(Previous::Script(copy)));
+        assert_eq!(previous(&layout, false, true), Some(Previous::Script(copy)));
+        // Without a take-over the copy is no evidence of anything running.
+        assert_eq!(previous(&layout, false, false), None);
     }
 }

@@ -4,8 +4,10 @@
 //! and the exact path of the runnable jar.
 
 mod clj;
+mod config_paths;
 mod edn;
 mod maven;
+mod script;
 
 use std::path::Path;
 
@@ -86,6 +88,23 @@ pub fn detect(dir: &Path) -> Result<(Detected, Option<Detected>)> {
             },
             None,
         ),
+        _ if has("build.sh") => {
+            let (command, note) = script::command(dir, "build.sh");
+            (
+                Detected {
+                    tool: Tool::Unknown,
+                    name: None,
+                    version: None,
+                    command,
+                    artifact: "build/*.jar".into(),
+                    notes: vec![
+                        note,
+                        "no build file found: check [build] artifact (where build.sh writes the jar)".into(),
+                    ],
+                },
+                None,
+            )
+        }
         _ => (
             Detected {
                 tool: Tool::Unknown,
@@ -170,30 +189,12 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
         said.push(note.clone());
         comments.push(format!("# {note}"));
     }
-    let version_line = if in_git_repository(&dir) {
-        "version_command = \"git describe --always --dirty\"".to_string()
-    } else {
-        match &found.version {
-            Some(v) => {
-                let note = format!(
-                    "not a git repository: the version falls back to {v}, from {}; keep the two in step, or `git init`",
-                    found.tool.file()
-                );
-                said.push(note.clone());
-                comments.push(format!("# {note}"));
-                format!(
-                    "version_command = \"git describe --always --dirty 2>/dev/null || echo {}\"",
-                    crate::protocol::shell::quote(v)
-                )
-            }
-            None => {
-                let note = "not a git repository and no version in the build file: each build's version is sha-<its sha256>".to_string();
-                said.push(note.clone());
-                comments.push(format!("# {note}"));
-                "# version_command = \"git describe --always --dirty\"".to_string()
-            }
-        }
-    };
+    let (version_line, note) = version_command(&dir, &found);
+    if let Some(note) = note {
+        said.push(note.clone());
+        comments.push(format!("# {note}"));
+    }
+    let (logback_opt, logging_config, env_lines) = config_wiring(&dir, &mut said);
     let alternative = alternative
         .map(|alt| {
             format!(
@@ -217,28 +218,22 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
         .replace("@ARTIFACT@", &toml_string(&found.artifact))
         .replace("@VERSION@", &version_line)
         .replace("@ALTERNATIVE@", &alternative)
+        .replace("@LOGBACK_OPT@", &logback_opt)
+        .replace("@LOGGING_CONFIG@", logging_config)
+        .replace(
+            "@ENV@",
+            &env_lines
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        )
         .replace(
             "@SECRET_ENV@",
             &format!("{}_DB_PASSWORD", name.to_uppercase().replace('-', "_")),
         );
     std::fs::write(file, &text)
         .map_err(|e| Error::failed(format!("cannot write {}: {e}", file.display())))?;
-    for (path, content) in TEMPLATES {
-        let target = dir.join(path);
-        if target.exists() {
-            continue;
-        }
-        let written = target
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&target, content.replace("@NAME@", &name)));
-        match written {
-            Ok(()) => said.push(format!(
-                "wrote {path} (a template for a commented [[config]] entry)"
-            )),
-            Err(e) => said.push(format!("could not write {path}: {e}")),
-        }
-    }
+    said.extend(write_templates(&dir, &name));
     let mut out = String::new();
     for line in &said {
         out.push_str(&format!("  {line}\n"));
@@ -250,6 +245,96 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
         found.artifact
     ));
     Ok(out)
+}
+
+/// How the service finds its config files: the logback `-D` option and
+/// `[[config]]` (enabled when the project uses logback) and the `env` lines
+/// for what the code reads; what was found goes to `said`.
+fn config_wiring(dir: &Path, said: &mut Vec<String>) -> (String, &'static str, Vec<String>) {
+    let logback = config_paths::logback_evidence(dir);
+    let (logback_opt, logging_config) = match &logback {
+        Some(evidence) => {
+            let note = format!(
+                "logging: logback ({evidence}): the logging [[config]] is enabled, found with -Dlogback.configurationFile"
+            );
+            said.push(note);
+            (
+                format!("    \"-Dlogback.configurationFile={{{{ config_dir }}}}/logback.xml\",   # logback: {evidence}"),
+                "[[config]]                           # logging, per stage\ntemplate = \"deploy/logback-{{ stage }}.xml\"\ndest = \"logback.xml\"\n",
+            )
+        }
+        None => (
+            "    # \"-Dlogback.configurationFile={{ config_dir }}/logback.xml\",   # with the logging [[config]] below".to_string(),
+            "# [[config]]                         # logging, per stage\n# template = \"deploy/logback-{{ stage }}.xml\"\n# dest = \"logback.xml\"\n",
+        ),
+    };
+    let declared = [
+        config_paths::Declared {
+            dest: "logback.xml",
+            enabled: logback.is_some(),
+        },
+        config_paths::Declared {
+            dest: "database.properties",
+            enabled: false,
+        },
+        config_paths::Declared {
+            dest: "service.properties",
+            enabled: true,
+        },
+    ];
+    let (env_lines, env_notes) =
+        config_paths::env_lines(&declared, &config_paths::scan(dir), &["logback.xml"]);
+    said.extend(env_notes);
+    (logback_opt, logging_config, env_lines)
+}
+
+/// The `version_command` line, and what to tell about it: `git describe`
+/// in a git work tree, else with the build file's version as fallback.
+fn version_command(dir: &Path, found: &Detected) -> (String, Option<String>) {
+    if in_git_repository(dir) {
+        return (
+            "version_command = \"git describe --always --dirty\"".to_string(),
+            None,
+        );
+    }
+    match &found.version {
+        Some(v) => (
+            format!(
+                "version_command = \"git describe --always --dirty 2>/dev/null || echo {}\"",
+                crate::protocol::shell::quote(v)
+            ),
+            Some(format!(
+                "not a git repository: the version falls back to {v}, from {}; keep the two in step, or `git init`",
+                found.tool.file()
+            )),
+        ),
+        None => (
+            "# version_command = \"git describe --always --dirty\"".to_string(),
+            Some("not a git repository and no version in the build file: each build's version is sha-<its sha256>".to_string()),
+        ),
+    }
+}
+
+/// Writes each template file that is not there yet; what was done, a line each.
+fn write_templates(dir: &Path, name: &str) -> Vec<String> {
+    let mut said = Vec::new();
+    for (path, content) in TEMPLATES {
+        let target = dir.join(path);
+        if target.exists() {
+            continue;
+        }
+        let written = target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&target, content.replace("@NAME@", name)));
+        match written {
+            Ok(()) => said.push(format!(
+                "wrote {path} (a template for a commented [[config]] entry)"
+            )),
+            Err(e) => said.push(format!("could not write {path}: {e}")),
+        }
+    }
+    said
 }
 
 /// `text` as a TOML basic string.
@@ -269,7 +354,7 @@ const TEMPLATES: [(&str, &str); 3] = [
       <pattern>%d{yyyy-MM-dd HH:mm:ss.SSS} %-5level [@NAME@] %logger{36} - %msg%n</pattern>
     </encoder>
   </appender>
-  <root level="DEBUG">
+  <root level="INFO">
     <appender-ref ref="STDOUT"/>
   </root>
 </configuration>
@@ -310,10 +395,12 @@ jar = "@NAME@.jar"                  # the artifact's name inside a release
 java_opts = [
     "-Xmx512m",
     "-XX:+ExitOnOutOfMemoryError",
-    # "-Dlogback.configurationFile={{ config_dir }}/logback.xml",   # with the logging [[config]] below
+@LOGBACK_OPT@
 ]
-env = { PORT = "8080" }
 
+[service.env]                        # config files are rendered into {{ config_dir }} ($SHIPJAR_CONFIG_DIR to the service)
+PORT = "8080"
+@ENV@
 [build]
 command = @COMMAND@
 artifact = @ARTIFACT@
@@ -332,10 +419,7 @@ key = "version"                      # config/service.properties); remove the se
 timeout = "30s"
 
 # Files rendered into each release's config/ (templates are in deploy/):
-# [[config]]                         # logging, per stage
-# template = "deploy/logback-{{ stage }}.xml"
-# dest = "logback.xml"
-#
+@LOGGING_CONFIG@
 # [[config]]                         # database settings; the password is a secret
 # template = "deploy/database.properties"
 # dest = "database.properties"
@@ -383,5 +467,45 @@ mod tests {
         let loaded = crate::operator::config::Project::load(&file).unwrap();
         assert_eq!(loaded.config.service.name.0, "orders");
         assert_eq!(init(&file, None).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn the_written_file_shows_how_the_service_finds_its_config_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("inventory");
+        std::fs::create_dir_all(project.join("src/inventory")).unwrap();
+        std::fs::write(
+            project.join("project.clj"),
+            "(defproject inventory \"1.0\" :dependencies [[ch.qos.logback/logback-classic \"1.2.11\"]])",
+        )
+        .unwrap();
+        std::fs::write(
+            project.join("src/inventory/main.clj"),
+            r#"(System/getenv "SERVICE_PROPERTIES") (System/getenv "DATABASE_CONFIG") (System/getenv "PORT")"#,
+        )
+        .unwrap();
+        let file = project.join("shipjar.toml");
+        let said = init(&file, None).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let loaded = crate::operator::config::Project::load(&file).unwrap();
+        let service = &loaded.config.service;
+        assert_eq!(
+            service.env.get("SERVICE_PROPERTIES").map(String::as_str),
+            Some("{{ config_dir }}/service.properties"),
+            "{text}"
+        );
+        assert!(!service.env.contains_key("DATABASE_CONFIG"), "{text}");
+        assert!(text.contains("\n# DATABASE_CONFIG = \"{{ config_dir }}/database.properties\""));
+        assert!(
+            service
+                .java_opts
+                .iter()
+                .any(|o| o == "-Dlogback.configurationFile={{ config_dir }}/logback.xml"),
+            "{text}"
+        );
+        assert!(text.contains("\n[[config]]                           # logging, per stage\ntemplate = \"deploy/logback-{{ stage }}.xml\""));
+        assert!(said.contains("logging: logback (project.clj)"), "{said}");
+        let template = std::fs::read_to_string(project.join("deploy/logback-local.xml")).unwrap();
+        assert!(template.contains("<root level=\"INFO\">") && !template.contains("DEBUG"));
     }
 }

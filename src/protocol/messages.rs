@@ -443,6 +443,24 @@ pub struct Activation {
     pub now_running: Option<NowRunning>,
 }
 
+impl Activation {
+    /// An activation of `release` that has done nothing yet (not ok).
+    pub fn of(release: &str) -> Activation {
+        Activation {
+            ok: false,
+            release: release.to_string(),
+            pid: None,
+            healthy_after_ms: None,
+            stopped_after_ms: None,
+            reported_version: None,
+            failed_step: None,
+            reason: None,
+            log_tail: Vec::new(),
+            now_running: None,
+        }
+    }
+}
+
 /// What a host runs after a failed activation was reverted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -68,6 +68,17 @@ pub fn stream(
     if !follow || !going {
         return Ok(());
     }
+    follow_file(&path, filter, &mut reading, emit)
+}
+
+/// Sends new lines of the log at `path` as they are written, across
+/// rotations and truncations, until `emit` returns false.
+fn follow_file(
+    path: &std::path::Path,
+    filter: &Filter,
+    reading: &mut Reading,
+    emit: &dyn Fn(&str) -> bool,
+) -> Result<(), String> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(format!("{} is not a file in a directory", path.display()));
     };
@@ -93,7 +104,7 @@ pub fn stream(
                         partial.push_str(&chunk);
                         if partial.ends_with('\n') || partial.len() >= MAX_LINE as usize {
                             let line = crate::host::secrets::mask(partial.trim_end_matches('\n'));
-                            if filter.keeps(&line, &mut reading) && !emit(&line) {
+                            if filter.keeps(&line, reading) && !emit(&line) {
                                 return Ok(());
                             }
                             partial.clear();
@@ -111,7 +122,7 @@ pub fn stream(
             }
         } else {
             if dir.is_none() {
-                dir = GuardedDir::open(dir_path(&path)).ok();
+                dir = GuardedDir::open(dir_path(path)).ok();
             }
             if let Some(d) = &dir {
                 file = open(d, name)?;

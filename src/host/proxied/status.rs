@@ -278,57 +278,8 @@ fn judge(seen: &Seen) -> Verdict {
         && p.state != ProxyState::Running
         && p.state != ProxyState::Restarting
         && !instance_runs;
-    // Dead, failed, or a state this version does not know: not a stop.
-    let died_instance = |i: &&InstanceStatus| {
-        matches!(
-            i.service.state,
-            ServiceState::Dead | ServiceState::Failed | ServiceState::Unknown(_)
-        )
-    };
-    let instance_died = p.instances.iter().any(|i| died_instance(&i));
-    let part = |part: Part, port: Option<u16>, gone: Gone| MissingPart {
-        part,
-        port,
-        detail: gone.detail(),
-    };
     if nothing_runs {
-        let died = |g: &Option<Gone>| matches!(g, Some(Gone::Died(_)));
-        if !died(&runner) && !died(&keeper) && !instance_died {
-            return Verdict {
-                state: ServiceState::Stopped,
-                lsb_code: LSB_NOT_RUNNING,
-                missing: Vec::new(),
-            };
-        }
-        // Only the parts that died: the rest were stopped with the whole.
-        let mut missing = Vec::new();
-        if let Some(g @ Gone::Died(_)) = runner {
-            missing.push(part(Part::Runner, None, g));
-        }
-        if let Some(g @ Gone::Died(_)) = keeper {
-            missing.push(part(Part::Keeper, None, g));
-        }
-        for i in p.instances.iter().filter(died_instance) {
-            let mark = if p.active == Some(i.port) {
-                Part::ActiveInstance
-            } else {
-                Part::IdleInstance
-            };
-            let detail = match (&active, p.active == Some(i.port)) {
-                (Some((_, Gone::Died(d), _)), true) => d.clone(),
-                _ => i.service.detail.clone(),
-            };
-            missing.push(MissingPart {
-                part: mark,
-                port: Some(i.port),
-                detail,
-            });
-        }
-        return Verdict {
-            state: ServiceState::Dead,
-            lsb_code: LSB_DEAD,
-            missing,
-        };
+        return judge_stopped(p, runner, keeper, active);
     }
     let mut missing = Vec::new();
     let mut others = false;
@@ -339,7 +290,7 @@ fn judge(seen: &Seen) -> Verdict {
     ] {
         if let Some(g) = gone {
             others = true;
-            missing.push(part(name, None, g));
+            missing.push(missing_part(name, None, g));
         }
     }
     let mut code = LSB_RUNNING;
@@ -348,7 +299,7 @@ fn judge(seen: &Seen) -> Verdict {
         let instance_state = port
             .and_then(|port| p.instances.iter().find(|i| i.port == port))
             .map(|i| i.service.state.clone());
-        missing.push(part(Part::ActiveInstance, port, gone));
+        missing.push(missing_part(Part::ActiveInstance, port, gone));
         match instance_state {
             // In its gate or back-off under a live supervisor: not serving
             // yet, as a plain service that restarts.
@@ -371,6 +322,68 @@ fn judge(seen: &Seen) -> Verdict {
     Verdict {
         state,
         lsb_code: code,
+        missing,
+    }
+}
+
+fn missing_part(part: Part, port: Option<u16>, gone: Gone) -> MissingPart {
+    MissingPart {
+        part,
+        port,
+        detail: gone.detail(),
+    }
+}
+
+/// Dead, failed, or a state this version does not know: not a stop.
+fn died(i: &&InstanceStatus) -> bool {
+    matches!(
+        i.service.state,
+        ServiceState::Dead | ServiceState::Failed | ServiceState::Unknown(_)
+    )
+}
+
+/// Nothing runs: stopped when every part recorded its stop, else dead
+/// naming only the parts that died (the rest were stopped with the whole).
+fn judge_stopped(
+    p: &ProxyStatus,
+    runner: Option<Gone>,
+    keeper: Option<Gone>,
+    active: Option<(Option<u16>, Gone, i32)>,
+) -> Verdict {
+    let gone_died = |g: &Option<Gone>| matches!(g, Some(Gone::Died(_)));
+    if !gone_died(&runner) && !gone_died(&keeper) && !p.instances.iter().any(|i| died(&i)) {
+        return Verdict {
+            state: ServiceState::Stopped,
+            lsb_code: LSB_NOT_RUNNING,
+            missing: Vec::new(),
+        };
+    }
+    let mut missing = Vec::new();
+    if let Some(g @ Gone::Died(_)) = runner {
+        missing.push(missing_part(Part::Runner, None, g));
+    }
+    if let Some(g @ Gone::Died(_)) = keeper {
+        missing.push(missing_part(Part::Keeper, None, g));
+    }
+    for i in p.instances.iter().filter(died) {
+        let is_active = p.active == Some(i.port);
+        let detail = match (&active, is_active) {
+            (Some((_, Gone::Died(d), _)), true) => d.clone(),
+            _ => i.service.detail.clone(),
+        };
+        missing.push(MissingPart {
+            part: if is_active {
+                Part::ActiveInstance
+            } else {
+                Part::IdleInstance
+            },
+            port: Some(i.port),
+            detail,
+        });
+    }
+    Verdict {
+        state: ServiceState::Dead,
+        lsb_code: LSB_DEAD,
         missing,
     }
 }

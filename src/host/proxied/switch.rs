@@ -225,18 +225,7 @@ pub(crate) fn restart(
     // The release settled when it was activated; a restart (under systemd, a
     // reload within the unit's timeout) only passes the gate again.
     manifest.health.settle_ms = 0;
-    let mut outcome = Activation {
-        ok: false,
-        release: id.clone(),
-        pid: None,
-        healthy_after_ms: None,
-        stopped_after_ms: None,
-        reported_version: None,
-        failed_step: None,
-        reason: None,
-        log_tail: Vec::new(),
-        now_running: None,
-    };
+    let mut outcome = Activation::of(&id);
     activate(layout, &manifest, spec, false, emit, &mut outcome).map_err(
         |(step, message, log_tail)| SupervisorError {
             message: format!("{step}: {message}"),

@@ -52,41 +52,8 @@ fn keep(layout: &Layout) -> Result<(), String> {
     let _lock = take_lock(layout)?;
     let spec = files::read_spec(layout)?;
     let listener = bind(&spec.listen)?;
-    // Signals are taken with sigtimedwait, one at a time, never by a handler.
-    let mut signals = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGCHLD,
-    ] {
-        signals.add(s);
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
-        .map_err(|e| format!("cannot block signals: {e}"))?;
-    let me = procfs::identify(std::process::id() as i32)
-        .ok()
-        .flatten()
-        .ok_or("cannot read this process's own /proc entry")?;
-    // A keeper that died (no "stopped" in its record) counts as a restart
-    // of the proxy, so `status` names it; a stopped one starts afresh.
-    let (restarts, last_exit) = match files::read_keeper(layout) {
-        Some(before) if before.last_exit.as_deref() != Some("stopped") => (
-            before.restarts.saturating_add(1),
-            Some(format!("keeper pid {} died", before.keeper.pid)),
-        ),
-        _ => (0, None),
-    };
-    let mut record = KeeperRecord {
-        keeper: me,
-        started_at: Some(now_rfc3339()),
-        worker: None,
-        worker_started_at: None,
-        restarts,
-        last_exit,
-        last_exit_at: None,
-        listen: spec.listen.clone(),
-    };
+    let signals = block_signals()?;
+    let mut record = first_record(layout, &spec)?;
     let mut failures: u32 = 0;
     loop {
         let started = Instant::now();
@@ -130,6 +97,53 @@ fn keep(layout: &Layout) -> Result<(), String> {
             return Ok(());
         }
     }
+}
+
+/// Blocks the signals the keeper takes with sigtimedwait, one at a time,
+/// never by a handler.
+fn block_signals() -> Result<SigSet, String> {
+    let mut signals = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        signals.add(s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+    Ok(signals)
+}
+
+/// This keeper's record. A keeper that died before (no "stopped" in its
+/// record) counts as a restart of the proxy, so `status` names it; a
+/// stopped one starts afresh.
+fn first_record(
+    layout: &Layout,
+    spec: &crate::protocol::manifest::ProxySpec,
+) -> Result<KeeperRecord, String> {
+    let me = procfs::identify(std::process::id() as i32)
+        .ok()
+        .flatten()
+        .ok_or("cannot read this process's own /proc entry")?;
+    let (restarts, last_exit) = match files::read_keeper(layout) {
+        Some(before) if before.last_exit.as_deref() != Some("stopped") => (
+            before.restarts.saturating_add(1),
+            Some(format!("keeper pid {} died", before.keeper.pid)),
+        ),
+        _ => (0, None),
+    };
+    Ok(KeeperRecord {
+        keeper: me,
+        started_at: Some(now_rfc3339()),
+        worker: None,
+        worker_started_at: None,
+        restarts,
+        last_exit,
+        last_exit_at: None,
+        listen: spec.listen.clone(),
+    })
 }
 
 /// Binds the public address; while the worker of a keeper that died still

@@ -66,6 +66,28 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state every connection shares, `active` taking traffic; the
+    /// client to the instances; the open-file limit raised for the cap.
+    fn new(layout: &Layout, spec: ProxySpec, active: u16) -> Arc<Shared> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        raise_open_files(spec.max_connections);
+        let (wake, _) = watch::channel(active);
+        Arc::new(Shared {
+            name: layout.name().to_string(),
+            settings: Mutex::new(Arc::new(spec.clone())),
+            gate: Gate::new(spec.max_connections as usize),
+            spec,
+            active: AtomicU16::new(active),
+            wake,
+            inflight: [AtomicU64::new(0), AtomicU64::new(0)],
+            client,
+        })
+    }
+
     fn settings(&self) -> Arc<ProxySpec> {
         self.settings
             .lock()
@@ -227,24 +249,8 @@ async fn serve(
     let active = files::read_active(layout)
         .filter(|p| spec.ports.contains(p))
         .unwrap_or(0);
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
-    raise_open_files(spec.max_connections);
-    let gate = Gate::new(spec.max_connections as usize);
-    let (wake, _) = watch::channel(active);
-    let shared = Arc::new(Shared {
-        name: layout.name().to_string(),
-        settings: Mutex::new(Arc::new(spec.clone())),
-        spec,
-        gate: gate.clone(),
-        active: AtomicU16::new(active),
-        wake,
-        inflight: [AtomicU64::new(0), AtomicU64::new(0)],
-        client,
-    });
+    let shared = Shared::new(layout, spec, active);
+    let gate = shared.gate.clone();
 
     control
         .set_nonblocking(true)
@@ -293,31 +299,46 @@ async fn serve(
             );
             continue;
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _admitted = admitted;
-            let trusted = settings
-                .trusted_proxies
-                .iter()
-                .any(|range| range.contains(peer.ip()));
-            let watch = Watch::new(
-                Duration::from_millis(settings.header_timeout_ms),
-                Duration::from_millis(settings.idle_timeout_ms),
-            );
-            let io = TokioIo::new(Guarded::new(stream, watch.clone()));
-            let service = service_fn(move |req| {
-                let exchange = watch.begin();
-                let answer = handle(shared.clone(), peer, trusted, req);
-                async move {
-                    let response = answer.await?;
-                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, exchange)))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
+        tokio::spawn(client_connection(
+            shared.clone(),
+            settings,
+            stream,
+            peer,
+            admitted,
+        ));
     }
+}
+
+/// One client connection, admitted under `max_connections`: HTTP/1.1 with
+/// the header and idle timeouts, each request handled on its own.
+async fn client_connection(
+    shared: Arc<Shared>,
+    settings: Arc<ProxySpec>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    admitted: super::conn::Admitted,
+) {
+    let _admitted = admitted;
+    let trusted = settings
+        .trusted_proxies
+        .iter()
+        .any(|range| range.contains(peer.ip()));
+    let watch = Watch::new(
+        Duration::from_millis(settings.header_timeout_ms),
+        Duration::from_millis(settings.idle_timeout_ms),
+    );
+    let io = TokioIo::new(Guarded::new(stream, watch.clone()));
+    let service = service_fn(move |req| {
+        let exchange = watch.begin();
+        let answer = handle(shared.clone(), peer, trusted, req);
+        async move {
+            let response = answer.await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, exchange)))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
 }
 
 /// The proxy settings of the release the instance on `port` runs, when
@@ -549,35 +570,9 @@ async fn handle(
         let Some(flight) = wait_for_active(&shared, deadline).await else {
             return Ok(unavailable(&shared, &settings));
         };
-        let mut up = Request::from_parts(parts.clone(), ());
-        *up.uri_mut() = match format!("http://127.0.0.1:{}{path}", flight.port).parse::<Uri>() {
-            Ok(uri) => uri,
-            Err(_) => return Ok(page(StatusCode::BAD_REQUEST, "bad request target".into())),
-        };
-        let relay = Relay {
-            body: body.clone(),
-            sent: Arc::new(AtomicBool::new(false)),
-        };
-        let sent_any = relay.sent.clone();
-        let sent = shared.client.request(up.map(|()| relay));
-        let answered = match settings.upstream_timeout_ms {
-            None => sent.await,
-            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
-                Ok(answered) => answered,
-                Err(_) => {
-                    return Ok(page(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "{}: the instance on port {} did not answer within {ms} ms \
-                             (upstream_timeout, shipjar proxy)",
-                            shared.name, flight.port
-                        ),
-                    ));
-                }
-            },
-        };
-        match answered {
-            Ok(response) => {
+        let port = flight.port;
+        match send(&shared, &settings, &parts, &path, port, &body).await {
+            Sent::Answered(response) => {
                 let (mut rparts, rbody) = response.into_parts();
                 headers::strip_hop_by_hop(&mut rparts.headers);
                 let counted = Counted {
@@ -586,31 +581,85 @@ async fn handle(
                 };
                 return Ok(Response::from_parts(rparts, Either::Left(counted)));
             }
+            Sent::Page(page) => return Ok(page),
             // The instance went away (refused the connection, or closed it
             // before answering: killed, restarting) and no byte of the
             // body reached it: the request waits for an instance as it
             // would for a switch, and goes again.
-            Err(e) if went_away(&e) && !sent_any.load(Ordering::SeqCst) => {
+            Sent::WentAway => {
                 drop(flight);
                 if tokio::time::Instant::now() >= deadline {
                     return Ok(unavailable(&shared, &settings));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => {
-                let why = if went_away(&e) {
-                    " after part of the request body had gone to it"
-                } else {
-                    ""
-                };
-                return Ok(page(
-                    StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// What one attempt to send a request to an instance came to.
+enum Sent {
+    /// Its answer.
+    Answered(Response<Incoming>),
+    /// The proxy's own answer (a bad target, 504, 502).
+    Page(Response<DownBody>),
+    /// It went away before any of the body reached it: the request may go again.
+    WentAway,
+}
+
+/// Sends the request (`parts`, `path`, the client's `body`) to the
+/// instance on `port`, bounded by `upstream_timeout`.
+async fn send(
+    shared: &Shared,
+    settings: &ProxySpec,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    port: u16,
+    body: &Arc<Mutex<Incoming>>,
+) -> Sent {
+    let mut up = Request::from_parts(parts.clone(), ());
+    *up.uri_mut() = match format!("http://127.0.0.1:{port}{path}").parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(_) => return Sent::Page(page(StatusCode::BAD_REQUEST, "bad request target".into())),
+    };
+    let relay = Relay {
+        body: body.clone(),
+        sent: Arc::new(AtomicBool::new(false)),
+    };
+    let sent_any = relay.sent.clone();
+    let sent = shared.client.request(up.map(|()| relay));
+    let answered = match settings.upstream_timeout_ms {
+        None => sent.await,
+        Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                return Sent::Page(page(
+                    StatusCode::GATEWAY_TIMEOUT,
                     format!(
-                        "{}: the instance on port {} failed{why}: {e}",
-                        shared.name, flight.port
+                        "{}: the instance on port {port} did not answer within {ms} ms \
+                         (upstream_timeout, shipjar proxy)",
+                        shared.name
                     ),
                 ));
             }
+        },
+    };
+    match answered {
+        Ok(response) => Sent::Answered(response),
+        Err(e) if went_away(&e) && !sent_any.load(Ordering::SeqCst) => Sent::WentAway,
+        Err(e) => {
+            let why = if went_away(&e) {
+                " after part of the request body had gone to it"
+            } else {
+                ""
+            };
+            Sent::Page(page(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "{}: the instance on port {port} failed{why}: {e}",
+                    shared.name
+                ),
+            ))
         }
     }
 }

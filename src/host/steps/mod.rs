@@ -92,15 +92,26 @@ pub fn reported_version_at(
         }
         match probe::http_get(&check.url, VERSION_TIMEOUT) {
             Ok(answer) if (200..300).contains(&answer.status) => {
-                let value: serde_json::Value = serde_json::from_str(&answer.body)
-                    .map_err(|e| format!("{} did not answer JSON: {e}", check.url))?;
+                let value: serde_json::Value = serde_json::from_str(&answer.body).map_err(|e| {
+                    format!(
+                        "{} did not answer JSON ({e}): {}",
+                        check.url,
+                        probe::said(&answer.body)
+                    )
+                })?;
                 return match value.get(&check.key) {
                     Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
                     Some(other) if !other.is_null() => Ok(Some(other.to_string())),
                     _ => Err(missing_key(&check.url, &check.key, &value)),
                 };
             }
-            Ok(answer) => last_error = format!("{} answered HTTP {}", check.url, answer.status),
+            Ok(answer) => {
+                last_error = format!("{} answered HTTP {}", check.url, answer.status);
+                let said = probe::said(&answer.body);
+                if !said.is_empty() {
+                    last_error.push_str(&format!(": {said}"));
+                }
+            }
             Err(e) => last_error = format!("{}: {e}", check.url),
         }
         if started.elapsed() > VERSION_TIMEOUT {

@@ -105,7 +105,19 @@ fn spawn_supervisor(layout: &Layout) -> Result<StartReport, SupervisorError> {
     let mut child = detached::spawn(layout.root(), &args, Stdio::piped(), log)
         .map_err(|e| error(format!("cannot start the supervisor: {e}")))?;
 
-    match detached::read_report(&mut child, deadline) {
+    let report = detached::read_report(&mut child, deadline);
+    answer(layout, child, report, deadline)
+}
+
+/// What the supervisor's `report` means for `start`; a supervisor that
+/// will not report is killed, with what it spawned.
+fn answer(
+    layout: &Layout,
+    mut child: Child,
+    report: Report,
+    deadline: Duration,
+) -> Result<StartReport, SupervisorError> {
+    match report {
         Report::Ready(json) => match serde_json::from_str::<StartReport>(&json) {
             Ok(report) => {
                 // The supervisor outlives us; in a long-lived caller (the

@@ -51,7 +51,7 @@ pub enum Failure {
     Status {
         /// The status code.
         code: u16,
-        /// The first line of the body, at most 100 characters.
+        /// The start of the body ([`probe::said`]).
         said: String,
     },
 }
@@ -95,7 +95,7 @@ pub fn probe_once(check: &HealthCheck, timeout: Duration) -> Result<(), Failure>
             } else {
                 Err(Failure::Status {
                     code: answer.status,
-                    said: said(&answer.body),
+                    said: probe::said(&answer.body),
                 })
             }
         }
@@ -104,17 +104,6 @@ pub fn probe_once(check: &HealthCheck, timeout: Duration) -> Result<(), Failure>
         }
         HealthCheck::None => Ok(()),
     }
-}
-
-/// The start of a failed answer's body, which often says what is wrong:
-/// its first line, masked before it is cut, so no part of a secret is kept.
-fn said(body: &str) -> String {
-    let first = body.lines().next().unwrap_or("");
-    crate::host::secrets::mask(first)
-        .trim()
-        .chars()
-        .take(100)
-        .collect()
 }
 
 /// Checks that the socket the check reached belongs to the processes of
@@ -445,18 +434,6 @@ mod tests {
             pacing.probed(late);
         }
         assert_eq!(pacing.next_probe(), Some(late + MAX_PAUSE));
-    }
-
-    #[test]
-    fn what_a_failed_answer_said_is_masked_before_it_is_cut() {
-        use crate::protocol::mask::{Masker, SecretValue};
-        let secret = "said-secret-8c2e41d0-77";
-        crate::host::secrets::use_masker(Masker::new(&[SecretValue {
-            value: secret.into(),
-            allow_short: false,
-        }]));
-        let body = format!("{} {secret}\nsecond line", "e".repeat(90));
-        assert_eq!(said(&body), format!("{} ********", "e".repeat(90)));
     }
 
     #[test]

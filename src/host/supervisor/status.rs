@@ -58,33 +58,8 @@ pub fn status(layout: &Layout) -> ServiceStatus {
         }
         // Between runs: the new one is not spawned yet (the pidfile may
         // still name the last one).
-        Service::NoPidfile | Service::Gone(_) if seen.starting() => {
-            let sup = seen.supervisor.map_or(0, |s| s.pid);
-            let after = seen
-                .state
-                .as_ref()
-                .filter(|s| s.restarts > 0)
-                .map(|s| format!(" (restart {} after: {})", s.restarts, how_it_ended(s)))
-                .unwrap_or_default();
-            let mut status = with_nothing_known(
-                ServiceState::Starting,
-                LSB_NOT_RUNNING,
-                format!("starting: supervisor pid {sup} is spawning the service{after}"),
-            );
-            status.supervisor_pid = seen.supervisor.map(|s| s.pid);
-            status.healthy = Some(false);
-            status
-        }
-        Service::NoPidfile => {
-            let detail = match &seen.state {
-                Some(s) if s.state == Phase::Exited && !s.stopped_on_request => {
-                    let why = s.last_exit.as_deref().unwrap_or("unknown");
-                    format!("not running (last start failed: {why})")
-                }
-                _ => "not running".to_string(),
-            };
-            with_nothing_known(ServiceState::Stopped, LSB_NOT_RUNNING, detail)
-        }
+        Service::NoPidfile | Service::Gone(_) if seen.starting() => spawning(&seen),
+        Service::NoPidfile => not_running(&seen),
         Service::Garbled(why) => with_nothing_known(
             ServiceState::Dead,
             LSB_DEAD,
@@ -117,6 +92,38 @@ pub fn status(layout: &Layout) -> ServiceStatus {
         status.auto_reverted = s.auto_reverted.as_ref().map(|a| a.line());
     }
     status
+}
+
+/// Between runs: the new one is not spawned yet (the pidfile may still
+/// name the last one).
+fn spawning(seen: &Observation) -> ServiceStatus {
+    let sup = seen.supervisor.map_or(0, |s| s.pid);
+    let after = seen
+        .state
+        .as_ref()
+        .filter(|s| s.restarts > 0)
+        .map(|s| format!(" (restart {} after: {})", s.restarts, how_it_ended(s)))
+        .unwrap_or_default();
+    let mut status = with_nothing_known(
+        ServiceState::Starting,
+        LSB_NOT_RUNNING,
+        format!("starting: supervisor pid {sup} is spawning the service{after}"),
+    );
+    status.supervisor_pid = seen.supervisor.map(|s| s.pid);
+    status.healthy = Some(false);
+    status
+}
+
+/// No pidfile: stopped, saying so when the last start failed.
+fn not_running(seen: &Observation) -> ServiceStatus {
+    let detail = match &seen.state {
+        Some(s) if s.state == Phase::Exited && !s.stopped_on_request => {
+            let why = s.last_exit.as_deref().unwrap_or("unknown");
+            format!("not running (last start failed: {why})")
+        }
+        _ => "not running".to_string(),
+    };
+    with_nothing_known(ServiceState::Stopped, LSB_NOT_RUNNING, detail)
 }
 
 /// The state file's phase.

@@ -172,16 +172,10 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
     run.fail(step, reason.clone(), ctx.reporter);
     // The hook's output goes where a failed switch's service log would.
     run.outcome.activation = Some(Activation {
-        ok: false,
-        release,
-        pid: None,
-        healthy_after_ms: None,
-        stopped_after_ms: None,
-        reported_version: None,
         failed_step: Some(step.to_string()),
         reason: Some(reason),
         log_tail: ran.output,
-        now_running: None,
+        ..Activation::of(&release)
     });
     stop_before_change(runs, step, ctx.reporter)
 }

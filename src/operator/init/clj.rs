@@ -65,8 +65,9 @@ pub fn detect_lein(dir: &Path) -> Result<Detected, String> {
     let mut notes = vec![format!("artifact: lein uberjar writes {artifact}")];
     let offline = options.get("offline?") == Some(&Form::Symbol("true".into()));
     let command = if dir.join("build.sh").is_file() && !mentions(dir, "build.sh", "mvn") {
-        notes.push("build: the project's build.sh".into());
-        "sh build.sh".to_string()
+        let (command, note) = super::script::command(dir, "build.sh");
+        notes.push(note);
+        command
     } else if offline || options.get("local-repo").is_some() {
         notes.push("build: offline (:offline? / :local-repo in project.clj)".into());
         "lein -o uberjar".to_string()

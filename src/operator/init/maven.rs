@@ -72,8 +72,9 @@ pub fn detect(dir: &Path) -> Result<Detected, String> {
 /// the wrapper), offline when `settings.xml` mirrors to a local repository.
 fn command(dir: &Path, notes: &mut Vec<String>) -> String {
     if dir.join("build.sh").is_file() {
-        notes.push("build: the project's build.sh".into());
-        return "sh build.sh".into();
+        let (command, note) = super::script::command(dir, "build.sh");
+        notes.push(note);
+        return command;
     }
     let mvn = if dir.join("mvnw").is_file() {
         "./mvnw"

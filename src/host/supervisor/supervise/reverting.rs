@@ -57,33 +57,10 @@ impl Supervisor<'_> {
             return Revert::No;
         }
         let window = Duration::from_millis(spec.revert_window_ms);
-        if let Err(why) = self.plan_revert(window) {
-            self.log.event(&format!("not auto-reverting: {why}"));
-            return Revert::No;
-        }
-        let lock = match self.wait_for_switch_lock() {
-            Ok(lock) => lock,
-            Err(None) => return Revert::Stopped,
-            Err(Some(why)) => {
-                self.log.event(&format!("not auto-reverting: {why}"));
-                return Revert::No;
-            }
-        };
-        // Again under the lock: a deploy or rollback may have switched meanwhile.
         let from = self.release.manifest.clone();
-        if store::current(self.layout).as_deref() != Some(from.id.as_str()) {
-            self.log.event(&format!(
-                "not auto-reverting: current no longer points at release {} (a deploy or rollback switched it)",
-                from.id
-            ));
-            return Revert::No;
-        }
-        let plan = match self.plan_revert(window) {
-            Ok(plan) => plan,
-            Err(why) => {
-                self.log.event(&format!("not auto-reverting: {why}"));
-                return Revert::No;
-            }
+        let (plan, lock) = match self.decide(window) {
+            Ok(decided) => decided,
+            Err(not) => return not,
         };
         let version = store::read_manifest(self.layout, &plan.target)
             .map(|m| m.version)
@@ -137,6 +114,39 @@ impl Supervisor<'_> {
             _lock: lock,
         });
         Revert::Started
+    }
+
+    /// Whether to go back, and where to, under the switch lock (a deploy
+    /// or rollback may have switched while it was waited for).
+    fn decide(&mut self, window: Duration) -> Result<(auto_revert::Plan, HeldLock), Revert> {
+        if let Err(why) = self.plan_revert(window) {
+            self.log.event(&format!("not auto-reverting: {why}"));
+            return Err(Revert::No);
+        }
+        let lock = match self.wait_for_switch_lock() {
+            Ok(lock) => lock,
+            Err(None) => return Err(Revert::Stopped),
+            Err(Some(why)) => {
+                self.log.event(&format!("not auto-reverting: {why}"));
+                return Err(Revert::No);
+            }
+        };
+        // Again under the lock: a deploy or rollback may have switched meanwhile.
+        let from = self.release.manifest.clone();
+        if store::current(self.layout).as_deref() != Some(from.id.as_str()) {
+            self.log.event(&format!(
+                "not auto-reverting: current no longer points at release {} (a deploy or rollback switched it)",
+                from.id
+            ));
+            return Err(Revert::No);
+        }
+        match self.plan_revert(window) {
+            Ok(plan) => Ok((plan, lock)),
+            Err(why) => {
+                self.log.event(&format!("not auto-reverting: {why}"));
+                Err(Revert::No)
+            }
+        }
     }
 
     /// The gate's verdict on the release gone back to: its line in
