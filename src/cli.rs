@@ -67,6 +67,11 @@ pub enum Command {
         after_help = "Examples:\n  shipjar rollback production\n  shipjar rollback production --to 20261126-140423-166"
     )]
     Rollback(RollbackArgs),
+    /// Restart the current release on every host through the health gate, in rolling batches.
+    #[command(
+        after_help = "Examples:\n  shipjar restart production\n  shipjar restart production --hosts 'web*' --wait 5m"
+    )]
+    Restart(RestartArgs),
     /// Show what runs on each host of a stage, and flag every mismatch.
     #[command(
         after_help = "Examples:\n  shipjar status production\n  shipjar status production --json | jq ."
@@ -77,12 +82,22 @@ pub enum Command {
     Releases(FleetStageArgs),
     /// Show the service log of each host of a stage, lines prefixed by host.
     #[command(
-        after_help = "Examples:\n  shipjar logs production -n 200\n  shipjar logs production --host app1.example.com -f"
+        after_help = "Examples:\n  shipjar logs production -n 200\n  shipjar logs production --hosts app1.example.com -f"
     )]
     Logs(LogsArgs),
     /// Remove a stage's deploy lock on every host and say whose it was.
     #[command(after_help = "Example:\n  shipjar unlock production")]
     Unlock(FleetStageArgs),
+    /// Run a command on each host as the service runs it: its user, environment and `current`.
+    #[command(
+        after_help = "Examples:\n  shipjar exec production -- ls -l config\n  shipjar exec production --hosts 'web*' --timeout 1h -- java -cp app.jar myapp.migrate\n  shipjar exec production --hosts app1 -i -- bash"
+    )]
+    Exec(ExecArgs),
+    /// Connect to a Clojure service's socket REPL (`[service] repl`) on one host, over ssh.
+    #[command(
+        after_help = "Examples:\n  shipjar repl production --hosts app1\n  shipjar repl production --hosts app1 --port 7888   # hold the forward open for CIDER, Calva or Cursive"
+    )]
+    Repl(ReplArgs),
     /// Print a shell completion script to stdout.
     #[command(
         after_help = "Examples:\n  shipjar completions bash > ~/.local/share/bash-completion/completions/shipjar\n  shipjar completions zsh > \"${fpath[1]}/_shipjar\"\n  shipjar completions fish > ~/.config/fish/completions/shipjar.fish"
@@ -165,6 +180,19 @@ pub struct FleetArgs {
     /// Work on at most N hosts at once (default 32).
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
+    #[command(flatten)]
+    pub hosts: HostsArg,
+}
+
+/// `--hosts PATTERN`: only some of a stage's hosts (every stage command has it).
+#[derive(Debug, Args, Clone, Default)]
+pub struct HostsArg {
+    /// Only these hosts: comma-separated names or globs as written in the stage (e.g. web1,web2 or 'web*').
+    #[arg(long = "hosts", alias = "host", value_name = "PATTERN", value_parser = utf8_text())]
+    pub pattern: Option<String>,
+    /// Only the hosts of these roles (`[stages.NAME.roles.ROLE]`), comma-separated; with --hosts, both must match.
+    #[arg(long = "roles", value_name = "ROLE[,ROLE]", value_parser = utf8_text())]
+    pub roles: Option<String>,
 }
 
 /// A stage and how to reach it.
@@ -176,14 +204,41 @@ pub struct FleetStageArgs {
     pub fleet: FleetArgs,
 }
 
+/// `shipjar exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Stage whose hosts run the command.
+    pub stage: String,
+    /// On one host, with this terminal (ssh -t): for a shell or a console.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Kill the command (and what it started) on a host after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub timeout: String,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// The command and its arguments (no shell: `-- sh -c '…'` for one).
+    #[arg(last = true, required = true, value_name = "CMD", value_parser = utf8_text())]
+    pub command: Vec<String>,
+}
+
+/// `shipjar repl`.
+#[derive(Debug, Args)]
+pub struct ReplArgs {
+    /// Stage of the host to connect to.
+    pub stage: String,
+    /// Only hold the forward open on 127.0.0.1:PORT (for an editor) instead of connecting this terminal.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
 /// `shipjar logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// Stage whose hosts to read.
     pub stage: String,
-    /// Only this host (as written in the stage).
-    #[arg(long, value_name = "HOST")]
-    pub host: Option<String>,
     /// Lines from the end of each host's log (default 50; with --since or --grep, all that match).
     #[arg(short = 'n', long, value_name = "N")]
     pub lines: Option<usize>,
@@ -265,6 +320,18 @@ pub struct RollbackArgs {
     pub fleet: FleetArgs,
 }
 
+/// `shipjar restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Stage to restart.
+    pub stage: String,
+    /// If another deploy holds the lock, wait up to this long instead of failing.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
 /// Host-side service control.
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
@@ -302,6 +369,19 @@ pub enum ServiceCommand {
     /// The detached supervisor process (started by `start`).
     #[command(hide = true)]
     Supervise(ServiceArgs),
+    /// Replace this process with a command in `current`, as the service runs (`shipjar exec -i`).
+    #[command(hide = true)]
+    Exec(ServiceExecArgs),
+}
+
+/// `service exec`.
+#[derive(Debug, Args)]
+pub struct ServiceExecArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Which service, under which root.

@@ -77,6 +77,10 @@ fn run_service(cmd: ServiceCommand, json: bool) -> Result<i32> {
         ServiceCommand::Proxy(args) => return run_proxy(&args, json),
         ServiceCommand::Run(args) => return Ok(service(&args)?.run()),
         ServiceCommand::Supervise(args) => return Ok(service(&args)?.supervise()),
+        ServiceCommand::Exec(args) => {
+            let why = host::hooks::exec_interactive(&layout(&args.service)?, &args.command);
+            return Err(Error::failed(why));
+        }
         ServiceCommand::InstallUnit(args) => return install(&args, Init::Unit, json),
         ServiceCommand::InstallInitscript(args) => return install(&args, Init::Script, json),
     };

@@ -541,3 +541,191 @@ fn the_full_pipeline_deploys_to_three_hosts_and_a_failing_release_is_reverted_ev
     assert!(!all.contains(&secret), "the secret was printed");
     assert!(all.contains("is now back on release"), "{all}");
 }
+
+/// `config` with `[service] repl` on `port`.
+fn with_repl(config: &str, port: u16) -> String {
+    config.replacen(
+        "[service]\n",
+        &format!("[service]\nrepl = {{ port = {port} }}\n"),
+        1,
+    )
+}
+
+/// Runs `shipjar ARGS` in `dir` with `input` on its stdin (then closed); its output.
+fn run_with_input(dir: &Path, secret: &str, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(shipjar_bin())
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("INVENTORY_DB_PASSWORD", secret)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shipjar");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write input");
+    }
+    let pid = child.id() as i32;
+    // Every wait has a deadline: a REPL that never answers must not hang the suite.
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    let out = child.wait_with_output().expect("wait for shipjar");
+    drop(watchdog);
+    out
+}
+
+const REPL_INPUT: &str = "(+ 1 2)\n(System/getProperty \"user.name\")\n";
+
+#[test]
+fn repl_on_local_answers_as_the_service_on_loopback() {
+    require_packages();
+    let p = Deployed::new();
+    let repl_port = free_port();
+    let path = p.dir.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&path).expect("read config");
+    std::fs::write(&path, with_repl(&config, repl_port)).expect("write config");
+    let out = {
+        let _one_build_at_a_time = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+        p.run(&["deploy", "local"])
+    };
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run_with_input(p.dir.path(), &p.secret, &["repl", "local"], REPL_INPUT);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(said.contains("user=> 3\n"), "{said}");
+    // On `local` the service runs as whoever runs shipjar.
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .expect("this user")
+        .name;
+    assert!(said.contains(&format!("user=> \"{me}\"")), "{said}");
+    // Bound to loopback only: the socket the JVM listens on for the REPL.
+    let listening = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default()
+        + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    let hex = format!(":{repl_port:04X} ");
+    let lines: Vec<&str> = listening
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| format!("{a} ").contains(&hex))
+        })
+        .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
+        .collect();
+    assert!(!lines.is_empty(), "nothing listens on {repl_port}");
+    for line in lines {
+        let local = line.split_whitespace().nth(1).unwrap_or_default();
+        // 127.0.0.1, or the same as an IPv4-mapped IPv6 address.
+        assert!(
+            local.starts_with("0100007F:")
+                || local.starts_with("0000000000000000FFFF00000100007F:"),
+            "REPL bound beyond loopback: {line}"
+        );
+    }
+    // --port on local: nothing to forward, it says where to connect.
+    let out = p.run(&["repl", "local", "--port", "7888"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("127.0.0.1:{repl_port}")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn repl_on_a_host_goes_through_an_ssh_forward_and_answers_as_the_service_user() {
+    fleet::require_root();
+    require_packages();
+    let hosts = fleet::Fleet::new(1);
+    let dir = example_copy();
+    let secret = unique_secret();
+    let repl_port = 5555;
+    let path = dir.path().join("shipjar.toml");
+    let config = with_repl(
+        &std::fs::read_to_string(&path).expect("read config"),
+        repl_port,
+    ) + &format!(
+        "\n[stages.fleet]\nhosts = [\"{}\"]\nssh_config = \"{}\"\nvars = {{ db_url = \"jdbc:postgresql://db/inventory\", db_user = \"inventory\" }}\nsecrets = {{ db_password = {{ env = \"INVENTORY_DB_PASSWORD\" }} }}\n",
+        hosts.hosts()[0],
+        hosts.ssh_config().display()
+    );
+    std::fs::write(&path, config).expect("write config");
+    std::fs::copy(
+        dir.path().join("deploy/logback-production.xml"),
+        dir.path().join("deploy/logback-fleet.xml"),
+    )
+    .expect("copy logging config");
+    let run = |args: &[&str]| {
+        Command::new(shipjar_bin())
+            .arg("-C")
+            .arg(dir.path())
+            .args(args)
+            .env("INVENTORY_DB_PASSWORD", &secret)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run shipjar")
+    };
+    let out = run(&["provision", "fleet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = {
+        let _one_build_at_a_time = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+        run(&["deploy", "fleet"])
+    };
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let host = hosts.hosts()[0].clone();
+    // Not reachable from outside the host: it listens on its loopback only.
+    assert!(
+        std::net::TcpStream::connect((hosts.ip(&host).as_str(), repl_port)).is_err(),
+        "the REPL answers on the host's network address"
+    );
+
+    let out = run_with_input(dir.path(), &secret, &["repl", "fleet"], REPL_INPUT);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(said.contains("user=> 3\n"), "{said}");
+    assert!(said.contains("user=> \"inventory\""), "{said}");
+
+    // --port: the forward held open for an editor, which connects on its own.
+    let local_port = free_port();
+    let mut held = Command::new(shipjar_bin())
+        .arg("-C")
+        .arg(dir.path())
+        .args(["repl", "fleet", "--port", &local_port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run shipjar repl --port");
+    let answered = (|| {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", local_port)) {
+                break s;
+            }
+            if Instant::now() > deadline {
+                return String::from("(no forward)");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+        let _ = stream.write_all(b"(* 6 7)\n");
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    })();
+    let _ = held.kill();
+    let _ = held.wait();
+    assert!(answered.contains("user=> 42"), "{answered}");
+}

@@ -634,3 +634,251 @@ fn a_link_cut_under_a_users_persistent_master_ends_the_deploy_at_its_deadline_na
     assert_eq!(p.served("app1").as_deref(), Some("1.0.0"), "{all}");
     drop(master);
 }
+
+/// The pid of the service on each host, as `status` reports it.
+fn service_pids(p: &FleetProject) -> Vec<i64> {
+    let (code, status) = p.status_json();
+    assert_eq!(code, 0, "{status}");
+    p.fleet
+        .hosts()
+        .iter()
+        .map(|h| {
+            host_field(&status, h)["status"]["service"]["pid"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{h}: no pid in {status}"))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what() {
+    require_root();
+    let p = FleetProject::new(4, "rolling = { batch = 2 }");
+    p.provision();
+    let out = p.deploy_with("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // An entry that names no host: nothing runs, and the stage's hosts are listed.
+    let out = p.deploy_with("1.0.1", &["--hosts", "app1,nope*"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("--hosts nope* matches no host"), "{said}");
+    assert!(
+        said.contains("its hosts are: app1, app2, app3, app4"),
+        "{said}"
+    );
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 4]);
+
+    let out = p.deploy_with("1.0.1", &["--hosts", "app1,app2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let result = last_json(&out);
+    let hosts: Vec<&str> = result["hosts"]
+        .as_array()
+        .map(|hs| hs.iter().filter_map(|h| h["host"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(hosts, ["app1", "app2"], "{result}");
+    assert_eq!(
+        result["selection"],
+        serde_json::json!({"pattern": "app1,app2", "selected": 2, "of": 4}),
+        "{result}"
+    );
+    let one = |v: &str| Some(v.to_string());
+    assert_eq!(
+        p.served_everywhere(),
+        [one("1.0.1"), one("1.0.1"), one("1.0.0"), one("1.0.0")]
+    );
+    // In text, the summary says it was a partial deploy.
+    let out = p.run(&[
+        "deploy",
+        "fleet",
+        "--artifact",
+        &hello_jar().to_string_lossy(),
+        "--version",
+        "1.0.2",
+        "--hosts",
+        "app[12]",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("deployed to 2 of 4 hosts (--hosts app[12]); the other 2 were not touched"),
+        "{}",
+        text(&out)
+    );
+
+    // `status` says which hosts run what; `--hosts` shows only those.
+    let out = p.run(&["status", "fleet"]);
+    let said = text(&out);
+    assert!(
+        said.contains("versions: 1.0.0 on app3, app4; 1.0.2 on app1, app2")
+            || said.contains("versions: 1.0.2 on app1, app2; 1.0.0 on app3, app4"),
+        "{said}"
+    );
+    let out = p.run(&["--json", "status", "fleet", "--hosts", "app3"]);
+    let status = last_json(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let hosts = status["hosts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hosts.len(), 1, "{status}");
+    assert_eq!(hosts[0]["host"], "app3");
+    assert_eq!(
+        hosts[0]["status"]["current"]["version"], "1.0.0",
+        "{status}"
+    );
+    let detail = |host: &str| {
+        let out = p.run(&["--json", "status", "fleet", "--hosts", host]);
+        last_json(&out)["hosts"][0]["status"]["last_revision"]["detail"].clone()
+    };
+    // Each host the partial deploy switched records it as such.
+    assert_eq!(detail("app1"), "partial: 2 of 4 hosts (--hosts app[12])");
+    assert_eq!(detail("app3"), "");
+    let out = p.run(&["status", "fleet", "--hosts", "app9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("its hosts are: app1, app2, app3, app4"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
+    require_root();
+    let p = FleetProject::new(3, "rolling = { batch = 2 }");
+    p.provision();
+    let out = p.deploy_with("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = service_pids(&p);
+
+    let out = p.run(&["--json", "restart", "fleet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(events.contains("batch 1: app1, app2"), "{events}");
+    assert!(events.contains("batch 2: app3"), "{events}");
+    let result = last_json(&out);
+    assert_eq!(result["action"], "restart", "{result}");
+    for host in p.fleet.hosts() {
+        let h = host_field(&result, &host);
+        assert_eq!(h["state"], "restarted", "{host}: {h}");
+        assert_eq!(h["uploaded_bytes"], 0, "{host}: {h}");
+    }
+    let after = service_pids(&p);
+    for (i, host) in p.fleet.hosts().iter().enumerate() {
+        assert_ne!(before[i], after[i], "{host}: the same pid after a restart");
+        let reported = host_field(&result, host)["activation"]["pid"].as_i64();
+        assert_eq!(reported, Some(after[i]), "{host}");
+    }
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
+    // A restart is not an activation: the last revision is still the deploy.
+    let (_, status) = p.status_json();
+    for host in p.fleet.hosts() {
+        let last = &host_field(&status, &host)["status"]["last_revision"];
+        assert_eq!(last["action"], "deploy", "{host}: {last}");
+    }
+
+    // `--hosts` restarts only those hosts.
+    let out = p.run(&["--json", "restart", "fleet", "--hosts", "app2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let again = service_pids(&p);
+    assert_eq!(again[0], after[0], "app1 was not named");
+    assert_ne!(again[1], after[1], "app2 was named");
+    assert_eq!(again[2], after[2], "app3 was not named");
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_restart_failing_its_gate_on_a_damaged_host_stops_the_rollout_and_names_it() {
+    require_root();
+    let p = FleetProject::new(3, "rolling = { batch = 1 }");
+    p.provision();
+    let out = p.deploy_with("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = service_pids(&p);
+    // The running JVM has its jar open; a fresh one on app2 cannot read it.
+    let broke = p
+        .fleet
+        .ssh("app2", "chmod 000 /var/lib/hello/artifacts/*.jar");
+    assert!(broke.status.success(), "{}", text(&broke));
+
+    let out = p.run(&["--json", "restart", "fleet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result = last_json(&out);
+    assert_eq!(
+        host_field(&result, "app1")["state"],
+        "restarted",
+        "{result}"
+    );
+    assert_eq!(host_field(&result, "app2")["state"], "failed", "{result}");
+    assert_eq!(
+        host_field(&result, "app3")["state"],
+        "unchanged",
+        "{result}"
+    );
+    let stopped = result["stopped"].as_str().unwrap_or_default();
+    assert!(stopped.contains("batch 2 had 1 failed host"), "{result}");
+    // app3 was never touched: its process is the one from the deploy.
+    let (_, status) = p.status_json();
+    assert_eq!(
+        host_field(&status, "app3")["status"]["service"]["pid"].as_i64(),
+        Some(before[2]),
+        "{status}"
+    );
+    // app2 is left failed, and `status` says so.
+    let flags = host_field(&status, "app2")["flags"].clone();
+    assert_ne!(flags, serde_json::json!([]), "{status}");
+    assert_eq!(p.served("app2"), None);
+    assert_eq!(p.served("app1"), Some("1.0.0".to_string()));
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
+    require_root();
+    let p = FleetProject::new(3, "rolling = { batch = 2 }");
+    // app3 leaves the stage's own hosts for the `worker` role.
+    let config = p.dir.path().join("shipjar.toml");
+    let written = std::fs::read_to_string(&config).expect("config");
+    let with_roles = written.replace(
+        "hosts = [\"app1\", \"app2\", \"app3\"]",
+        "hosts = [\"app1\", \"app2\"]",
+    ) + "[stages.fleet.roles.worker]\nhosts = [\"app3\"]\n\
+         env = { WORKER_MARK = \"role-{{ role }}\" }\njava_opts = [\"-Dworker.mark=yes\"]\n";
+    assert!(
+        !with_roles.contains("\"app1\", \"app2\", \"app3\""),
+        "{with_roles}"
+    );
+    std::fs::write(&config, with_roles).expect("write config");
+    p.provision();
+    let out = p.deploy_with("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let manifest = |host: &str| {
+        let out = p.fleet.ssh(host, "cat /var/lib/hello/current/RELEASE");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let worker = manifest("app3");
+    assert!(worker.contains("role-worker"), "{worker}");
+    assert!(worker.contains("-Dworker.mark=yes"), "{worker}");
+    let web = manifest("app1");
+    assert!(web.contains("\"id\""), "{web}");
+    assert!(
+        !web.contains("WORKER_MARK") && !web.contains("worker.mark"),
+        "{web}"
+    );
+    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
+
+    let out = p.deploy_with("1.0.1", &["--roles", "worker"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let one = |v: &str| Some(v.to_string());
+    assert_eq!(
+        p.served_everywhere(),
+        [one("1.0.0"), one("1.0.0"), one("1.0.1")]
+    );
+    let out = p.run(&["status", "fleet", "--roles", "db"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("its roles are: worker"),
+        "{}",
+        text(&out)
+    );
+}

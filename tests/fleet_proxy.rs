@@ -14,13 +14,14 @@ mod keep_alive;
 #[path = "support/lifecycle.rs"]
 mod lifecycle;
 
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::text;
 use fleet::{Fleet, require_root};
-use lifecycle::StageProject;
+use lifecycle::FleetStage;
 
 /// The proxy's public port inside every host.
 const PORT: u16 = 18080;
@@ -39,23 +40,83 @@ fn worker_uid(f: &Fleet, host: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[test]
-#[ignore = "needs root: creates network namespaces"]
-fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
-    require_root();
-    let f = Fleet::new(3);
-    let p = StageProject::new(
-        lifecycle::temp_dir("fleet"),
-        "fleet",
-        &f.hosts(),
-        f.ssh_config(),
+/// `hosts` fleet hosts behind the proxy, batches of one, provisioned.
+fn proxied_fleet(hosts: usize) -> FleetStage {
+    let p = FleetStage::new(
+        hosts,
         &format!(
             "rolling = {{ batch = 1 }}\nproxy = {{ listen = \"0.0.0.0:{PORT}\", ports = [18081, 18082] }}"
         ),
         lifecycle::reachable,
     );
     p.provision();
-    p.deployed("1.0.0", &[]);
+    p
+}
+
+/// A keep-alive client per host, through that host's proxy, until `stop`.
+fn clients_on_every_host(
+    f: &Fleet,
+    stop: &Arc<AtomicBool>,
+) -> Vec<(String, std::thread::JoinHandle<keep_alive::Seen>)> {
+    f.hosts()
+        .iter()
+        .map(|host| {
+            let addr = format!("{}:{PORT}", f.ip(host)).parse().expect("address");
+            (host.clone(), keep_alive::spawn(addr, stop.clone()))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn restart_of_a_proxied_stage_drops_no_request_and_moves_every_host_to_a_new_instance() {
+    require_root();
+    let p = proxied_fleet(2);
+    let f = &p.fleet;
+    let first = p.deploy("1.0.0", &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let pids = |out: &Output| -> Vec<Option<i64>> {
+        let json: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_default();
+        json["hosts"]
+            .as_array()
+            .map(|hs| hs.iter().map(|h| h["activation"]["pid"].as_i64()).collect())
+            .unwrap_or_default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = clients_on_every_host(&f, &stop);
+    std::thread::sleep(Duration::from_millis(300));
+    let restarted = p.run(&["--json", "restart", "fleet"]);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(restarted.status.code(), Some(0), "{}", text(&restarted));
+    let before = pids(&first);
+    let after = pids(&restarted);
+    assert_eq!(after.len(), 2, "{}", text(&restarted));
+    for (b, a) in before.iter().zip(&after) {
+        assert!(a.is_some() && a != b, "a new instance: {b:?} -> {a:?}");
+    }
+    for (host, client) in clients {
+        let seen = client.join().expect("client");
+        assert!(seen.errors.is_empty(), "{host}: errors {:?}", seen.errors);
+        assert_eq!(seen.versions, ["1.0.0"], "{host}");
+        assert!(seen.answered > 10, "{host}: {seen:?}");
+    }
+    let status = p.run(&["status", "fleet"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
+    require_root();
+    let p = proxied_fleet(3);
+    let f = &p.fleet;
+    let first = p.deploy("1.0.0", &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     for host in f.hosts() {
         let hello = f.ssh(&host, "id -u hello");
         let hello = String::from_utf8_lossy(&hello.stdout).trim().to_string();
@@ -66,14 +127,7 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
 
     // A keep-alive client per host, through that host's proxy.
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = f
-        .hosts()
-        .iter()
-        .map(|host| {
-            let addr = format!("{}:{PORT}", f.ip(host)).parse().expect("address");
-            (host.clone(), keep_alive::spawn(addr, stop.clone()))
-        })
-        .collect();
+    let clients = clients_on_every_host(&f, &stop);
     std::thread::sleep(Duration::from_millis(300));
     let second = p.deploy("2.0.0", &[]);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
@@ -93,7 +147,11 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
 
     // `status` agrees: every host on 1.0.0, nothing flagged.
     let status = p.run(&["--json", "status", "fleet"]);
-    let json = common::last_json(&status);
+    let json: serde_json::Value = String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
     let hosts = json["hosts"].as_array().cloned().unwrap_or_default();
     assert_eq!(hosts.len(), 3, "{json}");
     for h in hosts {

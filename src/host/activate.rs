@@ -17,11 +17,13 @@ use crate::protocol::{
 
 /// Activates `release`; never returns with the host on a half-switched release.
 /// A failed step is told to `failed` when it happens, before the revert.
+/// `partial` (a run on some of the stage's hosts) is recorded with it.
 pub fn activate(
     layout: &Layout,
     release: &str,
     action: Action,
     deployer: &str,
+    partial: Option<&str>,
     emit: &dyn Fn(&str, &str),
     failed: &dyn Fn(&str, &str),
 ) -> Activation {
@@ -86,6 +88,11 @@ pub fn activate(
         }
     };
     outcome.ok = ok;
+    let detail = match (partial, detail.is_empty()) {
+        (None, _) => detail,
+        (Some(p), true) => format!("partial: {p}"),
+        (Some(p), false) => format!("{detail}; partial: {p}"),
+    };
     let revision = Revision {
         time: now_rfc3339(),
         action: action.clone(),
@@ -102,6 +109,84 @@ pub fn activate(
     if let Err(e) = revisions::append(layout, &revision, &secrets::masker(layout)) {
         emit("record", &format!("cannot append to revisions.log: {e}"));
     }
+    outcome
+}
+
+/// `shipjar restart STAGE` on this host: `release` (which must be current)
+/// restarted through the same gate as a deploy (health, version, settle),
+/// under the switch lock, with no hooks. Behind the proxy it is the
+/// blue/green switch onto a fresh instance of the same release, so no
+/// request is dropped. There is no other release to go back to: a plain
+/// service that fails is left as its supervisor has it (its state says
+/// so); behind the proxy a failed gate leaves the old instance taking
+/// traffic. Not written to revisions.log: it activates nothing new, and
+/// rollback, pruning and auto-revert read that history as activations.
+pub fn restart(
+    layout: &Layout,
+    release: &str,
+    emit: &dyn Fn(&str, &str),
+    failed: &dyn Fn(&str, &str),
+) -> Activation {
+    let mut outcome = Activation::of(release);
+    let _switching = match hold_switch(layout) {
+        Ok(held) => held,
+        Err(e) => {
+            failed("lock", &e);
+            return fail_early(outcome, "lock", e);
+        }
+    };
+    // Under the deploy lock `current` cannot move; checked all the same.
+    let current = store::current(layout);
+    if current.as_deref() != Some(release) {
+        let e = format!(
+            "current is {}, not {release}: nothing restarted",
+            current.as_deref().unwrap_or("(none)")
+        );
+        failed("restart", &e);
+        return fail_early(outcome, "restart", e);
+    }
+    let manifest = match store::read_manifest(layout, release) {
+        Ok(m) => m,
+        Err(e) => {
+            failed("restart", &e);
+            return fail_early(outcome, "restart", e);
+        }
+    };
+    let result = match &manifest.proxy {
+        Some(spec) => proxied::switch::activate(layout, &manifest, spec, false, emit, &mut outcome),
+        None => switch_and_verify(layout, &manifest, false, emit, &mut outcome),
+    };
+    if let Err((step, reason, log_tail)) = result {
+        cancel::clear();
+        failed(step, &reason);
+        outcome.failed_step = Some(step.to_string());
+        outcome.reason = Some(reason);
+        outcome.log_tail = log_tail;
+        let now = match &manifest.proxy {
+            Some(spec) => outcome
+                .now_running
+                .take()
+                .unwrap_or_else(|| proxied::switch::now_running(layout, spec, Some(release))),
+            None => {
+                let status = supervisor::status(layout);
+                let healthy = status.pid.is_some() && status.healthy != Some(false);
+                NowRunning {
+                    release: Some(release.to_string()),
+                    version: Some(manifest.version.clone()),
+                    healthy,
+                    problem: (!healthy).then(|| {
+                        format!(
+                            "the service is {} (no other release to go back to)",
+                            status.state
+                        )
+                    }),
+                }
+            }
+        };
+        outcome.now_running = Some(now);
+        return outcome;
+    }
+    outcome.ok = true;
     outcome
 }
 
@@ -189,8 +274,11 @@ fn switch_and_verify(
         crate::host::proxied::stop(layout, &spec).map_err(|e| ("stop", e.message, e.log_tail))?;
         emit("stop", "the proxy and both instances");
     }
-    store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
-    emit("switch", &format!("current -> releases/{}", manifest.id));
+    // A restart of the current release has nothing to switch.
+    if store::current(layout).as_deref() != Some(manifest.id.as_str()) {
+        store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
+        emit("switch", &format!("current -> releases/{}", manifest.id));
+    }
     let restarted = restart::restart(layout).map_err(|(step, e)| (step, e.message, e.log_tail))?;
     cancelled("health")?;
     if let Some(stop) = restarted.stop.filter(|s| s.was_running) {

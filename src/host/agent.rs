@@ -15,7 +15,7 @@ use crate::host::{activate, cancel, hooks, logs, provision, secrets, store, supe
 use crate::protocol::layout::Layout;
 use crate::protocol::validate_service_name;
 use crate::protocol::{
-    AgentError, AgentMessage, Envelope, ErrorKind, HostState, HostStatus, PROTOCOL_VERSION,
+    Action, AgentError, AgentMessage, Envelope, ErrorKind, HostState, HostStatus, PROTOCOL_VERSION,
     Request, Response,
 };
 
@@ -231,6 +231,7 @@ impl Session {
                 | Request::Unlock
                 | Request::Provision { .. }
                 | Request::Logs { .. }
+                | Request::Exec { .. }
         );
         let refusal = if envelope.protocol != PROTOCOL_VERSION {
             Some(error_of_kind(
@@ -363,15 +364,25 @@ impl Session {
                 release,
                 action,
                 deployer,
+                partial,
             } => {
                 // A second Ctrl-C at the operator sends `cancel` while this runs.
                 let _watch = cancel::Watch::start(io::stdin().as_raw_fd());
                 expect_activation(&layout, &release, id);
+                if action == Action::Restart {
+                    return Response::Activated(Box::new(activate::restart(
+                        &layout,
+                        &release,
+                        &emit,
+                        &|step, message| event(step, message, true),
+                    )));
+                }
                 Response::Activated(Box::new(activate::activate(
                     &layout,
                     &release,
                     action,
                     &deployer,
+                    partial.as_deref(),
                     &emit,
                     &|step, message| event(step, message, true),
                 )))
@@ -387,6 +398,23 @@ impl Session {
                     within_ms: hook.timeout_ms + HOOK_MARGIN_MS,
                 });
                 Response::HookRan(hooks::run(&layout, &release, &point, &hook, &emit))
+            }
+            Request::Exec { argv, timeout_ms } => {
+                send(&AgentMessage::Expect {
+                    id,
+                    step: "exec".to_string(),
+                    within_ms: timeout_ms + HOOK_MARGIN_MS,
+                });
+                // The operator gone (Ctrl-C, a cut link) or a `cancel` line ends the command.
+                let _watch = cancel::Watch::start_until_eof(io::stdin().as_raw_fd());
+                let mut out = |line: &str| emit("out", line);
+                Response::Executed(hooks::exec(
+                    &layout,
+                    &argv,
+                    timeout_ms,
+                    &mut out,
+                    &cancel::requested,
+                ))
             }
             Request::Finish { keep, not_switched } => {
                 // Only the lock's holder writes this host's history.

@@ -33,10 +33,21 @@ pub struct Watch {
 impl Watch {
     /// Starts watching `fd` (the agent's stdin).
     pub fn start(fd: RawFd) -> Watch {
+        Watch::spawn(fd, false)
+    }
+
+    /// Like [`start`](Watch::start), and the end of the input cancels too: for
+    /// a request that only matters while the operator is there (`exec`: an
+    /// operator stopped with Ctrl-C takes its command with it).
+    pub fn start_until_eof(fd: RawFd) -> Watch {
+        Watch::spawn(fd, true)
+    }
+
+    fn spawn(fd: RawFd, eof_cancels: bool) -> Watch {
         clear();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || watch(fd, &stopping));
+        let thread = std::thread::spawn(move || watch(fd, &stopping, eof_cancels));
         Watch {
             stop,
             thread: Some(thread),
@@ -53,7 +64,7 @@ impl Drop for Watch {
     }
 }
 
-fn watch(fd: RawFd, stop: &AtomicBool) {
+fn watch(fd: RawFd, stop: &AtomicBool, eof_cancels: bool) {
     let mut line = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         if !readable(fd, Duration::from_millis(50)) {
@@ -65,7 +76,10 @@ fn watch(fd: RawFd, stop: &AtomicBool) {
         // SAFETY: reading into a valid one-byte buffer from an open descriptor.
         let n = unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) };
         if n <= 0 {
-            return; // end of input: the request still finishes
+            if eof_cancels {
+                REQUESTED.store(true, Ordering::SeqCst);
+            }
+            return; // end of input: otherwise the request still finishes
         }
         if byte[0] != b'\n' {
             line.push(byte[0]);
@@ -88,5 +102,6 @@ fn readable(fd: RawFd, timeout: Duration) -> bool {
     };
     // SAFETY: one valid pollfd for the duration of the call.
     let n = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) };
-    n > 0 && poll.revents & libc::POLLIN != 0
+    // A pipe whose writer is gone says POLLHUP, not POLLIN: its end is input too.
+    n > 0 && poll.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
 }

@@ -32,7 +32,7 @@ struct HostReport {
 
 /// `shipjar check STAGE`.
 pub fn check(project: &Project, args: &CheckArgs, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(&args.stage)?;
+    let (stage, _) = crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
     let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
     // `check` does not build: the last build when there is one, else a stand-in.
     let build = build::last_build(project).unwrap_or_else(|_| BuildManifest {

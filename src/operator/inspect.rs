@@ -109,7 +109,8 @@ fn proxy_flags(proxy: &ProxyStatus) -> Vec<String> {
 
 /// `shipjar status STAGE`: exit 0 only when every host is consistent and healthy.
 pub fn status(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(&args.stage)?;
+    let (stage, selection) =
+        crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
     // A service may report a secret (in a version string, a log line): mask what can be read.
     crate::operator::render::mask_available_secrets(&stage.secrets);
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
@@ -132,6 +133,10 @@ pub fn status(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> 
     for row in &rows {
         text.push_str(&format_row(row));
     }
+    let versions = versions_by_host(&rows);
+    if versions.len() > 1 {
+        text.push_str(&versions_line(&versions));
+    }
     if rows.len() > 1 {
         let bad = rows.iter().filter(|r| !r.flags.is_empty()).count();
         text.push_str(&format!(
@@ -140,21 +145,56 @@ pub fn status(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> 
             rows.len() - bad
         ));
     }
+    if let Some(s) = &selection {
+        text.push_str(&format!("shown: {}\n", s.describe()));
+    }
     #[derive(Serialize)]
     struct StatusResult<'a> {
         ok: bool,
         stage: &'a str,
         hosts: &'a [HostReport],
+        /// Each version current somewhere, with its hosts.
+        versions: &'a [(String, Vec<String>)],
+        selection: Option<&'a crate::operator::select::Selection>,
     }
     reporter.result(
         &StatusResult {
             ok,
             stage: &stage.name,
             hosts: &rows,
+            versions: &versions,
+            selection: selection.as_ref(),
         },
         &text,
     );
     Ok(if ok { 0 } else { 1 })
+}
+
+/// Each version current on some host, with those hosts in stage order; the
+/// most common version first (a partial deploy reads as its few hosts).
+pub fn versions_by_host(rows: &[HostReport]) -> Vec<(String, Vec<String>)> {
+    let mut versions: Vec<(String, Vec<String>)> = Vec::new();
+    for row in rows {
+        let Some(c) = row.status.as_ref().and_then(|s| s.current.as_ref()) else {
+            continue;
+        };
+        match versions.iter_mut().find(|(v, _)| *v == c.version) {
+            Some((_, hosts)) => hosts.push(row.host.clone()),
+            None => versions.push((c.version.clone(), vec![row.host.clone()])),
+        }
+    }
+    // Stable: among equally common versions, the one seen first stays first.
+    versions.sort_by_key(|(_, hosts)| std::cmp::Reverse(hosts.len()));
+    versions
+}
+
+/// `versions: 1.0 on web3, web4, web5; 1.1 on web1, web2`.
+fn versions_line(versions: &[(String, Vec<String>)]) -> String {
+    let parts: Vec<String> = versions
+        .iter()
+        .map(|(v, hosts)| format!("{v} on {}", hosts.join(", ")))
+        .collect();
+    format!("versions: {}\n", parts.join("; "))
 }
 
 /// Flags hosts whose current version is not the stage's majority version.
@@ -272,7 +312,7 @@ fn format_row(row: &HostReport) -> String {
 
 /// `shipjar releases STAGE`.
 pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(&args.stage)?;
+    let (stage, _) = crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
     crate::operator::render::mask_available_secrets(&stage.secrets);
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let keep = *project.config.releases.keep.get_ref();
@@ -397,19 +437,10 @@ fn query(fleet: &Fleet, host: &str, spec: &HostSpec, request: Request) -> Result
 
 /// `shipjar logs STAGE`: each host's service log, lines prefixed by host.
 pub fn logs(project: &Project, args: &LogsArgs, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(&args.stage)?;
+    let (stage, _) = crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
     // Service logs may print secrets too: mask them like everything else.
     crate::operator::render::mask_available_secrets(&stage.secrets);
-    let mut hosts: Vec<(String, HostSpec)> = stage.hosts.clone();
-    if let Some(only) = &args.host {
-        hosts.retain(|(h, _)| h == only);
-        if hosts.is_empty() {
-            return Err(crate::error::Error::config(format!(
-                "stage `{}` has no host `{only}`",
-                stage.name
-            )));
-        }
-    }
+    let hosts: Vec<(String, HostSpec)> = stage.hosts.clone();
     // Following needs every host at once; a bounded pool would starve some.
     let parallel = if args.follow {
         hosts.len()
@@ -524,6 +555,43 @@ mod tests {
             flags: flags(&status),
             status: Some(status),
         }
+    }
+
+    #[test]
+    fn a_partial_deploy_reads_as_its_few_hosts_on_the_new_version() {
+        let running = || {
+            json!({"state": "running", "lsb_code": 0, "pid": 42, "release": "r1",
+                   "uptime_s": 9, "healthy": true, "detail": "running: pid 42"})
+        };
+        let mut rows: Vec<HostReport> = ["web1", "web2", "web3", "web4", "web5"]
+            .iter()
+            .map(|name| HostReport {
+                host: name.to_string(),
+                ..host(running(), "")
+            })
+            .collect();
+        for row in &mut rows[..2] {
+            let current = row
+                .status
+                .as_mut()
+                .and_then(|s| s.current.as_mut())
+                .unwrap();
+            current.id = "r2".into();
+            current.version = "1.1".into();
+        }
+        flag_minority_versions(&mut rows);
+        let versions = versions_by_host(&rows);
+        assert_eq!(
+            versions_line(&versions),
+            "versions: 1.0 on web3, web4, web5; 1.1 on web1, web2\n"
+        );
+        assert_eq!(
+            rows[0].flags,
+            ["runs version 1.1, the stage's majority runs 1.0"]
+        );
+        assert!(rows[2].flags.is_empty(), "{:?}", rows[2].flags);
+        // One version everywhere: no line.
+        assert_eq!(versions_by_host(&rows[2..]).len(), 1);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod build;
 pub mod check;
 pub mod config;
 pub mod deploy;
+pub mod exec;
 pub mod fleet;
 pub mod hooks;
 pub mod init;
@@ -13,6 +14,9 @@ pub mod output;
 pub mod plan;
 pub mod provision;
 pub mod render;
+pub mod repl;
+pub mod secret_command;
+pub mod select;
 pub mod ssh;
 pub mod transport;
 
@@ -49,10 +53,13 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         Command::Provision(args) => provision::provision(&project, &args, &reporter),
         Command::Deploy(args) => deploy::deploy(&project, &args, &reporter),
         Command::Rollback(args) => deploy::rollback(&project, &args, &reporter),
+        Command::Restart(args) => deploy::restart(&project, &args, &reporter),
         Command::Status(args) => inspect::status(&project, &args, &reporter),
         Command::Releases(args) => inspect::releases(&project, &args, &reporter),
         Command::Logs(args) => inspect::logs(&project, &args, &reporter),
         Command::Unlock(args) => deploy::unlock(&project, &args.stage, &args.fleet, &reporter),
+        Command::Exec(args) => exec::exec(&project, &args, &reporter),
+        Command::Repl(args) => repl::repl(&project, &args, &reporter),
         Command::Init(_)
         | Command::Service(_)
         | Command::Agent(_)

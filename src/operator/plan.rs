@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::operator::build::BuildManifest;
+use crate::operator::config::roles::Role;
 use crate::operator::config::{Builtin, Config, HostSpec, ResolvedStage};
 use crate::operator::render::{
     self, Vars, find_placeholder, properties_escape, secret_placeholder,
@@ -119,6 +120,8 @@ fn plan_host(
     set("stage", &stage.name);
     set("host", spec.name());
     set("host_entry", host);
+    let role = stage.role_of(host).map(|r| (r.name.as_str(), &r.role));
+    set("role", role.map_or("", |(name, _)| name));
     set("git_commit", build.git_commit.as_deref().unwrap_or(""));
     set("build_time", &build.build_time);
     set("artifact_sha256", &build.sha256);
@@ -172,7 +175,11 @@ fn plan_host(
         stage: stage.name.clone(),
         host: host.to_string(),
         run,
-        health: HealthSpec::from(&config.health),
+        // A role's `[health]` keys over the service's.
+        health: match role {
+            Some((_, r)) => HealthSpec::from(&r.health.over(&config.health)),
+            None => HealthSpec::from(&config.health),
+        },
         version_check: config.version_check.as_ref().map(VersionCheckSpec::from),
         stop,
         files,
@@ -189,7 +196,7 @@ fn plan_host(
             .map(crate::protocol::manifest::ProxySpec::from),
     };
 
-    let run = run_spec(config, inputs, spec, &public_vars)?;
+    let run = run_spec(config, inputs, spec, role, &public_vars)?;
     let mut files = Vec::new();
     let mut manifest_files = Vec::new();
     for entry in &config.config {
@@ -293,6 +300,7 @@ fn run_spec(
     config: &Config,
     inputs: &DeployInputs,
     spec: &HostSpec,
+    role: Option<(&str, &Role)>,
     vars: &Vars,
 ) -> Result<RunSpec> {
     let service = &config.service;
@@ -318,6 +326,15 @@ fn run_spec(
             for opt in &service.java_opts {
                 argv.push(render_arg("[service] java_opts", opt)?);
             }
+            // The role's after the service's: a later `-Xmx` wins in the JVM.
+            if let Some((name, r)) = role {
+                for opt in &r.java_opts {
+                    argv.push(render_arg(&format!("[roles.{name}] java_opts"), opt)?);
+                }
+            }
+            if let Some(repl) = &service.repl {
+                argv.push(repl.java_opt());
+            }
             argv.push("-jar".into());
             argv.push(jar.clone());
             argv
@@ -333,6 +350,15 @@ fn run_spec(
             )));
         }
         env.insert(k.clone(), render_arg(&format!("[service] env.{k}"), v)?);
+    }
+    // Validated where written: names without `=`, values without NUL.
+    if let Some((name, r)) = role {
+        for (k, v) in &r.env {
+            env.insert(
+                k.clone(),
+                render_arg(&format!("[roles.{name}] env.{k}"), v)?,
+            );
+        }
     }
     env.extend(inputs.env.clone());
     // On `local` the service runs as whoever runs shipjar; elsewhere as its own user.
@@ -438,6 +464,7 @@ secrets = { db_password = { env = "PW" } }
             on_failure: Default::default(),
             lock_lease_ms: 120_000,
             answer_timeout_ms: 30_000,
+            roles: Vec::new(),
         };
         let build = BuildManifest {
             artifact: "/p/hello.jar".into(),
@@ -466,6 +493,46 @@ secrets = { db_password = { env = "PW" } }
             }
             other => Err(Error::config(format!("no template {other}"))),
         }
+    }
+
+    #[test]
+    fn a_roles_env_java_opts_and_health_reach_its_hosts_manifest_only() {
+        let (config, mut stage, build, inputs) = fixtures();
+        stage
+            .hosts
+            .push(("app2".into(), HostSpec::parse("app2").expect("a host")));
+        let role: Role = toml::from_str(
+            "hosts = [\"app2\"]\nenv = { ROLE = \"{{ role }}\", EXTRA = \"role\" }\n\
+             java_opts = [\"-Xmx2g\"]\nhealth = { tcp = 9090, settle = \"5s\" }\n",
+        )
+        .expect("a role");
+        stage.roles = vec![crate::operator::config::roles::ResolvedRole {
+            name: "worker".into(),
+            hosts: vec!["app2".into()],
+            role,
+        }];
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        let (plain, worker) = (&plan.hosts[0].manifest, &plan.hosts[1].manifest);
+        assert_eq!(
+            worker.run.env.get("ROLE").map(String::as_str),
+            Some("worker")
+        );
+        // `--env` still wins over the role's.
+        assert_eq!(worker.run.env.get("EXTRA").map(String::as_str), Some("1"));
+        assert_eq!(plain.run.env.get("ROLE"), None);
+        let jar = worker.run.argv.iter().position(|a| a == "-jar").unwrap();
+        assert_eq!(worker.run.argv[jar - 1], "-Xmx2g");
+        assert!(!plain.run.argv.contains(&"-Xmx2g".to_string()));
+        assert_eq!(
+            worker.health.check,
+            crate::protocol::manifest::HealthCheck::Tcp { port: 9090 }
+        );
+        assert_eq!(worker.health.settle_ms, 5_000);
+        assert_eq!(
+            worker.health.start_timeout_ms,
+            plain.health.start_timeout_ms
+        );
+        assert_ne!(plain.health.check, worker.health.check);
     }
 
     #[test]

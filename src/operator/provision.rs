@@ -88,7 +88,7 @@ pub struct HostProvision {
 
 /// `shipjar provision STAGE`.
 pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(&args.stage)?;
+    let (stage, _) = crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
     // Secrets are read so that anything shown (diffs included) masks them.
     crate::operator::render::mask_available_secrets(&stage.secrets);
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
@@ -148,6 +148,21 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
         });
         record_answer(answer, resources);
     });
+    let failed = report(rows, args.dry_run, reporter);
+    Ok(match (fleet::interrupted(), failed) {
+        (true, _) => 130,
+        (false, 0) => 0,
+        (false, _) => 1,
+    })
+}
+
+/// Says what was done to each resource of each host, and the counts;
+/// returns how many failed.
+fn report(
+    rows: Vec<(String, HostSpec, Vec<ResourceResult>)>,
+    dry_run: bool,
+    reporter: &Reporter,
+) -> usize {
     let mut text = String::new();
     let mut hosts = Vec::new();
     for (host, _, resources) in rows {
@@ -178,16 +193,12 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
         hosts.len(),
         if hosts.len() == 1 { "" } else { "s" },
         count(ResourceStatus::Ok),
-        if args.dry_run {
+        if dry_run {
             count(ResourceStatus::WouldChange)
         } else {
             count(ResourceStatus::Changed)
         },
-        if args.dry_run {
-            "would change"
-        } else {
-            "changed"
-        },
+        if dry_run { "would change" } else { "changed" },
     ));
     #[derive(Serialize)]
     struct ProvisionResult {
@@ -198,16 +209,12 @@ pub fn provision(project: &Project, args: &ProvisionArgs, reporter: &Reporter) -
     reporter.result(
         &ProvisionResult {
             ok: failed == 0,
-            dry_run: args.dry_run,
+            dry_run,
             hosts,
         },
         &text,
     );
-    Ok(match (fleet::interrupted(), failed) {
-        (true, _) => 130,
-        (false, 0) => 0,
-        (false, _) => 1,
-    })
+    failed
 }
 
 fn failed_resource(resource: &str, detail: String) -> ResourceResult {

@@ -1,6 +1,6 @@
 //! Templates and secrets: strict minijinja rendering (undefined variables are
 //! errors, nothing is HTML-escaped, trailing newlines are kept), secret values
-//! loaded from the environment or files and registered for masking.
+//! loaded from the environment, files or commands and registered for masking.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -10,7 +10,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
 use crate::error::{Error, Result};
 use crate::operator::config::{Config, ResolvedStage, SecretFrom, StageSecret};
-use crate::operator::output;
+use crate::operator::{output, secret_command};
 use crate::protocol::mask::{Masker, SecretValue};
 
 /// A template context: variable name to value.
@@ -170,6 +170,11 @@ fn read_secret(
                     path.display()
                 ))
             })?,
+        SecretFrom::Command {
+            argv,
+            dir,
+            timeout_ms,
+        } => secret_command::read(name, argv, dir, *timeout_ms)?,
     };
     if value.is_empty() {
         return Err(Error::config(format!("secret `{name}` is empty")));
@@ -274,6 +279,11 @@ pub fn check_secrets_against_settings(
 /// for commands that only show things and do not need the values.
 pub fn mask_available_secrets(sources: &BTreeMap<String, StageSecret>) {
     for (name, secret) in sources {
+        // A command may prompt, be slow or cost money: only commands that need values run it
+        // (each host masks every secret of its releases anyway).
+        if matches!(secret.from, SecretFrom::Command { .. }) {
+            continue;
+        }
         if let Ok(value) = read_secret(name, &secret.from, &|var| std::env::var(var).ok()) {
             output::register_secret(&value, secret.allow_short);
         }
@@ -368,6 +378,29 @@ mod tests {
         assert!(
             err.message
                 .contains("secret `pw`: environment variable PW_VAR is not set")
+        );
+    }
+
+    #[test]
+    fn a_short_value_from_a_command_is_refused_like_any_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = BTreeMap::from([(
+            "pin".to_string(),
+            StageSecret {
+                from: SecretFrom::Command {
+                    argv: vec!["printf".into(), "k7\\n".into()],
+                    dir: dir.path().to_path_buf(),
+                    timeout_ms: 5_000,
+                },
+                allow_short: false,
+            },
+        )]);
+        let err = load_secrets(&sources, &|_| None).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("secret `pin` is shorter than 8 characters"),
+            "{}",
+            err.message
         );
     }
 

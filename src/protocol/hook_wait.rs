@@ -20,48 +20,88 @@ pub struct Ended {
     pub ok: bool,
     /// "exited with code 3", "timed out after 5m; killed", …
     pub how: String,
+    /// Its exit code, when it exited (not killed by a signal, not timed out).
+    pub code: Option<i32>,
     /// Its last [`OUTPUT_LINES`] lines of output (stdout and stderr together).
     pub output: Vec<String>,
 }
 
 /// Waits for `child` (the leader of its own process group), reading its
 /// output from `output`, killing the group once `timeout` has passed.
-pub fn wait(mut child: Child, output: impl Read + Send + 'static, timeout: Duration) -> Ended {
+pub fn wait(child: Child, output: impl Read + Send + 'static, timeout: Duration) -> Ended {
+    wait_streaming(child, output, timeout, &mut |_| {}, &|| false)
+}
+
+/// As [`wait`], handing each line of output to `on_line` as it comes, and
+/// killing the group as soon as `cancelled` says so.
+pub fn wait_streaming(
+    mut child: Child,
+    output: impl Read + Send + 'static,
+    timeout: Duration,
+    on_line: &mut dyn FnMut(&str),
+    cancelled: &dyn Fn() -> bool,
+) -> Ended {
     let started = Instant::now();
-    let (lines_tx, lines_rx) = mpsc::channel::<VecDeque<String>>();
+    let (lines_tx, lines_rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
-        let mut kept = VecDeque::new();
         for line in BufReader::new(output).split(b'\n') {
             let Ok(line) = line else { break };
-            if kept.len() == OUTPUT_LINES {
-                kept.pop_front();
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            if lines_tx.send(text).is_err() {
+                break;
             }
-            kept.push_back(String::from_utf8_lossy(&line).trim_end().to_string());
         }
-        let _ = lines_tx.send(kept);
     });
-    let pgid = Pid::from_raw(child.id() as i32);
-    let (ok, how) = loop {
+    let mut kept = VecDeque::new();
+    let mut take = |line: String, kept: &mut VecDeque<String>| {
+        on_line(&line);
+        if kept.len() == OUTPUT_LINES {
+            kept.pop_front();
+        }
+        kept.push_back(line);
+    };
+    let (ok, how, code) = loop {
         match child.try_wait() {
-            Ok(Some(status)) => break (status.success(), describe(status)),
+            Ok(Some(status)) => break (status.success(), describe(status), status.code()),
             Ok(None) if started.elapsed() >= timeout => {
-                let _ = killpg(pgid, Signal::SIGKILL);
+                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
                 let _ = child.wait();
                 let limit =
                     humantime::format_duration(Duration::from_millis(timeout.as_millis() as u64));
-                break (false, format!("timed out after {limit}; killed"));
+                break (false, format!("timed out after {limit}; killed"), None);
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => break (false, format!("could not wait for it: {e}")),
+            Ok(None) if cancelled() => {
+                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+                break (
+                    false,
+                    "cancelled: the operator went away; killed".to_string(),
+                    None,
+                );
+            }
+            Ok(None) => {
+                if let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(20)) {
+                    take(line, &mut kept);
+                }
+            }
+            Err(e) => break (false, format!("could not wait for it: {e}"), None),
         }
     };
     // Whatever it left running in its group goes too, so the pipe closes.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let output = lines_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map(Vec::from)
-        .unwrap_or_default();
-    Ended { ok, how, output }
+    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let drained_by = Instant::now() + Duration::from_secs(5);
+    while let Some(left) = drained_by.checked_duration_since(Instant::now()) {
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => take(line, &mut kept),
+            Err(_) => break,
+        }
+    }
+    Ended {
+        ok,
+        how,
+        code,
+        output: Vec::from(kept),
+    }
 }
 
 /// "exited with code 3", "killed by SIGTERM".

@@ -56,6 +56,10 @@ pub enum Request {
         action: Action,
         /// Recorded in revisions.log.
         deployer: String,
+        /// A run on some of the stage's hosts: `2 of 5 hosts (--hosts web1,web2)`,
+        /// recorded in revisions.log with the activation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partial: Option<String>,
     },
     /// Run a hook on this host in a release's directory, with that release's
     /// config files and environment, as the service user (when root).
@@ -66,6 +70,15 @@ pub enum Request {
         point: HookPoint,
         /// The command and its timeout.
         hook: HookSpec,
+    },
+    /// Run a command in `current` as the service runs (its user, environment,
+    /// config files and directory), its output sent as `out` events
+    /// (`shipjar exec`). Takes no lock: it changes nothing shipjar owns.
+    Exec {
+        /// The command and its arguments, no shell.
+        argv: Vec<String>,
+        /// Killed, with its process group, after this long.
+        timeout_ms: u64,
     },
     /// Prune old releases (when `keep` is given) and release the deploy lock.
     Finish {
@@ -123,6 +136,9 @@ wire_enum! {
         /// The supervisor gave up on a release soon after its deploy and
         /// went back to the previous healthy one (`[restart] auto_revert`).
         AutoRevert => "auto-revert",
+        /// The release already current, restarted through the same gate
+        /// (`shipjar restart STAGE`); never written to revisions.log.
+        Restart => "restart",
     }
 }
 
@@ -158,6 +174,18 @@ pub struct HookRun {
     pub took_ms: u64,
     /// Its last lines of output (stdout and stderr together).
     pub output: Vec<String>,
+}
+
+/// How a command of `shipjar exec` ran on one host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRun {
+    /// Its exit code; `None` when it did not exit by itself (a signal, the timeout, not started).
+    pub code: Option<i32>,
+    /// How it ended: `exited with code 0`, `timed out after 10m; killed`, `could not run: …`.
+    pub how: String,
+    /// Milliseconds it took.
+    pub took_ms: u64,
 }
 
 /// Who holds a deploy lock.
@@ -355,6 +383,8 @@ pub enum Response {
     Activated(Box<Activation>),
     /// Answer to `run_hook`.
     HookRan(HookRun),
+    /// Answer to `exec`.
+    Executed(ExecRun),
     /// Answer to `finish`.
     Finished {
         /// Releases removed.

@@ -36,4 +36,6 @@ pub(crate) use wire_enum::wire_enum;
 /// 3: `prepare` carries the secret values the host masks (an agent of
 /// version 2 would refuse the field; the version mismatch says why);
 /// failed-step events; `finish` records a run that stopped before switching.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 4: `logs` with `since` and `grep`.
+/// 5: `exec` (a command in `current`, its output streamed as `out` events).
+pub const PROTOCOL_VERSION: u32 = 5;

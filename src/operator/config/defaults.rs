@@ -97,6 +97,9 @@ pub const PROXY_IDLE_TIMEOUT_MS: u64 = millis(shared::PROXY_IDLE_TIMEOUT);
 /// `[proxy] max_connections`: client connections served at once.
 pub const PROXY_MAX_CONNECTIONS: u32 = shared::PROXY_MAX_CONNECTIONS;
 
+/// Longest a secret's `command` may run unless its `timeout` says otherwise.
+pub const SECRET_COMMAND_TIMEOUT_MS: u64 = 30_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 pub mod defaults;
 mod diagnostics;
 pub mod hosts;
+pub mod roles;
 pub mod schema;
 mod spec;
 pub mod stage;

@@ -135,6 +135,27 @@ pub struct Service {
     /// Keep a class-data sharing (AppCDS) archive per release (JVM services only).
     #[serde(default)]
     pub cds: bool,
+    /// A Clojure socket REPL on 127.0.0.1 (`shipjar repl`).
+    pub repl: Option<Repl>,
+}
+
+/// `[service] repl`: Clojure's socket REPL, bound to 127.0.0.1 only (there is
+/// no address to set), reached with `shipjar repl` through an ssh forward.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repl {
+    /// Port on the host's 127.0.0.1.
+    pub port: u16,
+}
+
+impl Repl {
+    /// The JVM option that starts the REPL server as Clojure's runtime loads.
+    pub fn java_opt(&self) -> String {
+        format!(
+            "-Dclojure.server.repl={{:port {} :address \"127.0.0.1\" :accept clojure.core.server/repl}}",
+            self.port
+        )
+    }
 }
 
 impl Service {
@@ -163,7 +184,7 @@ pub struct Build {
 }
 
 /// `[health]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
     /// HTTP URL that answers 2xx when healthy.
@@ -447,6 +468,9 @@ pub struct Stage {
     pub answer_timeout: Option<Millis>,
     /// This stage's proxy, in place of the top-level `[proxy]`.
     pub proxy: Option<Proxy>,
+    /// `[stages.NAME.roles.ROLE]`: hosts grouped by role, with their own settings.
+    #[serde(default)]
+    pub roles: BTreeMap<String, Spanned<super::roles::Role>>,
 }
 
 fn default_hosts() -> Vec<Spanned<String>> {
@@ -501,6 +525,11 @@ pub struct SecretSource {
     pub env: Option<String>,
     /// A file on the operator's machine (relative to the project); trailing newline removed.
     pub file: Option<PathBuf>,
+    /// A command run on the operator's machine (argv, no shell), once per
+    /// shipjar invocation; its stdout is the value (one trailing newline removed).
+    pub command: Option<Vec<String>>,
+    /// Longest the `command` may take (default 30s); then it and its children are killed.
+    pub timeout: Option<Millis>,
     /// Accept a value shorter than 8 characters; it is then masked only where
     /// it stands as a whole word, since masking it everywhere would blank
     /// ordinary text and so reveal it.

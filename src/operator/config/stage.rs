@@ -9,6 +9,7 @@ use toml::Spanned;
 use super::Project;
 use super::defaults;
 use super::hosts::{HostSpec, LOCAL_HOST};
+use super::roles::ResolvedRole;
 use super::schema::{OnFailure, Rolling, SecretSource, Stage};
 use crate::error::{Error, Result};
 
@@ -44,6 +45,17 @@ pub struct ResolvedStage {
     pub lock_lease_ms: u64,
     /// How long a host may stay silent on a request before it is given up.
     pub answer_timeout_ms: u64,
+    /// `[stages.NAME.roles.*]`, in name order (empty without roles).
+    pub roles: Vec<ResolvedRole>,
+}
+
+impl ResolvedStage {
+    /// The role `host` (as written) belongs to, if any.
+    pub fn role_of(&self, host: &str) -> Option<&ResolvedRole> {
+        self.roles
+            .iter()
+            .find(|r| r.hosts.iter().any(|h| h == host))
+    }
 }
 
 /// A stage's secret, resolved.
@@ -62,6 +74,15 @@ pub enum SecretFrom {
     Env(String),
     /// A file on the operator's machine.
     File(PathBuf),
+    /// A command run on the operator's machine: argv, run in the project directory.
+    Command {
+        /// Program and arguments, no shell.
+        argv: Vec<String>,
+        /// The project directory, where it runs.
+        dir: PathBuf,
+        /// Killed (with its process group) after this long.
+        timeout_ms: u64,
+    },
 }
 
 impl Project {
@@ -72,9 +93,8 @@ impl Project {
             return Err(self.no_such_stage(name));
         }
         let hosts = match declared {
-            Some(stage) => stage
-                .hosts
-                .iter()
+            Some(stage) => super::roles::stage_hosts(self, name, stage)
+                .into_iter()
                 .map(|h| Ok((h.get_ref().clone(), HostSpec::parse(h.get_ref())?)))
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(Error::config)?,
@@ -104,6 +124,7 @@ impl Project {
             answer_timeout_ms: declared
                 .and_then(|s| s.answer_timeout)
                 .map_or(defaults::ANSWER_TIMEOUT_MS, |t| t.0),
+            roles: declared.map(super::roles::resolve).unwrap_or_default(),
         })
     }
 
@@ -145,10 +166,17 @@ impl Project {
         let mut sources = BTreeMap::new();
         for (key, source) in secrets {
             let s = source.get_ref();
-            let from = match (&s.env, &s.file) {
-                (Some(var), _) => SecretFrom::Env(var.clone()),
-                (None, Some(file)) => SecretFrom::File(self.dir.join(file)),
-                (None, None) => unreachable!("validated: a secret has env or file"),
+            let from = match (&s.env, &s.file, &s.command) {
+                (Some(var), _, _) => SecretFrom::Env(var.clone()),
+                (None, Some(file), _) => SecretFrom::File(self.dir.join(file)),
+                (None, None, Some(argv)) => SecretFrom::Command {
+                    argv: argv.clone(),
+                    dir: self.dir.clone(),
+                    timeout_ms: s
+                        .timeout
+                        .map_or(defaults::SECRET_COMMAND_TIMEOUT_MS, |t| t.0),
+                },
+                (None, None, None) => unreachable!("validated: a secret has one source"),
             };
             let secret = StageSecret {
                 from,

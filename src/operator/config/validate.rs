@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use super::Project;
 use super::defaults::{ANSWER_TIMEOUT_FLOOR_MS, LOCK_LEASE_FLOOR_MS, SETTLE_MAX_MS};
 use super::diagnostics::{Seg, keys};
-use super::hosts::HostSpec;
 use super::schema::{ConfigFile, Proxy, Stage};
 use crate::error::{Error, Result};
 use crate::protocol::names;
@@ -28,10 +27,11 @@ pub const RESERVED_VARS: &[&str] = &[
     "config_dir",
     "shared_dir",
     "log_dir",
+    "role",
 ];
 
 /// `[a-z][a-z0-9_-]*`: stage and variable names.
-fn is_identifier(s: &str) -> bool {
+pub(super) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some('a'..='z'))
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
@@ -144,7 +144,75 @@ impl Project {
                 &keys("service.cds"),
                 "class-data sharing is for JVM services (`jar`), not a `command`",
             )),
-            _ => Ok(()),
+            _ => self.validate_repl(),
+        }
+    }
+
+    /// `[service] repl`: a JVM service, not behind `[proxy]` (two instances cannot
+    /// share one port), a port above 0; and no socket server of Clojure's set by
+    /// hand, which could bind to any address.
+    fn validate_repl(&self) -> Result<()> {
+        let service = &self.config.service;
+        let by_hand = |text: &str| text.contains("clojure.server.");
+        for (i, opt) in service.java_opts.iter().enumerate() {
+            if by_hand(opt) {
+                return Err(self.fail(
+                    &[Seg::Key("service"), Seg::Key("java_opts"), Seg::Index(i)],
+                    "a Clojure socket server set by hand could listen on any address: use `[service] repl = { port = N }`, which binds to 127.0.0.1 only",
+                ));
+            }
+        }
+        for (key, value) in &service.env {
+            if by_hand(value) {
+                return Err(self.fail(
+                    &[Seg::Key("service"), Seg::Key("env"), Seg::Key(key)],
+                    "a Clojure socket server set by hand could listen on any address: use `[service] repl = { port = N }`, which binds to 127.0.0.1 only",
+                ));
+            }
+        }
+        for (stage_name, stage) in &self.config.stages {
+            for (role_name, role) in &stage.get_ref().roles {
+                let role = role.get_ref();
+                let mut path = vec![
+                    Seg::Key("stages"),
+                    Seg::Key(stage_name),
+                    Seg::Key("roles"),
+                    Seg::Key(role_name),
+                ];
+                let opt = role.java_opts.iter().position(|o| by_hand(o));
+                let env = role.env.iter().find(|(_, v)| by_hand(v));
+                match (opt, env) {
+                    (Some(i), _) => path.extend([Seg::Key("java_opts"), Seg::Index(i)]),
+                    (None, Some((key, _))) => path.extend([Seg::Key("env"), Seg::Key(key)]),
+                    (None, None) => continue,
+                }
+                return Err(self.fail(
+                    &path,
+                    "a Clojure socket server set by hand could listen on any address: use `[service] repl = { port = N }`, which binds to 127.0.0.1 only",
+                ));
+            }
+        }
+        let Some(repl) = &service.repl else {
+            return Ok(());
+        };
+        let why = if service.command.is_some() {
+            Some("the REPL is started through a JVM option: a JVM service (`jar`) only")
+        } else if repl.port == 0 {
+            Some("expected a port from 1 to 65535")
+        } else if self.config.proxy.is_some()
+            || self
+                .config
+                .stages
+                .values()
+                .any(|s| s.get_ref().proxy.is_some())
+        {
+            Some("not with `[proxy]`: its two instances would both bind the REPL's port")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(self.fail(&keys("service.repl"), why)),
+            None => Ok(()),
         }
     }
 
@@ -351,9 +419,7 @@ impl Project {
         if !is_identifier(name) {
             return Err(self.fail_key(&at(&[]), "a stage name must be [a-z][a-z0-9_-]*"));
         }
-        if stage.hosts.is_empty() {
-            return Err(self.fail(&at(&[Seg::Key("hosts")]), "needs at least one host"));
-        }
+        self.validate_stage_hosts(name, stage)?;
         if let Some(proxy) = &stage.proxy {
             self.validate_proxy(&at(&[Seg::Key("proxy")]), proxy)?;
         }
@@ -362,15 +428,6 @@ impl Project {
                 &at(&[Seg::Key("agent_path")]),
                 "expected an absolute path such as \"/usr/local/bin/shipjar\"",
             ));
-        }
-        let mut seen = BTreeSet::new();
-        for (i, host) in stage.hosts.iter().enumerate() {
-            let path = at(&[Seg::Key("hosts"), Seg::Index(i)]);
-            if !seen.insert(host.get_ref()) {
-                let message = format!("`{}` is listed twice", host.get_ref());
-                return Err(self.fail(&path, &message));
-            }
-            HostSpec::parse(host.get_ref()).map_err(|m| self.fail(&path, &m))?;
         }
         for key in stage.vars.keys() {
             if !is_identifier(key) || RESERVED_VARS.contains(&key.as_str()) {
@@ -404,20 +461,36 @@ impl Project {
         }
         for (key, source) in &stage.secrets {
             let s = source.get_ref();
-            if s.env.is_some() == s.file.is_some() {
-                let mut path = at(&[Seg::Key("secrets")]);
-                path.push(Seg::Key(key));
+            let mut path = at(&[Seg::Key("secrets")]);
+            path.push(Seg::Key(key));
+            let sources = [s.env.is_some(), s.file.is_some(), s.command.is_some()];
+            if sources.iter().filter(|set| **set).count() != 1 {
                 return Err(self.fail(
                     &path,
-                    "expected exactly one of `env = \"VAR\"` or `file = \"path\"`",
+                    "expected exactly one of `env = \"VAR\"`, `file = \"path\"` or `command = [\"program\", \"arg\", …]`",
                 ));
+            }
+            if let Some(argv) = &s.command
+                && argv.first().is_none_or(|program| program.is_empty())
+            {
+                path.push(Seg::Key("command"));
+                return Err(self.fail(&path, "expected a program and its arguments"));
+            }
+            if let Some(timeout) = s.timeout {
+                path.push(Seg::Key("timeout"));
+                if s.command.is_none() {
+                    return Err(self.fail(&path, "`timeout` applies only to a `command` secret"));
+                }
+                if timeout.0 == 0 {
+                    return Err(self.fail(&path, "must be above 0"));
+                }
             }
         }
         Ok(())
     }
 
     /// An error pointing at the value at `path` (or where it would go).
-    fn fail(&self, path: &[Seg<'_>], message: &str) -> Error {
+    pub(super) fn fail(&self, path: &[Seg<'_>], message: &str) -> Error {
         let key = super::diagnostics::display_path(path);
         self.error_at(self.outline.value_span(path), &key, message)
     }
@@ -497,7 +570,7 @@ impl Project {
     }
 
     /// An error pointing at the key at `path`, for a bad name.
-    fn fail_key(&self, path: &[Seg<'_>], message: &str) -> Error {
+    pub(super) fn fail_key(&self, path: &[Seg<'_>], message: &str) -> Error {
         let key = super::diagnostics::display_path(path);
         self.error_at(self.outline.key_span(path), &key, message)
     }
@@ -630,6 +703,52 @@ mod tests {
     }
 
     #[test]
+    fn the_repl_is_for_a_plain_jvm_service_on_loopback_only() {
+        let jvm = "[service]\nname = \"a\"\njar = \"a.jar\"\n";
+        let project = load(&format!("{jvm}repl = {{ port = 5555 }}\n")).unwrap();
+        assert_eq!(
+            project.config.service.repl.unwrap().java_opt(),
+            "-Dclojure.server.repl={:port 5555 :address \"127.0.0.1\" :accept clojure.core.server/repl}"
+        );
+        for (bad, says) in [
+            (
+                format!("{jvm}repl = {{ port = 5555, address = \"0.0.0.0\" }}\n"),
+                "address",
+            ),
+            (format!("{jvm}repl = {{ port = 0 }}\n"), "service.repl"),
+            (
+                "[service]\nname = \"a\"\ncommand = [\"x\"]\nrepl = { port = 5555 }\n".to_string(),
+                "a JVM service",
+            ),
+            (
+                format!(
+                    "{jvm}repl = {{ port = 5555 }}\n[proxy]\nlisten = \"127.0.0.1:8080\"\nports = [8081, 8082]\n"
+                ),
+                "not with `[proxy]`",
+            ),
+            (
+                format!(
+                    "{jvm}java_opts = [\"-Dclojure.server.r={{:port 1 :address \\\"0.0.0.0\\\" :accept clojure.core.server/repl}}\"]\n"
+                ),
+                "service.java_opts",
+            ),
+            (
+                format!("{jvm}env = {{ JAVA_TOOL_OPTIONS = \"-Dclojure.server.x={{}}\" }}\n"),
+                "service.env.JAVA_TOOL_OPTIONS",
+            ),
+            (
+                format!(
+                    "{jvm}[stages.p.roles.web]\nhosts = [\"a1\"]\njava_opts = [\"-Dclojure.server.x={{}}\"]\n"
+                ),
+                "stages.p.roles.web.java_opts",
+            ),
+        ] {
+            let err = load(&bad).unwrap_err();
+            assert!(err.message.contains(says), "{bad}: {}", err.message);
+        }
+    }
+
+    #[test]
     fn secret_needs_exactly_one_source() {
         let text =
             format!("{MINIMAL}[stages.prod]\nhosts = [\"app1\"]\nsecrets = {{ pw = {{}} }}\n");
@@ -639,6 +758,48 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn a_command_secret_has_an_argv_and_a_timeout_only_with_a_command() {
+        let stage = |secret: &str| {
+            format!("{MINIMAL}[stages.prod]\nhosts = [\"app1\"]\nsecrets = {{ pw = {secret} }}\n")
+        };
+        let project = load(&stage("{ command = [\"op\", \"read\", \"op://p/db\"] }")).unwrap();
+        let resolved = project.stage("prod").unwrap();
+        match &resolved.secrets["pw"].from {
+            crate::operator::config::SecretFrom::Command {
+                argv, timeout_ms, ..
+            } => {
+                assert_eq!(argv, &["op", "read", "op://p/db"]);
+                assert_eq!(*timeout_ms, 30_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let project = load(&stage("{ command = [\"op\"], timeout = \"5s\" }")).unwrap();
+        assert!(matches!(
+            project.stage("prod").unwrap().secrets["pw"].from,
+            crate::operator::config::SecretFrom::Command {
+                timeout_ms: 5_000,
+                ..
+            }
+        ));
+        for (bad, says) in [
+            ("{ command = [] }", "stages.prod.secrets.pw.command"),
+            ("{ command = [\"\"] }", "stages.prod.secrets.pw.command"),
+            ("{ env = \"X\", command = [\"op\"] }", "exactly one of"),
+            (
+                "{ env = \"X\", timeout = \"5s\" }",
+                "only to a `command` secret",
+            ),
+            (
+                "{ command = [\"op\"], timeout = \"0s\" }",
+                "must be above 0",
+            ),
+        ] {
+            let err = load(&stage(bad)).unwrap_err();
+            assert!(err.message.contains(says), "{bad}: {}", err.message);
+        }
     }
 
     #[test]

@@ -267,27 +267,53 @@ pub(super) fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter:
 
 /// Switches the host to its target release; its agent gates on health and
 /// version, and reverts on failure.
-pub(super) fn activate_host(run: &mut Run, action: Action, deployer: &str, reporter: &Reporter) {
+pub(super) fn activate_host(
+    run: &mut Run,
+    action: Action,
+    deployer: &str,
+    partial: Option<&str>,
+    reporter: &Reporter,
+) {
     let Some(target) = run.target.clone() else {
         return;
     };
     run.switched = true;
+    let restart = action == Action::Restart;
+    let step = if restart { "restart" } else { "activate" };
     let request = Request::Activate {
         release: target,
         action,
         deployer: deployer.to_string(),
+        partial: partial.map(str::to_string),
     };
-    match run.call("activate", request, reporter) {
+    match run.call(step, request, reporter) {
         Some(Response::Activated(activation)) => {
             run.outcome.ok = activation.ok;
             if activation.ok {
-                run.outcome.state = FinalState::Updated;
+                run.outcome.state = if restart {
+                    FinalState::Restarted
+                } else {
+                    FinalState::Updated
+                };
                 reporter.step(
                     &run.host,
-                    "activate",
+                    step,
                     StepStatus::Ok,
                     &format!("healthy on {}", activation.release),
                 );
+            } else if restart {
+                // Nothing to go back to: the host stays as its restart left it.
+                run.outcome.state = FinalState::Failed;
+                let step = activation
+                    .failed_step
+                    .clone()
+                    .unwrap_or_else(|| "restart".into());
+                let reason = activation.reason.clone().unwrap_or_default();
+                if run.failure_shown {
+                    run.record_failure(&step, reason);
+                } else {
+                    run.fail(&step, reason, reporter);
+                }
             } else {
                 let back_on_a_release = activation
                     .now_running
@@ -339,6 +365,7 @@ pub(super) fn revert_host(run: &mut Run, deployer: &str, reporter: &Reporter) {
         release: previous.clone(),
         action: Action::Rollback,
         deployer: deployer.to_string(),
+        partial: None,
     };
     match run.call("revert", request, reporter) {
         Some(Response::Activated(a)) if a.ok => {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::cli::{DeployArgs, RollbackArgs};
+use crate::cli::{DeployArgs, RestartArgs, RollbackArgs};
 use crate::error::{Error, Result};
 use crate::operator::args::{parse_pairs, parse_wait};
 use crate::operator::build::{self, BuildManifest};
@@ -26,6 +26,7 @@ use crate::operator::fleet::Fleet;
 use crate::operator::output::Reporter;
 use crate::operator::plan::{self, DeployInputs, DeployPlan};
 use crate::operator::render;
+use crate::operator::select::Selection;
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::{Action, Activation, RevisionOutcome};
 use host_run::Run;
@@ -51,6 +52,11 @@ pub enum FinalState {
     /// Stopped answering during the switch (its agent completes or reverts
     /// the switch on its own), or could not be put back during a revert.
     Unknown,
+    /// `restart`: the current release restarted, healthy and verified.
+    Restarted,
+    /// `restart`: the restart failed its gate; the host is left as it is
+    /// (there is no other release to go back to).
+    Failed,
 }
 
 impl FinalState {
@@ -62,6 +68,8 @@ impl FinalState {
             FinalState::Stopped => "stopped",
             FinalState::Unchanged => "unchanged",
             FinalState::Unknown => "unknown",
+            FinalState::Restarted => "restarted",
+            FinalState::Failed => "failed",
         }
     }
 }
@@ -121,6 +129,8 @@ pub struct Outcome {
     pub phases_ms: BTreeMap<&'static str, u64>,
     /// Per host, in the stage's order.
     pub hosts: Vec<HostOutcome>,
+    /// Only the hosts `--hosts` named: the others were not touched.
+    pub selection: Option<Selection>,
 }
 
 impl Outcome {
@@ -143,13 +153,15 @@ impl Outcome {
             interrupted: executed.interrupted,
             phases_ms: executed.phases,
             hosts: runs.into_iter().map(|r| r.outcome).collect(),
+            selection: None,
         }
     }
 }
 
 /// `shipjar deploy STAGE`.
 pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(&args.stage)?;
+    let (stage, selection) =
+        crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
     let sets = parse_pairs("--set", &args.set)?;
     let env = parse_pairs("--env", &args.env)?;
     let wait = parse_wait(args.wait.as_deref())?;
@@ -159,13 +171,12 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
     // Every template for every host is rendered before any host is touched.
     let plan = plan_release(project, &stage, &build, secrets, sets, env, reporter)?;
     reporter.note(&format!(
-        "deploying {} {} (release {}) to {} ({} host{})",
+        "deploying {} {} (release {}) to {} ({})",
         project.config.service.name,
         build.version,
         plan.release_id,
         stage.name,
-        plan.hosts.len(),
-        if plan.hosts.len() == 1 { "" } else { "s" }
+        hosts_count(plan.hosts.len(), selection.as_ref())
     ));
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let mut runs: Vec<Run> = plan
@@ -190,10 +201,11 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
         wait,
         reporter,
         choose: &choose,
+        selection: selection.as_ref(),
     };
     let executed = execute(&ctx, &mut runs);
     let release = plan.release_id.clone();
-    let outcome = Outcome::of(
+    let mut outcome = Outcome::of(
         Action::Deploy,
         &stage.name,
         release,
@@ -201,6 +213,7 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
         executed,
         runs,
     );
+    outcome.selection = selection;
     summary::finish(reporter, outcome)
 }
 
@@ -262,7 +275,8 @@ fn read_template(project: &Project, path: &str) -> Result<String> {
 
 /// `shipjar rollback STAGE [--to ID]`.
 pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> Result<i32> {
-    let stage = project.stage(&args.stage)?;
+    let (stage, selection) =
+        crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
     // Hooks and a failed health check may print what the service said: mask what can be read.
     render::mask_available_secrets(&stage.secrets);
     let wait = parse_wait(args.wait.as_deref())?;
@@ -283,6 +297,7 @@ pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> 
         wait,
         reporter,
         choose: &choose,
+        selection: selection.as_ref(),
     };
     let executed = execute(&ctx, &mut runs);
     let release = runs
@@ -296,7 +311,7 @@ pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> 
         .find(|r| r.id == release)
         .map(|r| r.version.clone())
         .unwrap_or_default();
-    let outcome = Outcome::of(
+    let mut outcome = Outcome::of(
         Action::Rollback,
         &stage.name,
         release,
@@ -304,6 +319,69 @@ pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> 
         executed,
         runs,
     );
+    outcome.selection = selection;
+    summary::finish(reporter, outcome)
+}
+
+/// `5 hosts`, or `2 of 5 hosts (--hosts web1,web2)`.
+fn hosts_count(n: usize, selection: Option<&Selection>) -> String {
+    match selection {
+        Some(s) => s.describe(),
+        None => format!("{n} host{}", if n == 1 { "" } else { "s" }),
+    }
+}
+
+/// `shipjar restart STAGE`: the current release of each host restarted
+/// through the health gate, in the stage's rolling batches, under the deploy
+/// lock; a batch with more failures than `max_failed` stops the restart.
+/// Nothing is reverted: a host that failed its restart has no other release
+/// to go back to, and hosts restarted earlier run the release they ran.
+pub fn restart(project: &Project, args: &RestartArgs, reporter: &Reporter) -> Result<i32> {
+    let (stage, selection) =
+        crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
+    // A failed health check may print what the service said: mask what can be read.
+    render::mask_available_secrets(&stage.secrets);
+    let wait = parse_wait(args.wait.as_deref())?;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
+    reporter.note(&format!(
+        "restarting {} on {} ({})",
+        project.config.service.name,
+        stage.name,
+        hosts_count(stage.hosts.len(), selection.as_ref())
+    ));
+    let mut runs: Vec<Run> = stage
+        .hosts
+        .iter()
+        .map(|(h, spec)| Run::new(h, spec, None))
+        .collect();
+    let choose = |run: &Run| {
+        run.state
+            .as_ref()
+            .and_then(|s| s.current.clone())
+            .ok_or_else(|| "no release is current: nothing to restart".to_string())
+    };
+    let ctx = Ctx {
+        project,
+        stage: &stage,
+        fleet: &fleet,
+        action: Action::Restart,
+        build: None,
+        wait,
+        reporter,
+        choose: &choose,
+        selection: selection.as_ref(),
+    };
+    let executed = execute(&ctx, &mut runs);
+    // Hosts may run different releases: the summary names each host's own.
+    let mut outcome = Outcome::of(
+        Action::Restart,
+        &stage.name,
+        String::new(),
+        String::new(),
+        executed,
+        runs,
+    );
+    outcome.selection = selection;
     summary::finish(reporter, outcome)
 }
 

@@ -14,6 +14,7 @@ use crate::operator::config::{OnFailure, Project, ResolvedStage};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::hooks;
 use crate::operator::output::{Reporter, StepStatus};
+use crate::operator::select::Selection;
 use crate::operator::transport::Canceller;
 use crate::protocol::{Action, Activation, ErrorKind, HookPoint, NotSwitched, Request, Response};
 
@@ -38,6 +39,8 @@ pub(super) struct Ctx<'a> {
     pub reporter: &'a Reporter,
     /// The release each host goes to, chosen once it is locked.
     pub choose: &'a Choose<'a>,
+    /// Only the hosts `--hosts`/`--roles` named: each host records it.
+    pub selection: Option<&'a Selection>,
 }
 
 /// Milliseconds per phase, whole fleet.
@@ -96,7 +99,13 @@ fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String
     fleet::set_phase(fleet::Phase::Finishing);
     // On a failed deploy, switched hosts go back so the fleet runs one version.
     // An interrupt is the user's choice: hosts switched so far stay (and say so).
-    if stopped.is_some() && !fleet::interrupted() && ctx.stage.on_failure == OnFailure::Revert {
+    // A restart has no other release to revert to: hosts restarted earlier
+    // run what they ran, and the batch rules have stopped the rest.
+    if stopped.is_some()
+        && !fleet::interrupted()
+        && ctx.stage.on_failure == OnFailure::Revert
+        && ctx.action != Action::Restart
+    {
         // Only when this step put hosts back: a host whose own switch failed was
         // reverted by its agent, and that time is part of `switch`.
         let started = Instant::now();
@@ -117,6 +126,8 @@ fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String
 fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
     let point = match ctx.action {
         Action::Deploy => HookPoint::BeforeSwitch,
+        // A restart activates nothing new: no hooks.
+        Action::Restart => return None,
         _ => HookPoint::BeforeRollback,
     };
     let hook = ctx.project.config.hooks.spec(&point)?;
@@ -185,6 +196,7 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
 fn run_operator_hook(ctx: &Ctx, runs: &[Run], stopped: Option<&str>) {
     let completed = stopped.is_none() && runs.iter().all(|r| r.outcome.ok);
     let point = match (&ctx.action, completed) {
+        (Action::Restart, _) => return,
         (Action::Deploy, true) => HookPoint::AfterDeploy,
         (Action::Deploy, false) => HookPoint::AfterFailure,
         (_, true) => HookPoint::AfterRollback,
@@ -422,7 +434,17 @@ fn switch_batch(ctx: &Ctx, runs: &mut [Run], n: usize, batch: &[usize]) -> usize
         });
         fleet::each(&mut batch_runs, ctx.fleet.parallel, |run| {
             let t = Instant::now();
-            activate_host(run, ctx.action.clone(), &deployer, ctx.reporter);
+            let partial = ctx
+                .selection
+                .filter(|s| s.selected < s.of)
+                .map(|s| s.describe());
+            activate_host(
+                run,
+                ctx.action.clone(),
+                &deployer,
+                partial.as_deref(),
+                ctx.reporter,
+            );
             run.time("switch", t);
             if run.switched {
                 ctx.reporter.host_done(&run.host);
@@ -458,9 +480,10 @@ fn finish_all(ctx: &Ctx, runs: &mut [Run], stopped: Option<&str>) {
         }
         let not_switched = stopped
             .filter(|_| !run.switched)
-            .map(|why| not_switched(ctx, run, &deployer, &format!("{why}; not switched")));
+            .and_then(|why| not_switched(ctx, run, &deployer, &format!("{why}; not switched")));
         let request = Request::Finish {
-            keep: Some(keep),
+            // A restart leaves the releases on the host as they are.
+            keep: (ctx.action != Action::Restart).then_some(keep),
             not_switched,
         };
         if let Some(Response::Finished { pruned }) = run.call("finish", request, ctx.reporter)
@@ -516,7 +539,7 @@ fn release_all(ctx: &Ctx, runs: &mut [Run], why: Option<&str>) {
     fleet::each(runs, ctx.fleet.parallel, |run| {
         let request = Request::Finish {
             keep: None,
-            not_switched: why.map(|why| not_switched(ctx, run, &deployer, why)),
+            not_switched: why.and_then(|why| not_switched(ctx, run, &deployer, why)),
         };
         if let Some(session) = run.session.as_mut() {
             let _ = session.call(request, &mut |_, _| {});
@@ -526,18 +549,22 @@ fn release_all(ctx: &Ctx, runs: &mut [Run], why: Option<&str>) {
 }
 
 /// What `run`'s host records of a run that stopped (`why`) before it switched:
-/// its own failure when it had one, else the run's.
-fn not_switched(ctx: &Ctx, run: &Run, deployer: &str, why: &str) -> NotSwitched {
+/// its own failure when it had one, else the run's. A restart records
+/// nothing (it is not an activation; see `host::activate::restart`).
+fn not_switched(ctx: &Ctx, run: &Run, deployer: &str, why: &str) -> Option<NotSwitched> {
+    if ctx.action == Action::Restart {
+        return None;
+    }
     let why = match (&run.outcome.failed_step, &run.outcome.reason) {
         (Some(step), Some(reason)) if reason != NOT_CHANGED => {
             format!("{step}: {reason}; not switched")
         }
         _ => why.to_string(),
     };
-    NotSwitched {
+    Some(NotSwitched {
         release: run.target.clone(),
         action: ctx.action.clone(),
         deployer: deployer.to_string(),
         why,
-    }
+    })
 }

@@ -5,6 +5,8 @@
 use super::{FinalState, HostOutcome, Outcome};
 use crate::error::Result;
 use crate::operator::output::Reporter;
+use crate::operator::select::Selection;
+use crate::protocol::Action;
 
 /// Prints the summary and returns the exit code.
 pub(super) fn finish(reporter: &Reporter, outcome: Outcome) -> Result<i32> {
@@ -21,16 +23,10 @@ pub(super) fn finish(reporter: &Reporter, outcome: Outcome) -> Result<i32> {
     }
     text.push_str(&timings_table(&outcome.hosts));
     if outcome.hosts.len() > 1 {
-        let count = |s: FinalState| outcome.hosts.iter().filter(|h| h.state == s).count();
-        // A stopped host went back as far as it could: it counts as reverted.
-        text.push_str(&format!(
-            "{} hosts: {} updated, {} reverted, {} unchanged, {} unknown\n",
-            outcome.hosts.len(),
-            count(FinalState::Updated),
-            count(FinalState::Reverted) + count(FinalState::Stopped),
-            count(FinalState::Unchanged),
-            count(FinalState::Unknown)
-        ));
+        text.push_str(&counts_line(&outcome));
+    }
+    if let Some(selection) = &outcome.selection {
+        text.push_str(&selection_line(&outcome, selection));
     }
     reporter.result(&outcome, &text);
     Ok(match (outcome.interrupted, outcome.ok) {
@@ -41,15 +37,66 @@ pub(super) fn finish(reporter: &Reporter, outcome: Outcome) -> Result<i32> {
     })
 }
 
+/// `5 hosts: 4 updated, 1 reverted, 0 unchanged, 0 unknown`.
+fn counts_line(outcome: &Outcome) -> String {
+    let count = |s: FinalState| outcome.hosts.iter().filter(|h| h.state == s).count();
+    if outcome.action == Action::Restart {
+        return format!(
+            "{} hosts: {} restarted, {} failed, {} unchanged, {} unknown\n",
+            outcome.hosts.len(),
+            count(FinalState::Restarted),
+            count(FinalState::Failed),
+            count(FinalState::Unchanged),
+            count(FinalState::Unknown)
+        );
+    }
+    // A stopped host went back as far as it could: it counts as reverted.
+    format!(
+        "{} hosts: {} updated, {} reverted, {} unchanged, {} unknown\n",
+        outcome.hosts.len(),
+        count(FinalState::Updated),
+        count(FinalState::Reverted) + count(FinalState::Stopped),
+        count(FinalState::Unchanged),
+        count(FinalState::Unknown)
+    )
+}
+
+/// A run on some of the stage's hosts says so: `deployed to 2 of 5 hosts
+/// (--hosts web1,web2); the other 3 were not touched`.
+fn selection_line(outcome: &Outcome, selection: &Selection) -> String {
+    let done = match outcome.action {
+        Action::Deploy => "deployed to",
+        Action::Rollback => "rolled back on",
+        Action::Restart => "restarted on",
+        _ => "ran on",
+    };
+    let others = selection.of - selection.selected;
+    let rest = match others {
+        0 => String::new(),
+        1 => "; the other host was not touched".to_string(),
+        n => format!("; the other {n} were not touched"),
+    };
+    let partly = if outcome.ok { "" } else { "attempted: " };
+    format!("{partly}{done} {}{rest}\n", selection.describe())
+}
+
 /// `host: deploy ok — release … running as pid …, healthy after … ms`.
 fn succeeded_line(outcome: &Outcome, host: &HostOutcome) -> String {
     let a = host.activation.as_ref();
+    // A restart names each host's own release (hosts may run different ones).
+    let release = match a {
+        Some(a) if outcome.release.is_empty() => a.release.as_str(),
+        _ => outcome.release.as_str(),
+    };
+    let version = if outcome.version.is_empty() {
+        String::new()
+    } else {
+        format!(" (version {})", outcome.version)
+    };
     format!(
-        "{}: {} ok — release {} (version {}) running as pid {}, healthy after {} ms{}\n",
+        "{}: {} ok — release {release}{version} running as pid {}, healthy after {} ms{}\n",
         host.host,
         outcome.action,
-        outcome.release,
-        outcome.version,
         a.and_then(|a| a.pid).map_or("?".into(), |p| p.to_string()),
         a.and_then(|a| a.healthy_after_ms).unwrap_or(0),
         a.and_then(|a| a.reported_version.as_ref())
@@ -95,6 +142,17 @@ fn where_now(host: &HostOutcome) -> String {
         .as_ref()
         .and_then(|a| a.now_running.as_ref());
     match (host.state, now) {
+        // A restart goes back nowhere: it says how the host was left.
+        (FinalState::Failed, Some(now)) => match (&now.release, now.healthy) {
+            (Some(r), true) => format!(
+                "still on release {r}, healthy (its previous process or instance kept running)"
+            ),
+            (Some(r), false) => format!(
+                "left on release {r}, NOT healthy: {}",
+                now.problem.as_deref().unwrap_or("unknown")
+            ),
+            (None, _) => "not running a release".into(),
+        },
         (_, Some(now)) => match (&now.release, now.healthy) {
             (Some(r), true) => format!(
                 "back on release {r} (version {}), healthy",
@@ -201,6 +259,60 @@ mod tests {
             "app1  updated         12        -        -        -       3"
         );
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
+    }
+
+    fn outcome(action: Action, hosts: Vec<HostOutcome>) -> Outcome {
+        Outcome {
+            ok: hosts.iter().all(|h| h.ok),
+            action,
+            stage: "prod".into(),
+            release: String::new(),
+            version: String::new(),
+            stopped: None,
+            interrupted: false,
+            phases_ms: BTreeMap::new(),
+            hosts,
+            selection: None,
+        }
+    }
+
+    #[test]
+    fn a_run_on_some_hosts_says_how_many_of_the_stage_it_touched() {
+        let selection = Selection {
+            pattern: Some("web1,web2".into()),
+            roles: None,
+            selected: 2,
+            of: 5,
+        };
+        let deploy = outcome(
+            Action::Deploy,
+            vec![
+                host("web1", FinalState::Updated),
+                host("web2", FinalState::Updated),
+            ],
+        );
+        assert_eq!(
+            selection_line(&deploy, &selection),
+            "deployed to 2 of 5 hosts (--hosts web1,web2); the other 3 were not touched\n"
+        );
+        let failed = outcome(Action::Deploy, vec![host("web1", FinalState::Reverted)]);
+        assert!(selection_line(&failed, &selection).starts_with("attempted: deployed to 2 of 5"));
+    }
+
+    #[test]
+    fn a_restart_counts_restarted_and_failed_hosts() {
+        let restart = outcome(
+            Action::Restart,
+            vec![
+                host("web1", FinalState::Restarted),
+                host("web2", FinalState::Failed),
+                host("web3", FinalState::Unchanged),
+            ],
+        );
+        assert_eq!(
+            counts_line(&restart),
+            "3 hosts: 1 restarted, 1 failed, 1 unchanged, 0 unknown\n"
+        );
     }
 
     #[test]

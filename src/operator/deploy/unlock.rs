@@ -33,7 +33,7 @@ pub fn unlock(
     fleet_args: &FleetArgs,
     reporter: &Reporter,
 ) -> Result<i32> {
-    let stage = project.stage(stage_name)?;
+    let (stage, _) = crate::operator::select::stage(project, stage_name, &fleet_args.hosts)?;
     // The lock's record names a deployer, a machine and a command line, any of which may hold a secret.
     crate::operator::render::mask_available_secrets(&stage.secrets);
     let fleet = Fleet::for_stage(project, &stage, fleet_args)?;
