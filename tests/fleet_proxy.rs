@@ -87,7 +87,7 @@ fn restart_of_a_proxied_stage_drops_no_request_and_moves_every_host_to_a_new_ins
             .unwrap_or_default()
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = clients_on_every_host(&f, &stop);
+    let clients = clients_on_every_host(f, &stop);
     std::thread::sleep(Duration::from_millis(300));
     let restarted = p.run(&["--json", "restart", "fleet"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -120,14 +120,14 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     for host in f.hosts() {
         let hello = f.ssh(&host, "id -u hello");
         let hello = String::from_utf8_lossy(&hello.stdout).trim().to_string();
-        let uid = worker_uid(&f, &host);
+        let uid = worker_uid(f, &host);
         assert_eq!(uid, hello, "{host}: the proxy worker runs as hello");
         assert_ne!(uid, "0");
     }
 
     // A keep-alive client per host, through that host's proxy.
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = clients_on_every_host(&f, &stop);
+    let clients = clients_on_every_host(f, &stop);
     std::thread::sleep(Duration::from_millis(300));
     let second = p.deploy("2.0.0", &[]);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
