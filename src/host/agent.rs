@@ -213,15 +213,140 @@ impl Drop for Renewer {
 impl Session {
     fn handle<R: BufRead>(&mut self, envelope: Envelope, input: &mut R, token: &str) -> Response {
         let id = envelope.id;
-        let event = |step: &str, message: &str, failed: bool| {
-            send(&AgentMessage::Event {
-                id,
-                step: step.to_string(),
-                message: message.to_string(),
-                failed,
-            })
-        };
-        let emit = |step: &str, message: &str| event(step, message, false);
+        let refusal = self.refusal(&envelope);
+        if let Some(refusal) = refusal {
+            if let Request::PutArtifact { size, .. } = envelope.request {
+                // Keep the framing: the upload's bytes follow regardless.
+                let _ = io::copy(&mut Read::take(&mut *input, size), &mut io::sink());
+            }
+            return refusal;
+        }
+        let layout = Layout::new(&self.root, &envelope.service);
+        // Answers may carry the service's words (a health body, a log line, a hook's output).
+        secrets::mask_with(&layout);
+        if let Some(held) = &self.lock {
+            // Every request proves the deploy is alive; long ones renew as they go.
+            if let Err(e) = lock::renew(&held.layout, &held.token, held.lease_ms) {
+                if let Request::PutArtifact { size, .. } = envelope.request {
+                    let _ = io::copy(&mut Read::take(&mut *input, size), &mut io::sink());
+                }
+                self.lock = None;
+                return error_of_kind(ErrorKind::NotLocked, "lock", e);
+            }
+        }
+        let renewer = self.lock.as_ref().map(Renewer::start);
+        let response = self.apply(envelope.request, &layout, id, input, token);
+        match renewer.and_then(Renewer::finish) {
+            // The lock was lost mid-request (another deploy took it over, or
+            // `unlock`): say so instead of reporting success under someone else's lock.
+            Some(lost) if self.lock.is_some() => {
+                self.lock = None;
+                error_of_kind(
+                    ErrorKind::NotLocked,
+                    "lock",
+                    format!(
+                        "{lost} while this request ran; what it changed stays in place: check `shipjar status`"
+                    ),
+                )
+            }
+            _ => response,
+        }
+    }
+
+    /// Carries out one request that was not refused.
+    fn apply<R: BufRead>(
+        &mut self,
+        request: Request,
+        layout: &Layout,
+        id: u64,
+        input: &mut R,
+        token: &str,
+    ) -> Response {
+        let emit = |step: &str, message: &str| event(id, step, message, false);
+        match request {
+            Request::Begin {
+                holder,
+                artifact_sha256,
+                lease_ms,
+                prepare,
+            } => self.begin_and_prepare(
+                layout,
+                &holder,
+                artifact_sha256.as_deref(),
+                token,
+                lease_ms,
+                prepare,
+            ),
+            Request::Renew => match &self.lock {
+                Some(held) => match lock::renew(&held.layout, &held.token, held.lease_ms) {
+                    Ok(expires_at_ms) => Response::Renewed { expires_at_ms },
+                    Err(e) => error("lock", e),
+                },
+                None => error("lock", "the deploy lock is not held"),
+            },
+            Request::Logs {
+                lines,
+                follow,
+                since,
+                grep,
+            } => stream_logs(layout, id, lines, follow, since, grep),
+            Request::Provision { spec } => Response::Provisioned {
+                resources: provision::provision(layout, &spec),
+            },
+            Request::Unlock => {
+                let _ = store::ensure_dirs(layout);
+                match lock::force_unlock(layout) {
+                    Ok(previous) => Response::Unlocked { previous },
+                    Err(e) => error("unlock", e),
+                }
+            }
+            Request::PutArtifact { sha256, size } => {
+                emit("upload", &format!("receiving {size} bytes"));
+                match store::put_artifact(layout, &sha256, size, input) {
+                    Ok(bytes) => Response::Stored { bytes },
+                    Err(e) => error("upload", e),
+                }
+            }
+            Request::Prepare(spec) => prepare_release(layout, &spec),
+            Request::Activate {
+                release,
+                action,
+                deployer,
+                partial,
+            } => activate_request(layout, id, &release, action, &deployer, partial.as_deref()),
+            Request::RunHook {
+                release,
+                point,
+                hook,
+            } => {
+                send(&AgentMessage::Expect {
+                    id,
+                    step: point.to_string(),
+                    within_ms: hook.timeout_ms + HOOK_MARGIN_MS,
+                });
+                Response::HookRan(hooks::run(layout, &release, &point, &hook, &emit))
+            }
+            Request::Exec { argv, timeout_ms } => exec_request(layout, id, &argv, timeout_ms),
+            Request::Finish { keep, not_switched } => {
+                self.finish(layout, keep, not_switched, &emit)
+            }
+            // The activation it was meant for has ended already.
+            Request::Cancel => Response::NothingToCancel,
+            Request::CheckHost { spec } => Response::HostChecked {
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                findings: crate::host::check::check(layout, &spec),
+            },
+            Request::Status => Response::Status(Box::new(status(layout))),
+            Request::Releases => Response::Releases {
+                releases: store::list(layout),
+                foreign: store::foreign_release_dirs(layout),
+            },
+        }
+    }
+
+    /// Why this request is refused before anything runs, if it is: another
+    /// protocol, a bad name, an earlier failure, or a change without the lock.
+    fn refusal(&self, envelope: &Envelope) -> Option<Response> {
         let mutating = !matches!(
             envelope.request,
             Request::Status
@@ -233,7 +358,7 @@ impl Session {
                 | Request::Logs { .. }
                 | Request::Exec { .. }
         );
-        let refusal = if envelope.protocol != PROTOCOL_VERSION {
+        if envelope.protocol != PROTOCOL_VERSION {
             Some(error_of_kind(
                 ErrorKind::BadRequest,
                 "protocol",
@@ -261,207 +386,56 @@ impl Session {
             ))
         } else {
             None
-        };
-        if let Some(refusal) = refusal {
-            if let Request::PutArtifact { size, .. } = envelope.request {
-                // Keep the framing: the upload's bytes follow regardless.
-                let _ = io::copy(&mut Read::take(&mut *input, size), &mut io::sink());
-            }
-            return refusal;
         }
-        let layout = Layout::new(&self.root, &envelope.service);
-        // Answers may carry the service's words (a health body, a log line, a hook's output).
-        secrets::mask_with(&layout);
-        if let Some(held) = &self.lock {
-            // Every request proves the deploy is alive; long ones renew as they go.
-            if let Err(e) = lock::renew(&held.layout, &held.token, held.lease_ms) {
-                if let Request::PutArtifact { size, .. } = envelope.request {
-                    let _ = io::copy(&mut Read::take(&mut *input, size), &mut io::sink());
-                }
-                self.lock = None;
-                return error_of_kind(ErrorKind::NotLocked, "lock", e);
+    }
+
+    /// `begin`, and with `prepare` the release prepared in the same round
+    /// trip when its artifact is here already.
+    fn begin_and_prepare(
+        &mut self,
+        layout: &Layout,
+        holder: &crate::protocol::LockHolder,
+        sha: Option<&str>,
+        token: &str,
+        lease_ms: u64,
+        prepare: Option<Box<crate::protocol::PrepareSpec>>,
+    ) -> Response {
+        let mut begun = self.begin(layout, holder, sha, token, lease_ms);
+        if let (Response::Begun(state), Some(spec)) = (&mut begun, prepare)
+            && store::has_artifact(layout, &spec.manifest.artifact_sha256)
+        {
+            match prepare_release(layout, &spec) {
+                Response::Prepared { .. } => state.prepared = true,
+                failure => begun = failure,
             }
         }
-        let renewer = self.lock.as_ref().map(Renewer::start);
-        let response = match envelope.request {
-            Request::Begin {
-                holder,
-                artifact_sha256,
-                lease_ms,
-                prepare,
-            } => {
-                let mut begun = self.begin(
-                    &layout,
-                    &holder,
-                    artifact_sha256.as_deref(),
-                    token,
-                    lease_ms,
-                );
-                if let (Response::Begun(state), Some(spec)) = (&mut begun, prepare)
-                    && store::has_artifact(&layout, &spec.manifest.artifact_sha256)
-                {
-                    match prepare_release(&layout, &spec) {
-                        Response::Prepared { .. } => state.prepared = true,
-                        failure => begun = failure,
-                    }
-                }
-                begun
-            }
-            Request::Renew => match &self.lock {
-                Some(held) => match lock::renew(&held.layout, &held.token, held.lease_ms) {
-                    Ok(expires_at_ms) => Response::Renewed { expires_at_ms },
-                    Err(e) => error("lock", e),
-                },
-                None => error("lock", "the deploy lock is not held"),
-            },
-            Request::Logs {
-                lines,
-                follow,
-                since,
-                grep,
-            } => {
-                let emit_line = |line: &str| {
-                    let event = AgentMessage::Event {
-                        id,
-                        step: "log".to_string(),
-                        message: line.to_string(),
-                        failed: false,
-                    };
-                    // Empty lines are keep-alives: they tell us whether the operator is still there.
-                    send_checked(&event)
-                };
-                // Behind the proxy: the log of the instance taking traffic now.
-                let log_layout = match crate::host::proxied::spec(&layout) {
-                    Some(_) => layout.with_instance(crate::host::proxy::active(&layout)),
-                    None => layout.clone(),
-                };
-                match logs::Filter::new(since.as_deref(), grep.as_deref()).and_then(|filter| {
-                    logs::stream(&log_layout, lines, &filter, follow, &emit_line)
-                }) {
-                    Ok(()) => Response::LogsDone,
-                    Err(e) => error("logs", e),
-                }
-            }
-            Request::Provision { spec } => Response::Provisioned {
-                resources: provision::provision(&layout, &spec),
-            },
-            Request::Unlock => {
-                let _ = store::ensure_dirs(&layout);
-                match lock::force_unlock(&layout) {
-                    Ok(previous) => Response::Unlocked { previous },
-                    Err(e) => error("unlock", e),
-                }
-            }
-            Request::PutArtifact { sha256, size } => {
-                emit("upload", &format!("receiving {size} bytes"));
-                match store::put_artifact(&layout, &sha256, size, input) {
-                    Ok(bytes) => Response::Stored { bytes },
-                    Err(e) => error("upload", e),
-                }
-            }
-            Request::Prepare(spec) => prepare_release(&layout, &spec),
-            Request::Activate {
-                release,
-                action,
-                deployer,
-                partial,
-            } => {
-                // A second Ctrl-C at the operator sends `cancel` while this runs.
-                let _watch = cancel::Watch::start(io::stdin().as_raw_fd());
-                expect_activation(&layout, &release, id);
-                if action == Action::Restart {
-                    return Response::Activated(Box::new(activate::restart(
-                        &layout,
-                        &release,
-                        &emit,
-                        &|step, message| event(step, message, true),
-                    )));
-                }
-                Response::Activated(Box::new(activate::activate(
-                    &layout,
-                    &release,
-                    action,
-                    &deployer,
-                    partial.as_deref(),
-                    &emit,
-                    &|step, message| event(step, message, true),
-                )))
-            }
-            Request::RunHook {
-                release,
-                point,
-                hook,
-            } => {
-                send(&AgentMessage::Expect {
-                    id,
-                    step: point.to_string(),
-                    within_ms: hook.timeout_ms + HOOK_MARGIN_MS,
-                });
-                Response::HookRan(hooks::run(&layout, &release, &point, &hook, &emit))
-            }
-            Request::Exec { argv, timeout_ms } => {
-                send(&AgentMessage::Expect {
-                    id,
-                    step: "exec".to_string(),
-                    within_ms: timeout_ms + HOOK_MARGIN_MS,
-                });
-                // The operator gone (Ctrl-C, a cut link) or a `cancel` line ends the command.
-                let _watch = cancel::Watch::start_until_eof(io::stdin().as_raw_fd());
-                let mut out = |line: &str| emit("out", line);
-                Response::Executed(hooks::exec(
-                    &layout,
-                    &argv,
-                    timeout_ms,
-                    &mut out,
-                    &cancel::requested,
-                ))
-            }
-            Request::Finish { keep, not_switched } => {
-                // Only the lock's holder writes this host's history.
-                if let Some(stopped) = not_switched.filter(|_| self.lock.is_some()) {
-                    activate::record_not_switched(&layout, &stopped, &emit);
-                }
-                // After a failure the lock is still released, but nothing is pruned.
-                let keep = keep.filter(|_| !self.failed);
-                let result = keep.map_or(Ok(Vec::new()), |keep| store::prune(&layout, keep));
-                let released = match self.lock.take() {
-                    Some(held) => lock::release(&held.layout, &held.token),
-                    None => Ok(()),
-                };
-                match (result, released) {
-                    (Ok(pruned), Ok(())) => Response::Finished { pruned },
-                    (Err(e), _) => error("prune", e),
-                    (Ok(_), Err(e)) => {
-                        error("unlock", format!("cannot release the deploy lock: {e}"))
-                    }
-                }
-            }
-            // The activation it was meant for has ended already.
-            Request::Cancel => Response::NothingToCancel,
-            Request::CheckHost { spec } => Response::HostChecked {
-                agent_version: env!("CARGO_PKG_VERSION").to_string(),
-                findings: crate::host::check::check(&layout, &spec),
-            },
-            Request::Status => Response::Status(Box::new(status(&layout))),
-            Request::Releases => Response::Releases {
-                releases: store::list(&layout),
-                foreign: store::foreign_release_dirs(&layout),
-            },
+        begun
+    }
+
+    /// `finish`: the record of a run that never switched (by the lock's
+    /// holder only), the prune (not after a failure), the lock released.
+    fn finish(
+        &mut self,
+        layout: &Layout,
+        keep: Option<usize>,
+        not_switched: Option<crate::protocol::NotSwitched>,
+        emit: &dyn Fn(&str, &str),
+    ) -> Response {
+        // Only the lock's holder writes this host's history.
+        if let Some(stopped) = not_switched.filter(|_| self.lock.is_some()) {
+            activate::record_not_switched(layout, &stopped, emit);
+        }
+        // After a failure the lock is still released, but nothing is pruned.
+        let keep = keep.filter(|_| !self.failed);
+        let result = keep.map_or(Ok(Vec::new()), |keep| store::prune(layout, keep));
+        let released = match self.lock.take() {
+            Some(held) => lock::release(&held.layout, &held.token),
+            None => Ok(()),
         };
-        match renewer.and_then(Renewer::finish) {
-            // The lock was lost mid-request (another deploy took it over, or
-            // `unlock`): say so instead of reporting success under someone else's lock.
-            Some(lost) if self.lock.is_some() => {
-                self.lock = None;
-                error_of_kind(
-                    ErrorKind::NotLocked,
-                    "lock",
-                    format!(
-                        "{lost} while this request ran; what it changed stays in place: check `shipjar status`"
-                    ),
-                )
-            }
-            _ => response,
+        match (result, released) {
+            (Ok(pruned), Ok(())) => Response::Finished { pruned },
+            (Err(e), _) => error("prune", e),
+            (Ok(_), Err(e)) => error("unlock", format!("cannot release the deploy lock: {e}")),
         }
     }
 
@@ -515,6 +489,91 @@ impl Session {
             took_over,
             prepared: false,
         }))
+    }
+}
+
+/// Sends one event of request `id`.
+fn event(id: u64, step: &str, message: &str, failed: bool) {
+    send(&AgentMessage::Event {
+        id,
+        step: step.to_string(),
+        message: message.to_string(),
+        failed,
+    })
+}
+
+/// `activate` (a deploy's, a rollback's, or a restart of what runs), its
+/// deadline announced, a second Ctrl-C at the operator watched for.
+fn activate_request(
+    layout: &Layout,
+    id: u64,
+    release: &str,
+    action: Action,
+    deployer: &str,
+    partial: Option<&str>,
+) -> Response {
+    // A second Ctrl-C at the operator sends `cancel` while this runs.
+    let _watch = cancel::Watch::start(io::stdin().as_raw_fd());
+    expect_activation(layout, release, id);
+    let emit = |step: &str, message: &str| event(id, step, message, false);
+    let failed = |step: &str, message: &str| event(id, step, message, true);
+    let activation = if action == Action::Restart {
+        activate::restart(layout, release, &emit, &failed)
+    } else {
+        activate::activate(layout, release, action, deployer, partial, &emit, &failed)
+    };
+    Response::Activated(Box::new(activation))
+}
+
+/// `exec`: the command in the release, its output as `out` events; the
+/// operator gone (Ctrl-C, a cut link) or a `cancel` line ends it.
+fn exec_request(layout: &Layout, id: u64, argv: &[String], timeout_ms: u64) -> Response {
+    send(&AgentMessage::Expect {
+        id,
+        step: "exec".to_string(),
+        within_ms: timeout_ms + HOOK_MARGIN_MS,
+    });
+    let _watch = cancel::Watch::start_until_eof(io::stdin().as_raw_fd());
+    let mut out = |line: &str| event(id, "out", line, false);
+    Response::Executed(hooks::exec(
+        layout,
+        argv,
+        timeout_ms,
+        &mut out,
+        &cancel::requested,
+    ))
+}
+
+/// `logs`: the log's lines as `log` events (behind the proxy, the active
+/// instance's); following until the operator goes away.
+fn stream_logs(
+    layout: &Layout,
+    id: u64,
+    lines: Option<usize>,
+    follow: bool,
+    since: Option<String>,
+    grep: Option<String>,
+) -> Response {
+    let emit_line = |line: &str| {
+        let event = AgentMessage::Event {
+            id,
+            step: "log".to_string(),
+            message: line.to_string(),
+            failed: false,
+        };
+        // Empty lines are keep-alives: they tell us whether the operator is still there.
+        send_checked(&event)
+    };
+    // Behind the proxy: the log of the instance taking traffic now.
+    let log_layout = match crate::host::proxied::spec(layout) {
+        Some(_) => layout.with_instance(crate::host::proxy::active(layout)),
+        None => layout.clone(),
+    };
+    match logs::Filter::new(since.as_deref(), grep.as_deref())
+        .and_then(|filter| logs::stream(&log_layout, lines, &filter, follow, &emit_line))
+    {
+        Ok(()) => Response::LogsDone,
+        Err(e) => error("logs", e),
     }
 }
 
