@@ -417,13 +417,7 @@ fn deploy_then_rollback_starts_the_old_release_from_its_archive() {
         .and_then(|l| l.parse().ok())
         .expect("pid");
     assert!(maps_archive(pid, &r3_dir.join("cds.jsa")), "not mapped");
-    let stop = p.run(&[
-        "service",
-        "stop",
-        "hello",
-        "--root",
-        p.root().to_str().unwrap(),
-    ]);
+    let stop = p.service("stop", &[]);
     assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
 }
 

@@ -75,40 +75,12 @@ const NEEDS: [(&str, &str); 12] = [
 
 /// Fails the test with the list of missing Debian packages, if any.
 fn require_packages() {
-    let missing: Vec<&str> = NEEDS
-        .iter()
-        .filter(|(path, _)| !Path::new(path).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "examples/clojure-jetty needs Debian packages that are not installed: {m}\n\
-         install them (apt-get install {m}) or run ./run-tests as root, which installs them",
-        m = missing.join(" ")
-    );
+    common::require_packages("examples/clojure-jetty", &NEEDS);
 }
 
 /// The repository's `examples/clojure-jetty`.
 fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clojure-jetty")
-}
-
-/// Copies the example's sources (not its build output or deploy roots) into `to`.
-fn copy_example(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read example dir") {
-        let entry = entry.expect("dir entry");
-        let name = entry.file_name();
-        if name == "target" || name == ".shipjar" {
-            continue;
-        }
-        let kind = entry.file_type().expect("file type");
-        if kind.is_dir() {
-            copy_example(&entry.path(), &to.join(&name));
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), to.join(&name)).expect("copy file");
-        }
-    }
 }
 
 /// A fresh copy of the example in a temp dir.
@@ -117,7 +89,7 @@ fn example_copy() -> tempfile::TempDir {
         .prefix("shipjar-clojure-")
         .tempdir()
         .expect("tempdir");
-    copy_example(&example_dir(), dir.path());
+    common::copy_tree(&example_dir(), dir.path());
     dir
 }
 
@@ -376,15 +348,7 @@ impl Drop for Deployed {
             .join("run")
             .join(NAME)
             .join(format!("{NAME}.pid"));
-        if let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        common::host::kill_recorded_group(&pidfile);
     }
 }
 

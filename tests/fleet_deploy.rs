@@ -5,152 +5,45 @@
 mod common;
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{hello_jar, shipjar_bin, text};
-use fleet::{Fleet, require_root};
+use common::{hello_jar, text};
+use common::{host_field, last_json};
+use fleet::require_root;
+use lifecycle::FleetStage;
 
 /// Port the hello service uses inside every host (each host has its own network).
 const PORT: u16 = 18080;
 
 /// A project whose `fleet` stage is the test fleet.
-struct FleetProject {
-    fleet: Fleet,
-    dir: tempfile::TempDir,
-    secret: String,
+struct FleetProject(FleetStage);
+
+impl std::ops::Deref for FleetProject {
+    type Target = FleetStage;
+    fn deref(&self) -> &FleetStage {
+        &self.0
+    }
 }
 
 impl FleetProject {
     fn new(hosts: usize, stage_extra: &str) -> FleetProject {
-        let fleet = Fleet::new(hosts);
-        let dir = tempfile::Builder::new()
-            .prefix("shipjar-fleet-")
-            .tempdir()
-            .expect("tempdir");
-        common::write_fleet_project(
-            dir.path(),
-            "fleet",
-            &fleet.hosts(),
-            fleet.ssh_config(),
-            stage_extra,
-            |c| {
-                c.replace("18080", &PORT.to_string())
-                    // Reachable from the test (outside the hosts) on each host's own address.
-                    .replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
-                    .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
-                    .replace("timeout = \"15s\"", "timeout = \"5s\"")
-            },
-        );
-        FleetProject {
-            fleet,
-            dir,
-            secret: common::unique_secret(),
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(shipjar_bin());
-        cmd.arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run shipjar")
-    }
-
-    fn provision(&self) {
-        let out = self.run(&["provision", "fleet"]);
-        assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
-    }
-
-    fn deploy(&self, version: &str, extra: &[&str]) -> Output {
-        let jar = hello_jar().to_string_lossy().into_owned();
-        let mut args = vec![
-            "--json",
-            "deploy",
-            "fleet",
-            "--artifact",
-            &jar,
-            "--version",
-            version,
-        ];
-        args.extend_from_slice(extra);
-        self.run(&args)
-    }
-
-    /// Starts a deploy of `version` whose service takes `startup_delay_ms` to get healthy.
-    fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
-        let jar = hello_jar().to_string_lossy().into_owned();
-        let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
-        self.command(&[
-            "--json",
-            "deploy",
-            "fleet",
-            "--artifact",
-            &jar,
-            "--version",
-            version,
-            "--env",
-            &delay,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn deploy")
+        FleetProject(FleetStage::new(hosts, stage_extra, |c| {
+            lifecycle::reachable(c.replace("18080", &PORT.to_string()))
+        }))
     }
 
     /// The version `host`'s service reports over HTTP, from outside the host.
     fn served(&self, host: &str) -> Option<String> {
-        let ip: std::net::Ipv4Addr = self.fleet.ip(host).parse().ok()?;
-        let mut stream =
-            std::net::TcpStream::connect_timeout(&(ip, PORT).into(), Duration::from_secs(2))
-                .ok()?;
-        use std::io::{Read, Write};
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET /version HTTP/1.0\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let body = response.split_once("\r\n\r\n")?.1;
-        let value: serde_json::Value = serde_json::from_str(body).ok()?;
-        value["version"].as_str().map(str::to_string)
+        lifecycle::served(&self.fleet.ip(host), PORT)
     }
 
     fn served_everywhere(&self) -> Vec<Option<String>> {
         self.fleet.hosts().iter().map(|h| self.served(h)).collect()
     }
-
-    fn status(&self) -> (i32, serde_json::Value) {
-        let out = self.run(&["--json", "status", "fleet"]);
-        (out.status.code().unwrap_or(-1), last_json(&out))
-    }
-}
-
-impl Drop for FleetProject {
-    fn drop(&mut self) {
-        // The fleet's teardown kills every process in every host, services included.
-        let _ = &self.fleet;
-    }
-}
-
-fn last_json(out: &Output) -> serde_json::Value {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-fn host_field<'a>(result: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
-    result["hosts"]
-        .as_array()
-        .and_then(|hs| hs.iter().find(|h| h["host"] == host))
-        .unwrap_or(&serde_json::Value::Null)
 }
 
 #[test]
@@ -295,7 +188,7 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
     require_root();
     let p = FleetProject::new(5, "rolling = { batch = 2 }");
     p.provision();
-    let out = p.deploy("1.0.0", &[]);
+    let out = p.deploy_with("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let result = last_json(&out);
     let jar = std::fs::metadata(hello_jar()).expect("jar").len();
@@ -310,7 +203,7 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
     let events = String::from_utf8_lossy(&out.stdout);
     assert!(events.contains("batch 3: app5"), "{events}");
 
-    let again = p.deploy("1.0.1", &[]);
+    let again = p.deploy_with("1.0.1", &[]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     let result = last_json(&again);
     for host in p.fleet.hosts() {
@@ -323,7 +216,7 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
         assert!(h["round_trips"].as_u64().unwrap_or(99) <= 4, "{host}: {h}");
     }
     assert_eq!(p.served_everywhere(), vec![Some("1.0.1".to_string()); 5]);
-    let (code, status) = p.status();
+    let (code, status) = p.status_json();
     assert_eq!(code, 0, "{status}");
 
     // Rolling back the whole fleet uploads nothing and lands on one version.
@@ -345,8 +238,8 @@ fn failing_first_batch_stops_and_reverts_leaving_the_rest_untouched() {
     require_root();
     let p = FleetProject::new(5, "rolling = { batch = 2 }");
     p.provision();
-    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    let out = p.deploy("2.0.0", &["--env", "FAIL_ON_START=1"]);
+    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    let out = p.deploy_with("2.0.0", &["--env", "FAIL_ON_START=1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let result = last_json(&out);
     assert!(
@@ -360,7 +253,7 @@ fn failing_first_batch_stops_and_reverts_leaving_the_rest_untouched() {
         assert_eq!(host_field(&result, host)["state"], "unchanged", "{result}");
     }
     assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 5]);
-    let (code, status) = p.status();
+    let (code, status) = p.status_json();
     assert_eq!(
         code, 0,
         "status must report one consistent version: {status}"
@@ -373,7 +266,7 @@ fn later_batch_failure_reverts_earlier_batches_so_one_version_runs() {
     require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
-    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
     // Version 2.0.0 fails to start on app3 only (env values are templates).
     let config_path = p.dir.path().join("shipjar.toml");
     let config = std::fs::read_to_string(&config_path).expect("config").replace(
@@ -381,7 +274,7 @@ fn later_batch_failure_reverts_earlier_batches_so_one_version_runs() {
         "BIND = \"0.0.0.0\", FAIL_ON_START = \"{{ 'yes' if host == 'app3' and version == '2.0.0' else 'no' }}\" }",
     );
     std::fs::write(&config_path, config).expect("write config");
-    let out = p.deploy("2.0.0", &[]);
+    let out = p.deploy_with("2.0.0", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let result = last_json(&out);
     assert_eq!(host_field(&result, "app1")["state"], "reverted", "{result}");
@@ -408,8 +301,8 @@ fn a_crash_inside_settle_in_batch_2_reverts_batch_1_too() {
         );
     std::fs::write(&config_path, config).expect("write config");
     p.provision();
-    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    let out = p.deploy("2.0.0", &[]);
+    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    let out = p.deploy_with("2.0.0", &[]);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("after becoming healthy"), "{said}");
@@ -430,7 +323,7 @@ fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
     require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
-    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
     let child = p.spawn_slow_deploy("2.0.0", 1500);
     wait_for(Duration::from_secs(60), || {
         p.served("app1").as_deref() == Some("2.0.0")
@@ -455,7 +348,7 @@ fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds(
     require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }\nlock_lease = \"10s\"");
     p.provision();
-    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
     let mut child = p.spawn_slow_deploy("2.0.0", 1000);
     wait_for(Duration::from_secs(60), || {
         p.served("app1").as_deref() == Some("2.0.0")
@@ -465,7 +358,7 @@ fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds(
     // Every host is on a complete release and healthy, whichever it is.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, status) = p.status();
+        let (_, status) = p.status_json();
         let healthy = p
             .fleet
             .hosts()
@@ -482,7 +375,7 @@ fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds(
     }
     // The lease expires; the next deploy takes over (with a warning) and succeeds.
     std::thread::sleep(Duration::from_secs(11));
-    let out = p.deploy("3.0.0", &[]);
+    let out = p.deploy_with("3.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(p.served_everywhere(), vec![Some("3.0.0".to_string()); 3]);
 }
@@ -499,13 +392,13 @@ fn concurrent_deploys_one_fails_naming_the_other_or_waits() {
         let out = p.fleet.exec("app1", &["cat", "/run/hello/deploy.lock"]);
         !out.stdout.is_empty()
     });
-    let second = p.deploy("2.0.0", &[]);
+    let second = p.deploy_with("2.0.0", &[]);
     assert_eq!(second.status.code(), Some(1), "{}", text(&second));
     let message = text(&second);
     assert!(message.contains("deploy lock is held by"), "{message}");
     assert!(message.contains(&format!("pid {first_pid}")), "{message}");
     // A third one queues behind the first with --wait, then runs.
-    let third = p.deploy("3.0.0", &["--wait", "60s"]);
+    let third = p.deploy_with("3.0.0", &["--wait", "60s"]);
     let first = first.wait_with_output().expect("first");
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     assert_eq!(third.status.code(), Some(0), "{}", text(&third));
@@ -518,9 +411,9 @@ fn status_flags_a_host_restarted_by_hand_from_an_old_release() {
     require_root();
     let p = FleetProject::new(2, "");
     p.provision();
-    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    assert_eq!(p.deploy("2.0.0", &[]).status.code(), Some(0));
-    let (code, _) = p.status();
+    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    assert_eq!(p.deploy_with("2.0.0", &[]).status.code(), Some(0));
+    let (code, _) = p.status_json();
     assert_eq!(code, 0);
     // By hand on app2: point current at the old release, restart, point it back.
     let script = "set -e; cd /var/lib/hello; new=$(readlink current); old=$(ls releases | sort | head -n 1); \
@@ -528,7 +421,7 @@ fn status_flags_a_host_restarted_by_hand_from_an_old_release() {
                   ln -sfn $new current";
     let out = p.fleet.ssh("app2", script);
     assert!(out.status.success(), "{}", text(&out));
-    let (code, status) = p.status();
+    let (code, status) = p.status_json();
     assert_eq!(code, 1, "{status}");
     let flags = host_field(&status, "app2")["flags"].to_string();
     assert!(flags.contains("process runs release"), "{flags}");
@@ -569,7 +462,7 @@ fn a_deploy_user_with_passwordless_sudo_can_provision_and_deploy() {
     std::fs::write(&config_path, config).expect("write config");
     let provision = p.run(&["provision", "fleet"]);
     assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let out = p.deploy("1.0.0", &[]);
+    let out = p.deploy_with("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(p.served("app1").as_deref(), Some("1.0.0"));
     let owner = p
@@ -615,7 +508,7 @@ fn a_host_that_never_answers_is_given_up_at_answer_timeout_and_a_second_interrup
     require_root();
     let p = FleetProject::new(2, "answer_timeout = \"3s\"");
     p.provision();
-    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
     make_agent_silent(&p, "app2");
 
     // Given up after answer_timeout, named, the deploy stopped before any switch.
@@ -713,7 +606,7 @@ fn a_link_cut_under_a_users_persistent_master_ends_the_deploy_at_its_deadline_na
     require_root();
     let p = FleetProject::new(2, "answer_timeout = \"5s\"");
     p.provision();
-    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
+    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
     let master = UserMaster::start(&p, "app2");
     let config = p.dir.path().join("shipjar.toml");
     let text_now = std::fs::read_to_string(&config).expect("config");
@@ -744,7 +637,7 @@ fn a_link_cut_under_a_users_persistent_master_ends_the_deploy_at_its_deadline_na
 
 /// The pid of the service on each host, as `status` reports it.
 fn service_pids(p: &FleetProject) -> Vec<i64> {
-    let (code, status) = p.status();
+    let (code, status) = p.status_json();
     assert_eq!(code, 0, "{status}");
     p.fleet
         .hosts()
@@ -763,11 +656,11 @@ fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what
     require_root();
     let p = FleetProject::new(4, "rolling = { batch = 2 }");
     p.provision();
-    let out = p.deploy("1.0.0", &[]);
+    let out = p.deploy_with("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     // An entry that names no host: nothing runs, and the stage's hosts are listed.
-    let out = p.deploy("1.0.1", &["--hosts", "app1,nope*"]);
+    let out = p.deploy_with("1.0.1", &["--hosts", "app1,nope*"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let said = text(&out);
     assert!(said.contains("--hosts nope* matches no host"), "{said}");
@@ -777,7 +670,7 @@ fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what
     );
     assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 4]);
 
-    let out = p.deploy("1.0.1", &["--hosts", "app1,app2"]);
+    let out = p.deploy_with("1.0.1", &["--hosts", "app1,app2"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let result = last_json(&out);
     let hosts: Vec<&str> = result["hosts"]
@@ -854,7 +747,7 @@ fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
     require_root();
     let p = FleetProject::new(3, "rolling = { batch = 2 }");
     p.provision();
-    let out = p.deploy("1.0.0", &[]);
+    let out = p.deploy_with("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let before = service_pids(&p);
 
@@ -878,7 +771,7 @@ fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
     }
     assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
     // A restart is not an activation: the last revision is still the deploy.
-    let (_, status) = p.status();
+    let (_, status) = p.status_json();
     for host in p.fleet.hosts() {
         let last = &host_field(&status, &host)["status"]["last_revision"];
         assert_eq!(last["action"], "deploy", "{host}: {last}");
@@ -899,7 +792,7 @@ fn a_restart_failing_its_gate_on_a_damaged_host_stops_the_rollout_and_names_it()
     require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
-    let out = p.deploy("1.0.0", &[]);
+    let out = p.deploy_with("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let before = service_pids(&p);
     // The running JVM has its jar open; a fresh one on app2 cannot read it.
@@ -925,7 +818,7 @@ fn a_restart_failing_its_gate_on_a_damaged_host_stops_the_rollout_and_names_it()
     let stopped = result["stopped"].as_str().unwrap_or_default();
     assert!(stopped.contains("batch 2 had 1 failed host"), "{result}");
     // app3 was never touched: its process is the one from the deploy.
-    let (_, status) = p.status();
+    let (_, status) = p.status_json();
     assert_eq!(
         host_field(&status, "app3")["status"]["service"]["pid"].as_i64(),
         Some(before[2]),
@@ -957,7 +850,7 @@ fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
     );
     std::fs::write(&config, with_roles).expect("write config");
     p.provision();
-    let out = p.deploy("1.0.0", &[]);
+    let out = p.deploy_with("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let manifest = |host: &str| {
         let out = p.fleet.ssh(host, "cat /var/lib/hello/current/RELEASE");
@@ -974,7 +867,7 @@ fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
     );
     assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
 
-    let out = p.deploy("1.0.1", &["--roles", "worker"]);
+    let out = p.deploy_with("1.0.1", &["--roles", "worker"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let one = |v: &str| Some(v.to_string());
     assert_eq!(

@@ -11,45 +11,20 @@ mod common;
 mod fleet;
 #[path = "support/keep_alive.rs"]
 mod keep_alive;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{hello_jar, shipjar_bin, text};
+use common::text;
 use fleet::{Fleet, require_root};
+use lifecycle::FleetStage;
 
 /// The proxy's public port inside every host.
 const PORT: u16 = 18080;
-
-fn run(dir: &std::path::Path, secret: &str, args: &[&str]) -> Output {
-    Command::new(shipjar_bin())
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("HELLO_DB_PASSWORD", secret)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run shipjar")
-}
-
-fn deploy(dir: &std::path::Path, secret: &str, version: &str, env: &[&str]) -> Output {
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let mut args = vec![
-        "--json",
-        "deploy",
-        "fleet",
-        "--artifact",
-        &jar,
-        "--version",
-        version,
-    ];
-    for e in env {
-        args.extend(["--env", e]);
-    }
-    run(dir, secret, &args)
-}
 
 /// The uid the proxy worker runs as on `host`.
 fn worker_uid(f: &Fleet, host: &str) -> String {
@@ -65,32 +40,17 @@ fn worker_uid(f: &Fleet, host: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// `hosts` fleet hosts behind the proxy, batches of one, provisioned:
-/// the fleet, the project directory and the secret.
-fn proxied_fleet(hosts: usize) -> (Fleet, tempfile::TempDir, String) {
-    let f = Fleet::new(hosts);
-    let dir = tempfile::Builder::new()
-        .prefix("shipjar-fleet-proxy-")
-        .tempdir()
-        .expect("tempdir");
-    let secret = common::unique_secret();
-    common::write_fleet_project(
-        dir.path(),
-        "fleet",
-        &f.hosts(),
-        f.ssh_config(),
+/// `hosts` fleet hosts behind the proxy, batches of one, provisioned.
+fn proxied_fleet(hosts: usize) -> FleetStage {
+    let p = FleetStage::new(
+        hosts,
         &format!(
             "rolling = {{ batch = 1 }}\nproxy = {{ listen = \"0.0.0.0:{PORT}\", ports = [18081, 18082] }}"
         ),
-        |c| {
-            c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
-                .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
-                .replace("timeout = \"15s\"", "timeout = \"5s\"")
-        },
+        lifecycle::reachable,
     );
-    let provision = run(dir.path(), &secret, &["provision", "fleet"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    (f, dir, secret)
+    p.provision();
+    p
 }
 
 /// A keep-alive client per host, through that host's proxy, until `stop`.
@@ -111,8 +71,9 @@ fn clients_on_every_host(
 #[ignore = "needs root: creates network namespaces"]
 fn restart_of_a_proxied_stage_drops_no_request_and_moves_every_host_to_a_new_instance() {
     require_root();
-    let (f, dir, secret) = proxied_fleet(2);
-    let first = deploy(dir.path(), &secret, "1.0.0", &[]);
+    let p = proxied_fleet(2);
+    let f = &p.fleet;
+    let first = p.deploy("1.0.0", &[]);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     let pids = |out: &Output| -> Vec<Option<i64>> {
         let json: serde_json::Value = String::from_utf8_lossy(&out.stdout)
@@ -126,9 +87,9 @@ fn restart_of_a_proxied_stage_drops_no_request_and_moves_every_host_to_a_new_ins
             .unwrap_or_default()
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = clients_on_every_host(&f, &stop);
+    let clients = clients_on_every_host(f, &stop);
     std::thread::sleep(Duration::from_millis(300));
-    let restarted = run(dir.path(), &secret, &["--json", "restart", "fleet"]);
+    let restarted = p.run(&["--json", "restart", "fleet"]);
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     assert_eq!(restarted.status.code(), Some(0), "{}", text(&restarted));
@@ -144,7 +105,7 @@ fn restart_of_a_proxied_stage_drops_no_request_and_moves_every_host_to_a_new_ins
         assert_eq!(seen.versions, ["1.0.0"], "{host}");
         assert!(seen.answered > 10, "{host}: {seen:?}");
     }
-    let status = run(dir.path(), &secret, &["status", "fleet"]);
+    let status = p.run(&["status", "fleet"]);
     assert_eq!(status.status.code(), Some(0), "{}", text(&status));
 }
 
@@ -152,27 +113,28 @@ fn restart_of_a_proxied_stage_drops_no_request_and_moves_every_host_to_a_new_ins
 #[ignore = "needs root: creates network namespaces"]
 fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     require_root();
-    let (f, dir, secret) = proxied_fleet(3);
-    let first = deploy(dir.path(), &secret, "1.0.0", &[]);
+    let p = proxied_fleet(3);
+    let f = &p.fleet;
+    let first = p.deploy("1.0.0", &[]);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     for host in f.hosts() {
         let hello = f.ssh(&host, "id -u hello");
         let hello = String::from_utf8_lossy(&hello.stdout).trim().to_string();
-        let uid = worker_uid(&f, &host);
+        let uid = worker_uid(f, &host);
         assert_eq!(uid, hello, "{host}: the proxy worker runs as hello");
         assert_ne!(uid, "0");
     }
 
     // A keep-alive client per host, through that host's proxy.
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = clients_on_every_host(&f, &stop);
+    let clients = clients_on_every_host(f, &stop);
     std::thread::sleep(Duration::from_millis(300));
-    let second = deploy(dir.path(), &secret, "2.0.0", &[]);
+    let second = p.deploy("2.0.0", &[]);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
     // The first batch fails its gate: reverted, the rest untouched.
-    let failing = deploy(dir.path(), &secret, "3.0.0", &["FAIL_ON_START=1"]);
+    let failing = p.deploy("3.0.0", &["FAIL_ON_START=1"]);
     assert_ne!(failing.status.code(), Some(0), "{}", text(&failing));
-    let back = run(dir.path(), &secret, &["--json", "rollback", "fleet"]);
+    let back = p.run(&["--json", "rollback", "fleet"]);
     assert_eq!(back.status.code(), Some(0), "{}", text(&back));
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
@@ -184,7 +146,7 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     }
 
     // `status` agrees: every host on 1.0.0, nothing flagged.
-    let status = run(dir.path(), &secret, &["--json", "status", "fleet"]);
+    let status = p.run(&["--json", "status", "fleet"]);
     let json: serde_json::Value = String::from_utf8_lossy(&status.stdout)
         .lines()
         .last()
@@ -215,7 +177,7 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     }
 
     // The worker, as the service user, adopts a new release's limits.
-    let config = dir.path().join("shipjar.toml");
+    let config = p.path().join("shipjar.toml");
     let before = std::fs::read_to_string(&config).expect("config");
     let after = before.replace(
         "ports = [18081, 18082] }",
@@ -223,7 +185,7 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     );
     assert_ne!(before, after);
     std::fs::write(&config, after).expect("write config");
-    let limited = deploy(dir.path(), &secret, "4.0.0", &[]);
+    let limited = p.deploy("4.0.0", &[]);
     assert_eq!(limited.status.code(), Some(0), "{}", text(&limited));
     for host in f.hosts() {
         let answer = one_request(

@@ -6,61 +6,36 @@
 mod common;
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{hello_jar, shipjar_bin, text};
-use fleet::{Fleet, require_root};
+use common::text;
+use common::{host_field, last_json};
+use fleet::require_root;
+use lifecycle::FleetStage;
 
 /// A project whose `fleet` stage is the test fleet.
-struct FleetProject {
-    fleet: Fleet,
-    dir: tempfile::TempDir,
+fn fleet_project(hosts: usize) -> FleetStage {
+    FleetStage::new(hosts, "", |c| {
+        c.replace("timeout = \"15s\"", "timeout = \"5s\"")
+    })
 }
 
-impl FleetProject {
-    fn new(hosts: usize) -> FleetProject {
-        let fleet = Fleet::new(hosts);
-        let dir = tempfile::Builder::new()
-            .prefix("shipjar-fleet-ssh-")
-            .tempdir()
-            .expect("tempdir");
-        common::write_fleet_project(
-            dir.path(),
-            "fleet",
-            &fleet.hosts(),
-            fleet.ssh_config(),
-            "",
-            |c| c.replace("timeout = \"15s\"", "timeout = \"5s\""),
-        );
-        FleetProject { fleet, dir }
-    }
-
-    fn command(&self, args: &[&str]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(shipjar_bin());
-        cmd.arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", "fleet-ssh-test")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run shipjar")
-    }
-
-    fn deploy_args(version: &str, extra: &[&str]) -> Vec<String> {
-        let jar = hello_jar().to_string_lossy().into_owned();
-        let mut args: Vec<String> = ["--json", "deploy", "fleet", "--artifact", &jar]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(["--version".to_string(), version.to_string()]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    }
+/// Runs shipjar on the project: its pid (for what it left behind) and output.
+fn run_watched(p: &FleetStage, args: &[&str]) -> (u32, Output) {
+    let child = p
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shipjar");
+    (
+        child.id(),
+        child.wait_with_output().expect("shipjar output"),
+    )
 }
 
 /// A process seen in /proc: pid, parent, command line (NULs as spaces).
@@ -126,44 +101,22 @@ fn control_dirs_of(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn last_json(out: &Output) -> serde_json::Value {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-fn host_field<'a>(result: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
-    result["hosts"]
-        .as_array()
-        .and_then(|hs| hs.iter().find(|h| h["host"] == host))
-        .unwrap_or(&serde_json::Value::Null)
-}
-
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
     require_root();
-    let p = FleetProject::new(3);
+    let p = fleet_project(3);
 
     // provision connects several times per host through a master of its
     // own; all of them are gone with the run, and so is their directory.
-    let child = p
-        .command(&["provision", "fleet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn provision");
-    let provision_pid = child.id();
-    let out = child.wait_with_output().expect("provision output");
+    let (provision_pid, out) = run_watched(&p, &["provision", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
     assert_eq!(masters_of(provision_pid), Vec::<i32>::new());
     assert_eq!(control_dirs_of(provision_pid), Vec::<String>::new());
 
     // A deploy whose services take 3 s to get healthy: while the hosts
     // switch, each one's session is a single ssh, shipjar's own child.
-    let args = FleetProject::deploy_args("1.0.0", &["--env", "STARTUP_DELAY_MS=3000"]);
+    let args = p.deploy_args("1.0.0", &["--env", "STARTUP_DELAY_MS=3000"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = p
         .command(&args)
@@ -192,14 +145,7 @@ fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
     assert_eq!(control_dirs_of(deploy_pid), Vec::<String>::new());
 
     // status: one answer per host, nothing left behind either.
-    let child = p
-        .command(&["--json", "status", "fleet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn status");
-    let status_pid = child.id();
-    let out = child.wait_with_output().expect("status output");
+    let (status_pid, out) = run_watched(&p, &["--json", "status", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
     let result = last_json(&out);
     for host in p.fleet.hosts() {
@@ -217,10 +163,10 @@ fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
 #[ignore = "needs root: creates network namespaces"]
 fn status_with_a_host_cut_off_answers_for_the_others_and_flags_it() {
     require_root();
-    let p = FleetProject::new(3);
+    let p = fleet_project(3);
     let out = p.run(&["provision", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
-    let args = FleetProject::deploy_args("1.0.0", &[]);
+    let args = p.deploy_args("1.0.0", &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = p.run(&args);
     assert_eq!(out.status.code(), Some(0), "deploy: {}", text(&out));
@@ -288,7 +234,7 @@ fn masters_in(dir: &std::path::Path) -> Vec<i32> {
 #[ignore = "needs root: creates network namespaces"]
 fn the_users_persistent_multiplexing_is_used_and_a_cut_link_is_reported() {
     require_root();
-    let p = FleetProject::new(3);
+    let p = fleet_project(3);
     let out = p.run(&["provision", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
 
@@ -317,7 +263,7 @@ fn the_users_persistent_multiplexing_is_used_and_a_cut_link_is_reported() {
         p.run(&all)
     };
 
-    let args = FleetProject::deploy_args("1.0.0", &[]);
+    let args = p.deploy_args("1.0.0", &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = with_config(&args);
     assert_eq!(out.status.code(), Some(0), "deploy: {}", text(&out));

@@ -49,13 +49,7 @@ fn all_hooks() -> String {
 fn project_with(hooks: &str) -> Project {
     let hooks = hooks.to_string();
     let project = Project::with_config(move |c| c + &hooks);
-    let file = project.path().join("shipjar.toml");
-    let config = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(
-        &file,
-        config.replace("@DIR@", &project.path().display().to_string()),
-    )
-    .unwrap();
+    project.fill_in_dir();
     std::fs::write(project.path().join("record.sh"), RECORD).unwrap();
     project
 }

@@ -22,31 +22,13 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/init")
 }
 
-/// Copies `from` into `to`, recursively, skipping build output.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("dir entry");
-        let name = entry.file_name();
-        if name == "target" || name == ".shipjar" {
-            continue;
-        }
-        let kind = entry.file_type().expect("file type");
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &to.join(&name));
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), to.join(&name)).expect("copy file");
-        }
-    }
-}
-
 /// A copy of `dir` in a fresh temp dir (outside any git work tree).
 fn copy_of(dir: &Path) -> tempfile::TempDir {
     let tmp = tempfile::Builder::new()
         .prefix("shipjar-init-")
         .tempdir()
         .expect("tempdir");
-    copy_tree(dir, tmp.path());
+    common::copy_tree(dir, tmp.path());
     tmp
 }
 
@@ -250,17 +232,9 @@ const NEEDS: [(&str, &str); 4] = [
     ),
 ];
 
+/// Fails the test with the list of missing Debian packages, if any.
 fn require_packages() {
-    let missing: Vec<&str> = NEEDS
-        .iter()
-        .filter(|(path, _)| !Path::new(path).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "the clojure-jetty builds need Debian packages that are not installed: {} (./run-tests as root installs them)",
-        missing.join(" ")
-    );
+    common::require_packages("the clojure-jetty builds", &NEEDS);
 }
 
 /// A copy of examples/clojure-jetty without its shipjar.toml.

@@ -10,87 +10,31 @@ mod common;
 mod fleet;
 #[path = "support/keep_alive.rs"]
 mod keep_alive;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{hello_jar, shipjar_bin, text};
+use common::text;
 use fleet::{Fleet, require_root};
+use lifecycle::{StageProject, poll};
 
 /// The hello service's port, inside the host's own network.
 const PORT: u16 = 18080;
 const HOST: &str = "app1";
 
-/// A hello project whose stage `lsb` is one host without systemd.
-struct LsbProject {
-    dir: tempfile::TempDir,
-    secret: String,
-}
-
-impl LsbProject {
-    fn new(f: &Fleet) -> LsbProject {
-        LsbProject::with_stage(f, "")
-    }
-
-    /// With `stage_extra` lines in the stage's table.
-    fn with_stage(f: &Fleet, stage_extra: &str) -> LsbProject {
-        let dir = tempfile::Builder::new()
-            .prefix("shipjar-lsb-")
-            .tempdir()
-            .expect("tempdir");
-        common::write_fleet_project(
-            dir.path(),
-            "lsb",
-            &[HOST.to_string()],
-            f.ssh_config(),
-            stage_extra,
-            |c| {
-                c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\"")
-                    .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
-                    .replace("timeout = \"15s\"", "timeout = \"5s\"")
-            },
-        );
-        LsbProject {
-            dir,
-            secret: common::unique_secret(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(shipjar_bin())
-            .arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run shipjar")
-    }
-
-    fn deploy(&self, version: &str, env: &[&str]) -> Output {
-        let jar = hello_jar().to_string_lossy().into_owned();
-        let mut args = vec![
-            "--json",
-            "deploy",
-            "lsb",
-            "--artifact",
-            &jar,
-            "--version",
-            version,
-        ];
-        for e in env {
-            args.extend(["--env", e]);
-        }
-        self.run(&args)
-    }
-}
-
-fn last_json(out: &Output) -> serde_json::Value {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null)
+/// A hello project whose stage `lsb` is the one host without systemd, with
+/// `stage_extra` lines in the stage's table.
+fn lsb_project(f: &Fleet, stage_extra: &str) -> StageProject {
+    StageProject::new(
+        lifecycle::temp_dir("lsb"),
+        "lsb",
+        &[HOST.to_string()],
+        f.ssh_config(),
+        stage_extra,
+        lifecycle::reachable,
+    )
 }
 
 fn ssh(f: &Fleet, command: &str) -> Output {
@@ -109,57 +53,7 @@ fn ssh_ok(f: &Fleet, command: &str) -> String {
 
 /// The version the service reports over HTTP, asked from outside the host.
 fn served(f: &Fleet) -> Option<String> {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = format!("{}:{PORT}", f.ip(HOST)).parse().ok()?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET /version HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let body = response.split_once("\r\n\r\n")?.1;
-    let value: serde_json::Value = serde_json::from_str(body).ok()?;
-    value["version"].as_str().map(str::to_string)
-}
-
-/// What shipjar's `status` says of the host.
-#[derive(Debug)]
-struct Observed {
-    code: i32,
-    state: String,
-    service_pid: i32,
-    supervisor_pid: i32,
-    healthy: Option<bool>,
-    versions: [String; 3],
-    flags: Vec<String>,
-    restarts: u64,
-}
-
-fn observe(p: &LsbProject) -> Observed {
-    let out = p.run(&["--json", "status", "lsb"]);
-    let json = last_json(&out);
-    let h = &json["hosts"][0];
-    let st = &h["status"];
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let pid = |v: &serde_json::Value| v.as_i64().map_or(0, |p| p as i32);
-    Observed {
-        code: out.status.code().unwrap_or(-1),
-        state: text(&st["service"]["state"]),
-        service_pid: pid(&st["service"]["pid"]),
-        supervisor_pid: pid(&st["service"]["supervisor_pid"]),
-        healthy: st["service"]["healthy"].as_bool(),
-        versions: [
-            text(&st["running_version"]),
-            text(&st["reported_version"]),
-            text(&st["current"]["version"]),
-        ],
-        flags: h["flags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(text)
-            .collect(),
-        restarts: st["service"]["restarts"].as_u64().unwrap_or(0),
-    }
+    lifecycle::served(&f.ip(HOST), PORT)
 }
 
 /// What the test expects the host to run.
@@ -175,10 +69,10 @@ enum Expect<'a> {
 /// names), `shipjar status` and the service's own answer agree; for a
 /// running service, that the supervisor runs as root and the JVM is its
 /// child, running as hello. Returns the service's pid.
-fn agree(f: &Fleet, p: &LsbProject, expect: Expect) -> i32 {
+fn agree(f: &Fleet, p: &StageProject, expect: Expect) -> i32 {
     let script = ssh(f, "/etc/init.d/hello status");
     let said = String::from_utf8_lossy(&script.stdout).trim().to_string();
-    let seen = observe(p);
+    let seen = p.observe();
     let served = served(f);
     let context = || {
         format!(
@@ -210,19 +104,11 @@ fn agree(f: &Fleet, p: &LsbProject, expect: Expect) -> i32 {
                     seen.supervisor_pid, seen.service_pid
                 ),
             );
-            let lines: Vec<Vec<&str>> = procs
-                .lines()
-                .map(|l| l.split_whitespace().collect())
-                .collect();
-            assert!(
-                lines.len() == 2
-                    && lines[0][0] == "root"
-                    && lines[0][2..].starts_with(&["service", "supervise", "hello"])
-                    && lines[1][0] == "hello"
-                    && lines[1][1] == seen.supervisor_pid.to_string()
-                    && lines[1][2] == "java",
-                "not a root supervisor with the JVM its child as hello:\n{procs}\n{}",
-                context()
+            lifecycle::assert_root_supervisor_and_hello_jvm(
+                &procs,
+                seen.supervisor_pid,
+                &["service", "supervise", "hello"],
+                &context(),
             );
             seen.service_pid
         }
@@ -239,45 +125,15 @@ fn agree(f: &Fleet, p: &LsbProject, expect: Expect) -> i32 {
 }
 
 /// A provision now reports every resource `ok`.
-fn assert_provision_changes_nothing(f: &Fleet, p: &LsbProject) {
-    let again = p.run(&["--json", "provision", "lsb"]);
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
-    let resources: Vec<(String, String)> = last_json(&again)["hosts"][0]["resources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                r["resource"].as_str().unwrap_or_default().to_string(),
-                r["status"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    let changed: Vec<&(String, String)> = resources.iter().filter(|(_, s)| s != "ok").collect();
-    assert!(
-        !resources.is_empty() && changed.is_empty(),
-        "provision changed: {changed:?}\n{}",
-        ssh_ok(
+fn assert_provision_changes_nothing(f: &Fleet, p: &StageProject) {
+    let again = p.provision();
+    lifecycle::assert_nothing_changed(
+        &again,
+        &ssh_ok(
             f,
-            "stat -c '%n %U:%G %a' /var/log/hello /var/lib/hello/shared /run/hello"
-        )
+            "stat -c '%n %U:%G %a' /var/log/hello /var/lib/hello/shared /run/hello",
+        ),
     );
-}
-
-/// Waits until `status` shows a healthy process other than `old`.
-fn wait_for_new_healthy(p: &LsbProject, old: i32, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let seen = observe(p);
-        if seen.healthy == Some(true) && seen.service_pid != old && seen.service_pid != 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no new healthy process after {limit:?}: {seen:?}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]
@@ -285,11 +141,10 @@ fn wait_for_new_healthy(p: &LsbProject, old: i32, limit: Duration) {
 fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
     require_root();
     let mut f = Fleet::new(1);
-    let p = LsbProject::new(&f);
+    let p = lsb_project(&f, "");
 
     // Provision: the init script and its rc links, no unit.
-    let provision = p.run(&["--json", "provision", "lsb"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    p.provision();
     let installed = ssh_ok(
         &f,
         "stat -c '%a %U' /etc/init.d/hello; ls /etc/rc2.d /etc/rc0.d | grep hello; \
@@ -317,8 +172,7 @@ fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
         .expect("run shellcheck");
     assert!(checked.status.success(), "{}", text(&checked));
 
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    p.deployed("1.0.0", &[]);
     agree(&f, &p, Expect::Running("1.0.0"));
     assert_provision_changes_nothing(&f, &p);
 
@@ -333,8 +187,7 @@ fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
     assert_provision_changes_nothing(&f, &p);
 
     // Deploy, rollback, a failing deploy (reverted).
-    let deploy = p.deploy("1.0.1", &[]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    p.deployed("1.0.1", &[]);
     agree(&f, &p, Expect::Running("1.0.1"));
     let rollback = p.run(&["--json", "rollback", "lsb"]);
     assert_eq!(rollback.status.code(), Some(0), "{}", text(&rollback));
@@ -353,9 +206,9 @@ fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
 
     // The JVM killed: its supervisor starts a new one.
     ssh_ok(&f, &format!("kill -KILL {restarted}"));
-    wait_for_new_healthy(&p, restarted, Duration::from_secs(30));
+    p.wait_for_new_healthy(restarted, Duration::from_secs(30));
     agree(&f, &p, Expect::Running("1.0.0"));
-    assert_eq!(observe(&p).restarts, 1);
+    assert_eq!(p.observe().restarts, 1);
 
     // stop, then start again; stop and start are idempotent, as LSB asks.
     for _ in 0..2 {
@@ -392,14 +245,7 @@ fn runner_and_worker_uid(f: &Fleet) -> (i64, String) {
 }
 
 fn wait_served(f: &Fleet, limit: Duration) -> Option<String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let seen = served(f);
-        if seen.is_some() || Instant::now() >= deadline {
-            return seen;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll(limit, Duration::from_millis(200), || served(f))
 }
 
 /// A proxied hello under its init script: the deploy leaves a runner; the
@@ -414,14 +260,12 @@ fn initscript_proxied_service_boots_restarts_without_downtime_and_stops() {
     use std::sync::atomic::{AtomicBool, Ordering};
     require_root();
     let mut f = Fleet::new(1);
-    let p = LsbProject::with_stage(
+    let p = lsb_project(
         &f,
         &format!("proxy = {{ listen = \"0.0.0.0:{PORT}\", ports = [18081, 18082] }}"),
     );
-    let provision = p.run(&["--json", "provision", "lsb"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    p.provision();
+    p.deployed("1.0.0", &[]);
     assert_eq!(served(&f).as_deref(), Some("1.0.0"));
     let hello_uid = ssh_ok(&f, "id -u hello");
     let (runner, uid) = runner_and_worker_uid(&f);
@@ -493,22 +337,11 @@ fn initscript_proxied_service_boots_restarts_without_downtime_and_stops() {
 fn initscript_auto_revert_goes_back_and_the_service_stays_running() {
     require_root();
     let f = Fleet::new(1);
-    let p = LsbProject::new(&f);
-    let file = p.dir.path().join("shipjar.toml");
-    let config = std::fs::read_to_string(&file).expect("read config");
-    std::fs::write(
-        &file,
-        config
-            + "\n[restart]\ninitial_delay = \"200ms\"\nmax_failures = 2\nwindow = \"2m\"\n\
-               auto_revert = true\nrevert_window = \"15m\"\n",
-    )
-    .expect("write config");
-    let provision = p.run(&["--json", "provision", "lsb"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
-    let deploy = p.deploy("2.0.0", &["CRASH_AFTER_S=2"]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    let p = lsb_project(&f, "");
+    p.append_config(lifecycle::QUICK_AUTO_REVERT);
+    p.provision();
+    p.deployed("1.0.0", &[]);
+    p.deployed("2.0.0", &["CRASH_AFTER_S=2"]);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let said = loop {
@@ -545,8 +378,8 @@ fn initscript_auto_revert_goes_back_and_the_service_stays_running() {
 fn initscript_provision_takes_over_a_service_running_under_its_own_script() {
     require_root();
     let f = Fleet::new(1);
-    let p = LsbProject::new(&f);
-    let jar = hello_jar().to_string_lossy().into_owned();
+    let p = lsb_project(&f, "");
+    let jar = common::hello_jar().to_string_lossy().into_owned();
     let theirs = format!(
         "#!/bin/sh\n# hello, the way it ran before\nPIDFILE=/run/hello-old.pid\ncase \"$1\" in\n\
          start) VERSION=0.9.0 PORT={PORT} BIND=0.0.0.0 nohup java -jar /var/lib/hello-old/hello.jar \
@@ -594,8 +427,7 @@ fn initscript_provision_takes_over_a_service_running_under_its_own_script() {
         theirs
     );
     assert!(ssh(&f, "test -e /run/hello-old.pid").status.code() != Some(0));
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    p.deployed("1.0.0", &[]);
     assert_eq!(served(&f).as_deref(), Some("1.0.0"));
     // A second provision changes nothing and is not blocked by the copy.
     let again = p.run(&["provision", "lsb"]);

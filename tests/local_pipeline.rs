@@ -64,14 +64,7 @@ fn first_deploy_serves_its_version_and_status_is_consistent() {
     assert!(host["status"]["service"]["pid"].as_i64().unwrap() > 1);
 
     // The host-side view agrees.
-    let svc = p.run(&[
-        "service",
-        "status",
-        "hello",
-        "--root",
-        p.root().to_str().unwrap(),
-        "--json",
-    ]);
+    let svc = p.service("status", &["--json"]);
     assert_eq!(svc.status.code(), Some(0), "{}", text(&svc));
 }
 
@@ -235,13 +228,7 @@ fn stale_pidfile_of_an_unrelated_process_reads_as_not_running() {
         format!("{}\n1\n", unrelated.id()),
     )
     .unwrap();
-    let out = p.run(&[
-        "service",
-        "status",
-        "hello",
-        "--root",
-        p.root().to_str().unwrap(),
-    ]);
+    let out = p.service("status", &[]);
     let _ = unrelated.kill();
     let _ = unrelated.wait();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -707,22 +694,7 @@ fn ctrl_c_while_waiting_for_the_lock_changes_nothing_and_exits_130() {
     let p = Project::new();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let holder = p.spawn_slow_deploy("2.0.0", 4000);
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let mut waiting = p
-        .command(&[
-            "deploy",
-            "local",
-            "--artifact",
-            &jar,
-            "--version",
-            "3.0.0",
-            "--wait",
-            "60s",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut waiting = p.spawn_deploy("3.0.0", &["--wait", "60s"]);
     let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
     let _ = wait_for_line(&mut stderr, "waiting for the deploy lock", Instant::now());
     let sent = Instant::now();
@@ -745,22 +717,7 @@ fn a_second_ctrl_c_ends_the_operator_at_once_and_the_host_goes_back_by_itself() 
     let p = Project::new();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let first = p.current();
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let mut child = p
-        .command(&[
-            "deploy",
-            "local",
-            "--artifact",
-            &jar,
-            "--version",
-            "2.0.0",
-            "--env",
-            "HANG_ON_START=1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = p.spawn_deploy("2.0.0", &["--env", "HANG_ON_START=1"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while p.current() == first {
         assert!(Instant::now() < deadline, "never switched");
@@ -836,23 +793,7 @@ fn waiting_for_the_lock_is_announced_once_and_the_agent_own_revert_is_no_revert_
     let p = Project::new();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let holder = p.spawn_slow_deploy("2.0.0", 3000);
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let out = p
-        .command(&[
-            "--json",
-            "deploy",
-            "local",
-            "--artifact",
-            &jar,
-            "--version",
-            "3.0.0",
-            "--wait",
-            "60s",
-            "--env",
-            "FAIL_ON_START=1",
-        ])
-        .output()
-        .unwrap();
+    let out = p.deploy_json("3.0.0", &["--wait", "60s", "--env", "FAIL_ON_START=1"]);
     assert_eq!(holder.wait_with_output().unwrap().status.code(), Some(0));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::host::{sigkill, wait_gone};
 use common::{Project, free_port, http_get, text};
 use keep_alive::Conn as KeepAlive;
 
@@ -50,16 +51,7 @@ impl Drop for Cleanup {
             }
         }
         for port in self.1 {
-            let pidfile = run.join(format!("instance-{port}/hello.pid"));
-            if let Some(pid) = std::fs::read_to_string(pidfile)
-                .ok()
-                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-            {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            common::host::kill_recorded_group(&run.join(format!("instance-{port}/hello.pid")));
         }
     }
 }
@@ -93,13 +85,7 @@ fn version_of(body: &str) -> Option<String> {
 }
 
 fn service_status(p: &Project) -> (Option<i32>, String) {
-    let out = p.run(&[
-        "service",
-        "status",
-        "hello",
-        "--root",
-        p.root().to_str().unwrap(),
-    ]);
+    let out = p.service("status", &[]);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -123,33 +109,7 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
 
     // A client keeps one connection open and asks for /version without pause.
     let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let stop = stop.clone();
-        let port = p.port;
-        thread::spawn(move || {
-            let mut conn = KeepAlive::local(port);
-            let mut seen = Vec::new();
-            let mut errors = Vec::new();
-            let started = Instant::now();
-            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(240) {
-                match conn.get("/version") {
-                    Ok((200, body)) => {
-                        let v = version_of(&body).unwrap_or_else(|| body.clone());
-                        if seen.last() != Some(&v) {
-                            seen.push(v);
-                        }
-                    }
-                    Ok((status, body)) => errors.push(format!("{status}: {body}")),
-                    Err(e) => {
-                        errors.push(e);
-                        conn = KeepAlive::local(port);
-                    }
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-            (seen, errors)
-        })
-    };
+    let client = keep_alive_client(p.port, stop.clone());
 
     let out = p.deploy("2.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -162,7 +122,11 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
     assert!(text(&back).contains("drained"), "{}", text(&back));
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let (seen, errors) = client.join().expect("client thread");
+    let keep_alive::Seen {
+        versions: seen,
+        errors,
+        ..
+    } = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert_eq!(
         seen,
@@ -395,58 +359,24 @@ fn runner_pid(root: &std::path::Path) -> Option<i32> {
     (cmdline.contains(&*root.to_string_lossy()) && !zombie).then_some(pid)
 }
 
-/// A keep-alive client asking for /version without pause until `stop`:
-/// the versions it saw, in order, and every error.
-fn keep_alive_client(
-    port: u16,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<(Vec<String>, Vec<String>, usize)> {
-    keep_alive_client_on(port, "/version", stop)
+/// A keep-alive client asking the proxy on `port` for /version without
+/// pause until `stop`.
+fn keep_alive_client(port: u16, stop: Arc<AtomicBool>) -> thread::JoinHandle<keep_alive::Seen> {
+    keep_alive::spawn(([127, 0, 0, 1], port).into(), stop)
 }
 
-/// `keep_alive_client` asking for `path` (its answers' versions, if any).
+/// `keep_alive_client` asking for `path`.
 fn keep_alive_client_on(
     port: u16,
     path: &'static str,
     stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<(Vec<String>, Vec<String>, usize)> {
-    thread::spawn(move || {
-        let mut conn = KeepAlive::local(port);
-        let mut seen: Vec<String> = Vec::new();
-        let mut errors = Vec::new();
-        let mut answered = 0;
-        let started = Instant::now();
-        while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(240) {
-            match conn.get(path) {
-                Ok((200, body)) => {
-                    answered += 1;
-                    let v = version_of(&body).unwrap_or_else(|| body.clone());
-                    if seen.last() != Some(&v) {
-                        seen.push(v);
-                    }
-                }
-                Ok((status, body)) => errors.push(format!("{status}: {body}")),
-                Err(e) => {
-                    errors.push(e);
-                    conn = KeepAlive::local(port);
-                }
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        (seen, errors, answered)
-    })
+) -> thread::JoinHandle<keep_alive::Seen> {
+    keep_alive::spawn_asking(([127, 0, 0, 1], port).into(), path, stop)
 }
 
 /// The pid of the instance taking traffic, from `service status --json`.
 fn active_pid(p: &Project) -> Option<i64> {
-    let out = p.run(&[
-        "--json",
-        "service",
-        "status",
-        "hello",
-        "--root",
-        p.root().to_str().unwrap(),
-    ]);
+    let out = p.service("status", &["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     v["instances"]
         .as_array()?
@@ -476,7 +406,11 @@ fn restart_and_reload_behind_the_proxy_drop_no_request() {
     }
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let (seen, errors, answered) = client.join().expect("client thread");
+    let keep_alive::Seen {
+        versions: seen,
+        errors,
+        answered,
+    } = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert!(answered > 10, "only {answered} answers");
     assert_eq!(seen, ["1.0.0"]);
@@ -1084,7 +1018,11 @@ fn a_deploy_and_a_reload_racing_take_turns_and_no_request_fails() {
     assert_eq!(reload.status.code(), Some(0), "reload: {}", text(&reload));
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let (seen, errors, answered) = client.join().expect("client thread");
+    let keep_alive::Seen {
+        versions: seen,
+        errors,
+        answered,
+    } = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert!(answered > 10, "only {answered} answers");
     assert_eq!(seen.last().map(String::as_str), Some("2.0.0"), "{seen:?}");
@@ -1097,31 +1035,6 @@ fn recorded_pid(p: &Project, file: &str, pointer: &str) -> Option<i32> {
     let text = std::fs::read_to_string(p.root().join("run/hello").join(file)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.pointer(pointer)?.as_i64().map(|n| n as i32)
-}
-
-fn sigkill(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-/// Waits until `pid` is gone or a zombie (at most 10 s).
-fn wait_gone(pid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty()
-            || stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("pid {pid} still lives 10 s after SIGKILL");
 }
 
 /// `shipjar status local` as text and as JSON: (exit code, text, this host's flags).
@@ -1149,7 +1062,7 @@ fn a_killed_runner_makes_status_dead_naming_it_and_since_when() {
     assert_eq!(code, Some(0), "{status}");
     let runner = runner_pid(&p.root()).expect("the deploy left a runner");
     sigkill(runner);
-    wait_gone(runner);
+    wait_gone(runner, Duration::from_secs(10));
 
     // The proxy and the instance still serve, but nothing supervises them.
     assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
@@ -1209,11 +1122,11 @@ fn a_killed_keeper_is_back_under_its_runner_and_named_missing_without_one() {
 
     let runner = runner_pid(&p.root()).expect("a runner");
     sigkill(runner);
-    wait_gone(runner);
+    wait_gone(runner, Duration::from_secs(10));
     let worker = recorded_pid(&p, "proxy/keeper.json", "/worker/pid").expect("worker pid");
     sigkill(back);
     sigkill(worker);
-    wait_gone(back);
+    wait_gone(back, Duration::from_secs(10));
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(1), "{status}");
     assert!(
@@ -1259,11 +1172,11 @@ fn a_killed_active_instance_is_named_with_its_port_and_its_last_sign_of_life() {
     // Without its runner (which would start it again): killed first.
     let runner = runner_pid(&p.root()).expect("a runner");
     sigkill(runner);
-    wait_gone(runner);
+    wait_gone(runner, Duration::from_secs(10));
     sigkill(supervisor);
     sigkill(jvm);
-    wait_gone(supervisor);
-    wait_gone(jvm);
+    wait_gone(supervisor, Duration::from_secs(10));
+    wait_gone(jvm, Duration::from_secs(10));
 
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(1), "{status}");
@@ -1312,7 +1225,7 @@ fn a_service_stopped_by_request_is_stopped_not_dead_even_after_its_runner_died()
     assert_eq!(start.status.code(), Some(0), "{}", text(&start));
     let runner = runner_pid(&p.root()).expect("a runner");
     sigkill(runner);
-    wait_gone(runner);
+    wait_gone(runner, Duration::from_secs(10));
     let stop = p.run(&["service", "stop", "hello", "--root", &root]);
     assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
     let (code, status) = service_status(&p);
@@ -1386,7 +1299,7 @@ fn every_service_action_behind_the_proxy_prints_a_json_report_that_matches_what_
         "{stopped}"
     );
     assert_eq!(runner, None, "the runner is gone: {stopped}");
-    wait_gone(third as i32);
+    wait_gone(third as i32, Duration::from_secs(10));
     assert!(http_get(p.port, "/version").is_none(), "{stopped}");
     let (code, status) = service_json(&p, "status", &[]);
     assert_eq!(code, Some(3), "{status}");
@@ -1425,7 +1338,7 @@ fn service_proxy_start_status_and_stop_print_a_json_report_that_matches_what_run
     let (code, stopped) = service_json(&p, "proxy", &["--stop"]);
     assert_eq!(code, Some(0), "{stopped}");
     assert_eq!(stopped["was_running"], true, "{stopped}");
-    wait_gone(keeper);
+    wait_gone(keeper, Duration::from_secs(10));
     assert!(http_get(p.port, "/version").is_none(), "{stopped}");
     let (code, proxy) = service_json(&p, "proxy", &["--status"]);
     assert_eq!(code, Some(3), "{proxy}");
@@ -1481,10 +1394,10 @@ fn a_keep_alive_client_sees_no_error_while_the_active_instance_is_sigkilled_ten_
             let supervisor = recorded_pid(&p, &format!("{dir}/supervisor.json"), "/supervisor/pid")
                 .expect("the instance's supervisor");
             sigkill(supervisor);
-            wait_gone(supervisor);
+            wait_gone(supervisor, Duration::from_secs(10));
         }
         sigkill(jvm);
-        wait_gone(jvm);
+        wait_gone(jvm, Duration::from_secs(10));
         killed.push(jvm as i64);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1498,11 +1411,17 @@ fn a_keep_alive_client_sees_no_error_while_the_active_instance_is_sigkilled_ten_
     }
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let (seen, errors, answered) = client.join().expect("client thread");
+    let keep_alive::Seen {
+        versions: seen,
+        errors,
+        answered,
+    } = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert_eq!(seen, ["1.0.0"]);
     assert!(answered > 10, "answered {answered}");
-    let (_, errors, answered) = slow.join().expect("slow client thread");
+    let keep_alive::Seen {
+        errors, answered, ..
+    } = slow.join().expect("slow client thread");
     assert!(errors.is_empty(), "the slow client saw errors: {errors:?}");
     assert!(answered > 10, "answered {answered}");
     let log = std::fs::read_to_string(p.root().join("var/log/hello/proxy.log")).unwrap_or_default();
@@ -1544,7 +1463,7 @@ fn a_runner_whose_active_instance_cannot_come_back_ends_failed_and_status_says_w
         thread::sleep(Duration::from_millis(100));
     };
     if let Some(runner) = runner_pid(&p.root()) {
-        wait_gone_within(runner, Duration::from_secs(10));
+        wait_gone(runner, Duration::from_secs(10));
     }
     assert!(
         record.contains("failed: the supervisor of the instance on port"),
@@ -1554,24 +1473,6 @@ fn a_runner_whose_active_instance_cannot_come_back_ends_failed_and_status_says_w
     assert_eq!(code, Some(1), "{status}");
     assert!(status.contains("missing runner"), "{status}");
     assert!(status.contains("gave up"), "{status}");
-}
-
-/// Waits until `pid` is gone or a zombie, at most `limit`.
-fn wait_gone_within(pid: i32, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty()
-            || stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("pid {pid} still lives after {limit:?}");
 }
 
 /// A move behind the proxy that fails after the plain service stopped
@@ -1682,7 +1583,11 @@ fn behind_the_proxy_a_release_crash_looping_after_its_deploy_is_replaced_by_the_
     }
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
     stop.store(true, Ordering::SeqCst);
-    let (seen, errors, _) = client.join().expect("client thread");
+    let keep_alive::Seen {
+        versions: seen,
+        errors,
+        ..
+    } = client.join().expect("client thread");
     assert!(errors.is_empty(), "the client saw errors: {errors:?}");
     assert_eq!(seen, ["1.0.0", "2.0.0", "1.0.0"]);
     assert_eq!(runner_pid(&p.root()), Some(runner), "the same runner stays");

@@ -39,13 +39,7 @@ fn project_with_file_secret(secret: &str, edit: impl FnOnce(String) -> String) -
     });
     // The loader drops one trailing newline, as a key file has.
     std::fs::write(project.path().join("secret.pem"), format!("{secret}\n")).unwrap();
-    let file = project.path().join("shipjar.toml");
-    let config = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(
-        &file,
-        config.replace("@DIR@", &project.path().display().to_string()),
-    )
-    .unwrap();
+    project.fill_in_dir();
     project
 }
 

@@ -11,6 +11,8 @@ mod common;
 mod fleet;
 #[path = "support/keep_alive.rs"]
 mod keep_alive;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 #[path = "support/systemd_host.rs"]
 mod systemd_host;
 
@@ -20,7 +22,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::last_json;
 use common::{hello_jar, shipjar_bin, text};
+use lifecycle::{StageProject, resource_statuses};
 use systemd_host::{Stopped, SystemState, SystemdFleet, require_root};
 
 /// One host per test, but the tests that look at one deployed service
@@ -197,121 +201,41 @@ fn systemd_host_reboot_keeps_disk_state_and_starts_with_empty_run_and_tmp() {
     }
 }
 
-/// A hello project whose stage `systemd` is one systemd host. The service
-/// logs every request with a millisecond UTC timestamp, so its own log
-/// says when it first answered healthy.
-struct SystemdProject {
+/// A hello project whose stage `systemd` is one systemd host, with
+/// `stage_extra` lines in the stage's table. The service logs every request
+/// with a millisecond UTC timestamp, so its own log says when it first
+/// answered healthy.
+fn systemd_project(f: &SystemdFleet, host: &str, stage_extra: &str) -> StageProject {
+    systemd_project_in(f, host, stage_extra, lifecycle::temp_dir("systemd"))
+}
+
+/// The same in `dir`.
+fn systemd_project_in(
+    f: &SystemdFleet,
+    host: &str,
+    stage_extra: &str,
     dir: tempfile::TempDir,
-    secret: String,
-}
-
-impl SystemdProject {
-    fn new(f: &SystemdFleet, host: &str) -> SystemdProject {
-        SystemdProject::with_stage(f, host, "")
-    }
-
-    /// With `stage_extra` lines in the stage's table.
-    fn with_stage(f: &SystemdFleet, host: &str, stage_extra: &str) -> SystemdProject {
-        let dir = tempfile::Builder::new()
-            .prefix("shipjar-systemd-")
-            .tempdir()
-            .expect("tempdir");
-        SystemdProject::in_dir(f, host, stage_extra, dir)
-    }
-
-    /// In the fleet's state directory: for a project kept in a static,
-    /// which is never dropped; the fleet's teardown removes it.
-    fn in_fleet_dir(f: &SystemdFleet, host: &str) -> SystemdProject {
-        let dir = tempfile::Builder::new()
-            .prefix("project-")
-            .tempdir_in(f.fleet().dir())
-            .expect("tempdir");
-        SystemdProject::in_dir(f, host, "", dir)
-    }
-
-    fn in_dir(
-        f: &SystemdFleet,
-        host: &str,
-        stage_extra: &str,
-        dir: tempfile::TempDir,
-    ) -> SystemdProject {
-        common::write_fleet_project(
-            dir.path(),
-            "systemd",
-            &[host.to_string()],
-            f.ssh_config(),
-            stage_extra,
-            |c| {
-                // Reachable from the test (outside the host) on the host's address.
-                c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\", TZ = \"UTC\"")
-                    .replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
-                    .replace("timeout = \"15s\"", "timeout = \"5s\"")
-            },
-        );
-        // FINE: hello logs each request it answered.
-        fs::copy(
-            dir.path().join("deploy/logging-local.properties"),
-            dir.path().join("deploy/logging-systemd.properties"),
-        )
-        .expect("logging config");
-        SystemdProject {
-            dir,
-            secret: common::unique_secret(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(shipjar_bin())
-            .arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run shipjar")
-    }
-
-    /// `deploy --json` of the hello jar as `version`, with `env` for this release.
-    fn deploy(&self, version: &str, env: &[&str]) -> Output {
-        let jar = hello_jar().to_string_lossy().into_owned();
-        let mut args = vec![
-            "--json",
-            "deploy",
-            "systemd",
-            "--artifact",
-            &jar,
-            "--version",
-            version,
-        ];
-        for e in env {
-            args.extend(["--env", e]);
-        }
-        self.run(&args)
-    }
-}
-
-fn last_json(out: &Output) -> serde_json::Value {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-/// Statuses of the resources a `--json provision` reports.
-fn resource_statuses(out: &Output) -> Vec<(String, String)> {
-    last_json(out)["hosts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|h| h["resources"].as_array().cloned().unwrap_or_default())
-        .map(|r| {
-            (
-                r["resource"].as_str().unwrap_or_default().to_string(),
-                r["status"].as_str().unwrap_or_default().to_string(),
+) -> StageProject {
+    let p = StageProject::new(
+        dir,
+        "systemd",
+        &[host.to_string()],
+        f.ssh_config(),
+        stage_extra,
+        |c| {
+            // Reachable from the test (outside the host) on the host's address.
+            lifecycle::short_timeouts(
+                c.replace("BIND = \"127.0.0.1\"", "BIND = \"0.0.0.0\", TZ = \"UTC\""),
             )
-        })
-        .collect()
+        },
+    );
+    // FINE: hello logs each request it answered.
+    fs::copy(
+        p.path().join("deploy/logging-local.properties"),
+        p.path().join("deploy/logging-systemd.properties"),
+    )
+    .expect("logging config");
+    p
 }
 
 #[test]
@@ -321,10 +245,9 @@ fn systemd_provision_installs_and_enables_the_unit() {
     let f = fleet();
     let host = PROVISION_HOST;
     assert_running(&f, host);
-    let p = SystemdProject::new(&f, host);
+    let p = systemd_project(&f, host, "");
 
-    let first = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let first = p.provision();
     assert!(!text(&first).contains(&p.secret));
     let statuses = resource_statuses(&first);
     assert!(
@@ -355,8 +278,7 @@ fn systemd_provision_installs_and_enables_the_unit() {
         "{seen}"
     );
 
-    let second = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let second = p.provision();
     let statuses = resource_statuses(&second);
     assert!(
         !statuses.is_empty() && statuses.iter().all(|(_, s)| s == "ok"),
@@ -371,18 +293,10 @@ fn systemd_deploy_survives_a_reboot_under_its_unit() {
     let f = fleet();
     let host = DEPLOY_HOST;
     assert_running(&f, host);
-    let p = SystemdProject::new(&f, host);
-    let provision = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let p = systemd_project(&f, host, "");
+    p.provision();
 
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(
-        deploy.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&deploy),
-        f.diagnostics(host)
-    );
+    p.deployed_else("1.0.0", &[], || f.diagnostics(host));
     agree(&f, host, &p, Expect::Running("1.0.0"));
     report(&f, host);
 
@@ -407,9 +321,8 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
     let f = fleet();
     let host = LIFECYCLE_HOST;
     assert_running(&f, host);
-    let p = SystemdProject::new(&f, host);
-    let provision = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
+    let p = systemd_project(&f, host, "");
+    p.provision();
     let unit_before = ssh_ok(&f, host, "cat /etc/systemd/system/hello.service");
     assert!(
         unit_before.contains("TimeoutStartSec=100000ms"),
@@ -417,14 +330,7 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
     );
 
     // Deploy: READY=1 only once hello answers its health check.
-    let deploy = p.deploy("1.0.0", &["STARTUP_DELAY_MS=1500"]);
-    assert_eq!(
-        deploy.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&deploy),
-        f.diagnostics(host)
-    );
+    let deploy = p.deployed_else("1.0.0", &["STARTUP_DELAY_MS=1500"], || f.diagnostics(host));
     let first = agree(&f, host, &p, Expect::Running("1.0.0"));
     assert_ready_after_healthy(&f, host, Duration::from_millis(1500));
     assert_healthy_after_is_the_supervisors(&f, host, &deploy);
@@ -440,8 +346,7 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
     assert_eq!(after, first, "provision restarted something");
 
     // A second release, then a rollback to the first.
-    let deploy = p.deploy("1.0.1", &[]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    p.deployed("1.0.1", &[]);
     let second = agree(&f, host, &p, Expect::Running("1.0.1"));
     assert_ne!(
         second.main_pid, first.main_pid,
@@ -491,7 +396,7 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
     ssh_ok(&f, host, &format!("kill -KILL {}", restarted.service_pid));
     let deadline = Instant::now() + Duration::from_secs(30);
     let recovered = loop {
-        let seen = observe(&f, host, &p);
+        let seen = p.observe();
         // Running again once healthy (while it starts, status says so).
         if seen.healthy == Some(true) && seen.service_pid != restarted.service_pid {
             break agree(&f, host, &p, Expect::Running("1.0.0"));
@@ -507,7 +412,7 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
         recovered.main_pid, restarted.main_pid,
         "systemd restarted it"
     );
-    let status = observe(&f, host, &p).json;
+    let status = p.observe().json;
     assert_eq!(
         status["hosts"][0]["status"]["service"]["restarts"], 1,
         "{status}"
@@ -521,17 +426,10 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
     // Started by hand outside the unit: the next deploy stops that
     // supervisor and hands the service back to the unit.
     ssh_ok(&f, host, "/usr/local/bin/shipjar service start hello");
-    let outside = observe(&f, host, &p);
+    let outside = p.observe();
     assert_eq!(outside.state, "running", "{outside:?}");
     assert_eq!(systemctl_show(&f, host).active, "inactive");
-    let deploy = p.deploy("1.0.4", &[]);
-    assert_eq!(
-        deploy.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&deploy),
-        f.diagnostics(host)
-    );
+    let deploy = p.deployed_else("1.0.4", &[], || f.diagnostics(host));
     let adopted = agree(&f, host, &p, Expect::Running("1.0.4"));
     assert_ne!(adopted.main_pid, outside.supervisor_pid);
     let result = last_json(&deploy);
@@ -544,7 +442,7 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
 /// Deploys a release that hangs at start, interrupts the operator twice
 /// once the unit is activating; how long from the second Ctrl-C to the
 /// deploy's exit (130, the host back on its release).
-fn cancel_a_hung_deploy(f: &SystemdFleet, host: &str, p: &SystemdProject) -> Duration {
+fn cancel_a_hung_deploy(f: &SystemdFleet, host: &str, p: &StageProject) -> Duration {
     use std::io::BufRead;
     let jar = hello_jar().to_string_lossy().into_owned();
     let mut child = Command::new(shipjar_bin())
@@ -629,7 +527,7 @@ fn cancel_a_hung_deploy(f: &SystemdFleet, host: &str, p: &SystemdProject) -> Dur
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let show = systemctl_show(f, host);
-        let seen = observe(f, host, p);
+        let seen = p.observe();
         if (show.active.as_str(), show.sub.as_str()) == ("active", "running")
             && seen.code == 0
             && seen.state == "running"
@@ -660,11 +558,9 @@ fn systemd_watchdog_restarts_a_hung_supervisor() {
     let f = fleet();
     let host = WATCHDOG_HOST;
     assert_running(&f, host);
-    let p = SystemdProject::new(&f, host);
-    let provision = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    let p = systemd_project(&f, host, "");
+    p.provision();
+    p.deployed("1.0.0", &[]);
     let before = agree(&f, host, &p, Expect::Running("1.0.0"));
     let watchdog = ssh_ok(&f, host, "systemctl show -p WatchdogUSec --value hello");
     assert_eq!(watchdog, "1min", "WatchdogSec");
@@ -734,47 +630,6 @@ fn systemctl_show(f: &SystemdFleet, host: &str) -> Shown {
     }
 }
 
-/// What shipjar's own `status` says of the host.
-#[derive(Debug)]
-struct Observed {
-    code: i32,
-    state: String,
-    service_pid: i32,
-    supervisor_pid: i32,
-    healthy: Option<bool>,
-    running_version: String,
-    reported_version: String,
-    current_version: String,
-    flags: Vec<String>,
-    json: serde_json::Value,
-}
-
-fn observe(_f: &SystemdFleet, _host: &str, p: &SystemdProject) -> Observed {
-    let out = p.run(&["--json", "status", "systemd"]);
-    let json = last_json(&out);
-    let h = &json["hosts"][0];
-    let st = &h["status"];
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let pid = |v: &serde_json::Value| v.as_i64().map_or(0, |p| p as i32);
-    Observed {
-        code: out.status.code().unwrap_or(-1),
-        state: text(&st["service"]["state"]),
-        service_pid: pid(&st["service"]["pid"]),
-        supervisor_pid: pid(&st["service"]["supervisor_pid"]),
-        healthy: st["service"]["healthy"].as_bool(),
-        running_version: text(&st["running_version"]),
-        reported_version: text(&st["reported_version"]),
-        current_version: text(&st["current"]["version"]),
-        flags: h["flags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(text)
-            .collect(),
-        json,
-    }
-}
-
 /// What a test expects the host to run.
 #[derive(Clone, Copy, Debug)]
 enum Expect<'a> {
@@ -795,9 +650,9 @@ struct Agreed {
 /// answer over HTTP say the same thing; for a running service, that the
 /// unit's main process is shipjar's supervisor, running as root, and the
 /// JVM its child, running as hello.
-fn agree(f: &SystemdFleet, host: &str, p: &SystemdProject, expect: Expect) -> Agreed {
+fn agree(f: &SystemdFleet, host: &str, p: &StageProject, expect: Expect) -> Agreed {
     let show = systemctl_show(f, host);
-    let seen = observe(f, host, p);
+    let seen = p.observe();
     let served = served(&f.ip(host));
     let context = || {
         format!(
@@ -818,11 +673,7 @@ fn agree(f: &SystemdFleet, host: &str, p: &SystemdProject, expect: Expect) -> Ag
             assert_eq!(seen.state, "running", "{}", context());
             assert_eq!(seen.supervisor_pid, show.main_pid, "{}", context());
             assert_eq!(seen.healthy, Some(true), "{}", context());
-            for v in [
-                &seen.running_version,
-                &seen.reported_version,
-                &seen.current_version,
-            ] {
+            for v in &seen.versions {
                 assert_eq!(v, version, "{}", context());
             }
             assert_eq!(served.as_deref(), Some(version), "{}", context());
@@ -834,24 +685,11 @@ fn agree(f: &SystemdFleet, host: &str, p: &SystemdProject, expect: Expect) -> Ag
                     show.main_pid, seen.service_pid
                 ),
             );
-            let lines: Vec<Vec<&str>> = procs
-                .lines()
-                .map(|l| l.split_whitespace().collect())
-                .collect();
-            assert!(
-                lines.len() == 2
-                    && lines[0][0] == "root"
-                    && lines[0][2..].starts_with(&[
-                        "/usr/local/bin/shipjar",
-                        "service",
-                        "run",
-                        "hello"
-                    ])
-                    && lines[1][0] == "hello"
-                    && lines[1][1] == show.main_pid.to_string()
-                    && lines[1][2] == "java",
-                "MainPID is not the root supervisor, or the JVM not its child as hello:\n{procs}\n{}",
-                context()
+            lifecycle::assert_root_supervisor_and_hello_jvm(
+                &procs,
+                show.main_pid,
+                &["/usr/local/bin/shipjar", "service", "run", "hello"],
+                &format!("MainPID is not the supervisor\n{}", context()),
             );
             Agreed {
                 main_pid: show.main_pid,
@@ -880,9 +718,8 @@ fn agree(f: &SystemdFleet, host: &str, p: &SystemdProject, expect: Expect) -> Ag
 }
 
 /// A provision now reports every resource `ok` and changes no directory.
-fn assert_provision_changes_nothing(f: &SystemdFleet, host: &str, p: &SystemdProject) {
-    let again = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+fn assert_provision_changes_nothing(f: &SystemdFleet, host: &str, p: &StageProject) {
+    let again = p.provision();
     let statuses = resource_statuses(&again);
     let changed: Vec<&(String, String)> = statuses.iter().filter(|(_, s)| s != "ok").collect();
     let dirs = ssh_ok(
@@ -1010,24 +847,7 @@ fn assert_healthy_after_is_the_supervisors(f: &SystemdFleet, host: &str, deploy:
 
 /// The version the service reports over HTTP, asked from outside the host.
 fn served(ip: &str) -> Option<String> {
-    served_on(ip, PORT)
-}
-
-/// The version answered on `port` of the host.
-fn served_on(ip: &str, port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().ok()?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
-    write!(stream, "GET /version HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let body = response.split_once("\r\n\r\n")?.1;
-    let value: serde_json::Value = serde_json::from_str(body).ok()?;
-    value["version"].as_str().map(str::to_string)
+    lifecycle::served(ip, PORT)
 }
 
 #[test]
@@ -1115,23 +935,15 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     let f = fleet();
     let host = PROXY_HOST;
     assert_running(&f, host);
-    let p = SystemdProject::with_stage(
+    let p = systemd_project(
         &f,
         host,
         &format!("proxy = {{ listen = \"0.0.0.0:{PROXY_PORT}\", ports = [18081, 18082] }}"),
     );
-    let provision = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(
-        deploy.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&deploy),
-        f.diagnostics(host)
-    );
+    p.provision();
+    p.deployed_else("1.0.0", &[], || f.diagnostics(host));
     let ip = f.ip(host);
-    assert_eq!(served_on(&ip, PROXY_PORT).as_deref(), Some("1.0.0"));
+    assert_eq!(lifecycle::served(&ip, PROXY_PORT).as_deref(), Some("1.0.0"));
     assert_eq!(
         ssh_ok(&f, host, "systemctl is-active hello.service"),
         "active",
@@ -1149,8 +961,7 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     let stop = Arc::new(AtomicBool::new(false));
     let addr: std::net::SocketAddr = format!("{ip}:{PROXY_PORT}").parse().expect("address");
     let client = keep_alive::spawn(addr, stop.clone());
-    let deploy = p.deploy("2.0.0", &[]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    let deploy = p.deployed("2.0.0", &[]);
     // The instance the deploy started (from its ssh session) joined the unit.
     assert!(
         text(&deploy).contains("moved into hello.service"),
@@ -1195,11 +1006,11 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     assert!(matches!(stopped, Stopped::PoweredOff(_)), "{stopped:?}");
     assert_running(&f, host);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while served_on(&ip, PROXY_PORT).is_none() && Instant::now() < deadline {
+    while lifecycle::served(&ip, PROXY_PORT).is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        served_on(&ip, PROXY_PORT).as_deref(),
+        lifecycle::served(&ip, PROXY_PORT).as_deref(),
         Some("2.0.0"),
         "{}",
         f.diagnostics(host)
@@ -1290,7 +1101,7 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
 
     // Stopped by systemd: instances, then the proxy; LSB 3.
     ssh_ok(&f, host, "systemctl stop hello.service");
-    assert_eq!(served_on(&ip, PROXY_PORT), None);
+    assert_eq!(lifecycle::served(&ip, PROXY_PORT), None);
     let status = f.ssh(host, "/usr/local/bin/shipjar service status hello");
     assert_eq!(status.status.code(), Some(3), "{}", text(&status));
     let left = f.ssh(host, "systemctl is-active hello.service");
@@ -1301,7 +1112,7 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
 /// under the generated (hardened) unit, for the tests that look at it.
 struct Hardened {
     /// Kept: the project that deployed it.
-    _project: SystemdProject,
+    _project: StageProject,
     /// The JVM's pid.
     service_pid: i32,
 }
@@ -1314,17 +1125,15 @@ fn hardened(f: &SystemdFleet) -> &'static Hardened {
     HARDENED.get_or_init(|| {
         let host = HARDENED_HOST;
         assert_running(f, host);
-        let p = SystemdProject::in_fleet_dir(f, host);
-        let provision = p.run(&["--json", "provision", "systemd"]);
-        assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-        let deploy = p.deploy("1.0.0", &[]);
-        assert_eq!(
-            deploy.status.code(),
-            Some(0),
-            "{}\n{}",
-            text(&deploy),
-            f.diagnostics(host)
-        );
+        // In the fleet's state directory: the project is kept in a static,
+        // which is never dropped; the fleet's teardown removes it.
+        let dir = tempfile::Builder::new()
+            .prefix("project-")
+            .tempdir_in(f.fleet().dir())
+            .expect("tempdir");
+        let p = systemd_project_in(f, host, "", dir);
+        p.provision();
+        p.deployed_else("1.0.0", &[], || f.diagnostics(host));
         let agreed = agree(f, host, &p, Expect::Running("1.0.0"));
         Hardened {
             _project: p,
@@ -1442,19 +1251,6 @@ fn systemd_status_works_for_any_user_under_the_unit() {
     );
 }
 
-/// Appends a `[restart]` that gives up in seconds, with `auto_revert` on.
-fn with_auto_revert(project_dir: &Path) {
-    let file = project_dir.join("shipjar.toml");
-    let config = fs::read_to_string(&file).expect("read config");
-    fs::write(
-        &file,
-        config
-            + "\n[restart]\ninitial_delay = \"200ms\"\nmax_failures = 2\nwindow = \"2m\"\n\
-               auto_revert = true\nrevert_window = \"15m\"\n",
-    )
-    .expect("write config");
-}
-
 /// Under its unit, a release that crash-loops after its deploy is replaced
 /// by the previous one by the supervisor itself: the unit stays active with
 /// the same main process, and `shipjar status` flags the drift.
@@ -1466,14 +1262,11 @@ fn systemd_auto_revert_goes_back_under_the_unit_which_stays_active() {
     let f = SystemdFleet::new(1);
     let host = "app1";
     assert_running(&f, host);
-    let p = SystemdProject::new(&f, host);
-    with_auto_revert(p.dir.path());
-    let provision = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
-    let deploy = p.deploy("2.0.0", &["CRASH_AFTER_S=2"]);
-    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    let p = systemd_project(&f, host, "");
+    p.append_config(lifecycle::QUICK_AUTO_REVERT);
+    p.provision();
+    p.deployed("1.0.0", &[]);
+    p.deployed("2.0.0", &["CRASH_AFTER_S=2"]);
     let main = ssh_ok(&f, host, "systemctl show -p MainPID --value hello.service");
 
     let ip = f.fleet().ip(host);
@@ -1529,20 +1322,10 @@ fn systemd_journal_takes_the_service_output_and_logs_reads_it_there() {
     let f = SystemdFleet::new(1);
     let host = "app1";
     assert_running(&f, host);
-    let p = SystemdProject::new(&f, host);
-    let file = p.dir.path().join("shipjar.toml");
-    let config = fs::read_to_string(&file).expect("read config");
-    fs::write(&file, config + "\n[logs]\nto = \"journal\"\n").expect("write config");
-    let provision = p.run(&["--json", "provision", "systemd"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let deploy = p.deploy("1.0.0", &[]);
-    assert_eq!(
-        deploy.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&deploy),
-        f.diagnostics(host)
-    );
+    let p = systemd_project(&f, host, "");
+    p.append_config("\n[logs]\nto = \"journal\"\n");
+    p.provision();
+    p.deployed_else("1.0.0", &[], || f.diagnostics(host));
     let journal = ssh_ok(&f, host, "journalctl -t hello --no-pager -o cat");
     assert!(journal.contains("listening on"), "{journal}");
     assert!(journal.contains("[shipjar] healthy after"), "{journal}");

@@ -7,14 +7,16 @@
 mod common;
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 #[path = "support/systemd_host.rs"]
 mod systemd_host;
 
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{hello_jar, shipjar_bin, text};
+use common::text;
+use lifecycle::StageProject;
 use systemd_host::{SystemState, SystemdFleet, require_root};
 
 fn fleet() -> Arc<SystemdFleet> {
@@ -22,44 +24,15 @@ fn fleet() -> Arc<SystemdFleet> {
 }
 
 /// A copy of the hello project whose `systemd` stage is the one host.
-struct Project {
-    dir: tempfile::TempDir,
-    secret: String,
-}
-
-impl Project {
-    fn new(f: &SystemdFleet, host: &str) -> Project {
-        let dir = tempfile::Builder::new()
-            .prefix("shipjar-systemd-status-")
-            .tempdir()
-            .expect("tempdir");
-        common::write_fleet_project(
-            dir.path(),
-            "systemd",
-            &[host.to_string()],
-            f.ssh_config(),
-            "",
-            |c| {
-                c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
-                    .replace("timeout = \"15s\"", "timeout = \"5s\"")
-            },
-        );
-        Project {
-            dir,
-            secret: common::unique_secret(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(shipjar_bin())
-            .arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run shipjar")
-    }
+fn project(f: &SystemdFleet, host: &str) -> StageProject {
+    StageProject::new(
+        lifecycle::temp_dir("systemd"),
+        "systemd",
+        &[host.to_string()],
+        f.ssh_config(),
+        "",
+        lifecycle::short_timeouts,
+    )
 }
 
 /// `service status hello` on the host, as root: exit code and first line.
@@ -92,25 +65,9 @@ fn root_believes_the_units_supervisor_and_systemd_leaves_no_orphan() {
         "{}",
         f.diagnostics(host)
     );
-    let p = Project::new(&f, host);
-    let out = p.run(&["provision", "systemd"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let out = p.run(&[
-        "deploy",
-        "systemd",
-        "--artifact",
-        &jar,
-        "--version",
-        "1.0.0",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out),
-        f.diagnostics(host)
-    );
+    let p = project(&f, host);
+    p.provision();
+    p.deployed_else("1.0.0", &[], || f.diagnostics(host));
 
     // The run dir's files are root's, as under an init script; root proves
     // the supervisor (its program, command line, owner) and believes it.

@@ -37,7 +37,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{hello_jar, shipjar_bin};
+use common::hello_jar;
+pub use common::host::eventually as wait_until;
+pub use common::{host_field, last_json, say, text};
 use fleet::{Fleet, require_root};
 
 /// The one host attacked.
@@ -126,9 +128,9 @@ fn attack_suite() {
         ),
         ("jar named RELEASE", release::jar_named_release),
     ];
-    let only = std::env::var("SHIPJAR_ATTACK_ONLY").unwrap_or_default();
+    // SHIPJAR_ATTACK_ONLY: a comma-separated list of parts of names.
     for (name, run) in attacks {
-        if !only.is_empty() && !only.split(',').any(|o| name.contains(o)) {
+        if !common::selected("SHIPJAR_ATTACK_ONLY", name) {
             continue;
         }
         s.run_attack(name, run);
@@ -148,24 +150,15 @@ fn attack_suite() {
     ));
     let failures = std::mem::take(&mut s.failures);
     drop(s);
-    assert!(
-        failures.is_empty(),
-        "{} violation(s):\n- {}",
-        failures.len(),
-        failures.join("\n- ")
-    );
+    common::assert_no_violations("", &failures);
 }
 
 impl Suite {
     fn new() -> Suite {
         let fleet = Fleet::new(1);
-        let dir = tempfile::Builder::new()
-            .prefix("shipjar-attacks-")
-            .tempdir()
-            .expect("tempdir");
         let hosts = fleet.hosts();
-        common::write_fleet_project(
-            dir.path(),
+        let dir = common::new_fleet_project(
+            "shipjar-attacks-",
             "one",
             &hosts,
             fleet.ssh_config(),
@@ -278,12 +271,7 @@ impl Suite {
         self.scenario = name.to_string();
         say(&format!("attacks: == {name}"));
         if let Err(e) = catch_unwind(AssertUnwindSafe(|| run(self))) {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into());
-            self.fail(format!("aborted: {msg}"));
+            self.fail(format!("aborted: {}", common::panic_message(&*e)));
         }
         self.compare_root_files();
         if catch_unwind(AssertUnwindSafe(|| self.recover())).is_err() {
@@ -309,13 +297,8 @@ impl Suite {
 
     /// A `shipjar` command in the project, with the secrets in its environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(shipjar_bin());
-        cmd.arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .env("ATTACK_ALIAS", &self.alias)
-            .stdin(Stdio::null());
+        let mut cmd = common::shipjar_in(self.dir.path(), &self.secret, args);
+        cmd.env("ATTACK_ALIAS", &self.alias);
         cmd
     }
 
@@ -369,31 +352,13 @@ impl Suite {
 
     /// Runs `argv` in the host as `user` (the attacker), to its end.
     pub fn as_user(&self, user: &str, argv: &[&str]) -> Output {
-        let mut full = vec!["setpriv", "--reuid", user, "--regid", user, "--init-groups"];
-        if user == "nobody" {
-            full = vec![
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-            ];
-        }
-        full.extend_from_slice(argv);
+        let full = as_user_argv(user, argv);
         self.fleet.exec(HOST, &full)
     }
 
     /// Starts `argv` in the host as `user` in the background; its output is piped.
     pub fn spawn_as(&self, user: &str, argv: &[&str]) -> std::process::Child {
-        let mut full = vec!["setpriv", "--reuid", user, "--regid", user, "--init-groups"];
-        if user == "nobody" {
-            full = vec![
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-            ];
-        }
-        full.extend_from_slice(argv);
+        let full = as_user_argv(user, argv);
         let mut cmd = self.host_command(&full);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -819,25 +784,25 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// `argv` run by `setpriv` as `user` (nobody: with no groups at all).
+fn as_user_argv<'a>(user: &'a str, argv: &[&'a str]) -> Vec<&'a str> {
+    let mut full = if user == "nobody" {
+        vec![
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]
+    } else {
+        vec!["setpriv", "--reuid", user, "--regid", user, "--init-groups"]
+    };
+    full.extend_from_slice(argv);
+    full
+}
+
 /// Whether `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Writes a line to stderr past the test harness's capture.
-pub fn say(line: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// stdout and stderr of a command, lossily decoded.
-pub fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Nanoseconds since the epoch, for unique markers.
@@ -849,32 +814,8 @@ fn nanos() -> u128 {
 
 /// `GET path` on the host's service from outside the host: status and body.
 pub fn http_get(ip: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::Write as _;
-    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&(ip, PORT).into(), Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let response = String::from_utf8_lossy(&response).to_string();
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
-
-/// Polls `ready` every 50 ms for at most `limit`; whether it became true.
-pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let addr = format!("{ip}:{PORT}").parse().ok()?;
+    common::http_get_at(addr, path, Duration::from_secs(3))
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{self, hello_jar, shipjar_bin};
+use crate::common::{self, hello_jar};
 use crate::systemd_host::{SystemdFleet, require_root};
 use crate::{DECOY, contains, http_get, limited, say, text, wait_until};
 
@@ -50,23 +50,14 @@ fn systemd_attacks() {
     ));
     let failures = std::mem::take(&mut s.failures);
     drop(s);
-    assert!(
-        failures.is_empty(),
-        "{} violation(s):\n- {}",
-        failures.len(),
-        failures.join("\n- ")
-    );
+    common::assert_no_violations("", &failures);
 }
 
 impl Sd {
     fn new() -> Sd {
         let f = SystemdFleet::new(1);
-        let dir = tempfile::Builder::new()
-            .prefix("shipjar-attacks-sd-")
-            .tempdir()
-            .expect("tempdir");
-        common::write_fleet_project(
-            dir.path(),
+        let dir = common::new_fleet_project(
+            "shipjar-attacks-sd-",
             "sd",
             &[HOST.to_string()],
             f.ssh_config(),
@@ -122,12 +113,7 @@ impl Sd {
 
     /// shipjar on the operator's side under a deadline; output scanned.
     fn op(&mut self, args: &[&str], limit: Duration) -> Output {
-        let mut cmd = Command::new(shipjar_bin());
-        cmd.arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .stdin(Stdio::null());
+        let cmd = common::shipjar_in(self.dir.path(), &self.secret, args);
         self.run(cmd, &args.join(" "), limit)
     }
 

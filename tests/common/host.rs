@@ -44,6 +44,35 @@ pub fn alive(pid: i32) -> bool {
     start_ticks(pid).is_some()
 }
 
+/// SIGKILL to the process group a pidfile names on its first line, if any.
+pub fn kill_recorded_group(pidfile: &Path) {
+    if let Some(pid) = fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+    {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// SIGKILL to `pid`, whatever became of it.
+pub fn sigkill(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Waits until `pid` is gone or a zombie; panics after `limit`.
+pub fn wait_gone(pid: i32, limit: Duration) {
+    assert!(
+        eventually(limit, || !alive(pid)),
+        "pid {pid} still lives after {limit:?}"
+    );
+}
+
 /// Waits until `cond` holds, at most `limit`.
 pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + limit;

@@ -76,6 +76,71 @@ pub fn write_fleet_project(
     std::fs::write(dir.join("shipjar.toml"), config).expect("write config");
 }
 
+/// `shipjar -C DIR ARGS…` with `secret` as the database password in its
+/// environment and no stdin, not yet run.
+pub fn shipjar_in(dir: &Path, secret: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(shipjar_bin());
+    cmd.arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("HELLO_DB_PASSWORD", secret)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A new temp dir (named `prefix`…) holding a copy of the hello project
+/// with a stage as [`write_fleet_project`] writes it.
+pub fn new_fleet_project(
+    prefix: &str,
+    stage: &str,
+    hosts: &[String],
+    ssh_config: &Path,
+    stage_extra: &str,
+    edit: impl FnOnce(String) -> String,
+) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir");
+    write_fleet_project(dir.path(), stage, hosts, ssh_config, stage_extra, edit);
+    dir
+}
+
+/// Copies `from` into `to`, recursively, skipping build output and deploy
+/// roots (`target`, `.shipjar`).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let name = entry.file_name();
+        if name == "target" || name == ".shipjar" {
+            continue;
+        }
+        let kind = entry.file_type().expect("file type");
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(&name)).expect("copy file");
+        }
+    }
+}
+
+/// Fails the test naming the Debian packages `what` needs that are not
+/// installed: `needs` is (a path that must exist, the package that has it).
+pub fn require_packages(what: &str, needs: &[(&str, &str)]) {
+    let missing: Vec<&str> = needs
+        .iter()
+        .filter(|(path, _)| !Path::new(path).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{what} needs Debian packages that are not installed: {m}\n\
+         install them (apt-get install {m}) or run ./run-tests as root, which installs them",
+        m = missing.join(" ")
+    );
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -150,20 +215,33 @@ impl Project {
         self.root().join("var/lib/hello")
     }
 
+    /// Replaces `@DIR@` in shipjar.toml with the project's directory.
+    pub fn fill_in_dir(&self) {
+        let file = self.path().join("shipjar.toml");
+        let config = std::fs::read_to_string(&file).expect("read config");
+        std::fs::write(
+            &file,
+            config.replace("@DIR@", &self.path().display().to_string()),
+        )
+        .expect("write config");
+    }
+
     /// A `shipjar` command in this project with the secret in the environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(shipjar_bin());
-        cmd.arg("-C")
-            .arg(self.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .stdin(Stdio::null());
-        cmd
+        shipjar_in(self.path(), &self.secret, args)
     }
 
     /// Runs `shipjar ARGS` and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run shipjar")
+    }
+
+    /// Runs `shipjar service VERB hello --root ROOT` with `extra` arguments after.
+    pub fn service(&self, verb: &str, extra: &[&str]) -> Output {
+        let root = self.root().to_string_lossy().into_owned();
+        let mut args = vec!["service", verb, "hello", "--root", &root];
+        args.extend_from_slice(extra);
+        self.run(&args)
     }
 
     /// Deploys the prebuilt jar as `version`, with extra arguments.
@@ -174,26 +252,24 @@ impl Project {
         self.run(&args)
     }
 
-    /// Starts a deploy of `version` whose service starts slowly, and returns
-    /// once that deploy holds the lock.
-    pub fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
+    /// Starts a deploy of the prebuilt jar as `version`, with extra
+    /// arguments, its output piped.
+    pub fn spawn_deploy(&self, version: &str, extra: &[&str]) -> std::process::Child {
         let jar = hello_jar().to_string_lossy().into_owned();
-        let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
-        let child = self
-            .command(&[
-                "deploy",
-                "local",
-                "--artifact",
-                &jar,
-                "--version",
-                version,
-                "--env",
-                &delay,
-            ])
+        let mut args = vec!["deploy", "local", "--artifact", &jar, "--version", version];
+        args.extend_from_slice(extra);
+        self.command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn deploy");
+            .expect("spawn deploy")
+    }
+
+    /// Starts a deploy of `version` whose service starts slowly, and returns
+    /// once that deploy holds the lock.
+    pub fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
+        let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
+        let child = self.spawn_deploy(version, &["--env", &delay]);
         let lock = self.root().join("run/hello/deploy.lock");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::fs::read_to_string(&lock)
@@ -291,39 +367,87 @@ impl Drop for Project {
             .stderr(Stdio::null())
             .status();
         // Last resort: the pid the supervisor recorded, if it is still alive.
-        let pidfile = self.root().join("run/hello/hello.pid");
-        if let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        host::kill_recorded_group(&self.root().join("run/hello/hello.pid"));
     }
 }
 
 /// A minimal HTTP GET against 127.0.0.1:port.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
+    http_get_at(([127, 0, 0, 1], port).into(), path, Duration::from_secs(10))
+}
+
+/// A minimal HTTP/1.0 GET of `path` on `addr`, waiting at most `read_timeout`
+/// for the answer: its status and body.
+pub fn http_get_at(
+    addr: std::net::SocketAddr,
+    path: &str,
+    read_timeout: Duration,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(read_timeout)).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        addr.ip()
     )
     .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let response = String::from_utf8_lossy(&response);
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// The last JSON line of a run's stdout (the result of a `--json` command), or null.
+pub fn last_json(out: &Output) -> serde_json::Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The entry of `host` in a result's `hosts`, or null.
+pub fn host_field<'a>(result: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+    result["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["host"] == host))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// Writes a line to stderr past the test harness's capture (a suite's seed
+/// and counts show in every run, passing or not).
+pub fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Fails listing every violation a suite recorded, `context` first.
+pub fn assert_no_violations(context: &str, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{context}{} violation(s):\n- {}",
+        failures.len(),
+        failures.join("\n- ")
+    );
+}
+
+/// Whether the suite runs the scenario `name`: the environment variable
+/// `only_var`, when set, is a comma-separated list of parts of names.
+pub fn selected(only_var: &str, name: &str) -> bool {
+    let only = std::env::var(only_var).unwrap_or_default();
+    only.is_empty() || only.split(',').any(|o| name.contains(o))
+}
+
+/// The message of a caught panic.
+pub fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
 }
 
 /// stdout and stderr of a run, for assertions and scans.

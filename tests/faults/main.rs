@@ -19,13 +19,14 @@ mod procs;
 mod rng;
 mod secrets;
 
-use std::io::Read as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{hello_jar, shipjar_bin};
+use common::hello_jar;
+pub use common::host::eventually as wait_until;
+pub use common::{host_field, last_json, say, text};
 use fleet::{Fleet, require_root};
 use rng::Rng;
 
@@ -128,10 +129,9 @@ fn fault_suite() {
         ("hostile strings", hostile::hostile_strings),
         ("secrets", secrets::secrets),
     ];
-    let only = std::env::var("SHIPJAR_FAULT_ONLY").unwrap_or_default();
+    // SHIPJAR_FAULT_ONLY: a comma-separated list of parts of names.
     for (name, run) in scenarios {
-        // A comma-separated list of parts of scenario names.
-        if !only.is_empty() && !only.split(',').any(|o| name.contains(o)) {
+        if !common::selected("SHIPJAR_FAULT_ONLY", name) {
             continue;
         }
         s.run_scenario(name, run);
@@ -150,28 +150,19 @@ fn fault_suite() {
     ));
     let failures = std::mem::take(&mut s.failures);
     drop(s);
-    assert!(
-        failures.is_empty(),
-        "seed {seed}: {} invariant violation(s):\n- {}",
-        failures.len(),
-        failures.join("\n- ")
-    );
+    common::assert_no_violations(&format!("seed {seed}: "), &failures);
 }
 
 impl Suite {
     fn new(seed: u64) -> Suite {
         let fleet = Fleet::new(HOSTS);
-        let dir = tempfile::Builder::new()
-            .prefix("shipjar-faults-")
-            .tempdir()
-            .expect("tempdir");
         let scratch = tempfile::Builder::new()
             .prefix("shipjar-faults-jars-")
             .tempdir()
             .expect("tempdir");
         let hosts = fleet.hosts();
-        common::write_fleet_project(
-            dir.path(),
+        let dir = common::new_fleet_project(
+            "shipjar-faults-",
             "fleet",
             &hosts,
             fleet.ssh_config(),
@@ -253,12 +244,7 @@ impl Suite {
         self.scenario = name.to_string();
         eprintln!("faults: == {name}");
         if let Err(e) = catch_unwind(AssertUnwindSafe(|| run(self))) {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into());
-            self.fail(format!("aborted: {msg}"));
+            self.fail(format!("aborted: {}", common::panic_message(&*e)));
         }
         let recovered = catch_unwind(AssertUnwindSafe(|| self.recover()));
         if recovered.is_err() {
@@ -282,13 +268,7 @@ impl Suite {
 
     /// A `shipjar` command in the project, the secret in its environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(shipjar_bin());
-        cmd.arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &self.secret)
-            .stdin(Stdio::null());
-        cmd
+        common::shipjar_in(self.dir.path(), &self.secret, args)
     }
 
     /// Runs shipjar and keeps its output in the transcript.
@@ -548,66 +528,8 @@ impl Drop for Suite {
     }
 }
 
-/// Writes a line to stderr past the test harness's capture: the seed and the
-/// counts show in every run, passing or not.
-pub fn say(line: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// stdout and stderr of a command, lossily decoded.
-pub fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The last JSON line of the output (the result of a `--json` command).
-pub fn last_json(out: &Output) -> serde_json::Value {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-/// The entry for `host` in a result's `hosts` array.
-pub fn host_field<'a>(result: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
-    result["hosts"]
-        .as_array()
-        .and_then(|hs| hs.iter().find(|h| h["host"] == host))
-        .unwrap_or(&serde_json::Value::Null)
-}
-
 /// `GET path` on the host's service from outside the host: status and body.
 pub fn http_get(ip: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::Write as _;
-    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&(ip, PORT).into(), Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let response = String::from_utf8_lossy(&response).to_string();
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
-
-/// Polls `ready` every 50 ms for at most `limit`; whether it became true.
-pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let addr = format!("{ip}:{PORT}").parse().ok()?;
+    common::http_get_at(addr, path, Duration::from_secs(3))
 }

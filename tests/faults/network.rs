@@ -66,64 +66,58 @@ pub fn link_cut_mid_upload(s: &mut Suite) {
     let seen = wait_until(Duration::from_secs(30), || uploading(s, host));
     let long = s.long_cut_first;
     let outage = outage(s, long);
+    cut_link(s, host, "the upload", seen, outage);
+    s.fleet.fast_link(host);
+    finish_cut(s, child, host, "link cut mid-upload");
+}
+
+/// Starts a deploy whose service takes 2 s to get healthy and waits (at most
+/// 60 s) until `host` has switched: the deploy, and whether the switch was seen.
+fn deploy_until_switched(s: &mut Suite, host: &str) -> (std::process::Child, bool) {
+    let before = current(s, host);
+    let v = s.next_version();
+    let mut args = Suite::deploy_args("fleet", &v, None);
+    args.extend(["--env".into(), "STARTUP_DELAY_MS=2000".into()]);
+    let child = s.spawn(&args);
+    let switched = wait_until(Duration::from_secs(60), || current(s, host) != before);
+    (child, switched)
+}
+
+/// Cuts `host`'s link for `outage`, during `what` (which the test `seen` begin, or not).
+fn cut_link(s: &mut Suite, host: &str, what: &str, seen: bool, outage: Duration) {
+    let unseen = if seen { "" } else { " (not seen begin)" };
     eprintln!(
-        "faults: cutting {host}'s link {} the upload, for {} ms",
-        if seen {
-            "during"
-        } else {
-            "(upload not seen) during"
-        },
+        "faults: cutting {host}'s link during {what}{unseen}, for {} ms",
         outage.as_millis()
     );
     s.fleet.link_down(host);
     s.counts.faults += 1;
     std::thread::sleep(outage);
     s.fleet.link_up(host);
-    s.fleet.fast_link(host);
+}
+
+/// Waits for the deploy cut off from (or power-cycled under) `host`, then checks the fleet settles
+/// and keeps every invariant.
+fn finish_cut(s: &mut Suite, child: std::process::Child, host: &str, name: &str) {
     let out = s.finish(child, Duration::from_secs(120));
     report_names(s, &out, host);
     check::settle(s);
-    check::invariant(s, "link cut mid-upload", Some(&out), true);
+    check::invariant(s, name, Some(&out), true);
 }
 
 pub fn link_cut_mid_switch(s: &mut Suite) {
     let host = "app2";
-    let before = current(s, host);
-    let v = s.next_version();
-    let mut args = Suite::deploy_args("fleet", &v, None);
-    args.extend(["--env".into(), "STARTUP_DELAY_MS=2000".into()]);
-    let child = s.spawn(&args);
-    let switched = wait_until(Duration::from_secs(60), || current(s, host) != before);
+    let (child, switched) = deploy_until_switched(s, host);
     std::thread::sleep(Duration::from_millis(s.rng.below(1500)));
     let long = !s.long_cut_first;
     let outage = outage(s, long);
-    eprintln!(
-        "faults: cutting {host}'s link {} its switch, for {} ms",
-        if switched {
-            "during"
-        } else {
-            "(switch not seen) during"
-        },
-        outage.as_millis()
-    );
-    s.fleet.link_down(host);
-    s.counts.faults += 1;
-    std::thread::sleep(outage);
-    s.fleet.link_up(host);
-    let out = s.finish(child, Duration::from_secs(120));
-    report_names(s, &out, host);
-    check::settle(s);
-    check::invariant(s, "link cut mid-switch", Some(&out), true);
+    cut_link(s, host, "its switch", switched, outage);
+    finish_cut(s, child, host, "link cut mid-switch");
 }
 
 pub fn power_loss_mid_switch(s: &mut Suite) {
     let host = "app2";
-    let before = current(s, host);
-    let v = s.next_version();
-    let mut args = Suite::deploy_args("fleet", &v, None);
-    args.extend(["--env".into(), "STARTUP_DELAY_MS=2000".into()]);
-    let child = s.spawn(&args);
-    let switched = wait_until(Duration::from_secs(60), || current(s, host) != before);
+    let (child, switched) = deploy_until_switched(s, host);
     let delay = s.rng.below(2500);
     std::thread::sleep(Duration::from_millis(delay));
     eprintln!(
@@ -132,10 +126,7 @@ pub fn power_loss_mid_switch(s: &mut Suite) {
         if switched { "" } else { " (switch not seen)" }
     );
     s.power_cycle(host);
-    let out = s.finish(child, Duration::from_secs(120));
-    report_names(s, &out, host);
-    check::settle(s);
-    check::invariant(s, "power loss mid-switch", Some(&out), true);
+    finish_cut(s, child, host, "power loss mid-switch");
     // After the boot the host runs what `current` names, complete.
     let r = check::real(s, host);
     if !(r.complete && r.served.is_some() && r.served == r.version) {

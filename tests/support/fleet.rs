@@ -256,18 +256,13 @@ impl Fleet {
         let init = host
             .init
             .unwrap_or_else(|| panic!("host {} has no running init", host.name));
-        Command::new("nsenter")
-            .arg(format!("--target={}", init.pid))
-            .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--"])
-            .args(argv)
-            .env_clear()
-            .env("PATH", HOST_PATH)
-            .env("HOME", "/root")
-            .env("USER", "root")
-            .env("LOGNAME", "root")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run nsenter")
+        nsenter(
+            init.pid,
+            &["--mount", "--uts", "--ipc", "--net", "--pid"],
+            argv,
+        )
+        .output()
+        .expect("run nsenter")
     }
 
     /// Cuts the host off the network: its bridge port goes down, so nothing
@@ -657,6 +652,23 @@ impl Fleet {
         }
         problems
     }
+}
+
+/// `nsenter --target=PID NAMESPACES… -- ARGV…`: as root in a host, with a
+/// clean environment (the host's PATH, root's HOME) and stdin closed.
+pub fn nsenter(pid: i32, namespaces: &[&str], argv: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--target={pid}"))
+        .args(namespaces)
+        .arg("--")
+        .args(argv)
+        .env_clear()
+        .env("PATH", HOST_PATH)
+        .env("HOME", "/root")
+        .env("USER", "root")
+        .env("LOGNAME", "root")
+        .stdin(Stdio::null());
+    cmd
 }
 
 impl Drop for Fleet {

@@ -92,6 +92,15 @@ impl Conn {
 /// Asks `addr` for /version on one keep-alive connection, without pause,
 /// until `stop` (at most 10 minutes).
 pub fn spawn(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Seen> {
+    spawn_asking(addr, "/version", stop)
+}
+
+/// [`spawn`] asking for `path` (an answer's `version`, or its body, is what it saw).
+pub fn spawn_asking(
+    addr: SocketAddr,
+    path: &'static str,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Seen> {
     thread::spawn(move || {
         let mut seen = Seen::default();
         let mut conn = None;
@@ -108,7 +117,7 @@ pub fn spawn(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Seen
                 }
             }
             let Some(c) = conn.as_mut() else { continue };
-            match c.get("/version") {
+            match c.get(path) {
                 Ok((200, body)) => {
                     seen.answered += 1;
                     let v = serde_json::from_str::<serde_json::Value>(&body)

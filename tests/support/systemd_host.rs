@@ -743,20 +743,13 @@ fn wait_for_port(ip: &str, deadline: Instant) -> Result<(), String> {
 
 /// Runs `argv` in every namespace of `init` (root, cwd: its root).
 fn exec_in(init: Proc, argv: &[&str]) -> Result<Output, String> {
-    Command::new("nsenter")
-        .arg(format!("--target={}", init.pid))
-        .args([
-            "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup", "--",
-        ])
-        .args(argv)
-        .env_clear()
-        .env("PATH", HOST_PATH)
-        .env("HOME", "/root")
-        .env("USER", "root")
-        .env("LOGNAME", "root")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("run nsenter {argv:?}: {e}"))
+    fleet::nsenter(
+        init.pid,
+        &["--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup"],
+        argv,
+    )
+    .output()
+    .map_err(|e| format!("run nsenter {argv:?}: {e}"))
 }
 
 /// The machine's enabled units (links in /etc/systemd/system/*.wants and
