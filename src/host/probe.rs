@@ -13,8 +13,10 @@ pub struct HttpAnswer {
     pub body: String,
 }
 
-/// Most of a body we read; health and version answers are tiny.
-const MAX_BODY: u64 = 8 * 1024;
+/// Most of a body we read: health answers are tiny, but a version answer
+/// must arrive whole to be checked (a long version string is still a
+/// version); a message shows only its start (`said`).
+const MAX_BODY: u64 = 64 * 1024;
 
 /// Most of a failed answer's body that a message shows.
 const SAID_CHARS: usize = 200;
