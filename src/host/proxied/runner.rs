@@ -9,7 +9,6 @@
 //! the unit's runner).
 
 use std::process::Stdio;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -20,7 +19,6 @@ use super::revert::{self, Reverted};
 use super::runner_record::{self as files, RunnerRecord};
 use crate::host::lockfile::{self, HeldLock, LockError};
 use crate::host::os::detached::{self, Report};
-use crate::host::os::notify::Notifier;
 use crate::host::os::process::Signals;
 use crate::host::os::procfs::{self, Liveness};
 use crate::host::proxy;
@@ -260,16 +258,7 @@ impl<'a> Runner<'a> {
     /// The spec, the runner lock (taken over from a detached runner by the
     /// unit's), blocked signals with the watchdog fed, the record written.
     fn setup(layout: &'a Layout, mode: Mode) -> Result<Runner<'a>, i32> {
-        let notifier = match mode {
-            Mode::Detached => None,
-            Mode::Foreground => Notifier::from_env().map(Rc::new),
-        };
-        let mut readiness = match mode {
-            Mode::Detached => ReadinessChannel::Detached { sent: false },
-            Mode::Foreground => ReadinessChannel::Foreground {
-                notifier: notifier.clone(),
-            },
-        };
+        let (mut readiness, notifier) = ReadinessChannel::open(mode == Mode::Foreground);
         let mut fail = |why: &str| {
             readiness.failed(why, layout);
             1

@@ -34,6 +34,22 @@ pub enum ReadinessChannel {
 }
 
 impl ReadinessChannel {
+    /// The channel of a detached process (one line to `service start`) or
+    /// of one in the foreground (sd_notify, when systemd gave a socket),
+    /// with the notifier for the watchdog.
+    pub fn open(foreground: bool) -> (ReadinessChannel, Option<Rc<Notifier>>) {
+        if !foreground {
+            return (ReadinessChannel::Detached { sent: false }, None);
+        }
+        let notifier = Notifier::from_env().map(Rc::new);
+        (
+            ReadinessChannel::Foreground {
+                notifier: notifier.clone(),
+            },
+            notifier,
+        )
+    }
+
     /// The service is healthy for the first time.
     pub fn ready(&mut self, report: &StartReport) {
         match self {

@@ -14,11 +14,9 @@ mod setup;
 mod watch;
 
 use std::process::Child;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::host::lockfile::HeldLock;
-use crate::host::os::notify::Notifier;
 use crate::host::os::process::{self, Credentials, ExitInfo, Signals};
 use crate::host::supervisor::backoff::{Backoff, Decision};
 use crate::host::supervisor::cds::{self, ClassData};
@@ -47,16 +45,7 @@ pub enum Mode {
 pub fn run(layout: &Layout, mode: Mode) -> i32 {
     // Its events, state file and probe answers may carry what the service said.
     crate::host::secrets::mask_with(layout);
-    let notifier = match mode {
-        Mode::Detached => None,
-        Mode::Foreground => Notifier::from_env().map(Rc::new),
-    };
-    let mut readiness = match mode {
-        Mode::Detached => ReadinessChannel::Detached { sent: false },
-        Mode::Foreground => ReadinessChannel::Foreground {
-            notifier: notifier.clone(),
-        },
-    };
+    let (mut readiness, notifier) = ReadinessChannel::open(mode == Mode::Foreground);
     let signals = match Signals::block() {
         Ok(mut signals) => {
             if let Some(n) = notifier.clone()
