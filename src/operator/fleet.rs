@@ -43,8 +43,10 @@ pub enum Phase {
     Switching {
         /// Hosts in the batch in flight.
         hosts: Vec<String>,
-        /// Hosts already on the new release.
+        /// Hosts already on the new release (restarted, for a restart).
         earlier: usize,
+        /// A restart of what runs, not a switch to another release.
+        restarting: bool,
     },
     /// Putting hosts back, or releasing locks: finishing regardless.
     Finishing,
@@ -118,7 +120,16 @@ fn hard_stop() -> ! {
 fn hard_stop_line(session: &crate::operator::transport::OpenSession, phase: &Phase) -> String {
     let switching =
         matches!(phase, Phase::Switching { hosts, .. } if hosts.contains(&session.host));
-    let state = if switching {
+    let restarting = matches!(
+        phase,
+        Phase::Switching {
+            restarting: true,
+            ..
+        }
+    );
+    let state = if switching && restarting {
+        "its restart was in flight and was asked to cancel: its agent leaves it as it finds it (behind the proxy the old instance keeps serving); `shipjar status` shows which"
+    } else if switching {
         "its switch was in flight and was asked to cancel: its agent goes back to the previous release by itself (or, if it was past the gate, keeps the new one); `shipjar status` shows which"
     } else if session.awaiting {
         "a request was in flight (no switch): its agent finishes it and releases the lock by itself; the release it runs did not change"
@@ -131,7 +142,34 @@ fn hard_stop_line(session: &crate::operator::transport::OpenSession, phase: &Pha
 /// What the `n`th interrupt does during `phase`.
 pub fn interrupt_message(n: usize, phase: &Phase) -> String {
     match (n, phase) {
-        (1, Phase::Switching { hosts, earlier }) => format!(
+        (
+            1,
+            Phase::Switching {
+                hosts,
+                earlier,
+                restarting: true,
+            },
+        ) => format!(
+            "interrupted: stopping after the health gate of {}; {} — Ctrl-C again to abort now (a host cut short is left as its agent finds it)",
+            hosts.join(", "),
+            match earlier {
+                0 => "no other host was restarted".to_string(),
+                1 => "1 host restarted earlier keeps its new process".to_string(),
+                n => format!("{n} hosts restarted earlier keep their new processes"),
+            },
+        ),
+        (
+            _,
+            Phase::Switching {
+                hosts,
+                restarting: true,
+                ..
+            },
+        ) => format!(
+            "aborting: cancelling the restart of {}; each is left as its agent finds it (behind the proxy the old instance keeps serving): `shipjar status` shows which",
+            hosts.join(", ")
+        ),
+        (1, Phase::Switching { hosts, earlier, .. }) => format!(
             "interrupted: stopping after the health gate of {}; {} — Ctrl-C again to abort now and put {} back",
             hosts.join(", "),
             match earlier {
@@ -340,6 +378,32 @@ fn raise_open_file_limit() {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn an_interrupt_during_a_restart_speaks_of_restarts_not_releases() {
+        let phase = |restarting| Phase::Switching {
+            hosts: vec!["app2".into()],
+            earlier: 1,
+            restarting,
+        };
+        let first = interrupt_message(1, &phase(true));
+        assert!(
+            first.contains("1 host restarted earlier keeps its new process"),
+            "{first}"
+        );
+        assert!(!first.contains("release"), "{first}");
+        let second = interrupt_message(2, &phase(true));
+        assert!(
+            second.contains("cancelling the restart of app2"),
+            "{second}"
+        );
+        assert!(!second.contains("previous release"), "{second}");
+        let deploy = interrupt_message(2, &phase(false));
+        assert!(
+            deploy.contains("go back to their previous release"),
+            "{deploy}"
+        );
+    }
 
     #[test]
     fn each_runs_every_item_once_within_the_limit() {

@@ -413,6 +413,7 @@ fn switch_batch(ctx: &Ctx, runs: &mut [Run], n: usize, batch: &[usize]) -> usize
     fleet::set_phase(fleet::Phase::Switching {
         hosts: batch_runs.iter().map(|r| r.host.clone()).collect(),
         earlier,
+        restarting: ctx.action == Action::Restart,
     });
     let cancellers: Vec<Canceller> = batch_runs
         .iter()
