@@ -90,6 +90,21 @@ pub fn render(spec: &InitSpec) -> Result<String, String> {
     line("KillMode=mixed".into());
     line("LimitNOFILE=65536".into());
     hardening(&mut line, &spec.shipjar, &spec.root);
+    line(format!(
+        "ReadWritePaths={}",
+        writable_paths(spec, production)?.join(" ")
+    ));
+    line(String::new());
+    line("[Install]".into());
+    line("WantedBy=multi-user.target".into());
+    Ok(u)
+}
+
+/// What the sandboxed supervisor may write: the log dir and `shared/`; off
+/// the real root also its run dir, and a root under a home directory
+/// (`ProtectHome=read-only` covers it; the supervisor writes class-data
+/// archives in its lib dir).
+fn writable_paths(spec: &InitSpec, production: bool) -> Result<Vec<String>, String> {
     let mut writable = vec![
         path_word_prefixed("-", &spec.log_dir)?,
         path_word_prefixed("-", &spec.shared_dir)?,
@@ -97,16 +112,10 @@ pub fn render(spec: &InitSpec) -> Result<String, String> {
     if !production {
         writable.push(path_word_prefixed("-", &spec.run_dir)?);
     }
-    // `ProtectHome=read-only` covers a root under a home directory: the
-    // supervisor also writes in its lib dir (class-data archives).
     if !production && under_home(&spec.root) {
         writable.push(path_word_prefixed("-", &spec.root)?);
     }
-    line(format!("ReadWritePaths={}", writable.join(" ")));
-    line(String::new());
-    line("[Install]".into());
-    line("WantedBy=multi-user.target".into());
-    Ok(u)
+    Ok(writable)
 }
 
 /// The capabilities the root supervisor (and the proxy's runner, keeper and
