@@ -316,85 +316,26 @@ pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -
     crate::operator::render::mask_available_secrets(&stage.secrets);
     let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
     let keep = *project.config.releases.keep.get_ref();
-    #[derive(Serialize)]
-    struct Listed {
-        #[serde(flatten)]
-        release: ReleaseInfo,
-        /// Why `[releases] keep` keeps it (or that the next deploy prunes it).
-        kept: &'static str,
-    }
-    #[derive(Serialize)]
-    struct HostReleases {
-        host: String,
-        releases: Vec<Listed>,
-        foreign: Vec<String>,
-        error: Option<String>,
-    }
-    let listed = |releases: Vec<ReleaseInfo>| -> Vec<Listed> {
-        let standings: Vec<(bool, Standing)> = releases
-            .iter()
-            .map(|r| {
-                let standing = match r.outcome {
-                    Some(RevisionOutcome::Success) => Standing::Healthy,
-                    Some(_) => Standing::Failed,
-                    None => Standing::NeverSwitched,
-                };
-                (r.current, standing)
-            })
-            .collect();
-        releases
-            .into_iter()
-            .zip(keep::plan(&standings, keep))
-            .map(|(release, kept)| Listed {
-                release,
-                kept: kept.as_str(),
-            })
-            .collect()
-    };
     let mut rows = Vec::new();
     let mut text = String::new();
     for (host, answer) in query_all(&fleet, &stage.hosts, Request::Releases) {
+        let unreachable = |error: String| HostReleases {
+            host: host.clone(),
+            releases: vec![],
+            foreign: vec![],
+            error: Some(error),
+        };
         let row = match answer {
             Ok(Response::Releases { releases, foreign }) => HostReleases {
-                host,
-                releases: listed(releases),
+                host: host.clone(),
+                releases: listed(releases, keep),
                 foreign,
                 error: None,
             },
-            Ok(other) => HostReleases {
-                host,
-                releases: vec![],
-                foreign: vec![],
-                error: Some(format!("{other:?}")),
-            },
-            Err(e) => HostReleases {
-                host,
-                releases: vec![],
-                foreign: vec![],
-                error: Some(e),
-            },
+            Ok(other) => unreachable(format!("{other:?}")),
+            Err(e) => unreachable(e),
         };
-        text.push_str(&format!("{}\n", row.host));
-        if let Some(e) = &row.error {
-            text.push_str(&format!("  ! unreachable: {e}\n"));
-        }
-        for Listed { release: r, kept } in row.releases.iter().rev() {
-            text.push_str(&format!(
-                "  {} {:<20} {:<12} {:<12} {:<14} {} {}  ({kept})\n",
-                if r.current { "*" } else { " " },
-                r.id,
-                r.version,
-                short(&r.artifact_sha256),
-                r.outcome.as_ref().map_or("never switched", |o| o.as_str()),
-                r.deployed_at,
-                r.deployer
-            ));
-        }
-        for name in &row.foreign {
-            text.push_str(&format!(
-                "    {name:<20} (foreign: not made by shipjar; left alone, not counted toward keep)\n"
-            ));
-        }
+        text.push_str(&releases_text(&row));
         rows.push(row);
     }
     let ok = rows.iter().all(|r| r.error.is_none());
@@ -405,6 +346,73 @@ pub fn releases(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -
     }
     reporter.result(&ReleasesResult { ok, hosts: rows }, &text);
     Ok(if ok { 0 } else { 1 })
+}
+
+/// A release as `releases` lists it.
+#[derive(Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    release: ReleaseInfo,
+    /// Why `[releases] keep` keeps it (or that the next deploy prunes it).
+    kept: &'static str,
+}
+
+/// One host's releases, or why they could not be had.
+#[derive(Serialize)]
+struct HostReleases {
+    host: String,
+    releases: Vec<Listed>,
+    foreign: Vec<String>,
+    error: Option<String>,
+}
+
+/// `releases`, each with why `keep` keeps it (the host's prune's own plan).
+fn listed(releases: Vec<ReleaseInfo>, keep: usize) -> Vec<Listed> {
+    let standings: Vec<(bool, Standing)> = releases
+        .iter()
+        .map(|r| {
+            let standing = match r.outcome {
+                Some(RevisionOutcome::Success) => Standing::Healthy,
+                Some(_) => Standing::Failed,
+                None => Standing::NeverSwitched,
+            };
+            (r.current, standing)
+        })
+        .collect();
+    releases
+        .into_iter()
+        .zip(keep::plan(&standings, keep))
+        .map(|(release, kept)| Listed {
+            release,
+            kept: kept.as_str(),
+        })
+        .collect()
+}
+
+/// One host's part of the `releases` text, newest first.
+fn releases_text(row: &HostReleases) -> String {
+    let mut text = format!("{}\n", row.host);
+    if let Some(e) = &row.error {
+        text.push_str(&format!("  ! unreachable: {e}\n"));
+    }
+    for Listed { release: r, kept } in row.releases.iter().rev() {
+        text.push_str(&format!(
+            "  {} {:<20} {:<12} {:<12} {:<14} {} {}  ({kept})\n",
+            if r.current { "*" } else { " " },
+            r.id,
+            r.version,
+            short(&r.artifact_sha256),
+            r.outcome.as_ref().map_or("never switched", |o| o.as_str()),
+            r.deployed_at,
+            r.deployer
+        ));
+    }
+    for name in &row.foreign {
+        text.push_str(&format!(
+            "    {name:<20} (foreign: not made by shipjar; left alone, not counted toward keep)\n"
+        ));
+    }
+    text
 }
 
 /// Asks every host the same read-only question, in parallel; answers in stage order.
