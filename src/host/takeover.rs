@@ -8,9 +8,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::host::init;
+use crate::protocol::hook_wait;
 use crate::protocol::layout::Layout;
 use crate::protocol::{ResourceResult, ResourceStatus};
 
@@ -36,44 +38,64 @@ impl Previous {
         }
     }
 
-    /// Whether the service it manages runs (the script's `status`, `systemctl is-active`).
-    fn running(&self) -> bool {
-        let status = match self {
-            Previous::Script(path) => Command::new("sh").arg(path).arg("status").output(),
-            Previous::Unit { name, .. } => Command::new("systemctl")
-                .args(["is-active", "--quiet", "--", name])
-                .output(),
-        };
-        status.is_ok_and(|o| o.status.success())
-    }
-
-    /// Stops the service through it; the error says what it answered.
-    fn stop(&self) -> Result<(), String> {
-        let mut command = match self {
+    /// `action` through it (`status`, `stop`): a script's own, or `systemctl`'s.
+    fn command(&self, action: &str) -> Command {
+        match self {
             Previous::Script(path) => {
                 let mut c = Command::new("sh");
-                c.arg(path).arg("stop");
+                c.arg(path).arg(action);
                 c
             }
             Previous::Unit { name, .. } => {
                 let mut c = Command::new("systemctl");
-                c.args(["stop", "--", name]);
+                match action {
+                    "status" => c.args(["is-active", "--quiet", "--", name]),
+                    _ => c.args([action, "--", name]),
+                };
                 c
             }
-        };
-        let out = command.output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "it answered {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+        }
+    }
+
+    /// Whether the service it manages runs (the script's `status`,
+    /// `systemctl is-active`); one that does not answer in time (no exit
+    /// code) counts as running: nothing is replaced on a guess.
+    fn running(&self) -> bool {
+        run_within(self.command("status"), STATUS_WITHIN)
+            .is_some_and(|ended| ended.ok || ended.code.is_none())
+    }
+
+    /// Stops the service through it; the error says what it answered.
+    fn stop(&self) -> Result<(), String> {
+        let ended = run_within(self.command("stop"), STOP_WITHIN).ok_or("it could not be run")?;
+        if !ended.ok {
+            return Err(format!("it {}: {}", ended.how, ended.output.join(" | ")));
         }
         if self.running() {
             return Err("it says the service still runs".into());
         }
         Ok(())
     }
+}
+
+/// How long a foreign script's `status` may take.
+const STATUS_WITHIN: Duration = Duration::from_secs(30);
+/// How long its `stop` may take (a JVM's graceful stop included).
+const STOP_WITHIN: Duration = Duration::from_secs(120);
+
+/// Runs `command` in its own process group, killed with it at `within`
+/// (a script not shipjar's may hang); `None` when it cannot be started.
+fn run_within(mut command: Command, within: Duration) -> Option<hook_wait::Ended> {
+    use std::os::unix::process::CommandExt;
+    let mut child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let stderr = child.stderr.take()?;
+    Some(hook_wait::wait(child, stderr, within))
 }
 
 /// Whether `path` holds an init file shipjar did not write.

@@ -138,10 +138,16 @@ fn journal_time(rfc3339: &str) -> String {
     }
 }
 
+/// How long a read that does not follow may take: journald that does not
+/// answer must not hold up `logs`, or a failed start's message.
+const READ_WITHIN: Duration = Duration::from_secs(20);
+
 /// Sends each line `journalctl` prints for `query` to `emit`, until it ends
 /// or (following) `emit` returns false; an empty line is sent every 200 ms
-/// of quiet, as a check that the reader is still there.
+/// of quiet, as a check that the reader is still there. A read that does
+/// not follow ends at [`READ_WITHIN`] with an error.
 pub fn read(query: &Query, emit: &dyn Fn(&str) -> bool) -> Result<(), String> {
+    let until = (!query.follow).then(|| std::time::Instant::now() + READ_WITHIN);
     let mut child = query
         .command()
         .spawn()
@@ -164,6 +170,13 @@ pub fn read(query: &Query, emit: &dyn Fn(&str) -> bool) -> Result<(), String> {
         let _ = child.wait();
     };
     loop {
+        if until.is_some_and(|t| std::time::Instant::now() >= t) {
+            stop(&mut child);
+            return Err(format!(
+                "journalctl did not finish within {} s",
+                READ_WITHIN.as_secs()
+            ));
+        }
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) if line.starts_with("-- ") => {} // journalctl's own notes
             Ok(line) => {
