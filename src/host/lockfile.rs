@@ -408,6 +408,38 @@ pub fn take_switch(layout: &Layout, wait: Duration) -> Result<HeldLock, String> 
     })
 }
 
+/// Why [`take_switch_or_stop`] came back without the lock.
+pub enum NoSwitch {
+    /// A SIGTERM or SIGINT (this signal) arrived while waiting.
+    Stopped(i32),
+    /// Still held at the end of [`SWITCH_WAIT`]: who holds it.
+    Held(String),
+}
+
+/// Takes the switch lock, waiting at most [`SWITCH_WAIT`] and answering a
+/// stop meanwhile (the holder may be a deploy about to stop the waiter):
+/// for a process that owns a service, blocked `signals` and all.
+pub fn take_switch_or_stop(
+    layout: &Layout,
+    signals: &crate::host::os::process::Signals,
+) -> Result<HeldLock, NoSwitch> {
+    let deadline = Instant::now() + SWITCH_WAIT;
+    loop {
+        let why = match take_switch(layout, Duration::ZERO) {
+            Ok(lock) => return Ok(lock),
+            Err(why) => why,
+        };
+        if Instant::now() >= deadline {
+            return Err(NoSwitch::Held(why));
+        }
+        if let Some(sig @ (libc::SIGTERM | libc::SIGINT)) =
+            signals.wait(Some(Duration::from_millis(200)))
+        {
+            return Err(NoSwitch::Stopped(sig));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,10 +6,10 @@
 //! The decision is the supervisor's pure [`auto_revert::plan`]; the records
 //! are the same `auto-revert` lines as a plain service's.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use super::instances::{self, start_watched};
-use crate::host::lockfile::{self, HeldLock, SWITCH_WAIT};
+use crate::host::lockfile::{self, NoSwitch};
 use crate::host::os::process::Signals;
 use crate::host::supervisor::auto_revert;
 use crate::host::{proxy, revisions, secrets, store, supervisor};
@@ -18,9 +18,6 @@ use crate::protocol::manifest::{ProxySpec, ReleaseManifest};
 
 /// Who `revisions.log` says made the auto-revert.
 const DEPLOYER: &str = "runner";
-
-/// How often a wait for the switch lock looks at the signals.
-const LOCK_POLL: Duration = Duration::from_millis(200);
 
 /// What came of an instance given up on.
 pub enum Reverted {
@@ -56,10 +53,10 @@ pub fn auto_revert(
     if let Err(why) = plan(layout, &from.id, window) {
         return not(why);
     }
-    let _switching = match wait_for_switch_lock(layout, signals) {
+    let _switching = match lockfile::take_switch_or_stop(layout, signals) {
         Ok(lock) => lock,
-        Err(None) => return Reverted::Stopping,
-        Err(Some(why)) => return not(why),
+        Err(NoSwitch::Stopped(_)) => return Reverted::Stopping,
+        Err(NoSwitch::Held(why)) => return not(why),
     };
     // Again under the lock: a deploy or rollback may have changed what runs.
     if store::current(layout).as_deref() != Some(from.id.as_str())
@@ -172,24 +169,6 @@ fn plan(layout: &Layout, current: &str, window: Duration) -> Result<auto_revert:
     let history = revisions::read(layout)?;
     let runnable = |id: &str| store::read_manifest(layout, id).is_ok_and(|m| m.proxy.is_some());
     auto_revert::plan(&history, current, SystemTime::now(), window, &runnable)
-}
-
-/// Takes the switch lock, waiting at most [`SWITCH_WAIT`] and answering a
-/// stop meanwhile. `Err(None)`: a stop arrived; `Err(Some(why))`: it stayed held.
-fn wait_for_switch_lock(layout: &Layout, signals: &Signals) -> Result<HeldLock, Option<String>> {
-    let deadline = Instant::now() + SWITCH_WAIT;
-    loop {
-        let why = match lockfile::take_switch(layout, Duration::ZERO) {
-            Ok(lock) => return Ok(lock),
-            Err(why) => why,
-        };
-        if Instant::now() >= deadline {
-            return Err(Some(why));
-        }
-        if let Some(libc::SIGTERM | libc::SIGINT) = signals.wait(Some(LOCK_POLL)) {
-            return Err(None);
-        }
-    }
 }
 
 /// Appends one `auto-revert` line to `revisions.log`.

@@ -5,9 +5,9 @@
 //! [`auto_revert::plan`]'s; here are its effects: the switch lock, the
 //! `current` switch, the log event, the `revisions.log` lines, the state.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use crate::host::lockfile::{self, HeldLock, SWITCH_WAIT};
+use crate::host::lockfile::{self, HeldLock, NoSwitch};
 use crate::host::os::process;
 use crate::host::supervisor::auto_revert;
 use crate::host::supervisor::backoff::Backoff;
@@ -19,9 +19,6 @@ use super::Supervisor;
 
 /// Who `revisions.log` says made an auto-revert.
 const DEPLOYER: &str = "supervisor";
-
-/// How often a wait for the switch lock looks at the signals.
-const LOCK_POLL: Duration = Duration::from_millis(200);
 
 /// What came of a give-up with `auto_revert` on.
 pub(super) enum Revert {
@@ -190,20 +187,14 @@ impl Supervisor<'_> {
         )
     }
 
-    /// Takes the switch lock, waiting at most [`SWITCH_WAIT`] and answering
+    /// Takes the switch lock, waiting at most [`lockfile::SWITCH_WAIT`] and answering
     /// a stop meanwhile (the holder may be a deploy about to restart us).
     /// `Err(None)`: a stop arrived; `Err(Some(why))`: the lock stayed held.
     fn wait_for_switch_lock(&mut self) -> Result<HeldLock, Option<String>> {
-        let deadline = Instant::now() + SWITCH_WAIT;
-        loop {
-            let why = match lockfile::take_switch(self.layout, Duration::ZERO) {
-                Ok(lock) => return Ok(lock),
-                Err(why) => why,
-            };
-            if Instant::now() >= deadline {
-                return Err(Some(why));
-            }
-            if let Some(sig @ (libc::SIGTERM | libc::SIGINT)) = self.signals.wait(Some(LOCK_POLL)) {
+        match lockfile::take_switch_or_stop(self.layout, &self.signals) {
+            Ok(lock) => Ok(lock),
+            Err(NoSwitch::Held(why)) => Err(Some(why)),
+            Err(NoSwitch::Stopped(sig)) => {
                 self.readiness.stopping();
                 self.log.event(&format!(
                     "stop requested ({}) while waiting to auto-revert",
@@ -213,7 +204,7 @@ impl Supervisor<'_> {
                 self.state.stopped_on_request = true;
                 self.save();
                 self.remove_pidfile();
-                return Err(None);
+                Err(None)
             }
         }
     }
