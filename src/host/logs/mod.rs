@@ -20,6 +20,9 @@ use crate::host::supervisor::logfile;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::LogTarget;
 
+/// How often a search that finds nothing sends an empty event, its sign of life.
+const SIGN_OF_LIFE: Duration = Duration::from_secs(1);
+
 /// How many rotated files (`NAME.1` …) are looked for.
 const MAX_ROTATED: u32 = 100;
 
@@ -188,6 +191,7 @@ fn history(
         Err(e) => return Err(e.to_string()),
     };
     let mut last: VecDeque<String> = VecDeque::new();
+    let mut last_sign = std::time::Instant::now();
     for (file_name, gz) in files_oldest_first(&dir, name) {
         if let (Some(since), Ok(Some(st))) = (filter.since, dir.entry(&file_name)) {
             let written = UNIX_EPOCH + Duration::new(st.mtime.0.max(0) as u64, 0);
@@ -216,6 +220,14 @@ fn history(
             // Masked before it is matched: a pattern never finds a secret.
             let line = crate::host::secrets::mask(text.trim_end_matches(['\n', '\r']));
             if !filter.keeps(&line, reading) {
+                // A long search that matches nothing still says it is alive
+                // (the operator gives up on a silent host).
+                if last_sign.elapsed() >= SIGN_OF_LIFE {
+                    last_sign = std::time::Instant::now();
+                    if !emit("") {
+                        return Ok(false);
+                    }
+                }
                 continue;
             }
             match lines {
