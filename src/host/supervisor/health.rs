@@ -277,6 +277,12 @@ pub fn wait_healthy(
                     }
                     return Gate::Healthy(after);
                 }
+                // A probe the start's deadline cut short (a few ms left)
+                // says less than the full answer before it: that one stays
+                // what a timed-out start reports.
+                Err(failure) if probe_timeout < GATE_PROBE_TIMEOUT && last.is_some() => {
+                    drop(failure)
+                }
                 Err(failure) => last = Some(failure),
             }
             pacing.probed(Instant::now());
