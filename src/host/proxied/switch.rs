@@ -361,13 +361,25 @@ fn retire(
                 switched.elapsed().as_millis()
             ),
         ),
-        Ok(left) => emit(
-            "drain",
-            &format!(
-                "instance on port {old}: {left} request(s) still in flight after {} ms; stopping it",
-                switched.elapsed().as_millis()
-            ),
-        ),
+        Ok(left) => {
+            // Past the deadline: tunnels and streams are closed before the
+            // stop, so a client gets a close frame or a clean end.
+            let closed = match proxy::close(layout, old) {
+                Ok((0, 0)) => String::new(),
+                Ok((tunnels, streams)) => format!(
+                    "; closed {tunnels} upgraded (WebSocket) connection(s) and {streams} \
+                     streaming response(s) past drain_timeout"
+                ),
+                Err(e) => format!("; could not close its tunnels and streams: {e}"),
+            };
+            emit(
+                "drain",
+                &format!(
+                    "instance on port {old}: {left} request(s) still in flight after {} ms{closed}; stopping it",
+                    switched.elapsed().as_millis()
+                ),
+            )
+        }
         Err(e) => emit(
             "drain",
             &format!(

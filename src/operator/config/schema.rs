@@ -85,6 +85,13 @@ pub struct Proxy {
     /// Addresses or CIDR blocks whose forwarding headers are trusted.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Largest request body the proxy passes on (413 over it); none when left out.
+    pub max_request_body: Option<Bytes>,
+    /// Largest response body the proxy passes on (502, or the connection cut); none when left out.
+    pub max_response_body: Option<Bytes>,
+    /// One JSON line per request in the service's log directory (`access.log`).
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 fn default_port_env() -> Spanned<String> {

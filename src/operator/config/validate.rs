@@ -559,6 +559,17 @@ impl Project {
         if *proxy.max_connections.get_ref() == 0 {
             return Err(self.fail(&at("max_connections"), "must be at least 1"));
         }
+        for (key, value) in [
+            ("max_request_body", proxy.max_request_body),
+            ("max_response_body", proxy.max_response_body),
+        ] {
+            if value.is_some_and(|b| b.0 == 0) {
+                return Err(self.fail(
+                    &at(key),
+                    "must be at least 1 byte (leave it out for no limit)",
+                ));
+            }
+        }
         for (i, range) in proxy.trusted_proxies.iter().enumerate() {
             if let Err(message) = range.get_ref().parse::<IpRange>() {
                 let mut path = at("trusted_proxies");
