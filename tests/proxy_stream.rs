@@ -118,9 +118,19 @@ fn streams_through(p: &Project, old: &str, new: &str, switch: impl FnOnce() -> O
             assert!(Instant::now() < deadline, "no switch within 60 s");
             thread::sleep(Duration::from_millis(20));
         }
-        let mut fresh = Ws::connect(port, "/ws").expect("a new WebSocket after the switch");
-        assert_eq!(fresh.ask("version?"), Ok(format!("version {new}")));
-        assert_eq!(fresh.close(), Ok(()));
+        // The file moves first, then the proxy is told: the next connections
+        // reach the new instance within moments.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut fresh = Ws::connect(port, "/ws").expect("a new WebSocket after the switch");
+            let answer = fresh.ask("version?");
+            assert_eq!(fresh.close(), Ok(()));
+            if answer == Ok(format!("version {new}")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a new WebSocket got {answer:?}");
+            thread::sleep(Duration::from_millis(50));
+        }
         switching.join().expect("the switch")
     });
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
