@@ -176,7 +176,8 @@ fn websocket_and_sse_streams_stay_on_their_instance_through_a_deploy_a_rollback_
 
 #[test]
 fn streams_still_open_at_drain_timeout_are_closed_going_away_and_counted() {
-    let (p, _ports, _cleanup) = proxied_project_with("drain_timeout = \"2s\"\n");
+    let (p, _ports, _cleanup) =
+        proxied_project_with("drain_timeout = \"2s\"\nmax_connections = 2\n");
     let out = p.deploy("1.0.0", WEBSOCKET);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let port = p.port;
@@ -185,6 +186,14 @@ fn streams_still_open_at_drain_timeout_are_closed_going_away_and_counted() {
     // An endless event stream.
     let sse = thread::spawn(move || get(port, "/events?n=0&ms=200", ""));
     thread::sleep(Duration::from_millis(500));
+    // The WebSocket holds its place under max_connections as the stream does.
+    let third = get(port, "/version", "").expect("an answer");
+    assert_eq!(third.status, 503, "{third:?}");
+    assert!(
+        third.text().contains("too many connections"),
+        "{}",
+        third.text()
+    );
     let out = p.deploy("2.0.0", WEBSOCKET);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
@@ -205,7 +214,15 @@ fn streams_still_open_at_drain_timeout_are_closed_going_away_and_counted() {
     let events = event_data(&answer.text());
     assert!(events.len() >= 5, "{events:?}");
     assert!(events.iter().all(|e| e.starts_with("1.0.0 ")), "{events:?}");
-    let mut fresh = Ws::connect(port, "/ws").expect("a new WebSocket");
+    // Their places are free again (the closing connections may take a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut fresh = loop {
+        match Ws::connect(port, "/ws") {
+            Ok(ws) => break ws,
+            Err(e) => assert!(Instant::now() < deadline, "a new WebSocket: {e}"),
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(fresh.ask("version?"), Ok("version 2.0.0".to_string()));
 }
 

@@ -303,7 +303,9 @@ async fn client_connection(
     peer: SocketAddr,
     admitted: super::conn::Admitted,
 ) {
-    let _admitted = admitted;
+    // Shared with a tunnel the connection becomes: hyper hands the
+    // connection over at the upgrade, and the tunnel still holds its place.
+    let admitted = Arc::new(admitted);
     let trusted = settings
         .trusted_proxies
         .iter()
@@ -326,7 +328,10 @@ async fn client_connection(
             )
         });
         // A tunnel keeps the connection busy (no idle timeout) while it lives.
-        let tunnel_hold = tunnel::requested(req.headers()).map(|_| watch.begin());
+        let tunnel_hold = tunnel::requested(req.headers()).map(|_| TunnelHold {
+            _busy: watch.begin(),
+            _admitted: admitted.clone(),
+        });
         let answer = handle(shared.clone(), peer, trusted, req, tunnel_hold);
         async move {
             let mut response = answer.await?;
@@ -564,16 +569,23 @@ fn page(status: StatusCode, text: String) -> Response<DownBody> {
     response
 }
 
+/// What a tunnel holds of its client connection: the connection busy (no
+/// idle timeout) and its place under `max_connections`.
+struct TunnelHold {
+    _busy: Exchange,
+    _admitted: Arc<super::conn::Admitted>,
+}
+
 /// One request: routed to the active instance (held while there is none),
 /// its headers as `headers` rules; `trusted`: the peer is a trusted proxy.
 /// An upgrade (WebSocket) becomes a tunnel on `101`, holding
-/// `tunnel_hold` (the connection busy) while it lives.
+/// `tunnel_hold` while it lives.
 async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
     trusted: bool,
     mut req: Request<Incoming>,
-    tunnel_hold: Option<Exchange>,
+    tunnel_hold: Option<TunnelHold>,
 ) -> Result<Response<DownBody>, Infallible> {
     let settings = shared.settings();
     if super::stream::declared_over(req.headers(), settings.max_request_body) {
@@ -630,7 +642,7 @@ fn answered(
     settings: &ProxySpec,
     mut response: Response<Incoming>,
     flight: InFlight,
-    upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade, Exchange)>,
+    upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade, TunnelHold)>,
 ) -> Response<DownBody> {
     let port = flight.port;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
