@@ -637,6 +637,23 @@ mod tests {
         assert_eq!(spec.header_timeout_ms, 2_000);
         assert_eq!(spec.upstream_timeout_ms, Some(60_000));
         assert_eq!(spec.trusted_proxies.len(), 2);
+        assert_eq!(
+            (
+                spec.max_request_body,
+                spec.max_response_body,
+                spec.access_log
+            ),
+            (None, None, false),
+            "no body limits and no access log by default"
+        );
+        let ok = load(&format!(
+            "{base}max_request_body = \"10MB\"\nmax_response_body = 4096\naccess_log = true\n"
+        ))
+        .unwrap();
+        let spec = crate::protocol::manifest::ProxySpec::from(ok.config.proxy.as_ref().unwrap());
+        assert_eq!(spec.max_request_body, Some(10_000_000));
+        assert_eq!(spec.max_response_body, Some(4096));
+        assert!(spec.access_log);
         for (extra, key, says) in [
             (
                 "trusted_proxies = [\"10.0.0.0/8\",\n  \"10.0.0.1/8\"]\n",
@@ -667,6 +684,16 @@ mod tests {
                 "max_connections = 0\n",
                 "proxy.max_connections",
                 "at least 1",
+            ),
+            (
+                "max_request_body = 0\n",
+                "proxy.max_request_body",
+                "at least 1 byte",
+            ),
+            (
+                "max_response_body = \"10 parsecs\"\n",
+                "proxy.max_response_body",
+                "invalid size",
             ),
         ] {
             let err = load(&format!("{base}{extra}")).unwrap_err().to_string();
