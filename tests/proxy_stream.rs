@@ -283,7 +283,9 @@ fn bodies_over_max_request_body_get_413_and_over_max_response_body_502_or_a_cut(
 
 #[test]
 fn the_access_log_has_a_json_line_per_request_without_the_query_and_request_ids_go_both_ways() {
-    let (p, ports, _cleanup) = proxied_project_with("access_log = true\n");
+    // Rotated as the service's log is: a small [logs] max_size shows it.
+    let (p, ports, _cleanup) =
+        proxied_project_with("access_log = true\n\n[logs]\nmax_size = 1000\n");
     let out = p.deploy("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let port = p.port;
@@ -355,4 +357,25 @@ fn the_access_log_has_a_json_line_per_request_without_the_query_and_request_ids_
             "RFC 3339 with ms: {time}"
         );
     }
+
+    // Ten more lines pass max_size: the file is rotated, no line lost.
+    for i in 0..10 {
+        let answer = get(port, &format!("/version?n={i}"), "").expect("an answer");
+        assert_eq!(answer.status, 200);
+    }
+    let read = |name: &str| std::fs::read_to_string(log.with_file_name(name)).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let total = loop {
+        let total: usize = ["access.log", "access.log.1", "access.log.2", "access.log.3"]
+            .iter()
+            .map(|name| read(name).lines().count())
+            .sum();
+        if total >= 13 || Instant::now() > deadline {
+            break total;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(total, 13, "every line, across the rotated files");
+    assert!(!read("access.log.1").is_empty(), "rotated");
+    assert!(read("access.log").len() <= 1000, "{}", read("access.log"));
 }

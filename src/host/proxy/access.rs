@@ -5,7 +5,6 @@
 //! `access.log` in the service's log directory, written when its response
 //! ended (so bytes and duration are the whole exchange's).
 
-use std::io::Write;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,6 +14,9 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::host::supervisor::logfile::{self, RotatingFile, Rotation};
+use crate::protocol::defaults;
 
 /// The request id header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -130,39 +132,65 @@ impl Entry {
 }
 
 /// The access log file, opened on first use (in the service's log dir, as
-/// the user the worker runs as).
+/// the user the worker runs as) and rotated as the service's log is (the
+/// `[logs]` size, count and compression of the release taking traffic).
 pub struct AccessLog {
     path: std::path::PathBuf,
-    file: Mutex<Option<std::fs::File>>,
+    state: Mutex<LogState>,
+}
+
+struct LogState {
+    rotation: Rotation,
+    file: Option<RotatingFile>,
 }
 
 impl AccessLog {
-    /// The log at `path`, not opened yet.
+    /// The log at `path`, not opened yet, rotated by `[logs]`' defaults
+    /// until a release says otherwise.
     pub fn new(path: std::path::PathBuf) -> Arc<AccessLog> {
+        let rotation = Rotation {
+            max_size: defaults::LOG_MAX_SIZE,
+            keep: defaults::LOG_KEEP,
+            compress: defaults::LOG_COMPRESS,
+        };
         Arc::new(AccessLog {
             path,
-            file: Mutex::new(None),
+            state: Mutex::new(LogState {
+                rotation,
+                file: None,
+            }),
         })
+    }
+
+    /// Rotates by `rotation` from now on (the file opened again with it).
+    pub fn set_rotation(&self, rotation: Rotation) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.rotation != rotation {
+            state.rotation = rotation;
+            if let Some(mut file) = state.file.take() {
+                file.finish();
+            }
+        }
     }
 
     /// Appends one line; a log that cannot be written is said once per
     /// attempt to open it and otherwise costs the request nothing.
     pub fn write(&self, line: &str) {
-        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        if file.is_none() {
-            match crate::host::supervisor::logfile::open_append(&self.path) {
-                Ok(f) => *file = Some(f),
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.file.is_none() {
+            match logfile::open_rotating(&self.path, state.rotation) {
+                Ok(f) => state.file = Some(f),
                 Err(e) => {
                     eprintln!("shipjar proxy: access log {}: {e}", self.path.display());
                     return;
                 }
             }
         }
-        // One write of the whole line: O_APPEND keeps lines whole.
-        if let Some(f) = file.as_mut()
-            && f.write_all(line.as_bytes()).is_err()
+        // One write of the whole line (a chunk is never split by rotation).
+        if let Some(f) = state.file.as_mut()
+            && f.write_chunk(line.as_bytes()).is_err()
         {
-            *file = None;
+            state.file = None;
         }
     }
 }

@@ -36,6 +36,7 @@ use super::conn::{Exchange, Gate, Guarded, Tracked, Watch};
 use super::drain::{Drains, Kind};
 use super::stream::{BodyCap, BodyError, Streamed};
 use super::{files, headers, tunnel};
+use crate::host::supervisor::logfile::Rotation;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
@@ -253,6 +254,9 @@ async fn serve(
     if let Some(release) = release_settings(layout, active) {
         shared.adopt(release);
     }
+    if let Some(rotation) = release_rotation(layout, active) {
+        shared.access.set_rotation(rotation);
+    }
     let control_shared = shared.clone();
     let control_layout = layout.clone();
     tokio::spawn(async move {
@@ -367,6 +371,20 @@ fn release_settings(layout: &Layout, port: u16) -> Option<ProxySpec> {
     let instance = layout.with_instance(Some(port));
     let id = crate::host::store::current(&instance)?;
     crate::host::store::read_manifest(layout, &id).ok()?.proxy
+}
+
+/// How the release on `port` rotates its log: `access.log` follows it.
+fn release_rotation(layout: &Layout, port: u16) -> Option<Rotation> {
+    if port == 0 {
+        return None;
+    }
+    let id = crate::host::store::current(&layout.with_instance(Some(port)))?;
+    let logs = crate::host::store::read_manifest(layout, &id).ok()?.logs;
+    Some(Rotation {
+        max_size: logs.max_size,
+        keep: logs.keep,
+        compress: logs.compress,
+    })
 }
 
 /// The settings a proxy log line names.
@@ -502,6 +520,9 @@ async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::
                 eprintln!("shipjar proxy: switched to {}", describe(port));
                 if let Some(release) = release_settings(&layout, port) {
                     shared.adopt(release);
+                }
+                if let Some(rotation) = release_rotation(&layout, port) {
+                    shared.access.set_rotation(rotation);
                 }
                 format!("ok active {port}")
             }
