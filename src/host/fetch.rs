@@ -257,7 +257,7 @@ impl<'s> Download<'s> {
             .sync_all()
             .map_err(|e| format!("cannot sync the download: {e}"))?;
         self.dir
-            .rename(&self.tmp, &self.spec.sha256)
+            .rename(&self.tmp, format!("{}.jar", self.spec.sha256))
             .map_err(|e| format!("cannot move the download into the store: {e}"))?;
         store::sync_artifacts(layout)
     }
@@ -301,16 +301,31 @@ impl<'s> Download<'s> {
             ureq::Error::Timeout(_) if Instant::now() >= self.deadline => {
                 Stop::Fatal(self.too_slow())
             }
-            ureq::Error::Io(io) => Stop::Cut(format!("{url}: {}", reason(&io))),
-            ureq::Error::Timeout(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
-                Stop::Fatal(format!(
-                    "cannot reach the repository at {url} ({e}): check this host's network and \
-                 proxy, or set [artifact] fetch = \"host-then-operator\" to push from the operator"
-                ))
+            ureq::Error::Io(io) if !unreachable(&io) => {
+                Stop::Cut(format!("{url}: {}", reason(&io)))
             }
+            ureq::Error::Io(_)
+            | ureq::Error::Timeout(_)
+            | ureq::Error::HostNotFound
+            | ureq::Error::ConnectionFailed => Stop::Fatal(format!(
+                "cannot reach the repository at {url} ({e}): check this host's network and \
+                 proxy, or set [artifact] fetch = \"host-then-operator\" to push from the operator"
+            )),
             other => Stop::Fatal(format!("downloading {url}: {other}")),
         }
     }
+}
+
+/// A connection that could not be made at all: retrying will not help.
+fn unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::NetworkDown
+            | io::ErrorKind::AddrNotAvailable
+    )
 }
 
 /// An I/O error as a short reason (never a URL with credentials: none is sent).

@@ -187,7 +187,7 @@ impl Project {
             if !url.get_ref().contains("{{ version }}") && !url.get_ref().contains("{{version}}") {
                 return Err(self.fail(&at("url"), "expected a URL holding `{{ version }}`"));
             }
-            if !is_http_url(url.get_ref()) {
+            if !is_http_url(&fill_version(url.get_ref(), "1")) {
                 return Err(self.fail(&at("url"), "expected an http:// or https:// URL"));
             }
         } else if a.repository.is_none() {
