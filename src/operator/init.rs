@@ -205,8 +205,10 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
             )
         })
         .unwrap_or_default();
+    let repository = artifact_section(&dir, &mut said);
     let text = TEMPLATE
         .replace("@NAME@", &name)
+        .replace("@REPOSITORY@", &repository)
         .replace(
             "@NOTES@",
             &comments
@@ -387,6 +389,24 @@ db.password={{ secrets.db_password }}
     ),
 ];
 
+/// A commented `[artifact]` from pom.xml's `<distributionManagement>`:
+/// commented, because with it `deploy` stops building and wants `--version`.
+fn artifact_section(dir: &Path, said: &mut Vec<String>) -> String {
+    let Some((url, group, artifact)) = maven::distribution(dir) else {
+        return String::new();
+    };
+    said.push(format!(
+        "pom.xml publishes to {url}: [artifact] is written commented (uncomment to deploy from it with --version)"
+    ));
+    format!(
+        "# [artifact]                       # deploy from the repository pom.xml publishes to (<distributionManagement>)\n\
+         # repository = {}\n# group = {}\n# artifact = {}\n# netrc = \"repo.netrc\"           # credentials, if it needs them\n\n",
+        toml_string(&url),
+        toml_string(&group),
+        toml_string(&artifact)
+    )
+}
+
 const TEMPLATE: &str = r#"# shipjar project file. Every key is described in shipjar's README.
 @NOTES@
 [service]
@@ -406,7 +426,7 @@ command = @COMMAND@
 artifact = @ARTIFACT@
 @VERSION@
 @ALTERNATIVE@
-[health]                             # checked on the host by the supervisor
+@REPOSITORY@[health]                             # checked on the host by the supervisor
 url = "http://127.0.0.1:8080/health" # or: tcp = 8080
 start_timeout = "90s"
 # settle = "30s"                     # stay up and healthy this long after the gate, or be reverted

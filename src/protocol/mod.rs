@@ -38,5 +38,6 @@ pub(crate) use wire_enum::wire_enum;
 /// failed-step events; `finish` records a run that stopped before switching.
 /// 4: `logs` with `since` and `grep`.
 /// 5: `exec` (a command in `current`, its output streamed as `out` events).
-/// 6: `[proxy]` body limits and `access_log` in the manifest's ProxySpec.
+/// 6: `fetch_artifact`; `[proxy]` body limits and `access_log` in the
+/// manifest's ProxySpec.
 pub const PROTOCOL_VERSION: u32 = 6;
