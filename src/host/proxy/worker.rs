@@ -3,12 +3,15 @@
 //! Requests, not connections, are routed: a client's keep-alive connection
 //! lives on across a switch, each request going to whichever instance is
 //! active when it arrives. Bodies stream both ways. Each request is counted
-//! against its instance until its response body has been sent, so the agent
-//! can wait for the old instance to drain.
+//! against its instance until its response body has been sent (an upgraded
+//! connection until it closes), so the agent can wait for the old instance
+//! to drain, and close what is left at the drain deadline.
 //!
 //! What a client may not do is kept apart: `headers` decides what reaches
 //! the instance (the proxy's own headers set last), `conn` caps and times
-//! out client connections; this file routes.
+//! out client connections, `tunnel` joins upgraded connections, `stream`
+//! and `drain` carry bodies and end them at the deadline, `access` ids and
+//! logs requests; this file routes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -323,7 +326,9 @@ async fn client_connection(
         let exchange = watch.begin();
         let started = std::time::Instant::now();
         let id = access::ensure_id(req.headers_mut(), &shared.ids);
-        let logged = shared.settings().access_log.then(|| {
+        // Read once: the request is served with the settings it came under.
+        let settings = shared.settings();
+        let logged = settings.access_log.then(|| {
             (
                 crate::protocol::clock::now_rfc3339(),
                 req.method().to_string(),
@@ -336,7 +341,7 @@ async fn client_connection(
             _busy: watch.begin(),
             _admitted: admitted.clone(),
         });
-        let answer = handle(shared.clone(), peer, trusted, req, tunnel_hold);
+        let answer = handle(shared.clone(), settings, peer, trusted, req, tunnel_hold);
         async move {
             let mut response = answer.await?;
             let entry = logged.map(|(time, method, path, log)| {
@@ -597,18 +602,19 @@ struct TunnelHold {
     _admitted: Arc<super::conn::Admitted>,
 }
 
-/// One request: routed to the active instance (held while there is none),
-/// its headers as `headers` rules; `trusted`: the peer is a trusted proxy.
+/// One request, served with `settings`: routed to the active instance (held
+/// while there is none), its headers as `headers` rules; `trusted`: the
+/// peer is a trusted proxy.
 /// An upgrade (WebSocket) becomes a tunnel on `101`, holding
 /// `tunnel_hold` while it lives.
 async fn handle(
     shared: Arc<Shared>,
+    settings: Arc<ProxySpec>,
     peer: SocketAddr,
     trusted: bool,
     mut req: Request<Incoming>,
     tunnel_hold: Option<TunnelHold>,
 ) -> Result<Response<DownBody>, Infallible> {
-    let settings = shared.settings();
     if super::stream::declared_over(req.headers(), settings.max_request_body) {
         return Ok(request_too_large(&shared, &settings));
     }
