@@ -279,6 +279,13 @@ fn bodies_over_max_request_body_get_413_and_over_max_response_body_502_or_a_cut(
         (answer.status, answer.body.len(), answer.whole),
         (200, 5000, true)
     );
+
+    // Only WebSocket is tunnelled: an h2c upgrade never reaches the instance.
+    let answer =
+        get(port, "/headers", "Upgrade: h2c\r\nConnection: Upgrade\r\n").expect("an answer");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
+    assert!(seen.get("upgrade").is_none(), "{seen}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 /// What kind of long-lived exchange an [`Open`] counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// An upgraded connection (WebSocket or another protocol).
+    /// An upgraded (WebSocket) connection.
     Tunnel,
     /// A response whose body is still going to the client.
     Stream,

@@ -20,8 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::drain::Cut;
 
-/// The protocol a request asks to upgrade to, when it asks (`Connection`
-/// names `upgrade` and `Upgrade` is set).
+/// The protocol a request asks to upgrade to, when it asks for WebSocket
+/// (`Connection` names `upgrade`, `Upgrade` names `websocket`). Any other
+/// upgrade is dropped with the hop-by-hop headers and the request answered
+/// in HTTP/1.1: an `h2c` tunnel would carry requests past the proxy unseen.
 pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
@@ -31,6 +33,7 @@ pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
     asks.then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
+        .filter(is_websocket)
 }
 
 /// Whether the upgrade is to WebSocket (whose frames the tunnel follows).
@@ -250,6 +253,9 @@ mod tests {
         let protocol = requested(&h).expect("asks");
         assert!(is_websocket(&protocol));
         assert!(!is_websocket(&HeaderValue::from_static("h2c")));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert_eq!(requested(&h), None, "only WebSocket is tunnelled");
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let mut out = HeaderMap::new();
         restore(&mut out, protocol);
         assert_eq!(out[header::CONNECTION], "upgrade");
