@@ -395,16 +395,21 @@ fn release_rotation(layout: &Layout, port: u16) -> Option<Rotation> {
 /// The settings a proxy log line names.
 fn describe_settings(spec: &ProxySpec) -> String {
     let ranges: Vec<String> = spec.trusted_proxies.iter().map(|r| r.to_string()).collect();
+    let bytes = |max: Option<u64>| max.map_or_else(|| "none".to_string(), |b| format!("{b} bytes"));
     format!(
         "header_timeout {} ms, idle_timeout {} ms, upstream_timeout {}, max_connections {}, \
-         trusted_proxies [{}], hold {} ms",
+         trusted_proxies [{}], hold {} ms, max_request_body {}, max_response_body {}, \
+         access_log {}",
         spec.header_timeout_ms,
         spec.idle_timeout_ms,
         spec.upstream_timeout_ms
             .map_or_else(|| "none".to_string(), |ms| format!("{ms} ms")),
         spec.max_connections,
         ranges.join(", "),
-        spec.hold_ms
+        spec.hold_ms,
+        bytes(spec.max_request_body),
+        bytes(spec.max_response_body),
+        spec.access_log
     )
 }
 
