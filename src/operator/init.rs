@@ -171,20 +171,7 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
     validate_service_name(&name).map_err(|e| Error::config(e).hint("pass --name NAME"))?;
     let mut said = Vec::new();
     let mut comments = Vec::new();
-    said.push(format!(
-        "read {}: {}{}",
-        found.tool.file(),
-        found
-            .name
-            .as_deref()
-            .map(|n| format!("name {n}"))
-            .unwrap_or_else(|| "no name".into()),
-        found
-            .version
-            .as_deref()
-            .map(|v| format!(", version {v}"))
-            .unwrap_or_default()
-    ));
+    said.push(describe_found(&found));
     for note in &found.notes {
         said.push(note.clone());
         comments.push(format!("# {note}"));
@@ -196,14 +183,7 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
     }
     let (logback_opt, logging_config, env_lines) = config_wiring(&dir, &mut said);
     let alternative = alternative
-        .map(|alt| {
-            format!(
-                "# or with {}:\n# command = {}\n# artifact = {}\n",
-                alt.tool.file(),
-                toml_string(&alt.command),
-                toml_string(&alt.artifact)
-            )
-        })
+        .map(|alt| alternative_lines(&alt))
         .unwrap_or_default();
     let repository = artifact_section(&dir, &mut said);
     let text = TEMPLATE
@@ -247,6 +227,34 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
         found.artifact
     ));
     Ok(out)
+}
+
+/// "read pom.xml: name cart, version 1.4.2".
+fn describe_found(found: &Detected) -> String {
+    format!(
+        "read {}: {}{}",
+        found.tool.file(),
+        found
+            .name
+            .as_deref()
+            .map(|n| format!("name {n}"))
+            .unwrap_or_else(|| "no name".into()),
+        found
+            .version
+            .as_deref()
+            .map(|v| format!(", version {v}"))
+            .unwrap_or_default()
+    )
+}
+
+/// The other build tool the project could use, as commented lines.
+fn alternative_lines(alt: &Detected) -> String {
+    format!(
+        "# or with {}:\n# command = {}\n# artifact = {}\n",
+        alt.tool.file(),
+        toml_string(&alt.command),
+        toml_string(&alt.artifact)
+    )
 }
 
 /// How the service finds its config files: the logback `-D` option and
