@@ -476,7 +476,10 @@ mod tests {
         release(&layout, "b").unwrap();
         assert_eq!(pending(&layout), None);
         let free = acquire(&layout, &holder(3), "c", 60_000, Some("r2")).unwrap_err();
-        assert!(free.to_string().contains("the deploy lock is free"), "{free}");
+        assert!(
+            free.to_string().contains("the deploy lock is free"),
+            "{free}"
+        );
     }
 
     #[test]
@@ -487,8 +490,14 @@ mod tests {
         acquire(&layout, &holder(1), "a", 60_000, None).unwrap();
         hold_pending(&layout, "a", pending_of("r2")).unwrap();
         let previous = force_unlock(&layout).unwrap().unwrap();
-        assert!(previous.contains("pending canary of release r2"), "{previous}");
-        assert!(previous.contains("app1 still runs release r2"), "{previous}");
+        assert!(
+            previous.contains("pending canary of release r2"),
+            "{previous}"
+        );
+        assert!(
+            previous.contains("app1 still runs release r2"),
+            "{previous}"
+        );
         assert!(acquire(&layout, &holder(2), "b", 60_000, None).is_ok());
     }
 }

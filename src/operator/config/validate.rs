@@ -507,10 +507,9 @@ impl Project {
                 &at("pause"),
                 "a pause follows a canary: add `canary = 1` (or a percentage such as \"10%\")",
             )),
-            (Some(_), Some(Pause::For(Millis(0)))) => Err(self.fail(
-                &at("pause"),
-                "must be longer than 0s (or \"confirm\")",
-            )),
+            (Some(_), Some(Pause::For(Millis(0)))) => {
+                Err(self.fail(&at("pause"), "must be longer than 0s (or \"confirm\")"))
+            }
             _ => Ok(()),
         }
     }

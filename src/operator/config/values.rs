@@ -196,10 +196,16 @@ mod tests {
 
     #[test]
     fn a_pause_is_a_duration_or_confirm() {
-        let parse = |t: &str| Pause::deserialize(de::value::StrDeserializer::<de::value::Error>::new(t));
+        let parse =
+            |t: &str| Pause::deserialize(de::value::StrDeserializer::<de::value::Error>::new(t));
         assert_eq!(parse("confirm"), Ok(Pause::Confirm));
         assert_eq!(parse("10m"), Ok(Pause::For(Millis(600_000))));
-        assert!(parse("later").unwrap_err().to_string().contains("\"confirm\""));
+        assert!(
+            parse("later")
+                .unwrap_err()
+                .to_string()
+                .contains("\"confirm\"")
+        );
     }
 
     #[test]

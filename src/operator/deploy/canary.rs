@@ -17,7 +17,12 @@ pub struct SwitchPlan {
 /// Plans the switch of `todo` (the hosts still to switch, of `total` in the
 /// deploy): `canary` hosts first when given, then batches of `batch`, sized
 /// on the whole deploy so a `--continue` batches as the first run would.
-pub fn plan(todo: &[usize], total: usize, batch: BatchSize, canary: Option<BatchSize>) -> SwitchPlan {
+pub fn plan(
+    todo: &[usize],
+    total: usize,
+    batch: BatchSize,
+    canary: Option<BatchSize>,
+) -> SwitchPlan {
     let canary_size = canary.map_or(0, |c| c.hosts(total).min(todo.len()));
     let (canary, rest) = todo.split_at(canary_size);
     SwitchPlan {
@@ -94,11 +99,21 @@ mod tests {
         let p = plan(&all, 10, BatchSize::Hosts(4), Some(BatchSize::Hosts(1)));
         assert_eq!(p.canary, vec![0]);
         assert_eq!(p.batches, vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8], vec![9]]);
-        let p = plan(&all, 10, BatchSize::Percent(50), Some(BatchSize::Percent(25)));
+        let p = plan(
+            &all,
+            10,
+            BatchSize::Percent(50),
+            Some(BatchSize::Percent(25)),
+        );
         assert_eq!(p.canary, vec![0, 1, 2], "25% of 10 rounds up to 3");
         assert_eq!(p.batches, vec![vec![3, 4, 5, 6, 7], vec![8, 9]]);
         // 10% of 3 hosts is still one host.
-        let p = plan(&[0, 1, 2], 3, BatchSize::Hosts(1), Some(BatchSize::Percent(10)));
+        let p = plan(
+            &[0, 1, 2],
+            3,
+            BatchSize::Hosts(1),
+            Some(BatchSize::Percent(10)),
+        );
         assert_eq!(p.canary, vec![0]);
         assert_eq!(p.batches, vec![vec![1], vec![2]]);
     }
@@ -135,21 +150,39 @@ mod tests {
         let held = |r: &str| Ok(Some(pending(r)));
         let ok = agreed(
             "prod",
-            &[("a".into(), held("r2")), ("b".into(), held("r2")), ("c".into(), held("r2"))],
+            &[
+                ("a".into(), held("r2")),
+                ("b".into(), held("r2")),
+                ("c".into(), held("r2")),
+            ],
         );
         assert_eq!(ok.map(|p| p.release), Ok("r2".into()));
         let none = agreed("prod", &[("a".into(), Ok(None)), ("b".into(), Ok(None))]).unwrap_err();
-        assert!(none.starts_with("nothing is pending on stage prod"), "{none}");
+        assert!(
+            none.starts_with("nothing is pending on stage prod"),
+            "{none}"
+        );
         assert!(none.contains("`shipjar status prod`"), "{none}");
         let split = agreed(
             "prod",
-            &[("a".into(), held("r2")), ("b".into(), held("r3")), ("c".into(), held("r2"))],
+            &[
+                ("a".into(), held("r2")),
+                ("b".into(), held("r3")),
+                ("c".into(), held("r2")),
+            ],
         )
         .unwrap_err();
-        assert!(split.contains("a holds release r2, b release r3"), "{split}");
+        assert!(
+            split.contains("a holds release r2, b release r3"),
+            "{split}"
+        );
         let gone = agreed(
             "prod",
-            &[("a".into(), held("r2")), ("b".into(), Ok(None)), ("c".into(), Err("cut".into()))],
+            &[
+                ("a".into(), held("r2")),
+                ("b".into(), Ok(None)),
+                ("c".into(), Err("cut".into())),
+            ],
         )
         .unwrap_err();
         assert!(gone.contains("b (holds no pending canary"), "{gone}");

@@ -198,7 +198,10 @@ pub(super) fn lock_host(
             &run.host,
             "lock",
             StepStatus::Info,
-            &format!("took over the lock of the pending canary of {}", pending.describe()),
+            &format!(
+                "took over the lock of the pending canary of {}",
+                pending.describe()
+            ),
         );
     }
     if let Some(previous) = &state.took_over {

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::FinalState;
 use super::canary;
 use super::host_run::{Run, activate_host, close, lock_host, revert_host, upload_and_prepare};
 use super::identity::deployer;
-use super::FinalState;
 use crate::operator::build::BuildManifest;
 use crate::operator::config::{BatchSize, OnFailure, Pause, Project, ResolvedStage};
 use crate::operator::fleet::{self, Fleet};
@@ -512,7 +512,9 @@ fn switch_canary(
         ));
     }
     match pause {
-        Pause::For(window) => watch_canary(ctx, runs, canary, window.0).map(Switched::canary_failed),
+        Pause::For(window) => {
+            watch_canary(ctx, runs, canary, window.0).map(Switched::canary_failed)
+        }
         Pause::Confirm if nothing_after => {
             ctx.reporter
                 .note("the canary is every host of this deploy: nothing to wait for");
@@ -557,15 +559,23 @@ fn pending_record(ctx: &Ctx, runs: &[Run], canary: &[usize]) -> PendingCanary {
 /// ends the others' watch, and so does Ctrl-C. Says why the canary failed.
 fn watch_canary(ctx: &Ctx, runs: &mut [Run], canary: &[usize], window_ms: u64) -> Option<String> {
     let window = humantime::format_duration(Duration::from_millis(window_ms)).to_string();
-    let mut watched: Vec<&mut Run> = runs
-        .iter_mut()
-        .enumerate()
-        .filter(|(i, _)| canary.contains(i))
-        .map(|(_, r)| r)
-        .collect();
+    let (mut watched, mut others): (Vec<&mut Run>, Vec<&mut Run>) = (Vec::new(), Vec::new());
+    for (i, run) in runs.iter_mut().enumerate() {
+        if canary.contains(&i) {
+            watched.push(run);
+        } else {
+            others.push(run);
+        }
+    }
+    // A pause may outlast the lease: the other hosts' locks are renewed meanwhile.
+    let every = Duration::from_millis((ctx.stage.lock_lease_ms / 3).max(50));
     ctx.reporter.note(&format!(
         "canary: watching {} for {window} before the other hosts",
-        watched.iter().map(|r| r.host.as_str()).collect::<Vec<_>>().join(", ")
+        watched
+            .iter()
+            .map(|r| r.host.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     let cancellers: Vec<Canceller> = watched
         .iter()
@@ -583,6 +593,20 @@ fn watch_canary(ctx: &Ctx, runs: &mut [Run], canary: &[usize], window_ms: u64) -
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        scope.spawn(|| {
+            let mut renewed = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                if renewed.elapsed() >= every {
+                    for other in others.iter_mut() {
+                        if let Some(session) = other.session.as_mut() {
+                            let _ = session.notify(Request::Renew);
+                        }
+                    }
+                    renewed = Instant::now();
+                }
             }
         });
         fleet::each(&mut watched, ctx.fleet.parallel, |run| {
@@ -630,7 +654,12 @@ fn watch_host(
     let request = Request::Watch { release, window_ms };
     match run.call("watch", request, reporter) {
         Some(Response::Watched(w)) if w.ok => {
-            reporter.step(&run.host, "watch", StepStatus::Ok, "stayed healthy for the pause");
+            reporter.step(
+                &run.host,
+                "watch",
+                StepStatus::Ok,
+                "stayed healthy for the pause",
+            );
             true
         }
         Some(Response::Watched(w)) => {
@@ -671,7 +700,12 @@ fn revert_canary(ctx: &Ctx, runs: &mut [Run]) -> usize {
     let count = runs.iter().filter(|r| back(r)).count();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         if back(run) {
-            revert_host(run, &deployer, "reverted because the canary failed", ctx.reporter);
+            revert_host(
+                run,
+                &deployer,
+                "reverted because the canary failed",
+                ctx.reporter,
+            );
         }
     });
     count
@@ -682,7 +716,12 @@ fn abort_canary(ctx: &Ctx, runs: &mut [Run], pending: &PendingCanary) -> Switche
     let deployer = deployer();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         if run.switched {
-            revert_host(run, &deployer, "the canary was aborted (--abort)", ctx.reporter);
+            revert_host(
+                run,
+                &deployer,
+                "the canary was aborted (--abort)",
+                ctx.reporter,
+            );
         }
     });
     Switched::stop(format!(
@@ -702,13 +741,15 @@ fn interrupted_before(runs: &[Run], n: usize) -> String {
     )
 }
 
-/// Renews the lease of hosts waiting for their batch; a host lost before its
-/// switch stops the run.
+/// Renews the lease of hosts waiting for their batch (and of hosts switched
+/// already: a `--continue`'s canary is idle from the start); a host lost
+/// before its switch stops the run.
 fn renew_waiting(runs: &mut [Run], reporter: &Reporter) -> Option<String> {
     // Idle sessions renew their lease while other batches switch; no waiting.
-    for run in runs.iter_mut().filter(|r| !r.switched && !r.failed()) {
+    for run in runs.iter_mut().filter(|r| !r.failed()) {
         if let Some(session) = run.session.as_mut()
             && let Err(e) = session.notify(Request::Renew)
+            && !run.switched
         {
             run.session = None;
             run.fail("lock", e.message, reporter);
@@ -807,12 +848,7 @@ fn revert_switched(ctx: &Ctx, runs: &mut [Run]) -> usize {
 /// On every host still answering: prune old releases and release the lock;
 /// a host the stopped run never switched records why. With `pending`, each
 /// host keeps the lock for the canary instead (nothing pruned or recorded).
-fn finish_all(
-    ctx: &Ctx,
-    runs: &mut [Run],
-    stopped: Option<&str>,
-    pending: Option<&PendingCanary>,
-) {
+fn finish_all(ctx: &Ctx, runs: &mut [Run], stopped: Option<&str>, pending: Option<&PendingCanary>) {
     let keep = *ctx.project.config.releases.keep.get_ref();
     let deployer = deployer();
     fleet::each(runs, ctx.fleet.parallel, |run| {
