@@ -44,7 +44,7 @@ pub struct LockRecord {
     pub expires_at_ms: u64,
     /// A canary waiting for `deploy --continue` or `--abort`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<PendingCanary>,
+    pub pending: Option<Box<PendingCanary>>,
 }
 
 impl LockRecord {
@@ -218,7 +218,7 @@ pub fn acquire(
 fn decide(
     current: Current,
     token: &str,
-) -> Result<(Acquired, Option<PendingCanary>), AcquireError> {
+) -> Result<(Acquired, Option<Box<PendingCanary>>), AcquireError> {
     match current {
         Current::Free => Ok((Acquired::Free, None)),
         Current::Held(r) if r.token == token => Ok((Acquired::Free, None)),
@@ -237,12 +237,12 @@ fn decide(
 fn decide_resume(
     current: Current,
     release: &str,
-) -> Result<(Acquired, Option<PendingCanary>), AcquireError> {
+) -> Result<(Acquired, Option<Box<PendingCanary>>), AcquireError> {
     let here = match current {
         Current::Held(LockRecord {
             pending: Some(p), ..
         }) if p.release == release => {
-            return Ok((Acquired::Resumed(Box::new(p.clone())), Some(p)));
+            return Ok((Acquired::Resumed(p.clone()), Some(p)));
         }
         Current::Free => "the deploy lock is free".to_string(),
         Current::Held(r) => format!("the deploy lock is held by {}", r.describe()),
@@ -259,7 +259,7 @@ pub fn hold_pending(layout: &Layout, token: &str, pending: PendingCanary) -> Res
     with_record(layout, |current| match current {
         Current::Held(mut r) if r.token == token => {
             r.expires_at_ms = now_ms() + PENDING_LEASE.as_millis() as u64;
-            r.pending = Some(pending);
+            r.pending = Some(Box::new(pending));
             Ok((Write::Put(r), ()))
         }
         _ => Err("the deploy lock is no longer held by this deploy".to_string()),
@@ -270,7 +270,7 @@ pub fn hold_pending(layout: &Layout, token: &str, pending: PendingCanary) -> Res
 /// mutex: the record is replaced whole by rename).
 pub fn pending(layout: &Layout) -> Option<PendingCanary> {
     match read_record(&layout.deploy_lock()) {
-        Ok(Current::Held(r)) if !r.expired() => r.pending,
+        Ok(Current::Held(r)) if !r.expired() => r.pending.map(|p| *p),
         _ => None,
     }
 }
