@@ -294,3 +294,87 @@ fn abort_puts_a_waiting_canary_back_and_unlocks_the_stage() {
     let (_, status) = p.status_json();
     assert!(status["pending_canary"].is_null(), "{status}");
 }
+
+/// The operator, SIGKILLed if the test ends before it does.
+struct Operator(std::process::Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads lines until one contains `wanted`; the operator ends (and with it
+/// its stderr) within its own deadlines, so this does too.
+fn wait_for_line(stderr: &mut impl std::io::BufRead, wanted: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "no line with {wanted:?} before the end:\n{seen}");
+        seen.push_str(&line);
+        if line.contains(wanted) {
+            return seen;
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn ctrl_c_during_the_pause_puts_the_canary_back_at_once() {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    require_root();
+    let p = fleet_with("{ batch = 1, canary = 1, pause = \"1s\" }");
+    p.provision();
+    let first = p.deploy_with("1.0.0", &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let file = p.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&file).expect("config");
+    std::fs::write(&file, config.replace("pause = \"1s\"", "pause = \"5m\"")).expect("config");
+    let args = p.deploy_args("2.0.0", &[]);
+    // Plain output: the progress lines on stderr.
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--json")
+        .collect();
+    let mut operator = Operator(
+        p.command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn deploy"),
+    );
+    let mut stderr = std::io::BufReader::new(operator.0.stderr.take().expect("stderr"));
+    wait_for_line(&mut stderr, "canary: watching app1 for 5m");
+    assert_eq!(served(&p)[0].as_deref(), Some("2.0.0"));
+    let interrupted = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(operator.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT the operator");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("stderr");
+    let status = operator.0.wait().expect("wait");
+    let mut stdout = String::new();
+    if let Some(mut out) = operator.0.stdout.take() {
+        out.read_to_string(&mut stdout).expect("stdout");
+    }
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(60),
+        "the 5 m pause must end at Ctrl-C"
+    );
+    assert_eq!(status.code(), Some(130), "{rest}\n{stdout}");
+    assert!(
+        stdout
+            .contains("interrupted (Ctrl-C) during the canary's 5m pause: the canary was put back"),
+        "{stdout}"
+    );
+    assert_eq!(served(&p), versions(&["1.0.0"; 3]));
+    let (code, status) = p.status_json();
+    assert_eq!(code, 0, "{status}");
+}

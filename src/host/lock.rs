@@ -45,6 +45,10 @@ pub struct LockRecord {
     /// A canary waiting for `deploy --continue` or `--abort`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Box<PendingCanary>>,
+    /// The pending canary's lock is held by no session (its deploy exited):
+    /// `resume` may take it. A resumed run holds it like any deploy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
 }
 
 impl LockRecord {
@@ -201,6 +205,7 @@ pub fn acquire(
             token: token.to_string(),
             expires_at_ms: now_ms() + lease_ms,
             pending,
+            parked: false,
         };
         Ok((Write::Put(record), Some(acquired)))
     });
@@ -239,10 +244,19 @@ fn decide_resume(
     release: &str,
 ) -> Result<(Acquired, Option<Box<PendingCanary>>), AcquireError> {
     let here = match current {
-        Current::Held(LockRecord {
-            pending: Some(p), ..
-        }) if p.release == release => {
-            return Ok((Acquired::Resumed(p.clone()), Some(p)));
+        Current::Held(r) if r.pending.as_ref().is_some_and(|p| p.release == release) => {
+            // A run continuing or aborting it now holds it: one at a time.
+            if !r.parked && !r.expired() {
+                return Err(AcquireError::Held(format!(
+                    "{} (resumed by {})",
+                    r.describe(),
+                    r.holder
+                )));
+            }
+            if let Some(p) = r.pending {
+                return Ok((Acquired::Resumed(p.clone()), Some(p)));
+            }
+            String::new()
         }
         Current::Free => "the deploy lock is free".to_string(),
         Current::Held(r) => format!("the deploy lock is held by {}", r.describe()),
@@ -260,6 +274,7 @@ pub fn hold_pending(layout: &Layout, token: &str, pending: PendingCanary) -> Res
         Current::Held(mut r) if r.token == token => {
             r.expires_at_ms = now_ms() + PENDING_LEASE.as_millis() as u64;
             r.pending = Some(Box::new(pending));
+            r.parked = true;
             Ok((Write::Put(r), ()))
         }
         _ => Err("the deploy lock is no longer held by this deploy".to_string()),
@@ -471,6 +486,13 @@ mod tests {
             Ok(Acquired::Resumed(p)) => assert_eq!(p.release, "r2"),
             other => panic!("expected a resume, got {other:?}"),
         }
+        // One resumed run at a time: another is refused while it holds the lock.
+        let busy = acquire(&layout, &holder(3), "c", 60_000, Some("r2")).unwrap_err();
+        assert!(matches!(busy, AcquireError::Held(_)), "{busy}");
+        assert!(
+            busy.to_string().contains("resumed by me@box (pid 2"),
+            "{busy}"
+        );
         // Resumed: the record stays (status shows it) until the lock is released.
         assert_eq!(pending(&layout).map(|p| p.release), Some("r2".into()));
         release(&layout, "b").unwrap();

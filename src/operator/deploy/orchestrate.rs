@@ -245,20 +245,7 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
     let every = Duration::from_millis((ctx.stage.lock_lease_ms / 3).max(50));
     let done = AtomicBool::new(false);
     let answer = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let mut renewed = Instant::now();
-            while !done.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-                if renewed.elapsed() >= every {
-                    for other in others.iter_mut() {
-                        if let Some(session) = other.session.as_mut() {
-                            let _ = session.notify(Request::Renew);
-                        }
-                    }
-                    renewed = Instant::now();
-                }
-            }
-        });
+        scope.spawn(|| keep_renewing(&done, others.iter_mut(), every));
         let answer = run.call(step, request, ctx.reporter);
         done.store(true, Ordering::SeqCst);
         answer
@@ -291,6 +278,28 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
         ..Activation::of(&release)
     });
     stop_before_change(runs, step, ctx.reporter)
+}
+
+/// Renews the leases of `idle` hosts every `every` until `done`: a long
+/// request elsewhere (a migration, a canary's pause) may outlast the lease.
+fn keep_renewing<'r, 'p: 'r>(
+    done: &AtomicBool,
+    idle: impl Iterator<Item = &'r mut Run<'p>>,
+    every: Duration,
+) {
+    let mut idle: Vec<&mut Run> = idle.collect();
+    let mut renewed = Instant::now();
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        if renewed.elapsed() >= every {
+            for run in idle.iter_mut() {
+                if let Some(session) = run.session.as_mut() {
+                    let _ = session.notify(Request::Renew);
+                }
+            }
+            renewed = Instant::now();
+        }
+    }
 }
 
 /// `after_deploy` / `after_failure` (deploy) or `after_rollback` (a rollback
@@ -595,20 +604,7 @@ fn watch_canary(ctx: &Ctx, runs: &mut [Run], canary: &[usize], window_ms: u64) -
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        scope.spawn(|| {
-            let mut renewed = Instant::now();
-            while !done.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-                if renewed.elapsed() >= every {
-                    for other in others.iter_mut() {
-                        if let Some(session) = other.session.as_mut() {
-                            let _ = session.notify(Request::Renew);
-                        }
-                    }
-                    renewed = Instant::now();
-                }
-            }
-        });
+        scope.spawn(|| keep_renewing(&done, others.iter_mut().map(|o| &mut **o), every));
         fleet::each(&mut watched, ctx.fleet.parallel, |run| {
             let t = Instant::now();
             let ended_early = failed.load(Ordering::SeqCst);

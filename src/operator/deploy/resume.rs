@@ -13,22 +13,17 @@ use super::{FinalState, Outcome, summary};
 use crate::cli::DeployArgs;
 use crate::error::{Error, Result};
 use crate::operator::args::parse_wait;
-use crate::operator::config::Project;
+use crate::operator::config::{Project, ResolvedStage};
 use crate::operator::fleet::Fleet;
 use crate::operator::inspect::query_all;
 use crate::operator::output::Reporter;
 use crate::operator::render;
+use crate::protocol::canary::PendingCanary;
 use crate::protocol::{Action, Request, Response};
 
-/// `deploy STAGE --continue` or `--abort`.
-pub(super) fn resume(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Result<i32> {
-    let (stage, selection) =
-        crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
-    // Hooks and a failed health check may print what the service said.
-    render::mask_available_secrets(&stage.secrets);
-    let wait = parse_wait(args.wait.as_deref())?;
-    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
-    let answers: Vec<_> = query_all(&fleet, &stage.hosts, Request::Status)
+/// The pending canary every host of its deploy holds, as `status` reads it.
+fn read_pending(fleet: &Fleet, stage: &ResolvedStage) -> Result<PendingCanary> {
+    let answers: Vec<_> = query_all(fleet, &stage.hosts, Request::Status)
         .into_iter()
         .map(|(host, answer)| {
             let record = match answer {
@@ -39,7 +34,18 @@ pub(super) fn resume(project: &Project, args: &DeployArgs, reporter: &Reporter) 
             (host, record)
         })
         .collect();
-    let pending = canary::agreed(&stage.name, &answers).map_err(Error::failed)?;
+    canary::agreed(&stage.name, &answers).map_err(Error::failed)
+}
+
+/// `deploy STAGE --continue` or `--abort`.
+pub(super) fn resume(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Result<i32> {
+    let (stage, selection) =
+        crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
+    // Hooks and a failed health check may print what the service said.
+    render::mask_available_secrets(&stage.secrets);
+    let wait = parse_wait(args.wait.as_deref())?;
+    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
+    let pending = read_pending(&fleet, &stage)?;
     let verb = if args.abort { "aborting" } else { "continuing" };
     reporter.note(&format!(
         "{verb} the canary of {} (stage {})",
