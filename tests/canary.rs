@@ -370,6 +370,12 @@ fn ctrl_c_during_the_pause_puts_the_canary_back_at_once() {
     );
     assert_eq!(status.code(), Some(130), "{rest}\n{stdout}");
     assert!(
+        rest.contains(
+            "interrupted: ending the canary's pause; app1 goes back to the previous release"
+        ),
+        "{rest}"
+    );
+    assert!(
         stdout
             .contains("interrupted (Ctrl-C) during the canary's 5m pause: the canary was put back"),
         "{stdout}"

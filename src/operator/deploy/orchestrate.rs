@@ -586,6 +586,9 @@ fn watch_canary(ctx: &Ctx, runs: &mut [Run], canary: &[usize], window_ms: u64) -
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    fleet::set_phase(fleet::Phase::CanaryPause {
+        hosts: watched.iter().map(|r| r.host.clone()).collect(),
+    });
     let cancellers: Vec<Canceller> = watched
         .iter()
         .filter_map(|r| r.session.as_ref().map(|s| s.canceller()))
