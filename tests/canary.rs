@@ -384,3 +384,37 @@ fn ctrl_c_during_the_pause_puts_the_canary_back_at_once() {
     let (code, status) = p.status_json();
     assert_eq!(code, 0, "{status}");
 }
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_continue_whose_batch_fails_puts_the_canary_back_on_its_recorded_release_too() {
+    require_root();
+    let p = fleet_with("{ batch = 1, canary = 1, pause = \"confirm\" }");
+    // 2.0.0 fails to start on app3 only (env values are templates, rendered
+    // when the canary's deploy prepares the release everywhere).
+    let file = p.path().join("shipjar.toml");
+    let config = std::fs::read_to_string(&file).expect("config").replace(
+        "BIND = \"0.0.0.0\" }",
+        "BIND = \"0.0.0.0\", FAIL_ON_START = \"{{ 'yes' if host == 'app3' and version == '2.0.0' else 'no' }}\" }",
+    );
+    std::fs::write(&file, config).expect("write config");
+    p.provision();
+    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    let cont = p.run(&["--json", "deploy", "fleet", "--continue"]);
+    assert_eq!(cont.status.code(), Some(0), "{}", text(&cont));
+    let paused = p.deploy_with("2.0.0", &[]);
+    assert_eq!(paused.status.code(), Some(0), "{}", text(&paused));
+
+    let out = p.run(&["--json", "deploy", "fleet", "--continue"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result = last_json(&out);
+    assert_eq!(
+        states(&result),
+        ["reverted", "reverted", "reverted"],
+        "{result}"
+    );
+    assert_eq!(served(&p), versions(&["1.0.0"; 3]));
+    let (code, status) = p.status_json();
+    assert_eq!(code, 0, "{status}");
+    assert!(status["pending_canary"].is_null(), "{status}");
+}
