@@ -57,11 +57,11 @@ pub fn watch(
             reason: None,
             log_tail: Vec::new(),
         },
-        Err((_, reason, log_tail)) => WatchReport {
+        Err(e) => WatchReport {
             ok: false,
             pid: Some(pid),
-            reason: Some(reason),
-            log_tail,
+            reason: Some(e.message),
+            log_tail: e.log_tail,
         },
     }
 }

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{StepFailure, cancelled};
+use super::cancelled;
+use crate::host::error::HostError;
 use crate::host::supervisor::{self, RunEnd, logfile};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::HealthSpec;
@@ -27,7 +28,7 @@ pub fn settle(
     pid: i32,
     healthy_at: Instant,
     emit: &dyn Fn(&str, &str),
-) -> Result<(), StepFailure> {
+) -> Result<(), HostError> {
     let window = Duration::from_millis(health.settle_ms);
     stay_healthy(layout, health, pid, healthy_at, window, &SETTLE, emit)
 }
@@ -41,7 +42,7 @@ pub fn watch(
     pid: i32,
     window: Duration,
     emit: &dyn Fn(&str, &str),
-) -> Result<(), StepFailure> {
+) -> Result<(), HostError> {
     stay_healthy(layout, health, pid, Instant::now(), window, &WATCH, emit)
 }
 
@@ -70,7 +71,7 @@ fn stay_healthy(
     window: Duration,
     words: &Words,
     emit: &dyn Fn(&str, &str),
-) -> Result<(), StepFailure> {
+) -> Result<(), HostError> {
     if window.is_zero() {
         return Ok(());
     }
@@ -88,12 +89,12 @@ fn stay_healthy(
         ),
     );
     let tail = || logfile::service_tail(layout, logfile::TAIL_LINES);
-    let failed = |what: &str, since: Duration, why: String| -> StepFailure {
-        (
+    let failed = |what: &str, since: Duration, why: String| {
+        HostError::at(
             words.step,
             format!("{what} {} {}: {why}", seconds(since), words.since),
-            tail(),
         )
+        .with_log_tail(tail())
     };
     let mut next_probe = Instant::now() + interval;
     loop {
