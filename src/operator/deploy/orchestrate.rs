@@ -699,7 +699,7 @@ fn revert_canary(ctx: &Ctx, runs: &mut [Run]) -> usize {
     let count = runs.iter().filter(|r| back(r)).count();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         if back(run) {
-            revert_host(
+            revert_canary_host(
                 run,
                 &deployer,
                 "reverted because the canary failed",
@@ -710,12 +710,27 @@ fn revert_canary(ctx: &Ctx, runs: &mut [Run]) -> usize {
     count
 }
 
+/// A canary host back on its previous release; with none (a first deploy)
+/// it stays where it is, and says so.
+fn revert_canary_host(run: &mut Run, deployer: &str, why: &str, reporter: &Reporter) {
+    if run.outcome.previous.is_none() {
+        run.outcome.ok = false;
+        run.fail(
+            "revert",
+            "no release ran here before the canary: nothing to go back to",
+            reporter,
+        );
+        return;
+    }
+    revert_host(run, deployer, why, reporter);
+}
+
 /// `--abort`: every canary host back on the release it ran before the canary.
 fn abort_canary(ctx: &Ctx, runs: &mut [Run], pending: &PendingCanary) -> Switched {
     let deployer = deployer();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         if run.switched {
-            revert_host(
+            revert_canary_host(
                 run,
                 &deployer,
                 "the canary was aborted (--abort)",

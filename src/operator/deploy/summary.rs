@@ -203,6 +203,8 @@ fn where_now(host: &HostOutcome) -> String {
             "back on release {}, healthy",
             host.previous.as_deref().unwrap_or("(none)")
         ),
+        // A canary with no earlier release to go back to.
+        (FinalState::Updated, None) => "still on the new release: no release ran here before it, so there is nothing to go back to".into(),
         (FinalState::Unknown, _) => "in an unknown state: it stopped answering during the switch; its agent completes or reverts the switch on its own — check with `shipjar status`".into(),
         _ => match &host.previous {
             Some(release) => format!("not changed (still on release {release})"),
@@ -363,5 +365,8 @@ mod tests {
             where_now(&host("a", FinalState::Unchanged)),
             "not changed (still on release r1)"
         );
+        let mut first_canary = host("a", FinalState::Updated);
+        first_canary.previous = None;
+        assert!(where_now(&first_canary).contains("nothing to go back to"));
     }
 }
