@@ -16,9 +16,9 @@ pub(super) fn finish(reporter: &Reporter, outcome: Outcome) -> Result<i32> {
             text.push_str(&succeeded_line(&outcome, host));
         } else if host.state == FinalState::Waiting {
             text.push_str(&format!(
-                "{}: waiting for the canary to be confirmed ({})\n",
+                "{}: waiting for the canary to be confirmed, still on release {}\n",
                 host.host,
-                where_now(host)
+                host.previous.as_deref().unwrap_or("(none)")
             ));
         } else if outcome.aborted && host.state == FinalState::Reverted {
             text.push_str(&format!(
