@@ -423,6 +423,26 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupt_during_a_canary_pause_says_the_canary_goes_back() {
+        let one = Phase::CanaryPause {
+            hosts: vec!["app1".into()],
+        };
+        assert_eq!(
+            interrupt_message(1, &one),
+            "interrupted: ending the canary's pause; app1 goes back to the previous release and no other host is switched"
+        );
+        let two = Phase::CanaryPause {
+            hosts: vec!["app1".into(), "app2".into()],
+        };
+        assert!(
+            interrupt_message(2, &two)
+                .starts_with("interrupted again: app1, app2 are being put back by their agents"),
+            "{}",
+            interrupt_message(2, &two)
+        );
+    }
+
+    #[test]
     fn each_runs_every_item_once_within_the_limit() {
         let running = std::sync::atomic::AtomicUsize::new(0);
         let peak = std::sync::atomic::AtomicUsize::new(0);
