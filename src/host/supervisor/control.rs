@@ -111,20 +111,17 @@ fn answer(
     report: Report,
     deadline: Duration,
 ) -> Result<StartReport, HostError> {
-    match report {
+    let err = match report {
         Report::Ready(json) => match serde_json::from_str::<StartReport>(&json) {
             Ok(report) => {
                 // The supervisor outlives us; in a long-lived caller (the
                 // agent) someone must still reap it.
                 detached::let_live(child);
-                Ok(report)
+                return Ok(report);
             }
             Err(e) => {
                 abandon(&mut child, layout);
-                Err(with_tail(
-                    HostError::new(format!("bad report from the supervisor: {e}")),
-                    layout,
-                ))
+                HostError::new(format!("bad report from the supervisor: {e}"))
             }
         },
         Report::Failed(rest) => {
@@ -132,59 +129,47 @@ fn answer(
                 serde_json::from_str::<HostError>(&rest).unwrap_or_else(|_| HostError::new(rest));
             // It reports after cleaning up, so it is about to exit.
             detached::wait_or_kill(&mut child, KILL_WAIT);
-            Err(with_tail(err, layout))
+            err
         }
         Report::Garbled(line) => {
             abandon(&mut child, layout);
-            Err(with_tail(
-                HostError::new(format!("unexpected report from the supervisor: {line}")),
-                layout,
-            ))
+            HostError::new(format!("unexpected report from the supervisor: {line}"))
         }
-        Report::Eof => {
-            // Died without a word (crashed, killed): whatever it spawned goes too.
-            let sup = child.id() as i32;
-            detached::wait_or_kill(&mut child, KILL_WAIT);
-            kill_orphan_service(layout, sup);
-            let status = child
-                .try_wait()
-                .ok()
-                .flatten()
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default();
-            Err(with_tail(
-                HostError::new(format!("supervisor exited before reporting{status}")),
-                layout,
-            ))
-        }
-        Report::Cancelled => {
-            // Ask it to stop the half-started service as it would any stop.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                Signal::SIGTERM,
-            );
-            let sup = child.id() as i32;
-            detached::wait_or_kill(
-                &mut child,
-                defaults::STOP_TIMEOUT + defaults::SUPERVISOR_GRACE,
-            );
-            kill_orphan_service(layout, sup);
-            Err(with_tail(
-                HostError::new("cancelled by the operator (Ctrl-C) before it was healthy"),
-                layout,
-            ))
-        }
+        Report::Eof => died_without_report(layout, &mut child),
+        Report::Cancelled => stop_cancelled_start(layout, &mut child),
         Report::Timeout => {
             abandon(&mut child, layout);
-            Err(with_tail(
-                HostError::new(format!(
-                    "no report from the supervisor within {}; killed it",
-                    human_duration(deadline)
-                )),
-                layout,
+            HostError::new(format!(
+                "no report from the supervisor within {}; killed it",
+                human_duration(deadline)
             ))
         }
-    }
+    };
+    Err(with_tail(err, layout))
+}
+
+/// A supervisor that died without a word (crashed, killed): whatever it spawned goes too.
+fn died_without_report(layout: &Layout, child: &mut Child) -> HostError {
+    let sup = child.id() as i32;
+    detached::wait_or_kill(child, KILL_WAIT);
+    kill_orphan_service(layout, sup);
+    let status = child
+        .try_wait()
+        .ok()
+        .flatten()
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
+    HostError::new(format!("supervisor exited before reporting{status}"))
+}
+
+/// The operator cancelled a start: the supervisor stops the half-started
+/// service as it would any stop.
+fn stop_cancelled_start(layout: &Layout, child: &mut Child) -> HostError {
+    let sup = child.id() as i32;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGTERM);
+    detached::wait_or_kill(child, defaults::STOP_TIMEOUT + defaults::SUPERVISOR_GRACE);
+    kill_orphan_service(layout, sup);
+    HostError::new("cancelled by the operator (Ctrl-C) before it was healthy")
 }
 
 /// The report for a service that is already up.

@@ -84,6 +84,7 @@ pub(super) fn resume(project: &Project, args: &DeployArgs, reporter: &Reporter) 
         reporter,
         choose: &choose,
         selection: selection.as_ref(),
+        remote: None,
         canary: if args.abort {
             Canary::Abort(&pending)
         } else {
