@@ -310,6 +310,19 @@ pub struct DeployArgs {
     /// If another deploy holds the lock, wait up to this long (e.g. 5m) instead of failing.
     #[arg(long, value_name = "DURATION")]
     pub wait: Option<String>,
+    /// Deploy the rest of the stage to the release of the canary waiting there
+    /// (`pause = "confirm"`): the same artifact and config, nothing built.
+    #[arg(
+        long = "continue",
+        conflicts_with_all = ["abort", "skip_build", "artifact", "version", "sha256", "set", "env"]
+    )]
+    pub resume: bool,
+    /// Put the canary waiting on the stage back on its previous release and unlock the stage.
+    #[arg(
+        long,
+        conflicts_with_all = ["skip_build", "artifact", "version", "sha256", "set", "env"]
+    )]
+    pub abort: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

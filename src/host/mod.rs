@@ -34,3 +34,4 @@ pub mod supervisor;
 #[allow(clippy::disallowed_methods)]
 // root-only: /etc/init.d, /etc/systemd/system, root's var/lib/NAME/pre-shipjar
 pub mod takeover;
+pub mod watch;

@@ -35,6 +35,10 @@ pub enum Request {
         /// Prepare this release right away if the artifact is already stored
         /// (saves a round trip; otherwise `prepare` follows the upload).
         prepare: Option<Box<PrepareSpec>>,
+        /// Take over the lock of the pending canary of this release
+        /// (`deploy --continue`/`--abort`); refused when the host holds none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     /// Extend the lease of the session's lock.
     Renew,
@@ -91,9 +95,22 @@ pub enum Request {
         /// `revisions.log` (only by the holder of its lock).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         not_switched: Option<NotSwitched>,
+        /// Keep the lock for this canary instead of releasing it: it outlives
+        /// the session until `--continue`, `--abort` or `unlock`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending: Option<Box<crate::protocol::canary::PendingCanary>>,
     },
     /// Remove the deploy lock whoever holds it (`shipjar unlock`).
     Unlock,
+    /// Watch the running `release` for `window_ms`: it must stay up (no exit,
+    /// no restart by its supervisor) and pass every liveness probe (a
+    /// canary's pause). A `cancel` line ends it as a failure.
+    Watch {
+        /// The release that must be running.
+        release: String,
+        /// How long to watch.
+        window_ms: u64,
+    },
     /// Send the service log's last lines as `log` events; with `follow`, keep sending.
     Logs {
         /// How many lines from the end (of those matching); all when absent.
@@ -440,6 +457,8 @@ pub enum Response {
     HookRan(HookRun),
     /// Answer to `exec`.
     Executed(ExecRun),
+    /// Answer to `watch`.
+    Watched(WatchReport),
     /// Answer to `finish`.
     Finished {
         /// Releases removed.
@@ -500,6 +519,23 @@ pub struct HostState {
     pub took_over: Option<String>,
     /// Whether the release asked for in `begin` was prepared.
     pub prepared: bool,
+    /// With `resume`: the pending canary whose lock was taken over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Box<crate::protocol::canary::PendingCanary>>,
+}
+
+/// How a `watch` went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchReport {
+    /// True when the release stayed up and healthy for the whole window.
+    pub ok: bool,
+    /// The pid watched.
+    pub pid: Option<i32>,
+    /// On failure: the step (`watch`) and why.
+    pub reason: Option<String>,
+    /// On failure: the last lines of the service log.
+    pub log_tail: Vec<String>,
 }
 
 /// Outcome of an activation.
@@ -600,6 +636,9 @@ pub struct HostStatus {
     /// `service` is the instance taking traffic.
     #[serde(default)]
     pub proxy: Option<crate::protocol::status::ProxyStatus>,
+    /// A canary waiting for `deploy --continue` or `--abort`, from the deploy lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_canary: Option<crate::protocol::canary::PendingCanary>,
 }
 
 /// A run that stopped before a host switched, as that host records it.
@@ -727,6 +766,7 @@ mod tests {
             cleaned_up: vec![],
             took_over: None,
             prepared: false,
+            resumed: None,
         })));
         round_trip(Response::Status(Box::new(HostStatus {
             current: Some(release),
@@ -741,6 +781,13 @@ mod tests {
             version_error: None,
             last_revision: None,
             proxy: None,
+            pending_canary: None,
         })));
+        round_trip(Response::Watched(WatchReport {
+            ok: false,
+            pid: Some(4),
+            reason: Some("crashed".into()),
+            log_tail: vec!["boom".into()],
+        }));
     }
 }

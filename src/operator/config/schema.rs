@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::defaults;
-use super::{BatchSize, Bytes, Millis, ServiceName};
+use super::{BatchSize, Bytes, Millis, Pause, ServiceName};
 use crate::protocol::HookPoint;
 use crate::protocol::manifest::{HookSpec, HostHooks, LogTarget};
 
@@ -490,7 +490,7 @@ fn default_agent_path() -> Spanned<String> {
     Spanned::new(0..0, defaults::AGENT_PATH.to_string())
 }
 
-/// `rolling = { batch = 1 | "25%", max_failed = 0 }`.
+/// `rolling = { batch = 1 | "25%", max_failed = 0, canary = 1 | "10%", pause = "10m" | "confirm" }`.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Rolling {
@@ -500,6 +500,12 @@ pub struct Rolling {
     /// Failed hosts a batch may have before the deploy stops.
     #[serde(default = "default_max_failed")]
     pub max_failed: usize,
+    /// Hosts deployed first, as a batch of their own, and watched for `pause`
+    /// before the rest; any failure there puts them back and stops the deploy.
+    pub canary: Option<BatchSize>,
+    /// How long the canary is watched, or `"confirm"`: stop after it until
+    /// `deploy --continue` (or `--abort`).
+    pub pause: Option<Pause>,
 }
 
 fn default_max_failed() -> usize {
@@ -511,6 +517,8 @@ impl Default for Rolling {
         Rolling {
             batch: BatchSize::default(),
             max_failed: default_max_failed(),
+            canary: None,
+            pause: None,
         }
     }
 }

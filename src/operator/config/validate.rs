@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use super::Project;
 use super::defaults::{ANSWER_TIMEOUT_FLOOR_MS, LOCK_LEASE_FLOOR_MS, SETTLE_MAX_MS};
 use super::diagnostics::{Seg, keys};
-use super::schema::{ConfigFile, Proxy, Stage};
+use super::schema::{ConfigFile, Proxy, Rolling, Stage};
+use super::{Millis, Pause};
 use crate::error::{Error, Result};
 use crate::protocol::names;
 use crate::protocol::net::IpRange;
@@ -460,6 +461,7 @@ impl Project {
                 &format!("must be at least {}s", ANSWER_TIMEOUT_FLOOR_MS / 1000),
             ));
         }
+        self.validate_canary(&at(&[Seg::Key("rolling")]), &stage.rolling)?;
         for (key, source) in &stage.secrets {
             let s = source.get_ref();
             let mut path = at(&[Seg::Key("secrets")]);
@@ -488,6 +490,29 @@ impl Project {
             }
         }
         Ok(())
+    }
+
+    /// `rolling.canary` and `rolling.pause` come together; a pause is longer than 0s.
+    fn validate_canary(&self, rolling_at: &[Seg<'_>], rolling: &Rolling) -> Result<()> {
+        let at = |key: &'static str| {
+            let mut path = rolling_at.to_vec();
+            path.push(Seg::Key(key));
+            path
+        };
+        match (rolling.canary, rolling.pause) {
+            (Some(_), None) => Err(self.fail(
+                &at("canary"),
+                "a canary needs a `pause`: a duration such as \"10m\" to watch it, or \"confirm\"",
+            )),
+            (None, Some(_)) => Err(self.fail(
+                &at("pause"),
+                "a pause follows a canary: add `canary = 1` (or a percentage such as \"10%\")",
+            )),
+            (Some(_), Some(Pause::For(Millis(0)))) => {
+                Err(self.fail(&at("pause"), "must be longer than 0s (or \"confirm\")"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// An error pointing at the value at `path` (or where it would go).

@@ -138,12 +138,13 @@ impl<'p> Run<'p> {
 }
 
 /// Connects (unless connected) and takes the deploy lock; prepares the release
-/// in the same round trip when the host has the artifact already.
+/// in the same round trip when the host has the artifact already. With
+/// `resume`, takes over the lock of the pending canary of that release.
 pub(super) fn lock_host(
     run: &mut Run,
     fleet: &Fleet,
     stage: &ResolvedStage,
-    build: Option<&BuildManifest>,
+    (build, resume): (Option<&BuildManifest>, Option<&str>),
     reporter: &Reporter,
 ) {
     if run.session.is_none() {
@@ -164,10 +165,13 @@ pub(super) fn lock_host(
         artifact_sha256: build.map(|b| b.sha256.clone()),
         lease_ms: stage.lock_lease_ms,
         prepare,
+        resume: resume.map(str::to_string),
     };
     let Some(response) = run.call("lock", request, reporter) else {
+        // A pending canary's lock says itself how to go on.
         if run.error_kind == Some(ErrorKind::LockHeld)
             && let Some(reason) = run.outcome.reason.as_mut()
+            && !reason.contains("a pending canary of")
         {
             let wait = if run.waiting {
                 "the --wait time ran out"
@@ -190,6 +194,17 @@ pub(super) fn lock_host(
             "lock",
             StepStatus::Info,
             &format!("removed leftover of an interrupted run: {path}"),
+        );
+    }
+    if let Some(pending) = &state.resumed {
+        reporter.step(
+            &run.host,
+            "lock",
+            StepStatus::Info,
+            &format!(
+                "took over the lock of the pending canary of {}",
+                pending.describe()
+            ),
         );
     }
     if let Some(previous) = &state.took_over {
@@ -473,8 +488,9 @@ pub(super) fn activate_host(
     }
 }
 
-/// Puts a host switched in an earlier batch back on its previous release.
-pub(super) fn revert_host(run: &mut Run, deployer: &str, reporter: &Reporter) {
+/// Puts a host switched in an earlier batch (or a canary) back on its
+/// previous release; `why` is its reason when it had no failure of its own.
+pub(super) fn revert_host(run: &mut Run, deployer: &str, why: &str, reporter: &Reporter) {
     let Some(previous) = run.outcome.previous.clone() else {
         return;
     };
@@ -496,7 +512,7 @@ pub(super) fn revert_host(run: &mut Run, deployer: &str, reporter: &Reporter) {
             run.outcome.state = FinalState::Reverted;
             if run.outcome.failed_step.is_none() {
                 run.outcome.failed_step = Some("revert".into());
-                run.outcome.reason = Some("reverted because a later batch failed".into());
+                run.outcome.reason = Some(why.into());
             }
             reporter.step(
                 &run.host,

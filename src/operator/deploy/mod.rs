@@ -5,11 +5,16 @@
 //! on health and reported version (the agent reverts a host that fails). A
 //! batch with more failures than `max_failed` stops the deploy; with
 //! `on_failure = "revert"` hosts switched earlier go back too, so the fleet
-//! ends on one version. Hosts not yet switched are never touched.
+//! ends on one version. Hosts not yet switched are never touched. With
+//! `rolling.canary` the canary hosts switch first and are watched for
+//! `rolling.pause`, or left waiting for `deploy --continue`/`--abort`
+//! (resume.rs).
 
+mod canary;
 mod host_run;
 mod identity;
 mod orchestrate;
+mod resume;
 mod summary;
 mod unlock;
 
@@ -32,7 +37,7 @@ use crate::operator::select::Selection;
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::{Action, Activation, RevisionOutcome};
 use host_run::Run;
-use orchestrate::{Ctx, Executed, execute};
+use orchestrate::{Canary, Ctx, Executed, execute};
 
 pub use identity::deployer;
 pub use unlock::unlock;
@@ -59,6 +64,8 @@ pub enum FinalState {
     /// `restart`: the restart failed its gate; the host is left as it is
     /// (there is no other release to go back to).
     Failed,
+    /// Not switched yet: waits for `deploy --continue` after its canary.
+    Waiting,
 }
 
 impl FinalState {
@@ -72,6 +79,7 @@ impl FinalState {
             FinalState::Unknown => "unknown",
             FinalState::Restarted => "restarted",
             FinalState::Failed => "failed",
+            FinalState::Waiting => "waiting",
         }
     }
 }
@@ -137,6 +145,10 @@ pub struct Outcome {
     pub hosts: Vec<HostOutcome>,
     /// Only the hosts `--hosts` named: the others were not touched.
     pub selection: Option<Selection>,
+    /// The canary this deploy left waiting for `--continue` (`pause = "confirm"`).
+    pub pending_canary: Option<crate::protocol::canary::PendingCanary>,
+    /// `--abort`: the run put a waiting canary back.
+    pub aborted: bool,
 }
 
 impl Outcome {
@@ -150,7 +162,11 @@ impl Outcome {
         runs: Vec<Run>,
     ) -> Outcome {
         Outcome {
-            ok: executed.stopped.is_none() && runs.iter().all(|r| r.outcome.ok),
+            // Hosts waiting for `--continue` are not a failure of this run.
+            ok: executed.stopped.is_none()
+                && runs
+                    .iter()
+                    .all(|r| r.outcome.ok || r.outcome.state == FinalState::Waiting),
             action,
             stage: stage.to_string(),
             release,
@@ -160,12 +176,17 @@ impl Outcome {
             phases_ms: executed.phases,
             hosts: runs.into_iter().map(|r| r.outcome).collect(),
             selection: None,
+            pending_canary: executed.pending,
+            aborted: false,
         }
     }
 }
 
 /// `shipjar deploy STAGE`.
 pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Result<i32> {
+    if args.resume || args.abort {
+        return resume::resume(project, args, reporter);
+    }
     let (stage, selection) =
         crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
     let sets = parse_pairs("--set", &args.set)?;
@@ -218,6 +239,10 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
         reporter,
         choose: &choose,
         selection: selection.as_ref(),
+        canary: match (stage.rolling.canary, stage.rolling.pause) {
+            (Some(size), Some(pause)) => Canary::Plan { size, pause },
+            _ => Canary::None,
+        },
     };
     let executed = execute(&ctx, &mut runs);
     let release = plan.release_id.clone();
@@ -352,6 +377,7 @@ pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> 
         reporter,
         choose: &choose,
         selection: selection.as_ref(),
+        canary: Canary::None,
     };
     let executed = execute(&ctx, &mut runs);
     let release = runs
@@ -425,6 +451,7 @@ pub fn restart(project: &Project, args: &RestartArgs, reporter: &Reporter) -> Re
         reporter,
         choose: &choose,
         selection: selection.as_ref(),
+        canary: Canary::None,
     };
     let executed = execute(&ctx, &mut runs);
     // Hosts may run different releases: the summary names each host's own.
