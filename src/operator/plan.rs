@@ -154,10 +154,7 @@ fn plan_host(
         hooks: config.hooks.host_hooks(),
         // A stage's own `proxy` replaces the top-level one.
         proxy: config
-            .stages
-            .get(&stage.name)
-            .and_then(|s| s.get_ref().proxy.as_ref())
-            .or(config.proxy.as_ref())
+            .proxy_of(&stage.name)
             .map(crate::protocol::manifest::ProxySpec::from),
     };
 

@@ -38,4 +38,4 @@ pub(crate) use wire_enum::wire_enum;
 /// failed-step events; `finish` records a run that stopped before switching.
 /// 4: `logs` with `since` and `grep`.
 /// 5: `exec` (a command in `current`, its output streamed as `out` events).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;

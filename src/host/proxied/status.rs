@@ -442,6 +442,8 @@ mod tests {
             service_state: None,
             lsb_code: None,
             missing: Vec::new(),
+            traffic: None,
+            held: 0,
         }
     }
 

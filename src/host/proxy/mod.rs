@@ -10,6 +10,8 @@ mod conn;
 mod files;
 mod headers;
 mod keeper;
+#[allow(clippy::disallowed_methods)] // root-only: traffic.json in root's run/NAME/proxy
+mod traffic;
 #[allow(clippy::disallowed_methods)] // root-only: the control socket in root's run/NAME/proxy
 mod worker;
 
@@ -22,7 +24,7 @@ use crate::host::os::detached;
 use crate::host::os::procfs::{self, Liveness};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
-pub use crate::protocol::status::{ProxyState, ProxyStatus};
+pub use crate::protocol::status::{ProxyState, ProxyStatus, Traffic};
 
 pub use files::KeeperRecord;
 pub use files::ensure_dir as ensure_run_dir;
@@ -113,6 +115,46 @@ pub fn status(layout: &Layout) -> ProxyStatus {
         service_state: None,
         lsb_code: None,
         missing: Vec::new(),
+        traffic: Some(traffic::read(layout).map_or_else(|_| Traffic::serving(), |r| r.traffic)),
+        held: parsed
+            .as_ref()
+            .and_then(|v| v.get("held"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0),
+    }
+}
+
+/// Records what the proxy does with new requests and tells the running
+/// proxy, which confirms; the mode before and what the proxy did. A proxy
+/// that runs not takes the record when it starts.
+pub fn set_traffic(
+    layout: &Layout,
+    traffic: Traffic,
+    page: Option<String>,
+) -> Result<(Traffic, String), String> {
+    let before = traffic::read(layout).map_or_else(|_| Traffic::serving(), |r| r.traffic);
+    traffic::write(layout, &traffic::Record { traffic, page })?;
+    if !keeper::is_held(layout) {
+        return Ok((
+            before,
+            "recorded; the proxy is not running and starts in this mode".to_string(),
+        ));
+    }
+    let answer = wait_request(layout, "traffic", START_TIMEOUT)
+        .map_err(|e| format!("recorded, but the proxy did not confirm: {e}"))?;
+    let mut words = answer.split_whitespace().skip(2);
+    match (
+        answer.starts_with("ok traffic "),
+        words.next(),
+        words.next(),
+    ) {
+        (true, Some(_), Some(held)) => Ok((
+            before,
+            format!("the proxy confirmed ({held} request(s) were held at the change)"),
+        )),
+        _ => Err(format!(
+            "recorded, but the proxy answered `{answer}` to `traffic`"
+        )),
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use super::conn::{Gate, Guarded, Tracked, Watch};
-use super::{files, headers};
+use super::{files, headers, traffic};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
@@ -63,6 +63,8 @@ struct Shared {
     /// In-flight requests per instance, in `spec.ports` order.
     inflight: [AtomicU64; 2],
     client: Client<HttpConnector, UpBody>,
+    /// Serving, paused or maintenance (`shipjar pause` and the rest).
+    traffic: traffic::Gate,
 }
 
 impl Shared {
@@ -85,6 +87,10 @@ impl Shared {
             wake,
             inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             client,
+            traffic: traffic::Gate::new(&traffic::read(layout).unwrap_or_else(|e| {
+                eprintln!("shipjar proxy: serving: the traffic record cannot be read: {e}");
+                traffic::Record::serving()
+            })),
         })
     }
 
@@ -472,8 +478,8 @@ fn describe(port: u16) -> String {
 }
 
 /// The control protocol, one line each way: `switch PORT`, `none`,
-/// `inflight PORT`, `status`. A switch also adopts the settings of the
-/// release on `PORT`.
+/// `inflight PORT`, `status`, `traffic` (take the recorded traffic mode).
+/// A switch also adopts the settings of the release on `PORT`.
 async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -493,12 +499,14 @@ async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::
                 eprintln!("shipjar proxy: no active instance");
                 "ok active 0".to_string()
             }
+            (Some("traffic"), None) => take_traffic(&shared, &layout),
             (Some("inflight"), Some(Ok(port))) => match shared.slot(port) {
                 Some(slot) => format!("ok inflight {}", slot.load(Ordering::SeqCst)),
                 None => format!("error {port} is not an instance port"),
             },
             (Some("status"), None) => {
                 let [a, b] = shared.spec.ports;
+                let held = shared.traffic.held();
                 serde_json::json!({
                     "pid": std::process::id(),
                     "active": shared.active.load(Ordering::SeqCst),
@@ -506,6 +514,10 @@ async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::
                         a.to_string(): shared.inflight[0].load(Ordering::SeqCst),
                         b.to_string(): shared.inflight[1].load(Ordering::SeqCst),
                     },
+                    "traffic": shared.traffic.word(),
+                    "held": held.now,
+                    "held_total": held.total,
+                    "held_expired": held.expired,
                 })
                 .to_string()
             }
@@ -518,6 +530,21 @@ async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::
         {
             break;
         }
+    }
+}
+
+/// `traffic`: the recorded mode taken (held requests released or answered).
+fn take_traffic(shared: &Shared, layout: &Layout) -> String {
+    match traffic::read(layout) {
+        Ok(record) => {
+            let held = shared.traffic.set(&record);
+            eprintln!(
+                "shipjar proxy: traffic {} ({held} held request(s) at the change)",
+                record.traffic.mode
+            );
+            format!("ok traffic {} {held}", record.traffic.mode)
+        }
+        Err(e) => format!("error {e}"),
     }
 }
 
@@ -556,6 +583,13 @@ async fn handle(
     let settings = shared.settings();
     let hold = Duration::from_millis(settings.hold_ms);
     let deadline = tokio::time::Instant::now() + hold;
+    if let Err(answer) = shared
+        .traffic
+        .pass(&shared.name, settings.hold_ms, deadline)
+        .await
+    {
+        return Ok(answer.map(Either::Right));
+    }
     let (mut parts, body) = req.into_parts();
     headers::forward_request(&mut parts.headers, peer.ip(), trusted);
     let path = parts

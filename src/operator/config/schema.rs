@@ -54,6 +54,16 @@ pub struct Config {
     pub proxy: Option<Proxy>,
 }
 
+impl Config {
+    /// The proxy of stage `stage`: its own `proxy`, else the top-level `[proxy]`.
+    pub fn proxy_of(&self, stage: &str) -> Option<&Proxy> {
+        self.stages
+            .get(stage)
+            .and_then(|s| s.get_ref().proxy.as_ref())
+            .or(self.proxy.as_ref())
+    }
+}
+
 /// `[proxy]` (or a stage's `proxy = { … }`): zero-downtime deploys on one host.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +95,8 @@ pub struct Proxy {
     /// Addresses or CIDR blocks whose forwarding headers are trusted.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// An HTML template in the project for `shipjar maintenance` (built-in page otherwise).
+    pub maintenance_page: Option<Spanned<String>>,
 }
 
 fn default_port_env() -> Spanned<String> {

@@ -1,0 +1,321 @@
+//! Operating the proxy: `pause`, `resume`, `maintenance` and the metrics
+//! scrape, with real JVMs from `examples/hello` behind shipjar's proxy on
+//! 127.0.0.1 (the `local` stage, as `tests/proxy.rs`).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Project, free_port, text};
+
+/// Stops the proxied service when a test ends, even when it failed; then
+/// SIGKILLs whatever the proxy keeper or an instance pidfile still names.
+struct Cleanup(std::path::PathBuf, [u16; 2]);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(common::shipjar_bin())
+            .args(["service", "stop", "hello", "--root"])
+            .arg(&self.0)
+            .output();
+        let run = self.0.join("run/hello");
+        if let Some(pid) = keeper_pid(&self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for port in self.1 {
+            common::host::kill_recorded_group(&run.join(format!("instance-{port}/hello.pid")));
+        }
+    }
+}
+
+/// The proxy keeper's pid, when its command line names this root.
+fn keeper_pid(root: &std::path::Path) -> Option<i32> {
+    let record = std::fs::read_to_string(root.join("run/hello/proxy/keeper.json")).ok()?;
+    let pid = serde_json::from_str::<serde_json::Value>(&record).ok()?["keeper"]["pid"].as_i64()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+    (cmdline.contains("proxy") && cmdline.contains(&*root.to_string_lossy())).then_some(pid as i32)
+}
+
+/// The example behind a proxy on the project's port, holding requests for
+/// `hold`, `extra` lines in its `[proxy]` section, `top` lines before it.
+fn proxied_project(top: &str, hold: &str, extra: &str) -> (Project, [u16; 2]) {
+    let ports = [free_port(), free_port()];
+    let p = Project::with_config(|c| {
+        let port = c
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        format!(
+            "{c}\n{top}\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nports = [{}, {}]\n\
+             drain_timeout = \"20s\"\nhold = \"{hold}\"\n{extra}",
+            ports[0], ports[1]
+        )
+    });
+    (p, ports)
+}
+
+/// One answer: status, headers (lower-case names), body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A GET on a fresh connection (HTTP/1.0, closed after), waiting up to 30 s.
+fn get(port: u16, path: &str) -> Result<Answer, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: hello.test\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or("no end of head")?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// GETs `path` on a thread: the answer and how long it took.
+fn spawn_get(
+    port: u16,
+    path: &'static str,
+) -> thread::JoinHandle<(Result<Answer, String>, Duration)> {
+    thread::spawn(move || {
+        let started = Instant::now();
+        let answer = get(port, path);
+        (answer, started.elapsed())
+    })
+}
+
+fn version_of(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v.get("version")?.as_str().map(str::to_string)
+}
+
+/// `status --json`'s proxy of the one host.
+fn proxy_status(p: &Project) -> serde_json::Value {
+    let (_, json) = p.status_json();
+    json["hosts"][0]["status"]["proxy"].clone()
+}
+
+/// Waits (at most 10 s) until `status` says `held` requests are held.
+fn wait_held(p: &Project, held: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let proxy = proxy_status(p);
+        if proxy["held"] == held || Instant::now() > deadline {
+            return proxy;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn pause_holds_requests_until_resume_and_one_held_past_hold_gets_503() {
+    let (p, ports) = proxied_project("", "5s", "");
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = p.run(&["pause", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("local: paused (was serving)"),
+        "{}",
+        text(&out)
+    );
+    let first = spawn_get(p.port, "/version");
+    let second = spawn_get(p.port, "/version");
+    let proxy = wait_held(&p, 2);
+    assert_eq!(proxy["traffic"]["mode"], "paused", "{proxy}");
+    assert_eq!(proxy["held"], 2, "{proxy}");
+    let (_, status_text) = (0, text(&p.run(&["status", "local"])));
+    assert!(status_text.contains("paused since"), "{status_text}");
+    assert!(
+        !first.is_finished() && !second.is_finished(),
+        "held, not answered"
+    );
+
+    let out = p.run(&["resume", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("local: serving (was paused since"),
+        "{}",
+        text(&out)
+    );
+    for held in [first, second] {
+        let (answer, took) = held.join().expect("a held request");
+        let answer = answer.expect("an answer");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(version_of(&answer.body).as_deref(), Some("1.0.0"));
+        assert!(
+            took < Duration::from_secs(5),
+            "released, not expired: {took:?}"
+        );
+    }
+
+    // Held for all of `hold` (5 s): 503, saying why.
+    let out = p.run(&["pause", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (answer, took) = spawn_get(p.port, "/version").join().expect("the request");
+    let answer = answer.expect("an answer");
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.body.contains("paused"), "{answer:?}");
+    assert!(answer.header("retry-after").is_some(), "{answer:?}");
+    assert!(took >= Duration::from_millis(4500), "{took:?}");
+    let out = p.run(&["resume", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let answer = get(p.port, "/version").expect("an answer");
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[test]
+fn maintenance_answers_503_with_the_page_and_retry_after_until_resume() {
+    let (p, ports) = proxied_project("", "5s", "maintenance_page = \"deploy/maintenance.html\"\n");
+    let _cleanup = Cleanup(p.root(), ports);
+    std::fs::write(
+        p.path().join("deploy/maintenance.html"),
+        "<html><body><h1>{{ service }} is resting</h1><p>{{ message }}</p>\
+         <p>again in {{ retry_after }} s</p></body></html>\n",
+    )
+    .expect("write the page");
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = p.run(&[
+        "maintenance",
+        "local",
+        "--message",
+        "Moving <the> database",
+        "--retry-after",
+        "2m",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for path in ["/version", "/health"] {
+        let answer = get(p.port, path).expect("an answer");
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert_eq!(answer.header("retry-after"), Some("120"), "{answer:?}");
+        assert!(
+            answer
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("text/html")),
+            "{answer:?}"
+        );
+        assert!(answer.body.contains("hello is resting"), "{answer:?}");
+        assert!(
+            answer.body.contains("Moving &lt;the&gt; database"),
+            "{answer:?}"
+        );
+        assert!(answer.body.contains("again in 120 s"), "{answer:?}");
+    }
+    let proxy = proxy_status(&p);
+    assert_eq!(proxy["traffic"]["mode"], "maintenance", "{proxy}");
+    assert_eq!(
+        proxy["traffic"]["message"], "Moving <the> database",
+        "{proxy}"
+    );
+    let out = p.run(&["resume", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let answer = get(p.port, "/version").expect("an answer");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(proxy_status(&p)["traffic"]["mode"], "serving");
+}
+
+#[test]
+fn a_pause_survives_a_killed_proxy_and_a_deploy_while_paused_works_and_keeps_it() {
+    let (p, ports) = proxied_project("", "60s", "");
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = p.run(&["pause", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The whole proxy (keeper and worker) killed: its runner starts it again,
+    // and the new one comes back paused.
+    let keeper = keeper_pid(&p.root()).expect("a keeper");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the keeper");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while keeper_pid(&p.root()).is_none_or(|k| k == keeper) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        keeper_pid(&p.root()).is_some_and(|k| k != keeper),
+        "a new keeper"
+    );
+    let held = spawn_get(p.port, "/version");
+    let proxy = wait_held(&p, 1);
+    assert_eq!(proxy["held"], 1, "held by the new proxy: {proxy}");
+
+    // A deploy while paused: gated on the instance directly, switched, and
+    // the pause stays.
+    let out = p.deploy("2.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!held.is_finished(), "still held after the deploy");
+    let proxy = proxy_status(&p);
+    assert_eq!(proxy["traffic"]["mode"], "paused", "{proxy}");
+
+    let out = p.run(&["resume", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (answer, _) = held.join().expect("the held request");
+    let answer = answer.expect("an answer");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        version_of(&answer.body).as_deref(),
+        Some("2.0.0"),
+        "released to the instance active now"
+    );
+}
+
+#[test]
+fn pause_on_a_stage_without_the_proxy_names_the_key_to_set() {
+    let p = Project::new();
+    for verb in ["pause", "resume"] {
+        let out = p.run(&[verb, "local"]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains("`[proxy]`"), "{}", text(&out));
+    }
+    let out = p.run(&["maintenance", "local", "--message", "m"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("`[proxy]`"), "{}", text(&out));
+}
