@@ -319,3 +319,299 @@ fn pause_on_a_stage_without_the_proxy_names_the_key_to_set() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("`[proxy]`"), "{}", text(&out));
 }
+
+/// One sample of a scrape: its name and labels (sorted), its value.
+type Samples = std::collections::BTreeMap<(String, Vec<(String, String)>), f64>;
+
+/// Parses a Prometheus text exposition (format 0.0.4) strictly: every
+/// family opens with `# HELP` then `# TYPE` (once each), names and label
+/// names use the format's characters, label values only its escapes,
+/// every sample belongs to the family opened last, values are numbers,
+/// and each histogram's buckets rise to `le="+Inf"` equal to its `_count`,
+/// with a `_sum`. Panics naming the line that breaks a rule.
+fn parse_exposition(text: &str) -> Samples {
+    let name_ok = |n: &str| {
+        n.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut samples = Samples::new();
+    let mut families = std::collections::BTreeSet::new();
+    let mut family: Option<(String, String)> = None;
+    let mut helped: Option<String> = None;
+    assert!(text.ends_with('\n'), "the exposition ends with a newline");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            assert!(name_ok(name), "bad name in `{line}`");
+            assert!(families.insert(name.to_string()), "family twice: `{line}`");
+            helped = Some(name.to_string());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert_eq!(
+                helped.as_deref(),
+                Some(name),
+                "TYPE right after its HELP: `{line}`"
+            );
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "`{line}`"
+            );
+            family = Some((name.to_string(), kind.to_string()));
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line `{line}`"
+        );
+        let (family_name, kind) = family.clone().expect("a sample after its TYPE");
+        let (head, value) = line.rsplit_once(' ').expect("name and value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in `{line}`")),
+        };
+        let (name, labels) = match head.split_once('{') {
+            Some((n, rest)) => (
+                n,
+                parse_labels(rest.strip_suffix('}').expect("closing brace"), line),
+            ),
+            None => (head, Vec::new()),
+        };
+        assert!(name_ok(name), "bad name in `{line}`");
+        let belongs = match kind.as_str() {
+            "histogram" => [
+                format!("{family_name}_bucket"),
+                format!("{family_name}_sum"),
+                format!("{family_name}_count"),
+            ]
+            .contains(&name.to_string()),
+            _ => name == family_name,
+        };
+        assert!(belongs, "`{line}` is not of family {family_name}");
+        if kind == "counter" {
+            assert!(value >= 0.0, "a negative counter: `{line}`");
+        }
+        let mut sorted = labels;
+        sorted.sort();
+        assert!(
+            samples.insert((name.to_string(), sorted), value).is_none(),
+            "sample twice: `{line}`"
+        );
+    }
+    for (name, kind) in families.iter().filter_map(|f| {
+        text.contains(&format!("# TYPE {f} histogram"))
+            .then_some((f, "histogram"))
+    }) {
+        let _ = kind;
+        let mut buckets: Vec<(f64, f64)> = samples
+            .iter()
+            .filter(|((n, _), _)| *n == format!("{name}_bucket"))
+            .map(|((_, l), v)| {
+                let le = &l.iter().find(|(k, _)| k == "le").expect("le").1;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().expect("le number")
+                };
+                (le, *v)
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{name}: cumulative"
+        );
+        let last = buckets.last().expect("buckets");
+        assert!(last.0.is_infinite(), "{name}: le=\"+Inf\" last");
+        let count = samples[&(format!("{name}_count"), Vec::new())];
+        assert_eq!(last.1, count, "{name}: +Inf bucket = _count");
+        assert!(
+            samples.contains_key(&(format!("{name}_sum"), Vec::new())),
+            "{name}_sum"
+        );
+    }
+    samples
+}
+
+/// `a="x",b="y\"z"`: names of the format's characters, values with its escapes only.
+fn parse_labels(text: &str, line: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (name, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("label in `{line}`"));
+        assert!(
+            name.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad label name in `{line}`"
+        );
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, '\\')) => value.push('\\'),
+                    Some((_, '"')) => value.push('"'),
+                    Some((_, 'n')) => value.push('\n'),
+                    _ => panic!("bad escape in `{line}`"),
+                },
+                Some((i, '"')) => break i,
+                Some((_, c)) => value.push(c),
+                None => panic!("unterminated label value in `{line}`"),
+            }
+        };
+        labels.push((name.to_string(), value));
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    labels
+}
+
+fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut key: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    key.sort();
+    samples.get(&(name.to_string(), key)).copied()
+}
+
+fn scrape(port: u16) -> Samples {
+    let answer = get(port, "/metrics").expect("a scrape");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(
+        answer
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{answer:?}"
+    );
+    parse_exposition(&answer.body)
+}
+
+#[test]
+fn a_metrics_scrape_parses_and_counts_the_requests_sent() {
+    let metrics = free_port();
+    let (p, ports) = proxied_project(
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+        "5s",
+        "",
+    );
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let active = ports[0].to_string();
+    for _ in 0..5 {
+        assert_eq!(get(p.port, "/version").expect("an answer").status, 200);
+    }
+    let out = p.run(&["maintenance", "local", "--message", "m"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for _ in 0..3 {
+        assert_eq!(get(p.port, "/version").expect("an answer").status, 503);
+    }
+    let out = p.run(&["resume", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let s = scrape(metrics);
+    let requests = "shipjar_proxy_requests_total";
+    assert_eq!(
+        sample(&s, requests, &[("port", &active), ("class", "2xx")]),
+        Some(5.0),
+        "{s:?}"
+    );
+    assert_eq!(
+        sample(&s, requests, &[("port", "none"), ("class", "5xx")]),
+        Some(3.0),
+        "{s:?}"
+    );
+    assert_eq!(
+        sample(&s, "shipjar_proxy_request_duration_seconds_count", &[]),
+        Some(8.0)
+    );
+    assert_eq!(
+        sample(&s, "shipjar_proxy_in_flight", &[("port", &active)]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&s, "shipjar_proxy_active", &[("port", &active)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&s, "shipjar_proxy_traffic", &[("mode", "serving")]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&s, "shipjar_proxy_held", &[]), Some(0.0));
+    assert_eq!(
+        sample(&s, "shipjar_service_up", &[("port", &active)]),
+        Some(1.0),
+        "{s:?}"
+    );
+    assert_eq!(
+        sample(&s, "shipjar_service_healthy", &[("port", &active)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&s, "shipjar_service_restarts_total", &[("port", &active)]),
+        Some(0.0)
+    );
+    let healthy_after = sample(
+        &s,
+        "shipjar_service_start_to_healthy_seconds",
+        &[("port", &active)],
+    );
+    assert!(healthy_after.is_some_and(|v| v > 0.0), "{s:?}");
+    let switches = sample(&s, "shipjar_proxy_switches_total", &[]).expect("switches");
+
+    // A deploy: one more switch, one drain, and the new instance up.
+    let out = p.deploy("2.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = scrape(metrics);
+    assert_eq!(
+        sample(&s, "shipjar_proxy_switches_total", &[]),
+        Some(switches + 1.0)
+    );
+    assert_eq!(sample(&s, "shipjar_proxy_drains_total", &[]), Some(1.0));
+    let now = ports[1].to_string();
+    assert_eq!(
+        sample(&s, "shipjar_proxy_active", &[("port", &now)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&s, "shipjar_service_up", &[("port", &now)]),
+        Some(1.0),
+        "{s:?}"
+    );
+    let missing = get(metrics, "/nothing").expect("an answer");
+    assert_eq!(missing.status, 404, "{missing:?}");
+}
+
+#[test]
+fn the_exposition_parser_refuses_what_the_format_forbids() {
+    let good = "# HELP a_total x\n# TYPE a_total counter\na_total{k=\"v\\\"\"} 1\n\
+                # HELP h y\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n\
+                h_sum 3.5\nh_count 2\n";
+    let parsed = parse_exposition(good);
+    assert_eq!(sample(&parsed, "a_total", &[("k", "v\"")]), Some(1.0));
+    for bad in [
+        "a_total 1\n",                                  // no HELP/TYPE
+        "# HELP a x\n# TYPE a gauge\nb 1\n",            // another family
+        "# HELP a x\n# TYPE a gauge\na{k=\"\\t\"} 1\n", // bad escape
+        "# HELP a x\n# TYPE a gauge\na{1k=\"v\"} 1\n",  // bad label name
+        "# HELP a x\n# TYPE a gauge\na one\n",          // not a number
+        "# HELP h y\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+        "# HELP h y\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n", // no +Inf
+        "# HELP a x\n# TYPE a gauge\na 1", // no final newline
+    ] {
+        let refused = std::panic::catch_unwind(|| parse_exposition(bad)).is_err();
+        assert!(refused, "accepted: {bad:?}");
+    }
+}

@@ -155,7 +155,10 @@ fn plan_host(
         // A stage's own `proxy` replaces the top-level one.
         proxy: config
             .proxy_of(&stage.name)
-            .map(crate::protocol::manifest::ProxySpec::from),
+            .map(|p| crate::protocol::manifest::ProxySpec {
+                metrics_listen: config.metrics.as_ref().map(|m| m.listen.get_ref().clone()),
+                ..crate::protocol::manifest::ProxySpec::from(p)
+            }),
     };
 
     let run = run_spec(config, inputs, spec, role, &public_vars)?;

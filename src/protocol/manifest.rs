@@ -103,6 +103,9 @@ pub struct ProxySpec {
     /// (and whose `X-Forwarded-For` is appended to); everyone else's are dropped.
     #[serde(default)]
     pub trusted_proxies: Vec<IpRange>,
+    /// `[metrics] listen`: where the proxy serves the Prometheus scrape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 fn default_proxy_header_timeout_ms() -> u64 {

@@ -653,6 +653,7 @@ mod tests {
             upstream_timeout_ms: None,
             max_connections: 1,
             trusted_proxies: Vec::new(),
+            metrics_listen: None,
         };
         assert_eq!(idle_port(&spec, None), 18081);
         assert_eq!(idle_port(&spec, Some(18081)), 18082);

@@ -10,6 +10,7 @@ mod conn;
 mod files;
 mod headers;
 mod keeper;
+mod metrics;
 #[allow(clippy::disallowed_methods)] // root-only: traffic.json in root's run/NAME/proxy
 mod traffic;
 #[allow(clippy::disallowed_methods)] // root-only: the control socket in root's run/NAME/proxy
@@ -274,6 +275,8 @@ pub fn drain(layout: &Layout, port: u16, timeout: Duration) -> Result<u64, Strin
     loop {
         let n = inflight(layout, port)?;
         if n == 0 || started.elapsed() >= timeout {
+            // Counted for the metrics; an older worker's error answer is no matter.
+            let _ = request(layout, &format!("drained {port} {n}"));
             return Ok(n);
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use super::conn::{Gate, Guarded, Tracked, Watch};
-use super::{files, headers, traffic};
+use super::{files, headers, metrics, traffic};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
@@ -65,6 +65,8 @@ struct Shared {
     client: Client<HttpConnector, UpBody>,
     /// Serving, paused or maintenance (`shipjar pause` and the rest).
     traffic: traffic::Gate,
+    /// What the metrics count.
+    counters: metrics::Counters,
 }
 
 impl Shared {
@@ -91,6 +93,7 @@ impl Shared {
                 eprintln!("shipjar proxy: serving: the traffic record cannot be read: {e}");
                 traffic::Record::serving()
             })),
+            counters: metrics::Counters::default(),
         })
     }
 
@@ -152,6 +155,22 @@ impl Shared {
     fn switch(&self, port: u16) {
         self.active.store(port, Ordering::SeqCst);
         self.wake.send_replace(port);
+        self.counters.switched();
+    }
+
+    /// The metrics scrape's text, as of now.
+    fn scrape(&self, layout: &Layout) -> String {
+        let [a, b] = self.spec.ports;
+        let now = metrics::Now {
+            inflight: [
+                (a, self.inflight[0].load(Ordering::SeqCst)),
+                (b, self.inflight[1].load(Ordering::SeqCst)),
+            ],
+            active: self.active.load(Ordering::SeqCst),
+            traffic: self.traffic.word(),
+            held: self.traffic.held(),
+        };
+        metrics::render(layout, &self.counters, &now)
     }
 }
 
@@ -274,6 +293,10 @@ async fn serve(
     if let Some(release) = release_settings(layout, active) {
         shared.adopt(release);
     }
+    if let Some(listener) = metrics::handed_over()? {
+        let (view, layout) = (shared.clone(), layout.clone());
+        tokio::spawn(metrics::serve(listener, move || view.scrape(&layout)));
+    }
     let control_shared = shared.clone();
     let control_layout = layout.clone();
     tokio::spawn(async move {
@@ -337,8 +360,10 @@ async fn client_connection(
     let service = service_fn(move |req| {
         let exchange = watch.begin();
         let answer = handle(shared.clone(), peer, trusted, req);
+        let (counted, came) = (shared.clone(), std::time::Instant::now());
         async move {
             let response = answer.await?;
+            counted.counters.answered(&response, came.elapsed());
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, exchange)))
         }
     });
@@ -500,6 +525,11 @@ async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::
                 "ok active 0".to_string()
             }
             (Some("traffic"), None) => take_traffic(&shared, &layout),
+            (Some("drained"), Some(Ok(_))) => {
+                let left = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                shared.counters.drained(left);
+                "ok drained".to_string()
+            }
             (Some("inflight"), Some(Ok(port))) => match shared.slot(port) {
                 Some(slot) => format!("ok inflight {}", slot.load(Ordering::SeqCst)),
                 None => format!("error {port} is not an instance port"),
@@ -609,6 +639,7 @@ async fn handle(
             Sent::Answered(response) => {
                 let (mut rparts, rbody) = response.into_parts();
                 headers::strip_hop_by_hop(&mut rparts.headers);
+                rparts.extensions.insert(metrics::FromInstance(port));
                 let counted = Counted {
                     inner: rbody,
                     _flight: flight,

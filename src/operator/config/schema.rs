@@ -52,6 +52,16 @@ pub struct Config {
     pub hooks: Hooks,
     /// Blue/green instances behind shipjar's proxy (off without this section).
     pub proxy: Option<Proxy>,
+    /// The Prometheus scrape, served by the proxy (off without this section).
+    pub metrics: Option<Metrics>,
+}
+
+/// `[metrics]`: where the proxy serves Prometheus metrics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// The scrape's address, e.g. `"127.0.0.1:9400"`.
+    pub listen: Spanned<String>,
 }
 
 impl Config {

@@ -94,6 +94,8 @@ impl From<&Proxy> for ProxySpec {
                 .iter()
                 .filter_map(|r| r.get_ref().parse().ok())
                 .collect(),
+            // `[metrics]` is not the proxy's section: the plan sets it.
+            metrics_listen: None,
         }
     }
 }

@@ -49,6 +49,7 @@ impl Project {
         if let Some(proxy) = &self.config.proxy {
             self.validate_proxy(&[Seg::Key("proxy")], proxy)?;
         }
+        self.validate_metrics()?;
         for (i, entry) in self.config.config.iter().enumerate() {
             self.validate_config_file(i, entry.get_ref())?;
         }
@@ -495,6 +496,56 @@ impl Project {
         self.error_at(self.outline.value_span(path), &key, message)
     }
 
+    /// `[metrics] listen`: a socket address with a port of its own, on a
+    /// project with a proxy (the proxy serves the scrape).
+    fn validate_metrics(&self) -> Result<()> {
+        let Some(metrics) = &self.config.metrics else {
+            return Ok(());
+        };
+        let at = [Seg::Key("metrics"), Seg::Key("listen")];
+        let Ok(address) = metrics.listen.get_ref().parse::<std::net::SocketAddr>() else {
+            return Err(self.fail(
+                &at,
+                "expected an address and port such as \"127.0.0.1:9400\"",
+            ));
+        };
+        if address.port() == 0 {
+            return Err(self.fail(&at, "needs a port of its own, not 0"));
+        }
+        let proxies: Vec<&Proxy> = self
+            .config
+            .proxy
+            .iter()
+            .chain(
+                self.config
+                    .stages
+                    .values()
+                    .filter_map(|s| s.get_ref().proxy.as_ref()),
+            )
+            .collect();
+        if proxies.is_empty() {
+            return Err(self.fail(
+                &at,
+                "the metrics are served by shipjar's proxy: add `[proxy]` (or a stage's `proxy`)",
+            ));
+        }
+        for proxy in proxies {
+            let listen = proxy.listen.get_ref().parse::<std::net::SocketAddr>().ok();
+            if listen.is_some_and(|l| l.port() == address.port())
+                || proxy.ports.get_ref().contains(&address.port())
+            {
+                return Err(self.fail(
+                    &at,
+                    &format!(
+                        "port {} is the proxy's (`listen` or `ports`); the metrics need another",
+                        address.port()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `[proxy]`: a socket address, two distinct instance ports apart from
     /// it, a plausible variable name, timeouts above 0, a connection cap of
     /// at least 1, trusted proxies that are addresses or CIDR blocks.
@@ -556,6 +607,16 @@ impl Project {
                 "must be longer than 0s (leave it out for no limit)",
             ));
         }
+        if proxy
+            .maintenance_page
+            .as_ref()
+            .is_some_and(|p| p.get_ref().trim().is_empty())
+        {
+            return Err(self.fail(
+                &at("maintenance_page"),
+                "expected the path of an HTML template in the project, e.g. \"deploy/maintenance.html\"",
+            ));
+        }
         if *proxy.max_connections.get_ref() == 0 {
             return Err(self.fail(&at("max_connections"), "must be at least 1"));
         }
@@ -580,6 +641,41 @@ impl Project {
 mod tests {
     use super::super::{MINIMAL, load_str as load};
     use crate::operator::config::{Bytes, Millis};
+
+    #[test]
+    fn metrics_need_an_address_a_port_of_their_own_and_a_proxy() {
+        let proxy = "[proxy]\nlisten = \"127.0.0.1:8080\"\nports = [18081, 18082]\n";
+        let ok = load(&format!(
+            "{MINIMAL}{proxy}[metrics]\nlisten = \"127.0.0.1:9400\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.config.metrics.as_ref().unwrap().listen.get_ref(),
+            "127.0.0.1:9400"
+        );
+        for (text, says) in [
+            (
+                format!("{proxy}[metrics]\nlisten = \"9400\"\n"),
+                "address and port",
+            ),
+            (
+                format!("{proxy}[metrics]\nlisten = \"127.0.0.1:18082\"\n"),
+                "the proxy's",
+            ),
+            (
+                format!("{proxy}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+                "not 0",
+            ),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:9400\"\n".to_string(),
+                "add `[proxy]`",
+            ),
+        ] {
+            let err = load(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
+            assert!(err.contains("key `metrics.listen`"), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
+    }
 
     #[test]
     fn proxy_settings_are_checked_where_they_are_written() {
