@@ -1,8 +1,14 @@
 //! Operating the proxy: `pause`, `resume`, `maintenance` and the metrics
 //! scrape, with real JVMs from `examples/hello` behind shipjar's proxy on
-//! 127.0.0.1 (the `local` stage, as `tests/proxy.rs`).
+//! 127.0.0.1 (the `local` stage, as `tests/proxy.rs`), and on an ssh fleet
+//! (hosts in network namespaces, root only) for `--hosts` and a worker
+//! running as the service user.
 
 mod common;
+#[path = "support/fleet.rs"]
+mod fleet;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -614,4 +620,108 @@ fn the_exposition_parser_refuses_what_the_format_forbids() {
         let refused = std::panic::catch_unwind(|| parse_exposition(bad)).is_err();
         assert!(refused, "accepted: {bad:?}");
     }
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn on_a_fleet_pause_honours_hosts_status_shows_each_host_and_the_service_users_worker_scrapes() {
+    fleet::require_root();
+    let p = lifecycle::FleetStage::new(
+        2,
+        "proxy = { listen = \"0.0.0.0:18080\", ports = [18081, 18082], hold = \"60s\" }",
+        |c| {
+            format!(
+                "{}\n[metrics]\nlisten = \"0.0.0.0:9400\"\n",
+                lifecycle::reachable(c)
+            )
+        },
+    );
+    let provisioned = p.provision();
+    assert_eq!(provisioned.status.code(), Some(0), "{}", text(&provisioned));
+    let f = &p.fleet;
+    let hosts = f.hosts();
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = p.run(&["pause", "fleet", "--hosts", &hosts[0]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{}: paused (was serving)", hosts[0])),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !text(&out).contains(&format!("{}:", hosts[1])),
+        "{}",
+        text(&out)
+    );
+    let (_, json) = p.status_json();
+    let mode = |i: usize| json["hosts"][i]["status"]["proxy"]["traffic"]["mode"].clone();
+    assert_eq!(
+        (mode(0), mode(1)),
+        ("paused".into(), "serving".into()),
+        "{json}"
+    );
+
+    // The other host serves; the paused one holds until `resume`.
+    let get_from = |host: &str| {
+        let addr: std::net::SocketAddr = format!("{}:18080", f.ip(host)).parse().expect("address");
+        common::http_get_at(addr, "/version", Duration::from_secs(30))
+    };
+    assert_eq!(get_from(&hosts[1]).map(|(s, _)| s), Some(200));
+    let held = {
+        let addr: std::net::SocketAddr = format!("{}:18080", f.ip(&hosts[0]))
+            .parse()
+            .expect("address");
+        thread::spawn(move || common::http_get_at(addr, "/version", Duration::from_secs(30)))
+    };
+    thread::sleep(Duration::from_millis(1500));
+    assert!(!held.is_finished(), "held on the paused host");
+    let out = p.run(&["resume", "fleet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for host in &hosts {
+        assert!(
+            text(&out).contains(&format!("{host}: serving")),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        held.join().expect("the held request").map(|(s, _)| s),
+        Some(200)
+    );
+
+    // The worker runs as the service user, and still reads what the
+    // instances' supervisors (root) record.
+    let keeper = f.ssh(&hosts[0], "cat /run/hello/proxy/keeper.json");
+    let worker = serde_json::from_slice::<serde_json::Value>(&keeper.stdout).expect("keeper.json")
+        ["worker"]["pid"]
+        .as_i64()
+        .expect("a worker");
+    let uid = f.ssh(
+        &hosts[0],
+        &format!("awk '/^Uid:/ {{ print $2 }}' /proc/{worker}/status"),
+    );
+    assert_ne!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "the worker dropped root"
+    );
+    let addr: std::net::SocketAddr = format!("{}:9400", f.ip(&hosts[0]))
+        .parse()
+        .expect("address");
+    let (status, body) =
+        common::http_get_at(addr, "/metrics", Duration::from_secs(10)).expect("a scrape");
+    assert_eq!(status, 200, "{body}");
+    let s = parse_exposition(&body);
+    assert_eq!(
+        sample(&s, "shipjar_service_up", &[("port", "18081")]),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&s, "shipjar_proxy_held_total", &[]),
+        Some(1.0),
+        "{body}"
+    );
 }
