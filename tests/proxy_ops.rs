@@ -725,3 +725,226 @@ fn on_a_fleet_pause_honours_hosts_status_shows_each_host_and_the_service_users_w
         "{body}"
     );
 }
+
+/// A test CA and two server certificates it signed for 127.0.0.1 (`first`
+/// and `second`), made with `openssl` in `dir`: `ca.pem`, `NAME.pem`, `NAME.key`.
+fn test_ca(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=shipjar test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(&ca);
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write san.cnf");
+    for name in ["first", "second"] {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subject = format!("/CN={name}");
+        let mut req = vec!["req", "-subj", &subject, "-keyout", &key, "-out", &csr];
+        req.extend(ec);
+        openssl(&req);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+            "-out",
+            &pem,
+        ]);
+    }
+}
+
+/// A TLS connection to 127.0.0.1:`port` trusting only `ca`.
+struct TlsConn {
+    stream: std::io::BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+}
+
+impl TlsConn {
+    fn connect(port: u16, ca: &std::path::Path) -> Result<TlsConn, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("ca.pem") {
+            roots
+                .add(cert.expect("a CA certificate"))
+                .expect("a usable CA");
+        }
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+        let client = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let mut stream = rustls::StreamOwned::new(client, tcp);
+        // Completes the handshake, so a certificate the client refuses is an error here.
+        stream.flush().map_err(|e| e.to_string())?;
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(TlsConn {
+            stream: std::io::BufReader::new(stream),
+        })
+    }
+
+    /// The subject's CN of the certificate the proxy presented, as text.
+    fn presented(&self) -> String {
+        let der = self
+            .stream
+            .get_ref()
+            .conn
+            .peer_certificates()
+            .expect("a certificate")[0]
+            .to_vec();
+        ["first", "second"]
+            .into_iter()
+            .find(|n| der.windows(n.len()).any(|w| w == n.as_bytes()))
+            .unwrap_or("another")
+            .to_string()
+    }
+
+    /// One keep-alive GET: status and body.
+    fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        use std::io::BufRead;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+        self.stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stream
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or(line.clone())?;
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            self.stream
+                .read_line(&mut header)
+                .map_err(|e| e.to_string())?;
+            if header == "\r\n" || header.is_empty() {
+                break;
+            }
+            if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().map_err(|_| "bad length")?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|e| e.to_string())?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// Replaces `to` with `from`, by rename (as a certificate renewal would).
+fn swap_in(dir: &std::path::Path, from: &str, to: &str) {
+    std::fs::copy(dir.join(from), dir.join(format!("{to}.new"))).expect("copy");
+    std::fs::rename(dir.join(format!("{to}.new")), dir.join(to)).expect("rename");
+}
+
+#[test]
+fn tls_is_terminated_redirected_to_and_a_swapped_certificate_taken_without_closing_a_connection() {
+    let tls = tempfile::tempdir().expect("a temporary directory");
+    let dir = tls.path();
+    test_ca(dir);
+    swap_in(dir, "first.pem", "cert.pem");
+    swap_in(dir, "first.key", "key.pem");
+    let redirect = free_port();
+    let (p, ports) = proxied_project(
+        "",
+        "5s",
+        &format!(
+            "tls = {{ cert = \"{0}/cert.pem\", key = \"{0}/key.pem\", redirect = \"127.0.0.1:{redirect}\" }}\n",
+            dir.display()
+        ),
+    );
+    let _cleanup = Cleanup(p.root(), ports);
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ca = dir.join("ca.pem");
+
+    // HTTPS, with the proxy's own X-Forwarded-Proto.
+    let mut kept = TlsConn::connect(p.port, &ca).expect("a TLS connection");
+    assert_eq!(kept.presented(), "first");
+    let (status, body) = kept.get("/headers").expect("an answer");
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("headers");
+    assert_eq!(seen["x-forwarded-proto"], "https", "{seen}");
+    // Plain HTTP on the redirect address: 308 to the same path over HTTPS.
+    let answer = get(redirect, "/version?x=1").expect("an answer");
+    assert_eq!(answer.status, 308, "{answer:?}");
+    assert_eq!(
+        answer.header("location"),
+        Some(format!("https://hello.test:{}/version?x=1", p.port).as_str())
+    );
+
+    // A renewed certificate: new connections get it, the open one goes on.
+    swap_in(dir, "second.key", "key.pem");
+    swap_in(dir, "second.pem", "cert.pem");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut presented = String::new();
+    while Instant::now() < deadline {
+        presented = TlsConn::connect(p.port, &ca)
+            .expect("a TLS connection")
+            .presented();
+        if presented == "second" {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(presented, "second", "the new certificate within 15 s");
+    let (status, body) = kept
+        .get("/version")
+        .expect("the open connection still answers");
+    assert_eq!(
+        (status, version_of(&body).as_deref()),
+        (200, Some("1.0.0")),
+        "{body}"
+    );
+    let log = std::fs::read_to_string(p.root().join("var/log/hello/proxy.log")).unwrap_or_default();
+    assert!(log.contains("TLS certificate read again"), "{log}");
+    let key = std::fs::read_to_string(dir.join("key.pem")).expect("the key");
+    let secret_line = key.lines().nth(1).expect("a line of the key");
+    assert!(
+        !log.contains(secret_line),
+        "the key's contents never reach the log"
+    );
+}

@@ -654,6 +654,7 @@ mod tests {
             max_connections: 1,
             trusted_proxies: Vec::new(),
             metrics_listen: None,
+            tls: None,
         };
         assert_eq!(idle_port(&spec, None), 18081);
         assert_eq!(idle_port(&spec, Some(18081)), 18082);

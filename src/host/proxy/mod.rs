@@ -11,6 +11,10 @@ mod files;
 mod headers;
 mod keeper;
 mod metrics;
+#[allow(clippy::disallowed_methods)]
+// root-only: the certificate's paths are the operator's own `[proxy] tls`, read
+// by the worker after it became the service's user (as root only without one)
+mod tls;
 #[allow(clippy::disallowed_methods)] // root-only: traffic.json in root's run/NAME/proxy
 mod traffic;
 #[allow(clippy::disallowed_methods)] // root-only: the control socket in root's run/NAME/proxy

@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use super::conn::{Gate, Guarded, Tracked, Watch};
-use super::{files, headers, metrics, traffic};
+use super::{files, headers, metrics, tls, traffic};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
@@ -67,12 +67,19 @@ struct Shared {
     traffic: traffic::Gate,
     /// What the metrics count.
     counters: metrics::Counters,
+    /// TLS terminated on `listen` (`[proxy] tls`), for the worker's life.
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Shared {
     /// The state every connection shares, `active` taking traffic; the
     /// client to the instances; the open-file limit raised for the cap.
-    fn new(layout: &Layout, spec: ProxySpec, active: u16) -> Arc<Shared> {
+    fn new(
+        layout: &Layout,
+        spec: ProxySpec,
+        active: u16,
+        tls: Option<Arc<tls::Tls>>,
+    ) -> Arc<Shared> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -94,6 +101,7 @@ impl Shared {
                 traffic::Record::serving()
             })),
             counters: metrics::Counters::default(),
+            tls,
         })
     }
 
@@ -274,7 +282,8 @@ async fn serve(
     let active = files::read_active(layout)
         .filter(|p| spec.ports.contains(p))
         .unwrap_or(0);
-    let shared = Shared::new(layout, spec, active);
+    let tls = spec.tls.as_deref().map(tls::Tls::new).transpose()?;
+    let shared = Shared::new(layout, spec, active, tls);
     let gate = shared.gate.clone();
 
     control
@@ -292,6 +301,14 @@ async fn serve(
     // A worker restarted after a switch serves with the active release's settings.
     if let Some(release) = release_settings(layout, active) {
         shared.adopt(release);
+    }
+    if let Some(tls) = &shared.tls {
+        tokio::spawn(tls.clone().watch());
+    }
+    if let Some(listener) = tls::redirect_handed_over()? {
+        let port = listen_port(&shared.spec.listen);
+        let within = Duration::from_millis(shared.settings().header_timeout_ms);
+        tokio::spawn(tls::serve_redirect(listener, port, within));
     }
     if let Some(listener) = metrics::handed_over()? {
         let (view, layout) = (shared.clone(), layout.clone());
@@ -356,6 +373,13 @@ async fn client_connection(
         Duration::from_millis(settings.header_timeout_ms),
         Duration::from_millis(settings.idle_timeout_ms),
     );
+    let stream = match &shared.tls {
+        None => tls::Client::Plain(stream),
+        Some(tls) => match tls.accept(stream, watch.header_timeout()).await {
+            Ok(stream) => stream,
+            Err(_) => return,
+        },
+    };
     let io = TokioIo::new(Guarded::new(stream, watch.clone()));
     let service = service_fn(move |req| {
         let exchange = watch.begin();
@@ -495,6 +519,11 @@ fn drop_root(layout: &Layout, spec: &ProxySpec) -> Result<(), String> {
     Ok(())
 }
 
+/// The port of an address as `listen` holds it (validated: it has one).
+fn listen_port(listen: &str) -> u16 {
+    listen.parse::<SocketAddr>().map_or(443, |a| a.port())
+}
+
 fn describe(port: u16) -> String {
     match port {
         0 => "none".to_string(),
@@ -621,7 +650,12 @@ async fn handle(
         return Ok(answer.map(Either::Right));
     }
     let (mut parts, body) = req.into_parts();
-    headers::forward_request(&mut parts.headers, peer.ip(), trusted);
+    let proto = if shared.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    headers::forward_request(&mut parts.headers, peer.ip(), trusted, proto);
     let path = parts
         .uri
         .path_and_query()

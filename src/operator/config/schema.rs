@@ -107,6 +107,20 @@ pub struct Proxy {
     pub trusted_proxies: Vec<Spanned<String>>,
     /// An HTML template in the project for `shipjar maintenance` (built-in page otherwise).
     pub maintenance_page: Option<Spanned<String>>,
+    /// TLS terminated on `listen`.
+    pub tls: Option<Tls>,
+}
+
+/// `[proxy] tls = { cert = "…", key = "…" }`: PEM files on the host.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The certificate chain's file on the host (absolute).
+    pub cert: Spanned<String>,
+    /// The private key's file on the host (absolute).
+    pub key: Spanned<String>,
+    /// A plain-HTTP address whose every request is redirected to HTTPS.
+    pub redirect: Option<Spanned<String>>,
 }
 
 fn default_port_env() -> Spanned<String> {

@@ -96,6 +96,13 @@ impl From<&Proxy> for ProxySpec {
                 .collect(),
             // `[metrics]` is not the proxy's section: the plan sets it.
             metrics_listen: None,
+            tls: p.tls.as_ref().map(|t| {
+                Box::new(crate::protocol::manifest::TlsSpec {
+                    cert: t.cert.get_ref().clone(),
+                    key: t.key.get_ref().clone(),
+                    redirect: t.redirect.as_ref().map(|r| r.get_ref().clone()),
+                })
+            }),
         }
     }
 }

@@ -546,6 +546,46 @@ impl Project {
         Ok(())
     }
 
+    /// `[proxy] tls`: absolute paths on the host; a redirect address with a
+    /// port apart from the proxy's.
+    fn validate_tls(
+        &self,
+        prefix: &[Seg<'_>],
+        tls: &super::schema::Tls,
+        listen: u16,
+        ports: &[u16],
+    ) -> Result<()> {
+        let at = |key: &'static str| {
+            let mut path = prefix.to_vec();
+            path.push(Seg::Key("tls"));
+            path.push(Seg::Key(key));
+            path
+        };
+        for (key, value) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if !value.get_ref().starts_with('/') {
+                return Err(self.fail(
+                    &at(key),
+                    "expected an absolute path of a PEM file on the host, e.g. \"/etc/ssl/private/hello.pem\"",
+                ));
+            }
+        }
+        if let Some(redirect) = &tls.redirect {
+            let Ok(address) = redirect.get_ref().parse::<std::net::SocketAddr>() else {
+                return Err(self.fail(
+                    &at("redirect"),
+                    "expected an address and port such as \"0.0.0.0:80\"",
+                ));
+            };
+            if address.port() == listen || ports.contains(&address.port()) {
+                return Err(self.fail(
+                    &at("redirect"),
+                    "needs a port apart from the proxy's `listen` and `ports`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `[proxy]`: a socket address, two distinct instance ports apart from
     /// it, a plausible variable name, timeouts above 0, a connection cap of
     /// at least 1, trusted proxies that are addresses or CIDR blocks.
@@ -617,6 +657,9 @@ impl Project {
                 "expected the path of an HTML template in the project, e.g. \"deploy/maintenance.html\"",
             ));
         }
+        if let Some(tls) = &proxy.tls {
+            self.validate_tls(prefix, tls, address.port(), ports)?;
+        }
         if *proxy.max_connections.get_ref() == 0 {
             return Err(self.fail(&at("max_connections"), "must be at least 1"));
         }
@@ -673,6 +716,50 @@ mod tests {
         ] {
             let err = load(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
             assert!(err.contains("key `metrics.listen`"), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls_paths_are_absolute_and_the_redirect_has_a_port_of_its_own() {
+        let proxy = "[proxy]\nlisten = \"127.0.0.1:8443\"\nports = [18081, 18082]\n";
+        let ok = load(&format!(
+            "{MINIMAL}{proxy}tls = {{ cert = \"/etc/c.pem\", key = \"/etc/k.pem\", redirect = \"0.0.0.0:8080\" }}\n"
+        ))
+        .unwrap();
+        let spec = crate::protocol::manifest::ProxySpec::from(ok.config.proxy.as_ref().unwrap());
+        let tls = spec.tls.expect("tls");
+        assert_eq!(
+            (tls.cert.as_str(), tls.key.as_str()),
+            ("/etc/c.pem", "/etc/k.pem")
+        );
+        assert_eq!(tls.redirect.as_deref(), Some("0.0.0.0:8080"));
+        for (tls, key, says) in [
+            (
+                "cert = \"c.pem\", key = \"/k\"",
+                "proxy.tls.cert",
+                "absolute",
+            ),
+            (
+                "cert = \"/c\", key = \"k.pem\"",
+                "proxy.tls.key",
+                "absolute",
+            ),
+            (
+                "cert = \"/c\", key = \"/k\", redirect = \"80\"",
+                "proxy.tls.redirect",
+                "address",
+            ),
+            (
+                "cert = \"/c\", key = \"/k\", redirect = \"0.0.0.0:8443\"",
+                "proxy.tls.redirect",
+                "apart",
+            ),
+        ] {
+            let err = load(&format!("{MINIMAL}{proxy}tls = {{ {tls} }}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("key `{key}`")), "{err}");
             assert!(err.contains(says), "{err}");
         }
     }
