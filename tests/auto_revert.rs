@@ -5,6 +5,7 @@
 //! `auto_revert`, the supervisor ends `failed` on the bad release as before.
 
 mod common;
+use common::ok;
 
 use std::time::{Duration, Instant};
 
@@ -62,11 +63,9 @@ fn auto_revert_lines(p: &Project) -> Vec<String> {
 #[test]
 fn a_release_crash_looping_after_its_deploy_is_replaced_by_the_previous_one_once() {
     let p = project(true, "15m");
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let good = p.current().expect("current");
-    let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]));
     let bad = p.current().expect("current");
     assert_ne!(bad, good);
 
@@ -121,21 +120,17 @@ fn a_release_crash_looping_after_its_deploy_is_replaced_by_the_previous_one_once
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
 
     // The next deploy settles it: no drift.
-    let out = p.deploy("3.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let out = p.run(&["status", "local"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("3.0.0", &[]));
+    ok(p.run(&["status", "local"]));
 }
 
 #[test]
 fn when_the_previous_release_fails_too_it_ends_failed_after_one_auto_revert() {
     let p = project(true, "15m");
     // 1.0.0 deploys fine and crashes 8 s after each start.
-    let out = p.deploy("1.0.0", &["--env", "CRASH_AFTER_S=8"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &["--env", "CRASH_AFTER_S=8"]));
     let first = p.current().expect("current");
-    let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]));
 
     let said = wait_for_status(&p, 1, "failed: ", Duration::from_secs(90));
     let lines = auto_revert_lines(&p);
@@ -160,8 +155,7 @@ fn when_the_previous_release_fails_too_it_ends_failed_after_one_auto_revert() {
 fn without_auto_revert_a_crash_looping_release_ends_failed_where_it_is() {
     let p = project(false, "15m");
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]));
     let bad = p.current().expect("current");
     let said = wait_for_status(
         &p,
@@ -179,8 +173,7 @@ fn without_auto_revert_a_crash_looping_release_ends_failed_where_it_is() {
 fn outside_revert_window_nothing_is_reverted() {
     let p = project(true, "1s");
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]));
     let bad = p.current().expect("current");
     wait_for_status(
         &p,

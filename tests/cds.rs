@@ -5,6 +5,7 @@
 //! `local` stage for deploy and rollback.
 
 mod common;
+use common::ok;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -376,19 +377,16 @@ fn deploy_then_rollback_starts_the_old_release_from_its_archive() {
     let p = Project::with_config(|c| {
         c.replace("jar = \"hello.jar\"\n", "jar = \"hello.jar\"\ncds = true\n")
     });
-    let first = p.deploy("1.0.0", &[]);
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    ok(p.deploy("1.0.0", &[]));
     let r1 = p.current().expect("current");
     let manifest = fs::read_to_string(p.lib().join("releases").join(&r1).join("RELEASE")).unwrap();
     assert!(manifest.contains("\"cds\": true"), "{manifest}");
     // The second deploy stops r1 gracefully: its archive is written then.
-    let second = p.deploy("2.0.0", &[]);
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    ok(p.deploy("2.0.0", &[]));
     let r1_dir = fs::canonicalize(p.lib().join("releases").join(&r1)).unwrap();
     assert!(r1_dir.join("cds.jsa").is_file());
 
-    let back = p.run(&["rollback", "local"]);
-    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    ok(p.run(&["rollback", "local"]));
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
     let log = fs::read_to_string(p.root().join("var/log/hello/console.log")).unwrap();
     let using = format!(
@@ -399,8 +397,7 @@ fn deploy_then_rollback_starts_the_old_release_from_its_archive() {
 
     // A re-deploy of the same artifact is a new release: it starts at once
     // from a copy of an archive of the same jar and JDK.
-    let third = p.deploy("3.0.0", &[]);
-    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    ok(p.deploy("3.0.0", &[]));
     let r3 = p.current().expect("current");
     let r3_dir = fs::canonicalize(p.lib().join("releases").join(&r3)).unwrap();
     let log = fs::read_to_string(p.root().join("var/log/hello/console.log")).unwrap();
@@ -417,8 +414,7 @@ fn deploy_then_rollback_starts_the_old_release_from_its_archive() {
         .and_then(|l| l.parse().ok())
         .expect("pid");
     assert!(maps_archive(pid, &r3_dir.join("cds.jsa")), "not mapped");
-    let stop = p.service("stop", &[]);
-    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    ok(p.service("stop", &[]));
 }
 
 /// A system user for one test, removed on drop.
@@ -486,8 +482,7 @@ fn as_root_the_jvm_writes_into_its_own_dir_under_roots_cds_dump_and_the_archive_
     });
     // tempdir makes the project 0700: the service user must reach its release.
     fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     // The dump dir: the service user's, 0700, in root's 0711 `cds-dump/`,
     // so the service cannot swap it for a link.
     let parent = p.lib().join("cds-dump");
@@ -506,8 +501,7 @@ fn as_root_the_jvm_writes_into_its_own_dir_under_roots_cds_dump_and_the_archive_
 
     let root = p.root();
     let root = root.to_str().expect("utf-8 root");
-    let out = p.run(&["service", "restart", "hello", "--root", root]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.run(&["service", "restart", "hello", "--root", root]));
     let release = fs::canonicalize(p.lib().join("current")).expect("current");
     let archive = release.join("cds.jsa");
     assert_eq!(owner(&archive), 0, "a copy of root's, not the JVM's file");
@@ -524,8 +518,7 @@ fn as_root_the_jvm_writes_into_its_own_dir_under_roots_cds_dump_and_the_archive_
         maps_archive(pid, &archive),
         "restart did not map the archive"
     );
-    let stop = p.run(&["service", "stop", "hello", "--root", root]);
-    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    ok(p.run(&["service", "stop", "hello", "--root", root]));
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! as root (as CI does); elsewhere a missing one fails the test, naming it.
 
 mod common;
+use common::ok;
 #[path = "support/fleet.rs"]
 mod fleet;
 
@@ -504,8 +505,7 @@ fn the_full_pipeline_deploys_to_three_hosts_and_a_failing_release_is_reverted_ev
             .output()
             .expect("run shipjar")
     };
-    let out = run(&["provision", "fleet"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(run(&["provision", "fleet"]));
     let out = {
         let _one_build_at_a_time = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
         run(&["--json", "deploy", "fleet"])
@@ -632,8 +632,7 @@ fn repl_on_local_answers_as_the_service_on_loopback() {
         );
     }
     // --port on local: nothing to forward, it says where to connect.
-    let out = p.run(&["repl", "local", "--port", "7888"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ok(p.run(&["repl", "local", "--port", "7888"]));
     assert!(
         text(&out).contains(&format!("127.0.0.1:{repl_port}")),
         "{}",
@@ -675,8 +674,7 @@ fn repl_on_a_host_goes_through_an_ssh_forward_and_answers_as_the_service_user() 
             .output()
             .expect("run shipjar")
     };
-    let out = run(&["provision", "fleet"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(run(&["provision", "fleet"]));
     let out = {
         let _one_build_at_a_time = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
         run(&["deploy", "fleet"])

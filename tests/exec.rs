@@ -5,6 +5,7 @@
 //! service user over real ssh.
 
 mod common;
+use common::ok;
 #[path = "support/fleet.rs"]
 mod fleet;
 
@@ -43,8 +44,7 @@ fn exec_runs_in_current_with_the_service_environment_masked_and_passes_the_exit_
     assert!(said.contains("exited with code 3"), "{said}");
     assert!(said.contains("exec: 0 of 1 host exited 0"), "{said}");
 
-    let out = project.run(&["--json", "exec", "local", "--", "true"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ok(project.run(&["--json", "exec", "local", "--", "true"]));
     let result = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

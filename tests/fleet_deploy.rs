@@ -3,6 +3,7 @@
 //! Root only: as another user these tests are ignored (skipped).
 
 mod common;
+use common::ok;
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/lifecycle.rs"]
@@ -51,8 +52,7 @@ impl FleetProject {
 fn provision_is_idempotent_and_dry_run_changes_nothing() {
     require_root();
     let p = FleetProject::new(3, "");
-    let dry = p.run(&["--json", "provision", "fleet", "--dry-run"]);
-    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    let dry = ok(p.run(&["--json", "provision", "fleet", "--dry-run"]));
     assert!(!text(&dry).contains(&p.secret));
     let dry = last_json(&dry);
     assert_eq!(dry["dry_run"], true);
@@ -92,8 +92,7 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
         "{init}"
     );
 
-    let first = p.run(&["--json", "provision", "fleet"]);
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let first = ok(p.run(&["--json", "provision", "fleet"]));
     let first = last_json(&first);
     for host in p.fleet.hosts() {
         let resources = host_field(&first, &host)["resources"]
@@ -110,8 +109,7 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
         );
     }
     // `check` now finds every host ready: agent, java, disk, free port, provisioned.
-    let check = p.run(&["check", "fleet"]);
-    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    let check = ok(p.run(&["check", "fleet"]));
     let said = String::from_utf8_lossy(&check.stdout);
     for host in p.fleet.hosts() {
         for what in ["agent", "java", "disk", "provision"] {
@@ -163,11 +161,9 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
     assert_eq!(dry.status.code(), Some(0), "{shown}");
     assert!(shown.contains("-# db password ********"), "{shown}");
     assert!(!shown.contains(&p.secret), "{shown}");
-    let fixed = p.run(&["provision", "fleet"]);
-    assert_eq!(fixed.status.code(), Some(0), "{}", text(&fixed));
+    ok(p.run(&["provision", "fleet"]));
 
-    let second = p.run(&["--json", "provision", "fleet"]);
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let second = ok(p.run(&["--json", "provision", "fleet"]));
     let second = last_json(&second);
     for host in p.fleet.hosts() {
         let resources = host_field(&second, &host)["resources"]
@@ -188,8 +184,7 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
     require_root();
     let p = FleetProject::new(5, "rolling = { batch = 2 }");
     p.provision();
-    let out = p.deploy_with("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ok(p.deploy_with("1.0.0", &[]));
     let result = last_json(&out);
     let jar = std::fs::metadata(hello_jar()).expect("jar").len();
     for host in p.fleet.hosts() {
@@ -203,8 +198,7 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
     let events = String::from_utf8_lossy(&out.stdout);
     assert!(events.contains("batch 3: app5"), "{events}");
 
-    let again = p.deploy_with("1.0.1", &[]);
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let again = ok(p.deploy_with("1.0.1", &[]));
     let result = last_json(&again);
     for host in p.fleet.hosts() {
         let h = host_field(&result, &host);
@@ -220,16 +214,14 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
     assert_eq!(code, 0, "{status}");
 
     // Rolling back the whole fleet uploads nothing and lands on one version.
-    let back = p.run(&["--json", "rollback", "fleet"]);
-    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    let back = ok(p.run(&["--json", "rollback", "fleet"]));
     let result = last_json(&back);
     assert_eq!(result["version"], "1.0.0", "{result}");
     for host in p.fleet.hosts() {
         assert_eq!(host_field(&result, &host)["uploaded_bytes"], 0, "{host}");
     }
     assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 5]);
-    let releases = p.run(&["releases", "fleet"]);
-    assert_eq!(releases.status.code(), Some(0), "{}", text(&releases));
+    ok(p.run(&["releases", "fleet"]));
 }
 
 #[test]
@@ -375,8 +367,7 @@ fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds(
     }
     // The lease expires; the next deploy takes over (with a warning) and succeeds.
     std::thread::sleep(Duration::from_secs(11));
-    let out = p.deploy_with("3.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy_with("3.0.0", &[]));
     assert_eq!(p.served_everywhere(), vec![Some("3.0.0".to_string()); 3]);
 }
 
@@ -399,8 +390,7 @@ fn concurrent_deploys_one_fails_naming_the_other_or_waits() {
     assert!(message.contains(&format!("pid {first_pid}")), "{message}");
     // A third one queues behind the first with --wait, then runs.
     let third = p.deploy_with("3.0.0", &["--wait", "60s"]);
-    let first = first.wait_with_output().expect("first");
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    ok(first.wait_with_output().expect("first"));
     assert_eq!(third.status.code(), Some(0), "{}", text(&third));
     assert_eq!(p.served_everywhere(), vec![Some("3.0.0".to_string()); 2]);
 }
@@ -460,10 +450,8 @@ fn a_deploy_user_with_passwordless_sudo_can_provision_and_deploy() {
             "hosts = [\"deploy@app1\"]\nsudo = true",
         );
     std::fs::write(&config_path, config).expect("write config");
-    let provision = p.run(&["provision", "fleet"]);
-    assert_eq!(provision.status.code(), Some(0), "{}", text(&provision));
-    let out = p.deploy_with("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.run(&["provision", "fleet"]));
+    ok(p.deploy_with("1.0.0", &[]));
     assert_eq!(p.served("app1").as_deref(), Some("1.0.0"));
     let owner = p
         .fleet
@@ -656,8 +644,7 @@ fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what
     require_root();
     let p = FleetProject::new(4, "rolling = { batch = 2 }");
     p.provision();
-    let out = p.deploy_with("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy_with("1.0.0", &[]));
 
     // An entry that names no host: nothing runs, and the stage's hosts are listed.
     let out = p.deploy_with("1.0.1", &["--hosts", "app1,nope*"]);
@@ -670,8 +657,7 @@ fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what
     );
     assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 4]);
 
-    let out = p.deploy_with("1.0.1", &["--hosts", "app1,app2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ok(p.deploy_with("1.0.1", &["--hosts", "app1,app2"]));
     let result = last_json(&out);
     let hosts: Vec<&str> = result["hosts"]
         .as_array()
@@ -689,7 +675,7 @@ fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what
         [one("1.0.1"), one("1.0.1"), one("1.0.0"), one("1.0.0")]
     );
     // In text, the summary says it was a partial deploy.
-    let out = p.run(&[
+    let out = ok(p.run(&[
         "deploy",
         "fleet",
         "--artifact",
@@ -698,8 +684,7 @@ fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what
         "1.0.2",
         "--hosts",
         "app[12]",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ]));
     assert!(
         text(&out)
             .contains("deployed to 2 of 4 hosts (--hosts app[12]); the other 2 were not touched"),
@@ -747,12 +732,10 @@ fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
     require_root();
     let p = FleetProject::new(3, "rolling = { batch = 2 }");
     p.provision();
-    let out = p.deploy_with("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy_with("1.0.0", &[]));
     let before = service_pids(&p);
 
-    let out = p.run(&["--json", "restart", "fleet"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ok(p.run(&["--json", "restart", "fleet"]));
     let events = String::from_utf8_lossy(&out.stdout);
     assert!(events.contains("batch 1: app1, app2"), "{events}");
     assert!(events.contains("batch 2: app3"), "{events}");
@@ -778,8 +761,7 @@ fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
     }
 
     // `--hosts` restarts only those hosts.
-    let out = p.run(&["--json", "restart", "fleet", "--hosts", "app2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.run(&["--json", "restart", "fleet", "--hosts", "app2"]));
     let again = service_pids(&p);
     assert_eq!(again[0], after[0], "app1 was not named");
     assert_ne!(again[1], after[1], "app2 was named");
@@ -792,8 +774,7 @@ fn a_restart_failing_its_gate_on_a_damaged_host_stops_the_rollout_and_names_it()
     require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
-    let out = p.deploy_with("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy_with("1.0.0", &[]));
     let before = service_pids(&p);
     // The running JVM has its jar open; a fresh one on app2 cannot read it.
     let broke = p
@@ -850,8 +831,7 @@ fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
     );
     std::fs::write(&config, with_roles).expect("write config");
     p.provision();
-    let out = p.deploy_with("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy_with("1.0.0", &[]));
     let manifest = |host: &str| {
         let out = p.fleet.ssh(host, "cat /var/lib/hello/current/RELEASE");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -867,8 +847,7 @@ fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
     );
     assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
 
-    let out = p.deploy_with("1.0.1", &["--roles", "worker"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy_with("1.0.1", &["--roles", "worker"]));
     let one = |v: &str| Some(v.to_string());
     assert_eq!(
         p.served_everywhere(),

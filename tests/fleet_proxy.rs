@@ -7,6 +7,7 @@
 //! running as the service user. Root only.
 
 mod common;
+use common::ok;
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/keep_alive.rs"]
@@ -73,8 +74,7 @@ fn restart_of_a_proxied_stage_drops_no_request_and_moves_every_host_to_a_new_ins
     require_root();
     let p = proxied_fleet(2);
     let f = &p.fleet;
-    let first = p.deploy("1.0.0", &[]);
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let first = ok(p.deploy("1.0.0", &[]));
     let pids = |out: &Output| -> Vec<Option<i64>> {
         let json: serde_json::Value = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -105,8 +105,7 @@ fn restart_of_a_proxied_stage_drops_no_request_and_moves_every_host_to_a_new_ins
         assert_eq!(seen.versions, ["1.0.0"], "{host}");
         assert!(seen.answered > 10, "{host}: {seen:?}");
     }
-    let status = p.run(&["status", "fleet"]);
-    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    ok(p.run(&["status", "fleet"]));
 }
 
 #[test]
@@ -115,8 +114,7 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     require_root();
     let p = proxied_fleet(3);
     let f = &p.fleet;
-    let first = p.deploy("1.0.0", &[]);
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    ok(p.deploy("1.0.0", &[]));
     for host in f.hosts() {
         let hello = f.ssh(&host, "id -u hello");
         let hello = String::from_utf8_lossy(&hello.stdout).trim().to_string();
@@ -129,13 +127,11 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = clients_on_every_host(f, &stop);
     std::thread::sleep(Duration::from_millis(300));
-    let second = p.deploy("2.0.0", &[]);
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    ok(p.deploy("2.0.0", &[]));
     // The first batch fails its gate: reverted, the rest untouched.
     let failing = p.deploy("3.0.0", &["FAIL_ON_START=1"]);
     assert_ne!(failing.status.code(), Some(0), "{}", text(&failing));
-    let back = p.run(&["--json", "rollback", "fleet"]);
-    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    ok(p.run(&["--json", "rollback", "fleet"]));
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     for (host, client) in clients {
@@ -185,8 +181,7 @@ fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
     );
     assert_ne!(before, after);
     std::fs::write(&config, after).expect("write config");
-    let limited = p.deploy("4.0.0", &[]);
-    assert_eq!(limited.status.code(), Some(0), "{}", text(&limited));
+    ok(p.deploy("4.0.0", &[]));
     for host in f.hosts() {
         let answer = one_request(
             &format!("{}:{PORT}", f.ip(&host)),

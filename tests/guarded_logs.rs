@@ -5,6 +5,7 @@
 //! hello, the real binary.
 
 mod common;
+use common::ok;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -40,8 +41,7 @@ fn run_within(p: &Project, args: &[&str], limit: Duration) -> Output {
 
 fn deployed() -> (Project, PathBuf) {
     let p = Project::new();
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let console = p.root().join("var/log/hello/console.log");
     assert!(console.is_file(), "{}", console.display());
     (p, console)
@@ -110,7 +110,7 @@ fn logs_follow_still_streams_new_lines() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let root = p.root();
-    let out = run_within(
+    ok(run_within(
         &p,
         &[
             "service",
@@ -120,8 +120,7 @@ fn logs_follow_still_streams_new_lines() {
             root.to_str().expect("utf-8"),
         ],
         Duration::from_secs(60),
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ));
     let until = Instant::now() + Duration::from_secs(20);
     while !reader.is_finished() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));

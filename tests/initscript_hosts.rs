@@ -6,6 +6,7 @@
 //! Root only (`./run-tests` as root includes them).
 
 mod common;
+use common::ok;
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/keep_alive.rs"]
@@ -180,8 +181,7 @@ fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
     f.reboot(HOST);
     agree(&f, &p, Expect::Stopped);
     let link = ssh_ok(&f, "ls /etc/rc2.d | grep '^S[0-9]*hello$'");
-    let booted = ssh(&f, &format!("/etc/rc2.d/{link} start"));
-    assert_eq!(booted.status.code(), Some(0), "{}", text(&booted));
+    ok(ssh(&f, &format!("/etc/rc2.d/{link} start")));
     let first = agree(&f, &p, Expect::Running("1.0.0"));
     // The supervisor made the emptied /run/hello as provision does.
     assert_provision_changes_nothing(&f, &p);
@@ -189,8 +189,7 @@ fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
     // Deploy, rollback, a failing deploy (reverted).
     p.deployed("1.0.1", &[]);
     agree(&f, &p, Expect::Running("1.0.1"));
-    let rollback = p.run(&["--json", "rollback", "lsb"]);
-    assert_eq!(rollback.status.code(), Some(0), "{}", text(&rollback));
+    ok(p.run(&["--json", "rollback", "lsb"]));
     let rolled = agree(&f, &p, Expect::Running("1.0.0"));
     assert_ne!(rolled, first);
     let failing = p.deploy("1.0.2", &["FAIL_ON_START=1"]);
@@ -199,8 +198,7 @@ fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
     assert_ne!(reverted, rolled);
 
     // The script's restart: a new process, same release.
-    let restart = ssh(&f, "/etc/init.d/hello restart");
-    assert_eq!(restart.status.code(), Some(0), "{}", text(&restart));
+    ok(ssh(&f, "/etc/init.d/hello restart"));
     let restarted = agree(&f, &p, Expect::Running("1.0.0"));
     assert_ne!(restarted, reverted);
 
@@ -212,13 +210,11 @@ fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
 
     // stop, then start again; stop and start are idempotent, as LSB asks.
     for _ in 0..2 {
-        let stop = ssh(&f, "/etc/init.d/hello stop");
-        assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+        ok(ssh(&f, "/etc/init.d/hello stop"));
         agree(&f, &p, Expect::Stopped);
     }
     for _ in 0..2 {
-        let start = ssh(&f, "/etc/init.d/hello start");
-        assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+        ok(ssh(&f, "/etc/init.d/hello start"));
         agree(&f, &p, Expect::Running("1.0.0"));
     }
     assert_provision_changes_nothing(&f, &p);
@@ -271,8 +267,7 @@ fn initscript_proxied_service_boots_restarts_without_downtime_and_stops() {
     let (runner, uid) = runner_and_worker_uid(&f);
     assert!(runner > 0);
     assert_eq!(uid, hello_uid, "the proxy worker runs as hello");
-    let status = ssh(&f, "/etc/init.d/hello status");
-    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    ok(ssh(&f, "/etc/init.d/hello status"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let addr: std::net::SocketAddr = format!("{}:{PORT}", f.ip(HOST)).parse().expect("address");
@@ -292,8 +287,7 @@ fn initscript_proxied_service_boots_restarts_without_downtime_and_stops() {
     f.reboot(HOST);
     assert_eq!(served(&f), None);
     let link = ssh_ok(&f, "ls /etc/rc2.d | grep '^S[0-9]*hello$'");
-    let booted = ssh(&f, &format!("/etc/rc2.d/{link} start"));
-    assert_eq!(booted.status.code(), Some(0), "{}", text(&booted));
+    ok(ssh(&f, &format!("/etc/rc2.d/{link} start")));
     assert_eq!(served(&f).as_deref(), Some("1.0.0"));
     let (runner, uid) = runner_and_worker_uid(&f);
     assert!(runner > 0);
@@ -322,8 +316,7 @@ fn initscript_proxied_service_boots_restarts_without_downtime_and_stops() {
         Some("1.0.0")
     );
 
-    let stopped = ssh(&f, "/etc/init.d/hello stop");
-    assert_eq!(stopped.status.code(), Some(0), "{}", text(&stopped));
+    ok(ssh(&f, "/etc/init.d/hello stop"));
     assert_eq!(served(&f), None);
     let status = ssh(&f, "/etc/init.d/hello status");
     assert_eq!(status.status.code(), Some(3), "{}", text(&status));
@@ -430,6 +423,5 @@ fn initscript_provision_takes_over_a_service_running_under_its_own_script() {
     p.deployed("1.0.0", &[]);
     assert_eq!(served(&f).as_deref(), Some("1.0.0"));
     // A second provision changes nothing and is not blocked by the copy.
-    let again = p.run(&["provision", "lsb"]);
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    ok(p.run(&["provision", "lsb"]));
 }

@@ -2,6 +2,7 @@
 //! from `examples/hello`, asserting on what a user sees.
 
 mod common;
+use common::ok;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -11,8 +12,7 @@ use common::{Project, hello_jar, text};
 #[test]
 fn first_deploy_serves_its_version_and_status_is_consistent() {
     let p = Project::new();
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
     let (status, body) = p.get("/health").expect("health answers");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
@@ -64,15 +64,13 @@ fn first_deploy_serves_its_version_and_status_is_consistent() {
     assert!(host["status"]["service"]["pid"].as_i64().unwrap() > 1);
 
     // The host-side view agrees.
-    let svc = p.service("status", &["--json"]);
-    assert_eq!(svc.status.code(), Some(0), "{}", text(&svc));
+    ok(p.service("status", &["--json"]));
 }
 
 #[test]
 fn redeploy_and_rollback_upload_nothing() {
     let p = Project::new();
-    let first = p.deploy_json("1.0.0", &[]);
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let first = ok(p.deploy_json("1.0.0", &[]));
     let uploaded = |out: &std::process::Output| -> u64 {
         let last = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -88,8 +86,7 @@ fn redeploy_and_rollback_upload_nothing() {
     assert_eq!(uploaded(&first), jar_size);
     let first_release = p.current().unwrap();
 
-    let second = p.deploy_json("2.0.0", &[]);
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let second = ok(p.deploy_json("2.0.0", &[]));
     assert_eq!(
         uploaded(&second),
         0,
@@ -97,8 +94,7 @@ fn redeploy_and_rollback_upload_nothing() {
     );
     assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
 
-    let back = p.run(&["--json", "rollback", "local"]);
-    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    let back = ok(p.run(&["--json", "rollback", "local"]));
     assert_eq!(uploaded(&back), 0);
     assert_eq!(p.current().as_deref(), Some(first_release.as_str()));
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
@@ -118,8 +114,7 @@ fn redeploy_and_rollback_upload_nothing() {
 fn env_override_is_recorded_in_the_release_and_restored_by_rollback() {
     let p = Project::new();
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    let out = p.deploy("2.0.0", &["--env", "STARTUP_DELAY_MS=300"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("2.0.0", &["--env", "STARTUP_DELAY_MS=300"]));
     let manifest = |id: &str| {
         std::fs::read_to_string(p.lib().join("releases").join(id).join("RELEASE")).unwrap()
     };
@@ -193,8 +188,7 @@ fn version_mismatch_fails_the_deploy() {
 fn keeps_only_n_releases_but_never_current_or_previous_good() {
     let p = Project::with_config(|c| c.replace("keep = 5", "keep = 2"));
     for v in ["1", "2", "3", "4"] {
-        let out = p.deploy(v, &[]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        ok(p.deploy(v, &[]));
     }
     let ids = p.release_ids();
     assert_eq!(ids.len(), 2, "{ids:?}");
@@ -373,16 +367,14 @@ fn build_records_artifact_sha_and_version_then_deploy_skip_build_uses_it() {
             ),
         );
     std::fs::write(p.path().join("shipjar.toml"), config).unwrap();
-    let out = p.run(&["--json", "build", "--version", "7.7.7"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.run(&["--json", "build", "--version", "7.7.7"]));
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(p.path().join(".shipjar/build.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(manifest["version"], "7.7.7");
     assert_eq!(manifest["sha256"].as_str().unwrap().len(), 64);
-    let out = p.run(&["deploy", "local", "--skip-build"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.run(&["deploy", "local", "--skip-build"]));
     assert_eq!(p.served_version().as_deref(), Some("7.7.7"));
 }
 
@@ -411,8 +403,7 @@ fn ctrl_c_mid_deploy_releases_the_lock_and_leaves_a_healthy_release() {
         matches!(served.as_deref(), Some("1.0.0" | "2.0.0")),
         "{served:?}"
     );
-    let next = p.deploy("3.0.0", &[]);
-    assert_eq!(next.status.code(), Some(0), "{}", text(&next));
+    ok(p.deploy("3.0.0", &[]));
 }
 
 #[test]
@@ -448,8 +439,7 @@ fn no_process_shipjar_starts_inherits_the_operators_secret_variables() {
             "version_command = \"env > version-env.txt; echo 1\"",
         )
     });
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let (_, status) = p.status_json();
     let host = &status["hosts"][0]["status"]["service"];
     let supervisor = host["supervisor_pid"].as_i64().expect("supervisor pid");
@@ -467,8 +457,7 @@ fn no_process_shipjar_starts_inherits_the_operators_secret_variables() {
     );
     assert!(env.contains("PATH="), "the build keeps the rest: {env}");
     let jar = common::hello_jar().to_string_lossy().into_owned();
-    let out = p.run(&["deploy", "local", "--artifact", &jar]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.run(&["deploy", "local", "--artifact", &jar]));
     let env = std::fs::read_to_string(p.path().join("version-env.txt")).unwrap();
     assert!(
         !env.contains("HELLO_DB_PASSWORD") && !env.contains(&p.secret),
@@ -482,8 +471,7 @@ fn secrets_with_quotes_backslashes_and_newlines_are_masked_in_json_too() {
     for secret in ["s3\"cr\\et-x1", "line\nbreak-ü-42", "\"\"\"\"\"\"\"\""] {
         let mut p = Project::new();
         p.secret = secret.to_string();
-        let out = p.deploy("1.0.0", &[]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        ok(p.deploy("1.0.0", &[]));
         // The service prints it, as a careless one would.
         let log = std::fs::read_dir(p.root().join("var/log/hello"))
             .unwrap()
@@ -556,8 +544,7 @@ fn a_one_character_secret_is_a_config_error_naming_it() {
         // Not "1.0.1": a `1` standing as a word is the secret, masked there too.
         .args(["--version", "2.0.2"])
         .env("HELLO_DB_PASSWORD", "1");
-    let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(cmd.output().unwrap());
     let current = p.current().expect("deployed");
     let out = p.run(&["releases", "local"]);
     assert!(
@@ -707,8 +694,7 @@ fn ctrl_c_while_waiting_for_the_lock_changes_nothing_and_exits_130() {
     assert!(after < Duration::from_secs(1), "feedback took {after:?}");
     let out = waiting.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
-    let out = holder.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(holder.wait_with_output().unwrap());
     assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
 }
 
@@ -837,8 +823,7 @@ fn check_reaches_the_host_and_names_what_a_deploy_would_meet() {
     );
     drop(squatter);
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    let out = p.run(&["--json", "check", "local", "--set", "extra=1"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ok(p.run(&["--json", "check", "local", "--set", "extra=1"]));
     let said = String::from_utf8_lossy(&out.stdout);
     let result: serde_json::Value = serde_json::from_str(said.lines().last().unwrap()).unwrap();
     let findings = &result["hosts"][0]["findings"];
@@ -864,8 +849,7 @@ fn check_reaches_the_host_and_names_what_a_deploy_would_meet() {
 #[test]
 fn a_closed_stdout_ends_a_command_quietly_instead_of_panicking() {
     let p = Project::new();
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     // The reader is gone before the command writes: `| head -0`, in effect.
     let cases: [&[&str]; 5] = [
         &["completions", "zsh"],

@@ -2,6 +2,7 @@
 //! `examples/hello` and real sockets on 127.0.0.1.
 
 mod common;
+use common::ok;
 #[path = "support/keep_alive.rs"]
 mod keep_alive;
 
@@ -96,8 +97,7 @@ fn service_status(p: &Project) -> (Option<i32>, String) {
 fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes_no_traffic() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ok(p.deploy("1.0.0", &[]));
     assert!(text(&out).contains("proxy"), "{}", text(&out));
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
     let (code, status) = service_status(&p);
@@ -111,14 +111,11 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
     let stop = Arc::new(AtomicBool::new(false));
     let client = keep_alive_client(p.port, stop.clone());
 
-    let out = p.deploy("2.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("2.0.0", &[]));
     let failed = p.deploy("3.0.0", &["--env", "FAIL_ON_START=1"]);
     assert_ne!(failed.status.code(), Some(0), "{}", text(&failed));
-    let out = p.deploy("4.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let back = p.run(&["rollback", "local"]);
-    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    ok(p.deploy("4.0.0", &[]));
+    let back = ok(p.run(&["rollback", "local"]));
     assert!(text(&back).contains("drained"), "{}", text(&back));
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
@@ -151,15 +148,12 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
 fn a_request_in_flight_on_the_old_instance_completes() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let port = p.port;
     let slow = thread::spawn(move || KeepAlive::local(port).get("/slow?ms=6000"));
     thread::sleep(Duration::from_millis(500));
-    let out = p.deploy("2.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let logs = p.run(&["logs", "local", "-n", "200"]);
-    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
+    let out = ok(p.deploy("2.0.0", &[]));
+    let logs = ok(p.run(&["logs", "local", "-n", "200"]));
     assert!(
         text(&logs).contains("first healthy answer"),
         "the active instance's log: {}",
@@ -179,8 +173,7 @@ fn a_request_in_flight_on_the_old_instance_completes() {
 fn the_proxy_comes_back_after_sigkill_and_status_says_so() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let keeper: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(p.root().join("run/hello/proxy/keeper.json")).unwrap(),
     )
@@ -211,8 +204,7 @@ fn the_proxy_comes_back_after_sigkill_and_status_says_so() {
 
     // Stopped as a whole: LSB 3, and no instance said to take traffic.
     let root = p.root().to_str().unwrap().to_string();
-    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
-    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    ok(p.run(&["service", "stop", "hello", "--root", &root]));
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(3), "{status}");
     assert!(!status.contains("takes traffic"), "{status}");
@@ -222,11 +214,10 @@ fn the_proxy_comes_back_after_sigkill_and_status_says_so() {
 fn a_request_waits_for_a_returning_instance_then_503_after_hold() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let root = p.root().to_str().unwrap().to_string();
     let active = ports[0].to_string();
-    let stop = p.run(&[
+    ok(p.run(&[
         "service",
         "stop",
         "hello",
@@ -234,8 +225,7 @@ fn a_request_waits_for_a_returning_instance_then_503_after_hold() {
         &root,
         "--instance",
         &active,
-    ]);
-    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    ]));
 
     // No instance answers: held for `hold` (5 s), then a clear 503.
     let started = Instant::now();
@@ -249,8 +239,7 @@ fn a_request_waits_for_a_returning_instance_then_503_after_hold() {
     let port = p.port;
     let held = thread::spawn(move || http_get_slowly(port, "/version"));
     thread::sleep(Duration::from_millis(200));
-    let start = p.run(&["service", "start", "hello", "--root", &root]);
-    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    ok(p.run(&["service", "start", "hello", "--root", &root]));
     let (status, body) = held.join().expect("held request");
     assert_eq!(
         (status, version_of(&body).as_deref()),
@@ -275,8 +264,7 @@ fn a_new_instance_crashing_inside_settle_gives_the_traffic_back_to_the_old_one()
         "probe_timeout = \"2s\"\nsettle = \"5s\"",
     );
     std::fs::write(&file, config).unwrap();
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let old = active_pid(&p);
     let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
     let said = text(&out);
@@ -295,8 +283,7 @@ fn a_new_instance_crashing_inside_settle_gives_the_traffic_back_to_the_old_one()
 #[test]
 fn proxy_off_by_default_leaves_a_plain_restart() {
     let p = Project::new();
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     assert!(!p.root().join("run/hello/proxy").exists());
 }
 
@@ -305,16 +292,14 @@ fn a_service_moves_behind_the_proxy_and_back() {
     let ports = [free_port(), free_port()];
     let p = Project::new();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let plain = std::fs::read_to_string(p.path().join("shipjar.toml")).unwrap();
     let proxied = format!(
         "{plain}\n[proxy]\nlisten = \"127.0.0.1:{}\"\nports = [{}, {}]\n",
         p.port, ports[0], ports[1]
     );
     std::fs::write(p.path().join("shipjar.toml"), proxied).unwrap();
-    let out = p.deploy("2.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ok(p.deploy("2.0.0", &[]));
     assert!(
         text(&out).contains("the service without proxy"),
         "{}",
@@ -327,8 +312,7 @@ fn a_service_moves_behind_the_proxy_and_back() {
 
     // Back to a plain restart: the proxy and its instances make way.
     std::fs::write(p.path().join("shipjar.toml"), plain).unwrap();
-    let out = p.deploy("3.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("3.0.0", &[]));
     assert_eq!(p.served_version().as_deref(), Some("3.0.0"));
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(0), "{status}");
@@ -389,8 +373,7 @@ fn active_pid(p: &Project) -> Option<i64> {
 fn restart_and_reload_behind_the_proxy_drop_no_request() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let root = p.root().to_str().unwrap().to_string();
     let mut pid = active_pid(&p).expect("an active instance");
 
@@ -423,8 +406,7 @@ fn restart_and_reload_behind_the_proxy_drop_no_request() {
 fn the_runner_brings_back_a_killed_proxy_keeper_and_start_stop_go_through_it() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ok(p.deploy("1.0.0", &[]));
     assert!(
         text(&out).contains("supervised by their runner"),
         "{}",
@@ -489,16 +471,14 @@ fn the_runner_brings_back_a_killed_proxy_keeper_and_start_stop_go_through_it() {
 
     // Stopped through the runner: it goes, and with it both instances and the proxy.
     let root = p.root().to_str().unwrap().to_string();
-    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
-    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    ok(p.run(&["service", "stop", "hello", "--root", &root]));
     assert_eq!(runner_pid(&p.root()), None);
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(3), "{status}");
     assert!(http_get(p.port, "/version").is_none());
 
     // Started again: a runner, the instance behind the proxy, answering.
-    let start = p.run(&["service", "start", "hello", "--root", &root]);
-    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    ok(p.run(&["service", "start", "hello", "--root", &root]));
     assert!(runner_pid(&p.root()).is_some());
     assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
     let (code, status) = service_status(&p);
@@ -514,8 +494,7 @@ fn service_run_takes_over_notifies_ready_and_stops_everything_on_sigterm() {
     use std::os::unix::net::UnixDatagram;
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let detached = runner_pid(&p.root()).expect("the deploy left a runner");
     let instance = active_pid(&p).expect("an active instance");
 
@@ -581,11 +560,9 @@ fn service_run_takes_over_notifies_ready_and_stops_everything_on_sigterm() {
 fn a_failed_start_says_why_and_leaves_nothing_running() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let root = p.root().to_str().unwrap().to_string();
-    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
-    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    ok(p.run(&["service", "stop", "hello", "--root", &root]));
 
     let taken = std::net::TcpListener::bind(("127.0.0.1", p.port)).expect("take the address");
     let start = p.run(&["service", "start", "hello", "--root", &root]);
@@ -597,8 +574,7 @@ fn a_failed_start_says_why_and_leaves_nothing_running() {
     assert_eq!(active_pid(&p), None, "{status}");
 
     drop(taken);
-    let start = p.run(&["service", "start", "hello", "--root", &root]);
-    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    ok(p.run(&["service", "start", "hello", "--root", &root]));
     assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
 }
 
@@ -745,8 +721,7 @@ fn headers_seen(answer: &Answer) -> serde_json::Value {
 fn connection_cannot_remove_or_replace_the_proxys_headers() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let mut conn = Raw::local(p.port);
     conn.send(
         "GET /headers HTTP/1.1\r\nHost: hello.test\r\n\
@@ -767,8 +742,7 @@ fn connection_cannot_remove_or_replace_the_proxys_headers() {
 fn forwarding_headers_are_dropped_from_an_untrusted_peer_and_appended_to_from_a_trusted_one() {
     let (p, ports) = proxied_project_with("trusted_proxies = [\"127.0.0.2\"]\n");
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let request = "GET /headers HTTP/1.1\r\nHost: hello.test\r\n\
                    Forwarded: for=10.9.9.9;proto=https\r\nX-Forwarded-For: 10.9.9.9\r\n\
                    X-Forwarded-Host: admin.internal\r\nX-Forwarded-Proto: https\r\n\
@@ -797,8 +771,7 @@ fn forwarding_headers_are_dropped_from_an_untrusted_peer_and_appended_to_from_a_
 fn half_a_request_head_is_closed_after_header_timeout_and_an_idle_connection_after_idle_timeout() {
     let (p, ports) = proxied_project_with("header_timeout = \"1s\"\nidle_timeout = \"3s\"\n");
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
 
     // Half a head, then nothing: closed once header_timeout has passed.
     let mut slow = Raw::local(p.port);
@@ -844,8 +817,7 @@ fn half_a_request_head_is_closed_after_header_timeout_and_an_idle_connection_aft
 fn connections_over_max_connections_are_answered_503_at_once() {
     let (p, ports) = proxied_project_with("max_connections = 2\n");
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
 
     // Two connections that send nothing hold the two places.
     let mut first = Raw::local(p.port);
@@ -893,8 +865,7 @@ fn connections_over_max_connections_are_answered_503_at_once() {
 fn an_instance_slower_than_upstream_timeout_is_answered_504() {
     let (p, ports) = proxied_project_with("upstream_timeout = \"1s\"\n");
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let mut conn = Raw::local(p.port);
     let started = Instant::now();
     conn.send("GET /slow?ms=4000 HTTP/1.1\r\nHost: hello.test\r\n\r\n");
@@ -916,8 +887,7 @@ fn an_instance_slower_than_upstream_timeout_is_answered_504() {
 fn the_proxy_serves_with_the_settings_of_the_release_taking_traffic() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let slow = |port: u16| {
         let mut conn = Raw::local(port);
         conn.send("GET /slow?ms=2500 HTTP/1.1\r\nHost: hello.test\r\n\r\n");
@@ -929,8 +899,7 @@ fn the_proxy_serves_with_the_settings_of_the_release_taking_traffic() {
     let config = p.path().join("shipjar.toml");
     let before = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{before}upstream_timeout = \"1s\"\n")).unwrap();
-    let out = p.deploy("2.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("2.0.0", &[]));
     assert_eq!(
         slow(p.port),
         504,
@@ -938,8 +907,7 @@ fn the_proxy_serves_with_the_settings_of_the_release_taking_traffic() {
     );
 
     // A rollback brings the old release's settings back with it.
-    let back = p.run(&["rollback", "local"]);
-    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    ok(p.run(&["rollback", "local"]));
     assert_eq!(slow(p.port), 200, "the rolled-back release has no limit");
 }
 
@@ -956,8 +924,7 @@ fn a_proxy_log_planted_as_a_symlink_leaves_its_target_unchanged() {
     std::fs::create_dir_all(&log_dir).expect("mkdir");
     let proxy_log = log_dir.join("proxy.log");
     std::os::unix::fs::symlink(&decoy, &proxy_log).expect("symlink");
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     assert_eq!(
         std::fs::read_to_string(&decoy).expect("decoy"),
         "root's own\n"
@@ -998,8 +965,7 @@ fn check_on_a_proxied_stage_looks_at_the_proxy_and_instance_ports_not_the_health
 fn a_deploy_and_a_reload_racing_take_turns_and_no_request_fails() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let root = p.root().to_str().unwrap().to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let client = keep_alive_client(p.port, stop.clone());
@@ -1056,8 +1022,7 @@ fn operator_status(p: &Project) -> (Option<i32>, String, Vec<String>) {
 fn a_killed_runner_makes_status_dead_naming_it_and_since_when() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(0), "{status}");
     let runner = runner_pid(&p.root()).expect("the deploy left a runner");
@@ -1084,8 +1049,7 @@ fn a_killed_runner_makes_status_dead_naming_it_and_since_when() {
 
     // `service start` puts a runner back over what runs: all well again.
     let root = p.root().to_str().unwrap().to_string();
-    let start = p.run(&["service", "start", "hello", "--root", &root]);
-    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    ok(p.run(&["service", "start", "hello", "--root", &root]));
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(0), "{status}");
     let (code, said, _) = operator_status(&p);
@@ -1100,8 +1064,7 @@ fn a_killed_runner_makes_status_dead_naming_it_and_since_when() {
 fn a_killed_keeper_is_back_under_its_runner_and_named_missing_without_one() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let keeper = recorded_pid(&p, "proxy/keeper.json", "/keeper/pid").expect("keeper pid");
     let worker = recorded_pid(&p, "proxy/keeper.json", "/worker/pid").expect("worker pid");
     sigkill(keeper);
@@ -1155,8 +1118,7 @@ fn a_killed_keeper_is_back_under_its_runner_and_named_missing_without_one() {
 fn a_killed_active_instance_is_named_with_its_port_and_its_last_sign_of_life() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let active: u16 = std::fs::read_to_string(p.root().join("run/hello/proxy/active"))
         .expect("the active port")
         .trim()
@@ -1205,11 +1167,9 @@ fn a_killed_active_instance_is_named_with_its_port_and_its_last_sign_of_life() {
 fn a_service_stopped_by_request_is_stopped_not_dead_even_after_its_runner_died() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let root = p.root().to_str().unwrap().to_string();
-    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
-    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    ok(p.run(&["service", "stop", "hello", "--root", &root]));
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(3), "{status}");
     assert!(
@@ -1221,13 +1181,11 @@ fn a_service_stopped_by_request_is_stopped_not_dead_even_after_its_runner_died()
     assert_eq!(code, Some(1), "a stopped service is a finding: {said}");
     assert_eq!(flags, ["stopped: the proxy and both instances"], "{said}");
 
-    let start = p.run(&["service", "start", "hello", "--root", &root]);
-    assert_eq!(start.status.code(), Some(0), "{}", text(&start));
+    ok(p.run(&["service", "start", "hello", "--root", &root]));
     let runner = runner_pid(&p.root()).expect("a runner");
     sigkill(runner);
     wait_gone(runner, Duration::from_secs(10));
-    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
-    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    ok(p.run(&["service", "stop", "hello", "--root", &root]));
     let (code, status) = service_status(&p);
     assert_eq!(code, Some(3), "{status}");
     assert!(!status.contains("missing"), "{status}");
@@ -1259,8 +1217,7 @@ fn service_json(p: &Project, verb: &str, extra: &[&str]) -> (Option<i32>, serde_
 fn every_service_action_behind_the_proxy_prints_a_json_report_that_matches_what_runs() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let runner = runner_pid(&p.root()).expect("the deploy left a runner");
 
     let (code, status) = service_json(&p, "status", &[]);
@@ -1317,11 +1274,9 @@ fn every_service_action_behind_the_proxy_prints_a_json_report_that_matches_what_
 fn service_proxy_start_status_and_stop_print_a_json_report_that_matches_what_runs() {
     let (p, ports) = proxied_project();
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let root = p.root().to_string_lossy().into_owned();
-    let stop = p.run(&["service", "stop", "hello", "--root", &root]);
-    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop));
+    ok(p.run(&["service", "stop", "hello", "--root", &root]));
     assert_eq!(runner_pid(&p.root()), None);
 
     let (code, proxy) = service_json(&p, "proxy", &[]);
@@ -1359,8 +1314,7 @@ fn a_keep_alive_client_sees_no_error_while_the_active_instance_is_sigkilled_ten_
         "[restart]\nmax_failures = 50\ninitial_delay = \"100ms\"\nmax_delay = \"500ms\"",
     );
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let active: u16 = std::fs::read_to_string(p.root().join("run/hello/proxy/active"))
         .expect("the active port")
         .trim()
@@ -1445,8 +1399,7 @@ fn a_runner_whose_active_instance_cannot_come_back_ends_failed_and_status_says_w
     );
     let _cleanup = Cleanup(p.root(), ports);
     // Long enough after its gate for the deploy to check its version.
-    let out = p.deploy("1.0.0", &["--env", "CRASH_AFTER_S=3"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &["--env", "CRASH_AFTER_S=3"]));
     // It may give up before this looks (the crashes start a second after
     // the gate): its record says when it did.
     let record_path = p.root().join("run/hello/proxy/runner.json");
@@ -1487,8 +1440,7 @@ fn failed_move_behind_the_proxy(
     let p = Project::new();
     let listen = if listen == 0 { p.port } else { listen };
     let cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let good = p.current().expect("current");
     let plain = std::fs::read_to_string(p.path().join("shipjar.toml")).unwrap();
     let proxied = format!(
@@ -1556,13 +1508,11 @@ fn behind_the_proxy_a_release_crash_looping_after_its_deploy_is_replaced_by_the_
         "[restart]\ninitial_delay = \"200ms\"\nmax_failures = 2\nwindow = \"2m\"\nauto_revert = true\n",
     );
     let _cleanup = Cleanup(p.root(), ports);
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let good = p.current().expect("current");
     let stop = Arc::new(AtomicBool::new(false));
     let client = keep_alive_client(p.port, stop.clone());
-    let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]));
     let bad = p.current().expect("current");
     let runner = runner_pid(&p.root()).expect("a runner");
 

@@ -7,6 +7,7 @@
 //! holder that `unlock` prints). Searched for with `common::secret_forms`.
 
 mod common;
+use common::ok;
 
 use std::path::Path;
 use std::process::Output;
@@ -121,12 +122,11 @@ fn a_multi_line_secret_is_masked_in_hook_output_and_logs_text_and_json() {
     });
     std::fs::write(project.path().join("leak.sh"), LEAKY_HOOK).unwrap();
     for (version, json) in [("v1", false), ("v2", true)] {
-        let out = if json {
+        let out = ok(if json {
             project.deploy_json(version, &[])
         } else {
             project.deploy(version, &[])
-        };
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        });
         assert!(text(&out).contains("done-leaking"), "{}", text(&out));
         assert_no_secret(&format!("deploy (json: {json})"), &out, &secret);
         assert!(text(&out).contains("********"), "{}", text(&out));
@@ -145,8 +145,7 @@ fn a_multi_line_secret_is_masked_in_hook_output_and_logs_text_and_json() {
         &["logs", "local", "-n", "300"][..],
         &["--json", "logs", "local", "-n", "300"],
     ] {
-        let out = project.run(args);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let out = ok(project.run(args));
         assert!(
             text(&out).contains("connecting with key:"),
             "{}",
@@ -233,8 +232,7 @@ fn a_secret_that_occurs_in_ordinary_output_is_masked_there_too() {
     });
     std::fs::write(project.path().join("alias.txt"), "local").unwrap();
     std::fs::write(project.path().join("machine.txt"), &machine).unwrap();
-    let deployed = project.deploy("v1", &[]);
-    assert_eq!(deployed.status.code(), Some(0), "{}", text(&deployed));
+    let deployed = ok(project.deploy("v1", &[]));
     let word = |hay: &str, w: &str| hay.split(|c: char| !c.is_alphanumeric()).any(|x| x == w);
 
     // `logs`: the host prefix is masked, text and JSON.
@@ -265,12 +263,11 @@ fn a_secret_that_occurs_in_ordinary_output_is_masked_there_too() {
         }
         let _ = child.kill();
         let _ = child.wait();
-        let out = if json {
+        let out = ok(if json {
             project.run(&["--json", "unlock", "local"])
         } else {
             project.run(&["unlock", "local"])
-        };
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        });
         let said = text(&out);
         assert!(!word(&said, &machine), "unlock shows the machine: {said}");
         assert!(said.contains("@********"), "{said}");

@@ -6,6 +6,7 @@
 //! `releases` says why each release is kept.
 
 mod common;
+use common::ok;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -34,8 +35,7 @@ fn line_of(said: &str, needle: &str) -> usize {
 #[test]
 fn a_release_crashing_inside_settle_is_reverted_and_the_deploy_fails_naming_it() {
     let p = settling("5s");
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let good = p.current().expect("current");
 
     let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);

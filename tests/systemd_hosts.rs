@@ -7,6 +7,7 @@
 //! (`./run-tests` as root includes them).
 
 mod common;
+use common::ok;
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/keep_alive.rs"]
@@ -352,8 +353,7 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
         second.main_pid, first.main_pid,
         "the unit was not restarted"
     );
-    let rollback = p.run(&["--json", "rollback", "systemd"]);
-    assert_eq!(rollback.status.code(), Some(0), "{}", text(&rollback));
+    ok(p.run(&["--json", "rollback", "systemd"]));
     let rolled = agree(&f, host, &p, Expect::Running("1.0.0"));
 
     // A release that fails at start: reverted, the unit active on the old one.
@@ -1022,8 +1022,7 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     let (main, runner, _, uid) = proxied_pids(&f, host);
     assert_eq!(main, runner);
     assert_eq!(uid, hello_uid);
-    let status = f.ssh(host, "/usr/local/bin/shipjar service status hello");
-    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    ok(f.ssh(host, "/usr/local/bin/shipjar service status hello"));
     // What the runner recorded under the unit (UMask=0027) is, like the
     // rest of the run dir, readable by any user.
     let records = f.ssh(
@@ -1332,12 +1331,10 @@ fn systemd_journal_takes_the_service_output_and_logs_reads_it_there() {
     let files = ssh_ok(&f, host, "ls /var/log/hello");
     assert!(!files.contains("console.log"), "{files}");
 
-    let logs = p.run(&["logs", "systemd", "--grep", "listening on"]);
-    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
+    let logs = ok(p.run(&["logs", "systemd", "--grep", "listening on"]));
     assert!(text(&logs).contains("listening on"), "{}", text(&logs));
     assert!(!text(&logs).contains("healthy after"), "{}", text(&logs));
-    let logs = p.run(&["logs", "systemd", "--since", "1h", "-n", "3"]);
-    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
+    let logs = ok(p.run(&["logs", "systemd", "--since", "1h", "-n", "3"]));
     let shown = String::from_utf8_lossy(&logs.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -5,6 +5,7 @@
 //! systemd ends the unit's leftovers and starts a new supervisor. Root only.
 
 mod common;
+use common::ok;
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/lifecycle.rs"]
@@ -76,8 +77,7 @@ fn root_believes_the_units_supervisor_and_systemd_leaves_no_orphan() {
     let (code, said) = host_status(&f, host);
     assert_eq!(code, Some(0), "{said}\n{}", f.diagnostics(host));
     assert!(said.starts_with("running: pid "), "{said}");
-    let out = p.run(&["status", "systemd"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.run(&["status", "systemd"]));
 
     // Kill the supervisor: systemd ends what is left of the unit and starts
     // a new supervisor, which starts a new service; no orphan remains.

@@ -307,6 +307,7 @@ impl Session {
                     Err(e) => error("upload", e),
                 }
             }
+            Request::FetchArtifact(spec) => fetch_request(layout, id, &spec),
             Request::Prepare(spec) => prepare_release(layout, &spec),
             Request::Activate {
                 release,
@@ -492,6 +493,28 @@ impl Session {
             prepared: false,
         }))
     }
+}
+
+/// `fetch_artifact`: its deadline announced, the credentials masked in
+/// everything sent while it runs.
+fn fetch_request(layout: &Layout, id: u64, spec: &crate::protocol::FetchSpec) -> Response {
+    if let Some(c) = &spec.credentials {
+        let mut values = secrets::release_secrets(layout);
+        for value in [&c.login, &c.password] {
+            values.push(crate::protocol::mask::SecretValue {
+                value: value.clone(),
+                allow_short: true,
+            });
+        }
+        secrets::use_masker(crate::protocol::mask::Masker::new(&values));
+    }
+    send(&AgentMessage::Expect {
+        id,
+        step: "download".to_string(),
+        within_ms: spec.timeout_ms + HOOK_MARGIN_MS,
+    });
+    let emit = |step: &str, message: &str| event(id, step, message, false);
+    Response::Fetched(crate::host::fetch::fetch(layout, spec, &emit))
 }
 
 /// Sends one event of request `id`.

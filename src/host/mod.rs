@@ -4,6 +4,8 @@ pub mod activate;
 pub mod agent;
 pub mod cancel;
 pub mod check;
+pub mod error;
+pub mod fetch;
 pub mod fs;
 pub mod hooks;
 #[allow(clippy::disallowed_methods)] // root-only: /etc (unit, init script, rc links)

@@ -45,6 +45,9 @@ pub enum Request {
         /// Number of bytes that follow.
         size: u64,
     },
+    /// Download an artifact from a repository into the store, its sha256
+    /// checked before it becomes visible (the host fetches it itself).
+    FetchArtifact(Box<FetchSpec>),
     /// Create a complete release directory (not yet current).
     Prepare(Box<PrepareSpec>),
     /// Make a release current, restart through the health gate, verify its version;
@@ -131,6 +134,56 @@ pub enum Request {
     },
     /// List releases on this host.
     Releases,
+}
+
+/// Where a host downloads an artifact from, and within which limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FetchSpec {
+    /// `http://` or `https://` URL, without credentials.
+    pub url: String,
+    /// Expected sha256, hex; checked before the artifact enters the store.
+    pub sha256: String,
+    /// Largest number of bytes accepted.
+    pub max_size: u64,
+    /// Longest the download may take, retries included.
+    pub timeout_ms: u64,
+    /// HTTP basic credentials (from the operator's netrc file): secrets,
+    /// masked in everything the host says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+}
+
+/// A login and password for a repository.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The login.
+    pub login: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never printed, even in a debug dump of a request.
+        f.write_str("Credentials(…)")
+    }
+}
+
+/// How a host's `fetch_artifact` went. A failed download is an answer, not
+/// an error: the session stays usable, so the operator can push instead.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Fetched {
+    /// The artifact is in the store.
+    pub ok: bool,
+    /// It was there already; nothing was downloaded.
+    pub already_stored: bool,
+    /// Bytes downloaded (all attempts).
+    pub bytes: u64,
+    /// Why it failed and what to do, the URL without credentials.
+    pub error: Option<String>,
 }
 
 /// Request id of `cancel` lines: they answer no request of their own.
@@ -362,6 +415,8 @@ pub enum AgentMessage {
 pub enum Response {
     /// Answer to `begin`.
     Begun(Box<HostState>),
+    /// Answer to `fetch_artifact`.
+    Fetched(Fetched),
     /// Answer to `put_artifact`.
     Stored {
         /// Bytes written to the store.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 
 use crate::common::host::{self, Host, Spec};
-use crate::common::{Project, text};
+use crate::common::{Project, ok};
 
 /// A system user with a supplementary group, removed on drop.
 struct TestUser {
@@ -145,8 +145,7 @@ fn the_jvm_runs_as_its_user_and_cannot_write_its_release() {
     });
     // tempdir makes the project 0700: the service user must reach its release.
     fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
 
     let pidfile = p.root().join("run/hello/hello.pid");
     let pid: i32 = fs::read_to_string(&pidfile)
@@ -204,14 +203,13 @@ fn the_jvm_runs_as_its_user_and_cannot_write_its_release() {
         (user.uid, user.gid, 0o640)
     );
 
-    let out = p.run(&[
+    ok(p.run(&[
         "service",
         "stop",
         "hello",
         "--root",
         &p.root().to_string_lossy(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ]));
 }
 
 #[test]
@@ -267,15 +265,13 @@ fn a_service_writing_its_own_name_log_keeps_it() {
         )
     });
     fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.0", &[]));
     let own = p.root().join("var/log/hello/hello.log");
     let first = fs::metadata(&own).expect("the service's own log");
     assert_eq!(first.uid(), user.uid, "created by the service itself");
 
     // A second deploy restarts it: the supervisor opens its logs again.
-    let out = p.deploy("1.0.1", &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(p.deploy("1.0.1", &[]));
     let again = fs::metadata(&own).expect("the service's own log");
     assert_eq!(
         (again.uid(), again.gid(), again.mode()),
@@ -292,12 +288,11 @@ fn a_service_writing_its_own_name_log_keeps_it() {
         (console.uid(), console.gid(), console.mode() & 0o777),
         (user.uid, user.gid, 0o640)
     );
-    let out = p.run(&[
+    ok(p.run(&[
         "service",
         "stop",
         "hello",
         "--root",
         &p.root().to_string_lossy(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ]));
 }

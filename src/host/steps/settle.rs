@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{StepFailure, cancelled};
+use super::cancelled;
+use crate::host::error::HostError;
 use crate::host::supervisor::{self, RunEnd, logfile};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::HealthSpec;
@@ -27,7 +28,7 @@ pub fn settle(
     pid: i32,
     healthy_at: Instant,
     emit: &dyn Fn(&str, &str),
-) -> Result<(), StepFailure> {
+) -> Result<(), HostError> {
     let window = Duration::from_millis(health.settle_ms);
     if window.is_zero() {
         return Ok(());
@@ -46,12 +47,12 @@ pub fn settle(
         ),
     );
     let tail = || logfile::service_tail(layout, logfile::TAIL_LINES);
-    let failed = |what: &str, since: Duration, why: String| -> StepFailure {
-        (
+    let failed = |what: &str, since: Duration, why: String| {
+        HostError::at(
             "settle",
             format!("{what} {} after becoming healthy: {why}", seconds(since)),
-            tail(),
         )
+        .with_log_tail(tail())
     };
     let mut next_probe = Instant::now() + interval;
     loop {

@@ -2,6 +2,7 @@
 //!
 //! Every error names the file, line, column and key, and says what was expected.
 
+pub mod artifact;
 pub mod defaults;
 mod diagnostics;
 pub mod hosts;

@@ -52,6 +52,8 @@ pub struct Config {
     pub hooks: Hooks,
     /// Blue/green instances behind shipjar's proxy (off without this section).
     pub proxy: Option<Proxy>,
+    /// Deploy from a Maven repository instead of building.
+    pub artifact: Option<super::artifact::Artifact>,
     /// The Prometheus scrape, served by the proxy (off without this section).
     pub metrics: Option<Metrics>,
 }

@@ -46,6 +46,7 @@ impl Project {
         self.validate_restart()?;
         self.validate_stop_reload_logs()?;
         self.validate_hooks()?;
+        self.validate_artifact()?;
         if let Some(proxy) = &self.config.proxy {
             self.validate_proxy(&[Seg::Key("proxy")], proxy)?;
         }

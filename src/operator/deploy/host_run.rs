@@ -8,10 +8,12 @@ use std::time::Instant;
 use super::identity::holder;
 use super::{FinalState, HostOutcome};
 use crate::operator::build::BuildManifest;
+use crate::operator::config::artifact::Fetch;
 use crate::operator::config::{HostSpec, ResolvedStage};
 use crate::operator::fleet::Fleet;
 use crate::operator::output::{Reporter, StepStatus};
 use crate::operator::plan::HostPlan;
+use crate::operator::repository::Remote;
 use crate::operator::transport::AgentSession;
 use crate::protocol::{Action, ErrorKind, HostState, PrepareSpec, Request, Response};
 
@@ -66,6 +68,7 @@ impl<'p> Run<'p> {
                 round_trips: 0,
                 timings_ms: BTreeMap::new(),
                 activation: None,
+                artifact: None,
             },
             failure_shown: false,
         }
@@ -211,10 +214,122 @@ pub(super) fn lock_host(
     run.state = Some(*state);
 }
 
-/// Uploads the artifact unless the host has it, and prepares the release.
-pub(super) fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter: &Reporter) {
+/// How a host's own download ended.
+enum Download {
+    /// The artifact is in its store (downloaded, or there already).
+    Stored(&'static str),
+    /// It could not download it (the reason was reported).
+    Failed(String),
+    /// The session is gone or failed otherwise (recorded as the host's failure).
+    Gone,
+}
+
+/// Asks the host to download the artifact from the repository itself.
+fn download_on_host(run: &mut Run, remote: &Remote, reporter: &Reporter) -> Download {
+    match run.call(
+        "download",
+        Request::FetchArtifact(Box::new(remote.fetch_spec())),
+        reporter,
+    ) {
+        Some(Response::Fetched(f)) if f.ok && f.already_stored => {
+            Download::Stored("already stored")
+        }
+        Some(Response::Fetched(f)) if f.ok => {
+            reporter.step(
+                &run.host,
+                "download",
+                StepStatus::Ok,
+                &format!("{} bytes from the repository, sha256 verified", f.bytes),
+            );
+            Download::Stored("downloaded")
+        }
+        Some(Response::Fetched(f)) => Download::Failed(f.error.unwrap_or_default()),
+        Some(other) => {
+            run.fail(
+                "download",
+                format!("unexpected answer: {other:?}"),
+                reporter,
+            );
+            Download::Gone
+        }
+        None => Download::Gone,
+    }
+}
+
+/// With a repository: the host downloads the artifact, or (host-then-operator)
+/// the operator pushes it when it cannot. True when the upload path follows.
+fn fetch_first(run: &mut Run, remote: &Remote, reporter: &Reporter) -> bool {
+    if remote.fetch == Fetch::Operator {
+        return true;
+    }
+    let why = match download_on_host(run, remote, reporter) {
+        Download::Stored(via) => {
+            run.outcome.artifact = Some(via);
+            prepare_only(run, reporter);
+            return false;
+        }
+        Download::Gone => return false,
+        Download::Failed(why) => why,
+    };
+    if remote.fetch == Fetch::Host {
+        run.fail(
+            "download",
+            format!("{why} (fetch = \"host\": the operator does not push it)"),
+            reporter,
+        );
+        return false;
+    }
+    reporter.step(
+        &run.host,
+        "download",
+        StepStatus::Warning,
+        &format!("{why}; the operator pushes it instead"),
+    );
+    if let Err(e) = remote.ensure_local() {
+        run.fail(
+            "upload",
+            format!("the host could not download it ({why}), nor could the operator: {e}"),
+            reporter,
+        );
+        return false;
+    }
+    true
+}
+
+/// `prepare` once the artifact is in the host's store.
+fn prepare_only(run: &mut Run, reporter: &Reporter) {
+    let Some(plan) = run.plan else { return };
+    let request = Request::Prepare(Box::new(PrepareSpec {
+        manifest: plan.manifest.clone(),
+        files: plan.files.clone(),
+        secrets: plan.secrets.clone(),
+    }));
+    if let Some(response) = run.call("prepare", request, reporter) {
+        match response {
+            Response::Prepared { .. } => reporter.step(
+                &run.host,
+                "prepare",
+                StepStatus::Ok,
+                &format!("release {} complete", plan.manifest.id),
+            ),
+            other => run.fail("prepare", format!("unexpected answer: {other:?}"), reporter),
+        }
+    }
+}
+
+/// Uploads the artifact unless the host has it (or downloads it from the
+/// repository itself), and prepares the release.
+pub(super) fn upload_and_prepare(
+    run: &mut Run,
+    build: &BuildManifest,
+    remote: Option<&Remote>,
+    reporter: &Reporter,
+) {
     let Some(plan) = run.plan else { return };
     if run.state.as_ref().is_some_and(|s| s.prepared) {
+        if remote.is_some() {
+            run.outcome.artifact = Some("already stored");
+        }
         reporter.step(
             &run.host,
             "upload",
@@ -227,6 +342,11 @@ pub(super) fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter:
             StepStatus::Ok,
             &format!("release {} complete", plan.manifest.id),
         );
+        return;
+    }
+    if let Some(remote) = remote
+        && !fetch_first(run, remote, reporter)
+    {
         return;
     }
     let host = run.host.clone();
@@ -243,6 +363,9 @@ pub(super) fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter:
     run.outcome.uploaded_bytes = session.uploaded_bytes;
     match result {
         Ok(Response::Prepared { .. }) => {
+            if remote.is_some() {
+                run.outcome.artifact = Some("pushed");
+            }
             reporter.step(
                 &run.host,
                 "upload",

@@ -21,11 +21,13 @@ use crate::cli::{DeployArgs, RestartArgs, RollbackArgs};
 use crate::error::{Error, Result};
 use crate::operator::args::{parse_pairs, parse_wait};
 use crate::operator::build::{self, BuildManifest};
+use crate::operator::config::artifact::{ArtifactSource, Fetch};
 use crate::operator::config::{Project, ResolvedStage};
 use crate::operator::fleet::Fleet;
 use crate::operator::output::Reporter;
 use crate::operator::plan::{self, DeployInputs, DeployPlan};
 use crate::operator::render;
+use crate::operator::repository::{self, Remote};
 use crate::operator::select::Selection;
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::{Action, Activation, RevisionOutcome};
@@ -106,6 +108,10 @@ pub struct HostOutcome {
     pub timings_ms: BTreeMap<&'static str, u64>,
     /// The agent's report of the activation.
     pub activation: Option<Activation>,
+    /// How the host got an artifact from the repository: `downloaded`,
+    /// `pushed` (by the operator) or `already stored`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<&'static str>,
 }
 
 /// The result of a whole deploy or rollback.
@@ -167,7 +173,16 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
     let wait = parse_wait(args.wait.as_deref())?;
     // Secrets first: a missing one should not cost a build.
     let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
-    let build = the_build(project, args, reporter)?;
+    let (build, remote) = match project
+        .artifact_source()
+        .filter(|_| args.artifact.is_none() && !args.skip_build)
+    {
+        Some(source) => {
+            let (build, remote) = from_repository(project, &source, args, reporter)?;
+            (build, Some(remote))
+        }
+        None => (the_build(project, args, reporter)?, None),
+    };
     // Every template for every host is rendered before any host is touched.
     let plan = plan_release(project, &stage, &build, secrets, sets, env, reporter)?;
     reporter.note(&format!(
@@ -198,6 +213,7 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
         fleet: &fleet,
         action: Action::Deploy,
         build: Some(&build),
+        remote: remote.as_ref(),
         wait,
         reporter,
         choose: &choose,
@@ -231,6 +247,43 @@ fn the_build(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resul
         }
         (None, false) => build::build(project, args.version.as_deref(), reporter),
     }
+}
+
+/// The artifact of `--version` in `[artifact]`'s repository, resolved
+/// without building; with `fetch = "operator"` downloaded here now.
+fn from_repository(
+    project: &Project,
+    source: &ArtifactSource,
+    args: &DeployArgs,
+    reporter: &Reporter,
+) -> Result<(BuildManifest, Remote)> {
+    let Some(version) = args.version.as_deref() else {
+        return Err(Error::config(
+            "[artifact] deploys from the repository: say which version with --version V",
+        )
+        .hint("or deploy a local build with --artifact PATH or --skip-build"));
+    };
+    let remote = repository::resolve(project, source, version, args.sha256.as_deref())?;
+    if remote.fetch == Fetch::Operator {
+        remote.ensure_local().map_err(|e| {
+            Error::failed(format!("the operator cannot download the artifact: {e}"))
+        })?;
+    }
+    let size = std::fs::metadata(&remote.local).map_or(0, |m| m.len());
+    reporter.note(&format!(
+        "artifact: {} (sha256 {}) from the repository",
+        remote.url,
+        &remote.sha256[..12]
+    ));
+    let build = BuildManifest {
+        artifact: remote.local.clone(),
+        sha256: remote.sha256.clone(),
+        size,
+        version: version.to_string(),
+        git_commit: None,
+        build_time: now_rfc3339(),
+    };
+    Ok((build, remote))
 }
 
 /// Plans a release of `build` for every host of `stage`: gathers what the pure
@@ -294,6 +347,7 @@ pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> 
         fleet: &fleet,
         action: Action::Rollback,
         build: None,
+        remote: None,
         wait,
         reporter,
         choose: &choose,
@@ -366,6 +420,7 @@ pub fn restart(project: &Project, args: &RestartArgs, reporter: &Reporter) -> Re
         fleet: &fleet,
         action: Action::Restart,
         build: None,
+        remote: None,
         wait,
         reporter,
         choose: &choose,

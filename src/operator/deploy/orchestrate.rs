@@ -33,6 +33,8 @@ pub(super) struct Ctx<'a> {
     pub action: Action,
     /// The artifact to upload; `None` for a rollback (nothing to upload).
     pub build: Option<&'a BuildManifest>,
+    /// Where hosts download it themselves, when it comes from a repository.
+    pub remote: Option<&'a crate::operator::repository::Remote>,
     /// How long to queue behind another deploy's lock (`--wait`).
     pub wait: Option<Duration>,
     /// Where progress goes.
@@ -325,7 +327,7 @@ fn check_agents_and_choose(ctx: &Ctx, runs: &mut [Run]) {
 fn prepare_all(ctx: &Ctx, runs: &mut [Run], build: &BuildManifest) {
     fleet::each(runs, ctx.fleet.parallel, |run| {
         let t = Instant::now();
-        upload_and_prepare(run, build, ctx.reporter);
+        upload_and_prepare(run, build, ctx.remote, ctx.reporter);
         run.time("prepare", t);
     });
 }

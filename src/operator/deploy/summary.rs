@@ -94,13 +94,15 @@ fn succeeded_line(outcome: &Outcome, host: &HostOutcome) -> String {
         format!(" (version {})", outcome.version)
     };
     format!(
-        "{}: {} ok — release {release}{version} running as pid {}, healthy after {} ms{}\n",
+        "{}: {} ok — release {release}{version} running as pid {}, healthy after {} ms{}{}\n",
         host.host,
         outcome.action,
         a.and_then(|a| a.pid).map_or("?".into(), |p| p.to_string()),
         a.and_then(|a| a.healthy_after_ms).unwrap_or(0),
         a.and_then(|a| a.reported_version.as_ref())
             .map_or(String::new(), |v| format!(", reports version {v}")),
+        host.artifact
+            .map_or(String::new(), |via| format!("; artifact {via}")),
     )
 }
 
@@ -221,6 +223,7 @@ mod tests {
             failed_step: None,
             reason: None,
             uploaded_bytes: 0,
+            artifact: None,
             round_trips: 3,
             timings_ms: BTreeMap::from([("lock", 12)]),
             activation: None,
