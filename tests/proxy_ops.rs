@@ -726,9 +726,10 @@ fn on_a_fleet_pause_honours_hosts_status_shows_each_host_and_the_service_users_w
     );
 }
 
-/// A test CA and two server certificates it signed for 127.0.0.1 (`first`
-/// and `second`), made with `openssl` in `dir`: `ca.pem`, `NAME.pem`, `NAME.key`.
-fn test_ca(dir: &std::path::Path) {
+/// A test CA and two server certificates it signed for the address `ip`
+/// (`first` and `second`), made with `openssl` in `dir`: `ca.pem`,
+/// `NAME.pem`, `NAME.key`.
+fn test_ca(dir: &std::path::Path, ip: &str) {
     let openssl = |args: &[&str]| {
         let out = std::process::Command::new("openssl")
             .args(args)
@@ -748,7 +749,8 @@ fn test_ca(dir: &std::path::Path) {
     ca.extend(ec);
     ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
     openssl(&ca);
-    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write san.cnf");
+    std::fs::write(dir.join("san.cnf"), format!("subjectAltName=IP:{ip}\n"))
+        .expect("write san.cnf");
     for name in ["first", "second"] {
         let (key, csr, pem) = (
             format!("{name}.key"),
@@ -786,6 +788,11 @@ struct TlsConn {
 
 impl TlsConn {
     fn connect(port: u16, ca: &std::path::Path) -> Result<TlsConn, String> {
+        TlsConn::connect_to("127.0.0.1", port, ca)
+    }
+
+    /// A TLS connection to `ip`:`port`, the certificate checked for `ip`.
+    fn connect_to(ip: &str, port: u16, ca: &std::path::Path) -> Result<TlsConn, String> {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("ca.pem") {
@@ -800,10 +807,10 @@ impl TlsConn {
             .expect("protocols")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+        let name = rustls::pki_types::ServerName::try_from(ip.to_string()).expect("a name");
         let client = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
             .map_err(|e| e.to_string())?;
-        let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect((ip, port)).map_err(|e| e.to_string())?;
         tcp.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
         let mut stream = rustls::StreamOwned::new(client, tcp);
@@ -884,7 +891,7 @@ fn swap_in(dir: &std::path::Path, from: &str, to: &str) {
 fn tls_is_terminated_redirected_to_and_a_swapped_certificate_taken_without_closing_a_connection() {
     let tls = tempfile::tempdir().expect("a temporary directory");
     let dir = tls.path();
-    test_ca(dir);
+    test_ca(dir, "127.0.0.1");
     swap_in(dir, "first.pem", "cert.pem");
     swap_in(dir, "first.key", "key.pem");
     let redirect = free_port();
@@ -947,4 +954,147 @@ fn tls_is_terminated_redirected_to_and_a_swapped_certificate_taken_without_closi
         !log.contains(secret_line),
         "the key's contents never reach the log"
     );
+}
+
+/// Writes `file` of `dir` to `dest` on `host`, owned by `owner`, with `mode`
+/// (by rename, as a renewal would).
+fn install_on(
+    f: &fleet::Fleet,
+    host: &str,
+    dir: &std::path::Path,
+    file: &str,
+    dest: &str,
+    owner: &str,
+    mode: &str,
+) {
+    use std::io::Write as _;
+    let bytes = std::fs::read(dir.join(file)).expect("read the file");
+    let mut encoded = Vec::new();
+    let mut child = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("base64");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&bytes)
+        .expect("encode");
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut encoded)
+        .expect("encoded");
+    let _ = child.wait();
+    let encoded = String::from_utf8(encoded).expect("base64 is text");
+    let out = f.ssh(
+        host,
+        &format!(
+            "mkdir -p /etc/hello-tls && echo {encoded} | base64 -d > {dest}.new && \
+             chown {owner} {dest}.new && chmod {mode} {dest}.new && mv {dest}.new {dest}"
+        ),
+    );
+    assert!(out.status.success(), "install {dest}: {}", text(&out));
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn on_a_fleet_the_worker_as_the_service_user_terminates_tls_with_a_key_its_group_reads() {
+    fleet::require_root();
+    let p = lifecycle::FleetStage::new(
+        1,
+        "proxy = { listen = \"0.0.0.0:18443\", ports = [18081, 18082], \
+         tls = { cert = \"/etc/hello-tls/cert.pem\", key = \"/etc/hello-tls/key.pem\" } }",
+        lifecycle::reachable,
+    );
+    let provisioned = p.provision();
+    assert_eq!(provisioned.status.code(), Some(0), "{}", text(&provisioned));
+    let f = &p.fleet;
+    let host = f.hosts()[0].clone();
+    let ip = f.ip(&host);
+    let tls = tempfile::tempdir().expect("a temporary directory");
+    test_ca(tls.path(), &ip);
+    install_on(
+        f,
+        &host,
+        tls.path(),
+        "first.key",
+        "/etc/hello-tls/key.pem",
+        "root:hello",
+        "0640",
+    );
+    install_on(
+        f,
+        &host,
+        tls.path(),
+        "first.pem",
+        "/etc/hello-tls/cert.pem",
+        "root:root",
+        "0644",
+    );
+    let out = p.deploy("1.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ca = tls.path().join("ca.pem");
+    let mut conn = TlsConn::connect_to(&ip, 18443, &ca).expect("a TLS connection");
+    assert_eq!(conn.presented(), "first");
+    let (status, body) = conn.get("/version").expect("an answer");
+    assert_eq!(
+        (status, version_of(&body).as_deref()),
+        (200, Some("1.0.0")),
+        "{body}"
+    );
+
+    // A renewed pair whose key only root may read: the worker (the service's
+    // user) keeps the pair it has, says why, and serves on.
+    install_on(
+        f,
+        &host,
+        tls.path(),
+        "second.key",
+        "/etc/hello-tls/key.pem",
+        "root:root",
+        "0600",
+    );
+    install_on(
+        f,
+        &host,
+        tls.path(),
+        "second.pem",
+        "/etc/hello-tls/cert.pem",
+        "root:root",
+        "0644",
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut log = String::new();
+    while Instant::now() < deadline && !log.contains("keeps the previous certificate") {
+        thread::sleep(Duration::from_millis(500));
+        log = String::from_utf8_lossy(&f.ssh(&host, "cat /var/log/hello/proxy.log").stdout)
+            .into_owned();
+    }
+    assert!(log.contains("keeps the previous certificate"), "{log}");
+    assert!(log.contains("/etc/hello-tls/key.pem"), "{log}");
+    let again = TlsConn::connect_to(&ip, 18443, &ca).expect("a TLS connection");
+    assert_eq!(again.presented(), "first", "the pair it could read");
+    // Readable by its group again: taken.
+    install_on(
+        f,
+        &host,
+        tls.path(),
+        "second.key",
+        "/etc/hello-tls/key.pem",
+        "root:hello",
+        "0640",
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut presented = String::new();
+    while Instant::now() < deadline && presented != "second" {
+        thread::sleep(Duration::from_millis(300));
+        presented = TlsConn::connect_to(&ip, 18443, &ca)
+            .expect("a TLS connection")
+            .presented();
+    }
+    assert_eq!(presented, "second");
 }
