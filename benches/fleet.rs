@@ -89,7 +89,10 @@ fn main() {
         rows.push(measure_size(n, runs, &jar, work.path()));
     }
     println!();
-    println!("CPU-s: the machine's during the run, then by kind: {}", KIND_LEGEND);
+    println!(
+        "CPU-s: the machine's during the run, then by kind: {}",
+        KIND_LEGEND
+    );
     println!(
         "| hosts | deploy | # | floor | shipjar | shipjar / floor | machine CPU-s floor / shipjar | ratio | JVMs | dumps | shipjar | ssh + sshd | floor's poller | other | rest |"
     );
@@ -156,6 +159,13 @@ fn measure_size(
         let (sample, stdout) = timed(cmd, &netns);
         let last = stdout.lines().last().unwrap_or("null").to_string();
         let json: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+        // A failed run says why: each failed host's answer, shortened.
+        for host in json["hosts"].as_array().into_iter().flatten() {
+            if host["ok"] != true {
+                let text = host.to_string();
+                println!("  failed host: {}", &text[..text.len().min(1500)]);
+            }
+        }
         (sample, json)
     };
     let floor = |args: &[String]| -> Sample {

@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often the sampler reads /proc.
@@ -237,7 +237,10 @@ pub fn floor_poll(args: &[String]) -> i32 {
     let round = Duration::from_millis(100);
     while !pending.is_empty() {
         if Instant::now() > deadline {
-            eprintln!("floor poller: {} host(s) not on {version} after 300 s", pending.len());
+            eprintln!(
+                "floor poller: {} host(s) not on {version} after 300 s",
+                pending.len()
+            );
             return 1;
         }
         let began = Instant::now();
@@ -264,6 +267,9 @@ fn get(addr: &SocketAddr, path: &str) -> Option<(u16, String)> {
     s.take(64 * 1024).read_to_end(&mut out).ok()?;
     let text = String::from_utf8_lossy(&out);
     let code = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     Some((code, body))
 }

@@ -67,7 +67,7 @@ pub enum ClassData {
     },
     /// Records the classes this run loads; once it is healthy a dump of
     /// them runs beside it.
-    Record(Dump),
+    Record(Box<Dump>),
 }
 
 /// A run that records its classes, and the dump made from them: where the
@@ -253,14 +253,14 @@ pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> 
                 None => format!("class-data archive: none yet; {writes}"),
             };
             Plan {
-                class_data: ClassData::Record(Dump {
+                class_data: ClassData::Record(Box::new(Dump {
                     dir,
                     owner,
                     release_dir: release.dir.clone(),
                     release_id: release.manifest.id.clone(),
                     made_with,
                     options,
-                }),
+                })),
                 note: Some(note),
             }
         }
