@@ -90,7 +90,7 @@ pub fn dump_dir_race(s: &mut Suite) {
         .status
         .success();
     say(&format!(
-        "attacks: the JVM dumps into {parent}/…, which the service user {} write",
+        "attacks: the JVM records its classes and the dump writes into {parent}/…, which the service user {} write",
         if writable { "can" } else { "cannot" }
     ));
     if !writable {
