@@ -1,15 +1,21 @@
-//! shipjar against the floor (bench/floor.sh: scp + ssh restart, 0.1 s poll),
-//! side by side in one run: the Clojure/Jetty example's uberjar deployed as a
-//! new artifact to test fleets (network namespaces with their own sshd; root)
-//! of 1, 10 and 30 hosts, every host at once; then a rollback. Prints a
-//! Markdown table of medians with the operator's CPU and the whole machine's
-//! CPU during each deploy, and shipjar's per-phase and per-host breakdown.
-//! Run with `bench/fleet-deploy.sh`. A benchmark prints; it asserts nothing.
+//! shipjar against the floor (bench/floor.sh: one ssh master per host, the
+//! jar streamed, a restart through an init script, one poller process for
+//! all hosts every 0.1 s), side by side in one run: the Clojure/Jetty
+//! example's uberjar deployed as a new artifact to test fleets (network
+//! namespaces with their own sshd; root) of 1, 10 and 30 hosts, every host at
+//! once, three consecutive times (FLEET_RUNS); then rollbacks. Prints every
+//! run (not only medians) as a Markdown table, with the machine's CPU during
+//! each split by process kind (see `support/fleet_cpu.rs` for the method),
+//! and shipjar's per-phase and per-host breakdown. `[service] cds` is at its
+//! default (on); FLEET_CDS=0 sets `cds = false`. Run with
+//! `bench/fleet-deploy.sh`. A benchmark prints; it asserts nothing.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/support/fleet.rs"]
 mod fleet;
+#[path = "support/fleet_cpu.rs"]
+mod fleet_cpu;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,8 @@ struct Sample {
     operator_cpu_s: f64,
     /// CPU the whole machine spent meanwhile (every host, sshd, JVM).
     machine_cpu_s: f64,
+    /// That CPU by process kind (`fleet_cpu::KINDS`).
+    split: fleet_cpu::Split,
     ok: bool,
     /// shipjar only: its phases, and per host (stop, healthy, …) in ms.
     phases_ms: BTreeMap<String, u64>,
@@ -35,11 +43,19 @@ struct Sample {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // bench/floor.sh runs this binary as its poller.
+    if args.get(1).is_some_and(|a| a == "--floor-poll") {
+        std::process::exit(fleet_cpu::floor_poll(&args[2..]));
+    }
     // `cargo test --all-targets` runs this binary too; only `cargo bench` passes --bench.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !args.iter().any(|a| a == "--bench") {
         return;
     }
     fleet::require_root();
+    // Orphans (daemonised ssh masters) stay ours, for the CPU split.
+    // SAFETY: prctl with these arguments only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let env_list = |key: &str, default: &str| -> Vec<usize> {
         std::env::var(key)
             .unwrap_or_else(|_| default.into())
@@ -49,21 +65,17 @@ fn main() {
     };
     let sizes = env_list("FLEET_SIZES", "1,10,30");
     let runs = env_list("FLEET_RUNS", "3").first().copied().unwrap_or(3);
-    let runs_large = env_list("FLEET_RUNS_LARGE", "2")
+    let runs_large = env_list("FLEET_RUNS_LARGE", "3")
         .first()
         .copied()
-        .unwrap_or(2);
+        .unwrap_or(3);
     let jar = clojure_jar();
     let work = tempfile::tempdir().expect("tempdir");
     println!(
         "jar: {} ({:.1} MiB); cds {}; {} CPUs; {}",
         jar.display(),
         std::fs::metadata(&jar).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0,
-        if std::env::var("FLEET_CDS").is_ok_and(|v| v == "1") {
-            "on"
-        } else {
-            "off"
-        },
+        if cds_off() { "off" } else { "on (the default)" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         Command::new("date")
             .arg("-u")
@@ -78,37 +90,62 @@ fn main() {
     }
     println!();
     println!(
-        "| hosts | deploy | floor | shipjar | shipjar / floor | operator CPU floor / shipjar | machine CPU floor / shipjar |"
+        "CPU-s: the machine's during the run, then by kind: {}",
+        KIND_LEGEND
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (n, label, floor, ours) in rows.iter().flatten() {
+    println!(
+        "| hosts | deploy | # | floor | shipjar | shipjar / floor | machine CPU-s floor / shipjar | ratio | JVMs | dumps | shipjar | ssh + sshd | floor's poller | other | rest |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (n, label, r, floor, ours) in rows.iter().flatten() {
+        let kind = |k: &str| {
+            format!(
+                "{:.1} / {:.1}",
+                floor.split.get(k).copied().unwrap_or(0.0),
+                ours.split.get(k).copied().unwrap_or(0.0)
+            )
+        };
         println!(
-            "| {n} | {label} | {:.2} s | {:.2} s{} | {:.2}× | {:.2} / {:.2} s | {:.1} / {:.1} s |",
+            "| {n} | {label} | {r} | {:.2} s{} | {:.2} s{} | {:.2}× | {:.1} / {:.1} | {:.2}× | {} | {} | {} | {} | {} | {} | {} |",
             floor.wall_s,
+            if floor.ok { "" } else { " FAILED" },
             ours.wall_s,
-            if ours.ok && floor.ok {
-                ""
-            } else {
-                " (a run FAILED)"
-            },
+            if ours.ok { "" } else { " FAILED" },
             ours.wall_s / floor.wall_s,
-            floor.operator_cpu_s,
-            ours.operator_cpu_s,
             floor.machine_cpu_s,
             ours.machine_cpu_s,
+            ours.machine_cpu_s / floor.machine_cpu_s,
+            kind("jvm"),
+            kind("dump"),
+            kind("shipjar"),
+            kind("ssh"),
+            kind("poller"),
+            kind("other"),
+            kind("rest"),
         );
     }
 }
 
-/// Medians of `runs` deploys (and rollbacks) at `n` hosts, both tools.
+const KIND_LEGEND: &str = "JVMs (the services), dumps (`java -Xshare:dump`), shipjar (operator, agents, supervisors), ssh + sshd (both sides), the floor's poller, other (shells, sleep, cat, …), rest (the machine's busy time not in these: other work, unsampled ends)";
+
+/// `FLEET_CDS=0`: `cds = false` (today's no-archive behaviour).
+fn cds_off() -> bool {
+    std::env::var("FLEET_CDS").is_ok_and(|v| v == "0")
+}
+
+/// `runs` deploys (and rollbacks) at `n` hosts, both tools, every run.
 fn measure_size(
     n: usize,
     runs: usize,
     jar: &Path,
     work: &Path,
-) -> Vec<(usize, &'static str, Sample, Sample)> {
+) -> Vec<(usize, &'static str, usize, Sample, Sample)> {
     let fleet = fleet::Fleet::new(n);
     let hosts = fleet.hosts();
+    let netns: Vec<u64> = hosts
+        .iter()
+        .filter_map(|h| fleet_cpu::netns_inode(fleet.netns(h)))
+        .collect();
     let project = work.join(format!("project-{n}"));
     write_project(&project, &hosts, fleet.ssh_config());
     let shipjar = |args: &[&str]| -> (Sample, serde_json::Value) {
@@ -119,9 +156,16 @@ fn measure_size(
             .env("INVENTORY_DB_PASSWORD", "bench-password")
             .stdin(Stdio::null())
             .stderr(Stdio::null());
-        let (sample, stdout) = timed(cmd);
+        let (sample, stdout) = timed(cmd, &netns);
         let last = stdout.lines().last().unwrap_or("null").to_string();
         let json: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+        // A failed run says why: each failed host's answer, shortened.
+        for host in json["hosts"].as_array().into_iter().flatten() {
+            if host["ok"] != true {
+                let text = host.to_string();
+                println!("  failed host: {}", &text[..text.len().min(1500)]);
+            }
+        }
         (sample, json)
     };
     let floor = |args: &[String]| -> Sample {
@@ -129,8 +173,9 @@ fn measure_size(
         cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/floor.sh"))
             .args(args)
             .args(&hosts)
+            .env("FLOOR_POLLER", std::env::current_exe().expect("own path"))
             .stdin(Stdio::null());
-        timed(cmd).0
+        timed(cmd, &netns).0
     };
     let cfg = fleet.ssh_config().to_string_lossy().into_owned();
     let port = FLOOR_PORT.to_string();
@@ -217,9 +262,12 @@ fn measure_size(
         print_run(n, "rollback", r, &f, &ours);
         rollbacks.push((f, ours));
     }
-    let mut rows = vec![(n, "new artifact", median(&deploys, 0), median(&deploys, 1))];
-    if !rollbacks.is_empty() {
-        rows.push((n, "rollback", median(&rollbacks, 0), median(&rollbacks, 1)));
+    let mut rows = Vec::new();
+    for (r, (f, o)) in deploys.into_iter().enumerate() {
+        rows.push((n, "new artifact", r + 1, f, o));
+    }
+    for (r, (f, o)) in rollbacks.into_iter().enumerate() {
+        rows.push((n, "rollback", r + 1, f, o));
     }
     rows
 }
@@ -266,30 +314,6 @@ fn print_run(n: usize, what: &str, r: usize, floor: &Sample, ours: &Sample) {
     );
 }
 
-/// The median of side `side` (0 floor, 1 shipjar) by wall time; of an even
-/// count, the mean of the middle two (of 2 runs, their mean).
-fn median(pairs: &[(Sample, Sample)], side: usize) -> Sample {
-    let mut samples: Vec<Sample> = pairs
-        .iter()
-        .map(|p| if side == 0 { p.0.clone() } else { p.1.clone() })
-        .collect();
-    samples.sort_by(|a, b| a.wall_s.total_cmp(&b.wall_s));
-    let ok = samples.iter().all(|s| s.ok);
-    let n = samples.len();
-    let mut m = samples
-        .get(n.saturating_sub(1) / 2)
-        .cloned()
-        .unwrap_or_default();
-    if n >= 2 && n.is_multiple_of(2) {
-        let other = &samples[n / 2];
-        m.wall_s = (m.wall_s + other.wall_s) / 2.0;
-        m.operator_cpu_s = (m.operator_cpu_s + other.operator_cpu_s) / 2.0;
-        m.machine_cpu_s = (m.machine_cpu_s + other.machine_cpu_s) / 2.0;
-    }
-    m.ok = ok;
-    m
-}
-
 /// shipjar's phases and per-host steps from its `--json` result.
 fn breakdown(sample: &mut Sample, json: &serde_json::Value) {
     if let Some(phases) = json["phases_ms"].as_object() {
@@ -322,16 +346,19 @@ fn breakdown(sample: &mut Sample, json: &serde_json::Value) {
 }
 
 /// Runs `cmd` to the end: its wall time, its own and its descendants' CPU,
-/// and the whole machine's CPU meanwhile.
-fn timed(mut cmd: Command) -> (Sample, String) {
-    let machine = machine_cpu_s();
+/// and the whole machine's CPU meanwhile, split by kind.
+fn timed(mut cmd: Command, netns: &[u64]) -> (Sample, String) {
+    let sampler = fleet_cpu::Sampler::start(netns.to_vec());
     let children = children_cpu_s();
     let started = Instant::now();
     let out = cmd.output().expect("run the command");
+    let wall_s = started.elapsed().as_secs_f64();
+    let (split, machine_cpu_s) = sampler.finish();
     let sample = Sample {
-        wall_s: started.elapsed().as_secs_f64(),
+        wall_s,
         operator_cpu_s: children_cpu_s() - children,
-        machine_cpu_s: machine_cpu_s() - machine,
+        machine_cpu_s,
+        split,
         ok: out.status.success(),
         ..Sample::default()
     };
@@ -345,25 +372,6 @@ fn children_cpu_s() -> f64 {
         .expect("getrusage");
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
     secs(usage.user_time()) + secs(usage.system_time())
-}
-
-/// CPU seconds the whole machine has spent busy since boot (/proc/stat).
-fn machine_cpu_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
-    let line = stat.lines().next().unwrap_or_default();
-    // user nice system idle iowait irq softirq steal: all but idle and iowait.
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let busy: u64 = ticks
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
-        .map(|(_, t)| t)
-        .sum();
-    busy as f64 / 100.0
 }
 
 /// The Clojure example's uberjar, built with Maven if it is not there yet.
@@ -416,13 +424,13 @@ fn write_project(dir: &Path, hosts: &[String], ssh_config: &Path) {
     let mut config = std::fs::read_to_string(example.join("shipjar.toml"))
         .expect("example config")
         .replace("start_timeout = \"60s\"", "start_timeout = \"300s\"");
-    // FLEET_CDS=1: per-release class-data archives, used by rollbacks.
-    if std::env::var("FLEET_CDS").is_ok_and(|v| v == "1") {
+    // FLEET_CDS=0: no class-data archives (they are on by default).
+    if cds_off() {
         config = config.replace(
             "jar = \"inventory.jar\"",
-            "jar = \"inventory.jar\"\ncds = true",
+            "jar = \"inventory.jar\"\ncds = false",
         );
-        assert!(config.contains("cds = true"));
+        assert!(config.contains("cds = false"));
     }
     assert!(config.contains(&format!("PORT = \"{SHIPJAR_PORT}\"")));
     let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();

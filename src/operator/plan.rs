@@ -422,7 +422,8 @@ fn run_spec(
         argv,
         env,
         user,
-        cds: service.cds && service.jar.is_some(),
+        // On unless turned off: a `command` service has no jar to archive.
+        cds: service.cds.unwrap_or(true) && service.jar.is_some(),
     })
 }
 
@@ -680,6 +681,17 @@ secrets = { db_password = { env = "PW" } }
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn class_data_archives_are_on_unless_turned_off() {
+        let (mut config, stage, build, inputs) = fixtures();
+        assert_eq!(config.service.cds, None, "the fixture sets no `cds`");
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        assert!(plan.hosts[0].manifest.run.cds, "on by default for a jar");
+        config.service.cds = Some(false);
+        let plan = plan_deploy(&config, &stage, &build, &inputs, &templates).unwrap();
+        assert!(!plan.hosts[0].manifest.run.cds);
     }
 
     #[test]

@@ -16,7 +16,7 @@ IN_CREATE = 0x100
 IN_CLOSE_WRITE = 0x8
 IN_MOVED_TO = 0x80
 IN_NONBLOCK = 0o4000
-MAGIC = struct.pack("<I", 0xF00BABA8)
+MAGIC = struct.pack("<I", 0xF00BABA2)
 
 
 def watch(path, mask):
@@ -142,8 +142,9 @@ def flip(target, path, seconds):
 
 
 def dump_dirs():
-    """Directories the running JVMs dump their class data into (from their
-    -XX:ArchiveClassesAtExit=, readable to the JVM's own user)."""
+    """Directories the running JVMs record their classes and dump their
+    class data into (from their -XX:DumpLoadedClassList= or
+    -XX:SharedArchiveFile= of a -Xshare:dump, readable to their own user)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -151,7 +152,7 @@ def dump_dirs():
         except OSError:
             continue
         for a in argv:
-            if a.startswith(b"-XX:ArchiveClassesAtExit="):
+            if a.startswith(b"-XX:DumpLoadedClassList="):
                 found.append(os.path.dirname(a.split(b"=", 1)[1].decode()))
     return found
 

@@ -1,6 +1,7 @@
-//! The class-data dump (issue item 1): the directory the JVM dumps into is
-//! swapped for a symlink to root's directory the instant it appears, and the
-//! dump itself is replaced by a huge sparse file with the archive's magic.
+//! The class-data dump (issue item 1): the directory the JVM records its
+//! classes and the dump writes its archive into is swapped for a symlink to
+//! root's directory the instant it appears, and the dump itself is replaced
+//! by a huge sparse file with the archive's magic.
 
 use std::time::Duration;
 
@@ -81,7 +82,7 @@ pub fn dump_dir_race(s: &mut Suite) {
         return;
     }
     let Some(parent) = dump_parent(s) else {
-        s.fail("the JVM runs without -XX:ArchiveClassesAtExit: nothing to attack".into());
+        s.fail("the JVM runs without -XX:DumpLoadedClassList: nothing to attack".into());
         return;
     };
     let writable = s
@@ -89,7 +90,7 @@ pub fn dump_dir_race(s: &mut Suite) {
         .status
         .success();
     say(&format!(
-        "attacks: the JVM dumps into {parent}/…, which the service user {} write",
+        "attacks: the JVM records its classes and the dump writes into {parent}/…, which the service user {} write",
         if writable { "can" } else { "cannot" }
     ));
     if !writable {
@@ -163,12 +164,13 @@ pub fn sparse_dump(s: &mut Suite) {
         SERVICE_USER,
         &["sparse-dump", &FORGED_SIZE.to_string(), "60"],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // The dump runs beside the service once it is healthy: the attacker
+    // ends when it swapped the finished dump (or after 60 s).
+    let said = finish_attacker(attacker, Duration::from_secs(70));
     let stop = s.root(
         &["shipjar", "service", "stop", "hello"],
         Duration::from_secs(40),
     );
-    let said = finish_attacker(attacker, Duration::from_secs(10));
     say(&format!("attacks: sparse dump: attacker: {}", said.trim()));
     // The supervisor may go on copying after the stop reported: wait it out.
     if !crate::wait_until(Duration::from_secs(60), || s.supervisor_pids().is_empty()) {

@@ -18,6 +18,8 @@ fn java_pids(s: &Suite, host: &str) -> Vec<i32> {
     check::host_procs(s, host)
         .into_iter()
         .filter(|(_, c)| c.split(' ').next().is_some_and(|a| a.ends_with("java")))
+        // A class-data dump beside the service (`cds`, on by default) is not a service.
+        .filter(|(_, c)| !c.contains(" -Xshare:dump "))
         .map(|(p, _)| p)
         .collect()
 }

@@ -102,14 +102,19 @@ fn write_seen(out: &mut Exposition, seen: &[Seen]) {
                 .map(|ms| ms as f64 / 1000.0)
         },
     );
-    out.family("shipjar_service_class_data", Kind::Gauge, "1 for what the run does with its class-data archive: used, dumping (writes one at exit), refused (the JVM would not map it)");
+    write_class_data(out, seen);
+}
+
+/// What each run does with its class-data archive.
+fn write_class_data(out: &mut Exposition, seen: &[Seen]) {
+    out.family("shipjar_service_class_data", Kind::Gauge, "1 for what the run does with its class-data archive: used, recording (no archive yet: one is made from its classes beside it), refused (the JVM would not map it)");
     for s in seen {
         let Some(used) = s.state.as_ref().and_then(|st| st.class_data.as_ref()) else {
             continue;
         };
         for word in [
             ClassDataUse::Used,
-            ClassDataUse::Dumping,
+            ClassDataUse::Recording,
             ClassDataUse::Refused,
         ] {
             let value = f64::from(u8::from(*used == word));

@@ -1,22 +1,28 @@
-//! Class-data sharing (AppCDS) per release, `[service] cds = true`.
+//! Class-data sharing (AppCDS) per release, `[service] cds` (on by default).
 //!
 //! A start of a release that has no valid archive runs the JVM with
-//! `-XX:ArchiveClassesAtExit` aimed at a directory of the service's own in
+//! `-XX:DumpLoadedClassList` aimed at a directory of the service's own in
 //! root's `cds-dump/` (see `Layout::cds_dump_dir`), reached only through
-//! `host::fs`: the service owns what is in it, never the directory's name. When that run ends after having
-//! been healthy, with the JVM exiting on its own (a SIGTERM stop included),
-//! the supervisor copies the archive next to the release as its own file
-//! and records what it was made with. Every later start of the release maps
-//! it with `-XX:SharedArchiveFile` and `-Xshare:auto`. An archive whose JDK,
-//! jar or own file changed since is ignored (with a note) and the start goes
-//! on without it, writing a fresh one. A release with none yet first
-//! borrows a valid one of another release of the same jar (a re-deploy).
+//! `host::fs`: the service owns what is in it, never the directory's name.
+//! [`DUMP_DELAY`] after that run is healthy, the supervisor starts a static
+//! dump (`java -Xshare:dump` from that class list, as the service's user,
+//! at idle CPU priority, within [`DUMP_DEADLINE`]) beside the running
+//! service; nobody waits for it, and a stop kills it. A complete archive is
+//! copied next to the release as root's own file with a record of what it
+//! was made with. Every later start of the release maps it with
+//! `-XX:SharedArchiveFile` and `-Xshare:auto`. An archive whose JDK, jar or
+//! own file changed since is ignored (with a note) and the start goes on
+//! without it, recording its classes for a fresh one. A release with none
+//! yet first borrows a valid one of another release of the same jar (a
+//! re-deploy).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,12 +32,23 @@ use crate::protocol::files::{fsync_dir, write_atomic};
 use crate::protocol::layout::{CDS_ARCHIVE, CDS_IDENTITY, Dir, Layout};
 
 use super::release::Release;
-use super::spawn::CLEAN_PATH;
+use super::spawn::{self, CLEAN_PATH};
 use crate::host::os::process::{self, Credentials, ExitInfo};
 
-/// First four bytes of a dynamic (`ArchiveClassesAtExit`) archive; HotSpot
-/// writes its header last, so a dump cut short has none.
-const DYNAMIC_ARCHIVE_MAGIC: u32 = 0xf00b_aba8;
+/// First four bytes of a static (`-Xshare:dump`) archive; HotSpot writes
+/// its header last, so a dump cut short has none.
+const STATIC_ARCHIVE_MAGIC: u32 = 0xf00b_aba2;
+
+/// The class list a recording run writes, in its dump directory.
+const CLASS_LIST: &str = "classes.lst";
+
+/// How long after a recording run is healthy its dump starts: the classes
+/// its first requests load are in the list by then.
+pub const DUMP_DELAY: Duration = Duration::from_secs(5);
+
+/// Longest a dump may take (at idle priority on a busy host) before it is
+/// killed and nothing is kept: the Clojure example's takes 2–5 s.
+pub const DUMP_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Largest dump kept (its size and its allocated blocks; a sparse one is
 /// refused): examples/hello's is 2 MiB, a large Clojure service's tens of
@@ -48,15 +65,16 @@ pub enum ClassData {
         /// `releases/<id>/cds.jsa`.
         archive: PathBuf,
     },
-    /// Writes an archive when this run's JVM exits.
-    Dump(Dump),
+    /// Records the classes this run loads; once it is healthy a dump of
+    /// them runs beside it.
+    Record(Box<Dump>),
 }
 
-/// A run that dumps: where the JVM writes, and what the archive will be
-/// recorded as made with.
+/// A run that records its classes, and the dump made from them: where the
+/// JVMs write, and what the archive will be recorded as made with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dump {
-    /// The service-owned directory the JVM writes into (absolute).
+    /// The service-owned directory the JVMs write into (absolute).
     dir: PathBuf,
     /// Who must own it and the archive: the service's user.
     owner: u32,
@@ -66,6 +84,8 @@ pub struct Dump {
     release_id: String,
     /// The JDK and jar of this run.
     made_with: MadeWith,
+    /// The dump's options after `java` (see [`dump_options`]).
+    options: Vec<String>,
 }
 
 /// The decision for one start, plus what to tell the log.
@@ -130,14 +150,43 @@ pub fn jvm_options(class_data: &ClassData) -> Vec<String> {
             "-Xshare:auto".to_string(),
             format!("-XX:SharedArchiveFile={}", archive.display()),
         ],
-        ClassData::Dump(dump) => vec![
-            "-Xshare:auto".to_string(),
-            format!(
-                "-XX:ArchiveClassesAtExit={}",
-                dump.dir.join(CDS_ARCHIVE).display()
-            ),
-        ],
+        ClassData::Record(dump) => vec![format!(
+            "-XX:DumpLoadedClassList={}",
+            dump.dir.join(CLASS_LIST).display()
+        )],
     }
+}
+
+/// What the dump runs after `java`: the release's options that decide
+/// whether an archive fits a JVM (heap size, compressed pointers, object
+/// alignment, collector), then the class list, the archive and the jar as
+/// the service names it (`-jar <jar>` in the release directory: HotSpot
+/// maps an archive only for the class path it was dumped with).
+fn dump_options(argv: &[String], dir: &Path) -> Result<Vec<String>, String> {
+    let at = argv
+        .iter()
+        .position(|a| a == "-jar")
+        .ok_or_else(|| "run.argv has no -jar".to_string())?;
+    let jar = argv
+        .get(at + 1)
+        .ok_or_else(|| "run.argv ends at -jar".to_string())?;
+    let fits = |o: &&String| {
+        o.starts_with("-Xmx")
+            || o.starts_with("-XX:ObjectAlignmentInBytes=")
+            || ["UseCompressedOops", "UseCompressedClassPointers"]
+                .iter()
+                .any(|f| o.ends_with(f) && (o.starts_with("-XX:+") || o.starts_with("-XX:-")))
+            || (o.starts_with("-XX:+Use") && o.ends_with("GC"))
+    };
+    let mut options: Vec<String> = argv[1..at].iter().filter(fits).cloned().collect();
+    options.extend([
+        "-Xshare:dump".to_string(),
+        format!("-XX:SharedClassListFile={}", dir.join(CLASS_LIST).display()),
+        format!("-XX:SharedArchiveFile={}", dir.join(CDS_ARCHIVE).display()),
+        "-cp".to_string(),
+        jar.clone(),
+    ]);
+    Ok(options)
 }
 
 /// Decides what the next start of `release` does about class data.
@@ -187,9 +236,16 @@ pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> 
         },
         Err(Invalid::Stale(why)) => Some(why),
     };
-    match dump_dir(layout, creds) {
-        Ok((dir, owner)) => {
-            let writes = "this run writes one when it stops";
+    let made = dump_dir(layout, creds)
+        .map_err(|e| e.to_string())
+        .and_then(|(dir, owner)| {
+            let options = dump_options(&release.manifest.run.argv, &dir)?;
+            Ok((dir, owner, options))
+        });
+    match made {
+        Ok((dir, owner, options)) => {
+            let writes =
+                "this run records its classes, and an archive is made from them once it is healthy";
             let note = match ignored {
                 Some(why) => format!(
                     "class-data archive ignored: {why}; this start goes on without it and {writes}"
@@ -197,13 +253,14 @@ pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> 
                 None => format!("class-data archive: none yet; {writes}"),
             };
             Plan {
-                class_data: ClassData::Dump(Dump {
+                class_data: ClassData::Record(Box::new(Dump {
                     dir,
                     owner,
                     release_dir: release.dir.clone(),
                     release_id: release.manifest.id.clone(),
                     made_with,
-                }),
+                    options,
+                })),
                 note: Some(note),
             }
         }
@@ -383,22 +440,55 @@ pub fn discard(dump: &Dump) {
     }
 }
 
-/// After a dump run ended: keeps the archive the JVM wrote when the run was
-/// healthy and the JVM exited by itself (not killed mid-dump), and it is a
-/// complete archive. Returns the line for the log.
-pub fn keep(dump: &Dump, exit: Option<ExitInfo>, was_healthy: bool) -> String {
-    let result = match (exit, was_healthy) {
-        (_, false) => Err("the run never became healthy".to_string()),
-        (Some(ExitInfo::Code(_)), true) => copy_out(dump),
-        (Some(ExitInfo::Signal(sig)), true) => Err(format!(
-            "the JVM was killed by {} (a dump may have been cut short)",
-            process::signal_name(sig)
-        )),
-        (None, true) => Err("the JVM's end is unknown".to_string()),
+/// Starts the static dump of a recording run's classes beside it: `java
+/// -Xshare:dump` as the service's user, in the release directory with the
+/// service's environment, in its own session, at idle CPU priority
+/// (`SCHED_IDLE`, nice 19) so that it takes only what nothing else wants.
+pub fn start_dump(
+    layout: &Layout,
+    release: &Release,
+    dump: &Dump,
+    creds: Option<&Credentials>,
+) -> io::Result<Child> {
+    let env = spawn::service_env(layout, release, creds);
+    let mut cmd = Command::new(&dump.made_with.java.path);
+    cmd.args(&dump.options)
+        .current_dir(&release.dir)
+        .env_clear()
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    process::prepare_child(&mut cmd, true, creds.cloned());
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            // Lowering one's own priority needs no privilege; failing to is harmless.
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Kills a dump still running (its whole session) and reaps it.
+pub fn kill_dump(child: &mut Child) {
+    let _ = process::signal_group(child.id() as i32, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+/// After a dump ended: keeps the archive when the JVM exited with 0 and it
+/// is a complete archive. Returns the line for the log.
+pub fn keep(dump: &Dump, exit: ExitInfo, took: Duration) -> String {
+    let result = match exit {
+        ExitInfo::Code(0) => copy_out(dump),
+        other => Err(format!("the dump failed ({other})")),
     };
     discard(dump);
     match result {
-        Ok(line) => line,
+        Ok(line) => format!("{line}; dumped in {} ms", took.as_millis()),
         Err(why) => format!("class-data archive not kept: {why}"),
     }
 }
@@ -448,7 +538,7 @@ fn copy_out(dump: &Dump) -> Result<String, String> {
     let mut magic = [0u8; 4];
     src.read_exact(&mut magic)
         .map_err(|e| format!("{}: {e}", src_path.display()))?;
-    if u32::from_ne_bytes(magic) != DYNAMIC_ARCHIVE_MAGIC {
+    if u32::from_ne_bytes(magic) != STATIC_ARCHIVE_MAGIC {
         return Err("the JVM's dump is incomplete (no archive header)".to_string());
     }
     let size = install(&mut (&magic[..]).chain(src), release_dir, &dump.made_with)
@@ -572,6 +662,7 @@ mod tests {
                 libjvm: None,
                 jar: id,
             },
+            options: Vec::new(),
         }
     }
 
@@ -580,7 +671,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let dump = dump_in(root.path());
         let archive = dump.dir.join(CDS_ARCHIVE);
-        fs::write(&archive, DYNAMIC_ARCHIVE_MAGIC.to_ne_bytes()).expect("write");
+        fs::write(&archive, STATIC_ARCHIVE_MAGIC.to_ne_bytes()).expect("write");
         fs::OpenOptions::new()
             .write(true)
             .open(&archive)
@@ -605,7 +696,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let dump = dump_in(root.path());
         let precious = root.path().join("precious");
-        fs::write(&precious, DYNAMIC_ARCHIVE_MAGIC.to_ne_bytes()).expect("write");
+        fs::write(&precious, STATIC_ARCHIVE_MAGIC.to_ne_bytes()).expect("write");
         let archive = dump.dir.join(CDS_ARCHIVE);
         std::os::unix::fs::symlink(&precious, &archive).expect("symlink");
         let err = copy_out(&dump).expect_err("a link");

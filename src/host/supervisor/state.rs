@@ -36,8 +36,9 @@ wire_enum! {
     pub enum ClassDataUse {
         /// It maps the archive.
         Used => "used",
-        /// There was no valid archive: it writes one when it stops.
-        Dumping => "dumping",
+        /// There was no valid archive: it records its classes, and an
+        /// archive is made from them beside it once it is healthy.
+        Recording => "recording",
         /// It was given the archive, but the JVM refused to map it.
         Refused => "refused",
     }

@@ -342,9 +342,8 @@ fn running(layout: &Layout, seen: &Observation, id: procfs::ProcessId) -> Servic
         }
         match mine.and_then(|s| s.class_data.as_ref()) {
             Some(ClassDataUse::Used) => parts.push("class-data archive in use".to_string()),
-            Some(ClassDataUse::Dumping) => {
-                parts.push("class-data archive written when it stops".to_string())
-            }
+            Some(ClassDataUse::Recording) => parts
+                .push("no class-data archive yet: one is made from this run's classes".to_string()),
             Some(ClassDataUse::Refused) => {
                 parts.push("class-data archive refused by the JVM".to_string())
             }

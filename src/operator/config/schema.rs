@@ -177,9 +177,10 @@ pub struct Service {
     pub env: BTreeMap<String, String>,
     /// Unix user to run as (on hosts where shipjar runs as root); default: the service name.
     pub user: Option<String>,
-    /// Keep a class-data sharing (AppCDS) archive per release (JVM services only).
+    /// Keep a class-data sharing (AppCDS) archive per release (JVM services
+    /// only); unset means on for a `jar` service.
     #[serde(default)]
-    pub cds: bool,
+    pub cds: Option<bool>,
     /// A Clojure socket REPL on 127.0.0.1 (`shipjar repl`).
     pub repl: Option<Repl>,
 }

@@ -143,7 +143,7 @@ impl Project {
             (Some(jar), None) if let Err(why) = names::jar_name(jar) => {
                 Err(self.fail(&keys("service.jar"), &why))
             }
-            (None, Some(_)) if service.cds => Err(self.fail(
+            (None, Some(_)) if service.cds == Some(true) => Err(self.fail(
                 &keys("service.cds"),
                 "class-data sharing is for JVM services (`jar`), not a `command`",
             )),

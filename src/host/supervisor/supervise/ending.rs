@@ -8,7 +8,6 @@ use nix::sys::signal::Signal;
 
 use crate::host::os::process::{self, ExitInfo};
 use crate::host::os::procfs;
-use crate::host::supervisor::cds::{self, ClassData};
 use crate::host::supervisor::state::Phase;
 use crate::host::supervisor::stopping::{self, StopContext};
 
@@ -64,13 +63,6 @@ impl Supervisor<'_> {
         ending.how
     }
 
-    /// A run that never spawned leaves no dump directory behind.
-    pub(super) fn discard_class_data(&mut self) {
-        if let ClassData::Dump(dump) = std::mem::replace(&mut self.class_data, ClassData::Off) {
-            cds::discard(&dump);
-        }
-    }
-
     /// After the service's main process exited: kill what is left of its
     /// group (the zombie still reserves the group id), reap it, record the end.
     pub(super) fn finish(
@@ -97,11 +89,8 @@ impl Supervisor<'_> {
                 "pid {pid} has not exited even after SIGKILL; giving up on it"
             ));
         }
-        if let ClassData::Dump(dump) = std::mem::replace(&mut self.class_data, ClassData::Off) {
-            let healthy = self.state.healthy_after_ms.is_some();
-            let line = cds::keep(&dump, exit, healthy);
-            self.log.event(&line);
-        }
+        // Nothing waits for an archive: a dump still running is killed.
+        self.end_class_data();
         self.state.state = Phase::Exited;
         self.state.last_exit = Some(description);
         self.state.last_exit_code = match exit {

@@ -42,7 +42,7 @@ impl Supervisor<'_> {
         self.state.class_data = match &plan.class_data {
             ClassData::Off => None,
             ClassData::Use { .. } => Some(ClassDataUse::Used),
-            ClassData::Dump(_) => Some(ClassDataUse::Dumping),
+            ClassData::Record(_) => Some(ClassDataUse::Recording),
         };
         self.class_data = plan.class_data;
 
@@ -53,7 +53,7 @@ impl Supervisor<'_> {
             Ok(child) => child,
             Err(message) => {
                 self.log.fill(hold, None);
-                self.discard_class_data();
+                self.end_class_data();
                 return Err(Outcome::StartFailed(message));
             }
         };
@@ -155,12 +155,13 @@ impl Supervisor<'_> {
         self.state.healthy_after_ms = Some(ms);
         self.save();
         self.log.event(&format!("healthy after {ms} ms"));
+        self.schedule_dump();
         if let ClassData::Use { archive } = &self.class_data
             && cds::mapped(pid, archive) == Some(false)
         {
             self.log.event(&format!(
                 "class-data archive: the JVM did not map {} (it refused it; its warning is above); \
-                 removed, the next start writes a new one",
+                 removed, the next start records its classes for a new one",
                 archive.display()
             ));
             cds::forget(archive);

@@ -7,6 +7,7 @@
 //! reloads, the exit). [`ending`] stops the service and records how a run
 //! ended; [`setup`] takes the lock and opens the log before the first run.
 
+mod archive;
 mod ending;
 mod gate;
 mod reverting;
@@ -137,6 +138,8 @@ struct Supervisor<'a> {
     creds: Option<Credentials>,
     /// What the current run does about class data (`[service] cds`).
     class_data: ClassData,
+    /// The current run's class-data dump, when it records its classes.
+    dump_job: archive::DumpJob,
     /// Held for our whole life: proof that a supervisor is alive.
     _lock: HeldLock,
 }

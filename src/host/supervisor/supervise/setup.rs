@@ -66,6 +66,7 @@ impl<'a> Supervisor<'a> {
             reverting: None,
             creds,
             class_data: ClassData::Off,
+            dump_job: super::archive::DumpJob::Idle,
             _lock: lock,
         };
         supervisor.save();

@@ -88,10 +88,14 @@ impl Supervisor<'_> {
                     healthy_for: healthy_at.elapsed(),
                 };
             }
+            let dump_at = self.tend_dump();
             let wait = liveness.as_ref().map_or(RECHECK, |l| {
                 l.next
                     .saturating_duration_since(Instant::now())
                     .min(RECHECK)
+            });
+            let wait = dump_at.map_or(wait, |at| {
+                wait.min(at.saturating_duration_since(Instant::now()))
             });
             match self.signals.wait(Some(wait)) {
                 Some(libc::SIGTERM | libc::SIGINT) => {
