@@ -5,7 +5,7 @@
 //! `auto_revert`, the supervisor ends `failed` on the bad release as before.
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 
 use std::time::{Duration, Instant};
 
@@ -102,12 +102,7 @@ fn a_release_crash_looping_after_its_deploy_is_replaced_by_the_previous_one_once
 
     // `shipjar status` shows it and flags the host as drifted.
     let out = p.run(&["status", "local"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("last:      auto-revert success of "),
-        "{said}"
-    );
+    let said = exited_saying(&out, 1, "last:      auto-revert success of ");
     assert!(
         said.contains("! drifted from the stage's last deploy: now on release "),
         "{said}"

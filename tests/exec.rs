@@ -5,7 +5,7 @@
 //! service user over real ssh.
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 #[path = "support/fleet.rs"]
 mod fleet;
 
@@ -28,14 +28,10 @@ fn exec_runs_in_current_with_the_service_environment_masked_and_passes_the_exit_
         "-c",
         "echo in ${PWD##*/} port=$PORT version=$SHIPJAR_VERSION; cat config/database.properties; echo to stderr >&2; exit 3",
     ]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{said}");
-    assert!(
-        said.contains(&format!(
-            "[local] in {current} port={} version=v1",
-            project.port
-        )),
-        "{said}"
+    let said = exited_saying(
+        &out,
+        3,
+        &format!("[local] in {current} port={} version=v1", project.port),
     );
     assert!(said.contains("[local] to stderr"), "{said}");
     // It read the secret file as the service does; the value is masked.
@@ -59,9 +55,7 @@ fn exec_runs_in_current_with_the_service_environment_masked_and_passes_the_exit_
 fn exec_before_any_deploy_says_so() {
     let project = Project::new();
     let out = project.run(&["exec", "local", "--", "true"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("no release is current here"), "{said}");
+    exited_saying(&out, 1, "no release is current here");
 }
 
 #[test]
@@ -81,9 +75,7 @@ fn exec_kills_the_command_and_its_children_at_the_timeout() {
         "-c",
         &script,
     ]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("timed out after 1s; killed"), "{said}");
+    let said = exited_saying(&out, 1, "timed out after 1s; killed");
     assert!(started.elapsed() < Duration::from_secs(20), "{said}");
     let pid = std::fs::read_to_string(&pidfile)
         .unwrap()
@@ -167,14 +159,10 @@ fn exec_i_runs_on_this_terminal_in_current() {
         .write_all(b"hello-from-stdin\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(4), "{said}");
-    assert!(
-        said.contains(&format!(
-            "got hello-from-stdin in {current} port={}",
-            project.port
-        )),
-        "{said}"
+    exited_saying(
+        &out,
+        4,
+        &format!("got hello-from-stdin in {current} port={}", project.port),
     );
 }
 
@@ -248,18 +236,11 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
         "-c",
         "echo on $SHIPJAR_HOST",
     ]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("[app2] on app2"), "{said}");
+    let said = exited_saying(&out, 0, "[app2] on app2");
     assert!(!said.contains("[app1]"), "{said}");
 
     let out = run(&["exec", "fleet", "-i", "--", "sh"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
-    assert!(
-        said.contains("-i runs on one host; stage `fleet` has 2"),
-        "{said}"
-    );
+    exited_saying(&out, 2, "-i runs on one host; stage `fleet` has 2");
 
     // -i over ssh: the command gets this process's stdin and output (no terminal here,
     // so ssh says it allocates none), runs as the service user in current, and its

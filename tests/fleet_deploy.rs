@@ -3,7 +3,7 @@
 //! Root only: as another user these tests are ignored (skipped).
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/lifecycle.rs"]
@@ -157,9 +157,7 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
     let edit = format!("echo '# db password {}' >> /etc/init.d/hello", p.secret);
     assert!(p.fleet.exec("app1", &["sh", "-c", &edit]).status.success());
     let dry = p.run(&["provision", "fleet", "--dry-run"]);
-    let shown = text(&dry);
-    assert_eq!(dry.status.code(), Some(0), "{shown}");
-    assert!(shown.contains("-# db password ********"), "{shown}");
+    let shown = exited_saying(&dry, 0, "-# db password ********");
     assert!(!shown.contains(&p.secret), "{shown}");
     ok(p.run(&["provision", "fleet"]));
 
@@ -295,9 +293,7 @@ fn a_crash_inside_settle_in_batch_2_reverts_batch_1_too() {
     p.provision();
     assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
     let out = p.deploy_with("2.0.0", &[]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("after becoming healthy"), "{said}");
+    exited_saying(&out, 1, "after becoming healthy");
     let result = last_json(&out);
     assert_eq!(host_field(&result, "app1")["state"], "reverted", "{result}");
     assert_eq!(host_field(&result, "app2")["state"], "reverted", "{result}");
@@ -718,12 +714,7 @@ fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what
     assert_eq!(detail("app1"), "partial: 2 of 4 hosts (--hosts app[12])");
     assert_eq!(detail("app3"), "");
     let out = p.run(&["status", "fleet", "--hosts", "app9"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("its hosts are: app1, app2, app3, app4"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 2, "its hosts are: app1, app2, app3, app4");
 }
 
 #[test]
@@ -854,10 +845,5 @@ fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
         [one("1.0.0"), one("1.0.0"), one("1.0.1")]
     );
     let out = p.run(&["status", "fleet", "--roles", "db"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("its roles are: worker"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 2, "its roles are: worker");
 }

@@ -4,6 +4,7 @@
 //! rollback that runs only the rollback hooks.
 
 mod common;
+use common::exited_saying;
 #[path = "support/fleet.rs"]
 mod fleet;
 
@@ -144,11 +145,10 @@ fn a_failing_migration_hook_leaves_the_old_release_serving_and_no_host_switched(
 
     std::fs::write(&file, failing).unwrap();
     let out = project.deploy("v2", &[]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("FAILED at step `before_switch`: hook exited with code 3"),
-        "{said}"
+    let said = exited_saying(
+        &out,
+        1,
+        "FAILED at step `before_switch`: hook exited with code 3",
     );
     assert!(said.contains("output of the hook:"), "{said}");
     assert!(
@@ -195,12 +195,7 @@ fn a_failing_before_start_hook_fails_the_host_before_its_switch() {
     let old = project.current().unwrap();
     std::fs::write(&file, failing).unwrap();
     let out = project.deploy("v2", &[]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("`before_start`: hook exited with code 1"),
-        "{said}"
-    );
+    let said = exited_saying(&out, 1, "`before_start`: hook exited with code 1");
     assert!(said.contains("not today"), "{said}");
     assert_eq!(project.current().as_deref(), Some(old.as_str()));
     assert_eq!(project.served_version().as_deref(), Some("v1"));
@@ -258,12 +253,7 @@ fn rollback_runs_only_the_rollback_hooks() {
 fn a_hook_without_a_command_is_a_config_error_naming_it() {
     let project = project_with("\n[hooks]\nbefore_switch = { command = [] }\n");
     let out = project.run(&["check", "local"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("hooks.before_switch.command"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 2, "hooks.before_switch.command");
 }
 
 /// JSON step events of `out` as (host, step, message).

@@ -8,6 +8,7 @@
 //! path from `SERVICE_PROPERTIES`.
 
 mod common;
+use common::exited_saying;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -213,8 +214,7 @@ fn a_broken_build_file_is_an_error_naming_it() {
     )
     .unwrap();
     let out = shipjar(dir.path(), &["init"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("pom.xml"), "{}", text(&out));
+    exited_saying(&out, 2, "pom.xml");
     assert!(!dir.path().join("shipjar.toml").exists());
 }
 

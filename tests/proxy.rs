@@ -2,7 +2,7 @@
 //! `examples/hello` and real sockets on 127.0.0.1.
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 #[path = "support/keep_alive.rs"]
 mod keep_alive;
 
@@ -267,9 +267,7 @@ fn a_new_instance_crashing_inside_settle_gives_the_traffic_back_to_the_old_one()
     ok(p.deploy("1.0.0", &[]));
     let old = active_pid(&p);
     let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("settle FAILED: crashed "), "{said}");
+    let said = exited_saying(&out, 1, "settle FAILED: crashed ");
     // It settled taking the traffic: the switch came first, the drain never.
     assert!(said.contains("switch: proxy"), "{said}");
     assert!(!said.contains("drain:"), "{said}");
@@ -1454,9 +1452,7 @@ fn failed_move_behind_the_proxy(
     );
     std::fs::write(p.path().join("shipjar.toml"), proxied).unwrap();
     let out = p.deploy("2.0.0", deploy_env);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("the service without proxy"), "{said}");
+    let said = exited_saying(&out, 1, "the service without proxy");
     assert!(said.contains("without the proxy"), "{said}");
     // Back on 1.0.0, served by the plain service on its own port.
     assert_eq!(p.current().as_deref(), Some(good.as_str()), "{said}");

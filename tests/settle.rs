@@ -6,7 +6,7 @@
 //! `releases` says why each release is kept.
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -39,9 +39,7 @@ fn a_release_crashing_inside_settle_is_reverted_and_the_deploy_fails_naming_it()
     let good = p.current().expect("current");
 
     let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("crashed "), "{said}");
+    let said = exited_saying(&out, 1, "crashed ");
     assert!(said.contains(" s after becoming healthy"), "{said}");
     // The log tail shows why.
     assert!(said.contains("crashing on purpose"), "{said}");
@@ -62,9 +60,7 @@ fn a_release_turning_unhealthy_inside_settle_is_reverted() {
     let p = settling("6s");
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let out = p.deploy("2.0.0", &["--env", "UNHEALTHY_AFTER_S=2"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("settle FAILED: unhealthy "), "{said}");
+    let said = exited_saying(&out, 1, "settle FAILED: unhealthy ");
     assert!(said.contains(" s after becoming healthy: HTTP 5"), "{said}");
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
 }

@@ -2,6 +2,7 @@
 //! real processes, a hand-made release under a temporary root.
 
 mod common;
+use common::exited_saying;
 
 use std::fs;
 use std::io::Read;
@@ -23,8 +24,7 @@ fn start_status_stop() {
     host.release("r1", &Spec::http_server(port));
 
     let out = host.start();
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(text(&out).contains("started: pid"), "{}", text(&out));
+    exited_saying(&out, 0, "started: pid");
     let pid = host.service_pid().expect("pidfile written");
     assert!(alive(pid));
 
@@ -152,8 +152,7 @@ fn exit_at_start_fails_with_log_tail() {
     assert!(!tail.is_empty() && tail.len() <= 20, "{report}");
 
     let out = host.run("status", false);
-    assert_eq!(code(&out), 3, "{}", text(&out));
-    assert!(text(&out).contains("last start failed"), "{}", text(&out));
+    exited_saying(&out, 3, "last start failed");
 }
 
 #[test]
@@ -172,12 +171,7 @@ fn never_healthy_is_killed_after_start_timeout() {
     let began = Instant::now();
     let out = host.start();
     let took = began.elapsed();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("error: not healthy after 2s"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 1, "error: not healthy after 2s");
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(8),
         "took {took:?}"
@@ -209,13 +203,12 @@ fn stale_pidfile_of_another_process_is_dead() {
     fs::write(host.pidfile(), format!("{pid}\n{}\n", ticks + 1)).expect("pidfile");
 
     let out = host.run("status", false);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!(
+    exited_saying(
+        &out,
+        1,
+        &format!(
             "not running: stale pidfile: pid {pid} is another process (sleep, started after the pidfile was written)"
-        )),
-        "{}",
-        text(&out)
+        ),
     );
 
     // stop must not touch a process that is not the service.
@@ -229,8 +222,7 @@ fn stale_pidfile_of_another_process_is_dead() {
     // A pidfile whose pid is gone is dead too.
     fs::write(host.pidfile(), "999999999\n1\n").expect("pidfile");
     let out = host.run("status", false);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(text(&out).contains("stale pidfile"), "{}", text(&out));
+    exited_saying(&out, 1, "stale pidfile");
 }
 
 #[test]
@@ -479,8 +471,7 @@ fn stop_while_starting_aborts_the_start() {
 fn missing_release_fails_fast() {
     let host = Host::new("empty");
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(text(&out).contains("no current release"), "{}", text(&out));
+    exited_saying(&out, 1, "no current release");
 }
 
 #[test]
@@ -531,12 +522,7 @@ fn clean_exit_after_sigterm_is_reported() {
     host.release("r1", &spec);
     assert_eq!(code(&host.start()), 0, "{}", host.log());
     let out = host.run("stop", false);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(
-        text(&out).contains("stopped: exited 143 after SIGTERM"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 0, "stopped: exited 143 after SIGTERM");
     assert!(
         host.log()
             .contains("[shipjar] stopped: exited 143 after SIGTERM in "),

@@ -7,7 +7,7 @@
 //! (`./run-tests` as root includes them).
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/keep_alive.rs"]
@@ -1301,12 +1301,7 @@ fn systemd_auto_revert_goes_back_under_the_unit_which_stays_active() {
     );
     assert_eq!(revisions, "2");
     let status = p.run(&["status", "systemd"]);
-    let said = text(&status);
-    assert_eq!(status.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("! drifted from the stage's last deploy"),
-        "{said}"
-    );
+    exited_saying(&status, 1, "! drifted from the stage's last deploy");
 }
 
 /// `[logs] to = "journal"`: the service's output and the supervisor's
@@ -1343,11 +1338,6 @@ fn systemd_journal_takes_the_service_output_and_logs_reads_it_there() {
 
     // A release that fails at start: its own words, from the journal.
     let failed = p.deploy("2.0.0", &["FAIL_ON_START=1"]);
-    let said = text(&failed);
-    assert_eq!(failed.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("hello: FAIL_ON_START is set, exiting"),
-        "{said}"
-    );
+    exited_saying(&failed, 1, "hello: FAIL_ON_START is set, exiting");
     assert_eq!(served(&f.fleet().ip(host)).as_deref(), Some("1.0.0"));
 }

@@ -466,3 +466,13 @@ pub fn ok(out: Output) -> Output {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     out
 }
+
+/// The text of a run (as [`text`] shows it) that exited `code` and said
+/// `needle`; otherwise the test fails showing that text.
+#[track_caller]
+pub fn exited_saying(out: &Output, code: i32, needle: &str) -> String {
+    let said = text(out);
+    assert_eq!(out.status.code(), Some(code), "{said}");
+    assert!(said.contains(needle), "{said}");
+    said
+}

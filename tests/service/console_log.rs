@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use serde_json::json;
 
+use crate::common::exited_saying;
 use crate::common::host::{Host, Spec, code, free_port, text};
 
 #[test]
@@ -66,12 +67,7 @@ fn a_failed_start_shows_the_last_lines_of_the_configured_file() {
     spec.extra = json!({"logs": {"file": "stdout.log"}, "restart": {"enabled": false}});
     host.release("r1", &spec);
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("hello: FAIL_ON_START is set, exiting"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 1, "hello: FAIL_ON_START is set, exiting");
     let log_dir = host.root().join("var/log/failing");
     let file = fs::read_to_string(log_dir.join("stdout.log")).expect("stdout.log");
     assert!(file.contains("FAIL_ON_START is set"), "{file}");
@@ -85,8 +81,7 @@ fn a_log_file_name_that_leaves_the_log_dir_is_refused() {
     spec.extra = json!({"logs": {"file": "../../../etc/escape.log"}});
     host.release("r1", &spec);
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(text(&out).contains("logs.file"), "{}", text(&out));
+    exited_saying(&out, 1, "logs.file");
     assert!(!host.root().join("etc/escape.log").exists());
     assert!(host.service_pid().is_none());
 }

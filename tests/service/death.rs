@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::exited_saying;
 use crate::common::host::{Helper, Host, Spec, alive, code, eventually, free_port, text};
 use crate::common::{Project, http_get};
 
@@ -94,13 +95,12 @@ fn the_fleet_status_flags_a_dead_supervisor_and_deploy_replaces_the_orphan() {
     assert_eq!(project.served_version().as_deref(), Some("1.0.0"));
 
     let out = project.run(&["status", "local"]);
-    let said = crate::common::text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains(&format!(
+    let said = exited_saying(
+        &out,
+        1,
+        &format!(
             "  ! dead: supervisor pid {supervisor} is gone; the service pid {pid} runs unsupervised since "
-        )),
-        "{said}"
+        ),
     );
     assert!(said.contains(", UNSUPERVISED\n"), "{said}");
     assert!(!said.contains("  ok\n"), "{said}");
@@ -115,13 +115,10 @@ fn the_fleet_status_flags_a_dead_supervisor_and_deploy_replaces_the_orphan() {
     );
 
     let out = project.deploy("1.0.1", &[]);
-    let said = crate::common::text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(
-        said.contains(&format!(
-            "replaced an unsupervised service pid {pid}: terminated after SIGTERM in "
-        )),
-        "{said}"
+    exited_saying(
+        &out,
+        0,
+        &format!("replaced an unsupervised service pid {pid}: terminated after SIGTERM in "),
     );
     assert!(!alive(pid));
     let (rc, result) = project.status_json();
@@ -260,9 +257,7 @@ fn the_fleet_status_of_a_starting_service_is_not_unhealthy() {
         .expect("stop");
     assert_eq!(out.status.code(), Some(0));
     let out = project.run(&["status", "local"]);
-    let said = crate::common::text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("  process:   not running\n"), "{said}");
+    let said = exited_saying(&out, 1, "  process:   not running\n");
     assert!(said.contains("  ! not running\n"), "{said}");
     assert!(!said.contains("not running: not running"), "{said}");
 }

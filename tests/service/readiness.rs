@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
+use crate::common::exited_saying;
 use crate::common::host::{HELLO_JAVA_OPTS, Helper, Host, Spec, code, eventually, free_port, text};
 
 #[test]
@@ -35,13 +36,10 @@ fn an_old_instance_holding_the_port_is_named() {
     host.release("r1", &Spec::hello(port, &[]));
     let began = Instant::now();
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!(
-            "error: port {port} already in use by pid {old_pid} (java)"
-        )),
-        "{}",
-        text(&out)
+    exited_saying(
+        &out,
+        1,
+        &format!("error: port {port} already in use by pid {old_pid} (java)"),
     );
     assert!(began.elapsed() < Duration::from_secs(5), "slow to refuse");
     assert_eq!(code(&host.run("status", false)), 3);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::exited_saying;
 use crate::common::host::{Host, Spec, alive, code, eventually, free_port, text};
 
 #[test]
@@ -55,12 +56,7 @@ fn reload_with_a_signal_passes_it_to_the_service() {
     let pid = host.service_pid().expect("pid");
 
     let out = host.run("reload", false);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("reloaded: sent SIGHUP to pid {pid}")),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 0, &format!("reloaded: sent SIGHUP to pid {pid}"));
     assert!(
         eventually(Duration::from_secs(5), || host
             .log()
@@ -80,10 +76,5 @@ fn reload_of_a_stopped_service_fails() {
     let host = Host::new("asleep");
     host.release("r1", &Spec::hello(free_port(), &[]));
     let out = host.run("reload", false);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("not running: nothing to reload"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 1, "not running: nothing to reload");
 }
