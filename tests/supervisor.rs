@@ -8,7 +8,7 @@ use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -119,9 +119,9 @@ fn exit_at_start_fails_with_log_tail() {
     let port = free_port();
     host.release(
         "r1",
-        &Spec::shell(
+        &Spec::shell_on_port(
             "echo starting up; echo boom: no config >&2; exit 1",
-            json!({"kind": "tcp", "port": port}),
+            port,
             10_000,
         ),
     );
@@ -180,11 +180,7 @@ fn never_healthy_is_killed_after_start_timeout() {
     let pid: i32 = host.marker_pid(&marker);
     assert!(!alive(pid), "service pid {pid} survived a failed start");
     assert!(!host.pidfile().exists());
-    assert!(
-        host.log().contains("killing process group"),
-        "{}",
-        host.log()
-    );
+    host.assert_logged("killing process group");
 }
 
 #[test]
@@ -238,8 +234,7 @@ fn service_ignoring_sigterm_is_killed_after_stop_timeout() {
     ];
     spec.stop_timeout_ms = 1_000;
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let pid = host.started();
 
     let began = Instant::now();
     let out = host.run("stop", true);
@@ -255,7 +250,7 @@ fn service_ignoring_sigterm_is_killed_after_stop_timeout() {
         "took {took:?}"
     );
     assert!(!alive(pid));
-    assert!(host.log().contains("sending SIGKILL"), "{}", host.log());
+    host.assert_logged("sending SIGKILL");
 }
 
 #[test]
@@ -290,11 +285,7 @@ fn crash_after_healthy_leaves_status_dead() {
     assert_eq!(last["state"], "dead");
     assert_eq!(last["lsb_code"], 1);
     assert!(!alive(child), "the crashed service's child lingers");
-    assert!(
-        host.log().contains("[shipjar] exited with code 3"),
-        "{}",
-        host.log()
-    );
+    host.assert_logged("[shipjar] exited with code 3");
 
     let out = host.run("stop", true);
     assert_eq!(code(&out), 0);
@@ -411,14 +402,7 @@ fn health_check_answered_by_someone_else_fails_start() {
     let host = Host::new("taken");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    host.release(
-        "r1",
-        &Spec::shell(
-            "exec sleep 600",
-            json!({"kind": "tcp", "port": port}),
-            5_000,
-        ),
-    );
+    host.release("r1", &Spec::shell_on_port("exec sleep 600", port, 5_000));
     let out = host.start();
     assert_eq!(code(&out), 1, "{}", text(&out));
     let expected = format!("port {port} already in use by pid {}", std::process::id());
@@ -439,12 +423,7 @@ fn stop_while_starting_aborts_the_start() {
             30_000,
         ),
     );
-    let mut start = host.command("start", false);
-    start
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut start = Helper(start.spawn().expect("spawn start"));
+    let mut start = host.spawn_start();
     assert!(
         eventually(Duration::from_secs(10), || host.service_pid().is_some()),
         "service never spawned"
@@ -520,7 +499,7 @@ fn clean_exit_after_sigterm_is_reported() {
         format!("trap 'exit 143' TERM; python3 -m http.server {port} --bind 127.0.0.1 & wait"),
     ];
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     let out = host.run("stop", false);
     exited_saying(&out, 0, "stopped: exited 143 after SIGTERM");
     assert!(
@@ -549,7 +528,7 @@ fn stop_waits_for_and_kills_the_whole_group() {
     ];
     spec.stop_timeout_ms = 1_000;
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     assert!(eventually(Duration::from_secs(5), || marker.exists()));
     let helper: i32 = host.marker_pid(&marker);
     assert!(alive(helper));
@@ -574,8 +553,7 @@ fn stop_waits_for_and_kills_the_whole_group() {
 fn service_without_supervisor_is_still_tracked_and_stopped() {
     let host = Host::new("orphan");
     host.release("r1", &Spec::http_server(free_port()));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let pid = host.started();
     let (_, status) = host.status_json();
     let supervisor = status["supervisor_pid"].as_i64().expect("supervisor") as i32;
 
@@ -623,12 +601,7 @@ fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
             30_000,
         ),
     );
-    let mut start = host.command("start", false);
-    start
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut start = Helper(start.spawn().expect("spawn start"));
+    let mut start = host.spawn_start();
     // Once the state names the service; before that, a supervisor killed
     // right after spawning leaves nothing to find the service by.
     let state_file = host.run_dir().join("supervisor.json");
@@ -684,8 +657,7 @@ fn start_during_a_restart_waits_for_its_outcome() {
     );
     spec.extra = json!({"restart": {"initial_delay_ms": 1_500}});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let first = host.service_pid().expect("pid");
+    let first = host.started();
     assert!(
         eventually(Duration::from_secs(5), || host.status_json().1["state"]
             == "restarting"),

@@ -183,6 +183,15 @@ impl Spec {
 }
 
 impl Spec {
+    /// `sh -c SCRIPT`, healthy once something listens on `port`.
+    pub fn shell_on_port(script: &str, port: u16, start_timeout_ms: u64) -> Spec {
+        Spec::shell(
+            script,
+            json!({"kind": "tcp", "port": port}),
+            start_timeout_ms,
+        )
+    }
+
     /// Runs `argv` directly.
     pub fn argv(argv: Vec<String>, health: Value, start_timeout_ms: u64) -> Spec {
         Spec {
@@ -326,6 +335,31 @@ impl Host {
         self.run("start", false)
     }
 
+    /// Starts the service, which must succeed (else the test fails showing
+    /// the console log); the service pid.
+    #[track_caller]
+    pub fn started(&self) -> i32 {
+        assert_eq!(code(&self.start()), 0, "{}", self.log());
+        self.service_pid().expect("pid")
+    }
+
+    /// `service start` running in the background, its output piped.
+    pub fn spawn_start(&self) -> Helper {
+        let mut start = self.command("start", false);
+        start
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Helper(start.spawn().expect("spawn start"))
+    }
+
+    /// Asserts the console log holds `needle`, showing the log otherwise.
+    #[track_caller]
+    pub fn assert_logged(&self, needle: &str) {
+        let log = self.log();
+        assert!(log.contains(needle), "{log}");
+    }
+
     pub fn status_json(&self) -> (i32, Value) {
         let out = self.run("status", true);
         let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -447,4 +481,12 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A run's stdout, which must begin with `prefix` (else the test fails showing it).
+#[track_caller]
+pub fn stdout_starting(out: &Output, prefix: &str) -> String {
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.starts_with(prefix), "{said}");
+    said
 }

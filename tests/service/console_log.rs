@@ -53,11 +53,7 @@ fn the_services_own_log_file_is_left_alone() {
             .count(),
         2
     );
-    assert!(
-        host.log().contains("listening on 127.0.0.1:"),
-        "{}",
-        host.log()
-    );
+    host.assert_logged("listening on 127.0.0.1:");
 }
 
 #[test]

@@ -2,13 +2,15 @@
 //! health gate, and after a crash: each state named as it is, with its LSB
 //! code, and `start`/`deploy` replacing a service left unsupervised.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::common::exited_saying;
-use crate::common::host::{Helper, Host, Spec, alive, code, eventually, free_port, text};
+use crate::common::host::{
+    Helper, Host, Spec, alive, code, eventually, free_port, stdout_starting, text,
+};
 use crate::common::{Project, http_get};
 
 /// SIGKILLs `pid` (a supervisor this test started) and waits until it is gone.
@@ -35,8 +37,7 @@ fn a_killed_supervisor_is_named_and_start_replaces_its_orphan() {
     let host = Host::new("orphaned");
     let port = free_port();
     host.release("r1", &Spec::hello(port, &[]));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let pid = host.started();
     let supervisor = supervisor_pid(&host.run_dir());
 
     kill9(supervisor);
@@ -64,12 +65,11 @@ fn a_killed_supervisor_is_named_and_start_replaces_its_orphan() {
     // start stops the orphan first (the port is free again) and says so.
     let out = host.start();
     assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        said.starts_with(&format!(
+    stdout_starting(
+        &out,
+        &format!(
             "replaced an unsupervised service pid {pid} (its supervisor was gone): terminated after SIGTERM\nstarted: pid "
-        )),
-        "{said}"
+        ),
     );
     assert!(!alive(pid), "the orphan still runs next to the new service");
     let (rc, status) = host.status_json();
@@ -133,12 +133,7 @@ fn starting_is_a_state_with_its_own_code_and_no_verdict_on_health() {
         "r1",
         &Spec::hello(free_port(), &[("STARTUP_DELAY_MS", "4000")]),
     );
-    let mut start = host.command("start", false);
-    start
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut start = Helper(start.spawn().expect("spawn start"));
+    let mut start = host.spawn_start();
 
     let mut last = Value::Null;
     let mut rc = -1;
@@ -188,7 +183,7 @@ fn a_restart_in_its_health_gate_is_starting_and_says_why() {
     );
     spec.extra = json!({"restart": {"initial_delay_ms": 100}});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     let mut last = Value::Null;
     let mut rc = -1;
     let seen = eventually(Duration::from_secs(20), || {
@@ -212,8 +207,7 @@ fn a_service_killed_by_sigkill_is_said_so_while_restarting() {
     let mut spec = Spec::hello(free_port(), &[]);
     spec.extra = json!({"restart": {"initial_delay_ms": 5_000}});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let pid = host.started();
     kill9(pid);
     let mut last = String::new();
     let said = eventually(Duration::from_secs(5), || {
@@ -266,8 +260,7 @@ fn the_fleet_status_of_a_starting_service_is_not_unhealthy() {
 fn a_killed_supervisor_whose_service_died_too_is_dead_and_start_begins_afresh() {
     let host = Host::new("bothgone");
     host.release("r1", &Spec::hello(free_port(), &[]));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let pid = host.started();
     let supervisor = supervisor_pid(&host.run_dir());
     kill9(supervisor);
     kill9(pid);
@@ -280,7 +273,6 @@ fn a_killed_supervisor_whose_service_died_too_is_dead_and_start_begins_afresh() 
     );
     let out = host.start();
     assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(said.starts_with("started: pid "), "{said}");
+    stdout_starting(&out, "started: pid ");
     assert_eq!(host.status_json().1["state"], "running");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::host::{
-    Helper, Host, Spec, alive, code, eventually, free_port, start_ticks, text,
+    Helper, Host, Spec, alive, code, eventually, free_port, start_ticks, stdout_starting, text,
 };
 use crate::common::http_get;
 
@@ -64,12 +64,11 @@ fn a_forged_state_file_gets_no_process_signalled() {
     survives(pid, ticks);
 
     assert_ne!(code(&status), 0, "{}", text(&status));
-    let said = String::from_utf8_lossy(&status.stdout).into_owned();
-    assert!(
-        said.starts_with(&format!(
+    stdout_starting(
+        &status,
+        &format!(
             "dead: supervisor pid {pid} is not this service's supervisor: sleep (it does not hold the supervisor lock)"
-        )),
-        "{said}"
+        ),
     );
 }
 
@@ -117,12 +116,11 @@ fn a_stale_pid_only_pidfile_naming_a_sleep_is_not_the_service() {
     assert_eq!(report["was_running"], false, "{report}");
 
     assert_eq!(code(&out), 1, "{}", text(&out));
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        said.starts_with(&format!(
+    let said = stdout_starting(
+        &out,
+        &format!(
             "not running: stale pidfile: pid {pid} is another process (sleep: its working directory "
-        )),
-        "{said}"
+        ),
     );
     assert!(
         said.trim_end().ends_with("is not a release of pidonly)"),
@@ -161,12 +159,9 @@ fn a_hello_started_by_hand_with_a_legacy_pidfile_is_proven_and_replaced() {
 
     let out = host.run("status", false);
     assert_eq!(code(&out), 1, "{}", text(&out));
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        said.starts_with(&format!(
-            "dead: no supervisor; the service pid {pid} runs unsupervised since "
-        )),
-        "{said}"
+    stdout_starting(
+        &out,
+        &format!("dead: no supervisor; the service pid {pid} runs unsupervised since "),
     );
     let (_, status) = host.status_json();
     assert_eq!(status["release"], "r1", "{status}");
@@ -174,12 +169,11 @@ fn a_hello_started_by_hand_with_a_legacy_pidfile_is_proven_and_replaced() {
 
     let out = host.start();
     assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        said.starts_with(&format!(
+    stdout_starting(
+        &out,
+        &format!(
             "replaced an unsupervised service pid {pid} (its supervisor was gone): terminated after SIGTERM\n"
-        )),
-        "{said}"
+        ),
     );
     assert!(!alive(pid), "the hand-started hello still runs");
     let (rc, status) = host.status_json();

@@ -55,14 +55,7 @@ fn a_start_that_listens_on_another_port_says_so() {
 fn a_start_that_never_listens_names_the_port() {
     let host = Host::new("deaf");
     let port = free_port();
-    host.release(
-        "r1",
-        &Spec::shell(
-            "exec sleep 600",
-            json!({"kind": "tcp", "port": port}),
-            3_000,
-        ),
-    );
+    host.release("r1", &Spec::shell_on_port("exec sleep 600", port, 3_000));
     let out = host.start();
     exited_saying(
         &out,

@@ -6,8 +6,6 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
-
 use crate::common::exited_saying;
 use crate::common::host::{HELLO_JAVA_OPTS, Helper, Host, Spec, code, eventually, free_port, text};
 
@@ -51,14 +49,7 @@ fn a_listener_appearing_during_the_start_is_not_taken_for_the_service() {
     let host = Host::new("impostor");
     let port = free_port();
     // The service never listens; someone else will, while it starts.
-    host.release(
-        "r1",
-        &Spec::shell(
-            "exec sleep 600",
-            json!({"kind": "tcp", "port": port}),
-            20_000,
-        ),
-    );
+    host.release("r1", &Spec::shell_on_port("exec sleep 600", port, 20_000));
     let mut start = host.command("start", false);
     start.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut start = Helper(start.spawn().expect("spawn start"));

@@ -13,8 +13,7 @@ fn reload_without_a_signal_restarts_through_the_gate_into_current() {
     let host = Host::new("refresh");
     let port = free_port();
     host.release("r1", &Spec::hello(port, &[]));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let first = host.service_pid().expect("pid");
+    let first = host.started();
 
     host.release("r2", &Spec::hello(port, &[]));
     let out = host.run("reload", true);
@@ -52,8 +51,7 @@ fn reload_with_a_signal_passes_it_to_the_service() {
     );
     spec.extra = json!({"reload": {"signal": "SIGHUP"}});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let pid = host.started();
 
     let out = host.run("reload", false);
     exited_saying(&out, 0, &format!("reloaded: sent SIGHUP to pid {pid}"));

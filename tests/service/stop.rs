@@ -24,8 +24,7 @@ fn stop_json(host: &Host) -> Value {
 fn a_jvm_stops_cleanly_with_143() {
     let host = Host::new("polite");
     host.release("r1", &Spec::hello(crate::common::free_port(), &[]));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let pid = host.started();
     let report = stop_json(&host);
     assert_eq!(report["how"], "exited 143 after SIGTERM", "{report}");
     assert_eq!(report["exit_code"], 143);
@@ -45,8 +44,7 @@ fn a_jvm_ignoring_sigterm_dumps_its_threads_then_is_killed() {
     spec.stop_timeout_ms = 2_000;
     spec.extra = json!({"stop": {"timeout_ms": 2_000, "thread_dump": true}});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let pid = host.started();
 
     let began = Instant::now();
     let report = stop_json(&host);
@@ -92,7 +90,7 @@ fn the_stop_hook_runs_before_sigterm() {
         "hook_timeout_ms": 5_000
     }});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     let report = stop_json(&host);
     assert_eq!(report["clean"], true, "{report}");
     let log = host.log();
@@ -119,7 +117,7 @@ fn a_hung_stop_hook_is_killed_and_the_stop_goes_on() {
         "hook_timeout_ms": 500
     }});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     let began = Instant::now();
     let report = stop_json(&host);
     assert!(began.elapsed() < Duration::from_secs(15), "{report}");
