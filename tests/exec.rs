@@ -169,7 +169,6 @@ fn exec_i_runs_on_this_terminal_in_current() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host() {
-    fleet::require_root();
     let hosts = fleet::Fleet::new(2);
     let dir = tempfile::Builder::new()
         .prefix("shipjar-exec-fleet-")

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::{hello_jar, text};
 use common::{host_field, last_json};
-use fleet::require_root;
 use lifecycle::FleetStage;
 
 /// Port the hello service uses inside every host (each host has its own network).
@@ -50,7 +49,6 @@ impl FleetProject {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn provision_is_idempotent_and_dry_run_changes_nothing() {
-    require_root();
     let p = FleetProject::new(3, "");
     let dry = ok(p.run(&["--json", "provision", "fleet", "--dry-run"]));
     assert!(!text(&dry).contains(&p.secret));
@@ -179,7 +177,6 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
-    require_root();
     let p = FleetProject::new(5, "rolling = { batch = 2 }");
     p.provision();
     let out = ok(p.deploy_with("1.0.0", &[]));
@@ -225,7 +222,6 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn failing_first_batch_stops_and_reverts_leaving_the_rest_untouched() {
-    require_root();
     let p = FleetProject::new(5, "rolling = { batch = 2 }");
     p.provision();
     assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
@@ -253,7 +249,6 @@ fn failing_first_batch_stops_and_reverts_leaving_the_rest_untouched() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn later_batch_failure_reverts_earlier_batches_so_one_version_runs() {
-    require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
     assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
@@ -275,7 +270,6 @@ fn later_batch_failure_reverts_earlier_batches_so_one_version_runs() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_crash_inside_settle_in_batch_2_reverts_batch_1_too() {
-    require_root();
     let p = FleetProject::new(2, "rolling = { batch = 1 }");
     let config_path = p.dir.path().join("shipjar.toml");
     let config = std::fs::read_to_string(&config_path).expect("config");
@@ -308,7 +302,6 @@ fn a_crash_inside_settle_in_batch_2_reverts_batch_1_too() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
-    require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
     assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
@@ -333,7 +326,6 @@ fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds() {
-    require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }\nlock_lease = \"10s\"");
     p.provision();
     assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
@@ -370,7 +362,6 @@ fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds(
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn concurrent_deploys_one_fails_naming_the_other_or_waits() {
-    require_root();
     let p = FleetProject::new(2, "");
     p.provision();
     let first = p.spawn_slow_deploy("1.0.0", 3000);
@@ -394,7 +385,6 @@ fn concurrent_deploys_one_fails_naming_the_other_or_waits() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn status_flags_a_host_restarted_by_hand_from_an_old_release() {
-    require_root();
     let p = FleetProject::new(2, "");
     p.provision();
     assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
@@ -428,7 +418,6 @@ fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_deploy_user_with_passwordless_sudo_can_provision_and_deploy() {
-    require_root();
     let p = FleetProject::new(1, "");
     // On app1: a `deploy` login with the fleet's key and passwordless sudo.
     // (`-p '*'`: no password, but not a locked account, which sshd without PAM refuses.)
@@ -489,7 +478,6 @@ fn make_agent_silent(p: &FleetProject, host: &str) {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_host_that_never_answers_is_given_up_at_answer_timeout_and_a_second_interrupt_ends_at_once() {
-    require_root();
     let p = FleetProject::new(2, "answer_timeout = \"3s\"");
     p.provision();
     assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
@@ -587,7 +575,6 @@ impl Drop for UserMaster {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_link_cut_under_a_users_persistent_master_ends_the_deploy_at_its_deadline_naming_the_host() {
-    require_root();
     let p = FleetProject::new(2, "answer_timeout = \"5s\"");
     p.provision();
     assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
@@ -637,7 +624,6 @@ fn service_pids(p: &FleetProject) -> Vec<i64> {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what() {
-    require_root();
     let p = FleetProject::new(4, "rolling = { batch = 2 }");
     p.provision();
     ok(p.deploy_with("1.0.0", &[]));
@@ -720,7 +706,6 @@ fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
-    require_root();
     let p = FleetProject::new(3, "rolling = { batch = 2 }");
     p.provision();
     ok(p.deploy_with("1.0.0", &[]));
@@ -762,7 +747,6 @@ fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_restart_failing_its_gate_on_a_damaged_host_stops_the_rollout_and_names_it() {
-    require_root();
     let p = FleetProject::new(3, "rolling = { batch = 1 }");
     p.provision();
     ok(p.deploy_with("1.0.0", &[]));
@@ -806,7 +790,6 @@ fn a_restart_failing_its_gate_on_a_damaged_host_stops_the_rollout_and_names_it()
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
-    require_root();
     let p = FleetProject::new(3, "rolling = { batch = 2 }");
     // app3 leaves the stage's own hosts for the `worker` role.
     let config = p.dir.path().join("shipjar.toml");

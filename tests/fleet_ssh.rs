@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::text;
 use common::{host_field, last_json};
-use fleet::require_root;
 use lifecycle::FleetStage;
 
 /// A project whose `fleet` stage is the test fleet.
@@ -104,7 +103,6 @@ fn control_dirs_of(pid: u32) -> Vec<String> {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
-    require_root();
     let p = fleet_project(3);
 
     // provision connects several times per host through a master of its
@@ -162,7 +160,6 @@ fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn status_with_a_host_cut_off_answers_for_the_others_and_flags_it() {
-    require_root();
     let p = fleet_project(3);
     let out = p.run(&["provision", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
@@ -233,7 +230,6 @@ fn masters_in(dir: &std::path::Path) -> Vec<i32> {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn the_users_persistent_multiplexing_is_used_and_a_cut_link_is_reported() {
-    require_root();
     let p = fleet_project(3);
     let out = p.run(&["provision", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));

@@ -272,7 +272,6 @@ fn steps(out: &std::process::Output) -> Vec<(String, String, String)> {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
-    fleet::require_root();
     let hosts = fleet::Fleet::new(2);
     let dir = tempfile::Builder::new()
         .prefix("shipjar-hooks-fleet-")

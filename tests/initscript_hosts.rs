@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::text;
-use fleet::{Fleet, require_root};
+use fleet::Fleet;
 use lifecycle::{StageProject, poll};
 
 /// The hello service's port, inside the host's own network.
@@ -140,7 +140,6 @@ fn assert_provision_changes_nothing(f: &Fleet, p: &StageProject) {
 #[test]
 #[ignore = "needs root"]
 fn initscript_lifecycle_status_agrees_with_the_script_at_every_step() {
-    require_root();
     let mut f = Fleet::new(1);
     let p = lsb_project(&f, "");
 
@@ -254,7 +253,6 @@ fn wait_served(f: &Fleet, limit: Duration) -> Option<String> {
 fn initscript_proxied_service_boots_restarts_without_downtime_and_stops() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    require_root();
     let mut f = Fleet::new(1);
     let p = lsb_project(
         &f,
@@ -328,7 +326,6 @@ fn initscript_proxied_service_boots_restarts_without_downtime_and_stops() {
 #[test]
 #[ignore = "needs root"]
 fn initscript_auto_revert_goes_back_and_the_service_stays_running() {
-    require_root();
     let f = Fleet::new(1);
     let p = lsb_project(&f, "");
     p.append_config(lifecycle::QUICK_AUTO_REVERT);
@@ -364,7 +361,6 @@ fn initscript_auto_revert_goes_back_and_the_service_stays_running() {
 #[test]
 #[ignore = "needs root"]
 fn initscript_provision_takes_over_a_service_running_under_its_own_script() {
-    require_root();
     let f = Fleet::new(1);
     let p = lsb_project(&f, "");
     let jar = common::hello_jar().to_string_lossy().into_owned();

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use common::last_json;
 use common::{hello_jar, shipjar_bin, text};
 use lifecycle::{StageProject, resource_statuses};
-use systemd_host::{Stopped, SystemState, SystemdFleet, require_root};
+use systemd_host::{Stopped, SystemState, SystemdFleet};
 
 /// One host per test, but the tests that look at one deployed service
 /// under the hardened unit share theirs.
@@ -90,7 +90,6 @@ fn report(f: &SystemdFleet, host: &str) {
 #[test]
 #[ignore = "needs root"]
 fn systemd_host_boots_and_answers_ssh_with_strict_host_keys() {
-    require_root();
     let f = fleet();
     let host = BOOT_HOST;
     assert_running(&f, host);
@@ -158,7 +157,6 @@ fn systemd_host_boots_and_answers_ssh_with_strict_host_keys() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_host_reboot_keeps_disk_state_and_starts_with_empty_run_and_tmp() {
-    require_root();
     let f = fleet();
     let host = REBOOT_HOST;
     assert_running(&f, host);
@@ -242,7 +240,6 @@ fn systemd_project_in(
 #[test]
 #[ignore = "needs root"]
 fn systemd_provision_installs_and_enables_the_unit() {
-    require_root();
     let f = fleet();
     let host = PROVISION_HOST;
     assert_running(&f, host);
@@ -290,7 +287,6 @@ fn systemd_provision_installs_and_enables_the_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_deploy_survives_a_reboot_under_its_unit() {
-    require_root();
     let f = fleet();
     let host = DEPLOY_HOST;
     assert_running(&f, host);
@@ -318,7 +314,6 @@ fn systemd_deploy_survives_a_reboot_under_its_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
-    require_root();
     let f = fleet();
     let host = LIFECYCLE_HOST;
     assert_running(&f, host);
@@ -554,7 +549,6 @@ fn cancel_a_hung_deploy(f: &SystemdFleet, host: &str, p: &StageProject) -> Durat
 #[test]
 #[ignore = "needs root"]
 fn systemd_watchdog_restarts_a_hung_supervisor() {
-    require_root();
     let f = fleet();
     let host = WATCHDOG_HOST;
     assert_running(&f, host);
@@ -853,7 +847,6 @@ fn served(ip: &str) -> Option<String> {
 #[test]
 #[ignore = "needs root"]
 fn systemd_host_teardown_kills_a_host_that_ignores_poweroff_and_leaves_nothing() {
-    require_root();
     // A fleet of its own: this test ends it.
     let f = SystemdFleet::new(1);
     let host = "app1";
@@ -931,7 +924,6 @@ fn proxied_pids(f: &SystemdFleet, host: &str) -> (String, String, String, String
 #[ignore = "needs root"]
 fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    require_root();
     let f = fleet();
     let host = PROXY_HOST;
     assert_running(&f, host);
@@ -1165,7 +1157,6 @@ fn as_hello(command: &str) -> String {
 #[test]
 #[ignore = "needs root"]
 fn systemd_installed_unit_exposure_is_at_most_3_5() {
-    require_root();
     let f = fleet();
     let host = HARDENED_HOST;
     hardened(&f);
@@ -1188,7 +1179,6 @@ fn systemd_installed_unit_exposure_is_at_most_3_5() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_service_user_attaches_jcmd_and_jstack_under_the_unit() {
-    require_root();
     let f = fleet();
     let host = HARDENED_HOST;
     let pid = hardened(&f).service_pid;
@@ -1207,7 +1197,6 @@ fn systemd_service_user_attaches_jcmd_and_jstack_under_the_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_jit_compiles_under_the_unit() {
-    require_root();
     let f = fleet();
     let host = HARDENED_HOST;
     let pid = hardened(&f).service_pid;
@@ -1232,7 +1221,6 @@ fn systemd_jit_compiles_under_the_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_status_works_for_any_user_under_the_unit() {
-    require_root();
     let f = fleet();
     let host = HARDENED_HOST;
     hardened(&f);
@@ -1256,7 +1244,6 @@ fn systemd_status_works_for_any_user_under_the_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_auto_revert_goes_back_under_the_unit_which_stays_active() {
-    require_root();
     // A fleet of its own: one host, for this test alone.
     let f = SystemdFleet::new(1);
     let host = "app1";
@@ -1311,7 +1298,6 @@ fn systemd_auto_revert_goes_back_under_the_unit_which_stays_active() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_journal_takes_the_service_output_and_logs_reads_it_there() {
-    require_root();
     // A fleet of its own: one host, for this test alone.
     let f = SystemdFleet::new(1);
     let host = "app1";

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::text;
 use lifecycle::StageProject;
-use systemd_host::{SystemState, SystemdFleet, require_root};
+use systemd_host::{SystemState, SystemdFleet};
 
 fn fleet() -> Arc<SystemdFleet> {
     systemd_host::shared(1)
@@ -57,7 +57,6 @@ fn unit_value(f: &SystemdFleet, host: &str, name: &str) -> String {
 #[test]
 #[ignore = "needs root"]
 fn root_believes_the_units_supervisor_and_systemd_leaves_no_orphan() {
-    require_root();
     let f = fleet();
     let host = "app1";
     assert_eq!(

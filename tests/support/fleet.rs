@@ -90,11 +90,10 @@ const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 /// How long a host may take to accept connections on port 22.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// True when running as root. Otherwise prints the one line saying why a fleet
-/// test did nothing, so a test can `require_root();`.
 /// Fails the test loudly unless it runs as root: a root-only test that cannot
 /// run must not count as passed (they are `#[ignore]`d, so only
-/// `--include-ignored` reaches here).
+/// `--include-ignored` reaches here). Bringing up a fleet checks this first,
+/// so a test calls it only when it does something as root before that.
 pub fn require_root() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
@@ -151,11 +150,7 @@ impl Fleet {
             (1..=250).contains(&n),
             "Fleet::new({n}): a fleet has 1 to 250 hosts"
         );
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "Fleet::new needs root (network namespaces, mounts); \
-             start the test with `require_root();`"
-        );
+        require_root();
         check_tools();
         let started = Instant::now();
         let (k, dir) = match locked(|| {
