@@ -4,7 +4,7 @@
 //! rollback that runs only the rollback hooks.
 
 mod common;
-use common::exited_saying;
+use common::{exited, exited_saying};
 #[path = "support/fleet.rs"]
 mod fleet;
 
@@ -390,8 +390,7 @@ fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
         "the slow deploy: {}",
         text(&slow_out)
     );
-    assert_eq!(rival.status.code(), Some(1), "{}", text(&rival));
-    let rival_text = text(&rival);
+    let rival_text = exited(&rival, 1);
     assert!(
         !rival_text.contains("took over an expired lock"),
         "{rival_text}"

@@ -467,12 +467,20 @@ pub fn ok(out: Output) -> Output {
     out
 }
 
+/// The text of a run (as [`text`] shows it) that exited `code`; otherwise
+/// the test fails showing that text.
+#[track_caller]
+pub fn exited(out: &Output, code: i32) -> String {
+    let said = text(out);
+    assert_eq!(out.status.code(), Some(code), "{said}");
+    said
+}
+
 /// The text of a run (as [`text`] shows it) that exited `code` and said
 /// `needle`; otherwise the test fails showing that text.
 #[track_caller]
 pub fn exited_saying(out: &Output, code: i32, needle: &str) -> String {
-    let said = text(out);
-    assert_eq!(out.status.code(), Some(code), "{said}");
+    let said = exited(out, code);
     assert!(said.contains(needle), "{said}");
     said
 }

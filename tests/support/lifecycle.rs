@@ -77,6 +77,13 @@ impl StageProject {
         std::fs::write(&file, config + text).expect("write config");
     }
 
+    /// Rewrites shipjar.toml with `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let file = self.path().join("shipjar.toml");
+        let config = std::fs::read_to_string(&file).expect("read config");
+        std::fs::write(&file, edit(config)).expect("write config");
+    }
+
     /// `shipjar -C DIR ARGS…` with the secret in its environment, not yet run.
     pub fn command(&self, args: &[&str]) -> Command {
         common::shipjar_in(self.path(), &self.secret, args)
