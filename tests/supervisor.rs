@@ -5,7 +5,6 @@ mod common;
 use common::exited_saying;
 
 use std::fs;
-use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -225,13 +224,11 @@ fn stale_pidfile_of_another_process_is_dead() {
 fn service_ignoring_sigterm_is_killed_after_stop_timeout() {
     let host = Host::new("stubborn");
     let port = free_port();
-    let mut spec = Spec::http_server(port);
     // SIG_IGN survives exec: python inherits "ignore SIGTERM".
-    spec.argv = vec![
-        "sh".into(),
-        "-c".into(),
+    let mut spec = Spec::http_script(
+        port,
         format!("trap '' TERM; exec python3 -m http.server {port} --bind 127.0.0.1"),
-    ];
+    );
     spec.stop_timeout_ms = 1_000;
     host.release("r1", &spec);
     let pid = host.started();
@@ -257,16 +254,14 @@ fn service_ignoring_sigterm_is_killed_after_stop_timeout() {
 fn crash_after_healthy_leaves_status_dead() {
     let host = Host::new("crashy");
     let port = free_port();
-    let mut spec = Spec::http_server(port);
     // The main process exits 3 after a while; its server child must not linger.
-    spec.argv = vec![
-        "sh".into(),
-        "-c".into(),
+    let mut spec = Spec::http_script(
+        port,
         format!(
             "python3 -m http.server {port} --bind 127.0.0.1 & echo $! > {}; sleep 2; exit 3",
             host.root().join("child.pid").display()
         ),
-    ];
+    );
     spec.extra = json!({"restart": {"enabled": false}});
     host.release("r1", &spec);
     let out = host.start();
@@ -297,7 +292,7 @@ fn crash_after_healthy_leaves_status_dead() {
 #[test]
 fn service_starts_clean_and_keeps_its_release() {
     let host = Host::new("clean");
-    let spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    let spec = Spec::sleeper();
     let r1 = host.release("r1", &spec);
 
     // A caller with SIGHUP ignored (nohup) and a stray variable.
@@ -417,9 +412,9 @@ fn stop_while_starting_aborts_the_start() {
     let marker = host.root().join("service.pid");
     host.release(
         "r1",
-        &Spec::shell(
+        &Spec::shell_on_port(
             &format!("echo $$ > {}; exec sleep 600", marker.display()),
-            json!({"kind": "tcp", "port": free_port()}),
+            free_port(),
             30_000,
         ),
     );
@@ -435,12 +430,8 @@ fn stop_while_starting_aborts_the_start() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["was_running"], true);
 
-    let status = start.0.wait().expect("start ends");
-    assert_eq!(status.code(), Some(1));
-    let mut err = String::new();
-    if let Some(mut stderr) = start.0.stderr.take() {
-        let _ = stderr.read_to_string(&mut err);
-    }
+    let (code, err) = start.finish();
+    assert_eq!(code, Some(1));
     assert!(err.contains("stopped while starting"), "{err}");
     let pid: i32 = host.marker_pid(&marker);
     assert!(!alive(pid));
@@ -456,12 +447,7 @@ fn missing_release_fails_fast() {
 #[test]
 #[ignore = "needs root"]
 fn runs_as_the_release_user_when_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run as root (run-tests does)"
-    );
+    common::host::require_root();
     let Some(nobody_uid) = fs::read_to_string("/etc/passwd").ok().and_then(|p| {
         p.lines()
             .find(|l| l.starts_with("nobody:"))
@@ -470,7 +456,7 @@ fn runs_as_the_release_user_when_root() {
         panic!("this test needs the user `nobody` (Debian has it)");
     };
     let host = Host::new("dropped");
-    let mut spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    let mut spec = Spec::sleeper();
     spec.user = Some("nobody".into());
     host.release("r1", &spec);
     let out = host.start();
@@ -491,23 +477,16 @@ fn runs_as_the_release_user_when_root() {
 fn clean_exit_after_sigterm_is_reported() {
     let host = Host::new("graceful");
     let port = free_port();
-    let mut spec = Spec::http_server(port);
     // What a JVM does: handle SIGTERM, exit 143.
-    spec.argv = vec![
-        "sh".into(),
-        "-c".into(),
+    let spec = Spec::http_script(
+        port,
         format!("trap 'exit 143' TERM; python3 -m http.server {port} --bind 127.0.0.1 & wait"),
-    ];
+    );
     host.release("r1", &spec);
     host.started();
     let out = host.run("stop", false);
     exited_saying(&out, 0, "stopped: exited 143 after SIGTERM");
-    assert!(
-        host.log()
-            .contains("[shipjar] stopped: exited 143 after SIGTERM in "),
-        "{}",
-        host.log()
-    );
+    host.assert_logged("[shipjar] stopped: exited 143 after SIGTERM in ");
 }
 
 #[test]
@@ -515,17 +494,15 @@ fn stop_waits_for_and_kills_the_whole_group() {
     let host = Host::new("family");
     let port = free_port();
     let marker = host.root().join("helper.pid");
-    let mut spec = Spec::http_server(port);
     // The main process exits on SIGTERM at once; a helper in its group
     // ignores it and must still be gone after the stop timeout.
-    spec.argv = vec![
-        "sh".into(),
-        "-c".into(),
+    let mut spec = Spec::http_script(
+        port,
         format!(
             "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 600' & exec python3 -m http.server {port} --bind 127.0.0.1",
             marker.display()
         ),
-    ];
+    );
     spec.stop_timeout_ms = 1_000;
     host.release("r1", &spec);
     host.started();
@@ -595,9 +572,9 @@ fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
     let marker = host.root().join("service.pid");
     host.release(
         "r1",
-        &Spec::shell(
+        &Spec::shell_on_port(
             &format!("echo $$ > {}; exec sleep 600", marker.display()),
-            json!({"kind": "tcp", "port": free_port()}),
+            free_port(),
             30_000,
         ),
     );
@@ -625,16 +602,12 @@ fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
     unsafe {
         libc::kill(supervisor, libc::SIGKILL);
     }
-    let status = start.0.wait().expect("start ends");
+    let (code, err) = start.finish();
     assert!(
         began.elapsed() < Duration::from_secs(8),
         "start noticed late"
     );
-    assert_eq!(status.code(), Some(1));
-    let mut err = String::new();
-    if let Some(mut stderr) = start.0.stderr.take() {
-        let _ = stderr.read_to_string(&mut err);
-    }
+    assert_eq!(code, Some(1));
     assert!(err.contains("supervisor exited before reporting"), "{err}");
     let pid: i32 = host.marker_pid(&marker);
     assert!(

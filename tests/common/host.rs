@@ -108,6 +108,18 @@ pub fn run_limited(mut cmd: Command) -> Output {
     child.wait_with_output().expect("collect output")
 }
 
+/// Fails the test unless it runs as root (the tests that need it are
+/// `#[ignore]`d; `./run-tests` runs them as root).
+#[track_caller]
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run as root (run-tests does)"
+    );
+}
+
 /// Release settings for one test.
 pub struct Spec {
     /// `run.argv`.
@@ -190,6 +202,20 @@ impl Spec {
             json!({"kind": "tcp", "port": port}),
             start_timeout_ms,
         )
+    }
+
+    /// A service that sleeps, with no health check.
+    pub fn sleeper() -> Spec {
+        Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000)
+    }
+
+    /// `sh -c SCRIPT` for a script that serves HTTP on `port`, healthy as
+    /// [`Spec::http_server`] is.
+    pub fn http_script(port: u16, script: String) -> Spec {
+        Spec {
+            argv: vec!["sh".into(), "-c".into(), script],
+            ..Spec::http_server(port)
+        }
     }
 
     /// Runs `argv` directly.
@@ -371,6 +397,24 @@ impl Host {
         (code(&out), value)
     }
 
+    /// Writes the supervisor's state file as a supervisor of this boot
+    /// would, for release `r1` in `state`, with `records` (its `supervisor`
+    /// and `service` entries) merged in.
+    pub fn write_state(&self, state: &str, records: Value) {
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+        let mut file = json!({
+            "boot_id": boot.trim(),
+            "release": "r1",
+            "release_dir": self.lib().join("releases/r1"),
+            "state": state,
+            "updated_at": "2026-01-01T00:00:00.000Z"
+        });
+        if let (Some(file), Some(records)) = (file.as_object_mut(), records.as_object()) {
+            file.extend(records.clone());
+        }
+        fs::write(self.run_dir().join("supervisor.json"), file.to_string()).expect("state");
+    }
+
     /// The service pid from the pidfile.
     pub fn service_pid(&self) -> Option<i32> {
         fs::read_to_string(self.pidfile())
@@ -463,6 +507,19 @@ impl Drop for Host {
 
 /// A helper process the test starts itself, killed on drop.
 pub struct Helper(pub Child);
+
+impl Helper {
+    /// Waits for the process to end: its exit code and what it wrote to its
+    /// (piped) stderr.
+    pub fn finish(&mut self) -> (Option<i32>, String) {
+        let status = self.0.wait().expect("the process ends");
+        let mut err = String::new();
+        if let Some(mut stderr) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+        }
+        (status.code(), err)
+    }
+}
 
 impl Drop for Helper {
     fn drop(&mut self) {

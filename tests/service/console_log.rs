@@ -73,7 +73,7 @@ fn a_failed_start_shows_the_last_lines_of_the_configured_file() {
 #[test]
 fn a_log_file_name_that_leaves_the_log_dir_is_refused() {
     let host = Host::new("escape");
-    let mut spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    let mut spec = Spec::sleeper();
     spec.extra = json!({"logs": {"file": "../../../etc/escape.log"}});
     host.release("r1", &spec);
     let out = host.start();
@@ -88,7 +88,7 @@ fn a_log_file_name_that_leaves_the_log_dir_is_refused() {
 #[test]
 fn a_fifo_in_place_of_console_log_is_moved_aside_and_start_does_not_block() {
     let host = Host::new("fifolog");
-    let spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    let spec = Spec::sleeper();
     host.release("r1", &spec);
     let log_dir = host.root().join("var/log/fifolog");
     fs::create_dir_all(&log_dir).expect("mkdir");

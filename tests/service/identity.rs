@@ -30,17 +30,13 @@ fn sleeper() -> (Helper, i32, u64) {
 /// A state file that claims `pid` is the running supervisor and its service.
 fn forge_state(host: &Host, pid: i32, ticks: u64) {
     fs::create_dir_all(host.run_dir()).expect("run dir");
-    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
-    let state = json!({
-        "boot_id": boot.trim(),
-        "supervisor": {"pid": pid, "start_ticks": ticks},
-        "service": {"pid": pid, "start_ticks": ticks},
-        "release": "r1",
-        "release_dir": host.lib().join("releases/r1"),
-        "state": "running",
-        "updated_at": "2026-01-01T00:00:00.000Z"
-    });
-    fs::write(host.run_dir().join("supervisor.json"), state.to_string()).expect("state");
+    host.write_state(
+        "running",
+        json!({
+            "supervisor": {"pid": pid, "start_ticks": ticks},
+            "service": {"pid": pid, "start_ticks": ticks},
+        }),
+    );
     fs::write(host.pidfile(), format!("{pid}\n{ticks}\n")).expect("pidfile");
 }
 

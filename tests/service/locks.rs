@@ -287,16 +287,10 @@ fn a_holder_of_the_old_supervisor_lock_faked_by_python_is_seen_stopped_and_not_d
     let pid = old.0.id() as i32;
     let ticks = crate::common::host::start_ticks(pid).expect("alive");
     // The old supervisor's state file, as it wrote it.
-    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
-    let state = serde_json::json!({
-        "boot_id": boot.trim(),
-        "supervisor": {"pid": pid, "start_ticks": ticks},
-        "release": "r1",
-        "release_dir": host.lib().join("releases/r1"),
-        "state": "starting",
-        "updated_at": "2026-01-01T00:00:00.000Z"
-    });
-    fs::write(host.run_dir().join("supervisor.json"), state.to_string()).expect("state");
+    host.write_state(
+        "starting",
+        serde_json::json!({"supervisor": {"pid": pid, "start_ticks": ticks}}),
+    );
 
     // Seen as the supervisor: `start` joins its start instead of running a second one.
     let (_, status) = host.status_json();

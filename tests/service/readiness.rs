@@ -1,7 +1,6 @@
 //! Readiness that cannot be fooled: the check counts only when this start's
 //! processes hold the socket it reached, and it is noticed quickly.
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -60,12 +59,8 @@ fn a_listener_appearing_during_the_start_is_not_taken_for_the_service() {
     host.remember();
     let impostor = TcpListener::bind(("127.0.0.1", port)).expect("bind the port");
 
-    let status = start.0.wait().expect("start ends");
-    let mut err = String::new();
-    if let Some(mut stderr) = start.0.stderr.take() {
-        let _ = stderr.read_to_string(&mut err);
-    }
-    assert_eq!(status.code(), Some(1), "{err}");
+    let (code, err) = start.finish();
+    assert_eq!(code, Some(1), "{err}");
     let me = std::process::id();
     assert!(
         err.contains(&format!("port {port} already in use by pid {me}"))
