@@ -223,12 +223,8 @@ fn stale_pidfile_of_another_process_is_dead() {
 #[test]
 fn service_ignoring_sigterm_is_killed_after_stop_timeout() {
     let host = Host::new("stubborn");
-    let port = free_port();
     // SIG_IGN survives exec: python inherits "ignore SIGTERM".
-    let mut spec = Spec::http_script(
-        port,
-        format!("trap '' TERM; exec python3 -m http.server {port} --bind 127.0.0.1"),
-    );
+    let mut spec = Spec::http_script("trap '' TERM; exec {server}");
     spec.stop_timeout_ms = 1_000;
     host.release("r1", &spec);
     let pid = host.started();
@@ -253,15 +249,11 @@ fn service_ignoring_sigterm_is_killed_after_stop_timeout() {
 #[test]
 fn crash_after_healthy_leaves_status_dead() {
     let host = Host::new("crashy");
-    let port = free_port();
     // The main process exits 3 after a while; its server child must not linger.
-    let mut spec = Spec::http_script(
-        port,
-        format!(
-            "python3 -m http.server {port} --bind 127.0.0.1 & echo $! > {}; sleep 2; exit 3",
-            host.root().join("child.pid").display()
-        ),
-    );
+    let mut spec = Spec::http_script(&format!(
+        "{{server}} & echo $! > {}; sleep 2; exit 3",
+        host.root().join("child.pid").display()
+    ));
     spec.extra = json!({"restart": {"enabled": false}});
     host.release("r1", &spec);
     let out = host.start();
@@ -406,9 +398,10 @@ fn health_check_answered_by_someone_else_fails_start() {
     drop(listener);
 }
 
-#[test]
-fn stop_while_starting_aborts_the_start() {
-    let host = Host::new("abort");
+/// Releases a service that records its pid in a marker file and never
+/// gets healthy, and starts it in the background: the marker file and the
+/// start.
+fn start_a_service_never_healthy(host: &Host) -> (std::path::PathBuf, Helper) {
     let marker = host.root().join("service.pid");
     host.release(
         "r1",
@@ -418,7 +411,13 @@ fn stop_while_starting_aborts_the_start() {
             30_000,
         ),
     );
-    let mut start = host.spawn_start();
+    (marker, host.spawn_start())
+}
+
+#[test]
+fn stop_while_starting_aborts_the_start() {
+    let host = Host::new("abort");
+    let (marker, mut start) = start_a_service_never_healthy(&host);
     assert!(
         eventually(Duration::from_secs(10), || host.service_pid().is_some()),
         "service never spawned"
@@ -476,12 +475,8 @@ fn runs_as_the_release_user_when_root() {
 #[test]
 fn clean_exit_after_sigterm_is_reported() {
     let host = Host::new("graceful");
-    let port = free_port();
     // What a JVM does: handle SIGTERM, exit 143.
-    let spec = Spec::http_script(
-        port,
-        format!("trap 'exit 143' TERM; python3 -m http.server {port} --bind 127.0.0.1 & wait"),
-    );
+    let spec = Spec::http_script("trap 'exit 143' TERM; {server} & wait");
     host.release("r1", &spec);
     host.started();
     let out = host.run("stop", false);
@@ -492,17 +487,13 @@ fn clean_exit_after_sigterm_is_reported() {
 #[test]
 fn stop_waits_for_and_kills_the_whole_group() {
     let host = Host::new("family");
-    let port = free_port();
     let marker = host.root().join("helper.pid");
     // The main process exits on SIGTERM at once; a helper in its group
     // ignores it and must still be gone after the stop timeout.
-    let mut spec = Spec::http_script(
-        port,
-        format!(
-            "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 600' & exec python3 -m http.server {port} --bind 127.0.0.1",
-            marker.display()
-        ),
-    );
+    let mut spec = Spec::http_script(&format!(
+        "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 600' & exec {{server}}",
+        marker.display()
+    ));
     spec.stop_timeout_ms = 1_000;
     host.release("r1", &spec);
     host.started();
@@ -569,16 +560,7 @@ fn service_without_supervisor_is_still_tracked_and_stopped() {
 #[test]
 fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
     let host = Host::new("sudden");
-    let marker = host.root().join("service.pid");
-    host.release(
-        "r1",
-        &Spec::shell_on_port(
-            &format!("echo $$ > {}; exec sleep 600", marker.display()),
-            free_port(),
-            30_000,
-        ),
-    );
-    let mut start = host.spawn_start();
+    let (marker, mut start) = start_a_service_never_healthy(&host);
     // Once the state names the service; before that, a supervisor killed
     // right after spawning leaves nothing to find the service by.
     let state_file = host.run_dir().join("supervisor.json");

@@ -209,11 +209,17 @@ impl Spec {
         Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000)
     }
 
-    /// `sh -c SCRIPT` for a script that serves HTTP on `port`, healthy as
-    /// [`Spec::http_server`] is.
-    pub fn http_script(port: u16, script: String) -> Spec {
+    /// `sh -c SCRIPT` where `{server}` in `script` runs python's http.server
+    /// on a free port, healthy as [`Spec::http_server`] is.
+    pub fn http_script(script: &str) -> Spec {
+        let port = free_port();
+        let server = python_http(port).join(" ");
         Spec {
-            argv: vec!["sh".into(), "-c".into(), script],
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                script.replace("{server}", &server),
+            ],
             ..Spec::http_server(port)
         }
     }
