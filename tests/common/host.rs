@@ -375,6 +375,30 @@ impl Host {
         self.service_pid().expect("pid")
     }
 
+    /// Starts the service where `orphan` runs unsupervised (its supervisor
+    /// gone): the start must succeed, saying first that it replaced `orphan`
+    /// (then `then`), which must be gone; the status after it, which must
+    /// say running.
+    #[track_caller]
+    pub fn start_replacing(&self, orphan: i32, then: &str) -> Value {
+        let out = self.start();
+        assert_eq!(code(&out), 0, "{}\n{}", text(&out), self.log());
+        stdout_starting(
+            &out,
+            &format!(
+                "replaced an unsupervised service pid {orphan} (its supervisor was gone): \
+                 terminated after SIGTERM\n{then}"
+            ),
+        );
+        assert!(
+            !alive(orphan),
+            "the unsupervised pid {orphan} still runs next to the new service"
+        );
+        let (rc, status) = self.status_json();
+        assert_eq!(rc, 0, "{status}");
+        status
+    }
+
     /// `service start` running in the background, its output piped.
     pub fn spawn_start(&self) -> Helper {
         let mut start = self.command("start", false);

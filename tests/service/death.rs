@@ -63,17 +63,7 @@ fn a_killed_supervisor_is_named_and_start_replaces_its_orphan() {
     assert!(humantime::parse_rfc3339(since).is_ok(), "{since}");
 
     // start stops the orphan first (the port is free again) and says so.
-    let out = host.start();
-    assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
-    stdout_starting(
-        &out,
-        &format!(
-            "replaced an unsupervised service pid {pid} (its supervisor was gone): terminated after SIGTERM\nstarted: pid "
-        ),
-    );
-    assert!(!alive(pid), "the orphan still runs next to the new service");
-    let (rc, status) = host.status_json();
-    assert_eq!(rc, 0, "{status}");
+    let status = host.start_replacing(pid, "started: pid ");
     assert_eq!(status["state"], "running", "{status}");
     assert_ne!(status["pid"], pid);
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::host::{
-    Helper, Host, Spec, alive, code, eventually, free_port, start_ticks, stdout_starting, text,
+    Helper, Host, Spec, code, eventually, free_port, start_ticks, stdout_starting, text,
 };
 use crate::common::http_get;
 
@@ -163,16 +163,6 @@ fn a_hello_started_by_hand_with_a_legacy_pidfile_is_proven_and_replaced() {
     assert_eq!(status["release"], "r1", "{status}");
     assert_eq!(status["healthy"], true, "{status}");
 
-    let out = host.start();
-    assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
-    stdout_starting(
-        &out,
-        &format!(
-            "replaced an unsupervised service pid {pid} (its supervisor was gone): terminated after SIGTERM\n"
-        ),
-    );
-    assert!(!alive(pid), "the hand-started hello still runs");
-    let (rc, status) = host.status_json();
-    assert_eq!(rc, 0, "{status}");
+    let status = host.start_replacing(pid, "");
     assert_ne!(status["pid"], pid, "{status}");
 }
