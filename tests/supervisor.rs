@@ -519,9 +519,7 @@ fn stop_waits_for_and_kills_the_whole_group() {
 
 #[test]
 fn service_without_supervisor_is_still_tracked_and_stopped() {
-    let host = Host::new("orphan");
-    host.release("r1", &Spec::http_server(free_port()));
-    let pid = host.started();
+    let (host, pid) = Host::running("orphan", &Spec::http_server(free_port()));
     let (_, status) = host.status_json();
     let supervisor = status["supervisor_pid"].as_i64().expect("supervisor") as i32;
 

@@ -368,11 +368,22 @@ impl Host {
     }
 
     /// Starts the service, which must succeed (else the test fails showing
-    /// the console log); the service pid.
+    /// what the start said and the console log); the service pid.
     #[track_caller]
     pub fn started(&self) -> i32 {
-        assert_eq!(code(&self.start()), 0, "{}", self.log());
+        let out = self.start();
+        assert_eq!(code(&out), 0, "{}\n{}", text(&out), self.log());
         self.service_pid().expect("pid")
+    }
+
+    /// A host whose service `name` runs `spec` as release `r1`, started
+    /// (see [`Host::started`]); the service pid.
+    #[track_caller]
+    pub fn running(name: &str, spec: &Spec) -> (Host, i32) {
+        let host = Host::new(name);
+        host.release("r1", spec);
+        let pid = host.started();
+        (host, pid)
     }
 
     /// Starts the service where `orphan` runs unsupervised (its supervisor

@@ -34,10 +34,8 @@ fn supervisor_pid(run_dir: &std::path::Path) -> i32 {
 
 #[test]
 fn a_killed_supervisor_is_named_and_start_replaces_its_orphan() {
-    let host = Host::new("orphaned");
     let port = free_port();
-    host.release("r1", &Spec::hello(port, &[]));
-    let pid = host.started();
+    let (host, pid) = Host::running("orphaned", &Spec::hello(port, &[]));
     let supervisor = supervisor_pid(&host.run_dir());
 
     kill9(supervisor);
@@ -248,9 +246,7 @@ fn the_fleet_status_of_a_starting_service_is_not_unhealthy() {
 
 #[test]
 fn a_killed_supervisor_whose_service_died_too_is_dead_and_start_begins_afresh() {
-    let host = Host::new("bothgone");
-    host.release("r1", &Spec::hello(free_port(), &[]));
-    let pid = host.started();
+    let (host, pid) = Host::running("bothgone", &Spec::hello(free_port(), &[]));
     let supervisor = supervisor_pid(&host.run_dir());
     kill9(supervisor);
     kill9(pid);

@@ -22,6 +22,7 @@ struct TestUser {
 
 impl TestUser {
     fn create(tag: &str) -> TestUser {
+        host::require_root();
         let n = std::process::id() % 100_000;
         let name = format!("sj{tag}{n}");
         let extra_group = format!("sj{tag}g{n}");
@@ -143,7 +144,6 @@ fn deployed_as(user: &TestUser, edit: impl FnOnce(String) -> String) -> Project 
 #[test]
 #[ignore = "needs root"]
 fn the_jvm_runs_as_its_user_and_cannot_write_its_release() {
-    host::require_root();
     let user = TestUser::create("p");
     let p = deployed_as(&user, |c| c);
 
@@ -209,7 +209,6 @@ fn the_jvm_runs_as_its_user_and_cannot_write_its_release() {
 #[test]
 #[ignore = "needs root"]
 fn a_release_the_service_user_could_change_is_refused() {
-    host::require_root();
     let user = TestUser::create("w");
     let host = Host::new("lax");
     fs::set_permissions(host.root(), fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -229,7 +228,6 @@ fn a_release_the_service_user_could_change_is_refused() {
 #[test]
 #[ignore = "needs root"]
 fn a_service_writing_its_own_name_log_keeps_it() {
-    host::require_root();
     let user = TestUser::create("l");
     // Its own logging writes /var/log/hello/hello.log, as a logback.xml would.
     let p = deployed_as(&user, |c| {

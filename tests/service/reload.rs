@@ -10,10 +10,8 @@ use crate::common::host::{Host, Spec, alive, code, eventually, free_port, text};
 
 #[test]
 fn reload_without_a_signal_restarts_through_the_gate_into_current() {
-    let host = Host::new("refresh");
     let port = free_port();
-    host.release("r1", &Spec::hello(port, &[]));
-    let first = host.started();
+    let (host, first) = Host::running("refresh", &Spec::hello(port, &[]));
 
     host.release("r2", &Spec::hello(port, &[]));
     let out = host.run("reload", true);

@@ -22,9 +22,7 @@ fn stop_json(host: &Host) -> Value {
 
 #[test]
 fn a_jvm_stops_cleanly_with_143() {
-    let host = Host::new("polite");
-    host.release("r1", &Spec::hello(crate::common::free_port(), &[]));
-    let pid = host.started();
+    let (host, pid) = Host::running("polite", &Spec::hello(crate::common::free_port(), &[]));
     let report = stop_json(&host);
     assert_eq!(report["how"], "exited 143 after SIGTERM", "{report}");
     assert_eq!(report["exit_code"], 143);
