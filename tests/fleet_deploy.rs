@@ -176,15 +176,13 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
         script.contains("### BEGIN INIT INFO") && script.contains("/usr/local/bin/shipjar"),
         "{script}"
     );
-    let links = p
-        .fleet
-        .exec("app2", &["sh", "-c", "ls /etc/rc2.d | grep -x 'S..hello'"]);
+    let links = p.fleet.sh("app2", "ls /etc/rc2.d | grep -x 'S..hello'");
     assert!(links.status.success(), "init script not enabled at boot");
 
     // Someone edited the script on app1, even pasting the password into it: a
     // dry run shows the change as a diff, with the secret masked.
     let edit = format!("echo '# db password {}' >> /etc/init.d/hello", p.secret);
-    assert!(p.fleet.exec("app1", &["sh", "-c", &edit]).status.success());
+    assert!(p.fleet.sh("app1", &edit).status.success());
     let dry = p.run(&["provision", "fleet", "--dry-run"]);
     let shown = exited_saying(&dry, 0, "-# db password ********");
     assert!(!shown.contains(&p.secret), "{shown}");
@@ -433,7 +431,7 @@ fn a_deploy_user_with_passwordless_sudo_can_provision_and_deploy() {
                  install -d -m 700 -o deploy -g deploy /home/deploy/.ssh; \
                  install -m 600 -o deploy -g deploy /root/.ssh/authorized_keys /home/deploy/.ssh/; \
                  echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy; chmod 440 /etc/sudoers.d/deploy";
-    let out = p.fleet.exec("app1", &["sh", "-c", setup]);
+    let out = p.fleet.sh("app1", setup);
     assert!(out.status.success(), "{}", text(&out));
     p.edit_config(|config| {
         config.replace(
@@ -468,15 +466,11 @@ fn finish_within(mut child: std::process::Child, limit: Duration) -> Output {
 /// Replaces `host`'s shipjar with a program that reads its input and never
 /// answers: an agent stuck on something it waits for.
 fn make_agent_silent(p: &FleetProject, host: &str) {
-    let out = p.fleet.exec(
+    let out = p.fleet.sh(
         host,
-        &[
-            "sh",
-            "-c",
-            "mv /usr/local/bin/shipjar /usr/local/bin/shipjar.real && \
+        "mv /usr/local/bin/shipjar /usr/local/bin/shipjar.real && \
              printf '#!/bin/sh\\nexec cat >/dev/null\\n' >/usr/local/bin/shipjar && \
              chmod 755 /usr/local/bin/shipjar",
-        ],
     );
     assert!(out.status.success(), "{}", text(&out));
 }

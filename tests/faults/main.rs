@@ -408,14 +408,9 @@ impl Suite {
 
     /// Starts a `sleep` inside the host, unrelated to shipjar.
     pub fn start_sentinel(&mut self, host: &str) {
-        let out = self.fleet.exec(
-            host,
-            &[
-                "sh",
-                "-c",
-                "sleep 86400 </dev/null >/dev/null 2>&1 & echo $!",
-            ],
-        );
+        let out = self
+            .fleet
+            .sh(host, "sleep 86400 </dev/null >/dev/null 2>&1 & echo $!");
         let pid: i32 = String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()

@@ -58,11 +58,7 @@ pub fn secrets(s: &mut Suite) {
         if v.starts_with("-----BEGIN") {
             logs_mask_what_the_service_printed(s, &v);
         }
-        let file = s.fleet.exec(
-            "app1",
-            &["sh", "-c", "cat /var/lib/hello/current/config/database.properties; stat -c %a /var/lib/hello/current/config/database.properties"],
-        );
-        let got = String::from_utf8_lossy(&file.stdout).to_string();
+        let got = s.fleet.sh_stdout("app1", "cat /var/lib/hello/current/config/database.properties; stat -c %a /var/lib/hello/current/config/database.properties");
         // A .properties value escapes its newlines; the file must hold the value itself.
         let line = format!("password={v}\n");
         if !got.contains(&line) {

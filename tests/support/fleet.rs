@@ -260,6 +260,30 @@ impl Fleet {
         .expect("run nsenter")
     }
 
+    /// `sh -c SCRIPT` inside the host, as [`Fleet::exec`] runs a command.
+    pub fn sh(&self, host: &str, script: &str) -> Output {
+        self.exec(host, &["sh", "-c", script])
+    }
+
+    /// What `sh -c SCRIPT` inside the host printed on its stdout.
+    pub fn sh_stdout(&self, host: &str, script: &str) -> String {
+        String::from_utf8_lossy(&self.sh(host, script).stdout).into_owned()
+    }
+
+    /// The host's processes: (pid, command line with spaces for NULs), the
+    /// shell that lists them included.
+    pub fn processes(&self, host: &str) -> Vec<(i32, String)> {
+        let script = "for d in /proc/[0-9]*; do c=$(tr '\\0' ' ' < \"$d/cmdline\" 2>/dev/null); \
+                      [ -n \"$c\" ] && echo \"${d#/proc/} $c\"; done; true";
+        self.sh_stdout(host, script)
+            .lines()
+            .filter_map(|l| {
+                let (pid, cmd) = l.split_once(' ')?;
+                Some((pid.parse().ok()?, cmd.to_string()))
+            })
+            .collect()
+    }
+
     /// Cuts the host off the network: its bridge port goes down, so nothing
     /// reaches it and nothing it sends arrives anywhere (its `eth0` loses
     /// carrier). Its processes keep running.
