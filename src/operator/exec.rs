@@ -44,7 +44,19 @@ pub fn exec(project: &Project, args: &ExecArgs, reporter: &Reporter) -> Result<i
     if args.interactive {
         return interactive(project, &stage, args);
     }
-    let fleet = Fleet::for_stage(project, &stage, &args.fleet)?;
+    let hosts = run_on_hosts(project, &stage, args, timeout, reporter)?;
+    Ok(report(&stage, selection.as_ref(), &hosts, reporter))
+}
+
+/// Runs the command on every host of the stage, `--parallel` at a time.
+fn run_on_hosts(
+    project: &Project,
+    stage: &ResolvedStage,
+    args: &ExecArgs,
+    timeout: std::time::Duration,
+    reporter: &Reporter,
+) -> Result<Vec<HostExec>> {
+    let fleet = Fleet::for_stage(project, stage, &args.fleet)?;
     let request = Request::Exec {
         argv: args.command.clone(),
         timeout_ms: timeout.as_millis() as u64,
@@ -78,9 +90,19 @@ pub fn exec(project: &Project, args: &ExecArgs, reporter: &Reporter) -> Result<i
             took_ms,
         });
     });
-    let hosts: Vec<HostExec> = rows.into_iter().filter_map(|(_, _, r)| r).collect();
+    Ok(rows.into_iter().filter_map(|(_, _, r)| r).collect())
+}
+
+/// Prints each host's end and the summary; the exit code: 0 when every host exited 0, a single
+/// host's own code, else 1.
+fn report(
+    stage: &ResolvedStage,
+    selection: Option<&select::Selection>,
+    hosts: &[HostExec],
+    reporter: &Reporter,
+) -> i32 {
     let mut text = String::new();
-    for h in &hosts {
+    for h in hosts {
         let status = if h.code == Some(0) {
             StepStatus::Ok
         } else {
@@ -96,10 +118,10 @@ pub fn exec(project: &Project, args: &ExecArgs, reporter: &Reporter) -> Result<i
         hosts.len(),
         if hosts.len() == 1 { "" } else { "s" }
     ));
-    if let Some(s) = &selection {
+    if let Some(s) = selection {
         text.push_str(&format!("ran on: {}\n", s.describe()));
     }
-    let code = match hosts.as_slice() {
+    let code = match hosts {
         [only] => only
             .code
             .map_or(1, |c| if c == 0 { 0 } else { c.clamp(1, 255) }),
@@ -116,11 +138,11 @@ pub fn exec(project: &Project, args: &ExecArgs, reporter: &Reporter) -> Result<i
         &ExecResult {
             ok: failed == 0,
             stage: &stage.name,
-            hosts: &hosts,
+            hosts,
         },
         &text,
     );
-    Ok(code)
+    code
 }
 
 /// `exec -i`: the host-side `service exec` on this terminal; its exit code is ours.

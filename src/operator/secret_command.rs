@@ -70,21 +70,7 @@ fn run(name: &str, argv: &[String], dir: &Path, timeout: Duration) -> Result<Str
     let stdout = drain(child.stdout.take(), MAX_VALUE_BYTES + 1);
     let stderr = drain(child.stderr.take(), 64 * 1024);
     let pgid = Pid::from_raw(child.id() as i32);
-    let started = Instant::now();
-    let ended = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) if started.elapsed() >= timeout => {
-                let _ = killpg(pgid, Signal::SIGKILL);
-                let _ = child.wait();
-                let limit =
-                    humantime::format_duration(Duration::from_millis(timeout.as_millis() as u64));
-                break Err(format!("timed out after {limit}; killed"));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => break Err(format!("could not be waited for: {e}")),
-        }
-    };
+    let ended = wait_or_kill(&mut child, pgid, timeout);
     // Whatever it left running in its group goes too, so the pipes close.
     let _ = killpg(pgid, Signal::SIGKILL);
     let out = stdout
@@ -109,16 +95,7 @@ fn run(name: &str, argv: &[String], dir: &Path, timeout: Duration) -> Result<Str
     let with_stderr = |what: String| {
         crate::operator::output::register_secret(&value, short);
         let masked = masker.mask(&String::from_utf8_lossy(&err)).into_owned();
-        let lines: Vec<&str> = masked.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(STDERR_LINES)..];
-        let mut e = fail(what);
-        if !tail.is_empty() {
-            e.message.push_str("; its stderr:");
-            for line in tail {
-                e.message.push_str(&format!("\n  {line}"));
-            }
-        }
-        e
+        with_stderr_tail(fail(what), &masked)
     };
     let status = ended.map_err(&with_stderr)?;
     if !status.success() {
@@ -131,6 +108,42 @@ fn run(name: &str, argv: &[String], dir: &Path, timeout: Duration) -> Result<Str
         return Err(fail("printed something that is not UTF-8 text".into()));
     }
     Ok(value)
+}
+
+/// The command's exit, or why there is none: killed (with its group) at `timeout`.
+fn wait_or_kill(
+    child: &mut std::process::Child,
+    pgid: Pid,
+    timeout: Duration,
+) -> std::result::Result<std::process::ExitStatus, String> {
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if started.elapsed() >= timeout => {
+                let _ = killpg(pgid, Signal::SIGKILL);
+                let _ = child.wait();
+                let limit =
+                    humantime::format_duration(Duration::from_millis(timeout.as_millis() as u64));
+                return Err(format!("timed out after {limit}; killed"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("could not be waited for: {e}")),
+        }
+    }
+}
+
+/// `e` with the last lines of the command's (already masked) stderr appended.
+fn with_stderr_tail(mut e: Error, masked_stderr: &str) -> Error {
+    let lines: Vec<&str> = masked_stderr.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(STDERR_LINES)..];
+    if !tail.is_empty() {
+        e.message.push_str("; its stderr:");
+        for line in tail {
+            e.message.push_str(&format!("\n  {line}"));
+        }
+    }
+    e
 }
 
 /// Reads `pipe` to its end (at most `limit` bytes kept) in a thread.

@@ -41,6 +41,23 @@ pub fn render(spec: &InitSpec) -> Result<String, String> {
         spec.restart.max_failures.max(1)
     ));
     line(String::new());
+    service_section(spec, &shipjar, &root, &mut line);
+    hardening(&mut line, &spec.shipjar, &spec.root);
+    line(format!(
+        "ReadWritePaths={}",
+        writable_paths(spec, production)?.join(" ")
+    ));
+    line(String::new());
+    line("[Install]".into());
+    line("WantedBy=multi-user.target".into());
+    Ok(u)
+}
+
+/// `[Service]` up to its sandboxing: how systemd starts, reloads, times and
+/// restarts the supervisor.
+fn service_section(spec: &InitSpec, shipjar: &str, root: &str, line: &mut impl FnMut(String)) {
+    let name = &spec.name;
+    let production = spec.root == Path::new("/");
     line("[Service]".into());
     line("Type=notify".into());
     line("NotifyAccess=main".into());
@@ -89,15 +106,6 @@ pub fn render(spec: &InitSpec) -> Result<String, String> {
     // whatever is left at TimeoutStopSec is SIGKILLed.
     line("KillMode=mixed".into());
     line("LimitNOFILE=65536".into());
-    hardening(&mut line, &spec.shipjar, &spec.root);
-    line(format!(
-        "ReadWritePaths={}",
-        writable_paths(spec, production)?.join(" ")
-    ));
-    line(String::new());
-    line("[Install]".into());
-    line("WantedBy=multi-user.target".into());
-    Ok(u)
 }
 
 /// What the sandboxed supervisor may write: the log dir and `shared/`; off

@@ -330,41 +330,49 @@ mod sock_diag {
                 }
                 return Err(e);
             }
-            let mut at = 0usize;
-            let n = n as usize;
-            while at + size_of::<Header>() <= n {
-                // SAFETY: at least a header's bytes remain; read_unaligned copies them.
-                let header: Header = unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
-                let len = header.len as usize;
-                if len < size_of::<Header>() || at + len > n {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "short netlink message",
-                    ));
-                }
-                match header.kind {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        return Err(io::Error::other("sock_diag refused the request"));
-                    }
-                    SOCK_DIAG_BY_FAMILY if len >= size_of::<Header>() + size_of::<Message>() => {
-                        let body = at + size_of::<Header>();
-                        // SAFETY: the message's bytes are within this datagram (checked above).
-                        let message: Message =
-                            unsafe { std::ptr::read_unaligned(buf[body..].as_ptr().cast()) };
-                        if message.inode != 0 {
-                            found.push((
-                                u64::from(message.inode),
-                                u16::from_be_bytes(message.id.sport),
-                            ));
-                        }
-                    }
-                    _ => {}
-                }
-                // Messages are 4-byte aligned.
-                at += (len + 3) & !3;
+            if read_answers(&buf[..n as usize], found)? {
+                return Ok(());
             }
         }
+    }
+
+    /// Collects the sockets one datagram of the dump names; true at the dump's end.
+    fn read_answers(buf: &[u8], found: &mut Vec<(u64, u16)>) -> io::Result<bool> {
+        let n = buf.len();
+        let mut at = 0usize;
+        while at + size_of::<Header>() <= n {
+            // SAFETY: at least a header's bytes remain; read_unaligned copies them.
+            let header: Header = unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+            let len = header.len as usize;
+            if len < size_of::<Header>() || at + len > n {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "short netlink message",
+                ));
+            }
+            match header.kind {
+                NLMSG_DONE => return Ok(true),
+                NLMSG_ERROR => {
+                    return Err(io::Error::other("sock_diag refused the request"));
+                }
+                SOCK_DIAG_BY_FAMILY if len >= size_of::<Header>() + size_of::<Message>() => {
+                    let body = at + size_of::<Header>();
+                    // SAFETY: the message's bytes are within this datagram (checked above).
+                    let message: Message =
+                        unsafe { std::ptr::read_unaligned(buf[body..].as_ptr().cast()) };
+                    if message.inode != 0 {
+                        found.push((
+                            u64::from(message.inode),
+                            u16::from_be_bytes(message.id.sport),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            // Messages are 4-byte aligned.
+            at += (len + 3) & !3;
+        }
+        Ok(false)
     }
 }
 
