@@ -536,16 +536,9 @@ fn a_one_character_secret_is_a_config_error_naming_it() {
     ok(cmd.output().unwrap());
     let current = p.current().expect("deployed");
     let out = p.run(&["releases", "local"]);
-    assert!(
-        text(&out).contains(&current),
-        "release ids intact: {}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains("2.0.2"),
-        "versions intact: {}",
-        text(&out)
-    );
+    for (what, shown) in [("release ids", current.as_str()), ("versions", "2.0.2")] {
+        assert!(text(&out).contains(shown), "{what} intact: {}", text(&out));
+    }
 }
 
 #[test]

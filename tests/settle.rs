@@ -9,9 +9,9 @@ mod common;
 use common::{exited_saying, ok};
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::host::Helper;
 use common::{Project, text};
 
 /// The example's config with `[health] settle` set.
@@ -89,16 +89,6 @@ fn wait_for_line(stderr: &mut impl BufRead, wanted: &str) -> String {
     }
 }
 
-/// The operator, SIGKILLed if the test ends before it does.
-struct Operator(std::process::Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_second_ctrl_c_during_settle_reverts_at_once() {
     let p = settling("0s");
@@ -107,14 +97,8 @@ fn a_second_ctrl_c_during_settle_reverts_at_once() {
     let file = p.path().join("shipjar.toml");
     let config = std::fs::read_to_string(&file).expect("config");
     std::fs::write(&file, config.replace("settle = \"0s\"", "settle = \"60s\"")).unwrap();
-    let jar = common::hello_jar().to_string_lossy().into_owned();
-    let mut child = Operator(
-        p.command(&["deploy", "local", "--artifact", &jar, "--version", "2.0.0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn deploy"),
-    );
+    // The operator, SIGKILLed if the test ends before it does.
+    let mut child = Helper(p.spawn_deploy("2.0.0", &[]));
     let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
     wait_for_line(&mut stderr, "must stay healthy for");
     interrupt(&child.0);

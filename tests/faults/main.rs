@@ -352,6 +352,17 @@ impl Suite {
         self.run(&args)
     }
 
+    /// Deploys a fresh version to stage `all`; a failure is recorded as the
+    /// deploy `after` (what came before it) failing. Its output.
+    pub fn deploy_next(&mut self, after: &str) -> Output {
+        let v = self.next_version();
+        let out = self.deploy("all", &v, &[]);
+        if out.status.code() != Some(0) {
+            self.fail(format!("the deploy {after} failed: {}", text(&out)));
+        }
+        out
+    }
+
     /// Starts shipjar with piped output.
     pub fn spawn(&self, args: &[String]) -> Child {
         self.command(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -495,14 +506,7 @@ impl Suite {
         check::settle(self);
         let out = self.run(&["unlock", "all"]);
         assert!(out.status.success(), "unlock: {}", text(&out));
-        let v = self.next_version();
-        let out = self.deploy("all", &v, &[]);
-        if out.status.code() != Some(0) {
-            self.fail(format!(
-                "the deploy after the fault did not succeed: {}",
-                text(&out)
-            ));
-        }
+        let out = self.deploy_next("after the fault");
         check::invariant(self, "after recovery", Some(&out), true);
         check::leftovers(self);
     }
