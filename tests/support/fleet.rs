@@ -1360,26 +1360,22 @@ impl Fleet {
         );
     }
 
+    /// `tc qdisc ARGS…` in the switch's namespace, not yet run.
+    fn switch_tc(&self, args: &[&str]) -> Command {
+        let mut tc = Command::new("ip");
+        tc.args(["netns", "exec", &self.switch, "tc", "qdisc"])
+            .args(args);
+        tc
+    }
+
     /// Slows what is sent to the host to `kbit` kbit/s (a token bucket on its
     /// bridge port), so that an upload takes long enough to be interrupted.
     pub fn slow_link(&self, host: &str, kbit: u32) {
         let port = &self.host(host).port;
         let rate = format!("{kbit}kbit");
-        if let Err(e) = run(Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.switch,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                port,
-            ])
-            .args([
-                "root", "tbf", "rate", &rate, "burst", "32kbit", "latency", "400ms",
-            ]))
-        {
+        if let Err(e) = run(self.switch_tc(&["replace", "dev", port]).args([
+            "root", "tbf", "rate", &rate, "burst", "32kbit", "latency", "400ms",
+        ])) {
             panic!("fleet {}: slowing {host}'s link: {e}", self.prefix);
         }
     }
@@ -1387,18 +1383,7 @@ impl Fleet {
     /// Undoes [`Fleet::slow_link`].
     pub fn fast_link(&self, host: &str) {
         let port = &self.host(host).port;
-        let _ = run(Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.switch,
-                "tc",
-                "qdisc",
-                "del",
-                "dev",
-                port,
-            ])
-            .arg("root"));
+        let _ = run(self.switch_tc(&["del", "dev", port]).arg("root"));
     }
 
     fn host_mut(&mut self, name: &str) -> &mut Host {
