@@ -28,10 +28,9 @@ const HOST: &str = "app1";
 /// A hello project whose stage `lsb` is the one host without systemd, with
 /// `stage_extra` lines in the stage's table.
 fn lsb_project(f: &Fleet, stage_extra: &str) -> StageProject {
-    StageProject::new(
-        lifecycle::temp_dir("lsb"),
+    StageProject::one_host(
         "lsb",
-        &[HOST.to_string()],
+        HOST,
         f.ssh_config(),
         stage_extra,
         lifecycle::reachable,
@@ -350,8 +349,7 @@ fn initscript_auto_revert_goes_back_and_the_service_stays_running() {
     assert_eq!(served(&f).as_deref(), Some("1.0.0"));
     let revisions = ssh_ok(&f, "grep -c '\tauto-revert\t' /var/lib/hello/revisions.log");
     assert_eq!(revisions, "2");
-    let status = p.run(&["status", "lsb"]);
-    exited_saying(&status, 1, "! drifted from the stage's last deploy");
+    p.assert_drifted();
 }
 
 /// The seed's situation: the service runs under its own init script.

@@ -26,10 +26,9 @@ fn fleet() -> Arc<SystemdFleet> {
 
 /// A copy of the hello project whose `systemd` stage is the one host.
 fn project(f: &SystemdFleet, host: &str) -> StageProject {
-    StageProject::new(
-        lifecycle::temp_dir("systemd"),
+    StageProject::one_host(
         "systemd",
-        &[host.to_string()],
+        host,
         f.ssh_config(),
         "",
         lifecycle::short_timeouts,

@@ -65,6 +65,34 @@ impl StageProject {
         }
     }
 
+    /// A project in a new temp dir whose stage `stage` is the one host
+    /// `host`; the rest as for [`StageProject::new`].
+    pub fn one_host(
+        stage: &str,
+        host: &str,
+        ssh_config: &Path,
+        stage_extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> StageProject {
+        let hosts = [host.to_string()];
+        StageProject::new(
+            temp_dir(stage),
+            stage,
+            &hosts,
+            ssh_config,
+            stage_extra,
+            edit,
+        )
+    }
+
+    /// Asserts that `status` of the stage exits 1, flagging that a host
+    /// drifted from the stage's last deploy.
+    #[track_caller]
+    pub fn assert_drifted(&self) {
+        let status = self.run(&["status", &self.stage]);
+        common::exited_saying(&status, 1, "! drifted from the stage's last deploy");
+    }
+
     /// The project directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
