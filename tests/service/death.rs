@@ -191,11 +191,9 @@ fn a_restart_in_its_health_gate_is_starting_and_says_why() {
 
 #[test]
 fn a_service_killed_by_sigkill_is_said_so_while_restarting() {
-    let host = Host::new("sigkilled");
     let mut spec = Spec::hello(free_port(), &[]);
     spec.extra = json!({"restart": {"initial_delay_ms": 5_000}});
-    host.release("r1", &spec);
-    let pid = host.started();
+    let (host, pid) = Host::running("sigkilled", &spec);
     kill9(pid);
     let mut last = String::new();
     let said = eventually(Duration::from_secs(5), || {

@@ -37,12 +37,10 @@ fn a_jvm_stops_cleanly_with_143() {
 
 #[test]
 fn a_jvm_ignoring_sigterm_dumps_its_threads_then_is_killed() {
-    let host = Host::new("deaf");
     let mut spec = Spec::hello(crate::common::free_port(), &[("IGNORE_SIGTERM", "1")]);
     spec.stop_timeout_ms = 2_000;
     spec.extra = json!({"stop": {"timeout_ms": 2_000, "thread_dump": true}});
-    host.release("r1", &spec);
-    let pid = host.started();
+    let (host, pid) = Host::running("deaf", &spec);
 
     let began = Instant::now();
     let report = stop_json(&host);
