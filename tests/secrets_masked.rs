@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::secret_forms::{base64, found, url_encode};
+use common::secret_forms::{self, base64, found};
 use common::{Project, text};
 
 /// A PEM-like key unique to this test run.
@@ -89,10 +89,8 @@ fn files_holding(dir: &Path, secret: &str, out: &mut Vec<String>) {
 /// JSON, its URL-encoded form in a request line, and a base64 blob holding it.
 fn careless_output(secret: &str) -> String {
     format!(
-        "connecting with key:\n{secret}\nconfig {}\nGET /login?key={}&x=1\nblob {}\n{}\n",
-        serde_json::json!({ "key": secret }),
-        url_encode(secret, false, true),
-        base64(format!("key={secret};").as_bytes()),
+        "{}{}\n",
+        secret_forms::careless_output(secret),
         // As `base64` wraps it: 76 columns.
         base64(format!("pem: {secret}\n").as_bytes())
             .as_bytes()
