@@ -59,21 +59,8 @@ fn assert_no_secret(what: &str, out: &Output, secret: &str) {
 /// Every file under `dir` but the secret's own files, with the forms of
 /// `secret` it holds.
 fn files_holding(dir: &Path, secret: &str, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if meta.is_dir() {
-            if name != "artifacts" {
-                files_holding(&path, secret, out);
-            }
-        } else if meta.is_file()
-            && name != "database.properties"
+    for (path, name, _) in common::files_under(dir, &["artifacts"]) {
+        if name != "database.properties"
             && name != "SECRETS"
             && let Ok(bytes) = std::fs::read(&path)
         {

@@ -484,3 +484,27 @@ pub fn exited_saying(out: &Output, code: i32, needle: &str) -> String {
     assert!(said.contains(needle), "{said}");
     said
 }
+
+/// Every regular file under `dir`, links not followed and the directories
+/// named in `skip_dirs` not entered: its path, its name and its metadata.
+pub fn files_under(dir: &Path, skip_dirs: &[&str]) -> Vec<(PathBuf, String, std::fs::Metadata)> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if meta.is_dir() {
+            if !skip_dirs.contains(&name.as_str()) {
+                files.extend(files_under(&path, skip_dirs));
+            }
+        } else if meta.is_file() {
+            files.push((path, name, meta));
+        }
+    }
+    files
+}

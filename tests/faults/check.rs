@@ -244,22 +244,9 @@ fn allowed_secret_file(path: &Path) -> bool {
 }
 
 fn scan_dir(dir: &Path, needles: &[Vec<u8>], found: &mut Vec<String>, allowed: &mut u32) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        let name = e.file_name().to_string_lossy().into_owned();
-        if meta.is_dir() {
-            // Artifacts are the jars; usr-local holds the agent binary.
-            if name != "artifacts" && name != "target" {
-                scan_dir(&path, needles, found, allowed);
-            }
-        } else if meta.is_file()
-            && meta.len() < 20 << 20
+    // Artifacts are the jars; usr-local holds the agent binary.
+    for (path, name, meta) in crate::common::files_under(dir, &["artifacts", "target"]) {
+        if meta.len() < 20 << 20
             && !name.ends_with(".jar")
             && name != "shipjar"
             && let Ok(bytes) = std::fs::read(&path)
