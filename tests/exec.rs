@@ -8,12 +8,15 @@ mod common;
 use common::{exited_saying, ok};
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
 use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Project, hello_jar, shipjar_bin, text};
+use lifecycle::FleetStage;
 
 #[test]
 fn exec_runs_in_current_with_the_service_environment_masked_and_passes_the_exit_code() {
@@ -169,37 +172,15 @@ fn exec_i_runs_on_this_terminal_in_current() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host() {
-    let hosts = fleet::Fleet::new(2);
-    let dir = tempfile::Builder::new()
-        .prefix("shipjar-exec-fleet-")
-        .tempdir()
-        .expect("tempdir");
-    common::write_fleet_project(
-        dir.path(),
-        "fleet",
-        &hosts.hosts(),
-        hosts.ssh_config(),
-        "",
-        |c| c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\""),
-    );
-    let secret = common::unique_secret();
-    let run = |args: &[&str]| {
-        std::process::Command::new(shipjar_bin())
-            .arg("-C")
-            .arg(dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &secret)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run shipjar")
-    };
-    let out = run(&["provision", "fleet"]);
-    assert!(out.status.success(), "provision: {}", text(&out));
+    let p = FleetStage::new(2, "", |c| {
+        c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
+    });
+    p.provision();
     let jar = hello_jar().to_string_lossy().into_owned();
-    let out = run(&["deploy", "fleet", "--artifact", &jar, "--version", "v1"]);
+    let out = p.run(&["deploy", "fleet", "--artifact", &jar, "--version", "v1"]);
     assert!(out.status.success(), "deploy: {}", text(&out));
 
-    let out = run(&[
+    let out = p.run(&[
         "exec",
         "fleet",
         "--",
@@ -218,12 +199,12 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
             assert!(said.contains(&line), "{said}");
         }
     }
-    assert!(!said.contains(&secret), "the secret leaked: {said}");
+    assert!(!said.contains(&p.secret), "the secret leaked: {said}");
     assert!(said.contains("exec: 1 of 2 hosts exited 0"), "{said}");
     assert!(said.contains("exited with code 1"), "{said}");
 
     // --hosts: only the hosts named.
-    let out = run(&[
+    let out = p.run(&[
         "exec",
         "fleet",
         "--hosts",
@@ -236,7 +217,7 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
     let said = exited_saying(&out, 0, "[app2] on app2");
     assert!(!said.contains("[app1]"), "{said}");
 
-    let out = run(&["exec", "fleet", "-i", "--", "sh"]);
+    let out = p.run(&["exec", "fleet", "-i", "--", "sh"]);
     exited_saying(&out, 2, "-i runs on one host; stage `fleet` has 2");
 
     // -i over ssh: the command gets this process's stdin and output (no terminal here,
@@ -244,7 +225,7 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
     // exit code is shipjar's.
     let mut child = std::process::Command::new(shipjar_bin())
         .arg("-C")
-        .arg(dir.path())
+        .arg(p.path())
         .args([
             "exec",
             "fleet",
@@ -270,13 +251,16 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
     let out = child.wait_with_output().unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(5), "{said}");
-    let current =
-        String::from_utf8_lossy(&hosts.ssh("app1", "readlink /var/lib/hello/current").stdout)
-            .trim()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+    let current = String::from_utf8_lossy(
+        &p.fleet
+            .ssh("app1", "readlink /var/lib/hello/current")
+            .stdout,
+    )
+    .trim()
+    .rsplit('/')
+    .next()
+    .unwrap_or_default()
+    .to_string();
     assert!(!current.is_empty());
     assert!(
         said.contains(&format!("got over-ssh as hello in {current}")),
@@ -286,7 +270,7 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
     // An operator that goes away over ssh takes the command on the host with it.
     let mut operator = std::process::Command::new(shipjar_bin())
         .arg("-C")
-        .arg(dir.path())
+        .arg(p.path())
         .args([
             "exec",
             "fleet",
@@ -303,7 +287,7 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
         .spawn()
         .expect("run shipjar exec");
     let on_host = |command: &str| {
-        String::from_utf8_lossy(&hosts.ssh("app1", command).stdout)
+        String::from_utf8_lossy(&p.fleet.ssh("app1", command).stdout)
             .trim()
             .to_string()
     };

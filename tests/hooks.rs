@@ -7,11 +7,14 @@ mod common;
 use common::{exited, exited_saying};
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
 use std::path::Path;
 use std::process::Stdio;
 
 use common::{Project, hello_jar, shipjar_bin, text};
+use lifecycle::FleetStage;
 
 /// Records one line per hook run: which hook, the release it runs in, what
 /// `current` pointed to at that moment, its directory, and what it can see
@@ -272,38 +275,16 @@ fn steps(out: &std::process::Output) -> Vec<(String, String, String)> {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
-    let hosts = fleet::Fleet::new(2);
-    let dir = tempfile::Builder::new()
-        .prefix("shipjar-hooks-fleet-")
-        .tempdir()
-        .expect("tempdir");
     let hooks = "\n[hooks]\n\
         before_switch = { command = [\"sh\", \"-c\", \"echo migrating as $(id -un) on $SHIPJAR_HOST in ${PWD##*/}; grep -c password config/database.properties\"] }\n\
         before_start = { command = [\"sh\", \"-c\", \"echo starting as $(id -un) on $SHIPJAR_HOST\"] }\n";
-    common::write_fleet_project(
-        dir.path(),
-        "fleet",
-        &hosts.hosts(),
-        hosts.ssh_config(),
-        // The floor: a migration below outlasts it.
-        "lock_lease = \"10s\"",
-        |c| c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"") + hooks,
-    );
-    let secret = common::unique_secret();
-    let run = |args: &[&str]| {
-        std::process::Command::new(shipjar_bin())
-            .arg("-C")
-            .arg(dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &secret)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run shipjar")
-    };
-    let out = run(&["provision", "fleet"]);
-    assert!(out.status.success(), "provision: {}", text(&out));
+    // The floor: a migration below outlasts it.
+    let p = FleetStage::new(2, "lock_lease = \"10s\"", |c| {
+        c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"") + hooks
+    });
+    p.provision();
     let jar = hello_jar().to_string_lossy().into_owned();
-    let out = run(&[
+    let out = p.run(&[
         "--json",
         "deploy",
         "fleet",
@@ -347,18 +328,18 @@ fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
             "app2: starting as hello on app2"
         ]
     );
-    assert!(!text(&out).contains(&secret));
+    assert!(!text(&out).contains(&p.secret));
 
     // A migration longer than the lock lease: the other host's lock is kept
     // alive meanwhile, so a second deploy cannot take it over.
-    let file = dir.path().join("shipjar.toml");
+    let file = p.path().join("shipjar.toml");
     let config = std::fs::read_to_string(&file).unwrap();
     let slow = config.replace("echo migrating as", "sleep 14; echo migrating as");
     assert_ne!(slow, config);
     std::fs::write(&file, slow).unwrap();
     let slow_deploy = std::process::Command::new(shipjar_bin())
         .arg("-C")
-        .arg(dir.path())
+        .arg(p.path())
         .args([
             "--json",
             "deploy",
@@ -368,14 +349,14 @@ fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
             "--version",
             "v2",
         ])
-        .env("HELLO_DB_PASSWORD", &secret)
+        .env("HELLO_DB_PASSWORD", &p.secret)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn deploy");
     std::thread::sleep(std::time::Duration::from_secs(12));
-    let rival = run(&[
+    let rival = p.run(&[
         "--json",
         "deploy",
         "fleet",
