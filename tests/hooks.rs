@@ -11,9 +11,8 @@ mod fleet;
 mod lifecycle;
 
 use std::path::Path;
-use std::process::Stdio;
 
-use common::{Project, hello_jar, shipjar_bin, text};
+use common::{Project, text};
 use lifecycle::FleetStage;
 
 /// Records one line per hook run: which hook, the release it runs in, what
@@ -283,16 +282,7 @@ fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
         c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"") + hooks
     });
     p.provision();
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let out = p.run(&[
-        "--json",
-        "deploy",
-        "fleet",
-        "--artifact",
-        &jar,
-        "--version",
-        "v1",
-    ]);
+    let out = p.deploy_with("v1", &[]);
     assert!(out.status.success(), "deploy: {}", text(&out));
     let steps = steps(&out);
     let said = |step: &str, prefix: &str| -> Vec<String> {
@@ -337,34 +327,9 @@ fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
     let slow = config.replace("echo migrating as", "sleep 14; echo migrating as");
     assert_ne!(slow, config);
     std::fs::write(&file, slow).unwrap();
-    let slow_deploy = std::process::Command::new(shipjar_bin())
-        .arg("-C")
-        .arg(p.path())
-        .args([
-            "--json",
-            "deploy",
-            "fleet",
-            "--artifact",
-            &jar,
-            "--version",
-            "v2",
-        ])
-        .env("HELLO_DB_PASSWORD", &p.secret)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn deploy");
+    let slow_deploy = p.spawn_deploy("v2", &[]);
     std::thread::sleep(std::time::Duration::from_secs(12));
-    let rival = p.run(&[
-        "--json",
-        "deploy",
-        "fleet",
-        "--artifact",
-        &jar,
-        "--version",
-        "v3",
-    ]);
+    let rival = p.deploy_with("v3", &[]);
     let slow_out = slow_deploy.wait_with_output().expect("wait for deploy");
     assert!(
         slow_out.status.success(),

@@ -147,17 +147,23 @@ impl StageProject {
         self.deploy_with(version, &extra)
     }
 
-    /// Starts `--json deploy` of `version` whose service takes
-    /// `startup_delay_ms` to get healthy, its output piped.
-    pub fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
-        let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
-        let args = self.deploy_args(version, &["--env", &delay]);
+    /// Starts `--json deploy` of the hello jar as `version`, then the
+    /// `extra` arguments, its output piped.
+    pub fn spawn_deploy(&self, version: &str, extra: &[&str]) -> std::process::Child {
+        let args = self.deploy_args(version, extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn deploy")
+    }
+
+    /// Starts `--json deploy` of `version` whose service takes
+    /// `startup_delay_ms` to get healthy, its output piped.
+    pub fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
+        let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
+        self.spawn_deploy(version, &["--env", &delay])
     }
 
     /// A deploy that must succeed.
