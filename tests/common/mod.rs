@@ -154,6 +154,14 @@ pub fn unique_secret() -> String {
     format!("pw-{}-{}", std::process::id(), free_port())
 }
 
+/// Starts `cmd` (a deploy) with its stdout and stderr piped.
+pub fn spawn_piped(mut cmd: Command) -> std::process::Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn deploy")
+}
+
 /// A copy of the hello project in a temp dir, deployed to its own `local` root.
 pub struct Project {
     /// Keeps the directory alive.
@@ -258,11 +266,7 @@ impl Project {
         let jar = hello_jar().to_string_lossy().into_owned();
         let mut args = vec!["deploy", "local", "--artifact", &jar, "--version", version];
         args.extend_from_slice(extra);
-        self.command(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn deploy")
+        spawn_piped(self.command(&args))
     }
 
     /// Starts a deploy of `version` whose service starts slowly, and returns

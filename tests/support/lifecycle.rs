@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::common::{self, hello_jar, last_json, text};
@@ -152,11 +152,7 @@ impl StageProject {
     pub fn spawn_deploy(&self, version: &str, extra: &[&str]) -> std::process::Child {
         let args = self.deploy_args(version, extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.command(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn deploy")
+        common::spawn_piped(self.command(&args))
     }
 
     /// Starts `--json deploy` of `version` whose service takes
