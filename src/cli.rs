@@ -62,6 +62,11 @@ pub enum Command {
         after_help = "Examples:\n  shipjar deploy local\n  shipjar deploy production --wait 5m\n  shipjar deploy staging --skip-build --set feature=on"
     )]
     Deploy(DeployArgs),
+    /// Upload a local build to the `[artifact]` repository in Maven's layout.
+    #[command(
+        after_help = "Examples:\n  shipjar publish --version 1.4.2\n  shipjar publish --skip-build --repository https://repo.example.com/releases"
+    )]
+    Publish(PublishArgs),
     /// Switch a stage back to an earlier release (no upload), health- and version-checked.
     #[command(
         after_help = "Examples:\n  shipjar rollback production\n  shipjar rollback production --to 20261126-140423-166"
@@ -289,9 +294,13 @@ pub struct DeployArgs {
     /// Deploy this artifact instead of building.
     #[arg(long, value_name = "PATH")]
     pub artifact: Option<PathBuf>,
-    /// Version to record and verify instead of the built one.
+    /// Version to record and verify instead of the built one; with
+    /// `[artifact]`, the version to deploy from the repository.
     #[arg(long = "version", value_name = "V", value_parser = utf8_text())]
     pub version: Option<String>,
+    /// The repository artifact's sha256, instead of its `.sha256` companion.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
     /// Set a template variable for this deploy (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = utf8_text())]
     pub set: Vec<String>,
@@ -301,8 +310,38 @@ pub struct DeployArgs {
     /// If another deploy holds the lock, wait up to this long (e.g. 5m) instead of failing.
     #[arg(long, value_name = "DURATION")]
     pub wait: Option<String>,
+    /// Deploy the rest of the stage to the release of the canary waiting there
+    /// (`pause = "confirm"`): the same artifact and config, nothing built.
+    #[arg(
+        long = "continue",
+        conflicts_with_all = ["abort", "skip_build", "artifact", "version", "sha256", "set", "env"]
+    )]
+    pub resume: bool,
+    /// Put the canary waiting on the stage back on its previous release and unlock the stage.
+    #[arg(
+        long,
+        conflicts_with_all = ["skip_build", "artifact", "version", "sha256", "set", "env"]
+    )]
+    pub abort: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
+}
+
+/// `shipjar publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Publish to this repository instead of `[artifact] repository`.
+    #[arg(long, value_name = "URL", value_parser = utf8_text())]
+    pub repository: Option<String>,
+    /// Publish the last build instead of building now.
+    #[arg(long, conflicts_with = "artifact")]
+    pub skip_build: bool,
+    /// Publish this file instead of building.
+    #[arg(long, value_name = "PATH")]
+    pub artifact: Option<PathBuf>,
+    /// The version to publish it as (default: the build's).
+    #[arg(long = "version", value_name = "V", value_parser = utf8_text())]
+    pub version: Option<String>,
 }
 
 /// `shipjar rollback`.

@@ -3,6 +3,7 @@
 //! their runner) — and the one report every action returns: printed as text,
 //! or with `--json` as one JSON object, and turned into the exit code.
 
+use crate::host::error::HostError;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -10,7 +11,6 @@ use serde::Serialize;
 use crate::host::proxy::{ProxyState, ProxyStatus};
 use crate::host::supervisor::{
     self, ReloadReport, ServiceState, ServiceStatus, StartOutcome, StartReport, StopReport,
-    SupervisorError,
 };
 use crate::host::{self, proxied};
 use crate::protocol::layout::Layout;
@@ -153,14 +153,14 @@ impl HostService {
 /// unless it runs, and says its state.
 pub fn proxy_start(layout: &Layout) -> Report {
     let Some(spec) = proxied::spec(layout) else {
-        return Report::Failed(failure(format!(
+        return Report::Failed(HostError::new(format!(
             "the current release of {} has no [proxy] section",
             layout.name()
         )));
     };
     match host::proxy::ensure_running(layout, &spec) {
         Ok(_) => proxy_status(layout),
-        Err(message) => Report::Failed(failure(message)),
+        Err(message) => Report::Failed(HostError::new(message)),
     }
 }
 
@@ -186,7 +186,7 @@ pub fn proxy_stop(layout: &Layout) -> Report {
             },
             what: Stopped::Proxy,
         },
-        Err(message) => Report::Failed(failure(message)),
+        Err(message) => Report::Failed(HostError::new(message)),
     }
 }
 
@@ -251,15 +251,8 @@ fn proxied_stop(before: &Alive, took_ms: u64) -> StopReport {
 
 /// The switch lock a plain restart or reload holds (a proxied one takes it
 /// itself); the failure names whoever holds it.
-fn switch_lock(layout: &Layout) -> Result<host::lockfile::HeldLock, SupervisorError> {
-    host::lockfile::hold_switch(layout).map_err(failure)
-}
-
-fn failure(message: String) -> SupervisorError {
-    SupervisorError {
-        message,
-        log_tail: Vec::new(),
-    }
+fn switch_lock(layout: &Layout) -> Result<host::lockfile::HeldLock, HostError> {
+    host::lockfile::hold_switch(layout).map_err(HostError::new)
 }
 
 /// A proxied start: the active instance's start (nothing was replaced).
@@ -313,7 +306,7 @@ pub enum Report {
         wrote: String,
     },
     /// The action failed: why, and the last lines of the service log.
-    Failed(SupervisorError),
+    Failed(HostError),
 }
 
 /// A report as text: what goes to stdout, what to stderr.
@@ -326,7 +319,7 @@ pub struct Text {
 }
 
 impl Report {
-    fn started(result: Result<StartOutcome, SupervisorError>) -> Report {
+    fn started(result: Result<StartOutcome, HostError>) -> Report {
         match result {
             Ok(outcome) => Report::Started(outcome),
             Err(err) => Report::Failed(err),
@@ -583,10 +576,8 @@ mod tests {
 
     #[test]
     fn a_failure_goes_to_stderr_with_its_log_tail_and_exits_1() {
-        let report = Report::Failed(SupervisorError {
-            message: "not healthy".into(),
-            log_tail: vec!["boom".into()],
-        });
+        let report =
+            Report::Failed(HostError::new("not healthy").with_log_tail(vec!["boom".into()]));
         assert_eq!(
             report.text(),
             Text {

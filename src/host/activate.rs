@@ -4,9 +4,10 @@
 
 use std::time::Instant;
 
+use crate::host::error::HostError;
 use crate::host::lockfile::hold_switch;
 use crate::host::restart::{self, Restarted};
-use crate::host::steps::{StepFailure, cancelled, reported_version, run_hook, settle};
+use crate::host::steps::{cancelled, reported_version, run_hook, settle};
 use crate::host::{cancel, proxied, revisions, secrets, store, supervisor};
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::layout::Layout;
@@ -48,14 +49,13 @@ pub fn activate(
         Some(hook) => run_hook(layout, release, HookPoint::BeforeStart, hook, emit),
         None => Ok(()),
     };
-    if let Err((step, reason, output)) = result {
+    if let Err(e) = result {
         // Nothing was switched: the host stays on what it runs.
-        failed(step, &reason);
-        outcome.failed_step = Some(step.to_string());
-        outcome.reason = Some(reason.clone());
-        outcome.log_tail = output;
+        failed(&e.step, &e.message);
+        let detail = e.to_string();
+        record_failure(&mut outcome, e);
         outcome.now_running = Some(running_unswitched(layout, &manifest, previous.as_deref()));
-        let stopped = not_switched(release, action, deployer, format!("{step}: {reason}"));
+        let stopped = not_switched(release, action, deployer, detail);
         record_not_switched(layout, &stopped, emit);
         return outcome;
     }
@@ -67,13 +67,12 @@ pub fn activate(
     };
     let (ok, detail) = match result {
         Ok(()) => (true, String::new()),
-        Err((step, reason, log_tail)) => {
+        Err(e) => {
             // A cancel stops the new release; going back must run to the end.
             cancel::clear();
-            failed(step, &reason);
-            outcome.failed_step = Some(step.to_string());
-            outcome.reason = Some(reason.clone());
-            outcome.log_tail = log_tail;
+            failed(&e.step, &e.message);
+            let failure = e.to_string();
+            record_failure(&mut outcome, e);
             let now = match &manifest.proxy {
                 // Where the switch went back to, or (a failed gate) the old
                 // instance, which never stopped taking traffic.
@@ -82,7 +81,7 @@ pub fn activate(
                 }),
                 None => revert(layout, previous.as_deref(), release, emit),
             };
-            let detail = format!("{step}: {reason}; {}", describe_now_running(&now));
+            let detail = format!("{failure}; {}", describe_now_running(&now));
             outcome.now_running = Some(now);
             (false, detail)
         }
@@ -156,12 +155,10 @@ pub fn restart(
         Some(spec) => proxied::switch::activate(layout, &manifest, spec, false, emit, &mut outcome),
         None => switch_and_verify(layout, &manifest, false, emit, &mut outcome),
     };
-    if let Err((step, reason, log_tail)) = result {
+    if let Err(e) = result {
         cancel::clear();
-        failed(step, &reason);
-        outcome.failed_step = Some(step.to_string());
-        outcome.reason = Some(reason);
-        outcome.log_tail = log_tail;
+        failed(&e.step, &e.message);
+        record_failure(&mut outcome, e);
         let now = match &manifest.proxy {
             Some(spec) => outcome
                 .now_running
@@ -266,20 +263,20 @@ fn switch_and_verify(
     deploying: bool,
     emit: &dyn Fn(&str, &str),
     outcome: &mut Activation,
-) -> Result<(), StepFailure> {
+) -> Result<(), HostError> {
     cancelled("switch")?;
     // Leaving the proxy: its instances and the proxy itself go before the
     // plain service can take the port (a downtime like any plain restart).
     if let Some(spec) = crate::host::proxied::spec(layout) {
-        crate::host::proxied::stop(layout, &spec).map_err(|e| ("stop", e.message, e.log_tail))?;
+        crate::host::proxied::stop(layout, &spec).map_err(|e| e.in_step("stop"))?;
         emit("stop", "the proxy and both instances");
     }
     // A restart of the current release has nothing to switch.
     if store::current(layout).as_deref() != Some(manifest.id.as_str()) {
-        store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
+        store::switch(layout, &manifest.id).map_err(|e| HostError::at("switch", e))?;
         emit("switch", &format!("current -> releases/{}", manifest.id));
     }
-    let restarted = restart::restart(layout).map_err(|(step, e)| (step, e.message, e.log_tail))?;
+    let restarted = restart::restart(layout)?;
     cancelled("health")?;
     if let Some(stop) = restarted.stop.filter(|s| s.was_running) {
         outcome.stopped_after_ms = Some(stop.took_ms);
@@ -304,27 +301,25 @@ fn switch_and_verify(
         ),
     );
     if started.release != manifest.id {
-        return Err((
+        return Err(HostError::at(
             "health",
             format!(
                 "the running process was started from release {}, not {}",
                 started.release, manifest.id
             ),
-            Vec::new(),
         ));
     }
     if manifest.version_check.is_some() {
-        let reported = reported_version(manifest).map_err(|e| ("version", e, Vec::new()))?;
+        let reported = reported_version(manifest).map_err(|e| HostError::at("version", e))?;
         let reported = reported.unwrap_or_default();
         outcome.reported_version = Some(reported.clone());
         if reported != manifest.version {
-            return Err((
+            return Err(HostError::at(
                 "version",
                 format!(
                     "the service reports version `{reported}`, expected `{}`",
                     manifest.version
                 ),
-                Vec::new(),
             ));
         }
         emit("version", &format!("service reports {reported}"));
@@ -334,6 +329,13 @@ fn switch_and_verify(
         run_hook(layout, &manifest.id, HookPoint::AfterSwitch, hook, emit)?;
     }
     Ok(())
+}
+
+/// The failed step, why, and the lines that show it, in the activation's answer.
+fn record_failure(outcome: &mut Activation, e: HostError) {
+    outcome.failed_step = Some(e.step);
+    outcome.reason = Some(e.message);
+    outcome.log_tail = e.log_tail;
 }
 
 fn fail_early(mut outcome: Activation, step: &str, reason: String) -> Activation {
@@ -384,7 +386,7 @@ fn revert(
                 .map(|start| Restarted { stop: None, start })
                 .map_err(|e| e.message)
         }
-        None => restart::restart(layout).map_err(|(_, e)| e.message),
+        None => restart::restart(layout).map_err(|e| e.message),
     });
     match result {
         Ok(Restarted { start: started, .. }) => {

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::host::lock;
-use crate::host::{activate, cancel, hooks, logs, provision, secrets, store, supervisor};
+use crate::host::{activate, cancel, hooks, logs, provision, secrets, store, supervisor, watch};
 use crate::protocol::layout::Layout;
 use crate::protocol::validate_service_name;
 use crate::protocol::{
@@ -269,12 +269,13 @@ impl Session {
                 artifact_sha256,
                 lease_ms,
                 prepare,
+                resume,
             } => self.begin_and_prepare(
                 layout,
                 &holder,
                 artifact_sha256.as_deref(),
                 token,
-                lease_ms,
+                (lease_ms, resume.as_deref()),
                 prepare,
             ),
             Request::Renew => match &self.lock {
@@ -307,6 +308,7 @@ impl Session {
                     Err(e) => error("upload", e),
                 }
             }
+            Request::FetchArtifact(spec) => fetch_request(layout, id, &spec),
             Request::Prepare(spec) => prepare_release(layout, &spec),
             Request::Activate {
                 release,
@@ -327,9 +329,15 @@ impl Session {
                 Response::HookRan(hooks::run(layout, &release, &point, &hook, &emit))
             }
             Request::Exec { argv, timeout_ms } => exec_request(layout, id, &argv, timeout_ms),
-            Request::Finish { keep, not_switched } => {
-                self.finish(layout, keep, not_switched, &emit)
-            }
+            Request::Finish {
+                keep,
+                not_switched,
+                pending,
+            } => match pending {
+                Some(pending) => self.keep_pending(*pending),
+                None => self.finish(layout, keep, not_switched, &emit),
+            },
+            Request::Watch { release, window_ms } => watch_request(layout, id, &release, window_ms),
             // The activation it was meant for has ended already.
             Request::Cancel => Response::NothingToCancel,
             Request::CheckHost { spec } => Response::HostChecked {
@@ -357,6 +365,7 @@ impl Session {
                 | Request::Provision { .. }
                 | Request::Logs { .. }
                 | Request::Exec { .. }
+                | Request::Watch { .. }
         );
         if envelope.protocol != PROTOCOL_VERSION {
             Some(error_of_kind(
@@ -397,10 +406,10 @@ impl Session {
         holder: &crate::protocol::LockHolder,
         sha: Option<&str>,
         token: &str,
-        lease_ms: u64,
+        (lease_ms, resume): (u64, Option<&str>),
         prepare: Option<Box<crate::protocol::PrepareSpec>>,
     ) -> Response {
-        let mut begun = self.begin(layout, holder, sha, token, lease_ms);
+        let mut begun = self.begin(layout, holder, sha, token, (lease_ms, resume));
         if let (Response::Begun(state), Some(spec)) = (&mut begun, prepare)
             && store::has_artifact(layout, &spec.manifest.artifact_sha256)
         {
@@ -439,13 +448,29 @@ impl Session {
         }
     }
 
+    /// `finish` of a canary waiting for its operator: the lock is kept, with
+    /// the canary's record, past this session (nothing pruned, nothing recorded).
+    fn keep_pending(&mut self, pending: crate::protocol::canary::PendingCanary) -> Response {
+        let Some(held) = self.lock.take() else {
+            return error_of_kind(
+                ErrorKind::NotLocked,
+                "lock",
+                "the deploy lock is not held: the canary cannot be kept pending",
+            );
+        };
+        match lock::hold_pending(&held.layout, &held.token, pending) {
+            Ok(()) => Response::Finished { pruned: Vec::new() },
+            Err(e) => error("lock", e),
+        }
+    }
+
     fn begin(
         &mut self,
         layout: &Layout,
         holder: &crate::protocol::LockHolder,
         sha: Option<&str>,
         token: &str,
-        lease_ms: u64,
+        (lease_ms, resume): (u64, Option<&str>),
     ) -> Response {
         if self.lock.is_some() {
             return error("lock", "the deploy lock is already held by this session");
@@ -456,15 +481,19 @@ impl Session {
                 format!("cannot create {}: {e}", layout.lib_dir().display()),
             );
         }
-        let took_over = match lock::acquire(layout, holder, token, lease_ms) {
-            Ok(lock::Acquired::Free) => None,
-            Ok(lock::Acquired::TookOver(previous)) => Some(previous.describe()),
+        let (took_over, resumed) = match lock::acquire(layout, holder, token, lease_ms, resume) {
+            Ok(lock::Acquired::Free) => (None, None),
+            Ok(lock::Acquired::TookOver(previous)) => (Some(previous.describe()), None),
+            Ok(lock::Acquired::Resumed(pending)) => (None, Some(pending)),
             Err(lock::AcquireError::Held(holder)) => {
                 return error_of_kind(
                     ErrorKind::LockHeld,
                     "lock",
                     format!("the deploy lock is held by {holder}"),
                 );
+            }
+            Err(e @ lock::AcquireError::NotPending(_)) => {
+                return error_of_kind(ErrorKind::NotLocked, "lock", e.to_string());
             }
             Err(e) => return error("lock", e.to_string()),
         };
@@ -488,8 +517,31 @@ impl Session {
             cleaned_up,
             took_over,
             prepared: false,
+            resumed,
         }))
     }
+}
+
+/// `fetch_artifact`: its deadline announced, the credentials masked in
+/// everything sent while it runs.
+fn fetch_request(layout: &Layout, id: u64, spec: &crate::protocol::FetchSpec) -> Response {
+    if let Some(c) = &spec.credentials {
+        let mut values = secrets::release_secrets(layout);
+        for value in [&c.login, &c.password] {
+            values.push(crate::protocol::mask::SecretValue {
+                value: value.clone(),
+                allow_short: true,
+            });
+        }
+        secrets::use_masker(crate::protocol::mask::Masker::new(&values));
+    }
+    send(&AgentMessage::Expect {
+        id,
+        step: "download".to_string(),
+        within_ms: spec.timeout_ms + HOOK_MARGIN_MS,
+    });
+    let emit = |step: &str, message: &str| event(id, step, message, false);
+    Response::Fetched(crate::host::fetch::fetch(layout, spec, &emit))
 }
 
 /// Sends one event of request `id`.
@@ -523,6 +575,24 @@ fn activate_request(
         activate::activate(layout, release, action, deployer, partial, &emit, &failed)
     };
     Response::Activated(Box::new(activation))
+}
+
+/// `watch`: the canary's release kept under watch for `window_ms`, its
+/// deadline announced; a `cancel` line (Ctrl-C at the operator) ends it.
+fn watch_request(layout: &Layout, id: u64, release: &str, window_ms: u64) -> Response {
+    send(&AgentMessage::Expect {
+        id,
+        step: "watch".to_string(),
+        within_ms: window_ms + HOOK_MARGIN_MS,
+    });
+    let _watch = cancel::Watch::start(io::stdin().as_raw_fd());
+    let emit = |step: &str, message: &str| event(id, step, message, false);
+    Response::Watched(watch::watch(
+        layout,
+        release,
+        std::time::Duration::from_millis(window_ms),
+        &emit,
+    ))
 }
 
 /// `exec`: the command in the release, its output as `out` events; the
@@ -663,5 +733,6 @@ fn status(layout: &Layout) -> HostStatus {
             .and_then(|mut history| history.pop()),
         service,
         proxy,
+        pending_canary: lock::pending(layout),
     }
 }

@@ -4,7 +4,10 @@
 //! machine: if the deploy dies without releasing it and its agent never
 //! learns (host cut off), the lease simply expires and the next deploy
 //! takes over with a warning. (An agent that sees its input end releases
-//! the lock itself.) A live deploy renews it. Reads and writes of the record are
+//! the lock itself.) A live deploy renews it. A canary waiting for its
+//! operator (`pause = "confirm"`) keeps the lock with its record in it for
+//! [`PENDING_LEASE`], past the session's end, until `deploy --continue` or
+//! `--abort` resumes it (by the canary's release id) or `unlock` removes it. Reads and writes of the record are
 //! serialised by [`Lock::Deploy`], held for a moment, waited for at most
 //! [`MUTEX_WAIT`].
 
@@ -17,12 +20,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::lockfile;
 use crate::protocol::LockHolder;
+use crate::protocol::canary::PendingCanary;
 use crate::protocol::files::{fsync_dir, remove_if_present, write_atomic};
 use crate::protocol::layout::{Layout, Lock};
 
 /// Longest wait for the record's mutex: its holders keep it for the time
 /// of a read and a rename, so a longer wait means a holder is stuck.
 pub const MUTEX_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a pending canary keeps the stage locked with nobody renewing:
+/// long enough to wait for a person, bounded so a forgotten canary does not
+/// lock the stage for ever.
+pub const PENDING_LEASE: Duration = Duration::from_secs(24 * 3600);
 
 /// The record in `run/<name>/deploy.lock`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -33,6 +42,13 @@ pub struct LockRecord {
     pub token: String,
     /// Unix time in milliseconds after which the lease is void.
     pub expires_at_ms: u64,
+    /// A canary waiting for `deploy --continue` or `--abort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Box<PendingCanary>>,
+    /// The pending canary's lock is held by no session (its deploy exited):
+    /// `resume` may take it. A resumed run holds it like any deploy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
 }
 
 impl LockRecord {
@@ -44,10 +60,20 @@ impl LockRecord {
     /// "alice@laptop (pid 4242, `shipjar deploy prod`, since …), lease expires in 41s".
     pub fn describe(&self) -> String {
         let left = self.expires_at_ms.saturating_sub(now_ms()).div_ceil(1000);
-        if self.expired() {
-            format!("{}, lease expired", self.holder)
+        let lease = if self.expired() {
+            "lease expired".to_string()
         } else {
-            format!("{}, lease expires in {left}s", self.holder)
+            format!("lease expires in {left}s")
+        };
+        match &self.pending {
+            None => format!("{}, {lease}", self.holder),
+            Some(p) => format!(
+                "a pending canary of {} ({lease}); {} still run{} release {}",
+                p.describe(),
+                p.canary.keys().cloned().collect::<Vec<_>>().join(", "),
+                if p.canary.len() == 1 { "s" } else { "" },
+                p.release
+            ),
         }
     }
 }
@@ -59,6 +85,8 @@ pub enum Acquired {
     Free,
     /// An expired lease of someone else was taken over.
     TookOver(LockRecord),
+    /// The lock of the pending canary named in `begin` was taken over.
+    Resumed(Box<PendingCanary>),
 }
 
 /// Milliseconds since the Unix epoch.
@@ -137,36 +165,38 @@ pub enum AcquireError {
     Held(String),
     /// The lock record could not be read or written.
     Failed(String),
+    /// `resume` named a pending canary this host does not hold (the text says what it holds).
+    NotPending(String),
 }
 
 impl std::fmt::Display for AcquireError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AcquireError::Held(holder) => write!(f, "the deploy lock is held by {holder}"),
-            AcquireError::Failed(why) => f.write_str(why),
+            AcquireError::Failed(why) | AcquireError::NotPending(why) => f.write_str(why),
         }
     }
 }
 
-/// Takes the lock for `token`, or says who holds it.
+/// Takes the lock for `token`, or says who holds it. With `resume`, only
+/// the lock of the pending canary of that release is taken (its record kept).
 pub fn acquire(
     layout: &Layout,
     holder: &LockHolder,
     token: &str,
     lease_ms: u64,
+    resume: Option<&str>,
 ) -> Result<Acquired, AcquireError> {
-    let mut held_by = None;
+    let mut refused = None;
     let taken = with_record(layout, |current| {
-        let acquired = match current {
-            Current::Free => Acquired::Free,
-            Current::Held(r) if r.token == token => Acquired::Free,
-            Current::Held(r) if r.expired() => Acquired::TookOver(r),
-            Current::Held(r) => {
-                held_by = Some(r.describe());
-                return Ok((Write::Keep, None));
-            }
-            Current::Garbled(why) => {
-                held_by = Some(format!("unknown ({why}; `shipjar unlock` removes it)"));
+        let decided = match resume {
+            Some(release) => decide_resume(current, release),
+            None => decide(current, token),
+        };
+        let (acquired, pending) = match decided {
+            Ok(decided) => decided,
+            Err(e) => {
+                refused = Some(e);
                 return Ok((Write::Keep, None));
             }
         };
@@ -174,16 +204,89 @@ pub fn acquire(
             holder: holder.clone(),
             token: token.to_string(),
             expires_at_ms: now_ms() + lease_ms,
+            pending,
+            parked: false,
         };
         Ok((Write::Put(record), Some(acquired)))
     });
-    match (taken, held_by) {
+    match (taken, refused) {
         (Ok(Some(acquired)), _) => Ok(acquired),
-        (Ok(None), Some(holder)) => Err(AcquireError::Held(holder)),
+        (Ok(None), Some(refused)) => Err(refused),
         (Ok(None), None) => Err(AcquireError::Failed(
             "the lock record changed while read".into(),
         )),
         (Err(e), _) => Err(AcquireError::Failed(e)),
+    }
+}
+
+/// A plain `begin`: free, ours, or an expired lease (a pending canary's too).
+fn decide(
+    current: Current,
+    token: &str,
+) -> Result<(Acquired, Option<Box<PendingCanary>>), AcquireError> {
+    match current {
+        Current::Free => Ok((Acquired::Free, None)),
+        Current::Held(r) if r.token == token => Ok((Acquired::Free, None)),
+        Current::Held(r) if r.expired() => Ok((Acquired::TookOver(r), None)),
+        Current::Held(r) => Err(AcquireError::Held(match &r.pending {
+            Some(p) => format!("{}: {}", r.describe(), p.how_to_go_on()),
+            None => r.describe(),
+        })),
+        Current::Garbled(why) => Err(AcquireError::Held(format!(
+            "unknown ({why}; `shipjar unlock` removes it)"
+        ))),
+    }
+}
+
+/// `begin` with `resume`: only a pending canary of `release` is taken over.
+fn decide_resume(
+    current: Current,
+    release: &str,
+) -> Result<(Acquired, Option<Box<PendingCanary>>), AcquireError> {
+    let here = match current {
+        Current::Held(r) if r.pending.as_ref().is_some_and(|p| p.release == release) => {
+            // A run continuing or aborting it now holds it: one at a time.
+            if !r.parked && !r.expired() {
+                return Err(AcquireError::Held(format!(
+                    "{} (resumed by {})",
+                    r.describe(),
+                    r.holder
+                )));
+            }
+            if let Some(p) = r.pending {
+                return Ok((Acquired::Resumed(p.clone()), Some(p)));
+            }
+            String::new()
+        }
+        Current::Free => "the deploy lock is free".to_string(),
+        Current::Held(r) => format!("the deploy lock is held by {}", r.describe()),
+        Current::Garbled(why) => format!("the deploy lock is unreadable: {why}"),
+    };
+    Err(AcquireError::NotPending(format!(
+        "no pending canary of release {release} on this host ({here})"
+    )))
+}
+
+/// Keeps the lock `token` holds for `pending`, for [`PENDING_LEASE`]: it
+/// outlives the session.
+pub fn hold_pending(layout: &Layout, token: &str, pending: PendingCanary) -> Result<(), String> {
+    with_record(layout, |current| match current {
+        Current::Held(mut r) if r.token == token => {
+            r.expires_at_ms = now_ms() + PENDING_LEASE.as_millis() as u64;
+            r.pending = Some(Box::new(pending));
+            r.parked = true;
+            Ok((Write::Put(r), ()))
+        }
+        _ => Err("the deploy lock is no longer held by this deploy".to_string()),
+    })
+}
+
+/// The pending canary this host's lock holds, if any (read without the
+/// mutex: the record is replaced whole by rename).
+pub fn pending(layout: &Layout) -> Option<PendingCanary> {
+    match read_record(&layout.deploy_lock()) {
+        Ok(Current::Held(r)) if !r.expired() => r.pending.map(|p| *p),
+        _ => None,
     }
 }
 
@@ -246,15 +349,15 @@ mod tests {
         let layout = Layout::new(dir.path(), "svc");
         std::fs::create_dir_all(layout.run_dir()).unwrap();
         assert!(matches!(
-            acquire(&layout, &holder(1), "a", 60_000),
+            acquire(&layout, &holder(1), "a", 60_000, None),
             Ok(Acquired::Free)
         ));
-        let err = acquire(&layout, &holder(2), "b", 60_000).unwrap_err();
+        let err = acquire(&layout, &holder(2), "b", 60_000, None).unwrap_err();
         assert!(matches!(err, AcquireError::Held(_)), "{err}");
         assert!(err.to_string().contains("held by me@box (pid 1"), "{err}");
         assert!(renew(&layout, "a", 1).is_ok());
         std::thread::sleep(std::time::Duration::from_millis(5));
-        match acquire(&layout, &holder(2), "b", 60_000) {
+        match acquire(&layout, &holder(2), "b", 60_000, None) {
             Ok(Acquired::TookOver(r)) => assert_eq!(r.holder.pid, 1),
             other => panic!("expected a takeover, got {other:?}"),
         }
@@ -270,7 +373,7 @@ mod tests {
                 .is_some_and(|holder| holder.contains("pid 2"))
         );
         assert!(matches!(
-            acquire(&layout, &holder(3), "c", 60_000),
+            acquire(&layout, &holder(3), "c", 60_000, None),
             Ok(Acquired::Free)
         ));
     }
@@ -281,7 +384,7 @@ mod tests {
         let layout = Layout::new(dir.path(), "svc");
         std::fs::create_dir_all(layout.run_dir()).unwrap();
         std::fs::write(layout.deploy_lock(), "{\"holder\": {\"depl").unwrap();
-        let err = acquire(&layout, &holder(1), "a", 60_000).unwrap_err();
+        let err = acquire(&layout, &holder(1), "a", 60_000, None).unwrap_err();
         assert!(matches!(err, AcquireError::Held(_)), "{err}");
         assert!(
             err.to_string()
@@ -295,7 +398,7 @@ mod tests {
                 .is_some_and(|h| h.starts_with("unknown"))
         );
         assert!(matches!(
-            acquire(&layout, &holder(1), "a", 60_000),
+            acquire(&layout, &holder(1), "a", 60_000, None),
             Ok(Acquired::Free)
         ));
     }
@@ -305,7 +408,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path(), "svc");
         std::fs::create_dir_all(layout.run_dir()).unwrap();
-        acquire(&layout, &holder(1), "a", 60_000).unwrap();
+        acquire(&layout, &holder(1), "a", 60_000, None).unwrap();
         let before = std::fs::metadata(layout.deploy_lock()).unwrap();
         renew(&layout, "a", 60_000).unwrap();
         let after = std::fs::metadata(layout.deploy_lock()).unwrap();
@@ -332,7 +435,7 @@ mod tests {
         let layout = Layout::new(dir.path(), "svc");
         let stuck = lockfile::try_take(&layout, Lock::Deploy).unwrap();
         let began = std::time::Instant::now();
-        let err = acquire(&layout, &holder(1), "a", 60_000).unwrap_err();
+        let err = acquire(&layout, &holder(1), "a", 60_000, None).unwrap_err();
         let took = began.elapsed();
         assert!(took >= MUTEX_WAIT && took < MUTEX_WAIT * 2, "{took:?}");
         let text = err.to_string();
@@ -345,8 +448,78 @@ mod tests {
         );
         drop(stuck);
         assert!(matches!(
-            acquire(&layout, &holder(1), "a", 60_000),
+            acquire(&layout, &holder(1), "a", 60_000, None),
             Ok(Acquired::Free)
         ));
+    }
+
+    fn pending_of(release: &str) -> PendingCanary {
+        PendingCanary {
+            stage: "prod".into(),
+            release: release.into(),
+            version: "2.0".into(),
+            artifact_sha256: "ab".repeat(32),
+            hosts: vec!["app1".into(), "app2".into()],
+            canary: [("app1".to_string(), Some("r1".to_string()))].into(),
+            deployer: "me@box".into(),
+            since: "t".into(),
+        }
+    }
+
+    #[test]
+    fn a_pending_canary_keeps_the_lock_until_resumed_by_its_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "svc");
+        std::fs::create_dir_all(layout.run_dir()).unwrap();
+        acquire(&layout, &holder(1), "a", 60_000, None).unwrap();
+        hold_pending(&layout, "a", pending_of("r2")).unwrap();
+        // The session is gone: its token no longer matters, the lease is long.
+        let err = acquire(&layout, &holder(2), "b", 60_000, None).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AcquireError::Held(_)), "{text}");
+        assert!(text.contains("a pending canary of release r2"), "{text}");
+        assert!(text.contains("shipjar deploy prod --continue"), "{text}");
+        assert_eq!(pending(&layout), Some(pending_of("r2")));
+        let wrong = acquire(&layout, &holder(2), "b", 60_000, Some("r3")).unwrap_err();
+        assert!(matches!(wrong, AcquireError::NotPending(_)), "{wrong}");
+        match acquire(&layout, &holder(2), "b", 60_000, Some("r2")) {
+            Ok(Acquired::Resumed(p)) => assert_eq!(p.release, "r2"),
+            other => panic!("expected a resume, got {other:?}"),
+        }
+        // One resumed run at a time: another is refused while it holds the lock.
+        let busy = acquire(&layout, &holder(3), "c", 60_000, Some("r2")).unwrap_err();
+        assert!(matches!(busy, AcquireError::Held(_)), "{busy}");
+        assert!(
+            busy.to_string().contains("resumed by me@box (pid 2"),
+            "{busy}"
+        );
+        // Resumed: the record stays (status shows it) until the lock is released.
+        assert_eq!(pending(&layout).map(|p| p.release), Some("r2".into()));
+        release(&layout, "b").unwrap();
+        assert_eq!(pending(&layout), None);
+        let free = acquire(&layout, &holder(3), "c", 60_000, Some("r2")).unwrap_err();
+        assert!(
+            free.to_string().contains("the deploy lock is free"),
+            "{free}"
+        );
+    }
+
+    #[test]
+    fn unlock_removes_a_pending_canary_and_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path(), "svc");
+        std::fs::create_dir_all(layout.run_dir()).unwrap();
+        acquire(&layout, &holder(1), "a", 60_000, None).unwrap();
+        hold_pending(&layout, "a", pending_of("r2")).unwrap();
+        let previous = force_unlock(&layout).unwrap().unwrap();
+        assert!(
+            previous.contains("pending canary of release r2"),
+            "{previous}"
+        );
+        assert!(
+            previous.contains("app1 still runs release r2"),
+            "{previous}"
+        );
+        assert!(acquire(&layout, &holder(2), "b", 60_000, None).is_ok());
     }
 }

@@ -4,6 +4,8 @@ pub mod activate;
 pub mod agent;
 pub mod cancel;
 pub mod check;
+pub mod error;
+pub mod fetch;
 pub mod fs;
 pub mod hooks;
 #[allow(clippy::disallowed_methods)] // root-only: /etc (unit, init script, rc links)
@@ -32,3 +34,4 @@ pub mod supervisor;
 #[allow(clippy::disallowed_methods)]
 // root-only: /etc/init.d, /etc/systemd/system, root's var/lib/NAME/pre-shipjar
 pub mod takeover;
+pub mod watch;

@@ -3,11 +3,12 @@
 //! host running systemd (so the unit keeps owning the service), else the
 //! supervisor directly.
 
+use crate::host::error::HostError;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::host::supervisor::{self, StartReport, StopReport, SupervisorError};
+use crate::host::supervisor::{self, StartReport, StopReport};
 use crate::host::{cancel, init};
 use crate::protocol::layout::Layout;
 use crate::protocol::status::ServiceStatus;
@@ -23,9 +24,6 @@ pub struct Restarted {
     pub start: StartReport,
 }
 
-/// A failed restart: the step (`stop`, `unit` or `health`) and what happened.
-type Failure = (&'static str, SupervisorError);
-
 /// Whether systemd runs this service here.
 pub(crate) fn systemd_owned(layout: &Layout) -> bool {
     layout.root() == Path::new("/")
@@ -35,12 +33,12 @@ pub(crate) fn systemd_owned(layout: &Layout) -> bool {
 
 /// Stops the running process and starts `current` through the health gate.
 /// The error names the step (`stop`, `unit` or `health`).
-pub fn restart(layout: &Layout) -> Result<Restarted, Failure> {
+pub fn restart(layout: &Layout) -> Result<Restarted, HostError> {
     if systemd_owned(layout) {
         return restart_with_systemd(layout);
     }
-    let stop = supervisor::stop(layout).map_err(|e| ("stop", e))?;
-    let start = supervisor::start(layout).map_err(|e| ("health", e))?;
+    let stop = supervisor::stop(layout).map_err(|e| e.in_step("stop"))?;
+    let start = supervisor::start(layout).map_err(|e| e.in_step("health"))?;
     Ok(Restarted {
         stop: Some(stop),
         start,
@@ -51,19 +49,13 @@ pub fn restart(layout: &Layout) -> Result<Restarted, Failure> {
 /// restart limits differ from the old one's (so the old process stopped
 /// under its own limits), then `systemctl start`, which returns once the
 /// unit's `service run` sent READY=1 — only after the health gate passed.
-fn restart_with_systemd(layout: &Layout) -> Result<Restarted, Failure> {
+fn restart_with_systemd(layout: &Layout) -> Result<Restarted, HostError> {
     let unit = format!("{}.service", layout.name());
-    let failure = |step: &'static str, message: String| -> Failure {
-        (
-            step,
-            SupervisorError {
-                message,
-                log_tail: supervisor::logfile::service_tail(
-                    layout,
-                    supervisor::logfile::TAIL_LINES,
-                ),
-            },
-        )
+    let failure = |step: &str, message: String| {
+        HostError::at(step, message).with_log_tail(supervisor::logfile::service_tail(
+            layout,
+            supervisor::logfile::TAIL_LINES,
+        ))
     };
 
     let before = supervisor::status(layout);
@@ -74,7 +66,7 @@ fn restart_with_systemd(layout: &Layout) -> Result<Restarted, Failure> {
     let stop = if after.supervisor_pid.is_some() {
         // A supervisor outside the unit (`service start` by hand, or a
         // deploy before the unit was installed): stopped the same way.
-        Some(supervisor::stop(layout).map_err(|e| ("stop", e))?)
+        Some(supervisor::stop(layout).map_err(|e| e.in_step("stop"))?)
     } else {
         Some(stop_report(&before, &after, took))
     };

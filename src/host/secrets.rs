@@ -19,6 +19,11 @@ static ACTIVE: Mutex<Option<Arc<Masker>>> = Mutex::new(None);
 /// A masker for the secrets of every release of the service: its logs and
 /// history may still hold an older release's values.
 pub fn masker(layout: &Layout) -> Masker {
+    Masker::new(&release_secrets(layout))
+}
+
+/// The secret values of every release of the service, each once.
+pub fn release_secrets(layout: &Layout) -> Vec<SecretValue> {
     let mut all: Vec<SecretValue> = Vec::new();
     for id in store::release_ids(layout) {
         for secret in read(layout, &id) {
@@ -27,7 +32,7 @@ pub fn masker(layout: &Layout) -> Masker {
             }
         }
     }
-    Masker::new(&all)
+    all
 }
 
 /// From now on this process masks with the secrets of `layout`'s releases.

@@ -105,9 +105,7 @@ pub fn put_artifact(
         drain(&mut limited);
         return Err(format!("`{sha256}` is not a sha256 in hex"));
     }
-    let tmp = layout
-        .artifacts_dir()
-        .join(format!("{TMP_PREFIX}{sha256}-{}", std::process::id()));
+    let tmp = layout.artifacts_dir().join(artifact_temp_name(sha256));
     let result = write_verified(&tmp, sha256, size, &mut limited);
     drain(&mut limited);
     if let Err(e) = result {
@@ -119,6 +117,17 @@ pub fn put_artifact(
     fsync_dir(&layout.artifacts_dir())
         .map_err(|e| format!("cannot sync the artifact store: {e}"))?;
     Ok(size)
+}
+
+/// The name of an artifact's temp file in `artifacts/` while it is written
+/// (removed by the next `begin` if the writer dies).
+pub fn artifact_temp_name(sha256: &str) -> String {
+    format!("{TMP_PREFIX}{sha256}-{}", std::process::id())
+}
+
+/// Syncs `artifacts/` after an artifact was renamed into it.
+pub fn sync_artifacts(layout: &Layout) -> Result<(), String> {
+    fsync_dir(&layout.artifacts_dir()).map_err(|e| format!("cannot sync the artifact store: {e}"))
 }
 
 fn write_verified(

@@ -48,6 +48,11 @@ pub enum Phase {
         /// A restart of what runs, not a switch to another release.
         restarting: bool,
     },
+    /// Watching the canary hosts for their pause; nothing else switched.
+    CanaryPause {
+        /// The canary hosts.
+        hosts: Vec<String>,
+    },
     /// Putting hosts back, or releasing locks: finishing regardless.
     Finishing,
 }
@@ -182,6 +187,18 @@ pub fn interrupt_message(n: usize, phase: &Phase) -> String {
         (_, Phase::Switching { hosts, .. }) => format!(
             "aborting: cancelling the switch of {}; they go back to their previous release",
             hosts.join(", ")
+        ),
+        (1, Phase::CanaryPause { hosts }) => format!(
+            "interrupted: ending the canary's pause; {} go{} back to the previous release and no other host is switched",
+            hosts.join(", "),
+            if hosts.len() == 1 { "es" } else { "" }
+        ),
+        (_, Phase::CanaryPause { hosts }) => format!(
+            "interrupted again: {} {} being put back by {} agent{}; `shipjar status` shows where each is",
+            hosts.join(", "),
+            if hosts.len() == 1 { "is" } else { "are" },
+            if hosts.len() == 1 { "its" } else { "their" },
+            if hosts.len() == 1 { "" } else { "s" }
         ),
         (1, Phase::BeforeChange | Phase::Idle) => {
             "interrupted: stopping before any host is switched; no host changes".to_string()
@@ -402,6 +419,26 @@ mod tests {
         assert!(
             deploy.contains("go back to their previous release"),
             "{deploy}"
+        );
+    }
+
+    #[test]
+    fn an_interrupt_during_a_canary_pause_says_the_canary_goes_back() {
+        let one = Phase::CanaryPause {
+            hosts: vec!["app1".into()],
+        };
+        assert_eq!(
+            interrupt_message(1, &one),
+            "interrupted: ending the canary's pause; app1 goes back to the previous release and no other host is switched"
+        );
+        let two = Phase::CanaryPause {
+            hosts: vec!["app1".into(), "app2".into()],
+        };
+        assert!(
+            interrupt_message(2, &two)
+                .starts_with("interrupted again: app1, app2 are being put back by their agents"),
+            "{}",
+            interrupt_message(2, &two)
         );
     }
 

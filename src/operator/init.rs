@@ -171,20 +171,7 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
     validate_service_name(&name).map_err(|e| Error::config(e).hint("pass --name NAME"))?;
     let mut said = Vec::new();
     let mut comments = Vec::new();
-    said.push(format!(
-        "read {}: {}{}",
-        found.tool.file(),
-        found
-            .name
-            .as_deref()
-            .map(|n| format!("name {n}"))
-            .unwrap_or_else(|| "no name".into()),
-        found
-            .version
-            .as_deref()
-            .map(|v| format!(", version {v}"))
-            .unwrap_or_default()
-    ));
+    said.push(describe_found(&found));
     for note in &found.notes {
         said.push(note.clone());
         comments.push(format!("# {note}"));
@@ -196,17 +183,12 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
     }
     let (logback_opt, logging_config, env_lines) = config_wiring(&dir, &mut said);
     let alternative = alternative
-        .map(|alt| {
-            format!(
-                "# or with {}:\n# command = {}\n# artifact = {}\n",
-                alt.tool.file(),
-                toml_string(&alt.command),
-                toml_string(&alt.artifact)
-            )
-        })
+        .map(|alt| alternative_lines(&alt))
         .unwrap_or_default();
+    let repository = artifact_section(&dir, &mut said);
     let text = TEMPLATE
         .replace("@NAME@", &name)
+        .replace("@REPOSITORY@", &repository)
         .replace(
             "@NOTES@",
             &comments
@@ -245,6 +227,34 @@ pub fn init(file: &Path, name: Option<&str>) -> Result<String> {
         found.artifact
     ));
     Ok(out)
+}
+
+/// "read pom.xml: name cart, version 1.4.2".
+fn describe_found(found: &Detected) -> String {
+    format!(
+        "read {}: {}{}",
+        found.tool.file(),
+        found
+            .name
+            .as_deref()
+            .map(|n| format!("name {n}"))
+            .unwrap_or_else(|| "no name".into()),
+        found
+            .version
+            .as_deref()
+            .map(|v| format!(", version {v}"))
+            .unwrap_or_default()
+    )
+}
+
+/// The other build tool the project could use, as commented lines.
+fn alternative_lines(alt: &Detected) -> String {
+    format!(
+        "# or with {}:\n# command = {}\n# artifact = {}\n",
+        alt.tool.file(),
+        toml_string(&alt.command),
+        toml_string(&alt.artifact)
+    )
 }
 
 /// How the service finds its config files: the logback `-D` option and
@@ -387,6 +397,24 @@ db.password={{ secrets.db_password }}
     ),
 ];
 
+/// A commented `[artifact]` from pom.xml's `<distributionManagement>`:
+/// commented, because with it `deploy` stops building and wants `--version`.
+fn artifact_section(dir: &Path, said: &mut Vec<String>) -> String {
+    let Some((url, group, artifact)) = maven::distribution(dir) else {
+        return String::new();
+    };
+    said.push(format!(
+        "pom.xml publishes to {url}: [artifact] is written commented (uncomment to deploy from it with --version)"
+    ));
+    format!(
+        "# [artifact]                       # deploy from the repository pom.xml publishes to (<distributionManagement>)\n\
+         # repository = {}\n# group = {}\n# artifact = {}\n# netrc = \"repo.netrc\"           # credentials, if it needs them\n\n",
+        toml_string(&url),
+        toml_string(&group),
+        toml_string(&artifact)
+    )
+}
+
 const TEMPLATE: &str = r#"# shipjar project file. Every key is described in shipjar's README.
 @NOTES@
 [service]
@@ -406,7 +434,7 @@ command = @COMMAND@
 artifact = @ARTIFACT@
 @VERSION@
 @ALTERNATIVE@
-[health]                             # checked on the host by the supervisor
+@REPOSITORY@[health]                             # checked on the host by the supervisor
 url = "http://127.0.0.1:8080/health" # or: tcp = 8080
 start_timeout = "90s"
 # settle = "30s"                     # stay up and healthy this long after the gate, or be reverted

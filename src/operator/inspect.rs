@@ -128,10 +128,18 @@ pub fn status(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> 
         })
         .collect();
     flag_minority_versions(&mut rows);
+    let pending = pending_canary(&mut rows);
     let ok = rows.iter().all(|r| r.flags.is_empty());
     let mut text = String::new();
     for row in &rows {
         text.push_str(&format_row(row));
+    }
+    if let Some(p) = &pending {
+        text.push_str(&format!(
+            "pending canary: {}; {}\n",
+            p.describe(),
+            p.how_to_go_on()
+        ));
     }
     let versions = versions_by_host(&rows);
     if versions.len() > 1 {
@@ -156,6 +164,8 @@ pub fn status(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> 
         /// Each version current somewhere, with its hosts.
         versions: &'a [(String, Vec<String>)],
         selection: Option<&'a crate::operator::select::Selection>,
+        /// A canary waiting for `deploy --continue` or `--abort`.
+        pending_canary: Option<&'a crate::protocol::canary::PendingCanary>,
     }
     reporter.result(
         &StatusResult {
@@ -164,10 +174,32 @@ pub fn status(project: &Project, args: &FleetStageArgs, reporter: &Reporter) -> 
             hosts: &rows,
             versions: &versions,
             selection: selection.as_ref(),
+            pending_canary: pending.as_ref(),
         },
         &text,
     );
     Ok(if ok { 0 } else { 1 })
+}
+
+/// The canary waiting on the stage, as its hosts' locks hold it; a canary
+/// host running the canary's release is where it should be, not a drift.
+fn pending_canary(rows: &mut [HostReport]) -> Option<crate::protocol::canary::PendingCanary> {
+    let pending = rows
+        .iter()
+        .find_map(|r| r.status.as_ref().and_then(|s| s.pending_canary.clone()))?;
+    for row in rows.iter_mut() {
+        let on_canary = pending.canary.contains_key(&row.host)
+            && row
+                .status
+                .as_ref()
+                .and_then(|s| s.current.as_ref())
+                .is_some_and(|c| c.id == pending.release);
+        let waiting = pending.hosts.contains(&row.host) && !pending.canary.contains_key(&row.host);
+        if on_canary || waiting {
+            row.flags.retain(|f| !f.starts_with("runs version "));
+        }
+    }
+    Some(pending)
 }
 
 /// Each version current on some host, with those hosts in stage order; the

@@ -13,8 +13,10 @@ pub mod inspect;
 pub mod output;
 pub mod plan;
 pub mod provision;
+pub mod publish;
 pub mod render;
 pub mod repl;
+pub mod repository;
 pub mod secret_command;
 pub mod select;
 pub mod ssh;
@@ -52,6 +54,7 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         }
         Command::Provision(args) => provision::provision(&project, &args, &reporter),
         Command::Deploy(args) => deploy::deploy(&project, &args, &reporter),
+        Command::Publish(args) => publish::publish(&project, &args, &reporter),
         Command::Rollback(args) => deploy::rollback(&project, &args, &reporter),
         Command::Restart(args) => deploy::restart(&project, &args, &reporter),
         Command::Status(args) => inspect::status(&project, &args, &reporter),

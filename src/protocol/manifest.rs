@@ -103,6 +103,16 @@ pub struct ProxySpec {
     /// (and whose `X-Forwarded-For` is appended to); everyone else's are dropped.
     #[serde(default)]
     pub trusted_proxies: Vec<IpRange>,
+    /// Largest request body passed on (413 over it); `None`: no limit.
+    #[serde(default)]
+    pub max_request_body: Option<u64>,
+    /// Largest response body passed on (502 over it, or the connection
+    /// cut once its head went out); `None`: no limit.
+    #[serde(default)]
+    pub max_response_body: Option<u64>,
+    /// One JSON line per request in `access.log` in the service's log dir.
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 fn default_proxy_header_timeout_ms() -> u64 {

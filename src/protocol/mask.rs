@@ -365,6 +365,11 @@ fn in_alphabet(alphabet: Alphabet, byte: u8) -> bool {
     table(alphabet).contains(&byte)
 }
 
+/// Standard padded base64 of `bytes` (HTTP basic credentials use it).
+pub fn base64_standard(bytes: &[u8]) -> String {
+    base64(Alphabet::Standard, bytes)
+}
+
 /// Padded base64 of `bytes`.
 fn base64(alphabet: Alphabet, bytes: &[u8]) -> String {
     let table = table(alphabet);

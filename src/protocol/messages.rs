@@ -35,6 +35,10 @@ pub enum Request {
         /// Prepare this release right away if the artifact is already stored
         /// (saves a round trip; otherwise `prepare` follows the upload).
         prepare: Option<Box<PrepareSpec>>,
+        /// Take over the lock of the pending canary of this release
+        /// (`deploy --continue`/`--abort`); refused when the host holds none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     /// Extend the lease of the session's lock.
     Renew,
@@ -45,6 +49,9 @@ pub enum Request {
         /// Number of bytes that follow.
         size: u64,
     },
+    /// Download an artifact from a repository into the store, its sha256
+    /// checked before it becomes visible (the host fetches it itself).
+    FetchArtifact(Box<FetchSpec>),
     /// Create a complete release directory (not yet current).
     Prepare(Box<PrepareSpec>),
     /// Make a release current, restart through the health gate, verify its version;
@@ -88,9 +95,22 @@ pub enum Request {
         /// `revisions.log` (only by the holder of its lock).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         not_switched: Option<NotSwitched>,
+        /// Keep the lock for this canary instead of releasing it: it outlives
+        /// the session until `--continue`, `--abort` or `unlock`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending: Option<Box<crate::protocol::canary::PendingCanary>>,
     },
     /// Remove the deploy lock whoever holds it (`shipjar unlock`).
     Unlock,
+    /// Watch the running `release` for `window_ms`: it must stay up (no exit,
+    /// no restart by its supervisor) and pass every liveness probe (a
+    /// canary's pause). A `cancel` line ends it as a failure.
+    Watch {
+        /// The release that must be running.
+        release: String,
+        /// How long to watch.
+        window_ms: u64,
+    },
     /// Send the service log's last lines as `log` events; with `follow`, keep sending.
     Logs {
         /// How many lines from the end (of those matching); all when absent.
@@ -121,6 +141,56 @@ pub enum Request {
     Status,
     /// List releases on this host.
     Releases,
+}
+
+/// Where a host downloads an artifact from, and within which limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FetchSpec {
+    /// `http://` or `https://` URL, without credentials.
+    pub url: String,
+    /// Expected sha256, hex; checked before the artifact enters the store.
+    pub sha256: String,
+    /// Largest number of bytes accepted.
+    pub max_size: u64,
+    /// Longest the download may take, retries included.
+    pub timeout_ms: u64,
+    /// HTTP basic credentials (from the operator's netrc file): secrets,
+    /// masked in everything the host says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+}
+
+/// A login and password for a repository.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The login.
+    pub login: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never printed, even in a debug dump of a request.
+        f.write_str("Credentials(…)")
+    }
+}
+
+/// How a host's `fetch_artifact` went. A failed download is an answer, not
+/// an error: the session stays usable, so the operator can push instead.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Fetched {
+    /// The artifact is in the store.
+    pub ok: bool,
+    /// It was there already; nothing was downloaded.
+    pub already_stored: bool,
+    /// Bytes downloaded (all attempts).
+    pub bytes: u64,
+    /// Why it failed and what to do, the URL without credentials.
+    pub error: Option<String>,
 }
 
 /// Request id of `cancel` lines: they answer no request of their own.
@@ -352,6 +422,8 @@ pub enum AgentMessage {
 pub enum Response {
     /// Answer to `begin`.
     Begun(Box<HostState>),
+    /// Answer to `fetch_artifact`.
+    Fetched(Fetched),
     /// Answer to `put_artifact`.
     Stored {
         /// Bytes written to the store.
@@ -385,6 +457,8 @@ pub enum Response {
     HookRan(HookRun),
     /// Answer to `exec`.
     Executed(ExecRun),
+    /// Answer to `watch`.
+    Watched(WatchReport),
     /// Answer to `finish`.
     Finished {
         /// Releases removed.
@@ -445,6 +519,23 @@ pub struct HostState {
     pub took_over: Option<String>,
     /// Whether the release asked for in `begin` was prepared.
     pub prepared: bool,
+    /// With `resume`: the pending canary whose lock was taken over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Box<crate::protocol::canary::PendingCanary>>,
+}
+
+/// How a `watch` went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchReport {
+    /// True when the release stayed up and healthy for the whole window.
+    pub ok: bool,
+    /// The pid watched.
+    pub pid: Option<i32>,
+    /// On failure: the step (`watch`) and why.
+    pub reason: Option<String>,
+    /// On failure: the last lines of the service log.
+    pub log_tail: Vec<String>,
 }
 
 /// Outcome of an activation.
@@ -545,6 +636,9 @@ pub struct HostStatus {
     /// `service` is the instance taking traffic.
     #[serde(default)]
     pub proxy: Option<crate::protocol::status::ProxyStatus>,
+    /// A canary waiting for `deploy --continue` or `--abort`, from the deploy lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_canary: Option<crate::protocol::canary::PendingCanary>,
 }
 
 /// A run that stopped before a host switched, as that host records it.
@@ -672,6 +766,7 @@ mod tests {
             cleaned_up: vec![],
             took_over: None,
             prepared: false,
+            resumed: None,
         })));
         round_trip(Response::Status(Box::new(HostStatus {
             current: Some(release),
@@ -686,6 +781,13 @@ mod tests {
             version_error: None,
             last_revision: None,
             proxy: None,
+            pending_canary: None,
         })));
+        round_trip(Response::Watched(WatchReport {
+            ok: false,
+            pid: Some(4),
+            reason: Some("crashed".into()),
+            log_tail: vec!["boom".into()],
+        }));
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! Nothing here imports `crate::operator` or `crate::host` (a test enforces it).
 
+pub mod canary;
 pub mod clock;
 pub mod defaults;
 pub mod digest;
@@ -38,4 +39,9 @@ pub(crate) use wire_enum::wire_enum;
 /// failed-step events; `finish` records a run that stopped before switching.
 /// 4: `logs` with `since` and `grep`.
 /// 5: `exec` (a command in `current`, its output streamed as `out` events).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: `fetch_artifact` (a host downloads the artifact from a repository);
+/// `[proxy]` body limits and `access_log` in the manifest's ProxySpec;
+/// canaries: `watch` (a release kept under watch for a pause), `begin`
+/// with `resume` and `finish` with `pending` (the lock kept for a canary
+/// waiting for its operator), the pending canary in `status`.
+pub const PROTOCOL_VERSION: u32 = 6;

@@ -5,6 +5,7 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
 import java.io.Reader;
+import java.net.InetAddress;
 import java.net.InetSocketAddress;
 import java.net.SocketException;
 import java.nio.charset.StandardCharsets;
@@ -113,8 +114,15 @@ public final class Hello {
         ExecutorService pool = Executors.newFixedThreadPool(THREADS, threads("hello-http", false));
         ScheduledExecutorService timers = Executors.newSingleThreadScheduledExecutor(threads("hello-timer", true));
         HttpServer server;
+        // WEBSOCKET: the HttpServer moves to a private port behind hello's own listener (Front).
+        boolean websocket = flag("WEBSOCKET");
         try {
-            server = HttpServer.create(new InetSocketAddress(bind, port), 0);
+            server = HttpServer.create(websocket
+                    ? new InetSocketAddress(InetAddress.getLoopbackAddress(), 0)
+                    : new InetSocketAddress(bind, port), 0);
+            if (websocket) {
+                Front.start(bind, port, server.getAddress().getPort(), version);
+            }
         } catch (SocketException | IllegalArgumentException e) { // port in use, bad BIND/PORT
             System.err.println("hello: cannot listen on " + bind + ":" + port + ": " + e.getMessage());
             System.exit(1);
@@ -127,7 +135,7 @@ public final class Hello {
                 new Thread(() -> stop(server, pool, timers), "hello-shutdown"));
         // Log the real address: with PORT=0 the OS picks the port.
         InetSocketAddress addr = server.getAddress();
-        LOG.info("listening on " + addr.getHostString() + ":" + addr.getPort());
+        LOG.info("listening on " + (websocket ? bind + ":" + port : addr.getHostString() + ":" + addr.getPort()));
 
         Runnable markReady = () -> {
             readyAt = System.nanoTime();
@@ -200,7 +208,8 @@ public final class Hello {
     /** Dispatches one request and returns the status code it was answered with. */
     private int route(HttpExchange ex, String method, String path) throws IOException {
         boolean known = path.equals("/") || path.equals("/health") || path.equals("/version")
-                || path.equals("/config") || path.equals("/slow") || path.equals("/headers");
+                || path.equals("/config") || path.equals("/slow") || path.equals("/headers")
+                || path.equals("/events") || path.equals("/big");
         if (!known) {
             return send(ex, 404, TEXT, "not found\n");
         }
@@ -237,6 +246,10 @@ public final class Hello {
                 }
                 return send(ex, 200, "application/json", toJson(seen));
             }
+            case "/events":
+                return events(ex);
+            case "/big":
+                return big(ex);
             default: // "/slow"
                 return slow(ex);
         }
@@ -255,6 +268,67 @@ public final class Hello {
             LOG.info("first healthy answer to /health");
         }
         return send(ex, 200, TEXT, "ok\n");
+    }
+
+    /** The value of query parameter {@code name}, or -1 when absent or not a number. */
+    private static long query(HttpExchange ex, String name) {
+        String query = ex.getRequestURI().getRawQuery();
+        for (String pair : query == null ? new String[0] : query.split("&")) {
+            if (pair.startsWith(name + "=")) {
+                try {
+                    return Long.parseLong(pair.substring(name.length() + 1));
+                } catch (NumberFormatException e) {
+                    return -1;
+                }
+            }
+        }
+        return -1;
+    }
+
+    /**
+     * Server-sent events: {@code /events?n=N&ms=M} sends N events (0: until the client goes),
+     * one every M ms, each flushed as it is written ({@code data: VERSION I}).
+     */
+    private int events(HttpExchange ex) throws IOException {
+        long n = query(ex, "n");
+        long ms = query(ex, "ms");
+        if (n < 0 || ms < 0 || ms > MAX_SLOW_MS) {
+            return send(ex, 400, TEXT, "usage: /events?n=N&ms=M (n 0: no end)\n");
+        }
+        ex.getResponseHeaders().set("Content-Type", "text/event-stream");
+        ex.getResponseHeaders().set("Cache-Control", "no-cache");
+        ex.sendResponseHeaders(200, 0); // chunked
+        try (OutputStream out = ex.getResponseBody()) {
+            for (long i = 1; n == 0 || i <= n; i++) {
+                out.write(("id: " + i + "\ndata: " + version + " " + i + "\n\n")
+                        .getBytes(StandardCharsets.UTF_8));
+                out.flush();
+                if (n == 0 || i < n) {
+                    Thread.sleep(ms);
+                }
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        return 200;
+    }
+
+    /** {@code /big?bytes=N[&chunked=1]}: N bytes of 'x', with a Content-Length or chunked. */
+    private int big(HttpExchange ex) throws IOException {
+        long n = query(ex, "bytes");
+        if (n < 0 || n > 1L << 30) {
+            return send(ex, 400, TEXT, "usage: /big?bytes=N[&chunked=1]\n");
+        }
+        ex.getResponseHeaders().set("Content-Type", "application/octet-stream");
+        ex.sendResponseHeaders(200, query(ex, "chunked") == 1 ? 0 : (n == 0 ? -1 : n));
+        byte[] block = new byte[8192];
+        java.util.Arrays.fill(block, (byte) 'x');
+        try (OutputStream out = ex.getResponseBody()) {
+            for (long left = n; left > 0; left -= block.length) {
+                out.write(block, 0, (int) Math.min(left, block.length));
+            }
+        }
+        return 200;
     }
 
     private int slow(HttpExchange ex) throws IOException {

@@ -555,114 +555,22 @@ fn trusted_for_links(st: &Stat) -> bool {
 #[allow(clippy::disallowed_methods)] // the layer: opens only `/` or `.` by path, O_PATH
 fn walk(path: &Path, create: Option<NewFile>) -> io::Result<(GuardedDir, bool)> {
     let start = if path.is_absolute() { "/" } else { "." };
-    let path_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let open_start = || {
-        nix::fcntl::open(start, path_flags, Mode::empty())
-            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{start}: {e}")))
+    let cur = nix::fcntl::open(start, WALK_FLAGS, Mode::empty())
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{start}: {e}")))?;
+    let mut walk = Walk {
+        cur,
+        shown: PathBuf::from(start),
+        todo: components(path),
+        links: 0,
+        raced: 0,
+        created: false,
     };
-    // The directory the walk has reached.
-    let mut cur: OwnedFd = open_start()?;
-    // Where the walk is, for messages.
-    let mut shown = PathBuf::from(start);
-    let mut todo: VecDeque<OsString> = components(path);
-    let mut links = 0usize;
-    let mut raced = 0usize;
-    let mut created = false;
-    while let Some(name) = todo.pop_front() {
-        if name == ".." {
-            // The physical parent of where the walk is (`/..` is `/`).
-            cur = openat(&cur, "..", path_flags, Mode::empty()).map_err(io_err)?;
-            shown.push("..");
-            continue;
-        }
-        if name == "/" {
-            cur = nix::fcntl::open("/", path_flags, Mode::empty()).map_err(io_err)?;
-            shown = PathBuf::from("/");
-            continue;
-        }
-        let parent = &cur;
-        let is_last = todo.is_empty();
-        let flags = path_flags | OFlag::O_NOFOLLOW;
-        match openat(parent, name.as_os_str(), flags, Mode::empty()) {
-            Ok(fd) => {
-                cur = fd;
-                shown.push(&name);
-            }
-            Err(Errno::ENOENT) if create.is_some() => {
-                let mode = match (is_last, create) {
-                    (true, Some(new)) => new.mode,
-                    _ => 0o755,
-                };
-                match mkdirat(parent, name.as_os_str(), Mode::from_bits_truncate(mode)) {
-                    Ok(()) => created |= is_last,
-                    Err(Errno::EEXIST) => {}
-                    Err(e) => {
-                        return Err(io::Error::new(
-                            io::Error::from(e).kind(),
-                            format!("cannot create {}: {e}", shown.join(&name).display()),
-                        ));
-                    }
-                }
-                // Open what is there now (ours, or whoever won the race);
-                // an entry that keeps vanishing is someone playing games.
-                raced += 1;
-                if raced > 10 {
-                    return Err(refused(format!(
-                        "{} keeps appearing and disappearing",
-                        shown.join(&name).display()
-                    )));
-                }
-                todo.push_front(name);
-            }
-            Err(e @ (Errno::ENOTDIR | Errno::ELOOP)) => {
-                let st = fstatat(parent, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map(Stat::from)
-                    .map_err(io_err)?;
-                let here = shown.join(&name);
-                if st.kind != Kind::Link {
-                    return Err(refused(format!(
-                        "{} is {}, not a directory",
-                        here.display(),
-                        st.kind.described()
-                    )));
-                }
-                let dir_st = Stat::from(fstat(parent).map_err(io_err)?);
-                if !trusted_for_links(&dir_st) {
-                    return Err(refused(format!(
-                        "{} is a symlink in {}, which another user can write; \
-                         refusing to follow it ({PLANTED})",
-                        here.display(),
-                        shown.display()
-                    )));
-                }
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("{}: {}", here.display(), e.desc()),
-                    ));
-                }
-                let target = nix::fcntl::readlinkat(parent, name.as_os_str()).map_err(io_err)?;
-                let mut spliced = components(Path::new(&target));
-                if Path::new(&target).is_absolute() {
-                    spliced.push_front(OsString::from("/"));
-                }
-                for c in spliced.into_iter().rev() {
-                    todo.push_front(c);
-                }
-            }
-            Err(e) => {
-                return Err(io::Error::new(
-                    io::Error::from(e).kind(),
-                    format!("cannot open {}: {e}", shown.join(&name).display()),
-                ));
-            }
-        }
+    while let Some(name) = walk.todo.pop_front() {
+        walk.step(name, create)?;
     }
-    let last_fd = cur;
     // Re-open the last one readable (O_PATH cannot be fchmod'ed or listed).
     let fd = openat(
-        &last_fd,
+        &walk.cur,
         ".",
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
@@ -677,10 +585,138 @@ fn walk(path: &Path, create: Option<NewFile>) -> io::Result<(GuardedDir, bool)> 
         fd,
         path: path.to_path_buf(),
     };
-    if created && let Some(new) = create {
+    if walk.created
+        && let Some(new) = create
+    {
         dir.claim(new)?;
     }
-    Ok((dir, created))
+    Ok((dir, walk.created))
+}
+
+/// How the walk opens each directory: by handle only, never following the last link.
+const WALK_FLAGS: OFlag = OFlag::O_PATH
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC);
+
+/// A walk under way.
+struct Walk {
+    /// The directory the walk has reached.
+    cur: OwnedFd,
+    /// Where the walk is, for messages.
+    shown: PathBuf,
+    /// The names still to walk (a followed link's target spliced in front).
+    todo: VecDeque<OsString>,
+    /// Links followed so far.
+    links: usize,
+    /// Entries found missing, then made (by us or by whoever won the race).
+    raced: usize,
+    /// Whether the walk made the last directory.
+    created: bool,
+}
+
+impl Walk {
+    /// One name: into it, made when missing (with `create`), or through the link it is.
+    #[allow(clippy::disallowed_methods)] // the layer: opens only `/` by path, O_PATH
+    fn step(&mut self, name: OsString, create: Option<NewFile>) -> io::Result<()> {
+        if name == ".." {
+            // The physical parent of where the walk is (`/..` is `/`).
+            self.cur = openat(&self.cur, "..", WALK_FLAGS, Mode::empty()).map_err(io_err)?;
+            self.shown.push("..");
+            return Ok(());
+        }
+        if name == "/" {
+            self.cur = nix::fcntl::open("/", WALK_FLAGS, Mode::empty()).map_err(io_err)?;
+            self.shown = PathBuf::from("/");
+            return Ok(());
+        }
+        let flags = WALK_FLAGS | OFlag::O_NOFOLLOW;
+        match openat(&self.cur, name.as_os_str(), flags, Mode::empty()) {
+            Ok(fd) => {
+                self.cur = fd;
+                self.shown.push(&name);
+                Ok(())
+            }
+            Err(Errno::ENOENT) if create.is_some() => self.make(name, create),
+            Err(e @ (Errno::ENOTDIR | Errno::ELOOP)) => self.follow(name, e),
+            Err(e) => Err(io::Error::new(
+                io::Error::from(e).kind(),
+                format!("cannot open {}: {e}", self.shown.join(&name).display()),
+            )),
+        }
+    }
+
+    /// Makes the missing directory `name` (the last one with `create`'s
+    /// mode), then walks into whatever is there.
+    fn make(&mut self, name: OsString, create: Option<NewFile>) -> io::Result<()> {
+        let is_last = self.todo.is_empty();
+        let mode = match (is_last, create) {
+            (true, Some(new)) => new.mode,
+            _ => 0o755,
+        };
+        match mkdirat(&self.cur, name.as_os_str(), Mode::from_bits_truncate(mode)) {
+            Ok(()) => self.created |= is_last,
+            Err(Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("cannot create {}: {e}", self.shown.join(&name).display()),
+                ));
+            }
+        }
+        // Open what is there now (ours, or whoever won the race);
+        // an entry that keeps vanishing is someone playing games.
+        self.raced += 1;
+        if self.raced > 10 {
+            return Err(refused(format!(
+                "{} keeps appearing and disappearing",
+                self.shown.join(&name).display()
+            )));
+        }
+        self.todo.push_front(name);
+        Ok(())
+    }
+
+    /// `name` is not a directory: a link is followed (spliced into the
+    /// walk) when only root or we could have put it there; anything else is refused.
+    fn follow(&mut self, name: OsString, e: Errno) -> io::Result<()> {
+        let parent = &self.cur;
+        let st = fstatat(parent, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map(Stat::from)
+            .map_err(io_err)?;
+        let here = self.shown.join(&name);
+        if st.kind != Kind::Link {
+            return Err(refused(format!(
+                "{} is {}, not a directory",
+                here.display(),
+                st.kind.described()
+            )));
+        }
+        let dir_st = Stat::from(fstat(parent).map_err(io_err)?);
+        if !trusted_for_links(&dir_st) {
+            return Err(refused(format!(
+                "{} is a symlink in {}, which another user can write; \
+                 refusing to follow it ({PLANTED})",
+                here.display(),
+                self.shown.display()
+            )));
+        }
+        self.links += 1;
+        if self.links > MAX_LINKS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: {}", here.display(), e.desc()),
+            ));
+        }
+        let target = nix::fcntl::readlinkat(parent, name.as_os_str()).map_err(io_err)?;
+        let mut spliced = components(Path::new(&target));
+        if Path::new(&target).is_absolute() {
+            spliced.push_front(OsString::from("/"));
+        }
+        for c in spliced.into_iter().rev() {
+            self.todo.push_front(c);
+        }
+        Ok(())
+    }
 }
 
 /// The names of `path`, in order (`.` dropped, `..` kept).

@@ -2,6 +2,7 @@
 //! its own link (`instances/<port>`) names, under its own supervisor; the
 //! proxy sends traffic to one of them.
 
+use crate::host::error::HostError;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use crate::host::os::process::Signals;
 use crate::host::proxy;
-use crate::host::supervisor::{self, StartReport, SupervisorError};
+use crate::host::supervisor::{self, StartReport};
 use crate::protocol::defaults::SUPERVISOR_GRACE;
 use crate::protocol::files::fsync_dir;
 use crate::protocol::layout::Layout;
@@ -49,27 +50,20 @@ pub fn active_or_first(layout: &Layout, spec: &ProxySpec) -> Option<u16> {
     )
 }
 
-pub(super) fn fail(message: String) -> SupervisorError {
-    SupervisorError {
-        message,
-        log_tail: Vec::new(),
-    }
-}
-
 /// The parts, as the runner brings them up: the active instance (the first
 /// port when none was) from `current`, healthy, the proxy, traffic switched
 /// to the instance. What runs already is kept.
-pub fn start_parts(layout: &Layout, spec: &ProxySpec) -> Result<StartReport, SupervisorError> {
+pub fn start_parts(layout: &Layout, spec: &ProxySpec) -> Result<StartReport, HostError> {
     let port = active_or_first(layout, spec).unwrap_or(spec.ports[0]);
     let instance = layout.with_instance(Some(port));
     if supervisor::status(&instance).pid.is_none() {
-        let id =
-            crate::host::store::current(layout).ok_or_else(|| fail("no current release".into()))?;
-        link(layout, port, &id).map_err(fail)?;
+        let id = crate::host::store::current(layout)
+            .ok_or_else(|| HostError::new("no current release"))?;
+        link(layout, port, &id).map_err(HostError::new)?;
     }
     let report = supervisor::start(&instance)?;
-    proxy::ensure_running(layout, spec).map_err(fail)?;
-    proxy::switch(layout, Some(port)).map_err(fail)?;
+    proxy::ensure_running(layout, spec).map_err(HostError::new)?;
+    proxy::switch(layout, Some(port)).map_err(HostError::new)?;
     Ok(report)
 }
 
@@ -84,11 +78,11 @@ pub(super) fn stop_budget(layout: &Layout) -> Duration {
 }
 
 /// Both instances stopped, then the proxy (no instance takes traffic).
-pub fn stop_parts(layout: &Layout, spec: &ProxySpec) -> Result<(), SupervisorError> {
+pub fn stop_parts(layout: &Layout, spec: &ProxySpec) -> Result<(), HostError> {
     for port in spec.ports {
         supervisor::stop(&layout.with_instance(Some(port)))?;
     }
-    proxy::stop(layout).map_err(fail)?;
+    proxy::stop(layout).map_err(HostError::new)?;
     Ok(())
 }
 
@@ -101,7 +95,7 @@ const WATCH_TICK: Duration = Duration::from_millis(50);
 pub fn start_watched(
     instance: &Layout,
     signals: &Signals,
-) -> Option<Result<StartReport, SupervisorError>> {
+) -> Option<Result<StartReport, HostError>> {
     let starting = std::thread::spawn({
         let instance = instance.clone();
         move || supervisor::start(&instance)
@@ -114,7 +108,7 @@ pub fn start_watched(
             return Some(
                 starting
                     .join()
-                    .unwrap_or_else(|_| Err(fail("the start panicked".into()))),
+                    .unwrap_or_else(|_| Err(HostError::new("the start panicked"))),
             );
         }
     }

@@ -16,9 +16,10 @@ pub mod switch;
 #[allow(clippy::disallowed_methods)] // root-only: /proc, cgroupfs
 pub mod whole;
 
+use crate::host::error::HostError;
 use std::time::Instant;
 
-use crate::host::supervisor::{self, ReloadReport, StartReport, SupervisorError};
+use crate::host::supervisor::{self, ReloadReport, StartReport};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
@@ -38,16 +39,13 @@ pub fn restart(
     layout: &Layout,
     spec: &ProxySpec,
     emit: &dyn Fn(&str, &str),
-) -> Result<StartReport, SupervisorError> {
+) -> Result<StartReport, HostError> {
     let _switching = switch_lock(layout)?;
     switch::restart(layout, spec, emit)
 }
 
-fn switch_lock(layout: &Layout) -> Result<crate::host::lockfile::HeldLock, SupervisorError> {
-    crate::host::lockfile::hold_switch(layout).map_err(|message| SupervisorError {
-        message,
-        log_tail: Vec::new(),
-    })
+fn switch_lock(layout: &Layout) -> Result<crate::host::lockfile::HeldLock, HostError> {
+    crate::host::lockfile::hold_switch(layout).map_err(HostError::new)
 }
 
 /// `service reload` of a proxied service: `[reload] signal` to the instance
@@ -56,7 +54,7 @@ pub fn reload(
     layout: &Layout,
     spec: &ProxySpec,
     emit: &dyn Fn(&str, &str),
-) -> Result<ReloadReport, SupervisorError> {
+) -> Result<ReloadReport, HostError> {
     let signal = crate::host::store::current(layout)
         .and_then(|id| crate::host::store::read_manifest(layout, &id).ok())
         .and_then(|m| m.reload.signal);

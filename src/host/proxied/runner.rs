@@ -8,6 +8,7 @@
 //! proxy. SIGUSR1 makes it leave without stopping anything (a hand-over to
 //! the unit's runner).
 
+use crate::host::error::HostError;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use crate::host::os::process::Signals;
 use crate::host::os::procfs::{self, Liveness};
 use crate::host::proxy;
 use crate::host::supervisor::readiness::ReadinessChannel;
-use crate::host::supervisor::{self, StartReport, SupervisorError};
+use crate::host::supervisor::{self, StartReport};
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::layout::{Layout, Lock};
 use crate::protocol::manifest::ProxySpec;
@@ -46,13 +47,6 @@ pub enum Mode {
     Detached,
     /// `service run`: sd_notify to systemd.
     Foreground,
-}
-
-fn error(message: impl Into<String>) -> SupervisorError {
-    SupervisorError {
-        message: message.into(),
-        log_tail: Vec::new(),
-    }
 }
 
 /// Whether a runner lives (its lock is held).
@@ -157,20 +151,20 @@ pub fn stop(layout: &Layout, timeout: Duration) -> Result<bool, String> {
 
 /// Spawns a detached runner (`service supervise NAME`) and waits for its
 /// one-line report: the active instance healthy behind a running proxy.
-pub fn spawn_detached(layout: &Layout) -> Result<StartReport, SupervisorError> {
+pub fn spawn_detached(layout: &Layout) -> Result<StartReport, HostError> {
     let log_path = layout.proxy_log();
     // The log dir is the service user's: see `proxy::ensure_running`.
     let log = crate::host::supervisor::logfile::open_append(&log_path)
-        .map_err(|e| error(format!("{}: {e}", log_path.display())))?;
+        .map_err(|e| HostError::new(format!("{}: {e}", log_path.display())))?;
     let mut child = detached::spawn(
         layout.root(),
         &["service", "supervise", layout.name()],
         Stdio::piped(),
         log,
     )
-    .map_err(|e| error(format!("cannot start the runner: {e}")))?;
+    .map_err(|e| HostError::new(format!("cannot start the runner: {e}")))?;
     let ended = |what: String| {
-        error(format!(
+        HostError::new(format!(
             "the runner of {} {what}; see {}",
             layout.name(),
             log_path.display()
@@ -180,11 +174,12 @@ pub fn spawn_detached(layout: &Layout) -> Result<StartReport, SupervisorError> {
         Report::Ready(json) => {
             // Reaped in a thread of its own: the runner lives on.
             detached::let_live(child);
-            serde_json::from_str(&json).map_err(|e| error(format!("the runner's report: {e}")))
+            serde_json::from_str(&json)
+                .map_err(|e| HostError::new(format!("the runner's report: {e}")))
         }
         Report::Failed(json) => {
             detached::let_live(child);
-            Err(serde_json::from_str(&json).unwrap_or_else(|_| error(json)))
+            Err(serde_json::from_str(&json).unwrap_or_else(|_| HostError::new(json)))
         }
         Report::Garbled(line) => {
             stop_unreported(layout, child);
@@ -196,7 +191,7 @@ pub fn spawn_detached(layout: &Layout) -> Result<StartReport, SupervisorError> {
         }
         Report::Cancelled => {
             stop_unreported(layout, child);
-            Err(error(
+            Err(HostError::new(
                 "cancelled by the operator (Ctrl-C) before it was healthy",
             ))
         }

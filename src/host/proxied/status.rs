@@ -651,6 +651,9 @@ mod tests {
             upstream_timeout_ms: None,
             max_connections: 1,
             trusted_proxies: Vec::new(),
+            max_request_body: None,
+            max_response_body: None,
+            access_log: false,
         };
         assert_eq!(idle_port(&spec, None), 18081);
         assert_eq!(idle_port(&spec, Some(18081)), 18082);

@@ -5,11 +5,12 @@
 //! instance and changes nothing else; a failure past the switch goes back
 //! to what ran (the old instance, or the service without the proxy).
 
+use crate::host::error::HostError;
 use std::time::{Duration, Instant};
 
 use super::{instances, runner, whole};
-use crate::host::steps::{StepFailure, cancelled, reported_version_at, run_hook, settle};
-use crate::host::supervisor::{StartReport, SupervisorError};
+use crate::host::steps::{cancelled, reported_version_at, run_hook, settle};
+use crate::host::supervisor::StartReport;
 use crate::host::{proxy, restart, store, supervisor};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::{ProxySpec, ReleaseManifest};
@@ -23,7 +24,7 @@ pub(crate) fn activate(
     deploying: bool,
     emit: &dyn Fn(&str, &str),
     outcome: &mut Activation,
-) -> Result<(), StepFailure> {
+) -> Result<(), HostError> {
     // The instance taking traffic, if it really runs.
     let old = proxy::active(layout)
         .filter(|p| spec.ports.contains(p))
@@ -51,7 +52,7 @@ pub(crate) fn activate(
         previous: store::current(layout).filter(|id| *id != manifest.id),
         plain_ran: leave_plain(layout, &new, emit)?,
     };
-    let fail = |failure: StepFailure, outcome: &mut Activation| -> StepFailure {
+    let fail = |failure: HostError, outcome: &mut Activation| -> HostError {
         outcome.now_running = Some(go_back(layout, &before, emit));
         failure
     };
@@ -98,18 +99,18 @@ fn start_idle(
     port: u16,
     emit: &dyn Fn(&str, &str),
     outcome: &mut Activation,
-) -> Result<(StartReport, Instant), StepFailure> {
+) -> Result<(StartReport, Instant), HostError> {
     let new = layout.with_instance(Some(port));
     cancelled("switch")?;
-    supervisor::stop(&new).map_err(|e| ("stop", e.message, e.log_tail))?;
-    instances::link(layout, port, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
+    supervisor::stop(&new).map_err(|e| e.in_step("stop"))?;
+    instances::link(layout, port, &manifest.id).map_err(|e| HostError::at("switch", e))?;
     emit(
         "start",
         &format!("release {} as the instance on port {port}", manifest.id),
     );
     let started = supervisor::start(&new).map_err(|e| {
         let _ = supervisor::stop(&new);
-        ("health", e.message, e.log_tail)
+        e.in_step("health")
     })?;
     let healthy_at = Instant::now();
     outcome.pid = Some(started.pid);
@@ -147,13 +148,13 @@ fn leave_plain(
     layout: &Layout,
     new: &Layout,
     emit: &dyn Fn(&str, &str),
-) -> Result<bool, StepFailure> {
+) -> Result<bool, HostError> {
     if supervisor::status(layout).pid.is_none() {
         return Ok(false);
     }
     let stop = supervisor::stop(layout).map_err(|e| {
         let _ = supervisor::stop(new);
-        ("stop", e.message, e.log_tail)
+        e.in_step("stop")
     })?;
     emit(
         "stop",
@@ -173,31 +174,27 @@ fn switch_traffic(
     spec: &ProxySpec,
     port: u16,
     emit: &dyn Fn(&str, &str),
-) -> Result<Instant, StepFailure> {
-    if proxy::ensure_running(layout, spec).map_err(|e| ("switch", e, Vec::new()))? {
+) -> Result<Instant, HostError> {
+    if proxy::ensure_running(layout, spec).map_err(|e| HostError::at("switch", e))? {
         emit("proxy", &format!("started on {}", spec.listen));
     }
     let switched = Instant::now();
-    proxy::switch(layout, Some(port)).map_err(|e| ("switch", e, Vec::new()))?;
+    proxy::switch(layout, Some(port)).map_err(|e| HostError::at("switch", e))?;
     emit(
         "switch",
         &format!("proxy {} -> 127.0.0.1:{port} (confirmed)", spec.listen),
     );
-    store::switch(layout, &manifest.id).map_err(|e| ("switch", e, Vec::new()))?;
+    store::switch(layout, &manifest.id).map_err(|e| HostError::at("switch", e))?;
     emit("switch", &format!("current -> releases/{}", manifest.id));
     Ok(switched)
 }
 
 /// The version gate of the instance on `port`, before it takes traffic.
-fn gate(
-    manifest: &ReleaseManifest,
-    port: u16,
-    emit: &dyn Fn(&str, &str),
-) -> Result<(), StepFailure> {
+fn gate(manifest: &ReleaseManifest, port: u16, emit: &dyn Fn(&str, &str)) -> Result<(), HostError> {
     cancelled("health")?;
     if manifest.version_check.is_some() {
         let reported = reported_version_at(manifest, Some(port))
-            .map_err(|e| ("version", e, Vec::new()))?
+            .map_err(|e| HostError::at("version", e))?
             .unwrap_or_default();
         outcome_version(&reported, manifest)?;
         emit(
@@ -215,23 +212,16 @@ pub(crate) fn restart(
     layout: &Layout,
     spec: &ProxySpec,
     emit: &dyn Fn(&str, &str),
-) -> Result<StartReport, SupervisorError> {
-    let fail = |message: String| SupervisorError {
-        message,
-        log_tail: Vec::new(),
-    };
-    let id = store::current(layout).ok_or_else(|| fail("no current release".into()))?;
-    let mut manifest = store::read_manifest(layout, &id).map_err(fail)?;
+) -> Result<StartReport, HostError> {
+    let id = store::current(layout).ok_or_else(|| HostError::new("no current release"))?;
+    let mut manifest = store::read_manifest(layout, &id).map_err(HostError::new)?;
     // The release settled when it was activated; a restart (under systemd, a
     // reload within the unit's timeout) only passes the gate again.
     manifest.health.settle_ms = 0;
     let mut outcome = Activation::of(&id);
-    activate(layout, &manifest, spec, false, emit, &mut outcome).map_err(
-        |(step, message, log_tail)| SupervisorError {
-            message: format!("{step}: {message}"),
-            log_tail,
-        },
-    )?;
+    // The step goes into the message: a restart's report has no step of its own.
+    activate(layout, &manifest, spec, false, emit, &mut outcome)
+        .map_err(|e| HostError::new(e.to_string()).with_log_tail(e.log_tail))?;
     Ok(StartReport {
         pid: outcome.pid.unwrap_or_default(),
         release: id,
@@ -240,17 +230,16 @@ pub(crate) fn restart(
     })
 }
 
-fn outcome_version(reported: &str, manifest: &ReleaseManifest) -> Result<(), StepFailure> {
+fn outcome_version(reported: &str, manifest: &ReleaseManifest) -> Result<(), HostError> {
     if reported == manifest.version {
         Ok(())
     } else {
-        Err((
+        Err(HostError::at(
             "version",
             format!(
                 "the service reports version `{reported}`, expected `{}`",
                 manifest.version
             ),
-            Vec::new(),
         ))
     }
 }
@@ -314,9 +303,7 @@ fn go_back(layout: &Layout, before: &Before, emit: &dyn Fn(&str, &str)) -> NowRu
     );
     let restarted = proxy::stop(layout)
         .map_err(|e| format!("could not stop the proxy: {e}"))
-        .and_then(|_| {
-            restart::restart(layout).map_err(|(step, e)| format!("{step}: {}", e.message))
-        });
+        .and_then(|_| restart::restart(layout).map_err(|e| e.to_string()));
     match restarted {
         Ok(r) => {
             emit(
@@ -361,13 +348,25 @@ fn retire(
                 switched.elapsed().as_millis()
             ),
         ),
-        Ok(left) => emit(
-            "drain",
-            &format!(
-                "instance on port {old}: {left} request(s) still in flight after {} ms; stopping it",
-                switched.elapsed().as_millis()
-            ),
-        ),
+        Ok(left) => {
+            // Past the deadline: tunnels and streams are closed before the
+            // stop, so a client gets a close frame or a clean end.
+            let closed = match proxy::close(layout, old) {
+                Ok((0, 0)) => String::new(),
+                Ok((tunnels, streams)) => format!(
+                    "; closed {tunnels} upgraded (WebSocket) connection(s) and {streams} \
+                     streaming response(s) past drain_timeout"
+                ),
+                Err(e) => format!("; could not close its tunnels and streams: {e}"),
+            };
+            emit(
+                "drain",
+                &format!(
+                    "instance on port {old}: {left} request(s) still in flight after {} ms{closed}; stopping it",
+                    switched.elapsed().as_millis()
+                ),
+            )
+        }
         Err(e) => emit(
             "drain",
             &format!(

@@ -2,11 +2,12 @@
 //! unit's runner where systemd owns the service, else a detached one),
 //! stopped, and kept supervised after a deploy or a restart.
 
+use crate::host::error::HostError;
 use std::fs;
 
-use super::instances::{active_or_first, fail, start_parts, stop_budget, stop_parts};
+use super::instances::{active_or_first, start_parts, stop_budget, stop_parts};
 use super::runner;
-use crate::host::supervisor::{self, StartReport, SupervisorError};
+use crate::host::supervisor::{self, StartReport};
 use crate::host::{init, restart};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
@@ -14,7 +15,7 @@ use crate::protocol::manifest::ProxySpec;
 /// `service start` of a proxied service: the whole comes up under its
 /// runner — the unit's on a host where systemd owns the service, else a
 /// detached one. A runner that lives already just makes sure of the parts.
-pub fn start(layout: &Layout, spec: &ProxySpec) -> Result<StartReport, SupervisorError> {
+pub fn start(layout: &Layout, spec: &ProxySpec) -> Result<StartReport, HostError> {
     if runner::is_held(layout) {
         return start_parts(layout, spec);
     }
@@ -26,7 +27,7 @@ pub fn start(layout: &Layout, spec: &ProxySpec) -> Result<StartReport, Superviso
 
 /// After a deploy or a restart: the whole is left under a runner (which
 /// adopts the instance and the proxy that run).
-pub fn ensure_supervised(layout: &Layout, spec: &ProxySpec) -> Result<(), SupervisorError> {
+pub fn ensure_supervised(layout: &Layout, spec: &ProxySpec) -> Result<(), HostError> {
     if runner::is_held(layout) {
         return Ok(());
     }
@@ -35,14 +36,14 @@ pub fn ensure_supervised(layout: &Layout, spec: &ProxySpec) -> Result<(), Superv
 
 /// `systemctl start NAME`: the unit's runner starts (or adopts) the parts
 /// and sends READY=1 once the active instance is healthy behind the proxy.
-fn start_with_systemd(layout: &Layout, spec: &ProxySpec) -> Result<StartReport, SupervisorError> {
+fn start_with_systemd(layout: &Layout, spec: &ProxySpec) -> Result<StartReport, HostError> {
     let unit = format!("{}.service", layout.name());
-    let shipjar = init::this_binary().map_err(fail)?;
-    if init::refresh_unit(layout, &shipjar).map_err(fail)? {
-        restart::systemctl(&["daemon-reload"]).map_err(fail)?;
+    let shipjar = init::this_binary().map_err(HostError::new)?;
+    if init::refresh_unit(layout, &shipjar).map_err(HostError::new)? {
+        restart::systemctl(&["daemon-reload"]).map_err(HostError::new)?;
     }
     let _ = restart::systemctl(&["reset-failed", "--", &unit]);
-    restart::start_unit(&unit).map_err(fail)?;
+    restart::start_unit(&unit).map_err(HostError::new)?;
     let instance = layout.with_instance(active_or_first(layout, spec));
     let status = supervisor::status(&instance);
     match (status.pid, status.release) {
@@ -52,7 +53,7 @@ fn start_with_systemd(layout: &Layout, spec: &ProxySpec) -> Result<StartReport, 
             healthy_after_ms: supervisor::healthy_after_ms(&instance).unwrap_or(0),
             already_running: false,
         }),
-        _ => Err(fail(format!(
+        _ => Err(HostError::new(format!(
             "systemctl start {unit} succeeded, but the active instance is not running: {}",
             status.detail
         ))),
@@ -116,9 +117,9 @@ fn cgroup2_mount() -> Option<std::path::PathBuf> {
 
 /// `service stop` of a proxied service: its runner stops (it stops the
 /// parts); then both instances and the proxy, whatever still runs.
-pub fn stop(layout: &Layout, spec: &ProxySpec) -> Result<(), SupervisorError> {
-    runner::stop(layout, stop_budget(layout)).map_err(fail)?;
+pub fn stop(layout: &Layout, spec: &ProxySpec) -> Result<(), HostError> {
+    runner::stop(layout, stop_budget(layout)).map_err(HostError::new)?;
     stop_parts(layout, spec)?;
     // A runner that had died before: the whole is stopped by request now.
-    runner::record_stopped_without_it(layout).map_err(fail)
+    runner::record_stopped_without_it(layout).map_err(HostError::new)
 }

@@ -5,11 +5,15 @@
 //! active port to a file by rename (so a restarted worker resumes there),
 //! and waits on the old instance's in-flight count before stopping it.
 
+mod access;
 mod conn;
+mod drain;
 #[allow(clippy::disallowed_methods)] // root-only: run/NAME/proxy is root's
 mod files;
 mod headers;
 mod keeper;
+mod stream;
+mod tunnel;
 #[allow(clippy::disallowed_methods)] // root-only: the control socket in root's run/NAME/proxy
 mod worker;
 
@@ -223,6 +227,20 @@ pub fn inflight(layout: &Layout, port: u16) -> Result<u64, String> {
         .strip_prefix("ok inflight ")
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("the proxy answered `{answer}`"))
+}
+
+/// Ends what is still open on the instance on `port` once its drain
+/// deadline passed: `(tunnels, streams)`, the upgraded connections (a
+/// WebSocket gets a close frame) and the responses still streaming.
+pub fn close(layout: &Layout, port: u16) -> Result<(u64, u64), String> {
+    let answer = wait_request(layout, &format!("close {port}"), START_TIMEOUT)?;
+    let mut counts = answer
+        .strip_prefix("ok closed ")
+        .map(|rest| rest.split_whitespace().map(str::parse::<u64>));
+    match counts.as_mut().map(|c| (c.next(), c.next())) {
+        Some((Some(Ok(tunnels)), Some(Ok(streams)))) => Ok((tunnels, streams)),
+        _ => Err(format!("the proxy answered `{answer}`")),
+    }
 }
 
 /// Waits until no request is in flight on `port`, at most `timeout`;

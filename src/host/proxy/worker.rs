@@ -3,12 +3,15 @@
 //! Requests, not connections, are routed: a client's keep-alive connection
 //! lives on across a switch, each request going to whichever instance is
 //! active when it arrives. Bodies stream both ways. Each request is counted
-//! against its instance until its response body has been sent, so the agent
-//! can wait for the old instance to drain.
+//! against its instance until its response body has been sent (an upgraded
+//! connection until it closes), so the agent can wait for the old instance
+//! to drain, and close what is left at the drain deadline.
 //!
 //! What a client may not do is kept apart: `headers` decides what reaches
 //! the instance (the proxy's own headers set last), `conn` caps and times
-//! out client connections; this file routes.
+//! out client connections, `tunnel` joins upgraded connections, `stream`
+//! and `drain` carry bodies and end them at the deadline, `access` ids and
+//! logs requests; this file routes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,8 +34,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
-use super::conn::{Gate, Guarded, Tracked, Watch};
-use super::{files, headers};
+use super::access::{self, AccessLog, Ids, Instance, Logged};
+use super::conn::{Exchange, Gate, Guarded, Tracked, Watch};
+use super::drain::{Drains, Kind};
+use super::stream::{BodyCap, BodyError, Streamed};
+use super::{files, headers, tunnel};
+use crate::host::supervisor::logfile::Rotation;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
 
@@ -42,7 +49,7 @@ pub const LISTEN_FD: i32 = 3;
 /// Body sent to the instance: the client's, relayed.
 type UpBody = Relay;
 /// Body sent to the client: the instance's (counted), or the proxy's own page.
-type DownBody = Either<Counted, Full<Bytes>>;
+type DownBody = Either<Streamed<InFlight>, Full<Bytes>>;
 
 /// Shared by every connection.
 struct Shared {
@@ -63,6 +70,12 @@ struct Shared {
     /// In-flight requests per instance, in `spec.ports` order.
     inflight: [AtomicU64; 2],
     client: Client<HttpConnector, UpBody>,
+    /// Tunnels and streams per instance, and their close at the drain deadline.
+    drains: Arc<Drains>,
+    /// New request ids.
+    ids: Ids,
+    /// `access.log`, written while the settings say `access_log`.
+    access: Arc<AccessLog>,
 }
 
 impl Shared {
@@ -80,11 +93,14 @@ impl Shared {
             name: layout.name().to_string(),
             settings: Mutex::new(Arc::new(spec.clone())),
             gate: Gate::new(spec.max_connections as usize),
+            drains: Drains::new(spec.ports),
             spec,
             active: AtomicU16::new(active),
             wake,
             inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             client,
+            ids: Ids::new(),
+            access: AccessLog::new(layout.log_dir().join("access.log")),
         })
     }
 
@@ -160,33 +176,6 @@ impl Drop for InFlight {
         if let Some(slot) = self.shared.slot(self.port) {
             slot.fetch_sub(1, Ordering::SeqCst);
         }
-    }
-}
-
-/// The instance's response body, holding the request's count until the
-/// last byte has gone (or the client went away).
-struct Counted {
-    inner: Incoming,
-    _flight: InFlight,
-}
-
-impl Body for Counted {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -268,6 +257,9 @@ async fn serve(
     if let Some(release) = release_settings(layout, active) {
         shared.adopt(release);
     }
+    if let Some(rotation) = release_rotation(layout, active) {
+        shared.access.set_rotation(rotation);
+    }
     let control_shared = shared.clone();
     let control_layout = layout.clone();
     tokio::spawn(async move {
@@ -318,7 +310,9 @@ async fn client_connection(
     peer: SocketAddr,
     admitted: super::conn::Admitted,
 ) {
-    let _admitted = admitted;
+    // Shared with a tunnel the connection becomes: hyper hands the
+    // connection over at the upgrade, and the tunnel still holds its place.
+    let admitted = Arc::new(admitted);
     let trusted = settings
         .trusted_proxies
         .iter()
@@ -328,16 +322,48 @@ async fn client_connection(
         Duration::from_millis(settings.idle_timeout_ms),
     );
     let io = TokioIo::new(Guarded::new(stream, watch.clone()));
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let exchange = watch.begin();
-        let answer = handle(shared.clone(), peer, trusted, req);
+        let started = std::time::Instant::now();
+        let id = access::ensure_id(req.headers_mut(), &shared.ids);
+        // Read once: the request is served with the settings it came under.
+        let settings = shared.settings();
+        let logged = settings.access_log.then(|| {
+            (
+                crate::protocol::clock::now_rfc3339(),
+                req.method().to_string(),
+                access::path_only(req.uri()),
+                shared.access.clone(),
+            )
+        });
+        // A tunnel keeps the connection busy (no idle timeout) while it lives.
+        let tunnel_hold = tunnel::requested(req.headers()).map(|_| TunnelHold {
+            _busy: watch.begin(),
+            _admitted: admitted.clone(),
+        });
+        let answer = handle(shared.clone(), settings, peer, trusted, req, tunnel_hold);
         async move {
-            let response = answer.await?;
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, exchange)))
+            let mut response = answer.await?;
+            let entry = logged.map(|(time, method, path, log)| {
+                let entry = access::Entry {
+                    time,
+                    method,
+                    path,
+                    status: response.status().as_u16(),
+                    instance: response.extensions().get::<Instance>().map(|i| i.0),
+                    request_id: id.to_str().unwrap_or_default().to_string(),
+                };
+                (entry, log)
+            });
+            response.headers_mut().insert(access::REQUEST_ID, id);
+            Ok::<_, Infallible>(
+                response.map(|body| Tracked::new(Logged::new(body, entry, started), exchange)),
+            )
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
+        .with_upgrades()
         .await;
 }
 
@@ -352,19 +378,38 @@ fn release_settings(layout: &Layout, port: u16) -> Option<ProxySpec> {
     crate::host::store::read_manifest(layout, &id).ok()?.proxy
 }
 
+/// How the release on `port` rotates its log: `access.log` follows it.
+fn release_rotation(layout: &Layout, port: u16) -> Option<Rotation> {
+    if port == 0 {
+        return None;
+    }
+    let id = crate::host::store::current(&layout.with_instance(Some(port)))?;
+    let logs = crate::host::store::read_manifest(layout, &id).ok()?.logs;
+    Some(Rotation {
+        max_size: logs.max_size,
+        keep: logs.keep,
+        compress: logs.compress,
+    })
+}
+
 /// The settings a proxy log line names.
 fn describe_settings(spec: &ProxySpec) -> String {
     let ranges: Vec<String> = spec.trusted_proxies.iter().map(|r| r.to_string()).collect();
+    let bytes = |max: Option<u64>| max.map_or_else(|| "none".to_string(), |b| format!("{b} bytes"));
     format!(
         "header_timeout {} ms, idle_timeout {} ms, upstream_timeout {}, max_connections {}, \
-         trusted_proxies [{}], hold {} ms",
+         trusted_proxies [{}], hold {} ms, max_request_body {}, max_response_body {}, \
+         access_log {}",
         spec.header_timeout_ms,
         spec.idle_timeout_ms,
         spec.upstream_timeout_ms
             .map_or_else(|| "none".to_string(), |ms| format!("{ms} ms")),
         spec.max_connections,
         ranges.join(", "),
-        spec.hold_ms
+        spec.hold_ms,
+        bytes(spec.max_request_body),
+        bytes(spec.max_response_body),
+        spec.access_log
     )
 }
 
@@ -486,7 +531,19 @@ async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::
                 if let Some(release) = release_settings(&layout, port) {
                     shared.adopt(release);
                 }
+                if let Some(rotation) = release_rotation(&layout, port) {
+                    shared.access.set_rotation(rotation);
+                }
                 format!("ok active {port}")
+            }
+            (Some("close"), Some(Ok(port))) if shared.slot(port).is_some() => {
+                let (tunnels, streams) = close_open(&shared, port).await;
+                eprintln!(
+                    "shipjar proxy: closed {tunnels} tunnel(s) and {streams} stream(s) on {} \
+                     at the end of its drain",
+                    describe(port)
+                );
+                format!("ok closed {tunnels} {streams}")
             }
             (Some("none"), None) => {
                 shared.switch(0);
@@ -521,6 +578,17 @@ async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::
     }
 }
 
+/// Ends the tunnels and streams on `port` and gives them a moment to go
+/// (a close frame written) before the instance is stopped.
+async fn close_open(shared: &Shared, port: u16) -> (u64, u64) {
+    let closed = shared.drains.close(port);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while shared.drains.open_on(port) != (0, 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    closed
+}
+
 /// A page of the proxy's own.
 fn page(status: StatusCode, text: String) -> Response<DownBody> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(text + "\n"))));
@@ -532,32 +600,39 @@ fn page(status: StatusCode, text: String) -> Response<DownBody> {
     response
 }
 
-/// One request: routed to the active instance (held while there is none),
-/// its headers as `headers` rules; `trusted`: the peer is a trusted proxy.
+/// What a tunnel holds of its client connection: the connection busy (no
+/// idle timeout) and its place under `max_connections`.
+struct TunnelHold {
+    _busy: Exchange,
+    _admitted: Arc<super::conn::Admitted>,
+}
+
+/// One request, served with `settings`: routed to the active instance (held
+/// while there is none), its headers as `headers` rules; `trusted`: the
+/// peer is a trusted proxy.
+/// An upgrade (WebSocket) becomes a tunnel on `101`, holding
+/// `tunnel_hold` while it lives.
 async fn handle(
     shared: Arc<Shared>,
+    settings: Arc<ProxySpec>,
     peer: SocketAddr,
     trusted: bool,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
+    tunnel_hold: Option<TunnelHold>,
 ) -> Result<Response<DownBody>, Infallible> {
-    let websocket = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("websocket"));
-    if websocket {
-        return Ok(page(
-            StatusCode::NOT_IMPLEMENTED,
-            "shipjar's proxy does not pass protocol upgrades (WebSocket); \
-             connect to the service directly for those"
-                .to_string(),
-        ));
+    if super::stream::declared_over(req.headers(), settings.max_request_body) {
+        return Ok(request_too_large(&shared, &settings));
     }
-    let settings = shared.settings();
+    let upgrade = tunnel::requested(req.headers())
+        .zip(tunnel_hold)
+        .map(|(protocol, hold)| (protocol, hyper::upgrade::on(&mut req), hold));
     let hold = Duration::from_millis(settings.hold_ms);
     let deadline = tokio::time::Instant::now() + hold;
     let (mut parts, body) = req.into_parts();
     headers::forward_request(&mut parts.headers, peer.ip(), trusted);
+    if let Some((protocol, _, _)) = &upgrade {
+        tunnel::restore(&mut parts.headers, protocol.clone());
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -566,20 +641,14 @@ async fn handle(
     // Kept here, not moved into the first attempt: an instance that dies
     // before a byte of the body went to it leaves the body to send again.
     let body = Arc::new(Mutex::new(body));
+    let cap = BodyCap::new(settings.max_request_body);
     loop {
         let Some(flight) = wait_for_active(&shared, deadline).await else {
             return Ok(unavailable(&shared, &settings));
         };
-        let port = flight.port;
-        match send(&shared, &settings, &parts, &path, port, &body).await {
+        match send(&shared, &settings, &parts, &path, flight.port, &body, &cap).await {
             Sent::Answered(response) => {
-                let (mut rparts, rbody) = response.into_parts();
-                headers::strip_hop_by_hop(&mut rparts.headers);
-                let counted = Counted {
-                    inner: rbody,
-                    _flight: flight,
-                };
-                return Ok(Response::from_parts(rparts, Either::Left(counted)));
+                return Ok(answered(&shared, &settings, response, flight, upgrade));
             }
             Sent::Page(page) => return Ok(page),
             // The instance went away (refused the connection, or closed it
@@ -595,6 +664,74 @@ async fn handle(
             }
         }
     }
+}
+
+/// The client's answer from the instance's: a `101` to an upgrade opens
+/// the tunnel; any other is streamed, counted against its instance (and
+/// among its streams) until sent, and capped by `max_response_body`.
+fn answered(
+    shared: &Shared,
+    settings: &ProxySpec,
+    mut response: Response<Incoming>,
+    flight: InFlight,
+    upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade, TunnelHold)>,
+) -> Response<DownBody> {
+    let port = flight.port;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some((asked, client, hold)) = upgrade
+    {
+        let upstream = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        let protocol = parts.headers.get(header::UPGRADE).cloned().unwrap_or(asked);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let websocket = tunnel::is_websocket(&protocol);
+        tunnel::restore(&mut parts.headers, protocol);
+        parts.extensions.insert(Instance(port));
+        if let Some((open, cut)) = shared.drains.open(port, Kind::Tunnel) {
+            tokio::spawn(tunnel::run(
+                client,
+                upstream,
+                websocket,
+                cut,
+                (flight, hold, open),
+            ));
+        }
+        return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+    }
+    if super::stream::declared_over(response.headers(), settings.max_response_body) {
+        return response_too_large(shared, settings, port);
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.extensions.insert(Instance(port));
+    let drain = shared.drains.open(port, Kind::Stream);
+    let body = Streamed::new(body, flight, drain, settings.max_response_body);
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// 413: the client's body is over `max_request_body`.
+fn request_too_large(shared: &Shared, settings: &ProxySpec) -> Response<DownBody> {
+    page(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "{}: the request body is over max_request_body = {} bytes (shipjar proxy)",
+            shared.name,
+            settings.max_request_body.unwrap_or_default()
+        ),
+    )
+}
+
+/// 502: the instance's body is over `max_response_body` (said before its head went out).
+fn response_too_large(shared: &Shared, settings: &ProxySpec, port: u16) -> Response<DownBody> {
+    page(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "{}: the instance on port {port} answered a body over max_response_body = {} bytes \
+             (shipjar proxy)",
+            shared.name,
+            settings.max_response_body.unwrap_or_default()
+        ),
+    )
 }
 
 /// What one attempt to send a request to an instance came to.
@@ -616,6 +753,7 @@ async fn send(
     path: &str,
     port: u16,
     body: &Arc<Mutex<Incoming>>,
+    cap: &BodyCap,
 ) -> Sent {
     let mut up = Request::from_parts(parts.clone(), ());
     *up.uri_mut() = match format!("http://127.0.0.1:{port}{path}").parse::<Uri>() {
@@ -625,6 +763,7 @@ async fn send(
     let relay = Relay {
         body: body.clone(),
         sent: Arc::new(AtomicBool::new(false)),
+        cap: cap.clone(),
     };
     let sent_any = relay.sent.clone();
     let sent = shared.client.request(up.map(|()| relay));
@@ -646,6 +785,7 @@ async fn send(
     };
     match answered {
         Ok(response) => Sent::Answered(response),
+        Err(_) if cap.went_over() => Sent::Page(request_too_large(shared, settings)),
         Err(e) if went_away(&e) && !sent_any.load(Ordering::SeqCst) => Sent::WentAway,
         Err(e) => {
             let why = if went_away(&e) {
@@ -701,24 +841,29 @@ struct Relay {
     body: Arc<Mutex<Incoming>>,
     /// A data frame went to the instance: the request cannot go again.
     sent: Arc<AtomicBool>,
+    /// `max_request_body`, counted as the body comes.
+    cap: BodyCap,
 }
 
 impl Body for Relay {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut body = self.body.lock().unwrap_or_else(PoisonError::into_inner);
         let polled = Pin::new(&mut *body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
-            && frame.data_ref().is_some_and(|d| !d.is_empty())
+            && let Some(data) = frame.data_ref().filter(|d| !d.is_empty())
         {
+            if let Err(over) = self.cap.count(data.len()) {
+                return Poll::Ready(Some(Err(Box::new(over))));
+            }
             self.sent.store(true, Ordering::SeqCst);
         }
-        polled
+        polled.map_err(|e| Box::new(e) as BodyError)
     }
 
     fn is_end_stream(&self) -> bool {

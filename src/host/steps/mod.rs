@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::host::error::HostError;
 use crate::host::{cancel, hooks, probe, supervisor};
 use crate::protocol::HookPoint;
 use crate::protocol::layout::Layout;
@@ -12,21 +13,14 @@ use crate::protocol::manifest::ReleaseManifest;
 
 pub mod settle;
 
-/// A failed step: its name, why, and the lines that show it (a log tail, a hook's output).
-pub type StepFailure = (&'static str, String, Vec<String>);
-
 /// How often and how long to ask the version endpoint once the service is healthy.
 const VERSION_ATTEMPTS: u32 = 3;
 const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Fails `step` when the operator cancelled the activation.
-pub fn cancelled(step: &'static str) -> Result<(), StepFailure> {
+pub fn cancelled(step: &str) -> Result<(), HostError> {
     if cancel::requested() {
-        Err((
-            step,
-            "cancelled by the operator (Ctrl-C)".into(),
-            Vec::new(),
-        ))
+        Err(HostError::at(step, "cancelled by the operator (Ctrl-C)"))
     } else {
         Ok(())
     }
@@ -40,8 +34,8 @@ pub fn run_hook(
     point: HookPoint,
     hook: &crate::protocol::manifest::HookSpec,
     emit: &dyn Fn(&str, &str),
-) -> Result<(), StepFailure> {
-    let step: &'static str = match point {
+) -> Result<(), HostError> {
+    let step = match point {
         HookPoint::BeforeStart => "before_start",
         _ => "after_switch",
     };
@@ -50,7 +44,7 @@ pub fn run_hook(
         emit(step, &format!("hook {} ({} ms)", ran.how, ran.took_ms));
         Ok(())
     } else {
-        Err((step, format!("hook {}", ran.how), ran.output))
+        Err(HostError::at(step, format!("hook {}", ran.how)).with_log_tail(ran.output))
     }
 }
 

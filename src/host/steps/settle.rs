@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{StepFailure, cancelled};
+use super::cancelled;
+use crate::host::error::HostError;
 use crate::host::supervisor::{self, RunEnd, logfile};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::HealthSpec;
@@ -27,8 +28,50 @@ pub fn settle(
     pid: i32,
     healthy_at: Instant,
     emit: &dyn Fn(&str, &str),
-) -> Result<(), StepFailure> {
+) -> Result<(), HostError> {
     let window = Duration::from_millis(health.settle_ms);
+    stay_healthy(layout, health, pid, healthy_at, window, &SETTLE, emit)
+}
+
+/// Watches the run of `pid` for `window` from now, by the same rules as
+/// settling (a canary's pause): a crash, a restart or a failed probe fails
+/// step `watch`.
+pub fn watch(
+    layout: &Layout,
+    health: &HealthSpec,
+    pid: i32,
+    window: Duration,
+    emit: &dyn Fn(&str, &str),
+) -> Result<(), HostError> {
+    stay_healthy(layout, health, pid, Instant::now(), window, &WATCH, emit)
+}
+
+/// The words of one kind of watch: its step and what its times count from.
+struct Words {
+    step: &'static str,
+    since: &'static str,
+}
+
+const SETTLE: Words = Words {
+    step: "settle",
+    since: "after becoming healthy",
+};
+
+const WATCH: Words = Words {
+    step: "watch",
+    since: "into the canary's pause",
+};
+
+/// The run of `pid` must stay up and pass every probe until `window` after `from`.
+fn stay_healthy(
+    layout: &Layout,
+    health: &HealthSpec,
+    pid: i32,
+    healthy_at: Instant,
+    window: Duration,
+    words: &Words,
+    emit: &dyn Fn(&str, &str),
+) -> Result<(), HostError> {
     if window.is_zero() {
         return Ok(());
     }
@@ -39,23 +82,23 @@ pub fn settle(
     let interval = Duration::from_millis(health.interval_ms).min(PROBE_AT_LEAST_EVERY);
     let probe_timeout = Duration::from_millis(health.probe_timeout_ms.min(health.interval_ms));
     emit(
-        "settle",
+        words.step,
         &format!(
             "pid {pid}: must stay healthy for {}",
             seconds(window.saturating_sub(healthy_at.elapsed()))
         ),
     );
     let tail = || logfile::service_tail(layout, logfile::TAIL_LINES);
-    let failed = |what: &str, since: Duration, why: String| -> StepFailure {
-        (
-            "settle",
-            format!("{what} {} after becoming healthy: {why}", seconds(since)),
-            tail(),
+    let failed = |what: &str, since: Duration, why: String| {
+        HostError::at(
+            words.step,
+            format!("{what} {} {}: {why}", seconds(since), words.since),
         )
+        .with_log_tail(tail())
     };
     let mut next_probe = Instant::now() + interval;
     loop {
-        cancelled("settle")?;
+        cancelled(words.step)?;
         let since = healthy_at.elapsed();
         if let Some(end) = supervisor::run_ended(layout, pid) {
             return Err(failed("crashed", since, recorded(layout, pid, end)));
@@ -76,7 +119,7 @@ pub fn settle(
         }
         if done {
             emit(
-                "settle",
+                words.step,
                 &format!("pid {pid} stayed healthy for {}", seconds(since)),
             );
             return Ok(());

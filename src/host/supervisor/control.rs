@@ -1,6 +1,7 @@
 //! `service start` and `service stop`: the client side, run by the operator
 //! (or the agent), talking to the detached supervisor.
 
+use crate::host::error::HostError;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -15,19 +16,12 @@ use super::observe::{self, Service};
 use super::release;
 use super::state::{self, Phase, Pidfile};
 use super::stopping::KILL_WAIT;
-use super::{ReloadReport, StartOutcome, StartReport, StopReport, SupervisorError, human_duration};
+use super::{ReloadReport, StartOutcome, StartReport, StopReport, human_duration};
 use crate::host::os::detached::{self, Report};
 use crate::host::os::process;
 use crate::host::os::procfs::{self, Liveness, ProcessId};
 
-fn error(message: impl Into<String>) -> SupervisorError {
-    SupervisorError {
-        message: message.into(),
-        log_tail: Vec::new(),
-    }
-}
-
-fn with_tail(mut err: SupervisorError, layout: &Layout) -> SupervisorError {
+fn with_tail(mut err: HostError, layout: &Layout) -> HostError {
     if err.log_tail.is_empty() {
         err.log_tail = logfile::service_tail(layout, logfile::TAIL_LINES);
     }
@@ -37,7 +31,7 @@ fn with_tail(mut err: SupervisorError, layout: &Layout) -> SupervisorError {
 /// Starts the service through a detached supervisor; returns once healthy.
 /// A service whose supervisor died is stopped first (it could not be
 /// adopted: nothing would reap it, and its output pipe has no reader).
-pub fn start(layout: &Layout) -> Result<StartOutcome, SupervisorError> {
+pub fn start(layout: &Layout) -> Result<StartOutcome, HostError> {
     let seen = observe::observe(layout);
     if let Some(sup) = seen
         .supervisor
@@ -57,13 +51,13 @@ pub fn start(layout: &Layout) -> Result<StartOutcome, SupervisorError> {
             let how = stop_unsupervised(*id, stop_timeout(layout, release_dir))?;
             replaced = Some((id.pid, how));
             state::remove(&layout.pidfile())
-                .map_err(|e| error(format!("{}: {e}", layout.pidfile().display())))?;
+                .map_err(|e| HostError::new(format!("{}: {e}", layout.pidfile().display())))?;
         }
         // A stale pidfile naming another process: the new supervisor must
         // not mistake it for a copy of the service.
         Service::Other { .. } | Service::Garbled(_) => {
             state::remove(&layout.pidfile())
-                .map_err(|e| error(format!("{}: {e}", layout.pidfile().display())))?;
+                .map_err(|e| HostError::new(format!("{}: {e}", layout.pidfile().display())))?;
         }
         Service::NoPidfile | Service::Gone(_) => {}
     }
@@ -86,14 +80,14 @@ fn plain(report: StartReport) -> StartOutcome {
 }
 
 /// Spawns the detached supervisor and waits for its one-line report.
-fn spawn_supervisor(layout: &Layout) -> Result<StartReport, SupervisorError> {
+fn spawn_supervisor(layout: &Layout) -> Result<StartReport, HostError> {
     // Read here too, for the timeout and so a missing release fails fast.
-    let current = release::current(layout).map_err(error)?;
+    let current = release::current(layout).map_err(HostError::new)?;
     let deadline =
         Duration::from_millis(current.manifest.health.start_timeout_ms) + SUPERVISOR_GRACE;
 
     let (log_path, log) = logfile::open_service_log(layout);
-    let log = log.map_err(|e| error(format!("{}: {e}", log_path.display())))?;
+    let log = log.map_err(|e| HostError::new(format!("{}: {e}", log_path.display())))?;
     let mut args = vec![
         "service".to_string(),
         "supervise".into(),
@@ -103,7 +97,7 @@ fn spawn_supervisor(layout: &Layout) -> Result<StartReport, SupervisorError> {
         args.extend(["--instance".to_string(), port.to_string()]);
     }
     let mut child = detached::spawn(layout.root(), &args, Stdio::piped(), log)
-        .map_err(|e| error(format!("cannot start the supervisor: {e}")))?;
+        .map_err(|e| HostError::new(format!("cannot start the supervisor: {e}")))?;
 
     let report = detached::read_report(&mut child, deadline);
     answer(layout, child, report, deadline)
@@ -116,81 +110,66 @@ fn answer(
     mut child: Child,
     report: Report,
     deadline: Duration,
-) -> Result<StartReport, SupervisorError> {
-    match report {
+) -> Result<StartReport, HostError> {
+    let err = match report {
         Report::Ready(json) => match serde_json::from_str::<StartReport>(&json) {
             Ok(report) => {
                 // The supervisor outlives us; in a long-lived caller (the
                 // agent) someone must still reap it.
                 detached::let_live(child);
-                Ok(report)
+                return Ok(report);
             }
             Err(e) => {
                 abandon(&mut child, layout);
-                Err(with_tail(
-                    error(format!("bad report from the supervisor: {e}")),
-                    layout,
-                ))
+                HostError::new(format!("bad report from the supervisor: {e}"))
             }
         },
         Report::Failed(rest) => {
             let err =
-                serde_json::from_str::<SupervisorError>(&rest).unwrap_or_else(|_| error(rest));
+                serde_json::from_str::<HostError>(&rest).unwrap_or_else(|_| HostError::new(rest));
             // It reports after cleaning up, so it is about to exit.
             detached::wait_or_kill(&mut child, KILL_WAIT);
-            Err(with_tail(err, layout))
+            err
         }
         Report::Garbled(line) => {
             abandon(&mut child, layout);
-            Err(with_tail(
-                error(format!("unexpected report from the supervisor: {line}")),
-                layout,
-            ))
+            HostError::new(format!("unexpected report from the supervisor: {line}"))
         }
-        Report::Eof => {
-            // Died without a word (crashed, killed): whatever it spawned goes too.
-            let sup = child.id() as i32;
-            detached::wait_or_kill(&mut child, KILL_WAIT);
-            kill_orphan_service(layout, sup);
-            let status = child
-                .try_wait()
-                .ok()
-                .flatten()
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default();
-            Err(with_tail(
-                error(format!("supervisor exited before reporting{status}")),
-                layout,
-            ))
-        }
-        Report::Cancelled => {
-            // Ask it to stop the half-started service as it would any stop.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                Signal::SIGTERM,
-            );
-            let sup = child.id() as i32;
-            detached::wait_or_kill(
-                &mut child,
-                defaults::STOP_TIMEOUT + defaults::SUPERVISOR_GRACE,
-            );
-            kill_orphan_service(layout, sup);
-            Err(with_tail(
-                error("cancelled by the operator (Ctrl-C) before it was healthy".to_string()),
-                layout,
-            ))
-        }
+        Report::Eof => died_without_report(layout, &mut child),
+        Report::Cancelled => stop_cancelled_start(layout, &mut child),
         Report::Timeout => {
             abandon(&mut child, layout);
-            Err(with_tail(
-                error(format!(
-                    "no report from the supervisor within {}; killed it",
-                    human_duration(deadline)
-                )),
-                layout,
+            HostError::new(format!(
+                "no report from the supervisor within {}; killed it",
+                human_duration(deadline)
             ))
         }
-    }
+    };
+    Err(with_tail(err, layout))
+}
+
+/// A supervisor that died without a word (crashed, killed): whatever it spawned goes too.
+fn died_without_report(layout: &Layout, child: &mut Child) -> HostError {
+    let sup = child.id() as i32;
+    detached::wait_or_kill(child, KILL_WAIT);
+    kill_orphan_service(layout, sup);
+    let status = child
+        .try_wait()
+        .ok()
+        .flatten()
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
+    HostError::new(format!("supervisor exited before reporting{status}"))
+}
+
+/// The operator cancelled a start: the supervisor stops the half-started
+/// service as it would any stop.
+fn stop_cancelled_start(layout: &Layout, child: &mut Child) -> HostError {
+    let sup = child.id() as i32;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGTERM);
+    detached::wait_or_kill(child, defaults::STOP_TIMEOUT + defaults::SUPERVISOR_GRACE);
+    kill_orphan_service(layout, sup);
+    HostError::new("cancelled by the operator (Ctrl-C) before it was healthy")
 }
 
 /// The report for a service that is already up.
@@ -210,7 +189,7 @@ fn already_running(layout: &Layout, seen: &observe::Observation, id: ProcessId) 
 
 /// Waits for a supervisor that is starting (or restarting) the service to
 /// get it healthy, or to give up.
-fn join(layout: &Layout, sup: ProcessId) -> Result<StartReport, SupervisorError> {
+fn join(layout: &Layout, sup: ProcessId) -> Result<StartReport, HostError> {
     let limit = release::current(layout)
         .map(|r| {
             Duration::from_millis(
@@ -234,7 +213,7 @@ fn join(layout: &Layout, sup: ProcessId) -> Result<StartReport, SupervisorError>
                 .and_then(|s| s.failed_reason.clone().or_else(|| s.last_exit.clone()))
                 .unwrap_or_else(|| "the supervisor exited".to_string());
             return Err(with_tail(
-                error(format!(
+                HostError::new(format!(
                     "the start under way (supervisor pid {}) failed: {why}",
                     sup.pid
                 )),
@@ -243,7 +222,7 @@ fn join(layout: &Layout, sup: ProcessId) -> Result<StartReport, SupervisorError>
         }
         if Instant::now() >= until {
             return Err(with_tail(
-                error(format!(
+                HostError::new(format!(
                     "a start is under way (supervisor pid {}) and not healthy after {}",
                     sup.pid,
                     human_duration(limit)
@@ -285,7 +264,7 @@ fn kill_orphan_service(layout: &Layout, sup: i32) {
 }
 
 /// Stops the service gracefully; succeeds when nothing was running.
-pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
+pub fn stop(layout: &Layout) -> Result<StopReport, HostError> {
     let began = Instant::now();
     let seen = observe::observe(layout);
     let release_dir = seen.state.as_ref().map(|s| s.release_dir.as_path());
@@ -299,7 +278,7 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
         was_running = true;
         // The supervisor knows the exit status; let it do the stop.
         process::signal_pid(sup.pid, Signal::SIGTERM).map_err(|e| {
-            error(format!(
+            HostError::new(format!(
                 "cannot signal the supervisor (pid {}): {e}",
                 sup.pid
             ))
@@ -333,7 +312,7 @@ pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
 
     for path in [layout.pidfile(), layout.supervisor_state()] {
         state::remove(&path)
-            .map_err(|e| error(format!("cannot remove {}: {e}", path.display())))?;
+            .map_err(|e| HostError::new(format!("cannot remove {}: {e}", path.display())))?;
     }
     let how = match (was_running, how) {
         (true, Some(how)) => how,
@@ -370,11 +349,11 @@ fn stop_timeout(layout: &Layout, release_dir: Option<&Path>) -> Duration {
 }
 
 /// Asks the supervisor to reload (SIGHUP) and waits for it to say how it went.
-pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
+pub fn reload(layout: &Layout) -> Result<ReloadReport, HostError> {
     let began = Instant::now();
     let seen = observe::observe(layout);
     let (Some(sup), Some(state)) = (seen.supervisor, seen.state.as_ref()) else {
-        return Err(error(match seen.service {
+        return Err(HostError::new(match seen.service {
             Service::Alive { id, .. } => format!(
                 "pid {} runs without a supervisor: nothing can reload it; restart it",
                 id.pid
@@ -383,7 +362,7 @@ pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
         }));
     };
     if state.state != Phase::Running {
-        return Err(error(format!(
+        return Err(HostError::new(format!(
             "cannot reload now: the supervisor (pid {}) is {}",
             sup.pid,
             state.state.as_str()
@@ -396,7 +375,7 @@ pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
         + stop_timeout(layout, Some(&state.release_dir))
         + SUPERVISOR_GRACE;
     process::signal_pid(sup.pid, Signal::SIGHUP).map_err(|e| {
-        error(format!(
+        HostError::new(format!(
             "cannot signal the supervisor (pid {}): {e}",
             sup.pid
         ))
@@ -412,12 +391,15 @@ pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
                     took_ms: began.elapsed().as_millis() as u64,
                 })
             } else {
-                Err(with_tail(error(format!("reload failed: {how}")), layout))
+                Err(with_tail(
+                    HostError::new(format!("reload failed: {how}")),
+                    layout,
+                ))
             };
         }
         if procfs::liveness(sup) != Liveness::Alive {
             return Err(with_tail(
-                error(format!(
+                HostError::new(format!(
                     "the supervisor (pid {}) exited during the reload",
                     sup.pid
                 )),
@@ -426,7 +408,7 @@ pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
         }
         if Instant::now() >= until {
             return Err(with_tail(
-                error(format!(
+                HostError::new(format!(
                     "no reload outcome within {}",
                     human_duration(limit)
                 )),
@@ -439,20 +421,22 @@ pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
 
 /// SIGTERM, wait, SIGKILL for a service (proven by [`observe`]) that has no
 /// supervisor to do it. Not our child: we see that it ended, not how.
-fn stop_unsupervised(id: ProcessId, timeout: Duration) -> Result<String, SupervisorError> {
+fn stop_unsupervised(id: ProcessId, timeout: Duration) -> Result<String, HostError> {
     let signal = |sig| kill_group(id, sig);
-    signal(Signal::SIGTERM).map_err(|e| error(format!("cannot signal pid {}: {e}", id.pid)))?;
+    signal(Signal::SIGTERM)
+        .map_err(|e| HostError::new(format!("cannot signal pid {}: {e}", id.pid)))?;
     if wait_group_gone(id, timeout) {
         return Ok("terminated after SIGTERM".to_string());
     }
-    signal(Signal::SIGKILL).map_err(|e| error(format!("cannot signal pid {}: {e}", id.pid)))?;
+    signal(Signal::SIGKILL)
+        .map_err(|e| HostError::new(format!("cannot signal pid {}: {e}", id.pid)))?;
     if wait_group_gone(id, KILL_WAIT) {
         Ok(format!(
             "killed by SIGKILL after the {} stop timeout",
             human_duration(timeout)
         ))
     } else {
-        Err(error(format!(
+        Err(HostError::new(format!(
             "pid {} is still alive after SIGKILL",
             id.pid
         )))

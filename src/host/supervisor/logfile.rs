@@ -101,6 +101,25 @@ pub fn open_append(path: &Path) -> io::Result<File> {
     rotate::open_log(&dir, &name, owner)
 }
 
+/// Opens (creating) `path` as a log rotated by `rotation`, owned as
+/// [`open_append`] makes a new file (another log beside the service's,
+/// rotated the same way: the proxy's `access.log`).
+pub fn open_rotating(path: &Path, rotation: Rotation) -> io::Result<RotatingFile> {
+    let owner = if nix::unistd::Uid::effective().is_root() {
+        let (dir, _) = rotate::log_dir(path)?;
+        let st = dir.stat()?;
+        Some(Owner {
+            uid: st.uid,
+            gid: st.gid,
+        })
+    } else {
+        None
+    };
+    RotatingFile::open(path, rotation, owner)
+}
+
+pub use super::rotate::{RotatingFile, Rotation};
+
 pub use crate::protocol::clock::now_rfc3339;
 
 pub use super::rotate::format_event;

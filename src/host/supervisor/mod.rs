@@ -30,6 +30,7 @@ mod status;
 mod stopping;
 mod supervise;
 
+use crate::host::error::HostError;
 use std::time::Duration;
 
 use crate::host::os::procfs;
@@ -96,33 +97,24 @@ pub struct ReloadReport {
     pub took_ms: u64,
 }
 
-/// A failed start/stop: what happened, plus the last lines of the service log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SupervisorError {
-    /// One line: why it failed.
-    pub message: String,
-    /// Last lines of the service log (at most 20).
-    pub log_tail: Vec<String>,
-}
-
 /// Starts the service from `current` and returns once it is healthy; a
 /// service left running by a dead supervisor is stopped first.
-pub fn start(layout: &Layout) -> Result<StartReport, SupervisorError> {
+pub fn start(layout: &Layout) -> Result<StartReport, HostError> {
     control::start(layout).map(|o| o.report)
 }
 
 /// Like [`start`], saying which unsupervised service it replaced.
-pub fn start_outcome(layout: &Layout) -> Result<StartOutcome, SupervisorError> {
+pub fn start_outcome(layout: &Layout) -> Result<StartOutcome, HostError> {
     control::start(layout)
 }
 
 /// Stops the service gracefully; succeeds when it was not running.
-pub fn stop(layout: &Layout) -> Result<StopReport, SupervisorError> {
+pub fn stop(layout: &Layout) -> Result<StopReport, HostError> {
     control::stop(layout)
 }
 
 /// Stops, then starts through the health gate.
-pub fn restart(layout: &Layout) -> Result<StartOutcome, SupervisorError> {
+pub fn restart(layout: &Layout) -> Result<StartOutcome, HostError> {
     let stopped = stop(layout)?;
     let mut outcome = control::start(layout)?;
     if let Some(pid) = stopped.unsupervised_pid {
@@ -134,7 +126,7 @@ pub fn restart(layout: &Layout) -> Result<StartOutcome, SupervisorError> {
 
 /// Reloads the service: its `[reload] signal`, or a restart through the
 /// health gate (into the release `current` points to).
-pub fn reload(layout: &Layout) -> Result<ReloadReport, SupervisorError> {
+pub fn reload(layout: &Layout) -> Result<ReloadReport, HostError> {
     control::reload(layout)
 }
 

@@ -3,14 +3,15 @@
 //! on stdout to the waiting `service start`; in the foreground (`service run`),
 //! sd_notify messages to systemd and errors on stderr.
 
+use crate::host::error::HostError;
 use std::fs;
 use std::io::{self, Write};
 use std::rc::Rc;
 
 use crate::protocol::layout::Layout;
 
+use super::StartReport;
 use super::logfile;
-use super::{StartReport, SupervisorError};
 use crate::host::os::notify::Notifier;
 
 /// Prefix of the readiness line on success.
@@ -72,10 +73,8 @@ impl ReadinessChannel {
 
     /// The first start failed: say why, with the end of the log.
     pub fn failed(&mut self, message: &str, layout: &Layout) {
-        let err = SupervisorError {
-            message: message.to_string(),
-            log_tail: logfile::service_tail(layout, logfile::TAIL_LINES),
-        };
+        let err = HostError::new(message)
+            .with_log_tail(logfile::service_tail(layout, logfile::TAIL_LINES));
         match self {
             ReadinessChannel::Detached { .. } => match serde_json::to_string(&err) {
                 Ok(json) => self.send_line(&format!("{FAILED}{json}")),

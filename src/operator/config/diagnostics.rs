@@ -397,6 +397,41 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_and_its_pause_come_together_and_errors_name_the_key() {
+        let stage = |rolling: &str| {
+            format!("{MINIMAL}[stages.prod]\nhosts = [\"a\", \"b\"]\nrolling = {rolling}\n")
+        };
+        let lone = first_line(&stage("{ canary = 1 }"));
+        assert!(
+            lone.starts_with(
+                "shipjar.toml:6:22: key `stages.prod.rolling.canary`: a canary needs a `pause`"
+            ),
+            "{lone}"
+        );
+        let pause = first_line(&stage("{ pause = \"10m\" }"));
+        assert!(
+            pause.starts_with(
+                "shipjar.toml:6:21: key `stages.prod.rolling.pause`: a pause follows a canary"
+            ),
+            "{pause}"
+        );
+        let bad = first_line(&stage("{ canary = \"10%\", pause = \"soon\" }"));
+        assert!(
+            bad.starts_with(
+                "shipjar.toml:6:37: key `stages.prod.rolling.pause`: invalid pause `soon`"
+            ),
+            "{bad}"
+        );
+        let zero = first_line(&stage("{ canary = \"0%\", pause = \"confirm\" }"));
+        assert!(
+            zero.starts_with(
+                "shipjar.toml:6:22: key `stages.prod.rolling.canary`: invalid batch `0%`"
+            ),
+            "{zero}"
+        );
+    }
+
+    #[test]
     fn a_bad_entry_in_the_second_config_element_is_located() {
         let text = format!(
             "config = [\n  {{ builtin = \"service-properties\", dest = \"a\" }},\n  \

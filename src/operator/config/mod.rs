@@ -2,6 +2,7 @@
 //!
 //! Every error names the file, line, column and key, and says what was expected.
 
+pub mod artifact;
 pub mod defaults;
 mod diagnostics;
 pub mod hosts;
@@ -25,7 +26,7 @@ use diagnostics::{Outline, describe, error_key};
 pub use hosts::HostSpec;
 pub use schema::{Builtin, Config, OnFailure};
 pub use stage::{ResolvedStage, SecretFrom, StageSecret};
-pub use values::{BatchSize, Bytes, Millis, ServiceName};
+pub use values::{BatchSize, Bytes, Millis, Pause, ServiceName};
 
 /// The absolute directory a project file is in.
 pub fn project_dir(file: &Path) -> Result<PathBuf> {

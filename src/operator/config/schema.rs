@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::defaults;
-use super::{BatchSize, Bytes, Millis, ServiceName};
+use super::{BatchSize, Bytes, Millis, Pause, ServiceName};
 use crate::protocol::HookPoint;
 use crate::protocol::manifest::{HookSpec, HostHooks, LogTarget};
 
@@ -52,6 +52,8 @@ pub struct Config {
     pub hooks: Hooks,
     /// Blue/green instances behind shipjar's proxy (off without this section).
     pub proxy: Option<Proxy>,
+    /// Deploy from a Maven repository instead of building.
+    pub artifact: Option<super::artifact::Artifact>,
 }
 
 /// `[proxy]` (or a stage's `proxy = { … }`): zero-downtime deploys on one host.
@@ -85,6 +87,13 @@ pub struct Proxy {
     /// Addresses or CIDR blocks whose forwarding headers are trusted.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Largest request body the proxy passes on (413 over it); none when left out.
+    pub max_request_body: Option<Bytes>,
+    /// Largest response body the proxy passes on (502, or the connection cut); none when left out.
+    pub max_response_body: Option<Bytes>,
+    /// One JSON line per request in the service's log directory (`access.log`).
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 fn default_port_env() -> Spanned<String> {
@@ -481,7 +490,7 @@ fn default_agent_path() -> Spanned<String> {
     Spanned::new(0..0, defaults::AGENT_PATH.to_string())
 }
 
-/// `rolling = { batch = 1 | "25%", max_failed = 0 }`.
+/// `rolling = { batch = 1 | "25%", max_failed = 0, canary = 1 | "10%", pause = "10m" | "confirm" }`.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Rolling {
@@ -491,6 +500,12 @@ pub struct Rolling {
     /// Failed hosts a batch may have before the deploy stops.
     #[serde(default = "default_max_failed")]
     pub max_failed: usize,
+    /// Hosts deployed first, as a batch of their own, and watched for `pause`
+    /// before the rest; any failure there puts them back and stops the deploy.
+    pub canary: Option<BatchSize>,
+    /// How long the canary is watched, or `"confirm"`: stop after it until
+    /// `deploy --continue` (or `--abort`).
+    pub pause: Option<Pause>,
 }
 
 fn default_max_failed() -> usize {
@@ -502,6 +517,8 @@ impl Default for Rolling {
         Rolling {
             batch: BatchSize::default(),
             max_failed: default_max_failed(),
+            canary: None,
+            pause: None,
         }
     }
 }

@@ -94,6 +94,9 @@ impl From<&Proxy> for ProxySpec {
                 .iter()
                 .filter_map(|r| r.get_ref().parse().ok())
                 .collect(),
+            max_request_body: p.max_request_body.map(|b| b.0),
+            max_response_body: p.max_response_body.map(|b| b.0),
+            access_log: p.access_log,
         }
     }
 }

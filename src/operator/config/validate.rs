@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use super::Project;
 use super::defaults::{ANSWER_TIMEOUT_FLOOR_MS, LOCK_LEASE_FLOOR_MS, SETTLE_MAX_MS};
 use super::diagnostics::{Seg, keys};
-use super::schema::{ConfigFile, Proxy, Stage};
+use super::schema::{ConfigFile, Proxy, Rolling, Stage};
+use super::{Millis, Pause};
 use crate::error::{Error, Result};
 use crate::protocol::names;
 use crate::protocol::net::IpRange;
@@ -46,6 +47,7 @@ impl Project {
         self.validate_restart()?;
         self.validate_stop_reload_logs()?;
         self.validate_hooks()?;
+        self.validate_artifact()?;
         if let Some(proxy) = &self.config.proxy {
             self.validate_proxy(&[Seg::Key("proxy")], proxy)?;
         }
@@ -459,6 +461,7 @@ impl Project {
                 &format!("must be at least {}s", ANSWER_TIMEOUT_FLOOR_MS / 1000),
             ));
         }
+        self.validate_canary(&at(&[Seg::Key("rolling")]), &stage.rolling)?;
         for (key, source) in &stage.secrets {
             let s = source.get_ref();
             let mut path = at(&[Seg::Key("secrets")]);
@@ -487,6 +490,29 @@ impl Project {
             }
         }
         Ok(())
+    }
+
+    /// `rolling.canary` and `rolling.pause` come together; a pause is longer than 0s.
+    fn validate_canary(&self, rolling_at: &[Seg<'_>], rolling: &Rolling) -> Result<()> {
+        let at = |key: &'static str| {
+            let mut path = rolling_at.to_vec();
+            path.push(Seg::Key(key));
+            path
+        };
+        match (rolling.canary, rolling.pause) {
+            (Some(_), None) => Err(self.fail(
+                &at("canary"),
+                "a canary needs a `pause`: a duration such as \"10m\" to watch it, or \"confirm\"",
+            )),
+            (None, Some(_)) => Err(self.fail(
+                &at("pause"),
+                "a pause follows a canary: add `canary = 1` (or a percentage such as \"10%\")",
+            )),
+            (Some(_), Some(Pause::For(Millis(0)))) => {
+                Err(self.fail(&at("pause"), "must be longer than 0s (or \"confirm\")"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// An error pointing at the value at `path` (or where it would go).
@@ -559,6 +585,17 @@ impl Project {
         if *proxy.max_connections.get_ref() == 0 {
             return Err(self.fail(&at("max_connections"), "must be at least 1"));
         }
+        for (key, value) in [
+            ("max_request_body", proxy.max_request_body),
+            ("max_response_body", proxy.max_response_body),
+        ] {
+            if value.is_some_and(|b| b.0 == 0) {
+                return Err(self.fail(
+                    &at(key),
+                    "must be at least 1 byte (leave it out for no limit)",
+                ));
+            }
+        }
         for (i, range) in proxy.trusted_proxies.iter().enumerate() {
             if let Err(message) = range.get_ref().parse::<IpRange>() {
                 let mut path = at("trusted_proxies");
@@ -626,6 +663,23 @@ mod tests {
         assert_eq!(spec.header_timeout_ms, 2_000);
         assert_eq!(spec.upstream_timeout_ms, Some(60_000));
         assert_eq!(spec.trusted_proxies.len(), 2);
+        assert_eq!(
+            (
+                spec.max_request_body,
+                spec.max_response_body,
+                spec.access_log
+            ),
+            (None, None, false),
+            "no body limits and no access log by default"
+        );
+        let ok = load(&format!(
+            "{base}max_request_body = \"10MB\"\nmax_response_body = 4096\naccess_log = true\n"
+        ))
+        .unwrap();
+        let spec = crate::protocol::manifest::ProxySpec::from(ok.config.proxy.as_ref().unwrap());
+        assert_eq!(spec.max_request_body, Some(10_000_000));
+        assert_eq!(spec.max_response_body, Some(4096));
+        assert!(spec.access_log);
         for (extra, key, says) in [
             (
                 "trusted_proxies = [\"10.0.0.0/8\",\n  \"10.0.0.1/8\"]\n",
@@ -656,6 +710,16 @@ mod tests {
                 "max_connections = 0\n",
                 "proxy.max_connections",
                 "at least 1",
+            ),
+            (
+                "max_request_body = 0\n",
+                "proxy.max_request_body",
+                "at least 1 byte",
+            ),
+            (
+                "max_response_body = \"10 parsecs\"\n",
+                "proxy.max_response_body",
+                "invalid size",
             ),
         ] {
             let err = load(&format!("{base}{extra}")).unwrap_err().to_string();

@@ -42,6 +42,33 @@ impl<'de> Deserialize<'de> for Millis {
     }
 }
 
+/// `rolling.pause`: how long a canary is watched before the rest of the
+/// stage, or `"confirm"`: the deploy stops until `deploy --continue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// Watch the canary this long, then go on.
+    For(Millis),
+    /// Stop after the canary; `deploy --continue` or `--abort` decides.
+    Confirm,
+}
+
+impl<'de> Deserialize<'de> for Pause {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "confirm" {
+            return Ok(Pause::Confirm);
+        }
+        let duration = humantime::parse_duration(&text).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid pause `{text}` ({e}): expected a duration such as \"10m\" or \"confirm\""
+            ))
+        })?;
+        Ok(Pause::For(Millis(
+            duration.as_millis().min(u64::MAX as u128) as u64,
+        )))
+    }
+}
+
 /// A size written like `"10MiB"`, `"500KB"` or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bytes(pub u64);
@@ -165,6 +192,20 @@ mod tests {
         assert_eq!(Bytes::parse("0"), Ok(Bytes(0)));
         assert_eq!(Bytes::parse("512KiB"), Ok(Bytes(512 * 1024)));
         assert!(Bytes::parse("lots").is_err());
+    }
+
+    #[test]
+    fn a_pause_is_a_duration_or_confirm() {
+        let parse =
+            |t: &str| Pause::deserialize(de::value::StrDeserializer::<de::value::Error>::new(t));
+        assert_eq!(parse("confirm"), Ok(Pause::Confirm));
+        assert_eq!(parse("10m"), Ok(Pause::For(Millis(600_000))));
+        assert!(
+            parse("later")
+                .unwrap_err()
+                .to_string()
+                .contains("\"confirm\"")
+        );
     }
 
     #[test]

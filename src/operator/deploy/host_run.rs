@@ -8,10 +8,12 @@ use std::time::Instant;
 use super::identity::holder;
 use super::{FinalState, HostOutcome};
 use crate::operator::build::BuildManifest;
+use crate::operator::config::artifact::Fetch;
 use crate::operator::config::{HostSpec, ResolvedStage};
 use crate::operator::fleet::Fleet;
 use crate::operator::output::{Reporter, StepStatus};
 use crate::operator::plan::HostPlan;
+use crate::operator::repository::Remote;
 use crate::operator::transport::AgentSession;
 use crate::protocol::{Action, ErrorKind, HostState, PrepareSpec, Request, Response};
 
@@ -66,6 +68,7 @@ impl<'p> Run<'p> {
                 round_trips: 0,
                 timings_ms: BTreeMap::new(),
                 activation: None,
+                artifact: None,
             },
             failure_shown: false,
         }
@@ -135,12 +138,13 @@ impl<'p> Run<'p> {
 }
 
 /// Connects (unless connected) and takes the deploy lock; prepares the release
-/// in the same round trip when the host has the artifact already.
+/// in the same round trip when the host has the artifact already. With
+/// `resume`, takes over the lock of the pending canary of that release.
 pub(super) fn lock_host(
     run: &mut Run,
     fleet: &Fleet,
     stage: &ResolvedStage,
-    build: Option<&BuildManifest>,
+    (build, resume): (Option<&BuildManifest>, Option<&str>),
     reporter: &Reporter,
 ) {
     if run.session.is_none() {
@@ -161,10 +165,13 @@ pub(super) fn lock_host(
         artifact_sha256: build.map(|b| b.sha256.clone()),
         lease_ms: stage.lock_lease_ms,
         prepare,
+        resume: resume.map(str::to_string),
     };
     let Some(response) = run.call("lock", request, reporter) else {
+        // A pending canary's lock says itself how to go on.
         if run.error_kind == Some(ErrorKind::LockHeld)
             && let Some(reason) = run.outcome.reason.as_mut()
+            && !reason.contains("a pending canary of")
         {
             let wait = if run.waiting {
                 "the --wait time ran out"
@@ -189,6 +196,17 @@ pub(super) fn lock_host(
             &format!("removed leftover of an interrupted run: {path}"),
         );
     }
+    if let Some(pending) = &state.resumed {
+        reporter.step(
+            &run.host,
+            "lock",
+            StepStatus::Info,
+            &format!(
+                "took over the lock of the pending canary of {}",
+                pending.describe()
+            ),
+        );
+    }
     if let Some(previous) = &state.took_over {
         reporter.step(
             &run.host,
@@ -211,10 +229,122 @@ pub(super) fn lock_host(
     run.state = Some(*state);
 }
 
-/// Uploads the artifact unless the host has it, and prepares the release.
-pub(super) fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter: &Reporter) {
+/// How a host's own download ended.
+enum Download {
+    /// The artifact is in its store (downloaded, or there already).
+    Stored(&'static str),
+    /// It could not download it (the reason was reported).
+    Failed(String),
+    /// The session is gone or failed otherwise (recorded as the host's failure).
+    Gone,
+}
+
+/// Asks the host to download the artifact from the repository itself.
+fn download_on_host(run: &mut Run, remote: &Remote, reporter: &Reporter) -> Download {
+    match run.call(
+        "download",
+        Request::FetchArtifact(Box::new(remote.fetch_spec())),
+        reporter,
+    ) {
+        Some(Response::Fetched(f)) if f.ok && f.already_stored => {
+            Download::Stored("already stored")
+        }
+        Some(Response::Fetched(f)) if f.ok => {
+            reporter.step(
+                &run.host,
+                "download",
+                StepStatus::Ok,
+                &format!("{} bytes from the repository, sha256 verified", f.bytes),
+            );
+            Download::Stored("downloaded")
+        }
+        Some(Response::Fetched(f)) => Download::Failed(f.error.unwrap_or_default()),
+        Some(other) => {
+            run.fail(
+                "download",
+                format!("unexpected answer: {other:?}"),
+                reporter,
+            );
+            Download::Gone
+        }
+        None => Download::Gone,
+    }
+}
+
+/// With a repository: the host downloads the artifact, or (host-then-operator)
+/// the operator pushes it when it cannot. True when the upload path follows.
+fn fetch_first(run: &mut Run, remote: &Remote, reporter: &Reporter) -> bool {
+    if remote.fetch == Fetch::Operator {
+        return true;
+    }
+    let why = match download_on_host(run, remote, reporter) {
+        Download::Stored(via) => {
+            run.outcome.artifact = Some(via);
+            prepare_only(run, reporter);
+            return false;
+        }
+        Download::Gone => return false,
+        Download::Failed(why) => why,
+    };
+    if remote.fetch == Fetch::Host {
+        run.fail(
+            "download",
+            format!("{why} (fetch = \"host\": the operator does not push it)"),
+            reporter,
+        );
+        return false;
+    }
+    reporter.step(
+        &run.host,
+        "download",
+        StepStatus::Warning,
+        &format!("{why}; the operator pushes it instead"),
+    );
+    if let Err(e) = remote.ensure_local() {
+        run.fail(
+            "upload",
+            format!("the host could not download it ({why}), nor could the operator: {e}"),
+            reporter,
+        );
+        return false;
+    }
+    true
+}
+
+/// `prepare` once the artifact is in the host's store.
+fn prepare_only(run: &mut Run, reporter: &Reporter) {
+    let Some(plan) = run.plan else { return };
+    let request = Request::Prepare(Box::new(PrepareSpec {
+        manifest: plan.manifest.clone(),
+        files: plan.files.clone(),
+        secrets: plan.secrets.clone(),
+    }));
+    if let Some(response) = run.call("prepare", request, reporter) {
+        match response {
+            Response::Prepared { .. } => reporter.step(
+                &run.host,
+                "prepare",
+                StepStatus::Ok,
+                &format!("release {} complete", plan.manifest.id),
+            ),
+            other => run.fail("prepare", format!("unexpected answer: {other:?}"), reporter),
+        }
+    }
+}
+
+/// Uploads the artifact unless the host has it (or downloads it from the
+/// repository itself), and prepares the release.
+pub(super) fn upload_and_prepare(
+    run: &mut Run,
+    build: &BuildManifest,
+    remote: Option<&Remote>,
+    reporter: &Reporter,
+) {
     let Some(plan) = run.plan else { return };
     if run.state.as_ref().is_some_and(|s| s.prepared) {
+        if remote.is_some() {
+            run.outcome.artifact = Some("already stored");
+        }
         reporter.step(
             &run.host,
             "upload",
@@ -227,6 +357,11 @@ pub(super) fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter:
             StepStatus::Ok,
             &format!("release {} complete", plan.manifest.id),
         );
+        return;
+    }
+    if let Some(remote) = remote
+        && !fetch_first(run, remote, reporter)
+    {
         return;
     }
     let host = run.host.clone();
@@ -243,6 +378,9 @@ pub(super) fn upload_and_prepare(run: &mut Run, build: &BuildManifest, reporter:
     run.outcome.uploaded_bytes = session.uploaded_bytes;
     match result {
         Ok(Response::Prepared { .. }) => {
+            if remote.is_some() {
+                run.outcome.artifact = Some("pushed");
+            }
             reporter.step(
                 &run.host,
                 "upload",
@@ -350,8 +488,9 @@ pub(super) fn activate_host(
     }
 }
 
-/// Puts a host switched in an earlier batch back on its previous release.
-pub(super) fn revert_host(run: &mut Run, deployer: &str, reporter: &Reporter) {
+/// Puts a host switched in an earlier batch (or a canary) back on its
+/// previous release; `why` is its reason when it had no failure of its own.
+pub(super) fn revert_host(run: &mut Run, deployer: &str, why: &str, reporter: &Reporter) {
     let Some(previous) = run.outcome.previous.clone() else {
         return;
     };
@@ -373,7 +512,7 @@ pub(super) fn revert_host(run: &mut Run, deployer: &str, reporter: &Reporter) {
             run.outcome.state = FinalState::Reverted;
             if run.outcome.failed_step.is_none() {
                 run.outcome.failed_step = Some("revert".into());
-                run.outcome.reason = Some("reverted because a later batch failed".into());
+                run.outcome.reason = Some(why.into());
             }
             reporter.step(
                 &run.host,

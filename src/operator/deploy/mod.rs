@@ -5,11 +5,16 @@
 //! on health and reported version (the agent reverts a host that fails). A
 //! batch with more failures than `max_failed` stops the deploy; with
 //! `on_failure = "revert"` hosts switched earlier go back too, so the fleet
-//! ends on one version. Hosts not yet switched are never touched.
+//! ends on one version. Hosts not yet switched are never touched. With
+//! `rolling.canary` the canary hosts switch first and are watched for
+//! `rolling.pause`, or left waiting for `deploy --continue`/`--abort`
+//! (resume.rs).
 
+mod canary;
 mod host_run;
 mod identity;
 mod orchestrate;
+mod resume;
 mod summary;
 mod unlock;
 
@@ -21,16 +26,18 @@ use crate::cli::{DeployArgs, RestartArgs, RollbackArgs};
 use crate::error::{Error, Result};
 use crate::operator::args::{parse_pairs, parse_wait};
 use crate::operator::build::{self, BuildManifest};
+use crate::operator::config::artifact::{ArtifactSource, Fetch};
 use crate::operator::config::{Project, ResolvedStage};
 use crate::operator::fleet::Fleet;
 use crate::operator::output::Reporter;
 use crate::operator::plan::{self, DeployInputs, DeployPlan};
 use crate::operator::render;
+use crate::operator::repository::{self, Remote};
 use crate::operator::select::Selection;
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::{Action, Activation, RevisionOutcome};
 use host_run::Run;
-use orchestrate::{Ctx, Executed, execute};
+use orchestrate::{Canary, Ctx, Executed, execute};
 
 pub use identity::deployer;
 pub use unlock::unlock;
@@ -57,6 +64,8 @@ pub enum FinalState {
     /// `restart`: the restart failed its gate; the host is left as it is
     /// (there is no other release to go back to).
     Failed,
+    /// Not switched yet: waits for `deploy --continue` after its canary.
+    Waiting,
 }
 
 impl FinalState {
@@ -70,6 +79,7 @@ impl FinalState {
             FinalState::Unknown => "unknown",
             FinalState::Restarted => "restarted",
             FinalState::Failed => "failed",
+            FinalState::Waiting => "waiting",
         }
     }
 }
@@ -106,6 +116,10 @@ pub struct HostOutcome {
     pub timings_ms: BTreeMap<&'static str, u64>,
     /// The agent's report of the activation.
     pub activation: Option<Activation>,
+    /// How the host got an artifact from the repository: `downloaded`,
+    /// `pushed` (by the operator) or `already stored`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<&'static str>,
 }
 
 /// The result of a whole deploy or rollback.
@@ -131,6 +145,10 @@ pub struct Outcome {
     pub hosts: Vec<HostOutcome>,
     /// Only the hosts `--hosts` named: the others were not touched.
     pub selection: Option<Selection>,
+    /// The canary this deploy left waiting for `--continue` (`pause = "confirm"`).
+    pub pending_canary: Option<crate::protocol::canary::PendingCanary>,
+    /// `--abort`: the run put a waiting canary back.
+    pub aborted: bool,
 }
 
 impl Outcome {
@@ -144,7 +162,11 @@ impl Outcome {
         runs: Vec<Run>,
     ) -> Outcome {
         Outcome {
-            ok: executed.stopped.is_none() && runs.iter().all(|r| r.outcome.ok),
+            // Hosts waiting for `--continue` are not a failure of this run.
+            ok: executed.stopped.is_none()
+                && runs
+                    .iter()
+                    .all(|r| r.outcome.ok || r.outcome.state == FinalState::Waiting),
             action,
             stage: stage.to_string(),
             release,
@@ -154,12 +176,17 @@ impl Outcome {
             phases_ms: executed.phases,
             hosts: runs.into_iter().map(|r| r.outcome).collect(),
             selection: None,
+            pending_canary: executed.pending,
+            aborted: false,
         }
     }
 }
 
 /// `shipjar deploy STAGE`.
 pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Result<i32> {
+    if args.resume || args.abort {
+        return resume::resume(project, args, reporter);
+    }
     let (stage, selection) =
         crate::operator::select::stage(project, &args.stage, &args.fleet.hosts)?;
     let sets = parse_pairs("--set", &args.set)?;
@@ -167,7 +194,16 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
     let wait = parse_wait(args.wait.as_deref())?;
     // Secrets first: a missing one should not cost a build.
     let secrets = render::load_secrets(&stage.secrets, &|var| std::env::var(var).ok())?;
-    let build = the_build(project, args, reporter)?;
+    let (build, remote) = match project
+        .artifact_source()
+        .filter(|_| args.artifact.is_none() && !args.skip_build)
+    {
+        Some(source) => {
+            let (build, remote) = from_repository(project, &source, args, reporter)?;
+            (build, Some(remote))
+        }
+        None => (the_build(project, args, reporter)?, None),
+    };
     // Every template for every host is rendered before any host is touched.
     let plan = plan_release(project, &stage, &build, secrets, sets, env, reporter)?;
     reporter.note(&format!(
@@ -198,10 +234,15 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
         fleet: &fleet,
         action: Action::Deploy,
         build: Some(&build),
+        remote: remote.as_ref(),
         wait,
         reporter,
         choose: &choose,
         selection: selection.as_ref(),
+        canary: match (stage.rolling.canary, stage.rolling.pause) {
+            (Some(size), Some(pause)) => Canary::Plan { size, pause },
+            _ => Canary::None,
+        },
     };
     let executed = execute(&ctx, &mut runs);
     let release = plan.release_id.clone();
@@ -231,6 +272,43 @@ fn the_build(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resul
         }
         (None, false) => build::build(project, args.version.as_deref(), reporter),
     }
+}
+
+/// The artifact of `--version` in `[artifact]`'s repository, resolved
+/// without building; with `fetch = "operator"` downloaded here now.
+fn from_repository(
+    project: &Project,
+    source: &ArtifactSource,
+    args: &DeployArgs,
+    reporter: &Reporter,
+) -> Result<(BuildManifest, Remote)> {
+    let Some(version) = args.version.as_deref() else {
+        return Err(Error::config(
+            "[artifact] deploys from the repository: say which version with --version V",
+        )
+        .hint("or deploy a local build with --artifact PATH or --skip-build"));
+    };
+    let remote = repository::resolve(project, source, version, args.sha256.as_deref())?;
+    if remote.fetch == Fetch::Operator {
+        remote.ensure_local().map_err(|e| {
+            Error::failed(format!("the operator cannot download the artifact: {e}"))
+        })?;
+    }
+    let size = std::fs::metadata(&remote.local).map_or(0, |m| m.len());
+    reporter.note(&format!(
+        "artifact: {} (sha256 {}) from the repository",
+        remote.url,
+        &remote.sha256[..12]
+    ));
+    let build = BuildManifest {
+        artifact: remote.local.clone(),
+        sha256: remote.sha256.clone(),
+        size,
+        version: version.to_string(),
+        git_commit: None,
+        build_time: now_rfc3339(),
+    };
+    Ok((build, remote))
 }
 
 /// Plans a release of `build` for every host of `stage`: gathers what the pure
@@ -294,10 +372,12 @@ pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> 
         fleet: &fleet,
         action: Action::Rollback,
         build: None,
+        remote: None,
         wait,
         reporter,
         choose: &choose,
         selection: selection.as_ref(),
+        canary: Canary::None,
     };
     let executed = execute(&ctx, &mut runs);
     let release = runs
@@ -366,10 +446,12 @@ pub fn restart(project: &Project, args: &RestartArgs, reporter: &Reporter) -> Re
         fleet: &fleet,
         action: Action::Restart,
         build: None,
+        remote: None,
         wait,
         reporter,
         choose: &choose,
         selection: selection.as_ref(),
+        canary: Canary::None,
     };
     let executed = execute(&ctx, &mut runs);
     // Hosts may run different releases: the summary names each host's own.

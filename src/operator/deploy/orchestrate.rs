@@ -2,20 +2,26 @@
 //! upload and prepare everywhere, switch in rolling batches, put earlier
 //! batches back when the run stops (with `on_failure = "revert"`), finish.
 //! Until the first switch, any failure stops the run with no host changed.
+//! With a canary, its hosts switch first and are watched for the pause (or
+//! the run pauses until `--continue`); a canary that fails is put back.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::FinalState;
+use super::canary;
 use super::host_run::{Run, activate_host, close, lock_host, revert_host, upload_and_prepare};
 use super::identity::deployer;
 use crate::operator::build::BuildManifest;
-use crate::operator::config::{OnFailure, Project, ResolvedStage};
+use crate::operator::config::{BatchSize, OnFailure, Pause, Project, ResolvedStage};
 use crate::operator::fleet::{self, Fleet};
 use crate::operator::hooks;
 use crate::operator::output::{Reporter, StepStatus};
 use crate::operator::select::Selection;
 use crate::operator::transport::Canceller;
+use crate::protocol::canary::PendingCanary;
+use crate::protocol::clock::now_rfc3339;
 use crate::protocol::{Action, Activation, ErrorKind, HookPoint, NotSwitched, Request, Response};
 
 /// Picks the release a host goes to, or says why it cannot.
@@ -33,6 +39,8 @@ pub(super) struct Ctx<'a> {
     pub action: Action,
     /// The artifact to upload; `None` for a rollback (nothing to upload).
     pub build: Option<&'a BuildManifest>,
+    /// Where hosts download it themselves, when it comes from a repository.
+    pub remote: Option<&'a crate::operator::repository::Remote>,
     /// How long to queue behind another deploy's lock (`--wait`).
     pub wait: Option<Duration>,
     /// Where progress goes.
@@ -41,6 +49,31 @@ pub(super) struct Ctx<'a> {
     pub choose: &'a Choose<'a>,
     /// Only the hosts `--hosts`/`--roles` named: each host records it.
     pub selection: Option<&'a Selection>,
+    /// The canary: planned by this deploy, or the pending one continued or aborted.
+    pub canary: Canary<'a>,
+}
+
+/// A run's canary.
+#[derive(Clone, Copy)]
+pub(super) enum Canary<'a> {
+    /// No canary: batches only.
+    None,
+    /// This deploy's: `size` hosts first, then `pause`.
+    Plan { size: BatchSize, pause: Pause },
+    /// `deploy --continue`: the rest of the hosts, to the canary's release.
+    Continue(&'a PendingCanary),
+    /// `deploy --abort`: the canary hosts back on their previous release.
+    Abort(&'a PendingCanary),
+}
+
+impl<'a> Canary<'a> {
+    /// The pending canary this run resumes, if it resumes one.
+    pub fn resumed(self) -> Option<&'a PendingCanary> {
+        match self {
+            Canary::Continue(p) | Canary::Abort(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// Milliseconds per phase, whole fleet.
@@ -54,6 +87,36 @@ pub(super) struct Executed {
     pub interrupted: bool,
     /// Milliseconds per phase.
     pub phases: Phases,
+    /// The canary now waiting for `--continue` (`pause = "confirm"`).
+    pub pending: Option<PendingCanary>,
+}
+
+/// How the switch phase ended.
+#[derive(Default)]
+struct Switched {
+    /// Why the run stopped early, if it did.
+    stopped: Option<String>,
+    /// The canary failed (or was interrupted): its hosts go back, whatever `on_failure` says.
+    canary_failed: bool,
+    /// The canary is healthy and waits for `--continue`.
+    pending: Option<PendingCanary>,
+}
+
+impl Switched {
+    fn stop(why: String) -> Switched {
+        Switched {
+            stopped: Some(why),
+            ..Switched::default()
+        }
+    }
+
+    fn canary_failed(why: String) -> Switched {
+        Switched {
+            stopped: Some(why),
+            canary_failed: true,
+            pending: None,
+        }
+    }
 }
 
 /// Runs every phase over `runs`; each host's result is left in its outcome.
@@ -61,69 +124,110 @@ pub(super) fn execute(ctx: &Ctx, runs: &mut [Run]) -> Executed {
     fleet::catch_interrupts();
     ctx.reporter.start_progress(runs.len());
     let mut phases = Phases::new();
-    let stopped = run_phases(ctx, runs, &mut phases);
+    let switched = run_phases(ctx, runs, &mut phases);
     fleet::set_phase(fleet::Phase::Idle);
-    run_operator_hook(ctx, runs, stopped.as_deref());
+    // Paused or aborted, the deploy has not ended: no operator hook.
+    if switched.pending.is_none() && !matches!(ctx.canary, Canary::Abort(_)) {
+        run_operator_hook(ctx, runs, switched.stopped.as_deref());
+    }
     Executed {
-        stopped,
+        stopped: switched.stopped,
         interrupted: fleet::interrupted(),
         phases,
+        pending: switched.pending,
     }
 }
 
-/// The phases in order; returns why the run stopped early, if it did.
-fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Option<String> {
+/// The phases in order; returns why the run stopped early, if it did, or
+/// the canary it left waiting.
+fn run_phases(ctx: &Ctx, runs: &mut [Run], phases: &mut Phases) -> Switched {
     // Phase 1: connect and lock every host; nothing changes unless all are locked.
     fleet::set_phase(fleet::Phase::BeforeChange);
     timed(phases, "lock", || lock_all(ctx, runs));
     check_agents_and_choose(ctx, runs);
+    adopt_canary(ctx, runs);
     if let Some(why) = stop_before_change(runs, "lock", ctx.reporter) {
         release_all(ctx, runs, Some(&why));
-        return Some(why);
+        return Switched::stop(why);
     }
     // Phase 2: upload what is missing and prepare the release on ALL hosts.
     if let Some(build) = ctx.build {
         timed(phases, "prepare", || prepare_all(ctx, runs, build));
         if let Some(why) = stop_before_change(runs, "prepare", ctx.reporter) {
             release_all(ctx, runs, Some(&why));
-            return Some(why);
+            return Switched::stop(why);
         }
     }
     // The once-per-run hook (migrations): on the first host, before any switch.
     if let Some(why) = run_once_before_switch(ctx, runs) {
         release_all(ctx, runs, Some(&why));
-        return Some(why);
+        return Switched::stop(why);
     }
-    // Phase 3: switch in batches.
-    let stopped = timed(phases, "switch", || switch_in_batches(ctx, runs));
+    // Phase 3: switch in batches (the canary first), or put an aborted canary back.
+    let switched = match ctx.canary {
+        Canary::Abort(pending) => timed(phases, "revert", || abort_canary(ctx, runs, pending)),
+        _ => timed(phases, "switch", || switch_in_batches(ctx, runs)),
+    };
     fleet::set_phase(fleet::Phase::Finishing);
+    let started = Instant::now();
+    // A canary that failed goes back, whatever `on_failure` says: it was not
+    // proven, and no other host has switched.
+    if switched.canary_failed && revert_canary(ctx, runs) > 0 {
+        phases.insert("revert", started.elapsed().as_millis() as u64);
+    }
     // On a failed deploy, switched hosts go back so the fleet runs one version.
     // An interrupt is the user's choice: hosts switched so far stay (and say so).
     // A restart has no other release to revert to: hosts restarted earlier
     // run what they ran, and the batch rules have stopped the rest.
-    if stopped.is_some()
+    if switched.stopped.is_some()
+        && !switched.canary_failed
+        && !matches!(ctx.canary, Canary::Abort(_))
         && !fleet::interrupted()
         && ctx.stage.on_failure == OnFailure::Revert
         && ctx.action != Action::Restart
     {
         // Only when this step put hosts back: a host whose own switch failed was
         // reverted by its agent, and that time is part of `switch`.
-        let started = Instant::now();
         if revert_switched(ctx, runs) > 0 {
             phases.insert("revert", started.elapsed().as_millis() as u64);
         }
     }
-    // Phase 4: prune and unlock.
+    // Phase 4: prune and unlock (or keep the lock for a canary left waiting).
     timed(phases, "finish", || {
-        finish_all(ctx, runs, stopped.as_deref())
+        finish_all(
+            ctx,
+            runs,
+            switched.stopped.as_deref(),
+            switched.pending.as_ref(),
+        )
     });
-    stopped
+    switched
+}
+
+/// `--continue`/`--abort`: the canary hosts count as switched in this run,
+/// from the release they ran before the canary (as the record says).
+fn adopt_canary(ctx: &Ctx, runs: &mut [Run]) {
+    let Some(pending) = ctx.canary.resumed() else {
+        return;
+    };
+    for run in runs.iter_mut().filter(|r| !r.failed()) {
+        if let Some(previous) = pending.canary.get(&run.host) {
+            run.outcome.previous = previous.clone();
+            run.switched = true;
+            run.outcome.ok = true;
+            run.outcome.state = FinalState::Updated;
+        }
+    }
 }
 
 /// `before_switch` (deploy) or `before_rollback` (rollback), once, on the
 /// stage's first host, in the release it goes to; a failure stops the run
 /// before any host switches.
 fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
+    // A resumed canary ran its hook before the canary switched.
+    if ctx.canary.resumed().is_some() {
+        return None;
+    }
     let point = match ctx.action {
         Action::Deploy => HookPoint::BeforeSwitch,
         // A restart activates nothing new: no hooks.
@@ -143,20 +247,7 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
     let every = Duration::from_millis((ctx.stage.lock_lease_ms / 3).max(50));
     let done = AtomicBool::new(false);
     let answer = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let mut renewed = Instant::now();
-            while !done.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-                if renewed.elapsed() >= every {
-                    for other in others.iter_mut() {
-                        if let Some(session) = other.session.as_mut() {
-                            let _ = session.notify(Request::Renew);
-                        }
-                    }
-                    renewed = Instant::now();
-                }
-            }
-        });
+        scope.spawn(|| keep_renewing(&done, others.iter_mut(), every));
         let answer = run.call(step, request, ctx.reporter);
         done.store(true, Ordering::SeqCst);
         answer
@@ -189,6 +280,28 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
         ..Activation::of(&release)
     });
     stop_before_change(runs, step, ctx.reporter)
+}
+
+/// Renews the leases of `idle` hosts every `every` until `done`: a long
+/// request elsewhere (a migration, a canary's pause) may outlast the lease.
+fn keep_renewing<'r, 'p: 'r>(
+    done: &AtomicBool,
+    idle: impl Iterator<Item = &'r mut Run<'p>>,
+    every: Duration,
+) {
+    let mut idle: Vec<&mut Run> = idle.collect();
+    let mut renewed = Instant::now();
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        if renewed.elapsed() >= every {
+            for run in idle.iter_mut() {
+                if let Some(session) = run.session.as_mut() {
+                    let _ = session.notify(Request::Renew);
+                }
+            }
+            renewed = Instant::now();
+        }
+    }
 }
 
 /// `after_deploy` / `after_failure` (deploy) or `after_rollback` (a rollback
@@ -256,7 +369,8 @@ fn lock_all(ctx: &Ctx, runs: &mut [Run]) {
     loop {
         fleet::each(runs, parallel, |run| {
             let t = Instant::now();
-            lock_host(run, ctx.fleet, ctx.stage, ctx.build, ctx.reporter);
+            let resume = ctx.canary.resumed().map(|p| p.release.as_str());
+            lock_host(run, ctx.fleet, ctx.stage, (ctx.build, resume), ctx.reporter);
             run.time("lock", t);
         });
         let all_locked = runs.iter().all(|r| !r.failed());
@@ -325,39 +439,311 @@ fn check_agents_and_choose(ctx: &Ctx, runs: &mut [Run]) {
 fn prepare_all(ctx: &Ctx, runs: &mut [Run], build: &BuildManifest) {
     fleet::each(runs, ctx.fleet.parallel, |run| {
         let t = Instant::now();
-        upload_and_prepare(run, build, ctx.reporter);
+        upload_and_prepare(run, build, ctx.remote, ctx.reporter);
         run.time("prepare", t);
     });
 }
 
-/// Switches the hosts batch by batch; returns why it stopped early, if it did.
-fn switch_in_batches(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
-    let batch_size = ctx.stage.rolling.batch.hosts(runs.len());
+/// Switches the hosts batch by batch, the canary first; says why it
+/// stopped early, if it did, or the canary it left waiting.
+fn switch_in_batches(ctx: &Ctx, runs: &mut [Run]) -> Switched {
+    // `--continue`: the canary hosts switched in the run before.
+    let todo: Vec<usize> = (0..runs.len()).filter(|i| !runs[*i].switched).collect();
+    let (size, pause) = match ctx.canary {
+        Canary::Plan { size, pause } => (Some(size), Some(pause)),
+        _ => (None, None),
+    };
+    let plan = canary::plan(&todo, runs.len(), ctx.stage.rolling.batch, size);
+    if let Some(pause) = pause.filter(|_| !plan.canary.is_empty())
+        && let Some(ended) = switch_canary(ctx, runs, &plan.canary, pause, plan.batches.is_empty())
+    {
+        return ended;
+    }
     let max_failed = ctx.stage.rolling.max_failed;
-    let order: Vec<usize> = (0..runs.len()).collect();
-    for (n, batch) in order.chunks(batch_size).enumerate() {
+    for (n, batch) in plan.batches.iter().enumerate() {
         if fleet::interrupted() {
-            return Some(interrupted_before(runs, n));
+            return Switched::stop(interrupted_before(runs, n));
         }
         if let Some(why) = renew_waiting(runs, ctx.reporter) {
-            return Some(why);
+            return Switched::stop(why);
         }
-        let failed = switch_batch(ctx, runs, n, batch);
+        let failed = switch_batch(ctx, runs, &format!("batch {}", n + 1), batch);
         if fleet::aborted() {
-            return Some(format!(
+            return Switched::stop(format!(
                 "aborted (Ctrl-C twice) during batch {}: its hosts were put back",
                 n + 1
             ));
         }
         if failed > max_failed {
-            return Some(format!(
+            return Switched::stop(format!(
                 "batch {} had {failed} failed host{} (max_failed = {max_failed})",
                 n + 1,
                 if failed == 1 { "" } else { "s" }
             ));
         }
     }
-    None
+    Switched::default()
+}
+
+/// Switches the canary hosts, then watches them for `pause` or leaves them
+/// waiting for `--continue`; `None` when the rest may follow now.
+fn switch_canary(
+    ctx: &Ctx,
+    runs: &mut [Run],
+    canary: &[usize],
+    pause: Pause,
+    nothing_after: bool,
+) -> Option<Switched> {
+    if fleet::interrupted() {
+        return Some(Switched::stop(
+            "interrupted (Ctrl-C) before the canary: no host was switched".into(),
+        ));
+    }
+    if let Some(why) = renew_waiting(runs, ctx.reporter) {
+        return Some(Switched::stop(why));
+    }
+    let names = |runs: &[Run], which: &dyn Fn(&Run) -> bool| {
+        canary
+            .iter()
+            .filter(|i| which(&runs[**i]))
+            .map(|i| runs[*i].host.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let failed = switch_batch(ctx, runs, "canary", canary);
+    if failed > 0 {
+        return Some(Switched::canary_failed(format!(
+            "the canary failed on {}: the canary was put back and no other host was switched",
+            names(runs, &|r| r.failed())
+        )));
+    }
+    if fleet::interrupted() {
+        return Some(Switched::canary_failed(
+            "interrupted (Ctrl-C) during the canary: the canary was put back and no other host was switched".into(),
+        ));
+    }
+    match pause {
+        Pause::For(window) => {
+            watch_canary(ctx, runs, canary, window.0).map(Switched::canary_failed)
+        }
+        Pause::Confirm if nothing_after => {
+            ctx.reporter
+                .note("the canary is every host of this deploy: nothing to wait for");
+            None
+        }
+        Pause::Confirm => {
+            let pending = pending_record(ctx, runs, canary);
+            ctx.reporter.note(&format!(
+                "canary healthy on {}: waiting for `shipjar deploy {} --continue` (or `--abort`); the stage stays locked",
+                names(runs, &|_| true),
+                ctx.stage.name
+            ));
+            Some(Switched {
+                pending: Some(pending),
+                ..Switched::default()
+            })
+        }
+    }
+}
+
+/// The record every host of the deploy keeps for the canary left waiting.
+fn pending_record(ctx: &Ctx, runs: &[Run], canary: &[usize]) -> PendingCanary {
+    PendingCanary {
+        stage: ctx.stage.name.clone(),
+        release: runs
+            .iter()
+            .find_map(|r| r.target.clone())
+            .unwrap_or_default(),
+        version: ctx.build.map(|b| b.version.clone()).unwrap_or_default(),
+        artifact_sha256: ctx.build.map(|b| b.sha256.clone()).unwrap_or_default(),
+        hosts: runs.iter().map(|r| r.host.clone()).collect(),
+        canary: canary
+            .iter()
+            .map(|i| (runs[*i].host.clone(), runs[*i].outcome.previous.clone()))
+            .collect(),
+        deployer: deployer(),
+        since: now_rfc3339(),
+    }
+}
+
+/// Watches every canary host for `window_ms` (in parallel); one that fails
+/// ends the others' watch, and so does Ctrl-C. Says why the canary failed.
+fn watch_canary(ctx: &Ctx, runs: &mut [Run], canary: &[usize], window_ms: u64) -> Option<String> {
+    let window = humantime::format_duration(Duration::from_millis(window_ms)).to_string();
+    let (mut watched, mut others): (Vec<&mut Run>, Vec<&mut Run>) = (Vec::new(), Vec::new());
+    for (i, run) in runs.iter_mut().enumerate() {
+        if canary.contains(&i) {
+            watched.push(run);
+        } else {
+            others.push(run);
+        }
+    }
+    // A pause may outlast the lease: the other hosts' locks are renewed meanwhile.
+    let every = Duration::from_millis((ctx.stage.lock_lease_ms / 3).max(50));
+    ctx.reporter.note(&format!(
+        "canary: watching {} for {window} before the other hosts",
+        watched
+            .iter()
+            .map(|r| r.host.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    fleet::set_phase(fleet::Phase::CanaryPause {
+        hosts: watched.iter().map(|r| r.host.clone()).collect(),
+    });
+    let cancellers: Vec<Canceller> = watched
+        .iter()
+        .filter_map(|r| r.session.as_ref().map(|s| s.canceller()))
+        .collect();
+    let (done, failed) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        // A failed host or Ctrl-C ends every watch at once.
+        scope.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                if fleet::interrupted() || failed.load(Ordering::SeqCst) {
+                    for canceller in &cancellers {
+                        canceller.cancel();
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        scope.spawn(|| keep_renewing(&done, others.iter_mut().map(|o| &mut **o), every));
+        fleet::each(&mut watched, ctx.fleet.parallel, |run| {
+            let t = Instant::now();
+            let ended_early = failed.load(Ordering::SeqCst);
+            let ok = watch_host(run, window_ms, ended_early, &failed, ctx.reporter);
+            if !ok {
+                failed.store(true, Ordering::SeqCst);
+            }
+            run.time("switch", t);
+        });
+        done.store(true, Ordering::SeqCst);
+    });
+    let failed_hosts: Vec<&str> = watched
+        .iter()
+        .filter(|r| r.failed())
+        .map(|r| r.host.as_str())
+        .collect();
+    if fleet::interrupted() {
+        Some(format!(
+            "interrupted (Ctrl-C) during the canary's {window} pause: the canary was put back and no other host was switched"
+        ))
+    } else if !failed_hosts.is_empty() {
+        Some(format!(
+            "the canary failed during its {window} pause on {}: the canary was put back and no other host was switched",
+            failed_hosts.join(", ")
+        ))
+    } else {
+        None
+    }
+}
+
+/// One canary host's watch; false when it failed. A watch ended because
+/// another host failed first is not this host's failure.
+fn watch_host(
+    run: &mut Run,
+    window_ms: u64,
+    ended_early: bool,
+    failed: &AtomicBool,
+    reporter: &Reporter,
+) -> bool {
+    let Some(release) = run.target.clone() else {
+        return true;
+    };
+    let request = Request::Watch { release, window_ms };
+    match run.call("watch", request, reporter) {
+        Some(Response::Watched(w)) if w.ok => {
+            reporter.step(
+                &run.host,
+                "watch",
+                StepStatus::Ok,
+                "stayed healthy for the pause",
+            );
+            true
+        }
+        Some(Response::Watched(w)) => {
+            let others_failed = failed.load(Ordering::SeqCst) && !ended_early;
+            if others_failed && !fleet::interrupted() {
+                reporter.step(
+                    &run.host,
+                    "watch",
+                    StepStatus::Info,
+                    "watch ended: the canary failed on another host",
+                );
+                return true;
+            }
+            run.outcome.ok = false;
+            if let Some(a) = run.outcome.activation.as_mut() {
+                a.log_tail = w.log_tail;
+            }
+            run.fail("watch", w.reason.unwrap_or_default(), reporter);
+            false
+        }
+        Some(other) => {
+            run.outcome.ok = false;
+            run.fail("watch", format!("unexpected answer: {other:?}"), reporter);
+            false
+        }
+        None => {
+            run.outcome.ok = false;
+            false
+        }
+    }
+}
+
+/// Puts every canary host that switched back on its previous release (a
+/// host whose own switch failed was put back by its agent); returns how many.
+fn revert_canary(ctx: &Ctx, runs: &mut [Run]) -> usize {
+    let deployer = deployer();
+    let back = |r: &Run| r.switched && r.outcome.state == FinalState::Updated;
+    let count = runs.iter().filter(|r| back(r)).count();
+    fleet::each(runs, ctx.fleet.parallel, |run| {
+        if back(run) {
+            revert_canary_host(
+                run,
+                &deployer,
+                "reverted because the canary failed",
+                ctx.reporter,
+            );
+        }
+    });
+    count
+}
+
+/// A canary host back on its previous release; with none (a first deploy)
+/// it stays where it is, and says so.
+fn revert_canary_host(run: &mut Run, deployer: &str, why: &str, reporter: &Reporter) {
+    if run.outcome.previous.is_none() {
+        run.outcome.ok = false;
+        run.fail(
+            "revert",
+            "no release ran here before the canary: nothing to go back to",
+            reporter,
+        );
+        return;
+    }
+    revert_host(run, deployer, why, reporter);
+}
+
+/// `--abort`: every canary host back on the release it ran before the canary.
+fn abort_canary(ctx: &Ctx, runs: &mut [Run], pending: &PendingCanary) -> Switched {
+    let deployer = deployer();
+    fleet::each(runs, ctx.fleet.parallel, |run| {
+        if run.switched {
+            revert_canary_host(
+                run,
+                &deployer,
+                "the canary was aborted (--abort)",
+                ctx.reporter,
+            );
+        }
+    });
+    Switched::stop(format!(
+        "the canary of release {} was aborted (--abort)",
+        pending.release
+    ))
 }
 
 /// Why the run stopped when Ctrl-C came before batch `n`.
@@ -371,13 +757,15 @@ fn interrupted_before(runs: &[Run], n: usize) -> String {
     )
 }
 
-/// Renews the lease of hosts waiting for their batch; a host lost before its
-/// switch stops the run.
+/// Renews the lease of hosts waiting for their batch (and of hosts switched
+/// already: a `--continue`'s canary is idle from the start); a host lost
+/// before its switch stops the run.
 fn renew_waiting(runs: &mut [Run], reporter: &Reporter) -> Option<String> {
     // Idle sessions renew their lease while other batches switch; no waiting.
-    for run in runs.iter_mut().filter(|r| !r.switched && !r.failed()) {
+    for run in runs.iter_mut().filter(|r| !r.failed()) {
         if let Some(session) = run.session.as_mut()
             && let Err(e) = session.notify(Request::Renew)
+            && !run.switched
         {
             run.session = None;
             run.fail("lock", e.message, reporter);
@@ -391,11 +779,10 @@ fn renew_waiting(runs: &mut [Run], reporter: &Reporter) -> Option<String> {
     (!lost.is_empty()).then(|| format!("lost {} before switching it", lost.join(", ")))
 }
 
-/// Switches batch `n` (indices into `runs`) in parallel; returns how many of it failed.
-fn switch_batch(ctx: &Ctx, runs: &mut [Run], n: usize, batch: &[usize]) -> usize {
+/// Switches one batch (`label`, indices into `runs`) in parallel; returns how many of it failed.
+fn switch_batch(ctx: &Ctx, runs: &mut [Run], label: &str, batch: &[usize]) -> usize {
     ctx.reporter.note(&format!(
-        "batch {}: {}",
-        n + 1,
+        "{label}: {}",
         batch
             .iter()
             .map(|i| runs[*i].host.as_str())
@@ -463,15 +850,21 @@ fn revert_switched(ctx: &Ctx, runs: &mut [Run]) -> usize {
     let count = runs.iter().filter(|r| r.switched && r.outcome.ok).count();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         if run.switched && run.outcome.ok {
-            revert_host(run, &deployer, ctx.reporter);
+            revert_host(
+                run,
+                &deployer,
+                "reverted because a later batch failed",
+                ctx.reporter,
+            );
         }
     });
     count
 }
 
 /// On every host still answering: prune old releases and release the lock;
-/// a host the stopped run never switched records why.
-fn finish_all(ctx: &Ctx, runs: &mut [Run], stopped: Option<&str>) {
+/// a host the stopped run never switched records why. With `pending`, each
+/// host keeps the lock for the canary instead (nothing pruned or recorded).
+fn finish_all(ctx: &Ctx, runs: &mut [Run], stopped: Option<&str>, pending: Option<&PendingCanary>) {
     let keep = *ctx.project.config.releases.keep.get_ref();
     let deployer = deployer();
     fleet::each(runs, ctx.fleet.parallel, |run| {
@@ -482,10 +875,23 @@ fn finish_all(ctx: &Ctx, runs: &mut [Run], stopped: Option<&str>) {
         let not_switched = stopped
             .filter(|_| !run.switched)
             .and_then(|why| not_switched(ctx, run, &deployer, &format!("{why}; not switched")));
-        let request = Request::Finish {
-            // A restart leaves the releases on the host as they are.
-            keep: (ctx.action != Action::Restart).then_some(keep),
-            not_switched,
+        let request = match pending {
+            Some(pending) => {
+                if !run.switched {
+                    run.outcome.state = FinalState::Waiting;
+                }
+                Request::Finish {
+                    keep: None,
+                    not_switched: None,
+                    pending: Some(Box::new(pending.clone())),
+                }
+            }
+            None => Request::Finish {
+                // A restart leaves the releases on the host as they are.
+                keep: (ctx.action != Action::Restart).then_some(keep),
+                not_switched,
+                pending: None,
+            },
         };
         if let Some(Response::Finished { pruned }) = run.call("finish", request, ctx.reporter)
             && !pruned.is_empty()
@@ -538,9 +944,18 @@ fn stop_before_change(runs: &mut [Run], phase: &str, reporter: &Reporter) -> Opt
 fn release_all(ctx: &Ctx, runs: &mut [Run], why: Option<&str>) {
     let deployer = deployer();
     fleet::each(runs, ctx.fleet.parallel, |run| {
-        let request = Request::Finish {
-            keep: None,
-            not_switched: why.and_then(|why| not_switched(ctx, run, &deployer, why)),
+        // A resumed canary that cannot go on stays pending where it was taken.
+        let request = match ctx.canary.resumed() {
+            Some(pending) => Request::Finish {
+                keep: None,
+                not_switched: None,
+                pending: Some(Box::new(pending.clone())),
+            },
+            None => Request::Finish {
+                keep: None,
+                not_switched: why.and_then(|why| not_switched(ctx, run, &deployer, why)),
+                pending: None,
+            },
         };
         if let Some(session) = run.session.as_mut() {
             let _ = session.call(request, &mut |_, _| {});

@@ -14,12 +14,36 @@ pub(super) fn finish(reporter: &Reporter, outcome: Outcome) -> Result<i32> {
     for host in &outcome.hosts {
         if host.ok {
             text.push_str(&succeeded_line(&outcome, host));
+        } else if host.state == FinalState::Waiting {
+            text.push_str(&format!(
+                "{}: waiting for the canary to be confirmed, still on release {}\n",
+                host.host,
+                host.previous.as_deref().unwrap_or("(none)")
+            ));
+        } else if outcome.aborted && host.state == FinalState::Reverted {
+            text.push_str(&format!(
+                "{}: canary put back — {}\n",
+                host.host,
+                where_now(host)
+            ));
+        } else if outcome.aborted && host.state == FinalState::Unchanged && host.locked {
+            text.push_str(&format!("{}: {}\n", host.host, where_now(host)));
         } else {
             text.push_str(&failed_lines(&outcome, host));
         }
     }
-    if let Some(why) = &outcome.stopped {
-        text.push_str(&format!("{} stopped: {why}\n", outcome.action));
+    match (&outcome.stopped, &outcome.pending_canary) {
+        (Some(why), _) if outcome.aborted && outcome.ok => {
+            text.push_str(&format!("{why}; the stage is unlocked\n"));
+        }
+        (Some(why), _) => text.push_str(&format!("{} stopped: {why}\n", outcome.action)),
+        (None, Some(pending)) => text.push_str(&format!(
+            "canary of release {} healthy on {}: waiting for `shipjar deploy {} --continue` (or `--abort`); the stage stays locked until then (at most 24 h, or `shipjar unlock`)\n",
+            pending.release,
+            pending.canary.keys().cloned().collect::<Vec<_>>().join(", "),
+            outcome.stage
+        )),
+        (None, None) => {}
     }
     text.push_str(&timings_table(&outcome.hosts));
     if outcome.hosts.len() > 1 {
@@ -50,9 +74,13 @@ fn counts_line(outcome: &Outcome) -> String {
             count(FinalState::Unknown)
         );
     }
+    let waiting = match count(FinalState::Waiting) {
+        0 => String::new(),
+        n => format!(", {n} waiting"),
+    };
     // A stopped host went back as far as it could: it counts as reverted.
     format!(
-        "{} hosts: {} updated, {} reverted, {} unchanged, {} unknown\n",
+        "{} hosts: {} updated, {} reverted, {} unchanged, {} unknown{waiting}\n",
         outcome.hosts.len(),
         count(FinalState::Updated),
         count(FinalState::Reverted) + count(FinalState::Stopped),
@@ -83,6 +111,13 @@ fn selection_line(outcome: &Outcome, selection: &Selection) -> String {
 /// `host: deploy ok — release … running as pid …, healthy after … ms`.
 fn succeeded_line(outcome: &Outcome, host: &HostOutcome) -> String {
     let a = host.activation.as_ref();
+    if a.is_none() && outcome.action == Action::Deploy {
+        // `--continue`: a canary host switched in the run before this one.
+        return format!(
+            "{}: deploy ok — release {} (version {}), the canary\n",
+            host.host, outcome.release, outcome.version
+        );
+    }
     // A restart names each host's own release (hosts may run different ones).
     let release = match a {
         Some(a) if outcome.release.is_empty() => a.release.as_str(),
@@ -94,13 +129,15 @@ fn succeeded_line(outcome: &Outcome, host: &HostOutcome) -> String {
         format!(" (version {})", outcome.version)
     };
     format!(
-        "{}: {} ok — release {release}{version} running as pid {}, healthy after {} ms{}\n",
+        "{}: {} ok — release {release}{version} running as pid {}, healthy after {} ms{}{}\n",
         host.host,
         outcome.action,
         a.and_then(|a| a.pid).map_or("?".into(), |p| p.to_string()),
         a.and_then(|a| a.healthy_after_ms).unwrap_or(0),
         a.and_then(|a| a.reported_version.as_ref())
             .map_or(String::new(), |v| format!(", reports version {v}")),
+        host.artifact
+            .map_or(String::new(), |via| format!("; artifact {via}")),
     )
 }
 
@@ -168,6 +205,8 @@ fn where_now(host: &HostOutcome) -> String {
             "back on release {}, healthy",
             host.previous.as_deref().unwrap_or("(none)")
         ),
+        // A canary with no earlier release to go back to.
+        (FinalState::Updated, None) => "still on the new release: no release ran here before it, so there is nothing to go back to".into(),
         (FinalState::Unknown, _) => "in an unknown state: it stopped answering during the switch; its agent completes or reverts the switch on its own — check with `shipjar status`".into(),
         _ => match &host.previous {
             Some(release) => format!("not changed (still on release {release})"),
@@ -221,6 +260,7 @@ mod tests {
             failed_step: None,
             reason: None,
             uploaded_bytes: 0,
+            artifact: None,
             round_trips: 3,
             timings_ms: BTreeMap::from([("lock", 12)]),
             activation: None,
@@ -273,6 +313,8 @@ mod tests {
             phases_ms: BTreeMap::new(),
             hosts,
             selection: None,
+            pending_canary: None,
+            aborted: false,
         }
     }
 
@@ -326,5 +368,8 @@ mod tests {
             where_now(&host("a", FinalState::Unchanged)),
             "not changed (still on release r1)"
         );
+        let mut first_canary = host("a", FinalState::Updated);
+        first_canary.previous = None;
+        assert!(where_now(&first_canary).contains("nothing to go back to"));
     }
 }

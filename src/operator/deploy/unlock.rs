@@ -53,6 +53,11 @@ pub fn unlock(
     let mut out = Vec::new();
     for (host, result) in rows {
         text.push_str(&match &result {
+            // The canary stays where it is: say how to make the stage one version again.
+            Ok(Some(previous)) if previous.starts_with("a pending canary of") => format!(
+                "{host}: removed the lock of {previous}: no longer pending; `shipjar rollback {}` (with --hosts) or a new deploy makes the stage one version again\n",
+                stage.name
+            ),
             Ok(Some(previous)) => format!("{host}: removed the lock of {previous}\n"),
             Ok(None) => format!("{host}: was not locked\n"),
             Err(e) => format!("{host}: FAILED: {e}\n"),

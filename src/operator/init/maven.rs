@@ -68,6 +68,24 @@ pub fn detect(dir: &Path) -> Result<Detected, String> {
     })
 }
 
+/// Where `mvn deploy` publishes (`<distributionManagement>`'s repository,
+/// else its snapshot repository) with the coordinates: URL, groupId,
+/// artifactId. `None` without pom.xml or without the section.
+pub fn distribution(dir: &Path) -> Option<(String, String, String)> {
+    let text = std::fs::read_to_string(dir.join("pom.xml")).ok()?;
+    let doc = Document::parse(&text).ok()?;
+    let project = doc.root_element();
+    let dm = child(project, "distributionManagement")?;
+    let url = ["repository", "snapshotRepository"]
+        .iter()
+        .find_map(|r| child(dm, r).and_then(|r| text_of(r, "url")))?;
+    let group = text_of(project, "groupId")
+        .or_else(|| child(project, "parent").and_then(|p| text_of(p, "groupId")))?;
+    let artifact = text_of(project, "artifactId")?;
+    // A URL still holding `${…}` (a property from settings) cannot be written as it is.
+    (!url.contains("${") && url.starts_with("http")).then_some((url, group, artifact))
+}
+
 /// The build command: `build.sh` when the project has one, else Maven (or
 /// the wrapper), offline when `settings.xml` mirrors to a local repository.
 fn command(dir: &Path, notes: &mut Vec<String>) -> String {
@@ -299,5 +317,35 @@ impl Props {
         Err(format!(
             "pom.xml: {what} `{value}`: properties refer to each other too deeply"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distribution;
+
+    #[test]
+    fn distribution_management_gives_the_repository_and_coordinates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pom = r#"<project><groupId>com.example</groupId><artifactId>cart</artifactId>
+            <distributionManagement>
+              <snapshotRepository><url>https://repo.example.com/snapshots</url></snapshotRepository>
+              <repository><id>r</id><url>https://repo.example.com/releases</url></repository>
+            </distributionManagement></project>"#;
+        std::fs::write(dir.path().join("pom.xml"), pom).expect("pom");
+        assert_eq!(
+            distribution(dir.path()),
+            Some((
+                "https://repo.example.com/releases".into(),
+                "com.example".into(),
+                "cart".into()
+            ))
+        );
+        std::fs::write(
+            dir.path().join("pom.xml"),
+            "<project><groupId>g</groupId><artifactId>a</artifactId></project>",
+        )
+        .expect("pom");
+        assert_eq!(distribution(dir.path()), None);
     }
 }
