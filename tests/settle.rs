@@ -8,7 +8,7 @@
 mod common;
 use common::{exited_saying, ok};
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::time::{Duration, Instant};
 
 use common::host::Helper;
@@ -74,21 +74,6 @@ fn interrupt(child: &std::process::Child) {
     .expect("SIGINT the operator");
 }
 
-/// Reads lines until one contains `wanted`; the operator ends (and with it
-/// its stderr) within its own deadlines, so this does too.
-fn wait_for_line(stderr: &mut impl BufRead, wanted: &str) -> String {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = stderr.read_line(&mut line).expect("read stderr");
-        assert!(n > 0, "no line with {wanted:?} before the end:\n{seen}");
-        seen.push_str(&line);
-        if line.contains(wanted) {
-            return seen;
-        }
-    }
-}
-
 #[test]
 fn a_second_ctrl_c_during_settle_reverts_at_once() {
     let p = settling("0s");
@@ -100,9 +85,9 @@ fn a_second_ctrl_c_during_settle_reverts_at_once() {
     // The operator, SIGKILLed if the test ends before it does.
     let mut child = Helper(p.spawn_deploy("2.0.0", &[]));
     let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
-    wait_for_line(&mut stderr, "must stay healthy for");
+    common::wait_for_line(&mut stderr, "must stay healthy for");
     interrupt(&child.0);
-    wait_for_line(&mut stderr, "Ctrl-C again");
+    common::wait_for_line(&mut stderr, "Ctrl-C again");
     interrupt(&child.0);
     // Back on 1.0.0, and recorded, long before the 60 s window would have ended.
     let deadline = Instant::now() + Duration::from_secs(20);

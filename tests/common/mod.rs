@@ -512,3 +512,19 @@ pub fn files_under(dir: &Path, skip_dirs: &[&str]) -> Vec<(PathBuf, String, std:
     }
     files
 }
+
+/// Reads lines until one contains `wanted`: what was read, that line
+/// included. Only for a process that ends (and with it its stderr) within
+/// deadlines of its own, which bound this wait.
+pub fn wait_for_line(stderr: &mut impl std::io::BufRead, wanted: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "no line with {wanted:?} before the end:\n{seen}");
+        seen.push_str(&line);
+        if line.contains(wanted) {
+            return seen;
+        }
+    }
+}
