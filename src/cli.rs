@@ -90,6 +90,19 @@ pub enum Command {
         after_help = "Examples:\n  shipjar logs production -n 200\n  shipjar logs production --hosts app1.example.com -f"
     )]
     Logs(LogsArgs),
+    /// Hold new requests at each host's proxy (up to `[proxy] hold`, then 503) until `resume`.
+    #[command(
+        after_help = "Examples:\n  shipjar pause production\n  shipjar pause production --hosts 'web*'   # deploys still work while paused"
+    )]
+    Pause(FleetStageArgs),
+    /// End a pause or maintenance: held requests go on, new ones are served.
+    #[command(after_help = "Example:\n  shipjar resume production")]
+    Resume(FleetStageArgs),
+    /// Answer every request with 503 and the maintenance page (`[proxy] maintenance_page`) until `resume`.
+    #[command(
+        after_help = "Examples:\n  shipjar maintenance production --message 'Upgrading the database, back at 14:00 UTC'\n  shipjar maintenance production --message 'Back soon' --retry-after 10m"
+    )]
+    Maintenance(MaintenanceArgs),
     /// Remove a stage's deploy lock on every host and say whose it was.
     #[command(after_help = "Example:\n  shipjar unlock production")]
     Unlock(FleetStageArgs),
@@ -205,6 +218,21 @@ pub struct HostsArg {
 pub struct FleetStageArgs {
     /// Stage from `[stages.NAME]`; `local` is built in.
     pub stage: String,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// `shipjar maintenance`.
+#[derive(Debug, Args)]
+pub struct MaintenanceArgs {
+    /// Stage whose proxies answer with the page.
+    pub stage: String,
+    /// The message the page shows (HTML-escaped).
+    #[arg(long, value_name = "TEXT", value_parser = utf8_text())]
+    pub message: String,
+    /// The `Retry-After` the 503 carries (e.g. 60s, 10m).
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub retry_after: String,
     #[command(flatten)]
     pub fleet: FleetArgs,
 }

@@ -292,6 +292,29 @@ fn every_relative_link_and_anchor_in_the_docs_resolves() {
     );
 }
 
+/// A merge's conflict markers left in a document (they read as prose, so
+/// nothing else would notice).
+#[test]
+fn no_document_holds_a_merge_conflict() {
+    let mut found = Vec::new();
+    for doc in read_docs() {
+        for (i, line) in doc.text.lines().enumerate() {
+            let marker = ["<<<<<<< ", ">>>>>>> ", "||||||| "]
+                .iter()
+                .any(|m| line.starts_with(m))
+                || line == "=======";
+            if marker {
+                found.push(format!("{}:{}: {line}", doc.name, i + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "conflict markers:\n  {}",
+        found.join("\n  ")
+    );
+}
+
 // ---------------------------------------------------------------- rust source
 
 /// Source text with comments replaced by spaces (newlines kept), so that

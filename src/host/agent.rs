@@ -345,6 +345,7 @@ impl Session {
                 findings: crate::host::check::check(layout, &spec),
             },
             Request::Status => Response::Status(Box::new(status(layout))),
+            Request::SetTraffic { traffic, page } => set_traffic(layout, traffic, page),
             Request::Releases => Response::Releases {
                 releases: store::list(layout),
                 foreign: store::foreign_release_dirs(layout),
@@ -366,6 +367,7 @@ impl Session {
                 | Request::Logs { .. }
                 | Request::Exec { .. }
                 | Request::Watch { .. }
+                | Request::SetTraffic { .. }
         );
         if envelope.protocol != PROTOCOL_VERSION {
             Some(error_of_kind(
@@ -692,6 +694,32 @@ fn secret_group(user: Option<&str>) -> Result<Option<u32>, String> {
             "service user `{user}` does not exist on this host; run `shipjar provision` first"
         )),
         Err(e) => Err(format!("cannot look up user `{user}`: {e}")),
+    }
+}
+
+/// `set_traffic`: the proxy's mode recorded (since now) and told to it.
+/// Takes no deploy lock: a pause is meant to span a deploy.
+fn set_traffic(
+    layout: &Layout,
+    mut traffic: crate::protocol::status::Traffic,
+    page: Option<String>,
+) -> Response {
+    if crate::host::proxied::spec(layout).is_none() {
+        return error(
+            "traffic",
+            "the service here runs without shipjar's proxy (its current release has no \
+             `[proxy]`): pause, resume and maintenance need `[proxy]` in shipjar.toml, deployed",
+        );
+    }
+    traffic.since = (traffic.mode != crate::protocol::status::TrafficMode::Serving)
+        .then(crate::protocol::clock::now_rfc3339);
+    match crate::host::proxy::set_traffic(layout, traffic.clone(), page) {
+        Ok((before, proxy)) => Response::TrafficSet {
+            before,
+            now: traffic,
+            proxy,
+        },
+        Err(e) => error("traffic", e),
     }
 }
 

@@ -16,6 +16,8 @@ pub mod lock;
 // root-only: /proc, and run/NAME/locks (root's 0711; files opened with openat O_NOFOLLOW)
 pub mod lockfile;
 pub mod logs;
+#[allow(clippy::disallowed_methods)] // root-only: reads the state files in root's run/NAME
+pub mod metrics;
 pub mod os;
 pub mod probe;
 pub mod provision;

@@ -20,6 +20,7 @@ pub mod repository;
 pub mod secret_command;
 pub mod select;
 pub mod ssh;
+pub mod traffic;
 pub mod transport;
 
 use std::path::Path;
@@ -62,6 +63,9 @@ pub fn run(command: Command, config: &Path, json: bool) -> Result<i32> {
         Command::Logs(args) => inspect::logs(&project, &args, &reporter),
         Command::Unlock(args) => deploy::unlock(&project, &args.stage, &args.fleet, &reporter),
         Command::Exec(args) => exec::exec(&project, &args, &reporter),
+        Command::Pause(args) => traffic::pause(&project, &args, &reporter),
+        Command::Resume(args) => traffic::resume(&project, &args, &reporter),
+        Command::Maintenance(args) => traffic::maintenance(&project, &args, &reporter),
         Command::Repl(args) => repl::repl(&project, &args, &reporter),
         Command::Init(_)
         | Command::Service(_)

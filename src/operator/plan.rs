@@ -154,11 +154,11 @@ fn plan_host(
         hooks: config.hooks.host_hooks(),
         // A stage's own `proxy` replaces the top-level one.
         proxy: config
-            .stages
-            .get(&stage.name)
-            .and_then(|s| s.get_ref().proxy.as_ref())
-            .or(config.proxy.as_ref())
-            .map(crate::protocol::manifest::ProxySpec::from),
+            .proxy_of(&stage.name)
+            .map(|p| crate::protocol::manifest::ProxySpec {
+                metrics_listen: config.metrics.as_ref().map(|m| m.listen.get_ref().clone()),
+                ..crate::protocol::manifest::ProxySpec::from(p)
+            }),
     };
 
     let run = run_spec(config, inputs, spec, role, &public_vars)?;

@@ -113,6 +113,25 @@ pub struct ProxySpec {
     /// One JSON line per request in `access.log` in the service's log dir.
     #[serde(default)]
     pub access_log: bool,
+    /// `[metrics] listen`: where the proxy serves the Prometheus scrape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// `[proxy] tls`: TLS terminated on `listen` (paths on the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<TlsSpec>>,
+}
+
+/// TLS on the proxy's address: PEM files on the host, read again when they change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// The certificate chain, PEM, the server's certificate first.
+    pub cert: String,
+    /// Its private key, PEM (readable by the service's user, who runs the proxy).
+    pub key: String,
+    /// A plain-HTTP address answering every request with 308 to HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<String>,
 }
 
 fn default_proxy_header_timeout_ms() -> u64 {

@@ -139,6 +139,16 @@ pub enum Request {
     },
     /// Report what runs on this host.
     Status,
+    /// Set what the proxy does with new requests (`shipjar pause`, `resume`,
+    /// `maintenance`): recorded on the host, then told to the running proxy.
+    /// Takes no deploy lock, so a deploy may run while paused.
+    SetTraffic {
+        /// The mode, with its message and `Retry-After` for maintenance.
+        traffic: crate::protocol::status::Traffic,
+        /// Maintenance: the page, rendered (HTML); a built-in one when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page: Option<String>,
+    },
     /// List releases on this host.
     Releases,
 }
@@ -475,6 +485,16 @@ pub enum Response {
     },
     /// Answer to `status`.
     Status(Box<HostStatus>),
+    /// Answer to `set_traffic`.
+    TrafficSet {
+        /// The mode before.
+        before: crate::protocol::status::Traffic,
+        /// The mode now.
+        now: crate::protocol::status::Traffic,
+        /// What the proxy did: `told the proxy (3 held requests released)`,
+        /// or that it runs not and takes the mode when it starts.
+        proxy: String,
+    },
     /// Answer to `releases`.
     Releases {
         /// shipjar's releases, oldest first.

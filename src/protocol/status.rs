@@ -130,6 +130,69 @@ pub struct ProxyStatus {
     /// worker, active instance; empty when running or stopped as a whole.
     #[serde(default)]
     pub missing: Vec<MissingPart>,
+    /// Whether the proxy serves, holds (`shipjar pause`) or answers with the
+    /// maintenance page, as recorded on the host.
+    #[serde(default)]
+    pub traffic: Option<Traffic>,
+    /// Requests the worker holds right now (paused).
+    #[serde(default)]
+    pub held: u64,
+}
+
+wire_enum! {
+    /// What the proxy does with a new request (`shipjar pause`, `resume`,
+    /// `maintenance`).
+    pub enum TrafficMode {
+        /// Sends it to the active instance.
+        Serving => "serving",
+        /// Holds it (up to `[proxy] hold`, then 503) until `resume`.
+        Paused => "paused",
+        /// Answers 503 with the maintenance page until `resume`.
+        Maintenance => "maintenance",
+    }
+}
+
+/// The proxy's traffic mode as the host records it (`run/NAME/proxy/traffic.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Traffic {
+    /// Serving, paused or maintenance.
+    pub mode: TrafficMode,
+    /// Since when (RFC 3339); `None` for a proxy never paused.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Maintenance: the message the page shows.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Maintenance: the `Retry-After` seconds the 503 carries.
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
+}
+
+impl Traffic {
+    /// Serving, as a proxy starts when nothing else is recorded.
+    pub fn serving() -> Traffic {
+        Traffic {
+            mode: TrafficMode::Serving,
+            since: None,
+            message: None,
+            retry_after_s: None,
+        }
+    }
+
+    /// "paused since T", "maintenance since T: message", "serving".
+    pub fn line(&self) -> String {
+        let since = self
+            .since
+            .as_deref()
+            .map(|t| format!(" since {t}"))
+            .unwrap_or_default();
+        match (&self.mode, &self.message) {
+            (TrafficMode::Serving, _) => "serving".to_string(),
+            (TrafficMode::Maintenance, Some(m)) => format!("maintenance{since}: {m}"),
+            (mode, _) => format!("{mode}{since}"),
+        }
+    }
 }
 
 wire_enum! {
@@ -183,7 +246,8 @@ pub struct InstanceStatus {
 }
 
 impl ProxyStatus {
-    /// One line: state, address, pid, restarts and how the last worker ended.
+    /// One line: state, address, pid, restarts and how the last worker
+    /// ended; paused or in maintenance, since when.
     pub fn line(&self) -> String {
         let mut line = format!(
             "proxy {} on {}",
@@ -199,6 +263,16 @@ impl ProxyStatus {
                 self.restarts,
                 self.last_exit.as_deref().unwrap_or("?")
             );
+        }
+        if let Some(t) = self
+            .traffic
+            .as_ref()
+            .filter(|t| t.mode != TrafficMode::Serving)
+        {
+            line += &format!("; {}", t.line());
+            if self.held > 0 {
+                line += &format!(" ({} request(s) held)", self.held);
+            }
         }
         line
     }

@@ -442,6 +442,8 @@ mod tests {
             service_state: None,
             lsb_code: None,
             missing: Vec::new(),
+            traffic: None,
+            held: 0,
         }
     }
 
@@ -654,6 +656,8 @@ mod tests {
             max_request_body: None,
             max_response_body: None,
             access_log: false,
+            metrics_listen: None,
+            tls: None,
         };
         assert_eq!(idle_port(&spec, None), 18081);
         assert_eq!(idle_port(&spec, Some(18081)), 18082);

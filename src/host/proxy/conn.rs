@@ -168,6 +168,11 @@ impl Watch {
         })
     }
 
+    /// How long a request's head may take (a TLS handshake too).
+    pub fn header_timeout(&self) -> Duration {
+        self.header
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

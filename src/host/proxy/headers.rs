@@ -71,7 +71,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// a distrusted peer's forwarding headers gone, then the proxy's own set:
 /// `X-Forwarded-For` (a trusted peer's list appended to), and
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (a trusted peer's kept).
-pub fn forward_request(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
+/// `proto`: `http`, or `https` where the proxy terminates TLS.
+pub fn forward_request(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, proto: &'static str) {
     strip_hop_by_hop(headers);
     if !trusted {
         for name in FORWARDING {
@@ -91,7 +92,7 @@ pub fn forward_request(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
         headers.insert(X_FORWARDED_FOR, chain);
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !headers.contains_key(X_FORWARDED_HOST)
         && let Some(host) = headers.get(header::HOST).cloned()
@@ -142,7 +143,7 @@ mod tests {
             ("te", "trailers"),
             ("cookie", "a=b"),
         ]);
-        forward_request(&mut h, CLIENT.parse().unwrap(), false);
+        forward_request(&mut h, CLIENT.parse().unwrap(), false, "http");
         assert_eq!(all(&h, "host"), ["example.com"]);
         assert_eq!(all(&h, "content-length"), ["3"]);
         assert_eq!(all(&h, "x-forwarded-for"), [CLIENT]);
@@ -171,7 +172,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-real-ip", "10.0.0.1"),
         ]);
-        forward_request(&mut h, CLIENT.parse().unwrap(), false);
+        forward_request(&mut h, CLIENT.parse().unwrap(), false, "http");
         assert_eq!(all(&h, "x-forwarded-for"), [CLIENT]);
         assert_eq!(all(&h, "x-forwarded-host"), ["example.com"]);
         assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
@@ -190,7 +191,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("connection", "x-forwarded-for"),
         ]);
-        forward_request(&mut h, "::ffff:10.0.0.3".parse().unwrap(), true);
+        forward_request(&mut h, "::ffff:10.0.0.3".parse().unwrap(), true, "http");
         assert_eq!(
             all(&h, "x-forwarded-for"),
             ["198.51.100.1, 10.0.0.2, 10.0.0.3"]

@@ -3,7 +3,7 @@
 //! keeper holds the listening socket, a worker's crash loses no connection
 //! attempt: the kernel queues them until the next worker accepts.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +12,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::Pid;
 
 use super::files::{self, KeeperRecord};
+use super::metrics::{METRICS_FD, METRICS_FD_ENV};
+use super::tls::{REDIRECT_FD, REDIRECT_FD_ENV};
 use super::worker::LISTEN_FD;
 use crate::host::lockfile::{self, HeldLock, LockError};
 use crate::host::os::procfs;
@@ -51,13 +53,35 @@ pub fn take_lock(layout: &Layout) -> Result<HeldLock, String> {
 fn keep(layout: &Layout) -> Result<(), String> {
     let _lock = take_lock(layout)?;
     let spec = files::read_spec(layout)?;
-    let listener = bind(&spec.listen)?;
+    let listener = high(bind(&spec.listen)?)?;
+    // Handed to each worker beside the public socket: (socket, descriptor, variable).
+    let extras: Vec<(OwnedFd, i32, &str)> = [
+        (
+            "metrics ([metrics] listen)",
+            spec.metrics_listen.as_deref(),
+            METRICS_FD,
+            METRICS_FD_ENV,
+        ),
+        (
+            "the HTTPS redirect ([proxy] tls.redirect)",
+            spec.tls.as_ref().and_then(|t| t.redirect.as_deref()),
+            REDIRECT_FD,
+            REDIRECT_FD_ENV,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(what, listen, fd, env)| Some((bind_extra(what, listen?)?, fd, env)))
+    .collect();
     let signals = block_signals()?;
     let mut record = first_record(layout, &spec)?;
     let mut failures: u32 = 0;
     loop {
         let started = Instant::now();
-        let mut child = spawn_worker(layout, listener.as_raw_fd())?;
+        let handed: Vec<(i32, i32, &str)> = extras
+            .iter()
+            .map(|(socket, fd, env)| (socket.as_raw_fd(), *fd, *env))
+            .collect();
+        let mut child = spawn_worker(layout, listener.as_raw_fd(), &handed)?;
         record.worker = procfs::identify(child.id() as i32).ok().flatten();
         record.worker_started_at = Some(now_rfc3339());
         files::write_keeper(layout, &record)?;
@@ -228,13 +252,57 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-fn spawn_worker(layout: &Layout, listen_fd: i32) -> Result<Child, String> {
+/// An address besides the public one (`what`) bound, moved above the
+/// handed-over descriptors; `None`, said in the log, when it cannot be:
+/// the proxy serves without it.
+fn bind_extra(what: &str, listen: &str) -> Option<OwnedFd> {
+    match std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))
+        .and_then(high)
+    {
+        Ok(fd) => {
+            eprintln!("shipjar proxy: {what} on {listen}");
+            Some(fd)
+        }
+        Err(e) => {
+            eprintln!("shipjar proxy: serving without {what}: {e}");
+            None
+        }
+    }
+}
+
+/// A listening socket moved to a descriptor above those a worker is handed
+/// (3 to 5), so that handing one over cannot overwrite another.
+fn high(listener: std::net::TcpListener) -> Result<OwnedFd, String> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one or -1.
+    let fd = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if fd < 0 {
+        return Err(format!(
+            "cannot move a listening socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a descriptor just made, ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A worker with the public socket on [`LISTEN_FD`] and each of `handed`
+/// (socket, descriptor, variable) on its descriptor, named in its variable.
+fn spawn_worker(
+    layout: &Layout,
+    listen_fd: i32,
+    handed: &[(i32, i32, &str)],
+) -> Result<Child, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the shipjar executable: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.args(["service", "proxy", layout.name(), "--worker", "--root"])
         .arg(layout.root())
         .stdin(Stdio::null());
+    for (_, fd, env) in handed {
+        cmd.env(env, fd.to_string());
+    }
+    let handed: Vec<(i32, i32)> = handed.iter().map(|(from, to, _)| (*from, *to)).collect();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -242,12 +310,14 @@ fn spawn_worker(layout: &Layout, listen_fd: i32) -> Result<Child, String> {
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             // A worker outliving its keeper would hold the port from the next keeper.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            if listen_fd == LISTEN_FD {
-                // dup2 onto itself would keep close-on-exec.
-                let flags = libc::fcntl(LISTEN_FD, libc::F_GETFD);
-                libc::fcntl(LISTEN_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(listen_fd, LISTEN_FD) < 0 {
+            // All are at 10 or above (`high`): no dup2 overwrites another.
+            if libc::dup2(listen_fd, LISTEN_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            for (from, to) in &handed {
+                if libc::dup2(*from, *to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

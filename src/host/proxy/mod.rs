@@ -12,7 +12,14 @@ mod drain;
 mod files;
 mod headers;
 mod keeper;
+mod metrics;
 mod stream;
+#[allow(clippy::disallowed_methods)]
+// root-only: the certificate's paths are the operator's own `[proxy] tls`, read
+// by the worker after it became the service's user (as root only without one)
+mod tls;
+#[allow(clippy::disallowed_methods)] // root-only: traffic.json in root's run/NAME/proxy
+mod traffic;
 mod tunnel;
 #[allow(clippy::disallowed_methods)] // root-only: the control socket in root's run/NAME/proxy
 mod worker;
@@ -26,7 +33,7 @@ use crate::host::os::detached;
 use crate::host::os::procfs::{self, Liveness};
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
-pub use crate::protocol::status::{ProxyState, ProxyStatus};
+pub use crate::protocol::status::{ProxyState, ProxyStatus, Traffic};
 
 pub use files::KeeperRecord;
 pub use files::ensure_dir as ensure_run_dir;
@@ -117,6 +124,46 @@ pub fn status(layout: &Layout) -> ProxyStatus {
         service_state: None,
         lsb_code: None,
         missing: Vec::new(),
+        traffic: Some(traffic::read(layout).map_or_else(|_| Traffic::serving(), |r| r.traffic)),
+        held: parsed
+            .as_ref()
+            .and_then(|v| v.get("held"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0),
+    }
+}
+
+/// Records what the proxy does with new requests and tells the running
+/// proxy, which confirms; the mode before and what the proxy did. A proxy
+/// that runs not takes the record when it starts.
+pub fn set_traffic(
+    layout: &Layout,
+    traffic: Traffic,
+    page: Option<String>,
+) -> Result<(Traffic, String), String> {
+    let before = traffic::read(layout).map_or_else(|_| Traffic::serving(), |r| r.traffic);
+    traffic::write(layout, &traffic::Record { traffic, page })?;
+    if !keeper::is_held(layout) {
+        return Ok((
+            before,
+            "recorded; the proxy is not running and starts in this mode".to_string(),
+        ));
+    }
+    let answer = wait_request(layout, "traffic", START_TIMEOUT)
+        .map_err(|e| format!("recorded, but the proxy did not confirm: {e}"))?;
+    let mut words = answer.split_whitespace().skip(2);
+    match (
+        answer.starts_with("ok traffic "),
+        words.next(),
+        words.next(),
+    ) {
+        (true, Some(_), Some(held)) => Ok((
+            before,
+            format!("the proxy confirmed ({held} request(s) were held at the change)"),
+        )),
+        _ => Err(format!(
+            "recorded, but the proxy answered `{answer}` to `traffic`"
+        )),
     }
 }
 
@@ -250,6 +297,8 @@ pub fn drain(layout: &Layout, port: u16, timeout: Duration) -> Result<u64, Strin
     loop {
         let n = inflight(layout, port)?;
         if n == 0 || started.elapsed() >= timeout {
+            // Counted for the metrics; an older worker's error answer is no matter.
+            let _ = request(layout, &format!("drained {port} {n}"));
             return Ok(n);
         }
         std::thread::sleep(Duration::from_millis(20));

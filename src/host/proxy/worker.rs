@@ -38,7 +38,7 @@ use super::access::{self, AccessLog, Ids, Instance, Logged};
 use super::conn::{Exchange, Gate, Guarded, Tracked, Watch};
 use super::drain::{Drains, Kind};
 use super::stream::{BodyCap, BodyError, Streamed};
-use super::{files, headers, tunnel};
+use super::{files, headers, metrics, tls, traffic, tunnel};
 use crate::host::supervisor::logfile::Rotation;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
@@ -76,12 +76,23 @@ struct Shared {
     ids: Ids,
     /// `access.log`, written while the settings say `access_log`.
     access: Arc<AccessLog>,
+    /// Serving, paused or maintenance (`shipjar pause` and the rest).
+    traffic: traffic::Gate,
+    /// What the metrics count.
+    counters: metrics::Counters,
+    /// TLS terminated on `listen` (`[proxy] tls`), for the worker's life.
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Shared {
     /// The state every connection shares, `active` taking traffic; the
     /// client to the instances; the open-file limit raised for the cap.
-    fn new(layout: &Layout, spec: ProxySpec, active: u16) -> Arc<Shared> {
+    fn new(
+        layout: &Layout,
+        spec: ProxySpec,
+        active: u16,
+        tls: Option<Arc<tls::Tls>>,
+    ) -> Arc<Shared> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -101,6 +112,12 @@ impl Shared {
             client,
             ids: Ids::new(),
             access: AccessLog::new(layout.log_dir().join("access.log")),
+            traffic: traffic::Gate::new(&traffic::read(layout).unwrap_or_else(|e| {
+                eprintln!("shipjar proxy: serving: the traffic record cannot be read: {e}");
+                traffic::Record::serving()
+            })),
+            counters: metrics::Counters::default(),
+            tls,
         })
     }
 
@@ -162,6 +179,22 @@ impl Shared {
     fn switch(&self, port: u16) {
         self.active.store(port, Ordering::SeqCst);
         self.wake.send_replace(port);
+        self.counters.switched();
+    }
+
+    /// The metrics scrape's text, as of now.
+    fn scrape(&self, layout: &Layout) -> String {
+        let [a, b] = self.spec.ports;
+        let now = metrics::Now {
+            inflight: [
+                (a, self.inflight[0].load(Ordering::SeqCst)),
+                (b, self.inflight[1].load(Ordering::SeqCst)),
+            ],
+            active: self.active.load(Ordering::SeqCst),
+            traffic: self.traffic.word(),
+            held: self.traffic.held(),
+        };
+        metrics::render(layout, &self.counters, &now)
     }
 }
 
@@ -238,7 +271,8 @@ async fn serve(
     let active = files::read_active(layout)
         .filter(|p| spec.ports.contains(p))
         .unwrap_or(0);
-    let shared = Shared::new(layout, spec, active);
+    let tls = spec.tls.as_deref().map(tls::Tls::new).transpose()?;
+    let shared = Shared::new(layout, spec, active, tls);
     let gate = shared.gate.clone();
 
     control
@@ -259,6 +293,18 @@ async fn serve(
     }
     if let Some(rotation) = release_rotation(layout, active) {
         shared.access.set_rotation(rotation);
+    }
+    if let Some(tls) = &shared.tls {
+        tokio::spawn(tls.clone().watch());
+    }
+    if let Some(listener) = tls::redirect_handed_over()? {
+        let port = listen_port(&shared.spec.listen);
+        let within = Duration::from_millis(shared.settings().header_timeout_ms);
+        tokio::spawn(tls::serve_redirect(listener, port, within));
+    }
+    if let Some(listener) = metrics::handed_over()? {
+        let (view, layout) = (shared.clone(), layout.clone());
+        tokio::spawn(metrics::serve(listener, move || view.scrape(&layout)));
     }
     let control_shared = shared.clone();
     let control_layout = layout.clone();
@@ -321,6 +367,13 @@ async fn client_connection(
         Duration::from_millis(settings.header_timeout_ms),
         Duration::from_millis(settings.idle_timeout_ms),
     );
+    let stream = match &shared.tls {
+        None => tls::Client::Plain(stream),
+        Some(tls) => match tls.accept(stream, watch.header_timeout()).await {
+            Ok(stream) => stream,
+            Err(_) => return,
+        },
+    };
     let io = TokioIo::new(Guarded::new(stream, watch.clone()));
     let service = service_fn(move |mut req: Request<Incoming>| {
         let exchange = watch.begin();
@@ -342,8 +395,10 @@ async fn client_connection(
             _admitted: admitted.clone(),
         });
         let answer = handle(shared.clone(), settings, peer, trusted, req, tunnel_hold);
+        let counted = shared.clone();
         async move {
             let mut response = answer.await?;
+            counted.counters.answered(&response, started.elapsed());
             let entry = logged.map(|(time, method, path, log)| {
                 let entry = access::Entry {
                     time,
@@ -509,6 +564,11 @@ fn drop_root(layout: &Layout, spec: &ProxySpec) -> Result<(), String> {
     Ok(())
 }
 
+/// The port of an address as `listen` holds it (validated: it has one).
+fn listen_port(listen: &str) -> u16 {
+    listen.parse::<SocketAddr>().map_or(443, |a| a.port())
+}
+
 fn describe(port: u16) -> String {
     match port {
         0 => "none".to_string(),
@@ -517,8 +577,8 @@ fn describe(port: u16) -> String {
 }
 
 /// The control protocol, one line each way: `switch PORT`, `none`,
-/// `inflight PORT`, `status`. A switch also adopts the settings of the
-/// release on `PORT`.
+/// `inflight PORT`, `status`, `traffic` (take the recorded traffic mode).
+/// A switch also adopts the settings of the release on `PORT`.
 async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -550,12 +610,19 @@ async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::
                 eprintln!("shipjar proxy: no active instance");
                 "ok active 0".to_string()
             }
+            (Some("traffic"), None) => take_traffic(&shared, &layout),
+            (Some("drained"), Some(Ok(_))) => {
+                let left = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                shared.counters.drained(left);
+                "ok drained".to_string()
+            }
             (Some("inflight"), Some(Ok(port))) => match shared.slot(port) {
                 Some(slot) => format!("ok inflight {}", slot.load(Ordering::SeqCst)),
                 None => format!("error {port} is not an instance port"),
             },
             (Some("status"), None) => {
                 let [a, b] = shared.spec.ports;
+                let held = shared.traffic.held();
                 serde_json::json!({
                     "pid": std::process::id(),
                     "active": shared.active.load(Ordering::SeqCst),
@@ -563,6 +630,10 @@ async fn control_connection(shared: Arc<Shared>, layout: Layout, stream: tokio::
                         a.to_string(): shared.inflight[0].load(Ordering::SeqCst),
                         b.to_string(): shared.inflight[1].load(Ordering::SeqCst),
                     },
+                    "traffic": shared.traffic.word(),
+                    "held": held.now,
+                    "held_total": held.total,
+                    "held_expired": held.expired,
                 })
                 .to_string()
             }
@@ -587,6 +658,21 @@ async fn close_open(shared: &Shared, port: u16) -> (u64, u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     closed
+}
+
+/// `traffic`: the recorded mode taken (held requests released or answered).
+fn take_traffic(shared: &Shared, layout: &Layout) -> String {
+    match traffic::read(layout) {
+        Ok(record) => {
+            let held = shared.traffic.set(&record);
+            eprintln!(
+                "shipjar proxy: traffic {} ({held} held request(s) at the change)",
+                record.traffic.mode
+            );
+            format!("ok traffic {} {held}", record.traffic.mode)
+        }
+        Err(e) => format!("error {e}"),
+    }
 }
 
 /// A page of the proxy's own.
@@ -628,8 +714,20 @@ async fn handle(
         .map(|(protocol, hold)| (protocol, hyper::upgrade::on(&mut req), hold));
     let hold = Duration::from_millis(settings.hold_ms);
     let deadline = tokio::time::Instant::now() + hold;
+    if let Err(answer) = shared
+        .traffic
+        .pass(&shared.name, settings.hold_ms, deadline)
+        .await
+    {
+        return Ok(answer.map(Either::Right));
+    }
     let (mut parts, body) = req.into_parts();
-    headers::forward_request(&mut parts.headers, peer.ip(), trusted);
+    let proto = if shared.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    headers::forward_request(&mut parts.headers, peer.ip(), trusted, proto);
     if let Some((protocol, _, _)) = &upgrade {
         tunnel::restore(&mut parts.headers, protocol.clone());
     }

@@ -26,6 +26,7 @@ pub(crate) mod spawn;
 pub use spawn::CLEAN_PATH;
 #[allow(clippy::disallowed_methods)] // root-only: pidfile and state in root's run/NAME
 mod state;
+pub use state::{ClassDataUse, Phase, SupervisorState};
 mod status;
 mod stopping;
 mod supervise;
@@ -133,6 +134,11 @@ pub fn reload(layout: &Layout) -> Result<ReloadReport, HostError> {
 /// Reports the service's state, verifying pid identity.
 pub fn status(layout: &Layout) -> ServiceStatus {
     status::status(layout)
+}
+
+/// The supervisor's state file as recorded: advisory, nothing in it proven.
+pub fn recorded_state(layout: &Layout) -> Option<SupervisorState> {
+    state::read_state(&layout.supervisor_state())
 }
 
 /// Milliseconds from spawn to healthy of the service's current run, as its

@@ -54,6 +54,26 @@ pub struct Config {
     pub proxy: Option<Proxy>,
     /// Deploy from a Maven repository instead of building.
     pub artifact: Option<super::artifact::Artifact>,
+    /// The Prometheus scrape, served by the proxy (off without this section).
+    pub metrics: Option<Metrics>,
+}
+
+/// `[metrics]`: where the proxy serves Prometheus metrics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// The scrape's address, e.g. `"127.0.0.1:9400"`.
+    pub listen: Spanned<String>,
+}
+
+impl Config {
+    /// The proxy of stage `stage`: its own `proxy`, else the top-level `[proxy]`.
+    pub fn proxy_of(&self, stage: &str) -> Option<&Proxy> {
+        self.stages
+            .get(stage)
+            .and_then(|s| s.get_ref().proxy.as_ref())
+            .or(self.proxy.as_ref())
+    }
 }
 
 /// `[proxy]` (or a stage's `proxy = { … }`): zero-downtime deploys on one host.
@@ -94,6 +114,22 @@ pub struct Proxy {
     /// One JSON line per request in the service's log directory (`access.log`).
     #[serde(default)]
     pub access_log: bool,
+    /// An HTML template in the project for `shipjar maintenance` (built-in page otherwise).
+    pub maintenance_page: Option<Spanned<String>>,
+    /// TLS terminated on `listen`.
+    pub tls: Option<Tls>,
+}
+
+/// `[proxy] tls = { cert = "…", key = "…" }`: PEM files on the host.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The certificate chain's file on the host (absolute).
+    pub cert: Spanned<String>,
+    /// The private key's file on the host (absolute).
+    pub key: Spanned<String>,
+    /// A plain-HTTP address whose every request is redirected to HTTPS.
+    pub redirect: Option<Spanned<String>>,
 }
 
 fn default_port_env() -> Spanned<String> {

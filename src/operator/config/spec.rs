@@ -97,6 +97,15 @@ impl From<&Proxy> for ProxySpec {
             max_request_body: p.max_request_body.map(|b| b.0),
             max_response_body: p.max_response_body.map(|b| b.0),
             access_log: p.access_log,
+            // `[metrics]` is not the proxy's section: the plan sets it.
+            metrics_listen: None,
+            tls: p.tls.as_ref().map(|t| {
+                Box::new(crate::protocol::manifest::TlsSpec {
+                    cert: t.cert.get_ref().clone(),
+                    key: t.key.get_ref().clone(),
+                    redirect: t.redirect.as_ref().map(|r| r.get_ref().clone()),
+                })
+            }),
         }
     }
 }

@@ -51,6 +51,7 @@ impl Project {
         if let Some(proxy) = &self.config.proxy {
             self.validate_proxy(&[Seg::Key("proxy")], proxy)?;
         }
+        self.validate_metrics()?;
         for (i, entry) in self.config.config.iter().enumerate() {
             self.validate_config_file(i, entry.get_ref())?;
         }
@@ -521,6 +522,96 @@ impl Project {
         self.error_at(self.outline.value_span(path), &key, message)
     }
 
+    /// `[metrics] listen`: a socket address with a port of its own, on a
+    /// project with a proxy (the proxy serves the scrape).
+    fn validate_metrics(&self) -> Result<()> {
+        let Some(metrics) = &self.config.metrics else {
+            return Ok(());
+        };
+        let at = [Seg::Key("metrics"), Seg::Key("listen")];
+        let Ok(address) = metrics.listen.get_ref().parse::<std::net::SocketAddr>() else {
+            return Err(self.fail(
+                &at,
+                "expected an address and port such as \"127.0.0.1:9400\"",
+            ));
+        };
+        if address.port() == 0 {
+            return Err(self.fail(&at, "needs a port of its own, not 0"));
+        }
+        let proxies: Vec<&Proxy> = self
+            .config
+            .proxy
+            .iter()
+            .chain(
+                self.config
+                    .stages
+                    .values()
+                    .filter_map(|s| s.get_ref().proxy.as_ref()),
+            )
+            .collect();
+        if proxies.is_empty() {
+            return Err(self.fail(
+                &at,
+                "the metrics are served by shipjar's proxy: add `[proxy]` (or a stage's `proxy`)",
+            ));
+        }
+        for proxy in proxies {
+            let listen = proxy.listen.get_ref().parse::<std::net::SocketAddr>().ok();
+            if listen.is_some_and(|l| l.port() == address.port())
+                || proxy.ports.get_ref().contains(&address.port())
+            {
+                return Err(self.fail(
+                    &at,
+                    &format!(
+                        "port {} is the proxy's (`listen` or `ports`); the metrics need another",
+                        address.port()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[proxy] tls`: absolute paths on the host; a redirect address with a
+    /// port apart from the proxy's.
+    fn validate_tls(
+        &self,
+        prefix: &[Seg<'_>],
+        tls: &super::schema::Tls,
+        listen: u16,
+        ports: &[u16],
+    ) -> Result<()> {
+        let at = |key: &'static str| {
+            let mut path = prefix.to_vec();
+            path.push(Seg::Key("tls"));
+            path.push(Seg::Key(key));
+            path
+        };
+        for (key, value) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if !value.get_ref().starts_with('/') {
+                return Err(self.fail(
+                    &at(key),
+                    "expected an absolute path of a PEM file on the host, e.g. \"/etc/ssl/private/hello.pem\"",
+                ));
+            }
+        }
+        if let Some(redirect) = &tls.redirect {
+            let Ok(address) = redirect.get_ref().parse::<std::net::SocketAddr>() else {
+                return Err(self.fail(
+                    &at("redirect"),
+                    "expected an address and port such as \"0.0.0.0:80\"",
+                ));
+            };
+            if address.port() == listen || ports.contains(&address.port()) {
+                return Err(self.fail(
+                    &at("redirect"),
+                    "needs a port apart from the proxy's `listen` and `ports`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `[proxy]`: a socket address, two distinct instance ports apart from
     /// it, a plausible variable name, timeouts above 0, a connection cap of
     /// at least 1, trusted proxies that are addresses or CIDR blocks.
@@ -582,6 +673,19 @@ impl Project {
                 "must be longer than 0s (leave it out for no limit)",
             ));
         }
+        if proxy
+            .maintenance_page
+            .as_ref()
+            .is_some_and(|p| p.get_ref().trim().is_empty())
+        {
+            return Err(self.fail(
+                &at("maintenance_page"),
+                "expected the path of an HTML template in the project, e.g. \"deploy/maintenance.html\"",
+            ));
+        }
+        if let Some(tls) = &proxy.tls {
+            self.validate_tls(prefix, tls, address.port(), ports)?;
+        }
         if *proxy.max_connections.get_ref() == 0 {
             return Err(self.fail(&at("max_connections"), "must be at least 1"));
         }
@@ -617,6 +721,85 @@ impl Project {
 mod tests {
     use super::super::{MINIMAL, load_str as load};
     use crate::operator::config::{Bytes, Millis};
+
+    #[test]
+    fn metrics_need_an_address_a_port_of_their_own_and_a_proxy() {
+        let proxy = "[proxy]\nlisten = \"127.0.0.1:8080\"\nports = [18081, 18082]\n";
+        let ok = load(&format!(
+            "{MINIMAL}{proxy}[metrics]\nlisten = \"127.0.0.1:9400\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.config.metrics.as_ref().unwrap().listen.get_ref(),
+            "127.0.0.1:9400"
+        );
+        for (text, says) in [
+            (
+                format!("{proxy}[metrics]\nlisten = \"9400\"\n"),
+                "address and port",
+            ),
+            (
+                format!("{proxy}[metrics]\nlisten = \"127.0.0.1:18082\"\n"),
+                "the proxy's",
+            ),
+            (
+                format!("{proxy}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+                "not 0",
+            ),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:9400\"\n".to_string(),
+                "add `[proxy]`",
+            ),
+        ] {
+            let err = load(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
+            assert!(err.contains("key `metrics.listen`"), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls_paths_are_absolute_and_the_redirect_has_a_port_of_its_own() {
+        let proxy = "[proxy]\nlisten = \"127.0.0.1:8443\"\nports = [18081, 18082]\n";
+        let ok = load(&format!(
+            "{MINIMAL}{proxy}tls = {{ cert = \"/etc/c.pem\", key = \"/etc/k.pem\", redirect = \"0.0.0.0:8080\" }}\n"
+        ))
+        .unwrap();
+        let spec = crate::protocol::manifest::ProxySpec::from(ok.config.proxy.as_ref().unwrap());
+        let tls = spec.tls.expect("tls");
+        assert_eq!(
+            (tls.cert.as_str(), tls.key.as_str()),
+            ("/etc/c.pem", "/etc/k.pem")
+        );
+        assert_eq!(tls.redirect.as_deref(), Some("0.0.0.0:8080"));
+        for (tls, key, says) in [
+            (
+                "cert = \"c.pem\", key = \"/k\"",
+                "proxy.tls.cert",
+                "absolute",
+            ),
+            (
+                "cert = \"/c\", key = \"k.pem\"",
+                "proxy.tls.key",
+                "absolute",
+            ),
+            (
+                "cert = \"/c\", key = \"/k\", redirect = \"80\"",
+                "proxy.tls.redirect",
+                "address",
+            ),
+            (
+                "cert = \"/c\", key = \"/k\", redirect = \"0.0.0.0:8443\"",
+                "proxy.tls.redirect",
+                "apart",
+            ),
+        ] {
+            let err = load(&format!("{MINIMAL}{proxy}tls = {{ {tls} }}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("key `{key}`")), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
+    }
 
     #[test]
     fn proxy_settings_are_checked_where_they_are_written() {
