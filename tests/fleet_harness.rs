@@ -5,6 +5,7 @@
 //! They need root; as another user they are counted as ignored, not passed.
 //! `./run-tests` as root runs them with `--include-ignored`.
 
+mod common;
 #[path = "support/fleet.rs"]
 mod fleet;
 
@@ -35,14 +36,9 @@ fn stdout(out: &Output) -> String {
 
 /// Runs a command over SSH that must succeed; returns its trimmed stdout.
 fn ssh_ok(f: &Fleet, host: &str, command: &str) -> String {
-    let out = f.ssh(host, command);
-    assert!(
-        out.status.success(),
-        "ssh {host} {command:?}: {}\nsshd log:\n{}",
-        text(&out),
-        f.sshd_log(host)
-    );
-    stdout(&out)
+    common::ssh_succeeded(&f.ssh(host, command), host, command, || {
+        format!("sshd log:\n{}", f.sshd_log(host))
+    })
 }
 
 fn exec_ok(f: &Fleet, host: &str, argv: &[&str]) -> String {

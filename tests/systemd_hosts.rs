@@ -57,14 +57,7 @@ fn stdout(out: &Output) -> String {
 
 /// Runs a command over SSH that must succeed; its trimmed stdout.
 fn ssh_ok(f: &SystemdFleet, host: &str, command: &str) -> String {
-    let out = f.ssh(host, command);
-    assert!(
-        out.status.success(),
-        "ssh {host} {command:?}: {}\n{}",
-        text(&out),
-        f.diagnostics(host)
-    );
-    stdout(&out)
+    common::ssh_succeeded(&f.ssh(host, command), host, command, || f.diagnostics(host))
 }
 
 /// Asserts the host booted to `running`, naming the failed units otherwise.

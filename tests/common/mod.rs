@@ -528,3 +528,22 @@ pub fn wait_for_line(stderr: &mut impl std::io::BufRead, wanted: &str) -> String
         }
     }
 }
+
+/// The trimmed stdout of `out`, `command` run over SSH on `host`, which
+/// must have succeeded; else the test fails showing its output and
+/// `context()` (the host's logs).
+#[track_caller]
+pub fn ssh_succeeded(
+    out: &Output,
+    host: &str,
+    command: &str,
+    context: impl FnOnce() -> String,
+) -> String {
+    assert!(
+        out.status.success(),
+        "ssh {host} {command:?}: {}\n{}",
+        text(out),
+        context()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
