@@ -152,6 +152,32 @@ fn error_of_kind(kind: ErrorKind, step: &str, message: impl Into<String>) -> Res
     })
 }
 
+/// `unlock`: the deploy lock removed whoever holds it, saying whose it was.
+fn unlock_request(layout: &Layout) -> Response {
+    let _ = store::ensure_dirs(layout);
+    match lock::force_unlock(layout) {
+        Ok(previous) => Response::Unlocked { previous },
+        Err(e) => error("unlock", e),
+    }
+}
+
+/// `run_hook`: a once-per-run hook on this host, announced with its deadline.
+fn hook_request(
+    layout: &Layout,
+    id: u64,
+    release: &str,
+    point: &crate::protocol::HookPoint,
+    hook: &crate::protocol::manifest::HookSpec,
+) -> Response {
+    send(&AgentMessage::Expect {
+        id,
+        step: point.to_string(),
+        within_ms: hook.timeout_ms + HOOK_MARGIN_MS,
+    });
+    let emit = |step: &str, message: &str| event(id, step, message, false);
+    Response::HookRan(hooks::run(layout, release, point, hook, &emit))
+}
+
 /// The session's hold on the deploy lock.
 struct HeldLock {
     layout: Layout,
@@ -253,6 +279,17 @@ impl Session {
         }
     }
 
+    /// `renew`: the session's lease on the deploy lock, extended.
+    fn renew(&self) -> Response {
+        match &self.lock {
+            Some(held) => match lock::renew(&held.layout, &held.token, held.lease_ms) {
+                Ok(expires_at_ms) => Response::Renewed { expires_at_ms },
+                Err(e) => error("lock", e),
+            },
+            None => error("lock", "the deploy lock is not held"),
+        }
+    }
+
     /// Carries out one request that was not refused.
     fn apply<R: BufRead>(
         &mut self,
@@ -278,13 +315,7 @@ impl Session {
                 (lease_ms, resume.as_deref()),
                 prepare,
             ),
-            Request::Renew => match &self.lock {
-                Some(held) => match lock::renew(&held.layout, &held.token, held.lease_ms) {
-                    Ok(expires_at_ms) => Response::Renewed { expires_at_ms },
-                    Err(e) => error("lock", e),
-                },
-                None => error("lock", "the deploy lock is not held"),
-            },
+            Request::Renew => self.renew(),
             Request::Logs {
                 lines,
                 follow,
@@ -294,13 +325,7 @@ impl Session {
             Request::Provision { spec } => Response::Provisioned {
                 resources: provision::provision(layout, &spec),
             },
-            Request::Unlock => {
-                let _ = store::ensure_dirs(layout);
-                match lock::force_unlock(layout) {
-                    Ok(previous) => Response::Unlocked { previous },
-                    Err(e) => error("unlock", e),
-                }
-            }
+            Request::Unlock => unlock_request(layout),
             Request::PutArtifact { sha256, size } => {
                 emit("upload", &format!("receiving {size} bytes"));
                 match store::put_artifact(layout, &sha256, size, input) {
@@ -320,14 +345,7 @@ impl Session {
                 release,
                 point,
                 hook,
-            } => {
-                send(&AgentMessage::Expect {
-                    id,
-                    step: point.to_string(),
-                    within_ms: hook.timeout_ms + HOOK_MARGIN_MS,
-                });
-                Response::HookRan(hooks::run(layout, &release, &point, &hook, &emit))
-            }
+            } => hook_request(layout, id, &release, &point, &hook),
             Request::Exec { argv, timeout_ms } => exec_request(layout, id, &argv, timeout_ms),
             Request::Finish {
                 keep,

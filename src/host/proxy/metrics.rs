@@ -90,6 +90,28 @@ pub struct Now {
 /// The whole exposition: the proxy's families, then the instances'.
 pub fn render(layout: &Layout, counters: &Counters, now: &Now) -> String {
     let mut out = Exposition::default();
+    write_answers(&mut out, counters);
+    write_ports_and_mode(&mut out, now);
+    write_counts(&mut out, counters, now);
+    if let Some(keeper) = files::read_keeper(layout) {
+        out.family(
+            "shipjar_proxy_worker_restarts_total",
+            Kind::Counter,
+            "proxy workers started again after they died",
+        );
+        out.sample(
+            "shipjar_proxy_worker_restarts_total",
+            &[],
+            f64::from(keeper.restarts),
+        );
+    }
+    let ports: Vec<u16> = now.inflight.iter().map(|(p, _)| *p).collect();
+    metrics::service::write(&mut out, layout, &ports);
+    out.finish()
+}
+
+/// Answers by instance port and status class, and their latency.
+fn write_answers(out: &mut Exposition, counters: &Counters) {
     out.family(
         "shipjar_proxy_requests_total",
         Kind::Counter,
@@ -117,6 +139,10 @@ pub fn render(layout: &Layout, counters: &Counters, now: &Now) -> String {
         "time from a request's arrival to its answer's head",
         &counters.latency,
     );
+}
+
+/// Per instance port: in flight and which one takes traffic; the traffic mode.
+fn write_ports_and_mode(out: &mut Exposition, now: &Now) {
     out.family(
         "shipjar_proxy_in_flight",
         Kind::Gauge,
@@ -151,6 +177,10 @@ pub fn render(layout: &Layout, counters: &Counters, now: &Now) -> String {
         let value = f64::from(u8::from(now.traffic == mode));
         out.sample("shipjar_proxy_traffic", &[("mode", mode)], value);
     }
+}
+
+/// The single-number families: held requests, switches, drains.
+fn write_counts(out: &mut Exposition, counters: &Counters, now: &Now) {
     let counts = [
         (
             "shipjar_proxy_held",
@@ -193,21 +223,6 @@ pub fn render(layout: &Layout, counters: &Counters, now: &Now) -> String {
         out.family(name, kind, help);
         out.sample(name, &[], value as f64);
     }
-    if let Some(keeper) = files::read_keeper(layout) {
-        out.family(
-            "shipjar_proxy_worker_restarts_total",
-            Kind::Counter,
-            "proxy workers started again after they died",
-        );
-        out.sample(
-            "shipjar_proxy_worker_restarts_total",
-            &[],
-            f64::from(keeper.restarts),
-        );
-    }
-    let ports: Vec<u16> = now.inflight.iter().map(|(p, _)| *p).collect();
-    metrics::service::write(&mut out, layout, &ports);
-    out.finish()
 }
 
 /// The metrics socket the keeper handed over, when it did.

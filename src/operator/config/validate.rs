@@ -613,8 +613,7 @@ impl Project {
     }
 
     /// `[proxy]`: a socket address, two distinct instance ports apart from
-    /// it, a plausible variable name, timeouts above 0, a connection cap of
-    /// at least 1, trusted proxies that are addresses or CIDR blocks.
+    /// it, a plausible variable name, TLS files and redirect, then its limits.
     fn validate_proxy(&self, prefix: &[Seg<'_>], proxy: &Proxy) -> Result<()> {
         let at = |key: &'static str| {
             let mut path = prefix.to_vec();
@@ -656,6 +655,21 @@ impl Project {
                 "expected an environment variable name such as \"PORT\"",
             ));
         }
+        if let Some(tls) = &proxy.tls {
+            self.validate_tls(prefix, tls, address.port(), ports)?;
+        }
+        self.validate_proxy_limits(prefix, proxy)
+    }
+
+    /// `[proxy]`'s timeouts above 0, a connection cap and body limits of at
+    /// least 1, a maintenance page named, trusted proxies that are addresses
+    /// or CIDR blocks.
+    fn validate_proxy_limits(&self, prefix: &[Seg<'_>], proxy: &Proxy) -> Result<()> {
+        let at = |key: &'static str| {
+            let mut path = prefix.to_vec();
+            path.push(Seg::Key(key));
+            path
+        };
         if proxy.drain_timeout.0 == 0 {
             return Err(self.fail(&at("drain_timeout"), "must be longer than 0s"));
         }
@@ -682,9 +696,6 @@ impl Project {
                 &at("maintenance_page"),
                 "expected the path of an HTML template in the project, e.g. \"deploy/maintenance.html\"",
             ));
-        }
-        if let Some(tls) = &proxy.tls {
-            self.validate_tls(prefix, tls, address.port(), ports)?;
         }
         if *proxy.max_connections.get_ref() == 0 {
             return Err(self.fail(&at("max_connections"), "must be at least 1"));
