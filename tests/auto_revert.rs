@@ -5,7 +5,7 @@
 //! `auto_revert`, the supervisor ends `failed` on the bad release as before.
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,17 @@ fn project(auto_revert: bool, revert_window: &str) -> Project {
          auto_revert = {auto_revert}\nrevert_window = \"{revert_window}\"\n"
     );
     Project::with_config(move |c| c + &restart)
+}
+
+/// A [`project`] where 1.0.0 was deployed, then 2.0.0, which crashes 2 s
+/// after each start: the project, and the releases of 1.0.0 and 2.0.0.
+fn on_a_crash_looping_release(auto_revert: bool, revert_window: &str) -> (Project, String, String) {
+    let p = project(auto_revert, revert_window);
+    ok(p.deploy("1.0.0", &[]));
+    let good = p.current().expect("current");
+    ok(p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]));
+    let bad = p.current().expect("current");
+    (p, good, bad)
 }
 
 /// `shipjar service status hello`: its exit code and output.
@@ -62,11 +73,7 @@ fn auto_revert_lines(p: &Project) -> Vec<String> {
 
 #[test]
 fn a_release_crash_looping_after_its_deploy_is_replaced_by_the_previous_one_once() {
-    let p = project(true, "15m");
-    ok(p.deploy("1.0.0", &[]));
-    let good = p.current().expect("current");
-    ok(p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]));
-    let bad = p.current().expect("current");
+    let (p, good, bad) = on_a_crash_looping_release(true, "15m");
     assert_ne!(bad, good);
 
     // Two crashes ~3 s apart, then one start of 1.0.0: well within 40 s.
@@ -102,12 +109,7 @@ fn a_release_crash_looping_after_its_deploy_is_replaced_by_the_previous_one_once
 
     // `shipjar status` shows it and flags the host as drifted.
     let out = p.run(&["status", "local"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("last:      auto-revert success of "),
-        "{said}"
-    );
+    let said = exited_saying(&out, 1, "last:      auto-revert success of ");
     assert!(
         said.contains("! drifted from the stage's last deploy: now on release "),
         "{said}"
@@ -153,10 +155,7 @@ fn when_the_previous_release_fails_too_it_ends_failed_after_one_auto_revert() {
 
 #[test]
 fn without_auto_revert_a_crash_looping_release_ends_failed_where_it_is() {
-    let p = project(false, "15m");
-    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    ok(p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]));
-    let bad = p.current().expect("current");
+    let (p, _, bad) = on_a_crash_looping_release(false, "15m");
     let said = wait_for_status(
         &p,
         1,
@@ -171,10 +170,7 @@ fn without_auto_revert_a_crash_looping_release_ends_failed_where_it_is() {
 
 #[test]
 fn outside_revert_window_nothing_is_reverted() {
-    let p = project(true, "1s");
-    assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
-    ok(p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]));
-    let bad = p.current().expect("current");
+    let (p, _, bad) = on_a_crash_looping_release(true, "1s");
     wait_for_status(
         &p,
         1,

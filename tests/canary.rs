@@ -305,21 +305,6 @@ impl Drop for Operator {
     }
 }
 
-/// Reads lines until one contains `wanted`; the operator ends (and with it
-/// its stderr) within its own deadlines, so this does too.
-fn wait_for_line(stderr: &mut impl std::io::BufRead, wanted: &str) -> String {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = stderr.read_line(&mut line).expect("read stderr");
-        assert!(n > 0, "no line with {wanted:?} before the end:\n{seen}");
-        seen.push_str(&line);
-        if line.contains(wanted) {
-            return seen;
-        }
-    }
-}
-
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn ctrl_c_during_the_pause_puts_the_canary_back_at_once() {
@@ -349,7 +334,7 @@ fn ctrl_c_during_the_pause_puts_the_canary_back_at_once() {
             .expect("spawn deploy"),
     );
     let mut stderr = std::io::BufReader::new(operator.0.stderr.take().expect("stderr"));
-    wait_for_line(&mut stderr, "canary: watching app1 for 5m");
+    common::wait_for_line(&mut stderr, "canary: watching app1 for 5m");
     assert_eq!(served(&p)[0].as_deref(), Some("2.0.0"));
     let interrupted = Instant::now();
     nix::sys::signal::kill(

@@ -6,7 +6,7 @@
 //! as root (as CI does); elsewhere a missing one fails the test, naming it.
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 #[path = "support/fleet.rs"]
 mod fleet;
 
@@ -420,9 +420,7 @@ fn deploy_builds_serves_its_version_and_a_failing_release_is_reverted() {
         "--env",
         "FAIL_ON_START=1",
     ]);
-    let all = text(&failed);
-    assert_eq!(failed.status.code(), Some(1), "{all}");
-    assert!(all.contains("FAILED at step `health`"), "{all}");
+    let all = exited_saying(&failed, 1, "FAILED at step `health`");
     assert!(all.contains("FAIL_ON_START is set"), "{all}");
     assert!(
         all.contains(&format!(

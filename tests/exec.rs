@@ -5,15 +5,18 @@
 //! service user over real ssh.
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
 use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Project, hello_jar, shipjar_bin, text};
+use lifecycle::FleetStage;
 
 #[test]
 fn exec_runs_in_current_with_the_service_environment_masked_and_passes_the_exit_code() {
@@ -28,14 +31,10 @@ fn exec_runs_in_current_with_the_service_environment_masked_and_passes_the_exit_
         "-c",
         "echo in ${PWD##*/} port=$PORT version=$SHIPJAR_VERSION; cat config/database.properties; echo to stderr >&2; exit 3",
     ]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{said}");
-    assert!(
-        said.contains(&format!(
-            "[local] in {current} port={} version=v1",
-            project.port
-        )),
-        "{said}"
+    let said = exited_saying(
+        &out,
+        3,
+        &format!("[local] in {current} port={} version=v1", project.port),
     );
     assert!(said.contains("[local] to stderr"), "{said}");
     // It read the secret file as the service does; the value is masked.
@@ -59,9 +58,7 @@ fn exec_runs_in_current_with_the_service_environment_masked_and_passes_the_exit_
 fn exec_before_any_deploy_says_so() {
     let project = Project::new();
     let out = project.run(&["exec", "local", "--", "true"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("no release is current here"), "{said}");
+    exited_saying(&out, 1, "no release is current here");
 }
 
 #[test]
@@ -81,9 +78,7 @@ fn exec_kills_the_command_and_its_children_at_the_timeout() {
         "-c",
         &script,
     ]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("timed out after 1s; killed"), "{said}");
+    let said = exited_saying(&out, 1, "timed out after 1s; killed");
     assert!(started.elapsed() < Duration::from_secs(20), "{said}");
     let pid = std::fs::read_to_string(&pidfile)
         .unwrap()
@@ -167,52 +162,25 @@ fn exec_i_runs_on_this_terminal_in_current() {
         .write_all(b"hello-from-stdin\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(4), "{said}");
-    assert!(
-        said.contains(&format!(
-            "got hello-from-stdin in {current} port={}",
-            project.port
-        )),
-        "{said}"
+    exited_saying(
+        &out,
+        4,
+        &format!("got hello-from-stdin in {current} port={}", project.port),
     );
 }
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host() {
-    fleet::require_root();
-    let hosts = fleet::Fleet::new(2);
-    let dir = tempfile::Builder::new()
-        .prefix("shipjar-exec-fleet-")
-        .tempdir()
-        .expect("tempdir");
-    common::write_fleet_project(
-        dir.path(),
-        "fleet",
-        &hosts.hosts(),
-        hosts.ssh_config(),
-        "",
-        |c| c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\""),
-    );
-    let secret = common::unique_secret();
-    let run = |args: &[&str]| {
-        std::process::Command::new(shipjar_bin())
-            .arg("-C")
-            .arg(dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &secret)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run shipjar")
-    };
-    let out = run(&["provision", "fleet"]);
-    assert!(out.status.success(), "provision: {}", text(&out));
+    let p = FleetStage::new(2, "", |c| {
+        c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"")
+    });
+    p.provision();
     let jar = hello_jar().to_string_lossy().into_owned();
-    let out = run(&["deploy", "fleet", "--artifact", &jar, "--version", "v1"]);
+    let out = p.run(&["deploy", "fleet", "--artifact", &jar, "--version", "v1"]);
     assert!(out.status.success(), "deploy: {}", text(&out));
 
-    let out = run(&[
+    let out = p.run(&[
         "exec",
         "fleet",
         "--",
@@ -224,21 +192,19 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
     // app2's test fails: one host not 0 → 1.
     assert_eq!(out.status.code(), Some(1), "{said}");
     for host in ["app1", "app2"] {
-        assert!(
-            said.contains(&format!("[{host}] as hello on {host}")),
-            "{said}"
-        );
-        assert!(
-            said.contains(&format!("[{host}] password=********")),
-            "{said}"
-        );
+        for line in [
+            format!("[{host}] as hello on {host}"),
+            format!("[{host}] password=********"),
+        ] {
+            assert!(said.contains(&line), "{said}");
+        }
     }
-    assert!(!said.contains(&secret), "the secret leaked: {said}");
+    assert!(!said.contains(&p.secret), "the secret leaked: {said}");
     assert!(said.contains("exec: 1 of 2 hosts exited 0"), "{said}");
     assert!(said.contains("exited with code 1"), "{said}");
 
     // --hosts: only the hosts named.
-    let out = run(&[
+    let out = p.run(&[
         "exec",
         "fleet",
         "--hosts",
@@ -248,25 +214,18 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
         "-c",
         "echo on $SHIPJAR_HOST",
     ]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("[app2] on app2"), "{said}");
+    let said = exited_saying(&out, 0, "[app2] on app2");
     assert!(!said.contains("[app1]"), "{said}");
 
-    let out = run(&["exec", "fleet", "-i", "--", "sh"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
-    assert!(
-        said.contains("-i runs on one host; stage `fleet` has 2"),
-        "{said}"
-    );
+    let out = p.run(&["exec", "fleet", "-i", "--", "sh"]);
+    exited_saying(&out, 2, "-i runs on one host; stage `fleet` has 2");
 
     // -i over ssh: the command gets this process's stdin and output (no terminal here,
     // so ssh says it allocates none), runs as the service user in current, and its
     // exit code is shipjar's.
     let mut child = std::process::Command::new(shipjar_bin())
         .arg("-C")
-        .arg(dir.path())
+        .arg(p.path())
         .args([
             "exec",
             "fleet",
@@ -292,13 +251,16 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
     let out = child.wait_with_output().unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(5), "{said}");
-    let current =
-        String::from_utf8_lossy(&hosts.ssh("app1", "readlink /var/lib/hello/current").stdout)
-            .trim()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+    let current = String::from_utf8_lossy(
+        &p.fleet
+            .ssh("app1", "readlink /var/lib/hello/current")
+            .stdout,
+    )
+    .trim()
+    .rsplit('/')
+    .next()
+    .unwrap_or_default()
+    .to_string();
     assert!(!current.is_empty());
     assert!(
         said.contains(&format!("got over-ssh as hello in {current}")),
@@ -308,7 +270,7 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
     // An operator that goes away over ssh takes the command on the host with it.
     let mut operator = std::process::Command::new(shipjar_bin())
         .arg("-C")
-        .arg(dir.path())
+        .arg(p.path())
         .args([
             "exec",
             "fleet",
@@ -325,7 +287,7 @@ fn on_a_fleet_exec_runs_as_the_service_user_on_every_host_and_i_wants_one_host()
         .spawn()
         .expect("run shipjar exec");
     let on_host = |command: &str| {
-        String::from_utf8_lossy(&hosts.ssh("app1", command).stdout)
+        String::from_utf8_lossy(&p.fleet.ssh("app1", command).stdout)
             .trim()
             .to_string()
     };

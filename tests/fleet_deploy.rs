@@ -3,7 +3,7 @@
 //! Root only: as another user these tests are ignored (skipped).
 
 mod common;
-use common::ok;
+use common::{exited, exited_saying, ok};
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/lifecycle.rs"]
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::{hello_jar, text};
 use common::{host_field, last_json};
-use fleet::require_root;
 use lifecycle::FleetStage;
 
 /// Port the hello service uses inside every host (each host has its own network).
@@ -37,6 +36,43 @@ impl FleetProject {
         }))
     }
 
+    /// A new project, provisioned, with 1.0.0 deployed to every host.
+    fn on_1_0_0(hosts: usize, stage_extra: &str) -> FleetProject {
+        let p = FleetProject::new(hosts, stage_extra);
+        p.provision_and_deploy_1_0_0();
+        p
+    }
+
+    /// Provisions the stage and deploys 1.0.0 to every host; both must succeed.
+    fn provision_and_deploy_1_0_0(&self) -> Output {
+        self.provision();
+        ok(self.deploy_with("1.0.0", &[]))
+    }
+
+    /// Runs `--json provision fleet`, which must succeed: each host with the
+    /// resources it reported.
+    fn provision_resources(&self) -> Vec<(String, Vec<serde_json::Value>)> {
+        let result = last_json(&ok(self.run(&["--json", "provision", "fleet"])));
+        self.fleet
+            .hosts()
+            .into_iter()
+            .map(|host| {
+                let resources = host_field(&result, &host)["resources"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                (host, resources)
+            })
+            .collect()
+    }
+
+    /// Asserts every host serves `version`.
+    #[track_caller]
+    fn assert_served_everywhere(&self, version: &str) {
+        let all = vec![Some(version.to_string()); self.fleet.hosts().len()];
+        assert_eq!(self.served_everywhere(), all);
+    }
+
     /// The version `host`'s service reports over HTTP, from outside the host.
     fn served(&self, host: &str) -> Option<String> {
         lifecycle::served(&self.fleet.ip(host), PORT)
@@ -50,7 +86,6 @@ impl FleetProject {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn provision_is_idempotent_and_dry_run_changes_nothing() {
-    require_root();
     let p = FleetProject::new(3, "");
     let dry = ok(p.run(&["--json", "provision", "fleet", "--dry-run"]));
     assert!(!text(&dry).contains(&p.secret));
@@ -92,13 +127,7 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
         "{init}"
     );
 
-    let first = ok(p.run(&["--json", "provision", "fleet"]));
-    let first = last_json(&first);
-    for host in p.fleet.hosts() {
-        let resources = host_field(&first, &host)["resources"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+    for (host, resources) in p.provision_resources() {
         assert!(
             resources.iter().any(|r| r["status"] == "changed"),
             "{host}: {resources:?}"
@@ -147,29 +176,19 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
         script.contains("### BEGIN INIT INFO") && script.contains("/usr/local/bin/shipjar"),
         "{script}"
     );
-    let links = p
-        .fleet
-        .exec("app2", &["sh", "-c", "ls /etc/rc2.d | grep -x 'S..hello'"]);
+    let links = p.fleet.sh("app2", "ls /etc/rc2.d | grep -x 'S..hello'");
     assert!(links.status.success(), "init script not enabled at boot");
 
     // Someone edited the script on app1, even pasting the password into it: a
     // dry run shows the change as a diff, with the secret masked.
     let edit = format!("echo '# db password {}' >> /etc/init.d/hello", p.secret);
-    assert!(p.fleet.exec("app1", &["sh", "-c", &edit]).status.success());
+    assert!(p.fleet.sh("app1", &edit).status.success());
     let dry = p.run(&["provision", "fleet", "--dry-run"]);
-    let shown = text(&dry);
-    assert_eq!(dry.status.code(), Some(0), "{shown}");
-    assert!(shown.contains("-# db password ********"), "{shown}");
+    let shown = exited_saying(&dry, 0, "-# db password ********");
     assert!(!shown.contains(&p.secret), "{shown}");
     ok(p.run(&["provision", "fleet"]));
 
-    let second = ok(p.run(&["--json", "provision", "fleet"]));
-    let second = last_json(&second);
-    for host in p.fleet.hosts() {
-        let resources = host_field(&second, &host)["resources"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+    for (host, resources) in p.provision_resources() {
         assert!(!resources.is_empty());
         assert!(
             resources.iter().all(|r| r["status"] == "ok"),
@@ -181,10 +200,8 @@ fn provision_is_idempotent_and_dry_run_changes_nothing() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
-    require_root();
     let p = FleetProject::new(5, "rolling = { batch = 2 }");
-    p.provision();
-    let out = ok(p.deploy_with("1.0.0", &[]));
+    let out = p.provision_and_deploy_1_0_0();
     let result = last_json(&out);
     let jar = std::fs::metadata(hello_jar()).expect("jar").len();
     for host in p.fleet.hosts() {
@@ -193,7 +210,7 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
         assert_eq!(h["uploaded_bytes"], jar, "{host}");
         assert!(h["round_trips"].as_u64().unwrap_or(99) <= 5, "{host}: {h}");
     }
-    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 5]);
+    p.assert_served_everywhere("1.0.0");
     // Batches of two: the log shows three batches.
     let events = String::from_utf8_lossy(&out.stdout);
     assert!(events.contains("batch 3: app5"), "{events}");
@@ -209,7 +226,7 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
         // lock + prepare + activate + finish: no upload round trip.
         assert!(h["round_trips"].as_u64().unwrap_or(99) <= 4, "{host}: {h}");
     }
-    assert_eq!(p.served_everywhere(), vec![Some("1.0.1".to_string()); 5]);
+    p.assert_served_everywhere("1.0.1");
     let (code, status) = p.status_json();
     assert_eq!(code, 0, "{status}");
 
@@ -220,17 +237,14 @@ fn rolling_deploy_to_five_hosts_and_redeploy_uploads_nothing() {
     for host in p.fleet.hosts() {
         assert_eq!(host_field(&result, &host)["uploaded_bytes"], 0, "{host}");
     }
-    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 5]);
+    p.assert_served_everywhere("1.0.0");
     ok(p.run(&["releases", "fleet"]));
 }
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn failing_first_batch_stops_and_reverts_leaving_the_rest_untouched() {
-    require_root();
-    let p = FleetProject::new(5, "rolling = { batch = 2 }");
-    p.provision();
-    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    let p = FleetProject::on_1_0_0(5, "rolling = { batch = 2 }");
     let out = p.deploy_with("2.0.0", &["--env", "FAIL_ON_START=1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let result = last_json(&out);
@@ -244,7 +258,7 @@ fn failing_first_batch_stops_and_reverts_leaving_the_rest_untouched() {
     for host in ["app3", "app4", "app5"] {
         assert_eq!(host_field(&result, host)["state"], "unchanged", "{result}");
     }
-    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 5]);
+    p.assert_served_everywhere("1.0.0");
     let (code, status) = p.status_json();
     assert_eq!(
         code, 0,
@@ -255,34 +269,27 @@ fn failing_first_batch_stops_and_reverts_leaving_the_rest_untouched() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn later_batch_failure_reverts_earlier_batches_so_one_version_runs() {
-    require_root();
-    let p = FleetProject::new(3, "rolling = { batch = 1 }");
-    p.provision();
-    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    let p = FleetProject::on_1_0_0(3, "rolling = { batch = 1 }");
     // Version 2.0.0 fails to start on app3 only (env values are templates).
-    let config_path = p.dir.path().join("shipjar.toml");
-    let config = std::fs::read_to_string(&config_path).expect("config").replace(
+    p.edit_config(|config| config.replace(
         "BIND = \"0.0.0.0\" }",
         "BIND = \"0.0.0.0\", FAIL_ON_START = \"{{ 'yes' if host == 'app3' and version == '2.0.0' else 'no' }}\" }",
-    );
-    std::fs::write(&config_path, config).expect("write config");
+    ));
     let out = p.deploy_with("2.0.0", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let result = last_json(&out);
     assert_eq!(host_field(&result, "app1")["state"], "reverted", "{result}");
     assert_eq!(host_field(&result, "app2")["state"], "reverted", "{result}");
-    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
+    p.assert_served_everywhere("1.0.0");
 }
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_crash_inside_settle_in_batch_2_reverts_batch_1_too() {
-    require_root();
     let p = FleetProject::new(2, "rolling = { batch = 1 }");
-    let config_path = p.dir.path().join("shipjar.toml");
-    let config = std::fs::read_to_string(&config_path).expect("config");
     // 2.0.0 passes its gate on app2, then crashes 2 s later: inside a 6 s settle.
-    let config = config
+    p.edit_config(|config| {
+        config
         .replace(
             "probe_timeout = \"2s\"",
             "probe_timeout = \"2s\"\nsettle = \"6s\"",
@@ -290,14 +297,11 @@ fn a_crash_inside_settle_in_batch_2_reverts_batch_1_too() {
         .replace(
             "BIND = \"0.0.0.0\" }",
             "BIND = \"0.0.0.0\", CRASH_AFTER_S = \"{{ '2' if host == 'app2' and version == '2.0.0' else '0' }}\" }",
-        );
-    std::fs::write(&config_path, config).expect("write config");
-    p.provision();
-    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+        )
+    });
+    p.provision_and_deploy_1_0_0();
     let out = p.deploy_with("2.0.0", &[]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("after becoming healthy"), "{said}");
+    exited_saying(&out, 1, "after becoming healthy");
     let result = last_json(&out);
     assert_eq!(host_field(&result, "app1")["state"], "reverted", "{result}");
     assert_eq!(host_field(&result, "app2")["state"], "reverted", "{result}");
@@ -306,16 +310,13 @@ fn a_crash_inside_settle_in_batch_2_reverts_batch_1_too() {
         "settle",
         "{result}"
     );
-    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 2]);
+    p.assert_served_everywhere("1.0.0");
 }
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
-    require_root();
-    let p = FleetProject::new(3, "rolling = { batch = 1 }");
-    p.provision();
-    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    let p = FleetProject::on_1_0_0(3, "rolling = { batch = 1 }");
     let child = p.spawn_slow_deploy("2.0.0", 1500);
     wait_for(Duration::from_secs(60), || {
         p.served("app1").as_deref() == Some("2.0.0")
@@ -323,8 +324,7 @@ fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
     p.fleet.link_down("app3");
     let out = child.wait_with_output().expect("deploy output");
     p.fleet.link_up("app3");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let summary = text(&out);
+    let summary = exited(&out, 1);
     assert!(summary.contains("app3"), "{summary}");
     let result = last_json(&out);
     assert_ne!(host_field(&result, "app3")["state"], "updated", "{result}");
@@ -337,10 +337,7 @@ fn host_cut_off_mid_deploy_is_named_and_the_others_end_consistent() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds() {
-    require_root();
-    let p = FleetProject::new(3, "rolling = { batch = 1 }\nlock_lease = \"10s\"");
-    p.provision();
-    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    let p = FleetProject::on_1_0_0(3, "rolling = { batch = 1 }\nlock_lease = \"10s\"");
     let mut child = p.spawn_slow_deploy("2.0.0", 1000);
     wait_for(Duration::from_secs(60), || {
         p.served("app1").as_deref() == Some("2.0.0")
@@ -368,13 +365,12 @@ fn operator_killed_mid_deploy_leaves_healthy_hosts_and_the_next_deploy_succeeds(
     // The lease expires; the next deploy takes over (with a warning) and succeeds.
     std::thread::sleep(Duration::from_secs(11));
     ok(p.deploy_with("3.0.0", &[]));
-    assert_eq!(p.served_everywhere(), vec![Some("3.0.0".to_string()); 3]);
+    p.assert_served_everywhere("3.0.0");
 }
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn concurrent_deploys_one_fails_naming_the_other_or_waits() {
-    require_root();
     let p = FleetProject::new(2, "");
     p.provision();
     let first = p.spawn_slow_deploy("1.0.0", 3000);
@@ -384,24 +380,20 @@ fn concurrent_deploys_one_fails_naming_the_other_or_waits() {
         !out.stdout.is_empty()
     });
     let second = p.deploy_with("2.0.0", &[]);
-    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
-    let message = text(&second);
+    let message = exited(&second, 1);
     assert!(message.contains("deploy lock is held by"), "{message}");
     assert!(message.contains(&format!("pid {first_pid}")), "{message}");
     // A third one queues behind the first with --wait, then runs.
     let third = p.deploy_with("3.0.0", &["--wait", "60s"]);
     ok(first.wait_with_output().expect("first"));
     assert_eq!(third.status.code(), Some(0), "{}", text(&third));
-    assert_eq!(p.served_everywhere(), vec![Some("3.0.0".to_string()); 2]);
+    p.assert_served_everywhere("3.0.0");
 }
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn status_flags_a_host_restarted_by_hand_from_an_old_release() {
-    require_root();
-    let p = FleetProject::new(2, "");
-    p.provision();
-    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    let p = FleetProject::on_1_0_0(2, "");
     assert_eq!(p.deploy_with("2.0.0", &[]).status.code(), Some(0));
     let (code, _) = p.status_json();
     assert_eq!(code, 0);
@@ -432,7 +424,6 @@ fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_deploy_user_with_passwordless_sudo_can_provision_and_deploy() {
-    require_root();
     let p = FleetProject::new(1, "");
     // On app1: a `deploy` login with the fleet's key and passwordless sudo.
     // (`-p '*'`: no password, but not a locked account, which sshd without PAM refuses.)
@@ -440,16 +431,14 @@ fn a_deploy_user_with_passwordless_sudo_can_provision_and_deploy() {
                  install -d -m 700 -o deploy -g deploy /home/deploy/.ssh; \
                  install -m 600 -o deploy -g deploy /root/.ssh/authorized_keys /home/deploy/.ssh/; \
                  echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy; chmod 440 /etc/sudoers.d/deploy";
-    let out = p.fleet.exec("app1", &["sh", "-c", setup]);
+    let out = p.fleet.sh("app1", setup);
     assert!(out.status.success(), "{}", text(&out));
-    let config_path = p.dir.path().join("shipjar.toml");
-    let config = std::fs::read_to_string(&config_path)
-        .expect("config")
-        .replace(
+    p.edit_config(|config| {
+        config.replace(
             "hosts = [\"app1\"]",
             "hosts = [\"deploy@app1\"]\nsudo = true",
-        );
-    std::fs::write(&config_path, config).expect("write config");
+        )
+    });
     ok(p.run(&["provision", "fleet"]));
     ok(p.deploy_with("1.0.0", &[]));
     assert_eq!(p.served("app1").as_deref(), Some("1.0.0"));
@@ -477,15 +466,11 @@ fn finish_within(mut child: std::process::Child, limit: Duration) -> Output {
 /// Replaces `host`'s shipjar with a program that reads its input and never
 /// answers: an agent stuck on something it waits for.
 fn make_agent_silent(p: &FleetProject, host: &str) {
-    let out = p.fleet.exec(
+    let out = p.fleet.sh(
         host,
-        &[
-            "sh",
-            "-c",
-            "mv /usr/local/bin/shipjar /usr/local/bin/shipjar.real && \
+        "mv /usr/local/bin/shipjar /usr/local/bin/shipjar.real && \
              printf '#!/bin/sh\\nexec cat >/dev/null\\n' >/usr/local/bin/shipjar && \
              chmod 755 /usr/local/bin/shipjar",
-        ],
     );
     assert!(out.status.success(), "{}", text(&out));
 }
@@ -493,10 +478,7 @@ fn make_agent_silent(p: &FleetProject, host: &str) {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_host_that_never_answers_is_given_up_at_answer_timeout_and_a_second_interrupt_ends_at_once() {
-    require_root();
-    let p = FleetProject::new(2, "answer_timeout = \"3s\"");
-    p.provision();
-    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    let p = FleetProject::on_1_0_0(2, "answer_timeout = \"3s\"");
     make_agent_silent(&p, "app2");
 
     // Given up after answer_timeout, named, the deploy stopped before any switch.
@@ -513,9 +495,7 @@ fn a_host_that_never_answers_is_given_up_at_answer_timeout_and_a_second_interrup
     assert_eq!(p.served("app1").as_deref(), Some("1.0.0"), "{all}");
 
     // With the default answer timeout (30 s), two interrupts end it at once.
-    let config = p.dir.path().join("shipjar.toml");
-    let text_now = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(&config, text_now.replace("answer_timeout = \"3s\"", "")).expect("config");
+    p.edit_config(|config| config.replace("answer_timeout = \"3s\"", ""));
     let child = p.spawn_slow_deploy("3.0.0", 0);
     std::thread::sleep(Duration::from_secs(2));
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -591,21 +571,14 @@ impl Drop for UserMaster {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_link_cut_under_a_users_persistent_master_ends_the_deploy_at_its_deadline_naming_the_host() {
-    require_root();
-    let p = FleetProject::new(2, "answer_timeout = \"5s\"");
-    p.provision();
-    assert_eq!(p.deploy_with("1.0.0", &[]).status.code(), Some(0));
+    let p = FleetProject::on_1_0_0(2, "answer_timeout = \"5s\"");
     let master = UserMaster::start(&p, "app2");
-    let config = p.dir.path().join("shipjar.toml");
-    let text_now = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text_now.replace(
+    p.edit_config(|config| {
+        config.replace(
             &format!("ssh_config = \"{}\"", p.fleet.ssh_config().display()),
             &format!("ssh_config = \"{}\"", master.config.display()),
-        ),
-    )
-    .expect("config");
+        )
+    });
     p.fleet.link_down("app2");
     let started = Instant::now();
     let out = finish_within(p.spawn_slow_deploy("2.0.0", 0), Duration::from_secs(120));
@@ -641,21 +614,17 @@ fn service_pids(p: &FleetProject) -> Vec<i64> {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what() {
-    require_root();
-    let p = FleetProject::new(4, "rolling = { batch = 2 }");
-    p.provision();
-    ok(p.deploy_with("1.0.0", &[]));
+    let p = FleetProject::on_1_0_0(4, "rolling = { batch = 2 }");
 
     // An entry that names no host: nothing runs, and the stage's hosts are listed.
     let out = p.deploy_with("1.0.1", &["--hosts", "app1,nope*"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let said = text(&out);
+    let said = exited(&out, 2);
     assert!(said.contains("--hosts nope* matches no host"), "{said}");
     assert!(
         said.contains("its hosts are: app1, app2, app3, app4"),
         "{said}"
     );
-    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 4]);
+    p.assert_served_everywhere("1.0.0");
 
     let out = ok(p.deploy_with("1.0.1", &["--hosts", "app1,app2"]));
     let result = last_json(&out);
@@ -718,21 +687,13 @@ fn deploy_with_hosts_touches_only_the_named_hosts_and_status_shows_who_runs_what
     assert_eq!(detail("app1"), "partial: 2 of 4 hosts (--hosts app[12])");
     assert_eq!(detail("app3"), "");
     let out = p.run(&["status", "fleet", "--hosts", "app9"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("its hosts are: app1, app2, app3, app4"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 2, "its hosts are: app1, app2, app3, app4");
 }
 
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
-    require_root();
-    let p = FleetProject::new(3, "rolling = { batch = 2 }");
-    p.provision();
-    ok(p.deploy_with("1.0.0", &[]));
+    let p = FleetProject::on_1_0_0(3, "rolling = { batch = 2 }");
     let before = service_pids(&p);
 
     let out = ok(p.run(&["--json", "restart", "fleet"]));
@@ -752,7 +713,7 @@ fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
         let reported = host_field(&result, host)["activation"]["pid"].as_i64();
         assert_eq!(reported, Some(after[i]), "{host}");
     }
-    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
+    p.assert_served_everywhere("1.0.0");
     // A restart is not an activation: the last revision is still the deploy.
     let (_, status) = p.status_json();
     for host in p.fleet.hosts() {
@@ -771,10 +732,7 @@ fn restart_restarts_every_host_in_batches_with_new_pids_and_healthy() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_restart_failing_its_gate_on_a_damaged_host_stops_the_rollout_and_names_it() {
-    require_root();
-    let p = FleetProject::new(3, "rolling = { batch = 1 }");
-    p.provision();
-    ok(p.deploy_with("1.0.0", &[]));
+    let p = FleetProject::on_1_0_0(3, "rolling = { batch = 1 }");
     let before = service_pids(&p);
     // The running JVM has its jar open; a fresh one on app2 cannot read it.
     let broke = p
@@ -815,7 +773,6 @@ fn a_restart_failing_its_gate_on_a_damaged_host_stops_the_rollout_and_names_it()
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
-    require_root();
     let p = FleetProject::new(3, "rolling = { batch = 2 }");
     // app3 leaves the stage's own hosts for the `worker` role.
     let config = p.dir.path().join("shipjar.toml");
@@ -830,8 +787,7 @@ fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
         "{with_roles}"
     );
     std::fs::write(&config, with_roles).expect("write config");
-    p.provision();
-    ok(p.deploy_with("1.0.0", &[]));
+    p.provision_and_deploy_1_0_0();
     let manifest = |host: &str| {
         let out = p.fleet.ssh(host, "cat /var/lib/hello/current/RELEASE");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -845,7 +801,7 @@ fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
         !web.contains("WORKER_MARK") && !web.contains("worker.mark"),
         "{web}"
     );
-    assert_eq!(p.served_everywhere(), vec![Some("1.0.0".to_string()); 3]);
+    p.assert_served_everywhere("1.0.0");
 
     ok(p.deploy_with("1.0.1", &["--roles", "worker"]));
     let one = |v: &str| Some(v.to_string());
@@ -854,10 +810,5 @@ fn a_roles_settings_reach_only_its_hosts_and_roles_select_them() {
         [one("1.0.0"), one("1.0.0"), one("1.0.1")]
     );
     let out = p.run(&["status", "fleet", "--roles", "db"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("its roles are: worker"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 2, "its roles are: worker");
 }

@@ -5,6 +5,7 @@
 //! They need root; as another user they are counted as ignored, not passed.
 //! `./run-tests` as root runs them with `--include-ignored`.
 
+mod common;
 #[path = "support/fleet.rs"]
 mod fleet;
 
@@ -35,14 +36,9 @@ fn stdout(out: &Output) -> String {
 
 /// Runs a command over SSH that must succeed; returns its trimmed stdout.
 fn ssh_ok(f: &Fleet, host: &str, command: &str) -> String {
-    let out = f.ssh(host, command);
-    assert!(
-        out.status.success(),
-        "ssh {host} {command:?}: {}\nsshd log:\n{}",
-        text(&out),
-        f.sshd_log(host)
-    );
-    stdout(&out)
+    common::ssh_succeeded(&f.ssh(host, command), host, command, || {
+        format!("sshd log:\n{}", f.sshd_log(host))
+    })
 }
 
 fn exec_ok(f: &Fleet, host: &str, argv: &[&str]) -> String {
@@ -54,7 +50,6 @@ fn exec_ok(f: &Fleet, host: &str, argv: &[&str]) -> String {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn each_host_answers_with_its_own_name() {
-    require_root();
     let f = Fleet::new(3);
     assert_eq!(f.hosts(), ["app1", "app2", "app3"]);
     for host in f.hosts() {
@@ -99,7 +94,6 @@ fn each_host_answers_with_its_own_name() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_wrong_or_missing_host_key_is_refused() {
-    require_root();
     let f = Fleet::new(2);
     let tmp = tempfile::tempdir().expect("tempdir");
     let known = tmp.path().join("known_hosts");
@@ -177,7 +171,6 @@ fn a_wrong_or_missing_host_key_is_refused() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn hosts_are_isolated_from_the_machine_and_each_other() {
-    require_root();
     let f = Fleet::new(2);
     let marker = format!("/var/lib/sjf-isolation-{}", std::process::id());
     let user = "sjfisolation";
@@ -263,7 +256,6 @@ fn hosts_are_isolated_from_the_machine_and_each_other() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn link_down_cuts_a_host_off_and_link_up_restores_it() {
-    require_root();
     let f = Fleet::new(2);
     let quick = |host: &str| {
         Command::new("ssh")
@@ -422,7 +414,6 @@ impl Traces {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn teardown_leaves_nothing_behind() {
-    require_root();
     let f = Fleet::new(3);
     // Something for teardown to end besides sshd: a daemon-like process, and
     // a session still open.

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::text;
-use fleet::{Fleet, require_root};
+use fleet::Fleet;
 use lifecycle::FleetStage;
 
 /// The proxy's public port inside every host.
@@ -71,7 +71,6 @@ fn clients_on_every_host(
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn restart_of_a_proxied_stage_drops_no_request_and_moves_every_host_to_a_new_instance() {
-    require_root();
     let p = proxied_fleet(2);
     let f = &p.fleet;
     let first = ok(p.deploy("1.0.0", &[]));
@@ -111,7 +110,6 @@ fn restart_of_a_proxied_stage_drops_no_request_and_moves_every_host_to_a_new_ins
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn rolling_deploys_behind_the_proxy_drop_no_request_on_any_host() {
-    require_root();
     let p = proxied_fleet(3);
     let f = &p.fleet;
     ok(p.deploy("1.0.0", &[]));

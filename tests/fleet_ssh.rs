@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::text;
 use common::{host_field, last_json};
-use fleet::require_root;
 use lifecycle::FleetStage;
 
 /// A project whose `fleet` stage is the test fleet.
@@ -104,7 +103,6 @@ fn control_dirs_of(pid: u32) -> Vec<String> {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
-    require_root();
     let p = fleet_project(3);
 
     // provision connects several times per host through a master of its
@@ -162,10 +160,8 @@ fn a_deploy_holds_one_ssh_process_per_host_and_provision_closes_its_masters() {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn status_with_a_host_cut_off_answers_for_the_others_and_flags_it() {
-    require_root();
     let p = fleet_project(3);
-    let out = p.run(&["provision", "fleet"]);
-    assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
+    p.provision();
     let args = p.deploy_args("1.0.0", &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = p.run(&args);
@@ -174,19 +170,11 @@ fn status_with_a_host_cut_off_answers_for_the_others_and_flags_it() {
     p.fleet.link_down("app2");
     let out = p.run(&["--json", "status", "fleet"]);
     p.fleet.link_up("app2");
-    assert_eq!(out.status.code(), Some(1), "status: {}", text(&out));
-    let result = last_json(&out);
-    let flags = host_field(&result, "app2")["flags"].to_string();
-    assert!(flags.contains("unreachable"), "{result}");
+    let result = app2_cut_off(&out);
     for host in ["app1", "app3"] {
         assert_eq!(
             host_field(&result, host)["flags"],
             serde_json::json!([]),
-            "{result}"
-        );
-        assert_eq!(
-            host_field(&result, host)["status"]["reported_version"],
-            "1.0.0",
             "{result}"
         );
     }
@@ -194,6 +182,24 @@ fn status_with_a_host_cut_off_answers_for_the_others_and_flags_it() {
     // Back on the network, the same command answers for every host.
     let out = p.run(&["--json", "status", "fleet"]);
     assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
+}
+
+/// The result of a `--json status` run while app2 was cut off, which must
+/// exit 1, flag app2 unreachable and report 1.0.0 for app1 and app3.
+#[track_caller]
+fn app2_cut_off(out: &Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(1), "status: {}", text(out));
+    let result = last_json(out);
+    let flags = host_field(&result, "app2")["flags"].to_string();
+    assert!(flags.contains("unreachable"), "{result}");
+    for host in ["app1", "app3"] {
+        assert_eq!(
+            host_field(&result, host)["status"]["reported_version"],
+            "1.0.0",
+            "{result}"
+        );
+    }
+    result
 }
 
 /// Asks the masters of the user's persistent multiplexing to exit, even
@@ -233,10 +239,8 @@ fn masters_in(dir: &std::path::Path) -> Vec<i32> {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn the_users_persistent_multiplexing_is_used_and_a_cut_link_is_reported() {
-    require_root();
     let p = fleet_project(3);
-    let out = p.run(&["provision", "fleet"]);
-    assert_eq!(out.status.code(), Some(0), "provision: {}", text(&out));
+    p.provision();
 
     // The user's own ssh config multiplexes and keeps masters for a minute.
     let sockets = tempfile::Builder::new()
@@ -281,17 +285,7 @@ fn the_users_persistent_multiplexing_is_used_and_a_cut_link_is_reported() {
     p.fleet.link_down("app2");
     let out = with_config(&["--json", "status", "fleet"]);
     p.fleet.link_up("app2");
-    assert_eq!(out.status.code(), Some(1), "status: {}", text(&out));
-    let result = last_json(&out);
-    let flags = host_field(&result, "app2")["flags"].to_string();
-    assert!(flags.contains("unreachable"), "{result}");
-    for host in ["app1", "app3"] {
-        assert_eq!(
-            host_field(&result, host)["status"]["reported_version"],
-            "1.0.0",
-            "{result}"
-        );
-    }
+    app2_cut_off(&out);
 
     // Back on the network, the next status reaches app2 again.
     let out = with_config(&["--json", "status", "fleet"]);

@@ -4,13 +4,16 @@
 //! rollback that runs only the rollback hooks.
 
 mod common;
+use common::{exited, exited_saying};
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
 use std::path::Path;
-use std::process::Stdio;
 
-use common::{Project, hello_jar, shipjar_bin, text};
+use common::{Project, text};
+use lifecycle::FleetStage;
 
 /// Records one line per hook run: which hook, the release it runs in, what
 /// `current` pointed to at that moment, its directory, and what it can see
@@ -144,11 +147,10 @@ fn a_failing_migration_hook_leaves_the_old_release_serving_and_no_host_switched(
 
     std::fs::write(&file, failing).unwrap();
     let out = project.deploy("v2", &[]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("FAILED at step `before_switch`: hook exited with code 3"),
-        "{said}"
+    let said = exited_saying(
+        &out,
+        1,
+        "FAILED at step `before_switch`: hook exited with code 3",
     );
     assert!(said.contains("output of the hook:"), "{said}");
     assert!(
@@ -195,12 +197,7 @@ fn a_failing_before_start_hook_fails_the_host_before_its_switch() {
     let old = project.current().unwrap();
     std::fs::write(&file, failing).unwrap();
     let out = project.deploy("v2", &[]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("`before_start`: hook exited with code 1"),
-        "{said}"
-    );
+    let said = exited_saying(&out, 1, "`before_start`: hook exited with code 1");
     assert!(said.contains("not today"), "{said}");
     assert_eq!(project.current().as_deref(), Some(old.as_str()));
     assert_eq!(project.served_version().as_deref(), Some("v1"));
@@ -258,12 +255,7 @@ fn rollback_runs_only_the_rollback_hooks() {
 fn a_hook_without_a_command_is_a_config_error_naming_it() {
     let project = project_with("\n[hooks]\nbefore_switch = { command = [] }\n");
     let out = project.run(&["check", "local"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("hooks.before_switch.command"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 2, "hooks.before_switch.command");
 }
 
 /// JSON step events of `out` as (host, step, message).
@@ -282,47 +274,15 @@ fn steps(out: &std::process::Output) -> Vec<(String, String, String)> {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
-    fleet::require_root();
-    let hosts = fleet::Fleet::new(2);
-    let dir = tempfile::Builder::new()
-        .prefix("shipjar-hooks-fleet-")
-        .tempdir()
-        .expect("tempdir");
     let hooks = "\n[hooks]\n\
         before_switch = { command = [\"sh\", \"-c\", \"echo migrating as $(id -un) on $SHIPJAR_HOST in ${PWD##*/}; grep -c password config/database.properties\"] }\n\
         before_start = { command = [\"sh\", \"-c\", \"echo starting as $(id -un) on $SHIPJAR_HOST\"] }\n";
-    common::write_fleet_project(
-        dir.path(),
-        "fleet",
-        &hosts.hosts(),
-        hosts.ssh_config(),
-        // The floor: a migration below outlasts it.
-        "lock_lease = \"10s\"",
-        |c| c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"") + hooks,
-    );
-    let secret = common::unique_secret();
-    let run = |args: &[&str]| {
-        std::process::Command::new(shipjar_bin())
-            .arg("-C")
-            .arg(dir.path())
-            .args(args)
-            .env("HELLO_DB_PASSWORD", &secret)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run shipjar")
-    };
-    let out = run(&["provision", "fleet"]);
-    assert!(out.status.success(), "provision: {}", text(&out));
-    let jar = hello_jar().to_string_lossy().into_owned();
-    let out = run(&[
-        "--json",
-        "deploy",
-        "fleet",
-        "--artifact",
-        &jar,
-        "--version",
-        "v1",
-    ]);
+    // The floor: a migration below outlasts it.
+    let p = FleetStage::new(2, "lock_lease = \"10s\"", |c| {
+        c.replace("start_timeout = \"30s\"", "start_timeout = \"20s\"") + hooks
+    });
+    p.provision();
+    let out = p.deploy_with("v1", &[]);
     assert!(out.status.success(), "deploy: {}", text(&out));
     let steps = steps(&out);
     let said = |step: &str, prefix: &str| -> Vec<String> {
@@ -358,51 +318,25 @@ fn on_a_fleet_the_migration_runs_once_on_the_first_host_as_the_service_user() {
             "app2: starting as hello on app2"
         ]
     );
-    assert!(!text(&out).contains(&secret));
+    assert!(!text(&out).contains(&p.secret));
 
     // A migration longer than the lock lease: the other host's lock is kept
     // alive meanwhile, so a second deploy cannot take it over.
-    let file = dir.path().join("shipjar.toml");
+    let file = p.path().join("shipjar.toml");
     let config = std::fs::read_to_string(&file).unwrap();
     let slow = config.replace("echo migrating as", "sleep 14; echo migrating as");
     assert_ne!(slow, config);
     std::fs::write(&file, slow).unwrap();
-    let slow_deploy = std::process::Command::new(shipjar_bin())
-        .arg("-C")
-        .arg(dir.path())
-        .args([
-            "--json",
-            "deploy",
-            "fleet",
-            "--artifact",
-            &jar,
-            "--version",
-            "v2",
-        ])
-        .env("HELLO_DB_PASSWORD", &secret)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn deploy");
+    let slow_deploy = p.spawn_deploy("v2", &[]);
     std::thread::sleep(std::time::Duration::from_secs(12));
-    let rival = run(&[
-        "--json",
-        "deploy",
-        "fleet",
-        "--artifact",
-        &jar,
-        "--version",
-        "v3",
-    ]);
+    let rival = p.deploy_with("v3", &[]);
     let slow_out = slow_deploy.wait_with_output().expect("wait for deploy");
     assert!(
         slow_out.status.success(),
         "the slow deploy: {}",
         text(&slow_out)
     );
-    assert_eq!(rival.status.code(), Some(1), "{}", text(&rival));
-    let rival_text = text(&rival);
+    let rival_text = exited(&rival, 1);
     assert!(
         !rival_text.contains("took over an expired lock"),
         "{rival_text}"

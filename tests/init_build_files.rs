@@ -8,6 +8,7 @@
 //! path from `SERVICE_PROPERTIES`.
 
 mod common;
+use common::exited_saying;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -213,8 +214,7 @@ fn a_broken_build_file_is_an_error_naming_it() {
     )
     .unwrap();
     let out = shipjar(dir.path(), &["init"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("pom.xml"), "{}", text(&out));
+    exited_saying(&out, 2, "pom.xml");
     assert!(!dir.path().join("shipjar.toml").exists());
 }
 
@@ -365,6 +365,21 @@ impl Deployed {
     }
 }
 
+impl Deployed {
+    /// The service deployed (see [`Deployed::deploy`]), which must succeed.
+    #[track_caller]
+    fn deploy_ok(dir: &Path, config: &toml::Table) -> Deployed {
+        let running = Deployed::new(dir, config);
+        let deployed = running.deploy();
+        assert!(
+            deployed.status.success(),
+            "deploy failed: {}",
+            text(&deployed)
+        );
+        running
+    }
+}
+
 impl Drop for Deployed {
     fn drop(&mut self) {
         let root = self.dir.join(".shipjar/local");
@@ -424,13 +439,7 @@ jar --create --file build/hello.jar --main-class Hello -C build/classes .
     );
     let built = build(dir.path());
     assert_eq!(built, dir.path().join("build/hello.jar"));
-    let running = Deployed::new(dir.path(), &config);
-    let deployed = running.deploy();
-    assert!(
-        deployed.status.success(),
-        "deploy failed: {}",
-        text(&deployed)
-    );
+    let _running = Deployed::deploy_ok(dir.path(), &config);
 }
 
 /// examples/hello changed to read service.properties only from the path in
@@ -511,13 +520,7 @@ fn maven_clojure_example_init_build_deploy_works_unedited_with_its_logback_confi
     let (config, out) = init(dir.path());
     assert!(out.contains("logging: logback"), "{out}");
     build(dir.path());
-    let running = Deployed::new(dir.path(), &config);
-    let deployed = running.deploy();
-    assert!(
-        deployed.status.success(),
-        "deploy failed: {}",
-        text(&deployed)
-    );
+    let _running = Deployed::deploy_ok(dir.path(), &config);
     // The logging config init enabled is rendered where the -D points.
     let current = dir.path().join(".shipjar/local/var/lib/inventory/current");
     assert!(current.join("config/logback.xml").is_file());

@@ -2,7 +2,7 @@
 //! from `examples/hello`, asserting on what a user sees.
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -127,9 +127,7 @@ fn assert_failed_deploy_keeps_previous(p: &Project, knob: &str, step_words: &str
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let good = p.current().unwrap();
     let out = p.deploy("2.0.0", &["--env", knob]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(all.contains("FAILED at step `health`"), "{all}");
+    let all = exited_saying(&out, 1, "FAILED at step `health`");
     assert!(all.contains(step_words), "{all}");
     assert!(
         all.contains(&format!("back on release {good} (version 1.0.0), healthy")),
@@ -164,8 +162,7 @@ fn deploy_never_healthy_leaves_the_previous_version_serving() {
 fn failing_first_deploy_leaves_nothing_running() {
     let p = Project::new();
     let out = p.deploy("1.0.0", &["--env", "FAIL_ON_START=1"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("no earlier release"), "{}", text(&out));
+    exited_saying(&out, 1, "no earlier release");
     assert_eq!(p.current(), None);
     assert!(p.get("/health").is_none());
 }
@@ -175,9 +172,7 @@ fn version_mismatch_fails_the_deploy() {
     // The service reports its name under this key, which never equals the version.
     let p = Project::with_config(|c| c.replace("key = \"version\"", "key = \"name\""));
     let out = p.deploy("1.0.0", &[]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(all.contains("FAILED at step `version`"), "{all}");
+    let all = exited_saying(&out, 1, "FAILED at step `version`");
     assert!(
         all.contains("reports version `hello`, expected `1.0.0`"),
         "{all}"
@@ -225,8 +220,7 @@ fn stale_pidfile_of_an_unrelated_process_reads_as_not_running() {
     let out = p.service("status", &[]);
     let _ = unrelated.kill();
     let _ = unrelated.wait();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("stale"), "{}", text(&out));
+    exited_saying(&out, 1, "stale");
 }
 
 #[test]
@@ -524,12 +518,7 @@ fn a_one_character_secret_is_a_config_error_naming_it() {
     let mut p = Project::new();
     p.secret = "1".to_string();
     let out = p.deploy("1.0.0", &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("secret `db_password` is shorter than 8 characters"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 2, "secret `db_password` is shorter than 8 characters");
     assert!(text(&out).contains("allow_short = true"), "{}", text(&out));
     assert!(p.current().is_none());
     // Accepted when marked: then only whole words are masked, never the digits of a release id.
@@ -547,16 +536,9 @@ fn a_one_character_secret_is_a_config_error_naming_it() {
     ok(cmd.output().unwrap());
     let current = p.current().expect("deployed");
     let out = p.run(&["releases", "local"]);
-    assert!(
-        text(&out).contains(&current),
-        "release ids intact: {}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains("2.0.2"),
-        "versions intact: {}",
-        text(&out)
-    );
+    for (what, shown) in [("release ids", current.as_str()), ("versions", "2.0.2")] {
+        assert!(text(&out).contains(shown), "{what} intact: {}", text(&out));
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! `examples/hello` and real sockets on 127.0.0.1.
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 #[path = "support/keep_alive.rs"]
 mod keep_alive;
 
@@ -80,6 +80,73 @@ fn proxied_project_with(extra: &str) -> (Project, [u16; 2]) {
     (p, ports)
 }
 
+/// [`proxied_project_with`] `extra`, with 1.0.0 deployed, and its clean-up
+/// (kept until the test ends).
+#[track_caller]
+fn deployed_behind_proxy(extra: &str) -> (Project, [u16; 2], Cleanup) {
+    let (p, ports) = proxied_project_with(extra);
+    let cleanup = Cleanup(p.root(), ports);
+    ok(p.deploy("1.0.0", &[]));
+    (p, ports, cleanup)
+}
+
+/// `service status` as text, which must have exited `code`.
+#[track_caller]
+fn service_status_is(p: &Project, code: i32) -> String {
+    let (exited, status) = service_status(p);
+    assert_eq!(exited, Some(code), "{status}");
+    status
+}
+
+/// The service runs plain: `service status` running without a proxy, and
+/// `service proxy --status` says no proxy runs.
+#[track_caller]
+fn assert_runs_without_proxy(p: &Project) {
+    let status = service_status_is(p, 0);
+    assert!(!status.contains("proxy"), "{status}");
+    let proxy = p.service("proxy", &["--status"]);
+    assert_eq!(proxy.status.code(), Some(3), "{}", text(&proxy));
+}
+
+/// SIGKILLs the proxy's `which` process (`keeper` or `worker`) as its
+/// keeper recorded it; its pid.
+fn kill_proxy_process(p: &Project, which: &str) -> i32 {
+    let pid = recorded_pid(p, "proxy/keeper.json", &format!("/{which}/pid"))
+        .unwrap_or_else(|| panic!("{which} pid"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    pid
+}
+
+/// The port of the instance taking traffic, as the runner recorded it.
+fn active_port(p: &Project) -> u16 {
+    std::fs::read_to_string(p.root().join("run/hello/proxy/active"))
+        .expect("the active port")
+        .trim()
+        .parse()
+        .expect("a port")
+}
+
+/// Ends a keep-alive client, which must have seen no error: the versions
+/// it was answered (in order) and how many answers.
+#[track_caller]
+fn stop_client(
+    stop: &AtomicBool,
+    client: thread::JoinHandle<keep_alive::Seen>,
+) -> (Vec<String>, usize) {
+    stop.store(true, Ordering::SeqCst);
+    let keep_alive::Seen {
+        versions,
+        errors,
+        answered,
+    } = client.join().expect("client thread");
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    (versions, answered)
+}
+
 fn version_of(body: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
     v.get("version")?.as_str().map(str::to_string)
@@ -100,8 +167,7 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
     let out = ok(p.deploy("1.0.0", &[]));
     assert!(text(&out).contains("proxy"), "{}", text(&out));
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
+    let status = service_status_is(&p, 0);
     assert!(
         status.contains(&format!("instance {} (takes traffic)", ports[0])),
         "{status}"
@@ -118,13 +184,7 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
     let back = ok(p.run(&["rollback", "local"]));
     assert!(text(&back).contains("drained"), "{}", text(&back));
     thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let keep_alive::Seen {
-        versions: seen,
-        errors,
-        ..
-    } = client.join().expect("client thread");
-    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    let (seen, _) = stop_client(&stop, client);
     assert_eq!(
         seen,
         ["1.0.0", "2.0.0", "4.0.0", "2.0.0"],
@@ -132,8 +192,7 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
     );
 
     // Both instances are listed; the one of 2.0.0 takes traffic, the other is stopped.
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
+    let status = service_status_is(&p, 0);
     assert!(status.contains("(takes traffic)"), "{status}");
     assert!(status.contains("(idle)"), "{status}");
     let (_, json) = p.status_json();
@@ -146,9 +205,7 @@ fn a_keep_alive_client_sees_no_error_through_deploys_and_a_failing_release_takes
 
 #[test]
 fn a_request_in_flight_on_the_old_instance_completes() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) = deployed_behind_proxy("");
     let port = p.port;
     let slow = thread::spawn(move || KeepAlive::local(port).get("/slow?ms=6000"));
     thread::sleep(Duration::from_millis(500));
@@ -171,19 +228,8 @@ fn a_request_in_flight_on_the_old_instance_completes() {
 
 #[test]
 fn the_proxy_comes_back_after_sigkill_and_status_says_so() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
-    let keeper: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(p.root().join("run/hello/proxy/keeper.json")).unwrap(),
-    )
-    .unwrap();
-    let worker = keeper["worker"]["pid"].as_i64().expect("worker pid") as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let (p, _, _cleanup) = deployed_behind_proxy("");
+    kill_proxy_process(&p, "worker");
     // Requests keep being answered: the keeper's socket queues them meanwhile.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut answered = None;
@@ -195,26 +241,21 @@ fn the_proxy_comes_back_after_sigkill_and_status_says_so() {
         thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(answered.map(|a| a.0), Some(200));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
+    let status = service_status_is(&p, 0);
     assert!(
         status.contains("restarted 1 time(s) (last: killed by SIGKILL)"),
         "{status}"
     );
 
     // Stopped as a whole: LSB 3, and no instance said to take traffic.
-    let root = p.root().to_str().unwrap().to_string();
-    ok(p.run(&["service", "stop", "hello", "--root", &root]));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(3), "{status}");
+    ok(p.service("stop", &[]));
+    let status = service_status_is(&p, 3);
     assert!(!status.contains("takes traffic"), "{status}");
 }
 
 #[test]
 fn a_request_waits_for_a_returning_instance_then_503_after_hold() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, ports, _cleanup) = deployed_behind_proxy("");
     let root = p.root().to_str().unwrap().to_string();
     let active = ports[0].to_string();
     ok(p.run(&[
@@ -239,7 +280,7 @@ fn a_request_waits_for_a_returning_instance_then_503_after_hold() {
     let port = p.port;
     let held = thread::spawn(move || http_get_slowly(port, "/version"));
     thread::sleep(Duration::from_millis(200));
-    ok(p.run(&["service", "start", "hello", "--root", &root]));
+    ok(p.service("start", &[]));
     let (status, body) = held.join().expect("held request");
     assert_eq!(
         (status, version_of(&body).as_deref()),
@@ -267,9 +308,7 @@ fn a_new_instance_crashing_inside_settle_gives_the_traffic_back_to_the_old_one()
     ok(p.deploy("1.0.0", &[]));
     let old = active_pid(&p);
     let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("settle FAILED: crashed "), "{said}");
+    let said = exited_saying(&out, 1, "settle FAILED: crashed ");
     // It settled taking the traffic: the switch came first, the drain never.
     assert!(said.contains("switch: proxy"), "{said}");
     assert!(!said.contains("drain:"), "{said}");
@@ -306,26 +345,14 @@ fn a_service_moves_behind_the_proxy_and_back() {
         text(&out)
     );
     assert_eq!(p.served_version().as_deref(), Some("2.0.0"));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
+    let status = service_status_is(&p, 0);
     assert!(status.contains("proxy running"), "{status}");
 
     // Back to a plain restart: the proxy and its instances make way.
     std::fs::write(p.path().join("shipjar.toml"), plain).unwrap();
     ok(p.deploy("3.0.0", &[]));
     assert_eq!(p.served_version().as_deref(), Some("3.0.0"));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
-    assert!(!status.contains("proxy"), "{status}");
-    let proxy = p.run(&[
-        "service",
-        "proxy",
-        "hello",
-        "--status",
-        "--root",
-        p.root().to_str().unwrap(),
-    ]);
-    assert_eq!(proxy.status.code(), Some(3), "{}", text(&proxy));
+    assert_runs_without_proxy(&p);
 }
 
 /// The pid of the proxied service's runner, if it lives (its command line
@@ -371,16 +398,13 @@ fn active_pid(p: &Project) -> Option<i64> {
 
 #[test]
 fn restart_and_reload_behind_the_proxy_drop_no_request() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
-    let root = p.root().to_str().unwrap().to_string();
+    let (p, _, _cleanup) = deployed_behind_proxy("");
     let mut pid = active_pid(&p).expect("an active instance");
 
     let stop = Arc::new(AtomicBool::new(false));
     let client = keep_alive_client(p.port, stop.clone());
     for verb in ["restart", "reload", "restart"] {
-        let out = p.run(&["service", verb, "hello", "--root", &root]);
+        let out = p.service(verb, &[]);
         assert_eq!(out.status.code(), Some(0), "{verb}: {}", text(&out));
         assert!(text(&out).contains("drained"), "{verb}: {}", text(&out));
         let now = active_pid(&p).expect("an active instance");
@@ -388,17 +412,10 @@ fn restart_and_reload_behind_the_proxy_drop_no_request() {
         pid = now;
     }
     thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let keep_alive::Seen {
-        versions: seen,
-        errors,
-        answered,
-    } = client.join().expect("client thread");
-    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    let (seen, answered) = stop_client(&stop, client);
     assert!(answered > 10, "only {answered} answers");
     assert_eq!(seen, ["1.0.0"]);
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
+    service_status_is(&p, 0);
     assert!(runner_pid(&p.root()).is_some(), "a runner supervises it");
 }
 
@@ -414,16 +431,7 @@ fn the_runner_brings_back_a_killed_proxy_keeper_and_start_stop_go_through_it() {
     );
     let runner = runner_pid(&p.root()).expect("the deploy left a runner");
 
-    let keeper: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(p.root().join("run/hello/proxy/keeper.json")).unwrap(),
-    )
-    .unwrap();
-    let keeper = keeper["keeper"]["pid"].as_i64().expect("keeper pid") as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(keeper),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let keeper = kill_proxy_process(&p, "keeper");
     // How long the public port refuses connections: from the old worker's
     // end until the runner's next keeper has bound it again.
     let killed = Instant::now();
@@ -470,19 +478,16 @@ fn the_runner_brings_back_a_killed_proxy_keeper_and_start_stop_go_through_it() {
     assert_eq!(runner_pid(&p.root()), Some(runner));
 
     // Stopped through the runner: it goes, and with it both instances and the proxy.
-    let root = p.root().to_str().unwrap().to_string();
-    ok(p.run(&["service", "stop", "hello", "--root", &root]));
+    ok(p.service("stop", &[]));
     assert_eq!(runner_pid(&p.root()), None);
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(3), "{status}");
+    service_status_is(&p, 3);
     assert!(http_get(p.port, "/version").is_none());
 
     // Started again: a runner, the instance behind the proxy, answering.
-    ok(p.run(&["service", "start", "hello", "--root", &root]));
+    ok(p.service("start", &[]));
     assert!(runner_pid(&p.root()).is_some());
     assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
+    service_status_is(&p, 0);
 }
 
 /// `service run` of a proxied service, as a systemd unit runs it: it takes
@@ -492,9 +497,7 @@ fn the_runner_brings_back_a_killed_proxy_keeper_and_start_stop_go_through_it() {
 #[test]
 fn service_run_takes_over_notifies_ready_and_stops_everything_on_sigterm() {
     use std::os::unix::net::UnixDatagram;
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) = deployed_behind_proxy("");
     let detached = runner_pid(&p.root()).expect("the deploy left a runner");
     let instance = active_pid(&p).expect("an active instance");
 
@@ -550,31 +553,26 @@ fn service_run_takes_over_notifies_ready_and_stops_everything_on_sigterm() {
     }
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(http_get(p.port, "/version").is_none(), "{err}");
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(3), "{status}");
+    service_status_is(&p, 3);
 }
 
 /// A start whose proxy cannot listen (the address taken) fails with the
 /// reason and leaves nothing running; once the address is free it starts.
 #[test]
 fn a_failed_start_says_why_and_leaves_nothing_running() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
-    let root = p.root().to_str().unwrap().to_string();
-    ok(p.run(&["service", "stop", "hello", "--root", &root]));
+    let (p, _, _cleanup) = deployed_behind_proxy("");
+    ok(p.service("stop", &[]));
 
     let taken = std::net::TcpListener::bind(("127.0.0.1", p.port)).expect("take the address");
-    let start = p.run(&["service", "start", "hello", "--root", &root]);
+    let start = p.service("start", &[]);
     assert_ne!(start.status.code(), Some(0), "{}", text(&start));
     assert!(text(&start).contains("cannot listen"), "{}", text(&start));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(3), "{status}");
+    let status = service_status_is(&p, 3);
     assert_eq!(runner_pid(&p.root()), None);
     assert_eq!(active_pid(&p), None, "{status}");
 
     drop(taken);
-    ok(p.run(&["service", "start", "hello", "--root", &root]));
+    ok(p.service("start", &[]));
     assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
 }
 
@@ -719,9 +717,7 @@ fn headers_seen(answer: &Answer) -> serde_json::Value {
 
 #[test]
 fn connection_cannot_remove_or_replace_the_proxys_headers() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) = deployed_behind_proxy("");
     let mut conn = Raw::local(p.port);
     conn.send(
         "GET /headers HTTP/1.1\r\nHost: hello.test\r\n\
@@ -740,9 +736,7 @@ fn connection_cannot_remove_or_replace_the_proxys_headers() {
 
 #[test]
 fn forwarding_headers_are_dropped_from_an_untrusted_peer_and_appended_to_from_a_trusted_one() {
-    let (p, ports) = proxied_project_with("trusted_proxies = [\"127.0.0.2\"]\n");
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) = deployed_behind_proxy("trusted_proxies = [\"127.0.0.2\"]\n");
     let request = "GET /headers HTTP/1.1\r\nHost: hello.test\r\n\
                    Forwarded: for=10.9.9.9;proto=https\r\nX-Forwarded-For: 10.9.9.9\r\n\
                    X-Forwarded-Host: admin.internal\r\nX-Forwarded-Proto: https\r\n\
@@ -769,9 +763,8 @@ fn forwarding_headers_are_dropped_from_an_untrusted_peer_and_appended_to_from_a_
 
 #[test]
 fn half_a_request_head_is_closed_after_header_timeout_and_an_idle_connection_after_idle_timeout() {
-    let (p, ports) = proxied_project_with("header_timeout = \"1s\"\nidle_timeout = \"3s\"\n");
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) =
+        deployed_behind_proxy("header_timeout = \"1s\"\nidle_timeout = \"3s\"\n");
 
     // Half a head, then nothing: closed once header_timeout has passed.
     let mut slow = Raw::local(p.port);
@@ -815,9 +808,7 @@ fn half_a_request_head_is_closed_after_header_timeout_and_an_idle_connection_aft
 
 #[test]
 fn connections_over_max_connections_are_answered_503_at_once() {
-    let (p, ports) = proxied_project_with("max_connections = 2\n");
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) = deployed_behind_proxy("max_connections = 2\n");
 
     // Two connections that send nothing hold the two places.
     let mut first = Raw::local(p.port);
@@ -863,9 +854,7 @@ fn connections_over_max_connections_are_answered_503_at_once() {
 
 #[test]
 fn an_instance_slower_than_upstream_timeout_is_answered_504() {
-    let (p, ports) = proxied_project_with("upstream_timeout = \"1s\"\n");
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) = deployed_behind_proxy("upstream_timeout = \"1s\"\n");
     let mut conn = Raw::local(p.port);
     let started = Instant::now();
     conn.send("GET /slow?ms=4000 HTTP/1.1\r\nHost: hello.test\r\n\r\n");
@@ -885,9 +874,7 @@ fn an_instance_slower_than_upstream_timeout_is_answered_504() {
 
 #[test]
 fn the_proxy_serves_with_the_settings_of_the_release_taking_traffic() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) = deployed_behind_proxy("");
     let slow = |port: u16| {
         let mut conn = Raw::local(port);
         conn.send("GET /slow?ms=2500 HTTP/1.1\r\nHost: hello.test\r\n\r\n");
@@ -963,17 +950,14 @@ fn check_on_a_proxied_stage_looks_at_the_proxy_and_instance_ports_not_the_health
 
 #[test]
 fn a_deploy_and_a_reload_racing_take_turns_and_no_request_fails() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
-    let root = p.root().to_str().unwrap().to_string();
+    let (p, _, _cleanup) = deployed_behind_proxy("");
     let stop = Arc::new(AtomicBool::new(false));
     let client = keep_alive_client(p.port, stop.clone());
     // A slow start keeps the deploy's gate open while the reload arrives
     // (it returns once the deploy holds its lock).
     let deploy = p.spawn_slow_deploy("2.0.0", 2500);
     thread::sleep(Duration::from_millis(800));
-    let reload = p.run(&["service", "reload", "hello", "--root", &root]);
+    let reload = p.service("reload", &[]);
     let deployed = deploy.wait_with_output().expect("deploy output");
     assert_eq!(
         deployed.status.code(),
@@ -983,17 +967,10 @@ fn a_deploy_and_a_reload_racing_take_turns_and_no_request_fails() {
     );
     assert_eq!(reload.status.code(), Some(0), "reload: {}", text(&reload));
     thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let keep_alive::Seen {
-        versions: seen,
-        errors,
-        answered,
-    } = client.join().expect("client thread");
-    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    let (seen, answered) = stop_client(&stop, client);
     assert!(answered > 10, "only {answered} answers");
     assert_eq!(seen.last().map(String::as_str), Some("2.0.0"), "{seen:?}");
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
+    service_status_is(&p, 0);
 }
 
 /// A pid from a JSON record under the test's own root, e.g. the keeper's.
@@ -1020,19 +997,15 @@ fn operator_status(p: &Project) -> (Option<i32>, String, Vec<String>) {
 
 #[test]
 fn a_killed_runner_makes_status_dead_naming_it_and_since_when() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
+    let (p, _, _cleanup) = deployed_behind_proxy("");
+    service_status_is(&p, 0);
     let runner = runner_pid(&p.root()).expect("the deploy left a runner");
     sigkill(runner);
     wait_gone(runner, Duration::from_secs(10));
 
     // The proxy and the instance still serve, but nothing supervises them.
     assert_eq!(http_get(p.port, "/version").map(|a| a.0), Some(200));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(1), "{status}");
+    let status = service_status_is(&p, 1);
     assert!(
         status.contains(&format!(
             "missing runner: pid {runner} is gone without having been stopped (last started at 20"
@@ -1048,10 +1021,8 @@ fn a_killed_runner_makes_status_dead_naming_it_and_since_when() {
     assert!(flags[0].starts_with("missing runner: "), "{flags:?}");
 
     // `service start` puts a runner back over what runs: all well again.
-    let root = p.root().to_str().unwrap().to_string();
-    ok(p.run(&["service", "start", "hello", "--root", &root]));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
+    ok(p.service("start", &[]));
+    service_status_is(&p, 0);
     let (code, said, _) = operator_status(&p);
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("  runner:    pid "), "{said}");
@@ -1062,9 +1033,7 @@ fn a_killed_runner_makes_status_dead_naming_it_and_since_when() {
 /// gap); with the runner dead too, nothing brings it back: both are named.
 #[test]
 fn a_killed_keeper_is_back_under_its_runner_and_named_missing_without_one() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) = deployed_behind_proxy("");
     let keeper = recorded_pid(&p, "proxy/keeper.json", "/keeper/pid").expect("keeper pid");
     let worker = recorded_pid(&p, "proxy/keeper.json", "/worker/pid").expect("worker pid");
     sigkill(keeper);
@@ -1090,8 +1059,7 @@ fn a_killed_keeper_is_back_under_its_runner_and_named_missing_without_one() {
     sigkill(back);
     sigkill(worker);
     wait_gone(back, Duration::from_secs(10));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(1), "{status}");
+    let status = service_status_is(&p, 1);
     assert!(
         status.contains(&format!("missing runner: pid {runner} is gone")),
         "{status}"
@@ -1116,14 +1084,8 @@ fn a_killed_keeper_is_back_under_its_runner_and_named_missing_without_one() {
 
 #[test]
 fn a_killed_active_instance_is_named_with_its_port_and_its_last_sign_of_life() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
-    let active: u16 = std::fs::read_to_string(p.root().join("run/hello/proxy/active"))
-        .expect("the active port")
-        .trim()
-        .parse()
-        .expect("a port");
+    let (p, _, _cleanup) = deployed_behind_proxy("");
+    let active = active_port(&p);
     let dir = format!("instance-{active}");
     let supervisor =
         recorded_pid(&p, &format!("{dir}/supervisor.json"), "/supervisor/pid").expect("supervisor");
@@ -1140,8 +1102,7 @@ fn a_killed_active_instance_is_named_with_its_port_and_its_last_sign_of_life() {
     wait_gone(supervisor, Duration::from_secs(10));
     wait_gone(jvm, Duration::from_secs(10));
 
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(1), "{status}");
+    let status = service_status_is(&p, 1);
     assert!(status.contains("missing runner"), "{status}");
     assert!(
         status.contains(&format!(
@@ -1165,13 +1126,10 @@ fn a_killed_active_instance_is_named_with_its_port_and_its_last_sign_of_life() {
 /// had been killed before the stop.
 #[test]
 fn a_service_stopped_by_request_is_stopped_not_dead_even_after_its_runner_died() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) = deployed_behind_proxy("");
     let root = p.root().to_str().unwrap().to_string();
-    ok(p.run(&["service", "stop", "hello", "--root", &root]));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(3), "{status}");
+    ok(p.service("stop", &[]));
+    let status = service_status_is(&p, 3);
     assert!(
         status.contains("stopped: the proxy and both instances"),
         "{status}"
@@ -1181,13 +1139,12 @@ fn a_service_stopped_by_request_is_stopped_not_dead_even_after_its_runner_died()
     assert_eq!(code, Some(1), "a stopped service is a finding: {said}");
     assert_eq!(flags, ["stopped: the proxy and both instances"], "{said}");
 
-    ok(p.run(&["service", "start", "hello", "--root", &root]));
+    ok(p.service("start", &[]));
     let runner = runner_pid(&p.root()).expect("a runner");
     sigkill(runner);
     wait_gone(runner, Duration::from_secs(10));
-    ok(p.run(&["service", "stop", "hello", "--root", &root]));
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(3), "{status}");
+    ok(p.service("stop", &[]));
+    let status = service_status_is(&p, 3);
     assert!(!status.contains("missing"), "{status}");
     let out = p.run(&["--json", "service", "status", "hello", "--root", &root]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -1215,9 +1172,7 @@ fn service_json(p: &Project, verb: &str, extra: &[&str]) -> (Option<i32>, serde_
 /// proxy alone, honours `--json`: one object each, matching what runs.
 #[test]
 fn every_service_action_behind_the_proxy_prints_a_json_report_that_matches_what_runs() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
+    let (p, _, _cleanup) = deployed_behind_proxy("");
     let runner = runner_pid(&p.root()).expect("the deploy left a runner");
 
     let (code, status) = service_json(&p, "status", &[]);
@@ -1272,11 +1227,8 @@ fn every_service_action_behind_the_proxy_prints_a_json_report_that_matches_what_
 /// the proxy back).
 #[test]
 fn service_proxy_start_status_and_stop_print_a_json_report_that_matches_what_runs() {
-    let (p, ports) = proxied_project();
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
-    let root = p.root().to_string_lossy().into_owned();
-    ok(p.run(&["service", "stop", "hello", "--root", &root]));
+    let (p, _, _cleanup) = deployed_behind_proxy("");
+    ok(p.service("stop", &[]));
     assert_eq!(runner_pid(&p.root()), None);
 
     let (code, proxy) = service_json(&p, "proxy", &[]);
@@ -1310,16 +1262,10 @@ fn service_proxy_start_status_and_stop_print_a_json_report_that_matches_what_run
 /// dying instance took without answering goes again.
 #[test]
 fn a_keep_alive_client_sees_no_error_while_the_active_instance_is_sigkilled_ten_times() {
-    let (p, ports) = proxied_project_with(
+    let (p, _, _cleanup) = deployed_behind_proxy(
         "[restart]\nmax_failures = 50\ninitial_delay = \"100ms\"\nmax_delay = \"500ms\"",
     );
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
-    let active: u16 = std::fs::read_to_string(p.root().join("run/hello/proxy/active"))
-        .expect("the active port")
-        .trim()
-        .parse()
-        .expect("a port");
+    let active = active_port(&p);
     let dir = format!("instance-{active}");
     let stop = Arc::new(AtomicBool::new(false));
     let client = keep_alive_client(p.port, stop.clone());
@@ -1364,13 +1310,7 @@ fn a_keep_alive_client_sees_no_error_while_the_active_instance_is_sigkilled_ten_
         thread::sleep(Duration::from_millis(100));
     }
     thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let keep_alive::Seen {
-        versions: seen,
-        errors,
-        answered,
-    } = client.join().expect("client thread");
-    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    let (seen, answered) = stop_client(&stop, client);
     assert_eq!(seen, ["1.0.0"]);
     assert!(answered > 10, "answered {answered}");
     let keep_alive::Seen {
@@ -1422,8 +1362,7 @@ fn a_runner_whose_active_instance_cannot_come_back_ends_failed_and_status_says_w
         record.contains("failed: the supervisor of the instance on port"),
         "{record}"
     );
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(1), "{status}");
+    let status = service_status_is(&p, 1);
     assert!(status.contains("missing runner"), "{status}");
     assert!(status.contains("gave up"), "{status}");
 }
@@ -1454,25 +1393,12 @@ fn failed_move_behind_the_proxy(
     );
     std::fs::write(p.path().join("shipjar.toml"), proxied).unwrap();
     let out = p.deploy("2.0.0", deploy_env);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("the service without proxy"), "{said}");
+    let said = exited_saying(&out, 1, "the service without proxy");
     assert!(said.contains("without the proxy"), "{said}");
     // Back on 1.0.0, served by the plain service on its own port.
     assert_eq!(p.current().as_deref(), Some(good.as_str()), "{said}");
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"), "{said}");
-    let (code, status) = service_status(&p);
-    assert_eq!(code, Some(0), "{status}");
-    assert!(!status.contains("proxy"), "{status}");
-    let proxy = p.run(&[
-        "service",
-        "proxy",
-        "hello",
-        "--status",
-        "--root",
-        p.root().to_str().unwrap(),
-    ]);
-    assert_eq!(proxy.status.code(), Some(3), "{}", text(&proxy));
+    assert_runs_without_proxy(&p);
     drop(cleanup);
     (p, said)
 }
@@ -1504,11 +1430,9 @@ fn a_move_behind_the_proxy_whose_proxy_cannot_bind_goes_back_to_the_plain_servic
 /// versions, the old one last.
 #[test]
 fn behind_the_proxy_a_release_crash_looping_after_its_deploy_is_replaced_by_the_previous_one() {
-    let (p, ports) = proxied_project_with(
+    let (p, _, _cleanup) = deployed_behind_proxy(
         "[restart]\ninitial_delay = \"200ms\"\nmax_failures = 2\nwindow = \"2m\"\nauto_revert = true\n",
     );
-    let _cleanup = Cleanup(p.root(), ports);
-    ok(p.deploy("1.0.0", &[]));
     let good = p.current().expect("current");
     let stop = Arc::new(AtomicBool::new(false));
     let client = keep_alive_client(p.port, stop.clone());
@@ -1532,13 +1456,7 @@ fn behind_the_proxy_a_release_crash_looping_after_its_deploy_is_replaced_by_the_
         thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
-    stop.store(true, Ordering::SeqCst);
-    let keep_alive::Seen {
-        versions: seen,
-        errors,
-        ..
-    } = client.join().expect("client thread");
-    assert!(errors.is_empty(), "the client saw errors: {errors:?}");
+    let (seen, _) = stop_client(&stop, client);
     assert_eq!(seen, ["1.0.0", "2.0.0", "1.0.0"]);
     assert_eq!(runner_pid(&p.root()), Some(runner), "the same runner stays");
     let lines: Vec<String> = p

@@ -5,6 +5,7 @@
 //! a failing command is named with its stderr masked.
 
 mod common;
+use common::exited_saying;
 
 use common::{Project, text};
 
@@ -64,9 +65,7 @@ fn a_failing_command_is_named_with_its_stderr_masked() {
         format!("echo '{value}'\necho \"vault: permission denied reading {value}\" >&2\nexit 7\n");
     let project = project_with_vault(&script);
     let out = project.run(&["check", "local", "--no-hosts"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
-    assert!(said.contains("secret `db_password`"), "{said}");
+    let said = exited_saying(&out, 2, "secret `db_password`");
     assert!(said.contains("sh vault.sh prod/db"), "{said}");
     assert!(said.contains("exited with code 7"), "{said}");
     assert!(

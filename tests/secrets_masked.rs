@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::secret_forms::{base64, found, url_encode};
+use common::secret_forms::{self, base64, found};
 use common::{Project, text};
 
 /// A PEM-like key unique to this test run.
@@ -59,21 +59,8 @@ fn assert_no_secret(what: &str, out: &Output, secret: &str) {
 /// Every file under `dir` but the secret's own files, with the forms of
 /// `secret` it holds.
 fn files_holding(dir: &Path, secret: &str, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if meta.is_dir() {
-            if name != "artifacts" {
-                files_holding(&path, secret, out);
-            }
-        } else if meta.is_file()
-            && name != "database.properties"
+    for (path, name, _) in common::files_under(dir, &["artifacts"]) {
+        if name != "database.properties"
             && name != "SECRETS"
             && let Ok(bytes) = std::fs::read(&path)
         {
@@ -89,10 +76,8 @@ fn files_holding(dir: &Path, secret: &str, out: &mut Vec<String>) {
 /// JSON, its URL-encoded form in a request line, and a base64 blob holding it.
 fn careless_output(secret: &str) -> String {
     format!(
-        "connecting with key:\n{secret}\nconfig {}\nGET /login?key={}&x=1\nblob {}\n{}\n",
-        serde_json::json!({ "key": secret }),
-        url_encode(secret, false, true),
-        base64(format!("key={secret};").as_bytes()),
+        "{}{}\n",
+        secret_forms::careless_output(secret),
         // As `base64` wraps it: 76 columns.
         base64(format!("pem: {secret}\n").as_bytes())
             .as_bytes()

@@ -6,12 +6,12 @@
 //! `releases` says why each release is kept.
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::io::BufReader;
 use std::time::{Duration, Instant};
 
+use common::host::Helper;
 use common::{Project, text};
 
 /// The example's config with `[health] settle` set.
@@ -39,9 +39,7 @@ fn a_release_crashing_inside_settle_is_reverted_and_the_deploy_fails_naming_it()
     let good = p.current().expect("current");
 
     let out = p.deploy("2.0.0", &["--env", "CRASH_AFTER_S=2"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("crashed "), "{said}");
+    let said = exited_saying(&out, 1, "crashed ");
     assert!(said.contains(" s after becoming healthy"), "{said}");
     // The log tail shows why.
     assert!(said.contains("crashing on purpose"), "{said}");
@@ -62,9 +60,7 @@ fn a_release_turning_unhealthy_inside_settle_is_reverted() {
     let p = settling("6s");
     assert_eq!(p.deploy("1.0.0", &[]).status.code(), Some(0));
     let out = p.deploy("2.0.0", &["--env", "UNHEALTHY_AFTER_S=2"]);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("settle FAILED: unhealthy "), "{said}");
+    let said = exited_saying(&out, 1, "settle FAILED: unhealthy ");
     assert!(said.contains(" s after becoming healthy: HTTP 5"), "{said}");
     assert_eq!(p.served_version().as_deref(), Some("1.0.0"));
 }
@@ -78,31 +74,6 @@ fn interrupt(child: &std::process::Child) {
     .expect("SIGINT the operator");
 }
 
-/// Reads lines until one contains `wanted`; the operator ends (and with it
-/// its stderr) within its own deadlines, so this does too.
-fn wait_for_line(stderr: &mut impl BufRead, wanted: &str) -> String {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = stderr.read_line(&mut line).expect("read stderr");
-        assert!(n > 0, "no line with {wanted:?} before the end:\n{seen}");
-        seen.push_str(&line);
-        if line.contains(wanted) {
-            return seen;
-        }
-    }
-}
-
-/// The operator, SIGKILLed if the test ends before it does.
-struct Operator(std::process::Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_second_ctrl_c_during_settle_reverts_at_once() {
     let p = settling("0s");
@@ -111,18 +82,12 @@ fn a_second_ctrl_c_during_settle_reverts_at_once() {
     let file = p.path().join("shipjar.toml");
     let config = std::fs::read_to_string(&file).expect("config");
     std::fs::write(&file, config.replace("settle = \"0s\"", "settle = \"60s\"")).unwrap();
-    let jar = common::hello_jar().to_string_lossy().into_owned();
-    let mut child = Operator(
-        p.command(&["deploy", "local", "--artifact", &jar, "--version", "2.0.0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn deploy"),
-    );
+    // The operator, SIGKILLed if the test ends before it does.
+    let mut child = Helper(p.spawn_deploy("2.0.0", &[]));
     let mut stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
-    wait_for_line(&mut stderr, "must stay healthy for");
+    common::wait_for_line(&mut stderr, "must stay healthy for");
     interrupt(&child.0);
-    wait_for_line(&mut stderr, "Ctrl-C again");
+    common::wait_for_line(&mut stderr, "Ctrl-C again");
     interrupt(&child.0);
     // Back on 1.0.0, and recorded, long before the 60 s window would have ended.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -2,12 +2,12 @@
 //! real processes, a hand-made release under a temporary root.
 
 mod common;
+use common::exited_saying;
 
 use std::fs;
-use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -23,8 +23,7 @@ fn start_status_stop() {
     host.release("r1", &Spec::http_server(port));
 
     let out = host.start();
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(text(&out).contains("started: pid"), "{}", text(&out));
+    exited_saying(&out, 0, "started: pid");
     let pid = host.service_pid().expect("pidfile written");
     assert!(alive(pid));
 
@@ -119,9 +118,9 @@ fn exit_at_start_fails_with_log_tail() {
     let port = free_port();
     host.release(
         "r1",
-        &Spec::shell(
+        &Spec::shell_on_port(
             "echo starting up; echo boom: no config >&2; exit 1",
-            json!({"kind": "tcp", "port": port}),
+            port,
             10_000,
         ),
     );
@@ -152,8 +151,7 @@ fn exit_at_start_fails_with_log_tail() {
     assert!(!tail.is_empty() && tail.len() <= 20, "{report}");
 
     let out = host.run("status", false);
-    assert_eq!(code(&out), 3, "{}", text(&out));
-    assert!(text(&out).contains("last start failed"), "{}", text(&out));
+    exited_saying(&out, 3, "last start failed");
 }
 
 #[test]
@@ -172,12 +170,7 @@ fn never_healthy_is_killed_after_start_timeout() {
     let began = Instant::now();
     let out = host.start();
     let took = began.elapsed();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("error: not healthy after 2s"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 1, "error: not healthy after 2s");
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(8),
         "took {took:?}"
@@ -186,11 +179,7 @@ fn never_healthy_is_killed_after_start_timeout() {
     let pid: i32 = host.marker_pid(&marker);
     assert!(!alive(pid), "service pid {pid} survived a failed start");
     assert!(!host.pidfile().exists());
-    assert!(
-        host.log().contains("killing process group"),
-        "{}",
-        host.log()
-    );
+    host.assert_logged("killing process group");
 }
 
 #[test]
@@ -209,13 +198,12 @@ fn stale_pidfile_of_another_process_is_dead() {
     fs::write(host.pidfile(), format!("{pid}\n{}\n", ticks + 1)).expect("pidfile");
 
     let out = host.run("status", false);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!(
+    exited_saying(
+        &out,
+        1,
+        &format!(
             "not running: stale pidfile: pid {pid} is another process (sleep, started after the pidfile was written)"
-        )),
-        "{}",
-        text(&out)
+        ),
     );
 
     // stop must not touch a process that is not the service.
@@ -229,25 +217,17 @@ fn stale_pidfile_of_another_process_is_dead() {
     // A pidfile whose pid is gone is dead too.
     fs::write(host.pidfile(), "999999999\n1\n").expect("pidfile");
     let out = host.run("status", false);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(text(&out).contains("stale pidfile"), "{}", text(&out));
+    exited_saying(&out, 1, "stale pidfile");
 }
 
 #[test]
 fn service_ignoring_sigterm_is_killed_after_stop_timeout() {
     let host = Host::new("stubborn");
-    let port = free_port();
-    let mut spec = Spec::http_server(port);
     // SIG_IGN survives exec: python inherits "ignore SIGTERM".
-    spec.argv = vec![
-        "sh".into(),
-        "-c".into(),
-        format!("trap '' TERM; exec python3 -m http.server {port} --bind 127.0.0.1"),
-    ];
+    let mut spec = Spec::http_script("trap '' TERM; exec {server}");
     spec.stop_timeout_ms = 1_000;
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let pid = host.started();
 
     let began = Instant::now();
     let out = host.run("stop", true);
@@ -263,23 +243,17 @@ fn service_ignoring_sigterm_is_killed_after_stop_timeout() {
         "took {took:?}"
     );
     assert!(!alive(pid));
-    assert!(host.log().contains("sending SIGKILL"), "{}", host.log());
+    host.assert_logged("sending SIGKILL");
 }
 
 #[test]
 fn crash_after_healthy_leaves_status_dead() {
     let host = Host::new("crashy");
-    let port = free_port();
-    let mut spec = Spec::http_server(port);
     // The main process exits 3 after a while; its server child must not linger.
-    spec.argv = vec![
-        "sh".into(),
-        "-c".into(),
-        format!(
-            "python3 -m http.server {port} --bind 127.0.0.1 & echo $! > {}; sleep 2; exit 3",
-            host.root().join("child.pid").display()
-        ),
-    ];
+    let mut spec = Spec::http_script(&format!(
+        "{{server}} & echo $! > {}; sleep 2; exit 3",
+        host.root().join("child.pid").display()
+    ));
     spec.extra = json!({"restart": {"enabled": false}});
     host.release("r1", &spec);
     let out = host.start();
@@ -298,11 +272,7 @@ fn crash_after_healthy_leaves_status_dead() {
     assert_eq!(last["state"], "dead");
     assert_eq!(last["lsb_code"], 1);
     assert!(!alive(child), "the crashed service's child lingers");
-    assert!(
-        host.log().contains("[shipjar] exited with code 3"),
-        "{}",
-        host.log()
-    );
+    host.assert_logged("[shipjar] exited with code 3");
 
     let out = host.run("stop", true);
     assert_eq!(code(&out), 0);
@@ -314,7 +284,7 @@ fn crash_after_healthy_leaves_status_dead() {
 #[test]
 fn service_starts_clean_and_keeps_its_release() {
     let host = Host::new("clean");
-    let spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    let spec = Spec::sleeper();
     let r1 = host.release("r1", &spec);
 
     // A caller with SIGHUP ignored (nohup) and a stray variable.
@@ -419,14 +389,7 @@ fn health_check_answered_by_someone_else_fails_start() {
     let host = Host::new("taken");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    host.release(
-        "r1",
-        &Spec::shell(
-            "exec sleep 600",
-            json!({"kind": "tcp", "port": port}),
-            5_000,
-        ),
-    );
+    host.release("r1", &Spec::shell_on_port("exec sleep 600", port, 5_000));
     let out = host.start();
     assert_eq!(code(&out), 1, "{}", text(&out));
     let expected = format!("port {port} already in use by pid {}", std::process::id());
@@ -435,24 +398,26 @@ fn health_check_answered_by_someone_else_fails_start() {
     drop(listener);
 }
 
-#[test]
-fn stop_while_starting_aborts_the_start() {
-    let host = Host::new("abort");
+/// Releases a service that records its pid in a marker file and never
+/// gets healthy, and starts it in the background: the marker file and the
+/// start.
+fn start_a_service_never_healthy(host: &Host) -> (std::path::PathBuf, Helper) {
     let marker = host.root().join("service.pid");
     host.release(
         "r1",
-        &Spec::shell(
+        &Spec::shell_on_port(
             &format!("echo $$ > {}; exec sleep 600", marker.display()),
-            json!({"kind": "tcp", "port": free_port()}),
+            free_port(),
             30_000,
         ),
     );
-    let mut start = host.command("start", false);
-    start
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut start = Helper(start.spawn().expect("spawn start"));
+    (marker, host.spawn_start())
+}
+
+#[test]
+fn stop_while_starting_aborts_the_start() {
+    let host = Host::new("abort");
+    let (marker, mut start) = start_a_service_never_healthy(&host);
     assert!(
         eventually(Duration::from_secs(10), || host.service_pid().is_some()),
         "service never spawned"
@@ -464,12 +429,8 @@ fn stop_while_starting_aborts_the_start() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["was_running"], true);
 
-    let status = start.0.wait().expect("start ends");
-    assert_eq!(status.code(), Some(1));
-    let mut err = String::new();
-    if let Some(mut stderr) = start.0.stderr.take() {
-        let _ = stderr.read_to_string(&mut err);
-    }
+    let (code, err) = start.finish();
+    assert_eq!(code, Some(1));
     assert!(err.contains("stopped while starting"), "{err}");
     let pid: i32 = host.marker_pid(&marker);
     assert!(!alive(pid));
@@ -479,19 +440,13 @@ fn stop_while_starting_aborts_the_start() {
 fn missing_release_fails_fast() {
     let host = Host::new("empty");
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(text(&out).contains("no current release"), "{}", text(&out));
+    exited_saying(&out, 1, "no current release");
 }
 
 #[test]
 #[ignore = "needs root"]
 fn runs_as_the_release_user_when_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run as root (run-tests does)"
-    );
+    common::host::require_root();
     let Some(nobody_uid) = fs::read_to_string("/etc/passwd").ok().and_then(|p| {
         p.lines()
             .find(|l| l.starts_with("nobody:"))
@@ -500,7 +455,7 @@ fn runs_as_the_release_user_when_root() {
         panic!("this test needs the user `nobody` (Debian has it)");
     };
     let host = Host::new("dropped");
-    let mut spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    let mut spec = Spec::sleeper();
     spec.user = Some("nobody".into());
     host.release("r1", &spec);
     let out = host.start();
@@ -520,50 +475,28 @@ fn runs_as_the_release_user_when_root() {
 #[test]
 fn clean_exit_after_sigterm_is_reported() {
     let host = Host::new("graceful");
-    let port = free_port();
-    let mut spec = Spec::http_server(port);
     // What a JVM does: handle SIGTERM, exit 143.
-    spec.argv = vec![
-        "sh".into(),
-        "-c".into(),
-        format!("trap 'exit 143' TERM; python3 -m http.server {port} --bind 127.0.0.1 & wait"),
-    ];
+    let spec = Spec::http_script("trap 'exit 143' TERM; {server} & wait");
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     let out = host.run("stop", false);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(
-        text(&out).contains("stopped: exited 143 after SIGTERM"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        host.log()
-            .contains("[shipjar] stopped: exited 143 after SIGTERM in "),
-        "{}",
-        host.log()
-    );
+    exited_saying(&out, 0, "stopped: exited 143 after SIGTERM");
+    host.assert_logged("[shipjar] stopped: exited 143 after SIGTERM in ");
 }
 
 #[test]
 fn stop_waits_for_and_kills_the_whole_group() {
     let host = Host::new("family");
-    let port = free_port();
     let marker = host.root().join("helper.pid");
-    let mut spec = Spec::http_server(port);
     // The main process exits on SIGTERM at once; a helper in its group
     // ignores it and must still be gone after the stop timeout.
-    spec.argv = vec![
-        "sh".into(),
-        "-c".into(),
-        format!(
-            "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 600' & exec python3 -m http.server {port} --bind 127.0.0.1",
-            marker.display()
-        ),
-    ];
+    let mut spec = Spec::http_script(&format!(
+        "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 600' & exec {{server}}",
+        marker.display()
+    ));
     spec.stop_timeout_ms = 1_000;
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     assert!(eventually(Duration::from_secs(5), || marker.exists()));
     let helper: i32 = host.marker_pid(&marker);
     assert!(alive(helper));
@@ -586,10 +519,7 @@ fn stop_waits_for_and_kills_the_whole_group() {
 
 #[test]
 fn service_without_supervisor_is_still_tracked_and_stopped() {
-    let host = Host::new("orphan");
-    host.release("r1", &Spec::http_server(free_port()));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let (host, pid) = Host::running("orphan", &Spec::http_server(free_port()));
     let (_, status) = host.status_json();
     let supervisor = status["supervisor_pid"].as_i64().expect("supervisor") as i32;
 
@@ -628,21 +558,7 @@ fn service_without_supervisor_is_still_tracked_and_stopped() {
 #[test]
 fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
     let host = Host::new("sudden");
-    let marker = host.root().join("service.pid");
-    host.release(
-        "r1",
-        &Spec::shell(
-            &format!("echo $$ > {}; exec sleep 600", marker.display()),
-            json!({"kind": "tcp", "port": free_port()}),
-            30_000,
-        ),
-    );
-    let mut start = host.command("start", false);
-    start
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut start = Helper(start.spawn().expect("spawn start"));
+    let (marker, mut start) = start_a_service_never_healthy(&host);
     // Once the state names the service; before that, a supervisor killed
     // right after spawning leaves nothing to find the service by.
     let state_file = host.run_dir().join("supervisor.json");
@@ -666,16 +582,12 @@ fn supervisor_dying_during_start_fails_the_start_and_kills_the_service() {
     unsafe {
         libc::kill(supervisor, libc::SIGKILL);
     }
-    let status = start.0.wait().expect("start ends");
+    let (code, err) = start.finish();
     assert!(
         began.elapsed() < Duration::from_secs(8),
         "start noticed late"
     );
-    assert_eq!(status.code(), Some(1));
-    let mut err = String::new();
-    if let Some(mut stderr) = start.0.stderr.take() {
-        let _ = stderr.read_to_string(&mut err);
-    }
+    assert_eq!(code, Some(1));
     assert!(err.contains("supervisor exited before reporting"), "{err}");
     let pid: i32 = host.marker_pid(&marker);
     assert!(
@@ -698,8 +610,7 @@ fn start_during_a_restart_waits_for_its_outcome() {
     );
     spec.extra = json!({"restart": {"initial_delay_ms": 1_500}});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let first = host.service_pid().expect("pid");
+    let first = host.started();
     assert!(
         eventually(Duration::from_secs(5), || host.status_json().1["state"]
             == "restarting"),

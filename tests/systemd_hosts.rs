@@ -7,7 +7,7 @@
 //! (`./run-tests` as root includes them).
 
 mod common;
-use common::ok;
+use common::{exited_saying, ok};
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/keep_alive.rs"]
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use common::last_json;
 use common::{hello_jar, shipjar_bin, text};
 use lifecycle::{StageProject, resource_statuses};
-use systemd_host::{Stopped, SystemState, SystemdFleet, require_root};
+use systemd_host::{Stopped, SystemState, SystemdFleet};
 
 /// One host per test, but the tests that look at one deployed service
 /// under the hardened unit share theirs.
@@ -57,14 +57,7 @@ fn stdout(out: &Output) -> String {
 
 /// Runs a command over SSH that must succeed; its trimmed stdout.
 fn ssh_ok(f: &SystemdFleet, host: &str, command: &str) -> String {
-    let out = f.ssh(host, command);
-    assert!(
-        out.status.success(),
-        "ssh {host} {command:?}: {}\n{}",
-        text(&out),
-        f.diagnostics(host)
-    );
-    stdout(&out)
+    common::ssh_succeeded(&f.ssh(host, command), host, command, || f.diagnostics(host))
 }
 
 /// Asserts the host booted to `running`, naming the failed units otherwise.
@@ -76,6 +69,71 @@ fn assert_running(f: &SystemdFleet, host: &str) {
         "{host} did not boot cleanly: {state:?}\n{}",
         f.diagnostics(host)
     );
+}
+
+/// The shared fleet, with `host` booted to `running`.
+#[track_caller]
+fn booted(host: &str) -> Arc<SystemdFleet> {
+    let f = fleet();
+    assert_running(&f, host);
+    f
+}
+
+/// The shared fleet with `host` booted, and a project whose stage is `host`
+/// (see [`systemd_project`]), provisioned.
+#[track_caller]
+fn provisioned(host: &str, stage_extra: &str) -> (Arc<SystemdFleet>, StageProject) {
+    let f = booted(host);
+    let p = systemd_project(&f, host, stage_extra);
+    p.provision();
+    (f, p)
+}
+
+/// A fleet of its own (for a test that ends it or changes the whole host):
+/// one host, booted to `running`, and its name.
+#[track_caller]
+fn own_host() -> (SystemdFleet, &'static str) {
+    let f = SystemdFleet::new(1);
+    let host = "app1";
+    assert_running(&f, host);
+    (f, host)
+}
+
+/// A project whose stage is `host` (see [`systemd_project`]) with `config`
+/// appended to its shipjar.toml, provisioned.
+fn provisioned_with(f: &SystemdFleet, host: &str, config: &str) -> StageProject {
+    let p = systemd_project(f, host, "");
+    p.append_config(config);
+    p.provision();
+    p
+}
+
+/// Polls `probe` until it answers `Ok`; fails at `deadline` with its last
+/// `Err` (what it saw) and the host's diagnostics.
+#[track_caller]
+fn until<T>(
+    f: &SystemdFleet,
+    host: &str,
+    deadline: Instant,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    loop {
+        match probe() {
+            Ok(done) => return done,
+            Err(seen) => assert!(Instant::now() < deadline, "{seen}\n{}", f.diagnostics(host)),
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The integer `key` of a JSON object, as text ("" when there is none).
+fn json_number(json: &str, key: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v[key].as_i64())
+        .map(|n| n.to_string())
+        .unwrap_or_default()
 }
 
 /// Prints what the host costs, for the record.
@@ -90,10 +148,8 @@ fn report(f: &SystemdFleet, host: &str) {
 #[test]
 #[ignore = "needs root"]
 fn systemd_host_boots_and_answers_ssh_with_strict_host_keys() {
-    require_root();
-    let f = fleet();
     let host = BOOT_HOST;
-    assert_running(&f, host);
+    let f = booted(host);
     report(&f, host);
 
     // Through the real ssh client, checking the host key.
@@ -158,10 +214,8 @@ fn systemd_host_boots_and_answers_ssh_with_strict_host_keys() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_host_reboot_keeps_disk_state_and_starts_with_empty_run_and_tmp() {
-    require_root();
-    let f = fleet();
     let host = REBOOT_HOST;
-    assert_running(&f, host);
+    let f = booted(host);
     let before = f.init(host).expect("PID 1 runs");
     ssh_ok(
         &f,
@@ -242,10 +296,8 @@ fn systemd_project_in(
 #[test]
 #[ignore = "needs root"]
 fn systemd_provision_installs_and_enables_the_unit() {
-    require_root();
-    let f = fleet();
     let host = PROVISION_HOST;
-    assert_running(&f, host);
+    let f = booted(host);
     let p = systemd_project(&f, host, "");
 
     let first = p.provision();
@@ -290,12 +342,8 @@ fn systemd_provision_installs_and_enables_the_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_deploy_survives_a_reboot_under_its_unit() {
-    require_root();
-    let f = fleet();
     let host = DEPLOY_HOST;
-    assert_running(&f, host);
-    let p = systemd_project(&f, host, "");
-    p.provision();
+    let (f, p) = provisioned(host, "");
 
     p.deployed_else("1.0.0", &[], || f.diagnostics(host));
     agree(&f, host, &p, Expect::Running("1.0.0"));
@@ -318,12 +366,8 @@ fn systemd_deploy_survives_a_reboot_under_its_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
-    require_root();
-    let f = fleet();
     let host = LIFECYCLE_HOST;
-    assert_running(&f, host);
-    let p = systemd_project(&f, host, "");
-    p.provision();
+    let (f, p) = provisioned(host, "");
     let unit_before = ssh_ok(&f, host, "cat /etc/systemd/system/hello.service");
     assert!(
         unit_before.contains("TimeoutStartSec=100000ms"),
@@ -395,19 +439,14 @@ fn systemd_lifecycle_status_agrees_with_systemctl_at_every_step() {
     // The JVM killed: the supervisor (still MainPID) starts a new one.
     ssh_ok(&f, host, &format!("kill -KILL {}", restarted.service_pid));
     let deadline = Instant::now() + Duration::from_secs(30);
-    let recovered = loop {
+    let recovered = until(&f, host, deadline, Duration::from_millis(300), || {
         let seen = p.observe();
         // Running again once healthy (while it starts, status says so).
         if seen.healthy == Some(true) && seen.service_pid != restarted.service_pid {
-            break agree(&f, host, &p, Expect::Running("1.0.0"));
+            return Ok(agree(&f, host, &p, Expect::Running("1.0.0")));
         }
-        assert!(
-            Instant::now() < deadline,
-            "no new JVM 30 s after SIGKILL: {seen:?}\n{}",
-            f.diagnostics(host)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
+        Err(format!("no new JVM 30 s after SIGKILL: {seen:?}"))
+    });
     assert_eq!(
         recovered.main_pid, restarted.main_pid,
         "systemd restarted it"
@@ -525,22 +564,17 @@ fn cancel_a_hung_deploy(f: &SystemdFleet, host: &str, p: &StageProject) -> Durat
         "{stdout}{said}{rest}"
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    until(f, host, deadline, Duration::from_millis(200), || {
         let show = systemctl_show(f, host);
         let seen = p.observe();
         if (show.active.as_str(), show.sub.as_str()) == ("active", "running")
             && seen.code == 0
             && seen.state == "running"
         {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "not back on its release: {show:?} {seen:?}\n{}",
-            f.diagnostics(host)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Err(format!("not back on its release: {show:?} {seen:?}"))
+    });
     let took = sent.elapsed();
     eprintln!(
         "{host}: cancelled deploy back on its release {} ms after the second Ctrl-C",
@@ -554,12 +588,8 @@ fn cancel_a_hung_deploy(f: &SystemdFleet, host: &str, p: &StageProject) -> Durat
 #[test]
 #[ignore = "needs root"]
 fn systemd_watchdog_restarts_a_hung_supervisor() {
-    require_root();
-    let f = fleet();
     let host = WATCHDOG_HOST;
-    assert_running(&f, host);
-    let p = systemd_project(&f, host, "");
-    p.provision();
+    let (f, p) = provisioned(host, "");
     p.deployed("1.0.0", &[]);
     let before = agree(&f, host, &p, Expect::Running("1.0.0"));
     let watchdog = ssh_ok(&f, host, "systemctl show -p WatchdogUSec --value hello");
@@ -569,18 +599,13 @@ fn systemd_watchdog_restarts_a_hung_supervisor() {
     let stopped_at = Instant::now();
     // It pings every half period: the watchdog fires within one period.
     let deadline = stopped_at + WATCHDOG + Duration::from_secs(30);
-    let after = loop {
+    let after = until(&f, host, deadline, Duration::from_millis(500), || {
         let show = systemctl_show(&f, host);
         if show.main_pid != 0 && show.main_pid != before.main_pid && show.active == "active" {
-            break agree(&f, host, &p, Expect::Running("1.0.0"));
+            return Ok(agree(&f, host, &p, Expect::Running("1.0.0")));
         }
-        assert!(
-            Instant::now() < deadline,
-            "the hung supervisor was not replaced: {show:?}\n{}",
-            f.diagnostics(host)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+        Err(format!("the hung supervisor was not replaced: {show:?}"))
+    });
     let took = stopped_at.elapsed();
     eprintln!(
         "{host}: watchdog replaced the supervisor {} ms after SIGSTOP",
@@ -853,11 +878,7 @@ fn served(ip: &str) -> Option<String> {
 #[test]
 #[ignore = "needs root"]
 fn systemd_host_teardown_kills_a_host_that_ignores_poweroff_and_leaves_nothing() {
-    require_root();
-    // A fleet of its own: this test ends it.
-    let f = SystemdFleet::new(1);
-    let host = "app1";
-    assert_running(&f, host);
+    let (f, host) = own_host();
     let init = f.init(host).expect("PID 1 runs");
     let (netns, cgroup) = (
         f.fleet().netns(host).to_string(),
@@ -897,21 +918,13 @@ fn systemd_host_teardown_kills_a_host_that_ignores_poweroff_and_leaves_nothing()
 fn proxied_pids(f: &SystemdFleet, host: &str) -> (String, String, String, String) {
     let main = ssh_ok(f, host, "systemctl show -p MainPID --value hello.service");
     let runner = ssh_ok(f, host, "cat /run/hello/proxy/runner.json");
-    let runner = serde_json::from_str::<serde_json::Value>(&runner)
-        .ok()
-        .and_then(|v| v["pid"].as_i64())
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let runner = json_number(&runner, "pid");
     let status = ssh_ok(
         f,
         host,
         "/usr/local/bin/shipjar --json service status hello",
     );
-    let worker = serde_json::from_str::<serde_json::Value>(&status)
-        .ok()
-        .and_then(|v| v["worker_pid"].as_i64())
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let worker = json_number(&status, "worker_pid");
     let uid = ssh_ok(
         f,
         host,
@@ -931,16 +944,11 @@ fn proxied_pids(f: &SystemdFleet, host: &str) -> (String, String, String, String
 #[ignore = "needs root"]
 fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    require_root();
-    let f = fleet();
     let host = PROXY_HOST;
-    assert_running(&f, host);
-    let p = systemd_project(
-        &f,
+    let (f, p) = provisioned(
         host,
         &format!("proxy = {{ listen = \"0.0.0.0:{PROXY_PORT}\", ports = [18081, 18082] }}"),
     );
-    p.provision();
     p.deployed_else("1.0.0", &[], || f.diagnostics(host));
     let ip = f.ip(host);
     assert_eq!(lifecycle::served(&ip, PROXY_PORT).as_deref(), Some("1.0.0"));
@@ -1063,7 +1071,7 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
     std::thread::sleep(Duration::from_millis(300));
     ssh_ok(&f, host, &format!("kill -9 {supervisor} {jvm}"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    until(&f, host, deadline, Duration::from_millis(200), || {
         let (s, j) = active(&f);
         if s > 0
             && j > 0
@@ -1073,15 +1081,10 @@ fn systemd_proxied_service_comes_back_after_a_reboot_under_its_unit() {
                 .code()
                 == Some(0)
         {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "not back: {}",
-            f.diagnostics(host)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Err("not back:".to_string())
+    });
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let seen = client.join().expect("client");
@@ -1141,6 +1144,14 @@ fn hardened(f: &SystemdFleet) -> &'static Hardened {
     })
 }
 
+/// The shared fleet, [`HARDENED_HOST`] with hello running under the
+/// hardened unit (see [`hardened`]), and the JVM's pid.
+fn hardened_host() -> (Arc<SystemdFleet>, &'static str, i32) {
+    let f = fleet();
+    let pid = hardened(&f).service_pid;
+    (f, HARDENED_HOST, pid)
+}
+
 /// The overall exposure `systemd-analyze security` prints last:
 /// `→ Overall exposure level for hello.service: 3.4 OK 🙂`.
 fn exposure(out: &str) -> Option<f64> {
@@ -1165,10 +1176,7 @@ fn as_hello(command: &str) -> String {
 #[test]
 #[ignore = "needs root"]
 fn systemd_installed_unit_exposure_is_at_most_3_5() {
-    require_root();
-    let f = fleet();
-    let host = HARDENED_HOST;
-    hardened(&f);
+    let (f, host, _) = hardened_host();
     for command in [
         "systemd-analyze security --no-pager --offline=true /etc/systemd/system/hello.service",
         "systemd-analyze security --no-pager hello.service",
@@ -1188,10 +1196,7 @@ fn systemd_installed_unit_exposure_is_at_most_3_5() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_service_user_attaches_jcmd_and_jstack_under_the_unit() {
-    require_root();
-    let f = fleet();
-    let host = HARDENED_HOST;
-    let pid = hardened(&f).service_pid;
+    let (f, host, pid) = hardened_host();
     let version = ssh_ok(&f, host, &as_hello(&format!("jcmd {pid} VM.version")));
     assert!(
         version.contains("OpenJDK") || version.contains("JDK"),
@@ -1207,10 +1212,7 @@ fn systemd_service_user_attaches_jcmd_and_jstack_under_the_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_jit_compiles_under_the_unit() {
-    require_root();
-    let f = fleet();
-    let host = HARDENED_HOST;
-    let pid = hardened(&f).service_pid;
+    let (f, host, pid) = hardened_host();
     let cache = ssh_ok(
         &f,
         host,
@@ -1232,10 +1234,7 @@ fn systemd_jit_compiles_under_the_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_status_works_for_any_user_under_the_unit() {
-    require_root();
-    let f = fleet();
-    let host = HARDENED_HOST;
-    hardened(&f);
+    let (f, host, _) = hardened_host();
     let out = f.ssh(
         host,
         "setpriv --reuid=nobody --regid=nogroup --clear-groups -- \
@@ -1256,14 +1255,8 @@ fn systemd_status_works_for_any_user_under_the_unit() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_auto_revert_goes_back_under_the_unit_which_stays_active() {
-    require_root();
-    // A fleet of its own: one host, for this test alone.
-    let f = SystemdFleet::new(1);
-    let host = "app1";
-    assert_running(&f, host);
-    let p = systemd_project(&f, host, "");
-    p.append_config(lifecycle::QUICK_AUTO_REVERT);
-    p.provision();
+    let (f, host) = own_host();
+    let p = provisioned_with(&f, host, lifecycle::QUICK_AUTO_REVERT);
     p.deployed("1.0.0", &[]);
     p.deployed("2.0.0", &["CRASH_AFTER_S=2"]);
     let main = ssh_ok(&f, host, "systemctl show -p MainPID --value hello.service");
@@ -1300,13 +1293,7 @@ fn systemd_auto_revert_goes_back_under_the_unit_which_stays_active() {
         "grep -c '\tauto-revert\t' /var/lib/hello/revisions.log",
     );
     assert_eq!(revisions, "2");
-    let status = p.run(&["status", "systemd"]);
-    let said = text(&status);
-    assert_eq!(status.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("! drifted from the stage's last deploy"),
-        "{said}"
-    );
+    p.assert_drifted();
 }
 
 /// `[logs] to = "journal"`: the service's output and the supervisor's
@@ -1316,14 +1303,8 @@ fn systemd_auto_revert_goes_back_under_the_unit_which_stays_active() {
 #[test]
 #[ignore = "needs root"]
 fn systemd_journal_takes_the_service_output_and_logs_reads_it_there() {
-    require_root();
-    // A fleet of its own: one host, for this test alone.
-    let f = SystemdFleet::new(1);
-    let host = "app1";
-    assert_running(&f, host);
-    let p = systemd_project(&f, host, "");
-    p.append_config("\n[logs]\nto = \"journal\"\n");
-    p.provision();
+    let (f, host) = own_host();
+    let p = provisioned_with(&f, host, "\n[logs]\nto = \"journal\"\n");
     p.deployed_else("1.0.0", &[], || f.diagnostics(host));
     let journal = ssh_ok(&f, host, "journalctl -t hello --no-pager -o cat");
     assert!(journal.contains("listening on"), "{journal}");
@@ -1343,11 +1324,6 @@ fn systemd_journal_takes_the_service_output_and_logs_reads_it_there() {
 
     // A release that fails at start: its own words, from the journal.
     let failed = p.deploy("2.0.0", &["FAIL_ON_START=1"]);
-    let said = text(&failed);
-    assert_eq!(failed.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("hello: FAIL_ON_START is set, exiting"),
-        "{said}"
-    );
+    exited_saying(&failed, 1, "hello: FAIL_ON_START is set, exiting");
     assert_eq!(served(&f.fleet().ip(host)).as_deref(), Some("1.0.0"));
 }

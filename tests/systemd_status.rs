@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::text;
 use lifecycle::StageProject;
-use systemd_host::{SystemState, SystemdFleet, require_root};
+use systemd_host::{SystemState, SystemdFleet};
 
 fn fleet() -> Arc<SystemdFleet> {
     systemd_host::shared(1)
@@ -26,10 +26,9 @@ fn fleet() -> Arc<SystemdFleet> {
 
 /// A copy of the hello project whose `systemd` stage is the one host.
 fn project(f: &SystemdFleet, host: &str) -> StageProject {
-    StageProject::new(
-        lifecycle::temp_dir("systemd"),
+    StageProject::one_host(
         "systemd",
-        &[host.to_string()],
+        host,
         f.ssh_config(),
         "",
         lifecycle::short_timeouts,
@@ -57,7 +56,6 @@ fn unit_value(f: &SystemdFleet, host: &str, name: &str) -> String {
 #[test]
 #[ignore = "needs root"]
 fn root_believes_the_units_supervisor_and_systemd_leaves_no_orphan() {
-    require_root();
     let f = fleet();
     let host = "app1";
     assert_eq!(

@@ -8,13 +8,9 @@ use crate::{HOST, ROOT_LIMIT, Suite, text, wait_until};
 
 pub fn other_binary(s: &mut Suite) {
     s.counts.attacks += 1;
-    let out = s.fleet.exec(
+    let out = s.fleet.sh(
         HOST,
-        &[
-            "sh",
-            "-c",
-            "mkdir -p /opt/other && cp /usr/local/bin/shipjar /opt/other/shipjar",
-        ],
+        "mkdir -p /opt/other && cp /usr/local/bin/shipjar /opt/other/shipjar",
     );
     assert!(out.status.success(), "copy shipjar: {}", text(&out));
     let _ = s.root(&["shipjar", "service", "stop", "hello"], ROOT_LIMIT);

@@ -41,7 +41,7 @@ fn unplant(s: &mut Suite) {
            [ -f \"$f\" ] && [ ! -L \"$f\" ] && [ \"$(stat -c %h \"$f\")\" = 1 ] && [ \"$(stat -c %s \"$f\")\" -lt 100000000 ] || rm -rf --one-file-system \"$f\"; \
          done; rm -f {LOG}.1; true"
     );
-    let _ = s.fleet.exec(HOST, &["sh", "-c", &script]);
+    let _ = s.fleet.sh(HOST, &script);
 }
 
 /// `console.log` (and, for `logs`, `console.log.1`) as a symlink to root's
@@ -236,10 +236,7 @@ pub fn rotation(s: &mut Suite) {
     s.counts.attacks += 1;
     let _ = s.op(&["logs", "one", "-n", "20"], Duration::from_secs(20));
     s.check_truth("after rotation into planted links");
-    let _ = s.fleet.exec(
-        HOST,
-        &["sh", "-c", "rm -f /var/log/hello/console.log.[0-9]*"],
-    );
+    let _ = s.fleet.sh(HOST, "rm -f /var/log/hello/console.log.[0-9]*");
     unplant(s);
 }
 

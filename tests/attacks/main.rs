@@ -433,8 +433,7 @@ impl Suite {
                       -path '/var/lib/hello/shared/*' -o -name 'cds.*' -o -name revisions.log \\) -prune \
                       -o -printf '%p\\t%y %U:%G %m %s %l\\n' 2>/dev/null; \
                       echo '--'; find /etc /var/lib/hello/artifacts -xdev -type f -exec sha256sum {} + 2>/dev/null; true";
-        let out = self.fleet.exec(HOST, &["sh", "-c", script]);
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = self.fleet.sh_stdout(HOST, script);
         let (meta, sums) = text.split_once("\n--\n").unwrap_or((&text, ""));
         let mut map = BTreeMap::new();
         for line in meta.lines() {
@@ -499,7 +498,7 @@ impl Suite {
              mkdir -m 0755 {DECOY_DIR}; printf 'keep\\n' > {DECOY_DIR}/keep; chmod 0644 {DECOY_DIR}/keep",
             m = self.marker
         );
-        let out = self.fleet.exec(HOST, &["sh", "-c", &script]);
+        let out = self.fleet.sh(HOST, &script);
         assert!(out.status.success(), "decoys: {}", text(&out));
     }
 
@@ -589,7 +588,7 @@ impl Suite {
                         -exec rm -rf --one-file-system {} + 2>/dev/null; \
                       for f in /var/log/hello/console.log /var/log/hello/proxy.log; do \
                         [ -e \"$f\" ] && [ ! -f \"$f\" ] && rm -rf --one-file-system \"$f\"; done; true";
-        let _ = self.fleet.exec(HOST, &["sh", "-c", script]);
+        let _ = self.fleet.sh(HOST, script);
         // Commands an attack left blocked (their operator is gone): by pid.
         std::thread::sleep(Duration::from_millis(500));
         for pid in self.pids_of("shipjar agent") {
@@ -711,17 +710,9 @@ pub fn finish_attacker(mut child: std::process::Child, limit: Duration) -> Strin
 
 /// Processes in the host: (pid, command line with spaces for NULs).
 pub fn host_procs(s: &Suite) -> Vec<(i32, String)> {
-    let script = "for d in /proc/[0-9]*; do c=$(tr '\\0' ' ' < \"$d/cmdline\" 2>/dev/null); \
-                  [ -n \"$c\" ] && echo \"${d#/proc/} $c\"; done; true";
-    let out = s.fleet.exec(HOST, &["sh", "-c", script]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (pid, cmd) = l.split_once(' ')?;
-            Some((pid.parse().ok()?, cmd.to_string()))
-        })
-        .filter(|(_, c)| !c.starts_with("sh -c for d in /proc"))
-        .collect()
+    let mut procs = s.fleet.processes(HOST);
+    procs.retain(|(_, c)| !c.starts_with("sh -c for d in /proc"));
+    procs
 }
 
 /// Every form of a secret searched for: raw, each line of 8 or more

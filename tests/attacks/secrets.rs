@@ -20,13 +20,9 @@ pub fn multi_line(s: &mut Suite) {
         s.fail(format!("deploy to stage sec failed: {}", text(&out)));
     }
     // The hook must really have printed its forms, or nothing was tested.
-    let got = s.fleet.exec(
+    let got = s.fleet.sh(
         HOST,
-        &[
-            "sh",
-            "-c",
-            "cd /var/lib/hello/current && SHIPJAR_STAGE=sec python3 config/attacker.py leak config/database.properties - | wc -l",
-        ],
+        "cd /var/lib/hello/current && SHIPJAR_STAGE=sec python3 config/attacker.py leak config/database.properties - | wc -l",
     );
     let lines: u32 = String::from_utf8_lossy(&got.stdout)
         .trim()
@@ -107,15 +103,11 @@ pub fn in_normal_output(s: &mut Suite) {
 /// Root's records on the host (revisions.log, the run dir, /tmp, the log
 /// dir except the service's own log, which it wrote the secret into).
 fn scan_host_records(s: &mut Suite) {
-    let out = s.fleet.exec(
+    let out = s.fleet.sh(
         HOST,
-        &[
-            "sh",
-            "-c",
-            "cat /var/lib/hello/revisions.log; \
+        "cat /var/lib/hello/revisions.log; \
              find /run /tmp /var/log/hello -xdev -type f -size -5M ! -name 'console.log*' \
                -exec cat {} + 2>/dev/null; true",
-        ],
     );
     let found = s.leaked_in(&out.stdout);
     if !found.is_empty() {

@@ -238,18 +238,29 @@ fn fifo_log(s: &mut Sd) {
         ],
     );
     assert!(out.status.success(), "plant a FIFO: {}", text(&out));
-    s.attacks += 1;
-    let restart = s.root(&["systemctl", "restart", "hello"], Duration::from_secs(45));
-    if !wait_until(Duration::from_secs(5), || s.healthy()) {
-        s.fail(format!(
-            "`systemctl restart` with a FIFO as console.log left the service down: {}",
-            text(&restart)
-        ));
-    }
-    s.check_truth("after systemctl restart with a FIFO as console.log");
+    s.restart_comes_back(
+        "with a FIFO as console.log",
+        "after systemctl restart with a FIFO as console.log",
+    );
     s.attacks += 1;
     let _ = s.op(&["logs", "sd", "-n", "20"], Duration::from_secs(20));
     s.recover();
+}
+
+impl Sd {
+    /// An attack: `systemctl restart hello` `situation` must leave the
+    /// service healthy within 5 s, and `status` true (`truth` names when).
+    fn restart_comes_back(&mut self, situation: &str, truth: &str) {
+        self.attacks += 1;
+        let restart = self.root(&["systemctl", "restart", "hello"], Duration::from_secs(45));
+        if !wait_until(Duration::from_secs(5), || self.healthy()) {
+            self.fail(format!(
+                "`systemctl restart` {situation} left the service down: {}",
+                text(&restart)
+            ));
+        }
+        self.check_truth(truth);
+    }
 }
 
 /// `nobody` flocks every entry of `/run/hello` (waiting for the held ones):
@@ -276,15 +287,7 @@ fn nobody_flocks(s: &mut Sd) {
             text(&out)
         ));
     }
-    s.attacks += 1;
-    let restart = s.root(&["systemctl", "restart", "hello"], Duration::from_secs(45));
-    if !wait_until(Duration::from_secs(5), || s.healthy()) {
-        s.fail(format!(
-            "`systemctl restart` left the service down while nobody held flocks: {}",
-            text(&restart)
-        ));
-    }
-    s.check_truth("with nobody's flocks held");
+    s.restart_comes_back("while nobody held flocks", "with nobody's flocks held");
     // Ours, by pid (inside the host): each flock and the sleep it runs.
     for pid in pids {
         let kill = format!("kill -9 $(cat /proc/{pid}/task/{pid}/children 2>/dev/null) {pid}");

@@ -108,6 +108,18 @@ pub fn run_limited(mut cmd: Command) -> Output {
     child.wait_with_output().expect("collect output")
 }
 
+/// Fails the test unless it runs as root (the tests that need it are
+/// `#[ignore]`d; `./run-tests` runs them as root).
+#[track_caller]
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run as root (run-tests does)"
+    );
+}
+
 /// Release settings for one test.
 pub struct Spec {
     /// `run.argv`.
@@ -183,6 +195,35 @@ impl Spec {
 }
 
 impl Spec {
+    /// `sh -c SCRIPT`, healthy once something listens on `port`.
+    pub fn shell_on_port(script: &str, port: u16, start_timeout_ms: u64) -> Spec {
+        Spec::shell(
+            script,
+            json!({"kind": "tcp", "port": port}),
+            start_timeout_ms,
+        )
+    }
+
+    /// A service that sleeps, with no health check.
+    pub fn sleeper() -> Spec {
+        Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000)
+    }
+
+    /// `sh -c SCRIPT` where `{server}` in `script` runs python's http.server
+    /// on a free port, healthy as [`Spec::http_server`] is.
+    pub fn http_script(script: &str) -> Spec {
+        let port = free_port();
+        let server = python_http(port).join(" ");
+        Spec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                script.replace("{server}", &server),
+            ],
+            ..Spec::http_server(port)
+        }
+    }
+
     /// Runs `argv` directly.
     pub fn argv(argv: Vec<String>, health: Value, start_timeout_ms: u64) -> Spec {
         Spec {
@@ -326,6 +367,66 @@ impl Host {
         self.run("start", false)
     }
 
+    /// Starts the service, which must succeed (else the test fails showing
+    /// what the start said and the console log); the service pid.
+    #[track_caller]
+    pub fn started(&self) -> i32 {
+        let out = self.start();
+        assert_eq!(code(&out), 0, "{}\n{}", text(&out), self.log());
+        self.service_pid().expect("pid")
+    }
+
+    /// A host whose service `name` runs `spec` as release `r1`, started
+    /// (see [`Host::started`]); the service pid.
+    #[track_caller]
+    pub fn running(name: &str, spec: &Spec) -> (Host, i32) {
+        let host = Host::new(name);
+        host.release("r1", spec);
+        let pid = host.started();
+        (host, pid)
+    }
+
+    /// Starts the service where `orphan` runs unsupervised (its supervisor
+    /// gone): the start must succeed, saying first that it replaced `orphan`
+    /// (then `then`), which must be gone; the status after it, which must
+    /// say running.
+    #[track_caller]
+    pub fn start_replacing(&self, orphan: i32, then: &str) -> Value {
+        let out = self.start();
+        assert_eq!(code(&out), 0, "{}\n{}", text(&out), self.log());
+        stdout_starting(
+            &out,
+            &format!(
+                "replaced an unsupervised service pid {orphan} (its supervisor was gone): \
+                 terminated after SIGTERM\n{then}"
+            ),
+        );
+        assert!(
+            !alive(orphan),
+            "the unsupervised pid {orphan} still runs next to the new service"
+        );
+        let (rc, status) = self.status_json();
+        assert_eq!(rc, 0, "{status}");
+        status
+    }
+
+    /// `service start` running in the background, its output piped.
+    pub fn spawn_start(&self) -> Helper {
+        let mut start = self.command("start", false);
+        start
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Helper(start.spawn().expect("spawn start"))
+    }
+
+    /// Asserts the console log holds `needle`, showing the log otherwise.
+    #[track_caller]
+    pub fn assert_logged(&self, needle: &str) {
+        let log = self.log();
+        assert!(log.contains(needle), "{log}");
+    }
+
     pub fn status_json(&self) -> (i32, Value) {
         let out = self.run("status", true);
         let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -335,6 +436,24 @@ impl Host {
             )
         });
         (code(&out), value)
+    }
+
+    /// Writes the supervisor's state file as a supervisor of this boot
+    /// would, for release `r1` in `state`, with `records` (its `supervisor`
+    /// and `service` entries) merged in.
+    pub fn write_state(&self, state: &str, records: Value) {
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+        let mut file = json!({
+            "boot_id": boot.trim(),
+            "release": "r1",
+            "release_dir": self.lib().join("releases/r1"),
+            "state": state,
+            "updated_at": "2026-01-01T00:00:00.000Z"
+        });
+        if let (Some(file), Some(records)) = (file.as_object_mut(), records.as_object()) {
+            file.extend(records.clone());
+        }
+        fs::write(self.run_dir().join("supervisor.json"), file.to_string()).expect("state");
     }
 
     /// The service pid from the pidfile.
@@ -430,6 +549,19 @@ impl Drop for Host {
 /// A helper process the test starts itself, killed on drop.
 pub struct Helper(pub Child);
 
+impl Helper {
+    /// Waits for the process to end: its exit code and what it wrote to its
+    /// (piped) stderr.
+    pub fn finish(&mut self) -> (Option<i32>, String) {
+        let status = self.0.wait().expect("the process ends");
+        let mut err = String::new();
+        if let Some(mut stderr) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+        }
+        (status.code(), err)
+    }
+}
+
 impl Drop for Helper {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -447,4 +579,12 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A run's stdout, which must begin with `prefix` (else the test fails showing it).
+#[track_caller]
+pub fn stdout_starting(out: &Output, prefix: &str) -> String {
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.starts_with(prefix), "{said}");
+    said
 }

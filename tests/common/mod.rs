@@ -154,6 +154,14 @@ pub fn unique_secret() -> String {
     format!("pw-{}-{}", std::process::id(), free_port())
 }
 
+/// Starts `cmd` (a deploy) with its stdout and stderr piped.
+pub fn spawn_piped(mut cmd: Command) -> std::process::Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn deploy")
+}
+
 /// A copy of the hello project in a temp dir, deployed to its own `local` root.
 pub struct Project {
     /// Keeps the directory alive.
@@ -258,11 +266,7 @@ impl Project {
         let jar = hello_jar().to_string_lossy().into_owned();
         let mut args = vec!["deploy", "local", "--artifact", &jar, "--version", version];
         args.extend_from_slice(extra);
-        self.command(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn deploy")
+        spawn_piped(self.command(&args))
     }
 
     /// Starts a deploy of `version` whose service starts slowly, and returns
@@ -465,4 +469,81 @@ pub fn text(out: &Output) -> String {
 pub fn ok(out: Output) -> Output {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     out
+}
+
+/// The text of a run (as [`text`] shows it) that exited `code`; otherwise
+/// the test fails showing that text.
+#[track_caller]
+pub fn exited(out: &Output, code: i32) -> String {
+    let said = text(out);
+    assert_eq!(out.status.code(), Some(code), "{said}");
+    said
+}
+
+/// The text of a run (as [`text`] shows it) that exited `code` and said
+/// `needle`; otherwise the test fails showing that text.
+#[track_caller]
+pub fn exited_saying(out: &Output, code: i32, needle: &str) -> String {
+    let said = exited(out, code);
+    assert!(said.contains(needle), "{said}");
+    said
+}
+
+/// Every regular file under `dir`, links not followed and the directories
+/// named in `skip_dirs` not entered: its path, its name and its metadata.
+pub fn files_under(dir: &Path, skip_dirs: &[&str]) -> Vec<(PathBuf, String, std::fs::Metadata)> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if meta.is_dir() {
+            if !skip_dirs.contains(&name.as_str()) {
+                files.extend(files_under(&path, skip_dirs));
+            }
+        } else if meta.is_file() {
+            files.push((path, name, meta));
+        }
+    }
+    files
+}
+
+/// Reads lines until one contains `wanted`: what was read, that line
+/// included. Only for a process that ends (and with it its stderr) within
+/// deadlines of its own, which bound this wait.
+pub fn wait_for_line(stderr: &mut impl std::io::BufRead, wanted: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "no line with {wanted:?} before the end:\n{seen}");
+        seen.push_str(&line);
+        if line.contains(wanted) {
+            return seen;
+        }
+    }
+}
+
+/// The trimmed stdout of `out`, `command` run over SSH on `host`, which
+/// must have succeeded; else the test fails showing its output and
+/// `context()` (the host's logs).
+#[track_caller]
+pub fn ssh_succeeded(
+    out: &Output,
+    host: &str,
+    command: &str,
+    context: impl FnOnce() -> String,
+) -> String {
+    assert!(
+        out.status.success(),
+        "ssh {host} {command:?}: {}\n{}",
+        text(out),
+        context()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

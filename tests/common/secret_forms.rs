@@ -162,3 +162,14 @@ fn base64_inner(table: &[u8; 64], bytes: &[u8], offset: usize) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// What a careless service prints with `secret` in it: raw, inside JSON,
+/// URL-encoded in a request line and base64-encoded.
+pub fn careless_output(secret: &str) -> String {
+    format!(
+        "connecting with key:\n{secret}\nconfig {}\nGET /login?key={}&x=1\nblob {}\n",
+        serde_json::json!({ "key": secret }),
+        url_encode(secret, false, true),
+        base64(format!("key={secret};").as_bytes()),
+    )
+}

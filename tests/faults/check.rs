@@ -26,16 +26,7 @@ pub struct Real {
 
 /// Processes in the host: (pid, command line with spaces for NULs).
 pub fn host_procs(s: &Suite, host: &str) -> Vec<(i32, String)> {
-    let script = "for d in /proc/[0-9]*; do c=$(tr '\\0' ' ' < \"$d/cmdline\" 2>/dev/null); \
-                  [ -n \"$c\" ] && echo \"${d#/proc/} $c\"; done; true";
-    let out = s.fleet.exec(host, &["sh", "-c", script]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (pid, cmd) = l.split_once(' ')?;
-            Some((pid.parse().ok()?, cmd.to_string()))
-        })
-        .collect()
+    s.fleet.processes(host)
 }
 
 /// True for a `shipjar agent` process line.
@@ -76,7 +67,7 @@ pub fn real(s: &Suite, host: &str) -> Real {
                   [ -f current/RELEASE ] && { printf 'manifest='; tr -d '\\n' < current/RELEASE; echo; }; \
                   p=$(head -n 1 /run/hello/hello.pid 2>/dev/null) && [ -n \"$p\" ] && [ -d /proc/$p ] && \
                   ! grep -q '^State:.*zombie' /proc/$p/status && echo \"pid=$p\"; true";
-    let out = s.fleet.exec(host, &["sh", "-c", script]);
+    let out = s.fleet.sh(host, script);
     let mut r = Real::default();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     for line in stdout.lines() {
@@ -226,15 +217,11 @@ pub fn leftovers(s: &mut Suite) {
                 jvms.len()
             ));
         }
-        let tmp = s.fleet.exec(
+        let out = s.fleet.sh(
             &host,
-            &[
-                "sh",
-                "-c",
-                "ls -a /var/lib/hello/artifacts /var/lib/hello/releases | grep '^\\.tmp' || true",
-            ],
+            "ls -a /var/lib/hello/artifacts /var/lib/hello/releases | grep '^\\.tmp' || true",
         );
-        let tmp = String::from_utf8_lossy(&tmp.stdout).trim().to_string();
+        let tmp = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !tmp.is_empty() {
             s.counts.leaks += tmp.lines().count() as u32;
             s.fail(format!(
@@ -259,22 +246,9 @@ fn allowed_secret_file(path: &Path) -> bool {
 }
 
 fn scan_dir(dir: &Path, needles: &[Vec<u8>], found: &mut Vec<String>, allowed: &mut u32) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        let name = e.file_name().to_string_lossy().into_owned();
-        if meta.is_dir() {
-            // Artifacts are the jars; usr-local holds the agent binary.
-            if name != "artifacts" && name != "target" {
-                scan_dir(&path, needles, found, allowed);
-            }
-        } else if meta.is_file()
-            && meta.len() < 20 << 20
+    // Artifacts are the jars; usr-local holds the agent binary.
+    for (path, name, meta) in crate::common::files_under(dir, &["artifacts", "target"]) {
+        if meta.len() < 20 << 20
             && !name.ends_with(".jar")
             && name != "shipjar"
             && let Ok(bytes) = std::fs::read(&path)
@@ -323,14 +297,10 @@ pub fn scan_secrets(s: &mut Suite) {
         "faults: secret scan: {allowed} secret files (0600/0640) hold secrets, as they should"
     );
     for host in s.fleet.hosts() {
-        let list = s.fleet.exec(
+        let list = s.fleet.sh(
             &host,
-            &[
-                "sh",
-                "-c",
-                "find /run /tmp /var/log -xdev -type f -size -20M 2>/dev/null; \
+            "find /run /tmp /var/log -xdev -type f -size -20M 2>/dev/null; \
                  for d in /proc/[0-9]*; do echo $d/environ; echo $d/cmdline; done",
-            ],
         );
         for file in String::from_utf8_lossy(&list.stdout).lines() {
             let out = s.fleet.exec(&host, &["cat", file]);

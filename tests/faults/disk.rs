@@ -9,15 +9,10 @@ const LIB: &str = "/var/lib/hello";
 
 /// Bytes and inodes /var/lib/hello uses on the host.
 fn usage(s: &Suite, host: &str) -> (u64, u64) {
-    let out = s.fleet.exec(
+    let text = s.fleet.sh_stdout(
         host,
-        &[
-            "sh",
-            "-c",
-            "du -s --block-size=1 /var/lib/hello | cut -f1; find /var/lib/hello | wc -l",
-        ],
+        "du -s --block-size=1 /var/lib/hello | cut -f1; find /var/lib/hello | wc -l",
     );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
     let mut n = text.lines().map(|l| l.trim().parse::<u64>().unwrap_or(0));
     (n.next().unwrap_or(0), n.next().unwrap_or(0))
 }
@@ -60,15 +55,10 @@ fn deploy_onto_full_disk(
     check::settle(s);
     check::invariant(s, &format!("full disk ({what})"), Some(&out), true);
     // The host holds no half-written artifact or release.
-    let left = s.fleet.exec(
+    let left = s.fleet.sh_stdout(
         host,
-        &[
-            "sh",
-            "-c",
-            "ls -a /var/lib/hello/artifacts /var/lib/hello/releases | grep '^\\.tmp' || true",
-        ],
+        "ls -a /var/lib/hello/artifacts /var/lib/hello/releases | grep '^\\.tmp' || true",
     );
-    let left = String::from_utf8_lossy(&left.stdout).to_string();
     if !left.trim().is_empty() {
         eprintln!(
             "faults: {host}: temporary entries after the failed deploy (removed by the next one): {left}"

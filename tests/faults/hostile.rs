@@ -636,15 +636,14 @@ pub fn hostile_strings(s: &mut Suite) {
         }
     }
     for host in s.fleet.hosts() {
-        let out = s.fleet.exec(
-            &host,
-            &[
-                "sh",
-                "-c",
+        let found = s
+            .fleet
+            .sh_stdout(
+                &host,
                 "ls /tmp /var/lib/hello /var/lib/hello/current/ 2>/dev/null | grep sjpwn || true",
-            ],
-        );
-        let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            )
+            .trim()
+            .to_string();
         if !found.is_empty() {
             s.fail(format!("hostile strings were executed on {host}: {found}"));
         }

@@ -352,6 +352,17 @@ impl Suite {
         self.run(&args)
     }
 
+    /// Deploys a fresh version to stage `all`; a failure is recorded as the
+    /// deploy `after` (what came before it) failing. Its output.
+    pub fn deploy_next(&mut self, after: &str) -> Output {
+        let v = self.next_version();
+        let out = self.deploy("all", &v, &[]);
+        if out.status.code() != Some(0) {
+            self.fail(format!("the deploy {after} failed: {}", text(&out)));
+        }
+        out
+    }
+
     /// Starts shipjar with piped output.
     pub fn spawn(&self, args: &[String]) -> Child {
         self.command(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -408,14 +419,9 @@ impl Suite {
 
     /// Starts a `sleep` inside the host, unrelated to shipjar.
     pub fn start_sentinel(&mut self, host: &str) {
-        let out = self.fleet.exec(
-            host,
-            &[
-                "sh",
-                "-c",
-                "sleep 86400 </dev/null >/dev/null 2>&1 & echo $!",
-            ],
-        );
+        let out = self
+            .fleet
+            .sh(host, "sleep 86400 </dev/null >/dev/null 2>&1 & echo $!");
         let pid: i32 = String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
@@ -500,14 +506,7 @@ impl Suite {
         check::settle(self);
         let out = self.run(&["unlock", "all"]);
         assert!(out.status.success(), "unlock: {}", text(&out));
-        let v = self.next_version();
-        let out = self.deploy("all", &v, &[]);
-        if out.status.code() != Some(0) {
-            self.fail(format!(
-                "the deploy after the fault did not succeed: {}",
-                text(&out)
-            ));
-        }
+        let out = self.deploy_next("after the fault");
         check::invariant(self, "after recovery", Some(&out), true);
         check::leftovers(self);
     }

@@ -129,14 +129,7 @@ pub fn supervisor_killed(s: &mut Suite) {
             row["status"]["service"]["detail"]
         ));
     }
-    let v = s.next_version();
-    let out = s.deploy("all", &v, &[]);
-    if out.status.code() != Some(0) {
-        s.fail(format!(
-            "the deploy after the supervisor was killed failed: {}",
-            text(&out)
-        ));
-    }
+    s.deploy_next("after the supervisor was killed");
     one_jvm(s, host, "supervisor killed, then a deploy");
     if survives && s.proc_start(host, pid).is_some() {
         s.fail(format!(
@@ -154,14 +147,7 @@ pub fn jvm_stopped(s: &mut Suite) {
     s.counts.faults += 1;
     // `status` must see a hung service as unhealthy.
     check::invariant(s, "JVM stopped", None, false);
-    let v = s.next_version();
-    let out = s.deploy("all", &v, &[]);
-    if out.status.code() != Some(0) {
-        s.fail(format!(
-            "the deploy over a stopped JVM failed: {}",
-            text(&out)
-        ));
-    }
+    s.deploy_next("over a stopped JVM");
     if s.proc_start(host, pid).is_some() {
         s.fail(format!(
             "the stopped JVM {pid} still exists on {host} after the deploy"

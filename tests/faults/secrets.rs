@@ -3,7 +3,7 @@
 //! A multi-line one the service prints in its log (raw, JSON, base64,
 //! URL-encoded) is masked by `shipjar logs`, text and `--json`.
 
-use crate::common::secret_forms::{base64, url_encode};
+use crate::common::secret_forms::careless_output;
 use crate::{Suite, text};
 
 /// The service's log on the hosts.
@@ -11,15 +11,6 @@ const CONSOLE_LOG: &str = "/var/log/hello/console.log";
 
 /// What a careless service prints about `secret`: the value, its JSON, its
 /// URL-encoded form in a request line, and a base64 blob holding it.
-fn careless_output(secret: &str) -> String {
-    format!(
-        "connecting with key:\n{secret}\nconfig {}\nGET /login?key={}&x=1\nblob {}\n",
-        serde_json::json!({ "key": secret }),
-        url_encode(secret, false, true),
-        base64(format!("key={secret};").as_bytes()),
-    )
-}
-
 pub fn secrets(s: &mut Suite) {
     let original = s.secret.clone();
     let pid = std::process::id();
@@ -58,11 +49,7 @@ pub fn secrets(s: &mut Suite) {
         if v.starts_with("-----BEGIN") {
             logs_mask_what_the_service_printed(s, &v);
         }
-        let file = s.fleet.exec(
-            "app1",
-            &["sh", "-c", "cat /var/lib/hello/current/config/database.properties; stat -c %a /var/lib/hello/current/config/database.properties"],
-        );
-        let got = String::from_utf8_lossy(&file.stdout).to_string();
+        let got = s.fleet.sh_stdout("app1", "cat /var/lib/hello/current/config/database.properties; stat -c %a /var/lib/hello/current/config/database.properties");
         // A .properties value escapes its newlines; the file must hold the value itself.
         let line = format!("password={v}\n");
         if !got.contains(&line) {

@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use serde_json::json;
 
+use crate::common::exited_saying;
 use crate::common::host::{Host, Spec, code, free_port, text};
 
 #[test]
@@ -52,11 +53,7 @@ fn the_services_own_log_file_is_left_alone() {
             .count(),
         2
     );
-    assert!(
-        host.log().contains("listening on 127.0.0.1:"),
-        "{}",
-        host.log()
-    );
+    host.assert_logged("listening on 127.0.0.1:");
 }
 
 #[test]
@@ -66,12 +63,7 @@ fn a_failed_start_shows_the_last_lines_of_the_configured_file() {
     spec.extra = json!({"logs": {"file": "stdout.log"}, "restart": {"enabled": false}});
     host.release("r1", &spec);
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("hello: FAIL_ON_START is set, exiting"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 1, "hello: FAIL_ON_START is set, exiting");
     let log_dir = host.root().join("var/log/failing");
     let file = fs::read_to_string(log_dir.join("stdout.log")).expect("stdout.log");
     assert!(file.contains("FAIL_ON_START is set"), "{file}");
@@ -81,12 +73,11 @@ fn a_failed_start_shows_the_last_lines_of_the_configured_file() {
 #[test]
 fn a_log_file_name_that_leaves_the_log_dir_is_refused() {
     let host = Host::new("escape");
-    let mut spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    let mut spec = Spec::sleeper();
     spec.extra = json!({"logs": {"file": "../../../etc/escape.log"}});
     host.release("r1", &spec);
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(text(&out).contains("logs.file"), "{}", text(&out));
+    exited_saying(&out, 1, "logs.file");
     assert!(!host.root().join("etc/escape.log").exists());
     assert!(host.service_pid().is_none());
 }
@@ -97,7 +88,7 @@ fn a_log_file_name_that_leaves_the_log_dir_is_refused() {
 #[test]
 fn a_fifo_in_place_of_console_log_is_moved_aside_and_start_does_not_block() {
     let host = Host::new("fifolog");
-    let spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    let spec = Spec::sleeper();
     host.release("r1", &spec);
     let log_dir = host.root().join("var/log/fifolog");
     fs::create_dir_all(&log_dir).expect("mkdir");

@@ -2,12 +2,15 @@
 //! health gate, and after a crash: each state named as it is, with its LSB
 //! code, and `start`/`deploy` replacing a service left unsupervised.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::host::{Helper, Host, Spec, alive, code, eventually, free_port, text};
+use crate::common::exited_saying;
+use crate::common::host::{
+    Helper, Host, Spec, alive, code, eventually, free_port, stdout_starting, text,
+};
 use crate::common::{Project, http_get};
 
 /// SIGKILLs `pid` (a supervisor this test started) and waits until it is gone.
@@ -31,11 +34,8 @@ fn supervisor_pid(run_dir: &std::path::Path) -> i32 {
 
 #[test]
 fn a_killed_supervisor_is_named_and_start_replaces_its_orphan() {
-    let host = Host::new("orphaned");
     let port = free_port();
-    host.release("r1", &Spec::hello(port, &[]));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let (host, pid) = Host::running("orphaned", &Spec::hello(port, &[]));
     let supervisor = supervisor_pid(&host.run_dir());
 
     kill9(supervisor);
@@ -61,18 +61,7 @@ fn a_killed_supervisor_is_named_and_start_replaces_its_orphan() {
     assert!(humantime::parse_rfc3339(since).is_ok(), "{since}");
 
     // start stops the orphan first (the port is free again) and says so.
-    let out = host.start();
-    assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        said.starts_with(&format!(
-            "replaced an unsupervised service pid {pid} (its supervisor was gone): terminated after SIGTERM\nstarted: pid "
-        )),
-        "{said}"
-    );
-    assert!(!alive(pid), "the orphan still runs next to the new service");
-    let (rc, status) = host.status_json();
-    assert_eq!(rc, 0, "{status}");
+    let status = host.start_replacing(pid, "started: pid ");
     assert_eq!(status["state"], "running", "{status}");
     assert_ne!(status["pid"], pid);
 }
@@ -94,13 +83,12 @@ fn the_fleet_status_flags_a_dead_supervisor_and_deploy_replaces_the_orphan() {
     assert_eq!(project.served_version().as_deref(), Some("1.0.0"));
 
     let out = project.run(&["status", "local"]);
-    let said = crate::common::text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains(&format!(
+    let said = exited_saying(
+        &out,
+        1,
+        &format!(
             "  ! dead: supervisor pid {supervisor} is gone; the service pid {pid} runs unsupervised since "
-        )),
-        "{said}"
+        ),
     );
     assert!(said.contains(", UNSUPERVISED\n"), "{said}");
     assert!(!said.contains("  ok\n"), "{said}");
@@ -115,13 +103,10 @@ fn the_fleet_status_flags_a_dead_supervisor_and_deploy_replaces_the_orphan() {
     );
 
     let out = project.deploy("1.0.1", &[]);
-    let said = crate::common::text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(
-        said.contains(&format!(
-            "replaced an unsupervised service pid {pid}: terminated after SIGTERM in "
-        )),
-        "{said}"
+    exited_saying(
+        &out,
+        0,
+        &format!("replaced an unsupervised service pid {pid}: terminated after SIGTERM in "),
     );
     assert!(!alive(pid));
     let (rc, result) = project.status_json();
@@ -136,12 +121,7 @@ fn starting_is_a_state_with_its_own_code_and_no_verdict_on_health() {
         "r1",
         &Spec::hello(free_port(), &[("STARTUP_DELAY_MS", "4000")]),
     );
-    let mut start = host.command("start", false);
-    start
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut start = Helper(start.spawn().expect("spawn start"));
+    let mut start = host.spawn_start();
 
     let mut last = Value::Null;
     let mut rc = -1;
@@ -191,7 +171,7 @@ fn a_restart_in_its_health_gate_is_starting_and_says_why() {
     );
     spec.extra = json!({"restart": {"initial_delay_ms": 100}});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     let mut last = Value::Null;
     let mut rc = -1;
     let seen = eventually(Duration::from_secs(20), || {
@@ -211,12 +191,9 @@ fn a_restart_in_its_health_gate_is_starting_and_says_why() {
 
 #[test]
 fn a_service_killed_by_sigkill_is_said_so_while_restarting() {
-    let host = Host::new("sigkilled");
     let mut spec = Spec::hello(free_port(), &[]);
     spec.extra = json!({"restart": {"initial_delay_ms": 5_000}});
-    host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let (host, pid) = Host::running("sigkilled", &spec);
     kill9(pid);
     let mut last = String::new();
     let said = eventually(Duration::from_secs(5), || {
@@ -260,19 +237,14 @@ fn the_fleet_status_of_a_starting_service_is_not_unhealthy() {
         .expect("stop");
     assert_eq!(out.status.code(), Some(0));
     let out = project.run(&["status", "local"]);
-    let said = crate::common::text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("  process:   not running\n"), "{said}");
+    let said = exited_saying(&out, 1, "  process:   not running\n");
     assert!(said.contains("  ! not running\n"), "{said}");
     assert!(!said.contains("not running: not running"), "{said}");
 }
 
 #[test]
 fn a_killed_supervisor_whose_service_died_too_is_dead_and_start_begins_afresh() {
-    let host = Host::new("bothgone");
-    host.release("r1", &Spec::hello(free_port(), &[]));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let (host, pid) = Host::running("bothgone", &Spec::hello(free_port(), &[]));
     let supervisor = supervisor_pid(&host.run_dir());
     kill9(supervisor);
     kill9(pid);
@@ -285,7 +257,6 @@ fn a_killed_supervisor_whose_service_died_too_is_dead_and_start_begins_afresh() 
     );
     let out = host.start();
     assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(said.starts_with("started: pid "), "{said}");
+    stdout_starting(&out, "started: pid ");
     assert_eq!(host.status_json().1["state"], "running");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::host::{
-    Helper, Host, Spec, alive, code, eventually, free_port, start_ticks, text,
+    Helper, Host, Spec, code, eventually, free_port, start_ticks, stdout_starting, text,
 };
 use crate::common::http_get;
 
@@ -30,17 +30,13 @@ fn sleeper() -> (Helper, i32, u64) {
 /// A state file that claims `pid` is the running supervisor and its service.
 fn forge_state(host: &Host, pid: i32, ticks: u64) {
     fs::create_dir_all(host.run_dir()).expect("run dir");
-    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
-    let state = json!({
-        "boot_id": boot.trim(),
-        "supervisor": {"pid": pid, "start_ticks": ticks},
-        "service": {"pid": pid, "start_ticks": ticks},
-        "release": "r1",
-        "release_dir": host.lib().join("releases/r1"),
-        "state": "running",
-        "updated_at": "2026-01-01T00:00:00.000Z"
-    });
-    fs::write(host.run_dir().join("supervisor.json"), state.to_string()).expect("state");
+    host.write_state(
+        "running",
+        json!({
+            "supervisor": {"pid": pid, "start_ticks": ticks},
+            "service": {"pid": pid, "start_ticks": ticks},
+        }),
+    );
     fs::write(host.pidfile(), format!("{pid}\n{ticks}\n")).expect("pidfile");
 }
 
@@ -64,12 +60,11 @@ fn a_forged_state_file_gets_no_process_signalled() {
     survives(pid, ticks);
 
     assert_ne!(code(&status), 0, "{}", text(&status));
-    let said = String::from_utf8_lossy(&status.stdout).into_owned();
-    assert!(
-        said.starts_with(&format!(
+    stdout_starting(
+        &status,
+        &format!(
             "dead: supervisor pid {pid} is not this service's supervisor: sleep (it does not hold the supervisor lock)"
-        )),
-        "{said}"
+        ),
     );
 }
 
@@ -117,12 +112,11 @@ fn a_stale_pid_only_pidfile_naming_a_sleep_is_not_the_service() {
     assert_eq!(report["was_running"], false, "{report}");
 
     assert_eq!(code(&out), 1, "{}", text(&out));
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        said.starts_with(&format!(
+    let said = stdout_starting(
+        &out,
+        &format!(
             "not running: stale pidfile: pid {pid} is another process (sleep: its working directory "
-        )),
-        "{said}"
+        ),
     );
     assert!(
         said.trim_end().ends_with("is not a release of pidonly)"),
@@ -161,28 +155,14 @@ fn a_hello_started_by_hand_with_a_legacy_pidfile_is_proven_and_replaced() {
 
     let out = host.run("status", false);
     assert_eq!(code(&out), 1, "{}", text(&out));
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        said.starts_with(&format!(
-            "dead: no supervisor; the service pid {pid} runs unsupervised since "
-        )),
-        "{said}"
+    stdout_starting(
+        &out,
+        &format!("dead: no supervisor; the service pid {pid} runs unsupervised since "),
     );
     let (_, status) = host.status_json();
     assert_eq!(status["release"], "r1", "{status}");
     assert_eq!(status["healthy"], true, "{status}");
 
-    let out = host.start();
-    assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        said.starts_with(&format!(
-            "replaced an unsupervised service pid {pid} (its supervisor was gone): terminated after SIGTERM\n"
-        )),
-        "{said}"
-    );
-    assert!(!alive(pid), "the hand-started hello still runs");
-    let (rc, status) = host.status_json();
-    assert_eq!(rc, 0, "{status}");
+    let status = host.start_replacing(pid, "");
     assert_ne!(status["pid"], pid, "{status}");
 }

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use crate::common::host::{BIN, Host, Spec, free_port};
@@ -38,6 +39,20 @@ fn tool(program: &str) -> Command {
     Command::new(program)
 }
 
+/// Runs the checker `program` (see [`tool`]) with `args` on `file`; it must
+/// pass, else the test fails showing what it said.
+#[track_caller]
+fn assert_passes(program: &str, args: &[&str], file: &Path) {
+    let out = tool(program).args(args).arg(file).output().expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_unit_passes_systemd_analyze_verify() {
     let host = Host::new("unitsvc");
@@ -62,17 +77,7 @@ fn the_unit_passes_systemd_analyze_verify() {
     }
     // The supervisor stays root and drops to `nobody` for the service alone.
     assert!(!text.contains("User="), "{text}");
-    let out = tool("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze");
-    assert!(
-        out.status.success(),
-        "systemd-analyze verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_passes("systemd-analyze", &["verify"], &path);
 }
 
 #[test]
@@ -87,15 +92,7 @@ fn the_init_script_passes_shellcheck_and_its_actions_follow_lsb() {
     let text = fs::read_to_string(&script).expect("script");
     assert!(text.contains("### BEGIN INIT INFO"), "{text}");
 
-    let out = tool("shellcheck")
-        .arg(&script)
-        .output()
-        .expect("shellcheck");
-    assert!(
-        out.status.success(),
-        "shellcheck: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_passes("shellcheck", &[], &script);
 
     let action = |what: &str| -> i32 {
         let out = Command::new("sh")
@@ -114,13 +111,18 @@ fn the_init_script_passes_shellcheck_and_its_actions_follow_lsb() {
         crate::common::http_get(port, "/health").map(|r| r.0),
         Some(200)
     );
-    assert_eq!(action("start"), 0, "start when running");
-    assert_eq!(action("status"), 0, "status when running");
-    assert_eq!(action("reload"), 0, "reload");
-    assert_eq!(action("force-reload"), 0, "force-reload");
-    assert_eq!(action("restart"), 0, "restart");
-    assert_eq!(action("try-restart"), 0, "try-restart when running");
-    assert_eq!(action("status"), 0, "status after the restarts");
+    // While it runs, every action but stop answers 0 and keeps it running.
+    for what in [
+        "start",
+        "status",
+        "reload",
+        "force-reload",
+        "restart",
+        "try-restart",
+        "status",
+    ] {
+        assert_eq!(action(what), 0, "{what} when running");
+    }
     assert_eq!(action("stop"), 0, "stop when running");
     assert_eq!(action("status"), 3, "status when stopped again");
     assert_eq!(action("try-restart"), 0, "try-restart when stopped");

@@ -56,11 +56,7 @@ fn count(host: &Host, prefix: &str) -> usize {
 
 #[test]
 fn a_service_answering_500_is_restarted() {
-    let host = Host::new("sickly");
-    host.release("r1", &spec(&[("UNHEALTHY_AFTER_S", "2")]));
-    let out = host.start();
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    let first_pid = host.service_pid().expect("pid");
+    let (host, first_pid) = Host::running("sickly", &spec(&[("UNHEALTHY_AFTER_S", "2")]));
 
     // While failing, `status` says since when and what the check got.
     let mut last = Value::Null;

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::host::{BIN, Helper, Host, Spec, alive, code, run_limited, text};
+use crate::common::host::{
+    BIN, Helper, Host, Spec, alive, code, run_limited, stdout_starting, text,
+};
 
 /// The supervisor pid the state file names.
 fn supervisor_pid(host: &Host) -> i32 {
@@ -61,8 +63,7 @@ fn a_supervisor_started_by_a_shipjar_binary_elsewhere_is_running_and_stops_grace
     // The binary under test did not start it, and still calls it running.
     let status = host.run("status", false);
     assert_eq!(code(&status), 0, "{}", text(&status));
-    let said = String::from_utf8_lossy(&status.stdout).into_owned();
-    assert!(said.starts_with(&format!("running: pid {jvm}")), "{said}");
+    stdout_starting(&status, &format!("running: pid {jvm}"));
 
     let stop = host.run("stop", true);
     assert_eq!(code(&stop), 0, "{}", text(&stop));
@@ -205,7 +206,7 @@ fn nobody_flocking_whatever_it_can_open_holds_up_no_start_stop_restart_or_status
     // Traversable by all, as `/` is: the attacker can reach the run dir.
     fs::set_permissions(host.root(), fs::Permissions::from_mode(0o755)).expect("chmod");
     host.release("r1", &Spec::hello(crate::common::free_port(), &[]));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     // What a host upgraded from a version with `run/NAME/supervisor.lock`
     // (0644) may still have lying around.
     let legacy = host.run_dir().join("supervisor.lock");
@@ -286,16 +287,10 @@ fn a_holder_of_the_old_supervisor_lock_faked_by_python_is_seen_stopped_and_not_d
     let pid = old.0.id() as i32;
     let ticks = crate::common::host::start_ticks(pid).expect("alive");
     // The old supervisor's state file, as it wrote it.
-    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
-    let state = serde_json::json!({
-        "boot_id": boot.trim(),
-        "supervisor": {"pid": pid, "start_ticks": ticks},
-        "release": "r1",
-        "release_dir": host.lib().join("releases/r1"),
-        "state": "starting",
-        "updated_at": "2026-01-01T00:00:00.000Z"
-    });
-    fs::write(host.run_dir().join("supervisor.json"), state.to_string()).expect("state");
+    host.write_state(
+        "starting",
+        serde_json::json!({"supervisor": {"pid": pid, "start_ticks": ticks}}),
+    );
 
     // Seen as the supervisor: `start` joins its start instead of running a second one.
     let (_, status) = host.status_json();
@@ -308,18 +303,14 @@ fn a_holder_of_the_old_supervisor_lock_faked_by_python_is_seen_stopped_and_not_d
         .arg(host.root());
     let out = run_limited(supervise);
     assert_ne!(code(&out), 0, "{}", text(&out));
-    assert!(
-        host.log().contains(&format!(
-            "supervisor not started: another supervisor is already running for upgraded (pid {pid} ("
-        )),
-        "{}",
-        host.log()
-    );
+    host.assert_logged(&format!(
+        "supervisor not started: another supervisor is already running for upgraded (pid {pid} ("
+    ));
     // `stop` stops it.
     let stop = host.run("stop", false);
     assert_eq!(code(&stop), 0, "{}", text(&stop));
     assert!(!alive(pid), "the old supervisor {pid} still runs");
     // And the service starts with the new lock.
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     assert!(host.run_dir().join("locks/supervisor.lock").is_file());
 }

@@ -3,7 +3,8 @@
 
 use serde_json::json;
 
-use crate::common::host::{Host, Spec, code, free_port, text};
+use crate::common::exited_saying;
+use crate::common::host::{Host, Spec, free_port};
 
 /// The requests hello logged (ACCESS_LOG=1) for `path`.
 fn requests(log: &str, path: &str) -> usize {
@@ -18,11 +19,10 @@ fn a_never_healthy_start_is_probed_sparingly() {
     spec.start_timeout_ms = 20_000;
     host.release("r1", &spec);
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("not healthy after 20s: the last health check got HTTP 503: starting"),
-        "{}",
-        text(&out)
+    exited_saying(
+        &out,
+        1,
+        "not healthy after 20s: the last health check got HTTP 503: starting",
     );
     let log = host.log();
     let probes = requests(&log, "/health");
@@ -41,14 +41,13 @@ fn a_start_that_listens_on_another_port_says_so() {
     spec.start_timeout_ms = 5_000;
     host.release("r1", &spec);
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!(
+    exited_saying(
+        &out,
+        1,
+        &format!(
             "not healthy after 5s: the last health check got connection refused; \
              the service listens on {listens}, the health check asks {asked}"
-        )),
-        "{}",
-        text(&out)
+        ),
     );
 }
 
@@ -56,21 +55,13 @@ fn a_start_that_listens_on_another_port_says_so() {
 fn a_start_that_never_listens_names_the_port() {
     let host = Host::new("deaf");
     let port = free_port();
-    host.release(
-        "r1",
-        &Spec::shell(
-            "exec sleep 600",
-            json!({"kind": "tcp", "port": port}),
-            3_000,
-        ),
-    );
+    host.release("r1", &Spec::shell_on_port("exec sleep 600", port, 3_000));
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!(
+    exited_saying(
+        &out,
+        1,
+        &format!(
             "not healthy after 3s: the last health check got connection refused; nothing listens on port {port}"
-        )),
-        "{}",
-        text(&out)
+        ),
     );
 }

@@ -8,10 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use serde_json::json;
-
 use crate::common::host::{self, Host, Spec};
-use crate::common::{Project, ok};
+use crate::common::{Project, exited_saying, ok};
 
 /// A system user with a supplementary group, removed on drop.
 struct TestUser {
@@ -24,6 +22,7 @@ struct TestUser {
 
 impl TestUser {
     fn create(tag: &str) -> TestUser {
+        host::require_root();
         let n = std::process::id() % 100_000;
         let name = format!("sj{tag}{n}");
         let extra_group = format!("sj{tag}g{n}");
@@ -126,26 +125,27 @@ fn status_field(pid: i32, field: &str) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-#[ignore = "needs root"]
-fn the_jvm_runs_as_its_user_and_cannot_write_its_release() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run as root (run-tests does)"
-    );
-    let user = TestUser::create("p");
+/// A hello project whose service runs as `user` (`edit` changes its config
+/// further), open to that user, with 1.0.0 deployed.
+fn deployed_as(user: &TestUser, edit: impl FnOnce(String) -> String) -> Project {
     let p = Project::with_config(|c| {
-        c.replacen(
+        edit(c.replacen(
             "name = \"hello\"\n",
             &format!("name = \"hello\"\nuser = \"{}\"\n", user.name),
             1,
-        )
+        ))
     });
     // tempdir makes the project 0700: the service user must reach its release.
     fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     ok(p.deploy("1.0.0", &[]));
+    p
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_jvm_runs_as_its_user_and_cannot_write_its_release() {
+    let user = TestUser::create("p");
+    let p = deployed_as(&user, |c| c);
 
     let pidfile = p.root().join("run/hello/hello.pid");
     let pid: i32 = fs::read_to_string(&pidfile)
@@ -203,40 +203,24 @@ fn the_jvm_runs_as_its_user_and_cannot_write_its_release() {
         (user.uid, user.gid, 0o640)
     );
 
-    ok(p.run(&[
-        "service",
-        "stop",
-        "hello",
-        "--root",
-        &p.root().to_string_lossy(),
-    ]));
+    ok(p.service("stop", &[]));
 }
 
 #[test]
 #[ignore = "needs root"]
 fn a_release_the_service_user_could_change_is_refused() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run as root (run-tests does)"
-    );
     let user = TestUser::create("w");
     let host = Host::new("lax");
     fs::set_permissions(host.root(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut spec = Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000);
+    let mut spec = Spec::sleeper();
     spec.user = Some(user.name.clone());
     let release = host.release("r1", &spec);
     fs::set_permissions(release.join("config"), fs::Permissions::from_mode(0o777)).expect("chmod");
     let out = host.start();
-    assert_eq!(host::code(&out), 1, "{}", host::text(&out));
-    assert!(
-        host::text(&out).contains(&format!(
-            "config is writable by the service user {}",
-            user.name
-        )),
-        "{}",
-        host::text(&out)
+    exited_saying(
+        &out,
+        1,
+        &format!("config is writable by the service user {}", user.name),
     );
     assert!(host.service_pid().is_none(), "started anyway");
 }
@@ -244,28 +228,15 @@ fn a_release_the_service_user_could_change_is_refused() {
 #[test]
 #[ignore = "needs root"]
 fn a_service_writing_its_own_name_log_keeps_it() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run as root (run-tests does)"
-    );
     let user = TestUser::create("l");
     // Its own logging writes /var/log/hello/hello.log, as a logback.xml would.
-    let p = Project::with_config(|c| {
+    let p = deployed_as(&user, |c| {
         c.replacen(
-            "name = \"hello\"\n",
-            &format!("name = \"hello\"\nuser = \"{}\"\n", user.name),
-            1,
-        )
-        .replacen(
             "BIND = \"127.0.0.1\" }",
             "BIND = \"127.0.0.1\", OWN_LOG_FILE = \"{{ log_dir }}/hello.log\" }",
             1,
         )
     });
-    fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    ok(p.deploy("1.0.0", &[]));
     let own = p.root().join("var/log/hello/hello.log");
     let first = fs::metadata(&own).expect("the service's own log");
     assert_eq!(first.uid(), user.uid, "created by the service itself");
@@ -288,11 +259,5 @@ fn a_service_writing_its_own_name_log_keeps_it() {
         (console.uid(), console.gid(), console.mode() & 0o777),
         (user.uid, user.gid, 0o640)
     );
-    ok(p.run(&[
-        "service",
-        "stop",
-        "hello",
-        "--root",
-        &p.root().to_string_lossy(),
-    ]));
+    ok(p.service("stop", &[]));
 }

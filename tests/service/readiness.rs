@@ -1,13 +1,11 @@
 //! Readiness that cannot be fooled: the check counts only when this start's
 //! processes hold the socket it reached, and it is noticed quickly.
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
-
+use crate::common::exited_saying;
 use crate::common::host::{HELLO_JAVA_OPTS, Helper, Host, Spec, code, eventually, free_port, text};
 
 #[test]
@@ -35,13 +33,10 @@ fn an_old_instance_holding_the_port_is_named() {
     host.release("r1", &Spec::hello(port, &[]));
     let began = Instant::now();
     let out = host.start();
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!(
-            "error: port {port} already in use by pid {old_pid} (java)"
-        )),
-        "{}",
-        text(&out)
+    exited_saying(
+        &out,
+        1,
+        &format!("error: port {port} already in use by pid {old_pid} (java)"),
     );
     assert!(began.elapsed() < Duration::from_secs(5), "slow to refuse");
     assert_eq!(code(&host.run("status", false)), 3);
@@ -53,14 +48,7 @@ fn a_listener_appearing_during_the_start_is_not_taken_for_the_service() {
     let host = Host::new("impostor");
     let port = free_port();
     // The service never listens; someone else will, while it starts.
-    host.release(
-        "r1",
-        &Spec::shell(
-            "exec sleep 600",
-            json!({"kind": "tcp", "port": port}),
-            20_000,
-        ),
-    );
+    host.release("r1", &Spec::shell_on_port("exec sleep 600", port, 20_000));
     let mut start = host.command("start", false);
     start.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut start = Helper(start.spawn().expect("spawn start"));
@@ -71,12 +59,8 @@ fn a_listener_appearing_during_the_start_is_not_taken_for_the_service() {
     host.remember();
     let impostor = TcpListener::bind(("127.0.0.1", port)).expect("bind the port");
 
-    let status = start.0.wait().expect("start ends");
-    let mut err = String::new();
-    if let Some(mut stderr) = start.0.stderr.take() {
-        let _ = stderr.read_to_string(&mut err);
-    }
-    assert_eq!(status.code(), Some(1), "{err}");
+    let (code, err) = start.finish();
+    assert_eq!(code, Some(1), "{err}");
     let me = std::process::id();
     assert!(
         err.contains(&format!("port {port} already in use by pid {me}"))

@@ -5,15 +5,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::exited_saying;
 use crate::common::host::{Host, Spec, alive, code, eventually, free_port, text};
 
 #[test]
 fn reload_without_a_signal_restarts_through_the_gate_into_current() {
-    let host = Host::new("refresh");
     let port = free_port();
-    host.release("r1", &Spec::hello(port, &[]));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let first = host.service_pid().expect("pid");
+    let (host, first) = Host::running("refresh", &Spec::hello(port, &[]));
 
     host.release("r2", &Spec::hello(port, &[]));
     let out = host.run("reload", true);
@@ -51,16 +49,10 @@ fn reload_with_a_signal_passes_it_to_the_service() {
     );
     spec.extra = json!({"reload": {"signal": "SIGHUP"}});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let pid = host.started();
 
     let out = host.run("reload", false);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("reloaded: sent SIGHUP to pid {pid}")),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 0, &format!("reloaded: sent SIGHUP to pid {pid}"));
     assert!(
         eventually(Duration::from_secs(5), || host
             .log()
@@ -80,10 +72,5 @@ fn reload_of_a_stopped_service_fails() {
     let host = Host::new("asleep");
     host.release("r1", &Spec::hello(free_port(), &[]));
     let out = host.run("reload", false);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("not running: nothing to reload"),
-        "{}",
-        text(&out)
-    );
+    exited_saying(&out, 1, "not running: nothing to reload");
 }

@@ -5,7 +5,7 @@
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::common::host::{Host, Spec, alive, code, text};
 
@@ -18,10 +18,7 @@ fn report(out: &Output) -> Value {
 #[test]
 fn every_action_of_a_plain_service_prints_a_json_report_that_matches_what_runs() {
     let host = Host::new("reported");
-    host.release(
-        "r1",
-        &Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000),
-    );
+    host.release("r1", &Spec::sleeper());
 
     let out = host.run("start", true);
     assert_eq!(code(&out), 0, "{}\n{}", text(&out), host.log());
@@ -113,10 +110,7 @@ fn with_stdout_closed(host: &Host, verb: &str, json: bool) -> (i32, String) {
 #[test]
 fn every_action_with_its_stdout_closed_ends_with_its_own_code_not_a_panic() {
     let host = Host::new("headless");
-    host.release(
-        "r1",
-        &Spec::shell("exec sleep 600", json!({"kind": "none"}), 5_000),
-    );
+    host.release("r1", &Spec::sleeper());
     for (verb, json, expected) in [
         ("start", false, 0),
         ("status", false, 0),

@@ -22,10 +22,7 @@ fn stop_json(host: &Host) -> Value {
 
 #[test]
 fn a_jvm_stops_cleanly_with_143() {
-    let host = Host::new("polite");
-    host.release("r1", &Spec::hello(crate::common::free_port(), &[]));
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let (host, pid) = Host::running("polite", &Spec::hello(crate::common::free_port(), &[]));
     let report = stop_json(&host);
     assert_eq!(report["how"], "exited 143 after SIGTERM", "{report}");
     assert_eq!(report["exit_code"], 143);
@@ -40,13 +37,10 @@ fn a_jvm_stops_cleanly_with_143() {
 
 #[test]
 fn a_jvm_ignoring_sigterm_dumps_its_threads_then_is_killed() {
-    let host = Host::new("deaf");
     let mut spec = Spec::hello(crate::common::free_port(), &[("IGNORE_SIGTERM", "1")]);
     spec.stop_timeout_ms = 2_000;
     spec.extra = json!({"stop": {"timeout_ms": 2_000, "thread_dump": true}});
-    host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
-    let pid = host.service_pid().expect("pid");
+    let (host, pid) = Host::running("deaf", &spec);
 
     let began = Instant::now();
     let report = stop_json(&host);
@@ -92,7 +86,7 @@ fn the_stop_hook_runs_before_sigterm() {
         "hook_timeout_ms": 5_000
     }});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     let report = stop_json(&host);
     assert_eq!(report["clean"], true, "{report}");
     let log = host.log();
@@ -119,7 +113,7 @@ fn a_hung_stop_hook_is_killed_and_the_stop_goes_on() {
         "hook_timeout_ms": 500
     }});
     host.release("r1", &spec);
-    assert_eq!(code(&host.start()), 0, "{}", host.log());
+    host.started();
     let began = Instant::now();
     let report = stop_json(&host);
     assert!(began.elapsed() < Duration::from_secs(15), "{report}");

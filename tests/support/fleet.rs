@@ -90,11 +90,10 @@ const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 /// How long a host may take to accept connections on port 22.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// True when running as root. Otherwise prints the one line saying why a fleet
-/// test did nothing, so a test can `require_root();`.
 /// Fails the test loudly unless it runs as root: a root-only test that cannot
 /// run must not count as passed (they are `#[ignore]`d, so only
-/// `--include-ignored` reaches here).
+/// `--include-ignored` reaches here). Bringing up a fleet checks this first,
+/// so a test calls it only when it does something as root before that.
 pub fn require_root() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
@@ -151,11 +150,7 @@ impl Fleet {
             (1..=250).contains(&n),
             "Fleet::new({n}): a fleet has 1 to 250 hosts"
         );
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "Fleet::new needs root (network namespaces, mounts); \
-             start the test with `require_root();`"
-        );
+        require_root();
         check_tools();
         let started = Instant::now();
         let (k, dir) = match locked(|| {
@@ -263,6 +258,30 @@ impl Fleet {
         )
         .output()
         .expect("run nsenter")
+    }
+
+    /// `sh -c SCRIPT` inside the host, as [`Fleet::exec`] runs a command.
+    pub fn sh(&self, host: &str, script: &str) -> Output {
+        self.exec(host, &["sh", "-c", script])
+    }
+
+    /// What `sh -c SCRIPT` inside the host printed on its stdout.
+    pub fn sh_stdout(&self, host: &str, script: &str) -> String {
+        String::from_utf8_lossy(&self.sh(host, script).stdout).into_owned()
+    }
+
+    /// The host's processes: (pid, command line with spaces for NULs), the
+    /// shell that lists them included.
+    pub fn processes(&self, host: &str) -> Vec<(i32, String)> {
+        let script = "for d in /proc/[0-9]*; do c=$(tr '\\0' ' ' < \"$d/cmdline\" 2>/dev/null); \
+                      [ -n \"$c\" ] && echo \"${d#/proc/} $c\"; done; true";
+        self.sh_stdout(host, script)
+            .lines()
+            .filter_map(|l| {
+                let (pid, cmd) = l.split_once(' ')?;
+                Some((pid.parse().ok()?, cmd.to_string()))
+            })
+            .collect()
     }
 
     /// Cuts the host off the network: its bridge port goes down, so nothing
@@ -1341,26 +1360,22 @@ impl Fleet {
         );
     }
 
+    /// `tc qdisc ARGS…` in the switch's namespace, not yet run.
+    fn switch_tc(&self, args: &[&str]) -> Command {
+        let mut tc = Command::new("ip");
+        tc.args(["netns", "exec", &self.switch, "tc", "qdisc"])
+            .args(args);
+        tc
+    }
+
     /// Slows what is sent to the host to `kbit` kbit/s (a token bucket on its
     /// bridge port), so that an upload takes long enough to be interrupted.
     pub fn slow_link(&self, host: &str, kbit: u32) {
         let port = &self.host(host).port;
         let rate = format!("{kbit}kbit");
-        if let Err(e) = run(Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.switch,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                port,
-            ])
-            .args([
-                "root", "tbf", "rate", &rate, "burst", "32kbit", "latency", "400ms",
-            ]))
-        {
+        if let Err(e) = run(self.switch_tc(&["replace", "dev", port]).args([
+            "root", "tbf", "rate", &rate, "burst", "32kbit", "latency", "400ms",
+        ])) {
             panic!("fleet {}: slowing {host}'s link: {e}", self.prefix);
         }
     }
@@ -1368,18 +1383,7 @@ impl Fleet {
     /// Undoes [`Fleet::slow_link`].
     pub fn fast_link(&self, host: &str) {
         let port = &self.host(host).port;
-        let _ = run(Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.switch,
-                "tc",
-                "qdisc",
-                "del",
-                "dev",
-                port,
-            ])
-            .arg("root"));
+        let _ = run(self.switch_tc(&["del", "dev", port]).arg("root"));
     }
 
     fn host_mut(&mut self, name: &str) -> &mut Host {

@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::common::{self, hello_jar, last_json, text};
@@ -65,6 +65,34 @@ impl StageProject {
         }
     }
 
+    /// A project in a new temp dir whose stage `stage` is the one host
+    /// `host`; the rest as for [`StageProject::new`].
+    pub fn one_host(
+        stage: &str,
+        host: &str,
+        ssh_config: &Path,
+        stage_extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> StageProject {
+        let hosts = [host.to_string()];
+        StageProject::new(
+            temp_dir(stage),
+            stage,
+            &hosts,
+            ssh_config,
+            stage_extra,
+            edit,
+        )
+    }
+
+    /// Asserts that `status` of the stage exits 1, flagging that a host
+    /// drifted from the stage's last deploy.
+    #[track_caller]
+    pub fn assert_drifted(&self) {
+        let status = self.run(&["status", &self.stage]);
+        common::exited_saying(&status, 1, "! drifted from the stage's last deploy");
+    }
+
     /// The project directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -75,6 +103,13 @@ impl StageProject {
         let file = self.path().join("shipjar.toml");
         let config = std::fs::read_to_string(&file).expect("read config");
         std::fs::write(&file, config + text).expect("write config");
+    }
+
+    /// Rewrites shipjar.toml with `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let file = self.path().join("shipjar.toml");
+        let config = std::fs::read_to_string(&file).expect("read config");
+        std::fs::write(&file, edit(config)).expect("write config");
     }
 
     /// `shipjar -C DIR ARGS…` with the secret in its environment, not yet run.
@@ -112,17 +147,19 @@ impl StageProject {
         self.deploy_with(version, &extra)
     }
 
+    /// Starts `--json deploy` of the hello jar as `version`, then the
+    /// `extra` arguments, its output piped.
+    pub fn spawn_deploy(&self, version: &str, extra: &[&str]) -> std::process::Child {
+        let args = self.deploy_args(version, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::spawn_piped(self.command(&args))
+    }
+
     /// Starts `--json deploy` of `version` whose service takes
     /// `startup_delay_ms` to get healthy, its output piped.
     pub fn spawn_slow_deploy(&self, version: &str, startup_delay_ms: u32) -> std::process::Child {
         let delay = format!("STARTUP_DELAY_MS={startup_delay_ms}");
-        let args = self.deploy_args(version, &["--env", &delay]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.command(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn deploy")
+        self.spawn_deploy(version, &["--env", &delay])
     }
 
     /// A deploy that must succeed.

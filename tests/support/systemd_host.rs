@@ -228,10 +228,7 @@ impl SystemdFleet {
     /// Boots `n` hosts `app1`..`appN` in parallel. Panics naming what failed
     /// (with the host's logs); whatever was created is removed again.
     pub fn new(n: usize) -> SystemdFleet {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "SystemdFleet::new needs root (namespaces, mounts, cgroups)"
-        );
+        require_root();
         fleet::check_tools();
         assert!(
             Path::new("/lib/systemd/systemd").exists(),
