@@ -68,30 +68,20 @@ pub fn activate(
     let (ok, detail) = match result {
         Ok(()) => (true, String::new()),
         Err(e) => {
-            // A cancel stops the new release; going back must run to the end.
-            cancel::clear();
-            failed(&e.step, &e.message);
-            let failure = e.to_string();
-            record_failure(&mut outcome, e);
-            let now = match &manifest.proxy {
-                // Where the switch went back to, or (a failed gate) the old
-                // instance, which never stopped taking traffic.
-                Some(spec) => outcome.now_running.take().unwrap_or_else(|| {
-                    proxied::switch::now_running(layout, spec, previous.as_deref())
-                }),
-                None => revert(layout, previous.as_deref(), release, emit),
-            };
-            let detail = format!("{failure}; {}", describe_now_running(&now));
-            outcome.now_running = Some(now);
+            let detail = after_failure(
+                layout,
+                &manifest,
+                previous.as_deref(),
+                e,
+                emit,
+                failed,
+                &mut outcome,
+            );
             (false, detail)
         }
     };
     outcome.ok = ok;
-    let detail = match (partial, detail.is_empty()) {
-        (None, _) => detail,
-        (Some(p), true) => format!("partial: {p}"),
-        (Some(p), false) => format!("{detail}; partial: {p}"),
-    };
+    let detail = with_partial(detail, partial);
     let revision = Revision {
         time: now_rfc3339(),
         action: action.clone(),
@@ -109,6 +99,46 @@ pub fn activate(
         emit("record", &format!("cannot append to revisions.log: {e}"));
     }
     outcome
+}
+
+/// After a failed switch: the failure told and recorded, the host back on
+/// what it ran before (or, behind the proxy, where the switch went back to);
+/// the revision's detail.
+fn after_failure(
+    layout: &Layout,
+    manifest: &ReleaseManifest,
+    previous: Option<&str>,
+    e: HostError,
+    emit: &dyn Fn(&str, &str),
+    failed: &dyn Fn(&str, &str),
+    outcome: &mut Activation,
+) -> String {
+    // A cancel stops the new release; going back must run to the end.
+    cancel::clear();
+    failed(&e.step, &e.message);
+    let failure = e.to_string();
+    record_failure(outcome, e);
+    let now = match &manifest.proxy {
+        // Where the switch went back to, or (a failed gate) the old
+        // instance, which never stopped taking traffic.
+        Some(spec) => outcome
+            .now_running
+            .take()
+            .unwrap_or_else(|| proxied::switch::now_running(layout, spec, previous)),
+        None => revert(layout, previous, &manifest.id, emit),
+    };
+    let detail = format!("{failure}; {}", describe_now_running(&now));
+    outcome.now_running = Some(now);
+    detail
+}
+
+/// A revision's detail, naming the hosts of a partial run.
+fn with_partial(detail: String, partial: Option<&str>) -> String {
+    match (partial, detail.is_empty()) {
+        (None, _) => detail,
+        (Some(p), true) => format!("partial: {p}"),
+        (Some(p), false) => format!("{detail}; partial: {p}"),
+    }
 }
 
 /// `shipjar restart STAGE` on this host: `release` (which must be current)

@@ -287,6 +287,46 @@ async fn serve(
         describe(active),
         describe_settings(&shared.spec)
     );
+    start_side_tasks(&shared, layout, active, control)?;
+
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors and the like: wait, never spin.
+                eprintln!("shipjar proxy: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let settings = shared.settings();
+        let Some(admitted) = gate.admit() else {
+            gate.refuse(
+                stream,
+                over_cap_answer(&shared.name, settings.max_connections),
+            );
+            continue;
+        };
+        tokio::spawn(client_connection(
+            shared.clone(),
+            settings,
+            stream,
+            peer,
+            admitted,
+        ));
+    }
+}
+
+/// What runs beside the accept loop: the active release's settings and log
+/// rotation taken, the certificate watch, the HTTPS redirect, the metrics
+/// scrape and the control socket.
+fn start_side_tasks(
+    shared: &Arc<Shared>,
+    layout: &Layout,
+    active: u16,
+    control: tokio::net::UnixListener,
+) -> Result<(), String> {
     // A worker restarted after a switch serves with the active release's settings.
     if let Some(release) = release_settings(layout, active) {
         shared.adopt(release);
@@ -317,34 +357,7 @@ async fn serve(
             }
         }
     });
-
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // Out of descriptors and the like: wait, never spin.
-                eprintln!("shipjar proxy: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let settings = shared.settings();
-        let Some(admitted) = gate.admit() else {
-            gate.refuse(
-                stream,
-                over_cap_answer(&shared.name, settings.max_connections),
-            );
-            continue;
-        };
-        tokio::spawn(client_connection(
-            shared.clone(),
-            settings,
-            stream,
-            peer,
-            admitted,
-        ));
-    }
+    Ok(())
 }
 
 /// One client connection, admitted under `max_connections`: HTTP/1.1 with

@@ -168,29 +168,42 @@ pub(super) fn lock_host(
         resume: resume.map(str::to_string),
     };
     let Some(response) = run.call("lock", request, reporter) else {
-        // A pending canary's lock says itself how to go on.
-        if run.error_kind == Some(ErrorKind::LockHeld)
-            && let Some(reason) = run.outcome.reason.as_mut()
-            && !reason.contains("a pending canary of")
-        {
-            let wait = if run.waiting {
-                "the --wait time ran out"
-            } else {
-                "use --wait DURATION to queue behind it"
-            };
-            reason.push_str(&format!(
-                "; {wait}, or `shipjar unlock {}` if that deploy is dead",
-                stage.name
-            ));
-        }
+        say_how_to_get_past_the_lock(run, &stage.name);
         return;
     };
     let Response::Begun(state) = response else {
         return run.fail("lock", format!("unexpected answer: {response:?}"), reporter);
     };
+    report_locked(&run.host, &state, reporter);
+    run.outcome.previous = state.current.clone();
+    run.outcome.locked = true;
+    run.state = Some(*state);
+}
+
+/// A lock held by another deploy: how to get past it (a pending canary's
+/// lock says that itself).
+fn say_how_to_get_past_the_lock(run: &mut Run, stage: &str) {
+    if run.error_kind == Some(ErrorKind::LockHeld)
+        && let Some(reason) = run.outcome.reason.as_mut()
+        && !reason.contains("a pending canary of")
+    {
+        let wait = if run.waiting {
+            "the --wait time ran out"
+        } else {
+            "use --wait DURATION to queue behind it"
+        };
+        reason.push_str(&format!(
+            "; {wait}, or `shipjar unlock {stage}` if that deploy is dead"
+        ));
+    }
+}
+
+/// What taking the lock found: leftovers removed, a canary or an expired
+/// lease taken over, the current release.
+fn report_locked(host: &str, state: &HostState, reporter: &Reporter) {
     for path in &state.cleaned_up {
         reporter.step(
-            &run.host,
+            host,
             "lock",
             StepStatus::Info,
             &format!("removed leftover of an interrupted run: {path}"),
@@ -198,7 +211,7 @@ pub(super) fn lock_host(
     }
     if let Some(pending) = &state.resumed {
         reporter.step(
-            &run.host,
+            host,
             "lock",
             StepStatus::Info,
             &format!(
@@ -209,14 +222,14 @@ pub(super) fn lock_host(
     }
     if let Some(previous) = &state.took_over {
         reporter.step(
-            &run.host,
+            host,
             "lock",
             StepStatus::Warning,
             &format!("took over an expired lock: {previous}"),
         );
     }
     reporter.step(
-        &run.host,
+        host,
         "lock",
         StepStatus::Ok,
         &format!(
@@ -224,9 +237,6 @@ pub(super) fn lock_host(
             state.current.as_deref().unwrap_or("(none)")
         ),
     );
-    run.outcome.previous = state.current.clone();
-    run.outcome.locked = true;
-    run.state = Some(*state);
 }
 
 /// How a host's own download ended.
@@ -439,38 +449,25 @@ pub(super) fn activate_host(
                     StepStatus::Ok,
                     &format!("healthy on {}", activation.release),
                 );
-            } else if restart {
-                // Nothing to go back to: the host stays as its restart left it.
-                run.outcome.state = FinalState::Failed;
-                let step = activation
-                    .failed_step
-                    .clone()
-                    .unwrap_or_else(|| "restart".into());
-                let reason = activation.reason.clone().unwrap_or_default();
-                if run.failure_shown {
-                    run.record_failure(&step, reason);
-                } else {
-                    run.fail(&step, reason, reporter);
-                }
             } else {
-                let back_on_a_release = activation
+                run.outcome.state = if restart {
+                    // Nothing to go back to: the host stays as its restart left it.
+                    FinalState::Failed
+                } else if activation
                     .now_running
                     .as_ref()
-                    .is_some_and(|n| n.release.is_some());
-                run.outcome.state = if back_on_a_release {
+                    .is_some_and(|n| n.release.is_some())
+                {
                     FinalState::Reverted
                 } else {
                     FinalState::Stopped
                 };
-                let step = activation
-                    .failed_step
-                    .clone()
-                    .unwrap_or_else(|| "activate".into());
+                let step = activation.failed_step.as_deref().unwrap_or(step);
                 let reason = activation.reason.clone().unwrap_or_default();
                 if run.failure_shown {
-                    run.record_failure(&step, reason);
+                    run.record_failure(step, reason);
                 } else {
-                    run.fail(&step, reason, reporter);
+                    run.fail(step, reason, reporter);
                 }
             }
             run.outcome.activation = Some(*activation);
