@@ -65,7 +65,9 @@ esac'
 masters=$(mktemp -d)
 cleanup() {
     for sock in "$masters"/*; do
-        [ -e "$sock" ] && ssh -F "$cfg" -o ControlPath="$sock" -O exit x 2>/dev/null || true
+        if [ -e "$sock" ]; then
+            ssh -F "$cfg" -o ControlPath="$sock" -O exit x 2>/dev/null || true
+        fi
     done
     rm -rf -- "$masters"
 }
