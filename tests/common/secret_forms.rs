@@ -61,10 +61,19 @@ pub fn forms(secret: &str) -> Vec<(String, Vec<u8>)> {
 
 /// The names of the forms of `secret` that occur in `hay`.
 pub fn found(hay: &[u8], secret: &str) -> Vec<String> {
-    let mut found: Vec<String> = forms(secret)
+    let forms = forms(secret);
+    let mut seen = vec![false; forms.len()];
+    // One pass for every form: the haystack may be a class-data archive of several MiB.
+    if let Ok(matcher) = aho_corasick::AhoCorasick::new(forms.iter().map(|(_, n)| n)) {
+        for m in matcher.find_overlapping_iter(hay) {
+            seen[m.pattern().as_usize()] = true;
+        }
+    }
+    let mut found: Vec<String> = forms
         .into_iter()
-        .filter(|(_, needle)| hay.windows(needle.len()).any(|w| w == needle.as_slice()))
-        .map(|(what, _)| what)
+        .zip(seen)
+        .filter(|(_, seen)| *seen)
+        .map(|((what, _), _)| what)
         .collect();
     if base64_blob_holds_a_piece(hay, secret) {
         found.push(format!("{MIN_CHARS} bytes in a row in a base64 blob"));

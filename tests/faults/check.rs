@@ -231,8 +231,27 @@ pub fn leftovers(s: &mut Suite) {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+/// Every form of every secret, matched in one pass over a file (the hosts hold
+/// class-data archives of several MiB each: a pass per form would take minutes).
+struct Needles(Option<aho_corasick::AhoCorasick>);
+
+impl Needles {
+    fn new(needles: &[Vec<u8>]) -> Needles {
+        let needles: Vec<&Vec<u8>> = needles.iter().filter(|n| !n.is_empty()).collect();
+        Needles(if needles.is_empty() {
+            None
+        } else {
+            Some(
+                aho_corasick::AhoCorasick::new(needles)
+                    .expect("the secrets' forms make an automaton"),
+            )
+        })
+    }
+
+    /// Whether any form of any secret is in `hay`.
+    fn in_(&self, hay: &[u8]) -> bool {
+        self.0.as_ref().is_some_and(|m| m.is_match(hay))
+    }
 }
 
 /// The secret files themselves: a `database.properties` readable by owner
@@ -245,14 +264,14 @@ fn allowed_secret_file(path: &Path) -> bool {
         || (name == "SECRETS" && mode == 0o600)
 }
 
-fn scan_dir(dir: &Path, needles: &[Vec<u8>], found: &mut Vec<String>, allowed: &mut u32) {
+fn scan_dir(dir: &Path, needles: &Needles, found: &mut Vec<String>, allowed: &mut u32) {
     // Artifacts are the jars; usr-local holds the agent binary.
     for (path, name, meta) in crate::common::files_under(dir, &["artifacts", "target"]) {
         if meta.len() < 20 << 20
             && !name.ends_with(".jar")
             && name != "shipjar"
             && let Ok(bytes) = std::fs::read(&path)
-            && needles.iter().any(|n| contains(&bytes, n))
+            && needles.in_(&bytes)
         {
             if allowed_secret_file(&path) {
                 *allowed += 1;
@@ -276,6 +295,7 @@ pub fn scan_secrets(s: &mut Suite) {
         .flat_map(|x| crate::common::secret_forms::forms(x))
         .map(|(_, bytes)| bytes)
         .collect();
+    let needles = Needles::new(&needles);
     let mut found = Vec::new();
     for secret in s.secrets_used.iter().filter(|x| x.len() >= 8) {
         let forms = crate::common::secret_forms::found(&s.transcript, secret);
@@ -304,7 +324,7 @@ pub fn scan_secrets(s: &mut Suite) {
         );
         for file in String::from_utf8_lossy(&list.stdout).lines() {
             let out = s.fleet.exec(&host, &["cat", file]);
-            if needles.iter().any(|n| contains(&out.stdout, n)) {
+            if needles.in_(&out.stdout) {
                 found.push(format!("{host}:{file}"));
             }
         }
