@@ -346,7 +346,13 @@ fn initscript_auto_revert_goes_back_and_the_service_stays_running() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert!(said.contains("(version 2.0.0)"), "{said}");
-    assert_eq!(served(&f).as_deref(), Some("1.0.0"));
+    // The revert is recorded when the previous release's start begins: it
+    // serves once that start passes its health gate.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served(&f).as_deref() != Some("1.0.0") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(served(&f).as_deref(), Some("1.0.0"), "{said}");
     let revisions = ssh_ok(&f, "grep -c '\tauto-revert\t' /var/lib/hello/revisions.log");
     assert_eq!(revisions, "2");
     p.assert_drifted();
