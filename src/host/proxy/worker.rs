@@ -758,6 +758,29 @@ async fn handle(
             return Ok(unavailable(&shared, &settings));
         };
         match send(&shared, &settings, &parts, &path, flight.port, &body, &cap).await {
+            Sent::Answered(response)
+                if upgrade.is_none()
+                    && held_whole(&parts, &response)
+                    && !super::stream::declared_over(
+                        response.headers(),
+                        settings.max_response_body,
+                    ) =>
+            {
+                // A small answer to a bodiless request is held until whole:
+                // an instance killed mid-answer leaves the client nothing
+                // half-sent, and the request goes again.
+                let port = flight.port;
+                match whole(response, &settings).await {
+                    Some(response) => return Ok(held_answer(response, port)),
+                    None => {
+                        drop(flight);
+                        if tokio::time::Instant::now() >= deadline {
+                            return Ok(unavailable(&shared, &settings));
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
             Sent::Answered(response) => {
                 return Ok(answered(&shared, &settings, response, flight, upgrade));
             }
@@ -818,6 +841,48 @@ fn answered(
     let drain = shared.drains.open(port, Kind::Stream);
     let body = Streamed::new(body, flight, drain, settings.max_response_body);
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// The largest answer held until whole before its head goes out.
+const HELD_WHOLE_MAX: u64 = 64 * 1024;
+
+/// Whether an answer is held until whole: a GET or HEAD without a body, a
+/// declared length up to [`HELD_WHOLE_MAX`], not a stream.
+fn held_whole(request: &hyper::http::request::Parts, response: &Response<Incoming>) -> bool {
+    let bodiless = matches!(request.method, hyper::Method::GET | hyper::Method::HEAD)
+        && request
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+        && !request.headers.contains_key(header::TRANSFER_ENCODING);
+    let small = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= HELD_WHOLE_MAX);
+    bodiless && small && response.status() != StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// The whole answer, or `None` when its instance went away before its end
+/// (or it did not come within the upstream timeout, 30 s without one).
+async fn whole(response: Response<Incoming>, settings: &ProxySpec) -> Option<Response<Bytes>> {
+    use http_body_util::BodyExt;
+    let limit = Duration::from_millis(settings.upstream_timeout_ms.unwrap_or(30_000));
+    let (parts, body) = response.into_parts();
+    let bytes = tokio::time::timeout(limit, body.collect())
+        .await
+        .ok()?
+        .ok()?
+        .to_bytes();
+    Some(Response::from_parts(parts, bytes))
+}
+
+/// A held answer, sent on whole.
+fn held_answer(response: Response<Bytes>, port: u16) -> Response<DownBody> {
+    let (mut parts, bytes) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.extensions.insert(Instance(port));
+    Response::from_parts(parts, Either::Right(Full::new(bytes)))
 }
 
 /// 413: the client's body is over `max_request_body`.
