@@ -2,6 +2,7 @@
 //! `examples/hello` and real sockets on 127.0.0.1.
 
 mod common;
+use common::proxied::{self, Cleanup, runner_pid};
 use common::{exited_saying, ok};
 #[path = "support/keep_alive.rs"]
 mod keep_alive;
@@ -17,46 +18,6 @@ use common::host::{sigkill, wait_gone};
 use common::{Project, free_port, http_get, text};
 use keep_alive::Conn as KeepAlive;
 
-/// Stops the proxied service when a test ends, even when it failed; then
-/// SIGKILLs whatever an instance pidfile or the proxy keeper still names.
-struct Cleanup(std::path::PathBuf, [u16; 2]);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(common::shipjar_bin())
-            .args(["service", "stop", "hello", "--root"])
-            .arg(&self.0)
-            .output();
-        let run = self.0.join("run/hello");
-        // The runner, if it outlived the stop.
-        if let Some(pid) = runner_pid(&self.0) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        // The proxy's keeper, if it outlived the stop (its worker dies with it).
-        let keeper = std::fs::read_to_string(run.join("proxy/keeper.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["keeper"]["pid"].as_i64());
-        if let Some(pid) = keeper {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let root = self.0.to_string_lossy().into_owned();
-            let text = String::from_utf8_lossy(&cmdline).into_owned();
-            if text.contains("proxy") && text.contains(&root) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        for port in self.1 {
-            common::host::kill_recorded_group(&run.join(format!("instance-{port}/hello.pid")));
-        }
-    }
-}
-
 /// The example behind a proxy on the project's port, instances on two free ports.
 fn proxied_project() -> (Project, [u16; 2]) {
     proxied_project_with("")
@@ -64,20 +25,10 @@ fn proxied_project() -> (Project, [u16; 2]) {
 
 /// `proxied_project` with `extra` lines in its `[proxy]` section.
 fn proxied_project_with(extra: &str) -> (Project, [u16; 2]) {
-    let ports = [free_port(), free_port()];
-    let p = Project::with_config(|c| {
-        let port = c
-            .split("http://127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap_or_default()
-            .to_string();
-        format!(
-            "{c}\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nports = [{}, {}]\ndrain_timeout = \"20s\"\nhold = \"5s\"\n{extra}",
-            ports[0], ports[1]
-        )
-    });
-    (p, ports)
+    proxied::project(
+        "",
+        &format!("drain_timeout = \"20s\"\nhold = \"5s\"\n{extra}"),
+    )
 }
 
 /// [`proxied_project_with`] `extra`, with 1.0.0 deployed, and its clean-up
@@ -353,21 +304,6 @@ fn a_service_moves_behind_the_proxy_and_back() {
     ok(p.deploy("3.0.0", &[]));
     assert_eq!(p.served_version().as_deref(), Some("3.0.0"));
     assert_runs_without_proxy(&p);
-}
-
-/// The pid of the proxied service's runner, if it lives (its command line
-/// names this root).
-fn runner_pid(root: &std::path::Path) -> Option<i32> {
-    let text = std::fs::read_to_string(root.join("run/hello/proxy/runner.json")).ok()?;
-    let pid = serde_json::from_str::<serde_json::Value>(&text).ok()?["pid"].as_i64()? as i32;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let zombie = stat
-        .rsplit(')')
-        .next()
-        .is_some_and(|r| r.trim_start().starts_with('Z'));
-    (cmdline.contains(&*root.to_string_lossy()) && !zombie).then_some(pid)
 }
 
 /// A keep-alive client asking the proxy on `port` for /version without

@@ -5,6 +5,7 @@
 //! running as the service user.
 
 mod common;
+use common::proxied::{self, Cleanup, keeper_pid};
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/lifecycle.rs"]
@@ -17,56 +18,13 @@ use std::time::{Duration, Instant};
 
 use common::{Project, free_port, text};
 
-/// Stops the proxied service when a test ends, even when it failed; then
-/// SIGKILLs whatever the proxy keeper or an instance pidfile still names.
-struct Cleanup(std::path::PathBuf, [u16; 2]);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(common::shipjar_bin())
-            .args(["service", "stop", "hello", "--root"])
-            .arg(&self.0)
-            .output();
-        let run = self.0.join("run/hello");
-        if let Some(pid) = keeper_pid(&self.0) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        for port in self.1 {
-            common::host::kill_recorded_group(&run.join(format!("instance-{port}/hello.pid")));
-        }
-    }
-}
-
-/// The proxy keeper's pid, when its command line names this root.
-fn keeper_pid(root: &std::path::Path) -> Option<i32> {
-    let record = std::fs::read_to_string(root.join("run/hello/proxy/keeper.json")).ok()?;
-    let pid = serde_json::from_str::<serde_json::Value>(&record).ok()?["keeper"]["pid"].as_i64()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
-    (cmdline.contains("proxy") && cmdline.contains(&*root.to_string_lossy())).then_some(pid as i32)
-}
-
 /// The example behind a proxy on the project's port, holding requests for
 /// `hold`, `extra` lines in its `[proxy]` section, `top` lines before it.
 fn proxied_project(top: &str, hold: &str, extra: &str) -> (Project, [u16; 2]) {
-    let ports = [free_port(), free_port()];
-    let p = Project::with_config(|c| {
-        let port = c
-            .split("http://127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap_or_default()
-            .to_string();
-        format!(
-            "{c}\n{top}\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nports = [{}, {}]\n\
-             drain_timeout = \"20s\"\nhold = \"{hold}\"\n{extra}",
-            ports[0], ports[1]
-        )
-    });
-    (p, ports)
+    proxied::project(
+        top,
+        &format!("drain_timeout = \"20s\"\nhold = \"{hold}\"\n{extra}"),
+    )
 }
 
 /// One answer: status, headers (lower-case names), body.

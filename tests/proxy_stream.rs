@@ -8,6 +8,7 @@
 #[path = "support/stream_clients.rs"]
 mod clients;
 mod common;
+use common::proxied::{self, Cleanup};
 
 use std::process::Output;
 use std::sync::{Arc, Mutex};
@@ -15,57 +16,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clients::{Message, Ws, event_data, exchange, get};
-use common::{Project, free_port, text};
+use common::{Project, text};
 
 const WEBSOCKET: &[&str] = &["--env", "WEBSOCKET=1"];
-
-/// Stops the proxied service when a test ends, even when it failed; then
-/// SIGKILLs what the proxy keeper's record or an instance pidfile names.
-struct Cleanup(std::path::PathBuf, [u16; 2]);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(common::shipjar_bin())
-            .args(["service", "stop", "hello", "--root"])
-            .arg(&self.0)
-            .output();
-        let run = self.0.join("run/hello");
-        for record in ["proxy/runner.json", "proxy/keeper.json"] {
-            let pid = std::fs::read_to_string(run.join(record))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v["pid"].as_i64().or_else(|| v["keeper"]["pid"].as_i64()));
-            let Some(pid) = pid else { continue };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&*self.0.to_string_lossy()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        for port in self.1 {
-            common::host::kill_recorded_group(&run.join(format!("instance-{port}/hello.pid")));
-        }
-    }
-}
 
 /// The example behind a proxy on the project's port (instances on two
 /// free ports), `extra` lines in its `[proxy]` section.
 fn proxied_project_with(extra: &str) -> (Project, [u16; 2], Cleanup) {
-    let ports = [free_port(), free_port()];
-    let p = Project::with_config(|c| {
-        let port = c
-            .split("http://127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap_or_default()
-            .to_string();
-        format!(
-            "{c}\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nports = [{}, {}]\nhold = \"5s\"\n{extra}",
-            ports[0], ports[1]
-        )
-    });
+    let (p, ports) = proxied::project("", &format!("hold = \"5s\"\n{extra}"));
     let cleanup = Cleanup(p.root(), ports);
     (p, ports, cleanup)
 }

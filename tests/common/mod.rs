@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod host;
+pub mod proxied;
 pub mod secret_forms;
 
 use std::io::{Read, Write};

@@ -89,33 +89,30 @@ pub fn open_service_log(layout: &Layout) -> (PathBuf, io::Result<File>) {
 /// this creates gets the owner and group of the log dir (the service's).
 pub fn open_append(path: &Path) -> io::Result<File> {
     let (dir, name) = rotate::log_dir(path)?;
-    let owner = if nix::unistd::Uid::effective().is_root() {
-        let st = dir.stat()?;
-        Some(Owner {
-            uid: st.uid,
-            gid: st.gid,
-        })
-    } else {
-        None
-    };
+    let owner = new_file_owner(&dir)?;
     rotate::open_log(&dir, &name, owner)
+}
+
+/// As root, the owner and group a new log in `dir` gets: the dir's (the
+/// service's); none otherwise.
+fn new_file_owner(dir: &crate::host::fs::GuardedDir) -> io::Result<Option<Owner>> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let st = dir.stat()?;
+    Ok(Some(Owner {
+        uid: st.uid,
+        gid: st.gid,
+    }))
 }
 
 /// Opens (creating) `path` as a log rotated by `rotation`, owned as
 /// [`open_append`] makes a new file (another log beside the service's,
 /// rotated the same way: the proxy's `access.log`).
 pub fn open_rotating(path: &Path, rotation: Rotation) -> io::Result<RotatingFile> {
-    let owner = if nix::unistd::Uid::effective().is_root() {
-        let (dir, _) = rotate::log_dir(path)?;
-        let st = dir.stat()?;
-        Some(Owner {
-            uid: st.uid,
-            gid: st.gid,
-        })
-    } else {
-        None
-    };
-    RotatingFile::open(path, rotation, owner)
+    let (dir, name) = rotate::log_dir(path)?;
+    let owner = new_file_owner(&dir)?;
+    RotatingFile::open_in(dir, name, rotation, owner)
 }
 
 pub use super::rotate::{RotatingFile, Rotation};

@@ -49,6 +49,16 @@ impl RotatingFile {
     /// Opens (creating) `path` for appending, creating its directory too.
     pub fn open(path: &Path, rotation: Rotation, owner: Option<Owner>) -> io::Result<Self> {
         let (dir, name) = log_dir(path)?;
+        Self::open_in(dir, name, rotation, owner)
+    }
+
+    /// Opens (creating) the log `name` in `dir`, reached already.
+    pub fn open_in(
+        dir: GuardedDir,
+        name: OsString,
+        rotation: Rotation,
+        owner: Option<Owner>,
+    ) -> io::Result<Self> {
         let file = open_log(&dir, &name, owner)?;
         let size = file.metadata()?.len();
         Ok(RotatingFile {
