@@ -5,6 +5,7 @@
 
 pub mod host;
 pub mod proxied;
+pub mod repository;
 pub mod secret_forms;
 pub mod tls;
 
