@@ -56,6 +56,12 @@ pub fn redact(text: &str) -> String {
     registry.masker.mask(text).into_owned()
 }
 
+/// `bytes` masked (any bytes, not only UTF-8).
+pub fn redact_bytes(bytes: &[u8]) -> Vec<u8> {
+    let registry = registry().lock().unwrap_or_else(|e| e.into_inner());
+    registry.masker.mask_bytes(bytes).into_owned()
+}
+
 /// `value` with every string in it (keys too) masked: done before encoding.
 pub fn redact_value(value: serde_json::Value) -> serde_json::Value {
     let registry = registry().lock().unwrap_or_else(|e| e.into_inner());

@@ -5,7 +5,7 @@
 //! for an editor. The REPL is the service itself: whoever reaches it can do
 //! all the service user can.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -173,6 +173,42 @@ fn free_local_port() -> Result<u16> {
         .map_err(|e| Error::failed(format!("cannot find a free local port: {e}")))
 }
 
+/// How long the REPL is silent before a line it has not ended is shown.
+const REPL_QUIET: Duration = Duration::from_millis(100);
+/// Longest unended line held back for masking.
+const HELD_MAX: usize = 64 * 1024;
+
+/// The REPL's answers masked whole lines at a time, so a secret split
+/// between two reads (or a character split by one) is masked all the same;
+/// a line not yet ended is held until the REPL is quiet ([`REPL_QUIET`]).
+#[derive(Default)]
+struct MaskedLines {
+    held: Vec<u8>,
+}
+
+impl MaskedLines {
+    /// Takes `bytes`; returns what can be shown: every ended line, masked.
+    fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.held.extend_from_slice(bytes);
+        if self.held.len() > HELD_MAX {
+            return self.flush();
+        }
+        match self.held.iter().rposition(|b| *b == b'\n') {
+            Some(end) => {
+                let rest = self.held.split_off(end + 1);
+                let lines = std::mem::replace(&mut self.held, rest);
+                output::redact_bytes(&lines)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Everything held, masked.
+    fn flush(&mut self) -> Vec<u8> {
+        output::redact_bytes(&std::mem::take(&mut self.held))
+    }
+}
+
 /// Copies this terminal's input to the REPL and its answers to stdout until
 /// the REPL closes; end of input closes our side.
 fn connect_terminal(stream: TcpStream) -> Result<i32> {
@@ -195,24 +231,50 @@ fn connect_terminal(stream: TcpStream) -> Result<i32> {
         let _ = to_repl.shutdown(Shutdown::Write);
     });
     let mut from_repl = stream;
+    // A quiet REPL (a prompt waiting for input) shows what it sent so far.
+    from_repl
+        .set_read_timeout(Some(REPL_QUIET))
+        .map_err(|e| Error::failed(format!("REPL connection: {e}")))?;
     let mut out = std::io::stdout();
+    let mut lines = MaskedLines::default();
     let mut buf = [0u8; 4096];
     loop {
-        match from_repl.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                // Masked as it comes (a value split between two reads would escape: the
-                // REPL can read any secret of the service anyway, so this is courtesy).
-                let shown = match std::str::from_utf8(&buf[..n]) {
-                    Ok(text) => output::redact(text).into_bytes(),
-                    Err(_) => buf[..n].to_vec(),
-                };
-                if out.write_all(&shown).and_then(|()| out.flush()).is_err() {
-                    break;
-                }
+        let shown = match from_repl.read(&mut buf) {
+            Ok(0) => {
+                let _ = out.write_all(&lines.flush()).and_then(|()| out.flush());
+                break;
+            }
+            Ok(n) => lines.push(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                lines.flush()
             }
             Err(e) => return Err(Error::failed(format!("REPL connection: {e}"))),
+        };
+        if out.write_all(&shown).and_then(|()| out.flush()).is_err() {
+            break;
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_split_between_reads_or_by_a_character_is_still_masked() {
+        let secret = "repl-sëcret-4f1c9a";
+        output::register_secret(secret, false);
+        let mut lines = MaskedLines::default();
+        let mut shown = lines.push(b"user=> (System/getenv \"DB\")\n\"repl-s\xc3");
+        // The ended line goes out at once; the rest waits for its end.
+        assert_eq!(shown, b"user=> (System/getenv \"DB\")\n");
+        shown.extend(lines.push(b"\xabcret-4f1c9a\"\nuser=> "));
+        // A prompt with no newline is shown once the REPL is quiet.
+        shown.extend(lines.flush());
+        let text = String::from_utf8(shown).expect("UTF-8 kept whole");
+        assert!(!text.contains(secret), "{text}");
+        assert!(text.ends_with("\"\nuser=> "), "{text}");
+        assert!(lines.flush().is_empty());
+    }
 }
