@@ -790,6 +790,62 @@ fn swap_in(dir: &std::path::Path, from: &str, to: &str) {
     std::fs::rename(dir.join(format!("{to}.new")), dir.join(to)).expect("rename");
 }
 
+/// `shipjar check local`'s `proxy tls` finding (its JSON object).
+fn tls_finding(p: &common::Project) -> serde_json::Value {
+    tls_finding_in(&p.run(&["--json", "check", "local"]))
+}
+
+/// The `proxy tls` finding in the output of `check --json`.
+fn tls_finding_in(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let found = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .flat_map(|v| v.to_string().contains("proxy tls").then_some(v))
+        .next_back();
+    found.unwrap_or_else(|| panic!("no `proxy tls` finding:\n{}", text(out)))
+}
+
+#[test]
+fn check_reads_the_tls_pair_as_the_proxy_would_and_names_what_is_wrong() {
+    let tls = tempfile::tempdir().expect("a temporary directory");
+    let dir = tls.path();
+    common::tls::test_ca(dir, "127.0.0.1");
+    swap_in(dir, "first.pem", "cert.pem");
+    swap_in(dir, "first.key", "key.pem");
+    let (p, ports) = proxied_project(
+        "",
+        "5s",
+        &format!(
+            "tls = {{ cert = \"{0}/cert.pem\", key = \"{0}/key.pem\" }}\n",
+            dir.display()
+        ),
+    );
+    let _cleanup = Cleanup(p.root(), ports);
+    let ok = tls_finding(&p).to_string();
+    assert!(ok.contains("make a pair"), "{ok}");
+    // A key of another certificate.
+    swap_in(dir, "second.key", "key.pem");
+    let mismatched = tls_finding(&p).to_string();
+    assert!(
+        mismatched.contains("do not make a usable pair"),
+        "{mismatched}"
+    );
+    // A FIFO where the key was: refused at once, never waited on.
+    std::fs::remove_file(dir.join("key.pem")).expect("remove");
+    nix::unistd::mkfifo(
+        &dir.join("key.pem"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo");
+    let fifo = tls_finding(&p).to_string();
+    assert!(fifo.contains("not a regular file"), "{fifo}");
+    // Gone.
+    std::fs::remove_file(dir.join("key.pem")).expect("remove");
+    let missing = tls_finding(&p).to_string();
+    assert!(missing.contains("cannot be opened"), "{missing}");
+}
+
 #[test]
 fn tls_is_terminated_redirected_to_and_a_swapped_certificate_taken_without_closing_a_connection() {
     let tls = tempfile::tempdir().expect("a temporary directory");
@@ -938,6 +994,8 @@ fn on_a_fleet_the_worker_as_the_service_user_terminates_tls_with_a_key_its_group
         "root:root",
         "0644",
     );
+    let checked = tls_finding_in(&p.run(&["--json", "check", "fleet"])).to_string();
+    assert!(checked.contains("make a pair"), "{checked}");
     let out = p.deploy("1.0.0", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let ca = tls.path().join("ca.pem");
@@ -979,6 +1037,9 @@ fn on_a_fleet_the_worker_as_the_service_user_terminates_tls_with_a_key_its_group
     }
     assert!(log.contains("keeps the previous certificate"), "{log}");
     assert!(log.contains("/etc/hello-tls/key.pem"), "{log}");
+    // `check` reads the pair as the worker would, and says why not.
+    let checked = tls_finding_in(&p.run(&["--json", "check", "fleet"])).to_string();
+    assert!(checked.contains("not readable by hello"), "{checked}");
     let again = TlsConn::connect_to(&ip, 18443, &ca).expect("a TLS connection");
     assert_eq!(again.presented(), "first", "the pair it could read");
     // Readable by its group again: taken.

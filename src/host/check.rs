@@ -10,6 +10,7 @@ use crate::host::os::listener;
 use crate::host::provision;
 use crate::host::supervisor;
 use crate::protocol::layout::Layout;
+use crate::protocol::manifest::TlsSpec;
 use crate::protocol::{FindingStatus, HostCheckSpec, HostFinding, ResourceStatus};
 
 /// Room to keep beyond the artifact itself (a release, logs growing meanwhile).
@@ -38,6 +39,9 @@ pub fn check(layout: &Layout, spec: &HostCheckSpec) -> Vec<HostFinding> {
                 let instance = layout.with_instance(Some(port));
                 findings.push(port_free_or_ours(port, service_pids(&instance)));
             }
+            if let Some(tls) = &proxy.tls {
+                findings.push(tls_pair(tls, run_user(spec)));
+            }
         }
         None => {
             if let Some(port) = listener::check_port(&spec.health) {
@@ -53,6 +57,92 @@ pub fn check(layout: &Layout, spec: &HostCheckSpec) -> Vec<HostFinding> {
         findings.push(provisioned(layout, spec));
     }
     findings
+}
+
+/// Largest PEM file `check` reads.
+const PEM_MAX: u64 = 1024 * 1024;
+
+/// The user the proxy reads the certificate as (root when the service has none).
+fn run_user(spec: &HostCheckSpec) -> Option<nix::unistd::User> {
+    nix::unistd::User::from_name(&spec.provision.user)
+        .ok()
+        .flatten()
+}
+
+/// `[proxy] tls`: both files load, make a pair, and the proxy's user can read them.
+fn tls_pair(tls: &TlsSpec, user: Option<nix::unistd::User>) -> HostFinding {
+    let (cert, key) = (Path::new(&tls.cert), Path::new(&tls.key));
+    let checked = read_pem(cert, user.as_ref())
+        .and_then(|c| Ok((c, read_pem(key, user.as_ref())?)))
+        .and_then(|(c, k)| crate::host::proxy::check_tls_pair(cert, &c, key, &k));
+    match checked {
+        Ok(()) => finding(
+            "proxy tls",
+            true,
+            format!("{} and {} make a pair", cert.display(), key.display()),
+        ),
+        Err(e) => finding("proxy tls", false, e),
+    }
+}
+
+/// A PEM file's bytes: a regular file (links followed: certificates often
+/// are links) of at most [`PEM_MAX`], readable by `user`; opened without
+/// blocking, so a FIFO put there cannot hold `check`.
+#[allow(clippy::disallowed_methods)]
+// root-only: the paths are the operator's own `[proxy] tls`, and only read
+fn read_pem(path: &Path, user: Option<&nix::unistd::User>) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let fail = |why: String| format!("{}: {why}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| fail(format!("cannot be opened: {e}")))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    if meta.len() > PEM_MAX {
+        return Err(fail(format!("{} bytes: not a PEM file", meta.len())));
+    }
+    if let Some(u) = user
+        && !readable_by(&meta, u)
+    {
+        return Err(fail(format!(
+            "not readable by {}, who runs the proxy (owner uid {}, mode {:o})",
+            u.name,
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(PEM_MAX)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot be read: {e}")))?;
+    Ok(bytes)
+}
+
+/// Whether `user` may read a file of `meta` by its mode bits (ACLs aside).
+fn readable_by(meta: &std::fs::Metadata, user: &nix::unistd::User) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    if user.uid.is_root() {
+        return true;
+    }
+    if meta.uid() == user.uid.as_raw() {
+        return mode & 0o400 != 0;
+    }
+    let in_group = meta.gid() == user.gid.as_raw()
+        || nix::unistd::getgrouplist(
+            &std::ffi::CString::new(user.name.as_str()).unwrap_or_default(),
+            user.gid,
+        )
+        .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == meta.gid()));
+    if in_group {
+        return mode & 0o040 != 0;
+    }
+    mode & 0o004 != 0
 }
 
 fn finding(what: impl Into<String>, ok: bool, detail: impl Into<String>) -> HostFinding {

@@ -38,6 +38,7 @@ pub use crate::protocol::status::{ProxyState, ProxyStatus, Traffic};
 pub use files::KeeperRecord;
 pub use files::ensure_dir as ensure_run_dir;
 pub use files::read_active as active;
+pub use tls::check_pair as check_tls_pair;
 
 /// How long a starting proxy may take to answer on its control socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);

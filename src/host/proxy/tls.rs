@@ -86,22 +86,44 @@ impl ResolvesServerCert for Pair {
 
 /// Reads both files; an error names the file and what is wrong with it.
 fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<_, _>>())
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| format!("{}: cannot be read: {e}", path.display()))
+    };
+    pair_from_pem(cert, &read(cert)?, key, &read(key)?, provider).map(Arc::new)
+}
+
+/// The pair in `cert_pem` and `key_pem` (read from `cert` and `key`, named
+/// in errors), checked to belong together.
+fn pair_from_pem(
+    cert: &Path,
+    cert_pem: &[u8],
+    key: &Path,
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: no PEM certificate read: {e}", cert.display()))?;
     if chain.is_empty() {
         return Err(format!("{}: holds no PEM certificate", cert.display()));
     }
-    let private = PrivateKeyDer::from_pem_file(key)
+    let private = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| format!("{}: no PEM private key read: {e}", key.display()))?;
-    let pair = CertifiedKey::from_der(chain, private, provider).map_err(|e| {
+    CertifiedKey::from_der(chain, private, provider).map_err(|e| {
         format!(
             "{} and {} do not make a usable pair: {e}",
             cert.display(),
             key.display()
         )
-    })?;
-    Ok(Arc::new(pair))
+    })
+}
+
+/// Whether the certificate and key `shipjar check` read make a pair the
+/// proxy can serve.
+pub fn check_pair(cert: &Path, cert_pem: &[u8], key: &Path, key_pem: &[u8]) -> Result<(), String> {
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    pair_from_pem(cert, cert_pem, key, key_pem, &provider).map(|_| ())
 }
 
 impl Pair {
