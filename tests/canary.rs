@@ -403,3 +403,55 @@ fn a_continue_whose_batch_fails_puts_the_canary_back_on_its_recorded_release_too
     assert_eq!(code, 0, "{status}");
     assert!(status["pending_canary"].is_null(), "{status}");
 }
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn behind_the_proxy_the_canary_instance_is_watched_and_a_crash_in_its_pause_returns_traffic_to_the_old_one()
+ {
+    require_root();
+    let p = FleetStage::new(
+        3,
+        &format!(
+            "rolling = {{ batch = 1, canary = 1, pause = \"2s\" }}\n\
+             proxy = {{ listen = \"0.0.0.0:{PORT}\", ports = [18081, 18082] }}"
+        ),
+        lifecycle::reachable,
+    );
+    p.provision();
+    let first = p.deploy_with("1.0.0", &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let out = p.deploy_with("2.0.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(states(&last_json(&out)), ["updated"; 3], "{}", text(&out));
+    assert_eq!(served(&p), versions(&["2.0.0"; 3]));
+
+    // The canary's new instance crashes inside the pause: the proxy goes back
+    // to the instance it left, which still serves 2.0.0.
+    let config = std::fs::read_to_string(p.path().join("shipjar.toml")).expect("config");
+    std::fs::write(
+        p.path().join("shipjar.toml"),
+        config.replace("pause = \"2s\"", "pause = \"8s\""),
+    )
+    .expect("write config");
+    let out = p.deploy_with("3.0.0", &["--env", "CRASH_AFTER_S=3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result = last_json(&out);
+    assert_eq!(
+        states(&result),
+        ["reverted", "unchanged", "unchanged"],
+        "{}",
+        text(&out)
+    );
+    let canary = host_field(&result, "app1");
+    assert_eq!(canary["failed_step"], "watch", "{result}");
+    assert!(
+        canary["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("into the canary's pause"),
+        "{result}"
+    );
+    assert_eq!(served(&p), versions(&["2.0.0"; 3]));
+    let (code, status) = p.status_json();
+    assert_eq!(code, 0, "one version everywhere again: {status}");
+}
