@@ -6,6 +6,7 @@
 pub mod host;
 pub mod proxied;
 pub mod secret_forms;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
