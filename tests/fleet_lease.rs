@@ -249,3 +249,57 @@ fn a_detached_lock_outlives_its_session_and_only_its_token_takes_it_back() {
     let message = lost[0]["message"].as_str().unwrap_or("");
     assert!(message.contains("taken over by me@box (pid 4"), "{lost:?}");
 }
+
+/// The state of each host in a deploy's result, in the stage's order.
+fn states(p: &FleetStage, out: &Output) -> Vec<String> {
+    let result = last_json(out);
+    p.fleet
+        .hosts()
+        .iter()
+        .map(|h| {
+            host_field(&result, h)["state"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn with_sessions_detached_a_confirm_canary_continues_and_a_failed_batch_puts_the_others_back() {
+    // 3 hosts, one session at a time: every phase detaches and attaches.
+    let p = FleetStage::new(
+        3,
+        "rolling = { batch = 1, canary = 1, pause = \"confirm\" }",
+        |c| {
+            short_timeouts(c.replace(
+                "BIND = \"127.0.0.1\" }",
+                "BIND = \"127.0.0.1\", FAIL_ON_START = \"{{ 'yes' if host == 'app3' and version == '2.0.0' else 'no' }}\" }",
+            ))
+        },
+    );
+    p.provision();
+    let one = ["--parallel", "1"];
+    let first = ok(p.deploy_with("1.0.0", &one));
+    assert_eq!(states(&p, &first), ["updated", "waiting", "waiting"]);
+    // The canary's lock outlived every session: --continue takes it over.
+    let cont = ok(p.run(&["--json", "deploy", "fleet", "--continue", "--parallel", "1"]));
+    assert_eq!(states(&p, &cont), ["updated"; 3]);
+
+    ok(p.deploy_with("2.0.0", &one));
+    let out = p.run(&["--json", "deploy", "fleet", "--continue", "--parallel", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(states(&p, &out), ["reverted"; 3], "{}", text(&out));
+    let (code, status) = p.status_json();
+    assert_eq!(code, 0, "{status}");
+    assert!(status["pending_canary"].is_null(), "{status}");
+    for host in p.fleet.hosts() {
+        assert_eq!(
+            host_field(&status, &host)["status"]["reported_version"],
+            "1.0.0",
+            "{status}"
+        );
+        assert_eq!(lock_on(&p, &host), "", "{host} still locked");
+    }
+}
