@@ -39,7 +39,9 @@ pub fn run(root: &Path) -> i32 {
                 // The operator is gone (it ended without `finish`, or was
                 // killed): nothing more will come, so the lock goes now,
                 // not when its lease runs out. A cut link gives no end of
-                // input; there the lease is what frees the stage.
+                // input; there the lease is what frees the stage. A lock
+                // detached (`detach`) is no longer the session's: it stays
+                // for its lease, until a later session attaches.
                 if let Some(held) = session.lock.take() {
                     let _ = lock::release(&held.layout, &held.token);
                 }
@@ -260,7 +262,12 @@ impl Session {
                 return error_of_kind(ErrorKind::NotLocked, "lock", e);
             }
         }
-        let renewer = self.lock.as_ref().map(Renewer::start);
+        // A detach sets the lease itself: no renewal may race it.
+        let renewer = self
+            .lock
+            .as_ref()
+            .filter(|_| !matches!(envelope.request, Request::Detach { .. }))
+            .map(Renewer::start);
         let response = self.apply(envelope.request, &layout, id, input, token);
         match renewer.and_then(Renewer::finish) {
             // The lock was lost mid-request (another deploy took it over, or
@@ -368,6 +375,41 @@ impl Session {
                 releases: store::list(layout),
                 foreign: store::foreign_release_dirs(layout),
             },
+            Request::Detach { lease_ms } => self.detach(lease_ms),
+            Request::Attach { token, lease_ms } => self.attach(layout, &token, lease_ms),
+        }
+    }
+
+    /// `detach`: the lease set to `lease_ms`, and the lock no longer this
+    /// session's, so the end of its input does not release it.
+    fn detach(&mut self, lease_ms: u64) -> Response {
+        let Some(held) = self.lock.take() else {
+            return error_of_kind(ErrorKind::NotLocked, "lock", "the deploy lock is not held");
+        };
+        match lock::renew(&held.layout, &held.token, lease_ms) {
+            Ok(expires_at_ms) => Response::Detached {
+                token: held.token,
+                expires_at_ms,
+            },
+            Err(e) => error_of_kind(ErrorKind::NotLocked, "lock", e),
+        }
+    }
+
+    /// `attach`: a detached lock taken back by its token, if it still holds it.
+    fn attach(&mut self, layout: &Layout, token: &str, lease_ms: u64) -> Response {
+        if self.lock.is_some() {
+            return error("lock", "the deploy lock is already held by this session");
+        }
+        match lock::renew(layout, token, lease_ms) {
+            Ok(expires_at_ms) => {
+                self.lock = Some(HeldLock {
+                    layout: layout.clone(),
+                    token: token.to_string(),
+                    lease_ms,
+                });
+                Response::Renewed { expires_at_ms }
+            }
+            Err(e) => error_of_kind(ErrorKind::NotLocked, "lock", e),
         }
     }
 
@@ -399,14 +441,23 @@ impl Session {
             ))
         } else if let Err(e) = validate_service_name(&envelope.service) {
             Some(error("request", e))
-        } else if mutating && self.failed && !matches!(envelope.request, Request::Finish { .. }) {
+        } else if mutating
+            && self.failed
+            && !matches!(
+                envelope.request,
+                Request::Finish { .. } | Request::Detach { .. }
+            )
+        {
             Some(error(
                 "request",
                 "skipped: an earlier request of this session failed",
             ))
         } else if mutating
             && self.lock.is_none()
-            && !matches!(envelope.request, Request::Begin { .. })
+            && !matches!(
+                envelope.request,
+                Request::Begin { .. } | Request::Attach { .. }
+            )
         {
             Some(error_of_kind(
                 ErrorKind::NotLocked,

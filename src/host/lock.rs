@@ -4,7 +4,10 @@
 //! machine: if the deploy dies without releasing it and its agent never
 //! learns (host cut off), the lease simply expires and the next deploy
 //! takes over with a warning. (An agent that sees its input end releases
-//! the lock itself.) A live deploy renews it. A canary waiting for its
+//! the lock itself, unless its session detached it: a deploy of more hosts
+//! than `--parallel` closes a host's session between phases and the lock
+//! stays, its lease running, until a later session attaches by the token
+//! and renews it; see [`renew`].) A live deploy renews it. A canary waiting for its
 //! operator (`pause = "confirm"`) keeps the lock with its record in it for
 //! [`PENDING_LEASE`], past the session's end, until `deploy --continue` or
 //! `--abort` resumes it (by the canary's release id) or `unlock` removes it. Reads and writes of the record are
@@ -290,7 +293,9 @@ pub fn pending(layout: &Layout) -> Option<PendingCanary> {
     }
 }
 
-/// Extends the lease; fails if the lock is no longer ours.
+/// Extends the lease; fails if the lock is no longer ours. A lease that ran
+/// out is still ours while its record holds `token` (nobody took it over):
+/// that is how a detached lock is taken back (`attach`).
 pub fn renew(layout: &Layout, token: &str, lease_ms: u64) -> Result<u64, String> {
     with_record(layout, |current| match current {
         Current::Held(mut r) if r.token == token => {

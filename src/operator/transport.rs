@@ -45,6 +45,9 @@ pub struct AgentSession {
     answer_timeout: Duration,
     /// Over ssh (the hint for a silent host names ssh's masters).
     remote: bool,
+    /// A place among the sessions a run may hold at once: freed when the
+    /// session is dropped, after its child was reaped (see [`Self::occupy`]).
+    slot: Option<Box<dyn Send>>,
 }
 
 impl AgentSession {
@@ -119,7 +122,14 @@ impl AgentSession {
             deadline,
             answer_timeout: reach.answer_timeout,
             remote: *spec != HostSpec::Local,
+            slot: None,
         })
+    }
+
+    /// Keeps `slot` until this session ends: `Drop` reaps the child before
+    /// the fields go, so the place frees only once its `ssh` is gone.
+    pub fn occupy(&mut self, slot: Box<dyn Send>) {
+        self.slot = Some(slot);
     }
 
     /// Sends a request without waiting for its answer (a lease renewal).

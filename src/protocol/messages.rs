@@ -151,6 +151,24 @@ pub enum Request {
     },
     /// List releases on this host.
     Releases,
+    /// End the session keeping the deploy lock: its lease is set to
+    /// `lease_ms` from now and the agent does not release it when its input
+    /// ends. A later session takes it back with `attach` and the token this
+    /// answers; nobody renewing, it expires like any lease.
+    Detach {
+        /// The detached lease in milliseconds.
+        lease_ms: u64,
+    },
+    /// Take back a detached deploy lock by its token, renewing its lease to
+    /// `lease_ms`; refused, naming the holder, when the token no longer
+    /// holds it (it expired and another deploy took it over, or `unlock`).
+    /// Answered with `renewed`.
+    Attach {
+        /// The token `detached` answered.
+        token: String,
+        /// Lease of the lock in milliseconds while this session holds it.
+        lease_ms: u64,
+    },
 }
 
 /// Where a host downloads an artifact from, and within which limits.
@@ -443,7 +461,7 @@ pub enum Response {
         /// Bytes written to the store.
         bytes: u64,
     },
-    /// Answer to `renew`.
+    /// Answer to `renew` and to `attach`.
     Renewed {
         /// New expiry, Unix milliseconds.
         expires_at_ms: u64,
@@ -509,6 +527,13 @@ pub enum Response {
     },
     /// The request failed; nothing after it in the session is applied.
     Error(AgentError),
+    /// Answer to `detach`: the lock outlives the session.
+    Detached {
+        /// What `attach` takes the lock back with.
+        token: String,
+        /// When the detached lease runs out, Unix milliseconds.
+        expires_at_ms: u64,
+    },
 }
 
 /// A request that could not be carried out.
@@ -775,6 +800,10 @@ mod tests {
             output: vec!["migrating".into()],
         }));
         round_trip(Response::Stored { bytes: 3 });
+        round_trip(Response::Detached {
+            token: "42-1".into(),
+            expires_at_ms: 7,
+        });
         round_trip(Response::Prepared { path: "/x".into() });
         round_trip(Response::Error(AgentError {
             kind: ErrorKind::LockHeld,

@@ -44,5 +44,6 @@ pub(crate) use wire_enum::wire_enum;
 /// `[proxy]` body limits and `access_log` in the manifest's ProxySpec;
 /// canaries: `watch` (a release kept under watch for a pause), `begin`
 /// with `resume` and `finish` with `pending` (the lock kept for a canary
-/// waiting for its operator), the pending canary in `status`.
+/// waiting for its operator), the pending canary in `status`; `detach` and
+/// `attach` (a deploy lock that outlives its session, taken back by token).
 pub const PROTOCOL_VERSION: u32 = 6;

@@ -1,16 +1,21 @@
 //! The conversation with one host during a deploy or rollback: lock (and
 //! prepare when the artifact is there), upload and prepare, activate, revert,
 //! and closing the session; each records its result in the host's outcome.
+//! With more hosts than `--parallel`, a host's session lasts one phase: its
+//! lock is detached at the phase's end and attached again by token when
+//! its next phase starts ([`Sessions`], [`attach`], [`detach`]).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::identity::holder;
 use super::{FinalState, HostOutcome};
+use crate::error::Result;
 use crate::operator::build::BuildManifest;
 use crate::operator::config::artifact::Fetch;
 use crate::operator::config::{HostSpec, ResolvedStage};
-use crate::operator::fleet::Fleet;
+use crate::operator::fleet::{Fleet, StartupLimit};
 use crate::operator::output::{Reporter, StepStatus};
 use crate::operator::plan::HostPlan;
 use crate::operator::repository::Remote;
@@ -41,6 +46,62 @@ pub(super) struct Run<'p> {
     pub outcome: HostOutcome,
     /// The last request's host already reported (and we printed) a failed step.
     pub failure_shown: bool,
+    /// The host's lock while no session holds it (detached).
+    pub lease: Option<Lease>,
+    /// The host's agent refused a request (its own failure): nothing is
+    /// pruned at the end, as an agent does after a failure in its session.
+    pub agent_failed: bool,
+}
+
+/// A deploy lock detached from its session.
+#[derive(Debug, Clone)]
+pub(super) struct Lease {
+    /// What `attach` takes it back with.
+    pub token: String,
+    /// When it runs out (as seen here: counted from before the `detach` was sent).
+    pub until: Instant,
+}
+
+/// The sessions of a run: at most `--parallel` at once (a place is taken
+/// before a session opens and freed once its `ssh` is reaped); with more
+/// hosts than that, each host's session lasts one phase, its lock detached
+/// between phases for `lease_ms` and renewed by short sessions while it waits.
+pub(super) struct Sessions {
+    places: Arc<StartupLimit>,
+    /// Sessions close between phases, their locks detached.
+    pub detach: bool,
+    /// The lease of a lock, held or detached (`[stages] lock_lease`): one
+    /// step of a live deploy fits in it.
+    pub lease_ms: u64,
+}
+
+impl Sessions {
+    /// The sessions of a run over `hosts` hosts.
+    pub fn new(fleet: &Fleet, stage: &ResolvedStage, hosts: usize) -> Sessions {
+        Sessions {
+            // The same counting limit as ssh set-ups, here counting whole sessions.
+            places: StartupLimit::new(fleet.parallel),
+            detach: hosts > fleet.parallel,
+            lease_ms: stage.lock_lease_ms,
+        }
+    }
+
+    /// Opens `host`'s session once a place is free.
+    pub fn open(&self, fleet: &Fleet, host: &str, spec: &HostSpec) -> Result<AgentSession> {
+        let place = self.places.acquire();
+        let mut session = fleet.open(host, spec)?;
+        session.occupy(Box::new(place));
+        Ok(session)
+    }
+
+    /// Whether `run`'s detached lease runs out within `horizon`.
+    pub fn due(&self, run: &Run, horizon: Duration) -> bool {
+        run.session.is_none()
+            && run
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.until <= Instant::now() + horizon)
+    }
 }
 
 impl<'p> Run<'p> {
@@ -71,6 +132,8 @@ impl<'p> Run<'p> {
                 artifact: None,
             },
             failure_shown: false,
+            lease: None,
+            agent_failed: false,
         }
     }
 
@@ -118,6 +181,7 @@ impl<'p> Run<'p> {
                 if !self.failed() {
                     self.error_kind = Some(e.kind);
                 }
+                self.agent_failed = true;
                 self.fail(step, e.message, reporter);
                 None
             }
@@ -142,13 +206,13 @@ impl<'p> Run<'p> {
 /// `resume`, takes over the lock of the pending canary of that release.
 pub(super) fn lock_host(
     run: &mut Run,
-    fleet: &Fleet,
+    (fleet, sessions): (&Fleet, &Sessions),
     stage: &ResolvedStage,
     (build, resume): (Option<&BuildManifest>, Option<&str>),
     reporter: &Reporter,
 ) {
     if run.session.is_none() {
-        match fleet.open(&run.host, &run.spec) {
+        match sessions.open(fleet, &run.host, &run.spec) {
             Ok(session) => run.session = Some(session),
             Err(e) => return run.fail("connect", e.message, reporter),
         }
@@ -385,7 +449,8 @@ pub(super) fn upload_and_prepare(
         secrets: plan.secrets.clone(),
     }));
     let result = session.put_and_prepare(&build.sha256, &build.artifact, prepare, &mut on_event);
-    run.outcome.uploaded_bytes = session.uploaded_bytes;
+    // One upload per session: a run's sessions add up.
+    run.outcome.uploaded_bytes += session.uploaded_bytes;
     match result {
         Ok(Response::Prepared { .. }) => {
             if remote.is_some() {
@@ -404,7 +469,10 @@ pub(super) fn upload_and_prepare(
                 &format!("release {} complete", plan.manifest.id),
             );
         }
-        Ok(Response::Error(e)) => run.fail(&e.step, e.message, reporter),
+        Ok(Response::Error(e)) => {
+            run.agent_failed = true;
+            run.fail(&e.step, e.message, reporter);
+        }
         Ok(other) => run.fail("prepare", format!("unexpected answer: {other:?}"), reporter),
         Err(e) => {
             run.session = None;
@@ -535,10 +603,73 @@ pub(super) fn revert_host(run: &mut Run, deployer: &str, why: &str, reporter: &R
     }
 }
 
-/// Closes the session (which releases the lock) and counts its bytes and round trips.
+/// Opens a session for a host whose lock is detached and takes the lock
+/// back; true when the host has a session holding its lock. A lock taken
+/// over meanwhile (its lease ran out, another deploy took it) fails the
+/// host at `lock`, naming the holder.
+pub(super) fn attach(
+    run: &mut Run,
+    (fleet, sessions): (&Fleet, &Sessions),
+    reporter: &Reporter,
+) -> bool {
+    if run.session.is_some() {
+        return true;
+    }
+    let Some(lease) = run.lease.take() else {
+        return false;
+    };
+    match sessions.open(fleet, &run.host, &run.spec) {
+        Ok(session) => run.session = Some(session),
+        Err(e) => {
+            run.fail("connect", e.message, reporter);
+            return false;
+        }
+    }
+    let request = Request::Attach {
+        token: lease.token,
+        lease_ms: sessions.lease_ms,
+    };
+    match run.call("lock", request, reporter) {
+        Some(Response::Renewed { .. }) => true,
+        other => {
+            if let Some(other) = other {
+                run.fail("lock", format!("unexpected answer: {other:?}"), reporter);
+            }
+            close(run, reporter);
+            false
+        }
+    }
+}
+
+/// At the end of a host's phase, when sessions close between phases: the
+/// lock detached (kept for the lease) and the session closed, its `ssh`
+/// reaped. A host that never took the lock just closes.
+pub(super) fn detach(run: &mut Run, sessions: &Sessions, reporter: &Reporter) {
+    if !sessions.detach || run.session.is_none() {
+        return;
+    }
+    if run.outcome.locked {
+        let sent = Instant::now();
+        let request = Request::Detach {
+            lease_ms: sessions.lease_ms,
+        };
+        match run.call("lock", request, reporter) {
+            Some(Response::Detached { token, .. }) => {
+                run.lease = Some(Lease {
+                    token,
+                    until: sent + Duration::from_millis(sessions.lease_ms),
+                });
+            }
+            Some(other) => run.fail("lock", format!("unexpected answer: {other:?}"), reporter),
+            None => {}
+        }
+    }
+    close(run, reporter);
+}
+
+/// Closes the session (which releases a lock it holds) and counts its round trips.
 pub(super) fn close(run: &mut Run, reporter: &Reporter) {
     if let Some(session) = run.session.take() {
-        run.outcome.uploaded_bytes = session.uploaded_bytes;
         run.outcome.round_trips += session.round_trips;
         if let Err(e) = session.close() {
             reporter.step(&run.host, "unlock", StepStatus::Warning, &e.message);

@@ -36,7 +36,7 @@ use crate::operator::repository::{self, Remote};
 use crate::operator::select::Selection;
 use crate::protocol::clock::now_rfc3339;
 use crate::protocol::{Action, Activation, RevisionOutcome};
-use host_run::Run;
+use host_run::{Run, Sessions};
 use orchestrate::{Canary, Ctx, Executed, execute};
 
 pub use identity::deployer;
@@ -243,6 +243,7 @@ pub fn deploy(project: &Project, args: &DeployArgs, reporter: &Reporter) -> Resu
             (Some(size), Some(pause)) => Canary::Plan { size, pause },
             _ => Canary::None,
         },
+        sessions: Sessions::new(&fleet, &stage, runs.len()),
     };
     let executed = execute(&ctx, &mut runs);
     let release = plan.release_id.clone();
@@ -378,6 +379,7 @@ pub fn rollback(project: &Project, args: &RollbackArgs, reporter: &Reporter) -> 
         choose: &choose,
         selection: selection.as_ref(),
         canary: Canary::None,
+        sessions: Sessions::new(&fleet, &stage, runs.len()),
     };
     let executed = execute(&ctx, &mut runs);
     let release = runs
@@ -452,6 +454,7 @@ pub fn restart(project: &Project, args: &RestartArgs, reporter: &Reporter) -> Re
         choose: &choose,
         selection: selection.as_ref(),
         canary: Canary::None,
+        sessions: Sessions::new(&fleet, &stage, runs.len()),
     };
     let executed = execute(&ctx, &mut runs);
     // Hosts may run different releases: the summary names each host's own.

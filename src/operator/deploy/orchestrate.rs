@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use super::FinalState;
 use super::canary;
-use super::host_run::{Run, activate_host, close, lock_host, revert_host, upload_and_prepare};
+use super::host_run::{
+    Run, Sessions, activate_host, attach, close, detach, lock_host, revert_host, upload_and_prepare,
+};
 use super::identity::deployer;
 use crate::operator::build::BuildManifest;
 use crate::operator::config::{BatchSize, OnFailure, Pause, Project, ResolvedStage};
@@ -51,6 +53,28 @@ pub(super) struct Ctx<'a> {
     pub selection: Option<&'a Selection>,
     /// The canary: planned by this deploy, or the pending one continued or aborted.
     pub canary: Canary<'a>,
+    /// The sessions held at once (at most `--parallel`), and whether locks detach between phases.
+    pub sessions: Sessions,
+}
+
+impl Ctx<'_> {
+    /// How to open a host's session.
+    fn reach(&self) -> (&Fleet, &Sessions) {
+        (self.fleet, &self.sessions)
+    }
+
+    /// Runs `work` on `run` in a session of its own holding its lock (see
+    /// [`attach`]); with sessions closing between phases, the lock is
+    /// detached and the session closed after. False when the host could not
+    /// be reached or its lock was lost (the host's failure says which).
+    fn in_session(&self, run: &mut Run, work: impl FnOnce(&mut Run)) -> bool {
+        if !attach(run, self.reach(), self.reporter) {
+            return false;
+        }
+        work(run);
+        detach(run, &self.sessions, self.reporter);
+        true
+    }
 }
 
 /// A run's canary.
@@ -247,8 +271,9 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
     let every = Duration::from_millis((ctx.stage.lock_lease_ms / 3).max(50));
     let done = AtomicBool::new(false);
     let answer = std::thread::scope(|scope| {
-        scope.spawn(|| keep_renewing(&done, others.iter_mut(), every));
-        let answer = run.call(step, request, ctx.reporter);
+        scope.spawn(|| keep_renewing(ctx, &done, others.iter_mut(), every));
+        let mut answer = None;
+        ctx.in_session(run, |run| answer = run.call(step, request, ctx.reporter));
         done.store(true, Ordering::SeqCst);
         answer
     });
@@ -284,7 +309,10 @@ fn run_once_before_switch(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
 
 /// Renews the leases of `idle` hosts every `every` until `done`: a long
 /// request elsewhere (a migration, a canary's pause) may outlast the lease.
+/// A detached lock is renewed by a short session when it would run out
+/// before the next round (those sessions count against `--parallel` too).
 fn keep_renewing<'r, 'p: 'r>(
+    ctx: &Ctx,
     done: &AtomicBool,
     idle: impl Iterator<Item = &'r mut Run<'p>>,
     every: Duration,
@@ -299,6 +327,12 @@ fn keep_renewing<'r, 'p: 'r>(
                     let _ = session.notify(Request::Renew);
                 }
             }
+            // A host lost here is found (and stops the run) before its batch.
+            fleet::each(&mut idle, ctx.fleet.parallel, |run| {
+                if ctx.sessions.due(run, every * 2) && !done.load(Ordering::SeqCst) {
+                    ctx.in_session(run, |_| {});
+                }
+            });
             renewed = Instant::now();
         }
     }
@@ -370,7 +404,14 @@ fn lock_all(ctx: &Ctx, runs: &mut [Run]) {
         fleet::each(runs, parallel, |run| {
             let t = Instant::now();
             let resume = ctx.canary.resumed().map(|p| p.release.as_str());
-            lock_host(run, ctx.fleet, ctx.stage, (ctx.build, resume), ctx.reporter);
+            lock_host(
+                run,
+                ctx.reach(),
+                ctx.stage,
+                (ctx.build, resume),
+                ctx.reporter,
+            );
+            detach(run, &ctx.sessions, ctx.reporter);
             run.time("lock", t);
         });
         let all_locked = runs.iter().all(|r| !r.failed());
@@ -402,6 +443,7 @@ fn lock_all(ctx: &Ctx, runs: &mut [Run]) {
         for run in runs.iter_mut() {
             run.outcome.failed_step = None;
             run.outcome.reason = None;
+            run.outcome.locked = false;
             run.error_kind = None;
         }
     }
@@ -439,7 +481,14 @@ fn check_agents_and_choose(ctx: &Ctx, runs: &mut [Run]) {
 fn prepare_all(ctx: &Ctx, runs: &mut [Run], build: &BuildManifest) {
     fleet::each(runs, ctx.fleet.parallel, |run| {
         let t = Instant::now();
-        upload_and_prepare(run, build, ctx.remote, ctx.reporter);
+        // Prepared when it was locked: nothing to say to the host.
+        if run.state.as_ref().is_some_and(|s| s.prepared) {
+            upload_and_prepare(run, build, ctx.remote, ctx.reporter);
+        } else {
+            ctx.in_session(run, |run| {
+                upload_and_prepare(run, build, ctx.remote, ctx.reporter)
+            });
+        }
         run.time("prepare", t);
     });
 }
@@ -464,7 +513,7 @@ fn switch_in_batches(ctx: &Ctx, runs: &mut [Run]) -> Switched {
         if fleet::interrupted() {
             return Switched::stop(interrupted_before(runs, n));
         }
-        if let Some(why) = renew_waiting(runs, ctx.reporter) {
+        if let Some(why) = renew_waiting(ctx, runs) {
             return Switched::stop(why);
         }
         let failed = switch_batch(ctx, runs, &format!("batch {}", n + 1), batch);
@@ -499,7 +548,7 @@ fn switch_canary(
             "interrupted (Ctrl-C) before the canary: no host was switched".into(),
         ));
     }
-    if let Some(why) = renew_waiting(runs, ctx.reporter) {
+    if let Some(why) = renew_waiting(ctx, runs) {
         return Some(Switched::stop(why));
     }
     let names = |runs: &[Run], which: &dyn Fn(&Run) -> bool| {
@@ -591,30 +640,26 @@ fn watch_canary(ctx: &Ctx, runs: &mut [Run], canary: &[usize], window_ms: u64) -
     fleet::set_phase(fleet::Phase::CanaryPause {
         hosts: watched.iter().map(|r| r.host.clone()).collect(),
     });
-    let cancellers: Vec<Canceller> = watched
-        .iter()
-        .filter_map(|r| r.session.as_ref().map(|s| s.canceller()))
-        .collect();
+    let cancellers = Cancellers::default();
     let (done, failed) = (AtomicBool::new(false), AtomicBool::new(false));
     std::thread::scope(|scope| {
         // A failed host or Ctrl-C ends every watch at once.
         scope.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if fleet::interrupted() || failed.load(Ordering::SeqCst) {
-                    for canceller in &cancellers {
-                        canceller.cancel();
-                    }
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            cancellers.cancel_when(&done, || {
+                fleet::interrupted() || failed.load(Ordering::SeqCst)
+            })
         });
-        scope.spawn(|| keep_renewing(&done, others.iter_mut().map(|o| &mut **o), every));
+        scope.spawn(|| keep_renewing(ctx, &done, others.iter_mut().map(|o| &mut **o), every));
         fleet::each(&mut watched, ctx.fleet.parallel, |run| {
             let t = Instant::now();
             let ended_early = failed.load(Ordering::SeqCst);
-            let ok = watch_host(run, window_ms, ended_early, &failed, ctx.reporter);
-            if !ok {
+            let mut ok = true;
+            let reached = ctx.in_session(run, |run| {
+                cancellers.add(run);
+                ok = watch_host(run, window_ms, ended_early, &failed, ctx.reporter);
+            });
+            if !ok || !reached {
+                run.outcome.ok = false;
                 failed.store(true, Ordering::SeqCst);
             }
             run.time("switch", t);
@@ -701,12 +746,14 @@ fn revert_canary(ctx: &Ctx, runs: &mut [Run]) -> usize {
     let count = runs.iter().filter(|r| back(r)).count();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         if back(run) {
-            revert_canary_host(
-                run,
-                &deployer,
-                "reverted because the canary failed",
-                ctx.reporter,
-            );
+            ctx.in_session(run, |run| {
+                revert_canary_host(
+                    run,
+                    &deployer,
+                    "reverted because the canary failed",
+                    ctx.reporter,
+                )
+            });
         }
     });
     count
@@ -732,18 +779,52 @@ fn abort_canary(ctx: &Ctx, runs: &mut [Run], pending: &PendingCanary) -> Switche
     let deployer = deployer();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         if run.switched {
-            revert_canary_host(
-                run,
-                &deployer,
-                "the canary was aborted (--abort)",
-                ctx.reporter,
-            );
+            ctx.in_session(run, |run| {
+                revert_canary_host(
+                    run,
+                    &deployer,
+                    "the canary was aborted (--abort)",
+                    ctx.reporter,
+                )
+            });
         }
     });
     Switched::stop(format!(
         "the canary of release {} was aborted (--abort)",
         pending.release
     ))
+}
+
+/// The cancellers of one step's sessions, registered as each session opens.
+#[derive(Default)]
+struct Cancellers(std::sync::Mutex<Vec<(Canceller, bool)>>);
+
+impl Cancellers {
+    /// Registers `run`'s session.
+    fn add(&self, run: &Run) {
+        if let Some(session) = run.session.as_ref() {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((session.canceller(), false));
+        }
+    }
+
+    /// Until `done`: once `now` says so, cancels the request of every
+    /// session registered (and of those registered later).
+    fn cancel_when(&self, done: &AtomicBool, now: impl Fn() -> bool) {
+        while !done.load(Ordering::SeqCst) {
+            if now() {
+                for (canceller, sent) in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter_mut()
+                {
+                    if !*sent {
+                        *sent = canceller.cancel();
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Why the run stopped when Ctrl-C came before batch `n`.
@@ -759,8 +840,10 @@ fn interrupted_before(runs: &[Run], n: usize) -> String {
 
 /// Renews the lease of hosts waiting for their batch (and of hosts switched
 /// already: a `--continue`'s canary is idle from the start); a host lost
-/// before its switch stops the run.
-fn renew_waiting(runs: &mut [Run], reporter: &Reporter) -> Option<String> {
+/// before its switch stops the run. A detached lock that would run out
+/// within half a lease (a batch is one step, which fits in a lease) is
+/// renewed by a short session.
+fn renew_waiting(ctx: &Ctx, runs: &mut [Run]) -> Option<String> {
     // Idle sessions renew their lease while other batches switch; no waiting.
     for run in runs.iter_mut().filter(|r| !r.failed()) {
         if let Some(session) = run.session.as_mut()
@@ -768,9 +851,15 @@ fn renew_waiting(runs: &mut [Run], reporter: &Reporter) -> Option<String> {
             && !run.switched
         {
             run.session = None;
-            run.fail("lock", e.message, reporter);
+            run.fail("lock", e.message, ctx.reporter);
         }
     }
+    let horizon = Duration::from_millis(ctx.sessions.lease_ms / 2);
+    fleet::each(runs, ctx.fleet.parallel, |run| {
+        if ctx.sessions.due(run, horizon) {
+            ctx.in_session(run, |_| {});
+        }
+    });
     let lost: Vec<String> = runs
         .iter()
         .filter(|r| !r.switched && r.failed())
@@ -802,37 +891,27 @@ fn switch_batch(ctx: &Ctx, runs: &mut [Run], label: &str, batch: &[usize]) -> us
         earlier,
         restarting: ctx.action == Action::Restart,
     });
-    let cancellers: Vec<Canceller> = batch_runs
-        .iter()
-        .filter_map(|r| r.session.as_ref().map(|s| s.canceller()))
-        .collect();
+    let cancellers = Cancellers::default();
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         // A second Ctrl-C cancels the activations in flight at once.
-        scope.spawn(|| {
-            while !done.load(Ordering::SeqCst) {
-                if fleet::aborted() {
-                    for canceller in &cancellers {
-                        canceller.cancel();
-                    }
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
+        scope.spawn(|| cancellers.cancel_when(&done, fleet::aborted));
         fleet::each(&mut batch_runs, ctx.fleet.parallel, |run| {
             let t = Instant::now();
             let partial = ctx
                 .selection
                 .filter(|s| s.selected < s.of)
                 .map(|s| s.describe());
-            activate_host(
-                run,
-                ctx.action.clone(),
-                &deployer,
-                partial.as_deref(),
-                ctx.reporter,
-            );
+            ctx.in_session(run, |run| {
+                cancellers.add(run);
+                activate_host(
+                    run,
+                    ctx.action.clone(),
+                    &deployer,
+                    partial.as_deref(),
+                    ctx.reporter,
+                );
+            });
             run.time("switch", t);
             if run.switched {
                 ctx.reporter.host_done(&run.host);
@@ -850,12 +929,14 @@ fn revert_switched(ctx: &Ctx, runs: &mut [Run]) -> usize {
     let count = runs.iter().filter(|r| r.switched && r.outcome.ok).count();
     fleet::each(runs, ctx.fleet.parallel, |run| {
         if run.switched && run.outcome.ok {
-            revert_host(
-                run,
-                &deployer,
-                "reverted because a later batch failed",
-                ctx.reporter,
-            );
+            ctx.in_session(run, |run| {
+                revert_host(
+                    run,
+                    &deployer,
+                    "reverted because a later batch failed",
+                    ctx.reporter,
+                )
+            });
         }
     });
     count
@@ -887,12 +968,14 @@ fn finish_all(ctx: &Ctx, runs: &mut [Run], stopped: Option<&str>, pending: Optio
                 }
             }
             None => Request::Finish {
-                // A restart leaves the releases on the host as they are.
-                keep: (ctx.action != Action::Restart).then_some(keep),
+                // A restart leaves the releases on the host as they are; after
+                // its agent refused a request, a host prunes nothing.
+                keep: (ctx.action != Action::Restart && !run.agent_failed).then_some(keep),
                 not_switched,
                 pending: None,
             },
         };
+        attach(run, ctx.reach(), ctx.reporter);
         if let Some(Response::Finished { pruned }) = run.call("finish", request, ctx.reporter)
             && !pruned.is_empty()
         {
@@ -957,6 +1040,18 @@ fn release_all(ctx: &Ctx, runs: &mut [Run], why: Option<&str>) {
                 pending: None,
             },
         };
+        // A detached lock is taken back to be released (quietly: the run stops anyway).
+        if let Some(lease) = run.lease.take()
+            && let Ok(mut session) = ctx.sessions.open(ctx.fleet, &run.host, &run.spec)
+        {
+            let attach = Request::Attach {
+                token: lease.token,
+                lease_ms: ctx.sessions.lease_ms,
+            };
+            if let Ok(Response::Renewed { .. }) = session.call(attach, &mut |_, _| {}) {
+                run.session = Some(session);
+            }
+        }
         if let Some(session) = run.session.as_mut() {
             let _ = session.call(request, &mut |_, _| {});
         }

@@ -7,7 +7,7 @@
 //! — in the stage's batches; `--abort` puts the canary hosts back.
 
 use super::canary;
-use super::host_run::Run;
+use super::host_run::{Run, Sessions};
 use super::orchestrate::{Canary, Ctx, execute};
 use super::{FinalState, Outcome, summary};
 use crate::cli::DeployArgs;
@@ -90,6 +90,7 @@ pub(super) fn resume(project: &Project, args: &DeployArgs, reporter: &Reporter) 
         } else {
             Canary::Continue(&pending)
         },
+        sessions: Sessions::new(&fleet, &stage, runs.len()),
     };
     let executed = execute(&ctx, &mut runs);
     let aborted_ok = args.abort
