@@ -14,7 +14,9 @@
 # way the wall time, the bytes the operator sent (the qdisc's counter) and
 # the machine's CPU by process kind (benches/support/fleet_cpu.rs), and a
 # Markdown table with time(largest)/time(smallest) per way and pull/floor.
-# Usage: bench/fleet-uplink.sh [SIZES], e.g. "3,10" (default 10,30,100).
+# Usage: bench/fleet-uplink.sh [SIZES], e.g. "3,10" (default 10,30,100);
+# FLEET_CDS=1 keeps shipjar's class-data archives (off here: the floor makes
+# none, and one way's archive dump would run on into the next way's run).
 # Ctrl-C stops after the step in flight and removes the qdisc, the
 # repository and the fleet.
 set -euo pipefail

@@ -1,6 +1,6 @@
 //! Through a shaped uplink: the operator's link to the test fleet limited to
-//! 100 Mbit/s with 1 ms added (tc on the operator's end, see
-//! `support/uplink.rs`), an artifact repository (nginx with WebDAV PUT) on a
+//! 100 Mbit/s with 1 ms added where the kernel has netem (tc on the
+//! operator's end, see `support/uplink.rs`), an artifact repository (nginx with WebDAV PUT) on a
 //! host of its own on the fleet's bridge, and one new 8.2 MiB artifact
 //! deployed three ways to fleets of 10, 30 and 100 hosts, in one run: the
 //! floor (bench/floor.sh: the jar streamed over one ssh per host, every host
@@ -18,6 +18,9 @@
 //! Clojure JVMs starting at once on a 2-core machine take minutes of CPU and
 //! ~20 GB, which would measure the JVMs rather than the uplink. Each way
 //! deploys a jar of its own (new random bytes), so no store skips it.
+//! `[service] cds = false` unless FLEET_CDS=1: the floor makes no class-data
+//! archive, and an archive's dump after one way's deploy would run on into
+//! the next way's measurement.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -105,7 +108,7 @@ fn main() {
         .collect();
     let work = tempfile::tempdir().expect("tempdir");
     println!(
-        "uplink {RATE}, {DELAY} (tbf + netem on the operator's link); artifact: the hello \
+        "uplink {RATE} on the operator's link (tbf, + netem {DELAY} where the kernel has it); artifact: the hello \
          example's jar padded with 8 MiB of random bytes to {:.1} MiB (100 Clojure JVMs \
          would not fit 2 cores); {} CPUs; {}; load average {}",
         JAR_BYTES as f64 / 1048576.0,
@@ -150,7 +153,14 @@ fn go_on() -> Result<(), String> {
 fn measure(n: usize, work: &Path) -> Result<Row, String> {
     let stage = FleetStage::new(n, "", |c| {
         // 100 JVMs starting at once on 2 cores take longer than the example's 30 s.
-        c.replace("start_timeout = \"30s\"", "start_timeout = \"300s\"")
+        let c = c.replace("start_timeout = \"30s\"", "start_timeout = \"300s\"");
+        // No class-data archives unless FLEET_CDS=1: the floor makes none, and
+        // an archive's dump after one way's deploy would run into the next's.
+        if std::env::var("FLEET_CDS").is_ok_and(|v| v == "1") {
+            c
+        } else {
+            c.replace("jar = \"hello.jar\"", "jar = \"hello.jar\"\ncds = false")
+        }
     });
     go_on()?;
     let repo = uplink::Repository::start(&stage.fleet)?;
@@ -363,6 +373,28 @@ fn timed(mut cmd: Command, netns: &[u64], shaper: &uplink::Shaper) -> Run {
             .or_default() += 1;
     }
     let mut how: Vec<String> = how.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    if let Some(phases) = json["phases_ms"].as_object() {
+        let ms: Vec<String> = phases.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        how.push(format!("phases ms: {}", ms.join(" ")));
+    }
+    // A failed run says why: its failed hosts' reasons, each once, counted.
+    let mut why = std::collections::BTreeMap::<String, usize>::new();
+    for host in json["hosts"].as_array().into_iter().flatten() {
+        if host["ok"] != true {
+            let step = host["failed_step"].as_str().unwrap_or("?");
+            let reason: String = host["reason"]
+                .as_str()
+                .unwrap_or("?")
+                .chars()
+                .take(300)
+                .collect();
+            *why.entry(format!("{step}: {reason}")).or_default() += 1;
+        }
+    }
+    how.extend(
+        why.iter()
+            .map(|(r, n)| format!("{n} host(s) failed at {r}")),
+    );
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(5).collect();
