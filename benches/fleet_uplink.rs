@@ -110,8 +110,9 @@ fn main() {
     println!(
         "uplink {RATE} on the operator's link (tbf, + netem {DELAY} where the kernel has it); artifact: the hello \
          example's jar padded with 8 MiB of random bytes to {:.1} MiB (100 Clojure JVMs \
-         would not fit 2 cores); {} CPUs; {}; load average {}",
+         would not fit 2 cores); cds {}; {} CPUs; {}; load average {}",
         JAR_BYTES as f64 / 1048576.0,
+        if cds_on() { "on (FLEET_CDS=1)" } else { "off" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         now(),
         load_average()
@@ -139,6 +140,11 @@ fn main() {
     }
 }
 
+/// FLEET_CDS=1: shipjar's class-data archives on (the default in a project).
+fn cds_on() -> bool {
+    std::env::var("FLEET_CDS").is_ok_and(|v| v == "1")
+}
+
 /// Stops with an error when a signal came.
 fn go_on() -> Result<(), String> {
     if STOP.load(Ordering::SeqCst) {
@@ -156,7 +162,7 @@ fn measure(n: usize, work: &Path) -> Result<Row, String> {
         let c = c.replace("start_timeout = \"30s\"", "start_timeout = \"300s\"");
         // No class-data archives unless FLEET_CDS=1: the floor makes none, and
         // an archive's dump after one way's deploy would run into the next's.
-        if std::env::var("FLEET_CDS").is_ok_and(|v| v == "1") {
+        if cds_on() {
             c
         } else {
             c.replace("jar = \"hello.jar\"", "jar = \"hello.jar\"\ncds = false")
