@@ -303,3 +303,47 @@ fn with_sessions_detached_a_confirm_canary_continues_and_a_failed_batch_puts_the
         assert_eq!(lock_on(&p, &host), "", "{host} still locked");
     }
 }
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_second_interrupt_names_the_hosts_whose_detached_locks_it_leaves_behind() {
+    let p = FleetStage::new(
+        4,
+        "rolling = { batch = 1 }\nlock_lease = \"10s\"",
+        short_timeouts,
+    );
+    p.provision();
+    ok(p.deploy("1.0.0", &[]));
+    let current = |host: &str| {
+        let out = p.fleet.exec(host, &["readlink", "/var/lib/hello/current"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = current("app1");
+    let child = p.spawn_deploy(
+        "2.0.0",
+        &["--parallel", "1", "--env", "STARTUP_DELAY_MS=3000"],
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // app1 is switching (its release prepared, the others' locks detached).
+    while current("app1") == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..2 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().expect("deploy output");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let said = text(&out);
+    for host in ["app2", "app3", "app4"] {
+        assert!(
+            said.contains(&format!("[{host}] locked with no connection open"))
+                && said.contains(&format!("`shipjar unlock STAGE --hosts {host}`")),
+            "{host} not named:\n{said}"
+        );
+    }
+    // What it said holds: those locks are there until unlocked.
+    assert!(lock_on(&p, "app3").contains("\"pid\""));
+    ok(p.run(&["unlock", "fleet"]));
+}

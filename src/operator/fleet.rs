@@ -1,9 +1,10 @@
 //! Running one step on many hosts: bounded parallelism, a bounded rate of new
 //! connections (sshd's MaxStartups drops bursts), and Ctrl-C handling.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::operator::config::{HostSpec, ResolvedStage};
@@ -55,6 +56,19 @@ pub enum Phase {
     },
     /// Putting hosts back, or releasing locks: finishing regardless.
     Finishing,
+}
+
+/// Hosts whose deploy lock is detached (held by no session), with when its
+/// lease runs out: a hard stop cannot release those, so it names them.
+static DETACHED: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+
+/// Records that `host`'s lock is detached until `until` (`None`: not anymore).
+pub fn set_detached(host: &str, until: Option<Instant>) {
+    let mut detached = DETACHED.lock().unwrap_or_else(|e| e.into_inner());
+    match until {
+        Some(until) => detached.insert(host.to_string(), until),
+        None => detached.remove(host),
+    };
 }
 
 /// Records what the run is doing, for the interrupt message.
@@ -114,11 +128,28 @@ fn hard_stop() -> ! {
     let sessions = crate::operator::transport::cut_all_sessions();
     let mut lines = vec!["stopped: the second interrupt ends shipjar now".to_string()];
     lines.extend(sessions.iter().map(|s| hard_stop_line(s, &phase)));
+    let detached = DETACHED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    lines.extend(
+        detached
+            .iter()
+            .filter(|(host, _)| !sessions.iter().any(|s| &s.host == *host))
+            .map(|(host, until)| detached_line(host, *until)),
+    );
     for line in lines {
         eprintln!("{}", crate::operator::output::redact(&line));
     }
     let signal = LAST_SIGNAL.load(Ordering::SeqCst);
     std::process::exit(128 + if signal > 0 { signal } else { libc::SIGINT });
+}
+
+/// A host whose lock a hard stop leaves behind: no session holds it.
+fn detached_line(host: &str, until: Instant) -> String {
+    let left = until.saturating_duration_since(Instant::now()).as_secs();
+    format!(
+        "[{host}] locked with no connection open (a deploy of more hosts than --parallel), \
+         nothing in flight: its lock stays until its lease runs out in {left}s, or \
+         `shipjar unlock STAGE --hosts {host}` frees it now; `shipjar status` shows the release it runs"
+    )
 }
 
 /// Where one host was left by a hard stop.

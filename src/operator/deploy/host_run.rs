@@ -53,13 +53,32 @@ pub(super) struct Run<'p> {
     pub agent_failed: bool,
 }
 
-/// A deploy lock detached from its session.
-#[derive(Debug, Clone)]
+/// A deploy lock detached from its session; while it exists, a hard stop
+/// names its host as locked with no connection open.
+#[derive(Debug)]
 pub(super) struct Lease {
+    host: String,
     /// What `attach` takes it back with.
     pub token: String,
     /// When it runs out (as seen here: counted from before the `detach` was sent).
     pub until: Instant,
+}
+
+impl Lease {
+    fn new(host: &str, token: String, until: Instant) -> Lease {
+        crate::operator::fleet::set_detached(host, Some(until));
+        Lease {
+            host: host.to_string(),
+            token,
+            until,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        crate::operator::fleet::set_detached(&self.host, None);
+    }
 }
 
 /// The sessions of a run: at most `--parallel` at once (a place is taken
@@ -626,7 +645,7 @@ pub(super) fn attach(
         }
     }
     let request = Request::Attach {
-        token: lease.token,
+        token: lease.token.clone(),
         lease_ms: sessions.lease_ms,
     };
     match run.call("lock", request, reporter) {
@@ -655,10 +674,8 @@ pub(super) fn detach(run: &mut Run, sessions: &Sessions, reporter: &Reporter) {
         };
         match run.call("lock", request, reporter) {
             Some(Response::Detached { token, .. }) => {
-                run.lease = Some(Lease {
-                    token,
-                    until: sent + Duration::from_millis(sessions.lease_ms),
-                });
+                let until = sent + Duration::from_millis(sessions.lease_ms);
+                run.lease = Some(Lease::new(&run.host, token, until));
             }
             Some(other) => run.fail("lock", format!("unexpected answer: {other:?}"), reporter),
             None => {}

@@ -1045,7 +1045,7 @@ fn release_all(ctx: &Ctx, runs: &mut [Run], why: Option<&str>) {
             && let Ok(mut session) = ctx.sessions.open(ctx.fleet, &run.host, &run.spec)
         {
             let attach = Request::Attach {
-                token: lease.token,
+                token: lease.token.clone(),
                 lease_ms: ctx.sessions.lease_ms,
             };
             if let Ok(Response::Renewed { .. }) = session.call(attach, &mut |_, _| {}) {
