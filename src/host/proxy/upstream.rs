@@ -237,6 +237,87 @@ mod tests {
         assert_eq!(req.headers()[header::HOST], "127.0.0.1:8081");
     }
 
+    /// An instance on 127.0.0.1 answering `ok` to each request head; it
+    /// closes a connection after `per_connection` answers. Counts connections.
+    async fn instance(
+        per_connection: usize,
+    ) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    for _ in 0..per_connection {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    /// One GET through `pool` to `port`, its answer read whole, its
+    /// connection given back.
+    async fn get(pool: &Pool<http_body_util::Empty<bytes::Bytes>>, port: u16) -> String {
+        use http_body_util::BodyExt;
+        let req = Request::get("/")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let (response, lease) = pool.send(port, req).await.expect("an answer");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        pool.give_back(lease);
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    #[tokio::test]
+    async fn requests_one_after_another_share_one_kept_alive_connection() {
+        let (port, accepted) = instance(usize::MAX).await;
+        let pool = Pool::new([port, 1]);
+        for _ in 0..5 {
+            assert_eq!(get(&pool, port).await, "ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_instance_closed_while_idle_is_replaced_without_an_error() {
+        let (port, accepted) = instance(1).await;
+        let pool = Pool::new([port, 1]);
+        for _ in 0..3 {
+            assert_eq!(get(&pool, port).await, "ok");
+            // The instance's close reaches the connection's task.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_is_not_listening_went_away() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let pool: Pool<http_body_util::Empty<bytes::Bytes>> = Pool::new([port, 1]);
+        let req = Request::get("/")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let failed = pool.send(port, req).await.err().expect("refused");
+        assert!(failed.went_away(), "{failed}");
+    }
+
     #[test]
     fn connect_goes_in_authority_form_to_the_instance() {
         let req = target("example.org:443", Method::CONNECT, Some("example.org:443"));
