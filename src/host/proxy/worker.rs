@@ -79,6 +79,9 @@ struct Shared {
     traffic: traffic::Gate,
     /// What the metrics count.
     counters: metrics::Counters,
+    /// Answers are counted: there is a metrics scrape to read them
+    /// (`[metrics] listen`); without one the work is skipped.
+    counting: bool,
     /// TLS terminated on `listen` (`[proxy] tls`), for the worker's life.
     tls: Option<Arc<tls::Tls>>,
 }
@@ -91,6 +94,7 @@ impl Shared {
         spec: ProxySpec,
         active: u16,
         tls: Option<Arc<tls::Tls>>,
+        counting: bool,
     ) -> Arc<Shared> {
         raise_open_files(spec.max_connections);
         let (wake, _) = watch::channel(active);
@@ -111,6 +115,7 @@ impl Shared {
                 traffic::Record::serving()
             })),
             counters: metrics::Counters::default(),
+            counting,
             tls,
         })
     }
@@ -272,7 +277,8 @@ async fn serve(
         .filter(|p| spec.ports.contains(p))
         .unwrap_or(0);
     let tls = spec.tls.as_deref().map(tls::Tls::new).transpose()?;
-    let shared = Shared::new(layout, spec, active, tls);
+    let scrape = metrics::handed_over()?;
+    let shared = Shared::new(layout, spec, active, tls, scrape.is_some());
     let gate = shared.gate.clone();
 
     control
@@ -287,7 +293,7 @@ async fn serve(
         describe(active),
         describe_settings(&shared.spec)
     );
-    start_side_tasks(&shared, layout, active, control)?;
+    start_side_tasks(&shared, layout, active, control, scrape)?;
 
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -326,6 +332,7 @@ fn start_side_tasks(
     layout: &Layout,
     active: u16,
     control: tokio::net::UnixListener,
+    scrape: Option<tokio::net::TcpListener>,
 ) -> Result<(), String> {
     // A worker restarted after a switch serves with the active release's settings.
     if let Some(release) = release_settings(layout, active) {
@@ -342,7 +349,7 @@ fn start_side_tasks(
         let within = Duration::from_millis(shared.settings().header_timeout_ms);
         tokio::spawn(tls::serve_redirect(listener, port, within));
     }
-    if let Some(listener) = metrics::handed_over()? {
+    if let Some(listener) = scrape {
         let (view, layout) = (shared.clone(), layout.clone());
         tokio::spawn(metrics::serve(listener, move || view.scrape(&layout)));
     }
@@ -411,7 +418,9 @@ async fn client_connection(
         let counted = shared.clone();
         async move {
             let mut response = answer.await?;
-            counted.counters.answered(&response, started.elapsed());
+            if counted.counting {
+                counted.counters.answered(&response, started.elapsed());
+            }
             let entry = logged.map(|(time, method, path, log)| {
                 let entry = access::Entry {
                     time,
