@@ -21,6 +21,7 @@ mod tls;
 #[allow(clippy::disallowed_methods)] // root-only: traffic.json in root's run/NAME/proxy
 mod traffic;
 mod tunnel;
+mod upstream;
 #[allow(clippy::disallowed_methods)] // root-only: the control socket in root's run/NAME/proxy
 mod worker;
 

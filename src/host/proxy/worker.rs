@@ -27,10 +27,8 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
@@ -38,7 +36,7 @@ use super::access::{self, AccessLog, Ids, Instance, Logged};
 use super::conn::{Exchange, Gate, Guarded, Tracked, Watch};
 use super::drain::{Drains, Kind};
 use super::stream::{BodyCap, BodyError, Streamed};
-use super::{files, headers, metrics, tls, traffic, tunnel};
+use super::{files, headers, metrics, tls, traffic, tunnel, upstream};
 use crate::host::supervisor::logfile::Rotation;
 use crate::protocol::layout::Layout;
 use crate::protocol::manifest::ProxySpec;
@@ -69,7 +67,8 @@ struct Shared {
     wake: watch::Sender<u16>,
     /// In-flight requests per instance, in `spec.ports` order.
     inflight: [AtomicU64; 2],
-    client: Client<HttpConnector, UpBody>,
+    /// Kept-alive connections to the instances.
+    upstream: upstream::Pool<UpBody>,
     /// Tunnels and streams per instance, and their close at the drain deadline.
     drains: Arc<Drains>,
     /// New request ids.
@@ -80,6 +79,9 @@ struct Shared {
     traffic: traffic::Gate,
     /// What the metrics count.
     counters: metrics::Counters,
+    /// Answers are counted: there is a metrics scrape to read them
+    /// (`[metrics] listen`); without one the work is skipped.
+    counting: bool,
     /// TLS terminated on `listen` (`[proxy] tls`), for the worker's life.
     tls: Option<Arc<tls::Tls>>,
 }
@@ -92,12 +94,8 @@ impl Shared {
         spec: ProxySpec,
         active: u16,
         tls: Option<Arc<tls::Tls>>,
+        counting: bool,
     ) -> Arc<Shared> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         raise_open_files(spec.max_connections);
         let (wake, _) = watch::channel(active);
         Arc::new(Shared {
@@ -105,11 +103,11 @@ impl Shared {
             settings: Mutex::new(Arc::new(spec.clone())),
             gate: Gate::new(spec.max_connections as usize),
             drains: Drains::new(spec.ports),
+            upstream: upstream::Pool::new(spec.ports),
             spec,
             active: AtomicU16::new(active),
             wake,
             inflight: [AtomicU64::new(0), AtomicU64::new(0)],
-            client,
             ids: Ids::new(),
             access: AccessLog::new(layout.log_dir().join("access.log")),
             traffic: traffic::Gate::new(&traffic::read(layout).unwrap_or_else(|e| {
@@ -117,6 +115,7 @@ impl Shared {
                 traffic::Record::serving()
             })),
             counters: metrics::Counters::default(),
+            counting,
             tls,
         })
     }
@@ -170,6 +169,7 @@ impl Shared {
                 return Some(InFlight {
                     shared: self.clone(),
                     port,
+                    lease: None,
                 });
             }
             slot.fetch_sub(1, Ordering::SeqCst);
@@ -198,16 +198,21 @@ impl Shared {
     }
 }
 
-/// One request counted against its instance until dropped.
+/// One request counted against its instance until dropped, with the
+/// connection its answer came on, given back for the next request then.
 struct InFlight {
     shared: Arc<Shared>,
     port: u16,
+    lease: Option<upstream::Lease<UpBody>>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(slot) = self.shared.slot(self.port) {
             slot.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some(lease) = self.lease.take() {
+            self.shared.upstream.give_back(lease);
         }
     }
 }
@@ -272,7 +277,8 @@ async fn serve(
         .filter(|p| spec.ports.contains(p))
         .unwrap_or(0);
     let tls = spec.tls.as_deref().map(tls::Tls::new).transpose()?;
-    let shared = Shared::new(layout, spec, active, tls);
+    let scrape = metrics::handed_over()?;
+    let shared = Shared::new(layout, spec, active, tls, scrape.is_some());
     let gate = shared.gate.clone();
 
     control
@@ -287,7 +293,7 @@ async fn serve(
         describe(active),
         describe_settings(&shared.spec)
     );
-    start_side_tasks(&shared, layout, active, control)?;
+    start_side_tasks(&shared, layout, active, control, scrape)?;
 
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -326,6 +332,7 @@ fn start_side_tasks(
     layout: &Layout,
     active: u16,
     control: tokio::net::UnixListener,
+    scrape: Option<tokio::net::TcpListener>,
 ) -> Result<(), String> {
     // A worker restarted after a switch serves with the active release's settings.
     if let Some(release) = release_settings(layout, active) {
@@ -342,7 +349,7 @@ fn start_side_tasks(
         let within = Duration::from_millis(shared.settings().header_timeout_ms);
         tokio::spawn(tls::serve_redirect(listener, port, within));
     }
-    if let Some(listener) = metrics::handed_over()? {
+    if let Some(listener) = scrape {
         let (view, layout) = (shared.clone(), layout.clone());
         tokio::spawn(metrics::serve(listener, move || view.scrape(&layout)));
     }
@@ -411,7 +418,9 @@ async fn client_connection(
         let counted = shared.clone();
         async move {
             let mut response = answer.await?;
-            counted.counters.answered(&response, started.elapsed());
+            if counted.counting {
+                counted.counters.answered(&response, started.elapsed());
+            }
             let entry = logged.map(|(time, method, path, log)| {
                 let entry = access::Entry {
                     time,
@@ -744,21 +753,16 @@ async fn handle(
     if let Some((protocol, _, _)) = &upgrade {
         tunnel::restore(&mut parts.headers, protocol.clone());
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
     // Kept here, not moved into the first attempt: an instance that dies
     // before a byte of the body went to it leaves the body to send again.
     let body = Arc::new(Mutex::new(body));
     let cap = BodyCap::new(settings.max_request_body);
     loop {
-        let Some(flight) = wait_for_active(&shared, deadline).await else {
+        let Some(mut flight) = wait_for_active(&shared, deadline).await else {
             return Ok(unavailable(&shared, &settings));
         };
-        match send(&shared, &settings, &parts, &path, flight.port, &body, &cap).await {
-            Sent::Answered(response)
+        match send(&shared, &settings, &parts, flight.port, &body, &cap).await {
+            Sent::Answered(response, lease)
                 if upgrade.is_none()
                     && held_whole(&parts, &response)
                     && !super::stream::declared_over(
@@ -771,7 +775,11 @@ async fn handle(
                 // half-sent, and the request goes again.
                 let port = flight.port;
                 match whole(response, &settings).await {
-                    Some(response) => return Ok(held_answer(response, port)),
+                    Some(response) => {
+                        // Read whole: its connection can take the next request.
+                        flight.lease = Some(lease);
+                        return Ok(held_answer(response, port));
+                    }
                     None => {
                         drop(flight);
                         if tokio::time::Instant::now() >= deadline {
@@ -781,7 +789,8 @@ async fn handle(
                     }
                 }
             }
-            Sent::Answered(response) => {
+            Sent::Answered(response, lease) => {
+                flight.lease = Some(lease);
                 return Ok(answered(&shared, &settings, response, flight, upgrade));
             }
             Sent::Page(page) => return Ok(page),
@@ -807,13 +816,15 @@ fn answered(
     shared: &Shared,
     settings: &ProxySpec,
     mut response: Response<Incoming>,
-    flight: InFlight,
+    mut flight: InFlight,
     upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade, TunnelHold)>,
 ) -> Response<DownBody> {
     let port = flight.port;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some((asked, client, hold)) = upgrade
     {
+        // The connection becomes the tunnel's: it takes no more requests.
+        flight.lease = None;
         let upstream = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
         let protocol = parts.headers.get(header::UPGRADE).cloned().unwrap_or(asked);
@@ -833,6 +844,8 @@ fn answered(
         return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
     }
     if super::stream::declared_over(response.headers(), settings.max_response_body) {
+        // Its answer is left unread: the connection goes with it.
+        flight.lease = None;
         return response_too_large(shared, settings, port);
     }
     let (mut parts, body) = response.into_parts();
@@ -912,37 +925,32 @@ fn response_too_large(shared: &Shared, settings: &ProxySpec, port: u16) -> Respo
 
 /// What one attempt to send a request to an instance came to.
 enum Sent {
-    /// Its answer.
-    Answered(Response<Incoming>),
+    /// Its answer, and the connection it came on.
+    Answered(Response<Incoming>, upstream::Lease<UpBody>),
     /// The proxy's own answer (a bad target, 504, 502).
     Page(Response<DownBody>),
     /// It went away before any of the body reached it: the request may go again.
     WentAway,
 }
 
-/// Sends the request (`parts`, `path`, the client's `body`) to the
-/// instance on `port`, bounded by `upstream_timeout`.
+/// Sends the request (`parts`, the client's `body`) to the instance on
+/// `port`, bounded by `upstream_timeout`.
 async fn send(
     shared: &Shared,
     settings: &ProxySpec,
     parts: &hyper::http::request::Parts,
-    path: &str,
     port: u16,
     body: &Arc<Mutex<Incoming>>,
     cap: &BodyCap,
 ) -> Sent {
-    let mut up = Request::from_parts(parts.clone(), ());
-    *up.uri_mut() = match format!("http://127.0.0.1:{port}{path}").parse::<Uri>() {
-        Ok(uri) => uri,
-        Err(_) => return Sent::Page(page(StatusCode::BAD_REQUEST, "bad request target".into())),
-    };
     let relay = Relay {
         body: body.clone(),
         sent: Arc::new(AtomicBool::new(false)),
         cap: cap.clone(),
     };
     let sent_any = relay.sent.clone();
-    let sent = shared.client.request(up.map(|()| relay));
+    let up = Request::from_parts(parts.clone(), relay);
+    let sent = shared.upstream.send(port, up);
     let answered = match settings.upstream_timeout_ms {
         None => sent.await,
         Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), sent).await {
@@ -960,11 +968,11 @@ async fn send(
         },
     };
     match answered {
-        Ok(response) => Sent::Answered(response),
+        Ok((response, lease)) => Sent::Answered(response, lease),
         Err(_) if cap.went_over() => Sent::Page(request_too_large(shared, settings)),
-        Err(e) if went_away(&e) && !sent_any.load(Ordering::SeqCst) => Sent::WentAway,
+        Err(e) if e.went_away() && !sent_any.load(Ordering::SeqCst) => Sent::WentAway,
         Err(e) => {
-            let why = if went_away(&e) {
+            let why = if e.went_away() {
                 " after part of the request body had gone to it"
             } else {
                 ""
@@ -978,36 +986,6 @@ async fn send(
             ))
         }
     }
-}
-
-/// Whether a failed exchange with an instance means the instance went away
-/// (connection refused, reset, or closed before an answer), rather than it
-/// answering something that is not HTTP.
-fn went_away(e: &hyper_util::client::legacy::Error) -> bool {
-    if e.is_connect() {
-        return true;
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = cause {
-        if let Some(h) = err.downcast_ref::<hyper::Error>()
-            && (h.is_incomplete_message() || h.is_closed() || h.is_canceled())
-        {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            )
-        {
-            return true;
-        }
-        cause = err.source();
-    }
-    false
 }
 
 /// The client's body on its way to an instance. It stays the handler's
