@@ -3,10 +3,11 @@
 # with a stage behind the proxy (`proxied`) and one without (`plain`), built
 # once and deployed once each (warm-1). Sets bin, load, work, direct, listen;
 # defines deploy and active; stops both services and removes $work on exit.
+# SHIPJAR_BIN=PATH measures another build of shipjar (e.g. other profile settings).
 cargo build --release --quiet
 cargo bench --quiet --bench proxy_load --no-run 2>/dev/null
 load=$(find target/release/deps -maxdepth 1 -type f -executable -name 'proxy_load-*' -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2)
-bin=$PWD/target/release/shipjar
+bin=${SHIPJAR_BIN:-$PWD/target/release/shipjar}
 work=$(mktemp -d)
 cleanup() {
     "$bin" service stop hello --root "$work/.shipjar/proxied" >/dev/null 2>&1 || true
