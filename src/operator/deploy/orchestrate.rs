@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::FinalState;
+use super::archive;
 use super::canary;
 use super::host_run::{Run, activate_host, close, lock_host, revert_host, upload_and_prepare};
 use super::identity::deployer;
@@ -441,7 +442,7 @@ fn prepare_all(ctx: &Ctx, runs: &mut [Run], build: &BuildManifest) {
         let t = Instant::now();
         upload_and_prepare(run, build, ctx.remote, ctx.reporter);
         run.time("prepare", t);
-    });
+    });    archive::share(ctx, runs);
 }
 
 /// Switches the hosts batch by batch, the canary first; says why it
