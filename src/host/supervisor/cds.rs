@@ -383,6 +383,17 @@ fn check(dir: &Path, now: &MadeWith) -> Result<(), Invalid> {
     }
 }
 
+/// The sha256 `cds.json` in `dir` records for its archive.
+#[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
+pub(super) fn recorded_sha256(dir: &Path) -> Result<String, String> {
+    let path = dir.join(CDS_IDENTITY);
+    fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
+        .map(|r| r.archive_sha256)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// `PATH (N bytes, mtime S)`: enough to see what differs.
 fn describe(f: &FileId) -> String {
     format!("{} {} bytes mtime {}", f.path.display(), f.size, f.mtime)
