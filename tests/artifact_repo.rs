@@ -14,8 +14,8 @@ mod lifecycle;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,9 +26,7 @@ use lifecycle::FleetStage;
 
 /// The service's port inside every host.
 const PORT: u16 = 18080;
-/// The repository's login and password (nginx auth_basic on /private/).
-const LOGIN: &str = "deployer";
-const PASSWORD: &str = "repo-pass-7f3a9c1e";
+use common::repository::{LOGIN, PASSWORD, Repository};
 
 /// The repository's address: a second address on the root end of the
 /// fleet's bridge (`10.213.K.250`; the link goes with the fleet), so that a
@@ -49,90 +47,6 @@ fn repository_address(fleet: &Fleet) -> String {
         .expect("run ip");
     assert!(out.status.success(), "ip addr add: {out:?}");
     address
-}
-
-/// A free port on `address`.
-fn free_port(address: &str) -> u16 {
-    TcpListener::bind((address, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// nginx serving DIR/www with PUT, `/private/` behind basic auth; killed by pid on drop.
-struct Repository {
-    child: Child,
-    dir: tempfile::TempDir,
-    base: String,
-}
-
-impl Repository {
-    fn start(address: &str) -> Repository {
-        let nginx = Path::new("/usr/sbin/nginx");
-        assert!(
-            nginx.exists(),
-            "nginx not found: install the Debian package nginx-light (./run-tests does as root)"
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path().display().to_string();
-        for sub in ["www/open", "www/private", "tmp"] {
-            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
-        }
-        std::fs::write(
-            dir.path().join("htpasswd"),
-            format!("{LOGIN}:{{PLAIN}}{PASSWORD}\n"),
-        )
-        .expect("htpasswd");
-        let port = free_port(address);
-        let dav = "dav_methods PUT; create_full_put_path on; dav_access user:rw all:r;";
-        let conf = format!(
-            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log {d}/access.log; client_max_body_size 0;\n\
-               client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;\n\
-               fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;\n\
-               server {{ listen {address}:{port}; root {d}/www;\n\
-                 location /open/ {{ {dav} }}\n\
-                 location /private/ {{ auth_basic \"repo\"; auth_basic_user_file {d}/htpasswd; {dav} }}\n\
-               }}\n\
-             }}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).expect("nginx.conf");
-        let child = Command::new(nginx)
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let repo = Repository {
-            child,
-            dir,
-            base: format!("http://{address}:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect((address, port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen within 20 s: {}",
-                std::fs::read_to_string(repo.dir.path().join("error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        repo
-    }
-
-    fn file(&self, path: &str) -> PathBuf {
-        self.dir.path().join("www").join(path)
-    }
-}
-
-impl Drop for Repository {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A fleet with the hello project (no `[artifact]` yet).
@@ -529,4 +443,72 @@ fn download_failures_name_the_host_and_leave_nothing_half_installed() {
         text(&out)
     );
     assert_eq!(store(&p, "app1"), vec![format!("{sha}.jar")]);
+}
+
+#[test]
+#[ignore = "needs root: creates network namespaces"]
+fn a_repository_signed_by_a_private_ca_is_trusted_only_through_artifact_ca() {
+    require_root();
+    let p = project(1);
+    let address = repository_address(&p.fleet);
+    let certs = tempfile::tempdir().expect("tempdir");
+    common::tls::test_ca(certs.path(), &address);
+    let repo = Repository::start_tls(
+        &address,
+        &certs.path().join("first.pem"),
+        &certs.path().join("first.key"),
+    );
+    std::fs::copy(certs.path().join("ca.pem"), p.path().join("repo-ca.pem")).expect("copy ca");
+    let base = format!("{}/open", repo.base);
+    assert!(base.starts_with("https://"), "{base}");
+    let artifact = format!(
+        "repository = \"{base}\"\ngroup = \"com.example\"\nartifact = \"hello\"\n\
+         fetch = \"host\"\ntimeout = \"5m\""
+    );
+    assert_eq!(p.provision().status.code(), Some(0));
+    let jar = hello_jar().display().to_string();
+    let sha = hello_sha256();
+
+    // Without `ca`: the operator's publish is refused at once, saying what to do.
+    set_artifact(&p, &artifact);
+    let out = p.run(&["publish", "--artifact", &jar, "--version", "1.0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("TLS certificate was refused") && text(&out).contains("[artifact] ca"),
+        "{}",
+        text(&out)
+    );
+    set_artifact(&p, &format!("{artifact}\nca = \"repo-ca.pem\""));
+    let out = p.run(&["publish", "--artifact", &jar, "--version", "1.0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The host without `ca`: refused at once (no retries until the 5 min
+    // deadline), named, nothing half-installed.
+    set_artifact(&p, &artifact);
+    let started = Instant::now();
+    let out = deploy(&p, "1.0", &["--sha256", &sha]);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "a refused certificate was retried: {:?}",
+        started.elapsed()
+    );
+    assert_failed_cleanly(&p, &out, "app1", &sha, "TLS certificate was refused");
+
+    // With `ca`: the host trusts the repository and downloads the jar itself.
+    set_artifact(&p, &format!("{artifact}\nca = \"repo-ca.pem\""));
+    let out = deploy(&p, "1.0", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let h = host_field(&last_json(&out), "app1").clone();
+    assert_eq!(h["artifact"], "downloaded", "{h}");
+    assert_eq!(h["uploaded_bytes"], 0, "{h}");
+
+    // A `ca` file with no certificate in it is a config error naming it.
+    std::fs::write(p.path().join("repo-ca.pem"), "not a certificate\n").expect("write");
+    let out = deploy(&p, "1.0", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("repo-ca.pem: holds no certificate"),
+        "{}",
+        text(&out)
+    );
 }

@@ -74,6 +74,18 @@ const NEEDS: [(&str, &str); 12] = [
     ),
 ];
 
+/// What `mvn deploy` needs besides the build, as (path, Debian package).
+const DEPLOY_NEEDS: [(&str, &str); 2] = [
+    (
+        "/usr/share/maven-repo/org/apache/maven/plugins/maven-install-plugin/3.1.0",
+        "libmaven-install-plugin-java",
+    ),
+    (
+        "/usr/share/maven-repo/org/apache/maven/plugins/maven-deploy-plugin/3.0.0",
+        "libmaven-deploy-plugin-java",
+    ),
+];
+
 /// Fails the test with the list of missing Debian packages, if any.
 fn require_packages() {
     common::require_packages("examples/clojure-jetty", &NEEDS);
@@ -724,4 +736,56 @@ fn repl_on_a_host_goes_through_an_ssh_forward_and_answers_as_the_service_user() 
     let _ = held.kill();
     let _ = held.wait();
     assert!(answered.contains("user=> 42"), "{answered}");
+}
+
+/// The CI flow: `mvn deploy` publishes the uberjar to a Maven repository
+/// (nginx with WebDAV; Maven writes `.sha1`/`.md5` companions, no
+/// `.sha256`), then a checkout with no build in it deploys that exact jar
+/// with `deploy local --version`, the host downloading it itself.
+#[test]
+fn mvn_deploy_publishes_and_a_checkout_without_the_build_deploys_that_version() {
+    require_packages();
+    common::require_packages("examples/clojure-jetty", &DEPLOY_NEEDS);
+    let repo = common::repository::Repository::start("127.0.0.1");
+    let ci = example_copy();
+    // Online only so that Maven may deploy: every download is still
+    // mirrored to Debian's system repository (file://), as offline.
+    let settings = std::fs::read_to_string(ci.path().join("settings.xml"))
+        .expect("settings.xml")
+        .replace("<offline>true</offline>", "<offline>false</offline>");
+    std::fs::write(ci.path().join("settings-ci.xml"), settings).expect("settings-ci.xml");
+    let target = format!(
+        "-DaltDeploymentRepository=repo::default::{}/open",
+        repo.base
+    );
+    build(
+        ci.path(),
+        "mvn",
+        &["-s", "settings-ci.xml", "-q", "deploy", &target],
+    );
+    let published = repo.file("open/example/inventory/1.0.0/inventory-1.0.0-standalone.jar");
+    assert_eq!(
+        std::fs::read(&published).expect("the published uberjar"),
+        std::fs::read(ci.path().join(MAVEN_JAR)).expect("the built uberjar"),
+    );
+
+    let d = Deployed::new();
+    let _ = std::fs::remove_dir_all(d.dir.path().join("target"));
+    let config = d.dir.path().join("shipjar.toml");
+    let mut toml = std::fs::read_to_string(&config).expect("config");
+    toml.push_str(&format!(
+        "\n[artifact]\nrepository = \"{}/open\"\ngroup = \"example\"\n\
+         artifact = \"inventory\"\nclassifier = \"standalone\"\n",
+        repo.base
+    ));
+    std::fs::write(&config, toml).expect("config");
+    let out = ok(d.run(&["--json", "deploy", "local", "--version", "1.0.0"]));
+    let result = json_result(&out);
+    let host = common::host_field(&result, "local");
+    assert_eq!(host["artifact"], "downloaded", "{}", text(&out));
+    assert!(
+        !d.dir.path().join("target").exists(),
+        "the deploy built the project"
+    );
+    assert_eq!(d.served_version().as_deref(), Some("1.0.0"));
 }

@@ -684,61 +684,6 @@ fn on_a_fleet_pause_honours_hosts_status_shows_each_host_and_the_service_users_w
     );
 }
 
-/// A test CA and two server certificates it signed for the address `ip`
-/// (`first` and `second`), made with `openssl` in `dir`: `ca.pem`,
-/// `NAME.pem`, `NAME.key`.
-fn test_ca(dir: &std::path::Path, ip: &str) {
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl runs");
-        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=shipjar test CA"];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(&ca);
-    std::fs::write(dir.join("san.cnf"), format!("subjectAltName=IP:{ip}\n"))
-        .expect("write san.cnf");
-    for name in ["first", "second"] {
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        let subject = format!("/CN={name}");
-        let mut req = vec!["req", "-subj", &subject, "-keyout", &key, "-out", &csr];
-        req.extend(ec);
-        openssl(&req);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.cnf",
-            "-out",
-            &pem,
-        ]);
-    }
-}
-
 /// A TLS connection to 127.0.0.1:`port` trusting only `ca`.
 struct TlsConn {
     stream: std::io::BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
@@ -849,7 +794,7 @@ fn swap_in(dir: &std::path::Path, from: &str, to: &str) {
 fn tls_is_terminated_redirected_to_and_a_swapped_certificate_taken_without_closing_a_connection() {
     let tls = tempfile::tempdir().expect("a temporary directory");
     let dir = tls.path();
-    test_ca(dir, "127.0.0.1");
+    common::tls::test_ca(dir, "127.0.0.1");
     swap_in(dir, "first.pem", "cert.pem");
     swap_in(dir, "first.key", "key.pem");
     let redirect = free_port();
@@ -974,7 +919,7 @@ fn on_a_fleet_the_worker_as_the_service_user_terminates_tls_with_a_key_its_group
     let host = f.hosts()[0].clone();
     let ip = f.ip(&host);
     let tls = tempfile::tempdir().expect("a temporary directory");
-    test_ca(tls.path(), &ip);
+    common::tls::test_ca(tls.path(), &ip);
     install_on(
         f,
         &host,

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::host::fs::{GuardedDir, NewFile};
 use crate::host::store;
 use crate::protocol::digest::{hex, is_sha256};
+use crate::protocol::http;
 use crate::protocol::layout::Layout;
 use crate::protocol::mask::base64_standard;
 use crate::protocol::{Credentials, FetchSpec, Fetched};
@@ -156,12 +157,12 @@ impl<'s> Download<'s> {
     /// One GET from `written` on; the body appended and hashed.
     fn attempt(&mut self) -> Result<(), Stop> {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(remaining))
-            .timeout_connect(Some(remaining.min(CONNECT_TIMEOUT)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = http::agent(
+            remaining,
+            Some(remaining.min(CONNECT_TIMEOUT)),
+            self.spec.ca.as_deref(),
+        )
+        .map_err(Stop::Fatal)?;
         let mut request = agent.get(&self.spec.url);
         if let Some(c) = &self.spec.credentials {
             request = request.header("Authorization", basic(c));
@@ -298,6 +299,9 @@ impl<'s> Download<'s> {
     /// A request that got no answer: unreachable, a timeout, TLS.
     fn call_error(&self, e: ureq::Error) -> Stop {
         let url = &self.spec.url;
+        if let Some(why) = http::tls_refusal(&e) {
+            return Stop::Fatal(http::untrusted(url, &why));
+        }
         match e {
             ureq::Error::Timeout(_) if Instant::now() >= self.deadline => {
                 Stop::Fatal(self.too_slow())

@@ -47,8 +47,8 @@ pub fn publish(project: &Project, args: &PublishArgs, reporter: &Reporter) -> Re
     let jar = std::fs::read(&build.artifact)
         .map_err(|e| Error::failed(format!("cannot read {}: {e}", build.artifact.display())))?;
     let url = coordinates.jar_url(&version);
-    let credentials = repository::credentials(&source, &url)?;
-    let creds = credentials.as_ref();
+    let access = repository::access(&source, &url)?;
+    let creds = &access;
     let sha1 = hex(&sha1::Sha1::digest(&jar));
     let failed = |e: String| Error::failed(format!("publish: {e}"));
     repository::put(&url, &jar, creds).map_err(failed)?;
@@ -76,7 +76,7 @@ pub fn publish(project: &Project, args: &PublishArgs, reporter: &Reporter) -> Re
 fn update_metadata(
     c: &Coordinates,
     version: &str,
-    creds: Option<&crate::protocol::Credentials>,
+    creds: &repository::Access,
 ) -> std::result::Result<(), String> {
     let url = c.metadata_url();
     let existing = match repository::get(&url, creds)? {

@@ -217,6 +217,10 @@ pub struct FetchSpec {
     /// masked in everything the host says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Credentials>,
+    /// PEM certificates of the only authorities trusted for `https://`
+    /// (`[artifact] ca`); Mozilla's roots when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// A login and password for a repository.

@@ -17,6 +17,7 @@ pub mod defaults;
 pub mod digest;
 pub mod files;
 pub mod hook_wait;
+pub mod http;
 pub mod keep;
 pub mod layout;
 pub mod manifest;

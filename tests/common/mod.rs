@@ -5,7 +5,9 @@
 
 pub mod host;
 pub mod proxied;
+pub mod repository;
 pub mod secret_forms;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

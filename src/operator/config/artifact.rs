@@ -36,6 +36,8 @@ pub struct Artifact {
     pub fetch: Option<Fetch>,
     /// A netrc-style file on the operator (relative to the project) with the repository's credentials.
     pub netrc: Option<PathBuf>,
+    /// A PEM file on the operator (relative to the project): the only CAs trusted for `https://`.
+    pub ca: Option<PathBuf>,
     /// Largest artifact a host downloads.
     #[serde(default = "default_max_size")]
     pub max_size: Bytes,
@@ -120,6 +122,8 @@ pub struct ArtifactSource {
     pub fetch: Fetch,
     /// The credentials file, absolute.
     pub netrc: Option<PathBuf>,
+    /// The trusted CAs' PEM file, absolute.
+    pub ca: Option<PathBuf>,
     /// Largest artifact accepted.
     pub max_size: u64,
     /// A host's download deadline.
@@ -172,6 +176,7 @@ impl Project {
             url: text(&a.url),
             fetch: a.fetch.unwrap_or_default(),
             netrc: a.netrc.as_ref().map(|p| self.dir.join(p)),
+            ca: a.ca.as_ref().map(|p| self.dir.join(p)),
             max_size: a.max_size.0,
             timeout_ms: a.timeout.0,
         })

@@ -18,6 +18,7 @@ use crate::operator::config::Project;
 use crate::operator::config::artifact::{ArtifactSource, Fetch, is_coordinate};
 use crate::operator::output;
 use crate::protocol::digest::{hex, is_sha256};
+use crate::protocol::http;
 use crate::protocol::mask::base64_standard;
 use crate::protocol::{Credentials, FetchSpec};
 
@@ -33,8 +34,8 @@ pub struct Remote {
     pub sha256: String,
     /// Who downloads it.
     pub fetch: Fetch,
-    /// The repository's credentials, if any.
-    pub credentials: Option<Credentials>,
+    /// The repository's credentials and trusted CAs.
+    pub access: Access,
     /// Largest size a host accepts.
     pub max_size: u64,
     /// A host's download deadline.
@@ -53,7 +54,8 @@ impl Remote {
             sha256: self.sha256.clone(),
             max_size: self.max_size,
             timeout_ms: self.timeout_ms,
-            credentials: self.credentials.clone(),
+            credentials: self.access.credentials.clone(),
+            ca: self.access.ca.clone(),
         }
     }
 
@@ -67,8 +69,39 @@ impl Remote {
     }
 }
 
+/// What a request to the repository needs besides its URL.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// `[artifact] netrc`'s login and password for the repository's host.
+    pub credentials: Option<Credentials>,
+    /// `[artifact] ca`'s PEM text: the only authorities trusted for `https://`.
+    pub ca: Option<String>,
+}
+
+/// The credentials and trusted CAs of `[artifact]` for `url`.
+pub fn access(source: &ArtifactSource, url: &str) -> Result<Access> {
+    let ca = match &source.ca {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::config(format!(
+                    "[artifact] ca: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            http::certificates(&text, &format!("[artifact] ca: {}", path.display()))
+                .map_err(Error::config)?;
+            Some(text)
+        }
+        None => None,
+    };
+    Ok(Access {
+        credentials: credentials(source, url)?,
+        ca,
+    })
+}
+
 /// The credentials of `[artifact] netrc` for `url`'s host, registered as secrets.
-pub fn credentials(source: &ArtifactSource, url: &str) -> Result<Option<Credentials>> {
+fn credentials(source: &ArtifactSource, url: &str) -> Result<Option<Credentials>> {
     let Some(path) = &source.netrc else {
         return Ok(None);
     };
@@ -110,13 +143,13 @@ pub fn resolve(
         )));
     }
     let url = source.url_of(version);
-    let credentials = credentials(source, &url)?;
+    let access = access(source, &url)?;
     let cache = project.dir.join(".shipjar").join("artifacts");
     let mut remote = Remote {
         url: url.clone(),
         sha256: String::new(),
         fetch: source.fetch,
-        credentials,
+        access,
         max_size: source.max_size,
         timeout_ms: source.timeout_ms,
         local: PathBuf::new(),
@@ -174,12 +207,8 @@ fn companion_sha256(remote: &Remote, cache: &Path) -> Result<String> {
 }
 
 /// An agent for the repository with a global deadline.
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into()
+fn agent(timeout: Duration, access: &Access) -> std::result::Result<ureq::Agent, String> {
+    http::agent(timeout, None, access.ca.as_deref())
 }
 
 fn authorization(credentials: Option<&Credentials>) -> Option<String> {
@@ -193,11 +222,11 @@ fn authorization(credentials: Option<&Credentials>) -> Option<String> {
 
 /// A small text file; `None` when the repository has none (404).
 fn get_text(remote: &Remote, url: &str) -> std::result::Result<Option<String>, String> {
-    let mut request = agent(SMALL_TIMEOUT).get(url);
-    if let Some(auth) = authorization(remote.credentials.as_ref()) {
+    let mut request = agent(SMALL_TIMEOUT, &remote.access)?.get(url);
+    if let Some(auth) = authorization(remote.access.credentials.as_ref()) {
         request = request.header("Authorization", auth);
     }
-    let mut response = request.call().map_err(|e| format!("{url}: {e}"))?;
+    let mut response = request.call().map_err(|e| http::call_error(url, &e))?;
     match response.status().as_u16() {
         200 => response
             .body_mut()
@@ -207,7 +236,11 @@ fn get_text(remote: &Remote, url: &str) -> std::result::Result<Option<String>, S
             .map(Some)
             .map_err(|e| format!("{url}: {e}")),
         404 => Ok(None),
-        status => Err(status_error(status, url, remote.credentials.is_some())),
+        status => Err(status_error(
+            status,
+            url,
+            remote.access.credentials.is_some(),
+        )),
     }
 }
 
@@ -237,16 +270,20 @@ fn download(
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let mut request = agent(Duration::from_millis(remote.timeout_ms)).get(url);
-    if let Some(auth) = authorization(remote.credentials.as_ref()) {
+    let mut request = agent(Duration::from_millis(remote.timeout_ms), &remote.access)?.get(url);
+    if let Some(auth) = authorization(remote.access.credentials.as_ref()) {
         request = request.header("Authorization", auth);
     }
     let response = request
         .call()
-        .map_err(|e| format!("downloading {url}: {e}"))?;
+        .map_err(|e| format!("downloading {}", http::call_error(url, &e)))?;
     let status = response.status().as_u16();
     if status != 200 {
-        return Err(status_error(status, url, remote.credentials.is_some()));
+        return Err(status_error(
+            status,
+            url,
+            remote.access.credentials.is_some(),
+        ));
     }
     let tmp = dest.with_extension("part");
     let result = write_hashed(
@@ -318,35 +355,30 @@ fn write_hashed(
 }
 
 /// PUTs `body` at `url`; an error names the URL and the status.
-pub fn put(
-    url: &str,
-    body: &[u8],
-    credentials: Option<&Credentials>,
-) -> std::result::Result<(), String> {
-    let mut request = agent(Duration::from_secs(600)).put(url);
-    if let Some(auth) = authorization(credentials) {
+pub fn put(url: &str, body: &[u8], access: &Access) -> std::result::Result<(), String> {
+    let mut request = agent(Duration::from_secs(600), access)?.put(url);
+    if let Some(auth) = authorization(access.credentials.as_ref()) {
         request = request.header("Authorization", auth);
     }
-    let response = request.send(body).map_err(|e| format!("PUT {url}: {e}"))?;
+    let response = request
+        .send(body)
+        .map_err(|e| format!("PUT {}", http::call_error(url, &e)))?;
     match response.status().as_u16() {
         200..=299 => Ok(()),
         status => Err(format!(
             "PUT {}",
-            status_error(status, url, credentials.is_some())
+            status_error(status, url, access.credentials.is_some())
         )),
     }
 }
 
 /// GETs a small text file for `publish` (the metadata); `None` on 404.
-pub fn get(
-    url: &str,
-    credentials: Option<&Credentials>,
-) -> std::result::Result<Option<String>, String> {
+pub fn get(url: &str, access: &Access) -> std::result::Result<Option<String>, String> {
     let remote = Remote {
         url: url.to_string(),
         sha256: String::new(),
         fetch: Fetch::Operator,
-        credentials: credentials.cloned(),
+        access: access.clone(),
         max_size: 0,
         timeout_ms: 0,
         local: PathBuf::new(),
