@@ -115,6 +115,9 @@ fn a_new_artifact_gets_one_archive_dumped_on_one_host_and_every_hosts_first_star
     assert_eq!(said.matches("class-data archive dumped for release").count(), 1, "{said}");
     assert_eq!(said.matches("shared class-data archive kept").count(), 2, "{said}");
     for host in p.fleet.hosts() {
+        // The store gave the jar the same mtime on every host: HotSpot checks it.
+        let mtime = sh(&p, &host, "stat -L -c %Y /var/lib/hello/current/hello.jar");
+        assert_eq!(mtime.trim(), "946684800", "{host}");
         let r2 = current(&p, &host);
         let log = console(&p, &host);
         // Its first start of the release used the archive: not recording.

@@ -495,6 +495,20 @@ mod tests {
     use super::*;
     use crate::protocol::{Action, Revision};
 
+    #[test]
+    fn an_artifact_enters_the_store_with_the_same_mtime_on_every_host() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(root.path(), "svc");
+        ensure_dirs(&layout).expect("dirs");
+        let body = b"jar bytes";
+        let sha = hex(&Sha256::digest(body));
+        put_artifact(&layout, &sha, body.len() as u64, &mut &body[..]).expect("put");
+        let mtime = fs::metadata(layout.artifact(&sha))
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        assert_eq!(mtime, std::time::UNIX_EPOCH + ARTIFACT_MTIME);
+    }
+
     fn revision(release: &str, outcome: RevisionOutcome) -> Revision {
         Revision {
             time: "t".into(),

@@ -733,19 +733,31 @@ fn write_root_file(src: &mut impl Read, dir: &Path, name: &str) -> io::Result<()
 /// Copies an archive from `src` into `release_dir` as a new file of our
 /// own (0444), renames it into place, then records it; returns its size.
 #[allow(clippy::disallowed_methods)] // root-only: writes into the release dir (root's 0755)
-pub(super) fn install(
+fn install(src: &mut impl Read, release_dir: &Path, made_with: &MadeWith) -> io::Result<u64> {
+    install_known(src, release_dir, made_with, None)
+}
+
+/// [`install`], with the sha256 of what `src` holds when the caller
+/// checked it already (a shared archive): not hashed again.
+#[allow(clippy::disallowed_methods)] // root-only: writes into the release dir (root's 0755)
+pub(super) fn install_known(
     src: &mut impl Read,
     release_dir: &Path,
     made_with: &MadeWith,
+    sha256: Option<String>,
 ) -> io::Result<u64> {
     write_root_file(src, release_dir, CDS_ARCHIVE)?;
     let archive = release_dir.join(CDS_ARCHIVE);
     let archive_id = FileId::of(&archive)?;
     let size = archive_id.size;
+    let archive_sha256 = match sha256 {
+        Some(sum) => sum,
+        None => digest::sha256_file(&archive)?,
+    };
     let record = Record {
         made_with: made_with.clone(),
         archive: archive_id,
-        archive_sha256: digest::sha256_file(&archive)?,
+        archive_sha256,
     };
     let text = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
     write_atomic(&release_dir.join(CDS_IDENTITY), &text)?;

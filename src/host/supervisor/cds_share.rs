@@ -197,9 +197,15 @@ fn receive(layout: &Layout, id: &str, archive: &ClassDataArchive) -> Result<Stri
     if bytes.len() < 4 || bytes[..4] != STATIC_ARCHIVE_MAGIC.to_ne_bytes() {
         return Err("it is not a complete archive (no header)".into());
     }
-    cds::install(&mut &bytes[..], &target.dir, &made_with)
-        .map_err(|e| format!("cannot write it next to the release: {e}"))?;
-    cds::check_archive(&target.dir, &made_with)?;
+    // Checked in `unpack`: recorded without hashing it again (every start
+    // that uses it hashes the file).
+    cds::install_known(
+        &mut &bytes[..],
+        &target.dir,
+        &made_with,
+        Some(archive.sha256.clone()),
+    )
+    .map_err(|e| format!("cannot write it next to the release: {e}"))?;
     Ok(format!(
         "shared class-data archive kept for release {id} ({} KiB, sha256 checked, in {} ms)",
         bytes.len() / 1024,
