@@ -112,8 +112,17 @@ fn a_new_artifact_gets_one_archive_dumped_on_one_host_and_every_hosts_first_star
     let jar = other_jar(tmp.path());
     let out = ok(deploy_jar(&p, &jar, "2.0.0", &[]));
     let said = text(&out);
-    assert_eq!(said.matches("class-data archive dumped for release").count(), 1, "{said}");
-    assert_eq!(said.matches("shared class-data archive kept").count(), 2, "{said}");
+    assert_eq!(
+        said.matches("class-data archive dumped for release")
+            .count(),
+        1,
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("shared class-data archive kept").count(),
+        2,
+        "{said}"
+    );
     for host in p.fleet.hosts() {
         // The store gave the jar the same mtime on every host: HotSpot checks it.
         let mtime = sh(&p, &host, "stat -L -c %Y /var/lib/hello/current/hello.jar");
@@ -124,7 +133,10 @@ fn a_new_artifact_gets_one_archive_dumped_on_one_host_and_every_hosts_first_star
         let using = format!("class-data archive: using /var/lib/hello/releases/{r2}/cds.jsa");
         assert!(log.contains(&using), "{host}: {log}");
         assert!(!log.contains("the JVM did not map"), "{host}: {log}");
-        assert!(maps_archive(&p, &host, &r2), "{host} does not map it: {log}");
+        assert!(
+            maps_archive(&p, &host, &r2),
+            "{host} does not map it: {log}"
+        );
         assert_eq!(
             log.matches("class-data archive: none yet").count(),
             1,
@@ -148,7 +160,11 @@ fn an_archive_damaged_on_a_host_after_it_arrived_is_ignored_and_that_host_starts
     let jar = other_jar(tmp.path());
     let out = ok(deploy_jar(&p, &jar, "2.0.0", &[]));
     let said = text(&out);
-    assert_eq!(said.matches("shared class-data archive kept").count(), 2, "{said}");
+    assert_eq!(
+        said.matches("shared class-data archive kept").count(),
+        2,
+        "{said}"
+    );
     let r2 = current(&p, "app1");
     // One byte flipped in the middle of app3's copy, its size and name kept.
     let damage = format!(
@@ -165,7 +181,10 @@ fn an_archive_damaged_on_a_host_after_it_arrived_is_ignored_and_that_host_starts
     );
     let log = console(&p, "app3");
     assert!(log.contains("class-data archive ignored"), "{log}");
-    assert!(!maps_archive(&p, "app3", &r2), "app3 maps the damaged archive");
+    assert!(
+        !maps_archive(&p, "app3", &r2),
+        "app3 maps the damaged archive"
+    );
     for host in ["app1", "app2"] {
         assert!(maps_archive(&p, host, &r2), "{host}: {}", console(&p, host));
     }

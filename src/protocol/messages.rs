@@ -185,8 +185,8 @@ pub struct ClassDataArchive {
     pub sha256: String,
     /// Its size, uncompressed.
     pub size: u64,
-    /// The archive, gzip-compressed, then base64.
-    pub gzip_base64: String,
+    /// The archive, zstd-compressed, then base64.
+    pub zstd_base64: String,
 }
 
 /// What a host can do for a shared class-data archive (in `begin`'s answer

@@ -479,9 +479,8 @@ impl Dump {
         made_with: MadeWith,
         creds: Option<&Credentials>,
     ) -> Result<Dump, String> {
-        let (dir, owner) = dump_dir(layout, creds).map_err(|e| {
-            format!("cannot create a directory for the dump: {e}")
-        })?;
+        let (dir, owner) = dump_dir(layout, creds)
+            .map_err(|e| format!("cannot create a directory for the dump: {e}"))?;
         let options = dump_options(&release.manifest.run.argv, &dir)?;
         Ok(Dump {
             dir,

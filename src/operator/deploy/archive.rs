@@ -52,7 +52,9 @@ pub(super) fn share(ctx: &Ctx, runs: &mut [Run]) {
     // The JDK most of them run; the others go without.
     let mut count: BTreeMap<&str, usize> = BTreeMap::new();
     for &i in &wanting {
-        *count.entry(jdk_of(&runs[i]).unwrap_or_default()).or_default() += 1;
+        *count
+            .entry(jdk_of(&runs[i]).unwrap_or_default())
+            .or_default() += 1;
     }
     let Some(jdk) = count
         .iter()
@@ -87,7 +89,8 @@ pub(super) fn share(ctx: &Ctx, runs: &mut [Run]) {
     for &i in &wanting {
         if jdk_of(&runs[i]) != Some(jdk.as_str()) {
             let note = "runs another JDK than the host that dumped the shared class-data archive: goes without it";
-            ctx.reporter.step(&runs[i].host, STEP, StepStatus::Info, note);
+            ctx.reporter
+                .step(&runs[i].host, STEP, StepStatus::Info, note);
         }
     }
     let mut receivers: Vec<&mut Run> = runs

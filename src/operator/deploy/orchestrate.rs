@@ -442,7 +442,8 @@ fn prepare_all(ctx: &Ctx, runs: &mut [Run], build: &BuildManifest) {
         let t = Instant::now();
         upload_and_prepare(run, build, ctx.remote, ctx.reporter);
         run.time("prepare", t);
-    });    archive::share(ctx, runs);
+    });
+    archive::share(ctx, runs);
 }
 
 /// Switches the hosts batch by batch, the canary first; says why it
