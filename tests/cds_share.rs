@@ -31,13 +31,18 @@ fn fleet_with(stage_extra: &str) -> FleetStage {
 }
 
 /// A copy of the hello jar with one more entry: another artifact (sha256).
-fn other_jar(dir: &Path) -> PathBuf {
-    let jar = dir.join("hello-2.jar");
+fn other_jar(dir: &Path, tag: &str) -> PathBuf {
+    let name = format!("hello-{tag}.jar");
+    let jar = dir.join(&name);
     std::fs::copy(hello_jar(), &jar).expect("copy the jar");
-    std::fs::write(dir.join("extra.txt"), format!("{}\n", std::process::id())).expect("write");
+    std::fs::write(
+        dir.join("extra.txt"),
+        format!("{tag} {}\n", std::process::id()),
+    )
+    .expect("write");
     let out = Command::new("zip")
         .current_dir(dir)
-        .args(["-q", "hello-2.jar", "extra.txt"])
+        .args(["-q", &name, "extra.txt"])
         .output()
         .expect("run zip");
     assert!(out.status.success(), "zip: {out:?}");
@@ -109,7 +114,7 @@ fn a_new_artifact_gets_one_archive_dumped_on_one_host_and_every_hosts_first_star
     class_lists_kept(&p);
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    let jar = other_jar(tmp.path());
+    let jar = other_jar(tmp.path(), "2");
     let out = ok(deploy_jar(&p, &jar, "2.0.0", &[]));
     let said = text(&out);
     assert_eq!(
@@ -143,6 +148,29 @@ fn a_new_artifact_gets_one_archive_dumped_on_one_host_and_every_hosts_first_star
             "only 1.0.0's first start recorded: {host}: {log}"
         );
     }
+    // The dump host kept the class list with the archive it made, though
+    // no run of 2.0.0 recorded one: the next new artifact is shared too.
+    let jar = other_jar(tmp.path(), "3");
+    let said = text(&ok(deploy_jar(&p, &jar, "3.0.0", &[])));
+    assert_eq!(
+        said.matches("class-data archive dumped for release")
+            .count(),
+        1,
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("shared class-data archive kept").count(),
+        2,
+        "{said}"
+    );
+    for host in p.fleet.hosts() {
+        let r3 = current(&p, &host);
+        assert!(
+            maps_archive(&p, &host, &r3),
+            "{host}: {}",
+            console(&p, &host)
+        );
+    }
 }
 
 #[test]
@@ -157,7 +185,7 @@ fn an_archive_damaged_on_a_host_after_it_arrived_is_ignored_and_that_host_starts
     class_lists_kept(&p);
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    let jar = other_jar(tmp.path());
+    let jar = other_jar(tmp.path(), "2");
     let out = ok(deploy_jar(&p, &jar, "2.0.0", &[]));
     let said = text(&out);
     assert_eq!(
