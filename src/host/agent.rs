@@ -375,6 +375,20 @@ impl Session {
                 releases: store::list(layout),
                 foreign: store::foreign_release_dirs(layout),
             },
+            Request::DumpClassData {
+                release,
+                deadline_ms,
+            } => {
+                send(&AgentMessage::Expect {
+                    id,
+                    step: "class-data".into(),
+                    within_ms: deadline_ms.saturating_add(30_000),
+                });
+                supervisor::cds_share::dump_request(layout, &release, deadline_ms)
+            }
+            Request::PutClassData { release, archive } => {
+                supervisor::cds_share::put_request(layout, &release, &archive)
+            }
             Request::Detach { lease_ms } => self.detach(lease_ms),
             Request::Attach { token, lease_ms } => self.attach(layout, &token, lease_ms),
         }
@@ -481,6 +495,9 @@ impl Session {
         prepare: Option<Box<crate::protocol::PrepareSpec>>,
     ) -> Response {
         let mut begun = self.begin(layout, holder, sha, token, (lease_ms, resume));
+        if let (Response::Begun(state), Some(spec)) = (&mut begun, &prepare) {
+            state.class_data = supervisor::cds_share::host(layout, &spec.manifest);
+        }
         if let (Response::Begun(state), Some(spec)) = (&mut begun, prepare)
             && store::has_artifact(layout, &spec.manifest.artifact_sha256)
         {
@@ -589,6 +606,7 @@ impl Session {
             took_over,
             prepared: false,
             resumed,
+            class_data: None,
         }))
     }
 }

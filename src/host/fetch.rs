@@ -254,6 +254,7 @@ impl<'s> Download<'s> {
                 self.spec.url, self.spec.sha256
             ));
         }
+        store::set_artifact_mtime(&self.file)?;
         self.file
             .sync_all()
             .map_err(|e| format!("cannot sync the download: {e}"))?;

@@ -169,6 +169,54 @@ pub enum Request {
         /// Lease of the lock in milliseconds while this session holds it.
         lease_ms: u64,
     },
+    /// Dump a class-data archive for the prepared `release` from the class
+    /// list the current release's run recorded (as the service user, within
+    /// `deadline_ms`), keep it beside the release and send it back
+    /// compressed, for the other hosts of the deploy. Never fails the
+    /// session: the answer says why there is none.
+    DumpClassData {
+        /// The prepared release the archive is for.
+        release: String,
+        /// The dump is killed after this long.
+        deadline_ms: u64,
+    },
+    /// Keep `archive`, dumped on another host, as `release`'s archive when
+    /// this host runs the same JDK and jar and its sha256 matches. Never
+    /// fails the session: the answer says why it was not kept.
+    PutClassData {
+        /// The prepared release it is for.
+        release: String,
+        /// The archive.
+        archive: Box<ClassDataArchive>,
+    },
+}
+
+/// A class-data archive made on one host, for another host of the deploy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassDataArchive {
+    /// The JDK it was made with ([`ClassDataHost::jdk`]).
+    pub jdk: String,
+    /// The artifact (jar) it was made for.
+    pub jar_sha256: String,
+    /// sha256 of the archive itself, uncompressed.
+    pub sha256: String,
+    /// Its size, uncompressed.
+    pub size: u64,
+    /// The archive, zstd-compressed, then base64.
+    pub zstd_base64: String,
+}
+
+/// What a host can do for a shared class-data archive (in `begin`'s answer
+/// when the release asked for has `cds` on).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassDataHost {
+    /// The JDK the release would run: `java` and `libjvm.so`, each's real
+    /// path, size and mtime. Hosts with equal strings can share archives.
+    pub jdk: String,
+    /// The current release kept the class list its run recorded.
+    pub class_list: bool,
 }
 
 /// Where a host downloads an artifact from, and within which limits.
@@ -534,6 +582,20 @@ pub enum Response {
         /// When the detached lease runs out, Unix milliseconds.
         expires_at_ms: u64,
     },
+    /// Answer to `dump_class_data`.
+    ClassDataDumped {
+        /// The archive; `None` when there is none (see `note`).
+        archive: Option<Box<ClassDataArchive>>,
+        /// What happened, for the output.
+        note: String,
+    },
+    /// Answer to `put_class_data`.
+    ClassDataKept {
+        /// The archive was kept beside the release.
+        kept: bool,
+        /// What happened, for the output.
+        note: String,
+    },
 }
 
 /// A request that could not be carried out.
@@ -571,6 +633,10 @@ pub struct HostState {
     /// With `resume`: the pending canary whose lock was taken over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed: Option<Box<crate::protocol::canary::PendingCanary>>,
+    /// The release asked for in `begin` has `cds` on: what this host can
+    /// do for a shared archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_data: Option<ClassDataHost>,
 }
 
 /// How a `watch` went.
@@ -820,6 +886,7 @@ mod tests {
             took_over: None,
             prepared: false,
             resumed: None,
+            class_data: None,
         })));
         round_trip(Response::Status(Box::new(HostStatus {
             current: Some(release),

@@ -37,10 +37,18 @@ use crate::host::os::process::{self, Credentials, ExitInfo};
 
 /// First four bytes of a static (`-Xshare:dump`) archive; HotSpot writes
 /// its header last, so a dump cut short has none.
-const STATIC_ARCHIVE_MAGIC: u32 = 0xf00b_aba2;
+pub(super) const STATIC_ARCHIVE_MAGIC: u32 = 0xf00b_aba2;
 
 /// The class list a recording run writes, in its dump directory.
 const CLASS_LIST: &str = "classes.lst";
+
+/// The class list an archive was dumped from, kept beside it in the
+/// release: a deploy of a new artifact dumps the new jar's archive from it
+/// on one host and shares that archive (see `cds_share`).
+pub(super) const KEPT_CLASS_LIST: &str = "cds.classes";
+
+/// Largest class list kept (the Clojure example's is 300 KiB).
+const MAX_CLASS_LIST: u64 = 16 << 20;
 
 /// How long after a recording run is healthy its dump starts: the classes
 /// its first requests load are in the list by then.
@@ -125,10 +133,31 @@ impl FileId {
 /// The JDK (launcher and `libjvm.so`) and the jar a start runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MadeWith {
+pub(super) struct MadeWith {
     java: FileId,
     libjvm: Option<FileId>,
     jar: FileId,
+}
+
+impl MadeWith {
+    /// The JDK part, as one string: hosts whose strings are equal run the
+    /// same JDK build (a package installs the same files with the same
+    /// mtimes), so an archive made on one fits the other.
+    pub(super) fn jdk(&self) -> String {
+        let id = |f: &FileId| {
+            format!(
+                "{} {} bytes mtime {}.{:09}",
+                f.path.display(),
+                f.size,
+                f.mtime,
+                f.mtime_nsec
+            )
+        };
+        match &self.libjvm {
+            Some(libjvm) => format!("{}; {}", id(&self.java), id(libjvm)),
+            None => id(&self.java),
+        }
+    }
 }
 
 /// `cds.json`: what the archive was made with, and the archive itself.
@@ -285,6 +314,14 @@ enum Invalid {
 
 /// The archive in `dir` is there, ours, unchanged, and made with this JDK and jar.
 #[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
+pub(super) fn check_archive(dir: &Path, now: &MadeWith) -> Result<(), String> {
+    check(dir, now).map_err(|e| match e {
+        Invalid::Missing => format!("no {CDS_ARCHIVE}"),
+        Invalid::Stale(why) => why,
+    })
+}
+
+#[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
 fn check(dir: &Path, now: &MadeWith) -> Result<(), Invalid> {
     let archive = dir.join(CDS_ARCHIVE);
     let meta = match fs::symlink_metadata(&archive) {
@@ -346,6 +383,17 @@ fn check(dir: &Path, now: &MadeWith) -> Result<(), Invalid> {
     }
 }
 
+/// The sha256 `cds.json` in `dir` records for its archive.
+#[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
+pub(super) fn recorded_sha256(dir: &Path) -> Result<String, String> {
+    let path = dir.join(CDS_IDENTITY);
+    fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
+        .map(|r| r.archive_sha256)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// `PATH (N bytes, mtime S)`: enough to see what differs.
 fn describe(f: &FileId) -> String {
     format!("{} {} bytes mtime {}", f.path.display(), f.size, f.mtime)
@@ -353,14 +401,20 @@ fn describe(f: &FileId) -> String {
 
 /// The JDK and jar this release runs: `java` from the clean `PATH` (as the
 /// spawn finds it), its `lib/server/libjvm.so`, and the release's jar.
-fn made_with(release: &Release) -> Result<MadeWith, String> {
-    let argv0 = release
-        .manifest
-        .run
-        .argv
+pub(super) fn made_with(release: &Release) -> Result<MadeWith, String> {
+    let (java, libjvm) = jdk_of(&release.manifest.run.argv, &release.dir)?;
+    let jar_path = release.dir.join(&release.manifest.jar);
+    let jar = FileId::of(&jar_path).map_err(|e| format!("{}: {e}", jar_path.display()))?;
+    Ok(MadeWith { java, libjvm, jar })
+}
+
+/// The JDK a run of `argv` in `dir` starts: `java` as the spawn finds it,
+/// and its `libjvm.so`.
+fn jdk_of(argv: &[String], dir: &Path) -> Result<(FileId, Option<FileId>), String> {
+    let argv0 = argv
         .first()
         .ok_or_else(|| "run.argv is empty".to_string())?;
-    let java = process::resolve_program(argv0, CLEAN_PATH.as_ref(), &release.dir)?;
+    let java = process::resolve_program(argv0, CLEAN_PATH.as_ref(), dir)?;
     let java = FileId::of(&java).map_err(|e| format!("{}: {e}", java.display()))?;
     // bin/java → lib/server/libjvm.so: the JVM proper, which a JDK update replaces.
     let libjvm = java
@@ -369,9 +423,14 @@ fn made_with(release: &Release) -> Result<MadeWith, String> {
         .and_then(Path::parent)
         .map(|home| home.join("lib/server/libjvm.so"))
         .and_then(|p| FileId::of(&p).ok());
-    let jar_path = release.dir.join(&release.manifest.jar);
-    let jar = FileId::of(&jar_path).map_err(|e| format!("{}: {e}", jar_path.display()))?;
-    Ok(MadeWith { java, libjvm, jar })
+    Ok((java, libjvm))
+}
+
+/// [`MadeWith::jdk`] of a run of `argv` in `dir`, without a jar.
+pub(super) fn jdk_identity(argv: &[String], dir: &Path) -> Result<String, String> {
+    let (java, libjvm) = jdk_of(argv, dir)?;
+    let jar = java.clone();
+    Ok(MadeWith { java, libjvm, jar }.jdk())
 }
 
 /// `cds-dump/`, opened through the guarded layer and checked to be
@@ -408,6 +467,56 @@ fn dump_dir(layout: &Layout, creds: Option<&Credentials>) -> io::Result<(PathBuf
     // The JVM runs in the release directory: a relative `--root` would miss.
     let path = std::path::absolute(layout.cds_dump_dir(std::process::id()))?;
     Ok((path, uid))
+}
+
+impl Dump {
+    /// A dump of `release` in a fresh directory of this process, for the
+    /// service's user (`creds`), from the class list put there by
+    /// [`Dump::put_class_list`].
+    pub(super) fn for_release(
+        layout: &Layout,
+        release: &Release,
+        made_with: MadeWith,
+        creds: Option<&Credentials>,
+    ) -> Result<Dump, String> {
+        let (dir, owner) = dump_dir(layout, creds)
+            .map_err(|e| format!("cannot create a directory for the dump: {e}"))?;
+        let options = dump_options(&release.manifest.run.argv, &dir)?;
+        Ok(Dump {
+            dir,
+            owner,
+            release_dir: release.dir.clone(),
+            release_id: release.manifest.id.clone(),
+            made_with,
+            options,
+        })
+    }
+
+    /// Copies the class list kept in `from` (a release's, root's) into the
+    /// dump's directory as root's read-only file, for the JVM to read.
+    #[allow(clippy::disallowed_methods)] // root-only: a release dir (root's 0755)
+    pub(super) fn put_class_list(&self, from: &Path) -> Result<(), String> {
+        let mut src = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(from)
+            .map_err(|e| format!("{}: {e}", from.display()))?
+            .take(MAX_CLASS_LIST);
+        let leaf = GuardedDir::open(&self.dir).map_err(|e| e.to_string())?;
+        let mut dst = leaf
+            .create_new(
+                CLASS_LIST,
+                NewFile {
+                    mode: 0o444,
+                    owner: None,
+                },
+                nix::fcntl::OFlag::empty(),
+            )
+            .map_err(|e| e.to_string())?;
+        io::copy(&mut src, &mut dst)
+            .map(|_| ())
+            .map_err(|e| format!("copying {}: {e}", from.display()))
+    }
 }
 
 /// Removes dump directories of supervisors that no longer run (killed
@@ -450,6 +559,18 @@ pub fn start_dump(
     dump: &Dump,
     creds: Option<&Credentials>,
 ) -> io::Result<Child> {
+    spawn_dump(layout, release, dump, creds, true)
+}
+
+/// Starts a dump as [`start_dump`] does; at idle CPU priority only when
+/// `idle` (a deploy's shared dump runs at normal priority: a deploy waits).
+pub(super) fn spawn_dump(
+    layout: &Layout,
+    release: &Release,
+    dump: &Dump,
+    creds: Option<&Credentials>,
+    idle: bool,
+) -> io::Result<Child> {
     let env = spawn::service_env(layout, release, creds);
     let mut cmd = Command::new(&dump.made_with.java.path);
     cmd.args(&dump.options)
@@ -460,6 +581,9 @@ pub fn start_dump(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     process::prepare_child(&mut cmd, true, creds.cloned());
+    if !idle {
+        return cmd.spawn();
+    }
     // SAFETY: only async-signal-safe system calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -498,7 +622,7 @@ pub fn keep(dump: &Dump, exit: ExitInfo, took: Duration) -> String {
 /// guarded layer: the run's directory and the archive must be the
 /// service user's, the archive a regular file with one name, dense and at
 /// most [`MAX_ARCHIVE`].
-fn copy_out(dump: &Dump) -> Result<String, String> {
+pub(super) fn copy_out(dump: &Dump) -> Result<String, String> {
     let release_dir = &dump.release_dir;
     let started = Instant::now();
     let src_path = dump.dir.join(CDS_ARCHIVE);
@@ -543,6 +667,16 @@ fn copy_out(dump: &Dump) -> Result<String, String> {
     }
     let size = install(&mut (&magic[..]).chain(src), release_dir, &dump.made_with)
         .map_err(|e| format!("cannot copy it next to the release: {e}"))?;
+    // Its class list too: a deploy of the next artifact dumps from it.
+    if let Err(e) = keep_class_list(&leaf, dump) {
+        let _ = fs_remove(&release_dir.join(KEPT_CLASS_LIST));
+        return Ok(format!(
+            "class-data archive written: {} ({} KiB); its class list not kept ({e}); later starts of release {} use it",
+            release_dir.join(CDS_ARCHIVE).display(),
+            size / 1024,
+            dump.release_id
+        ));
+    }
     let archive = release_dir.join(CDS_ARCHIVE);
     Ok(format!(
         "class-data archive written: {} ({} KiB, copied in {} ms); later starts of release {} use it",
@@ -553,13 +687,32 @@ fn copy_out(dump: &Dump) -> Result<String, String> {
     ))
 }
 
-/// Copies an archive from `src` into `release_dir` as a new file of our
-/// own (0444), renames it into place, then records it; returns its size.
-#[allow(clippy::disallowed_methods)] // root-only: writes into the release dir (root's 0755)
-fn install(src: &mut impl Read, release_dir: &Path, made_with: &MadeWith) -> io::Result<u64> {
-    let tmp = release_dir.join(format!(".{CDS_ARCHIVE}.tmp.{}", std::process::id()));
+/// Copies the dump's class list (the service user's, bounded) next to the
+/// release as root's file.
+fn keep_class_list(leaf: &GuardedDir, dump: &Dump) -> io::Result<()> {
+    // The service user's (a recording run's), or root's (the list a shared
+    // dump was given): both are the list this archive was made from.
+    let expect = Expect {
+        owned: Owned::ByDirOwnerOrMe,
+        max_size: Some(MAX_CLASS_LIST),
+        dense: false,
+    };
+    let src = leaf.open_read(CLASS_LIST, &expect)?;
+    let size = src.metadata()?.len();
+    write_root_file(&mut src.take(size), &dump.release_dir, KEPT_CLASS_LIST)
+}
+
+#[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
+fn fs_remove(path: &Path) -> io::Result<()> {
+    fs::remove_file(path)
+}
+
+/// Writes `name` in `dir` (root's release directory) from `src`: a new
+/// file of our own (0444), synced, renamed into place.
+#[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
+fn write_root_file(src: &mut impl Read, dir: &Path, name: &str) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
-    let archive = release_dir.join(CDS_ARCHIVE);
     let result = (|| -> io::Result<()> {
         let mut dst = OpenOptions::new()
             .write(true)
@@ -569,19 +722,43 @@ fn install(src: &mut impl Read, release_dir: &Path, made_with: &MadeWith) -> io:
         dst.set_permissions(fs::Permissions::from_mode(0o444))?;
         io::copy(src, &mut dst)?;
         dst.sync_all()?;
-        fs::rename(&tmp, &archive)?;
-        fsync_dir(release_dir)
+        fs::rename(&tmp, dir.join(name))?;
+        fsync_dir(dir)
     })();
-    if let Err(e) = result {
+    if result.is_err() {
         let _ = fs::remove_file(&tmp);
-        return Err(e);
     }
+    result
+}
+
+/// Copies an archive from `src` into `release_dir` as a new file of our
+/// own (0444), renames it into place, then records it; returns its size.
+#[allow(clippy::disallowed_methods)] // root-only: writes into the release dir (root's 0755)
+fn install(src: &mut impl Read, release_dir: &Path, made_with: &MadeWith) -> io::Result<u64> {
+    install_known(src, release_dir, made_with, None)
+}
+
+/// [`install`], with the sha256 of what `src` holds when the caller
+/// checked it already (a shared archive): not hashed again.
+#[allow(clippy::disallowed_methods)] // root-only: writes into the release dir (root's 0755)
+pub(super) fn install_known(
+    src: &mut impl Read,
+    release_dir: &Path,
+    made_with: &MadeWith,
+    sha256: Option<String>,
+) -> io::Result<u64> {
+    write_root_file(src, release_dir, CDS_ARCHIVE)?;
+    let archive = release_dir.join(CDS_ARCHIVE);
     let archive_id = FileId::of(&archive)?;
     let size = archive_id.size;
+    let archive_sha256 = match sha256 {
+        Some(sum) => sum,
+        None => digest::sha256_file(&archive)?,
+    };
     let record = Record {
         made_with: made_with.clone(),
         archive: archive_id,
-        archive_sha256: digest::sha256_file(&archive)?,
+        archive_sha256,
     };
     let text = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
     write_atomic(&release_dir.join(CDS_IDENTITY), &text)?;

@@ -7,6 +7,7 @@
 pub(crate) mod auto_revert;
 mod backoff;
 mod cds;
+pub(crate) mod cds_share;
 mod control;
 mod health;
 #[allow(clippy::disallowed_methods)] // root-only: /proc, the shipjar binary, root's releases/

@@ -10,6 +10,7 @@
 //! `rolling.pause`, or left waiting for `deploy --continue`/`--abort`
 //! (resume.rs).
 
+mod archive;
 mod canary;
 mod host_run;
 mod identity;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::FinalState;
+use super::archive;
 use super::canary;
 use super::host_run::{
     Run, Sessions, activate_host, attach, close, detach, lock_host, revert_host, upload_and_prepare,
@@ -491,6 +492,7 @@ fn prepare_all(ctx: &Ctx, runs: &mut [Run], build: &BuildManifest) {
         }
         run.time("prepare", t);
     });
+    archive::share(ctx, runs);
 }
 
 /// Switches the hosts batch by batch, the canary first; says why it
