@@ -27,7 +27,8 @@ fn wanting(runs: &[Run]) -> Vec<usize> {
         .filter(|&i| {
             let r = &runs[i];
             !r.failed()
-                && r.session.is_some()
+                // With sessions closed between phases, a detached lock counts.
+                && (r.session.is_some() || r.lease.is_some())
                 && r.plan.is_some()
                 && r.state
                     .as_ref()
@@ -83,7 +84,9 @@ pub(super) fn share(ctx: &Ctx, runs: &mut [Run]) {
         );
         return;
     };
-    let Some(archive) = dump_on(&mut runs[dumper], ctx.reporter) else {
+    let mut dumped = None;
+    ctx.in_session(&mut runs[dumper], |run| dumped = dump_on(run, ctx.reporter));
+    let Some(archive) = dumped else {
         return;
     };
     for &i in &wanting {
@@ -100,7 +103,7 @@ pub(super) fn share(ctx: &Ctx, runs: &mut [Run]) {
         .map(|(_, r)| r)
         .collect();
     fleet::each(&mut receivers, ctx.fleet.parallel, |run| {
-        put_on(run, &archive, ctx.reporter)
+        ctx.in_session(run, |run| put_on(run, &archive, ctx.reporter));
     });
 }
 

@@ -68,7 +68,7 @@ impl Ctx<'_> {
     /// [`attach`]); with sessions closing between phases, the lock is
     /// detached and the session closed after. False when the host could not
     /// be reached or its lock was lost (the host's failure says which).
-    fn in_session(&self, run: &mut Run, work: impl FnOnce(&mut Run)) -> bool {
+    pub(super) fn in_session(&self, run: &mut Run, work: impl FnOnce(&mut Run)) -> bool {
         if !attach(run, self.reach(), self.reporter) {
             return false;
         }
