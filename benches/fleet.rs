@@ -162,8 +162,18 @@ fn measure_size(
         // A failed run says why: each failed host's answer, shortened.
         for host in json["hosts"].as_array().into_iter().flatten() {
             if host["ok"] != true {
+                // The reasons first: the log tail after them can be long.
+                let said = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+                println!(
+                    "  failed host {}: step {}, {}; its switch: step {}, {}",
+                    said(&host["host"]),
+                    said(&host["failed_step"]),
+                    said(&host["reason"]),
+                    said(&host["activation"]["failed_step"]),
+                    said(&host["activation"]["reason"]),
+                );
                 let text = host.to_string();
-                println!("  failed host: {}", &text[..text.len().min(1500)]);
+                println!("  its answer: {}", &text[..text.len().min(1500)]);
             }
         }
         (sample, json)
