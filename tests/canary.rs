@@ -57,6 +57,21 @@ fn position(out: &Output, what: &str, matches: impl Fn(&serde_json::Value) -> bo
         .unwrap_or_else(|| panic!("no event for {what}:\n{}", text(out)))
 }
 
+/// The pause made 8 s, then 3.0.0 deployed crashing 3 s after its start
+/// (past its gate, inside the pause): the failed run and its result.
+fn crash_in_an_8s_pause(p: &FleetStage) -> (Output, serde_json::Value) {
+    let config = std::fs::read_to_string(p.path().join("shipjar.toml")).expect("config");
+    std::fs::write(
+        p.path().join("shipjar.toml"),
+        config.replace("pause = \"2s\"", "pause = \"8s\""),
+    )
+    .expect("write config");
+    let out = p.deploy_with("3.0.0", &["--env", "CRASH_AFTER_S=3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result = last_json(&out);
+    (out, result)
+}
+
 /// The state of each host in a deploy's result, in the stage's order.
 fn states(result: &serde_json::Value) -> Vec<String> {
     ["app1", "app2", "app3"]
@@ -100,15 +115,7 @@ fn a_timed_pause_watches_the_canary_then_deploys_the_rest_and_a_crash_in_it_reve
 
     // A release that crashes 3 s after its start passes its gate, then dies
     // inside an 8 s pause: the canary goes back, nothing else is touched.
-    let config = std::fs::read_to_string(p.path().join("shipjar.toml")).expect("config");
-    std::fs::write(
-        p.path().join("shipjar.toml"),
-        config.replace("pause = \"2s\"", "pause = \"8s\""),
-    )
-    .expect("write config");
-    let out = p.deploy_with("3.0.0", &["--env", "CRASH_AFTER_S=3"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let result = last_json(&out);
+    let (out, result) = crash_in_an_8s_pause(&p);
     assert_eq!(
         states(&result),
         ["reverted", "unchanged", "unchanged"],
@@ -427,15 +434,7 @@ fn behind_the_proxy_the_canary_instance_is_watched_and_a_crash_in_its_pause_retu
 
     // The canary's new instance crashes inside the pause: the proxy goes back
     // to the instance it left, which still serves 2.0.0.
-    let config = std::fs::read_to_string(p.path().join("shipjar.toml")).expect("config");
-    std::fs::write(
-        p.path().join("shipjar.toml"),
-        config.replace("pause = \"2s\"", "pause = \"8s\""),
-    )
-    .expect("write config");
-    let out = p.deploy_with("3.0.0", &["--env", "CRASH_AFTER_S=3"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let result = last_json(&out);
+    let (out, result) = crash_in_an_8s_pause(&p);
     assert_eq!(
         states(&result),
         ["reverted", "unchanged", "unchanged"],

@@ -84,6 +84,24 @@ fn a_deploy_of_8_hosts_with_parallel_2_never_holds_more_than_2_ssh_sessions() {
 }
 
 /// The deploy lock record on `host` (empty when there is none).
+/// 4 hosts switched one at a time, with a 10 s lock lease, on 1.0.0.
+fn four_hosts_one_session_at_a_time() -> FleetStage {
+    let p = FleetStage::new(
+        4,
+        "rolling = { batch = 1 }\nlock_lease = \"10s\"",
+        short_timeouts,
+    );
+    p.provision();
+    ok(p.deploy("1.0.0", &[]));
+    p
+}
+
+/// The release `current` points to on `host`.
+fn current_on(p: &FleetStage, host: &str) -> String {
+    let out = p.fleet.exec(host, &["readlink", "/var/lib/hello/current"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn lock_on(p: &FleetStage, host: &str) -> String {
     let out = p.fleet.exec(host, &["cat", "/run/hello/deploy.lock"]);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -92,17 +110,8 @@ fn lock_on(p: &FleetStage, host: &str) -> String {
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_detached_lock_of_a_killed_operator_expires_and_the_next_deploy_takes_over() {
-    let p = FleetStage::new(
-        4,
-        "rolling = { batch = 1 }\nlock_lease = \"10s\"",
-        short_timeouts,
-    );
-    p.provision();
-    ok(p.deploy("1.0.0", &[]));
-    let current = |host: &str| {
-        let out = p.fleet.exec(host, &["readlink", "/var/lib/hello/current"]);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let p = four_hosts_one_session_at_a_time();
+    let current = |host: &str| current_on(&p, host);
     let before = current("app1");
 
     // One session at a time: app2..app4 wait for their batch with their
@@ -307,17 +316,8 @@ fn with_sessions_detached_a_confirm_canary_continues_and_a_failed_batch_puts_the
 #[test]
 #[ignore = "needs root: creates network namespaces"]
 fn a_second_interrupt_names_the_hosts_whose_detached_locks_it_leaves_behind() {
-    let p = FleetStage::new(
-        4,
-        "rolling = { batch = 1 }\nlock_lease = \"10s\"",
-        short_timeouts,
-    );
-    p.provision();
-    ok(p.deploy("1.0.0", &[]));
-    let current = |host: &str| {
-        let out = p.fleet.exec(host, &["readlink", "/var/lib/hello/current"]);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let p = four_hosts_one_session_at_a_time();
+    let current = |host: &str| current_on(&p, host);
     let before = current("app1");
     let child = p.spawn_deploy(
         "2.0.0",
