@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use serde_json::{Value, json};
+
+mod common;
 use sha2::{Digest, Sha256};
 
 struct Agent {
@@ -39,7 +41,7 @@ impl Agent {
     fn call(&mut self, request: Value, bytes: &[u8]) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        let envelope = json!({"protocol": protocol_version(), "id": id, "service": "demo", "request": request});
+        let envelope = json!({"protocol": common::protocol_version(), "id": id, "service": "demo", "request": request});
         writeln!(self.stdin, "{envelope}").expect("write request");
         self.stdin.write_all(bytes).expect("write bytes");
         self.stdin.flush().expect("flush");
@@ -74,16 +76,6 @@ fn manifest(sha: &str, jar: &str, dest: &str) -> Value {
         "stop": {"timeout_ms": 1000},
         "files": [{"dest": dest, "secret": false, "sha256": null}],
     })
-}
-
-/// The protocol version this build's agent speaks, as the source says it.
-fn protocol_version() -> u32 {
-    let source = include_str!("../src/protocol/mod.rs");
-    source
-        .lines()
-        .find_map(|l| l.strip_prefix("pub const PROTOCOL_VERSION: u32 = "))
-        .and_then(|rest| rest.trim_end_matches(';').trim().parse().ok())
-        .expect("PROTOCOL_VERSION in src/protocol/mod.rs")
 }
 
 /// Begins a session holding the lock, with an artifact stored.
@@ -229,7 +221,7 @@ fn a_lease_lost_while_a_request_runs_turns_its_answer_into_an_error() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let envelope = json!({"protocol": protocol_version(), "id": 99, "service": "demo",
+    let envelope = json!({"protocol": common::protocol_version(), "id": 99, "service": "demo",
         "request": {"type": "put_artifact", "sha256": sha, "size": bytes.len()}});
     writeln!(agent.stdin, "{envelope}").unwrap();
     agent.stdin.write_all(&bytes[..100]).unwrap();

@@ -168,8 +168,7 @@ fn agent_session(root: &std::path::Path, requests: &[serde_json::Value]) -> Vec<
         .expect("start the agent");
     let mut stdin = child.stdin.take().expect("stdin");
     for (id, request) in requests.iter().enumerate() {
-        let envelope =
-            serde_json::json!({"protocol": 6, "id": id + 1, "service": "demo", "request": request});
+        let envelope = serde_json::json!({"protocol": common::protocol_version(), "id": id + 1, "service": "demo", "request": request});
         writeln!(stdin, "{envelope}").expect("write request");
     }
     drop(stdin);

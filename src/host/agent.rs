@@ -67,6 +67,17 @@ pub fn run(root: &Path) -> i32 {
                 return 2;
             }
         };
+        let mut envelope = envelope;
+        if let Some(archive) = envelope.request.payload_mut()
+            && let Err(message) = archive.read_packed(&mut input)
+        {
+            // Its bytes could not be read: what follows cannot be framed.
+            send(&AgentMessage::Result {
+                id: envelope.id,
+                response: Box::new(error("protocol", message)),
+            });
+            return 2;
+        }
         let id = envelope.id;
         let response = session.handle(envelope, &mut input, &token);
         if matches!(response, Response::Error(_)) {
@@ -122,23 +133,37 @@ fn send_checked(message: &AgentMessage) -> bool {
     writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
 }
 
-/// Writes one message; a vanished operator must not stop the work in progress.
+/// Writes one message, and the raw bytes an answer carries after its line;
+/// a vanished operator must not stop the work in progress.
 fn send(message: &AgentMessage) {
-    let text = encode(message).unwrap_or_else(|e| {
-        // Never leave the operator waiting for an answer that cannot be encoded.
-        let id = match message {
-            AgentMessage::Event { id, .. }
-            | AgentMessage::Expect { id, .. }
-            | AgentMessage::Result { id, .. } => *id,
-        };
-        let fallback = AgentMessage::Result {
-            id,
-            response: Box::new(error("protocol", format!("cannot encode the answer: {e}"))),
-        };
-        serde_json::to_string(&fallback).unwrap_or_default()
-    });
+    let (text, payload) = match encode(message) {
+        Ok(text) => {
+            let payload = match message {
+                AgentMessage::Result { response, .. } => response.payload(),
+                _ => None,
+            };
+            (text, payload)
+        }
+        Err(e) => {
+            // Never leave the operator waiting for an answer that cannot be encoded.
+            let id = match message {
+                AgentMessage::Event { id, .. }
+                | AgentMessage::Expect { id, .. }
+                | AgentMessage::Result { id, .. } => *id,
+            };
+            let fallback = AgentMessage::Result {
+                id,
+                response: Box::new(error("protocol", format!("cannot encode the answer: {e}"))),
+            };
+            (serde_json::to_string(&fallback).unwrap_or_default(), None)
+        }
+    };
+    // One lock for the line and its bytes: no event may land between them.
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{text}");
+    if let Some(payload) = payload {
+        let _ = out.write_all(payload);
+    }
     let _ = out.flush();
 }
 

@@ -285,7 +285,18 @@ impl AgentSession {
         let stdin = guard
             .as_mut()
             .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
-        if let Err(e) = write_within(stdin, format!("{line}\n").as_bytes(), &self.deadline) {
+        let mut sent = write_within(stdin, format!("{line}\n").as_bytes(), &self.deadline);
+        if let (Ok(()), Some(payload)) = (&sent, envelope.request.payload()) {
+            // In chunks, each renewing the deadline, as an artifact's upload.
+            for chunk in payload.chunks(256 * 1024) {
+                sent = write_within(stdin, chunk, &self.deadline);
+                if sent.is_err() {
+                    break;
+                }
+                self.deadline.arm(self.answer_timeout);
+            }
+        }
+        if let Err(e) = sent {
             drop(guard);
             return Err(self.silent_or(Error::failed(format!("[{host}] sending a request: {e}"))));
         }
@@ -322,7 +333,7 @@ impl AgentSession {
             drop(self.startup.take());
             // Any message is a sign of life.
             self.deadline.extend(self.answer_timeout);
-            let message: AgentMessage = serde_json::from_str(&line).map_err(|e| {
+            let mut message: AgentMessage = serde_json::from_str(&line).map_err(|e| {
                 Error::failed(format!(
                     "[{}] unreadable answer from the agent ({e}): {}",
                     self.host,
@@ -330,6 +341,18 @@ impl AgentSession {
                 ))
                 .hint("the host may run another shipjar version; install the same version on both sides")
             })?;
+            if let AgentMessage::Result { response, .. } = &mut message
+                && let Some(archive) = response.payload_mut()
+            {
+                let mut within = ReadWithin {
+                    reader: &mut self.stdout,
+                    deadline: &self.deadline,
+                    renew: self.answer_timeout,
+                };
+                archive
+                    .read_packed(&mut within)
+                    .map_err(|e| Error::failed(format!("[{}] {e} from the agent", self.host)))?;
+            }
             match message {
                 AgentMessage::Event {
                     step,
@@ -520,6 +543,31 @@ fn read_line_within(
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the answer is not UTF-8"))?;
     line.push_str(&text);
     Ok(text.len())
+}
+
+/// The agent's output as a `Read` that gives up when the deadline fires;
+/// every read that brings bytes renews it (a slow link is progress).
+struct ReadWithin<'a> {
+    reader: &'a mut BufReader<ChildStdout>,
+    deadline: &'a Deadline,
+    renew: Duration,
+}
+
+impl Read for ReadWithin<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.reader.buffer().is_empty() {
+            ready_within(
+                self.reader.get_ref(),
+                nix::poll::PollFlags::POLLIN,
+                self.deadline,
+            )?;
+        }
+        let n = self.reader.read(buf)?;
+        if n > 0 {
+            self.deadline.arm(self.renew);
+        }
+        Ok(n)
+    }
 }
 
 /// Keeps the last lines of the agent's stderr, and passes them on to ours.

@@ -181,8 +181,9 @@ pub enum Request {
         deadline_ms: u64,
     },
     /// Keep `archive`, dumped on another host, as `release`'s archive when
-    /// this host runs the same JDK and jar and its sha256 matches. Never
-    /// fails the session: the answer says why it was not kept.
+    /// this host runs the same JDK and jar and its sha256 matches; its
+    /// `packed_size` compressed bytes follow the line. Never fails the
+    /// session: the answer says why it was not kept.
     PutClassData {
         /// The prepared release it is for.
         release: String,
@@ -192,6 +193,9 @@ pub enum Request {
 }
 
 /// A class-data archive made on one host, for another host of the deploy.
+/// On the wire its compressed bytes are not in the JSON line: exactly
+/// `packed_size` raw bytes follow the line that carries it (the answer to
+/// `dump_class_data`, the request `put_class_data`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassDataArchive {
@@ -203,8 +207,105 @@ pub struct ClassDataArchive {
     pub sha256: String,
     /// Its size, uncompressed.
     pub size: u64,
-    /// The archive, zstd-compressed, then base64.
-    pub zstd_base64: String,
+    /// Size of the zstd-compressed archive: the raw bytes after the line.
+    pub packed_size: u64,
+    /// The zstd-compressed archive, read from or written after the line.
+    #[serde(skip)]
+    pub packed: Payload,
+}
+
+/// Largest compressed class-data archive either side reads after a line: a
+/// peer announcing more has broken the framing, and the session ends.
+pub const MAX_PACKED_ARCHIVE: u64 = 512 << 20;
+
+/// Raw bytes that travel after a message's line, shared between the
+/// requests that send the same bytes to many hosts.
+#[derive(Clone, Default)]
+pub struct Payload(pub std::sync::Arc<Vec<u8>>);
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl Request {
+    /// The archive whose raw bytes follow this request's line, if any
+    /// (`put_artifact`'s bytes are streamed, not held).
+    pub fn payload_mut(&mut self) -> Option<&mut ClassDataArchive> {
+        match self {
+            Request::PutClassData { archive, .. } => Some(archive),
+            _ => None,
+        }
+    }
+
+    /// The raw bytes that follow this request's line.
+    pub fn payload(&self) -> Option<&Payload> {
+        match self {
+            Request::PutClassData { archive, .. } => Some(&archive.packed),
+            _ => None,
+        }
+    }
+}
+
+impl Response {
+    /// The archive whose raw bytes follow this answer's line, if any.
+    pub fn payload_mut(&mut self) -> Option<&mut ClassDataArchive> {
+        match self {
+            Response::ClassDataDumped {
+                archive: Some(archive),
+                ..
+            } => Some(archive),
+            _ => None,
+        }
+    }
+
+    /// The raw bytes that follow this answer's line.
+    pub fn payload(&self) -> Option<&Payload> {
+        match self {
+            Response::ClassDataDumped {
+                archive: Some(archive),
+                ..
+            } => Some(&archive.packed),
+            _ => None,
+        }
+    }
+}
+
+impl ClassDataArchive {
+    /// Reads the `packed_size` bytes that follow its line from `input`;
+    /// says why the framing is broken when they cannot be read.
+    pub fn read_packed(&mut self, input: &mut impl std::io::Read) -> Result<(), String> {
+        use std::io::Read as _;
+        if self.packed_size > MAX_PACKED_ARCHIVE {
+            return Err(format!(
+                "a class-data archive of {} bytes was announced, over the limit of {MAX_PACKED_ARCHIVE}",
+                self.packed_size
+            ));
+        }
+        // Grown as it arrives: the announced size is not trusted for an allocation.
+        let mut bytes = Vec::new();
+        input
+            .take(self.packed_size)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("reading the class-data archive: {e}"))?;
+        if bytes.len() as u64 != self.packed_size {
+            return Err(format!(
+                "the class-data archive ended after {} of {} bytes",
+                bytes.len(),
+                self.packed_size
+            ));
+        }
+        self.packed = Payload(std::sync::Arc::new(bytes));
+        Ok(())
+    }
 }
 
 /// What a host can do for a shared class-data archive (in `begin`'s answer
@@ -582,7 +683,8 @@ pub enum Response {
         /// When the detached lease runs out, Unix milliseconds.
         expires_at_ms: u64,
     },
-    /// Answer to `dump_class_data`.
+    /// Answer to `dump_class_data`; with an archive, its `packed_size`
+    /// compressed bytes follow the line.
     ClassDataDumped {
         /// The archive; `None` when there is none (see `note`).
         archive: Option<Box<ClassDataArchive>>,
@@ -832,6 +934,41 @@ wire_enum! {
 mod tests {
     use super::*;
     use crate::protocol::status::ServiceState;
+
+    fn archive_line(packed_size: u64) -> ClassDataArchive {
+        let line = format!(
+            r#"{{"jdk":"j","jar_sha256":"a","sha256":"b","size":9,"packed_size":{packed_size}}}"#
+        );
+        serde_json::from_str(&line).expect("an archive's line")
+    }
+
+    #[test]
+    fn an_archive_s_bytes_follow_its_line_and_stay_out_of_it() {
+        let mut archive = archive_line(3);
+        let mut input: &[u8] = b"xyz{\"next\"";
+        archive.read_packed(&mut input).expect("three bytes");
+        assert_eq!(&archive.packed[..], b"xyz");
+        // What follows is left for the next line.
+        assert_eq!(input, b"{\"next\"");
+        let text = serde_json::to_string(&archive).expect("encode");
+        assert!(
+            !text.contains("xyz") && !text.contains("packed\""),
+            "{text}"
+        );
+        assert_eq!(format!("{:?}", archive.packed), "<3 bytes>");
+    }
+
+    #[test]
+    fn an_archive_cut_short_or_announced_too_big_breaks_the_framing() {
+        let mut short = archive_line(10);
+        let err = short.read_packed(&mut &b"abc"[..]).expect_err("cut short");
+        assert!(err.contains("ended after 3 of 10 bytes"), "{err}");
+        let mut huge = archive_line(MAX_PACKED_ARCHIVE + 1);
+        let err = huge
+            .read_packed(&mut std::io::repeat(0))
+            .expect_err("over the limit");
+        assert!(err.contains("over the limit"), "{err}");
+    }
 
     fn round_trip(response: Response) {
         let message = AgentMessage::Result {

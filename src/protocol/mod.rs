@@ -4,9 +4,11 @@
 //! helpers both sides use for names, hashing, time and durable files.
 //!
 //! Framing: the operator writes one JSON [`Envelope`] per line to the agent's
-//! stdin (a `put_artifact` request is followed by exactly `size` raw bytes);
-//! the agent answers each request with zero or more [`AgentMessage::Event`]
-//! lines and exactly one [`AgentMessage::Result`] line on stdout. Requests are
+//! stdin (a `put_artifact` request is followed by exactly `size` raw bytes,
+//! a `put_class_data` by its archive's `packed_size`); the agent answers
+//! each request with zero or more [`AgentMessage::Event`] lines and exactly
+//! one [`AgentMessage::Result`] line on stdout (a `class_data_dumped` with
+//! an archive is followed by its `packed_size` raw bytes). Requests are
 //! handled in order, so the operator may pipeline them.
 //!
 //! Nothing here imports `crate::operator` or `crate::host` (a test enforces it).
@@ -46,4 +48,6 @@ pub(crate) use wire_enum::wire_enum;
 /// with `resume` and `finish` with `pending` (the lock kept for a canary
 /// waiting for its operator), the pending canary in `status`; `detach` and
 /// `attach` (a deploy lock that outlives its session, taken back by token).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: `dump_class_data` and `put_class_data` (a class-data archive shared
+/// by the hosts of a deploy), the archive as raw bytes after the line.
+pub const PROTOCOL_VERSION: u32 = 7;

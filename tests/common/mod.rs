@@ -21,6 +21,17 @@ pub fn shipjar_bin() -> &'static str {
     env!("CARGO_BIN_EXE_shipjar")
 }
 
+/// The agent protocol version this build speaks (read from its source, so
+/// a test that talks to the agent directly follows every bump).
+pub fn protocol_version() -> u32 {
+    let source = include_str!("../../src/protocol/mod.rs");
+    source
+        .lines()
+        .find_map(|l| l.strip_prefix("pub const PROTOCOL_VERSION: u32 = "))
+        .and_then(|rest| rest.trim_end_matches(';').trim().parse().ok())
+        .expect("PROTOCOL_VERSION in src/protocol/mod.rs")
+}
+
 /// The repository's `examples/hello`.
 pub fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello")

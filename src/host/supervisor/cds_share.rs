@@ -16,9 +16,6 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-
 use super::cds::{self, Dump, KEPT_CLASS_LIST, MAX_ARCHIVE, STATIC_ARCHIVE_MAGIC};
 use super::release::{self, Release};
 use super::spawn;
@@ -27,7 +24,7 @@ use crate::protocol::digest;
 use crate::protocol::layout::{CDS_ARCHIVE, Layout};
 use crate::protocol::manifest::ReleaseManifest;
 use crate::protocol::names::is_release_id;
-use crate::protocol::{ClassDataArchive, ClassDataHost, Response};
+use crate::protocol::{ClassDataArchive, ClassDataHost, Payload, Response};
 
 /// zstd's default level: fast, and most of what higher levels would give.
 const ZSTD_LEVEL: i32 = 3;
@@ -125,7 +122,7 @@ fn dump_and_pack(
          ({} KiB, {} KiB compressed)",
         current.manifest.id,
         archive.size / 1024,
-        archive.zstd_base64.len() * 3 / 4 / 1024
+        archive.packed_size / 1024
     );
     Ok((archive, note))
 }
@@ -170,7 +167,8 @@ fn pack(release: &Release, jdk: &str) -> Result<ClassDataArchive, String> {
             jar_sha256: release.manifest.artifact_sha256.clone(),
             sha256,
             size: bytes.len() as u64,
-            zstd_base64: BASE64.encode(packed),
+            packed_size: packed.len() as u64,
+            packed: Payload(std::sync::Arc::new(packed)),
         })
         .map_err(|e| format!("compressing {}: {e}", path.display()))
 }
@@ -214,8 +212,8 @@ fn receive(layout: &Layout, id: &str, archive: &ClassDataArchive) -> Result<Stri
     ))
 }
 
-/// The archive's bytes: decoded, decompressed within its announced size
-/// (at most [`MAX_ARCHIVE`]), and checked against its sha256.
+/// The archive's bytes: decompressed within its announced size (at most
+/// [`MAX_ARCHIVE`]), and checked against its sha256.
 fn unpack(archive: &ClassDataArchive) -> Result<Vec<u8>, String> {
     if archive.size > MAX_ARCHIVE {
         return Err(format!(
@@ -223,11 +221,8 @@ fn unpack(archive: &ClassDataArchive) -> Result<Vec<u8>, String> {
             archive.size
         ));
     }
-    let packed = BASE64
-        .decode(&archive.zstd_base64)
-        .map_err(|e| format!("it arrived damaged ({e})"))?;
     let mut bytes = Vec::with_capacity(archive.size as usize);
-    zstd::stream::read::Decoder::new(&packed[..])
+    zstd::stream::read::Decoder::new(&archive.packed[..])
         .map_err(|e| format!("cannot unpack it ({e})"))?
         .take(archive.size + 1)
         .read_to_end(&mut bytes)
@@ -249,7 +244,8 @@ mod tests {
             jar_sha256: "jar".into(),
             sha256: digest::sha256_hex(bytes),
             size: bytes.len() as u64,
-            zstd_base64: BASE64.encode(zst),
+            packed_size: zst.len() as u64,
+            packed: Payload(std::sync::Arc::new(zst)),
         }
     }
 

@@ -1,11 +1,15 @@
 //! One class-data archive per deploy, shared by the hosts: in a deploy of
 //! a new artifact with `cds` on, one host that kept the class list of its
 //! current release's run dumps the new release's archive, and the others
-//! that run the same JDK get a copy before the switch. Any failure here is
-//! a note, never a failed host: a host without the archive records its
-//! classes on its first start, as it would without sharing.
+//! that run the same JDK get a copy before the switch. The dump runs right
+//! after that host's release is prepared, while the others still upload;
+//! a host prepared after it ended gets its copy in the same session, the
+//! others once all are prepared. Any failure here is a note, never a failed
+//! host: a host without the archive records its classes on its first start,
+//! as it would without sharing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::host_run::Run;
@@ -44,11 +48,25 @@ fn jdk_of<'r>(run: &'r Run) -> Option<&'r str> {
         .map(|c| c.jdk.as_str())
 }
 
-/// Shares one archive of the new release among the hosts that want one.
-pub(super) fn share(ctx: &Ctx, runs: &mut [Run]) {
+/// Who makes the deploy's archive and who gets it, chosen once the hosts
+/// are locked (before the uploads, so the dump can run beside them).
+pub(super) struct Sharing {
+    /// The host that dumps.
+    dumper: String,
+    /// The hosts that run its JDK and get a copy.
+    receivers: BTreeSet<String>,
+    /// The archive once dumped: `Some(None)` when the dump made none.
+    archive: Mutex<Option<Option<ClassDataArchive>>>,
+    /// Receivers that got their copy already.
+    served: Mutex<BTreeSet<String>>,
+}
+
+/// Chooses the dumper and the receivers, with a note for each host left
+/// out; `None` when fewer than two hosts want an archive.
+pub(super) fn plan(ctx: &Ctx, runs: &[Run]) -> Option<Sharing> {
     let wanting = wanting(runs);
     if wanting.len() < 2 {
-        return;
+        return None;
     }
     // The JDK most of them run; the others go without.
     let mut count: BTreeMap<&str, usize> = BTreeMap::new();
@@ -57,13 +75,10 @@ pub(super) fn share(ctx: &Ctx, runs: &mut [Run]) {
             .entry(jdk_of(&runs[i]).unwrap_or_default())
             .or_default() += 1;
     }
-    let Some(jdk) = count
+    let jdk = count
         .iter()
         .max_by_key(|(_, n)| **n)
-        .map(|(j, _)| j.to_string())
-    else {
-        return;
-    };
+        .map(|(j, _)| j.to_string())?;
     let same: Vec<usize> = wanting
         .iter()
         .copied()
@@ -82,29 +97,77 @@ pub(super) fn share(ctx: &Ctx, runs: &mut [Run]) {
             StepStatus::Info,
             "no host kept a class list of this service yet: each host's first start records its own",
         );
-        return;
-    };
-    let mut dumped = None;
-    ctx.in_session(&mut runs[dumper], |run| dumped = dump_on(run, ctx.reporter));
-    let Some(archive) = dumped else {
-        return;
+        return None;
     };
     for &i in &wanting {
         if jdk_of(&runs[i]) != Some(jdk.as_str()) {
-            let note = "runs another JDK than the host that dumped the shared class-data archive: goes without it";
+            let note = "runs another JDK than the host that dumps the shared class-data archive: goes without it";
             ctx.reporter
                 .step(&runs[i].host, STEP, StepStatus::Info, note);
         }
     }
-    let mut receivers: Vec<&mut Run> = runs
-        .iter_mut()
-        .enumerate()
-        .filter(|(i, _)| *i != dumper && same.contains(i))
-        .map(|(_, r)| r)
-        .collect();
-    fleet::each(&mut receivers, ctx.fleet.parallel, |run| {
-        ctx.in_session(run, |run| put_on(run, &archive, ctx.reporter));
-    });
+    Some(Sharing {
+        dumper: runs[dumper].host.clone(),
+        receivers: same
+            .iter()
+            .filter(|&&i| i != dumper)
+            .map(|&i| runs[i].host.clone())
+            .collect(),
+        archive: Mutex::new(None),
+        served: Mutex::new(BTreeSet::new()),
+    })
+}
+
+impl Sharing {
+    /// Whether `host` dumps: its prepare goes first.
+    pub(super) fn dumps(&self, host: &str) -> bool {
+        self.dumper == host
+    }
+
+    /// Right after `run`'s release is prepared, in the same session: the
+    /// dumper dumps (while the others still upload); a receiver gets its
+    /// copy when the archive is there already, else [`Sharing::finish`] gives it.
+    pub(super) fn after_prepare(&self, run: &mut Run, reporter: &Reporter) {
+        if run.failed() || run.session.is_none() {
+            return;
+        }
+        if self.dumps(&run.host) {
+            let dumped = dump_on(run, reporter);
+            *lock(&self.archive) = Some(dumped);
+        } else if self.receivers.contains(&run.host) {
+            let archive = lock(&self.archive).clone().flatten();
+            if let Some(archive) = archive {
+                put_on(run, &archive, reporter);
+                lock(&self.served).insert(run.host.clone());
+            }
+        }
+    }
+
+    /// Gives the copy to the receivers that were prepared before the dump
+    /// ended, once every host is prepared.
+    pub(super) fn finish(self, ctx: &Ctx, runs: &mut [Run]) {
+        let archive = self.archive.into_inner().ok().flatten().flatten();
+        let served = self.served.into_inner().unwrap_or_else(|e| e.into_inner());
+        let Some(archive) = archive else {
+            return;
+        };
+        let mut waiting: Vec<&mut Run> = runs
+            .iter_mut()
+            .filter(|r| {
+                self.receivers.contains(&r.host)
+                    && !served.contains(&r.host)
+                    && !r.failed()
+                    && (r.session.is_some() || r.lease.is_some())
+            })
+            .collect();
+        fleet::each(&mut waiting, ctx.fleet.parallel, |run| {
+            ctx.in_session(run, |run| put_on(run, &archive, ctx.reporter));
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Asks `run`'s host to dump the archive; `None` (with a note) when it made none.

@@ -109,7 +109,8 @@ pub struct HostOutcome {
     pub failed_step: Option<String>,
     /// Why it failed.
     pub reason: Option<String>,
-    /// Bytes uploaded to this host.
+    /// Bytes of the artifact uploaded to this host (a shared class-data
+    /// archive's are in its `class-data` step's line).
     pub uploaded_bytes: u64,
     /// Requests answered by the agent.
     pub round_trips: u32,

@@ -480,19 +480,31 @@ fn check_agents_and_choose(ctx: &Ctx, runs: &mut [Run]) {
 
 /// Uploads and prepares the release on every host, in parallel.
 fn prepare_all(ctx: &Ctx, runs: &mut [Run], build: &BuildManifest) {
-    fleet::each(runs, ctx.fleet.parallel, |run| {
+    let sharing = archive::plan(ctx, runs);
+    // The host that dumps the shared archive first: its dump runs while
+    // the others upload.
+    let mut order: Vec<&mut Run> = runs.iter_mut().collect();
+    if let Some(sharing) = &sharing {
+        order.sort_by_key(|r| !sharing.dumps(&r.host));
+    }
+    fleet::each(&mut order, ctx.fleet.parallel, |run| {
         let t = Instant::now();
         // Prepared when it was locked: nothing to say to the host.
         if run.state.as_ref().is_some_and(|s| s.prepared) {
             upload_and_prepare(run, build, ctx.remote, ctx.reporter);
         } else {
             ctx.in_session(run, |run| {
-                upload_and_prepare(run, build, ctx.remote, ctx.reporter)
+                upload_and_prepare(run, build, ctx.remote, ctx.reporter);
+                if let Some(sharing) = &sharing {
+                    sharing.after_prepare(run, ctx.reporter);
+                }
             });
         }
         run.time("prepare", t);
     });
-    archive::share(ctx, runs);
+    if let Some(sharing) = sharing {
+        sharing.finish(ctx, runs);
+    }
 }
 
 /// Switches the hosts batch by batch, the canary first; says why it
