@@ -169,6 +169,35 @@ fn the_first_healthy_run_records_its_classes_an_archive_is_made_beside_it_and_no
     assert!(detail.contains("class-data archive in use"), "{detail}");
     assert_eq!(events_with(&host, "class-data archive: using").len(), 1);
 
+    // It records its classes too, and once healthy + 5 s its list replaces
+    // the release's (no dump): the next artifact's shared archive is dumped
+    // from a fresh list.
+    let kept = dir.join("cds.classes");
+    let first_list = inode(&kept);
+    let argv = cmdline(pid);
+    assert!(argv.iter().any(|a| a.starts_with(&list_opt)), "{argv:?}");
+    assert!(
+        eventually(Duration::from_secs(60), || !events_with(
+            &host,
+            "this run's class list kept"
+        )
+        .is_empty()),
+        "{}",
+        host.log()
+    );
+    assert_ne!(inode(&kept), first_list, "not replaced");
+    assert_eq!(owner(&kept), owner(&dir));
+    let mode = fs::symlink_metadata(&kept)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o444);
+    let list = fs::read_to_string(&kept).expect("read");
+    assert!(list.lines().any(|l| l == "Hello"), "{list}");
+    assert!(dump_dirs(&host).is_empty(), "{:?}", dump_dirs(&host));
+    assert!(dumps_running(&dumps).is_empty());
+    assert_eq!(events_with(&host, "class-data archive written").len(), 1);
+
     // A crash restart uses it too.
     host.track(pid);
     // SAFETY: kill(2) on the service this test started.
@@ -464,6 +493,12 @@ impl Drop for TestUser {
             .arg(&self.name)
             .output();
     }
+}
+
+/// The inode of the file at `path` (a file renamed into place has a new one).
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).expect("stat").ino()
 }
 
 fn owner(path: &Path) -> u32 {

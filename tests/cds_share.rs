@@ -2,8 +2,10 @@
 //! on a fleet of real sshd hosts running real hello JVMs, a deploy of a new
 //! artifact has one host dump the new release's archive from the class list
 //! its previous run recorded and gives it to the others before the switch,
-//! so every host's first start of the new release maps it; a copy damaged
-//! on a host before its start is ignored and that host starts without it.
+//! so every host's first start of the new release maps it; each host's run
+//! that maps it keeps a fresh class list, so the next deploy can dump on any
+//! of them; a copy damaged on a host before its start is ignored and that
+//! host starts without it.
 //! Root only: as another user these tests are ignored (skipped).
 
 mod common;
@@ -88,6 +90,37 @@ fn class_lists_kept(p: &FleetStage) {
     }
 }
 
+/// Waits until each of `hosts` kept the class list its run of the current
+/// release recorded while mapping its archive (healthy + 5 s), and checks
+/// that it names the app's classes.
+fn fresh_class_lists(p: &FleetStage, hosts: &[String]) {
+    for host in hosts {
+        let release = current(p, host);
+        let kept =
+            format!("this run's class list kept as /var/lib/hello/releases/{release}/cds.classes");
+        let fresh = poll(Duration::from_secs(120), Duration::from_millis(500), || {
+            console(p, host).contains(&kept).then_some(())
+        });
+        assert!(fresh.is_some(), "{host}: {}", console(p, host));
+        let list = sh(p, host, "cat /var/lib/hello/current/cds.classes");
+        assert!(list.lines().any(|l| l == "Hello"), "{host}: {list}");
+    }
+}
+
+/// The host whose step says it dumped the shared archive.
+fn dump_host(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("class-data archive dumped for release"))
+        })
+        .and_then(|e| e["host"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no host dumped: {}", text(out)))
+}
+
 /// The running JVM on `host` maps `releases/<release>/cds.jsa`.
 fn maps_archive(p: &FleetStage, host: &str, release: &str) -> bool {
     let out = sh(
@@ -148,29 +181,42 @@ fn a_new_artifact_gets_one_archive_dumped_on_one_host_and_every_hosts_first_star
             "only 1.0.0's first start recorded: {host}: {log}"
         );
     }
-    // The dump host kept the class list with the archive it made, though
-    // no run of 2.0.0 recorded one: the next new artifact is shared too,
-    // also when sessions close between phases (more hosts than --parallel).
+    // Every host's run of 2.0.0 (which maps the archive and records nothing
+    // for a dump) keeps its own fresh class list, the receivers' included:
+    // the next new artifact is shared without 2.0.0's dump host, also when
+    // sessions close between phases (more hosts than --parallel).
+    fresh_class_lists(&p, &p.fleet.hosts());
+    let dumped_2 = dump_host(&out);
+    let others: Vec<String> = p
+        .fleet
+        .hosts()
+        .into_iter()
+        .filter(|h| *h != dumped_2)
+        .collect();
     let jar = other_jar(tmp.path(), "3");
-    let said = text(&ok(deploy_jar(&p, &jar, "3.0.0", &["--parallel", "1"])));
+    let only = others.join(",");
+    let out = ok(deploy_jar(
+        &p,
+        &jar,
+        "3.0.0",
+        &["--parallel", "1", "--hosts", &only],
+    ));
+    let said = text(&out);
     assert_eq!(
         said.matches("class-data archive dumped for release")
             .count(),
         1,
         "{said}"
     );
+    assert_ne!(dump_host(&out), dumped_2, "{said}");
     assert_eq!(
         said.matches("shared class-data archive kept").count(),
-        2,
+        1,
         "{said}"
     );
-    for host in p.fleet.hosts() {
-        let r3 = current(&p, &host);
-        assert!(
-            maps_archive(&p, &host, &r3),
-            "{host}: {}",
-            console(&p, &host)
-        );
+    for host in &others {
+        let r3 = current(&p, host);
+        assert!(maps_archive(&p, host, &r3), "{host}: {}", console(&p, host));
     }
 }
 

@@ -10,11 +10,14 @@
 //! service; nobody waits for it, and a stop kills it. A complete archive is
 //! copied next to the release as root's own file with a record of what it
 //! was made with. Every later start of the release maps it with
-//! `-XX:SharedArchiveFile` and `-Xshare:auto`. An archive whose JDK, jar or
-//! own file changed since is ignored (with a note) and the start goes on
-//! without it, recording its classes for a fresh one. A release with none
-//! yet first borrows a valid one of another release of the same jar (a
-//! re-deploy).
+//! `-XX:SharedArchiveFile` and `-Xshare:auto`, and records its classes
+//! too: [`DUMP_DELAY`] after it is healthy that list replaces the release's
+//! kept one ([`keep_list`]; no dump), so every host that ran a release has a
+//! fresh class list to dump the next artifact's shared archive from (see
+//! `cds_share`). An archive whose JDK, jar or own file changed since is
+//! ignored (with a note) and the start goes on without it, recording its
+//! classes for a fresh one. A release with none yet first borrows a valid
+//! one of another release of the same jar (a re-deploy).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
@@ -42,9 +45,10 @@ pub(super) const STATIC_ARCHIVE_MAGIC: u32 = 0xf00b_aba2;
 /// The class list a recording run writes, in its dump directory.
 const CLASS_LIST: &str = "classes.lst";
 
-/// The class list an archive was dumped from, kept beside it in the
-/// release: a deploy of a new artifact dumps the new jar's archive from it
-/// on one host and shares that archive (see `cds_share`).
+/// The class list of the release kept beside its archive: the one the
+/// archive was dumped from, replaced by the list of each later run that
+/// maps the archive. A deploy of a new artifact dumps the new jar's archive
+/// from it on one host and shares that archive (see `cds_share`).
 pub(super) const KEPT_CLASS_LIST: &str = "cds.classes";
 
 /// Largest class list kept (the Clojure example's is 300 KiB).
@@ -72,6 +76,10 @@ pub enum ClassData {
     Use {
         /// `releases/<id>/cds.jsa`.
         archive: PathBuf,
+        /// Where this run records its classes, until [`keep_list`] kept
+        /// them as the release's class list (no dump is made from them);
+        /// `None` when that could not be set up, or once it is done.
+        list: Option<Box<Dump>>,
     },
     /// Records the classes this run loads; once it is healthy a dump of
     /// them runs beside it.
@@ -79,7 +87,8 @@ pub enum ClassData {
 }
 
 /// A run that records its classes, and the dump made from them: where the
-/// JVMs write, and what the archive will be recorded as made with.
+/// JVMs write, and what the archive will be recorded as made with. A run
+/// that maps an archive records into one too, and only its list is kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dump {
     /// The service-owned directory the JVMs write into (absolute).
@@ -171,18 +180,41 @@ struct Record {
     archive_sha256: String,
 }
 
+impl ClassData {
+    /// Takes out the run's dump directory (a recording run's, or where a run
+    /// that maps an archive records its list), leaving what it still uses.
+    pub fn take_dump(&mut self) -> Option<Box<Dump>> {
+        match self {
+            ClassData::Off => None,
+            ClassData::Use { list, .. } => list.take(),
+            ClassData::Record(_) => match std::mem::replace(self, ClassData::Off) {
+                ClassData::Record(dump) => Some(dump),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The JVM options of a start, put right after `java`.
 pub fn jvm_options(class_data: &ClassData) -> Vec<String> {
-    match class_data {
-        ClassData::Off => Vec::new(),
-        ClassData::Use { archive } => vec![
-            "-Xshare:auto".to_string(),
-            format!("-XX:SharedArchiveFile={}", archive.display()),
-        ],
-        ClassData::Record(dump) => vec![format!(
+    let record = |dump: &Dump| {
+        format!(
             "-XX:DumpLoadedClassList={}",
             dump.dir.join(CLASS_LIST).display()
-        )],
+        )
+    };
+    match class_data {
+        ClassData::Off => Vec::new(),
+        ClassData::Use { archive, list } => {
+            // HotSpot lists every class the run loads, from the archive too.
+            let mut options = vec![
+                "-Xshare:auto".to_string(),
+                format!("-XX:SharedArchiveFile={}", archive.display()),
+            ];
+            options.extend(list.as_deref().map(record));
+            options
+        }
+        ClassData::Record(dump) => vec![record(dump)],
     }
 }
 
@@ -245,21 +277,16 @@ pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> 
                 archive.display(),
                 checking.elapsed().as_millis()
             );
-            return Plan {
-                class_data: ClassData::Use { archive },
-                note: Some(note),
-            };
+            return using(layout, release, made_with, creds, archive, note);
         }
         Err(Invalid::Missing) => match adopt(layout, release, &made_with) {
             Some(from) => {
-                return Plan {
-                    note: Some(format!(
-                        "class-data archive: copied from release {from} (the same jar and JDK) in {} ms; using {}",
-                        checking.elapsed().as_millis(),
-                        archive.display()
-                    )),
-                    class_data: ClassData::Use { archive },
-                };
+                let note = format!(
+                    "class-data archive: copied from release {from} (the same jar and JDK) in {} ms; using {}",
+                    checking.elapsed().as_millis(),
+                    archive.display()
+                );
+                return using(layout, release, made_with, creds, archive, note);
             }
             None => None,
         },
@@ -301,6 +328,30 @@ pub fn plan(layout: &Layout, release: &Release, creds: Option<&Credentials>) -> 
                 "class-data sharing off for this start: {why}cannot create a directory for the JVM to write one: {e}"
             )))
         }
+    }
+}
+
+/// A start that maps `archive` and records its classes beside it, for
+/// [`keep_list`]; without recording when its directory cannot be made
+/// (the note says so: the start goes on with the archive).
+fn using(
+    layout: &Layout,
+    release: &Release,
+    made_with: MadeWith,
+    creds: Option<&Credentials>,
+    archive: PathBuf,
+    note: String,
+) -> Plan {
+    let (list, note) = match Dump::for_release(layout, release, made_with, creds) {
+        Ok(dump) => (Some(Box::new(dump)), note),
+        Err(e) => (
+            None,
+            format!("{note}; this run's class list is not recorded ({e})"),
+        ),
+    };
+    Plan {
+        class_data: ClassData::Use { archive, list },
+        note: Some(note),
     }
 }
 
@@ -472,7 +523,7 @@ fn dump_dir(layout: &Layout, creds: Option<&Credentials>) -> io::Result<(PathBuf
 impl Dump {
     /// A dump of `release` in a fresh directory of this process, for the
     /// service's user (`creds`), from the class list put there by
-    /// [`Dump::put_class_list`].
+    /// [`Dump::put_class_list`] or recorded there by a run.
     pub(super) fn for_release(
         layout: &Layout,
         release: &Release,
@@ -626,23 +677,7 @@ pub(super) fn copy_out(dump: &Dump) -> Result<String, String> {
     let release_dir = &dump.release_dir;
     let started = Instant::now();
     let src_path = dump.dir.join(CDS_ARCHIVE);
-    let leaf = dump
-        .dir
-        .parent()
-        .zip(dump.dir.file_name())
-        .ok_or_else(|| format!("{} is not a directory in cds-dump/", dump.dir.display()))
-        .and_then(|(parent, name)| {
-            GuardedDir::open(parent)
-                .and_then(|p| p.subdir(name))
-                .map_err(|e| e.to_string())
-        })?;
-    let leaf_owner = leaf.stat().map_err(|e| e.to_string())?.uid;
-    if leaf_owner != dump.owner {
-        return Err(format!(
-            "{} belongs to uid {leaf_owner}, not the service's user",
-            dump.dir.display()
-        ));
-    }
+    let leaf = open_leaf(dump)?;
     let expect = Expect {
         owned: Owned::By(dump.owner),
         max_size: Some(MAX_ARCHIVE),
@@ -687,11 +722,55 @@ pub(super) fn copy_out(dump: &Dump) -> Result<String, String> {
     ))
 }
 
+/// The run's dump directory, opened through the guarded layer and checked
+/// to be the service user's.
+fn open_leaf(dump: &Dump) -> Result<GuardedDir, String> {
+    let leaf = dump
+        .dir
+        .parent()
+        .zip(dump.dir.file_name())
+        .ok_or_else(|| format!("{} is not a directory in cds-dump/", dump.dir.display()))
+        .and_then(|(parent, name)| {
+            GuardedDir::open(parent)
+                .and_then(|p| p.subdir(name))
+                .map_err(|e| e.to_string())
+        })?;
+    let leaf_owner = leaf.stat().map_err(|e| e.to_string())?.uid;
+    if leaf_owner != dump.owner {
+        return Err(format!(
+            "{} belongs to uid {leaf_owner}, not the service's user",
+            dump.dir.display()
+        ));
+    }
+    Ok(leaf)
+}
+
+/// [`DUMP_DELAY`] after a run that maps the archive is healthy: keeps the
+/// class list it recorded (the classes its first requests loaded are in it
+/// by then) as the release's `cds.classes`, replacing the one there, so the
+/// next deploy of a new artifact can dump from a fresh list on this host.
+/// Nothing is dumped. Returns the line for the log; a failure leaves the
+/// kept list as it was.
+pub fn keep_list(dump: &Dump) -> String {
+    let kept = dump.release_dir.join(KEPT_CLASS_LIST);
+    match open_leaf(dump).and_then(|leaf| keep_class_list(&leaf, dump).map_err(|e| e.to_string())) {
+        Ok(size) => format!(
+            "class-data archive: this run's class list kept as {} ({} KiB) for the next artifact's archive",
+            kept.display(),
+            size.div_ceil(1024)
+        ),
+        Err(e) => format!(
+            "class-data archive: this run's class list not kept ({e}); {} stays as it was",
+            kept.display()
+        ),
+    }
+}
+
 /// Copies the dump's class list (the service user's, bounded) next to the
-/// release as root's file.
-fn keep_class_list(leaf: &GuardedDir, dump: &Dump) -> io::Result<()> {
-    // The service user's (a recording run's), or root's (the list a shared
-    // dump was given): both are the list this archive was made from.
+/// release as root's file, its whole lines only; returns its size.
+fn keep_class_list(leaf: &GuardedDir, dump: &Dump) -> io::Result<u64> {
+    // The service user's (a run's), or root's (the list a shared dump was
+    // given): both list classes of this service.
     let expect = Expect {
         owned: Owned::ByDirOwnerOrMe,
         max_size: Some(MAX_CLASS_LIST),
@@ -699,7 +778,21 @@ fn keep_class_list(leaf: &GuardedDir, dump: &Dump) -> io::Result<()> {
     };
     let src = leaf.open_read(CLASS_LIST, &expect)?;
     let size = src.metadata()?.len();
-    write_root_file(&mut src.take(size), &dump.release_dir, KEPT_CLASS_LIST)
+    let mut bytes = Vec::new();
+    src.take(size.min(MAX_CLASS_LIST)).read_to_end(&mut bytes)?;
+    // A JVM still running may be in the middle of a line.
+    let whole = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |end| end + 1);
+    if whole == 0 {
+        return Err(io::Error::other(format!(
+            "{} holds no complete line",
+            dump.dir.join(CLASS_LIST).display()
+        )));
+    }
+    write_root_file(&mut &bytes[..whole], &dump.release_dir, KEPT_CLASS_LIST)?;
+    Ok(whole as u64)
 }
 
 #[allow(clippy::disallowed_methods)] // root-only: the release dir (root's 0755)
@@ -886,6 +979,60 @@ mod tests {
         // A directory with a link to outside, removed without following it.
         fs::create_dir(dump.dir.join("d")).expect("mkdir");
         std::os::unix::fs::symlink(root.path(), dump.dir.join("d/up")).expect("symlink");
+        discard(&dump);
+        assert!(!dump.dir.exists());
+        assert!(precious.exists());
+    }
+
+    #[test]
+    fn a_runs_class_list_replaces_the_kept_one_with_its_whole_lines() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dump = dump_in(root.path());
+        let kept = dump.release_dir.join(KEPT_CLASS_LIST);
+        fs::write(&kept, "Old\n").expect("write");
+        // The JVM may be in the middle of a line.
+        fs::write(dump.dir.join(CLASS_LIST), "java/lang/Object\nHello\nHel").expect("write");
+        let line = keep_list(&dump);
+        assert!(line.contains("class list kept"), "{line}");
+        assert_eq!(
+            fs::read_to_string(&kept).expect("read"),
+            "java/lang/Object\nHello\n"
+        );
+        let meta = fs::symlink_metadata(&kept).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+    }
+
+    #[test]
+    fn a_link_fifo_oversized_or_empty_file_in_place_of_a_runs_class_list_is_refused_and_the_kept_one_stays()
+     {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dump = dump_in(root.path());
+        let kept = dump.release_dir.join(KEPT_CLASS_LIST);
+        fs::write(&kept, "Old\n").expect("write");
+        let list = dump.dir.join(CLASS_LIST);
+        let precious = root.path().join("precious");
+        fs::write(&precious, "Secret\n").expect("write");
+        std::os::unix::fs::symlink(&precious, &list).expect("symlink");
+        let refused = |what: &str| {
+            let line = keep_list(&dump);
+            assert!(line.contains("not kept") && line.contains(what), "{line}");
+            assert_eq!(fs::read_to_string(&kept).expect("read"), "Old\n");
+        };
+        refused("is a symlink");
+        fs::remove_file(&list).expect("rm");
+        nix::unistd::mkfifo(&list, nix::sys::stat::Mode::from_bits_truncate(0o666))
+            .expect("mkfifo");
+        refused("is a FIFO");
+        fs::remove_file(&list).expect("rm");
+        fs::write(&list, "Hello\n").expect("write");
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&list)
+            .and_then(|f| f.set_len(MAX_CLASS_LIST + 1))
+            .expect("grow");
+        refused("over the limit");
+        fs::write(&list, "no line ends").expect("write");
+        refused("no complete line");
         discard(&dump);
         assert!(!dump.dir.exists());
         assert!(precious.exists());

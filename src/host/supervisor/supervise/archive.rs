@@ -1,6 +1,7 @@
-//! The class-data dump of a recording run (`[service] cds`): due
-//! [`cds::DUMP_DELAY`] after the run passed its gate, run beside the
-//! service and never waited for: the run's end kills one still running.
+//! The class-data work of a run (`[service] cds`), due [`cds::DUMP_DELAY`]
+//! after the run passed its gate: a recording run's dump, run beside the
+//! service and never waited for (the run's end kills one still running);
+//! for a run that maps the archive, keeping the class list it recorded.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
@@ -11,13 +12,14 @@ use crate::host::supervisor::cds::{self, ClassData, DUMP_DEADLINE, DUMP_DELAY};
 
 use super::Supervisor;
 
-/// Where the current run's dump is.
+/// Where the current run's class-data work is.
 pub(super) enum DumpJob {
-    /// None to do (no recording run, or its dump ended).
+    /// None to do (a run that records nothing, or its work is done).
     Idle,
-    /// It starts at this moment.
+    /// It is due at this moment: a recording run's dump starts, a run that
+    /// maps the archive has its class list kept.
     Due(Instant),
-    /// It runs.
+    /// The dump runs.
     Running {
         /// The `java -Xshare:dump` process.
         child: Child,
@@ -27,16 +29,39 @@ pub(super) enum DumpJob {
 }
 
 impl Supervisor<'_> {
-    /// The run passed its gate: a recording run's dump becomes due.
+    /// The run passed its gate: what it recorded is dealt with later.
     pub(super) fn schedule_dump(&mut self) {
-        if matches!(self.class_data, ClassData::Record(_)) {
+        if matches!(
+            self.class_data,
+            ClassData::Record(_) | ClassData::Use { list: Some(_), .. }
+        ) {
             self.dump_job = DumpJob::Due(Instant::now() + DUMP_DELAY);
         }
     }
 
-    /// Starts the dump when it is due, keeps its archive when it ended,
-    /// kills it past its deadline; returns when to look again.
+    /// Does the run's class-data work once it is due; returns when to look again.
     pub(super) fn tend_dump(&mut self) -> Option<Instant> {
+        match &self.class_data {
+            ClassData::Record(_) => self.tend_recording(),
+            ClassData::Use {
+                list: Some(list), ..
+            } => match self.dump_job {
+                DumpJob::Due(at) if at > Instant::now() => Some(at),
+                DumpJob::Due(_) => {
+                    let line = cds::keep_list(list);
+                    self.end_class_data();
+                    self.log.event(&line);
+                    None
+                }
+                DumpJob::Idle | DumpJob::Running { .. } => None,
+            },
+            ClassData::Use { list: None, .. } | ClassData::Off => None,
+        }
+    }
+
+    /// Starts a recording run's dump when it is due, keeps its archive when
+    /// it ended, kills it past its deadline; returns when to look again.
+    fn tend_recording(&mut self) -> Option<Instant> {
         let ClassData::Record(dump) = &self.class_data else {
             return None;
         };
@@ -88,14 +113,14 @@ impl Supervisor<'_> {
         }
     }
 
-    /// The run (or its recording) ends: a dump still running is killed,
-    /// not waited for, and the recording's directory removed.
+    /// The run (or its class-data work) ends: a dump still running is
+    /// killed, not waited for, and the run's dump directory removed.
     pub(super) fn end_class_data(&mut self) {
         if let DumpJob::Running { child, .. } = &mut self.dump_job {
             cds::kill_dump(child);
         }
         self.dump_job = DumpJob::Idle;
-        if let ClassData::Record(dump) = std::mem::replace(&mut self.class_data, ClassData::Off) {
+        if let Some(dump) = self.class_data.take_dump() {
             cds::discard(&dump);
         }
     }

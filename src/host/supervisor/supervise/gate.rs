@@ -156,7 +156,7 @@ impl Supervisor<'_> {
         self.save();
         self.log.event(&format!("healthy after {ms} ms"));
         self.schedule_dump();
-        if let ClassData::Use { archive } = &self.class_data
+        if let ClassData::Use { archive, .. } = &self.class_data
             && cds::mapped(pid, archive) == Some(false)
         {
             self.log.event(&format!(
