@@ -545,12 +545,15 @@ fn as_root_the_jvm_writes_into_its_own_dir_under_roots_cds_dump_and_the_archive_
     let root = p.root();
     let root = root.to_str().expect("utf-8 root");
     let release = fs::canonicalize(p.lib().join("current")).expect("current");
+    let kept = release.join("cds.classes");
     assert!(
         eventually(Duration::from_secs(120), || release
             .join("cds.json")
-            .is_file()),
+            .is_file()
+            && kept.is_file()),
         "no archive made"
     );
+    let dumped_list = inode(&kept);
     ok(p.run(&["service", "restart", "hello", "--root", root]));
     let archive = release.join("cds.jsa");
     assert_eq!(owner(&archive), 0, "a copy of root's, not the JVM's file");
@@ -567,6 +570,17 @@ fn as_root_the_jvm_writes_into_its_own_dir_under_roots_cds_dump_and_the_archive_
         maps_archive(pid, &archive),
         "restart did not map the archive"
     );
+    // The class list that run records, in the service user's dir, is kept
+    // as a copy of root's in place of the one the archive was dumped from.
+    assert!(
+        eventually(Duration::from_secs(60), || inode(&kept) != dumped_list),
+        "the run's class list was not kept"
+    );
+    assert_eq!(owner(&kept), 0);
+    let mode = fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o444);
+    let list = fs::read_to_string(&kept).expect("cds.classes");
+    assert!(list.lines().any(|l| l == "Hello"), "{list}");
     ok(p.run(&["service", "stop", "hello", "--root", root]));
 }
 
