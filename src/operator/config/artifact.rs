@@ -67,6 +67,17 @@ pub enum Fetch {
     HostThenOperator,
 }
 
+impl std::fmt::Display for Fetch {
+    /// As the config spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fetch::Host => "host",
+            Fetch::Operator => "operator",
+            Fetch::HostThenOperator => "host-then-operator",
+        })
+    }
+}
+
 /// Maven coordinates without the version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Coordinates {

@@ -9,11 +9,12 @@
 //! as it would without sharing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use super::host_run::Run;
 use super::orchestrate::Ctx;
+use crate::operator::config::artifact::Fetch;
 use crate::operator::fleet;
 use crate::operator::output::{Reporter, StepStatus};
 use crate::protocol::{ClassDataArchive, Request, Response};
@@ -21,31 +22,87 @@ use crate::protocol::{ClassDataArchive, Request, Response};
 /// Longest the shared dump may take: the Clojure example's takes 2–5 s.
 const DUMP_DEADLINE: Duration = Duration::from_secs(120);
 
+/// Longest the other hosts wait for the dump host's upload and prepare
+/// before starting theirs anyway (its session's own deadlines end it sooner).
+const HEAD_START: Duration = Duration::from_secs(60);
+
 /// The step the notes are shown under.
 const STEP: &str = "class-data";
 
-/// Hosts that get the new artifact (it was not stored there) and said
-/// what JDK they run: the ones an archive helps.
-fn wanting(runs: &[Run]) -> Vec<usize> {
-    (0..runs.len())
-        .filter(|&i| {
-            let r = &runs[i];
-            !r.failed()
-                // With sessions closed between phases, a detached lock counts.
-                && (r.session.is_some() || r.lease.is_some())
-                && r.plan.is_some()
-                && r.state
-                    .as_ref()
-                    .is_some_and(|s| !s.has_artifact && s.class_data.is_some())
-        })
-        .collect()
+/// What the choice needs to know of one host.
+#[derive(Debug, Clone, PartialEq)]
+struct Candidate<'r> {
+    /// It gets the new artifact (not stored there), is locked and has not
+    /// failed, and said what JDK it runs: an archive helps it.
+    wants: bool,
+    /// The JDK it runs.
+    jdk: &'r str,
+    /// Its current release kept a class list.
+    class_list: bool,
 }
 
-fn jdk_of<'r>(run: &'r Run) -> Option<&'r str> {
-    run.state
-        .as_ref()
-        .and_then(|s| s.class_data.as_ref())
-        .map(|c| c.jdk.as_str())
+fn candidate<'r>(run: &'r Run) -> Candidate<'r> {
+    let class_data = run.state.as_ref().and_then(|s| s.class_data.as_ref());
+    Candidate {
+        wants: !run.failed()
+            // With sessions closed between phases, a detached lock counts.
+            && (run.session.is_some() || run.lease.is_some())
+            && run.plan.is_some()
+            && run.state.as_ref().is_some_and(|s| !s.has_artifact)
+            && class_data.is_some(),
+        jdk: class_data.map_or("", |c| c.jdk.as_str()),
+        class_list: class_data.is_some_and(|c| c.class_list),
+    }
+}
+
+/// Whether and how the hosts share an archive (indexes into the hosts).
+#[derive(Debug, PartialEq)]
+enum Choice {
+    /// Fewer than two hosts want one: nothing to share.
+    Nothing,
+    /// The hosts download the artifact themselves: pushing an archive
+    /// about the jar's size to each would undo what that saves.
+    HostsFetch { first: usize },
+    /// None of the hosts that run the most common JDK kept a class list.
+    NoClassList { first: usize },
+    /// `dumper` dumps, `receivers` get a copy, `other_jdk` go without.
+    Share {
+        dumper: usize,
+        receivers: Vec<usize>,
+        other_jdk: Vec<usize>,
+    },
+}
+
+/// Chooses the JDK most of the wanting hosts run and, of those, the first
+/// that kept a class list as the dumper. Pure: no I/O.
+fn choose(hosts: &[Candidate], fetch: Option<Fetch>) -> Choice {
+    let wanting: Vec<usize> = (0..hosts.len()).filter(|&i| hosts[i].wants).collect();
+    if wanting.len() < 2 {
+        return Choice::Nothing;
+    }
+    if fetch.is_some_and(|f| f != Fetch::Operator) {
+        return Choice::HostsFetch { first: wanting[0] };
+    }
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for &i in &wanting {
+        *count.entry(hosts[i].jdk).or_default() += 1;
+    }
+    // The first JDK among the most common (BTreeMap order: stable).
+    let most = count.values().copied().max().unwrap_or(0);
+    let jdk = count
+        .iter()
+        .find(|(_, n)| **n == most)
+        .map_or("", |(j, _)| *j);
+    let (same, other_jdk): (Vec<usize>, Vec<usize>) =
+        wanting.iter().partition(|&&i| hosts[i].jdk == jdk);
+    let Some(&dumper) = same.iter().find(|&&i| hosts[i].class_list) else {
+        return Choice::NoClassList { first: same[0] };
+    };
+    Choice::Share {
+        dumper,
+        receivers: same.into_iter().filter(|&i| i != dumper).collect(),
+        other_jdk,
+    }
 }
 
 /// Who makes the deploy's archive and who gets it, chosen once the hosts
@@ -59,69 +116,89 @@ pub(super) struct Sharing {
     archive: Mutex<Option<Option<ClassDataArchive>>>,
     /// Receivers that got their copy already.
     served: Mutex<BTreeSet<String>>,
+    /// Whether the dump host's prepare ended, and its signal.
+    head_start: (Mutex<bool>, Condvar),
 }
 
 /// Chooses the dumper and the receivers, with a note for each host left
-/// out; `None` when fewer than two hosts want an archive.
+/// out; `None` when there is nothing to share.
 pub(super) fn plan(ctx: &Ctx, runs: &[Run]) -> Option<Sharing> {
-    let wanting = wanting(runs);
-    if wanting.len() < 2 {
-        return None;
-    }
-    // The JDK most of them run; the others go without.
-    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
-    for &i in &wanting {
-        *count
-            .entry(jdk_of(&runs[i]).unwrap_or_default())
-            .or_default() += 1;
-    }
-    let jdk = count
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .map(|(j, _)| j.to_string())?;
-    let same: Vec<usize> = wanting
-        .iter()
-        .copied()
-        .filter(|&i| jdk_of(&runs[i]) == Some(jdk.as_str()))
-        .collect();
-    let Some(&dumper) = same.iter().find(|&&i| {
-        runs[i]
-            .state
-            .as_ref()
-            .and_then(|s| s.class_data.as_ref())
-            .is_some_and(|c| c.class_list)
-    }) else {
-        ctx.reporter.step(
-            &runs[same[0]].host,
-            STEP,
-            StepStatus::Info,
-            "no host kept a class list of this service yet: each host's first start records its own",
-        );
-        return None;
+    let hosts: Vec<Candidate> = runs.iter().map(candidate).collect();
+    let note = |i: usize, text: &str| {
+        ctx.reporter
+            .step(&runs[i].host, STEP, StepStatus::Info, text)
     };
-    for &i in &wanting {
-        if jdk_of(&runs[i]) != Some(jdk.as_str()) {
-            let note = "runs another JDK than the host that dumps the shared class-data archive: goes without it";
-            ctx.reporter
-                .step(&runs[i].host, STEP, StepStatus::Info, note);
+    match choose(&hosts, ctx.remote.map(|r| r.fetch)) {
+        Choice::Nothing => None,
+        Choice::HostsFetch { first } => {
+            let fetch = ctx.remote.map(|r| r.fetch.to_string()).unwrap_or_default();
+            note(
+                first,
+                &format!(
+                    "hosts download the artifact themselves (fetch = \"{fetch}\"): no shared class-data archive is pushed to them (it is about the jar's size); each host's first start records its own"
+                ),
+            );
+            None
+        }
+        Choice::NoClassList { first } => {
+            note(
+                first,
+                "no host kept a class list of this service yet: each host's first start records its own",
+            );
+            None
+        }
+        Choice::Share {
+            dumper,
+            receivers,
+            other_jdk,
+        } => {
+            for i in other_jdk {
+                note(
+                    i,
+                    "runs another JDK than the host that dumps the shared class-data archive: goes without it",
+                );
+            }
+            Some(Sharing {
+                dumper: runs[dumper].host.clone(),
+                receivers: receivers.iter().map(|&i| runs[i].host.clone()).collect(),
+                archive: Mutex::new(None),
+                served: Mutex::new(BTreeSet::new()),
+                head_start: (Mutex::new(false), Condvar::new()),
+            })
         }
     }
-    Some(Sharing {
-        dumper: runs[dumper].host.clone(),
-        receivers: same
-            .iter()
-            .filter(|&&i| i != dumper)
-            .map(|&i| runs[i].host.clone())
-            .collect(),
-        archive: Mutex::new(None),
-        served: Mutex::new(BTreeSet::new()),
-    })
 }
 
 impl Sharing {
     /// Whether `host` dumps: its prepare goes first.
     pub(super) fn dumps(&self, host: &str) -> bool {
         self.dumper == host
+    }
+
+    /// Waits until the dump host's release is prepared (or it failed), at
+    /// most [`HEAD_START`]: its upload does not share the link and the
+    /// CPUs with all the others', so its dump starts sooner and runs while
+    /// they upload.
+    pub(super) fn wait_for_head_start(&self) {
+        let (ended, changed) = &self.head_start;
+        let until = Instant::now() + HEAD_START;
+        let mut ended = lock(ended);
+        while !*ended {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            ended = changed
+                .wait_timeout(ended, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// The dump host's prepare ended: the others may start.
+    pub(super) fn end_head_start(&self) {
+        *lock(&self.head_start.0) = true;
+        self.head_start.1.notify_all();
     }
 
     /// Right after `run`'s release is prepared, in the same session: the
@@ -132,6 +209,7 @@ impl Sharing {
             return;
         }
         if self.dumps(&run.host) {
+            self.end_head_start();
             let dumped = dump_on(run, reporter);
             *lock(&self.archive) = Some(dumped);
         } else if self.receivers.contains(&run.host) {
@@ -245,5 +323,63 @@ fn note_failure(
             StepStatus::Info,
             &format!("no shared class-data archive ({what}): unexpected answer {other:?}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(wants: bool, jdk: &str, class_list: bool) -> Candidate<'_> {
+        Candidate {
+            wants,
+            jdk,
+            class_list,
+        }
+    }
+
+    #[test]
+    fn the_most_common_jdk_s_first_host_with_a_class_list_dumps_for_the_others() {
+        let hosts = [
+            host(true, "jdk-a", false),
+            host(true, "jdk-b", false),
+            host(true, "jdk-b", false),
+            host(false, "jdk-b", true),
+            host(true, "jdk-b", true),
+            host(true, "jdk-b", true),
+        ];
+        assert_eq!(
+            choose(&hosts, None),
+            Choice::Share {
+                dumper: 4,
+                receivers: vec![1, 2, 5],
+                other_jdk: vec![0],
+            }
+        );
+        // A push from the operator's copy of a repository's artifact shares too.
+        assert!(matches!(
+            choose(&hosts, Some(Fetch::Operator)),
+            Choice::Share { dumper: 4, .. }
+        ));
+    }
+
+    #[test]
+    fn nothing_is_shared_for_one_host_without_a_class_list_or_when_hosts_download() {
+        let one = [host(true, "j", true), host(false, "j", true)];
+        assert_eq!(choose(&one, None), Choice::Nothing);
+        let unrecorded = [
+            host(false, "j", true),
+            host(true, "j", false),
+            host(true, "j", false),
+        ];
+        assert_eq!(choose(&unrecorded, None), Choice::NoClassList { first: 1 });
+        let recorded = [host(true, "j", true), host(true, "j", false)];
+        for fetch in [Fetch::Host, Fetch::HostThenOperator] {
+            assert_eq!(
+                choose(&recorded, Some(fetch)),
+                Choice::HostsFetch { first: 0 },
+                "{fetch}"
+            );
+        }
     }
 }

@@ -488,6 +488,10 @@ fn prepare_all(ctx: &Ctx, runs: &mut [Run], build: &BuildManifest) {
         order.sort_by_key(|r| !sharing.dumps(&r.host));
     }
     fleet::each(&mut order, ctx.fleet.parallel, |run| {
+        let dumps = sharing.as_ref().is_some_and(|s| s.dumps(&run.host));
+        if let Some(sharing) = sharing.as_ref().filter(|_| !dumps) {
+            sharing.wait_for_head_start();
+        }
         let t = Instant::now();
         // Prepared when it was locked: nothing to say to the host.
         if run.state.as_ref().is_some_and(|s| s.prepared) {
@@ -499,6 +503,10 @@ fn prepare_all(ctx: &Ctx, runs: &mut [Run], build: &BuildManifest) {
                     sharing.after_prepare(run, ctx.reporter);
                 }
             });
+        }
+        if let Some(sharing) = sharing.as_ref().filter(|_| dumps) {
+            // Also when it could not be reached or its prepare failed.
+            sharing.end_head_start();
         }
         run.time("prepare", t);
     });
