@@ -10,11 +10,12 @@
 //! service; nobody waits for it, and a stop kills it. A complete archive is
 //! copied next to the release as root's own file with a record of what it
 //! was made with. Every later start of the release maps it with
-//! `-XX:SharedArchiveFile` and `-Xshare:auto`, and records its classes
-//! too: [`DUMP_DELAY`] after it is healthy that list replaces the release's
-//! kept one ([`keep_list`]; no dump), so every host that ran a release has a
-//! fresh class list to dump the next artifact's shared archive from (see
-//! `cds_share`). An archive whose JDK, jar or own file changed since is
+//! `-XX:SharedArchiveFile` and `-Xshare:auto`; one of a release that has no
+//! class list of its own run yet (its archive came from another host or
+//! another release) records its classes too: [`DUMP_DELAY`] after it is
+//! healthy that list is kept as the release's ([`keep_list`]; no dump), so
+//! every host that ran a release has a class list of it to dump the next
+//! artifact's shared archive from (see `cds_share`). An archive whose JDK, jar or own file changed since is
 //! ignored (with a note) and the start goes on without it, recording its
 //! classes for a fresh one. A release with none yet first borrows a valid
 //! one of another release of the same jar (a re-deploy).
@@ -45,10 +46,11 @@ pub(super) const STATIC_ARCHIVE_MAGIC: u32 = 0xf00b_aba2;
 /// The class list a recording run writes, in its dump directory.
 const CLASS_LIST: &str = "classes.lst";
 
-/// The class list of the release kept beside its archive: the one the
-/// archive was dumped from, replaced by the list of each later run that
-/// maps the archive. A deploy of a new artifact dumps the new jar's archive
-/// from it on one host and shares that archive (see `cds_share`).
+/// The class list of a run of the release, kept beside its archive: the
+/// one a recording run's archive was dumped from, or the list recorded by
+/// the first run that mapped an archive made elsewhere. A deploy of a new
+/// artifact dumps the new jar's archive from it on one host and shares
+/// that archive (see `cds_share`).
 pub(super) const KEPT_CLASS_LIST: &str = "cds.classes";
 
 /// Largest class list kept (the Clojure example's is 300 KiB).
@@ -342,8 +344,23 @@ fn using(
     archive: PathBuf,
     note: String,
 ) -> Plan {
+    // Once per release and host: a list a run of this release recorded
+    // is as fresh as the next would be, and recording costs every start
+    // a little CPU.
+    if is_file(&release.dir.join(KEPT_CLASS_LIST)) {
+        return Plan {
+            class_data: ClassData::Use {
+                archive,
+                list: None,
+            },
+            note: Some(note),
+        };
+    }
     let (list, note) = match Dump::for_release(layout, release, made_with, creds) {
-        Ok(dump) => (Some(Box::new(dump)), note),
+        Ok(dump) => (
+            Some(Box::new(dump)),
+            format!("{note}; this run records its class list for the release"),
+        ),
         Err(e) => (
             None,
             format!("{note}; this run's class list is not recorded ({e})"),
@@ -353,6 +370,12 @@ fn using(
         class_data: ClassData::Use { archive, list },
         note: Some(note),
     }
+}
+
+/// A regular file (not a link) is at `path`.
+#[allow(clippy::disallowed_methods)] // root-only: a release dir (root's 0755)
+pub(super) fn is_file(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// Why an archive is not used.
@@ -658,7 +681,7 @@ pub fn kill_dump(child: &mut Child) {
 /// is a complete archive. Returns the line for the log.
 pub fn keep(dump: &Dump, exit: ExitInfo, took: Duration) -> String {
     let result = match exit {
-        ExitInfo::Code(0) => copy_out(dump),
+        ExitInfo::Code(0) => copy_out(dump, true),
         other => Err(format!("the dump failed ({other})")),
     };
     discard(dump);
@@ -673,7 +696,7 @@ pub fn keep(dump: &Dump, exit: ExitInfo, took: Duration) -> String {
 /// guarded layer: the run's directory and the archive must be the
 /// service user's, the archive a regular file with one name, dense and at
 /// most [`MAX_ARCHIVE`].
-pub(super) fn copy_out(dump: &Dump) -> Result<String, String> {
+pub(super) fn copy_out(dump: &Dump, with_list: bool) -> Result<String, String> {
     let release_dir = &dump.release_dir;
     let started = Instant::now();
     let src_path = dump.dir.join(CDS_ARCHIVE);
@@ -702,7 +725,16 @@ pub(super) fn copy_out(dump: &Dump) -> Result<String, String> {
     }
     let size = install(&mut (&magic[..]).chain(src), release_dir, &dump.made_with)
         .map_err(|e| format!("cannot copy it next to the release: {e}"))?;
-    // Its class list too: a deploy of the next artifact dumps from it.
+    // Its class list too, when a run of this release recorded it: a
+    // deploy of the next artifact dumps from it.
+    if !with_list {
+        return Ok(format!(
+            "class-data archive written: {} ({} KiB, copied in {} ms)",
+            release_dir.join(CDS_ARCHIVE).display(),
+            size / 1024,
+            started.elapsed().as_millis(),
+        ));
+    }
     if let Err(e) = keep_class_list(&leaf, dump) {
         let _ = fs_remove(&release_dir.join(KEPT_CLASS_LIST));
         return Ok(format!(
@@ -947,14 +979,14 @@ mod tests {
             .open(&archive)
             .and_then(|f| f.set_len(64 << 20))
             .expect("sparse");
-        let err = copy_out(&dump).expect_err("sparse");
+        let err = copy_out(&dump, true).expect_err("sparse");
         assert!(err.contains("is sparse"), "{err}");
         fs::OpenOptions::new()
             .write(true)
             .open(&archive)
             .and_then(|f| f.set_len(MAX_ARCHIVE + 1))
             .expect("sparse");
-        let err = copy_out(&dump).expect_err("too big");
+        let err = copy_out(&dump, true).expect_err("too big");
         assert!(err.contains("over the limit"), "{err}");
         assert!(!dump.release_dir.join(CDS_ARCHIVE).exists());
         discard(&dump);
@@ -969,12 +1001,12 @@ mod tests {
         fs::write(&precious, STATIC_ARCHIVE_MAGIC.to_ne_bytes()).expect("write");
         let archive = dump.dir.join(CDS_ARCHIVE);
         std::os::unix::fs::symlink(&precious, &archive).expect("symlink");
-        let err = copy_out(&dump).expect_err("a link");
+        let err = copy_out(&dump, true).expect_err("a link");
         assert!(err.contains("is a symlink"), "{err}");
         fs::remove_file(&archive).expect("rm");
         nix::unistd::mkfifo(&archive, nix::sys::stat::Mode::from_bits_truncate(0o666))
             .expect("mkfifo");
-        let err = copy_out(&dump).expect_err("a FIFO");
+        let err = copy_out(&dump, true).expect_err("a FIFO");
         assert!(err.contains("is a FIFO"), "{err}");
         // A directory with a link to outside, removed without following it.
         fs::create_dir(dump.dir.join("d")).expect("mkdir");

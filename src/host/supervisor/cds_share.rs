@@ -13,7 +13,7 @@
 //! there is no archive, and the host goes without.
 
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::cds::{self, Dump, KEPT_CLASS_LIST, MAX_ARCHIVE, STATIC_ARCHIVE_MAGIC};
@@ -40,13 +40,8 @@ pub fn host(layout: &Layout, manifest: &ReleaseManifest) -> Option<ClassDataHost
         .as_ref()
         .map_or_else(|| layout.releases_dir(), |r| r.dir.clone());
     let jdk = cds::jdk_identity(&manifest.run.argv, &base).ok()?;
-    let class_list = current.is_some_and(|r| is_file(&r.dir.join(KEPT_CLASS_LIST)));
+    let class_list = current.is_some_and(|r| cds::is_file(&r.dir.join(KEPT_CLASS_LIST)));
     Some(ClassDataHost { jdk, class_list })
-}
-
-#[allow(clippy::disallowed_methods)] // root-only: a release dir (root's 0755)
-fn is_file(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// `dump_class_data`: the archive, or a note saying why there is none.
@@ -104,7 +99,9 @@ fn dump_and_pack(
             let mut child = cds::spawn_dump(layout, &target, &dump, creds.as_ref(), false)
                 .map_err(|e| format!("cannot start the dump: {e}"))?;
             match wait_within(&mut child, deadline) {
-                Some(ExitInfo::Code(0)) => cds::copy_out(&dump),
+                // Not the list: it is the old release's, and this
+                // release's first run records its own.
+                Some(ExitInfo::Code(0)) => cds::copy_out(&dump, false),
                 Some(other) => Err(format!("the dump failed ({other})")),
                 None => Err(format!(
                     "the dump took longer than {} ms (killed)",
