@@ -155,12 +155,22 @@ pub fn require_packages(what: &str, needs: &[(&str, &str)]) {
     );
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, not handed out before in this test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("find a free port")
+    // The kernel may hand out a port just released again: a test that asks
+    // for several (a proxy's `listen` and its two instances) must get
+    // distinct ones, and so must tests running side by side.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("find a free port");
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A secret value unique to one test, to scan output for.
