@@ -8,7 +8,6 @@
 //! nothing running.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,13 +20,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_shipjar");
 /// Longest any single shipjar invocation may take in these tests.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
-/// A port nobody listens on (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use super::free_port;
 
 /// Start time of `pid` (field 22 of /proc/PID/stat), `None` if gone or a zombie.
 pub fn start_ticks(pid: i32) -> Option<u64> {
