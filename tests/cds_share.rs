@@ -218,6 +218,23 @@ fn a_new_artifact_gets_one_archive_dumped_on_one_host_and_every_hosts_first_star
         let r3 = current(&p, host);
         assert!(maps_archive(&p, host, &r3), "{host}: {}", console(&p, host));
     }
+    // A deploy right after, before any run of 3.0.0 was healthy long enough
+    // to keep its own list: 3.0.0's dump host kept the list it dumped from
+    // (inherited), so this one is shared too.
+    let dumped_3 = dump_host(&out);
+    let jar = other_jar(tmp.path(), "4");
+    let out = ok(deploy_jar(&p, &jar, "4.0.0", &["--hosts", &only]));
+    let said = text(&out);
+    assert_eq!(dump_host(&out), dumped_3, "{said}");
+    assert_eq!(
+        said.matches("shared class-data archive kept").count(),
+        1,
+        "{said}"
+    );
+    for host in &others {
+        let r4 = current(&p, host);
+        assert!(maps_archive(&p, host, &r4), "{host}: {}", console(&p, host));
+    }
 }
 
 #[test]

@@ -53,6 +53,21 @@ const CLASS_LIST: &str = "classes.lst";
 /// that archive (see `cds_share`).
 pub(super) const KEPT_CLASS_LIST: &str = "cds.classes";
 
+/// The class list a shared archive was dumped from (the previous
+/// release's), kept beside it on the host that dumped it until a run of
+/// the release keeps its own: so a deploy that follows at once (before any
+/// run of this release was healthy [`DUMP_DELAY`]) can still be shared.
+pub(super) const INHERITED_CLASS_LIST: &str = "cds.classes.inherited";
+
+/// Where the class list of the release in `dir` is: its own run's, else
+/// the one its shared archive was dumped from.
+pub(super) fn class_list_in(dir: &Path) -> Option<PathBuf> {
+    [KEPT_CLASS_LIST, INHERITED_CLASS_LIST]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .find(|path| is_file(path))
+}
+
 /// Largest class list kept (the Clojure example's is 300 KiB).
 const MAX_CLASS_LIST: u64 = 16 << 20;
 
@@ -346,7 +361,7 @@ fn using(
 ) -> Plan {
     // Once per release and host: a list a run of this release recorded
     // is as fresh as the next would be, and recording costs every start
-    // a little CPU.
+    // a little CPU. (An inherited list is the previous release's.)
     if is_file(&release.dir.join(KEPT_CLASS_LIST)) {
         return Plan {
             class_data: ClassData::Use {
@@ -681,7 +696,7 @@ pub fn kill_dump(child: &mut Child) {
 /// is a complete archive. Returns the line for the log.
 pub fn keep(dump: &Dump, exit: ExitInfo, took: Duration) -> String {
     let result = match exit {
-        ExitInfo::Code(0) => copy_out(dump, true),
+        ExitInfo::Code(0) => copy_out(dump, KEPT_CLASS_LIST),
         other => Err(format!("the dump failed ({other})")),
     };
     discard(dump);
@@ -696,7 +711,7 @@ pub fn keep(dump: &Dump, exit: ExitInfo, took: Duration) -> String {
 /// guarded layer: the run's directory and the archive must be the
 /// service user's, the archive a regular file with one name, dense and at
 /// most [`MAX_ARCHIVE`].
-pub(super) fn copy_out(dump: &Dump, with_list: bool) -> Result<String, String> {
+pub(super) fn copy_out(dump: &Dump, list_name: &str) -> Result<String, String> {
     let release_dir = &dump.release_dir;
     let started = Instant::now();
     let src_path = dump.dir.join(CDS_ARCHIVE);
@@ -725,18 +740,9 @@ pub(super) fn copy_out(dump: &Dump, with_list: bool) -> Result<String, String> {
     }
     let size = install(&mut (&magic[..]).chain(src), release_dir, &dump.made_with)
         .map_err(|e| format!("cannot copy it next to the release: {e}"))?;
-    // Its class list too, when a run of this release recorded it: a
-    // deploy of the next artifact dumps from it.
-    if !with_list {
-        return Ok(format!(
-            "class-data archive written: {} ({} KiB, copied in {} ms)",
-            release_dir.join(CDS_ARCHIVE).display(),
-            size / 1024,
-            started.elapsed().as_millis(),
-        ));
-    }
-    if let Err(e) = keep_class_list(&leaf, dump) {
-        let _ = fs_remove(&release_dir.join(KEPT_CLASS_LIST));
+    // Its class list too: a deploy of the next artifact dumps from it.
+    if let Err(e) = keep_class_list(&leaf, dump, list_name) {
+        let _ = fs_remove(&release_dir.join(list_name));
         return Ok(format!(
             "class-data archive written: {} ({} KiB); its class list not kept ({e}); later starts of release {} use it",
             release_dir.join(CDS_ARCHIVE).display(),
@@ -785,12 +791,18 @@ fn open_leaf(dump: &Dump) -> Result<GuardedDir, String> {
 /// kept list as it was.
 pub fn keep_list(dump: &Dump) -> String {
     let kept = dump.release_dir.join(KEPT_CLASS_LIST);
-    match open_leaf(dump).and_then(|leaf| keep_class_list(&leaf, dump).map_err(|e| e.to_string())) {
-        Ok(size) => format!(
-            "class-data archive: this run's class list kept as {} ({} KiB) for the next artifact's archive",
-            kept.display(),
-            size.div_ceil(1024)
-        ),
+    match open_leaf(dump)
+        .and_then(|leaf| keep_class_list(&leaf, dump, KEPT_CLASS_LIST).map_err(|e| e.to_string()))
+    {
+        Ok(size) => {
+            // Its own list supersedes the one its archive was dumped from.
+            let _ = fs_remove(&dump.release_dir.join(INHERITED_CLASS_LIST));
+            format!(
+                "class-data archive: this run's class list kept as {} ({} KiB) for the next artifact's archive",
+                kept.display(),
+                size.div_ceil(1024)
+            )
+        }
         Err(e) => format!(
             "class-data archive: this run's class list not kept ({e}); {} stays as it was",
             kept.display()
@@ -799,8 +811,8 @@ pub fn keep_list(dump: &Dump) -> String {
 }
 
 /// Copies the dump's class list (the service user's, bounded) next to the
-/// release as root's file, its whole lines only; returns its size.
-fn keep_class_list(leaf: &GuardedDir, dump: &Dump) -> io::Result<u64> {
+/// release as root's file `name`, its whole lines only; returns its size.
+fn keep_class_list(leaf: &GuardedDir, dump: &Dump, name: &str) -> io::Result<u64> {
     // The service user's (a run's), or root's (the list a shared dump was
     // given): both list classes of this service.
     let expect = Expect {
@@ -823,7 +835,7 @@ fn keep_class_list(leaf: &GuardedDir, dump: &Dump) -> io::Result<u64> {
             dump.dir.join(CLASS_LIST).display()
         )));
     }
-    write_root_file(&mut &bytes[..whole], &dump.release_dir, KEPT_CLASS_LIST)?;
+    write_root_file(&mut &bytes[..whole], &dump.release_dir, name)?;
     Ok(whole as u64)
 }
 
@@ -979,14 +991,14 @@ mod tests {
             .open(&archive)
             .and_then(|f| f.set_len(64 << 20))
             .expect("sparse");
-        let err = copy_out(&dump, true).expect_err("sparse");
+        let err = copy_out(&dump, KEPT_CLASS_LIST).expect_err("sparse");
         assert!(err.contains("is sparse"), "{err}");
         fs::OpenOptions::new()
             .write(true)
             .open(&archive)
             .and_then(|f| f.set_len(MAX_ARCHIVE + 1))
             .expect("sparse");
-        let err = copy_out(&dump, true).expect_err("too big");
+        let err = copy_out(&dump, KEPT_CLASS_LIST).expect_err("too big");
         assert!(err.contains("over the limit"), "{err}");
         assert!(!dump.release_dir.join(CDS_ARCHIVE).exists());
         discard(&dump);
@@ -1001,12 +1013,12 @@ mod tests {
         fs::write(&precious, STATIC_ARCHIVE_MAGIC.to_ne_bytes()).expect("write");
         let archive = dump.dir.join(CDS_ARCHIVE);
         std::os::unix::fs::symlink(&precious, &archive).expect("symlink");
-        let err = copy_out(&dump, true).expect_err("a link");
+        let err = copy_out(&dump, KEPT_CLASS_LIST).expect_err("a link");
         assert!(err.contains("is a symlink"), "{err}");
         fs::remove_file(&archive).expect("rm");
         nix::unistd::mkfifo(&archive, nix::sys::stat::Mode::from_bits_truncate(0o666))
             .expect("mkfifo");
-        let err = copy_out(&dump, true).expect_err("a FIFO");
+        let err = copy_out(&dump, KEPT_CLASS_LIST).expect_err("a FIFO");
         assert!(err.contains("is a FIFO"), "{err}");
         // A directory with a link to outside, removed without following it.
         fs::create_dir(dump.dir.join("d")).expect("mkdir");

@@ -16,7 +16,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::cds::{self, Dump, KEPT_CLASS_LIST, MAX_ARCHIVE, STATIC_ARCHIVE_MAGIC};
+use super::cds::{self, Dump, INHERITED_CLASS_LIST, MAX_ARCHIVE, STATIC_ARCHIVE_MAGIC};
 use super::release::{self, Release};
 use super::spawn;
 use crate::host::os::process::ExitInfo;
@@ -40,7 +40,7 @@ pub fn host(layout: &Layout, manifest: &ReleaseManifest) -> Option<ClassDataHost
         .as_ref()
         .map_or_else(|| layout.releases_dir(), |r| r.dir.clone());
     let jdk = cds::jdk_identity(&manifest.run.argv, &base).ok()?;
-    let class_list = current.is_some_and(|r| cds::is_file(&r.dir.join(KEPT_CLASS_LIST)));
+    let class_list = current.is_some_and(|r| cds::class_list_in(&r.dir).is_some());
     Some(ClassDataHost { jdk, class_list })
 }
 
@@ -90,25 +90,25 @@ fn dump_and_pack(
     let started = Instant::now();
     let target = prepared(layout, id)?;
     let current = release::current(layout)?;
+    let class_list = cds::class_list_in(&current.dir)
+        .ok_or_else(|| format!("release {} kept no class list", current.manifest.id))?;
     let made_with = cds::made_with(&target)?;
     let creds = spawn::credentials(&target)?;
     let dump = Dump::for_release(layout, &target, made_with.clone(), creds.as_ref())?;
-    let result = dump
-        .put_class_list(&current.dir.join(KEPT_CLASS_LIST))
-        .and_then(|()| {
-            let mut child = cds::spawn_dump(layout, &target, &dump, creds.as_ref(), false)
-                .map_err(|e| format!("cannot start the dump: {e}"))?;
-            match wait_within(&mut child, deadline) {
-                // Not the list: it is the old release's, and this
-                // release's first run records its own.
-                Some(ExitInfo::Code(0)) => cds::copy_out(&dump, false),
-                Some(other) => Err(format!("the dump failed ({other})")),
-                None => Err(format!(
-                    "the dump took longer than {} ms (killed)",
-                    deadline.as_millis()
-                )),
-            }
-        });
+    let result = dump.put_class_list(&class_list).and_then(|()| {
+        let mut child = cds::spawn_dump(layout, &target, &dump, creds.as_ref(), false)
+            .map_err(|e| format!("cannot start the dump: {e}"))?;
+        match wait_within(&mut child, deadline) {
+            // The list as inherited: it is the old release's, and this
+            // release's first run records its own.
+            Some(ExitInfo::Code(0)) => cds::copy_out(&dump, INHERITED_CLASS_LIST),
+            Some(other) => Err(format!("the dump failed ({other})")),
+            None => Err(format!(
+                "the dump took longer than {} ms (killed)",
+                deadline.as_millis()
+            )),
+        }
+    });
     cds::discard(&dump);
     result?;
     let dumped_ms = started.elapsed().as_millis();
