@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2034  # the pids below are read through ${!who}
 # What one build of shipjar costs where it runs, to choose its profile
 # (opt-level, LTO) with numbers: the binary's size; the memory (PSS and RSS, from
 # /proc/PID/smaps_rollup, in kB) of the supervisor of an idle examples/hello
@@ -24,7 +25,6 @@ json_pid() { # FILE KEY
     python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["pid"])' "$1" "$2"
 }
 proxied_run=$work/.shipjar/proxied/run/hello
-# shellcheck disable=SC2034  # read through ${!who} below
 supervisor_plain=$(json_pid "$work/.shipjar/plain/run/hello/supervisor.json" supervisor)
 supervisor_proxied=$(json_pid "$proxied_run/instance-$(active)/supervisor.json" supervisor)
 keeper=$(json_pid "$proxied_run/proxy/keeper.json" keeper)
@@ -53,27 +53,37 @@ for who in supervisor_plain supervisor_proxied keeper worker; do
 done
 
 tick_us=$((1000000 / $(getconf CLK_TCK)))
-ticks() { awk '{print $14 + $15}' "/proc/$worker/stat"; }
-# "req/s cpu_us_per_request" of one wrk run through the proxy.
+# The worker's CPU ticks so far: "user system".
+ticks() { awk '{print $14, $15}' "/proc/$worker/stat"; }
+# "req/s cpu_us_per_request user_us_per_request" of one wrk run through the
+# proxy: the build's code shows in the user part; the system part is the
+# kernel's TCP and wake-ups, the same for any build.
 measure() { # CONNS SECS
-    local before out
+    local before after out
     before=$(ticks)
     out=$(wrk -t1 -c "$1" -d "$2s" "http://127.0.0.1:$listen/version")
-    awk -v ticks="$(($(ticks) - before))" -v tick_us="$tick_us" '
+    after=$(ticks)
+    awk -v before="$before" -v after="$after" -v tick_us="$tick_us" '
         /requests in/ { n = $1 } /^Requests\/sec/ { rps = $2 }
-        END { printf "%.0f %.1f\n", rps, n ? ticks * tick_us / n : 0 }' <<<"$out"
+        END {
+            split(before, b, " "); split(after, a, " ")
+            user = a[1] - b[1]; sys = a[2] - b[2]
+            printf "%.0f %.1f %.1f\n", rps, n ? (user + sys) * tick_us / n : 0, n ? user * tick_us / n : 0
+        }' <<<"$out"
 }
 measure 16 3 >/dev/null
-printf '%-6s %-5s %9s %10s\n' round conns req_s cpu_us_req
+printf '%-6s %-5s %9s %10s %11s\n' round conns req_s cpu_us_req user_us_req
 for conns in 4 16; do
     : >"$work/cpu-$conns"
+    : >"$work/user-$conns"
     for round in $(seq 1 "$rounds"); do
-        read -r rps cpu < <(measure "$conns" "$secs")
-        printf '%-6s %-5s %9s %10s\n' "$round" "$conns" "$rps" "$cpu"
+        read -r rps cpu user < <(measure "$conns" "$secs")
+        printf '%-6s %-5s %9s %10s %11s\n' "$round" "$conns" "$rps" "$cpu" "$user"
         echo "$cpu" >>"$work/cpu-$conns"
+        echo "$user" >>"$work/user-$conns"
     done
 done
 for conns in 4 16; do
-    echo "median cpu_us_req at $conns connections: $(spread <"$work/cpu-$conns" | cut -d' ' -f2)"
+    echo "median at $conns connections: cpu_us_req $(spread <"$work/cpu-$conns" | cut -d' ' -f2), user_us_req $(spread <"$work/user-$conns" | cut -d' ' -f2)"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
