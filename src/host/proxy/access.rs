@@ -21,8 +21,8 @@ use crate::protocol::defaults;
 /// The request id header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The instance a response came from, set on it by the router (absent on
-/// the proxy's own pages).
+/// The instance a response came from (the router says; none for the
+/// proxy's own pages).
 #[derive(Debug, Clone, Copy)]
 pub struct Instance(pub u16);
 

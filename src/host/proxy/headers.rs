@@ -4,6 +4,7 @@
 //! does not trust, and the proxy's own headers are set last, so nothing a
 //! client sends can remove or replace them.
 
+use std::io::Write;
 use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -50,6 +51,11 @@ fn protected(name: &HeaderName) -> bool {
 /// Drops the hop-by-hop headers: the fixed list, and what `Connection`
 /// names unless it is protected.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names they have, not a
+    // hashed lookup per listed name (`Connection` is on the list).
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -74,22 +80,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `proto`: `http`, or `https` where the proxy terminates TLS.
 pub fn forward_request(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, proto: &'static str) {
     strip_hop_by_hop(headers);
-    if !trusted {
+    if !trusted && headers.keys().any(|n| FORWARDING.contains(n)) {
         for name in FORWARDING {
             headers.remove(name);
         }
     }
-    let peer = peer.to_canonical().to_string();
-    // Several header lines are one comma-separated list (RFC 9110 5.3).
-    let mut chain: Vec<u8> = Vec::new();
+    // Several header lines are one comma-separated list (RFC 9110 5.3);
+    // written into one buffer that becomes the value without a copy.
+    let mut chain: Vec<u8> = Vec::with_capacity(64);
     for value in headers.get_all(X_FORWARDED_FOR) {
         chain.extend_from_slice(value.as_bytes());
         chain.extend_from_slice(b", ");
     }
-    chain.extend_from_slice(peer.as_bytes());
-    // Header values never hold the bytes `from_bytes` refuses, nor does an address.
-    if let Ok(chain) = HeaderValue::from_bytes(&chain).or_else(|_| HeaderValue::from_str(&peer)) {
-        headers.insert(X_FORWARDED_FOR, chain);
+    let _ = write!(chain, "{}", peer.to_canonical());
+    // Header values never hold the bytes `from_maybe_shared` refuses, nor
+    // does an address: only the address goes on when they would.
+    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain))
+        .or_else(|e| HeaderValue::from_str(&peer.to_canonical().to_string()).map_err(|_| e));
+    if let Ok(value) = value {
+        headers.insert(X_FORWARDED_FOR, value);
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -199,6 +208,17 @@ mod tests {
         assert_eq!(all(&h, "x-forwarded-host"), ["shop.example"]);
         assert_eq!(all(&h, "x-forwarded-proto"), ["https"]);
         assert_eq!(all(&h, "forwarded"), ["for=198.51.100.1;proto=https"]);
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_keeps_every_header() {
+        let mut h = request(&[("host", "example.com"), ("accept", "*/*"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3);
+        forward_request(&mut h, "::ffff:203.0.113.9".parse().unwrap(), false, "http");
+        assert_eq!(all(&h, "accept"), ["*/*"]);
+        assert_eq!(all(&h, "x-forwarded-for"), [CLIENT]);
+        assert_eq!(all(&h, "x-forwarded-host"), ["example.com"]);
     }
 
     #[test]

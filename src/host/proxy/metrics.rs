@@ -45,13 +45,11 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// One answer whose head went out `took` after its request came.
-    pub fn answered<B>(&self, response: &Response<B>, took: Duration) {
-        let port = response
-            .extensions()
-            .get::<super::access::Instance>()
-            .map_or(0, |f| f.0);
-        let class = (response.status().as_u16() / 100) as u8;
+    /// One answer with `status` from the instance on `instance` (`None`:
+    /// the proxy's own) whose head went out `took` after its request came.
+    pub fn answered(&self, status: StatusCode, instance: Option<u16>, took: Duration) {
+        let port = instance.unwrap_or(0);
+        let class = (status.as_u16() / 100) as u8;
         *self
             .answers
             .lock()

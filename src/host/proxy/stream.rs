@@ -6,8 +6,6 @@
 //! body's cap (`max_request_body`) is [`BodyCap`].
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -108,13 +106,14 @@ impl<H: Unpin> Body for Streamed<H> {
 }
 
 /// `max_request_body` for one request across its attempts: the bytes the
-/// client sent so far, and whether they went over.
-#[derive(Clone, Default)]
+/// client sent so far, and whether they went over. Kept with the body it
+/// counts (one allocation per request for both, not one per counter).
+#[derive(Default)]
 pub struct BodyCap {
     /// The cap, if any.
     pub max: Option<u64>,
-    seen: Arc<AtomicU64>,
-    over: Arc<AtomicBool>,
+    seen: u64,
+    over: bool,
 }
 
 impl BodyCap {
@@ -127,11 +126,11 @@ impl BodyCap {
     }
 
     /// Counts `n` more bytes; the error once they are over the cap.
-    pub fn count(&self, n: usize) -> Result<(), TooLarge> {
-        let seen = self.seen.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+    pub fn count(&mut self, n: usize) -> Result<(), TooLarge> {
+        self.seen = self.seen.saturating_add(n as u64);
         match self.max {
-            Some(max) if seen > max => {
-                self.over.store(true, Ordering::SeqCst);
+            Some(max) if self.seen > max => {
+                self.over = true;
                 Err(TooLarge {
                     key: "max_request_body",
                     max,
@@ -143,7 +142,7 @@ impl BodyCap {
 
     /// Whether the body went over the cap.
     pub fn went_over(&self) -> bool {
-        self.over.load(Ordering::SeqCst)
+        self.over
     }
 }
 
@@ -164,14 +163,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cap_counts_across_attempts_and_says_when_it_was_passed() {
-        let cap = BodyCap::new(Some(10));
+    fn a_cap_counts_the_bytes_and_says_when_they_went_over() {
+        let mut cap = BodyCap::new(Some(10));
         assert!(cap.count(6).is_ok());
-        let again = cap.clone();
-        assert!(again.count(4).is_ok(), "exactly the cap is allowed");
+        assert!(cap.count(4).is_ok(), "exactly the cap is allowed");
         assert!(!cap.went_over());
-        assert!(again.count(1).is_err());
-        assert!(cap.went_over(), "seen by every clone");
+        assert!(cap.count(1).is_err());
+        assert!(cap.went_over());
         assert!(BodyCap::new(None).count(usize::MAX / 2).is_ok());
     }
 

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -417,9 +417,12 @@ async fn client_connection(
         let answer = handle(shared.clone(), settings, peer, trusted, req, tunnel_hold);
         let counted = shared.clone();
         async move {
-            let mut response = answer.await?;
+            let (mut response, instance) = answer.await?;
+            let instance = instance.map(|i| i.0);
             if counted.counting {
-                counted.counters.answered(&response, started.elapsed());
+                counted
+                    .counters
+                    .answered(response.status(), instance, started.elapsed());
             }
             let entry = logged.map(|(time, method, path, log)| {
                 let entry = access::Entry {
@@ -427,7 +430,7 @@ async fn client_connection(
                     method,
                     path,
                     status: response.status().as_u16(),
-                    instance: response.extensions().get::<Instance>().map(|i| i.0),
+                    instance,
                     request_id: id.to_str().unwrap_or_default().to_string(),
                 };
                 (entry, log)
@@ -708,6 +711,16 @@ fn page(status: StatusCode, text: String) -> Response<DownBody> {
     response
 }
 
+/// An answer and the instance it came from (`None`: the proxy's own),
+/// kept beside the response rather than in its extensions, which cost two
+/// allocations per request.
+type Routed = (Response<DownBody>, Option<Instance>);
+
+/// The proxy's own answer.
+fn own(response: Response<DownBody>) -> Routed {
+    (response, None)
+}
+
 /// What a tunnel holds of its client connection: the connection busy (no
 /// idle timeout) and its place under `max_connections`.
 struct TunnelHold {
@@ -727,9 +740,9 @@ async fn handle(
     trusted: bool,
     mut req: Request<Incoming>,
     tunnel_hold: Option<TunnelHold>,
-) -> Result<Response<DownBody>, Infallible> {
+) -> Result<Routed, Infallible> {
     if super::stream::declared_over(req.headers(), settings.max_request_body) {
-        return Ok(request_too_large(&shared, &settings));
+        return Ok(own(request_too_large(&shared, &settings)));
     }
     let upgrade = tunnel::requested(req.headers())
         .zip(tunnel_hold)
@@ -741,7 +754,7 @@ async fn handle(
         .pass(&shared.name, settings.hold_ms, deadline)
         .await
     {
-        return Ok(answer.map(Either::Right));
+        return Ok(own(answer.map(Either::Right)));
     }
     let (mut parts, body) = req.into_parts();
     let proto = if shared.tls.is_some() {
@@ -755,13 +768,16 @@ async fn handle(
     }
     // Kept here, not moved into the first attempt: an instance that dies
     // before a byte of the body went to it leaves the body to send again.
-    let body = Arc::new(Mutex::new(body));
-    let cap = BodyCap::new(settings.max_request_body);
+    let body = Arc::new(Mutex::new(Outgoing {
+        body,
+        sent: false,
+        cap: BodyCap::new(settings.max_request_body),
+    }));
     loop {
         let Some(mut flight) = wait_for_active(&shared, deadline).await else {
-            return Ok(unavailable(&shared, &settings));
+            return Ok(own(unavailable(&shared, &settings)));
         };
-        match send(&shared, &settings, &parts, flight.port, &body, &cap).await {
+        match send(&shared, &settings, &parts, flight.port, &body).await {
             Sent::Answered(response, lease)
                 if upgrade.is_none()
                     && held_whole(&parts, &response)
@@ -778,12 +794,12 @@ async fn handle(
                     Some(response) => {
                         // Read whole: its connection can take the next request.
                         flight.lease = Some(lease);
-                        return Ok(held_answer(response, port));
+                        return Ok((held_answer(response), Some(Instance(port))));
                     }
                     None => {
                         drop(flight);
                         if tokio::time::Instant::now() >= deadline {
-                            return Ok(unavailable(&shared, &settings));
+                            return Ok(own(unavailable(&shared, &settings)));
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -793,7 +809,7 @@ async fn handle(
                 flight.lease = Some(lease);
                 return Ok(answered(&shared, &settings, response, flight, upgrade));
             }
-            Sent::Page(page) => return Ok(page),
+            Sent::Page(page) => return Ok(own(page)),
             // The instance went away (refused the connection, or closed it
             // before answering: killed, restarting) and no byte of the
             // body reached it: the request waits for an instance as it
@@ -801,7 +817,7 @@ async fn handle(
             Sent::WentAway => {
                 drop(flight);
                 if tokio::time::Instant::now() >= deadline {
-                    return Ok(unavailable(&shared, &settings));
+                    return Ok(own(unavailable(&shared, &settings)));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -818,7 +834,7 @@ fn answered(
     mut response: Response<Incoming>,
     mut flight: InFlight,
     upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade, TunnelHold)>,
-) -> Response<DownBody> {
+) -> Routed {
     let port = flight.port;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some((asked, client, hold)) = upgrade
@@ -831,7 +847,6 @@ fn answered(
         headers::strip_hop_by_hop(&mut parts.headers);
         let websocket = tunnel::is_websocket(&protocol);
         tunnel::restore(&mut parts.headers, protocol);
-        parts.extensions.insert(Instance(port));
         if let Some((open, cut)) = shared.drains.open(port, Kind::Tunnel) {
             tokio::spawn(tunnel::run(
                 client,
@@ -841,19 +856,22 @@ fn answered(
                 (flight, hold, open),
             ));
         }
-        return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+        let response = Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+        return (response, Some(Instance(port)));
     }
     if super::stream::declared_over(response.headers(), settings.max_response_body) {
         // Its answer is left unread: the connection goes with it.
         flight.lease = None;
-        return response_too_large(shared, settings, port);
+        return own(response_too_large(shared, settings, port));
     }
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    parts.extensions.insert(Instance(port));
     let drain = shared.drains.open(port, Kind::Stream);
     let body = Streamed::new(body, flight, drain, settings.max_response_body);
-    Response::from_parts(parts, Either::Left(body))
+    (
+        Response::from_parts(parts, Either::Left(body)),
+        Some(Instance(port)),
+    )
 }
 
 /// The largest answer held until whole before its head goes out.
@@ -879,22 +897,42 @@ fn held_whole(request: &hyper::http::request::Parts, response: &Response<Incomin
 /// The whole answer, or `None` when its instance went away before its end
 /// (or it did not come within the upstream timeout, 30 s without one).
 async fn whole(response: Response<Incoming>, settings: &ProxySpec) -> Option<Response<Bytes>> {
-    use http_body_util::BodyExt;
     let limit = Duration::from_millis(settings.upstream_timeout_ms.unwrap_or(30_000));
     let (parts, body) = response.into_parts();
-    let bytes = tokio::time::timeout(limit, body.collect())
-        .await
-        .ok()?
-        .ok()?
-        .to_bytes();
+    let bytes = tokio::time::timeout(limit, body_bytes(body)).await.ok()??;
     Some(Response::from_parts(parts, bytes))
 }
 
+/// A body's data whole, `None` when it failed. Most small answers come in
+/// one frame, kept as it came (no list of frames, no copy).
+async fn body_bytes<B: Body<Data = Bytes> + Unpin>(mut body: B) -> Option<Bytes> {
+    use http_body_util::BodyExt;
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.ok()?.into_data() else {
+            continue; // trailers: not passed on for a held answer
+        };
+        match &first {
+            None => first = Some(data),
+            Some(head) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(head);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    match rest.is_empty() {
+        true => Some(first.unwrap_or_default()),
+        false => Some(Bytes::from(rest)),
+    }
+}
+
 /// A held answer, sent on whole.
-fn held_answer(response: Response<Bytes>, port: u16) -> Response<DownBody> {
+fn held_answer(response: Response<Bytes>) -> Response<DownBody> {
     let (mut parts, bytes) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    parts.extensions.insert(Instance(port));
     Response::from_parts(parts, Either::Right(Full::new(bytes)))
 }
 
@@ -940,16 +978,9 @@ async fn send(
     settings: &ProxySpec,
     parts: &hyper::http::request::Parts,
     port: u16,
-    body: &Arc<Mutex<Incoming>>,
-    cap: &BodyCap,
+    body: &Arc<Mutex<Outgoing>>,
 ) -> Sent {
-    let relay = Relay {
-        body: body.clone(),
-        sent: Arc::new(AtomicBool::new(false)),
-        cap: cap.clone(),
-    };
-    let sent_any = relay.sent.clone();
-    let up = Request::from_parts(parts.clone(), relay);
+    let up = Request::from_parts(parts.clone(), Relay(body.clone()));
     let sent = shared.upstream.send(port, up);
     let answered = match settings.upstream_timeout_ms {
         None => sent.await,
@@ -967,10 +998,14 @@ async fn send(
             }
         },
     };
+    let (went_over, sent_any) = {
+        let outgoing = body.lock().unwrap_or_else(PoisonError::into_inner);
+        (outgoing.cap.went_over(), outgoing.sent)
+    };
     match answered {
         Ok((response, lease)) => Sent::Answered(response, lease),
-        Err(_) if cap.went_over() => Sent::Page(request_too_large(shared, settings)),
-        Err(e) if e.went_away() && !sent_any.load(Ordering::SeqCst) => Sent::WentAway,
+        Err(_) if went_over => Sent::Page(request_too_large(shared, settings)),
+        Err(e) if e.went_away() && !sent_any => Sent::WentAway,
         Err(e) => {
             let why = if e.went_away() {
                 " after part of the request body had gone to it"
@@ -988,15 +1023,25 @@ async fn send(
     }
 }
 
+/// The client's body, kept by the handler across attempts, and what has
+/// come of it so far; one allocation for all of it.
+struct Outgoing {
+    body: Incoming,
+    /// A data frame went to an instance: the request cannot go again.
+    sent: bool,
+    /// `max_request_body`, counted as the body comes.
+    cap: BodyCap,
+}
+
 /// The client's body on its way to an instance. It stays the handler's
 /// (behind the mutex), so when an instance dies before `sent` the same
 /// body goes to the next one whole.
-struct Relay {
-    body: Arc<Mutex<Incoming>>,
-    /// A data frame went to the instance: the request cannot go again.
-    sent: Arc<AtomicBool>,
-    /// `max_request_body`, counted as the body comes.
-    cap: BodyCap,
+struct Relay(Arc<Mutex<Outgoing>>);
+
+impl Relay {
+    fn outgoing(&self) -> std::sync::MutexGuard<'_, Outgoing> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Body for Relay {
@@ -1007,31 +1052,26 @@ impl Body for Relay {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut body = self.body.lock().unwrap_or_else(PoisonError::into_inner);
-        let polled = Pin::new(&mut *body).poll_frame(cx);
+        let mut outgoing = self.outgoing();
+        let polled = Pin::new(&mut outgoing.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref().filter(|d| !d.is_empty())
         {
-            if let Err(over) = self.cap.count(data.len()) {
+            let len = data.len();
+            if let Err(over) = outgoing.cap.count(len) {
                 return Poll::Ready(Some(Err(Box::new(over))));
             }
-            self.sent.store(true, Ordering::SeqCst);
+            outgoing.sent = true;
         }
         polled.map_err(|e| Box::new(e) as BodyError)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_end_stream()
+        self.outgoing().body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .size_hint()
+        self.outgoing().body.size_hint()
     }
 }
 
@@ -1061,6 +1101,47 @@ async fn wait_for_active(shared: &Arc<Shared>, deadline: tokio::time::Instant) -
         let woke = tokio::time::timeout_at(deadline, wake.wait_for(|p| *p != 0)).await;
         if !matches!(woke, Ok(Ok(_))) {
             return shared.enter();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body of the given data frames, then a trailers frame.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+        }
+    }
+
+    fn frames(data: &[&'static str]) -> Frames {
+        let mut frames: std::collections::VecDeque<_> = data
+            .iter()
+            .map(|d| Frame::data(Bytes::from_static(d.as_bytes())))
+            .collect();
+        frames.push_back(Frame::trailers(hyper::HeaderMap::new()));
+        Frames(frames)
+    }
+
+    #[tokio::test]
+    async fn a_held_answer_is_its_frames_joined_in_order() {
+        for (data, whole) in [
+            (&[][..], ""),
+            (&["one frame"][..], "one frame"),
+            (&["", "after an empty one"][..], "after an empty one"),
+            (&["a", "", "b", "c"][..], "abc"),
+        ] {
+            assert_eq!(body_bytes(frames(data)).await.unwrap(), whole);
         }
     }
 }
