@@ -201,40 +201,41 @@ fn a_new_artifact_gets_one_archive_dumped_on_one_host_and_every_hosts_first_star
         "3.0.0",
         &["--parallel", "1", "--hosts", &only],
     ));
-    let said = text(&out);
+    let dumped_3 = shared_once(&p, &out, &others);
+    assert_ne!(dumped_3, dumped_2, "{}", text(&out));
+    // A deploy right after, before any run of 3.0.0 was healthy long enough
+    // to keep its own list: 3.0.0's dump host kept the list it dumped from
+    // (inherited), so this one is shared too.
+    let jar = other_jar(tmp.path(), "4");
+    let out = ok(deploy_jar(&p, &jar, "4.0.0", &["--hosts", &only]));
+    assert_eq!(shared_once(&p, &out, &others), dumped_3, "{}", text(&out));
+}
+
+/// Asserts that the deploy `out` to `hosts` dumped one archive and gave
+/// it to each other host, and that every host's new run maps it; returns
+/// the host that dumped it.
+fn shared_once(p: &FleetStage, out: &Output, hosts: &[String]) -> String {
+    let said = text(out);
     assert_eq!(
         said.matches("class-data archive dumped for release")
             .count(),
         1,
         "{said}"
     );
-    assert_ne!(dump_host(&out), dumped_2, "{said}");
     assert_eq!(
         said.matches("shared class-data archive kept").count(),
-        1,
+        hosts.len() - 1,
         "{said}"
     );
-    for host in &others {
-        let r3 = current(&p, host);
-        assert!(maps_archive(&p, host, &r3), "{host}: {}", console(&p, host));
+    for host in hosts {
+        let release = current(p, host);
+        assert!(
+            maps_archive(p, host, &release),
+            "{host}: {}",
+            console(p, host)
+        );
     }
-    // A deploy right after, before any run of 3.0.0 was healthy long enough
-    // to keep its own list: 3.0.0's dump host kept the list it dumped from
-    // (inherited), so this one is shared too.
-    let dumped_3 = dump_host(&out);
-    let jar = other_jar(tmp.path(), "4");
-    let out = ok(deploy_jar(&p, &jar, "4.0.0", &["--hosts", &only]));
-    let said = text(&out);
-    assert_eq!(dump_host(&out), dumped_3, "{said}");
-    assert_eq!(
-        said.matches("shared class-data archive kept").count(),
-        1,
-        "{said}"
-    );
-    for host in &others {
-        let r4 = current(&p, host);
-        assert!(maps_archive(&p, host, &r4), "{host}: {}", console(&p, host));
-    }
+    dump_host(out)
 }
 
 #[test]
