@@ -11,7 +11,7 @@
 # each, every run printed, then the median. The supervisor and the proxy
 # are the same binary: a faster proxy must not cost every host's supervisor.
 # Usage: [SHIPJAR_BIN=PATH] bench/proxy-build.sh [SECS] [ROUNDS] [SAMPLES]
-# Run it under the bench lock: flock /work/bench.lock bench/proxy-build.sh
+# Run it alone on the machine: other work running beside it changes its CPU figures.
 set -euo pipefail
 cd -- "$(dirname -- "$0")/.."
 secs=${1:-10}

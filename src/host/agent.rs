@@ -56,7 +56,7 @@ pub fn run(root: &Path) -> i32 {
         if line.trim().is_empty() {
             continue;
         }
-        let envelope: Envelope = match serde_json::from_str(&line) {
+        let mut envelope: Envelope = match serde_json::from_str(&line) {
             Ok(envelope) => envelope,
             Err(e) => {
                 let message = protocol_error_message(&line, &e);
@@ -67,7 +67,6 @@ pub fn run(root: &Path) -> i32 {
                 return 2;
             }
         };
-        let mut envelope = envelope;
         if let Some(archive) = envelope.request.payload_mut()
             && let Err(message) = archive.read_packed(&mut input)
         {

@@ -186,28 +186,16 @@ impl AgentSession {
         let stdin = guard
             .as_mut()
             .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
-        // In chunks, each renewing the deadline: a slow link is progress, a
-        // cut one (the write blocks) is not.
-        let mut copied = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        let sent = loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) => n,
-                Err(e) => break Err(e),
-            };
-            if let Err(e) = write_within(stdin, &buf[..n], &self.deadline) {
-                break Err(e);
-            }
-            copied += n as u64;
-            self.deadline.arm(self.answer_timeout);
-        };
+        let sent = copy_within(&mut file, stdin, &self.deadline, self.answer_timeout);
         drop(guard);
-        if let Err(e) = sent {
-            return Err(
-                self.silent_or(Error::failed(format!("[{host}] sending the artifact: {e}")))
-            );
-        }
+        let copied = match sent {
+            Ok(copied) => copied,
+            Err(e) => {
+                return Err(
+                    self.silent_or(Error::failed(format!("[{host}] sending the artifact: {e}")))
+                );
+            }
+        };
         if copied != size {
             return Err(Error::failed(format!(
                 "{} changed while uploading ({copied} of {size} bytes)",
@@ -285,17 +273,19 @@ impl AgentSession {
         let stdin = guard
             .as_mut()
             .ok_or_else(|| Error::failed(format!("[{host}] lost the agent: closed")))?;
-        let mut sent = write_within(stdin, format!("{line}\n").as_bytes(), &self.deadline);
-        if let (Ok(()), Some(payload)) = (&sent, envelope.request.payload()) {
-            // In chunks, each renewing the deadline, as an artifact's upload.
-            for chunk in payload.chunks(256 * 1024) {
-                sent = write_within(stdin, chunk, &self.deadline);
-                if sent.is_err() {
-                    break;
+        let sent =
+            write_within(stdin, format!("{line}\n").as_bytes(), &self.deadline).and_then(|()| {
+                match envelope.request.payload() {
+                    Some(payload) => copy_within(
+                        &mut &payload[..],
+                        stdin,
+                        &self.deadline,
+                        self.answer_timeout,
+                    )
+                    .map(|_| ()),
+                    None => Ok(()),
                 }
-                self.deadline.arm(self.answer_timeout);
-            }
-        }
+            });
         if let Err(e) = sent {
             drop(guard);
             return Err(self.silent_or(Error::failed(format!("[{host}] sending a request: {e}"))));
@@ -496,6 +486,30 @@ fn ready_within(
             Ok(_) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Copies `from` to the agent's stdin in chunks, each renewing the deadline
+/// by `renew`: a slow link is progress, a cut one (the write blocks) is
+/// not. Returns the bytes copied.
+fn copy_within(
+    from: &mut impl Read,
+    stdin: &mut ChildStdin,
+    deadline: &Deadline,
+    renew: Duration,
+) -> io::Result<u64> {
+    let mut copied = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        write_within(stdin, &buf[..n], deadline)?;
+        copied += n as u64;
+        deadline.arm(renew);
     }
 }
 

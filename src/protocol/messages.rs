@@ -280,6 +280,25 @@ impl Response {
 }
 
 impl ClassDataArchive {
+    /// An archive to send: `packed` (zstd) follows the line, which announces
+    /// its size.
+    pub fn new(
+        jdk: String,
+        jar_sha256: String,
+        sha256: String,
+        size: u64,
+        packed: Vec<u8>,
+    ) -> Self {
+        ClassDataArchive {
+            jdk,
+            jar_sha256,
+            sha256,
+            size,
+            packed_size: packed.len() as u64,
+            packed: Payload(std::sync::Arc::new(packed)),
+        }
+    }
+
     /// Reads the `packed_size` bytes that follow its line from `input`;
     /// says why the framing is broken when they cannot be read.
     pub fn read_packed(&mut self, input: &mut impl std::io::Read) -> Result<(), String> {

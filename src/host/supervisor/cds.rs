@@ -783,12 +783,12 @@ fn open_leaf(dump: &Dump) -> Result<GuardedDir, String> {
     Ok(leaf)
 }
 
-/// [`DUMP_DELAY`] after a run that maps the archive is healthy: keeps the
-/// class list it recorded (the classes its first requests loaded are in it
-/// by then) as the release's `cds.classes`, replacing the one there, so the
-/// next deploy of a new artifact can dump from a fresh list on this host.
-/// Nothing is dumped. Returns the line for the log; a failure leaves the
-/// kept list as it was.
+/// [`DUMP_DELAY`] after a run that maps an archive made elsewhere is
+/// healthy: keeps the class list it recorded (the classes its first
+/// requests loaded are in it by then) as the release's `cds.classes`, in
+/// place of any inherited one, so the next deploy of a new artifact can
+/// dump from a list of this release on this host. Nothing is dumped.
+/// Returns the line for the log; a failure leaves the release as it was.
 pub fn keep_list(dump: &Dump) -> String {
     let kept = dump.release_dir.join(KEPT_CLASS_LIST);
     match open_leaf(dump)

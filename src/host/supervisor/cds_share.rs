@@ -24,7 +24,7 @@ use crate::protocol::digest;
 use crate::protocol::layout::{CDS_ARCHIVE, Layout};
 use crate::protocol::manifest::ReleaseManifest;
 use crate::protocol::names::is_release_id;
-use crate::protocol::{ClassDataArchive, ClassDataHost, Payload, Response};
+use crate::protocol::{ClassDataArchive, ClassDataHost, Response};
 
 /// zstd's default level: fast, and most of what higher levels would give.
 const ZSTD_LEVEL: i32 = 3;
@@ -159,13 +159,14 @@ fn pack(release: &Release, jdk: &str) -> Result<ClassDataArchive, String> {
     // zstd level 3: the Clojure example's 34 MB archive gives 8.5 MB in
     // 0.1 CPU-s, and each host unpacks it in 0.03 (gzip -1: 10 MB, 0.4 and 0.16).
     zstd::stream::encode_all(&bytes[..], ZSTD_LEVEL)
-        .map(|packed| ClassDataArchive {
-            jdk: jdk.to_string(),
-            jar_sha256: release.manifest.artifact_sha256.clone(),
-            sha256,
-            size: bytes.len() as u64,
-            packed_size: packed.len() as u64,
-            packed: Payload(std::sync::Arc::new(packed)),
+        .map(|packed| {
+            ClassDataArchive::new(
+                jdk.to_string(),
+                release.manifest.artifact_sha256.clone(),
+                sha256,
+                bytes.len() as u64,
+                packed,
+            )
         })
         .map_err(|e| format!("compressing {}: {e}", path.display()))
 }
@@ -236,14 +237,13 @@ mod tests {
 
     fn packed(bytes: &[u8]) -> ClassDataArchive {
         let zst = zstd::stream::encode_all(bytes, ZSTD_LEVEL).expect("zstd");
-        ClassDataArchive {
-            jdk: "jdk".into(),
-            jar_sha256: "jar".into(),
-            sha256: digest::sha256_hex(bytes),
-            size: bytes.len() as u64,
-            packed_size: zst.len() as u64,
-            packed: Payload(std::sync::Arc::new(zst)),
-        }
+        ClassDataArchive::new(
+            "jdk".into(),
+            "jar".into(),
+            digest::sha256_hex(bytes),
+            bytes.len() as u64,
+            zst,
+        )
     }
 
     #[test]

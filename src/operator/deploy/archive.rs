@@ -45,8 +45,7 @@ fn candidate<'r>(run: &'r Run) -> Candidate<'r> {
     let class_data = run.state.as_ref().and_then(|s| s.class_data.as_ref());
     Candidate {
         wants: !run.failed()
-            // With sessions closed between phases, a detached lock counts.
-            && (run.session.is_some() || run.lease.is_some())
+            && run.holds_lock()
             && run.plan.is_some()
             && run.state.as_ref().is_some_and(|s| !s.has_artifact)
             && class_data.is_some(),
@@ -112,12 +111,20 @@ pub(super) struct Sharing {
     dumper: String,
     /// The hosts that run its JDK and get a copy.
     receivers: BTreeSet<String>,
-    /// The archive once dumped: `Some(None)` when the dump made none.
-    archive: Mutex<Option<Option<ClassDataArchive>>>,
+    /// Where the dump is, and the signal that it moved on.
+    dump: (Mutex<DumpState>, Condvar),
     /// Receivers that got their copy already.
     served: Mutex<BTreeSet<String>>,
-    /// Whether the dump host's prepare ended, and its signal.
-    head_start: (Mutex<bool>, Condvar),
+}
+
+/// Where the deploy's one dump is.
+enum DumpState {
+    /// The dump host uploads and prepares; the others wait for it.
+    Preparing,
+    /// It dumps; the others upload.
+    Dumping,
+    /// It ended: the archive, or none.
+    Done(Option<ClassDataArchive>),
 }
 
 /// Chooses the dumper and the receivers, with a note for each host left
@@ -161,9 +168,8 @@ pub(super) fn plan(ctx: &Ctx, runs: &[Run]) -> Option<Sharing> {
             Some(Sharing {
                 dumper: runs[dumper].host.clone(),
                 receivers: receivers.iter().map(|&i| runs[i].host.clone()).collect(),
-                archive: Mutex::new(None),
+                dump: (Mutex::new(DumpState::Preparing), Condvar::new()),
                 served: Mutex::new(BTreeSet::new()),
-                head_start: (Mutex::new(false), Condvar::new()),
             })
         }
     }
@@ -180,25 +186,43 @@ impl Sharing {
     /// CPUs with all the others', so its dump starts sooner and runs while
     /// they upload.
     pub(super) fn wait_for_head_start(&self) {
-        let (ended, changed) = &self.head_start;
+        let (state, changed) = &self.dump;
         let until = Instant::now() + HEAD_START;
-        let mut ended = lock(ended);
-        while !*ended {
+        let mut state = lock(state);
+        while matches!(*state, DumpState::Preparing) {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
-            ended = changed
-                .wait_timeout(ended, left)
+            state = changed
+                .wait_timeout(state, left)
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
     }
 
-    /// The dump host's prepare ended: the others may start.
+    /// The dump host's part ended, whether it dumped or could not (not
+    /// reached, its prepare failed): nobody waits for it any more.
     pub(super) fn end_head_start(&self) {
-        *lock(&self.head_start.0) = true;
-        self.head_start.1.notify_all();
+        let mut state = lock(&self.dump.0);
+        if matches!(*state, DumpState::Preparing) {
+            *state = DumpState::Done(None);
+        }
+        self.dump.1.notify_all();
+    }
+
+    /// Moves the dump on, waking whoever waits for its head start.
+    fn set(&self, next: DumpState) {
+        *lock(&self.dump.0) = next;
+        self.dump.1.notify_all();
+    }
+
+    /// The archive, once dumped.
+    fn archive(&self) -> Option<ClassDataArchive> {
+        match &*lock(&self.dump.0) {
+            DumpState::Done(archive) => archive.clone(),
+            DumpState::Preparing | DumpState::Dumping => None,
+        }
     }
 
     /// Right after `run`'s release is prepared, in the same session: the
@@ -209,33 +233,31 @@ impl Sharing {
             return;
         }
         if self.dumps(&run.host) {
-            self.end_head_start();
+            self.set(DumpState::Dumping);
             let dumped = dump_on(run, reporter);
-            *lock(&self.archive) = Some(dumped);
-        } else if self.receivers.contains(&run.host) {
-            let archive = lock(&self.archive).clone().flatten();
-            if let Some(archive) = archive {
-                put_on(run, &archive, reporter);
-                lock(&self.served).insert(run.host.clone());
-            }
+            self.set(DumpState::Done(dumped));
+        } else if self.receivers.contains(&run.host)
+            && let Some(archive) = self.archive()
+        {
+            put_on(run, &archive, reporter);
+            lock(&self.served).insert(run.host.clone());
         }
     }
 
     /// Gives the copy to the receivers that were prepared before the dump
     /// ended, once every host is prepared.
     pub(super) fn finish(self, ctx: &Ctx, runs: &mut [Run]) {
-        let archive = self.archive.into_inner().ok().flatten().flatten();
-        let served = self.served.into_inner().unwrap_or_else(|e| e.into_inner());
-        let Some(archive) = archive else {
+        let Some(archive) = self.archive() else {
             return;
         };
+        let served = lock(&self.served);
         let mut waiting: Vec<&mut Run> = runs
             .iter_mut()
             .filter(|r| {
                 self.receivers.contains(&r.host)
                     && !served.contains(&r.host)
                     && !r.failed()
-                    && (r.session.is_some() || r.lease.is_some())
+                    && r.holds_lock()
             })
             .collect();
         fleet::each(&mut waiting, ctx.fleet.parallel, |run| {

@@ -179,6 +179,12 @@ impl<'p> Run<'p> {
         self.outcome.failed_step.is_some()
     }
 
+    /// It holds its deploy lock: in an open session, or detached between
+    /// phases (with sessions closed between phases, a detached lock counts).
+    pub fn holds_lock(&self) -> bool {
+        self.session.is_some() || self.lease.is_some()
+    }
+
     /// Sends a request, recording errors as this host's failure at `step`.
     pub fn call(&mut self, step: &str, request: Request, reporter: &Reporter) -> Option<Response> {
         let host = self.host.clone();
