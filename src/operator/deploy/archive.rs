@@ -229,7 +229,8 @@ impl Sharing {
     /// dumper dumps (while the others still upload); a receiver gets its
     /// copy when the archive is there already, else [`Sharing::finish`] gives it.
     pub(super) fn after_prepare(&self, run: &mut Run, reporter: &Reporter) {
-        if run.failed() || run.session.is_none() {
+        // Interrupted: no host will switch, so no archive is worth making.
+        if run.failed() || run.session.is_none() || fleet::interrupted() {
             return;
         }
         if self.dumps(&run.host) {
@@ -247,7 +248,7 @@ impl Sharing {
     /// Gives the copy to the receivers that were prepared before the dump
     /// ended, once every host is prepared.
     pub(super) fn finish(self, ctx: &Ctx, runs: &mut [Run]) {
-        let Some(archive) = self.archive() else {
+        let Some(archive) = self.archive().filter(|_| !fleet::interrupted()) else {
             return;
         };
         let served = lock(&self.served);
